@@ -1,0 +1,116 @@
+"""The exception hierarchy of canvas-core.
+
+Every error a user can cause (a bad layout, topology, program, JSON file, plugin,
+checkpoint or runtime input) is a :class:`CanvasError`.  Subclasses also derive from
+the builtin exception that fits (``ValueError``, ``TypeError``, ``LookupError``,
+``ImportError``) so existing ``except ValueError`` code keeps working.
+
+Messages name the offending object (region, connection, field, plugin, file) and say
+how to fix it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CanvasError",
+    "SchemaError",
+    "RegionError",
+    "TopologyError",
+    "SchemaFormatError",
+    "CanvasTypeError",
+    "ProgramError",
+    "PluginError",
+    "DuplicateRegistrationError",
+    "UnknownNameError",
+    "PluginLoadError",
+    "UnavailableError",
+    "CompileError",
+    "CheckpointError",
+    "BackboneError",
+    "ShapeError",
+]
+
+
+class CanvasError(Exception):
+    """Base class of every user-facing canvas-core error."""
+
+
+class SchemaError(CanvasError, ValueError):
+    """A layout, region, connection or schema is invalid."""
+
+
+class RegionError(SchemaError):
+    """A region is malformed (bounds, period, overlap, ...) or unknown."""
+
+
+class TopologyError(SchemaError):
+    """A connection or topology is invalid (unknown region, bad offset, ...)."""
+
+
+class SchemaFormatError(SchemaError):
+    """A schema / program file or dict is malformed (bad JSON, wrong types, missing keys)."""
+
+
+class CanvasTypeError(CanvasError, TypeError):
+    """An argument has the wrong type."""
+
+
+class ProgramError(CanvasError, ValueError):
+    """A program declaration (field, family, carrier, operator, clock, ...) is invalid."""
+
+
+class PluginError(CanvasError):
+    """Base class of plugin and registry errors."""
+
+
+class DuplicateRegistrationError(PluginError, ValueError):
+    """Two providers registered the same name without ``override=True``."""
+
+
+class UnknownNameError(PluginError, LookupError):
+    """A registry has no entry of that name (the message lists the known ones)."""
+
+    def __str__(self) -> str:  # LookupError would otherwise quote the message like a KeyError
+        return str(self.args[0]) if self.args else ""
+
+
+class PluginLoadError(PluginError, ImportError):
+    """A plugin failed to load, and a name it would have provided was requested."""
+
+
+class UnavailableError(PluginError, RuntimeError):
+    """A registered implementation cannot run here (device, dtype, missing package)."""
+
+
+class CompileError(CanvasError, ValueError):
+    """The compiler could not lower or apply a program."""
+
+
+class CheckpointError(CanvasError, ValueError):
+    """A checkpoint is malformed, untrusted or does not match the model / schema."""
+
+
+class BackboneError(CanvasError, TypeError):
+    """A model cannot be grafted (no adapter for it, unexpected structure)."""
+
+
+class ShapeError(CanvasError, ValueError):
+    """A tensor given to a canvas module has the wrong shape, dtype or device."""
+
+
+class UnknownRegionError(RegionError, LookupError):
+    """A region name that the layout does not declare (the message lists the declared ones)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+__all__.append("UnknownRegionError")
+
+
+def did_you_mean(name: str, known) -> str:
+    """A ' Did you mean 'x'?' suffix for error messages, or '' when nothing is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
+    return f" Did you mean {close[0]!r}?" if close else ""

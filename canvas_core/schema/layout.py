@@ -1,0 +1,322 @@
+"""`CanvasLayout`: the ``(T, *spatial_shape)`` grid and its named regions (pure Python)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+from canvas_core.errors import CanvasTypeError, RegionError, SchemaError, UnknownRegionError, did_you_mean
+from canvas_core.schema._validate import as_bool, as_int
+from canvas_core.schema.region import RegionSpec
+
+__all__ = ["CanvasLayout"]
+
+RegionLike = Union[RegionSpec, Tuple[int, ...]]
+
+
+@dataclass(eq=True)
+class CanvasLayout:
+    """Declarative canvas geometry: a ``(T, *spatial_shape)`` grid of ``d_model`` vectors.
+
+    Positions are numbered row-major: position ``(t, s0, s1, ...)`` has flat index
+    ``t * prod(spatial_shape) + ravel(s0, s1, ...)``.
+
+    Examples::
+
+        CanvasLayout(T=5, H=8, W=8, d_model=256, regions={"visual": (0, 5, 0, 6, 0, 6)})
+        CanvasLayout(T=4, spatial_shape=(32,), d_model=64, regions={"tokens": (0, 4, 0, 32)})
+        CanvasLayout(T=2, spatial_shape=(4, 4, 4), d_model=128, regions={...})
+
+    Args:
+        T: Number of canvas frames.
+        d_model: Width of every position's vector.
+        spatial_shape: Spatial grid, any number of dimensions. ``H``/``W`` is the 2-d shorthand.
+        regions: Name -> ``RegionSpec`` or raw bounds tuple (wrapped as ``RegionSpec(bounds)``).
+        t_current: Frames ``t >= t_current`` are outputs (future); earlier ones are context.
+        allow_overlap: Allow regions to share positions (off by default: an overlap is
+            usually a typo in the bounds).
+    """
+
+    T: int
+    d_model: int
+    spatial_shape: Tuple[int, ...] = ()
+    regions: Dict[str, RegionSpec] = field(default_factory=dict)
+    t_current: int = 0
+    H: Optional[int] = None
+    W: Optional[int] = None
+    allow_overlap: bool = False
+
+    def __post_init__(self) -> None:
+        self.T = as_int(self.T, "CanvasLayout T")
+        if self.T < 1:
+            raise SchemaError(f"CanvasLayout T must be >= 1 frame, got {self.T}")
+        self.d_model = as_int(self.d_model, "CanvasLayout d_model")
+        if self.d_model < 1:
+            raise SchemaError(f"CanvasLayout d_model must be >= 1, got {self.d_model}")
+        self.spatial_shape = self._resolve_spatial_shape()
+        self.t_current = as_int(self.t_current, "CanvasLayout t_current")
+        if not 0 <= self.t_current <= self.T:
+            raise SchemaError(f"CanvasLayout t_current={self.t_current} must lie in [0, T={self.T}]")
+        self.allow_overlap = as_bool(self.allow_overlap, "CanvasLayout allow_overlap")
+        if not isinstance(self.regions, Mapping):
+            raise CanvasTypeError(
+                f"CanvasLayout regions must be a dict of name -> RegionSpec or bounds tuple, got "
+                f"{type(self.regions).__name__}"
+            )
+        self.regions = {name: self._wrap_region(name, spec) for name, spec in self.regions.items()}
+        if not self.allow_overlap:
+            self._check_no_overlap()
+        self._runs_cache: Dict[Tuple[str, int], List[Tuple[int, int]]] = {}
+
+    # --- construction helpers ---------------------------------------------------------------
+    def _resolve_spatial_shape(self) -> Tuple[int, ...]:
+        shape = self.spatial_shape
+        if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+            raise CanvasTypeError(f"CanvasLayout spatial_shape must be a tuple of ints, got {shape!r}")
+        shape = tuple(as_int(s, "CanvasLayout spatial_shape entry") for s in shape)
+        if self.H is not None or self.W is not None:
+            if self.H is None or self.W is None:
+                raise SchemaError(
+                    "CanvasLayout: give both H and W (2-d shorthand) or use spatial_shape=(...)"
+                )
+            hw = (as_int(self.H, "CanvasLayout H"), as_int(self.W, "CanvasLayout W"))
+            if shape and shape != hw:
+                raise SchemaError(
+                    f"CanvasLayout: H={hw[0]}, W={hw[1]} disagree with spatial_shape={shape}; give one"
+                )
+            shape = hw
+        for i, s in enumerate(shape):
+            if s < 1:
+                raise SchemaError(f"CanvasLayout spatial dimension {i} must be >= 1, got {s}")
+        if len(shape) == 2:
+            self.H, self.W = shape
+        return shape
+
+    def _wrap_region(self, name: Any, spec: Any) -> RegionSpec:
+        if not isinstance(name, str) or not name.strip():
+            raise CanvasTypeError(f"CanvasLayout region names must be non-empty strings, got {name!r}")
+        try:
+            if isinstance(spec, RegionSpec):
+                region = spec
+            elif isinstance(spec, (tuple, list)):
+                region = RegionSpec(bounds=tuple(spec))
+            else:
+                raise CanvasTypeError(
+                    f"must be a RegionSpec or a bounds tuple, got {type(spec).__name__}"
+                )
+        except (SchemaError, CanvasTypeError) as exc:
+            raise type(exc)(f"region {name!r}: {exc}") from None
+        n_sp = len(self.spatial_shape)
+        if region.n_spatial_dims != n_sp:
+            raise RegionError(
+                f"region {name!r}: bounds {region.bounds} have {region.n_spatial_dims} spatial "
+                f"dimension(s) but the canvas has {n_sp} (spatial_shape={self.spatial_shape}); "
+                f"give {2 + 2 * n_sp} numbers: (t0, t1" + "".join(f", s{i}_lo, s{i}_hi" for i in range(n_sp)) + ")"
+            )
+        dims = (self.T, *self.spatial_shape)
+        axes = ["t", "h", "w"] if n_sp == 2 else ["t"] + [f"s{i}" for i in range(n_sp)]
+        for k, size in enumerate(dims):
+            lo, hi = region.bounds[2 * k], region.bounds[2 * k + 1]
+            if hi > size:
+                raise RegionError(
+                    f"region {name!r}: bounds {region.bounds} leave the canvas on axis {axes[k]} "
+                    f"({lo}, {hi}) but the canvas has {size} there; shrink the region or grow the canvas"
+                )
+        return region
+
+    def _check_no_overlap(self) -> None:
+        items = list(self.regions.items())
+        for i, (na, a) in enumerate(items):
+            for nb, b in items[i + 1:]:
+                if all(
+                    max(a.bounds[k], b.bounds[k]) < min(a.bounds[k + 1], b.bounds[k + 1])
+                    for k in range(0, len(a.bounds), 2)
+                ):
+                    raise RegionError(
+                        f"regions {na!r} {a.bounds} and {nb!r} {b.bounds} overlap; move one of them, "
+                        "or pass allow_overlap=True if sharing positions is intended"
+                    )
+
+    # --- sizes -----------------------------------------------------------------------------------
+    @property
+    def n_spatial_dims(self) -> int:
+        return len(self.spatial_shape)
+
+    @property
+    def spatial_volume(self) -> int:
+        return math.prod(self.spatial_shape)
+
+    @property
+    def num_positions(self) -> int:
+        """``T * prod(spatial_shape)``."""
+        return self.T * self.spatial_volume
+
+    @property
+    def region_names(self) -> Tuple[str, ...]:
+        """Region names in declaration order."""
+        return tuple(self.regions)
+
+    def flat_index(self, t: int, *spatial_coords: int) -> int:
+        """Flat index of position ``(t, s0, s1, ...)``."""
+        if len(spatial_coords) != self.n_spatial_dims:
+            raise SchemaError(
+                f"flat_index needs {self.n_spatial_dims} spatial coordinate(s) after t, got {len(spatial_coords)}"
+            )
+        idx = 0
+        for k, (c, size) in enumerate(zip((t, *spatial_coords), (self.T, *self.spatial_shape))):
+            c = as_int(c, "flat_index coordinate")
+            if not 0 <= c < size:
+                raise SchemaError(f"flat_index: coordinate {k} = {c} outside [0, {size})")
+            idx = idx * size + c
+        return idx
+
+    # --- regions ---------------------------------------------------------------------------------
+    def region_spec(self, name: str) -> RegionSpec:
+        """The ``RegionSpec`` of a named region."""
+        try:
+            return self.regions[name]
+        except (KeyError, TypeError):
+            raise UnknownRegionError(
+                f"unknown region {name!r}; the layout declares {sorted(self.regions)}."
+                + did_you_mean(name, self.regions)
+            ) from None
+
+    def region_size(self, name: str) -> Tuple[int, ...]:
+        """``(t_extent, s0_extent, s1_extent, ...)``."""
+        return self.region_spec(name).extent
+
+    def region_numel(self, name: str) -> int:
+        return self.region_spec(name).numel
+
+    def region_timesteps(self, name: str) -> List[int]:
+        """Absolute canvas frames the region occupies."""
+        spec = self.region_spec(name)
+        return list(range(spec.t0, spec.t1))
+
+    def region_runs(self, name: str, t_abs: int) -> List[Tuple[int, int]]:
+        """Half-open ``(start, stop)`` runs of flat indices of the region at frame ``t_abs``.
+
+        Runs are ascending and maximal (adjacent rows that are contiguous merge); empty when
+        the region has no position at that frame.
+        """
+        key = (name, t_abs)
+        cached = self._runs_cache.get(key)
+        if cached is not None:
+            return list(cached)
+        spec = self.region_spec(name)
+        if not spec.t0 <= t_abs < spec.t1:
+            runs: List[Tuple[int, int]] = []
+        else:
+            runs = _box_runs(spec.spatial_bounds, self.spatial_shape, t_abs * self.spatial_volume)
+        self._runs_cache[key] = runs
+        return list(runs)
+
+    def region_indices_at_t(self, name: str, t_abs: int) -> List[int]:
+        """Flat indices of the region at absolute frame ``t_abs`` (empty outside its frames)."""
+        return [i for a, b in self.region_runs(name, t_abs) for i in range(a, b)]
+
+    def region_indices(self, name: str) -> List[int]:
+        """Flat indices of the region, ascending (t-major)."""
+        spec = self.region_spec(name)
+        return [i for t in range(spec.t0, spec.t1) for a, b in self.region_runs(name, t) for i in range(a, b)]
+
+    def region_slice_info(self, name: str) -> Dict[str, Any]:
+        """Geometry summary of a region: frames, spatial bounds, size, period."""
+        spec = self.region_spec(name)
+        return {
+            "t0": spec.t0, "t1": spec.t1, "spatial_bounds": spec.spatial_bounds,
+            "extent": spec.extent, "numel": spec.numel, "period": spec.period,
+        }
+
+    def region_at(self, flat_index: int) -> List[str]:
+        """Names of the regions containing a flat position (empty when uncovered)."""
+        t, rem = divmod(as_int(flat_index, "region_at index"), self.spatial_volume)
+        coords = []
+        for size in reversed(self.spatial_shape):
+            rem, c = divmod(rem, size)
+            coords.append(c)
+        coords = [t, *reversed(coords)]
+        return [
+            n for n, s in self.regions.items()
+            if all(s.bounds[2 * k] <= c < s.bounds[2 * k + 1] for k, c in enumerate(coords))
+        ]
+
+    def output_mask(self) -> List[int]:
+        """Flat indices of output frames (``t >= t_current``) over the whole canvas."""
+        return list(range(self.t_current * self.spatial_volume, self.num_positions))
+
+    def loss_weight_mask(self, device: Any = "cpu"):
+        """Per-position loss weights, a ``(N,)`` float tensor (imports torch).
+
+        Positions of ``is_output`` regions get the region's ``loss_weight``; other and uncovered
+        positions get 0; overlapping regions add up.
+        """
+        import torch
+
+        weights = torch.zeros(self.num_positions, dtype=torch.float32)
+        for name, spec in self.regions.items():
+            if spec.is_output and spec.loss_weight:
+                idx = torch.tensor(self.region_indices(name), dtype=torch.long)
+                weights.index_add_(0, idx, torch.full((idx.numel(),), spec.loss_weight))
+        return weights.to(device)
+
+    # --- time ----------------------------------------------------------------------------------
+    def real_frame(self, name: str, canvas_t: int) -> int:
+        """Real-world frame of canvas frame ``canvas_t`` of a region: ``canvas_t * period``."""
+        return as_int(canvas_t, "real_frame canvas_t") * self.region_spec(name).period
+
+    def canvas_frame(self, name: str, real_t: int) -> Optional[int]:
+        """Canvas frame of a region holding real frame ``real_t``; None when not aligned to its
+        period or outside the frames the region occupies."""
+        spec = self.region_spec(name)
+        real_t = as_int(real_t, "canvas_frame real_t")
+        if real_t % spec.period:
+            return None
+        t = real_t // spec.period
+        return t if spec.t0 <= t < spec.t1 else None
+
+    # --- conveniences ----------------------------------------------------------------------------
+    def summary(self) -> str:
+        """Human-readable table of the regions."""
+        dims = "x".join(str(d) for d in (self.T, *self.spatial_shape))
+        lines = [f"CanvasLayout {dims} (N={self.num_positions}, d_model={self.d_model}, t_current={self.t_current})"]
+        covered = 0
+        for name, s in self.regions.items():
+            covered += s.numel
+            flags = [f"period={s.period}"] if s.period != 1 else []
+            if not s.is_output:
+                flags.append("input")
+            if s.loss_weight != 1.0:
+                flags.append(f"loss_weight={s.loss_weight:g}")
+            if s.family:
+                flags.append(f"family={s.family}")
+            lines.append(f"  {name:<20} {str(s.bounds):<28} {s.numel:>7} positions  {' '.join(flags)}")
+        lines.append(f"  {'(uncovered)':<20} {'':<28} {max(0, self.num_positions - covered):>7} positions")
+        return "\n".join(lines)
+
+
+def _box_runs(spatial_bounds, spatial_shape, base: int) -> List[Tuple[int, int]]:
+    """Maximal row-major runs of a spatial box, offset by ``base``."""
+    if not spatial_shape:
+        return [(base, base + 1)]
+    # Trailing dims that the box spans completely merge into the run.
+    k = len(spatial_shape) - 1
+    while k > 0 and spatial_bounds[k] == (0, spatial_shape[k]):
+        k -= 1
+    lo, hi = spatial_bounds[k]
+    inner = math.prod(spatial_shape[k + 1:])
+    run = (hi - lo) * inner
+    strides = [math.prod(spatial_shape[i + 1:]) for i in range(len(spatial_shape))]
+    starts = [base + lo * strides[k]]
+    for d in range(k - 1, -1, -1):
+        dlo, dhi = spatial_bounds[d]
+        starts = [s + c * strides[d] for c in range(dlo, dhi) for s in starts]
+    starts.sort()
+    runs: List[Tuple[int, int]] = []
+    for s in starts:
+        if runs and runs[-1][1] == s:
+            runs[-1] = (runs[-1][0], s + run)
+        else:
+            runs.append((s, s + run))
+    return runs

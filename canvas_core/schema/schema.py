@@ -1,0 +1,257 @@
+"""`CanvasSchema`: layout + topology + metadata, the portable type signature of a canvas model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+from canvas_core.errors import CanvasError, CanvasTypeError, SchemaError, SchemaFormatError
+from canvas_core.schema.layout import CanvasLayout
+from canvas_core.schema.region import RegionSpec, transfer_distance
+from canvas_core.schema.topology import Connection, CanvasTopology, TemporalFill
+
+__all__ = ["CanvasSchema", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = "0.2.0"
+
+_REGION_DEFAULTS = {f.name: f.default for f in fields(RegionSpec) if f.name != "bounds"}
+_CONN_DEFAULTS = {f.name: f.default for f in fields(Connection) if f.name not in ("src", "dst")}
+
+
+@dataclass
+class CanvasSchema:
+    """A complete, serializable declaration of canvas structure.
+
+    Example::
+
+        schema = CanvasSchema(layout=layout, topology=topology, metadata={"model": "CogVideoX-2B"})
+        text = schema.to_json()                 # a JSON string
+        schema.to_json("robot_v1.json")         # and written to a file
+        loaded = CanvasSchema.from_json("robot_v1.json")   # a path or a JSON string
+        assert loaded == schema
+    """
+
+    layout: CanvasLayout
+    topology: Optional[CanvasTopology] = None
+    version: str = SCHEMA_VERSION
+    metadata: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layout, CanvasLayout):
+            raise CanvasTypeError(f"CanvasSchema layout must be a CanvasLayout, got {type(self.layout).__name__}")
+        if self.topology is not None:
+            if not isinstance(self.topology, CanvasTopology):
+                raise CanvasTypeError(
+                    f"CanvasSchema topology must be a CanvasTopology or None, got {type(self.topology).__name__}"
+                )
+            self.topology.validate(self.layout)
+        if not isinstance(self.metadata, dict):
+            raise CanvasTypeError(f"CanvasSchema metadata must be a dict, got {type(self.metadata).__name__}")
+        try:
+            json.dumps(self.metadata)
+        except (TypeError, ValueError) as exc:
+            raise SchemaError(f"CanvasSchema metadata must be JSON-serializable: {exc}") from None
+
+    # --- dict form ---------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """JSON-compatible dict (defaults omitted, like canvas-engineering's files)."""
+        lay = self.layout
+        layout: Dict[str, Any] = {"T": lay.T, "spatial_shape": list(lay.spatial_shape), "d_model": lay.d_model,
+                                  "t_current": lay.t_current}
+        if lay.allow_overlap:
+            layout["allow_overlap"] = True
+        regions = {}
+        for name, spec in lay.regions.items():
+            d: Dict[str, Any] = {"bounds": list(spec.bounds)}
+            for key, default in _REGION_DEFAULTS.items():
+                value = getattr(spec, key)
+                if value != default:
+                    d[key] = list(value) if isinstance(value, tuple) else value
+            regions[name] = d
+        out: Dict[str, Any] = {"schema_version": self.version, "layout": layout, "regions": regions}
+        if self.topology is not None:
+            out["topology"] = [_connection_to_dict(c) for c in self.topology.connections]
+        if self.metadata:
+            out["metadata"] = dict(self.metadata)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "CanvasSchema":
+        """Build from a dict (as produced by :meth:`to_dict` or by canvas-engineering)."""
+        from pydantic import ValidationError
+
+        from canvas_core.schema.fileformat import SchemaFile
+
+        if not isinstance(d, dict):
+            raise SchemaFormatError(f"a canvas schema must be a JSON object, got {type(d).__name__}")
+        try:
+            model = SchemaFile.model_validate(d)
+        except ValidationError as exc:
+            raise SchemaFormatError(_describe_validation_error(exc)) from None
+        try:
+            return _build(model)
+        except CanvasError as exc:
+            if isinstance(exc, SchemaFormatError):
+                raise
+            raise SchemaFormatError(f"invalid schema: {exc}") from None
+
+    # --- JSON ---------------------------------------------------------------------------------
+    def to_json(self, path: Union[str, os.PathLike, None] = None, *, indent: Optional[int] = 2) -> str:
+        """Serialize to a JSON string; also write it to ``path`` when given."""
+        text = json.dumps(self.to_dict(), indent=indent)
+        if path is not None:
+            try:
+                Path(path).write_text(text + "\n", encoding="utf-8")
+            except OSError as exc:
+                raise SchemaFormatError(f"cannot write schema to {str(path)!r}: {exc.strerror or exc}") from None
+        return text
+
+    @classmethod
+    def from_json(cls, source: Union[str, os.PathLike]) -> "CanvasSchema":
+        """Load from a JSON file path or a JSON string."""
+        text, where = _read_source(source)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            hint = " (the file looks truncated)" if exc.pos >= len(text.rstrip()) else ""
+            raise SchemaFormatError(
+                f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}{hint}"
+            ) from None
+        try:
+            return cls.from_dict(data)
+        except SchemaFormatError as exc:
+            raise SchemaFormatError(f"{where}: {exc}") from None
+
+    # --- identity ------------------------------------------------------------------------------
+    def schema_hash(self) -> str:
+        """Stable sha256 hex digest of the canonical JSON form (metadata excluded)."""
+        d = self.to_dict()
+        d.pop("metadata", None)
+        canon = json.dumps(d, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode("utf-8")).hexdigest()
+
+    # --- semantics -----------------------------------------------------------------------------
+    def compatible_regions(self, other: "CanvasSchema", threshold: float = 0.3) -> List[Tuple[str, str, float]]:
+        """Region pairs ``(self_region, other_region, distance)`` with transfer distance <=
+        ``threshold``, closest first. Only regions with embeddings from the same model count."""
+        if not isinstance(other, CanvasSchema):
+            raise CanvasTypeError(f"compatible_regions expects a CanvasSchema, got {type(other).__name__}")
+        pairs = []
+        for na, a in self.layout.regions.items():
+            for nb, b in other.layout.regions.items():
+                if a.semantic_embedding is None or b.semantic_embedding is None:
+                    continue
+                if a.embedding_model != b.embedding_model or len(a.semantic_embedding) != len(b.semantic_embedding):
+                    continue
+                try:
+                    dist = transfer_distance(a, b)
+                except SchemaError:
+                    continue
+                if dist <= threshold:
+                    pairs.append((na, nb, dist))
+        pairs.sort(key=lambda p: (p[2], p[0], p[1]))
+        return pairs
+
+    def summary(self) -> str:
+        parts = [self.layout.summary()]
+        if self.topology is not None:
+            parts.append(self.topology.summary())
+        return "\n".join(parts)
+
+
+def _connection_to_dict(c: Connection) -> Dict[str, Any]:
+    d: Dict[str, Any] = {"src": c.src, "dst": c.dst}
+    for key, default in _CONN_DEFAULTS.items():
+        value = getattr(c, key)
+        if value == default:
+            continue
+        if key == "temporal_fill":
+            value = value.value
+        elif key == "mask":
+            value = value.to_dict()
+        d[key] = value
+    return d
+
+
+def _build(model) -> CanvasSchema:
+    lay = model.layout
+    spatial = tuple(lay.spatial_shape) if lay.spatial_shape is not None else ()
+    regions = {}
+    for name, r in model.regions.items():
+        kw = r.model_dump()
+        kw["bounds"] = tuple(kw["bounds"])
+        if kw["semantic_embedding"] is not None:
+            kw["semantic_embedding"] = tuple(float(x) for x in kw["semantic_embedding"])
+        kw["loss_weight"] = float(kw["loss_weight"])
+        regions[name] = RegionSpec(**kw)
+    layout = CanvasLayout(
+        T=lay.T, d_model=lay.d_model, spatial_shape=spatial, regions=regions,
+        t_current=lay.t_current, H=lay.H, W=lay.W, allow_overlap=lay.allow_overlap,
+    )
+    topology = None
+    if model.topology is not None:
+        conns = []
+        for i, c in enumerate(model.topology):
+            kw = c.model_dump()
+            kw["weight"] = float(kw["weight"])
+            try:
+                kw["temporal_fill"] = TemporalFill(kw["temporal_fill"])
+            except ValueError:
+                raise SchemaFormatError(
+                    f"topology[{i}] ({c.src} -> {c.dst}): temporal_fill must be one of "
+                    f"{[f.value for f in TemporalFill]}, got {kw['temporal_fill']!r}"
+                ) from None
+            if kw["mask"] is not None:
+                from canvas_core.schema.masks import MaskSpec
+
+                try:
+                    kw["mask"] = MaskSpec.from_dict(kw["mask"])
+                except CanvasError as exc:
+                    raise SchemaFormatError(f"topology[{i}] ({c.src} -> {c.dst}): mask: {exc}") from None
+            conns.append(Connection(**kw))
+        topology = CanvasTopology(conns)
+    return CanvasSchema(layout=layout, topology=topology, version=model.schema_version,
+                        metadata=dict(model.metadata))
+
+
+def _read_source(source: Any) -> Tuple[str, str]:
+    if isinstance(source, bytes):
+        source = source.decode("utf-8", errors="replace")
+    if isinstance(source, str) and source.lstrip().startswith(("{", "[")):
+        return source, "schema JSON string"
+    if not isinstance(source, (str, os.PathLike)):
+        raise CanvasTypeError(f"from_json expects a file path or a JSON string, got {type(source).__name__}")
+    path = Path(source)
+    try:
+        return path.read_text(encoding="utf-8"), f"schema file {str(path)!r}"
+    except FileNotFoundError:
+        raise SchemaFormatError(f"schema file {str(path)!r} does not exist") from None
+    except UnicodeDecodeError:
+        raise SchemaFormatError(f"schema file {str(path)!r} is not UTF-8 text") from None
+    except OSError as exc:
+        raise SchemaFormatError(f"cannot read schema file {str(path)!r}: {exc.strerror or exc}") from None
+
+
+def _describe_validation_error(exc) -> str:
+    lines = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
+        kind = err.get("type", "")
+        if kind == "extra_forbidden":
+            msg = "unknown key; remove it or fix its spelling"
+        elif kind == "missing":
+            msg = "required key is missing"
+        else:
+            msg = err.get("msg", "invalid value")
+            if "input" in err and kind not in ("missing",):
+                inp = repr(err["input"])
+                msg += f" (got {inp[:60]}{'...' if len(inp) > 60 else ''})"
+        lines.append(f"{loc}: {msg}")
+    more = len(exc.errors()) - len(lines)
+    if more > 0:
+        lines.append(f"... and {more} more problem(s)")
+    return "invalid canvas schema: " + "; ".join(lines)

@@ -1,0 +1,327 @@
+"""`Connection`, `TemporalFill` and `CanvasTopology`: who attends to whom, how, and when."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Set, Tuple
+
+from canvas_core.errors import (
+    CanvasTypeError,
+    SchemaError,
+    TopologyError,
+    UnknownRegionError,
+    did_you_mean,
+)
+from canvas_core.schema._validate import as_float, as_int, as_str, is_int
+
+if TYPE_CHECKING:  # pragma: no cover
+    from canvas_core.schema.layout import CanvasLayout
+    from canvas_core.schema.masks import MaskSpec
+
+__all__ = ["TemporalFill", "Connection", "CanvasTopology", "WRITE_MODES", "DEFAULT_FN"]
+
+DEFAULT_FN = "cross_attention"
+WRITE_MODES = frozenset({"add", "replace", "gate"})
+
+
+class TemporalFill(str, Enum):
+    """What a temporal connection links when no destination frame sits at its target.
+
+    DROP: nothing. HOLD (default): the nearest earlier destination frame (zero-order hold).
+    INTERPOLATE: the nearest earlier and later frames weighted by the other's distance
+    (order 1), or inverse-distance weights ``1/dist^k`` over the ``k+1`` nearest frames (order k).
+    """
+
+    DROP = "drop"
+    HOLD = "hold"
+    INTERPOLATE = "interpolate"
+
+    def __str__(self) -> str:  # "hold", not "TemporalFill.HOLD", in messages and reports
+        return self.value
+
+
+def _as_fill(value: Any) -> TemporalFill:
+    if isinstance(value, TemporalFill):
+        return value
+    if isinstance(value, str):
+        try:
+            return TemporalFill(value.lower())
+        except ValueError:
+            pass
+    raise SchemaError(
+        f"temporal_fill must be one of {[f.value for f in TemporalFill]}, got {value!r}"
+        + did_you_mean(value, [f.value for f in TemporalFill])
+    )
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One attention operation: ``src`` positions (queries) read ``dst`` positions (keys/values).
+
+    Args:
+        src: Region whose positions are the queries (the one that is updated).
+        dst: Region whose positions are the keys and values.
+        weight: Connection weight (> 0); enters attention as the additive bias ``log(weight)``.
+        t_src: Frame offset of the queries from the reference frame; None = every frame.
+        t_dst: Frame offset of the keys from the reference frame; None = every frame.
+        fn: Attention function type; None = the src region's ``default_attn``.
+        operator: Semantic intent (set by ``compile_program``: observe, predict, act, ...).
+        write_mode: How the output accumulates at the destination: add, replace or gate.
+        temporal_fill: What to link when no destination frame sits at the target.
+        interpolation_order: Order of ``TemporalFill.INTERPOLATE`` (1 = linear).
+        mask: Optional ``MaskSpec`` restricting which position pairs of the two regions link.
+    """
+
+    src: str
+    dst: str
+    weight: float = 1.0
+    t_src: Optional[int] = None
+    t_dst: Optional[int] = None
+    fn: Optional[str] = None
+    operator: str = "attend"
+    write_mode: str = "add"
+    temporal_fill: TemporalFill = TemporalFill.HOLD
+    interpolation_order: int = 1
+    mask: Optional["MaskSpec"] = None
+
+    def __post_init__(self) -> None:
+        where = f"Connection({self.src!r} -> {self.dst!r})"
+        as_str(self.src, f"{where}: src")
+        as_str(self.dst, f"{where}: dst")
+        w = as_float(self.weight, f"{where}: weight")
+        if w <= 0:
+            raise TopologyError(
+                f"{where}: weight must be > 0 (it enters attention as log(weight)), got {w}; "
+                "to disable an edge use fn='none' or remove it"
+            )
+        object.__setattr__(self, "weight", w)
+        for attr in ("t_src", "t_dst"):
+            v = getattr(self, attr)
+            if v is not None and not is_int(v):
+                raise CanvasTypeError(f"{where}: {attr} must be an integer frame offset or None, got {v!r}")
+            if v is not None:
+                object.__setattr__(self, attr, int(v))
+        if self.fn is not None:
+            as_str(self.fn, f"{where}: fn")
+        as_str(self.operator, f"{where}: operator")
+        if self.write_mode not in WRITE_MODES:
+            raise TopologyError(
+                f"{where}: write_mode must be one of {sorted(WRITE_MODES)}, got {self.write_mode!r}"
+                + did_you_mean(self.write_mode, WRITE_MODES)
+            )
+        try:
+            object.__setattr__(self, "temporal_fill", _as_fill(self.temporal_fill))
+        except SchemaError as exc:
+            raise TopologyError(f"{where}: {exc}") from None
+        order = as_int(self.interpolation_order, f"{where}: interpolation_order")
+        if order < 1:
+            raise TopologyError(f"{where}: interpolation_order must be >= 1, got {order}")
+        object.__setattr__(self, "interpolation_order", order)
+        if self.mask is not None:
+            from canvas_core.schema.masks import MaskSpec
+
+            if not isinstance(self.mask, MaskSpec):
+                raise CanvasTypeError(f"{where}: mask must be a MaskSpec or None, got {type(self.mask).__name__}")
+
+    @property
+    def is_temporal(self) -> bool:
+        """Whether the connection constrains frames (``t_src`` or ``t_dst`` set)."""
+        return self.t_src is not None or self.t_dst is not None
+
+    def describe(self) -> str:
+        """Short one-line form, e.g. ``action -> visual [gated] t(0 -> -1) w=0.5``."""
+        s = f"{self.src} -> {self.dst}"
+        if self.fn:
+            s += f" [{self.fn}]"
+        if self.is_temporal:
+            s += f" t({self.t_src} -> {self.t_dst}, {self.temporal_fill.value})"
+        if self.weight != 1.0:
+            s += f" w={self.weight:g}"
+        return s
+
+
+@dataclass
+class CanvasTopology:
+    """A directed graph of attention operations between regions.
+
+    Each ``Connection`` makes the positions of ``src`` attend to those of ``dst``; a
+    self-connection is self-attention within a region. With ``t_src``/``t_dst`` offsets a
+    connection links, for each reference frame ``ref``, the queries at frame ``ref + t_src`` to the
+    keys at the real frame ``(ref + t_dst) * period(src)``; see ``docs/design.md`` for the exact
+    rules, periods and temporal fill.
+    """
+
+    connections: List[Connection] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.connections, (str, bytes)) or not hasattr(self.connections, "__iter__"):
+            raise CanvasTypeError(
+                f"CanvasTopology connections must be a list of Connection, got {type(self.connections).__name__}"
+            )
+        conns = list(self.connections)
+        for i, c in enumerate(conns):
+            if not isinstance(c, Connection):
+                raise CanvasTypeError(
+                    f"CanvasTopology connection #{i} must be a Connection, got {type(c).__name__} ({c!r}); "
+                    "write Connection(src=..., dst=...)"
+                )
+        self.connections = conns
+
+    # --- constructors ----------------------------------------------------------------------
+    @staticmethod
+    def dense(regions: List[str]) -> "CanvasTopology":
+        """Every region attends to every region (itself included): a standard transformer."""
+        regions = _names(regions)
+        return CanvasTopology([Connection(a, b) for a in regions for b in regions])
+
+    @staticmethod
+    def isolated(regions: List[str]) -> "CanvasTopology":
+        """Block-diagonal: each region attends only to itself."""
+        return CanvasTopology([Connection(a, a) for a in _names(regions)])
+
+    @staticmethod
+    def hub_spoke(hub: str, spokes: List[str], bidirectional: bool = True) -> "CanvasTopology":
+        """Star: every region attends to itself, the hub reads every spoke, and (if
+        ``bidirectional``) every spoke reads the hub."""
+        spokes = _names(spokes)
+        conns = [Connection(hub, hub)] + [Connection(s, s) for s in spokes]
+        for s in spokes:
+            conns.append(Connection(hub, s))
+            if bidirectional:
+                conns.append(Connection(s, hub))
+        return CanvasTopology(conns)
+
+    @staticmethod
+    def causal_chain(regions: List[str]) -> "CanvasTopology":
+        """A -> B -> C: each region reads itself and the region before it in the chain."""
+        regions = _names(regions)
+        conns = [Connection(r, r) for r in regions]
+        conns += [Connection(regions[i], regions[i - 1]) for i in range(1, len(regions))]
+        return CanvasTopology(conns)
+
+    @staticmethod
+    def causal_temporal(
+        regions: List[str],
+        layout: Optional["CanvasLayout"] = None,
+        temporal_fill: TemporalFill = TemporalFill.HOLD,
+    ) -> "CanvasTopology":
+        """Each region reads itself at the same frame and every region (itself included) at the
+        previous frame; no future leakage. All connections use ``temporal_fill``."""
+        regions = _names(regions)
+        fill = _as_fill(temporal_fill)
+        conns: List[Connection] = []
+        for r in regions:
+            conns.append(Connection(r, r, t_src=0, t_dst=0, temporal_fill=fill))
+            conns.append(Connection(r, r, t_src=0, t_dst=-1, temporal_fill=fill))
+        for a in regions:
+            for b in regions:
+                if a != b:
+                    conns.append(Connection(a, b, t_src=0, t_dst=-1, temporal_fill=fill))
+        return CanvasTopology(conns)
+
+    # --- queries ------------------------------------------------------------------------------
+    @property
+    def regions(self) -> Set[str]:
+        """All region names referenced by connections."""
+        return {c.src for c in self.connections} | {c.dst for c in self.connections}
+
+    @property
+    def has_temporal_constraints(self) -> bool:
+        return any(c.is_temporal for c in self.connections)
+
+    def resolve_fn(self, connection: Connection, layout: Optional["CanvasLayout"] = None) -> str:
+        """The attention function type of a connection: ``connection.fn``, else the src region's
+        ``default_attn`` (when a layout is given), else ``"cross_attention"``."""
+        if connection.fn is not None:
+            return connection.fn
+        if layout is not None:
+            try:
+                return layout.region_spec(connection.src).default_attn
+            except UnknownRegionError as exc:
+                raise UnknownRegionError(f"connection {connection.describe()}: {exc}") from None
+        return DEFAULT_FN
+
+    def attention_ops(self, layout: Optional["CanvasLayout"] = None) -> List[Tuple[str, str, float, str]]:
+        """``[(src, dst, weight, fn), ...]`` with fn resolved (region defaults need ``layout``)."""
+        return [(c.src, c.dst, c.weight, self.resolve_fn(c, layout)) for c in self.connections]
+
+    def neighbors_of(self, region: str) -> List[str]:
+        """Regions that ``region`` attends to (as queries), in connection order, without repeats."""
+        return list(dict.fromkeys(c.dst for c in self.connections if c.src == region))
+
+    def attended_by(self, region: str) -> List[str]:
+        """Regions that attend to ``region`` (read it as keys/values)."""
+        return list(dict.fromkeys(c.src for c in self.connections if c.dst == region))
+
+    def to_block_adjacency(self) -> Dict[Tuple[str, str], float]:
+        """Region-level adjacency ``(src, dst) -> weight`` (the largest weight when repeated)."""
+        adj: Dict[Tuple[str, str], float] = {}
+        for c in self.connections:
+            adj[(c.src, c.dst)] = max(adj.get((c.src, c.dst), 0.0), c.weight)
+        return adj
+
+    def validate(self, layout: "CanvasLayout") -> "CanvasTopology":
+        """Check every connection against a layout; raises ``TopologyError`` naming the first
+        connection that refers to a region the layout does not declare. Returns self."""
+        known = layout.regions
+        for i, c in enumerate(self.connections):
+            for side in ("src", "dst"):
+                name = getattr(c, side)
+                if name not in known:
+                    raise TopologyError(
+                        f"connection #{i} ({c.describe()}): {side} region {name!r} is not in the layout "
+                        f"(regions: {sorted(known)}).{did_you_mean(name, known)} Add the region or fix the name."
+                    )
+        return self
+
+    # --- lowering (delegates to the compiler layer at call time) --------------------------------
+    def to_attention_mask(self, layout: "CanvasLayout", device: Any = "cpu"):
+        """Dense ``(N, N)`` float mask: ``[i, j]`` = largest weight linking query i to key j, 0
+        where none. Built from the block-sparse plan (imports torch)."""
+        from canvas_core.compiler.masks import attention_mask
+
+        return attention_mask(self.validate(layout), layout, device=device)
+
+    def to_additive_mask(self, layout: "CanvasLayout", device: Any = "cpu"):
+        """``(N, N)`` additive mask for ``nn.Transformer``-style layers: ``log(weight)`` where
+        linked, ``-inf`` where not; a row with no key at all attends to itself (no NaN)."""
+        import torch
+
+        mask = self.to_attention_mask(layout, device=device)
+        add = torch.where(mask > 0, mask.clamp_min(1e-30).log(), torch.full_like(mask, float("-inf")))
+        empty = ~(mask > 0).any(dim=1)
+        idx = torch.nonzero(empty).flatten()
+        add[idx, idx] = 0.0
+        return add
+
+    def to_block_mask(self, layout: "CanvasLayout", block_size: int = 128):
+        """Block-sparse form of the mask (which ``block_size`` tiles are full, partial, empty)."""
+        from canvas_core.compiler.masks import block_mask
+
+        return block_mask(self.validate(layout), layout, block_size=block_size)
+
+    def summary(self) -> str:
+        """Human-readable list of the operations."""
+        lines = [f"CanvasTopology ({len(self.connections)} ops, {len(self.regions)} regions):"]
+        for c in self.connections:
+            arrow = "↺ self" if c.src == c.dst else f"→ {c.dst}"
+            extra = []
+            if c.fn:
+                extra.append(c.fn)
+            if c.is_temporal:
+                extra.append(f"t_src={c.t_src}, t_dst={c.t_dst}, fill={c.temporal_fill.value}")
+            if c.operator != "attend":
+                extra.append(c.operator)
+            tail = f"  [{'; '.join(extra)}]" if extra else ""
+            lines.append(f"  {c.src} {arrow}  (w={c.weight:.2f}){tail}")
+        return "\n".join(lines)
+
+
+def _names(regions: Iterable[str]) -> List[str]:
+    if isinstance(regions, str):
+        raise CanvasTypeError(f"expected a list of region names, got the string {regions!r}; wrap it: [{regions!r}]")
+    out = list(regions)
+    for r in out:
+        as_str(r, "region name")
+    return out
