@@ -1,0 +1,23 @@
+"""``canvas schema``: print (or write) the JSON Schema of the schema file format."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
+
+
+def run(args: argparse.Namespace) -> int:
+    from canvas_core.schema import schema_json_schema
+
+    text = json.dumps(schema_json_schema(), indent=2) + "\n"
+    if args.output:
+        args.output.write_text(text, encoding="utf-8")
+        print(f"wrote {args.output}")
+    else:
+        print(text, end="")
+    return 0

@@ -1,0 +1,246 @@
+"""Lowering: a topology on a layout -> :class:`~canvas_core.compiler.plan.ExecutionPlan`.
+
+No torch, no N x N: the work is O(connections x timesteps) Python plus O(N) numpy for packing.
+
+Packing (see also ``plan.py``): regions are packed in declaration order, each frame by frame.
+Each canonical position is packed once, with the first region that declares it; an overlapping
+later region therefore covers, at a frame, several packed ranges (its own fresh positions plus
+the ranges of earlier regions it shares).  Without overlap every region-frame is exactly one
+contiguous packed range and a region's frames are adjacent, so a connection over all frames is a
+single rectangle.  Uncovered positions come last and pass through.
+
+Each link ``(src_frames, dst_frame, w)`` of :func:`~canvas_core.compiler.temporal.connection_links`
+becomes the rectangles ``q_runs x k_runs`` (runs of the source frames merged, runs of the
+destination frame).  Rectangles of one connection that share their query range and weight are
+merged along keys (so ``t_src = t_dst = None`` is one rectangle).
+
+Connections with a non-full ``MaskSpec`` are intersected with the temporal links through
+``canvas_core.schema.masks.mask_to_index_pairs`` (see :func:`_mask_rects`): each
+``(src_indices, dst_indices)`` pair, restricted to the link's frames, becomes the product of the
+packed runs of both sides.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from canvas_core.compiler.plan import ExecutionPlan, RectGroup
+from canvas_core.compiler.temporal import connection_links, region_frames
+from canvas_core.errors import CanvasTypeError, CompileError, TopologyError, did_you_mean
+
+__all__ = ["lower", "region_canonical_indices", "runs_of"]
+
+Runs = List[Tuple[int, int]]
+
+
+def _region_names(layout: Any) -> Tuple[str, ...]:
+    names = getattr(layout, "region_names", None)
+    return tuple(names) if names is not None else tuple(layout.regions)
+
+
+def _spatial_shape(layout: Any) -> Tuple[int, ...]:
+    return tuple(int(s) for s in (getattr(layout, "spatial_shape", None) or ()))
+
+
+def region_canonical_indices(layout: Any, name: str) -> np.ndarray:
+    """``(frames, positions_per_frame)`` int64 canonical indices of a region (bounds clipped)."""
+    shape = _spatial_shape(layout)
+    b = tuple(layout.region_spec(name).bounds)
+    t0, t1, _ = region_frames(layout, name)
+    vol = int(np.prod(shape)) if shape else 1
+    strides = [int(np.prod(shape[i + 1:])) if i + 1 < len(shape) else 1 for i in range(len(shape))]
+    off = np.zeros(1, dtype=np.int64)
+    for d, size in enumerate(shape):
+        lo, hi = max(0, int(b[2 + 2 * d])), min(size, int(b[3 + 2 * d]))
+        ax = np.arange(lo, max(lo, hi), dtype=np.int64) * strides[d]
+        off = (off[:, None] + ax[None, :]).reshape(-1)
+    frames = np.arange(t0, t1, dtype=np.int64) * vol
+    return frames[:, None] + off[None, :]
+
+
+def runs_of(sorted_idx: np.ndarray) -> Runs:
+    """Maximal runs ``[(start, stop), ...]`` of consecutive integers in a sorted array."""
+    if sorted_idx.size == 0:
+        return []
+    cut = np.flatnonzero(np.diff(sorted_idx) != 1) + 1
+    starts = np.concatenate([[0], cut])
+    stops = np.concatenate([cut, [sorted_idx.size]])
+    return [(int(sorted_idx[a]), int(sorted_idx[b - 1]) + 1) for a, b in zip(starts, stops)]
+
+
+def _merge(runs: Sequence[Tuple[int, int]]) -> Runs:
+    out: Runs = []
+    for a, b in sorted(runs):
+        if out and a <= out[-1][1]:
+            if b > out[-1][1]:
+                out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out
+
+
+class _Packing:
+    """Region-major packing of canonical positions (see the module docstring)."""
+
+    def __init__(self, layout: Any) -> None:
+        shape = _spatial_shape(layout)
+        self.vol = int(np.prod(shape)) if shape else 1
+        self.n = int(layout.T) * self.vol
+        self.names = _region_names(layout)
+        seen = np.zeros(self.n, dtype=bool)
+        parts: List[np.ndarray] = []
+        self.idx: Dict[str, np.ndarray] = {}
+        self.t0: Dict[str, int] = {}
+        for name in self.names:
+            idx = region_canonical_indices(layout, name)
+            self.idx[name] = idx
+            self.t0[name] = region_frames(layout, name)[0]
+            flat = idx.reshape(-1)
+            fresh = flat[~seen[flat]]
+            seen[fresh] = True
+            parts.append(fresh)
+        self.n_covered = int(sum(p.size for p in parts))
+        parts.append(np.flatnonzero(~seen))
+        self.perm = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        self.inv = np.empty(self.n, dtype=np.int64)
+        self.inv[self.perm] = np.arange(self.n, dtype=np.int64)
+        self.blocks: Dict[str, Dict[int, Runs]] = {}
+        for name in self.names:
+            idx = self.idx[name]
+            fr: Dict[int, Runs] = {}
+            if idx.size:
+                packed = np.sort(self.inv[idx], axis=1)
+                contiguous = (packed[:, -1] - packed[:, 0]) == (packed.shape[1] - 1)
+                for i in range(packed.shape[0]):
+                    t = self.t0[name] + i
+                    fr[t] = ([(int(packed[i, 0]), int(packed[i, -1]) + 1)] if contiguous[i]
+                             else runs_of(packed[i]))
+            self.blocks[name] = fr
+
+    def frame_runs(self, name: str, t: int) -> Runs:
+        return self.blocks[name].get(t, [])
+
+    def frames_runs(self, name: str, frames: Sequence[int]) -> Runs:
+        runs: Runs = []
+        for t in frames:
+            runs.extend(self.blocks[name].get(t, []))
+        return _merge(runs)
+
+
+def _mask_is_full(mask: Any) -> bool:
+    return mask is None or str(getattr(mask, "kind", "full")) == "full"
+
+
+def _mask_rects(conn: Any, layout: Any, pk: _Packing, links) -> List[Tuple[int, int, int, int, float]]:
+    """Rectangles of a connection with a non-full ``MaskSpec``: mask pairs x temporal links."""
+    try:
+        from canvas_core.schema.masks import mask_to_index_pairs
+    except ImportError as exc:  # pragma: no cover - the schema layer always ships masks.py
+        raise CompileError(
+            f"connection {conn.src!r} -> {conn.dst!r} has mask {conn.mask!r} but "
+            f"canvas_core.schema.masks is not available ({exc})") from None
+    rects: List[Tuple[int, int, int, int, float]] = []
+    for src_idx, dst_idx in mask_to_index_pairs(conn.mask, layout, conn.src, conn.dst):
+        s = np.asarray(list(src_idx), dtype=np.int64)
+        d = np.asarray(list(dst_idx), dtype=np.int64)
+        if s.size == 0 or d.size == 0:
+            continue
+        s_frame, d_frame = s // pk.vol, d // pk.vol
+        for src_frames, dst_frame, w in links:
+            q = s[np.isin(s_frame, np.asarray(src_frames, dtype=np.int64))]
+            k = d[d_frame == dst_frame]
+            if q.size == 0 or k.size == 0:
+                continue
+            for a, b in runs_of(np.sort(pk.inv[q])):
+                for c, e in runs_of(np.sort(pk.inv[k])):
+                    rects.append((a, b, c, e, w))
+    return rects
+
+
+def _resolver(topology: Any, layout: Any, resolve_fn: Union[bool, Callable]) -> Callable[[Any], str]:
+    if callable(resolve_fn):
+        return lambda c: str(resolve_fn(c, layout))
+    if resolve_fn:
+        return lambda c: str(topology.resolve_fn(c, layout))
+    return lambda c: "cross_attention"
+
+
+def _check(topology: Any, layout: Any) -> None:
+    if not hasattr(topology, "connections"):
+        raise CanvasTypeError(f"lower() needs a CanvasTopology, got {type(topology).__name__}")
+    if not hasattr(layout, "region_spec") or not hasattr(layout, "T"):
+        raise CanvasTypeError(f"lower() needs a CanvasLayout, got {type(layout).__name__}")
+    known = set(_region_names(layout))
+    for i, c in enumerate(topology.connections):
+        for side in ("src", "dst"):
+            name = getattr(c, side)
+            if name not in known:
+                raise TopologyError(
+                    f"connection #{i} ({c.src!r} -> {c.dst!r}): {side} region {name!r} is not in "
+                    f"the layout (regions: {sorted(known)}).{did_you_mean(name, known)} "
+                    "Add the region or fix the name.")
+
+
+def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable] = True) -> ExecutionPlan:
+    """Lower ``topology`` on ``layout`` to an :class:`ExecutionPlan`.
+
+    Args:
+        topology: a ``CanvasTopology``.
+        layout: a ``CanvasLayout``.
+        resolve_fn: True: group connections by ``topology.resolve_fn(conn, layout)``; False: put
+            every connection in ``"cross_attention"``; a callable ``(conn, layout) -> str``: use it.
+    """
+    start = time.perf_counter()
+    _check(topology, layout)
+    pk = _Packing(layout)
+    resolve = _resolver(topology, layout, resolve_fn)
+    per_fn: Dict[str, List[Tuple[int, int, int, int, float, int]]] = {}
+    conns_of: Dict[str, List[int]] = {}
+    fns: List[str] = []
+    qw_diff: Dict[str, np.ndarray] = {}
+    for ci, conn in enumerate(topology.connections):
+        fn = resolve(conn)
+        fns.append(fn)
+        conns_of.setdefault(fn, []).append(ci)
+        rects_out = per_fn.setdefault(fn, [])
+        links = connection_links(conn, layout)
+        if _mask_is_full(getattr(conn, "mask", None)):
+            # (q_runs, weight) -> key runs, merged below
+            by_q: Dict[Tuple[Tuple[Tuple[int, int], ...], float], Runs] = {}
+            q_cache: Dict[Tuple[int, ...], Tuple[Tuple[int, int], ...]] = {}
+            for src_frames, dst_frame, w in links:
+                q = q_cache.get(src_frames)
+                if q is None:
+                    q = tuple(pk.frames_runs(conn.src, src_frames))
+                    q_cache[src_frames] = q
+                k = pk.frame_runs(conn.dst, dst_frame)
+                if q and k:
+                    by_q.setdefault((q, w), []).extend(k)
+            rects = [(a, b, c, d, w) for (q, w), ks in by_q.items() for (a, b) in q
+                     for (c, d) in _merge(ks)]
+        else:
+            rects = _mask_rects(conn, layout, pk, links)
+        rects_out.extend((a, b, c, d, w, ci) for a, b, c, d, w in rects)
+        # W_f(p): the connection's weight on every query it links (once per connection)
+        diff = qw_diff.setdefault(fn, np.zeros(pk.n + 1, dtype=np.float64))
+        for a, b in _merge([(a, b) for a, b, _, _, _ in rects]):
+            diff[a] += float(conn.weight)
+            diff[b] -= float(conn.weight)
+    groups: Dict[str, RectGroup] = {}
+    for fn, rows in per_fn.items():
+        arr = np.asarray(rows, dtype=np.float64).reshape(-1, 6)
+        ints = arr[:, [0, 1, 2, 3, 5]].astype(np.int64)
+        groups[fn] = RectGroup(fn, ints[:, 0], ints[:, 1], ints[:, 2], ints[:, 3],
+                               arr[:, 4].copy(), ints[:, 4], tuple(conns_of[fn]))
+    query_weight = {fn: np.cumsum(d)[: pk.n] for fn, d in qw_diff.items()}
+    # round-off of the cumulative sum must not leave tiny non-zero weights on unlinked queries
+    for fn, w in query_weight.items():
+        w[np.abs(w) < 1e-12] = 0.0
+    return ExecutionPlan(
+        layout=layout, topology=topology, n=pk.n, perm=pk.perm, inv_perm=pk.inv,
+        n_covered=pk.n_covered, region_blocks=pk.blocks, groups=groups, fn_of_connection=fns,
+        query_weight=query_weight, build_seconds=time.perf_counter() - start,
+    )
