@@ -1,0 +1,99 @@
+"""Dense and block-sparse masks of a topology, built from the lowered plan.
+
+``CanvasTopology.to_attention_mask`` / ``to_block_mask`` delegate here.  No torch at import.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+import numpy as np
+
+from canvas_core.compiler.lowering import lower
+from canvas_core.compiler.plan import BlockLayout, ExecutionPlan
+
+__all__ = ["attention_mask", "block_mask", "BlockMask"]
+
+
+def attention_mask(topology: Any, layout: Any, device: Any = "cpu", *, plan: Optional[ExecutionPlan] = None):
+    """``(N, N)`` float32 mask in canonical index order.
+
+    ``mask[i, j]`` is the largest weight linking query ``i`` to key ``j`` over all connections
+    (fill weights included), 0 where nothing links them.  Same meaning as canvas-engineering's
+    ``CanvasTopology.to_attention_mask``; temporal rules are those of DESIGN.md.
+    Built from the plan's rectangles by a vectorised scatter into a segment grid and one gather.
+    """
+    plan = plan if plan is not None else lower(topology, layout)
+    return plan.to_dense(device=device, fn=None, canonical=True)
+
+
+@dataclass
+class BlockMask:
+    """Block-sparse structure of a topology's mask, in the plan's packed order.
+
+    Attributes:
+        plan: the :class:`ExecutionPlan` (``plan.perm`` maps packed -> canonical positions).
+        layout: the :class:`BlockLayout` (tile states and counts).
+        block_size: tile edge.
+        kv_num_blocks: ``(n_q_blocks,)`` int64, number of non-empty key blocks per query block.
+        kv_indices: ``(n_q_blocks, n_k_blocks)`` int64, the non-empty key blocks of each query
+            block first (ascending), then padding with the block's own index repeated — the
+            layout FlexAttention's ``BlockMask.from_kv_blocks`` takes.
+        full_kv_num_blocks / full_kv_indices: same for tiles where every pair is linked with
+            one weight (no per-pair mask needed, only a constant bias).
+    """
+
+    plan: ExecutionPlan
+    layout: BlockLayout
+    block_size: int
+    kv_num_blocks: np.ndarray
+    kv_indices: np.ndarray
+    full_kv_num_blocks: np.ndarray
+    full_kv_indices: np.ndarray
+
+    @property
+    def shape(self):
+        return (self.plan.n, self.plan.n)
+
+    @property
+    def density(self) -> float:
+        return self.layout.density
+
+    @property
+    def perm(self) -> np.ndarray:
+        return self.plan.perm
+
+    def partial_kv(self):
+        """``(num, indices)`` of the partial tiles (non-empty minus full), same padding rule."""
+        return _pack_rows(self.layout.state == BlockLayout.PARTIAL)
+
+    def to_torch(self, device: Any = "cpu"):
+        """The four index arrays as torch int32 tensors (kv_num, kv_idx, full_num, full_idx)."""
+        import torch
+
+        conv = lambda a: torch.as_tensor(a, dtype=torch.int32, device=device)  # noqa: E731
+        return (conv(self.kv_num_blocks), conv(self.kv_indices),
+                conv(self.full_kv_num_blocks), conv(self.full_kv_indices))
+
+    def __repr__(self) -> str:
+        return f"BlockMask(N={self.plan.n}, block_size={self.block_size}, {self.layout!r})"
+
+
+def _pack_rows(sel: np.ndarray):
+    nq, nk = sel.shape if sel.ndim == 2 else (0, 0)
+    num = sel.sum(axis=1).astype(np.int64)
+    # stable argsort puts the selected blocks first in ascending order
+    order = np.argsort(~sel, axis=1, kind="stable").astype(np.int64)
+    pad = np.arange(nk)[None, :] >= num[:, None]
+    order = np.where(pad, order[:, :1] if nk else order, order)
+    return num, order
+
+
+def block_mask(topology: Any, layout: Any, block_size: int = 128, *, plan: Optional[ExecutionPlan] = None) -> BlockMask:
+    """Block-sparse form of the topology's mask (tiles of ``block_size`` over packed positions)."""
+    plan = plan if plan is not None else lower(topology, layout)
+    bl = plan.block_layout(block_size)
+    num, idx = _pack_rows(bl.state > 0)
+    fnum, fidx = _pack_rows(bl.state == BlockLayout.FULL)
+    return BlockMask(plan, bl, int(block_size), num, idx, fnum, fidx)
