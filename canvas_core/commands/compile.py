@@ -1,0 +1,78 @@
+"""``canvas compile [FILE]``: compile a schema (or program) and print what it became.
+
+Prints the layout (regions, positions), the connections with their resolved fn types, and the
+compiler's resolution report: for each connection the implementation and kernel chosen on the
+target device, the providing plugin, and every rejected candidate with its reasons.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Tuple
+
+from canvas_core.errors import SchemaFormatError
+
+BUNDLED = "robot_arm"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", nargs="?", default=None,
+                        help="schema or program JSON (default: the bundled robot-arm example)")
+    parser.add_argument("--device", default="cpu", help="target device: cpu, cuda, cuda:1, ... (default cpu)")
+    parser.add_argument("--dtype", default="float32", help="target dtype (default float32)")
+    parser.add_argument("--kernel", default=None, help="prefer this attention kernel (e.g. reference, flex)")
+    parser.add_argument("--json", action="store_true", help="print the compiled plan as JSON")
+
+
+def load_program_or_schema(source):
+    """``(program_or_None, schema, label)`` from a path, a bundled example name, or None."""
+    if source in (None, "example", BUNDLED):
+        text = resources.files("canvas_core.examples").joinpath(f"{BUNDLED}.json").read_text("utf-8")
+        label = f"bundled example {BUNDLED}.json"
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise SchemaFormatError(f"{source!r} does not exist; give a schema/program JSON file or 'example'")
+        text, label = path.read_text("utf-8"), str(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SchemaFormatError(f"{label} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    from canvas_core.schema import CanvasSchema
+
+    if isinstance(data, dict) and "schema" in data and "layout" not in data:
+        from canvas_core.program import CanvasProgram
+
+        program = CanvasProgram.from_dict(data)
+        return program, program.schema, label
+    return None, CanvasSchema.from_json(text), label
+
+
+def load_schema(source) -> Tuple[object, str]:
+    """``(schema, label)`` from a path, a bundled example name, or None."""
+    _, schema, label = load_program_or_schema(source)
+    return schema, label
+
+
+def run(args: argparse.Namespace) -> int:
+    from canvas_core.compiler import ProgramCompiler
+    from canvas_core.program import CanvasProgram
+
+    program, schema, label = load_program_or_schema(args.file)
+    if program is None:
+        program = CanvasProgram(schema=schema)
+    kwargs = {"device": args.device, "dtype": args.dtype}
+    if args.kernel:
+        kwargs["kernel"] = args.kernel
+    compiled = ProgramCompiler(program).compile(**kwargs)
+    if args.json:
+        print(json.dumps(compiled.to_dict(), indent=2, default=str))
+        return 0
+    print(f"compiled {label} for {args.device} / {args.dtype}\n")
+    print(schema.layout.summary())
+    print()
+    print(compiled.report())
+    return 0

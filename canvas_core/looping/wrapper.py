@@ -1,0 +1,248 @@
+"""`LoopedBlockWrapper`: run one transformer block several times with learned loop signals.
+
+Update rule for the looped state ``h`` (one tensor per stream, each ``(B, N, D_stream)``)::
+
+    h_1     = block(h_0 + e_0)                          # loop 0: the block as-is (e_0 = 0 at init)
+    h_{i+1} = h_i + g_i * (block(h_i + e_i) - h_i)      # loops i >= 1 enter through gate g_i (0 at init)
+
+``e_i`` are per-iteration embeddings (zero-initialised) and ``g_i`` scalar gates
+(initialised to ``gate_init_bias``, 0 by default), so at initialisation the wrapped block
+returns exactly what the original block returns, at *every* loop count.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from canvas_core.errors import BackboneError, CanvasTypeError, ShapeError
+
+__all__ = ["BlockIO", "LoopedBlockWrapper"]
+
+
+@dataclass(frozen=True)
+class BlockIO:
+    """How a block carries the looped state through its call.
+
+    ``streams`` names the block's first parameters that are looped (e.g.
+    ``("hidden_states",)`` for a ViT block, ``("hidden_states", "encoder_hidden_states")`` for a
+    CogVideoX / Mochi block).  They are read positionally or by keyword, passed back positionally
+    in that order, and the block must return either a tensor (one stream) or a tuple whose first
+    ``len(streams)`` entries are the new streams.
+    """
+
+    streams: Tuple[str, ...] = ("hidden_states",)
+
+    def split(self, args: Sequence[Any], kwargs: dict) -> Tuple[Tuple[torch.Tensor, ...], list, dict]:
+        args, kwargs = list(args), dict(kwargs)
+        states = []
+        for name in self.streams:
+            if args:
+                states.append(args.pop(0))
+            elif name in kwargs:
+                states.append(kwargs.pop(name))
+            else:
+                raise CanvasTypeError(
+                    f"looped block called without its looped input {name!r}; pass it as the first "
+                    f"positional arguments or as keyword {name!r} (streams: {list(self.streams)})"
+                )
+        for name, s in zip(self.streams, states):
+            if not isinstance(s, torch.Tensor):
+                raise CanvasTypeError(
+                    f"looped input {name!r} must be a torch.Tensor, got {type(s).__name__}"
+                )
+        return tuple(states), args, kwargs
+
+    def states_of(self, out: Any) -> Tuple[torch.Tensor, ...]:
+        n = len(self.streams)
+        if isinstance(out, torch.Tensor):
+            if n != 1:
+                raise BackboneError(
+                    f"block returned one tensor but {n} looped streams {list(self.streams)} were "
+                    "declared; give the wrapper a BlockIO matching the block's outputs"
+                )
+            return (out,)
+        if isinstance(out, (tuple, list)) and len(out) >= n:
+            return tuple(out[:n])
+        raise BackboneError(
+            f"block returned {type(out).__name__}; expected a tensor or a tuple whose first {n} "
+            f"entries are the streams {list(self.streams)}"
+        )
+
+    def repack(self, out: Any, states: Tuple[torch.Tensor, ...]) -> Any:
+        if isinstance(out, torch.Tensor):
+            return states[0]
+        rest = tuple(out[len(states):])
+        packed = tuple(states) + rest
+        return list(packed) if isinstance(out, list) else packed
+
+
+def _beta_targets(block: nn.Module) -> List[Any]:
+    """Objects inside ``block`` whose attention honours an inverse temperature ``beta``:
+    canvas-core attention modules and adapter-installed processors expose a float ``beta``."""
+    found: List[Any] = []
+    for m in block.modules():
+        if m is block:
+            continue
+        if isinstance(getattr(m, "beta", None), (int, float)) and getattr(m, "canvas_beta", True):
+            found.append(m)
+        proc = getattr(m, "processor", None)
+        if proc is not None and getattr(proc, "canvas_beta", False):
+            found.append(proc)
+    return found
+
+
+class LoopedBlockWrapper(nn.Module):
+    """Wrap any transformer block for looped execution (see the module docstring for the rule).
+
+    Args:
+        original: the block to loop (kept as ``self.original``; freeze it or not, your choice).
+        block_idx: index of the block in its model (logging, checkpoints).
+        max_loops: maximum number of iterations (``current_loops`` starts here).
+        embed_dim: width ``D`` of the first looped stream (last dim of ``hidden_states``).
+        gate_init_bias: initial value of the gates ``g_1 .. g_{L-1}``. 0 (default) makes the
+            grafted model identical to the backbone at every loop count; any other value blends.
+        use_gradient_checkpointing: recompute each loop's activations in backward (per loop,
+            ``use_reentrant=False``), only while training with grad enabled.
+        io: how the block carries its looped streams (default: one stream, first argument).
+        stream_dims: width of every stream when there are several (default ``(embed_dim,)``).
+        sharpening: optional ``SharpeningSchedule`` (loop index -> attention inverse temperature).
+
+    Parameters: ``loop_emb`` ``(max_loops, embed_dim)``, one ``loop_emb_<k>`` per extra stream,
+    and ``loop_gate`` ``(max_loops - 1,)``.
+    """
+
+    def __init__(
+        self,
+        original: nn.Module,
+        block_idx: int = 0,
+        max_loops: int = 4,
+        embed_dim: int = 256,
+        gate_init_bias: float = 0.0,
+        use_gradient_checkpointing: bool = True,
+        *,
+        io: Optional[BlockIO] = None,
+        stream_dims: Optional[Sequence[int]] = None,
+        sharpening: Optional[Callable[[int], float]] = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(original, nn.Module):
+            raise CanvasTypeError(
+                f"LoopedBlockWrapper wraps an nn.Module, got {type(original).__name__}"
+            )
+        if not isinstance(max_loops, int) or isinstance(max_loops, bool) or max_loops < 1:
+            raise BackboneError(f"max_loops must be an int >= 1, got {max_loops!r}")
+        if not isinstance(embed_dim, int) or embed_dim < 1:
+            raise BackboneError(f"embed_dim must be a positive int, got {embed_dim!r}")
+        self.io = io or BlockIO()
+        dims = tuple(stream_dims) if stream_dims is not None else (embed_dim,) * len(self.io.streams)
+        if len(dims) != len(self.io.streams):
+            raise BackboneError(
+                f"stream_dims {dims} must give one width per looped stream {list(self.io.streams)}"
+            )
+        self.original = original
+        self.block_idx = block_idx
+        self.max_loops = max_loops
+        self.embed_dim = dims[0]
+        self.stream_dims = dims
+        self.use_gradient_checkpointing = use_gradient_checkpointing
+        self.current_loops = max_loops
+        self.loop_emb = nn.Parameter(torch.zeros(max_loops, dims[0]))
+        for k, d in enumerate(dims[1:], start=1):
+            self.register_parameter(f"loop_emb_{k}", nn.Parameter(torch.zeros(max_loops, d)))
+        self.loop_gate = nn.Parameter(torch.full((max_loops - 1,), float(gate_init_bias)))
+        self.sharpening = None
+        if sharpening is not None:
+            self.set_sharpening(sharpening)
+
+    # --- configuration -------------------------------------------------------------------------
+    def set_loops(self, n: int) -> None:
+        """Set the number of iterations used by ``forward`` (curriculum), 1 <= n <= max_loops."""
+        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= self.max_loops:
+            raise BackboneError(
+                f"block {self.block_idx}: loops must be an int in [1, {self.max_loops}], got {n!r}"
+            )
+        self.current_loops = n
+
+    def set_sharpening(self, schedule: Optional[Callable[[int], float]]) -> None:
+        """Apply ``schedule(loop_idx)`` as the attention inverse temperature of each loop."""
+        if schedule is not None:
+            if not callable(schedule):
+                raise CanvasTypeError(
+                    f"sharpening must be a SharpeningSchedule or callable(loop_idx) -> beta, got "
+                    f"{type(schedule).__name__}"
+                )
+            if not _beta_targets(self.original):
+                raise BackboneError(
+                    f"block {self.block_idx} ({type(self.original).__name__}) has no attention "
+                    "exposing an inverse temperature `beta`; graft it through an adapter that "
+                    "installs canvas attention (graft_looped_blocks does) or use canvas-core "
+                    "attention modules"
+                )
+        self.sharpening = schedule
+
+    def loop_parameters(self) -> List[nn.Parameter]:
+        """The wrapper's own parameters (embeddings and gates), not the block's."""
+        return [p for _, p in self.named_loop_parameters()]
+
+    def named_loop_parameters(self) -> List[Tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self._parameters.items() if p is not None]
+
+    def trainable_params(self) -> int:
+        """Number of loop-specific parameters that require grad."""
+        return sum(p.numel() for p in self.loop_parameters() if p.requires_grad)
+
+    def extra_repr(self) -> str:
+        return (
+            f"block_idx={self.block_idx}, max_loops={self.max_loops}, "
+            f"current_loops={self.current_loops}, stream_dims={self.stream_dims}, "
+            f"checkpointing={self.use_gradient_checkpointing}"
+        )
+
+    # --- execution -----------------------------------------------------------------------------
+    def _embeddings(self) -> List[torch.Tensor]:
+        return [self.loop_emb] + [getattr(self, f"loop_emb_{k}") for k in range(1, len(self.stream_dims))]
+
+    def _run_once(self, loop_idx: int, rest_args: list, rest_kwargs: dict, *states: torch.Tensor):
+        targets = _beta_targets(self.original) if self.sharpening is not None else []
+        old = [t.beta for t in targets]
+        if targets:
+            beta = float(self.sharpening(loop_idx))
+            for t in targets:
+                t.beta = beta
+        try:
+            return self.original(*states, *rest_args, **rest_kwargs)
+        finally:
+            for t, b in zip(targets, old):
+                t.beta = b
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the block ``current_loops`` times. The looped streams are the first arguments
+        (``(B, N, D_k)`` each); every other argument is passed through unchanged."""
+        states, rest_args, rest_kwargs = self.io.split(args, kwargs)
+        embs = self._embeddings()
+        for name, s, d in zip(self.io.streams, states, self.stream_dims):
+            if s.shape[-1] != d:
+                raise ShapeError(
+                    f"block {self.block_idx}: looped input {name!r} has last dim {s.shape[-1]} "
+                    f"but the loop embeddings have width {d}; graft with the model's hidden size"
+                )
+        use_ckpt = self.use_gradient_checkpointing and self.training and torch.is_grad_enabled()
+        out = None
+        for i in range(self.current_loops):
+            inp = tuple(s + e[i].to(s.dtype) for s, e in zip(states, embs))
+            if use_ckpt:
+                out = checkpoint(self._run_once, i, rest_args, rest_kwargs, *inp, use_reentrant=False)
+            else:
+                out = self._run_once(i, rest_args, rest_kwargs, *inp)
+            new = self.io.states_of(out)
+            if i == 0:
+                states = new
+            else:
+                g = self.loop_gate[i - 1]
+                states = tuple(s + g.to(s.dtype) * (n - s) for s, n in zip(states, new))
+        return self.io.repack(out, states)
