@@ -43,7 +43,8 @@ def load_program_or_schema(source):
         raise SchemaFormatError(f"{label} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
     from canvas_core.schema import CanvasSchema
 
-    if isinstance(data, dict) and "schema" in data and "layout" not in data:
+    program_keys = {"program_version", "region_programs", "connection_programs"}
+    if isinstance(data, dict) and (("schema" in data and "layout" not in data) or program_keys & set(data)):
         from canvas_core.program import CanvasProgram
 
         program = CanvasProgram.from_dict(data)

@@ -81,6 +81,20 @@ def connection_pairs(conn, layout) -> Dict[Tuple[int, int], float]:
                 if w > out.get((q, k), 0.0):
                     out[(q, k)] = w
 
+    mask = getattr(conn, "mask", None)
+    if mask is not None and str(getattr(mask, "kind", "full")) != "full":
+        from canvas_core.schema.masks import mask_to_index_pairs
+
+        allowed = {(q, k) for qs, ks in mask_to_index_pairs(mask, layout, conn.src, conn.dst)
+                   for q in qs for k in ks}
+        inner = link
+
+        def link(qs, ks, w):  # noqa: F811 - the mask restricts which pairs link
+            for q in qs:
+                for k in ks:
+                    if (q, k) in allowed:
+                        inner([q], [k], w)
+
     all_src = [i for f in src for i in src[f]]
     all_dst = [i for f in dst for i in dst[f]]
     if conn.t_src is None and conn.t_dst is None:

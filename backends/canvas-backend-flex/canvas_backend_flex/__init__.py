@@ -1,0 +1,74 @@
+"""canvas-backend-flex: canvas attention on PyTorch FlexAttention.
+
+Registers two names in the ``kernels`` registry (nothing imported until a kernel is built):
+
+* ``flex`` (priority 20, CUDA): the kernel the resolver prefers on CUDA for softmax attention.
+* ``flex_cpu`` (priority -10, CPU): the same kernel compiled for CPU by ``torch.compile``; below
+  the core's ``reference`` kernel (priority 0) so it is used only when asked for
+  (``compile(kernel="flex_cpu")``), because its first call compiles for tens of seconds.
+
+Both execute ``cross_attention`` (softmax attention with the ``log w`` connection-weight bias),
+exactly the math of the core's reference kernel.  See :mod:`canvas_backend_flex.kernel`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as _md
+import re
+from typing import Any, List
+
+try:
+    from canvas_core import hookimpl
+except (ImportError, AttributeError):  # pragma: no cover - plugin layer missing
+    def hookimpl(fn=None, **_kw):  # type: ignore[no-redef]
+        return fn if fn is not None else (lambda f: f)
+
+__version__ = "0.1.0"
+__all__ = ["canvas_register_kernels", "check", "SUPPORTS", "MIN_TORCH"]
+
+#: attention types this kernel executes (softmax with per-pair log-weight bias).
+SUPPORTS = ("cross_attention",)
+#: first torch release with ``torch.nn.attention.flex_attention`` and ``BlockMask.from_kv_blocks``.
+MIN_TORCH = (2, 5)
+
+
+def _torch_version() -> Any:
+    try:
+        v = _md.version("torch")
+    except _md.PackageNotFoundError:
+        return None
+    m = re.match(r"(\d+)\.(\d+)", v)
+    return (int(m.group(1)), int(m.group(2)), v) if m else (0, 0, v)
+
+
+def check(ctx: Any) -> List[str]:
+    """Reasons FlexAttention cannot run in ``ctx`` (no torch import: reads the installed version)."""
+    tv = _torch_version()
+    if tv is None:
+        return ["needs torch, which is not installed"]
+    if tv[:2] < MIN_TORCH:
+        return [f"needs torch >= {MIN_TORCH[0]}.{MIN_TORCH[1]} for torch.nn.attention.flex_attention "
+                f"(found torch {tv[2]})"]
+    return []
+
+
+@hookimpl
+def canvas_register_kernels(registry):
+    common = dict(
+        supports=SUPPORTS,
+        requires=("torch",),
+        dtypes=("float32", "float16", "bfloat16"),
+        check=check,
+        family="softmax",
+        complexity="O(nonempty blocks x block_size^2)",
+    )
+    registry.add(
+        "flex", "canvas_backend_flex.kernel:FlexKernel", devices=("cuda",), priority=20,
+        description="FlexAttention (torch.compile'd Triton kernel): BlockMask from the plan's "
+        "block structure + score_mod adding log w", **common,
+    )
+    registry.add(
+        "flex_cpu", "canvas_backend_flex.kernel:FlexKernel", devices=("cpu",), priority=-10,
+        description="FlexAttention compiled for CPU by torch.compile (opt-in: slow first call)",
+        **common,
+    )

@@ -1,0 +1,78 @@
+"""`XFormersKernel`: one softmax group of an execution plan on xformers (CUDA).
+
+Kernel contract (the core's, see :mod:`canvas_core.runtime.kernels`)::
+
+    kernel = XFormersKernel(group, plan, n_heads=..., head_dim=...)
+    out = kernel(q, k, v, scale=..., dropout_p=0.0)     # (B, H, N, d) canonical -> same
+
+The group's weights become one additive ``attn_bias`` ``(N, N)`` in canonical order (``log w``
+where linked, ``-inf`` elsewhere; rows with no key get 0 and their output is zeroed), built once
+from the plan's segment grid.  xformers wants ``(B, N, H, d)`` tensors and a bias whose last
+dimension is allocated in multiples of 8, which is handled here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from canvas_core.compiler.plan import ExecutionPlan, RectGroup
+from canvas_core.errors import ShapeError, UnavailableError
+
+__all__ = ["XFormersKernel", "additive_bias"]
+
+
+def additive_bias(group: RectGroup, plan: ExecutionPlan, device: Any = None):
+    """``((N, N) float32 bias, (N,) bool row_has_key)`` in canonical order for ``group``."""
+    W = plan.to_dense(device=device or "cpu", fn=group.fn, canonical=True)
+    has = (W > 0).any(dim=1)
+    bias = torch.where(W > 0, W.clamp_min(1e-30).log(), torch.full_like(W, -math.inf))
+    bias[~has] = 0.0
+    return bias.float(), has
+
+
+class XFormersKernel(nn.Module):
+    """Memory-efficient attention with the plan's additive bias (see the module docstring)."""
+
+    def __init__(self, group: RectGroup, plan: ExecutionPlan, *, n_heads: int = 1,
+                 head_dim: Optional[int] = None, device: Any = None) -> None:
+        super().__init__()
+        try:
+            import xformers.ops  # noqa: F401
+        except ImportError as exc:
+            raise UnavailableError(
+                f"kernel 'xformers' needs the xformers package ({exc}); pip install xformers, or "
+                "compile with another kernel") from None
+        self.fn = group.fn
+        self.n = n = int(plan.n)
+        bias, has = additive_bias(group, plan)
+        pad = (-n) % 8  # xformers requires the bias storage's last dim aligned to 8
+        storage = torch.zeros(n, n + pad)
+        storage[:, :n] = bias
+        self.register_buffer("bias_storage", storage.to(device) if device is not None else storage,
+                             persistent=False)
+        self.register_buffer("row_has_key", has.to(device) if device is not None else has,
+                             persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"fn={self.fn!r}, n={self.n}"
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optional[float] = None,
+                dropout_p: float = 0.0) -> torch.Tensor:
+        """``(B, H, N, d)`` x3 canonical -> ``(B, H, N, d)`` canonical."""
+        import xformers.ops as xops
+
+        if q.dim() != 4 or q.shape[-2] != self.n:
+            raise ShapeError(f"XFormersKernel for {self.n} positions expects (B, H, {self.n}, d), "
+                             f"got {tuple(q.shape)}")
+        B, H, n, _ = q.shape
+        bias = self.bias_storage[:, :n].to(q.dtype)
+        bias = bias[None, None].expand(B, H, n, n)
+        out = xops.memory_efficient_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias,
+            p=float(dropout_p), scale=scale)
+        out = out.transpose(1, 2)
+        return out * self.row_has_key[:, None].to(out.dtype)

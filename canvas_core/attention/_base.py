@@ -1,0 +1,157 @@
+"""Shared plumbing of the builtin attention types: config checks, head reshapes, key masks.
+
+Every attention type maps ``queries (B, Nq, D), keys (B, Nk, D), values (B, Nk, D)`` and an
+optional ``key_mask`` to ``(B, Nq, D)``.  ``key_mask`` is boolean (True = may attend) or an
+additive float mask (``-inf`` = blocked, finite values are added to softmax logits), of any
+shape that broadcasts to ``(B, Nq, Nk)``: ``(Nk,)``, ``(Nq, Nk)``, ``(B, 1, Nk)``,
+``(B, Nq, Nk)``.  A 2-d mask whose first dimension is ``B`` but not ``Nq`` is read as ``(B, Nk)``
+(one key set per batch item).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from canvas_core.errors import CanvasTypeError, ShapeError
+
+__all__ = ["AttentionBase", "aligned_key_index", "causal_read_index"]
+
+
+def _check_int(type_name: str, name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CanvasTypeError(
+            f"{type_name}: {name} must be an int, got {type(value).__name__} {value!r}"
+        )
+    if value < minimum:
+        raise CanvasTypeError(f"{type_name}: {name} must be >= {minimum}, got {value}")
+    return value
+
+
+class AttentionBase(nn.Module):
+    """Base of the builtin attention types (config validation and tensor helpers).
+
+    Args:
+        d_model: model width ``D``; must be divisible by ``n_heads``.
+        n_heads: number of heads.
+        dropout: dropout probability on attention weights / outputs (training only).
+    """
+
+    #: registry name of the type (used in error messages)
+    type_name: str = "attention"
+    #: inverse temperature of softmax logits; softmax types set it to 1.0 (SharpeningSchedule
+    #: changes it); ``None`` means 1.0.  Non-softmax types keep ``None`` and ignore it.
+    beta: Optional[float] = None
+
+    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0) -> None:
+        super().__init__()
+        t = self.type_name
+        _check_int(t, "d_model", d_model, 1)
+        _check_int(t, "n_heads", n_heads, 1)
+        if d_model % n_heads != 0:
+            raise ShapeError(
+                f"{t}: d_model={d_model} is not divisible by n_heads={n_heads}; "
+                f"choose n_heads among the divisors of {d_model}"
+            )
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise CanvasTypeError(f"{t}: dropout must be a float in [0, 1), got {dropout!r}")
+        self.d_model = d_model
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.dropout_p = float(dropout)
+
+    # ------------------------------------------------------------------ checks / helpers
+    def _beta(self) -> float:
+        return 1.0 if self.beta is None else float(self.beta)
+
+    def _check_inputs(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+        t = self.type_name
+        for name, x in (("queries", queries), ("keys", keys), ("values", values)):
+            if not isinstance(x, torch.Tensor):
+                raise CanvasTypeError(f"{t}: {name} must be a torch.Tensor, got {type(x).__name__}")
+            if x.dim() != 3 or x.shape[-1] != self.d_model:
+                raise ShapeError(
+                    f"{t}: {name} must have shape (B, N, {self.d_model}), got {tuple(x.shape)}"
+                )
+        if keys.shape[:2] != values.shape[:2]:
+            raise ShapeError(
+                f"{t}: keys {tuple(keys.shape)} and values {tuple(values.shape)} must share (B, Nk)"
+            )
+        if keys.shape[0] != queries.shape[0]:
+            raise ShapeError(
+                f"{t}: queries {tuple(queries.shape)} and keys {tuple(keys.shape)} have different "
+                "batch sizes"
+            )
+
+    def _mask(
+        self, key_mask: Optional[torch.Tensor], B: int, Nq: int, Nk: int
+    ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Normalise ``key_mask`` to ``(allowed, bias)``, each ``(B|1, Nq|1, Nk)`` or None.
+
+        ``allowed`` is bool (True = may attend); ``bias`` is an additive float (only for float
+        masks, 0 where blocked).
+        """
+        if key_mask is None:
+            return None, None
+        t = self.type_name
+        if not isinstance(key_mask, torch.Tensor):
+            raise CanvasTypeError(f"{t}: key_mask must be a torch.Tensor or None, got {type(key_mask).__name__}")
+        m = key_mask
+        if m.dim() == 2 and m.shape[0] == B and m.shape[0] != Nq and m.shape[0] != 1:
+            m = m[:, None, :]  # (B, Nk)
+        if m.dim() > 3 or m.dim() == 0:
+            raise ShapeError(f"{t}: key_mask of shape {tuple(key_mask.shape)} must broadcast to (B, Nq, Nk) = {(B, Nq, Nk)}")
+        while m.dim() < 3:
+            m = m[None]
+        ok = all(s in (1, full) for s, full in zip(m.shape, (B, Nq, Nk)))
+        if not ok or m.shape[-1] != Nk:
+            raise ShapeError(
+                f"{t}: key_mask of shape {tuple(key_mask.shape)} does not broadcast to "
+                f"(B, Nq, Nk) = {(B, Nq, Nk)}"
+            )
+        if m.dtype == torch.bool:
+            return m, None
+        if not m.is_floating_point():
+            return m != 0, None
+        allowed = m != float("-inf")
+        bias = torch.where(allowed, m, torch.zeros((), dtype=m.dtype, device=m.device))
+        return allowed, bias
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, N, D) -> (B, H, N, D/H)``."""
+        B, N, _ = x.shape
+        return x.view(B, N, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, H, N, D/H) -> (B, N, D)``."""
+        B, H, N, d = x.shape
+        return x.transpose(1, 2).reshape(B, N, H * d)
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, n_heads={self.n_heads}, dropout={self.dropout_p}"
+
+
+def aligned_key_index(Nq: int, Nk: int, device=None) -> torch.Tensor:
+    """Nearest-index resampling ``(Nq,)``: query ``i`` -> key ``floor((i + 0.5) * Nk / Nq)``.
+
+    The centre of query ``i`` on ``[0, 1)`` is ``(i + 0.5) / Nq``; the key whose cell
+    ``[j / Nk, (j + 1) / Nk)`` contains it is chosen.  ``Nq == Nk`` gives the identity.
+    Integer arithmetic (``(2i + 1) * Nk // (2 Nq)``) keeps it exact.
+    """
+    i = torch.arange(Nq, device=device)
+    return ((2 * i + 1) * Nk) // (2 * max(Nq, 1))
+
+
+def causal_read_index(Nq: int, Nk: int, device=None) -> torch.Tensor:
+    """Causal read position ``(Nq,)`` for cross-length recurrences (RWKV, Hyena, Mamba).
+
+    Query ``i`` covers ``[i / Nq, (i + 1) / Nq)`` of the key sequence's span; it reads the state
+    after the last key whose cell ends no later than the query's:
+    ``p(i) = floor((i + 1) * Nk / Nq) - 1``.  ``Nq == Nk`` gives ``p(i) = i`` (the usual causal
+    output); ``Nq == 1`` reads the state after all keys; ``p(i) == -1`` (a query before the
+    first key ends) reads an empty state and outputs zeros.
+    """
+    i = torch.arange(Nq, device=device)
+    return ((i + 1) * Nk) // max(Nq, 1) - 1

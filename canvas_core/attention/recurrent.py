@@ -1,0 +1,362 @@
+"""Sequence-operator attention types: RWKV time-decay recurrence and Hyena long convolution.
+
+Both run causally along the key/value sequence (the connection's destination positions, in the
+order given: region order on the canvas) and let queries read it at their causal read position
+(:func:`canvas_core.attention._base.causal_read_index`): query ``i`` reads the state after key
+``p(i) = floor((i + 1) * Nk / Nq) - 1``.  ``Nq == Nk`` is the usual position-aligned causal
+operator; ``Nq == 1`` reads the whole sequence; ``p(i) < 0`` gives zeros.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from canvas_core.attention._base import AttentionBase, _check_int, causal_read_index
+from canvas_core.errors import CanvasTypeError
+
+__all__ = ["RWKVAttention", "HyenaAttention", "wkv_scan", "wkv_masked", "fft_causal_conv"]
+
+_NEG_INF = float("-inf")
+_CHUNK_ELEMS = 1 << 24  # bound on the size of per-query intermediate tensors
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    ok = den > 0
+    return num / torch.where(ok, den, torch.ones_like(den)) * ok
+
+
+def _finite_or_zero(q: torch.Tensor) -> torch.Tensor:
+    return torch.where(q == _NEG_INF, torch.zeros_like(q), q)
+
+
+def _check_kernel(type_name: str, kernel: str) -> str:
+    if kernel not in ("auto", "torch"):
+        raise CanvasTypeError(
+            f"{type_name}: kernel={kernel!r} is not available; {type_name} has the pure-PyTorch "
+            "kernel only: use kernel='auto' or kernel='torch'"
+        )
+    return kernel
+
+
+def _rows_identical(allowed: torch.Tensor) -> bool:
+    """True when a ``(B|1, Nq, Nk)`` mask is the same for every query (eager mode only)."""
+    if allowed.shape[1] == 1:
+        return True
+    if torch.compiler.is_compiling():
+        return False
+    return bool((allowed == allowed[:, :1, :]).all())
+
+
+# ---------------------------------------------------------------------------- RWKV
+def wkv_scan(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
+             key_ok: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """RWKV-4 WKV along the sequence, as a numerically stable log-space scan.
+
+    ``wkv_t = (sum_{i<t} e^{-(t-1-i) w + k_i} v_i + e^{u + k_t} v_t) /
+    (sum_{i<t} e^{-(t-1-i) w + k_i} + e^{u + k_t})`` per channel, where masked keys
+    (``key_ok`` False) are left out of both sums.  The running sums are kept relative to their
+    running maximum exponent ``p``, so nothing overflows.
+
+    Args:
+        k, v: ``(B, L, C)``; w: ``(C,)`` decay rate (> 0); u: ``(C,)`` bonus of the current key.
+        key_ok: optional bool ``(B|1, L)``.
+
+    Returns:
+        ``(B, L, C)``; 0 where no key is allowed up to ``t``.
+    """
+    B, L, C = k.shape
+    if key_ok is not None:
+        k = k.masked_fill(~key_ok.unsqueeze(-1), _NEG_INF)
+    a = torch.zeros(B, C, dtype=k.dtype, device=k.device)
+    b = torch.zeros_like(a)
+    p = torch.full_like(a, _NEG_INF)
+    outs = []
+    for t in range(L):
+        kt, vt = k[:, t], v[:, t]
+        ww = u + kt
+        q = _finite_or_zero(torch.maximum(p, ww))
+        e1, e2 = torch.exp(p - q), torch.exp(ww - q)
+        outs.append(_safe_div(e1 * a + e2 * vt, e1 * b + e2))
+        ww = p - w
+        q = torch.maximum(ww, kt)
+        qs = _finite_or_zero(q)
+        e1, e2 = torch.exp(ww - qs), torch.exp(kt - qs)
+        a = e1 * a + e2 * vt
+        b = e1 * b + e2
+        p = q
+    if not outs:
+        return k.new_zeros(B, 0, C)
+    return torch.stack(outs, dim=1)
+
+
+def wkv_masked(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
+               read: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """WKV read at positions ``read (Nq,)`` with a per-query key mask (explicit form).
+
+    Query ``i`` gets ``sum_j a_ij v_j / sum_j a_ij`` over keys ``j <= read_i`` allowed by
+    ``allowed (B|1, Nq, L)``, with ``log a_ij = k_j - (read_i - 1 - j) w`` for ``j < read_i`` and
+    ``u + k_j`` for ``j == read_i``: the scan's formula with the query's own key set.
+    Chunked over queries; ``O(Nq * L * C)``.  Returns ``(B, Nq, C)``.
+    """
+    B, L, C = k.shape
+    Nq = read.shape[0]
+    j = torch.arange(L, device=k.device)
+    chunk = max(1, _CHUNK_ELEMS // max(1, B * L * C))
+    outs = []
+    for s in range(0, Nq, chunk):
+        r = read[s:s + chunk]
+        lag = (r[:, None] - 1 - j[None, :]).to(k.dtype)  # (Qc, L)
+        logw = k[:, None, :, :] - lag[None, :, :, None] * w  # (B, Qc, L, C)
+        cur = (j[None, :] == r[:, None])[None, :, :, None]
+        logw = torch.where(cur, (u + k)[:, None, :, :], logw)
+        ok = (j[None, :] <= r[:, None])[None] & allowed[:, s:s + chunk] if allowed.shape[1] > 1 \
+            else (j[None, :] <= r[:, None])[None] & allowed
+        logw = logw.masked_fill(~ok.unsqueeze(-1), _NEG_INF)
+        m = _finite_or_zero(logw.amax(dim=2, keepdim=True))
+        e = torch.exp(logw - m)
+        outs.append(_safe_div((e * v[:, None]).sum(dim=2), e.sum(dim=2)))
+    if not outs:
+        return k.new_zeros(B, 0, C)
+    return torch.cat(outs, dim=1)
+
+
+class RWKVAttention(AttentionBase):
+    """RWKV-4 time-mixing (``rwkv``): a real WKV recurrence with learned per-channel decay.
+
+    Keys/values give ``k = W_k keys``, ``v = W_v values``; the WKV recurrence (per channel decay
+    ``w = exp(time_decay) > 0`` and bonus ``u = time_first`` for the current key) runs causally
+    along the key sequence (:func:`wkv_scan`, log-space, stable).  Query ``i`` reads the WKV at
+    its causal read position ``p(i) = floor((i + 1) * Nk / Nq) - 1`` (``Nq == Nk``: position
+    ``i``, as in RWKV; ``Nq == 1``: after all keys; ``p(i) < 0``: zeros) and is gated by its
+    receptance: ``out_i = W_o(sigmoid(W_r q_i) * wkv_{p(i)})``.
+
+    Key mask: keys a query may not attend are left out of its sums.  A mask shared by all
+    queries runs in the ``O(Nk)`` scan; a per-query mask uses the equivalent explicit form
+    (:func:`wkv_masked`, ``O(Nq * Nk * D)``).  ``n_heads`` is validated only (RWKV-4 is
+    per-channel).  ``kernel``: ``"auto"`` or ``"torch"`` (the CPU/GPU PyTorch scan); the choice
+    is recorded in ``self.kernel_used``.
+    """
+
+    type_name = "rwkv"
+
+    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0, kernel: str = "auto") -> None:
+        super().__init__(d_model, n_heads, dropout)
+        self.kernel = _check_kernel(self.type_name, kernel)
+        self.kernel_used: Optional[str] = None
+        D = d_model
+        ratio = torch.arange(D, dtype=torch.float32) / max(D - 1, 1)
+        # RWKV-4 init: decay speeds spread from slow to fast across channels
+        self.time_decay = nn.Parameter(-5.0 + 8.0 * ratio ** (0.7 + 1.3 * ratio))
+        zigzag = ((torch.arange(D) + 1) % 3 - 1).float() * 0.5
+        self.time_first = nn.Parameter(torch.full((D,), math.log(0.3)) + zigzag)
+        self.receptance = nn.Linear(D, D, bias=False)
+        self.key = nn.Linear(D, D, bias=False)
+        self.value = nn.Linear(D, D, bias=False)
+        self.output = nn.Linear(D, D, bias=False)
+        self.drop = nn.Dropout(self.dropout_p)
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
+        self._check_inputs(queries, keys, values)
+        B, Nq, D = queries.shape
+        Nk = keys.shape[1]
+        allowed, _ = self._mask(key_mask, B, Nq, Nk)
+        self.kernel_used = "torch"
+        if Nk == 0:
+            return torch.zeros_like(queries)
+        wd = _work_dtype(queries.dtype)
+        k = self.key(keys).to(wd)
+        v = self.value(values).to(wd)
+        w = torch.exp(self.time_decay.to(wd))
+        u = self.time_first.to(wd)
+        read = causal_read_index(Nq, Nk, device=queries.device)
+        valid = read >= 0
+        j = torch.arange(Nk, device=queries.device)
+        before = j[None, :] <= read[:, None]  # (Nq, Nk)
+        if allowed is None or _rows_identical(allowed):
+            key_ok = None if allowed is None else allowed[:, 0, :]
+            seq = wkv_scan(k, v, w, u, key_ok)
+            wkv = seq.index_select(1, read.clamp(min=0)) * valid.view(1, Nq, 1).to(wd)
+            has = before.any(-1).view(1, Nq, 1) if key_ok is None else \
+                (before[None] & key_ok[:, None, :]).any(-1, keepdim=True)
+        else:
+            wkv = wkv_masked(k, v, w, u, read, allowed)
+            has = (before[None] & allowed).any(-1, keepdim=True)
+        r = torch.sigmoid(self.receptance(queries))
+        out = self.output(self.drop(r * wkv.to(queries.dtype)))
+        return out.masked_fill(~has, 0.0)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", kernel={self.kernel!r}"
+
+
+# ---------------------------------------------------------------------------- Hyena
+def fft_causal_conv(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Causal long convolution by FFT: ``y_t = sum_{s<=t} h_{t-s} z_s``.
+
+    z: ``(B, L, C)``; h: ``(L, C)``. ``O(L log L)``; computed in float32 (float64 kept).
+    """
+    B, L, C = z.shape
+    if L == 0:
+        return z.clone()
+    wd = _work_dtype(z.dtype)
+    n = 2 * L
+    Z = torch.fft.rfft(z.to(wd), n=n, dim=1)
+    H = torch.fft.rfft(h.to(wd), n=n, dim=0)
+    return torch.fft.irfft(Z * H.unsqueeze(0), n=n, dim=1)[:, :L]
+
+
+class _Sin(nn.Module):
+    """``sin(freq * x)`` with a learned per-feature frequency (Hyena's filter activation)."""
+
+    def __init__(self, dim: int, w: float = 1.0) -> None:
+        super().__init__()
+        self.freq = nn.Parameter(w * torch.ones(1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.freq * x)
+
+
+class HyenaAttention(AttentionBase):
+    """Hyena operator (``hyena``): implicit long convolutions with data-controlled gating.
+
+    Implicit filters ``h^n (L, D)`` (``n = 1..order``) are produced by a small MLP (sine
+    activations) over positional features of the lag ``t = 0..L-1`` (``t / max_len`` plus
+    ``n_bands`` sine/cosine bands ``sin, cos(t / max_len^(b / n_bands))``), times an exponential decay window ``exp(-alpha_c t / max_len)``
+    with per-channel rates.  Along the key sequence (length ``L = Nk``):
+
+    ``z^1 = W_v values``; ``z^{n+1} = x^n * (h^n (*) z^n + d_n z^n)`` for ``n < order`` with gates
+    ``x^n = W_x^n keys``; ``y = h^order (*) z^order + d_order z^order``, where ``(*)`` is the causal
+    convolution done by FFT (``O(L log L)``).  Query ``i`` reads ``y`` at its causal read position
+    ``p(i)`` and gates it: ``out_i = W_o((W_q q_i) * y_{p(i)})``.
+
+    Key mask: masked keys are zeroed in every stage (they contribute nothing; positions keep
+    their place, so lags are unchanged).  Per-query masks restrict the last convolution exactly
+    per query (explicit ``O(Nq * Nk * D)`` form); inner stages use the keys any query may see.
+
+    Args:
+        order: number of convolutions (>= 1), default 2.
+        filter_dim: width of the filter MLP.
+        n_bands: number of sine/cosine positional bands.
+        max_len: length scale of the positional features (sequences may be longer).
+        kernel: ``"auto"`` or ``"torch"`` (FFT in PyTorch); recorded in ``self.kernel_used``.
+    """
+
+    type_name = "hyena"
+
+    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0, order: int = 2,
+                 filter_dim: int = 32, n_bands: int = 4, max_len: int = 4096, kernel: str = "auto") -> None:
+        super().__init__(d_model, n_heads, dropout)
+        t = self.type_name
+        self.order = _check_int(t, "order", order, 1)
+        self.filter_dim = _check_int(t, "filter_dim", filter_dim, 1)
+        self.n_bands = _check_int(t, "n_bands", n_bands, 0)
+        self.max_len = _check_int(t, "max_len", max_len, 1)
+        self.kernel = _check_kernel(t, kernel)
+        self.kernel_used: Optional[str] = None
+        D = d_model
+        self.v_proj = nn.Linear(D, D)
+        self.q_proj = nn.Linear(D, D)
+        self.gate_proj = nn.Linear(D, D * (order - 1)) if order > 1 else None
+        self.out_proj = nn.Linear(D, D)
+        emb = 1 + 2 * n_bands
+        self.filter_mlp = nn.Sequential(
+            nn.Linear(emb, filter_dim), _Sin(filter_dim),
+            nn.Linear(filter_dim, filter_dim), _Sin(filter_dim),
+            nn.Linear(filter_dim, order * D, bias=False),
+        )
+        # decay rates: reach 1e-2 after between 30% and 150% of max_len
+        rates = torch.linspace(math.log(1e-2) / 0.3, math.log(1e-2) / 1.5, D).abs()
+        self.register_buffer("decay_rates", rates)
+        self.skip = nn.Parameter(torch.randn(order, D) * 0.02)
+        self.drop = nn.Dropout(self.dropout_p)
+
+    def filters(self, L: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The implicit filters ``(order, L, D)`` for a sequence of length ``L``."""
+        dev = self.skip.device
+        lag = torch.arange(L, device=dev, dtype=torch.float32)
+        t = lag / self.max_len
+        feats = [t[:, None]]
+        if self.n_bands:
+            # transformer-style bands over the absolute lag: fast (period 2*pi) to slow
+            b = torch.arange(self.n_bands, device=dev, dtype=torch.float32)
+            ang = lag[:, None] / (float(self.max_len) ** (b / self.n_bands))[None, :]
+            feats += [torch.sin(ang), torch.cos(ang)]
+        z = torch.cat(feats, dim=-1)
+        h = self.filter_mlp(z.to(self.skip.dtype)).view(L, self.order, self.d_model).transpose(0, 1)
+        window = torch.exp(-t[:, None] * self.decay_rates[None, :].float())
+        return (h * window.to(h.dtype)).to(dtype)
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
+        self._check_inputs(queries, keys, values)
+        B, Nq, D = queries.shape
+        Nk = keys.shape[1]
+        allowed, _ = self._mask(key_mask, B, Nq, Nk)
+        self.kernel_used = "torch"
+        if Nk == 0:
+            return torch.zeros_like(queries)
+        wd = _work_dtype(queries.dtype)
+        read = causal_read_index(Nq, Nk, device=queries.device)
+        valid = read >= 0
+        j = torch.arange(Nk, device=queries.device)
+        before = j[None, :] <= read[:, None]  # (Nq, Nk)
+        per_query = allowed is not None and not _rows_identical(allowed)
+        key_ok = None if allowed is None else allowed.any(dim=1)  # (B|1, Nk): union over queries
+        keep = None if key_ok is None else key_ok.unsqueeze(-1).to(wd)
+
+        h = self.filters(Nk, dtype=wd)  # (order, Nk, D)
+        d = self.skip.to(wd)
+        z = self.v_proj(values).to(wd)
+        if keep is not None:
+            z = z * keep
+        gates = self.gate_proj(keys).to(wd).chunk(self.order - 1, dim=-1) if self.order > 1 else ()
+        for n in range(self.order - 1):
+            z = gates[n] * (fft_causal_conv(z, h[n]) + d[n] * z)
+            if keep is not None:
+                z = z * keep
+        if not per_query:
+            y = fft_causal_conv(z, h[-1]) + d[-1] * z
+            y = y.index_select(1, read.clamp(min=0)) * valid.view(1, Nq, 1).to(wd)
+            has = before.any(-1).view(1, Nq, 1) if key_ok is None else \
+                (before[None] & key_ok[:, None, :]).any(-1, keepdim=True)
+        else:
+            y = self._masked_last_conv(z, h[-1], d[-1], read, allowed)
+            has = (before[None] & allowed).any(-1, keepdim=True)
+        out = self.out_proj(self.drop(self.q_proj(queries) * y.to(queries.dtype)))
+        return out.masked_fill(~has, 0.0)
+
+    @staticmethod
+    def _masked_last_conv(z: torch.Tensor, h: torch.Tensor, d: torch.Tensor, read: torch.Tensor,
+                          allowed: torch.Tensor) -> torch.Tensor:
+        """``y_i = sum_{j <= p_i, allowed_ij} h[p_i - j] z_j + d z_{p_i} [allowed_i,p_i]``."""
+        B, L, C = z.shape
+        Nq = read.shape[0]
+        j = torch.arange(L, device=z.device)
+        chunk = max(1, _CHUNK_ELEMS // max(1, B * L * C))
+        outs = []
+        for s in range(0, Nq, chunk):
+            r = read[s:s + chunk]
+            lag = r[:, None] - j[None, :]  # (Qc, L)
+            a = allowed[:, s:s + chunk] if allowed.shape[1] > 1 else allowed
+            ok = ((lag >= 0)[None] & a).to(z.dtype)  # (B|1, Qc, L)
+            taps = h[lag.clamp(min=0)] + d * (lag == 0).unsqueeze(-1).to(z.dtype)  # (Qc, L, C)
+            outs.append(torch.einsum("bqj,qjc,bjc->bqc", ok, taps, z) if ok.shape[0] == B
+                        else torch.einsum("qj,qjc,bjc->bqc", ok[0], taps, z))
+        if not outs:
+            return z.new_zeros(B, 0, C)
+        return torch.cat(outs, dim=1)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", order={self.order}, kernel={self.kernel!r}"

@@ -1,0 +1,270 @@
+"""Softmax-family attention types: cross, cosine, sparse (top-k), local, random_fixed, gated, perceiver.
+
+All of them honour ``self.beta`` (inverse temperature, default 1.0) as a multiplier of the
+logits; ``SharpeningSchedule`` sets it per loop.  Queries without any allowed key output zeros.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from canvas_core.attention._base import AttentionBase, _check_int
+from canvas_core.attention.functional import masked_softmax
+from canvas_core.errors import CanvasTypeError
+
+__all__ = [
+    "CrossAttention", "CosineAttention", "SparseAttention", "LocalAttention",
+    "RandomFixedAttention", "GatedAttention", "PerceiverAttention",
+]
+
+
+def _heads(m: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``(B|1, Nq|1, Nk) -> (B|1, 1, Nq|1, Nk)`` (broadcast over heads)."""
+    return None if m is None else m.unsqueeze(1)
+
+
+class _QKVAttention(AttentionBase):
+    """Multi-head attention with Q/K/V/output projections; subclasses shape the logits."""
+
+    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0) -> None:
+        super().__init__(d_model, n_heads, dropout)
+        self.q_proj = nn.Linear(d_model, d_model)
+        self.k_proj = nn.Linear(d_model, d_model)
+        self.v_proj = nn.Linear(d_model, d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.beta = 1.0
+
+    # logits (B, H, Nq, Nk) from projected heads; subclasses override
+    def _logits(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        return torch.matmul(q, k.transpose(-1, -2)) * (self._beta() / math.sqrt(self.head_dim))
+
+    # extra restriction (bool, broadcastable to (B, H, Nq, Nk)) or None; subclasses override
+    def _structure_mask(self, logits: torch.Tensor) -> Optional[torch.Tensor]:
+        return None
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
+        self._check_inputs(queries, keys, values)
+        B, Nq, _ = queries.shape
+        Nk = keys.shape[1]
+        allowed, bias = self._mask(key_mask, B, Nq, Nk)
+        q = self._split(self.q_proj(queries))
+        k = self._split(self.k_proj(keys))
+        v = self._split(self.v_proj(values))
+        logits = self._logits(q, k)
+        if bias is not None:
+            logits = logits + _heads(bias).to(logits.dtype)
+        mask = _heads(allowed)
+        extra = self._structure_mask(logits if mask is None else logits.masked_fill(~mask, float("-inf")))
+        if extra is not None:
+            mask = extra if mask is None else mask & extra
+        w, has_key = masked_softmax(logits, mask)
+        if self.dropout_p > 0.0 and self.training:
+            w = F.dropout(w, p=self.dropout_p)
+        out = self.out_proj(self._merge(torch.matmul(w.to(v.dtype), v)))
+        # has_key is identical across heads: (B|1, H|1, Nq, 1) -> (B|1, Nq, 1)
+        return out.masked_fill(~has_key.any(dim=1), 0.0)
+
+
+class CrossAttention(_QKVAttention):
+    """Scaled dot-product attention: ``softmax(beta * Q K^T / sqrt(d_head) + bias) V``, then an
+    output projection.  ``O(Nq * Nk)``.  The default type (``cross_attention``)."""
+
+    type_name = "cross_attention"
+
+
+class CosineAttention(_QKVAttention):
+    """Cosine-similarity attention (``cosine_attention``).
+
+    Logits are ``beta * s_h * cos(q, k)`` with a learned per-head scale
+    ``s_h = exp(log_scale_h)`` (initialised to 10, clamped to at most 100), then softmax.
+    """
+
+    type_name = "cosine_attention"
+
+    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0,
+                 init_scale: float = 10.0) -> None:
+        super().__init__(d_model, n_heads, dropout)
+        if not isinstance(init_scale, (int, float)) or init_scale <= 0:
+            raise CanvasTypeError(f"cosine_attention: init_scale must be > 0, got {init_scale!r}")
+        self.log_scale = nn.Parameter(torch.full((n_heads,), math.log(float(init_scale))))
+
+    def scale(self) -> torch.Tensor:
+        """Per-head temperature ``(H,)``."""
+        return self.log_scale.clamp(max=math.log(100.0)).exp()
+
+    def _logits(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        qn = F.normalize(q, dim=-1, eps=1e-6)
+        kn = F.normalize(k, dim=-1, eps=1e-6)
+        s = (self.scale() * self._beta()).to(q.dtype).view(1, -1, 1, 1)
+        return torch.matmul(qn * s, kn.transpose(-1, -2))
+
+
+class SparseAttention(_QKVAttention):
+    """Top-k attention (``sparse_attention``): per head, each query keeps its ``top_k`` highest
+    allowed logits and takes the softmax over those only (ties broken by ``torch.topk``)."""
+
+    type_name = "sparse_attention"
+
+    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0, top_k: int = 8) -> None:
+        super().__init__(d_model, n_heads, dropout)
+        self.top_k = _check_int(self.type_name, "top_k", top_k, 1)
+
+    def _structure_mask(self, logits: torch.Tensor) -> Optional[torch.Tensor]:
+        Nk = logits.shape[-1]
+        k = min(self.top_k, Nk)
+        if k == Nk:
+            return None
+        idx = logits.topk(k, dim=-1).indices
+        keep = torch.zeros(logits.shape, dtype=torch.bool, device=logits.device)
+        return keep.scatter(-1, idx, True)
+
+
+class LocalAttention(_QKVAttention):
+    """Windowed attention (``local_attention``): query ``i`` attends to keys ``j`` with
+    ``|j - c_i| <= window``, where ``c_i`` is the query's position in key-index units:
+    ``c_i = i`` when ``Nq == Nk``, otherwise ``c_i = (i + 0.5) * Nk / Nq - 0.5`` (aligned cell
+    centres).  Positions are indices in the token sequences as given: the canvas runtime passes
+    tokens in region order (canonical t-major, row-major order within each region), so "local"
+    means near in that order.
+
+    Args:
+        window: half-width of the window in key positions (default 8).
+        window_size: canvas-engineering's name for ``window`` (alias; give one of them).
+    """
+
+    type_name = "local_attention"
+
+    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0, window: int = 8,
+                 window_size: Optional[int] = None) -> None:
+        super().__init__(d_model, n_heads, dropout)
+        if window_size is not None:
+            window = window_size
+        self.window = _check_int(self.type_name, "window", window, 0)
+
+    def _structure_mask(self, logits: torch.Tensor) -> Optional[torch.Tensor]:
+        Nq, Nk = logits.shape[-2], logits.shape[-1]
+        i = torch.arange(Nq, device=logits.device, dtype=torch.float64)
+        j = torch.arange(Nk, device=logits.device, dtype=torch.float64)
+        c = i if Nq == Nk else (i + 0.5) * (Nk / max(Nq, 1)) - 0.5
+        return (j[None, :] - c[:, None]).abs() <= self.window + 1e-9
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer mixer on int64 tensors (values stay below 2**62: no overflow)."""
+    m = 0xFFFFFFFF
+    x = x & m
+    x = x ^ (x >> 16)
+    x = (x * 0x2C1B3C6D) & m
+    x = x ^ (x >> 12)
+    x = (x * 0x297A2D39) & m
+    x = x ^ (x >> 15)
+    return x
+
+
+class RandomFixedAttention(_QKVAttention):
+    """Fixed random sparse connectivity (``random_fixed``).
+
+    Each query ``i`` attends (softmax) to ``n_random`` keys chosen pseudo-randomly among its
+    allowed keys: the ``n_random`` keys with the largest hash ``h(seed, i, j)``.  The seed is
+    drawn once at construction from ``seed`` and stored as the buffer ``salt`` (saved in the
+    state dict), so the pattern is fixed for the module's lifetime, identical across calls, batch
+    items and heads, and defined for any ``(Nq, Nk)`` without a size limit.
+    """
+
+    type_name = "random_fixed"
+
+    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0, n_random: int = 8,
+                 seed: int = 0) -> None:
+        super().__init__(d_model, n_heads, dropout)
+        self.n_random = _check_int(self.type_name, "n_random", n_random, 1)
+        _check_int(self.type_name, "seed", seed, 0)
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("salt", torch.randint(0, 2**31 - 1, (1,), generator=g, dtype=torch.int64))
+
+    def pattern_scores(self, Nq: int, Nk: int) -> torch.Tensor:
+        """``(Nq, Nk)`` int64 pseudo-random scores of the fixed pattern."""
+        dev = self.salt.device
+        i = torch.arange(Nq, device=dev, dtype=torch.int64)[:, None]
+        j = torch.arange(Nk, device=dev, dtype=torch.int64)[None, :]
+        return _hash32(_hash32(i * 0x9E3779B1 + self.salt) + j * 0x7FEB352D)
+
+    def _structure_mask(self, logits: torch.Tensor) -> Optional[torch.Tensor]:
+        Nq, Nk = logits.shape[-2], logits.shape[-1]
+        k = min(self.n_random, Nk)
+        if k == Nk:
+            return None
+        s = self.pattern_scores(Nq, Nk).to(logits.device)
+        allowed = logits != float("-inf")  # (B|1, H, Nq, Nk): already masked by key_mask
+        s = torch.where(allowed, s, torch.full_like(s, -1))
+        idx = s.topk(k, dim=-1).indices
+        keep = torch.zeros(s.shape, dtype=torch.bool, device=s.device)
+        return keep.scatter(-1, idx, True)
+
+
+class GatedAttention(_QKVAttention):
+    """Flamingo-style gated cross-attention (``gated``).
+
+    ``out = tanh(alpha) * sigmoid(W_g q) * CrossAttention(q, k, v)`` with a per-channel gate
+    ``alpha (D,)`` initialised to zero, so the module outputs exactly zeros at initialisation:
+    adding a gated edge changes nothing until training opens the gate (``alpha`` receives a
+    non-zero gradient from the first step).
+    """
+
+    type_name = "gated"
+
+    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0) -> None:
+        super().__init__(d_model, n_heads, dropout)
+        self.gate_alpha = nn.Parameter(torch.zeros(d_model))
+        self.gate_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``; zeros at init."""
+        attn = super().forward(queries, keys, values, key_mask)
+        gate = torch.tanh(self.gate_alpha).to(attn.dtype) * torch.sigmoid(self.gate_proj(queries))
+        return gate * attn
+
+
+class PerceiverAttention(AttentionBase):
+    """Latent-bottleneck attention (``perceiver``), ``O((Nq + Nk) * K)``.
+
+    ``n_latents`` learned latents (``K << Nk``) cross-attend to the keys/values
+    (``z = latents + CrossAttention(latents, keys, values)``), then the queries cross-attend to
+    ``z``.  The latents are shared by all queries, so they read the union of the keys any query
+    may see (per batch item); a query with no allowed key outputs zeros.  The inner
+    cross-attentions carry their own ``beta``.
+    """
+
+    type_name = "perceiver"
+
+    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0, n_latents: int = 8) -> None:
+        super().__init__(d_model, n_heads, dropout)
+        self.n_latents = _check_int(self.type_name, "n_latents", n_latents, 1)
+        self.latents = nn.Parameter(torch.randn(n_latents, d_model) * 0.02)
+        self.encode = CrossAttention(d_model, n_heads, dropout)
+        self.decode = CrossAttention(d_model, n_heads, dropout)
+
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
+        self._check_inputs(queries, keys, values)
+        B, Nq, D = queries.shape
+        Nk = keys.shape[1]
+        allowed, _ = self._mask(key_mask, B, Nq, Nk)
+        lat = self.latents.to(queries.dtype).unsqueeze(0).expand(B, -1, -1)
+        if allowed is None:
+            union = None
+            has = torch.full((1, 1, 1), Nk > 0, dtype=torch.bool, device=queries.device)
+        else:
+            union = allowed.any(dim=1, keepdim=True)  # (B|1, 1, Nk)
+            has = allowed.any(dim=-1, keepdim=True)  # (B|1, Nq|1, 1)
+        z = lat + self.encode(lat, keys, values, key_mask=union)
+        out = self.decode(queries, z, z)
+        return out.masked_fill(~has, 0.0)

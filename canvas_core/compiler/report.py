@@ -1,0 +1,149 @@
+"""Formatting of a compiled program: the resolution table, the region table, the JSON dict.
+
+``format_report(compiled)`` is what ``print(compiled)`` / ``compiled.report()`` show;
+``format_resolutions(plan)`` is the per-connection table alone (``ExecutionPlan.summary`` lists the
+same records one per line); ``compiled_to_dict(compiled)`` is the JSON form (``to_dict()``).
+Pure Python.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence
+
+__all__ = ["format_table", "format_resolutions", "format_regions", "format_report", "format_plan_report",
+           "compiled_to_dict"]
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """Plain-text table with a header rule, columns padded to their widest cell."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    fmt = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    lines = [fmt(cells[0]), "  ".join("-" * w for w in widths)]
+    lines += [fmt(r) for r in cells[1:]]
+    return "\n".join(lines)
+
+
+def _provider(name: str, version: str) -> str:
+    return f"{name} {version}".strip() if name else "-"
+
+
+def format_resolutions(resolutions: Dict[int, Any]) -> str:
+    """Table: connection, requested fn, implementation, kernel, provider, rejected: reasons."""
+    if not resolutions:
+        return "(no connections resolved)"
+    rows = []
+    for i in sorted(resolutions):
+        r = resolutions[i]
+        rejected = "; ".join(f"{n}: {', '.join(reasons)}" for n, reasons in r.rejected) or "-"
+        kernel = r.kernel + (" (fallback)" if r.fallback else "")
+        kprov = _provider(r.kernel_provider, r.kernel_version)
+        prov = _provider(r.provider, r.provider_version)
+        if r.kernel_provider and kprov != prov:
+            prov = f"{prov} / kernel: {kprov}"
+        rows.append([f"#{i} {r.src} -> {r.dst}", r.requested, r.implementation, kernel, prov, rejected])
+    table = format_table(["connection", "requested", "implementation", "kernel", "provider", "rejected"], rows)
+    notes = [f"  #{i}: {resolutions[i].note}" for i in sorted(resolutions) if resolutions[i].note]
+    return table + ("\nnotes:\n" + "\n".join(notes) if notes else "")
+
+
+def _region_rows(compiled: Any, layout: Any) -> List[List[Any]]:
+    rows = []
+    for name, spec in layout.regions.items():
+        if name in compiled.constant_regions:
+            mode = "constant"
+        elif name in compiled.exported_memories:
+            mode = "exported"
+        elif name in compiled.frozen_regions:
+            mode = "frozen"
+        else:
+            mode = "runtime"
+        status = "active" if name in compiled.active_regions else "eliminated"
+        extra = ""
+        if name in compiled.exported_paths:
+            extra = compiled.exported_paths[name]
+        elif name in compiled.constant_buffers:
+            extra = f"{_n_values(compiled.constant_buffers[name])} values as buffers"
+        rows.append([name, layout.region_numel(name), spec.period, mode, status, extra or "-"])
+    return rows
+
+
+def _n_values(obj: Any) -> int:
+    if isinstance(obj, dict):
+        return sum(_n_values(v) for v in obj.values())
+    numel = getattr(obj, "numel", None)
+    return int(numel()) if callable(numel) else 0
+
+
+def format_regions(compiled: Any, layout: Any) -> str:
+    """Table of every region of the original layout: positions, period, mode, status."""
+    return format_table(["region", "positions", "period", "mode", "status", "state"],
+                        _region_rows(compiled, layout))
+
+
+def format_report(compiled: Any) -> str:
+    """The full readable report of a :class:`~canvas_core.compiler.compiler.CompiledProgram`."""
+    head = (f"CompiledProgram for {compiled.device}/{compiled.dtype}"
+            + (f", kernel={compiled.kernel}" if compiled.kernel else "")
+            + f": {len(compiled.active_regions)}/{len(compiled.all_regions)} regions active, "
+            f"{len(compiled.active_connections)} connections, {compiled.n_eliminated} regions eliminated")
+    parts = [head, "", "regions:"]
+    parts.append(format_regions(compiled, _full_layout(compiled)))
+    if compiled.plan is not None:
+        p = compiled.plan
+        parts += ["", f"plan: N={p.n} positions, {len(p.fn_types)} fn types "
+                      f"({', '.join(p.fn_types) or '-'}), built in {p.build_seconds * 1e3:.1f} ms"]
+        parts += ["", "connections:", format_resolutions(p.resolutions)]
+    else:
+        parts += ["", "connections: " + ", ".join(f"{c.src} -> {c.dst}" for c in compiled.active_connections)]
+    return "\n".join(parts)
+
+
+def format_plan_report(plan: Any) -> str:
+    """``ExecutionPlan`` summary followed by its resolution table (what ``plan.report()`` shows)."""
+    return plan.summary().split("\n  connection #")[0] + "\n\nconnections:\n" + format_resolutions(plan.resolutions)
+
+
+def _full_layout(compiled: Any) -> Any:
+    """The original layout (to list eliminated regions too), else the reduced one."""
+    src = getattr(compiled, "source_schema", None)
+    return src.layout if src is not None else compiled.schema.layout
+
+
+def compiled_to_dict(compiled: Any) -> Dict[str, Any]:
+    """JSON-compatible dict of a compiled program (tensors summarized by shape)."""
+    plan = compiled.plan
+    layout = _full_layout(compiled)
+    return {
+        "device": compiled.device,
+        "dtype": compiled.dtype,
+        "kernel": compiled.kernel,
+        "schema_hash": compiled.schema.schema_hash(),
+        "schema": compiled.schema.to_dict(),
+        "all_regions": sorted(compiled.all_regions),
+        "active_regions": sorted(compiled.active_regions),
+        "frozen_regions": sorted(compiled.frozen_regions),
+        "constant_regions": sorted(compiled.constant_regions),
+        "exported_memories": sorted(compiled.exported_memories),
+        "exported_paths": dict(compiled.exported_paths),
+        "constant_buffers": {k: _shapes(v) for k, v in compiled.constant_buffers.items()},
+        "n_eliminated": compiled.n_eliminated,
+        "regions": [dict(zip(["region", "positions", "period", "mode", "status", "state"], r))
+                    for r in _region_rows(compiled, layout)],
+        "connections": [
+            {"index": i, "src": c.src, "dst": c.dst, "weight": c.weight,
+             **({"resolution": plan.resolutions[i].to_dict()} if plan is not None and i in plan.resolutions else {})}
+            for i, c in enumerate(compiled.active_connections)
+        ],
+        "plan": None if plan is None else {
+            "n": plan.n, "fn_types": list(plan.fn_types),
+            "rectangles": {fn: g.n_rects for fn, g in plan.groups.items()},
+        },
+    }
+
+
+def _shapes(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _shapes(x) for k, x in v.items()}
+    shape = getattr(v, "shape", None)
+    return list(shape) if shape is not None else str(type(v).__name__)

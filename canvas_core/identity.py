@@ -1,0 +1,298 @@
+"""Persistent object identity for canvas regions (facade over the identity-binder registry).
+
+* :class:`IdentitySpec` (declaration, from ``canvas_core.program``) says how a region keeps
+  object identity: ``mode`` (``persistent`` / ``ephemeral`` / ``tracklet``), ``slot_capacity``,
+  ``binding_fn`` (a registered identity binder) and ``birth_death``.
+* ``SlotBindingModule`` (the default ``cross_attention`` binder) comes from the
+  ``canvas-plugin-identity`` distribution; ``canvas_core.identity.SlotBindingModule`` and
+  ``canvas_core.SlotBindingModule`` load it lazily (a clear install hint otherwise).
+* :class:`SlotTracker` wraps any binder and carries slot state across timesteps according to the
+  mode; :func:`build_identity_binders` builds one tracker per region of a program that declares
+  an ``IdentitySpec`` (the runtime calls it).
+
+Usage::
+
+    from canvas_core.identity import IdentitySpec, SlotBindingModule
+    binder = SlotBindingModule(d_model=256, n_slots=32, n_heads=4)
+    slots = binder(torch.randn(2, 10, 256))          # (2, 32, 256)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
+
+import torch
+from torch import nn
+
+from canvas_core.errors import CanvasTypeError, PluginLoadError, ProgramError, UnknownNameError
+from canvas_core.program.identity import IdentitySpec
+
+__all__ = [
+    "IdentitySpec", "SlotBindingModule", "SlotTracker", "SlotStep", "IdentityBinders",
+    "create_binder", "build_identity_binders",
+]
+
+_INSTALL_HINT = ("install the canvas-plugin-identity distribution "
+                 "(pip install canvas-plugin-identity, or pip install -e plugins/canvas-plugin-identity "
+                 "in a checkout of canvas-core)")
+
+
+def _plugin_binders() -> Dict[str, str]:
+    try:
+        from canvas_plugin_identity import BINDERS
+    except ImportError:
+        return {}
+    return dict(BINDERS)
+
+
+def _load(ref: str) -> Any:
+    import importlib
+
+    mod, _, obj = ref.partition(":")
+    return getattr(importlib.import_module(mod), obj)
+
+
+def _slot_binding_class() -> type:
+    try:
+        from canvas_plugin_identity.binding import SlotBindingModule as cls
+    except ImportError as exc:
+        raise PluginLoadError(
+            f"SlotBindingModule is provided by the identity plugin, which cannot be imported ({exc}); "
+            f"{_INSTALL_HINT}") from exc
+    return cls
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SlotBindingModule":
+        cls = _slot_binding_class()
+        globals()[name] = cls
+        return cls
+    raise AttributeError(f"module 'canvas_core.identity' has no attribute {name!r}")
+
+
+def _registry_create():
+    """``canvas_core.plugins.create_identity_binder`` if the plugin layer provides it, else None."""
+    try:
+        from canvas_core.plugins import create_identity_binder
+    except (ImportError, AttributeError):
+        return None
+    return create_identity_binder
+
+
+def create_binder(binding_fn: str, d_model: int, n_slots: int, n_heads: int = 4,
+                  birth_death: bool = False) -> nn.Module:
+    """Build the identity binder registered as ``binding_fn``.
+
+    Resolution goes through the plugin registry (``create_identity_binder``); without a plugin
+    layer it falls back to the binders of ``canvas-plugin-identity``. An unknown name raises
+    :class:`~canvas_core.errors.UnknownNameError` listing the known binders.
+    """
+    if not isinstance(binding_fn, str) or not binding_fn:
+        raise CanvasTypeError(f"identity binding_fn must be a non-empty str, got {binding_fn!r}")
+    create = _registry_create()
+    if create is not None:
+        try:
+            return create(binding_fn, d_model=d_model, n_slots=n_slots, n_heads=n_heads,
+                          birth_death=birth_death)
+        except UnknownNameError:
+            if binding_fn not in _plugin_binders():
+                raise
+    known = _plugin_binders()
+    if binding_fn not in known:
+        from canvas_core.errors import did_you_mean
+
+        hint = "" if known else f"; no identity plugin is installed: {_INSTALL_HINT}"
+        raise UnknownNameError(
+            f"unknown identity binding_fn {binding_fn!r}; known binders: {sorted(known)}"
+            f"{did_you_mean(binding_fn, known)}{hint}")
+    factory = _load(known[binding_fn])
+    return factory(d_model=d_model, n_slots=n_slots, n_heads=n_heads, birth_death=birth_death)
+
+
+class SlotStep(NamedTuple):
+    """Result of one :class:`SlotTracker` step.
+
+    Attributes:
+        slots: ``(B, S, D)`` slot outputs of this step (dead slots zeroed in tracklet mode).
+        state: ``(B, S, D)`` slot state to pass to the next step (None in ephemeral mode).
+        alive: ``(B, S)`` bool alive mask (all True without birth/death gates).
+        alive_logits: ``(B, S)`` gate logits, or None without gates.
+        attn: ``(B, S, N_obs)`` binding attention (mean over heads).
+    """
+
+    slots: torch.Tensor
+    state: Optional[torch.Tensor]
+    alive: torch.Tensor
+    alive_logits: Optional[torch.Tensor]
+    attn: torch.Tensor
+
+
+class SlotTracker(nn.Module):
+    """Carries a binder's slot state across timesteps according to an identity ``mode``.
+
+    * ``persistent``: the updated slots of step t are the slots that bind at step t + 1;
+    * ``ephemeral``: every step starts again from the learned slot bank (no state);
+    * ``tracklet``: persistent, and with birth/death gates a dead slot's state is reset to its
+      learned bank vector (ready to be born again) while its output is zeroed.
+
+    Two ways to use it: functional ``forward(obs, state) -> SlotStep`` (pass ``step.state`` back
+    in; good for BPTT), or stateful ``step(obs)`` which keeps the state on the module until
+    :meth:`reset` (call ``detach_state()`` between truncated-BPTT windows).
+
+    Args:
+        binder: an identity binder (see ``canvas_plugin_identity.binding`` for the contract).
+        mode: ``"persistent"``, ``"ephemeral"`` or ``"tracklet"``.
+    """
+
+    MODES = ("persistent", "ephemeral", "tracklet")
+
+    def __init__(self, binder: nn.Module, mode: str = "persistent") -> None:
+        super().__init__()
+        if mode not in self.MODES:
+            raise ProgramError(f"SlotTracker: unknown identity mode {mode!r}; use one of {list(self.MODES)}")
+        for attr in ("bind", "initial_slots"):
+            if not callable(getattr(binder, attr, None)):
+                raise CanvasTypeError(f"SlotTracker: binder {type(binder).__name__} has no {attr}(); "
+                                      "identity binders must follow the binder contract")
+        self.binder = binder
+        self.mode = mode
+        self._state: Optional[torch.Tensor] = None
+
+    def init_state(self, batch_size: int) -> torch.Tensor:
+        """The learned slot bank ``(B, S, D)``."""
+        return self.binder.initial_slots(batch_size)
+
+    def forward(self, observations: torch.Tensor, state: Optional[torch.Tensor] = None,
+                obs_mask: Optional[torch.Tensor] = None) -> SlotStep:
+        """Bind ``observations (B, N_obs, D)`` starting from ``state`` (None = the slot bank)."""
+        if self.mode == "ephemeral":
+            state = None
+        res = self.binder.bind(observations, state, obs_mask)
+        B = observations.shape[0]
+        if res.alive_logits is None:
+            alive = torch.ones(res.slots.shape[:2], dtype=torch.bool, device=res.slots.device)
+        else:
+            alive = res.alive_logits > 0
+        if self.mode == "ephemeral":
+            new_state = None
+        elif self.mode == "tracklet" and res.alive_logits is not None:
+            new_state = torch.where(alive.unsqueeze(-1), res.raw_slots,
+                                    self.binder.initial_slots(B).to(res.raw_slots.dtype))
+        else:
+            new_state = res.raw_slots
+        return SlotStep(res.slots, new_state, alive, res.alive_logits, res.attn)
+
+    # stateful convenience ------------------------------------------------------------------
+    def step(self, observations: torch.Tensor, obs_mask: Optional[torch.Tensor] = None) -> SlotStep:
+        """Like ``forward`` with the state kept on the module (reset when the batch size changes)."""
+        st = self._state
+        if st is not None and (st.shape[0] != observations.shape[0] or st.device != observations.device):
+            st = None
+        out = self.forward(observations, st, obs_mask)
+        self._state = out.state
+        return out
+
+    def reset(self) -> None:
+        """Forget the carried state (next ``step`` starts from the slot bank)."""
+        self._state = None
+
+    def detach_state(self) -> None:
+        """Cut the autograd graph of the carried state (truncated BPTT)."""
+        if self._state is not None:
+            self._state = self._state.detach()
+
+    @property
+    def state(self) -> Optional[torch.Tensor]:
+        return self._state
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}"
+
+
+def _key(name: str) -> str:
+    return name.replace(".", "__dot__")
+
+
+class IdentityBinders(nn.ModuleDict):
+    """One :class:`SlotTracker` per region (an ``nn.ModuleDict`` indexed by region name).
+
+    ``binders[region]`` works for any region name (dots are escaped in the module keys);
+    ``specs[region]`` is the region's :class:`IdentitySpec`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.specs: Dict[str, IdentitySpec] = {}
+
+    def add(self, region: str, tracker: SlotTracker, spec: IdentitySpec) -> None:
+        super().__setitem__(_key(region), tracker)
+        self.specs[region] = spec
+
+    def __getitem__(self, region: str) -> SlotTracker:  # type: ignore[override]
+        if region not in self.specs:
+            from canvas_core.errors import UnknownRegionError
+
+            raise UnknownRegionError(f"no identity binder for region {region!r}; regions with an "
+                                     f"IdentitySpec: {sorted(self.specs)}")
+        return super().__getitem__(_key(region))
+
+    def __contains__(self, region: object) -> bool:  # type: ignore[override]
+        return region in self.specs
+
+    @property
+    def regions(self) -> Tuple[str, ...]:
+        return tuple(self.specs)
+
+    def reset(self) -> None:
+        """Reset the carried state of every tracker."""
+        for r in self.specs:
+            self[r].reset()
+
+    def forward(self, observations: Mapping[str, torch.Tensor],
+                states: Optional[Mapping[str, Optional[torch.Tensor]]] = None) -> Dict[str, SlotStep]:
+        """Bind each region's ``(B, N_obs, D)`` observations; ``states`` from the previous step."""
+        states = states or {}
+        return {r: self[r](obs, states.get(r)) for r, obs in observations.items()}
+
+
+def _heads_for(d_model: int, wanted: int) -> int:
+    for h in (wanted, 4, 2, 1):
+        if h >= 1 and d_model % h == 0:
+            return h
+    return 1
+
+
+def build_identity_binders(program: Any, d_model: int, n_heads: int = 4) -> IdentityBinders:
+    """Instantiate a binder for every region whose ``RegionProgram.identity`` is set.
+
+    Args:
+        program: a ``CanvasProgram`` (or a mapping ``region -> RegionProgram``).
+        d_model: model width of the region tokens.
+        n_heads: binding heads (reduced to a divisor of ``d_model`` when needed).
+
+    Returns:
+        :class:`IdentityBinders` (``nn.ModuleDict``) ``region -> SlotTracker`` with
+        ``n_slots = slot_capacity``, the binder resolved from ``binding_fn`` through the registry
+        (unknown names raise :class:`~canvas_core.errors.UnknownNameError`), ``mode`` and
+        ``birth_death`` honoured. Regions without identity get nothing.
+    """
+    regions = getattr(program, "regions", program)
+    if not isinstance(regions, Mapping):
+        raise CanvasTypeError("build_identity_binders(program, d_model): program must be a CanvasProgram "
+                              f"or a mapping of region programs, got {type(program).__name__}")
+    if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
+        raise CanvasTypeError(f"build_identity_binders: d_model must be a positive int, got {d_model!r}")
+    out = IdentityBinders()
+    for region, rp in regions.items():
+        spec = getattr(rp, "identity", None)
+        if spec is None:
+            continue
+        if not isinstance(spec, IdentitySpec):
+            raise CanvasTypeError(f"region {region!r}: identity must be an IdentitySpec, got {type(spec).__name__}")
+        try:
+            binder = create_binder(spec.binding_fn, d_model=d_model, n_slots=spec.slot_capacity,
+                                   n_heads=_heads_for(d_model, n_heads), birth_death=spec.birth_death)
+        except UnknownNameError as exc:
+            raise UnknownNameError(f"region {region!r}: IdentitySpec(binding_fn={spec.binding_fn!r}): {exc}") from exc
+        out.add(region, SlotTracker(binder, spec.mode), spec)
+    return out

@@ -1,0 +1,27 @@
+"""Looped attention: graft weight-shared iteration onto pretrained backbones.
+
+Public: ``LoopedBlockWrapper``, ``graft_looped_blocks``, ``freeze_full``, ``freeze_half``,
+``CurriculumScheduler``, ``SharpeningSchedule``, ``save_loop_checkpoint``,
+``load_loop_checkpoint``; adapter authors use ``BackboneAdapter``, ``TokenLayout``, ``BlockIO``.
+"""
+
+from canvas_core.looping.adapter import BackboneAdapter, GenericAdapter, TokenLayout, topology_bias
+from canvas_core.looping.checkpoint import load_loop_checkpoint, save_loop_checkpoint
+from canvas_core.looping.graft import (
+    freeze_full,
+    freeze_half,
+    freeze_none,
+    get_adapter,
+    graft_looped_blocks,
+    looped_blocks_of,
+)
+from canvas_core.looping.registry import backbone_entries, find_adapter
+from canvas_core.looping.schedules import CurriculumScheduler, SharpeningSchedule
+from canvas_core.looping.wrapper import BlockIO, LoopedBlockWrapper
+
+__all__ = [
+    "LoopedBlockWrapper", "BlockIO", "graft_looped_blocks", "freeze_full", "freeze_half",
+    "freeze_none", "get_adapter", "looped_blocks_of", "CurriculumScheduler", "SharpeningSchedule",
+    "save_loop_checkpoint", "load_loop_checkpoint", "BackboneAdapter", "GenericAdapter",
+    "TokenLayout", "topology_bias", "find_adapter", "backbone_entries",
+]

@@ -1,0 +1,255 @@
+"""Backbone adapters: what canvas-core needs to know about a pretrained model to graft it.
+
+An adapter is a small stateless class. Plugins register one per model family through the
+``canvas_register_backbones(registry)`` hook; :func:`find_adapter` picks the adapter whose
+``model_classes`` match the model's class (by name, without importing the plugin or its
+library for models that are not theirs). See ``docs/backbones.md``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from canvas_core.errors import BackboneError, CanvasTypeError
+from canvas_core.looping.wrapper import BlockIO
+
+__all__ = [
+    "TokenLayout",
+    "BackboneAdapter",
+    "GenericAdapter",
+    "topology_bias",
+    "class_matches",
+]
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where each token of a block's attention sequence sits on the canvas.
+
+    ``layout`` is the canvas (a ``CanvasLayout``); ``token_index[k]`` is the canonical flat canvas
+    index of the k-th token of the joint attention sequence (in the order the backbone's attention
+    sees them, e.g. ``[text..., video...]`` for CogVideoX). Canvas positions with no token are
+    allowed (padding rows); two tokens may not share one position.
+    """
+
+    layout: Any
+    token_index: Tuple[int, ...]
+    info: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = self.layout.num_positions
+        bad = [i for i in self.token_index if not 0 <= i < n]
+        if bad:
+            raise BackboneError(f"token_index has positions outside the canvas (N={n}): {bad[:5]}")
+        if len(set(self.token_index)) != len(self.token_index):
+            raise BackboneError("token_index maps two tokens to the same canvas position")
+
+    @property
+    def seq_len(self) -> int:
+        return len(self.token_index)
+
+    def with_layout(self, layout: Any) -> "TokenLayout":
+        """Same token placement on a user layout with the same grid (other regions)."""
+        if (layout.T, tuple(layout.spatial_shape)) != (self.layout.T, tuple(self.layout.spatial_shape)):
+            raise BackboneError(
+                f"layout grid (T={layout.T}, spatial={tuple(layout.spatial_shape)}) differs from the "
+                f"backbone's token grid (T={self.layout.T}, spatial={tuple(self.layout.spatial_shape)});"
+                " declare your regions on the grid returned by adapter.token_layout(...)"
+            )
+        return TokenLayout(layout, self.token_index, dict(self.info))
+
+
+def topology_bias(topology: Any, tokens: TokenLayout, device: Any = "cpu") -> Tuple[torch.Tensor, torch.Tensor]:
+    """Lower ``topology`` on ``tokens.layout`` to the attention sequence.
+
+    Returns ``(bias, has_key)``: ``bias`` ``(S, S)`` float additive bias (``log w`` where linked,
+    ``-inf`` where not, 0 on rows with no key so no NaN appears) and ``has_key`` ``(S,)`` bool
+    (False rows must have their attention output zeroed).
+    """
+    weights = topology.to_attention_mask(tokens.layout, device=device)
+    idx = torch.as_tensor(tokens.token_index, dtype=torch.long, device=weights.device)
+    w = weights.index_select(0, idx).index_select(1, idx).float()
+    linked = w > 0
+    bias = torch.where(linked, w.clamp_min(1e-30).log(), torch.full_like(w, float("-inf")))
+    has_key = linked.any(dim=1)
+    bias = torch.where(has_key[:, None], bias, torch.zeros_like(bias))
+    return bias, has_key
+
+
+def _class_names(cls: type) -> List[Tuple[str, str, str]]:
+    out = []
+    for c in cls.__mro__:
+        mod = getattr(c, "__module__", "") or ""
+        out.append((mod, mod.split(".")[0], c.__qualname__))
+    return out
+
+
+def class_matches(model: Any, patterns: Sequence[str]) -> bool:
+    """True if a class in ``type(model).__mro__`` matches one of ``patterns``: a bare class name
+    (``"CogVideoXTransformer3DModel"``), ``"<top package>.<Class>"`` (``"diffusers.X"``) or the
+    full dotted path. Never imports anything."""
+    names = _class_names(type(model))
+    for p in patterns:
+        for mod, top, qual in names:
+            if p == qual or p == f"{top}.{qual}" or p == f"{mod}.{qual}":
+                return True
+    return False
+
+
+class BackboneAdapter:
+    """Base class of backbone adapters. Override what differs from the defaults.
+
+    Class attributes: ``name``; ``model_classes`` (patterns for :func:`class_matches`);
+    ``block_attr`` (attribute holding the block list); ``streams`` (looped inputs of a block).
+    """
+
+    name: str = "base"
+    model_classes: Tuple[str, ...] = ()
+    block_attr: Optional[str] = None
+    streams: Tuple[str, ...] = ("hidden_states",)
+    input_attrs: Tuple[str, ...] = ("patch_embed",)
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        return bool(cls.model_classes) and class_matches(model, cls.model_classes)
+
+    # --- structure -----------------------------------------------------------------------------
+    def block_container(self, model: nn.Module) -> nn.Module:
+        attr = self.block_attr
+        cont = getattr(model, attr, None) if attr else None
+        if not isinstance(cont, (nn.ModuleList, nn.Sequential)):
+            raise BackboneError(
+                f"{type(model).__name__} has no block list {attr!r} (nn.ModuleList / nn.Sequential);"
+                f" adapter {self.name!r} cannot find its blocks"
+            )
+        return cont
+
+    def blocks(self, model: nn.Module) -> List[nn.Module]:
+        """The model's transformer blocks, in order."""
+        return list(self.block_container(model))
+
+    def set_block(self, model: nn.Module, index: int, block: nn.Module) -> None:
+        """Replace block ``index`` in place."""
+        self.block_container(model)[index] = block
+
+    def hidden_size(self, model: nn.Module) -> int:
+        """Width ``D`` of the hidden states entering a block."""
+        raise BackboneError(f"adapter {self.name!r} does not define hidden_size()")
+
+    def stream_dims(self, model: nn.Module) -> Tuple[int, ...]:
+        """Width of every looped stream (default: one stream of ``hidden_size``)."""
+        return (self.hidden_size(model),)
+
+    def block_io(self, model: nn.Module) -> BlockIO:
+        return BlockIO(tuple(self.streams))
+
+    def input_modules(self, model: nn.Module) -> List[nn.Module]:
+        """Input embedding modules frozen by ``freeze="half"``."""
+        mods = [getattr(model, a) for a in self.input_attrs if isinstance(getattr(model, a, None), nn.Module)]
+        if not mods:
+            raise BackboneError(
+                f"{type(model).__name__} has none of the input modules {list(self.input_attrs)}; "
+                "freeze='half' needs one (use freeze='full' or 'none')"
+            )
+        return mods
+
+    def latent_channels(self, model: nn.Module) -> int:
+        """Default input width of the ActionHead (the channels of the model's output)."""
+        return 16
+
+    # --- canvas --------------------------------------------------------------------------------
+    def prepare(self, model: nn.Module) -> None:
+        """Install attention that honours ``beta`` (sharpening) and canvas topologies; must
+        leave the model's outputs unchanged. Called once by ``graft_looped_blocks``."""
+
+    def token_layout(self, model: nn.Module, sample_inputs: Optional[Mapping[str, Any]] = None,
+                     layout: Any = None) -> TokenLayout:
+        """Map the tokens of a forward call with ``sample_inputs`` (the model's forward kwargs) to
+        canvas positions. ``layout``: your own ``CanvasLayout`` on the same grid."""
+        raise BackboneError(f"adapter {self.name!r} does not map tokens to canvas positions")
+
+    def attention_targets(self, model: nn.Module) -> List[Any]:
+        """Objects holding the canvas bias (processors / attention modules), one per block."""
+        return []
+
+    def install_topology(self, model: nn.Module, topology: Any, tokens: TokenLayout) -> None:
+        """Make every block's attention follow ``topology`` over ``tokens`` (see
+        :func:`topology_bias`). ``install_topology(model, None, ...)`` removes it."""
+        targets = self.attention_targets(model)
+        if not targets:
+            raise BackboneError(
+                f"adapter {self.name!r} installed no canvas attention in {type(model).__name__}; "
+                "call graft_looped_blocks first or adapter.prepare(model)"
+            )
+        if topology is None:
+            for t in targets:
+                t.canvas_bias = None
+                t.canvas_has_key = None
+            return
+        if not isinstance(tokens, TokenLayout):
+            raise CanvasTypeError(
+                f"install_topology needs a TokenLayout from adapter.token_layout(...), got "
+                f"{type(tokens).__name__}"
+            )
+        bias, has_key = topology_bias(topology, tokens)
+        for t in targets:
+            t.canvas_bias = bias
+            t.canvas_has_key = has_key
+            t.canvas_seq_len = tokens.seq_len
+
+    def remove_topology(self, model: nn.Module) -> None:
+        self.install_topology(model, None, None)
+
+
+class GenericAdapter(BackboneAdapter):
+    """Fallback for any model with a ``transformer_blocks`` or ``blocks`` block list whose
+    blocks take the hidden states ``(B, N, D)`` first and return them (alone or first in a tuple).
+    No topology installation; sharpening works where the blocks contain canvas-core attention."""
+
+    name = "generic"
+    candidate_attrs = ("transformer_blocks", "blocks", "layers")
+
+    def __init__(self, block_attr: Optional[str] = None, hidden_size: Optional[int] = None) -> None:
+        self._attr = block_attr
+        self._hidden = hidden_size
+
+    @property
+    def block_attr(self) -> Optional[str]:  # type: ignore[override]
+        return self._attr
+
+    @classmethod
+    def find_attr(cls, model: nn.Module) -> Optional[str]:
+        for a in cls.candidate_attrs:
+            if isinstance(getattr(model, a, None), (nn.ModuleList, nn.Sequential)):
+                return a
+        return None
+
+    @classmethod
+    def matches(cls, model: nn.Module) -> bool:
+        return cls.find_attr(model) is not None
+
+    def block_container(self, model: nn.Module) -> nn.Module:
+        if self._attr is None:
+            self._attr = self.find_attr(model)
+        return super().block_container(model)
+
+    def hidden_size(self, model: nn.Module) -> int:
+        if self._hidden is not None:
+            return self._hidden
+        cfg = getattr(model, "config", None)
+        for key in ("inner_dim", "hidden_size", "d_model", "embed_dim"):
+            v = getattr(cfg, key, None) if cfg is not None else None
+            v = v if v is not None else getattr(model, key, None)
+            if isinstance(v, int):
+                return v
+        heads, hd = getattr(cfg, "num_attention_heads", None), getattr(cfg, "attention_head_dim", None)
+        if isinstance(heads, int) and isinstance(hd, int):
+            return heads * hd
+        raise BackboneError(
+            f"cannot detect the hidden size of {type(model).__name__}; pass inner_dim= to "
+            "graft_looped_blocks"
+        )

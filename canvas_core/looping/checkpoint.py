@@ -1,0 +1,210 @@
+"""Loop checkpoints: only the loop parameters and the action head, as safetensors.
+
+File layout: tensors ``blocks.<i>.<param>`` (loop embeddings, gates) and ``head.<name>`` (the
+head's state dict), plus a string ``__metadata__`` header::
+
+    format            "canvas-core/loop-checkpoint"
+    format_version    "1"
+    canvas_core_version, torch_version
+    structure         JSON: per block its class and loop-parameter shapes, the head's shapes
+    structure_hash    sha256 of ``structure``
+    schema_hash       hash of the canvas schema the loops were trained with ("" if none)
+    user_metadata     JSON of the ``metadata`` argument
+
+Loading never unpickles; a checkpoint whose structure or schema differs from the model is refused
+with a :class:`CheckpointError` that says what differs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import torch
+from torch import nn
+
+from canvas_core.errors import CanvasTypeError, CheckpointError
+
+__all__ = ["save_loop_checkpoint", "load_loop_checkpoint", "loop_structure"]
+
+FORMAT = "canvas-core/loop-checkpoint"
+FORMAT_VERSION = "1"
+
+
+def _loop_params(block: nn.Module) -> List[tuple]:
+    named = getattr(block, "named_loop_parameters", None)
+    if named is None:
+        raise CanvasTypeError(
+            f"looped block {type(block).__name__} has no named_loop_parameters(); pass the blocks "
+            "returned by graft_looped_blocks"
+        )
+    return list(named())
+
+
+def loop_structure(looped_blocks: Sequence[nn.Module], action_head: Optional[nn.Module]) -> Dict[str, Any]:
+    """JSON-able description of what a loop checkpoint of these modules holds."""
+    blocks = []
+    for i, b in enumerate(looped_blocks):
+        inner = getattr(b, "original", b)
+        blocks.append({
+            "block": type(inner).__qualname__,
+            "params": {n: list(p.shape) for n, p in _loop_params(b)},
+        })
+    head = {} if action_head is None else {n: list(t.shape) for n, t in action_head.state_dict().items()}
+    return {"blocks": blocks, "head": head}
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _schema_hash(schema: Any) -> str:
+    if schema is None:
+        return ""
+    if isinstance(schema, str):
+        return schema
+    fn = getattr(schema, "schema_hash", None)
+    if callable(fn):
+        return fn()
+    raise CanvasTypeError(f"schema must be a CanvasSchema or its hash string, got {type(schema).__name__}")
+
+
+def _blocks_schema_hash(looped_blocks: Sequence[nn.Module]) -> str:
+    hashes = {getattr(b, "schema_hash", "") or "" for b in looped_blocks}
+    hashes.discard("")
+    return hashes.pop() if len(hashes) == 1 else ""
+
+
+def save_loop_checkpoint(
+    looped_blocks: List[nn.Module],
+    action_head: nn.Module,
+    path: str,
+    metadata: Optional[Dict] = None,
+    *,
+    schema: Any = None,
+) -> None:
+    """Save only the loop parameters of ``looped_blocks`` and ``action_head``'s state to
+    ``path`` (safetensors). ``metadata`` must be JSON-serialisable; a ``"schema"`` (CanvasSchema)
+    or ``"schema_hash"`` entry, or ``schema=``, records the canvas schema the loops belong to."""
+    from safetensors.torch import save_file
+
+    import canvas_core
+
+    meta = dict(metadata or {})
+    schema_obj = schema if schema is not None else meta.pop("schema", None)
+    shash = _schema_hash(schema_obj) if schema_obj is not None else str(meta.get("schema_hash", "") or "")
+    shash = shash or _blocks_schema_hash(looped_blocks)
+    try:
+        user = json.dumps(meta, sort_keys=True)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint metadata must be JSON-serialisable: {e}") from e
+    tensors: Dict[str, torch.Tensor] = {}
+    for i, b in enumerate(looped_blocks):
+        for n, p in _loop_params(b):
+            tensors[f"blocks.{i}.{n}"] = p.detach().to("cpu").contiguous()
+    if action_head is not None:
+        for n, t in action_head.state_dict().items():
+            tensors[f"head.{n}"] = t.detach().to("cpu").contiguous()
+    structure = loop_structure(looped_blocks, action_head)
+    header = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "canvas_core_version": canvas_core.__version__,
+        "torch_version": torch.__version__,
+        "structure": json.dumps(structure, sort_keys=True),
+        "structure_hash": _hash(structure),
+        "schema_hash": shash,
+        "user_metadata": user,
+    }
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    save_file(tensors, path, metadata=header)
+
+
+def _describe_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    sb, cb = saved.get("blocks", []), current.get("blocks", [])
+    if len(sb) != len(cb):
+        return f"the checkpoint has {len(sb)} looped blocks, the model has {len(cb)}"
+    for i, (s, c) in enumerate(zip(sb, cb)):
+        if s.get("block") != c.get("block"):
+            return f"block {i} is a {c.get('block')} in the model but a {s.get('block')} in the checkpoint"
+        if s.get("params") != c.get("params"):
+            sp, cp = s.get("params", {}), c.get("params", {})
+            for n in sorted(set(sp) | set(cp)):
+                if sp.get(n) != cp.get(n):
+                    return (f"block {i} parameter {n!r} has shape {cp.get(n)} in the model but "
+                            f"{sp.get(n)} in the checkpoint (different max_loops or hidden size?)")
+    if saved.get("head") != current.get("head"):
+        sh, ch = saved.get("head", {}), current.get("head", {})
+        for n in sorted(set(sh) | set(ch)):
+            if sh.get(n) != ch.get(n):
+                return f"action head tensor {n!r} has shape {ch.get(n)} in the model but {sh.get(n)} in the checkpoint"
+    return "the structures differ"
+
+
+def load_loop_checkpoint(
+    looped_blocks: List[nn.Module],
+    action_head: nn.Module,
+    path: str,
+    *,
+    schema: Any = None,
+) -> Dict[str, Any]:
+    """Load loop parameters and the action head from ``path`` into the given modules (in place).
+
+    Refuses (``CheckpointError``) a file that is not a canvas loop checkpoint, one whose block
+    count / loop shapes / head differ from the modules, and one recorded for another canvas
+    schema than ``schema`` (or the schema the blocks carry). Returns the header, with
+    ``user_metadata`` decoded."""
+    from safetensors import SafetensorError, safe_open
+
+    if not os.path.isfile(path):
+        raise CheckpointError(f"loop checkpoint {path!r} does not exist")
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            header = dict(f.metadata() or {})
+            keys = list(f.keys())
+            tensors = {k: f.get_tensor(k) for k in keys}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path!r} is not a readable safetensors loop checkpoint: {e}") from e
+    if header.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path!r} is not a canvas-core loop checkpoint (format {header.get('format')!r}); "
+            "save one with save_loop_checkpoint"
+        )
+    if header.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path!r} has loop-checkpoint format version {header.get('format_version')!r}; this "
+            f"canvas-core reads version {FORMAT_VERSION}"
+        )
+    try:
+        saved = json.loads(header.get("structure", ""))
+        user = json.loads(header.get("user_metadata", "{}") or "{}")
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path!r} has a corrupt header: {e}") from e
+    current = loop_structure(looped_blocks, action_head)
+    if header.get("structure_hash") != _hash(current):
+        raise CheckpointError(
+            f"loop checkpoint {path!r} does not match this model: {_describe_diff(saved, current)}"
+        )
+    expected = _schema_hash(schema) if schema is not None else _blocks_schema_hash(looped_blocks)
+    saved_schema = header.get("schema_hash", "")
+    if expected and saved_schema and expected != saved_schema:
+        raise CheckpointError(
+            f"loop checkpoint {path!r} was trained with canvas schema {saved_schema[:12]}..., not "
+            f"with this schema {expected[:12]}...; load it into a model using the same schema"
+        )
+    with torch.no_grad():
+        for i, b in enumerate(looped_blocks):
+            for n, p in _loop_params(b):
+                key = f"blocks.{i}.{n}"
+                if key not in tensors:
+                    raise CheckpointError(f"loop checkpoint {path!r} lacks tensor {key!r}")
+                p.copy_(tensors[key].to(dtype=p.dtype, device=p.device))
+        if action_head is not None:
+            state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+            action_head.load_state_dict(state, strict=True)
+    out = dict(header)
+    out["user_metadata"] = user
+    return out

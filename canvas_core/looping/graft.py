@@ -1,0 +1,185 @@
+"""Graft looped blocks onto a pretrained backbone; freeze strategies."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Tuple, Type
+
+import torch
+from torch import nn
+
+from canvas_core.errors import BackboneError, CanvasTypeError
+from canvas_core.looping.adapter import BackboneAdapter, GenericAdapter
+from canvas_core.looping.registry import resolve_adapter
+from canvas_core.looping.wrapper import LoopedBlockWrapper
+
+__all__ = ["graft_looped_blocks", "freeze_full", "freeze_half", "freeze_none", "get_adapter",
+           "looped_blocks_of", "FREEZE_STRATEGIES"]
+
+FREEZE_STRATEGIES = ("full", "half", "none")
+_ADAPTER_ATTR = "_canvas_backbone_adapter"
+
+
+def _action_head_cls():
+    try:
+        from canvas_core.runtime.heads import ActionHead  # the runtime's head when present
+    except ImportError:
+        from canvas_core.looping._head_fallback import ActionHead
+    return ActionHead
+
+
+def looped_blocks_of(model: nn.Module) -> List[LoopedBlockWrapper]:
+    """Every ``LoopedBlockWrapper`` inside ``model``, in module order."""
+    return [m for m in model.modules() if isinstance(m, LoopedBlockWrapper)]
+
+
+def get_adapter(model: nn.Module) -> BackboneAdapter:
+    """The adapter ``graft_looped_blocks`` used for ``model``."""
+    a = getattr(model, _ADAPTER_ATTR, None)
+    if a is None:
+        raise BackboneError(f"{type(model).__name__} was not grafted; call graft_looped_blocks first")
+    return a
+
+
+def _loop_param_ids(model: nn.Module) -> set:
+    return {id(p) for w in looped_blocks_of(model) for p in w.loop_parameters()}
+
+
+def _check_module(model: Any, fn: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise CanvasTypeError(f"{fn} expects a torch nn.Module, got {type(model).__name__}")
+
+
+def freeze_full(transformer: nn.Module) -> int:
+    """Freeze every parameter except the loop parameters of grafted blocks (patch_embed,
+    time embeddings, blocks, norm_out, proj_out ...). Returns the number of frozen elements."""
+    _check_module(transformer, "freeze_full")
+    keep = _loop_param_ids(transformer)
+    frozen = 0
+    for p in transformer.parameters():
+        train = id(p) in keep
+        p.requires_grad_(train)
+        frozen += 0 if train else p.numel()
+    return frozen
+
+
+def freeze_half(transformer: nn.Module, adapter: Any = None) -> int:
+    """Freeze only the input embedding (``patch_embed``); everything else trains. Returns the
+    number of frozen elements."""
+    _check_module(transformer, "freeze_half")
+    a = getattr(transformer, _ADAPTER_ATTR, None) or resolve_adapter(transformer, adapter)
+    frozen_ids = {id(p) for m in a.input_modules(transformer) for p in m.parameters()}
+    frozen = 0
+    for p in transformer.parameters():
+        f = id(p) in frozen_ids
+        p.requires_grad_(not f)
+        frozen += p.numel() if f else 0
+    return frozen
+
+
+def freeze_none(transformer: nn.Module) -> int:
+    """Make every parameter trainable. Returns 0."""
+    _check_module(transformer, "freeze_none")
+    for p in transformer.parameters():
+        p.requires_grad_(True)
+    return 0
+
+
+def graft_looped_blocks(
+    transformer: nn.Module,
+    max_loops: int = 3,
+    block_attr: Optional[str] = None,
+    wrapper_class: Optional[Type] = None,
+    inner_dim: Optional[int] = None,
+    action_dim: int = 7,
+    latent_channels: Optional[int] = None,
+    freeze: str = "full",
+    *,
+    adapter: Any = None,
+    sharpening: Optional[Callable[[int], float]] = None,
+    gate_init_bias: float = 0.0,
+    use_gradient_checkpointing: bool = True,
+    action_hidden_dim: Optional[int] = None,
+) -> Tuple[List[nn.Module], nn.Module]:
+    """Replace each transformer block of ``transformer`` (in place) with a looped wrapper.
+
+    The adapter comes from the backbone registry (installed plugins) unless ``adapter=`` is given;
+    a model no adapter matches but that has a ``transformer_blocks`` / ``blocks`` list uses the
+    generic adapter. ``block_attr`` forces the generic adapter on that attribute.
+
+    Args:
+        max_loops: iterations per block (``current_loops`` starts at ``max_loops``).
+        freeze: ``"full"`` (only loop params train), ``"half"`` (only the input patch embedding is
+            frozen) or ``"none"``.
+        inner_dim: width of the loop embeddings (default: the adapter's hidden size).
+        latent_channels: input width of the ActionHead (default: the adapter's, e.g. the
+            model's ``out_channels``); ``action_dim``: its output width.
+        sharpening: optional ``SharpeningSchedule`` applied to every block's attention per loop.
+        gate_init_bias: initial gate of loops >= 1 (0 keeps the model identical to the backbone).
+
+    Returns:
+        ``(looped_blocks, action_head)``. At initialisation the model's output is unchanged.
+    """
+    _check_module(transformer, "graft_looped_blocks")
+    if not isinstance(max_loops, int) or isinstance(max_loops, bool) or max_loops < 1:
+        raise BackboneError(f"max_loops must be an int >= 1, got {max_loops!r}")
+    if freeze not in FREEZE_STRATEGIES:
+        raise BackboneError(f"unknown freeze strategy {freeze!r}; choose one of {list(FREEZE_STRATEGIES)}")
+    if not isinstance(action_dim, int) or isinstance(action_dim, bool) or action_dim < 1:
+        raise BackboneError(f"action_dim must be an int >= 1, got {action_dim!r}")
+    if adapter is None and block_attr is not None:
+        a = resolve_adapter(transformer, None) if _registered_attr_is(transformer, block_attr) else \
+            GenericAdapter(block_attr, inner_dim)
+    else:
+        a = resolve_adapter(transformer, adapter)
+    blocks = a.blocks(transformer)
+    if not blocks:
+        raise BackboneError(f"{type(transformer).__name__} has no transformer blocks to graft")
+    if any(isinstance(b, LoopedBlockWrapper) for b in blocks):
+        raise BackboneError(
+            f"{type(transformer).__name__} is already grafted (its blocks are LoopedBlockWrapper); "
+            "graft a fresh model, or use the existing looped blocks"
+        )
+    if isinstance(a, GenericAdapter) and inner_dim is not None:
+        a._hidden = inner_dim
+    a.prepare(transformer)
+    dims = list(a.stream_dims(transformer))
+    if inner_dim is not None:
+        dims[0] = inner_dim
+    try:
+        ref = next(transformer.parameters())
+        device = ref.device
+    except StopIteration:
+        device = torch.device("cpu")
+    io = a.block_io(transformer)
+    wrapped: List[nn.Module] = []
+    for i, block in enumerate(blocks):
+        if wrapper_class is not None:
+            w = wrapper_class(block, i, max_loops, dims[0])
+        else:
+            w = LoopedBlockWrapper(
+                block, block_idx=i, max_loops=max_loops, embed_dim=dims[0],
+                gate_init_bias=gate_init_bias, use_gradient_checkpointing=use_gradient_checkpointing,
+                io=io, stream_dims=dims, sharpening=sharpening,
+            )
+        w.to(device)
+        a.set_block(transformer, i, w)
+        wrapped.append(w)
+    object.__setattr__(transformer, _ADAPTER_ATTR, a)
+    if freeze == "full":
+        freeze_full(transformer)
+    elif freeze == "half":
+        freeze_half(transformer, a)
+    else:
+        freeze_none(transformer)
+    lc = latent_channels if latent_channels is not None else a.latent_channels(transformer)
+    head = _action_head_cls()(latent_channels=lc, action_dim=action_dim, hidden_dim=action_hidden_dim)
+    head.to(device)
+    return wrapped, head
+
+
+def _registered_attr_is(model: nn.Module, attr: str) -> bool:
+    try:
+        a = resolve_adapter(model, None)
+    except BackboneError:
+        return False
+    return getattr(a, "block_attr", None) == attr and not isinstance(a, GenericAdapter)

@@ -1,0 +1,63 @@
+"""Which distribution provides a name that is not installed: the install-hint table.
+
+Used by error messages (``UnknownNameError``: "pip install canvas-plugin-mamba") and to tell a
+name *missing* from a name whose plugin *failed to load*.  Extend the table when a new
+first-party plugin ships a name.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, Optional
+
+__all__ = ["KNOWN_PROVIDERS", "DEFAULT_PROVIDERS", "provider_hint", "normalize_dist", "install_hint"]
+
+#: registry kind -> name -> distribution providing it.
+KNOWN_PROVIDERS: Dict[str, Dict[str, str]] = {
+    "attention": {
+        "mamba": "canvas-plugin-mamba",
+        "canvas_read": "canvas-plugin-canvit",
+        "canvas_write": "canvas-plugin-canvit",
+        "cogvideox": "canvas-plugin-cogvideox",
+    },
+    "kernels": {
+        "flex": "canvas-backend-flex",
+        "flex_attention": "canvas-backend-flex",
+        "xformers": "canvas-backend-xformers",
+    },
+    "backbones": {
+        "cogvideox": "canvas-plugin-cogvideox",
+        "mochi": "canvas-plugin-mochi",
+        "vit": "canvas-plugin-vit",
+        "canvit": "canvas-plugin-canvit",
+    },
+    "identity": {},
+    "embedders": {
+        "minilm": "canvas-plugin-semantic",
+        "sentence-transformers": "canvas-plugin-semantic",
+        "sentence_transformers": "canvas-plugin-semantic",
+    },
+}
+
+#: registry kind -> distribution providing any name of that kind not in the table above.
+DEFAULT_PROVIDERS: Dict[str, str] = {
+    "identity": "canvas-plugin-identity",
+}
+
+
+def normalize_dist(name: str) -> str:
+    """PEP 503 normalised distribution / entry-point name (``Canvas_Plugin.X`` -> ``canvas-plugin-x``)."""
+    return re.sub(r"[-_.]+", "-", str(name)).lower()
+
+
+def provider_hint(kind: str, name: str) -> Optional[str]:
+    """The distribution known to provide ``name`` in registry ``kind``, or None."""
+    table = KNOWN_PROVIDERS.get(kind, {})
+    if name in table:
+        return table[name]
+    return DEFAULT_PROVIDERS.get(kind)
+
+
+def install_hint(dist: str) -> str:
+    """``pip install <dist>``."""
+    return f"pip install {dist}"

@@ -1,0 +1,63 @@
+"""Names supplied by optional plugin distributions, re-exported when installed.
+
+``canvas_core.MambaAttention`` is the class registered as attention type ``mamba`` (by
+``canvas-plugin-mamba``); ``canvas_core.CogVideoXAttention`` comes from ``canvas-plugin-cogvideox``.
+When the plugin is missing, the lookup raises :class:`UnknownNameError` with the install hint
+(the error is also an ``AttributeError``, so ``hasattr`` and ``getattr(..., default)`` work).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+from canvas_core.errors import PluginLoadError, UnknownNameError
+
+__all__: list = []  # nothing for `import *`: these are optional
+
+#: exported name -> (attention type name, distribution providing it, class name in the plugin)
+REEXPORTS: Dict[str, Tuple[str, str, str]] = {
+    "MambaAttention": ("mamba", "canvas-plugin-mamba", "MambaAttention"),
+    "CogVideoXAttention": ("cogvideox", "canvas-plugin-cogvideox", "CogVideoXAttention"),
+}
+
+
+class MissingPluginNameError(UnknownNameError, AttributeError):
+    """A re-exported name whose plugin is not installed."""
+
+
+def _from_plugin_module(dist: str, attr: str) -> Any:
+    """``attr`` from the top-level object of a loaded plugin of distribution ``dist``, or None."""
+    from canvas_core.plugins.hints import normalize_dist
+    from canvas_core.plugins.host import get_host
+
+    host = get_host()
+    host.ensure_loaded()
+    for rec in host.records.values():
+        if normalize_dist(rec.distribution) == normalize_dist(dist) and rec.plugin is not None:
+            value = getattr(rec.plugin, attr, None)
+            if value is not None:
+                return value
+    return None
+
+
+def __getattr__(name: str) -> Any:
+    if name not in REEXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    type_name, dist, cls_name = REEXPORTS[name]
+    from canvas_core.plugins.host import get_host
+
+    reg = get_host().registry("attention")
+    if type_name in reg:
+        return reg.get(type_name).load()
+    value = _from_plugin_module(dist, cls_name)
+    if value is not None:
+        return value
+    try:
+        reg.get(type_name)  # raises PluginLoadError when its plugin failed to load
+    except PluginLoadError:
+        raise
+    except UnknownNameError:
+        pass
+    raise MissingPluginNameError(
+        f"{name} is provided by the optional distribution {dist}, which is not installed "
+        f"(attention type {type_name!r} is not registered): pip install {dist}")

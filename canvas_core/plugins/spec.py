@@ -1,0 +1,371 @@
+"""Registry entries (:class:`Spec`) and the target they are checked against (:class:`RuntimeContext`).
+
+A spec is cheap: it holds a lazy factory (``"package.module:Object"`` or an object) and metadata.
+Nothing here imports torch, except :meth:`Spec.unsupported_reasons` when a spec constrains devices
+and CUDA is requested (to ask torch whether CUDA exists).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from canvas_core.errors import CanvasTypeError, PluginError, PluginLoadError, UnavailableError
+
+__all__ = [
+    "RuntimeContext",
+    "Spec",
+    "SpecError",
+    "IN_PROCESS",
+    "SPEC_FIELDS",
+    "normalize_device",
+    "normalize_dtype",
+    "parse_factory_path",
+]
+
+#: distribution name recorded for names registered in-process (``register_attention(...)``).
+IN_PROCESS = "<in-process>"
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_DOTTED_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+class SpecError(PluginError, ValueError):
+    """A registration is malformed (bad name, factory path or metadata)."""
+
+
+def normalize_device(device: Any) -> str:
+    """Device *type* of ``device``: ``"cuda:1"`` / ``torch.device("cuda", 1)`` -> ``"cuda"``."""
+    if device is None:
+        return "cpu"
+    dev_type = getattr(device, "type", None)  # torch.device, without importing torch
+    s = str(dev_type if dev_type is not None else device).strip().lower()
+    return s.split(":", 1)[0]
+
+
+_DTYPE_ALIASES = {
+    "float": "float32", "fp32": "float32", "f32": "float32",
+    "half": "float16", "fp16": "float16", "f16": "float16",
+    "bf16": "bfloat16",
+    "double": "float64", "fp64": "float64", "f64": "float64",
+}
+
+
+def normalize_dtype(dtype: Any) -> str:
+    """Canonical dtype name: ``torch.float16`` / ``"fp16"`` / ``"half"`` -> ``"float16"``."""
+    if dtype is None:
+        return "float32"
+    s = str(dtype).strip().lower()
+    if s.startswith("torch."):
+        s = s[len("torch."):]
+    return _DTYPE_ALIASES.get(s, s)
+
+
+@dataclass(frozen=True)
+class RuntimeContext:
+    """Where an implementation is asked to run.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:0"``, ``"mps"`` or a ``torch.device``.
+        dtype: ``"float32"``, ``"bfloat16"``, ... or a ``torch.dtype``.
+        head_dim: per-head width, when known (kernels may restrict it).
+        requires_grad: whether a backward pass is needed (training).
+    """
+
+    device: Any = "cpu"
+    dtype: Any = "float32"
+    head_dim: Optional[int] = None
+    requires_grad: bool = True
+
+    @property
+    def device_type(self) -> str:
+        return normalize_device(self.device)
+
+    @property
+    def dtype_name(self) -> str:
+        return normalize_dtype(self.dtype)
+
+    def describe(self) -> str:
+        hd = f", head_dim={self.head_dim}" if self.head_dim is not None else ""
+        return f"{self.device_type}/{self.dtype_name}{hd}" + ("" if self.requires_grad else ", inference")
+
+    @classmethod
+    def coerce(cls, ctx: Any) -> "RuntimeContext":
+        """``None`` -> the default CPU context; a dict -> ``RuntimeContext(**dict)``; a context as is."""
+        if ctx is None:
+            return cls()
+        if isinstance(ctx, cls):
+            return ctx
+        if isinstance(ctx, dict):
+            return cls(**ctx)
+        if isinstance(ctx, str):
+            return cls(device=ctx)
+        if hasattr(ctx, "device") and hasattr(ctx, "dtype"):  # a duck-typed context
+            return cls(device=ctx.device, dtype=ctx.dtype, head_dim=getattr(ctx, "head_dim", None),
+                       requires_grad=bool(getattr(ctx, "requires_grad", True)))
+        raise CanvasTypeError(f"expected a RuntimeContext (or None / dict / device string), got {ctx!r}")
+
+
+def parse_factory_path(path: str) -> Tuple[str, str]:
+    """``"pkg.mod:Obj.attr"`` -> ``("pkg.mod", "Obj.attr")``; ``"pkg.mod.Obj"`` -> ``("pkg.mod", "Obj")``."""
+    if ":" in path:
+        module, _, attr = path.partition(":")
+        if not _DOTTED_RE.match(module) or (attr and not _DOTTED_RE.match(attr)):
+            raise SpecError(f"malformed factory path {path!r}; expected 'package.module:Object'")
+        return module, attr
+    if not _DOTTED_RE.match(path) or "." not in path:
+        raise SpecError(f"malformed factory path {path!r}; expected 'package.module:Object'")
+    module, _, attr = path.rpartition(".")
+    return module, attr
+
+
+def _as_tuple(value: Any, what: str, name: str) -> Optional[Tuple[str, ...]]:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
+    try:
+        return tuple(value)
+    except TypeError:
+        raise CanvasTypeError(f"{name!r}: {what} must be a string or a sequence of strings, got {value!r}") from None
+
+
+#: keyword metadata stored as Spec attributes (everything else goes to ``spec.metadata``).
+SPEC_FIELDS = ("family", "complexity", "description", "requires", "devices", "dtypes", "check",
+               "priority", "supports")
+
+
+@dataclass(eq=False)
+class Spec:
+    """One registry entry: a named, lazily imported factory and what it needs to run.
+
+    Attributes:
+        name: the registered name.
+        factory: a class / callable, or a lazy ``"package.module:Object"`` string.
+        kind: registry kind (``"attention"``, ``"kernels"``, ``"backbones"``, ``"identity"``,
+            ``"embedders"``).
+        distribution, version: the distribution providing it (``"<in-process>"`` for names
+            registered at runtime, ``"canvas-core"`` for builtins).
+        plugin: name of the plugin object that registered it.
+        module: for in-process registrations, the module that called ``register_*``.
+        family, complexity, description: catalogue text.
+        requires: importable top-level modules needed (checked without importing).
+        devices, dtypes: supported device types / dtypes (None: any).
+        check: ``check(ctx) -> list[str]``, extra reasons it cannot run.
+        priority: kernels, higher first.
+        supports: kernels, attention types executed.
+        metadata: every other keyword given at registration.
+    """
+
+    name: str
+    factory: Any
+    kind: str = "attention"
+    distribution: str = IN_PROCESS
+    version: str = ""
+    plugin: str = IN_PROCESS
+    module: Optional[str] = None
+    family: Optional[str] = None
+    complexity: Optional[str] = None
+    description: str = ""
+    requires: Tuple[str, ...] = ()
+    devices: Optional[Tuple[str, ...]] = None
+    dtypes: Optional[Tuple[str, ...]] = None
+    check: Optional[Callable[[RuntimeContext], Any]] = None
+    priority: int = 0
+    supports: Tuple[str, ...] = ()
+    metadata: Dict[str, Any] = field(default_factory=dict)
+    _loaded: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            raise SpecError(
+                f"invalid {self.kind} name {self.name!r}: use letters, digits, '_', '-' or '.', "
+                "starting with a letter or '_'")
+        if isinstance(self.factory, str):
+            parse_factory_path(self.factory)  # validates the format, imports nothing
+        elif not callable(self.factory):
+            raise CanvasTypeError(
+                f"{self.kind} {self.name!r}: factory must be a class, a callable or a "
+                f"'package.module:Object' string, got {type(self.factory).__name__} {self.factory!r}")
+        self.requires = _as_tuple(self.requires, "requires", self.name) or ()
+        devs = _as_tuple(self.devices, "devices", self.name)
+        self.devices = None if devs is None else tuple(normalize_device(d) for d in devs)
+        dts = _as_tuple(self.dtypes, "dtypes", self.name)
+        self.dtypes = None if dts is None else tuple(normalize_dtype(d) for d in dts)
+        self.supports = _as_tuple(self.supports, "supports", self.name) or ()
+        if self.check is not None and not callable(self.check):
+            raise CanvasTypeError(f"{self.kind} {self.name!r}: check must be callable(ctx) -> list[str]")
+        if isinstance(self.priority, bool) or not isinstance(self.priority, int):
+            raise CanvasTypeError(f"{self.kind} {self.name!r}: priority must be an int, got {self.priority!r}")
+        self.description = "" if self.description is None else str(self.description)
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def provider(self) -> str:
+        """Who provides it: the distribution, or ``"<in-process> (module)"``."""
+        if self.distribution == IN_PROCESS and self.module:
+            return f"{IN_PROCESS} ({self.module})"
+        return self.distribution
+
+    @property
+    def factory_path(self) -> str:
+        """The factory as a dotted path (for display)."""
+        f = self.factory
+        if isinstance(f, str):
+            return f
+        mod = getattr(f, "__module__", None)
+        qual = getattr(f, "__qualname__", None) or type(f).__qualname__
+        return f"{mod}:{qual}" if mod else str(qual)
+
+    def describe_provider(self) -> str:
+        """``"canvas-plugin-x 1.0 (plugin 'x')"``."""
+        ver = f" {self.version}" if self.version else ""
+        plug = f" (plugin {self.plugin!r})" if self.plugin not in (self.distribution, IN_PROCESS) else ""
+        return f"{self.provider}{ver}{plug}"
+
+    # ------------------------------------------------------------------ availability
+    def missing_requirements(self) -> List[str]:
+        """Modules in ``requires`` that cannot be found (found with ``find_spec``; nothing imported)."""
+        missing = []
+        for req in self.requires:
+            top = str(req).split(".", 1)[0]
+            try:
+                found = top in sys.modules or importlib.util.find_spec(top) is not None
+            except (ImportError, ValueError):
+                found = False
+            if found and "." in str(req) and top in sys.modules:
+                try:
+                    found = importlib.util.find_spec(str(req)) is not None
+                except (ImportError, ValueError):
+                    found = False
+            if not found:
+                missing.append(str(req))
+        return missing
+
+    def unsupported_reasons(self, ctx: Any = None) -> List[str]:
+        """Why this cannot run in ``ctx`` (empty list: it can).
+
+        Checks, in order: required modules importable, device type, CUDA actually present when
+        the spec constrains devices and CUDA is requested, dtype, differentiability, the custom
+        ``check``.
+        """
+        ctx = RuntimeContext.coerce(ctx)
+        reasons = [f"requires the Python package {m!r}, which is not installed" for m in self.missing_requirements()]
+        dev = ctx.device_type
+        if self.devices is not None:
+            if dev not in self.devices:
+                reasons.append(f"runs on {', '.join(self.devices)} only, not on {dev}")
+            elif dev == "cuda" and not _cuda_available():
+                reasons.append("needs CUDA but torch reports no CUDA device")
+        if self.dtypes is not None and ctx.dtype_name not in self.dtypes:
+            reasons.append(f"supports dtypes {', '.join(self.dtypes)}, not {ctx.dtype_name}")
+        if ctx.requires_grad and self.metadata.get("differentiable") is False:
+            reasons.append("has no backward pass (not differentiable) but gradients are required")
+        if self.check is not None:
+            try:
+                extra = self.check(ctx)
+            except Exception as exc:  # a broken check is a reason, not a crash
+                extra = [f"its availability check raised {type(exc).__name__}: {exc}"]
+            if isinstance(extra, str):
+                extra = [extra]
+            reasons.extend(str(r) for r in (extra or []))
+        return reasons
+
+    def is_available(self, ctx: Any = None) -> bool:
+        return not self.unsupported_reasons(ctx)
+
+    # ------------------------------------------------------------------ loading
+    def load(self) -> Any:
+        """The factory object (imported on first call, then cached).
+
+        Raises:
+            PluginLoadError: the module cannot be imported or lacks the attribute; the message
+                names the spec, the factory path and the providing distribution.
+        """
+        if self._loaded is not None:
+            return self._loaded
+        f = self.factory
+        if not isinstance(f, str):
+            self._loaded = f
+            return f
+        module_name, attr = parse_factory_path(f)
+        try:
+            obj = importlib.import_module(module_name)
+            for part in attr.split(".") if attr else ():
+                obj = getattr(obj, part)
+        except Exception as exc:
+            missing = self.missing_requirements()
+            hint = (f" It needs {', '.join(repr(m) for m in missing)}: install it." if missing else
+                    f" Reinstall or fix {self.distribution}, or block it with CANVAS_BLOCK_PLUGINS.")
+            raise PluginLoadError(
+                f"{self.kind} {self.name!r} (factory {f!r}, from {self.describe_provider()}) failed to "
+                f"load: {type(exc).__name__}: {exc}.{hint}") from exc
+        if not callable(obj):
+            raise PluginLoadError(
+                f"{self.kind} {self.name!r}: factory {f!r} from {self.describe_provider()} is not "
+                f"callable ({type(obj).__name__})")
+        self._loaded = obj
+        return obj
+
+    def create(self, *args: Any, **kwargs: Any) -> Any:
+        """``load()(*args, **kwargs)``; refuses with :class:`UnavailableError` when a required
+        package is missing (before trying to import it)."""
+        missing = self.missing_requirements()
+        if missing:
+            raise UnavailableError(
+                f"{self.kind} {self.name!r} from {self.describe_provider()} needs the Python "
+                f"package(s) {', '.join(repr(m) for m in missing)}, which are not installed. "
+                f"Install them (e.g. pip install {' '.join(missing).replace('_', '-')}).")
+        return self.load()(*args, **kwargs)
+
+    # ------------------------------------------------------------------ reports
+    def to_dict(self, ctx: Any = None, *, with_availability: bool = True) -> Dict[str, Any]:
+        """JSON-able description (availability in ``ctx`` when asked)."""
+        d: Dict[str, Any] = {
+            "name": self.name, "kind": self.kind, "factory": self.factory_path,
+            "distribution": self.distribution, "version": self.version, "plugin": self.plugin,
+            "provider": self.provider, "family": self.family, "complexity": self.complexity,
+            "description": self.description, "requires": list(self.requires),
+            "devices": None if self.devices is None else list(self.devices),
+            "dtypes": None if self.dtypes is None else list(self.dtypes),
+            "priority": self.priority,
+        }
+        if self.kind == "kernels":
+            d["supports"] = list(self.supports)
+        extra = {k: v for k, v in self.metadata.items() if _jsonable(v)}
+        if extra:
+            d["metadata"] = extra
+        if with_availability:
+            reasons = self.unsupported_reasons(ctx)
+            d["available"] = not reasons
+            d["reasons"] = reasons
+        return d
+
+    def __repr__(self) -> str:
+        return (f"Spec(kind={self.kind!r}, name={self.name!r}, factory={self.factory_path!r}, "
+                f"provider={self.describe_provider()!r})")
+
+
+def _jsonable(v: Any) -> bool:
+    if v is None or isinstance(v, (str, int, float, bool)):
+        return True
+    if isinstance(v, (list, tuple)):
+        return all(_jsonable(x) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and _jsonable(x) for k, x in v.items())
+    return False
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch  # only reached when a spec constrains devices and CUDA is requested
+    except Exception:
+        return False
+    try:
+        return bool(torch.cuda.is_available())
+    except Exception:
+        return False

@@ -1,0 +1,238 @@
+"""`BoundSchema` / `BoundField`: a compiled type hierarchy with access to its fields by path
+(``bound["agents[0].thought"]``) or attribute (``bound.agents[0].thought``)."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
+
+from canvas_core.errors import CanvasTypeError, ProgramError, did_you_mean
+from canvas_core.schema.region import RegionSpec
+from canvas_core.schema.schema import CanvasSchema
+
+if TYPE_CHECKING:  # pragma: no cover
+    from canvas_core.schema.layout import CanvasLayout
+    from canvas_core.schema.topology import CanvasTopology
+
+__all__ = ["BoundField", "BoundSchema", "BoundList", "UnknownFieldError"]
+
+
+class UnknownFieldError(ProgramError, KeyError, AttributeError):
+    """A field path the compiled schema does not have (also a KeyError and an AttributeError,
+    so ``bound[...]`` and ``getattr`` behave like a dict and an object)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class _Navigable:
+    """Attribute / index navigation below a path prefix."""
+
+    _bound: "BoundSchema"
+    _prefix: str
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._bound._lookup(f"{self._prefix}.{name}" if self._prefix else name)
+
+    def __dir__(self) -> List[str]:
+        return sorted(set(super().__dir__()) | set(self._bound._children(self._prefix)))
+
+
+class BoundField(_Navigable):
+    """A ``Field`` bound to its compiled canvas region.
+
+    ``bound_field.child`` / ``bound_field[i]`` navigate into nested fields of a nested object
+    whose coarse-grained region this is. ``place``/``extract`` need torch (imported lazily).
+    """
+
+    def __init__(self, region_name: str, spec: RegionSpec, bound_schema: "BoundSchema"):
+        self.region_name = region_name
+        self.spec = spec
+        self.bound_schema = bound_schema
+        self._bound = bound_schema
+        self._prefix = region_name
+
+    @property
+    def name(self) -> str:
+        return self.region_name
+
+    @property
+    def num_positions(self) -> int:
+        """Total positions of this region (all frames)."""
+        return self.bound_schema.layout.region_numel(self.region_name)
+
+    def indices(self) -> List[int]:
+        """Canonical flat indices of this region, ascending."""
+        return self.bound_schema.layout.region_indices(self.region_name)
+
+    def place(self, batch: Any, embeddings: Any, canvas: Any = None) -> Any:
+        """Write ``embeddings`` ``(B, n_positions, D)`` into this region of ``batch`` ``(B, N, D)``."""
+        return self.bound_schema._canvas_for(canvas).place(batch, embeddings, self.region_name)
+
+    def extract(self, batch: Any, canvas: Any = None) -> Any:
+        """Read this region of ``batch`` ``(B, N, D)`` as ``(B, n_positions, D)``."""
+        return self.bound_schema._canvas_for(canvas).extract(batch, self.region_name)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._bound._lookup(f"{self._prefix}[{index}]")
+
+    def __repr__(self) -> str:
+        return f"BoundField({self.region_name!r}, bounds={self.spec.bounds})"
+
+
+class BoundList(_Navigable):
+    """The elements of a list of nested objects: ``bound.agents[0]``, ``len(bound.agents)``."""
+
+    def __init__(self, bound: "BoundSchema", prefix: str, length: int):
+        self._bound = bound
+        self._prefix = prefix
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(self._length))]
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise CanvasTypeError(f"{self._prefix}[...] takes an integer index, got {index!r}")
+        i = index + self._length if index < 0 else index
+        if not 0 <= i < self._length:
+            raise UnknownFieldError(f"{self._prefix}[{index}]: index out of range (the list has {self._length} elements)")
+        return self._bound._lookup(f"{self._prefix}[{i}]")
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self[i] for i in range(self._length))
+
+    def __repr__(self) -> str:
+        return f"BoundList({self._prefix!r}, {self._length} elements)"
+
+
+class BoundSchema(_Navigable):
+    """A compiled type hierarchy bound to a ``CanvasSchema``.
+
+    Example::
+
+        bound = compile_schema(robot, T=8, d_model=256)
+        bound["camera"], bound.camera                    # the same BoundField
+        bound["agents[1].thought"], bound.agents[1].thought
+        canvas = bound.build_canvas()                    # torch from here on
+        batch = bound.create_batch(4)
+        bound["camera"].place(batch, camera_embs)
+    """
+
+    def __init__(self, schema: CanvasSchema, region_specs: Dict[str, RegionSpec]):
+        if not isinstance(schema, CanvasSchema):
+            raise CanvasTypeError(f"BoundSchema needs a CanvasSchema, got {type(schema).__name__}")
+        self.schema = schema
+        self.region_specs = dict(region_specs)
+        self._bound = self
+        self._prefix = ""
+        self._fields = {name: BoundField(name, spec, self) for name, spec in self.region_specs.items()}
+        self._list_len: Dict[str, int] = {}  # "agents" -> number of elements
+        for name in self._fields:
+            for m in re.finditer(r"\[(\d+)\]", name):
+                head = name[:m.start()]
+                self._list_len[head] = max(self._list_len.get(head, 0), int(m.group(1)) + 1)
+        self.canvas: Any = None
+
+    # --- structure ---------------------------------------------------------------------------
+    @property
+    def layout(self) -> "CanvasLayout":
+        return self.schema.layout
+
+    @property
+    def topology(self) -> Optional["CanvasTopology"]:
+        return self.schema.topology
+
+    @property
+    def fields(self) -> Dict[str, BoundField]:
+        return dict(self._fields)
+
+    @property
+    def field_names(self) -> List[str]:
+        return list(self._fields)
+
+    def __getitem__(self, path: str) -> BoundField:
+        if path in self._fields:
+            return self._fields[path]
+        raise UnknownFieldError(
+            f"no field {path!r} in the compiled schema.{did_you_mean(path, self._fields)} "
+            f"Fields: {list(self._fields)}"
+        )
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._fields
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def _lookup(self, path: str) -> Any:
+        if path in self._fields:
+            return self._fields[path]
+        n = self._list_len.get(path, 0)
+        if n:
+            return BoundList(self, path, n)
+        return self[path]
+
+    def _children(self, prefix: str) -> List[str]:
+        out = []
+        start = f"{prefix}." if prefix else ""
+        for k in self._fields:
+            if k.startswith(start) and k != prefix:
+                rest = k[len(start):]
+                out.append(rest.split(".")[0].split("[")[0])
+        return out
+
+    # --- torch-backed conveniences (lazy) ------------------------------------------------------
+    def build_canvas(self, semantic_conditioner: Any = None) -> Any:
+        """Create (and keep) a ``SpatiotemporalCanvas`` for this schema."""
+        from canvas_core.runtime.canvas import SpatiotemporalCanvas
+
+        self.canvas = SpatiotemporalCanvas(self.layout, semantic_conditioner=semantic_conditioner)
+        return self.canvas
+
+    def _canvas_for(self, canvas: Any) -> Any:
+        if canvas is not None:
+            return canvas
+        if self.canvas is None:
+            self.build_canvas()
+        return self.canvas
+
+    def create_batch(self, batch_size: int) -> Any:
+        """An empty canvas batch ``(batch_size, N, d_model)``; builds the canvas if needed."""
+        return self._canvas_for(None).create_empty(batch_size)
+
+    def build_semantic_conditioner(self, embed_fn: Any, embed_dim: int = 1536,
+                                   freeze_embeddings: bool = True, learn_residuals: bool = True) -> Any:
+        """A ``SemanticConditioner`` from the fields' semantic types embedded by ``embed_fn``
+        (``list[str] -> list[list[float]]``)."""
+        from canvas_core.semantic import SemanticConditioner, compute_semantic_embeddings
+
+        types = {n: s.semantic_type for n, s in self.region_specs.items() if s.semantic_type}
+        embeddings = compute_semantic_embeddings(self.field_names, embed_fn, semantic_types=types)
+        return SemanticConditioner(
+            d_model=self.layout.d_model, embed_dim=embed_dim, region_embeddings=embeddings,
+            freeze_embeddings=freeze_embeddings, learn_residuals=learn_residuals,
+        )
+
+    def summary(self) -> str:
+        """One line per field: its name, box and number of positions."""
+        lay = self.layout
+        lines = [f"BoundSchema ({len(self._fields)} fields, {lay.num_positions} positions):"]
+        width = max((len(n) for n in self._fields), default=0)
+        for name, spec in self.region_specs.items():
+            b = spec.bounds
+            box = ", ".join([f"t={b[0]}-{b[1]}"] + [f"{b[k]}-{b[k + 1]}" for k in range(2, len(b), 2)])
+            lines.append(f"  {name:<{width}} -> ({box}) {lay.region_numel(name)}pos")
+        n_conn = len(self.topology.connections) if self.topology is not None else 0
+        lines.append(f"  {n_conn} connections")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"BoundSchema({len(self._fields)} fields, spatial_shape={self.layout.spatial_shape}, T={self.layout.T})"

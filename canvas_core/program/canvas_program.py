@@ -1,0 +1,372 @@
+"""`CanvasProgram`: typed process semantics layered on a `CanvasSchema`, its file form, and
+`validate_constraints`. Pure Python."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+from canvas_core.errors import CanvasError, CanvasTypeError, ProgramError, SchemaFormatError, did_you_mean
+from canvas_core.program.constants import CONSTRAINT_VALUES, OPERATORS, closest
+from canvas_core.program.identity import IdentitySpec
+from canvas_core.program.specs import ClockSpec, ConnectionProgram, ConstraintSpec, LearningSpec, RegionProgram
+from canvas_core.schema.schema import CanvasSchema
+
+__all__ = ["CanvasProgram", "validate_constraints", "PROGRAM_VERSION"]
+
+PROGRAM_VERSION = "2.0.0"
+_PROGRAM_KEYS = ("program_version", "region_programs", "connection_programs")
+_NESTED = {"clock": ClockSpec, "learning": LearningSpec, "constraints": ConstraintSpec, "identity": IdentitySpec}
+
+
+@dataclass
+class CanvasProgram:
+    """Typed process semantics layered on top of a ``CanvasSchema``.
+
+    The schema declares structure (where regions live, who attends to whom); the program
+    declares behaviour (what each region is, how it learns, when it updates, what happens at
+    deploy). ``regions`` may cover a subset of the schema's regions; ``connections`` is keyed
+    by ``(src, dst)`` of connections that exist in the schema's topology.
+
+    Example::
+
+        program = CanvasProgram(schema=schema, regions={"obs": RegionProgram(family="observation")})
+        program.to_json("my_program.json")
+        assert CanvasProgram.from_json("my_program.json") == program
+    """
+
+    schema: CanvasSchema
+    regions: Dict[str, RegionProgram] = field(default_factory=dict)
+    connections: Dict[Tuple[str, str], ConnectionProgram] = field(default_factory=dict)
+    version: str = PROGRAM_VERSION
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.schema, CanvasSchema):
+            raise CanvasTypeError(
+                f"CanvasProgram schema must be a CanvasSchema, got {type(self.schema).__name__}; "
+                "build one with CanvasSchema(layout, topology) or compile_schema(...)"
+            )
+        if not isinstance(self.version, str) or not self.version:
+            raise CanvasTypeError(f"CanvasProgram version must be a non-empty string, got {self.version!r}")
+        known = self.schema.layout.regions
+        if not isinstance(self.regions, Mapping):
+            raise CanvasTypeError(f"CanvasProgram regions must be a dict name -> RegionProgram, got {type(self.regions).__name__}")
+        for name, rp in self.regions.items():
+            if name not in known:
+                raise ProgramError(
+                    f"CanvasProgram: region program {name!r} names no region of the schema.{_mean(name, known)} "
+                    f"Regions: {list(known)}. Fix the name or add the region to the layout."
+                )
+            if not isinstance(rp, RegionProgram):
+                raise CanvasTypeError(f"CanvasProgram: regions[{name!r}] must be a RegionProgram, got {rp!r}")
+        self.regions = dict(self.regions)
+        if not isinstance(self.connections, Mapping):
+            raise CanvasTypeError(
+                "CanvasProgram connections must be a dict (src, dst) -> ConnectionProgram, got "
+                f"{type(self.connections).__name__}"
+            )
+        topo = self.schema.topology
+        edges = {(c.src, c.dst) for c in topo.connections} if topo is not None else set()
+        for key, cp in self.connections.items():
+            if not (isinstance(key, tuple) and len(key) == 2 and all(isinstance(k, str) for k in key)):
+                raise CanvasTypeError(
+                    f"CanvasProgram: connection program keys must be (src, dst) tuples of region names, got {key!r}"
+                )
+            for side, name in zip(("src", "dst"), key):
+                if name not in known:
+                    raise ProgramError(
+                        f"CanvasProgram: connection program {key[0]!r} -> {key[1]!r}: {side} region {name!r} "
+                        f"is not in the schema.{_mean(name, known)} Regions: {list(known)}."
+                    )
+            if key not in edges:
+                raise ProgramError(
+                    f"CanvasProgram: connection program {key[0]!r} -> {key[1]!r} has no matching connection "
+                    f"in the schema's topology; add Connection(src={key[0]!r}, dst={key[1]!r}) or drop it"
+                )
+            if not isinstance(cp, ConnectionProgram):
+                raise CanvasTypeError(f"CanvasProgram: connections[{key!r}] must be a ConnectionProgram, got {cp!r}")
+        self.connections = dict(self.connections)
+        if topo is not None:
+            for i, c in enumerate(topo.connections):
+                if c.operator not in OPERATORS:
+                    hint = closest(c.operator, OPERATORS)
+                    raise ProgramError(
+                        f"CanvasProgram: connection #{i} ({c.src} -> {c.dst}) has unknown operator {c.operator!r}."
+                        f"{f' Did you mean {hint!r}?' if hint else ''} Use one of {sorted(OPERATORS)}."
+                    )
+
+    # --- convenience ------------------------------------------------------------------------
+    @property
+    def layout(self):
+        return self.schema.layout
+
+    @property
+    def topology(self):
+        return self.schema.topology
+
+    def region(self, name: str) -> RegionProgram:
+        """The program of a region (the default ``RegionProgram()`` when none was declared)."""
+        if name not in self.schema.layout.regions:
+            raise ProgramError(f"CanvasProgram has no region {name!r}.{_mean(name, self.schema.layout.regions)}")
+        return self.regions.get(name, RegionProgram())
+
+    # --- dict / JSON -------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """JSON-compatible dict: the schema's dict plus ``program_version``, ``region_programs``
+        and ``connection_programs`` (``"src|dst"`` keys); defaults are omitted."""
+        d = self.schema.to_dict()
+        d["program_version"] = self.version
+        d["region_programs"] = {name: _spec_to_dict(rp) for name, rp in self.regions.items()}
+        if self.connections:
+            d["connection_programs"] = {f"{s}|{t}": _spec_to_dict(cp) for (s, t), cp in self.connections.items()}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "CanvasProgram":
+        """Build from a dict made by :meth:`to_dict` (or canvas-engineering). Malformed input
+        raises ``SchemaFormatError`` naming the offending key."""
+        if not isinstance(d, dict):
+            raise SchemaFormatError(f"a canvas program must be a JSON object, got {type(d).__name__}")
+        if "schema" in d and "layout" not in d:  # also accept {"schema": {...}, "region_programs": ...}
+            schema_part = d["schema"]
+            extra = [k for k in d if k not in _PROGRAM_KEYS and k != "schema"]
+            if extra:
+                raise SchemaFormatError(f"unknown top-level key(s) {extra} next to 'schema'; remove them")
+        else:
+            schema_part = {k: v for k, v in d.items() if k not in _PROGRAM_KEYS}
+        schema = CanvasSchema.from_dict(schema_part)
+        version = d.get("program_version", PROGRAM_VERSION)
+        if not isinstance(version, str) or not version:
+            raise SchemaFormatError(f"program_version must be a non-empty string, got {version!r}")
+        rps = d.get("region_programs", {})
+        if not isinstance(rps, dict):
+            raise SchemaFormatError(f"region_programs must be an object name -> region program, got {type(rps).__name__}")
+        regions = {}
+        for name, rd in rps.items():
+            regions[name] = _spec_from_dict(RegionProgram, rd, f"region_programs.{name}")
+        cps = d.get("connection_programs", {})
+        if not isinstance(cps, dict):
+            raise SchemaFormatError(
+                f"connection_programs must be an object 'src|dst' -> connection program, got {type(cps).__name__}"
+            )
+        connections = {}
+        for key, cd in cps.items():
+            pair = _split_key(key, schema.layout.regions)
+            connections[pair] = _spec_from_dict(ConnectionProgram, cd, f"connection_programs.{key}")
+        try:
+            return cls(schema=schema, regions=regions, connections=connections, version=version)
+        except CanvasError as exc:
+            raise SchemaFormatError(f"invalid canvas program: {exc}") from None
+
+    def to_json(self, path: Union[str, os.PathLike, None] = None, *, indent: Optional[int] = 2) -> str:
+        """Serialize to a JSON string; also write it to ``path`` when given."""
+        out = json.dumps(self.to_dict(), indent=indent)
+        if path is not None:
+            try:
+                Path(path).write_text(out + "\n", encoding="utf-8")
+            except OSError as exc:
+                raise SchemaFormatError(f"cannot write program to {str(path)!r}: {exc.strerror or exc}") from None
+        return out
+
+    @classmethod
+    def from_json(cls, source: Union[str, os.PathLike]) -> "CanvasProgram":
+        """Load from a JSON file path or a JSON string."""
+        raw, where = _read(source)
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise SchemaFormatError(
+                f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+            ) from None
+        try:
+            return cls.from_dict(data)
+        except SchemaFormatError as exc:
+            raise SchemaFormatError(f"{where}: {exc}") from None
+
+    def summary(self) -> str:
+        """Human-readable summary: one line per programmed region, then the non-attend operators."""
+        topo = self.schema.topology
+        conns = topo.connections if topo is not None else []
+        lines = [f"CanvasProgram (v{self.version}, {len(self.regions)} regions programmed, {len(conns)} connections):"]
+        fams = Counter(rp.family for rp in self.regions.values())
+        if fams:
+            lines.append("  families: " + ", ".join(f"{k}={v}" for k, v in sorted(fams.items())))
+        width = max((len(n) for n in self.regions), default=0)
+        for name, rp in self.regions.items():
+            parts = [f"family={rp.family}", f"carrier={rp.carrier}", f"compile_mode={rp.compile_mode}"]
+            if rp.tags:
+                parts.append("tags=" + ",".join(rp.tags))
+            if rp.clock is not None:
+                c = rp.clock
+                rule = f"every {c.period}" if c.mode == "periodic" else f"{c.mode}:{c.event_source}"
+                parts.append(f"clock={c.domain}/{rule}")
+            if rp.learning is not None:
+                parts.append(f"learning={rp.learning.mode}")
+            if rp.constraints is not None:
+                set_ = [f"{k}={getattr(rp.constraints, k)}" for k in CONSTRAINT_VALUES if getattr(rp.constraints, k)]
+                parts.append("constraints(" + ",".join(set_) + ")")
+            if rp.identity is not None:
+                parts.append(f"identity={rp.identity.mode}/{rp.identity.slot_capacity}")
+            lines.append(f"  {name:<{width}}  " + " ".join(parts))
+        ops = [c for c in conns if c.operator != "attend"]
+        if ops:
+            counts = Counter(c.operator for c in ops)
+            lines.append("  operators: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+            for c in ops:
+                lines.append(f"    {c.src} -> {c.dst}: {c.operator}")
+        for (s, t), cp in self.connections.items():
+            extra = f" trigger={cp.trigger!r}" if cp.trigger else ""
+            lines.append(f"  program {s} -> {t}: {cp.operator} write_mode={cp.write_mode}{extra}")
+        return "\n".join(lines)
+
+
+def validate_constraints(program: CanvasProgram) -> List[str]:
+    """Check the structural constraints declared on regions; return the violations.
+
+    * every ``ConstraintSpec`` value is a known one;
+    * ``causal_direction="acyclic"``: no cycle among the regions reachable from the constrained
+      region through the topology's connections (``src -> dst``; a region's connection to
+      itself is self-attention, not a cycle between regions);
+    * ``causal_direction="forward_only"``: every connection leaving the constrained region goes
+      to a region whose first frame ``t0`` is the same or later.
+
+    Returns human-readable strings, one per violation; ``[]`` when all hold.
+    """
+    if not isinstance(program, CanvasProgram):
+        raise CanvasTypeError(f"validate_constraints expects a CanvasProgram, got {type(program).__name__}")
+    layout = program.schema.layout
+    conns = program.schema.topology.connections if program.schema.topology is not None else []
+    graph: Dict[str, List[str]] = {}
+    for c in conns:
+        if c.src != c.dst and c.dst not in graph.get(c.src, ()):
+            graph.setdefault(c.src, []).append(c.dst)
+    out: List[str] = []
+    for name, rp in program.regions.items():
+        cs = rp.constraints
+        if cs is None:
+            continue
+        for key, allowed in CONSTRAINT_VALUES.items():
+            value = getattr(cs, key)
+            if value is not None and value not in allowed:
+                out.append(f"{name}: unknown {key} {value!r} (valid: {sorted(allowed)})")
+        if cs.causal_direction == "acyclic":
+            cycle = _find_cycle(graph, name)
+            if cycle:
+                out.append(f"{name}: causal_direction='acyclic' violated — cycle {' -> '.join(cycle)}")
+        elif cs.causal_direction == "forward_only":
+            t0 = layout.regions[name].t0
+            seen = set()
+            for c in conns:
+                if c.src == name and c.dst != name and c.dst not in seen:
+                    seen.add(c.dst)
+                    dt0 = layout.regions[c.dst].t0
+                    if dt0 < t0:
+                        out.append(
+                            f"{name}: causal_direction='forward_only' violated — connects to {c.dst} "
+                            f"(t0={dt0} < {t0})"
+                        )
+    return out
+
+
+# --- helpers -----------------------------------------------------------------------------------
+def _mean(name: str, known) -> str:
+    return did_you_mean(name, known)
+
+
+def _find_cycle(graph: Dict[str, List[str]], start: str) -> Optional[List[str]]:
+    """A cycle (as a closed list of nodes) among the nodes reachable from ``start``, or None."""
+    state: Dict[str, int] = {}  # 1 = on the current path, 2 = finished
+    path: List[str] = []
+    stack = [(start, iter(graph.get(start, ())))]
+    state[start] = 1
+    path.append(start)
+    while stack:
+        node, it = stack[-1]
+        nxt = next(it, None)
+        if nxt is None:
+            stack.pop()
+            path.pop()
+            state[node] = 2
+            continue
+        s = state.get(nxt, 0)
+        if s == 1:
+            return path[path.index(nxt):] + [nxt]
+        if s == 0:
+            state[nxt] = 1
+            path.append(nxt)
+            stack.append((nxt, iter(graph.get(nxt, ()))))
+    return None
+
+
+def _spec_to_dict(spec: Any) -> Dict[str, Any]:
+    d: Dict[str, Any] = {}
+    for f in fields(spec):
+        value = getattr(spec, f.name)
+        default = f.default if f.default is not MISSING else None
+        if value == default:
+            continue
+        if f.name in _NESTED and value is not None:
+            value = _spec_to_dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        d[f.name] = value
+    return d
+
+
+def _spec_from_dict(cls: type, d: Any, where: str) -> Any:
+    if not isinstance(d, dict):
+        raise SchemaFormatError(f"{where}: must be an object of {cls.__name__} fields, got {type(d).__name__}")
+    names = [f.name for f in fields(cls)]
+    kw: Dict[str, Any] = {}
+    for key, value in d.items():
+        if key not in names:
+            hint = did_you_mean(key, names)
+            raise SchemaFormatError(f"{where}: unknown key {key!r}.{hint} Known keys: {names}")
+        if cls is RegionProgram and key in _NESTED and value is not None:
+            value = _spec_from_dict(_NESTED[key], value, f"{where}.{key}")
+        elif key in ("tags", "losses"):
+            if not isinstance(value, list):
+                raise SchemaFormatError(f"{where}.{key}: must be a list of strings, got {value!r}")
+            value = tuple(value)
+        kw[key] = value
+    try:
+        return cls(**kw)
+    except CanvasError as exc:
+        raise SchemaFormatError(f"{where}: {exc}") from None
+
+
+def _split_key(key: Any, known) -> Tuple[str, str]:
+    if not isinstance(key, str) or "|" not in key:
+        raise SchemaFormatError(f"connection_programs key {key!r} must be 'src|dst'")
+    parts = key.split("|")
+    for i in range(1, len(parts)):
+        src, dst = "|".join(parts[:i]), "|".join(parts[i:])
+        if src in known and dst in known:
+            return src, dst
+    src, dst = key.split("|", 1)
+    bad = src if src not in known else dst
+    raise SchemaFormatError(
+        f"connection_programs key {key!r}: region {bad!r} is not in the schema.{did_you_mean(bad, known)}"
+    )
+
+
+def _read(source: Any) -> Tuple[str, str]:
+    if isinstance(source, bytes):
+        source = source.decode("utf-8", errors="replace")
+    if isinstance(source, str) and source.lstrip().startswith(("{", "[")):
+        return source, "program JSON string"
+    if not isinstance(source, (str, os.PathLike)):
+        raise CanvasTypeError(f"from_json expects a file path or a JSON string, got {type(source).__name__}")
+    path = Path(source)
+    try:
+        return path.read_text(encoding="utf-8"), f"program file {str(path)!r}"
+    except FileNotFoundError:
+        raise SchemaFormatError(f"program file {str(path)!r} does not exist") from None
+    except UnicodeDecodeError:
+        raise SchemaFormatError(f"program file {str(path)!r} is not UTF-8 text") from None
+    except OSError as exc:
+        raise SchemaFormatError(f"cannot read program file {str(path)!r}: {exc.strerror or exc}") from None

@@ -1,0 +1,245 @@
+"""`CanvasAttention`: the layer that executes an :class:`~canvas_core.compiler.plan.ExecutionPlan`.
+
+Semantics (DESIGN.md, "Semantics of a canvas attention layer"), for ``x`` of shape ``(B, N, D)``
+in canonical position order:
+
+* connections are grouped by resolved fn type f;
+* softmax family (``cross_attention``, ``self_attention``): shared QKV / output projections; each
+  type is ONE fused kernel call over all its rectangles (:mod:`canvas_core.runtime.kernels`):
+  per query p, softmax over the keys ``D_f(p)`` with additive bias ``log w``, times ``beta``
+  (inverse temperature, set by ``SharpeningSchedule``) on the logits;
+* any other type f: one module ``create_attention(f, d_model, n_heads, dropout)`` run ONCE per
+  forward with queries = the positions f updates (``Nq``), keys = values = the union of f's key
+  positions (``Nk``), and ``key_mask (Nq, Nk)`` bool = "some connection of type f links them".
+  Such modules see the key *sets*; the per-pair weights are not passed to them (their operators
+  are not softmax), only the combination weight ``W_f(p)`` below;
+* the layer returns ``sum_f W_f(p) out_f(p) / sum_f W_f(p)`` at every position some connection
+  updates (``W_f(p)``: total weight of f's connections that link p to a key) and ``x[p]``
+  unchanged elsewhere.  Like canvas-engineering's ``AttentionDispatcher`` it returns the updated
+  *state*, not a delta: add your own residual around it if you want one.
+
+``forward(x, active_regions=None)``: with a set of region names, only connections whose source
+region is active run (the plan is restricted once per distinct set and cached); positions no
+active connection updates pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from canvas_core.compiler.lowering import lower
+from canvas_core.compiler.plan import ExecutionPlan, segment_grid
+from canvas_core.errors import CanvasTypeError, ShapeError, SchemaError
+from canvas_core.runtime.kernels import make_kernel
+
+__all__ = ["CanvasAttention", "SOFTMAX_TYPES"]
+
+#: fn types executed by the fused softmax kernel with the shared projections
+SOFTMAX_TYPES: Tuple[str, ...] = ("cross_attention", "self_attention")
+
+
+def _default_factory(fn: str, d_model: int, n_heads: int, dropout: float, **kw: Any) -> nn.Module:
+    from canvas_core.plugins import create_attention
+
+    return create_attention(fn, d_model=d_model, n_heads=n_heads, dropout=dropout, **kw)
+
+
+class _Executor(nn.Module):
+    """Kernels and index buffers of one plan (no parameters)."""
+
+    def __init__(self, plan: ExecutionPlan, softmax_types: Tuple[str, ...], kernel: Any,
+                 n_heads: int, head_dim: int, kernel_options: Dict[str, Any], device: Any = None) -> None:
+        super().__init__()
+        n = plan.n
+        inv = plan.inv_perm
+        self.soft_fns = [f for f in plan.groups if f in softmax_types]
+        self.other_fns = [f for f in plan.groups if f not in softmax_types]
+        self.kernels = nn.ModuleDict({
+            f"k{i}": make_kernel(kernel, plan.groups[f], plan, n_heads=n_heads, head_dim=head_dim,
+                                 device=device, **kernel_options)
+            for i, f in enumerate(self.soft_fns)})
+        qw = {f: plan.query_weight[f][inv] for f in plan.groups}  # canonical order
+        den = np.zeros(n)
+        for w in qw.values():
+            den += w
+        upd = den > 0
+        safe = np.where(upd, den, 1.0)
+        to = (lambda t: t.to(device)) if device is not None else (lambda t: t)
+        self.register_buffer("updated", to(torch.from_numpy(upd)), persistent=False)
+        for i, f in enumerate(self.soft_fns):
+            self.register_buffer(f"c_soft{i}", to(torch.from_numpy(qw[f] / safe).float()), persistent=False)
+        self.other_names = []
+        for i, f in enumerate(self.other_fns):
+            g = plan.groups[f]
+            sg = segment_grid(n, g.q0, g.q1, g.k0, g.k1, g.weight)
+            q_packed = np.flatnonzero(plan.query_weight[f] > 0)
+            kcov = np.zeros(n + 1, dtype=np.int64)
+            np.add.at(kcov, g.k0, 1)
+            np.add.at(kcov, g.k1, -1)
+            k_packed = np.flatnonzero(np.cumsum(kcov)[:n] > 0)
+            rs, cs = sg.row_segment_of(n), sg.col_segment_of(n)
+            key_mask = sg.grid[rs[q_packed]][:, cs[k_packed]] > 0
+            q_can = plan.perm[q_packed]
+            k_can = plan.perm[k_packed]
+            coef = (qw[f] / safe)[q_can]
+            for name, arr in (("q", q_can), ("k", k_can), ("mask", key_mask), ("coef", coef)):
+                t = torch.from_numpy(np.ascontiguousarray(arr))
+                if name == "coef":
+                    t = t.float()
+                self.register_buffer(f"o{i}_{name}", to(t), persistent=False)
+            self.other_names.append(f)
+
+
+class CanvasAttention(nn.Module):
+    """Attention layer executing a canvas plan; see the module docstring for the semantics.
+
+    Args:
+        plan_or_topology: an :class:`ExecutionPlan`, or a ``CanvasTopology`` (then ``layout``).
+        layout: the ``CanvasLayout`` when a topology is given.
+        d_model: model width D (default ``layout.d_model``).
+        n_heads: heads of the softmax family (``d_model`` must divide by it).
+        dropout: attention dropout (softmax family) and dropout of the other types' modules.
+        kernel: softmax kernel: None/"auto"/"reference", "dense", "sparse", a registered kernel
+            name or a class/callable ``(group, plan, n_heads=, head_dim=, **kernel_options)``.
+        attention_factory: ``(fn, d_model, n_heads, dropout) -> module`` for non-softmax types
+            (default ``canvas_core.plugins.create_attention``).
+        softmax_types: fn types run by the fused softmax kernel.
+        beta: inverse temperature on the softmax logits (``SharpeningSchedule`` sets it).
+        bias: whether the projections have biases.
+        kernel_options: extra keyword arguments for the kernel (e.g. ``block_size``, ``mode``).
+    """
+
+    def __init__(self, plan_or_topology: Any, layout: Any = None, d_model: Optional[int] = None,
+                 n_heads: int = 8, dropout: float = 0.0, kernel: Any = None, *,
+                 attention_factory: Optional[Callable[..., nn.Module]] = None,
+                 softmax_types: Iterable[str] = SOFTMAX_TYPES, beta: float = 1.0, bias: bool = True,
+                 kernel_options: Optional[Dict[str, Any]] = None, device: Any = None) -> None:
+        super().__init__()
+        if isinstance(plan_or_topology, ExecutionPlan):
+            plan = plan_or_topology
+            layout = plan.layout if layout is None else layout
+        else:
+            if layout is None:
+                raise CanvasTypeError("CanvasAttention(topology, layout, ...): pass the CanvasLayout "
+                                      "with a topology, or pass an ExecutionPlan")
+            plan = lower(plan_or_topology, layout)
+        if d_model is None:
+            d_model = getattr(layout, "d_model", None)
+        if not isinstance(d_model, int) or d_model < 1:
+            raise SchemaError(f"CanvasAttention needs a positive integer d_model, got {d_model!r}")
+        if not isinstance(n_heads, int) or n_heads < 1 or d_model % n_heads:
+            raise SchemaError(f"CanvasAttention: d_model={d_model} must be divisible by n_heads={n_heads!r}")
+        self.plan = plan
+        self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
+        self.dropout = float(dropout)
+        self.beta = float(beta)
+        self.softmax_types = tuple(softmax_types)
+        self._kernel = kernel
+        self._kernel_options = dict(kernel_options or {})
+        factory = attention_factory or _default_factory
+        self._factory = factory
+        self.executor = _Executor(plan, self.softmax_types, kernel, n_heads, self.head_dim,
+                                  self._kernel_options, device)
+        if self.executor.soft_fns:
+            self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias, device=device)
+            self.out_proj = nn.Linear(d_model, d_model, bias=bias, device=device)
+        else:
+            self.qkv = None
+            self.out_proj = None
+        self.fn_modules = nn.ModuleDict({
+            _key(f): factory(f, d_model=d_model, n_heads=n_heads, dropout=dropout)
+            for f in self.executor.other_fns})
+        # restricted executors for active_regions (plain dict: not part of the state dict)
+        self._restricted: Dict[frozenset, _Executor] = {}
+
+    # -------------------------------------------------------------------------------------------
+    @property
+    def n_positions(self) -> int:
+        return self.plan.n
+
+    def extra_repr(self) -> str:
+        return (f"N={self.plan.n}, d_model={self.d_model}, n_heads={self.n_heads}, "
+                f"types={list(self.plan.groups)}")
+
+    def _executor_for(self, active_regions: Optional[Iterable[str]], device) -> _Executor:
+        if active_regions is None:
+            return self.executor
+        key = frozenset(active_regions)
+        ex = self._restricted.get(key)
+        if ex is None:
+            known = set(self.plan.layout.regions)
+            unknown = sorted(set(key) - known)
+            if unknown:
+                from canvas_core.errors import UnknownRegionError
+
+                raise UnknownRegionError(f"active_regions names unknown region(s) {unknown}; "
+                                         f"regions: {sorted(known)}")
+            topo = self.plan.topology
+            conns = [c for c in topo.connections if c.src in key]
+            sub = _restrict_topology(topo, conns)
+            fn_of = {id(c): f for c, f in zip(topo.connections, self.plan.fn_of_connection)}
+            plan = lower(sub, self.plan.layout,
+                         resolve_fn=lambda c, lay: fn_of.get(id(c)) or topo.resolve_fn(c, lay))
+            ex = _Executor(plan, self.softmax_types, self._kernel, self.n_heads, self.head_dim,
+                           self._kernel_options, device)
+            self._restricted[key] = ex
+        return ex
+
+    def forward(self, x: torch.Tensor, active_regions: Optional[Iterable[str]] = None) -> torch.Tensor:
+        """``(B, N, D)`` canonical -> ``(B, N, D)``: updated positions replaced, others unchanged."""
+        if x.dim() != 3 or x.shape[1] != self.plan.n or x.shape[2] != self.d_model:
+            raise ShapeError(f"CanvasAttention expects x of shape (B, {self.plan.n}, {self.d_model}), "
+                             f"got {tuple(x.shape)}")
+        ex = self._executor_for(active_regions, x.device)
+        B, N, D = x.shape
+        acc = None
+        if ex.soft_fns:
+            qkv = self.qkv(x).reshape(B, N, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            scale = self.beta / math.sqrt(self.head_dim)
+            p = self.dropout if self.training else 0.0
+            mixed = None
+            csum = None
+            for i, kern in enumerate(ex.kernels.values()):
+                c = getattr(ex, f"c_soft{i}").to(x.dtype)
+                o = kern(q, k, v, scale=scale, dropout_p=p)  # (B, H, N, dh)
+                o = o.transpose(1, 2).reshape(B, N, D) * c[None, :, None]
+                mixed = o if mixed is None else mixed + o
+                csum = c if csum is None else csum + c
+            # sum_f c_f (o_f W^T + b) = (sum_f c_f o_f) W^T + b sum_f c_f
+            acc = nn.functional.linear(mixed, self.out_proj.weight)
+            if self.out_proj.bias is not None:
+                acc = acc + csum[None, :, None] * self.out_proj.bias
+        for i, f in enumerate(ex.other_names):
+            qi, ki = getattr(ex, f"o{i}_q"), getattr(ex, f"o{i}_k")
+            mask, coef = getattr(ex, f"o{i}_mask"), getattr(ex, f"o{i}_coef").to(x.dtype)
+            kv = x.index_select(1, ki)
+            o = self.fn_modules[_key(f)](x.index_select(1, qi), kv, kv, key_mask=mask)
+            full = x.new_zeros(B, N, D).index_add(1, qi, o * coef[None, :, None])
+            acc = full if acc is None else acc + full
+        if acc is None:
+            return x
+        return torch.where(ex.updated[None, :, None], acc, x)
+
+
+def _key(fn: str) -> str:
+    """ModuleDict keys cannot contain dots."""
+    return fn.replace(".", "__")
+
+
+def _restrict_topology(topology: Any, connections):
+    try:
+        return type(topology)(connections=list(connections))
+    except Exception:  # a duck-typed topology: keep resolve_fn via a tiny view
+        class _View:
+            pass
+
+        v = _View()
+        v.connections = list(connections)
+        v.resolve_fn = topology.resolve_fn
+        return v

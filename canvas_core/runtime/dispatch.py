@@ -1,0 +1,72 @@
+"""`AttentionDispatcher`: canvas-engineering's public dispatcher, running on `CanvasAttention`.
+
+Same constructor and ``forward(x, active_regions=None)`` as ``canvas_engineering.dispatch``:
+``x`` is ``(B, N, d_model)``; the result is the updated hidden states ``(B, N, d_model)``,
+positions not in any (active) source region passing through unchanged.  The execution is
+DESIGN.md's: one fused call per fn type (see :mod:`canvas_core.runtime.canvas_attention`),
+incoming connections combined as ``sum_f W_f out_f / sum_f W_f``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Set
+
+import torch
+
+from canvas_core.runtime.canvas_attention import CanvasAttention
+
+__all__ = ["AttentionDispatcher"]
+
+
+def _without_time(topology: Any) -> Any:
+    conns = [dataclasses.replace(c, t_src=None, t_dst=None) for c in topology.connections]
+    return type(topology)(connections=conns)
+
+
+class AttentionDispatcher(CanvasAttention):
+    """Routes every connection of ``topology`` to its resolved attention type, fused per type.
+
+    Args:
+        topology: ``CanvasTopology`` declaring connections.
+        layout: ``CanvasLayout`` declaring region positions.
+        d_model: model dimension.
+        n_heads: number of heads.
+        dropout: dropout rate.
+        skip_temporal: ignore ``t_src`` / ``t_dst`` (every connection dense in time).
+        residual_accumulator: optional ``ResidualAccumulator``; after each forward, every region
+            it tracks that is in the layout is updated with ``output - x`` at that region.
+        **kwargs: passed to :class:`CanvasAttention` (``kernel``, ``attention_factory``, ...).
+    """
+
+    def __init__(self, topology: Any, layout: Any, d_model: int, n_heads: int = 4,
+                 dropout: float = 0.0, skip_temporal: bool = False, residual_accumulator=None,
+                 **kwargs: Any) -> None:
+        topo = _without_time(topology) if skip_temporal else topology
+        super().__init__(topo, layout, d_model=d_model, n_heads=n_heads, dropout=dropout, **kwargs)
+        self.topology = topology
+        self.layout = layout
+        self.skip_temporal = bool(skip_temporal)
+        self.residual_accumulator = residual_accumulator
+        self._residual_index = {}
+        if residual_accumulator is not None:
+            names = getattr(residual_accumulator, "region_names", ())
+            for name in (names() if callable(names) else names):
+                if name in layout.regions:
+                    idx = torch.as_tensor(layout.region_indices(name), dtype=torch.long)
+                    self._residual_index[name] = idx
+
+    def forward(self, x: torch.Tensor, active_regions: Optional[Set[str]] = None) -> torch.Tensor:
+        """``(B, N, d_model)`` -> ``(B, N, d_model)`` updated hidden states."""
+        out = super().forward(x, active_regions)
+        if self.residual_accumulator is not None:
+            for name, idx in self._residual_index.items():
+                idx = idx.to(x.device)
+                self.residual_accumulator.update(name, (out - x).index_select(1, idx).detach())
+        return out
+
+    @property
+    def summaries(self):
+        """Current residual summaries, or None if no accumulator."""
+        acc = self.residual_accumulator
+        return acc.summaries() if acc is not None else None

@@ -1,0 +1,282 @@
+"""The core's reference kernel: one softmax-family group of rectangles in one fused call.
+
+Kernel contract (what a backend kernel, e.g. ``canvas-backend-flex``, implements)::
+
+    kernel = KernelClass(group, plan, *, n_heads, head_dim, **options)   # nn.Module
+    out = kernel(q, k, v, scale=..., dropout_p=...)
+
+* ``group``: the :class:`~canvas_core.compiler.plan.RectGroup` of one fn type (packed coords),
+  ``plan``: the :class:`~canvas_core.compiler.plan.ExecutionPlan` (``plan.perm``, ``plan.n``,
+  ``plan.segment_grid(fn)``, ``plan.block_layout(block_size, fn)``).
+* ``q, k, v``: ``(B, H, N, d)`` in **canonical** position order; returns ``(B, H, N, d)``
+  canonical.  Per query ``i``: ``softmax_j(scale * q_i . k_j + log w_ij)`` over the keys ``j``
+  with ``w_ij > 0`` (``w_ij`` the largest weight of a rectangle covering ``(i, j)``), applied to
+  ``v``.  A query with no key outputs exactly 0 (never NaN).
+* All index structures are built once in ``__init__`` (buffers), so ``forward`` has no Python loop
+  over connections or frames and traces under ``torch.compile(fullgraph=True)``.
+
+:class:`ReferenceKernel` picks, per group, between
+
+* ``dense``: one SDPA over all N x N with a cached additive float mask (``log w`` / ``-inf``) — the right thing when the group touches most tiles;
+* ``sparse``: block-sparse gather.  Packed positions are cut into query/key blocks of
+  ``block_size``; query blocks are bucketed by their number of non-empty key blocks (padded to a
+  1.25x geometric ladder, a handful of buckets); per bucket one batched SDPA runs over the gathered key
+  blocks with a precomputed bias tile.  Work ~ (non-empty tiles) x block_size^2.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from canvas_core.compiler.plan import ExecutionPlan, RectGroup, block_layout_of
+from canvas_core.errors import CompileError, ShapeError
+
+__all__ = ["ReferenceKernel", "make_kernel"]
+
+
+def _bucket_counts(counts: np.ndarray, limit: int, ratio: float = 1.25) -> np.ndarray:
+    """Padded key-block count of each query block: exact when there are few distinct counts,
+    else rounded up to a geometric ladder (waste <= ratio - 1), to keep a handful of buckets."""
+    distinct = np.unique(counts[counts > 0])
+    if len(distinct) <= 8:
+        return counts.copy()
+    ladder, v = [], 1
+    while v < limit:
+        ladder.append(v)
+        v = max(v + 1, int(math.ceil(v * ratio)))
+    ladder.append(limit)
+    lad = np.asarray(ladder)
+    idx = np.searchsorted(lad, np.maximum(counts, 1))
+    return np.where(counts > 0, lad[np.minimum(idx, len(lad) - 1)], 0)
+
+
+class ReferenceKernel(nn.Module):
+    """SDPA over the plan's blocks (dense or block-sparse gather), see the module docstring.
+
+    Args:
+        group: the fn type's rectangles.
+        plan: the execution plan.
+        n_heads, head_dim: informational (the kernel works for any heads / head dim).
+        mode: ``"auto"`` (default), ``"dense"`` or ``"sparse"``.
+        block_size: tile edge of the sparse path.
+        dense_threshold: auto picks dense when the padded sparse work exceeds this fraction of
+            N x N, or when N <= ``small_n``.
+        device: where to build the buffers.
+    """
+
+    def __init__(self, group: RectGroup, plan: ExecutionPlan, *, n_heads: int = 1,
+                 head_dim: Optional[int] = None, mode: str = "auto", block_size: int = 128,
+                 dense_threshold: float = 0.5, small_n: int = 256, device: Any = None) -> None:
+        super().__init__()
+        if mode not in ("auto", "dense", "sparse"):
+            raise CompileError(f"ReferenceKernel mode must be 'auto', 'dense' or 'sparse', got {mode!r}")
+        self.fn = group.fn
+        self.n = n = int(plan.n)
+        self.block_size = bs = int(block_size)
+        if bs < 1:
+            raise CompileError(f"ReferenceKernel block_size must be >= 1, got {block_size!r}")
+        from canvas_core.compiler.plan import segment_grid
+
+        to = (lambda t: t.to(device)) if device is not None else (lambda t: t)
+        perm = torch.from_numpy(plan.perm)
+        inv = torch.from_numpy(plan.inv_perm)
+        # slot layout of the sparse path: each packed piece (region-frame run) padded to a
+        # multiple of block_size, so that a query block never straddles two frames
+        slot_packed, q0, q1, k0, k1, w = _slot_layout(plan, group, bs)
+        n_slots = int(slot_packed.shape[0])
+        sg = segment_grid(n_slots, q0, q1, k0, k1, w)
+        bl = block_layout_of(sg, n_slots, bs)
+        nonempty = bl.state > 0
+        counts = nonempty.sum(axis=1)
+        padded = _bucket_counts(counts, bl.n_k_blocks)
+        sparse_work = float(padded.sum()) * bs * bs
+        self.sparse_work_fraction = sparse_work / float(max(1, n * n))
+        if mode == "auto":
+            mode = "dense" if (n <= small_n or sparse_work > dense_threshold * n * n) else "sparse"
+        self.mode = mode
+        if mode == "dense":
+            dg = segment_grid(n, group.q0, group.q1, group.k0, group.k1, group.weight)
+            rs = torch.from_numpy(dg.row_segment_of(n))[inv]
+            cs = torch.from_numpy(dg.col_segment_of(n))[inv]
+            W = torch.from_numpy(dg.grid)[rs][:, cs]  # canonical (N, N)
+            has = (W > 0).any(dim=1)
+            # an additive float mask: faster than a boolean one in CPU SDPA, and carries log w
+            mask = torch.where(W > 0, W.clamp_min(1e-30).log(), torch.full_like(W, -math.inf)).float()
+            mask[~has] = 0.0
+            self.register_buffer("mask", to(mask), persistent=False)
+            self.register_buffer("row_has_key", to(has), persistent=False)
+            return
+        # ---- sparse: buckets of query blocks by padded key-block count -------------------------
+        nqb = nkb = bl.n_q_blocks
+        grid = torch.from_numpy(sg.grid)
+        rs = torch.from_numpy(sg.row_segment_of(n_slots))
+        cs = torch.from_numpy(sg.col_segment_of(n_slots))
+        has_p = (grid > 0).any(dim=1)[rs] if n_slots else torch.zeros(0, dtype=torch.bool)
+        logw = torch.where(grid > 0, grid.clamp_min(1e-30).log(), torch.full_like(grid, -math.inf)).float()
+        logw = torch.cat([logw, torch.full((logw.shape[0], 1), -math.inf)], 1)
+        cs_p = torch.cat([cs, torch.full((bs,), grid.shape[1], dtype=cs.dtype)])  # + dummy key block
+        buckets = {}
+        for qb in range(nqb):
+            if padded[qb] > 0:
+                buckets.setdefault(int(padded[qb]), []).append(qb)
+        self._bucket_sizes: List[int] = []
+        order: List[int] = []
+        for bi, (m, qbs) in enumerate(sorted(buckets.items())):
+            kb = np.full((len(qbs), m), nkb, dtype=np.int64)  # dummy block = zeros, bias -inf
+            for r, qb in enumerate(qbs):
+                ks = np.flatnonzero(nonempty[qb])
+                kb[r, : len(ks)] = ks
+            qb_t = torch.tensor(qbs, dtype=torch.long)
+            kb_t = torch.from_numpy(kb)
+            rows = (qb_t[:, None] * bs + torch.arange(bs)[None, :])  # (nb, bs)
+            cols = (kb_t[:, :, None] * bs + torch.arange(bs)[None, None, :]).reshape(len(qbs), m * bs)
+            bias = logw[rs[rows][:, :, None], cs_p[cols][:, None, :]]  # (nb, bs, m*bs)
+            has = has_p[rows]
+            bias = torch.where(has[:, :, None], bias, torch.zeros_like(bias))
+            for name, t in (("qb", qb_t), ("kb", kb_t), ("bias", bias), ("has", has)):
+                self.register_buffer(f"b{bi}_{name}", to(t), persistent=False)
+            self._bucket_sizes.append(m)
+            order.extend(qbs)
+        # query blocks with no key at all are appended as zeros at the end of the concatenation
+        empty = [qb for qb in range(nqb) if padded[qb] == 0]
+        order.extend(empty)
+        self._n_empty_blocks = len(empty)
+        unorder = torch.empty(nqb, dtype=torch.long)
+        unorder[torch.tensor(order, dtype=torch.long)] = torch.arange(nqb)
+        self.nqb, self.nkb = nqb, nkb
+        sp = torch.from_numpy(slot_packed)
+        # slot -> canonical row of the input padded with one zero row (index n)
+        slot_canon = torch.where(sp >= 0, perm[sp.clamp_min(0)], torch.full_like(sp, n))
+        packed_slot = torch.empty(n, dtype=torch.long)
+        real = sp >= 0
+        packed_slot[sp[real]] = torch.nonzero(real).flatten()
+        canon_slot = packed_slot[inv]
+        for name, t in (("slot_canon", slot_canon), ("canon_slot", canon_slot), ("unorder", unorder)):
+            self.register_buffer(name, to(t), persistent=False)
+
+    def extra_repr(self) -> str:
+        return f"fn={self.fn!r}, n={self.n}, mode={self.mode!r}, block_size={self.block_size}"
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+                dropout_p: float = 0.0) -> torch.Tensor:
+        """``(B, H, N, d)`` x3 canonical -> ``(B, H, N, d)`` canonical."""
+        if q.shape[-2] != self.n:
+            raise ShapeError(f"ReferenceKernel for {self.n} positions got tensors with {q.shape[-2]}")
+        if self.mode == "dense":
+            mask = self.mask if self.mask.dtype == torch.bool else self.mask.to(q.dtype)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+            return out * self.row_has_key[:, None].to(out.dtype)
+        B, H, _, d = q.shape
+        bs, BH = self.block_size, B * H
+        # blocks first, (batch, heads) folded into SDPA's batch: 4-D SDPA hits the fused kernel
+        def blocks(t, extra_blocks):
+            t = F.pad(t, (0, 0, 0, 1)).index_select(2, self.slot_canon)
+            if extra_blocks:
+                t = F.pad(t, (0, 0, 0, bs))
+            return t.reshape(B, H, -1, bs, d).permute(2, 0, 1, 3, 4)
+
+        qp = blocks(q, False)  # (nqb, B, H, bs, d)
+        kp = blocks(k, True)  # (nkb + 1, B, H, bs, d), last block = zeros
+        vp = blocks(v, True)
+        outs = []
+        for bi, m in enumerate(self._bucket_sizes):
+            qb = getattr(self, f"b{bi}_qb")
+            kb = getattr(self, f"b{bi}_kb").reshape(-1)
+            bias = getattr(self, f"b{bi}_bias").to(q.dtype)
+            has = getattr(self, f"b{bi}_has")
+            nb = qb.shape[0]
+            qg = qp.index_select(0, qb).reshape(nb, BH, bs, d)
+            kg = kp.index_select(0, kb).reshape(nb, m, BH, bs, d).transpose(1, 2).reshape(nb, BH, m * bs, d)
+            vg = vp.index_select(0, kb).reshape(nb, m, BH, bs, d).transpose(1, 2).reshape(nb, BH, m * bs, d)
+            o = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=bias[:, None], dropout_p=dropout_p,
+                                               scale=scale)
+            outs.append(o * has[:, None, :, None].to(o.dtype))
+        if self._n_empty_blocks:
+            outs.append(q.new_zeros(self._n_empty_blocks, BH, bs, d))
+        out = torch.cat(outs, dim=0).index_select(0, self.unorder)  # (nqb, BH, bs, d)
+        out = out.reshape(self.nqb, B, H, bs, d).permute(1, 2, 0, 3, 4).reshape(B, H, self.nqb * bs, d)
+        return out.index_select(2, self.canon_slot)
+
+
+def _slot_layout(plan: ExecutionPlan, group: RectGroup, bs: int):
+    """Pad every packed piece (cut at region-frame run boundaries) to a multiple of ``bs``.
+
+    Returns ``slot_packed`` (``(n_slots,)`` packed index of each slot, -1 for padding) and the
+    group's rectangles mapped to slot coordinates (a rectangle crossing pieces is split).
+    Falls back to one piece (no padding inside) when padding would more than double N.
+    """
+    n = plan.n
+    cuts = {0, n, int(plan.n_covered)}
+    for frames in plan.region_blocks.values():
+        for runs in frames.values():
+            for a, b in runs:
+                cuts.update((a, b))
+    cuts = np.asarray(sorted(cuts), dtype=np.int64)
+    lens = np.diff(cuts)
+    plen = -(-lens // bs) * bs
+    if plen.sum() > 2 * n + bs:
+        cuts = np.asarray([0, n], dtype=np.int64)
+        lens = np.diff(cuts)
+        plen = -(-lens // bs) * bs
+    slot_start = np.concatenate([[0], np.cumsum(plen)[:-1]]).astype(np.int64)
+    n_slots = int(plen.sum())
+    slot_packed = np.full(n_slots, -1, dtype=np.int64)
+    for a, L, s0 in zip(cuts[:-1], lens, slot_start):
+        slot_packed[s0:s0 + L] = np.arange(a, a + L)
+
+    def split(lo, hi):
+        """Split ranges [lo, hi) at the cuts; return (owner, slot_lo, slot_hi)."""
+        pa = np.searchsorted(cuts, lo, side="right") - 1
+        pz = np.searchsorted(cuts, hi, side="left")
+        owner = np.repeat(np.arange(len(lo)), np.maximum(pz - pa, 0))
+        piece = np.concatenate([np.arange(x, y) for x, y in zip(pa, pz)]) if len(lo) else np.zeros(0, np.int64)
+        piece = piece.astype(np.int64)
+        a = np.maximum(lo[owner], cuts[piece])
+        b = np.minimum(hi[owner], cuts[piece + 1])
+        keep = b > a
+        owner, piece, a, b = owner[keep], piece[keep], a[keep], b[keep]
+        return owner, slot_start[piece] + (a - cuts[piece]), slot_start[piece] + (b - cuts[piece])
+
+    qo, qa, qz = split(group.q0, group.q1)
+    ko, ka, kz = split(group.k0, group.k1)
+    # cross product of the query pieces and key pieces of each rectangle
+    R = group.n_rects
+    cq = np.bincount(qo, minlength=R)
+    ck = np.bincount(ko, minlength=R)
+    oq = np.cumsum(cq) - cq  # owner arrays are sorted, so each rectangle's pieces are contiguous
+    ok = np.cumsum(ck) - ck
+    npairs = cq * ck
+    owner = np.repeat(np.arange(R), npairs)
+    idx = np.arange(int(npairs.sum())) - np.repeat(np.cumsum(npairs) - npairs, npairs)
+    ckr = np.maximum(ck[owner], 1)
+    qi = (oq[owner] + idx // ckr).astype(np.int64)
+    ki = (ok[owner] + idx % ckr).astype(np.int64)
+    w = group.weight[qo[qi]] if len(qi) else np.zeros(0)
+    return slot_packed, qa[qi], qz[qi], ka[ki], kz[ki], w
+
+
+def make_kernel(kernel: Any, group: RectGroup, plan: ExecutionPlan, *, n_heads: int, head_dim: int,
+                device: Any = None, **options: Any) -> nn.Module:
+    """Build the kernel module of one softmax group.
+
+    ``kernel``: None / ``"auto"`` / ``"reference"`` -> :class:`ReferenceKernel`; ``"dense"`` /
+    ``"sparse"`` -> :class:`ReferenceKernel` forced to that mode; a class or callable ->
+    ``kernel(group, plan, n_heads=..., head_dim=..., **options)``; another string -> looked up in
+    the kernel registry (``canvas_core.plugins.create_kernel``).
+    """
+    if kernel is None or kernel in ("auto", "reference"):
+        return ReferenceKernel(group, plan, n_heads=n_heads, head_dim=head_dim, device=device, **options)
+    if kernel in ("dense", "sparse"):
+        return ReferenceKernel(group, plan, n_heads=n_heads, head_dim=head_dim, mode=kernel,
+                               device=device, **options)
+    if isinstance(kernel, str):
+        from canvas_core.plugins import create_kernel
+
+        return create_kernel(kernel, group, plan, n_heads=n_heads, head_dim=head_dim, **options)
+    return kernel(group, plan, n_heads=n_heads, head_dim=head_dim, **options)

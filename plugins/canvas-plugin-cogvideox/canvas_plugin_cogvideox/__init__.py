@@ -1,0 +1,27 @@
+"""canvas-plugin-cogvideox: graft looped attention onto diffusers' CogVideoXTransformer3DModel.
+
+Registers the backbone adapter ``cogvideox`` lazily (registering imports neither torch nor
+diffusers); the adapter lives in :mod:`canvas_plugin_cogvideox.adapter`.
+"""
+
+from __future__ import annotations
+
+try:
+    from canvas_core import hookimpl
+except (ImportError, AttributeError):  # plugin layer not importable: plain functions still work
+    def hookimpl(fn=None, **_kw):  # type: ignore[no-redef]
+        return fn if fn is not None else (lambda f: f)
+
+__version__ = "0.1.0"
+
+
+@hookimpl
+def canvas_register_backbones(registry):
+    registry.add(
+        "cogvideox",
+        "canvas_plugin_cogvideox.adapter:CogVideoXAdapter",
+        model_classes=("diffusers.CogVideoXTransformer3DModel",),
+        description="diffusers CogVideoXTransformer3DModel (CogVideoX 2B/5B, 1.0 and 1.5): "
+        "dual-stream blocks, text tokens + video patches on the canvas",
+        requires=("diffusers",),
+    )

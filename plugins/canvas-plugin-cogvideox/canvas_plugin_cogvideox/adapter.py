@@ -1,0 +1,160 @@
+"""Backbone adapter for diffusers' ``CogVideoXTransformer3DModel``.
+
+* blocks: ``model.transformer_blocks`` (``CogVideoXBlock``), called as
+  ``block(hidden_states, encoder_hidden_states, temb, image_rotary_emb, attention_kwargs)`` and
+  returning ``(hidden_states, encoder_hidden_states)``; both streams are looped.
+* attention sequence: ``[text (L), video (F' x H' x W')]`` (``H' = H / p``, ``W' = W / p``,
+  ``F' = F`` or ``ceil(F / p_t)`` for CogVideoX 1.5).
+* canvas grid: ``T = F'``, spatial ``(H' + r, W')`` with ``r = ceil(L / W')`` extra rows; region
+  ``"video"`` = ``(0, F', 0, H', 0, W')``, region ``"text"`` = ``(0, 1, H', H' + r, 0, W')``
+  (text token j at frame 0, row ``H' + j // W'``, column ``j % W'``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, List, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+from canvas_core.errors import BackboneError, CanvasTypeError
+from canvas_core.looping.adapter import BackboneAdapter, TokenLayout
+from canvas_core.looping.attention_ops import canvas_sdpa, select_bias
+
+__all__ = ["CogVideoXAdapter", "CanvasCogVideoXAttnProcessor"]
+
+
+class CanvasCogVideoXAttnProcessor:
+    """CogVideoX joint text/video attention with an inverse temperature ``beta`` and an optional
+    canvas bias. With ``beta == 1`` and no bias it calls the processor it replaced, so outputs
+    are bit-identical to the backbone's."""
+
+    canvas_beta = True
+
+    def __init__(self, original: Any) -> None:
+        self.original = original
+        self.beta = 1.0
+        self.canvas_bias = None
+        self.canvas_has_key = None
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: Optional[torch.Tensor] = None,
+                 image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+        if self.beta == 1.0 and self.canvas_bias is None:
+            return self.original(attn, hidden_states, encoder_hidden_states,
+                                 attention_mask=attention_mask, image_rotary_emb=image_rotary_emb)
+        text_len = encoder_hidden_states.size(1)
+        x = torch.cat([encoder_hidden_states, hidden_states], dim=1)
+        B, S, _ = x.shape
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, S, B)
+            attention_mask = attention_mask.view(B, attn.heads, -1, attention_mask.shape[-1])
+        q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
+        hd = k.shape[-1] // attn.heads
+        q, k, v = (t.view(B, -1, attn.heads, hd).transpose(1, 2) for t in (q, k, v))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        if image_rotary_emb is not None:
+            from diffusers.models.embeddings import apply_rotary_emb
+
+            q = torch.cat([q[:, :, :text_len], apply_rotary_emb(q[:, :, text_len:], image_rotary_emb)], dim=2)
+            if not attn.is_cross_attention:
+                k = torch.cat([k[:, :, :text_len], apply_rotary_emb(k[:, :, text_len:], image_rotary_emb)], dim=2)
+        bias, has_key = select_bias(self, S, q.device, q.dtype)
+        out = canvas_sdpa(q, k, v, beta=self.beta, bias=bias, has_key=has_key, attn_mask=attention_mask)
+        out = out.transpose(1, 2).reshape(B, -1, attn.heads * hd)
+        out = attn.to_out[1](attn.to_out[0](out))
+        enc, hid = out.split([text_len, out.size(1) - text_len], dim=1)
+        return hid, enc
+
+
+def _shape_of(sample_inputs: Mapping[str, Any], key: str, ndim: int, what: str) -> Tuple[int, ...]:
+    v = sample_inputs.get(key)
+    if isinstance(v, torch.Tensor):
+        shape = tuple(v.shape)
+    elif isinstance(v, (tuple, list)) and all(isinstance(i, int) for i in v):
+        shape = tuple(v)
+    else:
+        raise CanvasTypeError(
+            f"token_layout needs sample_inputs[{key!r}]: the {what} tensor (or its shape)"
+        )
+    if len(shape) != ndim:
+        raise BackboneError(f"sample_inputs[{key!r}] must have {ndim} dims ({what}), got shape {shape}")
+    return shape
+
+
+class CogVideoXAdapter(BackboneAdapter):
+    name = "cogvideox"
+    model_classes = ("diffusers.CogVideoXTransformer3DModel",)
+    block_attr = "transformer_blocks"
+    streams = ("hidden_states", "encoder_hidden_states")
+    input_attrs = ("patch_embed",)
+
+    def hidden_size(self, model: nn.Module) -> int:
+        c = model.config
+        return int(c.num_attention_heads * c.attention_head_dim)
+
+    def stream_dims(self, model: nn.Module) -> Tuple[int, ...]:
+        d = self.hidden_size(model)
+        return (d, d)
+
+    def latent_channels(self, model: nn.Module) -> int:
+        c = model.config
+        return int(c.out_channels or c.in_channels)
+
+    def prepare(self, model: nn.Module) -> None:
+        from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
+
+        for block in self.blocks(model):
+            attn = getattr(block, "attn1", None)
+            if attn is None:
+                continue
+            proc = attn.processor
+            if isinstance(proc, CanvasCogVideoXAttnProcessor):
+                continue
+            if type(proc) is CogVideoXAttnProcessor2_0:
+                attn.set_processor(CanvasCogVideoXAttnProcessor(proc))
+
+    def attention_targets(self, model: nn.Module) -> List[Any]:
+        out = []
+        for block in model.transformer_blocks:
+            inner = getattr(block, "original", block)
+            proc = getattr(getattr(inner, "attn1", None), "processor", None)
+            if isinstance(proc, CanvasCogVideoXAttnProcessor):
+                out.append(proc)
+        return out
+
+    def grid(self, model: nn.Module, frames: int, height: int, width: int) -> Tuple[int, int, int]:
+        c = model.config
+        p, pt = c.patch_size, c.patch_size_t
+        if height % p or width % p:
+            raise BackboneError(f"latent height/width ({height}, {width}) must be multiples of patch_size {p}")
+        f = frames if pt is None else (frames + pt - 1) // pt
+        return f, height // p, width // p
+
+    def token_layout(self, model: nn.Module, sample_inputs: Optional[Mapping[str, Any]] = None,
+                     layout: Any = None) -> TokenLayout:
+        """``sample_inputs``: ``hidden_states`` ``(B, F, C, H, W)`` and ``encoder_hidden_states``
+        ``(B, L, D_text)`` (tensors or shapes), as given to the model's forward."""
+        from canvas_core.schema import CanvasLayout
+
+        if not isinstance(sample_inputs, Mapping):
+            raise CanvasTypeError("CogVideoX token_layout needs sample_inputs={'hidden_states': ..., "
+                                  "'encoder_hidden_states': ...}")
+        _, F_, _, H, W = _shape_of(sample_inputs, "hidden_states", 5, "(B, F, C, H, W) latent video")
+        L = _shape_of(sample_inputs, "encoder_hidden_states", 3, "(B, L, D) text embedding")[1]
+        f, h, w = self.grid(model, F_, H, W)
+        r = max(1, math.ceil(L / w)) if L else 0
+        regions = {"video": (0, f, 0, h, 0, w)}
+        if L:
+            regions["text"] = (0, 1, h, h + r, 0, w)
+        base = CanvasLayout(T=f, spatial_shape=(h + r, w), d_model=self.hidden_size(model), regions=regions)
+        plane = (h + r) * w
+        text_idx = [(h + j // w) * w + j % w for j in range(L)]
+        video_idx = [t * plane + y * w + x for t in range(f) for y in range(h) for x in range(w)]
+        tl = TokenLayout(base, tuple(text_idx + video_idx),
+                         {"text_len": L, "frames": f, "height": h, "width": w, "text_rows": r})
+        return tl.with_layout(layout) if layout is not None else tl

@@ -1,0 +1,273 @@
+"""CogVideoX adapter on the real diffusers class with tiny configs and random weights."""
+
+import math
+
+import pytest
+import torch
+from diffusers import CogVideoXTransformer3DModel
+
+from canvas_core.errors import BackboneError, CheckpointError, ShapeError
+from canvas_core.looping import (
+    SharpeningSchedule,
+    get_adapter,
+    graft_looped_blocks,
+    load_loop_checkpoint,
+    save_loop_checkpoint,
+)
+from canvas_plugin_cogvideox.adapter import CanvasCogVideoXAttnProcessor, CogVideoXAdapter
+
+TINY = dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=8,
+            text_embed_dim=16, num_layers=2, sample_width=8, sample_height=8, sample_frames=9,
+            patch_size=2, max_text_seq_length=6)
+TINY_15 = dict(TINY, num_layers=3, patch_size_t=2, use_rotary_positional_embeddings=True,
+               attention_head_dim=6, num_attention_heads=3)
+
+
+def make(cfg=TINY, seed=0):
+    torch.manual_seed(seed)
+    return CogVideoXTransformer3DModel(**cfg).eval()
+
+
+def inputs(cfg=TINY, batch=2, frames=None, seed=1):
+    frames = frames or (4 if cfg.get("patch_size_t") else 3)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, frames, cfg["in_channels"], 8, 8, generator=g)
+    enc = torch.randn(batch, cfg["max_text_seq_length"], cfg["text_embed_dim"], generator=g)
+    kw = dict(hidden_states=x, encoder_hidden_states=enc, timestep=torch.tensor([5, 600][:batch]))
+    if cfg.get("use_rotary_positional_embeddings"):
+        pt = cfg.get("patch_size_t") or 1
+        nv = ((frames + pt - 1) // pt) * (8 // cfg["patch_size"]) ** 2
+        hd = cfg["attention_head_dim"]
+        ang = torch.randn(nv, hd, generator=g)
+        kw["image_rotary_emb"] = (ang.cos(), ang.sin())
+    return kw
+
+
+def loop_count(model, n):
+    for b in model.transformer_blocks:
+        b.set_loops(n)
+
+
+@pytest.mark.parametrize("cfg", [TINY, TINY_15], ids=["cogvideox-1.0", "cogvideox-1.5-rope"])
+def test_graft_is_identical_at_every_loop_count(cfg):
+    m = make(cfg)
+    kw = inputs(cfg)
+    with torch.no_grad():
+        ref = m(**kw).sample
+    blocks, head = graft_looped_blocks(m, max_loops=4, freeze="full", action_dim=7)
+    assert isinstance(get_adapter(m), CogVideoXAdapter)
+    for n in (1, 2, 3, 4):
+        loop_count(m, n)
+        with torch.no_grad():
+            assert torch.equal(m(**kw).sample, ref), n
+
+
+def test_full_freeze_only_loop_and_head_get_gradients_and_count():
+    m = make()
+    total = sum(p.numel() for p in m.parameters())
+    blocks, head = graft_looped_blocks(m, max_loops=3, freeze="full", action_dim=7)
+    inner = TINY["num_attention_heads"] * TINY["attention_head_dim"]
+    # docs/looping.md: num_layers * (2 * max_loops * inner_dim + (max_loops - 1))
+    expected = TINY["num_layers"] * (2 * 3 * inner + 2)
+    assert sum(p.numel() for p in m.parameters() if p.requires_grad) == expected
+    assert sum(b.trainable_params() for b in blocks) == expected
+    assert sum(p.numel() for p in m.parameters()) == total + expected
+    m.train()
+    out = m(**inputs()).sample
+    (out.pow(2).mean() + head(out).pow(2).mean()).backward()
+    with_grad = {n for n, p in m.named_parameters() if p.grad is not None}
+    assert with_grad == {f"transformer_blocks.{i}.{k}" for i in range(2)
+                         for k in ("loop_emb", "loop_emb_1", "loop_gate")}
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+    assert head(out).shape == (2, 7)
+
+
+def test_half_freeze_freezes_only_patch_embed():
+    m = make()
+    blocks, _ = graft_looped_blocks(m, max_loops=2, freeze="half")
+    frozen = {n for n, p in m.named_parameters() if not p.requires_grad}
+    assert frozen and all(n.startswith("patch_embed.") for n in frozen)
+    assert frozen == {f"patch_embed.{n}" for n, _ in m.patch_embed.named_parameters()}
+
+
+def test_cogvideox_2b_parameter_formula_documented():
+    # CogVideoX-2B: 30 blocks, 30 heads x 64 = 1920; formula evaluated without building the model
+    layers, inner, loops = 30, 1920, 3
+    assert layers * (2 * loops * inner + loops - 1) == 345_660
+
+
+def test_from_pretrained_local_directory(tmp_path):
+    m = make(seed=3)
+    m.save_pretrained(tmp_path / "transformer")
+    loaded = CogVideoXTransformer3DModel.from_pretrained(str(tmp_path), subfolder="transformer").eval()
+    kw = inputs()
+    with torch.no_grad():
+        ref = m(**kw).sample
+        assert torch.equal(loaded(**kw).sample, ref)
+    graft_looped_blocks(loaded, max_loops=3)
+    with torch.no_grad():
+        assert torch.equal(loaded(**kw).sample, ref)
+
+
+def reference_attention(attn, hid, enc, beta, bias):
+    """softmax(beta q.k/sqrt(d) + bias) v written out by hand (rows without keys -> 0)."""
+    x = torch.cat([enc, hid], 1)
+    B, S, _ = x.shape
+    H = attn.heads
+    q, k, v = (f(x).view(B, S, H, -1).transpose(1, 2) for f in (attn.to_q, attn.to_k, attn.to_v))
+    q, k = attn.norm_q(q), attn.norm_k(k)
+    logits = beta * (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1]) + bias
+    m = logits.amax(-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    e = torch.exp(logits - m)
+    den = e.sum(-1, keepdim=True)
+    w = torch.where(den > 0, e / den.clamp_min(1e-30), torch.zeros_like(e))
+    o = (w @ v).transpose(1, 2).reshape(B, S, -1)
+    o = attn.to_out[0](o)
+    return o[:, enc.shape[1]:], o[:, :enc.shape[1]]
+
+
+class FakeTopology:
+    """Duck-typed topology: returns a fixed canvas weight matrix."""
+
+    def __init__(self, weights):
+        self.weights = weights
+
+    def to_attention_mask(self, layout, device="cpu"):
+        assert self.weights.shape == (layout.num_positions,) * 2
+        return self.weights.to(device)
+
+
+def test_processor_beta_and_bias_match_reference():
+    m = make()
+    graft_looped_blocks(m, max_loops=1)
+    attn = m.transformer_blocks[0].original.attn1
+    proc = attn.processor
+    assert isinstance(proc, CanvasCogVideoXAttnProcessor)
+    torch.manual_seed(5)
+    hid, enc = torch.randn(2, 12, 16), torch.randn(2, 6, 16)
+    S = 18
+    with torch.no_grad():
+        base = proc(attn, hid, enc)
+        proc.beta = 1.0
+        proc.canvas_bias, proc.canvas_has_key = torch.zeros(S, S), torch.ones(S, dtype=torch.bool)
+        torch.testing.assert_close(proc(attn, hid, enc)[0], base[0], rtol=1e-5, atol=1e-6)
+        w = (torch.rand(S, S) > 0.5).float() * torch.rand(S, S)
+        w[3] = 0  # a query with no key at all
+        bias = torch.where(w > 0, w.clamp_min(1e-30).log(), torch.full_like(w, float("-inf")))
+        has = (w > 0).any(1)
+        proc.beta = 2.5
+        proc.canvas_bias, proc.canvas_has_key = torch.where(has[:, None], bias, 0.0), has
+        got = proc(attn, hid, enc)
+        ref = reference_attention(attn, hid, enc, 2.5, bias)
+        torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got[1], ref[1], rtol=1e-5, atol=1e-5)
+        # token 3 is text token 3: its attention output is zero, so only to_out's bias remains
+        torch.testing.assert_close(got[1][:, 3], attn.to_out[0].bias.expand(2, -1))
+
+
+def test_token_layout_and_installed_topology_follow_the_canvas():
+    m = make()
+    graft_looped_blocks(m, max_loops=2)
+    ad = get_adapter(m)
+    kw = inputs(frames=2)
+    tl = ad.token_layout(m, kw)
+    lay = tl.layout
+    # grid: 2 frames, 4x4 patches, 6 text tokens -> 2 extra rows of width 4
+    assert (lay.T, tuple(lay.spatial_shape)) == (2, (6, 4))
+    assert tl.seq_len == 6 + 2 * 16
+    assert list(tl.token_index[:6]) == [16, 17, 18, 19, 20, 21]
+    assert tl.token_index[6] == 0 and tl.token_index[6 + 16] == lay.flat_index(1, 0, 0)
+    assert set(tl.token_index[6:]) == set(lay.region_indices("video"))
+    assert set(tl.token_index[:6]) <= set(lay.region_indices("text"))
+    # canvas weights: video attends video, text attends text (block-diagonal by region)
+    N = lay.num_positions
+    W = torch.zeros(N, N)
+    vid, txt = lay.region_indices("video"), lay.region_indices("text")
+    W[torch.tensor(vid)[:, None], torch.tensor(vid)] = 1
+    W[torch.tensor(txt)[:, None], torch.tensor(txt)] = 1
+    ad.install_topology(m, FakeTopology(W), tl)
+    procs = ad.attention_targets(m)
+    assert len(procs) == 2 and all(p.canvas_bias is not None for p in procs)
+    attn = m.transformer_blocks[0].original.attn1
+    hid, enc = torch.randn(2, 32, 16), torch.randn(2, 6, 16)
+    S = 38
+    idx = torch.tensor(tl.token_index)
+    bias = torch.where(W[idx][:, idx] > 0, 0.0, float("-inf"))
+    with torch.no_grad():
+        got = attn.processor(attn, hid, enc)
+        ref = reference_attention(attn, hid, enc, 1.0, bias)
+    torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-5)
+    # changing a text token does not change any video output (isolated topology)
+    enc2 = enc.clone()
+    enc2[:, 2] += 5
+    with torch.no_grad():
+        assert torch.allclose(attn.processor(attn, hid, enc2)[0], got[0], atol=1e-6)
+    with pytest.raises(ShapeError, match="rebuild"):
+        attn.processor(attn, hid[:, :16], enc)
+    ad.remove_topology(m)
+    assert all(p.canvas_bias is None for p in ad.attention_targets(m))
+
+
+def test_real_topology_dense_equals_backbone():
+    pytest.importorskip("canvas_core.compiler.masks")
+    from canvas_core.schema import CanvasTopology
+
+    m = make()
+    kw = inputs(frames=2)
+    with torch.no_grad():
+        ref = m(**kw).sample
+    graft_looped_blocks(m, max_loops=2)
+    ad = get_adapter(m)
+    tl = ad.token_layout(m, kw)
+    ad.install_topology(m, CanvasTopology.dense(["video", "text"]), tl)
+    with torch.no_grad():
+        torch.testing.assert_close(m(**kw).sample, ref, rtol=1e-4, atol=1e-5)
+    ad.install_topology(m, CanvasTopology.isolated(["video", "text"]), tl)
+    with torch.no_grad():
+        assert not torch.allclose(m(**kw).sample, ref, atol=1e-4)
+
+
+def test_sharpening_keeps_identity_and_changes_later_loops():
+    m = make()
+    kw = inputs()
+    with torch.no_grad():
+        ref = m(**kw).sample
+    blocks, _ = graft_looped_blocks(m, max_loops=3, sharpening=SharpeningSchedule(3, 1.0, 4.0))
+    with torch.no_grad():
+        assert torch.equal(m(**kw).sample, ref)
+        for b in blocks:
+            b.loop_gate.fill_(1.0)
+        sharp = m(**kw).sample
+        for b in blocks:
+            b.set_sharpening(None)
+        soft = m(**kw).sample
+    assert not torch.allclose(sharp, soft, atol=1e-5)
+
+
+def test_checkpoint_roundtrip_and_mismatch(tmp_path):
+    m = make()
+    blocks, head = graft_looped_blocks(m, max_loops=3)
+    with torch.no_grad():
+        for b in blocks:
+            b.loop_emb.normal_()
+    save_loop_checkpoint(blocks, head, str(tmp_path / "l.safetensors"), metadata={"backbone": "tiny"})
+    m2 = make(seed=9)
+    b2, h2 = graft_looped_blocks(m2, max_loops=3)
+    load_loop_checkpoint(b2, h2, str(tmp_path / "l.safetensors"))
+    assert all(torch.equal(a.loop_emb, b.loop_emb) for a, b in zip(blocks, b2))
+    m3 = make(dict(TINY, num_layers=3))
+    b3, h3 = graft_looped_blocks(m3, max_loops=3)
+    with pytest.raises(CheckpointError, match="3 looped blocks|2 looped blocks"):
+        load_loop_checkpoint(b3, h3, str(tmp_path / "l.safetensors"))
+
+
+def test_token_layout_errors():
+    m = make()
+    ad = CogVideoXAdapter()
+    with pytest.raises(BackboneError):
+        ad.token_layout(m, {"hidden_states": (1, 2, 4, 7, 8), "encoder_hidden_states": (1, 3, 16)})
+    with pytest.raises(Exception, match="sample_inputs"):
+        ad.token_layout(m, {"hidden_states": (1, 2, 4, 8, 8)})
+    with pytest.raises(BackboneError, match="attention"):
+        ad.install_topology(make(), FakeTopology(torch.ones(1, 1)), None)

@@ -1,0 +1,197 @@
+"""``MambaAttention``: a selective state-space (S6) operator as a canvas attention type."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from canvas_core.errors import CanvasTypeError, ShapeError, UnavailableError
+
+from canvas_plugin_mamba.scan import selective_scan_mamba_ssm, selective_states
+
+__all__ = ["MambaAttention", "KERNELS"]
+
+#: accepted values of ``kernel``
+KERNELS = ("auto", "mamba_ssm", "mamba_torch")
+
+
+def _mamba_ssm_available() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("mamba_ssm") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _int(name: str, v, lo: int) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise CanvasTypeError(f"mamba: {name} must be an int >= {lo}, got {v!r}")
+    return v
+
+
+class MambaAttention(nn.Module):
+    """Selective state-space attention (``mamba``; S6 as in Mamba, Gu & Dao 2023).
+
+    The SSM runs causally over the key/value sequence (the connection's destination positions,
+    length ``L = Nk``; expanded width ``E = expand * d_model``, state size ``N = d_state``):
+
+    * ``u = silu(causal_depthwise_conv(W_in values))`` (kernel ``d_conv``),
+    * selection from the keys: ``delta = softplus(W_dt (W_x keys)_dt + b_dt)``,
+      ``B_t = (W_x keys)_B``,
+    * ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t`` with ``A = -exp(A_log)`` diagonal.
+
+    Queries read the sequence at their causal read position ``p(i) = floor((i + 1) Nk / Nq) - 1``
+    (``Nq == Nk``: position-aligned, the usual causal Mamba output; ``Nq == 1``: the final state;
+    ``p(i) < 0``: zeros) with their own readout and gate:
+    ``y_i = C(q_i) . h_{p(i)} + D u_{p(i)}``, ``out_i = W_out(y_i * silu(W_z q_i))``.
+
+    Key mask: the scan is shared by all queries, so it skips the keys no query may attend
+    (``delta = 0`` and ``u = 0`` there: no decay, no write); a query whose allowed keys up to
+    ``p(i)`` are empty outputs zeros.  Per-query differences beyond that are not modelled.
+
+    Args:
+        d_model, n_heads, dropout: as every attention type (``n_heads`` is validated only).
+        d_state, d_conv, expand: Mamba's state size, conv width and expansion.
+        kernel: ``"auto"`` (mamba-ssm's CUDA ``selective_scan_fn`` when installed, the input is
+            on CUDA and ``Nq == Nk``; the PyTorch scan otherwise), ``"mamba_ssm"`` or
+            ``"mamba_torch"``.  The choice of the last call is in ``self.kernel_used``.
+    """
+
+    type_name = "mamba"
+    beta: Optional[float] = None  # not a softmax type
+
+    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0, d_state: int = 16,
+                 d_conv: int = 4, expand: int = 2, kernel: str = "auto") -> None:
+        super().__init__()
+        _int("d_model", d_model, 1)
+        _int("n_heads", n_heads, 1)
+        if d_model % n_heads:
+            raise ShapeError(f"mamba: d_model={d_model} is not divisible by n_heads={n_heads}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise CanvasTypeError(f"mamba: dropout must be a float in [0, 1), got {dropout!r}")
+        self.d_state = _int("d_state", d_state, 1)
+        self.d_conv = _int("d_conv", d_conv, 1)
+        self.expand = _int("expand", expand, 1)
+        if kernel not in KERNELS:
+            raise CanvasTypeError(f"mamba: unknown kernel {kernel!r}; choose from {KERNELS}")
+        self.kernel = kernel
+        self.kernel_used: Optional[str] = None
+        self.d_model, self.n_heads = d_model, n_heads
+        E = self.d_inner = expand * d_model
+        R = self.dt_rank = math.ceil(d_model / 16)
+        self.in_proj = nn.Linear(d_model, E)
+        self.conv1d = nn.Conv1d(E, E, d_conv, groups=E, padding=d_conv - 1)
+        self.x_proj = nn.Linear(d_model, R + d_state, bias=False)
+        self.dt_proj = nn.Linear(R, E)
+        self.c_proj = nn.Linear(d_model, d_state, bias=False)
+        self.z_proj = nn.Linear(d_model, E)
+        self.out_proj = nn.Linear(E, d_model)
+        self.drop = nn.Dropout(float(dropout))
+        # Mamba init: A_n = -(n + 1); softplus(b_dt) log-uniform in [1e-3, 1e-1]
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(E, 1))
+        self.D = nn.Parameter(torch.ones(E))
+        dt = torch.exp(torch.rand(E) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+
+    # ------------------------------------------------------------------ helpers
+    def _choose_kernel(self, x: torch.Tensor, Nq: int, Nk: int) -> str:
+        if self.kernel == "mamba_torch":
+            return "mamba_torch"
+        cuda_ok = x.is_cuda and _mamba_ssm_available()
+        if self.kernel == "mamba_ssm":
+            if not cuda_ok:
+                raise UnavailableError(
+                    "mamba: kernel='mamba_ssm' needs CUDA tensors and the mamba-ssm package "
+                    "(pip install 'canvas-plugin-mamba[cuda]'); use kernel='auto' or 'mamba_torch'"
+                )
+            return "mamba_ssm" if Nq == Nk else "mamba_torch"  # cross-length reads need all states
+        return "mamba_ssm" if cuda_ok and Nq == Nk else "mamba_torch"
+
+    def sequence_inputs(self, keys: torch.Tensor, values: torch.Tensor,
+                        key_ok: Optional[torch.Tensor] = None):
+        """``u, delta (B, E, L)``, ``A (E, N)``, ``Bsel (B, N, L)`` of the scan (float32 at least)."""
+        wd = torch.float64 if values.dtype == torch.float64 else torch.float32
+        L = values.shape[1]
+        x = self.in_proj(values)
+        if key_ok is not None:
+            x = x * key_ok.unsqueeze(-1).to(x.dtype)
+        u = F.silu(self.conv1d(x.transpose(1, 2))[..., :L]).to(wd)  # causal: drop right padding
+        sel = self.x_proj(keys)
+        dt, Bsel = sel.split([self.dt_rank, self.d_state], dim=-1)
+        delta = F.softplus(self.dt_proj(dt)).transpose(1, 2).to(wd)
+        if key_ok is not None:
+            keep = key_ok.unsqueeze(1).to(wd)
+            u, delta = u * keep, delta * keep
+        A = -torch.exp(self.A_log.to(wd))
+        return u, delta, A, Bsel.transpose(1, 2).to(wd)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
+        for name, t in (("queries", queries), ("keys", keys), ("values", values)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.shape[-1] != self.d_model:
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ShapeError(f"mamba: {name} must have shape (B, N, {self.d_model}), got {got}")
+        if keys.shape[:2] != values.shape[:2] or keys.shape[0] != queries.shape[0]:
+            raise ShapeError(f"mamba: incompatible queries {tuple(queries.shape)}, keys "
+                             f"{tuple(keys.shape)}, values {tuple(values.shape)}")
+        Bt, Nq, _ = queries.shape
+        Nk = keys.shape[1]
+        allowed = _normalize_mask(key_mask, Bt, Nq, Nk)
+        if Nk == 0:
+            self.kernel_used = "mamba_torch"
+            return torch.zeros_like(queries)
+        key_ok = None if allowed is None else allowed.any(dim=1)  # (B|1, Nk)
+        read = ((torch.arange(Nq, device=queries.device) + 1) * Nk) // Nq - 1
+        before = torch.arange(Nk, device=queries.device)[None, :] <= read[:, None]  # (Nq, Nk)
+        has = before.any(-1).view(1, Nq, 1) if allowed is None else (before[None] & allowed).any(-1, keepdim=True)
+        if key_ok is not None and key_ok.shape[0] != Bt:
+            key_ok = key_ok.expand(Bt, Nk)
+        u, delta, A, Bsel = self.sequence_inputs(keys, values, key_ok)
+        wd = u.dtype
+        C = self.c_proj(queries).to(wd)  # (B, Nq, N)
+        z = self.z_proj(queries)  # (B, Nq, E)
+        kernel = self._choose_kernel(queries, Nq, Nk)
+        self.kernel_used = kernel
+        if kernel == "mamba_ssm":
+            y = selective_scan_mamba_ssm(u.float().contiguous(), delta.float().contiguous(), A.float().contiguous(),
+                                         Bsel.float().contiguous(), C.float().transpose(1, 2).contiguous(),
+                                         D=self.D.float(), z=z.float().transpose(1, 2).contiguous())
+            y = y.transpose(1, 2)  # (B, L=Nq, E), already gated
+        else:
+            states = selective_states(u, delta, A, Bsel)  # (B, Nk, E, N)
+            idx = read.clamp(min=0)
+            h = states.index_select(1, idx)  # (B, Nq, E, N)
+            y = torch.einsum("bqen,bqn->bqe", h, C) + self.D.to(wd) * u.transpose(1, 2).index_select(1, idx)
+            y = y * (read >= 0).view(1, Nq, 1).to(wd)
+            y = y * F.silu(z.to(wd))
+        out = self.out_proj(self.drop(y.to(queries.dtype)))
+        return out.masked_fill(~has, 0.0)
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, "
+                f"expand={self.expand}, kernel={self.kernel!r}")
+
+
+def _normalize_mask(key_mask: Optional[torch.Tensor], B: int, Nq: int, Nk: int) -> Optional[torch.Tensor]:
+    """Bool ``(B|1, Nq|1, Nk)`` from a bool / additive-float mask broadcastable to ``(B, Nq, Nk)``."""
+    if key_mask is None:
+        return None
+    m = key_mask
+    if m.dim() == 2 and m.shape[0] == B and m.shape[0] not in (Nq, 1):
+        m = m[:, None, :]
+    while m.dim() < 3:
+        m = m[None]
+    if m.dim() != 3 or m.shape[-1] != Nk or any(s not in (1, f) for s, f in zip(m.shape, (B, Nq, Nk))):
+        raise ShapeError(f"mamba: key_mask of shape {tuple(key_mask.shape)} does not broadcast to "
+                         f"(B, Nq, Nk) = {(B, Nq, Nk)}")
+    if m.dtype == torch.bool:
+        return m
+    return m != float("-inf") if m.is_floating_point() else m != 0

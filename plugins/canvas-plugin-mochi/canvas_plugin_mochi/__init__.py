@@ -1,0 +1,26 @@
+"""canvas-plugin-mochi: graft looped attention onto diffusers' MochiTransformer3DModel.
+
+Registers the backbone adapter ``mochi`` lazily; see :mod:`canvas_plugin_mochi.adapter`.
+"""
+
+from __future__ import annotations
+
+try:
+    from canvas_core import hookimpl
+except (ImportError, AttributeError):  # plugin layer not importable: plain functions still work
+    def hookimpl(fn=None, **_kw):  # type: ignore[no-redef]
+        return fn if fn is not None else (lambda f: f)
+
+__version__ = "0.1.0"
+
+
+@hookimpl
+def canvas_register_backbones(registry):
+    registry.add(
+        "mochi",
+        "canvas_plugin_mochi.adapter:MochiAdapter",
+        model_classes=("diffusers.MochiTransformer3DModel",),
+        description="diffusers MochiTransformer3DModel (Mochi 1): asymmetric dual-stream blocks, "
+        "video patches + text tokens on the canvas",
+        requires=("diffusers",),
+    )

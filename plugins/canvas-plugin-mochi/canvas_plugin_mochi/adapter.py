@@ -1,0 +1,154 @@
+"""Backbone adapter for diffusers' ``MochiTransformer3DModel``.
+
+* blocks: ``model.transformer_blocks`` (``MochiTransformerBlock``), called as
+  ``block(hidden_states, encoder_hidden_states, temb, encoder_attention_mask, image_rotary_emb)``
+  and returning ``(hidden_states, encoder_hidden_states)``; both streams are looped (widths
+  ``inner_dim`` and ``pooled_projection_dim``).
+* attention sequence: ``[video (F x H' x W'), text (L)]``; padded text tokens (mask 0) are
+  dropped per sample, exactly as Mochi does.
+* canvas grid: ``T = F``, spatial ``(H' + r, W')``, ``r = ceil(L / W')``; regions ``"video"``
+  ``(0, F, 0, H', 0, W')`` and ``"text"`` ``(0, 1, H', H' + r, 0, W')``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, List, Mapping, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from canvas_core.errors import BackboneError, CanvasTypeError
+from canvas_core.looping.adapter import BackboneAdapter, TokenLayout
+from canvas_core.looping.attention_ops import canvas_sdpa, select_bias
+
+__all__ = ["MochiAdapter", "CanvasMochiAttnProcessor"]
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    even, odd = x[..., 0::2].float(), x[..., 1::2].float()
+    return torch.stack([(even * cos - odd * sin).to(x.dtype), (even * sin + odd * cos).to(x.dtype)], dim=-1).flatten(-2)
+
+
+class CanvasMochiAttnProcessor:
+    """Mochi joint attention with an inverse temperature ``beta`` and an optional canvas bias;
+    calls the replaced processor unchanged when ``beta == 1`` and no bias is installed."""
+
+    canvas_beta = True
+
+    def __init__(self, original: Any) -> None:
+        self.original = original
+        self.beta = 1.0
+        self.canvas_bias = None
+        self.canvas_has_key = None
+
+    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
+                 attention_mask: torch.Tensor, image_rotary_emb: Optional[torch.Tensor] = None):
+        if self.beta == 1.0 and self.canvas_bias is None:
+            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask,
+                                 image_rotary_emb=image_rotary_emb)
+        q = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
+        k = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
+        v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
+        if attn.norm_q is not None:
+            q = attn.norm_q(q)
+        if attn.norm_k is not None:
+            k = attn.norm_k(k)
+        eq = attn.add_q_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+        ek = attn.add_k_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+        ev = attn.add_v_proj(encoder_hidden_states).unflatten(2, (attn.heads, -1))
+        if attn.norm_added_q is not None:
+            eq = attn.norm_added_q(eq)
+        if attn.norm_added_k is not None:
+            ek = attn.norm_added_k(ek)
+        if image_rotary_emb is not None:
+            q, k = _rope(q, *image_rotary_emb), _rope(k, *image_rotary_emb)
+        q, k, v, eq, ek, ev = (t.transpose(1, 2) for t in (q, k, v, eq, ek, ev))
+        nv, nt = q.size(2), eq.size(2)
+        outs = []
+        for b in range(q.size(0)):
+            valid = torch.nonzero(attention_mask[b].flatten(), as_tuple=False).flatten()
+            rows = torch.cat([torch.arange(nv, device=q.device), nv + valid.to(q.device)])
+            bias, has_key = select_bias(self, nv + nt, q.device, q.dtype, rows=rows)
+            qq = torch.cat([q[b:b + 1], eq[b:b + 1, :, valid]], dim=2)
+            kk = torch.cat([k[b:b + 1], ek[b:b + 1, :, valid]], dim=2)
+            vv = torch.cat([v[b:b + 1], ev[b:b + 1, :, valid]], dim=2)
+            o = canvas_sdpa(qq, kk, vv, beta=self.beta, bias=bias, has_key=has_key)
+            outs.append(F.pad(o, (0, 0, 0, nv + nt - o.size(2))))
+        out = torch.cat(outs, dim=0).transpose(1, 2).flatten(2, 3)
+        hid, enc = out.split_with_sizes((nv, nt), dim=1)
+        hid = attn.to_out[1](attn.to_out[0](hid))
+        if hasattr(attn, "to_add_out"):
+            enc = attn.to_add_out(enc)
+        return hid, enc
+
+
+class MochiAdapter(BackboneAdapter):
+    name = "mochi"
+    model_classes = ("diffusers.MochiTransformer3DModel",)
+    block_attr = "transformer_blocks"
+    streams = ("hidden_states", "encoder_hidden_states")
+    input_attrs = ("patch_embed",)
+
+    def hidden_size(self, model: nn.Module) -> int:
+        c = model.config
+        return int(c.num_attention_heads * c.attention_head_dim)
+
+    def stream_dims(self, model: nn.Module) -> Tuple[int, ...]:
+        return (self.hidden_size(model), int(model.config.pooled_projection_dim))
+
+    def latent_channels(self, model: nn.Module) -> int:
+        c = model.config
+        return int(c.out_channels or c.in_channels)
+
+    def prepare(self, model: nn.Module) -> None:
+        from diffusers.models.attention_processor import MochiAttnProcessor2_0
+
+        for block in self.blocks(model):
+            attn = getattr(block, "attn1", None)
+            if attn is not None and type(attn.processor) is MochiAttnProcessor2_0:
+                attn.processor = CanvasMochiAttnProcessor(attn.processor)
+
+    def attention_targets(self, model: nn.Module) -> List[Any]:
+        out = []
+        for block in model.transformer_blocks:
+            inner = getattr(block, "original", block)
+            proc = getattr(getattr(inner, "attn1", None), "processor", None)
+            if isinstance(proc, CanvasMochiAttnProcessor):
+                out.append(proc)
+        return out
+
+    def token_layout(self, model: nn.Module, sample_inputs: Optional[Mapping[str, Any]] = None,
+                     layout: Any = None) -> TokenLayout:
+        """``sample_inputs``: ``hidden_states`` ``(B, C, F, H, W)`` and ``encoder_hidden_states``
+        ``(B, L, D_text)`` (tensors or shapes), as given to the model's forward."""
+        from canvas_core.schema import CanvasLayout
+
+        if not isinstance(sample_inputs, Mapping):
+            raise CanvasTypeError("Mochi token_layout needs sample_inputs={'hidden_states': ..., "
+                                  "'encoder_hidden_states': ...}")
+        shapes = {}
+        for key, nd, what in (("hidden_states", 5, "(B, C, F, H, W) latent video"),
+                              ("encoder_hidden_states", 3, "(B, L, D) text embedding")):
+            v = sample_inputs.get(key)
+            s = tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v) if isinstance(v, (tuple, list)) else None
+            if s is None or len(s) != nd:
+                raise CanvasTypeError(f"token_layout needs sample_inputs[{key!r}]: the {what} tensor or shape")
+            shapes[key] = s
+        _, _, f, H, W = shapes["hidden_states"]
+        L = shapes["encoder_hidden_states"][1]
+        p = model.config.patch_size
+        if H % p or W % p:
+            raise BackboneError(f"latent height/width ({H}, {W}) must be multiples of patch_size {p}")
+        h, w = H // p, W // p
+        r = max(1, math.ceil(L / w)) if L else 0
+        regions = {"video": (0, f, 0, h, 0, w)}
+        if L:
+            regions["text"] = (0, 1, h, h + r, 0, w)
+        base = CanvasLayout(T=f, spatial_shape=(h + r, w), d_model=self.hidden_size(model), regions=regions)
+        plane = (h + r) * w
+        video = [t * plane + y * w + x for t in range(f) for y in range(h) for x in range(w)]
+        text = [(h + j // w) * w + j % w for j in range(L)]
+        tl = TokenLayout(base, tuple(video + text), {"text_len": L, "frames": f, "height": h, "width": w})
+        return tl.with_layout(layout) if layout is not None else tl

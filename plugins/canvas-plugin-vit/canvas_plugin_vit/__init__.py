@@ -1,0 +1,26 @@
+"""canvas-plugin-vit: graft looped attention onto timm Vision Transformers.
+
+Registers the backbone adapter ``vit`` lazily; see :mod:`canvas_plugin_vit.adapter`.
+"""
+
+from __future__ import annotations
+
+try:
+    from canvas_core import hookimpl
+except (ImportError, AttributeError):  # plugin layer not importable: plain functions still work
+    def hookimpl(fn=None, **_kw):  # type: ignore[no-redef]
+        return fn if fn is not None else (lambda f: f)
+
+__version__ = "0.1.0"
+
+
+@hookimpl
+def canvas_register_backbones(registry):
+    registry.add(
+        "vit",
+        "canvas_plugin_vit.adapter:ViTAdapter",
+        model_classes=("timm.VisionTransformer",),
+        description="timm VisionTransformer (timm.create_model('vit_*')): prefix (CLS/register) "
+        "tokens + patch grid on the canvas",
+        requires=("timm",),
+    )

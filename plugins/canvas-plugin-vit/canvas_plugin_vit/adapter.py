@@ -1,0 +1,118 @@
+"""Backbone adapter for timm ``VisionTransformer`` models (``timm.create_model("vit_...")``).
+
+* blocks: ``model.blocks`` (``nn.Sequential`` of ``Block``), called as ``block(x)`` -> ``x``.
+* attention sequence: ``[prefix tokens (CLS, registers), patches (gh x gw)]``.
+* canvas grid: ``T = 1``, spatial ``(gh + r, gw)`` with ``r = ceil(n_prefix / gw)`` extra rows;
+  region ``"patches"`` = ``(0, 1, 0, gh, 0, gw)``, region ``"cls"`` = ``(0, 1, gh, gh + r, 0, gw)``
+  holding the prefix tokens (row-major from ``(gh, 0)``).
+* canvas attention: each standard ``timm.layers.Attention`` becomes a ``CanvasViTAttention``
+  (same module, same parameters and state-dict keys; only its forward gains ``beta`` and the
+  canvas bias, and calls timm's forward unchanged when neither is set).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, List, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+from canvas_core.errors import BackboneError, CanvasTypeError
+from canvas_core.looping.adapter import BackboneAdapter, TokenLayout
+from canvas_core.looping.attention_ops import canvas_sdpa, select_bias
+
+__all__ = ["ViTAdapter", "CanvasViTAttention"]
+
+try:
+    from timm.layers import Attention as _TimmAttention
+except ImportError:  # pragma: no cover - the plugin requires timm
+    _TimmAttention = nn.Module
+
+
+class CanvasViTAttention(_TimmAttention):
+    """timm ``Attention`` with an inverse temperature ``beta`` and an optional canvas bias."""
+
+    canvas_beta = True
+
+    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                is_causal: bool = False) -> torch.Tensor:
+        beta = getattr(self, "beta", 1.0)
+        if beta == 1.0 and getattr(self, "canvas_bias", None) is None:
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        B, N, _ = x.shape
+        gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if is_causal:
+            causal = torch.ones(N, N, dtype=torch.bool, device=x.device).tril()
+            attn_mask = causal if attn_mask is None else attn_mask & causal if attn_mask.dtype == torch.bool \
+                else attn_mask.masked_fill(~causal, float("-inf"))
+        bias, has_key = select_bias(self, N, q.device, q.dtype)
+        out = canvas_sdpa(q, k, v, beta=beta, bias=bias, has_key=has_key, attn_mask=attn_mask,
+                          dropout_p=self.attn_drop.p if self.training else 0.0)
+        out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
+        out = self.norm(out)
+        if gate is not None:
+            out = out * gate
+        return self.proj_drop(self.proj(out))
+
+
+class ViTAdapter(BackboneAdapter):
+    name = "vit"
+    model_classes = ("timm.VisionTransformer",)
+    block_attr = "blocks"
+    streams = ("x",)
+    input_attrs = ("patch_embed",)
+
+    def hidden_size(self, model: nn.Module) -> int:
+        return int(model.embed_dim)
+
+    def latent_channels(self, model: nn.Module) -> int:
+        return int(getattr(model, "num_features", model.embed_dim))
+
+    def prepare(self, model: nn.Module) -> None:
+        for block in self.blocks(model):
+            attn = getattr(block, "attn", None)
+            if attn is not None and type(attn) is _TimmAttention:
+                attn.__class__ = CanvasViTAttention
+                attn.beta = 1.0
+                attn.canvas_bias = None
+                attn.canvas_has_key = None
+
+    def attention_targets(self, model: nn.Module) -> List[Any]:
+        return [m for m in model.modules() if isinstance(m, CanvasViTAttention)]
+
+    def grid(self, model: nn.Module, sample_inputs: Optional[Mapping[str, Any]]) -> Tuple[int, int]:
+        pe = model.patch_embed
+        x = (sample_inputs or {}).get("x") if isinstance(sample_inputs, Mapping) else sample_inputs
+        if x is None:
+            return tuple(int(g) for g in pe.grid_size)  # type: ignore[return-value]
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else tuple(x)
+        if len(shape) != 4:
+            raise BackboneError(f"ViT sample input must be an image batch (B, C, H, W), got shape {shape}")
+        if hasattr(pe, "dynamic_feat_size"):
+            return tuple(int(g) for g in pe.dynamic_feat_size(shape[-2:]))  # type: ignore[return-value]
+        ph, pw = pe.patch_size
+        return shape[-2] // ph, shape[-1] // pw
+
+    def token_layout(self, model: nn.Module, sample_inputs: Any = None, layout: Any = None) -> TokenLayout:
+        """``sample_inputs``: optional ``{"x": images (B, C, H, W)}`` (or the tensor); default:
+        the model's configured image size."""
+        from canvas_core.schema import CanvasLayout
+
+        if sample_inputs is not None and not isinstance(sample_inputs, (Mapping, torch.Tensor, tuple, list)):
+            raise CanvasTypeError(f"ViT token_layout sample_inputs must be an image tensor or {{'x': ...}}, "
+                                  f"got {type(sample_inputs).__name__}")
+        gh, gw = self.grid(model, sample_inputs)
+        npfx = int(getattr(model, "num_prefix_tokens", 0))
+        r = math.ceil(npfx / gw) if npfx else 0
+        regions = {"patches": (0, 1, 0, gh, 0, gw)}
+        if npfx:
+            regions["cls"] = (0, 1, gh, gh + r, 0, gw)
+        base = CanvasLayout(T=1, spatial_shape=(gh + r, gw), d_model=self.hidden_size(model), regions=regions)
+        prefix = [(gh + j // gw) * gw + j % gw for j in range(npfx)]
+        patches = list(range(gh * gw))
+        tl = TokenLayout(base, tuple(prefix + patches), {"prefix_tokens": npfx, "grid": (gh, gw)})
+        return tl.with_layout(layout) if layout is not None else tl

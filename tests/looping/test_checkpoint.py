@@ -1,0 +1,118 @@
+"""Loop checkpoints: safetensors + JSON header, only loop/head params, mismatches refused."""
+
+import json
+import pickle
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+import canvas_core
+from canvas_core.errors import CheckpointError
+from canvas_core.looping import graft_looped_blocks, load_loop_checkpoint, save_loop_checkpoint
+
+
+class Tiny(nn.Module):
+    def __init__(self, d=16, depth=3):
+        super().__init__()
+        self.patch_embed = nn.Linear(4, d)
+        self.blocks = nn.ModuleList([nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d)) for _ in range(depth)])
+        self.proj_out = nn.Linear(d, 4)
+
+    def forward(self, x):
+        x = self.patch_embed(x)
+        for b in self.blocks:
+            x = b(x)
+        return self.proj_out(x)
+
+
+def grafted(d=16, depth=3, loops=3, seed=0):
+    torch.manual_seed(seed)
+    m = Tiny(d, depth)
+    blocks, head = graft_looped_blocks(m, max_loops=loops, inner_dim=d, latent_channels=4)
+    return m, blocks, head
+
+
+def test_roundtrip_restores_exact_values(tmp_path):
+    m, blocks, head = grafted()
+    with torch.no_grad():
+        for p in [p for b in blocks for p in b.loop_parameters()] + list(head.parameters()):
+            p.normal_()
+    path = tmp_path / "loops.safetensors"
+    save_loop_checkpoint(blocks, head, str(path), metadata={"step": 7, "note": "x"})
+    m2, blocks2, head2 = grafted(seed=1)
+    hdr = load_loop_checkpoint(blocks2, head2, str(path))
+    assert hdr["user_metadata"] == {"step": 7, "note": "x"}
+    for a, b in zip(blocks, blocks2):
+        for (n, p), (n2, p2) in zip(a.named_loop_parameters(), b.named_loop_parameters()):
+            assert n == n2 and torch.equal(p, p2)
+    for p, p2 in zip(head.state_dict().values(), head2.state_dict().values()):
+        assert torch.equal(p, p2)
+
+
+def test_file_holds_only_loop_and_head_tensors_and_header(tmp_path):
+    m, blocks, head = grafted(d=64, depth=4)
+    path = tmp_path / "c.safetensors"
+    save_loop_checkpoint(blocks, head, str(path))
+    with safe_open(str(path), "pt") as f:
+        keys = set(f.keys())
+        meta = f.metadata()
+    expected = {f"blocks.{i}.{n}" for i in range(4) for n in ("loop_emb", "loop_gate")}
+    expected |= {f"head.{k}" for k in head.state_dict()}
+    assert keys == expected
+    assert meta["format"] == "canvas-core/loop-checkpoint"
+    assert meta["canvas_core_version"] == canvas_core.__version__ and meta["torch_version"] == torch.__version__
+    struct = json.loads(meta["structure"])
+    assert len(struct["blocks"]) == 4 and struct["blocks"][0]["params"]["loop_emb"] == [3, 64]
+    n_saved = sum(b.trainable_params() for b in blocks) + sum(p.numel() for p in head.parameters())
+    n_model = sum(p.numel() for p in m.parameters())
+    assert n_saved < 0.2 * n_model
+
+
+@pytest.mark.parametrize("other", [dict(depth=2), dict(loops=2), dict(d=8)])
+def test_mismatched_model_refused(tmp_path, other):
+    _, blocks, head = grafted()
+    path = tmp_path / "c.safetensors"
+    save_loop_checkpoint(blocks, head, str(path))
+    kw = dict(d=16, depth=3, loops=3)
+    kw.update(other)
+    _, b2, h2 = grafted(**kw)
+    before = [p.clone() for b in b2 for p in b.loop_parameters()]
+    with pytest.raises(CheckpointError, match="does not match this model"):
+        load_loop_checkpoint(b2, h2, str(path))
+    assert all(torch.equal(a, b) for a, b in zip(before, [p for b in b2 for p in b.loop_parameters()]))
+
+
+def test_schema_mismatch_refused(tmp_path):
+    from canvas_core.schema import CanvasLayout, CanvasSchema
+
+    s1 = CanvasSchema(layout=CanvasLayout(T=2, H=2, W=2, d_model=8, regions={"a": (0, 2, 0, 2, 0, 2)}))
+    s2 = CanvasSchema(layout=CanvasLayout(T=2, H=2, W=2, d_model=8, regions={"b": (0, 2, 0, 2, 0, 2)}))
+    _, blocks, head = grafted()
+    path = tmp_path / "c.safetensors"
+    save_loop_checkpoint(blocks, head, str(path), metadata={"schema": s1, "run": 1})
+    with safe_open(str(path), "pt") as f:
+        assert f.metadata()["schema_hash"] == s1.schema_hash()
+    _, b2, h2 = grafted()
+    with pytest.raises(CheckpointError, match="schema"):
+        load_loop_checkpoint(b2, h2, str(path), schema=s2)
+    assert load_loop_checkpoint(b2, h2, str(path), schema=s1)["user_metadata"] == {"run": 1}
+    assert load_loop_checkpoint(b2, h2, str(path))["schema_hash"] == s1.schema_hash()
+
+
+def test_bad_files_refused(tmp_path):
+    _, blocks, head = grafted()
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_loop_checkpoint(blocks, head, str(tmp_path / "missing.safetensors"))
+    pkl = tmp_path / "evil.safetensors"
+    pkl.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_loop_checkpoint(blocks, head, str(pkl))
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"w": torch.zeros(2)}, str(foreign))
+    with pytest.raises(CheckpointError, match="not a canvas-core loop checkpoint"):
+        load_loop_checkpoint(blocks, head, str(foreign))
+    with pytest.raises(CheckpointError, match="JSON"):
+        save_loop_checkpoint(blocks, head, str(tmp_path / "x.safetensors"), metadata={"f": object()})
