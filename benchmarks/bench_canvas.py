@@ -272,7 +272,12 @@ def machine() -> str:
     except OSError:
         pass
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    ce_v = getattr(ce, "__version__", "?") if ce is not None else "not installed"
+    try:
+        import importlib.metadata as md
+
+        ce_v = md.version("canvas-engineering")
+    except Exception:  # pragma: no cover
+        ce_v = "not installed"
     return (f"{cpu}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
             f"({torch.get_num_threads()} threads), {dev}; canvas-engineering {ce_v}; Python {platform.python_version()}")
 

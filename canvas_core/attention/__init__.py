@@ -10,17 +10,39 @@ Registration (names -> classes) lives in ``canvas_core.plugins.builtin``.
 from canvas_core.attention.functional import masked_softmax, masked_softmax_attention
 from canvas_core.attention.recurrent import HyenaAttention, RWKVAttention
 from canvas_core.attention.simple import (
-    CopyAttention, LinearAttention, MixtureAttention, NoneAttention, PoolingAttention,
+    CopyAttention,
+    LinearAttention,
+    MixtureAttention,
+    NoneAttention,
+    PoolingAttention,
     SigmoidAttention,
 )
 from canvas_core.attention.softmax import (
-    CosineAttention, CrossAttention, GatedAttention, LocalAttention, PerceiverAttention,
-    RandomFixedAttention, SparseAttention,
+    CosineAttention,
+    CrossAttention,
+    GatedAttention,
+    LocalAttention,
+    PerceiverAttention,
+    RandomFixedAttention,
+    SparseAttention,
 )
 
 __all__ = [
-    "CrossAttention", "LinearAttention", "CosineAttention", "SigmoidAttention", "GatedAttention",
-    "PerceiverAttention", "PoolingAttention", "CopyAttention", "SparseAttention", "LocalAttention",
-    "NoneAttention", "RandomFixedAttention", "MixtureAttention", "RWKVAttention", "HyenaAttention",
-    "masked_softmax_attention", "masked_softmax",
+    "CrossAttention",
+    "LinearAttention",
+    "CosineAttention",
+    "SigmoidAttention",
+    "GatedAttention",
+    "PerceiverAttention",
+    "PoolingAttention",
+    "CopyAttention",
+    "SparseAttention",
+    "LocalAttention",
+    "NoneAttention",
+    "RandomFixedAttention",
+    "MixtureAttention",
+    "RWKVAttention",
+    "HyenaAttention",
+    "masked_softmax_attention",
+    "masked_softmax",
 ]

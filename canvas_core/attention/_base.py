@@ -55,7 +55,11 @@ class AttentionBase(nn.Module):
                 f"{t}: d_model={d_model} is not divisible by n_heads={n_heads}; "
                 f"choose n_heads among the divisors of {d_model}"
             )
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        if (
+            isinstance(dropout, bool)
+            or not isinstance(dropout, (int, float))
+            or not 0.0 <= dropout < 1.0
+        ):
             raise CanvasTypeError(f"{t}: dropout must be a float in [0, 1), got {dropout!r}")
         self.d_model = d_model
         self.n_heads = n_heads
@@ -66,7 +70,9 @@ class AttentionBase(nn.Module):
     def _beta(self) -> float:
         return 1.0 if self.beta is None else float(self.beta)
 
-    def _check_inputs(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> None:
+    def _check_inputs(
+        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> None:
         t = self.type_name
         for name, x in (("queries", queries), ("keys", keys), ("values", values)):
             if not isinstance(x, torch.Tensor):
@@ -97,12 +103,17 @@ class AttentionBase(nn.Module):
             return None, None
         t = self.type_name
         if not isinstance(key_mask, torch.Tensor):
-            raise CanvasTypeError(f"{t}: key_mask must be a torch.Tensor or None, got {type(key_mask).__name__}")
+            raise CanvasTypeError(
+                f"{t}: key_mask must be a torch.Tensor or None, got {type(key_mask).__name__}"
+            )
         m = key_mask
         if m.dim() == 2 and m.shape[0] == B and m.shape[0] != Nq and m.shape[0] != 1:
             m = m[:, None, :]  # (B, Nk)
         if m.dim() > 3 or m.dim() == 0:
-            raise ShapeError(f"{t}: key_mask of shape {tuple(key_mask.shape)} must broadcast to (B, Nq, Nk) = {(B, Nq, Nk)}")
+            raise ShapeError(
+                f"{t}: key_mask of shape {tuple(key_mask.shape)} must broadcast to "
+                f"(B, Nq, Nk) = {(B, Nq, Nk)}"
+            )
         while m.dim() < 3:
             m = m[None]
         ok = all(s in (1, full) for s, full in zip(m.shape, (B, Nq, Nk)))

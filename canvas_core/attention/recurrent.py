@@ -10,10 +10,9 @@ operator; ``Nq == 1`` reads the whole sequence; ``p(i) < 0`` gives zeros.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.attention._base import AttentionBase, _check_int, causal_read_index
@@ -57,8 +56,13 @@ def _rows_identical(allowed: torch.Tensor) -> bool:
 
 
 # ---------------------------------------------------------------------------- RWKV
-def wkv_scan(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
-             key_ok: Optional[torch.Tensor] = None) -> torch.Tensor:
+def wkv_scan(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    key_ok: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """RWKV-4 WKV along the sequence, as a numerically stable log-space scan.
 
     ``wkv_t = (sum_{i<t} e^{-(t-1-i) w + k_i} v_i + e^{u + k_t} v_t) /
@@ -98,8 +102,14 @@ def wkv_scan(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
     return torch.stack(outs, dim=1)
 
 
-def wkv_masked(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
-               read: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+def wkv_masked(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    read: torch.Tensor,
+    allowed: torch.Tensor,
+) -> torch.Tensor:
     """WKV read at positions ``read (Nq,)`` with a per-query key mask (explicit form).
 
     Query ``i`` gets ``sum_j a_ij v_j / sum_j a_ij`` over keys ``j <= read_i`` allowed by
@@ -113,13 +123,16 @@ def wkv_masked(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tenso
     chunk = max(1, _CHUNK_ELEMS // max(1, B * L * C))
     outs = []
     for s in range(0, Nq, chunk):
-        r = read[s:s + chunk]
+        r = read[s : s + chunk]
         lag = (r[:, None] - 1 - j[None, :]).to(k.dtype)  # (Qc, L)
         logw = k[:, None, :, :] - lag[None, :, :, None] * w  # (B, Qc, L, C)
         cur = (j[None, :] == r[:, None])[None, :, :, None]
         logw = torch.where(cur, (u + k)[:, None, :, :], logw)
-        ok = (j[None, :] <= r[:, None])[None] & allowed[:, s:s + chunk] if allowed.shape[1] > 1 \
+        ok = (
+            (j[None, :] <= r[:, None])[None] & allowed[:, s : s + chunk]
+            if allowed.shape[1] > 1
             else (j[None, :] <= r[:, None])[None] & allowed
+        )
         logw = logw.masked_fill(~ok.unsqueeze(-1), _NEG_INF)
         m = _finite_or_zero(logw.amax(dim=2, keepdim=True))
         e = torch.exp(logw - m)
@@ -148,7 +161,9 @@ class RWKVAttention(AttentionBase):
 
     type_name = "rwkv"
 
-    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0, kernel: str = "auto") -> None:
+    def __init__(
+        self, d_model: int, n_heads: int = 8, dropout: float = 0.0, kernel: str = "auto"
+    ) -> None:
         super().__init__(d_model, n_heads, dropout)
         self.kernel = _check_kernel(self.type_name, kernel)
         self.kernel_used: Optional[str] = None
@@ -164,8 +179,13 @@ class RWKVAttention(AttentionBase):
         self.output = nn.Linear(D, D, bias=False)
         self.drop = nn.Dropout(self.dropout_p)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        key_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
         self._check_inputs(queries, keys, values)
         B, Nq, D = queries.shape
@@ -187,8 +207,11 @@ class RWKVAttention(AttentionBase):
             key_ok = None if allowed is None else allowed[:, 0, :]
             seq = wkv_scan(k, v, w, u, key_ok)
             wkv = seq.index_select(1, read.clamp(min=0)) * valid.view(1, Nq, 1).to(wd)
-            has = before.any(-1).view(1, Nq, 1) if key_ok is None else \
-                (before[None] & key_ok[:, None, :]).any(-1, keepdim=True)
+            has = (
+                before.any(-1).view(1, Nq, 1)
+                if key_ok is None
+                else (before[None] & key_ok[:, None, :]).any(-1, keepdim=True)
+            )
         else:
             wkv = wkv_masked(k, v, w, u, read, allowed)
             has = (before[None] & allowed).any(-1, keepdim=True)
@@ -232,7 +255,8 @@ class HyenaAttention(AttentionBase):
 
     Implicit filters ``h^n (L, D)`` (``n = 1..order``) are produced by a small MLP (sine
     activations) over positional features of the lag ``t = 0..L-1`` (``t / max_len`` plus
-    ``n_bands`` sine/cosine bands ``sin, cos(t / max_len^(b / n_bands))``), times an exponential decay window ``exp(-alpha_c t / max_len)``
+    ``n_bands`` sine/cosine bands ``sin, cos(t / max_len^(b / n_bands))``), times an
+    exponential decay window ``exp(-alpha_c t / max_len)``
     with per-channel rates.  Along the key sequence (length ``L = Nk``):
 
     ``z^1 = W_v values``; ``z^{n+1} = x^n * (h^n (*) z^n + d_n z^n)`` for ``n < order`` with gates
@@ -254,8 +278,17 @@ class HyenaAttention(AttentionBase):
 
     type_name = "hyena"
 
-    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0, order: int = 2,
-                 filter_dim: int = 32, n_bands: int = 4, max_len: int = 4096, kernel: str = "auto") -> None:
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int = 8,
+        dropout: float = 0.0,
+        order: int = 2,
+        filter_dim: int = 32,
+        n_bands: int = 4,
+        max_len: int = 4096,
+        kernel: str = "auto",
+    ) -> None:
         super().__init__(d_model, n_heads, dropout)
         t = self.type_name
         self.order = _check_int(t, "order", order, 1)
@@ -271,8 +304,10 @@ class HyenaAttention(AttentionBase):
         self.out_proj = nn.Linear(D, D)
         emb = 1 + 2 * n_bands
         self.filter_mlp = nn.Sequential(
-            nn.Linear(emb, filter_dim), _Sin(filter_dim),
-            nn.Linear(filter_dim, filter_dim), _Sin(filter_dim),
+            nn.Linear(emb, filter_dim),
+            _Sin(filter_dim),
+            nn.Linear(filter_dim, filter_dim),
+            _Sin(filter_dim),
             nn.Linear(filter_dim, order * D, bias=False),
         )
         # decay rates: reach 1e-2 after between 30% and 150% of max_len
@@ -297,8 +332,13 @@ class HyenaAttention(AttentionBase):
         window = torch.exp(-t[:, None] * self.decay_rates[None, :].float())
         return (h * window.to(h.dtype)).to(dtype)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        key_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
         self._check_inputs(queries, keys, values)
         B, Nq, D = queries.shape
@@ -329,8 +369,11 @@ class HyenaAttention(AttentionBase):
         if not per_query:
             y = fft_causal_conv(z, h[-1]) + d[-1] * z
             y = y.index_select(1, read.clamp(min=0)) * valid.view(1, Nq, 1).to(wd)
-            has = before.any(-1).view(1, Nq, 1) if key_ok is None else \
-                (before[None] & key_ok[:, None, :]).any(-1, keepdim=True)
+            has = (
+                before.any(-1).view(1, Nq, 1)
+                if key_ok is None
+                else (before[None] & key_ok[:, None, :]).any(-1, keepdim=True)
+            )
         else:
             y = self._masked_last_conv(z, h[-1], d[-1], read, allowed)
             has = (before[None] & allowed).any(-1, keepdim=True)
@@ -338,8 +381,9 @@ class HyenaAttention(AttentionBase):
         return out.masked_fill(~has, 0.0)
 
     @staticmethod
-    def _masked_last_conv(z: torch.Tensor, h: torch.Tensor, d: torch.Tensor, read: torch.Tensor,
-                          allowed: torch.Tensor) -> torch.Tensor:
+    def _masked_last_conv(
+        z: torch.Tensor, h: torch.Tensor, d: torch.Tensor, read: torch.Tensor, allowed: torch.Tensor
+    ) -> torch.Tensor:
         """``y_i = sum_{j <= p_i, allowed_ij} h[p_i - j] z_j + d z_{p_i} [allowed_i,p_i]``."""
         B, L, C = z.shape
         Nq = read.shape[0]
@@ -347,13 +391,16 @@ class HyenaAttention(AttentionBase):
         chunk = max(1, _CHUNK_ELEMS // max(1, B * L * C))
         outs = []
         for s in range(0, Nq, chunk):
-            r = read[s:s + chunk]
+            r = read[s : s + chunk]
             lag = r[:, None] - j[None, :]  # (Qc, L)
-            a = allowed[:, s:s + chunk] if allowed.shape[1] > 1 else allowed
+            a = allowed[:, s : s + chunk] if allowed.shape[1] > 1 else allowed
             ok = ((lag >= 0)[None] & a).to(z.dtype)  # (B|1, Qc, L)
             taps = h[lag.clamp(min=0)] + d * (lag == 0).unsqueeze(-1).to(z.dtype)  # (Qc, L, C)
-            outs.append(torch.einsum("bqj,qjc,bjc->bqc", ok, taps, z) if ok.shape[0] == B
-                        else torch.einsum("qj,qjc,bjc->bqc", ok[0], taps, z))
+            outs.append(
+                torch.einsum("bqj,qjc,bjc->bqc", ok, taps, z)
+                if ok.shape[0] == B
+                else torch.einsum("qj,qjc,bjc->bqc", ok[0], taps, z)
+            )
         if not outs:
             return z.new_zeros(B, 0, C)
         return torch.cat(outs, dim=1)

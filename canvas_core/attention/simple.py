@@ -14,8 +14,12 @@ from canvas_core.attention.softmax import CosineAttention, CrossAttention, _QKVA
 from canvas_core.errors import CanvasTypeError
 
 __all__ = [
-    "LinearAttention", "SigmoidAttention", "PoolingAttention", "CopyAttention",
-    "NoneAttention", "MixtureAttention",
+    "LinearAttention",
+    "SigmoidAttention",
+    "PoolingAttention",
+    "CopyAttention",
+    "NoneAttention",
+    "MixtureAttention",
 ]
 
 
@@ -48,8 +52,13 @@ class LinearAttention(_QKVAttention):
         super().__init__(d_model, n_heads, dropout)
         self.beta = None  # not a softmax type
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        key_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
         self._check_inputs(queries, keys, values)
         B, Nq, _ = queries.shape
@@ -91,8 +100,13 @@ class SigmoidAttention(_QKVAttention):
         super().__init__(d_model, n_heads, dropout)
         self.beta = None  # not a softmax type
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        key_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
         self._check_inputs(queries, keys, values)
         B, Nq, _ = queries.shape
@@ -103,7 +117,9 @@ class SigmoidAttention(_QKVAttention):
         v = self._split(self.v_proj(values))
         logits = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
         if allowed is None:
-            n = torch.full((1, 1, 1, 1), float(max(Nk, 1)), dtype=logits.dtype, device=logits.device)
+            n = torch.full(
+                (1, 1, 1, 1), float(max(Nk, 1)), dtype=logits.dtype, device=logits.device
+            )
         else:
             n = allowed.sum(dim=-1, keepdim=True).clamp(min=1).unsqueeze(1).to(logits.dtype)
         logits = logits - torch.log(n)
@@ -132,8 +148,13 @@ class PoolingAttention(AttentionBase):
         self.out_proj = nn.Linear(d_model, d_model)
         self.drop = nn.Dropout(self.dropout_p)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        key_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
         self._check_inputs(queries, keys, values)
         B, Nq, D = queries.shape
@@ -161,8 +182,13 @@ class CopyAttention(AttentionBase):
 
     type_name = "copy"
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        key_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
         self._check_inputs(queries, keys, values)
         B, Nq, D = queries.shape
@@ -184,8 +210,13 @@ class NoneAttention(AttentionBase):
 
     type_name = "none"
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        key_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """``(B, Nq, D), ... -> zeros (B, Nq, D)``."""
         self._check_inputs(queries, keys, values)
         self._mask(key_mask, queries.shape[0], queries.shape[1], keys.shape[1])  # validate only
@@ -220,9 +251,15 @@ class MixtureAttention(AttentionBase):
 
     type_name = "mixture"
 
-    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0,
-                 experts: Optional[Sequence[str]] = None, n_experts: Optional[int] = None,
-                 top_k_experts: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int = 8,
+        dropout: float = 0.0,
+        experts: Optional[Sequence[str]] = None,
+        n_experts: Optional[int] = None,
+        top_k_experts: Optional[int] = None,
+    ) -> None:
         super().__init__(d_model, n_heads, dropout)
         if experts is None:
             cycle = ("cross_attention", "linear_attention", "pooling", "cosine_attention")
@@ -258,8 +295,13 @@ class MixtureAttention(AttentionBase):
             g = g / g.sum(dim=-1, keepdim=True)
         return g.to(queries.dtype)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        key_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
         self._check_inputs(queries, keys, values)
         g = self.gates(queries)

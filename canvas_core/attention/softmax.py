@@ -1,4 +1,6 @@
-"""Softmax-family attention types: cross, cosine, sparse (top-k), local, random_fixed, gated, perceiver.
+"""Softmax-family attention types.
+
+cross, cosine, sparse (top-k), local, random_fixed, gated, perceiver.
 
 All of them honour ``self.beta`` (inverse temperature, default 1.0) as a multiplier of the
 logits; ``SharpeningSchedule`` sets it per loop.  Queries without any allowed key output zeros.
@@ -18,8 +20,13 @@ from canvas_core.attention.functional import masked_softmax
 from canvas_core.errors import CanvasTypeError
 
 __all__ = [
-    "CrossAttention", "CosineAttention", "SparseAttention", "LocalAttention",
-    "RandomFixedAttention", "GatedAttention", "PerceiverAttention",
+    "CrossAttention",
+    "CosineAttention",
+    "SparseAttention",
+    "LocalAttention",
+    "RandomFixedAttention",
+    "GatedAttention",
+    "PerceiverAttention",
 ]
 
 
@@ -47,8 +54,13 @@ class _QKVAttention(AttentionBase):
     def _structure_mask(self, logits: torch.Tensor) -> Optional[torch.Tensor]:
         return None
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        key_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
         self._check_inputs(queries, keys, values)
         B, Nq, _ = queries.shape
@@ -61,7 +73,9 @@ class _QKVAttention(AttentionBase):
         if bias is not None:
             logits = logits + _heads(bias).to(logits.dtype)
         mask = _heads(allowed)
-        extra = self._structure_mask(logits if mask is None else logits.masked_fill(~mask, float("-inf")))
+        extra = self._structure_mask(
+            logits if mask is None else logits.masked_fill(~mask, float("-inf"))
+        )
         if extra is not None:
             mask = extra if mask is None else mask & extra
         w, has_key = masked_softmax(logits, mask)
@@ -88,8 +102,9 @@ class CosineAttention(_QKVAttention):
 
     type_name = "cosine_attention"
 
-    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0,
-                 init_scale: float = 10.0) -> None:
+    def __init__(
+        self, d_model: int, n_heads: int = 8, dropout: float = 0.0, init_scale: float = 10.0
+    ) -> None:
         super().__init__(d_model, n_heads, dropout)
         if not isinstance(init_scale, (int, float)) or init_scale <= 0:
             raise CanvasTypeError(f"cosine_attention: init_scale must be > 0, got {init_scale!r}")
@@ -112,7 +127,9 @@ class SparseAttention(_QKVAttention):
 
     type_name = "sparse_attention"
 
-    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0, top_k: int = 8) -> None:
+    def __init__(
+        self, d_model: int, n_heads: int = 8, dropout: float = 0.0, top_k: int = 8
+    ) -> None:
         super().__init__(d_model, n_heads, dropout)
         self.top_k = _check_int(self.type_name, "top_k", top_k, 1)
 
@@ -141,8 +158,14 @@ class LocalAttention(_QKVAttention):
 
     type_name = "local_attention"
 
-    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0, window: int = 8,
-                 window_size: Optional[int] = None) -> None:
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int = 8,
+        dropout: float = 0.0,
+        window: int = 8,
+        window_size: Optional[int] = None,
+    ) -> None:
         super().__init__(d_model, n_heads, dropout)
         if window_size is not None:
             window = window_size
@@ -180,13 +203,16 @@ class RandomFixedAttention(_QKVAttention):
 
     type_name = "random_fixed"
 
-    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0, n_random: int = 8,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, d_model: int, n_heads: int = 8, dropout: float = 0.0, n_random: int = 8, seed: int = 0
+    ) -> None:
         super().__init__(d_model, n_heads, dropout)
         self.n_random = _check_int(self.type_name, "n_random", n_random, 1)
         _check_int(self.type_name, "seed", seed, 0)
         g = torch.Generator().manual_seed(seed)
-        self.register_buffer("salt", torch.randint(0, 2**31 - 1, (1,), generator=g, dtype=torch.int64))
+        self.register_buffer(
+            "salt", torch.randint(0, 2**31 - 1, (1,), generator=g, dtype=torch.int64)
+        )
 
     def pattern_scores(self, Nq: int, Nk: int) -> torch.Tensor:
         """``(Nq, Nk)`` int64 pseudo-random scores of the fixed pattern."""
@@ -224,8 +250,13 @@ class GatedAttention(_QKVAttention):
         self.gate_alpha = nn.Parameter(torch.zeros(d_model))
         self.gate_proj = nn.Linear(d_model, d_model)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        key_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``; zeros at init."""
         attn = super().forward(queries, keys, values, key_mask)
         gate = torch.tanh(self.gate_alpha).to(attn.dtype) * torch.sigmoid(self.gate_proj(queries))
@@ -244,15 +275,22 @@ class PerceiverAttention(AttentionBase):
 
     type_name = "perceiver"
 
-    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0, n_latents: int = 8) -> None:
+    def __init__(
+        self, d_model: int, n_heads: int = 8, dropout: float = 0.0, n_latents: int = 8
+    ) -> None:
         super().__init__(d_model, n_heads, dropout)
         self.n_latents = _check_int(self.type_name, "n_latents", n_latents, 1)
         self.latents = nn.Parameter(torch.randn(n_latents, d_model) * 0.02)
         self.encode = CrossAttention(d_model, n_heads, dropout)
         self.decode = CrossAttention(d_model, n_heads, dropout)
 
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        key_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
         self._check_inputs(queries, keys, values)
         B, Nq, D = queries.shape

@@ -62,6 +62,7 @@ class CompiledProgram:
         plan: the :class:`~canvas_core.compiler.plan.ExecutionPlan` of the reduced schema, with
             ``plan.resolutions`` filled (None when compiled with ``lower=False``).
         device, dtype, kernel: the compile target and the kernel preference (None = automatic).
+        requires_grad: whether the target trains (False: inference-only implementations allowed).
         source_schema: the program's full schema (the report lists eliminated regions from it).
     """
 
@@ -72,12 +73,13 @@ class CompiledProgram:
     exported_memories: Set[str] = field(default_factory=set)
     active_connections: List[Any] = field(default_factory=list)
     all_regions: Set[str] = field(default_factory=set)
-    constant_buffers: Dict[str, Any] = field(default_factory=dict)
+    constant_buffers: Dict[str, Any] = field(default_factory=dict, compare=False)
     exported_paths: Dict[str, str] = field(default_factory=dict)
-    plan: Any = None
+    plan: Any = field(default=None, compare=False)
     device: str = "cpu"
     dtype: str = "float32"
     kernel: Optional[str] = None
+    requires_grad: bool = True
     source_schema: Any = field(default=None, repr=False, compare=False)
 
     @property
@@ -225,16 +227,15 @@ class _ModuleRegions:
         entry = self.get(name, "constant")
         nn = self._nn
         if isinstance(entry, nn.Module):
-            out: Dict[str, Any] = {}
-            for mod_name, mod in entry.named_modules(remove_duplicate=False):
+            for mod in entry.modules():
                 for p_name, p in list(mod._parameters.items()):
                     if p is None:
                         continue
-                    buf = p.detach()
                     del mod._parameters[p_name]
-                    mod.register_buffer(p_name, buf, persistent=True)
-                    out[f"{mod_name}.{p_name}" if mod_name else p_name] = buf
-            return out
+                    mod.register_buffer(p_name, p.detach(), persistent=True)
+            # the region's whole state is now constant: converted parameters and existing buffers
+            # (idempotent: compiling the same module again reports the same tensors)
+            return dict(entry.named_buffers())
         # the entry itself is a parameter held by the container (e.g. nn.ParameterDict)
         owner = self.regions
         buf = entry.detach()
@@ -247,7 +248,7 @@ class _ModuleRegions:
             raise CompileError(f"cannot turn region {name!r} of {type(owner).__name__} into a buffer")
         return buf
 
-    def export(self, name: str, directory: str, header: Dict[str, str]) -> str:
+    def export(self, name: str, path: str, header: Dict[str, str]) -> str:
         """Write the region's state as safetensors (+ JSON sidecar); detach it from training."""
         from safetensors.torch import save_file
 
@@ -259,7 +260,6 @@ class _ModuleRegions:
         # clone: safetensors refuses tensors that share storage, and the file must be self-contained
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()
                    if isinstance(v, self._torch.Tensor)}
-        path = os.path.join(directory, f"{_safe_filename(name)}.safetensors")
         try:
             save_file(tensors, path, metadata=header)
             with open(path[: -len(".safetensors")] + ".json", "w", encoding="utf-8") as fh:
@@ -348,7 +348,7 @@ class ProgramCompiler:
 
     def compile(self, module: Any = None, export_dir: Optional[str] = None, device: Any = "cpu",
                 dtype: Any = "float32", *, kernel: Optional[str] = None, n_heads: Optional[int] = None,
-                resolve: bool = True, lower: bool = True) -> CompiledProgram:
+                requires_grad: bool = True, resolve: bool = True, lower: bool = True) -> CompiledProgram:
         """Run all compile passes and return a :class:`CompiledProgram`.
 
         Args:
@@ -366,6 +366,8 @@ class ProgramCompiler:
                 type it supports; if it cannot run here the compile fails saying why.
             n_heads: Attention heads (gives ``head_dim = d_model // n_heads`` to capability
                 checks); None leaves the head dim unchecked.
+            requires_grad: Whether the compiled program will be trained (implementations without
+                a backward pass are rejected when True); False for inference-only deploys.
             resolve: Run the resolution pass (default True).
             lower: Build the ``ExecutionPlan`` (default True; resolution needs it).
 
@@ -380,6 +382,12 @@ class ProgramCompiler:
         dtype_s = _dtype_name(dtype)
         modes = self.region_modes()
         all_regions = set(schema.layout.regions)
+        head_dim = None
+        if n_heads is not None:
+            d_model = schema.layout.d_model
+            if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1 or d_model % n_heads:
+                raise CompileError(f"n_heads={n_heads!r} must be a positive int dividing d_model={d_model}")
+            head_dim = d_model // n_heads
         regions = _ModuleRegions(module) if module is not None else None
         if regions is not None:  # check every needed entry before changing anything
             for name, mode in modes.items():
@@ -398,6 +406,17 @@ class ProgramCompiler:
         active_connections = [c for c in conns if c.src in active and c.dst in active]
         reduced = _reduced_schema(schema, active, active_connections)
 
+        # lower + resolve before touching the module: a failing compile changes nothing
+        plan = None
+        if lower:
+            plan = _lower(reduced)
+            if resolve:
+                from canvas_core.compiler.resolution import resolve_connections
+
+                plan.resolutions.update(resolve_connections(
+                    reduced, device=device_s, dtype=dtype_s, head_dim=head_dim, kernel=kernel,
+                    requires_grad=requires_grad))
+
         constant_buffers: Dict[str, Any] = {}
         exported_paths: Dict[str, str] = {}
         if regions is not None:
@@ -405,6 +424,7 @@ class ProgramCompiler:
             header_base = {"format": EXPORT_FORMAT, "schema_hash": schema.schema_hash(),
                            "program_version": str(getattr(program, "version", ""))}
             header_base.update({f"version_{k}": v for k, v in _versions().items()})
+            used: Set[str] = set()
             for name in schema.layout.regions:  # declaration order: deterministic
                 mode = modes[name]
                 if mode == "freeze":
@@ -412,28 +432,22 @@ class ProgramCompiler:
                 elif mode == "constant":
                     constant_buffers[name] = regions.make_constant(name)
                 elif mode == "export":
-                    exported_paths[name] = regions.export(name, directory, {**header_base, "region": name})
+                    stem = _safe_filename(name)
+                    k = 1
+                    while stem.lower() in used:  # two names sanitized alike: keep both files
+                        k += 1
+                        stem = f"{_safe_filename(name)}-{k}"
+                    used.add(stem.lower())
+                    path = os.path.join(directory, f"{stem}.safetensors")
+                    exported_paths[name] = regions.export(name, path, {**header_base, "region": name})
 
-        compiled = CompiledProgram(
+        return CompiledProgram(
             schema=reduced, active_regions=active, frozen_regions=frozen, constant_regions=constant,
             exported_memories=exported, active_connections=active_connections, all_regions=all_regions,
-            constant_buffers=constant_buffers, exported_paths=exported_paths,
-            device=device_s, dtype=dtype_s, kernel=kernel, source_schema=schema,
+            constant_buffers=constant_buffers, exported_paths=exported_paths, plan=plan,
+            device=device_s, dtype=dtype_s, kernel=kernel, requires_grad=bool(requires_grad),
+            source_schema=schema,
         )
-        if lower:
-            compiled.plan = _lower(reduced)
-            if resolve:
-                from canvas_core.compiler.resolution import resolve_connections
-
-                head_dim = None
-                if n_heads is not None:
-                    if int(n_heads) < 1 or reduced.layout.d_model % int(n_heads):
-                        raise CompileError(
-                            f"n_heads={n_heads!r} must be >= 1 and divide d_model={reduced.layout.d_model}")
-                    head_dim = reduced.layout.d_model // int(n_heads)
-                compiled.plan.resolutions.update(resolve_connections(
-                    reduced, device=device_s, dtype=dtype_s, head_dim=head_dim, kernel=kernel))
-        return compiled
 
 
 def _lower(schema: Any) -> Any:

@@ -29,22 +29,36 @@ def _provider(name: str, version: str) -> str:
 
 
 def format_resolutions(resolutions: Dict[int, Any]) -> str:
-    """Table: connection, requested fn, implementation, kernel, provider, rejected: reasons."""
+    """Table (connection, requested fn, implementation, kernel, provider, rejected) followed by
+    the rejected candidates with their reasons (identical rejections listed once) and notes."""
     if not resolutions:
         return "(no connections resolved)"
     rows = []
+    why: Dict[tuple, List[int]] = {}
     for i in sorted(resolutions):
         r = resolutions[i]
-        rejected = "; ".join(f"{n}: {', '.join(reasons)}" for n, reasons in r.rejected) or "-"
         kernel = r.kernel + (" (fallback)" if r.fallback else "")
-        kprov = _provider(r.kernel_provider, r.kernel_version)
         prov = _provider(r.provider, r.provider_version)
+        kprov = _provider(r.kernel_provider, r.kernel_version)
         if r.kernel_provider and kprov != prov:
             prov = f"{prov} / kernel: {kprov}"
-        rows.append([f"#{i} {r.src} -> {r.dst}", r.requested, r.implementation, kernel, prov, rejected])
-    table = format_table(["connection", "requested", "implementation", "kernel", "provider", "rejected"], rows)
-    notes = [f"  #{i}: {resolutions[i].note}" for i in sorted(resolutions) if resolutions[i].note]
-    return table + ("\nnotes:\n" + "\n".join(notes) if notes else "")
+        rows.append([f"#{i} {r.src} -> {r.dst}", r.requested, r.implementation, kernel, prov,
+                     ", ".join(n for n, _ in r.rejected) or "-"])
+        for n, reasons in r.rejected:
+            why.setdefault((n, tuple(reasons)), []).append(i)
+    parts = [format_table(["connection", "requested", "implementation", "kernel", "provider", "rejected"], rows)]
+    if why:
+        parts.append("rejected candidates:")
+        for (n, reasons), idx in why.items():
+            parts.append(f"  {n} ({', '.join(f'#{i}' for i in idx)}): {'; '.join(reasons)}")
+    notes: Dict[str, List[int]] = {}
+    for i in sorted(resolutions):
+        if resolutions[i].note:
+            notes.setdefault(resolutions[i].note, []).append(i)
+    if notes:
+        parts.append("notes:")
+        parts.extend(f"  {', '.join(f'#{i}' for i in idx)}: {note}" for note, idx in notes.items())
+    return "\n".join(parts)
 
 
 def _region_rows(compiled: Any, layout: Any) -> List[List[Any]]:

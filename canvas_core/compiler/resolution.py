@@ -28,7 +28,7 @@ import inspect
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from canvas_core.errors import CompileError, UnavailableError, UnknownNameError
+from canvas_core.errors import CompileError, PluginError, UnavailableError
 
 __all__ = ["ConnectionResolution", "resolve_connections", "MODULE_KERNEL", "REFERENCE_KERNEL"]
 
@@ -103,8 +103,8 @@ def _api(name: str) -> Any:
     return obj
 
 
-def _context(device: str, dtype: str, head_dim: Optional[int]):
-    return _api("RuntimeContext")(device=device, dtype=dtype, head_dim=head_dim)
+def _context(device: str, dtype: str, head_dim: Optional[int], requires_grad: bool):
+    return _api("RuntimeContext")(device=device, dtype=dtype, head_dim=head_dim, requires_grad=requires_grad)
 
 
 def _first_attr(obj: Any, names: Sequence[str], default: Any = "") -> Any:
@@ -226,8 +226,8 @@ def _accepts_kernel() -> bool:
 
 
 def resolve_connections(schema: Any, *, device: str = "cpu", dtype: str = "float32",
-                        head_dim: Optional[int] = None, kernel: Optional[str] = None
-                        ) -> Dict[int, ConnectionResolution]:
+                        head_dim: Optional[int] = None, kernel: Optional[str] = None,
+                        requires_grad: bool = True) -> Dict[int, ConnectionResolution]:
     """Resolve every connection of ``schema.topology`` on the target.
 
     Returns connection index (in ``schema.topology.connections``) -> :class:`ConnectionResolution`.
@@ -240,7 +240,7 @@ def resolve_connections(schema: Any, *, device: str = "cpu", dtype: str = "float
     topology, layout = schema.topology, schema.layout
     if topology is None or not topology.connections:
         return {}
-    ctx = _context(device, dtype, head_dim)
+    ctx = _context(device, dtype, head_dim, bool(requires_grad))
     prefer = None if kernel in _AUTO else str(kernel)
     native = _accepts_kernel()
     pref_spec = None
@@ -264,7 +264,7 @@ def resolve_connections(schema: Any, *, device: str = "cpu", dtype: str = "float
                     cache[fn] = _api("resolve_attention")(fn, ctx, kernel=prefer)
                 else:
                     cache[fn] = _api("resolve_attention")(fn, ctx)
-            except (UnknownNameError, UnavailableError) as exc:
+            except PluginError as exc:  # unknown, unavailable, failed plugin, conflicting providers
                 raise _with_connection(exc, where) from exc
         res = cache[fn]
         override, note = None, ""

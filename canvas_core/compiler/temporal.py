@@ -80,7 +80,9 @@ def fill_frames(
     if mode == "hold":
         return [(earlier, 1.0)] if has_e else []
     if mode != "interpolate":
-        raise ValueError(f"unknown temporal_fill {fill!r}; use 'drop', 'hold' or 'interpolate'")
+        from canvas_core.errors import TopologyError
+
+        raise TopologyError(f"unknown temporal_fill {fill!r}; use 'drop', 'hold' or 'interpolate'")
     order = int(order) if order is not None else 1
     if order <= 1:
         if has_e and has_l:

@@ -20,8 +20,22 @@ from canvas_core.looping.schedules import CurriculumScheduler, SharpeningSchedul
 from canvas_core.looping.wrapper import BlockIO, LoopedBlockWrapper
 
 __all__ = [
-    "LoopedBlockWrapper", "BlockIO", "graft_looped_blocks", "freeze_full", "freeze_half",
-    "freeze_none", "get_adapter", "looped_blocks_of", "CurriculumScheduler", "SharpeningSchedule",
-    "save_loop_checkpoint", "load_loop_checkpoint", "BackboneAdapter", "GenericAdapter",
-    "TokenLayout", "topology_bias", "find_adapter", "backbone_entries",
+    "LoopedBlockWrapper",
+    "BlockIO",
+    "graft_looped_blocks",
+    "freeze_full",
+    "freeze_half",
+    "freeze_none",
+    "get_adapter",
+    "looped_blocks_of",
+    "CurriculumScheduler",
+    "SharpeningSchedule",
+    "save_loop_checkpoint",
+    "load_loop_checkpoint",
+    "BackboneAdapter",
+    "GenericAdapter",
+    "TokenLayout",
+    "topology_bias",
+    "find_adapter",
+    "backbone_entries",
 ]

@@ -54,16 +54,23 @@ class TokenLayout:
 
     def with_layout(self, layout: Any) -> "TokenLayout":
         """Same token placement on a user layout with the same grid (other regions)."""
-        if (layout.T, tuple(layout.spatial_shape)) != (self.layout.T, tuple(self.layout.spatial_shape)):
+        if (layout.T, tuple(layout.spatial_shape)) != (
+            self.layout.T,
+            tuple(self.layout.spatial_shape),
+        ):
             raise BackboneError(
-                f"layout grid (T={layout.T}, spatial={tuple(layout.spatial_shape)}) differs from the "
-                f"backbone's token grid (T={self.layout.T}, spatial={tuple(self.layout.spatial_shape)});"
+                f"layout grid (T={layout.T}, spatial={tuple(layout.spatial_shape)}) differs from "
+                "the "
+                f"backbone's token grid (T={self.layout.T}, "
+                f"spatial={tuple(self.layout.spatial_shape)});"
                 " declare your regions on the grid returned by adapter.token_layout(...)"
             )
         return TokenLayout(layout, self.token_index, dict(self.info))
 
 
-def topology_bias(topology: Any, tokens: TokenLayout, device: Any = "cpu") -> Tuple[torch.Tensor, torch.Tensor]:
+def topology_bias(
+    topology: Any, tokens: TokenLayout, device: Any = "cpu"
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Lower ``topology`` on ``tokens.layout`` to the attention sequence.
 
     Returns ``(bias, has_key)``: ``bias`` ``(S, S)`` float additive bias (``log w`` where linked,
@@ -123,7 +130,8 @@ class BackboneAdapter:
         cont = getattr(model, attr, None) if attr else None
         if not isinstance(cont, (nn.ModuleList, nn.Sequential)):
             raise BackboneError(
-                f"{type(model).__name__} has no block list {attr!r} (nn.ModuleList / nn.Sequential);"
+                f"{type(model).__name__} has no block list {attr!r} "
+                "(nn.ModuleList / nn.Sequential);"
                 f" adapter {self.name!r} cannot find its blocks"
             )
         return cont
@@ -149,7 +157,11 @@ class BackboneAdapter:
 
     def input_modules(self, model: nn.Module) -> List[nn.Module]:
         """Input embedding modules frozen by ``freeze="half"``."""
-        mods = [getattr(model, a) for a in self.input_attrs if isinstance(getattr(model, a, None), nn.Module)]
+        mods = [
+            getattr(model, a)
+            for a in self.input_attrs
+            if isinstance(getattr(model, a, None), nn.Module)
+        ]
         if not mods:
             raise BackboneError(
                 f"{type(model).__name__} has none of the input modules {list(self.input_attrs)}; "
@@ -166,8 +178,12 @@ class BackboneAdapter:
         """Install attention that honours ``beta`` (sharpening) and canvas topologies; must
         leave the model's outputs unchanged. Called once by ``graft_looped_blocks``."""
 
-    def token_layout(self, model: nn.Module, sample_inputs: Optional[Mapping[str, Any]] = None,
-                     layout: Any = None) -> TokenLayout:
+    def token_layout(
+        self,
+        model: nn.Module,
+        sample_inputs: Optional[Mapping[str, Any]] = None,
+        layout: Any = None,
+    ) -> TokenLayout:
         """Map the tokens of a forward call with ``sample_inputs`` (the model's forward kwargs) to
         canvas positions. ``layout``: your own ``CanvasLayout`` on the same grid."""
         raise BackboneError(f"adapter {self.name!r} does not map tokens to canvas positions")
@@ -246,7 +262,10 @@ class GenericAdapter(BackboneAdapter):
             v = v if v is not None else getattr(model, key, None)
             if isinstance(v, int):
                 return v
-        heads, hd = getattr(cfg, "num_attention_heads", None), getattr(cfg, "attention_head_dim", None)
+        heads, hd = (
+            getattr(cfg, "num_attention_heads", None),
+            getattr(cfg, "attention_head_dim", None),
+        )
         if isinstance(heads, int) and isinstance(hd, int):
             return heads * hd
         raise BackboneError(

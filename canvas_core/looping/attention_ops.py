@@ -23,7 +23,8 @@ def select_bias(target, seq_len: int, device, dtype, rows=None):
     if bias.shape[0] != seq_len:
         raise ShapeError(
             f"the canvas topology was installed for {bias.shape[0]} attention tokens but this call "
-            f"has {seq_len}; rebuild adapter.token_layout(model, inputs) for these input shapes and "
+            f"has {seq_len}; rebuild adapter.token_layout(model, inputs) for these input shapes "
+            "and "
             "install the topology again"
         )
     has_key = target.canvas_has_key
@@ -61,7 +62,8 @@ def canvas_sdpa(
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
             attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(
-                ~attn_mask, float("-inf"))
+                ~attn_mask, float("-inf")
+            )
         mask = attn_mask if mask is None else mask + attn_mask
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
     if has_key is not None:

@@ -43,21 +43,31 @@ def _loop_params(block: nn.Module) -> List[tuple]:
     return list(named())
 
 
-def loop_structure(looped_blocks: Sequence[nn.Module], action_head: Optional[nn.Module]) -> Dict[str, Any]:
+def loop_structure(
+    looped_blocks: Sequence[nn.Module], action_head: Optional[nn.Module]
+) -> Dict[str, Any]:
     """JSON-able description of what a loop checkpoint of these modules holds."""
     blocks = []
     for i, b in enumerate(looped_blocks):
         inner = getattr(b, "original", b)
-        blocks.append({
-            "block": type(inner).__qualname__,
-            "params": {n: list(p.shape) for n, p in _loop_params(b)},
-        })
-    head = {} if action_head is None else {n: list(t.shape) for n, t in action_head.state_dict().items()}
+        blocks.append(
+            {
+                "block": type(inner).__qualname__,
+                "params": {n: list(p.shape) for n, p in _loop_params(b)},
+            }
+        )
+    head = (
+        {}
+        if action_head is None
+        else {n: list(t.shape) for n, t in action_head.state_dict().items()}
+    )
     return {"blocks": blocks, "head": head}
 
 
 def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
 
 
 def _schema_hash(schema: Any) -> str:
@@ -68,7 +78,9 @@ def _schema_hash(schema: Any) -> str:
     fn = getattr(schema, "schema_hash", None)
     if callable(fn):
         return fn()
-    raise CanvasTypeError(f"schema must be a CanvasSchema or its hash string, got {type(schema).__name__}")
+    raise CanvasTypeError(
+        f"schema must be a CanvasSchema or its hash string, got {type(schema).__name__}"
+    )
 
 
 def _blocks_schema_hash(looped_blocks: Sequence[nn.Module]) -> str:
@@ -94,7 +106,11 @@ def save_loop_checkpoint(
 
     meta = dict(metadata or {})
     schema_obj = schema if schema is not None else meta.pop("schema", None)
-    shash = _schema_hash(schema_obj) if schema_obj is not None else str(meta.get("schema_hash", "") or "")
+    shash = (
+        _schema_hash(schema_obj)
+        if schema_obj is not None
+        else str(meta.get("schema_hash", "") or "")
+    )
     shash = shash or _blocks_schema_hash(looped_blocks)
     try:
         user = json.dumps(meta, sort_keys=True)
@@ -129,18 +145,26 @@ def _describe_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
         return f"the checkpoint has {len(sb)} looped blocks, the model has {len(cb)}"
     for i, (s, c) in enumerate(zip(sb, cb)):
         if s.get("block") != c.get("block"):
-            return f"block {i} is a {c.get('block')} in the model but a {s.get('block')} in the checkpoint"
+            return (
+                f"block {i} is a {c.get('block')} in the model but a {s.get('block')} "
+                "in the checkpoint"
+            )
         if s.get("params") != c.get("params"):
             sp, cp = s.get("params", {}), c.get("params", {})
             for n in sorted(set(sp) | set(cp)):
                 if sp.get(n) != cp.get(n):
-                    return (f"block {i} parameter {n!r} has shape {cp.get(n)} in the model but "
-                            f"{sp.get(n)} in the checkpoint (different max_loops or hidden size?)")
+                    return (
+                        f"block {i} parameter {n!r} has shape {cp.get(n)} in the model but "
+                        f"{sp.get(n)} in the checkpoint (different max_loops or hidden size?)"
+                    )
     if saved.get("head") != current.get("head"):
         sh, ch = saved.get("head", {}), current.get("head", {})
         for n in sorted(set(sh) | set(ch)):
             if sh.get(n) != ch.get(n):
-                return f"action head tensor {n!r} has shape {ch.get(n)} in the model but {sh.get(n)} in the checkpoint"
+                return (
+                    f"action head tensor {n!r} has shape {ch.get(n)} in the model but "
+                    f"{sh.get(n)} in the checkpoint"
+                )
     return "the structures differ"
 
 
@@ -203,7 +227,7 @@ def load_loop_checkpoint(
                     raise CheckpointError(f"loop checkpoint {path!r} lacks tensor {key!r}")
                 p.copy_(tensors[key].to(dtype=p.dtype, device=p.device))
         if action_head is not None:
-            state = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+            state = {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}
             action_head.load_state_dict(state, strict=True)
     out = dict(header)
     out["user_metadata"] = user

@@ -9,11 +9,19 @@ from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError
 from canvas_core.looping.adapter import BackboneAdapter, GenericAdapter
+from canvas_core.looping.checkpoint import _schema_hash
 from canvas_core.looping.registry import resolve_adapter
 from canvas_core.looping.wrapper import LoopedBlockWrapper
 
-__all__ = ["graft_looped_blocks", "freeze_full", "freeze_half", "freeze_none", "get_adapter",
-           "looped_blocks_of", "FREEZE_STRATEGIES"]
+__all__ = [
+    "graft_looped_blocks",
+    "freeze_full",
+    "freeze_half",
+    "freeze_none",
+    "get_adapter",
+    "looped_blocks_of",
+    "FREEZE_STRATEGIES",
+]
 
 FREEZE_STRATEGIES = ("full", "half", "none")
 _ADAPTER_ATTR = "_canvas_backbone_adapter"
@@ -36,7 +44,9 @@ def get_adapter(model: nn.Module) -> BackboneAdapter:
     """The adapter ``graft_looped_blocks`` used for ``model``."""
     a = getattr(model, _ADAPTER_ATTR, None)
     if a is None:
-        raise BackboneError(f"{type(model).__name__} was not grafted; call graft_looped_blocks first")
+        raise BackboneError(
+            f"{type(model).__name__} was not grafted; call graft_looped_blocks first"
+        )
     return a
 
 
@@ -99,6 +109,7 @@ def graft_looped_blocks(
     gate_init_bias: float = 0.0,
     use_gradient_checkpointing: bool = True,
     action_hidden_dim: Optional[int] = None,
+    schema: Any = None,
 ) -> Tuple[List[nn.Module], nn.Module]:
     """Replace each transformer block of ``transformer`` (in place) with a looped wrapper.
 
@@ -115,6 +126,9 @@ def graft_looped_blocks(
             model's ``out_channels``); ``action_dim``: its output width.
         sharpening: optional ``SharpeningSchedule`` applied to every block's attention per loop.
         gate_init_bias: initial gate of loops >= 1 (0 keeps the model identical to the backbone).
+        schema: the ``CanvasSchema`` (or its hash) the loops are trained for; recorded on every
+            looped block (``schema_hash``), written by ``save_loop_checkpoint`` and checked by
+            ``load_loop_checkpoint``.
 
     Returns:
         ``(looped_blocks, action_head)``. At initialisation the model's output is unchanged.
@@ -123,12 +137,17 @@ def graft_looped_blocks(
     if not isinstance(max_loops, int) or isinstance(max_loops, bool) or max_loops < 1:
         raise BackboneError(f"max_loops must be an int >= 1, got {max_loops!r}")
     if freeze not in FREEZE_STRATEGIES:
-        raise BackboneError(f"unknown freeze strategy {freeze!r}; choose one of {list(FREEZE_STRATEGIES)}")
+        raise BackboneError(
+            f"unknown freeze strategy {freeze!r}; choose one of {list(FREEZE_STRATEGIES)}"
+        )
     if not isinstance(action_dim, int) or isinstance(action_dim, bool) or action_dim < 1:
         raise BackboneError(f"action_dim must be an int >= 1, got {action_dim!r}")
     if adapter is None and block_attr is not None:
-        a = resolve_adapter(transformer, None) if _registered_attr_is(transformer, block_attr) else \
-            GenericAdapter(block_attr, inner_dim)
+        a = (
+            resolve_adapter(transformer, None)
+            if _registered_attr_is(transformer, block_attr)
+            else GenericAdapter(block_attr, inner_dim)
+        )
     else:
         a = resolve_adapter(transformer, adapter)
     blocks = a.blocks(transformer)
@@ -141,27 +160,38 @@ def graft_looped_blocks(
         )
     if isinstance(a, GenericAdapter) and inner_dim is not None:
         a._hidden = inner_dim
-    a.prepare(transformer)
+    if freeze == "half":
+        a.input_modules(transformer)  # refuse before the model is modified
     dims = list(a.stream_dims(transformer))
     if inner_dim is not None:
         dims[0] = inner_dim
+    a.prepare(transformer)
     try:
         ref = next(transformer.parameters())
         device = ref.device
     except StopIteration:
         device = torch.device("cpu")
     io = a.block_io(transformer)
+    shash = _schema_hash(schema) if schema is not None else ""
     wrapped: List[nn.Module] = []
     for i, block in enumerate(blocks):
         if wrapper_class is not None:
             w = wrapper_class(block, i, max_loops, dims[0])
         else:
             w = LoopedBlockWrapper(
-                block, block_idx=i, max_loops=max_loops, embed_dim=dims[0],
-                gate_init_bias=gate_init_bias, use_gradient_checkpointing=use_gradient_checkpointing,
-                io=io, stream_dims=dims, sharpening=sharpening,
+                block,
+                block_idx=i,
+                max_loops=max_loops,
+                embed_dim=dims[0],
+                gate_init_bias=gate_init_bias,
+                use_gradient_checkpointing=use_gradient_checkpointing,
+                io=io,
+                stream_dims=dims,
+                sharpening=sharpening,
             )
         w.to(device)
+        if shash:
+            w.schema_hash = shash
         a.set_block(transformer, i, w)
         wrapped.append(w)
     object.__setattr__(transformer, _ADAPTER_ATTR, a)
@@ -172,7 +202,9 @@ def graft_looped_blocks(
     else:
         freeze_none(transformer)
     lc = latent_channels if latent_channels is not None else a.latent_channels(transformer)
-    head = _action_head_cls()(latent_channels=lc, action_dim=action_dim, hidden_dim=action_hidden_dim)
+    head = _action_head_cls()(
+        latent_channels=lc, action_dim=action_dim, hidden_dim=action_hidden_dim
+    )
     head.to(device)
     return wrapped, head
 

@@ -64,8 +64,14 @@ class _Collector:
     def add(self, name: Any, factory: Any = None, **metadata: Any) -> None:
         if factory is None and hasattr(name, "name"):  # a spec object
             spec = name
-            self.entries.append(BackboneEntry(spec.name, getattr(spec, "factory", None),
-                                              dict(getattr(spec, "metadata", {}) or {}), self.provider))
+            self.entries.append(
+                BackboneEntry(
+                    spec.name,
+                    getattr(spec, "factory", None),
+                    dict(getattr(spec, "metadata", {}) or {}),
+                    self.provider,
+                )
+            )
             return
         self.entries.append(BackboneEntry(str(name), factory, metadata, self.provider))
 
@@ -99,7 +105,9 @@ def _from_entry_points() -> List[BackboneEntry]:
         hook = getattr(mod, "canvas_register_backbones", None)
         if hook is None:
             continue
-        col = _Collector(getattr(ep.dist, "name", ep.name) if getattr(ep, "dist", None) else ep.name)
+        col = _Collector(
+            getattr(ep.dist, "name", ep.name) if getattr(ep, "dist", None) else ep.name
+        )
         try:
             hook(registry=col)
         except Exception:
@@ -143,7 +151,9 @@ def find_adapter(model: Any) -> BackboneAdapter:
 def _instantiate(obj: Any, name: str) -> BackboneAdapter:
     adapter = obj() if isinstance(obj, type) else obj
     if not hasattr(adapter, "blocks") or not hasattr(adapter, "hidden_size"):
-        raise BackboneError(f"backbone adapter {name!r} is not a BackboneAdapter ({type(adapter).__name__})")
+        raise BackboneError(
+            f"backbone adapter {name!r} is not a BackboneAdapter ({type(adapter).__name__})"
+        )
     return adapter
 
 

@@ -30,7 +30,9 @@ class CurriculumScheduler:
             n = scheduler.step(looped_blocks, step)   # 1 for 0-1666, 2 for 1667-3333, 3 after
     """
 
-    def __init__(self, max_loops: int = 3, total_steps: int = 5000, warmup_fraction: float = 0.0) -> None:
+    def __init__(
+        self, max_loops: int = 3, total_steps: int = 5000, warmup_fraction: float = 0.0
+    ) -> None:
         self.max_loops = _check_int("max_loops", max_loops, 1)
         self.total_steps = _check_int("total_steps", total_steps, 1)
         if not isinstance(warmup_fraction, (int, float)) or not 0.0 <= warmup_fraction < 1.0:
@@ -60,8 +62,10 @@ class CurriculumScheduler:
         return n
 
     def __repr__(self) -> str:
-        return (f"CurriculumScheduler(max_loops={self.max_loops}, total_steps={self.total_steps}, "
-                f"warmup_fraction={self.warmup_fraction})")
+        return (
+            f"CurriculumScheduler(max_loops={self.max_loops}, total_steps={self.total_steps}, "
+            f"warmup_fraction={self.warmup_fraction})"
+        )
 
 
 class SharpeningSchedule:
@@ -86,8 +90,13 @@ class SharpeningSchedule:
 
     SCHEDULES = ("linear", "cosine", "exponential", "constant")
 
-    def __init__(self, max_loops: int = 4, beta_min: float = 1.0, beta_max: float = 4.0,
-                 schedule: str = "linear") -> None:
+    def __init__(
+        self,
+        max_loops: int = 4,
+        beta_min: float = 1.0,
+        beta_max: float = 4.0,
+        schedule: str = "linear",
+    ) -> None:
         self.max_loops = _check_int("max_loops", max_loops, 1)
         for name, v in (("beta_min", beta_min), ("beta_max", beta_max)):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0 or math.isinf(v):
@@ -117,5 +126,7 @@ class SharpeningSchedule:
         return [self(i) for i in range(self.max_loops)]
 
     def __repr__(self) -> str:
-        return (f"SharpeningSchedule(max_loops={self.max_loops}, beta_min={self.beta_min}, "
-                f"beta_max={self.beta_max}, schedule={self.schedule!r})")
+        return (
+            f"SharpeningSchedule(max_loops={self.max_loops}, beta_min={self.beta_min}, "
+            f"beta_max={self.beta_max}, schedule={self.schedule!r})"
+        )

@@ -3,7 +3,7 @@
 Update rule for the looped state ``h`` (one tensor per stream, each ``(B, N, D_stream)``)::
 
     h_1     = block(h_0 + e_0)                          # loop 0: the block as-is (e_0 = 0 at init)
-    h_{i+1} = h_i + g_i * (block(h_i + e_i) - h_i)      # loops i >= 1 enter through gate g_i (0 at init)
+    h_{i+1} = h_i + g_i * (block(h_i + e_i) - h_i)      # loops i >= 1: through gate g_i (0 at init)
 
 ``e_i`` are per-iteration embeddings (zero-initialised) and ``g_i`` scalar gates
 (initialised to ``gate_init_bias``, 0 by default), so at initialisation the wrapped block
@@ -37,7 +37,9 @@ class BlockIO:
 
     streams: Tuple[str, ...] = ("hidden_states",)
 
-    def split(self, args: Sequence[Any], kwargs: dict) -> Tuple[Tuple[torch.Tensor, ...], list, dict]:
+    def split(
+        self, args: Sequence[Any], kwargs: dict
+    ) -> Tuple[Tuple[torch.Tensor, ...], list, dict]:
         args, kwargs = list(args), dict(kwargs)
         states = []
         for name in self.streams:
@@ -76,7 +78,7 @@ class BlockIO:
     def repack(self, out: Any, states: Tuple[torch.Tensor, ...]) -> Any:
         if isinstance(out, torch.Tensor):
             return states[0]
-        rest = tuple(out[len(states):])
+        rest = tuple(out[len(states) :])
         packed = tuple(states) + rest
         return list(packed) if isinstance(out, list) else packed
 
@@ -88,8 +90,10 @@ def _beta_targets(block: nn.Module) -> List[Any]:
     for m in block.modules():
         if m is block:
             continue
-        if isinstance(getattr(m, "beta", None), (int, float)) and getattr(m, "canvas_beta", True):
-            found.append(m)
+        if hasattr(m, "beta") and getattr(m, "canvas_beta", True):
+            b = m.beta  # canvas-core attention modules use None for "1.0"
+            if b is None or (isinstance(b, (int, float)) and not isinstance(b, bool)):
+                found.append(m)
         proc = getattr(m, "processor", None)
         if proc is not None and getattr(proc, "canvas_beta", False):
             found.append(proc)
@@ -139,7 +143,9 @@ class LoopedBlockWrapper(nn.Module):
         if not isinstance(embed_dim, int) or embed_dim < 1:
             raise BackboneError(f"embed_dim must be a positive int, got {embed_dim!r}")
         self.io = io or BlockIO()
-        dims = tuple(stream_dims) if stream_dims is not None else (embed_dim,) * len(self.io.streams)
+        dims = (
+            tuple(stream_dims) if stream_dims is not None else (embed_dim,) * len(self.io.streams)
+        )
         if len(dims) != len(self.io.streams):
             raise BackboneError(
                 f"stream_dims {dims} must give one width per looped stream {list(self.io.streams)}"
@@ -151,6 +157,7 @@ class LoopedBlockWrapper(nn.Module):
         self.stream_dims = dims
         self.use_gradient_checkpointing = use_gradient_checkpointing
         self.current_loops = max_loops
+        self.schema_hash = ""  # canvas schema the loops belong to (checked by loop checkpoints)
         self.loop_emb = nn.Parameter(torch.zeros(max_loops, dims[0]))
         for k, d in enumerate(dims[1:], start=1):
             self.register_parameter(f"loop_emb_{k}", nn.Parameter(torch.zeros(max_loops, d)))
@@ -205,7 +212,9 @@ class LoopedBlockWrapper(nn.Module):
 
     # --- execution -----------------------------------------------------------------------------
     def _embeddings(self) -> List[torch.Tensor]:
-        return [self.loop_emb] + [getattr(self, f"loop_emb_{k}") for k in range(1, len(self.stream_dims))]
+        return [self.loop_emb] + [
+            getattr(self, f"loop_emb_{k}") for k in range(1, len(self.stream_dims))
+        ]
 
     def _run_once(self, loop_idx: int, rest_args: list, rest_kwargs: dict, *states: torch.Tensor):
         targets = _beta_targets(self.original) if self.sharpening is not None else []
@@ -236,7 +245,9 @@ class LoopedBlockWrapper(nn.Module):
         for i in range(self.current_loops):
             inp = tuple(s + e[i].to(s.dtype) for s, e in zip(states, embs))
             if use_ckpt:
-                out = checkpoint(self._run_once, i, rest_args, rest_kwargs, *inp, use_reentrant=False)
+                out = checkpoint(
+                    self._run_once, i, rest_args, rest_kwargs, *inp, use_reentrant=False
+                )
             else:
                 out = self._run_once(i, rest_args, rest_kwargs, *inp)
             new = self.io.states_of(out)

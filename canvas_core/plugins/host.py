@@ -284,7 +284,7 @@ class PluginHost:
         self.records[name] = rec
         ids = {normalize_dist(ep.name), normalize_dist(dist or "")}
         if not s["autoload"]:
-            rec.status, rec.error = STATUS_DISABLED, f"not loaded: {ENV_DISABLE} is set"
+            rec.status, rec.error = STATUS_DISABLED, f"{ENV_DISABLE} is set"
             return
         if ids & set(s["block"]):
             rec.status, rec.error = STATUS_BLOCKED, f"blocked by {ENV_BLOCK}"
@@ -364,6 +364,13 @@ class PluginHost:
                 raise PluginError(
                     f"a plugin named {name!r} is already registered ({self.records[name].describe()}); "
                     "pass another name= or unregister it first")
+            if self._pm.is_registered(plugin):
+                other = self._pm.get_name(plugin)
+                raise PluginError(
+                    f"this plugin object is already registered as plugin {other!r} (e.g. loaded from "
+                    "its installed entry point); unregister it first, or test against a host without "
+                    "autoloading: canvas_core.testing.isolated_plugins(autoload=False) or "
+                    f"{ENV_DISABLE}=1")
             rec = PluginRecord(name, distribution or IN_PROCESS, version, source="manual")
             return self._add_plugin(plugin, rec, strict=True)
 
@@ -416,19 +423,27 @@ class PluginHost:
                     f"{rec.error}. Fix or reinstall {rec.distribution} (pip install --force-reinstall "
                     f"{rec.distribution}), or see `canvas plugins` for details.")
             else:
-                how = {STATUS_BLOCKED: f"is installed but not loaded ({rec.error})",
-                       STATUS_DISABLED: f"is installed but not loaded ({rec.error})"}[rec.status]
+                if rec.status == STATUS_DISABLED:
+                    fix = f"unset {ENV_DISABLE} to load installed plugins"
+                elif ENV_BLOCK in (rec.error or ""):
+                    fix = f"remove it from {ENV_BLOCK}"
+                else:
+                    fix = f"add {rec.name!r} to {ENV_ALLOW}"
                 err = UnknownNameKeyError(
-                    f"unknown {noun} {name!r}: it is provided by {rec.describe()}, which {how}. "
-                    f"Remove it from {ENV_BLOCK}, add it to {ENV_ALLOW}, or unset {ENV_DISABLE}.")
+                    f"unknown {noun} {name!r}: it is provided by {rec.describe()}, which is installed "
+                    f"but not loaded ({rec.error}); {fix}.")
             _attach(err, name=name, kind=kind, known=known, suggestion=None, distribution=rec.distribution,
                     plugin=rec.name)
             return err
         near = closest(str(name), known)
         msg = f"unknown {noun} {name!r}."
         if dist_hint is not None:
-            msg += (f" It is provided by the distribution {dist_hint}, which is not installed: "
-                    f"{install_hint(dist_hint)}.")
+            if self._dist_installed(dist_hint):
+                msg += (f" The distribution {dist_hint} is installed but does not register it; "
+                        f"upgrade it (pip install -U {dist_hint}) or check `canvas plugins`.")
+            else:
+                msg += (f" It is provided by the distribution {dist_hint}, which is not installed: "
+                        f"{install_hint(dist_hint)}.")
         if near is not None:
             msg += f" Did you mean {near!r}?"
         msg += f" Known {noun}s: {', '.join(known) or '(none)'}."
@@ -438,6 +453,22 @@ class PluginHost:
         err = UnknownNameKeyError(msg)
         _attach(err, name=name, kind=kind, known=known, suggestion=near, distribution=dist_hint, plugin=None)
         return err
+
+    def _dist_installed(self, dist: str) -> bool:
+        want = normalize_dist(dist)
+        if any(normalize_dist(r.distribution) == want for r in self.records.values()):
+            return True
+        if self._entry_points is not None:  # an injected world: only what the host saw counts
+            return False
+        try:
+            from importlib.metadata import PackageNotFoundError, distribution
+
+            distribution(dist)
+            return True
+        except PackageNotFoundError:
+            return False
+        except Exception:
+            return False
 
     # ------------------------------------------------------------------ reports
     def registered_by(self, plugin: str) -> Dict[str, List[str]]:

@@ -17,10 +17,12 @@ Kernel contract (what a backend kernel, e.g. ``canvas-backend-flex``, implements
 
 :class:`ReferenceKernel` picks, per group, between
 
-* ``dense``: one SDPA over all N x N with a cached additive float mask (``log w`` / ``-inf``) — the right thing when the group touches most tiles;
-* ``sparse``: block-sparse gather.  Packed positions are cut into query/key blocks of
-  ``block_size``; query blocks are bucketed by their number of non-empty key blocks (padded to a
-  1.25x geometric ladder, a handful of buckets); per bucket one batched SDPA runs over the gathered key
+* ``dense``: one SDPA over all N x N with a cached additive float mask (``log w`` / ``-inf``),
+  the right thing when the group touches most tiles;
+* ``sparse``: block-sparse gather.  Packed positions (each region-frame run padded to a multiple
+  of ``block_size`` so that no block straddles two frames) are cut into query/key blocks; query
+  blocks are bucketed by their number of non-empty key blocks (exact counts, or a 1.25x
+  geometric ladder when many differ); per bucket one batched 4-D SDPA runs over the gathered key
   blocks with a precomputed bias tile.  Work ~ (non-empty tiles) x block_size^2.
 """
 

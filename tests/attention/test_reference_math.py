@@ -9,9 +9,21 @@ import torch
 import torch.nn.functional as F
 
 from canvas_core.attention import (
-    CopyAttention, CosineAttention, CrossAttention, GatedAttention, HyenaAttention,
-    LinearAttention, LocalAttention, MixtureAttention, NoneAttention, PerceiverAttention,
-    PoolingAttention, RandomFixedAttention, RWKVAttention, SigmoidAttention, SparseAttention,
+    CopyAttention,
+    CosineAttention,
+    CrossAttention,
+    GatedAttention,
+    HyenaAttention,
+    LinearAttention,
+    LocalAttention,
+    MixtureAttention,
+    NoneAttention,
+    PerceiverAttention,
+    PoolingAttention,
+    RandomFixedAttention,
+    RWKVAttention,
+    SigmoidAttention,
+    SparseAttention,
     masked_softmax_attention,
 )
 
@@ -21,8 +33,11 @@ DT = torch.float64
 
 def _inputs(B=2, Nq=5, Nk=7, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(B, Nq, D, generator=g, dtype=DT), torch.randn(B, Nk, D, generator=g, dtype=DT),
-            torch.randn(B, Nk, D, generator=g, dtype=DT))
+    return (
+        torch.randn(B, Nq, D, generator=g, dtype=DT),
+        torch.randn(B, Nk, D, generator=g, dtype=DT),
+        torch.randn(B, Nk, D, generator=g, dtype=DT),
+    )
 
 
 def _mk(cls, **kw):
@@ -50,8 +65,15 @@ def _ref_softmax(m, q, k, v, logits_fn, allow=None):
                 w = torch.softmax(s, 0)
                 out[b, h, i] = sum(w[n] * V[b, h, j] for n, j in enumerate(keys))
     o = m.out_proj(out.permute(0, 2, 1, 3).reshape(B, Nq, D))
-    has = torch.tensor([[any(allow is None or allow(b, 0, i, j, Q, K) for j in range(K.shape[2]))
-                         for i in range(Nq)] for b in range(B)])
+    has = torch.tensor(
+        [
+            [
+                any(allow is None or allow(b, 0, i, j, Q, K) for j in range(K.shape[2]))
+                for i in range(Nq)
+            ]
+            for b in range(B)
+        ]
+    )
     return o * has[..., None]
 
 
@@ -73,8 +95,14 @@ def test_cross_attention_reference():
     q, k, v = _inputs()
     mask = torch.rand(5, 7, generator=torch.Generator().manual_seed(1)) > 0.4
     mask[2] = False
-    ref = _ref_softmax(m, q, k, v, lambda h, a, b: a @ b / math.sqrt(D // H),
-                       lambda b, h, i, j, Q, K: bool(mask[i, j]))
+    ref = _ref_softmax(
+        m,
+        q,
+        k,
+        v,
+        lambda h, a, b: a @ b / math.sqrt(D // H),
+        lambda b, h, i, j, Q, K: bool(mask[i, j]),
+    )
     assert torch.allclose(m(q, k, v, key_mask=mask), ref, atol=1e-10)
     m.beta = 3.0
     ref = _ref_softmax(m, q, k, v, lambda h, a, b: 3.0 * (a @ b) / math.sqrt(D // H))
@@ -97,7 +125,9 @@ def test_cosine_attention_reference():
     with torch.no_grad():
         m.log_scale.copy_(torch.log(torch.tensor([2.0, 5.0, 10.0, 20.0])))
     q, k, v = _inputs()
-    ref = _ref_softmax(m, q, k, v, lambda h, a, b: [2.0, 5.0, 10.0, 20.0][h] * (a @ b) / (a.norm() * b.norm()))
+    ref = _ref_softmax(
+        m, q, k, v, lambda h, a, b: [2.0, 5.0, 10.0, 20.0][h] * (a @ b) / (a.norm() * b.norm())
+    )
     assert torch.allclose(m(q, k, v), ref, atol=1e-9)
 
 
@@ -123,8 +153,11 @@ def test_linear_attention_reference():
     q, k, v = _inputs()
     phi = lambda x: F.elu(x) + 1  # noqa: E731
     Q, K, V = phi(_heads(m.q_proj(q))), phi(_heads(m.k_proj(k))), _heads(m.v_proj(v))
-    for mask in (None, torch.tensor([1, 0, 1, 1, 0, 1, 1], dtype=torch.bool),
-                 torch.rand(5, 7, generator=torch.Generator().manual_seed(2)) > 0.5):
+    for mask in (
+        None,
+        torch.tensor([1, 0, 1, 1, 0, 1, 1], dtype=torch.bool),
+        torch.rand(5, 7, generator=torch.Generator().manual_seed(2)) > 0.5,
+    ):
         allow = torch.ones(5, 7, dtype=torch.bool) if mask is None else mask.expand(5, 7)
         out = torch.zeros(2, H, 5, D // H, dtype=DT)
         for i in range(5):
@@ -184,6 +217,7 @@ def test_sparse_topk_reference():
 
     def allow(b, h, i, j, Q_, K_):
         return bool(S[b, h, i, j] >= S[b, h, i].sort(descending=True).values[2])
+
     ref = _ref_softmax(m, q, k, v, lambda h, a, b: a @ b / math.sqrt(D // H), allow)
     assert torch.allclose(m(q, k, v), ref, atol=1e-10)
     m.top_k = 100  # more than Nk: dense
@@ -199,6 +233,7 @@ def test_local_window_reference(Nq, Nk, window):
     def allow(b, h, i, j, Q, K):
         c = i if Nq == Nk else (i + 0.5) * Nk / Nq - 0.5
         return abs(j - c) <= window + 1e-9
+
     ref = _ref_softmax(m, q, k, v, lambda h, a, b: a @ b / math.sqrt(D // H), allow)
     assert torch.allclose(m(q, k, v), ref, atol=1e-10)
 
@@ -210,8 +245,14 @@ def test_random_fixed_is_fixed_and_k_sparse():
     assert torch.equal(s, m.pattern_scores(6, 10))
     chosen = s.topk(3, dim=-1).indices
     assert len({tuple(r.tolist()) for r in chosen.sort(-1).values}) > 1  # not the same keys for all
-    ref = _ref_softmax(m, q, k, v, lambda h, a, b: a @ b / math.sqrt(D // H),
-                       lambda b, h, i, j, Q, K: j in chosen[i].tolist())
+    ref = _ref_softmax(
+        m,
+        q,
+        k,
+        v,
+        lambda h, a, b: a @ b / math.sqrt(D // H),
+        lambda b, h, i, j, Q, K: j in chosen[i].tolist(),
+    )
     assert torch.allclose(m(q, k, v), ref, atol=1e-10)
     m2 = _mk(RandomFixedAttention, n_random=3, seed=5)
     m2.load_state_dict(m.state_dict())
@@ -248,10 +289,14 @@ def test_mixture_soft_and_topk():
     q, k, v = _inputs()
     outs = [e(q, k, v) for e in m.experts]
     g = torch.softmax(m.router(q), -1)
-    assert torch.allclose(m(q, k, v), sum(g[..., e:e + 1] * outs[e] for e in range(3)), atol=1e-10)
+    assert torch.allclose(
+        m(q, k, v), sum(g[..., e : e + 1] * outs[e] for e in range(3)), atol=1e-10
+    )
     m.top_k_experts = 1
     best = g.argmax(-1)
-    ref = torch.stack([outs[e] for e in range(3)], -1).gather(-1, best[..., None, None].expand(2, 5, D, 1))[..., 0]
+    ref = torch.stack([outs[e] for e in range(3)], -1).gather(
+        -1, best[..., None, None].expand(2, 5, D, 1)
+    )[..., 0]
     assert torch.allclose(m(q, k, v), ref, atol=1e-10)
 
 

@@ -309,3 +309,47 @@ def test_property_sets(modes, edges):
         (s, d) for s, d in edges if s not in inactive and d not in inactive]
     assert set(compiled.schema.layout.regions) == compiled.active_regions
     assert set(compiled.resolutions) == set(range(len(compiled.active_connections)))
+
+
+def test_constant_keeps_existing_buffers_and_is_idempotent(tmp_path):
+    class WithNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.regions = nn.ModuleDict({n: nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3)) for n in REGIONS})
+
+    model = WithNorm()
+    model.regions["error"](torch.randn(8, 2))  # move the running statistics
+    before = _params(model.regions["error"])
+    program = make_program()
+    first = ProgramCompiler(program).compile(module=model, export_dir=tmp_path)
+    assert set(first.constant_buffers["error"]) == set(before)  # running stats included
+    for k, v in before.items():
+        assert torch.equal(first.constant_buffers["error"][k], v)
+    second = ProgramCompiler(program).compile(module=model, export_dir=tmp_path)
+    assert set(second.constant_buffers["error"]) == set(before)
+    assert list(model.regions["error"].parameters()) == []
+
+
+def test_export_file_names_are_unique(tmp_path):
+    from safetensors.torch import load_file
+
+    layout = CanvasLayout(T=1, H=1, W=2, d_model=4, regions={"a/b": (0, 1, 0, 1, 0, 1), "a_b": (0, 1, 0, 1, 1, 2)})
+    program = CanvasProgram(schema=CanvasSchema(layout=layout, topology=CanvasTopology.dense(["a/b", "a_b"])),
+                            regions={"a/b": RegionProgram(compile_mode="export"),
+                                     "a_b": RegionProgram(compile_mode="export")})
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(1, 1), nn.Linear(1, 2)
+
+        @property
+        def regions(self):  # a plain dict works too
+            return {"a/b": self.a, "a_b": self.b}
+
+    model = Plain()
+    compiled = ProgramCompiler(program).compile(module=model, export_dir=tmp_path)
+    paths = compiled.exported_paths
+    assert len(set(paths.values())) == 2
+    assert load_file(paths["a/b"])["weight"].shape == (1, 1)
+    assert load_file(paths["a_b"])["weight"].shape == (2, 1)
+    assert compiled.active_regions == set() and compiled.active_connections == []

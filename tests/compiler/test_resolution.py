@@ -73,7 +73,7 @@ def test_fake_cuda_kernel_rejected_with_reason(host):
     # linear attention is not affected by a softmax kernel
     assert compiled.plan.resolutions[1].rejected == [] and not compiled.plan.resolutions[1].fallback
     text = compiled.report()
-    assert "fake_cuda: runs on cuda only, not on cpu" in text
+    assert "fake_cuda (#0, #2, #3): runs on cuda only, not on cpu" in text
     assert "reference (fallback)" in text
 
 
@@ -199,3 +199,19 @@ def test_installed_xformers_backend_is_rejected_with_reason():
     assert "xformers" in rejected
     assert any("'xformers'" in r and "not installed" in r for r in rejected["xformers"])
     assert compiled.plan.resolutions[0].kernel == "reference"
+
+
+def test_failed_resolution_leaves_the_module_untouched(host, tmp_path):
+    from torch import nn
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.regions = nn.ModuleDict({n: nn.Linear(2, 2) for n in REGIONS})
+
+    model = Model()
+    conns = [Connection("obs", "state", fn="no_such_type")]
+    with pytest.raises(UnknownNameError, match="connection #0 'obs' -> 'state'"):
+        ProgramCompiler(program(conns, {"obs": "freeze", "mem": "export"})).compile(module=model, export_dir=tmp_path)
+    assert all(p.requires_grad for p in model.parameters())
+    assert list(tmp_path.iterdir()) == []

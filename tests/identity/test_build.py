@@ -98,3 +98,18 @@ def test_bad_arguments():
     with pytest.raises(CanvasTypeError):
         build_identity_binders(_program(), d_model=0)
     assert len(build_identity_binders(_program(), d_model=32)) == 0
+
+
+def test_without_the_plugin_the_facade_gives_an_install_hint():
+    code = (
+        "import sys; sys.modules['canvas_plugin_identity'] = None; sys.modules['canvas_plugin_identity.binding'] = None\n"
+        "from canvas_core.errors import PluginLoadError\n"
+        "import canvas_core.identity as f\n"
+        "try:\n"
+        "    f.SlotBindingModule\n"
+        "except PluginLoadError as e:\n"
+        "    assert 'canvas-plugin-identity' in str(e), e\n"
+        "    print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr

@@ -18,7 +18,9 @@ class Tiny(nn.Module):
     def __init__(self, d=16, depth=3):
         super().__init__()
         self.patch_embed = nn.Linear(4, d)
-        self.blocks = nn.ModuleList([nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d)) for _ in range(depth)])
+        self.blocks = nn.ModuleList(
+            [nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d)) for _ in range(depth)]
+        )
         self.proj_out = nn.Linear(d, 4)
 
     def forward(self, x):
@@ -63,7 +65,10 @@ def test_file_holds_only_loop_and_head_tensors_and_header(tmp_path):
     expected |= {f"head.{k}" for k in head.state_dict()}
     assert keys == expected
     assert meta["format"] == "canvas-core/loop-checkpoint"
-    assert meta["canvas_core_version"] == canvas_core.__version__ and meta["torch_version"] == torch.__version__
+    assert (
+        meta["canvas_core_version"] == canvas_core.__version__
+        and meta["torch_version"] == torch.__version__
+    )
     struct = json.loads(meta["structure"])
     assert len(struct["blocks"]) == 4 and struct["blocks"][0]["params"]["loop_emb"] == [3, 64]
     n_saved = sum(b.trainable_params() for b in blocks) + sum(p.numel() for p in head.parameters())
@@ -82,14 +87,20 @@ def test_mismatched_model_refused(tmp_path, other):
     before = [p.clone() for b in b2 for p in b.loop_parameters()]
     with pytest.raises(CheckpointError, match="does not match this model"):
         load_loop_checkpoint(b2, h2, str(path))
-    assert all(torch.equal(a, b) for a, b in zip(before, [p for b in b2 for p in b.loop_parameters()]))
+    assert all(
+        torch.equal(a, b) for a, b in zip(before, [p for b in b2 for p in b.loop_parameters()])
+    )
 
 
 def test_schema_mismatch_refused(tmp_path):
     from canvas_core.schema import CanvasLayout, CanvasSchema
 
-    s1 = CanvasSchema(layout=CanvasLayout(T=2, H=2, W=2, d_model=8, regions={"a": (0, 2, 0, 2, 0, 2)}))
-    s2 = CanvasSchema(layout=CanvasLayout(T=2, H=2, W=2, d_model=8, regions={"b": (0, 2, 0, 2, 0, 2)}))
+    s1 = CanvasSchema(
+        layout=CanvasLayout(T=2, H=2, W=2, d_model=8, regions={"a": (0, 2, 0, 2, 0, 2)})
+    )
+    s2 = CanvasSchema(
+        layout=CanvasLayout(T=2, H=2, W=2, d_model=8, regions={"b": (0, 2, 0, 2, 0, 2)})
+    )
     _, blocks, head = grafted()
     path = tmp_path / "c.safetensors"
     save_loop_checkpoint(blocks, head, str(path), metadata={"schema": s1, "run": 1})
@@ -115,4 +126,30 @@ def test_bad_files_refused(tmp_path):
     with pytest.raises(CheckpointError, match="not a canvas-core loop checkpoint"):
         load_loop_checkpoint(blocks, head, str(foreign))
     with pytest.raises(CheckpointError, match="JSON"):
-        save_loop_checkpoint(blocks, head, str(tmp_path / "x.safetensors"), metadata={"f": object()})
+        save_loop_checkpoint(
+            blocks, head, str(tmp_path / "x.safetensors"), metadata={"f": object()}
+        )
+
+
+def test_schema_recorded_at_graft_is_checked_automatically(tmp_path):
+    from canvas_core.schema import CanvasLayout, CanvasSchema
+
+    s1 = CanvasSchema(
+        layout=CanvasLayout(T=1, H=2, W=2, d_model=8, regions={"a": (0, 1, 0, 2, 0, 2)})
+    )
+    s2 = CanvasSchema(
+        layout=CanvasLayout(T=2, H=2, W=2, d_model=8, regions={"a": (0, 2, 0, 2, 0, 2)})
+    )
+    torch.manual_seed(0)
+    m1 = Tiny()
+    b1, h1 = graft_looped_blocks(m1, max_loops=2, inner_dim=16, latent_channels=4, schema=s1)
+    assert all(b.schema_hash == s1.schema_hash() for b in b1)
+    path = tmp_path / "c.safetensors"
+    save_loop_checkpoint(b1, h1, str(path))
+    m2 = Tiny()
+    b2, h2 = graft_looped_blocks(m2, max_loops=2, inner_dim=16, latent_channels=4, schema=s2)
+    with pytest.raises(CheckpointError, match="schema"):
+        load_loop_checkpoint(b2, h2, str(path))
+    m3 = Tiny()
+    b3, h3 = graft_looped_blocks(m3, max_loops=2, inner_dim=16, latent_channels=4, schema=s1)
+    load_loop_checkpoint(b3, h3, str(path))

@@ -54,7 +54,9 @@ def test_generic_graft_identity_and_counts(loops):
     m = Net()
     x = torch.randn(2, 7, 3)
     ref = m(x)
-    blocks, head = graft_looped_blocks(m, max_loops=loops, freeze="full", action_dim=5, latent_channels=3)
+    blocks, head = graft_looped_blocks(
+        m, max_loops=loops, freeze="full", action_dim=5, latent_channels=3
+    )
     assert isinstance(get_adapter(m), GenericAdapter)
     assert all(isinstance(b, LoopedBlockWrapper) for b in blocks) and len(blocks) == 4
     assert torch.equal(m(x), ref)
@@ -85,7 +87,9 @@ def test_full_freeze_gradients_reach_only_loop_params():
     out = m(torch.randn(2, 5, 3))
     (out.pow(2).mean() + head(out.mean(1)).pow(2).mean()).backward()
     got = {n for n, p in m.named_parameters() if p.grad is not None}
-    assert got == {f"transformer_blocks.{i}.{k}" for i in range(4) for k in ("loop_emb", "loop_gate")}
+    assert got == {
+        f"transformer_blocks.{i}.{k}" for i in range(4) for k in ("loop_emb", "loop_gate")
+    }
     assert all(p.grad is not None for p in head.parameters())
 
 
@@ -148,6 +152,28 @@ def test_registry_lists_installed_plugin_adapters():
 
 
 def test_public_names_from_canvas_core():
-    for n in ("LoopedBlockWrapper", "graft_looped_blocks", "freeze_full", "freeze_half",
-              "CurriculumScheduler", "SharpeningSchedule", "save_loop_checkpoint", "load_loop_checkpoint"):
-        assert getattr(canvas_core, n) is getattr(__import__("canvas_core.looping", fromlist=[n]), n)
+    for n in (
+        "LoopedBlockWrapper",
+        "graft_looped_blocks",
+        "freeze_full",
+        "freeze_half",
+        "CurriculumScheduler",
+        "SharpeningSchedule",
+        "save_loop_checkpoint",
+        "load_loop_checkpoint",
+    ):
+        assert getattr(canvas_core, n) is getattr(
+            __import__("canvas_core.looping", fromlist=[n]), n
+        )
+
+
+def test_freeze_half_needs_an_input_embedding():
+    class NoEmbed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([Block(4)])
+
+    m = NoEmbed()
+    with pytest.raises(BackboneError, match="patch_embed"):
+        graft_looped_blocks(m, freeze="half", inner_dim=4, latent_channels=4)
+    assert isinstance(m.blocks[0], Block)  # refused before anything changed

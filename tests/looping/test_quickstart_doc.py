@@ -29,5 +29,7 @@ def test_quickstart_snippets_run(tmp_path, monkeypatch):
     for i, code in enumerate(python_blocks(DOC.read_text())):
         exec(compile(code, f"{DOC.name}[block {i}]", "exec"), ns)
     assert ns["masked"].shape == ns["before"].shape
-    assert not __import__("torch").allclose(ns["masked"], ns["unmasked"])  # the topology changed the math
+    assert not __import__("torch").allclose(
+        ns["masked"], ns["unmasked"]
+    )  # the topology changed the math
     assert tuple(ns["actions"].shape) == (2, 4)

@@ -3,7 +3,8 @@
 import math
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from canvas_core.errors import CanvasError, SchemaError
 from canvas_core.looping import CurriculumScheduler, SharpeningSchedule
@@ -11,7 +12,15 @@ from canvas_core.looping import CurriculumScheduler, SharpeningSchedule
 
 def test_curriculum_seed_example():
     s = CurriculumScheduler(max_loops=3, total_steps=5000)
-    assert [s.get_loops(k) for k in (0, 1666, 1667, 3333, 3334, 5000, 9000)] == [1, 1, 2, 2, 3, 3, 3]
+    assert [s.get_loops(k) for k in (0, 1666, 1667, 3333, 3334, 5000, 9000)] == [
+        1,
+        1,
+        2,
+        2,
+        3,
+        3,
+        3,
+    ]
 
 
 @settings(max_examples=40, deadline=None)
@@ -21,7 +30,7 @@ def test_curriculum_ramp(max_loops, total, warm, data):
     steps = list(range(0, total + 3))
     loops = [s.get_loops(k) for k in steps]
     assert loops[0] == 1 and loops[-1] == max_loops
-    assert all(a <= b for a, b in zip(loops, loops[1:]))          # monotone
+    assert all(a <= b for a, b in zip(loops, loops[1:]))  # monotone
     assert all(1 <= n <= max_loops for n in loops)
     k = data.draw(st.integers(0, total))
     w = warm * total
@@ -43,8 +52,9 @@ def test_curriculum_step_sets_blocks():
         s.step([object()], 1)
 
 
-@pytest.mark.parametrize("kw", [dict(max_loops=0), dict(total_steps=0), dict(warmup_fraction=1.0),
-                                dict(max_loops=2.5)])
+@pytest.mark.parametrize(
+    "kw", [dict(max_loops=0), dict(total_steps=0), dict(warmup_fraction=1.0), dict(max_loops=2.5)]
+)
 def test_curriculum_bad_args(kw):
     with pytest.raises(SchemaError):
         CurriculumScheduler(**kw)
@@ -59,7 +69,12 @@ def test_sharpening_readme_values():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(2, 8), st.floats(0.1, 4), st.floats(0.1, 10), st.sampled_from(["linear", "cosine", "exponential"]))
+@given(
+    st.integers(2, 8),
+    st.floats(0.1, 4),
+    st.floats(0.1, 10),
+    st.sampled_from(["linear", "cosine", "exponential"]),
+)
 def test_sharpening_endpoints_and_monotone(L, lo, hi, kind):
     s = SharpeningSchedule(L, lo, hi, kind)
     b = s.betas()

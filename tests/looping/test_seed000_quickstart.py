@@ -1,4 +1,4 @@
-"""Seed 000 quick-start, as written, with a tiny CogVideoX checkpoint in place of the 2B download."""
+"""Seed 000 quick-start, as written, with a tiny CogVideoX checkpoint in place of the 2B model."""
 
 import textwrap
 
@@ -8,8 +8,8 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 pytest.importorskip("canvas_plugin_cogvideox")
 
-# The seed's snippet; the only change is the checkpoint path (and canvas_engineering -> canvas_core).
-SEED_SNIPPET = textwrap.dedent('''
+# The seed's snippet; only the checkpoint path changes (and canvas_engineering -> canvas_core).
+SEED_SNIPPET = textwrap.dedent("""
     from canvas_core import graft_looped_blocks, CurriculumScheduler
     from diffusers import CogVideoXTransformer3DModel
     import torch
@@ -32,11 +32,22 @@ SEED_SNIPPET = textwrap.dedent('''
     )
     # Curriculum: gradually ramp from 1 to 3 loops during training
     scheduler = CurriculumScheduler(max_loops=3, total_steps=5000)
-''')
+""")
 
-TINY = dict(num_attention_heads=2, attention_head_dim=8, in_channels=16, out_channels=16, time_embed_dim=8,
-            text_embed_dim=16, num_layers=3, sample_width=8, sample_height=8, sample_frames=9,
-            patch_size=2, max_text_seq_length=4)
+TINY = dict(
+    num_attention_heads=2,
+    attention_head_dim=8,
+    in_channels=16,
+    out_channels=16,
+    time_embed_dim=8,
+    text_embed_dim=16,
+    num_layers=3,
+    sample_width=8,
+    sample_height=8,
+    sample_frames=9,
+    patch_size=2,
+    max_text_seq_length=4,
+)
 
 
 def test_seed_000_quickstart_runs_and_trains(tmp_path):
@@ -60,7 +71,9 @@ def test_seed_000_quickstart_runs_and_trains(tmp_path):
     enc = torch.randn(2, 4, 16, generator=g).to(torch.bfloat16)
     target = torch.randn(2, 7, generator=g)
     t = torch.tensor([10, 900])
-    before = [p.detach().clone() for p in head.parameters()] + [b.loop_emb.detach().clone() for b in blocks]
+    before = [p.detach().clone() for p in head.parameters()] + [
+        b.loop_emb.detach().clone() for b in blocks
+    ]
     transformer.train()
     losses, loops = [], []
     scheduler = type(scheduler)(max_loops=3, total_steps=4)  # compress the 5000-step ramp
@@ -77,4 +90,6 @@ def test_seed_000_quickstart_runs_and_trains(tmp_path):
     assert losses[-1] < losses[0]
     after = [p.detach() for p in head.parameters()] + [b.loop_emb.detach() for b in blocks]
     assert all(not torch.equal(a, b) for a, b in zip(before, after))
-    assert not any(p.grad is not None for n, p in transformer.named_parameters() if "loop_" not in n)
+    assert not any(
+        p.grad is not None for n, p in transformer.named_parameters() if "loop_" not in n
+    )

@@ -3,6 +3,8 @@ sharpening hooks and errors."""
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasError, CanvasTypeError, ShapeError
@@ -61,8 +63,14 @@ def test_identity_two_streams_tuple_outputs_kwargs():
     h, c = torch.randn(2, 3, 6), torch.randn(2, 3, 4)
     temb = torch.randn(2, 1, 10)
     ref = blk(h, c, temb)
-    w = LoopedBlockWrapper(blk, max_loops=3, embed_dim=6, io=BlockIO(("h", "c")), stream_dims=(6, 4))
-    for call in (lambda: w(h, c, temb), lambda: w(h=h, c=c, temb=temb), lambda: w(h, c=c, temb=temb)):
+    w = LoopedBlockWrapper(
+        blk, max_loops=3, embed_dim=6, io=BlockIO(("h", "c")), stream_dims=(6, 4)
+    )
+    for call in (
+        lambda: w(h, c, temb),
+        lambda: w(h=h, c=c, temb=temb),
+        lambda: w(h, c=c, temb=temb),
+    ):
         out = call()
         assert isinstance(out, tuple) and out[2] == "extra"
         assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
@@ -71,7 +79,9 @@ def test_identity_two_streams_tuple_outputs_kwargs():
 def test_update_rule_matches_reference_with_trained_params():
     torch.manual_seed(1)
     blk = TwoStream(6, 4)
-    w = LoopedBlockWrapper(blk, max_loops=4, embed_dim=6, io=BlockIO(("h", "c")), stream_dims=(6, 4))
+    w = LoopedBlockWrapper(
+        blk, max_loops=4, embed_dim=6, io=BlockIO(("h", "c")), stream_dims=(6, 4)
+    )
     with torch.no_grad():
         for p in w.loop_parameters():
             p.normal_()
@@ -79,7 +89,9 @@ def test_update_rule_matches_reference_with_trained_params():
     for n in (1, 2, 4):
         w.set_loops(n)
         out = w(h, c, temb)
-        ref = reference_loop(lambda a, b: blk(a, b, temb)[:2], (h, c), (w.loop_emb, w.loop_emb_1), w.loop_gate, n)
+        ref = reference_loop(
+            lambda a, b: blk(a, b, temb)[:2], (h, c), (w.loop_emb, w.loop_emb_1), w.loop_gate, n
+        )
         torch.testing.assert_close(out[0], ref[0])
         torch.testing.assert_close(out[1], ref[1])
 
@@ -88,7 +100,9 @@ def test_parameter_shapes_and_count():
     w = LoopedBlockWrapper(MLPBlock(8), max_loops=3, embed_dim=8)
     assert w.loop_emb.shape == (3, 8) and w.loop_gate.shape == (2,)
     assert w.trainable_params() == 3 * 8 + 2
-    w2 = LoopedBlockWrapper(TwoStream(6, 4), max_loops=3, embed_dim=6, io=BlockIO(("h", "c")), stream_dims=(6, 4))
+    w2 = LoopedBlockWrapper(
+        TwoStream(6, 4), max_loops=3, embed_dim=6, io=BlockIO(("h", "c")), stream_dims=(6, 4)
+    )
     assert w2.trainable_params() == 3 * 6 + 3 * 4 + 2
     assert "max_loops=3" in repr(w2)
 
@@ -106,7 +120,9 @@ def test_gradient_checkpointing_same_grads():
         w.train()
         blk.zero_grad()
         w(x).pow(2).sum().backward()
-        grads.append((w.loop_emb.grad.clone(), w.loop_gate.grad.clone(), blk.fc.weight.grad.clone()))
+        grads.append(
+            (w.loop_emb.grad.clone(), w.loop_gate.grad.clone(), blk.fc.weight.grad.clone())
+        )
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b)
 
@@ -143,7 +159,9 @@ class ProbeBlock(nn.Module):
 def test_sharpening_sets_beta_per_loop_and_restores():
     blk = ProbeBlock(4)
     sched = SharpeningSchedule(max_loops=3, beta_min=1.0, beta_max=4.0)
-    w = LoopedBlockWrapper(blk, max_loops=3, embed_dim=4, sharpening=sched, use_gradient_checkpointing=True)
+    w = LoopedBlockWrapper(
+        blk, max_loops=3, embed_dim=4, sharpening=sched, use_gradient_checkpointing=True
+    )
     w.eval()
     w(torch.randn(1, 2, 4))
     assert blk.attn.seen == [1.0, 2.5, 4.0]
@@ -185,7 +203,9 @@ def test_input_errors_are_canvas_errors():
         w([1, 2])
     with pytest.raises(CanvasTypeError):
         LoopedBlockWrapper(lambda x: x, max_loops=2, embed_dim=4)
-    w2 = LoopedBlockWrapper(MLPBlock(4), max_loops=2, embed_dim=4, io=BlockIO(("a", "b")), stream_dims=(4, 4))
+    w2 = LoopedBlockWrapper(
+        MLPBlock(4), max_loops=2, embed_dim=4, io=BlockIO(("a", "b")), stream_dims=(4, 4)
+    )
     with pytest.raises(CanvasError, match="one tensor"):
         w2(torch.randn(1, 2, 4), torch.randn(1, 2, 4))
 
@@ -198,3 +218,78 @@ def test_bf16_block_keeps_dtype_and_identity():
     out = w(x)
     assert out.dtype == torch.bfloat16 and torch.equal(out, blk(x))
     assert w.loop_emb.dtype == torch.float32
+
+
+def test_torch_compile_forward_and_backward():
+    torch.manual_seed(5)
+    w = LoopedBlockWrapper(MLPBlock(8), max_loops=3, embed_dim=8)
+    with torch.no_grad():
+        w.loop_gate.fill_(0.5)
+        w.loop_emb.normal_()
+    x = torch.randn(2, 4, 8)
+    w.eval()
+    compiled = torch.compile(w, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(x), w(x))
+    w.train()
+    compiled = torch.compile(w, backend="aot_eager")
+    compiled(x).pow(2).sum().backward()
+    g = w.loop_gate.grad.clone()
+    w.zero_grad()
+    w(x).pow(2).sum().backward()
+    torch.testing.assert_close(g, w.loop_gate.grad)
+
+
+class CoreAttnBlock(nn.Module):
+    """A block built from canvas-core's own CrossAttention (exposes `beta`)."""
+
+    def __init__(self, d):
+        super().__init__()
+        from canvas_core.attention import CrossAttention
+
+        self.attn = CrossAttention(d_model=d, n_heads=2)
+
+    def forward(self, x):
+        return x + self.attn(x, x, x)
+
+
+def test_sharpening_drives_canvas_core_attention_beta():
+    pytest.importorskip("canvas_core.attention")
+    torch.manual_seed(6)
+    blk = CoreAttnBlock(8)
+    sched = SharpeningSchedule(max_loops=2, beta_min=1.0, beta_max=3.0)
+    w = LoopedBlockWrapper(blk, max_loops=2, embed_dim=8, sharpening=sched).eval()
+    with torch.no_grad():
+        w.loop_gate.fill_(1.0)
+    x = torch.randn(2, 5, 8)
+    with torch.no_grad():
+        got = w(x)
+        # reference: loop 0 at beta 1, loop 1 (gate 1 -> replaces h) at beta 3
+        h = blk(x)
+        blk.attn.beta = 3.0
+        ref = blk(h)
+        blk.attn.beta = None
+    torch.testing.assert_close(got, ref)
+    assert blk.attn.beta is None  # restored
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    depth=st.integers(1, 3),
+    d=st.sampled_from([4, 8, 12]),
+    max_loops=st.integers(1, 5),
+    data=st.data(),
+)
+def test_identity_property(depth, d, max_loops, data):
+    torch.manual_seed(depth * 100 + d)
+    blocks = nn.ModuleList([MLPBlock(d) for _ in range(depth)])
+    x = torch.randn(2, 3, d)
+    ref = x
+    for b in blocks:
+        ref = b(ref)
+    wrapped = [LoopedBlockWrapper(b, i, max_loops, d) for i, b in enumerate(blocks)]
+    n = data.draw(st.integers(1, max_loops))
+    out = x
+    for w in wrapped:
+        w.set_loops(n)
+        out = w(out)
+    assert torch.equal(out, ref)

@@ -171,3 +171,20 @@ def test_mask_spec_connections(data):
     topo = CanvasTopology(connections=[dataclasses.replace(c, mask=spec) if i % 2 == 0 else c
                                        for i, c in enumerate(base.connections)])
     assert torch.equal(attention_mask(topo, layout), ref.reference_mask(topo, layout).float())
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.data())
+def test_random_layouts_match_canvas_engineering(data):
+    """Random periods, offsets past the borders and fills: same mask as canvas-engineering 0.5.0
+    (up to float rounding of interpolation weights)."""
+    ce = pytest.importorskip("canvas_engineering")
+    lo = data.draw(gen.layouts())
+    top = data.draw(gen.topologies(lo))
+    lc = ce.CanvasLayout(T=lo.T, spatial_shape=lo.spatial_shape, d_model=4, regions={
+        k: ce.RegionSpec(v.bounds, period=v.period) for k, v in lo.regions.items()})
+    tc = ce.CanvasTopology(connections=[ce.Connection(
+        src=c.src, dst=c.dst, weight=c.weight, t_src=c.t_src, t_dst=c.t_dst,
+        temporal_fill=ce.TemporalFill(c.temporal_fill.value), interpolation_order=c.interpolation_order)
+        for c in top.connections])
+    torch.testing.assert_close(attention_mask(top, lo), tc.to_attention_mask(lc).float(), atol=1e-6, rtol=1e-6)

@@ -3,9 +3,10 @@
 Registers two names in the ``kernels`` registry (nothing imported until a kernel is built):
 
 * ``flex`` (priority 20, CUDA): the kernel the resolver prefers on CUDA for softmax attention.
-* ``flex_cpu`` (priority -10, CPU): the same kernel compiled for CPU by ``torch.compile``; below
-  the core's ``reference`` kernel (priority 0) so it is used only when asked for
-  (``compile(kernel="flex_cpu")``), because its first call compiles for tens of seconds.
+* ``flex_cpu`` (priority -10, CPU, inference only): the same kernel compiled for CPU by
+  ``torch.compile``; below the core's ``reference`` kernel (priority 0) so it is used only when
+  asked for (``compile(kernel="flex_cpu", requires_grad=False)``), because its first call compiles
+  for tens of seconds and FlexAttention has no backward pass on CPU.
 
 Both execute ``cross_attention`` (softmax attention with the ``log w`` connection-weight bias),
 exactly the math of the core's reference kernel.  See :mod:`canvas_backend_flex.kernel`.
@@ -24,7 +25,7 @@ except (ImportError, AttributeError):  # pragma: no cover - plugin layer missing
         return fn if fn is not None else (lambda f: f)
 
 __version__ = "0.1.0"
-__all__ = ["canvas_register_kernels", "check", "SUPPORTS", "MIN_TORCH"]
+__all__ = ["canvas_register_kernels", "check", "check_cpu", "SUPPORTS", "MIN_TORCH"]
 
 #: attention types this kernel executes (softmax with per-pair log-weight bias).
 SUPPORTS = ("cross_attention",)
@@ -42,7 +43,7 @@ def _torch_version() -> Any:
 
 
 def check(ctx: Any) -> List[str]:
-    """Reasons FlexAttention cannot run in ``ctx`` (no torch import: reads the installed version)."""
+    """Reasons FlexAttention cannot run (no torch import: reads the installed torch version)."""
     tv = _torch_version()
     if tv is None:
         return ["needs torch, which is not installed"]
@@ -52,23 +53,33 @@ def check(ctx: Any) -> List[str]:
     return []
 
 
+def check_cpu(ctx: Any) -> List[str]:
+    """:func:`check`, plus: FlexAttention has no backward pass on CPU (inference only)."""
+    reasons = check(ctx)
+    if not reasons and getattr(ctx, "requires_grad", False):
+        tv = _torch_version()
+        reasons.append(f"FlexAttention has no backward pass on CPU (torch {tv[2]}); compile for "
+                       "inference (requires_grad=False) or on CUDA")
+    return reasons
+
+
 @hookimpl
 def canvas_register_kernels(registry):
     common = dict(
         supports=SUPPORTS,
         requires=("torch",),
         dtypes=("float32", "float16", "bfloat16"),
-        check=check,
         family="softmax",
         complexity="O(nonempty blocks x block_size^2)",
     )
     registry.add(
-        "flex", "canvas_backend_flex.kernel:FlexKernel", devices=("cuda",), priority=20,
+        "flex", "canvas_backend_flex.kernel:FlexKernel", devices=("cuda",), priority=20, check=check,
         description="FlexAttention (torch.compile'd Triton kernel): BlockMask from the plan's "
         "block structure + score_mod adding log w", **common,
     )
     registry.add(
         "flex_cpu", "canvas_backend_flex.kernel:FlexKernel", devices=("cpu",), priority=-10,
+        check=check_cpu,
         description="FlexAttention compiled for CPU by torch.compile (opt-in: slow first call)",
         **common,
     )

@@ -15,6 +15,9 @@ plan's tile structure (``block_layout_of``): empty tiles are skipped, *full* til
 linked with one weight) skip the ``mask_mod``, partial tiles evaluate it.  ``score_mod`` adds
 ``log w`` looked up through (row segment, column segment), so no ``N x N`` tensor exists.
 
+On CPU FlexAttention is inference only (no backward pass); the kernel refuses inputs that
+require grad with a clear error.
+
 ``compile``: ``None`` (default) compiles ``flex_attention`` lazily on the first call (the fused
 kernel; tens of seconds on CPU the first time); ``False`` runs the eager (unfused, exact)
 implementation, which materializes the scores.
@@ -155,6 +158,10 @@ class FlexKernel(nn.Module):
             raise UnavailableError(
                 f"kernel 'flex' has no attention dropout (dropout_p={dropout_p}); build the attention "
                 "with dropout=0.0 or compile with kernel='reference'")
+        if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+            raise UnavailableError(
+                "kernel 'flex' cannot train on CPU: FlexAttention has no backward pass there; run "
+                "under torch.no_grad() / inference, on CUDA, or compile with kernel='reference'")
         if self.n == 0:
             return q.new_zeros(q.shape[:-1] + v.shape[-1:])
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)

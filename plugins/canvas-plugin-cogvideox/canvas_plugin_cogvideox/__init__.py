@@ -9,8 +9,10 @@ from __future__ import annotations
 try:
     from canvas_core import hookimpl
 except (ImportError, AttributeError):  # plugin layer not importable: plain functions still work
+
     def hookimpl(fn=None, **_kw):  # type: ignore[no-redef]
         return fn if fn is not None else (lambda f: f)
+
 
 __version__ = "0.1.0"
 
@@ -25,3 +27,23 @@ def canvas_register_backbones(registry):
         "dual-stream blocks, text tokens + video patches on the canvas",
         requires=("diffusers",),
     )
+
+
+@hookimpl
+def canvas_register_attention(registry):
+    registry.add(
+        "cogvideox",
+        "canvas_plugin_cogvideox.attention:CogVideoXAttention",
+        family="Dot-product",
+        complexity="O(NM)",
+        description="CogVideoX-native attention: the backbone's own attention when grafted, "
+        "softmax cross-attention inside a canvas dispatcher",
+    )
+
+
+def __getattr__(name):
+    if name == "CogVideoXAttention":  # lazy: importing the plugin never imports torch
+        from canvas_plugin_cogvideox.attention import CogVideoXAttention
+
+        return CogVideoXAttention
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

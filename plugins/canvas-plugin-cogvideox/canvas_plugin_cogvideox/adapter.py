@@ -38,12 +38,22 @@ class CanvasCogVideoXAttnProcessor:
         self.canvas_bias = None
         self.canvas_has_key = None
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                 attention_mask: Optional[torch.Tensor] = None,
-                 image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: Optional[torch.Tensor] = None,
+        image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+    ):
         if self.beta == 1.0 and self.canvas_bias is None:
-            return self.original(attn, hidden_states, encoder_hidden_states,
-                                 attention_mask=attention_mask, image_rotary_emb=image_rotary_emb)
+            return self.original(
+                attn,
+                hidden_states,
+                encoder_hidden_states,
+                attention_mask=attention_mask,
+                image_rotary_emb=image_rotary_emb,
+            )
         text_len = encoder_hidden_states.size(1)
         x = torch.cat([encoder_hidden_states, hidden_states], dim=1)
         B, S, _ = x.shape
@@ -60,11 +70,18 @@ class CanvasCogVideoXAttnProcessor:
         if image_rotary_emb is not None:
             from diffusers.models.embeddings import apply_rotary_emb
 
-            q = torch.cat([q[:, :, :text_len], apply_rotary_emb(q[:, :, text_len:], image_rotary_emb)], dim=2)
+            q = torch.cat(
+                [q[:, :, :text_len], apply_rotary_emb(q[:, :, text_len:], image_rotary_emb)], dim=2
+            )
             if not attn.is_cross_attention:
-                k = torch.cat([k[:, :, :text_len], apply_rotary_emb(k[:, :, text_len:], image_rotary_emb)], dim=2)
+                k = torch.cat(
+                    [k[:, :, :text_len], apply_rotary_emb(k[:, :, text_len:], image_rotary_emb)],
+                    dim=2,
+                )
         bias, has_key = select_bias(self, S, q.device, q.dtype)
-        out = canvas_sdpa(q, k, v, beta=self.beta, bias=bias, has_key=has_key, attn_mask=attention_mask)
+        out = canvas_sdpa(
+            q, k, v, beta=self.beta, bias=bias, has_key=has_key, attn_mask=attention_mask
+        )
         out = out.transpose(1, 2).reshape(B, -1, attn.heads * hd)
         out = attn.to_out[1](attn.to_out[0](out))
         enc, hid = out.split([text_len, out.size(1) - text_len], dim=1)
@@ -82,7 +99,9 @@ def _shape_of(sample_inputs: Mapping[str, Any], key: str, ndim: int, what: str) 
             f"token_layout needs sample_inputs[{key!r}]: the {what} tensor (or its shape)"
         )
     if len(shape) != ndim:
-        raise BackboneError(f"sample_inputs[{key!r}] must have {ndim} dims ({what}), got shape {shape}")
+        raise BackboneError(
+            f"sample_inputs[{key!r}] must have {ndim} dims ({what}), got shape {shape}"
+        )
     return shape
 
 
@@ -131,30 +150,45 @@ class CogVideoXAdapter(BackboneAdapter):
         c = model.config
         p, pt = c.patch_size, c.patch_size_t
         if height % p or width % p:
-            raise BackboneError(f"latent height/width ({height}, {width}) must be multiples of patch_size {p}")
+            raise BackboneError(
+                f"latent height/width ({height}, {width}) must be multiples of patch_size {p}"
+            )
         f = frames if pt is None else (frames + pt - 1) // pt
         return f, height // p, width // p
 
-    def token_layout(self, model: nn.Module, sample_inputs: Optional[Mapping[str, Any]] = None,
-                     layout: Any = None) -> TokenLayout:
+    def token_layout(
+        self,
+        model: nn.Module,
+        sample_inputs: Optional[Mapping[str, Any]] = None,
+        layout: Any = None,
+    ) -> TokenLayout:
         """``sample_inputs``: ``hidden_states`` ``(B, F, C, H, W)`` and ``encoder_hidden_states``
         ``(B, L, D_text)`` (tensors or shapes), as given to the model's forward."""
         from canvas_core.schema import CanvasLayout
 
         if not isinstance(sample_inputs, Mapping):
-            raise CanvasTypeError("CogVideoX token_layout needs sample_inputs={'hidden_states': ..., "
-                                  "'encoder_hidden_states': ...}")
-        _, F_, _, H, W = _shape_of(sample_inputs, "hidden_states", 5, "(B, F, C, H, W) latent video")
+            raise CanvasTypeError(
+                "CogVideoX token_layout needs sample_inputs={'hidden_states': ..., "
+                "'encoder_hidden_states': ...}"
+            )
+        _, F_, _, H, W = _shape_of(
+            sample_inputs, "hidden_states", 5, "(B, F, C, H, W) latent video"
+        )
         L = _shape_of(sample_inputs, "encoder_hidden_states", 3, "(B, L, D) text embedding")[1]
         f, h, w = self.grid(model, F_, H, W)
         r = max(1, math.ceil(L / w)) if L else 0
         regions = {"video": (0, f, 0, h, 0, w)}
         if L:
             regions["text"] = (0, 1, h, h + r, 0, w)
-        base = CanvasLayout(T=f, spatial_shape=(h + r, w), d_model=self.hidden_size(model), regions=regions)
+        base = CanvasLayout(
+            T=f, spatial_shape=(h + r, w), d_model=self.hidden_size(model), regions=regions
+        )
         plane = (h + r) * w
         text_idx = [(h + j // w) * w + j % w for j in range(L)]
         video_idx = [t * plane + y * w + x for t in range(f) for y in range(h) for x in range(w)]
-        tl = TokenLayout(base, tuple(text_idx + video_idx),
-                         {"text_len": L, "frames": f, "height": h, "width": w, "text_rows": r})
+        tl = TokenLayout(
+            base,
+            tuple(text_idx + video_idx),
+            {"text_len": L, "frames": f, "height": h, "width": w, "text_rows": r},
+        )
         return tl.with_layout(layout) if layout is not None else tl

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from canvas_plugin_cogvideox.adapter import CanvasCogVideoXAttnProcessor, CogVideoXAdapter
 from diffusers import CogVideoXTransformer3DModel
 
 from canvas_core.errors import BackboneError, CheckpointError, ShapeError
@@ -14,13 +15,29 @@ from canvas_core.looping import (
     load_loop_checkpoint,
     save_loop_checkpoint,
 )
-from canvas_plugin_cogvideox.adapter import CanvasCogVideoXAttnProcessor, CogVideoXAdapter
 
-TINY = dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=8,
-            text_embed_dim=16, num_layers=2, sample_width=8, sample_height=8, sample_frames=9,
-            patch_size=2, max_text_seq_length=6)
-TINY_15 = dict(TINY, num_layers=3, patch_size_t=2, use_rotary_positional_embeddings=True,
-               attention_head_dim=6, num_attention_heads=3)
+TINY = dict(
+    num_attention_heads=2,
+    attention_head_dim=8,
+    in_channels=4,
+    out_channels=4,
+    time_embed_dim=8,
+    text_embed_dim=16,
+    num_layers=2,
+    sample_width=8,
+    sample_height=8,
+    sample_frames=9,
+    patch_size=2,
+    max_text_seq_length=6,
+)
+TINY_15 = dict(
+    TINY,
+    num_layers=3,
+    patch_size_t=2,
+    use_rotary_positional_embeddings=True,
+    attention_head_dim=6,
+    num_attention_heads=3,
+)
 
 
 def make(cfg=TINY, seed=0):
@@ -76,8 +93,11 @@ def test_full_freeze_only_loop_and_head_get_gradients_and_count():
     out = m(**inputs()).sample
     (out.pow(2).mean() + head(out).pow(2).mean()).backward()
     with_grad = {n for n, p in m.named_parameters() if p.grad is not None}
-    assert with_grad == {f"transformer_blocks.{i}.{k}" for i in range(2)
-                         for k in ("loop_emb", "loop_emb_1", "loop_gate")}
+    assert with_grad == {
+        f"transformer_blocks.{i}.{k}"
+        for i in range(2)
+        for k in ("loop_emb", "loop_emb_1", "loop_gate")
+    }
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
     assert head(out).shape == (2, 7)
 
@@ -99,7 +119,9 @@ def test_cogvideox_2b_parameter_formula_documented():
 def test_from_pretrained_local_directory(tmp_path):
     m = make(seed=3)
     m.save_pretrained(tmp_path / "transformer")
-    loaded = CogVideoXTransformer3DModel.from_pretrained(str(tmp_path), subfolder="transformer").eval()
+    loaded = CogVideoXTransformer3DModel.from_pretrained(
+        str(tmp_path), subfolder="transformer"
+    ).eval()
     kw = inputs()
     with torch.no_grad():
         ref = m(**kw).sample
@@ -124,7 +146,7 @@ def reference_attention(attn, hid, enc, beta, bias):
     w = torch.where(den > 0, e / den.clamp_min(1e-30), torch.zeros_like(e))
     o = (w @ v).transpose(1, 2).reshape(B, S, -1)
     o = attn.to_out[0](o)
-    return o[:, enc.shape[1]:], o[:, :enc.shape[1]]
+    return o[:, enc.shape[1] :], o[:, : enc.shape[1]]
 
 
 class FakeTopology:
@@ -191,7 +213,6 @@ def test_token_layout_and_installed_topology_follow_the_canvas():
     assert len(procs) == 2 and all(p.canvas_bias is not None for p in procs)
     attn = m.transformer_blocks[0].original.attn1
     hid, enc = torch.randn(2, 32, 16), torch.randn(2, 6, 16)
-    S = 38
     idx = torch.tensor(tl.token_index)
     bias = torch.where(W[idx][:, idx] > 0, 0.0, float("-inf"))
     with torch.no_grad():
@@ -251,7 +272,9 @@ def test_checkpoint_roundtrip_and_mismatch(tmp_path):
     with torch.no_grad():
         for b in blocks:
             b.loop_emb.normal_()
-    save_loop_checkpoint(blocks, head, str(tmp_path / "l.safetensors"), metadata={"backbone": "tiny"})
+    save_loop_checkpoint(
+        blocks, head, str(tmp_path / "l.safetensors"), metadata={"backbone": "tiny"}
+    )
     m2 = make(seed=9)
     b2, h2 = graft_looped_blocks(m2, max_loops=3)
     load_loop_checkpoint(b2, h2, str(tmp_path / "l.safetensors"))
@@ -271,3 +294,82 @@ def test_token_layout_errors():
         ad.token_layout(m, {"hidden_states": (1, 2, 4, 8, 8)})
     with pytest.raises(BackboneError, match="attention"):
         ad.install_topology(make(), FakeTopology(torch.ones(1, 1)), None)
+
+
+def test_user_layout_isolates_regions_end_to_end():
+    """Regions declared on the backbone's grid; an isolated topology keeps the 'action' column of
+    the output independent of the 'visual' part of the input through every block and loop."""
+    from canvas_core.schema import CanvasLayout, CanvasTopology
+
+    pytest.importorskip("canvas_core.compiler.masks")
+    m = make()
+    blocks, _ = graft_looped_blocks(m, max_loops=3)
+    with torch.no_grad():
+        for b in blocks:
+            b.loop_gate.fill_(0.7)
+            b.loop_emb.normal_()
+    ad = get_adapter(m)
+    kw = inputs(frames=2)
+    grid = ad.token_layout(m, kw).layout
+    T, (Hs, W) = grid.T, tuple(grid.spatial_shape)
+    mine = CanvasLayout(
+        T=T,
+        spatial_shape=(Hs, W),
+        d_model=16,
+        regions={
+            "visual": (0, T, 0, 4, 0, W - 1),
+            "action": (0, T, 0, 4, W - 1, W),
+            "text": (0, 1, 4, Hs, 0, W),
+        },
+    )
+    tokens = ad.token_layout(m, kw, layout=mine)
+    ad.install_topology(m, CanvasTopology.isolated(["visual", "action", "text"]), tokens)
+    x2 = kw["hidden_states"].clone()
+    x2[..., :, 0:2, 0:2] += 3.0  # latent pixels of patch (row 0, col 0): region "visual"
+    with torch.no_grad():
+        a = m(**kw).sample
+        b = m(**dict(kw, hidden_states=x2)).sample
+    p = 2
+    act = (slice(None), slice(None), slice(None), slice(None), slice((W - 1) * p, W * p))
+    torch.testing.assert_close(a[act], b[act])
+    assert not torch.allclose(a[..., : (W - 1) * p], b[..., : (W - 1) * p])
+    with pytest.raises(BackboneError, match="grid"):
+        ad.token_layout(m, kw, layout=CanvasLayout(T=T, spatial_shape=(Hs + 1, W), d_model=16))
+
+
+def test_cogvideox_attention_type_is_cross_attention():
+    import canvas_core
+    from canvas_core.attention import CrossAttention
+    from canvas_core.plugins import create_attention
+
+    m = create_attention("cogvideox", d_model=16, n_heads=2)
+    assert type(m).__name__ == "CogVideoXAttention" and canvas_core.CogVideoXAttention is type(m)
+    ref = CrossAttention(d_model=16, n_heads=2)
+    ref.load_state_dict(m.state_dict())
+    q, k = torch.randn(2, 5, 16), torch.randn(2, 3, 16)
+    torch.testing.assert_close(m(q, k, k), ref(q, k, k))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (bf16 graft on GPU)")
+def test_cuda_bf16_graft_identity_and_topology():
+    from canvas_core.schema import CanvasTopology
+
+    m = make().to("cuda", torch.bfloat16)
+    kw = {k: (v.to("cuda") if torch.is_tensor(v) else v) for k, v in inputs().items()}
+    kw["hidden_states"] = kw["hidden_states"].bfloat16()
+    kw["encoder_hidden_states"] = kw["encoder_hidden_states"].bfloat16()
+    with torch.no_grad():
+        ref = m(**kw).sample
+    blocks, head = graft_looped_blocks(m, max_loops=3)
+    assert all(b.loop_emb.device.type == "cuda" and b.loop_emb.dtype == torch.float32 for b in blocks)
+    with torch.no_grad():
+        assert torch.equal(m(**kw).sample, ref)
+    ad = get_adapter(m)
+    ad.install_topology(m, CanvasTopology.dense(["video", "text"]), ad.token_layout(m, kw))
+    with torch.no_grad():
+        torch.testing.assert_close(m(**kw).sample, ref, rtol=2e-2, atol=2e-2)
+    m.train()
+    out = m(**kw).sample
+    head(out.float()).sum().backward()
+    assert all(b.loop_gate.grad is not None for b in blocks)

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, ShapeError, UnavailableError
-
 from canvas_plugin_mamba.scan import selective_scan_mamba_ssm, selective_states
 
 __all__ = ["MambaAttention", "KERNELS"]
@@ -65,14 +64,26 @@ class MambaAttention(nn.Module):
     type_name = "mamba"
     beta: Optional[float] = None  # not a softmax type
 
-    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0, d_state: int = 16,
-                 d_conv: int = 4, expand: int = 2, kernel: str = "auto") -> None:
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int = 8,
+        dropout: float = 0.0,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        kernel: str = "auto",
+    ) -> None:
         super().__init__()
         _int("d_model", d_model, 1)
         _int("n_heads", n_heads, 1)
         if d_model % n_heads:
             raise ShapeError(f"mamba: d_model={d_model} is not divisible by n_heads={n_heads}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        if (
+            isinstance(dropout, bool)
+            or not isinstance(dropout, (int, float))
+            or not 0 <= dropout < 1
+        ):
             raise CanvasTypeError(f"mamba: dropout must be a float in [0, 1), got {dropout!r}")
         self.d_state = _int("d_state", d_state, 1)
         self.d_conv = _int("d_conv", d_conv, 1)
@@ -81,6 +92,7 @@ class MambaAttention(nn.Module):
             raise CanvasTypeError(f"mamba: unknown kernel {kernel!r}; choose from {KERNELS}")
         self.kernel = kernel
         self.kernel_used: Optional[str] = None
+        self._ssm_available = _mamba_ssm_available()  # looked up once (compile-friendly)
         self.d_model, self.n_heads = d_model, n_heads
         E = self.d_inner = expand * d_model
         R = self.dt_rank = math.ceil(d_model / 16)
@@ -93,7 +105,9 @@ class MambaAttention(nn.Module):
         self.out_proj = nn.Linear(E, d_model)
         self.drop = nn.Dropout(float(dropout))
         # Mamba init: A_n = -(n + 1); softplus(b_dt) log-uniform in [1e-3, 1e-1]
-        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(E, 1))
+        self.A_log = nn.Parameter(
+            torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(E, 1)
+        )
         self.D = nn.Parameter(torch.ones(E))
         dt = torch.exp(torch.rand(E) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
         with torch.no_grad():
@@ -103,7 +117,7 @@ class MambaAttention(nn.Module):
     def _choose_kernel(self, x: torch.Tensor, Nq: int, Nk: int) -> str:
         if self.kernel == "mamba_torch":
             return "mamba_torch"
-        cuda_ok = x.is_cuda and _mamba_ssm_available()
+        cuda_ok = x.is_cuda and self._ssm_available
         if self.kernel == "mamba_ssm":
             if not cuda_ok:
                 raise UnavailableError(
@@ -113,9 +127,10 @@ class MambaAttention(nn.Module):
             return "mamba_ssm" if Nq == Nk else "mamba_torch"  # cross-length reads need all states
         return "mamba_ssm" if cuda_ok and Nq == Nk else "mamba_torch"
 
-    def sequence_inputs(self, keys: torch.Tensor, values: torch.Tensor,
-                        key_ok: Optional[torch.Tensor] = None):
-        """``u, delta (B, E, L)``, ``A (E, N)``, ``Bsel (B, N, L)`` of the scan (float32 at least)."""
+    def sequence_inputs(
+        self, keys: torch.Tensor, values: torch.Tensor, key_ok: Optional[torch.Tensor] = None
+    ):
+        """Scan inputs ``u, delta (B, E, L)``, ``A (E, N)``, ``Bsel (B, N, L)`` (>= float32)."""
         wd = torch.float64 if values.dtype == torch.float64 else torch.float32
         L = values.shape[1]
         x = self.in_proj(values)
@@ -132,16 +147,23 @@ class MambaAttention(nn.Module):
         return u, delta, A, Bsel.transpose(1, 2).to(wd)
 
     # ------------------------------------------------------------------ forward
-    def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
-                key_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        key_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
         for name, t in (("queries", queries), ("keys", keys), ("values", values)):
             if not isinstance(t, torch.Tensor) or t.dim() != 3 or t.shape[-1] != self.d_model:
                 got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ShapeError(f"mamba: {name} must have shape (B, N, {self.d_model}), got {got}")
         if keys.shape[:2] != values.shape[:2] or keys.shape[0] != queries.shape[0]:
-            raise ShapeError(f"mamba: incompatible queries {tuple(queries.shape)}, keys "
-                             f"{tuple(keys.shape)}, values {tuple(values.shape)}")
+            raise ShapeError(
+                f"mamba: incompatible queries {tuple(queries.shape)}, keys "
+                f"{tuple(keys.shape)}, values {tuple(values.shape)}"
+            )
         Bt, Nq, _ = queries.shape
         Nk = keys.shape[1]
         allowed = _normalize_mask(key_mask, Bt, Nq, Nk)
@@ -151,7 +173,11 @@ class MambaAttention(nn.Module):
         key_ok = None if allowed is None else allowed.any(dim=1)  # (B|1, Nk)
         read = ((torch.arange(Nq, device=queries.device) + 1) * Nk) // Nq - 1
         before = torch.arange(Nk, device=queries.device)[None, :] <= read[:, None]  # (Nq, Nk)
-        has = before.any(-1).view(1, Nq, 1) if allowed is None else (before[None] & allowed).any(-1, keepdim=True)
+        has = (
+            before.any(-1).view(1, Nq, 1)
+            if allowed is None
+            else (before[None] & allowed).any(-1, keepdim=True)
+        )
         if key_ok is not None and key_ok.shape[0] != Bt:
             key_ok = key_ok.expand(Bt, Nk)
         u, delta, A, Bsel = self.sequence_inputs(keys, values, key_ok)
@@ -161,27 +187,39 @@ class MambaAttention(nn.Module):
         kernel = self._choose_kernel(queries, Nq, Nk)
         self.kernel_used = kernel
         if kernel == "mamba_ssm":
-            y = selective_scan_mamba_ssm(u.float().contiguous(), delta.float().contiguous(), A.float().contiguous(),
-                                         Bsel.float().contiguous(), C.float().transpose(1, 2).contiguous(),
-                                         D=self.D.float(), z=z.float().transpose(1, 2).contiguous())
+            y = selective_scan_mamba_ssm(
+                u.float().contiguous(),
+                delta.float().contiguous(),
+                A.float().contiguous(),
+                Bsel.float().contiguous(),
+                C.float().transpose(1, 2).contiguous(),
+                D=self.D.float(),
+                z=z.float().transpose(1, 2).contiguous(),
+            )
             y = y.transpose(1, 2)  # (B, L=Nq, E), already gated
         else:
             states = selective_states(u, delta, A, Bsel)  # (B, Nk, E, N)
             idx = read.clamp(min=0)
             h = states.index_select(1, idx)  # (B, Nq, E, N)
-            y = torch.einsum("bqen,bqn->bqe", h, C) + self.D.to(wd) * u.transpose(1, 2).index_select(1, idx)
+            y = torch.einsum("bqen,bqn->bqe", h, C) + self.D.to(wd) * u.transpose(
+                1, 2
+            ).index_select(1, idx)
             y = y * (read >= 0).view(1, Nq, 1).to(wd)
             y = y * F.silu(z.to(wd))
         out = self.out_proj(self.drop(y.to(queries.dtype)))
         return out.masked_fill(~has, 0.0)
 
     def extra_repr(self) -> str:
-        return (f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, "
-                f"expand={self.expand}, kernel={self.kernel!r}")
+        return (
+            f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, "
+            f"expand={self.expand}, kernel={self.kernel!r}"
+        )
 
 
-def _normalize_mask(key_mask: Optional[torch.Tensor], B: int, Nq: int, Nk: int) -> Optional[torch.Tensor]:
-    """Bool ``(B|1, Nq|1, Nk)`` from a bool / additive-float mask broadcastable to ``(B, Nq, Nk)``."""
+def _normalize_mask(
+    key_mask: Optional[torch.Tensor], B: int, Nq: int, Nk: int
+) -> Optional[torch.Tensor]:
+    """Bool ``(B|1, Nq|1, Nk)`` from a bool / additive-float mask broadcasting to (B, Nq, Nk)."""
     if key_mask is None:
         return None
     m = key_mask
@@ -189,9 +227,15 @@ def _normalize_mask(key_mask: Optional[torch.Tensor], B: int, Nq: int, Nk: int) 
         m = m[:, None, :]
     while m.dim() < 3:
         m = m[None]
-    if m.dim() != 3 or m.shape[-1] != Nk or any(s not in (1, f) for s, f in zip(m.shape, (B, Nq, Nk))):
-        raise ShapeError(f"mamba: key_mask of shape {tuple(key_mask.shape)} does not broadcast to "
-                         f"(B, Nq, Nk) = {(B, Nq, Nk)}")
+    if (
+        m.dim() != 3
+        or m.shape[-1] != Nk
+        or any(s not in (1, f) for s, f in zip(m.shape, (B, Nq, Nk)))
+    ):
+        raise ShapeError(
+            f"mamba: key_mask of shape {tuple(key_mask.shape)} does not broadcast to "
+            f"(B, Nq, Nk) = {(B, Nq, Nk)}"
+        )
     if m.dtype == torch.bool:
         return m
     return m != float("-inf") if m.is_floating_point() else m != 0

@@ -19,8 +19,13 @@ import torch.nn.functional as F
 __all__ = ["selective_states", "selective_scan_torch", "selective_scan_mamba_ssm"]
 
 
-def selective_states(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                     chunk: Optional[int] = None) -> torch.Tensor:
+def selective_states(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    chunk: Optional[int] = None,
+) -> torch.Tensor:
     """All hidden states ``h_t``, shape ``(Bt, L, E, N)``, of the recurrence above.
 
     Runs in chunks of ``chunk`` steps (default: sized so a chunk's pairwise tensor stays below
@@ -34,13 +39,15 @@ def selective_states(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: t
     if L == 0:
         return u.new_zeros(Bt, 0, E, N, dtype=wd)
     dA = delta.to(wd).transpose(1, 2).unsqueeze(-1) * A.to(wd)  # (Bt, L, E, N), <= 0
-    x = (delta.to(wd) * u.to(wd)).transpose(1, 2).unsqueeze(-1) * B.to(wd).transpose(1, 2).unsqueeze(2)
+    x = (delta.to(wd) * u.to(wd)).transpose(1, 2).unsqueeze(-1) * B.to(wd).transpose(
+        1, 2
+    ).unsqueeze(2)
     h = torch.zeros(Bt, E, N, dtype=wd, device=u.device)
     if chunk is None:
         chunk = max(1, min(64, int(math.sqrt((1 << 24) / max(1, Bt * E * N)))))
     outs = []
     for s in range(0, L, chunk):
-        da, xx = dA[:, s:s + chunk], x[:, s:s + chunk]  # (Bt, T, E, N)
+        da, xx = dA[:, s : s + chunk], x[:, s : s + chunk]  # (Bt, T, E, N)
         T = da.shape[1]
         S = da.cumsum(dim=1)  # S_t = sum_{k<=t} dA_k
         # pairwise decay exp(S_t - S_j) for j <= t, 0 otherwise: (Bt, T, T, E, N)
@@ -54,10 +61,18 @@ def selective_states(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: t
     return torch.cat(outs, dim=1)
 
 
-def selective_scan_torch(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
-                         C: torch.Tensor, D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None,
-                         delta_bias: Optional[torch.Tensor] = None, delta_softplus: bool = False,
-                         return_last_state: bool = False):
+def selective_scan_torch(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor] = None,
+    z: Optional[torch.Tensor] = None,
+    delta_bias: Optional[torch.Tensor] = None,
+    delta_softplus: bool = False,
+    return_last_state: bool = False,
+):
     """Pure-PyTorch equivalent of ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``.
 
     Returns ``y (B, E, L)`` in ``u``'s dtype (and the last state ``(B, E, N)`` when asked).
@@ -79,10 +94,30 @@ def selective_scan_torch(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, 
     return y
 
 
-def selective_scan_mamba_ssm(u, delta, A, B, C, D=None, z=None, delta_bias=None,
-                             delta_softplus=False, return_last_state=False):
+def selective_scan_mamba_ssm(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    return_last_state=False,
+):
     """mamba-ssm's fused CUDA ``selective_scan_fn`` (imported lazily; CUDA tensors only)."""
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
-    return selective_scan_fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
-                             delta_softplus=delta_softplus, return_last_state=return_last_state)
+    return selective_scan_fn(
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D=D,
+        z=z,
+        delta_bias=delta_bias,
+        delta_softplus=delta_softplus,
+        return_last_state=return_last_state,
+    )

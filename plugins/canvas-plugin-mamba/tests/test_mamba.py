@@ -9,11 +9,10 @@ import importlib.util
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from canvas_plugin_mamba.module import MambaAttention
 from canvas_plugin_mamba.scan import selective_scan_torch, selective_states
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 DT = torch.float64
 
@@ -32,8 +31,14 @@ def _naive_scan(u, delta, A, B, C, D, z):
 
 
 @settings(max_examples=25, deadline=None)
-@given(Bt=st.integers(1, 2), E=st.integers(1, 4), N=st.integers(1, 4), L=st.integers(1, 9),
-       chunk=st.sampled_from([None, 1, 2, 3]), seed=st.integers(0, 10**6))
+@given(
+    Bt=st.integers(1, 2),
+    E=st.integers(1, 4),
+    N=st.integers(1, 4),
+    L=st.integers(1, 9),
+    chunk=st.sampled_from([None, 1, 2, 3]),
+    seed=st.integers(0, 10**6),
+)
 def test_torch_scan_matches_naive_recurrence(Bt, E, N, L, chunk, seed):
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(Bt, E, L, generator=g, dtype=DT)
@@ -82,7 +87,10 @@ def _naive_module(m, q, k, v):
         hs = []
         h = torch.zeros(m.d_inner, m.d_state, dtype=DT)
         for t in range(Nk):
-            h = torch.exp(delta[b, t][:, None] * A) * h + delta[b, t][:, None] * Bs[b, t][None] * u_ref[b, :, t][:, None]
+            h = (
+                torch.exp(delta[b, t][:, None] * A) * h
+                + delta[b, t][:, None] * Bs[b, t][None] * u_ref[b, :, t][:, None]
+            )
             hs.append(h)
         for i in range(Nq):
             p = (i + 1) * Nk // Nq - 1
@@ -166,7 +174,9 @@ def test_hooks_register_lazily():
     assert r.added["mamba"][0] == "canvas_plugin_mamba.module:MambaAttention"
     assert r.added["mamba"][1]["complexity"] == "O(N)"
     ssm = r.added["mamba_ssm"][1]
-    assert ssm["requires"] == ("mamba_ssm",) and ssm["devices"] == ("cuda",) and ssm["priority"] == 10
+    assert (
+        ssm["requires"] == ("mamba_ssm",) and ssm["devices"] == ("cuda",) and ssm["priority"] == 10
+    )
     assert r.added["mamba_torch"][1]["supports"] == ("mamba",)
     for factory, _ in r.added.values():
         mod, obj = factory.split(":")
@@ -175,12 +185,15 @@ def test_hooks_register_lazily():
 
 def test_conformance_suite():
     testing = pytest.importorskip("canvas_core.testing")
-    testing.check_attention_type("mamba")
+    testing.check_attention_type("mamba", strict=True)
+    testing.check_attention_type("mamba", strict=True, dtype="float64", kernel="mamba_torch")
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("mamba_ssm") is None,
-                    reason="needs CUDA and the mamba-ssm package (pip install 'canvas-plugin-mamba[cuda]')")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or importlib.util.find_spec("mamba_ssm") is None,
+    reason="needs CUDA and the mamba-ssm package (pip install 'canvas-plugin-mamba[cuda]')",
+)
 def test_mamba_ssm_kernel_matches_torch_scan():
     torch.manual_seed(0)
     m = MambaAttention(64, 4).cuda()
@@ -191,4 +204,3 @@ def test_mamba_ssm_kernel_matches_torch_scan():
     m.kernel = "mamba_torch"
     ref = m(q, k, v)
     assert torch.allclose(fast, ref, atol=1e-4, rtol=1e-3)
-

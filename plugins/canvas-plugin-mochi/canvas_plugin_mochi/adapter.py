@@ -28,7 +28,9 @@ __all__ = ["MochiAdapter", "CanvasMochiAttnProcessor"]
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     even, odd = x[..., 0::2].float(), x[..., 1::2].float()
-    return torch.stack([(even * cos - odd * sin).to(x.dtype), (even * sin + odd * cos).to(x.dtype)], dim=-1).flatten(-2)
+    return torch.stack(
+        [(even * cos - odd * sin).to(x.dtype), (even * sin + odd * cos).to(x.dtype)], dim=-1
+    ).flatten(-2)
 
 
 class CanvasMochiAttnProcessor:
@@ -43,11 +45,22 @@ class CanvasMochiAttnProcessor:
         self.canvas_bias = None
         self.canvas_has_key = None
 
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor,
-                 attention_mask: torch.Tensor, image_rotary_emb: Optional[torch.Tensor] = None):
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        image_rotary_emb: Optional[torch.Tensor] = None,
+    ):
         if self.beta == 1.0 and self.canvas_bias is None:
-            return self.original(attn, hidden_states, encoder_hidden_states, attention_mask,
-                                 image_rotary_emb=image_rotary_emb)
+            return self.original(
+                attn,
+                hidden_states,
+                encoder_hidden_states,
+                attention_mask,
+                image_rotary_emb=image_rotary_emb,
+            )
         q = attn.to_q(hidden_states).unflatten(2, (attn.heads, -1))
         k = attn.to_k(hidden_states).unflatten(2, (attn.heads, -1))
         v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1))
@@ -71,9 +84,9 @@ class CanvasMochiAttnProcessor:
             valid = torch.nonzero(attention_mask[b].flatten(), as_tuple=False).flatten()
             rows = torch.cat([torch.arange(nv, device=q.device), nv + valid.to(q.device)])
             bias, has_key = select_bias(self, nv + nt, q.device, q.dtype, rows=rows)
-            qq = torch.cat([q[b:b + 1], eq[b:b + 1, :, valid]], dim=2)
-            kk = torch.cat([k[b:b + 1], ek[b:b + 1, :, valid]], dim=2)
-            vv = torch.cat([v[b:b + 1], ev[b:b + 1, :, valid]], dim=2)
+            qq = torch.cat([q[b : b + 1], eq[b : b + 1, :, valid]], dim=2)
+            kk = torch.cat([k[b : b + 1], ek[b : b + 1, :, valid]], dim=2)
+            vv = torch.cat([v[b : b + 1], ev[b : b + 1, :, valid]], dim=2)
             o = canvas_sdpa(qq, kk, vv, beta=self.beta, bias=bias, has_key=has_key)
             outs.append(F.pad(o, (0, 0, 0, nv + nt - o.size(2))))
         out = torch.cat(outs, dim=0).transpose(1, 2).flatten(2, 3)
@@ -119,36 +132,58 @@ class MochiAdapter(BackboneAdapter):
                 out.append(proc)
         return out
 
-    def token_layout(self, model: nn.Module, sample_inputs: Optional[Mapping[str, Any]] = None,
-                     layout: Any = None) -> TokenLayout:
+    def token_layout(
+        self,
+        model: nn.Module,
+        sample_inputs: Optional[Mapping[str, Any]] = None,
+        layout: Any = None,
+    ) -> TokenLayout:
         """``sample_inputs``: ``hidden_states`` ``(B, C, F, H, W)`` and ``encoder_hidden_states``
         ``(B, L, D_text)`` (tensors or shapes), as given to the model's forward."""
         from canvas_core.schema import CanvasLayout
 
         if not isinstance(sample_inputs, Mapping):
-            raise CanvasTypeError("Mochi token_layout needs sample_inputs={'hidden_states': ..., "
-                                  "'encoder_hidden_states': ...}")
+            raise CanvasTypeError(
+                "Mochi token_layout needs sample_inputs={'hidden_states': ..., "
+                "'encoder_hidden_states': ...}"
+            )
         shapes = {}
-        for key, nd, what in (("hidden_states", 5, "(B, C, F, H, W) latent video"),
-                              ("encoder_hidden_states", 3, "(B, L, D) text embedding")):
+        for key, nd, what in (
+            ("hidden_states", 5, "(B, C, F, H, W) latent video"),
+            ("encoder_hidden_states", 3, "(B, L, D) text embedding"),
+        ):
             v = sample_inputs.get(key)
-            s = tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v) if isinstance(v, (tuple, list)) else None
+            s = (
+                tuple(v.shape)
+                if isinstance(v, torch.Tensor)
+                else tuple(v)
+                if isinstance(v, (tuple, list))
+                else None
+            )
             if s is None or len(s) != nd:
-                raise CanvasTypeError(f"token_layout needs sample_inputs[{key!r}]: the {what} tensor or shape")
+                raise CanvasTypeError(
+                    f"token_layout needs sample_inputs[{key!r}]: the {what} tensor or shape"
+                )
             shapes[key] = s
         _, _, f, H, W = shapes["hidden_states"]
         L = shapes["encoder_hidden_states"][1]
         p = model.config.patch_size
         if H % p or W % p:
-            raise BackboneError(f"latent height/width ({H}, {W}) must be multiples of patch_size {p}")
+            raise BackboneError(
+                f"latent height/width ({H}, {W}) must be multiples of patch_size {p}"
+            )
         h, w = H // p, W // p
         r = max(1, math.ceil(L / w)) if L else 0
         regions = {"video": (0, f, 0, h, 0, w)}
         if L:
             regions["text"] = (0, 1, h, h + r, 0, w)
-        base = CanvasLayout(T=f, spatial_shape=(h + r, w), d_model=self.hidden_size(model), regions=regions)
+        base = CanvasLayout(
+            T=f, spatial_shape=(h + r, w), d_model=self.hidden_size(model), regions=regions
+        )
         plane = (h + r) * w
         video = [t * plane + y * w + x for t in range(f) for y in range(h) for x in range(w)]
         text = [(h + j // w) * w + j % w for j in range(L)]
-        tl = TokenLayout(base, tuple(video + text), {"text_len": L, "frames": f, "height": h, "width": w})
+        tl = TokenLayout(
+            base, tuple(video + text), {"text_len": L, "frames": f, "height": h, "width": w}
+        )
         return tl.with_layout(layout) if layout is not None else tl

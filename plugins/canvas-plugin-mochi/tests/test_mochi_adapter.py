@@ -1,17 +1,27 @@
 """Mochi adapter on the real diffusers class with tiny configs and random weights."""
 
 import math
+
 import pytest
 import torch
+from canvas_plugin_mochi.adapter import CanvasMochiAttnProcessor, MochiAdapter
 from diffusers import MochiTransformer3DModel
 
 from canvas_core.looping import SharpeningSchedule, get_adapter, graft_looped_blocks
-from canvas_plugin_mochi.adapter import CanvasMochiAttnProcessor, MochiAdapter
 
 pytestmark = pytest.mark.filterwarnings("ignore:In CPU autocast")
 
-TINY = dict(patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=2, pooled_projection_dim=12,
-            in_channels=4, text_embed_dim=16, time_embed_dim=8, max_sequence_length=6)
+TINY = dict(
+    patch_size=2,
+    num_attention_heads=2,
+    attention_head_dim=8,
+    num_layers=2,
+    pooled_projection_dim=12,
+    in_channels=4,
+    text_embed_dim=16,
+    time_embed_dim=8,
+    max_sequence_length=6,
+)
 
 
 def make(cfg=TINY, seed=0):
@@ -26,13 +36,25 @@ def inputs(cfg=TINY, seed=1):
     g = torch.Generator().manual_seed(seed)
     mask = torch.ones(2, cfg["max_sequence_length"])
     mask[1, 4:] = 0  # padded prompt in sample 1
-    return dict(hidden_states=torch.randn(2, cfg["in_channels"], 2, 8, 8, generator=g),
-                encoder_hidden_states=torch.randn(2, cfg["max_sequence_length"], cfg["text_embed_dim"], generator=g),
-                timestep=torch.tensor([3, 700]), encoder_attention_mask=mask)
+    return dict(
+        hidden_states=torch.randn(2, cfg["in_channels"], 2, 8, 8, generator=g),
+        encoder_hidden_states=torch.randn(
+            2, cfg["max_sequence_length"], cfg["text_embed_dim"], generator=g
+        ),
+        timestep=torch.tensor([3, 700]),
+        encoder_attention_mask=mask,
+    )
 
 
-@pytest.mark.parametrize("cfg", [TINY, dict(TINY, num_layers=3, num_attention_heads=3, attention_head_dim=4,
-                                             pooled_projection_dim=8)])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        TINY,
+        dict(
+            TINY, num_layers=3, num_attention_heads=3, attention_head_dim=4, pooled_projection_dim=8
+        ),
+    ],
+)
 def test_graft_is_identical_at_every_loop_count(cfg):
     m = make(cfg)
     kw = inputs(cfg)
@@ -57,7 +79,11 @@ def test_full_freeze_gradients_and_count():
     out = m(**inputs()).sample  # (B, C, F, H, W)
     (out.pow(2).mean() + head(out.transpose(1, 2)).pow(2).mean()).backward()
     got = {n for n, p in m.named_parameters() if p.grad is not None}
-    assert got == {f"transformer_blocks.{i}.{k}" for i in range(2) for k in ("loop_emb", "loop_emb_1", "loop_gate")}
+    assert got == {
+        f"transformer_blocks.{i}.{k}"
+        for i in range(2)
+        for k in ("loop_emb", "loop_emb_1", "loop_gate")
+    }
 
 
 def test_from_pretrained_local_directory(tmp_path):
@@ -81,7 +107,11 @@ def reference(attn, hid, enc, valid, beta, bias, rope):
 
     q, k, v = heads(attn.to_q(hid)), heads(attn.to_k(hid)), heads(attn.to_v(hid))
     q, k = attn.norm_q(q), attn.norm_k(k)
-    eq, ek, ev = heads(attn.add_q_proj(enc)), heads(attn.add_k_proj(enc)), heads(attn.add_v_proj(enc))
+    eq, ek, ev = (
+        heads(attn.add_q_proj(enc)),
+        heads(attn.add_k_proj(enc)),
+        heads(attn.add_v_proj(enc)),
+    )
     eq, ek = attn.norm_added_q(eq), attn.norm_added_k(ek)
     cos, sin = rope
 
@@ -141,7 +171,14 @@ def test_token_layout_video_first():
     graft_looped_blocks(m, max_loops=2)
     tl = get_adapter(m).token_layout(m, inputs())
     assert (tl.layout.T, tuple(tl.layout.spatial_shape)) == (2, (6, 4))
-    assert tl.token_index[:16] == tuple(range(16)) and tl.token_index[32:] == (16, 17, 18, 19, 20, 21)
+    assert tl.token_index[:16] == tuple(range(16)) and tl.token_index[32:] == (
+        16,
+        17,
+        18,
+        19,
+        20,
+        21,
+    )
 
 
 def test_real_topology_dense_equals_backbone_and_sharpening_identity():

@@ -35,8 +35,9 @@ class CanvasViTAttention(_TimmAttention):
 
     canvas_beta = True
 
-    def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
-                is_causal: bool = False) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False
+    ) -> torch.Tensor:
         beta = getattr(self, "beta", 1.0)
         if beta == 1.0 and getattr(self, "canvas_bias", None) is None:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
@@ -47,11 +48,24 @@ class CanvasViTAttention(_TimmAttention):
         q, k = self.q_norm(q), self.k_norm(k)
         if is_causal:
             causal = torch.ones(N, N, dtype=torch.bool, device=x.device).tril()
-            attn_mask = causal if attn_mask is None else attn_mask & causal if attn_mask.dtype == torch.bool \
+            attn_mask = (
+                causal
+                if attn_mask is None
+                else attn_mask & causal
+                if attn_mask.dtype == torch.bool
                 else attn_mask.masked_fill(~causal, float("-inf"))
+            )
         bias, has_key = select_bias(self, N, q.device, q.dtype)
-        out = canvas_sdpa(q, k, v, beta=beta, bias=bias, has_key=has_key, attn_mask=attn_mask,
-                          dropout_p=self.attn_drop.p if self.training else 0.0)
+        out = canvas_sdpa(
+            q,
+            k,
+            v,
+            beta=beta,
+            bias=bias,
+            has_key=has_key,
+            attn_mask=attn_mask,
+            dropout_p=self.attn_drop.p if self.training else 0.0,
+        )
         out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
         out = self.norm(out)
         if gate is not None:
@@ -91,27 +105,37 @@ class ViTAdapter(BackboneAdapter):
             return tuple(int(g) for g in pe.grid_size)  # type: ignore[return-value]
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else tuple(x)
         if len(shape) != 4:
-            raise BackboneError(f"ViT sample input must be an image batch (B, C, H, W), got shape {shape}")
+            raise BackboneError(
+                f"ViT sample input must be an image batch (B, C, H, W), got shape {shape}"
+            )
         if hasattr(pe, "dynamic_feat_size"):
             return tuple(int(g) for g in pe.dynamic_feat_size(shape[-2:]))  # type: ignore[return-value]
         ph, pw = pe.patch_size
         return shape[-2] // ph, shape[-1] // pw
 
-    def token_layout(self, model: nn.Module, sample_inputs: Any = None, layout: Any = None) -> TokenLayout:
+    def token_layout(
+        self, model: nn.Module, sample_inputs: Any = None, layout: Any = None
+    ) -> TokenLayout:
         """``sample_inputs``: optional ``{"x": images (B, C, H, W)}`` (or the tensor); default:
         the model's configured image size."""
         from canvas_core.schema import CanvasLayout
 
-        if sample_inputs is not None and not isinstance(sample_inputs, (Mapping, torch.Tensor, tuple, list)):
-            raise CanvasTypeError(f"ViT token_layout sample_inputs must be an image tensor or {{'x': ...}}, "
-                                  f"got {type(sample_inputs).__name__}")
+        if sample_inputs is not None and not isinstance(
+            sample_inputs, (Mapping, torch.Tensor, tuple, list)
+        ):
+            raise CanvasTypeError(
+                f"ViT token_layout sample_inputs must be an image tensor or {{'x': ...}}, "
+                f"got {type(sample_inputs).__name__}"
+            )
         gh, gw = self.grid(model, sample_inputs)
         npfx = int(getattr(model, "num_prefix_tokens", 0))
         r = math.ceil(npfx / gw) if npfx else 0
         regions = {"patches": (0, 1, 0, gh, 0, gw)}
         if npfx:
             regions["cls"] = (0, 1, gh, gh + r, 0, gw)
-        base = CanvasLayout(T=1, spatial_shape=(gh + r, gw), d_model=self.hidden_size(model), regions=regions)
+        base = CanvasLayout(
+            T=1, spatial_shape=(gh + r, gw), d_model=self.hidden_size(model), regions=regions
+        )
         prefix = [(gh + j // gw) * gw + j % gw for j in range(npfx)]
         patches = list(range(gh * gw))
         tl = TokenLayout(base, tuple(prefix + patches), {"prefix_tokens": npfx, "grid": (gh, gw)})

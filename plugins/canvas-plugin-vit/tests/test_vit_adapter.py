@@ -5,9 +5,9 @@ import math
 import pytest
 import timm
 import torch
+from canvas_plugin_vit.adapter import CanvasViTAttention, ViTAdapter
 
 from canvas_core.looping import SharpeningSchedule, get_adapter, graft_looped_blocks
-from canvas_plugin_vit.adapter import CanvasViTAttention, ViTAdapter
 
 TINY = dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2, num_classes=5)
 
@@ -17,7 +17,9 @@ def make(name="vit_tiny_patch16_224", seed=0, **over):
     return timm.create_model(name, pretrained=False, **{**TINY, **over}).eval()
 
 
-@pytest.mark.parametrize("over", [{}, dict(reg_tokens=3, depth=3), dict(class_token=False, global_pool="avg")])
+@pytest.mark.parametrize(
+    "over", [{}, dict(reg_tokens=3, depth=3), dict(class_token=False, global_pool="avg")]
+)
 def test_graft_is_identical_at_every_loop_count(over):
     m = make(**over)
     x = torch.randn(2, 3, 32, 32)
@@ -66,8 +68,12 @@ def test_pretrained_from_local_file(tmp_path):
     src = make(seed=4)
     path = tmp_path / "model.safetensors"
     save_file(src.state_dict(), str(path))
-    m = timm.create_model("vit_tiny_patch16_224", pretrained=True,
-                          pretrained_cfg_overlay=dict(file=str(path), num_classes=5), **TINY).eval()
+    m = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(path), num_classes=5),
+        **TINY,
+    ).eval()
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         ref = src(x)
@@ -100,7 +106,7 @@ def test_attention_beta_and_topology_match_reference():
             W = torch.zeros(layout.num_positions, layout.num_positions)
             W[16, :17] = 1
             for r in range(4):
-                W[r * 4:(r + 1) * 4, r * 4:(r + 1) * 4] = 1
+                W[r * 4 : (r + 1) * 4, r * 4 : (r + 1) * 4] = 1
             return W
 
     ad.install_topology(m, Top(), tl)
@@ -110,12 +116,17 @@ def test_attention_beta_and_topology_match_reference():
     W = Top().to_attention_mask(lay)[idx][:, idx]
     bias = torch.where(W > 0, 0.0, float("-inf"))
     with torch.no_grad():
-        torch.testing.assert_close(attn(x), reference_attention(attn, x, 1.0, bias), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            attn(x), reference_attention(attn, x, 1.0, bias), rtol=1e-5, atol=1e-5
+        )
         attn.beta = 3.0
-        torch.testing.assert_close(attn(x), reference_attention(attn, x, 3.0, bias), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            attn(x), reference_attention(attn, x, 3.0, bias), rtol=1e-5, atol=1e-5
+        )
         ad.remove_topology(m)
-        torch.testing.assert_close(attn(x), reference_attention(attn, x, 3.0, torch.zeros(17, 17)),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            attn(x), reference_attention(attn, x, 3.0, torch.zeros(17, 17)), rtol=1e-5, atol=1e-5
+        )
         attn.beta = 1.0
 
 
@@ -134,9 +145,17 @@ def test_real_topology_and_sharpening():
     with torch.no_grad():
         torch.testing.assert_close(m(x), ref, rtol=1e-4, atol=1e-5)
     # CLS may not be read by patches: patch tokens become independent of the CLS token
-    ad.install_topology(m, CanvasTopology(connections=[
-        Connection(src="patches", dst="patches"), Connection(src="cls", dst="patches"),
-        Connection(src="cls", dst="cls")]), tl)
+    ad.install_topology(
+        m,
+        CanvasTopology(
+            connections=[
+                Connection(src="patches", dst="patches"),
+                Connection(src="cls", dst="patches"),
+                Connection(src="cls", dst="cls"),
+            ]
+        ),
+        tl,
+    )
     with torch.no_grad():
         f1 = m.forward_features(x)
         m.cls_token.add_(1.0)

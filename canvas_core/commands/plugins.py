@@ -1,0 +1,115 @@
+"""``canvas plugins [--json]``: installed plugins, what they register, failures, availability.
+
+Lists every plugin (the builtin one included) with its distribution, version, hooks, the names it
+registered per registry and its status (``ok`` / ``failed`` with the error / ``blocked`` /
+``disabled``), then the contents of every registry with availability on the target device
+(``--device``, default: ``cuda`` when torch sees one, else ``cpu``) and the reasons when not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Dict, List
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    parser.add_argument("--device", default="auto",
+                        help="device availability is checked for: cpu, cuda, mps or auto (default)")
+    parser.add_argument("--dtype", default="float32", help="dtype availability is checked for (default float32)")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit with status 1 when a plugin failed to load or two plugins conflict")
+
+
+def _auto_device() -> str:
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return "cpu"
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except Exception:
+        return "cpu"
+
+
+def collect(device: str = "cpu", dtype: str = "float32") -> Dict[str, Any]:
+    """The document printed by ``canvas plugins --json``."""
+    from canvas_core.plugins import RuntimeContext, get_host
+
+    host = get_host()
+    plugins = host.plugin_report()
+    ctx = RuntimeContext(device=device, dtype=dtype)
+    return {
+        "environment": {
+            "autoload": host.settings.get("autoload", True),
+            "allow": host.settings.get("allow"),
+            "block": host.settings.get("block", []),
+        },
+        "target": {"device": ctx.device_type, "dtype": ctx.dtype_name},
+        "plugins": plugins,
+        "registries": host.registry_report(ctx),
+    }
+
+
+def _text(doc: Dict[str, Any]) -> str:
+    out: List[str] = []
+    env = doc["environment"]
+    out.append(f"canvas plugins ({len(doc['plugins'])}); autoload {'on' if env['autoload'] else 'off'}"
+               + (f", allow-list {','.join(env['allow'])}" if env["allow"] else "")
+               + (f", block-list {','.join(env['block'])}" if env["block"] else ""))
+    for p in doc["plugins"]:
+        ver = f" {p['version']}" if p["version"] else ""
+        ep = f" [{p['entry_point']}]" if p.get("entry_point") else ""
+        out.append(f"  {p['name']}: {p['distribution']}{ver} ({p['source']}){ep} - {p['status'].upper()}")
+        if p["error"]:
+            out.append(f"      error: {p['error']}")
+        if p["hooks"]:
+            out.append(f"      hooks: {', '.join(p['hooks'])}")
+        for kind, names in p["registered"].items():
+            out.append(f"      {kind}: {', '.join(names)}")
+        for c in p["conflicts"]:
+            out.append(f"      conflict: {c}")
+        for w in p["warnings"]:
+            out.append(f"      warning: {w}")
+    t = doc["target"]
+    out.append("")
+    out.append(f"registries (availability on {t['device']}/{t['dtype']}):")
+    for kind, rows in doc["registries"].items():
+        out.append(f"  {kind} ({len(rows)}):")
+        if not rows:
+            out.append("      (empty)")
+        width = max((len(r["name"]) for r in rows), default=0)
+        for r in rows:
+            fam = " ".join(x for x in (r.get("family"), r.get("complexity")) if x)
+            extra = f" supports {','.join(r['supports'])} prio {r['priority']}" if kind == "kernels" else ""
+            state = "available" if r["available"] else "UNAVAILABLE: " + "; ".join(r["reasons"])
+            ver = f" {r['version']}" if r["version"] else ""
+            out.append(f"    {r['name']:<{width}}  {r['provider']}{ver}"
+                       + (f"  [{fam}]" if fam else "") + extra + f"  - {state}")
+    return "\n".join(out)
+
+
+def run(args: argparse.Namespace) -> int:
+    device = getattr(args, "device", "auto") or "auto"
+    if device == "auto":
+        device = _auto_device()
+    doc = collect(device=device, dtype=getattr(args, "dtype", "float32") or "float32")
+    if getattr(args, "json", False):
+        json.dump(doc, sys.stdout, indent=2, sort_keys=False, default=str)
+        sys.stdout.write("\n")
+    else:
+        print(_text(doc))
+    if getattr(args, "strict", False):
+        bad = any(p["status"] == "failed" or p["conflicts"] for p in doc["plugins"])
+        return 1 if bad else 0
+    return 0
+
+
+if __name__ == "__main__":  # python -m canvas_core.commands.plugins
+    parser = argparse.ArgumentParser(prog="canvas plugins")
+    add_arguments(parser)
+    sys.exit(run(parser.parse_args()))

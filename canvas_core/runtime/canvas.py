@@ -1,0 +1,322 @@
+"""The spatiotemporal canvas tensor and its embeddings.
+
+The canvas is a ``(T, *spatial_shape)`` grid of ``d_model`` vectors flattened to
+``(B, N, d_model)`` in canonical order (``t * prod(spatial) + row-major(spatial)``).
+Each position's representation is the sum of its content (an empty token or placed data), an
+N-d sinusoidal positional encoding, and its region's identity: a learned modality embedding
+(or semantic conditioning), the period embedding and, with a program, family + carrier
+embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from canvas_core.errors import CanvasTypeError, ShapeError, UnknownRegionError, did_you_mean
+
+__all__ = [
+    "SinusoidalPositionalEncodingND",
+    "SinusoidalPositionalEncoding3D",
+    "PeriodEmbedding",
+    "FamilyCarrierEmbedding",
+    "SpatiotemporalCanvas",
+    "sinusoid_table",
+]
+
+
+def sinusoid_table(length: int, dim: int) -> torch.Tensor:
+    """``(length, dim)`` 1-d sinusoidal encoding: columns ``2i`` = ``sin(pos / 10000^(2i/dim))``,
+    ``2i + 1`` = ``cos(...)`` (an odd ``dim`` ends with a sine column)."""
+    pos = torch.arange(length, dtype=torch.float64)[:, None]
+    i = torch.arange(0, dim, 2, dtype=torch.float64)
+    freq = torch.exp(-math.log(10000.0) * i / max(dim, 1))
+    table = torch.zeros(length, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq[: dim // 2])
+    return table.float()
+
+
+class SinusoidalPositionalEncodingND(nn.Module):
+    """N-d sinusoidal positional encoding of a ``(T, S0, S1, ...)`` grid.
+
+    ``d_model`` is split evenly across the ``1 + len(max_spatial)`` axes (the remainder goes to
+    the last axis); each axis' slice is the 1-d encoding of that coordinate
+    (:func:`sinusoid_table`).  Only the per-axis tables are stored.
+    """
+
+    def __init__(
+        self, d_model: int, max_T: int = 32, max_spatial: Tuple[int, ...] = (64, 64)
+    ) -> None:
+        super().__init__()
+        sizes = (max_T, *tuple(max_spatial))
+        for v in (d_model, *sizes):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise CanvasTypeError(
+                    f"SinusoidalPositionalEncodingND: sizes must be ints >= 1, got "
+                    f"d_model={d_model!r}, max_T={max_T!r}, max_spatial={max_spatial!r}"
+                )
+        n = len(sizes)
+        base = d_model // n
+        self.dims = tuple([base] * (n - 1) + [d_model - base * (n - 1)])
+        self.d_model, self.max_sizes = d_model, sizes
+        for k, (size, dim) in enumerate(zip(sizes, self.dims)):
+            self.register_buffer(f"table_{k}", sinusoid_table(size, dim), persistent=False)
+
+    def forward(self, T: int, spatial_shape: Tuple[int, ...]) -> torch.Tensor:
+        """The encoding ``(T, *spatial_shape, d_model)``."""
+        shape = (T, *tuple(spatial_shape))
+        if len(shape) != len(self.max_sizes) or any(
+            s > m or s < 0 for s, m in zip(shape, self.max_sizes)
+        ):
+            raise ShapeError(
+                f"SinusoidalPositionalEncodingND: grid {shape} does not fit the "
+                f"maximum {self.max_sizes}; build the encoding with larger maxima"
+            )
+        parts = []
+        n = len(shape)
+        for k, size in enumerate(shape):
+            t = getattr(self, f"table_{k}")[:size]  # (size, dim_k)
+            view = [1] * n + [t.shape[1]]
+            view[k] = size
+            parts.append(t.view(view).expand(*shape, t.shape[1]))
+        return torch.cat(parts, dim=-1)
+
+
+class SinusoidalPositionalEncoding3D(SinusoidalPositionalEncodingND):
+    """``(T, H, W)`` positional encoding (the 2-d-spatial case of the N-d encoding)."""
+
+    def __init__(self, d_model: int, max_T: int = 32, max_H: int = 64, max_W: int = 64) -> None:
+        super().__init__(d_model, max_T, (max_H, max_W))
+
+    def forward(
+        self, T: int, H: int = 0, W: int = 0, spatial_shape: Optional[Tuple[int, ...]] = None
+    ) -> torch.Tensor:
+        """``(T, H, W, d_model)``; ``spatial_shape=(H, W)`` may replace ``H, W``."""
+        return super().forward(T, tuple(spatial_shape) if spatial_shape is not None else (H, W))
+
+
+class PeriodEmbedding(nn.Module):
+    """Learned embedding of a region's update period, indexed by a log bucket.
+
+    ``bucket(p) = floor(log(p) / log(max_period) * (n_buckets - 1))`` clamped to
+    ``[0, n_buckets - 1]``: period 1 -> 0, 4 -> 2, 16 -> 4, 576 -> 10, 4608 -> 13 with the
+    defaults.
+    """
+
+    def __init__(self, d_model: int, n_buckets: int = 16, max_period: int = 10000) -> None:
+        super().__init__()
+        if (
+            not isinstance(n_buckets, int)
+            or n_buckets < 1
+            or not isinstance(max_period, int)
+            or max_period < 2
+        ):
+            raise CanvasTypeError(
+                f"PeriodEmbedding: need n_buckets >= 1 and max_period >= 2, got "
+                f"{n_buckets!r}, {max_period!r}"
+            )
+        self.n_buckets, self.max_period = n_buckets, max_period
+        self.embedding = nn.Embedding(n_buckets, d_model)
+        nn.init.normal_(self.embedding.weight, std=0.02)
+
+    def bucket(self, period: int) -> int:
+        """Bucket index of ``period`` (>= 1)."""
+        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
+            raise CanvasTypeError(f"PeriodEmbedding: period must be an int >= 1, got {period!r}")
+        b = math.floor(math.log(period) / math.log(self.max_period) * (self.n_buckets - 1) + 1e-9)
+        return max(0, min(self.n_buckets - 1, b))
+
+    def forward(self, period: int) -> torch.Tensor:
+        """``(d_model,)`` embedding of ``period``."""
+        return self.embedding.weight[self.bucket(period)]
+
+
+class FamilyCarrierEmbedding(nn.Module):
+    """Sum of a learned family embedding and a learned carrier embedding, ``(d_model,)``.
+
+    Families ``observation, state, memory, residual, action`` and carriers ``deterministic,
+    diffusive, filter, memory, residual`` have their own rows; any other string (custom
+    families) maps to a dedicated last "unknown" row of each table.
+    """
+
+    FAMILIES: Tuple[str, ...] = ("observation", "state", "memory", "residual", "action")
+    CARRIERS: Tuple[str, ...] = ("deterministic", "diffusive", "filter", "memory", "residual")
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.d_model = d_model
+        self.family_emb = nn.Embedding(len(self.FAMILIES) + 1, d_model)
+        self.carrier_emb = nn.Embedding(len(self.CARRIERS) + 1, d_model)
+        nn.init.normal_(self.family_emb.weight, std=0.02)
+        nn.init.normal_(self.carrier_emb.weight, std=0.02)
+
+    def family_idx(self, family: str) -> int:
+        return self.FAMILIES.index(family) if family in self.FAMILIES else len(self.FAMILIES)
+
+    def carrier_idx(self, carrier: str) -> int:
+        return self.CARRIERS.index(carrier) if carrier in self.CARRIERS else len(self.CARRIERS)
+
+    def forward(self, family: str, carrier: str) -> torch.Tensor:
+        """``(d_model,)`` embedding of a family + carrier pair."""
+        return (
+            self.family_emb.weight[self.family_idx(family)]
+            + self.carrier_emb.weight[self.carrier_idx(carrier)]
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, families={len(self.FAMILIES)}, carriers={len(self.CARRIERS)}"
+        )
+
+
+class SpatiotemporalCanvas(nn.Module):
+    """Creates, writes and reads the ``(B, N, d_model)`` canvas of a layout.
+
+    Args:
+        layout: a ``CanvasLayout``.
+        semantic_conditioner: optional ``SemanticConditioner``; regions it knows
+            (``region_names``) take ``get_conditioning(name)`` as their identity instead of a
+            learned modality embedding (others get none).
+        program: optional ``CanvasProgram``; adds family + carrier embeddings per region.
+
+    ``create_empty(B)`` gives every position ``empty_token + PE + identity`` (uncovered
+    positions: ``empty_token + PE + period_embedding(1)``).  ``place(canvas, x, region)``
+    returns a new canvas whose region positions hold ``x + PE + identity(region)``
+    (out-of-place, differentiable in both); ``extract(canvas, region)`` reads them back.
+    ``identity = modality (or semantic) + period + family/carrier``.  Unlike
+    canvas-engineering, placed data keeps its positional encoding.
+
+    Example::
+
+        canvas_mod = SpatiotemporalCanvas(layout)
+        canvas = canvas_mod.create_empty(batch_size=4)   # (4, N, d_model)
+        canvas = canvas_mod.place(canvas, visual_embs, "visual")
+        actions = canvas_mod.extract(canvas, "action")
+    """
+
+    def __init__(self, layout: Any, semantic_conditioner: Any = None, program: Any = None) -> None:
+        super().__init__()
+        self.layout = layout
+        self.semantic_conditioner = semantic_conditioner
+        self.program = program
+        D = self.d_model = int(layout.d_model)
+        shape = tuple(layout.spatial_shape)
+        self.names: Tuple[str, ...] = tuple(layout.regions)
+        self.pos_enc = SinusoidalPositionalEncodingND(
+            D, max(1, layout.T), tuple(max(1, s) for s in shape)
+        )
+        self.empty_token = nn.Parameter(torch.randn(D) * 0.02)
+        self.period_embedding = PeriodEmbedding(D)
+        self.modality_embeddings = nn.ParameterDict()
+        if semantic_conditioner is None:
+            for k, name in enumerate(self.names):
+                self.modality_embeddings[f"r{k}"] = nn.Parameter(torch.randn(D) * 0.02)
+        self.family_carrier = FamilyCarrierEmbedding(D) if program is not None else None
+        self._slot: Dict[str, int] = {}
+        for k, name in enumerate(self.names):
+            self._slot[name] = k
+            idx = torch.tensor(layout.region_indices(name), dtype=torch.long)
+            self.register_buffer(f"index_{k}", idx, persistent=False)
+
+    # ------------------------------------------------------------------ pieces
+    def _k(self, region_name: str) -> int:
+        k = self._slot.get(region_name) if isinstance(region_name, str) else None
+        if k is None:
+            raise UnknownRegionError(
+                f"SpatiotemporalCanvas: unknown region {region_name!r}; the layout declares "
+                f"{list(self.names)}." + did_you_mean(region_name, self.names)
+            )
+        return k
+
+    def region_index(self, region_name: str) -> torch.Tensor:
+        """Canonical flat indices ``(numel,)`` of a region (a buffer)."""
+        return getattr(self, f"index_{self._k(region_name)}")
+
+    def positional_encoding(self) -> torch.Tensor:
+        """``(N, d_model)`` positional encoding in canonical order."""
+        lay = self.layout
+        return self.pos_enc(lay.T, tuple(lay.spatial_shape)).reshape(-1, self.d_model)
+
+    def region_identity(self, region_name: str) -> torch.Tensor:
+        """``(d_model,)``: modality (or semantic) + period (+ family/carrier with a program)."""
+        k = self._k(region_name)
+        spec = self.layout.regions[region_name]
+        out = self.period_embedding(int(getattr(spec, "period", 1)))
+        cond = self.semantic_conditioner
+        if cond is None:
+            out = out + self.modality_embeddings[f"r{k}"]
+        elif region_name in list(getattr(cond, "region_names", [])):
+            out = out + cond.get_conditioning(region_name).to(out)
+        if self.family_carrier is not None:
+            rp = getattr(self.program, "regions", {}).get(region_name)
+            family = getattr(rp, "family", None) or getattr(spec, "family", None) or "state"
+            carrier = getattr(rp, "carrier", None) or getattr(spec, "carrier", "deterministic")
+            out = out + self.family_carrier(family, carrier)
+        return out
+
+    def region_embedding(self, region_name: str) -> torch.Tensor:
+        """``(numel, d_model)``: what :meth:`place` adds to the data (PE + identity)."""
+        idx = self.region_index(region_name)
+        return self.positional_encoding().index_select(0, idx) + self.region_identity(region_name)
+
+    # ------------------------------------------------------------------ API
+    def create_empty(self, batch_size: int) -> torch.Tensor:
+        """``(B, N, d_model)`` canvas of empty tokens + positional + region identity."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+            raise CanvasTypeError(
+                "SpatiotemporalCanvas.create_empty: batch_size must be an int >= 0, "
+                f"got {batch_size!r}"
+            )
+        base = self.positional_encoding() + self.empty_token
+        N = base.shape[0]
+        ident = self.period_embedding(1).expand(N, self.d_model)
+        for name in self.names:
+            idx = self.region_index(name)
+            ident = ident.index_copy(
+                0, idx, self.region_identity(name).expand(idx.numel(), self.d_model)
+            )
+        return (base + ident).unsqueeze(0).expand(batch_size, N, self.d_model).clone()
+
+    def _check_canvas(self, canvas: torch.Tensor, where: str) -> None:
+        N = self.layout.num_positions
+        if (
+            not isinstance(canvas, torch.Tensor)
+            or canvas.dim() != 3
+            or canvas.shape[1:] != (N, self.d_model)
+        ):
+            got = tuple(canvas.shape) if isinstance(canvas, torch.Tensor) else type(canvas).__name__
+            raise ShapeError(
+                f"SpatiotemporalCanvas.{where}: canvas must be (B, {N}, {self.d_model}), got {got}"
+            )
+
+    def place(
+        self, canvas: torch.Tensor, embeddings: torch.Tensor, region_name: str
+    ) -> torch.Tensor:
+        """New canvas with region ``region_name`` set to ``embeddings + PE + identity``.
+
+        ``embeddings``: ``(B, numel, d_model)`` in the region's canonical order (t-major).
+        """
+        self._check_canvas(canvas, "place")
+        idx = self.region_index(region_name)
+        want = (canvas.shape[0], idx.numel(), self.d_model)
+        if not isinstance(embeddings, torch.Tensor) or tuple(embeddings.shape) != want:
+            got = (
+                tuple(embeddings.shape)
+                if isinstance(embeddings, torch.Tensor)
+                else type(embeddings).__name__
+            )
+            raise ShapeError(
+                f"SpatiotemporalCanvas.place: region {region_name!r} expects embeddings of "
+                f"shape (B, numel, d_model) = {want}, got {got}"
+            )
+        values = embeddings + self.region_embedding(region_name).to(embeddings.dtype)
+        return canvas.index_copy(1, idx, values.to(canvas.dtype))
+
+    def extract(self, canvas: torch.Tensor, region_name: str) -> torch.Tensor:
+        """``(B, numel, d_model)``: the region's positions in canonical order."""
+        self._check_canvas(canvas, "extract")
+        return canvas.index_select(1, self.region_index(region_name))

@@ -1,0 +1,55 @@
+"""Scene-relative 2-D rotary position embeddings (RoPE).
+
+A head of width ``dh`` rotates its first ``r = 4 * (dh // 4)`` channels: ``r / 4`` frequencies
+act on the ``y`` coordinate and ``r / 4`` on ``x``; channel ``i`` of the first half pairs with
+channel ``i + r/2``.  Frequencies are geometric, ``omega_k = (pi / 2) * max_freq ** (k / (n - 1))``
+(``n = r / 4``), so the lowest never wraps over the scene (``[-1, 1]``) and the highest resolves
+about ``max_freq`` cells per unit.  Since ``<R(p) q, R(p') k> = <q, R(p' - p) k>``, attention
+logits depend on positions only through their differences: moving every coordinate by the same
+offset leaves attention unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["SceneRoPE"]
+
+
+class SceneRoPE(nn.Module):
+    """Rotary embedding of ``(y, x)`` scene coordinates for heads of width ``head_dim``.
+
+    Args:
+        head_dim: channels per head (channels beyond ``4 * (head_dim // 4)`` pass unrotated).
+        max_freq: ratio between the highest and the lowest frequency.
+    """
+
+    def __init__(self, head_dim: int, max_freq: float = 64.0) -> None:
+        super().__init__()
+        self.head_dim = int(head_dim)
+        self.rot = 4 * (self.head_dim // 4)
+        n = self.rot // 4
+        if n > 0:
+            k = torch.arange(n, dtype=torch.float32)
+            freqs = (math.pi / 2) * float(max_freq) ** (k / max(n - 1, 1))
+        else:
+            freqs = torch.zeros(0)
+        self.register_buffer("freqs", freqs, persistent=False)
+        self.max_freq = float(max_freq)
+
+    def forward(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+        """Rotate ``x (B, H, N, head_dim)`` by ``coords (B|1, N, 2)``; same shape back."""
+        if self.rot == 0:
+            return x
+        ang = coords.to(torch.float32)[..., :, None, :] * self.freqs[:, None]   # (B, N, n, 2)
+        ang = ang.transpose(-1, -2).reshape(*coords.shape[:-1], self.rot // 2)   # [y freqs, x freqs]
+        cos, sin = ang.cos()[:, None].to(x.dtype), ang.sin()[:, None].to(x.dtype)  # (B, 1, N, r/2)
+        half = self.rot // 2
+        x1, x2, rest = x[..., :half], x[..., half:self.rot], x[..., self.rot:]
+        return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, rest], dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"head_dim={self.head_dim}, rotated={self.rot}, max_freq={self.max_freq}"

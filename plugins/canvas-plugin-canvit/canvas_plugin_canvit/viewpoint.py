@@ -1,0 +1,124 @@
+"""Viewpoints and glimpses in scene-relative coordinates.
+
+Scene coordinates are ``(y, x)`` in ``[-1, 1]^2`` (``(-1, -1)`` the top-left corner of the scene,
+``(1, 1)`` the bottom-right).  A :class:`Viewpoint` is a square window of the scene: its
+``centers (B, 2)`` and ``scales (B,)`` (side of the window as a fraction of the scene side: 1 =
+the whole scene, 0.5 = a quarter of its area).  A token of a ``h x w`` glimpse grid sits at
+``center + scale * cell_center`` where ``cell_center`` is the centre of its cell in the
+``[-1, 1]^2`` grid of the glimpse.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from canvas_core.errors import CanvasTypeError, ShapeError
+
+__all__ = ["Viewpoint", "grid_coords", "default_coords", "viewpoint_coords", "sample_at_viewpoint"]
+
+
+@dataclass
+class Viewpoint:
+    """A square window of the scene per batch item.
+
+    Attributes:
+        centers: ``(B, 2)`` window centres ``(y, x)`` in scene coordinates ``[-1, 1]``.
+        scales: ``(B,)`` window side as a fraction of the scene side (``1`` = full scene).
+    """
+
+    centers: torch.Tensor
+    scales: torch.Tensor
+
+    def __post_init__(self) -> None:
+        c, s = self.centers, self.scales
+        if not isinstance(c, torch.Tensor) or not isinstance(s, torch.Tensor):
+            raise CanvasTypeError("Viewpoint(centers, scales): both must be torch.Tensors, got "
+                                  f"{type(c).__name__} and {type(s).__name__}")
+        if c.dim() != 2 or c.shape[-1] != 2 or s.dim() != 1 or s.shape[0] != c.shape[0]:
+            raise ShapeError(f"Viewpoint: centers must be (B, 2) and scales (B,), got "
+                             f"{tuple(c.shape)} and {tuple(s.shape)}")
+
+    @classmethod
+    def full_scene(cls, batch_size: int, device: Optional[torch.device] = None,
+                   dtype: torch.dtype = torch.float32) -> "Viewpoint":
+        """The whole scene: centres 0, scales 1."""
+        return cls(torch.zeros(batch_size, 2, device=device, dtype=dtype),
+                   torch.ones(batch_size, device=device, dtype=dtype))
+
+    @property
+    def batch_size(self) -> int:
+        return self.centers.shape[0]
+
+    def to(self, *args, **kwargs) -> "Viewpoint":
+        return Viewpoint(self.centers.to(*args, **kwargs), self.scales.to(*args, **kwargs))
+
+    def shifted(self, delta: torch.Tensor) -> "Viewpoint":
+        """The same window moved by ``delta`` (``(2,)`` or ``(B, 2)``, ``(y, x)``)."""
+        return Viewpoint(self.centers + delta, self.scales)
+
+
+try:  # pytree node: Viewpoint can be an input of torch.export / torch.compile graphs
+    from torch.utils._pytree import register_dataclass as _register
+
+    _register(Viewpoint)
+except Exception:  # pragma: no cover - older torch
+    pass
+
+
+def grid_coords(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Cell centres of an ``h x w`` grid over ``[-1, 1]^2``, row-major: ``(h * w, 2)`` as ``(y, x)``."""
+    ys = (torch.arange(h, device=device, dtype=dtype) * 2 + 1) / h - 1
+    xs = (torch.arange(w, device=device, dtype=dtype) * 2 + 1) / w - 1
+    return torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).reshape(h * w, 2)
+
+
+def square_side(n: int) -> Optional[int]:
+    s = math.isqrt(n)
+    return s if s * s == n else None
+
+
+def default_coords(n: int, device=None, dtype=torch.float32, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """Default positions of ``n`` tokens covering the whole scene, ``(n, 2)``.
+
+    ``grid=(h, w)`` with ``h * w == n`` lays them out row-major on that grid; otherwise a perfect
+    square ``n = s * s`` is an ``s x s`` grid and any other ``n`` is one row (``y = 0``).
+    """
+    if grid is not None and grid[0] * grid[1] == n:
+        return grid_coords(grid[0], grid[1], device, dtype)
+    s = square_side(n)
+    if s is not None:
+        return grid_coords(s, s, device, dtype)
+    return grid_coords(1, n, device, dtype)
+
+
+def viewpoint_coords(viewpoint: Viewpoint, h: int, w: int) -> torch.Tensor:
+    """Scene coordinates ``(B, h * w, 2)`` of an ``h x w`` glimpse grid taken at ``viewpoint``."""
+    g = grid_coords(h, w, viewpoint.centers.device, viewpoint.centers.dtype)
+    return viewpoint.centers[:, None, :] + viewpoint.scales[:, None, None] * g[None]
+
+
+def sample_at_viewpoint(spatial: torch.Tensor, viewpoint: Viewpoint, glimpse_size_px: int,
+                        mode: str = "bilinear") -> torch.Tensor:
+    """Crop-and-resize the window of ``viewpoint`` out of ``spatial (B, C, H, W)``.
+
+    Returns ``(B, C, glimpse_size_px, glimpse_size_px)`` sampled with ``grid_sample``
+    (``align_corners=False``, zeros outside the scene).
+    """
+    if not isinstance(spatial, torch.Tensor) or spatial.dim() != 4:
+        got = tuple(spatial.shape) if isinstance(spatial, torch.Tensor) else type(spatial).__name__
+        raise ShapeError(f"sample_at_viewpoint: spatial must be (B, C, H, W), got {got}")
+    if not isinstance(viewpoint, Viewpoint):
+        raise CanvasTypeError(f"sample_at_viewpoint: viewpoint must be a Viewpoint, got {type(viewpoint).__name__}")
+    if spatial.shape[0] != viewpoint.batch_size:
+        raise ShapeError(f"sample_at_viewpoint: spatial has batch {spatial.shape[0]} but the viewpoint "
+                         f"has {viewpoint.batch_size}")
+    if isinstance(glimpse_size_px, bool) or not isinstance(glimpse_size_px, int) or glimpse_size_px < 1:
+        raise CanvasTypeError(f"sample_at_viewpoint: glimpse_size_px must be a positive int, got {glimpse_size_px!r}")
+    g = glimpse_size_px
+    coords = viewpoint_coords(viewpoint.to(spatial.dtype), g, g).view(-1, g, g, 2)
+    return F.grid_sample(spatial, coords.flip(-1), mode=mode, padding_mode="zeros", align_corners=False)

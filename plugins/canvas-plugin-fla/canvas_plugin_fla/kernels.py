@@ -1,0 +1,54 @@
+"""The ``fla_rwkv`` kernel: an ``nn.Module`` with the signature of the core's ``wkv_scan``.
+
+Contract (what ``RWKVAttention(kernel="fla_rwkv")`` calls)::
+
+    wkv = create_kernel("fla_rwkv")          # FlaWKV()
+    out = wkv(k, v, w, u, key_ok=None)       # (B, L, C)
+
+``k, v``: ``(B, L, C)``; ``w``: ``(C,)`` decay *rate* (> 0, the state is multiplied by
+``exp(-w)`` per step); ``u``: ``(C,)`` bonus of the current key; ``key_ok``: optional bool
+``(B|1, L)``, keys to leave out of the sums.  Output ``wkv_t`` as in ``wkv_scan``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from canvas_core.errors import UnavailableError
+
+__all__ = ["FlaWKV"]
+
+_VERY_NEG = -1e38  # "minus infinity" the kernel's log-space arithmetic accepts
+
+
+class FlaWKV(nn.Module):
+    """RWKV-4 WKV via ``fla.ops.rwkv4.fused_recurrent_rwkv4`` (CUDA only)."""
+
+    def __init__(self, **_options) -> None:
+        super().__init__()
+        try:
+            from fla.ops.rwkv4 import fused_recurrent_rwkv4
+        except Exception as exc:
+            raise UnavailableError(
+                f"kernel 'fla_rwkv' needs flash-linear-attention with fla.ops.rwkv4 and triton on CUDA "
+                f"({type(exc).__name__}: {exc}); pip install 'canvas-plugin-fla[cuda]', or use kernel='auto'") from exc
+        self._fn = fused_recurrent_rwkv4
+
+    def forward(self, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
+                key_ok: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if not k.is_cuda:
+            raise UnavailableError(f"kernel 'fla_rwkv' runs on CUDA tensors only, got {k.device}")
+        B, L, C = k.shape
+        if L == 0:
+            return k.new_zeros(B, 0, C)
+        if key_ok is not None:  # a masked key contributes e^k = 0 to both sums
+            k = k.masked_fill(~key_ok.to(torch.bool).unsqueeze(-1), _VERY_NEG)
+        # fla takes the raw parameter ``w`` and uses -exp(w) as log-decay: pass log(rate)
+        w_raw = torch.log(w.float())
+        state = torch.zeros(B, 3, C, device=k.device, dtype=torch.float32)
+        state[:, 2] = _VERY_NEG  # (alpha, beta, eps): empty sums, running max exponent -inf
+        wkv, _ = self._fn(w_raw, u.float(), k.float().contiguous(), v.float().contiguous(), state)
+        return wkv.to(v.dtype)

@@ -1,0 +1,66 @@
+"""The fla_rwkv kernel: registered lazily, rejected with its reasons off CUDA, exact on CUDA."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import canvas_plugin_fla
+
+
+def test_registration_is_lazy_and_declares_its_needs():
+    calls = []
+
+    class FakeRegistry:
+        def add(self, name, factory, **meta):
+            calls.append((name, factory, meta))
+
+    canvas_plugin_fla.canvas_register_kernels(FakeRegistry())
+    (name, factory, meta), = calls
+    assert name == "fla_rwkv" and factory == "canvas_plugin_fla.kernels:FlaWKV"
+    assert meta["supports"] == ("rwkv",) and meta["devices"] == ("cuda",) and "fla" in meta["requires"]
+    subprocess.run([sys.executable, "-c", "import canvas_plugin_fla, sys; assert 'torch' not in sys.modules"],
+                   check=True)
+
+
+def test_rejected_on_cpu_with_its_reasons():
+    plugins = pytest.importorskip("canvas_core.plugins")
+    assert "fla_rwkv" in plugins.list_kernels()
+    if "rwkv" not in plugins.list_attention_types():
+        pytest.skip("the builtin rwkv attention type is not registered yet")
+    res = plugins.resolve_attention("rwkv", plugins.RuntimeContext(device="cpu"))
+    rejected = dict(res.rejected)
+    key = next(k for k in rejected if "fla_rwkv" in k)
+    text = " ".join(rejected[key])
+    assert "cpu" in text or "cuda" in text.lower()
+    assert res.kernel is None or res.kernel.name != "fla_rwkv"
+
+
+def test_asking_for_the_kernel_on_cpu_is_a_clear_error():
+    plugins = pytest.importorskip("canvas_core.plugins")
+    if "rwkv" not in plugins.list_attention_types():
+        pytest.skip("the builtin rwkv attention type is not registered yet")
+    with pytest.raises(plugins.UnavailableError) as info:
+        plugins.resolve_attention("rwkv", plugins.RuntimeContext(device="cpu"), kernel="fla_rwkv")
+    assert "fla_rwkv" in str(info.value)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (and flash-linear-attention) for fla_rwkv")
+def test_matches_the_core_scan_on_cuda():
+    pytest.importorskip("fla.ops.rwkv4")
+    from canvas_core.attention.recurrent import wkv_scan
+    from canvas_plugin_fla.kernels import FlaWKV
+
+    torch.manual_seed(0)
+    B, L, C = 2, 37, 64
+    k, v = torch.randn(B, L, C, device="cuda"), torch.randn(B, L, C, device="cuda")
+    w, u = torch.rand(C, device="cuda") + 0.05, torch.randn(C, device="cuda") * 0.5
+    key_ok = torch.rand(B, L, device="cuda") > 0.2
+    key_ok[:, 0] = True
+    kern = FlaWKV()
+    torch.testing.assert_close(kern(k, v, w, u), wkv_scan(k, v, w, u), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(kern(k, v, w, u, key_ok), wkv_scan(k, v, w, u, key_ok), atol=1e-4, rtol=1e-4)

@@ -1,0 +1,156 @@
+"""SpatiotemporalCanvas and its embeddings."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from canvas_core.errors import ShapeError, UnknownRegionError
+from canvas_core.runtime.canvas import (
+    FamilyCarrierEmbedding,
+    PeriodEmbedding,
+    SinusoidalPositionalEncoding3D,
+    SinusoidalPositionalEncodingND,
+    SpatiotemporalCanvas,
+)
+from canvas_core.schema import CanvasLayout, RegionSpec
+
+
+def seed_layout():
+    return CanvasLayout(
+        T=5,
+        H=8,
+        W=8,
+        d_model=256,
+        regions={
+            "visual": (0, 5, 0, 6, 0, 6),
+            "action": RegionSpec(bounds=(0, 5, 6, 7, 0, 1), loss_weight=2.0),
+            "reward": RegionSpec(bounds=(2, 3, 7, 8, 0, 1), period=5),
+        },
+        t_current=2,
+    )
+
+
+def _region_positions(layout, name):
+    """Explicit loops over the region box: canonical flat index of each position, t-major."""
+    b = layout.region_spec(name).bounds
+    shape = layout.spatial_shape
+    out = []
+    for t in range(b[0], b[1]):
+        for h in range(b[2], b[3]):
+            for w in range(b[4], b[5]):
+                out.append(t * shape[0] * shape[1] + h * shape[1] + w)
+    return out
+
+
+def test_seed_000_shapes():
+    layout = seed_layout()
+    c = SpatiotemporalCanvas(layout)
+    x = c.create_empty(batch_size=4)
+    assert x.shape == (4, 320, 256)
+    assert c.extract(x, "visual").shape == (4, 180, 256)
+    assert c.extract(x, "action").shape == (4, 5, 256)
+    assert c.extract(x, "reward").shape == (4, 1, 256)
+
+
+def test_place_extract_round_trip_against_index_loops():
+    layout = seed_layout()
+    c = SpatiotemporalCanvas(layout)
+    x = c.create_empty(2)
+    emb = torch.randn(2, 180, 256, requires_grad=True)
+    y = c.place(x, emb, "visual")
+    pos = _region_positions(layout, "visual")
+    assert pos == layout.region_indices("visual")
+    added = c.region_embedding("visual")
+    for p in pos[::17]:
+        k = pos.index(p)
+        assert torch.allclose(y[:, p], emb[:, k] + added[k])
+    others = sorted(set(range(320)) - set(pos))
+    assert torch.equal(y[:, others], x[:, others])  # out-of-place, the rest untouched
+    assert not torch.equal(x[:, pos], y[:, pos])
+    assert torch.allclose(c.extract(y, "visual") - added, emb, atol=1e-6)
+    y.sum().backward()
+    assert torch.allclose(emb.grad, torch.ones_like(emb))
+
+
+def test_embeddings_in_create_empty_and_place():
+    layout = seed_layout()
+    c = SpatiotemporalCanvas(layout)
+    x = c.create_empty(1)[0]
+    pe = c.pos_enc(5, (8, 8)).reshape(320, 256)
+    p = layout.flat_index(2, 7, 0)  # the reward position (period 5)
+    ident = c.period_embedding(5) + c.modality_embeddings["r2"]
+    assert torch.allclose(x[p], c.empty_token + pe[p] + ident)
+    uncovered = layout.flat_index(0, 7, 7)
+    assert torch.allclose(x[uncovered], c.empty_token + pe[uncovered] + c.period_embedding(1))
+
+
+def test_program_adds_family_carrier():
+    from canvas_core.program import CanvasProgram, RegionProgram
+    from canvas_core.schema import CanvasSchema, CanvasTopology
+
+    layout = seed_layout()
+    prog = CanvasProgram(
+        schema=CanvasSchema(layout=layout, topology=CanvasTopology(connections=[])),
+        regions={
+            "visual": RegionProgram(family="observation"),
+            "action": RegionProgram(family="action"),
+        },
+    )
+    c = SpatiotemporalCanvas(layout, program=prog)
+    ident = c.region_identity("visual")
+    fc = c.family_carrier("observation", "deterministic")
+    assert torch.allclose(ident, c.period_embedding(1) + c.modality_embeddings["r0"] + fc)
+
+
+def test_canvas_errors():
+    c = SpatiotemporalCanvas(seed_layout())
+    x = c.create_empty(2)
+    with pytest.raises(ShapeError, match=r"'visual'.*\(2, 180, 256\).*\(2, 10, 256\)"):
+        c.place(x, torch.randn(2, 10, 256), "visual")
+    with pytest.raises(UnknownRegionError, match="visual"):
+        c.extract(x, "visuals")
+    with pytest.raises(ShapeError):
+        c.extract(torch.randn(2, 100, 256), "visual")
+
+
+def test_sinusoidal_nd_against_formula():
+    enc = SinusoidalPositionalEncodingND(10, max_T=4, max_spatial=(3, 5))
+    pe = enc(3, (2, 4))
+    assert pe.shape == (3, 2, 4, 10)
+    dims = (3, 3, 4)  # 10 split over 3 axes, remainder on the last
+
+    def one_d(pos, d):
+        v = []
+        for c in range(d):
+            i = c - c % 2
+            ang = pos / (10000 ** (i / d))
+            v.append(math.sin(ang) if c % 2 == 0 else math.cos(ang))
+        return v
+
+    for t in range(3):
+        for a in range(2):
+            for b in range(4):
+                ref = one_d(t, dims[0]) + one_d(a, dims[1]) + one_d(b, dims[2])
+                assert torch.allclose(pe[t, a, b], torch.tensor(ref), atol=1e-5)
+    pe3 = SinusoidalPositionalEncoding3D(10, 4, 3, 5)
+    assert torch.allclose(pe3(3, 2, 4), pe)
+    assert torch.allclose(pe3(3, spatial_shape=(2, 4)), pe)
+    with pytest.raises(ShapeError):
+        enc(5, (2, 4))
+
+
+def test_period_embedding_buckets():
+    p = PeriodEmbedding(8)
+    assert [p.bucket(x) for x in (1, 4, 16, 576, 4608)] == [0, 2, 4, 10, 13]  # the documented table
+    assert p.bucket(10**9) == 15
+    assert torch.equal(p(4), p.embedding.weight[2])
+
+
+def test_family_carrier_unknown_slot():
+    f = FamilyCarrierEmbedding(8)
+    assert f.family_idx("observation") == 0 and f.family_idx("custom") == 5 == f.family_idx("other")
+    assert f.carrier_idx("residual") == 4 and f.carrier_idx("weird") == 5
+    assert torch.allclose(f("custom", "weird"), f.family_emb.weight[5] + f.carrier_emb.weight[5])
