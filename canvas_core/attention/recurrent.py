@@ -62,44 +62,66 @@ def wkv_scan(
     w: torch.Tensor,
     u: torch.Tensor,
     key_ok: Optional[torch.Tensor] = None,
+    chunk: Optional[int] = None,
 ) -> torch.Tensor:
-    """RWKV-4 WKV along the sequence, as a numerically stable log-space scan.
+    """RWKV-4 WKV along the sequence, as a numerically stable log-space chunked scan.
 
     ``wkv_t = (sum_{i<t} e^{-(t-1-i) w + k_i} v_i + e^{u + k_t} v_t) /
     (sum_{i<t} e^{-(t-1-i) w + k_i} + e^{u + k_t})`` per channel, where masked keys
-    (``key_ok`` False) are left out of both sums.  The running sums are kept relative to their
-    running maximum exponent ``p``, so nothing overflows.
+    (``key_ok`` False) are left out of both sums.
+
+    The recurrent state ``(a, b, p)`` (numerator and denominator sums relative to their maximum
+    exponent ``p``) is carried from chunk to chunk; inside a chunk of ``T`` keys the outputs are
+    computed in parallel from the state and the chunk's keys (every exponent is taken relative to
+    its row maximum, so nothing overflows).  ``chunk=1`` is the plain step-by-step recurrence.
+    Cost ``O(L * T * C)``, ``L / T`` sequential steps.
 
     Args:
         k, v: ``(B, L, C)``; w: ``(C,)`` decay rate (> 0); u: ``(C,)`` bonus of the current key.
         key_ok: optional bool ``(B|1, L)``.
+        chunk: keys per chunk (default: up to 32, smaller for very wide inputs).
 
     Returns:
         ``(B, L, C)``; 0 where no key is allowed up to ``t``.
     """
     B, L, C = k.shape
+    if L == 0:
+        return k.new_zeros(B, 0, C)
     if key_ok is not None:
         k = k.masked_fill(~key_ok.unsqueeze(-1), _NEG_INF)
+    if chunk is None:
+        chunk = max(1, min(32, int(math.sqrt(_CHUNK_ELEMS / 4 / max(1, B * C)))))
     a = torch.zeros(B, C, dtype=k.dtype, device=k.device)
     b = torch.zeros_like(a)
     p = torch.full_like(a, _NEG_INF)
     outs = []
-    for t in range(L):
-        kt, vt = k[:, t], v[:, t]
-        ww = u + kt
-        q = _finite_or_zero(torch.maximum(p, ww))
-        e1, e2 = torch.exp(p - q), torch.exp(ww - q)
-        outs.append(_safe_div(e1 * a + e2 * vt, e1 * b + e2))
-        ww = p - w
-        q = torch.maximum(ww, kt)
-        qs = _finite_or_zero(q)
-        e1, e2 = torch.exp(ww - qs), torch.exp(kt - qs)
-        a = e1 * a + e2 * vt
-        b = e1 * b + e2
-        p = q
-    if not outs:
-        return k.new_zeros(B, 0, C)
-    return torch.stack(outs, dim=1)
+    for s in range(0, L, chunk):
+        kc, vc = k[:, s : s + chunk], v[:, s : s + chunk]
+        T = kc.shape[1]
+        tau = torch.arange(T, device=k.device)
+        lag = (tau[:, None] - 1 - tau[None, :]).to(k.dtype)  # (T, T): t - 1 - j
+        logw = kc[:, None, :, :] - lag[None, :, :, None] * w  # (B, T_t, T_j, C)
+        diag = (tau[:, None] == tau[None, :])[None, :, :, None]
+        logw = torch.where(diag, (u + kc)[:, None, :, :], logw)
+        future = (tau[None, :] > tau[:, None])[None, :, :, None]
+        logw = logw.masked_fill(future, _NEG_INF)
+        log_state = p[:, None, :] - tau.to(k.dtype)[None, :, None] * w  # (B, T, C)
+        m = _finite_or_zero(torch.maximum(logw.amax(dim=2), log_state))
+        e = torch.exp(logw - m[:, :, None, :])
+        es = torch.exp(log_state - m)
+        num = (e * vc[:, None, :, :]).sum(dim=2) + es * a[:, None, :]
+        den = e.sum(dim=2) + es * b[:, None, :]
+        outs.append(_safe_div(num, den))
+        # carry the state to the end of the chunk
+        log_keys = kc - (T - 1 - tau).to(k.dtype)[None, :, None] * w  # (B, T, C)
+        log_old = p - T * w
+        p_new = torch.maximum(log_keys.amax(dim=1), log_old)
+        pn = _finite_or_zero(p_new)
+        ek, eo = torch.exp(log_keys - pn[:, None, :]), torch.exp(log_old - pn)
+        a = eo * a + (ek * vc).sum(dim=1)
+        b = eo * b + ek.sum(dim=1)
+        p = p_new
+    return torch.cat(outs, dim=1)
 
 
 def wkv_masked(

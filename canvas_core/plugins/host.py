@@ -148,8 +148,11 @@ class _PluginRegistry:
         except DuplicateRegistrationError as exc:
             if self._strict:
                 raise
-            self._registry._record_conflict(spec.name, exc, rec.name)
             rec.conflicts.append(str(exc))
+            if self._registry._stacks[spec.name][-1].plugin != BUILTIN_PLUGIN:
+                # two installed plugins: ambiguous, so using the name raises (no silent pick)
+                self._registry._record_conflict(spec.name, exc, rec.name)
+            # a clash with a builtin leaves the builtin in place (override=True replaces it)
             return None
 
     # read access for plugins that look at what is already there

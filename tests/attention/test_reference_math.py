@@ -424,3 +424,21 @@ def test_hyena_filter_decays_and_per_query_mask():
     has = torch.stack([mask[i, : i + 1].any() for i in range(5)])[None, :, None]
     ref = m.out_proj(m.q_proj(q) * y) * has
     assert torch.allclose(m(q, k, v, key_mask=mask), ref, atol=1e-9)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, None])
+def test_wkv_scan_chunks_match_naive_recurrence(chunk):
+    from canvas_core.attention.recurrent import wkv_scan
+
+    g = torch.Generator().manual_seed(11)
+    k = torch.randn(2, 11, 6, generator=g, dtype=DT) * 3
+    v = torch.randn(2, 11, 6, generator=g, dtype=DT)
+    w, u = torch.rand(6, generator=g, dtype=DT), torch.randn(6, generator=g, dtype=DT)
+    ref = torch.stack([_naive_recurrence(k[b], v[b], w, u) for b in range(2)])
+    assert torch.allclose(wkv_scan(k, v, w, u, chunk=chunk), ref, atol=1e-10)
+    key_ok = torch.rand(2, 11, generator=g) > 0.3
+    key_ok[:, 0] = False
+    out = wkv_scan(k, v, w, u, key_ok, chunk=chunk)
+    for b in range(2):
+        for t in range(11):
+            assert torch.allclose(out[b, t], _naive_wkv(k[b], v[b], w, u, t, key_ok[b]), atol=1e-10)

@@ -217,3 +217,40 @@ plugin = _Plugin()
         spec = P.get_kernel_spec("objform_kernel")
         assert spec.distribution == "canvas-backend-objform" and spec.version == "3.0"
         assert spec.supports == ("cross_attention",) and spec.priority == -5
+
+
+def test_installed_plugin_clashing_with_a_builtin_does_not_break_it(site):
+    site.plugin("canvas-plugin-squatter", "squatter", REGISTERS.format(name="cross_attention", desc="mine"))
+    with _fresh():
+        spec = P.get_attention_spec("cross_attention")  # the builtin, still usable
+        assert spec.distribution == "canvas-core"
+        rec = {r["name"]: r for r in P.plugin_report()}["squatter"]
+        assert rec["conflicts"] and "canvas-plugin-squatter" in rec["conflicts"][0]
+        assert "canvas-core" in rec["conflicts"][0]
+
+
+@pytest.mark.parametrize("source,value,needle", [
+    ("def broken(:\n", None, "SyntaxError"),
+    ("x = 1\n", "canvas_no_such_module_abc", "ModuleNotFoundError"),
+    ("x = 1\n", ":missing_attr", "AttributeError"),
+    ("import sys\nsys.exit(3)\n", None, "SystemExit"),
+    ("from canvas_core import hookimpl\n@hookimpl\ndef canvas_register_attention(registry):\n"
+     "    registry.add('bad name!', 'a.b:C')\n", None, "invalid attention name"),
+    ("from canvas_core import hookimpl\n@hookimpl\ndef canvas_register_attention(wrong_arg):\n"
+     "    pass\n", None, "wrong_arg"),
+])
+def test_many_kinds_of_broken_plugins(site, source, value, needle):
+    mod = site.module(site.unique("brk"), source)
+    if value is None:
+        ep_value = mod
+    elif value.startswith(":"):
+        ep_value = f"{mod}{value}"
+    else:
+        ep_value = value
+    site.dist("canvas-plugin-brk", "0.1", {"brk": ep_value})
+    with _fresh():
+        assert "cross_attention" in P.list_attention_types()
+        rec = {r["name"]: r for r in P.plugin_report()}["brk"]
+        assert rec["status"] == "failed" and needle in rec["error"], rec["error"]
+        with pytest.raises(PluginLoadError, match="canvas-plugin-brk"):
+            P.create_attention("brk", d_model=8)

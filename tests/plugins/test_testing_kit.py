@@ -9,7 +9,7 @@ import pytest
 import canvas_core.plugins as P
 from canvas_core.errors import DuplicateRegistrationError
 from canvas_core.plugins import hookimpl
-from canvas_core.testing import canvas_plugin, check_attention_type, check_kernel, registered_plugin  # noqa: F401
+from canvas_core.testing import canvas_plugin, check_attention_type, check_kernel, registered_plugin  # noqa: F401,F811
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -76,7 +76,7 @@ def test_registered_plugin_raises_conflicts(host):
     assert "clash" not in host.records
 
 
-def test_canvas_plugin_fixture(host, canvas_plugin):
+def test_canvas_plugin_fixture(host, canvas_plugin):  # noqa: F811
     rec = canvas_plugin(_plugin("fixture_type", GoodAttention), name="fx")
     assert rec.name == "fx" and "fixture_type" in P.ATTENTION_TYPES
 

@@ -362,7 +362,9 @@ def test_cuda_bf16_graft_identity_and_topology():
     with torch.no_grad():
         ref = m(**kw).sample
     blocks, head = graft_looped_blocks(m, max_loops=3)
-    assert all(b.loop_emb.device.type == "cuda" and b.loop_emb.dtype == torch.float32 for b in blocks)
+    assert all(
+        b.loop_emb.device.type == "cuda" and b.loop_emb.dtype == torch.float32 for b in blocks
+    )
     with torch.no_grad():
         assert torch.equal(m(**kw).sample, ref)
     ad = get_adapter(m)
