@@ -254,6 +254,42 @@ class IdentityBinders(nn.ModuleDict):
         states = states or {}
         return {r: self[r](obs, states.get(r)) for r, obs in observations.items()}
 
+    def bind_canvas(self, x: torch.Tensor, layout: Any,
+                    states: Optional[Mapping[str, Optional[torch.Tensor]]] = None
+                    ) -> Tuple[Dict[str, torch.Tensor], Dict[str, Optional[torch.Tensor]]]:
+        """Run every region's tracker over its frames of a canvas, in time order.
+
+        At each frame ``t`` the region's tokens at ``t`` are the observations; the slot state is
+        carried from frame to frame as the region's mode says.
+
+        Args:
+            x: ``(B, N, D)`` canvas in canonical position order.
+            layout: the ``CanvasLayout`` of ``x``.
+            states: per region, the state to start from (None / missing = the slot bank).
+
+        Returns:
+            ``(slots, states)``: ``slots[region]`` is ``(B, T_r, S, D)`` (one slot set per frame
+            of the region), ``states[region]`` the state after its last frame.
+        """
+        if not isinstance(x, torch.Tensor) or x.dim() != 3:
+            from canvas_core.errors import ShapeError
+
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ShapeError(f"IdentityBinders.bind_canvas: x must be (B, N, D), got {got}")
+        states = dict(states or {})
+        slots: Dict[str, torch.Tensor] = {}
+        for region in self.specs:
+            tracker, st, per_frame = self[region], states.get(region), []
+            for t in layout.region_timesteps(region):
+                idx = torch.as_tensor(layout.region_indices_at_t(region, t), dtype=torch.long, device=x.device)
+                step = tracker(x.index_select(1, idx), st)
+                st = step.state
+                per_frame.append(step.slots)
+            if per_frame:
+                slots[region] = torch.stack(per_frame, dim=1)
+            states[region] = st
+        return slots, states
+
 
 def _heads_for(d_model: int, wanted: int) -> int:
     for h in (wanted, 4, 2, 1):

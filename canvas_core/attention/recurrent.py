@@ -79,7 +79,8 @@ def wkv_scan(
     Args:
         k, v: ``(B, L, C)``; w: ``(C,)`` decay rate (> 0); u: ``(C,)`` bonus of the current key.
         key_ok: optional bool ``(B|1, L)``.
-        chunk: keys per chunk (default: up to 32, smaller for very wide inputs).
+        chunk: keys per chunk (default: 1 on CPU, where the step recurrence is cheapest; up to
+            32 on other devices).
 
     Returns:
         ``(B, L, C)``; 0 where no key is allowed up to ``t``.
@@ -89,12 +90,30 @@ def wkv_scan(
         return k.new_zeros(B, 0, C)
     if key_ok is not None:
         k = k.masked_fill(~key_ok.unsqueeze(-1), _NEG_INF)
-    if chunk is None:
-        chunk = max(1, min(32, int(math.sqrt(_CHUNK_ELEMS / 4 / max(1, B * C)))))
+    if chunk is None:  # CPU: the step recurrence is cheapest; GPU: parallel chunks
+        chunk = (
+            1
+            if k.device.type == "cpu"
+            else max(1, min(32, int(math.sqrt(_CHUNK_ELEMS / 4 / max(1, B * C)))))
+        )
     a = torch.zeros(B, C, dtype=k.dtype, device=k.device)
     b = torch.zeros_like(a)
     p = torch.full_like(a, _NEG_INF)
     outs = []
+    if chunk == 1:
+        for t in range(L):
+            kt, vt = k[:, t], v[:, t]
+            cur = u + kt
+            m = _finite_or_zero(torch.maximum(p, cur))
+            e1, e2 = torch.exp(p - m), torch.exp(cur - m)
+            outs.append(_safe_div(e1 * a + e2 * vt, e1 * b + e2))
+            old = p - w
+            p = torch.maximum(old, kt)
+            m = _finite_or_zero(p)
+            e1, e2 = torch.exp(old - m), torch.exp(kt - m)
+            a = e1 * a + e2 * vt
+            b = e1 * b + e2
+        return torch.stack(outs, dim=1)
     for s in range(0, L, chunk):
         kc, vc = k[:, s : s + chunk], v[:, s : s + chunk]
         T = kc.shape[1]

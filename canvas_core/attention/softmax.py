@@ -69,6 +69,9 @@ class _QKVAttention(AttentionBase):
         q = self._split(self.q_proj(queries))
         k = self._split(self.k_proj(keys))
         v = self._split(self.v_proj(values))
+        plain = type(self)._logits is _QKVAttention._logits
+        if plain and type(self)._structure_mask is _QKVAttention._structure_mask and Nk > 0:
+            return self._forward_sdpa(q, k, v, allowed, bias)
         logits = self._logits(q, k)
         if bias is not None:
             logits = logits + _heads(bias).to(logits.dtype)
@@ -84,6 +87,33 @@ class _QKVAttention(AttentionBase):
         out = self.out_proj(self._merge(torch.matmul(w.to(v.dtype), v)))
         # has_key is identical across heads: (B|1, H|1, Nq, 1) -> (B|1, Nq, 1)
         return out.masked_fill(~has_key.any(dim=1), 0.0)
+
+    def _forward_sdpa(self, q, k, v, allowed, bias) -> torch.Tensor:
+        """Same maths through ``F.scaled_dot_product_attention`` (fused kernels where available).
+
+        Rows without any allowed key are given every key (so the kernel stays finite) and
+        zeroed afterwards.
+        """
+        if allowed is None:
+            has = torch.ones(1, 1, 1, dtype=torch.bool, device=q.device)
+            attn_mask = None if bias is None else _heads(bias).to(q.dtype)
+        else:
+            has = allowed.any(dim=-1, keepdim=True)  # (B|1, Nq|1, 1)
+            safe = allowed | ~has
+            if bias is None:
+                attn_mask = _heads(safe)
+            else:
+                fill = torch.zeros((), dtype=q.dtype, device=q.device)
+                attn_mask = _heads(torch.where(safe, bias.to(q.dtype), fill - float("inf")))
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=attn_mask,
+            dropout_p=self.dropout_p if self.training else 0.0,
+            scale=self._beta() / math.sqrt(self.head_dim),
+        )
+        return self.out_proj(self._merge(out)).masked_fill(~has, 0.0)
 
 
 class CrossAttention(_QKVAttention):

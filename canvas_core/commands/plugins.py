@@ -51,6 +51,9 @@ def collect(device: str = "cpu", dtype: str = "float32") -> Dict[str, Any]:
         },
         "target": {"device": ctx.device_type, "dtype": ctx.dtype_name},
         "plugins": plugins,
+        "failures": [{k: p[k] for k in ("name", "distribution", "version", "error")}
+                     for p in plugins if p["status"] == "failed"],
+        "conflicts": {kind: reg.conflicts() for kind, reg in host.registries.items() if reg.conflicts()},
         "registries": host.registry_report(ctx),
     }
 
@@ -75,6 +78,12 @@ def _text(doc: Dict[str, Any]) -> str:
             out.append(f"      conflict: {c}")
         for w in p["warnings"]:
             out.append(f"      warning: {w}")
+    if doc["failures"]:
+        out.append("")
+        out.append(f"{len(doc['failures'])} plugin(s) failed to load; names they provide raise "
+                   "PluginLoadError when used:")
+        for f in doc["failures"]:
+            out.append(f"  {f['name']} ({f['distribution']} {f['version']}): {f['error']}")
     t = doc["target"]
     out.append("")
     out.append(f"registries (availability on {t['device']}/{t['dtype']}):")

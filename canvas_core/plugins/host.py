@@ -108,7 +108,7 @@ class PluginRecord:
         return {
             "name": self.name, "distribution": self.distribution, "version": self.version,
             "source": self.source, "entry_point": self.entry_point, "status": self.status,
-            "error": self.error, "hooks": list(self.hooks),
+            "error": self.error, "traceback": self.traceback, "hooks": list(self.hooks),
             "registered": registered or {}, "conflicts": list(self.conflicts),
             "warnings": list(self.warnings),
         }
@@ -199,7 +199,7 @@ class PluginHost:
         self.records: Dict[str, PluginRecord] = {}
         self.settings: Dict[str, Any] = {}
         self._loaded = False
-        self._loading = False
+        self._loading_thread: Optional[int] = None
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -208,16 +208,16 @@ class PluginHost:
 
     def ensure_loaded(self) -> None:
         """Load builtins and entry-point plugins once (no-op afterwards, and while loading)."""
-        if self._loaded or self._loading:
-            return
-        with self._lock:
-            if self._loaded or self._loading:
+        if self._loaded or self._loading_thread == threading.get_ident():
+            return  # loaded, or a hook of the loading thread reads a registry
+        with self._lock:  # another thread loading: wait for it
+            if self._loaded:
                 return
-            self._loading = True
+            self._loading_thread = threading.get_ident()
             try:
                 self._load()
             finally:
-                self._loading = False
+                self._loading_thread = None
                 self._loaded = True
 
     def reset(self) -> None:

@@ -56,8 +56,8 @@ def __getattr__(name: str) -> Any:
         reg.get(type_name)  # raises PluginLoadError when its plugin failed to load
     except PluginLoadError:
         raise
-    except UnknownNameError:
-        pass
-    raise MissingPluginNameError(
-        f"{name} is provided by the optional distribution {dist}, which is not installed "
-        f"(attention type {type_name!r} is not registered): pip install {dist}")
+    except UnknownNameError as exc:
+        raise MissingPluginNameError(
+            f"{name} is provided by the optional distribution {dist} (attention type "
+            f"{type_name!r}): {exc}") from None
+    raise MissingPluginNameError(f"{name}: pip install {dist}")  # pragma: no cover

@@ -102,7 +102,9 @@ def test_bad_arguments():
 
 def test_without_the_plugin_the_facade_gives_an_install_hint():
     code = (
-        "import sys; sys.modules['canvas_plugin_identity'] = None; sys.modules['canvas_plugin_identity.binding'] = None\n"
+        "import sys\n"
+        "sys.modules['canvas_plugin_identity'] = None\n"
+        "sys.modules['canvas_plugin_identity.binding'] = None\n"
         "from canvas_core.errors import PluginLoadError\n"
         "import canvas_core.identity as f\n"
         "try:\n"
@@ -113,3 +115,23 @@ def test_without_the_plugin_the_facade_gives_an_install_hint():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_bind_canvas_runs_each_region_over_its_frames_in_order():
+    torch.manual_seed(0)
+    prog = _program(objs=IdentitySpec(mode="persistent", slot_capacity=2))
+    lay = prog.schema.layout
+    binders = build_identity_binders(prog, d_model=32)
+    x = torch.randn(3, lay.num_positions, 32)
+    with torch.no_grad():
+        slots, states = binders.bind_canvas(x, lay)
+        binder = binders["objs"].binder
+        # by hand: frame 0 from the bank, frame 1 from frame 0's slots
+        f0 = x[:, [lay.flat_index(0, 2, w) for w in range(4)]]
+        f1 = x[:, [lay.flat_index(1, 2, w) for w in range(4)]]
+        s0 = binder(f0)
+        s1 = binder(f1, s0)
+    assert slots["objs"].shape == (3, 2, 2, 32)
+    torch.testing.assert_close(slots["objs"][:, 0], s0)
+    torch.testing.assert_close(slots["objs"][:, 1], s1)
+    torch.testing.assert_close(states["objs"], s1)

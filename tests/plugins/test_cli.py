@@ -38,6 +38,7 @@ def test_json_in_process(toy_plugin, site, capsys):
     t = plugins[ep]
     assert (t["distribution"], t["version"], t["status"]) == (dist, "1.2.3", "ok")
     assert t["registered"] == {"attention": [attn]} and t["hooks"] == ["canvas_register_attention"]
+    assert [f["name"] for f in doc["failures"]] == ["crash"]
     c = plugins["crash"]
     assert c["status"] == "failed" and "cannot import the thing" in c["error"]
     assert (c["distribution"], c["version"]) == ("canvas-plugin-crash", "0.3")

@@ -254,3 +254,26 @@ def test_many_kinds_of_broken_plugins(site, source, value, needle):
         assert rec["status"] == "failed" and needle in rec["error"], rec["error"]
         with pytest.raises(PluginLoadError, match="canvas-plugin-brk"):
             P.create_attention("brk", d_model=8)
+
+
+def test_concurrent_first_access_waits_for_loading(site):
+    site.plugin("canvas-plugin-slow", "slow", '''
+import time
+from canvas_core import hookimpl
+
+@hookimpl
+def canvas_register_attention(registry):
+    time.sleep(0.3)
+    registry.add("slow_attn", "x.y:Z")
+''')
+    import threading
+
+    seen = []
+    with _fresh() as host:
+        threads = [threading.Thread(target=lambda: seen.append("slow_attn" in host.registry("attention")))
+                   for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert seen == [True] * 4

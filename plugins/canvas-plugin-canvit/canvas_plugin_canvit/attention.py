@@ -59,7 +59,8 @@ def normalize_key_mask(owner: str, key_mask, B: int, Nq: int, Nk: int
     if m.dim() == 2 and m.shape[0] == B and m.shape[0] not in (Nq, 1):
         m = m[:, None, :]
     if m.dim() == 0 or m.dim() > 3:
-        raise ShapeError(f"{owner}: key_mask of shape {tuple(key_mask.shape)} must broadcast to (B, Nq, Nk) = {(B, Nq, Nk)}")
+        raise ShapeError(f"{owner}: key_mask of shape {tuple(key_mask.shape)} must broadcast to "
+                         f"(B, Nq, Nk) = {(B, Nq, Nk)}")
     while m.dim() < 3:
         m = m[None]
     if m.shape[-1] != Nk or any(s not in (1, full) for s, full in zip(m.shape, (B, Nq, Nk))):
@@ -120,7 +121,8 @@ class _CanvasAttentionBase(nn.Module):
     def set_viewpoint(self, viewpoint: Optional[Viewpoint], local_grid: Optional[Tuple[int, int]] = None) -> None:
         """Place the local tokens (an ``h x w`` glimpse grid, default square) at ``viewpoint``."""
         if viewpoint is not None and not isinstance(viewpoint, Viewpoint):
-            raise CanvasTypeError(f"{self.type_name}.set_viewpoint: expected a Viewpoint, got {type(viewpoint).__name__}")
+            raise CanvasTypeError(f"{self.type_name}.set_viewpoint: expected a Viewpoint, "
+                                  f"got {type(viewpoint).__name__}")
         self.viewpoint, self.local_grid = viewpoint, local_grid
 
     def _local_coords(self, n: int, like: torch.Tensor) -> torch.Tensor:
@@ -213,7 +215,8 @@ class CanvasReadAttention(_CanvasAttentionBase):
         return out
 
     def extra_repr(self) -> str:
-        return f"d_model={self.d_model}, canvas_dim={self.canvas_dim}, n_heads={self.n_heads}, rope={self.rope is not None}"
+        return (f"d_model={self.d_model}, canvas_dim={self.canvas_dim}, n_heads={self.n_heads}, "
+                f"rope={self.rope is not None}")
 
 
 class CanvasWriteAttention(_CanvasAttentionBase):

@@ -126,7 +126,8 @@ class CanViTCore(nn.Module):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise CanvasTypeError(f"CanViTCore: {name} must be a positive int, got {v!r}")
         if d_model % n_heads or dc % n_heads:
-            raise ShapeError(f"CanViTCore: d_model={d_model} and canvas_dim={dc} must be divisible by n_heads={n_heads}")
+            raise ShapeError(f"CanViTCore: d_model={d_model} and canvas_dim={dc} must be divisible "
+                             f"by n_heads={n_heads}")
         self.d_model, self.canvas_dim, self.patch_size, self.in_chans = d_model, dc, patch_size, in_chans
         self.patch_embed = nn.Conv2d(in_chans, d_model, patch_size, stride=patch_size)
         self.canvas_init = nn.Parameter(torch.zeros(dc))

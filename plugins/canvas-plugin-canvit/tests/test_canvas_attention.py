@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings, strategies as st
 
-from canvas_core.errors import CanvasError, ShapeError
+from canvas_core.errors import CanvasError
 from canvas_plugin_canvit.attention import CanvasReadAttention, CanvasWriteAttention
 from canvas_plugin_canvit.viewpoint import Viewpoint, grid_coords, viewpoint_coords
 
@@ -190,7 +190,10 @@ def test_conformance_suite(name):
     testing = pytest.importorskip("canvas_core.testing")
     if not hasattr(testing, "check_attention_type"):
         pytest.skip("canvas_core.testing.check_attention_type is not available yet")
-    testing.check_attention_type(name)
+    report = testing.check_attention_type(name, strict=True)  # the runtime contract for topologies
+    assert not report.failed, report.failed
+    gated = testing.check_attention_type("canvas_write", gate=True)  # a gated write keeps the canvas
+    assert not gated.failed, gated.failed
 
 
 def test_registering_does_not_import_torch():

@@ -28,8 +28,9 @@ def selective_states(
 ) -> torch.Tensor:
     """All hidden states ``h_t``, shape ``(Bt, L, E, N)``, of the recurrence above.
 
-    Runs in chunks of ``chunk`` steps (default: sized so a chunk's pairwise tensor stays below
-    ~16M elements): inside a chunk the states are computed in parallel from
+    Runs in chunks of ``chunk`` steps (default: 1 on CPU, where the plain step recurrence is
+    cheapest; elsewhere sized so a chunk's pairwise tensor stays below ~16M elements): inside a
+    chunk the states are computed in parallel from
     cumulative log-decays (``h_t = exp(S_t - S_s) h_s + sum_j exp(S_t - S_j) x_j``, all exponents
     <= 0, so nothing overflows); chunks are chained sequentially.  Computed in float32 at least.
     """
@@ -43,9 +44,19 @@ def selective_states(
         1, 2
     ).unsqueeze(2)
     h = torch.zeros(Bt, E, N, dtype=wd, device=u.device)
-    if chunk is None:
-        chunk = max(1, min(64, int(math.sqrt((1 << 24) / max(1, Bt * E * N)))))
+    if chunk is None:  # CPU: the step recurrence is cheapest; GPU: parallel chunks
+        chunk = (
+            1
+            if u.device.type == "cpu"
+            else max(1, min(64, int(math.sqrt((1 << 24) / max(1, Bt * E * N)))))
+        )
     outs = []
+    if chunk == 1:
+        decay = torch.exp(dA)  # one vectorised exp; the loop only multiplies and adds
+        for t in range(L):
+            h = decay[:, t] * h + x[:, t]
+            outs.append(h)
+        return torch.stack(outs, dim=1)
     for s in range(0, L, chunk):
         da, xx = dA[:, s : s + chunk], x[:, s : s + chunk]  # (Bt, T, E, N)
         T = da.shape[1]
