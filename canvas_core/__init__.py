@@ -63,6 +63,9 @@ _export(
     "register_backbone", "create_backbone", "list_backbones",
     "register_identity_binder", "create_identity_binder", "list_identity_binders",
     "register_embedder", "create_embedder", "list_embedders",
+    "unregister_attention", "unregister_kernel", "unregister_backbone",
+    "unregister_identity_binder", "unregister_embedder",
+    "resolve_attention", "RuntimeContext", "registry_report",
 )
 # layer 4: compiler
 _export("canvas_core.compiler", "ProgramCompiler", "CompiledProgram", "ExecutionPlan")

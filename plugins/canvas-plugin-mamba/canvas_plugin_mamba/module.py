@@ -56,6 +56,8 @@ class MambaAttention(nn.Module):
     Args:
         d_model, n_heads, dropout: as every attention type (``n_heads`` is validated only).
         d_state, d_conv, expand: Mamba's state size, conv width and expansion.
+        dt_rank: rank of the ``delta`` projection (0 = ``ceil(d_model / 16)``).
+        state_size: canvas-engineering's name for ``d_state`` (alias).
         kernel: ``"auto"`` (mamba-ssm's CUDA ``selective_scan_fn`` when installed, the input is
             on CUDA and ``Nq == Nk``; the PyTorch scan otherwise), ``"mamba_ssm"`` or
             ``"mamba_torch"``.  The choice of the last call is in ``self.kernel_used``.
@@ -73,8 +75,12 @@ class MambaAttention(nn.Module):
         d_conv: int = 4,
         expand: int = 2,
         kernel: str = "auto",
+        dt_rank: int = 0,
+        state_size: Optional[int] = None,
     ) -> None:
         super().__init__()
+        if state_size is not None:  # canvas-engineering's name for d_state
+            d_state = state_size
         _int("d_model", d_model, 1)
         _int("n_heads", n_heads, 1)
         if d_model % n_heads:
@@ -95,7 +101,8 @@ class MambaAttention(nn.Module):
         self._ssm_available = _mamba_ssm_available()  # looked up once (compile-friendly)
         self.d_model, self.n_heads = d_model, n_heads
         E = self.d_inner = expand * d_model
-        R = self.dt_rank = math.ceil(d_model / 16)
+        _int("dt_rank", dt_rank, 0)
+        R = self.dt_rank = dt_rank or math.ceil(d_model / 16)
         self.in_proj = nn.Linear(d_model, E)
         self.conv1d = nn.Conv1d(E, E, d_conv, groups=E, padding=d_conv - 1)
         self.x_proj = nn.Linear(d_model, R + d_state, bias=False)
