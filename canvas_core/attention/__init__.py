@@ -5,6 +5,30 @@ called as ``module(queries (B, Nq, D), keys (B, Nk, D), values (B, Nk, D), key_m
 -> (B, Nq, D)``.  ``key_mask`` (bool, True = may attend, or additive float) broadcasts to
 ``(B, Nq, Nk)``; a query with no allowed key (or ``Nk == 0``) gets zeros, never NaN.
 Registration (names -> classes) lives in ``canvas_core.plugins.builtin``.
+
+========================  ====================  ==============================================
+name                      class                 operator (per query ``i``, allowed keys ``j``)
+========================  ====================  ==============================================
+``cross_attention``       CrossAttention        softmax(beta q.k / sqrt(d)) v
+``cosine_attention``      CosineAttention       softmax(beta s_h cos(q, k)) v, learned s_h
+``sparse_attention``      SparseAttention       softmax over the top_k logits
+``local_attention``       LocalAttention        softmax over ``|j - c_i| <= window``
+``random_fixed``          RandomFixedAttention  softmax over n_random seeded pseudo-random keys
+``gated``                 GatedAttention        tanh(alpha) sigmoid(W q) cross, zero at init
+``perceiver``             PerceiverAttention    queries -> latents -> keys (K latents)
+``linear_attention``      LinearAttention       phi(q)^T sum phi(k) v^T / phi(q)^T sum phi(k)
+``sigmoid_attention``     SigmoidAttention      sum sigmoid(q.k / sqrt(d) - log n_i) v
+``pooling``               PoolingAttention      W mean(v) + b
+``copy``                  CopyAttention         v at nearest index floor((i + .5) Nk / Nq)
+``none``                  NoneAttention         0
+``mixture``               MixtureAttention      router-weighted experts
+``rwkv``                  RWKVAttention         RWKV-4 WKV read at p(i) = floor((i+1) Nk/Nq) - 1
+``hyena``                 HyenaAttention        gated implicit FFT long convolutions, read at p(i)
+========================  ====================  ==============================================
+
+Softmax types carry ``beta`` (inverse temperature, default 1.0; ``None`` also means 1.0).
+``rwkv`` and ``hyena`` (and the plugin type ``mamba``) are causal along the key sequence as
+given; the canvas runtime passes keys in canonical (t-major, region) order.
 """
 
 from canvas_core.attention.functional import masked_softmax, masked_softmax_attention

@@ -213,3 +213,16 @@ def test_registering_does_not_import_torch():
                            "canvas_write": "canvas_plugin_canvit.attention:CanvasWriteAttention"}
     code = "import canvas_plugin_canvit, sys; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@settings(max_examples=30, deadline=None)
+@given(dy=st.floats(-1.5, 1.5), dx=st.floats(-1.5, 1.5), write=st.booleans(), seed=st.integers(0, 9999))
+def test_translation_equivariance_property(dy, dx, write, seed):
+    torch.manual_seed(seed)
+    m = CanvasWriteAttention(16, 2) if write else CanvasReadAttention(16, 2)
+    q, k = torch.randn(1, 6, 16), torch.randn(1, 9, 16)
+    qc, kc = torch.rand(1, 6, 2) * 2 - 1, torch.rand(1, 9, 2) * 2 - 1
+    d = torch.tensor([[dy, dx]])
+    with torch.no_grad():
+        torch.testing.assert_close(m(q, k, k, q_coords=qc + d, k_coords=kc + d),
+                                   m(q, k, k, q_coords=qc, k_coords=kc), atol=2e-4, rtol=1e-3)
