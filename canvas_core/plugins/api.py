@@ -175,6 +175,11 @@ def create_attention(fn_name: str, d_model: int, n_heads: int = 4, dropout: floa
                     f"attention type {fn_name!r} ({spec.factory_path}) takes no dropout argument; "
                     f"create it with dropout=0.0 (got {dropout!r})")
             call.pop("dropout")
+        unknown = sorted(set(call) - set(accepted))
+        if unknown:
+            raise CanvasTypeError(
+                f"attention type {fn_name!r} ({spec.factory_path}) does not take "
+                f"{', '.join(repr(k) for k in unknown)}; it accepts {sorted(accepted)}")
     return factory(**call)
 
 
