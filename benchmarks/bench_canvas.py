@@ -122,6 +122,12 @@ def peak_bytes(fn: Callable, device: str) -> Optional[int]:
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
     try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back so RSS reflects live memory
+    except (OSError, AttributeError):
+        pass
+    try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
     except OSError:
@@ -156,7 +162,11 @@ class Budget:
         self.seconds = seconds
         self.last: Dict[str, tuple] = {}
 
+    max_n = None
+
     def run(self, key: str, n: int, fn: Callable[[], float]):
+        if self.max_n is not None and n > self.max_n:
+            return f"skipped (N>{self.max_n})"
         prev = self.last.get(key)
         if prev is not None:
             pn, pt = prev
@@ -211,7 +221,7 @@ def bench_row(name: str, n: int, args, budget: Budget) -> Dict[str, object]:
         if key == "ce":
             row["fwd_ce"] = budget.run(f"fwd-{name}", N, lambda: timed(fwd, reps))
             row["fb_ce"] = budget.run(f"fb-{name}", N, lambda: timed(fwdbwd, reps))
-            row["mem_ce"] = peak_bytes(fwdbwd, dev) if not isinstance(row["fb_ce"], str) else row["fb_ce"]
+            row["mem_ce"] = peak_bytes(fwdbwd, dev) if not isinstance(row["fb_ce"], str) else "skipped"
         else:
             row[f"fwd_{key}"] = timed(fwd, reps)
             if key != "unmasked":
@@ -292,6 +302,7 @@ def main(argv=None) -> int:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--device", default="cpu")
     p.add_argument("--ce-budget", type=float, default=60.0, help="skip canvas-engineering runs predicted longer (s)")
+    p.add_argument("--ce-max-n", type=int, default=4096, help="skip canvas-engineering above this N")
     p.add_argument("--no-cog", action="store_true", help="skip the CogVideoX-sized plan table")
     p.add_argument("--write", default=None, help="also write the tables into this markdown file")
     args = p.parse_args(argv)
@@ -303,6 +314,7 @@ def main(argv=None) -> int:
     globals()["_ours"] = ours
     start = time.perf_counter()
     budget = Budget(args.ce_budget)
+    budget.max_n = args.ce_max_n
     rows = []
     for n in sizes:
         for name in args.topologies.split(","):

@@ -96,7 +96,7 @@ _export("canvas_core.identity", "SlotBindingModule")
 _export("canvas_core.plugins.reexports", "MambaAttention", "CogVideoXAttention")
 
 # names re-exported from optional plugin distributions stay out of `import *`
-_OPTIONAL = {"MambaAttention", "CogVideoXAttention"}
+_OPTIONAL = {"MambaAttention", "CogVideoXAttention", "SlotBindingModule"}
 __all__ = sorted([*(n for n in _LAZY if n not in _OPTIONAL), *_error_names, "__version__"])
 
 

@@ -38,10 +38,19 @@ def _finite_or_zero(q: torch.Tensor) -> torch.Tensor:
 
 
 def _check_kernel(type_name: str, kernel: str) -> str:
-    if kernel not in ("auto", "torch"):
+    """``"auto"``, ``"torch"``, or the name of a registered kernel that supports ``type_name``
+    (e.g. ``fla_rwkv`` from canvas-plugin-fla); anything else is a clear error."""
+    if kernel in ("auto", "torch"):
+        return kernel
+    if not isinstance(kernel, str):
+        raise CanvasTypeError(f"{type_name}: kernel must be a kernel name, got {kernel!r}")
+    from canvas_core.plugins import get_kernel_spec
+
+    spec = get_kernel_spec(kernel)  # UnknownNameError (with install hint) for unknown names
+    if type_name not in tuple(getattr(spec, "supports", ()) or ()):
         raise CanvasTypeError(
-            f"{type_name}: kernel={kernel!r} is not available; {type_name} has the pure-PyTorch "
-            "kernel only: use kernel='auto' or kernel='torch'"
+            f"{type_name}: kernel {kernel!r} ({spec.describe_provider()}) does not compute "
+            f"{type_name}; use kernel='auto', 'torch', or a kernel whose supports include {type_name!r}"
         )
     return kernel
 
@@ -246,7 +255,7 @@ class RWKVAttention(AttentionBase):
         before = j[None, :] <= read[:, None]  # (Nq, Nk)
         if allowed is None or _rows_identical(allowed):
             key_ok = None if allowed is None else allowed[:, 0, :]
-            seq = wkv_scan(k, v, w, u, key_ok)
+            seq = self._wkv(k, v, w, u, key_ok)
             wkv = seq.index_select(1, read.clamp(min=0)) * valid.view(1, Nq, 1).to(wd)
             has = (
                 before.any(-1).view(1, Nq, 1)
@@ -262,6 +271,19 @@ class RWKVAttention(AttentionBase):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", kernel={self.kernel!r}"
+
+    def _wkv(self, k, v, w, u, key_ok):
+        """The WKV sequence ``(B, Nk, D)``: a registered kernel when one was named, else the
+        PyTorch scan (``kernel_used`` records which)."""
+        if self.kernel in ("auto", "torch"):
+            return wkv_scan(k, v, w, u, key_ok)
+        fast = self.__dict__.get("_fast_kernel")
+        if fast is None:
+            from canvas_core.plugins import create_kernel
+
+            fast = self.__dict__["_fast_kernel"] = create_kernel(self.kernel)
+        self.kernel_used = self.kernel
+        return fast(k, v, w, u, key_ok)
 
 
 # ---------------------------------------------------------------------------- Hyena

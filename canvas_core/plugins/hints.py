@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from typing import Dict, Optional
 
-__all__ = ["KNOWN_PROVIDERS", "DEFAULT_PROVIDERS", "provider_hint", "normalize_dist", "install_hint"]
+__all__ = ["KNOWN_PROVIDERS", "DEFAULT_PROVIDERS", "PIP_NAMES", "pip_name", "provider_hint", "normalize_dist",
+           "install_hint"]
 
 #: registry kind -> name -> distribution providing it.
 KNOWN_PROVIDERS: Dict[str, Dict[str, str]] = {
@@ -24,14 +25,19 @@ KNOWN_PROVIDERS: Dict[str, Dict[str, str]] = {
         "flex": "canvas-backend-flex",
         "flex_attention": "canvas-backend-flex",
         "xformers": "canvas-backend-xformers",
+        "fla_rwkv": "canvas-plugin-fla",
+        "mamba_ssm": "canvas-plugin-mamba",
+        "mamba_torch": "canvas-plugin-mamba",
     },
     "backbones": {
         "cogvideox": "canvas-plugin-cogvideox",
         "mochi": "canvas-plugin-mochi",
         "vit": "canvas-plugin-vit",
-        "canvit": "canvas-plugin-canvit",
     },
-    "identity": {},
+    "identity": {
+        "cross_attention": "canvas-plugin-identity",
+        "slot_attention": "canvas-plugin-identity",
+    },
     "embedders": {
         "minilm": "canvas-plugin-semantic",
         "sentence-transformers": "canvas-plugin-semantic",
@@ -40,9 +46,23 @@ KNOWN_PROVIDERS: Dict[str, Dict[str, str]] = {
 }
 
 #: registry kind -> distribution providing any name of that kind not in the table above.
-DEFAULT_PROVIDERS: Dict[str, str] = {
-    "identity": "canvas-plugin-identity",
+DEFAULT_PROVIDERS: Dict[str, str] = {}
+
+#: importable module name -> the pip distribution that provides it, where they differ.
+PIP_NAMES: Dict[str, str] = {
+    "fla": "flash-linear-attention",
+    "mamba_ssm": "mamba-ssm",
+    "causal_conv1d": "causal-conv1d",
+    "sentence_transformers": "sentence-transformers",
+    "sklearn": "scikit-learn",
+    "PIL": "pillow",
 }
+
+
+def pip_name(module: str) -> str:
+    """The distribution to ``pip install`` for an importable module name."""
+    top = str(module).split(".")[0]
+    return PIP_NAMES.get(top, top.replace("_", "-"))
 
 
 def normalize_dist(name: str) -> str:

@@ -15,6 +15,8 @@ Rules (never a silent change of the math):
 
 from __future__ import annotations
 
+from canvas_core.plugins.hints import pip_name
+
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -98,7 +100,7 @@ def _hints(specs: List[Spec], reasons: List[List[str]]) -> str:
     pkgs = sorted({m for s in specs for m in s.missing_requirements()})
     hints = []
     if pkgs:
-        hints.append(f"install the missing package(s): pip install {' '.join(p.replace('_', '-') for p in pkgs)}")
+        hints.append(f"install the missing package(s): pip install {' '.join(pip_name(p) for p in pkgs)}")
     if any("CUDA" in r or "runs on" in r for rs in reasons for r in rs):
         hints.append("or run on a device the implementation supports")
     if any("dtype" in r for rs in reasons for r in rs):

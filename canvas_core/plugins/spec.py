@@ -316,10 +316,12 @@ class Spec:
         package is missing (before trying to import it)."""
         missing = self.missing_requirements()
         if missing:
+            from canvas_core.plugins.hints import pip_name
+
             raise UnavailableError(
                 f"{self.kind} {self.name!r} from {self.describe_provider()} needs the Python "
                 f"package(s) {', '.join(repr(m) for m in missing)}, which are not installed. "
-                f"Install them (e.g. pip install {' '.join(missing).replace('_', '-')}).")
+                f"Install them (e.g. pip install {' '.join(pip_name(m) for m in missing)}).")
         return self.load()(*args, **kwargs)
 
     # ------------------------------------------------------------------ reports

@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import nn
 
-from canvas_core.errors import CanvasTypeError, ShapeError, UnknownRegionError, did_you_mean
+from canvas_core.errors import CanvasTypeError, RegionError, ShapeError, UnknownRegionError, did_you_mean
 
 __all__ = [
     "SinusoidalPositionalEncodingND",
@@ -216,6 +216,14 @@ class SpatiotemporalCanvas(nn.Module):
             for k, name in enumerate(self.names):
                 self.modality_embeddings[f"r{k}"] = nn.Parameter(torch.randn(D) * 0.02)
         self.family_carrier = FamilyCarrierEmbedding(D) if program is not None else None
+        # Regions whose RegionProgram declares an IdentitySpec get a slot binder, resolved
+        # through the identity registry (canvas-plugin-identity); see bind_identities().
+        self.identity_binders = None
+        region_programs = getattr(program, "regions", None) or {}
+        if any(getattr(rp, "identity", None) is not None for rp in region_programs.values()):
+            from canvas_core.identity import build_identity_binders
+
+            self.identity_binders = build_identity_binders(program, D)
         self._slot: Dict[str, int] = {}
         for k, name in enumerate(self.names):
             self._slot[name] = k
@@ -315,6 +323,23 @@ class SpatiotemporalCanvas(nn.Module):
             )
         values = embeddings + self.region_embedding(region_name).to(embeddings.dtype)
         return canvas.index_copy(1, idx, values.to(canvas.dtype))
+
+    def bind_identities(self, canvas: torch.Tensor, states: Any = None):
+        """Run every identity region's slot binder over its frames of ``canvas`` (time order).
+
+        Args:
+            canvas: ``(B, N, d_model)``.
+            states: per region, the slot state to continue from (None = fresh slot bank).
+        Returns:
+            ``(slots, states)``: per identity region the ``(B, T_region, n_slots, d_model)`` slots
+            and the state to pass to the next call (persistent / tracklet modes carry it).
+        """
+        if self.identity_binders is None:
+            raise RegionError(
+                "this canvas has no identity regions: give SpatiotemporalCanvas a program whose "
+                "RegionProgram(identity=IdentitySpec(...)) is set for the regions to track")
+        self._check_canvas(canvas, "bind_identities")
+        return self.identity_binders.bind_canvas(canvas, self.layout, states)
 
     def extract(self, canvas: torch.Tensor, region_name: str) -> torch.Tensor:
         """``(B, numel, d_model)``: the region's positions in canonical order."""

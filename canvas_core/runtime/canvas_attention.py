@@ -71,8 +71,13 @@ class _Executor(nn.Module):
         safe = np.where(upd, den, 1.0)
         to = (lambda t: t.to(device)) if device is not None else (lambda t: t)
         self.register_buffer("updated", to(torch.from_numpy(upd)), persistent=False)
+        self.all_updated = bool(upd.all())
+        # static flags (plain bools, constant under torch.compile) to skip no-op multiplies
+        self.c_is_one = []
         for i, f in enumerate(self.soft_fns):
-            self.register_buffer(f"c_soft{i}", to(torch.from_numpy(qw[f] / safe).float()), persistent=False)
+            c = qw[f] / safe
+            self.register_buffer(f"c_soft{i}", to(torch.from_numpy(c).float()), persistent=False)
+            self.c_is_one.append(bool(np.all(c == 1.0)))
         self.other_names = []
         for i, f in enumerate(self.other_fns):
             g = plan.groups[f]
@@ -171,6 +176,9 @@ class CanvasAttention(nn.Module):
             return self.executor
         key = frozenset(active_regions)
         ex = self._restricted.get(key)
+        if ex is not None and ex.updated.device != device:
+            ex = ex.to(device)  # the module moved since this restriction was built
+            self._restricted[key] = ex
         if ex is None:
             known = set(self.plan.layout.regions)
             unknown = sorted(set(key) - known)
@@ -206,15 +214,22 @@ class CanvasAttention(nn.Module):
             mixed = None
             csum = None
             for i, kern in enumerate(ex.kernels.values()):
-                c = getattr(ex, f"c_soft{i}").to(x.dtype)
                 o = kern(q, k, v, scale=scale, dropout_p=p)  # (B, H, N, dh)
-                o = o.transpose(1, 2).reshape(B, N, D) * c[None, :, None]
+                o = o.transpose(1, 2).reshape(B, N, D)
+                if len(ex.soft_fns) == 1 and ex.c_is_one[0]:
+                    mixed = o  # every position updated by this one type only: weight 1
+                    break
+                c = getattr(ex, f"c_soft{i}").to(x.dtype)
+                o = o * c[None, :, None]
                 mixed = o if mixed is None else mixed + o
                 csum = c if csum is None else csum + c
             # sum_f c_f (o_f W^T + b) = (sum_f c_f o_f) W^T + b sum_f c_f
-            acc = nn.functional.linear(mixed, self.out_proj.weight)
-            if self.out_proj.bias is not None:
-                acc = acc + csum[None, :, None] * self.out_proj.bias
+            if csum is None:
+                acc = self.out_proj(mixed)
+            else:
+                acc = nn.functional.linear(mixed, self.out_proj.weight)
+                if self.out_proj.bias is not None:
+                    acc = acc + csum[None, :, None] * self.out_proj.bias
         for i, f in enumerate(ex.other_names):
             qi, ki = getattr(ex, f"o{i}_q"), getattr(ex, f"o{i}_k")
             mask, coef = getattr(ex, f"o{i}_mask"), getattr(ex, f"o{i}_coef").to(x.dtype)
@@ -224,6 +239,8 @@ class CanvasAttention(nn.Module):
             acc = full if acc is None else acc + full
         if acc is None:
             return x
+        if ex.all_updated:
+            return acc
         return torch.where(ex.updated[None, :, None], acc, x)
 
 

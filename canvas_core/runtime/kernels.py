@@ -113,6 +113,7 @@ class ReferenceKernel(nn.Module):
             mask[~has] = 0.0
             self.register_buffer("mask", to(mask), persistent=False)
             self.register_buffer("row_has_key", to(has), persistent=False)
+            self._all_have_keys = bool(has.all())
             return
         # ---- sparse: buckets of query blocks by padded key-block count -------------------------
         nqb = nkb = bl.n_q_blocks
@@ -173,6 +174,8 @@ class ReferenceKernel(nn.Module):
         if self.mode == "dense":
             mask = self.mask if self.mask.dtype == torch.bool else self.mask.to(q.dtype)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+            if self._all_have_keys:
+                return out
             return out * self.row_has_key[:, None].to(out.dtype)
         B, H, _, d = q.shape
         bs, BH = self.block_size, B * H
