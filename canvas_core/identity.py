@@ -225,6 +225,14 @@ class IdentityBinders(nn.ModuleDict):
         self.specs: Dict[str, IdentitySpec] = {}
 
     def add(self, region: str, tracker: SlotTracker, spec: IdentitySpec) -> None:
+        if not isinstance(region, str) or not region:
+            raise CanvasTypeError(f"IdentityBinders.add: region must be a non-empty str, got {region!r}")
+        if not isinstance(tracker, SlotTracker):
+            raise CanvasTypeError(f"IdentityBinders.add({region!r}): tracker must be a SlotTracker, "
+                                  f"got {type(tracker).__name__}")
+        if not isinstance(spec, IdentitySpec):
+            raise CanvasTypeError(f"IdentityBinders.add({region!r}): spec must be an IdentitySpec, "
+                                  f"got {type(spec).__name__}")
         super().__setitem__(_key(region), tracker)
         self.specs[region] = spec
 
@@ -251,6 +259,12 @@ class IdentityBinders(nn.ModuleDict):
     def forward(self, observations: Mapping[str, torch.Tensor],
                 states: Optional[Mapping[str, Optional[torch.Tensor]]] = None) -> Dict[str, SlotStep]:
         """Bind each region's ``(B, N_obs, D)`` observations; ``states`` from the previous step."""
+        if not isinstance(observations, Mapping):
+            raise CanvasTypeError("IdentityBinders: observations must be a mapping region -> (B, N_obs, D) "
+                                  f"tensor, got {type(observations).__name__}")
+        if states is not None and not isinstance(states, Mapping):
+            raise CanvasTypeError("IdentityBinders: states must be None or a mapping region -> state, "
+                                  f"got {type(states).__name__}")
         states = states or {}
         return {r: self[r](obs, states.get(r)) for r, obs in observations.items()}
 
@@ -276,6 +290,23 @@ class IdentityBinders(nn.ModuleDict):
 
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise ShapeError(f"IdentityBinders.bind_canvas: x must be (B, N, D), got {got}")
+        if not all(hasattr(layout, a) for a in ("region_timesteps", "region_indices_at_t", "num_positions")):
+            raise CanvasTypeError("IdentityBinders.bind_canvas: layout must be the CanvasLayout of the canvas, "
+                                  f"got {type(layout).__name__}")
+        if x.shape[1] != layout.num_positions or x.shape[2] != getattr(layout, "d_model", x.shape[2]):
+            from canvas_core.errors import ShapeError
+
+            raise ShapeError(f"IdentityBinders.bind_canvas: x must be (B, {layout.num_positions}, "
+                             f"{layout.d_model}) for this layout, got {tuple(x.shape)}")
+        if states is not None and not isinstance(states, Mapping):
+            raise CanvasTypeError("IdentityBinders.bind_canvas: states must be None or a mapping region -> "
+                                  f"state, got {type(states).__name__}")
+        missing = [r for r in self.specs if r not in layout.regions]
+        if missing:
+            from canvas_core.errors import UnknownRegionError
+
+            raise UnknownRegionError(f"IdentityBinders.bind_canvas: identity region(s) {missing} are not in "
+                                     f"the layout ({list(layout.regions)}); pass the canvas's own layout")
         states = dict(states or {})
         slots: Dict[str, torch.Tensor] = {}
         for region in self.specs:

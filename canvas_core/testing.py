@@ -142,8 +142,43 @@ def _resolve_dtype(torch: Any, dtype: Any) -> Any:
 
     value = getattr(torch, normalize_dtype(dtype), None)
     if not isinstance(value, torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}")
+        from canvas_core.plugins.spec import SpecError
+
+        raise SpecError(f"unknown dtype {dtype!r}; use a torch dtype such as 'float32', 'float16' or 'bfloat16'")
     return value
+
+
+def _resolve_device(torch: Any, device: Any, where: str) -> Any:
+    from canvas_core.plugins.spec import check_device
+
+    check_device(device, where)  # CanvasTypeError / SpecError for a non-device or an unknown type
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        from canvas_core.plugins.spec import SpecError
+
+        raise SpecError(f"{where}: invalid device {device!r} ({exc}); use e.g. 'cpu' or 'cuda:0'") from None
+
+
+def _check_sizes(where: str, **sizes: Any) -> None:
+    from canvas_core.errors import CanvasTypeError
+
+    for key, v in sizes.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise CanvasTypeError(f"{where}: {key} must be a positive int, got {v!r}")
+
+
+def _check_target(name: Any, where: str, kind: str) -> None:
+    """A registered name (UnknownNameError when it is not) or a callable factory."""
+    from canvas_core.errors import CanvasTypeError
+
+    if isinstance(name, str):
+        from canvas_core.plugins import get_spec
+
+        get_spec(kind, name)  # raises UnknownNameError naming the closest registered name
+    elif not callable(name):
+        raise CanvasTypeError(
+            f"{where}: expected a registered name or a factory / class, got {type(name).__name__} {name!r}")
 
 
 def _accepts_key_mask(module: Any) -> bool:
@@ -185,8 +220,10 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
     """
     import torch
 
+    _check_target(name, "check_attention_type", "attention")
+    _check_sizes("check_attention_type", d_model=d_model, n_heads=n_heads, batch=batch)
     dtype = _resolve_dtype(torch, dtype)
-    device = torch.device(device)
+    device = _resolve_device(torch, device, "check_attention_type")
     label = name if isinstance(name, str) else getattr(name, "__name__", repr(name))
     report = ConformanceReport(str(label))
     tol = 1e-5 if dtype in (torch.float32, torch.float64) else 2e-2
@@ -425,8 +462,10 @@ def check_kernel(name: Any, *, n_heads: int = 2, head_dim: int = 8, device: Any 
     from canvas_core.runtime.kernels import ReferenceKernel
     from canvas_core.schema import CanvasLayout, CanvasTopology, Connection
 
+    _check_target(name, "check_kernel", "kernels")
+    _check_sizes("check_kernel", n_heads=n_heads, head_dim=head_dim)
     dtype = _resolve_dtype(torch, dtype)
-    device = torch.device(device)
+    device = _resolve_device(torch, device, "check_kernel")
     tol = atol if atol is not None else (2e-5 if dtype in (torch.float32, torch.float64) else 3e-2)
     label = name if isinstance(name, str) else getattr(name, "__name__", repr(name))
     report = ConformanceReport(f"kernel {label}")

@@ -17,7 +17,7 @@ from torch import nn
 
 from canvas_core.errors import CanvasTypeError, ShapeError
 
-__all__ = ["AttentionBase", "aligned_key_index", "causal_read_index"]
+__all__ = ["AttentionBase", "aligned_key_index", "causal_read_index", "check_dtypes_devices"]
 
 
 def _check_int(type_name: str, name: str, value, minimum: int) -> int:
@@ -90,14 +90,16 @@ class AttentionBase(nn.Module):
                 f"{t}: queries {tuple(queries.shape)} and keys {tuple(keys.shape)} have different "
                 "batch sizes"
             )
+        check_dtypes_devices(t, self, queries=queries, keys=keys, values=values)
 
     def _mask(
-        self, key_mask: Optional[torch.Tensor], B: int, Nq: int, Nk: int
+        self, key_mask: Optional[torch.Tensor], B: int, Nq: int, Nk: int,
+        like: Optional[torch.Tensor] = None,
     ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Normalise ``key_mask`` to ``(allowed, bias)``, each ``(B|1, Nq|1, Nk)`` or None.
 
         ``allowed`` is bool (True = may attend); ``bias`` is an additive float (only for float
-        masks, 0 where blocked).
+        masks, 0 where blocked).  ``like`` (the queries) fixes the device the mask must be on.
         """
         if key_mask is None:
             return None, None
@@ -105,6 +107,11 @@ class AttentionBase(nn.Module):
         if not isinstance(key_mask, torch.Tensor):
             raise CanvasTypeError(
                 f"{t}: key_mask must be a torch.Tensor or None, got {type(key_mask).__name__}"
+            )
+        if like is not None and key_mask.device != like.device:
+            raise ShapeError(
+                f"{t}: key_mask is on {key_mask.device} but the queries are on {like.device}; "
+                f"move it with key_mask.to({str(like.device)!r})"
             )
         m = key_mask
         if m.dim() == 2 and m.shape[0] == B and m.shape[0] != Nq and m.shape[0] != 1:
@@ -142,6 +149,43 @@ class AttentionBase(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, n_heads={self.n_heads}, dropout={self.dropout_p}"
+
+
+def check_dtypes_devices(type_name: str, module: Optional[nn.Module] = None, **tensors: torch.Tensor) -> None:
+    """Raise :class:`ShapeError` unless the named tensors are floating point, share one dtype and
+    one device, and (outside autocast) match the dtype / device of ``module``'s parameters."""
+    items = [(n, x) for n, x in tensors.items() if x is not None]
+    if not items:
+        return
+    for n, x in items:
+        if not (x.is_floating_point() or x.is_complex()):
+            raise ShapeError(
+                f"{type_name}: {n} must be a floating-point tensor, got dtype {x.dtype}; convert it "
+                f"with {n}.float()"
+            )
+    n0, x0 = items[0]
+    for n, x in items[1:]:
+        if x.dtype != x0.dtype or x.device != x0.device:
+            raise ShapeError(
+                f"{type_name}: {n} ({x.dtype}, {x.device}) and {n0} ({x0.dtype}, {x0.device}) must "
+                f"share one dtype and device; convert with {n}.to({n0})"
+            )
+    if module is None:
+        return
+    p = next((q for q in module.parameters() if q.is_floating_point()), None)
+    if p is None:
+        return
+    if p.device != x0.device:
+        raise ShapeError(
+            f"{type_name}: the inputs are on {x0.device} but the module's parameters are on "
+            f"{p.device}; move one of them (module.to({str(x0.device)!r}))"
+        )
+    if p.dtype != x0.dtype and not torch.is_autocast_enabled(x0.device.type):
+        raise ShapeError(
+            f"{type_name}: the inputs are {x0.dtype} but the module's parameters are {p.dtype}; "
+            f"convert one of them (module.to({x0.dtype}) or the inputs .to({p.dtype})), or run under "
+            "torch.autocast"
+        )
 
 
 def aligned_key_index(Nq: int, Nk: int, device=None) -> torch.Tensor:

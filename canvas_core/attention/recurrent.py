@@ -240,7 +240,7 @@ class RWKVAttention(AttentionBase):
         self._check_inputs(queries, keys, values)
         B, Nq, D = queries.shape
         Nk = keys.shape[1]
-        allowed, _ = self._mask(key_mask, B, Nq, Nk)
+        allowed, _ = self._mask(key_mask, B, Nq, Nk, queries)
         self.kernel_used = "torch"
         if Nk == 0:
             return torch.zeros_like(queries)
@@ -406,7 +406,7 @@ class HyenaAttention(AttentionBase):
         self._check_inputs(queries, keys, values)
         B, Nq, D = queries.shape
         Nk = keys.shape[1]
-        allowed, _ = self._mask(key_mask, B, Nq, Nk)
+        allowed, _ = self._mask(key_mask, B, Nq, Nk, queries)
         self.kernel_used = "torch"
         if Nk == 0:
             return torch.zeros_like(queries)

@@ -63,7 +63,7 @@ class LinearAttention(_QKVAttention):
         self._check_inputs(queries, keys, values)
         B, Nq, _ = queries.shape
         Nk = keys.shape[1]
-        allowed, _ = self._mask(key_mask, B, Nq, Nk)
+        allowed, _ = self._mask(key_mask, B, Nq, Nk, queries)
         wdt = torch.float32 if queries.dtype in (torch.float16, torch.bfloat16) else queries.dtype
         q = F.elu(self._split(self.q_proj(queries)).to(wdt)) + 1.0
         k = F.elu(self._split(self.k_proj(keys)).to(wdt)) + 1.0
@@ -111,7 +111,7 @@ class SigmoidAttention(_QKVAttention):
         self._check_inputs(queries, keys, values)
         B, Nq, _ = queries.shape
         Nk = keys.shape[1]
-        allowed, bias = self._mask(key_mask, B, Nq, Nk)
+        allowed, bias = self._mask(key_mask, B, Nq, Nk, queries)
         q = self._split(self.q_proj(queries))
         k = self._split(self.k_proj(keys))
         v = self._split(self.v_proj(values))
@@ -159,7 +159,7 @@ class PoolingAttention(AttentionBase):
         self._check_inputs(queries, keys, values)
         B, Nq, D = queries.shape
         Nk = keys.shape[1]
-        allowed, _ = self._mask(key_mask, B, Nq, Nk)
+        allowed, _ = self._mask(key_mask, B, Nq, Nk, queries)
         if allowed is None:
             pooled = values.sum(dim=1, keepdim=True) / max(Nk, 1)  # (B, 1, D)
         else:
@@ -193,7 +193,7 @@ class CopyAttention(AttentionBase):
         self._check_inputs(queries, keys, values)
         B, Nq, D = queries.shape
         Nk = keys.shape[1]
-        allowed, _ = self._mask(key_mask, B, Nq, Nk)
+        allowed, _ = self._mask(key_mask, B, Nq, Nk, queries)
         if Nk == 0:
             return torch.zeros_like(queries)
         idx = aligned_key_index(Nq, Nk, device=values.device)
@@ -219,7 +219,7 @@ class NoneAttention(AttentionBase):
     ) -> torch.Tensor:
         """``(B, Nq, D), ... -> zeros (B, Nq, D)``."""
         self._check_inputs(queries, keys, values)
-        self._mask(key_mask, queries.shape[0], queries.shape[1], keys.shape[1])  # validate only
+        self._mask(key_mask, queries.shape[0], queries.shape[1], keys.shape[1], queries)  # validate only
         return torch.zeros_like(queries)
 
 

@@ -65,7 +65,7 @@ class _QKVAttention(AttentionBase):
         self._check_inputs(queries, keys, values)
         B, Nq, _ = queries.shape
         Nk = keys.shape[1]
-        allowed, bias = self._mask(key_mask, B, Nq, Nk)
+        allowed, bias = self._mask(key_mask, B, Nq, Nk, queries)
         q = self._split(self.q_proj(queries))
         k = self._split(self.k_proj(keys))
         v = self._split(self.v_proj(values))
@@ -325,7 +325,7 @@ class PerceiverAttention(AttentionBase):
         self._check_inputs(queries, keys, values)
         B, Nq, D = queries.shape
         Nk = keys.shape[1]
-        allowed, _ = self._mask(key_mask, B, Nq, Nk)
+        allowed, _ = self._mask(key_mask, B, Nq, Nk, queries)
         lat = self.latents.to(queries.dtype).unsqueeze(0).expand(B, -1, -1)
         if allowed is None:
             union = None

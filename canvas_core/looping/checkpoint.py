@@ -43,10 +43,44 @@ def _loop_params(block: nn.Module) -> List[tuple]:
     return list(named())
 
 
+def _check_modules(looped_blocks: Any, action_head: Any, where: str) -> None:
+    if isinstance(looped_blocks, (nn.Module, str, bytes)) or not hasattr(looped_blocks, "__iter__"):
+        raise CanvasTypeError(
+            f"{where}: looped_blocks must be the list of looped blocks returned by "
+            f"graft_looped_blocks, got {type(looped_blocks).__name__}"
+        )
+    if action_head is not None and not isinstance(action_head, nn.Module):
+        raise CanvasTypeError(
+            f"{where}: action_head must be an nn.Module (the ActionHead from graft_looped_blocks) "
+            f"or None, got {type(action_head).__name__}"
+        )
+
+
+def _check_path(path: Any, where: str) -> str:
+    if not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise CanvasTypeError(f"{where}: path must be a file path (str or os.PathLike), got {path!r}")
+    return os.fspath(path)
+
+
+def _refuse_pickle(path: str) -> None:
+    """A clear refusal for pickle / ``torch.save`` files (never unpickled)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as e:
+        raise CheckpointError(f"cannot read loop checkpoint {path!r}: {e.strerror or e}") from e
+    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+        raise CheckpointError(
+            f"{path!r} is not a readable safetensors loop checkpoint: it is a pickle / torch.save "
+            "file, and canvas-core never unpickles checkpoints. Save the loops with save_loop_checkpoint"
+        )
+
+
 def loop_structure(
     looped_blocks: Sequence[nn.Module], action_head: Optional[nn.Module]
 ) -> Dict[str, Any]:
     """JSON-able description of what a loop checkpoint of these modules holds."""
+    _check_modules(looped_blocks, action_head, "loop_structure")
     blocks = []
     for i, b in enumerate(looped_blocks):
         inner = getattr(b, "original", b)
@@ -104,6 +138,18 @@ def save_loop_checkpoint(
 
     import canvas_core
 
+    _check_modules(looped_blocks, action_head, "save_loop_checkpoint")
+    path = _check_path(path, "save_loop_checkpoint")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise CheckpointError(
+            f"save_loop_checkpoint: metadata must be a dict of JSON-serialisable values, got "
+            f"{type(metadata).__name__} {metadata!r:.80}"
+        )
+    if os.path.isdir(path):
+        raise CheckpointError(
+            f"cannot save the loop checkpoint to {path!r}: it is a directory; give a file path such "
+            "as loops.safetensors"
+        )
     meta = dict(metadata or {})
     schema_obj = schema if schema is not None else meta.pop("schema", None)
     shash = (
@@ -135,8 +181,13 @@ def save_loop_checkpoint(
         "user_metadata": user,
     }
     d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    save_file(tensors, path, metadata=header)
+    from safetensors import SafetensorError
+
+    try:
+        os.makedirs(d, exist_ok=True)
+        save_file(tensors, path, metadata=header)
+    except (OSError, SafetensorError) as e:
+        raise CheckpointError(f"cannot save the loop checkpoint to {path!r}: {e}") from e
 
 
 def _describe_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
@@ -183,8 +234,13 @@ def load_loop_checkpoint(
     ``user_metadata`` decoded."""
     from safetensors import SafetensorError, safe_open
 
+    _check_modules(looped_blocks, action_head, "load_loop_checkpoint")
+    path = _check_path(path, "load_loop_checkpoint")
+    if os.path.isdir(path):
+        raise CheckpointError(f"loop checkpoint {path!r} is a directory; give the .safetensors file in it")
     if not os.path.isfile(path):
         raise CheckpointError(f"loop checkpoint {path!r} does not exist")
+    _refuse_pickle(path)
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             header = dict(f.metadata() or {})
@@ -219,15 +275,37 @@ def load_loop_checkpoint(
             f"loop checkpoint {path!r} was trained with canvas schema {saved_schema[:12]}..., not "
             f"with this schema {expected[:12]}...; load it into a model using the same schema"
         )
+    # check every tensor before writing any, so a bad file leaves the model untouched
+    pairs = []
+    for i, b in enumerate(looped_blocks):
+        for n, p in _loop_params(b):
+            pairs.append((f"blocks.{i}.{n}", p))
+    state = {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}
+    if action_head is not None:
+        current_head = action_head.state_dict()
+        extra = sorted(set(state) - set(current_head))
+        if extra:
+            raise CheckpointError(f"loop checkpoint {path!r} has action-head tensors {extra} the model lacks")
+        pairs.extend((f"head.{n}", t) for n, t in current_head.items())
+    for key, p in pairs:
+        if key not in tensors:
+            raise CheckpointError(f"loop checkpoint {path!r} lacks tensor {key!r}")
+        t = tensors[key]
+        if tuple(t.shape) != tuple(p.shape):
+            raise CheckpointError(
+                f"loop checkpoint {path!r}: tensor {key!r} has shape {tuple(t.shape)} but the model's "
+                f"is {tuple(p.shape)}; the file is corrupt or belongs to another model"
+            )
+        if t.is_floating_point() != p.is_floating_point():
+            raise CheckpointError(
+                f"loop checkpoint {path!r}: tensor {key!r} is {t.dtype} but the model's is {p.dtype}; "
+                "the file is corrupt or belongs to another model"
+            )
     with torch.no_grad():
-        for i, b in enumerate(looped_blocks):
-            for n, p in _loop_params(b):
-                key = f"blocks.{i}.{n}"
-                if key not in tensors:
-                    raise CheckpointError(f"loop checkpoint {path!r} lacks tensor {key!r}")
+        for key, p in pairs:
+            if key.startswith("blocks."):
                 p.copy_(tensors[key].to(dtype=p.dtype, device=p.device))
         if action_head is not None:
-            state = {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}
             action_head.load_state_dict(state, strict=True)
     out = dict(header)
     out["user_metadata"] = user

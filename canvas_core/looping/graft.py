@@ -37,6 +37,7 @@ def _action_head_cls():
 
 def looped_blocks_of(model: nn.Module) -> List[LoopedBlockWrapper]:
     """Every ``LoopedBlockWrapper`` inside ``model``, in module order."""
+    _check_module(model, "looped_blocks_of")
     return [m for m in model.modules() if isinstance(m, LoopedBlockWrapper)]
 
 
@@ -142,6 +143,11 @@ def graft_looped_blocks(
         )
     if not isinstance(action_dim, int) or isinstance(action_dim, bool) or action_dim < 1:
         raise BackboneError(f"action_dim must be an int >= 1, got {action_dim!r}")
+    if block_attr is not None and (not isinstance(block_attr, str) or not block_attr):
+        raise CanvasTypeError(
+            f"graft_looped_blocks: block_attr must be the name (str) of the model's block list, "
+            f"e.g. 'blocks', got {block_attr!r}"
+        )
     if adapter is None and block_attr is not None:
         a = (
             resolve_adapter(transformer, None)

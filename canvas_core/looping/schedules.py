@@ -51,6 +51,13 @@ class CurriculumScheduler:
     def step(self, looped_blocks: Iterable, step: int) -> int:
         """Set every looped block to ``get_loops(step)`` loops and return that count."""
         n = self.get_loops(step)
+        if hasattr(looped_blocks, "set_loops"):  # one block
+            looped_blocks = [looped_blocks]
+        if not hasattr(looped_blocks, "__iter__"):
+            raise CanvasTypeError(
+                "CurriculumScheduler.step expects the list of looped blocks returned by "
+                f"graft_looped_blocks, got {type(looped_blocks).__name__}"
+            )
         for b in looped_blocks:
             setter = getattr(b, "set_loops", None)
             if setter is None:

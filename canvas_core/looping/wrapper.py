@@ -57,6 +57,11 @@ class BlockIO:
                 raise CanvasTypeError(
                     f"looped input {name!r} must be a torch.Tensor, got {type(s).__name__}"
                 )
+            if not s.is_floating_point():
+                raise ShapeError(
+                    f"looped input {name!r} must be a floating tensor (hidden states), got {s.dtype}; "
+                    "pass the embedded hidden states, e.g. hidden_states.float()"
+                )
         return tuple(states), args, kwargs
 
     def states_of(self, out: Any) -> Tuple[torch.Tensor, ...]:

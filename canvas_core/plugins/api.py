@@ -180,7 +180,7 @@ def create_attention(fn_name: str, d_model: int, n_heads: int = 4, dropout: floa
             raise CanvasTypeError(
                 f"attention type {fn_name!r} ({spec.factory_path}) does not take "
                 f"{', '.join(repr(k) for k in unknown)}; it accepts {sorted(accepted)}")
-    return factory(**call)
+    return spec.create(**call)  # wraps a non-canvas exception of the factory in a FactoryError
 
 
 # ---------------------------------------------------------------------- other kinds

@@ -60,6 +60,21 @@ def _truthy(value: Optional[str]) -> bool:
     return str(value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+_FALSY = ("", "0", "false", "no", "off")
+
+
+def _env_flag(env: Mapping[str, str], var: str) -> bool:
+    """A boolean environment variable; :class:`PluginError` for a value that is neither."""
+    raw = env.get(var)
+    if _truthy(raw):
+        return True
+    if str(raw or "").strip().lower() in _FALSY:
+        return False
+    raise PluginError(
+        f"environment variable {var}={raw!r} is not a boolean; set it to 1 (or true/yes/on) to enable "
+        "it, or 0 / unset it to disable it")
+
+
 def _name_list(value: Any) -> Optional[List[str]]:
     """``"a, b;c"`` / ``["a", "b"]`` -> normalised names; None / "" -> None."""
     if value is None:
@@ -213,6 +228,7 @@ class PluginHost:
         with self._lock:  # another thread loading: wait for it
             if self._loaded:
                 return
+            self._read_settings()  # a bad environment variable raises here and leaves it unloaded
             self._loading_thread = threading.get_ident()
             try:
                 self._load()
@@ -247,7 +263,7 @@ class PluginHost:
     # ------------------------------------------------------------------ loading
     def _read_settings(self) -> Dict[str, Any]:
         env = os.environ if self._environ is None else self._environ
-        autoload = (not _truthy(env.get(ENV_DISABLE))) if self._autoload_arg is None else bool(self._autoload_arg)
+        autoload = (not _env_flag(env, ENV_DISABLE)) if self._autoload_arg is None else bool(self._autoload_arg)
         allow = _name_list(env.get(ENV_ALLOW)) if self._allow_arg is None else _name_list(self._allow_arg)
         block = _name_list(env.get(ENV_BLOCK)) if self._block_arg is None else _name_list(self._block_arg)
         return {"autoload": autoload, "allow": allow, "block": block or []}
@@ -259,8 +275,10 @@ class PluginHost:
 
             rec = PluginRecord(BUILTIN_PLUGIN, "canvas-core", _core_version(), source="builtin")
             self._add_plugin(builtin, rec, strict=False)
-        for ep in self._discover():
+        eps = self._discover()
+        for ep in eps:
             self._load_entry_point(ep, s)
+        _warn_unknown_names(s, eps)
 
     def _discover(self) -> List[Any]:
         if self._entry_points is not None:
@@ -325,6 +343,13 @@ class PluginHost:
         rec.hooks = sorted(h.name for h in (self._pm.get_hookcallers(obj) or [])
                            if h.name in hookspecs.HOOK_REGISTRY)
         rec.warnings.extend(_hook_warnings(obj, rec.hooks))
+        if strict and not rec.hooks:
+            self._remove_plugin(rec.name)
+            why = "; ".join(rec.warnings) or f"it has no @canvas_core.hookimpl function named {', '.join(hookspecs.HOOK_NAMES)}"
+            raise PluginError(
+                f"cannot register {rec.describe()} ({type(obj).__name__}): it implements no canvas hook "
+                f"({why}). Decorate functions such as canvas_register_attention(registry) with "
+                "@canvas_core.hookimpl")
         for hook_name in hookspecs.HOOK_NAMES:
             kind = hookspecs.HOOK_REGISTRY[hook_name]
             proxy = _PluginRegistry(self.registries[kind], rec, strict)
@@ -338,7 +363,13 @@ class PluginHost:
                         raise
                     if strict:
                         self._remove_plugin(rec.name)
-                        raise
+                        from canvas_core.errors import CanvasError
+
+                        if isinstance(exc, CanvasError) or not isinstance(exc, Exception):
+                            raise
+                        raise PluginError(
+                            f"{rec.describe()}: hook {hook_name} raised {type(exc).__name__}: {exc}. "
+                            "Fix the plugin's hook; nothing it registered was kept") from exc
                     self._fail(rec, f"hook {hook_name} raised {type(exc).__name__}: {exc}", exc)
         return rec
 
@@ -525,6 +556,25 @@ def _ep_dist(ep: Any) -> tuple:
         except Exception:
             name = None
     return name, str(getattr(dist, "version", "") or "")
+
+
+def _warn_unknown_names(settings: Dict[str, Any], eps: List[Any]) -> None:
+    """Warn when the allow / block list names no installed plugin (likely a typo)."""
+    import warnings
+
+    known = set()
+    for ep in eps:
+        known |= {normalize_dist(ep.name), normalize_dist(_ep_dist(ep)[0] or "")}
+    known.discard("")
+    for var, key in ((ENV_ALLOW, "allow"), (ENV_BLOCK, "block")):
+        unknown = [n for n in (settings.get(key) or []) if n not in known]
+        if unknown:
+            near = {n: closest(n, known) for n in unknown}
+            hint = "".join(f" ({n!r}: did you mean {c!r}?)" for n, c in near.items() if c)
+            warnings.warn(
+                f"{var} names {', '.join(repr(n) for n in unknown)}, which is no installed canvas "
+                f"plugin{hint}. Installed: {', '.join(sorted(known)) or 'none'}",
+                UserWarning, stacklevel=3)
 
 
 def _hook_warnings(obj: Any, hooks: List[str]) -> List[str]:

@@ -105,6 +105,10 @@ class Registry:
                     version=version, plugin=plugin, module=module, metadata=extra, **fields)
 
     def _insert(self, spec: Spec, *, override: bool) -> Spec:
+        if not isinstance(override, bool):
+            from canvas_core.errors import CanvasTypeError
+
+            raise CanvasTypeError(f"{self.noun} {spec.name!r}: override must be True or False, got {override!r}")
         stack = self._stacks.get(spec.name)
         if stack and not override:
             old = stack[-1]

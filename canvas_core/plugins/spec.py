@@ -20,10 +20,17 @@ __all__ = [
     "RuntimeContext",
     "Spec",
     "SpecError",
+    "FactoryError",
+    "FactoryValueError",
+    "FactoryTypeError",
     "IN_PROCESS",
     "SPEC_FIELDS",
     "normalize_device",
     "normalize_dtype",
+    "check_device",
+    "check_dtype",
+    "KNOWN_DEVICE_TYPES",
+    "KNOWN_DTYPES",
     "parse_factory_path",
 ]
 
@@ -36,6 +43,18 @@ _DOTTED_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 class SpecError(PluginError, ValueError):
     """A registration is malformed (bad name, factory path or metadata)."""
+
+
+class FactoryError(PluginError, RuntimeError):
+    """A registered factory raised a non-canvas exception while building (the cause is chained)."""
+
+
+class FactoryValueError(FactoryError, ValueError):
+    """:class:`FactoryError` for a ``ValueError`` of the factory (``except ValueError`` still works)."""
+
+
+class FactoryTypeError(FactoryError, TypeError):
+    """:class:`FactoryError` for a ``TypeError`` of the factory (e.g. an unexpected keyword)."""
 
 
 def normalize_device(device: Any) -> str:
@@ -65,6 +84,57 @@ def normalize_dtype(dtype: Any) -> str:
     return _DTYPE_ALIASES.get(s, s)
 
 
+#: device types torch knows (checked without importing torch).
+KNOWN_DEVICE_TYPES = frozenset((
+    "cpu", "cuda", "ipu", "xpu", "mkldnn", "opengl", "opencl", "ideep", "hip", "ve", "fpga", "maia",
+    "xla", "lazy", "vulkan", "mps", "meta", "hpu", "mtia", "privateuseone",
+))
+
+#: dtype names torch knows (canonical spelling, see :func:`normalize_dtype`).
+KNOWN_DTYPES = frozenset((
+    "float32", "float16", "bfloat16", "float64", "complex64", "complex128", "complex32",
+    "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "bool",
+    "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu",
+    "float4_e2m1fn_x2", "qint8", "quint8", "qint32",
+))
+
+
+def check_device(device: Any, where: str) -> str:
+    """The device type of ``device`` (see :func:`normalize_device`); :class:`CanvasTypeError` for a
+    value that is not a device, :class:`SpecError` for a device type torch does not know."""
+    if device is not None and getattr(device, "type", None) is None and not isinstance(device, str):
+        raise CanvasTypeError(
+            f"{where}: device must be a string such as 'cpu' / 'cuda:0' or a torch.device, "
+            f"got {type(device).__name__} {device!r}")
+    dev = normalize_device(device)
+    raw = str(getattr(device, "type", None) or device or "cpu").strip().lower()
+    index = raw.split(":", 1)[1] if ":" in raw else None
+    if dev not in KNOWN_DEVICE_TYPES or (index is not None and not index.isdigit()):
+        from canvas_core.errors import did_you_mean
+
+        raise SpecError(
+            f"{where}: unknown device {device!r}.{did_you_mean(dev, KNOWN_DEVICE_TYPES)} Use a torch "
+            "device such as 'cpu', 'cuda', 'cuda:0' or 'mps'")
+    return dev
+
+
+def check_dtype(dtype: Any, where: str) -> str:
+    """The canonical name of ``dtype`` (see :func:`normalize_dtype`); :class:`SpecError` when it
+    is not a torch dtype."""
+    if dtype is not None and not isinstance(dtype, str) and type(dtype).__name__ != "dtype":
+        raise CanvasTypeError(
+            f"{where}: dtype must be a string such as 'float32' / 'bf16' or a torch.dtype, "
+            f"got {type(dtype).__name__} {dtype!r}")
+    name = normalize_dtype(dtype)
+    if name not in KNOWN_DTYPES:
+        from canvas_core.errors import did_you_mean
+
+        raise SpecError(
+            f"{where}: unknown dtype {dtype!r}.{did_you_mean(name, KNOWN_DTYPES)} Use a torch dtype "
+            "name such as 'float32', 'float16' or 'bfloat16'")
+    return name
+
+
 @dataclass(frozen=True)
 class RuntimeContext:
     """Where an implementation is asked to run.
@@ -80,6 +150,16 @@ class RuntimeContext:
     dtype: Any = "float32"
     head_dim: Optional[int] = None
     requires_grad: bool = True
+
+    def __post_init__(self) -> None:
+        where = "RuntimeContext"
+        check_device(self.device, where)
+        check_dtype(self.dtype, where)
+        hd = self.head_dim
+        if hd is not None and (isinstance(hd, bool) or not isinstance(hd, int) or hd < 1):
+            raise CanvasTypeError(f"{where}: head_dim must be a positive int or None, got {hd!r}")
+        if not isinstance(self.requires_grad, bool):
+            raise CanvasTypeError(f"{where}: requires_grad must be True or False, got {self.requires_grad!r}")
 
     @property
     def device_type(self) -> str:
@@ -101,6 +181,10 @@ class RuntimeContext:
         if isinstance(ctx, cls):
             return ctx
         if isinstance(ctx, dict):
+            unknown = sorted(set(map(str, ctx)) - {"device", "dtype", "head_dim", "requires_grad"})
+            if unknown:
+                raise CanvasTypeError(
+                    f"RuntimeContext: unknown key(s) {unknown}; expected device, dtype, head_dim, requires_grad")
             return cls(**ctx)
         if isinstance(ctx, str):
             return cls(device=ctx)
@@ -129,9 +213,17 @@ def _as_tuple(value: Any, what: str, name: str) -> Optional[Tuple[str, ...]]:
     if isinstance(value, str):
         return (value,)
     try:
-        return tuple(value)
+        out = tuple(value)
     except TypeError:
         raise CanvasTypeError(f"{name!r}: {what} must be a string or a sequence of strings, got {value!r}") from None
+    for v in out:
+        ok = isinstance(v, str) and v.strip() if what not in ("devices", "dtypes") else (
+            (isinstance(v, str) and v.strip()) or getattr(v, "type", None) is not None
+            or type(v).__name__ == "dtype")
+        if not ok:
+            raise CanvasTypeError(
+                f"{name!r}: every entry of {what} must be a non-empty string, got {v!r} in {value!r}")
+    return out
 
 
 #: keyword metadata stored as Spec attributes (everything else goes to ``spec.metadata``).
@@ -192,10 +284,15 @@ class Spec:
                 f"{self.kind} {self.name!r}: factory must be a class, a callable or a "
                 f"'package.module:Object' string, got {type(self.factory).__name__} {self.factory!r}")
         self.requires = _as_tuple(self.requires, "requires", self.name) or ()
+        where = f"{self.kind} {self.name!r}"
         devs = _as_tuple(self.devices, "devices", self.name)
-        self.devices = None if devs is None else tuple(normalize_device(d) for d in devs)
+        self.devices = None if devs is None else tuple(check_device(d, f"{where} devices") for d in devs)
         dts = _as_tuple(self.dtypes, "dtypes", self.name)
-        self.dtypes = None if dts is None else tuple(normalize_dtype(d) for d in dts)
+        self.dtypes = None if dts is None else tuple(check_dtype(d, f"{where} dtypes") for d in dts)
+        for key in ("family", "complexity"):
+            v = getattr(self, key)
+            if v is not None and not isinstance(v, str):
+                raise CanvasTypeError(f"{where}: {key} must be a string or None, got {v!r}")
         self.supports = _as_tuple(self.supports, "supports", self.name) or ()
         if self.check is not None and not callable(self.check):
             raise CanvasTypeError(f"{self.kind} {self.name!r}: check must be callable(ctx) -> list[str]")
@@ -322,7 +419,22 @@ class Spec:
                 f"{self.kind} {self.name!r} from {self.describe_provider()} needs the Python "
                 f"package(s) {', '.join(repr(m) for m in missing)}, which are not installed. "
                 f"Install them (e.g. pip install {' '.join(pip_name(m) for m in missing)}).")
-        return self.load()(*args, **kwargs)
+        factory = self.load()
+        try:
+            return factory(*args, **kwargs)
+        except Exception as exc:
+            from canvas_core.errors import CanvasError
+
+            if isinstance(exc, CanvasError):
+                raise
+            cls = (FactoryTypeError if isinstance(exc, TypeError) else
+                   FactoryValueError if isinstance(exc, ValueError) else FactoryError)
+            given = ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
+            raise cls(
+                f"{self.kind} {self.name!r} from {self.describe_provider()} could not be built with "
+                f"({given}): its factory {self.factory_path!r} raised {type(exc).__name__}: {exc}. "
+                "Check these arguments against its documentation, or report it to the plugin's "
+                "author") from exc
 
     # ------------------------------------------------------------------ reports
     def to_dict(self, ctx: Any = None, *, with_availability: bool = True) -> Dict[str, Any]:

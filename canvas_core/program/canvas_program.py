@@ -182,6 +182,10 @@ class CanvasProgram:
             raise SchemaFormatError(
                 f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
             ) from None
+        except RecursionError:
+            raise SchemaFormatError(
+                f"{where} nests JSON arrays/objects too deeply to be a canvas program; check the file"
+            ) from None
         try:
             return cls.from_dict(data)
         except SchemaFormatError as exc:
@@ -361,6 +365,10 @@ def _read(source: Any) -> Tuple[str, str]:
         return source, "program JSON string"
     if not isinstance(source, (str, os.PathLike)):
         raise CanvasTypeError(f"from_json expects a file path or a JSON string, got {type(source).__name__}")
+    if isinstance(source, str) and not source.strip():
+        raise SchemaFormatError("from_json got an empty string; pass a program file path or a JSON object string")
+    if "\x00" in os.fspath(source):
+        raise SchemaFormatError(f"program path {os.fspath(source)[:80]!r} contains a NUL byte; pass a valid file path")
     path = Path(source)
     try:
         return path.read_text(encoding="utf-8"), f"program file {str(path)!r}"

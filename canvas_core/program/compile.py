@@ -74,6 +74,7 @@ class _Walker:
                 self.leaf(f"{prefix}{name}", value, owner)
                 node.leaves.append(f"{prefix}{name}")
             elif _is_sequence(value):
+                _check_mixed_list(f"{prefix}{name}", value, owner)
                 for i, v in enumerate(value):
                     if isinstance(v, Field):
                         self.leaf(f"{prefix}{name}[{i}]", v, owner)
@@ -97,6 +98,18 @@ class _Walker:
                 if sub.has_fields():
                     node.children.append(_Child(False, [(path, _coarse_field(value, meta, path), sub)]))
         return node
+
+
+def _check_mixed_list(path: str, value: Any, owner: str) -> None:
+    """A list holding Fields / nested objects must hold nothing else (it would be silently dropped)."""
+    kinds = [isinstance(v, Field) or _is_composite(v) for v in value]
+    if any(kinds) and not all(kinds):
+        i = kinds.index(False)
+        raise ProgramError(
+            f"{owner}: {path}[{i}] is {value[i]!r} ({type(value[i]).__name__}), but the other elements of "
+            f"{path!r} are Fields / nested objects; a list of canvas fields can hold only Fields or "
+            "objects with Fields. Remove that element or move it to a separate attribute"
+        )
 
 
 def _is_sequence(value: Any) -> bool:

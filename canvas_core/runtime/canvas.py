@@ -11,7 +11,7 @@ embeddings.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -109,6 +109,8 @@ class PeriodEmbedding(nn.Module):
 
     def __init__(self, d_model: int, n_buckets: int = 16, max_period: int = 10000) -> None:
         super().__init__()
+        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
+            raise CanvasTypeError(f"PeriodEmbedding: d_model must be an int >= 1, got {d_model!r}")
         if (
             not isinstance(n_buckets, int)
             or n_buckets < 1
@@ -148,6 +150,8 @@ class FamilyCarrierEmbedding(nn.Module):
 
     def __init__(self, d_model: int) -> None:
         super().__init__()
+        if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
+            raise CanvasTypeError(f"FamilyCarrierEmbedding: d_model must be an int >= 1, got {d_model!r}")
         self.d_model = d_model
         self.family_emb = nn.Embedding(len(self.FAMILIES) + 1, d_model)
         self.carrier_emb = nn.Embedding(len(self.CARRIERS) + 1, d_model)
@@ -171,6 +175,33 @@ class FamilyCarrierEmbedding(nn.Module):
         return (
             f"d_model={self.d_model}, families={len(self.FAMILIES)}, carriers={len(self.CARRIERS)}"
         )
+
+
+def _check_canvas_args(layout: Any, semantic_conditioner: Any, program: Any) -> None:
+    """CanvasTypeError for a layout / conditioner / program of the wrong kind."""
+    if not all(hasattr(layout, a) for a in ("d_model", "T", "spatial_shape", "regions", "region_indices")):
+        raise CanvasTypeError(
+            f"SpatiotemporalCanvas: layout must be a CanvasLayout, got {type(layout).__name__} "
+            f"{layout!r:.80}; build one with CanvasLayout(...) or compile_schema(...).layout"
+        )
+    if semantic_conditioner is not None and not callable(getattr(semantic_conditioner, "get_conditioning", None)):
+        raise CanvasTypeError(
+            "SpatiotemporalCanvas: semantic_conditioner must have get_conditioning(region_name) "
+            f"(e.g. a SemanticConditioner) or be None, got {type(semantic_conditioner).__name__}"
+        )
+    if program is not None:
+        regions = getattr(program, "regions", None)
+        if not isinstance(regions, Mapping):
+            raise CanvasTypeError(
+                "SpatiotemporalCanvas: program must be a CanvasProgram (with a regions mapping) or "
+                f"None, got {type(program).__name__} {program!r:.80}"
+            )
+        unknown = [n for n in regions if n not in layout.regions]
+        if unknown:
+            raise UnknownRegionError(
+                f"SpatiotemporalCanvas: the program types region(s) {unknown} that the layout does "
+                f"not declare ({list(layout.regions)}); pass the program compiled with this layout"
+            )
 
 
 class SpatiotemporalCanvas(nn.Module):
@@ -200,6 +231,7 @@ class SpatiotemporalCanvas(nn.Module):
 
     def __init__(self, layout: Any, semantic_conditioner: Any = None, program: Any = None) -> None:
         super().__init__()
+        _check_canvas_args(layout, semantic_conditioner, program)
         self.layout = layout
         self.semantic_conditioner = semantic_conditioner
         self.program = program
@@ -300,6 +332,11 @@ class SpatiotemporalCanvas(nn.Module):
             raise ShapeError(
                 f"SpatiotemporalCanvas.{where}: canvas must be (B, {N}, {self.d_model}), got {got}"
             )
+        if not canvas.is_floating_point():
+            raise ShapeError(
+                f"SpatiotemporalCanvas.{where}: canvas must be a floating tensor, got {canvas.dtype}; "
+                "build it with create_empty(batch_size)"
+            )
 
     def place(
         self, canvas: torch.Tensor, embeddings: torch.Tensor, region_name: str
@@ -310,6 +347,14 @@ class SpatiotemporalCanvas(nn.Module):
         """
         self._check_canvas(canvas, "place")
         idx = self.region_index(region_name)
+        if isinstance(embeddings, torch.Tensor) and (
+            not embeddings.is_floating_point() or embeddings.device != canvas.device
+        ):
+            raise ShapeError(
+                f"SpatiotemporalCanvas.place: region {region_name!r} embeddings must be a floating "
+                f"tensor on the canvas's device {canvas.device}, got {embeddings.dtype} on "
+                f"{embeddings.device}; convert with embeddings.to(canvas)"
+            )
         want = (canvas.shape[0], idx.numel(), self.d_model)
         if not isinstance(embeddings, torch.Tensor) or tuple(embeddings.shape) != want:
             got = (

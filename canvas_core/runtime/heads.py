@@ -49,6 +49,10 @@ class ActionHead(nn.Module):
         """``(B, C)`` or ``(B, T, C, *spatial)`` (any number of spatial dims, also none) ->
         ``(B, action_dim)``; time and space are mean-pooled first."""
         x = noise_pred
+        if not isinstance(x, torch.Tensor):
+            raise CanvasTypeError(f"ActionHead: noise_pred must be a torch.Tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise ShapeError(f"ActionHead: noise_pred must be a floating tensor, got {x.dtype}; use noise_pred.float()")
         if (
             x.dim() < 2
             or (x.dim() == 2 and x.shape[1] != self.latent_channels)

@@ -65,6 +65,15 @@ class ResidualAccumulator(nn.Module):
 
     def __init__(self, region_names: Sequence[str], spec: Optional[ResidualSpec] = None) -> None:
         super().__init__()
+        if not isinstance(region_names, str) and not hasattr(region_names, "__iter__"):
+            raise CanvasTypeError(
+                "ResidualAccumulator: region_names must be a sequence of region names, got "
+                f"{type(region_names).__name__} {region_names!r}"
+            )
+        if spec is not None and not isinstance(spec, ResidualSpec):
+            raise CanvasTypeError(
+                f"ResidualAccumulator: spec must be a ResidualSpec or None, got {type(spec).__name__} {spec!r}"
+            )
         names = [region_names] if isinstance(region_names, str) else list(region_names)
         if len(set(names)) != len(names) or not all(isinstance(n, str) for n in names):
             raise CanvasTypeError(
@@ -101,7 +110,18 @@ class ResidualAccumulator(nn.Module):
                 f"tracked regions are {self._names}." + did_you_mean(region, self._names)
             )
         if not isinstance(error, torch.Tensor):
-            error = torch.as_tensor(error, dtype=torch.float32)
+            try:
+                error = torch.as_tensor(error, dtype=torch.float32)
+            except (TypeError, ValueError, RuntimeError) as exc:
+                raise CanvasTypeError(
+                    f"ResidualAccumulator.update: the error of region {region!r} must be a tensor or "
+                    f"a (nested list of) number(s), got {type(error).__name__} {error!r:.80} ({exc})"
+                ) from None
+        if error.is_complex():
+            raise CanvasTypeError(
+                f"ResidualAccumulator.update: the error of region {region!r} must be real, got {error.dtype}; "
+                "pass error.abs() for magnitudes"
+            )
         new = self._reduce(error).to(self.summary.device)
         d = self.spec.decay
         with torch.no_grad():

@@ -73,8 +73,41 @@ def lookup_summary(summaries: Summaries, source: str) -> Optional[float]:
     if not summaries or "." not in source:
         return None
     region, kind = source.rsplit(".", 1)
-    value = summaries.get(region, {}).get(kind)
-    return None if value is None else float(value)
+    per_region = summaries.get(region, {})
+    if not isinstance(per_region, Mapping):
+        raise CanvasTypeError(
+            f"summaries[{region!r}] must be a mapping kind -> number (as from "
+            f"ResidualAccumulator.summaries()), got {type(per_region).__name__} {per_region!r}"
+        )
+    value = per_region.get(kind)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise CanvasTypeError(
+            f"summaries[{region!r}][{kind!r}] must be a number, got {type(value).__name__} {value!r}"
+        ) from None
+
+
+def _check_summaries(summaries: Any, where: str) -> None:
+    if summaries is not None and not isinstance(summaries, Mapping):
+        raise CanvasTypeError(
+            f"{where}: summaries must be None or a mapping region -> {{kind: value}} (as from "
+            f"ResidualAccumulator.summaries()), got {type(summaries).__name__} {summaries!r:.80}"
+        )
+
+
+def _check_step_args(where: str, external_t: Any, summaries: Any, boundary: Any) -> None:
+    if isinstance(external_t, bool) or not isinstance(external_t, int):
+        raise CanvasTypeError(f"{where}: external_t must be an int, got {external_t!r}")
+    if external_t < 0:
+        raise CanvasTypeError(f"{where}: external_t must be >= 0 (steps count from 0), got {external_t}")
+    _check_summaries(summaries, where)
+    if boundary is not None and not isinstance(boundary, str):
+        raise CanvasTypeError(
+            f"{where}: boundary must be an event name (str) or None, got {type(boundary).__name__} {boundary!r}"
+        )
 
 
 class RegionScheduler:
@@ -95,7 +128,24 @@ class RegionScheduler:
     """
 
     def __init__(self, program: Any, clocks: Optional[Mapping[str, Any]] = None) -> None:
-        regions = dict(getattr(program, "regions", {}) or {})
+        raw_regions = getattr(program, "regions", None)
+        if not isinstance(raw_regions, Mapping):
+            raise CanvasTypeError(
+                "RegionScheduler: program must be a CanvasProgram (with a regions mapping), got "
+                f"{type(program).__name__} {program!r:.80}; compile one with compile_program(...)"
+            )
+        if clocks is not None and not isinstance(clocks, Mapping):
+            raise CanvasTypeError(
+                "RegionScheduler: clocks must be a mapping region -> ClockSpec / clock expression, "
+                f"got {type(clocks).__name__} {clocks!r:.80}"
+            )
+        for name, rp in raw_regions.items():
+            if not hasattr(rp, "clock"):
+                raise CanvasTypeError(
+                    f"RegionScheduler: program.regions[{name!r}] must be a RegionProgram, got "
+                    f"{type(rp).__name__} {rp!r:.80}"
+                )
+        regions = dict(raw_regions)
         names: List[str] = []
         schema = getattr(program, "schema", None)
         layout = getattr(schema, "layout", None)
@@ -152,6 +202,12 @@ class RegionScheduler:
         boundary: Optional[str] = None,
     ) -> bool:
         """Whether ``name`` fires at ``external_t`` (does not record the firing)."""
+        if name not in self.clocks:
+            raise UnknownRegionError(
+                f"RegionScheduler: unknown region {name!r}; the program has "
+                f"{list(self.region_names)}." + did_you_mean(name, self.region_names)
+            )
+        _check_step_args("RegionScheduler.fires", external_t, summaries, boundary)
         clock = self.clocks[name]
         if clock is None:
             return True
@@ -176,10 +232,7 @@ class RegionScheduler:
             summaries: ``{region: {kind: value}}`` from ``ResidualAccumulator.summaries()``.
             boundary: optional named boundary event of this step (e.g. ``"episode_end"``).
         """
-        if isinstance(external_t, bool) or not isinstance(external_t, int):
-            raise CanvasTypeError(
-                f"RegionScheduler.step: external_t must be an int, got {external_t!r}"
-            )
+        _check_step_args("RegionScheduler.step", external_t, summaries, boundary)
         active = {n for n in self.region_names if self.fires(n, external_t, summaries, boundary)}
         for n in active:
             self.last_fired[n] = external_t
@@ -234,8 +287,9 @@ class LearnedScheduler(nn.Module):
         ):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise CanvasTypeError(f"LearnedScheduler: {label} must be an int >= 1, got {v!r}")
-        if not isinstance(temperature, (int, float)) or not temperature > 0:
-            raise CanvasTypeError(f"LearnedScheduler: temperature must be > 0, got {temperature!r}")
+        if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                or not 0 < temperature < float("inf")):
+            raise CanvasTypeError(f"LearnedScheduler: temperature must be a finite number > 0, got {temperature!r}")
         self.n_regions, self.summary_dim = n_regions, summary_dim
         self.max_active = min(max_active, n_regions)
         self.temperature = float(temperature)
@@ -247,6 +301,12 @@ class LearnedScheduler(nn.Module):
     def forward(self, summaries: torch.Tensor) -> Tuple[Set[int], torch.Tensor]:
         """``(summary_dim,)`` or ``(B, summary_dim)`` (first row used) ->
         ``(active region indices, log_probs (n_regions,))`` (log-softmax of the scores)."""
+        if not isinstance(summaries, torch.Tensor) or not summaries.is_floating_point():
+            got = summaries.dtype if isinstance(summaries, torch.Tensor) else type(summaries).__name__
+            raise CanvasTypeError(
+                f"LearnedScheduler: summaries must be a floating torch.Tensor, got {got} "
+                "(use ResidualAccumulator.summary_tensor())"
+            )
         if summaries.dim() == 2:
             summaries = summaries[0]
         if summaries.dim() != 1 or summaries.shape[0] != self.summary_dim:
@@ -267,6 +327,10 @@ class LearnedScheduler(nn.Module):
 
     def select(self, summaries: torch.Tensor, region_names: Sequence[str]) -> Set[str]:
         """Names of the chosen regions (``region_names[i]`` for each chosen index)."""
+        if isinstance(region_names, str) or not all(isinstance(n, str) for n in region_names):
+            raise CanvasTypeError(
+                f"LearnedScheduler.select: region_names must be a sequence of strings, got {region_names!r}"
+            )
         if len(region_names) != self.n_regions:
             raise CanvasTypeError(
                 f"LearnedScheduler.select: {len(region_names)} names for {self.n_regions} regions"

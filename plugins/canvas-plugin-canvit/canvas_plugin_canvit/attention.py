@@ -44,7 +44,7 @@ def _pos_int(owner: str, name: str, v) -> int:
     return v
 
 
-def normalize_key_mask(owner: str, key_mask, B: int, Nq: int, Nk: int
+def normalize_key_mask(owner: str, key_mask, B: int, Nq: int, Nk: int, like: Optional[torch.Tensor] = None,
                        ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """``key_mask`` -> ``(allowed bool, additive bias float)``, each ``(B|1, Nq|1, Nk)`` or None.
 
@@ -55,6 +55,9 @@ def normalize_key_mask(owner: str, key_mask, B: int, Nq: int, Nk: int
         return None, None
     if not isinstance(key_mask, torch.Tensor):
         raise CanvasTypeError(f"{owner}: key_mask must be a torch.Tensor or None, got {type(key_mask).__name__}")
+    if like is not None and key_mask.device != like.device:
+        raise ShapeError(f"{owner}: key_mask is on {key_mask.device} but the queries are on {like.device}; "
+                         f"move it with key_mask.to({str(like.device)!r})")
     m = key_mask
     if m.dim() == 2 and m.shape[0] == B and m.shape[0] not in (Nq, 1):
         m = m[:, None, :]
@@ -157,6 +160,9 @@ class _CanvasAttentionBase(nn.Module):
         if keys.shape[:2] != values.shape[:2] or keys.shape[0] != queries.shape[0]:
             raise ShapeError(f"{t}: queries {tuple(queries.shape)}, keys {tuple(keys.shape)} and values "
                              f"{tuple(values.shape)} must share B (and keys / values share Nk)")
+        from canvas_core.attention._base import check_dtypes_devices
+
+        check_dtypes_devices(t, self, queries=queries, keys=keys, values=values)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         B, N, _ = x.shape
@@ -201,7 +207,7 @@ class CanvasReadAttention(_CanvasAttentionBase):
         Nk = keys.shape[1]
         self._check_coords("q_coords", q_coords, B, Nq)
         self._check_coords("k_coords", k_coords, B, Nk)
-        allowed, bias = normalize_key_mask(self.type_name, key_mask, B, Nq, Nk)
+        allowed, bias = normalize_key_mask(self.type_name, key_mask, B, Nq, Nk, queries)
         q = self._split(self.q_proj(queries))
         k = self._split(F.layer_norm(keys, (self.canvas_dim,)))
         v = self._split(values)
@@ -256,7 +262,7 @@ class CanvasWriteAttention(_CanvasAttentionBase):
         Nk = keys.shape[1]
         self._check_coords("q_coords", q_coords, B, Nq)
         self._check_coords("k_coords", k_coords, B, Nk)
-        allowed, bias = normalize_key_mask(self.type_name, key_mask, B, Nq, Nk)
+        allowed, bias = normalize_key_mask(self.type_name, key_mask, B, Nq, Nk, queries)
         q = self._split(F.layer_norm(queries, (self.d_model,)))
         k = self._split(self.k_proj(keys))
         v = self._split(self.v_proj(values))

@@ -125,6 +125,15 @@ class CanViTCore(nn.Module):
                         ("patch_size", patch_size), ("in_chans", in_chans)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise CanvasTypeError(f"CanViTCore: {name} must be a positive int, got {v!r}")
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not 0 < mlp_ratio < math.inf \
+                or int(d_model * mlp_ratio) < 1:
+            raise CanvasTypeError(f"CanViTCore: mlp_ratio must be a finite number > 0 (with d_model * mlp_ratio "
+                                  f">= 1), got {mlp_ratio!r}")
+        if isinstance(rope_max_freq, bool) or not isinstance(rope_max_freq, (int, float)) \
+                or not 0 < rope_max_freq < math.inf:
+            raise CanvasTypeError(f"CanViTCore: rope_max_freq must be a finite number > 0, got {rope_max_freq!r}")
+        if not isinstance(write_gate, bool):
+            raise CanvasTypeError(f"CanViTCore: write_gate must be True or False, got {write_gate!r}")
         if d_model % n_heads or dc % n_heads:
             raise ShapeError(f"CanViTCore: d_model={d_model} and canvas_dim={dc} must be divisible "
                              f"by n_heads={n_heads}")
@@ -155,6 +164,23 @@ class CanViTCore(nn.Module):
             raise CanvasTypeError(f"CanViTCore: state must be a CanvasState (init_state()), got {type(state).__name__}")
         if not isinstance(viewpoint, Viewpoint):
             raise CanvasTypeError(f"CanViTCore: viewpoint must be a Viewpoint, got {type(viewpoint).__name__}")
+        if not isinstance(glimpse, torch.Tensor):
+            raise CanvasTypeError(f"CanViTCore: glimpse must be a torch.Tensor, got {type(glimpse).__name__}")
+        for name, t in (("state.canvas", state.canvas), ("state.recurrent_cls", state.recurrent_cls)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 3:
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ShapeError(f"CanViTCore: {name} must be a 3-d tensor (see init_state()), got {got}")
+        if state.canvas.shape[-1] != self.canvas_dim or state.recurrent_cls.shape[1:] != (1, self.d_model):
+            raise ShapeError(f"CanViTCore: state must hold canvas (B, G*G, {self.canvas_dim}) and recurrent_cls "
+                             f"(B, 1, {self.d_model}), got {tuple(state.canvas.shape)} and "
+                             f"{tuple(state.recurrent_cls.shape)}; build it with init_state()")
+        if state.recurrent_cls.shape[0] != state.canvas.shape[0]:
+            raise ShapeError(f"CanViTCore: state.canvas batch {state.canvas.shape[0]} and state.recurrent_cls "
+                             f"batch {state.recurrent_cls.shape[0]} differ")
+        from canvas_core.attention._base import check_dtypes_devices
+
+        check_dtypes_devices("CanViTCore", self, glimpse=glimpse, **{"state.canvas": state.canvas,
+                                                                  "state.recurrent_cls": state.recurrent_cls})
         if glimpse.dim() != 4 or glimpse.shape[1] != self.in_chans or glimpse.shape[-1] % self.patch_size \
                 or glimpse.shape[-2] % self.patch_size:
             raise ShapeError(f"CanViTCore: glimpse must be (B, {self.in_chans}, g, g) with g a multiple of "

@@ -14,6 +14,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from canvas_core.errors import CanvasTypeError, ShapeError
 from torch import nn
 
 __all__ = ["SceneRoPE"]
@@ -29,6 +31,10 @@ class SceneRoPE(nn.Module):
 
     def __init__(self, head_dim: int, max_freq: float = 64.0) -> None:
         super().__init__()
+        if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 1:
+            raise CanvasTypeError(f"SceneRoPE: head_dim must be a positive int, got {head_dim!r}")
+        if isinstance(max_freq, bool) or not isinstance(max_freq, (int, float)) or not 0 < max_freq < math.inf:
+            raise CanvasTypeError(f"SceneRoPE: max_freq must be a finite number > 0, got {max_freq!r}")
         self.head_dim = int(head_dim)
         self.rot = 4 * (self.head_dim // 4)
         n = self.rot // 4
@@ -42,6 +48,14 @@ class SceneRoPE(nn.Module):
 
     def forward(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """Rotate ``x (B, H, N, head_dim)`` by ``coords (B|1, N, 2)``; same shape back."""
+        if not isinstance(x, torch.Tensor) or x.dim() != 4 or x.shape[-1] != self.head_dim:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ShapeError(f"SceneRoPE: x must be (B, H, N, {self.head_dim}), got {got}")
+        if (not isinstance(coords, torch.Tensor) or coords.dim() != 3 or coords.shape[-1] != 2
+                or coords.shape[1] != x.shape[2] or coords.shape[0] not in (1, x.shape[0])):
+            got = tuple(coords.shape) if isinstance(coords, torch.Tensor) else type(coords).__name__
+            raise ShapeError(f"SceneRoPE: coords must be (B|1, N, 2) = ({x.shape[0]}|1, {x.shape[2]}, 2) "
+                             f"for x {tuple(x.shape)}, got {got}")
         if self.rot == 0:
             return x
         ang = coords.to(torch.float32)[..., :, None, :] * self.freqs[:, None]   # (B, N, n, 2)

@@ -42,11 +42,18 @@ class Viewpoint:
         if c.dim() != 2 or c.shape[-1] != 2 or s.dim() != 1 or s.shape[0] != c.shape[0]:
             raise ShapeError(f"Viewpoint: centers must be (B, 2) and scales (B,), got "
                              f"{tuple(c.shape)} and {tuple(s.shape)}")
+        if not c.is_floating_point() or not s.is_floating_point():
+            raise ShapeError(f"Viewpoint: centers and scales must be floating tensors, got {c.dtype} and "
+                             f"{s.dtype}; use .float()")
+        if c.device != s.device:
+            raise ShapeError(f"Viewpoint: centers ({c.device}) and scales ({s.device}) must be on one device")
 
     @classmethod
     def full_scene(cls, batch_size: int, device: Optional[torch.device] = None,
                    dtype: torch.dtype = torch.float32) -> "Viewpoint":
         """The whole scene: centres 0, scales 1."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+            raise CanvasTypeError(f"Viewpoint.full_scene: batch_size must be an int >= 0, got {batch_size!r}")
         return cls(torch.zeros(batch_size, 2, device=device, dtype=dtype),
                    torch.ones(batch_size, device=device, dtype=dtype))
 

@@ -108,6 +108,8 @@ class SlotBindingModule(nn.Module):
     # ---------------------------------------------------------------------------------------
     def initial_slots(self, batch_size: int) -> torch.Tensor:
         """The learned slot bank broadcast to ``(B, S, D)``."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+            raise CanvasTypeError(f"{type(self).__name__}: batch_size must be an int >= 0, got {batch_size!r}")
         return self.slots.unsqueeze(0).expand(batch_size, -1, -1)
 
     def _check(self, observations, slots, obs_mask) -> None:
@@ -129,6 +131,12 @@ class SlotBindingModule(nn.Module):
             got = tuple(obs_mask.shape) if isinstance(obs_mask, torch.Tensor) else type(obs_mask).__name__
             raise ShapeError(f"{name}: obs_mask must be a bool tensor of shape (B, N_obs) = "
                              f"{tuple(observations.shape[:2])}, got {got}")
+        from canvas_core.attention._base import check_dtypes_devices
+
+        check_dtypes_devices(name, self, observations=observations, slots=slots)
+        if obs_mask is not None and obs_mask.device != observations.device:
+            raise ShapeError(f"{name}: obs_mask is on {obs_mask.device} but the observations are on "
+                             f"{observations.device}; move it with obs_mask.to({str(observations.device)!r})")
 
     def _weights(self, logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """``(B, H, S, N)`` logits -> attention weights; masked / missing observations get 0."""

@@ -171,8 +171,16 @@ class MambaAttention(nn.Module):
                 f"mamba: incompatible queries {tuple(queries.shape)}, keys "
                 f"{tuple(keys.shape)}, values {tuple(values.shape)}"
             )
+        from canvas_core.attention._base import check_dtypes_devices
+
+        check_dtypes_devices("mamba", self, queries=queries, keys=keys, values=values)
         Bt, Nq, _ = queries.shape
         Nk = keys.shape[1]
+        if key_mask is not None and not isinstance(key_mask, torch.Tensor):
+            raise CanvasTypeError(f"mamba: key_mask must be a torch.Tensor or None, got {type(key_mask).__name__}")
+        if key_mask is not None and key_mask.device != queries.device:
+            raise ShapeError(f"mamba: key_mask is on {key_mask.device} but the queries are on "
+                             f"{queries.device}; move it with key_mask.to({str(queries.device)!r})")
         allowed = _normalize_mask(key_mask, Bt, Nq, Nk)
         if Nk == 0:
             self.kernel_used = "mamba_torch"
