@@ -70,3 +70,16 @@ __all__ = [
     "masked_softmax_attention",
     "masked_softmax",
 ]
+
+# canvas-engineering's ``attention`` module also carried the registry and the plugin-provided
+# types; keep those import paths working (resolved lazily through the plugin layer).
+_REGISTRY_NAMES = ("ATTENTION_REGISTRY", "create_attention", "register_attention",
+                   "MambaAttention", "CogVideoXAttention")
+
+
+def __getattr__(name: str):
+    if name in _REGISTRY_NAMES:
+        import canvas_core
+
+        return getattr(canvas_core, name)
+    raise AttributeError(f"module 'canvas_core.attention' has no attribute {name!r}")

@@ -33,23 +33,40 @@ def load_program_or_schema(source):
         text = resources.files("canvas_core.examples").joinpath(f"{BUNDLED}.json").read_text("utf-8")
         label = f"bundled example {BUNDLED}.json"
     else:
+        if not str(source).strip() or "\x00" in str(source):
+            raise SchemaFormatError(f"{source!r} is not a file name; give a schema/program JSON file or 'example'")
         path = Path(source)
         if not path.exists():
             raise SchemaFormatError(f"{source!r} does not exist; give a schema/program JSON file or 'example'")
-        text, label = path.read_text("utf-8"), str(path)
+        if path.is_dir():
+            raise SchemaFormatError(f"{source!r} is a directory; give a schema/program JSON file in it")
+        try:
+            text, label = path.read_text("utf-8"), str(path)
+        except UnicodeDecodeError:
+            raise SchemaFormatError(f"{source!r} is not UTF-8 text; give a schema/program JSON file") from None
+        except OSError as exc:
+            raise SchemaFormatError(f"cannot read {source!r}: {exc.strerror or exc}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SchemaFormatError(f"{label} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    except RecursionError:
+        raise SchemaFormatError(f"{label} nests JSON too deeply to be a schema or program") from None
     from canvas_core.schema import CanvasSchema
 
     program_keys = {"program_version", "region_programs", "connection_programs"}
     if isinstance(data, dict) and (("schema" in data and "layout" not in data) or program_keys & set(data)):
         from canvas_core.program import CanvasProgram
 
-        program = CanvasProgram.from_dict(data)
+        try:
+            program = CanvasProgram.from_dict(data)
+        except SchemaFormatError as exc:
+            raise SchemaFormatError(f"{label}: {exc}") from None
         return program, program.schema, label
-    return None, CanvasSchema.from_json(text), label
+    try:
+        return None, CanvasSchema.from_dict(data), label
+    except SchemaFormatError as exc:
+        raise SchemaFormatError(f"{label}: {exc}") from None
 
 
 def load_schema(source) -> Tuple[object, str]:

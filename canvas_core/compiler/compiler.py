@@ -149,7 +149,28 @@ def _device_name(device: Any) -> str:
     name = str(device).strip()
     if not name or not re.match(r"^[a-z_]+(:\d+)?$", name):
         raise CompileError(f"compile device {device!r} is not a device name; use 'cpu', 'cuda', 'cuda:1', ...")
+    from canvas_core.plugins.spec import KNOWN_DEVICE_TYPES
+
+    dev_type, _, index = name.partition(":")
+    if dev_type not in KNOWN_DEVICE_TYPES:
+        raise CompileError(f"compile device {device!r} is not a torch device type."
+                           f"{did_you_mean(dev_type, KNOWN_DEVICE_TYPES)} Use 'cpu', 'cuda', 'cuda:1', 'mps', ...")
+    if dev_type == "cuda" and index:
+        count = _cuda_device_count()
+        if count and int(index) >= count:
+            raise CompileError(f"compile device {device!r}: this machine has {count} CUDA device(s) "
+                               f"(cuda:0 .. cuda:{count - 1}); pick one of them")
     return name
+
+
+def _cuda_device_count() -> int:
+    """Visible CUDA devices (0 when torch or CUDA is unavailable: a cross-compile is allowed)."""
+    try:
+        import torch
+
+        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - a broken CUDA setup must not block a cross-compile
+        return 0
 
 
 def _safe_filename(region: str) -> str:
@@ -271,6 +292,10 @@ class _ModuleRegions:
 
 
 def _prepare_export_dir(export_dir: Optional[str]) -> str:
+    if export_dir is not None and (not isinstance(export_dir, (str, os.PathLike))
+                                   or not os.fspath(export_dir) or "\x00" in str(os.fspath(export_dir))):
+        raise CompileError(f"export_dir {export_dir!r} is not a directory path; pass e.g. export_dir='exports' "
+                           "(None = ./canvas_exports)")
     directory = os.path.abspath(os.fspath(export_dir) if export_dir is not None else "canvas_exports")
     try:
         os.makedirs(directory, exist_ok=True)
@@ -378,6 +403,15 @@ class ProgramCompiler:
         """
         program = self.program
         schema = program.schema
+        for flag_name, flag_value in (("requires_grad", requires_grad), ("resolve", resolve), ("lower", lower)):
+            if not isinstance(flag_value, bool):
+                raise CanvasTypeError(f"ProgramCompiler.compile: {flag_name} must be True or False, got {flag_value!r}")
+        if kernel is not None and (not isinstance(kernel, str) or not kernel):
+            raise CanvasTypeError(f"ProgramCompiler.compile: kernel must be a kernel name (str) or None, got {kernel!r}")
+        if export_dir is not None and (  # validate before anything runs
+                not isinstance(export_dir, (str, os.PathLike)) or not os.fspath(export_dir)):
+            raise CompileError(f"export_dir {export_dir!r} is not a directory path; pass e.g. "
+                               "export_dir='exports' (None = ./canvas_exports)")
         device_s = _device_name(device)
         dtype_s = _dtype_name(dtype)
         modes = self.region_modes()

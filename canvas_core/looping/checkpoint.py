@@ -63,13 +63,14 @@ def _check_path(path: Any, where: str) -> str:
 
 
 def _refuse_pickle(path: str) -> None:
-    """A clear refusal for pickle / ``torch.save`` files (never unpickled)."""
+    """A clear refusal for pickle / ``torch.save`` files (never unpickled); called only once the
+    file failed to open as safetensors (whose first bytes are an arbitrary header length)."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(4)
     except OSError as e:
         raise CheckpointError(f"cannot read loop checkpoint {path!r}: {e.strerror or e}") from e
-    if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+    if (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or head[:4] == b"PK\x03\x04":
         raise CheckpointError(
             f"{path!r} is not a readable safetensors loop checkpoint: it is a pickle / torch.save "
             "file, and canvas-core never unpickles checkpoints. Save the loops with save_loop_checkpoint"
@@ -240,13 +241,13 @@ def load_loop_checkpoint(
         raise CheckpointError(f"loop checkpoint {path!r} is a directory; give the .safetensors file in it")
     if not os.path.isfile(path):
         raise CheckpointError(f"loop checkpoint {path!r} does not exist")
-    _refuse_pickle(path)
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             header = dict(f.metadata() or {})
             keys = list(f.keys())
             tensors = {k: f.get_tensor(k) for k in keys}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        _refuse_pickle(path)  # a clearer message for pickle / torch.save files
         raise CheckpointError(f"{path!r} is not a readable safetensors loop checkpoint: {e}") from e
     if header.get("format") != FORMAT:
         raise CheckpointError(

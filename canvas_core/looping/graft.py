@@ -7,7 +7,7 @@ from typing import Any, Callable, List, Optional, Tuple, Type
 import torch
 from torch import nn
 
-from canvas_core.errors import BackboneError, CanvasTypeError
+from canvas_core.errors import BackboneError, CanvasError, CanvasTypeError
 from canvas_core.looping.adapter import BackboneAdapter, GenericAdapter
 from canvas_core.looping.checkpoint import _schema_hash
 from canvas_core.looping.registry import resolve_adapter
@@ -168,7 +168,19 @@ def graft_looped_blocks(
         a._hidden = inner_dim
     if freeze == "half":
         a.input_modules(transformer)  # refuse before the model is modified
-    dims = list(a.stream_dims(transformer))
+    try:  # read everything the adapter needs before the model is modified
+        dims = list(a.stream_dims(transformer))
+        lc = latent_channels if latent_channels is not None else a.latent_channels(transformer)
+        io = a.block_io(transformer)
+    except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
+        if isinstance(exc, CanvasError):
+            raise
+        raise BackboneError(
+            f"adapter {getattr(a, 'name', type(a).__name__)!r} cannot read the structure of "
+            f"{type(transformer).__name__} ({type(exc).__name__}: {exc}); the model is not the "
+            "backbone this adapter is for. Pass the matching adapter=, or block_attr= / inner_dim= "
+            "for the generic adapter"
+        ) from exc
     if inner_dim is not None:
         dims[0] = inner_dim
     a.prepare(transformer)
@@ -177,7 +189,6 @@ def graft_looped_blocks(
         device = ref.device
     except StopIteration:
         device = torch.device("cpu")
-    io = a.block_io(transformer)
     shash = _schema_hash(schema) if schema is not None else ""
     wrapped: List[nn.Module] = []
     for i, block in enumerate(blocks):
@@ -207,7 +218,6 @@ def graft_looped_blocks(
         freeze_half(transformer, a)
     else:
         freeze_none(transformer)
-    lc = latent_channels if latent_channels is not None else a.latent_channels(transformer)
     head = _action_head_cls()(
         latent_channels=lc, action_dim=action_dim, hidden_dim=action_hidden_dim
     )

@@ -240,6 +240,11 @@ class LoopedBlockWrapper(nn.Module):
         states, rest_args, rest_kwargs = self.io.split(args, kwargs)
         embs = self._embeddings()
         for name, s, d in zip(self.io.streams, states, self.stream_dims):
+            if s.dim() < 3:
+                raise ShapeError(
+                    f"block {self.block_idx}: looped input {name!r} must be (B, N, {d}) hidden "
+                    f"states, got shape {tuple(s.shape)}"
+                )
             if s.shape[-1] != d:
                 raise ShapeError(
                     f"block {self.block_idx}: looped input {name!r} has last dim {s.shape[-1]} "

@@ -571,10 +571,11 @@ def _warn_unknown_names(settings: Dict[str, Any], eps: List[Any]) -> None:
         if unknown:
             near = {n: closest(n, known) for n in unknown}
             hint = "".join(f" ({n!r}: did you mean {c!r}?)" for n, c in near.items() if c)
-            warnings.warn(
+            # attributed to the environment variable (one line, no source line of ours)
+            warnings.warn_explicit(
                 f"{var} names {', '.join(repr(n) for n in unknown)}, which is no installed canvas "
                 f"plugin{hint}. Installed: {', '.join(sorted(known)) or 'none'}",
-                UserWarning, stacklevel=3)
+                UserWarning, filename=f"${var}", lineno=0, module="canvas_core.plugins")
 
 
 def _hook_warnings(obj: Any, hooks: List[str]) -> List[str]:

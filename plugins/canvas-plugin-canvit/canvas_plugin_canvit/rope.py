@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
 
 from canvas_core.errors import CanvasTypeError, ShapeError
-from torch import nn
 
 __all__ = ["SceneRoPE"]
 

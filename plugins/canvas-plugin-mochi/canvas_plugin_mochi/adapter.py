@@ -40,6 +40,11 @@ class CanvasMochiAttnProcessor:
     canvas_beta = True
 
     def __init__(self, original: Any) -> None:
+        if not callable(original):
+            from canvas_core.errors import BackboneError
+
+            raise BackboneError(f"CanvasMochiAttnProcessor: original must be the attention processor it replaces "
+                                f"(a callable), got {type(original).__name__}")
         self.original = original
         self.beta = 1.0
         self.canvas_bias = None

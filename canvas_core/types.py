@@ -1,0 +1,10 @@
+"""canvas-engineering-compatible path: ``canvas_engineering.types`` is ``canvas_core.types``.
+
+canvas-core defines these names elsewhere (see ``docs/design.md``); this module re-exports them
+lazily, so migrating code keeps its imports.
+"""
+
+from canvas_core._compat import reexport
+
+__all__ = ['Field', 'LayoutStrategy', 'ConnectivityPolicy', 'BoundField', 'BoundSchema', 'compile_schema', 'compile_program', 'DEFAULT_WIRING']
+__getattr__, __dir__ = reexport(__name__, __all__, {'DEFAULT_WIRING': 'canvas_core.program:DEFAULT_WIRING'})
