@@ -92,6 +92,13 @@ class CanvasSchema:
             model = SchemaFile.model_validate(d)
         except ValidationError as exc:
             raise SchemaFormatError(_describe_validation_error(exc)) from None
+        except RecursionError:
+            raise SchemaFormatError("schema is nested too deeply to be a canvas schema") from None
+        major = model.schema_version.split(".")[0]
+        if major != SCHEMA_VERSION.split(".")[0]:
+            raise SchemaFormatError(
+                f"schema_version {model.schema_version!r} is not supported (this canvas-core reads "
+                f"{SCHEMA_VERSION.split('.')[0]}.x files); upgrade canvas-core or convert the file")
         try:
             return _build(model)
         except CanvasError as exc:
@@ -116,6 +123,8 @@ class CanvasSchema:
         text, where = _read_source(source)
         try:
             data = json.loads(text)
+        except RecursionError:
+            raise SchemaFormatError(f"{where} is nested too deeply to be a canvas schema") from None
         except json.JSONDecodeError as exc:
             hint = " (the file looks truncated)" if exc.pos >= len(text.rstrip()) else ""
             raise SchemaFormatError(
@@ -223,6 +232,10 @@ def _read_source(source: Any) -> Tuple[str, str]:
         source = source.decode("utf-8", errors="replace")
     if isinstance(source, str) and source.lstrip().startswith(("{", "[")):
         return source, "schema JSON string"
+    if isinstance(source, str) and not source.strip():
+        raise SchemaFormatError("from_json got an empty string; give a schema file path or a JSON string")
+    if isinstance(source, str) and "\x00" in source:
+        raise SchemaFormatError("from_json got a string with a NUL byte: neither a file path nor JSON")
     if not isinstance(source, (str, os.PathLike)):
         raise CanvasTypeError(f"from_json expects a file path or a JSON string, got {type(source).__name__}")
     path = Path(source)

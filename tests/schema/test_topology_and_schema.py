@@ -279,3 +279,15 @@ def test_bundled_example_validates_against_json_schema():
     example = json.loads((ROOT / "canvas_core" / "examples" / "robot_arm.json").read_text())
     jsonschema.validate(example, schema_json_schema())
     CanvasSchema.from_dict(example)
+
+
+@pytest.mark.parametrize("source, words", [
+    ("", "empty string"),
+    ("   ", "empty string"),
+    ("\x00", "NUL byte"),
+    ("[" * 5000 + "]" * 5000, "nested too deeply"),
+    ('{"schema_version": "99.0", "layout": {"T": 1, "d_model": 2}}', "99.0"),
+])
+def test_more_bad_sources(source, words):
+    with pytest.raises(SchemaFormatError, match=words):
+        CanvasSchema.from_json(source)
