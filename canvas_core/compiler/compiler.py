@@ -373,7 +373,8 @@ class ProgramCompiler:
 
     def compile(self, module: Any = None, export_dir: Optional[str] = None, device: Any = "cpu",
                 dtype: Any = "float32", *, kernel: Optional[str] = None, n_heads: Optional[int] = None,
-                requires_grad: bool = True, resolve: bool = True, lower: bool = True) -> CompiledProgram:
+                requires_grad: bool = True, resolve: bool = True, lower: bool = True,
+                cortex: Any = None) -> CompiledProgram:
         """Run all compile passes and return a :class:`CompiledProgram`.
 
         Args:
@@ -395,6 +396,11 @@ class ProgramCompiler:
                 a backward pass are rejected when True); False for inference-only deploys.
             resolve: Run the resolution pass (default True).
             lower: Build the ``ExecutionPlan`` (default True; resolution needs it).
+            cortex: Optional ``CortexRegistry``. Cortex pass (after dead elimination): a
+                connection between two regions of the same zone that sets no ``fn`` runs the
+                zone's ``local_backend``, and one without a ``mask`` gets the zone's tiling
+                (``MaskSpec(kind="tile", tile_shape=zone.tile)``). The compiled schema records
+                the rewritten connections.
 
         Raises:
             CompileError / CanvasTypeError for a bad module, export_dir or compile mode;
@@ -438,6 +444,9 @@ class ProgramCompiler:
         # pass 4: dead elimination
         conns = list(schema.topology.connections) if schema.topology is not None else []
         active_connections = [c for c in conns if c.src in active and c.dst in active]
+        # pass 5: cortex zones (local attention type and tiling for intra-zone connections)
+        if cortex is not None:
+            active_connections = _apply_cortex(cortex, active_connections)
         reduced = _reduced_schema(schema, active, active_connections)
 
         # lower + resolve before touching the module: a failing compile changes nothing
@@ -491,3 +500,17 @@ def _lower(schema: Any) -> Any:
 
     topology = schema.topology if schema.topology is not None else CanvasTopology(connections=[])
     return lower(topology, schema.layout)
+
+
+def _apply_cortex(registry: Any, connections: list) -> list:
+    """Intra-zone connections without their own ``fn`` / ``mask`` take the zone's."""
+    if not all(hasattr(registry, a) for a in ("resolve_fn", "mask_for", "same_cortex")):
+        raise CanvasTypeError(f"ProgramCompiler.compile: cortex must be a CortexRegistry, got {type(registry).__name__}")
+    from dataclasses import replace
+
+    out = []
+    for c in connections:
+        if registry.same_cortex(c.src, c.dst):
+            c = replace(c, fn=registry.resolve_fn(c, c.fn), mask=registry.mask_for(c))
+        out.append(c)
+    return out

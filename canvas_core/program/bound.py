@@ -208,14 +208,17 @@ class BoundSchema(_Navigable):
         """An empty canvas batch ``(batch_size, N, d_model)``; builds the canvas if needed."""
         return self._canvas_for(None).create_empty(batch_size)
 
-    def build_semantic_conditioner(self, embed_fn: Any, embed_dim: int = 1536,
+    def build_semantic_conditioner(self, embed_fn: Any, embed_dim: Optional[int] = None,
                                    freeze_embeddings: bool = True, learn_residuals: bool = True) -> Any:
         """A ``SemanticConditioner`` from the fields' semantic types embedded by ``embed_fn``
-        (``list[str] -> list[list[float]]``)."""
+        (``list[str] -> list[list[float]]``). ``embed_dim`` defaults to the embeddings' length
+        (384 for the MiniLM embedder of canvas-plugin-semantic)."""
         from canvas_core.semantic import SemanticConditioner, compute_semantic_embeddings
 
         types = {n: s.semantic_type for n, s in self.region_specs.items() if s.semantic_type}
         embeddings = compute_semantic_embeddings(self.field_names, embed_fn, semantic_types=types)
+        if embed_dim is None:
+            embed_dim = len(next(iter(embeddings.values()))) if embeddings else 1
         return SemanticConditioner(
             d_model=self.layout.d_model, embed_dim=embed_dim, region_embeddings=embeddings,
             freeze_embeddings=freeze_embeddings, learn_residuals=learn_residuals,
