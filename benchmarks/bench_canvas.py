@@ -37,7 +37,7 @@ from torch import nn
 from canvas_core.compiler.lowering import lower
 from canvas_core.compiler.masks import attention_mask
 from canvas_core.runtime.dispatch import AttentionDispatcher
-from canvas_core.schema import CanvasLayout, CanvasTopology
+from canvas_core.schema import CanvasLayout
 
 try:
     import canvas_engineering as ce

@@ -83,7 +83,7 @@ def loop_structure(
     """JSON-able description of what a loop checkpoint of these modules holds."""
     _check_modules(looped_blocks, action_head, "loop_structure")
     blocks = []
-    for i, b in enumerate(looped_blocks):
+    for b in looped_blocks:
         inner = getattr(b, "original", b)
         blocks.append(
             {

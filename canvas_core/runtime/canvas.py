@@ -245,7 +245,7 @@ class SpatiotemporalCanvas(nn.Module):
         self.period_embedding = PeriodEmbedding(D)
         self.modality_embeddings = nn.ParameterDict()
         if semantic_conditioner is None:
-            for k, name in enumerate(self.names):
+            for k in range(len(self.names)):
                 self.modality_embeddings[f"r{k}"] = nn.Parameter(torch.randn(D) * 0.02)
         self.family_carrier = FamilyCarrierEmbedding(D) if program is not None else None
         # Regions whose RegionProgram declares an IdentitySpec get a slot binder, resolved

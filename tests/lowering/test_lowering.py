@@ -12,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from canvas_core.compiler.lowering import lower
 from canvas_core.compiler.masks import attention_mask, block_mask
 from canvas_core.errors import CanvasError, TopologyError
-from canvas_core.schema import CanvasLayout, CanvasTopology, Connection, RegionSpec
+from canvas_core.schema import CanvasLayout, CanvasTopology, Connection
 
 
 def _load(name):

@@ -10,7 +10,6 @@ import torch
 from hypothesis import given, settings, strategies as st
 from torch import nn
 
-from canvas_core.compiler.lowering import lower
 from canvas_core.errors import CanvasError, ShapeError
 from canvas_core.runtime.canvas_attention import CanvasAttention
 from canvas_core.runtime.dispatch import AttentionDispatcher

@@ -1,7 +1,6 @@
 """Semantic conditioning: pure-Python helpers, the conditioner, and the real offline embedder."""
 
 import importlib.util
-import json
 import math
 import os
 import subprocess
