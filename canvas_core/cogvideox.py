@@ -1,10 +1,84 @@
 """canvas-engineering-compatible path: ``canvas_engineering.cogvideox`` is ``canvas_core.cogvideox``.
 
-canvas-core defines these names elsewhere (see ``docs/design.md``); this module re-exports them
-lazily, so migrating code keeps its imports.
+CogVideoX support lives in the optional distribution ``canvas-plugin-cogvideox``
+(``pip install canvas-plugin-cogvideox``); this module re-exports it lazily, so importing it never
+imports torch or diffusers:
+
+* ``CogVideoXAttention``: attention type ``cogvideox`` (softmax cross-attention in a dispatcher).
+* ``CogVideoXAdapter``, ``CanvasCogVideoXAttnProcessor``: the backbone adapter used by
+  ``graft_looped_blocks`` on a ``diffusers.CogVideoXTransformer3DModel``.
+* ``LoopedCogVideoXBlock(original_block, block_idx, max_loops, inner_dim)``: a
+  :class:`~canvas_core.LoopedBlockWrapper` looping both streams (``hidden_states``,
+  ``encoder_hidden_states``, each ``(B, N, inner_dim)``) of a ``CogVideoXBlock``.
+* ``detect_inner_dim(transformer)``: ``num_attention_heads * attention_head_dim``.
+
+Without the plugin, each name raises :class:`~canvas_core.errors.UnknownNameError` (also an
+``AttributeError``) naming the distribution to install.
 """
 
-from canvas_core._compat import reexport
+from __future__ import annotations
 
-__all__ = ['CogVideoXAttention']
-__getattr__, __dir__ = reexport(__name__, __all__, {})
+import importlib
+from typing import Any
+
+__all__ = ["CogVideoXAttention", "CogVideoXAdapter", "CanvasCogVideoXAttnProcessor",
+           "LoopedCogVideoXBlock", "detect_inner_dim"]
+
+_DIST = "canvas-plugin-cogvideox"
+_cache: dict = {}
+
+
+def _adapter_module() -> Any:
+    try:
+        return importlib.import_module("canvas_plugin_cogvideox.adapter")
+    except ImportError as exc:
+        from canvas_core.plugins.reexports import MissingPluginNameError
+
+        missing = getattr(exc, "name", None) or str(exc)
+        raise MissingPluginNameError(
+            f"canvas_core.cogvideox needs the optional distribution {_DIST} and diffusers "
+            f"(import of {missing!r} failed): pip install {_DIST}") from None
+
+
+def detect_inner_dim(transformer: Any) -> int:
+    """Hidden width of a CogVideoX transformer: ``num_attention_heads * attention_head_dim``."""
+    return _adapter_module().CogVideoXAdapter().hidden_size(transformer)
+
+
+def _looped_block_class() -> type:
+    from canvas_core.looping.wrapper import BlockIO, LoopedBlockWrapper
+
+    class LoopedCogVideoXBlock(LoopedBlockWrapper):
+        """Loop a ``CogVideoXBlock``: ``forward(hidden_states, encoder_hidden_states, temb,
+        image_rotary_emb=None, **kwargs) -> (hidden_states, encoder_hidden_states)``, both streams
+        ``(B, N, inner_dim)`` receiving per-iteration loop embeddings."""
+
+        def __init__(self, original_block: Any, block_idx: int, max_loops: int, inner_dim: int,
+                     **kwargs: Any) -> None:
+            super().__init__(original_block, block_idx=block_idx, max_loops=max_loops, embed_dim=inner_dim,
+                             io=BlockIO(("hidden_states", "encoder_hidden_states")),
+                             stream_dims=(inner_dim, inner_dim), **kwargs)
+
+    LoopedCogVideoXBlock.__module__ = __name__
+    return LoopedCogVideoXBlock
+
+
+def __getattr__(name: str) -> Any:
+    if name in _cache:
+        return _cache[name]
+    if name == "CogVideoXAttention":
+        import canvas_core
+
+        value = canvas_core.CogVideoXAttention  # install hint when the plugin is missing
+    elif name in ("CogVideoXAdapter", "CanvasCogVideoXAttnProcessor"):
+        value = getattr(_adapter_module(), name)
+    elif name == "LoopedCogVideoXBlock":
+        value = _looped_block_class()
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    _cache[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(__all__))

@@ -7,4 +7,6 @@ lazily, so migrating code keeps its imports.
 from canvas_core._compat import reexport
 
 __all__ = ['AttentionDispatcher']
-__getattr__, __dir__ = reexport(__name__, __all__, {})
+# also reachable here, as in canvas-engineering (which imported them into this module)
+_ALSO = ['create_attention', 'CanvasLayout', 'CanvasTopology', 'Connection', 'TemporalFill']
+__getattr__, __dir__ = reexport(__name__, __all__ + _ALSO, {})

@@ -13,49 +13,51 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from canvas_core.errors import CanvasTypeError, SchemaError
+from canvas_core.errors import CanvasTypeError, SchemaError, UnknownRegionError
 
 __all__ = [
     "SemanticConditioner", "auto_semantic_type", "compute_semantic_embeddings", "program_distance",
     "resolve_embedder", "embed_schema", "FAMILY_PENALTY", "CARRIER_PENALTY",
 ]
 
-#: Added to the semantic distance when two regions' families differ.
-FAMILY_PENALTY = 0.5
-#: Added to the semantic distance when two regions' carriers differ.
-CARRIER_PENALTY = 0.25
+#: Added to the semantic distance when two regions' families differ (as in canvas-engineering).
+FAMILY_PENALTY = 0.3
+#: Added to the semantic distance when two regions' carriers differ (as in canvas-engineering).
+CARRIER_PENALTY = 0.2
 
 
 def auto_semantic_type(path: str) -> str:
     """Readable semantic type from a dotted field path.
 
-    Dots become ``" / "``, underscores spaces; case is kept::
+    Every ``"."`` becomes ``" / "`` and every ``"_"`` a space; nothing else changes (case,
+    other punctuation and whitespace are kept, so the same path always yields the same text
+    as in canvas-engineering, and therefore the same embedding)::
 
         "country_us.macro.output.gdp_nowcast" -> "country us / macro / output / gdp nowcast"
+        "financial.yield_curves.ten_year"      -> "financial / yield curves / ten year"
         "firm_AAPL.financials.revenue"         -> "firm AAPL / financials / revenue"
     """
     if not isinstance(path, str):
         raise CanvasTypeError(f"auto_semantic_type needs a string path, got {type(path).__name__} {path!r}")
-    parts = [re.sub(r"\s+", " ", p.replace("_", " ")).strip() for p in path.split(".")]
-    return " / ".join(p for p in parts if p)
+    return " / ".join(part.replace("_", " ") for part in path.split("."))
 
 
 # --------------------------------------------------------------------------------- embedders
 def resolve_embedder(embedder: Any) -> Tuple[Callable[[List[str]], List[List[float]]], str]:
-    """``(embed_fn, model_name)`` for a name, an object with ``embed`` or a callable.
+    """``(embed_fn, model_name)`` for a registered name, an object with ``embed`` or a callable.
 
-    The model name is the embedder's ``model_name`` attribute, else the registry name, else the
-    callable's ``__name__``.
+    The model name (stored as each region's ``embedding_model``) is, in order: the embedder's
+    ``model_name`` attribute, the ``embedding_model=`` metadata of its registration, the
+    registry name, the callable's ``__name__``.  Named embedders are created once per process
+    and reused (loading a text model is the slow part).
     """
     name = None
+    registered_model = None
     if isinstance(embedder, str):
-        from canvas_core.plugins import create_embedder
-
         name = embedder
-        embedder = create_embedder(embedder)
+        embedder, registered_model = _named_embedder(name)
     fn = getattr(embedder, "embed", None)
     if not callable(fn):
         fn = embedder if callable(embedder) else None
@@ -63,8 +65,25 @@ def resolve_embedder(embedder: Any) -> Tuple[Callable[[List[str]], List[List[flo
         raise CanvasTypeError(
             f"embedder must be a registered embedder name, an object with embed(texts) or a callable "
             f"texts -> vectors; got {type(embedder).__name__}")
-    model = getattr(embedder, "model_name", None) or name or getattr(embedder, "__name__", None) or type(embedder).__name__
+    model = (getattr(embedder, "model_name", None) or registered_model or name
+             or getattr(embedder, "__name__", None) or type(embedder).__name__)
     return fn, str(model)
+
+
+_NAMED: Dict[str, Tuple[Any, Optional[str]]] = {}
+
+
+def _named_embedder(name: str) -> Tuple[Any, Optional[str]]:
+    """Create (once) the embedder registered as ``name``; ``(instance, embedding_model metadata)``."""
+    from canvas_core.plugins import EMBEDDER_REGISTRY, create_embedder
+
+    spec = EMBEDDER_REGISTRY.get(name) if hasattr(EMBEDDER_REGISTRY, "get") else None
+    key = f"{name}@{getattr(spec, 'provider', '')}:{getattr(spec, 'factory', '')}"
+    if key not in _NAMED:
+        instance = create_embedder(name)  # UnknownNameError / UnavailableError carry install hints
+        meta = getattr(spec, "metadata", None) or {}
+        _NAMED[key] = (instance, meta.get("embedding_model"))
+    return _NAMED[key]
 
 
 def _vectors(fn: Callable, texts: List[str]) -> List[Tuple[float, ...]]:
@@ -110,7 +129,7 @@ def compute_semantic_embeddings(field_paths: Any, embed_fn: Any = None,
     emb = embed_fn if embed_fn is not None else embedder
     if emb is None:
         raise CanvasTypeError("compute_semantic_embeddings needs an embedder (callable, object with embed, or name)")
-    if hasattr(field_paths, "layout") or hasattr(field_paths, "region_spec"):
+    if not isinstance(field_paths, (str, Sequence)) and (hasattr(field_paths, "layout") or hasattr(field_paths, "regions")):
         return embed_schema(field_paths, emb)
     if isinstance(field_paths, str) or not isinstance(field_paths, Sequence):
         raise CanvasTypeError("compute_semantic_embeddings: field_paths must be a list of strings, a CanvasSchema or a CanvasLayout")
@@ -131,7 +150,14 @@ def embed_schema(schema_or_layout: Any, embedder: Any) -> Any:
     A region without ``semantic_type`` gets ``auto_semantic_type(region_name)``; all regions get
     ``semantic_embedding`` (tuple of floats) and ``embedding_model`` (the embedder's model name).
     """
-    is_schema = hasattr(schema_or_layout, "layout")
+    from canvas_core.schema import CanvasLayout, CanvasSchema
+
+    is_schema = isinstance(schema_or_layout, CanvasSchema)
+    if not is_schema and not isinstance(schema_or_layout, CanvasLayout):
+        raise CanvasTypeError(
+            f"embed_schema needs a CanvasSchema or CanvasLayout, got {type(schema_or_layout).__name__}; "
+            "for a BoundSchema / CanvasProgram pass its .layout (or use its field_names with "
+            "compute_semantic_embeddings(field_paths, embed_fn))")
     layout = schema_or_layout.layout if is_schema else schema_or_layout
     names = list(layout.regions)
     fn, model = resolve_embedder(embedder)
@@ -167,6 +193,13 @@ def program_distance(a_spec: Any, a_program: Any, b_spec: Any, b_program: Any) -
 
 
 # ---------------------------------------------------------------------- torch: conditioner
+class _UnknownConditionedRegion(UnknownRegionError, KeyError):
+    """Unknown region name; also a ``KeyError`` (what canvas-engineering raised)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 def _build_conditioner_class() -> type:
     import torch
     from torch import nn
@@ -193,8 +226,9 @@ def _build_conditioner_class() -> type:
             for what, v in (("d_model", d_model), ("embed_dim", embed_dim)):
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                     raise SchemaError(f"SemanticConditioner: {what} must be an integer >= 1, got {v!r}")
-            if not isinstance(region_embeddings, Mapping) or not region_embeddings:
-                raise SchemaError("SemanticConditioner: region_embeddings must be a non-empty dict region -> vector")
+            if not isinstance(region_embeddings, Mapping):
+                raise CanvasTypeError("SemanticConditioner: region_embeddings must be a dict region name -> vector, "
+                                      f"got {type(region_embeddings).__name__}")
             self.d_model, self.embed_dim = d_model, embed_dim
             self._names = sorted(region_embeddings)
             rows = []
@@ -204,11 +238,12 @@ def _build_conditioner_class() -> type:
                     raise SchemaError(f"SemanticConditioner: embedding of region {n!r} has {v.numel()} values, "
                                       f"expected embed_dim={embed_dim}")
                 rows.append(v)
-            table = torch.stack(rows)  # (R, E)
+            table = torch.stack(rows) if rows else torch.zeros(0, embed_dim)  # (R, E)
+            # attribute names match canvas-engineering so state_dicts load across both
             if freeze_embeddings:
-                self.register_buffer("embeddings", table)
+                self.register_buffer("_embeddings", table)
             else:
-                self.embeddings = nn.Parameter(table)
+                self._embeddings = nn.Parameter(table)
             self.projector = nn.Linear(embed_dim, d_model, bias=projector_bias)
             self.residuals = nn.Parameter(torch.zeros(len(self._names), d_model)) if learn_residuals else None
             self._index = {n: i for i, n in enumerate(self._names)}
@@ -223,15 +258,14 @@ def _build_conditioner_class() -> type:
 
         def get_all_conditioning(self) -> "torch.Tensor":
             """``(n_regions, d_model)``, rows ordered by sorted region name."""
-            out = self.projector(self.embeddings)
+            out = self.projector(self._embeddings)
             return out + self.residuals if self.residuals is not None else out
 
         def get_conditioning(self, region_name: str) -> "torch.Tensor":
             """``(d_model,)`` conditioning vector of one region."""
             if region_name not in self._index:
-                from canvas_core.errors import UnknownRegionError
-
-                raise UnknownRegionError(f"SemanticConditioner has no region {region_name!r} (known: {self._names})")
+                raise _UnknownConditionedRegion(
+                    f"SemanticConditioner has no region {region_name!r}; known regions: {self._names}")
             return self.get_all_conditioning()[self._index[region_name]]
 
         def condition_canvas(self, canvas: "torch.Tensor", layout: Any) -> "torch.Tensor":
@@ -241,6 +275,12 @@ def _build_conditioner_class() -> type:
                 from canvas_core.errors import ShapeError
 
                 raise ShapeError(f"condition_canvas: canvas must be (B, N, {self.d_model}), got {tuple(canvas.shape)}")
+            n_pos = getattr(layout, "num_positions", None)
+            if n_pos is not None and canvas.shape[1] != n_pos:
+                from canvas_core.errors import ShapeError
+
+                raise ShapeError(f"condition_canvas: canvas has {canvas.shape[1]} positions but the layout has "
+                                 f"{n_pos} (T * prod(spatial_shape)); pass a canvas built from this layout")
             cond = self.get_all_conditioning().to(canvas.dtype)
             add = torch.zeros(canvas.shape[1], self.d_model, dtype=canvas.dtype, device=canvas.device)
             for name in layout.regions:

@@ -1,8 +1,12 @@
 """``canvas embed schema.json [-o out.json] [--embedder minilm]``: fill semantic embeddings.
 
-Every region gets ``semantic_type`` (kept, or auto-derived from its name), ``semantic_embedding``
-and ``embedding_model`` from a registered text embedder (default ``minilm`` from
-``canvas-plugin-semantic``, which runs offline).  Writes the schema JSON to ``-o`` or stdout.
+Every region gets ``semantic_type`` (kept, or auto-derived from its name with
+``auto_semantic_type``), ``semantic_embedding`` and ``embedding_model`` from a registered text
+embedder (default ``minilm`` from ``canvas-plugin-semantic``, which runs offline).
+
+Output: the embedded schema JSON goes to ``-o`` when given (a one-line summary is printed),
+otherwise to stdout, so ``canvas embed s.json > s.embedded.json`` works.  The input file is
+never modified unless ``-o`` names it.
 """
 
 from __future__ import annotations
@@ -11,34 +15,45 @@ import argparse
 import sys
 from pathlib import Path
 
+INSTALL_HINT = "install the default embedder with `pip install canvas-plugin-semantic`"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("schema", type=Path, help="schema JSON file")
-    parser.add_argument("-o", "--output", type=Path, help="write the embedded schema here (default: stdout)")
+    parser.add_argument("-o", "--output", type=Path,
+                        help="write the embedded schema here (default: print it to stdout)")
     parser.add_argument("--embedder", default="minilm",
                         help="registered embedder name (default: minilm, from canvas-plugin-semantic)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from canvas_core.errors import CanvasError
+    from canvas_core.errors import SchemaFormatError, UnknownNameError
     from canvas_core.schema import CanvasSchema
     from canvas_core.semantic import embed_schema
 
-    if not args.schema.is_file():
-        print(f"canvas embed: schema file {str(args.schema)!r} not found", file=sys.stderr)
-        return 2
+    path: Path = args.schema
+    if not path.exists():
+        raise SchemaFormatError(f"schema file {str(path)!r} not found; pass the path of a schema JSON file")
+    if not path.is_file():
+        raise SchemaFormatError(f"schema path {str(path)!r} is not a file; pass the path of a schema JSON file")
+    schema = CanvasSchema.from_json(path)
     try:
-        schema = CanvasSchema.from_json(str(args.schema))
         out = embed_schema(schema, args.embedder)
-        text = out.to_json()
-    except CanvasError as exc:
-        print(f"canvas embed: {exc}", file=sys.stderr)
-        return 1
+    except UnknownNameError as exc:
+        msg = str(exc)
+        if "pip install" in msg or "installed but not loaded" in msg:
+            raise  # the plugin layer already says how to fix it
+        if args.embedder in ("minilm", "sentence-transformers"):
+            msg = f"{msg.rstrip('.')}; {INSTALL_HINT}"
+        else:
+            msg = f"{msg.rstrip('.')}; choose one with --embedder, or {INSTALL_HINT}"
+        raise UnknownNameError(msg) from None
     if args.output:
-        args.output.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        text = out.to_json(args.output)  # SchemaFormatError on an unwritable path
         n = len(out.layout.regions)
         model = next(iter(out.layout.regions.values())).embedding_model if n else "-"
         print(f"wrote {args.output} ({n} regions embedded with {model})")
     else:
-        print(text)
+        text = out.to_json()
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0

@@ -35,6 +35,7 @@ class DemoBackbone:
     inputs: Callable[[nn.Module, torch.Tensor, int], Dict[str, Any]]
     output: Callable[[nn.Module, Dict[str, Any]], torch.Tensor]
     regions: Callable[[Any], Dict[str, tuple]]
+    channels: Callable[[nn.Module], int] = lambda model: int(model.config["in_channels"])
 
 
 # ------------------------------------------------------------------ CogVideoX
@@ -60,7 +61,11 @@ def _load_diffusers(cls_path: str) -> Callable[[Path], nn.Module]:
         if sub is None and not (path / "config.json").exists():
             raise BackboneError(f"--pretrained {str(path)!r} has no config.json (nor transformer/config.json); "
                                 f"give a directory written by {name}.save_pretrained")
-        return cls.from_pretrained(str(path), subfolder=sub)
+        try:
+            return cls.from_pretrained(str(path), subfolder=sub)
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise BackboneError(f"--pretrained {str(path)!r} could not be loaded as a {name}: {exc}; "
+                                f"give a directory written by {name}.save_pretrained") from exc
     return load
 
 
@@ -166,7 +171,8 @@ BACKBONES: Dict[str, DemoBackbone] = {
     "mochi": DemoBackbone("mochi", "canvas-plugin-mochi", _mochi_build,
                           _load_diffusers("diffusers.MochiTransformer3DModel"), _mochi_inputs, _mochi_output,
                           _text_grid_regions),
-    "vit": DemoBackbone("vit", "canvas-plugin-vit", _vit_build, _vit_load, _vit_inputs, _vit_output, _vit_regions),
+    "vit": DemoBackbone("vit", "canvas-plugin-vit", _vit_build, _vit_load, _vit_inputs, _vit_output, _vit_regions,
+                        channels=lambda model: 4),  # the mosaic uses channel 0 only
 }
 
 
@@ -174,9 +180,14 @@ def get_backbone(name: str) -> DemoBackbone:
     """The demo recipe for backbone ``name``; its plugin must be installed."""
     from canvas_core.plugins import list_backbones
 
-    if name not in BACKBONES:
-        raise UnknownNameError(f"unknown demo backbone {name!r}; choose one of {sorted(BACKBONES)}")
     installed = list_backbones()
+    if name not in BACKBONES:
+        usable = [n for n in sorted(BACKBONES) if n in installed]
+        missing = [BACKBONES[n].plugin for n in sorted(BACKBONES) if n not in installed]
+        hint = f"; pip install {' '.join(missing)} for the others" if missing else ""
+        raise UnknownNameError(
+            f"unknown demo backbone {name!r}; the demo runs on {sorted(BACKBONES)} "
+            f"(installed backbone plugins: {usable or 'none'}{hint})")
     if name not in installed:
         raise UnknownNameError(
             f"backbone {name!r} is not installed (installed backbone plugins: {installed or 'none'}); "

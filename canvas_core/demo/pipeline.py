@@ -15,13 +15,16 @@ from torch import nn
 
 from canvas_core.demo.backbones import DemoBackbone, get_backbone, model_inputs
 from canvas_core.demo.task import BlobTask
-from canvas_core.errors import CanvasError
+from canvas_core.errors import BackboneError, CanvasError
+from canvas_core.program import Field
 
-__all__ = ["DemoConfig", "DemoResult", "DemoHead", "run_demo", "declare_program"]
+__all__ = ["DemoConfig", "DemoResult", "DemoHead", "BlobWorld", "run_demo", "declare_program"]
 
 
 @dataclass
 class DemoConfig:
+    """Options of one demo run (the ``canvas demo`` flags; ``eval_samples`` is the held-out set)."""
+
     backbone: str = "cogvideox"
     loops: int = 3
     steps: int = 600
@@ -37,6 +40,10 @@ class DemoConfig:
 
 @dataclass
 class DemoResult:
+    """What one run produced: held-out action (velocity) MSE of the looped graft, of the same
+    backbone without loops and of predicting the training mean; per-model ``errors``
+    (``{"action": ..., "reward": ...}``); the artifacts; parameter counts; training losses."""
+
     mse_looped: float
     mse_plain: float
     mse_mean: float
@@ -48,33 +55,69 @@ class DemoResult:
     seconds: float
     report: str = ""
     losses: Dict[str, List[float]] = field(default_factory=dict)
+    errors: Dict[str, Dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class BlobWorld:
+    """The demo's typed program: one ``Field`` per region, sized from the backbone's token grid.
+
+    ``video`` (family ``observation``): the latent video frames; ``action`` (family ``action``):
+    the velocity to output; ``reward`` (family ``state``): how long the blob stays in view (absent
+    when the grid has no room for it, e.g. ViT's single CLS token).
+    """
+
+    video: Field
+    action: Field
+    reward: Optional[Field] = None
+
+
+_FAMILIES = {"video": "observation", "action": "action", "reward": "state"}
+_MEANING = {"video": "latent video of a moving blob", "action": "2-d velocity to follow the blob",
+            "reward": "fraction of frames the blob is in view"}
+
+
+def _field(name: str, box: tuple, T: int) -> Field:
+    """A ``Field`` the size of ``box`` (bounds on the token grid, starting at frame 0)."""
+    t0, t1, *spatial = box
+    shape = tuple(spatial[2 * i + 1] - spatial[2 * i] for i in range(len(spatial) // 2))
+    return Field(spatial_shape=shape, family=_FAMILIES[name], semantic_type=_MEANING[name],
+                 temporal_extent=None if t1 - t0 == T else t1 - t0, is_output=name != "video",
+                 loss_weight=2.0 if name == "action" else 1.0)
 
 
 def declare_program(tokens: Any, recipe: DemoBackbone):
-    """A typed program on the backbone's token grid: video frames (observation), action, reward."""
-    from canvas_core import (CanvasLayout, CanvasProgram, CanvasSchema, CanvasTopology, Connection, RegionProgram,
-                             RegionSpec)
+    """The demo's program on the backbone's token grid ``tokens.layout``.
+
+    The typed fields of :class:`BlobWorld` are compiled with ``compile_program`` on the grid
+    (shelf packing puts them exactly on the backbone's video and text/CLS tokens, which is
+    checked); the dense default topology is then tailored: the video tokens keep reading the
+    video only (same and previous frame), action and reward read everything.
+    """
+    import dataclasses
+
+    from canvas_core import CanvasProgram, CanvasSchema, CanvasTopology, compile_program
 
     boxes = recipe.regions(tokens)
     grid = tokens.layout
-    regions = {
-        "video": RegionSpec(bounds=boxes["video"], is_output=False, semantic_type="latent video of a moving blob"),
-        "action": RegionSpec(bounds=boxes["action"], loss_weight=2.0, semantic_type="2-d velocity to follow the blob"),
-    }
-    if "reward" in boxes:
-        regions["reward"] = RegionSpec(bounds=boxes["reward"], semantic_type="fraction of frames the blob is in view")
-    layout = CanvasLayout(T=grid.T, spatial_shape=grid.spatial_shape, d_model=grid.d_model, regions=regions)
-    conns = [Connection("video", "video", t_src=0, t_dst=0)]
-    if grid.T > 1:  # video also reads its previous frame: causal in time
-        conns.append(Connection("video", "video", t_src=0, t_dst=-1))
-    conns += [Connection("action", "video"), Connection("action", "action")]
-    programs = {"video": RegionProgram(family="observation"), "action": RegionProgram(family="action")}
-    if "reward" in regions:
-        conns += [Connection("reward", "video", weight=0.5), Connection("reward", "action")]
-        programs["reward"] = RegionProgram(family="state")
-    schema = CanvasSchema(layout=layout, topology=CanvasTopology(conns),
+    world = BlobWorld(**{name: _field(name, box, grid.T) for name, box in boxes.items()})
+    _, program = compile_program(world, T=grid.T, spatial_shape=tuple(grid.spatial_shape), d_model=grid.d_model)
+    placed = {name: program.schema.layout.region_spec(name).bounds for name in boxes}
+    if placed != {name: tuple(box) for name, box in boxes.items()}:
+        raise BackboneError(f"the demo's fields landed at {placed} on the {recipe.name} token grid, "
+                            f"not on the backbone's tokens {boxes}")
+    conns = []
+    for c in program.schema.topology.connections:
+        if c.src == "video" and c.dst != "video":
+            continue  # the observation stream stays the backbone's own video attention
+        if (c.src, c.dst) == ("video", "video") and grid.T > 1:  # causal in time
+            conns += [dataclasses.replace(c, t_src=0, t_dst=0), dataclasses.replace(c, t_src=0, t_dst=-1)]
+        else:
+            conns.append(c)
+    schema = CanvasSchema(layout=program.schema.layout, topology=CanvasTopology(conns),
                           metadata={"name": f"canvas-demo-{recipe.name}", "task": "moving blob"})
-    return CanvasProgram(schema=schema, regions=programs)
+    connections = {k: v for k, v in program.connections.items() if k in {(c.src, c.dst) for c in conns}}
+    return CanvasProgram(schema=schema, regions=program.regions, connections=connections)
 
 
 def _build(recipe: DemoBackbone, cfg: DemoConfig) -> nn.Module:
@@ -145,15 +188,25 @@ def _train(name, recipe, model, blocks, head, task, cfg, loops, with_reward, log
 
 
 @torch.no_grad()
-def _evaluate(recipe, model, blocks, head, batch, cfg, loops, with_reward) -> float:
+def _evaluate(recipe, model, blocks, head, batch, cfg, loops) -> torch.Tensor:
+    """Predictions ``(B, 2 or 3)`` of ``model`` + ``head`` at ``loops`` loops for ``batch``."""
     model.eval()
     for b in blocks:
         b.set_loops(loops)
     preds = []
     for i in range(0, batch.video.shape[0], 64):
         kwargs = model_inputs(recipe, model, batch.video[i:i + 64], cfg.seed, cfg.device)
-        preds.append(head(recipe.output(model, kwargs)).cpu())
-    return torch.nn.functional.mse_loss(torch.cat(preds), _targets(batch, with_reward)).item()
+        preds.append(head(recipe.output(model, kwargs)).float().cpu())
+    return torch.cat(preds)
+
+
+def _errors(pred: torch.Tensor, batch) -> Dict[str, float]:
+    """Velocity (action) MSE and, when predicted, reward MSE."""
+    mse = torch.nn.functional.mse_loss
+    out = {"action": mse(pred[:, :2], batch.action).item()}
+    if pred.shape[1] > 2:
+        out["reward"] = mse(pred[:, 2:], batch.reward).item()
+    return out
 
 
 def _progress(it, desc: str, enabled: bool):
@@ -164,6 +217,32 @@ def _progress(it, desc: str, enabled: bool):
     return tqdm(it, desc=desc, leave=True, dynamic_ncols=True)
 
 
+def _check_config(cfg: DemoConfig) -> None:
+    """Refuse bad options with one clear ``CanvasError`` each (before any work)."""
+    for opt, value in (("--loops", cfg.loops), ("--steps", cfg.steps), ("--batch-size", cfg.batch_size),
+                       ("eval_samples", cfg.eval_samples)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CanvasError(f"{opt} must be an integer >= 1, got {value!r}")
+    if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
+        raise CanvasError(f"--lr must be a number > 0, got {cfg.lr!r}")
+    try:
+        device = torch.device(cfg.device)
+    except (RuntimeError, TypeError):
+        raise CanvasError(f"--device {cfg.device!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CanvasError(f"--device {cfg.device} asked for CUDA, but torch sees no CUDA device here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise CanvasError(f"--device {cfg.device}: only {torch.cuda.device_count()} CUDA device(s) here; "
+                          f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if device.type not in ("cpu", "cuda"):
+        raise CanvasError(f"--device {cfg.device}: the demo runs on cpu or cuda")
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:  # fail before training, not after
+        raise CanvasError("the demo draws the canvas with matplotlib, which is not installed: "
+                          "pip install 'canvas-core[draw]'")
+
+
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> DemoResult:
     """Run the whole demo; ``log`` receives every line of the report."""
     from canvas_core import ProgramCompiler, save_loop_checkpoint
@@ -171,20 +250,19 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> DemoResult:
     from canvas_core.viz import draw_schema
 
     start = time.perf_counter()
-    if not isinstance(cfg.loops, int) or cfg.loops < 1:
-        raise CanvasError(f"--loops must be an integer >= 1, got {cfg.loops!r}")
-    if not isinstance(cfg.steps, int) or cfg.steps < 1:
-        raise CanvasError(f"--steps must be an integer >= 1, got {cfg.steps!r}")
-    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
-        raise CanvasError(f"--device {cfg.device} asked for CUDA, but torch sees no CUDA device here; use --device cpu")
+    _check_config(cfg)
     recipe = get_backbone(cfg.backbone)
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CanvasError(f"--out {str(out)!r}: cannot create the output folder ({exc.strerror}); "
+                          "give a writable directory") from None
 
     # 1. backbone and its token grid; 2. the typed program on that grid
     backbone = _build(recipe, cfg).eval()
-    task = BlobTask()
+    task = BlobTask(channels=recipe.channels(backbone))  # a pretrained model's latent channel count
     probe = task.sample(2, torch.Generator().manual_seed(cfg.seed))
     from canvas_core import graft_looped_blocks
 
@@ -195,8 +273,14 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> DemoResult:
     program = declare_program(tokens, recipe)
     schema = program.schema
     with_reward = "reward" in schema.layout.regions
-    log(f"== 1. program on the {recipe.name} token grid ==")
-    log(program.summary() if hasattr(program, "summary") else schema.summary())
+    grid = tokens.layout
+    log(f"== 1. program on the {recipe.name} token grid "
+        f"(T={grid.T}, spatial={tuple(grid.spatial_shape)}, d_model={grid.d_model}, {tokens.seq_len} tokens) ==")
+    for name, spec in schema.layout.regions.items():
+        te = f", temporal_extent={spec.extent[0]}" if spec.extent[0] < grid.T else ""
+        log(f"  {name:<7} Field(spatial_shape={spec.extent[1:]}, family={program.regions[name].family!r}{te})"
+            f"  -> bounds {spec.bounds}, {schema.layout.region_numel(name)} positions")
+    log(program.summary())
 
     # 3. compile: resolution report for the target device
     compiled = ProgramCompiler(program).compile(device=cfg.device)
@@ -227,13 +311,15 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> DemoResult:
     # 5. evaluate on held-out samples
     held_out = task.sample(cfg.eval_samples, torch.Generator().manual_seed(cfg.seed + 10_000))
     train_mean = _targets(task.sample(1024, torch.Generator().manual_seed(cfg.seed + 100)), with_reward).mean(0)
-    mse_mean = torch.nn.functional.mse_loss(train_mean.expand(cfg.eval_samples, -1), _targets(held_out, with_reward)).item()
-    results = {name: _evaluate(recipe, m, b, h, held_out, cfg, loops, with_reward)
+    results = {name: _errors(_evaluate(recipe, m, b, h, held_out, cfg, loops), held_out)
                for name, (m, b, h, loops) in arms.items()}
-    log(f"\n== 4. evaluation on {cfg.eval_samples} held-out videos (action MSE, lower is better) ==")
-    log(f"{'model':<22}{'MSE':>10}{'vs mean':>10}")
-    for name, mse in list(results.items()) + [("predict the mean", mse_mean)]:
-        log(f"{name:<22}{mse:>10.4f}{mse / mse_mean:>10.2f}")
+    results["predict the mean"] = _errors(train_mean.expand(cfg.eval_samples, -1), held_out)
+    mean_mse = results["predict the mean"]["action"]
+    log(f"\n== 4. evaluation on {cfg.eval_samples} held-out videos (MSE, lower is better) ==")
+    log(f"{'model':<20}{'action MSE':>12}{'vs mean':>9}" + (f"{'reward MSE':>12}" if with_reward else ""))
+    for name, err in results.items():
+        log(f"{name:<20}{err['action']:>12.4f}{err['action'] / mean_mse:>9.2f}"
+            + (f"{err['reward']:>12.4f}" if with_reward else ""))
 
     # 6. checkpoint of the loop parameters only; 7. picture of the canvas
     model, blocks, head, _ = arms[looped_name]
@@ -243,10 +329,13 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> DemoResult:
     picture = draw_schema(schema, out / "canvas.png", title=f"canvas demo: {recipe.name} token grid")
     seconds = time.perf_counter() - start
     log("\n== 5. artifacts ==")
-    log(f"loop checkpoint  {ckpt}  ({ckpt.stat().st_size / 1024:.1f} KiB, {trainable:,} parameters)")
+    log(f"loop checkpoint  {ckpt}  ({ckpt.stat().st_size / 1024:.1f} KiB: {loop_params:,} loop parameters = "
+        f"{100.0 * loop_params / max(1, total):.2f}% of the backbone's, + {trainable - loop_params:,} action head)")
     log(f"canvas picture   {picture}")
     log(f"schema           {schema_path}")
     log(f"done in {seconds:.1f} s")
-    return DemoResult(mse_looped=results[looped_name], mse_plain=results["no loops"], mse_mean=mse_mean,
+    return DemoResult(mse_looped=results[looped_name]["action"], mse_plain=results["no loops"]["action"],
+                      mse_mean=mean_mse,
                       checkpoint=ckpt, picture=picture, schema_path=schema_path, trainable_params=trainable,
-                      total_params=total, seconds=seconds, report=compiled.report(), losses=losses)
+                      total_params=total, seconds=seconds, report=compiled.report(), losses=losses,
+                      errors=results)

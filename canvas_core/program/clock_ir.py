@@ -7,12 +7,17 @@ Leaves: ``Periodic(period, domain)``, ``OnEvent(source, gt, lt, domain)``, ``Bou
 Combinators: ``And(a, b)``, ``Or(a, b)``, ``Not(child)``.
 Decorators: ``Cooldown(child, steps)`` (no firing while ``ctx.external_t < ctx.cooldown_until``,
 the scheduler sets ``cooldown_until = t + steps`` after a fire) and ``MaxSilence(child, steps)``
-(forces a fire once ``external_t - last_fired >= steps``; a region that never fired counts from -1).
+(forces a fire once ``external_t - last_fired >= steps``, and whenever the region never fired,
+``last_fired < 0``, as in canvas-engineering).
 Sugar: ``clock_periodic``, ``clock_on``, ``clock_boundary``.
+Operators: ``a & b`` is ``And(a, b)``, ``a | b`` is ``Or(a, b)``, ``~a`` is ``Not(a)``.
 
-``expr.to_dict()`` gives a JSON-compatible dict with a ``"type"`` key;
-``ClockExpr.from_dict(d)`` rebuilds it exactly and raises :class:`~canvas_core.errors.CanvasError`
-(``SchemaError``) on a malformed dict.
+``expr.to_dict()`` gives a JSON-compatible dict with a ``"type"`` key, in canvas-engineering's
+format (default ``domain`` and absent thresholds are omitted; a boundary is ``"boundary_expr"``,
+``"boundary"`` is accepted on input).  ``ClockExpr.from_dict(d)`` (or the module-level
+:func:`from_dict`) rebuilds it exactly; a malformed dict (not a dict, unknown type, unknown or
+missing keys, wrong value types) raises :class:`~canvas_core.errors.SchemaFormatError` (a
+``CanvasError`` and ``ValueError``) naming the problem.
 """
 
 from __future__ import annotations
@@ -20,15 +25,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-from canvas_core.errors import CanvasTypeError, SchemaError
+from canvas_core.errors import CanvasTypeError, SchemaError, SchemaFormatError
+from canvas_core.program.constants import CLOCK_DOMAINS
 
 __all__ = [
     "ClockContext", "ClockExpr", "Periodic", "OnEvent", "BoundaryExpr", "And", "Or", "Not",
     "Cooldown", "MaxSilence", "ClockCooldown", "ClockMaxSilence",
-    "clock_periodic", "clock_on", "clock_boundary",
+    "clock_periodic", "clock_on", "clock_boundary", "from_dict",
 ]
 
-_DOMAINS = ("external", "internal")
+_DOMAINS = tuple(sorted(CLOCK_DOMAINS))  # same time domains as ClockSpec
 
 
 @dataclass
@@ -71,8 +77,8 @@ def _expr(value: Any, what: str) -> "ClockExpr":
 def _num(value: Any, what: str) -> Optional[float]:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SchemaError(f"{what} must be a number or None, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise SchemaError(f"{what} must be a number (not NaN) or None, got {value!r}")
     return float(value)
 
 
@@ -93,24 +99,27 @@ class ClockExpr:
     def from_dict(cls, d: dict) -> "ClockExpr":
         """Deserialize from a dict.  Dispatches on the ``'type'`` key."""
         if not isinstance(d, dict):
-            raise SchemaError(f"clock expression must be a dict with a 'type' key, got {type(d).__name__} {d!r}")
+            raise SchemaFormatError(
+                f"clock expression must be a dict with a 'type' key, got {type(d).__name__} {d!r:.120}")
         kind = d.get("type")
         node = _TYPES.get(kind) if isinstance(kind, str) else None
         if node is None:
-            raise SchemaError(
-                f"clock expression {d!r}: unknown type {kind!r}; expected one of {sorted(_TYPES)}")
+            raise SchemaFormatError(
+                f"clock expression {d!r:.120}: unknown type {kind!r}; expected one of {sorted(_TYPES)}")
         allowed = {"type", *node._keys}
         extra = set(d) - allowed
         if extra:
-            raise SchemaError(f"clock expression {d!r}: unknown keys {sorted(extra)} for type {kind!r} "
-                              f"(allowed: {sorted(allowed)})")
+            raise SchemaFormatError(f"clock expression {d!r:.120}: unknown keys {sorted(extra)} for type "
+                                    f"{kind!r} (allowed: {sorted(allowed)})")
         missing = [k for k in node._required if k not in d]
         if missing:
-            raise SchemaError(f"clock expression {d!r}: type {kind!r} needs keys {missing}")
+            raise SchemaFormatError(f"clock expression {d!r:.120}: type {kind!r} needs keys {missing}")
         try:
             return node._from(d)
-        except CanvasTypeError as exc:
-            raise SchemaError(f"clock expression {d!r}: {exc}") from None
+        except SchemaFormatError:
+            raise
+        except (CanvasTypeError, SchemaError) as exc:
+            raise SchemaFormatError(f"clock expression {d!r:.120}: {exc}") from None
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and self.to_dict() == other.to_dict()  # type: ignore[union-attr]
@@ -147,7 +156,7 @@ class Periodic(ClockExpr):
         return ctx.external_t % self.period == 0
 
     def to_dict(self) -> dict:
-        return {"type": "periodic", "period": self.period, "domain": self.domain}
+        return _with_domain({"type": "periodic", "period": self.period}, self.domain)
 
     @classmethod
     def _from(cls, d: dict) -> "Periodic":
@@ -157,9 +166,10 @@ class Periodic(ClockExpr):
 class OnEvent(ClockExpr):
     """Fire when a residual summary crosses a threshold.
 
-    *source* is ``"region_name.kind_name"`` looked up in ``ctx.summaries`` (region names may
-    contain dots; the last dot splits).  At least one of *gt* / *lt* is required; with both the
-    condition is ``gt < val < lt``.  A missing summary never fires.
+    *source* is ``"region_name.kind_name"`` looked up in ``ctx.summaries``: split at the first
+    dot as in canvas-engineering; when that region has no summaries, split at the last dot (so
+    region names containing dots work, as in ``RegionScheduler``).  At least one of *gt* / *lt* is
+    required; with both the condition is ``gt < val < lt``.  A missing summary never fires.
     """
 
     _keys = ("source", "gt", "lt", "domain")
@@ -177,8 +187,11 @@ class OnEvent(ClockExpr):
         self.domain = _domain(domain, "OnEvent")
 
     def evaluate(self, ctx: ClockContext) -> bool:
-        region, kind = self.source.rsplit(".", 1)
-        val = ((ctx.summaries or {}).get(region) or {}).get(kind)
+        summaries = ctx.summaries or {}
+        region, kind = self.source.split(".", 1)
+        if region not in summaries:
+            region, kind = self.source.rsplit(".", 1)
+        val = (summaries.get(region) or {}).get(kind)
         if val is None:
             return False
         if self.gt is not None and not val > self.gt:
@@ -188,8 +201,12 @@ class OnEvent(ClockExpr):
         return True
 
     def to_dict(self) -> dict:
-        return {"type": "on_event", "source": self.source, "gt": self.gt, "lt": self.lt,
-                "domain": self.domain}
+        d: dict = {"type": "on_event", "source": self.source}
+        if self.gt is not None:
+            d["gt"] = self.gt
+        if self.lt is not None:
+            d["lt"] = self.lt
+        return _with_domain(d, self.domain)
 
     @classmethod
     def _from(cls, d: dict) -> "OnEvent":
@@ -211,7 +228,7 @@ class BoundaryExpr(ClockExpr):
         return ctx.boundary == self.name
 
     def to_dict(self) -> dict:
-        return {"type": "boundary", "name": self.name}
+        return {"type": "boundary_expr", "name": self.name}
 
     @classmethod
     def _from(cls, d: dict) -> "BoundaryExpr":
@@ -306,7 +323,8 @@ class Cooldown(ClockExpr):
 class MaxSilence(ClockExpr):
     """Force a fire after *steps* steps of silence regardless of the child.
 
-    Fires when the child fires or ``ctx.external_t - ctx.last_fired >= steps``.
+    Fires when the child fires, when ``ctx.external_t - ctx.last_fired >= steps``, or when the
+    region never fired (``ctx.last_fired < 0``; canvas-engineering's behaviour).
     """
 
     _keys = ("child", "steps")
@@ -318,7 +336,7 @@ class MaxSilence(ClockExpr):
 
     def evaluate(self, ctx: ClockContext) -> bool:
         fired = self.child.evaluate(ctx)
-        return fired or (ctx.external_t - ctx.last_fired) >= self.steps
+        return fired or ctx.last_fired < 0 or (ctx.external_t - ctx.last_fired) >= self.steps
 
     def to_dict(self) -> dict:
         return {"type": "max_silence", "child": self.child.to_dict(), "steps": self.steps}
@@ -329,9 +347,20 @@ class MaxSilence(ClockExpr):
 
 
 _TYPES: Dict[str, Any] = {
-    "periodic": Periodic, "on_event": OnEvent, "boundary": BoundaryExpr, "and": And, "or": Or,
-    "not": Not, "cooldown": Cooldown, "max_silence": MaxSilence,
+    "periodic": Periodic, "on_event": OnEvent, "boundary_expr": BoundaryExpr, "boundary": BoundaryExpr,
+    "and": And, "or": Or, "not": Not, "cooldown": Cooldown, "max_silence": MaxSilence,
 }
+
+
+def _with_domain(d: dict, domain: str) -> dict:
+    if domain != "external":  # canvas-engineering omits the default domain
+        d["domain"] = domain
+    return d
+
+
+def from_dict(d: dict) -> ClockExpr:
+    """Rebuild a clock expression from :meth:`ClockExpr.to_dict` output (see ``ClockExpr.from_dict``)."""
+    return ClockExpr.from_dict(d)
 
 ClockCooldown = Cooldown
 ClockMaxSilence = MaxSilence

@@ -3,7 +3,10 @@
 Pure Python.  Regions assigned to the same cortex share a KV cache (``shared_cache``) and their
 connections run the zone's local attention kernel on its tiling.
 
-Compiler hook: :meth:`CortexRegistry.resolve_fn` ``(conn, default) -> str`` returns the zone's
+Compiler helpers: :meth:`CortexRegistry.local_fn` ``(src, dst) -> str | None`` (the zone's
+``local_backend`` when both regions are in one cortex) and :meth:`CortexRegistry.tile_mask`
+``(src, dst) -> MaskSpec | None`` (``MaskSpec(kind="tile", tile_shape=zone.tile)`` for such a pair);
+per connection, :meth:`CortexRegistry.resolve_fn` ``(conn, default) -> str`` returns the zone's
 ``local_backend`` for a connection whose src and dst lie in one cortex and which has no explicit
 ``fn`` (otherwise ``conn.fn`` or ``default``); :meth:`CortexRegistry.mask_for` ``(conn) ->
 MaskSpec | None`` returns ``MaskSpec(kind="tile", tile_shape=zone.tile)`` for such an intra-zone
@@ -24,7 +27,14 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from canvas_core.errors import CanvasTypeError, SchemaError, UnknownRegionError
 
-__all__ = ["CortexSpec", "CortexRegistry"]
+__all__ = ["CortexSpec", "CortexRegistry", "UnknownCortexError"]
+
+
+class UnknownCortexError(UnknownRegionError, KeyError):
+    """A cortex name that is not registered (also a ``KeyError``, as in canvas-engineering)."""
+
+    def __str__(self) -> str:  # KeyError would repr-quote the message
+        return Exception.__str__(self)
 
 
 @dataclass(frozen=True)
@@ -91,14 +101,14 @@ class CortexRegistry:
 
     def _need(self, name: str) -> CortexSpec:
         if name not in self._cortices:
-            raise UnknownRegionError(f"cortex {name!r} is not registered (known: {sorted(self._cortices)}); "
+            raise UnknownCortexError(f"cortex {name!r} is not registered (known: {sorted(self._cortices)}); "
                                      "register a CortexSpec with that name first")
         return self._cortices[name]
 
     def assign(self, region: str, cortex_name: str) -> None:
         """Assign a region to a cortex.
 
-        Raises a ``KeyError``-compatible error if the cortex is unknown and ``SchemaError``
+        Raises :class:`UnknownCortexError` (a ``KeyError``) if the cortex is unknown and ``SchemaError``
         (a ValueError) if the region is already in a different cortex.
         """
         self._need(cortex_name)
@@ -128,6 +138,18 @@ class CortexRegistry:
         return ca is not None and ca == self._assign.get(b)
 
     # -- compiler hooks ---------------------------------------------------------------------
+    def local_fn(self, src: str, dst: str) -> Optional[str]:
+        """The zone's ``local_backend`` when ``src`` and ``dst`` are in the same cortex, else None."""
+        return self.cortex_for(src).local_backend if self.same_cortex(src, dst) else None  # type: ignore[union-attr]
+
+    def tile_mask(self, src: str, dst: str) -> Any:
+        """``MaskSpec(kind="tile", tile_shape=zone.tile)`` when ``src`` and ``dst`` share a cortex,
+        else None."""
+        if not self.same_cortex(src, dst):
+            return None
+        from canvas_core.schema.masks import MaskSpec
+        return MaskSpec(kind="tile", tile_shape=self.cortex_for(src).tile)  # type: ignore[union-attr]
+
     def resolve_fn(self, conn: Any, default: Optional[str] = None) -> Optional[str]:
         """Attention type for ``conn``: its explicit ``fn``; else the zone's ``local_backend``
         when src and dst share a cortex; else ``default``."""

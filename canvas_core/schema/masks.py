@@ -7,10 +7,13 @@ Pure Python at import (numpy / torch are imported lazily inside functions).
 
 * ``"full"`` (default): every src position may attend to every dst position.
 * ``"tile"``: the canvas spatial grid is cut into tiles of ``tile_shape`` (one size per spatial
-  dim; ``tile_h``/``tile_w`` are the 2-d shorthand) in **absolute canvas coordinates**; tile of a
-  position = ``(s0 // tile0, s1 // tile1, ...)``.  A src position links to the dst positions of the
-  same tile only (every frame; frames are chosen by the temporal links).  With no spatial dims a
-  tile mask is the full mask.
+  dim; ``tile_h``/``tile_w`` are the 2-d shorthand) anchored at the **src region's spatial corner**
+  ``(o0, o1, ...)`` (as canvas-engineering does); tile of a position (src or dst) =
+  ``((s0 - o0) // tile0, (s1 - o1) // tile1, ...)``.  Each src tile (its cell clipped to the src
+  region's box) links to the dst positions inside that clipped cell, every frame (frames are chosen
+  by the temporal links); a src tile whose clipped cell holds no dst position links to *every* dst
+  position (canvas-engineering's rule: no src position is left without keys).  With no spatial dims
+  a tile mask is the full mask.
 * ``"sparse"``: ``pattern`` is an explicit binary matrix of shape ``(S_src, S_dst)`` where
   ``S_src`` / ``S_dst`` are the *per-frame spatial volumes* of the src / dst regions; row ``i``
   is the src region's i-th spatial position (row-major over the region's own spatial box), column
@@ -334,17 +337,16 @@ def _tile_pairs(spec: MaskSpec, layout: Any, src: str, dst: str) -> List[Tuple[T
         return [(sbox, dbox)]
     import itertools
 
-    def tiles_of(box):
-        return [range(lo // t, (hi - 1) // t + 1) for (lo, hi), t in zip(box[1:], tile)]
+    origin = [lo for lo, _ in sbox[1:]]  # the tile grid is anchored at the src region's corner
 
-    dst_tiles = set(itertools.product(*tiles_of(dbox)))
     pairs = []
-    for key in itertools.product(*tiles_of(sbox)):
-        if key not in dst_tiles:
-            continue
-        cell = [(k * t, (k + 1) * t) for k, t in zip(key, tile)]
-        sb = (sbox[0],) + tuple((max(a, c), min(b, d)) for (a, b), (c, d) in zip(sbox[1:], cell))
-        db = (dbox[0],) + tuple((max(a, c), min(b, d)) for (a, b), (c, d) in zip(dbox[1:], cell))
+    for key in itertools.product(*[range(-(-(hi - lo) // t)) for (lo, hi), t in zip(sbox[1:], tile)]):
+        # src tile = tile cell clipped to the src box; its dst = dst positions inside that clipped cell
+        sb = (sbox[0],) + tuple((o + k * t, min(o + (k + 1) * t, hi))
+                                for k, t, o, (_, hi) in zip(key, tile, origin, sbox[1:]))
+        db = (dbox[0],) + tuple((max(a, c), min(b, d)) for (a, b), (c, d) in zip(dbox[1:], sb[1:]))
+        if any(a >= b for a, b in db[1:]):  # no dst position there: the whole dst region
+            db = dbox
         pairs.append((sb, db))
     return pairs
 

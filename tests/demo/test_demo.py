@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from canvas_core.demo.task import BlobTask
+from canvas_core.errors import CanvasError
 
 
 def run_cli(*args, timeout=240):
@@ -62,6 +63,7 @@ def test_demo_end_to_end_quick(tmp_path):
     assert header["user_metadata"]["demo_backbone"] == "cogvideox"
 
 
+@pytest.mark.filterwarnings("ignore:In CPU autocast:UserWarning")
 @pytest.mark.parametrize("backbone", ["mochi", "vit"])
 def test_demo_other_backbones(tmp_path, backbone):
     from canvas_core.demo.pipeline import DemoConfig, run_demo
@@ -87,19 +89,98 @@ def test_demo_pretrained_directory(tmp_path):
     from canvas_core.demo.backbones import BACKBONES
     from canvas_core.demo.pipeline import DemoConfig, run_demo
 
-    BACKBONES["cogvideox"].build(7).save_pretrained(str(tmp_path / "ckpt" / "transformer"))
+    from diffusers import CogVideoXTransformer3DModel
+
+    from canvas_core.demo.backbones import COGVIDEOX_TINY
+
+    # a differently shaped model than the built-in tiny one: 6 latent channels, 3 layers
+    saved = CogVideoXTransformer3DModel(**{**COGVIDEOX_TINY, "in_channels": 6, "out_channels": 6, "num_layers": 3})
+    saved.save_pretrained(str(tmp_path / "ckpt" / "transformer"))
     res = run_demo(DemoConfig(steps=2, batch_size=2, eval_samples=4, out=tmp_path / "out", progress=False,
                               pretrained=tmp_path / "ckpt"), log=lambda _: None)
     assert res.checkpoint.exists()
+    assert res.total_params == sum(p.numel() for p in saved.parameters())
+    assert BACKBONES["cogvideox"].channels(saved) == 6
+    # a directory without a saved model is a clear error
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CanvasError, match="config.json"):
+        run_demo(DemoConfig(steps=1, out=tmp_path / "out2", progress=False, pretrained=tmp_path / "empty"),
+                 log=lambda _: None)
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--backbone", "nope"], "unknown demo backbone"),
+    (["--backbone", "nope"], "installed backbone plugins: ['cogvideox', 'mochi', 'vit']"),
     (["--pretrained", "/definitely/not/here"], "is not a directory"),
     (["--loops", "0"], "--loops"),
     (["--steps", "0", "--out", "X"], "--steps"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--lr", "-1"], "--lr must be a number > 0"),
+    (["--device", "foo"], "is not a torch device"),
 ] + ([(["--device", "cuda"], "no CUDA")] if not torch.cuda.is_available() else []))
 def test_demo_bad_options(tmp_path, args, words):
     proc = run_cli("--quick", "--out", str(tmp_path), *args) if "--out" not in args else run_cli(*args)
     assert proc.returncode == 2
     assert words in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_demo_backbone_whose_plugin_is_missing(monkeypatch):
+    import canvas_core.plugins as plugins
+    from canvas_core.demo.backbones import get_backbone
+
+    monkeypatch.setattr(plugins, "list_backbones", lambda: ["cogvideox"])
+    with pytest.raises(CanvasError, match="pip install canvas-plugin-mochi"):
+        get_backbone("mochi")
+    with pytest.raises(CanvasError, match=r"installed backbone plugins: \['cogvideox'\]; pip install canvas-plugin-mochi"):
+        get_backbone("nope")
+    assert get_backbone("cogvideox").name == "cogvideox"
+
+
+@pytest.mark.parametrize("backbone", ["cogvideox", "vit"])
+def test_program_fields_sit_on_the_backbone_tokens(backbone):
+    """The typed fields, packed by compile_program, cover exactly the adapter's video and text/CLS
+    tokens, and the installed topology lets video tokens read video tokens only."""
+    from canvas_core import graft_looped_blocks
+    from canvas_core.demo.backbones import BACKBONES, model_inputs
+    from canvas_core.demo.pipeline import declare_program
+    from canvas_core.looping import get_adapter
+
+    recipe = BACKBONES[backbone]
+    model = recipe.build(0)
+    graft_looped_blocks(model, max_loops=1, freeze="full", action_dim=2)
+    video = BlobTask().sample(2, torch.Generator().manual_seed(0)).video
+    tokens = get_adapter(model).token_layout(model, model_inputs(recipe, model, video, 0))
+    program = declare_program(tokens, recipe)
+    layout = program.schema.layout
+    backbone_video = {"cogvideox": "video", "vit": "patches"}[backbone]
+    backbone_text = {"cogvideox": "text", "vit": "cls"}[backbone]
+    assert layout.region_indices("video") == tokens.layout.region_indices(backbone_video)
+    text_positions = set(tokens.layout.region_indices(backbone_text)) & set(tokens.token_index)
+    ours = [n for n in layout.regions if n != "video"]
+    assert {i for n in ours for i in layout.region_indices(n)} <= text_positions
+    assert program.regions["video"].family == "observation" and program.regions["action"].family == "action"
+    if "reward" in layout.regions:
+        assert program.regions["reward"].family == "state"
+    # video queries read no action/reward key
+    assert all(c.dst == "video" for c in program.schema.topology.connections if c.src == "video")
+    # the same program compiles (the report lists every region)
+    from canvas_core import ProgramCompiler
+
+    report = ProgramCompiler(program).compile(device="cpu").report()
+    assert all(name in report for name in layout.regions)
+
+
+def test_demo_is_deterministic_for_a_seed(tmp_path):
+    from canvas_core.demo.pipeline import DemoConfig, run_demo
+
+    def go(seed, sub):
+        return run_demo(DemoConfig(steps=3, batch_size=4, eval_samples=16, seed=seed, out=tmp_path / sub,
+                                   progress=False), log=lambda _: None)
+
+    a, b, c = go(5, "a"), go(5, "b"), go(6, "c")
+    assert a.losses == b.losses and a.errors == b.errors
+    from safetensors.torch import load_file
+
+    ta, tb = load_file(tmp_path / "a" / "loops.safetensors"), load_file(tmp_path / "b" / "loops.safetensors")
+    assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert a.losses != c.losses
+    assert set(a.errors["no loops"]) == {"action", "reward"}

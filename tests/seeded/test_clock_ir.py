@@ -53,7 +53,7 @@ def test_cooldown_and_max_silence():
 
 
 leaves = st.one_of(
-    st.builds(Periodic, st.integers(1, 9), st.sampled_from(["external", "internal"])),
+    st.builds(Periodic, st.integers(1, 9), st.sampled_from(["external", "internal", "boundary"])),
     st.builds(OnEvent, st.sampled_from(["a.err", "b.c.surprise"]), st.floats(-5, 5), st.none()),
     st.builds(OnEvent, st.sampled_from(["a.err"]), st.none(), st.floats(-5, 5)),
     st.builds(BoundaryExpr, st.sampled_from(["episode_end", "reset"])),
@@ -90,3 +90,52 @@ def test_malformed_dict_is_canvas_error(bad):
 def test_combinator_needs_expr():
     with pytest.raises(CanvasError):
         And(Periodic(1), "always")
+
+
+def test_malformed_dict_names_the_problem():
+    from canvas_core.errors import SchemaFormatError
+    with pytest.raises(SchemaFormatError, match="unknown type 'nope'"):
+        ClockExpr.from_dict({"type": "nope"})
+    with pytest.raises(SchemaFormatError, match="right"):
+        ClockExpr.from_dict({"type": "or", "left": {"type": "periodic"}})
+    with pytest.raises(SchemaFormatError, match="period"):
+        ClockExpr.from_dict({"type": "periodic", "period": 2.5})
+    with pytest.raises(SchemaFormatError, match="list"):
+        ClockExpr.from_dict([1])
+
+
+def test_module_level_from_dict_and_operators():
+    from canvas_core.program import clock_ir
+    e = (Periodic(2) & ~clock_boundary("reset")) | clock_on("a.err", gt=1)
+    assert isinstance(e, Or) and isinstance(e.left, And) and isinstance(e.left.right, Not)
+    assert clock_ir.from_dict(e.to_dict()) == e
+    cd = Cooldown(Periodic(1), steps=4)
+    assert cd.steps == 4 and cd.child == Periodic(1)
+
+
+def test_max_silence_fires_when_never_fired():
+    ms = MaxSilence(Periodic(100), steps=5)
+    assert [ms.evaluate(ctx(t, last_fired=-1)) for t in range(1, 5)] == [True] * 4
+    assert [ms.evaluate(ctx(t, last_fired=2)) for t in range(3, 9)] == [t - 2 >= 5 for t in range(3, 9)]
+
+
+def test_on_event_source_split_first_dot_then_last():
+    e = clock_on("a.b.c", gt=0)
+    assert e.evaluate(ctx(summaries={"a": {"b.c": 1.0}}))  # canvas-engineering: first dot
+    assert e.evaluate(ctx(summaries={"a.b": {"c": 1.0}}))  # dotted region name
+    assert not e.evaluate(ctx(summaries={"a": {"c": 1.0}}))
+
+
+@settings(max_examples=40, deadline=None)
+@given(exprs, st.integers(0, 30), st.floats(-6, 6), st.sampled_from([None, "reset", "episode_end"]),
+       st.integers(-1, 30), st.integers(0, 30))
+def test_same_dicts_and_decisions_as_canvas_engineering(e, t, v, b, last, cdu):
+    ce = pytest.importorskip("canvas_engineering.clock_ir")
+    theirs = ce.ClockExpr.from_dict(e.to_dict())
+    assert theirs.to_dict() == e.to_dict()  # same JSON format both ways
+    assert ClockExpr.from_dict(theirs.to_dict()) == e
+    summ = {"a": {"err": v}}
+    mine_ctx = ClockContext(external_t=t, summaries=summ, boundary=b, last_fired=last, cooldown_until=cdu)
+    ce_ctx = ce.ClockContext(external_t=t, summaries=summ, boundary=b, last_fired=last, cooldown_until=cdu)
+    if "b.c" not in repr(e.to_dict()):  # region names with dots: ours falls back to the last dot
+        assert e.evaluate(mine_ctx) == theirs.evaluate(ce_ctx)

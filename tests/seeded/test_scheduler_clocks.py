@@ -30,3 +30,19 @@ def test_scheduler_runs_clock_expressions():
     assert fired_a == [t % 3 == 0 or t == 4 for t in range(9)]
     # cooldown of 2 after each fire: fires at 0, 2, 4, 6, 8
     assert fired_b == [t % 2 == 0 for t in range(9)]
+
+
+def test_internal_microsteps_from_clockspec():
+    _, prog = compile_program(_Prog())
+    s = RegionScheduler(prog)
+    plan = s.step_plan(0)
+    assert plan[0] == {"a", "b", "c"}
+    assert plan[1:] == [{"c"}, {"c"}, {"c"}]  # max_inner_steps=3 extra microsteps for c only
+
+
+def test_clock_expression_gets_no_microsteps():
+    # the scheduler runs internal microsteps only for ClockSpec(domain="internal"); an expression
+    # with an internal-domain Periodic fires on the external step only (documented gap)
+    _, prog = compile_program(_Prog())
+    s = RegionScheduler(prog, clocks={"c": clock_periodic(1, domain="internal")})
+    assert s.step_plan(0) == [{"a", "b", "c"}]

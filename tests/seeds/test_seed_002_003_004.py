@@ -77,15 +77,24 @@ def test_seed003_identity_binding():
     spec = IdentitySpec()
     assert (spec.mode, spec.slot_capacity, spec.binding_fn, spec.birth_death) == (
         "persistent", 64, "cross_attention", False)
-    binder = SlotBindingModule(d_model=32, n_slots=6, n_heads=4)
+    from canvas_core.identity import IdentitySpec as IdentitySpec2
+
+    assert IdentitySpec2 is IdentitySpec
+    assert IdentitySpec(mode="tracklet", slot_capacity=8, birth_death=True).slot_capacity == 8
+    binder = SlotBindingModule(d_model=32, n_slots=6, n_heads=4, birth_death=False)
     obs = torch.randn(3, 10, 32)
     assert binder(obs).shape == (3, 6, 32)
+    # without birth/death every slot is alive
+    assert binder.alive_mask(obs).shape == (3, 6) and binder.alive_mask(obs).all()
+    # slots read the observations: different observations give different slots
+    assert not torch.allclose(binder(obs), binder(torch.randn(3, 10, 32)))
     gated = SlotBindingModule(32, 6, n_heads=4, birth_death=True)
     alive = gated.alive_mask(obs)
     assert alive.shape == (3, 6) and alive.dtype == torch.bool
     out = gated(obs)
     assert out.shape == (3, 6, 32)
     assert torch.all(out[~alive] == 0)  # dead slots are zeroed
+    assert all(out[b, k].abs().sum() > 0 for b, k in alive.nonzero().tolist())  # live ones are not
 
 
 def test_seed004_canvit_recurrent_glimpses():
@@ -98,7 +107,12 @@ def test_seed004_canvit_recurrent_glimpses():
         glimpse = canvit.sample_at_viewpoint(spatial=image, viewpoint=vp, glimpse_size_px=16)
         out = model(glimpse=glimpse, state=state, viewpoint=vp)
         assert out.state.canvas.shape == (1, 64, 48)
-        assert out.local_patches.shape == (1, 4, 32)
+        canvas_spatial = model.get_spatial(out.state.canvas).unflatten(1, (8, 8))  # (1, 8, 8, 48)
+        assert canvas_spatial.shape == (1, 8, 8, 48)
+        # token-wise LayerNorm, as the seed says the canvas is decoded
+        torch.testing.assert_close(canvas_spatial.mean(-1), torch.zeros(1, 8, 8), atol=1e-5, rtol=0)
+        assert out.state.recurrent_cls.shape == (1, 1, 32)  # global CLS token
+        assert out.local_patches.shape == (1, 4, 32)  # glimpse patch features (16 px / 8 px patches)^2
         vp2 = canvit.Viewpoint(centers=torch.tensor([[-.5, -.5]]), scales=torch.tensor([.5]))
         glimpse2 = canvit.sample_at_viewpoint(spatial=image, viewpoint=vp2, glimpse_size_px=16)
         out2 = model(glimpse=glimpse2, state=out.state, viewpoint=vp2)
@@ -120,3 +134,15 @@ def test_seed004_canvas_types_in_a_topology():
     assert y.shape == x.shape and torch.isfinite(y).all()
     y.sum().backward()
     assert x.grad is not None
+
+
+def test_seed004_canvas_attention_types_registered():
+    pytest.importorskip("canvas_plugin_canvit")
+    import canvas_core
+
+    assert {"canvas_read", "canvas_write"} <= set(canvas_core.ATTENTION_TYPES)
+    for name in ("canvas_read", "canvas_write"):
+        attn = canvas_core.create_attention(name, d_model=16, n_heads=4)
+        q, kv = torch.randn(2, 5, 16), torch.randn(2, 9, 16)
+        out = attn(q, kv, kv)
+        assert out.shape == (2, 5, 16) and torch.isfinite(out).all()

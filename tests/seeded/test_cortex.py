@@ -1,9 +1,8 @@
-"""Cortex registry and per-family learning defaults."""
+"""Cortex zones: CortexSpec validation, CortexRegistry queries, errors and compiler helpers."""
 
 import pytest
 
-from canvas_core import (CanvasError, Connection, CortexRegistry, CortexSpec, FAMILY_DEFAULTS,
-                         LearningSpec, MaskSpec, default_learning)
+from canvas_core import CanvasError, Connection, CortexRegistry, CortexSpec, MaskSpec
 
 
 def _reg():
@@ -30,8 +29,12 @@ def test_registry_errors():
     reg = _reg()
     with pytest.raises(ValueError):
         reg.register(CortexSpec(name="visual"))
-    with pytest.raises(LookupError):
+    with pytest.raises(KeyError, match="auditory"):
         reg.assign("x", "auditory")
+    with pytest.raises(CanvasError, match="auditory"):
+        reg.regions_in("auditory")
+    with pytest.raises(KeyError):
+        reg.unregister("auditory")
     with pytest.raises(ValueError):
         reg.assign("camera", "motor")
     for bad in [dict(name=""), dict(name="z", bounds=(0, 1, 0)), dict(name="z", tile=(0, 2)),
@@ -52,12 +55,37 @@ def test_compiler_hooks():
     assert reg.mask_for(Connection("camera", "depth", mask=own)) is own
 
 
-def test_default_learning():
-    assert default_learning("observation") == LearningSpec(
-        mode="ssl_prediction", losses=("next_step", "masked_prediction"), compile_mode="freeze")
-    assert default_learning("memory").compile_mode == "export"
-    assert default_learning("action").losses == ("task",)
-    assert set(FAMILY_DEFAULTS) == {"observation", "state", "memory", "residual", "action"}
-    assert default_learning("my_custom_family") == LearningSpec()
+def test_local_fn_and_tile_mask():
+    reg = _reg()
+    assert reg.local_fn("camera", "depth") == "local_attention"
+    assert reg.local_fn("arm", "arm") == "linear_attention"
+    assert reg.local_fn("camera", "arm") is None and reg.local_fn("x", "x") is None
+    assert reg.tile_mask("depth", "camera") == MaskSpec(kind="tile", tile_shape=(4, 4))
+    assert reg.tile_mask("arm", "arm") == MaskSpec(kind="tile", tile_shape=(2, 2))
+    assert reg.tile_mask("camera", "arm") is None
+
+
+def test_spec_is_frozen_and_normalised():
+    spec = CortexSpec(name="v", bounds=[0, 2, 0, 4], tile=[2])
+    assert spec.bounds == (0, 2, 0, 4) and spec.tile == (2,)
+    import dataclasses
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.name = "w"
     with pytest.raises(CanvasError):
-        default_learning(3)
+        CortexRegistry().register("visual")
+
+
+def test_same_behaviour_as_canvas_engineering():
+    ce = pytest.importorskip("canvas_engineering.cortex")
+    ours, theirs = CortexRegistry(), ce.CortexRegistry()
+    for reg, Spec in ((ours, CortexSpec), (theirs, ce.CortexSpec)):
+        reg.register(Spec(name="visual", bounds=(0, 4, 0, 8, 0, 8), tile=(4, 4)))
+        reg.register(Spec(name="motor", bounds=(0, 4, 0, 2, 0, 2), tile=(2, 2)))
+        for r, c in [("camera", "visual"), ("depth", "visual"), ("arm", "motor"), ("camera", "visual")]:
+            reg.assign(r, c)
+    for a in ["camera", "depth", "arm", "none"]:
+        for b in ["camera", "depth", "arm", "none"]:
+            assert ours.same_cortex(a, b) == theirs.same_cortex(a, b)
+    for n in ["visual", "motor"]:
+        assert ours.regions_in(n) == theirs.regions_in(n)
+    assert ours.cortex_names == theirs.cortex_names
