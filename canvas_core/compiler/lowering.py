@@ -237,7 +237,7 @@ def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable] = Tru
                                arr[:, 4].copy(), ints[:, 4], tuple(conns_of[fn]))
     query_weight = {fn: np.cumsum(d)[: pk.n] for fn, d in qw_diff.items()}
     # round-off of the cumulative sum must not leave tiny non-zero weights on unlinked queries
-    for fn, w in query_weight.items():
+    for w in query_weight.values():
         w[np.abs(w) < 1e-12] = 0.0
     return ExecutionPlan(
         layout=layout, topology=topology, n=pk.n, perm=pk.perm, inv_perm=pk.inv,
