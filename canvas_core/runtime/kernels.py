@@ -19,6 +19,12 @@ Kernel contract (what a backend kernel, e.g. ``canvas-backend-flex``, implements
 
 * ``dense``: one SDPA over all N x N with a cached additive float mask (``log w`` / ``-inf``),
   the right thing when the group touches most tiles;
+* ``segments``: exact gather by query class.  Queries whose rows of the weight matrix are
+  identical (e.g. every position of one region-frame under a temporal topology) form a class
+  that shares one key set and one per-key bias; classes are bucketed by (key count, query
+  count) and each bucket is one batched 4-D SDPA over exactly its keys -- no padded keys, no
+  pair mask (no mask at all when the weights are 1), so the work is exactly the linked pairs
+  and CPU SDPA takes its fused path.  Chosen when the topology has a handful of such shapes.
 * ``sparse``: block-sparse gather.  Packed positions (each region-frame run padded to a multiple
   of ``block_size`` so that no block straddles two frames) are cut into query/key blocks; query
   blocks are bucketed by their number of non-empty key blocks (exact counts, or a 1.25x
@@ -65,19 +71,23 @@ class ReferenceKernel(nn.Module):
         group: the fn type's rectangles.
         plan: the execution plan.
         n_heads, head_dim: informational (the kernel works for any heads / head dim).
-        mode: ``"auto"`` (default), ``"dense"`` or ``"sparse"``.
+        mode: ``"auto"`` (default), ``"dense"``, ``"segments"`` or ``"sparse"``.
         block_size: tile edge of the sparse path.
-        dense_threshold: auto picks dense when the padded sparse work exceeds this fraction of
-            N x N, or when N <= ``small_n``.
+        dense_threshold: auto picks ``segments`` whenever the query classes fit in
+            ``max_buckets`` batched calls; otherwise dense when the padded block work exceeds
+            this fraction of N x N or N <= ``small_n``, else ``sparse``.
+        max_buckets: most SDPA calls the ``segments`` mode may use.
         device: where to build the buffers.
     """
 
     def __init__(self, group: RectGroup, plan: ExecutionPlan, *, n_heads: int = 1,
                  head_dim: Optional[int] = None, mode: str = "auto", block_size: int = 128,
-                 dense_threshold: float = 0.5, small_n: int = 256, device: Any = None) -> None:
+                 dense_threshold: float = 0.5, small_n: int = 256, max_buckets: int = 12,
+                 device: Any = None) -> None:
         super().__init__()
-        if mode not in ("auto", "dense", "sparse"):
-            raise CompileError(f"ReferenceKernel mode must be 'auto', 'dense' or 'sparse', got {mode!r}")
+        if mode not in ("auto", "dense", "segments", "sparse"):
+            raise CompileError("ReferenceKernel mode must be 'auto', 'dense', 'segments' or 'sparse', "
+                               f"got {mode!r}")
         self.fn = group.fn
         self.n = n = int(plan.n)
         self.block_size = bs = int(block_size)
@@ -88,6 +98,14 @@ class ReferenceKernel(nn.Module):
         to = (lambda t: t.to(device)) if device is not None else (lambda t: t)
         perm = torch.from_numpy(plan.perm)
         inv = torch.from_numpy(plan.inv_perm)
+        if mode in ("auto", "segments"):
+            seg = _segment_buckets(plan, group, max_buckets if mode == "auto" else None)
+            # exact work and no pair mask: never worse than the masked dense call once eligible
+            if mode == "segments" or seg is not None:
+                self.mode = "segments"
+                self.sparse_work_fraction = seg.work / float(max(1, n * n))
+                self._init_segments(seg, to)
+                return
         # slot layout of the sparse path: each packed piece (region-frame run) padded to a
         # multiple of block_size, so that a query block never straddles two frames
         slot_packed, q0, q1, k0, k1, w = _slot_layout(plan, group, bs)
@@ -163,6 +181,40 @@ class ReferenceKernel(nn.Module):
         for name, t in (("slot_canon", slot_canon), ("canon_slot", canon_slot), ("unorder", unorder)):
             self.register_buffer(name, to(t), persistent=False)
 
+    def _init_segments(self, seg: "_Segments", to) -> None:
+        self._seg_shapes: List[tuple] = []
+        for bi, (nb, nq, nk, qi, ki, bias) in enumerate(seg.buckets):
+            self.register_buffer(f"s{bi}_q", to(torch.from_numpy(qi)), persistent=False)
+            self.register_buffer(f"s{bi}_k", to(torch.from_numpy(ki)), persistent=False)
+            if bias is not None:
+                self.register_buffer(f"s{bi}_bias", to(torch.from_numpy(bias).float()), persistent=False)
+            self._seg_shapes.append((nb, nq, nk, bias is not None, nb == 1 and _is_arange(qi, self.n),
+                                     nb == 1 and _is_arange(ki, self.n)))
+        self.register_buffer("s_out", to(torch.from_numpy(seg.out_index)), persistent=False)
+
+    def _forward_segments(self, q, k, v, scale, dropout_p):
+        B, H, _, d = q.shape
+        outs = []
+        for bi, (nb, nq, nk, has_bias, q_all, k_all) in enumerate(self._seg_shapes):
+            # (a class covering every position in canonical order needs no gather)
+            qg = q if q_all else q.index_select(2, getattr(self, f"s{bi}_q")).reshape(B, H * nb, nq, d)
+            if k_all:
+                kg, vg = k, v
+            else:
+                ki = getattr(self, f"s{bi}_k")
+                kg = k.index_select(2, ki).reshape(B, H * nb, nk, d)
+                vg = v.index_select(2, ki).reshape(B, H * nb, nk, d)
+            mask = None
+            if has_bias:  # (nb, nk) per-key log w, the same for every head and query of a class
+                b = getattr(self, f"s{bi}_bias").to(q.dtype)
+                mask = b[None].expand(H, nb, nk).reshape(1, H * nb, 1, nk)
+            o = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+            outs.append(o.reshape(B, H, nb * nq, d))
+        if len(outs) == 1 and self._seg_shapes[0][4]:
+            return outs[0]  # one class, every query, canonical order
+        outs.append(q.new_zeros(B, H, 1, d))  # the output of queries with no key
+        return torch.cat(outs, dim=2).index_select(2, self.s_out)
+
     def extra_repr(self) -> str:
         return f"fn={self.fn!r}, n={self.n}, mode={self.mode!r}, block_size={self.block_size}"
 
@@ -171,6 +223,8 @@ class ReferenceKernel(nn.Module):
         """``(B, H, N, d)`` x3 canonical -> ``(B, H, N, d)`` canonical."""
         if q.shape[-2] != self.n:
             raise ShapeError(f"ReferenceKernel for {self.n} positions got tensors with {q.shape[-2]}")
+        if self.mode == "segments":
+            return self._forward_segments(q, k, v, scale, dropout_p)
         if self.mode == "dense":
             mask = self.mask if self.mask.dtype == torch.bool else self.mask.to(q.dtype)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
@@ -207,6 +261,86 @@ class ReferenceKernel(nn.Module):
         out = torch.cat(outs, dim=0).index_select(0, self.unorder)  # (nqb, BH, bs, d)
         out = out.reshape(self.nqb, B, H, bs, d).permute(1, 2, 0, 3, 4).reshape(B, H, self.nqb * bs, d)
         return out.index_select(2, self.canon_slot)
+
+
+def _is_arange(a: np.ndarray, n: int) -> bool:
+    return len(a) == n and bool(np.all(a == np.arange(n)))
+
+
+class _Segments:
+    """Buckets of the ``segments`` mode (see :func:`_segment_buckets`)."""
+
+    def __init__(self, buckets, out_index, work):
+        self.buckets = buckets      # [(nb, nq, nk, q_index (nb*nq,), k_index (nb*nk,), bias|None)]
+        self.out_index = out_index  # (N,) canonical position -> row of the concatenated outputs
+        self.work = work            # gathered (query, key) pairs, padding included
+
+
+def _segment_buckets(plan: ExecutionPlan, group: RectGroup, max_buckets: Optional[int]):
+    """Group the queries of ``group`` into classes with identical weight rows and bucket them.
+
+    A class is a set of query positions (canonical) sharing the key set ``K`` and the per-key
+    weights; a bucket holds classes with the same ``(|K|, |Q|)`` (or the same ``|K|`` with the
+    query lists padded by repeating a position whose output is discarded), so one batched SDPA
+    computes it with no padded key.  Returns None when more than ``max_buckets`` buckets (None:
+    no limit) would be needed or padding would waste more than a quarter of the work.
+    """
+    from canvas_core.compiler.plan import segment_grid
+
+    n = int(plan.n)
+    sg = segment_grid(n, group.q0, group.q1, group.k0, group.k1, group.weight)
+    grid = sg.grid
+    rows_with_keys = np.flatnonzero((grid > 0).any(axis=1))
+    out_index = np.full(n, -1, dtype=np.int64)
+    if len(rows_with_keys) == 0:
+        return _Segments([], np.zeros(n, dtype=np.int64), 0.0)
+    patterns, cls = np.unique(grid[rows_with_keys], axis=0, return_inverse=True)
+    cls = np.asarray(cls).reshape(-1)
+    if max_buckets is not None and len(patterns) > 64 * max_buckets:
+        return None
+    rb, cb = sg.row_bounds, sg.col_bounds
+    perm = plan.perm
+    classes = []  # (q canonical, k canonical, k weight)
+    for c in range(len(patterns)):
+        segs = rows_with_keys[cls == c]
+        q_packed = np.concatenate([np.arange(rb[a], rb[a + 1]) for a in segs])
+        cols = np.flatnonzero(patterns[c] > 0)
+        k_packed = np.concatenate([np.arange(cb[b], cb[b + 1]) for b in cols])
+        k_w = np.repeat(patterns[c][cols], np.diff(cb)[cols])
+        classes.append((perm[q_packed], perm[k_packed], k_w))
+    exact = {}
+    for c, (qc, kc, _) in enumerate(classes):
+        exact.setdefault((len(kc), len(qc)), []).append(c)
+    groups = list(exact.values())
+    if max_buckets is not None and len(groups) > max_buckets:
+        by_k = {}
+        for c, (_, kc, _) in enumerate(classes):
+            by_k.setdefault(len(kc), []).append(c)
+        groups = list(by_k.values())
+        if len(groups) > max_buckets:
+            return None
+    buckets, work, real, offset = [], 0.0, 0.0, 0
+    for members in groups:
+        nq = max(len(classes[c][0]) for c in members)
+        nk = len(classes[members[0]][1])
+        qi = np.zeros((len(members), nq), dtype=np.int64)
+        ki = np.zeros((len(members), nk), dtype=np.int64)
+        w = np.ones((len(members), nk))
+        for r, c in enumerate(members):
+            qc, kc, kw = classes[c]
+            qi[r, : len(qc)] = qc
+            qi[r, len(qc):] = qc[0]  # padding rows: any real query, output discarded
+            ki[r], w[r] = kc, kw
+            out_index[qc] = offset + r * nq + np.arange(len(qc))
+            real += len(qc) * nk
+        bias = None if np.all(w == 1.0) else np.log(w)
+        buckets.append((len(members), nq, nk, qi.reshape(-1), ki.reshape(-1), bias))
+        work += len(members) * nq * nk
+        offset += len(members) * nq
+    if max_buckets is not None and work > 1.25 * real:
+        return None
+    out_index[out_index < 0] = offset  # the zero row appended after the buckets
+    return _Segments(buckets, out_index, work)
 
 
 def _slot_layout(plan: ExecutionPlan, group: RectGroup, bs: int):
@@ -271,13 +405,13 @@ def make_kernel(kernel: Any, group: RectGroup, plan: ExecutionPlan, *, n_heads: 
     """Build the kernel module of one softmax group.
 
     ``kernel``: None / ``"auto"`` / ``"reference"`` -> :class:`ReferenceKernel`; ``"dense"`` /
-    ``"sparse"`` -> :class:`ReferenceKernel` forced to that mode; a class or callable ->
+    ``"segments"`` / ``"sparse"`` -> :class:`ReferenceKernel` forced to that mode; a class or callable ->
     ``kernel(group, plan, n_heads=..., head_dim=..., **options)``; another string -> looked up in
     the kernel registry (``canvas_core.plugins.create_kernel``).
     """
     if kernel is None or kernel in ("auto", "reference"):
         return ReferenceKernel(group, plan, n_heads=n_heads, head_dim=head_dim, device=device, **options)
-    if kernel in ("dense", "sparse"):
+    if kernel in ("dense", "segments", "sparse"):
         return ReferenceKernel(group, plan, n_heads=n_heads, head_dim=head_dim, mode=kernel,
                                device=device, **options)
     if isinstance(kernel, str):

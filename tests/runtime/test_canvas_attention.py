@@ -64,7 +64,7 @@ def _run(layout, topo, kernel, B=2, D=8, H=2, beta=1.0, seed=0, block_size=4):
 
 
 @settings(max_examples=30, deadline=None)
-@given(st.data(), st.sampled_from(["dense", "sparse"]))
+@given(st.data(), st.sampled_from(["dense", "segments", "sparse"]))
 def test_layer_equals_reference(data, kernel):
     layout = data.draw(gen.layouts(max_T=4))
     topo = data.draw(gen.topologies(layout, fns=("cross_attention", "self_attention", "gatemix")))
@@ -80,7 +80,7 @@ def test_passthrough_single_position_and_empty_neighbourhood():
     # b at frame 2 = real 6; a -> b with t_dst=-1, drop: only ref where target == 6 links
     topo = CanvasTopology(connections=[Connection("a", "b", t_src=0, t_dst=0, temporal_fill="drop"),
                                        Connection("b", "b")])
-    for kernel in ("dense", "sparse"):
+    for kernel in ("dense", "segments", "sparse"):
         x, y, want = _run(layout, topo, kernel)
         torch.testing.assert_close(y, want, atol=1e-6, rtol=1e-6)
         # column 2 is in no region: passes through unchanged
@@ -99,9 +99,12 @@ def test_auto_modes_agree_and_gradients_flow():
     a = CanvasAttention(topo, layout, n_heads=4, kernel="dense")
     b = CanvasAttention(topo, layout, n_heads=4, kernel="sparse", kernel_options={"block_size": 16})
     b.load_state_dict(a.state_dict())
+    c = CanvasAttention(topo, layout, n_heads=4, kernel="segments")
+    c.load_state_dict(a.state_dict())
     x = torch.randn(2, layout.num_positions, 16, requires_grad=True)
     ya, yb = a(x), b(x)
     torch.testing.assert_close(ya, yb, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ya, c(x), atol=1e-5, rtol=1e-5)
     yb.square().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in b.parameters())
@@ -141,7 +144,7 @@ def test_torch_compile_fullgraph():
         "v": (0, 3, 0, 2, 0, 3), "a": RegionSpec((0, 3, 2, 3, 0, 3), period=2)})
     topo = CanvasTopology(connections=[*CanvasTopology.causal_temporal(["v", "a"]).connections,
                                        Connection("a", "v", fn="gatemix")])
-    for kernel in ("dense", "sparse"):
+    for kernel in ("dense", "segments", "sparse"):
         torch.manual_seed(0)
         mod = CanvasAttention(topo, layout, n_heads=2, kernel=kernel, attention_factory=factory,
                               kernel_options={"block_size": 4})
@@ -149,3 +152,26 @@ def test_torch_compile_fullgraph():
         torch._dynamo.reset()
         compiled = torch.compile(mod, fullgraph=True, backend="aot_eager")
         torch.testing.assert_close(compiled(x), mod(x), atol=1e-5, rtol=1e-5)
+
+
+def test_auto_picks_segments_for_frame_structured_topologies_and_falls_back_otherwise():
+    layout = CanvasLayout(T=4, H=6, W=6, d_model=16, regions={
+        "video": (0, 4, 0, 5, 0, 6), "action": (0, 4, 5, 6, 0, 3), "reward": (0, 4, 5, 6, 3, 6)})
+    mod = CanvasAttention(CanvasTopology.causal_temporal(["video", "action", "reward"]), layout, n_heads=2)
+    (kern,) = mod.executor.kernels.values()
+    assert kern.mode == "segments"
+    # 14 regions of 14 different sizes, each attending to itself: 14 distinct (keys, queries)
+    # shapes are more than max_buckets=12 batched calls, so auto leaves the segments mode
+    regions = {f"r{i}": (0, 1, i, i + 1, 0, i + 1) for i in range(14)}
+    lay2 = CanvasLayout(T=1, H=14, W=14, d_model=8, regions=regions)
+    topo2 = CanvasTopology(connections=[Connection(r, r) for r in regions])
+    mod2 = CanvasAttention(topo2, lay2, n_heads=2, kernel_options={"small_n": 0})
+    (kern2,) = mod2.executor.kernels.values()
+    assert kern2.mode in ("dense", "sparse")
+    forced = CanvasAttention(topo2, lay2, n_heads=2, kernel="segments")
+    forced.load_state_dict(mod2.state_dict())
+    x = torch.randn(2, lay2.num_positions, 8)
+    torch.testing.assert_close(forced(x), mod2(x), atol=1e-5, rtol=1e-5)
+    want = ref.reference_layer(x.double(), topo2, lay2, n_heads=2, softmax_params=tuple(
+        p.double() for p in (forced.qkv.weight, forced.qkv.bias, forced.out_proj.weight, forced.out_proj.bias)))
+    torch.testing.assert_close(forced(x).double(), want, atol=1e-5, rtol=1e-5)

@@ -28,6 +28,7 @@ SCRIPT = textwrap.dedent('''
         dist.all_gather(other, g)
         assert torch.allclose(other[0], other[1]), "gradients differ across ranks"
         assert g.abs().sum() > 0
+        dist.barrier()  # both ranks done with gloo before either tears it down
         dist.destroy_process_group()
 
     if __name__ == "__main__":
