@@ -194,26 +194,30 @@ class ReferenceKernel(nn.Module):
 
     def _forward_segments(self, q, k, v, scale, dropout_p):
         B, H, _, d = q.shape
+        # token-major views (B, N, H, d): for the usual q/k/v (views of one (B, N, 3, H, d)
+        # projection) a gather of whole token rows is a cheap memory copy, and the gathered
+        # (B, nb*n, H, d) blocks reshape for free to SDPA's (B*nb, H, n, d) layout
+        qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+
+        def gather(t, idx, nb, m, identity):
+            g = t if identity else t.index_select(1, idx)
+            return g.reshape(B * nb, m, H, d).transpose(1, 2)
+
         outs = []
         for bi, (nb, nq, nk, has_bias, q_all, k_all) in enumerate(self._seg_shapes):
-            # (a class covering every position in canonical order needs no gather)
-            qg = q if q_all else q.index_select(2, getattr(self, f"s{bi}_q")).reshape(B, H * nb, nq, d)
-            if k_all:
-                kg, vg = k, v
-            else:
-                ki = getattr(self, f"s{bi}_k")
-                kg = k.index_select(2, ki).reshape(B, H * nb, nk, d)
-                vg = v.index_select(2, ki).reshape(B, H * nb, nk, d)
+            qg = gather(qt, getattr(self, f"s{bi}_q"), nb, nq, q_all)
+            ki = getattr(self, f"s{bi}_k")
+            kg, vg = gather(kt, ki, nb, nk, k_all), gather(vt, ki, nb, nk, k_all)
             mask = None
             if has_bias:  # (nb, nk) per-key log w, the same for every head and query of a class
                 b = getattr(self, f"s{bi}_bias").to(q.dtype)
-                mask = b[None].expand(H, nb, nk).reshape(1, H * nb, 1, nk)
+                mask = b[None].expand(B, nb, nk).reshape(B * nb, 1, 1, nk)
             o = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=mask, dropout_p=dropout_p, scale=scale)
-            outs.append(o.reshape(B, H, nb * nq, d))
+            outs.append(o.transpose(1, 2).reshape(B, nb * nq, H, d))
         if len(outs) == 1 and self._seg_shapes[0][4]:
-            return outs[0]  # one class, every query, canonical order
-        outs.append(q.new_zeros(B, H, 1, d))  # the output of queries with no key
-        return torch.cat(outs, dim=2).index_select(2, self.s_out)
+            return outs[0].transpose(1, 2)  # one class, every query, canonical order
+        outs.append(q.new_zeros(B, 1, H, d))  # the output of queries with no key
+        return torch.cat(outs, dim=1).index_select(1, self.s_out).transpose(1, 2)
 
     def extra_repr(self) -> str:
         return f"fn={self.fn!r}, n={self.n}, mode={self.mode!r}, block_size={self.block_size}"
