@@ -59,8 +59,9 @@ class _Executor(nn.Module):
         inv = plan.inv_perm
         self.soft_fns = [f for f in plan.groups if f in softmax_types]
         self.other_fns = [f for f in plan.groups if f not in softmax_types]
+        kernel_of = kernel if isinstance(kernel, dict) else {f: kernel for f in self.soft_fns}
         self.kernels = nn.ModuleDict({
-            f"k{i}": make_kernel(kernel, plan.groups[f], plan, n_heads=n_heads, head_dim=head_dim,
+            f"k{i}": make_kernel(kernel_of.get(f), plan.groups[f], plan, n_heads=n_heads, head_dim=head_dim,
                                  device=device, **kernel_options)
             for i, f in enumerate(self.soft_fns)})
         qw = {f: plan.query_weight[f][inv] for f in plan.groups}  # canonical order
@@ -109,8 +110,12 @@ class CanvasAttention(nn.Module):
         d_model: model width D (default ``layout.d_model``).
         n_heads: heads of the softmax family (``d_model`` must divide by it).
         dropout: attention dropout (softmax family) and dropout of the other types' modules.
-        kernel: softmax kernel: None/"auto"/"reference", "dense", "sparse", a registered kernel
-            name or a class/callable ``(group, plan, n_heads=, head_dim=, **kernel_options)``.
+        kernel: softmax kernel: None/"auto"/"reference", "dense", "segments", "sparse", a
+            registered kernel name or a class/callable ``(group, plan, n_heads=, head_dim=,
+            **kernel_options)``.  With None and a plan from ``ProgramCompiler`` (whose
+            ``plan.resolutions`` are filled), every fn type runs the kernel the compiler chose
+            for it (e.g. ``flex`` on CUDA); a non-softmax type with a resolved kernel (e.g.
+            ``mamba_ssm``) gets it as its ``kernel=`` argument.
         attention_factory: ``(fn, d_model, n_heads, dropout) -> module`` for non-softmax types
             (default ``canvas_core.plugins.create_attention``).
         softmax_types: fn types run by the fused softmax kernel.
@@ -148,6 +153,10 @@ class CanvasAttention(nn.Module):
         self._kernel_options = dict(kernel_options or {})
         factory = attention_factory or _default_factory
         self._factory = factory
+        resolved = _resolved_kernels(plan)
+        if kernel is None and resolved:
+            kernel = {f: k for f, k in resolved.items() if f in self.softmax_types}
+            self._kernel = kernel
         self.executor = _Executor(plan, self.softmax_types, kernel, n_heads, self.head_dim,
                                   self._kernel_options, device)
         if self.executor.soft_fns:
@@ -156,9 +165,12 @@ class CanvasAttention(nn.Module):
         else:
             self.qkv = None
             self.out_proj = None
-        self.fn_modules = nn.ModuleDict({
-            _key(f): factory(f, d_model=d_model, n_heads=n_heads, dropout=dropout)
-            for f in self.executor.other_fns})
+        def build(f):
+            if attention_factory is None and resolved.get(f) is not None:
+                return factory(f, d_model=d_model, n_heads=n_heads, dropout=dropout, kernel=resolved[f])
+            return factory(f, d_model=d_model, n_heads=n_heads, dropout=dropout)
+
+        self.fn_modules = nn.ModuleDict({_key(f): build(f) for f in self.executor.other_fns})
         # restricted executors for active_regions (plain dict: not part of the state dict)
         self._restricted: Dict[frozenset, _Executor] = {}
 
@@ -242,6 +254,20 @@ class CanvasAttention(nn.Module):
         if ex.all_updated:
             return acc
         return torch.where(ex.updated[None, :, None], acc, x)
+
+
+def _resolved_kernels(plan: ExecutionPlan) -> Dict[str, Optional[str]]:
+    """fn type -> the kernel the compiler's resolution pass chose for it (None: the type's own
+    forward, or the core's reference kernel); empty when the plan was not resolved."""
+    from canvas_core.compiler.resolution import MODULE_KERNEL, REFERENCE_KERNEL
+
+    out: Dict[str, Optional[str]] = {}
+    for i, res in getattr(plan, "resolutions", {}).items():
+        if i >= len(plan.fn_of_connection):
+            continue
+        name = getattr(res, "kernel", None)
+        out[plan.fn_of_connection[i]] = None if name in (None, MODULE_KERNEL, REFERENCE_KERNEL) else name
+    return out
 
 
 def _key(fn: str) -> str:
