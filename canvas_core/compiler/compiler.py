@@ -64,6 +64,10 @@ class CompiledProgram:
         device, dtype, kernel: the compile target and the kernel preference (None = automatic).
         requires_grad: whether the target trains (False: inference-only implementations allowed).
         source_schema: the program's full schema (the report lists eliminated regions from it).
+        identity: for every active region whose ``RegionProgram`` declares an ``IdentitySpec``,
+            its binder as resolved through the identity registry: ``mode``, ``slot_capacity``
+            (the binder's ``n_slots``), ``birth_death``, ``binding_fn``, ``implementation``
+            (factory path) and ``provider`` (empty when compiled with ``resolve=False``).
     """
 
     schema: Any
@@ -81,6 +85,7 @@ class CompiledProgram:
     kernel: Optional[str] = None
     requires_grad: bool = True
     source_schema: Any = field(default=None, repr=False, compare=False)
+    identity: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     @property
     def n_eliminated(self) -> int:
@@ -460,6 +465,9 @@ class ProgramCompiler:
                     reduced, device=device_s, dtype=dtype_s, head_dim=head_dim, kernel=kernel,
                     requires_grad=requires_grad))
 
+        # identity binders: each IdentitySpec's binding_fn resolved through the registry
+        identity = _resolve_identity(program, schema, active) if resolve else {}
+
         constant_buffers: Dict[str, Any] = {}
         exported_paths: Dict[str, str] = {}
         if regions is not None:
@@ -489,8 +497,40 @@ class ProgramCompiler:
             exported_memories=exported, active_connections=active_connections, all_regions=all_regions,
             constant_buffers=constant_buffers, exported_paths=exported_paths, plan=plan,
             device=device_s, dtype=dtype_s, kernel=kernel, requires_grad=bool(requires_grad),
-            source_schema=schema,
+            source_schema=schema, identity=identity,
         )
+
+
+def _resolve_identity(program: Any, schema: Any, active: Set[str]) -> Dict[str, Dict[str, Any]]:
+    """Resolve the ``binding_fn`` of every active region's ``IdentitySpec`` (layout order).
+
+    Raises ``UnknownNameError`` naming the region for an unregistered binder, and
+    ``UnavailableError`` when its providing plugin's requirements are not installed.
+    """
+    region_programs = getattr(program, "regions", None) or {}
+    out: Dict[str, Dict[str, Any]] = {}
+    for name in schema.layout.regions:
+        spec = getattr(region_programs.get(name), "identity", None)
+        if spec is None or name not in active:
+            continue
+        from canvas_core.errors import UnavailableError, UnknownNameError
+        from canvas_core.plugins import get_spec
+
+        where = f"region {name!r}: IdentitySpec(binding_fn={spec.binding_fn!r})"
+        try:
+            binder = get_spec("identity", spec.binding_fn)
+        except UnknownNameError as exc:
+            raise UnknownNameError(f"{where}: {exc}") from exc
+        missing = binder.missing_requirements()
+        if missing:
+            raise UnavailableError(f"{where}: binder {binder.name!r} ({binder.describe_provider()}) cannot run "
+                                   f"here: {'; '.join(missing)}")
+        out[name] = {
+            "mode": spec.mode, "slot_capacity": spec.slot_capacity, "birth_death": spec.birth_death,
+            "binding_fn": spec.binding_fn, "implementation": binder.factory_path,
+            "provider": f"{binder.provider} {binder.version}".strip(),
+        }
+    return out
 
 
 def _lower(schema: Any) -> Any:

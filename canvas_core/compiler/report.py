@@ -110,6 +110,12 @@ def format_report(compiled: Any) -> str:
         parts += ["", "connections:", format_resolutions(p.resolutions)]
     else:
         parts += ["", "connections: " + ", ".join(f"{c.src} -> {c.dst}" for c in compiled.active_connections)]
+    identity = getattr(compiled, "identity", None) or {}
+    if identity:
+        parts += ["", "identity binders:", format_table(
+            ["region", "mode", "slots", "birth/death", "binding_fn", "implementation", "provider"],
+            [[r, d["mode"], d["slot_capacity"], "yes" if d["birth_death"] else "no", d["binding_fn"],
+              d["implementation"], d["provider"] or "-"] for r, d in identity.items()])]
     return "\n".join(parts)
 
 
@@ -149,6 +155,7 @@ def compiled_to_dict(compiled: Any) -> Dict[str, Any]:
              **({"resolution": plan.resolutions[i].to_dict()} if plan is not None and i in plan.resolutions else {})}
             for i, c in enumerate(compiled.active_connections)
         ],
+        "identity": {r: dict(d) for r, d in (getattr(compiled, "identity", None) or {}).items()},
         "plan": None if plan is None else {
             "n": plan.n, "fn_types": list(plan.fn_types),
             "rectangles": {fn: g.n_rects for fn, g in plan.groups.items()},

@@ -44,6 +44,17 @@ def _pos_int(owner: str, name: str, v) -> int:
     return v
 
 
+#: accepted values of ``kernel=`` (the canvas types compute their attention themselves)
+KERNELS = ("auto", "reference")
+
+
+def _check_kernel(owner: str, kernel) -> str:
+    if kernel not in KERNELS:
+        raise CanvasTypeError(f"{owner}: unknown kernel {kernel!r}; the canvas attention types run their own "
+                              f"attention, use kernel='auto' or 'reference' (one of {list(KERNELS)})")
+    return kernel
+
+
 def normalize_key_mask(owner: str, key_mask, B: int, Nq: int, Nk: int, like: Optional[torch.Tensor] = None,
                        ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """``key_mask`` -> ``(allowed bool, additive bias float)``, each ``(B|1, Nq|1, Nk)`` or None.
@@ -104,9 +115,12 @@ class _CanvasAttentionBase(nn.Module):
     type_name = "canvas_attention"
 
     def __init__(self, d_model: int, n_heads: int, dropout: float, attn_dim: int,
-                 rope: bool, rope_max_freq: float) -> None:
+                 rope: bool, rope_max_freq: float, kernel: str = "auto") -> None:
         super().__init__()
         t = self.type_name
+        self.kernel = _check_kernel(t, kernel)
+        if not isinstance(rope, bool):
+            raise CanvasTypeError(f"{t}: rope must be True or False, got {rope!r}")
         _pos_int(t, "d_model", d_model)
         _pos_int(t, "n_heads", n_heads)
         if attn_dim % n_heads:
@@ -126,11 +140,21 @@ class _CanvasAttentionBase(nn.Module):
         if viewpoint is not None and not isinstance(viewpoint, Viewpoint):
             raise CanvasTypeError(f"{self.type_name}.set_viewpoint: expected a Viewpoint, "
                                   f"got {type(viewpoint).__name__}")
+        if local_grid is not None and (
+                not isinstance(local_grid, (tuple, list)) or len(local_grid) != 2
+                or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in local_grid)):
+            raise CanvasTypeError(f"{self.type_name}.set_viewpoint: local_grid must be (h, w) positive ints "
+                                  f"or None, got {local_grid!r}")
+        local_grid = None if local_grid is None else (int(local_grid[0]), int(local_grid[1]))
         self.viewpoint, self.local_grid = viewpoint, local_grid
 
     def _local_coords(self, n: int, like: torch.Tensor) -> torch.Tensor:
         vp = self.viewpoint
         if vp is not None:
+            if vp.batch_size not in (1, like.shape[0]):
+                raise ShapeError(f"{self.type_name}: the viewpoint set with set_viewpoint() has batch size "
+                                 f"{vp.batch_size} but the local tokens have batch size {like.shape[0]}; set a "
+                                 f"viewpoint of batch {like.shape[0]} (or 1), or pass q_coords / k_coords")
             grid = self.local_grid
             if grid is None or grid[0] * grid[1] != n:
                 s = square_side(n)
@@ -193,7 +217,7 @@ class CanvasReadAttention(_CanvasAttentionBase):
                  kernel: str = "auto") -> None:
         canvas_dim = d_model if canvas_dim is None else canvas_dim
         _pos_int(self.type_name, "canvas_dim", canvas_dim)
-        super().__init__(d_model, n_heads, dropout, canvas_dim, rope, rope_max_freq)
+        super().__init__(d_model, n_heads, dropout, canvas_dim, rope, rope_max_freq, kernel)
         self.canvas_dim = canvas_dim
         self.q_proj = nn.Linear(d_model, canvas_dim)
         self.out_proj = nn.Linear(canvas_dim, d_model)
@@ -247,7 +271,7 @@ class CanvasWriteAttention(_CanvasAttentionBase):
                  rope: bool = True, rope_max_freq: float = 64.0, kernel: str = "auto") -> None:
         local_dim = d_model if local_dim is None else local_dim
         _pos_int(self.type_name, "local_dim", local_dim)
-        super().__init__(d_model, n_heads, dropout, d_model, rope, rope_max_freq)
+        super().__init__(d_model, n_heads, dropout, d_model, rope, rope_max_freq, kernel)
         self.local_dim = local_dim
         self.k_proj = nn.Linear(local_dim, d_model)
         self.v_proj = nn.Linear(local_dim, d_model)

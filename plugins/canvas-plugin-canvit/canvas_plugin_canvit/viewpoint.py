@@ -66,6 +66,11 @@ class Viewpoint:
 
     def shifted(self, delta: torch.Tensor) -> "Viewpoint":
         """The same window moved by ``delta`` (``(2,)`` or ``(B, 2)``, ``(y, x)``)."""
+        delta = torch.as_tensor(delta, dtype=self.centers.dtype, device=self.centers.device) \
+            if not isinstance(delta, torch.Tensor) else delta
+        if delta.shape not in ((2,), (1, 2), (self.batch_size, 2)):
+            raise ShapeError(f"Viewpoint.shifted: delta must be (2,) or (B, 2) = ({self.batch_size}, 2) as (y, x), "
+                             f"got {tuple(delta.shape)}")
         return Viewpoint(self.centers + delta, self.scales)
 
 

@@ -174,6 +174,48 @@ def test_bad_inputs_raise_canvas_errors(call):
         call()
 
 
+@pytest.mark.parametrize("call, words", [
+    # an unknown kernel name used to be accepted and silently ignored
+    (lambda: CanvasReadAttention(16, 2, kernel="flex_canvas"), ("canvas_read", "flex_canvas", "auto")),
+    (lambda: CanvasWriteAttention(16, 2, kernel="nope"), ("canvas_write", "nope", "auto")),
+    (lambda: CanvasReadAttention(16, 2, rope="yes"), ("canvas_read", "rope")),
+    (lambda: CanvasWriteAttention(16, 2).set_viewpoint(Viewpoint.full_scene(2), local_grid=(4, 0)),
+     ("canvas_write", "local_grid")),
+    # a delta of the wrong shape used to raise torch's bare RuntimeError
+    (lambda: Viewpoint.full_scene(2).shifted(torch.zeros(3)), ("Viewpoint.shifted", "(2,)", "(3,)")),
+])
+def test_bad_options_name_the_object_and_the_fix(call, words):
+    with pytest.raises(CanvasError) as info:
+        call()
+    for w in words:
+        assert w in str(info.value), (w, str(info.value))
+
+
+def test_viewpoint_batch_must_match_the_local_tokens():
+    m = CanvasReadAttention(16, 2, canvas_dim=16)
+    local, canvas = torch.randn(2, 4, 16), torch.randn(2, 9, 16)
+    m.set_viewpoint(Viewpoint.full_scene(3), local_grid=(2, 2))
+    with pytest.raises(CanvasError, match="set_viewpoint.*batch size 3.*batch size 2"):
+        m(local, canvas, canvas)
+    m.set_viewpoint(Viewpoint.full_scene(1), local_grid=[2, 2])  # batch 1 broadcasts; lists accepted
+    assert m.local_grid == (2, 2)
+    out_one = m(local, canvas, canvas)
+    m.set_viewpoint(Viewpoint.full_scene(2), local_grid=(2, 2))
+    torch.testing.assert_close(m(local, canvas, canvas), out_one)
+    for kernel in ("auto", "reference"):
+        assert CanvasWriteAttention(16, 2, kernel=kernel).kernel == kernel
+
+
+def test_shifted_moves_the_centres_only():
+    vp = Viewpoint(torch.tensor([[0.1, 0.2], [0.0, -0.3]]), torch.tensor([0.5, 0.25]))
+    for delta in (torch.tensor([0.3, -0.4]), torch.tensor([[0.3, -0.4], [0.1, 0.1]]), [0.3, -0.4]):
+        moved = vp.shifted(delta)
+        torch.testing.assert_close(moved.centers, vp.centers + torch.as_tensor(delta))
+        torch.testing.assert_close(moved.scales, vp.scales)
+        torch.testing.assert_close(viewpoint_coords(moved, 3, 3),
+                                   viewpoint_coords(vp, 3, 3) + torch.as_tensor(delta).view(-1, 1, 2))
+
+
 def test_registered_and_resolved_through_the_plugin_layer():
     plugins = pytest.importorskip("canvas_core.plugins")
     assert {"canvas_read", "canvas_write"} <= set(plugins.list_attention_types())

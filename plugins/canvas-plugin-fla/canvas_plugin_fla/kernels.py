@@ -19,7 +19,7 @@ from torch import nn
 
 from canvas_core.errors import UnavailableError
 
-__all__ = ["FlaWKV"]
+__all__ = ["FlaWKV", "fla_wkv"]
 
 _VERY_NEG = -1e38  # "minus infinity" the kernel's log-space arithmetic accepts
 
@@ -41,14 +41,28 @@ class FlaWKV(nn.Module):
                 key_ok: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not k.is_cuda:
             raise UnavailableError(f"kernel 'fla_rwkv' runs on CUDA tensors only, got {k.device}")
-        B, L, C = k.shape
-        if L == 0:
-            return k.new_zeros(B, 0, C)
-        if key_ok is not None:  # a masked key contributes e^k = 0 to both sums
-            k = k.masked_fill(~key_ok.to(torch.bool).unsqueeze(-1), _VERY_NEG)
-        # fla takes the raw parameter ``w`` and uses -exp(w) as log-decay: pass log(rate)
-        w_raw = torch.log(w.float())
-        state = torch.zeros(B, 3, C, device=k.device, dtype=torch.float32)
-        state[:, 2] = _VERY_NEG  # (alpha, beta, eps): empty sums, running max exponent -inf
-        wkv, _ = self._fn(w_raw, u.float(), k.float().contiguous(), v.float().contiguous(), state)
-        return wkv.to(v.dtype)
+        return fla_wkv(self._fn, k, v, w, u, key_ok)
+
+
+def fla_wkv(fn, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
+            key_ok: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The core's ``wkv_scan`` contract on top of fla's ``fused_recurrent_rwkv4(w, u, k, v, state)``.
+
+    fla's convention: ``w`` is the raw decay parameter (the kernel uses ``-exp(w)`` as the
+    per-step log-decay), and ``state`` is ``(B, 3, 1, C)`` = (alpha, beta, eps) -- numerator
+    sum, denominator sum, running max exponent; it returns ``(wkv (B, L, C), state (B, 3, 1, C))``.
+    """
+    B, L, C = k.shape
+    if L == 0:
+        return k.new_zeros(B, 0, C)
+    if key_ok is not None:  # a masked key contributes e^k = 0 to both sums
+        k = k.masked_fill(~key_ok.to(torch.bool).unsqueeze(-1), _VERY_NEG)
+    # fla takes the raw parameter ``w`` and uses -exp(w) as log-decay: pass log(rate)
+    w_raw = torch.log(w.float())
+    state = torch.zeros(B, 3, 1, C, device=k.device, dtype=torch.float32)
+    state[:, 2] = _VERY_NEG  # (alpha, beta, eps): empty sums, running max exponent -inf
+    wkv, _ = fn(w_raw, u.float().contiguous(), k.float().contiguous(), v.float().contiguous(), state)
+    if key_ok is not None:  # as wkv_scan: 0 until the first allowed key (fla returns v_t there)
+        seen = key_ok.to(torch.bool).cumsum(dim=1) > 0
+        wkv = wkv * seen.unsqueeze(-1).to(wkv.dtype)
+    return wkv.to(v.dtype)

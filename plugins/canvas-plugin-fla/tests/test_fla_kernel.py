@@ -64,3 +64,47 @@ def test_matches_the_core_scan_on_cuda():
     kern = FlaWKV()
     torch.testing.assert_close(kern(k, v, w, u), wkv_scan(k, v, w, u), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(kern(k, v, w, u, key_ok), wkv_scan(k, v, w, u, key_ok), atol=1e-4, rtol=1e-4)
+
+
+def _fla_rwkv4_forward(w, u, k, v, state):
+    """Line-by-line torch port of the forward of fla's ``fused_recurrent_rwkv4`` (Triton), with
+    its calling convention: ``w`` the raw decay parameter (log-decay ``-exp(w)``), ``state``
+    ``(B, 3, 1, C)`` (alpha, beta, eps); returns ``(wkv, last state (B, 3, 1, C))``."""
+    assert state.dim() == 4 and state.shape[1:3] == (3, 1), state.shape  # fla indexes stride(3)
+    assert w.dim() == 1 and u.dim() == 1 and k.dim() == 3 and k.shape == v.shape
+    w = -torch.exp(w.float())
+    alpha, beta, eps = state[:, 0, 0].clone(), state[:, 1, 0].clone(), state[:, 2, 0].clone()
+    outs = []
+    for t in range(k.shape[1]):
+        kt, vt = k[:, t], v[:, t]
+        ukt = u + kt
+        tau = torch.maximum(ukt, eps)
+        e1a, e2a = torch.exp(eps - tau), torch.exp(ukt - tau)
+        outs.append((e1a * alpha + e2a * vt) / (e1a * beta + e2a))
+        w_eps = w + eps
+        eps = torch.maximum(w_eps, kt)
+        e1b, e2b = torch.exp(w_eps - eps), torch.exp(kt - eps)
+        alpha = e1b * alpha + e2b * vt
+        beta = e1b * beta + e2b
+    return torch.stack(outs, 1), torch.stack([alpha, beta, eps], 1)[:, :, None]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_fla_calling_convention_matches_the_core_scan(masked):
+    """The wrapper feeds fla's kernel what it expects (raw w, a (B, 3, 1, C) state) and returns
+    wkv_scan's output, masked keys and a masked prefix included (checked on CPU against a torch
+    port of the kernel; the CUDA test below runs the real one)."""
+    from canvas_core.attention.recurrent import wkv_scan
+    from canvas_plugin_fla.kernels import fla_wkv
+
+    g = torch.Generator().manual_seed(3)
+    B, L, C = 2, 9, 5
+    k, v = torch.randn(B, L, C, generator=g), torch.randn(B, L, C, generator=g)
+    w, u = torch.rand(C, generator=g) + 0.05, torch.randn(C, generator=g) * 0.5
+    key_ok = None
+    if masked:
+        key_ok = torch.rand(B, L, generator=g) > 0.3
+        key_ok[0, :3] = False  # a masked prefix: zeros until the first allowed key
+    out = fla_wkv(_fla_rwkv4_forward, k, v, w, u, key_ok)
+    torch.testing.assert_close(out, wkv_scan(k, v, w, u, key_ok), atol=1e-5, rtol=1e-5)
+    assert fla_wkv(_fla_rwkv4_forward, k[:, :0], v[:, :0], w, u).shape == (B, 0, C)

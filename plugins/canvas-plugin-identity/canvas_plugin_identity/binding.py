@@ -45,9 +45,15 @@ class BindingResult(NamedTuple):
     alive_logits: Optional[torch.Tensor]
 
 
+_MEANING = {"d_model": "the width of the observation tokens",
+            "n_slots": "the number of identity slots, IdentitySpec.slot_capacity",
+            "n_heads": "the heads of the binding cross-attention, a divisor of d_model"}
+
+
 def _pos_int(owner: str, name: str, v) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise CanvasTypeError(f"{owner}: {name} must be a positive int, got {v!r}")
+        raise CanvasTypeError(f"{owner}: {name} must be a positive int ({_MEANING.get(name, name)}), got {v!r}; "
+                              f"pass {name}=1 or more")
     return v
 
 
