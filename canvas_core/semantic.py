@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from canvas_core.errors import CanvasTypeError, SchemaError, UnknownRegionError
@@ -31,17 +32,22 @@ CARRIER_PENALTY = 0.2
 def auto_semantic_type(path: str) -> str:
     """Readable semantic type from a dotted field path.
 
-    Every ``"."`` becomes ``" / "`` and every ``"_"`` a space; nothing else changes (case,
-    other punctuation and whitespace are kept, so the same path always yields the same text
-    as in canvas-engineering, and therefore the same embedding)::
+    Every ``"."`` becomes ``" / "``, every list index ``"[k]"`` becomes ``" k"`` and every ``"_"``
+    a space; nothing else changes (case, other punctuation and whitespace are kept, so the same
+    path always yields the same text as in canvas-engineering, and therefore the same
+    embedding)::
 
         "country_us.macro.output.gdp_nowcast" -> "country us / macro / output / gdp nowcast"
         "financial.yield_curves.ten_year"      -> "financial / yield curves / ten year"
         "firm_AAPL.financials.revenue"         -> "firm AAPL / financials / revenue"
+        "arm.joints[3].angle"                  -> "arm / joints 3 / angle"
     """
     if not isinstance(path, str):
         raise CanvasTypeError(f"auto_semantic_type needs a string path, got {type(path).__name__} {path!r}")
-    return " / ".join(part.replace("_", " ") for part in path.split("."))
+    return " / ".join(_INDEX.sub(r" \1", part).replace("_", " ") for part in path.split("."))
+
+
+_INDEX = re.compile(r"\[(\d+)\]")
 
 
 # --------------------------------------------------------------------------------- embedders
@@ -233,7 +239,12 @@ def _build_conditioner_class() -> type:
             self._names = sorted(region_embeddings)
             rows = []
             for n in self._names:
-                v = torch.as_tensor(region_embeddings[n], dtype=torch.float32).reshape(-1)
+                try:
+                    v = torch.as_tensor(region_embeddings[n], dtype=torch.float32).reshape(-1)
+                except (TypeError, ValueError, RuntimeError) as exc:
+                    raise CanvasTypeError(
+                        f"SemanticConditioner: embedding of region {n!r} must be a sequence or tensor of "
+                        f"{embed_dim} numbers, got {type(region_embeddings[n]).__name__} ({exc})") from None
                 if v.numel() != embed_dim:
                     raise SchemaError(f"SemanticConditioner: embedding of region {n!r} has {v.numel()} values, "
                                       f"expected embed_dim={embed_dim}")
@@ -297,6 +308,10 @@ _LAZY: Dict[str, Any] = {}
 
 
 def __getattr__(name: str) -> Any:
+    if name == "CanvasLayout":  # canvas_engineering.semantic imported it; keep that import path working
+        from canvas_core.schema import CanvasLayout
+
+        return CanvasLayout
     if name == "SemanticConditioner":
         if name not in _LAZY:
             _LAZY[name] = _build_conditioner_class()

@@ -1,6 +1,6 @@
 """Builtin attention types of canvas-core.
 
-Every type is an ``nn.Module`` built as ``Cls(d_model, n_heads=8, dropout=0.0, **options)`` and
+Every type is an ``nn.Module`` built as ``Cls(d_model, n_heads=4, dropout=0.0, **options)`` (canvas-engineering's defaults) and
 called as ``module(queries (B, Nq, D), keys (B, Nk, D), values (B, Nk, D), key_mask=None)
 -> (B, Nq, D)``.  ``key_mask`` (bool, True = may attend, or additive float) broadcasts to
 ``(B, Nq, Nk)``; a query with no allowed key (or ``Nk == 0``) gets zeros, never NaN.

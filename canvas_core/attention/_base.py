@@ -45,7 +45,7 @@ class AttentionBase(nn.Module):
     #: changes it); ``None`` means 1.0.  Non-softmax types keep ``None`` and ignore it.
     beta: Optional[float] = None
 
-    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0) -> None:
+    def __init__(self, d_model: int, n_heads: int = 4, dropout: float = 0.0) -> None:
         super().__init__()
         t = self.type_name
         _check_int(t, "d_model", d_model, 1)

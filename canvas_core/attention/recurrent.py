@@ -212,7 +212,7 @@ class RWKVAttention(AttentionBase):
     type_name = "rwkv"
 
     def __init__(
-        self, d_model: int, n_heads: int = 8, dropout: float = 0.0, kernel: str = "auto"
+        self, d_model: int, n_heads: int = 4, dropout: float = 0.0, kernel: str = "auto"
     ) -> None:
         super().__init__(d_model, n_heads, dropout)
         self.kernel = _check_kernel(self.type_name, kernel)
@@ -333,9 +333,9 @@ class HyenaAttention(AttentionBase):
 
     Args:
         order: number of convolutions (>= 1), default 2.
+        max_len: length scale of the positional features (sequences may be longer).
         filter_dim: width of the filter MLP.
         n_bands: number of sine/cosine positional bands.
-        max_len: length scale of the positional features (sequences may be longer).
         kernel: ``"auto"`` or ``"torch"`` (FFT in PyTorch); recorded in ``self.kernel_used``.
     """
 
@@ -344,14 +344,15 @@ class HyenaAttention(AttentionBase):
     def __init__(
         self,
         d_model: int,
-        n_heads: int = 8,
+        n_heads: int = 4,
         dropout: float = 0.0,
         order: int = 2,
+        max_len: int = 4096,
         filter_dim: int = 32,
         n_bands: int = 4,
-        max_len: int = 4096,
         kernel: str = "auto",
     ) -> None:
+        # positional order (order, max_len) as in canvas-engineering; the rest are extensions
         super().__init__(d_model, n_heads, dropout)
         t = self.type_name
         self.order = _check_int(t, "order", order, 1)

@@ -48,7 +48,7 @@ class LinearAttention(_QKVAttention):
 
     type_name = "linear_attention"
 
-    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0) -> None:
+    def __init__(self, d_model: int, n_heads: int = 4, dropout: float = 0.0) -> None:
         super().__init__(d_model, n_heads, dropout)
         self.beta = None  # not a softmax type
 
@@ -96,7 +96,7 @@ class SigmoidAttention(_QKVAttention):
 
     type_name = "sigmoid_attention"
 
-    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0) -> None:
+    def __init__(self, d_model: int, n_heads: int = 4, dropout: float = 0.0) -> None:
         super().__init__(d_model, n_heads, dropout)
         self.beta = None  # not a softmax type
 
@@ -143,7 +143,7 @@ class PoolingAttention(AttentionBase):
 
     type_name = "pooling"
 
-    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0) -> None:
+    def __init__(self, d_model: int, n_heads: int = 4, dropout: float = 0.0) -> None:
         super().__init__(d_model, n_heads, dropout)
         self.out_proj = nn.Linear(d_model, d_model)
         self.drop = nn.Dropout(self.dropout_p)
@@ -243,7 +243,7 @@ class MixtureAttention(AttentionBase):
 
     Args:
         experts: expert type names, from ``cross_attention``, ``linear_attention``, ``pooling``,
-            ``cosine_attention``, ``sigmoid_attention``.
+            ``cosine_attention``, ``sigmoid_attention`` (keyword; overrides ``n_experts``).
         n_experts: canvas-engineering compatibility: the first ``n_experts`` of the default
             cycle ``(cross, linear, pooling, cosine)`` repeated (ignored when ``experts`` is given).
         top_k_experts: keep the top-k router weights per query; None = soft mixture.
@@ -254,12 +254,13 @@ class MixtureAttention(AttentionBase):
     def __init__(
         self,
         d_model: int,
-        n_heads: int = 8,
+        n_heads: int = 4,
         dropout: float = 0.0,
-        experts: Optional[Sequence[str]] = None,
         n_experts: Optional[int] = None,
         top_k_experts: Optional[int] = None,
+        experts: Optional[Sequence[str]] = None,
     ) -> None:
+        # positional order (n_experts, top_k_experts) as in canvas-engineering; experts= extends it
         super().__init__(d_model, n_heads, dropout)
         if experts is None:
             cycle = ("cross_attention", "linear_attention", "pooling", "cosine_attention")

@@ -38,7 +38,7 @@ def _heads(m: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 class _QKVAttention(AttentionBase):
     """Multi-head attention with Q/K/V/output projections; subclasses shape the logits."""
 
-    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0) -> None:
+    def __init__(self, d_model: int, n_heads: int = 4, dropout: float = 0.0) -> None:
         super().__init__(d_model, n_heads, dropout)
         self.q_proj = nn.Linear(d_model, d_model)
         self.k_proj = nn.Linear(d_model, d_model)
@@ -133,7 +133,7 @@ class CosineAttention(_QKVAttention):
     type_name = "cosine_attention"
 
     def __init__(
-        self, d_model: int, n_heads: int = 8, dropout: float = 0.0, init_scale: float = 10.0
+        self, d_model: int, n_heads: int = 4, dropout: float = 0.0, init_scale: float = 10.0
     ) -> None:
         super().__init__(d_model, n_heads, dropout)
         if not isinstance(init_scale, (int, float)) or init_scale <= 0:
@@ -158,7 +158,7 @@ class SparseAttention(_QKVAttention):
     type_name = "sparse_attention"
 
     def __init__(
-        self, d_model: int, n_heads: int = 8, dropout: float = 0.0, top_k: int = 8
+        self, d_model: int, n_heads: int = 4, dropout: float = 0.0, top_k: int = 8
     ) -> None:
         super().__init__(d_model, n_heads, dropout)
         self.top_k = _check_int(self.type_name, "top_k", top_k, 1)
@@ -182,8 +182,9 @@ class LocalAttention(_QKVAttention):
     means near in that order.
 
     Args:
-        window: half-width of the window in key positions (default 8).
-        window_size: canvas-engineering's name for ``window`` (alias; give one of them).
+        window_size: full width of the window as in canvas-engineering (default 8): the
+            half-width is ``window_size // 2``, so keys ``|j - c_i| <= window_size // 2``.
+        window: the half-width directly (overrides ``window_size``).
     """
 
     type_name = "local_attention"
@@ -191,15 +192,18 @@ class LocalAttention(_QKVAttention):
     def __init__(
         self,
         d_model: int,
-        n_heads: int = 8,
+        n_heads: int = 4,
         dropout: float = 0.0,
-        window: int = 8,
-        window_size: Optional[int] = None,
+        window_size: int = 8,
+        window: Optional[int] = None,
     ) -> None:
         super().__init__(d_model, n_heads, dropout)
-        if window_size is not None:
-            window = window_size
-        self.window = _check_int(self.type_name, "window", window, 0)
+        if window is None:
+            window = _check_int(self.type_name, "window_size", window_size, 0) // 2
+        else:
+            window_size = 2 * _check_int(self.type_name, "window", window, 0)
+        self.window = window
+        self.window_size = window_size
 
     def _structure_mask(self, logits: torch.Tensor) -> Optional[torch.Tensor]:
         Nq, Nk = logits.shape[-2], logits.shape[-1]
@@ -234,7 +238,7 @@ class RandomFixedAttention(_QKVAttention):
     type_name = "random_fixed"
 
     def __init__(
-        self, d_model: int, n_heads: int = 8, dropout: float = 0.0, n_random: int = 8, seed: int = 0
+        self, d_model: int, n_heads: int = 4, dropout: float = 0.0, n_random: int = 8, seed: int = 0
     ) -> None:
         super().__init__(d_model, n_heads, dropout)
         self.n_random = _check_int(self.type_name, "n_random", n_random, 1)
@@ -275,7 +279,7 @@ class GatedAttention(_QKVAttention):
 
     type_name = "gated"
 
-    def __init__(self, d_model: int, n_heads: int = 8, dropout: float = 0.0) -> None:
+    def __init__(self, d_model: int, n_heads: int = 4, dropout: float = 0.0) -> None:
         super().__init__(d_model, n_heads, dropout)
         self.gate_alpha = nn.Parameter(torch.zeros(d_model))
         self.gate_proj = nn.Linear(d_model, d_model)
@@ -306,7 +310,7 @@ class PerceiverAttention(AttentionBase):
     type_name = "perceiver"
 
     def __init__(
-        self, d_model: int, n_heads: int = 8, dropout: float = 0.0, n_latents: int = 8
+        self, d_model: int, n_heads: int = 4, dropout: float = 0.0, n_latents: int = 8
     ) -> None:
         super().__init__(d_model, n_heads, dropout)
         self.n_latents = _check_int(self.type_name, "n_latents", n_latents, 1)

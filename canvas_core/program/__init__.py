@@ -35,6 +35,8 @@ _LAZY = {
     "FAMILY_DEFAULTS": "canvas_core.program.learning",
     "CortexSpec": "canvas_core.program.cortex",
     "CortexRegistry": "canvas_core.program.cortex",
+    # canvas_engineering.program imported it; keep `from ...program import CanvasSchema` working
+    "CanvasSchema": "canvas_core.schema",
 }
 
 

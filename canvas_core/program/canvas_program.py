@@ -173,8 +173,9 @@ class CanvasProgram:
         return out
 
     @classmethod
-    def from_json(cls, source: Union[str, os.PathLike]) -> "CanvasProgram":
-        """Load from a JSON file path or a JSON string."""
+    def from_json(cls, path: Union[str, os.PathLike]) -> "CanvasProgram":
+        """Load from a JSON file path or a JSON string (``path``, named as in canvas-engineering)."""
+        source = path
         raw, where = _read(source)
         try:
             data = json.loads(raw)

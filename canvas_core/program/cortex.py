@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from canvas_core.errors import CanvasTypeError, SchemaError, UnknownRegionError
 
-__all__ = ["CortexSpec", "CortexRegistry", "UnknownCortexError"]
+__all__ = ["CortexSpec", "CortexRegistry", "UnknownCortexError", "UnassignedRegionError"]
 
 
 class UnknownCortexError(UnknownRegionError, KeyError):
@@ -35,6 +35,20 @@ class UnknownCortexError(UnknownRegionError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr-quote the message
         return Exception.__str__(self)
+
+
+class UnassignedRegionError(UnknownRegionError, KeyError):
+    """A region with no cortex assignment was unassigned (also a ``KeyError``)."""
+
+    def __str__(self) -> str:
+        return Exception.__str__(self)
+
+
+def _region_name(region: Any, where: str) -> str:
+    if not isinstance(region, str) or not region:
+        raise CanvasTypeError(f"{where}: region must be a non-empty region name (str), got "
+                              f"{type(region).__name__} {region!r}")
+    return region
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,12 @@ class CortexSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise SchemaError(f"CortexSpec.name must be a non-empty string, got {self.name!r}")
+        if not isinstance(self.bounds, (tuple, list)):
+            raise SchemaError(f"cortex {self.name!r}: bounds must be a tuple of ints (t0, t1, s0_lo, s0_hi, ...), "
+                              f"got {type(self.bounds).__name__} {self.bounds!r}")
+        if not isinstance(self.tile, (tuple, list)):
+            raise SchemaError(f"cortex {self.name!r}: tile must be a tuple of ints, one per spatial dim "
+                              f"(e.g. tile=(4, 4)), got {type(self.tile).__name__} {self.tile!r}")
         b = tuple(self.bounds)
         if len(b) < 2 or len(b) % 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in b):
             raise SchemaError(f"cortex {self.name!r}: bounds must be an even-length tuple of ints "
@@ -73,7 +93,10 @@ class CortexSpec:
             raise SchemaError(f"cortex {self.name!r}: tile {t} has {len(t)} dims but bounds have "
                               f"{(len(b) - 2) // 2} spatial dims; give one tile size per spatial dim")
         if not isinstance(self.local_backend, str) or not self.local_backend:
-            raise SchemaError(f"cortex {self.name!r}: local_backend must be an attention type name")
+            raise SchemaError(f"cortex {self.name!r}: local_backend must be an attention type name "
+                              f"(e.g. 'local_attention'), got {self.local_backend!r}")
+        if not isinstance(self.shared_cache, bool):
+            raise SchemaError(f"cortex {self.name!r}: shared_cache must be True or False, got {self.shared_cache!r}")
         object.__setattr__(self, "bounds", b)
         object.__setattr__(self, "tile", t)
 
@@ -111,6 +134,7 @@ class CortexRegistry:
         Raises :class:`UnknownCortexError` (a ``KeyError``) if the cortex is unknown and ``SchemaError``
         (a ValueError) if the region is already in a different cortex.
         """
+        _region_name(region, "CortexRegistry.assign")
         self._need(cortex_name)
         cur = self._assign.get(region)
         if cur is not None and cur != cortex_name:
@@ -119,8 +143,16 @@ class CortexRegistry:
         self._assign[region] = cortex_name
 
     def unassign(self, region: str) -> None:
-        """Remove a region's cortex assignment (no-op when unassigned)."""
-        self._assign.pop(region, None)
+        """Remove a region's cortex assignment.
+
+        Raises :class:`UnassignedRegionError` (a ``CanvasError`` and a ``KeyError``, as
+        canvas-engineering raised ``KeyError``) when the region has no assignment.
+        """
+        if region not in self._assign:
+            raise UnassignedRegionError(
+                f"region {region!r} has no cortex assignment (assigned regions: {sorted(self._assign)}); "
+                "check the name, or skip unassign for regions that were never assigned")
+        del self._assign[region]
 
     def cortex_for(self, region: str) -> Optional[CortexSpec]:
         """The cortex assigned to a region, or None."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Dict
 
 from canvas_core.errors import CanvasTypeError
+from canvas_core.program.constants import check_family
 from canvas_core.program.specs import LearningSpec
 
 __all__ = ["FAMILY_DEFAULTS", "default_learning"]
@@ -34,10 +35,17 @@ FAMILY_DEFAULTS: Dict[str, LearningSpec] = {
 def default_learning(family: str) -> LearningSpec:
     """Default ``LearningSpec`` for a region family.
 
-    Known families get their recipe from :data:`FAMILY_DEFAULTS`; any other name gets a generic
-    ``LearningSpec()`` (supervised, no losses, runtime compile mode).  LearningSpec is frozen, so
-    the shared default objects cannot be mutated by callers.
+    Known families get their recipe from :data:`FAMILY_DEFAULTS`; a custom family name gets a
+    generic ``LearningSpec()`` (supervised, no losses, runtime compile mode), as in
+    canvas-engineering.  As everywhere a family is named (``Field``, ``RegionProgram``), a name
+    that looks like a misspelling of a built-in family (``"observaton"``, ``"States"``) raises
+    ``ProgramError`` with a did-you-mean instead of silently getting the generic recipe; a
+    non-string or empty name raises ``CanvasTypeError``.  LearningSpec is frozen, so the shared
+    default objects cannot be mutated by callers.
     """
     if not isinstance(family, str):
         raise CanvasTypeError(f"default_learning: family must be a string, got {type(family).__name__} {family!r}")
-    return FAMILY_DEFAULTS.get(family, LearningSpec())
+    if family in FAMILY_DEFAULTS:
+        return FAMILY_DEFAULTS[family]
+    check_family(family, "default_learning")
+    return LearningSpec()

@@ -293,7 +293,7 @@ class LearnedScheduler(nn.Module):
         self.n_regions, self.summary_dim = n_regions, summary_dim
         self.max_active = min(max_active, n_regions)
         self.temperature = float(temperature)
-        hidden = max(16, 2 * n_regions)
+        hidden = 2 * n_regions  # canvas-engineering's MLP shape, so its state_dicts load
         self.scorer = nn.Sequential(
             nn.Linear(summary_dim, hidden), nn.GELU(), nn.Linear(hidden, n_regions)
         )

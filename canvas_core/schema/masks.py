@@ -35,6 +35,7 @@ Contracts for the lowering:
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -92,7 +93,12 @@ class MaskSpec:
             raise SchemaError(f"MaskSpec: pattern is only used with kind='sparse' (got kind={self.kind!r})")
 
     def tile_for(self, n_spatial: int) -> Tuple[int, ...]:
-        """Tile sizes for a grid with ``n_spatial`` spatial dims."""
+        """Tile sizes for a grid with ``n_spatial`` spatial dims.
+
+        ``tile_shape`` must have one size per spatial dim.  The 2-d shorthand: ``(tile_h, tile_w)``
+        in 2-d; in 1-d the one that is not 1 (both set is an error); with more than two spatial
+        dims ``(tile_h, tile_w, 1, ...)``.
+        """
         if self.tile_shape is not None:
             if len(self.tile_shape) != n_spatial:
                 raise ShapeError(f"MaskSpec tile_shape {self.tile_shape} has {len(self.tile_shape)} dims but "
@@ -106,9 +112,9 @@ class MaskSpec:
             return (max(self.tile_h, self.tile_w),)
         if n_spatial == 0:
             return ()
-        if (self.tile_h, self.tile_w) == (1, 1):
-            return (1,) * n_spatial
-        raise ShapeError(f"MaskSpec: a {n_spatial}-d layout needs tile_shape (tile_h/tile_w are 2-d only)")
+        # n_spatial > 2: tile_h / tile_w tile the first two spatial dims, the others get tile 1
+        # (canvas-engineering pads the 2-d shorthand with ones the same way)
+        return (self.tile_h, self.tile_w) + (1,) * (n_spatial - 2)
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-compatible dict (only non-default fields besides ``kind``)."""
@@ -162,23 +168,49 @@ def _as_pattern(p: Any) -> Tuple[Tuple[int, ...], ...]:
 class Rect:
     """Axis-aligned half-open hyperrectangle; ``ranges`` is one ``(lo, hi)`` per dim.
 
-    ``Rect(t0, t1, h0, h1, w0, w1)`` (flat pairs) and ``Rect(ranges=((t0, t1), ...))`` both work.
+    ``Rect(t0, t1, h0, h1, w0, w1)`` (flat pairs), ``Rect(((t0, t1), (h0, h1), ...))`` (one tuple
+    of pairs) and ``Rect(ranges=((t0, t1), ...))`` all work, as in canvas-engineering.  Bounds are
+    integers with ``lo <= hi``; anything else raises a ``CanvasError`` naming the bad value.
+    ``t0 .. w1`` read dims 0..2; a dim the rectangle does not have reads as 0 (canvas-engineering's
+    convention for lower-dimensional rectangles).
     """
 
     __slots__ = ("ranges",)
 
-    def __init__(self, *args: int, ranges: Optional[Tuple[Tuple[int, int], ...]] = None):
+    def __init__(self, *args: Any, ranges: Optional[Tuple[Tuple[int, int], ...]] = None):
         if ranges is not None and args:
             raise CanvasTypeError("Rect: give either flat (lo, hi, ...) arguments or ranges=, not both")
         if ranges is None:
-            if not args or len(args) % 2:
-                raise CanvasTypeError(f"Rect: needs an even number of bounds (lo, hi, ...), got {args!r}")
-            ranges = tuple((args[k], args[k + 1]) for k in range(0, len(args), 2))
-        rs = tuple((int(a), int(b)) for a, b in ranges)
-        for a, b in rs:
+            if len(args) == 1 and isinstance(args[0], (tuple, list)) and args[0] \
+                    and all(isinstance(p, (tuple, list)) for p in args[0]):
+                ranges = args[0]  # Rect(((t0, t1), (h0, h1), ...))
+            elif not args or len(args) % 2:
+                raise CanvasTypeError(
+                    f"Rect: needs an even number of bounds Rect(lo0, hi0, lo1, hi1, ...), a tuple of "
+                    f"(lo, hi) pairs, or ranges=((lo, hi), ...); got {args!r}")
+            else:
+                ranges = tuple((args[k], args[k + 1]) for k in range(0, len(args), 2))
+        if not isinstance(ranges, (tuple, list)) or not ranges:
+            raise CanvasTypeError(f"Rect: ranges must be a non-empty tuple of (lo, hi) pairs, got {ranges!r}")
+        rs = []
+        for pair in ranges:
+            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise CanvasTypeError(f"Rect: each range must be a (lo, hi) pair of ints, got {pair!r}")
+            lo_hi = []
+            for v in pair:
+                # ints and integer-like objects (numpy / torch integer scalars, via __index__)
+                try:
+                    if isinstance(v, bool):
+                        raise TypeError
+                    lo_hi.append(operator.index(v))
+                except TypeError:
+                    raise CanvasTypeError(
+                        f"Rect: bounds must be integers, got {v!r} in range {tuple(pair)!r}") from None
+            a, b = lo_hi
             if b < a:
-                raise SchemaError(f"Rect: range ({a}, {b}) has hi < lo")
-        self.ranges: Tuple[Tuple[int, int], ...] = rs
+                raise SchemaError(f"Rect: range ({a}, {b}) has hi < lo; give (lo, hi) with lo <= hi")
+            rs.append((a, b))
+        self.ranges: Tuple[Tuple[int, int], ...] = tuple(rs)
 
     @property
     def ndim(self) -> int:
@@ -193,9 +225,7 @@ class Rect:
         return v
 
     def _r(self, k: int, j: int) -> int:
-        if k >= len(self.ranges):
-            raise AttributeError(f"Rect with {len(self.ranges)} dims has no dim {k}")
-        return self.ranges[k][j]
+        return self.ranges[k][j] if k < len(self.ranges) else 0
 
     t0 = property(lambda self: self._r(0, 0))
     t1 = property(lambda self: self._r(0, 1))
@@ -223,6 +253,8 @@ def _to_bool_array(mask: Any):
 
     if hasattr(mask, "detach"):
         mask = mask.detach().cpu().numpy()
+    if isinstance(mask, (str, bytes)) or mask is None:
+        raise ShapeError(f"rect_cover: mask must be an N-d binary array (0/1 or bool), got {type(mask).__name__}")
     try:
         arr = np.asarray(mask)
     except Exception as exc:  # ragged lists etc.
@@ -231,6 +263,15 @@ def _to_bool_array(mask: Any):
         raise ShapeError("rect_cover: mask must be a rectangular N-d boolean array (got ragged input)")
     if arr.ndim == 0:
         raise ShapeError("rect_cover: mask must have at least one dimension")
+    if arr.dtype != bool:
+        if arr.dtype.kind not in "biuf":
+            raise ShapeError(f"rect_cover: mask must hold 0/1 or bool values, got dtype {arr.dtype}")
+        bad = ~((arr == 0) | (arr == 1))
+        if bad.any():
+            where = tuple(int(v) for v in np.argwhere(bad)[0])
+            raise SchemaError(
+                f"rect_cover: mask must be binary (0/1 or bool); found {arr[where].item()!r} at index {where}. "
+                "Threshold it first, e.g. rect_cover(mask > 0.5)")
     return arr.astype(bool)
 
 
@@ -242,7 +283,9 @@ def rect_cover(mask: Any, min_area: int = 4) -> List[Rect]:
     returned rectangles equals the mask, they are pairwise disjoint, each has volume >= 1.
 
     Args:
-        mask: N-d boolean torch tensor, numpy array or nested lists (e.g. ``(T, H, W)``).
+        mask: N-d binary torch tensor, numpy array or nested lists (e.g. ``(T, H, W)``): bool,
+            or numbers that are all 0 or 1.  Any other value (2, 0.5, NaN) raises ``SchemaError``
+            (threshold first); ragged or 0-d input raises ``ShapeError``.
         min_area: kept for canvas-engineering compatibility: a *preference*, never at the cost
             of exactness.  Exactness wins, so rectangles smaller than ``min_area`` appear
             wherever the mask forces them (an isolated true cell is a volume-1 rectangle).

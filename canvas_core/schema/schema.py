@@ -118,8 +118,9 @@ class CanvasSchema:
         return text
 
     @classmethod
-    def from_json(cls, source: Union[str, os.PathLike]) -> "CanvasSchema":
-        """Load from a JSON file path or a JSON string."""
+    def from_json(cls, path: Union[str, os.PathLike]) -> "CanvasSchema":
+        """Load from a JSON file path or a JSON string (``path``, named as in canvas-engineering)."""
+        source = path
         text, where = _read_source(source)
         try:
             data = json.loads(text)

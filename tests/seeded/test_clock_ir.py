@@ -119,11 +119,13 @@ def test_max_silence_fires_when_never_fired():
     assert [ms.evaluate(ctx(t, last_fired=2)) for t in range(3, 9)] == [t - 2 >= 5 for t in range(3, 9)]
 
 
-def test_on_event_source_split_first_dot_then_last():
+def test_on_event_source_split_last_dot_then_first():
     e = clock_on("a.b.c", gt=0)
-    assert e.evaluate(ctx(summaries={"a": {"b.c": 1.0}}))  # canvas-engineering: first dot
-    assert e.evaluate(ctx(summaries={"a.b": {"c": 1.0}}))  # dotted region name
+    assert e.evaluate(ctx(summaries={"a.b": {"c": 1.0}}))  # canvas-engineering: last dot (dotted region)
+    assert e.evaluate(ctx(summaries={"a": {"b.c": 1.0}}))  # fallback: dotted kind name
     assert not e.evaluate(ctx(summaries={"a": {"c": 1.0}}))
+    # both readings present: the last-dot one wins, as in canvas-engineering
+    assert not e.evaluate(ctx(summaries={"a.b": {"c": -1.0}, "a": {"b.c": 1.0}}))
 
 
 @settings(max_examples=40, deadline=None)
@@ -137,5 +139,5 @@ def test_same_dicts_and_decisions_as_canvas_engineering(e, t, v, b, last, cdu):
     summ = {"a": {"err": v}}
     mine_ctx = ClockContext(external_t=t, summaries=summ, boundary=b, last_fired=last, cooldown_until=cdu)
     ce_ctx = ce.ClockContext(external_t=t, summaries=summ, boundary=b, last_fired=last, cooldown_until=cdu)
-    if "b.c" not in repr(e.to_dict()):  # region names with dots: ours falls back to the last dot
+    if "b.c" not in repr(e.to_dict()):  # a source whose region has no summary: ce reads 0.0
         assert e.evaluate(mine_ctx) == theirs.evaluate(ce_ctx)
