@@ -76,12 +76,16 @@ def draw_schema(
     else:
         raise CanvasTypeError(f"draw_schema expects a CanvasSchema or CanvasLayout, got {type(schema).__name__}")
 
+    if isinstance(max_frames, bool) or not isinstance(max_frames, int) or max_frames < 1:
+        raise CanvasError(f"draw_schema: max_frames must be an int >= 1, got {max_frames!r}")
     names = list(layout.region_names)
     base = plt.get_cmap("tab20")
     colors = [base(i % 20) for i in range(len(names))]
     cmap = ListedColormap([(0.95, 0.95, 0.95, 1.0)] + colors)
     frames = list(range(layout.T))
-    if len(frames) > max_frames:
+    if max_frames == 1:
+        frames = [0]
+    elif len(frames) > max_frames:
         step = (layout.T - 1) / (max_frames - 1)
         frames = sorted({round(i * step) for i in range(max_frames)})
 
@@ -136,8 +140,8 @@ def draw_schema(
     fig.suptitle(title or f"canvas {dims}  N={layout.num_positions}  d_model={layout.d_model}", fontsize=11)
     fig.tight_layout(rect=(0, 0.08, 0.93 if topo is not None else 1, 0.95))
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(out, dpi=dpi)
     except OSError as exc:
         raise CanvasError(f"cannot write picture to {str(out)!r}: {exc.strerror or exc}") from None

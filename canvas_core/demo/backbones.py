@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -25,7 +25,8 @@ class DemoBackbone:
 
     ``build(seed)`` makes the tiny model, ``load(path)`` a pretrained one, ``inputs(video, seed)``
     the forward kwargs, ``output(model, kwargs)`` the tensor the action head reads, ``regions``
-    maps the token layout to the program's ``video`` / ``action`` / ``reward`` regions.
+    maps the token layout to the program's ``video`` / ``action`` / ``reward`` regions,
+    ``video_shape(model)`` the task's latent video ``(frames, height, width)`` the model accepts.
     """
 
     name: str
@@ -36,6 +37,21 @@ class DemoBackbone:
     output: Callable[[nn.Module, Dict[str, Any]], torch.Tensor]
     regions: Callable[[Any], Dict[str, tuple]]
     channels: Callable[[nn.Module], int] = lambda model: int(model.config["in_channels"])
+    video_shape: Callable[[nn.Module], Tuple[int, int, int]] = lambda model: (4, 8, 8)
+
+
+def _round_up(n: int, k: int) -> int:
+    return k * -(-n // k)
+
+
+def _diffusers_video_shape(model: nn.Module) -> Tuple[int, int, int]:
+    """4 frames of 8 x 8 latents, rounded up to whole patches (``patch_size``, ``patch_size_t``);
+    a model with learned positional embeddings gets its trained ``sample_height/width``."""
+    cfg = model.config
+    p, pt = int(cfg["patch_size"]), cfg.get("patch_size_t") or 1
+    if cfg.get("use_learned_positional_embeddings"):
+        return _round_up(4, pt), int(cfg["sample_height"]), int(cfg["sample_width"])
+    return _round_up(4, pt), _round_up(8, p), _round_up(8, p)
 
 
 # ------------------------------------------------------------------ CogVideoX
@@ -55,15 +71,26 @@ def _load_diffusers(cls_path: str) -> Callable[[Path], nn.Module]:
     def load(path: Path) -> nn.Module:
         import importlib
 
+        import json
+
         module, _, name = cls_path.rpartition(".")
         cls = getattr(importlib.import_module(module), name)
         sub = "transformer" if (path / "transformer" / "config.json").exists() else None
         if sub is None and not (path / "config.json").exists():
             raise BackboneError(f"--pretrained {str(path)!r} has no config.json (nor transformer/config.json); "
                                 f"give a directory written by {name}.save_pretrained")
+        config = path / (sub or "") / "config.json"
         try:
-            return cls.from_pretrained(str(path), subfolder=sub)
-        except (OSError, ValueError, TypeError, KeyError) as exc:
+            saved = json.loads(config.read_text()).get("_class_name")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise BackboneError(f"--pretrained {str(path)!r}: {config} is not a readable JSON config ({exc}); "
+                                f"give a directory written by {name}.save_pretrained") from None
+        if saved is not None and saved != name:
+            raise BackboneError(f"--pretrained {str(path)!r} holds a {saved}, not a {name}; "
+                                "choose the matching --backbone or another directory")
+        try:  # low_cpu_mem_usage=False: the same weights, without asking for `accelerate`
+            return cls.from_pretrained(str(path), subfolder=sub, low_cpu_mem_usage=False)
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
             raise BackboneError(f"--pretrained {str(path)!r} could not be loaded as a {name}: {exc}; "
                                 f"give a directory written by {name}.save_pretrained") from exc
     return load
@@ -75,10 +102,48 @@ def _text(model: nn.Module, batch: int, seed: int, length_key: str) -> torch.Ten
     return torch.randn(1, cfg[length_key], cfg["text_embed_dim"], generator=g).expand(batch, -1, -1)
 
 
+def _crop_region(h: int, w: int, tw: int, th: int) -> tuple:
+    """diffusers' ``get_resize_crop_region_for_grid`` (CogVideoX pipeline) for grid ``(h, w)``."""
+    if h / w > th / tw:
+        rh, rw = th, int(round(th / h * w))
+    else:
+        rw, rh = tw, int(round(tw / w * h))
+    top, left = int(round((th - rh) / 2.0)), int(round((tw - rw) / 2.0))
+    return (top, left), (top + rh, left + rw)
+
+
+def _cog_rotary(model: nn.Module, video: torch.Tensor) -> Optional[tuple]:
+    """``image_rotary_emb`` ``(cos, sin)`` each ``(F' H' W', head_dim)`` exactly as diffusers'
+    CogVideoX pipeline builds it (the model does not make its own), or None without RoPE."""
+    cfg = model.config
+    if not cfg.get("use_rotary_positional_embeddings"):
+        return None
+    from diffusers.models.embeddings import get_3d_rotary_pos_embed
+
+    _, F, _, H, W = video.shape
+    p, pt = cfg["patch_size"], cfg.get("patch_size_t")
+    gh, gw = H // p, W // p
+    bw, bh = cfg["sample_width"] // p, cfg["sample_height"] // p
+    if pt is None:  # CogVideoX 1.0
+        cos, sin = get_3d_rotary_pos_embed(embed_dim=cfg["attention_head_dim"], crops_coords=_crop_region(gh, gw, bw, bh),
+                                           grid_size=(gh, gw), temporal_size=F, device=video.device)
+    else:  # CogVideoX 1.5
+        cos, sin = get_3d_rotary_pos_embed(embed_dim=cfg["attention_head_dim"], crops_coords=None, grid_size=(gh, gw),
+                                           temporal_size=(F + pt - 1) // pt, grid_type="slice", max_size=(bh, bw),
+                                           device=video.device)
+    return cos.to(video.dtype), sin.to(video.dtype)
+
+
 def _cog_inputs(model: nn.Module, video: torch.Tensor, seed: int) -> Dict[str, Any]:
     B = video.shape[0]
-    return dict(hidden_states=video, encoder_hidden_states=_text(model, B, seed, "max_text_seq_length").to(video),
-                timestep=torch.full((B,), 500, dtype=torch.long, device=video.device))
+    kwargs = dict(hidden_states=video, encoder_hidden_states=_text(model, B, seed, "max_text_seq_length").to(video),
+                  timestep=torch.full((B,), 500, dtype=torch.long, device=video.device))
+    rope = _cog_rotary(model, video)
+    if rope is not None:
+        kwargs["image_rotary_emb"] = rope
+    if model.config.get("ofs_embed_dim"):  # CogVideoX 1.5 I2V: the pipeline's ofs is 2.0
+        kwargs["ofs"] = torch.full((B,), 2.0, device=video.device, dtype=video.dtype)
+    return kwargs
 
 
 def _sample(model: nn.Module, kwargs: Dict[str, Any]) -> torch.Tensor:
@@ -86,12 +151,19 @@ def _sample(model: nn.Module, kwargs: Dict[str, Any]) -> torch.Tensor:
 
 
 def _text_grid_regions(tokens: Any) -> Dict[str, tuple]:
+    """``action`` on text tokens 0-1 and ``reward`` on text token 2 (text token j sits at row
+    ``r0 + j // w``, column ``j % w`` of the text rows, ``w`` the grid width)."""
+    regions = tokens.layout.regions
+    L = int(tokens.info.get("text_len", 0))
+    if "text" not in regions or L < 3:
+        raise BackboneError(f"the demo needs at least 3 text tokens (2 action + 1 reward); this model's prompt has "
+                            f"{L} (raise max_text_seq_length / max_sequence_length in its config)")
     video = tokens.layout.region_spec("video").bounds
-    text = tokens.layout.region_spec("text").bounds
-    t0, _, r0, _, c0, c1 = text
-    if c1 - c0 < 3:
-        raise BackboneError("the demo needs at least 3 text tokens (2 action + 1 reward)")
-    return {"video": video, "action": (t0, t0 + 1, r0, r0 + 1, c0, c0 + 2), "reward": (t0, t0 + 1, r0, r0 + 1, c0 + 2, c0 + 3)}
+    t0, _, r0, _, c0, c1 = tokens.layout.region_spec("text").bounds
+    w = c1 - c0
+    action = (t0, t0 + 1, r0, r0 + 1, c0, c0 + 2) if w >= 2 else (t0, t0 + 1, r0, r0 + 2, c0, c0 + 1)
+    rr, rc = r0 + 2 // w, c0 + 2 % w
+    return {"video": video, "action": action, "reward": (t0, t0 + 1, rr, rr + 1, rc, rc + 1)}
 
 
 # ------------------------------------------------------------------ Mochi
@@ -132,26 +204,48 @@ def _vit_build(seed: int) -> nn.Module:
 
 
 def _vit_load(path: Path) -> nn.Module:
+    """A timm directory with ``config.json`` (``timm.models.save_for_hf``: any ViT), or a bare
+    ``model.safetensors`` of the demo's tiny ViT configuration."""
     import timm
 
-    weights = path / "model.safetensors"
-    if not weights.exists():
-        raise BackboneError(f"--pretrained {str(path)!r}: for vit, give a directory with model.safetensors "
-                            "(timm weights of vit_tiny_patch16_224 at img_size=32, patch_size=8, in_chans=4)")
-    return timm.create_model("vit_tiny_patch16_224", pretrained=True, img_size=32, patch_size=8, depth=2,
-                             embed_dim=32, num_heads=2, num_classes=0, in_chans=4,
-                             pretrained_cfg_overlay=dict(file=str(weights)))
+    if (path / "config.json").exists():
+        name, kwargs = f"local-dir:{path}", {}
+    elif (path / "model.safetensors").exists():
+        name = "vit_tiny_patch16_224"
+        kwargs = dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2, num_classes=0, in_chans=4,
+                      pretrained_cfg_overlay=dict(file=str(path / "model.safetensors")))
+    else:
+        raise BackboneError(f"--pretrained {str(path)!r}: for vit, give a timm directory with config.json "
+                            "(timm.models.save_for_hf(model, dir, safe_serialization=True)), or a model.safetensors "
+                            "of vit_tiny_patch16_224 at img_size=32, patch_size=8, depth=2, embed_dim=32, in_chans=4")
+    try:
+        model = timm.create_model(name, pretrained=True, **kwargs)
+    except (OSError, ValueError, TypeError, KeyError, RuntimeError, AssertionError) as exc:
+        raise BackboneError(f"--pretrained {str(path)!r} could not be loaded as a timm ViT: {exc}; without "
+                            "config.json the weights must be the demo's tiny ViT configuration") from exc
+    if type(model).__name__ != "VisionTransformer":
+        raise BackboneError(f"--pretrained {str(path)!r} holds a timm {type(model).__name__}, not a "
+                            "VisionTransformer; the vit backbone needs a timm ViT")
+    return model
+
+
+def _vit_image_size(model: nn.Module) -> Tuple[int, int]:
+    size = getattr(model.patch_embed, "img_size", None) or (32, 32)
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def _vit_inputs(model: nn.Module, video: torch.Tensor, seed: int) -> Dict[str, Any]:
-    # frames side by side as a 2x2 mosaic of the first channel, upsampled to the ViT's 32x32
+    # frames side by side as a 2x2 mosaic of the first channel, resized to the ViT's image size and
+    # repeated over its input channels
     B, F, C, H, W = video.shape
     frames = video[:, :4, 0]
     if F < 4:
         frames = torch.cat([frames, frames[:, -1:].expand(B, 4 - F, H, W)], 1)
     mosaic = torch.cat([torch.cat([frames[:, 0], frames[:, 1]], -1), torch.cat([frames[:, 2], frames[:, 3]], -1)], -2)
-    img = torch.nn.functional.interpolate(mosaic.unsqueeze(1), size=(32, 32), mode="nearest")
-    return dict(x=img.expand(B, 4, 32, 32).contiguous())
+    size = _vit_image_size(model)
+    img = torch.nn.functional.interpolate(mosaic.unsqueeze(1), size=size, mode="nearest")
+    chans = int(model.patch_embed.proj.in_channels)
+    return dict(x=img.expand(B, chans, *size).contiguous())
 
 
 def _vit_output(model: nn.Module, kwargs: Dict[str, Any]) -> torch.Tensor:
@@ -159,6 +253,9 @@ def _vit_output(model: nn.Module, kwargs: Dict[str, Any]) -> torch.Tensor:
 
 
 def _vit_regions(tokens: Any) -> Dict[str, tuple]:
+    if "cls" not in tokens.layout.regions:
+        raise BackboneError("the demo reads the action at the ViT's class token, and this ViT has no prefix tokens "
+                            "(class_token=False, reg_tokens=0); use a ViT with a class or register token")
     patches = tokens.layout.region_spec("patches").bounds
     cls = tokens.layout.region_spec("cls").bounds
     return {"video": patches, "action": (cls[0], cls[1], cls[2], cls[2] + 1, cls[4], cls[4] + 1)}
@@ -167,10 +264,10 @@ def _vit_regions(tokens: Any) -> Dict[str, tuple]:
 BACKBONES: Dict[str, DemoBackbone] = {
     "cogvideox": DemoBackbone("cogvideox", "canvas-plugin-cogvideox", _cog_build,
                               _load_diffusers("diffusers.CogVideoXTransformer3DModel"), _cog_inputs, _sample,
-                              _text_grid_regions),
+                              _text_grid_regions, video_shape=_diffusers_video_shape),
     "mochi": DemoBackbone("mochi", "canvas-plugin-mochi", _mochi_build,
                           _load_diffusers("diffusers.MochiTransformer3DModel"), _mochi_inputs, _mochi_output,
-                          _text_grid_regions),
+                          _text_grid_regions, video_shape=_diffusers_video_shape),
     "vit": DemoBackbone("vit", "canvas-plugin-vit", _vit_build, _vit_load, _vit_inputs, _vit_output, _vit_regions,
                         channels=lambda model: 4),  # the mosaic uses channel 0 only
 }

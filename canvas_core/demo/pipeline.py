@@ -262,7 +262,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> DemoResult:
 
     # 1. backbone and its token grid; 2. the typed program on that grid
     backbone = _build(recipe, cfg).eval()
-    task = BlobTask(channels=recipe.channels(backbone))  # a pretrained model's latent channel count
+    frames, height, width = recipe.video_shape(backbone)  # whole patches of a pretrained model too
+    task = BlobTask(frames=frames, channels=recipe.channels(backbone), height=height, width=width)
     probe = task.sample(2, torch.Generator().manual_seed(cfg.seed))
     from canvas_core import graft_looped_blocks
 

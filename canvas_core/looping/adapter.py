@@ -111,7 +111,9 @@ class BackboneAdapter:
     """Base class of backbone adapters. Override what differs from the defaults.
 
     Class attributes: ``name``; ``model_classes`` (patterns for :func:`class_matches`);
-    ``block_attr`` (attribute holding the block list); ``streams`` (looped inputs of a block).
+    ``block_attr`` (attribute holding the block list); ``streams`` (looped inputs of a block);
+    ``output_channel_dim``: the channel axis of the model's output the ActionHead reads (2 for
+    ``(B, T, C, *spatial)`` as CogVideoX, 1 for ``(B, C, T, *spatial)`` as Mochi).
     """
 
     name: str = "base"
@@ -119,6 +121,7 @@ class BackboneAdapter:
     block_attr: Optional[str] = None
     streams: Tuple[str, ...] = ("hidden_states",)
     input_attrs: Tuple[str, ...] = ("patch_embed",)
+    output_channel_dim: int = 2
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -199,7 +202,16 @@ class BackboneAdapter:
         if not targets:
             raise BackboneError(
                 f"adapter {self.name!r} installed no canvas attention in {type(model).__name__}; "
-                "call graft_looped_blocks first or adapter.prepare(model)"
+                "call graft_looped_blocks first or adapter.prepare(model). If the model is "
+                "grafted, its blocks' attention is not of a kind this adapter replaces, so "
+                "topologies are not available for it"
+            )
+        n_blocks = len(self.blocks(model))
+        if topology is not None and len(targets) < n_blocks:
+            raise BackboneError(
+                f"adapter {self.name!r} has canvas attention in only {len(targets)} of the "
+                f"{n_blocks} blocks of {type(model).__name__} (the others use an attention it "
+                "does not replace); a topology would apply to some blocks only, so it is refused"
             )
         if topology is None:
             for t in targets:

@@ -192,6 +192,13 @@ def save_loop_checkpoint(
 
 
 def _describe_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
+    sh, ch = saved.get("head", {}), current.get("head", {})
+    if bool(sh) != bool(ch):
+        return (
+            "the checkpoint holds an action head but none was given (pass the ActionHead)"
+            if sh
+            else "an action head was given but the checkpoint holds none (pass action_head=None)"
+        )
     sb, cb = saved.get("blocks", []), current.get("blocks", [])
     if len(sb) != len(cb):
         return f"the checkpoint has {len(sb)} looped blocks, the model has {len(cb)}"
@@ -264,6 +271,16 @@ def load_loop_checkpoint(
         user = json.loads(header.get("user_metadata", "{}") or "{}")
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path!r} has a corrupt header: {e}") from e
+    if (
+        not isinstance(saved, dict)
+        or not isinstance(saved.get("blocks", []), list)
+        or not all(isinstance(b, dict) for b in saved.get("blocks", []))
+        or not isinstance(saved.get("head", {}), dict)
+    ):
+        raise CheckpointError(
+            f"{path!r} has a corrupt header: 'structure' is not the description of looped blocks "
+            "and a head written by save_loop_checkpoint"
+        )
     current = loop_structure(looped_blocks, action_head)
     if header.get("structure_hash") != _hash(current):
         raise CheckpointError(
@@ -288,6 +305,15 @@ def load_loop_checkpoint(
         if extra:
             raise CheckpointError(f"loop checkpoint {path!r} has action-head tensors {extra} the model lacks")
         pairs.extend((f"head.{n}", t) for n, t in current_head.items())
+    expected_keys = {key for key, _ in pairs}
+    unexpected = sorted(
+        k for k in tensors if k not in expected_keys and (k.startswith("blocks.") or not k.startswith("head."))
+    )
+    if unexpected:
+        raise CheckpointError(
+            f"loop checkpoint {path!r} has tensors {unexpected[:5]} that no looped block of this "
+            "model holds; the file is corrupt or belongs to another model"
+        )
     for key, p in pairs:
         if key not in tensors:
             raise CheckpointError(f"loop checkpoint {path!r} lacks tensor {key!r}")
@@ -301,6 +327,11 @@ def load_loop_checkpoint(
             raise CheckpointError(
                 f"loop checkpoint {path!r}: tensor {key!r} is {t.dtype} but the model's is {p.dtype}; "
                 "the file is corrupt or belongs to another model"
+            )
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(
+                f"loop checkpoint {path!r}: tensor {key!r} holds NaN or infinite values; the file is "
+                "corrupt or the run that saved it diverged"
             )
     with torch.no_grad():
         for key, p in pairs:

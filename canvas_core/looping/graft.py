@@ -35,6 +35,34 @@ def _action_head_cls():
     return ActionHead
 
 
+def _make_action_head(
+    adapter: Any, latent_channels: int, action_dim: int, hidden_dim: Optional[int]
+) -> nn.Module:
+    """The ActionHead for the model's output layout: ``(B, T, C, *spatial)`` (channel axis 2,
+    CogVideoX) by default, ``(B, C, T, *spatial)`` when the adapter's ``output_channel_dim`` is 1
+    (Mochi), so ``head(model(...).sample)`` pools the right axis for every backbone."""
+    cdim = getattr(adapter, "output_channel_dim", 2)
+    if cdim == 1:
+        from canvas_core.looping.heads import ChannelFirstActionHead
+
+        return ChannelFirstActionHead(
+            latent_channels=latent_channels, action_dim=action_dim, hidden_dim=hidden_dim
+        )
+    return _action_head_cls()(
+        latent_channels=latent_channels, action_dim=action_dim, hidden_dim=hidden_dim
+    )
+
+
+def _check_pos_int(name: str, value: Any, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BackboneError(
+            f"graft_looped_blocks: {name} must be an int >= 1{' or None' if optional else ''}, "
+            f"got {value!r}"
+        )
+
+
 def looped_blocks_of(model: nn.Module) -> List[LoopedBlockWrapper]:
     """Every ``LoopedBlockWrapper`` inside ``model``, in module order."""
     _check_module(model, "looped_blocks_of")
@@ -143,6 +171,19 @@ def graft_looped_blocks(
         )
     if not isinstance(action_dim, int) or isinstance(action_dim, bool) or action_dim < 1:
         raise BackboneError(f"action_dim must be an int >= 1, got {action_dim!r}")
+    _check_pos_int("latent_channels", latent_channels, optional=True)
+    _check_pos_int("inner_dim", inner_dim, optional=True)
+    _check_pos_int("action_hidden_dim", action_hidden_dim, optional=True)
+    if isinstance(gate_init_bias, bool) or not isinstance(gate_init_bias, (int, float)):
+        raise BackboneError(
+            f"graft_looped_blocks: gate_init_bias must be a number (0.0 keeps the graft identical "
+            f"to the backbone at initialisation), got {gate_init_bias!r}"
+        )
+    if sharpening is not None and not callable(sharpening):
+        raise CanvasTypeError(
+            f"graft_looped_blocks: sharpening must be a SharpeningSchedule or callable(loop_idx) "
+            f"-> beta, got {type(sharpening).__name__}"
+        )
     if block_attr is not None and (not isinstance(block_attr, str) or not block_attr):
         raise CanvasTypeError(
             f"graft_looped_blocks: block_attr must be the name (str) of the model's block list, "
@@ -182,6 +223,12 @@ def graft_looped_blocks(
             "for the generic adapter"
         ) from exc
     if inner_dim is not None:
+        if not isinstance(a, GenericAdapter) and inner_dim != dims[0]:
+            raise BackboneError(
+                f"graft_looped_blocks: inner_dim={inner_dim} but {type(transformer).__name__}'s "
+                f"hidden states are {dims[0]} wide (adapter {a.name!r}); the loop embeddings are "
+                "added to the hidden states, so leave inner_dim=None"
+            )
         dims[0] = inner_dim
     a.prepare(transformer)
     try:
@@ -218,9 +265,7 @@ def graft_looped_blocks(
         freeze_half(transformer, a)
     else:
         freeze_none(transformer)
-    head = _action_head_cls()(
-        latent_channels=lc, action_dim=action_dim, hidden_dim=action_hidden_dim
-    )
+    head = _make_action_head(a, lc, action_dim, action_hidden_dim)
     head.to(device)
     return wrapped, head
 

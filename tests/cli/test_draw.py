@@ -61,3 +61,23 @@ def test_cli_draw_missing_file_is_clear_error(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_max_frames_one_and_bad_values(tmp_path):
+    from tests.schema.test_layout import seed_layout
+
+    schema = CanvasSchema(layout=seed_layout(), topology=CanvasTopology([Connection(src="visual", dst="visual")]))
+    assert schema.layout.T > 1
+    assert png_size(draw_schema(schema, tmp_path / "one.png", max_frames=1))[0] > 100
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(CanvasError, match="max_frames must be an int >= 1"):
+            draw_schema(schema, tmp_path / "bad.png", max_frames=bad)
+
+
+def test_cli_draw_unwritable_output_is_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")  # a file where the output folder should be
+    proc = subprocess.run([sys.executable, "-m", "canvas_core.cli", "draw", "example", "-o",
+                           str(blocker / "sub" / "x.png")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "cannot write picture" in proc.stderr and "Traceback" not in proc.stderr

@@ -153,3 +153,66 @@ def test_schema_recorded_at_graft_is_checked_automatically(tmp_path):
     m3 = Tiny()
     b3, h3 = graft_looped_blocks(m3, max_loops=2, inner_dim=16, latent_channels=4, schema=s1)
     load_loop_checkpoint(b3, h3, str(path))
+
+
+def _rewrite(path, out, tensors=None, meta=None):
+    """Copy the loop checkpoint ``path`` to ``out`` with some tensors / header entries replaced."""
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as f:
+        header = dict(f.metadata())
+    t = load_file(str(path))
+    t.update(tensors or {})
+    header.update(meta or {})
+    save_file(t, str(out), metadata=header)
+    return str(out)
+
+
+def _loop_values(blocks, head):
+    return [p.detach().clone() for b in blocks for p in b.loop_parameters()] + [
+        v.clone() for v in head.state_dict().values()
+    ]
+
+
+def test_non_finite_values_refused_and_model_untouched(tmp_path):
+    _, blocks, head = grafted()
+    path = tmp_path / "c.safetensors"
+    save_loop_checkpoint(blocks, head, str(path))
+    bad = _rewrite(path, tmp_path / "nan.safetensors", {"blocks.1.loop_gate": torch.tensor([0.0, float("nan")])})
+    _, b2, h2 = grafted(seed=3)
+    before = _loop_values(b2, h2)
+    with pytest.raises(CheckpointError, match=r"'blocks.1.loop_gate' holds NaN"):
+        load_loop_checkpoint(b2, h2, bad)
+    assert all(torch.equal(a, b) for a, b in zip(before, _loop_values(b2, h2)))
+
+
+def test_unexpected_tensors_refused(tmp_path):
+    _, blocks, head = grafted()
+    path = tmp_path / "c.safetensors"
+    save_loop_checkpoint(blocks, head, str(path))
+    bad = _rewrite(path, tmp_path / "extra.safetensors", {"blocks.7.loop_emb": torch.zeros(3, 16)})
+    with pytest.raises(CheckpointError, match=r"blocks\.7\.loop_emb"):
+        load_loop_checkpoint(blocks, head, bad)
+
+
+@pytest.mark.parametrize("structure", ["[1, 2]", '{"blocks": 3, "head": {}}', '"x"'])
+def test_corrupt_structure_header_refused(tmp_path, structure):
+    _, blocks, head = grafted()
+    path = tmp_path / "c.safetensors"
+    save_loop_checkpoint(blocks, head, str(path))
+    bad = _rewrite(path, tmp_path / "s.safetensors", meta={"structure": structure, "structure_hash": "0" * 64})
+    with pytest.raises(CheckpointError, match="corrupt header"):
+        load_loop_checkpoint(blocks, head, bad)
+
+
+def test_missing_or_extra_head_named_clearly(tmp_path):
+    _, blocks, head = grafted()
+    path = tmp_path / "c.safetensors"
+    save_loop_checkpoint(blocks, head, str(path))
+    with pytest.raises(CheckpointError, match="holds an action head but none was given"):
+        load_loop_checkpoint(blocks, None, str(path))
+    no_head = tmp_path / "nohead.safetensors"
+    save_loop_checkpoint(blocks, None, str(no_head))
+    with pytest.raises(CheckpointError, match="checkpoint holds none"):
+        load_loop_checkpoint(blocks, head, str(no_head))
+    load_loop_checkpoint(blocks, None, str(no_head))

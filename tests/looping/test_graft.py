@@ -177,3 +177,42 @@ def test_freeze_half_needs_an_input_embedding():
     with pytest.raises(BackboneError, match="patch_embed"):
         graft_looped_blocks(m, freeze="half", inner_dim=4, latent_channels=4)
     assert isinstance(m.blocks[0], Block)  # refused before anything changed
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(latent_channels="4"), "latent_channels must be an int"),
+        (dict(latent_channels=0), "latent_channels must be an int"),
+        (dict(action_hidden_dim=-1), "action_hidden_dim must be an int"),
+        (dict(inner_dim=True), "inner_dim must be an int"),
+        (dict(gate_init_bias="x"), "gate_init_bias must be a number"),
+        (dict(sharpening=2.0), "sharpening must be a SharpeningSchedule"),
+    ],
+)
+def test_bad_arguments_refused_before_the_model_changes(kwargs, match):
+    torch.manual_seed(0)
+    m = Net()
+    x = torch.randn(2, 5, 3)
+    ref = m(x)
+    with pytest.raises(CanvasError, match=match):
+        graft_looped_blocks(m, max_loops=2, **kwargs)
+    assert not any(isinstance(b, LoopedBlockWrapper) for b in m.transformer_blocks)
+    assert all(p.requires_grad for p in m.parameters())
+    assert torch.equal(m(x), ref)
+
+
+def test_inner_dim_other_than_the_adapters_hidden_size_refused():
+    class WidthAdapter(BackboneAdapter):
+        name = "width"
+        block_attr = "transformer_blocks"
+
+        def hidden_size(self, model):
+            return model.embed_dim
+
+    m = Net(d=12)
+    with pytest.raises(BackboneError, match=r"inner_dim=8 .* 12 wide"):
+        graft_looped_blocks(m, max_loops=2, adapter=WidthAdapter(), inner_dim=8)
+    assert not any(isinstance(b, LoopedBlockWrapper) for b in m.transformer_blocks)
+    blocks, _ = graft_looped_blocks(m, max_loops=2, adapter=WidthAdapter(), inner_dim=12)
+    assert blocks[0].loop_emb.shape == (2, 12)

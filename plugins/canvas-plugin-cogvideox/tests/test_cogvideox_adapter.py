@@ -375,3 +375,40 @@ def test_cuda_bf16_graft_identity_and_topology():
     out = m(**kw).sample
     head(out.float()).sum().backward()
     assert all(b.loop_gate.grad is not None for b in blocks)
+
+
+@pytest.mark.parametrize(
+    "over, frames",
+    [
+        (dict(num_layers=1, patch_size=4), 3),
+        (dict(num_layers=3, num_attention_heads=4, attention_head_dim=4, temporal_compression_ratio=2), 5),
+        (dict(use_rotary_positional_embeddings=True, use_learned_positional_embeddings=True), 3),
+        (dict(patch_size_t=3, use_rotary_positional_embeddings=True, ofs_embed_dim=8), 6),
+        (dict(max_text_seq_length=3, norm_elementwise_affine=False), 4),
+    ],
+    ids=["p4-1layer", "tcr2-3layers", "learned-pos", "pt3-ofs", "short-text"],
+)
+def test_other_configs_identity_at_every_loop_count_and_dense_topology(over, frames):
+    from canvas_core.schema import CanvasTopology
+
+    cfg = dict(TINY, **over)
+    m = make(cfg)
+    kw = inputs(cfg, frames=frames)
+    if cfg.get("ofs_embed_dim"):
+        kw["ofs"] = torch.tensor([2.0, 2.0])
+    with torch.no_grad():
+        ref = m(**kw).sample
+    blocks, head = graft_looped_blocks(m, max_loops=4)
+    for n in (1, 2, 3, 4):
+        loop_count(m, n)
+        with torch.no_grad():
+            assert torch.equal(m(**kw).sample, ref), n
+    ad = get_adapter(m)
+    tl = ad.token_layout(m, kw)
+    pt = cfg.get("patch_size_t") or 1
+    assert tl.info["frames"] == -(-frames // pt)
+    assert tl.seq_len == cfg["max_text_seq_length"] + tl.info["frames"] * (8 // cfg["patch_size"]) ** 2
+    ad.install_topology(m, CanvasTopology.dense(["video", "text"]), tl)
+    with torch.no_grad():
+        torch.testing.assert_close(m(**kw).sample, ref, rtol=1e-5, atol=1e-5)
+    assert head(ref).shape == (2, 7)

@@ -108,6 +108,7 @@ class MochiAdapter(BackboneAdapter):
     block_attr = "transformer_blocks"
     streams = ("hidden_states", "encoder_hidden_states")
     input_attrs = ("patch_embed",)
+    output_channel_dim = 1  # sample is (B, C, F, H, W): the ActionHead reads channels first
 
     def hidden_size(self, model: nn.Module) -> int:
         c = model.config

@@ -7,6 +7,7 @@ import torch
 from canvas_plugin_mochi.adapter import CanvasMochiAttnProcessor, MochiAdapter
 from diffusers import MochiTransformer3DModel
 
+from canvas_core.errors import ShapeError
 from canvas_core.looping import SharpeningSchedule, get_adapter, graft_looped_blocks
 
 pytestmark = pytest.mark.filterwarnings("ignore:In CPU autocast")
@@ -77,7 +78,7 @@ def test_full_freeze_gradients_and_count():
     assert sum(p.numel() for p in m.parameters() if p.requires_grad) == expected
     m.train()
     out = m(**inputs()).sample  # (B, C, F, H, W)
-    (out.pow(2).mean() + head(out.transpose(1, 2)).pow(2).mean()).backward()
+    (out.pow(2).mean() + head(out).pow(2).mean()).backward()  # the head reads Mochi's layout
     got = {n for n, p in m.named_parameters() if p.grad is not None}
     assert got == {
         f"transformer_blocks.{i}.{k}"
@@ -196,3 +197,39 @@ def test_real_topology_dense_equals_backbone_and_sharpening_identity():
     ad.install_topology(m, CanvasTopology.dense(["video", "text"]), ad.token_layout(m, kw))
     with torch.no_grad():
         torch.testing.assert_close(m(**kw).sample, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_action_head_reads_mochi_channels_first_output():
+    # Mochi returns (B, C, F, H, W); the head must pool frames and space, not channels, also
+    # when F == C (where a (B, T, C, ...) head would silently pool the wrong axis).
+    m = make(dict(TINY, in_channels=3))
+    _, head = graft_looped_blocks(m, max_loops=2, action_dim=5)
+    kw = dict(inputs(dict(TINY, in_channels=3)))
+    kw["hidden_states"] = torch.randn(2, 3, 3, 8, 8)  # C == F == 3
+    with torch.no_grad():
+        out = m(**kw).sample
+        assert out.shape[1:3] == (3, 3)
+        want = head.net(out.mean(dim=(2, 3, 4)))
+        torch.testing.assert_close(head(out), want)
+        assert not torch.allclose(head(out), head.net(out.mean(dim=(1, 3, 4))))
+        torch.testing.assert_close(head(out.mean(dim=(2, 3, 4))), want)  # (B, C) also works
+    with pytest.raises(ShapeError, match=r"\(B, C=3, T"):
+        head(out.transpose(1, 2)[:, :2])  # (B, F, C, ...) with F != C is refused
+
+
+def test_attention_mask_with_every_prompt_token_padded_in_a_topology():
+    from canvas_core.schema import CanvasTopology
+
+    m = make()
+    kw = inputs()
+    kw["encoder_attention_mask"] = kw["encoder_attention_mask"].clone()
+    kw["encoder_attention_mask"][1] = 0  # sample 1 has no prompt token at all
+    with torch.no_grad():
+        ref = m(**kw).sample
+    graft_looped_blocks(m, max_loops=2)
+    ad = get_adapter(m)
+    ad.install_topology(m, CanvasTopology.dense(["video", "text"]), ad.token_layout(m, kw))
+    with torch.no_grad():
+        got = m(**kw).sample
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)

@@ -7,6 +7,7 @@ import timm
 import torch
 from canvas_plugin_vit.adapter import CanvasViTAttention, ViTAdapter
 
+from canvas_core.errors import BackboneError
 from canvas_core.looping import SharpeningSchedule, get_adapter, graft_looped_blocks
 
 TINY = dict(img_size=32, patch_size=8, depth=2, embed_dim=32, num_heads=2, num_classes=5)
@@ -162,3 +163,55 @@ def test_real_topology_and_sharpening():
         f2 = m.forward_features(x)
     torch.testing.assert_close(f1[:, 1:], f2[:, 1:])
     assert not torch.allclose(f1[:, 0], f2[:, 0])
+
+
+def test_topology_refused_when_some_blocks_keep_an_attention_it_cannot_replace():
+    from timm.layers import Attention
+
+    from canvas_core.schema import CanvasTopology
+
+    class OwnAttention(Attention):  # a subclass: the adapter does not replace it
+        pass
+
+    m = make()
+    old = m.blocks[1].attn
+    m.blocks[1].attn = OwnAttention(32, num_heads=2, qkv_bias=True)
+    m.blocks[1].attn.load_state_dict(old.state_dict())
+    graft_looped_blocks(m, max_loops=2)
+    ad = get_adapter(m)
+    tl = ad.token_layout(m)
+    with pytest.raises(BackboneError, match="only 1 of the 2 blocks"):
+        ad.install_topology(m, CanvasTopology.dense(["patches", "cls"]), tl)
+    assert all(getattr(t, "canvas_bias", None) is None for t in ad.attention_targets(m))
+
+
+@pytest.mark.parametrize("kw", [
+    dict(class_token=False, global_pool="avg", reg_tokens=3),
+    dict(reg_tokens=4, patch_size=4, depth=3),
+    dict(dynamic_img_size=True, reg_tokens=1),
+    dict(global_pool="map"),
+    dict(no_embed_class=True, img_size=(32, 48)),
+])
+def test_other_vit_configs_identity_and_dense_topology(kw):
+    from canvas_core.schema import CanvasTopology
+
+    torch.manual_seed(0)
+    m = timm.create_model("vit_tiny_patch16_224", pretrained=False, **{**TINY, **kw}).eval()
+    size = kw.get("img_size", (32, 32))
+    x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        ref = m(x)
+    blocks, _ = graft_looped_blocks(m, max_loops=4)
+    for n in (1, 2, 3, 4):
+        for b in blocks:
+            b.set_loops(n)
+        with torch.no_grad():
+            assert torch.equal(m(x), ref), n
+    ad = get_adapter(m)
+    tl = ad.token_layout(m, {"x": x})
+    assert tl.seq_len == m.num_prefix_tokens + (size[0] // m.patch_embed.patch_size[0]) * (
+        size[1] // m.patch_embed.patch_size[1]
+    )
+    ad.install_topology(m, CanvasTopology.dense(list(tl.layout.regions)), tl)
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), ref, rtol=1e-5, atol=1e-5)
