@@ -212,9 +212,13 @@ def _errors(pred: torch.Tensor, batch) -> Dict[str, float]:
 def _progress(it, desc: str, enabled: bool):
     if not enabled:
         return it
+    import sys
+
     from tqdm.auto import tqdm
 
-    return tqdm(it, desc=desc, leave=True, dynamic_ncols=True)
+    # redirected to a file or CI log: a few lines, not one per step
+    interactive = getattr(sys.stderr, "isatty", lambda: False)()
+    return tqdm(it, desc=desc, leave=True, dynamic_ncols=True, mininterval=0.1 if interactive else 10.0)
 
 
 def _check_config(cfg: DemoConfig) -> None:
