@@ -181,7 +181,7 @@ def _train(name, recipe, model, blocks, head, task, cfg, loops, with_reward, log
         opt.step()
         losses.append(loss.item())
         if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{loss.item():.4f}", loops=sched.get_loops(step))
+            bar.set_postfix(loss=f"{loss.item():.4f}", loops=sched.get_loops(step), refresh=False)
     if not cfg.progress:
         log(f"  trained {name}: {cfg.steps} steps, last loss {losses[-1] if losses else float('nan'):.4f}")
     return losses
