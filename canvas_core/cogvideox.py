@@ -59,6 +59,14 @@ def _looped_block_class() -> type:
                              io=BlockIO(("hidden_states", "encoder_hidden_states")),
                              stream_dims=(inner_dim, inner_dim), **kwargs)
 
+        def forward(self, hidden_states: Any, encoder_hidden_states: Any, temb: Any,
+                    image_rotary_emb: Any = None, **kwargs: Any) -> Any:
+            """Loop the block over both streams; ``temb``, ``image_rotary_emb`` (given to the block
+            only when not None) and any other keyword argument pass through unchanged."""
+            if image_rotary_emb is not None:
+                kwargs["image_rotary_emb"] = image_rotary_emb
+            return super().forward(hidden_states, encoder_hidden_states, temb, **kwargs)
+
     LoopedCogVideoXBlock.__module__ = __name__
     return LoopedCogVideoXBlock
 

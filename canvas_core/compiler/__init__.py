@@ -30,6 +30,18 @@ _LAZY = {
     "resolve_connections": "canvas_core.compiler.resolution",
 }
 
+# also reachable here (not in ``__all__``), as in ``canvas_engineering.compiler``, which imported
+# them into its namespace: ``from canvas_engineering.compiler import CanvasSchema`` keeps working
+_ALSO = {
+    "Connection": "canvas_core.schema",
+    "CanvasTopology": "canvas_core.schema",
+    "CanvasLayout": "canvas_core.schema",
+    "RegionSpec": "canvas_core.schema",
+    "CanvasSchema": "canvas_core.schema",
+    "CanvasProgram": "canvas_core.program",
+}
+_LAZY.update(_ALSO)
+
 
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)

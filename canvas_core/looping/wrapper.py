@@ -105,6 +105,23 @@ def _beta_targets(block: nn.Module) -> List[Any]:
     return found
 
 
+def _bind_first_stream(module: "LoopedBlockWrapper", args: tuple, kwargs: dict):
+    """Forward pre-hook: ``forward(hidden_states, *args, **kwargs)`` names its first stream
+    ``hidden_states`` (canvas-engineering's signature); a call giving the first stream by the
+    keyword of its ``io`` name (e.g. ``x=``) is rebound to it, and a call without it raises a
+    :class:`CanvasTypeError` that names the stream."""
+    if args or "hidden_states" in kwargs:
+        return None
+    name = module.io.streams[0]
+    if name not in kwargs:
+        raise CanvasTypeError(
+            f"looped block called without its looped input {name!r}; pass it as the first "
+            f"positional argument or as keyword {name!r} (streams: {list(module.io.streams)})"
+        )
+    kwargs = dict(kwargs)
+    return (kwargs.pop(name),), kwargs
+
+
 class LoopedBlockWrapper(nn.Module):
     """Wrap any transformer block for looped execution (see the module docstring for the rule).
 
@@ -170,6 +187,7 @@ class LoopedBlockWrapper(nn.Module):
         self.sharpening = None
         if sharpening is not None:
             self.set_sharpening(sharpening)
+        self.register_forward_pre_hook(_bind_first_stream, with_kwargs=True)
 
     # --- configuration -------------------------------------------------------------------------
     def set_loops(self, n: int) -> None:
@@ -234,10 +252,14 @@ class LoopedBlockWrapper(nn.Module):
             for t, b in zip(targets, old):
                 t.beta = b
 
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        """Run the block ``current_loops`` times. The looped streams are the first arguments
-        (``(B, N, D_k)`` each); every other argument is passed through unchanged."""
-        states, rest_args, rest_kwargs = self.io.split(args, kwargs)
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """Run the block ``current_loops`` times with the learned loop embeddings and gates.
+
+        ``hidden_states`` is the first looped stream (``(B, N, D)``); with several streams
+        (``io``) the others follow positionally or by keyword. Every other argument is passed
+        through to the block unchanged. A first stream named other than ``hidden_states`` in
+        ``io`` may also be given by its own keyword (``wrapper(x=x)``)."""
+        states, rest_args, rest_kwargs = self.io.split((hidden_states,) + args, kwargs)
         embs = self._embeddings()
         for name, s, d in zip(self.io.streams, states, self.stream_dims):
             if s.dim() < 3:

@@ -53,11 +53,15 @@ class MambaAttention(nn.Module):
     (``delta = 0`` and ``u = 0`` there: no decay, no write); a query whose allowed keys up to
     ``p(i)`` are empty outputs zeros.  Per-query differences beyond that are not modelled.
 
-    Args:
+    Args (positional order and defaults as canvas-engineering's ``MambaAttention``):
         d_model, n_heads, dropout: as every attention type (``n_heads`` is validated only).
-        d_state, d_conv, expand: Mamba's state size, conv width and expansion.
+        state_size: Mamba's state size ``N``.
         dt_rank: rank of the ``delta`` projection (0 = ``ceil(d_model / 16)``).
-        state_size: canvas-engineering's name for ``d_state`` (alias).
+
+    Keyword-only (canvas-core):
+        d_state: Mamba's own name for ``state_size`` (alias; giving both with different values
+            is an error).
+        d_conv, expand: Mamba's conv width and expansion.
         kernel: ``"auto"`` (mamba-ssm's CUDA ``selective_scan_fn`` when installed, the input is
             on CUDA and ``Nq == Nk``; the PyTorch scan otherwise), ``"mamba_ssm"`` or
             ``"mamba_torch"``.  The choice of the last call is in ``self.kernel_used``.
@@ -69,18 +73,26 @@ class MambaAttention(nn.Module):
     def __init__(
         self,
         d_model: int,
-        n_heads: int = 8,
+        n_heads: int = 4,
         dropout: float = 0.0,
-        d_state: int = 16,
+        state_size: int = 16,
+        dt_rank: int = 0,
+        *,
+        d_state: Optional[int] = None,
         d_conv: int = 4,
         expand: int = 2,
         kernel: str = "auto",
-        dt_rank: int = 0,
-        state_size: Optional[int] = None,
     ) -> None:
         super().__init__()
-        if state_size is not None:  # canvas-engineering's name for d_state
-            d_state = state_size
+        if d_state is None:
+            d_state_name, d_state = "state_size", state_size
+        else:  # Mamba's name for state_size
+            if state_size != 16 and state_size != d_state:
+                raise CanvasTypeError(
+                    f"mamba: state_size={state_size!r} and d_state={d_state!r} name the same "
+                    "setting; give one of them"
+                )
+            d_state_name = "d_state"
         _int("d_model", d_model, 1)
         _int("n_heads", n_heads, 1)
         if d_model % n_heads:
@@ -91,7 +103,7 @@ class MambaAttention(nn.Module):
             or not 0 <= dropout < 1
         ):
             raise CanvasTypeError(f"mamba: dropout must be a float in [0, 1), got {dropout!r}")
-        self.d_state = _int("d_state", d_state, 1)
+        self.d_state = self.state_size = _int(d_state_name, d_state, 1)
         self.d_conv = _int("d_conv", d_conv, 1)
         self.expand = _int("expand", expand, 1)
         if kernel not in KERNELS:
