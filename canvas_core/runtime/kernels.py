@@ -73,9 +73,10 @@ class ReferenceKernel(nn.Module):
         n_heads, head_dim: informational (the kernel works for any heads / head dim).
         mode: ``"auto"`` (default), ``"dense"``, ``"segments"`` or ``"sparse"``.
         block_size: tile edge of the sparse path.
-        dense_threshold: auto picks ``segments`` whenever the query classes fit in
-            ``max_buckets`` batched calls; otherwise dense when the padded block work exceeds
-            this fraction of N x N or N <= ``small_n``, else ``sparse``.
+        dense_threshold: auto picks dense when N <= ``small_n`` (one call beats a few small
+            gathers), else ``segments`` whenever the query classes fit in ``max_buckets``
+            batched calls, else dense when the padded block work exceeds this fraction of
+            N x N, else ``sparse``.
         max_buckets: most SDPA calls the ``segments`` mode may use.
         device: where to build the buffers.
     """
@@ -100,8 +101,8 @@ class ReferenceKernel(nn.Module):
         inv = torch.from_numpy(plan.inv_perm)
         if mode in ("auto", "segments"):
             seg = _segment_buckets(plan, group, max_buckets if mode == "auto" else None)
-            # exact work and no pair mask: never worse than the masked dense call once eligible
-            if mode == "segments" or seg is not None:
+            # exact work and no pair mask: better than the masked dense call once N is not tiny
+            if mode == "segments" or (seg is not None and n > small_n):
                 self.mode = "segments"
                 self.sparse_work_fraction = seg.work / float(max(1, n * n))
                 self._init_segments(seg, to)
@@ -311,7 +312,12 @@ def _segment_buckets(plan: ExecutionPlan, group: RectGroup, max_buckets: Optiona
         cols = np.flatnonzero(patterns[c] > 0)
         k_packed = np.concatenate([np.arange(cb[b], cb[b + 1]) for b in cols])
         k_w = np.repeat(patterns[c][cols], np.diff(cb)[cols])
-        classes.append((perm[q_packed], perm[k_packed], k_w))
+        # canonical order inside a class: contiguous reads, and a class covering every
+        # position becomes the identity (no gather at all)
+        q_can = np.sort(perm[q_packed])
+        k_can = perm[k_packed]
+        order = np.argsort(k_can, kind="stable")
+        classes.append((q_can, k_can[order], k_w[order]))
     exact = {}
     for c, (qc, kc, _) in enumerate(classes):
         exact.setdefault((len(kc), len(qc)), []).append(c)
