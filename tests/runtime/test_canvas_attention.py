@@ -157,7 +157,10 @@ def test_torch_compile_fullgraph():
 def test_auto_picks_segments_for_frame_structured_topologies_and_falls_back_otherwise():
     layout = CanvasLayout(T=4, H=6, W=6, d_model=16, regions={
         "video": (0, 4, 0, 5, 0, 6), "action": (0, 4, 5, 6, 0, 3), "reward": (0, 4, 5, 6, 3, 6)})
-    mod = CanvasAttention(CanvasTopology.causal_temporal(["video", "action", "reward"]), layout, n_heads=2)
+    topo = CanvasTopology.causal_temporal(["video", "action", "reward"])
+    (kern,) = CanvasAttention(topo, layout, n_heads=2).executor.kernels.values()
+    assert kern.mode == "dense"  # 144 positions: one masked call beats a few gathers
+    mod = CanvasAttention(topo, layout, n_heads=2, kernel_options={"small_n": 0})
     (kern,) = mod.executor.kernels.values()
     assert kern.mode == "segments"
     # 14 regions of 14 different sizes, each attending to itself: 14 distinct (keys, queries)
