@@ -74,6 +74,8 @@ def _text(doc: Dict[str, Any]) -> str:
             out.append(f"      hooks: {', '.join(p['hooks'])}")
         for kind, names in p["registered"].items():
             out.append(f"      {kind}: {', '.join(names)}")
+        for kind, names in (p.get("discarded") or {}).items():
+            out.append(f"      {kind} (discarded, plugin failed): {', '.join(names)}")
         for c in p["conflicts"]:
             out.append(f"      conflict: {c}")
         for w in p["warnings"]:
@@ -103,6 +105,11 @@ def _text(doc: Dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from canvas_core.plugins import get_host
+
+    # load the plugins before anything imports torch, so that a plugin importing torch (or
+    # another heavy package) while registering is noticed and reported as a warning
+    get_host().ensure_loaded()
     device = getattr(args, "device", "auto") or "auto"
     if device == "auto":
         device = _auto_device()

@@ -114,6 +114,8 @@ class PluginRecord:
     conflicts: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
     plugin: Any = field(default=None, repr=False)
+    #: kind -> names the plugin tried to register (kept when it failed, to explain lookups)
+    attempted: Dict[str, List[str]] = field(default_factory=dict, repr=False)
 
     def describe(self) -> str:
         ver = f" {self.version}" if self.version else ""
@@ -126,6 +128,9 @@ class PluginRecord:
             "error": self.error, "traceback": self.traceback, "hooks": list(self.hooks),
             "registered": registered or {}, "conflicts": list(self.conflicts),
             "warnings": list(self.warnings),
+            # a failed plugin keeps nothing: what it had registered before failing
+            "discarded": ({k: sorted(set(v)) for k, v in self.attempted.items()}
+                          if self.status == STATUS_FAILED else {}),
         }
 
 
@@ -155,20 +160,51 @@ class _PluginRegistry:
         self.noun = registry.noun
 
     def add(self, name: Any, factory: Any = None, *, override: bool = False, **metadata: Any) -> Optional[Spec]:
+        return self.add_spec(self.make(name, factory, metadata), override=override)
+
+    def make(self, name: Any, factory: Any, metadata: Dict[str, Any], module: Optional[str] = None) -> Spec:
         rec = self._record
-        spec = self._registry.make_spec(name, factory, metadata, distribution=rec.distribution,
-                                        version=rec.version, plugin=rec.name)
+        return self._registry.make_spec(name, factory, metadata, distribution=rec.distribution,
+                                        version=rec.version, plugin=rec.name, module=module)
+
+    def add_spec(self, spec: Spec, *, override: bool = False) -> Optional[Spec]:
+        """Insert ``spec`` for this plugin.  Between installed plugins the outcome does not depend
+        on their load order: a registration made with ``override=True`` wins over plain ones
+        whichever loads first; two plain ones (or two overriding ones) are a conflict."""
+        rec, reg = self._record, self._registry
+        rec.attempted.setdefault(reg.kind, []).append(spec.name)
+        stack = reg._stacks.get(spec.name)
+        if stack and not self._strict:
+            top = stack[-1]
+            has_builtin = any(s.plugin == BUILTIN_PLUGIN for s in stack)
+            top_overrides = (getattr(top, "_canvas_override", False) and top.plugin != rec.name
+                             and top.plugin not in (BUILTIN_PLUGIN, IN_PROCESS))
+            if top_overrides and override:
+                exc = DuplicateRegistrationError(
+                    f"{reg.noun} {spec.name!r} is replaced with override=True by two plugins: "
+                    f"{top.describe_provider()} and {spec.describe_provider()}; neither is chosen. "
+                    "Uninstall or block one of the two (CANVAS_BLOCK_PLUGINS=<plugin or distribution>).")
+                rec.conflicts.append(str(exc))
+                reg._record_conflict(spec.name, exc, rec.name)
+                return None
+            if top_overrides and not has_builtin:
+                # an earlier plugin replaces this name on purpose: it stays on top, this one below
+                stack.insert(len(stack) - 1, spec)
+                return spec
         try:
-            return self._registry._insert(spec, override=override)
+            spec = reg._insert(spec, override=override)
         except DuplicateRegistrationError as exc:
             if self._strict:
                 raise
             rec.conflicts.append(str(exc))
-            if self._registry._stacks[spec.name][-1].plugin != BUILTIN_PLUGIN:
+            if not any(s.plugin == BUILTIN_PLUGIN for s in reg._stacks[spec.name]):
                 # two installed plugins: ambiguous, so using the name raises (no silent pick)
-                self._registry._record_conflict(spec.name, exc, rec.name)
+                reg._record_conflict(spec.name, exc, rec.name)
             # a clash with a builtin leaves the builtin in place (override=True replaces it)
             return None
+        if override:
+            spec._canvas_override = True  # type: ignore[attr-defined]
+        return spec
 
     # read access for plugins that look at what is already there
     def __contains__(self, name: object) -> bool:
@@ -215,6 +251,8 @@ class PluginHost:
         self.settings: Dict[str, Any] = {}
         self._loaded = False
         self._loading_thread: Optional[int] = None
+        # the installed plugin being imported / run (in-process registrations are attributed to it)
+        self._loading_record: Optional[PluginRecord] = None
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -313,15 +351,26 @@ class PluginHost:
         if s["allow"] is not None and not ids & set(s["allow"]):
             rec.status, rec.error = STATUS_BLOCKED, f"not in the allow-list {ENV_ALLOW}"
             return
+        heavy_before = _heavy_modules()
+        self.records[name] = rec
+        self._loading_record = rec  # `@register_attention(...)` run by the import counts as this plugin's
         try:
-            obj = ep.load()
-        except BaseException as exc:  # noqa: BLE001 - a plugin must never take the core down
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            self._fail(rec, f"import of {ep.value!r} raised {type(exc).__name__}: {exc}", exc)
-            return
-        del self.records[name]
-        self._add_plugin(obj, rec, strict=False)
+            try:
+                obj = ep.load()
+            except BaseException as exc:  # noqa: BLE001 - a plugin must never take the core down
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                self._fail(rec, f"import of {ep.value!r} raised {type(exc).__name__}: {exc}", exc)
+                return
+            self._add_plugin(obj, rec, strict=False)
+        finally:
+            self._loading_record = None
+            heavy = sorted(_heavy_modules() - heavy_before)
+            if heavy:
+                rec.warnings.append(
+                    f"loading it imported {', '.join(heavy)} while registering; give factories as lazy "
+                    "'package.module:Object' strings (and import heavy packages inside those modules) so "
+                    "that registering and listing plugins stay cheap")
 
     def _fail(self, rec: PluginRecord, message: str, exc: BaseException) -> None:
         rec.status = STATUS_FAILED
@@ -340,9 +389,24 @@ class PluginHost:
                 raise PluginError(f"cannot register {rec.describe()}: {type(exc).__name__}: {exc}") from exc
             self._fail(rec, f"registration failed: {type(exc).__name__}: {exc}", exc)
             return rec
-        rec.hooks = sorted(h.name for h in (self._pm.get_hookcallers(obj) or [])
-                           if h.name in hookspecs.HOOK_REGISTRY)
-        rec.warnings.extend(_hook_warnings(obj, rec.hooks))
+        callers = self._pm.get_hookcallers(obj) or []
+        rec.hooks = sorted(h.name for h in callers if h.name in hookspecs.HOOK_REGISTRY)
+        unknown = sorted(h.name for h in callers if h.name not in hookspecs.HOOK_REGISTRY
+                         and not all(i.optionalhook for i in h.get_hookimpls() if i.plugin is obj))
+        if unknown:  # pluggy's validation: a marked function that matches no hook spec
+            why = "; ".join(_unknown_hook_text(n) for n in unknown)
+            msg = (f"unknown hook{'s' if len(unknown) > 1 else ''} {why}: no such hook in "
+                   f"canvas_core.plugins.hookspecs (known: {', '.join(hookspecs.HOOK_NAMES)}); fix the "
+                   "name, nothing of this plugin was registered")
+            if strict:
+                self._remove_plugin(rec.name)
+                raise PluginError(f"cannot register {rec.describe()}: {msg}")
+            rec.status, rec.error = STATUS_FAILED, msg
+            self._discard(rec)
+            return rec
+        if not rec.hooks and not self.registered_by(rec.name):
+            rec.warnings.append(
+                "implements no canvas hook (check the names and the @canvas_core.hookimpl marker)")
         if strict and not rec.hooks:
             self._remove_plugin(rec.name)
             why = "; ".join(rec.warnings) or f"it has no @canvas_core.hookimpl function named {', '.join(hookspecs.HOOK_NAMES)}"
@@ -371,7 +435,20 @@ class PluginHost:
                             f"{rec.describe()}: hook {hook_name} raised {type(exc).__name__}: {exc}. "
                             "Fix the plugin's hook; nothing it registered was kept") from exc
                     self._fail(rec, f"hook {hook_name} raised {type(exc).__name__}: {exc}", exc)
+                    # all or nothing: a half-registered plugin would run with parts missing
+                    self._discard(rec)
+                    return rec
         return rec
+
+    def _discard(self, rec: PluginRecord) -> None:
+        """Remove everything a failed plugin registered (its record stays, status failed)."""
+        for kind, reg in self.registries.items():
+            for spec in reg.remove_plugin(rec.name):
+                names = rec.attempted.setdefault(kind, [])
+                if spec.name not in names:
+                    names.append(spec.name)
+        if rec.plugin is not None and self._pm.is_registered(rec.plugin):
+            self._pm.unregister(rec.plugin)
 
     def _remove_plugin(self, name: str) -> Optional[PluginRecord]:
         rec = self.records.pop(name, None)
@@ -425,6 +502,12 @@ class PluginHost:
                  module: Optional[str] = None, **metadata: Any) -> Spec:
         """In-process registration (``register_attention(...)`` and friends)."""
         reg = self.registry(kind)
+        loading = self._loading_record
+        if loading is not None and self._loading_thread == threading.get_ident():
+            # a decorator run while an installed plugin is imported: that plugin provides the name
+            proxy = _PluginRegistry(reg, loading, strict=False)
+            spec = proxy.make(name, factory, metadata, module=module)
+            return proxy.add_spec(spec, override=override) or spec
         with self._lock:
             rec = self.records.get(IN_PROCESS)
             if rec is None:
@@ -449,7 +532,8 @@ class PluginHost:
                 continue
             by_name = normalize_dist(rec.name.split("@", 1)[0]) == normalize_dist(str(name))
             by_dist = dist_hint is not None and normalize_dist(rec.distribution) == normalize_dist(dist_hint)
-            if not (by_name or by_dist):
+            by_attempt = str(name) in rec.attempted.get(kind, ())  # registered before it failed
+            if not (by_name or by_dist or by_attempt):
                 continue
             if rec.status == STATUS_FAILED:
                 err = PluginLoadError(
@@ -484,6 +568,13 @@ class PluginHost:
         failed = [r for r in self.records.values() if r.status == STATUS_FAILED]
         if failed:
             msg += " Note: " + "; ".join(f"{r.describe()} failed to load ({r.error})" for r in failed) + "."
+        skipped: Dict[str, List[str]] = {}
+        for r in self.records.values():
+            if r.status in (STATUS_BLOCKED, STATUS_DISABLED):
+                skipped.setdefault(r.error or r.status, []).append(r.name)
+        if skipped:
+            msg += (" Installed but not loaded, so their names are unknown here: "
+                    + "; ".join(f"{', '.join(ns)} ({why})" for why, ns in skipped.items()) + ".")
         err = UnknownNameKeyError(msg)
         _attach(err, name=name, kind=kind, known=known, suggestion=near, distribution=dist_hint, plugin=None)
         return err
@@ -578,22 +669,19 @@ def _warn_unknown_names(settings: Dict[str, Any], eps: List[Any]) -> None:
                 UserWarning, filename=f"${var}", lineno=0, module="canvas_core.plugins")
 
 
-def _hook_warnings(obj: Any, hooks: List[str]) -> List[str]:
-    warnings = []
-    try:
-        attrs = dir(obj)
-    except Exception:
-        attrs = []
-    for attr in attrs:
-        if not attr.startswith("canvas_") or attr in hookspecs.HOOK_REGISTRY:
-            continue
-        fn = getattr(obj, attr, None)
-        if inspect.isroutine(fn) and hasattr(fn, f"{hookspecs.PROJECT_NAME}_impl"):
-            near = closest(attr, hookspecs.HOOK_NAMES)
-            warnings.append(f"unknown hook {attr!r} is ignored" + (f" (did you mean {near!r}?)" if near else ""))
-    if not hooks:
-        warnings.append("implements no canvas hook (check the names and the @canvas_core.hookimpl marker)")
-    return warnings
+def _unknown_hook_text(name: str) -> str:
+    near = closest(name, hookspecs.HOOK_NAMES)
+    return repr(name) + (f" (did you mean {near!r}?)" if near else "")
+
+
+#: packages a plugin must not import just to register (lazy factories instead).
+HEAVY_MODULES = ("torch", "diffusers", "timm", "mamba_ssm", "transformers", "xformers", "triton")
+
+
+def _heavy_modules() -> set:
+    import sys
+
+    return {m for m in HEAVY_MODULES if m in sys.modules}
 
 
 # ---------------------------------------------------------------------- default host
