@@ -274,8 +274,11 @@ class _ModuleRegions:
             raise CompileError(f"cannot turn region {name!r} of {type(owner).__name__} into a buffer")
         return buf
 
-    def export(self, name: str, path: str, header: Dict[str, str]) -> str:
-        """Write the region's state as safetensors (+ JSON sidecar); detach it from training."""
+    def write_export(self, name: str, path: str, header: Dict[str, str]) -> List[str]:
+        """Write the region's state as safetensors (+ JSON sidecar) to temporary files next to
+        ``path``; return ``[tmp_safetensors, tmp_json]``.  The module is not changed: the caller
+        moves the files in place (:func:`_commit_exports`) and detaches the region only once every
+        export of the compile succeeded."""
         from safetensors.torch import save_file
 
         entry = self.get(name, "export")
@@ -286,14 +289,49 @@ class _ModuleRegions:
         # clone: safetensors refuses tensors that share storage, and the file must be self-contained
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()
                    if isinstance(v, self._torch.Tensor)}
+        json_path = path[: -len(".safetensors")] + ".json"
+        for target in (path, json_path):
+            if os.path.isdir(target):
+                raise CompileError(f"cannot export region {name!r}: {target!r} is a directory; remove it or "
+                                   "pass another export_dir")
+        tag = f".tmp-{os.getpid()}-{id(self):x}"
+        tmp_st, tmp_js = path + tag, json_path + tag
         try:
-            save_file(tensors, path, metadata=header)
-            with open(path[: -len(".safetensors")] + ".json", "w", encoding="utf-8") as fh:
+            save_file(tensors, tmp_st, metadata=header)
+            with open(tmp_js, "w", encoding="utf-8") as fh:
                 json.dump({**header, "file": os.path.basename(path), "tensors": sorted(tensors)}, fh, indent=2)
-        except OSError as exc:
-            raise CompileError(f"cannot export region {name!r} to {path!r}: {exc}") from None
-        entry.requires_grad_(False)
-        return path
+        except Exception as exc:  # OSError, SafetensorError (I/O), ...: nothing may be left behind
+            _remove_quietly([tmp_st, tmp_js])
+            raise CompileError(f"cannot export region {name!r} to {path!r}: {exc}; pass a writable "
+                               "export_dir") from None
+        return [tmp_st, tmp_js]
+
+    def detach(self, name: str) -> None:
+        self.get(name, "export").requires_grad_(False)
+
+
+def _remove_quietly(paths: List[str]) -> None:
+    for p in paths:
+        try:
+            os.remove(p)
+        except OSError:
+            pass
+
+
+def _commit_exports(staged: Dict[str, List[str]], finals: Dict[str, str]) -> None:
+    """Move every staged export file to its final name (``os.replace``: atomic per file)."""
+    pending = [tmp for files in staged.values() for tmp in files]
+    try:
+        for name, (tmp_st, tmp_js) in staged.items():
+            path = finals[name]
+            os.replace(tmp_st, path)
+            pending.remove(tmp_st)
+            os.replace(tmp_js, path[: -len(".safetensors")] + ".json")
+            pending.remove(tmp_js)
+    except OSError as exc:
+        _remove_quietly(pending)
+        raise CompileError(f"cannot export region {name!r} to {finals[name]!r}: {exc}; pass a writable "
+                           "export_dir") from None
 
 
 def _prepare_export_dir(export_dir: Optional[str]) -> str:
@@ -476,13 +514,13 @@ class ProgramCompiler:
                            "program_version": str(getattr(program, "version", ""))}
             header_base.update({f"version_{k}": v for k, v in _versions().items()})
             used: Set[str] = set()
-            for name in schema.layout.regions:  # declaration order: deterministic
-                mode = modes[name]
-                if mode == "freeze":
-                    regions.freeze(name)
-                elif mode == "constant":
-                    constant_buffers[name] = regions.make_constant(name)
-                elif mode == "export":
+            # exports first, staged in temporary files: a failing write leaves the module and the
+            # export directory as they were (no half-applied compile)
+            staged: Dict[str, List[str]] = {}
+            try:
+                for name in schema.layout.regions:  # declaration order: deterministic
+                    if modes[name] != "export":
+                        continue
                     stem = _safe_filename(name)
                     k = 1
                     while stem.lower() in used:  # two names sanitized alike: keep both files
@@ -490,7 +528,20 @@ class ProgramCompiler:
                         stem = f"{_safe_filename(name)}-{k}"
                     used.add(stem.lower())
                     path = os.path.join(directory, f"{stem}.safetensors")
-                    exported_paths[name] = regions.export(name, path, {**header_base, "region": name})
+                    staged[name] = regions.write_export(name, path, {**header_base, "region": name})
+                    exported_paths[name] = path
+            except BaseException:
+                _remove_quietly([f for files in staged.values() for f in files])
+                raise
+            _commit_exports(staged, exported_paths)
+            for name in schema.layout.regions:
+                mode = modes[name]
+                if mode == "freeze":
+                    regions.freeze(name)
+                elif mode == "constant":
+                    constant_buffers[name] = regions.make_constant(name)
+                elif mode == "export":
+                    regions.detach(name)
 
         return CompiledProgram(
             schema=reduced, active_regions=active, frozen_regions=frozen, constant_regions=constant,

@@ -11,6 +11,7 @@ embeddings.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
@@ -68,7 +69,17 @@ class SinusoidalPositionalEncodingND(nn.Module):
 
     def forward(self, T: int, spatial_shape: Tuple[int, ...]) -> torch.Tensor:
         """The encoding ``(T, *spatial_shape, d_model)``."""
-        shape = (T, *tuple(spatial_shape))
+        try:
+            if isinstance(T, bool) or any(isinstance(s, bool) for s in spatial_shape):
+                raise TypeError("bool is not a size")
+            shape = (operator.index(T), *(operator.index(s) for s in spatial_shape))
+        except TypeError:
+            shape = None
+        if shape is None:
+            raise ShapeError(
+                f"SinusoidalPositionalEncodingND: T and spatial_shape must be ints, got T={T!r}, "
+                f"spatial_shape={spatial_shape!r}"
+            )
         if len(shape) != len(self.max_sizes) or any(
             s > m or s < 0 for s, m in zip(shape, self.max_sizes)
         ):
@@ -153,10 +164,28 @@ class FamilyCarrierEmbedding(nn.Module):
         if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
             raise CanvasTypeError(f"FamilyCarrierEmbedding: d_model must be an int >= 1, got {d_model!r}")
         self.d_model = d_model
-        self.family_emb = nn.Embedding(len(self.FAMILIES) + 1, d_model)
-        self.carrier_emb = nn.Embedding(len(self.CARRIERS) + 1, d_model)
-        nn.init.normal_(self.family_emb.weight, std=0.02)
-        nn.init.normal_(self.carrier_emb.weight, std=0.02)
+        # canvas-engineering's attribute names: its state dicts load as they are
+        self.family_embedding = nn.Embedding(len(self.FAMILIES) + 1, d_model)
+        self.carrier_embedding = nn.Embedding(len(self.CARRIERS) + 1, d_model)
+        nn.init.normal_(self.family_embedding.weight, std=0.02)
+        nn.init.normal_(self.carrier_embedding.weight, std=0.02)
+
+    # names used by earlier canvas-core releases (attributes and state-dict keys)
+    _OLD_NAMES = {"family_emb.": "family_embedding.", "carrier_emb.": "carrier_embedding."}
+
+    @property
+    def family_emb(self) -> nn.Embedding:
+        return self.family_embedding
+
+    @property
+    def carrier_emb(self) -> nn.Embedding:
+        return self.carrier_embedding
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        for old, new in self._OLD_NAMES.items():
+            for key in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + key[len(prefix + old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def family_idx(self, family: str) -> int:
         return self.FAMILIES.index(family) if family in self.FAMILIES else len(self.FAMILIES)
@@ -167,8 +196,8 @@ class FamilyCarrierEmbedding(nn.Module):
     def forward(self, family: str, carrier: str) -> torch.Tensor:
         """``(d_model,)`` embedding of a family + carrier pair."""
         return (
-            self.family_emb.weight[self.family_idx(family)]
-            + self.carrier_emb.weight[self.carrier_idx(carrier)]
+            self.family_embedding.weight[self.family_idx(family)]
+            + self.carrier_embedding.weight[self.carrier_idx(carrier)]
         )
 
     def extra_repr(self) -> str:

@@ -27,15 +27,15 @@ class ActionHead(nn.Module):
         self, latent_channels: int = 16, action_dim: int = 7, hidden_dim: Optional[int] = None
     ) -> None:
         super().__init__()
-        if hidden_dim is None:
-            hidden_dim = max(1, latent_channels // 2)
         for label, v in (
             ("latent_channels", latent_channels),
             ("action_dim", action_dim),
-            ("hidden_dim", hidden_dim),
+            ("hidden_dim", 1 if hidden_dim is None else hidden_dim),
         ):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise CanvasTypeError(f"ActionHead: {label} must be an int >= 1, got {v!r}")
+        if hidden_dim is None:
+            hidden_dim = max(1, latent_channels // 2)
         self.latent_channels, self.action_dim, self.hidden_dim = (
             latent_channels,
             action_dim,
@@ -62,6 +62,11 @@ class ActionHead(nn.Module):
                 f"ActionHead: expected (B, {self.latent_channels}) or "
                 f"(B, T, {self.latent_channels}, "
                 f"*spatial), got {tuple(x.shape)}"
+            )
+        if x.numel() == 0:
+            raise ShapeError(
+                f"ActionHead: noise_pred {tuple(x.shape)} is empty; there is nothing to pool "
+                "(pass at least one batch element, frame and spatial position)"
             )
         if x.dim() >= 3:
             x = x.movedim(2, -1).reshape(x.shape[0], -1, self.latent_channels).mean(dim=1)

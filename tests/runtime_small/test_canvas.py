@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -154,3 +156,30 @@ def test_family_carrier_unknown_slot():
     assert f.family_idx("observation") == 0 and f.family_idx("custom") == 5 == f.family_idx("other")
     assert f.carrier_idx("residual") == 4 and f.carrier_idx("weird") == 5
     assert torch.allclose(f("custom", "weird"), f.family_emb.weight[5] + f.carrier_emb.weight[5])
+
+
+def test_family_carrier_embedding_loads_canvas_engineering_and_old_state_dicts():
+    from canvas_core.runtime.canvas import FamilyCarrierEmbedding
+
+    f = FamilyCarrierEmbedding(8)
+    assert set(f.state_dict()) == {"family_embedding.weight", "carrier_embedding.weight"}
+    f.load_state_dict({"family_emb.weight": torch.ones(6, 8), "carrier_emb.weight": torch.zeros(6, 8)})
+    assert torch.equal(f("memory", "filter"), torch.ones(8))
+    ce = pytest.importorskip("canvas_engineering.canvas")
+    theirs = ce.FamilyCarrierEmbedding(8)
+    f.load_state_dict(theirs.state_dict())
+    assert torch.equal(f("memory", "filter"), theirs("memory", "filter"))
+    assert torch.equal(f("custom", "weird"), theirs("custom", "weird"))
+
+
+def test_positional_encoding_rejects_non_integer_grids():
+    from canvas_core.errors import CanvasError
+    from canvas_core.runtime.canvas import SinusoidalPositionalEncoding3D, SinusoidalPositionalEncodingND
+
+    pe = SinusoidalPositionalEncodingND(8, max_T=4, max_spatial=(3, 3))
+    for T, shape in ((2, "ab"), (2.5, (1, 1)), (2, (1, None)), (True, (1, 1)), (2, 3)):
+        with pytest.raises(CanvasError, match="SinusoidalPositionalEncodingND"):
+            pe(T, shape)
+    assert pe(np.int64(2), (np.int64(1), 3)).shape == (2, 1, 3, 8)
+    with pytest.raises(CanvasError):
+        SinusoidalPositionalEncoding3D(8, max_T=4)(2, "a", 2)

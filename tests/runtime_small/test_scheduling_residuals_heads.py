@@ -172,3 +172,16 @@ def test_action_head_shapes_and_pooling():
     assert h(torch.randn(2, 3, 16, 5, 2, 2)).shape == (2, 7)
     with pytest.raises(ShapeError):
         h(torch.randn(2, 15))
+
+
+def test_action_head_validates_before_computing_defaults_and_refuses_empty_inputs():
+    from canvas_core.errors import CanvasError
+
+    for args in (("8", 4), (8.0, 4), (None, 4)):
+        with pytest.raises(CanvasError, match="latent_channels"):
+            ActionHead(*args)
+    h = ActionHead(8, 4)
+    for shape in ((2, 0, 8), (0, 8), (2, 3, 8, 0)):
+        with pytest.raises(CanvasError, match="empty"):
+            h(torch.zeros(shape))
+    assert torch.isfinite(h(torch.randn(2, 3, 8, 2, 2))).all()
