@@ -360,8 +360,11 @@ def _split_key(key: Any, known) -> Tuple[str, str]:
 
 
 def _read(source: Any) -> Tuple[str, str]:
-    if isinstance(source, bytes):
-        source = source.decode("utf-8", errors="replace")
+    if isinstance(source, (bytes, bytearray)):
+        try:
+            source = bytes(source).decode("utf-8")
+        except UnicodeDecodeError:
+            raise SchemaFormatError("from_json got bytes that are not UTF-8 text; pass a program file path or JSON text") from None
     if isinstance(source, str) and source.lstrip().startswith(("{", "[")):
         return source, "program JSON string"
     if not isinstance(source, (str, os.PathLike)):

@@ -79,9 +79,15 @@ class _Walker:
                     if isinstance(v, Field):
                         self.leaf(f"{prefix}{name}[{i}]", v, owner)
                         node.leaves.append(f"{prefix}{name}[{i}]")
+        # Nested objects first, then lists of objects (each in declaration order), as in
+        # canvas-engineering: this fixes the region order, hence placement and connection order.
         for name, value, meta in attrs:
-            if isinstance(value, Field):
-                continue
+            if not isinstance(value, Field) and not _is_sequence(value) and _is_composite(value):
+                path = f"{prefix}{name}"
+                sub = self.walk(value, path + ".", stack)
+                if sub.has_fields():
+                    node.children.append(_Child(False, [(path, self.coarse(value, meta, path, sub), sub)]))
+        for name, value, meta in attrs:
             if _is_sequence(value):
                 elements = []
                 for i, v in enumerate(value):
@@ -89,15 +95,33 @@ class _Walker:
                         path = f"{prefix}{name}[{i}]"
                         sub = self.walk(v, path + ".", stack)
                         if sub.has_fields():
-                            elements.append((path, _coarse_field(v, meta, path), sub))
+                            elements.append((path, self.coarse(v, meta, path, sub), sub))
                 if elements:
                     node.children.append(_Child(True, elements))
-            elif _is_composite(value):
-                path = f"{prefix}{name}"
-                sub = self.walk(value, path + ".", stack)
-                if sub.has_fields():
-                    node.children.append(_Child(False, [(path, _coarse_field(value, meta, path), sub)]))
         return node
+
+    def coarse(self, value: Any, meta: dict, path: str, sub: "_Node") -> Field:
+        """The coarse-grained field of a nested object. Its period, unless the template sets one
+        (!= 1), is the mean period of all fields below it (nested coarse ones included) weighted by
+        ``h * w``, rounded (canvas-engineering's rule: the summary follows the dominant
+        timescale of the subtree)."""
+        c = _coarse_field(value, meta, path)
+        if c.period != 1:
+            return c
+        members: List[Field] = []
+        todo = [sub]
+        while todo:
+            n = todo.pop()
+            members += [self.fields[leaf] for leaf in n.leaves]
+            for child in n.children:
+                for _, f, s in child.elements:
+                    members.append(f)
+                    todo.append(s)
+        total = sum(f.h * f.w for f in members)
+        if not total:
+            return c
+        period = max(1, round(sum(f.period * f.h * f.w for f in members) / total))
+        return c if period == 1 else dataclasses.replace(c, period=period)
 
 
 def _check_mixed_list(path: str, value: Any, owner: str) -> None:

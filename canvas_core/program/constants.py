@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import AbstractSet, Any, Dict, Iterable, Optional, Tuple
 
 from canvas_core.errors import CanvasTypeError, ProgramError
+from canvas_core.schema.region import CARRIERS as _SCHEMA_CARRIERS
 from canvas_core.schema.topology import WRITE_MODES as _SCHEMA_WRITE_MODES
 
 __all__ = [
@@ -20,8 +21,8 @@ __all__ = [
 
 #: What kind of state a region holds.
 REGION_FAMILIES = frozenset({"observation", "state", "memory", "residual", "action"})
-#: What dynamics govern a region.
-CARRIERS = frozenset({"deterministic", "diffusive", "filter", "memory", "residual"})
+#: What dynamics govern a region (shared with the schema layer's ``RegionSpec.carrier``).
+CARRIERS = frozenset(_SCHEMA_CARRIERS)
 #: Semantic intent of a connection.
 OPERATORS = frozenset({
     "attend", "observe", "predict", "integrate", "write", "retrieve", "act", "intervene",

@@ -128,6 +128,16 @@ class LayoutStrategy(str, Enum):
     def __str__(self) -> str:
         return self.value
 
+    @classmethod
+    def _missing_(cls, value: object) -> "LayoutStrategy":
+        if isinstance(value, str):
+            for s in cls:
+                if s.value == value.lower():
+                    return s
+        raise ProgramError(
+            f"unknown layout_strategy {value!r}; use one of {[s.value for s in cls]}"
+        )
+
 
 INTRA_POLICIES = ("dense", "isolated", "causal_chain", "star")
 ARRAY_POLICIES = ("isolated", "dense", "matched_fields", "ring")

@@ -200,6 +200,7 @@ class CanvasLayout:
         Runs are ascending and maximal (adjacent rows that are contiguous merge); empty when
         the region has no position at that frame.
         """
+        t_abs = as_int(t_abs, f"region {name!r}: frame t_abs")
         key = (name, t_abs)
         cached = self._runs_cache.get(key)
         if cached is not None:
@@ -231,7 +232,10 @@ class CanvasLayout:
 
     def region_at(self, flat_index: int) -> List[str]:
         """Names of the regions containing a flat position (empty when uncovered)."""
-        t, rem = divmod(as_int(flat_index, "region_at index"), self.spatial_volume)
+        idx = as_int(flat_index, "region_at index")
+        if not 0 <= idx < self.num_positions:
+            raise SchemaError(f"region_at: flat index {idx} outside the canvas [0, {self.num_positions})")
+        t, rem = divmod(idx, self.spatial_volume)
         coords = []
         for size in reversed(self.spatial_shape):
             rem, c = divmod(rem, size)
@@ -254,12 +258,21 @@ class CanvasLayout:
         """
         import torch
 
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise SchemaError(
+                f"loss_weight_mask: device {device!r} is not a torch device ({exc}); pass e.g. 'cpu' or 'cuda'"
+            ) from None
         weights = torch.zeros(self.num_positions, dtype=torch.float32)
         for name, spec in self.regions.items():
             if spec.is_output and spec.loss_weight:
                 idx = torch.tensor(self.region_indices(name), dtype=torch.long)
                 weights.index_add_(0, idx, torch.full((idx.numel(),), spec.loss_weight))
-        return weights.to(device)
+        try:
+            return weights.to(device)
+        except (RuntimeError, AssertionError) as exc:  # e.g. cuda without a GPU
+            raise SchemaError(f"loss_weight_mask: cannot place the mask on {str(device)!r}: {exc}") from None
 
     # --- time ----------------------------------------------------------------------------------
     def real_frame(self, name: str, canvas_t: int) -> int:

@@ -6,12 +6,14 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
-from canvas_core.errors import CanvasTypeError, RegionError, SchemaError
+from canvas_core.errors import CanvasTypeError, RegionError, SchemaError, did_you_mean
 from canvas_core.schema._validate import as_bool, as_float, as_int, as_str, is_int
 
-__all__ = ["RegionSpec", "transfer_distance", "DEFAULT_EMBEDDING_MODEL"]
+__all__ = ["RegionSpec", "transfer_distance", "DEFAULT_EMBEDDING_MODEL", "CARRIERS"]
 
 DEFAULT_EMBEDDING_MODEL = "openai/text-embedding-3-small"
+#: What dynamics govern a region (``RegionSpec.carrier``; shared with the program layer).
+CARRIERS = frozenset({"deterministic", "diffusive", "filter", "memory", "residual"})
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,11 @@ class RegionSpec:
         as_str(self.embedding_model, "RegionSpec embedding_model")
         as_str(self.default_attn, "RegionSpec default_attn")
         as_str(self.carrier, "RegionSpec carrier")
+        if self.carrier not in CARRIERS:
+            raise RegionError(
+                f"RegionSpec carrier {self.carrier!r} is unknown; use one of {sorted(CARRIERS)}."
+                + did_you_mean(self.carrier, CARRIERS)
+            )
         if self.family is not None:
             as_str(self.family, "RegionSpec family")
 
@@ -168,6 +175,13 @@ def transfer_distance(a: RegionSpec, b: RegionSpec) -> float:
             f"transfer_distance: embedding lengths differ ({len(ea)} vs {len(eb)}) for model "
             f"{a.embedding_model!r}"
         )
+    # scale each vector by its largest entry first: squares of huge entries would overflow
+    sa = max(abs(x) for x in ea) if ea else 0.0
+    sb = max(abs(x) for x in eb) if eb else 0.0
+    if sa == 0 or sb == 0:
+        raise SchemaError("transfer_distance: a semantic_embedding is the zero vector; it has no direction")
+    ea = [x / sa for x in ea]
+    eb = [x / sb for x in eb]
     na = math.sqrt(sum(x * x for x in ea))
     nb = math.sqrt(sum(x * x for x in eb))
     if na == 0 or nb == 0:

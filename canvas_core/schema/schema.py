@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -49,12 +50,18 @@ class CanvasSchema:
                     f"CanvasSchema topology must be a CanvasTopology or None, got {type(self.topology).__name__}"
                 )
             self.topology.validate(self.layout)
+        if not isinstance(self.version, str) or not self.version.strip():
+            raise CanvasTypeError(
+                f"CanvasSchema version must be a non-empty string such as {SCHEMA_VERSION!r}, got {self.version!r}"
+            )
         if not isinstance(self.metadata, dict):
             raise CanvasTypeError(f"CanvasSchema metadata must be a dict, got {type(self.metadata).__name__}")
         try:
-            json.dumps(self.metadata)
-        except (TypeError, ValueError) as exc:
-            raise SchemaError(f"CanvasSchema metadata must be JSON-serializable: {exc}") from None
+            json.dumps(self.metadata, allow_nan=False)
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise SchemaError(
+                f"CanvasSchema metadata must be JSON-serializable (strings, finite numbers, lists, dicts): {exc}"
+            ) from None
 
     # --- dict form ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -150,6 +157,10 @@ class CanvasSchema:
         ``threshold``, closest first. Only regions with embeddings from the same model count."""
         if not isinstance(other, CanvasSchema):
             raise CanvasTypeError(f"compatible_regions expects a CanvasSchema, got {type(other).__name__}")
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or math.isnan(threshold):
+            raise CanvasTypeError(
+                f"compatible_regions threshold must be a number (a cosine distance in [0, 2]), got {threshold!r}"
+            )
         pairs = []
         for na, a in self.layout.regions.items():
             for nb, b in other.layout.regions.items():
@@ -229,8 +240,11 @@ def _build(model) -> CanvasSchema:
 
 
 def _read_source(source: Any) -> Tuple[str, str]:
-    if isinstance(source, bytes):
-        source = source.decode("utf-8", errors="replace")
+    if isinstance(source, (bytes, bytearray)):
+        try:
+            source = bytes(source).decode("utf-8")
+        except UnicodeDecodeError:
+            raise SchemaFormatError("from_json got bytes that are not UTF-8 text; pass a schema file path or JSON text") from None
     if isinstance(source, str) and source.lstrip().startswith(("{", "[")):
         return source, "schema JSON string"
     if isinstance(source, str) and not source.strip():
@@ -243,11 +257,23 @@ def _read_source(source: Any) -> Tuple[str, str]:
     try:
         return path.read_text(encoding="utf-8"), f"schema file {str(path)!r}"
     except FileNotFoundError:
-        raise SchemaFormatError(f"schema file {str(path)!r} does not exist") from None
+        raise SchemaFormatError(f"schema file {str(path)!r} does not exist{_scalar_hint(source)}") from None
     except UnicodeDecodeError:
         raise SchemaFormatError(f"schema file {str(path)!r} is not UTF-8 text") from None
     except OSError as exc:
         raise SchemaFormatError(f"cannot read schema file {str(path)!r}: {exc.strerror or exc}") from None
+
+
+def _scalar_hint(source: Any) -> str:
+    """For a string that is a JSON scalar (``5``, ``null``, ``"abc"``) rather than a path."""
+    if not isinstance(source, str):
+        return ""
+    try:
+        value = json.loads(source)
+    except (ValueError, RecursionError):
+        return ""
+    return (f" (as JSON it is a {type(value).__name__}, but a canvas schema must be a JSON object "
+            "{\"layout\": ..., \"regions\": ...})")
 
 
 def _describe_validation_error(exc) -> str:

@@ -13,7 +13,7 @@ from canvas_core.errors import (
     UnknownRegionError,
     did_you_mean,
 )
-from canvas_core.schema._validate import as_float, as_int, as_str, is_int
+from canvas_core.schema._validate import as_bool, as_float, as_int, as_str, is_int
 
 if TYPE_CHECKING:  # pragma: no cover
     from canvas_core.schema.layout import CanvasLayout
@@ -39,6 +39,17 @@ class TemporalFill(str, Enum):
 
     def __str__(self) -> str:  # "hold", not "TemporalFill.HOLD", in messages and reports
         return self.value
+
+    @classmethod
+    def _missing_(cls, value: Any) -> "TemporalFill":
+        if isinstance(value, str):
+            for f in cls:
+                if f.value == value.lower():
+                    return f
+        known = [f.value for f in cls]
+        raise SchemaError(
+            f"temporal_fill must be one of {known}, got {value!r}" + did_you_mean(str(value), known)
+        )
 
 
 def _as_fill(value: Any) -> TemporalFill:
@@ -184,7 +195,9 @@ class CanvasTopology:
     def hub_spoke(hub: str, spokes: List[str], bidirectional: bool = True) -> "CanvasTopology":
         """Star: every region attends to itself, the hub reads every spoke, and (if
         ``bidirectional``) every spoke reads the hub."""
+        as_str(hub, "hub_spoke hub region name")
         spokes = _names(spokes)
+        as_bool(bidirectional, "hub_spoke bidirectional")
         conns = [Connection(hub, hub)] + [Connection(s, s) for s in spokes]
         for s in spokes:
             conns.append(Connection(hub, s))
@@ -210,6 +223,14 @@ class CanvasTopology:
         previous frame; no future leakage. All connections use ``temporal_fill``."""
         regions = _names(regions)
         fill = _as_fill(temporal_fill)
+        if layout is not None:
+            _check_layout(layout, "causal_temporal")
+            for r in regions:
+                if r not in layout.regions:
+                    raise TopologyError(
+                        f"causal_temporal: region {r!r} is not in the layout (regions: {sorted(layout.regions)})."
+                        f"{did_you_mean(r, layout.regions)} Add the region or fix the name."
+                    )
         conns: List[Connection] = []
         for r in regions:
             conns.append(Connection(r, r, t_src=0, t_dst=0, temporal_fill=fill))
@@ -233,6 +254,12 @@ class CanvasTopology:
     def resolve_fn(self, connection: Connection, layout: Optional["CanvasLayout"] = None) -> str:
         """The attention function type of a connection: ``connection.fn``, else the src region's
         ``default_attn`` (when a layout is given), else ``"cross_attention"``."""
+        if not isinstance(connection, Connection):
+            raise CanvasTypeError(
+                f"resolve_fn expects a Connection, got {type(connection).__name__} {connection!r}"
+            )
+        if layout is not None:
+            _check_layout(layout, "resolve_fn")
         if connection.fn is not None:
             return connection.fn
         if layout is not None:
@@ -243,7 +270,11 @@ class CanvasTopology:
         return DEFAULT_FN
 
     def attention_ops(self, layout: Optional["CanvasLayout"] = None) -> List[Tuple[str, str, float, str]]:
-        """``[(src, dst, weight, fn), ...]`` with fn resolved (region defaults need ``layout``)."""
+        """``[(src, dst, weight, fn), ...]`` with fn resolved (region defaults need ``layout``).
+
+        With a layout, every connection is first checked against it (``validate``)."""
+        if layout is not None:
+            self.validate(layout)
         return [(c.src, c.dst, c.weight, self.resolve_fn(c, layout)) for c in self.connections]
 
     def neighbors_of(self, region: str) -> List[str]:
@@ -264,6 +295,7 @@ class CanvasTopology:
     def validate(self, layout: "CanvasLayout") -> "CanvasTopology":
         """Check every connection against a layout; raises ``TopologyError`` naming the first
         connection that refers to a region the layout does not declare. Returns self."""
+        _check_layout(layout, "validate")
         known = layout.regions
         for i, c in enumerate(self.connections):
             for side in ("src", "dst"):
@@ -299,7 +331,10 @@ class CanvasTopology:
         """Block-sparse form of the mask (which ``block_size`` tiles are full, partial, empty)."""
         from canvas_core.compiler.masks import block_mask
 
-        return block_mask(self.validate(layout), layout, block_size=block_size)
+        bs = as_int(block_size, "to_block_mask block_size")
+        if bs < 1:
+            raise SchemaError(f"to_block_mask block_size must be >= 1 (positions per tile), got {bs}")
+        return block_mask(self.validate(layout), layout, block_size=bs)
 
     def summary(self) -> str:
         """Human-readable list of the operations."""
@@ -318,9 +353,20 @@ class CanvasTopology:
         return "\n".join(lines)
 
 
+def _check_layout(layout: Any, where: str) -> None:
+    from canvas_core.schema.layout import CanvasLayout
+
+    if not isinstance(layout, CanvasLayout):
+        raise CanvasTypeError(f"{where}: layout must be a CanvasLayout, got {type(layout).__name__} {layout!r:.80}")
+
+
 def _names(regions: Iterable[str]) -> List[str]:
     if isinstance(regions, str):
         raise CanvasTypeError(f"expected a list of region names, got the string {regions!r}; wrap it: [{regions!r}]")
+    if isinstance(regions, bytes) or not hasattr(regions, "__iter__"):
+        raise CanvasTypeError(
+            f"expected a list of region names, got {type(regions).__name__} {regions!r}; write e.g. ['visual', 'action']"
+        )
     out = list(regions)
     for r in out:
         as_str(r, "region name")

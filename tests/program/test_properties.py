@@ -65,9 +65,14 @@ def trees(draw, ndim, depth=0):
                 children.append((p, [f"{p}.{s}" for s in sub_names], {f"{p}.{s}": v for s, v in sub_map.items()}))
     cls = make_dataclass(f"T{next(_counter)}", spec)
     order = list(names)
+    # nested objects first, then list elements (canvas-engineering's order)
+    children.sort(key=lambda c: "[" in c[0])
     for p, sub_names, sub_map in children:
         order += [p] + sub_names
-        fmap[p] = Field(spatial_shape=(1,))
+        # coarse period: mean period of everything below, weighted by h * w, rounded
+        below = list(sub_map.values())
+        mean = sum(f.period * f.h * f.w for f in below) / sum(f.h * f.w for f in below)
+        fmap[p] = Field(spatial_shape=(1,), period=max(1, round(mean)))
         fmap.update(sub_map)
     return cls(), order, fmap
 
