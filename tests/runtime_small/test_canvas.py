@@ -183,3 +183,31 @@ def test_positional_encoding_rejects_non_integer_grids():
     assert pe(np.int64(2), (np.int64(1), 3)).shape == (2, 1, 3, 8)
     with pytest.raises(CanvasError):
         SinusoidalPositionalEncoding3D(8, max_T=4)(2, "a", 2)
+
+
+def test_canvas_loads_canvas_engineering_state_dicts():
+    ce = pytest.importorskip("canvas_engineering")
+    from canvas_core.program import CanvasProgram, RegionProgram
+    from canvas_core.schema import CanvasSchema, CanvasTopology
+
+    kw = dict(T=3, H=2, W=4, d_model=8, regions={"a": (0, 3, 0, 2, 0, 2), "b.x[0]": (0, 3, 0, 2, 2, 4)})
+    theirs_layout = ce.CanvasLayout(**kw)
+    theirs_prog = ce.CanvasProgram(schema=ce.CanvasSchema(layout=theirs_layout, topology=ce.CanvasTopology([])),
+                                   regions={"a": ce.RegionProgram(family="action")})
+    theirs = ce.SpatiotemporalCanvas(theirs_layout, program=theirs_prog)
+    layout = CanvasLayout(**kw)
+    prog = CanvasProgram(schema=CanvasSchema(layout=layout, topology=CanvasTopology(connections=[])),
+                         regions={"a": RegionProgram(family="action")})
+    ours = SpatiotemporalCanvas(layout, program=prog)
+    result = ours.load_state_dict(theirs.state_dict())  # strict: every key maps
+    assert not result.missing_keys and not result.unexpected_keys
+    assert torch.equal(ours.modality_embeddings["r1"], theirs.modality_embeddings["b__x_0_"])
+    assert torch.equal(ours.empty_token, theirs.empty_token)
+    assert torch.equal(ours.family_carrier("action", "deterministic"),
+                       theirs.family_carrier_embedding("action", "deterministic"))
+    # the positional table canvas-engineering stores is the one ours computes
+    torch.testing.assert_close(ours.pos_enc(3, (2, 4)), theirs.pos_enc.pe[:3, :2, :4])
+    # and our own state dicts still round-trip
+    again = SpatiotemporalCanvas(layout, program=prog)
+    again.load_state_dict(ours.state_dict())
+    assert torch.equal(again.modality_embeddings["r0"], ours.modality_embeddings["r0"])
