@@ -188,7 +188,7 @@ class ReferenceKernel(nn.Module):
             self.register_buffer(f"s{bi}_q", to(torch.from_numpy(qi)), persistent=False)
             self.register_buffer(f"s{bi}_k", to(torch.from_numpy(ki)), persistent=False)
             if bias is not None:
-                self.register_buffer(f"s{bi}_bias", to(torch.from_numpy(bias).float()), persistent=False)
+                self.register_buffer(f"s{bi}_bias", to(torch.from_numpy(bias)), persistent=False)
             self._seg_shapes.append((nb, nq, nk, bias is not None, nb == 1 and _is_arange(qi, self.n),
                                      nb == 1 and _is_arange(ki, self.n)))
         self.register_buffer("s_out", to(torch.from_numpy(seg.out_index)), persistent=False)
