@@ -88,7 +88,7 @@ _export("canvas_core.runtime.canvas_attention", "CanvasAttention")
 _export("canvas_core.runtime.dispatch", "AttentionDispatcher")
 _export(
     "canvas_core.looping",
-    "LoopedBlockWrapper", "graft_looped_blocks", "freeze_full", "freeze_half",
+    "LoopedBlockWrapper", "graft_looped_blocks", "freeze_full", "freeze_half", "freeze_none",
     "CurriculumScheduler", "SharpeningSchedule", "save_loop_checkpoint", "load_loop_checkpoint",
 )
 _export("canvas_core.identity", "SlotBindingModule")

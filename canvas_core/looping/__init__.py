@@ -1,12 +1,14 @@
 """Looped attention: graft weight-shared iteration onto pretrained backbones.
 
 Public: ``LoopedBlockWrapper``, ``graft_looped_blocks``, ``freeze_full``, ``freeze_half``,
+``freeze_none``, ``ChannelFirstActionHead`` (the head of channel-first backbones such as Mochi),
 ``CurriculumScheduler``, ``SharpeningSchedule``, ``save_loop_checkpoint``,
 ``load_loop_checkpoint``; adapter authors use ``BackboneAdapter``, ``TokenLayout``, ``BlockIO``.
 """
 
 from canvas_core.looping.adapter import BackboneAdapter, GenericAdapter, TokenLayout, topology_bias
 from canvas_core.looping.checkpoint import load_loop_checkpoint, save_loop_checkpoint
+from canvas_core.looping.heads import ChannelFirstActionHead
 from canvas_core.looping.graft import (
     freeze_full,
     freeze_half,
@@ -26,6 +28,7 @@ __all__ = [
     "freeze_full",
     "freeze_half",
     "freeze_none",
+    "ChannelFirstActionHead",
     "get_adapter",
     "looped_blocks_of",
     "CurriculumScheduler",

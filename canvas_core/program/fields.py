@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from enum import Enum
 from typing import Optional, Tuple
 
@@ -54,6 +54,7 @@ class Field:
     tags: Tuple[str, ...] = ()
     carrier: Optional[str] = None
     spatial_shape: Optional[Tuple[int, ...]] = None
+    _: KW_ONLY  # canvas-core's program specs: keyword-only after canvas-engineering's 12 fields
     clock: Optional[ClockSpec] = None
     learning: Optional[LearningSpec] = None
     compile_mode: Optional[str] = None
