@@ -6,12 +6,14 @@ One process (CPU or one GPU)::
 
 Several processes, one per GPU (or several CPU processes with gloo)::
 
-    torchrun --nproc_per_node=2 examples/train_canvas.py --steps 200
+    torchrun --nproc_per_node=2 examples/train_canvas.py --steps 200          # DDP
+    torchrun --nproc_per_node=2 examples/train_canvas.py --steps 200 --fsdp   # FSDP2
 
 The model is plain PyTorch: a ``SpatiotemporalCanvas`` embedding, a stack of pre-norm blocks whose
 attention is an ``AttentionDispatcher`` running the canvas topology, and a linear read-out. Each
 process trains on its own shard of a synthetic task -- predict the next frame of drifting sinusoid
-"video" tokens and the action that drives the drift -- and DDP averages the gradients. The loss
+"video" tokens and the action that drives the drift -- and DDP (or FSDP2's ``fully_shard``)
+averages the gradients. The loss
 uses the layout's per-position loss weights. ``--compile`` wraps the model in ``torch.compile``.
 """
 
@@ -101,6 +103,7 @@ def main(argv=None) -> float:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--fsdp", action="store_true", help="shard parameters with FSDP2 (fully_shard) instead of DDP")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -119,7 +122,14 @@ def main(argv=None) -> float:
     layout = build_layout(args.frames, args.d_model)
     d_in = 8
     model = CanvasModel(layout, d_in, args.depth, args.heads).to(device)
-    train_model = DistributedDataParallel(model) if distributed else model
+    if distributed and args.fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:  # one all-gather per block, then the rest of the model
+            fully_shard(block)
+        train_model = fully_shard(model)
+    else:
+        train_model = DistributedDataParallel(model) if distributed else model
     if args.compile:
         train_model = torch.compile(train_model)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)

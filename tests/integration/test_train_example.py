@@ -1,10 +1,12 @@
-"""examples/train_canvas.py: trains on one process, and on two under torchrun (DDP, gloo on CPU)."""
+"""examples/train_canvas.py: trains on one process, and on two under torchrun (DDP and FSDP2, gloo on CPU)."""
 
 import importlib.util
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "train_canvas.py"
 
@@ -30,9 +32,11 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_under_torchrun(tmp_path):
+@pytest.mark.parametrize("wrap", ["ddp", "fsdp"])
+def test_two_processes_under_torchrun(tmp_path, wrap):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           f"--master_port={_free_port()}", str(SCRIPT), "--steps", "5", "--depth", "1"]
+           f"--master_port={_free_port()}", str(SCRIPT), "--steps", "5", "--depth", "1",
+           *(["--fsdp"] if wrap == "fsdp" else [])]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert "done: 5 steps on 2 process(es)" in res.stdout
