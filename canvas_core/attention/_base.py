@@ -17,7 +17,14 @@ from torch import nn
 
 from canvas_core.errors import CanvasTypeError, ShapeError
 
-__all__ = ["AttentionBase", "aligned_key_index", "causal_read_index", "check_dtypes_devices"]
+__all__ = [
+    "AttentionBase",
+    "aligned_key_index",
+    "causal_read_index",
+    "check_dtypes_devices",
+    "has_key",
+    "safe_div",
+]
 
 
 def _check_int(type_name: str, name: str, value, minimum: int) -> int:
@@ -91,6 +98,29 @@ class AttentionBase(nn.Module):
                 "batch sizes"
             )
         check_dtypes_devices(t, self, queries=queries, keys=keys, values=values)
+
+    def _prepare(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        key_mask: Optional[torch.Tensor],
+    ) -> Tuple[int, int, int, Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """The common forward preamble: check the inputs and normalise ``key_mask``.
+
+        Args:
+            queries: ``(B, Nq, D)``; keys, values: ``(B, Nk, D)``.
+            key_mask: None, or any mask :meth:`_mask` accepts.
+
+        Returns:
+            ``(B, Nq, Nk, allowed, bias)``; ``allowed`` (bool) and ``bias`` (additive float) are
+            ``(B|1, Nq|1, Nk)`` or None, as from :meth:`_mask`.
+        """
+        self._check_inputs(queries, keys, values)
+        B, Nq, _ = queries.shape
+        Nk = keys.shape[1]
+        allowed, bias = self._mask(key_mask, B, Nq, Nk, queries)
+        return B, Nq, Nk, allowed, bias
 
     def _mask(
         self, key_mask: Optional[torch.Tensor], B: int, Nq: int, Nk: int,
@@ -186,6 +216,23 @@ def check_dtypes_devices(type_name: str, module: Optional[nn.Module] = None, **t
             f"convert one of them (module.to({x0.dtype}) or the inputs .to({p.dtype})), or run under "
             "torch.autocast"
         )
+
+
+def has_key(allowed: Optional[torch.Tensor], Nk: int, device) -> torch.Tensor:
+    """``(B|1, Nq|1, 1)`` bool: does the query have at least one allowed key.
+
+    ``allowed`` is ``(B|1, Nq|1, Nk)`` bool or None (every key allowed: ``(1, 1, 1)``, True
+    unless ``Nk == 0``).
+    """
+    if allowed is None:
+        return torch.full((1, 1, 1), Nk > 0, dtype=torch.bool, device=device)
+    return allowed.any(dim=-1, keepdim=True)
+
+
+def safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``num / den`` with 0 where ``den == 0`` (gradient-safe: no NaN in the unused branch)."""
+    ok = den > 0
+    return num / torch.where(ok, den, torch.ones_like(den)) * ok
 
 
 def aligned_key_index(Nq: int, Nk: int, device=None) -> torch.Tensor:

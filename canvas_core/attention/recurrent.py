@@ -10,12 +10,12 @@ operator; ``Nq == 1`` reads the whole sequence; ``p(i) < 0`` gives zeros.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
-from canvas_core.attention._base import AttentionBase, _check_int, causal_read_index
+from canvas_core.attention._base import AttentionBase, _check_int, causal_read_index, safe_div
 from canvas_core.errors import CanvasTypeError
 
 __all__ = ["RWKVAttention", "HyenaAttention", "wkv_scan", "wkv_masked", "fft_causal_conv"]
@@ -26,11 +26,6 @@ _CHUNK_ELEMS = 1 << 24  # bound on the size of per-query intermediate tensors
 
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    ok = den > 0
-    return num / torch.where(ok, den, torch.ones_like(den)) * ok
 
 
 def _finite_or_zero(q: torch.Tensor) -> torch.Tensor:
@@ -62,6 +57,33 @@ def _rows_identical(allowed: torch.Tensor) -> bool:
     if torch.compiler.is_compiling():
         return False
     return bool((allowed == allowed[:, :1, :]).all())
+
+
+def _causal_read(
+    Nq: int, Nk: int, allowed: Optional[torch.Tensor], device
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Causal read positions of the queries and which queries read anything.
+
+    Args:
+        allowed: ``(B|1, Nq|1, Nk)`` bool key mask, or None (every key allowed).
+
+    Returns:
+        ``read (Nq,)``: :func:`causal_read_index` (``-1``: before the first key);
+        ``has (B|1, Nq, 1)`` bool: query ``i`` has an allowed key ``j <= read_i``.
+    """
+    read = causal_read_index(Nq, Nk, device=device)
+    j = torch.arange(Nk, device=device)
+    before = j[None, :] <= read[:, None]  # (Nq, Nk)
+    if allowed is None:
+        return read, before.any(-1).view(1, Nq, 1)
+    return read, (before[None] & allowed).any(-1, keepdim=True)
+
+
+def _read_at(seq: torch.Tensor, read: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``seq (B, Nk, C)`` read at ``read (Nq,)`` -> ``(B, Nq, C)``; zeros where ``read < 0``
+    (the validity factor is cast to ``dtype``, the working dtype)."""
+    valid = read >= 0
+    return seq.index_select(1, read.clamp(min=0)) * valid.view(1, -1, 1).to(dtype)
 
 
 # ---------------------------------------------------------------------------- RWKV
@@ -115,7 +137,7 @@ def wkv_scan(
             cur = u + kt
             m = _finite_or_zero(torch.maximum(p, cur))
             e1, e2 = torch.exp(p - m), torch.exp(cur - m)
-            outs.append(_safe_div(e1 * a + e2 * vt, e1 * b + e2))
+            outs.append(safe_div(e1 * a + e2 * vt, e1 * b + e2))
             old = p - w
             p = torch.maximum(old, kt)
             m = _finite_or_zero(p)
@@ -139,7 +161,7 @@ def wkv_scan(
         es = torch.exp(log_state - m)
         num = (e * vc[:, None, :, :]).sum(dim=2) + es * a[:, None, :]
         den = e.sum(dim=2) + es * b[:, None, :]
-        outs.append(_safe_div(num, den))
+        outs.append(safe_div(num, den))
         # carry the state to the end of the chunk
         log_keys = kc - (T - 1 - tau).to(k.dtype)[None, :, None] * w  # (B, T, C)
         log_old = p - T * w
@@ -186,7 +208,7 @@ def wkv_masked(
         logw = logw.masked_fill(~ok.unsqueeze(-1), _NEG_INF)
         m = _finite_or_zero(logw.amax(dim=2, keepdim=True))
         e = torch.exp(logw - m)
-        outs.append(_safe_div((e * v[:, None]).sum(dim=2), e.sum(dim=2)))
+        outs.append(safe_div((e * v[:, None]).sum(dim=2), e.sum(dim=2)))
     if not outs:
         return k.new_zeros(B, 0, C)
     return torch.cat(outs, dim=1)
@@ -237,10 +259,7 @@ class RWKVAttention(AttentionBase):
         key_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
-        self._check_inputs(queries, keys, values)
-        B, Nq, D = queries.shape
-        Nk = keys.shape[1]
-        allowed, _ = self._mask(key_mask, B, Nq, Nk, queries)
+        _, Nq, Nk, allowed, _ = self._prepare(queries, keys, values, key_mask)
         self.kernel_used = "torch"
         if Nk == 0:
             return torch.zeros_like(queries)
@@ -249,22 +268,12 @@ class RWKVAttention(AttentionBase):
         v = self.value(values).to(wd)
         w = torch.exp(self.time_decay.to(wd))
         u = self.time_first.to(wd)
-        read = causal_read_index(Nq, Nk, device=queries.device)
-        valid = read >= 0
-        j = torch.arange(Nk, device=queries.device)
-        before = j[None, :] <= read[:, None]  # (Nq, Nk)
+        read, has = _causal_read(Nq, Nk, allowed, queries.device)
         if allowed is None or _rows_identical(allowed):
             key_ok = None if allowed is None else allowed[:, 0, :]
-            seq = self._wkv(k, v, w, u, key_ok)
-            wkv = seq.index_select(1, read.clamp(min=0)) * valid.view(1, Nq, 1).to(wd)
-            has = (
-                before.any(-1).view(1, Nq, 1)
-                if key_ok is None
-                else (before[None] & key_ok[:, None, :]).any(-1, keepdim=True)
-            )
+            wkv = _read_at(self._wkv(k, v, w, u, key_ok), read, wd)
         else:
             wkv = wkv_masked(k, v, w, u, read, allowed)
-            has = (before[None] & allowed).any(-1, keepdim=True)
         r = torch.sigmoid(self.receptance(queries))
         out = self.output(self.drop(r * wkv.to(queries.dtype)))
         return out.masked_fill(~has, 0.0)
@@ -404,18 +413,12 @@ class HyenaAttention(AttentionBase):
         key_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
-        self._check_inputs(queries, keys, values)
-        B, Nq, D = queries.shape
-        Nk = keys.shape[1]
-        allowed, _ = self._mask(key_mask, B, Nq, Nk, queries)
+        _, Nq, Nk, allowed, _ = self._prepare(queries, keys, values, key_mask)
         self.kernel_used = "torch"
         if Nk == 0:
             return torch.zeros_like(queries)
         wd = _work_dtype(queries.dtype)
-        read = causal_read_index(Nq, Nk, device=queries.device)
-        valid = read >= 0
-        j = torch.arange(Nk, device=queries.device)
-        before = j[None, :] <= read[:, None]  # (Nq, Nk)
+        read, has = _causal_read(Nq, Nk, allowed, queries.device)
         per_query = allowed is not None and not _rows_identical(allowed)
         key_ok = None if allowed is None else allowed.any(dim=1)  # (B|1, Nk): union over queries
         keep = None if key_ok is None else key_ok.unsqueeze(-1).to(wd)
@@ -431,16 +434,9 @@ class HyenaAttention(AttentionBase):
             if keep is not None:
                 z = z * keep
         if not per_query:
-            y = fft_causal_conv(z, h[-1]) + d[-1] * z
-            y = y.index_select(1, read.clamp(min=0)) * valid.view(1, Nq, 1).to(wd)
-            has = (
-                before.any(-1).view(1, Nq, 1)
-                if key_ok is None
-                else (before[None] & key_ok[:, None, :]).any(-1, keepdim=True)
-            )
+            y = _read_at(fft_causal_conv(z, h[-1]) + d[-1] * z, read, wd)
         else:
             y = self._masked_last_conv(z, h[-1], d[-1], read, allowed)
-            has = (before[None] & allowed).any(-1, keepdim=True)
         out = self.out_proj(self.drop(self.q_proj(queries) * y.to(queries.dtype)))
         return out.masked_fill(~has, 0.0)
 

@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from canvas_core.attention._base import AttentionBase, _check_int, aligned_key_index
+from canvas_core.attention._base import (
+    AttentionBase,
+    _check_int,
+    aligned_key_index,
+    has_key,
+    safe_div,
+)
 from canvas_core.attention.softmax import CosineAttention, CrossAttention, _QKVAttention
 from canvas_core.errors import CanvasTypeError
 
@@ -21,19 +27,6 @@ __all__ = [
     "NoneAttention",
     "MixtureAttention",
 ]
-
-
-def _has_key(allowed: Optional[torch.Tensor], Nk: int, device) -> torch.Tensor:
-    """``(B|1, Nq|1, 1)`` bool: does the query have at least one allowed key."""
-    if allowed is None:
-        return torch.full((1, 1, 1), Nk > 0, dtype=torch.bool, device=device)
-    return allowed.any(dim=-1, keepdim=True)
-
-
-def _safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """``num / den`` with 0 where ``den == 0`` (gradient-safe: no NaN in the unused branch)."""
-    ok = den > 0
-    return num / torch.where(ok, den, torch.ones_like(den)) * ok
 
 
 class LinearAttention(_QKVAttention):
@@ -60,14 +53,12 @@ class LinearAttention(_QKVAttention):
         key_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
-        self._check_inputs(queries, keys, values)
-        B, Nq, _ = queries.shape
-        Nk = keys.shape[1]
-        allowed, _ = self._mask(key_mask, B, Nq, Nk, queries)
+        _, _, Nk, allowed, _ = self._prepare(queries, keys, values, key_mask)
         wdt = torch.float32 if queries.dtype in (torch.float16, torch.bfloat16) else queries.dtype
-        q = F.elu(self._split(self.q_proj(queries)).to(wdt)) + 1.0
-        k = F.elu(self._split(self.k_proj(keys)).to(wdt)) + 1.0
-        v = self._split(self.v_proj(values)).to(wdt)
+        q, k, v = self._project_qkv(queries, keys, values)
+        q = F.elu(q.to(wdt)) + 1.0
+        k = F.elu(k.to(wdt)) + 1.0
+        v = v.to(wdt)
         if allowed is None or allowed.shape[1] == 1:
             if allowed is not None:  # (B|1, 1, Nk) -> (B|1, 1, Nk, 1) zeroes blocked keys
                 k = k * allowed.transpose(1, 2).unsqueeze(1).to(wdt)
@@ -78,11 +69,11 @@ class LinearAttention(_QKVAttention):
             a = torch.matmul(q, k.transpose(-1, -2)) * allowed.unsqueeze(1).to(wdt)
             num = torch.matmul(a, v)
             den = a.sum(dim=-1, keepdim=True)
-        out = _safe_div(num, den).to(queries.dtype)
+        out = safe_div(num, den).to(queries.dtype)
         if self.dropout_p > 0.0 and self.training:
             out = F.dropout(out, p=self.dropout_p)
         out = self.out_proj(self._merge(out))
-        return out.masked_fill(~_has_key(allowed, Nk, out.device), 0.0)
+        return out.masked_fill(~has_key(allowed, Nk, out.device), 0.0)
 
 
 class SigmoidAttention(_QKVAttention):
@@ -108,13 +99,8 @@ class SigmoidAttention(_QKVAttention):
         key_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
-        self._check_inputs(queries, keys, values)
-        B, Nq, _ = queries.shape
-        Nk = keys.shape[1]
-        allowed, bias = self._mask(key_mask, B, Nq, Nk, queries)
-        q = self._split(self.q_proj(queries))
-        k = self._split(self.k_proj(keys))
-        v = self._split(self.v_proj(values))
+        _, _, Nk, allowed, bias = self._prepare(queries, keys, values, key_mask)
+        q, k, v = self._project_qkv(queries, keys, values)
         logits = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
         if allowed is None:
             n = torch.full(
@@ -131,7 +117,7 @@ class SigmoidAttention(_QKVAttention):
         if self.dropout_p > 0.0 and self.training:
             w = F.dropout(w, p=self.dropout_p)
         out = self.out_proj(self._merge(torch.matmul(w, v)))
-        return out.masked_fill(~_has_key(allowed, Nk, out.device), 0.0)
+        return out.masked_fill(~has_key(allowed, Nk, out.device), 0.0)
 
 
 class PoolingAttention(AttentionBase):
@@ -156,19 +142,16 @@ class PoolingAttention(AttentionBase):
         key_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
-        self._check_inputs(queries, keys, values)
-        B, Nq, D = queries.shape
-        Nk = keys.shape[1]
-        allowed, _ = self._mask(key_mask, B, Nq, Nk, queries)
+        B, Nq, Nk, allowed, _ = self._prepare(queries, keys, values, key_mask)
         if allowed is None:
             pooled = values.sum(dim=1, keepdim=True) / max(Nk, 1)  # (B, 1, D)
         else:
             m = allowed.to(values.dtype)
             count = m.sum(dim=-1, keepdim=True)
-            pooled = _safe_div(torch.matmul(m, values), count)  # (B, Nq|1, D)
+            pooled = safe_div(torch.matmul(m, values), count)  # (B, Nq|1, D)
         out = self.out_proj(self.drop(pooled))
-        out = out.masked_fill(~_has_key(allowed, Nk, out.device), 0.0)
-        return out.expand(B, Nq, D)
+        out = out.masked_fill(~has_key(allowed, Nk, out.device), 0.0)
+        return out.expand(B, Nq, self.d_model)
 
 
 class CopyAttention(AttentionBase):
@@ -190,10 +173,7 @@ class CopyAttention(AttentionBase):
         key_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
-        self._check_inputs(queries, keys, values)
-        B, Nq, D = queries.shape
-        Nk = keys.shape[1]
-        allowed, _ = self._mask(key_mask, B, Nq, Nk, queries)
+        _, Nq, Nk, allowed, _ = self._prepare(queries, keys, values, key_mask)
         if Nk == 0:
             return torch.zeros_like(queries)
         idx = aligned_key_index(Nq, Nk, device=values.device)
@@ -218,8 +198,7 @@ class NoneAttention(AttentionBase):
         key_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``(B, Nq, D), ... -> zeros (B, Nq, D)``."""
-        self._check_inputs(queries, keys, values)
-        self._mask(key_mask, queries.shape[0], queries.shape[1], keys.shape[1], queries)  # validate only
+        self._prepare(queries, keys, values, key_mask)  # validate only
         return torch.zeros_like(queries)
 
 

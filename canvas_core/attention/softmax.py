@@ -9,13 +9,13 @@ logits; ``SharpeningSchedule`` sets it per loop.  Queries without any allowed ke
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from canvas_core.attention._base import AttentionBase, _check_int
+from canvas_core.attention._base import AttentionBase, _check_int, has_key
 from canvas_core.attention.functional import masked_softmax
 from canvas_core.errors import CanvasTypeError
 
@@ -46,6 +46,16 @@ class _QKVAttention(AttentionBase):
         self.out_proj = nn.Linear(d_model, d_model)
         self.beta = 1.0
 
+    def _project_qkv(
+        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project and split heads: ``(B, Nq, D), (B, Nk, D), (B, Nk, D)`` ->
+        ``q (B, H, Nq, D/H), k (B, H, Nk, D/H), v (B, H, Nk, D/H)``."""
+        q = self._split(self.q_proj(queries))
+        k = self._split(self.k_proj(keys))
+        v = self._split(self.v_proj(values))
+        return q, k, v
+
     # logits (B, H, Nq, Nk) from projected heads; subclasses override
     def _logits(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         return torch.matmul(q, k.transpose(-1, -2)) * (self._beta() / math.sqrt(self.head_dim))
@@ -62,13 +72,8 @@ class _QKVAttention(AttentionBase):
         key_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
-        self._check_inputs(queries, keys, values)
-        B, Nq, _ = queries.shape
-        Nk = keys.shape[1]
-        allowed, bias = self._mask(key_mask, B, Nq, Nk, queries)
-        q = self._split(self.q_proj(queries))
-        k = self._split(self.k_proj(keys))
-        v = self._split(self.v_proj(values))
+        _, _, Nk, allowed, bias = self._prepare(queries, keys, values, key_mask)
+        q, k, v = self._project_qkv(queries, keys, values)
         plain = type(self)._logits is _QKVAttention._logits
         if plain and type(self)._structure_mask is _QKVAttention._structure_mask and Nk > 0:
             return self._forward_sdpa(q, k, v, allowed, bias)
@@ -326,17 +331,10 @@ class PerceiverAttention(AttentionBase):
         key_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
-        self._check_inputs(queries, keys, values)
-        B, Nq, D = queries.shape
-        Nk = keys.shape[1]
-        allowed, _ = self._mask(key_mask, B, Nq, Nk, queries)
+        B, _, Nk, allowed, _ = self._prepare(queries, keys, values, key_mask)
         lat = self.latents.to(queries.dtype).unsqueeze(0).expand(B, -1, -1)
-        if allowed is None:
-            union = None
-            has = torch.full((1, 1, 1), Nk > 0, dtype=torch.bool, device=queries.device)
-        else:
-            union = allowed.any(dim=1, keepdim=True)  # (B|1, 1, Nk)
-            has = allowed.any(dim=-1, keepdim=True)  # (B|1, Nq|1, 1)
+        union = None if allowed is None else allowed.any(dim=1, keepdim=True)  # (B|1, 1, Nk)
+        has = has_key(allowed, Nk, queries.device)  # (B|1, Nq|1, 1)
         z = lat + self.encode(lat, keys, values, key_mask=union)
         out = self.decode(queries, z, z)
         return out.masked_fill(~has, 0.0)
