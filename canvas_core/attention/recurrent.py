@@ -261,7 +261,7 @@ class RWKVAttention(AttentionBase):
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
         _, Nq, Nk, allowed, _ = self._prepare(queries, keys, values, key_mask)
         self.kernel_used = "torch"
-        if Nk == 0:
+        if Nk == 0 or Nq == 0:
             return torch.zeros_like(queries)
         wd = _work_dtype(queries.dtype)
         k = self.key(keys).to(wd)

@@ -227,3 +227,14 @@ BUILTIN_NAMES = [
 def test_conformance_suite_strict(name):
     testing = pytest.importorskip("canvas_core.testing")
     testing.check_attention_type(name, strict=True)
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("masked", [False, True])
+def test_no_queries(name, masked):
+    # an empty query set (a region with no position at this step) gives an empty output, never an error
+    m = _module(name)
+    q, k = torch.randn(2, 0, D), torch.randn(2, 4, D)
+    mask = torch.ones(0, 4, dtype=torch.bool) if masked else None
+    out = m(q, k, k, key_mask=mask)
+    assert out.shape == (2, 0, D)
