@@ -1,9 +1,5 @@
 """Property: compiling and running random schemas -- valid or not -- only ever raises CanvasError."""
 
-import importlib.util
-import pathlib
-import sys
-
 import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
@@ -11,20 +7,9 @@ from canvas_core.compiler import ProgramCompiler
 from canvas_core.errors import CanvasError
 from canvas_core.runtime.canvas_attention import CanvasAttention
 from canvas_core.schema import CanvasSchema, CanvasTopology, Connection
+import canvas_ref_strategies as gen  # registered by tests/conftest.py
 
 
-def _load(name):
-    mod = sys.modules.get(f"canvas_ref_{name}")
-    if mod is None:
-        path = pathlib.Path(__file__).resolve().parents[1] / "_reference" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(f"canvas_ref_{name}", path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-    return mod
-
-
-gen = _load("strategies")
 # known types, typos and unknown names (including ones a plugin provides elsewhere)
 GOOD = ("cross_attention", "linear_attention", "pooling", "gated", "copy", "none", "perceiver", None)
 FNS = ("cross_attention", "linear_attention", "pooling", "gated", "copy", "none", "perceiver",

@@ -1,7 +1,5 @@
 """Lowering and masks: against the brute-force reference, canvas-engineering and the block form."""
 
-import importlib.util
-import pathlib
 import sys
 
 import numpy as np
@@ -13,21 +11,8 @@ from canvas_core.compiler.lowering import lower
 from canvas_core.compiler.masks import attention_mask, block_mask
 from canvas_core.errors import CanvasError, TopologyError
 from canvas_core.schema import CanvasLayout, CanvasTopology, Connection
-
-
-def _load(name):
-    mod = sys.modules.get(f"canvas_ref_{name}")
-    if mod is None:
-        path = pathlib.Path(__file__).resolve().parents[1] / "_reference" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(f"canvas_ref_{name}", path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-    return mod
-
-
-ref = _load("dense_reference")
-gen = _load("strategies")
+import canvas_ref_dense_reference as ref  # registered by tests/conftest.py
+import canvas_ref_strategies as gen  # registered by tests/conftest.py
 
 
 @settings(max_examples=40, deadline=None)

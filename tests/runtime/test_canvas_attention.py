@@ -1,9 +1,6 @@
 """CanvasAttention / AttentionDispatcher against the dense reference of DESIGN.md's layer."""
 
-import importlib.util
 import math
-import pathlib
-import sys
 
 import pytest
 import torch
@@ -14,21 +11,8 @@ from canvas_core.errors import CanvasError, ShapeError
 from canvas_core.runtime.canvas_attention import CanvasAttention
 from canvas_core.runtime.dispatch import AttentionDispatcher
 from canvas_core.schema import CanvasLayout, CanvasTopology, Connection, RegionSpec
-
-
-def _load(name):
-    mod = sys.modules.get(f"canvas_ref_{name}")
-    if mod is None:
-        path = pathlib.Path(__file__).resolve().parents[1] / "_reference" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(f"canvas_ref_{name}", path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-    return mod
-
-
-ref = _load("dense_reference")
-gen = _load("strategies")
+import canvas_ref_dense_reference as ref  # registered by tests/conftest.py
+import canvas_ref_strategies as gen  # registered by tests/conftest.py
 
 
 class GateMix(nn.Module):

@@ -6,10 +6,6 @@ targets fall before the first / after the last destination frame), interpolation
 non-softmax types mixed in, ``active_regions`` subsets, ``beta != 1`` and batch > 1.
 """
 
-import importlib.util
-import pathlib
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -17,20 +13,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from canvas_core.runtime.canvas_attention import CanvasAttention
 from canvas_core.schema import CanvasLayout, CanvasTopology, Connection, RegionSpec
+import canvas_ref_dense_reference as ref  # registered by tests/conftest.py
 
 
-def _load(name):
-    mod = sys.modules.get(f"canvas_ref_{name}")
-    if mod is None:
-        path = pathlib.Path(__file__).resolve().parents[1] / "_reference" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(f"canvas_ref_{name}", path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-    return mod
-
-
-ref = _load("dense_reference")
 NON_SOFTMAX = ("pooling", "gated", "linear_attention")
 
 
