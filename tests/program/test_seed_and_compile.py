@@ -1,4 +1,4 @@
-"""compile_schema / compile_program: the seed 000 example, nested and list fields, layouts, wiring."""
+"""compile_schema / compile_program: nested and list fields, layouts, wiring (the seed 000 snippet itself: tests/seeds)."""
 
 from __future__ import annotations
 
@@ -15,40 +15,6 @@ from canvas_core.program import (
     BoundField, CanvasProgram, ClockSpec, ConnectivityPolicy, Field, IdentitySpec, LayoutStrategy,
     LearningSpec, RegionProgram, compile_program, compile_schema,
 )
-
-
-def test_seed_000_snippet_verbatim(capsys):
-    # --- seed 000, "Compile with process semantics (v2)", imports from canvas_core ---
-    from dataclasses import dataclass
-    from canvas_core import Field, compile_program
-
-    @dataclass
-    class Robot:
-        camera: Field = Field(6, 6, family="observation")
-        belief: Field = Field(4, 4, family="state", tags=("belief",))
-        action: Field = Field(1, 4, family="action", loss_weight=2.0)
-
-    bound, program = compile_program(Robot(), T=8, d_model=256)
-    # program.regions has typed metadata per field:
-    print(program.regions["camera"].family)  # "observation"
-    print(program.regions["belief"].carrier)  # "deterministic"
-    # Auto-wired operators on connections:
-    for c in program.schema.topology.connections:
-        if c.operator != "attend":
-            print(f"{c.src} → {c.dst}: {c.operator}")
-    # --- end of seed ---
-    out = capsys.readouterr().out.splitlines()
-    assert out == [
-        "observation",
-        "deterministic",
-        "camera → belief: observe",
-        "belief → camera: predict",
-        "belief → action: act",
-    ]
-    assert program.regions["belief"].tags == ("belief",)
-    assert bound.layout.regions["action"].loss_weight == 2.0
-    assert bound.layout.regions["camera"].family == "observation"
-    assert bound.layout.regions["belief"].carrier == "deterministic"
 
 
 @dataclass

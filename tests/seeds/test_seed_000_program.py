@@ -48,5 +48,7 @@ def test_seed000_compile_program_snippet():
     assert layout.T == 8 and layout.d_model == 256
     assert [layout.region_numel(n) for n in ("camera", "belief", "action")] == [8 * 36, 8 * 16, 8 * 4]
     assert layout.regions["action"].loss_weight == 2.0
+    assert layout.regions["camera"].family == "observation"
+    assert layout.regions["belief"].carrier == "deterministic"
     assert program.regions["belief"].tags == ("belief",)
     assert program.regions["action"].family == "action"
