@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from canvas_core.compiler.plan import ExecutionPlan, RectGroup, block_layout_of
+from canvas_core.compiler.plan import ExecutionPlan, RectGroup, SegmentGrid, block_layout_of
 from canvas_core.errors import CompileError, ShapeError
 
 __all__ = ["ReferenceKernel", "make_kernel"]
@@ -99,8 +99,10 @@ class ReferenceKernel(nn.Module):
         to = (lambda t: t.to(device)) if device is not None else (lambda t: t)
         perm = torch.from_numpy(plan.perm)
         inv = torch.from_numpy(plan.inv_perm)
+        # the type's weight matrix compressed to segments, in packed order (segments and dense use it)
+        packed_grid = segment_grid(n, group.q0, group.q1, group.k0, group.k1, group.weight)
         if mode in ("auto", "segments"):
-            seg = _segment_buckets(plan, group, max_buckets if mode == "auto" else None)
+            seg = _segment_buckets(plan, packed_grid, max_buckets if mode == "auto" else None)
             # exact work and no pair mask: better than the masked dense call once N is not tiny
             if mode == "segments" or (seg is not None and n > small_n):
                 self.mode = "segments"
@@ -122,10 +124,9 @@ class ReferenceKernel(nn.Module):
             mode = "dense" if (n <= small_n or sparse_work > dense_threshold * n * n) else "sparse"
         self.mode = mode
         if mode == "dense":
-            dg = segment_grid(n, group.q0, group.q1, group.k0, group.k1, group.weight)
-            rs = torch.from_numpy(dg.row_segment_of(n))[inv]
-            cs = torch.from_numpy(dg.col_segment_of(n))[inv]
-            W = torch.from_numpy(dg.grid)[rs][:, cs]  # canonical (N, N)
+            rs = torch.from_numpy(packed_grid.row_segment_of(n))[inv]
+            cs = torch.from_numpy(packed_grid.col_segment_of(n))[inv]
+            W = torch.from_numpy(packed_grid.grid)[rs][:, cs]  # canonical (N, N)
             has = (W > 0).any(dim=1)
             # an additive float mask: faster than a boolean one in CPU SDPA, and carries log w
             mask = torch.where(W > 0, W.clamp_min(1e-30).log(), torch.full_like(W, -math.inf)).float()
@@ -281,8 +282,10 @@ class _Segments:
         self.work = work            # gathered (query, key) pairs, padding included
 
 
-def _segment_buckets(plan: ExecutionPlan, group: RectGroup, max_buckets: Optional[int]):
-    """Group the queries of ``group`` into classes with identical weight rows and bucket them.
+def _segment_buckets(plan: ExecutionPlan, sg: SegmentGrid, max_buckets: Optional[int]):
+    """Group the queries of one fn type into classes with identical weight rows and bucket them.
+
+    ``sg``: the type's :class:`SegmentGrid` over the ``plan.n`` packed positions.
 
     A class is a set of query positions (canonical) sharing the key set ``K`` and the per-key
     weights; a bucket holds classes with the same ``(|K|, |Q|)`` (or the same ``|K|`` with the
@@ -290,10 +293,7 @@ def _segment_buckets(plan: ExecutionPlan, group: RectGroup, max_buckets: Optiona
     computes it with no padded key.  Returns None when more than ``max_buckets`` buckets (None:
     no limit) would be needed or padding would waste more than a quarter of the work.
     """
-    from canvas_core.compiler.plan import segment_grid
-
     n = int(plan.n)
-    sg = segment_grid(n, group.q0, group.q1, group.k0, group.k1, group.weight)
     grid = sg.grid
     rows_with_keys = np.flatnonzero((grid > 0).any(axis=1))
     out_index = np.full(n, -1, dtype=np.int64)
