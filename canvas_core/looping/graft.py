@@ -12,6 +12,7 @@ from canvas_core.looping.adapter import BackboneAdapter, GenericAdapter
 from canvas_core.looping.checkpoint import _schema_hash
 from canvas_core.looping.registry import resolve_adapter
 from canvas_core.looping.wrapper import LoopedBlockWrapper
+from canvas_core.runtime.heads import ActionHead
 
 __all__ = [
     "graft_looped_blocks",
@@ -27,14 +28,6 @@ FREEZE_STRATEGIES = ("full", "half", "none")
 _ADAPTER_ATTR = "_canvas_backbone_adapter"
 
 
-def _action_head_cls():
-    try:
-        from canvas_core.runtime.heads import ActionHead  # the runtime's head when present
-    except ImportError:
-        from canvas_core.looping._head_fallback import ActionHead
-    return ActionHead
-
-
 def _make_action_head(
     adapter: Any, latent_channels: int, action_dim: int, hidden_dim: Optional[int]
 ) -> nn.Module:
@@ -48,7 +41,7 @@ def _make_action_head(
         return ChannelFirstActionHead(
             latent_channels=latent_channels, action_dim=action_dim, hidden_dim=hidden_dim
         )
-    return _action_head_cls()(
+    return ActionHead(
         latent_channels=latent_channels, action_dim=action_dim, hidden_dim=hidden_dim
     )
 

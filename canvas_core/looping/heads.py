@@ -6,10 +6,7 @@ import torch
 
 from canvas_core.errors import CanvasTypeError, ShapeError
 
-try:
-    from canvas_core.runtime.heads import ActionHead
-except ImportError:  # pragma: no cover - the runtime is part of canvas-core
-    from canvas_core.looping._head_fallback import ActionHead
+from canvas_core.runtime.heads import ActionHead
 
 __all__ = ["ChannelFirstActionHead"]
 
