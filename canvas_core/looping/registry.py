@@ -1,28 +1,33 @@
 """Find the backbone adapter for a model through the plugin registry.
 
 Adapters are registered by plugins with ``registry.add(name, "pkg.module:Adapter",
-model_classes=("diffusers.CogVideoXTransformer3DModel",), ...)``. Matching uses class names
-only, so looking up an adapter never imports a plugin whose model class is not in the model's MRO.
+model_classes=("diffusers.CogVideoXTransformer3DModel",), ...)``. The plugin host (pluggy's
+entry-point loader, the only one in canvas-core) fills the ``backbones`` registry; this module
+only reads it. Matching uses class names only, so looking up an adapter never imports a plugin
+whose model class is not in the model's MRO.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
 from canvas_core.errors import BackboneError, CanvasTypeError
 from canvas_core.looping.adapter import BackboneAdapter, GenericAdapter, class_matches
+from canvas_core.plugins.api import get_registry
 
 __all__ = ["BackboneEntry", "backbone_entries", "find_adapter", "resolve_adapter"]
 
 
 @dataclass
 class BackboneEntry:
+    """One registered backbone adapter: its name, lazy factory, metadata and provider."""
+
     name: str
     factory: Any
     metadata: Dict[str, Any] = field(default_factory=dict)
     provider: str = ""
+    spec: Optional[Any] = field(default=None, repr=False)
 
     @property
     def patterns(self) -> Tuple[str, ...]:
@@ -36,92 +41,20 @@ class BackboneEntry:
         return tuple(pats)
 
     def load(self) -> Any:
-        spec = getattr(self, "spec", None)
-        if spec is not None:  # the plugin layer's spec: its PluginLoadError names the plugin
-            return spec.load()
-        f = self.factory
-        if isinstance(f, str):
-            mod, _, attr = f.partition(":")
-            try:
-                obj = importlib.import_module(mod)
-                for part in attr.split(".") if attr else []:
-                    obj = getattr(obj, part)
-            except Exception as e:  # a broken plugin must not look like a missing one
-                raise BackboneError(
-                    f"backbone adapter {self.name!r} ({f}) failed to load: {type(e).__name__}: {e}"
-                ) from e
-            return obj
-        return f
-
-
-class _Collector:
-    """Registry stand-in used when the plugin layer offers no backbone listing."""
-
-    def __init__(self, provider: str) -> None:
-        self.provider = provider
-        self.entries: List[BackboneEntry] = []
-
-    def add(self, name: Any, factory: Any = None, **metadata: Any) -> None:
-        if factory is None and hasattr(name, "name"):  # a spec object
-            spec = name
-            self.entries.append(
-                BackboneEntry(
-                    spec.name,
-                    getattr(spec, "factory", None),
-                    dict(getattr(spec, "metadata", {}) or {}),
-                    self.provider,
-                )
-            )
-            return
-        self.entries.append(BackboneEntry(str(name), factory, metadata, self.provider))
-
-
-def _from_plugin_layer() -> Optional[List[BackboneEntry]]:
-    """Specs of the plugin layer's ``backbones`` registry (None if that layer is unavailable)."""
-    try:
-        plugins = importlib.import_module("canvas_core.plugins")
-        registry = plugins.get_registry("backbones")
-        specs = registry.specs()
-    except (ImportError, AttributeError):
-        return None
-    out: List[BackboneEntry] = []
-    for spec in specs:
-        meta = dict(getattr(spec, "metadata", None) or {})
-        entry = BackboneEntry(spec.name, spec.factory, meta, str(getattr(spec, "provider", "")))
-        entry.spec = spec  # type: ignore[attr-defined]
-        out.append(entry)
-    return out
-
-
-def _from_entry_points() -> List[BackboneEntry]:
-    from importlib.metadata import entry_points
-
-    out: List[BackboneEntry] = []
-    for ep in entry_points(group="canvas"):
-        try:
-            mod = ep.load()
-        except Exception:
-            continue
-        hook = getattr(mod, "canvas_register_backbones", None)
-        if hook is None:
-            continue
-        col = _Collector(
-            getattr(ep.dist, "name", ep.name) if getattr(ep, "dist", None) else ep.name
-        )
-        try:
-            hook(registry=col)
-        except Exception:
-            continue
-        out.extend(col.entries)
-    return out
+        """The adapter class (or object); a plugin that fails to import raises the plugin
+        layer's ``PluginLoadError`` naming the plugin."""
+        if self.spec is not None:
+            return self.spec.load()
+        return self.factory
 
 
 def backbone_entries() -> List[BackboneEntry]:
-    """Every registered backbone adapter (name, lazy factory, metadata)."""
-    entries = _from_plugin_layer()
-    if entries is None:
-        entries = _from_entry_points()
-    return entries
+    """Every registered backbone adapter (name, lazy factory, metadata), sorted by name."""
+    out: List[BackboneEntry] = []
+    for spec in get_registry("backbones").specs():
+        meta = dict(spec.metadata or {})
+        out.append(BackboneEntry(spec.name, spec.factory, meta, str(spec.provider), spec))
+    return out
 
 
 def find_adapter(model: Any) -> BackboneAdapter:
