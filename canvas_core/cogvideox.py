@@ -1,8 +1,8 @@
 """canvas-engineering-compatible path: ``canvas_engineering.cogvideox`` is ``canvas_core.cogvideox``.
 
 CogVideoX support lives in the optional distribution ``canvas-plugin-cogvideox``
-(``pip install canvas-plugin-cogvideox``); this module re-exports it lazily, so importing it never
-imports torch or diffusers:
+(``pip install canvas-plugin-cogvideox``); this module re-exports it lazily through the plugin
+registry (it never imports the plugin by name), so importing it never imports torch or diffusers:
 
 * ``CogVideoXAttention``: attention type ``cogvideox`` (softmax cross-attention in a dispatcher).
 * ``CogVideoXAdapter``, ``CanvasCogVideoXAttnProcessor``: the backbone adapter used by
@@ -18,7 +18,7 @@ Without the plugin, each name raises :class:`~canvas_core.errors.UnknownNameErro
 
 from __future__ import annotations
 
-import importlib
+import sys
 from typing import Any
 
 __all__ = ["CogVideoXAttention", "CogVideoXAdapter", "CanvasCogVideoXAttnProcessor",
@@ -28,21 +28,35 @@ _DIST = "canvas-plugin-cogvideox"
 _cache: dict = {}
 
 
-def _adapter_module() -> Any:
-    try:
-        return importlib.import_module("canvas_plugin_cogvideox.adapter")
-    except ImportError as exc:
-        from canvas_core.plugins.reexports import MissingPluginNameError
+def _from_plugin(name: str) -> Any:
+    """``CogVideoXAdapter`` (the ``cogvideox`` entry of the backbones registry) or a name defined
+    beside it in the plugin (``CanvasCogVideoXAttnProcessor``). The plugin is reached through the
+    registry that pluggy's entry-point loading fills, never imported by name."""
+    from canvas_core.errors import CanvasError
+    from canvas_core.plugins import get_registry
+    from canvas_core.plugins.reexports import MissingPluginNameError, _from_plugin_module
 
-        missing = getattr(exc, "name", None) or str(exc)
+    try:
+        adapter = get_registry("backbones").get("cogvideox").load()
+    except CanvasError as exc:
         raise MissingPluginNameError(
-            f"canvas_core.cogvideox needs the optional distribution {_DIST} and diffusers "
-            f"(import of {missing!r} failed): pip install {_DIST}") from None
+            f"canvas_core.cogvideox.{name} needs the optional distribution {_DIST} and diffusers: "
+            f"pip install {_DIST} ({exc})") from None
+    if name == "CogVideoXAdapter":
+        return adapter
+    value = getattr(sys.modules.get(adapter.__module__), name, None)
+    if value is None:
+        value = _from_plugin_module(_DIST, name)
+    if value is None:
+        raise MissingPluginNameError(
+            f"canvas_core.cogvideox.{name}: the installed {_DIST} does not define it; "
+            f"pip install --upgrade {_DIST}")
+    return value
 
 
 def detect_inner_dim(transformer: Any) -> int:
     """Hidden width of a CogVideoX transformer: ``num_attention_heads * attention_head_dim``."""
-    return _adapter_module().CogVideoXAdapter().hidden_size(transformer)
+    return _from_plugin("CogVideoXAdapter")().hidden_size(transformer)
 
 
 def _looped_block_class() -> type:
@@ -79,7 +93,7 @@ def __getattr__(name: str) -> Any:
 
         value = canvas_core.CogVideoXAttention  # install hint when the plugin is missing
     elif name in ("CogVideoXAdapter", "CanvasCogVideoXAttnProcessor"):
-        value = getattr(_adapter_module(), name)
+        value = _from_plugin(name)
     elif name == "LoopedCogVideoXBlock":
         value = _looped_block_class()
     else:

@@ -5,7 +5,8 @@
   ``binding_fn`` (a registered identity binder) and ``birth_death``.
 * ``SlotBindingModule`` (the default ``cross_attention`` binder) comes from the
   ``canvas-plugin-identity`` distribution; ``canvas_core.identity.SlotBindingModule`` and
-  ``canvas_core.SlotBindingModule`` load it lazily (a clear install hint otherwise).
+  ``canvas_core.SlotBindingModule`` load it lazily through the identity-binder registry, never
+  by importing the plugin (a clear install hint when it is not installed).
 * :class:`SlotTracker` wraps any binder and carries slot state across timesteps according to the
   mode; :func:`build_identity_binders` builds one tracker per region of a program that declares
   an ``IdentitySpec`` (the runtime calls it).
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, PluginLoadError, ProgramError, UnknownNameError
+from canvas_core.plugins import create_identity_binder, get_registry, list_identity_binders
 from canvas_core.program.identity import IdentitySpec
 
 __all__ = [
@@ -37,29 +39,20 @@ _INSTALL_HINT = ("install the canvas-plugin-identity distribution "
                  "in a checkout of canvas-core)")
 
 
-def _plugin_binders() -> Dict[str, str]:
-    try:
-        from canvas_plugin_identity import BINDERS
-    except ImportError:
-        return {}
-    return dict(BINDERS)
-
-
-def _load(ref: str) -> Any:
-    import importlib
-
-    mod, _, obj = ref.partition(":")
-    return getattr(importlib.import_module(mod), obj)
-
-
 def _slot_binding_class() -> type:
+    """The default binder class, found through the identity registry (never by importing the
+    plugin): the registration of ``cross_attention`` whose factory is a ``SlotBindingModule``."""
+    reg = get_registry("identity")
+    found = [s for s in reg.all_registrations()
+             if s.name == "cross_attention" and str(s.factory_path).replace(":", ".").rpartition(".")[2] == "SlotBindingModule"]
+    if found:
+        return found[-1].load()  # PluginLoadError (naming the plugin) when its module fails to import
     try:
-        from canvas_plugin_identity.binding import SlotBindingModule as cls
-    except ImportError as exc:
-        raise PluginLoadError(
-            f"SlotBindingModule is provided by the identity plugin, which cannot be imported ({exc}); "
-            f"{_INSTALL_HINT}") from exc
-    return cls
+        reg.get("cross_attention")  # a plugin that failed to load raises its PluginLoadError here
+    except UnknownNameError:
+        pass
+    raise PluginLoadError(
+        f"SlotBindingModule is provided by the identity plugin, which is not registered; {_INSTALL_HINT}")
 
 
 def __getattr__(name: str) -> Any:
@@ -70,43 +63,23 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'canvas_core.identity' has no attribute {name!r}")
 
 
-def _registry_create():
-    """``canvas_core.plugins.create_identity_binder`` if the plugin layer provides it, else None."""
-    try:
-        from canvas_core.plugins import create_identity_binder
-    except (ImportError, AttributeError):
-        return None
-    return create_identity_binder
-
-
 def create_binder(binding_fn: str, d_model: int, n_slots: int, n_heads: int = 4,
                   birth_death: bool = False) -> nn.Module:
     """Build the identity binder registered as ``binding_fn``.
 
-    Resolution goes through the plugin registry (``create_identity_binder``); without a plugin
-    layer it falls back to the binders of ``canvas-plugin-identity``. An unknown name raises
-    :class:`~canvas_core.errors.UnknownNameError` listing the known binders.
+    Resolution goes through the plugin registry (``create_identity_binder``). An unknown name
+    raises :class:`~canvas_core.errors.UnknownNameError` listing the known binders (and the
+    install hint of ``canvas-plugin-identity`` when no binder is registered at all).
     """
     if not isinstance(binding_fn, str) or not binding_fn:
         raise CanvasTypeError(f"identity binding_fn must be a non-empty str, got {binding_fn!r}")
-    create = _registry_create()
-    if create is not None:
-        try:
-            return create(binding_fn, d_model=d_model, n_slots=n_slots, n_heads=n_heads,
-                          birth_death=birth_death)
-        except UnknownNameError:
-            if binding_fn not in _plugin_binders():
-                raise
-    known = _plugin_binders()
-    if binding_fn not in known:
-        from canvas_core.errors import did_you_mean
-
-        hint = "" if known else f"; no identity plugin is installed: {_INSTALL_HINT}"
-        raise UnknownNameError(
-            f"unknown identity binding_fn {binding_fn!r}; known binders: {sorted(known)}"
-            f"{did_you_mean(binding_fn, known)}{hint}")
-    factory = _load(known[binding_fn])
-    return factory(d_model=d_model, n_slots=n_slots, n_heads=n_heads, birth_death=birth_death)
+    try:
+        return create_identity_binder(binding_fn, d_model=d_model, n_slots=n_slots, n_heads=n_heads,
+                                      birth_death=birth_death)
+    except UnknownNameError as exc:
+        if list_identity_binders():
+            raise
+        raise type(exc)(f"{exc}; no identity plugin is installed: {_INSTALL_HINT}") from None
 
 
 class SlotStep(NamedTuple):

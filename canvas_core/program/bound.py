@@ -189,12 +189,12 @@ class BoundSchema(_Navigable):
                 out.append(rest.split(".")[0].split("[")[0])
         return out
 
-    # --- torch-backed conveniences (lazy) ------------------------------------------------------
+    # --- torch objects (thin delegates to canvas_core.runtime.delegates; see its docstring) -----
     def build_canvas(self, semantic_conditioner: Any = None) -> Any:
         """Create (and keep) a ``SpatiotemporalCanvas`` for this schema."""
-        from canvas_core.runtime.canvas import SpatiotemporalCanvas
+        from canvas_core.runtime.delegates import bound_schema_canvas
 
-        self.canvas = SpatiotemporalCanvas(self.layout, semantic_conditioner=semantic_conditioner)
+        self.canvas = bound_schema_canvas(self, semantic_conditioner)
         return self.canvas
 
     def _canvas_for(self, canvas: Any) -> Any:
@@ -213,16 +213,10 @@ class BoundSchema(_Navigable):
         """A ``SemanticConditioner`` from the fields' semantic types embedded by ``embed_fn``
         (``list[str] -> list[list[float]]``). ``embed_dim`` defaults to the embeddings' length
         (384 for the MiniLM embedder of canvas-plugin-semantic)."""
-        from canvas_core.semantic import SemanticConditioner, compute_semantic_embeddings
+        from canvas_core.runtime.delegates import bound_schema_semantic_conditioner
 
-        types = {n: s.semantic_type for n, s in self.region_specs.items() if s.semantic_type}
-        embeddings = compute_semantic_embeddings(self.field_names, embed_fn, semantic_types=types)
-        if embed_dim is None:
-            embed_dim = len(next(iter(embeddings.values()))) if embeddings else 1
-        return SemanticConditioner(
-            d_model=self.layout.d_model, embed_dim=embed_dim, region_embeddings=embeddings,
-            freeze_embeddings=freeze_embeddings, learn_residuals=learn_residuals,
-        )
+        return bound_schema_semantic_conditioner(self, embed_fn, embed_dim, freeze_embeddings,
+                                                 learn_residuals)
 
     def summary(self) -> str:
         """One line per field: its name, box and number of positions."""

@@ -307,34 +307,29 @@ class CanvasTopology:
                     )
         return self
 
-    # --- lowering (delegates to the compiler layer at call time) --------------------------------
+    # --- torch objects (thin delegates to canvas_core.runtime.delegates; see its docstring) -----
     def to_attention_mask(self, layout: "CanvasLayout", device: Any = "cpu"):
         """Dense ``(N, N)`` float mask: ``[i, j]`` = largest weight linking query i to key j, 0
         where none. Built from the block-sparse plan (imports torch)."""
-        from canvas_core.compiler.masks import attention_mask
+        from canvas_core.runtime.delegates import topology_attention_mask
 
-        return attention_mask(self.validate(layout), layout, device=device)
+        return topology_attention_mask(self.validate(layout), layout, device=device)
 
     def to_additive_mask(self, layout: "CanvasLayout", device: Any = "cpu"):
         """``(N, N)`` additive mask for ``nn.Transformer``-style layers: ``log(weight)`` where
         linked, ``-inf`` where not; a row with no key at all attends to itself (no NaN)."""
-        import torch
+        from canvas_core.runtime.delegates import topology_additive_mask
 
-        mask = self.to_attention_mask(layout, device=device)
-        add = torch.where(mask > 0, mask.clamp_min(1e-30).log(), torch.full_like(mask, float("-inf")))
-        empty = ~(mask > 0).any(dim=1)
-        idx = torch.nonzero(empty).flatten()
-        add[idx, idx] = 0.0
-        return add
+        return topology_additive_mask(self.validate(layout), layout, device=device)
 
     def to_block_mask(self, layout: "CanvasLayout", block_size: int = 128):
         """Block-sparse form of the mask (which ``block_size`` tiles are full, partial, empty)."""
-        from canvas_core.compiler.masks import block_mask
-
         bs = as_int(block_size, "to_block_mask block_size")
         if bs < 1:
             raise SchemaError(f"to_block_mask block_size must be >= 1 (positions per tile), got {bs}")
-        return block_mask(self.validate(layout), layout, block_size=bs)
+        from canvas_core.runtime.delegates import topology_block_mask
+
+        return topology_block_mask(self.validate(layout), layout, block_size=bs)
 
     def summary(self) -> str:
         """Human-readable list of the operations."""

@@ -1,0 +1,73 @@
+"""Torch side of the declarative layers' canvas-engineering-compatible methods.
+
+``schema``, ``program``, ``plugins`` and ``compiler`` never import torch or a layer above them.
+A handful of methods there must still hand out torch objects because canvas-engineering offers
+them on the declarative classes:
+
+* ``CanvasTopology.to_attention_mask`` / ``to_additive_mask`` / ``to_block_mask``
+* ``BoundSchema.build_canvas`` / ``build_semantic_conditioner``
+
+Each of those is a two-line delegate to a function here, and they are the only upward imports
+out of the lower layers (the allow-list of ``tests/architecture/test_import_graph.py`` names
+them). The functions take the declarative object as their first argument and do the work.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+
+from canvas_core.compiler.masks import attention_mask, block_mask
+
+__all__ = [
+    "topology_attention_mask",
+    "topology_additive_mask",
+    "topology_block_mask",
+    "bound_schema_canvas",
+    "bound_schema_semantic_conditioner",
+]
+
+
+def topology_attention_mask(topology: Any, layout: Any, device: Any = "cpu") -> torch.Tensor:
+    """``(N, N)`` float mask of a validated topology: the largest linking weight, 0 where none."""
+    return attention_mask(topology, layout, device=device)
+
+
+def topology_additive_mask(topology: Any, layout: Any, device: Any = "cpu") -> torch.Tensor:
+    """``log(weight)`` where linked, ``-inf`` elsewhere; a query row that reaches no key keeps
+    a 0 on its own diagonal so that a softmax over it never yields NaN."""
+    mask = topology_attention_mask(topology, layout, device=device)
+    add = torch.where(mask > 0, mask.clamp_min(1e-30).log(), torch.full_like(mask, float("-inf")))
+    lonely = torch.nonzero(~(mask > 0).any(dim=1)).flatten()
+    add[lonely, lonely] = 0.0
+    return add
+
+
+def topology_block_mask(topology: Any, layout: Any, block_size: int) -> Any:
+    """Tile structure (full / partial / empty tiles of ``block_size``) of a validated topology."""
+    return block_mask(topology, layout, block_size=block_size)
+
+
+def bound_schema_canvas(bound: Any, semantic_conditioner: Any = None) -> Any:
+    """A ``SpatiotemporalCanvas`` over the bound schema's layout."""
+    from canvas_core.runtime.canvas import SpatiotemporalCanvas
+
+    return SpatiotemporalCanvas(bound.layout, semantic_conditioner=semantic_conditioner)
+
+
+def bound_schema_semantic_conditioner(bound: Any, embed_fn: Any, embed_dim: Optional[int] = None,
+                                      freeze_embeddings: bool = True,
+                                      learn_residuals: bool = True) -> Any:
+    """A ``SemanticConditioner`` whose per-field embeddings come from ``embed_fn`` applied to the
+    fields' names (or their declared semantic types)."""
+    from canvas_core.semantic import SemanticConditioner, compute_semantic_embeddings
+
+    types = {n: s.semantic_type for n, s in bound.region_specs.items() if s.semantic_type}
+    embeddings = compute_semantic_embeddings(bound.field_names, embed_fn, semantic_types=types)
+    if embed_dim is None:
+        embed_dim = len(next(iter(embeddings.values()))) if embeddings else 1
+    return SemanticConditioner(
+        d_model=bound.layout.d_model, embed_dim=embed_dim, region_embeddings=embeddings,
+        freeze_embeddings=freeze_embeddings, learn_residuals=learn_residuals,
+    )
