@@ -4,11 +4,15 @@ A :class:`Registry` keeps, per name, the stack of registrations (the last one wi
 ones are only there because a later one passed ``override=True``, and come back when it is
 removed).  Registries belong to a :class:`~canvas_core.plugins.host.PluginHost`; every read
 first makes the host load its plugins (lazily, once).
+
+The registry also owns the policy for clashes between installed plugins
+(:meth:`Registry.add_from_plugin`): the host only reports what it decided.
 """
 
 from __future__ import annotations
 
 import difflib
+import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -18,7 +22,10 @@ from canvas_core.plugins.spec import IN_PROCESS, SPEC_FIELDS, Spec, SpecError
 if TYPE_CHECKING:  # pragma: no cover
     from canvas_core.plugins.host import PluginHost
 
-__all__ = ["Registry", "RegistryView", "UnknownNameKeyError", "KINDS", "NOUNS", "closest"]
+__all__ = ["Registry", "RegistryView", "UnknownNameKeyError", "KINDS", "NOUNS", "closest", "BUILTIN_PLUGIN"]
+
+#: plugin name under which the core registers its own types.
+BUILTIN_PLUGIN = "builtin"
 
 #: registry kinds, in the order their hooks run.
 KINDS: Tuple[str, ...] = ("attention", "kernels", "backbones", "identity", "embedders")
@@ -58,6 +65,8 @@ class Registry:
         self._stacks: Dict[str, List[Spec]] = {}
         # name -> (error, plugin that tried to register it)
         self._conflicts: Dict[str, Tuple[DuplicateRegistrationError, str]] = {}
+        # registrations an installed plugin made with override=True (they win over plain ones)
+        self._overriding: "weakref.WeakSet[Spec]" = weakref.WeakSet()
 
     # ------------------------------------------------------------------ loading
     def _ensure(self) -> None:
@@ -74,7 +83,7 @@ class Registry:
         """
         self._ensure()
         spec = self.make_spec(name, factory, metadata)
-        return self._insert(spec, override=override)
+        return self.insert(spec, override=override)
 
     def make_spec(self, name: Any, factory: Any, metadata: Dict[str, Any], *,
                   distribution: str = IN_PROCESS, version: str = "", plugin: str = IN_PROCESS,
@@ -104,7 +113,9 @@ class Registry:
         return Spec(name=name, factory=factory, kind=self.kind, distribution=distribution,
                     version=version, plugin=plugin, module=module, metadata=extra, **fields)
 
-    def _insert(self, spec: Spec, *, override: bool) -> Spec:
+    def insert(self, spec: Spec, *, override: bool) -> Spec:
+        """Put a ready ``spec`` on top of its name's stack; without ``override`` an existing name
+        is a :class:`DuplicateRegistrationError` naming both providers (nothing changes)."""
         if not isinstance(override, bool):
             from canvas_core.errors import CanvasTypeError
 
@@ -124,6 +135,58 @@ class Registry:
 
     def _record_conflict(self, name: str, error: DuplicateRegistrationError, plugin: str) -> None:
         self._conflicts[name] = (error, plugin)
+
+    def _from_builtin(self, name: str) -> bool:
+        return any(s.plugin == BUILTIN_PLUGIN for s in self._stacks.get(name, ()))
+
+    def add_from_plugin(self, spec: Spec, *, override: bool = False, strict: bool = False,
+                        plugin: Optional[str] = None
+                        ) -> Tuple[Optional[Spec], Optional[DuplicateRegistrationError]]:
+        """Insert a registration made by a plugin's hook; returns ``(stored spec or None, clash)``.
+
+        The policy for installed plugins (``strict=False``) does not depend on the order in which
+        they load:
+
+        * a registration made with ``override=True`` wins over plain ones, whichever came first;
+        * two plain registrations of one name, or two overriding ones, are a clash: the name is
+          marked ambiguous and using it raises the error (no silent pick);
+        * a clash with a builtin keeps the builtin (``override=True`` replaces it).
+
+        With ``strict=True`` (a plugin registered by hand) a clash raises at once.  ``plugin`` is
+        the name of the registering plugin (default: ``spec.plugin``).
+        """
+        plugin = spec.plugin if plugin is None else plugin
+        stack = self._stacks.get(spec.name)
+        if stack and not strict:
+            top = stack[-1]
+            top_overrides = (top in self._overriding and top.plugin != plugin
+                             and top.plugin not in (BUILTIN_PLUGIN, IN_PROCESS))
+            if top_overrides and override:
+                clash = DuplicateRegistrationError(
+                    f"{self.noun} {spec.name!r} is replaced with override=True by two plugins: "
+                    f"{top.describe_provider()} and {spec.describe_provider()}; neither is chosen. "
+                    "Uninstall or block one of the two (CANVAS_BLOCK_PLUGINS=<plugin or distribution>).")
+                self._record_conflict(spec.name, clash, plugin)
+                return None, clash
+            if top_overrides and not self._from_builtin(spec.name):
+                # the earlier plugin replaces this name on purpose: it stays on top, this one below
+                stack.insert(len(stack) - 1, spec)
+                return spec, None
+        try:
+            spec = self.insert(spec, override=override)
+        except DuplicateRegistrationError as clash:
+            if strict:
+                raise
+            if not self._from_builtin(spec.name):
+                self._record_conflict(spec.name, clash, plugin)
+            return None, clash
+        if override:
+            self._overriding.add(spec)
+        return spec, None
+
+    def names_by_plugin(self, plugin: str) -> List[str]:
+        """Sorted names ``plugin`` registered here, overridden registrations included."""
+        return sorted({s.name for stack in self._stacks.values() for s in stack if s.plugin == plugin})
 
     def remove(self, name: str) -> Spec:
         """Remove the current registration of ``name`` (an overridden one comes back)."""
@@ -156,6 +219,7 @@ class Registry:
     def clear(self) -> None:
         self._stacks.clear()
         self._conflicts.clear()
+        self._overriding = weakref.WeakSet()
 
     # ------------------------------------------------------------------ reading
     def get(self, name: str, default: Any = ...) -> Any:
