@@ -108,6 +108,14 @@ class UnknownRegionError(RegionError, LookupError):
 __all__.append("UnknownRegionError")
 
 
+class AttentionContractError(PluginError, TypeError):
+    """An attention type's module cannot be called the way canvas layers call a type
+    (see ``canvas_core.runtime.type_call`` and docs/plugins.md, "The attention-type contract")."""
+
+
+__all__.append("AttentionContractError")
+
+
 def did_you_mean(name: str, known) -> str:
     """A ' Did you mean 'x'?' suffix for error messages, or '' when nothing is close."""
     import difflib

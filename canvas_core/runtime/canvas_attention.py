@@ -36,6 +36,7 @@ from canvas_core.compiler.lowering import lower
 from canvas_core.compiler.plan import ExecutionPlan, segment_grid
 from canvas_core.errors import CanvasTypeError, ShapeError, SchemaError
 from canvas_core.runtime.kernels import make_kernel
+from canvas_core.runtime.type_call import call_attention_type, check_attention_module
 
 __all__ = ["CanvasAttention", "SOFTMAX_TYPES"]
 
@@ -170,7 +171,13 @@ class CanvasAttention(nn.Module):
                 return factory(f, d_model=d_model, n_heads=n_heads, dropout=dropout, kernel=resolved[f])
             return factory(f, d_model=d_model, n_heads=n_heads, dropout=dropout)
 
-        self.fn_modules = nn.ModuleDict({_key(f): build(f) for f in self.executor.other_fns})
+        def checked(f):  # refuse, now, a type the runtime cannot call (contract: runtime/type_call.py)
+            by = None if attention_factory is None else f"attention_factory {getattr(factory, '__name__', factory)!r}"
+            module = build(f)
+            check_attention_module(module, f, by)
+            return module
+
+        self.fn_modules = nn.ModuleDict({_key(f): checked(f) for f in self.executor.other_fns})
         # restricted executors for active_regions (plain dict: not part of the state dict)
         self._restricted: Dict[frozenset, _Executor] = {}
 
@@ -220,41 +227,79 @@ class CanvasAttention(nn.Module):
         acc = None
         if ex.soft_fns:
             qkv = self.qkv(x).reshape(B, N, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-            q, k, v = qkv[0], qkv[1], qkv[2]
-            scale = self.beta / math.sqrt(self.head_dim)
-            p = self.dropout if self.training else 0.0
-            mixed = None
-            csum = None
-            for i, kern in enumerate(ex.kernels.values()):
-                o = kern(q, k, v, scale=scale, dropout_p=p)  # (B, H, N, dh)
-                o = o.transpose(1, 2).reshape(B, N, D)
-                if len(ex.soft_fns) == 1 and ex.c_is_one[0]:
-                    mixed = o  # every position updated by this one type only: weight 1
-                    break
-                c = getattr(ex, f"c_soft{i}").to(x.dtype)
-                o = o * c[None, :, None]
-                mixed = o if mixed is None else mixed + o
-                csum = c if csum is None else csum + c
-            # sum_f c_f (o_f W^T + b) = (sum_f c_f o_f) W^T + b sum_f c_f
-            if csum is None:
-                acc = self.out_proj(mixed)
-            else:
-                acc = nn.functional.linear(mixed, self.out_proj.weight)
-                if self.out_proj.bias is not None:
-                    acc = acc + csum[None, :, None] * self.out_proj.bias
-        for i, f in enumerate(ex.other_names):
-            qi, ki = getattr(ex, f"o{i}_q"), getattr(ex, f"o{i}_k")
-            mask, coef = getattr(ex, f"o{i}_mask"), getattr(ex, f"o{i}_coef").to(x.dtype)
-            kv = x.index_select(1, ki)
-            o = self.fn_modules[_key(f)](x.index_select(1, qi), kv, kv, key_mask=mask)
-            full = x.new_zeros(B, N, D).index_add(1, qi, o * coef[None, :, None])
-            acc = full if acc is None else acc + full
+            mixed, bias_weight = self._mix_softmax(ex, qkv[0], qkv[1], qkv[2])
+            acc = self.project_out(mixed.transpose(1, 2).reshape(B, N, D), bias_weight)
+        other = self._other_types(ex, x)
+        if other is not None:
+            acc = other if acc is None else acc + other
         if acc is None:
             return x
         if ex.all_updated:
             return acc
         return torch.where(ex.updated[None, :, None], acc, x)
 
+    # --- the layer in parts (forward above; runtime/sequence_parallel.py runs them on other shapes)
+    def _mix_softmax(self, ex: _Executor, q, k, v):
+        """Softmax family on ``(B, h, N, head_dim)`` canonical q/k/v (any number of heads h):
+        ``(sum_f c_f(p) kernel_f(q, k, v), bias_weight)``, ``bias_weight`` the ``(N,)`` ``sum_f c_f``
+        that scales the output bias, or None when it is 1 everywhere."""
+        scale = self.beta / math.sqrt(self.head_dim)
+        p = self.dropout if self.training else 0.0
+        mixed = csum = None
+        for i, kern in enumerate(ex.kernels.values()):
+            o = kern(q, k, v, scale=scale, dropout_p=p)  # (B, h, N, dh)
+            if len(ex.soft_fns) == 1 and ex.c_is_one[0]:
+                return o, None  # every position updated by this one type only: weight 1
+            c = getattr(ex, f"c_soft{i}").to(q.dtype)
+            o = o * c[None, None, :, None]
+            mixed = o if mixed is None else mixed + o
+            csum = c if csum is None else csum + c
+        return mixed, csum
+
+    def project_out(self, mixed: torch.Tensor, bias_weight: Optional[torch.Tensor]) -> torch.Tensor:
+        """Output projection of mixed heads ``(B, n, D)``; ``bias_weight`` ``(n,)`` or None (1)."""
+        # sum_f c_f (o_f W^T + b) = (sum_f c_f o_f) W^T + b sum_f c_f
+        if bias_weight is None:
+            return self.out_proj(mixed)
+        out = nn.functional.linear(mixed, self.out_proj.weight)
+        if self.out_proj.bias is not None:
+            out = out + bias_weight.to(mixed.dtype)[None, :, None] * self.out_proj.bias
+        return out
+
+    def _other_types(self, ex: _Executor, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """``sum_f c_f out_f`` of the non-softmax types on canonical ``x`` (None: no such type)."""
+        B, N, D = x.shape
+        acc = None
+        for i, f in enumerate(ex.other_names):
+            qi, ki = getattr(ex, f"o{i}_q"), getattr(ex, f"o{i}_k")
+            mask, coef = getattr(ex, f"o{i}_mask"), getattr(ex, f"o{i}_coef").to(x.dtype)
+            kv = x.index_select(1, ki)
+            o = call_attention_type(self.fn_modules[_key(f)], x.index_select(1, qi), kv, kv, mask)
+            full = x.new_zeros(B, N, D).index_add(1, qi, o * coef[None, :, None])
+            acc = full if acc is None else acc + full
+        return acc
+
+    def part_types(self, active_regions: Optional[Iterable[str]] = None) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+        """(softmax-family fn types, other fn types) that run for ``active_regions``."""
+        ex = self._executor_for(active_regions, self.executor.updated.device)
+        return tuple(ex.soft_fns), tuple(ex.other_names)
+
+    def attend_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     active_regions: Optional[Iterable[str]] = None):
+        """The softmax family on some heads: ``q, k, v`` ``(B, h, N, head_dim)`` canonical (e.g. the
+        heads one rank holds under sequence parallelism) -> ``(mixed (B, h, N, head_dim),
+        bias_weight (N,) or None)``, or None when no softmax-family connection runs."""
+        ex = self._executor_for(active_regions, q.device)
+        return self._mix_softmax(ex, q, k, v) if ex.soft_fns else None
+
+    def other_types_output(self, x: torch.Tensor, active_regions: Optional[Iterable[str]] = None):
+        """The non-softmax types' weighted sum ``(B, N, D)`` on canonical ``x``, or None."""
+        return self._other_types(self._executor_for(active_regions, x.device), x)
+
+    def updated_positions(self, active_regions: Optional[Iterable[str]] = None, device: Any = None):
+        """``(N,)`` bool canonical mask of the positions the layer updates, or None when all are."""
+        ex = self._executor_for(active_regions, device if device is not None else self.executor.updated.device)
+        return None if ex.all_updated else ex.updated
 
 def _resolved_kernels(plan: ExecutionPlan) -> Dict[str, Optional[str]]:
     """fn type -> the kernel the compiler's resolution pass chose for it (None: the type's own

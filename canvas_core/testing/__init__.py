@@ -1,0 +1,42 @@
+"""Testing kit for plugin authors: register a plugin for a test, and conformance suites.
+
+* :func:`registered_plugin`: ``with registered_plugin(my_plugin_module):`` registers a plugin
+  object into the default host and removes it (and everything it registered) afterwards.
+* ``canvas_plugin``: the same as a pytest fixture (``pytest_plugins = ["canvas_core.testing"]``,
+  or ``from canvas_core.testing import canvas_plugin`` in a conftest / test module).
+* :func:`check_attention_type`: the conformance suite every attention type passes; it calls the
+  type exactly as the canvas runtime does (``canvas_core.runtime.type_call``).
+* :func:`check_kernel`: a kernel against the core's dense reference kernel.
+
+Importing this package does not import torch (the checks import it when they run).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from canvas_core.testing._report import ConformanceReport
+from canvas_core.testing.attention import ATTENTION_PROPERTIES, check_attention_type
+from canvas_core.testing.kernels import check_kernel
+from canvas_core.testing.registration import _make_fixture, isolated_plugins, registered_plugin
+
+__all__ = [
+    "registered_plugin",
+    "isolated_plugins",
+    "ConformanceReport",
+    "check_attention_type",
+    "check_kernel",
+    "ATTENTION_PROPERTIES",
+]
+
+if "pytest" in sys.modules:  # loaded as a pytest plugin or from a test: define the fixture now
+    canvas_plugin = _make_fixture()
+
+
+def __getattr__(name: str) -> Any:  # `from canvas_core.testing import canvas_plugin` outside pytest
+    if name == "canvas_plugin":
+        fixture = _make_fixture()
+        globals()["canvas_plugin"] = fixture
+        return fixture
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

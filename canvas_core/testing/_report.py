@@ -1,0 +1,93 @@
+"""The report every conformance suite returns, and the argument checks the suites share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List
+
+__all__ = ["ConformanceReport"]
+
+
+@dataclass
+class ConformanceReport:
+    """Outcome of a conformance suite: what passed, what was skipped (and why), what failed."""
+
+    name: str
+    passed: List[str] = field(default_factory=list)
+    skipped: Dict[str, str] = field(default_factory=dict)
+    failed: Dict[str, str] = field(default_factory=dict)
+    details: Dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+    def summary(self) -> str:
+        lines = [f"conformance of {self.name!r}: {len(self.passed)} passed, {len(self.skipped)} skipped, "
+                 f"{len(self.failed)} failed"]
+        lines += [f"  FAILED {p}: {m}" for p, m in self.failed.items()]
+        lines += [f"  skipped {p}: {m}" for p, m in self.skipped.items()]
+        return "\n".join(lines)
+
+
+class Failed(Exception):
+    """A property does not hold (its message says how)."""
+
+
+def finish(report: ConformanceReport, raise_on_failure: bool, head: str) -> ConformanceReport:
+    """Return ``report``, or raise ``AssertionError("<head>: [prop] why; ...")`` when a property failed."""
+    if report.failed and raise_on_failure:
+        raise AssertionError(f"{head}: "
+                             + "; ".join(f"[{p}] {m}" for p, m in report.failed.items()))
+    return report
+
+
+def resolve_dtype(torch: Any, dtype: Any) -> Any:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    from canvas_core.plugins.spec import normalize_dtype
+
+    value = getattr(torch, normalize_dtype(dtype), None)
+    if not isinstance(value, torch.dtype):
+        from canvas_core.plugins.spec import SpecError
+
+        raise SpecError(f"unknown dtype {dtype!r}; use a torch dtype such as 'float32', 'float16' or 'bfloat16'")
+    return value
+
+
+def resolve_device(torch: Any, device: Any, where: str) -> Any:
+    from canvas_core.plugins.spec import check_device
+
+    check_device(device, where)  # CanvasTypeError / SpecError for a non-device or an unknown type
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        from canvas_core.plugins.spec import SpecError
+
+        raise SpecError(f"{where}: invalid device {device!r} ({exc}); use e.g. 'cpu' or 'cuda:0'") from None
+
+
+def check_sizes(where: str, **sizes: Any) -> None:
+    from canvas_core.errors import CanvasTypeError
+
+    for key, v in sizes.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise CanvasTypeError(f"{where}: {key} must be a positive int, got {v!r}")
+
+
+def check_target(name: Any, where: str, kind: str) -> None:
+    """A registered name (UnknownNameError when it is not) or a callable factory."""
+    from canvas_core.errors import CanvasTypeError
+
+    if isinstance(name, str):
+        from canvas_core.plugins import get_spec
+
+        get_spec(kind, name)  # raises UnknownNameError naming the closest registered name
+    elif not callable(name):
+        raise CanvasTypeError(
+            f"{where}: expected a registered name or a factory / class, got {type(name).__name__} {name!r}")

@@ -1,0 +1,293 @@
+"""Conformance of an attention type, called exactly as the canvas runtime calls it.
+
+Every call goes through :func:`canvas_core.runtime.type_call.call_attention_type` (the adapter
+``CanvasAttention``, ``AttentionDispatcher`` and the backbone processors use), and a freshly built
+module is first checked with :func:`~canvas_core.runtime.type_call.check_attention_module`, so a
+type the runtime would refuse fails ``construct`` here with the same message.  Masks are
+``(Nq, Nk)`` booleans, the shape the runtime passes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Optional, Sequence
+
+from canvas_core.testing._report import (ConformanceReport, Failed, check_sizes, check_target, finish,
+                                         resolve_device, resolve_dtype)
+
+__all__ = ["check_attention_type", "ATTENTION_PROPERTIES"]
+
+#: the properties :func:`check_attention_type` checks, in order.
+ATTENTION_PROPERTIES = (
+    "construct", "shape/dtype/device", "Nq != Nk", "gradients", "batch independence",
+    "empty keys", "one key", "fully masked query", "deterministic",
+    # strict=True only:
+    "zeros without keys", "key_mask respected",
+)
+
+
+class _Suite:
+    """The module under test, its inputs and the runtime's way of calling it."""
+
+    def __init__(self, torch: Any, build: Callable[[], Any], module: Any, report: ConformanceReport,
+                 *, seed: int, batch: int, d_model: int, dtype: Any, device: Any) -> None:
+        from canvas_core.runtime.type_call import call_attention_type
+
+        self.torch, self.build, self.module, self.report = torch, build, module, report
+        self.seed, self.B, self.D = seed, batch, d_model
+        self.Nq, self.Nk = 5, 7
+        self.dtype, self.device = dtype, device
+        self.tol = 1e-5 if dtype in (torch.float32, torch.float64) else 2e-2
+        self.gen = torch.Generator().manual_seed(seed + 12345)
+        self._call = call_attention_type
+
+    def rand(self, *shape: int) -> Any:
+        return self.torch.randn(*shape, generator=self.gen).to(device=self.device, dtype=self.dtype)
+
+    def qkv(self, nq: Optional[int] = None, nk: Optional[int] = None):
+        nq, nk = self.Nq if nq is None else nq, self.Nk if nk is None else nk
+        return self.rand(self.B, nq, self.D), self.rand(self.B, nk, self.D), self.rand(self.B, nk, self.D)
+
+    def mask(self, p_keep: float) -> Any:
+        return (self.torch.rand(self.Nq, self.Nk, generator=self.gen) < p_keep).to(self.device)
+
+    def call(self, q: Any, k: Any, v: Any, mask: Any = None, mod: Any = None) -> Any:
+        self.torch.manual_seed(self.seed + 1)  # types drawing randomness in forward stay reproducible
+        return self._call(self.module if mod is None else mod, q, k, v, mask)
+
+    def expect(self, out: Any, nq: int, what: str) -> None:
+        torch = self.torch
+        want = (self.B, nq, self.D)
+        if not isinstance(out, torch.Tensor):
+            raise Failed(f"{what}: returned {type(out).__name__}, expected a tensor")
+        if tuple(out.shape) != want:
+            raise Failed(f"{what}: output shape {tuple(out.shape)}, expected (B, Nq, D) = {want}")
+        if out.dtype != self.dtype:
+            raise Failed(f"{what}: output dtype {out.dtype}, input dtype {self.dtype}")
+        if out.device.type != self.device.type:
+            raise Failed(f"{what}: output on {out.device}, input on {self.device}")
+        if not torch.isfinite(out).all():
+            raise Failed(f"{what}: {int((~torch.isfinite(out)).sum())} NaN/inf values in the output")
+
+    def close(self, diff: float, scale: float) -> bool:
+        return diff <= self.tol * scale * 10
+
+
+# ---------------------------------------------------------------------- the properties
+def _shape(s: _Suite) -> None:
+    with s.torch.no_grad():
+        s.expect(s.call(*s.qkv()), s.Nq, f"(B, Nq, Nk) = {(s.B, s.Nq, s.Nk)}")
+        s.expect(s.call(*s.qkv(s.Nk)), s.Nk, f"(B, Nq, Nk) = {(s.B, s.Nk, s.Nk)}")
+
+
+def _nq_nk(s: _Suite) -> None:
+    with s.torch.no_grad():
+        for nq, nk in ((9, 4), (2, 11)):
+            s.expect(s.call(*s.qkv(nq, nk)), nq, f"(B, Nq, Nk) = {(s.B, nq, nk)}")
+
+
+def _gradients(s: _Suite, grad_inputs: Sequence[str]) -> Optional[str]:
+    torch = s.torch
+    q, k, v = (t.requires_grad_() for t in s.qkv())
+    params = [p for p in s.module.parameters() if p.requires_grad]
+    s.module.zero_grad(set_to_none=True)
+    out = s.call(q, k, v)
+    if not out.requires_grad:
+        if params:
+            raise Failed("the output does not require grad although the module has trainable "
+                         "parameters (detached computation?)")
+        return "the output depends on no input or parameter (nothing to differentiate)"
+    (out * s.rand(s.B, s.Nq, s.D)).sum().backward()
+    # connected: a graph path exists (the gradient may still be zero, e.g. behind a zero gate)
+    connected, flowing = {}, {}
+    for label, t in (("queries", q), ("keys", k), ("values", v)):
+        g = t.grad
+        if g is not None and not torch.isfinite(g).all():
+            raise Failed(f"non-finite gradient w.r.t. {label}")
+        connected[label] = g is not None
+        flowing[label] = g is not None and bool(g.abs().sum() > 0)
+    p_flow = 0
+    for p in params:
+        if p.grad is not None:
+            if not torch.isfinite(p.grad).all():
+                raise Failed("non-finite gradient w.r.t. a parameter")
+            p_flow += bool(p.grad.abs().sum() > 0)
+    s.report.details["gradient flow"] = {
+        **{k_: ("non-zero" if flowing[k_] else "zero" if connected[k_] else "none") for k_ in connected},
+        "parameters": f"{p_flow}/{len(params)} non-zero"}
+    missing = [r for r in grad_inputs if not connected.get(r, False)]
+    if missing:
+        raise Failed(f"no gradient path to {', '.join(missing)} (grad_inputs={tuple(grad_inputs)})")
+    if not any(connected.values()):
+        raise Failed("the output has no gradient path to the queries, keys or values")
+    if params and p_flow == 0:
+        raise Failed(f"none of the {len(params)} trainable parameters gets a non-zero gradient")
+    if not params and not any(flowing.values()):
+        raise Failed("every gradient is zero")
+    return None
+
+
+def _batch(s: _Suite) -> None:
+    if s.B < 2:
+        raise Failed("needs batch >= 2")
+    q, k, v = s.qkv()
+    with s.torch.no_grad():
+        base = s.call(q, k, v)
+        q2, k2, v2 = q.clone(), k.clone(), v.clone()
+        q2[1], k2[1], v2[1] = s.rand(s.Nq, s.D) * 3, s.rand(s.Nk, s.D) * 3, s.rand(s.Nk, s.D) * 3
+        other = s.call(q2, k2, v2)
+    keep = [b for b in range(s.B) if b != 1]
+    diff = float((base[keep] - other[keep]).abs().max())
+    if not s.close(diff, float(base[keep].abs().max()) + 1.0):
+        raise Failed(f"changing sample 1's inputs changed other samples' outputs by {diff:.3g}")
+
+
+def _empty(s: _Suite) -> None:
+    with s.torch.no_grad():
+        out = s.call(*s.qkv(nk=0))
+    s.expect(out, s.Nq, "empty key set (Nk = 0)")
+    s.report.details["zeros with Nk=0"] = bool((out == 0).all())
+
+
+def _one(s: _Suite) -> None:
+    with s.torch.no_grad():
+        s.expect(s.call(*s.qkv(nk=1)), s.Nq, "one key (Nk = 1)")
+
+
+def _fully_masked(s: _Suite) -> None:
+    mask = s.mask(0.6)
+    mask[:, 0] = True
+    mask[0, :] = False  # query 0 may read nothing
+    with s.torch.no_grad():
+        out = s.call(*s.qkv(), mask)
+    s.expect(out, s.Nq, "key_mask with a fully masked query")
+    s.report.details["zeros for fully masked query"] = bool((out[:, 0] == 0).all())
+
+
+def _deterministic(s: _Suite) -> None:
+    q, k, v = s.qkv()
+    other = s.build()
+    with s.torch.no_grad():
+        a, b = s.call(q, k, v), s.call(q, k, v, mod=other)
+    if not s.torch.allclose(a, b, rtol=s.tol, atol=s.tol):
+        raise Failed(f"two modules built with seed {s.seed} give different outputs on the same "
+                     f"input (max diff {float((a - b).abs().max()):.3g})")
+
+
+def _zeros(s: _Suite) -> None:
+    with s.torch.no_grad():
+        out = s.call(*s.qkv(nk=0))
+        if not bool((out == 0).all()):
+            raise Failed(f"with Nk = 0 the output is not zero (max |out| {float(out.abs().max()):.3g})")
+        mask = s.torch.ones(s.Nq, s.Nk, dtype=s.torch.bool, device=s.device)
+        mask[2, :] = False
+        out = s.call(*s.qkv(), mask)
+        if not bool((out[:, 2] == 0).all()):
+            raise Failed("a query whose key_mask row is all False does not output zeros")
+
+
+def _mask_respected(s: _Suite) -> None:
+    mask = s.mask(0.7)
+    mask[:, 0] = True
+    mask[:, s.Nk - 1] = False  # the last key is invisible to every query
+    q, k, v = s.qkv()
+    k2, v2 = k.clone(), v.clone()
+    k2[:, s.Nk - 1] = s.rand(s.B, s.D) * 5
+    v2[:, s.Nk - 1] = s.rand(s.B, s.D) * 5
+    with s.torch.no_grad():
+        a, b = s.call(q, k, v, mask), s.call(q, k2, v2, mask)
+    diff = float((a - b).abs().max())
+    if not s.close(diff, float(a.abs().max()) + 1.0):
+        raise Failed(f"changing a key masked for every query changed the output by {diff:.3g}")
+
+
+# ---------------------------------------------------------------------- the suite
+def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device: Any = "cpu",
+                         dtype: Any = None, *, seed: int = 0, batch: int = 3, strict: bool = False,
+                         grad_inputs: Optional[Sequence[str]] = None, raise_on_failure: bool = True,
+                         **kwargs: Any) -> ConformanceReport:
+    """Conformance suite of an attention type (registered name, or a factory / class).
+
+    Builds the type with ``create_attention(name, d_model, n_heads, dropout=0.0, **kwargs)``
+    under ``torch.manual_seed(seed)``, moves it to ``device`` / ``dtype`` (default float32) and
+    checks that the runtime can call it (``construct``: the same check, and the same error, as
+    when a canvas layer is built), then each property, calling it as the runtime does:
+
+    * ``shape/dtype/device``: ``(B, Nq, D)`` output with the input's dtype and device;
+    * ``Nq != Nk``: works with more and with fewer queries than keys;
+    * ``gradients``: backward works, every gradient is finite, the output has a gradient path to
+      some input and, if the module has parameters, some parameter gets a non-zero gradient
+      (``grad_inputs=("queries", "keys", "values")`` requires a path to each of those); skipped
+      when the output depends on nothing;
+    * ``batch independence``: changing sample 1 of the batch leaves the other samples' outputs;
+    * ``empty keys`` (``Nk == 0``), ``one key``, ``fully masked query`` (a ``(Nq, Nk)``
+      ``key_mask`` row with no allowed key): correct shape, no NaN / inf;
+    * ``deterministic``: same seed, same input -> same output (a fresh module);
+    * ``strict=True`` adds ``zeros without keys`` (queries with no key output exactly 0) and
+      ``key_mask respected`` (keys masked for every query do not influence the output).
+
+    A type whose ``forward`` takes no ``key_mask`` is called once per set of queries sharing the
+    same keys, as the runtime calls it, so every mask property applies to it too.
+
+    Returns the :class:`ConformanceReport`; raises ``AssertionError`` naming the type and every
+    failed property when one fails (unless ``raise_on_failure=False``).
+    """
+    import torch
+
+    from canvas_core.runtime.type_call import MASKED, check_attention_module
+
+    check_target(name, "check_attention_type", "attention")
+    check_sizes("check_attention_type", d_model=d_model, n_heads=n_heads, batch=batch)
+    dtype = resolve_dtype(torch, dtype)
+    device = resolve_device(torch, device, "check_attention_type")
+    label = name if isinstance(name, str) else getattr(name, "__name__", repr(name))
+    report = ConformanceReport(str(label))
+    head = f"attention type {report.name!r} fails the canvas conformance suite"
+
+    def build() -> Any:
+        torch.manual_seed(seed)
+        if isinstance(name, str):
+            from canvas_core.plugins import create_attention
+
+            module = create_attention(name, d_model=d_model, n_heads=n_heads, dropout=0.0, **kwargs)
+        else:
+            module = name(d_model=d_model, n_heads=n_heads, dropout=0.0, **kwargs)
+        return module.to(device=device, dtype=dtype) if hasattr(module, "to") else module
+
+    try:
+        module = build()
+        convention = check_attention_module(module, name)
+    except Exception as exc:
+        report.failed["construct"] = f"building it raised {type(exc).__name__}: {exc}"
+        return finish(report, raise_on_failure, head)
+    report.passed.append("construct")
+    suite = _Suite(torch, build, module, report, seed=seed, batch=batch, d_model=d_model,
+                   dtype=dtype, device=device)
+
+    checks: Dict[str, Callable[[], Optional[str]]] = {
+        "shape/dtype/device": lambda: _shape(suite),
+        "Nq != Nk": lambda: _nq_nk(suite),
+        "gradients": lambda: _gradients(suite, list(grad_inputs or ())),
+        "batch independence": lambda: _batch(suite),
+        "empty keys": lambda: _empty(suite),
+        "one key": lambda: _one(suite),
+        "fully masked query": lambda: _fully_masked(suite),
+        "deterministic": lambda: _deterministic(suite),
+    }
+    if strict:
+        checks["zeros without keys"] = lambda: _zeros(suite)
+        checks["key_mask respected"] = lambda: _mask_respected(suite)
+    for prop, fn in checks.items():
+        try:
+            skip = fn()
+        except Failed as exc:
+            report.failed[prop] = str(exc)
+        except Exception as exc:
+            report.failed[prop] = f"raised {type(exc).__name__}: {exc}"
+        else:
+            if skip:
+                report.skipped[prop] = skip
+            else:
+                report.passed.append(prop)
+    report.details["accepts key_mask"] = convention == MASKED
+    report.details["calling convention"] = convention
+    return finish(report, raise_on_failure, head)
