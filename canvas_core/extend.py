@@ -1,0 +1,117 @@
+"""The extension surface: everything a plugin or backend distribution may build on.
+
+A plugin of canvas-core (an attention type, an attention kernel, a backbone adapter, an identity
+binder, an embedder) imports from exactly these places and from nowhere else in the core:
+
+* ``canvas_core`` -- the public API (the names of canvas-engineering, ``hookimpl``, ``register_*``,
+  ``create_*``, ``RuntimeContext``, ...);
+* ``canvas_core.extend`` -- this module: base classes, helpers and plan types for implementers;
+* ``canvas_core.errors`` -- the error hierarchy (raise a ``CanvasError`` subclass naming the
+  offending object and the fix);
+* ``canvas_core.testing`` -- fixtures and conformance checks for a plugin's own tests;
+* the public packages ``canvas_core.schema``, ``canvas_core.program``, ``canvas_core.plugins``,
+  ``canvas_core.compiler`` and ``canvas_core.looping`` -- their ``__init__`` only.
+
+**Private** is everything else: any module path with a component that starts with an underscore
+(``canvas_core.attention._base``), and every submodule not in the list above
+(``canvas_core.attention.recurrent``, ``canvas_core.looping.adapter``,
+``canvas_core.compiler.plan``, ``canvas_core.runtime.*``, ...). Private modules move and change
+between releases without notice; ``tests/architecture/test_import_graph.py`` keeps the bundled
+plugins off them. When a plugin needs something that only a private module has, the fix is to
+publish it here.
+
+What this module offers (each name is documented where it is defined):
+
+Registration (torch-free, safe to use in a plugin's top-level module)
+    ``hookimpl``, ``hookspec``, ``ENTRY_POINT_GROUP``, ``Spec``, ``RuntimeContext``.
+    A hook receives a registry and calls ``registry.add(name, "pkg.module:Object", ...)``; name
+    the factory as a string so that registering never imports torch.
+Plan types (torch-free; what a kernel is built from)
+    ``ExecutionPlan``, ``RectGroup``, ``SegmentGrid``, ``BlockLayout``, ``segment_grid``,
+    ``block_layout_of``, ``lower``, ``ResolvedGroup``.
+Attention types (torch)
+    ``AttentionBase`` (argument checks and helpers of the builtin types); tensor helpers
+    ``check_dtypes_devices``, ``has_key``, ``safe_div``, ``aligned_key_index``,
+    ``causal_read_index``, ``masked_softmax``, ``masked_softmax_attention``; the recurrent
+    references ``wkv_scan``, ``wkv_masked``, ``fft_causal_conv``.
+Attention kernels (torch)
+    ``ReferenceKernel`` (the reference every kernel is checked against; its docstring states
+    the kernel contract) and ``REFERENCE_MODES``.
+Backbones (torch)
+    ``BackboneAdapter``, ``GenericAdapter``, ``TokenLayout``, ``topology_bias``,
+    ``class_matches``, ``LoopedBlockWrapper``, ``BlockIO``, the SDPA helper ``canvas_sdpa`` and
+    ``CanvasProcessorBase`` (the shared part of a backbone attention processor).
+
+Importing this module imports neither torch nor any plugin: every name loads on first access
+(PEP 562), so a plugin's registration module may import ``hookimpl`` from here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any, Dict
+
+from canvas_core.plugins.hookspecs import ENTRY_POINT_GROUP, hookimpl, hookspec
+
+if TYPE_CHECKING:  # for readers and IDEs; at run time the names load lazily below
+    from canvas_core.attention._base import (
+        AttentionBase, aligned_key_index, causal_read_index, check_dtypes_devices, has_key, safe_div,
+    )
+    from canvas_core.attention.functional import masked_softmax, masked_softmax_attention
+    from canvas_core.attention.recurrent import fft_causal_conv, wkv_masked, wkv_scan
+    from canvas_core.compiler.lowering import lower
+    from canvas_core.compiler.plan import (
+        BlockLayout, ExecutionPlan, RectGroup, SegmentGrid, block_layout_of, segment_grid,
+    )
+    from canvas_core.compiler.resolved import ResolvedGroup
+    from canvas_core.looping.adapter import (
+        BackboneAdapter, GenericAdapter, TokenLayout, class_matches, topology_bias,
+    )
+    from canvas_core.looping.attention_ops import CanvasProcessorBase, canvas_sdpa
+    from canvas_core.looping.wrapper import BlockIO, LoopedBlockWrapper
+    from canvas_core.plugins.spec import RuntimeContext, Spec
+    from canvas_core.runtime.kernels import REFERENCE_MODES, ReferenceKernel
+
+#: published name -> the module that defines it (internal; may change without notice)
+_SOURCES: Dict[str, str] = {}
+
+
+def _publish(module: str, *names: str) -> None:
+    for n in names:
+        _SOURCES[n] = module
+
+
+# registration
+_publish("canvas_core.plugins.spec", "Spec", "RuntimeContext")
+# plan types
+_publish("canvas_core.compiler.plan", "ExecutionPlan", "RectGroup", "SegmentGrid", "BlockLayout",
+         "segment_grid", "block_layout_of")
+_publish("canvas_core.compiler.lowering", "lower")
+_publish("canvas_core.compiler.resolved", "ResolvedGroup")
+# attention types
+_publish("canvas_core.attention._base", "AttentionBase", "check_dtypes_devices", "has_key", "safe_div",
+         "aligned_key_index", "causal_read_index")
+_publish("canvas_core.attention.functional", "masked_softmax", "masked_softmax_attention")
+_publish("canvas_core.attention.recurrent", "wkv_scan", "wkv_masked", "fft_causal_conv")
+# kernels
+_publish("canvas_core.runtime.kernels", "ReferenceKernel", "REFERENCE_MODES")
+# backbones
+_publish("canvas_core.looping.adapter", "BackboneAdapter", "GenericAdapter", "TokenLayout",
+         "topology_bias", "class_matches")
+_publish("canvas_core.looping.wrapper", "LoopedBlockWrapper", "BlockIO")
+_publish("canvas_core.looping.attention_ops", "canvas_sdpa", "CanvasProcessorBase")
+
+__all__ = sorted(["hookimpl", "hookspec", "ENTRY_POINT_GROUP", *_SOURCES])
+
+
+def __getattr__(name: str) -> Any:
+    module = _SOURCES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'canvas_core.extend' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(_SOURCES))
