@@ -192,12 +192,37 @@ class BackboneAdapter:
         raise BackboneError(f"adapter {self.name!r} does not map tokens to canvas positions")
 
     def attention_targets(self, model: nn.Module) -> List[Any]:
-        """Objects holding the canvas bias (processors / attention modules), one per block."""
+        """Canvas attention objects (processors / attention modules), one per block, in order."""
         return []
 
-    def install_topology(self, model: nn.Module, topology: Any, tokens: TokenLayout) -> None:
-        """Make every block's attention follow ``topology`` over ``tokens`` (see
-        :func:`topology_bias`). ``install_topology(model, None, ...)`` removes it."""
+    #: fn types that mean "the backbone's own attention" for this adapter (run by the plan's
+    #: softmax kernel on the backbone's q/k/v, like ``cross_attention``)
+    native_types: Tuple[str, ...] = ()
+
+    def attention_shape(self, model: nn.Module) -> Tuple[int, int]:
+        """``(n_heads, head_dim)`` of the blocks' attention."""
+        c = getattr(model, "config", None)
+        h, d = getattr(c, "num_attention_heads", None), getattr(c, "attention_head_dim", None)
+        if isinstance(h, int) and isinstance(d, int):
+            return h, d
+        raise BackboneError(f"adapter {self.name!r} does not define attention_shape()")
+
+    def module_tokens(self, model: nn.Module, tokens: "TokenLayout") -> Tuple[Any, int, str]:
+        """Where a non-softmax type's module may run: ``(allowed, width, why)`` with ``allowed``
+        a bool array over the tokens (None: all), ``width`` the hidden width the module sees, and
+        ``why`` the reason the other tokens are excluded."""
+        return None, self.hidden_size(model), ""
+
+    def install_topology(self, model: nn.Module, topology: Any, tokens: TokenLayout, *,
+                         kernel: Any = None, kernel_options: Optional[Mapping[str, Any]] = None) -> Any:
+        """Make every block's attention follow ``topology`` over ``tokens``: the compiler's plan,
+        restricted to the tokens, run by the kernel it resolved for the model's device on the
+        backbone's own q/k/v; non-softmax types run their own module behind a zero-initialised
+        gate.  Returns the :class:`~canvas_core.looping.attention_ops.InstalledTopology` (its
+        ``report()`` names the kernels).  Everything is checked before the model is changed.
+        ``install_topology(model, None, ...)`` removes it (the backbone's attention again)."""
+        from canvas_core.looping.topology_install import build_installation, remove_installation
+
         targets = self.attention_targets(model)
         if not targets:
             raise BackboneError(
@@ -214,20 +239,26 @@ class BackboneAdapter:
                 "does not replace); a topology would apply to some blocks only, so it is refused"
             )
         if topology is None:
-            for t in targets:
-                t.canvas_bias = None
-                t.canvas_has_key = None
-            return
+            remove_installation(self, model, targets)
+            return None
         if not isinstance(tokens, TokenLayout):
             raise CanvasTypeError(
                 f"install_topology needs a TokenLayout from adapter.token_layout(...), got "
                 f"{type(tokens).__name__}"
             )
-        bias, has_key = topology_bias(topology, tokens)
-        for t in targets:
-            t.canvas_bias = bias
-            t.canvas_has_key = has_key
-            t.canvas_seq_len = tokens.seq_len
+        commit, installed = build_installation(self, model, topology, tokens, targets,
+                                               kernel=kernel, kernel_options=kernel_options)
+        remove_installation(self, model, targets)
+        commit()
+        return installed
+
+    def installed_topology(self, model: nn.Module) -> Any:
+        """The :class:`InstalledTopology` in ``model`` (None when no topology is installed)."""
+        for t in self.attention_targets(model):
+            bt = getattr(t, "canvas_topology", None)
+            if bt is not None:
+                return bt.shared
+        return None
 
     def remove_topology(self, model: nn.Module) -> None:
         self.install_topology(model, None, None)

@@ -1,45 +1,36 @@
-"""Attention arithmetic shared by backbone adapters: inverse temperature and canvas bias."""
+"""Attention shared by backbone adapters: inverse temperature, and a topology run by its plan.
+
+* :func:`canvas_sdpa`: ``softmax(beta * q k^T / sqrt(d) + mask) v`` (sharpening without topology).
+* :class:`InstalledTopology`: what ``BackboneAdapter.install_topology`` builds once per install:
+  the plan of the topology restricted to the backbone's tokens (O(S + rectangles), see
+  :func:`canvas_core.runtime.backbone_attention.compact_plan`), its kernels, and the report.
+* :class:`BlockTopology`: one block's view of it (the shared kernels plus that block's gated
+  modules of the non-softmax types).
+* :class:`CanvasAttentionHooks`: the mixin every canvas attention of a backbone uses (diffusers
+  processors and timm attention alike): pass through to the original code when nothing is set,
+  else run the plan on the backbone's own ``q, k, v``.
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from canvas_core.errors import ShapeError
+from canvas_core.errors import BackboneError, ShapeError
 
-__all__ = ["canvas_sdpa", "select_bias"]
-
-
-def select_bias(target, seq_len: int, device, dtype, rows=None):
-    """The canvas bias a processor holds, checked against the sequence length and moved to
-    ``device``/``dtype``; ``rows`` (LongTensor) selects a subset of tokens (e.g. valid text).
-    Returns ``(bias (S', S') or None, has_key (S',) or None)``."""
-    bias = getattr(target, "canvas_bias", None)
-    if bias is None:
-        return None, None
-    if bias.shape[0] != seq_len:
-        raise ShapeError(
-            f"the canvas topology was installed for {bias.shape[0]} attention tokens but this call "
-            f"has {seq_len}; rebuild adapter.token_layout(model, inputs) for these input shapes "
-            "and "
-            "install the topology again"
-        )
-    has_key = target.canvas_has_key
-    cache = getattr(target, "_canvas_cache", None)
-    if cache is None or cache[0] is not bias or cache[1] != (device, dtype):
-        cache = (bias, (device, dtype), bias.to(device=device, dtype=dtype), has_key.to(device))
-        target._canvas_cache = cache
-    b, hk = cache[2], cache[3]
-    if rows is not None:
-        b = b.index_select(0, rows).index_select(1, rows)
-        hk = hk.index_select(0, rows)
-        # a row whose only keys were dropped tokens now has none
-        hk = hk & torch.isfinite(b).any(dim=1)
-        b = torch.where(hk[:, None], b, torch.zeros_like(b))
-    return b, hk
+__all__ = [
+    "canvas_sdpa",
+    "InstalledTopology",
+    "BlockTopology",
+    "GatedTypeModule",
+    "CanvasAttentionHooks",
+    "CanvasProcessorBase",
+]
 
 
 def canvas_sdpa(
@@ -69,3 +60,203 @@ def canvas_sdpa(
     if has_key is not None:
         out = out * has_key.to(out.dtype)[:, None]
     return out
+
+
+class GatedTypeModule(nn.Module):
+    """A non-softmax type's module inside a backbone block, behind a scalar gate that starts at 0
+    (so the block's output is the backbone's at initialisation, at any loop count)."""
+
+    def __init__(self, fn: str, module: nn.Module) -> None:
+        super().__init__()
+        self.fn = fn
+        self.module = module
+        self.gate = nn.Parameter(torch.zeros(()))
+
+    def extra_repr(self) -> str:
+        return f"fn={self.fn!r}"
+
+
+def _key(fn: str) -> str:
+    return fn.replace(".", "__")
+
+
+class InstalledTopology:
+    """A topology installed in a backbone (shared by all its blocks; no parameters).
+
+    Attributes:
+        tokens: the ``TokenLayout``; ``seq_len``: its number of tokens.
+        plan: the compiler's plan on the canvas (canonical positions, with ``resolutions``).
+        token_plan: the plan over the tokens in the backbone's order (:func:`compact_plan`).
+        runner: the :class:`~canvas_core.runtime.backbone_attention.PlanRunner` of ``token_plan``.
+        softmax_types / module_types: fn types run as the backbone's attention / by their module.
+        backbone: the adapter name; ``install_seconds``: how long the install took.
+    """
+
+    def __init__(self, *, plan: Any, tokens: Any, softmax_types: Sequence[str], kernels: Mapping[str, Any],
+                 n_heads: int, head_dim: int, backbone: str = "",
+                 kernel_options: Optional[Mapping[str, Any]] = None, device: Any = None) -> None:
+        from canvas_core.runtime.backbone_attention import PlanRunner, compact_plan
+
+        self.plan = plan
+        self.tokens = tokens
+        self.seq_len = int(tokens.seq_len)
+        self.backbone = backbone
+        self.softmax_types = tuple(softmax_types)
+        self.kernels = dict(kernels)
+        self.n_heads, self.head_dim = int(n_heads), int(head_dim)
+        self.kernel_options = dict(kernel_options or {})
+        self.token_plan = compact_plan(plan, tokens.token_index)
+        self.runner = PlanRunner(self.token_plan, self.softmax_types, self.kernels, n_heads=self.n_heads,
+                                 head_dim=self.head_dim, normalize="softmax",
+                                 kernel_options=self.kernel_options, device=device)
+        self.module_types = tuple(self.runner.other_fns)
+        self._cache: Dict[Tuple[str, Optional[bytes]], Any] = {}
+        self.install_seconds = 0.0
+
+    # --- execution ---------------------------------------------------------------------------
+    def check_len(self, seq_len: int) -> None:
+        if seq_len != self.seq_len:
+            raise ShapeError(
+                f"the canvas topology was installed for {self.seq_len} attention tokens but this call "
+                f"has {seq_len}; rebuild adapter.token_layout(model, inputs) for these input shapes and "
+                "install the topology again"
+            )
+
+    def runner_for(self, device: Any, rows: Optional[torch.Tensor] = None):
+        """The runner on ``device``; with ``rows`` (token numbers kept, e.g. Mochi's valid text),
+        the runner of the plan restricted to those tokens (built once per distinct set)."""
+        key = (str(device), None if rows is None else rows.detach().cpu().numpy().astype(np.int64).tobytes())
+        r = self._cache.get(key)
+        if r is None:
+            if rows is None:
+                base = self.runner
+            else:
+                from canvas_core.runtime.backbone_attention import PlanRunner, compact_plan
+
+                sub = compact_plan(self.token_plan, rows.detach().cpu().numpy())
+                base = PlanRunner(sub, self.softmax_types, self.kernels, n_heads=self.n_heads,
+                                  head_dim=self.head_dim, normalize="softmax", kernel_options=self.kernel_options)
+            r = base.to(device)
+            if len(self._cache) >= 32:
+                self._cache.clear()
+            self._cache[key] = r
+        return r
+
+    # --- report ------------------------------------------------------------------------------
+    def describe_kernels(self) -> Dict[str, str]:
+        return self.runner.describe_kernels()
+
+    def report(self) -> str:
+        """Which kernel runs each fn group in the backbone, then the compiler's resolution table."""
+        from canvas_core.compiler.report import format_resolutions, format_table
+
+        rows = []
+        kern = self.describe_kernels()
+        for fn, g in self.token_plan.groups.items():
+            role = "backbone attention" if fn in self.softmax_types else "own module, gated (gate starts at 0)"
+            rows.append([fn, len(g.connections), g.n_rects, role, kern.get(fn, "- (links no token)")])
+        head = (f"canvas topology in backbone {self.backbone!r}: {self.seq_len} tokens, "
+                f"installed in {self.install_seconds * 1e3:.1f} ms")
+        parts = [head, format_table(["fn", "connections", "rectangles", "runs as", "kernel"], rows)]
+        res = getattr(self.plan, "resolutions", None)
+        if res:
+            parts.append(format_resolutions(res))
+        return "\n".join(parts)
+
+    def __repr__(self) -> str:
+        return (f"InstalledTopology(backbone={self.backbone!r}, tokens={self.seq_len}, "
+                f"kernels={self.describe_kernels()})")
+
+
+class BlockTopology:
+    """One block's share of an :class:`InstalledTopology`: the shared kernels plus the block's
+    gated modules (``modules``: ``nn.ModuleDict`` of :class:`GatedTypeModule`, or None)."""
+
+    def __init__(self, shared: InstalledTopology, modules: Optional[nn.ModuleDict]) -> None:
+        self.shared = shared
+        self.modules = modules
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, beta: float = 1.0,
+               dropout_p: float = 0.0, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``q, k, v`` ``(B, H, S, d)`` in the backbone's token order -> ``(B, S, H, d)``: the
+        plan's softmax groups, mixed; zeros for a query with no key."""
+        from canvas_core.runtime.backbone_attention import mix_softmax_groups
+
+        r = self.shared.runner_for(q.device, rows)
+        scale = float(beta) / math.sqrt(q.shape[-1])
+        out, _ = mix_softmax_groups(r, q, k, v, scale=scale, dropout_p=dropout_p)
+        if out is None:
+            B, H, S, d = q.shape
+            return q.new_zeros(B, S, H, d)
+        return out
+
+    def extra(self, x: torch.Tensor, rows: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """The gated sum of the non-softmax types' module outputs ``(B, S, D)`` (None if none)."""
+        if not self.modules:
+            return None
+        from canvas_core.runtime.backbone_attention import run_module_groups
+
+        r = self.shared.runner_for(x.device, rows)
+        mods = {f: self.modules[_key(f)].module for f in r.other_names}
+        gates = {f: self.modules[_key(f)].gate for f in r.other_names}
+        return run_module_groups(r, x, mods, gates)
+
+
+class CanvasAttentionHooks:
+    """Mixin of every canvas attention installed in a backbone (processor or module).
+
+    ``beta`` (inverse temperature, 1.0) and ``canvas_topology`` (a :class:`BlockTopology`, None)
+    are set by the wrapper / the adapter.  ``canvas_passthrough()`` says when the original code
+    can run unchanged (bit-identical outputs)."""
+
+    canvas_beta = True
+    beta = 1.0
+    canvas_topology: Optional[BlockTopology] = None
+    canvas_bias = None  # kept for code that checks it: topologies no longer install a dense bias
+
+    def canvas_passthrough(self) -> bool:
+        return self.beta == 1.0 and self.canvas_topology is None
+
+    def canvas_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                      attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+                      rows: Optional[torch.Tensor] = None, seq_len: Optional[int] = None) -> torch.Tensor:
+        """``(B, H, S, d)`` x3 -> ``(B, S, H, d)``: the plan when a topology is installed, else
+        SDPA with ``beta`` (and the backbone's own ``attn_mask``).  ``seq_len``: the full
+        sequence length to check against the installed layout (default ``S``)."""
+        topo = self.canvas_topology
+        if topo is None:
+            out = canvas_sdpa(q, k, v, beta=self.beta, attn_mask=attn_mask, dropout_p=dropout_p)
+            return out.transpose(1, 2)
+        topo.shared.check_len(q.shape[2] if seq_len is None else seq_len)
+        if attn_mask is not None:
+            raise BackboneError(
+                "this backbone call passes its own attention mask, which a canvas topology cannot be "
+                "combined with; express the mask as connections of the topology, or remove the "
+                "topology (adapter.remove_topology(model))"
+            )
+        return topo.attend(q, k, v, beta=self.beta, dropout_p=dropout_p, rows=rows)
+
+    def canvas_extra(self, x: torch.Tensor, rows: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        topo = self.canvas_topology
+        return None if topo is None else topo.extra(x, rows)
+
+
+class CanvasProcessorBase(CanvasAttentionHooks):
+    """Base of the diffusers attention processors the adapters install (CogVideoX, Mochi): holds
+    the processor it replaced and calls it whenever :meth:`canvas_passthrough` is true."""
+
+    def __init__(self, original: Any) -> None:
+        if not callable(original):
+            raise BackboneError(
+                f"{type(self).__name__}: original must be the attention processor it replaces "
+                f"(a callable), got {type(original).__name__}"
+            )
+        self.original = original
+        self.beta = 1.0
+        self.canvas_topology = None
+
+    @staticmethod
+    def heads(t: torch.Tensor, n_heads: int) -> torch.Tensor:
+        """``(B, S, H*d)`` -> ``(B, H, S, d)``."""
+        B, S, _ = t.shape
+        return t.view(B, S, n_heads, -1).transpose(1, 2)

@@ -220,7 +220,12 @@ class LoopedBlockWrapper(nn.Module):
         return [p for _, p in self.named_loop_parameters()]
 
     def named_loop_parameters(self) -> List[Tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self._parameters.items() if p is not None]
+        own = [(n, p) for n, p in self._parameters.items() if p is not None]
+        # the gated modules of a canvas topology's non-softmax types (install_topology)
+        fn = self._modules.get("canvas_fn")
+        if fn is not None:
+            own += [(f"canvas_fn.{n}", p) for n, p in fn.named_parameters()]
+        return own
 
     def trainable_params(self) -> int:
         """Number of loop-specific parameters that require grad."""

@@ -20,28 +20,16 @@ from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError
 from canvas_core.looping.adapter import BackboneAdapter, TokenLayout
-from canvas_core.looping.attention_ops import canvas_sdpa, select_bias
+from canvas_core.looping.attention_ops import CanvasProcessorBase
 
 __all__ = ["CogVideoXAdapter", "CanvasCogVideoXAttnProcessor"]
 
 
-class CanvasCogVideoXAttnProcessor:
+class CanvasCogVideoXAttnProcessor(CanvasProcessorBase):
     """CogVideoX joint text/video attention with an inverse temperature ``beta`` and an optional
-    canvas bias. With ``beta == 1`` and no bias it calls the processor it replaced, so outputs
-    are bit-identical to the backbone's."""
-
-    canvas_beta = True
-
-    def __init__(self, original: Any) -> None:
-        if not callable(original):
-            from canvas_core.errors import BackboneError
-
-            raise BackboneError(f"CanvasCogVideoXAttnProcessor: original must be the attention processor it replaces "
-                                f"(a callable), got {type(original).__name__}")
-        self.original = original
-        self.beta = 1.0
-        self.canvas_bias = None
-        self.canvas_has_key = None
+    canvas topology (run by its plan on the backbone's own q/k/v, see ``docs/backbones.md``).
+    With ``beta == 1`` and no topology it calls the processor it replaced, so outputs are
+    bit-identical to the backbone's."""
 
     def __call__(
         self,
@@ -51,7 +39,7 @@ class CanvasCogVideoXAttnProcessor:
         attention_mask: Optional[torch.Tensor] = None,
         image_rotary_emb: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
     ):
-        if self.beta == 1.0 and self.canvas_bias is None:
+        if self.canvas_passthrough():
             return self.original(
                 attn,
                 hidden_states,
@@ -65,9 +53,7 @@ class CanvasCogVideoXAttnProcessor:
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, S, B)
             attention_mask = attention_mask.view(B, attn.heads, -1, attention_mask.shape[-1])
-        q, k, v = attn.to_q(x), attn.to_k(x), attn.to_v(x)
-        hd = k.shape[-1] // attn.heads
-        q, k, v = (t.view(B, -1, attn.heads, hd).transpose(1, 2) for t in (q, k, v))
+        q, k, v = (self.heads(t, attn.heads) for t in (attn.to_q(x), attn.to_k(x), attn.to_v(x)))
         if attn.norm_q is not None:
             q = attn.norm_q(q)
         if attn.norm_k is not None:
@@ -83,12 +69,11 @@ class CanvasCogVideoXAttnProcessor:
                     [k[:, :, :text_len], apply_rotary_emb(k[:, :, text_len:], image_rotary_emb)],
                     dim=2,
                 )
-        bias, has_key = select_bias(self, S, q.device, q.dtype)
-        out = canvas_sdpa(
-            q, k, v, beta=self.beta, bias=bias, has_key=has_key, attn_mask=attention_mask
-        )
-        out = out.transpose(1, 2).reshape(B, -1, attn.heads * hd)
+        out = self.canvas_attend(q, k, v, attn_mask=attention_mask).reshape(B, S, -1)
         out = attn.to_out[1](attn.to_out[0](out))
+        extra = self.canvas_extra(x)
+        if extra is not None:
+            out = out + extra
         enc, hid = out.split([text_len, out.size(1) - text_len], dim=1)
         return hid, enc
 
@@ -116,6 +101,7 @@ class CogVideoXAdapter(BackboneAdapter):
     block_attr = "transformer_blocks"
     streams = ("hidden_states", "encoder_hidden_states")
     input_attrs = ("patch_embed",)
+    native_types = ("cogvideox",)  # "the backbone's own attention"
 
     def hidden_size(self, model: nn.Module) -> int:
         c = model.config

@@ -15,13 +15,14 @@ from __future__ import annotations
 import math
 from typing import Any, List, Mapping, Optional, Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError
 from canvas_core.looping.adapter import BackboneAdapter, TokenLayout
-from canvas_core.looping.attention_ops import canvas_sdpa, select_bias
+from canvas_core.looping.attention_ops import CanvasProcessorBase
 
 __all__ = ["MochiAdapter", "CanvasMochiAttnProcessor"]
 
@@ -33,22 +34,11 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     ).flatten(-2)
 
 
-class CanvasMochiAttnProcessor:
-    """Mochi joint attention with an inverse temperature ``beta`` and an optional canvas bias;
-    calls the replaced processor unchanged when ``beta == 1`` and no bias is installed."""
-
-    canvas_beta = True
-
-    def __init__(self, original: Any) -> None:
-        if not callable(original):
-            from canvas_core.errors import BackboneError
-
-            raise BackboneError(f"CanvasMochiAttnProcessor: original must be the attention processor it replaces "
-                                f"(a callable), got {type(original).__name__}")
-        self.original = original
-        self.beta = 1.0
-        self.canvas_bias = None
-        self.canvas_has_key = None
+class CanvasMochiAttnProcessor(CanvasProcessorBase):
+    """Mochi joint attention with an inverse temperature ``beta`` and an optional canvas topology
+    (run by its plan on the backbone's own q/k/v; padded prompt tokens are dropped per sample as
+    Mochi does, and the plan restricted to the kept tokens); calls the replaced processor
+    unchanged when ``beta == 1`` and no topology is installed."""
 
     def __call__(
         self,
@@ -58,7 +48,7 @@ class CanvasMochiAttnProcessor:
         attention_mask: torch.Tensor,
         image_rotary_emb: Optional[torch.Tensor] = None,
     ):
-        if self.beta == 1.0 and self.canvas_bias is None:
+        if self.canvas_passthrough():
             return self.original(
                 attn,
                 hidden_states,
@@ -84,19 +74,26 @@ class CanvasMochiAttnProcessor:
             q, k = _rope(q, *image_rotary_emb), _rope(k, *image_rotary_emb)
         q, k, v, eq, ek, ev = (t.transpose(1, 2) for t in (q, k, v, eq, ek, ev))
         nv, nt = q.size(2), eq.size(2)
-        outs = []
+        topo = self.canvas_topology is not None
+        outs, extras = [], []
         for b in range(q.size(0)):
             valid = torch.nonzero(attention_mask[b].flatten(), as_tuple=False).flatten()
-            rows = torch.cat([torch.arange(nv, device=q.device), nv + valid.to(q.device)])
-            bias, has_key = select_bias(self, nv + nt, q.device, q.dtype, rows=rows)
+            rows = torch.cat([torch.arange(nv, device=q.device), nv + valid.to(q.device)]) if topo else None
             qq = torch.cat([q[b : b + 1], eq[b : b + 1, :, valid]], dim=2)
             kk = torch.cat([k[b : b + 1], ek[b : b + 1, :, valid]], dim=2)
             vv = torch.cat([v[b : b + 1], ev[b : b + 1, :, valid]], dim=2)
-            o = canvas_sdpa(qq, kk, vv, beta=self.beta, bias=bias, has_key=has_key)
-            outs.append(F.pad(o, (0, 0, 0, nv + nt - o.size(2))))
-        out = torch.cat(outs, dim=0).transpose(1, 2).flatten(2, 3)
+            o = self.canvas_attend(qq, kk, vv, rows=rows, seq_len=nv + nt)  # (1, S', H, d)
+            outs.append(F.pad(o, (0, 0, 0, 0, 0, nv + nt - o.size(1))))
+            if topo:
+                # the modules of non-softmax types read video tokens only (checked at install)
+                x = F.pad(hidden_states[b : b + 1], (0, 0, 0, len(valid)))
+                e = self.canvas_extra(x, rows=rows)
+                extras.append(None if e is None else e[:, :nv])
+        out = torch.cat(outs, dim=0).flatten(2, 3)
         hid, enc = out.split_with_sizes((nv, nt), dim=1)
         hid = attn.to_out[1](attn.to_out[0](hid))
+        if extras and extras[0] is not None:
+            hid = hid + torch.cat(extras, dim=0)
         if hasattr(attn, "to_add_out"):
             enc = attn.to_add_out(enc)
         return hid, enc
@@ -120,6 +117,18 @@ class MochiAdapter(BackboneAdapter):
     def latent_channels(self, model: nn.Module) -> int:
         c = model.config
         return int(c.out_channels or c.in_channels)
+
+    def module_tokens(self, model: nn.Module, tokens: TokenLayout):
+        """Modules of non-softmax types read and write video tokens only: Mochi's text tokens
+        live in the context stream (its own width and output projection)."""
+        L = int(tokens.info.get("text_len", 0))
+        allowed = np.ones(tokens.seq_len, dtype=bool)
+        if L:
+            allowed[tokens.seq_len - L :] = False
+        why = (f"Mochi's text tokens live in the context stream (width "
+               f"{int(model.config.pooled_projection_dim)}, projected by its own to_add_out), which a "
+               "module of this type cannot read or write alongside the video tokens")
+        return allowed, self.hidden_size(model), why
 
     def prepare(self, model: nn.Module) -> None:
         from diffusers.models.attention_processor import MochiAttnProcessor2_0

@@ -20,7 +20,7 @@ from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError
 from canvas_core.looping.adapter import BackboneAdapter, TokenLayout
-from canvas_core.looping.attention_ops import canvas_sdpa, select_bias
+from canvas_core.looping.attention_ops import CanvasAttentionHooks
 
 __all__ = ["ViTAdapter", "CanvasViTAttention"]
 
@@ -30,16 +30,14 @@ except ImportError:  # pragma: no cover - the plugin requires timm
     _TimmAttention = nn.Module
 
 
-class CanvasViTAttention(_TimmAttention):
-    """timm ``Attention`` with an inverse temperature ``beta`` and an optional canvas bias."""
-
-    canvas_beta = True
+class CanvasViTAttention(CanvasAttentionHooks, _TimmAttention):
+    """timm ``Attention`` with an inverse temperature ``beta`` and an optional canvas topology
+    (run by its plan on the block's own q/k/v); timm's forward unchanged when neither is set."""
 
     def forward(
         self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False
     ) -> torch.Tensor:
-        beta = getattr(self, "beta", 1.0)
-        if beta == 1.0 and getattr(self, "canvas_bias", None) is None:
+        if self.canvas_passthrough():
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         B, N, _ = x.shape
         gate = self.gate(x).sigmoid() if getattr(self, "gate", None) is not None else None
@@ -55,22 +53,16 @@ class CanvasViTAttention(_TimmAttention):
                 if attn_mask.dtype == torch.bool
                 else attn_mask.masked_fill(~causal, float("-inf"))
             )
-        bias, has_key = select_bias(self, N, q.device, q.dtype)
-        out = canvas_sdpa(
-            q,
-            k,
-            v,
-            beta=beta,
-            bias=bias,
-            has_key=has_key,
-            attn_mask=attn_mask,
-            dropout_p=self.attn_drop.p if self.training else 0.0,
+        out = self.canvas_attend(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.attn_drop.p if self.training else 0.0
         )
-        out = out.transpose(1, 2).reshape(B, N, self.attn_dim)
+        out = out.reshape(B, N, self.attn_dim)
         out = self.norm(out)
         if gate is not None:
             out = out * gate
-        return self.proj_drop(self.proj(out))
+        out = self.proj_drop(self.proj(out))
+        extra = self.canvas_extra(x)
+        return out if extra is None else out + extra
 
 
 class ViTAdapter(BackboneAdapter):
@@ -86,14 +78,20 @@ class ViTAdapter(BackboneAdapter):
     def latent_channels(self, model: nn.Module) -> int:
         return int(getattr(model, "num_features", model.embed_dim))
 
+    def attention_shape(self, model: nn.Module) -> Tuple[int, int]:
+        for block in self.blocks(model):
+            attn = getattr(block, "attn", None)
+            if attn is not None and hasattr(attn, "num_heads"):
+                return int(attn.num_heads), int(attn.head_dim)
+        raise BackboneError(f"{type(model).__name__} has no timm Attention in its blocks")
+
     def prepare(self, model: nn.Module) -> None:
         for block in self.blocks(model):
             attn = getattr(block, "attn", None)
             if attn is not None and type(attn) is _TimmAttention:
                 attn.__class__ = CanvasViTAttention
                 attn.beta = 1.0
-                attn.canvas_bias = None
-                attn.canvas_has_key = None
+                attn.canvas_topology = None
 
     def attention_targets(self, model: nn.Module) -> List[Any]:
         return [m for m in model.modules() if isinstance(m, CanvasViTAttention)]

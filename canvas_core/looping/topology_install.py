@@ -1,0 +1,161 @@
+"""Installing a canvas topology in a backbone: check everything, build once, then commit.
+
+``BackboneAdapter.install_topology`` calls :func:`build_installation`, which lowers the topology
+on the token layout, resolves every connection on the model's device, restricts the plan to the
+tokens, builds the kernels and the gated modules of the non-softmax types, and refuses (with a
+``CanvasError`` naming the connection) anything that cannot run inside this backbone -- all
+before the model is touched.  It returns a ``commit`` callable that installs the result.
+"""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+from torch import nn
+
+from canvas_core.errors import BackboneError, CanvasError
+from canvas_core.looping.attention_ops import BlockTopology, GatedTypeModule, InstalledTopology, _key
+
+__all__ = ["build_installation", "remove_installation", "BACKBONE_SOFTMAX_TYPES", "HOLDER_ATTR"]
+
+#: fn types that are always the backbone's own softmax attention inside a backbone
+BACKBONE_SOFTMAX_TYPES: Tuple[str, ...] = ("cross_attention", "self_attention")
+#: attribute of a block (or its looped wrapper) holding the gated modules of the non-softmax types
+HOLDER_ATTR = "canvas_fn"
+_REFERENCE_MODES = ("dense", "segments", "sparse")
+
+
+def _model_device_dtype(model: nn.Module) -> Tuple[Any, Any]:
+    for p in model.parameters():
+        return p.device, p.dtype
+    import torch
+
+    return torch.device("cpu"), torch.float32
+
+
+def _conn_name(topology: Any, ci: int, fn: str) -> str:
+    c = topology.connections[ci]
+    return f"connection #{ci} {c.src!r} -> {c.dst!r} (fn {fn!r})"
+
+
+def _cover(n: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    from canvas_core.runtime.backbone_attention import _merge_cover
+
+    return _merge_cover(n, lo, hi)
+
+
+def _resolved_kernel(res: Any) -> Optional[str]:
+    from canvas_core.compiler.resolution import MODULE_KERNEL, REFERENCE_KERNEL
+
+    name = getattr(res, "kernel", None)
+    return None if name in (None, MODULE_KERNEL, REFERENCE_KERNEL) else str(name)
+
+
+def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: Any, targets: List[Any], *,
+                       kernel: Any = None, kernel_options: Optional[Mapping[str, Any]] = None
+                       ) -> Tuple[Callable[[], None], InstalledTopology]:
+    """Check and build an installation of ``topology`` (see the module docstring).  Returns
+    ``(commit, installed)``; nothing in ``model`` changes until ``commit()`` is called."""
+    from canvas_core.compiler.lowering import lower
+    from canvas_core.compiler.resolution import MODULE_KERNEL, resolve_connections
+
+    start = time.perf_counter()
+    layout = tokens.layout
+    plan = lower(topology, layout)  # unknown regions: TopologyError naming the connection
+    device, dtype = _model_device_dtype(model)
+    n_heads, head_dim = adapter.attention_shape(model)
+    prefer = None if kernel in (None, "auto") or kernel in _REFERENCE_MODES else kernel
+    if kernel is not None and not isinstance(kernel, str):
+        raise BackboneError(f"install_topology: kernel must be a kernel name or None, got {type(kernel).__name__}")
+    res = resolve_connections(SimpleNamespace(topology=topology, layout=layout), device=str(device.type),
+                              dtype=str(dtype).replace("torch.", ""), head_dim=head_dim, kernel=prefer)
+    plan.resolutions = dict(res)
+    native = set(BACKBONE_SOFTMAX_TYPES) | set(getattr(adapter, "native_types", ()))
+    softmax, kernels = set(), {}
+    for i, r in res.items():
+        fn = plan.fn_of_connection[i]
+        if fn in native or getattr(r, "kernel", MODULE_KERNEL) != MODULE_KERNEL:
+            softmax.add(fn)
+            kernels[fn] = kernel if kernel in _REFERENCE_MODES else _resolved_kernel(r)
+    installed = InstalledTopology(plan=plan, tokens=tokens, softmax_types=sorted(softmax), kernels=kernels,
+                                  n_heads=n_heads, head_dim=head_dim, backbone=getattr(adapter, "name", ""),
+                                  kernel_options=kernel_options)
+    tp = installed.token_plan
+    # a region that holds no token of the sequence cannot take part in a connection
+    for ci, conn in enumerate(topology.connections):
+        for side in ("src", "dst"):
+            r = getattr(conn, side)
+            if not any(tp.region_blocks.get(r, {}).values()):
+                raise BackboneError(
+                    f"{_conn_name(topology, ci, plan.fn_of_connection[ci])}: region {r!r} covers no token "
+                    f"of the {adapter.name!r} attention sequence (its positions on the canvas hold no "
+                    "token); place it on the token positions of adapter.token_layout(...) "
+                    f"(regions there: {sorted(tokens.layout.regions)})")
+    # the non-softmax types: where their modules may run, and the modules themselves
+    module_fns = list(installed.module_types)
+    per_block: List[Optional[nn.ModuleDict]] = [None] * len(targets)
+    if module_fns:
+        allowed, width, why = adapter.module_tokens(model, tokens)
+        n = tp.n
+        for fn in module_fns:
+            g = tp.groups[fn]
+            for ci in np.unique(g.conn):
+                sel = g.conn == ci
+                q_tok = tp.perm[_cover(n, g.q0[sel], g.q1[sel])]
+                k_tok = tp.perm[_cover(n, g.k0[sel], g.k1[sel])]
+                if allowed is not None and not (allowed[q_tok].all() and allowed[k_tok].all()):
+                    raise BackboneError(
+                        f"{_conn_name(topology, int(ci), fn)} cannot run inside {adapter.name!r}: {why}. "
+                        "Use a softmax type (cross_attention) for it, or link only the tokens a "
+                        "module can read")
+        heads = n_heads if width % max(n_heads, 1) == 0 else 1
+        from canvas_core.plugins import create_attention
+
+        for b in range(len(targets)):
+            md = nn.ModuleDict()
+            for fn in module_fns:
+                ci = int(tp.groups[fn].conn[0])
+                kw = {}
+                rk = _resolved_kernel(res.get(ci))
+                if rk is not None:
+                    kw["kernel"] = rk
+                try:
+                    mod = create_attention(fn, d_model=width, n_heads=heads, dropout=0.0, **kw)
+                except CanvasError as exc:
+                    raise BackboneError(f"{_conn_name(topology, ci, fn)} cannot run inside {adapter.name!r}: "
+                                        f"its module could not be built at width {width}: {exc}") from exc
+                except Exception as exc:  # a plugin type's own constructor failing
+                    raise BackboneError(f"{_conn_name(topology, ci, fn)} cannot run inside {adapter.name!r}: "
+                                        f"building its module at width {width} failed with "
+                                        f"{type(exc).__name__}: {exc}") from exc
+                md[_key(fn)] = GatedTypeModule(fn, mod).to(device=device, dtype=dtype)
+            per_block[b] = md
+    if str(device) != "cpu":
+        installed.runner = installed.runner.to(device)
+    installed.install_seconds = time.perf_counter() - start
+    holders = adapter.blocks(model)
+
+    def commit() -> None:
+        for i, t in enumerate(targets):
+            md = per_block[i]
+            if md is not None and i < len(holders):
+                holders[i].add_module(HOLDER_ATTR, md)
+            t.canvas_topology = BlockTopology(installed, md)
+
+    return commit, installed
+
+
+def remove_installation(adapter: Any, model: nn.Module, targets: List[Any]) -> None:
+    """Remove an installed topology (and its gated modules): the backbone's attention again."""
+    for t in targets:
+        if getattr(t, "canvas_topology", None) is not None:
+            t.canvas_topology = None
+        for legacy in ("canvas_bias", "canvas_has_key"):
+            if legacy in getattr(t, "__dict__", {}):
+                setattr(t, legacy, None)
+    for h in adapter.blocks(model):
+        if HOLDER_ATTR in getattr(h, "_modules", {}):
+            del h._modules[HOLDER_ATTR]

@@ -1,0 +1,261 @@
+"""Running a plan on projections someone else made: the execution core shared by every path.
+
+``CanvasAttention`` projects its own ``q, k, v``; a backbone (CogVideoX, Mochi, a timm ViT)
+brings its own, after its norms, rotary embeddings and text/video concatenation.  Both hand
+them to the same code here:
+
+* :func:`compact_plan` restricts an :class:`~canvas_core.compiler.plan.ExecutionPlan` to the
+  canvas positions that actually hold a token and renumbers it so that "canonical" index ``k`` is
+  the k-th token of the backbone's sequence.  Rectangles stay rectangles (dropping positions from
+  a packed run keeps the rest contiguous), so this is O(N + rectangles) and no ``(S, S)`` array
+  is made.  The kernels then read the backbone's token order directly: their gathers do the
+  permutation, nothing else does.
+* :class:`PlanRunner` builds, once, the kernel of every softmax-family group (the kernel the
+  compiler resolved for the device, else the reference kernel) and the query/key index sets of
+  every other group.
+* :func:`mix_softmax_groups` runs the softmax groups and mixes them per query by their weights;
+  :func:`run_module_groups` runs the other types' modules on their linked sets.
+
+Semantics (``docs/design.md``, "One attention semantics"): per fn group, one softmax of each query
+over the union of its linked keys with ``log w`` biases; a query with no key of the group gets 0;
+groups are mixed per query by ``W_f(p)``, the total weight of f's connections linking ``p``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Iterable, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from canvas_core.compiler.plan import ExecutionPlan, segment_grid
+from canvas_core.errors import ShapeError
+
+__all__ = [
+    "compact_plan",
+    "PlanRunner",
+    "mix_softmax_groups",
+    "run_module_groups",
+    "plan_query_weights",
+]
+
+
+def _merge_cover(n: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``(n,)`` bool: positions covered by at least one range ``[lo_i, hi_i)``."""
+    diff = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(diff, lo, 1)
+    np.add.at(diff, hi, -1)
+    return np.cumsum(diff)[:n] > 0
+
+
+def plan_query_weights(plan: ExecutionPlan, weights: Sequence[float]) -> Dict[str, np.ndarray]:
+    """``W_f(p)`` (packed) recomputed from the plan's rectangles: the sum of the weights of the
+    connections of type f that link query p to at least one key (``weights[ci]``: connection
+    ``ci``'s weight)."""
+    out: Dict[str, np.ndarray] = {}
+    n = int(plan.n)
+    for fn, g in plan.groups.items():
+        acc = np.zeros(n, dtype=np.float64)
+        if g.n_rects:
+            for ci in np.unique(g.conn):
+                sel = g.conn == ci
+                acc += float(weights[int(ci)]) * _merge_cover(n, g.q0[sel], g.q1[sel])
+        out[fn] = acc
+    return out
+
+
+def compact_plan(plan: ExecutionPlan, token_index: Sequence[int]) -> ExecutionPlan:
+    """The plan over the tokens only: ``token_index[k]`` is the canonical canvas position of token
+    ``k``; the result has ``n = len(token_index)`` and its canonical index ``k`` is token ``k``.
+
+    Positions without a token vanish from every rectangle (a rectangle left empty is dropped) and
+    ``query_weight`` is recomputed, so a query whose keys were all on dropped positions gets no
+    key.  Costs O(N + rectangles) time and memory.  Every other field of the plan (resolutions,
+    anything a later compiler adds) is carried over unchanged.
+    """
+    n = int(plan.n)
+    tok = np.asarray(token_index, dtype=np.int64).reshape(-1)
+    s = int(tok.shape[0])
+    if s and (tok.min() < 0 or tok.max() >= n):
+        raise ShapeError(f"token positions must lie in [0, {n}) of the plan's canvas")
+    tok_of = np.full(n, -1, dtype=np.int64)
+    tok_of[tok] = np.arange(s, dtype=np.int64)
+    if s and int((tok_of >= 0).sum()) != s:
+        raise ShapeError("two tokens are mapped to the same canvas position")
+    packed_tok = tok_of[plan.perm]  # token number of each packed position, -1 if none
+    present = packed_tok >= 0
+    c = np.concatenate([[0], np.cumsum(present)]).astype(np.int64)  # packed -> compact
+    perm = packed_tok[present]
+    inv = np.empty(s, dtype=np.int64)
+    inv[perm] = np.arange(s, dtype=np.int64)
+    groups = {}
+    for fn, g in plan.groups.items():
+        ng = dataclasses.replace(g, q0=c[g.q0], q1=c[g.q1], k0=c[g.k0], k1=c[g.k1])
+        keep = (ng.q1 > ng.q0) & (ng.k1 > ng.k0)
+        groups[fn] = ng.select(keep)
+    blocks = {}
+    for r, frames in plan.region_blocks.items():
+        nf = {}
+        for t, runs in frames.items():
+            rr = [(int(c[a]), int(c[b])) for a, b in runs if c[b] > c[a]]
+            if rr:
+                nf[t] = rr
+        blocks[r] = nf
+    weights = [float(getattr(conn, "weight", 1.0)) for conn in plan.topology.connections]
+    out = dataclasses.replace(plan, n=s, perm=perm, inv_perm=inv, n_covered=int(c[plan.n_covered]),
+                              region_blocks=blocks, groups=groups)
+    out.query_weight = plan_query_weights(out, weights)
+    for fn in plan.query_weight:  # a type whose every rectangle vanished still has a (zero) entry
+        out.query_weight.setdefault(fn, np.zeros(s))
+    return out
+
+
+def _is_full(plan: ExecutionPlan, fn: str) -> bool:
+    """Every query linked to every key with weight 1 (plain attention)."""
+    g = plan.groups[fn]
+    if plan.n == 0 or g.n_rects == 0:
+        return False
+    sg = segment_grid(plan.n, g.q0, g.q1, g.k0, g.k1, g.weight)
+    return bool(np.all(sg.grid == 1.0))
+
+
+class PlanRunner(nn.Module):
+    """Kernels and index buffers of one plan (no parameters); built once, run every call.
+
+    Args:
+        plan: the plan, in the order of the tensors it will be given (for a backbone, the
+            :func:`compact_plan` of its token layout).
+        softmax_types: fn types run by a softmax kernel on the given ``q, k, v``.
+        kernels: fn type -> kernel (None / ``"reference"``: the reference kernel; a name, class
+            or callable: :func:`canvas_core.runtime.kernels.make_kernel`).
+        n_heads, head_dim: of the projections.
+        normalize: ``"all"``: a type's mixing weight at p is ``W_f(p) / sum_over_all_types``
+            (CanvasAttention); ``"softmax"``: the softmax types are normalised among themselves
+            and the other types among all types (a backbone, whose attention stays its own).
+        kernel_options: extra keyword arguments of the kernels.
+    """
+
+    def __init__(self, plan: ExecutionPlan, softmax_types: Iterable[str], kernels: Optional[Mapping[str, Any]] = None,
+                 *, n_heads: int, head_dim: int, normalize: str = "all",
+                 kernel_options: Optional[Mapping[str, Any]] = None, device: Any = None) -> None:
+        super().__init__()
+        from canvas_core.runtime.kernels import make_kernel
+
+        softmax_types = tuple(softmax_types)
+        kernels = dict(kernels or {})
+        n = int(plan.n)
+        self.n = n
+        inv = plan.inv_perm
+        self.soft_fns = [f for f in plan.groups if f in softmax_types and plan.groups[f].n_rects]
+        self.other_fns = [f for f in plan.groups if f not in softmax_types and plan.groups[f].n_rects]
+        # plain attention: one softmax type linking everything with weight 1 and nothing else
+        self.full = (len(self.soft_fns) == 1 and not self.other_fns and _is_full(plan, self.soft_fns[0]))
+        self.kernel_names = {f: kernels.get(f) or "reference" for f in self.soft_fns}
+        to = (lambda t: t.to(device)) if device is not None else (lambda t: t)
+        self.kernels = nn.ModuleDict()
+        if not self.full:
+            for i, f in enumerate(self.soft_fns):
+                self.kernels[f"k{i}"] = make_kernel(kernels.get(f), plan.groups[f], plan, n_heads=n_heads,
+                                                    head_dim=head_dim, device=device,
+                                                    **dict(kernel_options or {}))
+        qw = {f: plan.query_weight[f][inv] for f in list(self.soft_fns) + list(self.other_fns)}
+        den_all = np.zeros(n)
+        for w in qw.values():
+            den_all += w
+        den_soft = np.zeros(n)
+        for f in self.soft_fns:
+            den_soft += qw[f]
+        den = den_soft if normalize == "softmax" else den_all
+        safe = np.where(den > 0, den, 1.0)
+        self.updated_np = den_all > 0
+        self.register_buffer("updated", to(torch.from_numpy(self.updated_np)), persistent=False)
+        self.all_updated = bool(self.updated_np.all())
+        self.c_is_one = []
+        for i, f in enumerate(self.soft_fns):
+            cf = qw[f] / safe
+            self.register_buffer(f"c_soft{i}", to(torch.from_numpy(cf).float()), persistent=False)
+            self.c_is_one.append(bool(np.all(cf == 1.0)))
+        safe_all = np.where(den_all > 0, den_all, 1.0)
+        for i, f in enumerate(self.other_fns):
+            g = plan.groups[f]
+            sg = segment_grid(n, g.q0, g.q1, g.k0, g.k1, g.weight)
+            q_packed = np.flatnonzero(plan.query_weight[f] > 0)
+            k_packed = np.flatnonzero(_merge_cover(n, g.k0, g.k1))
+            rs, cs = sg.row_segment_of(n), sg.col_segment_of(n)
+            key_mask = sg.grid[rs[q_packed]][:, cs[k_packed]] > 0
+            q_can, k_can = plan.perm[q_packed], plan.perm[k_packed]
+            coef = (qw[f] / safe_all)[q_can]
+            for name, arr in (("q", q_can), ("k", k_can), ("mask", key_mask), ("coef", coef)):
+                t = torch.from_numpy(np.ascontiguousarray(arr))
+                if name == "coef":
+                    t = t.float()
+                self.register_buffer(f"o{i}_{name}", to(t), persistent=False)
+        self.other_names = list(self.other_fns)
+
+    def extra_repr(self) -> str:
+        return (f"n={self.n}, softmax={self.soft_fns}, other={self.other_fns}, "
+                f"kernels={self.describe_kernels()}")
+
+    def describe_kernels(self) -> Dict[str, str]:
+        """fn type -> the kernel that runs it here (``"sdpa"`` for plain attention, the reference
+        kernel with its mode, a backend's class name, or ``"module"`` for a type's own module)."""
+        out: Dict[str, str] = {}
+        for i, f in enumerate(self.soft_fns):
+            if self.full:
+                out[f] = "sdpa (dense: every pair linked)"
+                continue
+            k = self.kernels[f"k{i}"]
+            mode = getattr(k, "mode", None)
+            name = self.kernel_names.get(f) or "reference"
+            out[f] = f"{name} ({mode})" if mode else f"{name} ({type(k).__name__})"
+        for f in self.other_fns:
+            out[f] = "module"
+        return out
+
+
+def mix_softmax_groups(ex: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
+                       dropout_p: float = 0.0) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Run every softmax group of ``ex`` on ``q, k, v`` ``(B, H, N, d)`` (the runner's order) and
+    mix them per query: returns ``(out (B, N, H, d), csum)`` with ``out = sum_f c_f(p) o_f(p)``
+    (``o_f`` 0 where f gives p no key) and ``csum (N,)`` the sum of the ``c_f`` (None when every
+    query has weight exactly 1 on a single type); ``(None, None)`` when the plan has no softmax
+    group.  ``ex``: a :class:`PlanRunner` (or an object with the same attributes)."""
+    if not ex.soft_fns:
+        return None, None
+    if getattr(ex, "full", False):
+        o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+        return o.transpose(1, 2), None
+    mixed, csum = None, None
+    for i, kern in enumerate(ex.kernels.values()):
+        o = kern(q, k, v, scale=scale, dropout_p=dropout_p).transpose(1, 2)  # (B, N, H, d)
+        if len(ex.soft_fns) == 1 and ex.c_is_one[0]:
+            return o, None
+        c = getattr(ex, f"c_soft{i}").to(o.dtype)
+        o = o * c[None, :, None, None]
+        mixed = o if mixed is None else mixed + o
+        csum = c if csum is None else csum + c
+    return mixed, csum
+
+
+def run_module_groups(ex: Any, x: torch.Tensor, modules: Mapping[str, nn.Module],
+                      gates: Optional[Mapping[str, torch.Tensor]] = None) -> Optional[torch.Tensor]:
+    """Run each non-softmax type's module on ``x`` ``(B, N, D)`` with queries = the positions the
+    type updates and keys = values = the union of its key positions (``key_mask`` = linked);
+    returns ``sum_g gate_g * c_g(p) * out_g(p)`` scattered to ``(B, N, D)`` (None when the plan has
+    no such type).  ``modules`` / ``gates`` are keyed by fn type."""
+    acc = None
+    B, N, D = x.shape
+    for i, f in enumerate(ex.other_names):
+        qi, ki = getattr(ex, f"o{i}_q"), getattr(ex, f"o{i}_k")
+        mask, coef = getattr(ex, f"o{i}_mask"), getattr(ex, f"o{i}_coef").to(x.dtype)
+        kv = x.index_select(1, ki)
+        o = modules[f](x.index_select(1, qi), kv, kv, key_mask=mask)
+        o = o * coef[None, :, None]
+        if gates is not None:
+            o = o * gates[f].to(o.dtype)
+        full = x.new_zeros(B, N, o.shape[-1]).index_add(1, qi, o)
+        acc = full if acc is None else acc + full
+    return acc
