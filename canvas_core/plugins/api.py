@@ -13,18 +13,21 @@ All work on the default :class:`~canvas_core.plugins.host.PluginHost` (``use_hos
     class MyAttention(nn.Module): ...                                    # name = cls.name or "my_attention"
 
 In-process registrations are reported with distribution ``"<in-process>"`` and the calling module.
+canvas-engineering's keyword spelling ``register_attention(name, cls=MyAttention)`` is accepted too.
+
+Every function here is written out for each registry kind (attention types, kernels, backbone
+adapters, identity binders, embedders); they share the three private helpers below.
 """
 
 from __future__ import annotations
 
-import inspect
 import re
 import sys
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, List, Optional, Union
 
 from canvas_core.errors import CanvasTypeError
 from canvas_core.plugins.host import get_host
-from canvas_core.plugins.registry import RegistryView
+from canvas_core.plugins.registry import Registry, RegistryView
 from canvas_core.plugins.spec import Spec
 
 __all__ = [
@@ -56,94 +59,84 @@ def _derived_name(obj: Any) -> str:
     return snake_case(base)
 
 
-def _caller_module(depth: int = 2) -> Optional[str]:
+def _caller_module() -> Optional[str]:
+    """Module name of whoever called the public ``register_*`` function (two frames up)."""
     try:
-        return sys._getframe(depth).f_globals.get("__name__")
-    except Exception:  # pragma: no cover - non-CPython
+        return sys._getframe(2).f_globals.get("__name__")
+    except Exception:  # pragma: no cover - interpreters without frame access
         return None
 
 
-def _make_register(kind: str, noun: str) -> Callable[..., Any]:
-    def register(name: Any = None, factory: Any = None, *, override: bool = False, **metadata: Any) -> Any:
-        module = _caller_module()
-        if factory is None and "cls" in metadata:  # canvas-engineering spelling: register_attention(name, cls=...)
-            factory = metadata.pop("cls")
-        if factory is not None:
-            return get_host().register(kind, name, factory, override=override, module=module, **metadata)
-        if isinstance(name, Spec):
-            return get_host().register(kind, name, override=override, module=module)
-        if name is not None and not isinstance(name, str):  # bare decorator / register_x(Class)
-            obj = name
-            get_host().register(kind, _derived_name(obj), obj, override=override, module=module, **metadata)
-            return obj
-
-        def decorate(obj: Any) -> Any:
-            get_host().register(kind, name if name is not None else _derived_name(obj), obj,
-                                override=override, module=module, **metadata)
-            return obj
-
-        return decorate
-
-    register.__name__ = register.__qualname__ = f"register_{noun}"
-    register.__doc__ = (
-        f"Register a {kind} entry in-process: ``register_{noun}(name, factory, **metadata)``, or as a "
-        f"decorator ``@register_{noun}('name', **metadata)`` / ``@register_{noun}`` (name from the "
-        "object's ``name`` attribute, else its snake-cased ``__name__``).\n\n"
-        "``factory`` is a class / callable or a lazy ``'package.module:Object'`` string; metadata as "
-        "in :mod:`canvas_core.plugins.hookspecs` (``family``, ``requires``, ``devices``, ...). "
-        "``override=True`` replaces an existing name (otherwise DuplicateRegistrationError). "
-        "The call form returns the Spec, the decorator forms return the decorated object.")
-    return register
+#: what a ``register_*`` function accepts as ``name``: a name, a ready Spec, or (bare decorator
+#: use) the object being registered.
+NameOrObject = Union[str, Spec, Any, None]
+#: a factory: a class, a callable, or a lazy ``"package.module:Object"`` string.
+Factory = Union[str, Callable[..., Any], None]
 
 
-def _make_unregister(kind: str, noun: str) -> Callable[[str], Spec]:
-    def unregister(name: str) -> Spec:
-        return get_host().unregister(kind, name)
+def _register(kind: str, name: NameOrObject, factory: Factory, override: bool, module: Optional[str],
+              metadata: dict) -> Any:
+    """The body shared by every ``register_*`` function (see :func:`register_attention`)."""
+    if factory is None and "cls" in metadata:
+        factory = metadata.pop("cls")
+    if factory is not None:
+        return get_host().register(kind, name, factory, override=override, module=module, **metadata)
+    if isinstance(name, Spec):
+        return get_host().register(kind, name, override=override, module=module)
+    if name is not None and not isinstance(name, str):  # ``@register_x`` or ``register_x(Class)``
+        obj = name
+        get_host().register(kind, _derived_name(obj), obj, override=override, module=module, **metadata)
+        return obj
 
-    unregister.__name__ = unregister.__qualname__ = f"unregister_{noun}"
-    unregister.__doc__ = (f"Remove the current {kind} registration ``name`` (an overridden one comes back); "
-                          "returns the removed Spec.")
-    return unregister
+    def decorate(obj: Any) -> Any:
+        # the host in force when the decorated object is defined receives it
+        get_host().register(kind, name if name is not None else _derived_name(obj), obj,
+                            override=override, module=module, **metadata)
+        return obj
 
-
-def _make_list(kind: str, fname: str) -> Callable[[], List[str]]:
-    def list_names() -> List[str]:
-        return get_host().registry(kind).names()
-
-    list_names.__name__ = list_names.__qualname__ = fname
-    list_names.__doc__ = f"Sorted names in the {kind} registry (plugins loaded on first call)."
-    return list_names
-
-
-def _make_create(kind: str, fname: str) -> Callable[..., Any]:
-    def create(name: str, *args: Any, **kwargs: Any) -> Any:
-        return get_host().registry(kind).get(name).create(*args, **kwargs)
-
-    create.__name__ = create.__qualname__ = fname
-    create.__doc__ = (f"Build the {kind} entry ``name``: ``factory(*args, **kwargs)``.\n\n"
-                      "Raises UnknownNameError, PluginLoadError or UnavailableError (missing package).")
-    return create
+    return decorate
 
 
-# ---------------------------------------------------------------------- attention
-register_attention = _make_register("attention", "attention")
-unregister_attention = _make_unregister("attention", "attention")
-list_attention_types = _make_list("attention", "list_attention_types")
+def _unregister(kind: str, name: str) -> Spec:
+    return get_host().unregister(kind, name)
 
 
-def _accepts(factory: Any) -> Optional[set]:
-    """Keyword names ``factory`` accepts, or None when it takes ``**kwargs`` / is opaque."""
-    try:
-        sig = inspect.signature(factory)
-    except (TypeError, ValueError):
-        return None
-    names = set()
-    for p in sig.parameters.values():
-        if p.kind is p.VAR_KEYWORD:
-            return None
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
-            names.add(p.name)
-    return names
+def _names(kind: str) -> List[str]:
+    return get_host().registry(kind).names()
+
+
+def _create(kind: str, name: str, args: tuple, kwargs: dict) -> Any:
+    return get_host().registry(kind).get(name).create(*args, **kwargs)
+
+
+# ---------------------------------------------------------------------- attention types
+def register_attention(name: NameOrObject = None, factory: Factory = None, *, override: bool = False,
+                       **metadata: Any) -> Any:
+    """Register an attention type in the running process.
+
+    Forms: ``register_attention(name, factory, **metadata)`` returns the stored :class:`Spec`;
+    ``@register_attention("name", **metadata)`` and bare ``@register_attention`` return the
+    decorated object unchanged (the bare form takes the object's ``name`` attribute, else its
+    ``__name__`` in snake case).  ``factory`` is a class, a callable, or a lazy
+    ``"package.module:Object"`` string; ``cls=`` is accepted in its place.
+
+    Metadata keywords are those of :mod:`canvas_core.plugins.hookspecs` (``family``,
+    ``complexity``, ``description``, ``requires``, ``devices``, ``dtypes``, ``check``, ...).
+    An existing name raises :class:`~canvas_core.errors.DuplicateRegistrationError` unless
+    ``override=True``; the replaced registration returns when the new one is unregistered.
+    """
+    return _register("attention", name, factory, override, _caller_module(), metadata)
+
+
+def unregister_attention(name: str) -> Spec:
+    """Remove the current registration of attention type ``name`` and return its Spec; a
+    registration it had overridden becomes current again."""
+    return _unregister("attention", name)
+
+
+def list_attention_types() -> List[str]:
+    """Names of every registered attention type, sorted (installed plugins load on first use)."""
+    return _names("attention")
 
 
 def create_attention(fn_name: str, d_model: int, n_heads: int = 4, dropout: float = 0.0, **kwargs: Any) -> Any:
@@ -153,60 +146,122 @@ def create_attention(fn_name: str, d_model: int, n_heads: int = 4, dropout: floa
     ``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``.  ``kwargs`` are type-specific
     (``top_k`` for ``sparse_attention``, ``window_size`` for ``local_attention``,
     ``kernel=`` for types with their own kernels, ...).  A factory that takes no ``n_heads`` /
-    ``dropout`` parameter is called without them (``dropout`` only when it is 0).
+    ``dropout`` parameter is called without them (``dropout`` only when it is 0).  The lookup of
+    ``fn_name`` is the only thing done here: building is
+    :func:`canvas_core.plugins.resolve.build_attention`.
 
     Raises:
         UnknownNameError: unknown type (closest match and install hint in the message).
         PluginLoadError: its plugin or factory failed to import.
         UnavailableError: a package it requires is not installed.
     """
+    from canvas_core.plugins.resolve import build_attention
+
     spec = get_host().registry("attention").get(fn_name)
-    if spec.missing_requirements():
-        return spec.create(d_model=d_model, n_heads=n_heads, dropout=dropout, **kwargs)  # raises
-    factory = spec.load()
-    call = {"d_model": d_model, "n_heads": n_heads, "dropout": dropout, **kwargs}
-    accepted = _accepts(factory)
-    if accepted is not None:
-        if "n_heads" not in accepted:
-            call.pop("n_heads")
-        if "dropout" not in accepted:
-            if dropout:
-                raise CanvasTypeError(
-                    f"attention type {fn_name!r} ({spec.factory_path}) takes no dropout argument; "
-                    f"create it with dropout=0.0 (got {dropout!r})")
-            call.pop("dropout")
-        unknown = sorted(set(call) - set(accepted))
-        if unknown:
-            raise CanvasTypeError(
-                f"attention type {fn_name!r} ({spec.factory_path}) does not take "
-                f"{', '.join(repr(k) for k in unknown)}; it accepts {sorted(accepted)}")
-    return spec.create(**call)  # wraps a non-canvas exception of the factory in a FactoryError
+    return build_attention(spec, d_model, n_heads=n_heads, dropout=dropout, **kwargs)
 
 
-# ---------------------------------------------------------------------- other kinds
-register_kernel = _make_register("kernels", "kernel")
-unregister_kernel = _make_unregister("kernels", "kernel")
-list_kernels = _make_list("kernels", "list_kernels")
-create_kernel = _make_create("kernels", "create_kernel")
+# ---------------------------------------------------------------------- kernels
+def register_kernel(name: NameOrObject = None, factory: Factory = None, *, override: bool = False,
+                    **metadata: Any) -> Any:
+    """Register an attention kernel (a backend that executes attention types); the forms and
+    errors are those of :func:`register_attention`.  Kernels also take ``supports`` (the
+    attention types they run) and ``priority`` (higher is tried first)."""
+    return _register("kernels", name, factory, override, _caller_module(), metadata)
 
-register_backbone = _make_register("backbones", "backbone")
-unregister_backbone = _make_unregister("backbones", "backbone")
-list_backbones = _make_list("backbones", "list_backbones")
-create_backbone = _make_create("backbones", "create_backbone")
 
-register_identity_binder = _make_register("identity", "identity_binder")
-unregister_identity_binder = _make_unregister("identity", "identity_binder")
-list_identity_binders = _make_list("identity", "list_identity_binders")
-create_identity_binder = _make_create("identity", "create_identity_binder")
+def unregister_kernel(name: str) -> Spec:
+    """Remove the current registration of kernel ``name`` and return its Spec."""
+    return _unregister("kernels", name)
 
-register_embedder = _make_register("embedders", "embedder")
-unregister_embedder = _make_unregister("embedders", "embedder")
-list_embedders = _make_list("embedders", "list_embedders")
-create_embedder = _make_create("embedders", "create_embedder")
+
+def list_kernels() -> List[str]:
+    """Names of every registered attention kernel, sorted."""
+    return _names("kernels")
+
+
+def create_kernel(name: str, *args: Any, **kwargs: Any) -> Any:
+    """Build kernel ``name`` by calling its factory with ``*args, **kwargs``.
+
+    Raises UnknownNameError, PluginLoadError, or UnavailableError when a package it needs is
+    missing."""
+    return _create("kernels", name, args, kwargs)
+
+
+# ---------------------------------------------------------------------- backbone adapters
+def register_backbone(name: NameOrObject = None, factory: Factory = None, *, override: bool = False,
+                      **metadata: Any) -> Any:
+    """Register a backbone adapter (used by ``graft_looped_blocks``); the forms and errors are
+    those of :func:`register_attention`.  ``model_classes=`` names the model classes it serves."""
+    return _register("backbones", name, factory, override, _caller_module(), metadata)
+
+
+def unregister_backbone(name: str) -> Spec:
+    """Remove the current registration of backbone adapter ``name`` and return its Spec."""
+    return _unregister("backbones", name)
+
+
+def list_backbones() -> List[str]:
+    """Names of every registered backbone adapter, sorted."""
+    return _names("backbones")
+
+
+def create_backbone(name: str, *args: Any, **kwargs: Any) -> Any:
+    """Build backbone adapter ``name`` by calling its factory with ``*args, **kwargs`` (errors
+    as :func:`create_kernel`)."""
+    return _create("backbones", name, args, kwargs)
+
+
+# ---------------------------------------------------------------------- identity binders
+def register_identity_binder(name: NameOrObject = None, factory: Factory = None, *, override: bool = False,
+                             **metadata: Any) -> Any:
+    """Register an identity binder (persistent object slots); the forms and errors are those of
+    :func:`register_attention`."""
+    return _register("identity", name, factory, override, _caller_module(), metadata)
+
+
+def unregister_identity_binder(name: str) -> Spec:
+    """Remove the current registration of identity binder ``name`` and return its Spec."""
+    return _unregister("identity", name)
+
+
+def list_identity_binders() -> List[str]:
+    """Names of every registered identity binder, sorted."""
+    return _names("identity")
+
+
+def create_identity_binder(name: str, *args: Any, **kwargs: Any) -> Any:
+    """Build identity binder ``name`` by calling its factory with ``*args, **kwargs`` (errors as
+    :func:`create_kernel`)."""
+    return _create("identity", name, args, kwargs)
+
+
+# ---------------------------------------------------------------------- embedders
+def register_embedder(name: NameOrObject = None, factory: Factory = None, *, override: bool = False,
+                      **metadata: Any) -> Any:
+    """Register an embedder (text to vectors, used by semantic conditioning); the forms and
+    errors are those of :func:`register_attention`."""
+    return _register("embedders", name, factory, override, _caller_module(), metadata)
+
+
+def unregister_embedder(name: str) -> Spec:
+    """Remove the current registration of embedder ``name`` and return its Spec."""
+    return _unregister("embedders", name)
+
+
+def list_embedders() -> List[str]:
+    """Names of every registered embedder, sorted."""
+    return _names("embedders")
+
+
+def create_embedder(name: str, *args: Any, **kwargs: Any) -> Any:
+    """Build embedder ``name`` by calling its factory with ``*args, **kwargs`` (errors as
+    :func:`create_kernel`)."""
+    return _create("embedders", name, args, kwargs)
 
 
 # ---------------------------------------------------------------------- lookups
-def get_registry(kind: str):
+def get_registry(kind: str) -> "Registry":
     """The default host's registry of ``kind`` (``attention``, ``kernels``, ``backbones``,
     ``identity``, ``embedders``)."""
     return get_host().registry(kind)
@@ -218,10 +273,12 @@ def get_spec(kind: str, name: str) -> Spec:
 
 
 def get_attention_spec(name: str) -> Spec:
+    """The Spec of attention type ``name`` (errors as :func:`create_attention`)."""
     return get_spec("attention", name)
 
 
 def get_kernel_spec(name: str) -> Spec:
+    """The Spec of kernel ``name`` (errors as :func:`create_kernel`)."""
     return get_spec("kernels", name)
 
 
