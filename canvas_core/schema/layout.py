@@ -76,21 +76,24 @@ class CanvasLayout:
             raise CanvasTypeError(f"CanvasLayout spatial_shape must be a tuple of ints, got {shape!r}")
         shape = tuple(as_int(s, "CanvasLayout spatial_shape entry") for s in shape)
         if self.H is not None or self.W is not None:
-            if self.H is None or self.W is None:
-                raise SchemaError(
-                    "CanvasLayout: give both H and W (2-d shorthand) or use spatial_shape=(...)"
-                )
-            hw = (as_int(self.H, "CanvasLayout H"), as_int(self.W, "CanvasLayout W"))
-            if shape and shape != hw:
-                raise SchemaError(
-                    f"CanvasLayout: H={hw[0]}, W={hw[1]} disagree with spatial_shape={shape}; give one"
-                )
-            shape = hw
+            H = None if self.H is None else as_int(self.H, "CanvasLayout H")
+            W = None if self.W is None else as_int(self.W, "CanvasLayout W")
+            if shape:
+                # both given (dataclasses.replace passes both): they must say the same thing
+                for axis, got, want in (("H", H, shape[0]), ("W", W, shape[1] if len(shape) > 1 else None)):
+                    if got is not None and got != want:
+                        raise SchemaError(
+                            f"CanvasLayout: {axis}={got} disagrees with spatial_shape={shape} "
+                            f"({axis} is spatial_shape[{'0' if axis == 'H' else '1'}]); give one of them"
+                        )
+            else:  # the 2-d shorthand; a missing one is 1, as in canvas-engineering
+                shape = (1 if H is None else H, 1 if W is None else W)
         for i, s in enumerate(shape):
             if s < 1:
                 raise SchemaError(f"CanvasLayout spatial dimension {i} must be >= 1, got {s}")
-        if len(shape) == 2:
-            self.H, self.W = shape
+        # H / W read back as the first two spatial sizes, whatever the rank (canvas-engineering's rule)
+        self.H = shape[0] if len(shape) >= 1 else None
+        self.W = shape[1] if len(shape) >= 2 else None
         return shape
 
     def _wrap_region(self, name: Any, spec: Any) -> RegionSpec:

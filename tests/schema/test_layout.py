@@ -178,8 +178,27 @@ def test_unknown_region_lookup_suggests_closest():
 def test_h_w_and_spatial_shape_conflict():
     with pytest.raises(SchemaError, match="disagree"):
         CanvasLayout(T=1, H=2, W=2, spatial_shape=(3, 3), d_model=4)
-    with pytest.raises(SchemaError, match="both H and W"):
-        CanvasLayout(T=1, H=2, d_model=4)
+    with pytest.raises(SchemaError, match="disagree"):
+        CanvasLayout(T=1, H=2, spatial_shape=(3,), d_model=4)
+
+
+def test_h_and_w_read_back_as_in_canvas_engineering():
+    """H / W are the first two spatial sizes at any rank; a lone H or W leaves the other at 1;
+    both forms given with the same sizes are accepted (``dataclasses.replace`` passes both)."""
+    import dataclasses
+
+    one = CanvasLayout(T=4, spatial_shape=(16,), d_model=32)
+    assert (one.H, one.W) == (16, None)
+    three = CanvasLayout(T=1, spatial_shape=(2, 3, 4), d_model=4)
+    assert (three.H, three.W) == (2, 3)
+    assert CanvasLayout(T=1, H=2, d_model=4).spatial_shape == (2, 1)
+    assert CanvasLayout(T=1, W=5, d_model=4).spatial_shape == (1, 5)
+    assert dataclasses.replace(one, T=2).spatial_shape == (16,)
+    assert dataclasses.replace(three, T=2).spatial_shape == (2, 3, 4)
+    ce = pytest.importorskip("canvas_engineering")
+    for kw in (dict(spatial_shape=(16,)), dict(spatial_shape=(2, 3, 4)), dict(H=2), dict(W=5), dict(H=3, W=4)):
+        a, b = CanvasLayout(T=1, d_model=4, **kw), ce.CanvasLayout(T=1, d_model=4, **kw)
+        assert (a.spatial_shape, a.H, a.W) == (tuple(b.spatial_shape), b.H, b.W), kw
 
 
 def test_schema_layer_never_imports_torch():
