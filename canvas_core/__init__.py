@@ -15,6 +15,12 @@ from canvas_core.errors import __all__ as _error_names
 
 __version__ = "0.1.0"
 
+# canvas-engineering's flat module paths (canvas_core.masks, canvas_core.graft, ...) come from one
+# alias table; see canvas_core/_compat.py
+from canvas_core import _compat as _compat_paths  # noqa: E402
+
+_compat_paths.install()
+
 # public name -> module that defines it.  Keep grouped by layer (see docs/design.md).
 _LAZY: dict[str, str] = {}
 
