@@ -1,0 +1,126 @@
+"""Placing a declaration's regions on the canvas: canvas size, packing, region specs."""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Dict, List, Optional, Tuple
+
+from canvas_core.errors import CanvasTypeError, ProgramError
+from canvas_core.program._check import pos_int
+from canvas_core.program.fields import Field, LayoutStrategy
+from canvas_core.program.packing import auto_canvas_width, shelf_pack
+from canvas_core.schema.layout import CanvasLayout
+from canvas_core.schema.region import RegionSpec
+
+__all__ = ["semantic_type_of"]
+
+
+# --- naming ------------------------------------------------------------------------------------
+def semantic_type_of(path: str) -> str:
+    """Readable modality description from a field path: ``"agents[0].joint_pos"`` ->
+    ``"agents 0 / joint pos"``."""
+    parts = []
+    for part in path.split("."):
+        part = re.sub(r"\[(\d+)\]", r" \1", part).replace("_", " ")
+        parts.append(" ".join(part.split()))
+    return " / ".join(parts)
+
+
+# --- layout ------------------------------------------------------------------------------------
+def _resolve_canvas(spatial_shape: Any, H: Any, W: Any) -> Optional[Tuple[int, ...]]:
+    where = "compile_schema"
+    shape = None
+    if spatial_shape is not None:
+        if isinstance(spatial_shape, (str, bytes)) or not hasattr(spatial_shape, "__iter__"):
+            raise CanvasTypeError(f"{where}: spatial_shape must be a tuple of ints or None, got {spatial_shape!r}")
+        shape = tuple(pos_int(s, where, "every spatial_shape entry") for s in spatial_shape)
+        if not shape:
+            raise ProgramError(f"{where}: spatial_shape=() has no spatial axis; use None to size the canvas automatically")
+    if H is not None or W is not None:
+        if H is None or W is None:
+            raise ProgramError(f"{where}: give both H and W, or use spatial_shape=(H, W)")
+        hw = (pos_int(H, where, "H"), pos_int(W, where, "W"))
+        if shape is not None and shape != hw:
+            raise ProgramError(f"{where}: H={hw[0]}, W={hw[1]} disagree with spatial_shape={shape}; give one of them")
+        shape = hw
+    return shape
+
+
+def _fit_shape(path: str, f: Field, ndim: int) -> Tuple[int, ...]:
+    shape = f.shape
+    if len(shape) < ndim:
+        return shape + (1,) * (ndim - len(shape))
+    if len(shape) > ndim:
+        if any(s != 1 for s in shape[ndim:]):
+            raise ProgramError(
+                f"field {path!r} has shape {shape} ({len(shape)} spatial dims) but the canvas has {ndim}; "
+                f"give the canvas {len(shape)} dims (spatial_shape) or reshape the field"
+            )
+        return shape[:ndim]
+    return shape
+
+
+def _axis_name(k: int, ndim: int) -> str:
+    return ("H", "W")[k] if ndim == 2 else f"spatial_shape[{k}]"
+
+
+def _placement_order(names: List[str], strategy: LayoutStrategy) -> List[int]:
+    if strategy is LayoutStrategy.PACKED:
+        return list(range(len(names)))
+    groups: Dict[str, List[int]] = {}
+    for i, n in enumerate(names):
+        groups.setdefault(re.sub(r"\[\d+\]", "[]", n), []).append(i)
+    return [i for g in groups.values() for i in g]
+
+
+def _layout(regions: Dict[str, Field], T: int, d_model: int, canvas: Optional[Tuple[int, ...]],
+            strategy: LayoutStrategy, t_current: int, coarse: set) -> CanvasLayout:
+    names = list(regions)
+    ndim = len(canvas) if canvas is not None else max(len(f.shape) for f in regions.values())
+    extents = [_fit_shape(n, regions[n], ndim) for n in names]
+    order = _placement_order(names, strategy)
+    if canvas is None:
+        size: List[Optional[int]] = [None, *auto_canvas_width(extents)]
+    else:
+        size = list(canvas)
+        for n, ext in zip(names, extents):
+            for k in range(ndim):
+                if ext[k] > canvas[k]:
+                    raise ProgramError(
+                        f"field {n!r} is {ext[k]} positions along {_axis_name(k, ndim)} but the canvas has "
+                        f"{canvas[k]} there; grow the canvas or pass spatial_shape=None to size it automatically"
+                    )
+    packed = shelf_pack([extents[i] for i in order], size)
+    if packed is None:
+        need = sum(math.prod(e) for e in extents)
+        have = math.prod(canvas)
+        raise ProgramError(
+            f"the {len(names)} fields ({need} positions per frame) do not fit on the canvas "
+            f"spatial_shape={canvas} ({have} per frame) with shelf packing; grow the canvas or pass "
+            "spatial_shape=None to size it automatically"
+        )
+    offsets_in_order, used = packed
+    offsets: Dict[int, Tuple[int, ...]] = dict(zip(order, offsets_in_order))
+    spatial = tuple(used) if canvas is None else canvas
+    specs: Dict[str, RegionSpec] = {}
+    for i, n in enumerate(names):
+        f = regions[n]
+        t1 = T
+        if f.temporal_extent is not None:
+            if f.temporal_extent > T:
+                raise ProgramError(
+                    f"field {n!r}: temporal_extent={f.temporal_extent} exceeds the canvas T={T}; "
+                    "lower it, raise T, or use None to span all frames"
+                )
+            t1 = f.temporal_extent
+        bounds: List[int] = [0, t1]
+        for k in range(ndim):
+            bounds += [offsets[i][k], offsets[i][k] + extents[i][k]]
+        specs[n] = RegionSpec(
+            bounds=tuple(bounds), period=f.period, is_output=f.is_output, loss_weight=f.loss_weight,
+            semantic_type=f.semantic_type or (f"coarse: {n}" if n in coarse else semantic_type_of(n)),
+            default_attn=f.attn,
+            carrier=f.carrier or "deterministic", family=f.family,
+        )
+    return CanvasLayout(T=T, d_model=d_model, spatial_shape=spatial, regions=specs, t_current=t_current)

@@ -1,0 +1,222 @@
+"""Walking a declaration's object tree into region paths (the first step of ``compile_schema``).
+
+Dataclasses, pydantic models and plain objects are walked alike; nested objects and lists of
+them become subtrees, each with a coarse region at its own path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field as dc_field
+from typing import Any, Dict, List, Tuple
+
+from canvas_core.errors import CanvasTypeError, ProgramError
+from canvas_core.program.fields import Field
+
+_RESERVED = re.compile(r"[.\[\]]")
+
+
+# --- the object tree ---------------------------------------------------------------------------
+@dataclass
+class _Node:
+    path: str                                    # "" for the root
+    leaves: List[str] = dc_field(default_factory=list)
+    children: List["_Child"] = dc_field(default_factory=list)
+
+    def has_fields(self) -> bool:
+        return bool(self.leaves) or any(c.elements for c in self.children)
+
+
+@dataclass
+class _Child:
+    is_list: bool
+    elements: List[Tuple[str, Field, _Node]]     # (coarse path, coarse field, subtree)
+
+
+class _Walker:
+    def __init__(self) -> None:
+        self.fields: Dict[str, Field] = {}       # leaf path -> Field (coarse ones added later)
+
+    def leaf(self, path: str, f: Field, owner: str) -> None:
+        if path in self.fields:
+            raise ProgramError(f"{owner}: two fields compile to the same region name {path!r}; rename one of them")
+        self.fields[path] = f
+
+    def walk(self, obj: Any, prefix: str, stack: Tuple[int, ...]) -> _Node:
+        if id(obj) in stack:
+            raise ProgramError(
+                f"the object tree refers back to itself at {prefix.rstrip('.') or 'the root'!r} "
+                f"({type(obj).__name__}); a canvas type must be a tree, not a cycle"
+            )
+        stack = stack + (id(obj),)
+        node = _Node(prefix.rstrip("."))
+        owner = type(obj).__name__
+        attrs = _attributes(obj)
+        for name, value, _meta in attrs:
+            if isinstance(value, Field):
+                self.leaf(f"{prefix}{name}", value, owner)
+                node.leaves.append(f"{prefix}{name}")
+            elif _is_sequence(value):
+                _check_mixed_list(f"{prefix}{name}", value, owner)
+                for i, v in enumerate(value):
+                    if isinstance(v, Field):
+                        self.leaf(f"{prefix}{name}[{i}]", v, owner)
+                        node.leaves.append(f"{prefix}{name}[{i}]")
+        # Nested objects first, then lists of objects (each in declaration order), as in
+        # canvas-engineering: this fixes the region order, hence placement and connection order.
+        for name, value, meta in attrs:
+            if not isinstance(value, Field) and not _is_sequence(value) and _is_composite(value):
+                path = f"{prefix}{name}"
+                sub = self.walk(value, path + ".", stack)
+                if sub.has_fields():
+                    node.children.append(_Child(False, [(path, self.coarse(value, meta, path, sub), sub)]))
+        for name, value, meta in attrs:
+            if _is_sequence(value):
+                elements = []
+                for i, v in enumerate(value):
+                    if _is_composite(v):
+                        path = f"{prefix}{name}[{i}]"
+                        sub = self.walk(v, path + ".", stack)
+                        if sub.has_fields():
+                            elements.append((path, self.coarse(v, meta, path, sub), sub))
+                if elements:
+                    node.children.append(_Child(True, elements))
+        return node
+
+    def coarse(self, value: Any, meta: dict, path: str, sub: "_Node") -> Field:
+        """The coarse-grained field of a nested object. Its period, unless the template sets one
+        (!= 1), is the mean period of all fields below it (nested coarse ones included) weighted by
+        ``h * w``, rounded (canvas-engineering's rule: the summary follows the dominant
+        timescale of the subtree)."""
+        c = _coarse_field(value, meta, path)
+        if c.period != 1:
+            return c
+        members: List[Field] = []
+        todo = [sub]
+        while todo:
+            n = todo.pop()
+            members += [self.fields[leaf] for leaf in n.leaves]
+            for child in n.children:
+                for _, f, s in child.elements:
+                    members.append(f)
+                    todo.append(s)
+        total = sum(f.h * f.w for f in members)
+        if not total:
+            return c
+        period = max(1, round(sum(f.period * f.h * f.w for f in members) / total))
+        return c if period == 1 else dataclasses.replace(c, period=period)
+
+
+def _check_mixed_list(path: str, value: Any, owner: str) -> None:
+    """A list holding Fields / nested objects must hold nothing else (it would be silently dropped)."""
+    kinds = [isinstance(v, Field) or _is_composite(v) for v in value]
+    if any(kinds) and not all(kinds):
+        i = kinds.index(False)
+        raise ProgramError(
+            f"{owner}: {path}[{i}] is {value[i]!r} ({type(value[i]).__name__}), but the other elements of "
+            f"{path!r} are Fields / nested objects; a list of canvas fields can hold only Fields or "
+            "objects with Fields. Remove that element or move it to a separate attribute"
+        )
+
+
+def _is_sequence(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and not isinstance(value, Field)
+
+
+def _is_pydantic(value: Any) -> bool:
+    return not isinstance(value, type) and hasattr(type(value), "model_fields") and hasattr(value, "model_dump")
+
+
+def _is_composite(value: Any) -> bool:
+    if value is None or isinstance(value, (type, Field, str, bytes, int, float, bool, dict, set, frozenset)):
+        return False
+    if dataclasses.is_dataclass(value) or _is_pydantic(value):
+        return True
+    return any(isinstance(v, Field) or _is_composite_shallow(v) for _, v, _ in _plain_attributes(value))
+
+
+def _is_composite_shallow(value: Any) -> bool:
+    return dataclasses.is_dataclass(value) and not isinstance(value, type) or _is_pydantic(value)
+
+
+def _plain_attributes(obj: Any) -> List[Tuple[str, Any, dict]]:
+    out: List[Tuple[str, Any, dict]] = []
+    seen = set()
+    inst = getattr(obj, "__dict__", None)
+    if isinstance(inst, dict):
+        for k, v in inst.items():
+            if not k.startswith("__"):
+                out.append((k, v, {}))
+                seen.add(k)
+    for klass in reversed(type(obj).__mro__):
+        for k, v in vars(klass).items():
+            if k in seen or k.startswith("__"):
+                continue
+            if isinstance(v, Field):
+                out.append((k, v, {}))
+                seen.add(k)
+    return out
+
+
+def _attributes(obj: Any) -> List[Tuple[str, Any, dict]]:
+    if dataclasses.is_dataclass(obj):
+        items = [(f.name, getattr(obj, f.name, None), dict(f.metadata)) for f in dataclasses.fields(obj)]
+    elif _is_pydantic(obj):
+        items = [(n, getattr(obj, n, None), {}) for n in type(obj).model_fields]
+    else:
+        items = _plain_attributes(obj)
+    for name, _, _ in items:
+        if not isinstance(name, str) or _RESERVED.search(name):
+            raise ProgramError(
+                f"{type(obj).__name__}: attribute name {name!r} contains '.', '[' or ']', which separate "
+                "nested field paths; rename it"
+            )
+    return items
+
+
+def _coarse_field(value: Any, meta: dict, path: str) -> Field:
+    c = meta.get("coarse") if meta else None
+    if c is None:
+        c = getattr(type(value), "__coarse__", None)
+    if c is None:
+        return Field(spatial_shape=(1,))  # one position; padded to the canvas's dimensions
+    if not isinstance(c, Field):
+        raise CanvasTypeError(f"coarse-grained field of {path!r} must be a Field, got {c!r}")
+    return c
+
+
+def _tree(root: Any) -> Tuple[Dict[str, Field], _Node, set]:
+    if isinstance(root, type):
+        raise ProgramError(
+            f"compile_schema/compile_program got the class {root.__name__}, not an instance; pass {root.__name__}()"
+        )
+    if root is None or isinstance(root, (Field, str, bytes, int, float, bool, list, tuple, dict, set)):
+        raise ProgramError(
+            f"compile_schema/compile_program expects a dataclass (or pydantic model / object) instance "
+            f"whose attributes are Fields, got {type(root).__name__} {root!r:.60}"
+        )
+    w = _Walker()
+    node = w.walk(root, "", ())
+    if not node.has_fields():
+        raise ProgramError(
+            f"no Field attributes found in {type(root).__name__}; declare at least one, e.g. "
+            "`camera: Field = Field(4, 4)` on a @dataclass"
+        )
+    # final region order: leaves of a node, then each child's coarse region and subtree
+    ordered: Dict[str, Field] = {}
+    coarse_names: set = set()
+
+    def emit(n: _Node) -> None:
+        for leaf in n.leaves:
+            ordered[leaf] = w.fields[leaf]
+        for child in n.children:
+            for path, coarse, sub in child.elements:
+                if path in ordered or path in w.fields:
+                    raise ProgramError(f"two fields compile to the same region name {path!r}; rename one of them")
+                ordered[path] = coarse
+                coarse_names.add(path)
+                emit(sub)
+
+    emit(node)
+    return ordered, node, coarse_names
