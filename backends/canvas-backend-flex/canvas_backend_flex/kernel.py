@@ -1,6 +1,6 @@
 """`FlexKernel`: one softmax group of an execution plan on FlexAttention.
 
-Kernel contract (the core's, see :mod:`canvas_core.runtime.kernels`)::
+Kernel contract (the core's, see ``canvas_core.extend.ReferenceKernel``)::
 
     kernel = FlexKernel(group, plan, n_heads=..., head_dim=..., block_size=128, compile=None)
     out = kernel(q, k, v, scale=..., dropout_p=0.0)     # (B, H, N, d) canonical -> same
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from canvas_core.compiler.plan import ExecutionPlan, RectGroup, block_layout_of, segment_grid
+from canvas_core.extend import ExecutionPlan, RectGroup, block_layout_of, segment_grid
 from canvas_core.errors import ShapeError, UnavailableError
 
 __all__ = ["FlexKernel", "kv_block_tensors"]
@@ -53,7 +53,7 @@ def _flex():
 def kv_block_tensors(state: np.ndarray):
     """``(kv_num, kv_idx, full_num, full_idx)`` int32 tensors shaped ``(1, 1, nqb[, nkb])``.
 
-    ``state`` is a :class:`~canvas_core.compiler.plan.BlockLayout` state matrix
+    ``state`` is a ``canvas_core.extend.BlockLayout`` state matrix
     ``(nqb, nkb)`` (0 empty, 1 partial, 2 full).  The *partial* blocks go to ``kv_*`` (mask_mod
     evaluated), the *full* ones to ``full_kv_*``; each row lists its blocks first, ascending,
     then pads with zeros (never read, the counts bound the loop).

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 import canvas_backend_flex
 from canvas_backend_flex.kernel import FlexKernel, kv_block_tensors
-from canvas_core.compiler.lowering import lower
+from canvas_core.compiler import lower
 from canvas_core.schema import CanvasLayout, CanvasTopology, Connection
 
 _ROOT = pathlib.Path(__file__).resolve().parents[3]
@@ -165,7 +165,7 @@ def test_bad_inputs():
 
 
 def test_check_reports_old_torch(monkeypatch):
-    from canvas_core.plugins.spec import RuntimeContext
+    from canvas_core import RuntimeContext
 
     assert canvas_backend_flex.check(RuntimeContext(device="cuda")) == []
     assert canvas_backend_flex.check_cpu(RuntimeContext(device="cpu", requires_grad=False)) == []
@@ -177,7 +177,7 @@ def test_check_reports_old_torch(monkeypatch):
 
 def test_registration_and_resolution():
     from canvas_core.compiler import ProgramCompiler
-    from canvas_core.plugins.host import PluginHost, use_host
+    from canvas_core.plugins import PluginHost, use_host
     from canvas_core.program import CanvasProgram
     from canvas_core.schema import CanvasSchema
 

@@ -1,6 +1,6 @@
 """`XFormersKernel`: one softmax group of an execution plan on xformers (CUDA).
 
-Kernel contract (the core's, see :mod:`canvas_core.runtime.kernels`)::
+Kernel contract (the core's, see ``canvas_core.extend.ReferenceKernel``)::
 
     kernel = XFormersKernel(group, plan, n_heads=..., head_dim=...)
     out = kernel(q, k, v, scale=..., dropout_p=0.0)     # (B, H, N, d) canonical -> same
@@ -19,7 +19,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from canvas_core.compiler.plan import ExecutionPlan, RectGroup
+from canvas_core.extend import ExecutionPlan, RectGroup
 from canvas_core.errors import ShapeError, UnavailableError
 
 __all__ = ["XFormersKernel", "additive_bias"]

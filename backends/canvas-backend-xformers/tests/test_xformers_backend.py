@@ -11,9 +11,9 @@ import torch
 import canvas_backend_xformers
 from canvas_backend_xformers.kernel import XFormersKernel, additive_bias
 from canvas_core.compiler import ProgramCompiler
-from canvas_core.compiler.lowering import lower
+from canvas_core.compiler import lower
 from canvas_core.errors import UnavailableError
-from canvas_core.plugins.host import PluginHost, use_host
+from canvas_core.plugins import PluginHost, use_host
 from canvas_core.program import CanvasProgram
 from canvas_core.schema import CanvasLayout, CanvasSchema, CanvasTopology, Connection
 

@@ -184,7 +184,7 @@ class _CanvasAttentionBase(nn.Module):
         if keys.shape[:2] != values.shape[:2] or keys.shape[0] != queries.shape[0]:
             raise ShapeError(f"{t}: queries {tuple(queries.shape)}, keys {tuple(keys.shape)} and values "
                              f"{tuple(values.shape)} must share B (and keys / values share Nk)")
-        from canvas_core.attention._base import check_dtypes_devices
+        from canvas_core.extend import check_dtypes_devices
 
         check_dtypes_devices(t, self, queries=queries, keys=keys, values=values)
 

@@ -177,7 +177,7 @@ class CanViTCore(nn.Module):
         if state.recurrent_cls.shape[0] != state.canvas.shape[0]:
             raise ShapeError(f"CanViTCore: state.canvas batch {state.canvas.shape[0]} and state.recurrent_cls "
                              f"batch {state.recurrent_cls.shape[0]} differ")
-        from canvas_core.attention._base import check_dtypes_devices
+        from canvas_core.extend import check_dtypes_devices
 
         check_dtypes_devices("CanViTCore", self, glimpse=glimpse, **{"state.canvas": state.canvas,
                                                                   "state.recurrent_cls": state.recurrent_cls})

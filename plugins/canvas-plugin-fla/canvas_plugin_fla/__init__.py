@@ -3,7 +3,7 @@
 Registers, through ``canvas_register_kernels``, the kernel ``fla_rwkv`` (supports ``("rwkv",)``,
 devices ``("cuda",)``, requires ``("fla", "triton")``): the RWKV-4 WKV recurrence of
 ``fla.ops.rwkv4.fused_recurrent_rwkv4`` (Triton), the same operator as the core's CPU reference
-``canvas_core.attention.recurrent.wkv_scan``.  Where it cannot run (no CUDA, fla not installed,
+``canvas_core.extend.wkv_scan``.  Where it cannot run (no CUDA, fla not installed,
 an fla without ``ops.rwkv4``), the resolution lists it as rejected with those reasons and the core's
 PyTorch scan runs (same math).
 

@@ -52,7 +52,7 @@ def test_asking_for_the_kernel_on_cpu_is_a_clear_error():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (and flash-linear-attention) for fla_rwkv")
 def test_matches_the_core_scan_on_cuda():
     pytest.importorskip("fla.ops.rwkv4")
-    from canvas_core.attention.recurrent import wkv_scan
+    from canvas_core.extend import wkv_scan
     from canvas_plugin_fla.kernels import FlaWKV
 
     torch.manual_seed(0)
@@ -94,7 +94,7 @@ def test_fla_calling_convention_matches_the_core_scan(masked):
     """The wrapper feeds fla's kernel what it expects (raw w, a (B, 3, 1, C) state) and returns
     wkv_scan's output, masked keys and a masked prefix included (checked on CPU against a torch
     port of the kernel; the CUDA test below runs the real one)."""
-    from canvas_core.attention.recurrent import wkv_scan
+    from canvas_core.extend import wkv_scan
     from canvas_plugin_fla.kernels import fla_wkv
 
     g = torch.Generator().manual_seed(3)

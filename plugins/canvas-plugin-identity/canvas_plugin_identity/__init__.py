@@ -23,7 +23,7 @@ except (ImportError, AttributeError):  # plugin layer not importable: plain func
 __version__ = "0.1.0"
 __all__ = ["SlotBindingModule", "CompetitiveSlotBinding", "BindingResult", "BINDERS"]
 
-#: binding_fn name -> lazy factory (also used by canvas_core.identity when no registry exists)
+#: binding_fn name -> lazy factory (what canvas_register_identity registers)
 BINDERS = {
     "cross_attention": "canvas_plugin_identity.binding:SlotBindingModule",
     "slot_attention": "canvas_plugin_identity.binding:CompetitiveSlotBinding",

@@ -137,7 +137,7 @@ class SlotBindingModule(nn.Module):
             got = tuple(obs_mask.shape) if isinstance(obs_mask, torch.Tensor) else type(obs_mask).__name__
             raise ShapeError(f"{name}: obs_mask must be a bool tensor of shape (B, N_obs) = "
                              f"{tuple(observations.shape[:2])}, got {got}")
-        from canvas_core.attention._base import check_dtypes_devices
+        from canvas_core.extend import check_dtypes_devices
 
         check_dtypes_devices(name, self, observations=observations, slots=slots)
         if obs_mask is not None and obs_mask.device != observations.device:

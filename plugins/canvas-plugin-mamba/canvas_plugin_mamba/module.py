@@ -183,7 +183,7 @@ class MambaAttention(nn.Module):
                 f"mamba: incompatible queries {tuple(queries.shape)}, keys "
                 f"{tuple(keys.shape)}, values {tuple(values.shape)}"
             )
-        from canvas_core.attention._base import check_dtypes_devices
+        from canvas_core.extend import check_dtypes_devices
 
         check_dtypes_devices("mamba", self, queries=queries, keys=keys, values=values)
         Bt, Nq, _ = queries.shape
