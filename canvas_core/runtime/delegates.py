@@ -4,6 +4,7 @@
 A handful of methods there must still hand out torch objects because canvas-engineering offers
 them on the declarative classes:
 
+* ``CanvasLayout.loss_weight_mask``
 * ``CanvasTopology.to_attention_mask`` / ``to_additive_mask`` / ``to_block_mask``
 * ``BoundSchema.build_canvas`` / ``build_semantic_conditioner``
 
@@ -19,14 +20,36 @@ from typing import Any, Optional
 import torch
 
 from canvas_core.compiler.masks import attention_mask, block_mask
+from canvas_core.errors import SchemaError
 
 __all__ = [
+    "layout_loss_weight_mask",
     "topology_attention_mask",
     "topology_additive_mask",
     "topology_block_mask",
     "bound_schema_canvas",
     "bound_schema_semantic_conditioner",
 ]
+
+
+def layout_loss_weight_mask(layout: Any, device: Any = "cpu") -> torch.Tensor:
+    """``(N,)`` float32: each ``is_output`` region adds its ``loss_weight`` at its positions
+    (overlaps add up); every other position is 0."""
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise SchemaError(
+            f"loss_weight_mask: device {device!r} is not a torch device ({exc}); pass e.g. 'cpu' or 'cuda'"
+        ) from None
+    weights = torch.zeros(layout.num_positions, dtype=torch.float32)
+    for name, spec in layout.regions.items():
+        if spec.is_output and spec.loss_weight:
+            idx = torch.tensor(layout.region_indices(name), dtype=torch.long)
+            weights.index_add_(0, idx, torch.full((idx.numel(),), spec.loss_weight))
+    try:
+        return weights.to(device)
+    except (RuntimeError, AssertionError) as exc:  # e.g. a CUDA device on a machine without one
+        raise SchemaError(f"loss_weight_mask: cannot place the mask on {str(device)!r}: {exc}") from None
 
 
 def topology_attention_mask(topology: Any, layout: Any, device: Any = "cpu") -> torch.Tensor:

@@ -259,23 +259,9 @@ class CanvasLayout:
         Positions of ``is_output`` regions get the region's ``loss_weight``; other and uncovered
         positions get 0; overlapping regions add up.
         """
-        import torch
+        from canvas_core.runtime.delegates import layout_loss_weight_mask  # torch lives in the runtime
 
-        try:
-            device = torch.device(device)
-        except (RuntimeError, TypeError, ValueError) as exc:
-            raise SchemaError(
-                f"loss_weight_mask: device {device!r} is not a torch device ({exc}); pass e.g. 'cpu' or 'cuda'"
-            ) from None
-        weights = torch.zeros(self.num_positions, dtype=torch.float32)
-        for name, spec in self.regions.items():
-            if spec.is_output and spec.loss_weight:
-                idx = torch.tensor(self.region_indices(name), dtype=torch.long)
-                weights.index_add_(0, idx, torch.full((idx.numel(),), spec.loss_weight))
-        try:
-            return weights.to(device)
-        except (RuntimeError, AssertionError) as exc:  # e.g. cuda without a GPU
-            raise SchemaError(f"loss_weight_mask: cannot place the mask on {str(device)!r}: {exc}") from None
+        return layout_loss_weight_mask(self, device)
 
     # --- time ----------------------------------------------------------------------------------
     def real_frame(self, name: str, canvas_t: int) -> int:
