@@ -93,6 +93,11 @@ _export("canvas_core.runtime.residuals", "ResidualSpec", "ResidualAccumulator")
 _export("canvas_core.runtime.canvas_attention", "CanvasAttention")
 _export("canvas_core.runtime.dispatch", "AttentionDispatcher")
 _export(
+    "canvas_core.runtime.sequence_parallel",
+    "SequenceParallelCanvasAttention", "CanvasSharding", "shard_canvas", "unshard_canvas",
+    "sequence_parallel_mesh", "parallelize_canvas", "SequenceParallelError",
+)
+_export(
     "canvas_core.looping",
     "LoopedBlockWrapper", "graft_looped_blocks", "freeze_full", "freeze_half", "freeze_none",
     "CurriculumScheduler", "SharpeningSchedule", "save_loop_checkpoint", "load_loop_checkpoint",
