@@ -12,12 +12,13 @@ per connection, :meth:`CortexRegistry.resolve_fn` ``(conn, default) -> str`` ret
 MaskSpec | None`` returns ``MaskSpec(kind="tile", tile_shape=zone.tile)`` for such an intra-zone
 connection without its own mask (None otherwise).
 
-Usage::
+Example (two sensor regions in one zone of a 2-d canvas)::
 
-    reg = CortexRegistry()
-    reg.register(CortexSpec(name="visual", bounds=(0, 4, 0, 8, 0, 8), tile=(4, 4)))
-    reg.assign("camera", "visual"); reg.assign("depth", "visual")
-    assert reg.same_cortex("camera", "depth")
+    zones = CortexRegistry()
+    zones.register(CortexSpec("retina", bounds=(0, 2, 0, 16, 0, 16), tile=(8, 8)))
+    for region in ("rgb", "flow"):
+        zones.assign(region, "retina")
+    assert zones.same_cortex("flow", "rgb") and zones.cortex_for("rgb").tile == (8, 8)
 """
 
 from __future__ import annotations
@@ -53,15 +54,16 @@ def _region_name(region: Any, where: str) -> str:
 
 @dataclass(frozen=True)
 class CortexSpec:
-    """Declares a named spatial zone on the canvas.
+    """A zone of the canvas, by name, with how attention inside it should be tiled and run.
 
     Args:
-        name: Unique identifier for this cortex.
-        bounds: Extent as a flat tuple ``(t0, t1, s0_lo, s0_hi, ...)``, half-open,
-            length ``2 + 2 * n_spatial_dims``.
-        tile: Preferred tiling per spatial dimension, e.g. ``(4, 4)`` for 2-d.
-        local_backend: Attention type for intra-cortex connections (default ``"local_attention"``).
-        shared_cache: Whether regions in this cortex share a KV cache at inference.
+        name: the zone's name; a registry holds one zone per name.
+        bounds: half-open ranges, time first: ``(t0, t1, s0_lo, s0_hi, s1_lo, s1_hi, ...)``,
+            so ``2 + 2 * (number of spatial axes)`` ints.
+        tile: the tile size along each spatial axis, e.g. ``(4, 4)`` on a 2-d canvas.
+        local_backend: the attention type given to connections that stay inside the zone
+            and name none themselves (``"local_attention"`` unless set).
+        shared_cache: whether the zone's regions use one key/value cache when generating.
     """
 
     name: str
@@ -102,14 +104,14 @@ class CortexSpec:
 
 
 class CortexRegistry:
-    """Manages cortex assignments; a region belongs to at most one cortex."""
+    """Zones by name and which zone each region is in (at most one per region)."""
 
     def __init__(self) -> None:
         self._cortices: Dict[str, CortexSpec] = {}
         self._assign: Dict[str, str] = {}
 
     def register(self, spec: CortexSpec) -> None:
-        """Register a cortex.  Raises ``SchemaError`` (a ValueError) on a duplicate name."""
+        """Add the zone ``spec``; a name already taken is a ``SchemaError`` (a ValueError)."""
         if not isinstance(spec, CortexSpec):
             raise CanvasTypeError(f"CortexRegistry.register needs a CortexSpec, got {type(spec).__name__}")
         if spec.name in self._cortices:
@@ -117,7 +119,7 @@ class CortexRegistry:
         self._cortices[spec.name] = spec
 
     def unregister(self, name: str) -> None:
-        """Remove a cortex and all its region assignments."""
+        """Drop the zone ``name``; the regions that were in it are left without a zone."""
         self._need(name)
         del self._cortices[name]
         self._assign = {r: c for r, c in self._assign.items() if c != name}
@@ -129,7 +131,7 @@ class CortexRegistry:
         return self._cortices[name]
 
     def assign(self, region: str, cortex_name: str) -> None:
-        """Assign a region to a cortex.
+        """Put ``region`` in the zone ``cortex_name`` (again in the same zone is a no-op).
 
         Raises :class:`UnknownCortexError` (a ``KeyError``) if the cortex is unknown and ``SchemaError``
         (a ValueError) if the region is already in a different cortex.
@@ -143,7 +145,7 @@ class CortexRegistry:
         self._assign[region] = cortex_name
 
     def unassign(self, region: str) -> None:
-        """Remove a region's cortex assignment.
+        """Take ``region`` out of its zone.
 
         Raises :class:`UnassignedRegionError` (a ``CanvasError`` and a ``KeyError``, as
         canvas-engineering raised ``KeyError``) when the region has no assignment.
@@ -155,17 +157,17 @@ class CortexRegistry:
         del self._assign[region]
 
     def cortex_for(self, region: str) -> Optional[CortexSpec]:
-        """The cortex assigned to a region, or None."""
+        """The zone ``region`` is in, or None when it is in none."""
         name = self._assign.get(region)
         return None if name is None else self._cortices[name]
 
     def regions_in(self, cortex_name: str) -> List[str]:
-        """All regions assigned to a cortex, sorted alphabetically."""
+        """Names of the regions in zone ``cortex_name``, in alphabetical order."""
         self._need(cortex_name)
         return sorted(r for r, c in self._assign.items() if c == cortex_name)
 
     def same_cortex(self, a: str, b: str) -> bool:
-        """True when both regions are assigned to the same cortex."""
+        """Whether ``a`` and ``b`` are both in one zone (a region in no zone shares none)."""
         ca = self._assign.get(a)
         return ca is not None and ca == self._assign.get(b)
 
@@ -203,20 +205,21 @@ class CortexRegistry:
 
     @property
     def cortex_names(self) -> List[str]:
-        """All registered cortex names, sorted."""
+        """The zone names, in alphabetical order."""
         return sorted(self._cortices)
 
     @property
     def n_cortices(self) -> int:
+        """How many zones are registered."""
         return len(self._cortices)
 
     @property
     def n_assigned(self) -> int:
-        """Number of regions with a cortex assignment."""
+        """How many regions are in some zone."""
         return len(self._assign)
 
     def summary(self) -> str:
-        """Human-readable summary."""
+        """A few lines for people: each zone with its bounds, tiling, backend and regions."""
         lines = [f"CortexRegistry ({self.n_cortices} cortices, {self.n_assigned} regions assigned)"]
         for name in self.cortex_names:
             s = self._cortices[name]
