@@ -101,7 +101,16 @@ _publish("canvas_core.looping.adapter", "BackboneAdapter", "GenericAdapter", "To
 _publish("canvas_core.looping.wrapper", "LoopedBlockWrapper", "BlockIO")
 _publish("canvas_core.looping.attention_ops", "canvas_sdpa", "CanvasProcessorBase")
 
-__all__ = sorted(["hookimpl", "hookspec", "ENTRY_POINT_GROUP", *_SOURCES])
+#: every published name (a test checks that each resolves)
+__all__ = [
+    "AttentionBase", "BackboneAdapter", "BlockIO", "BlockLayout", "CanvasProcessorBase",
+    "ENTRY_POINT_GROUP", "ExecutionPlan", "GenericAdapter", "LoopedBlockWrapper",
+    "REFERENCE_MODES", "RectGroup", "ReferenceKernel", "ResolvedGroup", "RuntimeContext",
+    "SegmentGrid", "Spec", "TokenLayout", "aligned_key_index", "block_layout_of", "canvas_sdpa",
+    "causal_read_index", "check_dtypes_devices", "class_matches", "fft_causal_conv", "has_key",
+    "hookimpl", "hookspec", "lower", "masked_softmax", "masked_softmax_attention", "safe_div",
+    "segment_grid", "topology_bias", "wkv_masked", "wkv_scan",
+]
 
 
 def __getattr__(name: str) -> Any:
