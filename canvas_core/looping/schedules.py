@@ -25,9 +25,9 @@ class CurriculumScheduler:
 
     Example::
 
-        scheduler = CurriculumScheduler(max_loops=3, total_steps=5000)
-        for step in range(5000):
-            n = scheduler.step(looped_blocks, step)   # 1 for 0-1666, 2 for 1667-3333, 3 after
+        curriculum = CurriculumScheduler(max_loops=3, total_steps=3000)
+        for it in range(3000):
+            loops = curriculum.step(looped_blocks, it)   # 1 until 999, 2 until 1999, then 3
     """
 
     def __init__(
@@ -91,8 +91,8 @@ class SharpeningSchedule:
 
     Example::
 
-        schedule = SharpeningSchedule(max_loops=4, beta_min=1.0, beta_max=4.0)
-        schedule(2)   # -> 3.0
+        beta = SharpeningSchedule(max_loops=3, beta_min=1.0, beta_max=3.0)
+        beta(1)   # -> 2.0, halfway between the first loop and the last
     """
 
     SCHEDULES = ("linear", "cosine", "exponential", "constant")
