@@ -497,11 +497,10 @@ class ProgramCompiler:
         if lower:
             plan = _lower(reduced)
             if resolve:
-                from canvas_core.compiler.resolution import resolve_connections
+                from canvas_core.compiler.resolution import resolve_plan
 
-                plan.resolutions.update(resolve_connections(
-                    reduced, device=device_s, dtype=dtype_s, head_dim=head_dim, kernel=kernel,
-                    requires_grad=requires_grad))
+                resolve_plan(plan, device=device_s, dtype=dtype_s, head_dim=head_dim, kernel=kernel,
+                             requires_grad=requires_grad)
 
         # identity binders: each IdentitySpec's binding_fn resolved through the registry
         identity = _resolve_identity(program, schema, active) if resolve else {}

@@ -22,6 +22,7 @@ packed runs of both sides.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
 
@@ -30,8 +31,9 @@ import numpy as np
 from canvas_core.compiler.plan import ExecutionPlan, RectGroup
 from canvas_core.compiler.temporal import connection_links, region_frames
 from canvas_core.errors import CanvasTypeError, CompileError, TopologyError, did_you_mean
+from canvas_core.schema.topology import DEFAULT_FN
 
-__all__ = ["lower", "region_canonical_indices", "runs_of"]
+__all__ = ["lower", "restrict", "region_canonical_indices", "runs_of"]
 
 Runs = List[Tuple[int, int]]
 
@@ -160,12 +162,17 @@ def _mask_rects(conn: Any, layout: Any, pk: _Packing, links) -> List[Tuple[int, 
     return rects
 
 
-def _resolver(topology: Any, layout: Any, resolve_fn: Union[bool, Callable]) -> Callable[[Any], str]:
+def _resolver(topology: Any, layout: Any, resolve_fn: Union[bool, Callable, Sequence[str]]) -> Callable[[int, Any], str]:
+    if isinstance(resolve_fn, (list, tuple)):
+        if len(resolve_fn) != len(topology.connections):
+            raise CanvasTypeError(f"lower(resolve_fn=[...]) needs one fn type per connection "
+                                  f"({len(topology.connections)}), got {len(resolve_fn)}")
+        return lambda i, c: str(resolve_fn[i])
     if callable(resolve_fn):
-        return lambda c: str(resolve_fn(c, layout))
+        return lambda i, c: str(resolve_fn(c, layout))
     if resolve_fn:
-        return lambda c: str(topology.resolve_fn(c, layout))
-    return lambda c: "cross_attention"
+        return lambda i, c: str(topology.resolve_fn(c, layout))
+    return lambda i, c: DEFAULT_FN
 
 
 def _check(topology: Any, layout: Any) -> None:
@@ -184,14 +191,20 @@ def _check(topology: Any, layout: Any) -> None:
                     "Add the region or fix the name.")
 
 
-def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable] = True) -> ExecutionPlan:
+def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable, Sequence[str]] = True) -> ExecutionPlan:
     """Lower ``topology`` on ``layout`` to an :class:`ExecutionPlan`.
+
+    This is where a connection's fn type is read, once per connection (``topology.resolve_fn``:
+    its ``fn``, else its source region's ``default_attn``); the plan keeps the answers in
+    ``fn_of_connection`` and groups the rectangles by them.  Which implementation runs each
+    group is decided later, by :func:`canvas_core.compiler.resolution.resolve_plan`.
 
     Args:
         topology: a ``CanvasTopology``.
         layout: a ``CanvasLayout``.
         resolve_fn: True: group connections by ``topology.resolve_fn(conn, layout)``; False: put
-            every connection in ``"cross_attention"``; a callable ``(conn, layout) -> str``: use it.
+            every connection in ``"cross_attention"``; a callable ``(conn, layout) -> str``: use
+            it; a list of fn names: the type of each connection, in order.
     """
     start = time.perf_counter()
     _check(topology, layout)
@@ -202,7 +215,7 @@ def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable] = Tru
     fns: List[str] = []
     qw_diff: Dict[str, np.ndarray] = {}
     for ci, conn in enumerate(topology.connections):
-        fn = resolve(conn)
+        fn = resolve(ci, conn)
         fns.append(fn)
         conns_of.setdefault(fn, []).append(ci)
         rects_out = per_fn.setdefault(fn, [])
@@ -244,3 +257,37 @@ def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable] = Tru
         n_covered=pk.n_covered, region_blocks=pk.blocks, groups=groups, fn_of_connection=fns,
         query_weight=query_weight, build_seconds=time.perf_counter() - start,
     )
+
+
+def restrict(plan: ExecutionPlan, source_regions: Any) -> ExecutionPlan:
+    """The plan of the connections of ``plan`` whose source region is in ``source_regions``.
+
+    The fn type of each kept connection is taken from ``plan.fn_of_connection`` (not read again)
+    and every group keeps its resolution (``resolved`` and the per-connection records, re-indexed),
+    so executing the smaller plan needs no registry either.
+    """
+    keep = set(source_regions)
+    topology = plan.topology
+    idx = [i for i, c in enumerate(topology.connections) if c.src in keep]
+    sub = lower(_sub_topology(topology, [topology.connections[i] for i in idx]), plan.layout,
+                resolve_fn=[plan.fn_of_connection[i] for i in idx])
+    for fn, group in sub.groups.items():
+        group.resolved = plan.groups[fn].resolved
+    for new_i, old_i in enumerate(idx):
+        rec = plan.resolutions.get(old_i)
+        if rec is not None:
+            sub.resolutions[new_i] = dataclasses.replace(rec, index=new_i)
+    return sub
+
+
+def _sub_topology(topology: Any, connections: List[Any]) -> Any:
+    try:
+        return type(topology)(connections=list(connections))
+    except Exception:  # a duck-typed topology: a bare holder of the connections will do
+        class _Connections:
+            pass
+
+        view = _Connections()
+        view.connections = list(connections)
+        view.resolve_fn = getattr(topology, "resolve_fn", None)
+        return view

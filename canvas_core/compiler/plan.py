@@ -22,9 +22,12 @@ one type overlap, the pair's weight is the *largest* one (the same rule as the d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from canvas_core.compiler.resolved import ResolvedGroup
 
 __all__ = ["RectGroup", "BlockLayout", "ExecutionPlan", "SegmentGrid", "segment_grid"]
 
@@ -39,6 +42,9 @@ class RectGroup:
         weight: ``(R,)`` float64 (connection weight x fill weight, > 0).
         conn: ``(R,)`` int64 index of the connection in ``topology.connections``.
         connections: indices of the connections of this type (even those that link nothing).
+        resolved: the group's :class:`~canvas_core.compiler.resolved.ResolvedGroup` (the
+            attention entry and kernel chosen for the target), set by the resolution pass;
+            None on a plan that was only lowered.
     """
 
     fn: str
@@ -49,6 +55,7 @@ class RectGroup:
     weight: np.ndarray
     conn: np.ndarray
     connections: Tuple[int, ...] = ()
+    resolved: Optional["ResolvedGroup"] = None
 
     @property
     def n_rects(self) -> int:
@@ -61,7 +68,7 @@ class RectGroup:
     def select(self, keep: np.ndarray) -> "RectGroup":
         """The sub-group of rectangles where ``keep`` (bool ``(R,)``) is True."""
         return RectGroup(self.fn, self.q0[keep], self.q1[keep], self.k0[keep], self.k1[keep],
-                         self.weight[keep], self.conn[keep], self.connections)
+                         self.weight[keep], self.conn[keep], self.connections, self.resolved)
 
 
 @dataclass
@@ -212,7 +219,8 @@ class ExecutionPlan:
         fn_of_connection: resolved fn type of every connection (index = connection index).
         query_weight: fn type -> ``(N,)`` float64 packed ``W_f(p)``: the total weight of the
             connections of type f that link query p to at least one key.
-        resolutions: connection index -> resolution record (filled by the compiler).
+        resolutions: connection index -> :class:`~canvas_core.compiler.resolved.ConnectionResolution`
+            (filled by the resolution pass together with ``groups[fn].resolved``).
     """
 
     layout: Any
@@ -232,6 +240,11 @@ class ExecutionPlan:
     @property
     def fn_types(self) -> Tuple[str, ...]:
         return tuple(self.groups)
+
+    @property
+    def is_resolved(self) -> bool:
+        """Whether every group carries its resolution (``groups[fn].resolved``)."""
+        return all(g.resolved is not None for g in self.groups.values())
 
     def updated(self, fn: Optional[str] = None) -> np.ndarray:
         """``(N,)`` bool, packed: positions updated by type ``fn`` (any type when None)."""

@@ -12,7 +12,7 @@ from typing import Tuple
 
 from canvas_core.plugins.hookspecs import hookimpl
 
-__all__ = ["BUILTIN_ATTENTION", "REFERENCE_KERNEL", "REFERENCE_KERNEL_SUPPORTS",
+__all__ = ["BUILTIN_ATTENTION", "REFERENCE_KERNEL", "REFERENCE_KERNEL_SUPPORTS", "SOFTMAX_FAMILY",
            "canvas_register_attention", "canvas_register_kernels"]
 
 _ATTN = "canvas_core.attention"
@@ -54,11 +54,14 @@ BUILTIN_ATTENTION = {
               "Long implicit convolution over the keys via FFT, gated by the queries."),
 }
 
-#: name of the core's reference kernel (always available).
+#: The softmax family: the fn types a canvas layer runs through its shared q/k/v projections
+#: and one fused kernel call per type.  The only copy of this list; the compiler, the runtime and
+#: the backbone processors import it from here.
+SOFTMAX_FAMILY: Tuple[str, ...] = ("cross_attention", "self_attention")
+#: Registry name of the core's reference kernel (always available, any device).  The only copy.
 REFERENCE_KERNEL = "reference"
-#: attention types the reference kernel executes (the runtime's fused softmax path).
-#: Extend this tuple when the runtime fuses more types.
-REFERENCE_KERNEL_SUPPORTS: Tuple[str, ...] = ("cross_attention", "self_attention")
+#: What the reference kernel executes: exactly the softmax family.
+REFERENCE_KERNEL_SUPPORTS: Tuple[str, ...] = SOFTMAX_FAMILY
 
 
 @hookimpl

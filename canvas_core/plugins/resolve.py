@@ -15,19 +15,19 @@ Rules (never a silent change of the math):
 
 from __future__ import annotations
 
-from canvas_core.plugins.hints import pip_name
-
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-from canvas_core.errors import UnavailableError
-from canvas_core.plugins.hints import install_hint, provider_hint
+from canvas_core.errors import CanvasTypeError, UnavailableError
+from canvas_core.plugins.hints import install_hint, pip_name, provider_hint
 from canvas_core.plugins.host import PluginHost, get_host
 from canvas_core.plugins.spec import RuntimeContext, Spec
 
-__all__ = ["Resolution", "resolve_attention", "kernel_candidates"]
+__all__ = ["Resolution", "resolve_attention", "kernel_candidates", "build_attention", "AUTO_KERNEL"]
 
-_AUTO = (None, "", "auto")
+#: values of ``kernel=`` that leave the choice to the resolver.
+AUTO_KERNEL = (None, "", "auto")
 
 
 @dataclass
@@ -41,6 +41,9 @@ class Resolution:
         rejected: ``[(candidate_name, [reasons, ...]), ...]`` for every candidate not chosen.
         ctx: the target.
         note: free text (e.g. why an explicit kernel was ignored).
+        outranked: names of the rejected kernels that rank above the chosen one (all rejected
+            kernels when none was chosen); empty when a kernel was asked for by name.  Non-empty
+            means the choice is a fallback that keeps the math.
     """
 
     name: str
@@ -49,6 +52,7 @@ class Resolution:
     rejected: List[Tuple[str, List[str]]] = field(default_factory=list)
     ctx: RuntimeContext = field(default_factory=RuntimeContext)
     note: str = ""
+    outranked: List[str] = field(default_factory=list)
 
     @property
     def kernel_name(self) -> Optional[str]:
@@ -137,7 +141,7 @@ def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, 
             f"attention type {name!r} cannot run on {ctx.describe()}. Candidates: "
             + "; ".join(f"{n}: {', '.join(r)}" for n, r in rows) + "." + (f" To fix: {hint}" if hint else ""))
     rejected: List[Tuple[str, List[str]]] = []
-    if kernel not in _AUTO:
+    if kernel not in AUTO_KERNEL:
         kspec = host.registry("kernels").get(str(kernel))
         if name not in kspec.supports:
             rejected.append((kspec.name, [f"does not support {name!r} (supports: {', '.join(kspec.supports) or 'nothing'})"]))
@@ -155,13 +159,65 @@ def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, 
                 + " Or drop kernel= to let canvas-core choose.")
         return Resolution(name, spec, kspec, rejected, ctx)
     chosen: Optional[Spec] = None
+    passed: List[Spec] = []
     for k in cands:  # by descending priority; the first that can run wins
         reasons = _kernel_reasons(k, ctx, host)
         if not reasons:
             chosen = k
             break
         rejected.append((k.name, reasons))
+        passed.append(k)
     note = ""
     if chosen is None and rejected:
         note = "no kernel can run here; the type's own module computes the same attention"
-    return Resolution(name, spec, chosen, rejected, ctx, note=note)
+    outranked = [k.name for k in passed if chosen is None or k.priority > chosen.priority]
+    return Resolution(name, spec, chosen, rejected, ctx, note=note, outranked=outranked)
+
+
+def _keywords(factory: Any) -> Optional[set]:
+    """The keyword names ``factory`` takes, or None when it takes ``**kwargs`` or cannot be read."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return None
+    names = set()
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            return None
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            names.add(p.name)
+    return names
+
+
+def build_attention(spec: Spec, d_model: int, n_heads: int = 4, dropout: float = 0.0, **kwargs: Any) -> Any:
+    """Instantiate the attention type of ``spec`` (already resolved: no registry lookup here).
+
+    Calls ``factory(d_model=, n_heads=, dropout=, **kwargs)``; a factory without an ``n_heads``
+    parameter is called without it, one without ``dropout`` only when ``dropout`` is 0.
+    ``create_attention(name, ...)`` is this function after a registry lookup of ``name``.
+
+    Raises:
+        UnavailableError: a package the type requires is not installed.
+        CanvasTypeError: the factory does not take one of the given keyword arguments.
+        PluginLoadError / FactoryError: the factory failed to import or to build.
+    """
+    if spec.missing_requirements():
+        return spec.create(d_model=d_model, n_heads=n_heads, dropout=dropout, **kwargs)  # raises
+    factory = spec.load()
+    call = {"d_model": d_model, "n_heads": n_heads, "dropout": dropout, **kwargs}
+    accepted = _keywords(factory)
+    if accepted is not None:
+        if "n_heads" not in accepted:
+            call.pop("n_heads")
+        if "dropout" not in accepted:
+            if dropout:
+                raise CanvasTypeError(
+                    f"attention type {spec.name!r} ({spec.factory_path}) takes no dropout argument; "
+                    f"create it with dropout=0.0 (got {dropout!r})")
+            call.pop("dropout")
+        unknown = sorted(set(call) - set(accepted))
+        if unknown:
+            raise CanvasTypeError(
+                f"attention type {spec.name!r} ({spec.factory_path}) does not take "
+                f"{', '.join(repr(k) for k in unknown)}; it accepts {sorted(accepted)}")
+    return spec.create(**call)  # wraps a non-canvas exception of the factory in a FactoryError

@@ -25,6 +25,7 @@ active connection updates pass through unchanged.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
@@ -32,22 +33,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from canvas_core.compiler.lowering import lower
+from canvas_core.compiler.lowering import lower, restrict
 from canvas_core.compiler.plan import ExecutionPlan, segment_grid
+from canvas_core.compiler.resolution import resolve_plan
+from canvas_core.compiler.resolved import REFERENCE_KERNEL, SOFTMAX_FAMILY
 from canvas_core.errors import CanvasTypeError, ShapeError, SchemaError
-from canvas_core.runtime.kernels import make_kernel
+from canvas_core.plugins.resolve import build_attention
+from canvas_core.runtime.kernels import REFERENCE_MODES, make_kernel
 from canvas_core.runtime.type_call import call_attention_type, check_attention_module
 
 __all__ = ["CanvasAttention", "SOFTMAX_TYPES"]
 
-#: fn types executed by the fused softmax kernel with the shared projections
-SOFTMAX_TYPES: Tuple[str, ...] = ("cross_attention", "self_attention")
-
-
-def _default_factory(fn: str, d_model: int, n_heads: int, dropout: float, **kw: Any) -> nn.Module:
-    from canvas_core.plugins import create_attention
-
-    return create_attention(fn, d_model=d_model, n_heads=n_heads, dropout=dropout, **kw)
+#: the softmax family (shared projections, one kernel call per type); the same tuple object as
+#: ``canvas_core.plugins.builtin.SOFTMAX_FAMILY``, kept under this name for existing imports
+SOFTMAX_TYPES: Tuple[str, ...] = SOFTMAX_FAMILY
 
 
 class _Executor(nn.Module):
@@ -145,20 +144,19 @@ class CanvasAttention(nn.Module):
             raise SchemaError(f"CanvasAttention needs a positive integer d_model, got {d_model!r}")
         if not isinstance(n_heads, int) or n_heads < 1 or d_model % n_heads:
             raise SchemaError(f"CanvasAttention: d_model={d_model} must be divisible by n_heads={n_heads!r}")
+        self.softmax_types = tuple(softmax_types)
+        if not plan.is_resolved:  # a plan nobody resolved: resolve it here, once (on a copy)
+            plan = _resolve_here(plan, self.softmax_types, attention_factory, device)
         self.plan = plan
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.dropout = float(dropout)
         self.beta = float(beta)
-        self.softmax_types = tuple(softmax_types)
-        self._kernel = kernel
         self._kernel_options = dict(kernel_options or {})
-        factory = attention_factory or _default_factory
+        factory = attention_factory
         self._factory = factory
-        resolved = _resolved_kernels(plan)
-        if kernel is None and resolved:
-            kernel = {f: k for f, k in resolved.items() if f in self.softmax_types}
-            self._kernel = kernel
-        self.executor = _Executor(plan, self.softmax_types, kernel, n_heads, self.head_dim,
+        # what each softmax-family group runs (kept for the restricted executors of active_regions)
+        self._kernel = _kernel_choices(kernel, plan, self.softmax_types)
+        self.executor = _Executor(plan, self.softmax_types, self._kernel, n_heads, self.head_dim,
                                   self._kernel_options, device)
         if self.executor.soft_fns:
             self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias, device=device)
@@ -167,9 +165,10 @@ class CanvasAttention(nn.Module):
             self.qkv = None
             self.out_proj = None
         def build(f):
-            if attention_factory is None and resolved.get(f) is not None:
-                return factory(f, d_model=d_model, n_heads=n_heads, dropout=dropout, kernel=resolved[f])
-            return factory(f, d_model=d_model, n_heads=n_heads, dropout=dropout)
+            if attention_factory is not None:
+                return attention_factory(f, d_model=d_model, n_heads=n_heads, dropout=dropout)
+            rg = plan.groups[f].resolved  # the entry chosen at plan build: no lookup by name here
+            return build_attention(rg.attention, d_model, n_heads=n_heads, dropout=dropout, **rg.module_kwargs())
 
         def checked(f):  # refuse, now, a type the runtime cannot call (contract: runtime/type_call.py)
             by = None if attention_factory is None else f"attention_factory {getattr(factory, '__name__', factory)!r}"
@@ -206,12 +205,7 @@ class CanvasAttention(nn.Module):
 
                 raise UnknownRegionError(f"active_regions names unknown region(s) {unknown}; "
                                          f"regions: {sorted(known)}")
-            topo = self.plan.topology
-            conns = [c for c in topo.connections if c.src in key]
-            sub = _restrict_topology(topo, conns)
-            fn_of = {id(c): f for c, f in zip(topo.connections, self.plan.fn_of_connection)}
-            plan = lower(sub, self.plan.layout,
-                         resolve_fn=lambda c, lay: fn_of.get(id(c)) or topo.resolve_fn(c, lay))
+            plan = restrict(self.plan, key)  # same fn types and resolutions, fewer connections
             ex = _Executor(plan, self.softmax_types, self._kernel, self.n_heads, self.head_dim,
                            self._kernel_options, device)
             self._restricted[key] = ex
@@ -301,33 +295,41 @@ class CanvasAttention(nn.Module):
         ex = self._executor_for(active_regions, device if device is not None else self.executor.updated.device)
         return None if ex.all_updated else ex.updated
 
-def _resolved_kernels(plan: ExecutionPlan) -> Dict[str, Optional[str]]:
-    """fn type -> the kernel the compiler's resolution pass chose for it (None: the type's own
-    forward, or the core's reference kernel); empty when the plan was not resolved."""
-    from canvas_core.compiler.resolution import MODULE_KERNEL, REFERENCE_KERNEL
+def _resolve_here(plan: ExecutionPlan, fused: Tuple[str, ...], attention_factory: Any, device: Any) -> ExecutionPlan:
+    """A resolved copy of a plan that did not go through ``ProgramCompiler``.
 
-    out: Dict[str, Optional[str]] = {}
-    for i, res in getattr(plan, "resolutions", {}).items():
-        if i >= len(plan.fn_of_connection):
-            continue
-        name = getattr(res, "kernel", None)
-        out[plan.fn_of_connection[i]] = None if name in (None, MODULE_KERNEL, REFERENCE_KERNEL) else name
+    The layer's defaults stay what they always were: the softmax family runs the reference kernel
+    and every other type its own module with its own default kernel; so the resolution asks for
+    the reference kernel.  Types a user's ``attention_factory`` builds are not looked up."""
+    need = [f for f in plan.groups if f in fused or attention_factory is None]
+    if not need:
+        return plan
+    groups = {f: dataclasses.replace(g) for f, g in plan.groups.items()}
+    local = dataclasses.replace(plan, groups=groups, resolutions=dict(plan.resolutions))
+    resolve_plan(local, device=device, kernel=REFERENCE_KERNEL, requires_grad=False, only=need,
+                 kernel_must_apply=False)
+    return local
+
+
+def _kernel_choices(kernel: Any, plan: ExecutionPlan, fused: Tuple[str, ...]) -> Dict[str, Any]:
+    """fn type -> what :func:`make_kernel` builds for that softmax-family group.
+
+    ``kernel=None`` takes the plan's resolution of each group; an explicit choice (one for all,
+    or a dict per type) wins, a registered kernel's name being looked up here, once."""
+    fns = [f for f in plan.groups if f in fused]
+    if kernel is None:
+        return {f: plan.groups[f].resolved for f in fns}
+    given = dict(kernel) if isinstance(kernel, dict) else {f: kernel for f in fns}
+    out = {}
+    for f, k in given.items():
+        if isinstance(k, str) and k not in ("auto", REFERENCE_KERNEL, *REFERENCE_MODES):
+            from canvas_core.plugins import get_kernel_spec
+
+            k = get_kernel_spec(k)
+        out[f] = k
     return out
 
 
 def _key(fn: str) -> str:
     """ModuleDict keys cannot contain dots."""
     return fn.replace(".", "__")
-
-
-def _restrict_topology(topology: Any, connections):
-    try:
-        return type(topology)(connections=list(connections))
-    except Exception:  # a duck-typed topology: keep resolve_fn via a tiny view
-        class _View:
-            pass
-
-        v = _View()
-        v.connections = list(connections)
-        v.resolve_fn = topology.resolve_fn
-        return v

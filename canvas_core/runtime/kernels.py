@@ -42,26 +42,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from canvas_core.compiler.plan import ExecutionPlan, RectGroup, SegmentGrid, block_layout_of
+from canvas_core.compiler.plan import ExecutionPlan, RectGroup, block_layout_of, segment_grid
+from canvas_core.compiler.resolved import REFERENCE_KERNEL, ResolvedGroup
 from canvas_core.errors import CompileError, ShapeError
+from canvas_core.plugins.spec import Spec
+from canvas_core.runtime.kernel_index import Segments, bucket_counts, is_arange, segment_buckets, slot_layout
 
-__all__ = ["ReferenceKernel", "make_kernel"]
+__all__ = ["ReferenceKernel", "make_kernel", "kernel_for", "REFERENCE_MODES"]
 
-
-def _bucket_counts(counts: np.ndarray, limit: int, ratio: float = 1.25) -> np.ndarray:
-    """Padded key-block count of each query block: exact when there are few distinct counts,
-    else rounded up to a geometric ladder (waste <= ratio - 1), to keep a handful of buckets."""
-    distinct = np.unique(counts[counts > 0])
-    if len(distinct) <= 8:
-        return counts.copy()
-    ladder, v = [], 1
-    while v < limit:
-        ladder.append(v)
-        v = max(v + 1, int(math.ceil(v * ratio)))
-    ladder.append(limit)
-    lad = np.asarray(ladder)
-    idx = np.searchsorted(lad, np.maximum(counts, 1))
-    return np.where(counts > 0, lad[np.minimum(idx, len(lad) - 1)], 0)
+#: ``kernel=`` values that force a mode of the reference kernel.
+REFERENCE_MODES = ("dense", "segments", "sparse")
 
 
 class ReferenceKernel(nn.Module):
@@ -94,15 +84,13 @@ class ReferenceKernel(nn.Module):
         self.block_size = bs = int(block_size)
         if bs < 1:
             raise CompileError(f"ReferenceKernel block_size must be >= 1, got {block_size!r}")
-        from canvas_core.compiler.plan import segment_grid
-
         to = (lambda t: t.to(device)) if device is not None else (lambda t: t)
         perm = torch.from_numpy(plan.perm)
         inv = torch.from_numpy(plan.inv_perm)
         # the type's weight matrix compressed to segments, in packed order (segments and dense use it)
         packed_grid = segment_grid(n, group.q0, group.q1, group.k0, group.k1, group.weight)
         if mode in ("auto", "segments"):
-            seg = _segment_buckets(plan, packed_grid, max_buckets if mode == "auto" else None)
+            seg = segment_buckets(plan, packed_grid, max_buckets if mode == "auto" else None)
             # exact work and no pair mask: better than the masked dense call once N is not tiny
             if mode == "segments" or (seg is not None and n > small_n):
                 self.mode = "segments"
@@ -111,13 +99,13 @@ class ReferenceKernel(nn.Module):
                 return
         # slot layout of the sparse path: each packed piece (region-frame run) padded to a
         # multiple of block_size, so that a query block never straddles two frames
-        slot_packed, q0, q1, k0, k1, w = _slot_layout(plan, group, bs)
+        slot_packed, q0, q1, k0, k1, w = slot_layout(plan, group, bs)
         n_slots = int(slot_packed.shape[0])
         sg = segment_grid(n_slots, q0, q1, k0, k1, w)
         bl = block_layout_of(sg, n_slots, bs)
         nonempty = bl.state > 0
         counts = nonempty.sum(axis=1)
-        padded = _bucket_counts(counts, bl.n_k_blocks)
+        padded = bucket_counts(counts, bl.n_k_blocks)
         sparse_work = float(padded.sum()) * bs * bs
         self.sparse_work_fraction = sparse_work / float(max(1, n * n))
         if mode == "auto":
@@ -183,15 +171,15 @@ class ReferenceKernel(nn.Module):
         for name, t in (("slot_canon", slot_canon), ("canon_slot", canon_slot), ("unorder", unorder)):
             self.register_buffer(name, to(t), persistent=False)
 
-    def _init_segments(self, seg: "_Segments", to) -> None:
+    def _init_segments(self, seg: "Segments", to) -> None:
         self._seg_shapes: List[tuple] = []
         for bi, (nb, nq, nk, qi, ki, bias) in enumerate(seg.buckets):
             self.register_buffer(f"s{bi}_q", to(torch.from_numpy(qi)), persistent=False)
             self.register_buffer(f"s{bi}_k", to(torch.from_numpy(ki)), persistent=False)
             if bias is not None:
                 self.register_buffer(f"s{bi}_bias", to(torch.from_numpy(bias)), persistent=False)
-            self._seg_shapes.append((nb, nq, nk, bias is not None, nb == 1 and _is_arange(qi, self.n),
-                                     nb == 1 and _is_arange(ki, self.n)))
+            self._seg_shapes.append((nb, nq, nk, bias is not None, nb == 1 and is_arange(qi, self.n),
+                                     nb == 1 and is_arange(ki, self.n)))
         self.register_buffer("s_out", to(torch.from_numpy(seg.out_index)), persistent=False)
 
     def _forward_segments(self, q, k, v, scale, dropout_p):
@@ -269,163 +257,50 @@ class ReferenceKernel(nn.Module):
         return out.index_select(2, self.canon_slot)
 
 
-def _is_arange(a: np.ndarray, n: int) -> bool:
-    return len(a) == n and bool(np.all(a == np.arange(n)))
-
-
-class _Segments:
-    """Buckets of the ``segments`` mode (see :func:`_segment_buckets`)."""
-
-    def __init__(self, buckets, out_index, work):
-        self.buckets = buckets      # [(nb, nq, nk, q_index (nb*nq,), k_index (nb*nk,), bias|None)]
-        self.out_index = out_index  # (N,) canonical position -> row of the concatenated outputs
-        self.work = work            # gathered (query, key) pairs, padding included
-
-
-def _segment_buckets(plan: ExecutionPlan, sg: SegmentGrid, max_buckets: Optional[int]):
-    """Group the queries of one fn type into classes with identical weight rows and bucket them.
-
-    ``sg``: the type's :class:`SegmentGrid` over the ``plan.n`` packed positions.
-
-    A class is a set of query positions (canonical) sharing the key set ``K`` and the per-key
-    weights; a bucket holds classes with the same ``(|K|, |Q|)`` (or the same ``|K|`` with the
-    query lists padded by repeating a position whose output is discarded), so one batched SDPA
-    computes it with no padded key.  Returns None when more than ``max_buckets`` buckets (None:
-    no limit) would be needed or padding would waste more than a quarter of the work.
-    """
-    n = int(plan.n)
-    grid = sg.grid
-    rows_with_keys = np.flatnonzero((grid > 0).any(axis=1))
-    out_index = np.full(n, -1, dtype=np.int64)
-    if len(rows_with_keys) == 0:
-        return _Segments([], np.zeros(n, dtype=np.int64), 0.0)
-    patterns, cls = np.unique(grid[rows_with_keys], axis=0, return_inverse=True)
-    cls = np.asarray(cls).reshape(-1)
-    if max_buckets is not None and len(patterns) > 64 * max_buckets:
-        return None
-    rb, cb = sg.row_bounds, sg.col_bounds
-    perm = plan.perm
-    classes = []  # (q canonical, k canonical, k weight)
-    for c in range(len(patterns)):
-        segs = rows_with_keys[cls == c]
-        q_packed = np.concatenate([np.arange(rb[a], rb[a + 1]) for a in segs])
-        cols = np.flatnonzero(patterns[c] > 0)
-        k_packed = np.concatenate([np.arange(cb[b], cb[b + 1]) for b in cols])
-        k_w = np.repeat(patterns[c][cols], np.diff(cb)[cols])
-        # canonical order inside a class: contiguous reads, and a class covering every
-        # position becomes the identity (no gather at all)
-        q_can = np.sort(perm[q_packed])
-        k_can = perm[k_packed]
-        order = np.argsort(k_can, kind="stable")
-        classes.append((q_can, k_can[order], k_w[order]))
-    exact = {}
-    for c, (qc, kc, _) in enumerate(classes):
-        exact.setdefault((len(kc), len(qc)), []).append(c)
-    groups = list(exact.values())
-    if max_buckets is not None and len(groups) > max_buckets:
-        by_k = {}
-        for c, (_, kc, _) in enumerate(classes):
-            by_k.setdefault(len(kc), []).append(c)
-        groups = list(by_k.values())
-        if len(groups) > max_buckets:
-            return None
-    buckets, work, real, offset = [], 0.0, 0.0, 0
-    for members in groups:
-        nq = max(len(classes[c][0]) for c in members)
-        nk = len(classes[members[0]][1])
-        qi = np.zeros((len(members), nq), dtype=np.int64)
-        ki = np.zeros((len(members), nk), dtype=np.int64)
-        w = np.ones((len(members), nk))
-        for r, c in enumerate(members):
-            qc, kc, kw = classes[c]
-            qi[r, : len(qc)] = qc
-            qi[r, len(qc):] = qc[0]  # padding rows: any real query, output discarded
-            ki[r], w[r] = kc, kw
-            out_index[qc] = offset + r * nq + np.arange(len(qc))
-            real += len(qc) * nk
-        bias = None if np.all(w == 1.0) else np.log(w)
-        buckets.append((len(members), nq, nk, qi.reshape(-1), ki.reshape(-1), bias))
-        work += len(members) * nq * nk
-        offset += len(members) * nq
-    if max_buckets is not None and work > 1.25 * real:
-        return None
-    out_index[out_index < 0] = offset  # the zero row appended after the buckets
-    return _Segments(buckets, out_index, work)
-
-
-def _slot_layout(plan: ExecutionPlan, group: RectGroup, bs: int):
-    """Pad every packed piece (cut at region-frame run boundaries) to a multiple of ``bs``.
-
-    Returns ``slot_packed`` (``(n_slots,)`` packed index of each slot, -1 for padding) and the
-    group's rectangles mapped to slot coordinates (a rectangle crossing pieces is split).
-    Falls back to one piece (no padding inside) when padding would more than double N.
-    """
-    n = plan.n
-    cuts = {0, n, int(plan.n_covered)}
-    for frames in plan.region_blocks.values():
-        for runs in frames.values():
-            for a, b in runs:
-                cuts.update((a, b))
-    cuts = np.asarray(sorted(cuts), dtype=np.int64)
-    lens = np.diff(cuts)
-    plen = -(-lens // bs) * bs
-    if plen.sum() > 2 * n + bs:
-        cuts = np.asarray([0, n], dtype=np.int64)
-        lens = np.diff(cuts)
-        plen = -(-lens // bs) * bs
-    slot_start = np.concatenate([[0], np.cumsum(plen)[:-1]]).astype(np.int64)
-    n_slots = int(plen.sum())
-    slot_packed = np.full(n_slots, -1, dtype=np.int64)
-    for a, L, s0 in zip(cuts[:-1], lens, slot_start):
-        slot_packed[s0:s0 + L] = np.arange(a, a + L)
-
-    def split(lo, hi):
-        """Split ranges [lo, hi) at the cuts; return (owner, slot_lo, slot_hi)."""
-        pa = np.searchsorted(cuts, lo, side="right") - 1
-        pz = np.searchsorted(cuts, hi, side="left")
-        owner = np.repeat(np.arange(len(lo)), np.maximum(pz - pa, 0))
-        piece = np.concatenate([np.arange(x, y) for x, y in zip(pa, pz)]) if len(lo) else np.zeros(0, np.int64)
-        piece = piece.astype(np.int64)
-        a = np.maximum(lo[owner], cuts[piece])
-        b = np.minimum(hi[owner], cuts[piece + 1])
-        keep = b > a
-        owner, piece, a, b = owner[keep], piece[keep], a[keep], b[keep]
-        return owner, slot_start[piece] + (a - cuts[piece]), slot_start[piece] + (b - cuts[piece])
-
-    qo, qa, qz = split(group.q0, group.q1)
-    ko, ka, kz = split(group.k0, group.k1)
-    # cross product of the query pieces and key pieces of each rectangle
-    R = group.n_rects
-    cq = np.bincount(qo, minlength=R)
-    ck = np.bincount(ko, minlength=R)
-    oq = np.cumsum(cq) - cq  # owner arrays are sorted, so each rectangle's pieces are contiguous
-    ok = np.cumsum(ck) - ck
-    npairs = cq * ck
-    owner = np.repeat(np.arange(R), npairs)
-    idx = np.arange(int(npairs.sum())) - np.repeat(np.cumsum(npairs) - npairs, npairs)
-    ckr = np.maximum(ck[owner], 1)
-    qi = (oq[owner] + idx // ckr).astype(np.int64)
-    ki = (ok[owner] + idx % ckr).astype(np.int64)
-    w = group.weight[qo[qi]] if len(qi) else np.zeros(0)
-    return slot_packed, qa[qi], qz[qi], ka[ki], kz[ki], w
-
-
 def make_kernel(kernel: Any, group: RectGroup, plan: ExecutionPlan, *, n_heads: int, head_dim: int,
                 device: Any = None, **options: Any) -> nn.Module:
-    """Build the kernel module of one softmax group.
+    """Build the kernel module that runs one softmax-family group of ``plan``.
 
-    ``kernel``: None / ``"auto"`` / ``"reference"`` -> :class:`ReferenceKernel`; ``"dense"`` /
-    ``"segments"`` / ``"sparse"`` -> :class:`ReferenceKernel` forced to that mode; a class or callable ->
-    ``kernel(group, plan, n_heads=..., head_dim=..., **options)``; another string -> looked up in
-    the kernel registry (``canvas_core.plugins.create_kernel``).
+    ``kernel`` may be:
+
+    * a :class:`~canvas_core.compiler.resolved.ResolvedGroup` (what the plan carries): its
+      kernel entry, or the reference kernel when it has none;
+    * a registry entry (``Spec``): ``spec.create(group, plan, n_heads=, head_dim=, **options)``;
+    * None / ``"auto"`` / ``"reference"``: :class:`ReferenceKernel`; ``"dense"`` / ``"segments"``
+      / ``"sparse"``: :class:`ReferenceKernel` forced to that mode;
+    * another string: the kernel registered under that name (the one lookup happens here);
+    * a class or callable: ``kernel(group, plan, n_heads=..., head_dim=..., **options)``.
+
+    With ``device`` the result is built there (or moved there when its factory takes no device).
     """
-    if kernel is None or kernel in ("auto", "reference"):
+    if isinstance(kernel, ResolvedGroup):
+        kernel = kernel.kernel
+    if kernel is None or (isinstance(kernel, str) and kernel in ("auto", REFERENCE_KERNEL)):
         return ReferenceKernel(group, plan, n_heads=n_heads, head_dim=head_dim, device=device, **options)
-    if kernel in ("dense", "segments", "sparse"):
+    if isinstance(kernel, str) and kernel in REFERENCE_MODES:
         return ReferenceKernel(group, plan, n_heads=n_heads, head_dim=head_dim, mode=kernel,
                                device=device, **options)
     if isinstance(kernel, str):
-        from canvas_core.plugins import create_kernel
+        from canvas_core.plugins import get_kernel_spec
 
-        return create_kernel(kernel, group, plan, n_heads=n_heads, head_dim=head_dim, **options)
-    return kernel(group, plan, n_heads=n_heads, head_dim=head_dim, **options)
+        kernel = get_kernel_spec(kernel)
+    if isinstance(kernel, Spec):
+        module = kernel.create(group, plan, n_heads=n_heads, head_dim=head_dim, **options)
+    else:
+        module = kernel(group, plan, n_heads=n_heads, head_dim=head_dim, **options)
+    return module.to(device) if device is not None else module
+
+
+def kernel_for(plan: ExecutionPlan, fn: str, *, n_heads: int, head_dim: int, device: Any = None,
+               **options: Any) -> nn.Module:
+    """The kernel module of fn group ``fn`` of ``plan``, as resolved (``plan.groups[fn].resolved``).
+
+    Called as ``kernel(q, k, v, scale=..., dropout_p=0.0)`` with ``(B, H, N, d)`` tensors in
+    canonical position order (see the module docstring).  A plan that was never resolved gets the
+    reference kernel.
+    """
+    group = plan.groups.get(fn) if isinstance(fn, str) else None
+    if group is None:
+        raise CompileError(f"kernel_for(plan, fn): fn must be one of the plan's types {sorted(plan.groups)}, "
+                           f"got {fn!r}")
+    return make_kernel(group.resolved, group, plan, n_heads=n_heads, head_dim=head_dim, device=device, **options)
