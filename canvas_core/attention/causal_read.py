@@ -1,0 +1,85 @@
+"""What the sequence-operator attention types (RWKV, Hyena) share: where each query reads the
+key/value sequence, the working dtype, chunk sizes, and the check of a ``kernel=`` choice.
+
+A query ``i`` reads the state after key ``p(i) = floor((i + 1) * Nk / Nq) - 1``
+(:func:`canvas_core.attention._base.causal_read_index`); ``p(i) < 0`` reads nothing (zeros).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from canvas_core.attention._base import causal_read_index
+from canvas_core.errors import CanvasTypeError
+
+__all__ = ["NEG_INF", "CHUNK_ELEMS", "work_dtype", "finite_or_zero", "check_kernel_choice", "rows_identical",
+           "causal_read", "read_at"]
+
+NEG_INF = float("-inf")
+CHUNK_ELEMS = 1 << 24  # bound on the size of per-query intermediate tensors
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; everything else is computed in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def finite_or_zero(q: torch.Tensor) -> torch.Tensor:
+    """``q`` with its ``-inf`` entries replaced by 0 (a running maximum over nothing)."""
+    return torch.where(q == NEG_INF, torch.zeros_like(q), q)
+
+
+def check_kernel_choice(type_name: str, kernel: str) -> str:
+    """``"auto"``, ``"torch"``, or the name of a registered kernel that supports ``type_name``
+    (e.g. ``fla_rwkv`` from canvas-plugin-fla); anything else is a clear error."""
+    if kernel in ("auto", "torch"):
+        return kernel
+    if not isinstance(kernel, str):
+        raise CanvasTypeError(f"{type_name}: kernel must be a kernel name, got {kernel!r}")
+    from canvas_core.plugins import get_kernel_spec
+
+    spec = get_kernel_spec(kernel)  # UnknownNameError (with install hint) for unknown names
+    if type_name not in tuple(getattr(spec, "supports", ()) or ()):
+        raise CanvasTypeError(
+            f"{type_name}: kernel {kernel!r} ({spec.describe_provider()}) does not compute "
+            f"{type_name}; use kernel='auto', 'torch', or a kernel whose supports include {type_name!r}"
+        )
+    return kernel
+
+
+def rows_identical(allowed: torch.Tensor) -> bool:
+    """True when a ``(B|1, Nq, Nk)`` mask is the same for every query (eager mode only)."""
+    if allowed.shape[1] == 1:
+        return True
+    if torch.compiler.is_compiling():
+        return False
+    return bool((allowed == allowed[:, :1, :]).all())
+
+
+def causal_read(
+    Nq: int, Nk: int, allowed: Optional[torch.Tensor], device
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Causal read positions of the queries and which queries read anything.
+
+    Args:
+        allowed: ``(B|1, Nq|1, Nk)`` bool key mask, or None (every key allowed).
+
+    Returns:
+        ``read (Nq,)``: :func:`causal_read_index` (``-1``: before the first key);
+        ``has (B|1, Nq, 1)`` bool: query ``i`` has an allowed key ``j <= read_i``.
+    """
+    read = causal_read_index(Nq, Nk, device=device)
+    j = torch.arange(Nk, device=device)
+    before = j[None, :] <= read[:, None]  # (Nq, Nk)
+    if allowed is None:
+        return read, before.any(-1).view(1, Nq, 1)
+    return read, (before[None] & allowed).any(-1, keepdim=True)
+
+
+def read_at(seq: torch.Tensor, read: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``seq (B, Nk, C)`` read at ``read (Nq,)`` -> ``(B, Nq, C)``; zeros where ``read < 0``
+    (the validity factor is cast to ``dtype``, the working dtype)."""
+    valid = read >= 0
+    return seq.index_select(1, read.clamp(min=0)) * valid.view(1, -1, 1).to(dtype)

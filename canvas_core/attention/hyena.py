@@ -1,0 +1,196 @@
+"""Hyena attention (``hyena``): implicit long convolutions with data-controlled gating, run
+causally over a connection's keys and values (see :mod:`canvas_core.attention.causal_read`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from canvas_core.attention._base import AttentionBase, _check_int
+from canvas_core.attention.causal_read import (
+    CHUNK_ELEMS,
+    causal_read,
+    check_kernel_choice,
+    read_at,
+    rows_identical,
+    work_dtype,
+)
+
+__all__ = ["HyenaAttention", "fft_causal_conv"]
+
+
+def fft_causal_conv(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Causal long convolution by FFT: ``y_t = sum_{s<=t} h_{t-s} z_s``.
+
+    z: ``(B, L, C)``; h: ``(L, C)``. ``O(L log L)``; computed in float32 (float64 kept).
+    """
+    B, L, C = z.shape
+    if L == 0:
+        return z.clone()
+    wd = work_dtype(z.dtype)
+    n = 2 * L
+    Z = torch.fft.rfft(z.to(wd), n=n, dim=1)
+    H = torch.fft.rfft(h.to(wd), n=n, dim=0)
+    return torch.fft.irfft(Z * H.unsqueeze(0), n=n, dim=1)[:, :L]
+
+
+class _Sin(nn.Module):
+    """``sin(freq * x)`` with a learned per-feature frequency (Hyena's filter activation)."""
+
+    def __init__(self, dim: int, w: float = 1.0) -> None:
+        super().__init__()
+        self.freq = nn.Parameter(w * torch.ones(1, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.freq * x)
+
+
+class HyenaAttention(AttentionBase):
+    """Hyena operator (``hyena``): implicit long convolutions with data-controlled gating.
+
+    Implicit filters ``h^n (L, D)`` (``n = 1..order``) are produced by a small MLP (sine
+    activations) over positional features of the lag ``t = 0..L-1`` (``t / max_len`` plus
+    ``n_bands`` sine/cosine bands ``sin, cos(t / max_len^(b / n_bands))``), times an
+    exponential decay window ``exp(-alpha_c t / max_len)``
+    with per-channel rates.  Along the key sequence (length ``L = Nk``):
+
+    ``z^1 = W_v values``; ``z^{n+1} = x^n * (h^n (*) z^n + d_n z^n)`` for ``n < order`` with gates
+    ``x^n = W_x^n keys``; ``y = h^order (*) z^order + d_order z^order``, where ``(*)`` is the causal
+    convolution done by FFT (``O(L log L)``).  Query ``i`` reads ``y`` at its causal read position
+    ``p(i)`` and gates it: ``out_i = W_o((W_q q_i) * y_{p(i)})``.
+
+    Key mask: masked keys are zeroed in every stage (they contribute nothing; positions keep
+    their place, so lags are unchanged).  Per-query masks restrict the last convolution exactly
+    per query (explicit ``O(Nq * Nk * D)`` form); inner stages use the keys any query may see.
+
+    Args:
+        order: number of convolutions (>= 1), default 2.
+        max_len: length scale of the positional features (sequences may be longer).
+        filter_dim: width of the filter MLP.
+        n_bands: number of sine/cosine positional bands.
+        kernel: ``"auto"`` or ``"torch"`` (FFT in PyTorch); recorded in ``self.kernel_used``.
+    """
+
+    type_name = "hyena"
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: int = 4,
+        dropout: float = 0.0,
+        order: int = 2,
+        max_len: int = 4096,
+        filter_dim: int = 32,
+        n_bands: int = 4,
+        kernel: str = "auto",
+    ) -> None:
+        # positional order (order, max_len) as in canvas-engineering; the rest are extensions
+        super().__init__(d_model, n_heads, dropout)
+        t = self.type_name
+        self.order = _check_int(t, "order", order, 1)
+        self.filter_dim = _check_int(t, "filter_dim", filter_dim, 1)
+        self.n_bands = _check_int(t, "n_bands", n_bands, 0)
+        self.max_len = _check_int(t, "max_len", max_len, 1)
+        self.kernel = check_kernel_choice(t, kernel)
+        self.kernel_used: Optional[str] = None
+        D = d_model
+        self.v_proj = nn.Linear(D, D)
+        self.q_proj = nn.Linear(D, D)
+        self.gate_proj = nn.Linear(D, D * (order - 1)) if order > 1 else None
+        self.out_proj = nn.Linear(D, D)
+        emb = 1 + 2 * n_bands
+        self.filter_mlp = nn.Sequential(
+            nn.Linear(emb, filter_dim),
+            _Sin(filter_dim),
+            nn.Linear(filter_dim, filter_dim),
+            _Sin(filter_dim),
+            nn.Linear(filter_dim, order * D, bias=False),
+        )
+        # decay rates: reach 1e-2 after between 30% and 150% of max_len
+        rates = torch.linspace(math.log(1e-2) / 0.3, math.log(1e-2) / 1.5, D).abs()
+        self.register_buffer("decay_rates", rates)
+        self.skip = nn.Parameter(torch.randn(order, D) * 0.02)
+        self.drop = nn.Dropout(self.dropout_p)
+
+    def filters(self, L: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The implicit filters ``(order, L, D)`` for a sequence of length ``L``."""
+        dev = self.skip.device
+        lag = torch.arange(L, device=dev, dtype=torch.float32)
+        t = lag / self.max_len
+        feats = [t[:, None]]
+        if self.n_bands:
+            # transformer-style bands over the absolute lag: fast (period 2*pi) to slow
+            b = torch.arange(self.n_bands, device=dev, dtype=torch.float32)
+            ang = lag[:, None] / (float(self.max_len) ** (b / self.n_bands))[None, :]
+            feats += [torch.sin(ang), torch.cos(ang)]
+        z = torch.cat(feats, dim=-1)
+        h = self.filter_mlp(z.to(self.skip.dtype)).view(L, self.order, self.d_model).transpose(0, 1)
+        window = torch.exp(-t[:, None] * self.decay_rates[None, :].float())
+        return (h * window.to(h.dtype)).to(dtype)
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        key_mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
+        _, Nq, Nk, allowed, _ = self._prepare(queries, keys, values, key_mask)
+        self.kernel_used = "torch"
+        if Nk == 0:
+            return torch.zeros_like(queries)
+        wd = work_dtype(queries.dtype)
+        read, has = causal_read(Nq, Nk, allowed, queries.device)
+        per_query = allowed is not None and not rows_identical(allowed)
+        key_ok = None if allowed is None else allowed.any(dim=1)  # (B|1, Nk): union over queries
+        keep = None if key_ok is None else key_ok.unsqueeze(-1).to(wd)
+
+        h = self.filters(Nk, dtype=wd)  # (order, Nk, D)
+        d = self.skip.to(wd)
+        z = self.v_proj(values).to(wd)
+        if keep is not None:
+            z = z * keep
+        gates = self.gate_proj(keys).to(wd).chunk(self.order - 1, dim=-1) if self.order > 1 else ()
+        for n in range(self.order - 1):
+            z = gates[n] * (fft_causal_conv(z, h[n]) + d[n] * z)
+            if keep is not None:
+                z = z * keep
+        if not per_query:
+            y = read_at(fft_causal_conv(z, h[-1]) + d[-1] * z, read, wd)
+        else:
+            y = self._masked_last_conv(z, h[-1], d[-1], read, allowed)
+        out = self.out_proj(self.drop(self.q_proj(queries) * y.to(queries.dtype)))
+        return out.masked_fill(~has, 0.0)
+
+    @staticmethod
+    def _masked_last_conv(
+        z: torch.Tensor, h: torch.Tensor, d: torch.Tensor, read: torch.Tensor, allowed: torch.Tensor
+    ) -> torch.Tensor:
+        """``y_i = sum_{j <= p_i, allowed_ij} h[p_i - j] z_j + d z_{p_i} [allowed_i,p_i]``."""
+        B, L, C = z.shape
+        Nq = read.shape[0]
+        j = torch.arange(L, device=z.device)
+        chunk = max(1, CHUNK_ELEMS // max(1, B * L * C))
+        outs = []
+        for s in range(0, Nq, chunk):
+            r = read[s : s + chunk]
+            lag = r[:, None] - j[None, :]  # (Qc, L)
+            a = allowed[:, s : s + chunk] if allowed.shape[1] > 1 else allowed
+            ok = ((lag >= 0)[None] & a).to(z.dtype)  # (B|1, Qc, L)
+            taps = h[lag.clamp(min=0)] + d * (lag == 0).unsqueeze(-1).to(z.dtype)  # (Qc, L, C)
+            outs.append(
+                torch.einsum("bqj,qjc,bjc->bqc", ok, taps, z)
+                if ok.shape[0] == B
+                else torch.einsum("qj,qjc,bjc->bqc", ok[0], taps, z)
+            )
+        if not outs:
+            return z.new_zeros(B, 0, C)
+        return torch.cat(outs, dim=1)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", order={self.order}, kernel={self.kernel!r}"
