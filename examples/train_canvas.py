@@ -8,6 +8,7 @@ Several processes, one per GPU (or several CPU processes with gloo)::
 
     torchrun --nproc_per_node=2 examples/train_canvas.py --steps 200          # DDP
     torchrun --nproc_per_node=2 examples/train_canvas.py --steps 200 --fsdp   # FSDP2
+    torchrun --nproc_per_node=4 examples/train_canvas.py --sequence-parallel 2  # 2 x 2 (SP x DP)
 
 The model is plain PyTorch: a ``SpatiotemporalCanvas`` embedding, a stack of pre-norm blocks whose
 attention is an ``AttentionDispatcher`` running the canvas topology, and a linear read-out. Each
@@ -15,6 +16,12 @@ process trains on its own shard of a synthetic task -- predict the next frame of
 "video" tokens and the action that drives the drift -- and DDP (or FSDP2's ``fully_shard``)
 averages the gradients. The loss
 uses the layout's per-position loss weights. ``--compile`` wraps the model in ``torch.compile``.
+
+``--sequence-parallel N`` splits each canvas over N processes (world size = N x data-parallel
+degree): the N ranks of a group train on the same samples, each holding a share of the canvas
+positions, and the attention layers exchange heads with all-to-alls
+(``canvas_core.parallelize_canvas``, docs/distributed.md). The printed losses equal the ones of the
+same run with N times fewer processes.
 """
 
 from __future__ import annotations
@@ -29,7 +36,16 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from canvas_core import AttentionDispatcher, CanvasLayout, CanvasTopology, RegionSpec, SpatiotemporalCanvas
+from canvas_core import (
+    AttentionDispatcher,
+    CanvasLayout,
+    CanvasTopology,
+    RegionSpec,
+    SpatiotemporalCanvas,
+    parallelize_canvas,
+    sequence_parallel_mesh,
+    shard_canvas,
+)
 
 
 def build_layout(T: int, d_model: int) -> CanvasLayout:
@@ -67,9 +83,19 @@ class CanvasModel(nn.Module):
         topology = CanvasTopology.causal_temporal(list(layout.regions))
         self.blocks = nn.ModuleList(Block(topology, layout, D, n_heads) for _ in range(depth))
         self.out = nn.Sequential(nn.LayerNorm(D), nn.Linear(D, d_in))
+        self.sharding = self.sp_group = None
+
+    def sequence_parallel(self, group) -> None:
+        """Run on a share of the canvas from the embedding on; the output is this rank's share."""
+        self.sharding, self.sp_group = parallelize_canvas(self, group), group
+
+    def shard(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's share of a whole-canvas tensor ``(B, N, ...)`` (the tensor itself without SP)."""
+        return x if self.sharding is None else shard_canvas(x, self.sharding, self.sp_group)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         x = self.canvas.place(self.canvas.create_empty(video.shape[0]), self.inp(video), "video")
+        x = self.shard(x)  # every later layer is position-wise or a (sequence-parallel) canvas attention
         for block in self.blocks:
             x = block(x)
         return self.out(x)
@@ -104,6 +130,8 @@ def main(argv=None) -> float:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--fsdp", action="store_true", help="shard parameters with FSDP2 (fully_shard) instead of DDP")
+    p.add_argument("--sequence-parallel", type=int, default=1, metavar="N",
+                   help="processes sharing one canvas (world size = N x data-parallel degree)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -118,10 +146,15 @@ def main(argv=None) -> float:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
             torch.cuda.set_device(device)
 
+    sp, dp_rank = args.sequence_parallel, rank
     torch.manual_seed(args.seed)  # the same initial weights on every process
     layout = build_layout(args.frames, args.d_model)
     d_in = 8
     model = CanvasModel(layout, d_in, args.depth, args.heads).to(device)
+    if sp > 1:  # checks the sizes on every rank first (CanvasError, no hang)
+        mesh = sequence_parallel_mesh(sp, device.type)
+        model.sequence_parallel(mesh["sp"].get_group())
+        dp_rank = mesh["dp"].get_local_rank()
     if distributed and args.fsdp:
         from torch.distributed.fsdp import fully_shard
 
@@ -134,16 +167,23 @@ def main(argv=None) -> float:
         train_model = torch.compile(train_model)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     weights = layout.loss_weight_mask(device).view(1, -1, 1)
-    gen = torch.Generator().manual_seed(args.seed * 1000 + rank)  # a different shard per process
+    norm = weights.sum().double() * args.batch * d_in  # of the whole canvas
+    weights = model.shard(weights)
+    gen = torch.Generator().manual_seed(args.seed * 1000 + dp_rank)  # a different shard per data-parallel rank
 
     start, first, loss = time.perf_counter(), None, torch.zeros(())
     for step in range(args.steps):
         video, target = make_batch(layout, args.batch, d_in, gen)
         pred = train_model(video.to(device))
-        loss = ((pred - target.to(device)).square() * weights).sum() / (weights.sum() * args.batch * d_in)
+        # float64 sum: the same printed loss whether the canvas is whole or summed over shares
+        loss = ((pred - model.shard(target.to(device))).square() * weights).double().sum() / norm
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        # DDP / FSDP average gradients over all sp x dp ranks; the sp shares' gradients must add up
+        (loss * sp if sp > 1 else loss).backward()
         opt.step()
+        if sp > 1:  # the whole canvas's loss, for printing
+            loss = loss.detach()
+            dist.all_reduce(loss, group=model.sp_group)
         first = loss.item() if first is None else first
         if rank == 0 and (step % 50 == 0 or step == args.steps - 1):
             print(f"step {step:4d}  loss {loss.item():.4f}", flush=True)
