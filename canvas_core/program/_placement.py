@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from canvas_core.errors import CanvasTypeError, ProgramError
 from canvas_core.program._check import pos_int
 from canvas_core.program.fields import Field, LayoutStrategy
-from canvas_core.program.packing import auto_canvas_width, shelf_pack
+from canvas_core.program.packing import auto_canvas_width, padded_canvas_shape, shelf_pack, stack_pack
 from canvas_core.schema.layout import CanvasLayout
 from canvas_core.schema.region import RegionSpec
 
@@ -28,7 +28,13 @@ def semantic_type_of(path: str) -> str:
 
 
 # --- layout ------------------------------------------------------------------------------------
-def _resolve_canvas(spatial_shape: Any, H: Any, W: Any) -> Optional[Tuple[int, ...]]:
+#: the ``packing=`` choices of compile_schema / compile_program
+PACKINGS = ("compatible", "tight")
+
+
+def _resolve_canvas(spatial_shape: Any, H: Any, W: Any) -> Optional[Tuple[Optional[int], ...]]:
+    """The requested canvas: None (auto-sized), or one size per axis; with only one of H / W,
+    the other is None (sized automatically, as in canvas-engineering)."""
     where = "compile_schema"
     shape = None
     if spatial_shape is not None:
@@ -38,13 +44,53 @@ def _resolve_canvas(spatial_shape: Any, H: Any, W: Any) -> Optional[Tuple[int, .
         if not shape:
             raise ProgramError(f"{where}: spatial_shape=() has no spatial axis; use None to size the canvas automatically")
     if H is not None or W is not None:
-        if H is None or W is None:
-            raise ProgramError(f"{where}: give both H and W, or use spatial_shape=(H, W)")
-        hw = (pos_int(H, where, "H"), pos_int(W, where, "W"))
-        if shape is not None and shape != hw:
+        hw = (None if H is None else pos_int(H, where, "H"), None if W is None else pos_int(W, where, "W"))
+        if shape is not None and (len(shape) != 2 or any(a is not None and a != b for a, b in zip(hw, shape))):
             raise ProgramError(f"{where}: H={hw[0]}, W={hw[1]} disagree with spatial_shape={shape}; give one of them")
-        shape = hw
+        shape = shape or hw
     return shape
+
+
+def _check_packing(packing: Any) -> str:
+    if packing not in PACKINGS:
+        from canvas_core.errors import did_you_mean
+
+        raise ProgramError(f"compile_schema: unknown packing={packing!r}; use 'compatible' (canvas-engineering's "
+                           f"auto size and placement, the default) or 'tight'.{did_you_mean(str(packing), PACKINGS)}")
+    return packing
+
+
+def _place(ordered: List[Tuple[int, ...]], extents: List[Tuple[int, ...]],
+           canvas: Optional[Tuple[Optional[int], ...]], packing: str):
+    """(canvas size, None per axis left to the packer; packing result or None when it does not fit).
+
+    ``compatible``: canvas-engineering's size (``padded_canvas_shape`` of the boxes in region
+    order) for every axis not given, boxes stacked along the first axis on 3+ axes when they fit
+    that way, else (and on 1-2 axes, where the two rules agree) shelf-packed; should an
+    auto-sized canvas still be too small (an ``interleaved`` order wraps differently, or the
+    stacking did not fit), the first axis grows.  ``tight``: roughly square inner axes
+    (``auto_canvas_width``) and the first axis trimmed to what the shelf packing uses."""
+    ndim = len(extents[0])
+    if packing == "compatible":
+        auto = padded_canvas_shape(extents)
+        size: List[Optional[int]] = list(auto) if canvas is None else [
+            auto[a] if c is None else c for a, c in enumerate(canvas)]
+        packed = stack_pack(ordered, size) if ndim >= 3 else None
+        if packed is None:
+            packed = shelf_pack(ordered, size)
+        if packed is None and (canvas is None or canvas[0] is None):
+            grown = shelf_pack(ordered, [None, *size[1:]])
+            if grown is not None:
+                size[0] = max(size[0], grown[1][0])
+                packed = grown
+        return size, packed
+    if canvas is None:
+        size = [None, *auto_canvas_width(extents)]
+    else:
+        size = list(canvas)
+        if ndim == 2 and size[1] is None:
+            size[1] = auto_canvas_width(extents)[0]
+    return size, shelf_pack(ordered, size)
 
 
 def _fit_shape(path: str, f: Field, ndim: int) -> Tuple[int, ...]:
@@ -74,35 +120,34 @@ def _placement_order(names: List[str], strategy: LayoutStrategy) -> List[int]:
     return [i for g in groups.values() for i in g]
 
 
-def _layout(regions: Dict[str, Field], T: int, d_model: int, canvas: Optional[Tuple[int, ...]],
-            strategy: LayoutStrategy, t_current: int, coarse: set) -> CanvasLayout:
+def _layout(regions: Dict[str, Field], T: int, d_model: int, canvas: Optional[Tuple[Optional[int], ...]],
+            strategy: LayoutStrategy, t_current: int, coarse: set, packing: str = "compatible") -> CanvasLayout:
     names = list(regions)
     ndim = len(canvas) if canvas is not None else max(len(f.shape) for f in regions.values())
     extents = [_fit_shape(n, regions[n], ndim) for n in names]
     order = _placement_order(names, strategy)
-    if canvas is None:
-        size: List[Optional[int]] = [None, *auto_canvas_width(extents)]
-    else:
-        size = list(canvas)
+    if canvas is not None:
         for n, ext in zip(names, extents):
             for k in range(ndim):
-                if ext[k] > canvas[k]:
+                if canvas[k] is not None and ext[k] > canvas[k]:
                     raise ProgramError(
                         f"field {n!r} is {ext[k]} positions along {_axis_name(k, ndim)} but the canvas has "
                         f"{canvas[k]} there; grow the canvas or pass spatial_shape=None to size it automatically"
                     )
-    packed = shelf_pack([extents[i] for i in order], size)
+    size, packed = _place([extents[i] for i in order], extents, canvas, packing)
     if packed is None:
         need = sum(math.prod(e) for e in extents)
-        have = math.prod(canvas)
         raise ProgramError(
             f"the {len(names)} fields ({need} positions per frame) do not fit on the canvas "
-            f"spatial_shape={canvas} ({have} per frame) with shelf packing; grow the canvas or pass "
+            f"spatial_shape={tuple(size)} ({math.prod(size)} per frame); grow the canvas or pass "
             "spatial_shape=None to size it automatically"
         )
     offsets_in_order, used = packed
     offsets: Dict[int, Tuple[int, ...]] = dict(zip(order, offsets_in_order))
-    spatial = tuple(used) if canvas is None else canvas
+    if canvas is None and packing == "tight":
+        spatial = tuple(used)  # trimmed to what is used
+    else:
+        spatial = tuple(used[a] if size[a] is None else size[a] for a in range(ndim))
     specs: Dict[str, RegionSpec] = {}
     for i, n in enumerate(names):
         f = regions[n]

@@ -35,7 +35,8 @@ class _Child:
 
 
 class _Walker:
-    def __init__(self) -> None:
+    def __init__(self, coarse_default: Field) -> None:
+        self.coarse_default = coarse_default     # the coarse region of a subtree without a template
         self.fields: Dict[str, Field] = {}       # leaf path -> Field (coarse ones added later)
 
     def leaf(self, path: str, f: Field, owner: str) -> None:
@@ -89,7 +90,7 @@ class _Walker:
         (!= 1), is the mean period of all fields below it (nested coarse ones included) weighted by
         ``h * w``, rounded (canvas-engineering's rule: the summary follows the dominant
         timescale of the subtree)."""
-        c = _coarse_field(value, meta, path)
+        c = _coarse_field(value, meta, path, self.coarse_default)
         if c.period != 1:
             return c
         members: List[Field] = []
@@ -175,18 +176,18 @@ def _attributes(obj: Any) -> List[Tuple[str, Any, dict]]:
     return items
 
 
-def _coarse_field(value: Any, meta: dict, path: str) -> Field:
+def _coarse_field(value: Any, meta: dict, path: str, default: Field) -> Field:
     c = meta.get("coarse") if meta else None
     if c is None:
         c = getattr(type(value), "__coarse__", None)
     if c is None:
-        return Field(spatial_shape=(1,))  # one position; padded to the canvas's dimensions
+        return default
     if not isinstance(c, Field):
         raise CanvasTypeError(f"coarse-grained field of {path!r} must be a Field, got {c!r}")
     return c
 
 
-def _tree(root: Any) -> Tuple[Dict[str, Field], _Node, set]:
+def _tree(root: Any, coarse_default: Field) -> Tuple[Dict[str, Field], _Node, set]:
     if isinstance(root, type):
         raise ProgramError(
             f"compile_schema/compile_program got the class {root.__name__}, not an instance; pass {root.__name__}()"
@@ -196,7 +197,7 @@ def _tree(root: Any) -> Tuple[Dict[str, Field], _Node, set]:
             f"compile_schema/compile_program expects a dataclass (or pydantic model / object) instance "
             f"whose attributes are Fields, got {type(root).__name__} {root!r:.60}"
         )
-    w = _Walker()
+    w = _Walker(coarse_default)
     node = w.walk(root, "", ())
     if not node.has_fields():
         raise ProgramError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import List, Optional, Tuple
 
 from canvas_core.program._tree import _Child, _Node
-from canvas_core.program.constants import DEFAULT_WIRING, TEMPORAL_OPERATORS
+from canvas_core.program.constants import DEFAULT_WIRING
 from canvas_core.program.fields import ConnectivityPolicy
 
 __all__ = ["wire_operator"]
@@ -96,13 +96,11 @@ def _connect(e: _Edges, node: _Node, policy: ConnectivityPolicy) -> None:
 def wire_operator(src_family: Optional[str], dst_family: Optional[str],
                   t_src: Optional[int] = None, t_dst: Optional[int] = None) -> str:
     """The operator auto-wiring puts on a connection between fields of the given *declared*
-    families (None = not declared): ``DEFAULT_WIRING[(src, dst)]``, ``"attend"`` when either
-    family is undeclared or the pair is not in the table, and ``"attend"`` for the temporal
-    operators (integrate, intervene) unless the connection crosses frames (``t_src`` and
-    ``t_dst`` both set and different)."""
+    families (None = not declared): ``DEFAULT_WIRING[(src, dst)]``, and ``"attend"`` when either
+    family is undeclared or the pair is not in the table -- canvas-engineering's rule, on every
+    connection whatever its frame offsets (``t_src`` / ``t_dst`` are accepted and do not change
+    the label; ``integrate`` / ``intervene`` name the intent of a state-to-state or
+    action-to-state link)."""
     if src_family is None or dst_family is None:
         return "attend"
-    op = DEFAULT_WIRING.get((src_family, dst_family), "attend")
-    if op in TEMPORAL_OPERATORS and (t_src is None or t_dst is None or t_src == t_dst):
-        return "attend"
-    return op
+    return DEFAULT_WIRING.get((src_family, dst_family), "attend")

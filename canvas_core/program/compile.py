@@ -13,12 +13,12 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 from canvas_core.errors import CanvasError, CanvasTypeError, ProgramError
 from canvas_core.program._check import pos_int
-from canvas_core.program._placement import _layout, _resolve_canvas, semantic_type_of
+from canvas_core.program._placement import _check_packing, _layout, _resolve_canvas, semantic_type_of
 from canvas_core.program._tree import _tree
 from canvas_core.program._wiring import _connect, _Edges, wire_operator
 from canvas_core.program.bound import BoundSchema
 from canvas_core.program.canvas_program import CanvasProgram
-from canvas_core.program.fields import ConnectivityPolicy, LayoutStrategy
+from canvas_core.program.fields import ConnectivityPolicy, Field, LayoutStrategy
 from canvas_core.program.specs import RegionProgram
 from canvas_core.schema._validate import is_int
 from canvas_core.schema.schema import CanvasSchema
@@ -40,7 +40,7 @@ def _as_strategy(value: Any) -> LayoutStrategy:
 
 
 def _compile(root: Any, T: int, spatial_shape: Any, d_model: int, connectivity: Any,
-             layout_strategy: Any, t_current: int, H: Any, W: Any, wire: bool):
+             layout_strategy: Any, t_current: int, H: Any, W: Any, wire: bool, packing: Any):
     T = pos_int(T, "compile_schema", "T", "T is the number of canvas frames.")
     d_model = pos_int(d_model, "compile_schema", "d_model")
     if not is_int(t_current):
@@ -51,8 +51,12 @@ def _compile(root: Any, T: int, spatial_shape: Any, d_model: int, connectivity: 
     policy.__post_init__()  # re-check: the policy is mutable, like canvas-engineering's
     strategy = _as_strategy(layout_strategy)
     canvas = _resolve_canvas(spatial_shape, H, W)
-    regions, tree, coarse = _tree(root)
-    layout = _layout(regions, T, d_model, canvas, strategy, t_current, coarse)
+    packing = _check_packing(packing)
+    # canvas-engineering's coarse region is always 1 x 1 (which makes an auto-sized canvas of 1-d
+    # fields 2-d); the tight packing pads a one-position region to the canvas's rank instead
+    coarse_default = Field(1, 1) if packing == "compatible" else Field(spatial_shape=(1,))
+    regions, tree, coarse = _tree(root, coarse_default)
+    layout = _layout(regions, T, d_model, canvas, strategy, t_current, coarse, packing)
     edges = _Edges(policy.temporal)
     _connect(edges, tree, policy)
     conns = []
@@ -73,6 +77,8 @@ def compile_schema(
     t_current: int = 0,
     H: Optional[int] = None,
     W: Optional[int] = None,
+    *,
+    packing: str = "compatible",
 ) -> BoundSchema:
     """Compile an object hierarchy of ``Field``s into a ``BoundSchema``.
 
@@ -85,17 +91,24 @@ def compile_schema(
         root: Object with ``Field`` attributes.
         T: Frames of the canvas.
         spatial_shape: Spatial grid, e.g. ``(16, 16)``; None = sized automatically from the
-            fields (shelf packing on a roughly square canvas, trimmed to what is used).
+            fields (see ``packing``).
         d_model: Width of every position's vector.
         connectivity: Connectivity policy (default ``ConnectivityPolicy()``).
         layout_strategy: ``"packed"`` (declaration order) or ``"interleaved"``.
         t_current: Frames ``t >= t_current`` are outputs.
-        H, W: 2-d shorthand for ``spatial_shape=(H, W)``.
+        H, W: 2-d shorthand for ``spatial_shape=(H, W)``; with only one of them the other is
+            sized automatically.
+        packing: ``"compatible"`` (default): canvas-engineering 0.5.0's auto size (15% slack)
+            and placement, so auto-sized layouts and their checkpoints are interchangeable with
+            it; ``"tight"``: shelf packing on a roughly square canvas trimmed to what is used
+            (fewer positions, see docs/programs.md "Packing"). With an explicit 1-d or 2-d canvas
+            both place the fields alike.
 
     Raises:
         ProgramError: bad input (no fields, a field that does not fit, unknown strategy, ...).
     """
-    bound, _ = _compile(root, T, spatial_shape, d_model, connectivity, layout_strategy, t_current, H, W, wire=False)
+    bound, _ = _compile(root, T, spatial_shape, d_model, connectivity, layout_strategy, t_current, H, W, wire=False,
+                        packing=packing)
     return bound
 
 
@@ -109,10 +122,12 @@ def compile_program(
     t_current: int = 0,
     H: Optional[int] = None,
     W: Optional[int] = None,
+    *,
+    packing: str = "compatible",
 ) -> Tuple[BoundSchema, CanvasProgram]:
     """Compile an object hierarchy into ``(BoundSchema, CanvasProgram)``.
 
-    Same layout and connections as :func:`compile_schema`; in addition every connection
+    Same layout and connections as :func:`compile_schema` (same arguments, ``packing`` too); in addition every connection
     between two fields whose ``family`` was declared gets its operator from the family pair
     (see ``docs/programs.md``), and every region gets a ``RegionProgram`` from its field's
     family, tags, carrier, clock, learning, compile_mode, constraints and identity.
@@ -127,7 +142,8 @@ def compile_program(
 
         bound, program = compile_program(Robot(), T=8, d_model=256)
     """
-    bound, regions = _compile(root, T, spatial_shape, d_model, connectivity, layout_strategy, t_current, H, W, wire=True)
+    bound, regions = _compile(root, T, spatial_shape, d_model, connectivity, layout_strategy, t_current, H, W, wire=True,
+                                packing=packing)
     programs = {}
     for name, f in regions.items():
         kw: Dict[str, Any] = {"tags": f.tags}

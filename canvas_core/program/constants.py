@@ -69,8 +69,8 @@ DEFAULT_WIRING: Dict[Tuple[str, str], str] = {
     ("residual", "residual"): "attend",
 }
 
-#: Operators that describe a change from one frame to another; auto-wiring only puts them on
-#: connections that cross frames (``t_src`` and ``t_dst`` both set and different).
+#: Operators that describe a change from one frame to another (auto-wiring labels every
+#: state->state / action->state connection with them, as canvas-engineering does).
 TEMPORAL_OPERATORS = frozenset({"integrate", "intervene"})
 
 

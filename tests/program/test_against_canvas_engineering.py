@@ -1,7 +1,6 @@
 """Public behaviour compared with the peer package canvas-engineering 0.5.0 (skipped when absent):
 same region names and order, same connections and offsets, same families and semantic types,
-same operators except where our documented temporal rule differs (integrate / intervene only on
-connections that cross frames)."""
+same operators (canvas-engineering's wiring table on every connection), same auto-sized placement."""
 
 from __future__ import annotations
 
@@ -13,9 +12,6 @@ import pytest
 import canvas_core as cc
 
 ce = pytest.importorskip("canvas_engineering")
-
-TEMPORAL_OPS = {"integrate", "intervene"}
-
 
 def _world(F):
     @dataclass
@@ -71,21 +67,21 @@ def test_same_regions_connections_and_operators(make, policy):
     c1 = [(c.src, c.dst, c.t_src, c.t_dst) for c in p1.schema.topology.connections]
     c2 = [(c.src, c.dst, c.t_src, c.t_dst) for c in p2.schema.topology.connections]
     assert c1 == c2
-    for a, b in zip(p1.schema.topology.connections, p2.schema.topology.connections):
-        crosses = a.t_src is not None and a.t_dst is not None and a.t_src != a.t_dst
-        if b.operator in TEMPORAL_OPS and not crosses:
-            assert a.operator == "attend"
-        else:
-            assert a.operator == b.operator
+    assert [a.operator for a in p1.schema.topology.connections] == [
+        b.operator for b in p2.schema.topology.connections]
+    assert [b1.layout.regions[n].bounds for n in b1.field_names] == [
+        tuple(b2.layout.region_spec(n).bounds) for n in b2.field_names]
+    assert b1.layout.spatial_shape == tuple(b2.layout.spatial_shape)
 
 
-def test_seed_robot_differs_from_canvas_engineering_only_by_the_temporal_rule():
+def test_seed_robot_operators_equal_canvas_engineering():
     _, p1 = cc.compile_program(_robot(cc.Field), T=8, d_model=256)
     _, p2 = ce.compile_program(_robot(ce.Field), T=8, d_model=256)
     ours = [(c.src, c.dst, c.operator) for c in p1.schema.topology.connections if c.operator != "attend"]
     theirs = [(c.src, c.dst, c.operator) for c in p2.schema.topology.connections if c.operator != "attend"]
-    assert ours == [("camera", "belief", "observe"), ("belief", "camera", "predict"), ("belief", "action", "act")]
-    assert [t for t in theirs if t[2] not in TEMPORAL_OPS] == ours
+    assert ours == theirs == [("camera", "belief", "observe"), ("belief", "camera", "predict"),
+                              ("belief", "belief", "integrate"), ("belief", "action", "act"),
+                              ("action", "belief", "intervene")]
 
 
 def test_canvas_engineering_program_files_load():

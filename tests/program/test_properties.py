@@ -80,23 +80,22 @@ def trees(draw, ndim, depth=0):
 def _expected_op(fa, fb, ts, td):
     if fa is None or fb is None:
         return "attend"
-    op = TABLE.get((fa, fb), "attend")
-    if op in ("integrate", "intervene") and (ts is None or td is None or ts == td):
-        return "attend"
-    return op
+    return TABLE.get((fa, fb), "attend")  # canvas-engineering's table, whatever the frame offsets
 
 
 @settings(max_examples=40, deadline=None)
 @given(data=st.data(), ndim=st.sampled_from([1, 2, 2, 3]), T=st.integers(2, 4),
        temporal=st.sampled_from(["dense", "causal", "same_frame"]),
-       strategy=st.sampled_from(list(LayoutStrategy)))
-def test_random_trees_compile_to_valid_programs(data, ndim, T, temporal, strategy):
+       strategy=st.sampled_from(list(LayoutStrategy)), packing=st.sampled_from(["compatible", "tight"]))
+def test_random_trees_compile_to_valid_programs(data, ndim, T, temporal, strategy, packing):
     root, order, fmap = data.draw(trees(ndim))
     bound, prog = compile_program(root, T=T, d_model=8, layout_strategy=strategy,
-                                  connectivity=ConnectivityPolicy(temporal=temporal))
+                                  connectivity=ConnectivityPolicy(temporal=temporal), packing=packing)
     lay = bound.layout
     assert bound.field_names == order
-    assert lay.n_spatial_dims == ndim
+    # canvas-engineering's coarse region is 1 x 1, so with nested objects a 1-d canvas becomes 2-d
+    nested = any(not n.rsplit(".", 1)[-1].startswith("f") for n in order)
+    assert lay.n_spatial_dims == (max(ndim, 2) if packing == "compatible" and nested else ndim)
     # sizes: prod(shape) * frames spanned
     for name in order:
         f = fmap[name]

@@ -116,14 +116,15 @@ def test_temporal_policies_and_temporal_operators():
 
     _, prog = compile_program(Robot(), T=4, connectivity=ConnectivityPolicy(temporal="causal"))
     conns = {(c.src, c.dst, c.t_src, c.t_dst): c.operator for c in prog.schema.topology.connections}
-    assert conns[("belief", "belief", 0, 0)] == "attend"
+    assert conns[("belief", "belief", 0, 0)] == "integrate"  # canvas-engineering's table, any offsets
     assert conns[("belief", "belief", 0, -1)] == "integrate"
     assert conns[("action", "belief", 0, -1)] == "intervene"
     assert conns[("camera", "belief", 0, -1)] == "observe"
     assert ("camera", "belief", 0, 0) not in conns
     _, prog = compile_program(Robot(), T=4, connectivity=ConnectivityPolicy(temporal="same_frame"))
     assert all(c.t_src == 0 and c.t_dst == 0 for c in prog.schema.topology.connections)
-    assert all(c.operator not in ("integrate", "intervene") for c in prog.schema.topology.connections)
+    ops = {(c.src, c.dst): c.operator for c in prog.schema.topology.connections}
+    assert ops[("belief", "belief")] == "integrate" and ops[("action", "belief")] == "intervene"
 
 
 def test_undeclared_family_gets_no_operator_and_default_program():
@@ -156,6 +157,22 @@ def test_field_program_metadata_flows_into_region_program():
     assert CanvasProgram.from_json(prog.to_json()) == prog
 
 
+def test_auto_layout_of_seed_robot_is_canvas_engineerings():
+    @dataclass
+    class Robot:
+        camera: Field = Field(6, 6)
+        belief: Field = Field(4, 4)
+        action: Field = Field(1, 4)
+
+    # width max(ceil(sqrt(56 * 1.15)), 6) = 9: camera | belief + action wrap at 9 -> rows 6 + 4,
+    # height ceil(10 * 1.15) = 12
+    lay = compile_schema(Robot(), T=8).layout
+    assert lay.spatial_shape == (12, 9)
+    assert lay.regions["camera"].bounds == (0, 8, 0, 6, 0, 6)
+    assert lay.regions["belief"].bounds == (0, 8, 6, 10, 0, 4)
+    assert lay.regions["action"].bounds == (0, 8, 6, 7, 4, 8)
+
+
 def test_auto_layout_packs_seed_robot_tightly():
     @dataclass
     class Robot:
@@ -163,7 +180,7 @@ def test_auto_layout_packs_seed_robot_tightly():
         belief: Field = Field(4, 4)
         action: Field = Field(1, 4)
 
-    lay = compile_schema(Robot(), T=8).layout
+    lay = compile_schema(Robot(), T=8, packing="tight").layout
     # canvas width = ceil(sqrt(56)) = 8; shelves: camera | belief + action
     assert lay.spatial_shape == (10, 8)
     assert lay.regions["camera"].bounds == (0, 8, 0, 6, 0, 6)
@@ -202,8 +219,11 @@ def test_nd_fields():
         tokens: Field = Field(spatial_shape=(8,))
         cls: Field = Field(spatial_shape=(1,))
 
-    lay = compile_schema(Seq(), T=3).layout
+    lay = compile_schema(Seq(), T=3, packing="tight").layout
     assert lay.spatial_shape == (9,)
+    assert lay.regions["cls"].bounds == (0, 3, 8, 9)
+    lay = compile_schema(Seq(), T=3).layout  # canvas-engineering's: ceil(9 * 1.15) = 11
+    assert lay.spatial_shape == (11,)
     assert lay.regions["cls"].bounds == (0, 3, 8, 9)
 
 
