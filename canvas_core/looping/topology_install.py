@@ -47,39 +47,33 @@ def _cover(n: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return _merge_cover(n, lo, hi)
 
 
-def _resolved_kernel(res: Any) -> Optional[str]:
-    from canvas_core.compiler.resolution import MODULE_KERNEL, REFERENCE_KERNEL
-
-    name = getattr(res, "kernel", None)
-    return None if name in (None, MODULE_KERNEL, REFERENCE_KERNEL) else str(name)
-
-
 def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: Any, targets: List[Any], *,
                        kernel: Any = None, kernel_options: Optional[Mapping[str, Any]] = None
                        ) -> Tuple[Callable[[], None], InstalledTopology]:
     """Check and build an installation of ``topology`` (see the module docstring).  Returns
     ``(commit, installed)``; nothing in ``model`` changes until ``commit()`` is called."""
     from canvas_core.compiler.lowering import lower
-    from canvas_core.compiler.resolution import MODULE_KERNEL, resolve_connections
+    from canvas_core.compiler.resolution import resolve_plan
 
     start = time.perf_counter()
+    if kernel is not None and not isinstance(kernel, str):
+        raise BackboneError(f"install_topology: kernel must be a kernel name or None, got {type(kernel).__name__}")
     layout = tokens.layout
     plan = lower(topology, layout)  # unknown regions: TopologyError naming the connection
     device, dtype = _model_device_dtype(model)
     n_heads, head_dim = adapter.attention_shape(model)
     prefer = None if kernel in (None, "auto") or kernel in _REFERENCE_MODES else kernel
-    if kernel is not None and not isinstance(kernel, str):
-        raise BackboneError(f"install_topology: kernel must be a kernel name or None, got {type(kernel).__name__}")
-    res = resolve_connections(SimpleNamespace(topology=topology, layout=layout), device=str(device.type),
-                              dtype=str(dtype).replace("torch.", ""), head_dim=head_dim, kernel=prefer)
-    plan.resolutions = dict(res)
+    # once, for the model's device: unknown / unavailable types fail here, naming the connection
+    resolve_plan(plan, device=device.type, dtype=str(dtype).replace("torch.", ""), head_dim=head_dim,
+                 kernel=prefer, kernel_must_apply=prefer is not None)
     native = set(BACKBONE_SOFTMAX_TYPES) | set(getattr(adapter, "native_types", ()))
     softmax, kernels = set(), {}
-    for i, r in res.items():
-        fn = plan.fn_of_connection[i]
-        if fn in native or getattr(r, "kernel", MODULE_KERNEL) != MODULE_KERNEL:
+    for fn, g in plan.groups.items():
+        rg = g.resolved
+        if fn in native or (rg is not None and rg.fused):
             softmax.add(fn)
-            kernels[fn] = kernel if kernel in _REFERENCE_MODES else _resolved_kernel(r)
+            # the reference modes are a user's explicit choice; else what the compiler resolved
+            kernels[fn] = kernel if kernel in _REFERENCE_MODES else rg
     installed = InstalledTopology(plan=plan, tokens=tokens, softmax_types=sorted(softmax), kernels=kernels,
                                   n_heads=n_heads, head_dim=head_dim, backbone=getattr(adapter, "name", ""),
                                   kernel_options=kernel_options)
@@ -112,18 +106,18 @@ def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: An
                         "Use a softmax type (cross_attention) for it, or link only the tokens a "
                         "module can read")
         heads = n_heads if width % max(n_heads, 1) == 0 else 1
-        from canvas_core.plugins import create_attention
+        from canvas_core.plugins.resolve import build_attention
+        from canvas_core.runtime.type_call import check_attention_module
 
         for b in range(len(targets)):
             md = nn.ModuleDict()
             for fn in module_fns:
+                rg = tp.groups[fn].resolved
                 ci = int(tp.groups[fn].conn[0])
-                kw = {}
-                rk = _resolved_kernel(res.get(ci))
-                if rk is not None:
-                    kw["kernel"] = rk
-                try:
-                    mod = create_attention(fn, d_model=width, n_heads=heads, dropout=0.0, **kw)
+                try:  # built from the entry the compiler resolved: no registry lookup here
+                    mod = build_attention(rg.attention, d_model=width, n_heads=heads, dropout=0.0,
+                                          **rg.module_kwargs())
+                    check_attention_module(mod, fn)
                 except CanvasError as exc:
                     raise BackboneError(f"{_conn_name(topology, ci, fn)} cannot run inside {adapter.name!r}: "
                                         f"its module could not be built at width {width}: {exc}") from exc

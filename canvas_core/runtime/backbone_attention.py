@@ -33,6 +33,7 @@ from torch import nn
 
 from canvas_core.compiler.plan import ExecutionPlan, segment_grid
 from canvas_core.errors import ShapeError
+from canvas_core.runtime.type_call import call_attention_type
 
 __all__ = [
     "compact_plan",
@@ -113,6 +114,17 @@ def compact_plan(plan: ExecutionPlan, token_index: Sequence[int]) -> ExecutionPl
     return out
 
 
+def _kernel_label(kernel: Any) -> str:
+    if kernel is None:
+        return "reference"
+    if isinstance(kernel, str):
+        return kernel
+    name = getattr(kernel, "kernel_name", None)  # a ResolvedGroup
+    if isinstance(name, str):
+        return "reference" if name == "module" else name
+    return getattr(kernel, "name", None) or getattr(kernel, "__name__", type(kernel).__name__)
+
+
 def _is_full(plan: ExecutionPlan, fn: str) -> bool:
     """Every query linked to every key with weight 1 (plain attention)."""
     g = plan.groups[fn]
@@ -129,8 +141,9 @@ class PlanRunner(nn.Module):
         plan: the plan, in the order of the tensors it will be given (for a backbone, the
             :func:`compact_plan` of its token layout).
         softmax_types: fn types run by a softmax kernel on the given ``q, k, v``.
-        kernels: fn type -> kernel (None / ``"reference"``: the reference kernel; a name, class
-            or callable: :func:`canvas_core.runtime.kernels.make_kernel`).
+        kernels: fn type -> kernel: the group's ``ResolvedGroup`` (what the plan carries), None
+            (the reference kernel), a reference mode, or anything
+            :func:`canvas_core.runtime.kernels.make_kernel` takes.
         n_heads, head_dim: of the projections.
         normalize: ``"all"``: a type's mixing weight at p is ``W_f(p) / sum_over_all_types``
             (CanvasAttention); ``"softmax"``: the softmax types are normalised among themselves
@@ -153,7 +166,7 @@ class PlanRunner(nn.Module):
         self.other_fns = [f for f in plan.groups if f not in softmax_types and plan.groups[f].n_rects]
         # plain attention: one softmax type linking everything with weight 1 and nothing else
         self.full = (len(self.soft_fns) == 1 and not self.other_fns and _is_full(plan, self.soft_fns[0]))
-        self.kernel_names = {f: kernels.get(f) or "reference" for f in self.soft_fns}
+        self.kernel_names = {f: _kernel_label(kernels.get(f)) for f in self.soft_fns}
         to = (lambda t: t.to(device)) if device is not None else (lambda t: t)
         self.kernels = nn.ModuleDict()
         if not self.full:
@@ -176,7 +189,7 @@ class PlanRunner(nn.Module):
         self.c_is_one = []
         for i, f in enumerate(self.soft_fns):
             cf = qw[f] / safe
-            self.register_buffer(f"c_soft{i}", to(torch.from_numpy(cf).float()), persistent=False)
+            self.register_buffer(f"c_soft{i}", to(torch.from_numpy(cf)), persistent=False)  # float64
             self.c_is_one.append(bool(np.all(cf == 1.0)))
         safe_all = np.where(den_all > 0, den_all, 1.0)
         for i, f in enumerate(self.other_fns):
@@ -189,9 +202,7 @@ class PlanRunner(nn.Module):
             q_can, k_can = plan.perm[q_packed], plan.perm[k_packed]
             coef = (qw[f] / safe_all)[q_can]
             for name, arr in (("q", q_can), ("k", k_can), ("mask", key_mask), ("coef", coef)):
-                t = torch.from_numpy(np.ascontiguousarray(arr))
-                if name == "coef":
-                    t = t.float()
+                t = torch.from_numpy(np.ascontiguousarray(arr))  # coef: float64, cast at use
                 self.register_buffer(f"o{i}_{name}", to(t), persistent=False)
         self.other_names = list(self.other_fns)
 
@@ -252,7 +263,7 @@ def run_module_groups(ex: Any, x: torch.Tensor, modules: Mapping[str, nn.Module]
         qi, ki = getattr(ex, f"o{i}_q"), getattr(ex, f"o{i}_k")
         mask, coef = getattr(ex, f"o{i}_mask"), getattr(ex, f"o{i}_coef").to(x.dtype)
         kv = x.index_select(1, ki)
-        o = modules[f](x.index_select(1, qi), kv, kv, key_mask=mask)
+        o = call_attention_type(modules[f], x.index_select(1, qi), kv, kv, key_mask=mask)
         o = o * coef[None, :, None]
         if gates is not None:
             o = o * gates[f].to(o.dtype)

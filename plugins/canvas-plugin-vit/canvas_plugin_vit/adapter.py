@@ -80,7 +80,7 @@ class ViTAdapter(BackboneAdapter):
 
     def attention_shape(self, model: nn.Module) -> Tuple[int, int]:
         for block in self.blocks(model):
-            attn = getattr(block, "attn", None)
+            attn = getattr(getattr(block, "original", block), "attn", None)
             if attn is not None and hasattr(attn, "num_heads"):
                 return int(attn.num_heads), int(attn.head_dim)
         raise BackboneError(f"{type(model).__name__} has no timm Attention in its blocks")
