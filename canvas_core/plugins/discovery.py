@@ -18,7 +18,7 @@ from canvas_core.plugins.registry import closest
 
 __all__ = [
     "CanvasPluginManager", "new_plugin_manager", "discover_entry_points", "entry_point_distribution",
-    "entry_point_ids", "HEAVY_MODULES", "imported_heavy_modules", "describe_unknown_hook",
+    "entry_point_ids", "HEAVY_MODULES", "imported_heavy_modules", "heavy_import_warning", "describe_unknown_hook",
 ]
 
 #: packages a plugin should not import merely to register (it names lazy factories instead).
@@ -88,6 +88,16 @@ def discover_entry_points(source: Optional[Callable[[], Iterable[Any]]] = None) 
 def imported_heavy_modules() -> Set[str]:
     """Which of :data:`HEAVY_MODULES` are imported by now."""
     return {m for m in HEAVY_MODULES if m in sys.modules}
+
+
+def heavy_import_warning(before: Set[str]) -> Optional[str]:
+    """The warning for a plugin whose loading imported heavy packages not imported ``before``."""
+    heavy = sorted(imported_heavy_modules() - before)
+    if not heavy:
+        return None
+    return (f"loading it imported {', '.join(heavy)} while registering; give factories as lazy "
+            "'package.module:Object' strings (and import heavy packages inside those modules) so "
+            "that registering and listing plugins stay cheap")
 
 
 def describe_unknown_hook(name: str) -> str:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import traceback
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional
 
 import pluggy
@@ -31,6 +30,7 @@ from canvas_core.plugins.discovery import (
     discover_entry_points,
     entry_point_distribution,
     entry_point_ids,
+    heavy_import_warning,
     imported_heavy_modules,
     new_plugin_manager,
 )
@@ -41,6 +41,7 @@ from canvas_core.plugins.records import (
     STATUS_FAILED,
     STATUS_OK,
     PluginRecord,
+    core_version,
 )
 from canvas_core.plugins.registry import BUILTIN_PLUGIN, KINDS, Registry
 from canvas_core.plugins.settings import ENV_ALLOW, ENV_BLOCK, ENV_DISABLE, read_settings, warn_unknown_names
@@ -64,17 +65,6 @@ __all__ = [
     "STATUS_BLOCKED",
     "STATUS_DISABLED",
 ]
-
-
-def _core_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("canvas-core")
-    except Exception:
-        import canvas_core
-
-        return getattr(canvas_core, "__version__", "")
 
 
 class PluginHost:
@@ -168,7 +158,7 @@ class PluginHost:
         if self._builtins:
             from canvas_core.plugins import builtin
 
-            rec = PluginRecord(BUILTIN_PLUGIN, "canvas-core", _core_version(), source="builtin")
+            rec = PluginRecord(BUILTIN_PLUGIN, "canvas-core", core_version(), source="builtin")
             self._add_plugin(builtin, rec, strict=False)
         eps = discover_entry_points(self._entry_points)
         for ep in eps:
@@ -196,22 +186,14 @@ class PluginHost:
             except BaseException as exc:  # noqa: BLE001 - a plugin must never take the core down
                 if isinstance(exc, KeyboardInterrupt):
                     raise
-                self._fail(rec, f"import of {ep.value!r} raised {type(exc).__name__}: {exc}", exc)
+                rec.mark_failed(f"import of {ep.value!r} raised {type(exc).__name__}: {exc}", exc)
                 return
             self._add_plugin(obj, rec, strict=False)
         finally:
             self._loading_record = None
-            heavy = sorted(imported_heavy_modules() - heavy_before)
-            if heavy:
-                rec.warnings.append(
-                    f"loading it imported {', '.join(heavy)} while registering; give factories as lazy "
-                    "'package.module:Object' strings (and import heavy packages inside those modules) so "
-                    "that registering and listing plugins stay cheap")
-
-    def _fail(self, rec: PluginRecord, message: str, exc: BaseException) -> None:
-        rec.status = STATUS_FAILED
-        rec.error = message
-        rec.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-6:])
+            warning = heavy_import_warning(heavy_before)
+            if warning:
+                rec.warnings.append(warning)
 
     def _add_plugin(self, obj: Any, rec: PluginRecord, *, strict: bool) -> PluginRecord:
         """Register ``obj`` with pluggy and run its hooks into the registries."""
@@ -223,7 +205,7 @@ class PluginHost:
             if strict:
                 del self.records[rec.name]
                 raise PluginError(f"cannot register {rec.describe()}: {type(exc).__name__}: {exc}") from exc
-            self._fail(rec, f"registration failed: {type(exc).__name__}: {exc}", exc)
+            rec.mark_failed(f"registration failed: {type(exc).__name__}: {exc}", exc)
             return rec
         rec.hooks, msg = hook_names(self._pm, obj)
         if msg is not None:  # a marked function that matches no hook spec
@@ -253,7 +235,7 @@ class PluginHost:
                 raise PluginError(
                     f"{rec.describe()}: hook {hook_name} raised {type(exc).__name__}: {exc}. "
                     "Fix the plugin's hook; nothing it registered was kept") from exc
-            self._fail(rec, f"hook {hook_name} raised {type(exc).__name__}: {exc}", exc)
+            rec.mark_failed(f"hook {hook_name} raised {type(exc).__name__}: {exc}", exc)
             # all or nothing: a plugin with half of its names would run with parts missing
             self._discard(rec)
         return rec

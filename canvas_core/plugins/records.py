@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import traceback
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
-__all__ = ["PluginRecord", "STATUS_OK", "STATUS_FAILED", "STATUS_BLOCKED", "STATUS_DISABLED", "STATUSES"]
+__all__ = ["PluginRecord", "core_version", "STATUS_OK", "STATUS_FAILED", "STATUS_BLOCKED", "STATUS_DISABLED", "STATUSES"]
 
 STATUS_OK, STATUS_FAILED, STATUS_BLOCKED, STATUS_DISABLED = "ok", "failed", "blocked", "disabled"
 STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_BLOCKED, STATUS_DISABLED)
@@ -35,6 +36,12 @@ class PluginRecord:
     #: one of them can say which plugin would have provided it
     attempted: Dict[str, List[str]] = field(default_factory=dict, repr=False)
 
+    def mark_failed(self, message: str, exc: BaseException) -> None:
+        """Set status ``failed`` with ``message`` and the last frames of ``exc``'s traceback."""
+        self.status = STATUS_FAILED
+        self.error = message
+        self.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-6:])
+
     def describe(self) -> str:
         """``plugin 'x' (canvas-plugin-x 1.0)``, for messages."""
         ver = f" {self.version}" if self.version else ""
@@ -52,3 +59,15 @@ class PluginRecord:
             "discarded": ({k: sorted(set(v)) for k, v in self.attempted.items()}
                           if self.status == STATUS_FAILED else {}),
         }
+
+
+def core_version() -> str:
+    """The installed canvas-core version (the package's own ``__version__`` when not installed)."""
+    try:
+        from importlib.metadata import version
+
+        return version("canvas-core")
+    except Exception:
+        import canvas_core
+
+        return getattr(canvas_core, "__version__", "")
