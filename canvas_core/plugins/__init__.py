@@ -4,9 +4,16 @@ Pure Python: importing this package, registering names and listing them never im
 
 * :mod:`~canvas_core.plugins.hookspecs`: the hooks (``canvas_register_attention(registry)``, ...)
   and the ``hookspec`` / ``hookimpl`` markers.
-* :mod:`~canvas_core.plugins.host`: :class:`PluginHost` (pluggy manager, entry points in group
-  ``canvas``, environment controls, plugin records) and the default host.
-* :mod:`~canvas_core.plugins.spec`: :class:`Spec` and :class:`RuntimeContext`.
+* :mod:`~canvas_core.plugins.host`: :class:`PluginHost` (loading, in-process registration) and
+  the default host; beside it :mod:`~canvas_core.plugins.settings` (environment controls),
+  :mod:`~canvas_core.plugins.discovery` (entry points of group ``canvas``, the pluggy manager),
+  :mod:`~canvas_core.plugins.hook_runner` (a plugin's hooks against its scoped registry),
+  :mod:`~canvas_core.plugins.records` (:class:`PluginRecord`) and
+  :mod:`~canvas_core.plugins.diagnostics` (unknown-name errors, ``canvas plugins`` reports).
+* :mod:`~canvas_core.plugins.registry`: :class:`Registry` per kind, including the policy for
+  clashes between plugins.
+* :mod:`~canvas_core.plugins.spec`: :class:`Spec`; :mod:`~canvas_core.plugins.context`:
+  :class:`RuntimeContext`.
 * :mod:`~canvas_core.plugins.api`: ``register_* / create_* / list_* / unregister_*``.
 * :mod:`~canvas_core.plugins.resolve`: :func:`resolve_attention` -> :class:`Resolution`.
 * :mod:`~canvas_core.plugins.catalogue`: ``ATTENTION_TYPES``.
