@@ -100,19 +100,13 @@ class OnEvent(ClockExpr):
         val = (summaries.get(region) or {}).get(kind)
         if val is None:
             return False
-        if self.gt is not None and not val > self.gt:
-            return False
-        if self.lt is not None and not val < self.lt:
-            return False
-        return True
+        above = self.gt is None or val > self.gt
+        below = self.lt is None or val < self.lt
+        return above and below
 
     def to_dict(self) -> dict:
-        d: dict = {"type": "on_event", "source": self.source}
-        if self.gt is not None:
-            d["gt"] = self.gt
-        if self.lt is not None:
-            d["lt"] = self.lt
-        return _with_domain(d, self.domain)
+        bounds = {key: v for key, v in (("gt", self.gt), ("lt", self.lt)) if v is not None}
+        return _with_domain({"type": "on_event", "source": self.source, **bounds}, self.domain)
 
     @classmethod
     def _from(cls, d: dict) -> "OnEvent":

@@ -220,9 +220,8 @@ class CortexRegistry:
 
     def summary(self) -> str:
         """A few lines for people: each zone with its bounds, tiling, backend and regions."""
-        lines = [f"CortexRegistry ({self.n_cortices} cortices, {self.n_assigned} regions assigned)"]
-        for name in self.cortex_names:
-            s = self._cortices[name]
-            lines.append(f"  {name}: bounds={s.bounds} tile={s.tile} backend={s.local_backend} "
-                         f"shared_cache={s.shared_cache} regions={self.regions_in(name)}")
-        return "\n".join(lines)
+        head = f"CortexRegistry ({self.n_cortices} cortices, {self.n_assigned} regions assigned)"
+        rows = (f"  {z.name}: bounds={z.bounds} tile={z.tile} backend={z.local_backend} "
+                f"shared_cache={z.shared_cache} regions={self.regions_in(z.name)}"
+                for z in (self._cortices[n] for n in self.cortex_names))
+        return "\n".join([head, *rows])
