@@ -18,13 +18,12 @@ __all__ = ["semantic_type_of"]
 
 # --- naming ------------------------------------------------------------------------------------
 def semantic_type_of(path: str) -> str:
-    """Readable modality description from a field path: ``"agents[0].joint_pos"`` ->
-    ``"agents 0 / joint pos"``."""
-    parts = []
-    for part in path.split("."):
-        part = re.sub(r"\[(\d+)\]", r" \1", part).replace("_", " ")
-        parts.append(" ".join(part.split()))
-    return " / ".join(parts)
+    """Readable modality description from a field path, the text canvas-engineering derives for
+    the same path (``canvas_core.semantic.auto_semantic_type``): ``"agents[0].joint_pos"`` ->
+    ``"agents 0 / joint pos"``; nothing is collapsed, so ``"a__b"`` -> ``"a  b"``."""
+    from canvas_core.semantic import auto_semantic_type
+
+    return auto_semantic_type(path)
 
 
 # --- layout ------------------------------------------------------------------------------------
