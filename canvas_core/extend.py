@@ -35,8 +35,8 @@ Attention types (torch)
     ``causal_read_index``, ``masked_softmax``, ``masked_softmax_attention``; the recurrent
     references ``wkv_scan``, ``wkv_masked``, ``fft_causal_conv``.
 Attention kernels (torch)
-    ``ReferenceKernel`` (the reference every kernel is checked against; its docstring states
-    the kernel contract) and ``REFERENCE_MODES``.
+    ``AttentionKernel`` (base class: the kernel contract, the group's fn and size, shape checks),
+    ``ReferenceKernel`` (the reference every kernel is checked against) and ``REFERENCE_MODES``.
 Backbones (torch)
     ``BackboneAdapter``, ``GenericAdapter``, ``TokenLayout``, ``topology_bias``,
     ``class_matches``, ``LoopedBlockWrapper``, ``BlockIO``, the SDPA helper ``canvas_sdpa`` and
@@ -70,6 +70,7 @@ if TYPE_CHECKING:  # for readers and IDEs; at run time the names load lazily bel
     from canvas_core.looping.attention_ops import CanvasProcessorBase, canvas_sdpa
     from canvas_core.looping.wrapper import BlockIO, LoopedBlockWrapper
     from canvas_core.plugins.spec import RuntimeContext, Spec
+    from canvas_core.runtime.kernel_base import AttentionKernel
     from canvas_core.runtime.kernels import REFERENCE_MODES, ReferenceKernel
 
 #: published name -> the module that defines it (internal; may change without notice)
@@ -94,6 +95,7 @@ _publish("canvas_core.attention._base", "AttentionBase", "check_dtypes_devices",
 _publish("canvas_core.attention.functional", "masked_softmax", "masked_softmax_attention")
 _publish("canvas_core.attention.recurrent", "wkv_scan", "wkv_masked", "fft_causal_conv")
 # kernels
+_publish("canvas_core.runtime.kernel_base", "AttentionKernel")
 _publish("canvas_core.runtime.kernels", "ReferenceKernel", "REFERENCE_MODES")
 # backbones
 _publish("canvas_core.looping.adapter", "BackboneAdapter", "GenericAdapter", "TokenLayout",
@@ -103,7 +105,7 @@ _publish("canvas_core.looping.attention_ops", "canvas_sdpa", "CanvasProcessorBas
 
 #: every published name (a test checks that each resolves)
 __all__ = [
-    "AttentionBase", "BackboneAdapter", "BlockIO", "BlockLayout", "CanvasProcessorBase",
+    "AttentionBase", "AttentionKernel", "BackboneAdapter", "BlockIO", "BlockLayout", "CanvasProcessorBase",
     "ENTRY_POINT_GROUP", "ExecutionPlan", "GenericAdapter", "LoopedBlockWrapper",
     "REFERENCE_MODES", "RectGroup", "ReferenceKernel", "ResolvedGroup", "RuntimeContext",
     "SegmentGrid", "Spec", "TokenLayout", "aligned_key_index", "block_layout_of", "canvas_sdpa",

@@ -31,9 +31,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
-from torch import nn
 
-from canvas_core.extend import ExecutionPlan, RectGroup, block_layout_of, segment_grid
+from canvas_core.extend import AttentionKernel, ExecutionPlan, RectGroup, block_layout_of, segment_grid
 from canvas_core.errors import ShapeError, UnavailableError
 
 __all__ = ["FlexKernel", "kv_block_tensors"]
@@ -72,7 +71,7 @@ def kv_block_tensors(state: np.ndarray):
     return kv_num, kv_idx, full_num, full_idx
 
 
-class FlexKernel(nn.Module):
+class FlexKernel(AttentionKernel):
     """FlexAttention over one fn type's rectangles (see the module docstring).
 
     Args:
@@ -87,10 +86,9 @@ class FlexKernel(nn.Module):
     def __init__(self, group: RectGroup, plan: ExecutionPlan, *, n_heads: int = 1,
                  head_dim: Optional[int] = None, block_size: int = 128, compile: Optional[bool] = None,
                  device: Any = None) -> None:
-        super().__init__()
+        super().__init__(group, plan, n_heads=n_heads, head_dim=head_dim)
         _flex()
-        self.fn = group.fn
-        self.n = n = int(plan.n)
+        n = self.n
         self.block_size = bs = int(block_size)
         if bs < 1:
             raise ShapeError(f"FlexKernel block_size must be >= 1, got {block_size!r}")

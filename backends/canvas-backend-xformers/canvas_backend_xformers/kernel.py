@@ -17,9 +17,8 @@ import math
 from typing import Any, Optional
 
 import torch
-from torch import nn
 
-from canvas_core.extend import ExecutionPlan, RectGroup
+from canvas_core.extend import AttentionKernel, ExecutionPlan, RectGroup
 from canvas_core.errors import ShapeError, UnavailableError
 
 __all__ = ["XFormersKernel", "additive_bias"]
@@ -34,20 +33,19 @@ def additive_bias(group: RectGroup, plan: ExecutionPlan, device: Any = None):
     return bias.float(), has
 
 
-class XFormersKernel(nn.Module):
+class XFormersKernel(AttentionKernel):
     """Memory-efficient attention with the plan's additive bias (see the module docstring)."""
 
     def __init__(self, group: RectGroup, plan: ExecutionPlan, *, n_heads: int = 1,
                  head_dim: Optional[int] = None, device: Any = None) -> None:
-        super().__init__()
+        super().__init__(group, plan, n_heads=n_heads, head_dim=head_dim)
         try:
             import xformers.ops  # noqa: F401
         except ImportError as exc:
             raise UnavailableError(
                 f"kernel 'xformers' needs the xformers package ({exc}); pip install xformers, or "
                 "compile with another kernel") from None
-        self.fn = group.fn
-        self.n = n = int(plan.n)
+        n = self.n
         bias, has = additive_bias(group, plan)
         pad = (-n) % 8  # xformers requires the bias storage's last dim aligned to 8
         storage = torch.zeros(n, n + pad)
@@ -56,9 +54,6 @@ class XFormersKernel(nn.Module):
                              persistent=False)
         self.register_buffer("row_has_key", has.to(device) if device is not None else has,
                              persistent=False)
-
-    def extra_repr(self) -> str:
-        return f"fn={self.fn!r}, n={self.n}"
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: Optional[float] = None,
                 dropout_p: float = 0.0) -> torch.Tensor:
