@@ -149,46 +149,49 @@ def reference_attention(attn, hid, enc, beta, bias):
     return o[:, enc.shape[1] :], o[:, : enc.shape[1]]
 
 
-class FakeTopology:
-    """Duck-typed topology: returns a fixed canvas weight matrix."""
-
-    def __init__(self, weights):
-        self.weights = weights
-
-    def to_attention_mask(self, layout, device="cpu"):
-        assert self.weights.shape == (layout.num_positions,) * 2
-        return self.weights.to(device)
+def token_bias(topology, tl):
+    """The dense reference: the topology's canvas weights gathered to the token order."""
+    idx = torch.tensor(tl.token_index)
+    W = topology.to_attention_mask(tl.layout)[idx][:, idx]
+    return torch.where(W > 0, W.clamp_min(1e-30).log(), torch.full_like(W, float("-inf")))
 
 
-def test_processor_beta_and_bias_match_reference():
+def test_processor_beta_and_topology_match_reference():
+    from canvas_core.schema import CanvasTopology, Connection
+
     m = make()
     graft_looped_blocks(m, max_loops=1)
+    ad = get_adapter(m)
     attn = m.transformer_blocks[0].original.attn1
     proc = attn.processor
     assert isinstance(proc, CanvasCogVideoXAttnProcessor)
+    tl = ad.token_layout(m, inputs(frames=2))
     torch.manual_seed(5)
-    hid, enc = torch.randn(2, 12, 16), torch.randn(2, 6, 16)
-    S = 18
+    hid, enc = torch.randn(2, 32, 16), torch.randn(2, 6, 16)
     with torch.no_grad():
         base = proc(attn, hid, enc)
-        proc.beta = 1.0
-        proc.canvas_bias, proc.canvas_has_key = torch.zeros(S, S), torch.ones(S, dtype=torch.bool)
+        ad.install_topology(m, CanvasTopology.dense(["video", "text"]), tl)
         torch.testing.assert_close(proc(attn, hid, enc)[0], base[0], rtol=1e-5, atol=1e-6)
-        w = (torch.rand(S, S) > 0.5).float() * torch.rand(S, S)
-        w[3] = 0  # a query with no key at all
-        bias = torch.where(w > 0, w.clamp_min(1e-30).log(), torch.full_like(w, float("-inf")))
-        has = (w > 0).any(1)
+        # video reads its own frame and (weight 2.5) the previous one, text reads video at weight
+        # 0.5; no connection starts at the text, so text queries have no key at all
+        topo = CanvasTopology(connections=[
+            Connection("video", "video", t_src=0, t_dst=0),
+            Connection("video", "video", t_src=0, t_dst=-1, weight=2.5, temporal_fill="drop"),
+            Connection("video", "text", weight=0.5),
+        ])
+        ad.install_topology(m, topo, tl)
         proc.beta = 2.5
-        proc.canvas_bias, proc.canvas_has_key = torch.where(has[:, None], bias, 0.0), has
         got = proc(attn, hid, enc)
-        ref = reference_attention(attn, hid, enc, 2.5, bias)
+        ref = reference_attention(attn, hid, enc, 2.5, token_bias(topo, tl))
         torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(got[1], ref[1], rtol=1e-5, atol=1e-5)
-        # token 3 is text token 3: its attention output is zero, so only to_out's bias remains
+        # text token 3 has no key: its attention output is zero, so only to_out's bias remains
         torch.testing.assert_close(got[1][:, 3], attn.to_out[0].bias.expand(2, -1))
 
 
 def test_token_layout_and_installed_topology_follow_the_canvas():
+    from canvas_core.schema import CanvasTopology
+
     m = make()
     graft_looped_blocks(m, max_loops=2)
     ad = get_adapter(m)
@@ -202,22 +205,16 @@ def test_token_layout_and_installed_topology_follow_the_canvas():
     assert tl.token_index[6] == 0 and tl.token_index[6 + 16] == lay.flat_index(1, 0, 0)
     assert set(tl.token_index[6:]) == set(lay.region_indices("video"))
     assert set(tl.token_index[:6]) <= set(lay.region_indices("text"))
-    # canvas weights: video attends video, text attends text (block-diagonal by region)
-    N = lay.num_positions
-    W = torch.zeros(N, N)
-    vid, txt = lay.region_indices("video"), lay.region_indices("text")
-    W[torch.tensor(vid)[:, None], torch.tensor(vid)] = 1
-    W[torch.tensor(txt)[:, None], torch.tensor(txt)] = 1
-    ad.install_topology(m, FakeTopology(W), tl)
+    # video attends video, text attends text (block-diagonal by region)
+    topo = CanvasTopology.isolated(["video", "text"])
+    ad.install_topology(m, topo, tl)
     procs = ad.attention_targets(m)
-    assert len(procs) == 2 and all(p.canvas_bias is not None for p in procs)
+    assert len(procs) == 2 and all(p.canvas_topology is not None for p in procs)
     attn = m.transformer_blocks[0].original.attn1
     hid, enc = torch.randn(2, 32, 16), torch.randn(2, 6, 16)
-    idx = torch.tensor(tl.token_index)
-    bias = torch.where(W[idx][:, idx] > 0, 0.0, float("-inf"))
     with torch.no_grad():
         got = attn.processor(attn, hid, enc)
-        ref = reference_attention(attn, hid, enc, 1.0, bias)
+        ref = reference_attention(attn, hid, enc, 1.0, token_bias(topo, tl))
     torch.testing.assert_close(got[0], ref[0], rtol=1e-5, atol=1e-5)
     # changing a text token does not change any video output (isolated topology)
     enc2 = enc.clone()
@@ -227,7 +224,7 @@ def test_token_layout_and_installed_topology_follow_the_canvas():
     with pytest.raises(ShapeError, match="rebuild"):
         attn.processor(attn, hid[:, :16], enc)
     ad.remove_topology(m)
-    assert all(p.canvas_bias is None for p in ad.attention_targets(m))
+    assert all(p.canvas_topology is None for p in ad.attention_targets(m))
 
 
 def test_real_topology_dense_equals_backbone():
@@ -293,7 +290,9 @@ def test_token_layout_errors():
     with pytest.raises(Exception, match="sample_inputs"):
         ad.token_layout(m, {"hidden_states": (1, 2, 4, 8, 8)})
     with pytest.raises(BackboneError, match="attention"):
-        ad.install_topology(make(), FakeTopology(torch.ones(1, 1)), None)
+        from canvas_core.schema import CanvasTopology
+
+        ad.install_topology(make(), CanvasTopology.dense(["video"]), None)
 
 
 def test_user_layout_isolates_regions_end_to_end():

@@ -134,31 +134,42 @@ def reference(attn, hid, enc, valid, beta, bias, rope):
     return attn.to_out[0](o[:nv]), attn.to_add_out(o[nv:])
 
 
-def test_processor_matches_reference_with_padding_beta_and_bias():
+def test_processor_matches_reference_with_padding_beta_and_topology():
+    from canvas_core.looping import get_adapter
+    from canvas_core.schema import CanvasTopology, Connection
+
     m = make()
     graft_looped_blocks(m, max_loops=1)
+    ad = get_adapter(m)
     attn = m.transformer_blocks[0].original.attn1
     proc = attn.processor
     assert isinstance(proc, CanvasMochiAttnProcessor)
     torch.manual_seed(3)
-    nv, nt = 8, 6
+    nv, nt = 8, 6  # 2 frames of 2x2 patches, 6 prompt tokens
+    tl = ad.token_layout(m, {"hidden_states": (2, 4, 2, 4, 4), "encoder_hidden_states": (2, nt, 16)})
+    assert tl.seq_len == nv + nt
     hid, enc = torch.randn(2, nv, 16), torch.randn(2, nt, 12)
     mask = torch.ones(2, nt)
     mask[1, 3:] = 0
     ang = torch.randn(nv, 2, 4)
     rope = (ang.cos(), ang.sin())
-    S = nv + nt
-    w = (torch.rand(S, S) > 0.4).float()
-    w[:, :] = torch.maximum(w, torch.eye(S))
-    bias = torch.where(w > 0, 0.0, float("-inf"))
+    topo = CanvasTopology(connections=[
+        Connection("video", "video", t_src=0, t_dst=0),
+        Connection("video", "video", t_src=0, t_dst=-1, weight=2.0, temporal_fill="drop"),
+        Connection("video", "text", weight=0.5),
+        Connection("text", "text"),
+    ])
+    idx = torch.tensor(tl.token_index)
+    W = topo.to_attention_mask(tl.layout)[idx][:, idx]
+    bias = torch.where(W > 0, W.clamp_min(1e-30).log(), torch.full_like(W, float("-inf")))
     with torch.no_grad():
         base = proc(attn, hid, enc, mask, image_rotary_emb=rope)
-        proc.canvas_bias, proc.canvas_has_key = torch.zeros(S, S), torch.ones(S, dtype=torch.bool)
+        ad.install_topology(m, CanvasTopology.dense(["video", "text"]), tl)
         dense = proc(attn, hid, enc, mask, image_rotary_emb=rope)
         torch.testing.assert_close(dense[0], base[0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(dense[1], base[1], rtol=1e-5, atol=1e-5)
+        ad.install_topology(m, topo, tl)
         proc.beta = 2.0
-        proc.canvas_bias, proc.canvas_has_key = bias, w.bool().any(1)
         got = proc(attn, hid, enc, mask, image_rotary_emb=rope)
     for b in range(2):
         valid = torch.nonzero(mask[b]).flatten()

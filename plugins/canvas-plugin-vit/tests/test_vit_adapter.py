@@ -102,19 +102,19 @@ def test_attention_beta_and_topology_match_reference():
     assert (lay.T, tuple(lay.spatial_shape)) == (1, (5, 4)) and tl.token_index[0] == 16
     assert tl.token_index[1:] == tuple(range(16))
 
-    class Top:  # CLS reads patches and itself; each patch reads its own row only
-        def to_attention_mask(self, layout, device="cpu"):
-            W = torch.zeros(layout.num_positions, layout.num_positions)
-            W[16, :17] = 1
-            for r in range(4):
-                W[r * 4 : (r + 1) * 4, r * 4 : (r + 1) * 4] = 1
-            return W
+    from canvas_core.schema import CanvasLayout, CanvasTopology, Connection
 
-    ad.install_topology(m, Top(), tl)
+    # CLS reads patches and itself; each patch reads its own row only
+    rows = {f"r{r}": (0, 1, r, r + 1, 0, 4) for r in range(4)}
+    mine = CanvasLayout(T=1, spatial_shape=(5, 4), d_model=32, regions={**rows, "cls": (0, 1, 4, 5, 0, 4)})
+    top = CanvasTopology(connections=[Connection("cls", r) for r in [*rows, "cls"]]
+                         + [Connection(r, r) for r in rows])
+    tl = tl.with_layout(mine)
+    ad.install_topology(m, top, tl)
     attn = m.blocks[0].original.attn
     x = torch.randn(2, 17, 32)
     idx = torch.tensor(tl.token_index)
-    W = Top().to_attention_mask(lay)[idx][:, idx]
+    W = top.to_attention_mask(mine)[idx][:, idx]
     bias = torch.where(W > 0, 0.0, float("-inf"))
     with torch.no_grad():
         torch.testing.assert_close(
