@@ -191,12 +191,16 @@ class LoopedBlockWrapper(nn.Module):
 
     # --- configuration -------------------------------------------------------------------------
     def set_loops(self, n: int) -> None:
-        """Set the number of iterations used by ``forward`` (curriculum), 1 <= n <= max_loops."""
-        if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= self.max_loops:
+        """Set the number of iterations used by ``forward`` (curriculum).
+
+        More than ``max_loops`` is clamped to ``max_loops``, as in canvas-engineering (a
+        curriculum may overshoot); ``n < 1`` or a non-integer raises ``BackboneError`` (zero
+        loops would silently skip the backbone block)."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise BackboneError(
-                f"block {self.block_idx}: loops must be an int in [1, {self.max_loops}], got {n!r}"
+                f"block {self.block_idx}: loops must be an int >= 1 (at most {self.max_loops} are run), got {n!r}"
             )
-        self.current_loops = n
+        self.current_loops = min(n, self.max_loops)
 
     def set_sharpening(self, schedule: Optional[Callable[[int], float]]) -> None:
         """Apply ``schedule(loop_idx)`` as the attention inverse temperature of each loop."""
@@ -234,8 +238,8 @@ class LoopedBlockWrapper(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"block_idx={self.block_idx}, max_loops={self.max_loops}, "
-            f"current_loops={self.current_loops}, stream_dims={self.stream_dims}, "
-            f"checkpointing={self.use_gradient_checkpointing}"
+            f"current_loops={self.current_loops}, embed_dim={self.embed_dim}, stream_dims={self.stream_dims}, "
+            f"checkpointing={self.use_gradient_checkpointing}, trainable_params={self.trainable_params()}"
         )
 
     # --- execution -----------------------------------------------------------------------------

@@ -41,8 +41,9 @@ class ClockSpec:
         event_threshold: For on_event mode, fire when the summary exceeds this.
         cooldown: After firing, suppress for this many steps (>= 0).
         max_silence: Force a firing after this many silent steps (None = never).
-        max_inner_steps: Internal domain only: most inner iterations per external step
-            (None = as many as the loop runs).
+        max_inner_steps: Most inner iterations per external step (None = as many as the loop
+            runs); it bounds internal clocks and is kept, unused, on the others (as in
+            canvas-engineering, so switching a clock's domain keeps its bound).
     """
 
     domain: str = "external"
@@ -68,11 +69,6 @@ class ClockSpec:
             example = "'vision.prediction'" if self.mode == "on_event" else "'episode_start'"
             raise ProgramError(
                 f"ClockSpec(mode={self.mode!r}) needs event_source (e.g. event_source={example})"
-            )
-        if self.max_inner_steps is not None and self.domain != "internal":
-            raise ProgramError(
-                f"ClockSpec(domain={self.domain!r}): max_inner_steps bounds the iterations of an "
-                "internal clock; set domain='internal' or drop max_inner_steps"
             )
 
 
@@ -175,6 +171,14 @@ class RegionProgram:
         check_choice(self.compile_mode, COMPILE_MODES, "compile_mode", where)
         _check_spec(self.constraints, ConstraintSpec, where, "constraints")
         _check_spec(self.identity, IdentitySpec, where, "identity")
+
+    @property
+    def effective_compile_mode(self) -> str:
+        """The compile mode the compiler applies: an explicit ``learning.compile_mode`` other than
+        ``"runtime"`` wins over ``compile_mode`` (canvas-engineering's rule), except ``"distill"``,
+        which is a training recipe and leaves ``compile_mode`` in charge."""
+        learned = self.learning.compile_mode if self.learning is not None else "runtime"
+        return learned if learned in COMPILE_MODES and learned != "runtime" else self.compile_mode
 
     def resolved_learning(self) -> LearningSpec:
         """``learning``, or the family default when it is None."""

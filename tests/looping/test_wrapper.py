@@ -186,11 +186,14 @@ def test_bad_max_loops(bad):
         LoopedBlockWrapper(MLPBlock(4), max_loops=bad, embed_dim=4)
 
 
-def test_set_loops_errors():
+def test_set_loops_errors_and_clamping():
     w = LoopedBlockWrapper(MLPBlock(4), max_loops=3, embed_dim=4)
-    for bad in (0, 4, "2", 1.0):
-        with pytest.raises(BackboneError, match=r"\[1, 3\]"):
+    for bad in (0, -1, "2", 1.0):
+        with pytest.raises(BackboneError, match="int >= 1"):
             w.set_loops(bad)
+    w.set_loops(7)  # beyond max_loops: clamped, as in canvas-engineering
+    assert w.current_loops == 3
+    assert f"trainable_params={w.trainable_params()}" in repr(w)
 
 
 def test_input_errors_are_canvas_errors():
