@@ -4,6 +4,8 @@ spellings it accepts, all checked without importing torch.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -11,7 +13,7 @@ from canvas_core.errors import CanvasTypeError, PluginError
 
 __all__ = [
     "RuntimeContext", "SpecError", "normalize_device", "normalize_dtype", "check_device", "check_dtype",
-    "KNOWN_DEVICE_TYPES", "KNOWN_DTYPES",
+    "KNOWN_DEVICE_TYPES", "KNOWN_DTYPES", "cuda_status", "cuda_device_count",
 ]
 
 
@@ -156,3 +158,35 @@ class RuntimeContext:
             return cls(device=ctx.device, dtype=ctx.dtype, head_dim=getattr(ctx, "head_dim", None),
                        requires_grad=bool(getattr(ctx, "requires_grad", True)))
         raise CanvasTypeError(f"expected a RuntimeContext (or None / dict / device string), got {ctx!r}")
+
+
+# The plugin layer never imports torch (not even inside a function); it asks torch about CUDA
+# only when the process has imported torch already.  A process that has not cannot have run
+# anything on a GPU yet, and the runtime, which imports torch, sees the real devices.
+def _loaded_torch() -> Any:
+    return sys.modules.get("torch")
+
+
+def cuda_status() -> Optional[bool]:
+    """Whether CUDA can be used here: torch's answer when torch is loaded; False when torch is
+    not even installed; None (unknown) when it is installed but this process has not loaded it."""
+    torch = _loaded_torch()
+    if torch is None:
+        try:
+            installed = importlib.util.find_spec("torch") is not None
+        except (ImportError, ValueError):
+            installed = False
+        return None if installed else False
+    try:
+        return bool(torch.cuda.is_available())
+    except Exception:  # a broken CUDA setup counts as none
+        return False
+
+
+def cuda_device_count() -> int:
+    """How many CUDA devices the loaded torch sees; 0 when torch is not loaded or sees none."""
+    torch = _loaded_torch()
+    try:
+        return int(torch.cuda.device_count()) if torch is not None and torch.cuda.is_available() else 0
+    except Exception:
+        return 0

@@ -1,9 +1,10 @@
 """Registry entries (:class:`Spec`): a name, a lazy factory and what it needs to run.
 
 The target a spec is checked against, :class:`RuntimeContext`, lives in
-:mod:`canvas_core.plugins.context` and is re-exported here.  A spec is cheap: it holds a lazy factory (``"package.module:Object"`` or an object) and metadata.
-Nothing here imports torch, except :meth:`Spec.unsupported_reasons` when a spec constrains devices
-and CUDA is requested (to ask torch whether CUDA exists).
+:mod:`canvas_core.plugins.context` and is re-exported here.  A spec is cheap: it holds a lazy
+factory (``"package.module:Object"`` or an object) and metadata.  Nothing here imports torch;
+whether CUDA exists is asked of torch only when the process has loaded it
+(:func:`~canvas_core.plugins.context.cuda_status`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from canvas_core.plugins.context import (
     SpecError,
     check_device,
     check_dtype,
+    cuda_status,
     normalize_device,
     normalize_dtype,
 )
@@ -217,8 +219,8 @@ class Spec:
         """Why this cannot run in ``ctx`` (empty list: it can).
 
         Checks, in order: required modules importable, device type, CUDA actually present when
-        the spec constrains devices and CUDA is requested, dtype, differentiability, the custom
-        ``check``.
+        the spec constrains devices and CUDA is requested (known when torch is loaded, or when it
+        is not installed at all), dtype, differentiability, the custom ``check``.
         """
         ctx = RuntimeContext.coerce(ctx)
         reasons = [f"requires the Python package {m!r}, which is not installed" for m in self.missing_requirements()]
@@ -226,8 +228,9 @@ class Spec:
         if self.devices is not None:
             if dev not in self.devices:
                 reasons.append(f"runs on {', '.join(self.devices)} only, not on {dev}")
-            elif dev == "cuda" and not _cuda_available():
-                reasons.append("needs CUDA but torch reports no CUDA device")
+            elif dev == "cuda" and cuda_status() is False:
+                reasons.append("needs CUDA but torch reports no CUDA device" if "torch" in sys.modules
+                               else "needs CUDA but torch is not installed")
         if self.dtypes is not None and ctx.dtype_name not in self.dtypes:
             reasons.append(f"supports dtypes {', '.join(self.dtypes)}, not {ctx.dtype_name}")
         if ctx.requires_grad and self.metadata.get("differentiable") is False:
@@ -342,14 +345,3 @@ def _jsonable(v: Any) -> bool:
     if isinstance(v, dict):
         return all(isinstance(k, str) and _jsonable(x) for k, x in v.items())
     return False
-
-
-def _cuda_available() -> bool:
-    try:
-        import torch  # only reached when a spec constrains devices and CUDA is requested
-    except Exception:
-        return False
-    try:
-        return bool(torch.cuda.is_available())
-    except Exception:
-        return False
