@@ -1,0 +1,103 @@
+"""The pieces host.py was split into, tested on their own: the registry's clash policy, the
+environment settings, discovery helpers and the CUDA probe that never imports torch."""
+
+from __future__ import annotations
+
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from canvas_core.errors import DuplicateRegistrationError, PluginError
+from canvas_core.plugins import context
+from canvas_core.plugins.discovery import discover_entry_points, entry_point_ids
+from canvas_core.plugins.registry import BUILTIN_PLUGIN, Registry
+from canvas_core.plugins.settings import ENV_ALLOW, ENV_BLOCK, ENV_DISABLE, read_settings
+from canvas_core.plugins.spec import Spec
+
+
+def _spec(name: str, plugin: str) -> Spec:
+    return Spec(name=name, factory=dict, kind="attention", distribution=f"dist-{plugin}", plugin=plugin)
+
+
+def test_plain_clash_between_plugins_is_ambiguous_whatever_the_order():
+    for first, second in (("a", "b"), ("b", "a")):
+        reg = Registry("attention")
+        assert reg.add_from_plugin(_spec("x", first)) == (reg.get("x"), None)
+        stored, clash = reg.add_from_plugin(_spec("x", second))
+        assert stored is None and isinstance(clash, DuplicateRegistrationError)
+        with pytest.raises(DuplicateRegistrationError, match="provided twice"):
+            reg.get("x")  # neither is picked silently
+        assert "x" in reg.conflicts()
+
+
+@pytest.mark.parametrize("override_first", [True, False])
+def test_override_wins_over_a_plain_registration_in_either_order(override_first):
+    reg = Registry("attention")
+    plain, over = _spec("x", "plain"), _spec("x", "over")
+    if override_first:
+        assert reg.add_from_plugin(over, override=True)[0] is over
+        assert reg.add_from_plugin(plain) == (plain, None)  # kept below, not a clash
+    else:
+        reg.add_from_plugin(plain)
+        assert reg.add_from_plugin(over, override=True) == (over, None)
+    assert reg.get("x") is over and reg.conflicts() == {}
+    reg.remove("x")
+    assert reg.get("x") is plain  # the overridden one comes back
+
+
+def test_two_overrides_clash_and_a_builtin_survives_a_plain_clash():
+    reg = Registry("attention")
+    reg.add_from_plugin(_spec("x", "a"), override=True)
+    stored, clash = reg.add_from_plugin(_spec("x", "b"), override=True)
+    assert stored is None and "neither is chosen" in str(clash)
+    with pytest.raises(DuplicateRegistrationError):
+        reg.get("x")
+
+    reg = Registry("attention")
+    builtin = _spec("y", BUILTIN_PLUGIN)
+    reg.add_from_plugin(builtin)
+    stored, clash = reg.add_from_plugin(_spec("y", "c"))
+    assert stored is None and clash is not None and reg.get("y") is builtin and reg.conflicts() == {}
+
+
+def test_strict_registration_raises_and_changes_nothing():
+    reg = Registry("attention")
+    first = _spec("x", "a")
+    reg.add_from_plugin(first)
+    with pytest.raises(DuplicateRegistrationError):
+        reg.add_from_plugin(_spec("x", "b"), strict=True)
+    assert reg.get("x") is first and reg.names_by_plugin("a") == ["x"] and reg.names_by_plugin("b") == []
+
+
+def test_settings_arguments_win_over_the_environment():
+    env = {ENV_DISABLE: "0", ENV_ALLOW: "Canvas_Plugin-A; b", ENV_BLOCK: "c"}
+    s = read_settings(env)
+    assert (s.autoload, s.allow, s.block) == (True, ["canvas-plugin-a", "b"], ["c"])
+    assert s.refusal({"canvas-plugin-a"}) is None
+    assert s.refusal({"c", "b"}) == ("blocked", f"blocked by {ENV_BLOCK}")
+    assert s.refusal({"d"}) == ("blocked", f"not in the allow-list {ENV_ALLOW}")
+    assert read_settings(env, autoload=False, allow=[]).refusal({"b"}) == ("disabled", f"{ENV_DISABLE} is set")
+    assert read_settings(env, allow=[]).allow is None  # an empty list allows everything
+    with pytest.raises(PluginError, match="not a boolean"):
+        read_settings({ENV_DISABLE: "maybe"})
+
+
+def test_discovery_drops_repeats_and_sorts():
+    dist = SimpleNamespace(name="Canvas_Plugin_Z", version="1.0")
+    ep = lambda name, value: SimpleNamespace(name=name, value=value, dist=dist)  # noqa: E731
+    found = discover_entry_points(lambda: [ep("z", "m:z"), ep("a", "m:a"), ep("z", "m:z")])
+    assert [e.name for e in found] == ["a", "z"]
+    assert entry_point_ids(found[1]) == {"z", "canvas-plugin-z"}
+
+
+def test_cuda_probe_never_imports_torch(monkeypatch):
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    monkeypatch.setattr(context.importlib.util, "find_spec", lambda name: None)
+    assert context.cuda_status() is False and context.cuda_device_count() == 0  # not installed
+    monkeypatch.setattr(context.importlib.util, "find_spec", lambda name: object())
+    assert context.cuda_status() is None  # installed, not loaded: unknown, and still not imported
+    assert "torch" not in sys.modules
+    fake = SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: True, device_count=lambda: 3))
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    assert context.cuda_status() is True and context.cuda_device_count() == 3
