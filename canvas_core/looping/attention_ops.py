@@ -188,7 +188,7 @@ class BlockTopology:
         if out is None:
             B, H, S, d = q.shape
             return q.new_zeros(B, S, H, d)
-        return out
+        return out.transpose(1, 2)
 
     def extra(self, x: torch.Tensor, rows: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         """The gated sum of the non-softmax types' module outputs ``(B, S, D)`` (None if none)."""

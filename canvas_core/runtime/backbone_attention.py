@@ -229,23 +229,23 @@ class PlanRunner(nn.Module):
 
 def mix_softmax_groups(ex: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
                        dropout_p: float = 0.0) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """Run every softmax group of ``ex`` on ``q, k, v`` ``(B, H, N, d)`` (the runner's order) and
-    mix them per query: returns ``(out (B, N, H, d), csum)`` with ``out = sum_f c_f(p) o_f(p)``
-    (``o_f`` 0 where f gives p no key) and ``csum (N,)`` the sum of the ``c_f`` (None when every
-    query has weight exactly 1 on a single type); ``(None, None)`` when the plan has no softmax
-    group.  ``ex``: a :class:`PlanRunner` (or an object with the same attributes)."""
+    """Run every softmax group of ``ex`` on ``q, k, v`` ``(B, H, N, d)`` (the runner's order; any
+    number of heads) and mix them per query: returns ``(out (B, H, N, d), csum)`` with
+    ``out = sum_f c_f(p) o_f(p)`` (``o_f`` is 0 where f gives p no key) and ``csum`` ``(N,)`` the
+    sum of the ``c_f`` (None when every query has weight exactly 1 on a single type);
+    ``(None, None)`` when there is no softmax group.  ``ex``: a :class:`PlanRunner`, or
+    ``CanvasAttention``'s executor (same attributes).  Both paths call this function."""
     if not ex.soft_fns:
         return None, None
     if getattr(ex, "full", False):
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
-        return o.transpose(1, 2), None
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale), None
     mixed, csum = None, None
     for i, kern in enumerate(ex.kernels.values()):
-        o = kern(q, k, v, scale=scale, dropout_p=dropout_p).transpose(1, 2)  # (B, N, H, d)
+        o = kern(q, k, v, scale=scale, dropout_p=dropout_p)  # (B, H, N, d)
         if len(ex.soft_fns) == 1 and ex.c_is_one[0]:
-            return o, None
-        c = getattr(ex, f"c_soft{i}").to(o.dtype)
-        o = o * c[None, :, None, None]
+            return o, None  # every position updated by this one type only: weight 1
+        c = getattr(ex, f"c_soft{i}").to(q.dtype)
+        o = o * c[None, None, :, None]
         mixed = o if mixed is None else mixed + o
         csum = c if csum is None else csum + c
     return mixed, csum

@@ -40,7 +40,8 @@ from canvas_core.compiler.resolved import REFERENCE_KERNEL, SOFTMAX_FAMILY
 from canvas_core.errors import CanvasTypeError, ShapeError, SchemaError
 from canvas_core.plugins.resolve import build_attention
 from canvas_core.runtime.kernels import REFERENCE_MODES, make_kernel
-from canvas_core.runtime.type_call import call_attention_type, check_attention_module
+from canvas_core.runtime.backbone_attention import mix_softmax_groups, run_module_groups
+from canvas_core.runtime.type_call import check_attention_module
 
 __all__ = ["CanvasAttention", "SOFTMAX_TYPES"]
 
@@ -239,16 +240,8 @@ class CanvasAttention(nn.Module):
         that scales the output bias, or None when it is 1 everywhere."""
         scale = self.beta / math.sqrt(self.head_dim)
         p = self.dropout if self.training else 0.0
-        mixed = csum = None
-        for i, kern in enumerate(ex.kernels.values()):
-            o = kern(q, k, v, scale=scale, dropout_p=p)  # (B, h, N, dh)
-            if len(ex.soft_fns) == 1 and ex.c_is_one[0]:
-                return o, None  # every position updated by this one type only: weight 1
-            c = getattr(ex, f"c_soft{i}").to(q.dtype)
-            o = o * c[None, None, :, None]
-            mixed = o if mixed is None else mixed + o
-            csum = c if csum is None else csum + c
-        return mixed, csum
+        # the code every path shares (backbone processors too): runtime/backbone_attention.py
+        return mix_softmax_groups(ex, q, k, v, scale=scale, dropout_p=p)
 
     def project_out(self, mixed: torch.Tensor, bias_weight: Optional[torch.Tensor]) -> torch.Tensor:
         """Output projection of mixed heads ``(B, n, D)``; ``bias_weight`` ``(n,)`` or None (1)."""
@@ -262,16 +255,7 @@ class CanvasAttention(nn.Module):
 
     def _other_types(self, ex: _Executor, x: torch.Tensor) -> Optional[torch.Tensor]:
         """``sum_f c_f out_f`` of the non-softmax types on canonical ``x`` (None: no such type)."""
-        B, N, D = x.shape
-        acc = None
-        for i, f in enumerate(ex.other_names):
-            qi, ki = getattr(ex, f"o{i}_q"), getattr(ex, f"o{i}_k")
-            mask, coef = getattr(ex, f"o{i}_mask"), getattr(ex, f"o{i}_coef").to(x.dtype)
-            kv = x.index_select(1, ki)
-            o = call_attention_type(self.fn_modules[_key(f)], x.index_select(1, qi), kv, kv, mask)
-            full = x.new_zeros(B, N, D).index_add(1, qi, o * coef[None, :, None])
-            acc = full if acc is None else acc + full
-        return acc
+        return run_module_groups(ex, x, {f: self.fn_modules[_key(f)] for f in ex.other_names})
 
     def part_types(self, active_regions: Optional[Iterable[str]] = None) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
         """(softmax-family fn types, other fn types) that run for ``active_regions``."""
