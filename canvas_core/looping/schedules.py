@@ -133,7 +133,6 @@ class SharpeningSchedule:
         return [self(i) for i in range(self.max_loops)]
 
     def __repr__(self) -> str:
-        return (
-            f"SharpeningSchedule(max_loops={self.max_loops}, beta_min={self.beta_min}, "
-            f"beta_max={self.beta_max}, schedule={self.schedule!r})"
-        )
+        from canvas_core._reprs import sharpening_repr  # canvas-engineering's text
+
+        return sharpening_repr(self)

@@ -79,7 +79,9 @@ class BoundField(_Navigable):
         return self._bound._lookup(f"{self._prefix}[{index}]")
 
     def __repr__(self) -> str:
-        return f"BoundField({self.region_name!r}, bounds={self.spec.bounds})"
+        from canvas_core._reprs import bound_field_repr  # canvas-engineering's text
+
+        return bound_field_repr(self)
 
 
 class BoundList(_Navigable):
@@ -232,4 +234,6 @@ class BoundSchema(_Navigable):
         return "\n".join(lines)
 
     def __repr__(self) -> str:
-        return f"BoundSchema({len(self._fields)} fields, spatial_shape={self.layout.spatial_shape}, T={self.layout.T})"
+        from canvas_core._reprs import bound_repr  # canvas-engineering's text
+
+        return bound_repr(self)

@@ -192,14 +192,25 @@ class CanvasProgram:
         except SchemaFormatError as exc:
             raise SchemaFormatError(f"{where}: {exc}") from None
 
-    def summary(self) -> str:
-        """Human-readable summary: one line per programmed region, then the non-attend operators."""
+    def __repr__(self) -> str:
+        from canvas_core._reprs import program_repr
+
+        return program_repr(self)
+
+    def summary(self, detail: bool = False) -> str:
+        """Human-readable summary, canvas-engineering's text: the number of programmed regions,
+        their families, non-default carriers and compile modes, and the operators of the
+        connection programs. ``detail=True`` adds one line per region (family, carrier, compile
+        mode, tags, clock, learning, constraints, identity), the non-attend operators of the
+        topology's connections and the connection programs."""
+        from canvas_core._reprs import program_summary
+
+        lines = program_summary(self)
+        if not detail:
+            return "\n".join(lines)
         topo = self.schema.topology
         conns = topo.connections if topo is not None else []
-        lines = [f"CanvasProgram (v{self.version}, {len(self.regions)} regions programmed, {len(conns)} connections):"]
-        fams = Counter(rp.family for rp in self.regions.values())
-        if fams:
-            lines.append("  families: " + ", ".join(f"{k}={v}" for k, v in sorted(fams.items())))
+        lines.append(f"  {len(conns)} connections; regions:")
         width = max((len(n) for n in self.regions), default=0)
         for name, rp in self.regions.items():
             parts = [f"family={rp.family}", f"carrier={rp.carrier}", f"compile_mode={rp.compile_mode}"]
@@ -220,7 +231,7 @@ class CanvasProgram:
         ops = [c for c in conns if c.operator != "attend"]
         if ops:
             counts = Counter(c.operator for c in ops)
-            lines.append("  operators: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+            lines.append("  connection operators: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
             for c in ops:
                 lines.append(f"    {c.src} -> {c.dst}: {c.operator}")
         for (s, t), cp in self.connections.items():

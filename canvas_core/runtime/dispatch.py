@@ -65,8 +65,13 @@ class AttentionDispatcher(CanvasAttention):
                 self.residual_accumulator.update(name, (out - x).index_select(1, idx).detach())
         return out
 
+    def __repr__(self) -> str:
+        from canvas_core._reprs import dispatcher_repr  # canvas-engineering's text
+
+        return dispatcher_repr(list(self.plan.fn_of_connection))
+
     @property
     def summaries(self):
-        """Current residual summaries, or None if no accumulator."""
+        """The accumulator's summaries per region right now (None without an accumulator)."""
         acc = self.residual_accumulator
         return acc.summaries() if acc is not None else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -84,6 +86,8 @@ class ResidualAccumulator(nn.Module):
         self.spec = spec if spec is not None else ResidualSpec()
         self.register_buffer("summary", torch.zeros(len(names), len(self.spec.kinds)))
         self.register_buffer("step_counts", torch.zeros(len(names), dtype=torch.long))
+        #: region -> number of updates skipped because the error held NaN or inf (not saved)
+        self.nonfinite_updates: Dict[str, int] = {}
 
     @property
     def region_names(self) -> List[str]:
@@ -102,7 +106,11 @@ class ResidualAccumulator(nn.Module):
         return value.expand(n)
 
     def update(self, region: str, error: torch.Tensor) -> None:
-        """Blend ``error`` (any shape; a Python number is accepted) into ``region``'s summary."""
+        """Blend ``error`` (any shape; a Python number is accepted) into ``region``'s summary.
+
+        An ``error`` holding NaN or inf is skipped with a ``RuntimeWarning``: the summary and the
+        step count stay as they were (one bad step would otherwise poison the decayed summary
+        for good), and ``nonfinite_updates[region]`` counts the skipped updates."""
         i = self._index.get(region)
         if i is None:
             raise UnknownRegionError(
@@ -122,6 +130,14 @@ class ResidualAccumulator(nn.Module):
                 f"ResidualAccumulator.update: the error of region {region!r} must be real, got {error.dtype}; "
                 "pass error.abs() for magnitudes"
             )
+        if error.is_floating_point() and not bool(torch.isfinite(error).all()):
+            # a NaN / inf would poison the running summary for good: skip this update
+            self.nonfinite_updates[region] = self.nonfinite_updates.get(region, 0) + 1
+            warnings.warn(
+                f"ResidualAccumulator.update: the error of region {region!r} contains NaN or inf; "
+                "this update is skipped (summary and step count unchanged; see nonfinite_updates)",
+                RuntimeWarning, stacklevel=2)
+            return
         new = self._reduce(error).to(self.summary.device)
         d = self.spec.decay
         with torch.no_grad():
@@ -143,6 +159,7 @@ class ResidualAccumulator(nn.Module):
             self.summary.zero_()
             self.step_counts.zero_()
 
-    def extra_repr(self) -> str:
-        s = self.spec
-        return f"regions={self._names}, kinds={s.kinds}, reduce={s.reduce!r}, decay={s.decay}"
+    def __repr__(self) -> str:
+        from canvas_core._reprs import accumulator_repr  # canvas-engineering's text
+
+        return accumulator_repr(self)

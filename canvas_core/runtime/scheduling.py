@@ -146,6 +146,7 @@ class RegionScheduler:
                     f"{type(rp).__name__} {rp!r:.80}"
                 )
         regions = dict(raw_regions)
+        self._n_programmed = len(regions)
         names: List[str] = []
         schema = getattr(program, "schema", None)
         layout = getattr(schema, "layout", None)
@@ -168,6 +169,10 @@ class RegionScheduler:
                     "give a ClockSpec, a clock expression (with .evaluate(ctx)) or None"
                 )
         self.reset()
+
+    def __repr__(self) -> str:
+        clocked = sum(1 for c in self.clocks.values() if c is not None)
+        return f"RegionScheduler(regions={self._n_programmed}, clocked={clocked})"
 
     def reset(self) -> None:
         """Forget firing history (e.g. between episodes)."""
@@ -297,6 +302,11 @@ class LearnedScheduler(nn.Module):
         self.scorer = nn.Sequential(
             nn.Linear(summary_dim, hidden), nn.GELU(), nn.Linear(hidden, n_regions)
         )
+
+    def __repr__(self) -> str:
+        from canvas_core._reprs import learned_scheduler_repr  # canvas-engineering's text
+
+        return learned_scheduler_repr(self)
 
     def forward(self, summaries: torch.Tensor) -> Tuple[Set[int], torch.Tensor]:
         """``(summary_dim,)`` or ``(B, summary_dim)`` (first row used) ->

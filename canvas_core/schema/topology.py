@@ -331,21 +331,18 @@ class CanvasTopology:
 
         return topology_block_mask(self.validate(layout), layout, block_size=bs)
 
-    def summary(self) -> str:
-        """Human-readable list of the operations."""
-        lines = [f"CanvasTopology ({len(self.connections)} ops, {len(self.regions)} regions):"]
-        for c in self.connections:
-            arrow = "↺ self" if c.src == c.dst else f"→ {c.dst}"
-            extra = []
-            if c.fn:
-                extra.append(c.fn)
-            if c.is_temporal:
-                extra.append(f"t_src={c.t_src}, t_dst={c.t_dst}, fill={c.temporal_fill.value}")
-            if c.operator != "attend":
-                extra.append(c.operator)
-            tail = f"  [{'; '.join(extra)}]" if extra else ""
-            lines.append(f"  {c.src} {arrow}  (w={c.weight:.2f}){tail}")
-        return "\n".join(lines)
+    def summary(self, detail: bool = False) -> str:
+        """canvas-engineering's summary: one line per linked region pair (``↺`` self, ``↔`` both
+        ways, ``→`` one way, largest weight), temporal constraints by fill mode, operators by
+        name; ``detail=True`` adds one line per connection."""
+        from canvas_core._reprs import topology_summary
+
+        return topology_summary(self, detail)
+
+    def __repr__(self) -> str:
+        from canvas_core._reprs import topology_repr
+
+        return topology_repr(self)
 
 
 def _check_layout(layout: Any, where: str) -> None:
