@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.compiler.lowering import lower
-from canvas_core.compiler.masks import attention_mask
+from canvas_core.runtime.plan_tensors import attention_mask
 from canvas_core.runtime.dispatch import AttentionDispatcher
 from canvas_core.schema import CanvasLayout
 

@@ -1,6 +1,9 @@
-"""Dense and block-sparse masks of a topology, built from the lowered plan.
+"""The block-sparse mask of a topology: which tiles of the packed attention matrix are full,
+partial or empty, as the index arrays FlexAttention-style kernels take.
 
-``CanvasTopology.to_attention_mask`` / ``to_block_mask`` delegate here.  No torch at import.
+Numpy only.  The dense ``(N, N)`` mask is a tensor, so it lives in the runtime
+(:func:`canvas_core.runtime.plan_tensors.attention_mask`); :meth:`BlockMask.to_torch` delegates
+there too.
 """
 
 from __future__ import annotations
@@ -13,19 +16,7 @@ import numpy as np
 from canvas_core.compiler.lowering import lower
 from canvas_core.compiler.plan import BlockLayout, ExecutionPlan
 
-__all__ = ["attention_mask", "block_mask", "BlockMask"]
-
-
-def attention_mask(topology: Any, layout: Any, device: Any = "cpu", *, plan: Optional[ExecutionPlan] = None):
-    """``(N, N)`` float32 mask in canonical index order.
-
-    ``mask[i, j]`` is the largest weight linking query ``i`` to key ``j`` over all connections
-    (fill weights included), 0 where nothing links them.  Same meaning as canvas-engineering's
-    ``CanvasTopology.to_attention_mask``; temporal rules are those of DESIGN.md.
-    Built from the plan's rectangles by a vectorised scatter into a segment grid and one gather.
-    """
-    plan = plan if plan is not None else lower(topology, layout)
-    return plan.to_dense(device=device, fn=None, canonical=True)
+__all__ = ["block_mask", "BlockMask"]
 
 
 @dataclass
@@ -70,11 +61,9 @@ class BlockMask:
 
     def to_torch(self, device: Any = "cpu"):
         """The four index arrays as torch int32 tensors (kv_num, kv_idx, full_num, full_idx)."""
-        import torch
+        from canvas_core.runtime.plan_tensors import block_mask_tensors  # listed in RUNTIME_DELEGATES
 
-        conv = lambda a: torch.as_tensor(a, dtype=torch.int32, device=device)  # noqa: E731
-        return (conv(self.kv_num_blocks), conv(self.kv_indices),
-                conv(self.full_kv_num_blocks), conv(self.full_kv_indices))
+        return block_mask_tensors(self, device=device)
 
     def __repr__(self) -> str:
         return f"BlockMask(N={self.plan.n}, block_size={self.block_size}, {self.layout!r})"

@@ -1,6 +1,7 @@
 """`ExecutionPlan`: a topology lowered to weighted rectangles over region-major packed positions.
 
-No torch at import (numpy only); :meth:`ExecutionPlan.to_dense` imports torch lazily.
+Numpy only.  :meth:`ExecutionPlan.to_dense`, which hands out a torch tensor, delegates to
+:mod:`canvas_core.runtime.plan_tensors`.
 
 Coordinates
 -----------
@@ -292,24 +293,11 @@ class ExecutionPlan:
     # --- dense and block forms ------------------------------------------------------------------
     def to_dense(self, device: Any = "cpu", fn: Optional[str] = None, canonical: bool = True,
                  dtype: Any = None):
-        """``(N, N)`` torch float weight matrix (largest weight per pair, 0 where none).
+        """``(N, N)`` torch weight matrix of type ``fn`` (all types when None); see
+        :func:`canvas_core.runtime.plan_tensors.dense_weights`, which this delegates to."""
+        from canvas_core.runtime.plan_tensors import dense_weights  # listed in RUNTIME_DELEGATES
 
-        Built by vectorised gathers from the segment grid.  ``canonical=True`` gives canonical
-        index order (the ``to_attention_mask`` convention), else packed order.
-        """
-        import torch
-
-        dtype = dtype or torch.float32
-        sg = self.segment_grid(fn)
-        rs = torch.from_numpy(sg.row_segment_of(self.n)).to(device)
-        cs = torch.from_numpy(sg.col_segment_of(self.n)).to(device)
-        if canonical:
-            inv = torch.from_numpy(self.inv_perm).to(device)
-            rs, cs = rs[inv], cs[inv]
-        small = torch.from_numpy(sg.grid).to(device=device, dtype=dtype)
-        if self.n == 0:
-            return torch.zeros(0, 0, device=device, dtype=dtype)
-        return small[rs][:, cs]
+        return dense_weights(self, device=device, fn=fn, canonical=canonical, dtype=dtype)
 
     def block_layout(self, block_size: int = 128, fn: Optional[str] = None) -> BlockLayout:
         """Which ``(q_block, k_block)`` tiles (packed order) are full / partial / empty."""

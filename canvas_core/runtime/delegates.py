@@ -19,7 +19,8 @@ from typing import Any, Optional
 
 import torch
 
-from canvas_core.compiler.masks import attention_mask, block_mask
+from canvas_core.compiler.masks import block_mask
+from canvas_core.runtime.plan_tensors import attention_mask
 from canvas_core.errors import SchemaError
 
 __all__ = [

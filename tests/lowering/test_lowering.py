@@ -8,7 +8,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from canvas_core.compiler.lowering import lower
-from canvas_core.compiler.masks import attention_mask, block_mask
+from canvas_core.compiler.masks import block_mask
+from canvas_core.runtime.plan_tensors import attention_mask
 from canvas_core.errors import CanvasError, TopologyError
 from canvas_core.schema import CanvasLayout, CanvasTopology, Connection
 import canvas_ref_dense_reference as ref  # registered by tests/conftest.py

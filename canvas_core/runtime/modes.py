@@ -1,0 +1,237 @@
+"""Compile modes applied to a module: freezing, turning regions into constants, exporting them.
+
+The compiler decides which region gets which mode and writes that down without torch
+(:class:`~canvas_core.compiler.passes.ModeWork`).  This module does the part that touches
+``nn.Module`` objects and files: ``ProgramCompiler.compile(module=...)`` hands its work list to
+:class:`ModeApplier`.
+
+The module must expose ``module.regions``, a mapping from region name to a submodule or a
+parameter (``nn.ModuleDict``, ``nn.ParameterDict`` or a plain dict):
+
+* ``freeze``: ``requires_grad_(False)`` on the region's entry;
+* ``constant``: every parameter of the region becomes a buffer holding the same tensor (the
+  ``state_dict`` keys stay, gradients stop); the tensors are returned for the report;
+* ``export``: the region's state goes to ``<export_dir>/<region>.safetensors`` (no pickle), with
+  the header both in the file's metadata and in a JSON sidecar, then the entry stops training.
+
+Nothing is changed until every entry has been checked, and the export files are first written
+under temporary names and moved in place only when all of them were written: a compile that
+fails leaves the module and the export directory as they were.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import os
+import re
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+from canvas_core.errors import CanvasTypeError, CompileError, did_you_mean
+
+__all__ = ["ModeApplier", "library_versions"]
+
+
+def library_versions() -> Dict[str, str]:
+    """Versions written into export headers: canvas_core, torch, safetensors."""
+    out = {}
+    try:
+        import canvas_core
+
+        out["canvas_core"] = str(getattr(canvas_core, "__version__", "unknown"))
+    except Exception:  # pragma: no cover
+        out["canvas_core"] = "unknown"
+    out["torch"] = str(torch.__version__)
+    try:
+        out["safetensors"] = md.version("safetensors")
+    except md.PackageNotFoundError:  # pragma: no cover
+        out["safetensors"] = "unknown"
+    return out
+
+
+def _file_stem(region: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", region) or "region"
+
+
+def _remove_quietly(paths: List[str]) -> None:
+    for p in paths:
+        try:
+            os.remove(p)
+        except OSError:
+            pass
+
+
+def _export_directory(export_dir: Optional[str]) -> str:
+    """The absolute export directory, created if needed and checked to be writable."""
+    if export_dir is not None and (not isinstance(export_dir, (str, os.PathLike))
+                                   or not os.fspath(export_dir) or "\x00" in str(os.fspath(export_dir))):
+        raise CompileError(f"export_dir {export_dir!r} is not a directory path; pass e.g. export_dir='exports' "
+                           "(None = ./canvas_exports)")
+    directory = os.path.abspath(os.fspath(export_dir) if export_dir is not None else "canvas_exports")
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise CompileError(f"export_dir {directory!r} cannot be created: {exc}; pass a writable export_dir") from None
+    if not os.path.isdir(directory):
+        raise CompileError(f"export_dir {directory!r} is not a directory; pass a writable export_dir")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise CompileError(f"export_dir {directory!r} is not writable; pass a writable export_dir")
+    return directory
+
+
+class ModeApplier:
+    """Checks a module against a compile's mode list, then applies it (see the module docstring).
+
+    Args:
+        module: the ``nn.Module`` given to ``ProgramCompiler.compile``.
+        work: the compiler's :class:`~canvas_core.compiler.passes.ModeWork` (``modes``: region ->
+            mode in declaration order, ``export_dir``, ``header``).
+
+    Raises (at construction, before anything changes):
+        CanvasTypeError: not an ``nn.Module``, no usable ``regions`` mapping, an entry that is
+            neither a module nor a parameter.
+        CompileError: a region with a non-runtime mode has no entry in ``module.regions``.
+    """
+
+    def __init__(self, module: Any, work: Any) -> None:
+        if not isinstance(module, nn.Module):
+            raise CanvasTypeError(
+                f"ProgramCompiler.compile(module=...) needs a torch nn.Module, got {type(module).__name__}")
+        if not hasattr(module, "regions"):
+            raise CanvasTypeError(
+                f"ProgramCompiler.compile(module=...): {type(module).__name__} has no 'regions' attribute; "
+                "expose the per-region submodules as `self.regions = nn.ModuleDict({name: submodule})`")
+        regions = module.regions
+        if not isinstance(regions, (Mapping, nn.ModuleDict, nn.ParameterDict)):
+            raise CanvasTypeError(
+                f"ProgramCompiler.compile(module=...): {type(module).__name__}.regions must map region names "
+                f"to submodules (nn.ModuleDict or dict), got {type(regions).__name__}")
+        self.module, self.regions, self.work = module, regions, work
+        for name, mode in work.modes.items():
+            if mode != "runtime":
+                self._entry(name, mode)
+
+    def _entry(self, name: str, mode: str) -> Any:
+        if name not in self.regions:
+            known = list(self.regions.keys())
+            raise CompileError(
+                f"region {name!r} has compile_mode={mode!r} but {type(self.module).__name__}.regions has no "
+                f"entry {name!r} (entries: {known}).{did_you_mean(name, known)} Add its submodule to "
+                "module.regions or change the region's compile_mode")
+        entry = self.regions[name]
+        if not isinstance(entry, (nn.Module, torch.Tensor)):
+            raise CanvasTypeError(
+                f"{type(self.module).__name__}.regions[{name!r}] must be an nn.Module or a parameter, got "
+                f"{type(entry).__name__}")
+        return entry
+
+    # --- applying -----------------------------------------------------------------------------
+    def apply(self) -> Tuple[Dict[str, Any], Dict[str, str]]:
+        """Export, then freeze / make constant / detach; returns (constant tensors, export paths)."""
+        modes = self.work.modes
+        exported_paths = self._export([n for n, m in modes.items() if m == "export"])
+        constant_buffers: Dict[str, Any] = {}
+        for name, mode in modes.items():
+            if mode == "freeze":
+                self._entry(name, mode).requires_grad_(False)
+            elif mode == "constant":
+                constant_buffers[name] = self._make_constant(name)
+            elif mode == "export":
+                self._entry(name, mode).requires_grad_(False)
+        return constant_buffers, exported_paths
+
+    def _make_constant(self, name: str) -> Any:
+        """Every parameter of the region re-registered as a buffer with the same values."""
+        entry = self._entry(name, "constant")
+        if isinstance(entry, nn.Module):
+            for mod in entry.modules():
+                for p_name, p in list(mod._parameters.items()):
+                    if p is None:
+                        continue
+                    del mod._parameters[p_name]
+                    mod.register_buffer(p_name, p.detach(), persistent=True)
+            # converted parameters and the buffers it already had: all of it is constant now
+            # (a second compile of the same module reports the same tensors)
+            return dict(entry.named_buffers())
+        owner = self.regions  # the entry is itself a parameter of the container
+        buf = entry.detach()
+        if isinstance(owner, nn.Module) and name in owner._parameters:
+            del owner._parameters[name]
+            owner.register_buffer(name, buf, persistent=True)
+        elif isinstance(owner, dict):
+            owner[name] = buf
+        else:  # pragma: no cover - an unusual container
+            raise CompileError(f"cannot turn region {name!r} of {type(owner).__name__} into a buffer")
+        return buf
+
+    def _export(self, names: List[str]) -> Dict[str, str]:
+        if not names:
+            return {}
+        directory = _export_directory(self.work.export_dir)
+        header_base = dict(self.work.header)
+        header_base.update({f"version_{k}": v for k, v in library_versions().items()})
+        paths: Dict[str, str] = {}
+        staged: Dict[str, List[str]] = {}
+        used: set = set()
+        try:
+            for name in names:  # declaration order, so file names are deterministic
+                stem = _file_stem(name)
+                k = 1
+                while stem.lower() in used:  # two names that sanitize alike keep separate files
+                    k += 1
+                    stem = f"{_file_stem(name)}-{k}"
+                used.add(stem.lower())
+                path = os.path.join(directory, f"{stem}.safetensors")
+                staged[name] = self._write_staged(name, path, {**header_base, "region": name})
+                paths[name] = path
+        except BaseException:
+            _remove_quietly([f for files in staged.values() for f in files])
+            raise
+        _move_in_place(staged, paths)
+        return paths
+
+    def _write_staged(self, name: str, path: str, header: Dict[str, str]) -> List[str]:
+        """Write the region's tensors and the JSON sidecar under temporary names next to ``path``."""
+        from safetensors.torch import save_file
+
+        entry = self._entry(name, "export")
+        state = entry.state_dict() if isinstance(entry, nn.Module) else {"weight": entry}
+        # own copies on the CPU: safetensors refuses shared storage, and the file stands alone
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()
+                   if isinstance(v, torch.Tensor)}
+        json_path = path[: -len(".safetensors")] + ".json"
+        for target in (path, json_path):
+            if os.path.isdir(target):
+                raise CompileError(f"cannot export region {name!r}: {target!r} is a directory; remove it or "
+                                   "pass another export_dir")
+        tag = f".tmp-{os.getpid()}-{id(self):x}"
+        tmp_st, tmp_js = path + tag, json_path + tag
+        try:
+            save_file(tensors, tmp_st, metadata=header)
+            with open(tmp_js, "w", encoding="utf-8") as fh:
+                json.dump({**header, "file": os.path.basename(path), "tensors": sorted(tensors)}, fh, indent=2)
+        except Exception as exc:  # OSError, SafetensorError, ...: leave nothing behind
+            _remove_quietly([tmp_st, tmp_js])
+            raise CompileError(f"cannot export region {name!r} to {path!r}: {exc}; pass a writable "
+                               "export_dir") from None
+        return [tmp_st, tmp_js]
+
+
+def _move_in_place(staged: Dict[str, List[str]], finals: Dict[str, str]) -> None:
+    """Rename every staged file to its final name (``os.replace`` is atomic per file)."""
+    pending = [tmp for files in staged.values() for tmp in files]
+    name = ""
+    try:
+        for name, (tmp_st, tmp_js) in staged.items():
+            path = finals[name]
+            os.replace(tmp_st, path)
+            pending.remove(tmp_st)
+            os.replace(tmp_js, path[: -len(".safetensors")] + ".json")
+            pending.remove(tmp_js)
+    except OSError as exc:
+        _remove_quietly(pending)
+        raise CompileError(f"cannot export region {name!r} to {finals[name]!r}: {exc}; pass a writable "
+                           "export_dir") from None

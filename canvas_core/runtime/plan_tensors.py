@@ -1,0 +1,59 @@
+"""Torch tensors made from a plan: the dense weight matrix, the topology's attention mask, the
+block-mask index arrays.
+
+The plan itself (:mod:`canvas_core.compiler.plan`) is numpy only; whoever needs its weights as a
+tensor comes here.  ``ExecutionPlan.to_dense`` and ``BlockMask.to_torch`` are thin delegates to
+the functions below, kept for their callers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import torch
+
+from canvas_core.compiler.lowering import lower
+
+__all__ = ["dense_weights", "attention_mask", "block_mask_tensors"]
+
+
+def dense_weights(plan: Any, device: Any = "cpu", fn: Optional[str] = None, canonical: bool = True,
+                  dtype: Any = None) -> torch.Tensor:
+    """``(N, N)`` weights of fn type ``fn`` (every type when None): at ``[i, j]`` the largest
+    weight of a rectangle linking query i to key j, 0 where none.
+
+    Two gathers from the plan's segment grid, no scatter over N x N.  ``canonical=True`` indexes
+    positions canonically (the ``to_attention_mask`` convention), False in packed order.
+    """
+    dtype = dtype or torch.float32
+    if plan.n == 0:
+        return torch.zeros(0, 0, device=device, dtype=dtype)
+    sg = plan.segment_grid(fn)
+    rows = torch.from_numpy(sg.row_segment_of(plan.n)).to(device)
+    cols = torch.from_numpy(sg.col_segment_of(plan.n)).to(device)
+    if canonical:
+        inv = torch.from_numpy(plan.inv_perm).to(device)
+        rows, cols = rows[inv], cols[inv]
+    small = torch.from_numpy(sg.grid).to(device=device, dtype=dtype)
+    return small[rows][:, cols]
+
+
+def attention_mask(topology: Any, layout: Any, device: Any = "cpu", *, plan: Any = None) -> torch.Tensor:
+    """``(N, N)`` float32 mask of a topology on a layout, canonical order: the largest weight that
+    links query i to key j over all connections (fill weights included), 0 where nothing does.
+
+    What ``CanvasTopology.to_attention_mask`` returns; built from the lowered plan (``plan`` when
+    given, else ``lower(topology, layout)``).
+    """
+    plan = plan if plan is not None else lower(topology, layout)
+    return dense_weights(plan, device=device, fn=None, canonical=True)
+
+
+def block_mask_tensors(block_mask: Any, device: Any = "cpu") -> Tuple[torch.Tensor, ...]:
+    """A :class:`~canvas_core.compiler.masks.BlockMask`'s four index arrays as int32 tensors:
+    ``(kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices)``."""
+    def conv(a):
+        return torch.as_tensor(a, dtype=torch.int32, device=device)
+
+    return (conv(block_mask.kv_num_blocks), conv(block_mask.kv_indices),
+            conv(block_mask.full_kv_num_blocks), conv(block_mask.full_kv_indices))
