@@ -38,14 +38,17 @@ from typing import Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 ROOT = Path(__file__).resolve().parents[2]
 CORE = ROOT / "canvas_core"
 
-#: layer of each floor package (DESIGN.md); ``canvas_core`` and ``canvas_core.errors`` are layer 0
+#: layer of each floor package (DESIGN.md)
 FLOORS: Dict[str, int] = {
     "canvas_core.schema": 1,
     "canvas_core.program": 2,
     "canvas_core.plugins": 3,
     "canvas_core.compiler": 4,
 }
-BASE = {"canvas_core", "canvas_core.errors"}
+#: layer 0, shared by every layer: the facade (its body imports only the errors and the alias
+#: finder; its lazy names are looked up through its table), the error hierarchy, the repr texts and
+#: the alias finder of canvas-engineering's module paths (leaves: a test checks they stay so)
+BASE = {"canvas_core", "canvas_core.errors", "canvas_core._reprs", "canvas_core._compat"}
 ABOVE = 5  # runtime, looping, attention, identity, semantic, extend, testing, demo, commands, cli, ...
 
 #: packages the floors must not import, even inside a function: torch and what needs it
@@ -109,17 +112,6 @@ def _core_modules() -> Dict[str, Path]:
 MODULES = _core_modules()
 
 
-def _resolve(dotted: str, modules: Iterable[str]) -> str:
-    """The longest prefix of ``dotted`` that is a known module (``dotted`` itself otherwise)."""
-    known = set(modules)
-    parts = dotted.split(".")
-    for i in range(len(parts), 0, -1):
-        cand = ".".join(parts[:i])
-        if cand in known:
-            return cand
-    return dotted
-
-
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
@@ -155,8 +147,8 @@ class _Collector(ast.NodeVisitor):
         self.edges: List[Edge] = []
 
     def _add(self, target: str, node: ast.AST, lazy: bool = False) -> None:
-        if target.startswith("canvas_core"):
-            target = _resolve(target, self.modules)
+        # ``target`` is what the statement imports, exactly: a core path with no source file (one
+        # of canvas-engineering's alias paths, made by canvas_core._compat) counts as above the floors
         self.edges.append(Edge(self.source, target, self.path, node.lineno, ".".join(self.scope),
                                self.depth == 0, lazy))
 
@@ -198,7 +190,7 @@ class _Collector(ast.NodeVisitor):
                 self._add(full, node)
                 continue
             self._add(module, node)
-            target = self.lazy.get(_resolve(module, self.modules), {}).get(alias.name)
+            target = self.lazy.get(module, {}).get(alias.name)
             if target:
                 self._add(target, node, lazy=True)
 
@@ -301,6 +293,8 @@ def test_the_walker_sees_function_level_relative_lazy_and_dynamic_imports():
     assert ("canvas_core.runtime.canvas", "A.f", False, False) in seen  # import_module("...")
     assert ("canvas_core.runtime.canvas", "g", False, True) in seen  # canvas_core.X attribute
     assert not any(e.target == "torch" for e in edges)  # TYPE_CHECKING imports never run
+    alias = collect("from canvas_core.masks import Rect", "canvas_core.schema.x", modules=mods, lazy=lazy)
+    assert [e.target for e in alias] == ["canvas_core.masks"] and layer_of("canvas_core.masks") == ABOVE
 
 
 def test_the_walker_reads_lazy_tables():
@@ -326,6 +320,12 @@ def test_floors_import_nothing_above_their_layer():
         if layer_of(e.target) > src_layer and (e.source, e.scope, e.target) not in ALLOWED_UPWARD:
             bad.append(_where(e))
     assert not bad, "upward imports out of schema/program/plugins/compiler:\n" + "\n".join(sorted(set(bad)))
+
+
+def test_layer_zero_is_a_leaf():
+    bad = sorted({_where(e) for e in CORE_EDGES if e.source in BASE and not e.lazy
+                  and (_is_torch_world(e.target) or (e.target.startswith("canvas_core") and e.target not in BASE))})
+    assert not bad, f"layer 0 ({sorted(BASE)}) imports only layer 0 and no torch:\n" + "\n".join(bad)
 
 
 def test_floors_never_import_torch():
