@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Sequence
 
 __all__ = ["format_table", "format_resolutions", "format_regions", "format_report", "format_plan_report",
+           "format_groups",
            "compiled_to_dict"]
 
 
@@ -108,6 +109,9 @@ def format_report(compiled: Any) -> str:
         parts += ["", f"plan: N={p.n} positions, {len(p.fn_types)} fn types "
                       f"({', '.join(p.fn_types) or '-'}), built in {p.build_seconds * 1e3:.1f} ms"]
         parts += ["", "connections:", format_resolutions(p.resolutions)]
+        groups = format_groups(p)
+        if groups:
+            parts += ["", "fn groups (in a canvas layer / inside a backbone):", groups]
     else:
         parts += ["", "connections: " + ", ".join(f"{c.src} -> {c.dst}" for c in compiled.active_connections)]
     identity = getattr(compiled, "identity", None) or {}
@@ -117,6 +121,27 @@ def format_report(compiled: Any) -> str:
             [[r, d["mode"], d["slot_capacity"], "yes" if d["birth_death"] else "no", d["binding_fn"],
               d["implementation"], d["provider"] or "-"] for r, d in identity.items()])]
     return "\n".join(parts)
+
+
+def format_groups(plan: Any) -> str:
+    """Per resolved fn group: how a canvas layer runs it and how a grafted backbone runs it
+    (``BackboneAdapter.install_topology``: softmax-family groups run the same kernel on the
+    backbone's own q/k/v; other types run their module behind a gate that starts at 0)."""
+    rows = []
+    for fn, g in plan.groups.items():
+        r = getattr(g, "resolved", None)
+        if r is None:
+            continue
+        if r.fused:
+            kern = r.kernel.name if r.kernel is not None else "reference"
+            rows.append([fn, len(g.connections), f"fused kernel {kern}",
+                         f"backbone's own q/k/v, kernel {kern}"])
+        else:
+            own = "own module" + (f" (kernel {r.kernel.name})" if r.kernel is not None else "")
+            rows.append([fn, len(g.connections), own, own + " on the block's hidden states, gate 0 at init"])
+    if not rows:
+        return ""
+    return format_table(["fn", "connections", "canvas layer", "inside a backbone"], rows)
 
 
 def format_plan_report(plan: Any) -> str:
