@@ -285,6 +285,10 @@ class SpatiotemporalCanvas(nn.Module):
             from canvas_core.identity import build_identity_binders
 
             self.identity_binders = build_identity_binders(program, D)
+        # saved in canvas-engineering's key layout (checkpoints move both ways): runtime/ce_state.py
+        from canvas_core.runtime.ce_state import canvas_engineering_keys
+
+        self._register_state_dict_hook(canvas_engineering_keys)
         self._slot: Dict[str, int] = {}
         for k, name in enumerate(self.names):
             self._slot[name] = k
@@ -312,6 +316,12 @@ class SpatiotemporalCanvas(nn.Module):
                 state_dict[prefix + "family_carrier." + rest[len("family_carrier_embedding."):]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+
+    @property
+    def family_carrier_embedding(self) -> Any:
+        """The ``FamilyCarrierEmbedding`` (None without a program); canvas-engineering's name
+        for :attr:`family_carrier`."""
+        return self.family_carrier
 
     # ------------------------------------------------------------------ pieces
     def _k(self, region_name: str) -> int:
