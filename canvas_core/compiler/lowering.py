@@ -30,7 +30,8 @@ import numpy as np
 
 from canvas_core.compiler.plan import ExecutionPlan, RectGroup
 from canvas_core.compiler.temporal import connection_links, region_frames
-from canvas_core.errors import CanvasTypeError, CompileError, TopologyError, did_you_mean
+from canvas_core.errors import CanvasTypeError, TopologyError, did_you_mean
+from canvas_core.schema.masks import mask_to_index_pairs
 from canvas_core.schema.topology import DEFAULT_FN
 
 __all__ = ["lower", "restrict", "region_canonical_indices", "runs_of"]
@@ -138,12 +139,6 @@ def _mask_is_full(mask: Any) -> bool:
 
 def _mask_rects(conn: Any, layout: Any, pk: _Packing, links) -> List[Tuple[int, int, int, int, float]]:
     """Rectangles of a connection with a non-full ``MaskSpec``: mask pairs x temporal links."""
-    try:
-        from canvas_core.schema.masks import mask_to_index_pairs
-    except ImportError as exc:  # pragma: no cover - the schema layer always ships masks.py
-        raise CompileError(
-            f"connection {conn.src!r} -> {conn.dst!r} has mask {conn.mask!r} but "
-            f"canvas_core.schema.masks is not available ({exc})") from None
     rects: List[Tuple[int, int, int, int, float]] = []
     for src_idx, dst_idx in mask_to_index_pairs(conn.mask, layout, conn.src, conn.dst):
         s = np.asarray(list(src_idx), dtype=np.int64)

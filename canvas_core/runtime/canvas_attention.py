@@ -3,13 +3,17 @@
 Semantics (DESIGN.md, "Semantics of a canvas attention layer"), for ``x`` of shape ``(B, N, D)``
 in canonical position order:
 
-* connections are grouped by resolved fn type f;
-* softmax family (``cross_attention``, ``self_attention``): shared QKV / output projections; each
-  type is ONE fused kernel call over all its rectangles (:mod:`canvas_core.runtime.kernels`):
+* connections are grouped by fn type f (the plan's groups); each group carries its resolution
+  (``plan.groups[f].resolved``: attention entry and kernel), from which the layer builds what
+  runs -- a plan that was not compiled is resolved once, here, at construction;
+* softmax family (``SOFTMAX_FAMILY``: ``cross_attention``, ``self_attention``): shared QKV /
+  output projections; each type is ONE kernel call over all its rectangles
+  (:func:`canvas_core.runtime.kernels.make_kernel` builds the group's resolved kernel):
   per query p, softmax over the keys ``D_f(p)`` with additive bias ``log w``, times ``beta``
   (inverse temperature, set by ``SharpeningSchedule``) on the logits;
-* any other type f: one module ``create_attention(f, d_model, n_heads, dropout)`` run ONCE per
-  forward with queries = the positions f updates (``Nq``), keys = values = the union of f's key
+* any other type f: one module built from the group's resolved attention entry
+  (:func:`canvas_core.plugins.resolve.build_attention`, with ``kernel=`` when one was resolved)
+  run ONCE per forward with queries = the positions f updates (``Nq``), keys = values = the union of f's key
   positions (``Nk``), and ``key_mask (Nq, Nk)`` bool = "some connection of type f links them".
   Such modules see the key *sets*; the per-pair weights are not passed to them (their operators
   are not softmax), only the combination weight ``W_f(p)`` below;
@@ -111,14 +115,15 @@ class CanvasAttention(nn.Module):
         d_model: model width D (default ``layout.d_model``).
         n_heads: heads of the softmax family (``d_model`` must divide by it).
         dropout: attention dropout (softmax family) and dropout of the other types' modules.
-        kernel: softmax kernel: None/"auto"/"reference", "dense", "segments", "sparse", a
-            registered kernel name or a class/callable ``(group, plan, n_heads=, head_dim=,
-            **kernel_options)``.  With None and a plan from ``ProgramCompiler`` (whose
-            ``plan.resolutions`` are filled), every fn type runs the kernel the compiler chose
-            for it (e.g. ``flex`` on CUDA); a non-softmax type with a resolved kernel (e.g.
-            ``mamba_ssm``) gets it as its ``kernel=`` argument.
+        kernel: softmax kernel: None (the plan's resolution), "auto"/"reference", "dense",
+            "segments", "sparse", a registered kernel name (looked up once, here), a dict fn ->
+            choice, or a class/callable ``(group, plan, n_heads=, head_dim=, **kernel_options)``.
+            With None, a plan from ``ProgramCompiler`` runs the kernel the compiler chose for
+            each type (e.g. ``flex`` on CUDA), and a plan that nobody compiled the reference
+            kernel; a non-softmax type with a resolved kernel (e.g. ``mamba_ssm``) gets it as
+            its ``kernel=`` argument.
         attention_factory: ``(fn, d_model, n_heads, dropout) -> module`` for non-softmax types
-            (default ``canvas_core.plugins.create_attention``).
+            (default: build each from the plan's resolved attention entry).
         softmax_types: fn types run by the fused softmax kernel.
         beta: inverse temperature on the softmax logits (``SharpeningSchedule`` sets it).
         bias: whether the projections have biases.
