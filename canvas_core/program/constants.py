@@ -10,6 +10,9 @@ from __future__ import annotations
 from typing import AbstractSet, Any, Dict, Iterable, Optional, Tuple
 
 from canvas_core.errors import CanvasTypeError, ProgramError
+from canvas_core.schema._validate import OPERATORS as _SCHEMA_OPERATORS
+from canvas_core.schema._validate import REGION_FAMILIES as _SCHEMA_FAMILIES
+from canvas_core.schema._validate import check_family_name, looks_like_typo, osa_distance  # noqa: F401
 from canvas_core.schema.region import CARRIERS as _SCHEMA_CARRIERS
 from canvas_core.schema.topology import WRITE_MODES as _SCHEMA_WRITE_MODES
 
@@ -19,15 +22,12 @@ __all__ = [
     "IDENTITY_MODES", "CONSTRAINT_VALUES", "DEFAULT_WIRING", "TEMPORAL_OPERATORS",
 ]
 
-#: What kind of state a region holds.
-REGION_FAMILIES = frozenset({"observation", "state", "memory", "residual", "action"})
+#: What kind of state a region holds (defined in the schema layer, which checks it too).
+REGION_FAMILIES = _SCHEMA_FAMILIES
 #: What dynamics govern a region (shared with the schema layer's ``RegionSpec.carrier``).
 CARRIERS = frozenset(_SCHEMA_CARRIERS)
-#: Semantic intent of a connection.
-OPERATORS = frozenset({
-    "attend", "observe", "predict", "integrate", "write", "retrieve", "act", "intervene",
-    "emit_residual", "correct", "compress", "bind",
-})
+#: Semantic intent of a connection (shared with the schema layer's ``Connection.operator``).
+OPERATORS = _SCHEMA_OPERATORS
 #: How a connection's output accumulates at its destination (shared with the schema layer).
 WRITE_MODES = frozenset(_SCHEMA_WRITE_MODES)
 #: What happens to a region at deploy.
@@ -74,19 +74,7 @@ DEFAULT_WIRING: Dict[Tuple[str, str], str] = {
 TEMPORAL_OPERATORS = frozenset({"integrate", "intervene"})
 
 
-def _osa_distance(a: str, b: str) -> int:
-    """Edit distance counting an adjacent transposition as one edit."""
-    prev2: list[int] = []
-    prev = list(range(len(b) + 1))
-    for i in range(1, len(a) + 1):
-        cur = [i] + [0] * len(b)
-        for j in range(1, len(b) + 1):
-            cost = 0 if a[i - 1] == b[j - 1] else 1
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
-            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
-                cur[j] = min(cur[j], prev2[j - 2] + 1)
-        prev2, prev = prev, cur
-    return prev[-1]
+_osa_distance = osa_distance
 
 
 def closest(name: str, known: Iterable[str]) -> Optional[str]:
@@ -121,31 +109,9 @@ def check_choice(value: Any, known: AbstractSet[str], what: str, where: str) -> 
     return value
 
 
-def looks_like_typo(name: str, known: AbstractSet[str]) -> Optional[str]:
-    """The known name that ``name`` (not itself known) is within a small edit distance of."""
-    if name in known:
-        return None
-    low = name.lower()
-    for k in known:
-        if k.lower() == low or _osa_distance(low, k) <= max(1, len(k) // 5):
-            return k
-    return None
-
-
 def check_family(value: Any, where: str) -> str:
     """A region family: a built-in one, or a custom string that is not a typo of a built-in."""
-    if not isinstance(value, str) or not value.strip():
-        raise CanvasTypeError(
-            f"{where}: family must be a non-empty string such as {sorted(REGION_FAMILIES)}; got {value!r}"
-        )
-    typo = looks_like_typo(value, REGION_FAMILIES)
-    if typo is not None:
-        raise ProgramError(
-            f"{where}: unknown family {value!r}. Did you mean {typo!r}? Built-in families are "
-            f"{sorted(REGION_FAMILIES)}; custom family names are allowed but must not look like a "
-            "misspelling of a built-in one (pick a clearly different name, e.g. prefix it)."
-        )
-    return value
+    return check_family_name(value, where, ProgramError)
 
 
 def check_operator(value: Any, where: str) -> str:

@@ -54,3 +54,92 @@ def as_bool(value: Any, what: str) -> bool:
     if not isinstance(value, bool):
         raise CanvasTypeError(f"{what} must be True or False, got {value!r}")
     return value
+
+
+# --- closed vocabularies shared by the schema and program layers ---------------------------------
+#: What kind of state a region holds (``RegionSpec.family`` / ``Field.family``).
+REGION_FAMILIES = frozenset({"observation", "state", "memory", "residual", "action"})
+#: Semantic intent of a connection (``Connection.operator`` / ``ConnectionProgram.operator``).
+OPERATORS = frozenset({
+    "attend", "observe", "predict", "integrate", "write", "retrieve", "act", "intervene",
+    "emit_residual", "correct", "compress", "bind",
+})
+
+
+def osa_distance(a: str, b: str) -> int:
+    """Edit distance counting an adjacent transposition as one edit."""
+    prev2: list = []
+    prev = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[-1]
+
+
+def looks_like_typo(name: str, known) -> "str | None":
+    """The known name that ``name`` (not itself known) is within a small edit distance of."""
+    if name in known:
+        return None
+    low = name.lower()
+    for k in sorted(known):
+        if k.lower() == low or osa_distance(low, k) <= max(1, len(k) // 5):
+            return k
+    return None
+
+
+def check_family_name(value: Any, where: str, error: type) -> str:
+    """A region family: a built-in one, or a custom name that does not look like a misspelling
+    of a built-in one (``error`` is raised, with a did-you-mean, when it does)."""
+    if not isinstance(value, str) or not value.strip():
+        raise CanvasTypeError(
+            f"{where}: family must be a non-empty string such as {sorted(REGION_FAMILIES)}; got {value!r}")
+    typo = looks_like_typo(value, REGION_FAMILIES)
+    if typo is not None:
+        raise error(
+            f"{where}: unknown family {value!r}. Did you mean {typo!r}? Built-in families are "
+            f"{sorted(REGION_FAMILIES)}; custom family names are allowed but must not look like a "
+            "misspelling of a built-in one (pick a clearly different name, e.g. prefix it).")
+    return value
+
+
+# --- naming the region a spec was written for ----------------------------------------------------
+_KEY_BEFORE = None
+
+
+def caller_dict_key() -> "str | None":
+    """The key a value is being written under, when the first caller outside canvas-core is
+    evaluating ``{"name": Spec(...)}`` or ``name=Spec(...)`` (read from its source at the exact
+    call position, Python 3.11+); None when that cannot be told. Used only to name the region
+    in an error raised while a ``RegionSpec`` is built, before any layout knows its name."""
+    import linecache
+    import re
+    import sys
+
+    global _KEY_BEFORE
+    if _KEY_BEFORE is None:
+        _KEY_BEFORE = re.compile(r"""(?:(["'])((?:(?!\1).){1,200})\1\s*:|[(,]\s*([A-Za-z_]\w*)\s*=)\s*$""", re.S)
+    try:
+        f = sys._getframe(1)
+        while f is not None and str(f.f_globals.get("__name__", "")).startswith(("canvas_core.", "dataclasses")):
+            f = f.f_back
+        if f is None:
+            return None
+        positions = list(f.f_code.co_positions())
+        lineno, _, col, _ = positions[f.f_lasti // 2]
+        if lineno is None or col is None:
+            return None
+        lines = linecache.getlines(f.f_code.co_filename, f.f_globals)
+        if not lines or lineno > len(lines):
+            return None
+        before = "".join(lines[max(0, lineno - 4):lineno - 1]) + lines[lineno - 1].encode()[:col].decode(errors="ignore")
+    except Exception:  # introspection is best effort: never mask the real error
+        return None
+    m = _KEY_BEFORE.search(before)
+    if m is None:
+        return None
+    return m.group(2) if m.group(2) is not None else m.group(3)

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Tuple
 
 from canvas_core.errors import CanvasTypeError, RegionError, SchemaError, did_you_mean
-from canvas_core.schema._validate import as_bool, as_float, as_int, as_str, is_int
+from canvas_core.schema._validate import (as_bool, as_float, as_int, as_str, caller_dict_key, check_family_name,
+                                          is_int)
 
 __all__ = ["RegionSpec", "transfer_distance", "DEFAULT_EMBEDDING_MODEL", "CARRIERS"]
 
@@ -48,6 +49,16 @@ class RegionSpec:
     family: Optional[str] = field(default=None)
 
     def __post_init__(self) -> None:
+        try:
+            self._check()
+        except (SchemaError, CanvasTypeError) as exc:
+            # written as {"slow": RegionSpec(...)} (or slow=RegionSpec(...)): name the region
+            name = caller_dict_key()
+            if name is None or f"region {name!r}" in str(exc):
+                raise
+            raise type(exc)(f"region {name!r}: {exc}") from None
+
+    def _check(self) -> None:
         b = self.bounds
         if isinstance(b, (str, bytes)) or not hasattr(b, "__iter__"):
             raise CanvasTypeError(
@@ -106,6 +117,7 @@ class RegionSpec:
             )
         if self.family is not None:
             as_str(self.family, "RegionSpec family")
+            check_family_name(self.family, "RegionSpec", RegionError)
 
     # --- geometry -------------------------------------------------------------------------
     @property

@@ -13,7 +13,7 @@ from canvas_core.errors import (
     UnknownRegionError,
     did_you_mean,
 )
-from canvas_core.schema._validate import as_bool, as_float, as_int, as_str, is_int
+from canvas_core.schema._validate import OPERATORS, as_bool, as_float, as_int, as_str, is_int, looks_like_typo
 
 if TYPE_CHECKING:  # pragma: no cover
     from canvas_core.schema.layout import CanvasLayout
@@ -116,6 +116,11 @@ class Connection:
         if self.fn is not None:
             as_str(self.fn, f"{where}: fn")
         as_str(self.operator, f"{where}: operator")
+        if self.operator not in OPERATORS:
+            hint = looks_like_typo(self.operator, OPERATORS)
+            raise TopologyError(
+                f"{where}: unknown operator {self.operator!r}." + (f" Did you mean {hint!r}?" if hint else "")
+                + f" Use one of {sorted(OPERATORS)}")
         if self.write_mode not in WRITE_MODES:
             raise TopologyError(
                 f"{where}: write_mode must be one of {sorted(WRITE_MODES)}, got {self.write_mode!r}"
@@ -253,7 +258,10 @@ class CanvasTopology:
 
     def resolve_fn(self, connection: Connection, layout: Optional["CanvasLayout"] = None) -> str:
         """The attention function type of a connection: ``connection.fn``, else the src region's
-        ``default_attn`` (when a layout is given), else ``"cross_attention"``."""
+        ``default_attn`` (when a layout is given), else ``"cross_attention"``.
+
+        Only the name the connection asks for; no registry is involved.  Lowering calls this once
+        per connection, and the compiler's resolution pass decides what runs each type."""
         if not isinstance(connection, Connection):
             raise CanvasTypeError(
                 f"resolve_fn expects a Connection, got {type(connection).__name__} {connection!r}"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from canvas_core.errors import CanvasError, CanvasTypeError, ProgramError, SchemaFormatError
+from canvas_core.errors import CanvasError, CanvasTypeError, ProgramError, SchemaFormatError, TopologyError
 from canvas_core.program import (
     CARRIERS, COMPILE_MODES, OPERATORS, REGION_FAMILIES, WRITE_MODES, CanvasProgram, ClockSpec,
     ConnectionProgram, ConstraintSpec, Field, IdentitySpec, LearningSpec, RegionProgram,
@@ -218,9 +218,11 @@ def test_program_constructor_validation():
         CanvasProgram(schema=schema, regions={"camera": "observation"})
     with pytest.raises(CanvasTypeError):
         CanvasProgram(schema=schema.to_dict())
-    bad_topo = CanvasSchema(layout=schema.layout, topology=CanvasTopology([Connection("camera", "belief", operator="watch")]))
-    with pytest.raises(ProgramError, match="unknown operator 'watch'"):
-        CanvasProgram(schema=bad_topo)
+    # an unknown operator is refused where it is written, by the schema layer (did-you-mean)
+    with pytest.raises(TopologyError, match="unknown operator 'watch'"):
+        Connection("camera", "belief", operator="watch")
+    with pytest.raises(TopologyError, match="Did you mean 'observe'"):
+        Connection("camera", "belief", operator="obsrve")
 
 
 # --- validate_constraints ------------------------------------------------------------------------
