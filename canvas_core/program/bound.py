@@ -221,16 +221,15 @@ class BoundSchema(_Navigable):
                                                  learn_residuals)
 
     def summary(self) -> str:
-        """One line per field: its name, box and number of positions."""
+        """One line per field: its name, box and number of positions (canvas-engineering's text)."""
         lay = self.layout
         lines = [f"BoundSchema ({len(self._fields)} fields, {lay.num_positions} positions):"]
-        width = max((len(n) for n in self._fields), default=0)
         for name, spec in self.region_specs.items():
             b = spec.bounds
             box = ", ".join([f"t={b[0]}-{b[1]}"] + [f"{b[k]}-{b[k + 1]}" for k in range(2, len(b), 2)])
-            lines.append(f"  {name:<{width}} -> ({box}) {lay.region_numel(name)}pos")
-        n_conn = len(self.topology.connections) if self.topology is not None else 0
-        lines.append(f"  {n_conn} connections")
+            lines.append(f"  {name} -> ({box}) {lay.region_numel(name)}pos")
+        if self.topology is not None:
+            lines.append(f"  {len(self.topology.connections)} connections")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
