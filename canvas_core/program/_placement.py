@@ -19,9 +19,9 @@ __all__ = ["semantic_type_of"]
 # --- naming ------------------------------------------------------------------------------------
 def semantic_type_of(path: str) -> str:
     """Readable modality description from a field path, the text canvas-engineering derives for
-    the same path (``canvas_core.semantic.auto_semantic_type``): ``"agents[0].joint_pos"`` ->
+    the same path (``auto_semantic_type``): ``"agents[0].joint_pos"`` ->
     ``"agents 0 / joint pos"``; nothing is collapsed, so ``"a__b"`` -> ``"a  b"``."""
-    from canvas_core.semantic import auto_semantic_type
+    from canvas_core.program.naming import auto_semantic_type
 
     return auto_semantic_type(path)
 
