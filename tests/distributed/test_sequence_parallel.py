@@ -36,10 +36,10 @@ _spec.loader.exec_module(_launch)
 SCENARIOS = ("errors", "fixed", "model", "random")
 
 
-@pytest.mark.parametrize("world,examples", [(2, 12), (4, 6)])
-def test_sequence_parallel_equals_one_process(world, examples):
-    out = _launch.launch(world, *SCENARIOS, "--examples", str(examples))
-    for name in SCENARIOS:
+@pytest.mark.parametrize("world,scenarios,examples", [(2, SCENARIOS, 12), (4, ("errors", "model", "random"), 8)])
+def test_sequence_parallel_equals_one_process(world, scenarios, examples):
+    out = _launch.launch(world, *scenarios, "--examples", str(examples))
+    for name in scenarios:
         assert f"OK {name} world={world}" in out, out
 
 
