@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Sequence
 
+from canvas_core.compiler.resolved import REFERENCE_KERNEL
+
 __all__ = ["format_table", "format_resolutions", "format_regions", "format_report", "format_plan_report",
            "format_groups",
            "compiled_to_dict"]
@@ -129,11 +131,11 @@ def format_groups(plan: Any) -> str:
     backbone's own q/k/v; other types run their module behind a gate that starts at 0)."""
     rows = []
     for fn, g in plan.groups.items():
-        r = getattr(g, "resolved", None)
+        r = g.resolved
         if r is None:
             continue
         if r.fused:
-            kern = r.kernel.name if r.kernel is not None else "reference"
+            kern = r.kernel.name if r.kernel is not None else REFERENCE_KERNEL
             rows.append([fn, len(g.connections), f"fused kernel {kern}",
                          f"backbone's own q/k/v, kernel {kern}"])
         else:
