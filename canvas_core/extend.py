@@ -39,8 +39,10 @@ Attention kernels (torch)
     ``ReferenceKernel`` (the reference every kernel is checked against) and ``REFERENCE_MODES``.
 Backbones (torch)
     ``BackboneAdapter``, ``GenericAdapter``, ``TokenLayout``, ``topology_bias``,
-    ``class_matches``, ``LoopedBlockWrapper``, ``BlockIO``, the SDPA helper ``canvas_sdpa`` and
-    ``CanvasProcessorBase`` (the shared part of a backbone attention processor).
+    ``class_matches``, ``LoopedBlockWrapper``, ``BlockIO``, the SDPA helper ``canvas_sdpa``,
+    ``CanvasAttentionHooks`` (what an attention object inside a grafted backbone reads: sharpening
+    ``beta``, an installed topology) and ``CanvasProcessorBase`` (the shared part of a backbone
+    attention processor).
 
 Importing this module imports neither torch nor any plugin: every name loads on first access
 (PEP 562), so a plugin's registration module may import ``hookimpl`` from here.
@@ -67,7 +69,7 @@ if TYPE_CHECKING:  # for readers and IDEs; at run time the names load lazily bel
     from canvas_core.looping.adapter import (
         BackboneAdapter, GenericAdapter, TokenLayout, class_matches, topology_bias,
     )
-    from canvas_core.looping.attention_ops import CanvasProcessorBase, canvas_sdpa
+    from canvas_core.looping.attention_ops import CanvasAttentionHooks, CanvasProcessorBase, canvas_sdpa
     from canvas_core.looping.wrapper import BlockIO, LoopedBlockWrapper
     from canvas_core.plugins.spec import RuntimeContext, Spec
     from canvas_core.runtime.kernel_base import AttentionKernel
@@ -101,11 +103,12 @@ _publish("canvas_core.runtime.kernels", "ReferenceKernel", "REFERENCE_MODES")
 _publish("canvas_core.looping.adapter", "BackboneAdapter", "GenericAdapter", "TokenLayout",
          "topology_bias", "class_matches")
 _publish("canvas_core.looping.wrapper", "LoopedBlockWrapper", "BlockIO")
-_publish("canvas_core.looping.attention_ops", "canvas_sdpa", "CanvasProcessorBase")
+_publish("canvas_core.looping.attention_ops", "canvas_sdpa", "CanvasAttentionHooks", "CanvasProcessorBase")
 
 #: every published name (a test checks that each resolves)
 __all__ = [
-    "AttentionBase", "AttentionKernel", "BackboneAdapter", "BlockIO", "BlockLayout", "CanvasProcessorBase",
+    "AttentionBase", "AttentionKernel", "BackboneAdapter", "BlockIO", "BlockLayout", "CanvasAttentionHooks",
+    "CanvasProcessorBase",
     "ENTRY_POINT_GROUP", "ExecutionPlan", "GenericAdapter", "LoopedBlockWrapper",
     "REFERENCE_MODES", "RectGroup", "ReferenceKernel", "ResolvedGroup", "RuntimeContext",
     "SegmentGrid", "Spec", "TokenLayout", "aligned_key_index", "block_layout_of", "canvas_sdpa",

@@ -8,7 +8,7 @@ schema may declare ``default_attn="cogvideox"`` on regions that will live inside
 
 from __future__ import annotations
 
-from canvas_core.attention import CrossAttention
+from canvas_core import CrossAttention
 
 __all__ = ["CogVideoXAttention"]
 

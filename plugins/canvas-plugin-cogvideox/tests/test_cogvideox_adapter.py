@@ -338,7 +338,7 @@ def test_user_layout_isolates_regions_end_to_end():
 
 def test_cogvideox_attention_type_is_cross_attention():
     import canvas_core
-    from canvas_core.attention import CrossAttention
+    from canvas_core import CrossAttention
     from canvas_core.plugins import create_attention
 
     m = create_attention("cogvideox", d_model=16, n_heads=2)

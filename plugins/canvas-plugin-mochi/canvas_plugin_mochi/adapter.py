@@ -21,8 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError
-from canvas_core.looping.adapter import BackboneAdapter, TokenLayout
-from canvas_core.looping.attention_ops import CanvasProcessorBase
+from canvas_core.extend import BackboneAdapter, CanvasProcessorBase, TokenLayout
 
 __all__ = ["MochiAdapter", "CanvasMochiAttnProcessor"]
 
