@@ -135,7 +135,8 @@ class InstalledTopology:
 
                 sub = compact_plan(self.token_plan, rows.detach().cpu().numpy())
                 base = PlanRunner(sub, self.softmax_types, self.kernels, n_heads=self.n_heads,
-                                  head_dim=self.head_dim, normalize="softmax", kernel_options=self.kernel_options)
+                                  head_dim=self.head_dim, normalize="softmax", kernel_options=self.kernel_options,
+                                  device=device)
             r = base.to(device)
             if len(self._cache) >= 32:
                 self._cache.clear()

@@ -76,7 +76,7 @@ def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: An
             kernels[fn] = kernel if kernel in _REFERENCE_MODES else rg
     installed = InstalledTopology(plan=plan, tokens=tokens, softmax_types=sorted(softmax), kernels=kernels,
                                   n_heads=n_heads, head_dim=head_dim, backbone=getattr(adapter, "name", ""),
-                                  kernel_options=kernel_options)
+                                  kernel_options=kernel_options, device=device)
     tp = installed.token_plan
     # a region that holds no token of the sequence cannot take part in a connection
     for ci, conn in enumerate(topology.connections):
@@ -127,8 +127,6 @@ def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: An
                                         f"{type(exc).__name__}: {exc}") from exc
                 md[_key(fn)] = GatedTypeModule(fn, mod).to(device=device, dtype=dtype)
             per_block[b] = md
-    if str(device) != "cpu":
-        installed.runner = installed.runner.to(device)
     installed.install_seconds = time.perf_counter() - start
     holders = adapter.blocks(model)
 

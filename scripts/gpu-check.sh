@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Verify every CUDA path of canvas-core in one call (target: under 8 minutes on one GPU).
+#
+#   bash scripts/gpu-check.sh            # from the repository root
+#
+# Runs every test marked `cuda` (core, plugins, backends: FlexAttention / xformers / mamba-ssm
+# paths where those packages are installed), then the backbone benchmark and the canvas
+# benchmark on CUDA, and prints one summary table (step, result, seconds).  Logs go to
+# $GPU_CHECK_LOGS (default: a temporary directory).  Without a CUDA device it says so and exits 0.
+# Exit status: 0 when every step passed, 1 otherwise.
+set -u
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "gpu-check: no CUDA GPU is visible to torch on this machine; nothing to check."
+  echo "gpu-check: (the tests marked 'cuda' skip themselves on CPU; run this script on a GPU machine)"
+  exit 0
+fi
+
+LOGS="${GPU_CHECK_LOGS:-$(mktemp -d -t canvas-gpu-check.XXXXXX)}"
+mkdir -p "$LOGS"
+DEVICE_NAME="$("$PY" -c "import torch; print(torch.cuda.get_device_name(0))")"
+echo "gpu-check: $DEVICE_NAME; logs in $LOGS"
+"$PY" - <<'EOF' | tee "$LOGS/packages.txt"
+import importlib.util, torch
+def have(m):
+    return "yes" if importlib.util.find_spec(m) is not None else "no"
+flex = "yes" if importlib.util.find_spec("torch.nn.attention.flex_attention") is not None else "no"
+print(f"gpu-check: torch {torch.__version__} (CUDA {torch.version.cuda}); flex_attention {flex}; "
+      f"xformers {have('xformers')}; mamba_ssm {have('mamba_ssm')}; triton {have('triton')}")
+EOF
+
+STEPS=()
+RESULTS=()
+SECONDS_USED=()
+FAILED=0
+
+step() {  # step NAME TIMEOUT_S COMMAND...
+  local name="$1" limit="$2"
+  shift 2
+  local log="$LOGS/$(echo "$name" | tr ' /' '__').log"
+  local t0=$(date +%s)
+  echo "gpu-check: $name ..."
+  timeout "$limit" "$@" >"$log" 2>&1
+  local rc=$?
+  local dt=$(( $(date +%s) - t0 ))
+  local res
+  if [ $rc -eq 0 ]; then res="passed"
+  elif [ $rc -eq 124 ]; then res="TIMEOUT (>${limit}s)"; FAILED=1
+  else res="FAILED (exit $rc)"; FAILED=1
+  fi
+  case "$name" in
+    tests*) local tail_line
+            tail_line="$(grep -E '[0-9]+ (passed|failed|error|skipped)' "$log" | tail -1)"
+            [ -n "$tail_line" ] && res="$res: $tail_line" ;;
+  esac
+  STEPS+=("$name"); RESULTS+=("$res"); SECONDS_USED+=("$dt")
+}
+
+# 1. every test marked cuda (they skip with a reason where a package is missing)
+step "tests -m cuda" 270 env OMP_NUM_THREADS=4 "$PY" -m pytest -q -m cuda -rs -p no:cacheprovider tests plugins backends
+# 2. backbones on CUDA: install cost and forward / forward+backward with the resolved kernel
+step "bench_backbones cuda" 120 "$PY" benchmarks/bench_backbones.py --device cuda --repeats 3
+# 3. the canvas layer on CUDA
+step "bench_canvas cuda" 120 "$PY" benchmarks/bench_canvas.py --device cuda --sizes 1024,4096,16384 --repeats 3 --ce-max-n 4096 --ce-budget 20
+
+echo
+echo "gpu-check summary ($DEVICE_NAME)"
+printf '%-24s  %-8s  %s\n' "step" "seconds" "result"
+printf '%-24s  %-8s  %s\n' "------------------------" "--------" "------"
+for i in "${!STEPS[@]}"; do
+  printf '%-24s  %-8s  %s\n' "${STEPS[$i]}" "${SECONDS_USED[$i]}" "${RESULTS[$i]}"
+done
+echo
+echo "skipped cuda tests (reasons):"
+grep -E '^SKIPPED' "$LOGS/tests_-m_cuda.log" 2>/dev/null | sed 's/^/  /' || true
+echo "benchmark tables: $LOGS/bench_backbones_cuda.log, $LOGS/bench_canvas_cuda.log"
+exit $FAILED
