@@ -30,7 +30,6 @@ from typing import Any, Dict, Optional
 from canvas_core.compiler.compiled import CompiledProgram
 from canvas_core.compiler.passes import (
     EXPORT_FORMAT,
-    MODES,
     ModeWork,
     apply_cortex,
     dtype_name,
@@ -47,9 +46,6 @@ from canvas_core.program import CanvasProgram
 from canvas_core.schema import CanvasSchema
 
 __all__ = ["ProgramCompiler", "CompiledProgram", "EXPORT_FORMAT"]
-
-_MODES = MODES  # older name, kept for importers
-
 
 def _device_name(device: Any) -> str:
     name = str(device).strip()

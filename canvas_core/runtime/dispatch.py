@@ -25,18 +25,23 @@ def _without_time(topology: Any) -> Any:
 
 
 class AttentionDispatcher(CanvasAttention):
-    """Routes every connection of ``topology`` to its resolved attention type, fused per type.
+    """canvas-engineering's dispatcher interface on top of :class:`CanvasAttention`.
+
+    The topology is lowered and resolved once, when the layer is built (one registry lookup per
+    fn type); ``forward`` then runs one kernel call per softmax-family type and one module call
+    per other type, never one call per connection.
 
     Args:
-        topology: ``CanvasTopology`` declaring connections.
-        layout: ``CanvasLayout`` declaring region positions.
-        d_model: model dimension.
-        n_heads: number of heads.
-        dropout: dropout rate.
-        skip_temporal: ignore ``t_src`` / ``t_dst`` (every connection dense in time).
-        residual_accumulator: optional ``ResidualAccumulator``; after each forward, every region
-            it tracks that is in the layout is updated with ``output - x`` at that region.
-        **kwargs: passed to :class:`CanvasAttention` (``kernel``, ``attention_factory``, ...).
+        topology: the ``CanvasTopology`` to run.
+        layout: the ``CanvasLayout`` that places its regions.
+        d_model: width of the hidden states.
+        n_heads: heads of the softmax-family attention.
+        dropout: attention dropout, applied only in training mode.
+        skip_temporal: drop every ``t_src`` / ``t_dst`` first, so each connection links all
+            frames of its regions.
+        residual_accumulator: optional ``ResidualAccumulator``; after each forward, each region
+            it tracks (and the layout has) receives ``output - x`` restricted to that region.
+        **kwargs: forwarded to :class:`CanvasAttention` (``kernel``, ``attention_factory``, ...).
     """
 
     def __init__(self, topology: Any, layout: Any, d_model: int, n_heads: int = 4,
