@@ -9,8 +9,9 @@ and the ``#`` comments, and compares them two ways:
 * sentences: each docstring paragraph or comment block joined into one line and cut at ``. ``,
   so that a sentence re-wrapped at other columns is still caught.
 
-A line or sentence of at least ``--min`` characters (50 by default) found in both trees is
-reported with its place in ours.  The exit status is 1 when anything is reported.
+Texts are compared after folding case and dropping markup that does not change the words
+(backticks, quotes, asterisks, trailing punctuation).  A line or sentence of at least ``--min``
+characters (50 by default) found in both trees is reported with its place in ours.  The exit status is 1 when anything is reported.
 
     python scripts/check_prose.py                       # against the installed canvas_engineering
     python scripts/check_prose.py --theirs DIR --ours canvas_core plugins
@@ -38,6 +39,13 @@ def fold(text: str) -> str:
     """Fold whitespace and drop comment markers, so layout differences do not hide a match."""
     text = text.strip().lstrip("#").strip()
     return re.sub(r"\s+", " ", text)
+
+
+def key(text: str) -> str:
+    """The form texts are compared in: folded, lower case, without markup quotes and the
+    punctuation at the end."""
+    text = re.sub(r"[`'\"*]", "", fold(text).lower())
+    return text.rstrip(" .,;:!?")
 
 
 def _docstrings(tree: ast.AST) -> Iterator[Tuple[int, str]]:
@@ -103,10 +111,11 @@ def _sentences(block: List[Tuple[int, str]]) -> Iterator[Tuple[int, str]]:
             para = []
 
 
-def collect(roots: Iterable[Path], minimum: int) -> Tuple[Dict[str, Place], Dict[str, Place]]:
-    """``(lines, sentences)``: folded text of at least ``minimum`` characters -> first place."""
-    lines: Dict[str, Place] = {}
-    sentences: Dict[str, Place] = {}
+def collect(roots: Iterable[Path], minimum: int) -> Tuple[Dict[str, Tuple[Place, str]], Dict[str, Tuple[Place, str]]]:
+    """``(lines, sentences)``: comparison :func:`key` of texts with at least ``minimum``
+    characters -> (first place, folded text)."""
+    lines: Dict[str, Tuple[Place, str]] = {}
+    sentences: Dict[str, Tuple[Place, str]] = {}
     for root in roots:
         files = [root] if root.is_file() else sorted(root.rglob("*.py"))
         for path in files:
@@ -115,11 +124,11 @@ def collect(roots: Iterable[Path], minimum: int) -> Tuple[Dict[str, Place], Dict
             for _first, block in prose_blocks(path):
                 for lineno, raw in block:
                     text = fold(raw)
-                    if len(text) >= minimum:
-                        lines.setdefault(text, (str(path), lineno))
+                    if len(key(text)) >= minimum:
+                        lines.setdefault(key(text), ((str(path), lineno), text))
                 for lineno, sentence in _sentences(block):
-                    if len(sentence) >= minimum:
-                        sentences.setdefault(sentence, (str(path), lineno))
+                    if len(key(sentence)) >= minimum:
+                        sentences.setdefault(key(sentence), ((str(path), lineno), sentence))
     return lines, sentences
 
 
@@ -137,11 +146,11 @@ def find_repeats(ours: Iterable[Path], theirs: Iterable[Path], minimum: int = 50
     our_lines, our_sentences = collect(ours, minimum)
     their_lines, their_sentences = collect(theirs, minimum)
     found: Dict[Place, str] = {}
-    for text, place in our_lines.items():
-        if text in their_lines:
+    for k, (place, text) in our_lines.items():
+        if k in their_lines:
             found.setdefault(place, text)
-    for text, place in our_sentences.items():
-        if text in their_sentences or text in their_lines:
+    for k, (place, text) in our_sentences.items():
+        if k in their_sentences or k in their_lines:
             found.setdefault(place, text)
     return sorted(((p, t) for p, t in found.items()), key=lambda item: item[0])
 

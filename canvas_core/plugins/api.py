@@ -143,9 +143,9 @@ def create_attention(fn_name: str, d_model: int, n_heads: int = 4, dropout: floa
     """Build attention type ``fn_name``: ``factory(d_model=, n_heads=, dropout=, **kwargs)``.
 
     The result is an ``nn.Module`` called as ``module(queries, keys, values, key_mask=None)``:
-    ``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``.  ``kwargs`` are type-specific
-    (``top_k`` for ``sparse_attention``, ``window_size`` for ``local_attention``,
-    ``kernel=`` for types with their own kernels, ...).  A factory that takes no ``n_heads`` /
+    ``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``.  Further keywords go to the type
+    itself: how many keys ``sparse_attention`` keeps (``top_k``), the width of
+    ``local_attention``'s window (``window_size``), a ``kernel=`` choice, and so on.  A factory that takes no ``n_heads`` /
     ``dropout`` parameter is called without them (``dropout`` only when it is 0).  The lookup of
     ``fn_name`` is the only thing done here: building is
     :func:`canvas_core.plugins.resolve.build_attention`.
