@@ -221,8 +221,13 @@ class SequenceParallelCanvasAttention(nn.Module):
         H, dh, N = attn.n_heads, attn.head_dim, self.sharding.n
         hb, sizes, me = self.head_bounds, self.sharding.sizes, self.rank
         h_me = hb[me + 1] - hb[me]
+        P = self.size
+        even = H % P == 0
         t = attn.qkv(x).view(B, n_r, 3, H, dh).transpose(0, 1)  # (n_r, B, 3, H, dh)
-        send = torch.cat([t[:, :, :, hb[j]:hb[j + 1]].reshape(-1) for j in range(self.size)])
+        if even:  # one copy: the destination rank's heads outermost
+            send = t.reshape(n_r, B, 3, P, H // P, dh).permute(3, 0, 1, 2, 4, 5).reshape(-1)
+        else:
+            send = torch.cat([t[:, :, :, hb[j]:hb[j + 1]].reshape(-1) for j in range(P)])
         recv = _all_to_all(send, [n_r * B * 3 * (hb[j + 1] - hb[j]) * dh for j in range(self.size)],
                            [s * B * 3 * h_me * dh for s in sizes], self.group)
         full = recv.view(N, B * 3 * h_me * dh)
@@ -234,10 +239,13 @@ class SequenceParallelCanvasAttention(nn.Module):
         if not self.identity_perm:
             m = m.index_select(0, self._index("perm", x.device))  # canonical -> packed rows
         back = _all_to_all(m.reshape(-1), [s * B * h_me * dh for s in sizes],
-                           [n_r * B * (hb[j + 1] - hb[j]) * dh for j in range(self.size)], self.group)
-        parts = back.split([n_r * B * (hb[j + 1] - hb[j]) * dh for j in range(self.size)])
-        o = torch.cat([p.view(n_r, B, hb[j + 1] - hb[j], dh) for j, p in enumerate(parts)], dim=2)
-        o = o.permute(1, 0, 2, 3).reshape(B, n_r, D)
+                           [n_r * B * (hb[j + 1] - hb[j]) * dh for j in range(P)], self.group)
+        if even:  # (source rank, n_r, B, its heads, dh) -> (B, n_r, H * dh)
+            o = back.view(P, n_r, B, H // P, dh).permute(2, 1, 0, 3, 4).reshape(B, n_r, D)
+        else:
+            parts = back.split([n_r * B * (hb[j + 1] - hb[j]) * dh for j in range(P)])
+            o = torch.cat([p.view(n_r, B, hb[j + 1] - hb[j], dh) for j, p in enumerate(parts)], dim=2)
+            o = o.permute(1, 0, 2, 3).reshape(B, n_r, D)
         if bias_weight is not None:
             bias_weight = bias_weight.index_select(0, self._index("local", x.device))
         return attn.project_out(o, bias_weight)
