@@ -16,7 +16,7 @@ __all__ = [
     "counts", "topology_repr", "topology_summary", "program_repr", "program_summary",
     "bound_repr", "bound_field_repr", "compiler_repr", "compiled_repr", "compiled_summary",
     "accumulator_repr", "scheduler_repr", "learned_scheduler_repr", "sharpening_repr",
-    "dispatcher_repr",
+    "dispatcher_repr", "cortex_summary",
 ]
 
 
@@ -96,6 +96,17 @@ def bound_field_repr(field: Any) -> str:
     b = field.spec.bounds
     shape = "x".join(str(b[i + 1] - b[i]) for i in range(2, len(b), 2))
     return f"BoundField({field.region_name!r}, t={b[0]}-{b[1]}, {shape})"
+
+
+def cortex_summary(registry: Any) -> str:
+    lines = [f"CortexRegistry({registry.n_cortices} cortices, {registry.n_assigned} assignments):"]
+    for name in registry.cortex_names:
+        zone = registry._cortices[name]
+        regions = registry.regions_in(name)
+        listed = f" [{', '.join(regions)}]" if regions else ""
+        lines.append(f"  {name} (tile={zone.tile}, backend={zone.local_backend}, cache={zone.shared_cache}): "
+                     f"{len(regions)} regions{listed}")
+    return "\n".join(lines)
 
 
 # --- compiler -----------------------------------------------------------------------------------

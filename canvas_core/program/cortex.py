@@ -219,9 +219,11 @@ class CortexRegistry:
         return len(self._assign)
 
     def summary(self) -> str:
-        """A few lines for people: each zone with its bounds, tiling, backend and regions."""
-        head = f"CortexRegistry ({self.n_cortices} cortices, {self.n_assigned} regions assigned)"
-        rows = (f"  {z.name}: bounds={z.bounds} tile={z.tile} backend={z.local_backend} "
-                f"shared_cache={z.shared_cache} regions={self.regions_in(z.name)}"
-                for z in (self._cortices[n] for n in self.cortex_names))
-        return "\n".join([head, *rows])
+        """canvas-engineering's text: the counts, then each zone with its tiling, backend, cache
+        and regions."""
+        from canvas_core._reprs import cortex_summary
+
+        return cortex_summary(self)
+
+    def __repr__(self) -> str:
+        return f"CortexRegistry(cortices={self.n_cortices}, assigned={self.n_assigned})"
