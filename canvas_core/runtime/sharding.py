@@ -23,6 +23,7 @@ from canvas_core.errors import CanvasError
 
 __all__ = ["SequenceParallelError", "SequenceParallelWarning", "CanvasSharding", "sequence_parallel_mesh"]
 
+
 class SequenceParallelError(CanvasError, ValueError):
     """A sequence-parallel setting is unusable (group, sizes, canvas too small, ...)."""
 
@@ -128,7 +129,7 @@ def _rows_in(sg, lo: int, hi: int) -> np.ndarray:
     return np.maximum(b - a, 0).astype(np.int64)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class CanvasSharding:
     """How a canvas is cut into ``size`` contiguous shares of packed positions.
 
