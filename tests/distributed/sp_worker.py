@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from torch.nn.parallel import DistributedDataParallel
 
 from canvas_core import AttentionDispatcher, CanvasLayout, CanvasTopology, Connection, RegionSpec
 from canvas_core.runtime.sequence_parallel import (
@@ -215,8 +216,21 @@ def scenario_model() -> str:
         for (n, p), q in zip(model.named_parameters(), whole.parameters()):
             dist.all_reduce(p.grad, group=mesh["sp"].get_group())
             torch.testing.assert_close(p.grad, q.grad, **TOL, msg=lambda m, n=n: f"{n}: {m}")
+
+    def check_ddp():
+        # DDP over the whole world averages over sp x dp ranks: the loss scaled by sp gives the
+        # data-parallel mean of the whole-canvas gradients
+        ddp_model = copy.deepcopy(whole)
+        parallelize_canvas(ddp_model, mesh["sp"])
+        ddp = DistributedDataParallel(ddp_model)
+        (ddp(shard_canvas(x, sharding, mesh["sp"])).square().sum() * sp_size).backward()
+        for (n, p), q in zip(ddp_model.named_parameters(), whole.parameters()):
+            mean = q.grad.clone()
+            dist.all_reduce(mean, group=mesh["dp"].get_group())
+            torch.testing.assert_close(p.grad, mean / (WORLD // sp_size), **TOL, msg=lambda m, n=n: f"{n}: {m}")
     lockstep(check)
-    return f"sp={sp_size} dp={WORLD // sp_size}"
+    lockstep(check_ddp)
+    return f"sp={sp_size} dp={WORLD // sp_size}, with DDP"
 
 
 def scenario_errors() -> str:
