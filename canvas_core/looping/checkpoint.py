@@ -211,6 +211,16 @@ def _describe_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
         if s.get("params") != c.get("params"):
             sp, cp = s.get("params", {}), c.get("params", {})
             for n in sorted(set(sp) | set(cp)):
+                if n.startswith("canvas_fn.") and (n in sp) != (n in cp):
+                    # the gated modules of a topology's non-softmax types (install_topology)
+                    fn = n.split(".")[1]
+                    where = ("the checkpoint" if n in sp else "the model") + " but not in " + (
+                        "the model" if n in sp else "the checkpoint")
+                    return (
+                        f"block {i} parameter {n!r} (the module of fn type {fn!r} of an installed "
+                        f"canvas topology) is in {where}; install the topology the loops were "
+                        "trained with (adapter.install_topology) before loading, or remove it"
+                    )
                 if sp.get(n) != cp.get(n):
                     return (
                         f"block {i} parameter {n!r} has shape {cp.get(n)} in the model but "
