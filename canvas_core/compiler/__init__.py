@@ -7,7 +7,8 @@
   rectangles over packed positions, grouped by fn type; ``temporal.py`` the frame rules.
 * :func:`resolve_plan` (``resolution.py``) gives each group its :class:`ResolvedGroup`
   (``resolved.py``): the attention entry and kernel every executing module builds from.
-* :func:`block_mask` (``masks.py``): the block-sparse tile structure.
+* :func:`block_mask` (``masks.py``): the block-sparse tile structure (and :func:`attention_mask`,
+  a delegate to the runtime, which builds the dense tensor).
 
 Torch-free.  The few places that reach into the runtime are the delegates listed in
 :data:`RUNTIME_DELEGATES`; names load lazily (PEP 562).
@@ -28,13 +29,13 @@ __all__ = [
 #: Nothing else under ``canvas_core/compiler`` imports torch or a layer above it; the import-graph
 #: test allows exactly these.
 RUNTIME_DELEGATES = (
-    # applies compile modes to the nn.Module a caller hands to compile(module=...)
-    "canvas_core.compiler.compiler:ProgramCompiler.compile -> canvas_core.runtime.modes",
-    # hand out torch tensors: the plan's dense weights and the block mask's index arrays
+    # builds the runtime's ModeApplier for the nn.Module a caller hands to compile(module=...)
+    "canvas_core.compiler.compiler:_mode_applier -> canvas_core.runtime.modes",
+    # hand out torch tensors: the plan's dense weights, the topology's dense mask, the block
+    # mask's index arrays
     "canvas_core.compiler.plan:ExecutionPlan.to_dense -> canvas_core.runtime.plan_tensors",
+    "canvas_core.compiler.masks:attention_mask -> canvas_core.runtime.plan_tensors",
     "canvas_core.compiler.masks:BlockMask.to_torch -> canvas_core.runtime.plan_tensors",
-    # a lazily resolved name of this package (a string in _LAZY below, not an import statement)
-    "canvas_core.compiler:attention_mask -> canvas_core.runtime.plan_tensors",
 )
 
 _LAZY = {
@@ -42,7 +43,7 @@ _LAZY = {
     "CompiledProgram": "canvas_core.compiler.compiled",
     "ExecutionPlan": "canvas_core.compiler.plan",
     "lower": "canvas_core.compiler.lowering",
-    "attention_mask": "canvas_core.runtime.plan_tensors",
+    "attention_mask": "canvas_core.compiler.masks",
     "block_mask": "canvas_core.compiler.masks",
     "ConnectionResolution": "canvas_core.compiler.resolution",
     "resolve_connections": "canvas_core.compiler.resolution",

@@ -16,8 +16,8 @@ What ``compile()`` does, step by step:
 6. only when all of that succeeded and a module was given: apply the modes to the module
    (:class:`canvas_core.runtime.modes.ModeApplier`), so a failing compile changes nothing.
 
-The compiler is torch-free.  Step 6 is this module's one call into the runtime layer, made inside
-``compile`` and only when the caller handed it a module; it is listed in
+The compiler is torch-free.  Step 6 is this module's one call into the runtime layer
+(:func:`_mode_applier`, used only when the caller handed ``compile`` a module); it is listed in
 ``canvas_core.compiler.RUNTIME_DELEGATES`` for the import-graph test.
 """
 
@@ -40,8 +40,7 @@ from canvas_core.compiler.passes import (
 )
 from canvas_core.compiler.resolution import resolve_plan
 from canvas_core.errors import CanvasTypeError, CompileError, did_you_mean
-from canvas_core.plugins.resolve import cuda_device_count
-from canvas_core.plugins.spec import KNOWN_DEVICE_TYPES
+from canvas_core.plugins.context import KNOWN_DEVICE_TYPES, cuda_device_count
 from canvas_core.program import CanvasProgram
 from canvas_core.schema import CanvasSchema
 
@@ -64,8 +63,17 @@ def _device_name(device: Any) -> str:
 
 
 def _cuda_device_count() -> int:
-    """CUDA devices present (0 without CUDA: then any ``cuda:N`` may be compiled for)."""
+    """CUDA devices present (0 without CUDA, or while the process has not loaded torch: then any
+    ``cuda:N`` may be compiled for)."""
     return cuda_device_count()
+
+
+def _mode_applier(module: Any, work: ModeWork) -> Any:
+    """The runtime's :class:`~canvas_core.runtime.modes.ModeApplier` for ``module`` (it checks the
+    module's entries now and changes the module only when asked to ``apply``)."""
+    from canvas_core.runtime.modes import ModeApplier  # listed in compiler.RUNTIME_DELEGATES
+
+    return ModeApplier(module, work)
 
 
 class ProgramCompiler:
@@ -153,11 +161,8 @@ class ProgramCompiler:
         work = ModeWork(modes=modes, export_dir=export_dir, header={
             "format": EXPORT_FORMAT, "schema_hash": schema.schema_hash(),
             "program_version": str(getattr(program, "version", ""))})
-        applier = None
-        if module is not None:  # the runtime checks the module's entries now, changes it at the end
-            from canvas_core.runtime.modes import ModeApplier  # listed in compiler.RUNTIME_DELEGATES
-
-            applier = ModeApplier(module, work)
+        # with a module, the runtime checks its entries now and changes it at the very end
+        applier = _mode_applier(module, work) if module is not None else None
 
         frozen = work.regions_in("freeze")
         constant = work.regions_in("constant")

@@ -1,9 +1,9 @@
 """The block-sparse mask of a topology: which tiles of the packed attention matrix are full,
 partial or empty, as the index arrays FlexAttention-style kernels take.
 
-Numpy only.  The dense ``(N, N)`` mask is a tensor, so it lives in the runtime
-(:func:`canvas_core.runtime.plan_tensors.attention_mask`); :meth:`BlockMask.to_torch` delegates
-there too.
+Numpy only.  The dense ``(N, N)`` mask is a tensor, so it is built in the runtime
+(:func:`canvas_core.runtime.plan_tensors.attention_mask`); :func:`attention_mask` and
+:meth:`BlockMask.to_torch` here are thin delegates to it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,15 @@ import numpy as np
 from canvas_core.compiler.lowering import lower
 from canvas_core.compiler.plan import BlockLayout, ExecutionPlan
 
-__all__ = ["block_mask", "BlockMask"]
+__all__ = ["attention_mask", "block_mask", "BlockMask"]
+
+
+def attention_mask(topology: Any, layout: Any, device: Any = "cpu", *, plan: Optional[ExecutionPlan] = None):
+    """``(N, N)`` float32 mask of the topology in canonical order (a torch tensor); see
+    :func:`canvas_core.runtime.plan_tensors.attention_mask`, which this delegates to."""
+    from canvas_core.runtime.plan_tensors import attention_mask as build  # listed in RUNTIME_DELEGATES
+
+    return build(topology, layout, device=device, plan=plan)
 
 
 @dataclass

@@ -24,8 +24,7 @@ from canvas_core.plugins.hints import install_hint, pip_name, provider_hint
 from canvas_core.plugins.host import PluginHost, get_host
 from canvas_core.plugins.spec import RuntimeContext, Spec
 
-__all__ = ["Resolution", "resolve_attention", "kernel_candidates", "build_attention", "AUTO_KERNEL",
-           "cuda_device_count"]
+__all__ = ["Resolution", "resolve_attention", "kernel_candidates", "build_attention", "AUTO_KERNEL"]
 
 #: values of ``kernel=`` that leave the choice to the resolver.
 AUTO_KERNEL = (None, "", "auto")
@@ -83,20 +82,6 @@ class Resolution:
         if self.rejected:
             s += "; rejected " + "; ".join(f"{n}: {', '.join(r)}" for n, r in self.rejected)
         return s
-
-
-def cuda_device_count() -> int:
-    """How many CUDA devices this process sees; 0 without torch or CUDA.
-
-    A device probe (the one place above the runtime that asks torch, and only when called): the
-    compiler uses it to refuse ``cuda:N`` beyond the devices present, while a machine without
-    CUDA may still compile for one."""
-    try:
-        import torch
-
-        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
-    except Exception:  # noqa: BLE001 - a broken CUDA setup must not block a cross-compile
-        return 0
 
 
 def kernel_candidates(name: str, host: Optional[PluginHost] = None) -> List[Spec]:

@@ -280,7 +280,7 @@ def test_bad_program_and_target():
 
 def test_compiler_layer_imports_no_torch():
     code = ("import sys, canvas_core.compiler as c; from canvas_core.compiler import ProgramCompiler, "
-            "CompiledProgram, ExecutionPlan, lower, block_mask, resolve_plan, ResolvedGroup; "
+            "CompiledProgram, ExecutionPlan, lower, attention_mask, block_mask, resolve_plan, ResolvedGroup; "
             "import canvas_core.compiler.resolution, canvas_core.compiler.report, canvas_core.compiler.passes; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -314,9 +314,8 @@ def test_compiler_sources_import_no_torch_and_reach_the_runtime_only_through_the
                 visit(child, name)
 
         visit(ast.parse(path.read_text()), "")
-    assert found <= allowed, found - allowed
-    # the lazily mapped public name is the only other reference, and it is listed too
-    assert {k for k, v in compiler._LAZY.items() if v.startswith(upward)} == {"attention_mask"}
+    assert found == allowed, (found - allowed, allowed - found)  # the list is complete and exact
+    assert not [k for k, v in compiler._LAZY.items() if v.startswith(upward)]
 
 
 # ---- property: compile never raises anything but a CanvasError, sets are consistent -------------
