@@ -127,20 +127,21 @@ def compile_program(
 ) -> Tuple[BoundSchema, CanvasProgram]:
     """Compile an object hierarchy into ``(BoundSchema, CanvasProgram)``.
 
-    Same layout and connections as :func:`compile_schema` (same arguments, ``packing`` too); in addition every connection
-    between two fields whose ``family`` was declared gets its operator from the family pair
-    (see ``docs/programs.md``), and every region gets a ``RegionProgram`` from its field's
-    family, tags, carrier, clock, learning, compile_mode, constraints and identity.
+    Same layout and connections as :func:`compile_schema` (same arguments, ``packing`` too); in
+    addition every connection between two fields whose ``family`` was declared gets its operator
+    from the family pair (see ``docs/programs.md``), and every region gets a ``RegionProgram``
+    from its field's family, tags, carrier, clock, learning, compile_mode, constraints and
+    identity.
 
     Example::
 
         @dataclass
-        class Robot:
-            camera: Field = Field(6, 6, family="observation")
-            belief: Field = Field(4, 4, family="state", tags=("belief",))
-            action: Field = Field(1, 4, family="action", loss_weight=2.0)
+        class Gripper:
+            wrist_cam: Field = Field(5, 5, family="observation")
+            grasp_state: Field = Field(3, 3, family="state")
+            torque: Field = Field(1, 6, family="action", loss_weight=3.0)
 
-        bound, program = compile_program(Robot(), T=8, d_model=256)
+        bound, program = compile_program(Gripper(), T=6, d_model=128)
     """
     bound, regions = _compile(root, T, spatial_shape, d_model, connectivity, layout_strategy, t_current, H, W, wire=True,
                                 packing=packing)

@@ -16,7 +16,7 @@ __all__ = ["IdentitySpec"]
 
 @dataclass(frozen=True)
 class IdentitySpec:
-    """Declares how a region manages persistent object identity.
+    """How one region keeps track of the objects it holds from frame to frame.
 
     Args:
         mode: ``"persistent"`` = slots persist across timesteps, observations bind to them;

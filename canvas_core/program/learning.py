@@ -6,8 +6,8 @@ compile mode targeted at deploy.  Set ``RegionProgram.learning`` explicitly to o
 Usage::
 
     from canvas_core import default_learning
-    default_learning("observation")
-    # LearningSpec(mode="ssl_prediction", losses=("next_step", "masked_prediction"), compile_mode="freeze")
+    spec = default_learning("observation")
+    assert spec.compile_mode == "freeze" and "next_step" in spec.losses
 """
 
 from __future__ import annotations

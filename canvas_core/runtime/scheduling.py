@@ -111,7 +111,7 @@ def _check_step_args(where: str, external_t: Any, summaries: Any, boundary: Any)
 
 
 class RegionScheduler:
-    """Evaluates clock rules to decide which regions fire each step.
+    """Decides, step by step, which regions update, from their clocks and the residual summaries.
 
     Args:
         program: a ``CanvasProgram``; each ``program.regions[name].clock`` is a ``ClockSpec``

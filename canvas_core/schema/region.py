@@ -31,7 +31,7 @@ class RegionSpec:
         loss_weight: Relative loss weight of the region's positions (>= 0).
         semantic_type: Human-readable modality description (source of truth for the embedding).
         semantic_embedding: Frozen embedding of ``semantic_type`` by ``embedding_model``.
-        embedding_model: Identifier of the model that produced ``semantic_embedding``.
+        embedding_model: Name of the embedder whose output ``semantic_embedding`` is.
         default_attn: Attention function type of connections leaving this region that set no ``fn``.
         carrier: Dynamics carrier (set by the program layer; ``"deterministic"`` by default).
         family: Region family (observation, state, memory, residual, action), set by the program layer.
@@ -164,7 +164,7 @@ def _axis_names(n_spatial: int) -> list[str]:
 def transfer_distance(a: RegionSpec, b: RegionSpec) -> float:
     """Cosine distance between the semantic embeddings of two regions, in ``[0, 2]``.
 
-    0 = identical modality, 1 = orthogonal, 2 = opposite. Both specs need a
+    0 for the same direction, 1 for perpendicular embeddings, 2 for opposite ones. Both specs need a
     ``semantic_embedding`` of the same length from the same ``embedding_model``.
     """
     for name, spec in (("first", a), ("second", b)):

@@ -25,7 +25,8 @@ _CONN_DEFAULTS = {f.name: f.default for f in fields(Connection) if f.name not in
 
 @dataclass
 class CanvasSchema:
-    """A complete, serializable declaration of canvas structure.
+    """Everything that fixes a canvas's structure -- layout, topology, version, metadata -- in a
+    form that round-trips through JSON.
 
     Example::
 
