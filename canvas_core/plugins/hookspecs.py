@@ -72,8 +72,10 @@ def canvas_register_attention(registry) -> None:
     ``registry.add(name, factory, **metadata)``; the factory is called as
     ``factory(d_model=..., n_heads=..., dropout=..., **kwargs)`` and returns an ``nn.Module``
     called as ``module(queries, keys, values, key_mask=None)`` with shapes
-    ``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``.  ``key_mask`` is optional, boolean,
-    broadcastable to ``(B, Nq, Nk)`` (True = may attend).  A query with no allowed key, or an
+    ``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``.  Canvas layers pass ``key_mask`` as a
+    bool ``(Nq, Nk)`` tensor (True = may attend); a ``forward`` without ``key_mask`` is called
+    once per set of queries sharing their keys instead (the contract, in one place:
+    ``canvas_core.runtime.type_call``; docs/plugins.md).  A query with no allowed key, or an
     empty key set (``Nk == 0``), gets zeros, never NaN.  Check your type with
     ``canvas_core.testing.check_attention_type(name)``.
     """
