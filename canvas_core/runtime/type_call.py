@@ -143,8 +143,8 @@ def key_set_groups(key_mask: Any) -> List[Tuple[Any, Any]]:
 
     if key_mask.dim() != 2:
         raise ValueError(f"key_set_groups needs a 2-d (Nq, Nk) mask, got shape {tuple(key_mask.shape)}")
-    nq = key_mask.shape[0]
-    if nq == 0:
+    nq, nk = key_mask.shape
+    if nq == 0 or nk == 0:
         return []
     rows, inverse = torch.unique(key_mask.to(torch.bool), dim=0, return_inverse=True)
     out = []
