@@ -60,3 +60,25 @@ def test_compact_plan_is_the_dense_plan_gathered_to_the_tokens(case):
             if len(tokens):
                 wf += c.weight * (m[idx][:, idx] > 0).any(1).numpy()
         np.testing.assert_allclose(sub.query_weight[fn][sub.inv_perm], wf, rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=10, deadline=None)
+@given(cases(), st.integers(0, 2 ** 16))
+def test_flex_kernel_on_a_compacted_plan_equals_the_reference_kernel(case, seed):
+    """The CUDA path's kernel (FlexAttention, run eagerly on CPU for inference) on a plan
+    restricted to tokens: same outputs as the reference kernel, in the tokens' order."""
+    flex = __import__("pytest").importorskip("canvas_backend_flex.kernel")
+    from canvas_core.runtime.backbone_attention import PlanRunner, mix_softmax_groups
+
+    lay, top, tokens = case
+    sub = compact_plan(lower(top, lay), tokens)
+    if "cross_attention" not in sub.groups or not sub.groups["cross_attention"].n_rects:
+        return
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(2, 2, len(tokens), 4, generator=g, dtype=torch.float64) for _ in range(3))
+    ref = PlanRunner(sub, ["cross_attention"], {"cross_attention": "segments"}, n_heads=2, head_dim=4)
+    fx = PlanRunner(sub, ["cross_attention"], {"cross_attention": flex.FlexKernel}, n_heads=2, head_dim=4,
+                    kernel_options={"compile": False, "block_size": 16})
+    want, _ = mix_softmax_groups(ref, q, k, v, scale=0.5)
+    got, _ = mix_softmax_groups(fx, q, k, v, scale=0.5)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
