@@ -13,9 +13,10 @@
 
 Usage::
 
-    from canvas_core.identity import IdentitySpec, SlotBindingModule
-    binder = SlotBindingModule(d_model=256, n_slots=32, n_heads=4)
-    slots = binder(torch.randn(2, 10, 256))          # (2, 32, 256)
+    from canvas_core.identity import SlotBindingModule
+    binder = SlotBindingModule(d_model=64, n_slots=8, n_heads=4)
+    obs = torch.randn(3, 20, 64)                     # 3 samples, 20 observations each
+    slots = binder(obs)                              # (3, 8, 64): one vector per slot
 """
 
 from __future__ import annotations

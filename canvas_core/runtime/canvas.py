@@ -252,10 +252,10 @@ class SpatiotemporalCanvas(nn.Module):
 
     Example::
 
-        canvas_mod = SpatiotemporalCanvas(layout)
-        canvas = canvas_mod.create_empty(batch_size=4)   # (4, N, d_model)
-        canvas = canvas_mod.place(canvas, visual_embs, "visual")
-        actions = canvas_mod.extract(canvas, "action")
+        sc = SpatiotemporalCanvas(layout)
+        x = sc.create_empty(batch_size=4)                # (4, N, d_model)
+        x = sc.place(x, frame_tokens, "visual")          # tokens + PE + identity at the region
+        act = sc.extract(x, "action")                    # (4, region positions, d_model)
     """
 
     def __init__(self, layout: Any, semantic_conditioner: Any = None, program: Any = None) -> None:
