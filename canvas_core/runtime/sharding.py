@@ -50,6 +50,7 @@ def _require_initialised(what: str) -> None:
             "backend 'gloo' on CPU, 'nccl' on GPUs), or run the model without sequence parallelism")
 
 
+@torch.compiler.disable  # process groups are opaque to torch.compile
 def _resolve_group(group: Any, what: str):
     """(process group or None for the default one, its size, this process's rank in it)."""
     _require_initialised(what)
@@ -306,6 +307,7 @@ class _AllToAll(torch.autograd.Function):
         return g, None, None, None
 
 
+@torch.compiler.disable  # under torch.compile: a graph break around the exchange (process groups are opaque)
 def _all_to_all(x: torch.Tensor, send: List[int], recv: List[int], group) -> torch.Tensor:
     return _AllToAll.apply(x.reshape(-1), list(send), list(recv), group)
 
