@@ -89,14 +89,41 @@ def _load_diffusers(cls_path: str) -> Callable[[Path], nn.Module]:
             raise BackboneError(f"--pretrained {str(path)!r} holds a {saved}, not a {name}; "
                                 "choose the matching --backbone or another directory")
         try:  # low_cpu_mem_usage=False: the same weights, without asking for `accelerate`
-            return cls.from_pretrained(str(path), subfolder=sub, low_cpu_mem_usage=False)
+            model = cls.from_pretrained(str(path), subfolder=sub, low_cpu_mem_usage=False)
         except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
             raise BackboneError(f"--pretrained {str(path)!r} could not be loaded as a {name}: {exc}; "
                                 f"give a directory written by {name}.save_pretrained") from exc
+        _attach_prompt(model, path / (sub or "") / "prompt.safetensors")
+        return model
     return load
 
 
+def _attach_prompt(model: nn.Module, file: Path) -> None:
+    """A ``prompt.safetensors`` next to the weights (written by ``scripts/pretrain_backbone.py``)
+    holds the prompt embeddings the backbone was pretrained with; the demo then feeds that prompt."""
+    if not file.exists():
+        return
+    from safetensors.torch import load_file
+
+    try:
+        prompt = load_file(str(file))["prompt"]
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise BackboneError(f"{str(file)!r} is not a prompt file written by scripts/pretrain_backbone.py ({exc}); "
+                            "remove it or write it again") from None
+    cfg = model.config
+    length = cfg.get("max_text_seq_length") or cfg.get("max_sequence_length")
+    if tuple(prompt.shape) != (length, cfg["text_embed_dim"]):
+        raise BackboneError(f"{str(file)!r} holds a prompt of shape {tuple(prompt.shape)}, but the model takes "
+                            f"({length}, {cfg['text_embed_dim']}); remove it or write it again")
+    model.demo_prompt = prompt
+
+
 def _text(model: nn.Module, batch: int, seed: int, length_key: str) -> torch.Tensor:
+    """The prompt embeddings: the prompt learned with a pretrained demo backbone (``demo_prompt``),
+    else a fixed random one drawn from ``seed``."""
+    prompt = getattr(model, "demo_prompt", None)
+    if prompt is not None:
+        return prompt.unsqueeze(0).expand(batch, -1, -1)
     cfg = model.config
     g = torch.Generator().manual_seed(seed)
     return torch.randn(1, cfg[length_key], cfg["text_embed_dim"], generator=g).expand(batch, -1, -1)
@@ -148,6 +175,22 @@ def _cog_inputs(model: nn.Module, video: torch.Tensor, seed: int) -> Dict[str, A
 
 def _sample(model: nn.Module, kwargs: Dict[str, Any]) -> torch.Tensor:
     return model(**kwargs).sample
+
+
+def _cog_readout(model: nn.Module, kwargs: Dict[str, Any]) -> torch.Tensor:
+    """Final hidden states ``(B, 3, D)`` of the prompt tokens that carry the program's action (0-1)
+    and reward (2): the text stream as the last transformer block returns it."""
+    store: Dict[str, torch.Tensor] = {}
+
+    def keep(module: nn.Module, args: Any, out: Any) -> None:
+        store["text"] = out[1]
+
+    handle = model.transformer_blocks[-1].register_forward_hook(keep)
+    try:
+        model(**kwargs)
+    finally:
+        handle.remove()
+    return store["text"][:, :3]
 
 
 def _text_grid_regions(tokens: Any) -> Dict[str, tuple]:
@@ -263,7 +306,7 @@ def _vit_regions(tokens: Any) -> Dict[str, tuple]:
 
 BACKBONES: Dict[str, DemoBackbone] = {
     "cogvideox": DemoBackbone("cogvideox", "canvas-plugin-cogvideox", _cog_build,
-                              _load_diffusers("diffusers.CogVideoXTransformer3DModel"), _cog_inputs, _sample,
+                              _load_diffusers("diffusers.CogVideoXTransformer3DModel"), _cog_inputs, _cog_readout,
                               _text_grid_regions, video_shape=_diffusers_video_shape),
     "mochi": DemoBackbone("mochi", "canvas-plugin-mochi", _mochi_build,
                           _load_diffusers("diffusers.MochiTransformer3DModel"), _mochi_inputs, _mochi_output,

@@ -1,29 +1,31 @@
 """The demo pipeline: declare a typed program on the backbone's token grid, compile it, graft
-looped attention onto the frozen backbone, train loops + action head on the blob task, evaluate
-against the same backbone without loops, save the loop checkpoint and draw the canvas."""
+looped attention onto the frozen pretrained backbone, train loops + action head on the blob task,
+compare on held-out videos with the frozen backbone at one loop and with the same backbone
+unfrozen (all parameters trained), save the loop checkpoint and draw the canvas."""
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
-from canvas_core.demo.backbones import DemoBackbone, get_backbone, model_inputs
-from canvas_core.demo.task import BlobTask
+from canvas_core.demo.backbones import DemoBackbone, get_backbone
+from canvas_core.demo.study import Condition, DemoHead, TrainOptions, errors, prepare, run_condition, targets
 from canvas_core.errors import BackboneError, CanvasError
 from canvas_core.program import Field
 
-__all__ = ["DemoConfig", "DemoResult", "DemoHead", "BlobWorld", "run_demo", "declare_program"]
+__all__ = ["DemoConfig", "DemoResult", "DemoHead", "BlobWorld", "run_demo", "declare_program", "comparison",
+           "verdict"]
 
 
 @dataclass
 class DemoConfig:
-    """Options of one demo run (the ``canvas demo`` flags; ``eval_samples`` is the held-out set)."""
+    """Options of one demo run (the ``canvas demo`` flags; ``eval_samples`` is the held-out set,
+    ``train_videos`` the size of the labelled training set, ``None`` for a fresh video per sample)."""
 
     backbone: str = "cogvideox"
     loops: int = 3
@@ -31,18 +33,23 @@ class DemoConfig:
     batch_size: int = 16
     lr: float = 3e-3
     eval_samples: int = 256
+    train_videos: Optional[int] = None
     device: str = "cpu"
     seed: int = 0
     out: Path = Path("canvas_demo_out")
     pretrained: Optional[Path] = None
+    random_init: bool = False
     progress: bool = True
 
 
 @dataclass
 class DemoResult:
-    """What one run produced: held-out action (velocity) MSE of the looped graft, of the same
-    backbone without loops and of predicting the training mean; per-model ``errors``
-    (``{"action": ..., "reward": ...}``); the artifacts; parameter counts; training losses."""
+    """What one run produced. ``mse_looped``: held-out action (velocity) MSE of the frozen backbone
+    with ``loops`` loops; ``mse_plain``: frozen, one loop; ``mse_unfrozen``: unfrozen, one loop;
+    ``mse_mean``: predicting the training mean. ``errors`` maps each row of the table to
+    ``{"action": ..., "reward": ...}``, ``trainable`` each trained condition to its trainable
+    parameter count, ``losses`` to its training losses. ``backbone_source`` says where the
+    backbone's weights came from."""
 
     mse_looped: float
     mse_plain: float
@@ -56,6 +63,9 @@ class DemoResult:
     report: str = ""
     losses: Dict[str, List[float]] = field(default_factory=dict)
     errors: Dict[str, Dict[str, float]] = field(default_factory=dict)
+    mse_unfrozen: float = float("nan")
+    trainable: Dict[str, int] = field(default_factory=dict)
+    backbone_source: str = ""
 
 
 @dataclass
@@ -120,96 +130,7 @@ def declare_program(tokens: Any, recipe: DemoBackbone):
     return CanvasProgram(schema=schema, regions=program.regions, connections=connections)
 
 
-def _build(recipe: DemoBackbone, cfg: DemoConfig) -> nn.Module:
-    if cfg.pretrained is not None:
-        path = Path(cfg.pretrained)
-        if not path.is_dir():
-            raise CanvasError(f"--pretrained {str(path)!r} is not a directory")
-        return recipe.load(path)
-    return recipe.build(cfg.seed)
-
-
-class DemoHead(nn.Module):
-    """Action head of the demo: ``(B, ...) -> (B, action_dim)`` through an MLP on the flattened
-    backbone output (velocity needs *where* the blob is in each frame, which the library's
-    ``ActionHead`` would average away)."""
-
-    def __init__(self, in_features: int, action_dim: int, hidden: int = 64) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.GELU(), nn.Linear(hidden, action_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.flatten(1).float())
-
-
-def _graft(recipe, backbone, loops, schema, tokens, cfg, in_features: int):
-    from canvas_core import graft_looped_blocks
-    from canvas_core.looping import get_adapter
-
-    model = copy.deepcopy(backbone)
-    action_dim = 3 if "reward" in schema.layout.regions else 2
-    blocks, _ = graft_looped_blocks(model, max_loops=loops, freeze="full", action_dim=action_dim, schema=schema)
-    torch.manual_seed(cfg.seed + 1)  # same head initialisation for both arms
-    head = DemoHead(in_features, action_dim)
-    adapter = get_adapter(model)
-    adapter.install_topology(model, schema.topology, tokens.with_layout(schema.layout))
-    return model.to(cfg.device), blocks, head.to(cfg.device)
-
-
-def _targets(batch, with_reward: bool) -> torch.Tensor:
-    return torch.cat([batch.action, batch.reward], 1) if with_reward else batch.action
-
-
-def _train(name, recipe, model, blocks, head, task, cfg, loops, with_reward, log) -> List[float]:
-    from canvas_core import CurriculumScheduler
-
-    params = [p for b in blocks for p in b.parameters() if p.requires_grad] + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
-    sched = CurriculumScheduler(max_loops=loops, total_steps=max(1, cfg.steps))
-    gen = torch.Generator().manual_seed(cfg.seed + 100)
-    losses = []
-    model.train()
-    bar = _progress(range(cfg.steps), desc=f"train {name:<14}", enabled=cfg.progress)
-    for step in bar:
-        sched.step(blocks, step)
-        batch = task.sample(cfg.batch_size, gen)
-        kwargs = model_inputs(recipe, model, batch.video, cfg.seed, cfg.device)
-        pred = head(recipe.output(model, kwargs))
-        loss = torch.nn.functional.mse_loss(pred, _targets(batch, with_reward).to(cfg.device))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-        if hasattr(bar, "set_postfix"):
-            bar.set_postfix(loss=f"{loss.item():.4f}", loops=sched.get_loops(step), refresh=False)
-    if not cfg.progress:
-        log(f"  trained {name}: {cfg.steps} steps, last loss {losses[-1] if losses else float('nan'):.4f}")
-    return losses
-
-
-@torch.no_grad()
-def _evaluate(recipe, model, blocks, head, batch, cfg, loops) -> torch.Tensor:
-    """Predictions ``(B, 2 or 3)`` of ``model`` + ``head`` at ``loops`` loops for ``batch``."""
-    model.eval()
-    for b in blocks:
-        b.set_loops(loops)
-    preds = []
-    for i in range(0, batch.video.shape[0], 64):
-        kwargs = model_inputs(recipe, model, batch.video[i:i + 64], cfg.seed, cfg.device)
-        preds.append(head(recipe.output(model, kwargs)).float().cpu())
-    return torch.cat(preds)
-
-
-def _errors(pred: torch.Tensor, batch) -> Dict[str, float]:
-    """Velocity (action) MSE and, when predicted, reward MSE."""
-    mse = torch.nn.functional.mse_loss
-    out = {"action": mse(pred[:, :2], batch.action).item()}
-    if pred.shape[1] > 2:
-        out["reward"] = mse(pred[:, 2:], batch.reward).item()
-    return out
-
-
-def _progress(it, desc: str, enabled: bool):
+def _progress(it, desc: str, enabled: bool, total: Optional[int] = None):
     if not enabled:
         return it
     import sys
@@ -218,7 +139,7 @@ def _progress(it, desc: str, enabled: bool):
 
     # redirected to a file or CI log: a few lines, not one per step
     interactive = getattr(sys.stderr, "isatty", lambda: False)()
-    return tqdm(it, desc=desc, leave=True, dynamic_ncols=True, mininterval=0.1 if interactive else 10.0)
+    return tqdm(it, desc=desc, total=total, leave=True, dynamic_ncols=True, mininterval=0.1 if interactive else 10.0)
 
 
 def _check_config(cfg: DemoConfig) -> None:
@@ -227,6 +148,11 @@ def _check_config(cfg: DemoConfig) -> None:
                        ("eval_samples", cfg.eval_samples)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise CanvasError(f"{opt} must be an integer >= 1, got {value!r}")
+    if cfg.train_videos is not None and (isinstance(cfg.train_videos, bool) or not isinstance(cfg.train_videos, int)
+                                         or cfg.train_videos < 1):
+        raise CanvasError(f"--train-videos must be an integer >= 1, got {cfg.train_videos!r}")
+    if cfg.pretrained is not None and cfg.random_init:
+        raise CanvasError("--pretrained and --random-init exclude each other; give one of them")
     if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
         raise CanvasError(f"--lr must be a number > 0, got {cfg.lr!r}")
     try:
@@ -247,10 +173,47 @@ def _check_config(cfg: DemoConfig) -> None:
                           "pip install 'canvas-core[draw]'")
 
 
+
+
+def _backbone(recipe: DemoBackbone, cfg: DemoConfig) -> Tuple[nn.Module, str]:
+    """The backbone and where its weights come from: ``--pretrained DIR``, else the pretrained tiny
+    model shipped with the package (CogVideoX), else (``--random-init``, or a backbone without
+    shipped weights) a tiny model with random weights."""
+    if cfg.pretrained is not None:
+        path = Path(cfg.pretrained)
+        if not path.is_dir():
+            raise CanvasError(f"--pretrained {str(path)!r} is not a directory")
+        return recipe.load(path), f"pretrained, loaded from {path}"
+    if not cfg.random_init and recipe.name == "cogvideox":
+        from canvas_core.demo.pretrain import SHIPPED_NAME, load_shipped
+
+        return load_shipped(recipe.load), f"pretrained, shipped with canvas-core (demo/weights/{SHIPPED_NAME})"
+    why = "--random-init" if cfg.random_init else f"no pretrained {recipe.name} ships with canvas-core"
+    return recipe.build(cfg.seed), f"random weights ({why})"
+
+
+def comparison(cfg: DemoConfig) -> List[Condition]:
+    """The demo's conditions: frozen at one loop, frozen at ``cfg.loops`` loops, unfrozen at one loop."""
+    return list(dict.fromkeys([Condition(1, True), Condition(cfg.loops, True), Condition(1, False)]))
+
+
+def verdict(looped: str, plain: str, unfrozen: str, err: Dict[str, Dict[str, float]]) -> List[str]:
+    """Plain-language lines comparing the frozen looped model with the two others (action error)."""
+    lines = []
+    a = err[looped]["action"]
+    for other in (plain, unfrozen):
+        if other == looped:
+            continue
+        b = err[other]["action"]
+        ratio = a / b if b > 0 else float("inf")
+        word = "lower" if ratio < 0.98 else "higher" if ratio > 1.02 else "about the same"
+        lines.append(f"  {looped}: action error {ratio:.2f}x that of {other} ({word})")
+    return lines
+
+
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> DemoResult:
     """Run the whole demo; ``log`` receives every line of the report."""
     from canvas_core import ProgramCompiler, save_loop_checkpoint
-    from canvas_core.looping import get_adapter
     from canvas_core.viz import draw_schema
 
     start = time.perf_counter()
@@ -264,20 +227,12 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> DemoResult:
         raise CanvasError(f"--out {str(out)!r}: cannot create the output folder ({exc.strerror}); "
                           "give a writable directory") from None
 
-    # 1. backbone and its token grid; 2. the typed program on that grid
-    backbone = _build(recipe, cfg).eval()
-    frames, height, width = recipe.video_shape(backbone)  # whole patches of a pretrained model too
-    task = BlobTask(frames=frames, channels=recipe.channels(backbone), height=height, width=width)
-    probe = task.sample(2, torch.Generator().manual_seed(cfg.seed))
-    from canvas_core import graft_looped_blocks
-
-    scratch = copy.deepcopy(backbone)
-    graft_looped_blocks(scratch, max_loops=1, freeze="full", action_dim=2)
-    tokens = get_adapter(scratch).token_layout(scratch, model_inputs(recipe, scratch, probe.video, cfg.seed))
-    del scratch
-    program = declare_program(tokens, recipe)
-    schema = program.schema
-    with_reward = "reward" in schema.layout.regions
+    # 1. backbone and its token grid; the typed program on that grid
+    backbone, source = _backbone(recipe, cfg)
+    backbone = backbone.eval()
+    setup = prepare(recipe, backbone, cfg.seed)
+    program, schema, tokens = setup.program, setup.schema, setup.tokens
+    with_reward = setup.with_reward
     grid = tokens.layout
     log(f"== 1. program on the {recipe.name} token grid "
         f"(T={grid.T}, spatial={tuple(grid.spatial_shape)}, d_model={grid.d_model}, {tokens.seq_len} tokens) ==")
@@ -287,60 +242,77 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> DemoResult:
             f"  -> bounds {spec.bounds}, {schema.layout.region_numel(name)} positions")
     log(program.summary())
 
-    # 3. compile: resolution report for the target device
+    # 2. compile: resolution report for the target device
     compiled = ProgramCompiler(program).compile(device=cfg.device)
     log("\n== 2. compiled ==")
     log(compiled.report())
     schema_path = out / "schema.json"
     schema.to_json(schema_path)
 
-    # 4. graft looped attention (and a no-loop twin for the comparison), train both
+    # 3. graft and train every condition on the same data
     total = sum(p.numel() for p in backbone.parameters())
-    with torch.no_grad():
-        in_features = recipe.output(backbone, model_inputs(recipe, backbone, probe.video, cfg.seed))[0].numel()
     backbone.to("cpu")
-    arms = {}
-    for name, loops in ((f"{cfg.loops}-loop graft", cfg.loops), ("no loops", 1)):
-        model, blocks, head = _graft(recipe, backbone, loops, schema, tokens, cfg, in_features)
-        arms[name] = (model, blocks, head, loops)
-    looped_name = f"{cfg.loops}-loop graft"
-    loop_params = sum(p.numel() for b in arms[looped_name][1] for p in b.parameters() if p.requires_grad)
-    trainable = loop_params + sum(p.numel() for p in arms[looped_name][2].parameters())
+    conditions = comparison(cfg)
+    looped = Condition(cfg.loops, True)
+    opts = TrainOptions(steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, device=cfg.device,
+                        train_videos=cfg.train_videos)
+    held_out = setup.task.sample(cfg.eval_samples, torch.Generator().manual_seed(cfg.seed + 10_000))
     log(f"\n== 3. grafted {cfg.loops}-loop attention onto the frozen {recipe.name} backbone ==")
-    log(f"backbone parameters {total:,} (frozen); loop parameters {loop_params:,} "
-        f"({100.0 * loop_params / max(1, total):.2f}%); action head {trainable - loop_params:,}")
-    losses = {}
-    for name, (model, blocks, head, loops) in arms.items():
-        losses[name] = _train(name, recipe, model, blocks, head, task, cfg, loops, with_reward, log)
+    log(f"backbone: {source}; {total:,} parameters")
+    data = (f"a fixed set of {cfg.train_videos} labelled videos" if cfg.train_videos is not None
+            else "a fresh labelled video for every sample")
+    log(f"each model trains {cfg.steps} steps of {cfg.batch_size} videos ({data}), same order, same head init")
+    rows: Dict[str, Dict[str, Any]] = {}
+    for cond in conditions:
+        def bar(it, n, _name=cond.name):
+            return _progress(it, desc=f"train {_name:<16}", enabled=cfg.progress, total=n)
 
-    # 5. evaluate on held-out samples
-    held_out = task.sample(cfg.eval_samples, torch.Generator().manual_seed(cfg.seed + 10_000))
-    train_mean = _targets(task.sample(1024, torch.Generator().manual_seed(cfg.seed + 100)), with_reward).mean(0)
-    results = {name: _errors(_evaluate(recipe, m, b, h, held_out, cfg, loops), held_out)
-               for name, (m, b, h, loops) in arms.items()}
-    results["predict the mean"] = _errors(train_mean.expand(cfg.eval_samples, -1), held_out)
+        row = run_condition(recipe, backbone, setup, cond, opts, held_out, bar if cfg.progress else None)
+        rows[cond.name] = row
+        if cond != looped:
+            row["arm"] = None  # only the frozen looped model is kept (for its checkpoint)
+        if not cfg.progress:
+            log(f"  trained {cond.name}: {cfg.steps} steps, last loss {row['final_loss']:.4f}")
+    arm = rows[looped.name]["arm"]
+    log(f"loop parameters of the {cfg.loops}-loop graft {arm.loop_params:,} "
+        f"({100.0 * arm.loop_params / max(1, total):.2f}% of the backbone); "
+        f"action head {sum(p.numel() for p in arm.head.parameters()):,}")
+
+    # 4. evaluate on held-out videos
+    train_mean = targets(setup.task.sample(1024, torch.Generator().manual_seed(cfg.seed + 100)), with_reward).mean(0)
+    results = {name: {k: row[k] for k in ("action", "reward") if k in row} for name, row in rows.items()}
+    results["predict the mean"] = errors(train_mean.expand(cfg.eval_samples, -1), held_out)
     mean_mse = results["predict the mean"]["action"]
     log(f"\n== 4. evaluation on {cfg.eval_samples} held-out videos (MSE, lower is better) ==")
-    log(f"{'model':<20}{'action MSE':>12}{'vs mean':>9}" + (f"{'reward MSE':>12}" if with_reward else ""))
+    log(f"{'model':<20}{'trainable':>11}{'action MSE':>12}{'vs mean':>9}" + (f"{'reward MSE':>12}" if with_reward else ""))
     for name, err in results.items():
-        log(f"{name:<20}{err['action']:>12.4f}{err['action'] / mean_mse:>9.2f}"
+        params = f"{rows[name]['trainable']:,}" if name in rows else "0"
+        log(f"{name:<20}{params:>11}{err['action']:>12.4f}{err['action'] / mean_mse:>9.2f}"
             + (f"{err['reward']:>12.4f}" if with_reward else ""))
+    plain, unfrozen = Condition(1, True).name, Condition(1, False).name
+    log("result (action error):")
+    for line in verdict(looped.name, plain, unfrozen, results):
+        log(line)
 
-    # 6. checkpoint of the loop parameters only; 7. picture of the canvas
-    model, blocks, head, _ = arms[looped_name]
+    # 5. checkpoint of the loop parameters (and head) only; picture of the canvas
     ckpt = out / "loops.safetensors"
-    save_loop_checkpoint(blocks, head, str(ckpt), metadata={"demo_backbone": recipe.name, "steps": cfg.steps,
-                                                            "schema_hash": schema.schema_hash()})
+    save_loop_checkpoint(arm.blocks, arm.head, str(ckpt),
+                         metadata={"demo_backbone": recipe.name, "steps": cfg.steps, "backbone": source,
+                                   "schema_hash": schema.schema_hash()})
     picture = draw_schema(schema, out / "canvas.png", title=f"canvas demo: {recipe.name} token grid")
     seconds = time.perf_counter() - start
+    head_params = sum(p.numel() for p in arm.head.parameters())
     log("\n== 5. artifacts ==")
-    log(f"loop checkpoint  {ckpt}  ({ckpt.stat().st_size / 1024:.1f} KiB: {loop_params:,} loop parameters = "
-        f"{100.0 * loop_params / max(1, total):.2f}% of the backbone's, + {trainable - loop_params:,} action head)")
+    log(f"loop checkpoint  {ckpt}  ({ckpt.stat().st_size / 1024:.1f} KiB: {arm.loop_params:,} loop parameters = "
+        f"{100.0 * arm.loop_params / max(1, total):.2f}% of the backbone's, + {head_params:,} action head)")
     log(f"canvas picture   {picture}")
     log(f"schema           {schema_path}")
     log(f"done in {seconds:.1f} s")
-    return DemoResult(mse_looped=results[looped_name]["action"], mse_plain=results["no loops"]["action"],
-                      mse_mean=mean_mse,
-                      checkpoint=ckpt, picture=picture, schema_path=schema_path, trainable_params=trainable,
-                      total_params=total, seconds=seconds, report=compiled.report(), losses=losses,
-                      errors=results)
+    return DemoResult(mse_looped=results[looped.name]["action"], mse_plain=results[plain]["action"],
+                      mse_mean=mean_mse, mse_unfrozen=results[unfrozen]["action"],
+                      checkpoint=ckpt, picture=picture, schema_path=schema_path, trainable_params=arm.trainable,
+                      total_params=total, seconds=seconds, report=compiled.report(),
+                      losses={name: row["losses"]
+                              for name, row in rows.items()},
+                      errors=results, trainable={name: row["trainable"] for name, row in rows.items()},
+                      backbone_source=source)

@@ -1,0 +1,140 @@
+"""The pretrained tiny CogVideoX shipped with the package, the script that makes it, and the loop
+study over it (``benchmarks/loop_study.py``)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _held_out_denoising_loss(model, prompt, n=64):
+    from canvas_core.demo.pretrain import PretrainConfig, denoising_batch
+    from canvas_core.demo.task import BlobTask
+
+    b = denoising_batch(BlobTask(), n, torch.Generator().manual_seed(123), PretrainConfig(), (4, 16))
+    text = b["text"] if prompt is None else prompt.expand(n, -1, -1)
+    with torch.no_grad():
+        out = model(hidden_states=b["noisy"], encoder_hidden_states=text, timestep=b["timestep"]).sample
+    return torch.nn.functional.mse_loss(out, b["clean"]).item()
+
+
+def test_shipped_weights_load_from_the_package():
+    from canvas_core.demo.backbones import BACKBONES, COGVIDEOX_TINY
+    from canvas_core.demo.pretrain import SHIPPED_NAME, load_shipped, shipped_weights
+
+    files = resources.files("canvas_core.demo").joinpath("weights").joinpath(SHIPPED_NAME)
+    assert files.joinpath("diffusion_pytorch_model.safetensors").is_file()
+    assert files.joinpath("prompt.safetensors").is_file()
+    with shipped_weights() as path:
+        size = sum(f.stat().st_size for f in Path(path).iterdir())
+    assert size < 2 * 1024 * 1024  # a few hundred KiB, well under the limit of a few MB
+    model = load_shipped(BACKBONES["cogvideox"].load)
+    for key, value in COGVIDEOX_TINY.items():  # exactly the demo's tiny configuration
+        assert model.config[key] == value, key
+    assert model.demo_prompt.shape == (4, 16)
+    random = BACKBONES["cogvideox"].build(0)
+    # the weights are trained: they denoise the blob videos far better than the same model at init
+    trained, untrained = _held_out_denoising_loss(model, model.demo_prompt), _held_out_denoising_loss(random, None)
+    assert trained < 0.5 * untrained
+
+
+def test_package_data_globs_cover_the_shipped_files():
+    """pyproject's package-data patterns put every shipped weight file into a wheel."""
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["canvas_core"]
+    shipped = [p.relative_to(ROOT / "canvas_core").as_posix()
+               for p in (ROOT / "canvas_core" / "demo" / "weights").rglob("*") if p.is_file()]
+    assert {"demo/weights/cogvideox-blob/config.json", "demo/weights/cogvideox-blob/prompt.safetensors",
+            "demo/weights/cogvideox-blob/diffusion_pytorch_model.safetensors"} <= set(shipped)
+    for rel in shipped:
+        if rel.endswith((".json", ".safetensors")):
+            assert any(fnmatch.fnmatch(rel, pattern) for pattern in data), rel
+
+
+def test_missing_shipped_weights_is_a_clear_error(monkeypatch):
+    from canvas_core.demo import pretrain
+    from canvas_core.errors import CanvasError
+
+    monkeypatch.setattr(pretrain, "SHIPPED_NAME", "not-there")
+    with pytest.raises(CanvasError, match="scripts/pretrain_backbone.py"):
+        pretrain.shipped_weights()
+
+
+def test_pretraining_is_deterministic_for_a_seed():
+    from canvas_core.demo.pretrain import PretrainConfig, pretrain_cogvideox
+
+    def run(seed):
+        model, curve = pretrain_cogvideox(PretrainConfig(steps=3, batch_size=4, warmup=1, seed=seed), log=lambda _: None)
+        return model.state_dict(), model.demo_prompt, curve
+
+    (a, pa, ca), (b, pb, cb), (c, _, _) = run(0), run(0), run(1)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(pa, pb) and ca == cb
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+def test_pretrain_script_writes_identical_weights_twice(tmp_path):
+    def run(out):
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "pretrain_backbone.py"), "--steps", "2",
+                               "--batch-size", "2", "--out", str(out), "--no-plot"],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return proc.stdout
+
+    log = run(tmp_path / "a")
+    run(tmp_path / "b")
+    assert "held-out loss" in log and "wrote" in log
+    for name in ("diffusion_pytorch_model.safetensors", "prompt.safetensors", "config.json"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    # the written directory loads through the demo's --pretrained path, prompt included
+    from canvas_core.demo.backbones import BACKBONES
+
+    model = BACKBONES["cogvideox"].load(tmp_path / "a")
+    assert model.demo_prompt.shape == (4, 16)
+
+
+def test_pretrain_script_refuses_bad_options(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "pretrain_backbone.py"), "--steps", "0",
+                           "--out", str(tmp_path / "x"), "--no-plot"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "--steps must be an integer >= 1" in proc.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_bad_prompt_file_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from canvas_core.demo.backbones import BACKBONES
+    from canvas_core.errors import BackboneError
+
+    BACKBONES["cogvideox"].build(0).save_pretrained(str(tmp_path))
+    save_file({"prompt": torch.zeros(3, 16)}, str(tmp_path / "prompt.safetensors"))
+    with pytest.raises(BackboneError, match=r"prompt of shape \(3, 16\)"):
+        BACKBONES["cogvideox"].load(tmp_path)
+
+
+def test_loop_study_quick_prints_one_row_per_condition():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loop_study.py"), "--quick"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    rows = re.findall(r"^(frozen|unfrozen), (\d) loops?\s+(\d)\s+([\d,]+)\s+([\d.]+) \+- ([\d.]+)\s+([\d.]+)\s+"
+                      r"([\d.]+) \+- ([\d.]+)", out, flags=re.M)
+    assert sorted((kind, int(n)) for kind, n, *_ in rows) == sorted(
+        (kind, n) for kind in ("frozen", "unfrozen") for n in (1, 2, 3, 4))
+    for kind, n, n2, params, mean, std, *_ in rows:
+        assert n == n2 and float(std) >= 0 and float(mean) > 0
+    params = {(kind, int(n)): int(p.replace(",", "")) for kind, n, _, p, *_ in rows}
+    # frozen: loops and head only, growing with the loop count; unfrozen adds the whole backbone
+    assert params[("frozen", 1)] < params[("frozen", 2)] < params[("frozen", 3)] < params[("frozen", 4)]
+    assert all(params[("unfrozen", n)] > params[("frozen", n)] + 40_000 for n in (1, 2, 3, 4))
+    assert "3 seeds" in out and "best loop count, frozen:" in out
