@@ -111,11 +111,13 @@ def check_family_name(value: Any, where: str, error: type) -> str:
 _KEY_BEFORE = None
 
 
-def caller_dict_key() -> "str | None":
+def caller_dict_key(constructor: str = "__init__") -> "str | None":
     """The key a value is being written under, when the first caller outside canvas-core is
-    evaluating ``{"name": Spec(...)}`` or ``name=Spec(...)`` (read from its source at the exact
-    call position, Python 3.11+); None when that cannot be told. Used only to name the region
-    in an error raised while a ``RegionSpec`` is built, before any layout knows its name."""
+    itself evaluating ``{"name": Spec(...)}`` or ``name=Spec(...)`` (read from its source at the
+    exact call position, Python 3.11+; the frame it called must be the spec's ``constructor``,
+    so a canvas-core function in between, e.g. ``CanvasSchema.from_dict``, gives None). None when
+    that cannot be told. Used only to name the region in an error raised while a ``RegionSpec``
+    is built, before any layout knows its name."""
     import linecache
     import re
     import sys
@@ -125,9 +127,10 @@ def caller_dict_key() -> "str | None":
         _KEY_BEFORE = re.compile(r"""(?:(["'])((?:(?!\1).){1,200})\1\s*:|[(,]\s*([A-Za-z_]\w*)\s*=)\s*$""", re.S)
     try:
         f = sys._getframe(1)
+        below = None
         while f is not None and str(f.f_globals.get("__name__", "")).startswith(("canvas_core.", "dataclasses")):
-            f = f.f_back
-        if f is None:
+            below, f = f, f.f_back
+        if f is None or below is None or below.f_code.co_name != constructor:
             return None
         positions = list(f.f_code.co_positions())
         lineno, _, col, _ = positions[f.f_lasti // 2]
