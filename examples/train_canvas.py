@@ -122,7 +122,7 @@ def make_batch(layout: CanvasLayout, batch: int, d_in: int, generator: torch.Gen
 def main(argv=None) -> float:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--batch", type=int, default=8, help="per process")
+    p.add_argument("--batch", type=int, default=8, help="per process (per sequence-parallel group with --sequence-parallel)")
     p.add_argument("--frames", type=int, default=4)
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--depth", type=int, default=2)
