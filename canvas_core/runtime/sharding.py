@@ -239,6 +239,19 @@ class CanvasSharding:
                         "gathered_pairs": other_total})
         return out
 
+    def summary(self, layer: Any, *, batch: int = 1, element_bytes: int = 4) -> str:
+        """A table of :meth:`work` and :meth:`communication` for ``layer``, one line per rank."""
+        work = self.work(layer)
+        comm = self.communication(layer, batch=batch, element_bytes=element_bytes)
+        lines = [f"CanvasSharding: N={self.n} over {self.size} rank(s), cuts {list(self.bounds)}"
+                 + ("" if self.whole_frames else " (some inside a region-frame)"),
+                 "rank  positions  heads  pairs x heads  query pairs  gathered pairs  MiB sent / fwd"]
+        H = max(1, int(getattr(layer, "n_heads", 1)))
+        for w, c in zip(work, comm):
+            lines.append(f"{w['rank']:>4}  {w['positions']:>9}  {w['heads']:>5}  {w['pairs'] * H:>13.0f}  "
+                         f"{w['query_pairs']:>11}  {w['gathered_pairs']:>14}  {c['total'] / 2 ** 20:>14.3f}")
+        return "\n".join(lines)
+
     def communication(self, plan_or_layer: Any, *, batch: int = 1, d_model: Optional[int] = None,
                       n_heads: Optional[int] = None, element_bytes: int = 4) -> List[Dict[str, float]]:
         """Bytes each rank sends per layer, forward (backward sends the same again).

@@ -106,6 +106,9 @@ def test_communication_formula():
     # q/k/v of 16 positions x 2 foreign heads of width 4, x3; out: 16 foreign positions x 2 heads x 4
     assert c0["qkv"] == 3 * 16 * 3 * 4 * 2 * 2 and c0["out"] == 3 * 16 * 2 * 4 * 2 and c0["gather"] == 0
     assert c0 == {**c1, "rank": 0}
+    lines = sh.summary(attn, batch=3, element_bytes=2).splitlines()
+    assert "cuts [0, 16, 32]" in lines[0] and len(lines) == 4
+    assert lines[2].split()[:3] == ["0", "16", "2"]  # rank, positions, heads
 
 
 # --- bad settings without a process group --------------------------------------------------------
