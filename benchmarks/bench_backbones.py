@@ -179,7 +179,6 @@ def run_one(kind: str, size: str, device: str, repeats: int) -> Dict[str, Any]:
         row[f"fwd_{name}"] = timed(fwd, repeats, device)
         row[f"fb_{name}"] = timed(fwd_bwd, repeats, device)
         ad.remove_topology(m)
-    del m
     gc.collect()
     return row
 

@@ -10,8 +10,7 @@ before the model is touched.  It returns a ``commit`` callable that installs the
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, List, Mapping, Optional, Tuple
 
 import numpy as np
 from torch import nn

@@ -149,11 +149,15 @@ class PlanRunner(nn.Module):
             (CanvasAttention); ``"softmax"``: the softmax types are normalised among themselves
             and the other types among all types (a backbone, whose attention stays its own).
         kernel_options: extra keyword arguments of the kernels.
+        plain_when_full: run plain SDPA (no kernel built) when one softmax type links every pair
+            with weight 1 and nothing else runs.
+        keep_empty: keep groups without rectangles (their output is 0) instead of skipping them.
     """
 
     def __init__(self, plan: ExecutionPlan, softmax_types: Iterable[str], kernels: Optional[Mapping[str, Any]] = None,
                  *, n_heads: int, head_dim: int, normalize: str = "all",
-                 kernel_options: Optional[Mapping[str, Any]] = None, device: Any = None) -> None:
+                 kernel_options: Optional[Mapping[str, Any]] = None, device: Any = None,
+                 plain_when_full: bool = True, keep_empty: bool = False) -> None:
         super().__init__()
         from canvas_core.runtime.kernels import make_kernel
 
@@ -162,10 +166,12 @@ class PlanRunner(nn.Module):
         n = int(plan.n)
         self.n = n
         inv = plan.inv_perm
-        self.soft_fns = [f for f in plan.groups if f in softmax_types and plan.groups[f].n_rects]
-        self.other_fns = [f for f in plan.groups if f not in softmax_types and plan.groups[f].n_rects]
+        has = (lambda f: True) if keep_empty else (lambda f: plan.groups[f].n_rects > 0)
+        self.soft_fns = [f for f in plan.groups if f in softmax_types and has(f)]
+        self.other_fns = [f for f in plan.groups if f not in softmax_types and has(f)]
         # plain attention: one softmax type linking everything with weight 1 and nothing else
-        self.full = (len(self.soft_fns) == 1 and not self.other_fns and _is_full(plan, self.soft_fns[0]))
+        self.full = bool(plain_when_full and len(self.soft_fns) == 1 and not self.other_fns
+                         and _is_full(plan, self.soft_fns[0]))
         self.kernel_names = {f: _kernel_label(kernels.get(f)) for f in self.soft_fns}
         to = (lambda t: t.to(device)) if device is not None else (lambda t: t)
         self.kernels = nn.ModuleDict()

@@ -33,18 +33,17 @@ import dataclasses
 import math
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
-import numpy as np
 import torch
 from torch import nn
 
 from canvas_core.compiler.lowering import lower, restrict
-from canvas_core.compiler.plan import ExecutionPlan, segment_grid
+from canvas_core.compiler.plan import ExecutionPlan
 from canvas_core.compiler.resolution import resolve_plan
 from canvas_core.compiler.resolved import REFERENCE_KERNEL, SOFTMAX_FAMILY
 from canvas_core.errors import CanvasTypeError, ShapeError, SchemaError
 from canvas_core.plugins.resolve import build_attention
-from canvas_core.runtime.kernels import REFERENCE_MODES, make_kernel
-from canvas_core.runtime.backbone_attention import mix_softmax_groups, run_module_groups
+from canvas_core.runtime.kernels import REFERENCE_MODES
+from canvas_core.runtime.backbone_attention import PlanRunner, mix_softmax_groups, run_module_groups
 from canvas_core.runtime.type_call import check_attention_module
 
 __all__ = ["CanvasAttention", "SOFTMAX_TYPES"]
@@ -54,56 +53,17 @@ __all__ = ["CanvasAttention", "SOFTMAX_TYPES"]
 SOFTMAX_TYPES: Tuple[str, ...] = SOFTMAX_FAMILY
 
 
-class _Executor(nn.Module):
-    """Kernels and index buffers of one plan (no parameters)."""
+class _Executor(PlanRunner):
+    """Kernels and index buffers of one plan (no parameters): the shared
+    :class:`~canvas_core.runtime.backbone_attention.PlanRunner`, mixing every type by its weight,
+    with one kernel module per softmax-family group (also for a dense topology)."""
 
     def __init__(self, plan: ExecutionPlan, softmax_types: Tuple[str, ...], kernel: Any,
                  n_heads: int, head_dim: int, kernel_options: Dict[str, Any], device: Any = None) -> None:
-        super().__init__()
-        n = plan.n
-        inv = plan.inv_perm
-        self.soft_fns = [f for f in plan.groups if f in softmax_types]
-        self.other_fns = [f for f in plan.groups if f not in softmax_types]
-        kernel_of = kernel if isinstance(kernel, dict) else {f: kernel for f in self.soft_fns}
-        self.kernels = nn.ModuleDict({
-            f"k{i}": make_kernel(kernel_of.get(f), plan.groups[f], plan, n_heads=n_heads, head_dim=head_dim,
-                                 device=device, **kernel_options)
-            for i, f in enumerate(self.soft_fns)})
-        qw = {f: plan.query_weight[f][inv] for f in plan.groups}  # canonical order
-        den = np.zeros(n)
-        for w in qw.values():
-            den += w
-        upd = den > 0
-        safe = np.where(upd, den, 1.0)
-        to = (lambda t: t.to(device)) if device is not None else (lambda t: t)
-        self.register_buffer("updated", to(torch.from_numpy(upd)), persistent=False)
-        self.all_updated = bool(upd.all())
-        # static flags (plain bools, constant under torch.compile) to skip no-op multiplies
-        self.c_is_one = []
-        for i, f in enumerate(self.soft_fns):
-            c = qw[f] / safe
-            self.register_buffer(f"c_soft{i}", to(torch.from_numpy(c).float()), persistent=False)
-            self.c_is_one.append(bool(np.all(c == 1.0)))
-        self.other_names = []
-        for i, f in enumerate(self.other_fns):
-            g = plan.groups[f]
-            sg = segment_grid(n, g.q0, g.q1, g.k0, g.k1, g.weight)
-            q_packed = np.flatnonzero(plan.query_weight[f] > 0)
-            kcov = np.zeros(n + 1, dtype=np.int64)
-            np.add.at(kcov, g.k0, 1)
-            np.add.at(kcov, g.k1, -1)
-            k_packed = np.flatnonzero(np.cumsum(kcov)[:n] > 0)
-            rs, cs = sg.row_segment_of(n), sg.col_segment_of(n)
-            key_mask = sg.grid[rs[q_packed]][:, cs[k_packed]] > 0
-            q_can = plan.perm[q_packed]
-            k_can = plan.perm[k_packed]
-            coef = (qw[f] / safe)[q_can]
-            for name, arr in (("q", q_can), ("k", k_can), ("mask", key_mask), ("coef", coef)):
-                t = torch.from_numpy(np.ascontiguousarray(arr))
-                if name == "coef":
-                    t = t.float()
-                self.register_buffer(f"o{i}_{name}", to(t), persistent=False)
-            self.other_names.append(f)
+        soft = [f for f in plan.groups if f in softmax_types]
+        kernel_of = kernel if isinstance(kernel, dict) else {f: kernel for f in soft}
+        super().__init__(plan, softmax_types, kernel_of, n_heads=n_heads, head_dim=head_dim, normalize="all",
+                         kernel_options=kernel_options, device=device, plain_when_full=False, keep_empty=True)
 
 
 class CanvasAttention(nn.Module):
