@@ -453,3 +453,26 @@ def test_cuda_plan_kernel_equals_dense_reference(kind):
     ad.install_topology(m, top, tokens)
     run(kind, m, kw).float().pow(2).mean().backward()
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in m.parameters())
+
+
+def test_cogvideox_type_is_the_backbones_own_attention():
+    """fn 'cogvideox' inside CogVideoX runs as the backbone's softmax attention: the same output as
+    the same connections typed cross_attention (one group either way)."""
+    kind = "cogvideox"
+    m = make(kind)
+    kw = inputs(kind)
+    graft_looped_blocks(m, max_loops=2)
+    ad = get_adapter(m)
+    tokens = user_layout(ad.token_layout(m, kw), 1)
+
+    def topo(fn):
+        return CanvasTopology(connections=[Connection("top", "top", t_src=0, t_dst=-1, fn=fn),
+                                           Connection("bottom", "top", fn=fn), Connection("extra", "extra", fn=fn)])
+
+    outs = []
+    for fn in ("cross_attention", "cogvideox"):
+        inst = ad.install_topology(m, topo(fn), tokens)
+        assert inst.softmax_types == (fn,) and not inst.module_types
+        with torch.no_grad():
+            outs.append(run(kind, m, kw))
+    assert torch.equal(outs[0], outs[1])
