@@ -74,25 +74,33 @@ class CanvasMochiAttnProcessor(CanvasProcessorBase):
         q, k, v, eq, ek, ev = (t.transpose(1, 2) for t in (q, k, v, eq, ek, ev))
         nv, nt = q.size(2), eq.size(2)
         topo = self.canvas_topology is not None
-        outs, extras = [], []
-        for b in range(q.size(0)):
-            valid = torch.nonzero(attention_mask[b].flatten(), as_tuple=False).flatten()
-            rows = torch.cat([torch.arange(nv, device=q.device), nv + valid.to(q.device)]) if topo else None
-            qq = torch.cat([q[b : b + 1], eq[b : b + 1, :, valid]], dim=2)
-            kk = torch.cat([k[b : b + 1], ek[b : b + 1, :, valid]], dim=2)
-            vv = torch.cat([v[b : b + 1], ev[b : b + 1, :, valid]], dim=2)
-            o = self.canvas_attend(qq, kk, vv, rows=rows, seq_len=nv + nt)  # (1, S', H, d)
-            outs.append(F.pad(o, (0, 0, 0, 0, 0, nv + nt - o.size(1))))
+        B, H, _, d = q.shape
+        # samples with the same kept prompt tokens run together (Mochi drops padded ones per sample)
+        groups: dict = {}
+        for b in range(B):
+            valid = torch.nonzero(attention_mask[b].flatten(), as_tuple=False).flatten().to(q.device)
+            groups.setdefault(tuple(valid.tolist()), (valid, []))[1].append(b)
+        out = q.new_zeros(B, nv + nt, H, d)
+        extra = None
+        for valid, members in groups.values():
+            idx = torch.tensor(members, device=q.device)
+            rows = torch.cat([torch.arange(nv, device=q.device), nv + valid]) if topo else None
+            qq = torch.cat([q[idx], eq[idx][:, :, valid]], dim=2)
+            kk = torch.cat([k[idx], ek[idx][:, :, valid]], dim=2)
+            vv = torch.cat([v[idx], ev[idx][:, :, valid]], dim=2)
+            o = self.canvas_attend(qq, kk, vv, rows=rows, seq_len=nv + nt)  # (b, S', H, d)
+            out[idx] = F.pad(o, (0, 0, 0, 0, 0, nv + nt - o.size(1)))
             if topo:
                 # the modules of non-softmax types read video tokens only (checked at install)
-                x = F.pad(hidden_states[b : b + 1], (0, 0, 0, len(valid)))
-                e = self.canvas_extra(x, rows=rows)
-                extras.append(None if e is None else e[:, :nv])
-        out = torch.cat(outs, dim=0).flatten(2, 3)
+                e = self.canvas_extra(F.pad(hidden_states[idx], (0, 0, 0, len(valid))), rows=rows)
+                if e is not None:
+                    extra = hidden_states.new_zeros(B, nv, e.shape[-1]) if extra is None else extra
+                    extra[idx] = e[:, :nv]
+        out = out.flatten(2, 3)
         hid, enc = out.split_with_sizes((nv, nt), dim=1)
         hid = attn.to_out[1](attn.to_out[0](hid))
-        if extras and extras[0] is not None:
-            hid = hid + torch.cat(extras, dim=0)
+        if extra is not None:
+            hid = hid + extra
         if hasattr(attn, "to_add_out"):
             enc = attn.to_add_out(enc)
         return hid, enc
