@@ -58,10 +58,11 @@ def _pos_int(owner: str, name: str, v) -> int:
 
 
 class SlotBindingModule(nn.Module):
-    """Binds observations to persistent identity slots via cross-attention.
+    """A bank of ``n_slots`` learned vectors that read the observations, so that each slot can
+    follow one object over time.
 
-    Maintains ``n_slots`` learned slot vectors. Each call updates slots by cross-attending
-    from the slots (queries) to the observations (keys / values), then a residual MLP. With
+    On every call the slots ask the observations (slots are the queries, observations the keys
+    and values) and then pass through a residual MLP. With
     ``birth_death=True`` a gate per slot (from the updated slot and how well its query matched
     any observation) says whether the slot is alive; dead slots are zeroed in the output.
 
