@@ -198,7 +198,7 @@ def _build_conditioner_class() -> type:
         and zero-initialised learned residuals ``r`` (so training starts from the text geometry).
 
         Args:
-            d_model: canvas latent dimension.
+            d_model: width of the canvas tokens the conditioning is added to.
             embed_dim: dimension of the semantic embeddings (e.g. 384 for MiniLM).
             region_embeddings: ``{region: vector}`` (tuple, list or tensor of ``embed_dim``).
             freeze_embeddings: raw embeddings as buffers (True) or parameters (False).

@@ -153,7 +153,8 @@ def graft_looped_blocks(
             ``load_loop_checkpoint``.
 
     Returns:
-        ``(looped_blocks, action_head)``. At initialisation the model's output is unchanged.
+        A pair: the list of looped blocks and the action head built for the model's output
+        layout.  At initialisation the model's output is unchanged.
     """
     _check_module(transformer, "graft_looped_blocks")
     if not isinstance(max_loops, int) or isinstance(max_loops, bool) or max_loops < 1:
