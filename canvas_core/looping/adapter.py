@@ -8,9 +8,11 @@ library for models that are not theirs). See ``docs/backbones.md``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -190,6 +192,49 @@ class BackboneAdapter:
         """Map the tokens of a forward call with ``sample_inputs`` (the model's forward kwargs) to
         canvas positions. ``layout``: your own ``CanvasLayout`` on the same grid."""
         raise BackboneError(f"adapter {self.name!r} does not map tokens to canvas positions")
+
+    @staticmethod
+    def input_shape(sample_inputs: Any, key: str, ndim: int, what: str) -> Tuple[int, ...]:
+        """Shape of ``sample_inputs[key]`` (a tensor or a tuple of ints) with ``ndim`` dims;
+        ``CanvasTypeError`` / ``BackboneError`` naming the key and what it should be otherwise."""
+        v = sample_inputs.get(key) if isinstance(sample_inputs, Mapping) else None
+        if isinstance(v, torch.Tensor):
+            shape = tuple(v.shape)
+        elif isinstance(v, (tuple, list)) and all(isinstance(i, int) for i in v):
+            shape = tuple(v)
+        else:
+            raise CanvasTypeError(
+                f"token_layout needs sample_inputs[{key!r}]: the {what} tensor (or its shape)"
+            )
+        if len(shape) != ndim:
+            raise BackboneError(
+                f"sample_inputs[{key!r}] must have {ndim} dims ({what}), got shape {shape}"
+            )
+        return shape
+
+    def video_text_tokens(self, model: nn.Module, frames: int, height: int, width: int, text_len: int,
+                          *, text_first: bool, layout: Any = None) -> TokenLayout:
+        """The token layout of a joint ``[text, video]`` (``text_first``) or ``[video, text]``
+        attention sequence: canvas ``T = frames``, spatial ``(height + r, width)`` with
+        ``r = ceil(text_len / width)`` extra rows; region ``video`` = the patch grid, region
+        ``text`` = the extra rows (text token j at frame 0, row ``height + j // width``, column
+        ``j % width``). ``layout``: the user's regions on the same grid."""
+        from canvas_core.schema import CanvasLayout
+
+        f, h, w, L = int(frames), int(height), int(width), int(text_len)
+        r = max(1, math.ceil(L / w)) if L else 0
+        regions = {"video": (0, f, 0, h, 0, w)}
+        if L:
+            regions["text"] = (0, 1, h, h + r, 0, w)
+        base = CanvasLayout(T=f, spatial_shape=(h + r, w), d_model=self.hidden_size(model), regions=regions)
+        plane = (h + r) * w
+        video = (np.arange(f)[:, None, None] * plane + np.arange(h)[None, :, None] * w
+                 + np.arange(w)[None, None, :]).reshape(-1)
+        text = h * w + np.arange(L)
+        order = (text, video) if text_first else (video, text)
+        tl = TokenLayout(base, tuple(int(i) for i in np.concatenate(order)),
+                         {"text_len": L, "frames": f, "height": h, "width": w, "text_rows": r})
+        return tl.with_layout(layout) if layout is not None else tl
 
     def attention_targets(self, model: nn.Module) -> List[Any]:
         """Canvas attention objects (processors / attention modules), one per block, in order."""

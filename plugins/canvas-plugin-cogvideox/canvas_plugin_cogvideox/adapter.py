@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, List, Mapping, Optional, Tuple
 
 import torch
@@ -77,23 +76,6 @@ class CanvasCogVideoXAttnProcessor(CanvasProcessorBase):
         return hid, enc
 
 
-def _shape_of(sample_inputs: Mapping[str, Any], key: str, ndim: int, what: str) -> Tuple[int, ...]:
-    v = sample_inputs.get(key)
-    if isinstance(v, torch.Tensor):
-        shape = tuple(v.shape)
-    elif isinstance(v, (tuple, list)) and all(isinstance(i, int) for i in v):
-        shape = tuple(v)
-    else:
-        raise CanvasTypeError(
-            f"token_layout needs sample_inputs[{key!r}]: the {what} tensor (or its shape)"
-        )
-    if len(shape) != ndim:
-        raise BackboneError(
-            f"sample_inputs[{key!r}] must have {ndim} dims ({what}), got shape {shape}"
-        )
-    return shape
-
-
 class CogVideoXAdapter(BackboneAdapter):
     name = "cogvideox"
     model_classes = ("diffusers.CogVideoXTransformer3DModel",)
@@ -154,31 +136,12 @@ class CogVideoXAdapter(BackboneAdapter):
     ) -> TokenLayout:
         """``sample_inputs``: ``hidden_states`` ``(B, F, C, H, W)`` and ``encoder_hidden_states``
         ``(B, L, D_text)`` (tensors or shapes), as given to the model's forward."""
-        from canvas_core.schema import CanvasLayout
-
         if not isinstance(sample_inputs, Mapping):
             raise CanvasTypeError(
                 "CogVideoX token_layout needs sample_inputs={'hidden_states': ..., "
                 "'encoder_hidden_states': ...}"
             )
-        _, F_, _, H, W = _shape_of(
-            sample_inputs, "hidden_states", 5, "(B, F, C, H, W) latent video"
-        )
-        L = _shape_of(sample_inputs, "encoder_hidden_states", 3, "(B, L, D) text embedding")[1]
+        _, F_, _, H, W = self.input_shape(sample_inputs, "hidden_states", 5, "(B, F, C, H, W) latent video")
+        L = self.input_shape(sample_inputs, "encoder_hidden_states", 3, "(B, L, D) text embedding")[1]
         f, h, w = self.grid(model, F_, H, W)
-        r = max(1, math.ceil(L / w)) if L else 0
-        regions = {"video": (0, f, 0, h, 0, w)}
-        if L:
-            regions["text"] = (0, 1, h, h + r, 0, w)
-        base = CanvasLayout(
-            T=f, spatial_shape=(h + r, w), d_model=self.hidden_size(model), regions=regions
-        )
-        plane = (h + r) * w
-        text_idx = [(h + j // w) * w + j % w for j in range(L)]
-        video_idx = [t * plane + y * w + x for t in range(f) for y in range(h) for x in range(w)]
-        tl = TokenLayout(
-            base,
-            tuple(text_idx + video_idx),
-            {"text_len": L, "frames": f, "height": h, "width": w, "text_rows": r},
-        )
-        return tl.with_layout(layout) if layout is not None else tl
+        return self.video_text_tokens(model, f, h, w, L, text_first=True, layout=layout)

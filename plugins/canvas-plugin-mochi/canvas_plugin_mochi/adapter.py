@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -162,50 +161,16 @@ class MochiAdapter(BackboneAdapter):
     ) -> TokenLayout:
         """``sample_inputs``: ``hidden_states`` ``(B, C, F, H, W)`` and ``encoder_hidden_states``
         ``(B, L, D_text)`` (tensors or shapes), as given to the model's forward."""
-        from canvas_core.schema import CanvasLayout
-
         if not isinstance(sample_inputs, Mapping):
             raise CanvasTypeError(
                 "Mochi token_layout needs sample_inputs={'hidden_states': ..., "
                 "'encoder_hidden_states': ...}"
             )
-        shapes = {}
-        for key, nd, what in (
-            ("hidden_states", 5, "(B, C, F, H, W) latent video"),
-            ("encoder_hidden_states", 3, "(B, L, D) text embedding"),
-        ):
-            v = sample_inputs.get(key)
-            s = (
-                tuple(v.shape)
-                if isinstance(v, torch.Tensor)
-                else tuple(v)
-                if isinstance(v, (tuple, list))
-                else None
-            )
-            if s is None or len(s) != nd:
-                raise CanvasTypeError(
-                    f"token_layout needs sample_inputs[{key!r}]: the {what} tensor or shape"
-                )
-            shapes[key] = s
-        _, _, f, H, W = shapes["hidden_states"]
-        L = shapes["encoder_hidden_states"][1]
+        _, _, f, H, W = self.input_shape(sample_inputs, "hidden_states", 5, "(B, C, F, H, W) latent video")
+        L = self.input_shape(sample_inputs, "encoder_hidden_states", 3, "(B, L, D) text embedding")[1]
         p = model.config.patch_size
         if H % p or W % p:
             raise BackboneError(
                 f"latent height/width ({H}, {W}) must be multiples of patch_size {p}"
             )
-        h, w = H // p, W // p
-        r = max(1, math.ceil(L / w)) if L else 0
-        regions = {"video": (0, f, 0, h, 0, w)}
-        if L:
-            regions["text"] = (0, 1, h, h + r, 0, w)
-        base = CanvasLayout(
-            T=f, spatial_shape=(h + r, w), d_model=self.hidden_size(model), regions=regions
-        )
-        plane = (h + r) * w
-        video = [t * plane + y * w + x for t in range(f) for y in range(h) for x in range(w)]
-        text = [(h + j // w) * w + j % w for j in range(L)]
-        tl = TokenLayout(
-            base, tuple(video + text), {"text_len": L, "frames": f, "height": h, "width": w}
-        )
-        return tl.with_layout(layout) if layout is not None else tl
+        return self.video_text_tokens(model, f, H // p, W // p, L, text_first=False, layout=layout)
