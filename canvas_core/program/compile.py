@@ -59,12 +59,16 @@ def _compile(root: Any, T: int, spatial_shape: Any, d_model: int, connectivity: 
     layout = _layout(regions, T, d_model, canvas, strategy, t_current, coarse, packing)
     edges = _Edges(policy.temporal)
     _connect(edges, tree, policy)
-    conns = []
-    for src, dst, ts, td in edges.out:
-        op = wire_operator(regions[src].family, regions[dst].family, ts, td) if wire else "attend"
-        conns.append(Connection(src=src, dst=dst, t_src=ts, t_dst=td, operator=op))
-    schema = CanvasSchema(layout=layout, topology=CanvasTopology(conns))
-    return BoundSchema(schema, layout.regions), regions
+    plain = [Connection(src=src, dst=dst, t_src=ts, t_dst=td) for src, dst, ts, td in edges.out]
+    bound = BoundSchema(CanvasSchema(layout=layout, topology=CanvasTopology(plain)), layout.regions)
+    if not wire:
+        return bound, regions, None
+    # as in canvas-engineering, the operators go on the program's schema; the bound schema keeps
+    # the plain "attend" topology compile_schema gives
+    wired = [Connection(src=src, dst=dst, t_src=ts, t_dst=td,
+                        operator=wire_operator(regions[src].family, regions[dst].family, ts, td))
+             for src, dst, ts, td in edges.out]
+    return bound, regions, CanvasSchema(layout=layout, topology=CanvasTopology(wired))
 
 
 def compile_schema(
@@ -107,7 +111,7 @@ def compile_schema(
     Raises:
         ProgramError: bad input (no fields, a field that does not fit, unknown strategy, ...).
     """
-    bound, _ = _compile(root, T, spatial_shape, d_model, connectivity, layout_strategy, t_current, H, W, wire=False,
+    bound, _, _ = _compile(root, T, spatial_shape, d_model, connectivity, layout_strategy, t_current, H, W, wire=False,
                         packing=packing)
     return bound
 
@@ -143,7 +147,8 @@ def compile_program(
 
         bound, program = compile_program(Gripper(), T=6, d_model=128)
     """
-    bound, regions = _compile(root, T, spatial_shape, d_model, connectivity, layout_strategy, t_current, H, W, wire=True,
+    bound, regions, wired = _compile(root, T, spatial_shape, d_model, connectivity, layout_strategy, t_current, H, W,
+                                     wire=True,
                                 packing=packing)
     programs = {}
     for name, f in regions.items():
@@ -161,4 +166,4 @@ def compile_program(
             programs[name] = RegionProgram(**kw)
         except CanvasError as exc:
             raise ProgramError(f"field {name!r}: {exc}") from None
-    return bound, CanvasProgram(schema=bound.schema, regions=programs)
+    return bound, CanvasProgram(schema=wired, regions=programs)
