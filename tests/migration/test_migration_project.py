@@ -38,7 +38,7 @@ def runs():
 
 
 PLAIN = ["spatial_shape", "H_W", "num_positions", "fields", "bounds", "indices", "semantic", "connections",
-         "families", "embedded_texts", "frozen", "clock", "has_family_carrier_embedding", "summaries"]
+         "families", "bound_connections", "schema_json", "embedded_texts", "frozen", "clock", "has_family_carrier_embedding", "summaries"]
 TEXTS = ["bound_repr", "bound_summary", "topology_repr", "topology_summary", "program_repr", "program_summary",
          "compiled_repr", "accumulator_repr", "learned_repr", "scheduler_repr"]
 

@@ -54,6 +54,8 @@ def run(seed: int = 0) -> dict:
         "semantic": {n: layout.region_spec(n).semantic_type for n in bound.field_names},
         "connections": [(c.src, c.dst, c.t_src, c.t_dst, c.operator, c.weight) for c in topo.connections],
         "families": {n: rp.family for n, rp in program.regions.items()},
+        "bound_connections": [(c.src, c.dst, c.operator) for c in bound.topology.connections],
+        "schema_json": program.schema.to_dict()["topology"],
         "mask": topo.to_attention_mask(layout),
         "bound_repr": repr(bound),
         "bound_summary": bound.summary(),
