@@ -172,13 +172,16 @@ def topologies(draw, regions=("top", "bottom", "extra"), types=("cross_attention
     return CanvasTopology(connections=conns)
 
 
-def _check_against_reference(kind, dtype, topology, period, grads):
+def _check_against_reference(kind, dtype, topology, period, grads, kernel=None):
     m = make(kind, dtype)
     kw = inputs(kind, dtype)
     graft_looped_blocks(m, max_loops=2, freeze="none")
     ad = get_adapter(m)
     tokens = user_layout(ad.token_layout(m, kw), period)
-    ad.install_topology(m, topology, tokens)
+    opts = {"block_size": 8} if kernel == "sparse" else None
+    inst = ad.install_topology(m, topology, tokens, kernel=kernel, kernel_options=opts)
+    if kernel is not None:
+        assert all(kernel in k or "sdpa" in k for k in inst.describe_kernels().values())
     # float64: the reference kernel keeps its log w biases in float32 (relative error ~1e-8)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-5)
     if grads:
@@ -208,6 +211,16 @@ def test_plan_equals_dense_reference_forward(kind, topology, period, dtype):
 @given(topology=topologies(), period=st.sampled_from([1, 2]))
 def test_plan_equals_dense_reference_gradients(kind, topology, period):
     _check_against_reference(kind, torch.float64, topology, period, grads=True)
+
+
+@pytest.mark.parametrize("kernel", ["segments", "sparse", "dense"])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(kind=st.sampled_from(["cogvideox", "mochi", "vit"]), topology=topologies(), period=st.sampled_from([1, 2]),
+       grads=st.booleans())
+def test_every_reference_kernel_mode_equals_dense_reference(kernel, kind, topology, period, grads):
+    """The tiny models have few tokens, where the automatic choice is the dense mode: force each
+    mode of the reference kernel (the sparse one with 8-token blocks)."""
+    _check_against_reference(kind, torch.float64, topology, period, grads=grads, kernel=kernel)
 
 
 def causal_temporal(regions):
