@@ -20,7 +20,8 @@ class ActionHead(nn.Module):
     Args:
         latent_channels: input channels ``C`` (e.g. 16 for CogVideoX latents).
         action_dim: output size (e.g. 7 = 6-DoF end effector + gripper).
-        hidden_dim: hidden width; default ``max(1, latent_channels // 2)``.
+        hidden_dim: hidden width; default ``max(8, latent_channels // 2)`` (canvas-engineering's,
+            so its checkpoints load).
     """
 
     def __init__(
@@ -35,7 +36,7 @@ class ActionHead(nn.Module):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise CanvasTypeError(f"ActionHead: {label} must be an int >= 1, got {v!r}")
         if hidden_dim is None:
-            hidden_dim = max(1, latent_channels // 2)
+            hidden_dim = max(8, latent_channels // 2)
         self.latent_channels, self.action_dim, self.hidden_dim = (
             latent_channels,
             action_dim,
