@@ -26,7 +26,7 @@ __all__ = ["ResolvedGroup", "ConnectionResolution", "MODULE_KERNEL", "REFERENCE_
 MODULE_KERNEL = "module"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: it holds registry entries
 class ResolvedGroup:
     """How one fn type of a plan runs on the compile target; decided once, read by the runtime.
 
