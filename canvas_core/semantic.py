@@ -248,6 +248,11 @@ def _build_conditioner_class() -> type:
         def region_names(self) -> List[str]:
             return list(self._names)
 
+        def __repr__(self) -> str:  # canvas-engineering's text
+            frozen = not isinstance(self._embeddings, nn.Parameter)
+            return (f"SemanticConditioner(d_model={self.d_model}, embed_dim={self.embed_dim}, "
+                    f"n_regions={self.n_regions}, frozen={frozen}, residuals={self.residuals is not None})")
+
         def get_all_conditioning(self) -> "torch.Tensor":
             """``(n_regions, d_model)``, rows ordered by sorted region name."""
             out = self.projector(self._embeddings)

@@ -200,9 +200,10 @@ class FamilyCarrierEmbedding(nn.Module):
             + self.carrier_embedding.weight[self.carrier_idx(carrier)]
         )
 
-    def extra_repr(self) -> str:
+    def __repr__(self) -> str:  # one line, canvas-engineering's text
         return (
-            f"d_model={self.d_model}, families={len(self.FAMILIES)}, carriers={len(self.CARRIERS)}"
+            f"FamilyCarrierEmbedding(d_model={self.d_model}, families={len(self.FAMILIES)}, "
+            f"carriers={len(self.CARRIERS)})"
         )
 
 

@@ -50,6 +50,10 @@ def _texts(P):
         "sharpening repr": repr(m("sharpening").SharpeningSchedule(max_loops=3)),
         "dispatcher repr": repr(m("dispatch").AttentionDispatcher(top, b.layout, d_model=64)),
         "cortex repr": repr(reg), "cortex summary": reg.summary(),
+        "semantic conditioner repr": repr(m("semantic").SemanticConditioner(
+            d_model=8, embed_dim=3, region_embeddings={"a": [1.0, 0.0, 0.5], "b": [0.0, 1.0, 0.2]})),
+        "family carrier embedding repr": repr(P.FamilyCarrierEmbedding(8)),
+        "action head repr": repr(P.ActionHead(4, 3)),
     }
 
 
@@ -62,7 +66,8 @@ def texts():
     "topology repr", "topology summary", "small topology summary", "program repr", "program summary",
     "bound repr", "bound summary", "bound field repr", "compiler repr", "compiled repr", "compiled summary",
     "accumulator repr", "scheduler repr", "learned scheduler repr", "sharpening repr", "dispatcher repr",
-    "cortex repr", "cortex summary"])
+    "cortex repr", "cortex summary", "semantic conditioner repr", "family carrier embedding repr",
+    "action head repr"])
 def test_same_text(texts, key):
     theirs, ours = texts
     assert ours[key] == theirs[key]
