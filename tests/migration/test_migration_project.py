@@ -72,7 +72,7 @@ def test_same_attention_mask(runs):
     assert torch.equal(ours["mask"].float(), theirs["mask"].float())
 
 
-@pytest.mark.parametrize("key", ["canvas", "learned"])
+@pytest.mark.parametrize("key", ["canvas", "learned", "head", "conditioner"])
 def test_checkpoints_load_both_ways(runs, key):
     theirs, ours = runs
     a, b = theirs[key], ours[key]

@@ -71,8 +71,9 @@ def run(seed: int = 0) -> dict:
         seen.extend(texts)
         return [[float(len(t)), float(sum(map(ord, t)) % 97), 1.0, 0.5] for t in texts]
 
-    bound.build_semantic_conditioner(embed, embed_dim=4)
+    out["conditioner"] = bound.build_semantic_conditioner(embed, embed_dim=4)
     out["embedded_texts"] = list(seen)
+    out["head"] = ce.ActionHead(latent_channels=12, action_dim=4)
     # a canvas with the program's family/carrier embeddings; its checkpoint
     canvas = ce.SpatiotemporalCanvas(layout, program=program)
     out["canvas"] = canvas
