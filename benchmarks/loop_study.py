@@ -80,14 +80,18 @@ def ratios(runs: Dict[str, dict]) -> List[str]:
     mean = {name: statistics.fmean(r["action"]) for name, r in runs.items()}
     frozen = {r["loops"]: name for name, r in runs.items() if r["frozen"]}
     unfrozen = {r["loops"]: name for name, r in runs.items() if not r["frozen"]}
-    lines = ["ratios of mean action MSE (< 1: the first condition has the lower error):"]
+    lines = ["ratios of mean action MSE (< 1: the first condition has the lower error; in brackets the ratio",
+             "within each seed, whose runs share data, head initialisation and held-out videos):"]
+
+    def ratio(a: str, b: str) -> str:
+        paired = ", ".join(f"{x / y:.2f}" for x, y in zip(runs[a]["action"], runs[b]["action"]))
+        return f"  {a:<18} / {b:<18} {mean[a] / mean[b]:.2f}  ({paired})"
+
     if 1 in frozen:
-        for n in sorted(frozen):
-            if n != 1:
-                lines.append(f"  {frozen[n]:<18} / {frozen[1]:<18} {mean[frozen[n]] / mean[frozen[1]]:.2f}")
+        lines += [ratio(frozen[n], frozen[1]) for n in sorted(frozen) if n != 1]
     if 1 in unfrozen:
-        for n in sorted(frozen):
-            lines.append(f"  {frozen[n]:<18} / {unfrozen[1]:<18} {mean[frozen[n]] / mean[unfrozen[1]]:.2f}")
+        lines += [ratio(unfrozen[n], unfrozen[1]) for n in sorted(unfrozen) if n != 1]
+        lines += [ratio(frozen[n], unfrozen[1]) for n in sorted(frozen)]
     if frozen:
         best = min(frozen, key=lambda n: mean[frozen[n]])
         lines.append(f"best loop count, frozen: {best}" + (f"; unfrozen: {min(unfrozen, key=lambda n: mean[unfrozen[n]])}"
@@ -126,11 +130,47 @@ def plot(runs: Dict[str, dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def merge(files: List[Path], plot_path) -> int:
+    """Print the table of several ``--json`` files (same options, different seeds) as one study."""
+    runs: Dict[str, dict] = {}
+    seeds: List[int] = []
+    settings = set()
+    for f in files:
+        data = json.loads(Path(f).read_text())
+        a = data["args"]
+        settings.add((a["loops"], a["steps"], a["batch_size"], a["lr"], a["eval_samples"], a["train_videos"]))
+        seeds += data["seeds"]
+        for name, r in data["runs"].items():
+            into = runs.setdefault(name, {k: v for k, v in r.items() if not isinstance(v, list)})
+            for k, v in r.items():
+                if isinstance(v, list):
+                    into.setdefault(k, []).extend(v)
+    if len(settings) != 1 or len(set(seeds)) != len(seeds):
+        print(f"error: the files were run with different options {sorted(settings)} or repeat seeds {seeds}",
+              file=sys.stderr)
+        return 2
+    loops, steps, batch, lr, evals, videos = settings.pop()
+    print(f"loop study (merged from {len(files)} files): loops {loops} x {{frozen, unfrozen}}, seeds {sorted(seeds)}, "
+          f"{steps} steps of {batch} videos ({'a fresh video per sample' if videos == 'None' else videos + ' videos'}), "
+          f"lr {lr}, {evals} held-out videos")
+    print()
+    for line in table(runs, sorted(seeds)) + [""] + ratios(runs):
+        print(line)
+    if plot_path is not None:
+        plot(runs, plot_path, f"loop study: shipped tiny CogVideoX, {steps} steps, {len(seeds)} seeds")
+        print(f"wrote {plot_path}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="loop count x freeze study on the shipped pretrained tiny CogVideoX")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: 6 steps of 4 videos, 16 held-out")
     parser.add_argument("--loops", default="1,2,3,4", help="loop counts (default 1,2,3,4)")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds 0..n-1 (default 3)")
+    parser.add_argument("--seed-list", default=None, help="exactly these seeds, e.g. 1 or 0,1,2 (overrides --seeds)")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="train nothing: print the table (and --plot) of --json files of earlier runs "
+                             "(e.g. one per seed, run in parallel)")
     parser.add_argument("--steps", type=int, default=600, help="training steps per run (default 600, as the demo)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
@@ -147,10 +187,17 @@ def main(argv=None) -> int:
         parser.error(f"--loops must be comma-separated integers, got {args.loops!r}")
     if not loops or loops[0] < 1 or args.seeds < 1 or args.steps < 1 or args.batch_size < 1 or args.eval_samples < 1:
         parser.error("--loops, --seeds, --steps, --batch-size and --eval-samples must be >= 1")
+    if args.merge:
+        return merge(args.merge, args.plot)
     if args.quick:
         args.steps, args.batch_size, args.eval_samples = min(args.steps, 6), min(args.batch_size, 4), 16
     torch.set_num_threads(max(1, args.threads))
     seeds = list(range(args.seeds))
+    if args.seed_list is not None:
+        try:
+            seeds = sorted({int(x) for x in args.seed_list.split(",") if x.strip()})
+        except ValueError:
+            parser.error(f"--seed-list must be comma-separated integers, got {args.seed_list!r}")
     start = time.perf_counter()
     data = f"fixed set of {args.train_videos} videos" if args.train_videos else "a fresh video per sample"
     print(f"loop study: loops {loops} x {{frozen, unfrozen}}, seeds {seeds}, {args.steps} steps of "
@@ -162,7 +209,8 @@ def main(argv=None) -> int:
         print(line)
     print(f"total {time.perf_counter() - start:.0f} s")
     if args.json is not None:
-        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "runs": runs}, indent=1))
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "seeds": seeds,
+                                         "runs": runs}, indent=1))
     if args.plot is not None:
         plot(runs, args.plot, f"loop study: shipped tiny CogVideoX, {args.steps} steps, {len(seeds)} seeds")
         print(f"wrote {args.plot}")

@@ -180,8 +180,9 @@ def pretrain_cogvideox(cfg: PretrainConfig, out: Optional[Path] = None,
             save_file({"prompt": prompt.detach().contiguous()}, str(out / PROMPT_FILE))
         meta = {"task": "denoise moving-blob latent videos (one frame fully noised in some)",
                 "options": asdict(cfg), "torch": torch.__version__,
-                "curve": [{"step": s, "train_loss": tl, "held_out_loss": hl} for s, tl, hl in curve]}
-        (out / "pretrain.json").write_text(json.dumps(meta, indent=1, allow_nan=True) + "\n")
+                "curve": [{"step": s, "train_loss": None if math.isnan(tl) else tl, "held_out_loss": hl}
+                          for s, tl, hl in curve]}
+        (out / "pretrain.json").write_text(json.dumps(meta, indent=1) + "\n")
     if prompt is not None:
         model.demo_prompt = prompt.detach().clone()
     return model, curve

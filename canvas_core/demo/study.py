@@ -94,8 +94,11 @@ def graft_condition(backbone: nn.Module, condition: Condition, schema: Any, toke
     from canvas_core.looping import get_adapter
 
     model = copy.deepcopy(backbone)
+    # per-loop activation checkpointing only pays for itself on a large backbone (memory); the tiny
+    # demo model trains a third faster without the recomputation
+    big = sum(p.numel() for p in model.parameters()) > 10_000_000
     blocks, _ = graft_looped_blocks(model, max_loops=condition.loops, freeze="full" if condition.frozen else "none",
-                                    action_dim=action_dim, schema=schema)
+                                    action_dim=action_dim, schema=schema, use_gradient_checkpointing=big)
     torch.manual_seed(seed + 1)  # the same head initialisation in every arm
     head = DemoHead(in_features, action_dim)
     get_adapter(model).install_topology(model, schema.topology, tokens.with_layout(schema.layout))
