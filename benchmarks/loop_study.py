@@ -151,7 +151,7 @@ def merge(files: List[Path], plot_path) -> int:
         return 2
     loops, steps, batch, lr, evals, videos = settings.pop()
     print(f"loop study (merged from {len(files)} files): loops {loops} x {{frozen, unfrozen}}, seeds {sorted(seeds)}, "
-          f"{steps} steps of {batch} videos ({'a fresh video per sample' if videos == 'None' else videos + ' videos'}), "
+          f"{steps} steps of {batch} videos ({'a fresh video per sample' if videos == 'None' else 'a fixed set of ' + videos + ' videos'}), "
           f"lr {lr}, {evals} held-out videos")
     print()
     for line in table(runs, sorted(seeds)) + [""] + ratios(runs):
