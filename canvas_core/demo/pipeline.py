@@ -277,7 +277,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> DemoResult:
     log(f"loop parameters of the {cfg.loops}-loop graft {arm.loop_params:,} "
         f"({100.0 * arm.loop_params / max(1, total):.2f}% of the backbone); "
         f"action head {sum(p.numel() for p in arm.head.parameters()):,}")
-    gates = [[round(float(g), 3) for g in b.loop_gate] for b in arm.blocks if getattr(b, "loop_gate", None) is not None]
+    gates = [[round(g, 3) for g in b.loop_gate.detach().tolist()] for b in arm.blocks
+             if getattr(b, "loop_gate", None) is not None]
     if any(gates):
         log(f"trained loop gates per block {gates} (0: a later loop changes nothing; they start at 0)")
 

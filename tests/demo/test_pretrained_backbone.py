@@ -83,18 +83,30 @@ def test_pretraining_is_deterministic_for_a_seed():
     assert any(not torch.equal(a[k], c[k]) for k in a)
 
 
-def test_pretrain_script_writes_identical_weights_twice(tmp_path):
-    def run(out):
-        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "pretrain_backbone.py"), "--steps", "2",
-                               "--batch-size", "2", "--out", str(out), "--no-plot"],
-                              capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        return proc.stdout
+def _script(name):
+    import importlib.util
 
-    log = run(tmp_path / "a")
-    run(tmp_path / "b")
+    spec = importlib.util.spec_from_file_location(name, ROOT / ("scripts" if "pretrain" in name else "benchmarks")
+                                                  / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)  # the script sets its own thread count
+
+
+def test_pretrain_script_writes_identical_weights_twice(tmp_path, capsys, keep_threads):
+    script = _script("pretrain_backbone")
+    for out in ("a", "b"):
+        assert script.main(["--steps", "2", "--batch-size", "2", "--out", str(tmp_path / out), "--no-plot"]) == 0
+    log = capsys.readouterr().out
     assert "held-out loss" in log and "wrote" in log
-    for name in ("diffusion_pytorch_model.safetensors", "prompt.safetensors", "config.json"):
+    for name in ("diffusion_pytorch_model.safetensors", "prompt.safetensors", "config.json", "pretrain.json"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
     # the written directory loads through the demo's --pretrained path, prompt included
     from canvas_core.demo.backbones import BACKBONES
@@ -103,10 +115,9 @@ def test_pretrain_script_writes_identical_weights_twice(tmp_path):
     assert model.demo_prompt.shape == (4, 16)
 
 
-def test_pretrain_script_refuses_bad_options(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "pretrain_backbone.py"), "--steps", "0",
-                           "--out", str(tmp_path / "x"), "--no-plot"], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 2 and "--steps must be an integer >= 1" in proc.stderr
+def test_pretrain_script_refuses_bad_options(tmp_path, capsys, keep_threads):
+    assert _script("pretrain_backbone").main(["--steps", "0", "--out", str(tmp_path / "x"), "--no-plot"]) == 2
+    assert "--steps must be an integer >= 1" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 
@@ -140,19 +151,10 @@ def test_loop_study_quick_prints_one_row_per_condition():
     assert "3 seeds" in out and "best loop count, frozen:" in out
 
 
-def _load_study():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("loop_study", ROOT / "benchmarks" / "loop_study.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_loop_study_merges_per_seed_files(tmp_path, capsys):
     import json
 
-    study = _load_study()
+    study = _script("loop_study")
     args = {"loops": "1,3", "steps": "5", "batch_size": "4", "lr": "0.003", "eval_samples": "16", "train_videos": "None"}
 
     def write(name, seed, errs):
