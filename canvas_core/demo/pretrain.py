@@ -6,10 +6,13 @@ minutes: the tiny ``CogVideoXTransformer3DModel`` of :data:`canvas_core.demo.bac
 learns to denoise latent videos of one or two Gaussian blobs moving at constant velocities
 (diffusion-style: a noise level per video, the clean video as target), and in half the videos one
 frame is replaced by pure noise, so that restoring it requires following the motion through the
-other frames. No action or reward label is ever seen during pretraining.
+other frames. No action or reward label is ever seen during pretraining. The 4 prompt tokens
+are learned with the model (registers the denoiser may use) and saved next to it; the demo feeds
+them as the prompt.
 
 ``scripts/pretrain_backbone.py`` is the command line around it; its output directory (a
-``save_pretrained`` directory, ``config.json`` + ``diffusion_pytorch_model.safetensors``) ships
+``save_pretrained`` directory, ``config.json`` + ``diffusion_pytorch_model.safetensors``, plus
+``prompt.safetensors`` and ``pretrain.json``) ships
 inside the package as ``canvas_core/demo/weights/cogvideox-blob`` and is found with
 :func:`shipped_weights`.
 """
@@ -30,7 +33,8 @@ from canvas_core.demo.backbones import COGVIDEOX_TINY
 from canvas_core.demo.task import BlobTask
 from canvas_core.errors import CanvasError
 
-__all__ = ["PretrainConfig", "pretrain_cogvideox", "shipped_weights", "SHIPPED_NAME", "denoising_batch"]
+__all__ = ["PretrainConfig", "pretrain_cogvideox", "shipped_weights", "load_shipped", "SHIPPED_NAME", "PROMPT_FILE",
+           "denoising_batch"]
 
 SHIPPED_NAME = "cogvideox-blob"
 PROMPT_FILE = "prompt.safetensors"
@@ -108,8 +112,9 @@ def pretrain_cogvideox(cfg: PretrainConfig, out: Optional[Path] = None,
 
     ``curve`` is a list of ``(step, training loss averaged over the last 50 steps, held-out loss)``
     rows (held-out: 256 fixed videos, every ``steps // 20`` steps and at the end). With ``out``,
-    the model is written there with ``save_pretrained`` (safetensors) together with
-    ``pretrain.json`` (the options and the curve). The run is deterministic for ``cfg.seed``: the
+    the model is written there with ``save_pretrained`` (safetensors) together with the learned
+    prompt (``prompt.safetensors``; also set as ``model.demo_prompt``) and ``pretrain.json`` (the
+    options and the curve). The run is deterministic for ``cfg.seed``: the
     same options give bit-identical weights on the same machine and thread count.
     """
     from diffusers import CogVideoXTransformer3DModel

@@ -73,9 +73,10 @@ class Arm:
 
 
 class DemoHead(nn.Module):
-    """Action head of the demo: ``(B, ...) -> (B, action_dim)``, an MLP on the flattened features the
-    backbone recipe reads out (for CogVideoX the final hidden states of the action and reward tokens;
-    for Mochi the whole output video, which needs *where* the blob is in each frame)."""
+    """Action head of the demo: ``(B, ...) -> (B, action_dim)``, batch norm and an MLP on the
+    flattened features the backbone recipe reads out (for CogVideoX the final hidden states of the
+    action and reward prompt tokens; for Mochi the whole output video, for ViT every token). The
+    batch norm puts the small video-dependent variation of frozen features on a usable scale."""
 
     def __init__(self, in_features: int, action_dim: int, hidden: int = 64) -> None:
         super().__init__()
