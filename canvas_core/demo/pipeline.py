@@ -297,6 +297,8 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> DemoResult:
     log("result (action error):")
     for line in verdict(looped.name, plain, unfrozen, results):
         log(line)
+    if cfg.steps < 100:
+        log(f"  (only {cfg.steps} training steps: a smoke run, these numbers say nothing about the models)")
 
     # 5. checkpoint of the loop parameters (and head) only; picture of the canvas
     ckpt = out / "loops.safetensors"

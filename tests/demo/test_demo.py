@@ -58,6 +58,7 @@ def test_demo_end_to_end_quick(tmp_path):
     assert params["predict the mean"] == 0
     assert params["frozen, 1 loop"] < params["frozen, 3 loops"] < params["unfrozen, 1 loop"]
     assert all(len(cols) == 4 and float(cols[1]) >= 0 for cols in rows.values())
+    assert "a smoke run" in out  # --quick's 4 steps are labelled as saying nothing
     assert png_ok(tmp_path / "canvas.png")
     from canvas_core import CanvasSchema, graft_looped_blocks, load_loop_checkpoint
     from canvas_core.demo.backbones import BACKBONES
