@@ -489,3 +489,62 @@ def test_cogvideox_type_is_the_backbones_own_attention():
         with torch.no_grad():
             outs.append(run(kind, m, kw))
     assert torch.equal(outs[0], outs[1])
+
+
+class _WideOnly(torch.nn.Module):
+    """A plugin type that only builds at width >= 64 (the tiny backbones are 32 / 16 wide)."""
+
+    def __init__(self, d_model, n_heads=4, dropout=0.0):
+        super().__init__()
+        if d_model < 64:
+            raise ValueError(f"needs d_model >= 64, got {d_model}")
+        self.lin = torch.nn.Linear(d_model, d_model)
+
+    def forward(self, queries, keys, values, key_mask=None):
+        return self.lin(queries)
+
+
+class _MeanOfKeys(torch.nn.Module):
+    """A plugin type without key_mask (runs once per key set under the calling contract)."""
+
+    def __init__(self, d_model, n_heads=4, dropout=0.0):
+        super().__init__()
+        self.lin = torch.nn.Linear(d_model, d_model)
+
+    def forward(self, queries, keys, values):
+        return self.lin(values.mean(dim=1, keepdim=True)).expand_as(queries)
+
+
+@pytest.mark.parametrize("kind", ["cogvideox", "vit"])
+def test_plugin_types_run_gated_or_are_refused_naming_the_connection(kind):
+    import canvas_core.plugins as P
+
+    P.register_attention("h2_wide_only", _WideOnly)
+    P.register_attention("h2_mean_of_keys", _MeanOfKeys)
+    try:
+        m = make(kind)
+        kw = inputs(kind)
+        with torch.no_grad():
+            plain = run(kind, m, kw)
+        blocks, _ = graft_looped_blocks(m, max_loops=3)
+        ad = get_adapter(m)
+        tokens = user_layout(ad.token_layout(m, kw), 1)
+        dense = [Connection(a, b) for a in ("top", "bottom", "extra") for b in ("top", "bottom", "extra")]
+        keys = set(m.state_dict())
+        with pytest.raises(BackboneError, match=r"#9 'top' -> 'bottom' \(fn 'h2_wide_only'\).*needs d_model >= 64"):
+            ad.install_topology(m, CanvasTopology(connections=dense + [Connection("top", "bottom", fn="h2_wide_only")]),
+                                tokens)
+        assert ad.installed_topology(m) is None and set(m.state_dict()) == keys
+        inst = ad.install_topology(m, CanvasTopology(connections=dense + [
+            Connection("top", "bottom", fn="h2_mean_of_keys"), Connection("bottom", "top", fn="h2_mean_of_keys")]), tokens)
+        assert inst.module_types == ("h2_mean_of_keys",)
+        with torch.no_grad():
+            assert torch.equal(run(kind, m, kw), plain)  # gate at 0
+            for b in blocks:
+                for n, p in b.named_loop_parameters():
+                    if n.endswith(".gate"):
+                        p.fill_(1.0)
+            assert not torch.allclose(run(kind, m, kw), plain)
+    finally:
+        P.unregister_attention("h2_wide_only")
+        P.unregister_attention("h2_mean_of_keys")
