@@ -55,16 +55,31 @@ def _merge_cover(n: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 def plan_query_weights(plan: ExecutionPlan, weights: Sequence[float]) -> Dict[str, np.ndarray]:
     """``W_f(p)`` (packed) recomputed from the plan's rectangles: the sum of the weights of the
     connections of type f that link query p to at least one key (``weights[ci]``: connection
-    ``ci``'s weight)."""
+    ``ci``'s weight).  Vectorised over connections: O(R log R + N) per type."""
     out: Dict[str, np.ndarray] = {}
     n = int(plan.n)
+    w_of = np.asarray(list(weights), dtype=np.float64)
     for fn, g in plan.groups.items():
-        acc = np.zeros(n, dtype=np.float64)
+        acc = np.zeros(n + 1, dtype=np.float64)
         if g.n_rects:
-            for ci in np.unique(g.conn):
-                sel = g.conn == ci
-                acc += float(weights[int(ci)]) * _merge_cover(n, g.q0[sel], g.q1[sel])
-        out[fn] = acc
+            # the query ranges of each connection, merged: offset every connection into its own
+            # band of [0, (C + 1) * (n + 1)) so that one sort and one running max merge them all
+            conn = g.conn.astype(np.int64)
+            span = n + 1
+            lo, hi = g.q0 + conn * span, g.q1 + conn * span
+            order = np.argsort(lo, kind="stable")
+            lo, hi, conn = lo[order], hi[order], conn[order]
+            reach = np.maximum.accumulate(hi)
+            start = np.ones(len(lo), dtype=bool)
+            start[1:] = lo[1:] > reach[:-1]
+            first = np.flatnonzero(start)
+            last = np.r_[first[1:], len(lo)] - 1
+            m_lo, m_hi, m_conn = lo[first], reach[last], conn[first]
+            np.add.at(acc, m_lo - m_conn * span, w_of[m_conn])
+            np.add.at(acc, m_hi - m_conn * span, -w_of[m_conn])
+            acc = np.cumsum(acc)
+            acc[np.abs(acc) < 1e-12] = 0.0
+        out[fn] = acc[:n]
     return out
 
 
