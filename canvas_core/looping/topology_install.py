@@ -17,14 +17,16 @@ from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasError
 from canvas_core.looping.attention_ops import BlockTopology, GatedTypeModule, InstalledTopology, _key
+from canvas_core.plugins.builtin import SOFTMAX_FAMILY
+from canvas_core.runtime.kernels import REFERENCE_MODES
 
 __all__ = ["build_installation", "remove_installation", "BACKBONE_SOFTMAX_TYPES", "HOLDER_ATTR"]
 
-#: fn types that are always the backbone's own softmax attention inside a backbone
-BACKBONE_SOFTMAX_TYPES: Tuple[str, ...] = ("cross_attention", "self_attention")
+#: fn types that are always the backbone's own softmax attention inside a backbone (the one
+#: softmax family of the plugin layer, under the name this module has exported since 0.1)
+BACKBONE_SOFTMAX_TYPES: Tuple[str, ...] = SOFTMAX_FAMILY
 #: attribute of a block (or its looped wrapper) holding the gated modules of the non-softmax types
 HOLDER_ATTR = "canvas_fn"
-_REFERENCE_MODES = ("dense", "segments", "sparse")
 
 
 def _model_device_dtype(model: nn.Module) -> Tuple[Any, Any]:
@@ -61,7 +63,7 @@ def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: An
     plan = lower(topology, layout)  # unknown regions: TopologyError naming the connection
     device, dtype = _model_device_dtype(model)
     n_heads, head_dim = adapter.attention_shape(model)
-    prefer = None if kernel in (None, "auto") or kernel in _REFERENCE_MODES else kernel
+    prefer = None if kernel in (None, "auto") or kernel in REFERENCE_MODES else kernel
     # once, for the model's device: unknown / unavailable types fail here, naming the connection
     resolve_plan(plan, device=device.type, dtype=str(dtype).replace("torch.", ""), head_dim=head_dim,
                  kernel=prefer, kernel_must_apply=prefer is not None)
@@ -72,7 +74,7 @@ def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: An
         if fn in native or (rg is not None and rg.fused):
             softmax.add(fn)
             # the reference modes are a user's explicit choice; else what the compiler resolved
-            kernels[fn] = kernel if kernel in _REFERENCE_MODES else rg
+            kernels[fn] = kernel if kernel in REFERENCE_MODES else rg
     installed = InstalledTopology(plan=plan, tokens=tokens, softmax_types=sorted(softmax), kernels=kernels,
                                   n_heads=n_heads, head_dim=head_dim, backbone=getattr(adapter, "name", ""),
                                   kernel_options=kernel_options, device=device)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.compiler.plan import ExecutionPlan, segment_grid
+from canvas_core.compiler.resolved import REFERENCE_KERNEL
 from canvas_core.errors import ShapeError
 from canvas_core.runtime.type_call import call_attention_type
 
@@ -131,12 +132,12 @@ def compact_plan(plan: ExecutionPlan, token_index: Sequence[int]) -> ExecutionPl
 
 def _kernel_label(kernel: Any) -> str:
     if kernel is None:
-        return "reference"
+        return REFERENCE_KERNEL
     if isinstance(kernel, str):
         return kernel
     name = getattr(kernel, "kernel_name", None)  # a ResolvedGroup
     if isinstance(name, str):
-        return "reference" if name == "module" else name
+        return REFERENCE_KERNEL if name == "module" else name
     return getattr(kernel, "name", None) or getattr(kernel, "__name__", type(kernel).__name__)
 
 
@@ -241,7 +242,7 @@ class PlanRunner(nn.Module):
                 continue
             k = self.kernels[f"k{i}"]
             mode = getattr(k, "mode", None)
-            name = self.kernel_names.get(f) or "reference"
+            name = self.kernel_names.get(f) or REFERENCE_KERNEL
             out[f] = f"{name} ({mode})" if mode else f"{name} ({type(k).__name__})"
         for f in self.other_fns:
             out[f] = "module"
