@@ -82,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
     program, schema, label = load_program_or_schema(args.file)
     if program is None:
         program = CanvasProgram(schema=schema)
+    if str(args.device).startswith("cuda"):
+        # The torch-free layers only ask a torch that is already loaded whether CUDA (and which
+        # device index) exists; the command loads it so that `--device cuda:9` is checked for real.
+        import torch  # noqa: F401
     kwargs = {"device": args.device, "dtype": args.dtype}
     if args.kernel:
         kwargs["kernel"] = args.kernel
