@@ -113,7 +113,8 @@ class BoundList(_Navigable):
 
 
 class BoundSchema(_Navigable):
-    """A compiled type hierarchy bound to a ``CanvasSchema``.
+    """The result of ``compile_schema``: the user's object tree, each field now tied to its
+    region of a ``CanvasSchema``.
 
     Example::
 

@@ -92,7 +92,7 @@ def compile_schema(
     ``"attend"``; :func:`compile_program` adds operators and the program layer.
 
     Args:
-        root: Object with ``Field`` attributes.
+        root: the object to compile; its attributes (nested ones too) are ``Field`` objects.
         T: Frames of the canvas.
         spatial_shape: Spatial grid, e.g. ``(16, 16)``; None = sized automatically from the
             fields (see ``packing``).

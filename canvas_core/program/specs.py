@@ -74,7 +74,8 @@ class ClockSpec:
 
 @dataclass(frozen=True)
 class LearningSpec:
-    """How a region learns during training.
+    """The training recipe of one region: what it is trained to do, with which losses, and how
+    it is compiled when deployed.
 
     Args:
         mode: Learning paradigm: ``"supervised"``, ``"ssl_prediction"``, ``"posterior_match"``,

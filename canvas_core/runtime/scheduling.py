@@ -233,7 +233,7 @@ class RegionScheduler:
         """Regions that fire at ``external_t`` (records the firings).
 
         Args:
-            external_t: current external timestep.
+            external_t: the outside world's step number being scheduled now.
             summaries: ``{region: {kind: value}}`` from ``ResidualAccumulator.summaries()``.
             boundary: optional named boundary event of this step (e.g. ``"episode_end"``).
         """

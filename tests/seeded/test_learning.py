@@ -1,4 +1,4 @@
-"""Per-family learning defaults."""
+"""The learning recipe each region family gets when none is given."""
 
 import pytest
 
