@@ -21,7 +21,8 @@ The checks:
 * a bundled plugin or backend (its package and its tests) imports only the published surface
   (``PUBLISHED``, as defined in the docstring of :mod:`canvas_core.extend`), never a private module;
 * no import cycle among core modules at module level;
-* no source file of ``canvas_core``, ``plugins`` or ``backends`` has more than 500 lines;
+* no source file of ``canvas_core``, ``plugins``, ``backends``, ``tests``, ``benchmarks``, ``examples``
+  or ``scripts`` has more than 500 lines;
 * ``import canvas_core`` and the four floor packages leave torch unimported.
 """
 
@@ -482,6 +483,7 @@ def test_no_import_cycle_among_core_modules():
 
 def test_no_source_file_over_500_lines():
     files = [p for p in CORE.rglob("*.py")] + _plugin_files()
+    files += [p for d in ("tests", "benchmarks", "examples", "scripts") for p in (ROOT / d).rglob("*.py")]
     long = sorted(f"{p.relative_to(ROOT)}: {n} lines" for p in files
                   if (n := len(p.read_text().splitlines())) > MAX_LINES)
     assert not long, f"source files over {MAX_LINES} lines:\n" + "\n".join(long)
