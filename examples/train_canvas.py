@@ -27,6 +27,7 @@ same run with N times fewer processes.
 from __future__ import annotations
 
 import argparse
+import gc
 import math
 import os
 import time
@@ -195,6 +196,12 @@ def main(argv=None) -> float:
         print(f"done: {args.steps} steps on {world} process(es), {device}, "
               f"loss {first:.4f} -> {final.item():.4f} in {time.perf_counter() - start:.1f} s", flush=True)
     if distributed:
+        # DDP's reducer and the sequence-parallel layers hold the process groups: drop them first,
+        # so that destroy_process_group really tears gloo down now and not during interpreter exit
+        # (where gloo's worker threads can abort the process).
+        del model, train_model, opt
+        mesh = None  # noqa: F841 (a DeviceMesh holds its groups too)
+        gc.collect()
         dist.barrier()  # every rank is done with the process group before any tears it down
         dist.destroy_process_group()
     return float(final)

@@ -5,7 +5,7 @@ import sys
 import textwrap
 
 SCRIPT = textwrap.dedent('''
-    import os, sys
+    import gc, os, sys
     import torch
     import torch.distributed as dist
     import torch.multiprocessing as mp
@@ -28,8 +28,14 @@ SCRIPT = textwrap.dedent('''
         dist.all_gather(other, g)
         assert torch.allclose(other[0], other[1]), "gradients differ across ranks"
         assert g.abs().sum() > 0
+        # DDP's reducer holds the group: without it, destroy_process_group frees gloo now rather
+        # than at interpreter exit, where gloo's threads can abort the process (SIGABRT)
+        del ddp, mod
+        gc.collect()
         dist.barrier()  # both ranks done with gloo before either tears it down
         dist.destroy_process_group()
+        sys.stdout.flush()
+        os._exit(0)  # the checks above passed; skip interpreter teardown
 
     if __name__ == "__main__":
         mp.spawn(worker, args=(sys.argv[1],), nprocs=2, join=True)
