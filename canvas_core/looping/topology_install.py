@@ -18,6 +18,7 @@ from torch import nn
 from canvas_core.errors import BackboneError, CanvasError
 from canvas_core.looping.attention_ops import BlockTopology, GatedTypeModule, InstalledTopology, _key
 from canvas_core.plugins.builtin import SOFTMAX_FAMILY
+from canvas_core.runtime.backbone_attention import merge_cover
 from canvas_core.runtime.kernels import REFERENCE_MODES
 
 __all__ = ["build_installation", "remove_installation", "BACKBONE_SOFTMAX_TYPES", "HOLDER_ATTR"]
@@ -40,12 +41,6 @@ def _model_device_dtype(model: nn.Module) -> Tuple[Any, Any]:
 def _conn_name(topology: Any, ci: int, fn: str) -> str:
     c = topology.connections[ci]
     return f"connection #{ci} {c.src!r} -> {c.dst!r} (fn {fn!r})"
-
-
-def _cover(n: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    from canvas_core.runtime.backbone_attention import _merge_cover
-
-    return _merge_cover(n, lo, hi)
 
 
 def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: Any, targets: List[Any], *,
@@ -99,8 +94,8 @@ def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: An
             g = tp.groups[fn]
             for ci in np.unique(g.conn):
                 sel = g.conn == ci
-                q_tok = tp.perm[_cover(n, g.q0[sel], g.q1[sel])]
-                k_tok = tp.perm[_cover(n, g.k0[sel], g.k1[sel])]
+                q_tok = tp.perm[merge_cover(n, g.q0[sel], g.q1[sel])]
+                k_tok = tp.perm[merge_cover(n, g.k0[sel], g.k1[sel])]
                 if allowed is not None and not (allowed[q_tok].all() and allowed[k_tok].all()):
                     raise BackboneError(
                         f"{_conn_name(topology, int(ci), fn)} cannot run inside {adapter.name!r}: {why}. "

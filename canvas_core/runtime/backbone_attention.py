@@ -45,7 +45,7 @@ __all__ = [
 ]
 
 
-def _merge_cover(n: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+def merge_cover(n: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """``(n,)`` bool: positions covered by at least one range ``[lo_i, hi_i)``."""
     diff = np.zeros(n + 1, dtype=np.int64)
     np.add.at(diff, lo, 1)
@@ -218,7 +218,7 @@ class PlanRunner(nn.Module):
             g = plan.groups[f]
             sg = segment_grid(n, g.q0, g.q1, g.k0, g.k1, g.weight)
             q_packed = np.flatnonzero(plan.query_weight[f] > 0)
-            k_packed = np.flatnonzero(_merge_cover(n, g.k0, g.k1))
+            k_packed = np.flatnonzero(merge_cover(n, g.k0, g.k1))
             rs, cs = sg.row_segment_of(n), sg.col_segment_of(n)
             key_mask = sg.grid[rs[q_packed]][:, cs[k_packed]] > 0
             q_can, k_can = plan.perm[q_packed], plan.perm[k_packed]
