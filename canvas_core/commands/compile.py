@@ -89,11 +89,17 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {"device": args.device, "dtype": args.dtype}
     if args.kernel:
         kwargs["kernel"] = args.kernel
+    from canvas_core.plugins.context import cuda_status
+
+    # Without the device, show what a machine with it would get (marked as a preview), rather
+    # than this machine's fallbacks under the other device's name.
+    kwargs["preview"] = str(args.device).startswith("cuda") and cuda_status() is False
     compiled = ProgramCompiler(program).compile(**kwargs)
     if args.json:
         print(json.dumps(compiled.to_dict(), indent=2, default=str))
         return 0
-    print(f"compiled {label} for {args.device} / {args.dtype}\n")
+    what = "previewed" if compiled.preview else "compiled"
+    print(f"{what} {label} for {args.device} / {args.dtype}\n")
     print(schema.layout.summary())
     print()
     print(compiled.report())

@@ -41,6 +41,8 @@ class CompiledProgram:
         identity: per active region with an ``IdentitySpec``: ``mode``, ``slot_capacity``,
             ``birth_death``, ``binding_fn``, ``implementation`` (the binder's factory) and
             ``provider`` (empty when compiled with ``resolve=False``).
+        preview: True when resolved as a preview for a device this machine lacks (see
+            ``ProgramCompiler.compile(preview=)``); the report says so first.
     """
 
     schema: Any
@@ -59,6 +61,7 @@ class CompiledProgram:
     requires_grad: bool = True
     source_schema: Any = field(default=None, repr=False, compare=False)
     identity: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    preview: bool = False
 
     @property
     def n_eliminated(self) -> int:
@@ -88,11 +91,17 @@ class CompiledProgram:
 
     def report(self) -> str:
         """The readable report: one table of regions, one of connections and their resolutions."""
-        return format_report(self)
+        if not self.preview:
+            return format_report(self)
+        return (f"PREVIEW for {self.device}: this machine has no such device. Shown is what a machine "
+                f"with {self.device} and the packages installed here would run; to run it, compile on "
+                f"that machine.\n\n{format_report(self)}")
 
     def to_dict(self) -> Dict[str, Any]:
         """The report as JSON-compatible data (tensors reduced to their shapes)."""
-        return compiled_to_dict(self)
+        data = compiled_to_dict(self)
+        data["preview"] = self.preview
+        return data
 
     def __str__(self) -> str:
         return self.report()

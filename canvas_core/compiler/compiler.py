@@ -108,7 +108,7 @@ class ProgramCompiler:
     def compile(self, module: Any = None, export_dir: Optional[str] = None, device: Any = "cpu",
                 dtype: Any = "float32", *, kernel: Optional[str] = None, n_heads: Optional[int] = None,
                 requires_grad: bool = True, resolve: bool = True, lower: bool = True,
-                cortex: Any = None) -> CompiledProgram:
+                cortex: Any = None, preview: bool = False) -> CompiledProgram:
         """Compile the program; see the module docstring for the steps.
 
         Args:
@@ -139,7 +139,8 @@ class ProgramCompiler:
         """
         program = self.program
         schema = program.schema
-        for flag_name, flag_value in (("requires_grad", requires_grad), ("resolve", resolve), ("lower", lower)):
+        for flag_name, flag_value in (("requires_grad", requires_grad), ("resolve", resolve), ("lower", lower),
+                                      ("preview", preview)):
             if not isinstance(flag_value, bool):
                 raise CanvasTypeError(f"ProgramCompiler.compile: {flag_name} must be True or False, got {flag_value!r}")
         if kernel is not None and (not isinstance(kernel, str) or not kernel):
@@ -179,7 +180,7 @@ class ProgramCompiler:
             plan = lower_schema(reduced)
             if resolve:
                 resolve_plan(plan, device=device_s, dtype=dtype_s, head_dim=head_dim, kernel=kernel,
-                             requires_grad=requires_grad)
+                             requires_grad=requires_grad, preview=preview)
         identity = resolve_identity(program, schema, active) if resolve else {}
 
         constant_buffers: Dict[str, Any] = {}
@@ -192,5 +193,5 @@ class ProgramCompiler:
             exported_memories=exported, active_connections=active_connections, all_regions=all_regions,
             constant_buffers=constant_buffers, exported_paths=exported_paths, plan=plan,
             device=device_s, dtype=dtype_s, kernel=kernel, requires_grad=bool(requires_grad),
-            source_schema=schema, identity=identity,
+            source_schema=schema, identity=identity, preview=preview,
         )

@@ -52,12 +52,13 @@ def _group(fn: str, res: Resolution, device: str, dtype: str, auto: bool) -> Res
         chosen = res.kernel.name if res.kernel is not None else f"the {res.attention.name or fn} module"
         note = f"{', '.join(res.outranked)} cannot run on {device}/{dtype}; {chosen} computes the same attention"
     return ResolvedGroup(fn=fn, attention=res.attention, kernel=res.kernel, rejected=rejected,
-                         fallback=fallback, note=note, device=device, dtype=dtype)
+                         fallback=fallback, note=note, device=device, dtype=dtype,
+                         preview=bool(getattr(res.ctx, "preview", False)))
 
 
 def resolve_plan(plan: Any, *, device: Any = "cpu", dtype: str = "float32", head_dim: Optional[int] = None,
                  kernel: Optional[str] = None, requires_grad: bool = True, only: Optional[Iterable[str]] = None,
-                 kernel_must_apply: bool = True) -> Dict[int, ConnectionResolution]:
+                 kernel_must_apply: bool = True, preview: bool = False) -> Dict[int, ConnectionResolution]:
     """Resolve every fn group of ``plan`` on the target; return connection index -> record.
 
     On success each ``plan.groups[fn].resolved`` holds its :class:`ResolvedGroup` and
@@ -69,6 +70,7 @@ def resolve_plan(plan: Any, *, device: Any = "cpu", dtype: str = "float32", head
         only: resolve just these fn types (default: every group).
         kernel_must_apply: refuse a ``kernel`` that executes none of the resolved types (the
             compiler's rule for a user's request); False when the preference is the caller's own.
+        preview: resolve as if ``device`` were present here (see ``RuntimeContext.preview``).
 
     Raises:
         UnknownNameError / UnavailableError / PluginLoadError: a type (or the requested kernel)
@@ -78,7 +80,8 @@ def resolve_plan(plan: Any, *, device: Any = "cpu", dtype: str = "float32", head
     if not plan.groups:  # nothing to run: nothing to resolve (and no kernel to check)
         return {}
     device = "cpu" if device is None else str(device)  # a torch.device prints as its name
-    ctx = RuntimeContext(device=device, dtype=dtype, head_dim=head_dim, requires_grad=bool(requires_grad))
+    ctx = RuntimeContext(device=device, dtype=dtype, head_dim=head_dim, requires_grad=bool(requires_grad),
+                         preview=bool(preview))
     prefer = None if kernel in AUTO_KERNEL else str(kernel)
     pref_spec = get_kernel_spec(prefer) if prefer is not None else None  # UnknownNameError lists kernels
     connections = list(plan.topology.connections)

@@ -44,6 +44,8 @@ class ResolvedGroup:
             module) with the same math was used instead; ``note`` says which.
         note: free text for the report.
         device, dtype: the target it was resolved for.
+        preview: True when it was resolved as a preview for a device this machine lacks (the
+            plan shows what that device would run; the runtime refuses to build from it).
 
     Building from it (what ``CanvasAttention`` does, and what a backbone processor does with its
     own q/k/v):
@@ -68,6 +70,7 @@ class ResolvedGroup:
     note: str = ""
     device: str = "cpu"
     dtype: str = "float32"
+    preview: bool = False
 
     @property
     def fused(self) -> bool:
@@ -111,6 +114,7 @@ class ResolvedGroup:
             "kernel_provider": self.kernel.provider if self.kernel is not None else "",
             "rejected": [{"candidate": n, "reasons": list(r)} for n, r in self.rejected],
             "fallback": self.fallback, "note": self.note, "device": self.device, "dtype": self.dtype,
+            "preview": self.preview,
         }
 
     def __str__(self) -> str:

@@ -110,12 +110,15 @@ class RuntimeContext:
         dtype: ``"float32"``, ``"bfloat16"``, ... or a ``torch.dtype``.
         head_dim: per-head width, when known (kernels may restrict it).
         requires_grad: whether a backward pass is needed (training).
+        preview: judge candidates as if ``device`` were present on this machine (a plan preview
+            for a GPU machine, made on one without a GPU); everything else is still checked.
     """
 
     device: Any = "cpu"
     dtype: Any = "float32"
     head_dim: Optional[int] = None
     requires_grad: bool = True
+    preview: bool = False
 
     def __post_init__(self) -> None:
         where = "RuntimeContext"
@@ -126,6 +129,8 @@ class RuntimeContext:
             raise CanvasTypeError(f"{where}: head_dim must be a positive int or None, got {hd!r}")
         if not isinstance(self.requires_grad, bool):
             raise CanvasTypeError(f"{where}: requires_grad must be True or False, got {self.requires_grad!r}")
+        if not isinstance(self.preview, bool):
+            raise CanvasTypeError(f"{where}: preview must be True or False, got {self.preview!r}")
 
     @property
     def device_type(self) -> str:
@@ -137,7 +142,8 @@ class RuntimeContext:
 
     def describe(self) -> str:
         hd = f", head_dim={self.head_dim}" if self.head_dim is not None else ""
-        return f"{self.device_type}/{self.dtype_name}{hd}" + ("" if self.requires_grad else ", inference")
+        return (f"{self.device_type}/{self.dtype_name}{hd}" + ("" if self.requires_grad else ", inference")
+                + (" (preview)" if self.preview else ""))
 
     @classmethod
     def coerce(cls, ctx: Any) -> "RuntimeContext":
@@ -147,10 +153,10 @@ class RuntimeContext:
         if isinstance(ctx, cls):
             return ctx
         if isinstance(ctx, dict):
-            unknown = sorted(set(map(str, ctx)) - {"device", "dtype", "head_dim", "requires_grad"})
+            unknown = sorted(set(map(str, ctx)) - {"device", "dtype", "head_dim", "requires_grad", "preview"})
             if unknown:
                 raise CanvasTypeError(
-                    f"RuntimeContext: unknown key(s) {unknown}; expected device, dtype, head_dim, requires_grad")
+                    f"RuntimeContext: unknown key(s) {unknown}; expected device, dtype, head_dim, requires_grad, preview")
             return cls(**ctx)
         if isinstance(ctx, str):
             return cls(device=ctx)

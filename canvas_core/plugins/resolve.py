@@ -104,12 +104,16 @@ def _hints(specs: List[Spec], reasons: List[List[str]]) -> str:
     pkgs = sorted({m for s in specs for m in s.missing_requirements()})
     hints = []
     if pkgs:
-        hints.append(f"install the missing package(s): pip install {' '.join(pip_name(p) for p in pkgs)}")
+        hints.append(f"install the missing package(s) with pip install {' '.join(pip_name(p) for p in pkgs)}")
     if any("CUDA" in r or "runs on" in r for rs in reasons for r in rs):
-        hints.append("or run on a device the implementation supports")
+        hints.append("run on a device the implementation supports")
     if any("dtype" in r for rs in reasons for r in rs):
-        hints.append("or use a supported dtype")
-    return ("; ".join(hints) + ".") if hints else ""
+        hints.append("use a supported dtype")
+    if not hints:
+        return ""
+    # one sentence whatever the number of hints: "A.", "A or B.", "A, B or C."
+    text = hints[0] if len(hints) == 1 else ", ".join(hints[:-1]) + " or " + hints[-1]
+    return text[0].upper() + text[1:] + "."
 
 
 def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, *,

@@ -220,7 +220,7 @@ class Spec:
 
         Checks, in order: required modules importable, device type, CUDA actually present when
         the spec constrains devices and CUDA is requested (known when torch is loaded, or when it
-        is not installed at all), dtype, differentiability, the custom ``check``.
+        is not installed at all; skipped for a ``preview`` context), dtype, differentiability, the custom ``check``.
         """
         ctx = RuntimeContext.coerce(ctx)
         reasons = [f"requires the Python package {m!r}, which is not installed" for m in self.missing_requirements()]
@@ -228,7 +228,7 @@ class Spec:
         if self.devices is not None:
             if dev not in self.devices:
                 reasons.append(f"runs on {', '.join(self.devices)} only, not on {dev}")
-            elif dev == "cuda" and cuda_status() is False:
+            elif dev == "cuda" and cuda_status() is False and not ctx.preview:
                 reasons.append("needs CUDA but torch reports no CUDA device" if "torch" in sys.modules
                                else "needs CUDA but torch is not installed")
         if self.dtypes is not None and ctx.dtype_name not in self.dtypes:

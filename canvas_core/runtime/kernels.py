@@ -274,6 +274,10 @@ def make_kernel(kernel: Any, group: RectGroup, plan: ExecutionPlan, *, n_heads: 
     With ``device`` the result is built there (or moved there when its factory takes no device).
     """
     if isinstance(kernel, ResolvedGroup):
+        if kernel.preview:
+            raise CompileError(
+                f"fn group {kernel.fn!r} was resolved as a preview for {kernel.device} (a device this machine "
+                "lacks), so it cannot be run here; compile again without preview for the device you run on")
         kernel = kernel.kernel
     if kernel is None or (isinstance(kernel, str) and kernel in ("auto", REFERENCE_KERNEL)):
         return ReferenceKernel(group, plan, n_heads=n_heads, head_dim=head_dim, device=device, **options)
