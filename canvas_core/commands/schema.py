@@ -16,7 +16,10 @@ def run(args: argparse.Namespace) -> int:
 
     text = json.dumps(schema_json_schema(), indent=2) + "\n"
     if args.output:
-        args.output.write_text(text, encoding="utf-8")
+        from canvas_core._safe_write import atomic_write_text
+
+        # a directory / FIFO / device / missing folder is a one-line CanvasError (exit 2)
+        atomic_write_text(args.output, text, "the JSON Schema")
         print(f"wrote {args.output}")
     else:
         print(text, end="")

@@ -135,9 +135,8 @@ def save_loop_checkpoint(
     """Save only the loop parameters of ``looped_blocks`` and ``action_head``'s state to
     ``path`` (safetensors). ``metadata`` must be JSON-serialisable; a ``"schema"`` (CanvasSchema)
     or ``"schema_hash"`` entry, or ``schema=``, records the canvas schema the loops belong to."""
-    from safetensors.torch import save_file
-
     import canvas_core
+    from canvas_core.checkpoints.tensors import save_safetensors_atomic
 
     _check_modules(looped_blocks, action_head, "save_loop_checkpoint")
     path = _check_path(path, "save_loop_checkpoint")
@@ -181,14 +180,8 @@ def save_loop_checkpoint(
         "schema_hash": shash,
         "user_metadata": user,
     }
-    d = os.path.dirname(os.path.abspath(path))
-    from safetensors import SafetensorError
-
-    try:
-        os.makedirs(d, exist_ok=True)
-        save_file(tensors, path, metadata=header)
-    except (OSError, SafetensorError) as e:
-        raise CheckpointError(f"cannot save the loop checkpoint to {path!r}: {e}") from e
+    # refuses NaN/inf and non-regular targets before touching the file; atomic replace
+    save_safetensors_atomic(tensors, path, header, "the loop checkpoint", make_parents=True)
 
 
 def _describe_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:

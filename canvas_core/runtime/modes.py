@@ -197,6 +197,9 @@ class ModeApplier:
         """Write the region's tensors and the JSON sidecar under temporary names next to ``path``."""
         from safetensors.torch import save_file
 
+        from canvas_core._safe_write import check_write_target
+        from canvas_core.checkpoints.tensors import refuse_non_finite
+
         entry = self._entry(name, "export")
         state = entry.state_dict() if isinstance(entry, nn.Module) else {"weight": entry}
         # own copies on the CPU: safetensors refuses shared storage, and the file stands alone
@@ -207,6 +210,9 @@ class ModeApplier:
             if os.path.isdir(target):
                 raise CompileError(f"cannot export region {name!r}: {target!r} is a directory; remove it or "
                                    "pass another export_dir")
+            # a FIFO / device / read-only file is refused, never replaced (canvas_core/_safe_write.py)
+            check_write_target(target, f"the export of region {name!r}", error=CompileError)
+        refuse_non_finite(tensors, f"the export of region {name!r}", error=CompileError)
         tag = f".tmp-{os.getpid()}-{id(self):x}"
         tmp_st, tmp_js = path + tag, json_path + tag
         try:
@@ -227,9 +233,9 @@ def _move_in_place(staged: Dict[str, List[str]], finals: Dict[str, str]) -> None
     try:
         for name, (tmp_st, tmp_js) in staged.items():
             path = finals[name]
-            os.replace(tmp_st, path)
+            os.replace(tmp_st, os.path.realpath(path))  # a symlink is written through
             pending.remove(tmp_st)
-            os.replace(tmp_js, path[: -len(".safetensors")] + ".json")
+            os.replace(tmp_js, os.path.realpath(path[: -len(".safetensors")] + ".json"))
             pending.remove(tmp_js)
     except OSError as exc:
         _remove_quietly(pending)

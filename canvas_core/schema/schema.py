@@ -119,10 +119,10 @@ class CanvasSchema:
         """Serialize to a JSON string; also write it to ``path`` when given."""
         text = json.dumps(self.to_dict(), indent=indent)
         if path is not None:
-            try:
-                Path(path).write_text(text + "\n", encoding="utf-8")
-            except OSError as exc:
-                raise SchemaFormatError(f"cannot write schema to {str(path)!r}: {exc.strerror or exc}") from None
+            from canvas_core._safe_write import atomic_write_text
+
+            # atomic; a directory, FIFO or device is refused, a symlink written through
+            atomic_write_text(path, text + "\n", "the canvas schema", error=SchemaFormatError)
         return text
 
     @classmethod

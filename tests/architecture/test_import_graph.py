@@ -48,8 +48,9 @@ FLOORS: Dict[str, int] = {
 }
 #: layer 0, shared by every layer: the facade (its body imports only the errors and the alias
 #: finder; its lazy names are looked up through its table), the error hierarchy, the repr texts and
-#: the alias finder of canvas-engineering's module paths (leaves: a test checks they stay so)
-BASE = {"canvas_core", "canvas_core.errors", "canvas_core._reprs", "canvas_core._compat"}
+#: the alias finder of canvas-engineering's module paths, the atomic file writer (leaves: a test checks they stay so)
+BASE = {"canvas_core", "canvas_core.errors", "canvas_core._reprs", "canvas_core._compat",
+        "canvas_core._safe_write"}
 ABOVE = 5  # runtime, looping, attention, identity, semantic, extend, testing, demo, commands, cli, ...
 
 #: packages the floors must not import, even inside a function: torch and what needs it

@@ -1,0 +1,184 @@
+"""Writes that never destroy: every file canvas-core writes goes through :func:`atomic_write`.
+
+* The target must be a regular file or a path that does not exist yet.  A directory, FIFO, device
+  node or socket is refused (a ``CanvasError`` naming the path) and left as it is: a write to
+  ``/dev/null`` or to a named pipe must not replace it with a regular file.
+* A symbolic link is followed on purpose: the file it points to receives the new content (keeping
+  that file's mode), the link itself stays a link.
+* A read-only regular file is refused (as ``open(path, "w")`` would refuse it), not replaced.
+* The content goes to a temporary file in the target's directory, is flushed to disk
+  (``fsync``), takes the mode of the file it replaces (or the mode a new file gets under the
+  umask) and is renamed over the target with ``os.replace`` (atomic on POSIX).  If anything fails,
+  the temporary file is removed and the target is untouched.
+
+Torch-free (layer 0), so the schema and program writers use it too.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from typing import Any, Callable, Optional, Type
+
+from canvas_core.errors import CanvasError, CanvasTypeError
+
+__all__ = ["check_write_target", "atomic_write", "atomic_write_text", "atomic_write_bytes"]
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _fspath(path: Any, what: str) -> str:
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise CanvasTypeError(f"{what}: the path must be a str or os.PathLike, got {type(path).__name__} {path!r:.60}")
+    p = os.fspath(path)
+    if not isinstance(p, str) or not p:
+        raise CanvasTypeError(f"{what}: the path must be a non-empty file path, got {path!r:.60}")
+    if "\x00" in p:
+        raise CanvasTypeError(f"{what}: the path {p!r:.60} contains a NUL character")
+    return p
+
+
+def check_write_target(
+    path: Any, what: str, *, error: Type[CanvasError] = CanvasError, make_parents: bool = False
+) -> str:
+    """The real path a write of ``what`` to ``path`` goes to (symlinks followed).
+
+    Raises ``error`` (a ``CanvasError`` subclass) naming ``what`` and the path when the target is
+    not a regular file or a missing path, is read-only, or (without ``make_parents``) its
+    directory does not exist."""
+    p = _fspath(path, what)
+    real = os.path.realpath(p) if os.path.islink(p) else os.path.abspath(p)
+    via = f" (the target of the symlink {p!r})" if real != os.path.abspath(p) else ""
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise error(f"cannot write {what} to {p!r}: {exc.strerror or exc}") from None
+    if st is not None:
+        for test, kind in _KINDS:
+            if test(st.st_mode):
+                hint = "Give a file path inside it" if kind == "a directory" else "Give the path of a regular file"
+                raise error(
+                    f"refusing to write {what} to {real!r}{via}: it is {kind}, not a regular file; "
+                    f"nothing was written. {hint}"
+                )
+        if not stat.S_ISREG(st.st_mode):
+            raise error(f"refusing to write {what} to {real!r}{via}: it is not a regular file")
+        if not os.access(real, os.W_OK):
+            raise error(
+                f"cannot write {what} to {real!r}{via}: the file is read-only; make it writable or "
+                "choose another path"
+            )
+        return real
+    parent = os.path.dirname(real) or "."
+    if not os.path.isdir(parent):
+        if os.path.exists(parent):
+            raise error(f"cannot write {what} to {p!r}: {parent!r} is not a directory")
+        if not make_parents:
+            raise error(
+                f"cannot write {what} to {p!r}: the directory {parent!r} does not exist; create it first"
+            )
+    return real
+
+
+def _new_file_mode() -> int:
+    old = os.umask(0o022)
+    os.umask(old)
+    return 0o666 & ~old
+
+
+def _fsync_path(path: str, directory: bool = False) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
+    except OSError:
+        if directory:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError:
+        if not directory:
+            raise
+    finally:
+        os.close(fd)
+
+
+def atomic_write(
+    path: Any,
+    write_fn: Callable[[str], None],
+    what: str,
+    *,
+    error: Type[CanvasError] = CanvasError,
+    make_parents: bool = False,
+) -> str:
+    """Write ``what`` to ``path`` atomically: ``write_fn(tmp_path)`` writes the content to a
+    temporary file next to the target, which then replaces the target (see the module docstring).
+
+    Returns the real path written.  Any failure raises ``error`` (one line naming ``what`` and
+    the path) and leaves the target as it was; a ``CanvasError`` raised by ``write_fn`` passes
+    through unchanged."""
+    p = _fspath(path, what)
+    real = check_write_target(p, what, error=error, make_parents=make_parents)
+    directory = os.path.dirname(real) or "."
+    tmp: Optional[str] = None
+    try:
+        if make_parents:
+            os.makedirs(directory, exist_ok=True)
+        try:
+            old_mode: Optional[os.stat_result] = os.stat(real)
+        except FileNotFoundError:
+            old_mode = None
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(real) + ".", suffix=".tmp", dir=directory)
+        os.close(fd)
+        write_fn(tmp)
+        _fsync_path(tmp)
+        os.chmod(tmp, stat.S_IMODE(old_mode.st_mode) if old_mode is not None else _new_file_mode())
+        if old_mode is not None and hasattr(os, "chown"):
+            try:
+                os.chown(tmp, old_mode.st_uid, old_mode.st_gid)
+            except OSError:
+                pass  # not permitted for another owner: the new file keeps ours
+        os.replace(tmp, real)
+        tmp = None
+        _fsync_path(directory, directory=True)
+    except CanvasError:
+        raise
+    except Exception as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise error(f"cannot write {what} to {p!r}: {reason}; nothing was changed") from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    return real
+
+
+def atomic_write_bytes(path: Any, data: bytes, what: str, **kwargs: Any) -> str:
+    """:func:`atomic_write` of ``data``."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+
+    return atomic_write(path, write, what, **kwargs)
+
+
+def atomic_write_text(path: Any, text: str, what: str, *, encoding: str = "utf-8", **kwargs: Any) -> str:
+    """:func:`atomic_write` of ``text`` (encoded with ``encoding``; an unencodable text is refused
+    before anything is written)."""
+    try:
+        data = text.encode(encoding)
+    except UnicodeEncodeError as exc:
+        err = kwargs.get("error", CanvasError)
+        raise err(f"cannot write {what} to {path!r}: the text cannot be encoded as {encoding} ({exc.reason})") from None
+    return atomic_write_bytes(path, data, what, **kwargs)

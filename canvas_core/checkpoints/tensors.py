@@ -1,0 +1,63 @@
+"""Tensor files that never destroy: non-finite values are refused before the target is touched,
+and the safetensors file is written atomically (:mod:`canvas_core._safe_write`)."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Type
+
+import torch
+
+from canvas_core._safe_write import atomic_write
+from canvas_core.errors import CanvasError, CheckpointError
+
+__all__ = ["refuse_non_finite", "save_safetensors_atomic"]
+
+
+def refuse_non_finite(
+    tensors: Mapping[str, Any], what: str, *, error: Type[CanvasError] = CheckpointError
+) -> None:
+    """Raise ``error`` naming the first floating tensor of ``tensors`` (``name -> Tensor``) that
+    holds NaN or an infinity, and how many such values it holds; nothing else is done."""
+    for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()):
+            finite = torch.isfinite(t.detach())
+            if not bool(finite.all()):
+                bad = int((~finite).sum())
+                raise error(
+                    f"refusing to save {what}: tensor {name!r} {tuple(t.shape)} holds {bad} NaN or "
+                    "infinite value(s) (the run diverged?); the file on disk was left unchanged. "
+                    "Lower the learning rate or restore a good checkpoint"
+                )
+
+
+def save_safetensors_atomic(
+    tensors: Mapping[str, torch.Tensor],
+    path: Any,
+    metadata: Optional[Dict[str, str]],
+    what: str,
+    *,
+    error: Type[CanvasError] = CheckpointError,
+    make_parents: bool = False,
+) -> str:
+    """Save ``tensors`` (``name -> Tensor``, any device) with the string header ``metadata`` as
+    safetensors at ``path``: refused before touching the file when a tensor is not finite or the
+    target is not a regular file, then written through a temporary file and ``os.replace``.
+    Returns the real path written."""
+    from safetensors.torch import save_file
+
+    refuse_non_finite(tensors, what, error=error)
+    cpu: Dict[str, torch.Tensor] = {}
+    seen = set()
+    for k, v in tensors.items():
+        t = v.detach().to("cpu").contiguous()
+        storage = t.untyped_storage()
+        ptr = storage.data_ptr()
+        if ptr in seen or storage.nbytes() != t.numel() * t.element_size():
+            t = t.clone()  # safetensors refuses shared or partial storage (tied weights, views)
+        seen.add(t.untyped_storage().data_ptr())
+        cpu[k] = t
+
+    def write(tmp: str) -> None:
+        save_file(cpu, tmp, metadata=metadata)
+
+    return atomic_write(path, write, what, error=error, make_parents=make_parents)
