@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional, Union
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple, Union
 
 from canvas_core.errors import CanvasError, CanvasTypeError
 from canvas_core.schema import CanvasLayout, CanvasSchema, CanvasTopology
 
-__all__ = ["draw_schema", "frame_grid"]
+__all__ = ["draw_schema", "frame_grid", "region_labels", "topology_arrows", "Arrow", "RegionLabel"]
 
 _FN_COLORS = {
     "cross_attention": "#1f77b4", "linear_attention": "#17becf", "cosine_attention": "#aec7e8",
@@ -42,6 +43,89 @@ def frame_grid(layout: CanvasLayout, t: int):
     return grid
 
 
+@dataclass(frozen=True)
+class RegionLabel:
+    """Where a region's name goes on a frame panel: at ``(x, y)`` (column, row, in cells), the
+    full name when ``inline`` (the region is large enough there), else its legend number."""
+
+    name: str
+    number: int
+    x: float
+    y: float
+    inline: bool
+
+    @property
+    def text(self) -> str:
+        return self.name if self.inline else str(self.number)
+
+
+def region_labels(layout: CanvasLayout, t: int, *, min_cells_per_char: float = 0.6) -> List[RegionLabel]:
+    """One label per region present at frame ``t``, on the region's cell nearest its centroid.
+
+    A region gets its name inline when its widest row is at least ``min_cells_per_char`` cells
+    per character of the name (or it has several rows and enough cells); otherwise it gets its
+    legend number, and the legend lists ``number: name``.  Numbers start at 1 in region order.
+    """
+    grid = frame_grid(layout, t)
+    labels = []
+    for rid, name in enumerate(layout.region_names):
+        cells = [(r, c) for r, row in enumerate(grid) for c, v in enumerate(row) if v == rid]
+        if not cells:
+            continue
+        rows = sorted({r for r, _ in cells})
+        width = max(sum(1 for r2, _ in cells if r2 == r) for r in rows)
+        cy = sum(r for r, _ in cells) / len(cells)
+        cx = sum(c for _, c in cells) / len(cells)
+        # the region's own cell nearest its centroid (a folded 3-d region need not be convex)
+        y, x = min(cells, key=lambda rc: ((rc[0] - cy) ** 2 + (rc[1] - cx) ** 2, rc))
+        inline = width >= min_cells_per_char * len(name) and len(cells) >= 2
+        labels.append(RegionLabel(name, rid + 1, x, y, inline))
+    return labels
+
+
+def _offset_label(c) -> str:
+    if c.t_src is None and c.t_dst is None:
+        return ""
+    if c.t_src is not None and c.t_dst is not None:
+        d = c.t_dst - c.t_src
+        return "same frame" if d == 0 else f"frame {d:+d}"
+    return f"src t={c.t_src}" if c.t_dst is None else f"dst t={c.t_dst}"
+
+
+@dataclass(frozen=True)
+class Arrow:
+    """One arrow of the topology graph: every connection from ``src`` to ``dst`` with the same
+    fn type and temporal offsets.  ``label`` names the offsets ("" for all frames); ``rank``
+    separates arrows between the same two regions (0, 1, ...) so none is drawn over another."""
+
+    src: str
+    dst: str
+    fn: str
+    label: str
+    temporal: bool
+    weight: float
+    rank: int
+    count: int
+
+
+def topology_arrows(topology: CanvasTopology, layout: CanvasLayout) -> List[Arrow]:
+    """The arrows :func:`draw_schema` draws: connections grouped by (src, dst, fn, offsets), so a
+    same-frame and a previous-frame link between the same regions are two labelled arrows."""
+    groups: Dict[Tuple, List] = {}
+    for c in topology.connections:
+        key = (c.src, c.dst, topology.resolve_fn(c, layout), c.t_src, c.t_dst)
+        groups.setdefault(key, []).append(c)
+    ranks: Dict[Tuple[str, str], int] = {}
+    arrows = []
+    for (src, dst, fn, _, _), conns in groups.items():
+        rank = ranks.get((src, dst), 0)
+        ranks[(src, dst)] = rank + 1
+        c = conns[0]
+        arrows.append(Arrow(src, dst, fn, _offset_label(c), c.is_temporal, max(x.weight for x in conns),
+                            rank, len(conns)))
+    return arrows
+
+
 def draw_schema(
     schema: Union[CanvasSchema, CanvasLayout],
     path: Union[str, Path],
@@ -51,7 +135,12 @@ def draw_schema(
     max_frames: int = 8,
     dpi: int = 110,
 ) -> Path:
-    """Draw the layout (one panel per frame, regions coloured) and the topology graph to a PNG.
+    """Draw the layout (one panel per frame, regions coloured and labelled) and the topology
+    graph to a PNG.
+
+    Frame panels keep the canvas's aspect ratio (one cell is a square).  Every region is named:
+    inline where it fits, otherwise by a number that the legend below explains.  Connections
+    that differ in fn type or temporal offsets are separate arrows, labelled with their offset.
 
     Args:
         schema: a ``CanvasSchema`` (or a bare ``CanvasLayout`` plus ``topology=``).
@@ -89,18 +178,32 @@ def draw_schema(
         step = (layout.T - 1) / (max_frames - 1)
         frames = sorted({round(i * step) for i in range(max_frames)})
 
-    n_cols = len(frames) + (3 if topo is not None else 0)
-    fig = plt.figure(figsize=(1.9 * n_cols + 1.5, 4.2))
-    gs = fig.add_gridspec(1, n_cols)
+    grid0 = frame_grid(layout, 0)
+    n_rows, n_cols_cells = len(grid0), len(grid0[0])
+    panel_w = 2.2
+    panel_h = max(0.5, min(6.0, panel_w * n_rows / n_cols_cells))  # a cell is a square
+    topo_units = 3 if topo is not None else 0
+    fig_w = panel_w * (len(frames) + topo_units) + 1.5
+    fig_h = max(panel_h, 3.2 if topo is not None else 0) + 2.2
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    gs = fig.add_gridspec(1, len(frames) + topo_units)
+    numbered = set()
     for k, t in enumerate(frames):
         ax = fig.add_subplot(gs[0, k])
         grid = [[v + 1 for v in row] for row in frame_grid(layout, t)]
-        ax.imshow(grid, cmap=cmap, vmin=0, vmax=len(names), interpolation="nearest", aspect="auto")
+        ax.imshow(grid, cmap=cmap, vmin=0, vmax=len(names), interpolation="nearest", aspect="equal")
+        for lab in region_labels(layout, t):
+            if not lab.inline:
+                numbered.add(lab.name)
+            ax.text(lab.x, lab.y, lab.text, ha="center", va="center", fontsize=7 if lab.inline else 6,
+                    color="black", bbox=None if lab.inline else dict(boxstyle="circle,pad=0.15", fc="white",
+                                                                      ec="black", lw=0.4))
         marker = " (out)" if t >= layout.t_current and layout.t_current > 0 else ""
         ax.set_title(f"t={t}{marker}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    handles = [Patch(color=colors[i], label=f"{n} ({layout.region_numel(n)})") for i, n in enumerate(names)]
+    handles = [Patch(color=colors[i], label=(f"{i + 1}: " if n in numbered else "") + f"{n} ({layout.region_numel(n)})")
+               for i, n in enumerate(names)]
     fig.legend(handles=handles, loc="lower center", ncol=min(len(names), 6), fontsize=8, frameon=False)
 
     if topo is not None:
@@ -110,27 +213,36 @@ def draw_schema(
         pos = {n: (math.cos(2 * math.pi * i / max(1, len(names))), math.sin(2 * math.pi * i / max(1, len(names))))
                for i, n in enumerate(names)}
         used_fns = {}
-        for c in topo.connections:
-            fn = topo.resolve_fn(c, layout)
-            color = _FN_COLORS.get(fn, "#333333")
-            used_fns[fn] = color
-            (x0, y0), (x1, y1) = pos[c.src], pos[c.dst]
-            style = "dashed" if c.is_temporal else "solid"
-            if c.src == c.dst:
-                ax.add_patch(FancyArrowPatch((x0 - 0.08, y0 + 0.1), (x0 + 0.08, y0 + 0.1),
+        for a in topology_arrows(topo, layout):
+            color = _FN_COLORS.get(a.fn, "#333333")
+            used_fns[a.fn] = color
+            (x0, y0), (x1, y1) = pos[a.src], pos[a.dst]
+            style = "dashed" if a.temporal else "solid"
+            if a.src == a.dst:
+                size = 0.08 + 0.07 * a.rank
+                ax.add_patch(FancyArrowPatch((x0 - size, y0 + 0.1), (x0 + size, y0 + 0.1),
                                              connectionstyle="arc3,rad=-1.6", arrowstyle="-|>",
                                              mutation_scale=8, color=color, linestyle=style, lw=1))
+                lx, ly = x0, y0 + 0.22 + 1.4 * size
             else:
-                ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), connectionstyle="arc3,rad=0.15",
+                rad = 0.15 + 0.3 * a.rank
+                ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), connectionstyle=f"arc3,rad={rad}",
                                              arrowstyle="-|>", mutation_scale=10, color=color,
-                                             linestyle=style, lw=0.6 + 1.2 * min(c.weight, 2.0),
+                                             linestyle=style, lw=0.6 + 1.2 * min(a.weight, 2.0),
                                              shrinkA=14, shrinkB=14))
+                # the arc's midpoint: the chord's midpoint moved along its normal by rad * length / 2
+                mx, my = (x0 + x1) / 2, (y0 + y1) / 2
+                lx, ly = mx + rad * (y1 - y0) / 2, my - rad * (x1 - x0) / 2
+            if a.label:
+                ax.text(lx, ly, a.label, fontsize=6, color=color, ha="center", va="center",
+                        bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8))
         for i, n in enumerate(names):
             x, y = pos[n]
             ax.scatter([x], [y], s=420, color=colors[i], zorder=3, edgecolors="black", linewidths=0.5)
             ax.text(x, y - 0.24, n, ha="center", va="top", fontsize=8)
-        ax.set_xlim(-1.5, 1.5)
-        ax.set_ylim(-1.5, 1.5)
+        ax.set_xlim(-1.6, 1.6)
+        ax.set_ylim(-1.6, 1.6)
+        ax.set_aspect("equal")
         ax.legend(handles=[Patch(color=col, label=fn) for fn, col in used_fns.items()],
                   loc="upper left", bbox_to_anchor=(0.98, 1.0), fontsize=7, frameon=False,
                   title="fn (dashed = temporal)",
@@ -138,7 +250,7 @@ def draw_schema(
 
     dims = "x".join(str(d) for d in (layout.T, *layout.spatial_shape))
     fig.suptitle(title or f"canvas {dims}  N={layout.num_positions}  d_model={layout.d_model}", fontsize=11)
-    fig.tight_layout(rect=(0, 0.08, 0.93 if topo is not None else 1, 0.95))
+    fig.tight_layout(rect=(0, 0.1, 0.93 if topo is not None else 1, 0.95))
     out = Path(path)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
