@@ -128,18 +128,15 @@ class SpatiotemporalCanvas(nn.Module):
         # canvas-engineering's layout of the same parameters: modality embeddings keyed by the
         # sanitized region name, `family_carrier_embedding.*`, and a stored `pos_enc.pe` table
         # (ours is computed; the formula is the same, so the stored copy is dropped)
-        ce_keys = {name.replace(".", "__").replace("[", "_").replace("]", "_"): k
-                   for k, name in enumerate(self.names)}
+        from canvas_core.runtime.ce_state import rename_loaded_region_keys
+
+        rename_loaded_region_keys(self.names, state_dict, prefix)  # one-to-one, see ce_state.py
         for key in list(state_dict):
             if not key.startswith(prefix):
                 continue
             rest = key[len(prefix):]
             if rest == "pos_enc.pe":
                 state_dict.pop(key)
-            elif rest.startswith("modality_embeddings."):
-                sub = rest[len("modality_embeddings."):]
-                if sub in ce_keys and f"r{ce_keys[sub]}" != sub:
-                    state_dict[f"{prefix}modality_embeddings.r{ce_keys[sub]}"] = state_dict.pop(key)
             elif rest.startswith("family_carrier_embedding."):
                 state_dict[prefix + "family_carrier." + rest[len("family_carrier_embedding."):]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,

@@ -7,16 +7,18 @@ below rewrites the saved dict to canvas-engineering's keys: ``modality_embedding
 region name with ``.``, ``[`` and ``]`` replaced as canvas-engineering does),
 ``family_carrier_embedding.*`` and the table ``pos_enc.pe`` (same values as the computed one),
 so ``canvas_engineering.SpatiotemporalCanvas(...).load_state_dict(ours.state_dict())`` works;
-loading maps those keys back (``SpatiotemporalCanvas._load_from_state_dict``).  When two region
-names would sanitize to the same key, the ``r<k>`` keys are kept for those regions.
+loading maps those keys back (``SpatiotemporalCanvas._load_from_state_dict``).  The renaming is
+one-to-one: when two regions would get the same key (two names that sanitize alike, or a name such
+as ``r1`` equal to the ``r<k>`` key another region keeps), those regions keep their ``r<k>`` keys
+(:func:`region_state_keys`), so no region's embedding overwrites another's.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any, Dict
+from typing import Any, Dict, List, Sequence
 
-__all__ = ["sanitized_region_key", "canvas_engineering_keys"]
+__all__ = ["sanitized_region_key", "region_state_keys", "rename_loaded_region_keys", "canvas_engineering_keys"]
 
 
 def sanitized_region_key(name: str) -> str:
@@ -24,15 +26,40 @@ def sanitized_region_key(name: str) -> str:
     return name.replace(".", "__").replace("[", "_").replace("]", "_")
 
 
+def region_state_keys(names: Sequence[str]) -> List[str]:
+    """The saved key of each region's modality embedding (``names`` in layout order): the
+    sanitized name, except that regions whose keys would coincide keep ``r<k>``.  Always
+    pairwise distinct."""
+    keys = [sanitized_region_key(n) for n in names]
+    while True:
+        counts = Counter(keys)
+        clash = [k for k, key in enumerate(keys) if counts[key] > 1 and key != f"r{k}"]
+        if not clash:
+            return keys
+        for k in clash:  # each round reverts at least one region to its own r<k> key
+            keys[k] = f"r{k}"
+
+
+def rename_loaded_region_keys(names: Sequence[str], state_dict: Dict[str, Any], prefix: str) -> None:
+    """Map the saved modality-embedding keys of ``state_dict`` back to ``r<k>`` in place: keys of
+    :func:`region_state_keys` (ours and canvas-engineering's), and ``r<k>`` kept as it is."""
+    base = f"{prefix}modality_embeddings."
+    to_internal = {key: f"r{k}" for k, key in enumerate(region_state_keys(names))}
+    entries = {key[len(base):]: state_dict.pop(key) for key in [k for k in state_dict if k.startswith(base)]}
+    renamed = {to_internal[sub]: value for sub, value in entries.items() if sub in to_internal}
+    for sub, value in entries.items():  # older r<k> keys (and unknown ones, reported by strict loading)
+        if sub not in to_internal:
+            renamed.setdefault(sub, value)
+    state_dict.update({base + sub: value for sub, value in renamed.items()})
+
+
 def canvas_engineering_keys(module: Any, state_dict: Dict[str, Any], prefix: str, local_metadata: Any) -> None:
     """``state_dict`` hook of ``SpatiotemporalCanvas``: rename its entries in place (see above)."""
-    names = list(module.names)
-    keys = [sanitized_region_key(n) for n in names]
-    clash = {k for k, c in Counter(keys).items() if c > 1}
-    for k, key in enumerate(keys):
-        old = f"{prefix}modality_embeddings.r{k}"
-        if old in state_dict and key not in clash and key != f"r{k}":
-            state_dict[f"{prefix}modality_embeddings.{key}"] = state_dict.pop(old)
+    keys = region_state_keys(list(module.names))
+    old = {k: state_dict.pop(f"{prefix}modality_embeddings.r{k}") for k in range(len(keys))
+           if f"{prefix}modality_embeddings.r{k}" in state_dict}
+    for k, value in old.items():
+        state_dict[f"{prefix}modality_embeddings.{keys[k]}"] = value
     for key in [k for k in state_dict if k.startswith(prefix + "family_carrier.")]:
         state_dict[prefix + "family_carrier_embedding." + key[len(prefix + "family_carrier."):]] = state_dict.pop(key)
     layout = module.layout
