@@ -46,6 +46,7 @@ from canvas_core.compiler.plan import ExecutionPlan, RectGroup, block_layout_of,
 from canvas_core.compiler.resolved import REFERENCE_KERNEL, ResolvedGroup
 from canvas_core.errors import CompileError, ShapeError
 from canvas_core.plugins.spec import Spec
+from canvas_core.runtime.finite_guard import non_finite_keys, poison, reads_bad, sanitize
 from canvas_core.runtime.kernel_index import Segments, bucket_counts, is_arange, segment_buckets, slot_layout
 
 __all__ = ["ReferenceKernel", "make_kernel", "kernel_for", "REFERENCE_MODES"]
@@ -121,6 +122,7 @@ class ReferenceKernel(nn.Module):
             mask[~has] = 0.0
             self.register_buffer("mask", to(mask), persistent=False)
             self.register_buffer("row_has_key", to(has), persistent=False)
+            self.register_buffer("linked", to(W > 0), persistent=False)  # for the NaN guard
             self._all_have_keys = bool(has.all())
             return
         # ---- sparse: buckets of query blocks by padded key-block count -------------------------
@@ -221,7 +223,12 @@ class ReferenceKernel(nn.Module):
             return self._forward_segments(q, k, v, scale, dropout_p)
         if self.mode == "dense":
             mask = self.mask if self.mask.dtype == torch.bool else self.mask.to(q.dtype)
+            bad = non_finite_keys(k, v)  # keep a non-finite key away from queries not linked to it
+            if bad is not None:
+                k, v = sanitize(k, v, bad)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
+            if bad is not None:
+                out = poison(out, self.linked, bad)
             if self._all_have_keys:
                 return out
             return out * self.row_has_key[:, None].to(out.dtype)
@@ -234,6 +241,11 @@ class ReferenceKernel(nn.Module):
                 t = F.pad(t, (0, 0, 0, bs))
             return t.reshape(B, H, -1, bs, d).permute(2, 0, 1, 3, 4)
 
+        bad = non_finite_keys(k, v)  # a gathered tile may hold unlinked keys: see finite_guard
+        if bad is not None:
+            k, v = sanitize(k, v, bad)
+            badp = F.pad(F.pad(bad.to(q.dtype), (0, 1)).index_select(2, self.slot_canon), (0, bs))
+            badp = badp.reshape(B, H, -1, bs).permute(2, 0, 1, 3)  # (nkb + 1, B, H, bs)
         qp = blocks(q, False)  # (nqb, B, H, bs, d)
         kp = blocks(k, True)  # (nkb + 1, B, H, bs, d), last block = zeros
         vp = blocks(v, True)
@@ -249,7 +261,12 @@ class ReferenceKernel(nn.Module):
             vg = vp.index_select(0, kb).reshape(nb, m, BH, bs, d).transpose(1, 2).reshape(nb, BH, m * bs, d)
             o = F.scaled_dot_product_attention(qg, kg, vg, attn_mask=bias[:, None], dropout_p=dropout_p,
                                                scale=scale)
-            outs.append(o * has[:, None, :, None].to(o.dtype))
+            o = o * has[:, None, :, None].to(o.dtype)
+            if bad is not None:
+                bg = badp.index_select(0, kb).reshape(nb, m, BH, bs).transpose(1, 2).reshape(nb, BH, m * bs)
+                linked = torch.isfinite(bias) & has[:, :, None]  # (nb, bs, m*bs)
+                o = o.masked_fill(reads_bad(linked, bg, o.dtype).unsqueeze(-1), float("nan"))
+            outs.append(o)
         if self._n_empty_blocks:
             outs.append(q.new_zeros(self._n_empty_blocks, BH, bs, d))
         out = torch.cat(outs, dim=0).index_select(0, self.unorder)  # (nqb, BH, bs, d)

@@ -1,0 +1,55 @@
+"""A NaN (or inf) in one position reaches only the positions that read it, in every kernel mode.
+
+Property test over random layouts and topologies: after one ``CanvasAttention`` forward with one
+poisoned input position ``j``, the non-finite outputs are a subset of ``{j} + {i : W[i, j] > 0}``
+(``W`` from the dense reference in ``tests/_reference``), and every other output equals the
+output of the same layer on the clean input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from canvas_core import CanvasAttention
+from tests._reference.dense_reference import weight_matrices
+from tests._reference.strategies import layouts, topologies
+
+MODES = ("dense", "segments", "sparse", "auto")
+
+
+def _readers(topology, layout, j):
+    W, _ = weight_matrices(topology, layout)
+    reads = torch.zeros(layout.num_positions, dtype=torch.bool)
+    for Wf in W.values():
+        reads |= Wf[:, j] > 0
+    reads[j] = True
+    return reads
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_non_finite_stays_with_its_readers(mode, bad, data):
+    layout = data.draw(layouts(max_T=4, max_side=3, max_regions=3))
+    topology = data.draw(topologies(layout, fns=("cross_attention", "self_attention"), max_conns=4))
+    torch.manual_seed(0)
+    opts = {"block_size": data.draw(st.sampled_from([1, 2, 4]))} if mode == "sparse" else {}
+    layer = CanvasAttention(topology, layout, n_heads=2, kernel=mode, kernel_options=opts).eval()
+    n = layout.num_positions
+    x = torch.randn(2, n, layout.d_model)
+    j = data.draw(st.integers(0, n - 1))
+    poisoned = x.clone()
+    poisoned[data.draw(st.integers(0, 1)), j, data.draw(st.integers(0, layout.d_model - 1))] = bad
+    with torch.no_grad():
+        clean, out = layer(x), layer(poisoned)
+    reads = _readers(topology, layout, j)
+    leaked = (~torch.isfinite(out)).any(dim=2).any(dim=0) & ~reads
+    assert not leaked.any(), f"{mode}: positions {leaked.nonzero().flatten().tolist()} do not read {j} but went non-finite"
+    keep = ~reads
+    torch.testing.assert_close(out[:, keep], clean[:, keep])
