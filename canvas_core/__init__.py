@@ -101,6 +101,7 @@ _export(
     "canvas_core.looping",
     "LoopedBlockWrapper", "graft_looped_blocks", "freeze_full", "freeze_half", "freeze_none",
     "CurriculumScheduler", "SharpeningSchedule", "save_loop_checkpoint", "load_loop_checkpoint",
+    "set_loops", "loop_counts", "loop_stats", "LoopedSpan", "ModelLoop",
 )
 _export("canvas_core.identity", "SlotBindingModule")
 # types supplied by optional plugin distributions, re-exported when installed

@@ -3,7 +3,8 @@
 Public: ``LoopedBlockWrapper``, ``graft_looped_blocks``, ``freeze_full``, ``freeze_half``,
 ``freeze_none``, ``ChannelFirstActionHead`` (the head of channel-first backbones such as Mochi),
 ``CurriculumScheduler``, ``SharpeningSchedule``, ``save_loop_checkpoint``,
-``load_loop_checkpoint``; adapter authors use ``BackboneAdapter``, ``TokenLayout``, ``BlockIO``.
+``load_loop_checkpoint``; loop scopes: ``LoopedSpan``, ``SpanMember``, ``ModelLoop``,
+``set_loops``, ``loop_counts``, ``loop_stats``, ``loop_parts_of``, ``scope_of``; adapter authors use ``BackboneAdapter``, ``TokenLayout``, ``BlockIO``.
 """
 
 from canvas_core.looping.adapter import BackboneAdapter, GenericAdapter, TokenLayout, topology_bias
@@ -18,7 +19,10 @@ from canvas_core.looping.graft import (
     looped_blocks_of,
 )
 from canvas_core.looping.registry import backbone_entries, find_adapter
+from canvas_core.looping.model_loop import ModelLoop
 from canvas_core.looping.schedules import CurriculumScheduler, SharpeningSchedule
+from canvas_core.looping.scopes import loop_counts, loop_parts_of, loop_stats, scope_of, set_loops
+from canvas_core.looping.span import LoopedSpan, SpanMember
 from canvas_core.looping.wrapper import BlockIO, LoopedBlockWrapper
 
 __all__ = [
@@ -41,4 +45,12 @@ __all__ = [
     "topology_bias",
     "find_adapter",
     "backbone_entries",
+    "LoopedSpan",
+    "SpanMember",
+    "ModelLoop",
+    "set_loops",
+    "loop_counts",
+    "loop_stats",
+    "loop_parts_of",
+    "scope_of",
 ]

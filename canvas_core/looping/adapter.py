@@ -124,6 +124,8 @@ class BackboneAdapter:
     streams: Tuple[str, ...] = ("hidden_states",)
     input_attrs: Tuple[str, ...] = ("patch_embed",)
     output_channel_dim: int = 2
+    #: block / forward arguments whose first dim is not the batch (never split by adaptive exit)
+    unbatched_args: Tuple[str, ...] = ("image_rotary_emb",)
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:
@@ -177,6 +179,16 @@ class BackboneAdapter:
     def latent_channels(self, model: nn.Module) -> int:
         """Default input width of the ActionHead (the channels of the model's output)."""
         return 16
+
+    def step_input(self, model: nn.Module) -> Tuple[str, int, Optional[int]]:
+        """For ``scope="model"``: ``(name, channel_dim, channels)`` of the forward argument the
+        model's output re-enters as (its output must have that argument's shape). The default
+        refuses: the adapter does not know that the output lives in the input space."""
+        raise BackboneError(
+            f"graft_looped_blocks: scope='model' loops the whole model by feeding its output back as "
+            f"its input, but {type(model).__name__}'s output does not live in its input space (adapter "
+            f"{self.name!r} declares no step input; e.g. a classifier's logits are not an image). "
+            "Use a span scope such as scope=(0, n_blocks) or scope='stack'")
 
     # --- canvas --------------------------------------------------------------------------------
     def prepare(self, model: nn.Module) -> None:
@@ -324,6 +336,17 @@ class GenericAdapter(BackboneAdapter):
     @property
     def block_attr(self) -> Optional[str]:  # type: ignore[override]
         return self._attr
+
+    def step_input(self, model: nn.Module) -> Tuple[str, int, Optional[int]]:
+        """The first argument of ``model.forward``, channels last; its shape is checked against the
+        output's at the first forward."""
+        import inspect
+
+        try:
+            params = list(inspect.signature(model.forward).parameters)
+        except (TypeError, ValueError):
+            params = []
+        return (params[0] if params else "x"), -1, None
 
     @classmethod
     def find_attr(cls, model: nn.Module) -> Optional[str]:

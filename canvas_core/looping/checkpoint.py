@@ -85,12 +85,14 @@ def loop_structure(
     blocks = []
     for b in looped_blocks:
         inner = getattr(b, "original", b)
-        blocks.append(
-            {
-                "block": type(inner).__qualname__,
-                "params": {n: list(p.shape) for n, p in _loop_params(b)},
-            }
-        )
+        entry = {
+            "block": type(inner).__qualname__,
+            "params": {n: list(p.shape) for n, p in _loop_params(b)},
+        }
+        scope = getattr(b, "loop_scope", "")  # span / model scopes (block-scope files unchanged)
+        if scope:
+            entry["scope"] = scope
+        blocks.append(entry)
     head = (
         {}
         if action_head is None
@@ -184,6 +186,10 @@ def save_loop_checkpoint(
     save_safetensors_atomic(tensors, path, header, "the loop checkpoint", make_parents=True)
 
 
+def _scope_text(scope: str) -> str:
+    return scope if scope.startswith("(") else repr(scope)
+
+
 def _describe_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
     sh, ch = saved.get("head", {}), current.get("head", {})
     if bool(sh) != bool(ch):
@@ -193,6 +199,14 @@ def _describe_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
             else "an action head was given but the checkpoint holds none (pass action_head=None)"
         )
     sb, cb = saved.get("blocks", []), current.get("blocks", [])
+    ss = [b.get("scope", "block") for b in sb if isinstance(b, dict)][:1] or ["block"]
+    cs = [b.get("scope", "block") for b in cb][:1] or ["block"]
+    if ss != cs:
+        return (
+            f"it was saved from loops of scope {_scope_text(ss[0])} and this model is grafted "
+            f"with scope {_scope_text(cs[0])}; graft a fresh model with scope={_scope_text(ss[0])} "
+            "to load it"
+        )
     if len(sb) != len(cb):
         return f"the checkpoint has {len(sb)} looped blocks, the model has {len(cb)}"
     for i, (s, c) in enumerate(zip(sb, cb)):

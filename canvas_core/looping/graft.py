@@ -73,7 +73,9 @@ def get_adapter(model: nn.Module) -> BackboneAdapter:
 
 
 def _loop_param_ids(model: nn.Module) -> set:
-    return {id(p) for w in looped_blocks_of(model) for p in w.loop_parameters()}
+    from canvas_core.looping.scopes import loop_parts_of
+
+    return {id(p) for w in loop_parts_of(model) for p in w.loop_parameters()}
 
 
 def _check_module(model: Any, fn: str) -> None:
@@ -132,6 +134,14 @@ def graft_looped_blocks(
     use_gradient_checkpointing: bool = True,
     action_hidden_dim: Optional[int] = None,
     schema: Any = None,
+    scope: Any = "block",
+    inject: str = "none",
+    iter_embed: bool = True,
+    update: str = "gated",
+    damping: float = 0.5,
+    iter_norm: Optional[str] = None,
+    reenter: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    step_adapter: Optional[str] = None,
 ) -> Tuple[List[nn.Module], nn.Module]:
     """Replace each transformer block of ``transformer`` (in place) with a looped wrapper.
 
@@ -151,6 +161,15 @@ def graft_looped_blocks(
         schema: the ``CanvasSchema`` (or its hash) the loops are trained for; recorded on every
             looped block (``schema_hash``), written by ``save_loop_checkpoint`` and checked by
             ``load_loop_checkpoint``.
+        scope: what is looped (``docs/looping.md``, "Loop scopes"): ``"block"`` (each block on its
+            own, the default), ``(i, j)`` (blocks ``i..j-1`` as one recurrent core, a
+            :class:`~canvas_core.looping.span.LoopedSpan`), ``"stack"`` (all blocks) or
+            ``"model"`` (the whole model as a step map, a
+            :class:`~canvas_core.looping.model_loop.ModelLoop`).
+        inject, iter_embed, iter_norm: span scopes only (input injection ``"none"`` / ``"add"`` /
+            ``"concat"``, per-iteration embeddings, ``"rms"`` norm between iterations).
+        update, damping: span and model scopes: ``"gated"`` / ``"damped"`` / ``"replace"``.
+        reenter, step_adapter: model scope only (output-to-input map; ``"gated"`` adapter).
 
     Returns:
         A pair: the list of looped blocks and the action head built for the model's output
@@ -194,7 +213,14 @@ def graft_looped_blocks(
     blocks = a.blocks(transformer)
     if not blocks:
         raise BackboneError(f"{type(transformer).__name__} has no transformer blocks to graft")
-    if any(isinstance(b, LoopedBlockWrapper) for b in blocks):
+    from canvas_core.looping import scopes as _scopes
+
+    kind, span = _scopes.parse_scope(scope, len(blocks))
+    _scopes.check_scope_options(kind, inject=inject, update=update, damping=damping,
+                                iter_norm=iter_norm, iter_embed=iter_embed, reenter=reenter,
+                                step_adapter=step_adapter, wrapper_class=wrapper_class,
+                                sharpening=sharpening)
+    if _scopes.is_grafted(transformer, blocks):
         raise BackboneError(
             f"{type(transformer).__name__} is already grafted (its blocks are LoopedBlockWrapper); "
             "graft a fresh model, or use the existing looped blocks"
@@ -224,6 +250,8 @@ def graft_looped_blocks(
                 "added to the hidden states, so leave inner_dim=None"
             )
         dims[0] = inner_dim
+    step = (_scopes.model_step_input(transformer, a, latent_channels, step_adapter)
+            if kind == "model" else None)
     a.prepare(transformer)
     try:
         ref = next(transformer.parameters())
@@ -232,7 +260,23 @@ def graft_looped_blocks(
         device = torch.device("cpu")
     shash = _schema_hash(schema) if schema is not None else ""
     wrapped: List[nn.Module] = []
-    for i, block in enumerate(blocks):
+    if kind == "span":
+        part = _scopes.graft_span(
+            transformer, a, blocks, span, max_loops=max_loops, dims=dims, io=io,
+            scope_name="",
+            options=dict(inject=inject, iter_embed=iter_embed, iter_norm=iter_norm, update=update,
+                         damping=float(damping), gate_init_bias=float(gate_init_bias),
+                         use_gradient_checkpointing=use_gradient_checkpointing,
+                         sharpening=sharpening))
+        wrapped.append(part)
+    elif kind == "model":
+        wrapped.append(_scopes.graft_model(
+            transformer, a, max_loops=max_loops, step=step,
+            options=dict(reenter=reenter, step_adapter=step_adapter, update=update,
+                         damping=float(damping), gate_init_bias=float(gate_init_bias))))
+    for w in wrapped:
+        w.schema_hash = shash
+    for i, block in enumerate(blocks if kind == "block" else []):
         if wrapper_class is not None:
             w = wrapper_class(block, i, max_loops, dims[0])
         else:

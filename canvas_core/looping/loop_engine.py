@@ -1,0 +1,231 @@
+"""The iteration shared by the span and model loop scopes: update rule, test-time depth,
+per-sample adaptive exit on the active rows only, and per-iteration diagnostics.
+
+A loop part holds a state ``h`` (a tuple of tensors, each ``(B, ...)``; one per looped stream)
+and a step ``run(t, h_rows, rows) -> y_rows``. One forward runs::
+
+    h = x0
+    for t in range(n):
+        y = run(t, h)
+        h = y                      if t == 0
+        h = h + a_t * (y - h)      otherwise
+
+``a_t`` depends on ``update``: ``"gated"`` (a learned scalar per iteration, ``loop_gate``, started
+at ``gate_init_bias``: 0 keeps the model identical to its backbone at every loop count; the
+gated residual of Relaxed Recursive / retrofitted-recurrence grafts, arXiv 2410.20672 and
+2511.07384), ``"damped"`` (a fixed ``damping`` in (0, 1], no parameter: the damped sub-steps of
+training-free looping, arXiv 2605.23872) or ``"replace"`` (``a_t = 1``: the plain recurrence
+``h <- core(h)`` of Huginn and Ouro, arXiv 2502.05171 and 2510.25741; not identical to the
+backbone beyond one loop).
+
+Adaptive exit (``exit_tol > 0``): after iteration ``t >= 1`` a sample whose relative change
+``||h_t - h_{t-1}|| / ||h_{t-1}||`` (norm over all its streams) is below ``exit_tol`` stops; later
+iterations run the step on the remaining rows only (``index_select``), so finished samples cost
+nothing. ``exit_tol = 0`` never stops early and runs the very same code path as fixed depth.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from canvas_core.errors import BackboneError, CanvasTypeError
+
+__all__ = ["LoopCore", "UPDATES", "index_rows", "check_loops", "check_exit_tol"]
+
+UPDATES = ("gated", "damped", "replace")
+_EPS = 1e-12
+
+
+def check_loops(n: Any, where: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise BackboneError(
+            f"{where}: n (the loop count) must be an int >= 1, got {n!r}; one loop runs the "
+            "backbone once, so pass n=1 for the plain model"
+        )
+    return n
+
+
+def check_exit_tol(exit_tol: Any, where: str) -> float:
+    if isinstance(exit_tol, bool) or not isinstance(exit_tol, (int, float)) or not (
+        exit_tol >= 0 and exit_tol != float("inf")
+    ):
+        raise BackboneError(
+            f"{where}: exit_tol must be a finite number >= 0 (0 = fixed depth; e.g. 1e-3 stops a "
+            f"sample once its state changes by less than 0.1% per iteration), got {exit_tol!r}"
+        )
+    return float(exit_tol)
+
+
+def index_rows(value: Any, rows: torch.Tensor, batch: int, skip: bool = False) -> Any:
+    """``value`` restricted to the batch rows ``rows``: tensors whose first dim is ``batch`` are
+    indexed (inside tuples / lists / dicts too); anything else (rotary tables, scalars, None) is
+    passed as is. ``skip`` leaves ``value`` untouched (arguments an adapter declares unbatched)."""
+    if skip:
+        return value
+    if isinstance(value, torch.Tensor):
+        if value.dim() >= 1 and value.shape[0] == batch:
+            return value.index_select(0, rows)
+        return value
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):
+        return tuple(index_rows(v, rows, batch) for v in value)
+    if isinstance(value, list):
+        return [index_rows(v, rows, batch) for v in value]
+    return value
+
+
+class LoopCore(nn.Module):
+    """Base of the span and model loop parts: loop count, gates, adaptive exit, diagnostics.
+
+    Subclasses call :meth:`iterate` from their forward with a step function.
+    """
+
+    loop_scope: str = ""
+
+    def __init__(self, max_loops: int, gate_init_bias: float = 0.0, update: str = "gated",
+                 damping: float = 0.5, use_gradient_checkpointing: bool = True) -> None:
+        super().__init__()
+        if update not in UPDATES:
+            raise BackboneError(f"update must be one of {list(UPDATES)}, got {update!r}")
+        self.max_loops = int(max_loops)
+        self.current_loops = int(max_loops)
+        self.exit_tol = 0.0
+        self.update = update
+        self.damping = float(damping)
+        self.use_gradient_checkpointing = use_gradient_checkpointing
+        self.schema_hash = ""
+        if update == "gated":
+            # one gate per iteration >= 1; iterations past the trained count reuse the last one
+            self.loop_gate = nn.Parameter(
+                torch.full((max(self.max_loops - 1, 1),), float(gate_init_bias)))
+        self._counts: Optional[torch.Tensor] = None
+        self._stats: Optional[Dict[str, Any]] = None
+
+    # --- configuration ---------------------------------------------------------------------------
+    def set_loops(self, n: int, exit_tol: Optional[float] = None) -> None:
+        """Iterations per forward (any ``n >= 1``, also beyond ``max_loops``: the last trained
+        embedding and gate are reused) and the adaptive-exit tolerance (None keeps it)."""
+        n = check_loops(n, f"{type(self).__name__}.set_loops")
+        if exit_tol is not None:
+            self.exit_tol = check_exit_tol(exit_tol, f"{type(self).__name__}.set_loops")
+        self.current_loops = n
+
+    def gate(self, t: int, dtype: torch.dtype) -> Any:
+        """``a_t`` of iteration ``t >= 1``."""
+        if self.update == "replace":
+            return 1.0
+        if self.update == "damped":
+            return self.damping
+        g = self.loop_gate
+        return g[min(t - 1, g.numel() - 1)].to(dtype)
+
+    def named_loop_parameters(self) -> List[Tuple[str, nn.Parameter]]:
+        own = [(n, p) for n, p in self.named_parameters() if not n.startswith(self._skip_prefixes())]
+        return own + self._extra_loop_parameters()
+
+    def _skip_prefixes(self) -> Tuple[str, ...]:
+        return ("original.", "canvas_fn.")
+
+    def _extra_loop_parameters(self) -> List[Tuple[str, nn.Parameter]]:
+        return []
+
+    def loop_parameters(self) -> List[nn.Parameter]:
+        return [p for _, p in self.named_loop_parameters()]
+
+    def trainable_params(self) -> int:
+        return sum(p.numel() for p in self.loop_parameters() if p.requires_grad)
+
+    # --- the iteration -----------------------------------------------------------------------------
+    def iterate(self, x0: Tuple[torch.Tensor, ...],
+                run: Callable[[int, Tuple[torch.Tensor, ...], Optional[torch.Tensor]], Tuple[torch.Tensor, ...]]
+                ) -> Tuple[torch.Tensor, ...]:
+        """Run ``current_loops`` iterations from ``x0`` (see the module docstring); ``run(t, h,
+        rows)`` gets the state of the rows ``rows`` (None: the whole batch) and returns the
+        step's output for them. Records :meth:`counts` and :meth:`stats`."""
+        B = x0[0].shape[0]
+        dev = x0[0].device
+        n, tol = self.current_loops, self.exit_tol
+        counts = torch.zeros(B, dtype=torch.long)
+        rel_hist: List[float] = []
+        norm_hist: List[float] = []
+        act_hist: List[int] = []
+        h = x0
+        active: Optional[torch.Tensor] = None  # None: every row
+        for t in range(n):
+            if active is None:
+                y = run(t, h, None)
+                new = y if t == 0 else self._combine(t, h, y)
+                prev, cur = h, new
+            else:
+                sub = tuple(s.index_select(0, active) for s in h)
+                y = run(t, sub, active)
+                new_sub = self._combine(t, sub, y)
+                new = tuple(s.index_copy(0, active, ns.to(s.dtype)) for s, ns in zip(h, new_sub))
+                prev, cur = sub, new_sub
+            rows = torch.arange(B, device=dev) if active is None else active
+            with torch.no_grad():
+                rel = _rel_change(prev, cur)
+                counts[rows.cpu()] += 1
+                rel_hist.append(float(rel.mean()))
+                norm_hist.append(float(_token_rms(cur).mean()))
+                act_hist.append(int(rows.numel()))
+                stop = (rel < tol) if (tol > 0 and t >= 1) else None
+            h = new
+            if stop is not None and bool(stop.any()):
+                keep = rows[~stop.to(rows.device)]
+                if keep.numel() == 0:
+                    break
+                active = keep
+        self._counts = counts
+        self._stats = {"scope": self.loop_scope, "iterations": len(act_hist), "rel_change": rel_hist,
+                       "state_norm": norm_hist, "active": act_hist, "core_rows": sum(act_hist),
+                       "exit_tol": tol, "loops": n}
+        return h
+
+    def _combine(self, t: int, h: Tuple[torch.Tensor, ...], y: Tuple[torch.Tensor, ...]):
+        if len(y) != len(h):
+            raise BackboneError(
+                f"{type(self).__name__}: the step returned {len(y)} streams, expected {len(h)}")
+        a = self.gate(t, h[0].dtype)
+        return tuple(s + a * (n_ - s) for s, n_ in zip(h, y))
+
+    def counts(self) -> torch.Tensor:
+        if self._counts is None:
+            raise CanvasTypeError(
+                f"{type(self).__name__}: no forward has run yet; call the model first, then "
+                "loop_counts(model)")
+        return self._counts.clone()
+
+    def stats(self) -> Dict[str, Any]:
+        if self._stats is None:
+            raise CanvasTypeError(
+                f"{type(self).__name__}: no forward has run yet; call the model first, then "
+                "loop_stats(model)")
+        return {k: (list(v) if isinstance(v, list) else v) for k, v in self._stats.items()}
+
+    def extra_repr(self) -> str:
+        return (f"scope={self.loop_scope}, max_loops={self.max_loops}, current_loops={self.current_loops}, "
+                f"update={self.update!r}, exit_tol={self.exit_tol}, trainable_params={self.trainable_params()}")
+
+
+def _rel_change(prev: Tuple[torch.Tensor, ...], cur: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Per sample ``||cur - prev|| / ||prev||`` over every stream, ``(B,)`` float32."""
+    num = None
+    den = None
+    for p, c in zip(prev, cur):
+        if p.shape != c.shape:  # a model-scope step map whose output is not its input's shape
+            return torch.full((p.shape[0],), float("nan"))
+        p32, c32 = p.detach().float().flatten(1), c.detach().float().flatten(1)
+        d = (c32 - p32).pow(2).sum(1)
+        q = p32.pow(2).sum(1)
+        num = d if num is None else num + d
+        den = q if den is None else den + q
+    return num.sqrt() / (den.sqrt() + _EPS)
+
+
+def _token_rms(cur: Tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Per sample RMS of the first stream's values (the hidden-state norm per feature)."""
+    c = cur[0].detach().float().flatten(1)
+    return c.pow(2).mean(1).sqrt()

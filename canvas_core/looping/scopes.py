@@ -1,0 +1,247 @@
+"""Loop scopes beyond the block: spans, the stack, the whole model; test-time depth and adaptive
+exit for any grafted model (``set_loops``, ``loop_counts``, ``loop_stats``).
+
+``graft_looped_blocks(model, ..., scope=...)`` checks the scope and its options here before the
+model is touched, then builds the span (:mod:`canvas_core.looping.span`) or the model loop
+(:mod:`canvas_core.looping.model_loop`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from canvas_core.errors import BackboneError, CanvasTypeError
+from canvas_core.looping.loop_engine import UPDATES, LoopCore, check_exit_tol, check_loops
+from canvas_core.looping.model_loop import LOOP_ATTR, STEP_ADAPTERS, ModelLoop, install_model_loop
+from canvas_core.looping.span import INJECTIONS, ITER_NORMS, LoopedSpan, SpanMember
+from canvas_core.looping.wrapper import LoopedBlockWrapper, _beta_targets
+
+__all__ = ["SCOPES", "parse_scope", "check_scope_options", "graft_span", "graft_model",
+           "loop_parts_of", "set_loops", "loop_counts", "loop_stats", "scope_of", "is_grafted"]
+
+SCOPES = ("block", "stack", "model")
+
+
+def parse_scope(scope: Any, n_blocks: int) -> Tuple[str, Optional[Tuple[int, int]]]:
+    """``("block", None)``, ``("span", (i, j))`` (also for ``"stack"``) or ``("model", None)``;
+    a :class:`BackboneError` naming ``scope`` and the fix otherwise."""
+    if isinstance(scope, str):
+        if scope == "block" or scope == "model":
+            return scope, None
+        if scope == "stack":
+            return "span", (0, n_blocks)
+        close = difflib.get_close_matches(scope, SCOPES, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise BackboneError(
+            f"graft_looped_blocks: unknown scope {scope!r}{hint} Choose 'block', 'stack', 'model' or "
+            f"a span (i, j) of block indices (0 <= i < j <= {n_blocks})")
+    if isinstance(scope, (tuple, list)) and len(scope) == 2 and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in scope):
+        i, j = int(scope[0]), int(scope[1])
+        if not 0 <= i < j <= n_blocks:
+            what = ("empty" if i == j else "reversed") if j <= i else "outside the model's blocks"
+            raise BackboneError(
+                f"graft_looped_blocks: scope={tuple(scope)!r} is {what}: the model has {n_blocks} "
+                f"blocks, so a span (i, j) loops blocks i..j-1 with 0 <= i < j <= {n_blocks} "
+                f"(e.g. scope=(0, {n_blocks}) or scope='stack' for all of them)")
+        return "span", (i, j)
+    raise BackboneError(
+        f"graft_looped_blocks: scope must be 'block', 'stack', 'model' or a pair (i, j) of block "
+        f"indices, got {scope!r}")
+
+
+def check_scope_options(kind: str, *, inject: Any, update: Any, damping: Any, iter_norm: Any,
+                        iter_embed: Any, reenter: Any, step_adapter: Any, wrapper_class: Any,
+                        sharpening: Any) -> None:
+    """Refuse options that do not exist or do not apply to the scope (before any change)."""
+    def bad(arg: str, value: Any, allowed: str) -> BackboneError:
+        return BackboneError(f"graft_looped_blocks: {arg}={value!r} {allowed}")
+
+    if inject not in INJECTIONS:
+        raise bad("inject", inject, f"is not an injection; choose one of {list(INJECTIONS)}")
+    if update not in UPDATES:
+        raise bad("update", update, f"is not an update rule; choose one of {list(UPDATES)}")
+    if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not 0 < damping <= 1:
+        raise bad("damping", damping, "must be a number in (0, 1] (the fixed step of update='damped')")
+    if iter_norm not in ITER_NORMS:
+        raise bad("iter_norm", iter_norm, f"is not a norm; choose one of {list(ITER_NORMS)}")
+    if not isinstance(iter_embed, bool):
+        raise bad("iter_embed", iter_embed, "must be True or False")
+    if reenter is not None and not callable(reenter):
+        raise bad("reenter", reenter, "must be None or a callable mapping the output to the next input")
+    if step_adapter not in STEP_ADAPTERS:
+        raise bad("step_adapter", step_adapter, f"is not a step adapter; choose one of {list(STEP_ADAPTERS)}")
+    span_only = {"inject": (inject, "none"), "iter_norm": (iter_norm, None)}
+    model_only = {"reenter": (reenter, None), "step_adapter": (step_adapter, None)}
+    loop_only = {"update": (update, "gated")}
+    checks = []
+    if kind != "span":
+        checks += [(k, v, d, "applies to span scopes ((i, j) or 'stack')") for k, (v, d) in span_only.items()]
+    if kind != "model":
+        checks += [(k, v, d, "applies to scope='model'") for k, (v, d) in model_only.items()]
+    if kind == "block":
+        checks += [(k, v, d, "applies to span and model scopes") for k, (v, d) in loop_only.items()]
+    for arg, value, default, where in checks:
+        if value != default:
+            raise bad(arg, value, f"{where}, not scope={kind!r}; drop it or choose that scope")
+    if kind != "block" and wrapper_class is not None:
+        raise bad("wrapper_class", wrapper_class, "applies to scope='block' (one wrapper per block)")
+    if kind == "model" and sharpening is not None:
+        raise bad("sharpening", sharpening, "applies to block and span scopes, not scope='model'")
+
+
+def graft_span(model: nn.Module, adapter: Any, blocks: List[nn.Module], span: Tuple[int, int], *,
+               max_loops: int, dims: List[int], io: Any, scope_name: str, options: Dict[str, Any]
+               ) -> LoopedSpan:
+    """Install a :class:`LoopedSpan` over ``blocks[i:j]`` (the checks are done)."""
+    i, j = span
+    if options.get("sharpening") is not None and not any(_beta_targets(b) for b in blocks[i:j]):
+        raise BackboneError(
+            f"graft_looped_blocks: sharpening needs attention exposing an inverse temperature `beta` "
+            f"in blocks {i}..{j - 1}, and {type(model).__name__}'s have none (adapter "
+            f"{getattr(adapter, 'name', adapter)!r} installs no canvas attention there); drop sharpening=")
+    members: List[SpanMember] = []
+    looped = LoopedSpan(blocks[i], members, i, j, max_loops, dims, io, scope_name=scope_name,
+                        unbatched=getattr(adapter, "unbatched_args", ("image_rotary_emb",)), **options)
+    for k in range(i + 1, j):
+        members.append(SpanMember(blocks[k], k, looped))
+    object.__setattr__(looped, "_members", members)
+    try:
+        device = next(model.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+    looped.to(device)
+    adapter.set_block(model, i, looped)
+    for m in members:
+        adapter.set_block(model, m.block_idx, m)
+    object.__setattr__(looped, "_holders", list(adapter.blocks(model)))
+    return looped
+
+
+def graft_model(model: nn.Module, adapter: Any, *, max_loops: int, step: Tuple[str, int, Optional[int]],
+                options: Dict[str, Any]) -> ModelLoop:
+    """Install a :class:`ModelLoop` on ``model`` (the checks are done)."""
+    name, cdim, channels = step
+    loop = ModelLoop(max_loops, name, cdim, channels,
+                     unbatched=getattr(adapter, "unbatched_args", ("image_rotary_emb",)), **options)
+    try:
+        ref = next(model.parameters())
+        loop.to(device=ref.device)
+    except StopIteration:
+        pass
+    install_model_loop(model, loop, list(adapter.blocks(model)))
+    return loop
+
+
+def model_step_input(model: nn.Module, adapter: Any, latent_channels: Optional[int],
+                     step_adapter: Any) -> Tuple[str, int, Optional[int]]:
+    """Ask the adapter how the model's output re-enters (refusal names ``scope='model'``)."""
+    fn = getattr(adapter, "step_input", None)
+    if fn is None:
+        raise BackboneError(
+            f"graft_looped_blocks: scope='model' needs to know how {type(model).__name__}'s output "
+            f"re-enters as its input, and adapter {getattr(adapter, 'name', adapter)!r} does not say "
+            "(no step_input()); use a span scope (i, j) or 'stack'")
+    name, cdim, channels = fn(model)
+    if step_adapter is not None and channels is None:
+        if latent_channels is None:
+            raise BackboneError(
+                f"graft_looped_blocks: step_adapter={step_adapter!r} needs the channel count of "
+                f"{type(model).__name__}'s input; pass latent_channels=")
+        channels = latent_channels
+    if getattr(model, LOOP_ATTR, None) is not None:
+        raise BackboneError(
+            f"{type(model).__name__} already has an attribute {LOOP_ATTR!r}; scope='model' stores "
+            "its loop there. Graft a fresh model")
+    return name, cdim, channels
+
+
+# --- model-level controls ------------------------------------------------------------------------
+def loop_parts_of(model: nn.Module) -> List[nn.Module]:
+    """Every looped part of ``model``: ``LoopedBlockWrapper`` (block scope), ``LoopedSpan`` (span
+    scopes) and ``ModelLoop`` (model scope), in module order."""
+    if not isinstance(model, nn.Module):
+        raise CanvasTypeError(f"expected a grafted torch nn.Module, got {type(model).__name__}")
+    return [m for m in model.modules() if isinstance(m, (LoopedBlockWrapper, LoopCore))]
+
+
+def is_grafted(model: nn.Module, blocks: List[nn.Module]) -> bool:
+    return (any(isinstance(b, (LoopedBlockWrapper, LoopedSpan, SpanMember)) for b in blocks)
+            or isinstance(model._modules.get(LOOP_ATTR), ModelLoop))
+
+
+def scope_of(model: nn.Module) -> Any:
+    """``"block"``, ``(i, j)`` or ``"model"``: the scope ``model`` was grafted with."""
+    parts = _parts(model, "scope_of")
+    p = parts[0]
+    if isinstance(p, LoopedBlockWrapper):
+        return "block"
+    if isinstance(p, LoopedSpan):
+        return (p.start, p.end)
+    return "model"
+
+
+def _parts(model: nn.Module, where: str) -> List[nn.Module]:
+    parts = loop_parts_of(model)
+    if not parts:
+        raise BackboneError(
+            f"{where}: {type(model).__name__} has no looped part; graft it first "
+            "(graft_looped_blocks(model, ..., scope=...))")
+    return parts
+
+
+def set_loops(model: nn.Module, n: int, exit_tol: float = 0.0) -> int:
+    """Set the iteration count of every looped part of ``model`` (any scope); returns ``n``.
+
+    Span and model scopes run exactly ``n`` iterations, also more than the ``max_loops`` they were
+    grafted (trained) with: iteration ``t >= max_loops`` reuses the last iteration embedding
+    ``e_{max_loops-1}`` and the last gate ``a_{max_loops-1}``. The block scope keeps its rule
+    (``n`` is clamped to each block's ``max_loops``).
+
+    ``exit_tol > 0`` (span and model scopes): each sample stops once the relative change of the
+    loop state between two iterations is below ``exit_tol`` (at most ``n`` iterations); finished
+    samples are not computed again. ``exit_tol = 0`` is fixed depth. Bad values raise
+    :class:`BackboneError` and change nothing."""
+    n = check_loops(n, "set_loops")
+    tol = check_exit_tol(exit_tol, "set_loops")
+    parts = _parts(model, "set_loops")
+    if tol > 0 and any(isinstance(p, LoopedBlockWrapper) for p in parts):
+        raise BackboneError(
+            f"set_loops: exit_tol={exit_tol!r} needs a span, stack or model scope (the block scope loops "
+            "each block on its own, so there is no single state to watch); graft with scope=(i, j), "
+            "'stack' or 'model', or pass exit_tol=0")
+    for p in parts:
+        if isinstance(p, LoopedBlockWrapper):
+            p.set_loops(n)
+        else:
+            p.set_loops(n, tol)
+    return n
+
+
+def _core_parts(model: nn.Module, where: str) -> List[LoopCore]:
+    parts = _parts(model, where)
+    cores = [p for p in parts if isinstance(p, LoopCore)]
+    if not cores:
+        raise BackboneError(
+            f"{where}: {type(model).__name__} is grafted with scope='block', which runs every block a "
+            "fixed number of times and records no per-sample counts; graft with scope=(i, j), "
+            "'stack' or 'model'")
+    return cores
+
+
+def loop_counts(model: nn.Module) -> torch.Tensor:
+    """``(B,)`` long tensor: the iterations each sample of the last forward used."""
+    return _core_parts(model, "loop_counts")[0].counts()
+
+
+def loop_stats(model: nn.Module) -> Dict[str, Any]:
+    """Diagnostics of the last forward: ``scope``, ``loops`` (the set count), ``exit_tol``,
+    ``iterations`` (run), ``rel_change`` (per iteration, mean over the computed samples of
+    ``||h_t - h_{t-1}|| / ||h_{t-1}||``; iteration 0 compares with the core's input),
+    ``state_norm`` (per iteration, mean RMS of the first stream's state), ``active`` (samples
+    computed per iteration) and ``core_rows`` (their sum: the core's work in sample-iterations)."""
+    return _core_parts(model, "loop_stats")[0].stats()
