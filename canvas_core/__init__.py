@@ -103,6 +103,7 @@ _export(
     "CurriculumScheduler", "SharpeningSchedule", "save_loop_checkpoint", "load_loop_checkpoint",
     "set_loops", "loop_counts", "loop_stats", "LoopedSpan", "ModelLoop",
 )
+_export("canvas_core.looping.ungraft", "ungraft_looped_blocks")
 _export("canvas_core.identity", "SlotBindingModule")
 # types supplied by optional plugin distributions, re-exported when installed
 _export("canvas_core.plugins.reexports", "MambaAttention", "CogVideoXAttention")

@@ -297,6 +297,9 @@ def graft_looped_blocks(
         a.set_block(transformer, i, w)
         wrapped.append(w)
     object.__setattr__(transformer, _ADAPTER_ATTR, a)
+    from canvas_core.looping.ungraft import guard_save_pretrained
+
+    guard_save_pretrained(transformer)  # refused until ungraft_looped_blocks (looping/ungraft.py)
     if freeze == "full":
         freeze_full(transformer)
     elif freeze == "half":

@@ -1,0 +1,183 @@
+"""Undo ``graft_looped_blocks``: put the backbone's own blocks (with their current, possibly
+trained, weights) back, so the model saves and loads as the plain class again.
+
+What a graft changes and how it is undone:
+
+* each block replaced by a :class:`LoopedBlockWrapper`, a ``LoopedSpan`` or a ``SpanMember`` (span
+  scopes) -> its ``original`` block; a wrapper that stands for several blocks in one slot offers
+  ``ungraft_blocks()``, the list of the blocks it replaced, in order;
+* the ``ModelLoop`` of ``scope="model"`` (``model.canvas_loop`` and the routed ``forward``) ->
+  removed;
+* the adapter's ``prepare`` (attention that honours ``beta`` and topologies) -> the adapter's
+  ``unprepare(model)`` when it defines one, else the generic undo: a diffusers processor that
+  holds the processor it replaced (``.original``, :class:`CanvasProcessorBase`) is swapped back,
+  and a module whose class was switched to a canvas subclass of its class (``CanvasViTAttention``
+  of timm's ``Attention``) gets its class back;
+* the adapter record and the ``save_pretrained`` guard on the model -> removed.
+
+Parameters' ``requires_grad`` is left as it is (a freeze strategy may have changed it; call
+``freeze_none(model)`` or set it yourself).
+"""
+
+from __future__ import annotations
+
+from typing import Any, List
+
+from torch import nn
+
+from canvas_core.errors import BackboneError, CanvasTypeError
+from canvas_core.looping.attention_ops import CanvasAttentionHooks
+from canvas_core.looping.wrapper import LoopedBlockWrapper
+
+__all__ = ["ungraft_looped_blocks", "guard_save_pretrained", "GraftedSaveRefused"]
+
+_ADAPTER_ATTR = "_canvas_backbone_adapter"  # the attribute graft_looped_blocks sets
+_SAVE_GUARD = "save_pretrained"
+_MODEL_LOOP = "canvas_loop"  # where scope="model" keeps its ModelLoop (looping/model_loop.py)
+
+
+class GraftedSaveRefused:
+    """Stands in for ``model.save_pretrained`` while ``model`` is grafted: diffusers would write
+    the blocks under ``transformer_blocks.<i>.original.*``, which ``from_pretrained`` of the plain
+    class does not read (it re-initialises every block, so trained backbone weights are lost)."""
+
+    def __init__(self, class_name: str) -> None:
+        self.class_name = class_name
+
+    def __call__(self, *args: Any, **kwargs: Any) -> None:
+        raise BackboneError(
+            f"save_pretrained on a grafted {self.class_name} is refused: its blocks are looped "
+            "wrappers, and from_pretrained of the plain class would re-initialise them (the trained "
+            "backbone weights would be lost). Save the loop parameters with "
+            "save_loop_checkpoint(looped_blocks, action_head, path), then call "
+            "canvas_core.ungraft_looped_blocks(model) and save_pretrained the plain model; graft "
+            "again and load_loop_checkpoint to continue"
+        )
+
+
+def guard_save_pretrained(model: nn.Module) -> None:
+    """Make ``model.save_pretrained`` (diffusers / transformers) refuse while ``model`` is
+    grafted (see :class:`GraftedSaveRefused`); a model without ``save_pretrained`` is left alone."""
+    if callable(getattr(type(model), _SAVE_GUARD, None)):
+        object.__setattr__(model, _SAVE_GUARD, GraftedSaveRefused(type(model).__name__))
+
+
+def _drop_save_guard(model: nn.Module) -> None:
+    if isinstance(model.__dict__.get(_SAVE_GUARD), GraftedSaveRefused):
+        del model.__dict__[_SAVE_GUARD]
+
+
+def _replacement(block: nn.Module, index: int) -> List[nn.Module]:
+    unwrap = getattr(block, "ungraft_blocks", None)
+    if callable(unwrap):
+        mods = list(unwrap())
+    elif isinstance(block, LoopedBlockWrapper) or (
+            type(block).__module__.startswith("canvas_core.looping.")
+            and isinstance(getattr(block, "original", None), nn.Module)):
+        mods = [block.original]  # a block wrapper, a span (its first block) or a span member
+    else:
+        return [block]
+    if not mods or not all(isinstance(m, nn.Module) for m in mods):
+        raise BackboneError(
+            f"block {index} ({type(block).__name__}) does not say which backbone block(s) it "
+            "replaced; ungraft_looped_blocks needs `original` or ungraft_blocks() -> [modules]"
+        )
+    return mods
+
+
+def _plain_class(module: nn.Module) -> Any:
+    """The backbone class a canvas attention class was switched from (``None``: not switched)."""
+    cls = type(module)
+    if not issubclass(cls, CanvasAttentionHooks) or CanvasAttentionHooks not in cls.__bases__:
+        return None
+    for base in cls.__bases__:
+        if base is not CanvasAttentionHooks and issubclass(base, nn.Module) and base is not nn.Module \
+                and not issubclass(base, CanvasAttentionHooks):
+            return base
+    return None
+
+
+def _generic_unprepare(blocks: List[nn.Module]) -> None:
+    for block in blocks:
+        for m in block.modules():
+            proc = getattr(m, "processor", None)
+            if isinstance(proc, CanvasAttentionHooks) and callable(getattr(proc, "original", None)):
+                setter = getattr(m, "set_processor", None)
+                if callable(setter):
+                    setter(proc.original)
+                else:
+                    m.processor = proc.original
+            plain = _plain_class(m) if isinstance(m, CanvasAttentionHooks) else None
+            if plain is not None:
+                m.__class__ = plain
+                for attr in ("beta", "canvas_topology", "canvas_bias", "canvas_has_key"):
+                    m.__dict__.pop(attr, None)
+
+
+def ungraft_looped_blocks(model: nn.Module, *, remove_topology: bool = False) -> List[nn.Module]:
+    """Inverse of :func:`graft_looped_blocks`: restore ``model``'s own blocks in place.
+
+    The restored blocks are the very modules the graft wrapped, with whatever weights they have now
+    (trained with ``freeze="none"`` / ``"half"``), so ``model.save_pretrained(...)`` writes the
+    plain layout and ``type(model).from_pretrained(...)`` loads every trained weight back.  The loop
+    parameters are not part of the plain model: save them with ``save_loop_checkpoint`` (before or
+    after ungrafting: the returned wrappers still hold them), then graft again and
+    ``load_loop_checkpoint`` to get the looped model back.
+
+    Args:
+        model: a model grafted by ``graft_looped_blocks``.
+        remove_topology: an installed canvas topology changes what the backbone's attention reads,
+            which the plain model cannot carry: ``False`` (default) refuses, ``True`` removes it.
+
+    Returns:
+        The removed looped parts (``LoopedBlockWrapper`` / ``LoopedSpan`` / ``SpanMember`` /
+        ``ModelLoop``), in order.
+
+    Raises:
+        BackboneError: ``model`` is not grafted, or carries a topology (see ``remove_topology``);
+        the model is unchanged then.
+    """
+    if not isinstance(model, nn.Module):
+        raise CanvasTypeError(f"ungraft_looped_blocks expects a torch nn.Module, got {type(model).__name__}")
+    adapter = model.__dict__.get(_ADAPTER_ATTR)
+    if adapter is None:
+        raise BackboneError(
+            f"{type(model).__name__} is not grafted (graft_looped_blocks was not called on it, or it "
+            "was ungrafted already); there is nothing to ungraft"
+        )
+    if not isinstance(remove_topology, bool):
+        raise CanvasTypeError(f"ungraft_looped_blocks: remove_topology must be a bool, got {remove_topology!r}")
+    blocks = adapter.blocks(model)
+    plan = [_replacement(b, i) for i, b in enumerate(blocks)]  # everything checked before a change
+    removed = [b for b, mods in zip(blocks, plan) if mods != [b]]
+    if adapter.installed_topology(model) is not None:
+        if not remove_topology:
+            raise BackboneError(
+                f"{type(model).__name__} has a canvas topology installed; the plain backbone cannot "
+                "carry it, so its outputs would change. Pass remove_topology=True (or call "
+                "adapter.remove_topology(model) first) to ungraft anyway"
+            )
+        adapter.remove_topology(model)
+    flat = [m for mods in plan for m in mods]
+    if len(flat) == len(blocks):
+        for i, m in enumerate(flat):
+            if m is not blocks[i]:
+                adapter.set_block(model, i, m)
+    else:  # a span stood for several blocks: rebuild the container in order
+        container = adapter.block_container(model)
+        for key in list(container._modules):
+            del container._modules[key]
+        for i, m in enumerate(flat):
+            container.add_module(str(i), m)
+    if isinstance(model._modules.get(_MODEL_LOOP), nn.Module):  # scope="model"
+        from canvas_core.looping.model_loop import remove_model_loop
+
+        removed.append(remove_model_loop(model))
+    restore = getattr(adapter, "unprepare", None)
+    if callable(restore):
+        restore(model)
+    else:
+        _generic_unprepare(flat)
+    del model.__dict__[_ADAPTER_ATTR]
+    _drop_save_guard(model)
+    return removed
