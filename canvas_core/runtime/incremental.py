@@ -1,0 +1,262 @@
+"""Frame-by-frame rollout of a canvas model: ``with incremental(model, layout) as roll: y = roll.step(x_t)``.
+
+A world model is used by rolling it forward: write frame ``t`` into the canvas, read the model's
+output at frame ``t``, build frame ``t + 1`` from it, and so on.  When no connection lets a
+position read a later canvas frame (a *causal* topology), the positions of earlier frames do not
+change when a frame is added, so each step only has to compute the new frame.
+
+Inside ``with incremental(model, layout) as roll`` every ``CanvasAttention`` of ``model`` (an
+``AttentionDispatcher`` too) runs one frame at a time and keeps what later frames read (its
+inputs, and projected keys/values for softmax-family types); everything else in the model runs
+unchanged on ``(B, V, D)``, so position-wise modules (norms, MLPs, heads, residual adds) work as
+written.  ``roll.step(x_t)`` takes the ``V`` positions of the next frame, ``(B, V, D)`` in
+canonical order (canonical positions ``t V ... (t + 1) V - 1``: the frame's grid row-major,
+whatever region a position belongs to; ``layout.spatial_shape`` flattened), and returns
+``model(x)[:, t V:(t + 1) V]`` for any canvas ``x`` that holds the frames stepped so far.
+Outside ``roll.step`` the model still runs on whole canvases as usual.
+
+Beyond ``T`` frames the canvas is full.  ``slide=None`` (the default) refuses the step;
+``slide="recompute"`` moves the window by one frame: the canvas becomes the last ``T - 1`` frames
+given plus the new one, recomputed from the stored step inputs (about one full forward per
+step from then on), and ``roll.step`` returns ``model(window)[:, last frame]``.
+
+Bad input is refused with a :class:`~canvas_core.errors.CanvasError` before anything runs (a
+non-causal topology names its connection; a step's shape names the expected one), and a step
+that fails leaves the cache as it was.  On exit the model is exactly as before.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from canvas_core.errors import CanvasError, CanvasTypeError, ShapeError
+from canvas_core.runtime.rollout_layer import LayerRoll, _Index, layer_frame_plan
+from canvas_core.runtime.rollout_plan import check_causal, frame_size
+
+__all__ = ["incremental", "Rollout", "RolloutError", "SLIDE_STRATEGIES"]
+
+#: what ``slide=`` accepts: None (refuse a step past ``T`` frames) or ``"recompute"``
+SLIDE_STRATEGIES = (None, "recompute")
+
+
+class RolloutError(CanvasError, ValueError):
+    """A rollout cannot take this step (window full, layer called in an unsupported way)."""
+
+
+class _LayerState:
+    """One canvas layer in a rollout: its frame plan, torch indices and one cache per call."""
+
+    def __init__(self, name: str, layer: Any) -> None:
+        self.name, self.layer = name, layer
+        self.frames = layer_frame_plan(layer)
+        self.index: Optional[_Index] = None
+        self.caches: List[LayerRoll] = []
+        self.calls = 0  # calls in the current step
+
+
+def _same_grid(layout: Any, plan_layout: Any) -> bool:
+    return (int(plan_layout.T) == int(layout.T)
+            and tuple(plan_layout.spatial_shape) == tuple(layout.spatial_shape))
+
+
+class Rollout:
+    """The object ``incremental(...)`` yields; see the module docstring.
+
+    Attributes:
+        frame: frames in the current window (0 before the first step, at most ``T``).
+        steps: steps taken in all (grows past ``T`` with ``slide="recompute"``).
+    """
+
+    def __init__(self, model: nn.Module, layout: Any, slide: Optional[str] = None,
+                 width: Optional[int] = None) -> None:
+        from canvas_core.runtime.canvas_attention import CanvasAttention
+
+        if not isinstance(model, nn.Module):
+            raise CanvasTypeError(f"incremental(model, layout): model must be a torch nn.Module, got "
+                                  f"{type(model).__name__}")
+        if not hasattr(layout, "T") or not hasattr(layout, "spatial_shape"):
+            raise CanvasTypeError(f"incremental(model, layout): layout must be a CanvasLayout, got "
+                                  f"{type(layout).__name__}")
+        if slide not in SLIDE_STRATEGIES:
+            raise CanvasTypeError(f"incremental(slide={slide!r}): choose one of {list(SLIDE_STRATEGIES)}")
+        self.model, self.layout, self.slide = model, layout, slide
+        self.T = int(layout.T)
+        self.width = int(width if width is not None else layout.d_model)
+        layers = [(n, m) for n, m in model.named_modules() if isinstance(m, CanvasAttention)]
+        if not layers:
+            raise CanvasTypeError(f"incremental(): {type(model).__name__} holds no CanvasAttention layer; "
+                                  "a rollout runs canvas layers one frame at a time")
+        for name, layer in layers:
+            what = f"layer {name or '<model>'!r}: "
+            if not _same_grid(layout, layer.plan.layout):
+                pl = layer.plan.layout
+                raise ShapeError(f"{what}its plan is laid out on T={pl.T}, spatial_shape="
+                                 f"{tuple(pl.spatial_shape)}, the rollout's layout on T={layout.T}, "
+                                 f"spatial_shape={tuple(layout.spatial_shape)}; pass the layout the "
+                                 "model was built with")
+            if getattr(layer, "residual_accumulator", None) is not None:
+                raise RolloutError(f"{what}an AttentionDispatcher with a residual_accumulator sums "
+                                   "over whole regions and cannot run frame by frame; build it "
+                                   "without one for rollouts")
+            check_causal(layer.plan, what)
+        self.V = frame_size(layers[0][1].plan)
+        self._states = [_LayerState(n, m) for n, m in layers]
+        self._inputs: List[torch.Tensor] = []  # the window's step inputs (for slide="recompute")
+        self._sig: Optional[Tuple[int, Any, Any]] = None  # batch, dtype, device of the first step
+        self.frame = 0
+        self.steps = 0
+        self._active = False
+        self._stepping = False
+        self._t = 0  # frame being computed
+
+    # --- context manager ------------------------------------------------------------------------
+    def __enter__(self) -> "Rollout":
+        for st in self._states:
+            if "forward" in st.layer.__dict__:
+                raise RolloutError(f"layer {st.name!r} already runs a rollout (or has its forward "
+                                   "replaced); nest no rollouts on one model")
+        for st in self._states:
+            st.layer.forward = self._forward_of(st)
+        self._active = True
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for st in self._states:
+            st.layer.__dict__.pop("forward", None)
+            st.caches = []
+        self._active = False
+        self._inputs = []
+
+    def reset(self) -> None:
+        """Forget every frame: the next step is frame 0 of a fresh canvas."""
+        for st in self._states:
+            st.caches = []
+        self._inputs = []
+        self.frame = 0
+        self._sig = None
+
+    # --- stepping ---------------------------------------------------------------------------------
+    def _check(self, x: Any) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise CanvasTypeError(f"roll.step(x_t): x_t must be a tensor (B, {self.V}, {self.width}), "
+                                  f"got {type(x).__name__}")
+        if x.dim() != 3 or x.shape[1] != self.V or x.shape[2] != self.width:
+            raise ShapeError(f"roll.step(x_t): x_t must have shape (B, V, D) = (B, {self.V}, {self.width}) "
+                             f"(the {self.V} positions of one frame of spatial_shape "
+                             f"{tuple(self.layout.spatial_shape)}, width {self.width}), got {tuple(x.shape)}")
+        if self._sig is not None and (x.shape[0], x.dtype, x.device) != self._sig:
+            raise ShapeError(f"roll.step(x_t): earlier steps had batch {self._sig[0]}, dtype {self._sig[1]} "
+                             f"on {self._sig[2]}; got batch {x.shape[0]}, dtype {x.dtype} on {x.device}. "
+                             "Call roll.reset() to start a new rollout with other inputs")
+
+    def step(self, x_t: torch.Tensor) -> Any:
+        """Write frame ``x_t`` ``(B, V, D)`` and return the model's output at that frame."""
+        if not self._active:
+            raise RolloutError("roll.step() runs inside `with canvas_core.incremental(model, layout) as roll:`")
+        self._check(x_t)
+        if self.frame >= self.T:
+            if self.slide is None:
+                raise RolloutError(
+                    f"roll.step(): the canvas holds T={self.T} frames and all are written; pass "
+                    "incremental(..., slide='recompute') to slide the window by one frame per step "
+                    "(recomputed from the last T-1 inputs), or call roll.reset() to start again")
+            return self._slide(x_t)
+        y = self._run(x_t, self.frame)
+        self.frame += 1
+        self.steps += 1
+        self._inputs.append(x_t)
+        self._sig = (x_t.shape[0], x_t.dtype, x_t.device)
+        return y
+
+    def _slide(self, x_t: torch.Tensor) -> Any:
+        keep = self._inputs[len(self._inputs) - (self.T - 1):] if self.T > 1 else []
+        saved = [st.caches for st in self._states]
+        for st in self._states:
+            st.caches = []
+        try:
+            for t, x in enumerate(keep):
+                self._run(x, t)
+            y = self._run(x_t, len(keep))
+        except BaseException:
+            for st, c in zip(self._states, saved):
+                st.caches = c
+            raise
+        self._inputs = keep + [x_t]
+        self.steps += 1
+        return y
+
+    def _run(self, x: torch.Tensor, t: int) -> Any:
+        self._t = t
+        for st in self._states:
+            st.calls = 0
+        n_before = [len(st.caches) for st in self._states]
+        self._stepping = True
+        try:
+            y = self.model(x)
+            for st in self._states:
+                if t > 0 and st.calls != len(st.caches):
+                    raise RolloutError(f"layer {st.name!r} ran {st.calls} time(s) in this step but "
+                                       f"{len(st.caches)} time(s) per step before; a rollout needs the "
+                                       "same calls every step (fix the loop count)")
+        except BaseException:
+            for st, nb in zip(self._states, n_before):
+                del st.caches[nb:]  # caches created by this failed first step
+            raise
+        finally:
+            self._stepping = False
+        return y
+
+    def _forward_of(self, st: _LayerState):
+        def forward(x: torch.Tensor, active_regions: Any = None) -> torch.Tensor:
+            """``(B, V, D)``: the layer's input at the rollout's current frame -> its output there.
+            Outside ``roll.step`` the layer runs as usual (a whole-canvas forward)."""
+            if not self._stepping:
+                return type(st.layer).forward(st.layer, x, active_regions)
+            if active_regions is not None:
+                raise RolloutError(f"layer {st.name!r} was called with active_regions; a rollout runs "
+                                   "every connection (call the layer without active_regions)")
+            layer = st.layer
+            if x.dim() != 3 or x.shape[1] != self.V or x.shape[2] != layer.d_model:
+                raise ShapeError(f"layer {st.name!r} in a rollout expects one frame (B, {self.V}, "
+                                 f"{layer.d_model}), got {tuple(x.shape)}")
+            i = st.calls
+            st.calls += 1
+            if st.index is None or st.index.device != x.device:
+                st.index = _Index(x.device)
+            if i >= len(st.caches):
+                if self._t > 0:
+                    raise RolloutError(f"layer {st.name!r} ran more often in this step than in the first "
+                                       "one; a rollout needs the same calls every step")
+                st.caches.append(LayerRoll(layer, st.frames, st.index, x.shape[0], x.dtype, x.device))
+            return st.caches[i].step(x, self._t)
+
+        return forward
+
+
+def incremental(model: nn.Module, layout: Any, *, slide: Optional[str] = None,
+                width: Optional[int] = None) -> Rollout:
+    """Roll ``model`` out one canvas frame at a time: ``with incremental(model, layout) as roll``.
+
+    Args:
+        model: any module built from canvas layers (``CanvasAttention``, ``AttentionDispatcher``)
+            and position-wise modules; its code is not changed.  Put it in ``eval()`` mode
+            (dropout would make the frames differ from a full forward).
+        layout: the ``CanvasLayout`` the model's layers were built on.
+        slide: what a step past ``T`` frames does: None refuses it (``RolloutError``);
+            ``"recompute"`` slides the window by one frame (see the module docstring).
+        width: the width ``D`` of a step's input (default ``layout.d_model``).
+
+    Returns:
+        a :class:`Rollout`, whose ``step(x_t)`` takes ``(B, V, D)`` and returns the model's output
+        at that frame.
+
+    Raises:
+        TopologyError: a layer's topology lets a query read a later frame (names the connection).
+        CanvasTypeError, ShapeError: the model holds no canvas layer, or its layers sit on another
+            grid.
+    """
+    return Rollout(model, layout, slide=slide, width=width)
+

@@ -1,0 +1,218 @@
+"""One canvas layer run one frame at a time (the per-layer part of :mod:`.incremental`).
+
+:class:`LayerRoll` holds, for one ``CanvasAttention`` (and one of its calls per model forward,
+when the model applies a layer several times), the layer's inputs of the frames written so far
+``(B, N + 1, D)`` and, for softmax-family types, their projected keys and values
+``(B, H, N + 1, head_dim)``; row ``N`` stays zero and stands for positions not written yet.
+
+A step on frame ``t`` writes the frame's slot, then computes only the frame's queries:
+
+* softmax family: per type, one attention of the frame's queries ``(B, H, V, d)`` over the keys
+  the frame reads (cached projections, ``log w`` biases from the plan), mixed by ``W_f(p)``;
+* other types: the calls :class:`~canvas_core.runtime.rollout_plan.FramePlan` lists, under the
+  calling contract of :mod:`canvas_core.runtime.type_call`;
+* ``sum_f W_f(p) out_f(p) / sum_f W_f(p)`` where the layer updates ``p``, the input elsewhere.
+
+Nothing is committed here: a slot beyond the committed frames is ignored until the rollout
+advances its frame counter, so a failed step leaves the cache as it was.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from canvas_core.runtime.rollout_plan import FramePlan, TypeCall
+from canvas_core.runtime.type_call import call_attention_type
+
+__all__ = ["LayerRoll", "layer_frame_plan", "position_free"]
+
+#: query rows per chunk of the softmax attention: bounds the (B, H, rows, K_t) scores
+_SCORE_ELEMS = 1 << 24
+
+
+def position_free(module: Any) -> bool:
+    """Whether a type's output row for a query depends only on that query and the keys it reads,
+    never on where the query or the keys sit in the call (``Nq``, ``Nk``, row index).
+
+    Such a type is called with the rows of the new frame only; any other one with every query of
+    the call the frame belongs to.  A module may declare it with ``position_free_rows = True``;
+    the builtin types that compute rows independently of positions are known here."""
+    flag = getattr(module, "position_free_rows", None)
+    if isinstance(flag, bool):
+        return flag
+    from canvas_core import attention as A
+
+    if type(module) is A.MixtureAttention:
+        return all(position_free(e) for e in module.experts)
+    return type(module) in (A.CrossAttention, A.CosineAttention, A.SparseAttention, A.GatedAttention,
+                            A.SigmoidAttention, A.PoolingAttention, A.NoneAttention, A.PerceiverAttention,
+                            A.LinearAttention)
+
+
+def _per_key_set(module: Any) -> bool:
+    from canvas_core.runtime import type_call
+
+    fn = getattr(type_call, "runs_per_key_set", None)
+    if fn is not None:
+        return bool(fn(module))
+    return type_call.calling_convention(module) != type_call.MASKED
+
+
+def layer_frame_plan(layer: Any) -> FramePlan:
+    """The :class:`FramePlan` of a ``CanvasAttention`` (its executor's types, in its order)."""
+    from canvas_core.runtime.canvas_attention import _key
+
+    ex = layer.executor
+    other = {}
+    for f in ex.other_names:
+        module = layer.fn_modules[_key(f)]
+        other[f] = (not _per_key_set(module), position_free(module))
+    return FramePlan(layer.plan, list(ex.soft_fns), other)
+
+
+class _Index:
+    """Torch copies of a frame plan's index arrays, on one device (built once per frame)."""
+
+    def __init__(self, device: Any) -> None:
+        self.device = device
+        self._cache: Dict[Any, Any] = {}
+
+    def get(self, key: Any, build) -> Any:
+        hit = self._cache.get(key)
+        if hit is None:
+            hit = self._cache[key] = build()
+        return hit
+
+
+def _long(a: np.ndarray, device: Any, n: int) -> torch.Tensor:
+    """Canonical positions -> gather indices (``-1``: the zero row ``n``)."""
+    a = np.where(a < 0, n, a)
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)
+
+
+class LayerRoll:
+    """Cache and step of one call of one canvas layer (see the module docstring).
+
+    Args:
+        layer: the ``CanvasAttention``.
+        frames: its :class:`FramePlan`.
+        index: shared torch index cache (one per layer and device).
+        batch, dtype, device: of the layer's inputs.
+    """
+
+    def __init__(self, layer: Any, frames: FramePlan, index: _Index, batch: int, dtype: Any, device: Any) -> None:
+        self.layer, self.frames, self.index = layer, frames, index
+        n, D = int(layer.plan.n), int(layer.d_model)
+        self.n = n
+        self.h = torch.zeros(batch, n + 1, D, dtype=dtype, device=device)
+        self.kv = None
+        if frames.softmax_fns:
+            shape = (batch, layer.n_heads, n + 1, layer.head_dim)
+            self.kv = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+
+    # ---------------------------------------------------------------------------------------------
+    def step(self, h: torch.Tensor, t: int) -> torch.Tensor:
+        """``h`` ``(B, V, D)``: the layer's input at frame ``t`` -> its output there ``(B, V, D)``."""
+        fp, layer = self.frames, self.layer
+        sl = fp.frame_slice(t)
+        B, V, D = h.shape
+        self.h[:, sl] = h
+        acc = None
+        if fp.softmax_fns:
+            qkv = layer.qkv(h).reshape(B, V, 3, layer.n_heads, layer.head_dim).permute(2, 0, 3, 1, 4)
+            self.kv[0][:, :, sl] = qkv[1]
+            self.kv[1][:, :, sl] = qkv[2]
+            mixed, csum = self._softmax(qkv[0], t)
+            if mixed is not None:
+                acc = layer.project_out(mixed.transpose(1, 2).reshape(B, V, D), csum)
+        other = self._others(t, B, D, h)
+        if other is not None:
+            acc = other if acc is None else acc + other
+        if acc is None:
+            return h
+        upd = self.index.get(("updated", t), lambda: torch.from_numpy(fp.updated[sl].copy()).to(h.device))
+        return torch.where(upd[None, :, None], acc, h)
+
+    def _softmax(self, q: torch.Tensor, t: int):
+        fp, layer = self.frames, self.layer
+        scale = layer.beta / math.sqrt(layer.head_dim)
+        sl = fp.frame_slice(t)
+        mixed, csum = None, None
+        for f in fp.softmax_fns:
+            sf = fp.soft(f, t)
+            if sf is None:
+                continue
+            keys, bias, has = self.index.get(("soft", f, t), lambda: self._soft_tensors(sf, q.device))
+            k = self.kv[0].index_select(2, keys)
+            v = self.kv[1].index_select(2, keys)
+            bias = bias.to(q.dtype)
+            o = _attend(q, k, v, bias, scale) * has.to(q.dtype)[None, None, :, None]
+            c = self.index.get(("coef", f, t), lambda: torch.from_numpy(fp.coef[f][sl].copy()).to(q.device))
+            c = c.to(q.dtype)
+            o = o * c[None, None, :, None]
+            mixed = o if mixed is None else mixed + o
+            csum = c if csum is None else csum + c
+        return mixed, csum
+
+    @staticmethod
+    def _soft_tensors(sf, device):
+        grid = torch.from_numpy(sf.grid)
+        logw = torch.where(grid > 0, grid.clamp_min(1e-300).log(), torch.full_like(grid, -math.inf))
+        row, col = torch.from_numpy(sf.row), torch.from_numpy(sf.col)
+        bias = logw[row][:, col]  # (V, K_t)
+        has = torch.from_numpy(sf.has_key)
+        bias = torch.where(has[:, None], bias, torch.zeros_like(bias))  # no NaN on rows without keys
+        return torch.from_numpy(sf.keys).to(device), bias.to(device), has.to(device)
+
+    def _others(self, t: int, B: int, D: int, h: torch.Tensor) -> Optional[torch.Tensor]:
+        from canvas_core.runtime.canvas_attention import _key
+
+        fp, layer = self.frames, self.layer
+        sl = fp.frame_slice(t)
+        acc = None
+        for f in fp.other:
+            calls = fp.calls(f, t)
+            if not calls:
+                continue
+            module = layer.fn_modules[_key(f)]
+            masked = fp.other[f][0]
+            out = h.new_zeros(B, fp.V, D)
+            for ci, call in enumerate(calls):
+                qi, ki, mask, rows, local = self.index.get(("call", f, t, ci), lambda: self._call_tensors(call, h.device))
+                q = self.h.index_select(1, qi)
+                kv = self.h.index_select(1, ki)
+                if masked:
+                    o = call_attention_type(module, q, kv, kv, key_mask=mask)
+                else:
+                    o = call_attention_type(module, q, kv, kv, key_mask=None)
+                out = out.index_add(1, local, o.index_select(1, rows))
+            c = self.index.get(("coef", f, t), lambda: torch.from_numpy(fp.coef[f][sl].copy()).to(h.device))
+            out = out * c.to(out.dtype)[None, :, None]
+            acc = out if acc is None else acc + out
+        return acc
+
+    def _call_tensors(self, call: TypeCall, device):
+        mask = None if call.mask is None else torch.from_numpy(call.mask).to(device)
+        return (_long(call.queries, device, self.n), _long(call.keys, device, self.n), mask,
+                torch.from_numpy(call.rows.astype(np.int64)).to(device),
+                torch.from_numpy(call.local.astype(np.int64)).to(device))
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """``softmax(scale q k^T + bias) v`` for ``q (B, H, V, d)``, keys ``(B, H, K, d)``, ``bias (V, K)``,
+    chunked over query rows so the scores stay bounded."""
+    B, H, V, _ = q.shape
+    K = k.shape[2]
+    rows = max(1, _SCORE_ELEMS // max(1, B * H * K))
+    if rows >= V:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+    parts: List[torch.Tensor] = []
+    for s in range(0, V, rows):
+        parts.append(F.scaled_dot_product_attention(q[:, :, s:s + rows], k, v, attn_mask=bias[s:s + rows],
+                                                    scale=scale))
+    return torch.cat(parts, dim=2)

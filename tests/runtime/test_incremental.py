@@ -1,0 +1,198 @@
+"""Frame-by-frame rollout (``canvas_core.incremental``) equals the full forward, frame by frame.
+
+The reference is the model itself run on the whole canvas: for a causal topology, rolling out
+frame ``t`` must give ``model(x)[:, frame t]``, for every builtin type (and the mamba plugin's),
+periods, fills, regions that start late or stop early, overlapping regions and 2-4 layers.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import canvas_core
+from canvas_core.errors import CanvasError, ShapeError, TopologyError
+from canvas_core.schema import CanvasLayout, CanvasTopology, Connection, RegionSpec
+import canvas_ref_strategies as gen  # registered by tests/conftest.py
+from tests.runtime._rollout_models import TYPES, build_model, causal_only, frames
+
+TOL = 1e-7  # float64; the reference kernels carry log w in float32
+
+
+def _check_rollout(model, layout, x):
+    V = x.shape[1] // layout.T
+    with torch.no_grad():
+        full = model(x)
+        with canvas_core.incremental(model, layout) as roll:
+            for t, (x_t, want) in enumerate(zip(frames(x, V), frames(full, V))):
+                got = roll.step(x_t)
+                assert got.shape == want.shape
+                assert torch.allclose(got, want, atol=TOL, rtol=0), (t, (got - want).abs().max().item())
+
+
+def _interleaved_layout(T=4):
+    """Regions that interleave in canonical order (so key order matters), a late one, a slow one."""
+    return CanvasLayout(T=T, H=3, W=4, d_model=4, regions={
+        "a": (0, T, 0, 2, 0, 2), "b": (0, T, 0, 2, 2, 4),
+        "late": (1, T, 2, 3, 0, 2), "slow": RegionSpec((0, (T + 1) // 2, 2, 3, 2, 4), period=2)})
+
+
+def _fixed_topology(fn):
+    C = Connection
+    return CanvasTopology(connections=[
+        C(src="a", dst="a", t_src=0, t_dst=0, fn=fn), C(src="a", dst="b", t_src=0, t_dst=-1, fn=fn),
+        C(src="b", dst="a", t_src=0, t_dst=0, fn=fn, weight=0.5), C(src="b", dst="b", t_src=0, t_dst=0, fn=fn),
+        C(src="late", dst="a", t_src=0, t_dst=-1, fn=fn), C(src="late", dst="slow", fn=fn, t_src=0, t_dst=0),
+        C(src="a", dst="slow", t_src=0, t_dst=0, fn=fn, temporal_fill="hold"),
+        C(src="slow", dst="late", t_src=0, t_dst=-1, fn=fn, temporal_fill="drop"),
+        C(src="b", dst="slow", t_src=0, t_dst=-1, fn=fn, temporal_fill="interpolate"),
+    ])
+
+
+@pytest.mark.parametrize("fn", TYPES)
+def test_every_type_rolls_out_exactly(fn):
+    layout = _interleaved_layout()
+    topo = CanvasTopology(connections=causal_only(_fixed_topology(fn).connections, layout))
+    assert len(topo.connections) >= 7
+    model = build_model(topo, layout, depth=2)
+    x = torch.randn(2, layout.T * 12, 4, dtype=torch.float64)
+    _check_rollout(model, layout, x)
+
+
+@st.composite
+def _case(draw):
+    layout = draw(gen.layouts(max_T=4, max_side=3, max_regions=3))
+    conns = draw(gen.topologies(layout, fns=TYPES, max_conns=6)).connections
+    # causal by construction for most draws: read the same or an earlier frame
+    conns = [c if draw(st.booleans()) else
+             Connection(src=c.src, dst=c.dst, weight=c.weight, fn=c.fn, t_src=0,
+                        t_dst=-draw(st.integers(0, 2)), temporal_fill=c.temporal_fill)
+             for c in conns]
+    kept = causal_only(conns, layout)
+    if not kept:  # a static self-link of every region to frame 0 reads nothing later
+        kept = [Connection(src=r, dst=r, t_src=0, t_dst=0, fn=draw(st.sampled_from(TYPES))) for r in layout.regions]
+    return layout, CanvasTopology(connections=kept), draw(st.integers(2, 4)), draw(st.integers(0, 2 ** 16))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_case())
+def test_random_causal_topologies_roll_out_exactly(case):
+    layout, topo, depth, seed = case
+    model = build_model(topo, layout, depth=depth, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    N = layout.T * (len(layout.spatial_shape) and int(torch.tensor(layout.spatial_shape).prod()))
+    x = torch.randn(1, N, 4, dtype=torch.float64, generator=g)
+    _check_rollout(model, layout, x)
+
+
+def _model_and_input(T=4):
+    layout = _interleaved_layout(T)
+    topo = CanvasTopology(connections=causal_only(_fixed_topology("cross_attention").connections, layout))
+    return layout, build_model(topo, layout, depth=2), torch.randn(2, T * 12, 4, dtype=torch.float64)
+
+
+def test_a_topology_reading_a_later_frame_is_refused_before_anything_runs():
+    layout = _interleaved_layout()
+    topo = CanvasTopology(connections=[Connection(src="a", dst="a", t_src=0, t_dst=0),
+                                       Connection(src="b", dst="a", t_src=0, t_dst=1, fn="rwkv")])
+    model = build_model(topo, layout, depth=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(TopologyError, match=r"connection #1 \('b' -> 'a', fn 'rwkv'.*later frame"):
+        canvas_core.incremental(model, layout)
+    assert all("forward" not in m.__dict__ for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_bad_steps_are_refused_and_leave_the_cache_unchanged():
+    layout, model, x = _model_and_input()
+    V = 12
+    with torch.no_grad():
+        full = model(x)
+        with canvas_core.incremental(model, layout) as roll:
+            roll.step(x[:, :V])
+            for bad in (x[:, :V - 1], torch.zeros(2, V, 5, dtype=torch.float64), x[:1, :V], x[:, :V].float()):
+                with pytest.raises(ShapeError, match=r"x_t|batch"):
+                    roll.step(bad)
+                assert roll.frame == 1
+            with pytest.raises(CanvasError):
+                roll.step("frame")
+            for t in range(1, layout.T):
+                assert torch.allclose(roll.step(x[:, t * V:(t + 1) * V]), full[:, t * V:(t + 1) * V], atol=TOL)
+            with pytest.raises(canvas_core.RolloutError, match="slide='recompute'"):
+                roll.step(x[:, :V])
+            assert roll.frame == layout.T
+
+
+def test_a_step_that_fails_inside_the_model_changes_nothing():
+    layout, model, x = _model_and_input()
+    V = 12
+    boom = {"on": False}
+
+    def hook(module, args, out):
+        if boom["on"]:
+            raise RuntimeError("boom")
+
+    model[1].mlp.register_forward_hook(hook)
+    with torch.no_grad():
+        full = model(x)
+        with canvas_core.incremental(model, layout) as roll:
+            for t in range(layout.T):
+                boom["on"] = True
+                with pytest.raises(RuntimeError):
+                    roll.step(x[:, t * V:(t + 1) * V] + 3.0)  # written into the slot, never committed
+                boom["on"] = False
+                assert roll.frame == t
+                assert torch.allclose(roll.step(x[:, t * V:(t + 1) * V]), full[:, t * V:(t + 1) * V], atol=TOL)
+
+
+def test_slide_recompute_equals_the_full_forward_on_the_window():
+    layout, model, x = _model_and_input(T=3)
+    V = 12
+    extra = torch.randn(2, 3 * V, 4, dtype=torch.float64)
+    stream = frames(x, V) + frames(extra, V)
+    with torch.no_grad(), canvas_core.incremental(model, layout, slide="recompute") as roll:
+        for s, x_t in enumerate(stream):
+            got = roll.step(x_t)
+            window = torch.cat(stream[max(0, s - 2):s + 1], dim=1)
+            if window.shape[1] < 3 * V:
+                continue
+            assert torch.allclose(got, model.__class__.forward(model, window)[:, -V:], atol=TOL)
+        assert roll.steps == 6 and roll.frame == 3
+
+
+def test_the_model_is_unchanged_after_the_rollout_and_loops_are_supported():
+    layout, model, x = _model_and_input()
+    V = 12
+    blocks = list(model)
+
+    class Looped(torch.nn.Module):  # the same canvas block applied twice per forward
+        def __init__(self):
+            super().__init__()
+            self.block, self.head = blocks[0], blocks[-1]
+
+        def forward(self, z):
+            return self.head(self.block(self.block(z)))
+
+    looped = Looped()
+    with torch.no_grad():
+        full = looped(x)
+        with canvas_core.incremental(looped, layout) as roll:
+            for t in range(layout.T):
+                assert torch.allclose(roll.step(x[:, t * V:(t + 1) * V]), full[:, t * V:(t + 1) * V], atol=TOL)
+        assert all("forward" not in m.__dict__ for m in looped.modules())
+        assert torch.equal(looped(x), full)
+
+
+def test_bad_arguments_are_canvas_errors():
+    layout, model, _ = _model_and_input()
+    with pytest.raises(CanvasError, match="no CanvasAttention"):
+        canvas_core.incremental(torch.nn.Linear(4, 4), layout)
+    with pytest.raises(CanvasError, match="slide"):
+        canvas_core.incremental(model, layout, slide="reuse")
+    other = CanvasLayout(T=5, H=3, W=4, d_model=4, regions={"a": (0, 5, 0, 3, 0, 4)})
+    with pytest.raises(ShapeError, match="layout"):
+        canvas_core.incremental(model, other)
+    roll = canvas_core.incremental(model, layout)
+    with pytest.raises(canvas_core.RolloutError, match="with canvas_core.incremental"):
+        roll.step(torch.zeros(1, 12, 4, dtype=torch.float64))
