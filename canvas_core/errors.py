@@ -122,3 +122,11 @@ def did_you_mean(name: str, known) -> str:
 
     close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+class SizeLimitError(CanvasError, ValueError):
+    """A size (positions, width, batch, loops, tensor elements, file bytes) is over its limit
+    (``canvas_core.schema.limits``; each limit is an environment variable, see docs/limits.md)."""
+
+
+__all__.append("SizeLimitError")

@@ -148,6 +148,10 @@ def _check_config(cfg: DemoConfig) -> None:
                        ("eval_samples", cfg.eval_samples)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise CanvasError(f"{opt} must be an integer >= 1, got {value!r}")
+    from canvas_core.schema.limits import check_size
+
+    check_size("loops", cfg.loops, "--loops")
+    check_size("batch", cfg.batch_size, "--batch-size")
     if cfg.train_videos is not None and (isinstance(cfg.train_videos, bool) or not isinstance(cfg.train_videos, int)
                                          or cfg.train_videos < 1):
         raise CanvasError(f"--train-videos must be an integer >= 1, got {cfg.train_videos!r}")

@@ -178,6 +178,9 @@ def graft_looped_blocks(
     _check_module(transformer, "graft_looped_blocks")
     if not isinstance(max_loops, int) or isinstance(max_loops, bool) or max_loops < 1:
         raise BackboneError(f"max_loops must be an int >= 1, got {max_loops!r}")
+    from canvas_core.schema.limits import check_size
+
+    check_size("loops", max_loops, "graft_looped_blocks max_loops")
     if freeze not in FREEZE_STRATEGIES:
         raise BackboneError(
             f"unknown freeze strategy {freeze!r}; choose one of {list(FREEZE_STRATEGIES)}"

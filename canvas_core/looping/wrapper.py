@@ -162,8 +162,12 @@ class LoopedBlockWrapper(nn.Module):
             )
         if not isinstance(max_loops, int) or isinstance(max_loops, bool) or max_loops < 1:
             raise BackboneError(f"max_loops must be an int >= 1, got {max_loops!r}")
-        if not isinstance(embed_dim, int) or embed_dim < 1:
+        if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim < 1:
             raise BackboneError(f"embed_dim must be a positive int, got {embed_dim!r}")
+        from canvas_core.schema.limits import check_size
+
+        check_size("loops", max_loops, f"LoopedBlockWrapper (block {block_idx}) max_loops")
+        check_size("width", embed_dim, f"LoopedBlockWrapper (block {block_idx}) embed_dim")
         self.io = io or BlockIO()
         dims = (
             tuple(stream_dims) if stream_dims is not None else (embed_dim,) * len(self.io.streams)

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, RegionError, ShapeError, UnknownRegionError, did_you_mean
+from canvas_core.runtime.input_checks import check_allocation, check_count, check_width
+from canvas_core.schema.limits import check_size
 from canvas_core.runtime.embeddings import (
     FamilyCarrierEmbedding,
     PeriodEmbedding,
@@ -89,6 +91,9 @@ class SpatiotemporalCanvas(nn.Module):
     def __init__(self, layout: Any, semantic_conditioner: Any = None, program: Any = None) -> None:
         super().__init__()
         _check_canvas_args(layout, semantic_conditioner, program)
+        check_width("SpatiotemporalCanvas", "layout.d_model", layout.d_model)
+        check_size("positions", int(layout.num_positions), "SpatiotemporalCanvas positions of the layout")
+        check_allocation("SpatiotemporalCanvas positional encoding", (layout.num_positions, layout.d_model))
         self.layout = layout
         self.semantic_conditioner = semantic_conditioner
         self.program = program
@@ -197,6 +202,9 @@ class SpatiotemporalCanvas(nn.Module):
                 "SpatiotemporalCanvas.create_empty: batch_size must be an int >= 0, "
                 f"got {batch_size!r}"
             )
+        check_count("SpatiotemporalCanvas.create_empty", "batch_size", batch_size, minimum=0, limit="batch")
+        check_allocation(f"SpatiotemporalCanvas.create_empty({batch_size})",
+                         (batch_size, self.layout.num_positions, self.d_model))
         base = self.positional_encoding() + self.empty_token
         N = base.shape[0]
         ident = self.period_embedding(1).expand(N, self.d_model)
@@ -222,6 +230,11 @@ class SpatiotemporalCanvas(nn.Module):
             raise ShapeError(
                 f"SpatiotemporalCanvas.{where}: canvas must be a floating tensor, got {canvas.dtype}; "
                 "build it with create_empty(batch_size)"
+            )
+        if canvas.device != self.empty_token.device:
+            raise ShapeError(
+                f"SpatiotemporalCanvas.{where}: canvas is on {canvas.device} but the module is on "
+                f"{self.empty_token.device}; move one of them (module.to(canvas.device))"
             )
 
     def place(

@@ -44,6 +44,8 @@ from canvas_core.errors import CanvasTypeError, ShapeError, SchemaError
 from canvas_core.plugins.resolve import build_attention
 from canvas_core.runtime.kernels import REFERENCE_MODES
 from canvas_core.runtime.backbone_attention import PlanRunner, mix_softmax_groups, run_module_groups
+from canvas_core.runtime.input_checks import (check_allocation, check_count, check_finite_number,
+                                              check_region_names, check_tensor, check_width)
 from canvas_core.runtime.type_call import check_attention_module
 
 __all__ = ["CanvasAttention", "SOFTMAX_TYPES"]
@@ -106,17 +108,20 @@ class CanvasAttention(nn.Module):
             plan = lower(plan_or_topology, layout)
         if d_model is None:
             d_model = getattr(layout, "d_model", None)
-        if not isinstance(d_model, int) or d_model < 1:
-            raise SchemaError(f"CanvasAttention needs a positive integer d_model, got {d_model!r}")
-        if not isinstance(n_heads, int) or n_heads < 1 or d_model % n_heads:
-            raise SchemaError(f"CanvasAttention: d_model={d_model} must be divisible by n_heads={n_heads!r}")
+        where = type(self).__name__
+        check_width(where, "d_model", d_model)
+        check_count(where, "n_heads", n_heads)
+        if d_model % n_heads:
+            raise SchemaError(f"{where}: d_model={d_model} must be divisible by n_heads={n_heads!r}")
+        check_finite_number(where, "dropout", dropout, nonneg=True, maximum=1.0)
+        check_allocation(f"{where} qkv projection weight", (3 * d_model, d_model))
         self.softmax_types = tuple(softmax_types)
         if not plan.is_resolved:  # a plan nobody resolved: resolve it here, once (on a copy)
             plan = _resolve_here(plan, self.softmax_types, attention_factory, device)
         self.plan = plan
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.dropout = float(dropout)
-        self.beta = float(beta)
+        self.beta = beta  # checked: a finite number >= 0 (see the property)
         self._kernel_options = dict(kernel_options or {})
         factory = attention_factory
         self._factory = factory
@@ -148,6 +153,15 @@ class CanvasAttention(nn.Module):
 
     # -------------------------------------------------------------------------------------------
     @property
+    def beta(self) -> float:
+        """Inverse temperature on the softmax logits (a finite number >= 0; checked when set)."""
+        return self._beta
+
+    @beta.setter
+    def beta(self, value: float) -> None:
+        self._beta = check_finite_number(type(self).__name__, "beta", value, nonneg=True)
+
+    @property
     def n_positions(self) -> int:
         return self.plan.n
 
@@ -158,7 +172,7 @@ class CanvasAttention(nn.Module):
     def _executor_for(self, active_regions: Optional[Iterable[str]], device) -> _Executor:
         if active_regions is None:
             return self.executor
-        key = frozenset(active_regions)
+        key = check_region_names(type(self).__name__, "active_regions", active_regions)
         ex = self._restricted.get(key)
         if ex is not None and ex.updated.device != device:
             ex = ex.to(device)  # the module moved since this restriction was built
@@ -169,7 +183,7 @@ class CanvasAttention(nn.Module):
             if unknown:
                 from canvas_core.errors import UnknownRegionError
 
-                raise UnknownRegionError(f"active_regions names unknown region(s) {unknown}; "
+                raise UnknownRegionError(f"{type(self).__name__}: active_regions names unknown region(s) {unknown}; "
                                          f"regions: {sorted(known)}")
             plan = restrict(self.plan, key)  # same fn types and resolutions, fewer connections
             ex = _Executor(plan, self.softmax_types, self._kernel, self.n_heads, self.head_dim,
@@ -179,9 +193,12 @@ class CanvasAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, active_regions: Optional[Iterable[str]] = None) -> torch.Tensor:
         """``(B, N, D)`` canonical -> ``(B, N, D)``: updated positions replaced, others unchanged."""
-        if x.dim() != 3 or x.shape[1] != self.plan.n or x.shape[2] != self.d_model:
-            raise ShapeError(f"CanvasAttention expects x of shape (B, {self.plan.n}, {self.d_model}), "
-                             f"got {tuple(x.shape)}")
+        if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[1] != self.plan.n or x.shape[2] != self.d_model:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise (ShapeError if isinstance(x, torch.Tensor) else CanvasTypeError)(
+                f"{type(self).__name__} expects x of shape (B, {self.plan.n}, {self.d_model}) "
+                f"(a torch.Tensor), got {got}")
+        check_tensor(type(self).__name__, "x", x, like=next(self.parameters(), None))
         ex = self._executor_for(active_regions, x.device)
         B, N, D = x.shape
         acc = None

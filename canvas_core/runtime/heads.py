@@ -64,6 +64,9 @@ class ActionHead(nn.Module):
                 f"(B, T, {self.latent_channels}, "
                 f"*spatial), got {tuple(x.shape)}"
             )
+        if x.device.type == "meta" or x.device != self.net[0].weight.device:
+            raise ShapeError(f"ActionHead: noise_pred is on {x.device} but the head is on "
+                             f"{self.net[0].weight.device}; move one of them (head.to(noise_pred.device))")
         if x.numel() == 0:
             raise ShapeError(
                 f"ActionHead: noise_pred {tuple(x.shape)} is empty; there is nothing to pool "

@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from canvas_core.errors import CanvasTypeError, RegionError, SchemaError, UnknownRegionError, did_you_mean
 from canvas_core.schema._validate import as_bool, as_int
+from canvas_core.schema.limits import check_size
 from canvas_core.schema.region import RegionSpec
 
 __all__ = ["CanvasLayout"]
@@ -55,6 +56,9 @@ class CanvasLayout:
         if self.d_model < 1:
             raise SchemaError(f"CanvasLayout d_model must be >= 1, got {self.d_model}")
         self.spatial_shape = self._resolve_spatial_shape()
+        check_size("width", self.d_model, "CanvasLayout d_model")
+        check_size("positions", self.T * math.prod(self.spatial_shape),
+                   f"CanvasLayout positions T*prod(spatial_shape) = {self.T}*{'*'.join(map(str, self.spatial_shape)) or 1}")
         self.t_current = as_int(self.t_current, "CanvasLayout t_current")
         if not 0 <= self.t_current <= self.T:
             raise SchemaError(f"CanvasLayout t_current={self.t_current} must lie in [0, T={self.T}]")

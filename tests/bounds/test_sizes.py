@@ -1,0 +1,110 @@
+"""Sizes that cannot fit are refused with a SizeLimitError before anything is allocated.
+
+Each case would allocate terabytes (or loop for hours) if it were not refused; the test runs
+in-process, so a refusal that came too late would show as a MemoryError or a hang here. The
+limits are environment variables (docs/limits.md); lowering one makes a small size refused too.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import canvas_core as cc
+from canvas_core.errors import CanvasError, SizeLimitError
+from canvas_core.schema.limits import LIMITS, check_elements, limit, size_limits
+
+
+def _small_layout(**kw):
+    base = dict(T=2, H=2, W=2, d_model=8, regions={"a": (0, 1, 0, 2, 0, 2), "b": (1, 2, 0, 2, 0, 2)})
+    base.update(kw)
+    return cc.CanvasLayout(**base)
+
+
+def _canvas_create_empty_huge():
+    cc.SpatiotemporalCanvas(_small_layout()).create_empty(10**12)
+
+
+def _wrapper_loops():
+    from torch import nn
+
+    cc.LoopedBlockWrapper(nn.Identity(), 0, 10**6, 8)
+
+
+def _graft_loops():
+    from torch import nn
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.transformer_blocks = nn.ModuleList([nn.Linear(4, 4)])
+
+    cc.graft_looped_blocks(Tiny(), max_loops=10**6)
+
+
+CASES = {
+    "layout T=10**12": (lambda: cc.CanvasLayout(T=10**12, H=1, W=1, d_model=8), "positions", "10**12"),
+    "layout H*W huge": (lambda: cc.CanvasLayout(T=1, H=10**5, W=10**5, d_model=8), "positions", "CANVAS_MAX_POSITIONS"),
+    "layout d_model=10**9": (lambda: cc.CanvasLayout(T=2, H=1, W=1, d_model=10**9), "width", "d_model"),
+    "create_empty(10**12)": (_canvas_create_empty_huge, "batch", "batch_size"),
+    "CanvasAttention d_model=10**9": (
+        lambda: cc.CanvasAttention(cc.CanvasTopology([cc.Connection("a", "b")]), _small_layout(), d_model=10**9,
+                                   n_heads=1), "width", "d_model"),
+    "LoopedBlockWrapper max_loops=10**6": (_wrapper_loops, "loops", "max_loops"),
+    "graft_looped_blocks max_loops=10**6": (_graft_loops, "loops", "max_loops"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_refused_before_allocating(name):
+    make, which, word = CASES[name]
+    with pytest.raises(SizeLimitError) as info:
+        make()
+    msg = str(info.value)
+    var = LIMITS[which][0]
+    assert var in msg and f"{limit(which):,}" in msg, msg  # the limit and how to raise it
+    assert word.replace("10**12", "1,000,000,000,000") in msg or word in msg, msg
+    assert isinstance(info.value, CanvasError) and isinstance(info.value, ValueError)
+
+
+def test_schema_file_with_a_huge_canvas_is_refused_naming_the_size():
+    text = '{"layout": {"T": 1000000000000, "H": 1, "W": 1, "d_model": 4}, "regions": {}}'
+    with pytest.raises(CanvasError, match="CANVAS_MAX_POSITIONS"):
+        cc.CanvasSchema.from_json(text)
+
+
+def test_limits_are_settable_through_the_environment(monkeypatch):
+    monkeypatch.setenv("CANVAS_MAX_POSITIONS", "7")
+    with pytest.raises(SizeLimitError, match="limit 7 "):
+        _small_layout()
+    monkeypatch.setenv("CANVAS_MAX_POSITIONS", "8")
+    _small_layout()  # exactly at the limit is allowed
+    monkeypatch.setenv("CANVAS_MAX_BATCH", "3")
+    canvas = cc.SpatiotemporalCanvas(_small_layout())
+    assert canvas.create_empty(3).shape == (3, 8, 8)
+    with pytest.raises(SizeLimitError, match="CANVAS_MAX_BATCH"):
+        canvas.create_empty(4)
+    monkeypatch.setenv("CANVAS_MAX_ELEMENTS", "100")
+    with pytest.raises(SizeLimitError, match=r"\(3, 8, 8\) = 192 elements"):
+        canvas.create_empty(3)
+    assert size_limits()["elements"] == 100 and size_limits()["batch"] == 3
+
+
+@pytest.mark.parametrize("raw", ["zero", "0", "-5", "1.5"])
+def test_a_malformed_limit_variable_is_named(monkeypatch, raw):
+    monkeypatch.setenv("CANVAS_MAX_WIDTH", raw)
+    with pytest.raises(SizeLimitError, match="CANVAS_MAX_WIDTH"):
+        _small_layout()
+
+
+def test_check_elements_names_shape_and_bytes(monkeypatch):
+    monkeypatch.setenv("CANVAS_MAX_ELEMENTS", "10")
+    with pytest.raises(SizeLimitError, match=r"my tensor would be a tensor of shape \(4, 4\) = 16 elements \(~64 B\)"):
+        check_elements((4, 4), "my tensor")
+    check_elements((2, 5), "fits")
+
+
+def test_demo_loops_refused_before_work(tmp_path):
+    from canvas_core.cli import main
+
+    assert main(["demo", "--loops", "1000000", "--quick", "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
