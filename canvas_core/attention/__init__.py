@@ -14,7 +14,7 @@ name                      class                 operator (per query ``i``, allow
 ``sparse_attention``      SparseAttention       softmax over the top_k logits
 ``local_attention``       LocalAttention        softmax over ``|j - c_i| <= window``
 ``random_fixed``          RandomFixedAttention  softmax over n_random seeded pseudo-random keys
-``gated``                 GatedAttention        tanh(alpha) sigmoid(W q) cross, zero at init
+``gated``                 GatedAttention        tanh(alpha) sigmoid(W q) cross (module 0 at init)
 ``perceiver``             PerceiverAttention    queries -> latents -> keys (K latents)
 ``linear_attention``      LinearAttention       phi(q)^T sum phi(k) v^T / phi(q)^T sum phi(k)
 ``sigmoid_attention``     SigmoidAttention      sum sigmoid(q.k / sqrt(d) - log n_i) v

@@ -51,6 +51,14 @@ class AttentionBase(nn.Module):
     #: inverse temperature of softmax logits; softmax types set it to 1.0 (SharpeningSchedule
     #: changes it); ``None`` means 1.0.  Non-softmax types keep ``None`` and ignore it.
     beta: Optional[float] = None
+    #: True when ``forward`` honours a per-query ``key_mask`` exactly (output row i depends only on
+    #: the keys row i allows): the runtime then makes one masked call over the union of the keys.
+    #: False (types that compress or scan): the runtime calls the type once per shape of key set,
+    #: the key sets stacked along the batch, without a mask (``canvas_core/runtime/type_call.py``).
+    key_mask_exact: bool = False
+    #: True when the module's own learnable gate makes its output exactly 0 at initialisation
+    #: (``gated``); inside a backbone it then gets no second, block-level zero gate.
+    self_gated: bool = False
 
     def __init__(self, d_model: int, n_heads: int = 4, dropout: float = 0.0) -> None:
         super().__init__()

@@ -86,6 +86,7 @@ class SigmoidAttention(_QKVAttention):
     """
 
     type_name = "sigmoid_attention"
+    key_mask_exact = True
 
     def __init__(self, d_model: int, n_heads: int = 4, dropout: float = 0.0) -> None:
         super().__init__(d_model, n_heads, dropout)
@@ -128,6 +129,7 @@ class PoolingAttention(AttentionBase):
     """
 
     type_name = "pooling"
+    key_mask_exact = True
 
     def __init__(self, d_model: int, n_heads: int = 4, dropout: float = 0.0) -> None:
         super().__init__(d_model, n_heads, dropout)
@@ -164,6 +166,7 @@ class CopyAttention(AttentionBase):
     """
 
     type_name = "copy"
+    key_mask_exact = True
 
     def forward(
         self,
@@ -189,6 +192,7 @@ class NoneAttention(AttentionBase):
     """Disabled connection (``none``): returns zeros ``(B, Nq, D)``; no parameters."""
 
     type_name = "none"
+    key_mask_exact = True
 
     def forward(
         self,
@@ -263,6 +267,11 @@ class MixtureAttention(AttentionBase):
         self.top_k_experts = top_k_experts
         self.experts = nn.ModuleList(_EXPERTS[e](d_model, n_heads, dropout) for e in experts)
         self.router = nn.Linear(d_model, len(experts))
+
+    @property
+    def key_mask_exact(self) -> bool:  # type: ignore[override]
+        """Exact when every expert is: otherwise the runtime calls the mixture per key set."""
+        return all(getattr(e, "key_mask_exact", False) is True for e in self.experts)
 
     def gates(self, queries: torch.Tensor) -> torch.Tensor:
         """Router weights ``(B, Nq, E)`` (rows sum to 1)."""

@@ -126,6 +126,7 @@ class CrossAttention(_QKVAttention):
     output projection.  ``O(Nq * Nk)``.  The default type (``cross_attention``)."""
 
     type_name = "cross_attention"
+    key_mask_exact = True
 
 
 class CosineAttention(_QKVAttention):
@@ -136,6 +137,7 @@ class CosineAttention(_QKVAttention):
     """
 
     type_name = "cosine_attention"
+    key_mask_exact = True
 
     def __init__(
         self, d_model: int, n_heads: int = 4, dropout: float = 0.0, init_scale: float = 10.0
@@ -161,6 +163,7 @@ class SparseAttention(_QKVAttention):
     allowed logits and takes the softmax over those only (ties broken by ``torch.topk``)."""
 
     type_name = "sparse_attention"
+    key_mask_exact = True
 
     def __init__(
         self, d_model: int, n_heads: int = 4, dropout: float = 0.0, top_k: int = 8
@@ -193,6 +196,7 @@ class LocalAttention(_QKVAttention):
     """
 
     type_name = "local_attention"
+    key_mask_exact = True
 
     def __init__(
         self,
@@ -241,6 +245,7 @@ class RandomFixedAttention(_QKVAttention):
     """
 
     type_name = "random_fixed"
+    key_mask_exact = True
 
     def __init__(
         self, d_model: int, n_heads: int = 4, dropout: float = 0.0, n_random: int = 8, seed: int = 0
@@ -277,12 +282,23 @@ class GatedAttention(_QKVAttention):
     """Flamingo-style gated cross-attention (``gated``).
 
     ``out = tanh(alpha) * sigmoid(W_g q) * CrossAttention(q, k, v)`` with a per-channel gate
-    ``alpha (D,)`` initialised to zero, so the module outputs exactly zeros at initialisation:
-    adding a gated edge changes nothing until training opens the gate (``alpha`` receives a
-    non-zero gradient from the first step).
+    ``alpha (D,)`` initialised to zero, so the module itself outputs exactly zeros at
+    initialisation and ``alpha`` receives a non-zero gradient from the first step.
+
+    What a gated edge does at initialisation depends on where it runs:
+
+    * in a canvas layer (``CanvasAttention`` / ``AttentionDispatcher``) the edge still takes its
+      weight share of the per-position mix ``sum_f W_f out_f / sum_f W_f``: at a position it links,
+      the other types' outputs are scaled by ``(sum_f W_f - W_gated) / sum_f W_f``, and a position
+      only gated edges update gets 0 (the layer returns the updated state, not a residual);
+    * inside a grafted backbone its output is added after the attention with its own gate as the
+      only gate (``self_gated``: no second, block-level zero gate), so the backbone is unchanged at
+      initialisation and the branch learns from the first step.
     """
 
     type_name = "gated"
+    key_mask_exact = True
+    self_gated = True
 
     def __init__(self, d_model: int, n_heads: int = 4, dropout: float = 0.0) -> None:
         super().__init__(d_model, n_heads, dropout)

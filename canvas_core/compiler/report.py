@@ -128,7 +128,9 @@ def format_report(compiled: Any) -> str:
 def format_groups(plan: Any) -> str:
     """Per resolved fn group: how a canvas layer runs it and how a grafted backbone runs it
     (``BackboneAdapter.install_topology``: softmax-family groups run the same kernel on the
-    backbone's own q/k/v; other types run their module behind a gate that starts at 0)."""
+    backbone's own q/k/v; other types run their module behind one gate that starts at 0).  A
+    connection whose parameters get no gradient at initialisation is flagged in the notes of the
+    resolution table once a canvas layer or a backbone has built its module (the probe needs torch)."""
     rows = []
     for fn, g in plan.groups.items():
         r = g.resolved
@@ -140,7 +142,9 @@ def format_groups(plan: Any) -> str:
                          f"backbone's own q/k/v, kernel {kern}"])
         else:
             own = "own module" + (f" (kernel {r.kernel.name})" if r.kernel is not None else "")
-            rows.append([fn, len(g.connections), own, own + " on the block's hidden states, gate 0 at init"])
+            rows.append([fn, len(g.connections), own, own + " on the block's hidden states, behind one "
+                         "gate that is 0 at init (the block's scalar gate, or the type's own for a "
+                         "self-gated type such as gated)"])
     if not rows:
         return ""
     return format_table(["fn", "connections", "canvas layer", "inside a backbone"], rows)

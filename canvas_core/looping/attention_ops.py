@@ -63,17 +63,26 @@ def canvas_sdpa(
 
 
 class GatedTypeModule(nn.Module):
-    """A non-softmax type's module inside a backbone block, behind a scalar gate that starts at 0
-    (so the block's output is the backbone's at initialisation, at any loop count)."""
+    """A non-softmax type's module inside a backbone block, behind ONE gate that is 0 at
+    initialisation (so the block's output is the backbone's at initialisation, at any loop count).
+
+    The gate is a scalar parameter ``gate`` starting at 0, unless the type gates itself
+    (``self_gated = True``, e.g. ``gated``: ``tanh(alpha) = 0`` at init): then its own gate is the
+    only one and ``gate`` is None.  Two stacked zero gates would give every parameter of the
+    branch an exactly zero gradient, so it could never learn."""
 
     def __init__(self, fn: str, module: nn.Module) -> None:
         super().__init__()
         self.fn = fn
         self.module = module
-        self.gate = nn.Parameter(torch.zeros(()))
+        if getattr(module, "self_gated", False) is True:
+            self.gate = None
+        else:
+            self.gate = nn.Parameter(torch.zeros(()))
 
     def extra_repr(self) -> str:
-        return f"fn={self.fn!r}"
+        own = ", gate: the type's own" if self.gate is None else ""
+        return f"fn={self.fn!r}{own}"
 
 
 def _key(fn: str) -> str:
@@ -112,6 +121,8 @@ class InstalledTopology:
         self.module_types = tuple(self.runner.other_fns)
         self._cache: Dict[Tuple[str, Optional[bytes]], Any] = {}
         self.install_seconds = 0.0
+        #: fn -> how its module runs, for the report (set at install: gate, call, learnability)
+        self.module_roles: Dict[str, str] = {}
 
     # --- execution ---------------------------------------------------------------------------
     def check_len(self, seq_len: int) -> None:
@@ -154,7 +165,8 @@ class InstalledTopology:
         rows = []
         kern = self.describe_kernels()
         for fn, g in self.token_plan.groups.items():
-            role = "backbone attention" if fn in self.softmax_types else "own module, gated (gate starts at 0)"
+            role = "backbone attention" if fn in self.softmax_types else self.module_roles.get(
+                fn, "own module, gated (gate starts at 0)")
             rows.append([fn, len(g.connections), g.n_rects, role, kern.get(fn, "- (links no token)")])
         head = (f"canvas topology in backbone {self.backbone!r}: {self.seq_len} tokens, "
                 f"installed in {self.install_seconds * 1e3:.1f} ms")

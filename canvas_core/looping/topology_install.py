@@ -43,6 +43,28 @@ def _conn_name(topology: Any, ci: int, fn: str) -> str:
     return f"connection #{ci} {c.src!r} -> {c.dst!r} (fn {fn!r})"
 
 
+def _probe_branch(gm: GatedTypeModule, fn: str, width: int, where: str, backbone: str,
+                  installed: InstalledTopology, plan: Any) -> None:
+    """A plugin type's module keeps the calling contract (else BackboneError naming the
+    connection); record how the branch is gated and whether it can learn at initialisation."""
+    from canvas_core.errors import AttentionContractError
+    from canvas_core.runtime.canvas_attention import flag_connections
+    from canvas_core.runtime.type_probe import init_gradient_problem, is_builtin_module, probe_attention_module
+
+    if not is_builtin_module(gm.module):
+        try:
+            probe_attention_module(gm.module, fn, width, where)
+        except AttentionContractError as exc:
+            raise BackboneError(f"{where} cannot run inside {backbone!r}: {exc}") from exc
+    gate = ("one gate: the type's own (0 at init)" if gm.gate is None
+            else "one gate: the block's (starts at 0)")
+    problem = init_gradient_problem(gm.module, fn, width, gm.gate)
+    installed.module_roles[fn] = f"own module, {gate}" + (
+        "; NO GRADIENT AT INIT" if problem else "; learns from step 1")
+    if problem:
+        flag_connections(plan, fn, f"inside {backbone!r}: {problem}")
+
+
 def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: Any, targets: List[Any], *,
                        kernel: Any = None, kernel_options: Optional[Mapping[str, Any]] = None
                        ) -> Tuple[Callable[[], None], InstalledTopology]:
@@ -121,7 +143,10 @@ def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: An
                     raise BackboneError(f"{_conn_name(topology, ci, fn)} cannot run inside {adapter.name!r}: "
                                         f"building its module at width {width} failed with "
                                         f"{type(exc).__name__}: {exc}") from exc
-                md[_key(fn)] = GatedTypeModule(fn, mod).to(device=device, dtype=dtype)
+                gm = GatedTypeModule(fn, mod).to(device=device, dtype=dtype)
+                if b == 0:  # every block builds the same type: probe one
+                    _probe_branch(gm, fn, width, _conn_name(topology, ci, fn), adapter.name, installed, tp)
+                md[_key(fn)] = gm
             per_block[b] = md
     installed.install_seconds = time.perf_counter() - start
     holders = adapter.blocks(model)

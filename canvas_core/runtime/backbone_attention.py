@@ -34,7 +34,8 @@ from torch import nn
 from canvas_core.compiler.plan import ExecutionPlan, segment_grid
 from canvas_core.compiler.resolved import REFERENCE_KERNEL
 from canvas_core.errors import ShapeError
-from canvas_core.runtime.type_call import call_attention_type
+from canvas_core.runtime.key_sets import group_key_sets, shape_buckets
+from canvas_core.runtime.type_call import check_type_output, run_key_set_buckets, runs_per_key_set
 
 __all__ = [
     "compact_plan",
@@ -219,14 +220,30 @@ class PlanRunner(nn.Module):
             sg = segment_grid(n, g.q0, g.q1, g.k0, g.k1, g.weight)
             q_packed = np.flatnonzero(plan.query_weight[f] > 0)
             k_packed = np.flatnonzero(merge_cover(n, g.k0, g.k1))
-            rs, cs = sg.row_segment_of(n), sg.col_segment_of(n)
-            key_mask = sg.grid[rs[q_packed]][:, cs[k_packed]] > 0
+            set_of_q, sets = group_key_sets(sg.grid, sg.row_segment_of(n), sg.col_segment_of(n),
+                                            q_packed, k_packed)
             q_can, k_can = plan.perm[q_packed], plan.perm[k_packed]
             coef = (qw[f] / safe_all)[q_can]
-            for name, arr in (("q", q_can), ("k", k_can), ("mask", key_mask), ("coef", coef)):
+            arrays = [("q", q_can), ("k", k_can), ("set", set_of_q), ("sets", sets), ("coef", coef)]
+            # a per-key-set type: the key sets of equal shape, stacked (one call per shape)
+            buckets = shape_buckets(set_of_q, sets, q_can, k_can, coef)
+            for j, (bq, bk, bc) in enumerate(buckets):
+                arrays += [(f"b{j}_q", bq), (f"b{j}_k", bk), (f"b{j}_c", bc)]
+            setattr(self, f"o{i}_nb", len(buckets))
+            for name, arr in arrays:
                 t = torch.from_numpy(np.ascontiguousarray(arr))  # coef: float64, cast at use
                 self.register_buffer(f"o{i}_{name}", to(t), persistent=False)
         self.other_names = list(self.other_fns)
+
+    def key_mask(self, i: int) -> torch.Tensor:
+        """``(Nq, Nk)`` bool key mask of the i-th non-softmax group (its queries x its union of
+        keys), what an exact-mask type is given."""
+        return getattr(self, f"o{i}_sets").index_select(0, getattr(self, f"o{i}_set"))
+
+    def key_set_buckets(self, i: int):
+        """``[(Q (G, nq), K (G, nk), coef (G * nq,)), ...]`` of the i-th non-softmax group: its key
+        sets stacked by shape, indices into the runner's positions (see ``runtime/key_sets.py``)."""
+        return [tuple(getattr(self, f"o{i}_b{j}_{s}") for s in "qkc") for j in range(getattr(self, f"o{i}_nb"))]
 
     def extra_repr(self) -> str:
         return (f"n={self.n}, softmax={self.soft_fns}, other={self.other_fns}, "
@@ -274,21 +291,36 @@ def mix_softmax_groups(ex: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
 
 
 def run_module_groups(ex: Any, x: torch.Tensor, modules: Mapping[str, nn.Module],
-                      gates: Optional[Mapping[str, torch.Tensor]] = None) -> Optional[torch.Tensor]:
-    """Run each non-softmax type's module on ``x`` ``(B, N, D)`` with queries = the positions the
-    type updates and keys = values = the union of its key positions (``key_mask`` = linked);
-    returns ``sum_g gate_g * c_g(p) * out_g(p)`` scattered to ``(B, N, D)`` (None when the plan has
-    no such type).  ``modules`` / ``gates`` are keyed by fn type."""
+                      gates: Optional[Mapping[str, Optional[torch.Tensor]]] = None) -> Optional[torch.Tensor]:
+    """Run each non-softmax type's module on ``x`` ``(B, N, D)`` over its linked sets and return
+    ``sum_g gate_g * c_g(p) * out_g(p)`` scattered to ``(B, N, D)`` (None when the plan has no such
+    type).  An exact-mask type is called once: queries = the positions it updates, keys = values =
+    the union of its keys, ``key_mask`` = linked; any other type once per shape of key set, its key
+    sets of that shape stacked along the batch (``runtime/type_call.py``).  ``modules`` / ``gates``
+    are keyed by fn type (a gate of None: no gate)."""
     acc = None
     B, N, D = x.shape
     for i, f in enumerate(ex.other_names):
-        qi, ki = getattr(ex, f"o{i}_q"), getattr(ex, f"o{i}_k")
-        mask, coef = getattr(ex, f"o{i}_mask"), getattr(ex, f"o{i}_coef").to(x.dtype)
-        kv = x.index_select(1, ki)
-        o = call_attention_type(modules[f], x.index_select(1, qi), kv, kv, key_mask=mask)
+        module = modules[f]
+        gate = None if gates is None else gates.get(f)
+        if runs_per_key_set(module):
+            buckets = ex.key_set_buckets(i)
+            parts = run_key_set_buckets(module, x, x, x, [(q, k) for q, k, _ in buckets], name=f)
+            if not parts:
+                continue
+            idx = torch.cat([q for q, _ in parts])
+            o = torch.cat([p for _, p in parts], dim=1)
+            coef = torch.cat([c for _, _, c in buckets]).to(o.dtype)
+        else:
+            qi, ki = getattr(ex, f"o{i}_q"), getattr(ex, f"o{i}_k")
+            kv = x.index_select(1, ki)
+            q = x.index_select(1, qi)
+            o = check_type_output(module(q, kv, kv, key_mask=ex.key_mask(i)), q, f, module)
+            idx, coef = qi, getattr(ex, f"o{i}_coef").to(o.dtype)
         o = o * coef[None, :, None]
-        if gates is not None:
-            o = o * gates[f].to(o.dtype)
-        full = x.new_zeros(B, N, o.shape[-1]).index_add(1, qi, o)
-        acc = full if acc is None else acc + full
+        if gate is not None:
+            o = o * gate.to(o.dtype)
+        if acc is None:
+            acc = x.new_zeros(B, N, o.shape[-1], dtype=o.dtype)
+        acc = acc.index_add(1, idx, o)
     return acc

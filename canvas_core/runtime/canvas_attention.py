@@ -47,6 +47,7 @@ from canvas_core.runtime.backbone_attention import PlanRunner, mix_softmax_group
 from canvas_core.runtime.input_checks import (check_allocation, check_count, check_finite_number,
                                               check_region_names, check_tensor, check_width)
 from canvas_core.runtime.type_call import check_attention_module
+from canvas_core.runtime.type_probe import init_gradient_problem, is_builtin_module, probe_attention_module
 
 __all__ = ["CanvasAttention", "SOFTMAX_TYPES"]
 
@@ -145,9 +146,18 @@ class CanvasAttention(nn.Module):
             by = None if attention_factory is None else f"attention_factory {getattr(factory, '__name__', factory)!r}"
             module = build(f)
             check_attention_module(module, f, by)
+            if not is_builtin_module(module):  # one tiny call: output and reads as the contract says
+                probe_attention_module(module, f, d_model, _connections_of(plan, f))
             return module
 
         self.fn_modules = nn.ModuleDict({_key(f): checked(f) for f in self.executor.other_fns})
+        #: fn -> why its parameters get no gradient at initialisation (only types that cannot learn)
+        self.init_gradient_problems: Dict[str, str] = {}
+        for f in self.executor.other_fns:
+            problem = init_gradient_problem(self.fn_modules[_key(f)], f, d_model)
+            if problem:
+                self.init_gradient_problems[f] = problem
+                flag_connections(plan, f, f"in a canvas layer: {problem}")
         # restricted executors for active_regions (plain dict: not part of the state dict)
         self._restricted: Dict[frozenset, _Executor] = {}
 
@@ -294,6 +304,24 @@ def _kernel_choices(kernel: Any, plan: ExecutionPlan, fused: Tuple[str, ...]) ->
             k = get_kernel_spec(k)
         out[f] = k
     return out
+
+
+def _connections_of(plan: ExecutionPlan, fn: str) -> str:
+    conns = plan.topology.connections
+    idx = sorted({int(c) for c in plan.groups[fn].conn})
+    named = ", ".join(f"#{i} {conns[i].src!r} -> {conns[i].dst!r}" for i in idx[:3])
+    more = f" (and {len(idx) - 3} more)" if len(idx) > 3 else ""
+    return f"connection {named}{more} (fn {fn!r})"
+
+
+def flag_connections(plan: ExecutionPlan, fn: str, note: str) -> None:
+    """Add ``note`` to the resolution record of every connection of ``fn`` (the compile report's
+    notes), once."""
+    res = getattr(plan, "resolutions", None) or {}
+    for ci in sorted({int(c) for c in plan.groups[fn].conn}):
+        r = res.get(ci)
+        if r is not None and note not in (r.note or ""):
+            r.note = f"{r.note}; {note}" if r.note else note
 
 
 def _key(fn: str) -> str:

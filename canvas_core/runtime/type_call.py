@@ -5,22 +5,32 @@ Every part of canvas-core that runs an attention type's module -- ``CanvasAttent
 ``canvas_core.testing.check_attention_type`` -- goes through :func:`call_attention_type`, and
 checks a freshly built module with :func:`check_attention_module` before it is used.
 
-The contract (stated for users in ``docs/plugins.md``, "The attention-type contract"):
+The contract (stated for users in ``docs/plugins.md``, "The attention-type contract", and for the
+runtime in ``docs/design.md``, "One attention semantics"): for each query, a type reads exactly
+the keys its connections link, and nothing else.
 
 * the module is an ``nn.Module`` whose ``forward`` accepts ``(queries, keys, values)``
   positionally, ``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``;
-* **masked types** -- ``forward`` also accepts ``key_mask`` (by name, or through ``**kwargs``):
-  the runtime calls it once with every query of the type and the union of their keys, and a bool
-  ``key_mask`` of shape ``(Nq, Nk)`` (True = this query may read this key); the module must then
-  ignore masked keys and return zeros for a query with no allowed key;
-* **unmasked types** -- ``forward(queries, keys, values)`` only (canvas-engineering's protocol):
-  the runtime groups the queries by their key set and calls the module once per group with
-  exactly that group's keys, so the result is exact without a mask; a query with no key gets
-  zeros and the module is not called for it.
+* **exact-mask types** declare ``key_mask_exact = True`` (class or instance attribute) and accept
+  ``key_mask`` (by name, or through ``**kwargs``): the runtime calls them ONCE with every query of
+  the type, the union of their keys and a bool ``key_mask`` of shape ``(Nq, Nk)`` (True = this
+  query may read this key); output row i must depend only on the keys row i allows (the
+  conformance kit probes it) and be 0 for a row with none;
+* **every other type** (the default; everything that compresses or scans: perceiver, linear
+  attention, rwkv, hyena, mamba, and a plugin that declares nothing) is called **per key set**:
+  the runtime groups the queries by identical key set and stacks all key sets of equal shape
+  ``(Nq_g, Nk_g)`` along the batch dimension, ONE call per distinct shape:
+  ``forward(q (B*G, Nq_g, D), k (B*G, Nk_g, D), v (B*G, Nk_g, D)) -> (B*G, Nq_g, D)``, no mask
+  (``key_mask=None`` only when the forward requires the name).  Rows are independent sequences;
+  within a row queries and keys keep their order (canonical position order in canvas layers and
+  backbones: a scan is causal along it).  A query with no key gets zeros and is never passed.
 
-Anything else (a plain function, a ``forward`` that needs more positional arguments, one that
-takes fewer than three) is refused by :func:`check_attention_module` with an
-:class:`~canvas_core.errors.AttentionContractError` naming the type, its provider and the fix.
+The output must be a floating tensor of exactly the expected shape on the inputs' device with the
+queries' dtype (under autocast another float dtype is cast back); anything else raises
+:class:`~canvas_core.errors.AttentionContractError` naming the type and its provider, instead of
+broadcasting silently.  Anything that cannot be called (a plain function, a ``forward`` that needs
+more positional arguments, one that takes fewer than three) is refused by
+:func:`check_attention_module`; :func:`probe_attention_module` runs one tiny call at build time.
 """
 
 from __future__ import annotations
@@ -29,20 +39,26 @@ import inspect
 from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = [
-    "MASKED", "UNMASKED", "calling_convention", "check_attention_module", "call_attention_type",
-    "key_set_groups",
+    "MASKED", "UNMASKED", "EXACT_ATTR", "SELF_GATED_ATTR", "calling_convention", "mask_is_exact",
+    "runs_per_key_set", "check_attention_module", "call_attention_type", "key_set_groups",
+    "check_type_output", "probe_attention_module",
 ]
 
-#: ``forward(queries, keys, values, key_mask=...)``: one call with a ``(Nq, Nk)`` bool mask.
+#: ``forward(queries, keys, values, key_mask=...)`` can take a mask (signature only).
 MASKED = "key_mask"
-#: ``forward(queries, keys, values)``: one call per group of queries sharing the same keys.
+#: ``forward(queries, keys, values)``: no mask in the signature.
 UNMASKED = "per_key_set"
+#: the attribute by which a module declares that it honours ``key_mask`` exactly.
+EXACT_ATTR = "key_mask_exact"
+#: the attribute by which a module declares that its own learnable gate makes it 0 at init.
+SELF_GATED_ATTR = "self_gated"
 
 _FIX = ("give the module's forward the signature forward(queries, keys, values, key_mask=None) "
         "(key_mask: bool (Nq, Nk), True where a query may read a key), or "
         "forward(queries, keys, values) for a type that reads every key it is given")
 
-_CONVENTION_CACHE: Dict[Any, Tuple[Optional[str], str]] = {}
+# forward function -> (convention or None, signature text, key_mask required by name)
+_CONVENTION_CACHE: Dict[Any, Tuple[Optional[str], str, bool]] = {}
 
 
 def _forward_of(module: Any) -> Any:
@@ -53,12 +69,12 @@ def _forward_of(module: Any) -> Any:
     return getattr(module, "forward", None), fwd
 
 
-def _inspect(forward: Any) -> Tuple[Optional[str], str]:
-    """(convention or None when it cannot be called as (q, k, v), signature text)."""
+def _inspect(forward: Any) -> Tuple[Optional[str], str, bool]:
+    """(convention or None when it cannot be called as (q, k, v), signature text, needs key_mask=)."""
     try:
         sig = inspect.signature(forward)
     except (TypeError, ValueError):
-        return MASKED, "(...)"  # a builtin / C forward: trust the documented contract
+        return MASKED, "(...)", False  # a builtin / C forward: trust the documented contract
     text = str(sig)
     try:
         sig.bind(object(), object(), object())
@@ -66,24 +82,36 @@ def _inspect(forward: Any) -> Tuple[Optional[str], str]:
         try:  # key_mask required by name: still callable, always given a mask (None allowed)
             sig.bind(object(), object(), object(), key_mask=None)
         except TypeError:
-            return None, text
-        return MASKED, text
+            return None, text, False
+        return MASKED, text, True
     try:
         sig.bind(object(), object(), object(), key_mask=None)
     except TypeError:
-        return UNMASKED, text
-    return MASKED, text
+        return UNMASKED, text, False
+    return MASKED, text, False
+
+
+def mask_is_exact(module: Any) -> bool:
+    """Whether ``module`` declares ``key_mask_exact = True`` (and its forward takes ``key_mask``)."""
+    return getattr(module, EXACT_ATTR, False) is True and calling_convention(module) == MASKED
+
+
+def runs_per_key_set(module: Any) -> bool:
+    """True when the runtime calls ``module`` once per shape of key set (no mask); False when it
+    makes one masked call over the union of the keys (an exact-mask type)."""
+    return not mask_is_exact(module)
 
 
 def calling_convention(module: Any) -> Optional[str]:
-    """:data:`MASKED`, :data:`UNMASKED`, or None when ``module`` cannot be called as a type."""
+    """:data:`MASKED` (the forward can take ``key_mask``), :data:`UNMASKED`, or None when
+    ``module`` cannot be called as a type.  Which call the runtime makes: :func:`runs_per_key_set`."""
     return _signature_info(module)[0]
 
 
-def _signature_info(module: Any) -> Tuple[Optional[str], str]:
+def _signature_info(module: Any) -> Tuple[Optional[str], str, bool]:
     bound, fn = _forward_of(module)
     if bound is None:
-        return None, "(no forward)"
+        return None, "(no forward)", False
     if fn is None:
         return _inspect(bound)
     hit = _CONVENTION_CACHE.get(fn)
@@ -124,13 +152,14 @@ def check_attention_module(module: Any, fn: Any, provider: Optional[str] = None)
             f"attention type {label!r} from {provider or _provider(fn)}: its factory returned "
             f"{type(module).__name__}, not a torch nn.Module, so a canvas layer cannot hold its "
             f"parameters; return an nn.Module and {_FIX}")
-    conv, text = _signature_info(module)
+    conv, text, _ = _signature_info(module)
     if conv is None:
         raise AttentionContractError(
             f"attention type {label!r} from {provider or _provider(fn)}: "
             f"{type(module).__name__}.forward{text} cannot be called as forward(queries, keys, values), "
             f"which is how canvas layers, backbone processors and check_attention_type call a type; {_FIX}")
     return conv
+
 
 
 def key_set_groups(key_mask: Any) -> List[Tuple[Any, Any]]:
@@ -147,14 +176,10 @@ def key_set_groups(key_mask: Any) -> List[Tuple[Any, Any]]:
     if nq == 0 or nk == 0:
         return []
     rows, inverse = torch.unique(key_mask.to(torch.bool), dim=0, return_inverse=True)
+    first = torch.full((rows.shape[0],), nq, dtype=torch.long, device=inverse.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(nq, device=inverse.device), reduce="amin")
     out = []
-    order = []
-    seen = set()
-    for g in inverse.tolist():  # first appearance order: deterministic, independent of unique()'s
-        if g not in seen:
-            seen.add(g)
-            order.append(g)
-    for g in order:
+    for g in torch.argsort(first).tolist():  # first appearance order: independent of unique()'s
         keys = torch.nonzero(rows[g], as_tuple=False).flatten()
         if keys.numel() == 0:
             continue
@@ -163,45 +188,116 @@ def key_set_groups(key_mask: Any) -> List[Tuple[Any, Any]]:
     return out
 
 
-def _call_unmasked(module: Any, q: Any, k: Any, v: Any, key_mask: Any) -> Any:
+def stack_by_shape(groups: List[Tuple[Any, Any]]) -> List[Tuple[Any, Any]]:
+    """``[(query_index (nq,), key_index (nk,)), ...]`` -> ``[(Q (G, nq), K (G, nk)), ...]``: the key
+    sets of equal shape stacked, one entry per distinct ``(nq, nk)`` in order of first appearance."""
     import torch
 
-    B, Nq = q.shape[0], q.shape[1]
+    by: Dict[Tuple[int, int], List[Tuple[Any, Any]]] = {}
+    for qi, ki in groups:
+        by.setdefault((int(qi.numel()), int(ki.numel())), []).append((qi, ki))
+    return [(torch.stack([q for q, _ in gs]), torch.stack([k for _, k in gs])) for gs in by.values()]
+
+
+def _label(name: Any, module: Any) -> str:
+    if isinstance(name, str):
+        return name
+    return getattr(module, "type_name", None) or type(module).__name__
+
+
+def check_type_output(out: Any, queries: Any, name: Any = None, module: Any = None,
+                      nq: Optional[int] = None) -> Any:
+    """``out`` if it is what a type must return for ``queries`` ``(B, Nq, D)``: a floating tensor of
+    shape ``(B, Nq, D)`` on the queries' device with their dtype (another float dtype is cast back
+    under autocast only); else :class:`~canvas_core.errors.AttentionContractError` naming the type."""
+    import torch
+
+    from canvas_core.errors import AttentionContractError
+
+    want = (queries.shape[0], queries.shape[1] if nq is None else nq, queries.shape[2])
+    problem = None
+    if not isinstance(out, torch.Tensor):
+        problem = f"returned {type(out).__name__}, not a tensor"
+    elif tuple(out.shape) != want:
+        problem = f"returned shape {tuple(out.shape)} for queries of shape {tuple(queries.shape)}; expected (B, Nq, D) = {want}"
+    elif out.device != queries.device:
+        problem = f"returned a tensor on {out.device} for inputs on {queries.device}"
+    elif not out.is_floating_point():
+        problem = f"returned dtype {out.dtype}, not a floating-point tensor"
+    elif out.dtype != queries.dtype:
+        if torch.is_autocast_enabled(queries.device.type):
+            return out.to(queries.dtype)
+        problem = f"returned dtype {out.dtype} for {queries.dtype} inputs"
+    if problem is None:
+        return out
+    label = _label(name, module)
+    raise AttentionContractError(
+        f"attention type {label!r} from {_provider(name if name is not None else type(module))}: its module "
+        f"{type(module).__name__} {problem}; a type must return a tensor (B, Nq, D) with the queries' "
+        "dtype and device (docs/plugins.md, 'The attention-type contract')")
+
+
+def run_key_set_buckets(module: Any, queries: Any, keys: Any, values: Any, buckets: List[Tuple[Any, Any]],
+                        name: Any = None) -> List[Tuple[Any, Any]]:
+    """Run a per-key-set type: for each ``(Q (G, nq), K (G, nk))`` (indices into dim 1 of
+    ``queries`` / ``keys`` and ``values``), ONE call on ``(B*G, nq, D), (B*G, nk, D), (B*G, nk, D)``.
+    Returns ``[(Q.flatten() (G*nq,), out (B, G*nq, D)), ...]``."""
+    B = queries.shape[0]
+    needs_kw = _signature_info(module)[2]
+    res = []
+    for Q, K in buckets:
+        G, nq = Q.shape
+        nk = K.shape[1]
+        qf, kf = Q.reshape(-1), K.reshape(-1)
+        q = queries.index_select(1, qf).reshape(B * G, nq, queries.shape[-1])
+        k = keys.index_select(1, kf).reshape(B * G, nk, keys.shape[-1])
+        v = k if values is keys else values.index_select(1, kf).reshape(B * G, nk, values.shape[-1])
+        o = module(q, k, v, key_mask=None) if needs_kw else module(q, k, v)
+        o = check_type_output(o, q, name, module)
+        res.append((qf, o.reshape(B, G * nq, o.shape[-1])))
+    return res
+
+
+def _call_per_key_set(module: Any, q: Any, k: Any, v: Any, key_mask: Any, name: Any) -> Any:
+    import torch
+
+    B, Nq, Nk = q.shape[0], q.shape[1], k.shape[1]
+    whole = [(torch.arange(Nq, device=q.device)[None], torch.arange(Nk, device=k.device)[None])]
     if key_mask is None:
-        if k.shape[1] == 0:
+        if Nk == 0 or Nq == 0:
             return q.new_zeros(q.shape)
-        return module(q, k, v)
+        return run_key_set_buckets(module, q, k, v, whole, name)[0][1]
     mask = key_mask.to(torch.bool)
     if mask.dim() == 3:  # a per-sample mask (not used by the runtime): sample by sample
         if mask.shape[0] == 1 or bool((mask == mask[:1]).all()):
             mask = mask[0]
         else:
-            return torch.cat([_call_unmasked(module, q[b:b + 1], k[b:b + 1], v[b:b + 1], mask[b])
+            return torch.cat([_call_per_key_set(module, q[b:b + 1], k[b:b + 1], v[b:b + 1], mask[b], name)
                               for b in range(B)], dim=0)
-    if mask.dim() != 2 or tuple(mask.shape) != (Nq, k.shape[1]):
+    if mask.dim() != 2 or tuple(mask.shape) != (Nq, Nk):
         from canvas_core.errors import ShapeError
 
-        raise ShapeError(f"key_mask must have shape (Nq, Nk) = {(Nq, k.shape[1])}, got {tuple(key_mask.shape)}")
-    if Nq and k.shape[1] and bool(mask.all()):
-        return module(q, k, v)
-    out = None
-    for qi, ki in key_set_groups(mask):
-        qi, ki = qi.to(q.device), ki.to(k.device)
-        o = module(q.index_select(1, qi), k.index_select(1, ki), v.index_select(1, ki))
-        if out is None:
-            out = o.new_zeros((B, Nq) + tuple(o.shape[2:]))
-        out = out.index_copy(1, qi, o)
-    return q.new_zeros(q.shape) if out is None else out
+        raise ShapeError(f"key_mask must have shape (Nq, Nk) = {(Nq, Nk)}, got {tuple(key_mask.shape)}")
+    if Nq and Nk and bool(mask.all()):
+        return run_key_set_buckets(module, q, k, v, whole, name)[0][1]
+    groups = [(qi.to(q.device), ki.to(k.device)) for qi, ki in key_set_groups(mask)]
+    if not groups:
+        return q.new_zeros(q.shape)
+    parts = run_key_set_buckets(module, q, k, v, stack_by_shape(groups), name)
+    idx = torch.cat([i for i, _ in parts])
+    o = torch.cat([p for _, p in parts], dim=1)
+    return o.new_zeros((B, Nq, o.shape[-1])).index_copy(1, idx, o)
 
 
-def call_attention_type(module: Any, queries: Any, keys: Any, values: Any, key_mask: Any = None) -> Any:
+def call_attention_type(module: Any, queries: Any, keys: Any, values: Any, key_mask: Any = None,
+                        name: Any = None) -> Any:
     """Run an attention type's module under the contract above.
 
-    ``key_mask``: None (every query reads every key) or bool ``(Nq, Nk)``.  A masked type gets
-    ``module(queries, keys, values, key_mask=key_mask)``; an unmasked type is called once per
-    group of queries with the same key set (nothing is called for a query without keys: zeros).
+    ``key_mask``: None (every query reads every key) or bool ``(Nq, Nk)``.  An exact-mask type
+    (:func:`mask_is_exact`) gets ``module(queries, keys, values, key_mask=key_mask)``; any other
+    type one call per shape of key set, the key sets of that shape stacked along the batch
+    (nothing is called for a query without keys: zeros).  ``name``: the type's name, for errors.
     """
-    conv = calling_convention(module)
-    if conv == UNMASKED:
-        return _call_unmasked(module, queries, keys, values, key_mask)
-    return module(queries, keys, values, key_mask=key_mask)
+    if runs_per_key_set(module):
+        return _call_per_key_set(module, queries, keys, values, key_mask, name)
+    return check_type_output(module(queries, keys, values, key_mask=key_mask), queries, name, module)

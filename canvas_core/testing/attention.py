@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Sequence
 
+from canvas_core.testing._exactness import check_dependencies, check_direct_mask, check_trainable
 from canvas_core.testing._report import (ConformanceReport, Failed, check_sizes, check_target, finish,
                                          resolve_device, resolve_dtype)
 
@@ -20,8 +21,9 @@ __all__ = ["check_attention_type", "ATTENTION_PROPERTIES"]
 ATTENTION_PROPERTIES = (
     "construct", "shape/dtype/device", "Nq != Nk", "gradients", "batch independence",
     "empty keys", "one key", "fully masked query", "deterministic",
+    "dependency exactness", "key_mask respected", "trainable",
     # strict=True only:
-    "zeros without keys", "key_mask respected",
+    "zeros without keys",
 )
 
 
@@ -53,6 +55,17 @@ class _Suite:
     def call(self, q: Any, k: Any, v: Any, mask: Any = None, mod: Any = None) -> Any:
         self.torch.manual_seed(self.seed + 1)  # types drawing randomness in forward stay reproducible
         return self._call(self.module if mod is None else mod, q, k, v, mask)
+
+    def calls(self, q: Any, k: Any, v: Any, mask: Any = None) -> Any:
+        """``[(how, output)]``: as the runtime calls it and, for a forward that takes ``key_mask``,
+        directly as ``module(q, k, v, key_mask=mask)`` (how code outside the runtime calls it)."""
+        from canvas_core.runtime.type_call import MASKED, calling_convention
+
+        out = [("as the runtime calls it", self.call(q, k, v, mask))]
+        if calling_convention(self.module) == MASKED:
+            self.torch.manual_seed(self.seed + 1)
+            out.append(("called directly with key_mask", self.module(q, k, v, key_mask=mask)))
+        return out
 
     def expect(self, out: Any, nq: int, what: str) -> None:
         torch = self.torch
@@ -142,10 +155,12 @@ def _batch(s: _Suite) -> None:
 
 
 def _empty(s: _Suite) -> None:
+    zero = True
     with s.torch.no_grad():
-        out = s.call(*s.qkv(nk=0))
-    s.expect(out, s.Nq, "empty key set (Nk = 0)")
-    s.report.details["zeros with Nk=0"] = bool((out == 0).all())
+        for how, out in s.calls(*s.qkv(nk=0)):
+            s.expect(out, s.Nq, f"empty key set (Nk = 0), {how}")
+            zero = zero and bool((out == 0).all())
+    s.report.details["zeros with Nk=0"] = zero
 
 
 def _one(s: _Suite) -> None:
@@ -157,10 +172,12 @@ def _fully_masked(s: _Suite) -> None:
     mask = s.mask(0.6)
     mask[:, 0] = True
     mask[0, :] = False  # query 0 may read nothing
+    zero = True
     with s.torch.no_grad():
-        out = s.call(*s.qkv(), mask)
-    s.expect(out, s.Nq, "key_mask with a fully masked query")
-    s.report.details["zeros for fully masked query"] = bool((out[:, 0] == 0).all())
+        for how, out in s.calls(*s.qkv(), mask):
+            s.expect(out, s.Nq, f"key_mask with a fully masked query, {how}")
+            zero = zero and bool((out[:, 0] == 0).all())
+    s.report.details["zeros for fully masked query"] = zero
 
 
 def _deterministic(s: _Suite) -> None:
@@ -175,29 +192,14 @@ def _deterministic(s: _Suite) -> None:
 
 def _zeros(s: _Suite) -> None:
     with s.torch.no_grad():
-        out = s.call(*s.qkv(nk=0))
-        if not bool((out == 0).all()):
-            raise Failed(f"with Nk = 0 the output is not zero (max |out| {float(out.abs().max()):.3g})")
+        for how, out in s.calls(*s.qkv(nk=0)):
+            if not bool((out == 0).all()):
+                raise Failed(f"with Nk = 0 ({how}) the output is not zero (max |out| {float(out.abs().max()):.3g})")
         mask = s.torch.ones(s.Nq, s.Nk, dtype=s.torch.bool, device=s.device)
         mask[2, :] = False
-        out = s.call(*s.qkv(), mask)
-        if not bool((out[:, 2] == 0).all()):
-            raise Failed("a query whose key_mask row is all False does not output zeros")
-
-
-def _mask_respected(s: _Suite) -> None:
-    mask = s.mask(0.7)
-    mask[:, 0] = True
-    mask[:, s.Nk - 1] = False  # the last key is invisible to every query
-    q, k, v = s.qkv()
-    k2, v2 = k.clone(), v.clone()
-    k2[:, s.Nk - 1] = s.rand(s.B, s.D) * 5
-    v2[:, s.Nk - 1] = s.rand(s.B, s.D) * 5
-    with s.torch.no_grad():
-        a, b = s.call(q, k, v, mask), s.call(q, k2, v2, mask)
-    diff = float((a - b).abs().max())
-    if not s.close(diff, float(a.abs().max()) + 1.0):
-        raise Failed(f"changing a key masked for every query changed the output by {diff:.3g}")
+        for how, out in s.calls(*s.qkv(), mask):
+            if not bool((out[:, 2] == 0).all()):
+                raise Failed(f"a query whose key_mask row is all False does not output zeros ({how})")
 
 
 # ---------------------------------------------------------------------- the suite
@@ -222,18 +224,26 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
     * ``empty keys`` (``Nk == 0``), ``one key``, ``fully masked query`` (a ``(Nq, Nk)``
       ``key_mask`` row with no allowed key): correct shape, no NaN / inf;
     * ``deterministic``: same seed, same input -> same output (a fresh module);
-    * ``strict=True`` adds ``zeros without keys`` (queries with no key output exactly 0) and
-      ``key_mask respected`` (keys masked for every query do not influence the output).
+    * ``dependency exactness``: called as the runtime calls it with several key sets (two of the
+      same shape, stacked in one call for a per-key-set type), each output row depends by gradient
+      only on its own query and its linked keys; a leak names the query and the key;
+    * ``key_mask respected``: a ``forward`` taking ``key_mask``, called directly with it, passes
+      the same probe when it declares ``key_mask_exact = True``, else never reads a key the mask
+      hides from every query (a forward without ``key_mask``: called as the runtime calls it);
+    * ``trainable``: with only its parameters free, 5 Adam steps toward a random target move the
+      output (skipped for a type without parameters);
+    * ``strict=True`` adds ``zeros without keys`` (queries with no key output exactly 0).
 
-    A type whose ``forward`` takes no ``key_mask`` is called once per set of queries sharing the
-    same keys, as the runtime calls it, so every mask property applies to it too.
+    A type that does not declare ``key_mask_exact = True`` is called once per shape of key set
+    (the key sets of that shape stacked along the batch), as the runtime calls it; the mask
+    properties also call a ``forward`` that takes ``key_mask`` directly with the mask.
 
     Returns the :class:`ConformanceReport`; raises ``AssertionError`` naming the type and every
     failed property when one fails (unless ``raise_on_failure=False``).
     """
     import torch
 
-    from canvas_core.runtime.type_call import MASKED, check_attention_module
+    from canvas_core.runtime.type_call import MASKED, UNMASKED, check_attention_module, runs_per_key_set
 
     check_target(name, "check_attention_type", "attention")
     check_sizes("check_attention_type", d_model=d_model, n_heads=n_heads, batch=batch)
@@ -273,9 +283,11 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
         "fully masked query": lambda: _fully_masked(suite),
         "deterministic": lambda: _deterministic(suite),
     }
+    checks["dependency exactness"] = lambda: check_dependencies(suite)
+    checks["key_mask respected"] = lambda: check_direct_mask(suite)
+    checks["trainable"] = lambda: check_trainable(suite)
     if strict:
         checks["zeros without keys"] = lambda: _zeros(suite)
-        checks["key_mask respected"] = lambda: _mask_respected(suite)
     for prop, fn in checks.items():
         try:
             skip = fn()
@@ -289,5 +301,6 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
             else:
                 report.passed.append(prop)
     report.details["accepts key_mask"] = convention == MASKED
-    report.details["calling convention"] = convention
+    # "key_mask": one masked call (key_mask_exact); "per_key_set": one call per shape of key set
+    report.details["calling convention"] = UNMASKED if runs_per_key_set(module) else MASKED
     return finish(report, raise_on_failure, head)

@@ -129,13 +129,16 @@ def test_suite_catches_nan_on_fully_masked_query(host):
     assert "fully masked query" in report.failed
 
 
-def test_strict_catches_ignored_mask(host):
+def test_ignored_mask_fails_by_default(host):
     class IgnoresMask(GoodAttention):
         def forward(self, queries, keys, values, key_mask=None):
             return super().forward(queries, keys, values, None)
 
     P.register_attention("ignores", IgnoresMask)
-    assert check_attention_type("ignores").ok  # lenient default
+    report = check_attention_type("ignores", raise_on_failure=False)  # dependency exactness is default
+    assert "key_mask respected" in report.failed and "ignores key_mask" in report.failed["key_mask respected"]
+    # called per key set by the runtime (it declares no key_mask_exact), it reads only linked keys
+    assert "dependency exactness" in report.passed
     report = check_attention_type("ignores", strict=True, raise_on_failure=False)
     assert "key_mask respected" in report.failed and "zeros without keys" in report.failed
 
@@ -152,7 +155,8 @@ def test_type_without_key_mask_parameter(host):
 
     P.register_attention("nomask", NoMask)
     report = check_attention_type("nomask", strict=True)  # called per key set, as the runtime does
-    assert report.ok and {"fully masked query", "zeros without keys", "key_mask respected"} <= set(report.passed)
+    assert report.ok and {"fully masked query", "zeros without keys", "key_mask respected",
+                          "dependency exactness", "trainable"} <= set(report.passed)
     assert report.details["calling convention"] == "per_key_set"
 
 

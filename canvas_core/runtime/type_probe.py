@@ -1,0 +1,147 @@
+"""Build-time probes of an attention type's module: does it keep the contract, can it learn?
+
+Both run one tiny call (batch 1, 4 queries, 6 keys: key sets {0, 1} -> {0, 1, 2}, {2, 3} ->
+{3, 4, 5}, which a per-key-set type gets stacked in one call) through
+:func:`~canvas_core.runtime.type_call.call_attention_type`, in eval mode, on the module's own
+device and dtype, with the global random state restored afterwards, so building a layer stays
+reproducible and the model is left as it was.
+
+* :func:`probe_attention_module` refuses (``AttentionContractError``, naming ``where``: the
+  connection) a module that returns a wrong shape / dtype / device or whose output depends on a
+  key outside its key set or on another query.  The canvas layer and the backbone install run it
+  on plugin types (the builtins are tested here).
+* :func:`init_gradient_problem` says why no parameter of the branch (the module's, and the gate's
+  when one is given) receives a gradient at initialisation, or None when one does.
+* :func:`dependencies` / :func:`first_leak`: the gradient probe both use (and the conformance kit).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator, List, Optional, Tuple
+
+import torch
+
+from canvas_core.runtime.type_call import call_attention_type
+
+__all__ = ["probe_attention_module", "init_gradient_problem", "dependencies", "first_leak", "is_builtin_module"]
+
+
+def is_builtin_module(module: Any) -> bool:
+    """True for canvas-core's own attention types (tested by its own suite)."""
+    return type(module).__module__.startswith("canvas_core.")
+
+
+def dependencies(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any,
+                 batch_item: int = 0) -> List[Tuple[set, set]]:
+    """For each query row i of ``batch_item``: (queries it depends on, keys or values it depends
+    on), read off the gradient of ``out[batch_item, i]`` against fixed random weights."""
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out = run(q, k, v)
+    gen = torch.Generator().manual_seed(7)
+    r = torch.randn(tuple(out.shape[1:]), generator=gen).to(device=out.device, dtype=out.dtype)
+    deps = []
+    for i in range(q.shape[1]):
+        if not out.requires_grad:
+            deps.append((set(), set()))
+            continue
+        grads = torch.autograd.grad((out[batch_item, i] * r[i]).sum(), (q, k, v), retain_graph=True,
+                                    allow_unused=True)
+        nz = [None if g is None else (g[batch_item] != 0).any(-1) for g in grads]
+        dq = set() if nz[0] is None else {int(j) for j in torch.nonzero(nz[0]).flatten()}
+        dk: set = set()
+        for g in nz[1:]:
+            if g is not None:
+                dk |= {int(j) for j in torch.nonzero(g).flatten()}
+        deps.append((dq, dk))
+    return deps
+
+
+def first_leak(deps: List[Tuple[set, set]], mask: Any) -> Optional[str]:
+    """The first dependency outside ``mask`` ``(Nq, Nk)`` bool (another query, or an unlinked key)."""
+    for i, (dq, dk) in enumerate(deps):
+        allowed = {int(j) for j in mask[i].nonzero().flatten()}
+        extra_q = sorted(dq - {i})
+        if extra_q:
+            return f"query {i}'s output depends on query {extra_q[0]} (another query's input)"
+        extra_k = sorted(dk - allowed)
+        if extra_k:
+            where = f"its key set {sorted(allowed)}" if allowed else "it has no key"
+            return (f"query {i}'s output depends on key {extra_k[0]}, which {where} excludes "
+                    "(a leak across key sets)")
+    return None
+
+
+def _where(module: Any) -> Tuple[Any, Any]:
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.is_floating_point():
+            return t.device, t.dtype
+    return torch.device("cpu"), torch.get_default_dtype()
+
+
+@contextlib.contextmanager
+def _quiet(module: Any) -> Iterator[None]:
+    """Eval mode and the global random state as they were, afterwards."""
+    was = module.training
+    module.eval()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        module.train(was)
+
+
+def _inputs(module: Any, d_model: int):
+    device, dtype = _where(module)
+    gen = torch.Generator().manual_seed(1234)
+    q, k, v = (torch.randn(1, n, d_model, generator=gen).to(device=device, dtype=dtype) for n in (4, 6, 6))
+    mask = torch.zeros(4, 6, dtype=torch.bool)
+    mask[0:2, 0:3] = True
+    mask[2:4, 3:6] = True
+    return q, k, v, mask.to(device)
+
+
+def probe_attention_module(module: Any, fn: Any, d_model: int, where: str) -> None:
+    """One tiny call; a wrong output or a read outside the key sets raises
+    :class:`~canvas_core.errors.AttentionContractError` starting with ``where``."""
+    from canvas_core.errors import AttentionContractError
+
+    if _where(module)[0].type == "meta":
+        return
+    q, k, v, mask = _inputs(module, d_model)
+    with _quiet(module):
+        try:
+            deps = dependencies(lambda a, b, c: call_attention_type(module, a, b, c, mask, name=fn), q, k, v)
+        except AttentionContractError as exc:
+            raise AttentionContractError(f"{where}: {exc}") from exc
+    leak = first_leak(deps, mask)
+    if leak:
+        how = ("declares key_mask_exact = True but its masked call" if getattr(module, "key_mask_exact", False)
+               else "called once per key set (key sets of one shape stacked along the batch), it")
+        raise AttentionContractError(
+            f"{where}: attention type {fn!r} ({type(module).__name__}) {how} reads outside the linked "
+            f"keys: {leak}. A type must read only the keys its connections link: honour key_mask exactly, "
+            "or drop the key_mask_exact declaration and keep the batch rows independent")
+
+
+def init_gradient_problem(module: Any, fn: Any, d_model: int, gate: Any = None) -> Optional[str]:
+    """Why no parameter of this branch gets a gradient at initialisation (None: some does, or the
+    type has no parameter).  ``gate``: a scalar parameter the output is multiplied by, or None."""
+    params = [p for p in module.parameters() if p.requires_grad and p.is_floating_point()]
+    if gate is not None:
+        params.append(gate)
+    if not params or _where(module)[0].type == "meta":
+        return None
+    q, k, v, mask = _inputs(module, d_model)
+    with _quiet(module):
+        out = call_attention_type(module, q, k, v, mask, name=fn)
+        if gate is not None:
+            out = out * gate.to(out.dtype)
+        if not out.requires_grad:
+            return f"the output of {fn!r} does not depend on its parameters (a detached computation)"
+        grads = torch.autograd.grad((out * torch.randn_like(out)).sum(), params, allow_unused=True)
+    if any(g is not None and bool((g != 0).any()) for g in grads):
+        return None
+    what = "its parameters and its gate" if gate is not None else "its parameters"
+    return (f"no parameter of {fn!r} receives a gradient at initialisation (every gradient of {what} is "
+            "exactly 0, e.g. a zero gate times another zero gate): trained, this connection cannot learn")

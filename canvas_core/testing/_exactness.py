@@ -1,0 +1,127 @@
+"""Dependency exactness and trainability of an attention type (two properties of the kit).
+
+* **dependency exactness**: called as the runtime calls it (``call_attention_type``) with a
+  ``(Nq, Nk)`` mask of several key sets -- two of the same shape, so that a per-key-set type gets
+  them stacked along the batch in one call -- output row i may depend (by gradient) on query i and
+  on the keys / values row i links, and on nothing else: not on another query, not on a key of
+  another key set.  A row with no key must not depend on any key.  The failure names the first
+  offending dependency, e.g. "query 0 depends on key 4, which its key set {0, 1, 2} excludes".
+* **key_mask respected**: a type whose ``forward`` accepts ``key_mask`` is also called directly,
+  ``module(q, k, v, key_mask=mask)`` (how code outside the runtime calls it; a forward without
+  ``key_mask`` is called as the runtime calls it): under the same probe
+  when it declares ``key_mask_exact = True`` (the runtime relies on it); otherwise (the runtime
+  never hands it a mask) a key that the mask hides from every query must stay unread.
+* **trainable**: with only the type's own parameters free, a few Adam steps toward a random
+  target move the output (the runtime's call again).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+from canvas_core.testing._report import Failed
+
+__all__ = ["probe_mask", "check_dependencies", "check_direct_mask", "check_trainable"]
+
+NQ, NK = 6, 9
+
+
+def probe_mask(torch: Any, device: Any) -> Any:
+    """``(6, 9)`` bool: queries 0-1 read keys {0, 1, 2}, queries 2-3 keys {3, 4, 5} (the same shape:
+    stacked in one call), query 4 keys {1, 6, 7}, query 5 nothing; key 8 is linked to no query."""
+    m = torch.zeros(NQ, NK, dtype=torch.bool)
+    m[0:2, 0:3] = True
+    m[2:4, 3:6] = True
+    m[4, [1, 6, 7]] = True
+    return m.to(device)
+
+
+def _qkv(s: Any, nq: int, nk: int) -> Tuple[Any, Any, Any]:
+    return s.rand(s.B, nq, s.D), s.rand(s.B, nk, s.D), s.rand(s.B, nk, s.D)
+
+
+def check_dependencies(s: Any) -> Optional[str]:
+    """The runtime's call: no dependency outside the linked pattern (and some inside it)."""
+    from canvas_core.runtime.type_probe import dependencies, first_leak
+
+    torch = s.torch
+    mask = probe_mask(torch, s.device)
+    q, k, v = _qkv(s, NQ, NK)
+    deps = dependencies(lambda a, b, c: s.call(a, b, c, mask), q, k, v)
+    leak = first_leak(deps, mask)
+    if leak:
+        raise Failed(f"called as the runtime calls it with key sets {{0,1}}->{{0,1,2}}, "
+                     f"{{2,3}}->{{3,4,5}}, {{4}}->{{1,6,7}}, {{5}}->nothing: {leak}")
+    if not any(dk for _, dk in deps):
+        return "the output depends on no key (nothing to check)"
+    return None
+
+
+def check_direct_mask(s: Any) -> Optional[str]:
+    """A forward that takes ``key_mask``, called directly with it, honours it exactly."""
+    from canvas_core.runtime.type_call import MASKED, calling_convention, mask_is_exact
+    from canvas_core.runtime.type_probe import dependencies, first_leak
+
+    torch = s.torch
+    mask = probe_mask(torch, s.device)
+    q, k, v = _qkv(s, NQ, NK)
+
+    def direct(a: Any, b: Any, c: Any) -> Any:
+        torch.manual_seed(s.seed + 1)
+        if calling_convention(s.module) != MASKED:  # no key_mask: as the runtime calls it
+            return s.call(a, b, c, mask)
+        return s.module(a, b, c, key_mask=mask)
+
+    deps = dependencies(direct, q, k, v)
+    if mask_is_exact(s.module):
+        leak = first_leak(deps, mask)
+        if leak:
+            raise Failed(f"it declares key_mask_exact = True but forward(q, k, v, key_mask=mask) does "
+                         f"not honour key_mask: {leak}; honour it exactly, or drop the declaration (the "
+                         "runtime then calls the type once per key set)")
+        return None
+    # not declared exact (the runtime never hands it a mask): keys no query may read stay unread
+    union = mask.any(0)
+    for i, (_, dk) in enumerate(deps):
+        bad = sorted(j for j in dk if not bool(union[j]))
+        if bad:
+            raise Failed(f"forward(q, k, v, key_mask=mask) ignores key_mask: query {i}'s output depends "
+                         f"on key {bad[0]}, which key_mask masks for every query; honour key_mask or "
+                         "drop it from the signature")
+    return None
+
+
+def check_trainable(s: Any, steps: int = 5, lr: float = 1e-2) -> Optional[str]:
+    """Only the type's parameters free: ``steps`` Adam steps toward a random target move the output."""
+    torch = s.torch
+    params = [p for p in s.module.parameters() if p.requires_grad and p.is_floating_point()]
+    if not params:
+        return "the type has no trainable parameters"
+    mask = probe_mask(torch, s.device)
+    q, k, v = _qkv(s, NQ, NK)
+    saved = [p.detach().clone() for p in params]
+    try:
+        with torch.no_grad():
+            before = s.call(q, k, v, mask).clone()
+        target = s.rand(*before.shape)
+        opt = torch.optim.Adam(params, lr=lr)
+        for _ in range(steps):
+            opt.zero_grad(set_to_none=True)
+            loss = (s.call(q, k, v, mask) - target).pow(2).mean()
+            if not loss.requires_grad:
+                raise Failed("the loss does not depend on the type's parameters (detached output?)")
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            after = s.call(q, k, v, mask)
+        moved = float((after - before).abs().max())
+    finally:
+        with torch.no_grad():
+            for p, old in zip(params, saved):
+                p.copy_(old)
+    if not moved > 0.0:
+        raise Failed(f"{steps} Adam steps (lr {lr}) on its {len(params)} parameters toward a random "
+                     "target left the output unchanged: no parameter receives a gradient at "
+                     "initialisation (a zero gate times another zero gate?)")
+    s.report.details["trainable: output moved by"] = moved
+    return None
