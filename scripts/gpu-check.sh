@@ -1,18 +1,43 @@
 #!/usr/bin/env bash
-# Verify every CUDA path of canvas-core in one call (target: under 8 minutes on one GPU).
+# Step 2 of the GPU check: verify every CUDA path of canvas-core in one call (target: about 8
+# minutes on one GPU).  Step 1 ran on a machine with PyPI: `bash scripts/gpu-prepare.sh`.
 #
-#   bash scripts/gpu-check.sh            # from the repository root
+#   bash scripts/gpu-check.sh            # from the repository root, on the GPU machine
 #
-# Runs every test marked `cuda` (core, plugins, backends: FlexAttention / xformers / mamba-ssm
-# paths where those packages are installed), then the backbone benchmark and the canvas
-# benchmark on CUDA, and prints one summary table (step, result, seconds).  Logs go to
-# $GPU_CHECK_LOGS (default: a temporary directory).  Without a CUDA device it says so and exits 0.
+# Where canvas-core is not importable (the GPU machines have no network and no canvas-core), it
+# first installs the wheels that gpu-prepare.sh put in .gpu-wheels/ with
+# `pip install --no-index --target` (no network) and puts them on PYTHONPATH.  Then it runs every
+# test marked `cuda` (core, plugins, backends: FlexAttention / xformers / mamba-ssm / fla paths
+# where those packages are installed), the backbone, canvas and per-type benchmarks on CUDA, and
+# prints one summary table (step, result, seconds).  Logs go to $GPU_CHECK_LOGS (default: a
+# temporary directory).  Without a CUDA device it says so and exits 0.
 # Exit status: 0 when every step passed, 1 otherwise.
 set -u
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+WHEELS="${GPU_WHEELS:-.gpu-wheels}"
+
+# installed distributions, not the source tree in the working directory (that one has no entry
+# points, so its plugins would be missing)
+if ! "$PY" -c "import importlib.metadata as m; [m.version(d) for d in ('canvas-core', 'canvas-plugin-mamba', 'pydantic', 'diffusers')]" >/dev/null 2>&1; then
+  if ! ls "$WHEELS"/canvas_core-*.whl >/dev/null 2>&1; then
+    echo "gpu-check: canvas-core is not importable and $WHEELS/ holds no wheels;"
+    echo "gpu-check: run 'bash scripts/gpu-prepare.sh' on a machine with PyPI first (see CONTRIBUTING.md)"
+    exit 2
+  fi
+  SITE="${GPU_SITE:-/tmp/canvas-gpu-site}"
+  echo "gpu-check: installing $(ls "$WHEELS"/*.whl | wc -l) wheels from $WHEELS into $SITE (no network)"
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" \
+    "$WHEELS"/*.whl || { echo "gpu-check: installing the wheels failed"; exit 1; }
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  "$PY" -c "import canvas_core; print('gpu-check: canvas-core', canvas_core.__version__, 'from', canvas_core.__file__)" \
+    || { echo "gpu-check: canvas-core still does not import"; exit 1; }
+fi
+if [ "${GPU_CHECK_INSTALL_ONLY:-0}" = "1" ]; then
+  exit 0
 fi
 
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
@@ -61,15 +86,17 @@ step() {  # step NAME TIMEOUT_S COMMAND...
   STEPS+=("$name"); RESULTS+=("$res"); SECONDS_USED+=("$dt")
 }
 
-# Budget (worst case, each step stopped by its timeout): 240 + 110 + 110 s = 7.7 minutes.
+# Budget (worst case, each step stopped by its timeout): 200 + 100 + 70 + 100 s = 7.8 minutes.
 # 1. every test marked cuda (they skip with a reason where a package is missing)
-step "tests -m cuda" 240 env OMP_NUM_THREADS=4 "$PY" -m pytest -q -m cuda -rs -p no:cacheprovider tests plugins backends
+step "tests -m cuda" 200 env OMP_NUM_THREADS=4 "$PY" -m pytest -q -m cuda -rs -p no:cacheprovider tests plugins backends
 # 2. backbones on CUDA at the CogVideoX-2B size (18k tokens): install cost, forward and
 #    forward+backward with the kernel the compiler resolves for the GPU (one FlexAttention
 #    compile per backbone and topology)
-step "bench_backbones cuda" 110 "$PY" benchmarks/bench_backbones.py --device cuda --sizes 18k --repeats 3
+step "bench_backbones cuda" 100 "$PY" benchmarks/bench_backbones.py --device cuda --sizes 18k --repeats 3
 # 3. the canvas layer on CUDA (canvas-engineering skipped at these sizes)
-step "bench_canvas cuda" 110 "$PY" benchmarks/bench_canvas.py --device cuda --sizes 4096,16384 --repeats 3 --ce-max-n 1024
+step "bench_canvas cuda" 70 "$PY" benchmarks/bench_canvas.py --device cuda --sizes 4096,16384 --repeats 3 --ce-max-n 1024
+# 4. every attention type at 4k and 16k positions (mamba-ssm / fla kernels where installed)
+step "bench_types cuda" 100 "$PY" benchmarks/bench_types.py --device cuda
 
 echo
 echo "gpu-check summary ($DEVICE_NAME)"
@@ -81,5 +108,5 @@ done
 echo
 echo "skipped cuda tests (reasons):"
 grep -E '^SKIPPED' "$LOGS/tests_-m_cuda.log" 2>/dev/null | sed 's/^/  /' || true
-echo "benchmark tables: $LOGS/bench_backbones_cuda.log, $LOGS/bench_canvas_cuda.log"
+echo "benchmark tables: $LOGS/bench_backbones_cuda.log, $LOGS/bench_canvas_cuda.log, $LOGS/bench_types_cuda.log"
 exit $FAILED
