@@ -105,6 +105,7 @@ _export(
     "set_loops", "loop_counts", "loop_stats", "LoopedSpan", "ModelLoop",
 )
 _export("canvas_core.looping.ungraft", "ungraft_looped_blocks")
+_export("canvas_core.checkpoints", "save_canvas_checkpoint", "load_canvas_checkpoint", "read_canvas_checkpoint_header")
 _export("canvas_core.identity", "SlotBindingModule")
 # types supplied by optional plugin distributions, re-exported when installed
 _export("canvas_core.plugins.reexports", "MambaAttention", "CogVideoXAttention")

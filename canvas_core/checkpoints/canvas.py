@@ -1,0 +1,251 @@
+"""Canvas-model checkpoints that know their schema.
+
+File: safetensors holding ``model.state_dict()`` (the exact keys ``load_state_dict`` takes) and
+a string header::
+
+    format               "canvas-core/canvas-checkpoint"
+    format_version       "1"
+    canvas_core_version, torch_version
+    model_class          the model's class name (informative)
+    schema               JSON of CanvasSchema.to_dict() (layout, regions, topology, metadata)
+    schema_hash          CanvasSchema.schema_hash() of that schema
+    user_metadata        JSON of the ``metadata`` argument
+
+Loading never unpickles. It refuses, naming what differs, a file saved for another schema (canvas
+size, width, regions, connections and their offsets ...) and a model whose canvas modules were
+built from another layout or topology than the schema; every tensor is checked (names, shapes,
+finite values) before the model is changed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+from canvas_core._safe_write import check_write_target
+from canvas_core.checkpoints.diff import schema_differences
+from canvas_core.checkpoints.tensors import save_safetensors_atomic
+from canvas_core.errors import CanvasTypeError, CheckpointError
+
+__all__ = ["save_canvas_checkpoint", "load_canvas_checkpoint", "read_canvas_checkpoint_header"]
+
+FORMAT = "canvas-core/canvas-checkpoint"
+FORMAT_VERSION = "1"
+
+
+def _as_schema(schema: Any, where: str) -> Any:
+    """A ``CanvasSchema`` from a schema, a ``CanvasLayout`` (no topology) or an object carrying
+    one as ``.schema`` (``BoundSchema``, ``CanvasProgram``, ``CompiledProgram``)."""
+    from canvas_core.schema import CanvasLayout, CanvasSchema
+
+    if isinstance(schema, CanvasSchema):
+        return schema
+    if isinstance(schema, CanvasLayout):
+        return CanvasSchema(layout=schema)
+    inner = getattr(schema, "schema", None)
+    if isinstance(inner, CanvasSchema):
+        return inner
+    raise CanvasTypeError(
+        f"{where}: schema must be the CanvasSchema the model was built from (or a CanvasLayout / "
+        f"a program carrying one), got {type(schema).__name__} {schema!r:.60}"
+    )
+
+
+def _canvas_parts(model: nn.Module) -> List[Tuple[str, Any, Any]]:
+    """``(module path, layout, topology or None)`` of every canvas module inside ``model``: the
+    layout of a ``SpatiotemporalCanvas``, the layout and topology of an execution plan."""
+    from canvas_core.compiler.plan import ExecutionPlan
+    from canvas_core.runtime.canvas import SpatiotemporalCanvas
+
+    found = []
+    for name, m in model.named_modules():
+        if isinstance(m, SpatiotemporalCanvas):
+            found.append((name or "<model>", m.layout, None))
+        plan = m.__dict__.get("plan")
+        if isinstance(plan, ExecutionPlan):
+            found.append((name or "<model>", plan.layout, plan.topology))
+    return found
+
+
+def _check_model_matches(model: nn.Module, schema: Any, where: str) -> None:
+    """Refuse a model whose canvas modules were built from another layout / topology."""
+    from canvas_core.schema import CanvasSchema
+
+    want = schema.to_dict()
+    for name, layout, topology in _canvas_parts(model):
+        got = CanvasSchema(layout=layout, topology=topology).to_dict()
+        if topology is None:  # a canvas module without a topology: compare the layout only
+            got.pop("topology", None)
+            ref = {k: v for k, v in want.items() if k != "topology"}
+        else:
+            ref = want
+        diffs = schema_differences(got, ref, f"module {name!r}", "the schema")
+        if diffs:
+            raise CheckpointError(
+                f"{where}: the model's module {name!r} was built from another canvas than the schema "
+                "given: " + "; ".join(diffs[:6])
+                + ". Pass the schema the model was built from"
+            )
+
+
+def _state(model: nn.Module, where: str) -> Dict[str, torch.Tensor]:
+    state = model.state_dict()
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise CheckpointError(
+            f"{where}: state_dict entries {bad[:5]} are not tensors (extra state of type "
+            f"{type(state[bad[0]]).__name__}); a safetensors checkpoint holds tensors only"
+        )
+    return state
+
+
+def _check_model(model: Any, where: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise CanvasTypeError(f"{where} expects a torch nn.Module, got {type(model).__name__}")
+
+
+def save_canvas_checkpoint(model: nn.Module, path: Any, schema: Any, *, metadata: Optional[Mapping[str, Any]] = None) -> str:
+    """Save ``model.state_dict()`` with ``schema`` (its JSON and hash) to ``path`` (safetensors).
+
+    ``schema``: the ``CanvasSchema`` the model was built from (a ``CanvasLayout`` or an object with
+    ``.schema`` also works); refused when the model's canvas modules were built from another one.
+    ``metadata``: JSON-serialisable dict stored as ``user_metadata`` (step, loss, ...).
+    Non-finite tensors and non-regular targets are refused before the file is touched; the write
+    is atomic.  Returns the real path written."""
+    where = "save_canvas_checkpoint"
+    _check_model(model, where)
+    s = _as_schema(schema, where)
+    check_write_target(path, "the canvas checkpoint", error=CheckpointError)
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise CheckpointError(f"{where}: metadata must be a dict of JSON-serialisable values, got {type(metadata).__name__}")
+    try:
+        user = json.dumps(dict(metadata or {}), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: metadata must be JSON-serialisable: {exc}") from None
+    _check_model_matches(model, s, where)
+    import canvas_core
+
+    header = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "canvas_core_version": canvas_core.__version__,
+        "torch_version": torch.__version__,
+        "model_class": type(model).__qualname__,
+        "schema": json.dumps(s.to_dict()),  # region order kept: it fixes the packing
+        "schema_hash": s.schema_hash(),
+        "user_metadata": user,
+    }
+    return save_safetensors_atomic(_state(model, where), path, header, "the canvas checkpoint")
+
+
+def _open(path: Any, where: str) -> Tuple[str, Dict[str, str], Any]:
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
+        raise CanvasTypeError(f"{where}: path must be a file path (str or os.PathLike), got {path!r:.60}")
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        raise CheckpointError(f"canvas checkpoint {p!r} is a directory; give the .safetensors file in it")
+    if not os.path.isfile(p):
+        raise CheckpointError(f"canvas checkpoint {p!r} does not exist (or is not a regular file)")
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        fh = safe_open(p, framework="pt", device="cpu")
+        header = dict(fh.metadata() or {})
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        with open(p, "rb") as raw:
+            head = raw.read(4)
+        if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+            raise CheckpointError(
+                f"{p!r} is a pickle / torch.save file, and canvas-core never unpickles checkpoints; "
+                "save the model with save_canvas_checkpoint") from None
+        raise CheckpointError(f"{p!r} is not a readable safetensors canvas checkpoint: {exc}") from None
+    if header.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{p!r} is not a canvas-core canvas checkpoint (format {header.get('format')!r}); save one "
+            "with save_canvas_checkpoint" + (" (this is a loop checkpoint: use load_loop_checkpoint)"
+                                             if header.get("format") == "canvas-core/loop-checkpoint" else ""))
+    if header.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{p!r} has canvas-checkpoint format version {header.get('format_version')!r}; this canvas-core "
+            f"reads version {FORMAT_VERSION}")
+    return p, header, fh
+
+
+def _saved_schema(p: str, header: Mapping[str, str]) -> Dict[str, Any]:
+    try:
+        saved = json.loads(header.get("schema", ""))
+        json.loads(header.get("user_metadata", "{}") or "{}")
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{p!r} has a corrupt header: {exc}") from None
+    if not isinstance(saved, dict):
+        raise CheckpointError(f"{p!r} has a corrupt header: 'schema' is not a canvas schema")
+    body = {k: v for k, v in saved.items() if k != "metadata"}
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
+    if digest != header.get("schema_hash"):
+        raise CheckpointError(f"{p!r} has a corrupt header: its schema does not match its schema_hash")
+    return saved
+
+
+def read_canvas_checkpoint_header(path: Any) -> Dict[str, Any]:
+    """The header of a canvas checkpoint, with ``schema`` as a ``CanvasSchema`` and
+    ``user_metadata`` decoded; reads no tensor."""
+    from canvas_core.schema import CanvasSchema
+
+    p, header, _ = _open(path, "read_canvas_checkpoint_header")
+    out: Dict[str, Any] = dict(header)
+    out["schema"] = CanvasSchema.from_dict(_saved_schema(p, header))
+    out["user_metadata"] = json.loads(header.get("user_metadata", "{}") or "{}")
+    return out
+
+
+def load_canvas_checkpoint(model: nn.Module, path: Any, schema: Any) -> Dict[str, Any]:
+    """Load a :func:`save_canvas_checkpoint` file into ``model`` (in place) and return its header.
+
+    ``schema``: the ``CanvasSchema`` ``model`` was built from.  Refused with a
+    :class:`CheckpointError` naming what differs, and ``model`` left unchanged, when the file was
+    saved for another schema, when ``model``'s canvas modules were built from another layout or
+    topology than ``schema``, or when the tensors do not fit (missing / unexpected names, shapes,
+    non-finite values)."""
+    where = "load_canvas_checkpoint"
+    _check_model(model, where)
+    s = _as_schema(schema, where)
+    p, header, fh = _open(path, where)
+    saved = _saved_schema(p, header)
+    if header.get("schema_hash") != s.schema_hash():
+        diffs = schema_differences(saved, s.to_dict())
+        raise CheckpointError(
+            f"canvas checkpoint {p!r} was saved for another canvas schema: "
+            + ("; ".join(diffs[:8]) if diffs else "the schemas differ") + ". Load it into a model built "
+            "from the schema it was saved with (read_canvas_checkpoint_header(path)['schema'])")
+    _check_model_matches(model, s, where)
+    current = _state(model, where)
+    keys = set(fh.keys())
+    missing, unexpected = sorted(set(current) - keys), sorted(keys - set(current))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"canvas checkpoint {p!r} does not fit {type(model).__name__}: "
+            + (f"missing tensors {missing[:5]}" if missing else "")
+            + ("; " if missing and unexpected else "")
+            + (f"unexpected tensors {unexpected[:5]}" if unexpected else "")
+            + "; the file belongs to another model class")
+    tensors = {}
+    for k, ref in current.items():
+        t = fh.get_tensor(k)
+        if tuple(t.shape) != tuple(ref.shape):
+            raise CheckpointError(
+                f"canvas checkpoint {p!r}: tensor {k!r} has shape {tuple(t.shape)} but the model's is "
+                f"{tuple(ref.shape)}")
+        if t.is_floating_point() != ref.is_floating_point():
+            raise CheckpointError(f"canvas checkpoint {p!r}: tensor {k!r} is {t.dtype} but the model's is {ref.dtype}")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"canvas checkpoint {p!r}: tensor {k!r} holds NaN or infinite values")
+        tensors[k] = t
+    model.load_state_dict(tensors, strict=True)
+    out: Dict[str, Any] = dict(header)
+    out["user_metadata"] = json.loads(header.get("user_metadata", "{}") or "{}")
+    return out

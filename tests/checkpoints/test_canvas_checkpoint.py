@@ -1,0 +1,153 @@
+"""Canvas-model checkpoints: weights + schema JSON + hash (safetensors); a model or schema of another
+canvas is refused naming what differs, and the model is left unchanged."""
+
+import json
+import pickle
+
+import canvas_ref_strategies as gen  # registered by tests/conftest.py
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors import safe_open
+from torch import nn
+
+from canvas_core import (
+    CanvasAttention,
+    SpatiotemporalCanvas,
+    load_canvas_checkpoint,
+    read_canvas_checkpoint_header,
+    save_canvas_checkpoint,
+)
+from canvas_core.errors import CheckpointError
+from canvas_core.schema import CanvasLayout, CanvasSchema, CanvasTopology, Connection
+
+
+def _schema(T=4, offsets=True, d=16, extra_region=False):
+    regions = {"video": (0, T, 0, 2, 0, 2), "action": (0, T, 2, 3, 0, 1)}
+    if extra_region:
+        regions["reward"] = (0, T, 2, 3, 1, 2)
+    layout = CanvasLayout(T=T, spatial_shape=(3, 2), d_model=d, regions=regions)
+    kw = dict(t_src=0, t_dst=-1) if offsets else {}
+    topo = CanvasTopology(connections=[Connection("video", "video"), Connection("action", "video", **kw)])
+    return CanvasSchema(layout=layout, topology=topo)
+
+
+class Model(nn.Module):
+    def __init__(self, schema, seed=0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.canvas = SpatiotemporalCanvas(schema.layout)
+        self.attn = CanvasAttention(schema.topology, schema.layout, n_heads=2)
+        self.head = nn.Linear(schema.layout.d_model, 3)
+
+
+def _params(m):
+    return {k: v.clone() for k, v in m.state_dict().items()}
+
+
+def test_round_trip_exact_with_header(tmp_path):
+    s = _schema()
+    m = Model(s, seed=0)
+    path = tmp_path / "model.safetensors"
+    save_canvas_checkpoint(m, path, s, metadata={"step": 10})
+    other = Model(s, seed=1)
+    hdr = load_canvas_checkpoint(other, path, s)
+    assert hdr["user_metadata"] == {"step": 10} and hdr["schema_hash"] == s.schema_hash()
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, other.state_dict()[k]), k
+    info = read_canvas_checkpoint_header(path)
+    assert info["schema"] == s
+    with safe_open(str(path), "pt") as f:
+        assert json.loads(f.metadata()["schema"]) == s.to_dict()
+
+
+@pytest.mark.parametrize("change, words", [
+    (dict(offsets=False), ["connection action -> video", "t_dst"]),
+    (dict(T=16), ["canvas frames T", "16"]),
+    (dict(extra_region=True), ["reward"]),
+])
+def test_model_of_another_schema_refused_naming_the_difference(tmp_path, change, words):
+    s = _schema()
+    path = tmp_path / "m.safetensors"
+    save_canvas_checkpoint(Model(s), path, s)
+    s2 = _schema(**change)
+    m2 = Model(s2, seed=3)
+    before = _params(m2)
+    with pytest.raises(CheckpointError) as e:
+        load_canvas_checkpoint(m2, path, s2)
+    for w in words:
+        assert w in str(e.value)
+    assert all(torch.equal(v, m2.state_dict()[k]) for k, v in before.items())  # unchanged
+    # strict load_state_dict stays canvas-engineering compatible (no schema in the keys);
+    # the documented path is the one that knows the schema
+
+
+def test_schema_that_does_not_match_the_model_refused(tmp_path):
+    s, s_no_offsets = _schema(), _schema(offsets=False)
+    m = Model(s_no_offsets)
+    with pytest.raises(CheckpointError, match="module 'attn' was built from another canvas.*t_dst"):
+        save_canvas_checkpoint(m, tmp_path / "x.safetensors", s)
+    assert not (tmp_path / "x.safetensors").exists()
+    save_canvas_checkpoint(m, tmp_path / "x.safetensors", s_no_offsets)
+    with pytest.raises(CheckpointError, match="another canvas schema"):
+        load_canvas_checkpoint(Model(s), tmp_path / "x.safetensors", s)
+
+
+def test_bad_files_refused(tmp_path):
+    s = _schema()
+    m = Model(s)
+    pk = tmp_path / "p.safetensors"
+    pk.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(CheckpointError, match="never unpickles"):
+        load_canvas_checkpoint(m, pk, s)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_canvas_checkpoint(m, tmp_path / "none.safetensors", s)
+    from canvas_core.looping import graft_looped_blocks, save_loop_checkpoint
+
+    class G(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([nn.Linear(4, 4)])
+
+    blocks, head = graft_looped_blocks(G(), max_loops=2, inner_dim=4, latent_channels=4)
+    save_loop_checkpoint(blocks, head, tmp_path / "loops.safetensors")
+    with pytest.raises(CheckpointError, match="load_loop_checkpoint"):
+        load_canvas_checkpoint(m, tmp_path / "loops.safetensors", s)
+
+
+def test_nan_weights_refused_before_touching_the_file(tmp_path):
+    s = _schema()
+    m = Model(s)
+    path = tmp_path / "m.safetensors"
+    save_canvas_checkpoint(m, path, s)
+    before = path.read_bytes()
+    with torch.no_grad():
+        m.head.weight[0, 0] = float("inf")
+    with pytest.raises(CheckpointError, match="head.weight"):
+        save_canvas_checkpoint(m, path, s)
+    assert path.read_bytes() == before
+
+
+def test_other_model_class_refused(tmp_path):
+    s = _schema()
+    save_canvas_checkpoint(Model(s), tmp_path / "m.safetensors", s)
+    other = nn.Sequential(SpatiotemporalCanvas(s.layout))
+    with pytest.raises(CheckpointError, match="missing tensors|unexpected tensors"):
+        load_canvas_checkpoint(other, tmp_path / "m.safetensors", s)
+
+
+@st.composite
+def _schemas(draw):
+    layout = draw(gen.layouts())
+    return CanvasSchema(layout=layout, topology=draw(gen.topologies(layout)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(_schemas(), _schemas())
+def test_differences_are_empty_exactly_when_the_hashes_agree(a, b):
+    from canvas_core.checkpoints import schema_differences
+
+    assert schema_differences(a.to_dict(), a.to_dict()) == []
+    diffs = schema_differences(a.to_dict(), b.to_dict())
+    assert (diffs == []) == (a.schema_hash() == b.schema_hash())
