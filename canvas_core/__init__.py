@@ -102,7 +102,7 @@ _export(
     "canvas_core.looping",
     "LoopedBlockWrapper", "graft_looped_blocks", "freeze_full", "freeze_half", "freeze_none",
     "CurriculumScheduler", "SharpeningSchedule", "save_loop_checkpoint", "load_loop_checkpoint",
-    "set_loops", "loop_counts", "loop_stats", "LoopedSpan", "ModelLoop",
+    "set_loops", "loop_counts", "loop_stats", "LoopedSpan", "ModelLoop", "RandomDepthScheduler",
 )
 _export("canvas_core.looping.ungraft", "ungraft_looped_blocks")
 _export("canvas_core.checkpoints", "save_canvas_checkpoint", "load_canvas_checkpoint", "read_canvas_checkpoint_header")

@@ -4,7 +4,8 @@ Public: ``LoopedBlockWrapper``, ``graft_looped_blocks``, ``freeze_full``, ``free
 ``freeze_none``, ``ChannelFirstActionHead`` (the head of channel-first backbones such as Mochi),
 ``CurriculumScheduler``, ``SharpeningSchedule``, ``save_loop_checkpoint``,
 ``load_loop_checkpoint``; loop scopes: ``LoopedSpan``, ``SpanMember``, ``ModelLoop``,
-``set_loops``, ``loop_counts``, ``loop_stats``, ``loop_parts_of``, ``scope_of``; adapter authors use ``BackboneAdapter``, ``TokenLayout``, ``BlockIO``.
+``set_loops``, ``loop_counts``, ``loop_stats``, ``loop_parts_of``, ``scope_of``,
+``RandomDepthScheduler``; adapter authors use ``BackboneAdapter``, ``TokenLayout``, ``BlockIO``.
 """
 
 from canvas_core.looping.adapter import BackboneAdapter, GenericAdapter, TokenLayout, topology_bias
@@ -20,7 +21,7 @@ from canvas_core.looping.graft import (
 )
 from canvas_core.looping.registry import backbone_entries, find_adapter
 from canvas_core.looping.model_loop import ModelLoop
-from canvas_core.looping.schedules import CurriculumScheduler, SharpeningSchedule
+from canvas_core.looping.schedules import CurriculumScheduler, RandomDepthScheduler, SharpeningSchedule
 from canvas_core.looping.scopes import loop_counts, loop_parts_of, loop_stats, scope_of, set_loops
 from canvas_core.looping.span import LoopedSpan, SpanMember
 from canvas_core.looping.wrapper import BlockIO, LoopedBlockWrapper
@@ -53,4 +54,5 @@ __all__ = [
     "loop_stats",
     "loop_parts_of",
     "scope_of",
+    "RandomDepthScheduler",
 ]

@@ -7,7 +7,7 @@ from typing import Iterable
 
 from canvas_core.errors import CanvasTypeError, SchemaError
 
-__all__ = ["CurriculumScheduler", "SharpeningSchedule"]
+__all__ = ["CurriculumScheduler", "SharpeningSchedule", "RandomDepthScheduler"]
 
 
 def _check_int(name: str, value, lo: int) -> int:
@@ -49,8 +49,10 @@ class CurriculumScheduler:
         return min(self.max_loops, 1 + int(math.floor(progress * self.max_loops)))
 
     def step(self, looped_blocks: Iterable, step: int) -> int:
-        """Set every looped block to ``get_loops(step)`` loops and return that count."""
+        """Set every looped block to ``get_loops(step)`` loops and return that count.
+        ``looped_blocks`` may also be the grafted model (any scope)."""
         n = self.get_loops(step)
+        looped_blocks = _parts_of(looped_blocks)
         if hasattr(looped_blocks, "set_loops"):  # one block
             looped_blocks = [looped_blocks]
         if not hasattr(looped_blocks, "__iter__"):
@@ -73,6 +75,95 @@ class CurriculumScheduler:
             f"CurriculumScheduler(max_loops={self.max_loops}, total_steps={self.total_steps}, "
             f"warmup_fraction={self.warmup_fraction})"
         )
+
+
+def _parts_of(obj):
+    """The looped parts of a grafted model (any scope), or ``obj`` itself (blocks / parts)."""
+    if hasattr(obj, "set_loops") or not hasattr(obj, "modules") or hasattr(obj, "__iter__"):
+        return obj
+    from canvas_core.looping.scopes import loop_parts_of
+
+    parts = loop_parts_of(obj)
+    if not parts:
+        raise CanvasTypeError(
+            f"{type(obj).__name__} has no looped part; graft it first (graft_looped_blocks) or pass "
+            "the looped blocks it returned")
+    return parts
+
+
+class RandomDepthScheduler:
+    """Loop count sampled per training step (randomized depth), reproducible from ``seed``.
+
+    Training with a random iteration count is what lets a recurrent core spend more iterations at
+    test time than it was trained with (Huginn, arXiv 2502.05171; retrofitted recurrence,
+    arXiv 2511.07384). ``get_loops(step)`` depends only on ``(seed, step)``, so a resumed run draws
+    the same counts. ``distribution``:
+
+    * ``"uniform"``: uniform on ``min_loops .. max_loops``;
+    * ``"lognormal_poisson"`` (Huginn's): ``tau ~ Normal(log(mean) - sigma^2 / 2, sigma)``,
+      ``n = 1 + Poisson(exp(tau))``, clipped to ``min_loops .. max_loops``; its mean is about
+      ``mean + 1`` before clipping, with a heavy right tail.
+
+    Example::
+
+        depth = RandomDepthScheduler(max_loops=8, distribution="lognormal_poisson", mean=3, seed=0)
+        for it in range(steps):
+            n = depth.step(model, it)          # sets the loops of every looped part
+    """
+
+    DISTRIBUTIONS = ("uniform", "lognormal_poisson")
+
+    def __init__(self, max_loops: int = 4, distribution: str = "uniform", *, min_loops: int = 1,
+                 mean: float = 2.0, sigma: float = 0.5, seed: int = 0) -> None:
+        self.max_loops = _check_int("max_loops", max_loops, 1)
+        self.min_loops = _check_int("min_loops", min_loops, 1)
+        if self.min_loops > self.max_loops:
+            raise SchemaError(f"min_loops ({min_loops}) must be <= max_loops ({max_loops})")
+        if distribution not in self.DISTRIBUTIONS:
+            raise SchemaError(f"unknown depth distribution {distribution!r}; choose one of "
+                              f"{list(self.DISTRIBUTIONS)}")
+        for name, v in (("mean", mean), ("sigma", sigma)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
+                raise SchemaError(f"{name} must be a finite number > 0, got {v!r}")
+        self.seed = _check_int("seed", seed, 0)
+        self.distribution, self.mean, self.sigma = distribution, float(mean), float(sigma)
+
+    def get_loops(self, step: int) -> int:
+        """The loop count of training step ``step`` (an int >= 0)."""
+        import random
+
+        step = _check_int("step", step, 0)
+        rng = random.Random(self.seed * 1_000_003 + step)
+        if self.distribution == "uniform":
+            return rng.randint(self.min_loops, self.max_loops)
+        tau = rng.gauss(math.log(self.mean) - self.sigma ** 2 / 2, self.sigma)
+        lam, k, p = math.exp(tau), 0, 1.0
+        limit = math.exp(-lam)
+        while True:  # Knuth's Poisson sampler (lam is small)
+            p *= rng.random()
+            if p <= limit:
+                break
+            k += 1
+        return min(self.max_loops, max(self.min_loops, 1 + k))
+
+    def step(self, looped, step: int) -> int:
+        """Set every looped part (blocks, span, model loop; or the grafted model) to
+        ``get_loops(step)`` loops and return it (block-scope blocks clamp to their ``max_loops``)."""
+        n = self.get_loops(step)
+        parts = _parts_of(looped)
+        if hasattr(parts, "set_loops"):
+            parts = [parts]
+        for b in parts:
+            setter = getattr(b, "set_loops", None)
+            if setter is None:
+                raise CanvasTypeError(f"RandomDepthScheduler.step expects looped parts with set_loops(n); "
+                                      f"got {type(b).__name__}")
+            setter(min(n, getattr(b, "max_loops", n)) if type(b).__name__ == "LoopedBlockWrapper" else n)
+        return n
+
+    def __repr__(self) -> str:
+        return (f"RandomDepthScheduler(max_loops={self.max_loops}, distribution={self.distribution!r}, "
+                f"min_loops={self.min_loops}, mean={self.mean}, sigma={self.sigma}, seed={self.seed})")
 
 
 class SharpeningSchedule:
