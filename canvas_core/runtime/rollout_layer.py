@@ -83,10 +83,9 @@ class _Index:
         self._cache: Dict[Any, Any] = {}
 
     def get(self, key: Any, build) -> Any:
-        hit = self._cache.get(key)
-        if hit is None:
-            hit = self._cache[key] = build()
-        return hit
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
 
 
 def _long(a: np.ndarray, device: Any, n: int) -> torch.Tensor:
@@ -147,27 +146,47 @@ class LayerRoll:
             sf = fp.soft(f, t)
             if sf is None:
                 continue
-            keys, bias, has = self.index.get(("soft", f, t), lambda: self._soft_tensors(sf, q.device))
-            k = self.kv[0].index_select(2, keys)
-            v = self.kv[1].index_select(2, keys)
-            bias = bias.to(q.dtype)
-            o = _attend(q, k, v, bias, scale) * has.to(q.dtype)[None, None, :, None]
-            c = self.index.get(("coef", f, t), lambda: torch.from_numpy(fp.coef[f][sl].copy()).to(q.device))
-            c = c.to(q.dtype)
+            classes = self.index.get(("classes", f, t, q.dtype), lambda: self._class_tensors(sf, q.device, q.dtype))
+            if classes is not None:
+                o = q.new_zeros(q.shape)
+                for qi, keys, bias in classes:
+                    qc = q if qi is None else q.index_select(2, qi)
+                    oc = F.scaled_dot_product_attention(qc, self.kv[0].index_select(2, keys),
+                                                        self.kv[1].index_select(2, keys), attn_mask=bias,
+                                                        scale=scale)
+                    o = oc if qi is None else o.index_copy(2, qi, oc)
+            else:  # many distinct rows: one masked attention over the keys the frame reads
+                keys, bias, has = self.index.get(("soft", f, t, q.dtype), lambda: self._soft_tensors(sf, q.device, q.dtype))
+                k = self.kv[0].index_select(2, keys)
+                v = self.kv[1].index_select(2, keys)
+                o = _attend(q, k, v, bias, scale) * has.to(q.dtype)[None, None, :, None]
+            c = self.index.get(("coef", f, t, q.dtype),
+                               lambda: torch.from_numpy(fp.coef[f][sl].copy()).to(device=q.device, dtype=q.dtype))
             o = o * c[None, None, :, None]
             mixed = o if mixed is None else mixed + o
             csum = c if csum is None else csum + c
         return mixed, csum
 
+    def _class_tensors(self, sf, device, dtype):
+        classes = sf.classes()
+        if classes is None:
+            return None
+        out = []
+        for qi, keys, logw in classes:
+            full = len(qi) == self.frames.V
+            out.append((None if full else torch.from_numpy(qi).to(device), torch.from_numpy(keys).to(device),
+                        None if logw is None else torch.from_numpy(logw).to(device=device, dtype=dtype)[None, :]))
+        return out
+
     @staticmethod
-    def _soft_tensors(sf, device):
+    def _soft_tensors(sf, device, dtype):
         grid = torch.from_numpy(sf.grid)
         logw = torch.where(grid > 0, grid.clamp_min(1e-300).log(), torch.full_like(grid, -math.inf))
         row, col = torch.from_numpy(sf.row), torch.from_numpy(sf.col)
         bias = logw[row][:, col]  # (V, K_t)
         has = torch.from_numpy(sf.has_key)
         bias = torch.where(has[:, None], bias, torch.zeros_like(bias))  # no NaN on rows without keys
-        return torch.from_numpy(sf.keys).to(device), bias.to(device), has.to(device)
+        return torch.from_numpy(sf.keys).to(device), bias.to(device=device, dtype=dtype), has.to(device)
 
     def _others(self, t: int, B: int, D: int, h: torch.Tensor) -> Optional[torch.Tensor]:
         from canvas_core.runtime.canvas_attention import _key

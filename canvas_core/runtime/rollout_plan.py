@@ -105,6 +105,24 @@ class SoftFrame:
     grid: np.ndarray
     has_key: np.ndarray
 
+    def classes(self, limit: int = 32) -> Optional[List[Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]]:
+        """The queries grouped by identical weight rows: ``[(queries (m,) frame-local, keys (k,)
+        canonical, log w (k,) or None when every weight of the row is equal), ...]`` (a constant
+        weight cancels in the softmax); None when there are more than ``limit`` such groups."""
+        rows = np.unique(self.row)
+        if len(rows) > limit:
+            return None
+        out = []
+        for r in rows:
+            w = self.grid[int(r)][self.col]
+            sel = w > 0
+            if not sel.any():
+                continue
+            ws = w[sel]
+            logw = None if np.all(ws == ws[0]) else np.log(ws)
+            out.append((np.flatnonzero(self.row == r), self.keys[sel], logw))
+        return out
+
 
 @dataclass
 class TypeCall:
