@@ -1,0 +1,279 @@
+"""Telemetry: what a canvas model does with its topology, as a flat dict of numbers.
+
+Off by default and free when off: nothing is registered on a model until a recording starts, and
+everything is removed when it ends.
+
+* :func:`record_telemetry` -- a context manager; every forward inside it is measured::
+
+      with canvas_core.record_telemetry(model) as tel:
+          loss = loss_fn(model(x), y)
+          loss.backward()
+      logger.log(tel.values())          # {"layers.0.attn/#1 action->video [cross_attention]/mass_share": 0.31, ...}
+
+* :func:`telemetry` -- one forward (no gradient) and its numbers in one call.
+
+What is measured (averaged over the recorded forwards):
+
+* ``<layer>/#<i> <src>-><dst> [<fn>]/mass_share`` -- for every connection of every canvas layer
+  (``CanvasAttention`` and its subclasses), the share of the layer's output at the queries the
+  connection links that comes through it: ``c_f(p) * m_c(p)`` averaged over those queries, with
+  ``c_f(p) = W_f(p) / sum_g W_g(p)`` the mixing share of its fn type and ``m_c(p)`` the softmax
+  mass on the connection's keys (softmax family), or the connection's share ``w_c(p) / W_f(p)``
+  of its type's weight (other types, whose modules do not expose per-key weights).  A pair that
+  two connections of one type link counts for the one with the larger weight.  At a query, the
+  shares of all connections sum to 1.
+* ``<layer>/#<i> ...[<fn>]/out_norm`` -- the norm of that connection's part of the output at its
+  queries: ``c_f(p) * ||sum_{j in c} a_pj v_j||`` (softmax family; heads concatenated, before the
+  output projection), or its weight share times the mean row norm of its type's module output.
+* ``gate/<parameter name>`` -- every parameter whose name contains ``gate`` (loop gates per block
+  and loop, the type gates of a backbone's topology branches, span injection and adapter gates):
+  each element for up to 16 elements (``.../<k>``), else ``/mean`` and ``/absmax``.
+
+Queries are sampled (``max_queries`` per layer, evenly spaced over the updated positions; all of
+them when the layer has fewer), so the cost of a recorded forward stays a small multiple of the
+forward itself.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from canvas_core.errors import CanvasTypeError
+from canvas_core.runtime.backbone_attention import plan_query_weights
+
+__all__ = ["Telemetry", "record_telemetry", "telemetry"]
+
+_MAX_ELEMENTS = 16
+_CHUNK_ELEMENTS = 1 << 24  # (B * H * queries * N) per chunk of the softmax probe
+
+
+class _Mean:
+    __slots__ = ("total", "count")
+
+    def __init__(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def add(self, value: float, weight: int = 1) -> None:
+        self.total += float(value) * weight
+        self.count += weight
+
+    @property
+    def value(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+
+class _LayerProbe:
+    """Per-connection statistics of one canvas layer (precomputed once from its plan)."""
+
+    def __init__(self, name: str, layer: nn.Module, max_queries: int) -> None:
+        plan = layer.plan
+        self.name, self.layer = name, layer
+        conns = plan.topology.connections
+        n = int(plan.n)
+        qw = {f: np.asarray(plan.query_weight[f], dtype=np.float64) for f in plan.groups}
+        den = np.zeros(n)
+        for w in qw.values():
+            den += w
+        updated = np.flatnonzero(den > 0)
+        if len(updated) > max_queries:
+            updated = updated[np.linspace(0, len(updated) - 1, max_queries).round().astype(np.int64)]
+        self.sample = updated  # packed query positions
+        safe = np.where(den > 0, den, 1.0)
+        self.c_fn = {f: (qw[f] / safe)[updated] for f in plan.groups}  # (S,) mixing share per type
+        self.labels: Dict[int, str] = {}
+        self.fn_of: Dict[int, str] = {}
+        self.conn_share: Dict[int, np.ndarray] = {}  # non-softmax: w_c(p) / den(p) at the sample
+        weights = [float(c.weight) for c in conns]
+        soft = set(getattr(layer, "softmax_types", ()))
+        for f, g in plan.groups.items():
+            for ci in g.connections:
+                c = conns[ci]
+                self.labels[ci] = f"{name}/#{ci} {c.src}->{c.dst} [{f}]"
+                self.fn_of[ci] = f
+                if f not in soft:
+                    only = [w if i == ci else 0.0 for i, w in enumerate(weights)]
+                    self.conn_share[ci] = (plan_query_weights(plan, only)[f] / safe)[updated]
+        self.stats: Dict[str, _Mean] = {}
+        self.module_norm: Dict[str, _Mean] = {}
+
+    def _add(self, key: str, value: float) -> None:
+        self.stats.setdefault(key, _Mean()).add(value)
+
+    @torch.no_grad()
+    def softmax_forward(self, x: torch.Tensor) -> None:
+        layer, plan = self.layer, self.layer.plan
+        ex = layer.executor
+        if not ex.soft_fns or layer.qkv is None or not len(self.sample):
+            return
+        B, N, D = x.shape
+        H, d = layer.n_heads, layer.head_dim
+        qkv = layer.qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).float()
+        perm = torch.as_tensor(plan.perm, device=x.device)
+        k, v = qkv[1].index_select(2, perm), qkv[2].index_select(2, perm)  # packed order
+        q = qkv[0].index_select(2, torch.as_tensor(plan.perm[self.sample], device=x.device))
+        scale = layer.beta / math.sqrt(d)
+        S = len(self.sample)
+        chunk = max(1, _CHUNK_ELEMENTS // max(1, B * H * N))
+        for f in ex.soft_fns:
+            weight, owner = self._pair_owner(plan.groups[f], N)
+            cf = self.c_fn[f]
+            for c0 in range(0, S, chunk):
+                rows = slice(c0, min(S, c0 + chunk))
+                w = torch.as_tensor(weight[rows], device=x.device)
+                linked = (w > 0).any(-1)
+                if not bool(linked.any()):
+                    continue
+                logits = torch.einsum("bhsd,bhnd->bhsn", q[:, :, rows], k) * scale
+                logits = logits + torch.where(w > 0, w.log(), torch.full_like(w, -math.inf)).float()
+                probs = torch.softmax(logits.masked_fill(~linked[None, None, :, None], 0.0), dim=-1)
+                own = torch.as_tensor(owner[rows], device=x.device)
+                for ci in np.unique(owner[rows][owner[rows] >= 0]):
+                    mine = (own == int(ci)).float()
+                    at = mine.sum(-1) > 0  # the sampled queries this connection links
+                    pm = probs * mine
+                    mass = pm.sum(-1).mean(dim=(0, 1))  # (s,)
+                    norm = torch.einsum("bhsn,bhnd->bshd", pm, v).flatten(2).norm(dim=-1).mean(0)  # (s,)
+                    c = torch.as_tensor(cf[rows], device=x.device, dtype=mass.dtype)
+                    self._add(f"{self.labels[int(ci)]}/mass_share", float((c * mass)[at].mean()))
+                    self._add(f"{self.labels[int(ci)]}/out_norm", float((c * norm)[at].mean()))
+
+    def _pair_owner(self, g: Any, n: int) -> Tuple[np.ndarray, np.ndarray]:
+        """``(weight (S, N), owner (S, N))`` over the sampled queries in packed coordinates: the
+        largest weight linking each pair and the connection it comes from (-1: not linked)."""
+        S = len(self.sample)
+        weight = np.zeros((S, n))
+        owner = np.full((S, n), -1, dtype=np.int64)
+        for r in range(g.n_rects):
+            rows = np.flatnonzero((self.sample >= g.q0[r]) & (self.sample < g.q1[r]))
+            if not len(rows):
+                continue
+            cols = np.arange(g.k0[r], g.k1[r])
+            block = np.ix_(rows, cols)
+            better = g.weight[r] > weight[block]
+            weight[block] = np.where(better, g.weight[r], weight[block])
+            owner[block] = np.where(better, g.conn[r], owner[block])
+        return weight, owner
+
+    def module_output(self, fn: str, out: Any) -> None:
+        if isinstance(out, torch.Tensor) and out.dim() >= 2 and out.numel():
+            self.module_norm.setdefault(fn, _Mean()).add(float(out.detach().float().norm(dim=-1).mean()))
+
+    def values(self) -> Dict[str, float]:
+        out = {k: m.value for k, m in self.stats.items()}
+        for ci, share in self.conn_share.items():
+            at = share > 0
+            if not at.any():
+                continue
+            fn = self.fn_of[ci]
+            out[f"{self.labels[ci]}/mass_share"] = float(share[at].mean())
+            norm = self.module_norm.get(fn)
+            if norm is not None:
+                out[f"{self.labels[ci]}/out_norm"] = float(share[at].mean() * norm.value)
+        return out
+
+
+class Telemetry:
+    """The numbers of the forwards recorded by :func:`record_telemetry` (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, max_queries: int = 256) -> None:
+        if not isinstance(model, nn.Module):
+            raise CanvasTypeError(f"record_telemetry expects an nn.Module, got {type(model).__name__}")
+        if isinstance(max_queries, bool) or not isinstance(max_queries, int) or max_queries < 1:
+            raise CanvasTypeError(f"record_telemetry: max_queries must be an int >= 1, got {max_queries!r}")
+        self.model = model
+        self.max_queries = max_queries
+        self.forwards = 0
+        self._probes: List[_LayerProbe] = []
+        self._handles: List[Any] = []
+
+    def _start(self) -> None:
+        from canvas_core.runtime.canvas_attention import CanvasAttention
+        from canvas_core.runtime.canvas_attention import _key as fn_module_key
+
+        for name, mod in self.model.named_modules():
+            if not isinstance(mod, CanvasAttention):
+                continue
+            probe = _LayerProbe(name or type(mod).__name__, mod, self.max_queries)
+            self._probes.append(probe)
+            self._handles.append(mod.register_forward_pre_hook(self._pre_hook(probe)))
+            for fn in mod.executor.other_fns:
+                self._handles.append(mod.fn_modules[fn_module_key(fn)].register_forward_hook(
+                    lambda _m, _i, out, p=probe, f=fn: p.module_output(f, out)))
+        self._handles.append(self.model.register_forward_pre_hook(self._count))
+
+    def _count(self, _module: nn.Module, _inputs: Any) -> None:
+        self.forwards += 1
+
+    @staticmethod
+    def _pre_hook(probe: _LayerProbe):
+        def hook(_module: nn.Module, args: Tuple[Any, ...], kwargs: Optional[dict] = None):
+            x = args[0] if args else None
+            active = args[1] if len(args) > 1 else None
+            if isinstance(x, torch.Tensor) and x.dim() == 3 and active is None:
+                probe.softmax_forward(x)
+        return hook
+
+    def _stop(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def gate_values(self) -> Dict[str, float]:
+        """``gate/<name>``: every parameter of the model whose name contains ``gate``, now."""
+        out: Dict[str, float] = {}
+        for name, p in self.model.named_parameters():
+            if "gate" not in name.rsplit(".", 1)[-1]:
+                continue
+            t = p.detach().float().flatten().cpu()
+            if t.numel() <= _MAX_ELEMENTS:
+                for i, v in enumerate(t.tolist()):
+                    out[f"gate/{name}/{i}" if t.numel() > 1 else f"gate/{name}"] = float(v)
+            else:
+                out[f"gate/{name}/mean"] = float(t.mean())
+                out[f"gate/{name}/absmax"] = float(t.abs().max())
+        return out
+
+    def values(self) -> Dict[str, float]:
+        """Everything, as ``{name: float}``, ready for any logger."""
+        out: Dict[str, float] = {}
+        for probe in self._probes:
+            out.update(probe.values())
+        out.update(self.gate_values())
+        return out
+
+    def summary(self, top: int = 8) -> str:
+        """A few readable lines: the connections carrying the most output, then the gates."""
+        vals = self.values()
+        shares = sorted(((v, k[: -len("/mass_share")]) for k, v in vals.items() if k.endswith("/mass_share")),
+                        reverse=True)
+        lines = [f"telemetry over {self.forwards} forward(s): share of output by connection (top {top})"]
+        lines += [f"  {v:6.1%}  {k}" for v, k in shares[:top]]
+        gates = [(k, v) for k, v in vals.items() if k.startswith("gate/")]
+        if gates:
+            lines.append(f"gates ({len(gates)}): largest |value| "
+                         + ", ".join(f"{k[5:]}={v:+.3g}" for k, v in sorted(gates, key=lambda kv: -abs(kv[1]))[:4]))
+        return "\n".join(lines)
+
+
+@contextmanager
+def record_telemetry(model: nn.Module, *, max_queries: int = 256) -> Iterator[Telemetry]:
+    """Measure every forward of ``model`` inside the block; see the module docstring."""
+    tel = Telemetry(model, max_queries)
+    tel._start()
+    try:
+        yield tel
+    finally:
+        tel._stop()
+
+
+def telemetry(model: nn.Module, *inputs: Any, max_queries: int = 256, **kwargs: Any) -> Dict[str, float]:
+    """Run ``model(*inputs, **kwargs)`` once without gradient and return its telemetry dict."""
+    with record_telemetry(model, max_queries=max_queries) as tel, torch.no_grad():
+        model(*inputs, **kwargs)
+    return tel.values()
