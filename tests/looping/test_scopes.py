@@ -239,3 +239,34 @@ def test_cogvideox_model_scope_feeds_the_latents_back():
         once = run(kind, plain, kw)
         twice = run(kind, plain, dict(kw, hidden_states=once))
         assert torch.allclose(run(kind, m, kw), twice, atol=1e-6)
+
+
+@pytest.mark.parametrize("scope", SCOPES)
+def test_generic_adapter_every_scope_is_the_backbone(scope):
+    torch.manual_seed(2)
+    x = torch.randn(3, 5, 3)
+    with torch.no_grad():
+        ref = make_net()(x)
+    m = make_net()
+    graft_looped_blocks(m, max_loops=2, scope=scope, latent_channels=3)
+    assert get_adapter(m).name == "generic"
+    for n in (1, 2, 3, 4):
+        canvas_core.set_loops(m, n)
+        with torch.no_grad():
+            assert torch.equal(m(x), ref), (scope, n)
+
+
+def test_span_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(4)
+    x = torch.randn(2, 5, 3)
+    grads = []
+    for ckpt in (False, True):
+        m = make_net()
+        parts, _ = graft_looped_blocks(m, max_loops=3, scope=(1, 3), inject="concat", freeze="none",
+                                       gate_init_bias=0.3, use_gradient_checkpointing=ckpt, latent_channels=3)
+        m.train()
+        m(x).pow(2).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    for k in grads[0]:
+        assert torch.allclose(grads[0][k], grads[1][k], atol=1e-6), k
