@@ -252,11 +252,12 @@ def draw_schema(
     fig.suptitle(title or f"canvas {dims}  N={layout.num_positions}  d_model={layout.d_model}", fontsize=11)
     fig.tight_layout(rect=(0, 0.1, 0.93 if topo is not None else 1, 0.95))
     out = Path(path)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(out, dpi=dpi)
-    except OSError as exc:
-        raise CanvasError(f"cannot write picture to {str(out)!r}: {exc.strerror or exc}") from None
+    from canvas_core._safe_write import atomic_write
+
+    fmt = out.suffix[1:].lower() or "png"  # the temporary file has no telling suffix
+    try:  # atomic; a FIFO / device / directory target is refused (CanvasError), never replaced
+        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt), "picture",
+                     make_parents=True)
     finally:
         plt.close(fig)
     return out

@@ -157,8 +157,12 @@ def _check_config(cfg: DemoConfig) -> None:
         raise CanvasError(f"--train-videos must be an integer >= 1, got {cfg.train_videos!r}")
     if cfg.pretrained is not None and cfg.random_init:
         raise CanvasError("--pretrained and --random-init exclude each other; give one of them")
-    if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
-        raise CanvasError(f"--lr must be a number > 0, got {cfg.lr!r}")
+    if isinstance(cfg.lr, bool) or not isinstance(cfg.lr, (int, float)) or not (0 < cfg.lr <= 1):
+        # inf / nan / <= 0 would train to NaN weights; AdamW rates above 1 diverge
+        raise CanvasError(f"--lr must be a number > 0 (finite, at most 1; AdamW rates are typically 1e-4 .. "
+                          f"1e-2), got {cfg.lr!r}")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2 ** 63:
+        raise CanvasError(f"--seed must be an integer in [0, 2**63), got {cfg.seed!r}")
     try:
         device = torch.device(cfg.device)
     except (RuntimeError, TypeError):
