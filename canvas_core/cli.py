@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -26,10 +27,17 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line answer to bad arguments (exit 2), subcommand parsers included."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from canvas_core import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="canvas",
         description="canvas-core: declare a transformer's latent space, compile it into fast modules.",
     )
@@ -47,7 +55,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tolerant_streams() -> None:
+    """Print what the terminal cannot encode (a lone surrogate in a region name, say) as escapes
+    instead of failing with UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):
+            pass
+
+
+def _quiet_stdout() -> None:
+    """After a closed pipe (``canvas plugins --json | head -1``): send what is left of stdout to
+    the null device, so that the interpreter's final flush does not fail again."""
+    try:
+        if sys.stdout is sys.__stdout__:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
+def _fail(command: str, message: str) -> int:
+    print(f"canvas {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    _tolerant_streams()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -58,10 +93,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     module = importlib.import_module(args._module)
     try:
-        return int(module.run(args) or 0)
+        status = int(module.run(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+        return status
     except CanvasError as exc:
-        print(f"canvas {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(exc))
+    except BrokenPipeError:  # the reader went away (`canvas plugins --json | true`): not an error of ours
+        _quiet_stdout()
+        return 0
+    except RecursionError:
+        return _fail(args.command, "the input is nested too deeply to be processed (a JSON file with "
+                     "thousands of nested arrays/objects?); check the file")
+    except OSError as exc:  # a path the system refuses (missing folder, read-only, a directory, ...)
+        where = f" {exc.filename!r}" if getattr(exc, "filename", None) else ""
+        return _fail(args.command, f"cannot use{where}: {exc.strerror or exc}")
+    except UnicodeError as exc:
+        return _fail(args.command, f"text that cannot be encoded or decoded: {exc}")
     except KeyboardInterrupt:
         print(f"canvas {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Tuple
 
 from canvas_core.errors import SchemaFormatError
+from canvas_core.schema.jsonio import loads_strict, read_text_capped
 
 BUNDLED = "robot_arm"
 
@@ -41,17 +42,12 @@ def load_program_or_schema(source):
         if path.is_dir():
             raise SchemaFormatError(f"{source!r} is a directory; give a schema/program JSON file in it")
         try:
-            text, label = path.read_text("utf-8"), str(path)
+            text, label = read_text_capped(path, repr(str(source))), str(path)
         except UnicodeDecodeError:
             raise SchemaFormatError(f"{source!r} is not UTF-8 text; give a schema/program JSON file") from None
         except OSError as exc:
             raise SchemaFormatError(f"cannot read {source!r}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise SchemaFormatError(f"{label} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
-    except RecursionError:
-        raise SchemaFormatError(f"{label} nests JSON too deeply to be a schema or program") from None
+    data = loads_strict(text, label)  # repeated keys refused; too deep nesting answered in one line
     from canvas_core.schema import CanvasSchema
 
     program_keys = {"program_version", "region_programs", "connection_programs"}

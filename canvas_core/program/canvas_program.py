@@ -10,6 +10,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
+from canvas_core.schema.jsonio import loads_strict, read_text_capped
 from canvas_core.errors import CanvasError, CanvasTypeError, ProgramError, SchemaFormatError, did_you_mean
 from canvas_core.program.constants import CONSTRAINT_VALUES, OPERATORS, closest
 from canvas_core.program.identity import IdentitySpec
@@ -177,16 +178,7 @@ class CanvasProgram:
         """Load from a JSON file path or a JSON string (``path``, named as in canvas-engineering)."""
         source = path
         raw, where = _read(source)
-        try:
-            data = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise SchemaFormatError(
-                f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
-            ) from None
-        except RecursionError:
-            raise SchemaFormatError(
-                f"{where} nests JSON arrays/objects too deeply to be a canvas program; check the file"
-            ) from None
+        data = loads_strict(raw, where)  # a repeated key is refused, not silently dropped
         try:
             return cls.from_dict(data)
         except SchemaFormatError as exc:
@@ -386,7 +378,7 @@ def _read(source: Any) -> Tuple[str, str]:
         raise SchemaFormatError(f"program path {os.fspath(source)[:80]!r} contains a NUL byte; pass a valid file path")
     path = Path(source)
     try:
-        return path.read_text(encoding="utf-8"), f"program file {str(path)!r}"
+        return read_text_capped(path, f"program file {str(path)!r}"), f"program file {str(path)!r}"
     except FileNotFoundError:
         raise SchemaFormatError(f"program file {str(path)!r} does not exist") from None
     except UnicodeDecodeError:

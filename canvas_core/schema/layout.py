@@ -104,6 +104,11 @@ class CanvasLayout:
         if not isinstance(name, str) or not name.strip():
             raise CanvasTypeError(f"CanvasLayout region names must be non-empty strings, got {name!r}")
         try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: no file, terminal or state-dict key can hold it
+            raise RegionError(f"CanvasLayout region name {name!r} is not valid Unicode text (it holds a lone "
+                              "surrogate, e.g. from bytes decoded with errors='surrogateescape'); rename it") from None
+        try:
             if isinstance(spec, RegionSpec):
                 region = spec
             elif isinstance(spec, (tuple, list)):

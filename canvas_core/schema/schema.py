@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from canvas_core.errors import CanvasError, CanvasTypeError, SchemaError, SchemaFormatError
+from canvas_core.schema.jsonio import loads_strict, read_text_capped
 from canvas_core.schema.layout import CanvasLayout
 from canvas_core.schema.region import RegionSpec, transfer_distance
 from canvas_core.schema.topology import Connection, CanvasTopology, TemporalFill
@@ -130,15 +131,9 @@ class CanvasSchema:
         """Load from a JSON file path or a JSON string (``path``, named as in canvas-engineering)."""
         source = path
         text, where = _read_source(source)
-        try:
-            data = json.loads(text)
-        except RecursionError:
-            raise SchemaFormatError(f"{where} is nested too deeply to be a canvas schema") from None
-        except json.JSONDecodeError as exc:
-            hint = " (the file looks truncated)" if exc.pos >= len(text.rstrip()) else ""
-            raise SchemaFormatError(
-                f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}{hint}"
-            ) from None
+        # strict: a repeated key (a region or "T" written twice) is refused, not silently dropped
+        data = loads_strict(text, where, on_decode_error=lambda exc: (
+            " (the file looks truncated)" if exc.pos >= len(text.rstrip()) else ""))
         try:
             return cls.from_dict(data)
         except SchemaFormatError as exc:
@@ -256,7 +251,7 @@ def _read_source(source: Any) -> Tuple[str, str]:
         raise CanvasTypeError(f"from_json expects a file path or a JSON string, got {type(source).__name__}")
     path = Path(source)
     try:
-        return path.read_text(encoding="utf-8"), f"schema file {str(path)!r}"
+        return read_text_capped(path, f"schema file {str(path)!r}"), f"schema file {str(path)!r}"
     except FileNotFoundError:
         raise SchemaFormatError(f"schema file {str(path)!r} does not exist{_scalar_hint(source)}") from None
     except UnicodeDecodeError:

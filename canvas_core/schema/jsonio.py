@@ -1,0 +1,86 @@
+"""Reading schema and program files: a capped read and a strict JSON parse (pure Python).
+
+* :func:`read_text_capped` reads at most ``CANVAS_MAX_FILE_BYTES`` (docs/limits.md) of a file, so
+  ``canvas compile /dev/zero`` fails at once instead of filling memory; a FIFO with no writer
+  reads as empty instead of blocking.
+* :func:`loads_strict` refuses a JSON object that repeats a key (Python's ``json`` would keep the
+  last value silently: a region written twice, or ``"T"`` twice, would vanish), and turns
+  ``RecursionError`` from absurd nesting into a one-line error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Callable, List, Tuple
+
+from canvas_core.errors import SchemaFormatError, SizeLimitError
+from canvas_core.schema.limits import LIMITS, limit
+
+__all__ = ["read_text_capped", "loads_strict", "DuplicateKeyError"]
+
+
+class DuplicateKeyError(SchemaFormatError):
+    """A JSON object of a schema or program file holds the same key twice."""
+
+
+def read_text_capped(path: "os.PathLike[str] | str", what: str) -> str:
+    """The UTF-8 text of ``path``, at most ``CANVAS_MAX_FILE_BYTES`` bytes of it.
+
+    ``FileNotFoundError`` / ``UnicodeDecodeError`` / ``OSError`` propagate for the caller to word;
+    a file over the limit is a :class:`SizeLimitError` naming ``what`` and the variable."""
+    cap = limit("file_bytes")
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(os.fspath(path), flags)  # non-blocking open: a FIFO without a writer does not hang
+    try:
+        try:
+            import fcntl
+
+            fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+        except (ImportError, OSError, AttributeError):  # pragma: no cover - not POSIX
+            pass
+        chunks: List[bytes] = []
+        got = 0
+        while got <= cap:
+            chunk = os.read(fd, min(1 << 20, cap + 1 - got))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    finally:
+        os.close(fd)
+    if got > cap:
+        var = LIMITS["file_bytes"][0]
+        raise SizeLimitError(
+            f"{what} is larger than {cap:,} bytes (the limit on files canvas-core reads); stopped reading "
+            f"there. Is it the right file? Raise the limit with {var}=<bytes> if it really is")
+    return b"".join(chunks).decode("utf-8")
+
+
+def _no_duplicates(pairs: List[Tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            keys = ", ".join(repr(k) for k, _ in pairs[:8]) + (", ..." if len(pairs) > 8 else "")
+            raise DuplicateKeyError(
+                f"duplicate key {key!r} in one JSON object (its keys: {keys}); JSON readers keep only "
+                "one of the values, so remove or rename the other")
+        out[key] = value
+    return out
+
+
+def loads_strict(text: str, where: str, *, on_decode_error: Callable[[json.JSONDecodeError], str] = None) -> Any:
+    """``json.loads(text)`` refusing repeated keys; errors are ``SchemaFormatError`` naming ``where``.
+
+    ``on_decode_error(exc)`` may add a hint to the message of malformed JSON."""
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except DuplicateKeyError as exc:
+        raise DuplicateKeyError(f"{where}: {exc}") from None
+    except RecursionError:
+        raise SchemaFormatError(f"{where} is nested too deeply (JSON arrays/objects) to be a canvas schema or "
+                                "program; check the file") from None
+    except json.JSONDecodeError as exc:
+        hint = on_decode_error(exc) if on_decode_error is not None else ""
+        raise SchemaFormatError(
+            f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}{hint}") from None

@@ -1,0 +1,108 @@
+"""Every ``canvas`` command answers bad arguments and paths with one line and exit status 2.
+
+In-process (``main(argv)``) for the answers; subprocesses only where the process itself is the
+subject (a closed pipe, a FIFO, /dev/zero under a memory cap).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from canvas_core.cli import main
+
+SCHEMA = {"layout": {"T": 2, "H": 1, "W": 1, "d_model": 4},
+          "regions": {"a": {"bounds": [0, 1, 0, 1, 0, 1]}, "b": {"bounds": [1, 2, 0, 1, 0, 1]}},
+          "topology": [{"src": "a", "dst": "b"}]}
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "ok.json").write_text(json.dumps(SCHEMA))
+    (tmp_path / "empty.json").write_text(json.dumps({"layout": SCHEMA["layout"], "regions": {}}))
+    (tmp_path / "dup_T.json").write_text('{"layout": {"T": 2, "T": 3, "H": 1, "W": 1, "d_model": 4}, "regions": {}}')
+    (tmp_path / "dup_region.json").write_text(
+        '{"layout": {"T": 2, "H": 1, "W": 1, "d_model": 4}, "regions": '
+        '{"a": {"bounds": [0, 1, 0, 1, 0, 1]}, "a": {"bounds": [1, 2, 0, 1, 0, 1]}}}')
+    (tmp_path / "surrogate.json").write_text(
+        '{"layout": {"T": 2, "H": 1, "W": 1, "d_model": 4}, "regions": {"a\\udc80": {"bounds": [0, 1, 0, 1, 0, 1]}}}')
+    (tmp_path / "deep_dict.json").write_text('{"a":' * 50_000 + "1" + "}" * 50_000)
+    (tmp_path / "huge_T.json").write_text(
+        json.dumps({"layout": {"T": 10**12, "H": 1, "W": 1, "d_model": 4}, "regions": {}}))
+    (tmp_path / "adir").mkdir()
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    return tmp_path
+
+
+CASES = [
+    (["compile", "dup_T.json"], "duplicate key 'T'"),
+    (["compile", "dup_region.json"], "duplicate key 'a'"),
+    (["compile", "surrogate.json"], "not valid Unicode"),
+    (["compile", "deep_dict.json"], "too deeply"),
+    (["compile", "huge_T.json"], "CANVAS_MAX_POSITIONS"),
+    (["embed", "dup_region.json"], "duplicate key 'a'"),
+    (["draw", "empty.json"], "no regions"),
+    (["draw", "ok.json", "-o", "out.txt"], "must end in .png"),
+    (["draw", "ok.json", "-o", "missing/dir/x.png"], "does not exist"),
+    (["draw", "ok.json", "-o", "adir"], "directory"),
+    (["draw", "ok.json", "--max-frames", "0", "-o", "x.png"], "max_frames"),
+    (["schema", "-o", "missing/dir/s.json"], "does not exist"),
+    (["schema", "-o", "adir"], "directory"),
+    (["demo", "--loops", "1000000"], "CANVAS_MAX_LOOPS"),
+    (["demo", "--batch-size", "100000000"], "CANVAS_MAX_BATCH"),
+    (["draw", "--max-frames", "x", "ok.json"], "invalid int value"),
+    (["compile", "--bogus"], "unrecognized arguments"),
+    (["no-such-command"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize("argv, match", CASES, ids=[" ".join(a) for a, _ in CASES])
+def test_one_line_and_exit_2(files, monkeypatch, capsys, argv, match):
+    monkeypatch.chdir(files)
+    try:
+        status = main(argv)
+    except SystemExit as exc:  # argparse answers bad arguments by exiting
+        status = exc.code
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0], err
+    assert err[0].startswith("canvas")
+
+
+def test_read_only_folder_is_answered(files, monkeypatch, capsys):
+    if os.geteuid() == 0:  # root writes anywhere: use a path under a file instead
+        target = "ok.json/s.json"
+    else:
+        os.chmod(files / "ro", 0o500)
+        target = "ro/s.json"
+    monkeypatch.chdir(files)
+    assert main(["schema", "-o", target]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def _run(cmd, **kw):
+    return subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120, **kw)
+
+
+PY = f"{sys.executable} -m canvas_core.cli"
+
+
+def test_closed_pipe_is_survived():
+    r = _run(f"{PY} plugins --json | true; echo status=${{PIPESTATUS[0]}}")
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+    assert "status=0" in r.stdout
+
+
+def test_dev_zero_and_fifo_fail_fast(tmp_path):
+    fifo = tmp_path / "pipe.json"
+    os.mkfifo(fifo)
+    # a memory cap well under what reading /dev/zero to the end would take
+    r = _run(f"ulimit -v 3000000; {PY} compile /dev/zero; echo status=$?; {PY} compile {fifo}; echo status=$?")
+    assert r.stdout.count("status=2") == 2, (r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 2 and "CANVAS_MAX_FILE_BYTES" in lines[0] and "not valid JSON" in lines[1], lines
