@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, ShapeError, UnavailableError
-from canvas_plugin_mamba.scan import selective_scan_mamba_ssm, selective_states
+from canvas_plugin_mamba.chunked import selective_scan_read
+from canvas_plugin_mamba.scan import selective_scan_mamba_ssm
 
 __all__ = ["MambaAttention", "KERNELS"]
 
@@ -150,20 +151,25 @@ class MambaAttention(nn.Module):
         self, keys: torch.Tensor, values: torch.Tensor, key_ok: Optional[torch.Tensor] = None
     ):
         """Scan inputs ``u, delta (B, E, L)``, ``A (E, N)``, ``Bsel (B, N, L)`` (>= float32)."""
+        u, delta, A, Bsel = self._time_major_inputs(keys, values, key_ok)
+        return u.transpose(1, 2), delta.transpose(1, 2), A, Bsel.transpose(1, 2)
+
+    def _time_major_inputs(self, keys, values, key_ok=None):
+        """``u, delta (B, L, E)``, ``A (E, N)``, ``Bsel (B, L, N)`` in the working dtype."""
         wd = torch.float64 if values.dtype == torch.float64 else torch.float32
         L = values.shape[1]
         x = self.in_proj(values)
         if key_ok is not None:
             x = x * key_ok.unsqueeze(-1).to(x.dtype)
-        u = F.silu(self.conv1d(x.transpose(1, 2))[..., :L]).to(wd)  # causal: drop right padding
+        u = F.silu(self.conv1d(x.transpose(1, 2))[..., :L]).transpose(1, 2).to(wd)  # causal
         sel = self.x_proj(keys)
         dt, Bsel = sel.split([self.dt_rank, self.d_state], dim=-1)
-        delta = F.softplus(self.dt_proj(dt)).transpose(1, 2).to(wd)
+        delta = F.softplus(self.dt_proj(dt)).to(wd)
         if key_ok is not None:
-            keep = key_ok.unsqueeze(1).to(wd)
+            keep = key_ok.unsqueeze(-1).to(wd)
             u, delta = u * keep, delta * keep
         A = -torch.exp(self.A_log.to(wd))
-        return u, delta, A, Bsel.transpose(1, 2).to(wd)
+        return u, delta, A, Bsel.to(wd)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -207,31 +213,27 @@ class MambaAttention(nn.Module):
         )
         if key_ok is not None and key_ok.shape[0] != Bt:
             key_ok = key_ok.expand(Bt, Nk)
-        u, delta, A, Bsel = self.sequence_inputs(keys, values, key_ok)
+        kernel = self._choose_kernel(queries, Nq, Nk)
+        self.kernel_used = kernel
+        u, delta, A, Bsel = self._time_major_inputs(keys, values, key_ok)  # (B, L, E), (B, L, N)
         wd = u.dtype
         C = self.c_proj(queries).to(wd)  # (B, Nq, N)
         z = self.z_proj(queries)  # (B, Nq, E)
-        kernel = self._choose_kernel(queries, Nq, Nk)
-        self.kernel_used = kernel
         if kernel == "mamba_ssm":
             y = selective_scan_mamba_ssm(
-                u.float().contiguous(),
-                delta.float().contiguous(),
+                u.float().transpose(1, 2).contiguous(),
+                delta.float().transpose(1, 2).contiguous(),
                 A.float().contiguous(),
-                Bsel.float().contiguous(),
+                Bsel.float().transpose(1, 2).contiguous(),
                 C.float().transpose(1, 2).contiguous(),
                 D=self.D.float(),
                 z=z.float().transpose(1, 2).contiguous(),
             )
             y = y.transpose(1, 2)  # (B, L=Nq, E), already gated
-        else:
-            states = selective_states(u, delta, A, Bsel)  # (B, Nk, E, N)
-            idx = read.clamp(min=0)
-            h = states.index_select(1, idx)  # (B, Nq, E, N)
-            y = torch.einsum("bqen,bqn->bqe", h, C) + self.D.to(wd) * u.transpose(
-                1, 2
-            ).index_select(1, idx)
-            y = y * (read >= 0).view(1, Nq, 1).to(wd)
+        else:  # chunked scan, read at each query's position (no per-position states kept)
+            y = selective_scan_read(u, delta, A, Bsel, C, read)  # (B, Nq, E), 0 where read < 0
+            ok = (read >= 0).view(1, Nq, 1).to(wd)
+            y = y + self.D.to(wd) * u.index_select(1, read.clamp(min=0)) * ok
             y = y * F.silu(z.to(wd))
         out = self.out_proj(self.drop(y.to(queries.dtype)))
         return out.masked_fill(~has, 0.0)

@@ -10,11 +10,12 @@ with ``u, delta, z: (B, E, L)``, ``A: (E, N)``, ``B, C: (B, N, L)``, ``D: (E,)``
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from canvas_plugin_mamba.chunked import all_states, selective_scan_read
 
 __all__ = ["selective_states", "selective_scan_torch", "selective_scan_mamba_ssm"]
 
@@ -28,48 +29,27 @@ def selective_states(
 ) -> torch.Tensor:
     """All hidden states ``h_t``, shape ``(Bt, L, E, N)``, of the recurrence above.
 
-    Runs in chunks of ``chunk`` steps (default: 1 on CPU, where the plain step recurrence is
-    cheapest; elsewhere sized so a chunk's pairwise tensor stays below ~16M elements): inside a
-    chunk the states are computed in parallel from
-    cumulative log-decays (``h_t = exp(S_t - S_s) h_s + sum_j exp(S_t - S_j) x_j``, all exponents
-    <= 0, so nothing overflows); chunks are chained sequentially.  Computed in float32 at least.
+    ``chunk=1`` is the plain step-by-step recurrence (the reference); otherwise the chunked scan
+    of :mod:`canvas_plugin_mamba.chunked` runs (``chunk`` positions per chunk, default
+    ``ceil(sqrt(L))``).  Computed in float32 at least.  No gradient through the chunked form
+    (use :func:`selective_scan_torch` or :func:`~canvas_plugin_mamba.chunked.selective_scan_read`).
     """
     wd = torch.float64 if u.dtype == torch.float64 else torch.float32
     Bt, E, L = u.shape
     N = A.shape[1]
     if L == 0:
         return u.new_zeros(Bt, 0, E, N, dtype=wd)
-    dA = delta.to(wd).transpose(1, 2).unsqueeze(-1) * A.to(wd)  # (Bt, L, E, N), <= 0
-    x = (delta.to(wd) * u.to(wd)).transpose(1, 2).unsqueeze(-1) * B.to(wd).transpose(
-        1, 2
-    ).unsqueeze(2)
+    u_t, d_t, B_t = (x.to(wd).transpose(1, 2) for x in (u, delta, B))
+    if chunk != 1:
+        return all_states(u_t, d_t, A.to(wd), B_t, chunk)
+    decay = torch.exp(d_t.unsqueeze(-1) * A.to(wd))  # (Bt, L, E, N)
+    x = (d_t * u_t).unsqueeze(-1) * B_t.unsqueeze(2)
     h = torch.zeros(Bt, E, N, dtype=wd, device=u.device)
-    if chunk is None:  # CPU: the step recurrence is cheapest; GPU: parallel chunks
-        chunk = (
-            1
-            if u.device.type == "cpu"
-            else max(1, min(64, int(math.sqrt((1 << 24) / max(1, Bt * E * N)))))
-        )
     outs = []
-    if chunk == 1:
-        decay = torch.exp(dA)  # one vectorised exp; the loop only multiplies and adds
-        for t in range(L):
-            h = decay[:, t] * h + x[:, t]
-            outs.append(h)
-        return torch.stack(outs, dim=1)
-    for s in range(0, L, chunk):
-        da, xx = dA[:, s : s + chunk], x[:, s : s + chunk]  # (Bt, T, E, N)
-        T = da.shape[1]
-        S = da.cumsum(dim=1)  # S_t = sum_{k<=t} dA_k
-        # pairwise decay exp(S_t - S_j) for j <= t, 0 otherwise: (Bt, T, T, E, N)
-        diff = S.unsqueeze(2) - S.unsqueeze(1)
-        causal = torch.ones(T, T, dtype=torch.bool, device=u.device).tril()
-        diff = diff.masked_fill(~causal.view(1, T, T, 1, 1), float("-inf"))
-        within = (torch.exp(diff) * xx.unsqueeze(1)).sum(dim=2)  # (Bt, T, E, N)
-        states = within + torch.exp(S) * h.unsqueeze(1)
-        outs.append(states)
-        h = states[:, -1]
-    return torch.cat(outs, dim=1)
+    for t in range(L):
+        h = decay[:, t] * h + x[:, t]
+        outs.append(h)
+    return torch.stack(outs, dim=1)
 
 
 def selective_scan_torch(
@@ -92,16 +72,25 @@ def selective_scan_torch(
         delta = delta + delta_bias.view(1, -1, 1).to(delta.dtype)
     if delta_softplus:
         delta = F.softplus(delta)
-    states = selective_states(u, delta, A, B)  # (Bt, L, E, N)
-    y = torch.einsum("blen,bnl->bel", states, C.to(states.dtype))
+    wd = torch.float64 if u.dtype == torch.float64 else torch.float32
+    Bt, E, L = u.shape
+    u_t, d_t = u.to(wd).transpose(1, 2), delta.to(wd).transpose(1, 2)
+    read = torch.arange(L, device=u.device)
+    y = selective_scan_read(
+        u_t, d_t, A.to(wd), B.to(wd).transpose(1, 2), C.to(wd).transpose(1, 2), read
+    ).transpose(1, 2)  # (Bt, E, L)
     if D is not None:
         y = y + D.view(1, -1, 1).to(y.dtype) * u.to(y.dtype)
     if z is not None:
         y = y * F.silu(z.to(y.dtype))
     y = y.to(u.dtype)
     if return_last_state:
-        last = states[:, -1] if states.shape[1] else u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
-        return y, last
+        N = A.shape[1]
+        if L:
+            last = all_states(u_t, d_t, A.to(wd), B.to(wd).transpose(1, 2))[:, -1]
+        else:
+            last = u.new_zeros(Bt, E, N)
+        return y, last.to(u.dtype)
     return y
 
 

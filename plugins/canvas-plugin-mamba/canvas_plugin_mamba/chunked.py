@@ -1,0 +1,260 @@
+"""Chunked selective scan (S6) on any device, with a hand-written backward.
+
+The recurrence, per batch row ``b``, channel ``e`` and state ``n`` (``h_{-1} = 0``)::
+
+    h_t = exp(delta_t A) * h_{t-1} + delta_t * u_t * B_t
+
+is computed in chunks of ``T`` positions: every chunk is scanned at once (a loop over the ``T``
+positions inside a chunk, each step running on all chunks together), the states entering the
+chunks are then chained by a loop over the chunks (on ``(Bt, E, N)`` tensors), and the outputs are
+read where they are needed.  With ``T ~ sqrt(L)`` that is about ``2 sqrt(L)`` vectorised steps
+instead of ``L``.  Every factor is ``exp(delta A) <= 1`` (``A < 0``, ``delta >= 0``), so nothing
+overflows in float32; float64 gives the step recurrence to rounding.
+
+:func:`selective_scan_read` reads ``y_q = C_q . h_{read_q}`` at given positions (the queries of a
+``mamba`` connection read at their causal read position); the backward is a reverse scan run the
+same way (no per-step autograd graph, no per-step zero-filled gradient tensors).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+__all__ = ["selective_scan_read", "chunk_size"]
+
+
+def chunk_size(L: int, chunk: Optional[int] = None) -> int:
+    """Positions per chunk: ``chunk`` when given, else ``ceil(sqrt(L))`` (at least 1)."""
+    if chunk is not None:
+        return max(1, min(int(chunk), max(L, 1)))
+    return max(1, math.isqrt(max(L - 1, 0)) + 1)
+
+
+#: elements of one work block (rows x chunks x T x E x N); blocks stay in cache and their
+#: buffers are reused, so no large tensor is allocated (and page-faulted) per step
+BLOCK_ELEMS = 1 << 20
+#: exp(x) = exp2(x * LOG2E); exp2 is the cheaper one on CPUs
+LOG2E = 1.0 / math.log(2.0)
+
+
+def _pad(x: torch.Tensor, Lp: int) -> torch.Tensor:
+    """Zero-pad dim 1 of ``x (Bt, L, ...)`` to ``Lp``."""
+    L = x.shape[1]
+    if L == Lp:
+        return x
+    return torch.cat([x, x.new_zeros((x.shape[0], Lp - L) + tuple(x.shape[2:]))], dim=1)
+
+
+class _Plan:
+    """Chunking of one call: padded per-chunk views of the small inputs and the work blocks.
+
+    States are laid out ``(..., N, E)`` (channels innermost).  ``d, du``: ``(Bt, nC, T, E)``
+    (``delta``, ``delta * u``; zero padded, so padding has decay 1 and input 0); ``Bp``:
+    ``(Bt, nC, T, N)``; ``S``: chunk-local inclusive sums of ``delta``; ``R = exp(A S_end)``
+    ``(Bt, nC, N, E)``: the decay over each whole chunk.  Reads: ``pos`` (clamped positions),
+    ``cr`` (their chunk), ``Pr = exp(A S_pos)`` ``(Bt, Q, N, E)``: the decay from a chunk's
+    start to the read, inclusive.
+    """
+
+    def __init__(self, u, delta, At, Bm, read, T, block=None, backward=False, decays=None):
+        Bt, L, E = delta.shape
+        N = At.shape[0]
+        self.Bt, self.L, self.E, self.N, self.T = Bt, L, E, N, T
+        nC = self.nC = -(-L // T)
+        Lp = nC * T
+        self.d = _pad(delta, Lp).reshape(Bt, nC, T, E)
+        self.du = _pad(delta * u, Lp).reshape(Bt, nC, T, E)
+        self.Bp = _pad(Bm, Lp).reshape(Bt, nC, T, N)
+        self.A2 = At * LOG2E  # (N, E)
+        self.pos = read.clamp(min=0)
+        self.cr = torch.div(self.pos, T, rounding_mode="floor")
+        if decays is None:
+            tri = torch.ones(T, T, dtype=delta.dtype, device=delta.device).tril()
+            S = torch.matmul(tri, self.d)  # inclusive sums (cumsum over a middle dim is slow)
+            self.R = torch.exp2(S[:, :, -1].unsqueeze(-2) * self.A2)
+            Sr = S.reshape(Bt, Lp, E).index_select(1, self.pos)
+            self.Pr = torch.exp2(Sr.unsqueeze(-2) * self.A2)
+        else:
+            self.R, self.Pr = decays
+        # work blocks: K chunks of rb rows
+        per_chunk = T * E * N
+        budget = BLOCK_ELEMS if block is None else block
+        K = max(1, min(nC, budget // per_chunk))
+        rb = max(1, min(Bt, budget // (nC * per_chunk))) if K == nC else 1
+        self.K, self.rb = K, rb
+        order = torch.argsort(self.cr, stable=True)
+        bounds = torch.searchsorted(self.cr[order], torch.arange(0, nC + K, K, device=read.device))
+        self.order, self.bounds = order, bounds.tolist()
+        n = rb * K * T * E * N
+        self.bufs = [delta.new_empty(n) for _ in range(4 if backward else 2)]
+
+    def blocks(self):
+        """``(rows slice, c0, c1, query indices of the reads in chunks [c0, c1))``."""
+        for r0 in range(0, self.Bt, self.rb):
+            rows = slice(r0, min(self.Bt, r0 + self.rb))
+            for i, c0 in enumerate(range(0, self.nC, self.K)):
+                c1 = min(self.nC, c0 + self.K)
+                qi = self.order[self.bounds[i]:self.bounds[i + 1]]
+                yield rows, c0, c1, qi
+
+    def buf(self, i, rows, c0, c1):
+        shape = (rows.stop - rows.start, c1 - c0, self.T, self.N, self.E)
+        n = shape[0] * shape[1] * shape[2] * shape[3] * shape[4]
+        return self.bufs[i][:n].view(shape)
+
+    def inputs(self, rows, c0, c1):
+        """Decays ``a`` and inputs ``x`` of a block, ``(rb, K, T, N, E)``, in reused buffers."""
+        a = self.buf(0, rows, c0, c1)
+        torch.mul(self.d[rows, c0:c1].unsqueeze(-2), self.A2, out=a)
+        torch.exp2(a, out=a)
+        x = self.buf(1, rows, c0, c1)
+        torch.mul(self.du[rows, c0:c1].unsqueeze(-2), self.Bp[rows, c0:c1].unsqueeze(-1), out=x)
+        return a, x
+
+
+def _scan(a: torch.Tensor, x: torch.Tensor, start: Optional[torch.Tensor], reverse: bool = False) -> None:
+    """In place, inside every chunk of a block ``(rb, K, T, N, E)`` at once: ``x`` becomes the
+    states ``h_t = a_t h_{t-1} + x_t`` from ``start (rb, K, N, E)`` (None: zero) entering each
+    chunk; ``reverse``: the adjoint ``g_t = x_t + a_{t+1} g_{t+1}`` from the chunk's end."""
+    T = a.shape[2]
+    av, xv = a.unbind(2), x.unbind(2)
+    if reverse:
+        for t in range(T - 2, -1, -1):
+            xv[t].addcmul_(av[t + 1], xv[t + 1])
+        return
+    if start is not None:
+        xv[0].addcmul_(av[0], start)
+    for t in range(1, T):
+        xv[t].addcmul_(av[t], xv[t - 1])
+
+
+class _ScanRead(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, Bm, C, read, T, block):  # noqa: D401 - autograd signature
+        At = A.t().contiguous()  # (N, E)
+        P = _Plan(u, delta, At, Bm, read, T, block)
+        Bt, E, N, nC = P.Bt, P.E, P.N, P.nC
+        ends = u.new_empty(Bt, nC, N, E)  # each chunk's last state, from a zero start
+        hr = u.new_empty(Bt, C.shape[1], N, E)  # the state each query reads
+        for rows, c0, c1, qi in P.blocks():
+            a, x = P.inputs(rows, c0, c1)
+            _scan(a, x, None)
+            ends[rows, c0:c1] = x[:, :, -1]
+            if qi.numel():
+                loc = x.view(x.shape[0], -1, N, E).index_select(1, P.pos[qi] - c0 * T)
+                hr[rows].index_copy_(1, qi, loc)
+        Hin = torch.empty_like(ends)  # the state entering each chunk: H_{c+1} = R_c H_c + ends_c
+        Hin[:, 0].zero_()
+        for c in range(nC - 1):
+            torch.addcmul(ends[:, c], P.R[:, c], Hin[:, c], out=Hin[:, c + 1])
+        hr.addcmul_(P.Pr, Hin.index_select(1, P.cr))
+        y = torch.matmul(C.unsqueeze(-2), hr).squeeze(-2)  # (Bt, Q, E)
+        y = y * (read >= 0).view(1, -1, 1).to(y.dtype)
+        ctx.save_for_backward(u, delta, At, Bm, C, read, Hin, hr, P.R, P.Pr)
+        ctx.T, ctx.block = T, block
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        u, delta, At, Bm, C, read, Hin, hr, R, Pr = ctx.saved_tensors
+        T = ctx.T
+        P = _Plan(u, delta, At, Bm, read, T, ctx.block, backward=True, decays=(R, Pr))
+        Bt, L, E, N, nC = P.Bt, P.L, P.E, P.N, P.nC
+        gy = gy * (read >= 0).view(1, -1, 1).to(gy.dtype)
+        gC = torch.matmul(hr, gy.unsqueeze(-1)).squeeze(-1)  # (Bt, Q, N)
+        ghr = C.unsqueeze(-1) * gy.unsqueeze(-2)  # (Bt, Q, N, E): dL/dh at the reads
+        # the gradient reaching each chunk's end from the later chunks: G_{c-1} = R_c G_c + K_c,
+        # K_c = sum over the reads r in chunk c of exp(A S_r) ghr_r
+        Kc = ghr.new_zeros(Bt, nC, N, E).index_add_(1, P.cr, P.Pr * ghr)
+        Gout = torch.empty_like(Kc)
+        Gout[:, -1].zero_()
+        for c in range(nC - 1, 0, -1):
+            torch.addcmul(Kc[:, c], P.R[:, c], Gout[:, c], out=Gout[:, c - 1])
+        g_du = u.new_empty(Bt, nC, T, E)
+        g_dA = u.new_empty(Bt, nC, T, E)
+        gB = u.new_empty(Bt, nC, T, N)
+        gA = torch.zeros_like(At)
+        for rows, c0, c1, qi in P.blocks():
+            a, h = P.inputs(rows, c0, c1)
+            _scan(a, h, Hin[rows, c0:c1])  # every state of the block
+            G = P.buf(2, rows, c0, c1).zero_()
+            rb, K = G.shape[0], G.shape[1]
+            if qi.numel():
+                G.view(rb, -1, N, E).index_add_(1, P.pos[qi] - c0 * T, ghr[rows].index_select(1, qi))
+            G[:, :, -1].add_(Gout[rows, c0:c1])
+            _scan(a, G, None, reverse=True)  # G_t: every dL/dh_t of the block
+            Gf = G.view(-1, N, E)
+            g_du[rows, c0:c1] = torch.matmul(P.Bp[rows, c0:c1].reshape(-1, 1, N), Gf).view(rb, K, T, E)
+            scratch = P.buf(3, rows, c0, c1)
+            gB[rows, c0:c1] = torch.mul(G, P.du[rows, c0:c1].unsqueeze(-2), out=scratch).sum(-1)
+            # dL/d(delta A)_t = G_t * a_t * h_{t-1}, built in a's buffer
+            a[:, :, 1:].mul_(h[:, :, :-1])
+            a[:, :, 0].mul_(Hin[rows, c0:c1])
+            gdA = a.mul_(G)
+            gA += torch.mul(gdA, P.d[rows, c0:c1].unsqueeze(-2), out=scratch).view(-1, N, E).sum(0)
+            g_dA[rows, c0:c1] = gdA.mul_(At).sum(-2)
+        g_du = g_du.view(Bt, -1, E)[:, :L]
+        g_delta = g_dA.view(Bt, -1, E)[:, :L] + g_du * u
+        return g_du * delta, g_delta, gA.t(), gB.view(Bt, -1, N)[:, :L], gC, None, None, None
+
+
+def selective_scan_read(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    read: torch.Tensor,
+    chunk: Optional[int] = None,
+    block: Optional[int] = None,
+) -> torch.Tensor:
+    """``y_q = C_q . h_{read_q}`` of the selective scan, ``(Bt, Q, E)``.
+
+    Args:
+        u, delta: ``(Bt, L, E)`` input and step sizes (``delta >= 0``).
+        A: ``(E, N)``, ``A <= 0``.
+        B: ``(Bt, L, N)`` input selection.
+        C: ``(Bt, Q, N)`` readout of each query.
+        read: ``(Q,)`` long, the position each query reads, in ``[-1, L - 1]``; ``-1`` reads
+            nothing (``y_q = 0``).
+        chunk: positions per chunk (default ``ceil(sqrt(L))``).
+        block: elements per work block (default :data:`BLOCK_ELEMS`).
+
+    All tensors share one floating dtype (computed in it: pass float32 or float64).
+    Differentiable in ``u, delta, A, B, C``.
+    """
+    Bt, L, E = u.shape
+    Q = C.shape[1]
+    if L == 0 or Q == 0:
+        zero = (u.sum() + delta.sum() + A.sum() + B.sum() + C.sum()) * 0  # keeps the graph
+        return zero + u.new_zeros(Bt, Q, E)
+    u, delta, B, C = (x.contiguous() for x in (u, delta, B, C))
+    return _ScanRead.apply(u, delta, A, B, C, read, chunk_size(L, chunk), block)
+
+
+def all_states(
+    u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, chunk: Optional[int] = None
+) -> torch.Tensor:
+    """Every state ``(Bt, L, E, N)`` by the same chunked scan (no gradient)."""
+    Bt, L, E = u.shape
+    N = A.shape[1]
+    if L == 0:
+        return u.new_zeros(Bt, 0, E, N)
+    with torch.no_grad():
+        P = _Plan(u, delta, A.t().contiguous(), B, torch.arange(L, device=u.device), chunk_size(L, chunk))
+        out = u.new_empty(Bt, P.nC, P.T, N, E)
+        for rows, c0, c1, _ in P.blocks():
+            H = u.new_zeros(rows.stop - rows.start, N, E) if c0 == 0 else H
+            a, x = P.inputs(rows, c0, c1)
+            _scan(a, x, None)
+            starts = []
+            for c in range(c1 - c0):
+                starts.append(H)
+                H = torch.addcmul(x[:, c, -1], P.R[rows, c0 + c], H)
+            a, x = P.inputs(rows, c0, c1)
+            _scan(a, x, torch.stack(starts, 1))
+            out[rows, c0:c1] = x
+    return out.view(Bt, -1, N, E)[:, :L].transpose(-1, -2)
