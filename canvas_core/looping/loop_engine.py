@@ -147,9 +147,9 @@ class LoopCore(nn.Module):
         B = x0[0].shape[0]
         dev = x0[0].device
         n, tol = self.current_loops, self.exit_tol
-        counts = torch.zeros(B, dtype=torch.long)
-        rel_hist: List[float] = []
-        norm_hist: List[float] = []
+        counts = torch.zeros(B, dtype=torch.long, device=dev)
+        rel_hist: List[torch.Tensor] = []  # device tensors: no host sync per iteration at fixed depth
+        norm_hist: List[torch.Tensor] = []
         act_hist: List[int] = []
         h = x0
         active: Optional[torch.Tensor] = None  # None: every row
@@ -164,20 +164,24 @@ class LoopCore(nn.Module):
                 new_sub = self._combine(t, sub, y)
                 new = tuple(s.index_copy(0, active, ns.to(s.dtype)) for s, ns in zip(h, new_sub))
                 prev, cur = sub, new_sub
-            rows = torch.arange(B, device=dev) if active is None else active
             with torch.no_grad():
                 rel = _rel_change(prev, cur)
-                counts[rows.cpu()] += 1
-                rel_hist.append(float(rel.mean()))
-                norm_hist.append(float(_token_rms(cur).mean()))
-                act_hist.append(int(rows.numel()))
-                stop = (rel < tol) if (tol > 0 and t >= 1) else None
+                if active is None:
+                    counts += 1
+                else:
+                    counts.index_add_(0, active, torch.ones_like(active))
+                rel_hist.append(rel.mean())
+                norm_hist.append(_token_rms(cur).mean())
+                act_hist.append(B if active is None else int(active.numel()))
             h = new
-            if stop is not None and bool(stop.any()):
-                keep = rows[~stop.to(rows.device)]
+            if tol > 0 and t >= 1:  # the only host sync: which samples go on
+                with torch.no_grad():
+                    rows = torch.arange(B, device=dev) if active is None else active
+                    keep = rows[~(rel.to(dev) < tol)]
                 if keep.numel() == 0:
                     break
-                active = keep
+                if keep.numel() < rows.numel():
+                    active = keep
         self._counts = counts
         self._stats = {"scope": self.loop_scope, "iterations": len(act_hist), "rel_change": rel_hist,
                        "state_norm": norm_hist, "active": act_hist, "core_rows": sum(act_hist),
@@ -196,14 +200,18 @@ class LoopCore(nn.Module):
             raise CanvasTypeError(
                 f"{type(self).__name__}: no forward has run yet; call the model first, then "
                 "loop_counts(model)")
-        return self._counts.clone()
+        return self._counts.detach().cpu().clone()
 
     def stats(self) -> Dict[str, Any]:
         if self._stats is None:
             raise CanvasTypeError(
                 f"{type(self).__name__}: no forward has run yet; call the model first, then "
                 "loop_stats(model)")
-        return {k: (list(v) if isinstance(v, list) else v) for k, v in self._stats.items()}
+        out = dict(self._stats)
+        for k in ("rel_change", "state_norm"):
+            out[k] = [float(v) for v in out[k]]
+        out["active"] = list(out["active"])
+        return out
 
     def extra_repr(self) -> str:
         return (f"scope={self.loop_scope}, max_loops={self.max_loops}, current_loops={self.current_loops}, "
@@ -216,7 +224,7 @@ def _rel_change(prev: Tuple[torch.Tensor, ...], cur: Tuple[torch.Tensor, ...]) -
     den = None
     for p, c in zip(prev, cur):
         if p.shape != c.shape:  # a model-scope step map whose output is not its input's shape
-            return torch.full((p.shape[0],), float("nan"))
+            return torch.full((p.shape[0],), float("nan"), device=p.device)
         p32, c32 = p.detach().float().flatten(1), c.detach().float().flatten(1)
         d = (c32 - p32).pow(2).sum(1)
         q = p32.pow(2).sum(1)
