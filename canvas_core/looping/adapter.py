@@ -379,7 +379,26 @@ class GenericAdapter(BackboneAdapter):
         )
         if isinstance(heads, int) and isinstance(hd, int):
             return heads * hd
+        width = _canvas_width(model)
+        if width is not None:
+            return width
         raise BackboneError(
             f"cannot detect the hidden size of {type(model).__name__}; pass inner_dim= to "
             "graft_looped_blocks"
         )
+
+
+def _canvas_width(model: nn.Module) -> Optional[int]:
+    """The width of a model built from canvas parts: its own ``layout.d_model``, else the
+    ``d_model`` of its first submodule that has one (a ``CanvasAttention``, a
+    ``SpatiotemporalCanvas``, ...), else None."""
+    layout = getattr(model, "layout", None)
+    if isinstance(getattr(layout, "d_model", None), int):
+        return layout.d_model
+    for sub in model.modules():
+        for owner in (sub, getattr(sub, "layout", None)):
+            v = getattr(owner, "d_model", None)
+            if isinstance(v, int) and not isinstance(v, bool):
+                return v
+    return None
+

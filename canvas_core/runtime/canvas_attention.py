@@ -20,7 +20,8 @@ in canonical position order:
 * the layer returns ``sum_f W_f(p) out_f(p) / sum_f W_f(p)`` at every position some connection
   updates (``W_f(p)``: total weight of f's connections that link p to a key) and ``x[p]``
   unchanged elsewhere.  Like canvas-engineering's ``AttentionDispatcher`` it returns the updated
-  *state*, not a delta: add your own residual around it if you want one.
+  *state*; for residual stacks, :meth:`CanvasAttention.delta` (or ``returns="delta"``) gives the
+  change it makes instead.
 
 ``forward(x, active_regions=None)``: with a set of region names, only connections whose source
 region is active run (the plan is restricted once per distinct set and cached); positions no
@@ -91,14 +92,20 @@ class CanvasAttention(nn.Module):
         beta: inverse temperature on the softmax logits (``SharpeningSchedule`` sets it).
         bias: whether the projections have biases.
         kernel_options: extra keyword arguments for the kernel (e.g. ``block_size``, ``mode``).
+        returns: ``"state"`` (default, as canvas-engineering): ``forward`` returns the updated
+            state; ``"delta"``: it returns the change (:meth:`delta`), for residual stacks.
     """
 
     def __init__(self, plan_or_topology: Any, layout: Any = None, d_model: Optional[int] = None,
                  n_heads: int = 8, dropout: float = 0.0, kernel: Any = None, *,
                  attention_factory: Optional[Callable[..., nn.Module]] = None,
                  softmax_types: Iterable[str] = SOFTMAX_TYPES, beta: float = 1.0, bias: bool = True,
-                 kernel_options: Optional[Dict[str, Any]] = None, device: Any = None) -> None:
+                 kernel_options: Optional[Dict[str, Any]] = None, device: Any = None,
+                 returns: str = "state") -> None:
         super().__init__()
+        if returns not in ("state", "delta"):
+            raise SchemaError(f"{type(self).__name__}: returns must be 'state' or 'delta', got {returns!r}")
+        self.returns = returns
         if isinstance(plan_or_topology, ExecutionPlan):
             plan = plan_or_topology
             layout = plan.layout if layout is None else layout
@@ -202,7 +209,36 @@ class CanvasAttention(nn.Module):
         return ex
 
     def forward(self, x: torch.Tensor, active_regions: Optional[Iterable[str]] = None) -> torch.Tensor:
-        """``(B, N, D)`` canonical -> ``(B, N, D)``: updated positions replaced, others unchanged."""
+        """``(B, N, D)`` canonical -> ``(B, N, D)``: updated positions replaced, others unchanged
+        (``returns="state"``, canvas-engineering's contract), or the change the layer makes,
+        zero at positions it does not update (``returns="delta"``, for ``x + layer(norm(x))``)."""
+        if self.returns == "delta":
+            return self.delta(x, active_regions)
+        return self._state(x, active_regions)
+
+    def delta(self, x: torch.Tensor, active_regions: Optional[Iterable[str]] = None) -> torch.Tensor:
+        """The change the layer makes, ``(B, N, D)``: ``new_state - x`` where it updates a
+        position, exactly 0 elsewhere; whatever ``returns`` says.  For a residual stack::
+
+            h = x + attn.delta(norm(x))      # instead of x + attn(norm(x)) - norm(x)
+        """
+        acc, ex = self._updates(x, active_regions)
+        if acc is None:
+            return torch.zeros_like(x)
+        d = acc - x
+        return d if ex.all_updated else torch.where(ex.updated[None, :, None], d, torch.zeros_like(d))
+
+    def _state(self, x: torch.Tensor, active_regions: Optional[Iterable[str]]) -> torch.Tensor:
+        acc, ex = self._updates(x, active_regions)
+        if acc is None:
+            return x
+        if ex.all_updated:
+            return acc
+        return torch.where(ex.updated[None, :, None], acc, x)
+
+    def _updates(self, x: torch.Tensor, active_regions: Optional[Iterable[str]]):
+        """(new values at the updated positions as a ``(B, N, D)`` tensor, or None when nothing
+        runs; the executor that ran)."""
         if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[1] != self.plan.n or x.shape[2] != self.d_model:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise (ShapeError if isinstance(x, torch.Tensor) else CanvasTypeError)(
@@ -219,11 +255,7 @@ class CanvasAttention(nn.Module):
         other = self._other_types(ex, x)
         if other is not None:
             acc = other if acc is None else acc + other
-        if acc is None:
-            return x
-        if ex.all_updated:
-            return acc
-        return torch.where(ex.updated[None, :, None], acc, x)
+        return acc, ex
 
     # --- the layer in parts (forward above; runtime/sequence_parallel.py runs them on other shapes)
     def _mix_softmax(self, ex: _Executor, q, k, v):
