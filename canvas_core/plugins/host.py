@@ -25,6 +25,7 @@ import pluggy
 
 from canvas_core.errors import CanvasError, PluginError
 from canvas_core.plugins import diagnostics, hookspecs
+from canvas_core.plugins.watchdog import watch_plugin_load
 from canvas_core.plugins.discovery import (
     HEAVY_MODULES,
     discover_entry_points,
@@ -181,14 +182,16 @@ class PluginHost:
         self.records[name] = rec
         self._loading_record = rec  # `@register_attention(...)` run by the import counts as this plugin's
         try:
-            try:
-                obj = ep.load()
-            except BaseException as exc:  # noqa: BLE001 - a plugin must never take the core down
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
-                rec.mark_failed(f"import of {ep.value!r} raised {type(exc).__name__}: {exc}", exc)
-                return
-            self._add_plugin(obj, rec, strict=False)
+            # a slow import or registration is named on stderr while it runs (plugins/watchdog.py)
+            with watch_plugin_load(name, dist, ep.value, rec.warnings):
+                try:
+                    obj = ep.load()
+                except BaseException as exc:  # noqa: BLE001 - a plugin must never take the core down
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise
+                    rec.mark_failed(f"import of {ep.value!r} raised {type(exc).__name__}: {exc}", exc)
+                    return
+                self._add_plugin(obj, rec, strict=False)
         finally:
             self._loading_record = None
             warning = heavy_import_warning(heavy_before)

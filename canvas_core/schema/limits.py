@@ -29,20 +29,27 @@ LIMITS: Dict[str, tuple] = {
 }
 
 
-def limit(name: str) -> int:
+#: limits that may be fractional (seconds); every other one is an integer count
+_FRACTIONAL = ("plugin_import_s",)
+
+
+def limit(name: str) -> Any:
     """The limit in force for ``name`` (a key of :data:`LIMITS`): its environment variable when
-    set to a positive integer, else the default. A malformed value is a ``SizeLimitError``."""
+    set to a positive integer (a positive number for seconds), else the default. A malformed value
+    is a ``SizeLimitError`` naming the variable."""
     var, default, what = LIMITS[name]
     raw = os.environ.get(var)
     if raw is None or not raw.strip():
         return default
+    kind = float if name in _FRACTIONAL else int
     try:
-        value = int(raw.strip().replace("_", ""))
+        value = kind(raw.strip().replace("_", ""))
     except ValueError:
         value = 0
-    if value < 1:
-        raise SizeLimitError(f"environment variable {var}={raw!r} must be a positive integer "
-                             f"(the limit on {what}; default {default}); fix or unset it")
+    if not value > 0 or value != value or value == float("inf"):
+        raise SizeLimitError(f"environment variable {var}={raw!r} must be a positive "
+                             f"{'number' if kind is float else 'integer'} (the limit on {what}; default "
+                             f"{default}); fix or unset it")
     return value
 
 
