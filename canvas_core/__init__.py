@@ -92,6 +92,7 @@ _export("canvas_core.runtime.scheduling", "RegionScheduler", "LearnedScheduler")
 _export("canvas_core.runtime.residuals", "ResidualSpec", "ResidualAccumulator")
 _export("canvas_core.runtime.canvas_attention", "CanvasAttention")
 _export("canvas_core.runtime.dispatch", "AttentionDispatcher")
+_export("canvas_core.runtime.verify", "verify_structure", "StructureReport")
 _export("canvas_core.runtime.telemetry", "record_telemetry", "telemetry", "Telemetry")
 _export("canvas_core.runtime.incremental", "incremental", "Rollout", "RolloutError")
 _export(

@@ -24,6 +24,7 @@ COMMANDS = {
     "draw": ("canvas_core.commands.draw", "draw a schema's canvas layout and topology to a PNG"),
     "embed": ("canvas_core.commands.embed", "fill every region's semantic embedding with a text embedder"),
     "schema": ("canvas_core.commands.schema", "print the JSON Schema of the schema file format"),
+    "verify": ("canvas_core.commands.verify", "check that a schema's canvas layers read only what its topology declares"),
 }
 
 

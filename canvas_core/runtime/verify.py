@@ -1,0 +1,384 @@
+"""`verify_structure`: check that a built model reads only what its topology declares.
+
+The probe: random inputs, and for each probed query position a random cotangent on its output
+alone; the gradient (a vector-Jacobian product) with respect to the input is non-zero exactly at
+the positions that output depends on (for generic random inputs and weights).  What the topology
+declares comes from the plan (DESIGN.md, "Semantics of a canvas attention layer"): query p of fn
+group f may read ``D_f(p)`` and itself (its own query, or passing through unchanged).
+
+What is probed, by kind of model:
+
+* a :class:`~canvas_core.runtime.canvas_attention.CanvasAttention` (or ``AttentionDispatcher``):
+  each fn group's output on its own (softmax kernels on the layer's projections, every other
+  type's module on its linked sets), judged against that group's declared pattern, then the whole
+  layer against the union;
+* a backbone with an installed topology (``adapter.install_topology``): the installed attention
+  core, on random queries / keys / values of the token sequence (one probe for the shared softmax
+  kernels, one per block for the gated modules of the other types, with the gate opened for the
+  probe when it is still 0);
+* any other module taking ``(B, N, D)`` canvas states (a stack of canvas layers, a world model):
+  the whole model, judged against the reachability closure of its layers' plans: one layer lets
+  query p read ``D(p) + {p}``; L layers applied in turn let it read every position reachable in L
+  such steps (``R <- R | R M_l``).  So a stack can only be checked for what no path through its
+  layers allows: e.g. with a causal topology, no stack may ever read a later frame.
+
+Exact for small canvases (every query position), sampled for large ones (one random query per
+(region, frame) cell, then uniform ones; the report says so).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from canvas_core.errors import CanvasTypeError
+from canvas_core.runtime.verify_probe import (
+    PositionLabels, choose_queries, dead_entries, declared_rows, mixes_batch, probe_rows, undeclared_entries,
+)
+from canvas_core.runtime.verify_report import DeadLink, StructureReport, UndeclaredDependency
+
+__all__ = ["verify_structure", "StructureReport"]
+
+
+class _Run:
+    """Settings and accumulated results of one verification."""
+
+    def __init__(self, max_exact: int, samples: int, probes: int, chunk: int, rtol: float, seed: int) -> None:
+        self.max_exact, self.samples, self.probes, self.chunk, self.rtol = max_exact, samples, probes, chunk, rtol
+        self.gen = torch.Generator().manual_seed(int(seed))
+        self.rng = np.random.default_rng(int(seed))
+        self.undeclared: List[UndeclaredDependency] = []
+        self.dead: List[DeadLink] = []
+        self.parts: List[str] = []
+        self.notes: List[str] = []
+        self.exact = True
+        self.sampling = ""
+        self.n = 0
+        self.hops = 1
+
+    def queries(self, n: int, labels: PositionLabels) -> np.ndarray:
+        q, exact, why = choose_queries(n, labels, self.max_exact, self.samples, self.rng)
+        self.exact, self.sampling, self.n = self.exact and exact, why, n
+        return q
+
+    def probe(self, where: str, fn: Callable, make_input: Callable, queries: np.ndarray, n: int) -> np.ndarray:
+        chunk = self.chunk
+        if chunk > 1 and mixes_batch(fn, make_input, self.gen):
+            chunk = 1
+            self.notes.append(f"{where}: its outputs depend on other batch rows; probed one query at a time")
+        return probe_rows(fn, make_input, queries, n, probes=self.probes, chunk=chunk, gen=self.gen)
+
+    def report(self) -> StructureReport:
+        return StructureReport(ok=not self.undeclared and not any(d.whole for d in self.dead), undeclared=self.undeclared,
+                               dead=self.dead, exact=self.exact, sampling=self.sampling, parts=self.parts,
+                               hops=self.hops, n_positions=self.n, probes=self.probes, rtol=self.rtol,
+                               notes=self.notes)
+
+
+def _device_dtype(model: nn.Module) -> Tuple[torch.device, torch.dtype]:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.device, p.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def _randn(shape_tail: Tuple[int, ...], device: Any, dtype: Any) -> Callable[[int, torch.Generator], torch.Tensor]:
+    def make(b: int, gen: torch.Generator) -> torch.Tensor:
+        return torch.randn((b,) + shape_tail, generator=gen).to(device=device, dtype=dtype)
+    return make
+
+
+@contextmanager
+def _probing(model: nn.Module) -> Iterator[None]:
+    """Evaluation mode and gradients on for the probe; the model's modes are restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for m, t in modes:
+            m.training = t
+
+
+def _module_group(ex: Any, f: str, modules: Dict[str, nn.Module]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Output of the non-softmax group ``f`` of a runner alone, ``(B, N, D)``: the runtime's own
+    :func:`run_module_groups` with the gate of ``f`` at 1 and of every other type at 0."""
+    from canvas_core.runtime.backbone_attention import run_module_groups
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        gates = {g: x.new_tensor(1.0 if g == f else 0.0) for g in ex.other_names}
+        out = run_module_groups(ex, x, modules, gates)
+        return x.new_zeros(x.shape) if out is None else out
+    return run
+
+
+def _softmax_group(ex: Any, i: int, scale: float, qkv: Callable[[torch.Tensor], Tuple]) -> Callable:
+    """Output of the i-th softmax kernel of a runner alone, ``(B, N, H * d)``."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        q, k, v = qkv(x)
+        o = ex.kernels[f"k{i}"](q, k, v, scale=scale, dropout_p=0.0)  # (B, H, N, d)
+        return o.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
+    return run
+
+
+def _judge_groups(run: _Run, where: str, plan: Any, labels: PositionLabels, queries: np.ndarray,
+                  groups: Dict[str, Tuple[Callable, Callable]]) -> np.ndarray:
+    """Probe each fn group on its own; returns the (nq, n) bool union of its undeclared reads."""
+    n = int(plan.n)
+    seen = np.zeros((len(queries), n), dtype=bool)
+    by_fn: Dict[str, np.ndarray] = {}
+    for f, (fn, make) in list(groups.items()):
+        if _silent(fn, make, run.gen):
+            n_conn = sum(1 for g in plan.fn_of_connection if g == f)
+            run.notes.append(f"{where}: fn {f!r} outputs 0 whatever its input (a gate that starts closed?), so its "
+                             f"{n_conn} connection(s) carry no signal yet; not counted as dead links")
+            continue
+        s = run.probe(f"{where} fn {f!r}", fn, make, queries, n)
+        by_fn[f] = s
+        allowed = declared_rows([plan], queries, fn=f)
+        entries, bad = undeclared_entries(where, f, s, allowed, queries, labels, run.rtol)
+        run.undeclared += entries
+        seen |= bad
+    conns = [ci for ci, f in enumerate(plan.fn_of_connection) if f in by_fn]
+    run.dead += dead_entries(where, plan, None, queries, labels, run.rtol, conns,
+                             group_of=lambda ci: by_fn[plan.fn_of_connection[ci]])
+    return seen
+
+
+def _silent(fn: Callable, make: Callable, gen: torch.Generator) -> bool:
+    """Whether ``fn``'s output depends on no input at all (e.g. a type whose gate starts at 0)."""
+    x = make(1, gen).requires_grad_(True)
+    out = fn(x)
+    if not out.requires_grad:
+        return True
+    (g,) = torch.autograd.grad(out, x, torch.randn(out.shape, generator=gen).to(out), allow_unused=True)
+    return g is None or not bool(g.abs().max() > 0)
+
+
+def _silent_fns(model: nn.Module, gen: torch.Generator) -> Dict[int, set]:
+    """id(plan) -> the non-softmax fn types that are silent in every canvas layer using that plan."""
+    from canvas_core.runtime.canvas_attention import CanvasAttention
+
+    out: Dict[int, set] = {}
+    for layer in model.modules():
+        if isinstance(layer, CanvasAttention):
+            ex = layer.executor
+            mods = {f: layer.fn_modules[f.replace(".", "__")] for f in ex.other_names}
+            make = _randn((int(layer.plan.n), layer.d_model), *_device_dtype(layer))
+            quiet = {f for f in ex.other_names if _silent(_module_group(ex, f, mods), make, gen)}
+            key = id(layer.plan)
+            out[key] = quiet if key not in out else out[key] & quiet
+    return out
+
+
+def _verify_layer(run: _Run, layer: nn.Module, where: str = "layer") -> None:
+    plan, ex = layer.plan, layer.executor
+    n, D, H, hd = int(plan.n), layer.d_model, layer.n_heads, layer.head_dim
+    device, dtype = _device_dtype(layer)
+    make = _randn((n, D), device, dtype)
+    labels = PositionLabels(plan.layout)
+    queries = run.queries(n, labels)
+
+    def qkv(x):
+        return layer.qkv(x).reshape(x.shape[0], n, 3, H, hd).permute(2, 0, 3, 1, 4)
+
+    groups: Dict[str, Tuple[Callable, Callable]] = {}
+    scale = layer.beta / math.sqrt(hd)
+    for i, f in enumerate(ex.soft_fns):
+        groups[f] = (_softmax_group(ex, i, scale, qkv), make)
+    mods = {f: layer.fn_modules[f.replace(".", "__")] for f in ex.other_names}
+    for f in ex.other_names:
+        groups[f] = (_module_group(ex, f, mods), make)
+    seen = _judge_groups(run, where, plan, labels, queries, groups)
+    whole = run.probe(where, layer, make, queries, n)
+    entries, _ = undeclared_entries(where, None, whole, declared_rows([plan], queries), queries, labels,
+                                    run.rtol, _candidates([plan]), skip=seen)
+    run.undeclared += entries
+    run.parts.append(where)
+
+
+def _candidates(plans: Sequence[Any]) -> Callable[[int], Tuple[str, ...]]:
+    def of(q: int) -> Tuple[str, ...]:
+        found: List[str] = []
+        for plan in plans:
+            for f, w in plan.query_weight.items():
+                if w[plan.inv_perm[q]] > 0 and f not in found:
+                    found.append(f)
+        return tuple(found)
+    return of
+
+
+def _block_topologies(model: nn.Module) -> List[Tuple[str, Any]]:
+    """``(name, BlockTopology)`` of every block holding an installed topology: through the
+    model's backbone adapter (diffusers processors are not modules), else its modules."""
+    from canvas_core.errors import CanvasError
+    from canvas_core.looping.attention_ops import BlockTopology
+
+    targets: List[Tuple[str, Any]] = []
+    try:
+        from canvas_core.looping import get_adapter
+
+        ad = get_adapter(model)
+        targets = [(f"block {i}", t) for i, t in enumerate(ad.attention_targets(model))]
+    except (CanvasError, LookupError, TypeError, ValueError):
+        targets = []
+    if not targets:
+        targets = [(name or type(m).__name__, m) for name, m in model.named_modules()]
+    return [(name, t.canvas_topology) for name, t in targets
+            if isinstance(getattr(t, "canvas_topology", None), BlockTopology)]
+
+
+def _verify_backbone(run: _Run, model: nn.Module, blocks: List[Tuple[str, Any]]) -> None:
+    shared_seen: Dict[int, Any] = {}
+    for name, bt in blocks:
+        shared = bt.shared
+        plan, tokens = shared.token_plan, shared.tokens
+        n, H, hd = int(shared.seq_len), shared.n_heads, shared.head_dim
+        device, dtype = _device_dtype(model)
+        labels = PositionLabels(tokens.layout, index=tokens.token_index)
+        queries = run.queries(n, labels)
+        runner = shared.runner_for(device)
+        groups: Dict[str, Tuple[Callable, Callable]] = {}
+        if id(shared) not in shared_seen:  # the softmax kernels are shared by every block
+            shared_seen[id(shared)] = shared
+
+            def qkv(x):
+                return x.reshape(x.shape[0], n, 3, H, hd).permute(2, 0, 3, 1, 4)
+
+            for i, f in enumerate(runner.soft_fns):
+                groups[f] = (_softmax_group(runner, i, 1.0 / math.sqrt(hd), qkv), _randn((n, 3 * H * hd), device, dtype))
+            where = "backbone attention" if len(blocks) > 1 else name
+            if groups:
+                _judge_groups(run, where, plan, labels, queries, groups)
+                run.parts.append(where)
+            groups = {}
+        mods = {f: bt.modules[f.replace(".", "__")].module for f in runner.other_names}
+        for f in runner.other_names:
+            gm = bt.modules[f.replace(".", "__")]
+            if float(gm.gate.detach().abs().max()) == 0.0:
+                run.notes.append(f"{name}: fn {f!r} has its gate at 0, so it adds nothing to the model yet; "
+                                 "its links were probed with the gate opened")
+            groups[f] = (_module_group(runner, f, mods), _randn((n, _width(gm.module, H * hd)), device, dtype))
+        if groups:
+            _judge_groups(run, name, plan, labels, queries, groups)
+            run.parts.append(name)
+
+
+def _width(module: nn.Module, default: int) -> int:
+    """The width a type's module was built for (its first linear layer's input), else ``default``."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            return int(m.in_features)
+    return default
+
+
+def _plans_of(model: nn.Module, layout: Any, topology: Any, plan: Any, layers: Optional[int]) -> List[Any]:
+    from canvas_core.runtime.canvas_attention import CanvasAttention
+
+    found = [m.plan for m in model.modules() if isinstance(m, CanvasAttention)]
+    if plan is None and topology is not None:
+        if layout is None:
+            raise CanvasTypeError("verify_structure(model, layout, topology): pass the CanvasLayout with the topology")
+        from canvas_core.compiler.lowering import lower
+
+        plan = lower(topology, layout)
+    if plan is not None:
+        return [plan] * int(layers if layers is not None else max(1, len(found)))
+    if not found:
+        raise CanvasTypeError(
+            f"verify_structure: {type(model).__name__} holds no CanvasAttention layer and no installed "
+            "topology; pass the declared structure: verify_structure(model, layout, topology, layers=L)")
+    if layers is not None and layers != len(found):
+        return [found[0]] * int(layers)
+    return found
+
+
+def _verify_model(run: _Run, model: nn.Module, plans: List[Any], d_model: Optional[int],
+                  make_input: Optional[Callable]) -> None:
+    plan = plans[0]
+    n = int(plan.n)
+    if any(int(p.n) != n for p in plans):
+        raise CanvasTypeError("verify_structure: the canvas layers of the model have canvases of different sizes "
+                              f"({sorted({int(p.n) for p in plans})} positions); verify each layer on its own")
+    device, dtype = _device_dtype(model)
+    D = int(d_model if d_model is not None else plan.layout.d_model)
+    make = make_input if make_input is not None else _randn((n, D), device, dtype)
+    labels = PositionLabels(plan.layout)
+    queries = run.queries(n, labels)
+    run.hops = len(plans)
+    s = run.probe("model", model, make, queries, n)
+    allowed = declared_rows(plans, queries)
+    entries, _ = undeclared_entries("model", None, s, allowed, queries, labels, run.rtol, _candidates(plans))
+    run.undeclared += entries
+    seen: set = set()
+    silent = _silent_fns(model, run.gen)
+    for p in plans:  # every declared one-hop link must reach the output (through the identity paths)
+        if id(p) not in seen:
+            seen.add(id(p))
+            quiet = silent.get(id(p), set())
+            for f in sorted(quiet):
+                run.notes.append(f"model: fn {f!r} outputs 0 whatever its input in every layer (a gate that "
+                                 "starts closed?), so its connections carry no signal yet; not counted as dead links")
+            conns = [ci for ci, f in enumerate(p.fn_of_connection) if f not in quiet]
+            run.dead += dead_entries("model", p, s, queries, labels, run.rtol, conns)
+    run.parts.append("model")
+
+
+def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None, *, plan: Any = None,
+                     layers: Optional[int] = None, d_model: Optional[int] = None,
+                     make_input: Optional[Callable[[int, torch.Generator], torch.Tensor]] = None,
+                     max_exact: int = 512, samples: int = 256, probes: int = 2, chunk: int = 32,
+                     rtol: float = 1e-6, seed: int = 0) -> StructureReport:
+    """Probe a built model and report every dependency its topology does not declare and every
+    declared link that carries no signal (see the module docstring for what is probed).
+
+    Args:
+        model: a ``CanvasAttention`` / ``AttentionDispatcher``; a backbone with an installed
+            topology; or any module mapping ``(B, N, D)`` canvas states to ``(B, N, D')``.
+        layout, topology: the declared structure of a model (default: the plans of the
+            ``CanvasAttention`` layers it holds, in module order).  ``plan``: an ``ExecutionPlan``
+            instead of the two.
+        layers: how many layers the declared pattern composes (default: the number of canvas
+            layers in the model, else 1).
+        d_model: the input width D (default ``layout.d_model``); ``make_input(b, generator)`` draws
+            the ``(b, N, D)`` probe inputs instead of a standard normal.
+        max_exact: canvases with at most this many positions are probed at every query position;
+            larger ones at ``samples`` sampled positions (stated in the report).
+        probes: random restarts (inputs and cotangents) per query; ``chunk``: queries per backward.
+        rtol: an input counts as read when its gradient magnitude exceeds ``rtol`` times the
+            largest one of the same query.
+        seed: seed of every random draw (the report is reproducible).
+
+    Returns:
+        a :class:`StructureReport` (``ok``, ``undeclared``, ``dead``, ``str(report)``, ``to_dict()``).
+    """
+    from canvas_core.errors import SchemaError
+    from canvas_core.runtime.canvas_attention import CanvasAttention
+
+    if not isinstance(model, nn.Module):
+        raise CanvasTypeError(f"verify_structure: model must be an nn.Module, got {type(model).__name__}")
+    for name, v, lo in (("max_exact", max_exact, 0), ("samples", samples, 1), ("probes", probes, 1), ("chunk", chunk, 1)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+            raise SchemaError(f"verify_structure: {name} must be an integer >= {lo}, got {v!r}")
+    if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers < 1):
+        raise SchemaError(f"verify_structure: layers must be an integer >= 1, got {layers!r}")
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 <= rtol < 1:
+        raise SchemaError(f"verify_structure: rtol must be a number in [0, 1), got {rtol!r}")
+    run = _Run(max_exact, samples, probes, chunk, float(rtol), seed)
+    given = plan is not None or topology is not None
+    with _probing(model):
+        if isinstance(model, CanvasAttention) and not given:
+            _verify_layer(run, model)
+        else:
+            blocks = [] if given else _block_topologies(model)
+            if blocks:
+                _verify_backbone(run, model, blocks)
+            else:
+                _verify_model(run, model, _plans_of(model, layout, topology, plan, layers), d_model, make_input)
+    return run.report()

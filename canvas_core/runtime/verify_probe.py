@@ -1,0 +1,234 @@
+"""The machinery of :func:`canvas_core.verify_structure`: declared patterns, gradient probes, and
+turning what they saw into report entries.
+
+* :func:`declared_rows` -- rows of a plan's (weighted, here boolean) pattern for a set of query
+  positions, optionally for one fn group or one connection, composed over several layers
+  (reachability): ``R <- R | R @ M`` per layer, computed on the plan's segment grid, so no
+  ``N x N`` array is made.
+* :func:`probe_rows` -- which inputs each query position's output depends on: randomized
+  vector-Jacobian products, one query per batch row (a model that mixes its batch rows is probed
+  one query at a time).
+* :func:`undeclared_entries` / :func:`dead_entries` -- the report entries.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from canvas_core.compiler.plan import segment_grid
+from canvas_core.runtime.verify_report import DeadLink, UndeclaredDependency
+
+__all__ = ["declared_rows", "probe_rows", "PositionLabels", "undeclared_entries", "dead_entries",
+           "choose_queries"]
+
+
+# --- declared patterns ---------------------------------------------------------------------------
+def _step(R: np.ndarray, plan: Any, keep: Optional[np.ndarray]) -> np.ndarray:
+    """``R @ M`` (bool) for canonical rows ``R`` (nq, N) and the plan's rectangles selected by
+    ``keep`` (all when None), via the segment grid: rows summed per row segment, times the grid,
+    expanded over column segments."""
+    n = int(plan.n)
+    g = plan.all_rects()
+    if keep is not None:
+        g = g.select(keep)
+    out = np.zeros_like(R)
+    if n == 0 or g.n_rects == 0 or not R.any():
+        return out
+    sg = segment_grid(n, g.q0, g.q1, g.k0, g.k1, g.weight)
+    packed = R[:, plan.perm].astype(np.int64)  # packed column j = canonical perm[j]
+    seg = np.add.reduceat(packed, sg.row_bounds[:-1], axis=1) > 0  # (nq, n_rs)
+    reach = (seg.astype(np.float64) @ (sg.grid > 0).astype(np.float64)) > 0  # (nq, n_cs)
+    cols_packed = reach[:, sg.col_segment_of(n)]  # (nq, N) packed
+    out[:, :] = cols_packed[:, plan.inv_perm]
+    return out
+
+
+def declared_rows(plans: Sequence[Any], queries: np.ndarray, *, fn: Optional[str] = None,
+                  connection: Optional[int] = None, with_self: bool = True) -> np.ndarray:
+    """``(nq, N)`` bool: which inputs the outputs at canonical ``queries`` may read after the layers
+    of ``plans`` (in order of application; one plan = one layer).  With ``fn`` / ``connection``,
+    only that group's / connection's rectangles (one layer).  ``with_self``: a position always
+    reads itself (its own query, or passing through unchanged)."""
+    n = int(plans[0].n)
+    R = np.zeros((len(queries), n), dtype=bool)
+    R[np.arange(len(queries)), queries] = True
+    for plan in reversed(list(plans)):  # out = L_k(...L_1(x)): rows propagate from the last layer
+        keep = None
+        if fn is not None or connection is not None:
+            rects = plan.all_rects()
+            keep = np.ones(rects.n_rects, dtype=bool)
+            if fn is not None:
+                keep &= np.concatenate([np.full(g.n_rects, f == fn) for f, g in plan.groups.items()]
+                                       or [np.zeros(0, dtype=bool)])
+            if connection is not None:
+                keep &= rects.conn == connection
+        step = _step(R, plan, keep)
+        R = (R | step) if with_self else step
+    return R
+
+
+# --- labels --------------------------------------------------------------------------------------
+class PositionLabels:
+    """Region label, canvas frame and real frame of each position (canonical order, or the order
+    of ``index``: position k of the probed sequence is canvas position ``index[k]``)."""
+
+    def __init__(self, layout: Any, index: Optional[Sequence[int]] = None) -> None:
+        n = int(layout.num_positions)
+        sv = int(layout.spatial_volume)
+        names: List[List[str]] = [[] for _ in range(n)]
+        period = np.ones(n, dtype=np.int64)
+        for name, spec in layout.regions.items():
+            idx = np.asarray(layout.region_indices(name), dtype=np.int64)
+            for i in idx.tolist():
+                names[i].append(name)
+            fresh = idx[period[idx] == 1] if len(idx) else idx
+            period[fresh] = int(getattr(spec, "period", 1) or 1)
+        labels = np.array(["/".join(x) if x else "(uncovered)" for x in names], dtype=object)
+        frame = np.arange(n, dtype=np.int64) // max(sv, 1)
+        if index is not None:
+            idx = np.asarray(index, dtype=np.int64)
+            labels, frame, period = labels[idx], frame[idx], period[idx]
+        self.region, self.frame, self.real = labels, frame, frame * period
+
+
+def choose_queries(n: int, labels: PositionLabels, max_exact: int, samples: int,
+                   rng: np.random.Generator) -> Tuple[np.ndarray, bool, str]:
+    """(query positions, exact, sentence): every position when ``n <= max_exact``; else one
+    random position of every (region, frame) cell, then uniform random ones up to ``samples``."""
+    if n <= max_exact:
+        return np.arange(n), True, f"every one of the {n} query positions probed"
+    cells: Dict[Tuple[str, int], List[int]] = {}
+    for i, key in enumerate(zip(labels.region.tolist(), labels.frame.tolist())):
+        cells.setdefault(key, []).append(i)
+    picked = {int(rng.choice(v)) for v in cells.values()}
+    rest = samples - len(picked)
+    if rest > 0:
+        pool = np.setdiff1d(np.arange(n), np.fromiter(picked, dtype=np.int64))
+        picked |= set(rng.choice(pool, size=min(rest, len(pool)), replace=False).tolist())
+    q = np.array(sorted(picked), dtype=np.int64)
+    why = (f"sampled {len(q)} of {n} query positions: one at random in each of the {len(cells)} "
+           f"(region, frame) cells, the rest uniformly at random; every input position is checked "
+           "for each sampled query")
+    return q, False, why
+
+
+# --- gradient probes -----------------------------------------------------------------------------
+def _first_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    sample = getattr(out, "sample", None)
+    if isinstance(sample, torch.Tensor):
+        return sample
+    from canvas_core.errors import CanvasTypeError
+
+    raise CanvasTypeError(f"verify_structure: the model returned {type(out).__name__}; it must return a "
+                          "(B, N, D) tensor (or a tuple whose first item is one)")
+
+
+def mixes_batch(fn: Callable, make_input: Callable[[int, torch.Generator], torch.Tensor],
+                gen: torch.Generator) -> bool:
+    """Whether the outputs of batch row 0 depend on batch row 1."""
+    x = make_input(2, gen).requires_grad_(True)
+    out = _first_tensor(fn(x))
+    if not out.requires_grad:
+        return False
+    cot = torch.zeros_like(out)
+    cot[0] = torch.randn(out.shape[1:], generator=gen, dtype=out.dtype).to(out.device)
+    (g,) = torch.autograd.grad(out, x, cot, allow_unused=True)
+    return g is not None and bool(g[1].abs().max() > 0)
+
+
+def probe_rows(fn: Callable, make_input: Callable[[int, torch.Generator], torch.Tensor], queries: np.ndarray,
+               n: int, *, probes: int, chunk: int, gen: torch.Generator) -> np.ndarray:
+    """``(nq, n)`` float: per query, the largest relative gradient magnitude of each input position
+    over ``probes`` random inputs and cotangents (0: the output never depended on it).
+
+    ``fn(x (b, n, D)) -> (b, n, D')``; ``make_input(b, gen)`` draws ``x``.  Batch row ``r`` carries
+    the cotangent of one query, so one backward pass answers ``chunk`` queries."""
+    strength = np.zeros((len(queries), n), dtype=np.float64)
+    for _ in range(probes):
+        for start in range(0, len(queries), chunk):
+            qs = queries[start:start + chunk]
+            b = len(qs)
+            x = make_input(b, gen).requires_grad_(True)
+            out = _first_tensor(fn(x))
+            if out.dim() < 2 or out.shape[0] != b or out.shape[1] != n:
+                from canvas_core.errors import ShapeError
+
+                raise ShapeError(f"verify_structure: the probed output has shape {tuple(out.shape)}; expected "
+                                 f"({b}, {n}, ...) for an input of shape {tuple(x.shape)}")
+            if not out.requires_grad:
+                continue
+            cot = torch.zeros_like(out)
+            rows = torch.arange(b, device=out.device)
+            qi = torch.as_tensor(qs, device=out.device)
+            cot[rows, qi] = torch.randn((b,) + tuple(out.shape[2:]), generator=gen, dtype=out.dtype).to(out.device)
+            (g,) = torch.autograd.grad(out, x, cot, allow_unused=True)
+            if g is None:
+                continue
+            mag = g.detach().abs().reshape(b, n, -1).amax(-1).double()
+            mag = torch.nan_to_num(mag, nan=float("inf"))
+            top = mag.amax(-1, keepdim=True)
+            rel = torch.where(top > 0, mag / top.clamp_min(1e-300), torch.zeros_like(mag))
+            rel = torch.where(torch.isinf(mag), torch.ones_like(rel), rel)
+            strength[start:start + b] = np.maximum(strength[start:start + b], rel.cpu().numpy())
+    return strength
+
+
+# --- report entries -------------------------------------------------------------------------------
+def undeclared_entries(where: str, fn: Optional[str], strength: np.ndarray, allowed: np.ndarray,
+                       queries: np.ndarray, labels: PositionLabels, rtol: float,
+                       candidates: Optional[Callable[[int], Tuple[str, ...]]] = None,
+                       skip: Optional[np.ndarray] = None) -> Tuple[List[UndeclaredDependency], np.ndarray]:
+    """Entries for reads outside ``allowed`` (``(nq, n)`` bool); also returns the bool matrix of
+    those reads.  ``skip``: pairs already reported elsewhere."""
+    bad = (strength > rtol) & ~allowed
+    if skip is not None:
+        bad &= ~skip
+    qi, ki = np.nonzero(bad)
+    out: Dict[Tuple, List] = {}
+    for a, k in zip(qi.tolist(), ki.tolist()):
+        q = int(queries[a])
+        key = (labels.region[q], int(labels.frame[q]), labels.region[k], int(labels.frame[k]))
+        e = out.setdefault(key, [0, 0.0, bool(labels.real[k] > labels.real[q]), q])
+        e[0] += 1
+        e[1] = max(e[1], float(strength[a, k]))
+        e[2] = e[2] or bool(labels.real[k] > labels.real[q])
+    entries = [UndeclaredDependency(where, fn, qr, qf, kr, kf, fut, cnt, s,
+                                    () if candidates is None else candidates(q0))
+               for (qr, qf, kr, kf), (cnt, s, fut, q0) in out.items()]
+    entries.sort(key=lambda d: (not d.future, d.query_region, d.query_frame, d.key_region, d.key_frame))
+    return entries, bad
+
+
+def dead_entries(where: str, plan: Any, strength: np.ndarray, queries: np.ndarray, labels: PositionLabels,
+                 rtol: float, connections: Optional[Sequence[int]] = None, group_of: Any = None) -> List[DeadLink]:
+    """One :class:`DeadLink` per connection with a (query frame, key frame) cell in which no
+    probed declared pair carries signal.  ``group_of(ci)``: the strength matrix to judge
+    connection ``ci`` by (default ``strength``)."""
+    topo = plan.topology
+    out: List[DeadLink] = []
+    for ci in (range(len(plan.fn_of_connection)) if connections is None else connections):
+        fn = plan.fn_of_connection[ci]
+        decl = declared_rows([plan], queries, connection=ci, with_self=False)
+        if not decl.any():
+            continue  # links no probed pair (a compile warning covers links of nothing)
+        s = strength if group_of is None else group_of(ci)
+        carried = decl & (s > rtol)
+        qi, ki = np.nonzero(decl)
+        qf = labels.frame[queries[qi]]
+        kf = labels.frame[ki]
+        live = carried[qi, ki]
+        cells: Dict[Tuple[int, int], bool] = {}
+        for a, b, c in zip(qf.tolist(), kf.tolist(), live.tolist()):
+            cells[(a, b)] = cells.get((a, b), False) or c
+        dead = tuple(sorted(k for k, v in cells.items() if not v))
+        if dead:
+            c = topo.connections[ci]
+            out.append(DeadLink(where, ci, c.src, c.dst, fn, dead, len(dead) == len(cells), len(cells)))
+    return out

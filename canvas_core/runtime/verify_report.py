@@ -1,0 +1,153 @@
+"""What :func:`canvas_core.verify_structure` found: :class:`StructureReport` and its entries.
+
+Plain dataclasses (no torch): a report prints as a readable text (``str(report)``) and converts
+to JSON-ready data (``report.to_dict()``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+__all__ = ["UndeclaredDependency", "DeadLink", "StructureReport"]
+
+
+@dataclass(frozen=True)
+class UndeclaredDependency:
+    """Outputs at ``query_region`` frame ``query_frame`` depend on inputs at ``key_region`` frame
+    ``key_frame``, and no declared connection (of ``fn``, or of any type for ``fn=None``) allows it.
+
+    Attributes:
+        where: the probed part ("layer", "model", "block 3", ...).
+        fn: the fn group whose output carries the dependency; None when only the whole output
+            was probed (then ``fn_candidates`` lists the groups that update those queries).
+        query_region, key_region: region names ("(uncovered)" for a position of no region;
+            "a/b" for a position shared by overlapping regions).
+        query_frame, key_frame: canvas frames (``t``) of the query and of the key.
+        future: the key's real frame (canvas frame x period) lies after the query's.
+        pairs: how many probed (query, key) position pairs showed it.
+        strength: the largest gradient magnitude seen, relative to the largest one of the same
+            query (1.0: as strong as the query's strongest input).
+        fn_candidates: fn groups that update these queries (context for ``fn=None``).
+    """
+
+    where: str
+    fn: Optional[str]
+    query_region: str
+    query_frame: int
+    key_region: str
+    key_frame: int
+    future: bool
+    pairs: int
+    strength: float
+    fn_candidates: Tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        when = " (future)" if self.future else ""
+        by = f"fn {self.fn!r}" if self.fn is not None else (
+            "fn " + "/".join(repr(f) for f in self.fn_candidates) if self.fn_candidates else "the model")
+        return (f"{self.where}: region {self.query_region} frame {self.query_frame} reads region "
+                f"{self.key_region} frame {self.key_frame}{when}, not declared ({by}; {self.pairs} "
+                f"position pair(s), relative strength {self.strength:.2g})")
+
+
+@dataclass(frozen=True)
+class DeadLink:
+    """A declared connection whose links carry no signal in the probed model.
+
+    Attributes:
+        where: the probed part.
+        connection: index of the connection in ``topology.connections``.
+        src, dst: its regions (``src`` reads ``dst``).
+        fn: its resolved fn type.
+        frames: the dead ``(query frame, key frame)`` cells (every cell when ``whole``).
+        whole: no probed pair of the connection carries any signal.
+        checked_cells: how many (query frame, key frame) cells of the connection were probed.
+    """
+
+    where: str
+    connection: int
+    src: str
+    dst: str
+    fn: str
+    frames: Tuple[Tuple[int, int], ...]
+    whole: bool
+    checked_cells: int
+
+    def __str__(self) -> str:
+        name = f"connection #{self.connection} {self.src!r} -> {self.dst!r} (fn {self.fn!r})"
+        if self.whole:
+            return f"{self.where}: {name} is declared but carries no signal"
+        cells = ", ".join(f"frame {q} <- frame {k}" for q, k in self.frames[:6])
+        more = f", ... ({len(self.frames)} of {self.checked_cells} cells)" if len(self.frames) > 6 else ""
+        return f"{self.where}: {name} carries no signal at {cells}{more}"
+
+
+@dataclass
+class StructureReport:
+    """Result of :func:`canvas_core.verify_structure`.
+
+    Attributes:
+        ok: no undeclared dependency, and no declared connection that carries no signal at all.
+            Cells of a connection that carry no signal while others do (a type that reads part of
+            its key set: a local window, a causal scan) are listed in ``dead`` but do not fail.
+        undeclared: :class:`UndeclaredDependency` entries, one per (part, fn group, query region
+            and frame, key region and frame).
+        dead: :class:`DeadLink` entries, one per (part, connection).
+        exact: every query position (or token) of every part was probed; False when sampled.
+        sampling: how the query positions were chosen (stated also when exact).
+        parts: the parts that were probed ("layer", "model", "block 0", ...).
+        hops: layers composed into the declared pattern of a whole-model probe (1: exact pattern;
+            L: the L-hop reachability closure of the topology).
+        n_positions: positions N of the canvas (tokens S of a backbone).
+        probes: random restarts per query position; ``rtol``: the relative gradient magnitude
+            above which an input counts as read.
+        notes: anything else worth knowing (gates at zero opened for the probe, batch mixing, ...).
+    """
+
+    ok: bool
+    undeclared: List[UndeclaredDependency] = field(default_factory=list)
+    dead: List[DeadLink] = field(default_factory=list)
+    exact: bool = True
+    sampling: str = ""
+    parts: List[str] = field(default_factory=list)
+    hops: int = 1
+    n_positions: int = 0
+    probes: int = 1
+    rtol: float = 0.0
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def future_reads(self) -> List[UndeclaredDependency]:
+        """The undeclared dependencies on a later frame (a causality violation)."""
+        return [d for d in self.undeclared if d.future]
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-ready dict of the whole report."""
+        out = dataclasses.asdict(self)
+        out["future_reads"] = len(self.future_reads)
+        return out
+
+    def __str__(self) -> str:
+        head = "structure verified: OK" if self.ok else "structure verification FAILED"
+        how = "exact (every query probed)" if self.exact else "sampled"
+        lines = [f"{head} -- {how}; {self.n_positions} positions, parts: {', '.join(self.parts) or '-'}",
+                 f"  sampling: {self.sampling}",
+                 f"  declared pattern: {'one layer (exact)' if self.hops == 1 else f'{self.hops}-hop closure of the topology'}"
+                 f"; {self.probes} random probe(s) per query, read = relative gradient > {self.rtol:g}"]
+        if self.undeclared:
+            lines.append(f"  undeclared dependencies ({len(self.undeclared)}, {len(self.future_reads)} on the future):")
+            lines += [f"    - {d}" for d in self.undeclared]
+        whole = [d for d in self.dead if d.whole]
+        part = [d for d in self.dead if not d.whole]
+        if whole:
+            lines.append(f"  declared connections carrying no signal ({len(whole)}):")
+            lines += [f"    - {d}" for d in whole]
+        if part:
+            lines.append(f"  declared links partly unused ({len(part)}; the type reads part of its key set, not a failure):")
+            lines += [f"    - {d}" for d in part]
+        if not self.undeclared and not self.dead:
+            lines.append("  every dependency is declared and every declared link carries signal")
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)

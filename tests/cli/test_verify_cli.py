@@ -1,0 +1,49 @@
+"""`canvas verify`: exit 0 when the structure verifies, 1 when it does not, 2 with one line for
+bad arguments or files; --json prints the report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from canvas_core.cli import main
+from canvas_core.schema import CanvasLayout, CanvasSchema, CanvasTopology, Connection
+
+
+@pytest.fixture
+def schema_file(tmp_path):
+    lay = CanvasLayout(T=3, spatial_shape=(2,), d_model=8, regions={"obs": (0, 3, 0, 1), "act": (0, 3, 1, 2)})
+    topo = CanvasTopology(connections=[Connection("act", "obs", t_src=0, t_dst=0), Connection("act", "act", t_src=0, t_dst=-1),
+                                       Connection("obs", "obs", t_src=0, t_dst=-1, fn="pooling")])
+    path = tmp_path / "robot.json"
+    path.write_text(json.dumps(CanvasSchema(layout=lay, topology=topo).to_dict()))
+    return path
+
+
+def test_verify_a_schema_file(schema_file, capsys):
+    assert main(["verify", str(schema_file), "--layers", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "structure verified: OK" in out and "2-hop closure" in out and "robot.json" in out
+
+
+def test_verify_json(schema_file, capsys):
+    assert main(["verify", str(schema_file), "--json", "--probes", "1"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is True and data["exact"] is True and data["undeclared"] == [] and data["layers"] == 1
+
+
+def test_verify_the_bundled_example_sampled(capsys):
+    assert main(["verify", "--max-exact", "0", "--samples", "8", "--probes", "1", "--width", "8"]) == 0
+    assert "sampled" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv", [["--layers", "0"], ["--samples", "x"], ["missing.json"], ["--width", "6", "--heads", "4"]])
+def test_bad_arguments_exit_2_with_one_line(argv, capsys):
+    try:
+        rc = main(["verify", *argv])
+    except SystemExit as exc:  # argparse's own refusals
+        rc = exc.code
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("canvas verify") and "\n" not in err
