@@ -270,3 +270,39 @@ def test_span_gradient_checkpointing_gives_the_same_gradients():
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
     for k in grads[0]:
         assert torch.allclose(grads[0][k], grads[1][k], atol=1e-6), k
+
+
+@pytest.mark.parametrize("kind", ["cogvideox", "vit"])
+def test_gated_topology_modules_inside_a_span_are_loop_parameters(kind, tmp_path):
+    kw = inputs(kind)
+    m = make(kind)
+    with torch.no_grad():
+        plain = run(kind, m, kw)
+    parts, head = graft_looped_blocks(m, max_loops=3, scope=(1, 2), freeze="full")
+    ad = get_adapter(m)
+    tokens = user_layout(ad.token_layout(m, kw), 1)
+    conns = [Connection(a, b) for a in ("top", "bottom", "extra") for b in ("top", "bottom", "extra")]
+    ad.install_topology(m, CanvasTopology(connections=conns + [Connection("top", "bottom", fn="gated")]), tokens)
+    span = parts[0]
+    extra = [(n, p) for n, p in span.named_loop_parameters() if ".canvas_fn." in n]
+    assert {n.split(".")[0] for n, _ in extra} == {"block0", "block1"}  # prelude block and core block
+    canvas_core.freeze_full(m)
+    assert all(p.requires_grad for _, p in extra)
+    for n in (1, 2, 4):
+        canvas_core.set_loops(m, n)
+        with torch.no_grad():
+            assert torch.equal(run(kind, m, kw), plain)
+    with torch.no_grad():
+        for n_, p in extra:
+            if n_.endswith(".gate"):
+                p.fill_(0.5)
+        span.loop_gate.fill_(0.5)
+        want = run(kind, m, kw)
+    assert not torch.equal(want, plain)
+    save_loop_checkpoint(parts, head, str(tmp_path / "t.safetensors"))
+    with torch.no_grad():
+        for _, p in span.named_loop_parameters():
+            p.zero_()
+    load_loop_checkpoint(parts, head, str(tmp_path / "t.safetensors"))
+    with torch.no_grad():
+        assert torch.equal(run(kind, m, kw), want)
