@@ -179,15 +179,16 @@ def pretrain_cogvideox(cfg: PretrainConfig, out: Optional[Path] = None,
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(str(out), safe_serialization=True)
-        if prompt is not None:
-            from safetensors.torch import save_file
+        from canvas_core._safe_write import atomic_write_text
+        from canvas_core.checkpoints.tensors import save_safetensors_atomic
 
-            save_file({"prompt": prompt.detach().contiguous()}, str(out / PROMPT_FILE))
+        if prompt is not None:  # NaN refused, atomic write (canvas_core/_safe_write.py)
+            save_safetensors_atomic({"prompt": prompt}, out / PROMPT_FILE, None, "the demo prompt")
         meta = {"task": "denoise moving-blob latent videos (one frame fully noised in some)",
                 "options": asdict(cfg), "torch": torch.__version__,
                 "curve": [{"step": s, "train_loss": None if math.isnan(tl) else tl, "held_out_loss": hl}
                           for s, tl, hl in curve]}
-        (out / "pretrain.json").write_text(json.dumps(meta, indent=1) + "\n")
+        atomic_write_text(out / "pretrain.json", json.dumps(meta, indent=1) + "\n", "the pretraining record")
     if prompt is not None:
         model.demo_prompt = prompt.detach().clone()
     return model, curve
