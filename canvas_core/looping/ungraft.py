@@ -71,10 +71,10 @@ def _replacement(block: nn.Module, index: int) -> List[nn.Module]:
     unwrap = getattr(block, "ungraft_blocks", None)
     if callable(unwrap):
         mods = list(unwrap())
-    elif isinstance(block, LoopedBlockWrapper) or (
-            type(block).__module__.startswith("canvas_core.looping.")
-            and isinstance(getattr(block, "original", None), nn.Module)):
-        mods = [block.original]  # a block wrapper, a span (its first block) or a span member
+    elif isinstance(block, LoopedBlockWrapper) or isinstance(getattr(block, "original", None), nn.Module):
+        # a block wrapper (also a wrapper_class= of yours keeping `original`), a span (its first
+        # block) or a span member
+        mods = [block.original]
     else:
         return [block]
     if not mods or not all(isinstance(m, nn.Module) for m in mods):

@@ -139,3 +139,24 @@ def test_span_and_model_scopes_ungraft(scope):
     assert list(m.transformer_blocks) == blocks and "canvas_loop" not in m._modules
     with torch.no_grad():
         assert torch.equal(run(kind, m, kw), base)
+
+
+def test_custom_wrapper_class_keeping_original_is_ungrafted():
+    from torch import nn
+
+    from canvas_core.looping import LoopedBlockWrapper
+
+    class MyWrapper(nn.Module):
+        def __init__(self, block, i, max_loops, dim):
+            super().__init__()
+            self.original = block
+            self.inner = LoopedBlockWrapper(nn.Identity(), i, max_loops, dim)
+
+        def forward(self, x, *a, **k):
+            return self.original(x, *a, **k)
+
+    m = make("vit")
+    blocks = list(m.blocks)
+    graft_looped_blocks(m, max_loops=2, wrapper_class=MyWrapper)
+    ungraft_looped_blocks(m)
+    assert list(m.blocks) == blocks
