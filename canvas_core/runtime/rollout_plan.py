@@ -27,7 +27,10 @@ import numpy as np
 from canvas_core.compiler.plan import ExecutionPlan, segment_grid
 from canvas_core.errors import TopologyError
 
-__all__ = ["check_causal", "FramePlan", "SoftFrame", "TypeCall", "frame_size"]
+__all__ = ["check_causal", "FramePlan", "SoftFrame", "TypeCall", "frame_size", "CLASS_LIMIT"]
+
+#: a frame whose queries have more distinct weight rows than this runs one masked attention
+CLASS_LIMIT = 32
 
 
 def frame_size(plan: ExecutionPlan) -> int:
@@ -105,12 +108,12 @@ class SoftFrame:
     grid: np.ndarray
     has_key: np.ndarray
 
-    def classes(self, limit: int = 32) -> Optional[List[Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]]:
+    def classes(self, limit: Optional[int] = None) -> Optional[List[Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]]:
         """The queries grouped by identical weight rows: ``[(queries (m,) frame-local, keys (k,)
         canonical, log w (k,) or None when every weight of the row is equal), ...]`` (a constant
         weight cancels in the softmax); None when there are more than ``limit`` such groups."""
         rows = np.unique(self.row)
-        if len(rows) > limit:
+        if len(rows) > (CLASS_LIMIT if limit is None else limit):
             return None
         out = []
         for r in rows:

@@ -196,3 +196,13 @@ def test_bad_arguments_are_canvas_errors():
     roll = canvas_core.incremental(model, layout)
     with pytest.raises(canvas_core.RolloutError, match="with canvas_core.incremental"):
         roll.step(torch.zeros(1, 12, 4, dtype=torch.float64))
+
+
+def test_frames_with_many_distinct_rows_take_the_masked_path(monkeypatch):
+    from canvas_core.runtime import rollout_plan
+
+    monkeypatch.setattr(rollout_plan, "CLASS_LIMIT", 0)  # every frame: one masked attention
+    layout = _interleaved_layout()
+    conns = causal_only(_fixed_topology("cross_attention").connections + _fixed_topology("rwkv").connections, layout)
+    model = build_model(CanvasTopology(connections=conns), layout, depth=2)
+    _check_rollout(model, layout, torch.randn(1, layout.T * 12, 4, dtype=torch.float64))
