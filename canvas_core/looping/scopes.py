@@ -209,7 +209,7 @@ def set_loops(model: nn.Module, n: int, exit_tol: float = 0.0) -> int:
     n = check_loops(n, "set_loops")
     tol = check_exit_tol(exit_tol, "set_loops")
     parts = _parts(model, "set_loops")
-    if tol > 0 and any(isinstance(p, LoopedBlockWrapper) for p in parts):
+    if tol > 0 and any(isinstance(p, LoopedBlockWrapper) for p in parts):  # model unchanged
         raise BackboneError(
             f"set_loops: exit_tol={exit_tol!r} needs a span, stack or model scope (the block scope loops "
             "each block on its own, so there is no single state to watch); graft with scope=(i, j), "
@@ -222,20 +222,23 @@ def set_loops(model: nn.Module, n: int, exit_tol: float = 0.0) -> int:
     return n
 
 
-def _core_parts(model: nn.Module, where: str) -> List[LoopCore]:
+def _block_trace(model: nn.Module, where: str) -> List[Dict[str, Any]]:
     parts = _parts(model, where)
-    cores = [p for p in parts if isinstance(p, LoopCore)]
-    if not cores:
-        raise BackboneError(
-            f"{where}: {type(model).__name__} is grafted with scope='block', which runs every block a "
-            "fixed number of times and records no per-sample counts; graft with scope=(i, j), "
-            "'stack' or 'model'")
-    return cores
+    traces = [getattr(p, "_loop_trace", None) for p in parts if isinstance(p, LoopedBlockWrapper)]
+    if not traces or any(t is None for t in traces):
+        raise CanvasTypeError(f"{where}: no forward has run yet; call the model first, then {where}(model)")
+    return traces
 
 
 def loop_counts(model: nn.Module) -> torch.Tensor:
-    """``(B,)`` long tensor: the iterations each sample of the last forward used."""
-    return _core_parts(model, "loop_counts")[0].counts()
+    """``(B,)`` long tensor: the iterations each sample of the last forward used (for the block
+    scope, the loops every block ran: the same for every sample)."""
+    parts = _parts(model, "loop_counts")
+    cores = [p for p in parts if isinstance(p, LoopCore)]
+    if cores:
+        return cores[0].counts()
+    traces = _block_trace(model, "loop_counts")
+    return torch.full((traces[0]["batch"],), len(traces[0]["rel_change"]), dtype=torch.long)
 
 
 def loop_stats(model: nn.Module) -> Dict[str, Any]:
@@ -243,5 +246,18 @@ def loop_stats(model: nn.Module) -> Dict[str, Any]:
     ``iterations`` (run), ``rel_change`` (per iteration, mean over the computed samples of
     ``||h_t - h_{t-1}|| / ||h_{t-1}||``; iteration 0 compares with the core's input),
     ``state_norm`` (per iteration, mean RMS of the first stream's state), ``active`` (samples
-    computed per iteration) and ``core_rows`` (their sum: the core's work in sample-iterations)."""
-    return _core_parts(model, "loop_stats")[0].stats()
+    computed per iteration) and ``core_rows`` (their sum: the core's work in sample-iterations).
+    For the block scope the lists are means over the blocks and ``per_block`` holds each block's
+    ``rel_change`` / ``state_norm``."""
+    parts = _parts(model, "loop_stats")
+    cores = [p for p in parts if isinstance(p, LoopCore)]
+    if cores:
+        return cores[0].stats()
+    traces = _block_trace(model, "loop_stats")
+    per_block = [{k: [float(v) for v in t[k]] for k in ("rel_change", "state_norm")} for t in traces]
+    its = min(len(b["rel_change"]) for b in per_block)
+    mean = {k: [sum(b[k][i] for b in per_block) / len(per_block) for i in range(its)]
+            for k in ("rel_change", "state_norm")}
+    B = traces[0]["batch"]
+    return {"scope": "block", "loops": max(p.current_loops for p in parts), "exit_tol": 0.0,
+            "iterations": its, **mean, "active": [B] * its, "core_rows": B * its, "per_block": per_block}

@@ -287,6 +287,7 @@ class LoopedBlockWrapper(nn.Module):
                 )
         use_ckpt = self.use_gradient_checkpointing and self.training and torch.is_grad_enabled()
         out = None
+        trace: list = []
         for i in range(self.current_loops):
             inp = tuple(s + e[i].to(s.dtype) for s, e in zip(states, embs))
             if use_ckpt:
@@ -296,9 +297,26 @@ class LoopedBlockWrapper(nn.Module):
             else:
                 out = self._run_once(i, rest_args, rest_kwargs, *inp)
             new = self.io.states_of(out)
+            prev = states
             if i == 0:
                 states = new
             else:
                 g = self.loop_gate[i - 1]
                 states = tuple(s + g.to(s.dtype) * (n - s) for s, n in zip(states, new))
+            trace.append((prev, states))
+        self._record(trace)
         return self.io.repack(out, states)
+
+    def _record(self, trace: list) -> None:
+        """Keep the per-iteration diagnostics of this forward (``canvas_core.loop_stats``) as
+        device tensors; skipped while compiling."""
+        if torch.compiler.is_compiling():
+            return
+        from canvas_core.looping.loop_engine import _rel_change, _token_rms
+
+        with torch.no_grad():
+            self._loop_trace = {
+                "batch": int(trace[0][1][0].shape[0]),
+                "rel_change": [_rel_change(p, c).mean() for p, c in trace],
+                "state_norm": [_token_rms(c).mean() for _, c in trace],
+            }

@@ -161,6 +161,20 @@ def test_loop_stats_show_what_the_loops_do():
     assert all(v > 0 for v in s["state_norm"]) and s["active"] == [2, 2, 2]
 
 
+def test_block_scope_stats_per_block():
+    m = make_net()
+    blocks, _ = graft_looped_blocks(m, max_loops=3, latent_channels=3)
+    with torch.no_grad():
+        blocks[2].loop_gate.fill_(0.5)
+        m(torch.randn(2, 4, 3))
+    s = canvas_core.loop_stats(m)
+    assert s["scope"] == "block" and s["iterations"] == 3 and len(s["per_block"]) == 4
+    moved = [b["rel_change"][1] > 0 for b in s["per_block"]]
+    assert moved == [False, False, True, False]  # only the block whose gate is open moves
+    assert s["rel_change"][1] == pytest.approx(s["per_block"][2]["rel_change"][1] / 4)
+    assert canvas_core.loop_counts(m).tolist() == [3, 3]
+
+
 def test_random_depth_is_seeded_and_follows_its_distribution():
     u = RandomDepthScheduler(max_loops=5, min_loops=2, seed=3)
     draws = [u.get_loops(k) for k in range(3000)]

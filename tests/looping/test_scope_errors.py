@@ -126,13 +126,13 @@ def test_exit_tol_must_be_a_finite_non_negative_number(tol):
     assert parts[0].current_loops == 3 and parts[0].exit_tol == 0.0
 
 
-def test_adaptive_exit_and_counts_need_a_span_or_model_scope():
+def test_adaptive_exit_needs_a_span_or_model_scope_and_stats_a_forward():
     m = make_net()
     blocks, _ = graft_looped_blocks(m, max_loops=3, latent_channels=3)
     with pytest.raises(BackboneError, match="exit_tol=0.1 needs a span, stack or model scope"):
         canvas_core.set_loops(m, 2, exit_tol=0.1)
     assert all(b.current_loops == 3 for b in blocks)
-    with pytest.raises(BackboneError, match="scope='block'"):
+    with pytest.raises(CanvasError, match="no forward has run yet"):
         canvas_core.loop_counts(m)
     with pytest.raises(BackboneError, match="graft it first"):
         canvas_core.loop_stats(make_net())
