@@ -150,7 +150,10 @@ def _open(path: Any, where: str) -> Tuple[str, Dict[str, str], Any]:
     if os.path.isdir(p):
         raise CheckpointError(f"canvas checkpoint {p!r} is a directory; give the .safetensors file in it")
     if not os.path.isfile(p):
-        raise CheckpointError(f"canvas checkpoint {p!r} does not exist (or is not a regular file)")
+        raise CheckpointError(
+            f"canvas checkpoint {p!r} "
+            + ("is not a regular file (a device, FIFO or socket); give the .safetensors file"
+               if os.path.exists(p) else "does not exist"))
     from safetensors import SafetensorError, safe_open
 
     try:

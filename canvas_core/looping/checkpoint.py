@@ -264,7 +264,10 @@ def load_loop_checkpoint(
     if os.path.isdir(path):
         raise CheckpointError(f"loop checkpoint {path!r} is a directory; give the .safetensors file in it")
     if not os.path.isfile(path):
-        raise CheckpointError(f"loop checkpoint {path!r} does not exist")
+        raise CheckpointError(
+            f"loop checkpoint {path!r} "
+            + ("is not a regular file (a device, FIFO or socket); give the .safetensors file"
+               if os.path.exists(path) else "does not exist"))
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             header = dict(f.metadata() or {})
