@@ -306,3 +306,10 @@ def test_gated_topology_modules_inside_a_span_are_loop_parameters(kind, tmp_path
     load_loop_checkpoint(parts, head, str(tmp_path / "t.safetensors"))
     with torch.no_grad():
         assert torch.equal(run(kind, m, kw), want)
+
+
+def test_new_names_are_exported_from_canvas_core():
+    import canvas_core.looping as looping
+
+    for n in ("set_loops", "loop_counts", "loop_stats", "LoopedSpan", "ModelLoop", "RandomDepthScheduler"):
+        assert getattr(canvas_core, n) is getattr(looping, n)
