@@ -107,3 +107,17 @@ def test_read_only_file_refused(tmp_path):
     with pytest.raises(CanvasError, match="read-only"):
         atomic_write_text(p, "x", "the schema")
     assert p.read_text() == "keep"
+
+
+def test_cli_schema_output_to_fifo_directory_or_missing_folder_is_exit_2(tmp_path, capsys):
+    from canvas_core.cli import main
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    for target, words in ((fifo, "named pipe"), (tmp_path, "directory"), (tmp_path / "no" / "s.json", "does not exist")):
+        assert main(["schema", "-o", str(target)]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Traceback" not in err and err.count("\n") == 1
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert main(["schema", "-o", str(tmp_path / "s.json")]) == 0
+    assert (tmp_path / "s.json").read_text().startswith("{")
