@@ -132,8 +132,9 @@ class SpatiotemporalCanvas(nn.Module):
                               unexpected_keys, error_msgs) -> None:
         # canvas-engineering's layout of the same parameters: modality embeddings keyed by the
         # sanitized region name, `family_carrier_embedding.*`, and a stored `pos_enc.pe` table
-        # (ours is computed; the formula is the same, so the stored copy is dropped)
-        from canvas_core.runtime.ce_state import rename_loaded_region_keys
+        # (ours is computed; the formula is the same, so the stored copy is dropped once its shape
+        # says it is of a canvas of this size)
+        from canvas_core.runtime.ce_state import check_stored_table, rename_loaded_region_keys
 
         rename_loaded_region_keys(self.names, state_dict, prefix)  # one-to-one, see ce_state.py
         for key in list(state_dict):
@@ -141,7 +142,7 @@ class SpatiotemporalCanvas(nn.Module):
                 continue
             rest = key[len(prefix):]
             if rest == "pos_enc.pe":
-                state_dict.pop(key)
+                check_stored_table(self, state_dict.pop(key))
             elif rest.startswith("family_carrier_embedding."):
                 state_dict[prefix + "family_carrier." + rest[len("family_carrier_embedding."):]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,

@@ -18,7 +18,17 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any, Dict, List, Sequence
 
-__all__ = ["sanitized_region_key", "region_state_keys", "rename_loaded_region_keys", "canvas_engineering_keys"]
+from canvas_core.errors import CheckpointError
+
+
+class CanvasStateMismatch(CheckpointError, RuntimeError):
+    """A state dict of a canvas of another size; also a ``RuntimeError``, as torch's (and
+    canvas-engineering's) size-mismatch error is."""
+
+__all__ = [
+    "sanitized_region_key", "region_state_keys", "rename_loaded_region_keys", "canvas_engineering_keys",
+    "check_stored_table", "CanvasStateMismatch",
+]
 
 
 def sanitized_region_key(name: str) -> str:
@@ -65,3 +75,19 @@ def canvas_engineering_keys(module: Any, state_dict: Dict[str, Any], prefix: str
     layout = module.layout
     pe = module.pos_enc(max(1, layout.T), tuple(max(1, s) for s in layout.spatial_shape))
     state_dict[prefix + "pos_enc.pe"] = pe.detach().clone()
+
+
+def check_stored_table(module: Any, table: Any) -> None:
+    """Refuse a stored ``pos_enc.pe`` table ``(T, *spatial, D)`` whose shape is not this canvas's:
+    the state dict comes from a canvas of another size (canvas-engineering refuses it too, as a
+    size mismatch of that buffer).  Raised before anything of ``module`` is loaded."""
+    layout = module.layout
+    want = (max(1, layout.T), *(max(1, s) for s in layout.spatial_shape), int(layout.d_model))
+    got = tuple(getattr(table, "shape", ()))
+    if got != want:
+        raise CanvasStateMismatch(
+            f"SpatiotemporalCanvas.load_state_dict: size mismatch for pos_enc.pe: the state dict is of "
+            f"a canvas (T, *spatial, d_model) = {got}, this canvas is {want}; load it into a canvas "
+            "built from the same layout (save_canvas_checkpoint / load_canvas_checkpoint check the "
+            "whole schema)"
+        )

@@ -35,8 +35,9 @@ class CanvasLayout:
         spatial_shape: Spatial grid, any number of dimensions. ``H``/``W`` is the 2-d shorthand.
         regions: Name -> ``RegionSpec`` or raw bounds tuple (wrapped as ``RegionSpec(bounds)``).
         t_current: Frames ``t >= t_current`` are outputs (future); earlier ones are context.
-        allow_overlap: Allow regions to share positions (off by default: an overlap is
-            usually a typo in the bounds).
+        allow_overlap: Regions may share positions. Without it an overlap is still accepted
+            (as in canvas-engineering) but warned about, since it is usually a typo in the
+            bounds.
     """
 
     T: int
@@ -138,17 +139,24 @@ class CanvasLayout:
         return region
 
     def _check_no_overlap(self) -> None:
+        """Warn (once per layout) when two regions share positions: canvas-engineering accepts
+        it and so does canvas-core (a shared position is packed with the first region that
+        declares it), but it is usually a typo in the bounds.  O(n log n) in the regions
+        (:func:`canvas_core.schema.overlap.first_overlap`)."""
+        from canvas_core.schema.overlap import first_overlap
+
         items = list(self.regions.items())
-        for i, (na, a) in enumerate(items):
-            for nb, b in items[i + 1:]:
-                if all(
-                    max(a.bounds[k], b.bounds[k]) < min(a.bounds[k + 1], b.bounds[k + 1])
-                    for k in range(0, len(a.bounds), 2)
-                ):
-                    raise RegionError(
-                        f"regions {na!r} {a.bounds} and {nb!r} {b.bounds} overlap; move one of them, "
-                        "or pass allow_overlap=True if sharing positions is intended"
-                    )
+        pair = first_overlap([spec.bounds for _, spec in items])
+        if pair is None:
+            return
+        import warnings
+
+        (na, a), (nb, b) = items[pair[0]], items[pair[1]]
+        warnings.warn(
+            f"regions {na!r} {a.bounds} and {nb!r} {b.bounds} overlap: their shared positions "
+            "belong to both (as in canvas-engineering). If that is a typo, move one of them; if "
+            "sharing positions is intended, pass allow_overlap=True to say so (and silence this)",
+            UserWarning, stacklevel=4)
 
     # --- sizes -----------------------------------------------------------------------------------
     @property

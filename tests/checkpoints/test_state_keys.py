@@ -49,3 +49,23 @@ def test_renamed_keys_are_unique_and_round_trip(names):
         fresh.load_state_dict({**sd, **ce}, strict=True)
         for k in range(len(names)):
             assert torch.equal(fresh.modality_embeddings[f"r{k}"], torch.full((4,), float(k)))
+
+
+def test_state_dict_of_a_larger_canvas_is_refused_before_loading():
+    import pytest
+
+    from canvas_core.errors import CheckpointError
+
+    def canvas(T, seed):
+        torch.manual_seed(seed)
+        return SpatiotemporalCanvas(CanvasLayout(T=T, spatial_shape=(2, 2), d_model=4,
+                                                 regions={"a": (0, T, 0, 1, 0, 2), "b": (0, T, 1, 2, 0, 2)}))
+
+    small, big = canvas(4, 0), canvas(16, 1)
+    before = {k: v.clone() for k, v in small.state_dict().items()}
+    for strict in (True, False):
+        with pytest.raises(CheckpointError, match=r"size mismatch for pos_enc.pe.*\(16, 2, 2, 4\).*\(4, 2, 2, 4\)") as e:
+            small.load_state_dict(big.state_dict(), strict=strict)
+        assert isinstance(e.value, RuntimeError)  # as torch's own size mismatch
+    assert all(torch.equal(v, small.state_dict()[k]) for k, v in before.items())
+    small.load_state_dict(canvas(4, 2).state_dict())  # same size loads

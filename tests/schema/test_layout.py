@@ -130,7 +130,6 @@ def test_flat_index_is_row_major(layout, data):
         (dict(regions={"v": (0, 5, -1, 6, 0, 6)}), RegionError, ["'v'", "< 0"]),
         (dict(regions={"v": "0,5"}), CanvasTypeError, ["'v'", "RegionSpec"]),
         (dict(regions={"v": (0, 5, 0, 6.5, 0, 6)}), CanvasTypeError, ["'v'", "integers"]),
-        (dict(regions={"a": (0, 5, 0, 4, 0, 4), "b": (2, 3, 3, 6, 3, 6)}), RegionError, ["'a'", "'b'", "overlap", "allow_overlap"]),
         (dict(regions={"v": RegionSpec(bounds=(0, 5, 0, 6, 0, 6))}, t_current=9), SchemaError, ["t_current"]),
         (dict(regions=[("v", (0, 1, 0, 1, 0, 1))]), CanvasTypeError, ["dict"]),
     ],
