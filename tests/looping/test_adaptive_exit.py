@@ -112,20 +112,21 @@ def test_finished_samples_are_not_computed_again(scope):
     assert ref_counts
 
 
-def test_cogvideox_adaptive_exit_runs_the_active_rows_of_both_streams():
-    """Per-sample exit inside a real backbone: the timestep embedding (B, D) is split with the
-    rows, the rotary tables (S, d) are not, and the stopped sample equals its own fixed-depth run."""
+@pytest.mark.parametrize("kind", ["cogvideox", "mochi", "vit"])
+def test_backbone_adaptive_exit_runs_the_active_rows(kind):
+    """Per-sample exit inside a real backbone: the timestep embedding (B, D) and Mochi's text mask
+    are split with the rows, the rotary tables (S, d) are not, and the stopped sample equals its own
+    fixed-depth run."""
     from tests.looping._backbone_setup import inputs, make, run
 
-    kind = "cogvideox"
     kw = inputs(kind)
     m = make(kind)
     parts, _ = graft_looped_blocks(m, max_loops=2, scope="stack", update="damped", damping=0.5)
     counter = RowCounter([parts[0].original])
 
     def sample(b):
-        return dict(kw, hidden_states=kw["hidden_states"][b:b + 1],
-                    encoder_hidden_states=kw["encoder_hidden_states"][b:b + 1], timestep=kw["timestep"][b:b + 1])
+        return {k: (v[b:b + 1] if k in ("x", "hidden_states", "encoder_hidden_states", "timestep",
+                                        "encoder_attention_mask") else v) for k, v in kw.items()}
 
     canvas_core.set_loops(m, 5)
     with torch.no_grad():

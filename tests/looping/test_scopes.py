@@ -241,14 +241,17 @@ def test_cogvideox_model_scope_feeds_the_latents_back():
         assert torch.allclose(run(kind, m, kw), twice, atol=1e-6)
 
 
-@pytest.mark.parametrize("scope", SCOPES)
+@pytest.mark.parametrize("scope", SCOPES + ["stack+options", "model+adapter"])
 def test_generic_adapter_every_scope_is_the_backbone(scope):
     torch.manual_seed(2)
     x = torch.randn(3, 5, 3)
     with torch.no_grad():
         ref = make_net()(x)
     m = make_net()
-    graft_looped_blocks(m, max_loops=2, scope=scope, latent_channels=3)
+    opts = {"stack+options": dict(inject="concat", iter_norm="rms"),
+            "model+adapter": dict(step_adapter="gated")}.get(scope, {})
+    graft_looped_blocks(m, max_loops=2, scope=scope.split("+")[0] if isinstance(scope, str) else scope,
+                        latent_channels=3, **opts)
     assert get_adapter(m).name == "generic"
     for n in (1, 2, 3, 4):
         canvas_core.set_loops(m, n)
