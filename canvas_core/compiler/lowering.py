@@ -231,6 +231,8 @@ def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable, Seque
                      for (c, d) in _merge(ks)]
         else:
             rects = _mask_rects(conn, layout, pk, links)
+        if not rects:
+            _warn_links_nothing(ci, conn, layout)
         rects_out.extend((a, b, c, d, w, ci) for a, b, c, d, w in rects)
         # W_f(p): the connection's weight on every query it links (once per connection)
         diff = qw_diff.setdefault(fn, np.zeros(pk.n + 1, dtype=np.float64))
@@ -252,6 +254,35 @@ def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable, Seque
         n_covered=pk.n_covered, region_blocks=pk.blocks, groups=groups, fn_of_connection=fns,
         query_weight=query_weight, build_seconds=time.perf_counter() - start,
     )
+
+
+def _warn_links_nothing(ci: int, conn: Any, layout: Any) -> None:
+    """A connection that links no (query, key) pair on this layout has no effect: almost always
+    offsets that point past the regions' frames, or a mask that selects nothing. Say so."""
+    import warnings
+
+    s0, s1, ps = region_frames(layout, conn.src)
+    d0, d1, pd = region_frames(layout, conn.dst)
+    if conn.t_src is not None or conn.t_dst is not None:
+        fill = getattr(conn.temporal_fill, "value", conn.temporal_fill)
+        why = (f"its offsets t_src={conn.t_src}, t_dst={conn.t_dst} (temporal_fill={fill!r}) pair no frame of "
+               f"{conn.src!r} (canvas frames {s0}..{s1 - 1}, period {ps}) with a frame of {conn.dst!r} "
+               f"(canvas frames {d0}..{d1 - 1}, period {pd}) within T={layout.T}")
+    else:
+        why = "its mask selects no pair of positions"
+    warnings.warn(f"connection #{ci} {conn.src!r} -> {conn.dst!r} links nothing: {why}; it has no effect. "
+                  "Check the offsets (or the fill / mask), or remove the connection", UserWarning,
+                  stacklevel=_outside_canvas_core())
+
+
+def _outside_canvas_core() -> int:
+    """The ``stacklevel`` of the first caller outside canvas-core (the warning points at user code)."""
+    import sys
+
+    level, f = 2, sys._getframe(2)
+    while f is not None and str(f.f_globals.get("__name__", "")).startswith("canvas_core"):
+        level, f = level + 1, f.f_back
+    return level
 
 
 def restrict(plan: ExecutionPlan, source_regions: Any) -> ExecutionPlan:

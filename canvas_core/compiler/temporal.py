@@ -105,7 +105,9 @@ def fill_frames(
         else:
             picked.append((lt, dl))
             lt += 1
-    inv = [1.0 / float(d) ** order for _, d in picked]
+    # (d_min / d)^k: the same normalised weights as 1/d^k, without overflow for a large order k
+    dmin = float(min(d for _, d in picked))
+    inv = [(dmin / float(d)) ** order for _, d in picked]
     s = sum(inv)
     out = [(f, w / s) for (f, _), w in zip(picked, inv)]
     out.sort()

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, ShapeError
+from canvas_core.schema.limits import check_size
 
 __all__ = ["ActionHead"]
 
@@ -35,6 +36,7 @@ class ActionHead(nn.Module):
         ):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise CanvasTypeError(f"ActionHead: {label} must be an int >= 1, got {v!r}")
+            check_size("width", v, f"ActionHead {label}")
         if hidden_dim is None:
             hidden_dim = max(8, latent_channels // 2)
         self.latent_channels, self.action_dim, self.hidden_dim = (

@@ -35,7 +35,11 @@ class ResidualSpec:
     decay: float = 0.95
 
     def __post_init__(self) -> None:
-        kinds = (self.kinds,) if isinstance(self.kinds, str) else tuple(self.kinds)
+        try:
+            kinds = (self.kinds,) if isinstance(self.kinds, str) else tuple(self.kinds)
+        except TypeError:
+            raise CanvasTypeError(f"ResidualSpec: kinds must be a string or a sequence of strings, "
+                                  f"got {self.kinds!r}") from None
         if not kinds or not all(isinstance(k, str) and k for k in kinds):
             raise CanvasTypeError(
                 f"ResidualSpec: kinds must be non-empty strings, got {self.kinds!r}"
