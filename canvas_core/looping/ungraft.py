@@ -21,6 +21,7 @@ Parameters' ``requires_grad`` is left as it is (a freeze strategy may have chang
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, List
 
 from torch import nn
@@ -180,4 +181,22 @@ def ungraft_looped_blocks(model: nn.Module, *, remove_topology: bool = False) ->
         _generic_unprepare(flat)
     del model.__dict__[_ADAPTER_ATTR]
     _drop_save_guard(model)
+    _warn_first_loop_embeddings(removed)
     return removed
+
+
+def _warn_first_loop_embeddings(parts: List[nn.Module]) -> None:
+    """The first iteration adds ``loop_emb[0]`` to the block's input: once trained it is not zero,
+    and the plain model then differs from the grafted one even at one loop."""
+    trained = []
+    for k, part in enumerate(parts):
+        for name, p in part.named_parameters(recurse=False):
+            if name.startswith("loop_emb") and p.dim() >= 2 and bool((p.detach()[0] != 0).any()):
+                trained.append(getattr(part, "block_idx", k))
+                break
+    if trained:
+        warnings.warn(
+            f"ungraft_looped_blocks: the first-iteration loop embeddings of looped part(s) {trained} "
+            "are not zero (trained), so the plain model's outputs differ from the grafted model's even "
+            "at one loop. Every backbone weight is kept; graft_looped_blocks + load_loop_checkpoint "
+            "gives the grafted model back", UserWarning, stacklevel=3)
