@@ -1,8 +1,9 @@
 """Shared by the core tests: the obvious references in ``tests/_reference/``.
 
-``dense_reference.py`` (DESIGN.md's canvas attention layer, dense and slow) and ``strategies.py``
-(hypothesis strategies for random layouts and topologies) are loaded once, by file path, and
-registered as the modules ``canvas_ref_dense_reference`` and ``canvas_ref_strategies``, so a test
+``dense_reference.py`` (DESIGN.md's canvas attention layer, dense and slow), ``strategies.py``
+(hypothesis strategies for random layouts and topologies) and ``dependency.py`` (gradient probes
+of which inputs an output depends on) are loaded once, by file path, and registered as the modules
+``canvas_ref_dense_reference``, ``canvas_ref_strategies`` and ``canvas_ref_dependency``, so a test
 module imports them by name (the tests run with ``--import-mode=importlib``: ``tests`` is not a
 package on the path).
 """
@@ -24,5 +25,5 @@ def _register(name: str) -> None:
     spec.loader.exec_module(module)
 
 
-for _name in ("dense_reference", "strategies"):
+for _name in ("dense_reference", "strategies", "dependency"):
     _register(_name)

@@ -53,8 +53,10 @@ class AttentionBase(nn.Module):
     beta: Optional[float] = None
     #: True when ``forward`` honours a per-query ``key_mask`` exactly (output row i depends only on
     #: the keys row i allows): the runtime then makes one masked call over the union of the keys.
-    #: False (types that compress or scan): the runtime calls the type once per shape of key set,
-    #: the key sets stacked along the batch, without a mask (``canvas_core/runtime/type_call.py``).
+    #: False (types that compress or scan, and positional types whose operator depends on where a
+    #: key sits in the key list: copy, local_attention, random_fixed, rwkv, hyena): the runtime calls
+    #: the type once per shape of key set, the key sets stacked along the batch, without a mask, so
+    #: positions are those of the query's own key set (``canvas_core/runtime/type_call.py``).
     key_mask_exact: bool = False
     #: True when the module's own learnable gate makes its output exactly 0 at initialisation
     #: (``gated``); inside a backbone it then gets no second, block-level zero gate.

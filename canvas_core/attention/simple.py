@@ -166,7 +166,6 @@ class CopyAttention(AttentionBase):
     """
 
     type_name = "copy"
-    key_mask_exact = True
 
     def forward(
         self,

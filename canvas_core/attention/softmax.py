@@ -196,7 +196,6 @@ class LocalAttention(_QKVAttention):
     """
 
     type_name = "local_attention"
-    key_mask_exact = True
 
     def __init__(
         self,
@@ -245,7 +244,6 @@ class RandomFixedAttention(_QKVAttention):
     """
 
     type_name = "random_fixed"
-    key_mask_exact = True
 
     def __init__(
         self, d_model: int, n_heads: int = 4, dropout: float = 0.0, n_random: int = 8, seed: int = 0

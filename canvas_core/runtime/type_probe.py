@@ -128,14 +128,15 @@ def init_gradient_problem(module: Any, fn: Any, d_model: int, gate: Any = None) 
     """Why no parameter of this branch gets a gradient at initialisation (None: some does, or the
     type has no parameter).  ``gate``: a scalar parameter the output is multiplied by, or None."""
     params = [p for p in module.parameters() if p.requires_grad and p.is_floating_point()]
-    if gate is not None:
-        params.append(gate)
-    if not params or _where(module)[0].type == "meta":
-        return None
+    if (not params and gate is None) or _where(module)[0].type == "meta":
+        return None  # a parameter-free type in a canvas layer: nothing of its own to train
     q, k, v, mask = _inputs(module, d_model)
     with _quiet(module):
         out = call_attention_type(module, q, k, v, mask, name=fn)
+        if not params and not out.requires_grad:
+            return None  # a constant branch (``none``): nothing to learn
         if gate is not None:
+            params.append(gate)
             out = out * gate.to(out.dtype)
         if not out.requires_grad:
             return f"the output of {fn!r} does not depend on its parameters (a detached computation)"

@@ -1,0 +1,95 @@
+"""Issue 23, every type learns in canvas layers: for every registered type with parameters, on
+random layouts and topologies, with only that type's parameters trainable, three Adam steps
+toward a random target move the layer's output; and a connection whose parameters get no gradient
+at initialisation is flagged (``CanvasAttention.init_gradient_problems`` and the notes of the
+resolution report)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+torch = pytest.importorskip("torch")
+
+import canvas_core.plugins as P  # noqa: E402
+import canvas_ref_dependency as dep  # noqa: E402
+import canvas_ref_strategies as gen  # noqa: E402
+from canvas_core.compiler.report import format_resolutions  # noqa: E402
+from canvas_core.runtime.canvas_attention import SOFTMAX_TYPES, CanvasAttention, _key  # noqa: E402
+from canvas_core.schema import CanvasLayout, CanvasTopology, Connection  # noqa: E402
+
+PARAMETER_FREE = {"none", "copy"}
+TYPES = sorted(set(P.list_attention_types()) - PARAMETER_FREE)
+
+
+def _own_parameters(layer, fn):
+    if fn in SOFTMAX_TYPES:  # the softmax family's parameters: the layer's shared projections
+        return [layer.qkv.weight, layer.qkv.bias, layer.out_proj.weight, layer.out_proj.bias]
+    return list(layer.fn_modules[_key(fn)].parameters())
+
+
+@pytest.mark.parametrize("fn", TYPES)
+def test_every_type_learns_in_a_canvas_layer(fn):
+    @settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(data=st.data())
+    def check(data):
+        layout = data.draw(gen.layouts(max_T=3, max_side=3, max_regions=3))
+        topo = data.draw(gen.topologies(layout, fns=(fn,), max_conns=3))
+        linked = dep.linked_pattern(topo, layout)
+        assume(bool((linked & ~torch.eye(layout.num_positions, dtype=torch.bool)).any()))
+        torch.manual_seed(0)
+        layer = CanvasAttention(topo, layout, d_model=8, n_heads=2).double()
+        assert fn not in layer.init_gradient_problems
+        own = _own_parameters(layer, fn)
+        for p in layer.parameters():
+            p.requires_grad_(False)
+        for p in own:
+            p.requires_grad_(True)
+        x = torch.randn(2, layout.num_positions, 8, dtype=torch.float64)
+        with torch.no_grad():
+            before = layer(x).clone()
+        target = torch.randn_like(before)
+        opt = torch.optim.Adam(own, lr=1e-2)
+        for _ in range(3):
+            opt.zero_grad()
+            (layer(x) - target).pow(2).mean().backward()
+            opt.step()
+        with torch.no_grad():
+            moved = float((layer(x) - before).abs().max())
+        assert moved > 1e-6, f"{fn}: 3 Adam steps on its own parameters moved the output by {moved}"
+
+    check()
+
+
+class TwoZeroGates(torch.nn.Module):
+    """A plugin-style type that cannot learn: two zero-initialised factors in series."""
+
+    def __init__(self, d_model, n_heads=4, dropout=0.0):
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.zeros(()))
+        self.b = torch.nn.Parameter(torch.zeros(()))
+        self.p = torch.nn.Linear(d_model, d_model)
+
+    def forward(self, queries, keys, values):
+        return self.a * self.b * self.p(values.mean(1, keepdim=True)).expand_as(queries)
+
+
+def test_a_connection_that_cannot_learn_is_flagged():
+    layout = CanvasLayout(T=2, H=2, W=2, d_model=8, regions={"a": (0, 2, 0, 1, 0, 2), "b": (0, 2, 1, 2, 0, 2)})
+    P.register_attention("t23_two_zero_gates", TwoZeroGates)
+    try:
+        topo = CanvasTopology(connections=[Connection("a", "a"),
+                                           Connection("b", "a", fn="t23_two_zero_gates", t_src=0, t_dst=0)])
+        layer = CanvasAttention(topo, layout, d_model=8, n_heads=2)
+        problem = layer.init_gradient_problems["t23_two_zero_gates"]
+        assert "no parameter of 't23_two_zero_gates' receives a gradient at initialisation" in problem
+        table = format_resolutions(layer.plan.resolutions)
+        note = next(line for line in table.splitlines() if line.strip().startswith("#1:"))
+        assert "in a canvas layer: no parameter of 't23_two_zero_gates' receives a gradient" in note
+        # the builtins are not flagged
+        ok = CanvasAttention(CanvasTopology(connections=[Connection("b", "a", fn=f) for f in ("gated", "rwkv")]),
+                             layout, d_model=8, n_heads=2)
+        assert ok.init_gradient_problems == {}
+    finally:
+        P.unregister_attention("t23_two_zero_gates")
