@@ -63,8 +63,7 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(D, 4 * D), nn.GELU(), nn.Linear(4 * D, D))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.norm1(x)
-        x = x + self.attn(h) - h
+        x = x + self.attn.delta(self.norm1(x))  # the change the canvas layer makes
         return x + self.mlp(self.norm2(x))
 
 

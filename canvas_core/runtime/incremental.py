@@ -115,17 +115,17 @@ class Rollout:
     # --- context manager ------------------------------------------------------------------------
     def __enter__(self) -> "Rollout":
         for st in self._states:
-            if "forward" in st.layer.__dict__:
-                raise RolloutError(f"layer {st.name!r} already runs a rollout (or has its forward "
-                                   "replaced); nest no rollouts on one model")
+            if "_updates" in st.layer.__dict__:
+                raise RolloutError(f"layer {st.name!r} already runs in a rollout; nest no rollouts "
+                                   "on one model")
         for st in self._states:
-            st.layer.forward = self._forward_of(st)
+            st.layer._updates = self._updates_of(st)
         self._active = True
         return self
 
     def __exit__(self, *exc: Any) -> None:
         for st in self._states:
-            st.layer.__dict__.pop("forward", None)
+            st.layer.__dict__.pop("_updates", None)
             st.caches = []
         self._active = False
         self._inputs = []
@@ -209,19 +209,21 @@ class Rollout:
             self._stepping = False
         return y
 
-    def _forward_of(self, st: _LayerState):
-        def forward(x: torch.Tensor, active_regions: Any = None) -> torch.Tensor:
-            """``(B, V, D)``: the layer's input at the rollout's current frame -> its output there.
-            Outside ``roll.step`` the layer runs as usual (a whole-canvas forward)."""
+    def _updates_of(self, st: _LayerState):
+        def _updates(x: torch.Tensor, active_regions: Any = None):
+            """During ``roll.step``: ``x`` ``(B, V, D)``, the layer's input at the current frame ->
+            (new values at the frame's updated positions or None, which positions those are).
+            Otherwise the layer's own ``_updates`` on a whole canvas."""
+            layer = st.layer
             if not self._stepping:
-                return type(st.layer).forward(st.layer, x, active_regions)
+                return type(layer)._updates(layer, x, active_regions)
             if active_regions is not None:
                 raise RolloutError(f"layer {st.name!r} was called with active_regions; a rollout runs "
                                    "every connection (call the layer without active_regions)")
-            layer = st.layer
-            if x.dim() != 3 or x.shape[1] != self.V or x.shape[2] != layer.d_model:
+            if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[1] != self.V or x.shape[2] != layer.d_model:
+                got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
                 raise ShapeError(f"layer {st.name!r} in a rollout expects one frame (B, {self.V}, "
-                                 f"{layer.d_model}), got {tuple(x.shape)}")
+                                 f"{layer.d_model}), got {got}")
             i = st.calls
             st.calls += 1
             if st.index is None or st.index.device != x.device:
@@ -233,7 +235,7 @@ class Rollout:
                 st.caches.append(LayerRoll(layer, st.frames, st.index, x.shape[0], x.dtype, x.device))
             return st.caches[i].step(x, self._t)
 
-        return forward
+        return _updates
 
 
 def incremental(model: nn.Module, layout: Any, *, slide: Optional[str] = None,

@@ -11,7 +11,8 @@ A step on frame ``t`` writes the frame's slot, then computes only the frame's qu
   the frame reads (cached projections, ``log w`` biases from the plan), mixed by ``W_f(p)``;
 * other types: the calls :class:`~canvas_core.runtime.rollout_plan.FramePlan` lists, under the
   calling contract of :mod:`canvas_core.runtime.type_call`;
-* ``sum_f W_f(p) out_f(p) / sum_f W_f(p)`` where the layer updates ``p``, the input elsewhere.
+* ``sum_f W_f(p) out_f(p) / sum_f W_f(p)`` where the layer updates ``p`` (the layer's own
+  ``forward`` / ``delta`` then keep the input, or 0, elsewhere).
 
 Nothing is committed here: a slot beyond the committed frames is ignored until the rollout
 advances its frame counter, so a failed step leaves the cache as it was.
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from canvas_core.runtime.rollout_plan import FramePlan, TypeCall
 from canvas_core.runtime.type_call import call_attention_type
 
-__all__ = ["LayerRoll", "layer_frame_plan", "position_free"]
+__all__ = ["LayerRoll", "FrameUpdates", "layer_frame_plan", "position_free"]
 
 #: query rows per chunk of the softmax attention: bounds the (B, H, rows, K_t) scores
 _SCORE_ELEMS = 1 << 24
@@ -75,6 +76,14 @@ def layer_frame_plan(layer: Any) -> FramePlan:
     return FramePlan(layer.plan, list(ex.soft_fns), other)
 
 
+class FrameUpdates:
+    """Which positions of a frame a layer updates: ``updated`` ``(V,)`` bool, ``all_updated``."""
+
+    def __init__(self, updated: np.ndarray, device: Any) -> None:
+        self.updated = torch.from_numpy(updated.copy()).to(device)
+        self.all_updated = bool(updated.all())
+
+
 class _Index:
     """Torch copies of a frame plan's index arrays, on one device (built once per frame)."""
 
@@ -115,8 +124,11 @@ class LayerRoll:
             self.kv = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
 
     # ---------------------------------------------------------------------------------------------
-    def step(self, h: torch.Tensor, t: int) -> torch.Tensor:
-        """``h`` ``(B, V, D)``: the layer's input at frame ``t`` -> its output there ``(B, V, D)``."""
+    def step(self, h: torch.Tensor, t: int):
+        """``h`` ``(B, V, D)``: the layer's input at frame ``t`` -> ``(new values (B, V, D) at the
+        positions the layer updates, or None when nothing runs; a :class:`FrameUpdates` saying
+        which positions of the frame it updates)``: what ``CanvasAttention._updates`` returns for
+        a whole canvas, for one frame."""
         fp, layer = self.frames, self.layer
         sl = fp.frame_slice(t)
         B, V, D = h.shape
@@ -132,10 +144,8 @@ class LayerRoll:
         other = self._others(t, B, D, h)
         if other is not None:
             acc = other if acc is None else acc + other
-        if acc is None:
-            return h
-        upd = self.index.get(("updated", t), lambda: torch.from_numpy(fp.updated[sl].copy()).to(h.device))
-        return torch.where(upd[None, :, None], acc, h)
+        upd = self.index.get(("updated", t), lambda: FrameUpdates(fp.updated[sl], h.device))
+        return acc, upd
 
     def _softmax(self, q: torch.Tensor, t: int):
         fp, layer = self.frames, self.layer

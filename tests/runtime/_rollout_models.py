@@ -20,24 +20,32 @@ TYPES = ("cross_attention", "self_attention", "cosine_attention", "sparse_attent
 class Block(nn.Module):
     """``x + attn(norm(x)) - norm(x)``, then ``x + mlp(norm(x))``: ``(B, N, D) -> (B, N, D)``."""
 
-    def __init__(self, topology, layout, n_heads: int = 2) -> None:
+    def __init__(self, topology, layout, n_heads: int = 2, residual: str = "state") -> None:
         super().__init__()
         d = layout.d_model
+        self.residual = residual
         self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
-        self.attn = CanvasAttention(topology, layout, n_heads=n_heads)
+        self.attn = CanvasAttention(topology, layout, n_heads=n_heads,
+                                    **({"returns": "delta"} if residual == "returns_delta" else {}))
         self.mlp = nn.Sequential(nn.Linear(d, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm1(x)
-        x = x + self.attn(h) - h
+        if self.residual == "state":
+            x = x + self.attn(h) - h
+        elif self.residual == "delta":
+            x = x + self.attn.delta(h)
+        else:  # returns="delta": forward gives the change
+            x = x + self.attn(h)
         return x + self.mlp(self.norm2(x))
 
 
-def build_model(topology, layout, depth: int, seed: int = 0) -> nn.Module:
+def build_model(topology, layout, depth: int, seed: int = 0, residual: str = "state") -> nn.Module:
     """``depth`` blocks and a linear head, float64, eval mode, every parameter random (so gates that
     start at zero are open)."""
     torch.manual_seed(seed)
-    model = nn.Sequential(*[Block(topology, layout) for _ in range(depth)], nn.Linear(layout.d_model, 3))
+    model = nn.Sequential(*[Block(topology, layout, residual=residual) for _ in range(depth)],
+                          nn.Linear(layout.d_model, 3))
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.5)

@@ -100,7 +100,7 @@ def test_a_topology_reading_a_later_frame_is_refused_before_anything_runs():
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(TopologyError, match=r"connection #1 \('b' -> 'a', fn 'rwkv'.*later frame"):
         canvas_core.incremental(model, layout)
-    assert all("forward" not in m.__dict__ for m in model.modules())
+    assert all("_updates" not in m.__dict__ for m in model.modules())
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
@@ -180,7 +180,7 @@ def test_the_model_is_unchanged_after_the_rollout_and_loops_are_supported():
         with canvas_core.incremental(looped, layout) as roll:
             for t in range(layout.T):
                 assert torch.allclose(roll.step(x[:, t * V:(t + 1) * V]), full[:, t * V:(t + 1) * V], atol=TOL)
-        assert all("forward" not in m.__dict__ for m in looped.modules())
+        assert all("_updates" not in m.__dict__ for m in looped.modules())
         assert torch.equal(looped(x), full)
 
 
@@ -205,4 +205,21 @@ def test_frames_with_many_distinct_rows_take_the_masked_path(monkeypatch):
     layout = _interleaved_layout()
     conns = causal_only(_fixed_topology("cross_attention").connections + _fixed_topology("rwkv").connections, layout)
     model = build_model(CanvasTopology(connections=conns), layout, depth=2)
+    _check_rollout(model, layout, torch.randn(1, layout.T * 12, 4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("residual", ["delta", "returns_delta"])
+def test_residual_stacks_on_the_layer_change_roll_out(residual):
+    layout = _interleaved_layout()
+    conns = causal_only(_fixed_topology("cross_attention").connections + _fixed_topology("hyena").connections, layout)
+    model = build_model(CanvasTopology(connections=conns), layout, depth=3, residual=residual)
+    _check_rollout(model, layout, torch.randn(2, layout.T * 12, 4, dtype=torch.float64))
+
+
+def test_an_attention_dispatcher_rolls_out():
+    layout = _interleaved_layout()
+    topo = CanvasTopology(connections=causal_only(_fixed_topology("perceiver").connections, layout))
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(canvas_core.AttentionDispatcher(topo, layout, 4, 2),
+                                canvas_core.AttentionDispatcher(topo, layout, 4, 2)).double().eval()
     _check_rollout(model, layout, torch.randn(1, layout.T * 12, 4, dtype=torch.float64))
