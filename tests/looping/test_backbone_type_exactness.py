@@ -111,20 +111,20 @@ def test_every_type_learns_inside_cogvideox(fn):
 
 def test_gated_has_one_gate_and_learns_from_step_one():
     dense = [Connection(a, b) for a in ("top", "bottom", "extra") for b in ("top", "bottom", "extra")]
+    m, kw, _ = _grafted(CanvasTopology(connections=dense), 1)
+    with torch.no_grad():
+        plain = run("cogvideox", m, kw)  # a dense softmax topology alone: the backbone
     m, kw, _ = _grafted(CanvasTopology(connections=dense + [Connection("top", "bottom", fn="gated")]), 1)
     names = [n for n, _ in m.named_parameters() if "canvas_fn." in n]
     assert names and not any(n.endswith(".gate") for n in names)  # its own tanh(alpha) is the gate
     with torch.no_grad():
-        plain = run("cogvideox", m, kw)
-    params = _trainable_only(m, lambda n: "canvas_fn." in n)
+        assert torch.equal(run("cogvideox", m, kw), plain)  # still the backbone at initialisation
+    assert _trainable_only(m, lambda n: "canvas_fn." in n)
     run("cogvideox", m, kw).pow(2).sum().backward()
     alpha = [p for n, p in m.named_parameters() if n.endswith("gate_alpha")]
     assert alpha and all(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in alpha)
-    assert params
-    # and identical to the backbone at initialisation
-    inst = get_adapter(m).installed_topology(m)
-    assert "one gate: the type's own" in inst.report() and "learns from step 1" in inst.report()
-    assert torch.equal(plain, plain)
+    report = get_adapter(m).installed_topology(m).report()
+    assert "one gate: the type's own" in report and "learns from step 1" in report
 
 
 def test_report_flags_a_branch_that_cannot_learn():
