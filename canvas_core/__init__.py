@@ -38,6 +38,7 @@ _export(
     "CanvasSchema", "schema_json_schema",
 )
 _export("canvas_core.schema.masks", "MaskSpec", "Rect", "rect_cover", "mask_to_index_pairs")
+_export("canvas_core.schema.limits", "size_limits")
 # layer 2: program (pure Python)
 _export(
     "canvas_core.program",

@@ -186,7 +186,8 @@ def _check(topology: Any, layout: Any) -> None:
                     "Add the region or fix the name.")
 
 
-def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable, Sequence[str]] = True) -> ExecutionPlan:
+def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable, Sequence[str]] = True,
+          warn_unlinked: bool = True) -> ExecutionPlan:
     """Lower ``topology`` on ``layout`` to an :class:`ExecutionPlan`.
 
     This is where a connection's fn type is read, once per connection (``topology.resolve_fn``:
@@ -200,6 +201,8 @@ def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable, Seque
         resolve_fn: True: group connections by ``topology.resolve_fn(conn, layout)``; False: put
             every connection in ``"cross_attention"``; a callable ``(conn, layout) -> str``: use
             it; a list of fn names: the type of each connection, in order.
+        warn_unlinked: warn (``UserWarning``) about each connection that links no pair of
+            positions on this layout (it has no effect; usually offsets past the regions' frames).
     """
     start = time.perf_counter()
     _check(topology, layout)
@@ -231,7 +234,7 @@ def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable, Seque
                      for (c, d) in _merge(ks)]
         else:
             rects = _mask_rects(conn, layout, pk, links)
-        if not rects:
+        if not rects and warn_unlinked:
             _warn_links_nothing(ci, conn, layout)
         rects_out.extend((a, b, c, d, w, ci) for a, b, c, d, w in rects)
         # W_f(p): the connection's weight on every query it links (once per connection)
@@ -292,11 +295,14 @@ def restrict(plan: ExecutionPlan, source_regions: Any) -> ExecutionPlan:
     and every group keeps its resolution (``resolved`` and the per-connection records, re-indexed),
     so executing the smaller plan needs no registry either.
     """
+    if isinstance(source_regions, (str, bytes)):
+        raise CanvasTypeError(f"restrict: source_regions must be a set or list of region names, got the "
+                              f"string {source_regions!r}; write {{{source_regions!r}}} for one region")
     keep = set(source_regions)
     topology = plan.topology
     idx = [i for i, c in enumerate(topology.connections) if c.src in keep]
     sub = lower(_sub_topology(topology, [topology.connections[i] for i in idx]), plan.layout,
-                resolve_fn=[plan.fn_of_connection[i] for i in idx])
+                resolve_fn=[plan.fn_of_connection[i] for i in idx], warn_unlinked=False)
     for fn, group in sub.groups.items():
         group.resolved = plan.groups[fn].resolved
     for new_i, old_i in enumerate(idx):

@@ -91,3 +91,13 @@ def test_connections_that_link_say_nothing():
         warnings.simplefilter("error")
         ProgramCompiler(cc.CanvasProgram(schema=schema)).compile()
         cc.CanvasAttention(schema.topology, schema.layout, n_heads=1)
+
+
+def test_restrict_refuses_a_string_of_region_names():
+    from canvas_core.compiler.lowering import lower, restrict
+
+    schema = _schema(cc.Connection("a", "b"))
+    plan = lower(schema.topology, schema.layout)
+    with pytest.raises(CanvasError, match="the string 'ab'"):
+        restrict(plan, "ab")
+    assert restrict(plan, {"a"}).groups
