@@ -45,7 +45,8 @@ def _fixed_topology(fn):
         C(src="b", dst="a", t_src=0, t_dst=0, fn=fn, weight=0.5), C(src="b", dst="b", t_src=0, t_dst=0, fn=fn),
         C(src="late", dst="a", t_src=0, t_dst=-1, fn=fn), C(src="late", dst="slow", fn=fn, t_src=0, t_dst=0),
         C(src="a", dst="slow", t_src=0, t_dst=0, fn=fn, temporal_fill="hold"),
-        C(src="slow", dst="late", t_src=0, t_dst=-1, fn=fn, temporal_fill="drop"),
+        C(src="late", dst="slow", t_src=0, t_dst=-1, fn=fn, temporal_fill="drop"),
+        C(src="slow", dst="slow", t_src=0, t_dst=-1, fn=fn),
         C(src="b", dst="slow", t_src=0, t_dst=-1, fn=fn, temporal_fill="interpolate"),
     ])
 
