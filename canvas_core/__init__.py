@@ -95,6 +95,7 @@ _export("canvas_core.runtime.canvas_attention", "CanvasAttention")
 _export("canvas_core.runtime.dispatch", "AttentionDispatcher")
 _export("canvas_core.runtime.verify", "verify_structure", "StructureReport")
 _export("canvas_core.runtime.telemetry", "record_telemetry", "telemetry", "Telemetry")
+_export("canvas_core.runtime.regional_compile", "compile_blocks")
 _export("canvas_core.runtime.incremental", "incremental", "Rollout", "RolloutError")
 _export(
     "canvas_core.runtime.sequence_parallel",

@@ -15,7 +15,10 @@ attention is an ``AttentionDispatcher`` running the canvas topology, and a linea
 process trains on its own shard of a synthetic task -- predict the next frame of drifting sinusoid
 "video" tokens and the action that drives the drift -- and DDP (or FSDP2's ``fully_shard``)
 averages the gradients. The loss
-uses the layout's per-position loss weights. ``--compile`` wraps the model in ``torch.compile``.
+uses the layout's per-position loss weights. ``--compile`` compiles each block once with
+``torch.compile`` and reuses it for every block (``canvas_core.compile_blocks``, regional
+compilation: compile time stays that of one block whatever the depth); ``--compile whole``
+compiles the whole model instead.
 
 ``--sequence-parallel N`` splits each canvas over N processes (world size = N x data-parallel
 degree): the N ranks of a group train on the same samples, each holding a share of the canvas
@@ -43,6 +46,7 @@ from canvas_core import (
     CanvasTopology,
     RegionSpec,
     SpatiotemporalCanvas,
+    compile_blocks,
     parallelize_canvas,
     sequence_parallel_mesh,
     shard_canvas,
@@ -69,7 +73,7 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm1(x)
-        x = x + self.attn(h) - h  # the dispatcher returns the updated state; keep the update only
+        x = x + self.attn.delta(h)  # the change the canvas layer makes (its forward returns the state)
         return x + self.mlp(self.norm2(x))
 
 
@@ -129,7 +133,9 @@ def main(argv=None) -> float:
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", nargs="?", const="blocks", default=None, choices=("blocks", "whole"),
+                   help="torch.compile: each block once, reused by all (default), or the whole model")
+    p.add_argument("--compile-backend", default="inductor", help="torch.compile backend (default inductor)")
     p.add_argument("--fsdp", action="store_true", help="shard parameters with FSDP2 (fully_shard) instead of DDP")
     p.add_argument("--sequence-parallel", type=int, default=1, metavar="N",
                    help="processes sharing one canvas (world size = N x data-parallel degree)")
@@ -156,6 +162,8 @@ def main(argv=None) -> float:
         mesh = sequence_parallel_mesh(sp, device.type)
         model.sequence_parallel(mesh["sp"].get_group())
         dp_rank = mesh["dp"].get_local_rank()
+    if args.compile == "blocks":  # before wrapping: DDP / FSDP then see the compiled blocks
+        compile_blocks(model, backend=args.compile_backend)
     if distributed and args.fsdp:
         from torch.distributed.fsdp import fully_shard
 
@@ -164,8 +172,8 @@ def main(argv=None) -> float:
         train_model = fully_shard(model)
     else:
         train_model = DistributedDataParallel(model) if distributed else model
-    if args.compile:
-        train_model = torch.compile(train_model)
+    if args.compile == "whole":
+        train_model = torch.compile(train_model, backend=args.compile_backend)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr)
     weights = layout.loss_weight_mask(device).view(1, -1, 1)
     norm = weights.sum().double() * args.batch * d_in  # of the whole canvas

@@ -189,7 +189,18 @@ class SequenceParallelCanvasAttention(nn.Module):
                 f"heads={self.head_bounds[self.rank + 1] - self.head_bounds[self.rank]}/{self.attn.n_heads}")
 
     def forward(self, x: torch.Tensor, active_regions: Optional[Iterable[str]] = None) -> torch.Tensor:
-        """``(B, n_r, D)`` local share -> ``(B, n_r, D)`` (updated rows replaced, others unchanged)."""
+        """``(B, n_r, D)`` local share -> ``(B, n_r, D)``: updated rows replaced, others unchanged, or
+        the change (:meth:`delta`) when the wrapped layer was built with ``returns="delta"``."""
+        if getattr(self.attn, "returns", "state") == "delta":
+            return self.delta(x, active_regions)
+        return self._state(x, active_regions)
+
+    def delta(self, x: torch.Tensor, active_regions: Optional[Iterable[str]] = None) -> torch.Tensor:
+        """The change the layer makes on this share, exactly 0 on rows it does not update (they
+        come back as ``x`` itself), as ``CanvasAttention.delta``."""
+        return self._state(x, active_regions) - x
+
+    def _state(self, x: torch.Tensor, active_regions: Optional[Iterable[str]]) -> torch.Tensor:
         attn = self.attn
         n_r, D = self.n_local, attn.d_model
         if x.dim() != 3 or x.shape[1] != n_r or x.shape[2] != D:

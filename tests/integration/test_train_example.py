@@ -40,3 +40,17 @@ def test_two_processes_under_torchrun(tmp_path, wrap):
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert "done: 5 steps on 2 process(es)" in res.stdout
+
+
+@pytest.mark.parametrize("how", ["blocks", "whole"])
+def test_compiled_training_gives_the_eager_losses(how):
+    """--compile (regional by default) trains to the same loss as the eager run; aot_eager keeps
+    the test fast while tracing exactly what inductor would get."""
+    import torch._dynamo
+
+    ex = _example()
+    eager = ex.main(["--steps", "3", "--depth", "2"])
+    torch._dynamo.reset()
+    compiled = ex.main(["--steps", "3", "--depth", "2", "--compile", how, "--compile-backend", "aot_eager"])
+    torch._dynamo.reset()
+    assert compiled == pytest.approx(eager, rel=1e-4)
