@@ -53,7 +53,7 @@ CASES = [
     (["draw", "ok.json", "--max-frames", "0", "-o", "x.png"], "max_frames"),
     (["schema", "-o", "missing/dir/s.json"], "does not exist"),
     (["schema", "-o", "adir"], "directory"),
-    (["demo", "--loops", "1000000"], "CANVAS_MAX_LOOPS"),
+    (["demo", "--loops", "1000000"], "--loops"),  # over CANVAS_MAX_LOOPS, or not a loop task
     (["demo", "--batch-size", "100000000"], "CANVAS_MAX_BATCH"),
     (["draw", "--max-frames", "x", "ok.json"], "invalid int value"),
     (["compile", "--bogus"], "unrecognized arguments"),
