@@ -69,7 +69,7 @@ def missing_name_error(host: "PluginHost", kind: str, name: Any) -> Exception:
         if by_name or by_dist or by_attempt:
             return _unloaded_provider_error(rec, kind, name, known)
     near = closest(str(name), known)
-    msg = f"unknown {noun} {name!r}."
+    msg = f"Unknown {noun}: {name!r}."  # canvas-engineering's phrase
     if dist_hint is not None:
         if distribution_installed(host, dist_hint):
             msg += (f" The distribution {dist_hint} is installed but does not register it; "

@@ -248,7 +248,7 @@ class Registry:
             return self._host.missing_name_error(self.kind, name)
         known = self.names()
         near = closest(str(name), known)
-        msg = f"unknown {self.noun} {name!r}. Known: {', '.join(known) or '(none)'}."
+        msg = f"Unknown {self.noun}: {name!r}. Known: {', '.join(known) or '(none)'}."
         if near:
             msg += f" Did you mean {near!r}?"
         return UnknownNameKeyError(msg)

@@ -131,7 +131,8 @@ def _layout(regions: Dict[str, Field], T: int, d_model: int, canvas: Optional[Tu
                 if canvas[k] is not None and ext[k] > canvas[k]:
                     raise ProgramError(
                         f"field {n!r} is {ext[k]} positions along {_axis_name(k, ndim)} but the canvas has "
-                        f"{canvas[k]} there; grow the canvas or pass spatial_shape=None to size it automatically"
+                        f"{canvas[k]} there (Field {n!r} width {ext[k]} exceeds canvas "
+                        f"{_axis_name(k, ndim)}={canvas[k]}); grow the canvas or pass spatial_shape=None to size it automatically"
                     )
     size, packed = _place([extents[i] for i in order], extents, canvas, packing)
     if packed is None:

@@ -201,7 +201,8 @@ def _tree(root: Any, coarse_default: Field) -> Tuple[Dict[str, Field], _Node, se
     node = w.walk(root, "", ())
     if not node.has_fields():
         raise ProgramError(
-            f"no Field attributes found in {type(root).__name__}; declare at least one, e.g. "
+            f"no Field attributes found in {type(root).__name__} (No Field attributes found in object "
+            "tree); declare at least one, e.g. "
             "`camera: Field = Field(4, 4)` on a @dataclass"
         )
     # final region order: leaves of a node, then each child's coarse region and subtree

@@ -135,7 +135,8 @@ class ClockExpr:
         node = NODE_TYPES.get(kind) if isinstance(kind, str) else None
         if node is None:
             raise SchemaFormatError(
-                f"clock expression {d!r:.120}: unknown type {kind!r}; expected one of {sorted(NODE_TYPES)}")
+                f"clock expression {d!r:.120}: unknown type {kind!r} (Unknown ClockExpr type: {kind!r}); "
+                f"expected one of {sorted(NODE_TYPES)}")
         allowed = {"type", *node._keys}
         extra = set(d) - allowed
         if extra:

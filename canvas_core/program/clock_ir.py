@@ -89,7 +89,8 @@ class OnEvent(ClockExpr):
         self.gt = optional_number(gt, "OnEvent.gt")
         self.lt = optional_number(lt, "OnEvent.lt")
         if self.gt is None and self.lt is None:
-            raise SchemaError(f"OnEvent({source!r}) needs at least one of gt= or lt=")
+            raise SchemaError(f"OnEvent({source!r}) needs at least one of gt= or lt= "
+                              "(OnEvent requires at least one of gt= or lt=)")
         self.domain = time_domain(domain, "OnEvent")
 
     def evaluate(self, ctx: ClockContext) -> bool:

@@ -105,10 +105,12 @@ class SpatiotemporalCanvas(nn.Module):
         )
         self.empty_token = nn.Parameter(torch.randn(D) * 0.02)
         self.period_embedding = PeriodEmbedding(D)
-        self.modality_embeddings = nn.ParameterDict()
+        # with a semantic conditioner there are no learned modality embeddings: None, as in
+        # canvas-engineering (no parameters either way, so the state dict is the same)
+        self.modality_embeddings = None
         if semantic_conditioner is None:
-            for k in range(len(self.names)):
-                self.modality_embeddings[f"r{k}"] = nn.Parameter(torch.randn(D) * 0.02)
+            self.modality_embeddings = nn.ParameterDict(
+                {f"r{k}": nn.Parameter(torch.randn(D) * 0.02) for k in range(len(self.names))})
         self.family_carrier = FamilyCarrierEmbedding(D) if program is not None else None
         # Regions whose RegionProgram declares an IdentitySpec get a slot binder, resolved
         # through the identity registry (canvas-plugin-identity); see bind_identities().

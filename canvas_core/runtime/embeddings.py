@@ -109,9 +109,10 @@ class SinusoidalPositionalEncoding3D(SinusoidalPositionalEncodingND):
 class PeriodEmbedding(nn.Module):
     """Learned embedding of a region's update period, indexed by a log bucket.
 
-    ``bucket(p) = floor(log(p) / log(max_period) * (n_buckets - 1))`` clamped to
-    ``[0, n_buckets - 1]``: period 1 -> 0, 4 -> 2, 16 -> 4, 576 -> 10, 4608 -> 13 with the
-    defaults.
+    ``bucket(1) = 0`` and ``bucket(p) = min(floor(log(p) / log(max_period) * (n_buckets - 1)) + 1,
+    n_buckets - 1)`` for ``p > 1`` (canvas-engineering's table, so that a checkpoint's rows mean
+    the same periods in both packages): period 1 -> 0, 2 -> 2, 4 -> 3, 16 -> 5, 576 -> 11,
+    4608 -> 14 with the defaults.
     """
 
     def __init__(self, d_model: int, n_buckets: int = 16, max_period: int = 10000) -> None:
@@ -133,10 +134,19 @@ class PeriodEmbedding(nn.Module):
         nn.init.normal_(self.embedding.weight, std=0.02)
 
     def bucket(self, period: int) -> int:
-        """Bucket index of ``period`` (>= 1)."""
-        if isinstance(period, bool) or not isinstance(period, int) or period < 1:
+        """Bucket index of ``period`` (>= 1; 0 is read as 1, with a warning, as canvas-engineering
+        reads it)."""
+        if isinstance(period, bool) or not isinstance(period, int) or period < 0:
             raise CanvasTypeError(f"PeriodEmbedding: period must be an int >= 1, got {period!r}")
-        b = math.floor(math.log(period) / math.log(self.max_period) * (self.n_buckets - 1) + 1e-9)
+        if period == 0:
+            import warnings
+
+            warnings.warn("PeriodEmbedding: period 0 is read as period 1 (bucket 0); region periods are >= 1",
+                          UserWarning, stacklevel=2)
+            return 0
+        if period == 1:
+            return 0
+        b = math.floor(math.log(period) / math.log(self.max_period) * (self.n_buckets - 1) + 1e-9) + 1
         return max(0, min(self.n_buckets - 1, b))
 
     def forward(self, period: int) -> torch.Tensor:

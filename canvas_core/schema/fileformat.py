@@ -75,6 +75,9 @@ class SchemaFile(_Strict):
     """A canvas schema file: layout, regions, topology and free-form metadata."""
 
     schema_version: StrictStr = "0.2.0"
+    version: Optional[StrictStr] = Field(
+        None, description="written by older canvas-engineering releases; accepted and ignored "
+                          "(schema_version is the file format's version)")
     layout: LayoutModel
     regions: Dict[str, RegionModel] = Field(default_factory=dict)
     topology: Optional[List[ConnectionModel]] = None

@@ -88,7 +88,8 @@ class CanvasLayout:
                 for axis, got, want in (("H", H, shape[0]), ("W", W, shape[1] if len(shape) > 1 else None)):
                     if got is not None and got != want:
                         raise SchemaError(
-                            f"CanvasLayout: {axis}={got} disagrees with spatial_shape={shape} "
+                            f"CanvasLayout: {axis}={got} disagrees with spatial_shape={shape} (Cannot "
+                            "specify both spatial_shape and H/W unless they agree) "
                             f"({axis} is spatial_shape[{'0' if axis == 'H' else '1'}]); give one of them"
                         )
             else:  # the 2-d shorthand; a missing one is 1, as in canvas-engineering
@@ -123,7 +124,8 @@ class CanvasLayout:
         n_sp = len(self.spatial_shape)
         if region.n_spatial_dims != n_sp:
             raise RegionError(
-                f"region {name!r}: bounds {region.bounds} have {region.n_spatial_dims} spatial "
+                f"region {name!r}: Bounds length {len(region.bounds)} != expected {2 + 2 * n_sp}: "
+                f"bounds {region.bounds} have {region.n_spatial_dims} spatial "
                 f"dimension(s) but the canvas has {n_sp} (spatial_shape={self.spatial_shape}); "
                 f"give {2 + 2 * n_sp} numbers: (t0, t1" + "".join(f", s{i}_lo, s{i}_hi" for i in range(n_sp)) + ")"
             )

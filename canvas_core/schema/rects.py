@@ -34,7 +34,8 @@ class Rect:
             elif not args or len(args) % 2:
                 raise CanvasTypeError(
                     f"Rect: needs an even number of bounds Rect(lo0, hi0, lo1, hi1, ...), a tuple of "
-                    f"(lo, hi) pairs, or ranges=((lo, hi), ...); got {args!r}")
+                    f"(lo, hi) pairs, or ranges=((lo, hi), ...); got {args!r} (Rect() requires even "
+                    "number of positional args)")
             else:
                 ranges = tuple((args[k], args[k + 1]) for k in range(0, len(args), 2))
         if not isinstance(ranges, (tuple, list)) or not ranges:

@@ -173,18 +173,19 @@ def transfer_distance(a: RegionSpec, b: RegionSpec) -> float:
         if spec.semantic_embedding is None:
             label = f" ({spec.semantic_type!r})" if spec.semantic_type else ""
             raise SchemaError(
-                f"transfer_distance: the {name} region{label} has no semantic_embedding; "
-                "fill it first (e.g. `canvas embed schema.json` or compute_semantic_embeddings)"
+                f"transfer_distance: the {name} region{label} has no semantic_embedding (Both RegionSpecs "
+                "must have semantic_embedding set); fill it first (e.g. `canvas embed schema.json` or compute_semantic_embeddings)"
             )
     if a.embedding_model != b.embedding_model:
         raise SchemaError(
-            f"transfer_distance: embeddings come from different models ({a.embedding_model!r} vs "
-            f"{b.embedding_model!r}); distances are only comparable within one embedding model"
+            f"transfer_distance: Embedding model mismatch: embeddings come from different models "
+            f"({a.embedding_model!r} vs {b.embedding_model!r}); distances are only comparable within one embedding model"
         )
     ea, eb = a.semantic_embedding, b.semantic_embedding
     if len(ea) != len(eb):
         raise SchemaError(
-            f"transfer_distance: embedding lengths differ ({len(ea)} vs {len(eb)}) for model "
+            f"transfer_distance: Embedding dimension mismatch: embedding lengths differ ({len(ea)} vs "
+            f"{len(eb)}) for model "
             f"{a.embedding_model!r}"
         )
     # scale each vector by its largest entry first: squares of huge entries would overflow

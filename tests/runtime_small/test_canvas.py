@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from canvas_core.errors import ShapeError, UnknownRegionError
+from canvas_core.errors import CanvasError, ShapeError, UnknownRegionError
 from canvas_core.runtime.canvas import (
     FamilyCarrierEmbedding,
     PeriodEmbedding,
@@ -146,9 +146,17 @@ def test_sinusoidal_nd_against_formula():
 
 def test_period_embedding_buckets():
     p = PeriodEmbedding(8)
-    assert [p.bucket(x) for x in (1, 4, 16, 576, 4608)] == [0, 2, 4, 10, 13]  # the documented table
+    # the documented table: canvas-engineering's, so that checkpoint rows mean the same periods
+    assert [p.bucket(x) for x in (1, 2, 4, 16, 576, 4608)] == [0, 2, 3, 5, 11, 14]
     assert p.bucket(10**9) == 15
-    assert torch.equal(p(4), p.embedding.weight[2])
+    assert torch.equal(p(4), p.embedding.weight[3])
+    with pytest.warns(UserWarning, match="period 0 is read as period 1"):
+        assert p.bucket(0) == 0  # canvas-engineering's edge case, accepted with a warning
+    with pytest.raises(CanvasError):
+        p.bucket(-1)
+    ce = pytest.importorskip("canvas_engineering")
+    theirs = ce.PeriodEmbedding(d_model=8)
+    assert [p.bucket(x) for x in range(1, 20001)] == [theirs.bucket(x) for x in range(1, 20001)]
 
 
 def test_family_carrier_unknown_slot():
