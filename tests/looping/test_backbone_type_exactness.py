@@ -148,3 +148,37 @@ def test_report_flags_a_branch_that_cannot_learn():
         assert "#9" in report and "no parameter of 't23_dead' receives a gradient at initialisation" in report
     finally:
         P.unregister_attention("t23_dead")
+
+
+def test_plugin_type_that_breaks_the_contract_is_refused_at_install_model_unchanged():
+    from canvas_core.errors import BackboneError
+
+    class WrongShape(torch.nn.Module):
+        def __init__(self, d_model, n_heads=4, dropout=0.0):
+            super().__init__()
+            self.p = torch.nn.Linear(d_model, d_model)
+
+        def forward(self, queries, keys, values):
+            return self.p(values.mean(1, keepdim=True))  # (B, 1, D): broadcastable, wrong
+
+    class MixesRows(WrongShape):
+        def forward(self, queries, keys, values):  # reads other rows of a stacked call
+            return self.p(queries) + values.mean(dim=(0, 1), keepdim=True)
+
+    m = make("cogvideox", torch.float64)
+    kw = inputs("cogvideox", torch.float64)
+    graft_looped_blocks(m, max_loops=1)
+    ad = get_adapter(m)
+    tokens = user_layout(ad.token_layout(m, kw), 1)
+    keys = set(m.state_dict())
+    dense = [Connection(a, b) for a in ("top", "bottom", "extra") for b in ("top", "bottom", "extra")]
+    for name, cls, msg in (("t23_bb_shape", WrongShape, r"returned shape \(2, 1, 16\)"),
+                           ("t23_bb_mixes", MixesRows, "reads outside the linked keys")):
+        P.register_attention(name, cls)
+        try:
+            topo = CanvasTopology(connections=dense + [Connection("top", "bottom", fn=name, t_src=0, t_dst=0)])
+            with pytest.raises(BackboneError, match=rf"connection #9 'top' -> 'bottom' \(fn '{name}'\).*{msg}"):
+                ad.install_topology(m, topo, tokens)
+            assert ad.installed_topology(m) is None and set(m.state_dict()) == keys
+        finally:
+            P.unregister_attention(name)
