@@ -201,9 +201,15 @@ class Rollout:
                     raise RolloutError(f"layer {st.name!r} ran {st.calls} time(s) in this step but "
                                        f"{len(st.caches)} time(s) per step before; a rollout needs the "
                                        "same calls every step (fix the loop count)")
-        except BaseException:
+        except BaseException as exc:
             for st, nb in zip(self._states, n_before):
                 del st.caches[nb:]  # caches created by this failed first step
+            if isinstance(exc, RuntimeError) and not isinstance(exc, CanvasError):
+                raise RolloutError(
+                    f"the model failed on frame {t}, given as one frame {tuple(x.shape)}: {exc}. Between its "
+                    "canvas layers a rollout runs the model's other modules on one frame (B, V, D); they must "
+                    "work position by position (norms, MLPs, heads): an embedding or a pooling over all N "
+                    "positions belongs outside the model") from exc
             raise
         finally:
             self._stepping = False

@@ -140,7 +140,7 @@ def test_a_step_that_fails_inside_the_model_changes_nothing():
         with canvas_core.incremental(model, layout) as roll:
             for t in range(layout.T):
                 boom["on"] = True
-                with pytest.raises(RuntimeError):
+                with pytest.raises(canvas_core.RolloutError, match=f"failed on frame {t}.*boom"):
                     roll.step(x[:, t * V:(t + 1) * V] + 3.0)  # written into the slot, never committed
                 boom["on"] = False
                 assert roll.frame == t
@@ -224,3 +224,21 @@ def test_an_attention_dispatcher_rolls_out():
     model = torch.nn.Sequential(canvas_core.AttentionDispatcher(topo, layout, 4, 2),
                                 canvas_core.AttentionDispatcher(topo, layout, 4, 2)).double().eval()
     _check_rollout(model, layout, torch.randn(1, layout.T * 12, 4, dtype=torch.float64))
+
+
+def test_a_model_that_is_not_position_wise_is_named():
+    layout, model, x = _model_and_input()
+    model.append(torch.nn.Unflatten(1, (layout.T, 12)))  # needs the whole canvas
+    with pytest.raises(canvas_core.RolloutError, match="position by position"):
+        with torch.no_grad(), canvas_core.incremental(model, layout) as roll:
+            roll.step(x[:, :12])
+
+
+def test_gradients_flow_through_the_rollout():
+    layout, model, _ = _model_and_input()
+    x = torch.randn(1, layout.T * 12, 4, dtype=torch.float64, requires_grad=True)
+    want = torch.autograd.grad(model(x)[:, -12:].sum(), x)[0]
+    with canvas_core.incremental(model, layout) as roll:
+        ys = [roll.step(x[:, t * 12:(t + 1) * 12]) for t in range(layout.T)]
+    got = torch.autograd.grad(ys[-1].sum(), x)[0]
+    assert torch.allclose(got, want, atol=TOL)
