@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, ShapeError
+from canvas_core.schema.limits import check_elements, check_size
 
 __all__ = [
     "SinusoidalPositionalEncodingND",
@@ -56,6 +57,10 @@ class SinusoidalPositionalEncodingND(nn.Module):
                     f"SinusoidalPositionalEncodingND: sizes must be ints >= 1, got "
                     f"d_model={d_model!r}, max_T={max_T!r}, max_spatial={max_spatial!r}"
                 )
+        check_size("width", d_model, "SinusoidalPositionalEncodingND d_model")
+        for axis, size in enumerate(sizes):
+            check_size("positions", size, f"SinusoidalPositionalEncodingND size of axis {axis}")
+        check_elements((sum(sizes), d_model), "SinusoidalPositionalEncodingND tables")
         n = len(sizes)
         base = d_model // n
         self.dims = tuple([base] * (n - 1) + [d_model - base * (n - 1)])
@@ -119,6 +124,7 @@ class PeriodEmbedding(nn.Module):
         super().__init__()
         if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
             raise CanvasTypeError(f"PeriodEmbedding: d_model must be an int >= 1, got {d_model!r}")
+        check_size("width", d_model, "PeriodEmbedding d_model")
         if (
             not isinstance(n_buckets, int)
             or n_buckets < 1
@@ -169,6 +175,7 @@ class FamilyCarrierEmbedding(nn.Module):
         super().__init__()
         if isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1:
             raise CanvasTypeError(f"FamilyCarrierEmbedding: d_model must be an int >= 1, got {d_model!r}")
+        check_size("width", d_model, "FamilyCarrierEmbedding d_model")
         self.d_model = d_model
         # canvas-engineering's attribute names: its state dicts load as they are
         self.family_embedding = nn.Embedding(len(self.FAMILIES) + 1, d_model)

@@ -129,6 +129,10 @@ class ResidualAccumulator(nn.Module):
                     f"ResidualAccumulator.update: the error of region {region!r} must be a tensor or "
                     f"a (nested list of) number(s), got {type(error).__name__} {error!r:.80} ({exc})"
                 ) from None
+        if error.device.type == "meta":
+            raise CanvasTypeError(
+                f"ResidualAccumulator.update: the error of region {region!r} is on the meta device (no "
+                "values); pass a tensor with real values")
         if error.is_complex():
             raise CanvasTypeError(
                 f"ResidualAccumulator.update: the error of region {region!r} must be real, got {error.dtype}; "

@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 import torch
 from torch import nn
 
+from canvas_core.schema.limits import check_size
 from canvas_core.errors import CanvasTypeError, ProgramError, UnknownRegionError, did_you_mean
 
 __all__ = ["RegionScheduler", "LearnedScheduler", "is_clock_expr", "expr_cooldown"]
@@ -292,6 +293,7 @@ class LearnedScheduler(nn.Module):
         ):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise CanvasTypeError(f"LearnedScheduler: {label} must be an int >= 1, got {v!r}")
+            check_size("width", v, f"LearnedScheduler {label}")
         if (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
                 or not 0 < temperature < float("inf")):
             raise CanvasTypeError(f"LearnedScheduler: temperature must be a finite number > 0, got {temperature!r}")
@@ -326,7 +328,13 @@ class LearnedScheduler(nn.Module):
                 f"LearnedScheduler: summaries must be ({self.summary_dim},) or "
                 f"(B, {self.summary_dim}), got {tuple(summaries.shape)}"
             )
-        scores = self.scorer(summaries.to(self.scorer[0].weight.dtype))
+        weight = self.scorer[0].weight
+        if summaries.device != weight.device:
+            from canvas_core.errors import ShapeError
+
+            raise ShapeError(f"LearnedScheduler: summaries are on {summaries.device} but the scheduler is on "
+                             f"{weight.device}; move one of them (scheduler.to(summaries.device))")
+        scores = self.scorer(summaries.to(weight.dtype))
         log_probs = torch.log_softmax(scores / self.temperature, dim=-1)
         pick = scores.detach()
         if self.training:

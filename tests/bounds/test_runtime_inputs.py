@@ -108,6 +108,22 @@ CASES += [
     ("ActionHead meta", "ActionHead", lambda: cc.ActionHead(4, 2)(torch.zeros(2, 4, device="meta"))),
     ("ActionHead width", "ActionHead", lambda: cc.ActionHead(4, 2)(torch.zeros(2, 5))),
     ("ActionHead latent_channels=True", "ActionHead", lambda: cc.ActionHead(True, 2)),
+    ("PeriodEmbedding d_model=10**9", "PeriodEmbedding", lambda: cc.PeriodEmbedding(10**9)),
+    ("FamilyCarrierEmbedding d_model=10**9", "FamilyCarrierEmbedding", lambda: cc.FamilyCarrierEmbedding(10**9)),
+    ("SinusoidalPositionalEncodingND d_model=10**9", "SinusoidalPositionalEncodingND",
+     lambda: cc.SinusoidalPositionalEncodingND(10**9, 2, (2, 2))),
+    ("SinusoidalPositionalEncodingND max_T=10**12", "SinusoidalPositionalEncodingND",
+     lambda: cc.SinusoidalPositionalEncodingND(8, 10**12, (2, 2))),
+    ("LearnedScheduler n_regions=10**9", "LearnedScheduler", lambda: cc.LearnedScheduler(10**9, 3, 1)),
+    ("LearnedScheduler meta summaries", "LearnedScheduler",
+     lambda: cc.LearnedScheduler(3, 3, 1)(torch.zeros(3, device="meta"))),
+    ("LearnedScheduler int summaries", "LearnedScheduler",
+     lambda: cc.LearnedScheduler(3, 3, 1)(torch.zeros(3, dtype=torch.long))),
+    ("ResidualAccumulator.update meta", "ResidualAccumulator",
+     lambda: cc.ResidualAccumulator(["a"]).update("a", torch.zeros(3, device="meta"))),
+    ("ResidualAccumulator.update unknown region", "ResidualAccumulator",
+     lambda: cc.ResidualAccumulator(["a"]).update("zz", torch.zeros(3))),
+    ("LoopedBlockWrapper embed_dim=True", "embed_dim", lambda: cc.LoopedBlockWrapper(torch.nn.Identity(), 0, 2, True)),
 ]
 
 
