@@ -20,7 +20,57 @@ from canvas_core.attention.causal_read import (
     work_dtype,
 )
 
-__all__ = ["HyenaAttention", "fft_causal_conv"]
+__all__ = ["HyenaAttention", "fft_causal_conv", "causal_conv_last", "fft_size"]
+
+
+def fft_size(n: int) -> int:
+    """The smallest ``m >= n`` whose prime factors are 2, 3 and 5 (a fast FFT length)."""
+    m = max(1, n)
+    while True:
+        x = m
+        for p in (2, 3, 5):
+            while x % p == 0:
+                x //= p
+        if x == 1:
+            return m
+        m += 1
+
+
+class _CausalConv(torch.autograd.Function):
+    """``y = causal_conv(z, h)`` along the last dim by FFT, with its adjoint by FFT too:
+    ``dz_s = sum_{t >= s} g_t h_{t-s}``, ``dh_k = sum_b sum_t g_t z_{t-k}`` (correlations, as
+    products with the conjugate spectra; the zero padding to ``n >= 2L - 1`` keeps them exact)."""
+
+    @staticmethod
+    def forward(ctx, z, h):  # z (B, C, L), h (C, L)
+        L = z.shape[-1]
+        n = fft_size(2 * L - 1)
+        Z = torch.fft.rfft(z, n=n)
+        H = torch.fft.rfft(h, n=n)
+        ctx.save_for_backward(Z, H)
+        ctx.L, ctx.n = L, n
+        return torch.fft.irfft(Z * H, n=n)[..., :L]
+
+    @staticmethod
+    def backward(ctx, g):
+        Z, H = ctx.saved_tensors
+        L, n = ctx.L, ctx.n
+        G = torch.fft.rfft(g, n=n)
+        dz = dh = None
+        if ctx.needs_input_grad[0]:
+            dz = torch.fft.irfft(G * H.conj(), n=n)[..., :L]
+        if ctx.needs_input_grad[1]:
+            dh = torch.fft.irfft((G * Z.conj()).sum(dim=0), n=n)[..., :L]
+        return dz, dh
+
+
+def causal_conv_last(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """Causal long convolution along the last dim: ``z (B, C, L)``, ``h (C, L)`` -> ``(B, C, L)``,
+    ``y_t = sum_{s<=t} h_{t-s} z_s``, by FFT (``O(L log L)``; same dtype as ``z``: float32 or
+    float64)."""
+    if z.shape[-1] == 0:
+        return z.clone()
+    return _CausalConv.apply(z, h.to(z.dtype))
 
 
 def fft_causal_conv(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -32,10 +82,8 @@ def fft_causal_conv(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     if L == 0:
         return z.clone()
     wd = work_dtype(z.dtype)
-    n = 2 * L
-    Z = torch.fft.rfft(z.to(wd), n=n, dim=1)
-    H = torch.fft.rfft(h.to(wd), n=n, dim=0)
-    return torch.fft.irfft(Z * H.unsqueeze(0), n=n, dim=1)[:, :L]
+    y = causal_conv_last(z.to(wd).transpose(1, 2).contiguous(), h.to(wd).t().contiguous())
+    return y.transpose(1, 2)
 
 
 class _Sin(nn.Module):
@@ -152,17 +200,31 @@ class HyenaAttention(AttentionBase):
 
         h = self.filters(Nk, dtype=wd)  # (order, Nk, D)
         d = self.skip.to(wd)
-        z = self.v_proj(values).to(wd)
-        if keep is not None:
-            z = z * keep
-        gates = self.gate_proj(keys).to(wd).chunk(self.order - 1, dim=-1) if self.order > 1 else ()
-        for n in range(self.order - 1):
-            z = gates[n] * (fft_causal_conv(z, h[n]) + d[n] * z)
+        if not per_query:  # channels-first (B, D, Nk): the FFTs run along the last dim
+            z = self.v_proj(values).to(wd).transpose(1, 2)
+            keep_t = None if keep is None else keep.transpose(1, 2)
+            if keep_t is not None:
+                z = z * keep_t
+            z = z.contiguous()
+            ht = h.transpose(1, 2).contiguous()  # (order, D, Nk)
+            if self.order > 1:
+                gates = self.gate_proj(keys).to(wd).transpose(1, 2).chunk(self.order - 1, dim=1)
+            for n in range(self.order - 1):
+                z = gates[n] * (causal_conv_last(z, ht[n]) + d[n].view(1, -1, 1) * z)
+                if keep_t is not None:
+                    z = z * keep_t
+            y = causal_conv_last(z, ht[-1]) + d[-1].view(1, -1, 1) * z  # (B, D, Nk)
+            y = y.index_select(2, read.clamp(min=0)).transpose(1, 2)
+            y = y * (read >= 0).view(1, -1, 1).to(wd)
+        else:
+            z = self.v_proj(values).to(wd)
             if keep is not None:
                 z = z * keep
-        if not per_query:
-            y = read_at(fft_causal_conv(z, h[-1]) + d[-1] * z, read, wd)
-        else:
+            gates = self.gate_proj(keys).to(wd).chunk(self.order - 1, dim=-1) if self.order > 1 else ()
+            for n in range(self.order - 1):
+                z = gates[n] * (fft_causal_conv(z, h[n]) + d[n] * z)
+                if keep is not None:
+                    z = z * keep
             y = self._masked_last_conv(z, h[-1], d[-1], read, allowed)
         out = self.out_proj(self.drop(self.q_proj(queries) * y.to(queries.dtype)))
         return out.masked_fill(~has, 0.0)

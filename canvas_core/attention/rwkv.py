@@ -24,7 +24,90 @@ from canvas_core.attention.causal_read import (
     work_dtype,
 )
 
-__all__ = ["RWKVAttention", "wkv_scan", "wkv_masked"]
+__all__ = ["RWKVAttention", "wkv_read", "wkv_scan", "wkv_masked"]
+
+
+def wkv_read(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    u: torch.Tensor,
+    read: torch.Tensor,
+    key_ok: Optional[torch.Tensor] = None,
+    chunk: Optional[int] = None,
+) -> torch.Tensor:
+    """RWKV-4 WKV read at positions ``read``, chunked and parallel (no loop over positions).
+
+    ``wkv_p = (sum_{j<p} e^{k_j - (p-1-j) w} v_j + e^{u + k_p} v_p) /
+    (sum_{j<p} e^{k_j - (p-1-j) w} + e^{u + k_p})`` per channel, masked keys (``key_ok``
+    False) left out of both sums; 0 where no key is allowed up to ``p`` or ``p < 0``.
+
+    The keys are cut into chunks of ``T``: each chunk is summarised (its sums at its end,
+    relative to their largest exponent), the state after every chunk is a decayed sum of the
+    earlier summaries (all chunks at once), and each read combines the state entering its chunk
+    with its chunk's keys up to ``p``.  Every exponent is taken relative to a maximum, so
+    nothing overflows in float32.  Cost ``O(Q T C + (L / T)^2 C)``.
+
+    Args:
+        k, v: ``(B, L, C)``; w: ``(C,)`` decay rate (> 0); u: ``(C,)`` bonus of the current key.
+        read: ``(Q,)`` long positions in ``[-1, L - 1]``.
+        key_ok: optional bool ``(B|1, L)``.
+        chunk: keys per chunk (default ``(3 L^2 / Q)^(1/3)``, which balances the two terms as
+            measured on CPUs).
+
+    Returns:
+        ``(B, Q, C)``.
+    """
+    B, L, C = k.shape
+    Q = read.shape[0]
+    if L == 0 or Q == 0:
+        return (k.sum() + v.sum() + w.sum() + u.sum()) * 0 + k.new_zeros(B, Q, C)
+    T = chunk if chunk is not None else round((3 * L * L / max(Q, 1)) ** (1 / 3))
+    T = max(1, min(int(T), L))
+    nC = -(-L // T)
+    Lp = nC * T
+    dev = k.device
+    ok = torch.ones(1, L, dtype=torch.bool, device=dev) if key_ok is None else key_ok.to(torch.bool)
+    if Lp > L:
+        k = torch.cat([k, k.new_zeros(B, Lp - L, C)], dim=1)
+        v = torch.cat([v, v.new_zeros(B, Lp - L, C)], dim=1)
+        ok = torch.cat([ok, ok.new_zeros(ok.shape[0], Lp - L)], dim=1)
+    kc, vc = k.view(B, nC, T, C), v.view(B, nC, T, C)
+    okc = ok.view(-1, nC, T, 1)
+    tau = torch.arange(T, device=dev)
+    # summary of each chunk at its end: sum_j e^{k_j - (T-1-j) w} (v_j, 1)
+    ls = (kc - (T - 1 - tau).to(k.dtype).view(1, 1, T, 1) * w).masked_fill(~okc, NEG_INF)
+    m = finite_or_zero(ls.amax(dim=2)).detach()  # (B, nC, C)
+    e = torch.exp(ls - m.unsqueeze(2))
+    a, b = (e * vc).sum(dim=2), e.sum(dim=2)
+    # state after chunk c: sum_{c' <= c} e^{m_c' - (c - c') T w} (a_c', b_c')
+    cc = torch.arange(nC, device=dev)
+    lag = cc[:, None] - cc[None, :]
+    lw = m.unsqueeze(1) - lag.to(k.dtype).view(1, nC, nC, 1) * (T * w)
+    lw = lw.masked_fill((lag < 0).view(1, nC, nC, 1), NEG_INF)
+    Ms = finite_or_zero(lw.amax(dim=2)).detach()
+    ew = torch.exp(lw - Ms.unsqueeze(2))
+    As = torch.einsum("bxyc,byc->bxc", ew, a)
+    Bs = torch.einsum("bxyc,byc->bxc", ew, b)
+    # each read: the state entering its chunk, decayed to p, and its chunk's keys j <= p
+    pos = read.clamp(min=0)
+    cr = torch.div(pos, T, rounding_mode="floor")
+    off = pos - cr * T
+    prev = (cr - 1).clamp(min=0)
+    Mr = Ms.index_select(1, prev) - off.to(k.dtype).view(1, Q, 1) * w
+    Mr = Mr.masked_fill((cr == 0).view(1, Q, 1), NEG_INF)
+    rel = tau.view(1, T) - off.view(Q, 1)  # j - p
+    kq, vq = kc.index_select(1, cr), vc.index_select(1, cr)  # (B, Q, T, C)
+    li = kq + (rel + 1).to(k.dtype).view(1, Q, T, 1) * w  # k_j - (p - 1 - j) w
+    li = torch.where((rel == 0).view(1, Q, T, 1), kq + u, li)
+    li = li.masked_fill((rel > 0).view(1, Q, T, 1) | ~okc.index_select(1, cr), NEG_INF)
+    mx = finite_or_zero(torch.maximum(li.amax(dim=2), Mr)).detach()
+    ei = torch.exp(li - mx.unsqueeze(2))
+    es = torch.exp(Mr - mx)
+    num = (ei * vq).sum(dim=2) + es * As.index_select(1, prev)
+    den = ei.sum(dim=2) + es * Bs.index_select(1, prev)
+    out = safe_div(num, den)
+    return out * (read >= 0).view(1, Q, 1).to(out.dtype)
 
 
 def wkv_scan(
@@ -35,23 +118,16 @@ def wkv_scan(
     key_ok: Optional[torch.Tensor] = None,
     chunk: Optional[int] = None,
 ) -> torch.Tensor:
-    """RWKV-4 WKV along the sequence, as a numerically stable log-space chunked scan.
+    """RWKV-4 WKV at every position: ``wkv_t`` of :func:`wkv_read` for ``t = 0 .. L-1``.
 
-    ``wkv_t = (sum_{i<t} e^{-(t-1-i) w + k_i} v_i + e^{u + k_t} v_t) /
-    (sum_{i<t} e^{-(t-1-i) w + k_i} + e^{u + k_t})`` per channel, where masked keys
-    (``key_ok`` False) are left out of both sums.
-
-    The recurrent state ``(a, b, p)`` (numerator and denominator sums relative to their maximum
-    exponent ``p``) is carried from chunk to chunk; inside a chunk of ``T`` keys the outputs are
-    computed in parallel from the state and the chunk's keys (every exponent is taken relative to
-    its row maximum, so nothing overflows).  ``chunk=1`` is the plain step-by-step recurrence.
-    Cost ``O(L * T * C)``, ``L / T`` sequential steps.
+    ``chunk=1`` runs the plain step-by-step recurrence (the reference: a running numerator,
+    denominator and maximum exponent carried key by key); otherwise :func:`wkv_read` runs with
+    ``chunk`` keys per chunk (default: its own choice).
 
     Args:
         k, v: ``(B, L, C)``; w: ``(C,)`` decay rate (> 0); u: ``(C,)`` bonus of the current key.
         key_ok: optional bool ``(B|1, L)``.
-        chunk: keys per chunk (default: 1 on CPU, where the step recurrence is cheapest; up to
-            32 on other devices).
+        chunk: keys per chunk.
 
     Returns:
         ``(B, L, C)``; 0 where no key is allowed up to ``t``.
@@ -59,59 +135,27 @@ def wkv_scan(
     B, L, C = k.shape
     if L == 0:
         return k.new_zeros(B, 0, C)
+    if chunk != 1:
+        return wkv_read(k, v, w, u, torch.arange(L, device=k.device), key_ok, chunk)
     if key_ok is not None:
         k = k.masked_fill(~key_ok.unsqueeze(-1), NEG_INF)
-    if chunk is None:  # CPU: the step recurrence is cheapest; GPU: parallel chunks
-        chunk = (
-            1
-            if k.device.type == "cpu"
-            else max(1, min(32, int(math.sqrt(CHUNK_ELEMS / 4 / max(1, B * C)))))
-        )
     a = torch.zeros(B, C, dtype=k.dtype, device=k.device)
     b = torch.zeros_like(a)
     p = torch.full_like(a, NEG_INF)
     outs = []
-    if chunk == 1:
-        for t in range(L):
-            kt, vt = k[:, t], v[:, t]
-            cur = u + kt
-            m = finite_or_zero(torch.maximum(p, cur))
-            e1, e2 = torch.exp(p - m), torch.exp(cur - m)
-            outs.append(safe_div(e1 * a + e2 * vt, e1 * b + e2))
-            old = p - w
-            p = torch.maximum(old, kt)
-            m = finite_or_zero(p)
-            e1, e2 = torch.exp(old - m), torch.exp(kt - m)
-            a = e1 * a + e2 * vt
-            b = e1 * b + e2
-        return torch.stack(outs, dim=1)
-    for s in range(0, L, chunk):
-        kc, vc = k[:, s : s + chunk], v[:, s : s + chunk]
-        T = kc.shape[1]
-        tau = torch.arange(T, device=k.device)
-        lag = (tau[:, None] - 1 - tau[None, :]).to(k.dtype)  # (T, T): t - 1 - j
-        logw = kc[:, None, :, :] - lag[None, :, :, None] * w  # (B, T_t, T_j, C)
-        diag = (tau[:, None] == tau[None, :])[None, :, :, None]
-        logw = torch.where(diag, (u + kc)[:, None, :, :], logw)
-        future = (tau[None, :] > tau[:, None])[None, :, :, None]
-        logw = logw.masked_fill(future, NEG_INF)
-        log_state = p[:, None, :] - tau.to(k.dtype)[None, :, None] * w  # (B, T, C)
-        m = finite_or_zero(torch.maximum(logw.amax(dim=2), log_state))
-        e = torch.exp(logw - m[:, :, None, :])
-        es = torch.exp(log_state - m)
-        num = (e * vc[:, None, :, :]).sum(dim=2) + es * a[:, None, :]
-        den = e.sum(dim=2) + es * b[:, None, :]
-        outs.append(safe_div(num, den))
-        # carry the state to the end of the chunk
-        log_keys = kc - (T - 1 - tau).to(k.dtype)[None, :, None] * w  # (B, T, C)
-        log_old = p - T * w
-        p_new = torch.maximum(log_keys.amax(dim=1), log_old)
-        pn = finite_or_zero(p_new)
-        ek, eo = torch.exp(log_keys - pn[:, None, :]), torch.exp(log_old - pn)
-        a = eo * a + (ek * vc).sum(dim=1)
-        b = eo * b + ek.sum(dim=1)
-        p = p_new
-    return torch.cat(outs, dim=1)
+    for t in range(L):
+        kt, vt = k[:, t], v[:, t]
+        cur = u + kt
+        m = finite_or_zero(torch.maximum(p, cur))
+        e1, e2 = torch.exp(p - m), torch.exp(cur - m)
+        outs.append(safe_div(e1 * a + e2 * vt, e1 * b + e2))
+        old = p - w
+        p = torch.maximum(old, kt)
+        m = finite_or_zero(p)
+        e1, e2 = torch.exp(old - m), torch.exp(kt - m)
+        a = e1 * a + e2 * vt
+        b = e1 * b + e2
+    return torch.stack(outs, dim=1)
 
 
 def wkv_masked(
@@ -211,7 +255,10 @@ class RWKVAttention(AttentionBase):
         read, has = causal_read(Nq, Nk, allowed, queries.device)
         if allowed is None or rows_identical(allowed):
             key_ok = None if allowed is None else allowed[:, 0, :]
-            wkv = read_at(self._wkv(k, v, w, u, key_ok), read, wd)
+            if self.kernel in ("auto", "torch"):  # chunked, only at the read positions
+                wkv = wkv_read(k, v, w, u, read, key_ok)
+            else:
+                wkv = read_at(self._wkv(k, v, w, u, key_ok), read, wd)
         else:
             wkv = wkv_masked(k, v, w, u, read, allowed)
         r = torch.sigmoid(self.receptance(queries))

@@ -19,6 +19,7 @@ same way (no per-step autograd graph, no per-step zero-filled gradient tensors).
 from __future__ import annotations
 
 import math
+import threading
 from typing import Optional
 
 import torch
@@ -40,12 +41,31 @@ BLOCK_ELEMS = 1 << 20
 LOG2E = 1.0 / math.log(2.0)
 
 
-def _pad(x: torch.Tensor, Lp: int) -> torch.Tensor:
-    """Zero-pad dim 1 of ``x (Bt, L, ...)`` to ``Lp``."""
+_LOCAL = threading.local()
+
+
+def _ws(slot: str, shape, like: torch.Tensor) -> torch.Tensor:
+    """A scratch tensor of ``shape`` for ``slot``, kept per thread, dtype and device between
+    calls (a fresh multi-megabyte tensor per call costs more in page faults than the scan).
+    Only for temporaries: nothing returned or saved for backward may live in it."""
+    cache = _LOCAL.__dict__.setdefault("bufs", {})
+    key = (slot, like.dtype, like.device)
+    n = math.prod(shape)
+    buf = cache.get(key)
+    if buf is None or buf.numel() < n:
+        buf = cache[key] = like.new_empty(max(n, 1))
+    return buf[:n].view(shape)
+
+
+def _padded(slot: str, x: torch.Tensor, Lp: int) -> torch.Tensor:
+    """``x (Bt, L, ...)`` zero-padded along dim 1 to ``Lp`` (``x`` itself when ``L == Lp``)."""
     L = x.shape[1]
     if L == Lp:
         return x
-    return torch.cat([x, x.new_zeros((x.shape[0], Lp - L) + tuple(x.shape[2:]))], dim=1)
+    out = _ws(slot, (x.shape[0], Lp) + tuple(x.shape[2:]), x)
+    out[:, :L] = x
+    out[:, L:] = 0
+    return out
 
 
 class _Plan:
@@ -65,9 +85,12 @@ class _Plan:
         self.Bt, self.L, self.E, self.N, self.T = Bt, L, E, N, T
         nC = self.nC = -(-L // T)
         Lp = nC * T
-        self.d = _pad(delta, Lp).reshape(Bt, nC, T, E)
-        self.du = _pad(delta * u, Lp).reshape(Bt, nC, T, E)
-        self.Bp = _pad(Bm, Lp).reshape(Bt, nC, T, N)
+        self.d = _padded("d", delta, Lp).view(Bt, nC, T, E)
+        du = _ws("du", (Bt, Lp, E), delta)
+        torch.mul(delta, u, out=du[:, :L])
+        du[:, L:] = 0
+        self.du = du.view(Bt, nC, T, E)
+        self.Bp = _padded("B", Bm, Lp).view(Bt, nC, T, N)
         self.A2 = At * LOG2E  # (N, E)
         self.pos = read.clamp(min=0)
         self.cr = torch.div(self.pos, T, rounding_mode="floor")
@@ -76,7 +99,7 @@ class _Plan:
             S = torch.matmul(tri, self.d)  # inclusive sums (cumsum over a middle dim is slow)
             self.R = torch.exp2(S[:, :, -1].unsqueeze(-2) * self.A2)
             Sr = S.reshape(Bt, Lp, E).index_select(1, self.pos)
-            self.Pr = torch.exp2(Sr.unsqueeze(-2) * self.A2)
+            self.Pr = (Sr.unsqueeze(-2) * self.A2).exp2_()
         else:
             self.R, self.Pr = decays
         # work blocks: K chunks of rb rows
@@ -88,8 +111,7 @@ class _Plan:
         order = torch.argsort(self.cr, stable=True)
         bounds = torch.searchsorted(self.cr[order], torch.arange(0, nC + K, K, device=read.device))
         self.order, self.bounds = order, bounds.tolist()
-        n = rb * K * T * E * N
-        self.bufs = [delta.new_empty(n) for _ in range(4 if backward else 2)]
+        self.block_elems = rb * K * T * E * N
 
     def blocks(self):
         """``(rows slice, c0, c1, query indices of the reads in chunks [c0, c1))``."""
@@ -103,7 +125,7 @@ class _Plan:
     def buf(self, i, rows, c0, c1):
         shape = (rows.stop - rows.start, c1 - c0, self.T, self.N, self.E)
         n = shape[0] * shape[1] * shape[2] * shape[3] * shape[4]
-        return self.bufs[i][:n].view(shape)
+        return _ws(f"block{i}", (self.block_elems,), self.d)[:n].view(shape)
 
     def inputs(self, rows, c0, c1):
         """Decays ``a`` and inputs ``x`` of a block, ``(rb, K, T, N, E)``, in reused buffers."""
@@ -137,7 +159,7 @@ class _ScanRead(torch.autograd.Function):
         At = A.t().contiguous()  # (N, E)
         P = _Plan(u, delta, At, Bm, read, T, block)
         Bt, E, N, nC = P.Bt, P.E, P.N, P.nC
-        ends = u.new_empty(Bt, nC, N, E)  # each chunk's last state, from a zero start
+        ends = _ws("ends", (Bt, nC, N, E), u)  # each chunk's last state, from a zero start
         hr = u.new_empty(Bt, C.shape[1], N, E)  # the state each query reads
         for rows, c0, c1, qi in P.blocks():
             a, x = P.inputs(rows, c0, c1)
@@ -150,7 +172,7 @@ class _ScanRead(torch.autograd.Function):
         Hin[:, 0].zero_()
         for c in range(nC - 1):
             torch.addcmul(ends[:, c], P.R[:, c], Hin[:, c], out=Hin[:, c + 1])
-        hr.addcmul_(P.Pr, Hin.index_select(1, P.cr))
+        hr.addcmul_(P.Pr, torch.index_select(Hin, 1, P.cr, out=_ws("gather", hr.shape, u)))
         y = torch.matmul(C.unsqueeze(-2), hr).squeeze(-2)  # (Bt, Q, E)
         y = y * (read >= 0).view(1, -1, 1).to(y.dtype)
         ctx.save_for_backward(u, delta, At, Bm, C, read, Hin, hr, P.R, P.Pr)
@@ -168,13 +190,14 @@ class _ScanRead(torch.autograd.Function):
         ghr = C.unsqueeze(-1) * gy.unsqueeze(-2)  # (Bt, Q, N, E): dL/dh at the reads
         # the gradient reaching each chunk's end from the later chunks: G_{c-1} = R_c G_c + K_c,
         # K_c = sum over the reads r in chunk c of exp(A S_r) ghr_r
-        Kc = ghr.new_zeros(Bt, nC, N, E).index_add_(1, P.cr, P.Pr * ghr)
-        Gout = torch.empty_like(Kc)
+        Kc = _ws("Kc", (Bt, nC, N, E), u).zero_()
+        Kc.index_add_(1, P.cr, torch.mul(P.Pr, ghr, out=_ws("gather", ghr.shape, u)))
+        Gout = _ws("Gout", (Bt, nC, N, E), u)
         Gout[:, -1].zero_()
         for c in range(nC - 1, 0, -1):
             torch.addcmul(Kc[:, c], P.R[:, c], Gout[:, c], out=Gout[:, c - 1])
-        g_du = u.new_empty(Bt, nC, T, E)
-        g_dA = u.new_empty(Bt, nC, T, E)
+        g_du = _ws("g_du", (Bt, nC, T, E), u)
+        g_dA = _ws("g_dA", (Bt, nC, T, E), u)
         gB = u.new_empty(Bt, nC, T, N)
         gA = torch.zeros_like(At)
         for rows, c0, c1, qi in P.blocks():
@@ -198,7 +221,8 @@ class _ScanRead(torch.autograd.Function):
             g_dA[rows, c0:c1] = gdA.mul_(At).sum(-2)
         g_du = g_du.view(Bt, -1, E)[:, :L]
         g_delta = g_dA.view(Bt, -1, E)[:, :L] + g_du * u
-        return g_du * delta, g_delta, gA.t(), gB.view(Bt, -1, N)[:, :L], gC, None, None, None
+        gB = gB.view(Bt, -1, N)[:, :L]
+        return g_du * delta, g_delta, gA.t(), gB if gB.is_contiguous() else gB.contiguous(), gC, None, None, None
 
 
 def selective_scan_read(

@@ -1,0 +1,135 @@
+"""The fast kernels of the linear-time types against obvious references, forward and gradients.
+
+* ``wkv_read`` (RWKV's chunked WKV, read at given positions) against the step-by-step
+  recurrence of ``wkv_scan(chunk=1)`` and against a per-position sum written from the formula;
+* ``causal_conv_last`` (Hyena's FFT convolution with its FFT adjoint) against the direct sum;
+* the types' unmasked forward (the per-key-set path the runtime uses) against the same module
+  called with an all-true mask, and float32 against float64.
+
+Hypothesis draws the lengths (1, empty, not a multiple of the chunk), the chunk, the read
+positions (``-1``, repeats, unsorted) and masked keys.
+"""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from canvas_core.attention import HyenaAttention, LinearAttention, RWKVAttention
+from canvas_core.attention.hyena import causal_conv_last, fft_size
+from canvas_core.attention.rwkv import wkv_read, wkv_scan
+
+DT = torch.float64
+C = 5
+
+
+def _wkv_formula(k, v, w, u, p, ok):
+    """``wkv_p`` of one row by its definition: weighted mean of the allowed values up to ``p``."""
+    num = torch.zeros(k.shape[-1], dtype=k.dtype)
+    den = torch.zeros(k.shape[-1], dtype=k.dtype)
+    for j in range(p + 1):
+        if ok is not None and not ok[j]:
+            continue
+        e = torch.exp(u + k[j]) if j == p else torch.exp(k[j] - (p - 1 - j) * w)
+        num, den = num + e * v[j], den + e
+    return torch.where(den > 0, num / torch.where(den > 0, den, torch.ones_like(den)), torch.zeros_like(den))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    B=st.integers(1, 3),
+    L=st.integers(0, 17),
+    Q=st.integers(0, 8),
+    chunk=st.sampled_from([None, 1, 2, 3, 4, 7, 32]),
+    masked=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_wkv_read_equals_the_formula_with_gradients(B, L, Q, chunk, masked, seed):
+    g = torch.Generator().manual_seed(seed)
+    k = (torch.randn(B, L, C, generator=g, dtype=DT) * 3).requires_grad_()
+    v = torch.randn(B, L, C, generator=g, dtype=DT, requires_grad=True)
+    w = (torch.rand(C, generator=g, dtype=DT) * 2 + 0.01).requires_grad_()
+    u = torch.randn(C, generator=g, dtype=DT, requires_grad=True)
+    read = torch.randint(-1, max(L, 1), (Q,), generator=g) if L else torch.full((Q,), -1)
+    ok = (torch.rand(B, L, generator=g) > 0.3) if masked else None
+    out = wkv_read(k, v, w, u, read, ok, chunk=chunk)
+    assert out.shape == (B, Q, C)
+    rows = [
+        torch.stack([_wkv_formula(k[b], v[b], w, u, p, None if ok is None else ok[b]) if p >= 0
+                     else torch.zeros(C, dtype=DT) for p in read.tolist()]) if Q else torch.zeros(0, C, dtype=DT)
+        for b in range(B)
+    ]
+    ref = torch.stack(rows)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-8)
+    gy = torch.randn(B, Q, C, generator=g, dtype=DT)
+    got = torch.autograd.grad(out, (k, v, w, u), gy, allow_unused=True)
+    want = torch.autograd.grad(ref, (k, v, w, u), gy, allow_unused=True) if ref.requires_grad else (None,) * 4
+    for a, b in zip(got, want):
+        a = torch.zeros(()) if a is None else a
+        b = torch.zeros_like(a) if b is None else b
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7)
+
+
+@settings(max_examples=20, deadline=None)
+@given(L=st.integers(1, 60), chunk=st.sampled_from([None, 1, 5, 16]), seed=st.integers(0, 2**31 - 1))
+def test_wkv_scan_chunked_equals_step_recurrence_and_is_stable_in_float32(L, chunk, seed):
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randn(2, L, C, generator=g, dtype=DT) * 30  # exp(k) overflows float32 without care
+    v = torch.randn(2, L, C, generator=g, dtype=DT)
+    w, u = torch.rand(C, generator=g, dtype=DT) * 5, torch.randn(C, generator=g, dtype=DT)
+    ref = wkv_scan(k, v, w, u, chunk=1)
+    torch.testing.assert_close(wkv_scan(k, v, w, u, chunk=chunk), ref, atol=1e-10, rtol=1e-8)
+    kf, vf, wf, uf = (x.float().requires_grad_() for x in (k, v, w, u))
+    out = wkv_scan(kf, vf, wf, uf, chunk=chunk)
+    out.square().sum().backward()
+    assert all(torch.isfinite(x.grad).all() for x in (kf, vf, wf, uf))
+    torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-4)
+
+
+@settings(max_examples=20, deadline=None)
+@given(B=st.integers(1, 2), L=st.integers(0, 13), seed=st.integers(0, 2**31 - 1))
+def test_fft_causal_conv_and_its_adjoint_equal_the_direct_sum(B, L, seed):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(B, C, L, generator=g, dtype=DT, requires_grad=True)
+    h = torch.randn(C, L, generator=g, dtype=DT, requires_grad=True)
+    y = causal_conv_last(z, h)
+    ref = torch.zeros(B, C, L, dtype=DT)
+    for t in range(L):
+        for s in range(t + 1):
+            ref[..., t] = ref[..., t] + h[:, t - s] * z[..., s]
+    torch.testing.assert_close(y, ref, atol=1e-10, rtol=1e-8)
+    if L:
+        gy = torch.randn(B, C, L, generator=g, dtype=DT)
+        for a, b in zip(torch.autograd.grad(y, (z, h), gy), torch.autograd.grad(ref, (z, h), gy)):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
+def test_fft_size_is_five_smooth_and_not_smaller():
+    for n in (1, 7, 959, 3967, 4001):
+        m = fft_size(n)
+        assert m >= n and m < 2 * n + 2
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        assert m == 1
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    cls=st.sampled_from([RWKVAttention, HyenaAttention, LinearAttention]),
+    B=st.integers(1, 3),
+    Nq=st.integers(1, 9),
+    Nk=st.integers(1, 40),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_unmasked_forward_equals_all_true_mask_and_float32_is_close(cls, B, Nq, Nk, seed):
+    torch.manual_seed(seed % 1000)
+    m = cls(8, 2).double()
+    g = torch.Generator().manual_seed(seed)
+    q, k, v = (torch.randn(B, n, 8, generator=g, dtype=DT) for n in (Nq, Nk, Nk))
+    out = m(q, k, v)
+    allow = torch.ones(Nq, Nk, dtype=torch.bool)  # the masked form must agree with the fast one
+    torch.testing.assert_close(m(q, k, v, key_mask=allow), out, atol=1e-10, rtol=1e-8)
+    out32 = m.float()(q.float(), k.float(), v.float())
+    torch.testing.assert_close(out32.double(), out, atol=2e-4, rtol=2e-4)
