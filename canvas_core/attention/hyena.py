@@ -15,7 +15,6 @@ from canvas_core.attention.causal_read import (
     CHUNK_ELEMS,
     causal_read,
     check_kernel_choice,
-    read_at,
     rows_identical,
     work_dtype,
 )

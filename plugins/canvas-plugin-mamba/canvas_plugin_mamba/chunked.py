@@ -270,8 +270,10 @@ def all_states(
     with torch.no_grad():
         P = _Plan(u, delta, A.t().contiguous(), B, torch.arange(L, device=u.device), chunk_size(L, chunk))
         out = u.new_empty(Bt, P.nC, P.T, N, E)
+        H = u.new_zeros(0)
         for rows, c0, c1, _ in P.blocks():
-            H = u.new_zeros(rows.stop - rows.start, N, E) if c0 == 0 else H
+            if c0 == 0:
+                H = u.new_zeros(rows.stop - rows.start, N, E)
             a, x = P.inputs(rows, c0, c1)
             _scan(a, x, None)
             starts = []
