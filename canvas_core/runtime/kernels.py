@@ -46,6 +46,7 @@ from canvas_core.compiler.plan import ExecutionPlan, RectGroup, block_layout_of,
 from canvas_core.compiler.resolved import REFERENCE_KERNEL, ResolvedGroup
 from canvas_core.errors import CompileError, ShapeError
 from canvas_core.plugins.spec import Spec
+from canvas_core.schema.limits import check_elements, limit
 from canvas_core.runtime.finite_guard import non_finite_keys, poison, reads_bad, sanitize
 from canvas_core.runtime.kernel_index import Segments, bucket_counts, is_arange, segment_buckets, slot_layout
 
@@ -111,8 +112,12 @@ class ReferenceKernel(nn.Module):
         self.sparse_work_fraction = sparse_work / float(max(1, n * n))
         if mode == "auto":
             mode = "dense" if (n <= small_n or sparse_work > dense_threshold * n * n) else "sparse"
+            if mode == "dense" and n * n > limit("elements"):
+                mode = "sparse"  # an N x N mask over the element limit: the gather path needs none
         self.mode = mode
         if mode == "dense":
+            check_elements((n, n), f"the dense kernel's (N, N) mask of fn group {self.fn!r} (N = {n:,}; "
+                           "kernel='segments' or 'sparse' need no N x N tensor)")
             rs = torch.from_numpy(packed_grid.row_segment_of(n))[inv]
             cs = torch.from_numpy(packed_grid.col_segment_of(n))[inv]
             W = torch.from_numpy(packed_grid.grid)[rs][:, cs]  # canonical (N, N)

@@ -13,6 +13,7 @@ from typing import Any, Optional, Tuple
 import torch
 
 from canvas_core.compiler.lowering import lower
+from canvas_core.schema.limits import check_elements
 
 __all__ = ["dense_weights", "attention_mask", "block_mask_tensors"]
 
@@ -26,6 +27,7 @@ def dense_weights(plan: Any, device: Any = "cpu", fn: Optional[str] = None, cano
     positions canonically (the ``to_attention_mask`` convention), False in packed order.
     """
     dtype = dtype or torch.float32
+    check_elements((plan.n, plan.n), f"the dense (N, N) weight matrix of {plan.n:,} positions")
     if plan.n == 0:
         return torch.zeros(0, 0, device=device, dtype=dtype)
     sg = plan.segment_grid(fn)

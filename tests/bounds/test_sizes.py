@@ -108,3 +108,29 @@ def test_demo_loops_refused_before_work(tmp_path):
 
     assert main(["demo", "--loops", "1000000", "--quick", "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
+
+
+def _dense_topology():
+    layout = cc.CanvasLayout(T=2, H=4, W=4, d_model=8, regions={"a": (0, 1, 0, 4, 0, 4), "b": (1, 2, 0, 4, 0, 4)})
+    topo = cc.CanvasTopology([cc.Connection("a", "b"), cc.Connection("b", "a"), cc.Connection("a", "a")])
+    return layout, topo
+
+
+def test_n_by_n_tensors_respect_the_element_limit(monkeypatch):
+    import torch
+
+    layout, topo = _dense_topology()
+    monkeypatch.setenv("CANVAS_MAX_ELEMENTS", "1000")  # N = 32: an N x N mask has 1024 elements
+    with pytest.raises(SizeLimitError, match=r"\(32, 32\)"):
+        topo.to_attention_mask(layout)
+    with pytest.raises(SizeLimitError, match="kernel='segments' or 'sparse'"):
+        cc.CanvasAttention(topo, layout, n_heads=1, kernel="dense")
+    torch.manual_seed(0)
+    auto = cc.CanvasAttention(topo, layout, n_heads=1)  # auto mode avoids the N x N mask
+    modes = {k.mode for k in auto.modules() if hasattr(k, "mode")}
+    assert "dense" not in modes
+    monkeypatch.delenv("CANVAS_MAX_ELEMENTS")
+    torch.manual_seed(0)
+    dense = cc.CanvasAttention(topo, layout, n_heads=1, kernel="dense")
+    x = torch.randn(2, 32, 8)
+    torch.testing.assert_close(auto(x), dense(x))
