@@ -161,20 +161,20 @@ def _silent(fn: Callable, make: Callable, gen: torch.Generator) -> bool:
     return g is None or not bool(g.abs().max() > 0)
 
 
-def _silent_fns(model: nn.Module, gen: torch.Generator) -> Dict[int, set]:
-    """id(plan) -> the non-softmax fn types that are silent in every canvas layer using that plan."""
+def _silent_fns(model: nn.Module, gen: torch.Generator) -> set:
+    """The non-softmax fn types that output 0 whatever their input in every canvas layer of
+    ``model`` that runs them."""
     from canvas_core.runtime.canvas_attention import CanvasAttention
 
-    out: Dict[int, set] = {}
+    quiet: Dict[str, bool] = {}
     for layer in model.modules():
         if isinstance(layer, CanvasAttention):
             ex = layer.executor
             mods = {f: layer.fn_modules[f.replace(".", "__")] for f in ex.other_names}
             make = _randn((int(layer.plan.n), layer.d_model), *_device_dtype(layer))
-            quiet = {f for f in ex.other_names if _silent(_module_group(ex, f, mods), make, gen)}
-            key = id(layer.plan)
-            out[key] = quiet if key not in out else out[key] & quiet
-    return out
+            for f in ex.other_names:
+                quiet[f] = quiet.get(f, True) and _silent(_module_group(ex, f, mods), make, gen)
+    return {f for f, q in quiet.items() if q}
 
 
 def _verify_layer(run: _Run, layer: nn.Module, where: str = "layer") -> None:
@@ -278,38 +278,55 @@ def _width(module: nn.Module, default: int) -> int:
     return default
 
 
-def _plans_of(model: nn.Module, layout: Any, topology: Any, plan: Any, layers: Optional[int]) -> List[Any]:
+def _called_plans(model: nn.Module, make: Callable, gen: torch.Generator) -> List[Any]:
+    """The plans of the canvas layers ``model`` runs, in the order it runs them (one forward pass
+    with hooks: a layer applied twice, e.g. a weight-tied loop, counts twice)."""
     from canvas_core.runtime.canvas_attention import CanvasAttention
 
-    found = [m.plan for m in model.modules() if isinstance(m, CanvasAttention)]
+    called: List[Any] = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: called.append(mod.plan))
+             for m in model.modules() if isinstance(m, CanvasAttention)]
+    try:
+        with torch.no_grad():
+            model(make(1, gen))
+    finally:
+        for h in hooks:
+            h.remove()
+    return called
+
+
+def _verify_model(run: _Run, model: nn.Module, layout: Any, topology: Any, plan: Any, layers: Optional[int],
+                  d_model: Optional[int], make_input: Optional[Callable]) -> None:
+    from canvas_core.runtime.canvas_attention import CanvasAttention
+
     if plan is None and topology is not None:
         if layout is None:
             raise CanvasTypeError("verify_structure(model, layout, topology): pass the CanvasLayout with the topology")
         from canvas_core.compiler.lowering import lower
 
         plan = lower(topology, layout)
-    if plan is not None:
-        return [plan] * int(layers if layers is not None else max(1, len(found)))
-    if not found:
+    found = next((m for m in model.modules() if isinstance(m, CanvasAttention)), None)
+    base = plan if plan is not None else getattr(found, "plan", None)
+    if base is None:
         raise CanvasTypeError(
             f"verify_structure: {type(model).__name__} holds no CanvasAttention layer and no installed "
             "topology; pass the declared structure: verify_structure(model, layout, topology, layers=L)")
-    if layers is not None and layers != len(found):
-        return [found[0]] * int(layers)
-    return found
-
-
-def _verify_model(run: _Run, model: nn.Module, plans: List[Any], d_model: Optional[int],
-                  make_input: Optional[Callable]) -> None:
-    plan = plans[0]
-    n = int(plan.n)
+    n = int(base.n)
+    device, dtype = _device_dtype(model)
+    D = int(d_model if d_model is not None else base.layout.d_model)
+    make = make_input if make_input is not None else _randn((n, D), device, dtype)
+    called = _called_plans(model, make, run.gen)
+    if plan is not None:
+        plans = [plan] * int(layers if layers is not None else max(1, len(called)))
+    elif not called:
+        raise CanvasTypeError(f"verify_structure: {type(model).__name__} ran none of its CanvasAttention layers "
+                              "on a (B, N, D) input; pass layout, topology and layers=L")
+    else:
+        plans = called if layers is None else [called[0]] * int(layers)
     if any(int(p.n) != n for p in plans):
         raise CanvasTypeError("verify_structure: the canvas layers of the model have canvases of different sizes "
                               f"({sorted({int(p.n) for p in plans})} positions); verify each layer on its own")
-    device, dtype = _device_dtype(model)
-    D = int(d_model if d_model is not None else plan.layout.d_model)
-    make = make_input if make_input is not None else _randn((n, D), device, dtype)
-    labels = PositionLabels(plan.layout)
+    labels = PositionLabels(base.layout)
     queries = run.queries(n, labels)
     run.hops = len(plans)
     s = run.probe("model", model, make, queries, n)
@@ -317,16 +334,17 @@ def _verify_model(run: _Run, model: nn.Module, plans: List[Any], d_model: Option
     entries, _ = undeclared_entries("model", None, s, allowed, queries, labels, run.rtol, _candidates(plans))
     run.undeclared += entries
     seen: set = set()
-    silent = _silent_fns(model, run.gen)
+    quiet = _silent_fns(model, run.gen)
+    for f in sorted(quiet):
+        run.notes.append(f"model: fn {f!r} outputs 0 whatever its input in every layer (a gate that "
+                         "starts closed?), so its connections carry no signal yet; not counted as dead links")
     for p in plans:  # every declared one-hop link must reach the output (through the identity paths)
         if id(p) not in seen:
             seen.add(id(p))
-            quiet = silent.get(id(p), set())
-            for f in sorted(quiet):
-                run.notes.append(f"model: fn {f!r} outputs 0 whatever its input in every layer (a gate that "
-                                 "starts closed?), so its connections carry no signal yet; not counted as dead links")
             conns = [ci for ci, f in enumerate(p.fn_of_connection) if f not in quiet]
-            run.dead += dead_entries("model", p, s, queries, labels, run.rtol, conns)
+            for d in dead_entries("model", p, s, queries, labels, run.rtol, conns):
+                if d not in run.dead:  # layers built from equal topologies report a link once
+                    run.dead.append(d)
     run.parts.append("model")
 
 
@@ -380,5 +398,5 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
             if blocks:
                 _verify_backbone(run, model, blocks)
             else:
-                _verify_model(run, model, _plans_of(model, layout, topology, plan, layers), d_model, make_input)
+                _verify_model(run, model, layout, topology, plan, layers, d_model, make_input)
     return run.report()

@@ -190,6 +190,7 @@ def _dense_closure(plans, n):
     return acc
 
 
+@pytest.mark.filterwarnings("ignore:connection .* links nothing")
 @settings(max_examples=25, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from("abc"), st.sampled_from("abc"),
                           st.one_of(st.none(), st.integers(-2, 1)), st.one_of(st.none(), st.integers(-2, 1)),
@@ -209,3 +210,12 @@ def test_declared_rows_equal_the_dense_closure(conns, hops):
     for ci in range(len(topo.connections)):
         one = CanvasTopology(connections=[topo.connections[ci]]).to_attention_mask(lay).numpy() > 0
         np.testing.assert_array_equal(declared_rows([plan], q, connection=ci, with_self=False), one)
+
+
+def test_a_type_silent_at_initialisation_is_a_note_not_a_dead_link():
+    torch.manual_seed(0)
+    topo = CanvasTopology(connections=list(causal().connections) + [Connection("a", "b", t_src=0, t_dst=0, fn="gated")])
+    for model in (CanvasAttention(topo, LAYOUT, n_heads=2), _Stack([CanvasAttention(topo, LAYOUT, n_heads=2)] * 2)):
+        report = canvas_core.verify_structure(model, probes=1)
+        assert report.ok and not report.dead, str(report)
+        assert any("'gated'" in n and "outputs 0" in n for n in report.notes)
