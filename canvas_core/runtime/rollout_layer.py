@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from canvas_core.runtime.rollout_plan import FramePlan, TypeCall
-from canvas_core.runtime.type_call import call_attention_type
+from canvas_core.runtime.type_call import call_attention_type, run_key_set_buckets
 
 __all__ = ["LayerRoll", "FrameUpdates", "layer_frame_plan", "position_free"]
 
@@ -209,21 +209,39 @@ class LayerRoll:
             if not calls:
                 continue
             module = layer.fn_modules[_key(f)]
-            masked = fp.other[f][0]
             out = h.new_zeros(B, fp.V, D)
-            for ci, call in enumerate(calls):
-                qi, ki, mask, rows, local = self.index.get(("call", f, t, ci), lambda: self._call_tensors(call, h.device))
-                q = self.h.index_select(1, qi)
-                kv = self.h.index_select(1, ki)
-                if masked:
-                    o = call_attention_type(module, q, kv, kv, key_mask=mask)
-                else:
-                    o = call_attention_type(module, q, kv, kv, key_mask=None)
-                out = out.index_add(1, local, o.index_select(1, rows))
+            if fp.other[f][0]:  # exact key mask: one call with the mask
+                for ci, call in enumerate(calls):
+                    qi, ki, mask, rows, local = self.index.get(("call", f, t, ci),
+                                                               lambda: self._call_tensors(call, h.device))
+                    kv = self.h.index_select(1, ki)
+                    o = call_attention_type(module, self.h.index_select(1, qi), kv, kv, key_mask=mask)
+                    out = out.index_add(1, local, o.index_select(1, rows))
+            else:  # per key set: key sets of equal shape stacked along the batch, one call per shape
+                buckets = self.index.get(("buckets", f, t), lambda: self._buckets(calls, h.device))
+                parts = run_key_set_buckets(module, self.h, self.h, self.h, [(Q, K) for Q, K, _, _ in buckets], name=f)
+                for (_, o), (_, _, sel, local) in zip(parts, buckets):
+                    out = out.index_add(1, local, o.index_select(1, sel))
             c = self.index.get(("coef", f, t), lambda: torch.from_numpy(fp.coef[f][sl].copy()).to(h.device))
             out = out * c.to(out.dtype)[None, :, None]
             acc = out if acc is None else acc + out
         return acc
+
+    def _buckets(self, calls: List[TypeCall], device):
+        """Per-key-set calls grouped by shape: ``[(Q (G, nq), K (G, nk), rows (R,) into the flattened
+        ``G * nq`` outputs, local (R,) frame positions), ...]``."""
+        by: Dict[Any, List[TypeCall]] = {}
+        for c in calls:
+            by.setdefault((len(c.queries), len(c.keys)), []).append(c)
+        out = []
+        for (nq, _), group in by.items():
+            Q = np.stack([np.where(c.queries < 0, self.n, c.queries) for c in group])
+            K = np.stack([c.keys for c in group])
+            sel = np.concatenate([g * nq + c.rows for g, c in enumerate(group)])
+            local = np.concatenate([c.local for c in group])
+            out.append(tuple(torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)
+                             for a in (Q, K, sel, local)))
+        return out
 
     def _call_tensors(self, call: TypeCall, device):
         mask = None if call.mask is None else torch.from_numpy(call.mask).to(device)
