@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, ShapeError, UnavailableError
-from canvas_plugin_mamba.chunked import selective_scan_read
+from canvas_plugin_mamba.chunked import causal_depthwise_conv, selective_scan_read
 from canvas_plugin_mamba.scan import selective_scan_mamba_ssm
 
 __all__ = ["MambaAttention", "KERNELS"]
@@ -157,11 +157,11 @@ class MambaAttention(nn.Module):
     def _time_major_inputs(self, keys, values, key_ok=None):
         """``u, delta (B, L, E)``, ``A (E, N)``, ``Bsel (B, L, N)`` in the working dtype."""
         wd = torch.float64 if values.dtype == torch.float64 else torch.float32
-        L = values.shape[1]
         x = self.in_proj(values)
         if key_ok is not None:
             x = x * key_ok.unsqueeze(-1).to(x.dtype)
-        u = F.silu(self.conv1d(x.transpose(1, 2))[..., :L]).transpose(1, 2).to(wd)  # causal
+        conv = causal_depthwise_conv(x, self.conv1d.weight[:, 0], self.conv1d.bias)  # (B, L, E)
+        u = F.silu(conv).to(wd)
         sel = self.x_proj(keys)
         dt, Bsel = sel.split([self.dt_rank, self.d_state], dim=-1)
         delta = F.softplus(self.dt_proj(dt)).to(wd)
