@@ -142,9 +142,7 @@ def format_groups(plan: Any) -> str:
                          f"backbone's own q/k/v, kernel {kern}"])
         else:
             own = "own module" + (f" (kernel {r.kernel.name})" if r.kernel is not None else "")
-            rows.append([fn, len(g.connections), own, own + " on the block's hidden states, behind one "
-                         "gate that is 0 at init (the block's scalar gate, or the type's own for a "
-                         "self-gated type such as gated)"])
+            rows.append([fn, len(g.connections), own, own + " on the block's hidden states, one gate, 0 at init"])
     if not rows:
         return ""
     return format_table(["fn", "connections", "canvas layer", "inside a backbone"], rows)
