@@ -97,3 +97,20 @@ def test_chunked_scan_float32_is_stable_and_close(L, chunk, seed):
 def test_chunk_size_is_about_sqrt_length(L, expected):
     assert chunk_size(L) == expected
     assert chunk_size(L, 7) == max(1, min(7, L))
+
+
+@settings(max_examples=20, deadline=None)
+@given(L=st.integers(1, 9), K=st.integers(1, 5), seed=st.integers(0, 2**31 - 1))
+def test_depthwise_conv_equals_conv1d_with_gradients(L, K, seed):
+    from canvas_plugin_mamba.chunked import causal_depthwise_conv
+
+    torch.manual_seed(seed % 1000)
+    conv = torch.nn.Conv1d(3, 3, K, groups=3, padding=K - 1).double()
+    x = torch.randn(2, L, 3, dtype=DT, requires_grad=True)
+    ref = conv(x.transpose(1, 2))[..., :L].transpose(1, 2)
+    out = causal_depthwise_conv(x, conv.weight[:, 0], conv.bias)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
+    g = torch.randn_like(out)
+    params = (x, conv.weight, conv.bias)
+    for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
