@@ -130,6 +130,20 @@ class Rollout:
         self._active = False
         self._inputs = []
 
+    def prepare(self) -> "Rollout":
+        """Build every frame's index sets now (otherwise each frame builds its own on first use,
+        so the first episode's steps take longer than later ones).  Returns ``self``."""
+        for st in self._states:
+            fp = st.frames
+            for t in range(self.T):
+                for f in fp.softmax_fns:
+                    sf = fp.soft(f, t)
+                    if sf is not None:
+                        sf.classes()
+                for f in fp.other:
+                    fp.calls(f, t)
+        return self
+
     def reset(self) -> None:
         """Forget every frame: the next step is frame 0 of a fresh canvas."""
         for st in self._states:

@@ -242,3 +242,13 @@ def test_gradients_flow_through_the_rollout():
         ys = [roll.step(x[:, t * 12:(t + 1) * 12]) for t in range(layout.T)]
     got = torch.autograd.grad(ys[-1].sum(), x)[0]
     assert torch.allclose(got, want, atol=TOL)
+
+
+def test_prepare_builds_every_frame_up_front():
+    layout, model, x = _model_and_input()
+    with torch.no_grad():
+        full = model(x)
+        with canvas_core.incremental(model, layout) as roll:
+            assert roll.prepare() is roll
+            for t in range(layout.T):
+                assert torch.allclose(roll.step(x[:, t * 12:(t + 1) * 12]), full[:, t * 12:(t + 1) * 12], atol=TOL)
