@@ -126,9 +126,8 @@ class Rollout:
     def __exit__(self, *exc: Any) -> None:
         for st in self._states:
             st.layer.__dict__.pop("_updates", None)
-            st.caches = []
+        self.reset()
         self._active = False
-        self._inputs = []
 
     def prepare(self) -> "Rollout":
         """Build every frame's index sets now (otherwise each frame builds its own on first use,

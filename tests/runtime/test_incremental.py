@@ -252,3 +252,16 @@ def test_prepare_builds_every_frame_up_front():
             assert roll.prepare() is roll
             for t in range(layout.T):
                 assert torch.allclose(roll.step(x[:, t * 12:(t + 1) * 12]), full[:, t * 12:(t + 1) * 12], atol=TOL)
+
+
+def test_a_rollout_can_be_entered_again_and_starts_afresh():
+    layout, model, x = _model_and_input()
+    roll = canvas_core.incremental(model, layout)
+    with torch.no_grad():
+        full = model(x)
+        for _ in range(2):
+            with roll:
+                assert roll.frame == 0
+                for t in range(2):
+                    assert torch.allclose(roll.step(x[:, t * 12:(t + 1) * 12]), full[:, t * 12:(t + 1) * 12], atol=TOL)
+            assert all("_updates" not in m.__dict__ for m in model.modules())
