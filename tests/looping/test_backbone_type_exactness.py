@@ -1,6 +1,7 @@
-"""Issue 23 inside a grafted backbone (a tiny CogVideoX from diffusers, random weights): for every
+"""Issue 23 inside grafted backbones (a tiny CogVideoX from diffusers and a timm ViT, random
+weights): for every
 registered attention type, on random topologies (offsets, periods, fills), the Jacobian pattern of
-block 0's canvas attention (the installed processor: the backbone's own q/k/v for the softmax
+block 0's canvas attention (the installed processor / module: the backbone's own q/k/v for the softmax
 family, the gated module for the others) lies inside the linked pattern of the dense reference,
 gathered to token order; and every type learns: with only its parameters (and its branch's one
 gate) trainable, a few Adam steps toward a random target move the model's output."""
@@ -26,9 +27,12 @@ TYPES = sorted(P.list_attention_types())
 SLOW = {"mamba", "hyena", "rwkv", "canvas_read", "canvas_write", "mixture"}
 
 
-def _grafted(topology, period, seed=0):
-    m = make("cogvideox", torch.float64)
-    kw = inputs("cogvideox", torch.float64)
+WIDTH = {"cogvideox": 16, "vit": 32}
+
+
+def _grafted(topology, period, seed=0, kind="cogvideox"):
+    m = make(kind, torch.float64)
+    kw = inputs(kind, torch.float64)
     graft_looped_blocks(m, max_loops=1)
     ad = get_adapter(m)
     tokens = user_layout(ad.token_layout(m, kw), period)
@@ -36,8 +40,10 @@ def _grafted(topology, period, seed=0):
     return m, kw, tokens
 
 
-def _block0_attention(m, kw):
-    """``x (1, S, D)`` in token order (text, then video) -> block 0's attention output, same order."""
+def _block0_attention(m, kw, kind="cogvideox"):
+    """``x (1, S, D)`` in token order (CogVideoX: text, then video) -> block 0's attention output."""
+    if kind == "vit":
+        return get_adapter(m).attention_targets(m)[0]
     blk = m.transformer_blocks[0]
     attn = getattr(blk, "original", blk).attn1
     text = kw["encoder_hidden_states"].shape[1]
@@ -50,26 +56,27 @@ def _block0_attention(m, kw):
     return f
 
 
+@pytest.mark.parametrize("kind", ["cogvideox", "vit"])
 @pytest.mark.parametrize("fn", TYPES)
-def test_every_type_reads_only_linked_tokens_inside_cogvideox(fn):
-    n = 2 if fn in SLOW else 4
+def test_every_type_reads_only_linked_tokens_inside_a_backbone(fn, kind):
+    n = 1 if kind == "vit" else 2 if fn in SLOW else 4
 
     @settings(max_examples=n, deadline=None, suppress_health_check=list(HealthCheck))
     @given(topo=topologies(types=(fn,)), period=st.sampled_from([1, 2]), seed=st.integers(0, 3))
     def check(topo, period, seed):
-        m, kw, tokens = _grafted(topo, period, seed)
+        m, kw, tokens = _grafted(topo, 1 if kind == "vit" else period, seed, kind)
         for name, p in m.named_parameters():
             if "canvas_fn." in name:  # open the zero gates (and gated's own), so no zero hides a read
                 with torch.no_grad():
                     p.add_(0.3 * torch.randn_like(p))
         S = tokens.seq_len
-        x = torch.randn(1, S, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
-        got = dep.dependency_pattern(_block0_attention(m, kw), x)
+        x = torch.randn(1, S, WIDTH[kind], dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+        got = dep.dependency_pattern(_block0_attention(m, kw, kind), x)
         idx = torch.tensor(tokens.token_index)
         linked = dep.linked_pattern(topo, tokens.layout)[idx][:, idx]
         eye = torch.eye(S, dtype=torch.bool)
         bad = dep.first_violation(got, linked | eye, lambda p: f"token {p}")
-        assert bad is None, f"{fn} inside CogVideoX: {bad}; {topo.connections}"
+        assert bad is None, f"{fn} inside {kind}: {bad}; {topo.connections}"
         others = linked if fn in ("copy", "rwkv", "hyena", "mamba") else linked & ~eye  # see the canvas test
         if fn != "none" and bool(others.any()):
             assert bool((got & others).any()), f"{fn}: no linked token carries signal; {topo.connections}"
@@ -86,27 +93,30 @@ def _trainable_only(m, keep):
     return params
 
 
+@pytest.mark.parametrize("kind", ["cogvideox", "vit"])
 @pytest.mark.parametrize("fn", [f for f in TYPES if f != "none"])
-def test_every_type_learns_inside_cogvideox(fn):
+def test_every_type_learns_inside_a_backbone(fn, kind):
     """Only the type's parameters and its branch's gate free: 3 Adam steps move the output."""
     dense = [Connection(a, b) for a in ("top", "bottom", "extra") for b in ("top", "bottom", "extra")]
+    dt = {} if kind == "vit" else dict(t_src=0, t_dst=-1)  # the ViT canvas has one frame
     topo = CanvasTopology(connections=dense + [Connection("top", "bottom", fn=fn, t_src=0, t_dst=0),
-                                               Connection("bottom", "top", fn=fn, t_src=0, t_dst=-1)])
-    m, kw, _ = _grafted(topo, 1)
-    native = fn in ("cross_attention", "self_attention", "cogvideox")  # the backbone's own attention
-    params = _trainable_only(m, (lambda n: "to_q" in n or "to_k" in n) if native else (lambda n: "canvas_fn." in n))
+                                               Connection("bottom", "top", fn=fn, **dt)])
+    m, kw, _ = _grafted(topo, 1, kind=kind)
+    native = fn in get_adapter(m).installed_topology(m).softmax_types  # the backbone's own attention
+    own = (lambda n: "to_q" in n or "to_k" in n or "qkv" in n) if native else (lambda n: "canvas_fn." in n)
+    params = _trainable_only(m, own)
     assert params
     with torch.no_grad():
-        before = run("cogvideox", m, kw).clone()
+        before = run(kind, m, kw).clone()
     target = torch.randn_like(before)
     opt = torch.optim.Adam(params, lr=1e-2)
     for _ in range(3):
         opt.zero_grad()
-        (run("cogvideox", m, kw) - target).pow(2).mean().backward()
+        (run(kind, m, kw) - target).pow(2).mean().backward()
         opt.step()
     with torch.no_grad():
-        moved = float((run("cogvideox", m, kw) - before).abs().max())
-    assert moved > 1e-6, f"{fn} inside CogVideoX: 3 steps on its own parameters moved the output by {moved}"
+        moved = float((run(kind, m, kw) - before).abs().max())
+    assert moved > 1e-6, f"{fn} inside {kind}: 3 steps on its own parameters moved the output by {moved}"
 
 
 def test_gated_has_one_gate_and_learns_from_step_one():
