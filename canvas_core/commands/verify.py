@@ -1,8 +1,8 @@
 """``canvas verify [FILE]``: build a schema's (or program's) canvas layers and check that they
 read only what the topology declares (:func:`canvas_core.verify_structure`).
 
-Exit status: 0 when the structure verifies, 1 when something undeclared (or a dead declared link)
-was found, 2 for bad arguments or files.
+Exit status: 0 when the structure verifies, 1 when something undeclared was read (with
+``--require-signal``, also when a declared connection carries no signal), 2 for bad arguments or files.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="query positions sampled on larger canvases (default 256)")
     parser.add_argument("--probes", type=_positive, default=2, help="random probes per query (default 2)")
     parser.add_argument("--seed", type=_nonneg, default=0, help="random seed (default 0)")
+    parser.add_argument("--require-signal", action="store_true",
+                        help="also fail when a declared connection carries no signal at all")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     layers = [CanvasAttention(plan, d_model=d_model, n_heads=heads) for _ in range(args.layers)]
     model = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
     report = verify_structure(model, max_exact=args.max_exact, samples=args.samples, probes=args.probes,
-                              seed=args.seed)
+                              seed=args.seed, require_signal=args.require_signal)
     if args.json:
         print(json.dumps(dict(report.to_dict(), source=label, layers=args.layers), indent=2, default=str))
     else:

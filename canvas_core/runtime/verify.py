@@ -48,8 +48,10 @@ __all__ = ["verify_structure", "StructureReport"]
 class _Run:
     """Settings and accumulated results of one verification."""
 
-    def __init__(self, max_exact: int, samples: int, probes: int, chunk: int, rtol: float, seed: int) -> None:
+    def __init__(self, max_exact: int, samples: int, probes: int, chunk: int, rtol: float, seed: int,
+                 require_signal: bool = False) -> None:
         self.max_exact, self.samples, self.probes, self.chunk, self.rtol = max_exact, samples, probes, chunk, rtol
+        self.require_signal = require_signal
         self.gen = torch.Generator().manual_seed(int(seed))
         self.rng = np.random.default_rng(int(seed))
         self.undeclared: List[UndeclaredDependency] = []
@@ -74,7 +76,8 @@ class _Run:
         return probe_rows(fn, make_input, queries, n, probes=self.probes, chunk=chunk, gen=self.gen)
 
     def report(self) -> StructureReport:
-        return StructureReport(ok=not self.undeclared and not any(d.whole for d in self.dead), undeclared=self.undeclared,
+        dead = self.require_signal and any(d.whole for d in self.dead)
+        return StructureReport(ok=not self.undeclared and not dead, require_signal=self.require_signal, undeclared=self.undeclared,
                                dead=self.dead, exact=self.exact, sampling=self.sampling, parts=self.parts,
                                hops=self.hops, n_positions=self.n, probes=self.probes, rtol=self.rtol,
                                notes=self.notes)
@@ -352,7 +355,7 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
                      layers: Optional[int] = None, d_model: Optional[int] = None,
                      make_input: Optional[Callable[[int, torch.Generator], torch.Tensor]] = None,
                      max_exact: int = 512, samples: int = 256, probes: int = 2, chunk: int = 32,
-                     rtol: float = 1e-6, seed: int = 0) -> StructureReport:
+                     rtol: float = 1e-6, seed: int = 0, require_signal: bool = False) -> StructureReport:
     """Probe a built model and report every dependency its topology does not declare and every
     declared link that carries no signal (see the module docstring for what is probed).
 
@@ -372,6 +375,9 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
         rtol: an input counts as read when its gradient magnitude exceeds ``rtol`` times the
             largest one of the same query.
         seed: seed of every random draw (the report is reproducible).
+        require_signal: also fail (``ok`` False) when a declared connection carries no signal at
+            all; by default dead links are reported but ``ok`` only says that nothing undeclared
+            is read (a type may legitimately read part of its key set: a window, a causal scan).
 
     Returns:
         a :class:`StructureReport` (``ok``, ``undeclared``, ``dead``, ``str(report)``, ``to_dict()``).
@@ -388,7 +394,9 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
         raise SchemaError(f"verify_structure: layers must be an integer >= 1, got {layers!r}")
     if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 <= rtol < 1:
         raise SchemaError(f"verify_structure: rtol must be a number in [0, 1), got {rtol!r}")
-    run = _Run(max_exact, samples, probes, chunk, float(rtol), seed)
+    if not isinstance(require_signal, bool):
+        raise CanvasTypeError(f"verify_structure: require_signal must be True or False, got {require_signal!r}")
+    run = _Run(max_exact, samples, probes, chunk, float(rtol), seed, require_signal)
     given = plan is not None or topology is not None
     with _probing(model):
         if isinstance(model, CanvasAttention) and not given:

@@ -89,9 +89,9 @@ class StructureReport:
     """Result of :func:`canvas_core.verify_structure`.
 
     Attributes:
-        ok: no undeclared dependency, and no declared connection that carries no signal at all.
-            Cells of a connection that carry no signal while others do (a type that reads part of
-            its key set: a local window, a causal scan) are listed in ``dead`` but do not fail.
+        ok: no undeclared dependency was found (and, with ``require_signal``, no declared
+            connection carries no signal at all).  Dead links are always listed in ``dead``.
+        require_signal: whether a wholly dead connection makes ``ok`` False.
         undeclared: :class:`UndeclaredDependency` entries, one per (part, fn group, query region
             and frame, key region and frame).
         dead: :class:`DeadLink` entries, one per (part, connection).
@@ -117,6 +117,7 @@ class StructureReport:
     probes: int = 1
     rtol: float = 0.0
     notes: List[str] = field(default_factory=list)
+    require_signal: bool = False
 
     @property
     def future_reads(self) -> List[UndeclaredDependency]:
@@ -142,10 +143,11 @@ class StructureReport:
         whole = [d for d in self.dead if d.whole]
         part = [d for d in self.dead if not d.whole]
         if whole:
-            lines.append(f"  declared connections carrying no signal ({len(whole)}):")
+            why = "" if self.require_signal else "; reported, not a failure without require_signal"
+            lines.append(f"  declared connections carrying no signal ({len(whole)}{why}):")
             lines += [f"    - {d}" for d in whole]
         if part:
-            lines.append(f"  declared links partly unused ({len(part)}; the type reads part of its key set, not a failure):")
+            lines.append(f"  declared links partly unused ({len(part)}; the type reads part of its key set):")
             lines += [f"    - {d}" for d in part]
         if not self.undeclared and not self.dead:
             lines.append("  every dependency is declared and every declared link carries signal")

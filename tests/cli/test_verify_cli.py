@@ -47,3 +47,15 @@ def test_bad_arguments_exit_2_with_one_line(argv, capsys):
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("canvas verify") and "\n" not in err
+
+
+def test_require_signal_fails_on_a_dead_declared_connection(tmp_path, capsys):
+    lay = CanvasLayout(T=4, spatial_shape=(2, 2), d_model=16, regions={"a": (0, 4, 0, 1, 0, 2), "b": (0, 4, 1, 2, 0, 2)})
+    topo = CanvasTopology(connections=[Connection(x, y, t_src=0, t_dst=dt, fn="copy")
+                                       for x in "ab" for y in "ab" for dt in (0, -1)])
+    path = tmp_path / "copy.json"
+    path.write_text(json.dumps(CanvasSchema(layout=lay, topology=topo).to_dict()))
+    assert main(["verify", str(path), "--probes", "1"]) == 0
+    assert "carries no signal" in capsys.readouterr().out
+    assert main(["verify", str(path), "--probes", "1", "--require-signal"]) == 1
+    assert "FAILED" in capsys.readouterr().out

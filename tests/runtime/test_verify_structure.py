@@ -83,7 +83,7 @@ def test_every_builtin_type_reads_no_undeclared_position():
             topo = CanvasTopology(connections=list(causal().connections) + [
                 Connection("a", "b", t_src=0, t_dst=dt, fn=fn) for dt in (0, -1)])
             report = canvas_core.verify_structure(CanvasAttention(topo, LAYOUT, n_heads=2), probes=1)
-            assert not report.undeclared, f"{fn}:\n{report}"
+            assert report.ok and not report.undeclared, f"{fn}:\n{report}"
             assert not report.future_reads
 
 
@@ -110,7 +110,8 @@ def test_a_dead_declared_link_is_flagged():
     topo = CanvasTopology(connections=[Connection("a", "b", fn="deaf"), Connection("b", "a")])
     layer = CanvasAttention(topo, LAYOUT, n_heads=2, attention_factory=lambda f, **kw: ReadsNothing(16))
     report = canvas_core.verify_structure(layer)
-    assert not report.ok and not report.undeclared
+    assert report.ok and not report.undeclared  # reported; a failure only with require_signal
+    assert not canvas_core.verify_structure(layer, require_signal=True).ok
     (dead,) = report.dead
     assert (dead.connection, dead.src, dead.dst, dead.fn, dead.whole) == (0, "a", "b", "deaf", True)
     assert "connection #0 'a' -> 'b' (fn 'deaf') is declared but carries no signal" in str(report)
@@ -217,5 +218,5 @@ def test_a_type_silent_at_initialisation_is_a_note_not_a_dead_link():
     topo = CanvasTopology(connections=list(causal().connections) + [Connection("a", "b", t_src=0, t_dst=0, fn="gated")])
     for model in (CanvasAttention(topo, LAYOUT, n_heads=2), _Stack([CanvasAttention(topo, LAYOUT, n_heads=2)] * 2)):
         report = canvas_core.verify_structure(model, probes=1)
-        assert report.ok and not report.dead, str(report)
+        assert report.ok and not report.dead and canvas_core.verify_structure(model, require_signal=True).ok
         assert any("'gated'" in n and "outputs 0" in n for n in report.notes)
