@@ -36,7 +36,9 @@ Attention types (torch)
     references ``wkv_scan``, ``wkv_masked``, ``fft_causal_conv``.
 Attention kernels (torch)
     ``AttentionKernel`` (base class: the kernel contract, the group's fn and size, shape checks),
-    ``ReferenceKernel`` (the reference every kernel is checked against) and ``REFERENCE_MODES``.
+    ``ReferenceKernel`` (the reference every kernel is checked against) and ``REFERENCE_MODES``;
+    the NaN-isolation helpers of masked kernels ``non_finite_keys``, ``zero_bad_keys``,
+    ``nan_where_linked`` (a non-finite key reaches only the queries linked to it).
 Backbones (torch)
     ``BackboneAdapter``, ``GenericAdapter``, ``TokenLayout``, ``topology_bias``,
     ``class_matches``, ``LoopedBlockWrapper``, ``BlockIO``, the SDPA helper ``canvas_sdpa``,
@@ -73,6 +75,7 @@ if TYPE_CHECKING:  # for readers and IDEs; at run time the names load lazily bel
     from canvas_core.looping.wrapper import BlockIO, LoopedBlockWrapper
     from canvas_core.plugins.spec import RuntimeContext, Spec
     from canvas_core.runtime.kernel_base import AttentionKernel
+    from canvas_core.runtime.finite_guard import nan_where_linked, non_finite_keys, zero_bad_keys
     from canvas_core.runtime.kernels import REFERENCE_MODES, ReferenceKernel
 
 #: published name -> the module that defines it (internal; may change without notice)
@@ -99,6 +102,7 @@ _publish("canvas_core.attention.recurrent", "wkv_scan", "wkv_masked", "fft_causa
 # kernels
 _publish("canvas_core.runtime.kernel_base", "AttentionKernel")
 _publish("canvas_core.runtime.kernels", "ReferenceKernel", "REFERENCE_MODES")
+_publish("canvas_core.runtime.finite_guard", "non_finite_keys", "zero_bad_keys", "nan_where_linked")
 # backbones
 _publish("canvas_core.looping.adapter", "BackboneAdapter", "GenericAdapter", "TokenLayout",
          "topology_bias", "class_matches")
@@ -113,7 +117,8 @@ __all__ = [
     "REFERENCE_MODES", "RectGroup", "ReferenceKernel", "ResolvedGroup", "RuntimeContext",
     "SegmentGrid", "Spec", "TokenLayout", "aligned_key_index", "block_layout_of", "canvas_sdpa",
     "causal_read_index", "check_dtypes_devices", "class_matches", "fft_causal_conv", "has_key",
-    "hookimpl", "hookspec", "lower", "masked_softmax", "masked_softmax_attention", "safe_div",
+    "hookimpl", "hookspec", "lower", "masked_softmax", "masked_softmax_attention", "nan_where_linked",
+    "non_finite_keys", "safe_div", "zero_bad_keys",
     "segment_grid", "topology_bias", "wkv_masked", "wkv_scan",
 ]
 

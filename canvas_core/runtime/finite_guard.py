@@ -6,9 +6,9 @@ NaN or inf in key or value ``j`` then turns the rows of queries that do *not* re
 well (``nan + -inf`` is NaN, and ``0 * nan`` is NaN in ``P @ V``). DESIGN.md's semantics say a
 query reads only its linked keys, so the kernels here
 
-1. zero the keys and values of positions holding a non-finite number (``sanitize``), run as
+1. zero the keys and values of positions holding a non-finite number (``zero_bad_keys``), run as
    usual, and
-2. set to NaN exactly the rows that link such a key (``poison``), as the exact reference would.
+2. set to NaN exactly the rows that link such a key (``nan_where_linked``), as the exact reference would.
 
 On CPU outside ``torch.compile`` the common case (all finite) costs one ``isfinite`` pass and no
 extra work; elsewhere the guard runs without a data-dependent branch (no host sync, traceable).
@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["non_finite_keys", "sanitize", "reads_bad", "poison"]
+__all__ = ["non_finite_keys", "zero_bad_keys", "reads_bad", "nan_where_linked"]
 
 
 def non_finite_keys(k: torch.Tensor, v: torch.Tensor) -> Optional[torch.Tensor]:
@@ -32,7 +32,7 @@ def non_finite_keys(k: torch.Tensor, v: torch.Tensor) -> Optional[torch.Tensor]:
     return bad
 
 
-def sanitize(k: torch.Tensor, v: torch.Tensor, bad: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def zero_bad_keys(k: torch.Tensor, v: torch.Tensor, bad: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """``k, v`` with the keys marked in ``bad`` ``(B, H, N)`` set to zero."""
     m = bad.unsqueeze(-1)
     return k.masked_fill(m, 0.0), v.masked_fill(m, 0.0)
@@ -44,7 +44,7 @@ def reads_bad(linked: torch.Tensor, bad: torch.Tensor, dtype: torch.dtype) -> to
     return torch.matmul(bad.to(dtype), linked.to(dtype).transpose(-1, -2)) > 0
 
 
-def poison(out: torch.Tensor, linked: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
+def nan_where_linked(out: torch.Tensor, linked: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
     """Canonical ``out`` ``(B, H, N, d)`` with NaN in the rows whose query links (``linked``
     ``(N, N)`` bool) a key marked in ``bad`` ``(B, H, N)``."""
     B, H, N, _ = out.shape

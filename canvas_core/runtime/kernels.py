@@ -47,7 +47,7 @@ from canvas_core.compiler.resolved import REFERENCE_KERNEL, ResolvedGroup
 from canvas_core.errors import CompileError, ShapeError
 from canvas_core.plugins.spec import Spec
 from canvas_core.schema.limits import check_elements, limit
-from canvas_core.runtime.finite_guard import non_finite_keys, poison, reads_bad, sanitize
+from canvas_core.runtime.finite_guard import non_finite_keys, nan_where_linked, reads_bad, zero_bad_keys
 from canvas_core.runtime.kernel_index import Segments, bucket_counts, is_arange, segment_buckets, slot_layout
 
 __all__ = ["ReferenceKernel", "make_kernel", "kernel_for", "REFERENCE_MODES"]
@@ -230,10 +230,10 @@ class ReferenceKernel(nn.Module):
             mask = self.mask if self.mask.dtype == torch.bool else self.mask.to(q.dtype)
             bad = non_finite_keys(k, v)  # keep a non-finite key away from queries not linked to it
             if bad is not None:
-                k, v = sanitize(k, v, bad)
+                k, v = zero_bad_keys(k, v, bad)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
             if bad is not None:
-                out = poison(out, self.linked, bad)
+                out = nan_where_linked(out, self.linked, bad)
             if self._all_have_keys:
                 return out
             return out * self.row_has_key[:, None].to(out.dtype)
@@ -248,7 +248,7 @@ class ReferenceKernel(nn.Module):
 
         bad = non_finite_keys(k, v)  # a gathered tile may hold unlinked keys: see finite_guard
         if bad is not None:
-            k, v = sanitize(k, v, bad)
+            k, v = zero_bad_keys(k, v, bad)
             badp = F.pad(F.pad(bad.to(q.dtype), (0, 1)).index_select(2, self.slot_canon), (0, bs))
             badp = badp.reshape(B, H, -1, bs).permute(2, 0, 1, 3)  # (nkb + 1, B, H, bs)
         qp = blocks(q, False)  # (nqb, B, H, bs, d)

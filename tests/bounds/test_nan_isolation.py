@@ -15,6 +15,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import canvas_core as cc
 from canvas_core import CanvasAttention
 from tests._reference.dense_reference import weight_matrices
 from tests._reference.strategies import layouts, topologies
@@ -33,13 +34,30 @@ def _readers(topology, layout, j):
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.filterwarnings("ignore:.*links nothing")
+@pytest.mark.filterwarnings("ignore:.*flex_attention")
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_non_finite_stays_with_its_readers(mode, bad, data):
+    _check(mode, bad, data)
+
+
+@pytest.mark.filterwarnings("ignore:.*links nothing")
+@pytest.mark.filterwarnings("ignore:.*flex_attention")
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), bad=st.sampled_from([math.nan, math.inf, -math.inf]))
+def test_flex_kernel_keeps_non_finite_with_its_readers(bad, data):
+    """The FlexAttention backend (canvas-backend-flex, eager on CPU, so slow: fewer examples)."""
+    _check("flex_cpu", bad, data)
+
+
+def _check(mode, bad, data):
     layout = data.draw(layouts(max_T=4, max_side=3, max_regions=3))
     topology = data.draw(topologies(layout, fns=("cross_attention", "self_attention"), max_conns=4))
     torch.manual_seed(0)
     opts = {"block_size": data.draw(st.sampled_from([1, 2, 4]))} if mode == "sparse" else {}
+    if mode == "flex_cpu":
+        opts = {"compile": False, "block_size": data.draw(st.sampled_from([2, 4, 128]))}
     layer = CanvasAttention(topology, layout, n_heads=2, kernel=mode, kernel_options=opts).eval()
     n = layout.num_positions
     x = torch.randn(2, n, layout.d_model)
@@ -53,3 +71,39 @@ def test_non_finite_stays_with_its_readers(mode, bad, data):
     assert not leaked.any(), f"{mode}: positions {leaked.nonzero().flatten().tolist()} do not read {j} but went non-finite"
     keep = ~reads
     torch.testing.assert_close(out[:, keep], clean[:, keep])
+
+
+def test_xformers_kernel_keeps_non_finite_with_its_readers(monkeypatch):
+    """The xformers backend's logic, with xformers' attention stood in by SDPA (no GPU here)."""
+    import sys
+    import types
+
+    import torch.nn.functional as F
+
+    def mea(q, k, v, attn_bias=None, p=0.0, scale=None):  # (B, N, H, d), like xformers
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=attn_bias, scale=scale)
+        return out.transpose(1, 2)
+
+    ops = types.ModuleType("xformers.ops")
+    ops.memory_efficient_attention = mea
+    pkg = types.ModuleType("xformers")
+    pkg.ops = ops
+    monkeypatch.setitem(sys.modules, "xformers", pkg)
+    monkeypatch.setitem(sys.modules, "xformers.ops", ops)
+    from canvas_backend_xformers.kernel import XFormersKernel
+
+    layout = cc.CanvasLayout(T=2, H=4, W=4, d_model=8, regions={
+        "a": (0, 1, 0, 4, 0, 2), "b": (0, 1, 0, 4, 2, 4), "c": (1, 2, 0, 4, 0, 4)})
+    topology = cc.CanvasTopology([cc.Connection("a", "a"), cc.Connection("c", "b"), cc.Connection("b", "b")])
+    torch.manual_seed(0)
+    layer = CanvasAttention(topology, layout, n_heads=2, kernel=XFormersKernel)
+    x = torch.randn(1, 32, 8)
+    for j in (0, 2, 20):
+        poisoned = x.clone()
+        poisoned[0, j, 1] = math.nan
+        with torch.no_grad():
+            clean, out = layer(x), layer(poisoned)
+        reads = _readers(topology, layout, j)
+        assert not ((~torch.isfinite(out)).any(dim=2)[0] & ~reads).any()
+        torch.testing.assert_close(out[:, ~reads], clean[:, ~reads])

@@ -163,6 +163,11 @@ class FlexKernel(AttentionKernel):
         if self.n == 0:
             return q.new_zeros(q.shape[:-1] + v.shape[-1:])
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+        # NaN isolation: masked pairs get p = 0, but 0 * (a non-finite value) is NaN in P @ V, so a
+        # key holding a non-finite number gets zero values and a NaN key instead: queries linked
+        # to it turn NaN (their score is NaN), the others never see it (DESIGN.md semantics)
+        bad = ~(torch.isfinite(k).all(dim=-1, keepdim=True) & torch.isfinite(v).all(dim=-1, keepdim=True))
+        k, v = k.masked_fill(bad, float("nan")), v.masked_fill(bad, 0.0)
         qp, kp, vp = (t.index_select(2, self.perm) for t in (q, k, v))
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile.*")

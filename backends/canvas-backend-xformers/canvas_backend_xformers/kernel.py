@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import torch
 
-from canvas_core.extend import AttentionKernel, ExecutionPlan, RectGroup
+from canvas_core.extend import AttentionKernel, ExecutionPlan, RectGroup, nan_where_linked, non_finite_keys, zero_bad_keys
 from canvas_core.errors import ShapeError, UnavailableError
 
 __all__ = ["XFormersKernel", "additive_bias"]
@@ -65,9 +65,15 @@ class XFormersKernel(AttentionKernel):
                              f"got {tuple(q.shape)}")
         B, H, n, _ = q.shape
         bias = self.bias_storage[:, :n].to(q.dtype)
-        bias = bias[None, None].expand(B, H, n, n)
+        # NaN isolation: an additive -inf bias does not stop a non-finite key reaching every query
+        bad = non_finite_keys(k, v)
+        if bad is not None:
+            k, v = zero_bad_keys(k, v, bad)
         out = xops.memory_efficient_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias,
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias[None, None].expand(B, H, n, n),
             p=float(dropout_p), scale=scale)
         out = out.transpose(1, 2)
+        if bad is not None:
+            linked = torch.isfinite(bias) & self.row_has_key[:, None]
+            out = nan_where_linked(out, linked, bad)
         return out * self.row_has_key[:, None].to(out.dtype)
