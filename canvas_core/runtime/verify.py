@@ -251,7 +251,7 @@ def _verify_backbone(run: _Run, model: nn.Module, blocks: List[Tuple[str, Any]])
         if id(shared) not in shared_seen:  # the softmax kernels are shared by every block
             shared_seen[id(shared)] = shared
 
-            def qkv(x):
+            def qkv(x, n=n, H=H, hd=hd):
                 return x.reshape(x.shape[0], n, 3, H, hd).permute(2, 0, 3, 1, 4)
 
             for i, f in enumerate(runner.soft_fns):

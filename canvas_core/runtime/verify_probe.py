@@ -191,17 +191,24 @@ def undeclared_entries(where: str, fn: Optional[str], strength: np.ndarray, allo
     if skip is not None:
         bad &= ~skip
     qi, ki = np.nonzero(bad)
-    out: Dict[Tuple, List] = {}
-    for a, k in zip(qi.tolist(), ki.tolist()):
-        q = int(queries[a])
-        key = (labels.region[q], int(labels.frame[q]), labels.region[k], int(labels.frame[k]))
-        e = out.setdefault(key, [0, 0.0, bool(labels.real[k] > labels.real[q]), q])
-        e[0] += 1
-        e[1] = max(e[1], float(strength[a, k]))
-        e[2] = e[2] or bool(labels.real[k] > labels.real[q])
-    entries = [UndeclaredDependency(where, fn, qr, qf, kr, kf, fut, cnt, s,
-                                    () if candidates is None else candidates(q0))
-               for (qr, qf, kr, kf), (cnt, s, fut, q0) in out.items()]
+    entries: List[UndeclaredDependency] = []
+    if len(qi):
+        qpos = queries[qi]
+        codes, region_code = np.unique(labels.region, return_inverse=True)
+        rows = np.stack([region_code[qpos], labels.frame[qpos], region_code[ki], labels.frame[ki]], axis=1)
+        uniq, inv = np.unique(rows, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        count = np.bincount(inv, minlength=len(uniq))
+        top = np.zeros(len(uniq))
+        np.maximum.at(top, inv, strength[qi, ki])
+        fut = np.zeros(len(uniq), dtype=bool)
+        np.logical_or.at(fut, inv, labels.real[ki] > labels.real[qpos])
+        first = np.full(len(uniq), -1, dtype=np.int64)
+        first[inv[::-1]] = qpos[::-1]  # a query of each group (for the fn candidates)
+        for g, (qr, qf, kr, kf) in enumerate(uniq.tolist()):
+            entries.append(UndeclaredDependency(
+                where, fn, str(codes[qr]), int(qf), str(codes[kr]), int(kf), bool(fut[g]), int(count[g]),
+                float(top[g]), () if candidates is None else candidates(int(first[g]))))
     entries.sort(key=lambda d: (not d.future, d.query_region, d.query_frame, d.key_region, d.key_frame))
     return entries, bad
 
@@ -224,10 +231,10 @@ def dead_entries(where: str, plan: Any, strength: np.ndarray, queries: np.ndarra
         qf = labels.frame[queries[qi]]
         kf = labels.frame[ki]
         live = carried[qi, ki]
-        cells: Dict[Tuple[int, int], bool] = {}
-        for a, b, c in zip(qf.tolist(), kf.tolist(), live.tolist()):
-            cells[(a, b)] = cells.get((a, b), False) or c
-        dead = tuple(sorted(k for k, v in cells.items() if not v))
+        cells, inv = np.unique(np.stack([qf, kf], axis=1), axis=0, return_inverse=True)
+        alive = np.zeros(len(cells), dtype=bool)
+        np.logical_or.at(alive, inv.reshape(-1), live)
+        dead = tuple((int(a), int(b)) for a, b in cells[~alive].tolist())
         if dead:
             c = topo.connections[ci]
             out.append(DeadLink(where, ci, c.src, c.dst, fn, dead, len(dead) == len(cells), len(cells)))
