@@ -79,7 +79,7 @@ class _Plan:
     start to the read, inclusive.
     """
 
-    def __init__(self, u, delta, At, Bm, read, T, block=None, backward=False, decays=None):
+    def __init__(self, u, delta, At, Bm, read, T, block=None):
         Bt, L, E = delta.shape
         N = At.shape[0]
         self.Bt, self.L, self.E, self.N, self.T = Bt, L, E, N, T
@@ -94,14 +94,12 @@ class _Plan:
         self.A2 = At * LOG2E  # (N, E)
         self.pos = read.clamp(min=0)
         self.cr = torch.div(self.pos, T, rounding_mode="floor")
-        if decays is None:
-            tri = torch.ones(T, T, dtype=delta.dtype, device=delta.device).tril()
-            S = torch.matmul(tri, self.d)  # inclusive sums (cumsum over a middle dim is slow)
-            self.R = torch.exp2(S[:, :, -1].unsqueeze(-2) * self.A2)
-            Sr = S.reshape(Bt, Lp, E).index_select(1, self.pos)
-            self.Pr = (Sr.unsqueeze(-2) * self.A2).exp2_()
-        else:
-            self.R, self.Pr = decays
+        tri = torch.ones(T, T, dtype=delta.dtype, device=delta.device).tril()
+        S = torch.matmul(tri, self.d)  # inclusive sums (cumsum over a middle dim is slow)
+        self.R = torch.mul(S[:, :, -1].unsqueeze(-2), self.A2, out=_ws("R", (Bt, nC, N, E), delta)).exp2_()
+        Sr = S.reshape(Bt, Lp, E).index_select(1, self.pos)
+        Q = read.shape[0]
+        self.Pr = torch.mul(Sr.unsqueeze(-2), self.A2, out=_ws("Pr", (Bt, Q, N, E), delta)).exp2_()
         # work blocks: K chunks of rb rows
         per_chunk = T * E * N
         budget = BLOCK_ELEMS if block is None else block
@@ -160,7 +158,7 @@ class _ScanRead(torch.autograd.Function):
         P = _Plan(u, delta, At, Bm, read, T, block)
         Bt, E, N, nC = P.Bt, P.E, P.N, P.nC
         ends = _ws("ends", (Bt, nC, N, E), u)  # each chunk's last state, from a zero start
-        hr = u.new_empty(Bt, C.shape[1], N, E)  # the state each query reads
+        hr = _ws("hr", (Bt, C.shape[1], N, E), u)  # the state each query reads
         for rows, c0, c1, qi in P.blocks():
             a, x = P.inputs(rows, c0, c1)
             _scan(a, x, None)
@@ -175,19 +173,20 @@ class _ScanRead(torch.autograd.Function):
         hr.addcmul_(P.Pr, torch.index_select(Hin, 1, P.cr, out=_ws("gather", hr.shape, u)))
         y = torch.matmul(C.unsqueeze(-2), hr).squeeze(-2)  # (Bt, Q, E)
         y = y * (read >= 0).view(1, -1, 1).to(y.dtype)
-        ctx.save_for_backward(u, delta, At, Bm, C, read, Hin, hr, P.R, P.Pr)
+        ctx.save_for_backward(u, delta, At, Bm, C, read, Hin)
         ctx.T, ctx.block = T, block
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        u, delta, At, Bm, C, read, Hin, hr, R, Pr = ctx.saved_tensors
+        u, delta, At, Bm, C, read, Hin = ctx.saved_tensors
         T = ctx.T
-        P = _Plan(u, delta, At, Bm, read, T, ctx.block, backward=True, decays=(R, Pr))
+        P = _Plan(u, delta, At, Bm, read, T, ctx.block)
         Bt, L, E, N, nC = P.Bt, P.L, P.E, P.N, P.nC
+        Q = read.shape[0]
         gy = gy * (read >= 0).view(1, -1, 1).to(gy.dtype)
-        gC = torch.matmul(hr, gy.unsqueeze(-1)).squeeze(-1)  # (Bt, Q, N)
-        ghr = C.unsqueeze(-1) * gy.unsqueeze(-2)  # (Bt, Q, N, E): dL/dh at the reads
+        gC = u.new_empty(Bt, Q, N)
+        ghr = torch.mul(C.unsqueeze(-1), gy.unsqueeze(-2), out=_ws("ghr", (Bt, Q, N, E), u))
         # the gradient reaching each chunk's end from the later chunks: G_{c-1} = R_c G_c + K_c,
         # K_c = sum over the reads r in chunk c of exp(A S_r) ghr_r
         Kc = _ws("Kc", (Bt, nC, N, E), u).zero_()
@@ -206,7 +205,10 @@ class _ScanRead(torch.autograd.Function):
             G = P.buf(2, rows, c0, c1).zero_()
             rb, K = G.shape[0], G.shape[1]
             if qi.numel():
-                G.view(rb, -1, N, E).index_add_(1, P.pos[qi] - c0 * T, ghr[rows].index_select(1, qi))
+                lp = P.pos[qi] - c0 * T
+                G.view(rb, -1, N, E).index_add_(1, lp, ghr[rows].index_select(1, qi))
+                hq = h.view(rb, -1, N, E).index_select(1, lp)  # the states the queries read
+                gC[rows].index_copy_(1, qi, torch.matmul(hq, gy[rows].index_select(1, qi).unsqueeze(-1)).squeeze(-1))
             G[:, :, -1].add_(Gout[rows, c0:c1])
             _scan(a, G, None, reverse=True)  # G_t: every dL/dh_t of the block
             Gf = G.view(-1, N, E)
