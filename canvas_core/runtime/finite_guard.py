@@ -10,8 +10,8 @@ query reads only its linked keys, so the kernels here
    usual, and
 2. set to NaN exactly the rows that link such a key (``nan_where_linked``), as the exact reference would.
 
-On CPU outside ``torch.compile`` the common case (all finite) costs one ``isfinite`` pass and no
-extra work; elsewhere the guard runs without a data-dependent branch (no host sync, traceable).
+On CPU outside ``torch.compile`` the common case (all finite) costs one multiply-and-sum pass over
+the keys and values and no extra work; elsewhere the guard runs without a data-dependent branch (no host sync, traceable).
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ __all__ = ["non_finite_keys", "zero_bad_keys", "reads_bad", "nan_where_linked"]
 def non_finite_keys(k: torch.Tensor, v: torch.Tensor) -> Optional[torch.Tensor]:
     """``(B, H, N)`` bool: key ``j`` of a head holds a non-finite number in ``k`` or ``v``; None
     when it is known (cheaply, without a device sync) that every key is finite."""
-    bad = ~(torch.isfinite(k).all(dim=-1) & torch.isfinite(v).all(dim=-1))
+    # x * 0 is 0 for a finite x and NaN for NaN / inf, so one product and one sum per key find them
+    # (several times faster than isfinite(...).all(-1) on CPU)
+    bad = ((k * 0).sum(dim=-1) + (v * 0).sum(dim=-1)).isnan()
     if k.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(bad.any()):
         return None
     return bad

@@ -166,7 +166,7 @@ class FlexKernel(AttentionKernel):
         # NaN isolation: masked pairs get p = 0, but 0 * (a non-finite value) is NaN in P @ V, so a
         # key holding a non-finite number gets zero values and a NaN key instead: queries linked
         # to it turn NaN (their score is NaN), the others never see it (DESIGN.md semantics)
-        bad = ~(torch.isfinite(k).all(dim=-1, keepdim=True) & torch.isfinite(v).all(dim=-1, keepdim=True))
+        bad = ((k * 0).sum(dim=-1, keepdim=True) + (v * 0).sum(dim=-1, keepdim=True)).isnan()  # x*0: NaN iff x is
         k, v = k.masked_fill(bad, float("nan")), v.masked_fill(bad, 0.0)
         qp, kp, vp = (t.index_select(2, self.perm) for t in (q, k, v))
         with warnings.catch_warnings():
