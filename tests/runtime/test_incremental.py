@@ -265,3 +265,16 @@ def test_a_rollout_can_be_entered_again_and_starts_afresh():
                 for t in range(2):
                     assert torch.allclose(roll.step(x[:, t * 12:(t + 1) * 12]), full[:, t * 12:(t + 1) * 12], atol=TOL)
             assert all("_updates" not in m.__dict__ for m in model.modules())
+
+
+@pytest.mark.parametrize("fn", ["cross_attention", "rwkv", "copy", "perceiver"])
+def test_masked_connections_roll_out(fn):
+    from canvas_core import MaskSpec
+
+    layout = CanvasLayout(T=3, H=4, W=4, d_model=4, regions={"v": (0, 3, 0, 4, 0, 4)})
+    tiles = MaskSpec(kind="tile", tile_h=2, tile_w=2)
+    topo = CanvasTopology(connections=[
+        Connection(src="v", dst="v", t_src=0, t_dst=0, fn=fn, mask=tiles),
+        Connection(src="v", dst="v", t_src=0, t_dst=-1, fn=fn, mask=tiles, weight=0.5)])
+    model = build_model(topo, layout, depth=2)
+    _check_rollout(model, layout, torch.randn(1, 3 * 16, 4, dtype=torch.float64))
