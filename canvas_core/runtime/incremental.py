@@ -17,8 +17,8 @@ Outside ``roll.step`` the model still runs on whole canvases as usual.
 
 Beyond ``T`` frames the canvas is full.  ``slide=None`` (the default) refuses the step;
 ``slide="recompute"`` moves the window by one frame: the canvas becomes the last ``T - 1`` frames
-given plus the new one, recomputed from the stored step inputs (about one full forward per
-step from then on), and ``roll.step`` returns ``model(window)[:, last frame]``.
+given plus the new one, and ``roll.step`` runs the model once on that whole window (one full
+forward per step from then on) and returns ``model(window)[:, last frame]``.
 
 Bad input is refused with a :class:`~canvas_core.errors.CanvasError` before anything runs (a
 non-causal topology names its connection; a step's shape names the expected one), and a step
@@ -180,26 +180,23 @@ class Rollout:
         y = self._run(x_t, self.frame)
         self.frame += 1
         self.steps += 1
-        self._inputs.append(x_t)
+        if self.slide is not None:
+            self._inputs.append(x_t)
         self._sig = (x_t.shape[0], x_t.dtype, x_t.device)
         return y
 
     def _slide(self, x_t: torch.Tensor) -> Any:
+        """One full forward of the window (the last ``T - 1`` inputs and ``x_t``); its last frame."""
         keep = self._inputs[len(self._inputs) - (self.T - 1):] if self.T > 1 else []
-        saved = [st.caches for st in self._states]
-        for st in self._states:
-            st.caches = []
+        window = torch.cat(keep + [x_t], dim=1)
         try:
-            for t, x in enumerate(keep):
-                self._run(x, t)
-            y = self._run(x_t, len(keep))
-        except BaseException:
-            for st, c in zip(self._states, saved):
-                st.caches = c
-            raise
+            y = self.model(window)  # not stepping: the layers run on the whole canvas
+        except RuntimeError as exc:
+            raise RolloutError(f"slide='recompute': the model failed on the window {tuple(window.shape)}: "
+                               f"{exc}") from exc
         self._inputs = keep + [x_t]
         self.steps += 1
-        return y
+        return y[:, (self.T - 1) * self.V:]
 
     def _run(self, x: torch.Tensor, t: int) -> Any:
         self._t = t
