@@ -9,6 +9,7 @@ model is touched, then builds the span (:mod:`canvas_core.looping.span`) or the 
 from __future__ import annotations
 
 import difflib
+import numbers
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -40,7 +41,7 @@ def parse_scope(scope: Any, n_blocks: int) -> Tuple[str, Optional[Tuple[int, int
             f"graft_looped_blocks: unknown scope {scope!r}{hint} Choose 'block', 'stack', 'model' or "
             f"a span (i, j) of block indices (0 <= i < j <= {n_blocks})")
     if isinstance(scope, (tuple, list)) and len(scope) == 2 and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in scope):
+            isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in scope):
         i, j = int(scope[0]), int(scope[1])
         if not 0 <= i < j <= n_blocks:
             what = ("empty" if i == j else "reversed") if j <= i else "outside the model's blocks"
@@ -75,7 +76,7 @@ def check_scope_options(kind: str, *, inject: Any, update: Any, damping: Any, it
         raise bad("reenter", reenter, "must be None or a callable mapping the output to the next input")
     if step_adapter not in STEP_ADAPTERS:
         raise bad("step_adapter", step_adapter, f"is not a step adapter; choose one of {list(STEP_ADAPTERS)}")
-    span_only = {"inject": (inject, "none"), "iter_norm": (iter_norm, None)}
+    span_only = {"inject": (inject, "none"), "iter_norm": (iter_norm, None), "iter_embed": (iter_embed, True)}
     model_only = {"reenter": (reenter, None), "step_adapter": (step_adapter, None)}
     loop_only = {"update": (update, "gated")}
     checks = []

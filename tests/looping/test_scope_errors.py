@@ -57,6 +57,7 @@ def test_bad_scopes(scope, match):
     (dict(scope="stack", iter_norm="layer"), "is not a norm"),
     (dict(scope="model", reenter=3), "reenter=3 must be None or a callable"),
     (dict(scope="stack", wrapper_class=LoopedBlockWrapper), "wrapper_class"),
+    (dict(scope="model", iter_embed=False), "iter_embed=False applies to span scopes"),
 ])
 def test_options_that_do_not_apply_are_refused(kwargs, match):
     m = make_net()

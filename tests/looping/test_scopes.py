@@ -131,6 +131,14 @@ def test_training_opens_gates_and_a_checkpoint_restores_the_outputs(kind, tmp_pa
         assert all(torch.equal(a, b) for a, b in zip(before, p3[0].loop_parameters()))
 
 
+def test_span_indices_may_be_numpy_integers():
+    import numpy as np
+
+    m = make_net()
+    graft_looped_blocks(m, scope=(np.int64(1), np.int64(3)), latent_channels=3)
+    assert scope_of(m) == (1, 3)
+
+
 def test_checkpoint_of_one_span_refuses_another_span(tmp_path):
     m = make_net()
     parts, head = graft_looped_blocks(m, max_loops=2, scope=(1, 3), latent_channels=3)
