@@ -244,7 +244,8 @@ class LayerRoll:
         return out
 
     def _call_tensors(self, call: TypeCall, device):
-        mask = None if call.mask is None else torch.from_numpy(call.mask).to(device)
+        mask = None if call.mask is None else self.index.get(("mask", id(call.mask)),
+                                                             lambda: torch.from_numpy(call.mask).to(device))
         return (_long(call.queries, device, self.n), _long(call.keys, device, self.n), mask,
                 torch.from_numpy(call.rows.astype(np.int64)).to(device),
                 torch.from_numpy(call.local.astype(np.int64)).to(device))

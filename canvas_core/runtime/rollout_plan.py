@@ -169,6 +169,17 @@ class _TypeSets:
             self.keys_of[int(s)] = np.flatnonzero(rows_u[int(s)][cs])
         k_all = [self.keys_of[int(s)] for s in used]
         self.k_packed = np.unique(np.concatenate(k_all)) if k_all else np.zeros(0, np.int64)
+        self._mask: Optional[np.ndarray] = None
+
+    def full_mask(self) -> np.ndarray:
+        """``(Nq, Nk)`` bool key mask of the type's one masked call (built once, shared by frames)."""
+        if self._mask is None:
+            col = np.searchsorted(self.k_packed, np.arange(len(self.perm)))
+            mask = np.zeros((self.q_packed.size, self.k_packed.size), dtype=bool)
+            for s in np.unique(self.set_of_q):
+                mask[np.ix_(self.set_of_q == s, col[self.keys_of[int(s)]])] = True
+            self._mask = mask
+        return self._mask
 
     def ordered(self, packed: np.ndarray) -> np.ndarray:
         """Packed positions in the order a per-key-set call receives them: canonical order
@@ -193,12 +204,7 @@ def _frame_calls(ts: _TypeSets, t: int, masked: bool, position_free: bool) -> Li
             q = perm[qp]
             return [TypeCall(q, perm[kp], mask, np.arange(q.size), q - t * V)]
         # the whole call as the layer makes it; later frames' queries as zero rows
-        kp = ts.k_packed
-        col = {int(p): j for j, p in enumerate(kp)}
-        mask = np.zeros((q_can.size, kp.size), dtype=bool)
-        for s in np.unique(ts.set_of_q):
-            cols = [col[int(p)] for p in ts.keys_of[int(s)]]
-            mask[np.ix_(ts.set_of_q == s, cols)] = True
+        kp, mask = ts.k_packed, ts.full_mask()
         q = np.where(q_can // V > t, -1, q_can)
         k_can = perm[kp]
         rows = np.flatnonzero(in_t)

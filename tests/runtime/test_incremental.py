@@ -78,6 +78,7 @@ def _case(draw):
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_case())
+@pytest.mark.filterwarnings("ignore:connection .* links nothing")
 def test_random_causal_topologies_roll_out_exactly(case):
     layout, topo, depth, seed = case
     model = build_model(topo, layout, depth=depth, seed=seed)
