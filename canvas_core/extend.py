@@ -36,7 +36,8 @@ Attention types (torch)
     references ``wkv_scan``, ``wkv_masked``, ``fft_causal_conv``.
 Attention kernels (torch)
     ``AttentionKernel`` (base class: the kernel contract, the group's fn and size, shape checks),
-    ``ReferenceKernel`` (the reference every kernel is checked against) and ``REFERENCE_MODES``;
+    ``ReferenceKernel`` (the reference every kernel is checked against), ``REFERENCE_MODES`` and
+    ``kernel_for(plan, fn, n_heads=, head_dim=)`` (the kernel resolution picks for a plan's group);
     the NaN-isolation helpers of masked kernels ``non_finite_keys``, ``zero_bad_keys``,
     ``nan_where_linked`` (a non-finite key reaches only the queries linked to it).
 Backbones (torch)
@@ -76,7 +77,7 @@ if TYPE_CHECKING:  # for readers and IDEs; at run time the names load lazily bel
     from canvas_core.plugins.spec import RuntimeContext, Spec
     from canvas_core.runtime.kernel_base import AttentionKernel
     from canvas_core.runtime.finite_guard import nan_where_linked, non_finite_keys, zero_bad_keys
-    from canvas_core.runtime.kernels import REFERENCE_MODES, ReferenceKernel
+    from canvas_core.runtime.kernels import REFERENCE_MODES, ReferenceKernel, kernel_for
 
 #: published name -> the module that defines it (internal; may change without notice)
 _SOURCES: Dict[str, str] = {}
@@ -101,7 +102,7 @@ _publish("canvas_core.attention.functional", "masked_softmax", "masked_softmax_a
 _publish("canvas_core.attention.recurrent", "wkv_scan", "wkv_masked", "fft_causal_conv")
 # kernels
 _publish("canvas_core.runtime.kernel_base", "AttentionKernel")
-_publish("canvas_core.runtime.kernels", "ReferenceKernel", "REFERENCE_MODES")
+_publish("canvas_core.runtime.kernels", "ReferenceKernel", "REFERENCE_MODES", "kernel_for")
 _publish("canvas_core.runtime.finite_guard", "non_finite_keys", "zero_bad_keys", "nan_where_linked")
 # backbones
 _publish("canvas_core.looping.adapter", "BackboneAdapter", "GenericAdapter", "TokenLayout",
@@ -117,7 +118,7 @@ __all__ = [
     "REFERENCE_MODES", "RectGroup", "ReferenceKernel", "ResolvedGroup", "RuntimeContext",
     "SegmentGrid", "Spec", "TokenLayout", "aligned_key_index", "block_layout_of", "canvas_sdpa",
     "causal_read_index", "check_dtypes_devices", "class_matches", "fft_causal_conv", "has_key",
-    "hookimpl", "hookspec", "lower", "masked_softmax", "masked_softmax_attention", "nan_where_linked",
+    "hookimpl", "hookspec", "kernel_for", "lower", "masked_softmax", "masked_softmax_attention", "nan_where_linked",
     "non_finite_keys", "safe_div", "zero_bad_keys",
     "segment_grid", "topology_bias", "wkv_masked", "wkv_scan",
 ]

@@ -4,6 +4,8 @@ Lists every plugin (the builtin one included) with its distribution, version, ho
 registered per registry and its status (``ok`` / ``failed`` with the error / ``blocked`` /
 ``disabled``), then the contents of every registry with availability on the target device
 (``--device``, default: ``cuda`` when torch sees one, else ``cpu``) and the reasons when not.
+A lazy factory string whose module cannot be found (``importlib.util.find_spec``, nothing
+imported) is marked BROKEN; a plugin name refused because a builtin has it is shown as a CLASH.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="device availability is checked for: cpu, cuda, mps or auto (default)")
     parser.add_argument("--dtype", default="float32", help="dtype availability is checked for (default float32)")
     parser.add_argument("--strict", action="store_true",
-                        help="exit with status 1 when a plugin failed to load or two plugins conflict")
+                        help="exit with status 1 when a plugin failed to load, two plugins conflict (a builtin "
+                             "name included), a plugin has a misspelt hook, or a lazy factory module is missing")
 
 
 def _auto_device() -> str:
@@ -97,10 +100,13 @@ def _text(doc: Dict[str, Any]) -> str:
         for r in rows:
             fam = " ".join(x for x in (r.get("family"), r.get("complexity")) if x)
             extra = f" supports {','.join(r['supports'])} prio {r['priority']}" if kind == "kernels" else ""
-            state = "available" if r["available"] else "UNAVAILABLE: " + "; ".join(r["reasons"])
+            state = ("available" if r["available"] else ("BROKEN: " if r.get("broken") else "UNAVAILABLE: ")
+                     + "; ".join(r["reasons"]))
             ver = f" {r['version']}" if r["version"] else ""
             out.append(f"    {r['name']:<{width}}  {r['provider']}{ver}"
                        + (f"  [{fam}]" if fam else "") + extra + f"  - {state}")
+            for msg in r.get("shadowed", ()):
+                out.append(f"      CLASH with a builtin (refused, builtin kept): {msg}")
     return "\n".join(out)
 
 
@@ -120,7 +126,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(_text(doc))
     if getattr(args, "strict", False):
-        bad = any(p["status"] == "failed" or p["conflicts"] for p in doc["plugins"])
+        bad = (any(p["status"] == "failed" or p["conflicts"] or any(w.startswith("misspelt hook") for w in p["warnings"])
+                   for p in doc["plugins"])
+               or any(r.get("broken") for rows in doc["registries"].values() for r in rows))
         return 1 if bad else 0
     return 0
 

@@ -1,52 +1,47 @@
-"""The public registry functions: ``register_* / create_* / list_* / unregister_*`` per kind.
+"""The public registry functions, generated from one table (:data:`KIND_API`): per registry
+kind ``register_<x>``, ``unregister_<x>``, ``list_<xs>`` and ``create_<x>``, plus the read-only
+mappings ``<KIND>_REGISTRY`` and ``ATTENTION_TYPES``.  All work on the default host.
 
-All work on the default :class:`~canvas_core.plugins.host.PluginHost` (``use_host`` swaps it).
-``register_attention`` (and every ``register_*``) has three forms::
+Every ``register_*`` has three forms::
 
-    register_attention("my_attn", MyAttention, family="Dot-product")   # call
-    register_attention("my_attn", "my_pkg.attn:MyAttention")            # lazy call
-
+    register_attention("my_attn", MyAttention, family="Dot-product")   # call: returns the Spec
+    register_attention("my_attn", "my_pkg.attn:MyAttention")            # lazy factory string
     @register_attention("my_attn", family="Dot-product")                # decorator with a name
-    class MyAttention(nn.Module): ...
-
-    @register_attention                                                  # bare decorator:
-    class MyAttention(nn.Module): ...                                    # name = cls.name or "my_attention"
-
-In-process registrations are reported with distribution ``"<in-process>"`` and the calling module.
-canvas-engineering's keyword spelling ``register_attention(name, cls=MyAttention)`` is accepted too.
-
-Every function here is written out for each registry kind (attention types, kernels, backbone
-adapters, identity binders, embedders); they share the three private helpers below.
+    @register_attention                                                  # bare: name = cls.name
+                                                                         # or snake_case(__name__)
+canvas-engineering's keyword spelling ``register_attention(name, cls=MyAttention)`` works too.
 """
 
 from __future__ import annotations
 
 import re
 import sys
-from typing import Any, Callable, List, Optional, Union
+from collections.abc import Mapping
+from typing import Any, Iterator, List, Optional
 
 from canvas_core.errors import CanvasTypeError
 from canvas_core.plugins.host import get_host
-from canvas_core.plugins.registry import Registry, RegistryView
+from canvas_core.plugins.registry import Registry
 from canvas_core.plugins.spec import Spec
 
-__all__ = [
-    "register_attention", "create_attention", "list_attention_types", "unregister_attention",
-    "register_kernel", "create_kernel", "list_kernels", "unregister_kernel",
-    "register_backbone", "create_backbone", "list_backbones", "unregister_backbone",
-    "register_identity_binder", "create_identity_binder", "list_identity_binders",
-    "unregister_identity_binder",
-    "register_embedder", "create_embedder", "list_embedders", "unregister_embedder",
-    "get_registry", "get_spec", "get_attention_spec", "get_kernel_spec",
-    "ATTENTION_REGISTRY", "KERNEL_REGISTRY", "BACKBONE_REGISTRY", "IDENTITY_REGISTRY",
-    "EMBEDDER_REGISTRY", "snake_case",
-]
+#: kind, function-name stem, plural stem (``list_*``), noun, registry constant, extra words
+#: for the ``register_*`` docstring.
+KIND_API = (
+    ("attention", "attention", "attention_types", "attention type", "ATTENTION_REGISTRY", ""),
+    ("kernels", "kernel", "kernels", "attention kernel", "KERNEL_REGISTRY",
+     " Kernels also take ``supports`` (the attention types they run) and ``priority`` (higher first)."),
+    ("backbones", "backbone", "backbones", "backbone adapter", "BACKBONE_REGISTRY",
+     " ``model_classes=`` names the model classes it serves (used by ``graft_looped_blocks``)."),
+    ("identity", "identity_binder", "identity_binders", "identity binder", "IDENTITY_REGISTRY", ""),
+    ("embedders", "embedder", "embedders", "embedder", "EMBEDDER_REGISTRY", " (text to vectors)"),
+)
+__all__ = ["get_registry", "get_spec", "get_attention_spec", "get_kernel_spec", "snake_case",
+           "RegistryView", "AttentionTypeInfo", "ATTENTION_TYPES"]
 
 
 def snake_case(name: str) -> str:
     """``MyFancyAttention`` -> ``my_fancy_attention``; ``HTTPAttention`` -> ``http_attention``."""
-    s = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name)
-    return s.lower()
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
 
 
 def _derived_name(obj: Any) -> str:
@@ -59,37 +54,21 @@ def _derived_name(obj: Any) -> str:
     return snake_case(base)
 
 
-def _caller_module() -> Optional[str]:
-    """Module name of whoever called the public ``register_*`` function (two frames up)."""
+def _register(kind: str, name: Any, factory: Any, override: bool, metadata: dict) -> Any:
+    """The body of every ``register_*`` function (the caller's module is recorded)."""
     try:
-        return sys._getframe(2).f_globals.get("__name__")
+        module = sys._getframe(2).f_globals.get("__name__")
     except Exception:  # pragma: no cover - interpreters without frame access
-        return None
-
-
-#: what a ``register_*`` function accepts as ``name``: a name, a ready Spec, or (bare decorator
-#: use) the object being registered.
-NameOrObject = Union[str, Spec, Any, None]
-#: a factory: a class, a callable, or a lazy ``"package.module:Object"`` string.
-Factory = Union[str, Callable[..., Any], None]
-
-
-def _register(kind: str, name: NameOrObject, factory: Factory, override: bool, module: Optional[str],
-              metadata: dict) -> Any:
-    """The body shared by every ``register_*`` function (see :func:`register_attention`)."""
+        module = None
     if factory is None and "cls" in metadata:
         factory = metadata.pop("cls")
-    if factory is not None:
+    if factory is not None or isinstance(name, Spec):
         return get_host().register(kind, name, factory, override=override, module=module, **metadata)
-    if isinstance(name, Spec):
-        return get_host().register(kind, name, override=override, module=module)
     if name is not None and not isinstance(name, str):  # ``@register_x`` or ``register_x(Class)``
-        obj = name
-        get_host().register(kind, _derived_name(obj), obj, override=override, module=module, **metadata)
-        return obj
+        get_host().register(kind, _derived_name(name), name, override=override, module=module, **metadata)
+        return name
 
-    def decorate(obj: Any) -> Any:
-        # the host in force when the decorated object is defined receives it
+    def decorate(obj: Any) -> Any:  # the host in force when the object is defined receives it
         get_host().register(kind, name if name is not None else _derived_name(obj), obj,
                             override=override, module=module, **metadata)
         return obj
@@ -97,58 +76,51 @@ def _register(kind: str, name: NameOrObject, factory: Factory, override: bool, m
     return decorate
 
 
-def _unregister(kind: str, name: str) -> Spec:
-    return get_host().unregister(kind, name)
+def _define(fn: Any, name: str, doc: str) -> None:
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = doc
+    fn.__module__ = __name__
+    globals()[name] = fn
+    __all__.append(name)
 
 
-def _names(kind: str) -> List[str]:
-    return get_host().registry(kind).names()
+def _make(kind: str, one: str, many: str, noun: str, extra: str) -> None:
+    def register(name: Any = None, factory: Any = None, *, override: bool = False, **metadata: Any) -> Any:
+        return _register(kind, name, factory, override, metadata)
 
+    def unregister(name: str) -> Spec:
+        return get_host().unregister(kind, name)
 
-def _create(kind: str, name: str, args: tuple, kwargs: dict) -> Any:
-    return get_host().registry(kind).get(name).create(*args, **kwargs)
+    def names() -> List[str]:
+        return get_host().registry(kind).names()
 
+    def create(name: str, *args: Any, **kwargs: Any) -> Any:
+        return get_host().registry(kind).get(name).create(*args, **kwargs)
 
-# ---------------------------------------------------------------------- attention types
-def register_attention(name: NameOrObject = None, factory: Factory = None, *, override: bool = False,
-                       **metadata: Any) -> Any:
-    """Register an attention type in the running process.
-
-    Forms: ``register_attention(name, factory, **metadata)`` returns the stored :class:`Spec`;
-    ``@register_attention("name", **metadata)`` and bare ``@register_attention`` return the
-    decorated object unchanged (the bare form takes the object's ``name`` attribute, else its
-    ``__name__`` in snake case).  ``factory`` is a class, a callable, or a lazy
-    ``"package.module:Object"`` string; ``cls=`` is accepted in its place.
-
-    Metadata keywords are those of :mod:`canvas_core.plugins.hookspecs` (``family``,
-    ``complexity``, ``description``, ``requires``, ``devices``, ``dtypes``, ``check``, ...).
-    An existing name raises :class:`~canvas_core.errors.DuplicateRegistrationError` unless
-    ``override=True``; the replaced registration returns when the new one is unregistered.
-    """
-    return _register("attention", name, factory, override, _caller_module(), metadata)
-
-
-def unregister_attention(name: str) -> Spec:
-    """Remove the current registration of attention type ``name`` and return its Spec; a
-    registration it had overridden becomes current again."""
-    return _unregister("attention", name)
-
-
-def list_attention_types() -> List[str]:
-    """Names of every registered attention type, sorted (installed plugins load on first use)."""
-    return _names("attention")
+    _define(register, f"register_{one}", (
+        f"Register an {noun} in the running process.{extra}\n\n"
+        f"``register_{one}(name, factory, **metadata)`` returns the stored :class:`Spec`; as a decorator "
+        "(``@register_x(\"name\", **metadata)`` or bare) it returns the object unchanged.  ``factory`` is a "
+        "class, a callable or a lazy ``\"package.module:Object\"`` string (``cls=`` is accepted in its place). "
+        "Metadata keywords: ``family``, ``complexity``, ``description``, ``requires``, ``devices``, ``dtypes``, "
+        "``check``, ... (docs/plugins.md).  An existing name raises DuplicateRegistrationError unless "
+        "``override=True``; the replaced registration returns when the new one is unregistered."))
+    _define(unregister, f"unregister_{one}", f"Remove the current registration of {noun} ``name`` and "
+            "return its Spec; a registration it had overridden becomes current again.")
+    _define(names, f"list_{many}", f"Names of every registered {noun}, sorted (installed plugins load on first use).")
+    if kind != "attention":
+        _define(create, f"create_{one}", f"Build {noun} ``name`` by calling its factory with ``*args, **kwargs``. "
+                "Raises UnknownNameError, PluginLoadError, or UnavailableError when a package it needs is missing.")
 
 
 def create_attention(fn_name: str, d_model: int, n_heads: int = 4, dropout: float = 0.0, **kwargs: Any) -> Any:
     """Build attention type ``fn_name``: ``factory(d_model=, n_heads=, dropout=, **kwargs)``.
 
     The result is an ``nn.Module`` called as ``module(queries, keys, values, key_mask=None)``:
-    ``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``.  Further keywords go to the type
-    itself: how many keys ``sparse_attention`` keeps (``top_k``), the width of
-    ``local_attention``'s window (``window_size``), a ``kernel=`` choice, and so on.  A factory that takes no ``n_heads`` /
-    ``dropout`` parameter is called without them (``dropout`` only when it is 0).  The lookup of
-    ``fn_name`` is the only thing done here: building is
-    :func:`canvas_core.plugins.resolve.build_attention`.
+    ``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``.  Further keywords go to the type itself
+    (``top_k`` of ``sparse_attention``, ``window_size`` of ``local_attention``, a ``kernel=``
+    choice, ...).  A factory that takes no ``n_heads`` / ``dropout`` parameter is called without
+    them (``dropout`` only when it is 0); building is :func:`canvas_core.plugins.resolve.build_attention`.
 
     Raises:
         UnknownNameError: unknown type (closest match and install hint in the message).
@@ -161,107 +133,7 @@ def create_attention(fn_name: str, d_model: int, n_heads: int = 4, dropout: floa
     return build_attention(spec, d_model, n_heads=n_heads, dropout=dropout, **kwargs)
 
 
-# ---------------------------------------------------------------------- kernels
-def register_kernel(name: NameOrObject = None, factory: Factory = None, *, override: bool = False,
-                    **metadata: Any) -> Any:
-    """Register an attention kernel (a backend that executes attention types); the forms and
-    errors are those of :func:`register_attention`.  Kernels also take ``supports`` (the
-    attention types they run) and ``priority`` (higher is tried first)."""
-    return _register("kernels", name, factory, override, _caller_module(), metadata)
-
-
-def unregister_kernel(name: str) -> Spec:
-    """Remove the current registration of kernel ``name`` and return its Spec."""
-    return _unregister("kernels", name)
-
-
-def list_kernels() -> List[str]:
-    """Names of every registered attention kernel, sorted."""
-    return _names("kernels")
-
-
-def create_kernel(name: str, *args: Any, **kwargs: Any) -> Any:
-    """Build kernel ``name`` by calling its factory with ``*args, **kwargs``.
-
-    Raises UnknownNameError, PluginLoadError, or UnavailableError when a package it needs is
-    missing."""
-    return _create("kernels", name, args, kwargs)
-
-
-# ---------------------------------------------------------------------- backbone adapters
-def register_backbone(name: NameOrObject = None, factory: Factory = None, *, override: bool = False,
-                      **metadata: Any) -> Any:
-    """Register a backbone adapter (used by ``graft_looped_blocks``); the forms and errors are
-    those of :func:`register_attention`.  ``model_classes=`` names the model classes it serves."""
-    return _register("backbones", name, factory, override, _caller_module(), metadata)
-
-
-def unregister_backbone(name: str) -> Spec:
-    """Remove the current registration of backbone adapter ``name`` and return its Spec."""
-    return _unregister("backbones", name)
-
-
-def list_backbones() -> List[str]:
-    """Names of every registered backbone adapter, sorted."""
-    return _names("backbones")
-
-
-def create_backbone(name: str, *args: Any, **kwargs: Any) -> Any:
-    """Build backbone adapter ``name`` by calling its factory with ``*args, **kwargs`` (errors
-    as :func:`create_kernel`)."""
-    return _create("backbones", name, args, kwargs)
-
-
-# ---------------------------------------------------------------------- identity binders
-def register_identity_binder(name: NameOrObject = None, factory: Factory = None, *, override: bool = False,
-                             **metadata: Any) -> Any:
-    """Register an identity binder (persistent object slots); the forms and errors are those of
-    :func:`register_attention`."""
-    return _register("identity", name, factory, override, _caller_module(), metadata)
-
-
-def unregister_identity_binder(name: str) -> Spec:
-    """Remove the current registration of identity binder ``name`` and return its Spec."""
-    return _unregister("identity", name)
-
-
-def list_identity_binders() -> List[str]:
-    """Names of every registered identity binder, sorted."""
-    return _names("identity")
-
-
-def create_identity_binder(name: str, *args: Any, **kwargs: Any) -> Any:
-    """Build identity binder ``name`` by calling its factory with ``*args, **kwargs`` (errors as
-    :func:`create_kernel`)."""
-    return _create("identity", name, args, kwargs)
-
-
-# ---------------------------------------------------------------------- embedders
-def register_embedder(name: NameOrObject = None, factory: Factory = None, *, override: bool = False,
-                      **metadata: Any) -> Any:
-    """Register an embedder (text to vectors, used by semantic conditioning); the forms and
-    errors are those of :func:`register_attention`."""
-    return _register("embedders", name, factory, override, _caller_module(), metadata)
-
-
-def unregister_embedder(name: str) -> Spec:
-    """Remove the current registration of embedder ``name`` and return its Spec."""
-    return _unregister("embedders", name)
-
-
-def list_embedders() -> List[str]:
-    """Names of every registered embedder, sorted."""
-    return _names("embedders")
-
-
-def create_embedder(name: str, *args: Any, **kwargs: Any) -> Any:
-    """Build embedder ``name`` by calling its factory with ``*args, **kwargs`` (errors as
-    :func:`create_kernel`)."""
-    return _create("embedders", name, args, kwargs)
-
-
-# ---------------------------------------------------------------------- lookups
-def get_registry(kind: str) -> "Registry":
+def get_registry(kind: str) -> Registry:
     """The default host's registry of ``kind`` (``attention``, ``kernels``, ``backbones``,
     ``identity``, ``embedders``)."""
     return get_host().registry(kind)
@@ -278,12 +150,77 @@ def get_attention_spec(name: str) -> Spec:
 
 
 def get_kernel_spec(name: str) -> Spec:
-    """The Spec of kernel ``name`` (errors as :func:`create_kernel`)."""
+    """The Spec of kernel ``name`` (errors as ``create_kernel``)."""
     return get_spec("kernels", name)
 
 
-ATTENTION_REGISTRY = RegistryView("attention")
-KERNEL_REGISTRY = RegistryView("kernels")
-BACKBONE_REGISTRY = RegistryView("backbones")
-IDENTITY_REGISTRY = RegistryView("identity")
-EMBEDDER_REGISTRY = RegistryView("embedders")
+class RegistryView(Mapping):
+    """Read-only, live ``name -> Spec`` mapping over one registry of the *default* host; lookups
+    load plugins lazily; an unknown name raises :class:`UnknownNameError` (also a ``KeyError``)."""
+
+    def __init__(self, kind: str) -> None:
+        self._kind = kind
+
+    def _wrap(self, spec: Spec) -> Any:
+        return spec
+
+    def _reg(self) -> Registry:
+        return get_host().registry(self._kind)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._wrap(self._reg().get(name))
+
+    def get(self, name: str, default: Any = None) -> Any:
+        reg = self._reg()
+        return self._wrap(reg.get(name)) if name in reg else default
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._reg()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._reg().names())
+
+    def __len__(self) -> int:
+        return len(self._reg())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._kind!r}: {list(self)})"
+
+
+class AttentionTypeInfo(str):
+    """An entry of ``ATTENTION_TYPES``: the description string (canvas-engineering's value), with
+    ``name``, ``family``, ``complexity``, ``description``, ``provider`` and ``spec`` attributes."""
+
+    name: str
+    family: Optional[str]
+    complexity: Optional[str]
+    description: str
+    provider: str
+    spec: Spec
+
+    def __new__(cls, spec: Spec) -> "AttentionTypeInfo":
+        obj = super().__new__(cls, spec.description or "")
+        obj.name, obj.family, obj.complexity = spec.name, spec.family, spec.complexity
+        obj.description, obj.provider, obj.spec = spec.description or "", spec.provider, spec
+        return obj
+
+    def __reduce__(self):  # pickles as the plain description string
+        return (str, (str(self),))
+
+
+class AttentionTypesView(RegistryView):
+    """``ATTENTION_TYPES``: live ``name -> AttentionTypeInfo`` over the attention registry."""
+
+    def _wrap(self, spec: Spec) -> Any:
+        return AttentionTypeInfo(spec)
+
+    def __repr__(self) -> str:
+        return "ATTENTION_TYPES(" + repr({k: str(v) for k, v in self.items()}) + ")"
+
+
+for _row in KIND_API:
+    _make(*_row[:4], _row[5])
+    globals()[_row[4]] = RegistryView(_row[0])
+    __all__.append(_row[4])
+__all__.append("create_attention")
+ATTENTION_TYPES = AttentionTypesView("attention")

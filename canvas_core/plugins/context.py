@@ -1,6 +1,5 @@
-"""Where an implementation is asked to run (:class:`RuntimeContext`), and the device and dtype
-spellings it accepts, all checked without importing torch.
-"""
+"""Where an implementation is asked to run (:class:`RuntimeContext`) and the device / dtype
+spellings it accepts, checked without importing torch."""
 
 from __future__ import annotations
 
@@ -11,16 +10,11 @@ from typing import Any, Optional
 
 from canvas_core.errors import CanvasTypeError, PluginError
 
-__all__ = [
-    "RuntimeContext", "SpecError", "normalize_device", "normalize_dtype", "check_device", "check_dtype",
-    "KNOWN_DEVICE_TYPES", "KNOWN_DTYPES", "cuda_status", "cuda_device_count",
-]
 
 
 class SpecError(PluginError, ValueError):
     """A registration or a runtime context is malformed: bad name, factory path, metadata, or a
-    device / dtype torch does not know.  (Defined here so the device checks can raise it;
-    :mod:`canvas_core.plugins.spec` exports it too.)"""
+    device / dtype torch does not know."""
 
 
 def normalize_device(device: Any) -> str:
@@ -32,21 +26,15 @@ def normalize_device(device: Any) -> str:
     return s.split(":", 1)[0]
 
 
-_DTYPE_ALIASES = {
-    "float": "float32", "fp32": "float32", "f32": "float32",
-    "half": "float16", "fp16": "float16", "f16": "float16",
-    "bf16": "bfloat16",
-    "double": "float64", "fp64": "float64", "f64": "float64",
-}
+_DTYPE_ALIASES = {"float": "float32", "fp32": "float32", "f32": "float32", "half": "float16", "fp16": "float16",
+                  "f16": "float16", "bf16": "bfloat16", "double": "float64", "fp64": "float64", "f64": "float64"}
 
 
 def normalize_dtype(dtype: Any) -> str:
     """Canonical dtype name: ``torch.float16`` / ``"fp16"`` / ``"half"`` -> ``"float16"``."""
     if dtype is None:
         return "float32"
-    s = str(dtype).strip().lower()
-    if s.startswith("torch."):
-        s = s[len("torch."):]
+    s = str(dtype).strip().lower().removeprefix("torch.")
     return _DTYPE_ALIASES.get(s, s)
 
 
@@ -166,17 +154,12 @@ class RuntimeContext:
         raise CanvasTypeError(f"expected a RuntimeContext (or None / dict / device string), got {ctx!r}")
 
 
-# The plugin layer never imports torch (not even inside a function); it asks torch about CUDA
-# only when the process has imported torch already.  A process that has not cannot have run
-# anything on a GPU yet, and the runtime, which imports torch, sees the real devices.
-def _loaded_torch() -> Any:
-    return sys.modules.get("torch")
-
-
+# The plugin layer never imports torch; it asks torch about CUDA only when the process has loaded
+# it (a process that has not cannot have run anything on a GPU yet).
 def cuda_status() -> Optional[bool]:
     """Whether CUDA can be used here: torch's answer when torch is loaded; False when torch is
     not even installed; None (unknown) when it is installed but this process has not loaded it."""
-    torch = _loaded_torch()
+    torch = sys.modules.get("torch")
     if torch is None:
         try:
             installed = importlib.util.find_spec("torch") is not None
@@ -191,7 +174,7 @@ def cuda_status() -> Optional[bool]:
 
 def cuda_device_count() -> int:
     """How many CUDA devices the loaded torch sees; 0 when torch is not loaded or sees none."""
-    torch = _loaded_torch()
+    torch = sys.modules.get("torch")
     try:
         return int(torch.cuda.device_count()) if torch is not None and torch.cuda.is_available() else 0
     except Exception:

@@ -1,17 +1,11 @@
-"""Which distribution provides a name that is not installed: the install-hint table.
-
-Used by error messages (``UnknownNameError``: "pip install canvas-plugin-mamba") and to tell a
-name *missing* from a name whose plugin *failed to load*.  Extend the table when a new
-first-party plugin ships a name.
-"""
+"""Which distribution provides a name that is not installed: the install-hint table of the
+unknown-name errors ("pip install canvas-plugin-mamba").  Extend it when a first-party plugin
+ships a name."""
 
 from __future__ import annotations
 
 import re
 from typing import Dict, Optional
-
-__all__ = ["KNOWN_PROVIDERS", "DEFAULT_PROVIDERS", "PIP_NAMES", "pip_name", "provider_hint", "normalize_dist",
-           "install_hint"]
 
 #: registry kind -> name -> distribution providing it.
 KNOWN_PROVIDERS: Dict[str, Dict[str, str]] = {
@@ -72,10 +66,7 @@ def normalize_dist(name: str) -> str:
 
 def provider_hint(kind: str, name: str) -> Optional[str]:
     """The distribution known to provide ``name`` in registry ``kind``, or None."""
-    table = KNOWN_PROVIDERS.get(kind, {})
-    if name in table:
-        return table[name]
-    return DEFAULT_PROVIDERS.get(kind)
+    return KNOWN_PROVIDERS.get(kind, {}).get(name, DEFAULT_PROVIDERS.get(kind))
 
 
 def install_hint(dist: str) -> str:

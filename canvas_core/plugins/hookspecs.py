@@ -1,60 +1,25 @@
-"""The hook specifications of canvas-core: the one place a plugin author reads.
+"""The hooks of canvas-core, their markers, and the one rule for finding a plugin's hooks.
 
-A plugin is any importable object (usually a module) whose functions carry the
-``@canvas_core.hookimpl`` marker and are named like one of the hooks below.  Installed
-distributions announce their plugin with an entry point in group ``canvas``::
+**The rule** (as pytest's): a plugin's hook implementations are its functions marked
+``@canvas_core.hookimpl`` *and* its unmarked functions named exactly like a hook below.  It is
+implemented once, in :meth:`CanvasPluginManager.parse_hookimpl_opts` (pluggy's own extension
+point).  A marked function whose name matches no hook fails the plugin; an unmarked function
+named ``canvas_register_*`` that matches no hook is reported as a misspelt hook (a warning in
+``canvas plugins``, an error under ``canvas plugins --strict``).
 
-    [project.entry-points.canvas]
-    myplugin = "my_canvas_plugin"          # a module (or "pkg.mod:object")
-
-Every hook receives a *registry* and calls ``registry.add(name, factory, **metadata)`` on it;
-hooks return nothing.  ``factory`` is a class / callable, or (preferred) a lazy
-``"package.module:Object"`` string that is imported only when the name is used, so registering
-never imports torch, diffusers, timm or mamba-ssm.
-
-Metadata understood by every registry (all optional):
-
-``family``, ``complexity``, ``description``
-    catalogue text (shown by ``canvas plugins`` and ``ATTENTION_TYPES``).
-``requires=("mamba_ssm",)``
-    importable top-level modules the factory needs; checked with
-    ``importlib.util.find_spec`` (nothing is imported).
-``devices=("cuda",)``
-    device types the implementation runs on (``None``: any).
-``dtypes=("float16", "bfloat16")``
-    dtypes it supports (``None``: any).
-``check=callable(ctx) -> list[str]``
-    extra reasons it cannot run in a :class:`~canvas_core.plugins.RuntimeContext`.
-``priority=int``
-    kernels: higher is tried first (the builtin ``reference`` kernel has 0).
-``supports=("cross_attention", ...)``
-    kernels: the attention types the kernel executes.
-``differentiable=False``
-    the implementation has no backward (rejected when ``ctx.requires_grad``).
-``override=True``
-    replace an existing registration of the same name instead of raising
-    :class:`~canvas_core.errors.DuplicateRegistrationError`.
-
-Any other keyword is kept in ``spec.metadata`` (e.g. ``model_classes=`` for backbones).
+Installed distributions announce their plugin with an entry point in group ``canvas``.  Every
+hook receives a registry and calls ``registry.add(name, factory, **metadata)`` on it (the
+metadata keywords are tabled in docs/plugins.md); ``factory`` is a class, a callable or a lazy
+``"package.module:Object"`` string imported only when the name is used.
 """
 
 from __future__ import annotations
 
-import pluggy
+import difflib
+import inspect
+from typing import Any, List
 
-__all__ = [
-    "PROJECT_NAME",
-    "ENTRY_POINT_GROUP",
-    "hookspec",
-    "hookimpl",
-    "HOOK_NAMES",
-    "HOOK_REGISTRY",
-    "canvas_register_attention",
-    "canvas_register_kernels",
-    "canvas_register_backbones",
-    "canvas_register_identity",
-    "canvas_register_embedders",
-]
+import pluggy
 
 #: pluggy project name (also the marker attribute prefix: ``canvas_impl`` / ``canvas_spec``).
 PROJECT_NAME = "canvas"
@@ -69,59 +34,40 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 def canvas_register_attention(registry) -> None:
     """Register attention *function types* (the ``fn`` of a connection).
 
-    ``registry.add(name, factory, **metadata)``; the factory is called as
-    ``factory(d_model=..., n_heads=..., dropout=..., **kwargs)`` and returns an ``nn.Module``
-    called as ``module(queries, keys, values, key_mask=None)`` with shapes
+    The factory is called as ``factory(d_model=..., n_heads=..., dropout=..., **kwargs)`` and
+    returns an ``nn.Module`` called as ``module(queries, keys, values, key_mask=None)``:
     ``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``.  Canvas layers pass ``key_mask`` as a
-    bool ``(Nq, Nk)`` tensor (True = may attend); a ``forward`` without ``key_mask`` is called
-    once per set of queries sharing their keys instead (the contract, in one place:
-    ``canvas_core.runtime.type_call``; docs/plugins.md).  A query with no allowed key, or an
-    empty key set (``Nk == 0``), gets zeros, never NaN.  Check your type with
-    ``canvas_core.testing.check_attention_type(name)``.
+    bool ``(Nq, Nk)`` tensor (True = may attend) to a type declaring ``key_mask_exact = True``;
+    any other type is called once per set of queries sharing their keys (the contract, in one
+    place: ``canvas_core.runtime.type_call``; docs/plugins.md).  A query with no allowed key gets
+    zeros, never NaN.  Check a type with ``canvas_core.testing.check_attention_type(name)``.
     """
 
 
 @hookspec
 def canvas_register_kernels(registry) -> None:
-    """Register attention *kernels* (backends executing one or more attention types faster).
-
-    ``registry.add(name, factory, supports=("cross_attention", ...), priority=10,
-    devices=("cuda",), requires=("some_module",))``.  The factory is called as
+    """Register attention *kernels*: ``registry.add(name, factory, supports=(types...),
+    priority=10, devices=("cuda",), requires=("module",))``.  The factory is called as
     ``factory(group, plan, n_heads=..., head_dim=..., **options)`` and returns an ``nn.Module``
-    ``kernel(q, k, v, scale=..., dropout_p=...)`` on ``(B, H, N, d)`` tensors in canonical order
-    (see :mod:`canvas_core.runtime.kernels`).  A kernel must compute exactly the math of the
-    types it ``supports``; the resolver tries kernels by descending ``priority`` and keeps the
-    first one that can run here.
-    """
+    ``kernel(q, k, v, scale=..., dropout_p=...)`` on ``(B, H, N, d)`` tensors; it computes exactly
+    the math of the types it ``supports`` (tried by descending ``priority``)."""
 
 
 @hookspec
 def canvas_register_backbones(registry) -> None:
-    """Register backbone *adapters* (how to graft canvas attention onto a pretrained model).
-
-    ``registry.add(name, "pkg.mod:Adapter", model_classes=("diffusers.SomeModel",), ...)``;
-    ``model_classes`` are matched by class name against the model's MRO, so looking up an
-    adapter never imports a plugin whose model class is not in use.
-    """
+    """Register backbone *adapters* (grafting onto a pretrained model); ``model_classes=`` names
+    the model classes served, matched by class name against the model's MRO."""
 
 
 @hookspec
 def canvas_register_identity(registry) -> None:
-    """Register *identity binders* (slot / entity binding modules for ``IdentitySpec``).
-
-    ``registry.add(name, factory, **metadata)``; the factory is called with the binder's keyword
-    arguments and returns an ``nn.Module``.
-    """
+    """Register *identity binders*: ``factory(**kwargs)`` returns an ``nn.Module``."""
 
 
 @hookspec
 def canvas_register_embedders(registry) -> None:
-    """Register text *embedders* (used to fill regions' ``semantic_embedding``).
-
-    ``registry.add(name, factory, **metadata)``; the factory is called with the embedder's
-    keyword arguments and returns an object with ``embed(texts: list[str]) -> list[list[float]]``
-    (or a callable doing the same).
-    """
+    """Register text *embedders*: ``factory(**kwargs)`` returns an object with
+    ``embed(texts: list[str]) -> list[list[float]]`` (or a callable doing the same)."""
 
 
 #: hook name -> registry kind it fills.
@@ -134,3 +80,38 @@ HOOK_REGISTRY = {
 }
 #: every hook, in the order registries are filled.
 HOOK_NAMES = tuple(HOOK_REGISTRY)
+#: the name prefix of every hook; an unmarked function with it that is no hook is a misspelling.
+HOOK_PREFIX = "canvas_register_"
+
+
+class CanvasPluginManager(pluggy.PluginManager):
+    """pluggy's manager with the rule of this module: the marker, or a hook's exact name."""
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str):  # type: ignore[override]
+        opts = super().parse_hookimpl_opts(plugin, name)
+        if opts is None and name in HOOK_REGISTRY and inspect.isroutine(getattr(plugin, name, None)):
+            opts = {"wrapper": False, "hookwrapper": False, "optionalhook": False,
+                    "tryfirst": False, "trylast": False, "specname": None}
+        return opts
+
+
+def new_plugin_manager() -> CanvasPluginManager:
+    """A fresh ``PluginManager("canvas")`` that knows the canvas hook specifications."""
+    import sys
+
+    pm = CanvasPluginManager(PROJECT_NAME)
+    pm.add_hookspecs(sys.modules[__name__])
+    return pm
+
+
+def describe_unknown_hook(name: str) -> str:
+    """``'canvas_register_atention' (did you mean 'canvas_register_attention'?)``."""
+    near = difflib.get_close_matches(name, HOOK_NAMES, n=1, cutoff=0.5)
+    return repr(name) + (f" (did you mean {near[0]!r}?)" if near else "")
+
+
+def misspelt_hooks(plugin: Any) -> List[str]:
+    """Unmarked routines of ``plugin`` named ``canvas_register_*`` that are no hook."""
+    names = [n for n in dir(plugin) if n.startswith(HOOK_PREFIX) and n not in HOOK_REGISTRY]
+    return sorted(n for n in names if inspect.isroutine(getattr(plugin, n, None))
+                  and getattr(getattr(plugin, n), PROJECT_NAME + "_impl", None) is None)

@@ -1,17 +1,12 @@
 """The plugin host: one pluggy manager, the registries it fills, and a record of every plugin.
 
 A :class:`PluginHost` owns everything the plugin layer knows, so tests can build a fresh one
-(``with use_host(PluginHost(...)):``) instead of mutating globals.  The module-level API
-(``register_attention``, ``create_attention``, ...) works on a default host created on first use.
-
-Loading happens on the first registry access: the builtin plugin registers, then the entry points
-of group ``canvas`` that the environment controls allow (:mod:`~canvas_core.plugins.settings`,
-found by :mod:`~canvas_core.plugins.discovery`) are imported, and each plugin's hooks run *one
-plugin at a time* with a registry proxy that stamps the plugin's distribution and version on what
-it adds.  A plugin whose import or hook raises is recorded (status ``failed``, with the error) and
-the others keep working.  Clashes between plugins are settled by the registry
-(:meth:`~canvas_core.plugins.registry.Registry.add_from_plugin`); the messages and reports for
-people live in :mod:`~canvas_core.plugins.diagnostics`.
+(``with use_host(PluginHost(...)):``); the module-level API works on a default host.  Loading
+happens on the first registry access: the builtin plugin registers, then each entry point of
+group ``canvas`` the environment controls allow (:mod:`~canvas_core.plugins.loading`) is
+imported and its hooks run *one plugin at a time*, against registry views that credit what it
+adds to its distribution.  A plugin whose import or hook raises is recorded (status ``failed``)
+and removed, and the others keep working.  Clashes are settled by the registry.
 """
 
 from __future__ import annotations
@@ -19,53 +14,61 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+import warnings
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional
 
 import pluggy
 
-from canvas_core.errors import CanvasError, PluginError
-from canvas_core.plugins import diagnostics, hookspecs
-from canvas_core.plugins.watchdog import watch_plugin_load
-from canvas_core.plugins.discovery import (
-    HEAVY_MODULES,
-    discover_entry_points,
-    entry_point_distribution,
-    entry_point_ids,
-    heavy_import_warning,
-    imported_heavy_modules,
-    new_plugin_manager,
+from canvas_core.errors import CanvasError, PluginError, PluginLoadError
+from canvas_core.plugins import hookspecs
+from canvas_core.plugins.hints import install_hint, normalize_dist, provider_hint
+from canvas_core.plugins.loading import (
+    ENV_ALLOW, ENV_BLOCK, ENV_DISABLE, STATUS_BLOCKED, STATUS_DISABLED, STATUS_FAILED, STATUS_OK,
+    PluginRecord, core_version, discover_entry_points, entry_point_distribution, entry_point_ids,
+    heavy_import_warning, imported_heavy_modules, read_settings, warn_unknown_names, watch_plugin_load,
 )
-from canvas_core.plugins.hook_runner import PluginScopedRegistry, hook_names, run_registration_hooks
-from canvas_core.plugins.records import (
-    STATUS_BLOCKED,
-    STATUS_DISABLED,
-    STATUS_FAILED,
-    STATUS_OK,
-    PluginRecord,
-    core_version,
-)
-from canvas_core.plugins.registry import BUILTIN_PLUGIN, KINDS, Registry
-from canvas_core.plugins.settings import ENV_ALLOW, ENV_BLOCK, ENV_DISABLE, read_settings, warn_unknown_names
-from canvas_core.plugins.spec import IN_PROCESS, Spec
+from canvas_core.plugins.registry import BUILTIN_PLUGIN, KINDS, NOUNS, Registry, UnknownNameKeyError, closest
+from canvas_core.plugins.spec import IN_PROCESS, RuntimeContext, Spec
 
-__all__ = [
-    "PluginHost",
-    "PluginRecord",
-    "get_host",
-    "set_host",
-    "use_host",
-    "reset_plugins",
-    "get_plugin_manager",
-    "ENV_DISABLE",
-    "ENV_ALLOW",
-    "ENV_BLOCK",
-    "BUILTIN_PLUGIN",
-    "HEAVY_MODULES",
-    "STATUS_OK",
-    "STATUS_FAILED",
-    "STATUS_BLOCKED",
-    "STATUS_DISABLED",
-]
+
+class PluginScopedRegistry:
+    """What a plugin's hook receives: ``add`` stamps the plugin's distribution and version on
+    the spec, and a clash lands on the plugin's record (the registry decides the outcome)."""
+
+    def __init__(self, registry: Registry, record: PluginRecord, strict: bool) -> None:
+        self._registry, self._record, self._strict = registry, record, strict
+        self.kind, self.noun = registry.kind, registry.noun
+
+    def add(self, name: Any, factory: Any = None, *, override: bool = False, **metadata: Any) -> Optional[Spec]:
+        return self.add_spec(self.make(name, factory, metadata), override=override)
+
+    def make(self, name: Any, factory: Any, metadata: Dict[str, Any], module: Optional[str] = None) -> Spec:
+        rec = self._record
+        return self._registry.make_spec(name, factory, metadata, distribution=rec.distribution,
+                                        version=rec.version, plugin=rec.name, module=module)
+
+    def add_spec(self, spec: Spec, *, override: bool = False) -> Optional[Spec]:
+        rec = self._record
+        rec.attempted.setdefault(self.kind, []).append(spec.name)
+        stored, clash = self._registry.add_from_plugin(spec, override=override, strict=self._strict, plugin=rec.name)
+        if clash is not None:
+            rec.conflicts.append(str(clash))
+            if spec.name in self._registry.shadowed():  # never a silent shadowing of a plugin's type
+                kept = self._registry.get(spec.name).describe_provider()
+                warnings.warn_explicit(
+                    f"{rec.describe()} registers {self.noun} {spec.name!r}, a name of canvas-core's builtins: "
+                    f"refused, {kept} stays in use. {clash}", UserWarning, filename=f"<{rec.describe()}>",
+                    lineno=0, module="canvas_core.plugins")
+        return stored
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._registry
+
+    def names(self) -> List[str]:
+        return self._registry.names()
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._registry.get(name, default)
 
 
 class PluginHost:
@@ -76,8 +79,8 @@ class PluginHost:
         allow: allow-list of entry-point / distribution names (None: ``$CANVAS_PLUGINS``).
         block: block-list (None: ``$CANVAS_BLOCK_PLUGINS``).
         builtins: register the core's builtin types.
-        entry_points: callable returning the entry points to consider (default: group
-            ``canvas`` from ``importlib.metadata``); lets tests inject fakes.
+        entry_points: callable returning the entry points to consider (default: group ``canvas``
+            from ``importlib.metadata``); lets tests inject fakes.
         environ: mapping read for the environment controls (default ``os.environ`` at load time).
     """
 
@@ -85,24 +88,19 @@ class PluginHost:
                  block: Optional[Iterable[str]] = None, builtins: bool = True,
                  entry_points: Optional[Callable[[], Iterable[Any]]] = None,
                  environ: Optional[Mapping[str, str]] = None) -> None:
-        self._autoload_arg = autoload
-        self._allow_arg = allow
-        self._block_arg = block
-        self._builtins = builtins
-        self._entry_points = entry_points
-        self._environ = environ
+        self._args = {"autoload": autoload, "allow": allow, "block": block}
+        self._builtins, self._entry_points, self._environ = builtins, entry_points, environ
         self._lock = threading.RLock()
         self._reset_state()
 
     def _reset_state(self) -> None:
-        self._pm = new_plugin_manager()
-        self.registries: Dict[str, Registry] = {k: Registry(k, self) for k in KINDS}
+        self._pm = hookspecs.new_plugin_manager()
+        self.registries: Dict[str, Registry] = {k: Registry(k, self.missing_name_error) for k in KINDS}
         self.records: Dict[str, PluginRecord] = {}
         self.settings: Dict[str, Any] = {}
         self._loaded = False
         self._loading_thread: Optional[int] = None
-        # the installed plugin being imported / run (in-process registrations are attributed to it)
-        self._loading_record: Optional[PluginRecord] = None
+        self._loading_record: Optional[PluginRecord] = None  # the installed plugin being imported
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -116,17 +114,16 @@ class PluginHost:
         with self._lock:  # another thread loading: wait for it
             if self._loaded:
                 return
-            self._read_settings()  # a bad environment variable raises here and leaves it unloaded
+            settings = self._read_settings()  # a bad environment variable raises, leaving it unloaded
             self._loading_thread = threading.get_ident()
             try:
-                self._load()
+                self._load(settings)
             finally:
                 self._loading_thread = None
                 self._loaded = True
 
     def reset(self) -> None:
-        """Forget everything (plugins, registrations, in-process ones too); the next access loads
-        again, re-reading the environment and the installed entry points."""
+        """Forget everything (in-process registrations too); the next access loads again."""
         with self._lock:
             self._reset_state()
 
@@ -150,17 +147,18 @@ class PluginHost:
 
     # ------------------------------------------------------------------ loading
     def _read_settings(self):
-        env = os.environ if self._environ is None else self._environ
-        return read_settings(env, autoload=self._autoload_arg, allow=self._allow_arg, block=self._block_arg)
+        return read_settings(os.environ if self._environ is None else self._environ, **self._args)
 
-    def _load(self) -> None:
-        s = self._read_settings()
+    def _load(self, s) -> None:
         self.settings = s.as_dict()
         if self._builtins:
             from canvas_core.plugins import builtin
 
-            rec = PluginRecord(BUILTIN_PLUGIN, "canvas-core", core_version(), source="builtin")
-            self._add_plugin(builtin, rec, strict=False)
+            self._add_plugin(builtin, PluginRecord(BUILTIN_PLUGIN, "canvas-core", core_version(), source="builtin"),
+                             strict=False)
+        for name in s.block:  # pluggy's own block-list; the builtin plugin cannot be blocked
+            if name != BUILTIN_PLUGIN:
+                self._pm.set_blocked(name)
         eps = discover_entry_points(self._entry_points)
         for ep in eps:
             self._load_entry_point(ep, s)
@@ -168,22 +166,24 @@ class PluginHost:
 
     def _load_entry_point(self, ep: Any, s: Any) -> None:
         dist, version = entry_point_distribution(ep)
-        name = ep.name
-        if name in self.records:  # two distributions using the same entry-point name
-            name = f"{name}@{dist}"
-        rec = PluginRecord(name, dist or "(unknown distribution)", version, source="entry-point",
-                           entry_point=ep.value)
-        self.records[name] = rec
-        refusal = s.refusal(entry_point_ids(ep))
-        if refusal is not None:
-            rec.status, rec.error = refusal
+        name = ep.name if ep.name not in self.records else f"{ep.name}@{dist}"  # same name, two dists
+        rec = self.records[name] = PluginRecord(name, dist or "(unknown distribution)", version,
+                                                source="entry-point", entry_point=ep.value)
+        ids = entry_point_ids(ep)
+        if not s.autoload:
+            rec.status, rec.error = STATUS_DISABLED, f"{ENV_DISABLE} is set"
+            return
+        if any(self._pm.is_blocked(i) for i in ids):
+            rec.status, rec.error = STATUS_BLOCKED, f"blocked by {ENV_BLOCK}"
+            return
+        if s.allow is not None and not ids & set(s.allow):
+            self._pm.set_blocked(name)
+            rec.status, rec.error = STATUS_BLOCKED, f"not in the allow-list {ENV_ALLOW}"
             return
         heavy_before = imported_heavy_modules()
-        self.records[name] = rec
         self._loading_record = rec  # `@register_attention(...)` run by the import counts as this plugin's
         try:
-            # a slow import or registration is named on stderr while it runs (plugins/watchdog.py)
-            with watch_plugin_load(name, dist, ep.value, rec.warnings):
+            with watch_plugin_load(name, dist, ep.value, rec.warnings):  # a slow import is named on stderr
                 try:
                     obj = ep.load()
                 except BaseException as exc:  # noqa: BLE001 - a plugin must never take the core down
@@ -199,7 +199,7 @@ class PluginHost:
                 rec.warnings.append(warning)
 
     def _add_plugin(self, obj: Any, rec: PluginRecord, *, strict: bool) -> PluginRecord:
-        """Register ``obj`` with pluggy and run its hooks into the registries."""
+        """Register ``obj`` with pluggy and run its hooks into the registries (all or nothing)."""
         self.records[rec.name] = rec
         rec.plugin = obj
         try:
@@ -210,17 +210,27 @@ class PluginHost:
                 raise PluginError(f"cannot register {rec.describe()}: {type(exc).__name__}: {exc}") from exc
             rec.mark_failed(f"registration failed: {type(exc).__name__}: {exc}", exc)
             return rec
-        rec.hooks, msg = hook_names(self._pm, obj)
-        if msg is not None:  # a marked function that matches no hook spec
+        callers = self._pm.get_hookcallers(obj) or []
+        rec.hooks = sorted(h.name for h in callers if h.name in hookspecs.HOOK_REGISTRY)
+        unknown = sorted(h.name for h in callers if h.name not in hookspecs.HOOK_REGISTRY
+                         and not all(i.optionalhook for i in h.get_hookimpls() if i.plugin is obj))
+        if unknown:  # a marked function that matches no hook spec fails the plugin, as pluggy's validation
+            why = "; ".join(hookspecs.describe_unknown_hook(n) for n in unknown)
+            msg = (f"unknown hook{'s' if len(unknown) > 1 else ''} {why}: no such hook in "
+                   f"canvas_core.plugins.hookspecs (known: {', '.join(hookspecs.HOOK_NAMES)}); fix the "
+                   "name, nothing of this plugin was registered")
             if strict:
                 self._remove_plugin(rec.name)
                 raise PluginError(f"cannot register {rec.describe()}: {msg}")
             rec.status, rec.error = STATUS_FAILED, msg
             self._discard(rec)
             return rec
+        misspelt = hookspecs.misspelt_hooks(obj)
+        if misspelt:  # unmarked and no hook's exact name: not a hook under the rule
+            rec.warnings.append("misspelt hook " + "; ".join(hookspecs.describe_unknown_hook(n) for n in misspelt)
+                                + ": not called (an error under `canvas plugins --strict`)")
         if not rec.hooks and not self.registered_by(rec.name):
-            rec.warnings.append(
-                "implements no canvas hook (check the names and the @canvas_core.hookimpl marker)")
+            rec.warnings.append("implements no canvas hook (check the names and the @canvas_core.hookimpl marker)")
         if strict and not rec.hooks:
             self._remove_plugin(rec.name)
             why = "; ".join(rec.warnings) or f"it has no @canvas_core.hookimpl function named {', '.join(hookspecs.HOOK_NAMES)}"
@@ -228,48 +238,51 @@ class PluginHost:
                 f"cannot register {rec.describe()} ({type(obj).__name__}): it implements no canvas hook "
                 f"({why}). Decorate functions such as canvas_register_attention(registry) with "
                 "@canvas_core.hookimpl")
-        failure = run_registration_hooks(self._pm, obj, rec, self.registries, strict=strict)
-        if failure is not None:
-            hook_name, exc = failure
-            if strict:
-                self._remove_plugin(rec.name)
-                if isinstance(exc, CanvasError) or not isinstance(exc, Exception):
-                    raise exc
-                raise PluginError(
-                    f"{rec.describe()}: hook {hook_name} raised {type(exc).__name__}: {exc}. "
-                    "Fix the plugin's hook; nothing it registered was kept") from exc
-            rec.mark_failed(f"hook {hook_name} raised {type(exc).__name__}: {exc}", exc)
-            # all or nothing: a plugin with half of its names would run with parts missing
-            self._discard(rec)
+        for hook_name, kind in hookspecs.HOOK_REGISTRY.items():  # one plugin, one hook at a time
+            view = PluginScopedRegistry(self.registries[kind], rec, strict)
+            for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
+                if impl.plugin is not obj or impl.hookwrapper or getattr(impl, "wrapper", False):
+                    continue
+                try:
+                    impl.function(**{a: view for a in impl.argnames})
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as exc:  # noqa: BLE001 - isolated: the plugin fails, not the core
+                    if strict:
+                        self._remove_plugin(rec.name)
+                        if isinstance(exc, CanvasError) or not isinstance(exc, Exception):
+                            raise
+                        raise PluginError(
+                            f"{rec.describe()}: hook {hook_name} raised {type(exc).__name__}: {exc}. "
+                            "Fix the plugin's hook; nothing it registered was kept") from exc
+                    rec.mark_failed(f"hook {hook_name} raised {type(exc).__name__}: {exc}", exc)
+                    self._discard(rec)  # a plugin with half of its names would run with parts missing
+                    return rec
         return rec
 
     def _discard(self, rec: PluginRecord) -> None:
         """Remove everything a failed plugin registered (its record stays, status failed)."""
         for kind, reg in self.registries.items():
             for spec in reg.remove_plugin(rec.name):
-                names = rec.attempted.setdefault(kind, [])
-                if spec.name not in names:
-                    names.append(spec.name)
+                if spec.name not in rec.attempted.setdefault(kind, []):
+                    rec.attempted[kind].append(spec.name)
         if rec.plugin is not None and self._pm.is_registered(rec.plugin):
             self._pm.unregister(rec.plugin)
 
     def _remove_plugin(self, name: str) -> Optional[PluginRecord]:
         rec = self.records.pop(name, None)
-        if rec is None:
-            return None
-        if rec.plugin is not None and self._pm.is_registered(rec.plugin):
-            self._pm.unregister(rec.plugin)
-        for reg in self.registries.values():
-            reg.remove_plugin(name)
+        if rec is not None:
+            if rec.plugin is not None and self._pm.is_registered(rec.plugin):
+                self._pm.unregister(rec.plugin)
+            for reg in self.registries.values():
+                reg.remove_plugin(name)
         return rec
 
     # ------------------------------------------------------------------ runtime plugins
     def register_plugin(self, plugin: Any, name: Optional[str] = None, *, distribution: Optional[str] = None,
                         version: str = "") -> PluginRecord:
         """Register a plugin object now (testing kit, applications); its hooks run at once.
-
-        Errors in its hooks (and name clashes) are raised, and nothing it added stays.
-        """
+        Errors in its hooks (and name clashes) are raised, and nothing it added stays."""
         self.ensure_loaded()
         if name is None:
             name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{id(plugin):x}"
@@ -279,11 +292,10 @@ class PluginHost:
                     f"a plugin named {name!r} is already registered ({self.records[name].describe()}); "
                     "pass another name= or unregister it first")
             if self._pm.is_registered(plugin):
-                other = self._pm.get_name(plugin)
                 raise PluginError(
-                    f"this plugin object is already registered as plugin {other!r} (e.g. loaded from "
-                    "its installed entry point); unregister it first, or test against a host without "
-                    "autoloading: canvas_core.testing.isolated_plugins(autoload=False) or "
+                    f"this plugin object is already registered as plugin {self._pm.get_name(plugin)!r} (e.g. "
+                    "loaded from its installed entry point); unregister it first, or test against a host "
+                    "without autoloading: canvas_core.testing.isolated_plugins(autoload=False) or "
                     f"{ENV_DISABLE}=1")
             rec = PluginRecord(name, distribution or IN_PROCESS, version, source="manual")
             return self._add_plugin(plugin, rec, strict=True)
@@ -293,11 +305,8 @@ class PluginHost:
         self.ensure_loaded()
         with self._lock:
             if not isinstance(plugin, str):
-                for rec in self.records.values():
-                    if rec.plugin is plugin:
-                        plugin = rec.name
-                        break
-                else:
+                plugin = next((r.name for r in self.records.values() if r.plugin is plugin), None)
+                if plugin is None:
                     return None
             return self._remove_plugin(plugin)
 
@@ -308,15 +317,13 @@ class PluginHost:
         loading = self._loading_record
         if loading is not None and self._loading_thread == threading.get_ident():
             # a decorator run while an installed plugin is imported: that plugin provides the name
-            proxy = PluginScopedRegistry(reg, loading, strict=False)
-            spec = proxy.make(name, factory, metadata, module=module)
-            return proxy.add_spec(spec, override=override) or spec
+            view = PluginScopedRegistry(reg, loading, strict=False)
+            spec = view.make(name, factory, metadata, module=module)
+            return view.add_spec(spec, override=override) or spec
         with self._lock:
-            rec = self.records.get(IN_PROCESS)
-            if rec is None:
-                rec = self.records[IN_PROCESS] = PluginRecord(IN_PROCESS, IN_PROCESS, "", source="in-process")
-            spec = reg.make_spec(name, factory, metadata, module=module)
-            return reg.insert(spec, override=override)
+            if IN_PROCESS not in self.records:
+                self.records[IN_PROCESS] = PluginRecord(IN_PROCESS, IN_PROCESS, "", source="in-process")
+            return reg.insert(reg.make_spec(name, factory, metadata, module=module), override=override)
 
     def unregister(self, kind: str, name: str) -> Spec:
         """Remove the current registration of ``name`` (an overridden one comes back)."""
@@ -330,23 +337,114 @@ class PluginHost:
         return self._entry_points is not None
 
     def missing_name_error(self, kind: str, name: Any) -> Exception:
-        """The error for a lookup of a name nothing provides (see
-        :func:`~canvas_core.plugins.diagnostics.missing_name_error`)."""
-        return diagnostics.missing_name_error(self, kind, name)
+        """The exception for looking up ``name`` in registry ``kind`` where nothing provides it.
+
+        When an installed plugin that did not load (failed, blocked, disabled) would provide it,
+        the error names that plugin and the fix.  Otherwise it lists the known names, the closest
+        one, and the distribution providing the name when the hints know it.  The exception
+        carries ``name``, ``kind``, ``known``, ``suggestion``, ``distribution`` and ``plugin``.
+        """
+        noun, known = NOUNS[kind], self.registries[kind].names()
+        dist_hint = provider_hint(kind, str(name))
+        for rec in self.records.values():
+            if rec.status != STATUS_OK and (
+                    normalize_dist(rec.name.split("@", 1)[0]) == normalize_dist(str(name))
+                    or (dist_hint is not None and normalize_dist(rec.distribution) == normalize_dist(dist_hint))
+                    or str(name) in rec.attempted.get(kind, ())):
+                return _attach(_unloaded_provider_error(rec, noun, name), name=name, kind=kind, known=known,
+                               suggestion=None, distribution=rec.distribution, plugin=rec.name)
+        near = closest(str(name), known)
+        msg = f"Unknown {noun}: {name!r}."  # canvas-engineering's phrase
+        if dist_hint is not None:
+            if self.distribution_installed(dist_hint):
+                msg += (f" The distribution {dist_hint} is installed but does not register it; "
+                        f"upgrade it (pip install -U {dist_hint}) or check `canvas plugins`.")
+            else:
+                msg += f" It is provided by the distribution {dist_hint}, which is not installed: {install_hint(dist_hint)}."
+        if near is not None:
+            msg += f" Did you mean {near!r}?"
+        msg += f" Known {noun}s: {', '.join(known) or '(none)'}."
+        failed = [r for r in self.records.values() if r.status == STATUS_FAILED]
+        if failed:
+            msg += " Note: " + "; ".join(f"{r.describe()} failed to load ({r.error})" for r in failed) + "."
+        skipped: Dict[str, List[str]] = {}
+        for r in self.records.values():
+            if r.status in (STATUS_BLOCKED, STATUS_DISABLED):
+                skipped.setdefault(r.error or r.status, []).append(r.name)
+        if skipped:
+            msg += (" Installed but not loaded, so their names are unknown here: "
+                    + "; ".join(f"{', '.join(ns)} ({why})" for why, ns in skipped.items()) + ".")
+        return _attach(UnknownNameKeyError(msg), name=name, kind=kind, known=known, suggestion=near,
+                       distribution=dist_hint, plugin=None)
+
+    def distribution_installed(self, dist: str) -> bool:
+        """Whether ``dist`` is installed: seen by the host, or (for a host reading the real entry
+        points) known to ``importlib.metadata``."""
+        if any(normalize_dist(r.distribution) == normalize_dist(dist) for r in self.records.values()):
+            return True
+        if self.injected_entry_points:  # a test world: only what the host saw counts
+            return False
+        try:
+            from importlib.metadata import distribution
+
+            distribution(dist)
+            return True
+        except Exception:  # PackageNotFoundError, or broken metadata
+            return False
 
     def registered_by(self, plugin: str) -> Dict[str, List[str]]:
         """Registry kind -> names registered by ``plugin`` (overridden registrations included)."""
-        return diagnostics.registered_by(self, plugin)
+        return {k: names for k, reg in self.registries.items() if (names := reg.names_by_plugin(plugin))}
 
     def plugin_report(self) -> List[Dict[str, Any]]:
-        """One dict per plugin: name, distribution, version, source, entry point, status
-        (ok / failed / blocked / disabled), error, hooks, registered names per registry,
-        conflicts, warnings."""
-        return diagnostics.plugin_report(self)
+        """One dict per plugin (see :meth:`PluginRecord.to_dict`)."""
+        self.ensure_loaded()
+        return [rec.to_dict(self.registered_by(rec.name)) for rec in self.records.values()]
 
     def registry_report(self, ctx: Any = None) -> Dict[str, List[Dict[str, Any]]]:
-        """Registry kind -> one dict per registered name, with availability in ``ctx``."""
-        return diagnostics.registry_report(self, ctx)
+        """Registry kind -> one dict per registered name, with whether it can run in ``ctx``; a
+        name two plugins fight over is unavailable with the clash as first reason; a builtin name
+        a plugin also registered carries ``shadowed`` (the refusals, naming both providers); a lazy
+        factory whose module cannot be found is unavailable and ``broken`` (why)."""
+        self.ensure_loaded()
+        ctx = RuntimeContext.coerce(ctx)
+        out: Dict[str, List[Dict[str, Any]]] = {}
+        for kind, reg in self.registries.items():
+            rows, conflicts, shadowed = [], reg.conflicts(), reg.shadowed()
+            for spec in reg.specs():
+                d = spec.to_dict(ctx)
+                if spec.name in conflicts:
+                    d["available"] = False
+                    d["reasons"] = [conflicts[spec.name]] + d["reasons"]
+                    d["conflict"] = conflicts[spec.name]
+                if spec.name in shadowed:
+                    d["shadowed"] = shadowed[spec.name]
+                problem = spec.factory_problem()  # a misspelt lazy factory: broken, found without importing
+                if problem:
+                    d["available"], d["broken"] = False, problem
+                    d["reasons"] = d["reasons"] + [problem]
+                rows.append(d)
+            out[kind] = rows
+        return out
+
+
+def _attach(err: Exception, **attrs: Any) -> Exception:
+    for k, v in attrs.items():
+        setattr(err, k, v)
+    return err
+
+
+def _unloaded_provider_error(rec: PluginRecord, noun: str, name: Any) -> Exception:
+    """The error when the plugin that would provide ``name`` is installed but did not load."""
+    if rec.status == STATUS_FAILED:
+        return PluginLoadError(
+            f"{noun} {name!r} would be provided by {rec.describe()}, which failed to load: "
+            f"{rec.error}. Fix or reinstall {rec.distribution} (pip install --force-reinstall "
+            f"{rec.distribution}), or see `canvas plugins` for details.")
+    fix = (f"unset {ENV_DISABLE} to load installed plugins" if rec.status == STATUS_DISABLED else
+           f"remove it from {ENV_BLOCK}" if ENV_BLOCK in (rec.error or "") else f"add {rec.name!r} to {ENV_ALLOW}")
+    return UnknownNameKeyError(f"unknown {noun} {name!r}: it is provided by {rec.describe()}, which is "
+                               f"installed but not loaded ({rec.error}); {fix}.")
 
 
 # ---------------------------------------------------------------------- default host

@@ -1,15 +1,10 @@
-"""Registry entries (:class:`Spec`): a name, a lazy factory and what it needs to run.
-
-The target a spec is checked against, :class:`RuntimeContext`, lives in
-:mod:`canvas_core.plugins.context` and is re-exported here.  A spec is cheap: it holds a lazy
-factory (``"package.module:Object"`` or an object) and metadata.  Nothing here imports torch;
-whether CUDA exists is asked of torch only when the process has loaded it
-(:func:`~canvas_core.plugins.context.cuda_status`).
-"""
+"""Registry entries (:class:`Spec`): a name, a lazy factory (``"package.module:Object"`` or an
+object) and what it needs to run, judged against a :class:`RuntimeContext` without importing torch."""
 
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import re
 import sys
@@ -17,35 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from canvas_core.errors import CanvasTypeError, PluginError, PluginLoadError, UnavailableError
-from canvas_core.plugins.context import (
-    KNOWN_DEVICE_TYPES,
-    KNOWN_DTYPES,
-    RuntimeContext,
-    SpecError,
-    check_device,
-    check_dtype,
-    cuda_status,
-    normalize_device,
-    normalize_dtype,
+from canvas_core.plugins.context import (  # noqa: F401 - the device / dtype names are re-exported here
+    KNOWN_DEVICE_TYPES, KNOWN_DTYPES, RuntimeContext, SpecError, check_device, check_dtype, cuda_status,
+    normalize_device, normalize_dtype,
 )
-
-__all__ = [
-    "RuntimeContext",
-    "Spec",
-    "SpecError",
-    "FactoryError",
-    "FactoryValueError",
-    "FactoryTypeError",
-    "IN_PROCESS",
-    "SPEC_FIELDS",
-    "normalize_device",
-    "normalize_dtype",
-    "check_device",
-    "check_dtype",
-    "KNOWN_DEVICE_TYPES",
-    "KNOWN_DTYPES",
-    "parse_factory_path",
-]
 
 #: distribution name recorded for names registered in-process (``register_attention(...)``).
 IN_PROCESS = "<in-process>"
@@ -105,24 +75,12 @@ SPEC_FIELDS = ("family", "complexity", "description", "requires", "devices", "dt
 
 @dataclass(eq=False)
 class Spec:
-    """One registry entry: a named, lazily imported factory and what it needs to run.
-
-    Attributes:
-        name: the registered name.
-        factory: a class / callable, or a lazy ``"package.module:Object"`` string.
-        kind: registry kind (``"attention"``, ``"kernels"``, ``"backbones"``, ``"identity"``,
-            ``"embedders"``).
-        distribution, version: the distribution providing it (``"<in-process>"`` for names
-            registered at runtime, ``"canvas-core"`` for builtins).
-        plugin: name of the plugin object that registered it.
-        module: for in-process registrations, the module that called ``register_*``.
-        family, complexity, description: catalogue text.
-        requires: importable top-level modules needed (checked without importing).
-        devices, dtypes: supported device types / dtypes (None: any).
-        check: ``check(ctx) -> list[str]``, extra reasons it cannot run.
-        priority: kernels, higher first.
-        supports: kernels, attention types executed.
-        metadata: every other keyword given at registration.
+    """One registry entry: ``name`` -> ``factory`` (a class / callable, or a lazy
+    ``"package.module:Object"`` string) of registry ``kind``, provided by ``distribution`` /
+    ``version`` (``"<in-process>"`` at runtime, ``"canvas-core"`` for builtins) through ``plugin``
+    (``module``: the caller of an in-process ``register_*``), with the metadata keywords of
+    docs/plugins.md as attributes (``family``, ``complexity``, ``description``, ``requires``,
+    ``devices``, ``dtypes``, ``check``, ``priority``, ``supports``) and any other in ``metadata``.
     """
 
     name: str
@@ -199,21 +157,42 @@ class Spec:
     # ------------------------------------------------------------------ availability
     def missing_requirements(self) -> List[str]:
         """Modules in ``requires`` that cannot be found (found with ``find_spec``; nothing imported)."""
-        missing = []
-        for req in self.requires:
-            top = str(req).split(".", 1)[0]
+        def found(name: str) -> bool:
             try:
-                found = top in sys.modules or importlib.util.find_spec(top) is not None
+                return name in sys.modules or importlib.util.find_spec(name) is not None
             except (ImportError, ValueError):
-                found = False
-            if found and "." in str(req) and top in sys.modules:
-                try:
-                    found = importlib.util.find_spec(str(req)) is not None
-                except (ImportError, ValueError):
-                    found = False
-            if not found:
-                missing.append(str(req))
-        return missing
+                return False
+
+        # a dotted requirement is looked up only once its top package is loaded (no import)
+        return [str(r) for r in self.requires if not found(str(r).split(".", 1)[0])
+                or ("." in str(r) and str(r).split(".", 1)[0] in sys.modules and not found(str(r)))]
+
+    def factory_problem(self) -> Optional[str]:
+        """Why a lazy factory string cannot be imported, found without importing anything: the
+        top-level module with ``importlib.util.find_spec``, each submodule with the finders of
+        ``sys.meta_path`` in its parent's search path; None when found (or not a string).  The
+        object after ``:`` is not checked (that needs the import)."""
+        if not isinstance(self.factory, str):
+            return None
+        module, path = parse_factory_path(self.factory)[0], None
+        parts = module.split(".")
+        for i in range(len(parts)):
+            name = ".".join(parts[: i + 1])
+            loaded = sys.modules.get(name)
+            try:
+                if loaded is not None:
+                    found = loaded.__spec__ or importlib.machinery.ModuleSpec(name, None, is_package=True)
+                elif i == 0:
+                    found = importlib.util.find_spec(name)
+                else:
+                    found = next((f for f in (getattr(m, "find_spec", lambda *a: None)(name, path)
+                                              for m in sys.meta_path) if f is not None), None)
+            except (ImportError, ValueError):  # a finder that cannot tell: not reported as missing
+                return None
+            if found is None or (i < len(parts) - 1 and found.submodule_search_locations is None):
+                return f"its factory module {name!r} cannot be found (factory {self.factory!r}; a typo?)"
+            path = found.submodule_search_locations
+        return None
 
     def unsupported_reasons(self, ctx: Any = None) -> List[str]:
         """Why this cannot run in ``ctx`` (empty list: it can).

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 __all__ = ["ConformanceReport"]
 
@@ -80,14 +80,27 @@ def check_sizes(where: str, **sizes: Any) -> None:
             raise CanvasTypeError(f"{where}: {key} must be a positive int, got {v!r}")
 
 
-def check_target(name: Any, where: str, kind: str) -> None:
-    """A registered name (UnknownNameError when it is not) or a callable factory."""
-    from canvas_core.errors import CanvasTypeError
+def check_target(name: Any, where: str, kind: str, distribution: Optional[str] = None) -> None:
+    """A registered name (UnknownNameError when it is not) or a callable factory.  A name is
+    refused (PluginError naming both providers) when it resolves to another distribution than
+    ``distribution`` (when given), or when a plugin's registration of it was refused because a
+    builtin has it: the kit would test the builtin instead of the plugin's type."""
+    from canvas_core.errors import CanvasTypeError, PluginError
 
     if isinstance(name, str):
-        from canvas_core.plugins import get_spec
+        from canvas_core.plugins import get_registry, get_spec
+        from canvas_core.plugins.hints import normalize_dist
 
-        get_spec(kind, name)  # raises UnknownNameError naming the closest registered name
+        spec = get_spec(kind, name)  # raises UnknownNameError naming the closest registered name
+        shadowed = get_registry(kind).shadowed().get(name)
+        if shadowed:
+            raise PluginError(f"{where}: {name!r} resolves to {spec.describe_provider()}, not to the plugin that "
+                              f"also registered it (refused, a builtin has the name): {shadowed[0]} Rename "
+                              "the plugin's type and test that name")
+        if distribution is not None and normalize_dist(spec.distribution) != normalize_dist(distribution):
+            raise PluginError(f"{where}: {name!r} resolves to {spec.describe_provider()}, not to the "
+                              f"distribution under test {distribution!r}; is your plugin installed, and is "
+                              "the name its own (`canvas plugins` lists who provides what)?")
     elif not callable(name):
         raise CanvasTypeError(
             f"{where}: expected a registered name or a factory / class, got {type(name).__name__} {name!r}")

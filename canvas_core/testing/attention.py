@@ -206,7 +206,7 @@ def _zeros(s: _Suite) -> None:
 def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device: Any = "cpu",
                          dtype: Any = None, *, seed: int = 0, batch: int = 3, strict: bool = False,
                          grad_inputs: Optional[Sequence[str]] = None, raise_on_failure: bool = True,
-                         **kwargs: Any) -> ConformanceReport:
+                         distribution: Optional[str] = None, **kwargs: Any) -> ConformanceReport:
     """Conformance suite of an attention type (registered name, or a factory / class).
 
     Builds the type with ``create_attention(name, d_model, n_heads, dropout=0.0, **kwargs)``
@@ -234,6 +234,10 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
       output (skipped for a type without parameters);
     * ``strict=True`` adds ``zeros without keys`` (queries with no key output exactly 0).
 
+    A registered ``name`` is refused (``PluginError`` naming both providers) when it resolves to
+    another distribution than ``distribution`` (the one under test, when given), or when a plugin's
+    registration of it was refused because a builtin has it (the builtin would be tested).
+
     A type that does not declare ``key_mask_exact = True`` is called once per shape of key set
     (the key sets of that shape stacked along the batch), as the runtime calls it; the mask
     properties also call a ``forward`` that takes ``key_mask`` directly with the mask.
@@ -245,7 +249,7 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
 
     from canvas_core.runtime.type_call import MASKED, UNMASKED, check_attention_module, runs_per_key_set
 
-    check_target(name, "check_attention_type", "attention")
+    check_target(name, "check_attention_type", "attention", distribution)
     check_sizes("check_attention_type", d_model=d_model, n_heads=n_heads, batch=batch)
     dtype = resolve_dtype(torch, dtype)
     device = resolve_device(torch, device, "check_attention_type")

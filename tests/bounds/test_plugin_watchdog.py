@@ -10,7 +10,7 @@ from importlib.metadata import EntryPoint
 import pytest
 
 from canvas_core.plugins import PluginHost, use_host
-from canvas_core.plugins.watchdog import slow_load_message, watch_plugin_load
+from canvas_core.plugins.loading import slow_load_message, watch_plugin_load
 
 SLOW = '''
 import time

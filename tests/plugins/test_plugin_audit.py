@@ -216,7 +216,7 @@ def canvas_register_attention(registry):
 ''')
     site.module("fake_heavy_pkg", "X = 1\n")
     code = (
-        "import canvas_core.plugins.discovery as D\n"
+        "import canvas_core.plugins.loading as D\n"
         "D.HEAVY_MODULES = ('fake_heavy_pkg',)\n"
         "import canvas_core.plugins as P\n"
         "rec = {r['name']: r for r in P.plugin_report()}\n"

@@ -1,5 +1,5 @@
-"""The pieces host.py was split into, tested on their own: the registry's clash policy, the
-environment settings, discovery helpers and the CUDA probe that never imports torch."""
+"""The plugin layer's pieces on their own: the registry's clash policy, the environment settings
+(blocking through pluggy's own block-list), discovery helpers and the CUDA probe."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 
 from canvas_core.errors import DuplicateRegistrationError, PluginError
 from canvas_core.plugins import context
-from canvas_core.plugins.discovery import discover_entry_points, entry_point_ids
+from canvas_core.plugins import PluginHost
+from canvas_core.plugins.loading import ENV_ALLOW, ENV_BLOCK, ENV_DISABLE, discover_entry_points, entry_point_ids, read_settings
 from canvas_core.plugins.registry import BUILTIN_PLUGIN, Registry
-from canvas_core.plugins.settings import ENV_ALLOW, ENV_BLOCK, ENV_DISABLE, read_settings
 from canvas_core.plugins.spec import Spec
 
 
@@ -59,6 +59,7 @@ def test_two_overrides_clash_and_a_builtin_survives_a_plain_clash():
     reg.add_from_plugin(builtin)
     stored, clash = reg.add_from_plugin(_spec("y", "c"))
     assert stored is None and clash is not None and reg.get("y") is builtin and reg.conflicts() == {}
+    assert "dist-builtin" in reg.shadowed()["y"][0] and "dist-c" in reg.shadowed()["y"][0]  # both named
 
 
 def test_strict_registration_raises_and_changes_nothing():
@@ -74,13 +75,26 @@ def test_settings_arguments_win_over_the_environment():
     env = {ENV_DISABLE: "0", ENV_ALLOW: "Canvas_Plugin-A; b", ENV_BLOCK: "c"}
     s = read_settings(env)
     assert (s.autoload, s.allow, s.block) == (True, ["canvas-plugin-a", "b"], ["c"])
-    assert s.refusal({"canvas-plugin-a"}) is None
-    assert s.refusal({"c", "b"}) == ("blocked", f"blocked by {ENV_BLOCK}")
-    assert s.refusal({"d"}) == ("blocked", f"not in the allow-list {ENV_ALLOW}")
-    assert read_settings(env, autoload=False, allow=[]).refusal({"b"}) == ("disabled", f"{ENV_DISABLE} is set")
+    assert read_settings(env, autoload=False, allow=[]).autoload is False
     assert read_settings(env, allow=[]).allow is None  # an empty list allows everything
     with pytest.raises(PluginError, match="not a boolean"):
         read_settings({ENV_DISABLE: "maybe"})
+
+
+def test_blocking_goes_through_pluggys_block_list():
+    dist = SimpleNamespace(name="canvas-plugin-c", version="1.0")
+    eps = [SimpleNamespace(name=n, value="no_such_module_xyz", dist=dist) for n in ("c", "d")]
+    host = PluginHost(entry_points=lambda: eps, environ={ENV_BLOCK: "C", ENV_ALLOW: "c,canvas-plugin-c"})
+    pm = host.plugin_manager
+    assert pm.is_blocked("c") and not pm.is_blocked("builtin") and pm.has_plugin("builtin")
+    assert (host.records["c"].status, host.records["c"].error) == ("blocked", f"blocked by {ENV_BLOCK}")
+    assert host.records["d"].status == "failed"  # allowed (its dist is listed), then its import fails
+    host = PluginHost(entry_points=lambda: eps, environ={ENV_ALLOW: "c"})
+    assert host.plugin_manager.is_blocked("d")
+    assert (host.records["d"].status, host.records["d"].error) == ("blocked", f"not in the allow-list {ENV_ALLOW}")
+    host = PluginHost(entry_points=lambda: eps, environ={ENV_DISABLE: "1"})
+    host.ensure_loaded()
+    assert host.records["c"].status == "disabled" and host.records["c"].error == f"{ENV_DISABLE} is set"
 
 
 def test_discovery_drops_repeats_and_sorts():

@@ -18,11 +18,7 @@ import importlib.metadata as _md
 import re
 from typing import Any, List
 
-try:
-    from canvas_core import hookimpl
-except (ImportError, AttributeError):  # pragma: no cover - plugin layer missing
-    def hookimpl(fn=None, **_kw):  # type: ignore[no-redef]
-        return fn if fn is not None else (lambda f: f)
+from canvas_core import hookimpl
 
 __version__ = "0.1.0"
 __all__ = ["canvas_register_kernels", "check", "check_cpu", "SUPPORTS", "MIN_TORCH"]

@@ -7,11 +7,7 @@ compiler's resolution report records why; nothing here imports torch or xformers
 
 from __future__ import annotations
 
-try:
-    from canvas_core import hookimpl
-except (ImportError, AttributeError):  # pragma: no cover - plugin layer missing
-    def hookimpl(fn=None, **_kw):  # type: ignore[no-redef]
-        return fn if fn is not None else (lambda f: f)
+from canvas_core import hookimpl
 
 __version__ = "0.1.0"
 __all__ = ["canvas_register_kernels", "SUPPORTS"]

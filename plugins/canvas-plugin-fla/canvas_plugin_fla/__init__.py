@@ -16,11 +16,7 @@ from __future__ import annotations
 
 from typing import Any, List
 
-try:
-    from canvas_core import hookimpl
-except (ImportError, AttributeError):  # plugin layer not importable: plain functions still work
-    def hookimpl(fn=None, **_kw):  # type: ignore[no-redef]
-        return fn if fn is not None else (lambda f: f)
+from canvas_core import hookimpl
 
 __version__ = "0.1.0"
 __all__ = ["canvas_register_kernels", "fla_rwkv_check"]

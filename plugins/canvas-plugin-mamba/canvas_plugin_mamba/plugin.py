@@ -5,13 +5,7 @@ Registering imports neither torch nor mamba-ssm: factories are lazy strings.
 
 from __future__ import annotations
 
-try:
-    from canvas_core import hookimpl
-except (ImportError, AttributeError):  # plugin layer not importable: plain functions still work
-
-    def hookimpl(fn=None, **_kw):  # type: ignore[no-redef]
-        return fn if fn is not None else (lambda f: f)
-
+from canvas_core import hookimpl
 
 __all__ = ["canvas_register_attention", "canvas_register_kernels"]
 

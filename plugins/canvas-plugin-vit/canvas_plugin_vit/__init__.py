@@ -5,12 +5,7 @@ Registers the backbone adapter ``vit`` lazily; see :mod:`canvas_plugin_vit.adapt
 
 from __future__ import annotations
 
-try:
-    from canvas_core import hookimpl
-except (ImportError, AttributeError):  # plugin layer not importable: plain functions still work
-
-    def hookimpl(fn=None, **_kw):  # type: ignore[no-redef]
-        return fn if fn is not None else (lambda f: f)
+from canvas_core import hookimpl
 
 
 __version__ = "0.1.0"

@@ -1,0 +1,240 @@
+"""What loading installed plugins needs besides pluggy: the environment controls, the entry
+points of group ``canvas``, the record kept per plugin, and the slow-import watchdog.
+
+Three variables are read when a host loads (arguments of ``PluginHost`` win when given):
+``CANVAS_DISABLE_PLUGIN_AUTOLOAD=1`` imports no entry point (builtins still register);
+``CANVAS_PLUGINS=a,b`` imports only these entry-point or distribution names;
+``CANVAS_BLOCK_PLUGINS=x,y`` never imports these (through pluggy's ``pm.set_blocked``).
+Names compare after :func:`~canvas_core.plugins.hints.normalize_dist`.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import traceback
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple
+
+from canvas_core.errors import PluginError
+from canvas_core.plugins.hints import normalize_dist
+from canvas_core.plugins.hookspecs import ENTRY_POINT_GROUP
+from canvas_core.plugins.registry import closest
+
+ENV_DISABLE = "CANVAS_DISABLE_PLUGIN_AUTOLOAD"
+ENV_ALLOW = "CANVAS_PLUGINS"
+ENV_BLOCK = "CANVAS_BLOCK_PLUGINS"
+STATUS_OK, STATUS_FAILED, STATUS_BLOCKED, STATUS_DISABLED = "ok", "failed", "blocked", "disabled"
+STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_BLOCKED, STATUS_DISABLED)
+#: packages a plugin should not import merely to register (it names lazy factories instead).
+HEAVY_MODULES = ("torch", "diffusers", "timm", "mamba_ssm", "transformers", "xformers", "triton")
+
+
+# ---------------------------------------------------------------------- environment controls
+def env_flag(env: Mapping[str, str], var: str) -> bool:
+    """Read ``var`` from ``env`` as a yes/no switch; any other spelling is a :class:`PluginError`."""
+    raw = env.get(var)
+    word = str(raw or "").strip().lower()
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("", "0", "false", "no", "off"):
+        return False
+    raise PluginError(
+        f"environment variable {var}={raw!r} is not a boolean; set it to 1 (or true/yes/on) to enable "
+        "it, or 0 / unset it to disable it")
+
+
+def name_list(value: Any) -> Optional[List[str]]:
+    """Turn ``"a, b;c"`` or ``["a", "b"]`` into normalised names; nothing given gives None."""
+    if value is None:
+        return None
+    items = value.replace(";", ",").split(",") if isinstance(value, str) else list(value)
+    return [normalize_dist(x.strip()) for x in items if str(x).strip()] or None
+
+
+@dataclass
+class LoadSettings:
+    """The controls in force for one load: ``allow`` None means every plugin is allowed."""
+
+    autoload: bool = True
+    allow: Optional[List[str]] = None
+    block: List[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"autoload": self.autoload, "allow": self.allow, "block": list(self.block)}
+
+
+def read_settings(env: Mapping[str, str], *, autoload: Optional[bool] = None,
+                  allow: Optional[Iterable[str]] = None, block: Optional[Iterable[str]] = None) -> LoadSettings:
+    """Combine explicit arguments (they win when not None) with the environment ``env``."""
+    auto = (not env_flag(env, ENV_DISABLE)) if autoload is None else bool(autoload)
+    allowed = name_list(env.get(ENV_ALLOW)) if allow is None else name_list(allow)
+    blocked = name_list(env.get(ENV_BLOCK)) if block is None else name_list(block)
+    return LoadSettings(autoload=auto, allow=allowed, block=blocked or [])
+
+
+def warn_unknown_names(settings: LoadSettings, installed: Iterable[str]) -> None:
+    """Warn when the allow- or block-list names no installed plugin (a typo, most likely)."""
+    known = {n for n in installed if n}
+    for var, names in ((ENV_ALLOW, settings.allow), (ENV_BLOCK, settings.block)):
+        unknown = [n for n in (names or []) if n not in known]
+        if unknown:
+            hint = "".join(f" ({n!r}: did you mean {c!r}?)" for n in unknown if (c := closest(n, known)))
+            # blamed on the variable itself, so the warning shows no source line of ours
+            warnings.warn_explicit(
+                f"{var} names {', '.join(repr(n) for n in unknown)}, which is no installed canvas "
+                f"plugin{hint}. Installed: {', '.join(sorted(known)) or 'none'}",
+                UserWarning, filename=f"${var}", lineno=0, module="canvas_core.plugins")
+
+
+# ---------------------------------------------------------------------- entry points
+def entry_point_distribution(ep: Any) -> Tuple[Optional[str], str]:
+    """``(distribution name or None, version or "")`` of the package that declares ``ep``."""
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return None, ""
+    name = getattr(dist, "name", None)
+    if not name:
+        try:
+            name = dist.metadata["Name"]
+        except Exception:
+            name = None
+    return name, str(getattr(dist, "version", "") or "")
+
+
+def entry_point_ids(ep: Any) -> Set[str]:
+    """The normalised names an allow- or block-list may use for ``ep`` (its own, its package's)."""
+    return {normalize_dist(ep.name), normalize_dist(entry_point_distribution(ep)[0] or "")} - {""}
+
+
+def discover_entry_points(source: Optional[Callable[[], Iterable[Any]]] = None) -> List[Any]:
+    """Entry points of group ``canvas`` (or those ``source()`` returns), without repeats, sorted by
+    entry-point name, then distribution."""
+    if source is None:
+        from importlib.metadata import entry_points
+
+        source = lambda: entry_points(group=ENTRY_POINT_GROUP)  # noqa: E731
+    seen: Dict[tuple, Any] = {}
+    for ep in source():
+        seen.setdefault((ep.name, ep.value, normalize_dist(entry_point_distribution(ep)[0] or "")), ep)
+    return sorted(seen.values(), key=lambda e: (e.name, entry_point_distribution(e)[0] or ""))
+
+
+def imported_heavy_modules() -> Set[str]:
+    return {m for m in HEAVY_MODULES if m in sys.modules}
+
+
+def heavy_import_warning(before: Set[str]) -> Optional[str]:
+    """The warning for a plugin whose loading imported heavy packages not imported ``before``."""
+    heavy = sorted(imported_heavy_modules() - before)
+    if not heavy:
+        return None
+    return (f"loading it imported {', '.join(heavy)} while registering; give factories as lazy "
+            "'package.module:Object' strings (and import heavy packages inside those modules) so "
+            "that registering and listing plugins stay cheap")
+
+
+# ---------------------------------------------------------------------- records
+@dataclass
+class PluginRecord:
+    """One row of ``canvas plugins``: where a plugin came from and how its loading went.
+
+    ``source`` is ``builtin``, ``entry-point``, ``manual`` (``host.register_plugin``) or
+    ``in-process`` (``register_*`` calls); ``status`` is one of :data:`STATUSES`; ``attempted``
+    (kind -> names it tried to register) is kept after a failure, for the errors of lookups.
+    """
+
+    name: str
+    distribution: str
+    version: str = ""
+    source: str = "entry-point"
+    entry_point: Optional[str] = None
+    status: str = STATUS_OK
+    error: Optional[str] = None
+    traceback: Optional[str] = None
+    hooks: List[str] = field(default_factory=list)
+    conflicts: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    plugin: Any = field(default=None, repr=False)
+    attempted: Dict[str, List[str]] = field(default_factory=dict, repr=False)
+
+    def mark_failed(self, message: str, exc: BaseException) -> None:
+        """Set status ``failed`` with ``message`` and the last frames of ``exc``'s traceback."""
+        self.status, self.error = STATUS_FAILED, message
+        self.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-6:])
+
+    def describe(self) -> str:
+        """``plugin 'x' (canvas-plugin-x 1.0)``, for messages."""
+        ver = f" {self.version}" if self.version else ""
+        return f"plugin {self.name!r} ({self.distribution}{ver})"
+
+    def to_dict(self, registered: Optional[Dict[str, List[str]]] = None) -> Dict[str, Any]:
+        """The JSON row of ``canvas plugins --json``; ``registered`` maps kind -> names it holds;
+        ``discarded``: the names a failed plugin had added before failing (all removed)."""
+        return {
+            "name": self.name, "distribution": self.distribution, "version": self.version,
+            "source": self.source, "entry_point": self.entry_point, "status": self.status,
+            "error": self.error, "traceback": self.traceback, "hooks": list(self.hooks),
+            "registered": registered or {}, "conflicts": list(self.conflicts),
+            "warnings": list(self.warnings),
+            "discarded": ({k: sorted(set(v)) for k, v in self.attempted.items()}
+                          if self.status == STATUS_FAILED else {}),
+        }
+
+
+def core_version() -> str:
+    """The installed canvas-core version (the package's own ``__version__`` when not installed)."""
+    try:
+        from importlib.metadata import version
+
+        return version("canvas-core")
+    except Exception:
+        import canvas_core
+
+        return getattr(canvas_core, "__version__", "")
+
+
+# ---------------------------------------------------------------------- slow-import watchdog
+def slow_load_message(name: str, dist: Optional[str], value: str, seconds: float) -> str:
+    """The line written for plugin ``name`` still loading after ``seconds``."""
+    src = f" (distribution {dist}, entry point {value!r})" if dist else f" (entry point {value!r})"
+    return (f"canvas-core: plugin {name!r}{src} is still importing after {seconds:.0f} s. To skip it, set "
+            f"{ENV_BLOCK}={name}, or list only the plugins you need in {ENV_ALLOW}=a,b, or set "
+            f"{ENV_DISABLE}=1 to load no installed plugin")
+
+
+@contextmanager
+def watch_plugin_load(name: str, dist: Optional[str], value: str,
+                      notes: Optional[List[str]] = None) -> Iterator[None]:
+    """While the body runs longer than ``CANVAS_PLUGIN_IMPORT_WARN_S`` (docs/limits.md), name
+    plugin ``name`` on stderr, again each time the wait doubles (it is never killed); afterwards,
+    when it was slow, append a note with the time it took to ``notes``."""
+    from canvas_core.schema.limits import limit
+
+    first = float(limit("plugin_import_s"))
+    done = threading.Event()
+    start = time.monotonic()
+
+    def watch() -> None:
+        wait = first
+        while not done.wait(max(0.0, start + wait - time.monotonic())):
+            try:
+                sys.stderr.write(slow_load_message(name, dist, value, time.monotonic() - start) + "\n")
+                sys.stderr.flush()
+            except Exception:  # a closed stderr must not raise in this thread
+                pass
+            wait *= 2
+
+    thread = threading.Thread(target=watch, name=f"canvas-plugin-watch-{name}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        took = time.monotonic() - start
+        if notes is not None and took >= first:
+            notes.append(f"loading it took {took:.1f} s (reported after CANVAS_PLUGIN_IMPORT_WARN_S={first:g} s); "
+                         "import heavy packages inside the lazy factories, not at registration")
