@@ -126,6 +126,7 @@ class Rollout:
     def __exit__(self, *exc: Any) -> None:
         for st in self._states:
             st.layer.__dict__.pop("_updates", None)
+            st.caches = []
         self.reset()
         self._active = False
 
@@ -144,9 +145,8 @@ class Rollout:
         return self
 
     def reset(self) -> None:
-        """Forget every frame: the next step is frame 0 of a fresh canvas."""
-        for st in self._states:
-            st.caches = []
+        """Forget every frame: the next step is frame 0 of a fresh canvas.  The cache buffers stay
+        allocated for the next episode (slots past the frame count are never read)."""
         self._inputs = []
         self.frame = 0
         self._sig = None
@@ -207,7 +207,9 @@ class Rollout:
         try:
             y = self.model(x)
             for st in self._states:
-                if t > 0 and st.calls != len(st.caches):
+                if t == 0:
+                    del st.caches[st.calls:]  # buffers of a previous episode's extra calls
+                elif st.calls != len(st.caches):
                     raise RolloutError(f"layer {st.name!r} ran {st.calls} time(s) in this step but "
                                        f"{len(st.caches)} time(s) per step before; a rollout needs the "
                                        "same calls every step (fix the loop count)")
@@ -244,11 +246,15 @@ class Rollout:
             st.calls += 1
             if st.index is None or st.index.device != x.device:
                 st.index = _Index(x.device)
-            if i >= len(st.caches):
-                if self._t > 0:
-                    raise RolloutError(f"layer {st.name!r} ran more often in this step than in the first "
-                                       "one; a rollout needs the same calls every step")
-                st.caches.append(LayerRoll(layer, st.frames, st.index, x.shape[0], x.dtype, x.device))
+            if i >= len(st.caches) and self._t > 0:
+                raise RolloutError(f"layer {st.name!r} ran more often in this step than in the first "
+                                   "one; a rollout needs the same calls every step")
+            if i >= len(st.caches) or not st.caches[i].fits(x):
+                fresh = LayerRoll(layer, st.frames, st.index, x.shape[0], x.dtype, x.device)
+                if i < len(st.caches):
+                    st.caches[i] = fresh  # frame 0 with another batch, dtype or device
+                else:
+                    st.caches.append(fresh)
             return st.caches[i].step(x, self._t)
 
         return _updates

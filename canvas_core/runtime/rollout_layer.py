@@ -123,6 +123,10 @@ class LayerRoll:
             shape = (batch, layer.n_heads, n + 1, layer.head_dim)
             self.kv = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
 
+    def fits(self, h: torch.Tensor) -> bool:
+        """Whether the buffers hold inputs like ``h`` (batch, dtype, device)."""
+        return (h.shape[0] == self.h.shape[0] and h.dtype == self.h.dtype and h.device == self.h.device)
+
     # ---------------------------------------------------------------------------------------------
     def step(self, h: torch.Tensor, t: int):
         """``h`` ``(B, V, D)``: the layer's input at frame ``t`` -> ``(new values (B, V, D) at the

@@ -279,3 +279,22 @@ def test_masked_connections_roll_out(fn):
         Connection(src="v", dst="v", t_src=0, t_dst=-1, fn=fn, mask=tiles, weight=0.5)])
     model = build_model(topo, layout, depth=2)
     _check_rollout(model, layout, torch.randn(1, 3 * 16, 4, dtype=torch.float64))
+
+
+def test_reset_starts_a_new_episode_with_another_batch_and_dtype():
+    layout, model, x = _model_and_input()
+    with torch.no_grad():
+        with canvas_core.incremental(model, layout) as roll:
+            for t in range(layout.T):
+                roll.step(x[:, t * 12:(t + 1) * 12] * 2.0)
+            roll.reset()
+            x1 = x[:1]
+            full = model(x1)
+            for t in range(layout.T):
+                assert torch.allclose(roll.step(x1[:, t * 12:(t + 1) * 12]), full[:, t * 12:(t + 1) * 12], atol=TOL)
+            roll.reset()
+            model.float()
+            xf = x.float()
+            full = model(xf)
+            for t in range(layout.T):
+                assert torch.allclose(roll.step(xf[:, t * 12:(t + 1) * 12]), full[:, t * 12:(t + 1) * 12], atol=1e-4)
