@@ -12,9 +12,6 @@ from typing import Tuple
 
 from canvas_core.plugins.hookspecs import hookimpl
 
-__all__ = ["BUILTIN_ATTENTION", "REFERENCE_KERNEL", "REFERENCE_KERNEL_SUPPORTS", "SOFTMAX_FAMILY",
-           "canvas_register_attention", "canvas_register_kernels"]
-
 _ATTN = "canvas_core.attention"
 
 #: name -> (class in canvas_core.attention, family, complexity, description).

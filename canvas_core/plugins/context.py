@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from canvas_core.errors import CanvasTypeError, PluginError
+from canvas_core.errors import CanvasTypeError, PluginError, did_you_mean
 
 
 
@@ -39,18 +39,14 @@ def normalize_dtype(dtype: Any) -> str:
 
 
 #: device types torch knows (checked without importing torch).
-KNOWN_DEVICE_TYPES = frozenset((
-    "cpu", "cuda", "ipu", "xpu", "mkldnn", "opengl", "opencl", "ideep", "hip", "ve", "fpga", "maia",
-    "xla", "lazy", "vulkan", "mps", "meta", "hpu", "mtia", "privateuseone",
-))
+KNOWN_DEVICE_TYPES = frozenset(("cpu", "cuda", "ipu", "xpu", "mkldnn", "opengl", "opencl", "ideep", "hip", "ve",
+                                "fpga", "maia", "xla", "lazy", "vulkan", "mps", "meta", "hpu", "mtia", "privateuseone"))
 
 #: dtype names torch knows (canonical spelling, see :func:`normalize_dtype`).
 KNOWN_DTYPES = frozenset((
-    "float32", "float16", "bfloat16", "float64", "complex64", "complex128", "complex32",
-    "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "bool",
-    "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu",
-    "float4_e2m1fn_x2", "qint8", "quint8", "qint32",
-))
+    "float32", "float16", "bfloat16", "float64", "complex64", "complex128", "complex32", "uint8", "uint16",
+    "uint32", "uint64", "int8", "int16", "int32", "int64", "bool", "float8_e4m3fn", "float8_e5m2",
+    "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn_x2", "qint8", "quint8", "qint32"))
 
 
 def check_device(device: Any, where: str) -> str:
@@ -64,8 +60,6 @@ def check_device(device: Any, where: str) -> str:
     raw = str(getattr(device, "type", None) or device or "cpu").strip().lower()
     index = raw.split(":", 1)[1] if ":" in raw else None
     if dev not in KNOWN_DEVICE_TYPES or (index is not None and not index.isdigit()):
-        from canvas_core.errors import did_you_mean
-
         raise SpecError(
             f"{where}: unknown device {device!r}.{did_you_mean(dev, KNOWN_DEVICE_TYPES)} Use a torch "
             "device such as 'cpu', 'cuda', 'cuda:0' or 'mps'")
@@ -81,8 +75,6 @@ def check_dtype(dtype: Any, where: str) -> str:
             f"got {type(dtype).__name__} {dtype!r}")
     name = normalize_dtype(dtype)
     if name not in KNOWN_DTYPES:
-        from canvas_core.errors import did_you_mean
-
         raise SpecError(
             f"{where}: unknown dtype {dtype!r}.{did_you_mean(name, KNOWN_DTYPES)} Use a torch dtype "
             "name such as 'float32', 'float16' or 'bfloat16'")

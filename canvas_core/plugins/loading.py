@@ -96,12 +96,10 @@ def entry_point_distribution(ep: Any) -> Tuple[Optional[str], str]:
     dist = getattr(ep, "dist", None)
     if dist is None:
         return None, ""
-    name = getattr(dist, "name", None)
-    if not name:
-        try:
-            name = dist.metadata["Name"]
-        except Exception:
-            name = None
+    try:
+        name = getattr(dist, "name", None) or dist.metadata["Name"]
+    except Exception:
+        name = None
     return name, str(getattr(dist, "version", "") or "")
 
 
