@@ -179,7 +179,7 @@ class ProgramCompiler:
         if lower:
             plan = lower_schema(reduced)
             if resolve:
-                resolve_plan(plan, device=device_s, dtype=dtype_s, head_dim=head_dim, kernel=kernel,
+                plan = resolve_plan(plan, device=device_s, dtype=dtype_s, head_dim=head_dim, kernel=kernel,
                              requires_grad=requires_grad, preview=preview)
         identity = resolve_identity(program, schema, active) if resolve else {}
 

@@ -292,8 +292,8 @@ def restrict(plan: ExecutionPlan, source_regions: Any) -> ExecutionPlan:
     """The plan of the connections of ``plan`` whose source region is in ``source_regions``.
 
     The fn type of each kept connection is taken from ``plan.fn_of_connection`` (not read again)
-    and every group keeps its resolution (``resolved`` and the per-connection records, re-indexed),
-    so executing the smaller plan needs no registry either.
+    and every group keeps its resolution (``resolved``; the per-connection rows of the smaller plan
+    are computed from it), so executing the smaller plan needs no registry either.
     """
     if isinstance(source_regions, (str, bytes)):
         raise CanvasTypeError(f"restrict: source_regions must be a set or list of region names, got the "
@@ -303,13 +303,8 @@ def restrict(plan: ExecutionPlan, source_regions: Any) -> ExecutionPlan:
     idx = [i for i, c in enumerate(topology.connections) if c.src in keep]
     sub = lower(_sub_topology(topology, [topology.connections[i] for i in idx]), plan.layout,
                 resolve_fn=[plan.fn_of_connection[i] for i in idx], warn_unlinked=False)
-    for fn, group in sub.groups.items():
-        group.resolved = plan.groups[fn].resolved
-    for new_i, old_i in enumerate(idx):
-        rec = plan.resolutions.get(old_i)
-        if rec is not None:
-            sub.resolutions[new_i] = dataclasses.replace(rec, index=new_i)
-    return sub
+    groups = {fn: dataclasses.replace(g, resolved=plan.groups[fn].resolved) for fn, g in sub.groups.items()}
+    return dataclasses.replace(sub, groups=groups)
 
 
 def _sub_topology(topology: Any, connections: List[Any]) -> Any:

@@ -22,7 +22,7 @@ one type overlap, the pair's weight is the *largest* one (the same rule as the d
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -220,8 +220,11 @@ class ExecutionPlan:
         fn_of_connection: resolved fn type of every connection (index = connection index).
         query_weight: fn type -> ``(N,)`` float64 packed ``W_f(p)``: the total weight of the
             connections of type f that link query p to at least one key.
-        resolutions: connection index -> :class:`~canvas_core.compiler.resolved.ConnectionResolution`
-            (filled by the resolution pass together with ``groups[fn].resolved``).
+
+    The resolution of the plan lives on its groups (``groups[fn].resolved``, one frozen
+    :class:`~canvas_core.compiler.resolved.ResolvedGroup` per fn type, set on the new plan that
+    :func:`~canvas_core.compiler.resolution.resolve_plan` returns); :attr:`resolutions` derives the
+    per-connection report rows from them.
     """
 
     layout: Any
@@ -235,12 +238,24 @@ class ExecutionPlan:
     fn_of_connection: List[str]
     query_weight: Dict[str, np.ndarray]
     build_seconds: float = 0.0
-    resolutions: Dict[int, Any] = field(default_factory=dict)
 
     # --- derived sets ---------------------------------------------------------------------------
     @property
     def fn_types(self) -> Tuple[str, ...]:
         return tuple(self.groups)
+
+    @property
+    def resolutions(self) -> Dict[int, Any]:
+        """Connection index -> :class:`~canvas_core.compiler.resolved.ConnectionResolution`: the
+        report row of every connection whose group is resolved, computed from ``groups[fn].resolved``
+        (empty on a plan that was only lowered)."""
+        connections = list(getattr(self.topology, "connections", ()) or ())
+        out: Dict[int, Any] = {}
+        for i, fn in enumerate(self.fn_of_connection):
+            g = self.groups.get(fn)
+            if g is not None and g.resolved is not None and i < len(connections):
+                out[i] = g.resolved.record(i, connections[i])
+        return out
 
     @property
     def is_resolved(self) -> bool:

@@ -3,9 +3,11 @@
 Lowering has already read every connection's fn type (``plan.fn_of_connection``, grouped in
 ``plan.groups``).  :func:`resolve_plan` asks the plugin layer
 (:func:`canvas_core.plugins.resolve_attention`) once per group for the target (device, dtype,
-head dim, whether gradients are needed), stores the answer on the group as a
-:class:`~canvas_core.compiler.resolved.ResolvedGroup` and derives one
-:class:`~canvas_core.compiler.resolved.ConnectionResolution` per connection for the report.
+head dim, whether gradients are needed) and returns a new plan whose groups carry the answer, one
+frozen :class:`~canvas_core.compiler.resolved.ResolvedGroup` per fn group; the plan it was given
+is not changed.  The report's per-connection rows
+(:class:`~canvas_core.compiler.resolved.ConnectionResolution`, ``plan.resolutions``) are computed
+from those records.
 
 Failures keep the plugin layer's error class (``UnknownNameError``, ``UnavailableError``, ...)
 with the first connection that asked for the type put in front of the message.  A requested
@@ -17,6 +19,7 @@ Torch-free: the plugin layer is reached through its public functions, nothing el
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, Iterable, Optional
 
 from canvas_core.compiler.lowering import lower
@@ -58,11 +61,13 @@ def _group(fn: str, res: Resolution, device: str, dtype: str, auto: bool) -> Res
 
 def resolve_plan(plan: Any, *, device: Any = "cpu", dtype: str = "float32", head_dim: Optional[int] = None,
                  kernel: Optional[str] = None, requires_grad: bool = True, only: Optional[Iterable[str]] = None,
-                 kernel_must_apply: bool = True, preview: bool = False) -> Dict[int, ConnectionResolution]:
-    """Resolve every fn group of ``plan`` on the target; return connection index -> record.
+                 kernel_must_apply: bool = True, preview: bool = False) -> Any:
+    """Resolve every fn group of ``plan`` on the target; return the resolved plan.
 
-    On success each ``plan.groups[fn].resolved`` holds its :class:`ResolvedGroup` and
-    ``plan.resolutions`` the per-connection records; on failure the plan is left as it was.
+    Returns a new :class:`~canvas_core.compiler.plan.ExecutionPlan` sharing ``plan``'s arrays, in
+    which ``groups[fn].resolved`` holds each resolved group's :class:`ResolvedGroup` (groups left
+    out by ``only`` keep what they had) and ``resolutions`` the per-connection rows derived from
+    them.  ``plan`` itself is never changed.
 
     Args:
         device, dtype, head_dim, requires_grad: the target (see ``RuntimeContext``).
@@ -78,7 +83,7 @@ def resolve_plan(plan: Any, *, device: Any = "cpu", dtype: str = "float32", head
         CompileError: the requested ``kernel`` executes none of the plan's types.
     """
     if not plan.groups:  # nothing to run: nothing to resolve (and no kernel to check)
-        return {}
+        return plan
     device = "cpu" if device is None else str(device)  # a torch.device prints as its name
     ctx = RuntimeContext(device=device, dtype=dtype, head_dim=head_dim, requires_grad=bool(requires_grad),
                          preview=bool(preview))
@@ -103,12 +108,9 @@ def resolve_plan(plan: Any, *, device: Any = "cpu", dtype: str = "float32", head
             f"kernel {prefer!r} was requested but executes none of this program's attention types "
             f"{sorted(resolved)} (it supports {list(pref_spec.supports)}); drop kernel= or pick a kernel "
             "that supports them.")
-    for fn, g in resolved.items():
-        plan.groups[fn].resolved = g
-    records = {i: resolved[fn].record(i, connections[i]) for i, fn in enumerate(plan.fn_of_connection)
-               if fn in resolved}
-    plan.resolutions.update(records)
-    return records
+    groups = {fn: dataclasses.replace(g, resolved=resolved[fn]) if fn in resolved else g
+              for fn, g in plan.groups.items()}
+    return dataclasses.replace(plan, groups=groups)
 
 
 def resolve_connections(schema: Any, *, device: str = "cpu", dtype: str = "float32",
@@ -117,10 +119,11 @@ def resolve_connections(schema: Any, *, device: str = "cpu", dtype: str = "float
     """Resolve the connections of ``schema.topology`` on the target without keeping a plan.
 
     The same road as the compiler (:func:`~canvas_core.compiler.lowering.lower`, then
-    :func:`resolve_plan`); returns connection index -> :class:`ConnectionResolution`.
+    :func:`resolve_plan`); returns connection index -> :class:`ConnectionResolution` (the resolved
+    plan's ``resolutions``).
     """
     topology, layout = schema.topology, schema.layout
     if topology is None or not topology.connections:
         return {}
     return resolve_plan(lower(topology, layout), device=device, dtype=dtype, head_dim=head_dim,
-                        kernel=kernel, requires_grad=requires_grad)
+                        kernel=kernel, requires_grad=requires_grad).resolutions

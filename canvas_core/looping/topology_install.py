@@ -82,7 +82,7 @@ def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: An
     n_heads, head_dim = adapter.attention_shape(model)
     prefer = None if kernel in (None, "auto") or kernel in REFERENCE_MODES else kernel
     # once, for the model's device: unknown / unavailable types fail here, naming the connection
-    resolve_plan(plan, device=device.type, dtype=str(dtype).replace("torch.", ""), head_dim=head_dim,
+    plan = resolve_plan(plan, device=device.type, dtype=str(dtype).replace("torch.", ""), head_dim=head_dim,
                  kernel=prefer, kernel_must_apply=prefer is not None)
     native = set(BACKBONE_SOFTMAX_TYPES) | set(getattr(adapter, "native_types", ()))
     softmax, kernels = set(), {}

@@ -312,11 +312,8 @@ def _resolve_here(plan: ExecutionPlan, fused: Tuple[str, ...], attention_factory
     need = [f for f in plan.groups if f in fused or attention_factory is None]
     if not need:
         return plan
-    groups = {f: dataclasses.replace(g) for f, g in plan.groups.items()}
-    local = dataclasses.replace(plan, groups=groups, resolutions=dict(plan.resolutions))
-    resolve_plan(local, device=device, kernel=REFERENCE_KERNEL, requires_grad=False, only=need,
-                 kernel_must_apply=False)
-    return local
+    return resolve_plan(plan, device=device, kernel=REFERENCE_KERNEL, requires_grad=False, only=need,
+                        kernel_must_apply=False)
 
 
 def _kernel_choices(kernel: Any, plan: ExecutionPlan, fused: Tuple[str, ...]) -> Dict[str, Any]:
@@ -347,13 +344,12 @@ def _connections_of(plan: ExecutionPlan, fn: str) -> str:
 
 
 def flag_connections(plan: ExecutionPlan, fn: str, note: str) -> None:
-    """Add ``note`` to the resolution record of every connection of ``fn`` (the compile report's
-    notes), once."""
-    res = getattr(plan, "resolutions", None) or {}
-    for ci in sorted({int(c) for c in plan.groups[fn].conn}):
-        r = res.get(ci)
-        if r is not None and note not in (r.note or ""):
-            r.note = f"{r.note}; {note}" if r.note else note
+    """Add ``note`` to the resolution of group ``fn`` of the plan a layer or an installation owns
+    (the compile report's notes, shown on every connection of ``fn``), once."""
+    group = plan.groups[fn]
+    r = group.resolved
+    if r is not None and note not in (r.note or ""):
+        group.resolved = dataclasses.replace(r, note=f"{r.note}; {note}" if r.note else note)
 
 
 def _key(fn: str) -> str:
