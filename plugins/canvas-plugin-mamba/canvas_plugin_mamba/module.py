@@ -28,6 +28,29 @@ def _mamba_ssm_available() -> bool:
         return False
 
 
+class _Softplus(torch.autograd.Function):
+    """float32 ``softplus(x) = relu(x) + log(1 + e^-|x|)`` (equal to ``F.softplus`` to float32
+    rounding), gradient ``sigmoid(x)``.  ``F.softplus`` goes through ``log1p``, which this
+    CPU build does not vectorise: several times the cost of the rest of the delta projection."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return torch.exp(-x.abs()).add_(1.0).log_().add_(x.clamp(min=0.0))
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * torch.sigmoid(x)
+
+
+def _softplus(x: torch.Tensor) -> torch.Tensor:
+    """``F.softplus``; float32 on CPU through :class:`_Softplus` (float64 stays exact)."""
+    if x.device.type == "cpu" and x.dtype == torch.float32:
+        return _Softplus.apply(x)
+    return F.softplus(x)
+
+
 def _int(name: str, v, lo: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise CanvasTypeError(f"mamba: {name} must be an int >= {lo}, got {v!r}")
@@ -164,7 +187,7 @@ class MambaAttention(nn.Module):
         u = F.silu(conv).to(wd)
         sel = self.x_proj(keys)
         dt, Bsel = sel.split([self.dt_rank, self.d_state], dim=-1)
-        delta = F.softplus(self.dt_proj(dt)).to(wd)
+        delta = _softplus(self.dt_proj(dt)).to(wd)
         if key_ok is not None:
             keep = key_ok.unsqueeze(-1).to(wd)
             u, delta = u * keep, delta * keep
