@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from canvas_core.plugins.builtin import REFERENCE_KERNEL, SOFTMAX_FAMILY
 from canvas_core.plugins.spec import Spec
 
-__all__ = ["ResolvedGroup", "ConnectionResolution", "MODULE_KERNEL", "REFERENCE_KERNEL", "SOFTMAX_FAMILY"]
+__all__ = ["ResolvedGroup", "ConnectionResolution", "MODULE_KERNEL", "REFERENCE_KERNEL"]
 
 #: ``kernel`` shown for a type whose own module computes it (no separate kernel was chosen).
 MODULE_KERNEL = "module"

@@ -21,11 +21,8 @@ from canvas_core.plugins.builtin import SOFTMAX_FAMILY
 from canvas_core.runtime.backbone_attention import merge_cover
 from canvas_core.runtime.kernels import REFERENCE_MODES
 
-__all__ = ["build_installation", "remove_installation", "BACKBONE_SOFTMAX_TYPES", "HOLDER_ATTR"]
+__all__ = ["build_installation", "remove_installation", "HOLDER_ATTR"]
 
-#: fn types that are always the backbone's own softmax attention inside a backbone (the one
-#: softmax family of the plugin layer, under the name this module has exported since 0.1)
-BACKBONE_SOFTMAX_TYPES: Tuple[str, ...] = SOFTMAX_FAMILY
 #: attribute of a block (or its looped wrapper) holding the gated modules of the non-softmax types
 HOLDER_ATTR = "canvas_fn"
 
@@ -84,7 +81,7 @@ def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: An
     # once, for the model's device: unknown / unavailable types fail here, naming the connection
     plan = resolve_plan(plan, device=device.type, dtype=str(dtype).replace("torch.", ""), head_dim=head_dim,
                  kernel=prefer, kernel_must_apply=prefer is not None)
-    native = set(BACKBONE_SOFTMAX_TYPES) | set(getattr(adapter, "native_types", ()))
+    native = set(SOFTMAX_FAMILY) | set(getattr(adapter, "native_types", ()))
     softmax, kernels = set(), {}
     for fn, g in plan.groups.items():
         rg = g.resolved

@@ -40,8 +40,9 @@ from torch import nn
 from canvas_core.compiler.lowering import lower, restrict
 from canvas_core.compiler.plan import ExecutionPlan
 from canvas_core.compiler.resolution import resolve_plan
-from canvas_core.compiler.resolved import REFERENCE_KERNEL, SOFTMAX_FAMILY
+from canvas_core.compiler.resolved import REFERENCE_KERNEL
 from canvas_core.errors import CanvasTypeError, ShapeError, SchemaError
+from canvas_core.plugins.builtin import SOFTMAX_FAMILY
 from canvas_core.plugins.resolve import build_attention
 from canvas_core.runtime.kernels import REFERENCE_MODES
 from canvas_core.runtime.backbone_attention import PlanRunner, mix_softmax_groups, run_module_groups
@@ -50,11 +51,7 @@ from canvas_core.runtime.input_checks import (check_allocation, check_count, che
 from canvas_core.runtime.type_call import check_attention_module
 from canvas_core.runtime.type_probe import init_gradient_problem, is_builtin_module, probe_attention_module
 
-__all__ = ["CanvasAttention", "SOFTMAX_TYPES"]
-
-#: the softmax family (shared projections, one kernel call per type); the same tuple object as
-#: ``canvas_core.plugins.builtin.SOFTMAX_FAMILY``, kept under this name for existing imports
-SOFTMAX_TYPES: Tuple[str, ...] = SOFTMAX_FAMILY
+__all__ = ["CanvasAttention"]
 
 
 class _Executor(PlanRunner):
@@ -99,7 +96,7 @@ class CanvasAttention(nn.Module):
     def __init__(self, plan_or_topology: Any, layout: Any = None, d_model: Optional[int] = None,
                  n_heads: int = 8, dropout: float = 0.0, kernel: Any = None, *,
                  attention_factory: Optional[Callable[..., nn.Module]] = None,
-                 softmax_types: Iterable[str] = SOFTMAX_TYPES, beta: float = 1.0, bias: bool = True,
+                 softmax_types: Iterable[str] = SOFTMAX_FAMILY, beta: float = 1.0, bias: bool = True,
                  kernel_options: Optional[Dict[str, Any]] = None, device: Any = None,
                  returns: str = "state") -> None:
         super().__init__()

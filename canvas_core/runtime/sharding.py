@@ -287,7 +287,7 @@ class CanvasSharding:
 def _softmax_types(obj: Any) -> Tuple[str, ...]:
     soft = getattr(obj, "softmax_types", None)
     if soft is None:
-        from canvas_core.runtime.canvas_attention import SOFTMAX_TYPES as soft
+        from canvas_core.plugins.builtin import SOFTMAX_FAMILY as soft
     return tuple(soft)
 
 

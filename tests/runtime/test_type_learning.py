@@ -16,7 +16,8 @@ import canvas_core.plugins as P  # noqa: E402
 import canvas_ref_dependency as dep  # noqa: E402
 import canvas_ref_strategies as gen  # noqa: E402
 from canvas_core.compiler.report import format_resolutions  # noqa: E402
-from canvas_core.runtime.canvas_attention import SOFTMAX_TYPES, CanvasAttention, _key  # noqa: E402
+from canvas_core.plugins.builtin import SOFTMAX_FAMILY  # noqa: E402
+from canvas_core.runtime.canvas_attention import CanvasAttention, _key  # noqa: E402
 from canvas_core.schema import CanvasLayout, CanvasTopology, Connection  # noqa: E402
 
 PARAMETER_FREE = {"none", "copy"}
@@ -24,7 +25,7 @@ TYPES = sorted(set(P.list_attention_types()) - PARAMETER_FREE)
 
 
 def _own_parameters(layer, fn):
-    if fn in SOFTMAX_TYPES:  # the softmax family's parameters: the layer's shared projections
+    if fn in SOFTMAX_FAMILY:  # the softmax family's parameters: the layer's shared projections
         return [layer.qkv.weight, layer.qkv.bias, layer.out_proj.weight, layer.out_proj.bias]
     return list(layer.fn_modules[_key(fn)].parameters())
 
