@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from canvas_core.errors import ShapeError
+from canvas_core.runtime.input_checks import check_region_names, check_tensor
 from canvas_core.runtime.sharding import (
     CanvasSharding,
     SequenceParallelError,
@@ -203,11 +204,12 @@ class SequenceParallelCanvasAttention(nn.Module):
     def _state(self, x: torch.Tensor, active_regions: Optional[Iterable[str]]) -> torch.Tensor:
         attn = self.attn
         n_r, D = self.n_local, attn.d_model
+        check_tensor(type(self).__name__, "x", x, like=next(attn.parameters(), None))
         if x.dim() != 3 or x.shape[1] != n_r or x.shape[2] != D:
             raise ShapeError(f"SequenceParallelCanvasAttention on rank {self.rank} expects its share "
                              f"(B, {n_r}, {D}) (shard_canvas cuts it), got {tuple(x.shape)}")
         if active_regions is not None:
-            active_regions = frozenset(active_regions)
+            active_regions = check_region_names(type(self).__name__, "active_regions", active_regions)
         soft, other = attn.part_types(active_regions)
         acc = None
         if soft:
