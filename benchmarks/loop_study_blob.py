@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Loop study: loop count 1-4 x {frozen, unfrozen} backbone, over several seeds.
 
-    python benchmarks/loop_study.py --quick            # CI smoke run: a few steps, seconds
-    nice -n 10 python benchmarks/loop_study.py --plot docs/loop_study.png --json loop_study.json
+    python benchmarks/loop_study.py --task blob --quick     # CI smoke run: a few steps, seconds
+    nice -n 10 python benchmarks/loop_study.py --task blob --plot docs/loop_study.png --json loop_study.json
 
 Every condition starts from the pretrained tiny CogVideoX shipped with canvas-core
 (``canvas_core/demo/weights/cogvideox-blob``, made by ``scripts/pretrain_backbone.py``), grafts

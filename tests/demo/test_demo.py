@@ -1,4 +1,5 @@
-"""`canvas demo`: the main job end to end, its task generator, pretrained loading, bad options."""
+"""`canvas demo --task blob`: the moving-blob job end to end, its task generator, pretrained loading,
+bad options (the default Game of Life task: tests/demo/test_life_demo.py)."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def png_ok(path):
 
 
 def test_demo_end_to_end_quick(tmp_path):
-    proc = run_cli("--quick", "--out", str(tmp_path))
+    proc = run_cli("--task", "blob", "--quick", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     for words in ("== 1. program", "== 2. compiled", "reference", "== 3. grafted 3-loop",
@@ -139,7 +140,8 @@ def test_demo_pretrained_directory(tmp_path):
     (["--random-init", "--pretrained", "."], "exclude each other"),
 ] + ([(["--device", "cuda"], "no CUDA")] if not torch.cuda.is_available() else []))
 def test_demo_bad_options(tmp_path, args, words):
-    proc = run_cli("--quick", "--out", str(tmp_path), *args) if "--out" not in args else run_cli(*args)
+    proc = (run_cli("--task", "blob", "--quick", "--out", str(tmp_path), *args) if "--out" not in args
+            else run_cli("--task", "blob", *args))
     assert proc.returncode == 2
     assert words in proc.stderr and "Traceback" not in proc.stderr
 

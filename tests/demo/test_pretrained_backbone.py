@@ -1,5 +1,5 @@
 """The pretrained tiny CogVideoX shipped with the package, the script that makes it, and the loop
-study over it (``benchmarks/loop_study.py``)."""
+study over it (``benchmarks/loop_study.py --task blob``, in ``benchmarks/loop_study_blob.py``)."""
 
 from __future__ import annotations
 
@@ -134,7 +134,7 @@ def test_bad_prompt_file_is_refused(tmp_path):
 
 
 def test_loop_study_quick_prints_one_row_per_condition():
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loop_study.py"), "--quick"],
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "loop_study.py"), "--task", "blob", "--quick"],
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
@@ -154,7 +154,7 @@ def test_loop_study_quick_prints_one_row_per_condition():
 def test_loop_study_merges_per_seed_files(tmp_path, capsys):
     import json
 
-    study = _script("loop_study")
+    study = _script("loop_study_blob")
     args = {"loops": "1,3", "steps": "5", "batch_size": "4", "lr": "0.003", "eval_samples": "16", "train_videos": "None"}
 
     def write(name, seed, errs):
