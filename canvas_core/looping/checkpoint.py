@@ -92,6 +92,9 @@ def loop_structure(
         scope = getattr(b, "loop_scope", "")  # span / model scopes (block-scope files unchanged)
         if scope:
             entry["scope"] = scope
+            options = _loop_options(b)
+            if options:
+                entry["options"] = options
         blocks.append(entry)
     head = (
         {}
@@ -99,6 +102,20 @@ def loop_structure(
         else {n: list(t.shape) for n, t in action_head.state_dict().items()}
     )
     return {"blocks": blocks, "head": head}
+
+
+def _loop_options(part: nn.Module) -> Dict[str, Any]:
+    """The options of a span / model loop that change its function without changing any parameter
+    shape (only values other than the default, so files of default grafts keep their hash)."""
+    out: Dict[str, Any] = {}
+    if getattr(part, "iter_norm", None) is not None:
+        out["iter_norm"] = part.iter_norm
+    update = getattr(part, "update", "gated")
+    if update != "gated":
+        out["update"] = update
+        if update == "damped":
+            out["damping"] = float(part.damping)
+    return out
 
 
 def _hash(obj: Any) -> str:
@@ -209,6 +226,16 @@ def _describe_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
         )
     if len(sb) != len(cb):
         return f"the checkpoint has {len(sb)} looped blocks, the model has {len(cb)}"
+    so = [b.get("options", {}) for b in sb][:1] or [{}]
+    co = [b.get("options", {}) for b in cb][:1] or [{}]
+    if so != co:
+        def text(o: Mapping[str, Any]) -> str:
+            o = {"update": "gated", "iter_norm": None, **o}
+            return ", ".join(f"{k}={v!r}" for k, v in sorted(o.items()))
+        return (
+            f"it was saved from loops grafted with {text(so[0])} and this model is grafted with "
+            f"{text(co[0])}; graft a fresh model with the checkpoint's options to load it"
+        )
     for i, (s, c) in enumerate(zip(sb, cb)):
         if s.get("block") != c.get("block"):
             return (

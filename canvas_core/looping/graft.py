@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, List, Optional, Tuple, Type
 
 import torch
@@ -190,9 +191,10 @@ def graft_looped_blocks(
     _check_pos_int("latent_channels", latent_channels, optional=True)
     _check_pos_int("inner_dim", inner_dim, optional=True)
     _check_pos_int("action_hidden_dim", action_hidden_dim, optional=True)
-    if isinstance(gate_init_bias, bool) or not isinstance(gate_init_bias, (int, float)):
+    if (isinstance(gate_init_bias, bool) or not isinstance(gate_init_bias, (int, float))
+            or not math.isfinite(gate_init_bias)):
         raise BackboneError(
-            f"graft_looped_blocks: gate_init_bias must be a number (0.0 keeps the graft identical "
+            f"graft_looped_blocks: gate_init_bias must be a finite number (0.0 keeps the graft identical "
             f"to the backbone at initialisation), got {gate_init_bias!r}"
         )
     if sharpening is not None and not callable(sharpening):

@@ -45,6 +45,9 @@ def check_loops(n: Any, where: str) -> int:
             f"{where}: n (the loop count) must be an int >= 1, got {n!r}; one loop runs the "
             "backbone once, so pass n=1 for the plain model"
         )
+    from canvas_core.schema.limits import check_size
+
+    check_size("loops", n, f"{where} n")  # a span runs every one of them: refuse a runaway count
     return n
 
 
