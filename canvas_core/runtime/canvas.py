@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, RegionError, ShapeError, UnknownRegionError, did_you_mean
-from canvas_core.runtime.input_checks import check_allocation, check_count, check_width
+from canvas_core.runtime.input_checks import allocating, check_allocation, check_count, check_width
 from canvas_core.schema.limits import check_size
 from canvas_core.runtime.embeddings import (
     FamilyCarrierEmbedding,
@@ -100,9 +100,10 @@ class SpatiotemporalCanvas(nn.Module):
         D = self.d_model = int(layout.d_model)
         shape = tuple(layout.spatial_shape)
         self.names: Tuple[str, ...] = tuple(layout.regions)
-        self.pos_enc = SinusoidalPositionalEncodingND(
-            D, max(1, layout.T), tuple(max(1, s) for s in shape)
-        )
+        with allocating("SpatiotemporalCanvas positional tables", (layout.T + sum(shape), D)):
+            self.pos_enc = SinusoidalPositionalEncodingND(
+                D, max(1, layout.T), tuple(max(1, s) for s in shape)
+            )
         self.empty_token = nn.Parameter(torch.randn(D) * 0.02)
         self.period_embedding = PeriodEmbedding(D)
         # with a semantic conditioner there are no learned modality embeddings: None, as in
@@ -216,7 +217,8 @@ class SpatiotemporalCanvas(nn.Module):
             ident = ident.index_copy(
                 0, idx, self.region_identity(name).expand(idx.numel(), self.d_model)
             )
-        return (base + ident).unsqueeze(0).expand(batch_size, N, self.d_model).clone()
+        with allocating(f"SpatiotemporalCanvas.create_empty({batch_size})", (batch_size, N, self.d_model)):
+            return (base + ident).unsqueeze(0).expand(batch_size, N, self.d_model).clone()
 
     def _check_canvas(self, canvas: torch.Tensor, where: str) -> None:
         N = self.layout.num_positions

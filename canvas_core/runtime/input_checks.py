@@ -120,3 +120,37 @@ def check_allocation(where: str, shape: Sequence[int], itemsize: int = 4) -> Non
 
 
 __all__.append("check_allocation")
+
+
+class allocating:
+    """``with allocating(where, shape):`` around a large allocation: an allocator failure (torch's
+    "can't allocate memory" / "out of memory", or ``MemoryError``) becomes a ``SizeLimitError``
+    naming ``where``, the shape and its size, instead of a raw allocator error."""
+
+    def __init__(self, where: str, shape: Sequence[int], itemsize: int = 4) -> None:
+        self.where, self.shape, self.itemsize = where, tuple(int(s) for s in shape), itemsize
+
+    def __enter__(self) -> "allocating":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if exc is None:
+            return False
+        text = str(exc).lower()
+        if type(exc).__name__ == "OutOfMemoryError":  # torch's device OOM: callers catch it by type
+            return False
+        oom = isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
+            "can't allocate memory" in text or "out of memory" in text or "cannot allocate memory" in text))
+        if not oom:
+            return False
+        import math
+
+        from canvas_core.errors import SizeLimitError
+
+        n = math.prod(self.shape)
+        raise SizeLimitError(
+            f"{self.where}: the machine could not allocate a tensor of shape {self.shape} ({n:,} elements, "
+            f"~{n * self.itemsize / 2**30:.2f} GiB); use a smaller size (batch, canvas or width)") from None
+
+
+__all__.append("allocating")

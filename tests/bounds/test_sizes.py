@@ -134,3 +134,27 @@ def test_n_by_n_tensors_respect_the_element_limit(monkeypatch):
     dense = cc.CanvasAttention(topo, layout, n_heads=1, kernel="dense")
     x = torch.randn(2, 32, 8)
     torch.testing.assert_close(auto(x), dense(x))
+
+
+@pytest.mark.parametrize("exc", [
+    RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried ..."),
+    MemoryError(),
+])
+def test_allocator_failure_becomes_a_size_error_naming_the_shape(exc):
+    from canvas_core.runtime.input_checks import allocating
+
+    with pytest.raises(SizeLimitError, match=r"create_empty\(9\): .*shape \(9, 4, 2\) \(72 elements"):
+        with allocating("create_empty(9)", (9, 4, 2)):
+            raise exc
+
+
+def test_other_errors_and_device_oom_pass_through():
+    from canvas_core.runtime.input_checks import allocating
+
+    class OutOfMemoryError(RuntimeError):  # torch.OutOfMemoryError's name: callers catch it by type
+        pass
+
+    for exc in (RuntimeError("shape mismatch"), OutOfMemoryError("CUDA out of memory")):
+        with pytest.raises(type(exc)):
+            with allocating("x", (1,)):
+                raise exc
