@@ -54,6 +54,12 @@ def check_write_target(
     not a regular file or a missing path, is read-only, or (without ``make_parents``) its
     directory does not exist."""
     p = _fspath(path, what)
+    if p.endswith(os.sep) or (os.altsep and p.endswith(os.altsep)):
+        # "ckpts/" names a directory; abspath would drop the slash and write a file "ckpts"
+        raise error(
+            f"refusing to write {what} to {p!r}: the path ends with a separator, so it names a "
+            "directory, not a file; nothing was written. Give a file path inside it"
+        )
     real = os.path.realpath(p) if os.path.islink(p) else os.path.abspath(p)
     via = f" (the target of the symlink {p!r})" if real != os.path.abspath(p) else ""
     try:
