@@ -106,3 +106,14 @@ def test_dev_zero_and_fifo_fail_fast(tmp_path):
     assert r.stdout.count("status=2") == 2, (r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 2 and "CANVAS_MAX_FILE_BYTES" in lines[0] and "not valid JSON" in lines[1], lines
+
+
+def test_text_the_terminal_cannot_encode_is_printed_escaped(tmp_path):
+    schema = dict(SCHEMA, regions={"caf\u00e9\u2615": SCHEMA["regions"]["a"], "b": SCHEMA["regions"]["b"]},
+                  topology=[{"src": "caf\u00e9\u2615", "dst": "b"}])
+    (tmp_path / "uni.json").write_text(json.dumps(schema))
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    r = subprocess.run([sys.executable, "-m", "canvas_core.cli", "compile", str(tmp_path / "uni.json")],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert "caf\\xe9\\u2615" in r.stdout
