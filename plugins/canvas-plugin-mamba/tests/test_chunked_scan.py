@@ -86,7 +86,10 @@ def test_chunked_scan_float32_is_stable_and_close(L, chunk, seed):
     got = torch.autograd.grad(y, inputs, gy)
     inputs64 = [x.detach().double().requires_grad_() for x in inputs]
     ref, _ = _reference(*inputs64, read)
-    want = torch.autograd.grad(ref, inputs64, gy.double())
+    if ref.requires_grad:
+        want = torch.autograd.grad(ref, inputs64, gy.double())
+    else:  # every query reads before the first key
+        want = [torch.zeros_like(x) for x in inputs64]
     assert torch.isfinite(y).all() and all(torch.isfinite(g).all() for g in got)
     torch.testing.assert_close(y.double(), ref, atol=1e-4, rtol=1e-4)
     for a, b in zip(got, want):
