@@ -101,6 +101,16 @@ class _LayerProbe:
                     self.conn_share[ci] = (plan_query_weights(plan, only)[f] / safe)[updated]
         self.stats: Dict[str, _Mean] = {}
         self.module_norm: Dict[str, _Mean] = {}
+        self.forwards = 0  # whole-canvas forwards of this layer seen (restricted ones not counted)
+
+    def applies(self, x: Any, active: Any) -> bool:
+        """Whether a call ``layer(x, active)`` is a whole-canvas forward the probe can measure: not
+        restricted to some regions, and ``x`` of the layer's shape (anything else is left to the
+        layer, which refuses bad input itself, or is a rollout step of one frame)."""
+        layer = self.layer
+        return (active is None and isinstance(x, torch.Tensor) and x.dim() == 3
+                and x.shape[1] == int(layer.plan.n) and x.shape[2] == layer.d_model
+                and x.is_floating_point())
 
     def _add(self, key: str, value: float) -> None:
         self.stats.setdefault(key, _Mean()).add(value)
@@ -166,6 +176,8 @@ class _LayerProbe:
 
     def values(self) -> Dict[str, float]:
         out = {k: m.value for k, m in self.stats.items()}
+        if not self.forwards:  # nothing measured: no shares from the weights alone either
+            return out
         for ci, share in self.conn_share.items():
             at = share > 0
             if not at.any():
@@ -201,7 +213,7 @@ class Telemetry:
                 continue
             probe = _LayerProbe(name or type(mod).__name__, mod, self.max_queries)
             self._probes.append(probe)
-            self._handles.append(mod.register_forward_pre_hook(self._pre_hook(probe)))
+            self._handles.append(mod.register_forward_pre_hook(self._pre_hook(probe), with_kwargs=True))
             for fn in mod.executor.other_fns:
                 self._handles.append(mod.fn_modules[fn_module_key(fn)].register_forward_hook(
                     lambda _m, _i, out, p=probe, f=fn: p.module_output(f, out)))
@@ -213,9 +225,11 @@ class Telemetry:
     @staticmethod
     def _pre_hook(probe: _LayerProbe):
         def hook(_module: nn.Module, args: Tuple[Any, ...], kwargs: Optional[dict] = None):
-            x = args[0] if args else None
-            active = args[1] if len(args) > 1 else None
-            if isinstance(x, torch.Tensor) and x.dim() == 3 and active is None:
+            kwargs = kwargs or {}
+            x = args[0] if args else kwargs.get("x")
+            active = args[1] if len(args) > 1 else kwargs.get("active_regions")
+            if probe.applies(x, active):
+                probe.forwards += 1
                 probe.softmax_forward(x)
         return hook
 
