@@ -67,6 +67,9 @@ class AttentionBase(nn.Module):
         t = self.type_name
         _check_int(t, "d_model", d_model, 1)
         _check_int(t, "n_heads", n_heads, 1)
+        from canvas_core.schema.limits import check_size
+
+        check_size("width", d_model, f"attention type {t!r} d_model")  # before any weight is allocated
         if d_model % n_heads != 0:
             raise ShapeError(
                 f"{t}: d_model={d_model} is not divisible by n_heads={n_heads}; "

@@ -205,6 +205,10 @@ def build_attention(spec: Spec, d_model: int, n_heads: int = 4, dropout: float =
         CanvasTypeError: the factory does not take one of the given keyword arguments.
         PluginLoadError / FactoryError: the factory failed to import or to build.
     """
+    if isinstance(d_model, int) and not isinstance(d_model, bool):  # before any plugin allocates weights
+        from canvas_core.schema.limits import check_size
+
+        check_size("width", d_model, f"attention type {spec.name!r} d_model")
     if spec.missing_requirements():
         return spec.create(d_model=d_model, n_heads=n_heads, dropout=dropout, **kwargs)  # raises
     factory = spec.load()

@@ -41,6 +41,15 @@ def _graft_loops():
     cc.graft_looped_blocks(Tiny(), max_loops=10**6)
 
 
+def _builtin_type_direct():
+    from canvas_core.extend import AttentionBase
+
+    class Mine(AttentionBase):  # built directly, not through the registry
+        type_name = "mine"
+
+    Mine(10**9, 1)
+
+
 CASES = {
     "layout T=10**12": (lambda: cc.CanvasLayout(T=10**12, H=1, W=1, d_model=8), "positions", "10**12"),
     "layout H*W huge": (lambda: cc.CanvasLayout(T=1, H=10**5, W=10**5, d_model=8), "positions", "CANVAS_MAX_POSITIONS"),
@@ -50,6 +59,11 @@ CASES = {
         lambda: cc.CanvasAttention(cc.CanvasTopology([cc.Connection("a", "b")]), _small_layout(), d_model=10**9,
                                    n_heads=1), "width", "d_model"),
     "LoopedBlockWrapper max_loops=10**6": (_wrapper_loops, "loops", "max_loops"),
+    "create_attention('mamba', d_model=10**9)": (lambda: cc.create_attention("mamba", d_model=10**9, n_heads=1),
+                                                 "width", "'mamba'"),
+    "create_attention('perceiver', d_model=10**9)": (
+        lambda: cc.create_attention("perceiver", d_model=10**9, n_heads=1), "width", "'perceiver'"),
+    "AttentionBase subclass d_model=10**9": (lambda: _builtin_type_direct(), "width", "d_model"),
     "graft_looped_blocks max_loops=10**6": (_graft_loops, "loops", "max_loops"),
 }
 
