@@ -59,7 +59,8 @@ def _probe_branch(gm: GatedTypeModule, fn: str, width: int, where: str, backbone
     installed.module_roles[fn] = f"own module, {gate}" + (
         "; NO GRADIENT AT INIT" if problem else "; learns from step 1")
     if problem:
-        flag_connections(plan, fn, f"inside {backbone!r}: {problem}")
+        for p in (installed.plan, plan):  # the canvas plan (the report's) and the token plan
+            flag_connections(p, fn, f"inside {backbone!r}: {problem}")
 
 
 def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: Any, targets: List[Any], *,

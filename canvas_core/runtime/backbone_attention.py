@@ -35,7 +35,7 @@ from canvas_core.compiler.plan import ExecutionPlan, segment_grid
 from canvas_core.compiler.resolved import REFERENCE_KERNEL
 from canvas_core.errors import ShapeError
 from canvas_core.runtime.key_sets import group_key_sets, shape_buckets
-from canvas_core.runtime.type_call import check_type_output, run_key_set_buckets, runs_per_key_set
+from canvas_core.runtime.type_call import check_type_output, is_builtin_module, run_key_set_buckets, runs_per_key_set
 
 __all__ = [
     "compact_plan",
@@ -230,6 +230,9 @@ class PlanRunner(nn.Module):
             for j, (bq, bk, bc) in enumerate(buckets):
                 arrays += [(f"b{j}_q", bq), (f"b{j}_k", bk), (f"b{j}_c", bc)]
             setattr(self, f"o{i}_nb", len(buckets))
+            # an exact-mask type may run either way: per key set when that reads far fewer pairs
+            pairs_sets = sum(bq.size * bk.shape[1] for bq, bk, _ in buckets)
+            setattr(self, f"o{i}_sets_cheaper", 2 * pairs_sets <= len(q_can) * len(k_can))
             for name, arr in arrays:
                 t = torch.from_numpy(np.ascontiguousarray(arr))  # coef: float64, cast at use
                 self.register_buffer(f"o{i}_{name}", to(t), persistent=False)
@@ -239,6 +242,11 @@ class PlanRunner(nn.Module):
         """``(Nq, Nk)`` bool key mask of the i-th non-softmax group (its queries x its union of
         keys), what an exact-mask type is given."""
         return getattr(self, f"o{i}_sets").index_select(0, getattr(self, f"o{i}_set"))
+
+    def key_sets_cheaper(self, i: int) -> bool:
+        """True when the i-th group's key sets, stacked by shape, hold at most half the (query, key)
+        pairs of one masked call over the union of its keys."""
+        return bool(getattr(self, f"o{i}_sets_cheaper", False))
 
     def key_set_buckets(self, i: int):
         """``[(Q (G, nq), K (G, nk), coef (G * nq,)), ...]`` of the i-th non-softmax group: its key
@@ -294,16 +302,18 @@ def run_module_groups(ex: Any, x: torch.Tensor, modules: Mapping[str, nn.Module]
                       gates: Optional[Mapping[str, Optional[torch.Tensor]]] = None) -> Optional[torch.Tensor]:
     """Run each non-softmax type's module on ``x`` ``(B, N, D)`` over its linked sets and return
     ``sum_g gate_g * c_g(p) * out_g(p)`` scattered to ``(B, N, D)`` (None when the plan has no such
-    type).  An exact-mask type is called once: queries = the positions it updates, keys = values =
-    the union of its keys, ``key_mask`` = linked; any other type once per shape of key set, its key
-    sets of that shape stacked along the batch (``runtime/type_call.py``).  ``modules`` / ``gates``
-    are keyed by fn type (a gate of None: no gate)."""
+    type).  A type is called once per shape of key set, its key sets of that shape stacked along the
+    batch (``runtime/type_call.py``); an exact-mask type once instead: queries = the positions it
+    updates, keys = values = the union of its keys, ``key_mask`` = linked, unless it is one of
+    canvas-core's own and its key sets hold at most half the pairs.  ``modules`` / ``gates`` are
+    keyed by fn type (a gate of None: no gate)."""
     acc = None
     B, N, D = x.shape
     for i, f in enumerate(ex.other_names):
         module = modules[f]
         gate = None if gates is None else gates.get(f)
-        if runs_per_key_set(module):
+        # canvas-core's own exact types give the same rows either way: per key set when cheaper
+        if runs_per_key_set(module) or (ex.key_sets_cheaper(i) and is_builtin_module(module)):
             buckets = ex.key_set_buckets(i)
             parts = run_key_set_buckets(module, x, x, x, [(q, k) for q, k, _ in buckets], name=f)
             if not parts:

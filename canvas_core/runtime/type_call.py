@@ -12,10 +12,12 @@ the keys its connections link, and nothing else.
 * the module is an ``nn.Module`` whose ``forward`` accepts ``(queries, keys, values)``
   positionally, ``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``;
 * **exact-mask types** declare ``key_mask_exact = True`` (class or instance attribute) and accept
-  ``key_mask`` (by name, or through ``**kwargs``): the runtime calls them ONCE with every query of
-  the type, the union of their keys and a bool ``key_mask`` of shape ``(Nq, Nk)`` (True = this
+  ``key_mask`` (by name, or through ``**kwargs``): the runtime may call them ONCE with every query
+  of the type, the union of their keys and a bool ``key_mask`` of shape ``(Nq, Nk)`` (True = this
   query may read this key); output row i must depend only on the keys row i allows (the
-  conformance kit probes it) and be 0 for a row with none;
+  conformance kit probes it) and be 0 for a row with none.  canvas-core's own exact types (whose
+  rows are known to equal a call with the query's own key set alone) are run per key set instead,
+  with an all-True mask, whenever that reads at most half the pairs;
 * **every other type** (the default; everything that compresses or scans: perceiver, linear
   attention, rwkv, hyena, mamba, and a plugin that declares nothing) is called **per key set**:
   the runtime groups the queries by identical key set and stacks all key sets of equal shape
@@ -30,7 +32,7 @@ queries' dtype (under autocast another float dtype is cast back); anything else 
 :class:`~canvas_core.errors.AttentionContractError` naming the type and its provider, instead of
 broadcasting silently.  Anything that cannot be called (a plain function, a ``forward`` that needs
 more positional arguments, one that takes fewer than three) is refused by
-:func:`check_attention_module`; :func:`probe_attention_module` runs one tiny call at build time.
+:func:`check_attention_module`; ``runtime/type_probe.py`` runs one tiny call at build time.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = [
     "MASKED", "UNMASKED", "EXACT_ATTR", "SELF_GATED_ATTR", "calling_convention", "mask_is_exact",
-    "runs_per_key_set", "check_attention_module", "call_attention_type", "key_set_groups",
-    "check_type_output", "probe_attention_module",
+    "runs_per_key_set", "is_builtin_module", "check_attention_module", "call_attention_type", "key_set_groups",
+    "check_type_output", "run_key_set_buckets", "call_per_key_set", "stack_by_shape",
 ]
 
 #: ``forward(queries, keys, values, key_mask=...)`` can take a mask (signature only).
@@ -94,6 +96,11 @@ def _inspect(forward: Any) -> Tuple[Optional[str], str, bool]:
 def mask_is_exact(module: Any) -> bool:
     """Whether ``module`` declares ``key_mask_exact = True`` (and its forward takes ``key_mask``)."""
     return getattr(module, EXACT_ATTR, False) is True and calling_convention(module) == MASKED
+
+
+def is_builtin_module(module: Any) -> bool:
+    """True for canvas-core's own attention types (tested by its own suite)."""
+    return type(module).__module__.startswith("canvas_core.")
 
 
 def runs_per_key_set(module: Any) -> bool:
@@ -242,8 +249,11 @@ def run_key_set_buckets(module: Any, queries: Any, keys: Any, values: Any, bucke
     """Run a per-key-set type: for each ``(Q (G, nq), K (G, nk))`` (indices into dim 1 of
     ``queries`` / ``keys`` and ``values``), ONE call on ``(B*G, nq, D), (B*G, nk, D), (B*G, nk, D)``.
     Returns ``[(Q.flatten() (G*nq,), out (B, G*nq, D)), ...]``."""
+    import torch
+
     B = queries.shape[0]
     needs_kw = _signature_info(module)[2]
+    exact = mask_is_exact(module)  # written for masks: given an all-True one, as the union call would
     res = []
     for Q, K in buckets:
         G, nq = Q.shape
@@ -252,13 +262,18 @@ def run_key_set_buckets(module: Any, queries: Any, keys: Any, values: Any, bucke
         q = queries.index_select(1, qf).reshape(B * G, nq, queries.shape[-1])
         k = keys.index_select(1, kf).reshape(B * G, nk, keys.shape[-1])
         v = k if values is keys else values.index_select(1, kf).reshape(B * G, nk, values.shape[-1])
-        o = module(q, k, v, key_mask=None) if needs_kw else module(q, k, v)
+        if exact:
+            o = module(q, k, v, key_mask=torch.ones(nq, nk, dtype=torch.bool, device=q.device))
+        else:
+            o = module(q, k, v, key_mask=None) if needs_kw else module(q, k, v)
         o = check_type_output(o, q, name, module)
         res.append((qf, o.reshape(B, G * nq, o.shape[-1])))
     return res
 
 
-def _call_per_key_set(module: Any, q: Any, k: Any, v: Any, key_mask: Any, name: Any) -> Any:
+def call_per_key_set(module: Any, q: Any, k: Any, v: Any, key_mask: Any, name: Any = None) -> Any:
+    """``module`` called once per shape of key set of ``key_mask`` (None: one key set), the key
+    sets of one shape stacked along the batch, without a mask; zeros for a query without keys."""
     import torch
 
     B, Nq, Nk = q.shape[0], q.shape[1], k.shape[1]
@@ -272,7 +287,7 @@ def _call_per_key_set(module: Any, q: Any, k: Any, v: Any, key_mask: Any, name: 
         if mask.shape[0] == 1 or bool((mask == mask[:1]).all()):
             mask = mask[0]
         else:
-            return torch.cat([_call_per_key_set(module, q[b:b + 1], k[b:b + 1], v[b:b + 1], mask[b], name)
+            return torch.cat([call_per_key_set(module, q[b:b + 1], k[b:b + 1], v[b:b + 1], mask[b], name)
                               for b in range(B)], dim=0)
     if mask.dim() != 2 or tuple(mask.shape) != (Nq, Nk):
         from canvas_core.errors import ShapeError
@@ -299,5 +314,5 @@ def call_attention_type(module: Any, queries: Any, keys: Any, values: Any, key_m
     (nothing is called for a query without keys: zeros).  ``name``: the type's name, for errors.
     """
     if runs_per_key_set(module):
-        return _call_per_key_set(module, queries, keys, values, key_mask, name)
+        return call_per_key_set(module, queries, keys, values, key_mask, name)
     return check_type_output(module(queries, keys, values, key_mask=key_mask), queries, name, module)

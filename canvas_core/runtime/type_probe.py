@@ -22,14 +22,9 @@ from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import torch
 
-from canvas_core.runtime.type_call import call_attention_type
+from canvas_core.runtime.type_call import call_attention_type, is_builtin_module
 
 __all__ = ["probe_attention_module", "init_gradient_problem", "dependencies", "first_leak", "is_builtin_module"]
-
-
-def is_builtin_module(module: Any) -> bool:
-    """True for canvas-core's own attention types (tested by its own suite)."""
-    return type(module).__module__.startswith("canvas_core.")
 
 
 def dependencies(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any,

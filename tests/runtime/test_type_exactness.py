@@ -200,3 +200,18 @@ def test_wrong_shape_at_run_time_names_the_type_instead_of_broadcasting():
     mod.forward = lambda q, k, v: q[:, :1] * 2  # broadcastable, but wrong: (B*G, 1, D) for (B*G, 2, D)
     with pytest.raises(AttentionContractError, match=r"attention type 't23_scan'.*returned shape \(4, 1, 8\)"):
         layer(torch.randn(2, layout.num_positions, 8))
+
+
+@pytest.mark.parametrize("fn", ["cosine_attention", "sigmoid_attention", "sparse_attention", "gated", "pooling"])
+def test_exact_types_give_the_same_rows_per_key_set_and_masked(fn):
+    """A builtin exact-mask type runs per key set when that reads at most half the pairs (here:
+    6 frames, same-frame links) and as one masked call otherwise; both give the same layer output."""
+    layout = CanvasLayout(T=6, H=3, W=3, d_model=8, regions={"v": (0, 6, 0, 2, 0, 3), "a": (0, 6, 2, 3, 0, 3)})
+    topo = CanvasTopology(connections=[Connection("a", "v", fn=fn, t_src=0, t_dst=0),
+                                       Connection("v", "v", fn=fn, t_src=0, t_dst=-1, temporal_fill="hold")])
+    layer = _layer(topo, layout)
+    assert layer.executor.key_sets_cheaper(0)
+    x = torch.randn(2, layout.num_positions, 8, dtype=torch.float64)
+    per_set = layer(x)
+    layer.executor.o0_sets_cheaper = False  # force the one masked call over the union
+    torch.testing.assert_close(layer(x), per_set, rtol=1e-10, atol=1e-12)
