@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 
 from canvas_core.errors import BackboneError, ShapeError
 from canvas_core.looping.loop_engine import LoopCore, index_rows
-from canvas_core.looping.wrapper import BlockIO, _beta_targets
+from canvas_core.looping.wrapper import BlockIO, _beta_targets, _checked_beta
 
 __all__ = ["LoopedSpan", "SpanMember", "INJECTIONS", "ITER_NORMS"]
 
@@ -173,7 +173,7 @@ class LoopedSpan(LoopCore):
                 targets += _beta_targets(b)
         old = [x.beta for x in targets]
         if targets:
-            beta = float(self.sharpening(t))
+            beta = _checked_beta(self.sharpening, t)
             for x in targets:
                 x.beta = beta
         try:

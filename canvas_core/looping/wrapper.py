@@ -256,7 +256,7 @@ class LoopedBlockWrapper(nn.Module):
         targets = _beta_targets(self.original) if self.sharpening is not None else []
         old = [t.beta for t in targets]
         if targets:
-            beta = float(self.sharpening(loop_idx))
+            beta = _checked_beta(self.sharpening, loop_idx)
             for t in targets:
                 t.beta = beta
         try:
@@ -320,3 +320,20 @@ class LoopedBlockWrapper(nn.Module):
                 "rel_change": [_rel_change(p, c).mean() for p, c in trace],
                 "state_norm": [_token_rms(c).mean() for _, c in trace],
             }
+
+
+def _checked_beta(schedule: Callable[[int], float], loop_idx: int) -> float:
+    """``schedule(loop_idx)`` as a float; a non-finite or negative inverse temperature (a sharpening
+    schedule gone wrong) is a ``BackboneError`` naming the loop, before any attention runs on it."""
+    import math
+
+    value = schedule(loop_idx)
+    try:
+        beta = float(value)
+    except (TypeError, ValueError):
+        raise BackboneError(f"the sharpening schedule returned {value!r} for loop {loop_idx}; it must return a "
+                            "finite number >= 0 (an inverse temperature)") from None
+    if not math.isfinite(beta) or beta < 0:
+        raise BackboneError(f"the sharpening schedule returned beta={beta} for loop {loop_idx}; it must be a "
+                            "finite number >= 0 (an inverse temperature)")
+    return beta

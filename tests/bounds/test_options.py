@@ -101,3 +101,21 @@ def test_restrict_refuses_a_string_of_region_names():
     with pytest.raises(CanvasError, match="the string 'ab'"):
         restrict(plan, "ab")
     assert restrict(plan, {"a"}).groups
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -1.0, "x"])
+def test_a_sharpening_schedule_returning_garbage_is_named(bad):
+    from torch import nn
+
+    class Block(nn.Module):  # holds an attention object with a `beta` the wrapper sets per loop
+        def __init__(self):
+            super().__init__()
+            self.attn = cc.CanvasAttention(cc.CanvasTopology([cc.Connection("a", "b")]), cc.CanvasLayout(
+                T=2, H=1, W=1, d_model=4, regions={"a": (0, 1, 0, 1, 0, 1), "b": (1, 2, 0, 1, 0, 1)}), n_heads=1)
+
+        def forward(self, h):
+            return h
+
+    w = cc.LoopedBlockWrapper(Block(), 0, 2, 4, sharpening=lambda i: bad)
+    with pytest.raises(CanvasError, match="sharpening schedule returned"):
+        w(torch.zeros(1, 2, 4))
