@@ -1,15 +1,13 @@
 """canvas-core: declare the structure of a transformer's latent space, compile it to fast modules.
 
-Everything public is importable from here.  Names are resolved lazily (PEP 562), so
+Everything public is importable from here.  Names are resolved lazily (PEP 562, through ``canvas_core._lazy``), so
 ``import canvas_core`` and the declarative layers (schema, program, plugins, compiler)
 never import torch; torch-backed names import it on first access.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from canvas_core._lazy import lazy_exports as _lazy_exports
 from canvas_core.errors import *  # noqa: F401,F403  (the error hierarchy is tiny and torch-free)
 from canvas_core.errors import __all__ as _error_names
 
@@ -119,14 +117,5 @@ _OPTIONAL = {"MambaAttention", "CogVideoXAttention", "SlotBindingModule"}
 __all__ = sorted([*(n for n in _LAZY if n not in _OPTIONAL), *_error_names, "__version__"])
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'canvas_core' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # cache: later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+# resolved on first access and cached here (canvas_core/_lazy.py)
+__getattr__, __dir__ = _lazy_exports(__name__, _LAZY, globals())

@@ -14,15 +14,16 @@ than re-exports (``canvas_core.identity``, ``canvas_core.cogvideox``) are ordina
 
 from __future__ import annotations
 
-import importlib
 import importlib.abc
 import importlib.machinery
 import sys
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
-__all__ = ["Alias", "ALIASES", "AliasFinder", "install", "reexport"]
+from canvas_core._lazy import lazy_exports
+
+__all__ = ["Alias", "ALIASES", "AliasFinder", "install"]
 
 PACKAGE = "canvas_core"
 
@@ -79,32 +80,6 @@ ALIASES: Dict[str, Alias] = {
 }
 
 
-def reexport(module_name: str, names: Iterable[str], renamed: Optional[Dict[str, str]] = None
-             ) -> Tuple[Callable[[str], Any], Callable[[], list]]:
-    """``(__getattr__, __dir__)`` for a module that hands out ``names`` of ``canvas_core``.
-
-    ``renamed`` maps a name to ``"module:attr"`` for names found elsewhere.  Nothing is imported
-    until a name is asked for.
-    """
-    names = list(names)
-    renamed = dict(renamed or {})
-
-    def __getattr__(name: str) -> Any:
-        if name in renamed:
-            mod, _, attr = renamed[name].partition(":")
-            return getattr(importlib.import_module(mod), attr)
-        if name in names:
-            import canvas_core
-
-            return getattr(canvas_core, name)
-        raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
-
-    def __dir__() -> list:
-        return sorted(set(names) | set(renamed))
-
-    return __getattr__, __dir__
-
-
 def _docstring(short: str, alias: Alias) -> str:
     return (f"canvas-engineering-compatible path: ``canvas_engineering.{short}`` is ``{PACKAGE}.{short}``.\n\n"
             f"Made from the alias table in ``canvas_core/_compat.py`` (no source file): "
@@ -129,8 +104,11 @@ class AliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         alias = ALIASES[short]
         module.__doc__ = _docstring(short, alias)
         module.__all__ = list(alias.names)
-        module.__getattr__, module.__dir__ = reexport(  # type: ignore[method-assign]
-            module.__name__, list(alias.names) + list(alias.also), alias.renamed)
+        # names of the top-level package, and renamed ones from where canvas-core defines them;
+        # not cached on the alias module (the top-level package caches)
+        table = {n: PACKAGE for n in (*alias.names, *alias.also)}
+        table.update(alias.renamed)
+        module.__getattr__, module.__dir__ = lazy_exports(module.__name__, table)  # type: ignore[method-assign]
 
 
 _FINDER = AliasFinder()

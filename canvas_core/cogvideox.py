@@ -21,11 +21,12 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from canvas_core._lazy import lazy_exports
+
 __all__ = ["CogVideoXAttention", "CogVideoXAdapter", "CanvasCogVideoXAttnProcessor",
            "LoopedCogVideoXBlock", "detect_inner_dim"]
 
 _DIST = "canvas-plugin-cogvideox"
-_cache: dict = {}
 
 
 def _from_plugin(name: str) -> Any:
@@ -59,48 +60,9 @@ def detect_inner_dim(transformer: Any) -> int:
     return _from_plugin("CogVideoXAdapter")().hidden_size(transformer)
 
 
-def _looped_block_class() -> type:
-    from canvas_core.looping.wrapper import BlockIO, LoopedBlockWrapper
-
-    class LoopedCogVideoXBlock(LoopedBlockWrapper):
-        """Loop a ``CogVideoXBlock``: ``forward(hidden_states, encoder_hidden_states, temb,
-        image_rotary_emb=None, **kwargs) -> (hidden_states, encoder_hidden_states)``, both streams
-        ``(B, N, inner_dim)`` receiving per-iteration loop embeddings."""
-
-        def __init__(self, original_block: Any, block_idx: int, max_loops: int, inner_dim: int,
-                     **kwargs: Any) -> None:
-            super().__init__(original_block, block_idx=block_idx, max_loops=max_loops, embed_dim=inner_dim,
-                             io=BlockIO(("hidden_states", "encoder_hidden_states")),
-                             stream_dims=(inner_dim, inner_dim), **kwargs)
-
-        def forward(self, hidden_states: Any, encoder_hidden_states: Any, temb: Any,
-                    image_rotary_emb: Any = None, **kwargs: Any) -> Any:
-            """Loop the block over both streams; ``temb``, ``image_rotary_emb`` (given to the block
-            only when not None) and any other keyword argument pass through unchanged."""
-            if image_rotary_emb is not None:
-                kwargs["image_rotary_emb"] = image_rotary_emb
-            return super().forward(hidden_states, encoder_hidden_states, temb, **kwargs)
-
-    LoopedCogVideoXBlock.__module__ = __name__
-    return LoopedCogVideoXBlock
-
-
-def __getattr__(name: str) -> Any:
-    if name in _cache:
-        return _cache[name]
-    if name == "CogVideoXAttention":
-        import canvas_core
-
-        value = canvas_core.CogVideoXAttention  # install hint when the plugin is missing
-    elif name in ("CogVideoXAdapter", "CanvasCogVideoXAttnProcessor"):
-        value = _from_plugin(name)
-    elif name == "LoopedCogVideoXBlock":
-        value = _looped_block_class()
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    _cache[name] = value
-    return value
-
-
-def __dir__() -> list:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "CogVideoXAttention": "canvas_core",  # the top-level name gives the install hint when missing
+    "CogVideoXAdapter": lambda: _from_plugin("CogVideoXAdapter"),
+    "CanvasCogVideoXAttnProcessor": lambda: _from_plugin("CanvasCogVideoXAttnProcessor"),
+    "LoopedCogVideoXBlock": "canvas_core.looping.cogvideox_block",
+}, globals())

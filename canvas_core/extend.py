@@ -53,9 +53,9 @@ Importing this module imports neither torch nor any plugin: every name loads on 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any, Dict
+from typing import TYPE_CHECKING, Dict
 
+from canvas_core._lazy import lazy_exports
 from canvas_core.plugins.hookspecs import ENTRY_POINT_GROUP, hookimpl, hookspec
 
 if TYPE_CHECKING:  # for readers and IDEs; at run time the names load lazily below
@@ -124,14 +124,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _SOURCES.get(name)
-    if module is None:
-        raise AttributeError(f"module 'canvas_core.extend' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list:
-    return sorted(set(globals()) | set(_SOURCES))
+__getattr__, __dir__ = lazy_exports(__name__, _SOURCES, globals())  # cached on first access

@@ -26,6 +26,7 @@ from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 
+from canvas_core._lazy import lazy_exports
 from canvas_core.errors import CanvasTypeError, PluginLoadError, ProgramError, UnknownNameError
 from canvas_core.plugins import create_identity_binder, get_registry, list_identity_binders
 from canvas_core.program.identity import IdentitySpec
@@ -56,12 +57,7 @@ def _slot_binding_class() -> type:
         f"SlotBindingModule is provided by the identity plugin, which is not registered; {_INSTALL_HINT}")
 
 
-def __getattr__(name: str) -> Any:
-    if name == "SlotBindingModule":
-        cls = _slot_binding_class()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(f"module 'canvas_core.identity' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, {"SlotBindingModule": _slot_binding_class}, globals())
 
 
 def create_binder(binding_fn: str, d_model: int, n_slots: int, n_heads: int = 4,

@@ -2,7 +2,8 @@
 
 Pure Python at import: ``auto_semantic_type``, ``compute_semantic_embeddings``,
 ``program_distance`` and ``embed_schema`` never import torch themselves (a real embedder may);
-``SemanticConditioner`` (an ``nn.Module``) is built on first access via PEP 562 ``__getattr__``.
+``SemanticConditioner`` (an ``nn.Module``) lives in :mod:`canvas_core.runtime.semantic_conditioner`
+and is handed out here lazily (:func:`canvas_core._lazy.lazy_exports`).
 
 Embedders: a callable ``texts -> list[list[float]]``, an object with ``embed(texts)``, or the
 name of an embedder registered through the ``canvas_register_embedders`` hook (e.g. ``"minilm"``
@@ -15,7 +16,8 @@ import dataclasses
 import math
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from canvas_core.errors import CanvasTypeError, SchemaError, UnknownRegionError
+from canvas_core._lazy import lazy_exports
+from canvas_core.errors import CanvasTypeError, SchemaError
 from canvas_core.program.naming import auto_semantic_type  # defined in the program layer, which uses it
 
 __all__ = [
@@ -179,127 +181,9 @@ def program_distance(a_spec: Any, a_program: Any, b_spec: Any, b_program: Any) -
     return max(d, 0.0)
 
 
-# ---------------------------------------------------------------------- torch: conditioner
-class _UnknownConditionedRegion(UnknownRegionError, KeyError):
-    """Unknown region name; also a ``KeyError`` (what canvas-engineering raised)."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
-
-
-def _build_conditioner_class() -> type:
-    import torch
-    from torch import nn
-
-    class SemanticConditioner(nn.Module):
-        """Conditions canvas positions on their regions' semantic embeddings.
-
-        ``cond(region) = W @ e_region + r_region`` with a shared projector ``W: embed_dim -> d_model``
-        and zero-initialised learned residuals ``r`` (so training starts from the text geometry).
-
-        Args:
-            d_model: width of the canvas tokens the conditioning is added to.
-            embed_dim: dimension of the semantic embeddings (e.g. 384 for MiniLM).
-            region_embeddings: ``{region: vector}`` (tuple, list or tensor of ``embed_dim``).
-            freeze_embeddings: raw embeddings as buffers (True) or parameters (False).
-            learn_residuals: add zero-init learned residuals ``(n_regions, d_model)``.
-            projector_bias: bias in the projection.
-        """
-
-        def __init__(self, d_model: int, embed_dim: int, region_embeddings: Dict[str, Any],
-                     freeze_embeddings: bool = True, learn_residuals: bool = True,
-                     projector_bias: bool = False):
-            super().__init__()
-            for what, v in (("d_model", d_model), ("embed_dim", embed_dim)):
-                if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                    raise SchemaError(f"SemanticConditioner: {what} must be an integer >= 1, got {v!r}")
-            if not isinstance(region_embeddings, Mapping):
-                raise CanvasTypeError("SemanticConditioner: region_embeddings must be a dict region name -> vector, "
-                                      f"got {type(region_embeddings).__name__}")
-            self.d_model, self.embed_dim = d_model, embed_dim
-            self._names = sorted(region_embeddings)
-            rows = []
-            for n in self._names:
-                try:
-                    v = torch.as_tensor(region_embeddings[n], dtype=torch.float32).reshape(-1)
-                except (TypeError, ValueError, RuntimeError) as exc:
-                    raise CanvasTypeError(
-                        f"SemanticConditioner: embedding of region {n!r} must be a sequence or tensor of "
-                        f"{embed_dim} numbers, got {type(region_embeddings[n]).__name__} ({exc})") from None
-                if v.numel() != embed_dim:
-                    raise SchemaError(f"SemanticConditioner: embedding of region {n!r} has {v.numel()} values, "
-                                      f"expected embed_dim={embed_dim}")
-                rows.append(v)
-            table = torch.stack(rows) if rows else torch.zeros(0, embed_dim)  # (R, E)
-            # attribute names match canvas-engineering so state_dicts load across both
-            if freeze_embeddings:
-                self.register_buffer("_embeddings", table)
-            else:
-                self._embeddings = nn.Parameter(table)
-            self.projector = nn.Linear(embed_dim, d_model, bias=projector_bias)
-            self.residuals = nn.Parameter(torch.zeros(len(self._names), d_model)) if learn_residuals else None
-            self._index = {n: i for i, n in enumerate(self._names)}
-
-        @property
-        def n_regions(self) -> int:
-            return len(self._names)
-
-        @property
-        def region_names(self) -> List[str]:
-            return list(self._names)
-
-        def __repr__(self) -> str:  # canvas-engineering's text
-            frozen = not isinstance(self._embeddings, nn.Parameter)
-            return (f"SemanticConditioner(d_model={self.d_model}, embed_dim={self.embed_dim}, "
-                    f"n_regions={self.n_regions}, frozen={frozen}, residuals={self.residuals is not None})")
-
-        def get_all_conditioning(self) -> "torch.Tensor":
-            """``(n_regions, d_model)``, rows ordered by sorted region name."""
-            out = self.projector(self._embeddings)
-            return out + self.residuals if self.residuals is not None else out
-
-        def get_conditioning(self, region_name: str) -> "torch.Tensor":
-            """``(d_model,)`` conditioning vector of one region."""
-            if region_name not in self._index:
-                raise _UnknownConditionedRegion(
-                    f"SemanticConditioner has no region {region_name!r}; known regions: {self._names}")
-            return self.get_all_conditioning()[self._index[region_name]]
-
-        def condition_canvas(self, canvas: "torch.Tensor", layout: Any) -> "torch.Tensor":
-            """``(B, N, d_model) -> (B, N, d_model)``: adds each known region's vector to its
-            positions (new tensor; regions not in this conditioner are unchanged)."""
-            if canvas.dim() != 3 or canvas.shape[-1] != self.d_model:
-                from canvas_core.errors import ShapeError
-
-                raise ShapeError(f"condition_canvas: canvas must be (B, N, {self.d_model}), got {tuple(canvas.shape)}")
-            n_pos = getattr(layout, "num_positions", None)
-            if n_pos is not None and canvas.shape[1] != n_pos:
-                from canvas_core.errors import ShapeError
-
-                raise ShapeError(f"condition_canvas: canvas has {canvas.shape[1]} positions but the layout has "
-                                 f"{n_pos} (T * prod(spatial_shape)); pass a canvas built from this layout")
-            cond = self.get_all_conditioning().to(canvas.dtype)
-            add = torch.zeros(canvas.shape[1], self.d_model, dtype=canvas.dtype, device=canvas.device)
-            for name in layout.regions:
-                if name in self._index:
-                    idx = torch.as_tensor(layout.region_indices(name), dtype=torch.long, device=canvas.device)
-                    add = add.index_add(0, idx, cond[self._index[name]].expand(idx.numel(), -1))
-            return canvas + add.unsqueeze(0)
-
-    SemanticConditioner.__module__ = __name__
-    return SemanticConditioner
-
-
-_LAZY: Dict[str, Any] = {}
-
-
-def __getattr__(name: str) -> Any:
-    if name == "CanvasLayout":  # canvas_engineering.semantic imported it; keep that import path working
-        from canvas_core.schema import CanvasLayout
-
-        return CanvasLayout
-    if name == "SemanticConditioner":
-        if name not in _LAZY:
-            _LAZY[name] = _build_conditioner_class()
-        return _LAZY[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, {
+    # the nn.Module lives in the runtime (torch); canvas-engineering imported it from here
+    "SemanticConditioner": "canvas_core.runtime.semantic_conditioner",
+    # canvas_engineering.semantic imported CanvasLayout; keep that import path working
+    "CanvasLayout": "canvas_core.schema",
+}, globals())

@@ -31,6 +31,7 @@ Softmax types carry ``beta`` (inverse temperature, default 1.0; ``None`` also me
 given; the canvas runtime passes keys in canonical (t-major, region) order.
 """
 
+from canvas_core._lazy import lazy_exports
 from canvas_core.attention.functional import masked_softmax, masked_softmax_attention
 from canvas_core.attention.recurrent import HyenaAttention, RWKVAttention
 from canvas_core.attention.simple import (
@@ -75,11 +76,4 @@ __all__ = [
 # types; keep those import paths working (resolved lazily through the plugin layer).
 _REGISTRY_NAMES = ("ATTENTION_REGISTRY", "create_attention", "register_attention",
                    "MambaAttention", "CogVideoXAttention")
-
-
-def __getattr__(name: str):
-    if name in _REGISTRY_NAMES:
-        import canvas_core
-
-        return getattr(canvas_core, name)
-    raise AttributeError(f"module 'canvas_core.attention' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, {name: "canvas_core" for name in _REGISTRY_NAMES})

@@ -10,33 +10,19 @@
 * :func:`block_mask` (``masks.py``): the block-sparse tile structure (and :func:`attention_mask`,
   a delegate to the runtime, which builds the dense tensor).
 
-Torch-free.  The few places that reach into the runtime are the delegates listed in
-:data:`RUNTIME_DELEGATES`; names load lazily (PEP 562).
+Torch-free.  The few places that reach into the runtime are thin delegates, listed in the one
+allow-list of upward imports (``ALLOWED_UPWARD`` in ``tests/architecture/test_import_graph.py``);
+names load lazily (``canvas_core._lazy``).
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from canvas_core._lazy import lazy_exports
 
 __all__ = [
     "ProgramCompiler", "CompiledProgram", "ExecutionPlan", "lower", "attention_mask", "block_mask",
     "ConnectionResolution", "resolve_connections", "ResolvedGroup", "resolve_plan",
 ]
-
-#: Every place where the compiler (layer 4) reaches the runtime (layer 5), each a thin delegate
-#: that keeps an existing entry point working: ``"module:qualified name -> runtime module"``.
-#: Nothing else under ``canvas_core/compiler`` imports torch or a layer above it; the import-graph
-#: test allows exactly these.
-RUNTIME_DELEGATES = (
-    # builds the runtime's ModeApplier for the nn.Module a caller hands to compile(module=...)
-    "canvas_core.compiler.compiler:_mode_applier -> canvas_core.runtime.modes",
-    # hand out torch tensors: the plan's dense weights, the topology's dense mask, the block
-    # mask's index arrays
-    "canvas_core.compiler.plan:ExecutionPlan.to_dense -> canvas_core.runtime.plan_tensors",
-    "canvas_core.compiler.masks:attention_mask -> canvas_core.runtime.plan_tensors",
-    "canvas_core.compiler.masks:BlockMask.to_torch -> canvas_core.runtime.plan_tensors",
-)
 
 _LAZY = {
     "ProgramCompiler": "canvas_core.compiler.compiler",
@@ -63,15 +49,4 @@ _ALSO = {
 }
 _LAZY.update(_ALSO)
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'canvas_core.compiler' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -18,7 +18,7 @@ What ``compile()`` does, step by step:
 
 The compiler is torch-free.  Step 6 is this module's one call into the runtime layer
 (:func:`_mode_applier`, used only when the caller handed ``compile`` a module); it is listed in
-``canvas_core.compiler.RUNTIME_DELEGATES`` for the import-graph test.
+``ALLOWED_UPWARD`` of the import-graph test.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _cuda_device_count() -> int:
 def _mode_applier(module: Any, work: ModeWork) -> Any:
     """The runtime's :class:`~canvas_core.runtime.modes.ModeApplier` for ``module`` (it checks the
     module's entries now and changes the module only when asked to ``apply``)."""
-    from canvas_core.runtime.modes import ModeApplier  # listed in compiler.RUNTIME_DELEGATES
+    from canvas_core.runtime.modes import ModeApplier  # listed in ALLOWED_UPWARD (import-graph test)
 
     return ModeApplier(module, work)
 

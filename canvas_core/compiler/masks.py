@@ -22,7 +22,7 @@ __all__ = ["attention_mask", "block_mask", "BlockMask"]
 def attention_mask(topology: Any, layout: Any, device: Any = "cpu", *, plan: Optional[ExecutionPlan] = None):
     """``(N, N)`` float32 mask of the topology in canonical order (a torch tensor); see
     :func:`canvas_core.runtime.plan_tensors.attention_mask`, which this delegates to."""
-    from canvas_core.runtime.plan_tensors import attention_mask as build  # listed in RUNTIME_DELEGATES
+    from canvas_core.runtime.plan_tensors import attention_mask as build  # listed in ALLOWED_UPWARD (import-graph test)
 
     return build(topology, layout, device=device, plan=plan)
 
@@ -69,7 +69,7 @@ class BlockMask:
 
     def to_torch(self, device: Any = "cpu"):
         """The four index arrays as torch int32 tensors (kv_num, kv_idx, full_num, full_idx)."""
-        from canvas_core.runtime.plan_tensors import block_mask_tensors  # listed in RUNTIME_DELEGATES
+        from canvas_core.runtime.plan_tensors import block_mask_tensors  # listed in ALLOWED_UPWARD (import-graph test)
 
         return block_mask_tensors(self, device=device)
 

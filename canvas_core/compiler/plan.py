@@ -310,7 +310,7 @@ class ExecutionPlan:
                  dtype: Any = None):
         """``(N, N)`` torch weight matrix of type ``fn`` (all types when None); see
         :func:`canvas_core.runtime.plan_tensors.dense_weights`, which this delegates to."""
-        from canvas_core.runtime.plan_tensors import dense_weights  # listed in RUNTIME_DELEGATES
+        from canvas_core.runtime.plan_tensors import dense_weights  # listed in ALLOWED_UPWARD (import-graph test)
 
         return dense_weights(self, device=device, fn=fn, canonical=canonical, dtype=dtype)
 

@@ -8,9 +8,7 @@ write mode). See ``docs/programs.md``.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from canvas_core._lazy import lazy_exports
 from canvas_core.program.bound import BoundField, BoundList, BoundSchema, UnknownFieldError
 from canvas_core.program.canvas_program import CanvasProgram, validate_constraints
 from canvas_core.program.compile import compile_program, compile_schema
@@ -39,11 +37,4 @@ _LAZY = {
     "CanvasSchema": "canvas_core.schema",
 }
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'canvas_core.program' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -5,12 +5,13 @@ A handful of methods there must still hand out torch objects because canvas-engi
 them on the declarative classes:
 
 * ``CanvasLayout.loss_weight_mask``
-* ``CanvasTopology.to_attention_mask`` / ``to_additive_mask`` / ``to_block_mask``
+* ``CanvasTopology.to_attention_mask`` / ``to_additive_mask``
 * ``BoundSchema.build_canvas`` / ``build_semantic_conditioner``
 
-Each of those is a two-line delegate to a function here, and they are the only upward imports
-out of the lower layers (the allow-list of ``tests/architecture/test_import_graph.py`` names
-them). The functions take the declarative object as their first argument and do the work.
+Each of those is a two-line delegate to a function here.  They, the compiler's few delegates
+into the runtime and ``CanvasTopology.to_block_mask`` (which lowers through the compiler, numpy
+only) are the only upward imports out of the lower layers, all in the one allow-list
+``ALLOWED_UPWARD`` of ``tests/architecture/test_import_graph.py``. The functions take the declarative object as their first argument and do the work.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Any, Optional
 
 import torch
 
-from canvas_core.compiler.masks import block_mask
 from canvas_core.runtime.plan_tensors import attention_mask
 from canvas_core.errors import SchemaError
 
@@ -27,7 +27,6 @@ __all__ = [
     "layout_loss_weight_mask",
     "topology_attention_mask",
     "topology_additive_mask",
-    "topology_block_mask",
     "bound_schema_canvas",
     "bound_schema_semantic_conditioner",
 ]
@@ -68,11 +67,6 @@ def topology_additive_mask(topology: Any, layout: Any, device: Any = "cpu") -> t
     return add
 
 
-def topology_block_mask(topology: Any, layout: Any, block_size: int) -> Any:
-    """Tile structure (full / partial / empty tiles of ``block_size``) of a validated topology."""
-    return block_mask(topology, layout, block_size=block_size)
-
-
 def bound_schema_canvas(bound: Any, semantic_conditioner: Any = None) -> Any:
     """A ``SpatiotemporalCanvas`` over the bound schema's layout."""
     from canvas_core.runtime.canvas import SpatiotemporalCanvas
@@ -85,7 +79,8 @@ def bound_schema_semantic_conditioner(bound: Any, embed_fn: Any, embed_dim: Opti
                                       learn_residuals: bool = True) -> Any:
     """A ``SemanticConditioner`` whose per-field embeddings come from ``embed_fn`` applied to the
     fields' names (or their declared semantic types)."""
-    from canvas_core.semantic import SemanticConditioner, compute_semantic_embeddings
+    from canvas_core.runtime.semantic_conditioner import SemanticConditioner
+    from canvas_core.semantic import compute_semantic_embeddings
 
     types = {n: s.semantic_type for n, s in bound.region_specs.items() if s.semantic_type}
     embeddings = compute_semantic_embeddings(bound.field_names, embed_fn, semantic_types=types)

@@ -335,9 +335,9 @@ class CanvasTopology:
         bs = as_int(block_size, "to_block_mask block_size")
         if bs < 1:
             raise SchemaError(f"to_block_mask block_size must be >= 1 (positions per tile), got {bs}")
-        from canvas_core.runtime.delegates import topology_block_mask
+        from canvas_core.compiler.masks import block_mask  # torch-free: lowering, numpy only
 
-        return topology_block_mask(self.validate(layout), layout, block_size=bs)
+        return block_mask(self.validate(layout), layout, block_size=bs)
 
     def summary(self, detail: bool = False) -> str:
         """canvas-engineering's summary: one line per linked region pair (``↺`` self, ``↔`` both

@@ -3,10 +3,8 @@
 Every source file is read with ``ast`` (nothing is imported) and every import is collected, at
 module level and inside functions and methods: ``import a.b``, ``from a import b`` (relative
 ones resolved), ``importlib.import_module("a.b")`` / ``__import__("a.b")`` with a literal name,
-and the lazy tables of modules that define a PEP 562 ``__getattr__`` (a module-level dict of
-``name -> "canvas_core.module"``, or calls such as ``_export("canvas_core.module", "Name", ...)``),
-so ``from canvas_core import SpatiotemporalCanvas`` counts as an import of
-``canvas_core.runtime.canvas``. Imports under ``if TYPE_CHECKING:`` never run and are left out.
+and lazy tables (``canvas_core._lazy``; see :func:`lazy_table`), so ``from canvas_core import
+SpatiotemporalCanvas`` imports ``canvas_core.runtime.canvas``. ``if TYPE_CHECKING:`` is left out.
 
 The checks:
 
@@ -14,8 +12,7 @@ The checks:
   nothing above their own layer (``canvas_core`` itself and ``canvas_core.errors`` are layer 0;
   everything else in ``canvas_core`` is above the floors), and never torch or another
   torch-world package, not even inside a function. The only exceptions are the thin delegates of
-  ``ALLOWED_UPWARD`` (canvas-engineering-compatible methods that hand out torch objects), each
-  with its reason; an entry that no longer matches an import fails too, so the list stays exact;
+  ``ALLOWED_UPWARD``, the one allow-list, each with its reason; a stale entry fails too;
 * the core imports no plugin distribution (``canvas_plugin_*`` / ``canvas_backend_*``) and names
   none of their modules in a string: plugins are reached through the registries only;
 * a bundled plugin or backend (its package and its tests) imports only the published surface
@@ -46,11 +43,10 @@ FLOORS: Dict[str, int] = {
     "canvas_core.plugins": 3,
     "canvas_core.compiler": 4,
 }
-#: layer 0, shared by every layer: the facade (its body imports only the errors and the alias
-#: finder; its lazy names are looked up through its table), the error hierarchy, the repr texts and
-#: the alias finder of canvas-engineering's module paths, the atomic file writer (leaves: a test checks they stay so)
+#: layer 0, leaves shared by every layer: the facade (lazy names through its table), the errors, the
+#: repr texts, the alias finder of old module paths, the atomic file writer, the lazy-export helper
 BASE = {"canvas_core", "canvas_core.errors", "canvas_core._reprs", "canvas_core._compat",
-        "canvas_core._safe_write"}
+        "canvas_core._safe_write", "canvas_core._lazy"}
 ABOVE = 5  # runtime, looping, attention, identity, semantic, extend, testing, demo, commands, cli, ...
 
 #: packages the floors must not import, even inside a function: torch and what needs it
@@ -65,13 +61,13 @@ ALLOWED_UPWARD: Dict[Tuple[str, str, str], str] = {
         "canvas-engineering's CanvasTopology.to_attention_mask returns a dense torch mask",
     ("canvas_core.schema.topology", "CanvasTopology.to_additive_mask", "canvas_core.runtime.delegates"):
         "canvas-engineering's CanvasTopology.to_additive_mask returns a torch tensor",
-    ("canvas_core.schema.topology", "CanvasTopology.to_block_mask", "canvas_core.runtime.delegates"):
-        "the block structure comes from lowering the topology, which the compiler (layer 4) does",
+    ("canvas_core.schema.topology", "CanvasTopology.to_block_mask", "canvas_core.compiler.masks"):
+        "the block structure comes from lowering the topology (numpy), which the compiler (layer 4) does",
     ("canvas_core.program.bound", "BoundSchema.build_canvas", "canvas_core.runtime.delegates"):
         "canvas-engineering's BoundSchema.build_canvas returns a SpatiotemporalCanvas (nn.Module)",
     ("canvas_core.program.bound", "BoundSchema.build_semantic_conditioner", "canvas_core.runtime.delegates"):
         "canvas-engineering's BoundSchema.build_semantic_conditioner returns an nn.Module",
-    # the compiler's delegates, also listed in canvas_core.compiler.RUNTIME_DELEGATES
+    # the compiler's delegates into the runtime (this is the one list of them)
     ("canvas_core.compiler.compiler", "_mode_applier", "canvas_core.runtime.modes"):
         "ProgramCompiler.compile(module=...) (canvas-engineering's signature) changes the nn.Module it is given",
     ("canvas_core.compiler.plan", "ExecutionPlan.to_dense", "canvas_core.runtime.plan_tensors"):
@@ -128,19 +124,31 @@ def _is_type_checking(test: ast.expr) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
+def _defines_getattr(node: ast.stmt) -> bool:  # def __getattr__, or __getattr__, __dir__ = lazy_exports(...)
+    targets = [t for g in getattr(node, "targets", ()) for t in (g.elts if isinstance(g, ast.Tuple) else [g])]
+    return getattr(node, "name", None) == "__getattr__" or any(getattr(t, "id", "") == "__getattr__" for t in targets)
+
+
 def lazy_table(tree: ast.Module, modules: Iterable[str]) -> Dict[str, str]:
-    """``name -> module`` of a module with a PEP 562 ``__getattr__`` (empty otherwise)."""
+    """``name -> module`` of a module with a PEP 562 ``__getattr__`` (empty otherwise): module-level
+    dicts (also one passed to ``lazy_exports``) of ``"module"`` / ``"module:attr"``, ``_export(...)``."""
     known = set(modules)
-    if not any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body):
+    if not any(_defines_getattr(n) for n in tree.body):
         return {}
     table: Dict[str, str] = {}
+
+    def read_dict(value: ast.Dict) -> None:
+        for k, v in zip(value.keys, value.values):
+            target = str(getattr(v, "value", "")).partition(":")[0]
+            if isinstance(k, ast.Constant) and isinstance(v, ast.Constant) and target in known:
+                table[str(k.value)] = target
+
     for node in tree.body:
         value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign, ast.Expr)) else None
         if isinstance(value, ast.Dict):
-            for k, v in zip(value.keys, value.values):
-                if isinstance(k, ast.Constant) and isinstance(v, ast.Constant) and v.value in known:
-                    table[str(k.value)] = v.value
+            read_dict(value)
         elif isinstance(value, ast.Call) and value.args:
+            [read_dict(arg) for arg in value.args if isinstance(arg, ast.Dict)]
             consts = [a.value for a in value.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
             if len(consts) == len(value.args) and consts[0] in known:
                 for name in consts[1:]:
@@ -318,6 +326,8 @@ def test_the_walker_reads_lazy_tables():
     assert table == {"CanvasLayout": "canvas_core.schema", "SpatiotemporalCanvas": "canvas_core.runtime.canvas",
                      "PeriodEmbedding": "canvas_core.runtime.canvas"}
     assert lazy_table(ast.parse("_LAZY = {'A': 'canvas_core.schema'}"), {"canvas_core.schema"}) == {}
+    helper = "__getattr__, __dir__ = lazy_exports(__name__, {'A': 'canvas_core.schema', 'b': 'x.y:z', 'c': f})"
+    assert lazy_table(ast.parse(helper), {"canvas_core.schema", "x.y"}) == {"A": "canvas_core.schema", "b": "x.y"}
     assert LAZY["canvas_core"]["SpatiotemporalCanvas"] == "canvas_core.runtime.canvas"
 
 
