@@ -51,10 +51,15 @@ def find_blocks(model: nn.Module, block_attr: Optional[str] = None) -> List[nn.M
         if isinstance(seq, (nn.ModuleList, nn.Sequential)) and len(seq):
             return list(seq)
         if block_attr is not None:
+            if seq is None:
+                what = "missing"
+            elif isinstance(seq, (nn.ModuleList, nn.Sequential)):
+                what = f"an empty {type(seq).__name__}"
+            else:
+                what = f"a {type(seq).__name__}, not a list of blocks"
             raise CanvasTypeError(
-                f"compile_blocks: {type(model).__name__}.{path} is "
-                f"{'missing' if seq is None else type(seq).__name__ + (' (empty)' if isinstance(seq, nn.Module) else '')}"
-                "; block_attr must name an nn.ModuleList or nn.Sequential of blocks")
+                f"compile_blocks: {type(model).__name__}.{path} is {what}; block_attr must name a "
+                "non-empty nn.ModuleList or nn.Sequential of blocks")
     raise CanvasTypeError(
         f"compile_blocks: {type(model).__name__} has none of {', '.join(_BLOCK_ATTRS)} as a non-empty "
         "nn.ModuleList / nn.Sequential; pass block_attr='path.to.blocks'")
@@ -69,6 +74,17 @@ def compile_blocks(model: nn.Module, block_attr: Optional[str] = None, **compile
         compile_kwargs: passed to ``torch.compile`` (``mode=``, ``dynamic=``, ``backend=``, ...).
     """
     blocks = find_blocks(model, block_attr)
-    for block in blocks:
-        block.compile(**compile_kwargs)
+    before = [b.__dict__.get("_compiled_call_impl") for b in blocks]
+    try:
+        for block in blocks:
+            block.compile(**compile_kwargs)
+    except Exception as exc:  # torch refuses the options (mode, backend, unknown keyword)
+        for block, old in zip(blocks, before):  # the model stays as it was
+            block._compiled_call_impl = old
+        first = (str(exc).splitlines() or [""])[0]
+        raise CanvasTypeError(
+            f"compile_blocks: torch.compile refused the options {compile_kwargs!r} "
+            f"({type(exc).__name__}: {first}); no block was "
+            "compiled. Pass options torch.compile accepts (mode=, dynamic=, backend=, fullgraph=, options=)"
+        ) from exc
     return blocks
