@@ -11,7 +11,7 @@ import argparse
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Tuple
+from typing import Any, Tuple
 
 from canvas_core.errors import SchemaFormatError
 from canvas_core.schema.jsonio import loads_strict, read_text_capped
@@ -71,6 +71,25 @@ def load_schema(source) -> Tuple[object, str]:
     return schema, label
 
 
+def _device_missing(device: str, cuda_status: Any) -> bool:
+    """Whether this machine lacks the accelerator ``device`` names (cuda, mps, xpu, ...)."""
+    kind = device.split(":")[0]
+    if kind in ("cpu", "meta"):
+        return False
+    if kind == "cuda":
+        return cuda_status() is False
+    import torch
+
+    probe = torch.backends.mps if kind == "mps" else getattr(torch, kind, None)
+    available = getattr(probe, "is_available", None)
+    if not callable(available):
+        return False  # no way to ask: compile for it as asked
+    try:
+        return not bool(available())
+    except Exception:  # a broken backend counts as missing
+        return True
+
+
 def run(args: argparse.Namespace) -> int:
     from canvas_core.compiler import ProgramCompiler
     from canvas_core.program import CanvasProgram
@@ -78,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     program, schema, label = load_program_or_schema(args.file)
     if program is None:
         program = CanvasProgram(schema=schema)
-    if str(args.device).startswith("cuda"):
+    if str(args.device).split(":")[0] not in ("cpu", "meta"):
         # The torch-free layers only ask a torch that is already loaded whether CUDA (and which
         # device index) exists; the command loads it so that `--device cuda:9` is checked for real.
         import torch  # noqa: F401
@@ -89,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Without the device, show what a machine with it would get (marked as a preview), rather
     # than this machine's fallbacks under the other device's name.
-    kwargs["preview"] = str(args.device).startswith("cuda") and cuda_status() is False
+    kwargs["preview"] = _device_missing(str(args.device), cuda_status)
     compiled = ProgramCompiler(program).compile(**kwargs)
     if args.json:
         print(json.dumps(compiled.to_dict(), indent=2, default=str))
