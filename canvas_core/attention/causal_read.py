@@ -7,6 +7,8 @@ A query ``i`` reads the state after key ``p(i) = floor((i + 1) * Nk / Nq) - 1``
 
 from __future__ import annotations
 
+import math
+import threading
 from typing import Optional, Tuple
 
 import torch
@@ -15,7 +17,7 @@ from canvas_core.attention._base import causal_read_index
 from canvas_core.errors import CanvasTypeError
 
 __all__ = ["NEG_INF", "CHUNK_ELEMS", "work_dtype", "finite_or_zero", "check_kernel_choice", "rows_identical",
-           "causal_read", "read_at"]
+           "causal_read", "read_at", "scratch"]
 
 NEG_INF = float("-inf")
 CHUNK_ELEMS = 1 << 24  # bound on the size of per-query intermediate tensors
@@ -83,3 +85,19 @@ def read_at(seq: torch.Tensor, read: torch.Tensor, dtype: torch.dtype) -> torch.
     (the validity factor is cast to ``dtype``, the working dtype)."""
     valid = read >= 0
     return seq.index_select(1, read.clamp(min=0)) * valid.view(1, -1, 1).to(dtype)
+
+
+_LOCAL = threading.local()
+
+
+def scratch(slot: str, shape, like: torch.Tensor) -> torch.Tensor:
+    """A temporary of ``shape`` for ``slot``, kept per thread, dtype and device between calls (a
+    fresh multi-megabyte tensor per call costs more in page faults than the arithmetic on it).
+    Only for temporaries: nothing returned or saved for backward may live in it."""
+    cache = _LOCAL.__dict__.setdefault("bufs", {})
+    key = (slot, like.dtype, like.device)
+    n = math.prod(shape)
+    buf = cache.get(key)
+    if buf is None or buf.numel() < n:
+        buf = cache[key] = like.new_empty(max(n, 1))
+    return buf[:n].view(shape)

@@ -16,6 +16,7 @@ from canvas_core.attention._base import AttentionBase, safe_div
 from canvas_core.attention.causal_read import (
     CHUNK_ELEMS,
     NEG_INF,
+    scratch,
     causal_read,
     check_kernel_choice,
     finite_or_zero,
@@ -25,6 +26,56 @@ from canvas_core.attention.causal_read import (
 )
 
 __all__ = ["RWKVAttention", "wkv_read", "wkv_scan", "wkv_masked"]
+
+
+class _ChunkRead(torch.autograd.Function):
+    """The part of :func:`wkv_read` inside a read's own chunk: for read ``q`` at offset ``p`` of
+    chunk ``cr_q``, ``num_q = sum_{j <= p} e^{l_j - m_q} v_j`` and ``den_q = sum_{j <= p}
+    e^{l_j - m_q}`` with ``l_j = k_j - (p - 1 - j) w`` (``u + k_p`` at ``j = p``) and ``m_q`` the
+    largest exponent (also over ``Mr``, the state's).  ``(B, Q, T, C)`` temporaries live in
+    per-thread scratch and are recomputed for the backward (no fresh tensor of that size)."""
+
+    @staticmethod
+    def _exps(kc, w, u, okc, cr, rel, mx):
+        B, _, T, C = kc.shape
+        Q = cr.shape[0]
+        relc = rel.unsqueeze(-1)
+        bias = torch.where(relc < 0, (relc + 1).to(kc.dtype) * w, u.expand(Q, T, C))
+        bias = bias.masked_fill(relc > 0, NEG_INF)
+        e = torch.index_select(kc, 1, cr, out=scratch("wkv_e", (B, Q, T, C), kc)).add_(bias)
+        if okc is not None:
+            e.masked_fill_(~okc.index_select(1, cr), NEG_INF)
+        return e
+
+    @staticmethod
+    def forward(ctx, kc, vc, w, u, okc, cr, rel, Mr):  # noqa: D401 - autograd signature
+        e = _ChunkRead._exps(kc, w, u, okc, cr, rel, None)
+        mx = finite_or_zero(torch.maximum(e.amax(dim=2), Mr))
+        e.sub_(mx.unsqueeze(2)).exp_()
+        vq = torch.index_select(vc, 1, cr, out=scratch("wkv_v", e.shape, vc))
+        den = e.sum(dim=2)
+        num = vq.mul_(e).sum(dim=2)
+        ctx.save_for_backward(kc, vc, w, u, cr, rel, mx, *(() if okc is None else (okc,)))
+        ctx.mark_non_differentiable(mx)
+        return num, den, mx
+
+    @staticmethod
+    def backward(ctx, g_num, g_den, _g_mx):
+        kc, vc, w, u, cr, rel, mx, *rest = ctx.saved_tensors
+        okc = rest[0] if rest else None
+        e = _ChunkRead._exps(kc, w, u, okc, cr, rel, mx)
+        e.sub_(mx.unsqueeze(2)).exp_()
+        vq = torch.index_select(vc, 1, cr, out=scratch("wkv_v", e.shape, vc))
+        gn, gd = g_num.unsqueeze(2), g_den.unsqueeze(2)
+        dvq = torch.mul(e, gn, out=scratch("wkv_dv", e.shape, e))
+        dv = torch.zeros_like(vc).index_add_(1, cr, dvq)
+        dl = vq.mul_(gn).add_(gd).mul_(e)  # d/d(exponent): e * (v g_num + g_den)
+        dk = torch.zeros_like(kc).index_add_(1, cr, dl)
+        db = dl.sum(dim=0)  # (Q, T, C): through the bias
+        relc = rel.unsqueeze(-1)
+        dw = (db * torch.where(relc < 0, (relc + 1).to(db.dtype), torch.zeros((), dtype=db.dtype))).sum(dim=(0, 1))
+        du = (db * (relc == 0).to(db.dtype)).sum(dim=(0, 1))
+        return dk, dv, dw, du, None, None, None, None
 
 
 def wkv_read(
@@ -97,15 +148,10 @@ def wkv_read(
     Mr = Ms.index_select(1, prev) - off.to(k.dtype).view(1, Q, 1) * w
     Mr = Mr.masked_fill((cr == 0).view(1, Q, 1), NEG_INF)
     rel = tau.view(1, T) - off.view(Q, 1)  # j - p
-    kq, vq = kc.index_select(1, cr), vc.index_select(1, cr)  # (B, Q, T, C)
-    li = kq + (rel + 1).to(k.dtype).view(1, Q, T, 1) * w  # k_j - (p - 1 - j) w
-    li = torch.where((rel == 0).view(1, Q, T, 1), kq + u, li)
-    li = li.masked_fill((rel > 0).view(1, Q, T, 1) | ~okc.index_select(1, cr), NEG_INF)
-    mx = finite_or_zero(torch.maximum(li.amax(dim=2), Mr)).detach()
-    ei = torch.exp(li - mx.unsqueeze(2))
+    num_i, den_i, mx = _ChunkRead.apply(kc, vc, w, u, None if key_ok is None else okc, cr, rel, Mr.detach())
     es = torch.exp(Mr - mx)
-    num = (ei * vq).sum(dim=2) + es * As.index_select(1, prev)
-    den = ei.sum(dim=2) + es * Bs.index_select(1, prev)
+    num = num_i + es * As.index_select(1, prev)
+    den = den_i + es * Bs.index_select(1, prev)
     out = safe_div(num, den)
     return out * (read >= 0).view(1, Q, 1).to(out.dtype)
 
