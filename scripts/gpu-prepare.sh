@@ -34,6 +34,13 @@ fi
 
 PY=.venv/bin/python
 [ -x "$PY" ] || { echo "gpu-prepare: run 'bash scripts/dev-setup.sh' first (it builds .venv)" >&2; exit 2; }
+# $OUT is deleted and rebuilt: refuse anything but a folder of wheels (GPU_WHEELS=. would be the checkout)
+if [ -e "$OUT" ] || [ -L "$OUT" ]; then
+  if [ -L "$OUT" ] || [ ! -d "$OUT" ] || [ -n "$(find "$OUT" -mindepth 1 -maxdepth 1 ! -name '*.whl' -print -quit)" ]; then
+    echo "gpu-prepare: $OUT exists and is not a folder of wheels made by this script; refusing to delete it. Set GPU_WHEELS to a new folder, or remove it yourself" >&2
+    exit 2
+  fi
+fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
 
