@@ -41,7 +41,7 @@ Attention kernels (torch)
     the NaN-isolation helpers of masked kernels ``non_finite_keys``, ``zero_bad_keys``,
     ``nan_where_linked`` (a non-finite key reaches only the queries linked to it).
 Backbones (torch)
-    ``BackboneAdapter``, ``GenericAdapter``, ``TokenLayout``, ``topology_bias``,
+    ``BackboneAdapter``, ``GenericAdapter``, ``TokenLayout``,
     ``class_matches``, ``LoopedBlockWrapper``, ``BlockIO``, the SDPA helper ``canvas_sdpa``,
     ``CanvasAttentionHooks`` (what an attention object inside a grafted backbone reads: sharpening
     ``beta``, an installed topology) and ``CanvasProcessorBase`` (the shared part of a backbone
@@ -70,7 +70,7 @@ if TYPE_CHECKING:  # for readers and IDEs; at run time the names load lazily bel
     )
     from canvas_core.compiler.resolved import ResolvedGroup
     from canvas_core.looping.adapter import (
-        BackboneAdapter, GenericAdapter, TokenLayout, class_matches, topology_bias,
+        BackboneAdapter, GenericAdapter, TokenLayout, class_matches,
     )
     from canvas_core.looping.attention_ops import CanvasAttentionHooks, CanvasProcessorBase, canvas_sdpa
     from canvas_core.looping.wrapper import BlockIO, LoopedBlockWrapper
@@ -106,7 +106,7 @@ _publish("canvas_core.runtime.kernels", "ReferenceKernel", "REFERENCE_MODES", "k
 _publish("canvas_core.runtime.finite_guard", "non_finite_keys", "zero_bad_keys", "nan_where_linked")
 # backbones
 _publish("canvas_core.looping.adapter", "BackboneAdapter", "GenericAdapter", "TokenLayout",
-         "topology_bias", "class_matches")
+         "class_matches")
 _publish("canvas_core.looping.wrapper", "LoopedBlockWrapper", "BlockIO")
 _publish("canvas_core.looping.attention_ops", "canvas_sdpa", "CanvasAttentionHooks", "CanvasProcessorBase")
 
@@ -120,7 +120,7 @@ __all__ = [
     "causal_read_index", "check_dtypes_devices", "class_matches", "fft_causal_conv", "has_key",
     "hookimpl", "hookspec", "kernel_for", "lower", "masked_softmax", "masked_softmax_attention", "nan_where_linked",
     "non_finite_keys", "safe_div", "zero_bad_keys",
-    "segment_grid", "topology_bias", "wkv_masked", "wkv_scan",
+    "segment_grid", "wkv_masked", "wkv_scan",
 ]
 
 

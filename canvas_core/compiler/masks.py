@@ -63,10 +63,6 @@ class BlockMask:
     def perm(self) -> np.ndarray:
         return self.plan.perm
 
-    def partial_kv(self):
-        """``(num, indices)`` of the partial tiles (non-empty minus full), same padding rule."""
-        return _pack_rows(self.layout.state == BlockLayout.PARTIAL)
-
     def to_torch(self, device: Any = "cpu"):
         """The four index arrays as torch int32 tensors (kv_num, kv_idx, full_num, full_idx)."""
         from canvas_core.runtime.plan_tensors import block_mask_tensors  # listed in ALLOWED_UPWARD (import-graph test)

@@ -159,12 +159,6 @@ class BlockLayout:
         """Per query block, the ascending indices of its non-empty key blocks."""
         return [np.flatnonzero(row) for row in self.state]
 
-    def full_blocks(self) -> List[np.ndarray]:
-        return [np.flatnonzero(row == self.FULL) for row in self.state]
-
-    def partial_blocks(self) -> List[np.ndarray]:
-        return [np.flatnonzero(row == self.PARTIAL) for row in self.state]
-
     @property
     def density(self) -> float:
         """Fraction of tiles that are not empty."""
@@ -270,17 +264,6 @@ class ExecutionPlan:
         for w in self.query_weight.values():
             out |= w > 0
         return out
-
-    def total_query_weight(self) -> np.ndarray:
-        """``(N,)`` packed ``sum_f W_f(p)``."""
-        out = np.zeros(self.n, dtype=np.float64)
-        for w in self.query_weight.values():
-            out += w
-        return out
-
-    @property
-    def is_identity_perm(self) -> bool:
-        return bool(np.array_equal(self.perm, np.arange(self.n)))
 
     def all_rects(self) -> RectGroup:
         """Every rectangle of every type, concatenated (fn ``"*"``)."""

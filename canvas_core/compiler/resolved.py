@@ -86,11 +86,6 @@ class ResolvedGroup:
     def implementation(self) -> str:
         return self.attention.name
 
-    @property
-    def uses_reference_kernel(self) -> bool:
-        """True when the core's reference kernel (or no kernel at all, for a fused type) runs."""
-        return self.kernel is None or self.kernel.name == REFERENCE_KERNEL
-
     def module_kwargs(self) -> Dict[str, Any]:
         """Extra keyword arguments for a non-fused type's module: ``{"kernel": name}`` when the
         resolution chose a kernel for it, else nothing."""

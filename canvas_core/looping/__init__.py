@@ -8,7 +8,7 @@ Public: ``LoopedBlockWrapper``, ``graft_looped_blocks``, ``freeze_full``, ``free
 ``RandomDepthScheduler``; adapter authors use ``BackboneAdapter``, ``TokenLayout``, ``BlockIO``.
 """
 
-from canvas_core.looping.adapter import BackboneAdapter, GenericAdapter, TokenLayout, topology_bias
+from canvas_core.looping.adapter import BackboneAdapter, GenericAdapter, TokenLayout
 from canvas_core.looping.checkpoint import load_loop_checkpoint, save_loop_checkpoint
 from canvas_core.looping.heads import ChannelFirstActionHead
 from canvas_core.looping.graft import (
@@ -43,7 +43,6 @@ __all__ = [
     "BackboneAdapter",
     "GenericAdapter",
     "TokenLayout",
-    "topology_bias",
     "find_adapter",
     "backbone_entries",
     "LoopedSpan",

@@ -23,7 +23,6 @@ __all__ = [
     "TokenLayout",
     "BackboneAdapter",
     "GenericAdapter",
-    "topology_bias",
     "class_matches",
 ]
 
@@ -68,25 +67,6 @@ class TokenLayout:
                 " declare your regions on the grid returned by adapter.token_layout(...)"
             )
         return TokenLayout(layout, self.token_index, dict(self.info))
-
-
-def topology_bias(
-    topology: Any, tokens: TokenLayout, device: Any = "cpu"
-) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Lower ``topology`` on ``tokens.layout`` to the attention sequence.
-
-    Returns ``(bias, has_key)``: ``bias`` ``(S, S)`` float additive bias (``log w`` where linked,
-    ``-inf`` where not, 0 on rows with no key so no NaN appears) and ``has_key`` ``(S,)`` bool
-    (False rows must have their attention output zeroed).
-    """
-    weights = topology.to_attention_mask(tokens.layout, device=device)
-    idx = torch.as_tensor(tokens.token_index, dtype=torch.long, device=weights.device)
-    w = weights.index_select(0, idx).index_select(1, idx).float()
-    linked = w > 0
-    bias = torch.where(linked, w.clamp_min(1e-30).log(), torch.full_like(w, float("-inf")))
-    has_key = linked.any(dim=1)
-    bias = torch.where(has_key[:, None], bias, torch.zeros_like(bias))
-    return bias, has_key
 
 
 def _class_names(cls: type) -> List[Tuple[str, str, str]]:

@@ -39,27 +39,17 @@ def canvas_sdpa(
     v: torch.Tensor,
     *,
     beta: float = 1.0,
-    bias: Optional[torch.Tensor] = None,
-    has_key: Optional[torch.Tensor] = None,
     attn_mask: Optional[torch.Tensor] = None,
     dropout_p: float = 0.0,
 ) -> torch.Tensor:
-    """``softmax(beta * q k^T / sqrt(d) + bias) v`` for ``q, k, v`` ``(B, H, S, d)``.
+    """``softmax(beta * q k^T / sqrt(d) + attn_mask) v`` for ``q, k, v`` ``(B, H, S, d)``.
 
-    ``bias`` ``(S, S)`` additive (``-inf`` = no link); rows where ``has_key`` is False return 0.
-    ``attn_mask`` (the backbone's own mask, additive or bool) is combined with ``bias``."""
+    ``attn_mask``: the backbone's own mask, additive or bool (True = may attend), or None."""
     scale = float(beta) / math.sqrt(q.shape[-1])
-    mask = bias
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(
-                ~attn_mask, float("-inf")
-            )
-        mask = attn_mask if mask is None else mask + attn_mask
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
-    if has_key is not None:
-        out = out * has_key.to(out.dtype)[:, None]
-    return out
+    if attn_mask is not None and attn_mask.dtype == torch.bool:
+        attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(
+            ~attn_mask, float("-inf"))
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
 
 
 class GatedTypeModule(nn.Module):
