@@ -26,8 +26,8 @@ __all__ = ["LifeDemoConfig", "LifeDemoResult", "run_life_demo", "DEMO_KINDS", "D
 #: the conditions the demo trains (the study adds scope="block" and a deeper unfrozen model)
 DEMO_KINDS = ("rollout", "model", "stack", "frozen1", "unfrozen")
 #: learning rate per condition (the full study sweeps; these are its usual choices)
-DEMO_LRS: Dict[str, float] = {"model": 1e-4, "stack": 1e-2, "block": 1e-2, "frozen1": 1e-2, "unfrozen": 1e-3,
-                              "deeper": 1e-3}
+DEMO_LRS: Dict[str, float] = {"model": 1e-2, "stack": 1e-3, "block": 1e-3, "frozen1": 1e-3, "unfrozen": 3e-4,
+                              "deeper": 3e-4}
 EXIT_TOL = 0.1
 _WORDS = {"rollout": "explicit rollout", "stack": "span loop (scope='stack')", "block": "per-block loops",
           "frozen1": "frozen at 1 loop", "unfrozen": "unfrozen 1 pass", "deeper": "unfrozen 2k blocks"}
