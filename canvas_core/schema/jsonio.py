@@ -69,6 +69,28 @@ def _no_duplicates(pairs: List[Tuple[str, Any]]) -> dict:
     return out
 
 
+class _Pairs(list):
+    """An object's ``(key, value)`` pairs, repeats kept (second parse, to find where a key repeats)."""
+
+
+def _where_repeated(node: Any, path: str = "") -> "str | None":
+    """The JSON path of the first object in ``node`` (parsed into :class:`_Pairs`) that repeats a
+    key, in the order the parser completes objects (inner ones first), as the strict hook met it."""
+    if isinstance(node, _Pairs):
+        for key, value in node:
+            found = _where_repeated(value, f"{path}.{key}" if path else str(key))
+            if found is not None:
+                return found
+        keys = [k for k, _ in node]
+        return (path or "the top-level object") if len(set(keys)) != len(keys) else None
+    if isinstance(node, list):
+        for i, value in enumerate(node):
+            found = _where_repeated(value, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
 def loads_strict(text: str, where: str, *, on_decode_error: Callable[[json.JSONDecodeError], str] = None) -> Any:
     """``json.loads(text)`` refusing repeated keys; errors are ``SchemaFormatError`` naming ``where``.
 
@@ -76,7 +98,12 @@ def loads_strict(text: str, where: str, *, on_decode_error: Callable[[json.JSOND
     try:
         return json.loads(text, object_pairs_hook=_no_duplicates)
     except DuplicateKeyError as exc:
-        raise DuplicateKeyError(f"{where}: {exc}") from None
+        try:  # the rare failure path: parse again keeping repeats, to say in which object
+            at = _where_repeated(json.loads(text, object_pairs_hook=_Pairs))
+        except (ValueError, RecursionError):
+            at = None
+        raise DuplicateKeyError(f"{where}: {exc}".replace(" in one JSON object", f" in {at}" if at else
+                                                          " in one JSON object")) from None
     except RecursionError:
         raise SchemaFormatError(f"{where} is nested too deeply (JSON arrays/objects) to be a canvas schema or "
                                 "program; check the file") from None

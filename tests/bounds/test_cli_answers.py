@@ -40,8 +40,8 @@ def files(tmp_path):
 
 
 CASES = [
-    (["compile", "dup_T.json"], "duplicate key 'T'"),
-    (["compile", "dup_region.json"], "duplicate key 'a'"),
+    (["compile", "dup_T.json"], "duplicate key 'T' in layout"),
+    (["compile", "dup_region.json"], "duplicate key 'a' in regions"),
     (["compile", "surrogate.json"], "not valid Unicode"),
     (["compile", "deep_dict.json"], "too deeply"),
     (["compile", "huge_T.json"], "CANVAS_MAX_POSITIONS"),
