@@ -48,6 +48,7 @@ from canvas_core.errors import CompileError, ShapeError
 from canvas_core.plugins.spec import Spec
 from canvas_core.schema.limits import check_elements, limit
 from canvas_core.runtime.finite_guard import non_finite_keys, nan_where_linked, reads_bad, zero_bad_keys
+from canvas_core.runtime.kernel_base import AttentionKernel
 from canvas_core.runtime.kernel_index import Segments, bucket_counts, is_arange, segment_buckets, slot_layout
 
 __all__ = ["ReferenceKernel", "make_kernel", "kernel_for", "REFERENCE_MODES"]
@@ -56,7 +57,7 @@ __all__ = ["ReferenceKernel", "make_kernel", "kernel_for", "REFERENCE_MODES"]
 REFERENCE_MODES = ("dense", "segments", "sparse")
 
 
-class ReferenceKernel(nn.Module):
+class ReferenceKernel(AttentionKernel):
     """SDPA over the plan's blocks (dense or block-sparse gather), see the module docstring.
 
     Args:
@@ -77,12 +78,11 @@ class ReferenceKernel(nn.Module):
                  head_dim: Optional[int] = None, mode: str = "auto", block_size: int = 128,
                  dense_threshold: float = 0.5, small_n: int = 256, max_buckets: int = 12,
                  device: Any = None) -> None:
-        super().__init__()
+        super().__init__(group, plan, n_heads=n_heads, head_dim=head_dim)  # fn, n, n_heads, head_dim
         if mode not in ("auto", "dense", "segments", "sparse"):
             raise CompileError("ReferenceKernel mode must be 'auto', 'dense', 'segments' or 'sparse', "
                                f"got {mode!r}")
-        self.fn = group.fn
-        self.n = n = int(plan.n)
+        n = self.n
         self.block_size = bs = int(block_size)
         if bs < 1:
             raise CompileError(f"ReferenceKernel block_size must be >= 1, got {block_size!r}")

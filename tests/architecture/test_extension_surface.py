@@ -49,3 +49,11 @@ def test_bundled_backends_build_on_the_published_base():
     xf = pytest.importorskip("canvas_backend_xformers.kernel")
     assert issubclass(flex.FlexKernel, extend.AttentionKernel)
     assert issubclass(xf.XFormersKernel, extend.AttentionKernel)
+
+
+def test_the_reference_kernel_is_built_on_the_published_base():
+    plan = _plan()
+    fn, group = next(iter(plan.groups.items()))
+    kern = extend.ReferenceKernel(group, plan, n_heads=2, head_dim=4, mode="dense")
+    assert isinstance(kern, extend.AttentionKernel)
+    assert (kern.fn, kern.n, kern.n_heads, kern.head_dim) == (fn, plan.n, 2, 4)
