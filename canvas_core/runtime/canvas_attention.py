@@ -13,8 +13,10 @@ in canonical position order:
   (inverse temperature, set by ``SharpeningSchedule``) on the logits;
 * any other type f: one module built from the group's resolved attention entry
   (:func:`canvas_core.plugins.resolve.build_attention`, with ``kernel=`` when one was resolved)
-  run ONCE per forward with queries = the positions f updates (``Nq``), keys = values = the union of f's key
-  positions (``Nk``), and ``key_mask (Nq, Nk)`` bool = "some connection of type f links them".
+  reading, for each query p, exactly ``D_f(p)``: called once per shape of key set, the key sets of
+  that shape stacked along the batch (``(B*G, Nq_g, D)``, no mask), or, for a type declaring
+  ``key_mask_exact``, once with queries = the positions f updates, keys = values = the union of
+  f's key positions and ``key_mask (Nq, Nk)`` = linked (``runtime/type_call.py``).
   Such modules see the key *sets*; the per-pair weights are not passed to them (their operators
   are not softmax), only the combination weight ``W_f(p)`` below;
 * the layer returns ``sum_f W_f(p) out_f(p) / sum_f W_f(p)`` at every position some connection
