@@ -83,6 +83,14 @@ def region_labels(layout: CanvasLayout, t: int, *, min_cells_per_char: float = 0
     return labels
 
 
+_LEGEND_MAX = 48  # region entries listed in the legend at most (the rest are counted)
+
+
+def _short(name: str, limit: int = 28) -> str:
+    """``name`` cut to ``limit`` characters for the picture (legend, graph nodes)."""
+    return name if len(name) <= limit else name[:limit - 3] + "..."
+
+
 def _offset_label(c) -> str:
     if c.t_src is None and c.t_dst is None:
         return ""
@@ -184,7 +192,10 @@ def draw_schema(
     panel_h = max(0.5, min(6.0, panel_w * n_rows / n_cols_cells))  # a cell is a square
     topo_units = 3 if topo is not None else 0
     fig_w = panel_w * (len(frames) + topo_units) + 1.5
-    fig_h = max(panel_h, 3.2 if topo is not None else 0) + 2.2
+    legend_cols = max(1, min(6, int(fig_w // 2.2)))  # about 2.2 in per legend column
+    legend_rows = math.ceil(min(len(names), _LEGEND_MAX) / legend_cols)
+    legend_h = 0.2 * legend_rows + 0.3
+    fig_h = max(panel_h, 3.2 if topo is not None else 0) + 1.6 + legend_h
     fig = plt.figure(figsize=(fig_w, fig_h))
     gs = fig.add_gridspec(1, len(frames) + topo_units)
     numbered = set()
@@ -202,9 +213,12 @@ def draw_schema(
         ax.set_title(f"t={t}{marker}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
-    handles = [Patch(color=colors[i], label=(f"{i + 1}: " if n in numbered else "") + f"{n} ({layout.region_numel(n)})")
+    handles = [Patch(color=colors[i], label=(f"{i + 1}: " if n in numbered else "") + f"{_short(n)} ({layout.region_numel(n)})")
                for i, n in enumerate(names)]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(names), 6), fontsize=8, frameon=False)
+    if len(handles) > _LEGEND_MAX:  # a legend of thousands of entries would cover the picture
+        more = len(handles) - _LEGEND_MAX + 1
+        handles = handles[:_LEGEND_MAX - 1] + [Patch(color="white", label=f"... and {more} more regions")]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), legend_cols), fontsize=8, frameon=False)
 
     if topo is not None:
         ax = fig.add_subplot(gs[0, len(frames):])
@@ -213,7 +227,11 @@ def draw_schema(
         pos = {n: (math.cos(2 * math.pi * i / max(1, len(names))), math.sin(2 * math.pi * i / max(1, len(names))))
                for i, n in enumerate(names)}
         used_fns = {}
-        for a in topology_arrows(topo, layout):
+        arrows = topology_arrows(topo, layout)
+        per_pair: Dict[Tuple[str, str], int] = {}
+        for a in arrows:
+            per_pair[(a.src, a.dst)] = per_pair.get((a.src, a.dst), 0) + 1
+        for a in arrows:
             color = _FN_COLORS.get(a.fn, "#333333")
             used_fns[a.fn] = color
             (x0, y0), (x1, y1) = pos[a.src], pos[a.dst]
@@ -233,13 +251,15 @@ def draw_schema(
                 # the arc's midpoint: the chord's midpoint moved along its normal by rad * length / 2
                 mx, my = (x0 + x1) / 2, (y0 + y1) / 2
                 lx, ly = mx + rad * (y1 - y0) / 2, my - rad * (x1 - x0) / 2
-            if a.label:
-                ax.text(lx, ly, a.label, fontsize=6, color=color, ha="center", va="center",
+            # an all-frames arrow beside others between the same regions is labelled too
+            label = a.label or ("all frames" if per_pair[(a.src, a.dst)] > 1 else "")
+            if label:
+                ax.text(lx, ly, label, fontsize=6, color=color, ha="center", va="center",
                         bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8))
         for i, n in enumerate(names):
             x, y = pos[n]
             ax.scatter([x], [y], s=420, color=colors[i], zorder=3, edgecolors="black", linewidths=0.5)
-            ax.text(x, y - 0.24, n, ha="center", va="top", fontsize=8)
+            ax.text(x, y - 0.24, _short(n), ha="center", va="top", fontsize=8)
         ax.set_xlim(-1.6, 1.6)
         ax.set_ylim(-1.6, 1.6)
         ax.set_aspect("equal")
@@ -250,7 +270,7 @@ def draw_schema(
 
     dims = "x".join(str(d) for d in (layout.T, *layout.spatial_shape))
     fig.suptitle(title or f"canvas {dims}  N={layout.num_positions}  d_model={layout.d_model}", fontsize=11)
-    fig.tight_layout(rect=(0, 0.1, 0.93 if topo is not None else 1, 0.95))
+    fig.tight_layout(rect=(0, min(0.8, legend_h / fig_h), 0.93 if topo is not None else 1, 0.95))
     out = Path(path)
     from canvas_core._safe_write import atomic_write
 
