@@ -30,9 +30,9 @@ import numpy as np
 
 from canvas_core.compiler.plan import ExecutionPlan, RectGroup
 from canvas_core.compiler.temporal import connection_links, region_frames
-from canvas_core.errors import CanvasTypeError, TopologyError, did_you_mean
+from canvas_core.errors import CanvasTypeError
 from canvas_core.schema.masks import mask_to_index_pairs
-from canvas_core.schema.topology import DEFAULT_FN
+from canvas_core.schema.topology import DEFAULT_FN, check_connection_regions
 
 __all__ = ["lower", "restrict", "region_canonical_indices", "runs_of"]
 
@@ -175,15 +175,7 @@ def _check(topology: Any, layout: Any) -> None:
         raise CanvasTypeError(f"lower() needs a CanvasTopology, got {type(topology).__name__}")
     if not hasattr(layout, "region_spec") or not hasattr(layout, "T"):
         raise CanvasTypeError(f"lower() needs a CanvasLayout, got {type(layout).__name__}")
-    known = set(_region_names(layout))
-    for i, c in enumerate(topology.connections):
-        for side in ("src", "dst"):
-            name = getattr(c, side)
-            if name not in known:
-                raise TopologyError(
-                    f"connection #{i} ({c.src!r} -> {c.dst!r}): {side} region {name!r} is not in "
-                    f"the layout (regions: {sorted(known)}).{did_you_mean(name, known)} "
-                    "Add the region or fix the name.")
+    check_connection_regions(topology.connections, _region_names(layout))  # what topology.validate checks
 
 
 def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable, Sequence[str]] = True,

@@ -3,14 +3,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections import Counter
 from dataclasses import MISSING, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
-from canvas_core.schema.jsonio import loads_strict, read_text_capped
+from canvas_core.schema.jsonio import dump_json, loads_strict, read_json_source
 from canvas_core.errors import CanvasError, CanvasTypeError, ProgramError, SchemaFormatError, did_you_mean
 from canvas_core.program.constants import CONSTRAINT_VALUES, OPERATORS, closest
 from canvas_core.program.identity import IdentitySpec
@@ -165,13 +163,7 @@ class CanvasProgram:
 
     def to_json(self, path: Union[str, os.PathLike, None] = None, *, indent: Optional[int] = 2) -> str:
         """Serialize to a JSON string; also write it to ``path`` when given."""
-        out = json.dumps(self.to_dict(), indent=indent)
-        if path is not None:
-            from canvas_core._safe_write import atomic_write_text
-
-            # atomic; a directory, FIFO or device is refused, a symlink written through
-            atomic_write_text(path, out + "\n", "the canvas program", error=SchemaFormatError)
-        return out
+        return dump_json(self.to_dict(), path, "the canvas program", indent=indent)
 
     @classmethod
     def from_json(cls, path: Union[str, os.PathLike]) -> "CanvasProgram":
@@ -363,25 +355,6 @@ def _split_key(key: Any, known) -> Tuple[str, str]:
 
 
 def _read(source: Any) -> Tuple[str, str]:
-    if isinstance(source, (bytes, bytearray)):
-        try:
-            source = bytes(source).decode("utf-8")
-        except UnicodeDecodeError:
-            raise SchemaFormatError("from_json got bytes that are not UTF-8 text; pass a program file path or JSON text") from None
-    if isinstance(source, str) and source.lstrip().startswith(("{", "[")):
-        return source, "program JSON string"
-    if not isinstance(source, (str, os.PathLike)):
-        raise CanvasTypeError(f"from_json expects a file path or a JSON string, got {type(source).__name__}")
-    if isinstance(source, str) and not source.strip():
-        raise SchemaFormatError("from_json got an empty string; pass a program file path or a JSON object string")
-    if "\x00" in os.fspath(source):
-        raise SchemaFormatError(f"program path {os.fspath(source)[:80]!r} contains a NUL byte; pass a valid file path")
-    path = Path(source)
-    try:
-        return read_text_capped(path, f"program file {str(path)!r}"), f"program file {str(path)!r}"
-    except FileNotFoundError:
-        raise SchemaFormatError(f"program file {str(path)!r} does not exist") from None
-    except UnicodeDecodeError:
-        raise SchemaFormatError(f"program file {str(path)!r} is not UTF-8 text") from None
-    except OSError as exc:
-        raise SchemaFormatError(f"cannot read program file {str(path)!r}: {exc.strerror or exc}") from None
+    return read_json_source(
+        source, "program", empty="pass a program file path or a JSON object string",
+        nul=lambda p: f"program path {p[:80]!r} contains a NUL byte; pass a valid file path")

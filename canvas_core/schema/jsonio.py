@@ -6,18 +6,21 @@
 * :func:`loads_strict` refuses a JSON object that repeats a key (Python's ``json`` would keep the
   last value silently: a region written twice, or ``"T"`` twice, would vanish), and turns
   ``RecursionError`` from absurd nesting into a one-line error.
+* :func:`read_json_source` (a file path or a JSON string -> text) and :func:`dump_json` (to a
+  string and, atomically, a file): the one JSON I/O of ``CanvasSchema`` and ``CanvasProgram``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from typing import Any, Callable, List, Tuple
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Tuple, Union
 
-from canvas_core.errors import SchemaFormatError, SizeLimitError
+from canvas_core.errors import CanvasTypeError, SchemaFormatError, SizeLimitError
 from canvas_core.schema.limits import LIMITS, limit
 
-__all__ = ["read_text_capped", "loads_strict", "DuplicateKeyError"]
+__all__ = ["read_text_capped", "loads_strict", "DuplicateKeyError", "read_json_source", "dump_json"]
 
 
 class DuplicateKeyError(SchemaFormatError):
@@ -111,3 +114,48 @@ def loads_strict(text: str, where: str, *, on_decode_error: Callable[[json.JSOND
         hint = on_decode_error(exc) if on_decode_error is not None else ""
         raise SchemaFormatError(
             f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}{hint}") from None
+
+
+def read_json_source(source: Any, kind: str, *, empty: str, nul: Callable[[str], str],
+                     missing: Callable[[Any], str] = lambda source: "") -> Tuple[str, str]:
+    """``(text, where)`` of a ``from_json`` argument: JSON text (a string or UTF-8 bytes starting
+    with ``{`` or ``[``) or the path of a ``kind`` file (``"schema"``, ``"program"``).
+
+    ``empty`` ends the message for an empty string, ``nul(text)`` words a path with a NUL byte,
+    ``missing(source)`` adds a hint to "does not exist".  Every failure is a ``SchemaFormatError``
+    (``CanvasTypeError`` for a value that is neither text nor a path)."""
+    if isinstance(source, (bytes, bytearray)):
+        try:
+            source = bytes(source).decode("utf-8")
+        except UnicodeDecodeError:
+            raise SchemaFormatError(
+                f"from_json got bytes that are not UTF-8 text; pass a {kind} file path or JSON text") from None
+    if isinstance(source, str) and source.lstrip().startswith(("{", "[")):
+        return source, f"{kind} JSON string"
+    if not isinstance(source, (str, os.PathLike)):
+        raise CanvasTypeError(f"from_json expects a file path or a JSON string, got {type(source).__name__}")
+    if isinstance(source, str) and not source.strip():
+        raise SchemaFormatError(f"from_json got an empty string; {empty}")
+    if "\x00" in os.fspath(source):
+        raise SchemaFormatError(nul(os.fspath(source)))
+    path = Path(source)
+    where = f"{kind} file {str(path)!r}"
+    try:
+        return read_text_capped(path, where), where
+    except FileNotFoundError:
+        raise SchemaFormatError(f"{where} does not exist{missing(source)}") from None
+    except UnicodeDecodeError:
+        raise SchemaFormatError(f"{where} is not UTF-8 text") from None
+    except OSError as exc:
+        raise SchemaFormatError(f"cannot read {where}: {exc.strerror or exc}") from None
+
+
+def dump_json(data: Any, path: Union[str, "os.PathLike[str]", None], what: str, *, indent: Optional[int] = 2) -> str:
+    """``json.dumps(data, indent=indent)``; also written to ``path`` (atomically, with a final
+    newline; a directory, FIFO or device is refused, a symlink written through) when given."""
+    text = json.dumps(data, indent=indent)
+    if path is not None:
+        from canvas_core._safe_write import atomic_write_text
+
+        atomic_write_text(path, text + "\n", what, error=SchemaFormatError)
+    return text

@@ -7,11 +7,10 @@ import json
 import math
 import os
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from canvas_core.errors import CanvasError, CanvasTypeError, SchemaError, SchemaFormatError
-from canvas_core.schema.jsonio import loads_strict, read_text_capped
+from canvas_core.schema.jsonio import dump_json, loads_strict, read_json_source
 from canvas_core.schema.layout import CanvasLayout
 from canvas_core.schema.region import RegionSpec, transfer_distance
 from canvas_core.schema.topology import Connection, CanvasTopology, TemporalFill
@@ -118,13 +117,7 @@ class CanvasSchema:
     # --- JSON ---------------------------------------------------------------------------------
     def to_json(self, path: Union[str, os.PathLike, None] = None, *, indent: Optional[int] = 2) -> str:
         """Serialize to a JSON string; also write it to ``path`` when given."""
-        text = json.dumps(self.to_dict(), indent=indent)
-        if path is not None:
-            from canvas_core._safe_write import atomic_write_text
-
-            # atomic; a directory, FIFO or device is refused, a symlink written through
-            atomic_write_text(path, text + "\n", "the canvas schema", error=SchemaFormatError)
-        return text
+        return dump_json(self.to_dict(), path, "the canvas schema", indent=indent)
 
     @classmethod
     def from_json(cls, path: Union[str, os.PathLike]) -> "CanvasSchema":
@@ -236,28 +229,9 @@ def _build(model) -> CanvasSchema:
 
 
 def _read_source(source: Any) -> Tuple[str, str]:
-    if isinstance(source, (bytes, bytearray)):
-        try:
-            source = bytes(source).decode("utf-8")
-        except UnicodeDecodeError:
-            raise SchemaFormatError("from_json got bytes that are not UTF-8 text; pass a schema file path or JSON text") from None
-    if isinstance(source, str) and source.lstrip().startswith(("{", "[")):
-        return source, "schema JSON string"
-    if isinstance(source, str) and not source.strip():
-        raise SchemaFormatError("from_json got an empty string; give a schema file path or a JSON string")
-    if isinstance(source, str) and "\x00" in source:
-        raise SchemaFormatError("from_json got a string with a NUL byte: neither a file path nor JSON")
-    if not isinstance(source, (str, os.PathLike)):
-        raise CanvasTypeError(f"from_json expects a file path or a JSON string, got {type(source).__name__}")
-    path = Path(source)
-    try:
-        return read_text_capped(path, f"schema file {str(path)!r}"), f"schema file {str(path)!r}"
-    except FileNotFoundError:
-        raise SchemaFormatError(f"schema file {str(path)!r} does not exist{_scalar_hint(source)}") from None
-    except UnicodeDecodeError:
-        raise SchemaFormatError(f"schema file {str(path)!r} is not UTF-8 text") from None
-    except OSError as exc:
-        raise SchemaFormatError(f"cannot read schema file {str(path)!r}: {exc.strerror or exc}") from None
+    return read_json_source(
+        source, "schema", empty="give a schema file path or a JSON string",
+        nul=lambda _: "from_json got a string with a NUL byte: neither a file path nor JSON", missing=_scalar_hint)
 
 
 def _scalar_hint(source: Any) -> str:

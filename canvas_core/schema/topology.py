@@ -304,15 +304,7 @@ class CanvasTopology:
         """Check every connection against a layout; raises ``TopologyError`` naming the first
         connection that refers to a region the layout does not declare. Returns self."""
         _check_layout(layout, "validate")
-        known = layout.regions
-        for i, c in enumerate(self.connections):
-            for side in ("src", "dst"):
-                name = getattr(c, side)
-                if name not in known:
-                    raise TopologyError(
-                        f"connection #{i} ({c.describe()}): {side} region {name!r} is not in the layout "
-                        f"(regions: {sorted(known)}).{did_you_mean(name, known)} Add the region or fix the name."
-                    )
+        check_connection_regions(self.connections, layout.regions)
         return self
 
     # --- torch objects (thin delegates to canvas_core.runtime.delegates; see its docstring) -----
@@ -351,6 +343,20 @@ class CanvasTopology:
         from canvas_core._reprs import topology_repr
 
         return topology_repr(self)
+
+
+def check_connection_regions(connections: Iterable[Any], known: Iterable[str]) -> None:
+    """Raise ``TopologyError`` naming the first connection whose ``src`` or ``dst`` is not one of
+    the region names ``known`` (the one check behind ``validate`` and the compiler's ``lower``)."""
+    known = set(known)
+    for i, c in enumerate(connections):
+        for side in ("src", "dst"):
+            name = getattr(c, side)
+            if name not in known:
+                what = c.describe() if hasattr(c, "describe") else f"{c.src} -> {c.dst}"
+                raise TopologyError(
+                    f"connection #{i} ({what}): {side} region {name!r} is not in the layout "
+                    f"(regions: {sorted(known)}).{did_you_mean(name, known)} Add the region or fix the name.")
 
 
 def _check_layout(layout: Any, where: str) -> None:
