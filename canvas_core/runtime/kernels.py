@@ -53,8 +53,20 @@ from canvas_core.runtime.kernel_index import Segments, bucket_counts, is_arange,
 
 __all__ = ["ReferenceKernel", "make_kernel", "kernel_for", "REFERENCE_MODES"]
 
-#: ``kernel=`` values that force a mode of the reference kernel.
+#: the modes of the reference kernel, chosen with ``kernel="reference", kernel_options={"mode": m}``
+#: (a kernel is named by its registry name).  As ``kernel=`` values they are a deprecated spelling
+#: of the same choice, translated in one place (:func:`make_kernel`).
 REFERENCE_MODES = ("dense", "segments", "sparse")
+
+
+def _reference_mode_spelling(kernel: str, options: dict) -> dict:
+    """``kernel="dense"`` (deprecated) -> the options of ``kernel="reference"`` with that mode."""
+    import warnings
+
+    warnings.warn(f"kernel={kernel!r} names a mode of the reference kernel; write kernel='reference', "
+                  f"kernel_options={{'mode': {kernel!r}}} (a kernel is named by its registry name)",
+                  DeprecationWarning, stacklevel=3)
+    return {**options, "mode": kernel}
 
 
 class ReferenceKernel(AttentionKernel):
@@ -288,8 +300,8 @@ def make_kernel(kernel: Any, group: RectGroup, plan: ExecutionPlan, *, n_heads: 
     * a :class:`~canvas_core.compiler.resolved.ResolvedGroup` (what the plan carries): its
       kernel entry, or the reference kernel when it has none;
     * a registry entry (``Spec``): ``spec.create(group, plan, n_heads=, head_dim=, **options)``;
-    * None / ``"auto"`` / ``"reference"``: :class:`ReferenceKernel`; ``"dense"`` / ``"segments"``
-      / ``"sparse"``: :class:`ReferenceKernel` forced to that mode;
+    * None / ``"auto"`` / ``"reference"``: :class:`ReferenceKernel` (``mode=`` in ``options``
+      forces one of :data:`REFERENCE_MODES`; ``kernel="dense"`` etc. is a deprecated spelling);
     * another string: the kernel registered under that name (the one lookup happens here);
     * a class or callable: ``kernel(group, plan, n_heads=..., head_dim=..., **options)``.
 
@@ -304,8 +316,8 @@ def make_kernel(kernel: Any, group: RectGroup, plan: ExecutionPlan, *, n_heads: 
     if kernel is None or (isinstance(kernel, str) and kernel in ("auto", REFERENCE_KERNEL)):
         return ReferenceKernel(group, plan, n_heads=n_heads, head_dim=head_dim, device=device, **options)
     if isinstance(kernel, str) and kernel in REFERENCE_MODES:
-        return ReferenceKernel(group, plan, n_heads=n_heads, head_dim=head_dim, mode=kernel,
-                               device=device, **options)
+        options = _reference_mode_spelling(kernel, options)
+        return ReferenceKernel(group, plan, n_heads=n_heads, head_dim=head_dim, device=device, **options)
     if isinstance(kernel, str):
         from canvas_core.plugins import get_kernel_spec
 
