@@ -1,4 +1,4 @@
-"""One experimental condition of the demo and of ``benchmarks/loop_study.py``: graft ``loops``
+"""One experimental condition of the blob demo and of ``benchmarks/loop_study.py --task blob``: graft ``loops``
 loops onto a copy of the backbone, frozen (loop parameters and head train) or unfrozen (everything
 trains), train on the blob task for a fixed step budget and measure the held-out errors.
 
