@@ -15,7 +15,6 @@ import copy
 import statistics
 from typing import Callable, Dict, List, Optional, Sequence
 
-import torch
 
 from canvas_core.demo.life_pretrain import install_life_topology
 from canvas_core.demo.life_study import (KINDS, LOOPED, make_arm, predict, rollout_scores, score, study_data,
