@@ -137,13 +137,20 @@ class RandomDepthScheduler:
         if self.distribution == "uniform":
             return rng.randint(self.min_loops, self.max_loops)
         tau = rng.gauss(math.log(self.mean) - self.sigma ** 2 / 2, self.sigma)
-        lam, k, p = math.exp(tau), 0, 1.0
-        limit = math.exp(-lam)
-        while True:  # Knuth's Poisson sampler (lam is small)
-            p *= rng.random()
-            if p <= limit:
+        lam, k = math.exp(tau), 0
+        # Knuth's Poisson sampler; exp(-lam) underflows to 0 past lam ~ 745 (the draws then stop
+        # near 745), so a large lam is drawn as a sum of Poisson(<= 500) parts: the same law
+        while lam > 0:
+            part = min(lam, 500.0)
+            lam -= part
+            p, limit = 1.0, math.exp(-part)
+            while True:
+                p *= rng.random()
+                if p <= limit:
+                    break
+                k += 1
+            if k + 1 >= self.max_loops:  # clipped anyway: stop drawing
                 break
-            k += 1
         return min(self.max_loops, max(self.min_loops, 1 + k))
 
     def step(self, looped, step: int) -> int:

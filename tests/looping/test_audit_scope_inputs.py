@@ -60,3 +60,26 @@ def test_loop_checkpoint_refuses_other_span_options(tmp_path, saved, other):
     m3 = make_net(seed=1)
     b3, h3 = graft_looped_blocks(m3, scope="stack", **saved)
     load_loop_checkpoint(b3, h3, path)  # the same options load
+
+
+def _knuth_reference(seed, step, mean, sigma, lo, hi):
+    import random
+
+    rng = random.Random(seed * 1_000_003 + step)
+    lam = math.exp(rng.gauss(math.log(mean) - sigma ** 2 / 2, sigma))
+    k, p = 0, 1.0
+    while True:
+        p *= rng.random()
+        if p <= math.exp(-lam):
+            return min(hi, max(lo, 1 + k))
+        k += 1
+
+
+def test_lognormal_poisson_depth_keeps_its_mean_past_the_underflow_of_exp():
+    from canvas_core.looping.schedules import RandomDepthScheduler
+
+    big = RandomDepthScheduler(max_loops=1024, distribution="lognormal_poisson", mean=800, sigma=0.01, seed=0)
+    draws = [big.get_loops(s) for s in range(300)]
+    assert 790 < sum(draws) / len(draws) < 812  # Poisson(~800) + 1; Knuth alone stops near 745
+    small = RandomDepthScheduler(max_loops=64, distribution="lognormal_poisson", mean=3, seed=7)
+    assert [small.get_loops(s) for s in range(200)] == [_knuth_reference(7, s, 3, 0.5, 1, 64) for s in range(200)]
