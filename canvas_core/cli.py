@@ -20,7 +20,8 @@ from canvas_core.errors import CanvasError
 COMMANDS = {
     "compile": ("canvas_core.commands.compile", "compile a schema or program and print the resolution report"),
     "plugins": ("canvas_core.commands.plugins", "list installed plugins, what they register, and failures"),
-    "demo": ("canvas_core.commands.demo", "the end-to-end demo: declare, compile, graft, train, evaluate, draw"),
+    "demo": ("canvas_core.commands.demo", "the main job: a frozen one-step world model looped to predict k steps ahead, "
+                                          "against its controls (--task blob: declare, compile, graft, train, draw)"),
     "draw": ("canvas_core.commands.draw", "draw a schema's canvas layout and topology to a PNG"),
     "embed": ("canvas_core.commands.embed", "fill every region's semantic embedding with a text embedder"),
     "schema": ("canvas_core.commands.schema", "print the JSON Schema of the schema file format"),
