@@ -72,7 +72,7 @@ if TYPE_CHECKING:  # for readers and IDEs; at run time the names load lazily bel
     from canvas_core.looping.adapter import (
         BackboneAdapter, GenericAdapter, TokenLayout, class_matches,
     )
-    from canvas_core.looping.attention_ops import CanvasAttentionHooks, CanvasProcessorBase, canvas_sdpa
+    from canvas_core.looping.processor import CanvasAttentionHooks, CanvasProcessorBase, canvas_sdpa
     from canvas_core.looping.wrapper import BlockIO, LoopedBlockWrapper
     from canvas_core.plugins.spec import RuntimeContext, Spec
     from canvas_core.runtime.kernel_base import AttentionKernel
@@ -108,7 +108,7 @@ _publish("canvas_core.runtime.finite_guard", "non_finite_keys", "zero_bad_keys",
 _publish("canvas_core.looping.adapter", "BackboneAdapter", "GenericAdapter", "TokenLayout",
          "class_matches")
 _publish("canvas_core.looping.wrapper", "LoopedBlockWrapper", "BlockIO")
-_publish("canvas_core.looping.attention_ops", "canvas_sdpa", "CanvasAttentionHooks", "CanvasProcessorBase")
+_publish("canvas_core.looping.processor", "canvas_sdpa", "CanvasAttentionHooks", "CanvasProcessorBase")
 
 #: every published name (a test checks that each resolves)
 __all__ = [

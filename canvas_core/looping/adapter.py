@@ -255,7 +255,7 @@ class BackboneAdapter:
         """Make every block's attention follow ``topology`` over ``tokens``: the compiler's plan,
         restricted to the tokens, run by the kernel it resolved for the model's device on the
         backbone's own q/k/v; non-softmax types run their own module behind a zero-initialised
-        gate.  Returns the :class:`~canvas_core.looping.attention_ops.InstalledTopology` (its
+        gate.  Returns the :class:`~canvas_core.looping.installed.InstalledTopology` (its
         ``report()`` names the kernels).  Everything is checked before the model is changed.
         ``install_topology(model, None, ...)`` removes it (the backbone's attention again)."""
         from canvas_core.looping.topology_install import build_installation, remove_installation

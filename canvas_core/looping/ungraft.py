@@ -27,7 +27,7 @@ from typing import Any, List
 from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError
-from canvas_core.looping.attention_ops import CanvasAttentionHooks
+from canvas_core.looping.processor import CanvasAttentionHooks
 from canvas_core.looping.wrapper import LoopedBlockWrapper
 
 __all__ = ["ungraft_looped_blocks", "guard_save_pretrained", "GraftedSaveRefused"]

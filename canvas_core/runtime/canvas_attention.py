@@ -47,7 +47,7 @@ from canvas_core.errors import CanvasTypeError, ShapeError, SchemaError
 from canvas_core.plugins.builtin import SOFTMAX_FAMILY
 from canvas_core.plugins.resolve import build_attention
 from canvas_core.runtime.kernels import REFERENCE_MODES
-from canvas_core.runtime.backbone_attention import PlanRunner, mix_softmax_groups, run_module_groups
+from canvas_core.runtime.plan_runner import PlanRunner, mix_softmax_groups, run_module_groups
 from canvas_core.runtime.input_checks import (check_allocation, check_count, check_finite_number,
                                               check_region_names, check_tensor, check_width)
 from canvas_core.runtime.type_call import check_attention_module
@@ -58,7 +58,7 @@ __all__ = ["CanvasAttention"]
 
 class _Executor(PlanRunner):
     """Kernels and index buffers of one plan (no parameters): the shared
-    :class:`~canvas_core.runtime.backbone_attention.PlanRunner`, mixing every type by its weight,
+    :class:`~canvas_core.runtime.plan_runner.PlanRunner`, mixing every type by its weight,
     with one kernel module per softmax-family group (also for a dense topology)."""
 
     def __init__(self, plan: ExecutionPlan, softmax_types: Tuple[str, ...], kernel: Any,
@@ -263,7 +263,7 @@ class CanvasAttention(nn.Module):
         that scales the output bias, or None when it is 1 everywhere."""
         scale = self.beta / math.sqrt(self.head_dim)
         p = self.dropout if self.training else 0.0
-        # the code every path shares (backbone processors too): runtime/backbone_attention.py
+        # the code every path shares (backbone processors too): runtime/plan_runner.py
         return mix_softmax_groups(ex, q, k, v, scale=scale, dropout_p=p)
 
     def project_out(self, mixed: torch.Tensor, bias_weight: Optional[torch.Tensor]) -> torch.Tensor:

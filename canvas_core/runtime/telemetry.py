@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError
-from canvas_core.runtime.backbone_attention import plan_query_weights
+from canvas_core.runtime.plan_runner import plan_query_weights
 
 __all__ = ["Telemetry", "record_telemetry", "telemetry"]
 

@@ -112,7 +112,7 @@ def _probing(model: nn.Module) -> Iterator[None]:
 def _module_group(ex: Any, f: str, modules: Dict[str, nn.Module]) -> Callable[[torch.Tensor], torch.Tensor]:
     """Output of the non-softmax group ``f`` of a runner alone, ``(B, N, D)``: the runtime's own
     :func:`run_module_groups` with the gate of ``f`` at 1 and of every other type at 0."""
-    from canvas_core.runtime.backbone_attention import run_module_groups
+    from canvas_core.runtime.plan_runner import run_module_groups
 
     def run(x: torch.Tensor) -> torch.Tensor:
         gates = {g: x.new_tensor(1.0 if g == f else 0.0) for g in ex.other_names}
@@ -221,7 +221,7 @@ def _block_topologies(model: nn.Module) -> List[Tuple[str, Any]]:
     """``(name, BlockTopology)`` of every block holding an installed topology: through the
     model's backbone adapter (diffusers processors are not modules), else its modules."""
     from canvas_core.errors import CanvasError
-    from canvas_core.looping.attention_ops import BlockTopology
+    from canvas_core.looping.installed import BlockTopology
 
     targets: List[Tuple[str, Any]] = []
     try:

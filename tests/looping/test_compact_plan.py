@@ -1,4 +1,4 @@
-"""compact_plan (runtime/backbone_attention.py): the plan restricted to the token positions, in
+"""compact_plan (runtime/plan_runner.py): the plan restricted to the token positions, in
 token order, equals the dense weight matrix gathered to the tokens; W_f matches its definition."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from canvas_core.compiler.lowering import lower
-from canvas_core.runtime.backbone_attention import compact_plan
+from canvas_core.runtime.plan_runner import compact_plan
 from canvas_core.schema import CanvasLayout, CanvasTopology, Connection, RegionSpec, TemporalFill
 
 OFFSET = st.one_of(st.none(), st.integers(-2, 2))
@@ -68,7 +68,7 @@ def test_flex_kernel_on_a_compacted_plan_equals_the_reference_kernel(case, seed)
     """The CUDA path's kernel (FlexAttention, run eagerly on CPU for inference) on a plan
     restricted to tokens: same outputs as the reference kernel, in the tokens' order."""
     flex = __import__("pytest").importorskip("canvas_backend_flex.kernel")
-    from canvas_core.runtime.backbone_attention import PlanRunner, mix_softmax_groups
+    from canvas_core.runtime.plan_runner import PlanRunner, mix_softmax_groups
 
     lay, top, tokens = case
     sub = compact_plan(lower(top, lay), tokens)

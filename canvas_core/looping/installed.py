@@ -1,0 +1,175 @@
+"""What installing a topology in a backbone builds: the shared plan and kernels, one view per block.
+
+* :class:`InstalledTopology`: what ``BackboneAdapter.install_topology`` builds once per install:
+  the plan of the topology restricted to the backbone's tokens (O(S + rectangles), see
+  :func:`canvas_core.runtime.plan_runner.compact_plan`), its kernels, and the report.
+* :class:`BlockTopology`: one block's view of it (the shared kernels plus that block's gated
+  modules of the non-softmax types).
+* :class:`GatedTypeModule`: a non-softmax type's module in a block, behind one gate (0 at init).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from canvas_core.errors import ShapeError
+
+__all__ = ["InstalledTopology", "BlockTopology", "GatedTypeModule"]
+
+
+class GatedTypeModule(nn.Module):
+    """A non-softmax type's module inside a backbone block, behind ONE gate that is 0 at
+    initialisation (so the block's output is the backbone's at initialisation, at any loop count).
+
+    The gate is a scalar parameter ``gate`` starting at 0, unless the type gates itself
+    (``self_gated = True``, e.g. ``gated``: ``tanh(alpha) = 0`` at init): then its own gate is the
+    only one and ``gate`` is None.  Two stacked zero gates would give every parameter of the
+    branch an exactly zero gradient, so it could never learn."""
+
+    def __init__(self, fn: str, module: nn.Module) -> None:
+        super().__init__()
+        self.fn = fn
+        self.module = module
+        if getattr(module, "self_gated", False) is True:
+            self.gate = None
+        else:
+            self.gate = nn.Parameter(torch.zeros(()))
+
+    def extra_repr(self) -> str:
+        own = ", gate: the type's own" if self.gate is None else ""
+        return f"fn={self.fn!r}{own}"
+
+
+def _key(fn: str) -> str:
+    return fn.replace(".", "__")
+
+
+class InstalledTopology:
+    """A topology installed in a backbone (shared by all its blocks; no parameters).
+
+    Attributes:
+        tokens: the ``TokenLayout``; ``seq_len``: its number of tokens.
+        plan: the compiler's plan on the canvas (canonical positions, with ``resolutions``).
+        token_plan: the plan over the tokens in the backbone's order (:func:`compact_plan`).
+        runner: the :class:`~canvas_core.runtime.plan_runner.PlanRunner` of ``token_plan``.
+        softmax_types / module_types: fn types run as the backbone's attention / by their module.
+        backbone: the adapter name; ``install_seconds``: how long the install took.
+    """
+
+    def __init__(self, *, plan: Any, tokens: Any, softmax_types: Sequence[str], kernels: Mapping[str, Any],
+                 n_heads: int, head_dim: int, backbone: str = "",
+                 kernel_options: Optional[Mapping[str, Any]] = None, device: Any = None) -> None:
+        from canvas_core.runtime.plan_runner import PlanRunner, compact_plan
+
+        self.plan = plan
+        self.tokens = tokens
+        self.seq_len = int(tokens.seq_len)
+        self.backbone = backbone
+        self.softmax_types = tuple(softmax_types)
+        self.kernels = dict(kernels)
+        self.n_heads, self.head_dim = int(n_heads), int(head_dim)
+        self.kernel_options = dict(kernel_options or {})
+        self.token_plan = compact_plan(plan, tokens.token_index)
+        self.runner = PlanRunner(self.token_plan, self.softmax_types, self.kernels, n_heads=self.n_heads,
+                                 head_dim=self.head_dim, normalize="softmax",
+                                 kernel_options=self.kernel_options, device=device)
+        self.module_types = tuple(self.runner.other_fns)
+        self._cache: Dict[Tuple[str, Optional[bytes]], Any] = {}
+        self.install_seconds = 0.0
+        #: fn -> how its module runs, for the report (set at install: gate, call, learnability)
+        self.module_roles: Dict[str, str] = {}
+
+    # --- execution ---------------------------------------------------------------------------
+    def check_len(self, seq_len: int) -> None:
+        if seq_len != self.seq_len:
+            raise ShapeError(
+                f"the canvas topology was installed for {self.seq_len} attention tokens but this call "
+                f"has {seq_len}; rebuild adapter.token_layout(model, inputs) for these input shapes and "
+                "install the topology again"
+            )
+
+    def runner_for(self, device: Any, rows: Optional[torch.Tensor] = None):
+        """The runner on ``device``; with ``rows`` (token numbers kept, e.g. Mochi's valid text),
+        the runner of the plan restricted to those tokens (built once per distinct set)."""
+        key = (str(device), None if rows is None else rows.detach().cpu().numpy().astype(np.int64).tobytes())
+        r = self._cache.get(key)
+        if r is None:
+            if rows is None:
+                base = self.runner
+            else:
+                from canvas_core.runtime.plan_runner import PlanRunner, compact_plan
+
+                sub = compact_plan(self.token_plan, rows.detach().cpu().numpy())
+                base = PlanRunner(sub, self.softmax_types, self.kernels, n_heads=self.n_heads,
+                                  head_dim=self.head_dim, normalize="softmax", kernel_options=self.kernel_options,
+                                  device=device)
+            r = base.to(device)
+            if len(self._cache) >= 32:
+                self._cache.clear()
+            self._cache[key] = r
+        return r
+
+    # --- report ------------------------------------------------------------------------------
+    def describe_kernels(self) -> Dict[str, str]:
+        return self.runner.describe_kernels()
+
+    def report(self) -> str:
+        """Which kernel runs each fn group in the backbone, then the compiler's resolution table."""
+        from canvas_core.compiler.report import format_resolutions, format_table
+
+        rows = []
+        kern = self.describe_kernels()
+        for fn, g in self.token_plan.groups.items():
+            role = "backbone attention" if fn in self.softmax_types else self.module_roles.get(
+                fn, "own module, gated (gate starts at 0)")
+            rows.append([fn, len(g.connections), g.n_rects, role, kern.get(fn, "- (links no token)")])
+        head = (f"canvas topology in backbone {self.backbone!r}: {self.seq_len} tokens, "
+                f"installed in {self.install_seconds * 1e3:.1f} ms")
+        parts = [head, format_table(["fn", "connections", "rectangles", "runs as", "kernel"], rows)]
+        res = getattr(self.plan, "resolutions", None)
+        if res:
+            parts.append(format_resolutions(res))
+        return "\n".join(parts)
+
+    def __repr__(self) -> str:
+        return (f"InstalledTopology(backbone={self.backbone!r}, tokens={self.seq_len}, "
+                f"kernels={self.describe_kernels()})")
+
+
+class BlockTopology:
+    """One block's share of an :class:`InstalledTopology`: the shared kernels plus the block's
+    gated modules (``modules``: ``nn.ModuleDict`` of :class:`GatedTypeModule`, or None)."""
+
+    def __init__(self, shared: InstalledTopology, modules: Optional[nn.ModuleDict]) -> None:
+        self.shared = shared
+        self.modules = modules
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, beta: float = 1.0,
+               dropout_p: float = 0.0, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``q, k, v`` ``(B, H, S, d)`` in the backbone's token order -> ``(B, S, H, d)``: the
+        plan's softmax groups, mixed; zeros for a query with no key."""
+        from canvas_core.runtime.plan_runner import mix_softmax_groups
+
+        r = self.shared.runner_for(q.device, rows)
+        scale = float(beta) / math.sqrt(q.shape[-1])
+        out, _ = mix_softmax_groups(r, q, k, v, scale=scale, dropout_p=dropout_p)
+        if out is None:
+            B, H, S, d = q.shape
+            return q.new_zeros(B, S, H, d)
+        return out.transpose(1, 2)
+
+    def extra(self, x: torch.Tensor, rows: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """The gated sum of the non-softmax types' module outputs ``(B, S, D)`` (None if none)."""
+        if not self.modules:
+            return None
+        from canvas_core.runtime.plan_runner import run_module_groups
+
+        r = self.shared.runner_for(x.device, rows)
+        mods = {f: self.modules[_key(f)].module for f in r.other_names}
+        gates = {f: self.modules[_key(f)].gate for f in r.other_names}
+        return run_module_groups(r, x, mods, gates)
