@@ -219,8 +219,9 @@ class SequenceParallelCanvasAttention(nn.Module):
             if not self.identity_perm:
                 xs = xs.index_select(0, self._index("inv", x.device))
             o = attn.other_types_output(xs.transpose(0, 1), active_regions)
-            o = o.index_select(1, self._index("local", x.device))
-            acc = o if acc is None else acc + o
+            if o is not None:  # None: no query of those types has a key (nothing to add)
+                o = o.index_select(1, self._index("local", x.device))
+                acc = o if acc is None else acc + o
         if acc is None:
             return x
         upd = attn.updated_positions(active_regions, x.device)
