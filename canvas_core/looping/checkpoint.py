@@ -255,6 +255,14 @@ def _describe_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
                         f"canvas topology) is in {where}; install the topology the loops were "
                         "trained with (adapter.install_topology) before loading, or remove it"
                     )
+                if (n in sp) != (n in cp):
+                    where = "the checkpoint holds" if n in sp else "the model has"
+                    other = "the model" if n in sp else "the checkpoint"
+                    return (
+                        f"block {i}: {where} loop parameter {n!r} and {other} does not (grafted "
+                        "with other inject= / update= / iter_embed= / step_adapter= options?); graft "
+                        "a fresh model with the options the checkpoint was trained with"
+                    )
                 if sp.get(n) != cp.get(n):
                     return (
                         f"block {i} parameter {n!r} has shape {cp.get(n)} in the model but "

@@ -83,3 +83,17 @@ def test_lognormal_poisson_depth_keeps_its_mean_past_the_underflow_of_exp():
     assert 790 < sum(draws) / len(draws) < 812  # Poisson(~800) + 1; Knuth alone stops near 745
     small = RandomDepthScheduler(max_loops=64, distribution="lognormal_poisson", mean=3, seed=7)
     assert [small.get_loops(s) for s in range(200)] == [_knuth_reference(7, s, 3, 0.5, 1, 64) for s in range(200)]
+
+
+@pytest.mark.parametrize("saved, other, holder", [
+    (dict(inject="add"), dict(inject="concat"), "the checkpoint holds loop parameter 'inject_gate'"),
+    (dict(), dict(iter_embed=False), "the checkpoint holds loop parameter 'loop_emb'"),
+    (dict(), dict(inject="add"), "the model has loop parameter 'inject_gate'"),
+])
+def test_a_missing_loop_parameter_is_named_as_such(tmp_path, saved, other, holder):
+    b1, h1 = graft_looped_blocks(make_net(), scope="stack", **saved)
+    path = str(tmp_path / "loops.safetensors")
+    save_loop_checkpoint(b1, h1, path)
+    b2, h2 = graft_looped_blocks(make_net(), scope="stack", **other)
+    with pytest.raises(CanvasError, match=holder + r" and the (model|checkpoint) does not"):
+        load_loop_checkpoint(b2, h2, path)
