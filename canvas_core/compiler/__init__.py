@@ -5,8 +5,8 @@
   identity steps; ``report.py`` prints the tables.
 * :func:`lower` / :class:`ExecutionPlan` (``lowering.py`` / ``plan.py``): a topology as weighted
   rectangles over packed positions, grouped by fn type; ``temporal.py`` the frame rules.
-* :func:`resolve_plan` (``resolution.py``) gives each group its :class:`ResolvedGroup`
-  (``resolved.py``): the attention entry and kernel every executing module builds from.
+* :func:`resolve_plan` (``resolution.py``) returns a new plan whose groups carry their frozen
+  :class:`ResolvedGroup` (``resolved.py``): the attention entry and kernel every executing module builds from.
 * :func:`block_mask` (``masks.py``): the block-sparse tile structure (and :func:`attention_mask`,
   a delegate to the runtime, which builds the dense tensor).
 

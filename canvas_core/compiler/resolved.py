@@ -1,15 +1,13 @@
-"""What the resolution pass hands to everything that executes a plan.
+"""What the resolution pass hands to everything that executes a plan (torch-free).
 
-Two records, both torch-free:
-
-* :class:`ResolvedGroup`: one per fn group of an :class:`~canvas_core.compiler.plan.ExecutionPlan`,
-  stored as ``plan.groups[fn].resolved``.  It holds the registry entries themselves (the
+* :class:`ResolvedGroup`: THE record of the decision, one per fn group of an
+  :class:`~canvas_core.compiler.plan.ExecutionPlan`, frozen, stored as ``plan.groups[fn].resolved``.  It holds the registry entries themselves (the
   attention type's :class:`~canvas_core.plugins.spec.Spec` and the kernel's), so that code which
   builds modules from a plan instantiates them from these entries and never asks the registry for
   a name again.
-* :class:`ConnectionResolution`: the same decision seen from one connection (its index, source
-  and destination), which is what the compile report prints and ``CompiledProgram.resolutions``
-  returns.
+* :class:`ConnectionResolution`: a report row, the same decision seen from one connection (its
+  index, source and destination), computed from the group's record on demand
+  (``plan.resolutions``, ``CompiledProgram.resolutions``), never stored.
 """
 
 from __future__ import annotations
@@ -116,7 +114,7 @@ class ResolvedGroup:
         return f"{self.fn} -> {self.attention.describe_provider()}, kernel {self.kernel_name}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConnectionResolution:
     """The resolution of one connection, as the report shows it.
 
