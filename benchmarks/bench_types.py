@@ -85,12 +85,15 @@ class DenseLayer(nn.Module):
 
 
 class Clock:
-    def __init__(self, cpu: bool):
-        self.now = time.process_time if cpu else time.perf_counter
+    def __init__(self, cpu: bool, device: str = "cpu"):
+        self.now = time.process_time if cpu and device == "cpu" else time.perf_counter
+        self.sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def once(self, fn: Callable[[], Any]) -> float:
+        self.sync()
         t = self.now()
         fn()
+        self.sync()
         return self.now() - t
 
 
@@ -107,7 +110,7 @@ def runners(layer: nn.Module, x: torch.Tensor):
     return fwd, fb
 
 
-def backbone(size: str, fn: str):
+def backbone(size: str, fn: str, device: str = "cpu"):
     """(fwd, fb) of a one-block tiny CogVideoX with the layer's topology installed, or None."""
     try:
         import diffusers
@@ -122,9 +125,10 @@ def backbone(size: str, fn: str):
     m = diffusers.CogVideoXTransformer3DModel(
         num_attention_heads=2, attention_head_dim=16, in_channels=4, out_channels=4, time_embed_dim=8,
         text_embed_dim=16, num_layers=1, sample_width=w * 2, sample_height=h * 2, sample_frames=f,
-        patch_size=2, max_text_seq_length=8).eval()
+        patch_size=2, max_text_seq_length=8).eval().to(device)
     kw = dict(hidden_states=torch.randn(1, f, 4, h * 2, w * 2), encoder_hidden_states=torch.randn(1, 8, 16),
               timestep=torch.tensor([5]))
+    kw = {k: v.to(device) for k, v in kw.items()}
     graft_looped_blocks(m, max_loops=1, freeze="none", use_gradient_checkpointing=False)
     ad = get_adapter(m)
     tokens = ad.token_layout(m, kw)
@@ -155,21 +159,22 @@ def bench_size(size: str, types: List[str], a, clock: Clock) -> List[Dict[str, A
     T, H, W = SIZES[size]
     N = T * H * W
     torch.manual_seed(0)
-    x = torch.randn(1, N, 64)
+    dev = a.device
+    x = torch.randn(1, N, 64, device=dev)
     conds: Dict[str, Callable] = {}
     for fn in types:
         lay, top = layer_spec(ours, size, fn)
         torch.manual_seed(0)
-        conds[f"ours:{fn}"] = runners(AttentionDispatcher(top, lay, 64, 4), x)
+        conds[f"ours:{fn}"] = runners(AttentionDispatcher(top, lay, 64, 4).to(dev), x)
         if ce is not None and not (a.ce_max_n and N > a.ce_max_n):
             try:
                 clay, ctop = layer_spec(ce, size, fn)
-                conds[f"ce:{fn}"] = runners(CEDispatcher(ctop, clay, 64, 4), x)
+                conds[f"ce:{fn}"] = runners(CEDispatcher(ctop, clay, 64, 4).to(dev), x)
             except Exception as exc:  # a type canvas-engineering lacks
                 print(f"  canvas-engineering {fn}: {type(exc).__name__}: {exc}", file=sys.stderr)
         if a.backbone:
             try:
-                got = backbone(size, fn)
+                got = backbone(size, fn, dev)
             except Exception as exc:
                 print(f"  backbone {fn}: {type(exc).__name__}: {exc}", file=sys.stderr)
                 got = None
@@ -177,7 +182,7 @@ def bench_size(size: str, types: List[str], a, clock: Clock) -> List[Dict[str, A
                 conds[f"bb:{fn}"] = got
     if N <= a.dense_max_n:
         lay, top = layer_spec(ours, size, "cross_attention")
-        conds["dense:"] = runners(DenseLayer(64, 4, attention_mask(top, lay) > 0), x)
+        conds["dense:"] = runners(DenseLayer(64, 4, attention_mask(top, lay) > 0).to(dev), x)
     best: Dict[str, List[float]] = {}
     for fwd, fb in conds.values():  # warm-up (allocator, lazy imports, plan caches)
         fwd()
@@ -241,10 +246,11 @@ def main(argv=None) -> int:
     p.add_argument("--types", default=",".join(TYPES))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--cpu-time", action="store_true", help="time with the process CPU clock")
     p.add_argument("--no-backbone", dest="backbone", action="store_false")
-    p.add_argument("--ce-max-n", type=int, default=16384, help="skip canvas-engineering above this N")
-    p.add_argument("--dense-max-n", type=int, default=16384, help="skip the dense layer above this N")
+    p.add_argument("--ce-max-n", type=int, default=4096, help="skip canvas-engineering above this N")
+    p.add_argument("--dense-max-n", type=int, default=4096, help="skip the dense layer above this N")
     p.add_argument("--write", default=None, help="also write the table into this markdown file")
     a = p.parse_args(argv)
     if a.threads:
@@ -255,7 +261,7 @@ def main(argv=None) -> int:
         types, a.repeats = [t for t in types if t in ("cross_attention", "pooling") + LINEAR], 1
     if "cross_attention" not in types:
         types.insert(0, "cross_attention")
-    clock = Clock(a.cpu_time)
+    clock = Clock(a.cpu_time, a.device)
     start = time.perf_counter()
     rows = []
     for size in sizes:
@@ -268,9 +274,11 @@ def main(argv=None) -> int:
     except Exception:  # pragma: no cover
         ce_v = "not installed"
     when = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    header = (f"Measured {when} on cpu ({os.cpu_count()} CPU threads, torch {torch.__version__} with "
+    where = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else f"{os.cpu_count()} CPU threads"
+    cpu_clock = a.cpu_time and a.device == "cpu"
+    header = (f"Measured {when} on {a.device} ({where}, torch {torch.__version__} with "
               f"{torch.get_num_threads()} threads, Python {platform.python_version()}, canvas-engineering "
-              f"{ce_v}); {'process CPU' if a.cpu_time else 'wall'} time, best of {a.repeats}; d_model 64, "
+              f"{ce_v}); {'process CPU' if cpu_clock else 'wall'} time, best of {a.repeats}; d_model 64, "
               "4 heads, batch 1; backbone: one-block tiny CogVideoX, 2 heads of 16, plus 8 text tokens.")
     text = header + "\n\n" + table(rows)
     print(text)
