@@ -194,7 +194,7 @@ def graft_looped_blocks(
     if (isinstance(gate_init_bias, bool) or not isinstance(gate_init_bias, (int, float))
             or not math.isfinite(gate_init_bias)):
         raise BackboneError(
-            f"graft_looped_blocks: gate_init_bias must be a finite number (0.0 keeps the graft identical "
+            f"graft_looped_blocks: gate_init_bias must be a number, finite (0.0 keeps the graft identical "
             f"to the backbone at initialisation), got {gate_init_bias!r}"
         )
     if sharpening is not None and not callable(sharpening):
