@@ -7,8 +7,8 @@
   rectangles over packed positions, grouped by fn type; ``temporal.py`` the frame rules.
 * :func:`resolve_plan` (``resolution.py``) returns a new plan whose groups carry their frozen
   :class:`ResolvedGroup` (``resolved.py``): the attention entry and kernel every executing module builds from.
-* :func:`block_mask` (``masks.py``): the block-sparse tile structure (and :func:`attention_mask`,
-  a delegate to the runtime, which builds the dense tensor).
+* :func:`block_mask` (``masks.py``): the block-sparse tile structure (the dense mask is a tensor:
+  ``CanvasTopology.to_attention_mask``).
 
 Torch-free.  The few places that reach into the runtime are thin delegates, listed in the one
 allow-list of upward imports (``ALLOWED_UPWARD`` in ``tests/architecture/test_import_graph.py``);
@@ -20,7 +20,7 @@ from __future__ import annotations
 from canvas_core._lazy import lazy_exports
 
 __all__ = [
-    "ProgramCompiler", "CompiledProgram", "ExecutionPlan", "lower", "attention_mask", "block_mask",
+    "ProgramCompiler", "CompiledProgram", "ExecutionPlan", "lower", "block_mask",
     "ConnectionResolution", "resolve_connections", "ResolvedGroup", "resolve_plan",
 ]
 
@@ -29,7 +29,6 @@ _LAZY = {
     "CompiledProgram": "canvas_core.compiler.compiled",
     "ExecutionPlan": "canvas_core.compiler.plan",
     "lower": "canvas_core.compiler.lowering",
-    "attention_mask": "canvas_core.compiler.masks",
     "block_mask": "canvas_core.compiler.masks",
     "ConnectionResolution": "canvas_core.compiler.resolution",
     "resolve_connections": "canvas_core.compiler.resolution",

@@ -2,8 +2,8 @@
 partial or empty, as the index arrays FlexAttention-style kernels take.
 
 Numpy only.  The dense ``(N, N)`` mask is a tensor, so it is built in the runtime
-(:func:`canvas_core.runtime.plan_tensors.attention_mask`); :func:`attention_mask` and
-:meth:`BlockMask.to_torch` here are thin delegates to it.
+(:func:`canvas_core.runtime.plan_tensors.attention_mask`, what ``CanvasTopology.to_attention_mask``
+returns).
 """
 
 from __future__ import annotations
@@ -16,15 +16,7 @@ import numpy as np
 from canvas_core.compiler.lowering import lower
 from canvas_core.compiler.plan import BlockLayout, ExecutionPlan
 
-__all__ = ["attention_mask", "block_mask", "BlockMask"]
-
-
-def attention_mask(topology: Any, layout: Any, device: Any = "cpu", *, plan: Optional[ExecutionPlan] = None):
-    """``(N, N)`` float32 mask of the topology in canonical order (a torch tensor); see
-    :func:`canvas_core.runtime.plan_tensors.attention_mask`, which this delegates to."""
-    from canvas_core.runtime.plan_tensors import attention_mask as build  # listed in ALLOWED_UPWARD (import-graph test)
-
-    return build(topology, layout, device=device, plan=plan)
+__all__ = ["block_mask", "BlockMask"]
 
 
 @dataclass
@@ -62,12 +54,6 @@ class BlockMask:
     @property
     def perm(self) -> np.ndarray:
         return self.plan.perm
-
-    def to_torch(self, device: Any = "cpu"):
-        """The four index arrays as torch int32 tensors (kv_num, kv_idx, full_num, full_idx)."""
-        from canvas_core.runtime.plan_tensors import block_mask_tensors  # listed in ALLOWED_UPWARD (import-graph test)
-
-        return block_mask_tensors(self, device=device)
 
     def __repr__(self) -> str:
         return f"BlockMask(N={self.plan.n}, block_size={self.block_size}, {self.layout!r})"

@@ -1,21 +1,19 @@
-"""Torch tensors made from a plan: the dense weight matrix, the topology's attention mask, the
-block-mask index arrays.
+"""Torch tensors made from a plan: the dense weight matrix and the topology's attention mask.
 
 The plan itself (:mod:`canvas_core.compiler.plan`) is numpy only; whoever needs its weights as a
-tensor comes here.  ``ExecutionPlan.to_dense`` and ``BlockMask.to_torch`` are thin delegates to
-the functions below, kept for their callers.
+tensor comes here.  ``ExecutionPlan.to_dense`` is a thin delegate to :func:`dense_weights`.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 import torch
 
 from canvas_core.compiler.lowering import lower
 from canvas_core.schema.limits import check_elements
 
-__all__ = ["dense_weights", "attention_mask", "block_mask_tensors"]
+__all__ = ["dense_weights", "attention_mask"]
 
 
 def dense_weights(plan: Any, device: Any = "cpu", fn: Optional[str] = None, canonical: bool = True,
@@ -49,13 +47,3 @@ def attention_mask(topology: Any, layout: Any, device: Any = "cpu", *, plan: Any
     """
     plan = plan if plan is not None else lower(topology, layout)
     return dense_weights(plan, device=device, fn=None, canonical=True)
-
-
-def block_mask_tensors(block_mask: Any, device: Any = "cpu") -> Tuple[torch.Tensor, ...]:
-    """A :class:`~canvas_core.compiler.masks.BlockMask`'s four index arrays as int32 tensors:
-    ``(kv_num_blocks, kv_indices, full_kv_num_blocks, full_kv_indices)``."""
-    def conv(a):
-        return torch.as_tensor(a, dtype=torch.int32, device=device)
-
-    return (conv(block_mask.kv_num_blocks), conv(block_mask.kv_indices),
-            conv(block_mask.full_kv_num_blocks), conv(block_mask.full_kv_indices))

@@ -72,10 +72,6 @@ ALLOWED_UPWARD: Dict[Tuple[str, str, str], str] = {
         "ProgramCompiler.compile(module=...) (canvas-engineering's signature) changes the nn.Module it is given",
     ("canvas_core.compiler.plan", "ExecutionPlan.to_dense", "canvas_core.runtime.plan_tensors"):
         "ExecutionPlan.to_dense returns the plan's weights as a torch tensor",
-    ("canvas_core.compiler.masks", "attention_mask", "canvas_core.runtime.plan_tensors"):
-        "canvas_core.compiler.attention_mask returns the dense torch mask",
-    ("canvas_core.compiler.masks", "BlockMask.to_torch", "canvas_core.runtime.plan_tensors"):
-        "BlockMask.to_torch returns the block index arrays as torch tensors",
 }
 #: statements (docstring aside) a delegate may have: an allowed function forwards, it does no work
 DELEGATE_MAX_STATEMENTS = 5

@@ -280,7 +280,7 @@ def test_bad_program_and_target():
 
 def test_compiler_layer_imports_no_torch():
     code = ("import sys, canvas_core.compiler as c; from canvas_core.compiler import ProgramCompiler, "
-            "CompiledProgram, ExecutionPlan, lower, attention_mask, block_mask, resolve_plan, ResolvedGroup; "
+            "CompiledProgram, ExecutionPlan, lower, block_mask, resolve_plan, ResolvedGroup; "
             "import canvas_core.compiler.resolution, canvas_core.compiler.report, canvas_core.compiler.passes; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
