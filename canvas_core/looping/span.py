@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 
 from canvas_core.errors import BackboneError, ShapeError
 from canvas_core.looping.loop_engine import LoopCore, index_rows
-from canvas_core.looping.wrapper import BlockIO, _beta_targets, _checked_beta
+from canvas_core.looping.wrapper import BlockIO, _beta_targets, _checked_beta, looped_delta
 
 __all__ = ["LoopedSpan", "SpanMember", "INJECTIONS", "ITER_NORMS"]
 
@@ -49,6 +49,10 @@ class SpanMember(nn.Module):
         self.original = original
         self.block_idx = position
         object.__setattr__(self, "_span", span)  # not a submodule: the span owns nothing here
+
+    def delta(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``x + member.delta(x)``: zero, the span ran this block already (``(B, N, D)``)."""
+        return looped_delta(self, self.original, hidden_states, args, kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         span = self._span
@@ -186,6 +190,11 @@ class LoopedSpan(LoopCore):
         finally:
             for x, b in zip(targets, old):
                 x.beta = b
+
+    def delta(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``x + span.delta(x)``: the change the looped span makes, ``(B, N, D)``, for blocks that
+        are canvas layers (see :func:`~canvas_core.looping.wrapper.looped_delta`)."""
+        return looped_delta(self, self.original, hidden_states, args, kwargs)
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the core ``current_loops`` times (fewer per sample with ``exit_tol``). Called by the

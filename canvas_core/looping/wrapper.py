@@ -265,6 +265,11 @@ class LoopedBlockWrapper(nn.Module):
             for t, b in zip(targets, old):
                 t.beta = b
 
+    def delta(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """For a block that is a canvas layer called as ``x + block.delta(x)``: the change the
+        looped block makes, ``(B, N, D)`` (see :func:`looped_delta`)."""
+        return looped_delta(self, self.original, hidden_states, args, kwargs)
+
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         """Run the block ``current_loops`` times with the learned loop embeddings and gates.
 
@@ -337,3 +342,21 @@ def _checked_beta(schedule: Callable[[int], float], loop_idx: int) -> float:
         raise BackboneError(f"the sharpening schedule returned beta={beta} for loop {loop_idx}; it must be a "
                             "finite number >= 0 (an inverse temperature)")
     return beta
+
+
+def looped_delta(part: nn.Module, original: nn.Module, hidden_states: Any, args: Any, kwargs: Any) -> torch.Tensor:
+    """``part(hidden_states, ...) - hidden_states``: the ``delta`` of a looped part whose block is
+    a canvas layer (its forward returns the new state), so a model written as
+    ``x = x + block.delta(x)`` keeps working once grafted. A block without ``delta`` keeps
+    raising ``AttributeError``."""
+    if not callable(getattr(original, "delta", None)):
+        raise AttributeError(f"'{type(part).__name__}' object has no attribute 'delta' (its block, a "
+                             f"{type(original).__name__}, has none)")
+    out = part(hidden_states, *args, **kwargs)
+    if not isinstance(out, torch.Tensor) or not isinstance(hidden_states, torch.Tensor) or out.shape != hidden_states.shape:
+        from canvas_core.errors import ShapeError
+
+        raise ShapeError(f"{type(part).__name__}.delta: the looped block returned "
+                         f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}, not a "
+                         "state of its input's shape; call the block itself")
+    return out - hidden_states
