@@ -104,6 +104,10 @@ class Rollout:
             check_causal(layer.plan, what)
         self.V = frame_size(layers[0][1].plan)
         self._states = [_LayerState(n, m) for n, m in layers]
+        # looped span / model parts of a grafted model (canvas_core.looping; duck-typed: no import
+        # of the layer above): their adaptive exit is checked at every step
+        self._loops = [(n or "<model>", m) for n, m in model.named_modules()
+                       if hasattr(m, "loop_scope") and hasattr(m, "exit_tol")]
         self._inputs: List[torch.Tensor] = []  # the window's step inputs (for slide="recompute")
         self._sig: Optional[Tuple[int, Any, Any]] = None  # batch, dtype, device of the first step
         self.frame = 0
@@ -177,6 +181,7 @@ class Rollout:
                     "incremental(..., slide='recompute') to slide the window by one frame per step "
                     "(recomputed from the last T-1 inputs), or call roll.reset() to start again")
             return self._slide(x_t)
+        self._check_no_adaptive_exit()
         y = self._run(x_t, self.frame)
         self.frame += 1
         self.steps += 1
@@ -184,6 +189,16 @@ class Rollout:
             self._inputs.append(x_t)
         self._sig = (x_t.shape[0], x_t.dtype, x_t.device)
         return y
+
+    def _check_no_adaptive_exit(self) -> None:
+        for name, part in self._loops:
+            tol = float(getattr(part, "exit_tol", 0.0) or 0.0)
+            if tol > 0:
+                raise RolloutError(
+                    f"roll.step(): looped part {name!r} (scope {part.loop_scope}) has adaptive exit on "
+                    f"(exit_tol={tol:g}): it stops each sample by the change of its whole canvas state, "
+                    "which a one-frame step does not see, so the steps would not equal the full forward. "
+                    "Roll out at a fixed depth: canvas_core.set_loops(model, n) (exit_tol=0)")
 
     def _slide(self, x_t: torch.Tensor) -> Any:
         """One full forward of the window (the last ``T - 1`` inputs and ``x_t``); its last frame."""
