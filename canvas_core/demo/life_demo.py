@@ -171,6 +171,7 @@ def run_life_demo(cfg: LifeDemoConfig, log: Callable[[str], None] = print) -> Li
                 kept = arm
     _table(res, ks, cfg, log)
     if kept is not None:
+        _telemetry(kept, data.test.start[:32], log)
         _artifacts(res, kept, stepper, out, log)
     res.seconds = time.perf_counter() - start
     log(f"done in {res.seconds:.1f} s")
@@ -200,6 +201,27 @@ def _table(res: LifeDemoResult, ks: List[int], cfg: LifeDemoConfig, log) -> None
         log(f"  (only {cfg.steps} training steps: a smoke run, these numbers say nothing about the models)")
 
 
+def _telemetry(arm, boards: torch.Tensor, log) -> None:
+    """What the loops of the looped step map did on a few boards: its gates and, per iteration,
+    how much the state changed (``record_telemetry`` and ``loop_stats``)."""
+    from canvas_core import loop_stats, record_telemetry
+    from canvas_core.demo.life_study import predict
+
+    with record_telemetry(arm.model) as tel:
+        predict(arm, boards)
+    gates = {k[len("gate/"):]: v for k, v in tel.values().items() if k.startswith("gate/")}
+    stats = loop_stats(arm.model)
+    log(f"\n== 5. telemetry of the looped step map, k={arm.k} (canvas_core.record_telemetry, "
+        f"{boards.shape[0]} boards) ==")
+    if gates:
+        largest = sorted(gates.items(), key=lambda kv: -abs(kv[1]))[:4]
+        log(f"{len(gates)} gate values; largest |value|: " + ", ".join(f"{k} = {v:+.3f}" for k, v in largest))
+    change = stats.get("rel_change") or []
+    if change:
+        log("relative change of the state per iteration (does each loop still do something?): "
+            + ", ".join(f"{float(c):.3f}" for c in change))
+
+
 def _artifacts(res: LifeDemoResult, arm, stepper, out: Path, log) -> None:
     from canvas_core import CanvasSchema, save_loop_checkpoint
     from canvas_core.demo.life import encode, life_inputs
@@ -215,6 +237,6 @@ def _artifacts(res: LifeDemoResult, arm, stepper, out: Path, log) -> None:
     schema = CanvasSchema(layout=tokens.layout, topology=life_topology(8), metadata={"name": "canvas-demo-life"})
     picture = draw_schema(schema, out / "canvas.png", title="canvas demo: Game of Life on the CogVideoX token grid")
     res.checkpoint, res.picture = ckpt, Path(picture)
-    log("\n== 5. artifacts ==")
+    log("\n== 6. artifacts ==")
     log(f"loop checkpoint  {ckpt}  ({ckpt.stat().st_size / 1024:.1f} KiB: the k={arm.k} step-map loop + head)")
     log(f"canvas picture   {picture}")

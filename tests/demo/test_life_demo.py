@@ -23,7 +23,8 @@ def test_life_demo_prints_the_comparison(tmp_path):
                         log=lines.append)
     out = "\n".join(lines)
     for words in ("== 1. the world", "== 2. the backbone", "== 3. training", "1 seed, no learning-rate sweep",
-                  "== 4. result", "adaptive exit", "in words", "a smoke run", "== 5. artifacts"):
+                  "== 4. result", "adaptive exit", "in words", "a smoke run", "== 5. telemetry", "gate values", "relative change of the state",
+                  "== 6. artifacts"):
         assert words in out, words
     table = out[out.index("== 4. result"):out.index("adaptive exit")].splitlines()[2:]
     rows = {line[:34].strip(): line[34:].split() for line in table if line.strip()}
