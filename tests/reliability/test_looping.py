@@ -108,7 +108,7 @@ def test_save_to_a_directory_or_unwritable_place(tmp_path):
         save_loop_checkpoint(blocks, head, str(tmp_path))
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(CheckpointError, match="cannot save"):
+    with pytest.raises(CheckpointError, match="cannot write the loop checkpoint"):
         save_loop_checkpoint(blocks, head, str(blocker / "sub" / "x.safetensors"))
 
 

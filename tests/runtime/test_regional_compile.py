@@ -40,7 +40,7 @@ class Net(nn.Module):
         return x
 
 
-@pytest.mark.parametrize("types", [("cross_attention",), ("cross_attention", "pooling", "perceiver")])
+@pytest.mark.parametrize("types", [("cross_attention",), ("cross_attention", "pooling", "perceiver", "gated", "mamba")])
 def test_blocks_share_one_graph_and_match_eager(types):
     from torch._dynamo.utils import counters
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -151,80 +151,122 @@ def _scan(a: torch.Tensor, x: torch.Tensor, start: Optional[torch.Tensor], rever
         xv[t].addcmul_(av[t], xv[t - 1])
 
 
-class _ScanRead(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, delta, A, Bm, C, read, T, block):  # noqa: D401 - autograd signature
-        At = A.t().contiguous()  # (N, E)
-        P = _Plan(u, delta, At, Bm, read, T, block)
-        Bt, E, N, nC = P.Bt, P.E, P.N, P.nC
-        ends = _ws("ends", (Bt, nC, N, E), u)  # each chunk's last state, from a zero start
-        hr = _ws("hr", (Bt, C.shape[1], N, E), u)  # the state each query reads
-        for rows, c0, c1, qi in P.blocks():
-            a, x = P.inputs(rows, c0, c1)
-            _scan(a, x, None)
-            ends[rows, c0:c1] = x[:, :, -1]
-            if qi.numel():
-                loc = x.view(x.shape[0], -1, N, E).index_select(1, P.pos[qi] - c0 * T)
-                hr[rows].index_copy_(1, qi, loc)
-        Hin = torch.empty_like(ends)  # the state entering each chunk: H_{c+1} = R_c H_c + ends_c
-        Hin[:, 0].zero_()
-        for c in range(nC - 1):
-            torch.addcmul(ends[:, c], P.R[:, c], Hin[:, c], out=Hin[:, c + 1])
-        hr.addcmul_(P.Pr, torch.index_select(Hin, 1, P.cr, out=_ws("gather", hr.shape, u)))
-        y = torch.matmul(C.unsqueeze(-2), hr).squeeze(-2)  # (Bt, Q, E)
-        y = y * (read >= 0).view(1, -1, 1).to(y.dtype)
-        ctx.save_for_backward(u, delta, At, Bm, C, read, Hin)
-        ctx.T, ctx.block = T, block
-        return y
+def _scan_read_forward(u, delta, A, Bm, C, read, T: int, block: Optional[int]):
+    """``(y (Bt, Q, E), Hin (Bt, nC, N, E))``: the reads and the state entering each chunk."""
+    At = A.t().contiguous()  # (N, E)
+    P = _Plan(u, delta, At, Bm, read, T, block)
+    Bt, E, N, nC = P.Bt, P.E, P.N, P.nC
+    ends = _ws("ends", (Bt, nC, N, E), u)  # each chunk's last state, from a zero start
+    hr = _ws("hr", (Bt, C.shape[1], N, E), u)  # the state each query reads
+    for rows, c0, c1, qi in P.blocks():
+        a, x = P.inputs(rows, c0, c1)
+        _scan(a, x, None)
+        ends[rows, c0:c1] = x[:, :, -1]
+        if qi.numel():
+            loc = x.view(x.shape[0], -1, N, E).index_select(1, P.pos[qi] - c0 * T)
+            hr[rows].index_copy_(1, qi, loc)
+    Hin = torch.empty_like(ends)  # the state entering each chunk: H_{c+1} = R_c H_c + ends_c
+    Hin[:, 0].zero_()
+    for c in range(nC - 1):
+        torch.addcmul(ends[:, c], P.R[:, c], Hin[:, c], out=Hin[:, c + 1])
+    hr.addcmul_(P.Pr, torch.index_select(Hin, 1, P.cr, out=_ws("gather", hr.shape, u)))
+    y = torch.matmul(C.unsqueeze(-2), hr).squeeze(-2)  # (Bt, Q, E)
+    y = y * (read >= 0).view(1, -1, 1).to(y.dtype)
+    return y, Hin
 
-    @staticmethod
-    def backward(ctx, gy):
-        u, delta, At, Bm, C, read, Hin = ctx.saved_tensors
-        T = ctx.T
-        P = _Plan(u, delta, At, Bm, read, T, ctx.block)
-        Bt, L, E, N, nC = P.Bt, P.L, P.E, P.N, P.nC
-        Q = read.shape[0]
-        gy = gy * (read >= 0).view(1, -1, 1).to(gy.dtype)
-        gC = u.new_empty(Bt, Q, N)
-        ghr = torch.mul(C.unsqueeze(-1), gy.unsqueeze(-2), out=_ws("ghr", (Bt, Q, N, E), u))
-        # the gradient reaching each chunk's end from the later chunks: G_{c-1} = R_c G_c + K_c,
-        # K_c = sum over the reads r in chunk c of exp(A S_r) ghr_r
-        Kc = _ws("Kc", (Bt, nC, N, E), u).zero_()
-        Kc.index_add_(1, P.cr, torch.mul(P.Pr, ghr, out=_ws("gather", ghr.shape, u)))
-        Gout = _ws("Gout", (Bt, nC, N, E), u)
-        Gout[:, -1].zero_()
-        for c in range(nC - 1, 0, -1):
-            torch.addcmul(Kc[:, c], P.R[:, c], Gout[:, c], out=Gout[:, c - 1])
-        g_du = _ws("g_du", (Bt, nC, T, E), u)
-        g_dA = _ws("g_dA", (Bt, nC, T, E), u)
-        gB = u.new_empty(Bt, nC, T, N)
-        gA = torch.zeros_like(At)
-        for rows, c0, c1, qi in P.blocks():
-            a, h = P.inputs(rows, c0, c1)
-            _scan(a, h, Hin[rows, c0:c1])  # every state of the block
-            G = P.buf(2, rows, c0, c1).zero_()
-            rb, K = G.shape[0], G.shape[1]
-            if qi.numel():
-                lp = P.pos[qi] - c0 * T
-                G.view(rb, -1, N, E).index_add_(1, lp, ghr[rows].index_select(1, qi))
-                hq = h.view(rb, -1, N, E).index_select(1, lp)  # the states the queries read
-                gC[rows].index_copy_(1, qi, torch.matmul(hq, gy[rows].index_select(1, qi).unsqueeze(-1)).squeeze(-1))
-            G[:, :, -1].add_(Gout[rows, c0:c1])
-            _scan(a, G, None, reverse=True)  # G_t: every dL/dh_t of the block
-            Gf = G.view(-1, N, E)
-            g_du[rows, c0:c1] = torch.matmul(P.Bp[rows, c0:c1].reshape(-1, 1, N), Gf).view(rb, K, T, E)
-            scratch = P.buf(3, rows, c0, c1)
-            gB[rows, c0:c1] = torch.mul(G, P.du[rows, c0:c1].unsqueeze(-2), out=scratch).sum(-1)
-            # dL/d(delta A)_t = G_t * a_t * h_{t-1}, built in a's buffer
-            a[:, :, 1:].mul_(h[:, :, :-1])
-            a[:, :, 0].mul_(Hin[rows, c0:c1])
-            gdA = a.mul_(G)
-            gA += torch.mul(gdA, P.d[rows, c0:c1].unsqueeze(-2), out=scratch).view(-1, N, E).sum(0)
-            g_dA[rows, c0:c1] = gdA.mul_(At).sum(-2)
-        g_du = g_du.view(Bt, -1, E)[:, :L]
-        g_delta = g_dA.view(Bt, -1, E)[:, :L] + g_du * u
-        gB = gB.view(Bt, -1, N)[:, :L]
-        return g_du * delta, g_delta, gA.t(), gB if gB.is_contiguous() else gB.contiguous(), gC, None, None, None
+
+def _scan_read_backward(gy, u, delta, A, Bm, C, read, Hin, T: int, block: Optional[int]):
+    """Gradients of ``u, delta, A, Bm, C`` from ``gy (Bt, Q, E)`` (see the module docstring)."""
+    At = A.t().contiguous()
+    P = _Plan(u, delta, At, Bm, read, T, block)
+    Bt, L, E, N, nC = P.Bt, P.L, P.E, P.N, P.nC
+    Q = read.shape[0]
+    gy = gy * (read >= 0).view(1, -1, 1).to(gy.dtype)
+    gC = u.new_empty(Bt, Q, N)
+    ghr = torch.mul(C.unsqueeze(-1), gy.unsqueeze(-2), out=_ws("ghr", (Bt, Q, N, E), u))
+    # the gradient reaching each chunk's end from the later chunks: G_{c-1} = R_c G_c + K_c,
+    # K_c = sum over the reads r in chunk c of exp(A S_r) ghr_r
+    Kc = _ws("Kc", (Bt, nC, N, E), u).zero_()
+    Kc.index_add_(1, P.cr, torch.mul(P.Pr, ghr, out=_ws("gather", ghr.shape, u)))
+    Gout = _ws("Gout", (Bt, nC, N, E), u)
+    Gout[:, -1].zero_()
+    for c in range(nC - 1, 0, -1):
+        torch.addcmul(Kc[:, c], P.R[:, c], Gout[:, c], out=Gout[:, c - 1])
+    g_du = _ws("g_du", (Bt, nC, T, E), u)
+    g_dA = _ws("g_dA", (Bt, nC, T, E), u)
+    gB = u.new_empty(Bt, nC, T, N)
+    gA = torch.zeros_like(At)
+    for rows, c0, c1, qi in P.blocks():
+        a, h = P.inputs(rows, c0, c1)
+        _scan(a, h, Hin[rows, c0:c1])  # every state of the block
+        G = P.buf(2, rows, c0, c1).zero_()
+        rb, K = G.shape[0], G.shape[1]
+        if qi.numel():
+            lp = P.pos[qi] - c0 * T
+            G.view(rb, -1, N, E).index_add_(1, lp, ghr[rows].index_select(1, qi))
+            hq = h.view(rb, -1, N, E).index_select(1, lp)  # the states the queries read
+            gC[rows].index_copy_(1, qi, torch.matmul(hq, gy[rows].index_select(1, qi).unsqueeze(-1)).squeeze(-1))
+        G[:, :, -1].add_(Gout[rows, c0:c1])
+        _scan(a, G, None, reverse=True)  # G_t: every dL/dh_t of the block
+        Gf = G.view(-1, N, E)
+        g_du[rows, c0:c1] = torch.matmul(P.Bp[rows, c0:c1].reshape(-1, 1, N), Gf).view(rb, K, T, E)
+        scratch = P.buf(3, rows, c0, c1)
+        gB[rows, c0:c1] = torch.mul(G, P.du[rows, c0:c1].unsqueeze(-2), out=scratch).sum(-1)
+        # dL/d(delta A)_t = G_t * a_t * h_{t-1}, built in a's buffer
+        a[:, :, 1:].mul_(h[:, :, :-1])
+        a[:, :, 0].mul_(Hin[rows, c0:c1])
+        gdA = a.mul_(G)
+        gA += torch.mul(gdA, P.d[rows, c0:c1].unsqueeze(-2), out=scratch).view(-1, N, E).sum(0)
+        g_dA[rows, c0:c1] = gdA.mul_(At).sum(-2)
+    g_du = g_du.view(Bt, -1, E)[:, :L]
+    g_delta = g_dA.view(Bt, -1, E)[:, :L] + g_du * u
+    gB = gB.view(Bt, -1, N)[:, :L]
+    return g_du * delta, g_delta, gA.t(), gB.contiguous(), gC
+
+
+
+
+# The scan is one operator for torch.compile: its eager implementation (scratch buffers,
+# ``out=`` writes, Python loops over blocks) is opaque to dynamo, which would otherwise break the
+# graph at every such call.  Shapes for tracing come from the fake implementations below.
+@torch.library.custom_op("canvas_mamba::scan_read", mutates_args=())
+def _scan_read_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, C: torch.Tensor,
+                  read: torch.Tensor, T: int, block: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _scan_read_forward(u, delta, A, Bm, C, read, T, None if block < 0 else block)
+
+
+@_scan_read_op.register_fake
+def _(u, delta, A, Bm, C, read, T, block):
+    Bt, L, E = u.shape
+    return u.new_empty(Bt, C.shape[1], E), u.new_empty(Bt, -(-L // T), A.shape[1], E)
+
+
+@torch.library.custom_op("canvas_mamba::scan_read_backward", mutates_args=())
+def _scan_read_backward_op(gy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
+                           Bm: torch.Tensor, C: torch.Tensor, read: torch.Tensor, Hin: torch.Tensor, T: int,
+                           block: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _scan_read_backward(gy.contiguous(), u, delta, A, Bm, C, read, Hin, T, None if block < 0 else block)
+
+
+@_scan_read_backward_op.register_fake
+def _(gy, u, delta, A, Bm, C, read, Hin, T, block):
+    return (torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(Bm),
+            torch.empty_like(C))
+
+
+def _setup_context(ctx, inputs, output):
+    u, delta, A, Bm, C, read, T, block = inputs
+    ctx.save_for_backward(u, delta, A, Bm, C, read, output[1])
+    ctx.T, ctx.block = T, block
+
+
+def _backward(ctx, gy, _g_hin):
+    u, delta, A, Bm, C, read, Hin = ctx.saved_tensors
+    gu, gdelta, gA, gB, gC = _scan_read_backward_op(gy, u, delta, A, Bm, C, read, Hin, ctx.T, ctx.block)
+    return gu, gdelta, gA, gB, gC, None, None, None
+
+
+_scan_read_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def selective_scan_read(
@@ -258,7 +300,8 @@ def selective_scan_read(
         zero = (u.sum() + delta.sum() + A.sum() + B.sum() + C.sum()) * 0  # keeps the graph
         return zero + u.new_zeros(Bt, Q, E)
     u, delta, B, C = (x.contiguous() for x in (u, delta, B, C))
-    return _ScanRead.apply(u, delta, A, B, C, read, chunk_size(L, chunk), block)
+    y, _ = _scan_read_op(u, delta, A, B, C, read, chunk_size(L, chunk), -1 if block is None else int(block))
+    return y
 
 
 def all_states(
