@@ -221,7 +221,7 @@ def _scan_read_backward(gy, u, delta, A, Bm, C, read, Hin, T: int, block: Option
     g_du = g_du.view(Bt, -1, E)[:, :L]
     g_delta = g_dA.view(Bt, -1, E)[:, :L] + g_du * u
     gB = gB.view(Bt, -1, N)[:, :L]
-    return g_du * delta, g_delta, gA.t(), gB.contiguous(), gC
+    return g_du * delta, g_delta, gA.t().contiguous(), gB.contiguous(), gC
 
 
 

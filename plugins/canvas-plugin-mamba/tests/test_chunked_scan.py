@@ -117,3 +117,23 @@ def test_depthwise_conv_equals_conv1d_with_gradients(L, K, seed):
     params = (x, conv.weight, conv.bias)
     for a, b in zip(torch.autograd.grad(out, params, g), torch.autograd.grad(ref, params, g)):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+def test_scan_custom_ops_pass_torch_opcheck():
+    """The scan's torch.compile operators: fake shapes and strides, autograd registration and
+    schema agree with the eager implementation (what torch.compile relies on)."""
+    from canvas_plugin_mamba import chunked
+
+    g = torch.Generator().manual_seed(0)
+    Bt, L, E, N, Q = 2, 11, 3, 4, 5
+    u = torch.randn(Bt, L, E, generator=g, dtype=torch.float64, requires_grad=True)
+    delta = torch.rand(Bt, L, E, generator=g, dtype=torch.float64).requires_grad_()
+    A = (-torch.rand(E, N, generator=g, dtype=torch.float64)).requires_grad_()
+    B = torch.randn(Bt, L, N, generator=g, dtype=torch.float64, requires_grad=True)
+    C = torch.randn(Bt, Q, N, generator=g, dtype=torch.float64, requires_grad=True)
+    read = torch.tensor([-1, 0, 4, 7, 10])
+    torch.library.opcheck(chunked._scan_read_op, (u, delta, A, B, C, read, 4, -1))
+    y, hin = chunked._scan_read_op(u, delta, A, B, C, read, 4, -1)
+    gy = torch.randn_like(y)
+    torch.library.opcheck(chunked._scan_read_backward_op, (gy, u.detach(), delta.detach(), A.detach(), B.detach(),
+                                                           C.detach(), read, hin.detach(), 4, -1))
