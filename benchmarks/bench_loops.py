@@ -117,7 +117,7 @@ def main(argv: List[str] = None) -> None:
     ref = times[f"canvas-core scope='stack' x{n}"]
     print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads; "
           f"CogVideoX 4 blocks width 64, batch {args.batch}, {n} loops, best of {args.repeats}")
-    print(f"| arm | CPU ms / forward | vs fixed stack | mean iterations | core work vs fixed |")
+    print("| arm | CPU ms / forward | vs fixed stack | mean iterations | core work vs fixed |")
     print("|---|---|---|---|---|")
     for k, t in times.items():
         r = rows.get(k)

@@ -142,7 +142,7 @@ def bench(n: int, args) -> Dict[str, object]:
             row["setup"] = time.perf_counter() - start
             err = max((roll.step(x[:, t * V:(t + 1) * V]) - y[:, t * V:(t + 1) * V]).abs().max().item()
                       for t in range(T))
-            for key, m in others.items():
+            for m in others.values():
                 m(x)  # warm-up
             for _ in range(args.repeats):
                 best["full"] = min(best.get("full", math.inf), once(lambda: model(x)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import numbers
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn

@@ -27,7 +27,7 @@ that fails leaves the cache as it was.  On exit the model is exactly as before.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 from torch import nn

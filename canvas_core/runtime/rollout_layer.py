@@ -160,7 +160,7 @@ class LayerRoll:
             sf = fp.soft(f, t)
             if sf is None:
                 continue
-            classes = self.index.get(("classes", f, t, q.dtype), lambda: self._class_tensors(sf, q.device, q.dtype))
+            classes = self.index.get(("classes", f, t, q.dtype), lambda sf=sf: self._class_tensors(sf, q.device, q.dtype))
             if classes is not None:
                 o = q.new_zeros(q.shape)
                 for qi, keys, bias in classes:
@@ -170,12 +170,12 @@ class LayerRoll:
                                                         scale=scale)
                     o = oc if qi is None else o.index_copy(2, qi, oc)
             else:  # many distinct rows: one masked attention over the keys the frame reads
-                keys, bias, has = self.index.get(("soft", f, t, q.dtype), lambda: self._soft_tensors(sf, q.device, q.dtype))
+                keys, bias, has = self.index.get(("soft", f, t, q.dtype), lambda sf=sf: self._soft_tensors(sf, q.device, q.dtype))
                 k = self.kv[0].index_select(2, keys)
                 v = self.kv[1].index_select(2, keys)
                 o = _attend(q, k, v, bias, scale) * has.to(q.dtype)[None, None, :, None]
             c = self.index.get(("coef", f, t, q.dtype),
-                               lambda: torch.from_numpy(fp.coef[f][sl].copy()).to(device=q.device, dtype=q.dtype))
+                               lambda f=f: torch.from_numpy(fp.coef[f][sl].copy()).to(device=q.device, dtype=q.dtype))
             o = o * c[None, None, :, None]
             mixed = o if mixed is None else mixed + o
             csum = c if csum is None else csum + c
@@ -217,16 +217,16 @@ class LayerRoll:
             if fp.other[f][0]:  # exact key mask: one call with the mask
                 for ci, call in enumerate(calls):
                     qi, ki, mask, rows, local = self.index.get(("call", f, t, ci),
-                                                               lambda: self._call_tensors(call, h.device))
+                                                               lambda call=call: self._call_tensors(call, h.device))
                     kv = self.h.index_select(1, ki)
                     o = call_attention_type(module, self.h.index_select(1, qi), kv, kv, key_mask=mask)
                     out = out.index_add(1, local, o.index_select(1, rows))
             else:  # per key set: key sets of equal shape stacked along the batch, one call per shape
-                buckets = self.index.get(("buckets", f, t), lambda: self._buckets(calls, h.device))
+                buckets = self.index.get(("buckets", f, t), lambda calls=calls: self._buckets(calls, h.device))
                 parts = run_key_set_buckets(module, self.h, self.h, self.h, [(Q, K) for Q, K, _, _ in buckets], name=f)
                 for (_, o), (_, _, sel, local) in zip(parts, buckets):
                     out = out.index_add(1, local, o.index_select(1, sel))
-            c = self.index.get(("coef", f, t), lambda: torch.from_numpy(fp.coef[f][sl].copy()).to(h.device))
+            c = self.index.get(("coef", f, t), lambda f=f: torch.from_numpy(fp.coef[f][sl].copy()).to(h.device))
             out = out * c.to(out.dtype)[None, :, None]
             acc = out if acc is None else acc + out
         return acc
