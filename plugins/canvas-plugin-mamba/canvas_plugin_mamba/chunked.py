@@ -19,10 +19,11 @@ same way (no per-step autograd graph, no per-step zero-filled gradient tensors).
 from __future__ import annotations
 
 import math
-import threading
 from typing import Optional, Tuple
 
 import torch
+
+from canvas_core.extend import scratch
 
 __all__ = ["selective_scan_read", "chunk_size", "causal_depthwise_conv", "all_states"]
 
@@ -41,20 +42,10 @@ BLOCK_ELEMS = 1 << 19
 LOG2E = 1.0 / math.log(2.0)
 
 
-_LOCAL = threading.local()
-
-
 def _ws(slot: str, shape, like: torch.Tensor) -> torch.Tensor:
-    """A scratch tensor of ``shape`` for ``slot``, kept per thread, dtype and device between
-    calls (a fresh multi-megabyte tensor per call costs more in page faults than the scan).
-    Only for temporaries: nothing returned or saved for backward may live in it."""
-    cache = _LOCAL.__dict__.setdefault("bufs", {})
-    key = (slot, like.dtype, like.device)
-    n = math.prod(shape)
-    buf = cache.get(key)
-    if buf is None or buf.numel() < n:
-        buf = cache[key] = like.new_empty(max(n, 1))
-    return buf[:n].view(shape)
+    """The extension surface's per-thread :func:`~canvas_core.extend.scratch`, under this
+    module's own slot names (temporaries only: nothing returned or saved for backward)."""
+    return scratch("mamba." + slot, shape, like)
 
 
 def _padded(slot: str, x: torch.Tensor, Lp: int) -> torch.Tensor:
