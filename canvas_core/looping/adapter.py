@@ -170,6 +170,20 @@ class BackboneAdapter:
             f"{self.name!r} declares no step input; e.g. a classifier's logits are not an image). "
             "Use a span scope such as scope=(0, n_blocks) or scope='stack'")
 
+    def latent_step_input(self, model: nn.Module, channel_dim: int, label: str) -> Tuple[str, int, Optional[int]]:
+        """:meth:`step_input` of a latent diffusion transformer whose ``config`` has
+        ``in_channels`` / ``out_channels``: the predicted latents re-enter as ``hidden_states``
+        (channel axis ``channel_dim``) when the model predicts as many channels as it reads;
+        otherwise :class:`BackboneError` (``label`` names the model in the message)."""
+        c = model.config
+        cin, cout = int(c.in_channels), int(c.out_channels or c.in_channels)
+        if cin != cout:
+            raise BackboneError(
+                f"graft_looped_blocks: scope='model' feeds the output back as the input, but this "
+                f"{label} reads {cin} latent channels and predicts {cout}, so its output cannot "
+                "re-enter; use a span scope such as scope='stack'")
+        return "hidden_states", channel_dim, cin
+
     # --- canvas --------------------------------------------------------------------------------
     def prepare(self, model: nn.Module) -> None:
         """Install attention that honours ``beta`` (sharpening) and canvas topologies; must

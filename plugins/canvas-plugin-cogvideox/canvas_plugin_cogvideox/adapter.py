@@ -99,14 +99,7 @@ class CogVideoXAdapter(BackboneAdapter):
     def step_input(self, model: nn.Module) -> Tuple[str, int, Optional[int]]:
         """``scope="model"``: the predicted latents (B, F, C, H, W) re-enter as ``hidden_states`` when
         the model predicts as many channels as it reads."""
-        c = model.config
-        cin, cout = int(c.in_channels), int(c.out_channels or c.in_channels)
-        if cin != cout:
-            raise BackboneError(
-                f"graft_looped_blocks: scope='model' feeds the output back as the input, but this "
-                f"CogVideoX reads {cin} latent channels and predicts {cout}, so its output cannot "
-                "re-enter; use a span scope such as scope='stack'")
-        return "hidden_states", 2, cin
+        return self.latent_step_input(model, 2, "CogVideoX")
 
     def prepare(self, model: nn.Module) -> None:
         from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0

@@ -127,14 +127,7 @@ class MochiAdapter(BackboneAdapter):
     def step_input(self, model: nn.Module) -> Tuple[str, int, Optional[int]]:
         """``scope="model"``: the predicted latents (B, C, F, H, W) re-enter as ``hidden_states`` when
         the model predicts as many channels as it reads."""
-        c = model.config
-        cin, cout = int(c.in_channels), int(c.out_channels or c.in_channels)
-        if cin != cout:
-            raise BackboneError(
-                f"graft_looped_blocks: scope='model' feeds the output back as the input, but this "
-                f"Mochi reads {cin} latent channels and predicts {cout}, so its output cannot "
-                "re-enter; use a span scope such as scope='stack'")
-        return "hidden_states", 1, cin
+        return self.latent_step_input(model, 1, "Mochi")
 
     def module_tokens(self, model: nn.Module, tokens: TokenLayout):
         """Modules of non-softmax types read and write video tokens only: Mochi's text tokens
