@@ -29,7 +29,7 @@ from torch import nn
 
 from canvas_core._safe_write import check_write_target
 from canvas_core.checkpoints.diff import schema_differences
-from canvas_core.checkpoints.tensors import save_safetensors_atomic
+from canvas_core.checkpoints.tensors import check_readable_file, save_safetensors_atomic
 from canvas_core.errors import CanvasTypeError, CheckpointError
 
 __all__ = ["save_canvas_checkpoint", "load_canvas_checkpoint", "read_canvas_checkpoint_header"]
@@ -147,13 +147,7 @@ def _open(path: Any, where: str) -> Tuple[str, Dict[str, str], Any]:
     if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)) or not os.fspath(path):
         raise CanvasTypeError(f"{where}: path must be a file path (str or os.PathLike), got {path!r:.60}")
     p = os.fspath(path)
-    if os.path.isdir(p):
-        raise CheckpointError(f"canvas checkpoint {p!r} is a directory; give the .safetensors file in it")
-    if not os.path.isfile(p):
-        raise CheckpointError(
-            f"canvas checkpoint {p!r} "
-            + ("is not a regular file (a device, FIFO or socket); give the .safetensors file"
-               if os.path.exists(p) else "does not exist"))
+    check_readable_file(p, "canvas checkpoint")
     from safetensors import SafetensorError, safe_open
 
     try:

@@ -3,6 +3,7 @@ and the safetensors file is written atomically (:mod:`canvas_core._safe_write`).
 
 from __future__ import annotations
 
+import os
 from typing import Any, Dict, Mapping, Optional, Type
 
 import torch
@@ -10,7 +11,7 @@ import torch
 from canvas_core._safe_write import atomic_write
 from canvas_core.errors import CanvasError, CheckpointError
 
-__all__ = ["refuse_non_finite", "save_safetensors_atomic"]
+__all__ = ["refuse_non_finite", "save_safetensors_atomic", "check_readable_file"]
 
 
 def refuse_non_finite(
@@ -61,3 +62,15 @@ def save_safetensors_atomic(
         save_file(cpu, tmp, metadata=metadata)
 
     return atomic_write(path, write, what, error=error, make_parents=make_parents)
+
+
+def check_readable_file(path: str, what: str) -> None:
+    """Refuse, with a :class:`CheckpointError` naming ``what`` and ``path``, a checkpoint path that
+    is a directory, not a regular file (device, FIFO, socket), or missing."""
+    if os.path.isdir(path):
+        raise CheckpointError(f"{what} {path!r} is a directory; give the .safetensors file in it")
+    if not os.path.isfile(path):
+        raise CheckpointError(
+            f"{what} {path!r} "
+            + ("is not a regular file (a device, FIFO or socket); give the .safetensors file"
+               if os.path.exists(path) else "does not exist"))

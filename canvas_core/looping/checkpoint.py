@@ -294,15 +294,11 @@ def load_loop_checkpoint(
     ``user_metadata`` decoded."""
     from safetensors import SafetensorError, safe_open
 
+    from canvas_core.checkpoints.tensors import check_readable_file
+
     _check_modules(looped_blocks, action_head, "load_loop_checkpoint")
     path = _check_path(path, "load_loop_checkpoint")
-    if os.path.isdir(path):
-        raise CheckpointError(f"loop checkpoint {path!r} is a directory; give the .safetensors file in it")
-    if not os.path.isfile(path):
-        raise CheckpointError(
-            f"loop checkpoint {path!r} "
-            + ("is not a regular file (a device, FIFO or socket); give the .safetensors file"
-               if os.path.exists(path) else "does not exist"))
+    check_readable_file(path, "loop checkpoint")
     try:
         with safe_open(path, framework="pt", device="cpu") as f:
             header = dict(f.metadata() or {})
