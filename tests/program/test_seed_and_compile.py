@@ -1,4 +1,4 @@
-"""compile_schema / compile_program: nested and list fields, layouts, wiring (the seed 000 snippet itself: tests/seeds)."""
+"""compile_schema / compile_program: nested and list fields, layouts, wiring (the seed 000 snippet itself: tests/compat)."""
 
 from __future__ import annotations
 

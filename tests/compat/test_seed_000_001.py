@@ -1,6 +1,6 @@
 """Seeds 000 and 001: every snippet about canvases, topologies, types and schedules, run with
 ``canvas_core`` in place of ``canvas_engineering``. (Seed 000's graft quick start runs in
-tests/looping/test_seed000_quickstart.py, its program snippet in tests/program.)"""
+test_seed_000_quickstart.py, its program snippet in test_seed_000_program.py.)"""
 
 from __future__ import annotations
 
@@ -146,7 +146,7 @@ def test_every_public_name_resolves_and_covers_canvas_engineering():
 CE_MODULES = ["action_heads", "attention", "canvas", "checkpoint", "clock_ir", "cogvideox", "compiler",
               "connectivity", "cortex", "curriculum", "dispatch", "graft", "identity", "learning", "looped_block",
               "masks", "program", "residuals", "scheduling", "schema", "semantic", "sharpening", "types"]
-# canvas-core modules that are thin compatibility paths (tests/seeds owns them)
+# canvas-core modules that are thin compatibility paths (tests/compat owns them)
 COMPAT_MODULES = {"action_heads", "canvas", "checkpoint", "clock_ir", "cogvideox", "connectivity", "cortex",
                   "curriculum", "dispatch", "graft", "learning", "looped_block", "masks", "residuals",
                   "scheduling", "sharpening", "types"}
