@@ -62,7 +62,9 @@ def test_mamba_positional_arguments_mean_what_they_mean_in_canvas_engineering():
     mamba = _mamba()
     m = mamba(8, 2, 0.0, 6, 3)  # d_model, n_heads, dropout, state_size, dt_rank
     assert (m.d_state, m.state_size, m.dt_rank, m.n_heads) == (6, 6, 3, 2)
-    assert m.d_conv == 4 and m.expand == 2 and m.kernel == "auto"
+    assert m.d_conv == 4 and m.expand == 1 and m.kernel == "auto"
+    # canvas-engineering's state is d_model x state_size; so is the default one here
+    assert m.A_log.shape == ce.MambaAttention(8, 2, 0.0, 6, 3).A_log.shape == (8, 6)
     assert mamba(8).n_heads == 4  # canvas-engineering's default
     assert mamba(8, 2, d_state=5).d_state == 5  # Mamba's own name, keyword-only
     assert mamba(8, 2, state_size=5, d_state=5).d_state == 5
@@ -72,8 +74,8 @@ def test_mamba_positional_arguments_mean_what_they_mean_in_canvas_engineering():
         mamba(8, 2, 0.0, 0)
     with pytest.raises(TypeError):
         mamba(8, 2, 0.0, 16, 0, 4)  # d_conv is keyword-only
-    k = mamba(8, 2, d_conv=3, expand=1, kernel="mamba_torch")
-    assert (k.d_conv, k.expand, k.kernel) == (3, 1, "mamba_torch")
+    k = mamba(8, 2, d_conv=3, expand=2, kernel="mamba_torch")  # Mamba's own expansion
+    assert (k.d_conv, k.expand, k.kernel, k.d_inner, k.A_log.shape) == (3, 2, "mamba_torch", 16, (16, 16))
 
 
 def test_mamba_factory_contract_and_kernel_keyword():

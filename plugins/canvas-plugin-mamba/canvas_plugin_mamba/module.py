@@ -85,7 +85,12 @@ class MambaAttention(nn.Module):
     Keyword-only (canvas-core):
         d_state: Mamba's own name for ``state_size`` (alias; giving both with different values
             is an error).
-        d_conv, expand: Mamba's conv width and expansion.
+        d_conv: Mamba's causal conv width.
+        expand: inner width ``E = expand * d_model``.  Default 1: canvas-engineering's
+            ``MambaAttention`` keeps its state at ``d_model`` channels, so this is the peer's
+            state size and work; ``expand=2`` is the Mamba paper's block (twice the state, the
+            parameters and the scan cost).  Earlier builds defaulted to 2: give ``expand=2``
+            to load their checkpoints of a default ``mamba`` module.
         kernel: ``"auto"`` (mamba-ssm's CUDA ``selective_scan_fn`` when installed, the input is
             on CUDA and ``Nq == Nk``; the PyTorch scan otherwise), ``"mamba_ssm"`` or
             ``"mamba_torch"``.  The choice of the last call is in ``self.kernel_used``.
@@ -104,7 +109,7 @@ class MambaAttention(nn.Module):
         *,
         d_state: Optional[int] = None,
         d_conv: int = 4,
-        expand: int = 2,
+        expand: int = 1,
         kernel: str = "auto",
     ) -> None:
         super().__init__()
