@@ -95,11 +95,14 @@ def _deeper(backbone: nn.Module, k: int) -> nn.Module:
 
 def make_arm(backbone: nn.Module, kind: str, k: int, seed: int) -> LifeArm:
     """A fresh copy of the plain ``backbone`` prepared for ``kind`` at ``k`` steps (topology
-    installed), with a :class:`LifeHead` (the same start in every arm)."""
+    installed), with a :class:`LifeHead` (the same start in every arm).  Everything random in it
+    (grafted loop parts, reentry, adapters, head) is drawn from ``seed``, whatever ran before, so
+    ``canvas demo`` and ``benchmarks/loop_study.py`` build the same arm for the same seed."""
     from canvas_core import graft_looped_blocks
 
     if kind not in KINDS or kind == "rollout":
         raise ValueError(f"unknown trainable kind {kind!r}")
+    torch.manual_seed(seed)
     model = _deeper(backbone, k) if kind == "deeper" else copy.deepcopy(backbone)
     loops = 1
     common = dict(action_dim=1, use_gradient_checkpointing=False)

@@ -184,3 +184,25 @@ def test_loop_study_refuses_unknown_task_and_kinds(capsys):
     with pytest.raises(SystemExit):
         study.main(["--kinds", "model,nope"])
     assert "unknown ['nope']" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["model", "stack"])
+def test_arms_built_with_one_seed_are_identical_whatever_ran_before(kind):
+    """``canvas demo`` and ``benchmarks/loop_study.py`` draw different numbers before building an
+    arm; the arm itself depends on the seed only (grafted parameters included)."""
+    from canvas_core.demo.life_pretrain import load_life_backbone
+    from canvas_core.demo.life_study import make_arm
+
+    backbone = load_life_backbone()
+    torch.manual_seed(123)
+    a = make_arm(backbone, kind, 2, seed=5)
+    torch.randn(1000)  # another caller's draws in between
+    b = make_arm(backbone, kind, 2, seed=5)
+    c = make_arm(backbone, kind, 2, seed=6)
+    sa, sb, sc = (dict(list(arm.model.state_dict().items()) + [("head." + n, t) for n, t in
+                                                                  arm.head.state_dict().items()]) for arm in (a, b, c))
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        assert torch.equal(sa[name], sb[name]), name
+    if kind == "model":  # random grafted parts (the reentry / adapter): another seed draws others
+        assert any(not torch.equal(sa[n], sc[n]) for n in sa)
