@@ -91,6 +91,18 @@ def _parts_of(obj):
     return parts
 
 
+def step_random(seed: int, step: int):
+    """The ``random.Random`` of training step ``step`` under ``seed``: seeded from a keyed BLAKE2b
+    hash of the pair, so every ``(seed, step)`` gets its own stream (no seed's draws are another
+    seed's shifted by some number of steps, as ``seed * constant + step`` would make them) and a
+    given pair always gets the same one (no dependence on the process or ``PYTHONHASHSEED``)."""
+    import hashlib
+    import random
+
+    digest = hashlib.blake2b(f"{int(seed)},{int(step)}".encode(), digest_size=16, person=b"canvas-depth").digest()
+    return random.Random(int.from_bytes(digest, "big"))
+
+
 class RandomDepthScheduler:
     """Loop count sampled per training step (randomized depth), reproducible from ``seed``.
 
@@ -130,10 +142,8 @@ class RandomDepthScheduler:
 
     def get_loops(self, step: int) -> int:
         """The loop count of training step ``step`` (an int >= 0)."""
-        import random
-
         step = _check_int("step", step, 0)
-        rng = random.Random(self.seed * 1_000_003 + step)
+        rng = step_random(self.seed, step)
         if self.distribution == "uniform":
             return rng.randint(self.min_loops, self.max_loops)
         tau = rng.gauss(math.log(self.mean) - self.sigma ** 2 / 2, self.sigma)

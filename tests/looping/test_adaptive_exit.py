@@ -176,6 +176,23 @@ def test_block_scope_stats_per_block():
     assert canvas_core.loop_counts(m).tolist() == [3, 3]
 
 
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2 ** 40), start=st.integers(0, 2 ** 30))
+def test_random_depth_seeds_are_independent_streams_not_shifts(seed, start):
+    """Seed ``s + 1`` must not replay seed ``s``'s draws a fixed number of steps later (the old
+    ``seed * 1_000_003 + step`` seeding did, at a shift of 1,000,003 steps): for shifts 0..200 and
+    the old alias, the draws of ``s + 1`` differ from the shifted draws of ``s``; a seed still
+    gives the same draws every time."""
+    a = RandomDepthScheduler(max_loops=10 ** 6, seed=seed)
+    b = RandomDepthScheduler(max_loops=10 ** 6, seed=seed + 1)
+    window = [b.get_loops(start + k) for k in range(16)]
+    assert window == [RandomDepthScheduler(max_loops=10 ** 6, seed=seed + 1).get_loops(start + k) for k in range(16)]
+    base = [a.get_loops(start + k) for k in range(216)]
+    for shift in range(201):
+        assert window != base[shift:shift + 16], f"seed {seed + 1} replays seed {seed} shifted by {shift} steps"
+    assert window != [a.get_loops(start + 1_000_003 + k) for k in range(16)]
+
+
 def test_random_depth_is_seeded_and_follows_its_distribution():
     u = RandomDepthScheduler(max_loops=5, min_loops=2, seed=3)
     draws = [u.get_loops(k) for k in range(3000)]

@@ -63,9 +63,9 @@ def test_loop_checkpoint_refuses_other_span_options(tmp_path, saved, other):
 
 
 def _knuth_reference(seed, step, mean, sigma, lo, hi):
-    import random
+    from canvas_core.looping.schedules import step_random
 
-    rng = random.Random(seed * 1_000_003 + step)
+    rng = step_random(seed, step)
     lam = math.exp(rng.gauss(math.log(mean) - sigma ** 2 / 2, sigma))
     k, p = 0, 1.0
     while True:
