@@ -4,7 +4,7 @@ Scripts written for canvas-engineering read these strings (``connections=N``, ``
 operator and fill-mode counts, ``↔`` for two-way links), so canvas-core prints the same text for
 the same object. Each class's ``__repr__`` / ``summary`` calls the function here; keeping them
 together makes the format easy to compare with canvas-engineering's in one test
-(``tests/migration/test_reprs.py``). Pure Python: nothing here imports torch.
+(``tests/compat/test_reprs.py``). Pure Python: nothing here imports torch.
 """
 
 from __future__ import annotations

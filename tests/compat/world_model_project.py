@@ -1,5 +1,5 @@
 """A small world-model project written against canvas-engineering 0.5.0's public API (the API
-of seed documents 000-003), used by tests/migration to run the same code under both package
+of seed documents 000-003), used by tests/compat/test_migration_project.py to run the same code under both package
 names. Only the import line below differs between the two runs (the test rewrites it)."""
 
 import canvas_engineering as ce  # the one line a user changes (to canvas_core)
