@@ -153,7 +153,9 @@ def save_loop_checkpoint(
 ) -> None:
     """Save only the loop parameters of ``looped_blocks`` and ``action_head``'s state to
     ``path`` (safetensors). ``metadata`` must be JSON-serialisable; a ``"schema"`` (CanvasSchema)
-    or ``"schema_hash"`` entry, or ``schema=``, records the canvas schema the loops belong to."""
+    or ``"schema_hash"`` entry, or ``schema=``, records the canvas schema the loops belong to.
+    The folder of ``path`` must exist (a ``CheckpointError`` says to create it, as every writer of
+    canvas-core does); nothing is written when anything is refused."""
     import canvas_core
     from canvas_core.checkpoints.tensors import save_safetensors_atomic
 
@@ -199,8 +201,9 @@ def save_loop_checkpoint(
         "schema_hash": shash,
         "user_metadata": user,
     }
-    # refuses NaN/inf and non-regular targets before touching the file; atomic replace
-    save_safetensors_atomic(tensors, path, header, "the loop checkpoint", make_parents=True)
+    # refuses NaN/inf, non-regular targets and a missing folder (like every other writer) before
+    # touching the file; atomic replace
+    save_safetensors_atomic(tensors, path, header, "the loop checkpoint")
 
 
 def _scope_text(scope: str) -> str:

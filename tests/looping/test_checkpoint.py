@@ -216,3 +216,24 @@ def test_missing_or_extra_head_named_clearly(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint holds none"):
         load_loop_checkpoint(blocks, head, str(no_head))
     load_loop_checkpoint(blocks, None, str(no_head))
+
+
+def test_a_missing_folder_is_refused_like_every_writer(tmp_path):
+    """save_loop_checkpoint refuses a path inside a missing folder (it used to create it), with the
+    message style of the canvas checkpoint and the other writers; nothing is created."""
+    from canvas_core._safe_write import check_write_target
+
+    _, blocks, head = grafted()
+    path = tmp_path / "no" / "such" / "loops.safetensors"
+    with pytest.raises(CheckpointError) as loop_err:
+        save_loop_checkpoint(blocks, head, str(path))
+    msg = str(loop_err.value)
+    assert "the loop checkpoint" in msg and "does not exist; create it first" in msg
+    assert str(tmp_path / "no" / "such") in msg
+    assert not (tmp_path / "no").exists()
+    with pytest.raises(CheckpointError) as shared:  # the check every writer of canvas-core runs
+        check_write_target(str(path), "the loop checkpoint", error=CheckpointError)
+    assert str(shared.value) == msg
+    (tmp_path / "no" / "such").mkdir(parents=True)
+    save_loop_checkpoint(blocks, head, str(path))  # once created, the same call writes
+    assert path.is_file()
