@@ -34,11 +34,11 @@ def _from_plugin(name: str) -> Any:
     beside it in the plugin (``CanvasCogVideoXAttnProcessor``). The plugin is reached through the
     registry that pluggy's entry-point loading fills, never imported by name."""
     from canvas_core.errors import CanvasError
-    from canvas_core.plugins import get_registry
+    from canvas_core.plugins import get_spec
     from canvas_core.plugins.reexports import MissingPluginNameError, _from_plugin_module
 
     try:
-        adapter = get_registry("backbones").get("cogvideox").load()
+        adapter = get_spec("backbones", "cogvideox").load()
     except CanvasError as exc:
         raise MissingPluginNameError(
             f"canvas_core.cogvideox.{name} needs the optional distribution {_DIST} and diffusers: "

@@ -69,7 +69,7 @@ if TYPE_CHECKING:  # for readers and IDEs; at run time the names load lazily bel
     from canvas_core.compiler.plan import (
         BlockLayout, ExecutionPlan, RectGroup, SegmentGrid, block_layout_of, segment_grid,
     )
-    from canvas_core.compiler.resolved import ResolvedGroup
+    from canvas_core.plugins.resolve import ResolvedGroup
     from canvas_core.looping.adapter import (
         BackboneAdapter, GenericAdapter, TokenLayout, class_matches,
     )
@@ -95,7 +95,7 @@ _publish("canvas_core.plugins.spec", "Spec", "RuntimeContext")
 _publish("canvas_core.compiler.plan", "ExecutionPlan", "RectGroup", "SegmentGrid", "BlockLayout",
          "segment_grid", "block_layout_of")
 _publish("canvas_core.compiler.lowering", "lower")
-_publish("canvas_core.compiler.resolved", "ResolvedGroup")
+_publish("canvas_core.plugins.resolve", "ResolvedGroup")
 # attention types
 _publish("canvas_core.attention._base", "AttentionBase", "check_dtypes_devices", "has_key", "safe_div",
          "aligned_key_index", "causal_read_index")

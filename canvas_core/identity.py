@@ -28,7 +28,7 @@ from torch import nn
 
 from canvas_core._lazy import lazy_exports
 from canvas_core.errors import CanvasTypeError, PluginLoadError, ProgramError, UnknownNameError
-from canvas_core.plugins import create_identity_binder, get_registry, list_identity_binders
+from canvas_core.plugins import create_identity_binder, get_registry, get_spec, list_identity_binders
 from canvas_core.program.identity import IdentitySpec
 
 __all__ = [
@@ -50,7 +50,7 @@ def _slot_binding_class() -> type:
     if found:
         return found[-1].load()  # PluginLoadError (naming the plugin) when its module fails to import
     try:
-        reg.get("cross_attention")  # a plugin that failed to load raises its PluginLoadError here
+        get_spec("identity", "cross_attention")  # a plugin that failed to load raises its PluginLoadError here
     except UnknownNameError:
         pass
     raise PluginLoadError(

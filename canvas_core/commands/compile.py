@@ -2,13 +2,16 @@
 
 Prints the layout (regions, positions), the connections with their resolved fn types, and the
 compiler's resolution report: for each connection the implementation and kernel chosen on the
-target device, the providing plugin, and every rejected candidate with its reasons.
+target device, the providing plugin, and every rejected candidate with its reasons.  A fn name
+whose plugin registration was refused because a builtin has it is reported as a name clash (on
+stderr too); ``--strict`` turns that into exit status 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any, Tuple
@@ -26,6 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", help="target dtype (default float32)")
     parser.add_argument("--kernel", default=None, help="prefer this attention kernel (e.g. reference, flex)")
     parser.add_argument("--json", action="store_true", help="print the compiled plan as JSON")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit with status 1 when a fn name the program uses clashed with a builtin "
+                             "(a plugin's registration of it was refused; see `canvas plugins`)")
 
 
 def load_program_or_schema(source):
@@ -112,10 +118,13 @@ def run(args: argparse.Namespace) -> int:
     compiled = ProgramCompiler(program).compile(**kwargs)
     if args.json:
         print(json.dumps(compiled.to_dict(), indent=2, default=str))
-        return 0
-    what = "previewed" if compiled.preview else "compiled"
-    print(f"{what} {label} for {args.device} / {args.dtype}\n")
-    print(schema.layout.summary())
-    print()
-    print(compiled.report())
-    return 0
+    else:
+        what = "previewed" if compiled.preview else "compiled"
+        print(f"{what} {label} for {args.device} / {args.dtype}\n")
+        print(schema.layout.summary())
+        print()
+        print(compiled.report())
+    clashes = sorted({c for r in compiled.resolutions.values() for c in r.clash})
+    for c in clashes:
+        print(f"canvas compile: name clash: {c}", file=sys.stderr)
+    return 1 if clashes and getattr(args, "strict", False) else 0

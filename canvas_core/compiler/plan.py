@@ -243,12 +243,14 @@ class ExecutionPlan:
         """Connection index -> :class:`~canvas_core.compiler.resolved.ConnectionResolution`: the
         report row of every connection whose group is resolved, computed from ``groups[fn].resolved``
         (empty on a plan that was only lowered)."""
+        from canvas_core.compiler.resolved import ConnectionResolution
+
         connections = list(getattr(self.topology, "connections", ()) or ())
         out: Dict[int, Any] = {}
         for i, fn in enumerate(self.fn_of_connection):
             g = self.groups.get(fn)
             if g is not None and g.resolved is not None and i < len(connections):
-                out[i] = g.resolved.record(i, connections[i])
+                out[i] = ConnectionResolution.of(g.resolved, i, connections[i])
         return out
 
     @property

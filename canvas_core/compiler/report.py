@@ -56,8 +56,9 @@ def format_resolutions(resolutions: Dict[int, Any]) -> str:
             parts.append(f"  {n} ({', '.join(f'#{i}' for i in idx)}): {'; '.join(reasons)}")
     notes: Dict[str, List[int]] = {}
     for i in sorted(resolutions):
-        if resolutions[i].note:
-            notes.setdefault(resolutions[i].note, []).append(i)
+        for note in [resolutions[i].note] + [f"name clash: {c}" for c in getattr(resolutions[i], "clash", ())]:
+            if note:
+                notes.setdefault(note, []).append(i)
     if notes:
         parts.append("notes:")
         parts.extend(f"  {', '.join(f'#{i}' for i in idx)}: {note}" for note, idx in notes.items())
@@ -128,9 +129,10 @@ def format_report(compiled: Any) -> str:
 def format_groups(plan: Any) -> str:
     """Per resolved fn group: how a canvas layer runs it and how a grafted backbone runs it
     (``BackboneAdapter.install_topology``: softmax-family groups run the same kernel on the
-    backbone's own q/k/v; other types run their module behind one gate that starts at 0).  A
-    connection whose parameters get no gradient at initialisation is flagged in the notes of the
-    resolution table once a canvas layer or a backbone has built its module (the probe needs torch)."""
+    backbone's own q/k/v; other types run their module behind one gate that starts at 0).  A type
+    that declares ``learns_at_init=False`` is flagged here and in the notes at compile time; what
+    the build-time probe of a canvas layer or a backbone finds is added to the notes once it has
+    built the module (the probe needs torch)."""
     rows = []
     for fn, g in plan.groups.items():
         r = g.resolved
@@ -142,7 +144,9 @@ def format_groups(plan: Any) -> str:
                          f"backbone's own q/k/v, kernel {kern}"])
         else:
             own = "own module" + (f" (kernel {r.kernel.name})" if r.kernel is not None else "")
-            rows.append([fn, len(g.connections), own, own + " on the block's hidden states, one gate, 0 at init"])
+            stuck = "; NO GRADIENT AT INIT" if getattr(r, "no_gradient_at_init", "") else ""
+            rows.append([fn, len(g.connections), own + stuck,
+                         own + " on the block's hidden states, one gate, 0 at init" + stuck])
     if not rows:
         return ""
     return format_table(["fn", "connections", "canvas layer", "inside a backbone"], rows)

@@ -24,9 +24,9 @@ from typing import Any, Dict, Iterable, Optional
 
 from canvas_core.compiler.lowering import lower
 from canvas_core.compiler.resolved import MODULE_KERNEL, REFERENCE_KERNEL, ConnectionResolution, ResolvedGroup
-from canvas_core.errors import CompileError, PluginError
+from canvas_core.errors import CanvasTypeError, CompileError, PluginError
 from canvas_core.plugins import RuntimeContext, get_kernel_spec, resolve_attention
-from canvas_core.plugins.resolve import AUTO_KERNEL, Resolution
+from canvas_core.plugins.resolve import AUTO_KERNEL
 
 __all__ = ["ConnectionResolution", "ResolvedGroup", "resolve_plan", "resolve_connections", "MODULE_KERNEL",
            "REFERENCE_KERNEL"]
@@ -45,18 +45,25 @@ def _with_connection(exc: Exception, where: str) -> Exception:
     return new
 
 
-def _group(fn: str, res: Resolution, device: str, dtype: str, auto: bool) -> ResolvedGroup:
-    rejected = tuple((str(n), tuple(str(r) for r in reasons)) for n, reasons in res.rejected)
-    note, fallback = res.note, False
-    if auto and res.outranked:
-        # a kernel ranked above the chosen one cannot run here; the plugin layer only ever
-        # substitutes something that computes the same attention
-        fallback = True
-        chosen = res.kernel.name if res.kernel is not None else f"the {res.attention.name or fn} module"
-        note = f"{', '.join(res.outranked)} cannot run on {device}/{dtype}; {chosen} computes the same attention"
-    return ResolvedGroup(fn=fn, attention=res.attention, kernel=res.kernel, rejected=rejected,
-                         fallback=fallback, note=note, device=device, dtype=dtype,
-                         preview=bool(getattr(res.ctx, "preview", False)))
+def declared_no_gradient(fn: str, spec: Any) -> str:
+    """Why ``spec``'s type cannot learn, when it declares so: ``learns_at_init=False`` as a
+    registration keyword (``spec.metadata``) or, for a factory that is already an object (an
+    in-process class), as its class attribute.  ``""`` when nothing declares it: the compiler does
+    not build modules, so only a declaration is known here (a canvas layer / backbone probes the
+    built module and adds what it finds to the report).  Reading it imports nothing."""
+    declared = spec.metadata.get("learns_at_init")
+    if declared is None:
+        loaded = spec.factory if not isinstance(spec.factory, str) else getattr(spec, "_loaded", None)
+        declared = getattr(loaded, "learns_at_init", None) if loaded is not None else None
+    if declared is None or declared is True:
+        return ""
+    if declared is not False:
+        raise CanvasTypeError(
+            f"attention type {fn!r} ({spec.provider}): learns_at_init must be True, False or absent, got "
+            f"{declared!r}; declare learns_at_init=False only for a type none of whose parameters gets a "
+            "gradient at initialisation")
+    return (f"{fn!r} declares learns_at_init=False: no parameter of it receives a gradient at "
+            "initialisation (in a canvas layer or inside a backbone); trained, this connection cannot learn")
 
 
 def resolve_plan(plan: Any, *, device: Any = "cpu", dtype: str = "float32", head_dim: Optional[int] = None,
@@ -96,12 +103,16 @@ def resolve_plan(plan: Any, *, device: Any = "cpu", dtype: str = "float32", head
         if wanted is not None and fn not in wanted:
             continue
         try:
-            res = resolve_attention(fn, ctx, kernel=prefer)
+            res = resolve_attention(fn, ctx, kernel=prefer)  # the group's frozen record
         except PluginError as exc:  # unknown, unavailable, failed plugin, conflicting providers
             i = min(group.connections) if group.connections else 0
             c = connections[i]
             raise _with_connection(exc, f"connection #{i} {c.src!r} -> {c.dst!r} (fn {fn!r})") from exc
-        resolved[fn] = _group(fn, res, device, dtype, auto=prefer is None)
+        stuck = declared_no_gradient(fn, res.attention)
+        if stuck:  # known before any module is built: the report flags it at compile time
+            res = dataclasses.replace(res, note=f"{res.note}; {stuck}" if res.note else stuck,
+                                      no_gradient_at_init=stuck)
+        resolved[fn] = res
     used = any(g.kernel is not None and g.kernel.name == prefer for g in resolved.values())
     if kernel_must_apply and pref_spec is not None and not used:
         raise CompileError(

@@ -1,15 +1,7 @@
-"""canvas-core's plugin layer (pure Python: importing it, registering and listing never import torch).
-
-* :mod:`~canvas_core.plugins.hookspecs`: the hooks, the markers, the rule for finding hooks;
-* :mod:`~canvas_core.plugins.host`: :class:`PluginHost` (loading with per-plugin isolation,
-  in-process registration, errors and reports) and the default host; beside it
-  :mod:`~canvas_core.plugins.loading` (environment controls, entry points, :class:`PluginRecord`);
-* :mod:`~canvas_core.plugins.registry`: :class:`Registry` and the clash policy;
-  :mod:`~canvas_core.plugins.spec`: :class:`Spec`; :mod:`~canvas_core.plugins.context`: :class:`RuntimeContext`;
-* :mod:`~canvas_core.plugins.api`: ``register_* / create_* / list_* / unregister_*`` and ``ATTENTION_TYPES``;
-* :mod:`~canvas_core.plugins.resolve`: :func:`resolve_attention` -> :class:`Resolution`.
-
-See ``docs/plugins.md`` for the plugin author's walk-through.
+"""canvas-core's plugin layer: hooks (``hookspecs``), the host that loads plugins (``host``,
+``loading``), registries and their entries (``registry``, ``spec``, ``context``), the public
+functions (``api``) and resolution (``resolve``).  Pure Python: importing, registering and listing
+never import torch.  ``docs/plugins.md`` is the plugin author's walk-through.
 """
 
 from __future__ import annotations
@@ -27,10 +19,9 @@ from canvas_core.plugins.hookspecs import ENTRY_POINT_GROUP, HOOK_NAMES, hookimp
 from canvas_core.plugins.host import PluginHost, get_host, get_plugin_manager, reset_plugins, set_host, use_host
 from canvas_core.plugins.loading import ENV_ALLOW, ENV_BLOCK, ENV_DISABLE, PluginRecord
 from canvas_core.plugins.registry import KINDS, Registry
-from canvas_core.plugins.resolve import Resolution, kernel_candidates, resolve_attention
+from canvas_core.plugins.resolve import ResolvedGroup, kernel_candidates, resolve_attention
 from canvas_core.plugins.spec import IN_PROCESS, RuntimeContext, Spec, SpecError
 
-#: the generated per-kind functions and registry mappings (``register_attention``, ...).
 _PER_KIND = [n for n in api.__all__ if n.startswith(("register_", "unregister_", "list_", "create_"))
              or n.endswith("_REGISTRY")]
 globals().update({n: getattr(api, n) for n in _PER_KIND})
@@ -42,20 +33,16 @@ __all__ = [
     "Spec", "SpecError", "RuntimeContext", "Registry", "RegistryView", "KINDS", "IN_PROCESS",
     "ATTENTION_TYPES", "AttentionTypeInfo", "get_registry", "get_spec", "get_attention_spec", "get_kernel_spec",
     *_PER_KIND,
-    "resolve_attention", "Resolution", "kernel_candidates",
+    "resolve_attention", "ResolvedGroup", "kernel_candidates",
     "PluginError", "DuplicateRegistrationError", "UnknownNameError", "PluginLoadError", "UnavailableError",
 ]
 
 
 def plugin_report() -> List[Dict[str, Any]]:
-    """One dict per plugin of the default host (builtin, installed, in-process): ``name``,
-    ``distribution``, ``version``, ``source``, ``entry_point``, ``status`` (``ok`` / ``failed`` /
-    ``blocked`` / ``disabled``), ``error``, ``hooks``, ``registered`` (registry kind -> names),
-    ``conflicts``, ``warnings``."""
+    """One ``PluginRecord.to_dict`` per plugin of the default host (``canvas plugins --json``)."""
     return get_host().plugin_report()
 
 
 def registry_report(ctx: Any = None) -> Dict[str, List[Dict[str, Any]]]:
-    """Registry kind -> one dict per registered name with its availability in ``ctx``
-    (``available``, ``reasons``)."""
+    """Registry kind -> one dict per registered name with its availability in ``ctx``."""
     return get_host().registry_report(ctx)

@@ -1,15 +1,7 @@
-"""The public registry functions, generated from one table (:data:`KIND_API`): per registry
-kind ``register_<x>``, ``unregister_<x>``, ``list_<xs>`` and ``create_<x>``, plus the read-only
-mappings ``<KIND>_REGISTRY`` and ``ATTENTION_TYPES``.  All work on the default host.
-
-Every ``register_*`` has three forms::
-
-    register_attention("my_attn", MyAttention, family="Dot-product")   # call: returns the Spec
-    register_attention("my_attn", "my_pkg.attn:MyAttention")            # lazy factory string
-    @register_attention("my_attn", family="Dot-product")                # decorator with a name
-    @register_attention                                                  # bare: name = cls.name
-                                                                         # or snake_case(__name__)
-canvas-engineering's keyword spelling ``register_attention(name, cls=MyAttention)`` works too.
+"""The public registry functions of the default host, generated from one table (:data:`KIND_API`):
+per kind ``register_<x>`` (a call returning the Spec, ``cls=`` accepted for the factory; a
+decorator with a name; or bare, named ``cls.name`` or ``snake_case(__name__)``), ``unregister_<x>``,
+``list_<xs>``, ``create_<x>``, and the read-only mappings ``<KIND>_REGISTRY`` / ``ATTENTION_TYPES``.
 """
 
 from __future__ import annotations
@@ -24,8 +16,7 @@ from canvas_core.plugins.host import get_host
 from canvas_core.plugins.registry import Registry
 from canvas_core.plugins.spec import Spec
 
-#: kind, function-name stem, plural stem (``list_*``), noun, registry constant, extra words
-#: for the ``register_*`` docstring.
+#: kind, function-name stem, plural stem (``list_*``), noun, mapping name, ``register_*`` doc extra.
 KIND_API = (
     ("attention", "attention", "attention_types", "attention type", "ATTENTION_REGISTRY", ""),
     ("kernels", "kernel", "kernels", "attention kernel", "KERNEL_REGISTRY",
@@ -55,7 +46,7 @@ def _derived_name(obj: Any) -> str:
 
 
 def _register(kind: str, name: Any, factory: Any, override: bool, metadata: dict) -> Any:
-    """The body of every ``register_*`` function (the caller's module is recorded)."""
+    """The body of every ``register_*`` (the caller's module is recorded)."""
     try:
         module = sys._getframe(2).f_globals.get("__name__")
     except Exception:  # pragma: no cover - interpreters without frame access
@@ -95,7 +86,7 @@ def _make(kind: str, one: str, many: str, noun: str, extra: str) -> None:
         return get_host().registry(kind).names()
 
     def create(name: str, *args: Any, **kwargs: Any) -> Any:
-        return get_host().registry(kind).get(name).create(*args, **kwargs)
+        return get_host().lookup(kind, name).create(*args, **kwargs)
 
     _define(register, f"register_{one}", (
         f"Register an {noun} in the running process.{extra}\n\n"
@@ -114,49 +105,36 @@ def _make(kind: str, one: str, many: str, noun: str, extra: str) -> None:
 
 
 def create_attention(fn_name: str, d_model: int, n_heads: int = 4, dropout: float = 0.0, **kwargs: Any) -> Any:
-    """Build attention type ``fn_name``: ``factory(d_model=, n_heads=, dropout=, **kwargs)``.
-
-    The result is an ``nn.Module`` called as ``module(queries, keys, values, key_mask=None)``:
-    ``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``.  Further keywords go to the type itself
-    (``top_k`` of ``sparse_attention``, ``window_size`` of ``local_attention``, a ``kernel=``
-    choice, ...).  A factory that takes no ``n_heads`` / ``dropout`` parameter is called without
-    them (``dropout`` only when it is 0); building is :func:`canvas_core.plugins.resolve.build_attention`.
-
-    Raises:
-        UnknownNameError: unknown type (closest match and install hint in the message).
-        PluginLoadError: its plugin or factory failed to import.
-        UnavailableError: a package it requires is not installed.
-    """
+    """Build attention type ``fn_name`` (an ``nn.Module`` ``module(queries, keys, values,
+    key_mask=None)``); further keywords go to the type (``top_k``, ``window_size``, ``kernel=``, ...).
+    Building is :func:`canvas_core.plugins.resolve.build_attention`; errors: UnknownNameError (closest
+    match, install hint), PluginLoadError, UnavailableError (a required package is missing)."""
     from canvas_core.plugins.resolve import build_attention
 
-    spec = get_host().registry("attention").get(fn_name)
+    spec = get_host().lookup("attention", fn_name)
     return build_attention(spec, d_model, n_heads=n_heads, dropout=dropout, **kwargs)
 
 
 def get_registry(kind: str) -> Registry:
-    """The default host's registry of ``kind`` (``attention``, ``kernels``, ``backbones``,
-    ``identity``, ``embedders``)."""
+    """The default host's registry of ``kind`` (a plain container: look names up with :func:`get_spec`)."""
     return get_host().registry(kind)
 
 
 def get_spec(kind: str, name: str) -> Spec:
     """The spec ``name`` of registry ``kind`` (errors as ``create_*``)."""
-    return get_host().registry(kind).get(name)
+    return get_host().lookup(kind, name)
 
 
 def get_attention_spec(name: str) -> Spec:
-    """The Spec of attention type ``name`` (errors as :func:`create_attention`)."""
     return get_spec("attention", name)
 
 
 def get_kernel_spec(name: str) -> Spec:
-    """The Spec of kernel ``name`` (errors as ``create_kernel``)."""
     return get_spec("kernels", name)
 
 
 class RegistryView(Mapping):
-    """Read-only, live ``name -> Spec`` mapping over one registry of the *default* host; lookups
-    load plugins lazily; an unknown name raises :class:`UnknownNameError` (also a ``KeyError``)."""
+    """Read-only, live ``name -> Spec`` mapping over one registry of the default host."""
 
     def __init__(self, kind: str) -> None:
         self._kind = kind
@@ -168,7 +146,7 @@ class RegistryView(Mapping):
         return get_host().registry(self._kind)
 
     def __getitem__(self, name: str) -> Any:
-        return self._wrap(self._reg().get(name))
+        return self._wrap(get_host().lookup(self._kind, name))
 
     def get(self, name: str, default: Any = None) -> Any:
         reg = self._reg()
@@ -209,7 +187,6 @@ class AttentionTypeInfo(str):
 
 
 class AttentionTypesView(RegistryView):
-    """``ATTENTION_TYPES``: live ``name -> AttentionTypeInfo`` over the attention registry."""
 
     def _wrap(self, spec: Spec) -> Any:
         return AttentionTypeInfo(spec)

@@ -1,10 +1,6 @@
-"""The core's own plugin: builtin attention types and the reference kernel.
-
-Registered by the plugin host through the very same hooks as any installed plugin (but not via an
-entry point), as plugin ``builtin`` of distribution ``canvas-core``.  Factories are lazy strings
-into :mod:`canvas_core.attention` / :mod:`canvas_core.runtime.kernels`, so registering imports
-no torch.
-"""
+"""The core's own plugin ``builtin`` (distribution ``canvas-core``): the builtin attention types
+and the reference kernel, registered through the same hooks as any plugin, with lazy factory
+strings (registering imports no torch)."""
 
 from __future__ import annotations
 
@@ -14,8 +10,7 @@ from canvas_core.plugins.hookspecs import hookimpl
 
 _ATTN = "canvas_core.attention"
 
-#: name -> (class in canvas_core.attention, family, complexity, description).
-#: Family and complexity follow the type table of the canvas-engineering README ("The lineup").
+#: name -> (class in canvas_core.attention, family, complexity (as canvas-engineering's table), description).
 BUILTIN_ATTENTION = {
     "cross_attention": ("CrossAttention", "Dot-product", "O(NM)",
                         "Scaled dot-product softmax attention over the keys; the default type."),
@@ -51,14 +46,11 @@ BUILTIN_ATTENTION = {
               "Long implicit convolution over the keys via FFT, gated by the queries."),
 }
 
-#: The softmax family: the fn types a canvas layer runs through its shared q/k/v projections
-#: and one fused kernel call per type.  The only copy of this list; the compiler, the runtime and
-#: the backbone processors import it from here.
+#: The softmax family: the fn types a canvas layer runs through shared q/k/v projections and one
+#: fused kernel call per type; what the reference kernel executes.  The only copy of this list.
 SOFTMAX_FAMILY: Tuple[str, ...] = ("cross_attention", "self_attention")
-#: Registry name of the core's reference kernel (always available, any device).  The only copy.
+#: Registry name of the core's reference kernel (always available, any device).
 REFERENCE_KERNEL = "reference"
-#: What the reference kernel executes: exactly the softmax family.
-REFERENCE_KERNEL_SUPPORTS: Tuple[str, ...] = SOFTMAX_FAMILY
 
 
 @hookimpl
@@ -70,11 +62,6 @@ def canvas_register_attention(registry) -> None:
 
 @hookimpl
 def canvas_register_kernels(registry) -> None:
-    registry.add(
-        REFERENCE_KERNEL,
-        "canvas_core.runtime.kernels:ReferenceKernel",
-        supports=REFERENCE_KERNEL_SUPPORTS,
-        priority=0,
-        family="Dot-product",
-        description="SDPA over the plan's rectangles (dense mask or block-sparse gather); any device.",
-    )
+    registry.add(REFERENCE_KERNEL, "canvas_core.runtime.kernels:ReferenceKernel", supports=SOFTMAX_FAMILY,
+                 priority=0, family="Dot-product",
+                 description="SDPA over the plan's rectangles (dense mask or block-sparse gather); any device.")

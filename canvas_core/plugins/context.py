@@ -11,7 +11,6 @@ from typing import Any, Optional
 from canvas_core.errors import CanvasTypeError, PluginError, did_you_mean
 
 
-
 class SpecError(PluginError, ValueError):
     """A registration or a runtime context is malformed: bad name, factory path, metadata, or a
     device / dtype torch does not know."""
@@ -50,8 +49,7 @@ KNOWN_DTYPES = frozenset((
 
 
 def check_device(device: Any, where: str) -> str:
-    """The device type of ``device`` (see :func:`normalize_device`); :class:`CanvasTypeError` for a
-    value that is not a device, :class:`SpecError` for a device type torch does not know."""
+    """:func:`normalize_device`, refusing a non-device or a device type torch does not know."""
     if device is not None and getattr(device, "type", None) is None and not isinstance(device, str):
         raise CanvasTypeError(
             f"{where}: device must be a string such as 'cpu' / 'cuda:0' or a torch.device, "
@@ -67,8 +65,7 @@ def check_device(device: Any, where: str) -> str:
 
 
 def check_dtype(dtype: Any, where: str) -> str:
-    """The canonical name of ``dtype`` (see :func:`normalize_dtype`); :class:`SpecError` when it
-    is not a torch dtype."""
+    """:func:`normalize_dtype`, refusing a value that is not a torch dtype."""
     if dtype is not None and not isinstance(dtype, str) and type(dtype).__name__ != "dtype":
         raise CanvasTypeError(
             f"{where}: dtype must be a string such as 'float32' / 'bf16' or a torch.dtype, "
@@ -83,16 +80,9 @@ def check_dtype(dtype: Any, where: str) -> str:
 
 @dataclass(frozen=True)
 class RuntimeContext:
-    """Where an implementation is asked to run.
-
-    Args:
-        device: ``"cpu"``, ``"cuda"``, ``"cuda:0"``, ``"mps"`` or a ``torch.device``.
-        dtype: ``"float32"``, ``"bfloat16"``, ... or a ``torch.dtype``.
-        head_dim: per-head width, when known (kernels may restrict it).
-        requires_grad: whether a backward pass is needed (training).
-        preview: judge candidates as if ``device`` were present on this machine (a plan preview
-            for a GPU machine, made on one without a GPU); everything else is still checked.
-    """
+    """Where an implementation is asked to run: a device (name or ``torch.device``), a dtype (name
+    or ``torch.dtype``), the per-head width when known, whether a backward pass is needed, and
+    ``preview``: judge as if ``device`` were present here (a GPU plan made on a CPU machine)."""
 
     device: Any = "cpu"
     dtype: Any = "float32"
@@ -101,16 +91,14 @@ class RuntimeContext:
     preview: bool = False
 
     def __post_init__(self) -> None:
-        where = "RuntimeContext"
-        check_device(self.device, where)
-        check_dtype(self.dtype, where)
+        check_device(self.device, "RuntimeContext")
+        check_dtype(self.dtype, "RuntimeContext")
         hd = self.head_dim
         if hd is not None and (isinstance(hd, bool) or not isinstance(hd, int) or hd < 1):
-            raise CanvasTypeError(f"{where}: head_dim must be a positive int or None, got {hd!r}")
-        if not isinstance(self.requires_grad, bool):
-            raise CanvasTypeError(f"{where}: requires_grad must be True or False, got {self.requires_grad!r}")
-        if not isinstance(self.preview, bool):
-            raise CanvasTypeError(f"{where}: preview must be True or False, got {self.preview!r}")
+            raise CanvasTypeError(f"RuntimeContext: head_dim must be a positive int or None, got {hd!r}")
+        for flag in ("requires_grad", "preview"):
+            if not isinstance(getattr(self, flag), bool):
+                raise CanvasTypeError(f"RuntimeContext: {flag} must be True or False, got {getattr(self, flag)!r}")
 
     @property
     def device_type(self) -> str:
@@ -146,11 +134,9 @@ class RuntimeContext:
         raise CanvasTypeError(f"expected a RuntimeContext (or None / dict / device string), got {ctx!r}")
 
 
-# The plugin layer never imports torch; it asks torch about CUDA only when the process has loaded
-# it (a process that has not cannot have run anything on a GPU yet).
 def cuda_status() -> Optional[bool]:
-    """Whether CUDA can be used here: torch's answer when torch is loaded; False when torch is
-    not even installed; None (unknown) when it is installed but this process has not loaded it."""
+    """Whether CUDA can be used: the loaded torch's answer; False without torch installed; None
+    (unknown) when this process has not loaded it (the plugin layer never imports torch)."""
     torch = sys.modules.get("torch")
     if torch is None:
         try:
@@ -165,7 +151,7 @@ def cuda_status() -> Optional[bool]:
 
 
 def cuda_device_count() -> int:
-    """How many CUDA devices the loaded torch sees; 0 when torch is not loaded or sees none."""
+    """CUDA devices the loaded torch sees (0 when torch is not loaded)."""
     torch = sys.modules.get("torch")
     try:
         return int(torch.cuda.device_count()) if torch is not None and torch.cuda.is_available() else 0

@@ -1,56 +1,34 @@
-"""Which distribution provides a name that is not installed: the install-hint table of the
-unknown-name errors ("pip install canvas-plugin-mamba").  Extend it when a first-party plugin
-ships a name."""
+"""Which distribution provides a name that is not installed (the install hint of unknown-name
+errors: "pip install canvas-plugin-mamba"), and which distribution installs an importable module.
+Extend the table when a first-party plugin ships a name."""
 
 from __future__ import annotations
 
 import re
 from typing import Dict, Optional
 
-#: registry kind -> name -> distribution providing it.
-KNOWN_PROVIDERS: Dict[str, Dict[str, str]] = {
-    "attention": {
-        "mamba": "canvas-plugin-mamba",
-        "canvas_read": "canvas-plugin-canvit",
-        "canvas_write": "canvas-plugin-canvit",
-        "cogvideox": "canvas-plugin-cogvideox",
-    },
-    "kernels": {
-        "flex": "canvas-backend-flex",
-        "flex_attention": "canvas-backend-flex",
-        "xformers": "canvas-backend-xformers",
-        "fla_rwkv": "canvas-plugin-fla",
-        "mamba_ssm": "canvas-plugin-mamba",
-        "mamba_torch": "canvas-plugin-mamba",
-    },
-    "backbones": {
-        "cogvideox": "canvas-plugin-cogvideox",
-        "mochi": "canvas-plugin-mochi",
-        "vit": "canvas-plugin-vit",
-    },
-    "identity": {
-        "cross_attention": "canvas-plugin-identity",
-        "slot_attention": "canvas-plugin-identity",
-    },
-    "embedders": {
-        "minilm": "canvas-plugin-semantic",
-        "sentence-transformers": "canvas-plugin-semantic",
-        "sentence_transformers": "canvas-plugin-semantic",
-    },
+#: distribution -> registry kind -> the names it provides (space separated).
+_SHIPPED = {
+    "canvas-plugin-mamba": {"attention": "mamba", "kernels": "mamba_ssm mamba_torch"},
+    "canvas-plugin-canvit": {"attention": "canvas_read canvas_write"},
+    "canvas-plugin-cogvideox": {"attention": "cogvideox", "backbones": "cogvideox"},
+    "canvas-backend-flex": {"kernels": "flex flex_attention"},
+    "canvas-backend-xformers": {"kernels": "xformers"},
+    "canvas-plugin-fla": {"kernels": "fla_rwkv"},
+    "canvas-plugin-mochi": {"backbones": "mochi"},
+    "canvas-plugin-vit": {"backbones": "vit"},
+    "canvas-plugin-identity": {"identity": "cross_attention slot_attention"},
+    "canvas-plugin-semantic": {"embedders": "minilm sentence-transformers sentence_transformers"},
 }
-
-#: registry kind -> distribution providing any name of that kind not in the table above.
-DEFAULT_PROVIDERS: Dict[str, str] = {}
+#: registry kind -> name -> distribution providing it.
+KNOWN_PROVIDERS: Dict[str, Dict[str, str]] = {}
+for _dist, _kinds in _SHIPPED.items():
+    for _kind, _names in _kinds.items():
+        KNOWN_PROVIDERS.setdefault(_kind, {}).update(dict.fromkeys(_names.split(), _dist))
 
 #: importable module name -> the pip distribution that provides it, where they differ.
-PIP_NAMES: Dict[str, str] = {
-    "fla": "flash-linear-attention",
-    "mamba_ssm": "mamba-ssm",
-    "causal_conv1d": "causal-conv1d",
-    "sentence_transformers": "sentence-transformers",
-    "sklearn": "scikit-learn",
-    "PIL": "pillow",
-}
+PIP_NAMES: Dict[str, str] = {"fla": "flash-linear-attention", "mamba_ssm": "mamba-ssm", "causal_conv1d": "causal-conv1d",
+                             "sentence_transformers": "sentence-transformers", "sklearn": "scikit-learn", "PIL": "pillow"}
 
 
 def pip_name(module: str) -> str:
@@ -66,9 +44,8 @@ def normalize_dist(name: str) -> str:
 
 def provider_hint(kind: str, name: str) -> Optional[str]:
     """The distribution known to provide ``name`` in registry ``kind``, or None."""
-    return KNOWN_PROVIDERS.get(kind, {}).get(name, DEFAULT_PROVIDERS.get(kind))
+    return KNOWN_PROVIDERS.get(kind, {}).get(name)
 
 
 def install_hint(dist: str) -> str:
-    """``pip install <dist>``."""
     return f"pip install {dist}"

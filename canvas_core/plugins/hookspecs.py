@@ -1,29 +1,24 @@
 """The hooks of canvas-core, their markers, and the one rule for finding a plugin's hooks.
 
-**The rule** (as pytest's): a plugin's hook implementations are its functions marked
-``@canvas_core.hookimpl`` *and* its unmarked functions named exactly like a hook below.  It is
-implemented once, in :meth:`CanvasPluginManager.parse_hookimpl_opts` (pluggy's own extension
-point).  A marked function whose name matches no hook fails the plugin; an unmarked function
-named ``canvas_register_*`` that matches no hook is reported as a misspelt hook (a warning in
-``canvas plugins``, an error under ``canvas plugins --strict``).
-
-Installed distributions announce their plugin with an entry point in group ``canvas``.  Every
-hook receives a registry and calls ``registry.add(name, factory, **metadata)`` on it (the
-metadata keywords are tabled in docs/plugins.md); ``factory`` is a class, a callable or a lazy
-``"package.module:Object"`` string imported only when the name is used.
+**The rule** (as pytest's): a plugin's hooks are its functions marked ``@canvas_core.hookimpl``
+and its unmarked functions named exactly like a hook below, implemented once, in
+:meth:`CanvasPluginManager.parse_hookimpl_opts`.  A marked function that matches no hook fails the
+plugin; an unmarked ``canvas_register_*`` that matches none is a misspelt hook (a warning in
+``canvas plugins``, an error under ``--strict``).  Each hook calls ``registry.add(name, factory,
+**metadata)`` (docs/plugins.md); a factory is a class, a callable or a lazy
+``"package.module:Object"`` string.  Installed distributions use entry-point group ``canvas``.
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import sys
 from typing import Any, List
 
 import pluggy
 
-#: pluggy project name (also the marker attribute prefix: ``canvas_impl`` / ``canvas_spec``).
-PROJECT_NAME = "canvas"
-#: entry-point group scanned for installed plugins.
+PROJECT_NAME = "canvas"  # pluggy project (marker attributes ``canvas_impl`` / ``canvas_spec``)
 ENTRY_POINT_GROUP = "canvas"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
@@ -32,31 +27,23 @@ hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 @hookspec
 def canvas_register_attention(registry) -> None:
-    """Register attention *function types* (the ``fn`` of a connection).
-
-    The factory is called as ``factory(d_model=..., n_heads=..., dropout=..., **kwargs)`` and
-    returns an ``nn.Module`` called as ``module(queries, keys, values, key_mask=None)``:
-    ``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``.  Canvas layers pass ``key_mask`` as a
-    bool ``(Nq, Nk)`` tensor (True = may attend) to a type declaring ``key_mask_exact = True``;
-    any other type is called once per set of queries sharing their keys (the contract, in one
-    place: ``canvas_core.runtime.type_call``; docs/plugins.md).  A query with no allowed key gets
-    zeros, never NaN.  Check a type with ``canvas_core.testing.check_attention_type(name)``.
-    """
+    """Register attention *function types* (the ``fn`` of a connection): ``factory(d_model=,
+    n_heads=, dropout=, **kwargs)`` returns an ``nn.Module`` ``module(queries, keys, values,
+    key_mask=None)``, ``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``; a query with no allowed
+    key gets zeros.  The ``key_mask`` contract is ``canvas_core.runtime.type_call``'s
+    (docs/plugins.md); ``canvas_core.testing.check_attention_type(name)`` checks a type."""
 
 
 @hookspec
 def canvas_register_kernels(registry) -> None:
-    """Register attention *kernels*: ``registry.add(name, factory, supports=(types...),
-    priority=10, devices=("cuda",), requires=("module",))``.  The factory is called as
-    ``factory(group, plan, n_heads=..., head_dim=..., **options)`` and returns an ``nn.Module``
-    ``kernel(q, k, v, scale=..., dropout_p=...)`` on ``(B, H, N, d)`` tensors; it computes exactly
-    the math of the types it ``supports`` (tried by descending ``priority``)."""
+    """Register attention *kernels* (``supports=(types...)``, ``priority=``): ``factory(group, plan,
+    n_heads=, head_dim=, **options)`` returns an ``nn.Module`` ``kernel(q, k, v, scale=,
+    dropout_p=)`` on ``(B, H, N, d)`` computing exactly the math of the types it supports."""
 
 
 @hookspec
 def canvas_register_backbones(registry) -> None:
-    """Register backbone *adapters* (grafting onto a pretrained model); ``model_classes=`` names
-    the model classes served, matched by class name against the model's MRO."""
+    """Register backbone *adapters*; ``model_classes=`` names the model classes served (MRO)."""
 
 
 @hookspec
@@ -66,22 +53,13 @@ def canvas_register_identity(registry) -> None:
 
 @hookspec
 def canvas_register_embedders(registry) -> None:
-    """Register text *embedders*: ``factory(**kwargs)`` returns an object with
-    ``embed(texts: list[str]) -> list[list[float]]`` (or a callable doing the same)."""
+    """Register text *embedders*: ``factory(**kwargs)`` has ``embed(texts) -> list[list[float]]``."""
 
 
-#: hook name -> registry kind it fills.
-HOOK_REGISTRY = {
-    "canvas_register_attention": "attention",
-    "canvas_register_kernels": "kernels",
-    "canvas_register_backbones": "backbones",
-    "canvas_register_identity": "identity",
-    "canvas_register_embedders": "embedders",
-}
-#: every hook, in the order registries are filled.
-HOOK_NAMES = tuple(HOOK_REGISTRY)
-#: the name prefix of every hook; an unmarked function with it that is no hook is a misspelling.
 HOOK_PREFIX = "canvas_register_"
+#: hook name -> the registry kind it fills, in the order registries are filled.
+HOOK_REGISTRY = {HOOK_PREFIX + k: k for k in ("attention", "kernels", "backbones", "identity", "embedders")}
+HOOK_NAMES = tuple(HOOK_REGISTRY)
 
 
 class CanvasPluginManager(pluggy.PluginManager):
@@ -96,9 +74,6 @@ class CanvasPluginManager(pluggy.PluginManager):
 
 
 def new_plugin_manager() -> CanvasPluginManager:
-    """A fresh ``PluginManager("canvas")`` that knows the canvas hook specifications."""
-    import sys
-
     pm = CanvasPluginManager(PROJECT_NAME)
     pm.add_hookspecs(sys.modules[__name__])
     return pm

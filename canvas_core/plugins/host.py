@@ -1,12 +1,9 @@
 """The plugin host: one pluggy manager, the registries it fills, and a record of every plugin.
 
-A :class:`PluginHost` owns everything the plugin layer knows, so tests can build a fresh one
-(``with use_host(PluginHost(...)):``); the module-level API works on a default host.  Loading
-happens on the first registry access: the builtin plugin registers, then each entry point of
-group ``canvas`` the environment controls allow (:mod:`~canvas_core.plugins.loading`) is
-imported and its hooks run *one plugin at a time*, against registry views that credit what it
-adds to its distribution.  A plugin whose import or hook raises is recorded (status ``failed``)
-and removed, and the others keep working.  Clashes are settled by the registry.
+Loading happens on the first registry access: the builtin plugin, then each allowed entry point
+of group ``canvas``, its hooks run one plugin at a time against views that credit what it adds to
+its distribution.  A plugin whose import or hook raises is recorded as ``failed`` and removed; the
+others keep working.  Tests build their own host (``with use_host(PluginHost(...)):``).
 """
 
 from __future__ import annotations
@@ -32,8 +29,8 @@ from canvas_core.plugins.spec import IN_PROCESS, RuntimeContext, Spec
 
 
 class PluginScopedRegistry:
-    """What a plugin's hook receives: ``add`` stamps the plugin's distribution and version on
-    the spec, and a clash lands on the plugin's record (the registry decides the outcome)."""
+    """What a plugin's hook receives: ``add`` credits the plugin's distribution; a clash lands on
+    the plugin's record."""
 
     def __init__(self, registry: Registry, record: PluginRecord, strict: bool) -> None:
         self._registry, self._record, self._strict = registry, record, strict
@@ -72,17 +69,9 @@ class PluginScopedRegistry:
 
 
 class PluginHost:
-    """Plugin manager + registries + plugin records.
-
-    Args:
-        autoload: load entry points (None: ``not $CANVAS_DISABLE_PLUGIN_AUTOLOAD``).
-        allow: allow-list of entry-point / distribution names (None: ``$CANVAS_PLUGINS``).
-        block: block-list (None: ``$CANVAS_BLOCK_PLUGINS``).
-        builtins: register the core's builtin types.
-        entry_points: callable returning the entry points to consider (default: group ``canvas``
-            from ``importlib.metadata``); lets tests inject fakes.
-        environ: mapping read for the environment controls (default ``os.environ`` at load time).
-    """
+    """Plugin manager + registries + plugin records.  ``autoload`` / ``allow`` / ``block``
+    override the environment controls (:mod:`~canvas_core.plugins.loading`) read from ``environ``
+    (default ``os.environ``); ``entry_points``: a callable giving the entry points (tests' fakes)."""
 
     def __init__(self, *, autoload: Optional[bool] = None, allow: Optional[Iterable[str]] = None,
                  block: Optional[Iterable[str]] = None, builtins: bool = True,
@@ -95,14 +84,13 @@ class PluginHost:
 
     def _reset_state(self) -> None:
         self._pm = hookspecs.new_plugin_manager()
-        self.registries: Dict[str, Registry] = {k: Registry(k, self.missing_name_error) for k in KINDS}
+        self.registries: Dict[str, Registry] = {k: Registry(k) for k in KINDS}
         self.records: Dict[str, PluginRecord] = {}
         self.settings: Dict[str, Any] = {}
         self._loaded = False
         self._loading_thread: Optional[int] = None
         self._loading_record: Optional[PluginRecord] = None  # the installed plugin being imported
 
-    # ------------------------------------------------------------------ lifecycle
     @property
     def loaded(self) -> bool:
         return self._loaded
@@ -114,7 +102,8 @@ class PluginHost:
         with self._lock:  # another thread loading: wait for it
             if self._loaded:
                 return
-            settings = self._read_settings()  # a bad environment variable raises, leaving it unloaded
+            env = os.environ if self._environ is None else self._environ
+            settings = read_settings(env, **self._args)  # a bad variable raises, leaving it unloaded
             self._loading_thread = threading.get_ident()
             try:
                 self._load(settings)
@@ -128,26 +117,26 @@ class PluginHost:
             self._reset_state()
 
     def reload(self) -> None:
-        """:meth:`reset`, then load now."""
         self.reset()
         self.ensure_loaded()
 
     @property
     def plugin_manager(self) -> pluggy.PluginManager:
-        """The (loaded) pluggy ``PluginManager("canvas")``."""
         self.ensure_loaded()
         return self._pm
 
     def registry(self, kind: str) -> Registry:
-        """The registry of ``kind`` (one of :data:`KINDS`), plugins loaded."""
         if kind not in self.registries:
             raise PluginError(f"unknown registry kind {kind!r}; expected one of {', '.join(KINDS)}")
         self.ensure_loaded()
         return self.registries[kind]
 
-    # ------------------------------------------------------------------ loading
-    def _read_settings(self):
-        return read_settings(os.environ if self._environ is None else self._environ, **self._args)
+    def lookup(self, kind: str, name: Any) -> Spec:
+        """``registry(kind).get(name)``; a name nobody provides raises :meth:`missing_name_error`."""
+        reg = self.registry(kind)
+        if name in reg:
+            return reg.get(name)  # two plugins providing it raise their clash
+        raise self.missing_name_error(kind, name)
 
     def _load(self, s) -> None:
         self.settings = s.as_dict()
@@ -200,8 +189,7 @@ class PluginHost:
 
     def _add_plugin(self, obj: Any, rec: PluginRecord, *, strict: bool) -> PluginRecord:
         """Register ``obj`` with pluggy and run its hooks into the registries (all or nothing)."""
-        self.records[rec.name] = rec
-        rec.plugin = obj
+        self.records[rec.name], rec.plugin = rec, obj
         try:
             self._pm.register(obj, name=rec.name)
         except Exception as exc:
@@ -261,7 +249,7 @@ class PluginHost:
         return rec
 
     def _discard(self, rec: PluginRecord) -> None:
-        """Remove everything a failed plugin registered (its record stays, status failed)."""
+        """Remove everything ``rec``'s plugin registered; what it had added stays in ``attempted``."""
         for kind, reg in self.registries.items():
             for spec in reg.remove_plugin(rec.name):
                 if spec.name not in rec.attempted.setdefault(kind, []):
@@ -272,17 +260,13 @@ class PluginHost:
     def _remove_plugin(self, name: str) -> Optional[PluginRecord]:
         rec = self.records.pop(name, None)
         if rec is not None:
-            if rec.plugin is not None and self._pm.is_registered(rec.plugin):
-                self._pm.unregister(rec.plugin)
-            for reg in self.registries.values():
-                reg.remove_plugin(name)
+            self._discard(rec)
         return rec
 
-    # ------------------------------------------------------------------ runtime plugins
     def register_plugin(self, plugin: Any, name: Optional[str] = None, *, distribution: Optional[str] = None,
                         version: str = "") -> PluginRecord:
-        """Register a plugin object now (testing kit, applications); its hooks run at once.
-        Errors in its hooks (and name clashes) are raised, and nothing it added stays."""
+        """Register a plugin object now; errors in its hooks and clashes raise, and nothing it
+        added stays."""
         self.ensure_loaded()
         if name is None:
             name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{id(plugin):x}"
@@ -326,24 +310,13 @@ class PluginHost:
             return reg.insert(reg.make_spec(name, factory, metadata, module=module), override=override)
 
     def unregister(self, kind: str, name: str) -> Spec:
-        """Remove the current registration of ``name`` (an overridden one comes back)."""
         with self._lock:
             return self.registry(kind).remove(name)
 
-    # ------------------------------------------------------------------ messages and reports
-    @property
-    def injected_entry_points(self) -> bool:
-        """Whether this host reads entry points from a callable given to it (a test world)."""
-        return self._entry_points is not None
-
     def missing_name_error(self, kind: str, name: Any) -> Exception:
-        """The exception for looking up ``name`` in registry ``kind`` where nothing provides it.
-
-        When an installed plugin that did not load (failed, blocked, disabled) would provide it,
-        the error names that plugin and the fix.  Otherwise it lists the known names, the closest
-        one, and the distribution providing the name when the hints know it.  The exception
-        carries ``name``, ``kind``, ``known``, ``suggestion``, ``distribution`` and ``plugin``.
-        """
+        """The error for ``name`` nobody provides in registry ``kind``: the installed plugin that
+        would provide it and did not load, else the known names, the closest one and the install
+        hint; it carries ``name``, ``kind``, ``known``, ``suggestion``, ``distribution``, ``plugin``."""
         noun, known = NOUNS[kind], self.registries[kind].names()
         dist_hint = provider_hint(kind, str(name))
         for rec in self.records.values():
@@ -378,11 +351,10 @@ class PluginHost:
                        distribution=dist_hint, plugin=None)
 
     def distribution_installed(self, dist: str) -> bool:
-        """Whether ``dist`` is installed: seen by the host, or (for a host reading the real entry
-        points) known to ``importlib.metadata``."""
+        """Seen by the host, or (for a host reading the real entry points) by ``importlib.metadata``."""
         if any(normalize_dist(r.distribution) == normalize_dist(dist) for r in self.records.values()):
             return True
-        if self.injected_entry_points:  # a test world: only what the host saw counts
+        if self._entry_points is not None:  # a test world: only what the host saw counts
             return False
         try:
             from importlib.metadata import distribution
@@ -393,19 +365,16 @@ class PluginHost:
             return False
 
     def registered_by(self, plugin: str) -> Dict[str, List[str]]:
-        """Registry kind -> names registered by ``plugin`` (overridden registrations included)."""
         return {k: names for k, reg in self.registries.items() if (names := reg.names_by_plugin(plugin))}
 
     def plugin_report(self) -> List[Dict[str, Any]]:
-        """One dict per plugin (see :meth:`PluginRecord.to_dict`)."""
         self.ensure_loaded()
         return [rec.to_dict(self.registered_by(rec.name)) for rec in self.records.values()]
 
     def registry_report(self, ctx: Any = None) -> Dict[str, List[Dict[str, Any]]]:
-        """Registry kind -> one dict per registered name, with whether it can run in ``ctx``; a
-        name two plugins fight over is unavailable with the clash as first reason; a builtin name
-        a plugin also registered carries ``shadowed`` (the refusals, naming both providers); a lazy
-        factory whose module cannot be found is unavailable and ``broken`` (why)."""
+        """Registry kind -> one ``Spec.to_dict(ctx)`` per name, plus ``conflict`` (two plugins
+        provide it: unavailable), ``shadowed`` (plugins' refused registrations of a builtin name)
+        and ``broken`` (a lazy factory module that cannot be found: unavailable)."""
         self.ensure_loaded()
         ctx = RuntimeContext.coerce(ctx)
         out: Dict[str, List[Dict[str, Any]]] = {}
@@ -447,13 +416,12 @@ def _unloaded_provider_error(rec: PluginRecord, noun: str, name: Any) -> Excepti
                                f"installed but not loaded ({rec.error}); {fix}.")
 
 
-# ---------------------------------------------------------------------- default host
 _default_host: Optional[PluginHost] = None
 _default_lock = threading.Lock()
 
 
 def get_host() -> PluginHost:
-    """The default host used by the module-level API (created on first use)."""
+    """The default host of the module-level API (created on first use)."""
     global _default_host
     if _default_host is None:
         with _default_lock:
@@ -487,5 +455,4 @@ def reset_plugins() -> None:
 
 
 def get_plugin_manager() -> pluggy.PluginManager:
-    """The default host's loaded pluggy ``PluginManager("canvas")``."""
     return get_host().plugin_manager

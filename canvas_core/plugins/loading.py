@@ -1,11 +1,10 @@
 """What loading installed plugins needs besides pluggy: the environment controls, the entry
 points of group ``canvas``, the record kept per plugin, and the slow-import watchdog.
 
-Three variables are read when a host loads (arguments of ``PluginHost`` win when given):
 ``CANVAS_DISABLE_PLUGIN_AUTOLOAD=1`` imports no entry point (builtins still register);
 ``CANVAS_PLUGINS=a,b`` imports only these entry-point or distribution names;
-``CANVAS_BLOCK_PLUGINS=x,y`` never imports these (through pluggy's ``pm.set_blocked``).
-Names compare after :func:`~canvas_core.plugins.hints.normalize_dist`.
+``CANVAS_BLOCK_PLUGINS=x,y`` never imports these (pluggy's ``pm.set_blocked``).  Arguments of
+``PluginHost`` win over them; names compare after :func:`~canvas_core.plugins.hints.normalize_dist`.
 """
 
 from __future__ import annotations
@@ -33,9 +32,7 @@ STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_BLOCKED, STATUS_DISABLED)
 HEAVY_MODULES = ("torch", "diffusers", "timm", "mamba_ssm", "transformers", "xformers", "triton")
 
 
-# ---------------------------------------------------------------------- environment controls
 def env_flag(env: Mapping[str, str], var: str) -> bool:
-    """Read ``var`` from ``env`` as a yes/no switch; any other spelling is a :class:`PluginError`."""
     raw = env.get(var)
     word = str(raw or "").strip().lower()
     if word in ("1", "true", "yes", "on"):
@@ -48,7 +45,7 @@ def env_flag(env: Mapping[str, str], var: str) -> bool:
 
 
 def name_list(value: Any) -> Optional[List[str]]:
-    """Turn ``"a, b;c"`` or ``["a", "b"]`` into normalised names; nothing given gives None."""
+    """``"a, b;c"`` or ``["a", "b"]`` -> normalised names; nothing -> None."""
     if value is None:
         return None
     items = value.replace(";", ",").split(",") if isinstance(value, str) else list(value)
@@ -57,7 +54,7 @@ def name_list(value: Any) -> Optional[List[str]]:
 
 @dataclass
 class LoadSettings:
-    """The controls in force for one load: ``allow`` None means every plugin is allowed."""
+    """The controls of one load (``allow`` None: every plugin is allowed)."""
 
     autoload: bool = True
     allow: Optional[List[str]] = None
@@ -69,7 +66,6 @@ class LoadSettings:
 
 def read_settings(env: Mapping[str, str], *, autoload: Optional[bool] = None,
                   allow: Optional[Iterable[str]] = None, block: Optional[Iterable[str]] = None) -> LoadSettings:
-    """Combine explicit arguments (they win when not None) with the environment ``env``."""
     auto = (not env_flag(env, ENV_DISABLE)) if autoload is None else bool(autoload)
     allowed = name_list(env.get(ENV_ALLOW)) if allow is None else name_list(allow)
     blocked = name_list(env.get(ENV_BLOCK)) if block is None else name_list(block)
@@ -90,7 +86,6 @@ def warn_unknown_names(settings: LoadSettings, installed: Iterable[str]) -> None
                 UserWarning, filename=f"${var}", lineno=0, module="canvas_core.plugins")
 
 
-# ---------------------------------------------------------------------- entry points
 def entry_point_distribution(ep: Any) -> Tuple[Optional[str], str]:
     """``(distribution name or None, version or "")`` of the package that declares ``ep``."""
     dist = getattr(ep, "dist", None)
@@ -109,8 +104,7 @@ def entry_point_ids(ep: Any) -> Set[str]:
 
 
 def discover_entry_points(source: Optional[Callable[[], Iterable[Any]]] = None) -> List[Any]:
-    """Entry points of group ``canvas`` (or those ``source()`` returns), without repeats, sorted by
-    entry-point name, then distribution."""
+    """Entry points of group ``canvas`` (or ``source()``'s), without repeats, by name then distribution."""
     if source is None:
         from importlib.metadata import entry_points
 
@@ -135,15 +129,11 @@ def heavy_import_warning(before: Set[str]) -> Optional[str]:
             "that registering and listing plugins stay cheap")
 
 
-# ---------------------------------------------------------------------- records
 @dataclass
 class PluginRecord:
-    """One row of ``canvas plugins``: where a plugin came from and how its loading went.
-
-    ``source`` is ``builtin``, ``entry-point``, ``manual`` (``host.register_plugin``) or
-    ``in-process`` (``register_*`` calls); ``status`` is one of :data:`STATUSES`; ``attempted``
-    (kind -> names it tried to register) is kept after a failure, for the errors of lookups.
-    """
+    """One row of ``canvas plugins``: ``source`` is ``builtin``, ``entry-point``, ``manual``
+    (``host.register_plugin``) or ``in-process``; ``status`` one of :data:`STATUSES`;
+    ``attempted`` (kind -> names it tried) outlives a failure, for the errors of lookups."""
 
     name: str
     distribution: str
@@ -165,13 +155,11 @@ class PluginRecord:
         self.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-6:])
 
     def describe(self) -> str:
-        """``plugin 'x' (canvas-plugin-x 1.0)``, for messages."""
         ver = f" {self.version}" if self.version else ""
         return f"plugin {self.name!r} ({self.distribution}{ver})"
 
     def to_dict(self, registered: Optional[Dict[str, List[str]]] = None) -> Dict[str, Any]:
-        """The JSON row of ``canvas plugins --json``; ``registered`` maps kind -> names it holds;
-        ``discarded``: the names a failed plugin had added before failing (all removed)."""
+        """The row of ``canvas plugins --json``; ``discarded``: what a failed plugin had added."""
         return {
             "name": self.name, "distribution": self.distribution, "version": self.version,
             "source": self.source, "entry_point": self.entry_point, "status": self.status,
@@ -184,7 +172,6 @@ class PluginRecord:
 
 
 def core_version() -> str:
-    """The installed canvas-core version (the package's own ``__version__`` when not installed)."""
     try:
         from importlib.metadata import version
 
@@ -195,7 +182,6 @@ def core_version() -> str:
         return getattr(canvas_core, "__version__", "")
 
 
-# ---------------------------------------------------------------------- slow-import watchdog
 def slow_load_message(name: str, dist: Optional[str], value: str, seconds: float) -> str:
     """The line written for plugin ``name`` still loading after ``seconds``."""
     src = f" (distribution {dist}, entry point {value!r})" if dist else f" (entry point {value!r})"
@@ -207,9 +193,8 @@ def slow_load_message(name: str, dist: Optional[str], value: str, seconds: float
 @contextmanager
 def watch_plugin_load(name: str, dist: Optional[str], value: str,
                       notes: Optional[List[str]] = None) -> Iterator[None]:
-    """While the body runs longer than ``CANVAS_PLUGIN_IMPORT_WARN_S`` (docs/limits.md), name
-    plugin ``name`` on stderr, again each time the wait doubles (it is never killed); afterwards,
-    when it was slow, append a note with the time it took to ``notes``."""
+    """Name plugin ``name`` on stderr while the body runs past ``CANVAS_PLUGIN_IMPORT_WARN_S``
+    (docs/limits.md), again each time the wait doubles (never killed); a slow load adds a note."""
     from canvas_core.schema.limits import limit
 
     first = float(limit("plugin_import_s"))

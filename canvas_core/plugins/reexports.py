@@ -1,16 +1,12 @@
-"""Names supplied by optional plugin distributions, re-exported when installed.
-
-``canvas_core.MambaAttention`` is the class registered as attention type ``mamba`` (by
-``canvas-plugin-mamba``); ``canvas_core.CogVideoXAttention`` comes from ``canvas-plugin-cogvideox``.
-When the plugin is missing, the lookup raises :class:`UnknownNameError` with the install hint
-(the error is also an ``AttributeError``, so ``hasattr`` and ``getattr(..., default)`` work).
-"""
+"""Names supplied by optional plugin distributions (``canvas_core.MambaAttention``,
+``canvas_core.CogVideoXAttention``).  A missing plugin raises :class:`UnknownNameError` with the
+install hint; the error is also an ``AttributeError``, so ``hasattr`` works."""
 
 from __future__ import annotations
 
 from typing import Any, Dict, Tuple
 
-from canvas_core.errors import PluginLoadError, UnknownNameError
+from canvas_core.errors import UnknownNameError
 
 __all__: list = []  # nothing for `import *`: these are optional
 
@@ -32,12 +28,8 @@ def _from_plugin_module(dist: str, attr: str) -> Any:
 
     host = get_host()
     host.ensure_loaded()
-    for rec in host.records.values():
-        if normalize_dist(rec.distribution) == normalize_dist(dist) and rec.plugin is not None:
-            value = getattr(rec.plugin, attr, None)
-            if value is not None:
-                return value
-    return None
+    objects = [r.plugin for r in host.records.values() if normalize_dist(r.distribution) == normalize_dist(dist)]
+    return next((v for v in (getattr(o, attr, None) for o in objects if o is not None) if v is not None), None)
 
 
 def __getattr__(name: str) -> Any:
@@ -53,9 +45,7 @@ def __getattr__(name: str) -> Any:
     if value is not None:
         return value
     try:
-        reg.get(type_name)  # raises PluginLoadError when its plugin failed to load
-    except PluginLoadError:
-        raise
+        get_host().lookup("attention", type_name)  # PluginLoadError when its plugin failed to load
     except UnknownNameError as exc:
         raise MissingPluginNameError(
             f"{name} is provided by the optional distribution {dist} (attention type "

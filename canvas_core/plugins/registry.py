@@ -2,15 +2,15 @@
 
 A plain container: per name, a stack of registrations (the last one wins; earlier ones are only
 there because a later one passed ``override=True``, and come back when it is removed).  It knows
-no host: loading plugins before a read is the host's job (``host.registry(kind)``), and what to
-say about a name nobody provides is the ``on_missing`` callable it is given.
+no host: loading plugins before a read, and the full story of a name nobody provides
+(``host.lookup``), are the host's.
 """
 
 from __future__ import annotations
 
 import difflib
 import weakref
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from canvas_core.errors import CanvasTypeError, DuplicateRegistrationError, UnknownNameError
 from canvas_core.plugins.spec import IN_PROCESS, SPEC_FIELDS, Spec, SpecError
@@ -29,19 +29,17 @@ class UnknownNameKeyError(UnknownNameError, KeyError):
 
 
 def closest(name: str, known) -> Optional[str]:
-    """The known name closest to ``name`` (difflib), or None."""
     close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.5)
     return close[0] if close else None
 
 
 class Registry:
-    """Named specs of one kind.  Plugins' hooks receive a per-plugin view of it; user code goes
-    through the module-level ``register_*`` functions."""
+    """Named specs of one kind (plugins' hooks get a per-plugin view; users ``register_*``)."""
 
-    def __init__(self, kind: str, on_missing: Optional[Callable[[str, Any], Exception]] = None) -> None:
+    def __init__(self, kind: str) -> None:
         if kind not in NOUNS:
             raise ValueError(f"unknown registry kind {kind!r}; expected one of {KINDS}")
-        self.kind, self.noun, self.on_missing = kind, NOUNS[kind], on_missing
+        self.kind, self.noun = kind, NOUNS[kind]
         self._stacks: Dict[str, List[Spec]] = {}
         # name -> (error, plugin that tried to register it): names two plugins fight over
         self._conflicts: Dict[str, Tuple[DuplicateRegistrationError, str]] = {}
@@ -50,17 +48,13 @@ class Registry:
         # registrations an installed plugin made with override=True (they win over plain ones)
         self._overriding: "weakref.WeakSet[Spec]" = weakref.WeakSet()
 
-    # ------------------------------------------------------------------ writing
     def add(self, name: Any, factory: Any = None, *, override: bool = False, **metadata: Any) -> Spec:
-        """Register ``name`` -> ``factory`` (or a ready :class:`Spec` as ``name``) in-process;
-        returns the stored spec.  An existing name raises :class:`DuplicateRegistrationError`
-        unless ``override``."""
+        """Register ``name`` -> ``factory`` (or a ready :class:`Spec` as ``name``); returns it."""
         return self.insert(self.make_spec(name, factory, metadata), override=override)
 
     def make_spec(self, name: Any, factory: Any, metadata: Dict[str, Any], *,
                   distribution: str = IN_PROCESS, version: str = "", plugin: str = IN_PROCESS,
                   module: Optional[str] = None) -> Spec:
-        """Build a :class:`Spec` of this kind from ``add``'s arguments (validates, imports nothing)."""
         if isinstance(name, Spec):
             if factory is not None or metadata:
                 raise SpecError(
@@ -82,8 +76,7 @@ class Registry:
                     version=version, plugin=plugin, module=module, metadata=extra, **fields)
 
     def insert(self, spec: Spec, *, override: bool) -> Spec:
-        """Put a ready ``spec`` on top of its name's stack; without ``override`` an existing name
-        is a :class:`DuplicateRegistrationError` naming both providers (nothing changes)."""
+        """Put ``spec`` on top of its name's stack; an existing name needs ``override``."""
         if not isinstance(override, bool):
             raise CanvasTypeError(f"{self.noun} {spec.name!r}: override must be True or False, got {override!r}")
         stack = self._stacks.get(spec.name)
@@ -103,14 +96,12 @@ class Registry:
     def add_from_plugin(self, spec: Spec, *, override: bool = False, strict: bool = False,
                         plugin: Optional[str] = None
                         ) -> Tuple[Optional[Spec], Optional[DuplicateRegistrationError]]:
-        """Insert a registration made by a plugin's hook; returns ``(stored spec or None, clash)``.
+        """Insert a plugin hook's registration; returns ``(stored spec or None, clash)``.
 
-        The policy for installed plugins (``strict=False``) does not depend on their load order:
-        a registration made with ``override=True`` wins over plain ones, whichever came first;
-        two plain registrations of one name, or two overriding ones, are a clash (the name is
-        marked ambiguous and using it raises the error: no silent pick); a clash with a builtin
-        keeps the builtin and the refusal is kept in :meth:`shadowed` (``override=True``
-        replaces a builtin).  With ``strict=True`` (a plugin registered by hand) a clash raises.
+        The clash policy for installed plugins does not depend on load order: ``override=True``
+        wins over plain registrations; two plain (or two overriding) ones make the name ambiguous
+        (using it raises: no silent pick); a builtin is kept and the refusal recorded in
+        :meth:`shadowed` (only ``override=True`` replaces it).  ``strict`` (by hand): a clash raises.
         """
         plugin = spec.plugin if plugin is None else plugin
         stack = self._stacks.get(spec.name)
@@ -154,7 +145,7 @@ class Registry:
         return spec
 
     def remove_plugin(self, plugin: str) -> List[Spec]:
-        """Remove every registration made by ``plugin`` (and the clashes it caused)."""
+        """Remove every registration of ``plugin`` (and the clashes it caused)."""
         removed = [s for stack in self._stacks.values() for s in stack if s.plugin == plugin]
         for name in list(self._stacks):
             self._stacks[name] = [s for s in self._stacks[name] if s.plugin != plugin]
@@ -176,16 +167,10 @@ class Registry:
         self._shadowed.clear()
         self._overriding = weakref.WeakSet()
 
-    # ------------------------------------------------------------------ reading
     def get(self, name: str, default: Any = ...) -> Any:
-        """The spec registered as ``name``.
-
-        Raises:
-            UnknownNameError: no such name (also a ``KeyError``; the message has the known names,
-                the closest match and the providing distribution when known).
-            PluginLoadError: the plugin that would have provided it failed to load.
-            DuplicateRegistrationError: two plugins provide it (neither chosen silently).
-        """
+        """The spec registered as ``name``; :class:`UnknownNameError` (also a ``KeyError``) with the
+        known names when there is none, :class:`DuplicateRegistrationError` when two plugins
+        provide it (neither chosen silently)."""
         stack = self._stacks.get(name) if isinstance(name, str) else None
         if not stack:
             if default is not ...:
@@ -198,8 +183,6 @@ class Registry:
     __getitem__ = get
 
     def _unknown(self, name: Any) -> Exception:
-        if self.on_missing is not None:
-            return self.on_missing(self.kind, name)
         known = self.names()
         near = closest(str(name), known)
         return UnknownNameKeyError(f"Unknown {self.noun}: {name!r}. Known: {', '.join(known) or '(none)'}."
@@ -209,7 +192,6 @@ class Registry:
         return isinstance(name, str) and name in self._stacks
 
     def names(self) -> List[str]:
-        """Registered names, sorted."""
         return sorted(self._stacks)
 
     def names_by_plugin(self, plugin: str) -> List[str]:
@@ -223,7 +205,7 @@ class Registry:
         return len(self._stacks)
 
     def specs(self) -> List[Spec]:
-        """Current spec of every name, sorted by name."""
+        """The current spec of every name, by name."""
         return [self._stacks[n][-1] for n in sorted(self._stacks)]
 
     def items(self) -> List[Tuple[str, Spec]]:

@@ -1,103 +1,102 @@
-"""Resolution: an attention type name + a target -> the spec and kernel that run it.
+"""Resolution: an attention type name + a target -> the one record of how it runs there.
 
-Rules (never a silent change of the math):
-
-* the attention type's spec must be able to run in ``ctx``; otherwise :class:`UnavailableError`
-  lists every candidate (the type, and the kernels supporting it) with its reasons and an install
-  hint;
-* kernels are the registered kernels whose ``supports`` contains the type, tried by descending
-  ``priority``; the first one with no reason wins, every rejected one is recorded with its
-  reasons; with none usable, ``kernel`` is None: the type's own module computes the same math;
-* an explicit ``kernel=`` must support the type and be able to run, else
-  :class:`UnavailableError` says why (a kernel that does not support the type at all is ignored
-  and recorded in ``rejected``).
+:func:`resolve_attention` returns a frozen :class:`ResolvedGroup`; the compiler stores one per fn
+group of a plan (``plan.groups[fn].resolved``) and computes the report rows from it.  Rules (never
+a silent change of the math): the type must be able to run in ``ctx``, else
+:class:`UnavailableError` lists every candidate with its reasons and an install hint; kernels
+whose ``supports`` contains the type are tried by descending ``priority`` and the first with no
+reason wins (none: ``kernel`` is None and the type's own module computes the same math); an
+explicit ``kernel=`` must be able to run, and one that does not support the type is recorded in
+``rejected`` and not used.
 """
 
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from canvas_core.errors import CanvasTypeError, UnavailableError
+from canvas_core.plugins.builtin import SOFTMAX_FAMILY
 from canvas_core.plugins.hints import install_hint, pip_name, provider_hint
 from canvas_core.plugins.host import PluginHost, get_host
 from canvas_core.plugins.spec import RuntimeContext, Spec
 
-__all__ = ["Resolution", "resolve_attention", "kernel_candidates", "build_attention", "AUTO_KERNEL"]
+__all__ = ["ResolvedGroup", "resolve_attention", "kernel_candidates", "build_attention", "AUTO_KERNEL",
+           "MODULE_KERNEL"]
 
 #: values of ``kernel=`` that leave the choice to the resolver.
 AUTO_KERNEL = (None, "", "auto")
+#: ``kernel_name`` of a type whose own module computes it (no separate kernel was chosen).
+MODULE_KERNEL = "module"
 
 
-@dataclass
-class Resolution:
-    """Outcome of :func:`resolve_attention`.
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: it holds registry entries
+class ResolvedGroup:
+    """How fn type ``fn`` runs on one target, decided once.
 
-    Attributes:
-        name: the requested attention type.
-        attention: its spec.
-        kernel: the chosen kernel spec, or None (the module's own forward runs).
-        rejected: ``[(candidate_name, [reasons, ...]), ...]`` for every candidate not chosen.
-        ctx: the target.
-        note: free text (e.g. why an explicit kernel was ignored).
-        outranked: names of the rejected kernels that rank above the chosen one (all rejected
-            kernels when none was chosen); empty when a kernel was asked for by name.  Non-empty
-            means the choice is a fallback that keeps the math.
+    ``attention`` and ``kernel`` are the registry entries themselves (``kernel`` None: the type's
+    own module runs), so whoever builds modules from it never looks a name up again;
+    ``rejected`` is ``((candidate, (reason, ...)), ...)``; ``fallback`` is True when a better-ranked
+    kernel could not run here and something with the same math was chosen (``note`` says what);
+    ``clash`` holds the refusals of plugin registrations of the type's (or the kernel's) name
+    that a builtin keeps; ``preview``: resolved for a device this machine lacks (the runtime
+    refuses to build from it).  docs/design.md shows how the runtime builds from it.
     """
 
-    name: str
+    fn: str
     attention: Spec
-    kernel: Optional[Spec]
-    rejected: List[Tuple[str, List[str]]] = field(default_factory=list)
-    ctx: RuntimeContext = field(default_factory=RuntimeContext)
+    kernel: Optional[Spec] = None
+    rejected: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
+    fallback: bool = False
     note: str = ""
-    outranked: List[str] = field(default_factory=list)
+    device: str = "cpu"
+    dtype: str = "float32"
+    preview: bool = False
+    clash: Tuple[str, ...] = ()
+    no_gradient_at_init: str = ""  # set by the compiler when the type declares learns_at_init=False
 
     @property
-    def kernel_name(self) -> Optional[str]:
-        return None if self.kernel is None else self.kernel.name
+    def fused(self) -> bool:
+        """Whether the type belongs to the softmax family (shared projections + one kernel call)."""
+        return self.fn in SOFTMAX_FAMILY
 
     @property
-    def provider(self) -> str:
-        return self.attention.provider
+    def kernel_name(self) -> str:
+        return self.kernel.name if self.kernel is not None else MODULE_KERNEL
+
+    @property
+    def implementation(self) -> str:
+        return self.attention.name
+
+    def module_kwargs(self) -> Dict[str, Any]:
+        """Keywords for a non-fused type's module: ``{"kernel": name}`` when a kernel was chosen."""
+        return {} if self.kernel is None else {"kernel": self.kernel.name}
 
     def to_dict(self) -> Dict[str, Any]:
+        k = self.kernel
         return {
-            "name": self.name,
-            "attention": self.attention.name,
-            "provider": self.attention.provider,
-            "version": self.attention.version,
-            "kernel": self.kernel_name,
-            "kernel_provider": None if self.kernel is None else self.kernel.provider,
+            "fn": self.fn, "implementation": self.attention.name, "provider": self.attention.provider,
+            "provider_version": self.attention.version, "kernel": self.kernel_name,
+            "kernel_provider": k.provider if k is not None else "",
             "rejected": [{"candidate": n, "reasons": list(r)} for n, r in self.rejected],
-            "device": self.ctx.device_type,
-            "dtype": self.ctx.dtype_name,
-            "note": self.note,
+            "fallback": self.fallback, "note": self.note, "device": self.device, "dtype": self.dtype,
+            "preview": self.preview, "clash": list(self.clash), "no_gradient_at_init": self.no_gradient_at_init,
         }
 
     def __str__(self) -> str:
-        k = self.kernel_name or "module"
-        s = f"{self.name} -> {self.attention.describe_provider()}, kernel {k}"
-        if self.rejected:
-            s += "; rejected " + "; ".join(f"{n}: {', '.join(r)}" for n, r in self.rejected)
-        return s
+        return f"{self.fn} -> {self.attention.describe_provider()}, kernel {self.kernel_name}"
 
 
 def kernel_candidates(name: str, host: Optional[PluginHost] = None) -> List[Spec]:
     """Registered kernels supporting attention type ``name``, by descending priority."""
-    host = host or get_host()
-    kernels = host.registry("kernels")
-    cands = [s for s in kernels.specs() if name in s.supports]
-    return sorted(cands, key=lambda s: -s.priority)  # stable: ties keep name order
+    kernels = (host or get_host()).registry("kernels")
+    return sorted((s for s in kernels.specs() if name in s.supports), key=lambda s: -s.priority)
 
 
 def _kernel_reasons(spec: Spec, ctx: RuntimeContext, host: PluginHost) -> List[str]:
-    conflicts = host.registry("kernels").conflicts()
-    reasons = spec.unsupported_reasons(ctx)
-    if spec.name in conflicts:
-        reasons = [conflicts[spec.name]] + reasons
-    return reasons
+    conflict = host.registry("kernels").conflicts().get(spec.name)
+    return ([conflict] if conflict else []) + spec.unsupported_reasons(ctx)
 
 
 def _hints(specs: List[Spec], reasons: List[List[str]]) -> str:
@@ -117,14 +116,10 @@ def _hints(specs: List[Spec], reasons: List[List[str]]) -> str:
 
 
 def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, *,
-                      host: Optional[PluginHost] = None) -> Resolution:
-    """Choose how attention type ``name`` runs in ``ctx`` (see the module docstring).
-
-    Args:
-        name: attention type (the ``fn`` of a connection).
-        ctx: :class:`RuntimeContext` (None: CPU / float32 / training).
-        kernel: None / ``"auto"`` to choose, or a kernel name to insist on.
-        host: plugin host (default: the default host).
+                      host: Optional[PluginHost] = None) -> ResolvedGroup:
+    """Choose how attention type ``name`` runs in ``ctx`` (a :class:`RuntimeContext`, dict, device
+    string or None for CPU/float32/training); ``kernel``: None / ``"auto"`` to choose, or a kernel
+    name to insist on.
 
     Raises:
         UnknownNameError: no such type (or kernel); the message has the closest match and hint.
@@ -133,7 +128,7 @@ def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, 
     """
     host = host or get_host()
     ctx = RuntimeContext.coerce(ctx)
-    spec = host.registry("attention").get(name)
+    spec = host.lookup("attention", name)
     cands = kernel_candidates(name, host)
     own = spec.unsupported_reasons(ctx)
     if own:
@@ -144,15 +139,17 @@ def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, 
         raise UnavailableError(
             f"attention type {name!r} cannot run on {ctx.describe()}. Candidates: "
             + "; ".join(f"{n}: {', '.join(r)}" for n, r in rows) + "." + (f" To fix: {hint}" if hint else ""))
-    rejected: List[Tuple[str, List[str]]] = []
+    device, dtype = "cpu" if ctx.device is None else str(ctx.device), ctx.dtype_name
+    rejected: List[Tuple[str, Tuple[str, ...]]] = []
+    chosen: Optional[Spec] = None
+    note, fallback = "", False
     if kernel not in AUTO_KERNEL:
-        kspec = host.registry("kernels").get(str(kernel))
+        kspec = host.lookup("kernels", str(kernel))
+        reasons = _kernel_reasons(kspec, ctx, host) if name in kspec.supports else []
         if name not in kspec.supports:
-            rejected.append((kspec.name, [f"does not support {name!r} (supports: {', '.join(kspec.supports) or 'nothing'})"]))
-            return Resolution(name, spec, None, rejected, ctx,
-                              note=f"kernel {kspec.name!r} does not execute {name!r}; the type's own module runs")
-        reasons = _kernel_reasons(kspec, ctx, host)
-        if reasons:
+            rejected.append((kspec.name, (f"does not support {name!r} (supports: {', '.join(kspec.supports) or 'nothing'})",)))
+            note = f"kernel {kspec.name!r} does not execute {name!r}; the type's own module runs"
+        elif reasons:
             hint = _hints([kspec], [reasons])
             dist = provider_hint("kernels", kspec.name)
             raise UnavailableError(
@@ -161,25 +158,31 @@ def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, 
                 + (f" To fix: {hint}" if hint else "")
                 + (f" ({install_hint(dist)})" if dist and kspec.missing_requirements() else "")
                 + " Or drop kernel= to let canvas-core choose.")
-        return Resolution(name, spec, kspec, rejected, ctx)
-    chosen: Optional[Spec] = None
-    passed: List[Spec] = []
-    for k in cands:  # by descending priority; the first that can run wins
-        reasons = _kernel_reasons(k, ctx, host)
-        if not reasons:
-            chosen = k
-            break
-        rejected.append((k.name, reasons))
-        passed.append(k)
-    note = ""
-    if chosen is None and rejected:
-        note = "no kernel can run here; the type's own module computes the same attention"
-    outranked = [k.name for k in passed if chosen is None or k.priority > chosen.priority]
-    return Resolution(name, spec, chosen, rejected, ctx, note=note, outranked=outranked)
+        else:
+            chosen = kspec
+    else:
+        passed: List[Spec] = []
+        for k in cands:  # by descending priority; the first that can run wins
+            reasons = _kernel_reasons(k, ctx, host)
+            if not reasons:
+                chosen = k
+                break
+            rejected.append((k.name, tuple(reasons)))
+            passed.append(k)
+        outranked = [k.name for k in passed if chosen is None or k.priority > chosen.priority]
+        if outranked:  # only ever replaced by something computing the same attention
+            fallback = True
+            instead = chosen.name if chosen is not None else f"the {spec.name or name} module"
+            note = f"{', '.join(outranked)} cannot run on {device}/{dtype}; {instead} computes the same attention"
+    clash = tuple(host.registry("attention").shadowed().get(name, ()))
+    if chosen is not None:
+        clash += tuple(host.registry("kernels").shadowed().get(chosen.name, ()))
+    return ResolvedGroup(fn=name, attention=spec, kernel=chosen, rejected=tuple(rejected), fallback=fallback,
+                         note=note, device=device, dtype=dtype, preview=ctx.preview, clash=clash)
 
 
 def _keywords(factory: Any) -> Optional[set]:
-    """The keyword names ``factory`` takes, or None when it takes ``**kwargs`` or cannot be read."""
+    """The keyword names ``factory`` takes; None for ``**kwargs`` or an unreadable signature."""
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):
@@ -194,17 +197,10 @@ def _keywords(factory: Any) -> Optional[set]:
 
 
 def build_attention(spec: Spec, d_model: int, n_heads: int = 4, dropout: float = 0.0, **kwargs: Any) -> Any:
-    """Instantiate the attention type of ``spec`` (already resolved: no registry lookup here).
-
-    Calls ``factory(d_model=, n_heads=, dropout=, **kwargs)``; a factory without an ``n_heads``
-    parameter is called without it, one without ``dropout`` only when ``dropout`` is 0.
-    ``create_attention(name, ...)`` is this function after a registry lookup of ``name``.
-
-    Raises:
-        UnavailableError: a package the type requires is not installed.
-        CanvasTypeError: the factory does not take one of the given keyword arguments.
-        PluginLoadError / FactoryError: the factory failed to import or to build.
-    """
+    """``factory(d_model=, n_heads=, dropout=, **kwargs)`` of ``spec`` (no registry lookup); a
+    factory without ``n_heads`` is called without it, one without ``dropout`` only when it is 0.
+    Raises UnavailableError (missing package), CanvasTypeError (a keyword it does not take),
+    PluginLoadError / FactoryError (import or build failed)."""
     if isinstance(d_model, int) and not isinstance(d_model, bool):  # before any plugin allocates weights
         from canvas_core.schema.limits import check_size
 

@@ -40,12 +40,12 @@ def parse_factory_path(path: str) -> Tuple[str, str]:
     """``"pkg.mod:Obj.attr"`` -> ``("pkg.mod", "Obj.attr")``; ``"pkg.mod.Obj"`` -> ``("pkg.mod", "Obj")``."""
     if ":" in path:
         module, _, attr = path.partition(":")
-        if not _DOTTED_RE.match(module) or (attr and not _DOTTED_RE.match(attr)):
-            raise SpecError(f"malformed factory path {path!r}; expected 'package.module:Object'")
-        return module, attr
-    if not _DOTTED_RE.match(path) or "." not in path:
+        ok = _DOTTED_RE.match(module) and (not attr or _DOTTED_RE.match(attr))
+    else:
+        module, _, attr = path.rpartition(".")
+        ok = _DOTTED_RE.match(path) and module
+    if not ok:
         raise SpecError(f"malformed factory path {path!r}; expected 'package.module:Object'")
-    module, _, attr = path.rpartition(".")
     return module, attr
 
 
@@ -58,11 +58,10 @@ def _as_tuple(value: Any, what: str, name: str) -> Optional[Tuple[str, ...]]:
         out = tuple(value)
     except TypeError:
         raise CanvasTypeError(f"{name!r}: {what} must be a string or a sequence of strings, got {value!r}") from None
+    torchy = what in ("devices", "dtypes")  # torch.device / torch.dtype objects are accepted too
     for v in out:
-        ok = isinstance(v, str) and v.strip() if what not in ("devices", "dtypes") else (
-            (isinstance(v, str) and v.strip()) or getattr(v, "type", None) is not None
-            or type(v).__name__ == "dtype")
-        if not ok:
+        if not ((isinstance(v, str) and v.strip())
+                or (torchy and (getattr(v, "type", None) is not None or type(v).__name__ == "dtype"))):
             raise CanvasTypeError(
                 f"{name!r}: every entry of {what} must be a non-empty string, got {v!r} in {value!r}")
     return out
@@ -75,13 +74,10 @@ SPEC_FIELDS = ("family", "complexity", "description", "requires", "devices", "dt
 
 @dataclass(eq=False)
 class Spec:
-    """One registry entry: ``name`` -> ``factory`` (a class / callable, or a lazy
-    ``"package.module:Object"`` string) of registry ``kind``, provided by ``distribution`` /
-    ``version`` (``"<in-process>"`` at runtime, ``"canvas-core"`` for builtins) through ``plugin``
-    (``module``: the caller of an in-process ``register_*``), with the metadata keywords of
-    docs/plugins.md as attributes (``family``, ``complexity``, ``description``, ``requires``,
-    ``devices``, ``dtypes``, ``check``, ``priority``, ``supports``) and any other in ``metadata``.
-    """
+    """One registry entry: ``name`` -> ``factory`` (a class, a callable or a lazy
+    ``"package.module:Object"`` string), who provides it (``distribution``, ``version``,
+    ``plugin``; ``module``: the caller of an in-process ``register_*``), and the metadata keywords
+    of docs/plugins.md (other keywords land in ``metadata``)."""
 
     name: str
     factory: Any
@@ -113,8 +109,8 @@ class Spec:
             raise CanvasTypeError(
                 f"{self.kind} {self.name!r}: factory must be a class, a callable or a "
                 f"'package.module:Object' string, got {type(self.factory).__name__} {self.factory!r}")
-        self.requires = _as_tuple(self.requires, "requires", self.name) or ()
         where = f"{self.kind} {self.name!r}"
+        self.requires = _as_tuple(self.requires, "requires", self.name) or ()
         devs = _as_tuple(self.devices, "devices", self.name)
         self.devices = None if devs is None else tuple(check_device(d, f"{where} devices") for d in devs)
         dts = _as_tuple(self.dtypes, "dtypes", self.name)
@@ -125,12 +121,11 @@ class Spec:
                 raise CanvasTypeError(f"{where}: {key} must be a string or None, got {v!r}")
         self.supports = _as_tuple(self.supports, "supports", self.name) or ()
         if self.check is not None and not callable(self.check):
-            raise CanvasTypeError(f"{self.kind} {self.name!r}: check must be callable(ctx) -> list[str]")
+            raise CanvasTypeError(f"{where}: check must be callable(ctx) -> list[str]")
         if isinstance(self.priority, bool) or not isinstance(self.priority, int):
-            raise CanvasTypeError(f"{self.kind} {self.name!r}: priority must be an int, got {self.priority!r}")
+            raise CanvasTypeError(f"{where}: priority must be an int, got {self.priority!r}")
         self.description = "" if self.description is None else str(self.description)
 
-    # ------------------------------------------------------------------ identity
     @property
     def provider(self) -> str:
         """Who provides it: the distribution, or ``"<in-process> (module)"``."""
@@ -140,7 +135,6 @@ class Spec:
 
     @property
     def factory_path(self) -> str:
-        """The factory as a dotted path (for display)."""
         f = self.factory
         if isinstance(f, str):
             return f
@@ -154,7 +148,6 @@ class Spec:
         plug = f" (plugin {self.plugin!r})" if self.plugin not in (self.distribution, IN_PROCESS) else ""
         return f"{self.provider}{ver}{plug}"
 
-    # ------------------------------------------------------------------ availability
     def missing_requirements(self) -> List[str]:
         """Modules in ``requires`` that cannot be found (found with ``find_spec``; nothing imported)."""
         def found(name: str) -> bool:
@@ -168,10 +161,9 @@ class Spec:
                 or ("." in str(r) and str(r).split(".", 1)[0] in sys.modules and not found(str(r)))]
 
     def factory_problem(self) -> Optional[str]:
-        """Why a lazy factory string cannot be imported, found without importing anything: the
-        top-level module with ``importlib.util.find_spec``, each submodule with the finders of
-        ``sys.meta_path`` in its parent's search path; None when found (or not a string).  The
-        object after ``:`` is not checked (that needs the import)."""
+        """Why a lazy factory string's module cannot be imported, found without importing (the top
+        package with ``find_spec``, submodules with the ``sys.meta_path`` finders); None when found.
+        The object after ``:`` is not checked (that needs the import)."""
         if not isinstance(self.factory, str):
             return None
         module, path = parse_factory_path(self.factory)[0], None
@@ -195,12 +187,8 @@ class Spec:
         return None
 
     def unsupported_reasons(self, ctx: Any = None) -> List[str]:
-        """Why this cannot run in ``ctx`` (empty list: it can).
-
-        Checks, in order: required modules importable, device type, CUDA actually present when
-        the spec constrains devices and CUDA is requested (known when torch is loaded, or when it
-        is not installed at all; skipped for a ``preview`` context), dtype, differentiability, the custom ``check``.
-        """
+        """Why this cannot run in ``ctx`` (empty: it can): required modules, device (and CUDA really
+        present, unless ``ctx.preview``), dtype, differentiability, the custom ``check``."""
         ctx = RuntimeContext.coerce(ctx)
         reasons = [f"requires the Python package {m!r}, which is not installed" for m in self.missing_requirements()]
         dev = ctx.device_type
@@ -227,14 +215,9 @@ class Spec:
     def is_available(self, ctx: Any = None) -> bool:
         return not self.unsupported_reasons(ctx)
 
-    # ------------------------------------------------------------------ loading
     def load(self) -> Any:
-        """The factory object (imported on first call, then cached).
-
-        Raises:
-            PluginLoadError: the module cannot be imported or lacks the attribute; the message
-                names the spec, the factory path and the providing distribution.
-        """
+        """The factory object (imported on first call, then cached); :class:`PluginLoadError`
+        naming the spec, the path and the provider when it cannot be imported."""
         if self._loaded is not None:
             return self._loaded
         f = self.factory
@@ -288,7 +271,6 @@ class Spec:
                 "Check these arguments against its documentation, or report it to the plugin's "
                 "author") from exc
 
-    # ------------------------------------------------------------------ reports
     def to_dict(self, ctx: Any = None, *, with_availability: bool = True) -> Dict[str, Any]:
         """JSON-able description (availability in ``ctx`` when asked)."""
         d: Dict[str, Any] = {

@@ -8,7 +8,7 @@ import pytest
 
 from canvas_core.compiler.lowering import lower, restrict
 from canvas_core.compiler.resolution import resolve_connections, resolve_plan
-from canvas_core.compiler.resolved import ResolvedGroup
+from canvas_core.compiler.resolved import ConnectionResolution, ResolvedGroup
 from canvas_core.errors import UnknownNameError
 from canvas_core.plugins.host import PluginHost, use_host
 from canvas_core.schema import CanvasLayout, CanvasSchema, CanvasTopology, Connection
@@ -54,7 +54,7 @@ def test_rows_are_computed_from_the_group_records(host):
     for i, fn in enumerate(out.fn_of_connection):
         row = out.resolutions[i]
         rg = out.groups[fn].resolved
-        assert row == rg.record(i, CONNS[i])
+        assert row == ConnectionResolution.of(rg, i, CONNS[i])
         assert (row.requested, row.kernel, row.implementation) == (fn, rg.kernel_name, rg.attention.name)
 
 

@@ -24,14 +24,14 @@ class K:
 def test_builtin_softmax_type_gets_reference_kernel(host):
     res = resolve_attention("cross_attention", RuntimeContext())
     assert res.attention.name == "cross_attention" and res.kernel.name == "reference"
-    assert res.rejected == [] and res.kernel_name == "reference"
+    assert res.rejected == () and res.kernel_name == "reference"
     d = res.to_dict()
     assert d["kernel"] == "reference" and d["provider"] == "canvas-core" and d["device"] == "cpu"
 
 
 def test_type_without_kernel_runs_its_module(host):
     res = resolve_attention("linear_attention")
-    assert res.kernel is None and res.rejected == []
+    assert res.kernel is None and res.rejected == ()
 
 
 def test_kernels_tried_by_priority_rejections_recorded(host):
@@ -50,7 +50,7 @@ def test_kernels_tried_by_priority_rejections_recorded(host):
     assert "runs on cuda only, not on cpu" in rejected["fast_cuda"][0]
     assert any("canvas_missing_kernel_pkg" in r for r in rejected["needs_pkg"])
     assert "float16" in rejected["half_only"][0]
-    assert rejected["vetoed"] == ["head_dim 16 unsupported"]
+    assert rejected["vetoed"] == ("head_dim 16 unsupported",)
     # with head_dim 64 the vetoing kernel is allowed and wins over cpu_good
     assert resolve_attention("cross_attention", RuntimeContext(head_dim=64)).kernel.name == "vetoed"
     # fp16 context: half_only wins
@@ -121,7 +121,8 @@ def test_no_runnable_kernel_falls_back_to_module_math(host):
     P.register_attention("custom", K)
     P.register_kernel("custom_cuda", K, supports=("custom",), devices=("cuda",))
     res = resolve_attention("custom")
-    assert res.kernel is None and res.rejected[0][0] == "custom_cuda" and "own module" in res.note
+    assert res.kernel is None and res.rejected[0][0] == "custom_cuda" and "custom_cuda cannot run on cpu/float32; the custom module computes" in res.note
+    assert res.fallback
 
 
 def test_unknown_type(host):
