@@ -13,7 +13,9 @@ overflows in float32; float64 gives the step recurrence to rounding.
 
 :func:`selective_scan_read` reads ``y_q = C_q . h_{read_q}`` at given positions (the queries of a
 ``mamba`` connection read at their causal read position); the backward is a reverse scan run the
-same way (no per-step autograd graph, no per-step zero-filled gradient tensors).
+same way (no per-step autograd graph, no per-step zero-filled gradient tensors).  When the reads
+are sparse (fewer queries than keys) it takes the closed form per segment of
+:mod:`canvas_plugin_mamba.segments` instead, which forms no state between two reads.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Optional, Tuple
 import torch
 
 from canvas_core.extend import scratch
+from canvas_plugin_mamba import segments
 
 __all__ = ["selective_scan_read", "chunk_size", "causal_depthwise_conv", "all_states"]
 
@@ -142,8 +145,23 @@ def _scan(a: torch.Tensor, x: torch.Tensor, start: Optional[torch.Tensor], rever
         xv[t].addcmul_(av[t], xv[t - 1])
 
 
+def _saved_shape(u, A, C, T: int):
+    """Shape of the states kept for the backward, ``(Bt, nC + Q, N, E)``: room for the state
+    entering each of the ``nC`` chunks (scan) or at each segment's end (at most ``Q + nC``)."""
+    Bt, L, _ = u.shape
+    return (Bt, -(-L // T) + C.shape[1], A.shape[1], A.shape[0])
+
+
 def _scan_read_forward(u, delta, A, Bm, C, read, T: int, block: Optional[int]):
-    """``(y (Bt, Q, E), Hin (Bt, nC, N, E))``: the reads and the state entering each chunk."""
+    """``(y (Bt, Q, E), saved)``: the reads and the states the backward starts from (see
+    :func:`_saved_shape`): the state at each segment's end when the reads are sparse
+    (:mod:`canvas_plugin_mamba.segments`), else the state entering each chunk."""
+    saved = u.new_zeros(_saved_shape(u, A, C, T))
+    S = segments.plan(read, u.shape[1], T)
+    if S is not None:
+        y, H = segments.forward(u, delta, A, Bm, C, S, block)
+        saved[:, : S.K] = H
+        return y, saved
     At = A.t().contiguous()  # (N, E)
     P = _Plan(u, delta, At, Bm, read, T, block)
     Bt, E, N, nC = P.Bt, P.E, P.N, P.nC
@@ -156,21 +174,24 @@ def _scan_read_forward(u, delta, A, Bm, C, read, T: int, block: Optional[int]):
         if qi.numel():
             loc = x.view(x.shape[0], -1, N, E).index_select(1, P.pos[qi] - c0 * T)
             hr[rows].index_copy_(1, qi, loc)
-    Hin = torch.empty_like(ends)  # the state entering each chunk: H_{c+1} = R_c H_c + ends_c
-    Hin[:, 0].zero_()
+    Hin = saved[:, :nC]  # the state entering each chunk: H_{c+1} = R_c H_c + ends_c
     for c in range(nC - 1):
         torch.addcmul(ends[:, c], P.R[:, c], Hin[:, c], out=Hin[:, c + 1])
     hr.addcmul_(P.Pr, torch.index_select(Hin, 1, P.cr, out=_ws("gather", hr.shape, u)))
     y = torch.matmul(C.unsqueeze(-2), hr).squeeze(-2)  # (Bt, Q, E)
     y = y * (read >= 0).view(1, -1, 1).to(y.dtype)
-    return y, Hin
+    return y, saved
 
 
-def _scan_read_backward(gy, u, delta, A, Bm, C, read, Hin, T: int, block: Optional[int]):
+def _scan_read_backward(gy, u, delta, A, Bm, C, read, saved, T: int, block: Optional[int]):
     """Gradients of ``u, delta, A, Bm, C`` from ``gy (Bt, Q, E)`` (see the module docstring)."""
+    S = segments.plan(read, u.shape[1], T)  # the forward's choice (same inputs)
+    if S is not None:
+        return segments.backward(gy, u, delta, A, Bm, C, saved[:, : S.K], S, block)
     At = A.t().contiguous()
     P = _Plan(u, delta, At, Bm, read, T, block)
     Bt, L, E, N, nC = P.Bt, P.L, P.E, P.N, P.nC
+    Hin = saved[:, :nC]
     Q = read.shape[0]
     gy = gy * (read >= 0).view(1, -1, 1).to(gy.dtype)
     gC = u.new_empty(Bt, Q, N)
@@ -229,7 +250,7 @@ def _scan_read_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: tor
 @_scan_read_op.register_fake
 def _(u, delta, A, Bm, C, read, T, block):
     Bt, L, E = u.shape
-    return u.new_empty(Bt, C.shape[1], E), u.new_empty(Bt, -(-L // T), A.shape[1], E)
+    return u.new_empty(Bt, C.shape[1], E), u.new_empty(_saved_shape(u, A, C, T))
 
 
 @torch.library.custom_op("canvas_mamba::scan_read_backward", mutates_args=())

@@ -131,9 +131,72 @@ def test_scan_custom_ops_pass_torch_opcheck():
     A = (-torch.rand(E, N, generator=g, dtype=torch.float64)).requires_grad_()
     B = torch.randn(Bt, L, N, generator=g, dtype=torch.float64, requires_grad=True)
     C = torch.randn(Bt, Q, N, generator=g, dtype=torch.float64, requires_grad=True)
-    read = torch.tensor([-1, 0, 4, 7, 10])
-    torch.library.opcheck(chunked._scan_read_op, (u, delta, A, B, C, read, 4, -1))
-    y, hin = chunked._scan_read_op(u, delta, A, B, C, read, 4, -1)
-    gy = torch.randn_like(y)
-    torch.library.opcheck(chunked._scan_read_backward_op, (gy, u.detach(), delta.detach(), A.detach(), B.detach(),
-                                                           C.detach(), read, hin.detach(), 4, -1))
+    # sparse reads (the segment path), then every position read (the chunked scan)
+    for read, Cq in ((torch.tensor([-1, 0, 4, 7, 10]), C), (torch.arange(L), torch.randn(Bt, L, N, dtype=C.dtype))):
+        Cq = Cq.detach().requires_grad_()
+        torch.library.opcheck(chunked._scan_read_op, (u, delta, A, B, Cq, read, 4, -1))
+        y, hin = chunked._scan_read_op(u, delta, A, B, Cq, read, 4, -1)
+        gy = torch.randn_like(y)
+        torch.library.opcheck(chunked._scan_read_backward_op, (gy, u.detach(), delta.detach(), A.detach(), B.detach(),
+                                                               Cq.detach(), read, hin.detach(), 4, -1))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    Bt=st.integers(1, 2),
+    L=st.integers(1, 60),
+    E=st.integers(1, 3),
+    N=st.integers(1, 3),
+    Q=st.integers(1, 8),
+    chunk=st.sampled_from([None, 1, 3, 7, 64]),
+    block=st.sampled_from([None, 1, 50]),
+    borders=st.lists(st.sampled_from(["first", "last", "none", "repeat"]), max_size=3),
+    masked=st.floats(0.0, 0.7),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_segment_reads_equal_step_recurrence(Bt, L, E, N, Q, chunk, block, borders, masked, seed):
+    """Sparse reads take the segment path (closed form per segment, ``segments.plan`` is not
+    None): float64 reads and gradients equal the step recurrence, with reads at the borders
+    (first key, last key, none, repeated) and masked keys (``delta = u = 0``: no step, no write)."""
+    from canvas_plugin_mamba import segments
+
+    inputs, _ = _draw(Bt, L, E, N, Q, seed, DT)
+    g = torch.Generator().manual_seed(seed + 2)
+    read = ((torch.arange(Q) + 1) * L) // Q - 1  # the module's read positions
+    extra = {"first": 0, "last": L - 1, "none": -1, "repeat": int(read[-1])}
+    read = torch.cat([read, torch.tensor([extra[b] for b in borders], dtype=torch.long)])
+    read = read[torch.randperm(read.numel(), generator=g)]
+    keep = (torch.rand(Bt, L, 1, generator=g) >= masked).to(DT)
+    with torch.no_grad():
+        inputs[0].mul_(keep)
+        inputs[1].mul_(keep)
+    C = torch.randn(Bt, read.numel(), N, dtype=DT, generator=g).requires_grad_()
+    inputs[4] = C
+    T = chunk_size(L, chunk)
+    sparse = (read >= 0).any() and torch.unique(read[read >= 0]).numel() * 4 <= L
+    if sparse:
+        assert segments.plan(read, L, T) is not None
+    y = selective_scan_read(*inputs, read, chunk=chunk, block=block)
+    ref, _ = _reference(*inputs, read)
+    torch.testing.assert_close(y, ref, atol=1e-11, rtol=1e-9)
+    gy = torch.randn(y.shape, dtype=DT, generator=g)
+    got = torch.autograd.grad(y, inputs, gy, allow_unused=True)
+    want = torch.autograd.grad(ref, inputs, gy, allow_unused=True) if ref.requires_grad else [None] * 5
+    for name, a, b in zip("u delta A B C".split(), got, want):
+        a = torch.zeros_like(inputs[0]) if a is None else a
+        b = torch.zeros_like(a) if b is None else b
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8, msg=name)
+
+
+def test_dense_reads_scan_and_sparse_reads_use_segments():
+    """The path choice: every position read (``Nq == Nk``) scans by chunks; one read per several
+    keys, or one read after all of them, goes by segments (none longer than the chunk)."""
+    from canvas_plugin_mamba import segments
+
+    L, T = 480, chunk_size(480)
+    assert segments.plan(torch.arange(L), L, T) is None
+    P = segments.plan(((torch.arange(64) + 1) * L) // 64 - 1, L, T)
+    assert P is not None and (P.K, P.Tm) == (64, 8)
+    P = segments.plan(torch.tensor([L - 1]), L, T)
+    assert P is not None and P.Tm <= T and P.K == -(-L // T)
+    assert segments.plan(torch.tensor([-1, -1]), L, T) is None
