@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple, Union
 from canvas_core.errors import CanvasError, CanvasTypeError
 from canvas_core.schema import CanvasLayout, CanvasSchema, CanvasTopology
 
-__all__ = ["draw_schema", "frame_grid", "region_labels", "topology_arrows", "Arrow", "RegionLabel"]
+__all__ = ["draw_schema", "check_picture_width", "frames_drawn", "MAX_WIDTH", "frame_grid", "region_labels", "topology_arrows", "Arrow", "RegionLabel"]
 
 _FN_COLORS = {
     "cross_attention": "#1f77b4", "linear_attention": "#17becf", "cosine_attention": "#aec7e8",
@@ -134,6 +134,42 @@ def topology_arrows(topology: CanvasTopology, layout: CanvasLayout) -> List[Arro
     return arrows
 
 
+#: widest picture drawn by default, in pixels (the height is bounded by the layout of the figure)
+MAX_WIDTH = 16384
+_PANEL_W, _MARGIN_W, _TOPO_PANELS = 2.2, 1.5, 3  # inches per frame panel, margin; topology panels
+
+
+def frames_drawn(T: int, max_frames: int) -> List[int]:
+    """The frames a drawing shows: all of ``0..T-1``, or ``max_frames`` of them evenly spaced."""
+    frames = list(range(T))
+    if max_frames == 1:
+        return [0]
+    if len(frames) > max_frames:
+        step = (T - 1) / (max_frames - 1)
+        frames = sorted({round(i * step) for i in range(max_frames)})
+    return frames
+
+
+def check_picture_width(n_frames: int, with_topology: bool, dpi: int, max_width: int,
+                        options: Tuple[str, str] = ("max_frames", "max_width")) -> int:
+    """The width in pixels of a drawing of ``n_frames`` frame panels; a ``CanvasError`` naming
+    ``options`` (the frame count and the width cap, as the caller spells them) when it is wider
+    than ``max_width``, before anything is drawn."""
+    if isinstance(max_width, bool) or not isinstance(max_width, int) or max_width < 1:
+        raise CanvasError(f"draw_schema: {options[1]} must be an int >= 1 (pixels), got {max_width!r}")
+    topo = _TOPO_PANELS if with_topology else 0
+    width = round((_PANEL_W * (n_frames + topo) + _MARGIN_W) * dpi)
+    if width > max_width:
+        fit = max(0, math.floor((max_width / dpi - _MARGIN_W) / _PANEL_W) - topo)
+        fewer = (f"draw at most {fit} frames ({options[0]}={fit})" if fit >= 1
+                 else f"no frame fits in {max_width:,} pixels at {dpi} dpi")
+        raise CanvasError(
+            f"the picture of {n_frames} frames would be {width:,} pixels wide, over the cap of {max_width:,} "
+            f"({options[1]}); {fewer}, or raise {options[1]} if you really want a picture that wide; "
+            "nothing was drawn")
+    return width
+
+
 def draw_schema(
     schema: Union[CanvasSchema, CanvasLayout],
     path: Union[str, Path],
@@ -142,6 +178,7 @@ def draw_schema(
     title: Optional[str] = None,
     max_frames: int = 8,
     dpi: int = 110,
+    max_width: int = MAX_WIDTH,
 ) -> Path:
     """Draw the layout (one panel per frame, regions coloured and labelled) and the topology
     graph to a PNG.
@@ -154,6 +191,8 @@ def draw_schema(
         schema: a ``CanvasSchema`` (or a bare ``CanvasLayout`` plus ``topology=``).
         path: output PNG path.
         max_frames: frames drawn at most (evenly spaced when the canvas has more).
+        max_width: widest picture allowed, in pixels: a wider one (many frames) is refused with
+            a ``CanvasError`` saying how many frames fit, before anything is drawn.
     Returns:
         The path written.
     """
@@ -179,19 +218,15 @@ def draw_schema(
     base = plt.get_cmap("tab20")
     colors = [base(i % 20) for i in range(len(names))]
     cmap = ListedColormap([(0.95, 0.95, 0.95, 1.0)] + colors)
-    frames = list(range(layout.T))
-    if max_frames == 1:
-        frames = [0]
-    elif len(frames) > max_frames:
-        step = (layout.T - 1) / (max_frames - 1)
-        frames = sorted({round(i * step) for i in range(max_frames)})
+    frames = frames_drawn(layout.T, max_frames)
+    check_picture_width(len(frames), topo is not None, dpi, max_width)
 
     grid0 = frame_grid(layout, 0)
     n_rows, n_cols_cells = len(grid0), len(grid0[0])
-    panel_w = 2.2
+    panel_w = _PANEL_W
     panel_h = max(0.5, min(6.0, panel_w * n_rows / n_cols_cells))  # a cell is a square
-    topo_units = 3 if topo is not None else 0
-    fig_w = panel_w * (len(frames) + topo_units) + 1.5
+    topo_units = _TOPO_PANELS if topo is not None else 0
+    fig_w = panel_w * (len(frames) + topo_units) + _MARGIN_W
     legend_cols = max(1, min(6, int(fig_w // 2.2)))  # about 2.2 in per legend column
     legend_rows = math.ceil(min(len(names), _LEGEND_MAX) / legend_cols)
     legend_h = 0.2 * legend_rows + 0.3

@@ -12,8 +12,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("schema", help="schema JSON file (a CanvasSchema), or 'example' for the bundled one")
     parser.add_argument("-o", "--output", type=Path, default=None, help="PNG to write (default: SCHEMA.png)")
     parser.add_argument("--max-frames", type=int, default=8, help="frames drawn at most (default 8)")
+    parser.add_argument("--max-width", type=int, default=None, metavar="PIXELS",
+                        help="widest picture allowed, in pixels (default 16384); a drawing of more frames "
+                             "than fit is refused")
 
 
+#: resolution of the pictures ``canvas draw`` writes (draw_schema's default)
+DPI = 110
 #: picture formats the drawing can be written in (by the file name's suffix)
 FORMATS = (".png", ".svg", ".pdf")
 
@@ -30,7 +35,7 @@ def _check_output(out: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from canvas_core.commands.compile import load_schema
-    from canvas_core.viz import draw_schema
+    from canvas_core.viz import MAX_WIDTH, check_picture_width, draw_schema, frames_drawn
 
     schema, source = load_schema(args.schema)
     out = args.output or Path(Path(source).stem + ".png")
@@ -38,6 +43,12 @@ def run(args: argparse.Namespace) -> int:
     if not schema.layout.regions:
         raise CanvasError(f"{source} declares no regions, so there is nothing to draw; add a region to "
                           "its \"regions\"")
-    draw_schema(schema, out, max_frames=args.max_frames)
+    # before drawing: a picture wider than the cap is refused, naming this command's options
+    # (a --max-frames below 1 is refused by draw_schema)
+    max_width = MAX_WIDTH if args.max_width is None else args.max_width
+    if args.max_frames >= 1:
+        check_picture_width(len(frames_drawn(schema.layout.T, args.max_frames)), schema.topology is not None,
+                            DPI, max_width, options=("--max-frames", "--max-width"))
+    draw_schema(schema, out, max_frames=args.max_frames, dpi=DPI, max_width=max_width)
     print(f"wrote {out}")
     return 0

@@ -81,3 +81,49 @@ def test_cli_draw_unwritable_output_is_clear_error(tmp_path):
                            str(blocker / "sub" / "x.png")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "cannot write picture" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _long_schema(T=300):
+    from canvas_core.schema import CanvasLayout
+
+    layout = CanvasLayout(T=T, H=4, W=4, d_model=8, regions={"a": (0, T, 0, 2, 0, 4), "b": (0, T, 2, 4, 0, 4)})
+    return CanvasSchema(layout=layout, topology=CanvasTopology([Connection("a", "b")]))
+
+
+def test_draw_width_is_capped_and_the_picture_keeps_the_predicted_width(tmp_path):
+    """Many frames used to give a picture of any width (300 frames: ~80,000 pixels); a drawing
+    wider than ``max_width`` is refused before anything is written, saying how many frames fit,
+    and at the frames that fit the picture is as wide as predicted (under the cap)."""
+    from canvas_core.viz import MAX_WIDTH, check_picture_width
+
+    schema = _long_schema()
+    out = tmp_path / "long.png"
+    with pytest.raises(CanvasError, match=r"300 frames would be .* pixels wide, over the cap of 16,384 "
+                                          r"\(max_width\); draw at most (\d+) frames \(max_frames=\1\)") as err:
+        draw_schema(schema, out, max_frames=300)
+    assert not out.exists()
+    fit = int(err.value.args[0].split("draw at most ")[1].split()[0])
+    w, _ = png_size(draw_schema(schema, out, max_frames=fit))
+    assert w == check_picture_width(fit, True, 110, MAX_WIDTH) and w <= MAX_WIDTH
+    with pytest.raises(CanvasError, match="over the cap"):
+        check_picture_width(fit + 1, True, 110, MAX_WIDTH)
+    # raising the cap is the other way out
+    assert png_size(draw_schema(schema, out, max_frames=fit + 2, max_width=MAX_WIDTH + 1000))[0] > MAX_WIDTH
+    with pytest.raises(CanvasError, match="max_width must be an int >= 1"):
+        draw_schema(schema, out, max_width=0)
+
+
+def test_cli_draw_refuses_a_picture_over_the_cap_naming_its_options(tmp_path):
+    src = tmp_path / "long.json"
+    src.write_text(_long_schema().to_json())
+    out = tmp_path / "long.png"
+    cli = [sys.executable, "-m", "canvas_core.cli", "draw", str(src), "-o", str(out)]
+    proc = subprocess.run(cli + ["--max-frames", "300"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "over the cap of 16,384 (--max-width); draw at most" in proc.stderr and "--max-frames=" in proc.stderr
+    assert not out.exists()
+    proc = subprocess.run(cli + ["--max-width", "1000"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "no frame fits in 1,000 pixels" in proc.stderr
+    proc = subprocess.run(cli + ["--max-frames", "20"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert png_size(out)[0] <= 16384
