@@ -16,6 +16,7 @@ from canvas_core.attention._base import (
     has_key,
     safe_div,
 )
+from canvas_core.attention.linear_sums import elu_plus_one, key_summary
 from canvas_core.attention.softmax import CosineAttention, CrossAttention, _QKVAttention
 from canvas_core.errors import CanvasTypeError
 
@@ -37,6 +38,14 @@ class LinearAttention(_QKVAttention):
     keys, then an output projection.  A key mask that does not depend on the query keeps the
     ``O(N + M)`` form; a per-query mask ``(Nq, Nk)`` needs the explicit ``Nq x Nk`` weights.
     Computed in float32 at least.
+
+    The ``O(N + M)`` form works on the merged heads: ``S = phi(K)^T V`` is one ``(D, D)`` product
+    per batch row with its off-head blocks zeroed (no head transposes), the normaliser's
+    ``sum_j phi(k_j)`` sits next to it, and one product with ``phi(Q)`` gives numerator and
+    denominator at once.  The value projection is applied after the sum over keys
+    (``S = (phi(K)^T X) W_v^T + (sum_j phi(k_j)) b_v^T``), and the key side is one autograd
+    function (:func:`canvas_core.attention.linear_sums.key_summary`) when nothing asks for the
+    composite form (autocast, ``torch.compile``, a replaced projection, a key mask).
     """
 
     type_name = "linear_attention"
@@ -53,27 +62,46 @@ class LinearAttention(_QKVAttention):
         key_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
-        _, _, Nk, allowed, _ = self._prepare(queries, keys, values, key_mask)
+        B, Nq, Nk, allowed, _ = self._prepare(queries, keys, values, key_mask)
         wdt = torch.float32 if queries.dtype in (torch.float16, torch.bfloat16) else queries.dtype
-        q, k, v = self._project_qkv(queries, keys, values)
-        q = F.elu(q.to(wdt)) + 1.0
-        k = F.elu(k.to(wdt)) + 1.0
-        v = v.to(wdt)
+        q = elu_plus_one(self.q_proj(queries).to(wdt))
         if allowed is None or allowed.shape[1] == 1:
-            if allowed is not None:  # (B|1, 1, Nk) -> (B|1, 1, Nk, 1) zeroes blocked keys
-                k = k * allowed.transpose(1, 2).unsqueeze(1).to(wdt)
-            kv = torch.einsum("bhnd,bhne->bhde", k, v)
-            num = torch.einsum("bhqd,bhde->bhqe", q, kv)
-            den = torch.einsum("bhqd,bhd->bhq", q, k.sum(dim=2)).unsqueeze(-1)
+            head = torch.arange(self.d_model, device=q.device) // self.head_dim
+            same = head[:, None] == head[None, :]  # (D, D): the blocks of one head
+            kv, ks = self._key_side(keys, values, allowed, wdt)
+            kv = kv.masked_fill(~same, 0.0)
+            kd = ks.unsqueeze(-1).masked_fill(~same, 0.0)
+            nd = torch.matmul(q, torch.cat([kv, kd], dim=2))  # (B, Nq, 2D): numerators, denominators
+            out = safe_div(nd[..., : self.d_model], nd[..., self.d_model :])
         else:
+            k = elu_plus_one(self.k_proj(keys).to(wdt))
+            q, k, v = self._split(q), self._split(k), self._split(self.v_proj(values).to(wdt))
             a = torch.matmul(q, k.transpose(-1, -2)) * allowed.unsqueeze(1).to(wdt)
-            num = torch.matmul(a, v)
-            den = a.sum(dim=-1, keepdim=True)
-        out = safe_div(num, den).to(queries.dtype)
+            out = self._merge(safe_div(torch.matmul(a, v), a.sum(dim=-1, keepdim=True)))
+        out = out.to(queries.dtype)
         if self.dropout_p > 0.0 and self.training:
             out = F.dropout(out, p=self.dropout_p)
-        out = self.out_proj(self._merge(out))
+        out = self.out_proj(out)
         return out.masked_fill(~has_key(allowed, Nk, out.device), 0.0)
+
+    def _key_side(self, keys, values, allowed, wdt):
+        """``(sum_j phi(k_j) v_j^T (B, D, D), sum_j phi(k_j) (B, D))`` over the allowed keys
+        (``allowed`` None or ``(B|1, 1, Nk)``), in ``wdt``."""
+        kp, vp = self.k_proj, self.v_proj
+        plain = all(type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks for m in (kp, vp))
+        if plain and allowed is None and keys.dtype == wdt == kp.weight.dtype == vp.weight.dtype \
+                and not torch.is_autocast_enabled(keys.device.type) and not torch.compiler.is_compiling():
+            # sum_j phi(k_j) (W_v x_j + b)^T = (sum_j phi(k_j) x_j^T) W_v^T + (sum_j phi(k_j)) b^T:
+            # one (D, D) product per row instead of a projection of every key's value
+            P, ks = key_summary(keys, None if values is keys else values, kp.weight, kp.bias)
+            kv = torch.matmul(P, vp.weight.t())
+            if vp.bias is not None:
+                kv = kv + ks.unsqueeze(-1) * vp.bias
+            return kv, ks
+        k = elu_plus_one(kp(keys).to(wdt))
+        if allowed is not None:  # (B|1, 1, Nk) -> (B|1, Nk, 1) zeroes blocked keys
+            k = k * allowed.transpose(1, 2).to(wdt)
+        return torch.matmul(k.transpose(1, 2), vp(values).to(wdt)), k.sum(dim=1)
 
 
 class SigmoidAttention(_QKVAttention):

@@ -3,6 +3,8 @@
 * ``wkv_read`` (RWKV's chunked WKV, read at given positions) against the step-by-step
   recurrence of ``wkv_scan(chunk=1)`` and against a per-position sum written from the formula;
 * ``causal_conv_last`` (Hyena's FFT convolution with its FFT adjoint) against the direct sum;
+* ``key_summary`` / ``elu_plus_one`` (linear attention's fused key side) against ``F.elu`` and
+  plain products;
 * the types' unmasked forward (the per-key-set path the runtime uses) against the same module
   called with an all-true mask, and float32 against float64.
 
@@ -18,6 +20,7 @@ from hypothesis import strategies as st
 
 from canvas_core.attention import HyenaAttention, LinearAttention, RWKVAttention
 from canvas_core.attention.hyena import causal_conv_last, fft_size
+from canvas_core.attention.linear_sums import elu_plus_one, key_summary
 from canvas_core.attention.rwkv import wkv_read, wkv_scan
 
 DT = torch.float64
@@ -133,3 +136,41 @@ def test_unmasked_forward_equals_all_true_mask_and_float32_is_close(cls, B, Nq, 
     torch.testing.assert_close(m(q, k, v, key_mask=allow), out, atol=1e-10, rtol=1e-8)
     out32 = m.float()(q.float(), k.float(), v.float())
     torch.testing.assert_close(out32.double(), out, atol=2e-4, rtol=2e-4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    B=st.integers(1, 3),
+    N=st.integers(0, 12),
+    D=st.sampled_from([1, 4, 6]),
+    same=st.booleans(),
+    bias=st.booleans(),
+    scale=st.sampled_from([0.1, 1.0, 30.0]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_linear_key_summary_and_feature_map_equal_the_composite_form_with_gradients(B, N, D, same, bias, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    keys = (torch.randn(B, N, D, generator=g, dtype=DT) * scale).requires_grad_()
+    values = keys if same else torch.randn(B, N, D, generator=g, dtype=DT, requires_grad=True)
+    w = torch.randn(D, D, generator=g, dtype=DT, requires_grad=True)
+    b = torch.randn(D, generator=g, dtype=DT, requires_grad=True) if bias else None
+    P, s = key_summary(keys, None if same else values, w, b)
+    phi = torch.nn.functional.elu(torch.nn.functional.linear(keys, w, b)) + 1
+    P_ref, s_ref = phi.transpose(1, 2) @ values, phi.sum(dim=1)
+    torch.testing.assert_close(P, P_ref, atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(s, s_ref, atol=1e-10, rtol=1e-8)
+    gP, gs = torch.randn(B, D, D, generator=g, dtype=DT), torch.randn(B, D, generator=g, dtype=DT)
+    ins = tuple(t for t in (keys, None if same else values, w, b) if t is not None)
+    got = torch.autograd.grad((P, s), ins, (gP, gs), allow_unused=True)
+    want = torch.autograd.grad((P_ref, s_ref), ins, (gP, gs), allow_unused=True)
+    for a, r in zip(got, want):
+        a = torch.zeros(()) if a is None else a
+        r = torch.zeros_like(a) if r is None else r
+        torch.testing.assert_close(a, r, atol=1e-9, rtol=1e-7)
+    x = (torch.randn(B, N, D, generator=g, dtype=DT) * scale).requires_grad_()
+    y = elu_plus_one(x)
+    y_ref = torch.nn.functional.elu(x) + 1
+    torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=1e-10)
+    gy = torch.randn(B, N, D, generator=g, dtype=DT)
+    torch.testing.assert_close(torch.autograd.grad(y, x, gy)[0], torch.autograd.grad(y_ref, x, gy)[0],
+                               atol=1e-12, rtol=1e-10)
