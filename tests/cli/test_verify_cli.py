@@ -59,3 +59,27 @@ def test_require_signal_fails_on_a_dead_declared_connection(tmp_path, capsys):
     assert "carries no signal" in capsys.readouterr().out
     assert main(["verify", str(path), "--probes", "1", "--require-signal"]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("option, minimum, wanted", [("--layers", 1, "a positive integer"),
+                                                     ("--samples", 1, "a positive integer"),
+                                                     ("--max-exact", 0, "an integer >= 0"),
+                                                     ("--seed", 0, "an integer >= 0")])
+@pytest.mark.parametrize("text", ["-3", "-1", "0", "1", "7", "x", "1.5", ""])
+def test_integer_options_share_one_parser(option, minimum, wanted, text, capsys):
+    """The count options read integers through one parser (``_int_at_least``), each with its
+    floor: a value below it or not an integer is refused naming what was expected."""
+    from canvas_core.commands.verify import _int_at_least, _nonneg, _positive
+
+    parse = {1: _positive, 0: _nonneg}[minimum]
+    ok = text.lstrip("-").isdigit() and int(text) >= minimum
+    if ok:
+        assert parse(text) == _int_at_least(minimum, wanted)(text) == int(text)
+        return
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match=f"^expected {wanted}, got "):
+        parse(text)
+    with pytest.raises(SystemExit):
+        main(["verify", option, text])
+    assert f"expected {wanted}, got" in capsys.readouterr().err
