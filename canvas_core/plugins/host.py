@@ -9,6 +9,7 @@ others keep working.  Tests build their own host (``with use_host(PluginHost(...
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import threading
 import warnings
@@ -188,8 +189,18 @@ class PluginHost:
                 rec.warnings.append(warning)
 
     def _add_plugin(self, obj: Any, rec: PluginRecord, *, strict: bool) -> PluginRecord:
-        """Register ``obj`` with pluggy and run its hooks into the registries (all or nothing)."""
+        """Register ``obj`` with pluggy and run its hooks into the registries (all or nothing):
+        a failure marks ``rec`` failed and removes what it added, or under ``strict`` raises."""
         self.records[rec.name], rec.plugin = rec, obj
+
+        def fail(message: str, strict_message: str, exc: Optional[BaseException] = None) -> PluginRecord:
+            if strict:
+                self._remove_plugin(rec.name)
+                raise PluginError(strict_message) from exc
+            rec.mark_failed(message, exc)
+            self._discard(rec)  # a plugin with half of its names would run with parts missing
+            return rec
+
         try:
             self._pm.register(obj, name=rec.name)
         except Exception as exc:
@@ -207,12 +218,7 @@ class PluginHost:
             msg = (f"unknown hook{'s' if len(unknown) > 1 else ''} {why}: no such hook in "
                    f"canvas_core.plugins.hookspecs (known: {', '.join(hookspecs.HOOK_NAMES)}); fix the "
                    "name, nothing of this plugin was registered")
-            if strict:
-                self._remove_plugin(rec.name)
-                raise PluginError(f"cannot register {rec.describe()}: {msg}")
-            rec.status, rec.error = STATUS_FAILED, msg
-            self._discard(rec)
-            return rec
+            return fail(msg, f"cannot register {rec.describe()}: {msg}")
         misspelt = hookspecs.misspelt_hooks(obj)
         if misspelt:  # unmarked and no hook's exact name: not a hook under the rule
             rec.warnings.append("misspelt hook " + "; ".join(hookspecs.describe_unknown_hook(n) for n in misspelt)
@@ -220,12 +226,10 @@ class PluginHost:
         if not rec.hooks and not self.registered_by(rec.name):
             rec.warnings.append("implements no canvas hook (check the names and the @canvas_core.hookimpl marker)")
         if strict and not rec.hooks:
-            self._remove_plugin(rec.name)
             why = "; ".join(rec.warnings) or f"it has no @canvas_core.hookimpl function named {', '.join(hookspecs.HOOK_NAMES)}"
-            raise PluginError(
-                f"cannot register {rec.describe()} ({type(obj).__name__}): it implements no canvas hook "
-                f"({why}). Decorate functions such as canvas_register_attention(registry) with "
-                "@canvas_core.hookimpl")
+            fail("", f"cannot register {rec.describe()} ({type(obj).__name__}): it implements no canvas hook "
+                     f"({why}). Decorate functions such as canvas_register_attention(registry) with "
+                     "@canvas_core.hookimpl")
         for hook_name, kind in hookspecs.HOOK_REGISTRY.items():  # one plugin, one hook at a time
             view = PluginScopedRegistry(self.registries[kind], rec, strict)
             for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
@@ -236,16 +240,12 @@ class PluginHost:
                 except KeyboardInterrupt:
                     raise
                 except BaseException as exc:  # noqa: BLE001 - isolated: the plugin fails, not the core
-                    if strict:
+                    if strict and (isinstance(exc, CanvasError) or not isinstance(exc, Exception)):
                         self._remove_plugin(rec.name)
-                        if isinstance(exc, CanvasError) or not isinstance(exc, Exception):
-                            raise
-                        raise PluginError(
-                            f"{rec.describe()}: hook {hook_name} raised {type(exc).__name__}: {exc}. "
-                            "Fix the plugin's hook; nothing it registered was kept") from exc
-                    rec.mark_failed(f"hook {hook_name} raised {type(exc).__name__}: {exc}", exc)
-                    self._discard(rec)  # a plugin with half of its names would run with parts missing
-                    return rec
+                        raise
+                    why = f"hook {hook_name} raised {type(exc).__name__}: {exc}"
+                    return fail(why, f"{rec.describe()}: {why}. Fix the plugin's hook; nothing it registered "
+                                     "was kept", exc)
         return rec
 
     def _discard(self, rec: PluginRecord) -> None:
@@ -357,10 +357,7 @@ class PluginHost:
         if self._entry_points is not None:  # a test world: only what the host saw counts
             return False
         try:
-            from importlib.metadata import distribution
-
-            distribution(dist)
-            return True
+            return importlib.metadata.distribution(dist) is not None
         except Exception:  # PackageNotFoundError, or broken metadata
             return False
 
@@ -379,27 +376,22 @@ class PluginHost:
         ctx = RuntimeContext.coerce(ctx)
         out: Dict[str, List[Dict[str, Any]]] = {}
         for kind, reg in self.registries.items():
-            rows, conflicts, shadowed = [], reg.conflicts(), reg.shadowed()
+            out[kind], conflicts, shadowed = [], reg.conflicts(), reg.shadowed()
             for spec in reg.specs():
                 d = spec.to_dict(ctx)
                 if spec.name in conflicts:
-                    d["available"] = False
-                    d["reasons"] = [conflicts[spec.name]] + d["reasons"]
-                    d["conflict"] = conflicts[spec.name]
+                    d.update(available=False, reasons=[conflicts[spec.name]] + d["reasons"], conflict=conflicts[spec.name])
                 if spec.name in shadowed:
                     d["shadowed"] = shadowed[spec.name]
                 problem = spec.factory_problem()  # a misspelt lazy factory: broken, found without importing
                 if problem:
-                    d["available"], d["broken"] = False, problem
-                    d["reasons"] = d["reasons"] + [problem]
-                rows.append(d)
-            out[kind] = rows
+                    d.update(available=False, broken=problem, reasons=d["reasons"] + [problem])
+                out[kind].append(d)
         return out
 
 
 def _attach(err: Exception, **attrs: Any) -> Exception:
-    for k, v in attrs.items():
-        setattr(err, k, v)
+    err.__dict__.update(attrs)
     return err
 
 

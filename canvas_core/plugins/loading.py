@@ -149,10 +149,11 @@ class PluginRecord:
     plugin: Any = field(default=None, repr=False)
     attempted: Dict[str, List[str]] = field(default_factory=dict, repr=False)
 
-    def mark_failed(self, message: str, exc: BaseException) -> None:
+    def mark_failed(self, message: str, exc: Optional[BaseException] = None) -> None:
         """Set status ``failed`` with ``message`` and the last frames of ``exc``'s traceback."""
         self.status, self.error = STATUS_FAILED, message
-        self.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-6:])
+        if exc is not None:
+            self.traceback = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-6:])
 
     def describe(self) -> str:
         ver = f" {self.version}" if self.version else ""
