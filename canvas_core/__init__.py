@@ -110,7 +110,7 @@ _export("canvas_core.looping.ungraft", "ungraft_looped_blocks")
 _export("canvas_core.checkpoints", "save_canvas_checkpoint", "load_canvas_checkpoint", "read_canvas_checkpoint_header")
 _export("canvas_core.identity", "SlotBindingModule")
 # types supplied by optional plugin distributions, re-exported when installed
-_export("canvas_core.plugins.reexports", "MambaAttention", "CogVideoXAttention")
+_export("canvas_core.reexports", "MambaAttention", "CogVideoXAttention")
 
 # names re-exported from optional plugin distributions stay out of `import *`
 _OPTIONAL = {"MambaAttention", "CogVideoXAttention", "SlotBindingModule"}

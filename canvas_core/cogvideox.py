@@ -35,7 +35,7 @@ def _from_plugin(name: str) -> Any:
     registry that pluggy's entry-point loading fills, never imported by name."""
     from canvas_core.errors import CanvasError
     from canvas_core.plugins import get_spec
-    from canvas_core.plugins.reexports import MissingPluginNameError, _from_plugin_module
+    from canvas_core.reexports import MissingPluginNameError, _from_plugin_module
 
     try:
         adapter = get_spec("backbones", "cogvideox").load()

@@ -14,8 +14,8 @@ Importing this package does not import torch (the checks import it when they run
 from __future__ import annotations
 
 import sys
-from typing import Any
 
+from canvas_core._lazy import lazy_exports
 from canvas_core.testing._report import ConformanceReport
 from canvas_core.testing.attention import ATTENTION_PROPERTIES, check_attention_type
 from canvas_core.testing.kernels import check_kernel
@@ -34,9 +34,5 @@ if "pytest" in sys.modules:  # loaded as a pytest plugin or from a test: define 
     canvas_plugin = _make_fixture()
 
 
-def __getattr__(name: str) -> Any:  # `from canvas_core.testing import canvas_plugin` outside pytest
-    if name == "canvas_plugin":
-        fixture = _make_fixture()
-        globals()["canvas_plugin"] = fixture
-        return fixture
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# `from canvas_core.testing import canvas_plugin` outside pytest builds it on first use
+__getattr__, __dir__ = lazy_exports(__name__, {"canvas_plugin": _make_fixture}, globals())

@@ -53,5 +53,4 @@ def test_no_hand_written_module_getattr_outside_the_helper():
     found = sorted(str(p.relative_to(core)) for p in core.rglob("*.py")
                    if any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__"
                           for n in ast.parse(p.read_text()).body))
-    # the plugin layer's two are being reworked with the plugin layer (issue 24, item 1)
-    assert set(found) <= {"_lazy.py", "plugins/reexports.py", "testing/__init__.py"}, found
+    assert set(found) <= {"_lazy.py"}, found

@@ -10,7 +10,7 @@ import canvas_core.plugins as P
 from canvas_core.errors import UnknownNameError
 from canvas_core.plugins import PluginHost, hookimpl, use_host
 
-reexports = importlib.import_module("canvas_core.plugins.reexports")
+reexports = importlib.import_module("canvas_core.reexports")
 
 
 class FakeMamba:

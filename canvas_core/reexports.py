@@ -1,11 +1,14 @@
 """Names supplied by optional plugin distributions (``canvas_core.MambaAttention``,
-``canvas_core.CogVideoXAttention``).  A missing plugin raises :class:`UnknownNameError` with the
-install hint; the error is also an ``AttributeError``, so ``hasattr`` works."""
+``canvas_core.CogVideoXAttention``), found through the attention registry.  A missing plugin
+raises :class:`UnknownNameError` with the install hint; the error is also an ``AttributeError``,
+so ``hasattr`` works."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict, Tuple
 
+from canvas_core._lazy import lazy_exports
 from canvas_core.errors import UnknownNameError
 
 __all__: list = []  # nothing for `import *`: these are optional
@@ -32,9 +35,7 @@ def _from_plugin_module(dist: str, attr: str) -> Any:
     return next((v for v in (getattr(o, attr, None) for o in objects if o is not None) if v is not None), None)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in REEXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _reexport(name: str) -> Any:
     type_name, dist, cls_name = REEXPORTS[name]
     from canvas_core.plugins.host import get_host
 
@@ -51,3 +52,7 @@ def __getattr__(name: str) -> Any:
             f"{name} is provided by the optional distribution {dist} (attention type "
             f"{type_name!r}): {exc}") from None
     raise MissingPluginNameError(f"{name}: pip install {dist}")  # pragma: no cover
+
+
+# looked up on every access (not cached): a plugin may be registered later
+__getattr__, __dir__ = lazy_exports(__name__, {n: functools.partial(_reexport, n) for n in REEXPORTS})
