@@ -43,10 +43,11 @@ def _ws(slot: str, shape, like: torch.Tensor) -> torch.Tensor:
 class SegmentPlan:
     """Segments of one call (index tensors only; ``K`` segments padded to ``Tm`` slots).
 
-    Slot ``j`` of segment ``k`` holds position ``idx[k, j] = end_k - (Tm - 1 - j)`` (segments are
-    right-aligned, so every segment ends in its last slot); ``valid`` marks the slots inside the
-    segment (the others are padding: no step, no input).  ``kq``: the segment each query reads
-    at the end of (0 for ``read < 0``), ``ok``: ``read >= 0``.
+    Slot ``j`` of segment ``k`` holds position ``end_k - (Tm - 1 - j)`` (segments are
+    right-aligned, so every segment ends in its last slot); ``mask`` is 1 on the slots inside the
+    segment and 0 on padding (no step, no input).  ``slot_of``: the slot of each position up to
+    the last read one; ``kq``: the segment each query reads at the end of (0 for ``read < 0``),
+    ``ok``: ``read >= 0``.
     """
 
     def __init__(self, ends: torch.Tensor, read: torch.Tensor, Tm: int):
@@ -55,12 +56,12 @@ class SegmentPlan:
         starts = torch.cat([ends.new_zeros(1), ends[:-1] + 1])
         j = torch.arange(Tm, device=ends.device)
         idx = ends[:, None] - (Tm - 1 - j)[None, :]
-        self.valid = idx >= starts[:, None]  # (K, Tm)
-        self.flat = idx.clamp(min=0).reshape(-1)  # (K * Tm,) positions of the slots
-        self.vflat = self.valid.reshape(-1)
+        valid = idx >= starts[:, None]  # (K, Tm)
+        self.flat = idx.clamp(min=0).reshape(-1)  # (K * Tm,) the position of each slot
+        self.mask = valid.reshape(1, -1, 1)
+        self.slot_of = valid.reshape(-1).nonzero().squeeze(1)  # positions 0..last, in order
         self.ok = read >= 0
         self.kq = torch.searchsorted(ends, read.clamp(min=0)).clamp(max=K - 1)
-        self.tri = None  # (Tm, Tm) strictly upper ones, built on first use
 
 
 def plan(read: torch.Tensor, L: int, T: int) -> Optional[SegmentPlan]:
@@ -87,13 +88,12 @@ def plan(read: torch.Tensor, L: int, T: int) -> Optional[SegmentPlan]:
     return SegmentPlan(ends, read, Tm)
 
 
-def _slots(x: torch.Tensor, P: SegmentPlan, mask: bool) -> torch.Tensor:
-    """``x (Bt, L, F)`` gathered into slots ``(Bt * K, Tm, F)`` (padding zeroed when ``mask``)."""
+def _slots(x: torch.Tensor, P: SegmentPlan, slot: str) -> torch.Tensor:
+    """``x (Bt, L, F)`` gathered into slots ``(Bt * K, Tm, F)``, in a reused buffer."""
     Bt, F = x.shape[0], x.shape[-1]
-    s = x.index_select(1, P.flat)
-    if mask:
-        s = s * P.vflat.view(1, -1, 1).to(s.dtype)
-    return s.view(Bt * P.K, P.Tm, F)
+    out = _ws(slot, (Bt, P.K * P.Tm, F), x)
+    torch.index_select(x, 1, P.flat, out=out)
+    return out.view(Bt * P.K, P.Tm, F)
 
 
 def _blocks(P: SegmentPlan, rows: int, N: int, E: int, block: Optional[int]):
@@ -107,42 +107,47 @@ def _weights(P: SegmentPlan, D: torch.Tensor, A2: torch.Tensor, sl: slice, slot:
     """``W = exp(A D)`` of the segments ``sl``, ``(s, Tm, N, E)``, in a reused buffer."""
     n = sl.stop - sl.start
     N, E = A2.shape
-    W = _ws(slot, (n * P.Tm * N * E,), D)[: n * P.Tm * N * E].view(n, P.Tm, N, E)
+    W = _ws(slot, (n, P.Tm, N, E), D)
     torch.mul(D[sl].unsqueeze(-2), A2, out=W)
     return W.exp2_()
 
 
 def _common(u, delta, A, Bm, P: SegmentPlan):
-    """Slot inputs: ``dp, dup (R, Tm, E)``, ``Bp (R, Tm, N)``, ``D`` (the sum of ``delta``
-    after each slot inside its segment), ``tot (R, E)``, ``A2 (N, E)``, ``R = exp(A tot)``."""
-    dp = _slots(delta, P, True)
-    dup = _slots(delta * u, P, True)
-    Bp = _slots(Bm, P, False)
-    if P.tri is None or P.tri.dtype != dp.dtype:
-        P.tri = torch.ones(P.Tm, P.Tm, dtype=dp.dtype, device=dp.device).triu(1)
-    D = torch.matmul(P.tri, dp)  # suffix sums within the segment (exclusive)
+    """Slot inputs (reused buffers): ``dp, us, dup (R, Tm, E)`` (``delta``, ``u``, their
+    product; ``dp`` and ``dup`` zero on padding), ``Bp (R, Tm, N)``, ``D`` (the sum of
+    ``delta`` after each slot inside its segment), ``tot (R, E)``, ``A2 (N, E)``, and the decay
+    over each whole segment ``Rk = exp(A tot) (R, N, E)``."""
+    Bt, L, E = u.shape
+    R, Tm, N = Bt * P.K, P.Tm, A.shape[1]
+    dp = _slots(delta, P, "dp")
+    dp.view(Bt, -1, E).mul_(P.mask.to(dp.dtype))
+    us = _slots(u, P, "us")
+    dup = torch.mul(dp, us, out=_ws("dup", dp.shape, dp))
+    Bp = _slots(Bm, P, "Bp")
+    D = _suffix(dp, _ws("D", dp.shape, dp))
     tot = dp.sum(1)
     A2 = A.t().contiguous() * LOG2E
-    Rk = (tot.unsqueeze(-2) * A2).exp2_()  # (R, N, E) decay over each whole segment
-    return dp, dup, Bp, D, tot, A2, Rk
+    Rk = torch.mul(tot.unsqueeze(-2), A2, out=_ws("Rk", (R, N, E), dp)).exp2_()
+    return dp, us, dup, Bp, D, tot, A2, Rk
 
 
 def forward(u, delta, A, Bm, C, P: SegmentPlan, block: Optional[int] = None):
-    """``(y (Bt, Q, E), H (Bt, K, N, E))``: the reads and the state at each segment's end."""
+    """``(y (Bt, Q, E), H (Bt, K, N, E))``: the reads and the state at each segment's end
+    (``H`` lives in a reused buffer: copy it to keep it)."""
     Bt, L, E = u.shape
     N = A.shape[1]
-    dp, dup, Bp, D, tot, A2, Rk = _common(u, delta, A, Bm, P)
+    dp, us, dup, Bp, D, tot, A2, Rk = _common(u, delta, A, Bm, P)
     rows = Bt * P.K
-    Z = u.new_empty(rows, N, E)
+    Z = _ws("Z", (rows, N, E), u)
     for sl in _blocks(P, rows, N, E, block):
         W = _weights(P, D, A2, sl, "w0")
         W.mul_(dup[sl].unsqueeze(-2)).mul_(Bp[sl].unsqueeze(-1))
-        Z[sl] = W.sum(1)
+        torch.sum(W, 1, out=Z[sl])
     H = Z.view(Bt, P.K, N, E)
     Rv = Rk.view(Bt, P.K, N, E)
     for k in range(1, P.K):
         H[:, k].addcmul_(Rv[:, k], H[:, k - 1])
-    hr = H.index_select(1, P.kq)  # (Bt, Q, N, E)
+    hr = torch.index_select(H, 1, P.kq, out=_ws("hr", (Bt, P.kq.shape[0], N, E), u))
     y = torch.matmul(C.unsqueeze(-2), hr).squeeze(-2)
     return y * P.ok.view(1, -1, 1).to(y.dtype), H
 
@@ -152,16 +157,17 @@ def backward(gy, u, delta, A, Bm, C, H, P: SegmentPlan, block: Optional[int] = N
     Bt, L, E = u.shape
     N, K, Tm = A.shape[1], P.K, P.Tm
     gy = gy * P.ok.view(1, -1, 1).to(gy.dtype)
-    hr = H.index_select(1, P.kq)
+    hr = torch.index_select(H, 1, P.kq, out=_ws("hr", (Bt, P.kq.shape[0], N, E), u))
     gC = torch.matmul(hr, gy.unsqueeze(-1)).squeeze(-1)  # (Bt, Q, N)
-    G = u.new_zeros(Bt, K, N, E)
-    G.index_add_(1, P.kq, C.unsqueeze(-1) * gy.unsqueeze(-2))
-    dp, dup, Bp, D, tot, A2, Rk = _common(u, delta, A, Bm, P)
+    G = _ws("G", (Bt, K, N, E), u).zero_()
+    G.index_add_(1, P.kq, torch.mul(C.unsqueeze(-1), gy.unsqueeze(-2), out=hr))
+    dp, us, dup, Bp, D, tot, A2, Rk = _common(u, delta, A, Bm, P)
     Rv = Rk.view(Bt, K, N, E)
     for k in range(K - 2, -1, -1):  # adjoint at each segment's end, chained from the last
         G[:, k].addcmul_(Rv[:, k + 1], G[:, k + 1])
     # segment decays R_k = exp(A tot_k) multiply H_{k-1}: their exponent's gradient
-    gl = torch.zeros_like(G)
+    gl = _ws("gl", (Bt, K, N, E), u)
+    gl[:, 0].zero_()
     torch.mul(G[:, 1:], H[:, :-1], out=gl[:, 1:]).mul_(Rv[:, 1:])
     gl = gl.view(-1, N, E)
     At = A2 / LOG2E  # (N, E)
@@ -169,23 +175,21 @@ def backward(gy, u, delta, A, Bm, C, H, P: SegmentPlan, block: Optional[int] = N
     gtot = (gl * At).sum(-2)  # (R, E)
     rows = Bt * K
     Gf = G.view(rows, N, E)
-    g_dup = u.new_empty(rows, Tm, E)
-    gBp = u.new_empty(rows, Tm, N)
-    gD = u.new_empty(rows, Tm, E)
-    X = dup * D
+    g_dup = _ws("g_dup", (rows, Tm, E), u)
+    gBp = _ws("gBp", (rows, Tm, N), u)
+    gD = _ws("gD", (rows, Tm, E), u)
+    X = torch.mul(dup, D, out=_ws("X", dup.shape, u))
     for sl in _blocks(P, rows, N, E, block):
         V = _weights(P, D, A2, sl, "w0").mul_(Gf[sl].unsqueeze(1))  # dL/dh at every slot
-        n = sl.stop - sl.start
-        tmp = _ws("w1", (n * Tm * N * E,), V)[: n * Tm * N * E].view(V.shape)
-        gBp[sl] = torch.mul(V, dup[sl].unsqueeze(-2), out=tmp).sum(-1)
+        tmp = _ws("w1", V.shape, V)
+        torch.sum(torch.mul(V, dup[sl].unsqueeze(-2), out=tmp), -1, out=gBp[sl])
         V.mul_(Bp[sl].unsqueeze(-1))
-        g_dup[sl] = V.sum(-2)
-        gD[sl] = torch.mul(V, At, out=tmp).sum(-2)
+        torch.sum(V, -2, out=g_dup[sl])
+        torch.sum(torch.mul(V, At, out=tmp), -2, out=gD[sl])
         gA += V.mul_(X[sl].unsqueeze(-2)).sum((0, 1))
     gD.mul_(dup)
-    # D = tri @ dp, tot = sum dp: back to the slots' delta
-    g_dp = torch.matmul(P.tri.t(), gD).add_(gtot.unsqueeze(1))
-    us = _slots(u, P, False)
+    # D_j = sum of dp after j, tot = sum of dp: back to the slots' delta
+    g_dp = _prefix(gD, X).add_(gtot.unsqueeze(1))
     g_delta_s = g_dp.addcmul_(g_dup, us)
     g_u_s = g_dup.mul_(dp)
     return (
@@ -194,10 +198,31 @@ def backward(gy, u, delta, A, Bm, C, H, P: SegmentPlan, block: Optional[int] = N
     )
 
 
+def _suffix(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out[:, j] = sum_{j' > j} x[:, j']`` along dim 1 (a few slice adds: faster than a
+    batched triangular matmul or a cumsum over a middle dimension)."""
+    out[:, -1].zero_()
+    for j in range(x.shape[1] - 2, -1, -1):
+        torch.add(out[:, j + 1], x[:, j + 1], out=out[:, j])
+    return out
+
+
+def _prefix(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out[:, j] = sum_{j' < j} x[:, j']`` along dim 1 (the adjoint of :func:`_suffix`)."""
+    out[:, 0].zero_()
+    for j in range(1, x.shape[1]):
+        torch.add(out[:, j - 1], x[:, j - 1], out=out[:, j])
+    return out
+
+
 def _unslot(g: torch.Tensor, P: SegmentPlan, Bt: int, L: int) -> torch.Tensor:
-    """Slot gradients ``(Bt * K, Tm, F)`` back to positions ``(Bt, L, F)`` (zero elsewhere)."""
+    """Slot gradients ``(Bt * K, Tm, F)`` back to positions ``(Bt, L, F)`` (zero after the last
+    read position)."""
     F = g.shape[-1]
+    g = g.view(Bt, -1, F)
+    n = P.slot_of.shape[0]
+    if n == L:
+        return g.index_select(1, P.slot_of)
     out = g.new_zeros(Bt, L, F)
-    g = g.view(Bt, -1, F)[:, P.vflat]
-    out.index_copy_(1, P.flat[P.vflat], g)
+    out[:, :n] = g.index_select(1, P.slot_of)
     return out
