@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Mapping
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterator, List
 
 from canvas_core.errors import CanvasTypeError
 from canvas_core.plugins.host import get_host
@@ -88,20 +88,14 @@ def _make(kind: str, one: str, many: str, noun: str, extra: str) -> None:
     def create(name: str, *args: Any, **kwargs: Any) -> Any:
         return get_host().lookup(kind, name).create(*args, **kwargs)
 
-    _define(register, f"register_{one}", (
-        f"Register an {noun} in the running process.{extra}\n\n"
-        f"``register_{one}(name, factory, **metadata)`` returns the stored :class:`Spec`; as a decorator "
-        "(``@register_x(\"name\", **metadata)`` or bare) it returns the object unchanged.  ``factory`` is a "
-        "class, a callable or a lazy ``\"package.module:Object\"`` string (``cls=`` is accepted in its place). "
-        "Metadata keywords: ``family``, ``complexity``, ``description``, ``requires``, ``devices``, ``dtypes``, "
-        "``check``, ... (docs/plugins.md).  An existing name raises DuplicateRegistrationError unless "
-        "``override=True``; the replaced registration returns when the new one is unregistered."))
-    _define(unregister, f"unregister_{one}", f"Remove the current registration of {noun} ``name`` and "
-            "return its Spec; a registration it had overridden becomes current again.")
-    _define(names, f"list_{many}", f"Names of every registered {noun}, sorted (installed plugins load on first use).")
+    _define(register, f"register_{one}", f"Register an {noun} in the running process.{extra} "
+            f"``register_{one}(name, factory, **metadata)`` returns the stored Spec; as a decorator it returns the "
+            "object.  An existing name needs ``override=True`` (docs/plugins.md lists the metadata keywords).")
+    _define(unregister, f"unregister_{one}", f"Remove the current registration of {noun} ``name`` (one it "
+            "had overridden comes back); returns its Spec.")
+    _define(names, f"list_{many}", f"Names of every registered {noun}, sorted.")
     if kind != "attention":
-        _define(create, f"create_{one}", f"Build {noun} ``name`` by calling its factory with ``*args, **kwargs``. "
-                "Raises UnknownNameError, PluginLoadError, or UnavailableError when a package it needs is missing.")
+        _define(create, f"create_{one}", f"Build {noun} ``name``: its factory called with ``*args, **kwargs``.")
 
 
 def create_attention(fn_name: str, d_model: int, n_heads: int = 4, dropout: float = 0.0, **kwargs: Any) -> Any:
@@ -139,8 +133,7 @@ class RegistryView(Mapping):
     def __init__(self, kind: str) -> None:
         self._kind = kind
 
-    def _wrap(self, spec: Spec) -> Any:
-        return spec
+    _wrap = staticmethod(lambda spec: spec)
 
     def _reg(self) -> Registry:
         return get_host().registry(self._kind)
@@ -169,13 +162,6 @@ class AttentionTypeInfo(str):
     """An entry of ``ATTENTION_TYPES``: the description string (canvas-engineering's value), with
     ``name``, ``family``, ``complexity``, ``description``, ``provider`` and ``spec`` attributes."""
 
-    name: str
-    family: Optional[str]
-    complexity: Optional[str]
-    description: str
-    provider: str
-    spec: Spec
-
     def __new__(cls, spec: Spec) -> "AttentionTypeInfo":
         obj = super().__new__(cls, spec.description or "")
         obj.name, obj.family, obj.complexity = spec.name, spec.family, spec.complexity
@@ -187,9 +173,7 @@ class AttentionTypeInfo(str):
 
 
 class AttentionTypesView(RegistryView):
-
-    def _wrap(self, spec: Spec) -> Any:
-        return AttentionTypeInfo(spec)
+    _wrap = AttentionTypeInfo
 
     def __repr__(self) -> str:
         return "ATTENTION_TYPES(" + repr({k: str(v) for k, v in self.items()}) + ")"
