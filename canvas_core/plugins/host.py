@@ -9,6 +9,7 @@ others keep working.  Tests build their own host (``with use_host(PluginHost(...
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.metadata
 import os
 import threading
@@ -140,7 +141,7 @@ class PluginHost:
         raise self.missing_name_error(kind, name)
 
     def _load(self, s) -> None:
-        self.settings = s.as_dict()
+        self.settings = dataclasses.asdict(s)
         if self._builtins:
             from canvas_core.plugins import builtin
 

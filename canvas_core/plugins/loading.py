@@ -60,9 +60,6 @@ class LoadSettings:
     allow: Optional[List[str]] = None
     block: List[str] = field(default_factory=list)
 
-    def as_dict(self) -> dict:
-        return {"autoload": self.autoload, "allow": self.allow, "block": list(self.block)}
-
 
 def read_settings(env: Mapping[str, str], *, autoload: Optional[bool] = None,
                   allow: Optional[Iterable[str]] = None, block: Optional[Iterable[str]] = None) -> LoadSettings:
