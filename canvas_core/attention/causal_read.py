@@ -17,7 +17,7 @@ from canvas_core.attention._base import causal_read_index
 from canvas_core.errors import CanvasTypeError
 
 __all__ = ["NEG_INF", "CHUNK_ELEMS", "work_dtype", "finite_or_zero", "check_kernel_choice", "rows_identical",
-           "causal_read", "read_at", "scratch"]
+           "causal_read", "read_at", "scratch", "exp_floor"]
 
 NEG_INF = float("-inf")
 CHUNK_ELEMS = 1 << 24  # bound on the size of per-query intermediate tensors
@@ -31,6 +31,15 @@ def work_dtype(dtype: torch.dtype) -> torch.dtype:
 def finite_or_zero(q: torch.Tensor) -> torch.Tensor:
     """``q`` with its ``-inf`` entries replaced by 0 (a running maximum over nothing)."""
     return torch.where(q == NEG_INF, torch.zeros_like(q), q)
+
+
+def exp_floor(dtype: torch.dtype) -> float:
+    """The exponent below which ``exp`` leaves the normal range of ``dtype`` (about -86.8 for
+    float32, -707.9 for float64).  CPUs compute ``exp`` of a smaller argument, or of ``-inf``,
+    in a slow path (tens of times slower for subnormal results), so the scans clamp their
+    max-relative exponents to this floor and zero the entries they mask explicitly; a kept
+    entry at the floor weighs ``< 2e-38`` against the largest one, which weighs 1."""
+    return math.log(torch.finfo(dtype).tiny) + 0.5
 
 
 def check_kernel_choice(type_name: str, kernel: str) -> str:

@@ -18,6 +18,7 @@ from canvas_core.attention.causal_read import (
     NEG_INF,
     scratch,
     causal_read,
+    exp_floor,
     check_kernel_choice,
     finite_or_zero,
     read_at,
@@ -33,38 +34,49 @@ class _ChunkRead(torch.autograd.Function):
     chunk ``cr_q``, ``num_q = sum_{j <= p} e^{l_j - m_q} v_j`` and ``den_q = sum_{j <= p}
     e^{l_j - m_q}`` with ``l_j = k_j - (p - 1 - j) w`` (``u + k_p`` at ``j = p``) and ``m_q`` the
     largest exponent (also over ``Mr``, the state's).  ``(B, Q, T, C)`` temporaries live in
-    per-thread scratch and are recomputed for the backward (no fresh tensor of that size)."""
+    per-thread scratch and are recomputed for the backward (no fresh tensor of that size); the
+    exponents are clamped at :func:`exp_floor` and the blocked entries zeroed after ``exp``."""
 
     @staticmethod
-    def _exps(kc, w, u, okc, cr, rel, mx):
+    def _exps(kc, w, u, okq, cr, rel):
+        """``l`` ``(B, Q, T, C)`` in scratch, ``-inf`` where blocked (``j > p`` or a masked key)."""
         B, _, T, C = kc.shape
         Q = cr.shape[0]
         relc = rel.unsqueeze(-1)
         bias = torch.where(relc < 0, (relc + 1).to(kc.dtype) * w, u.expand(Q, T, C))
         bias = bias.masked_fill(relc > 0, NEG_INF)
         e = torch.index_select(kc, 1, cr, out=scratch("wkv_e", (B, Q, T, C), kc)).add_(bias)
-        if okc is not None:
-            e.masked_fill_(~okc.index_select(1, cr), NEG_INF)
+        if okq is not None:
+            e.masked_fill_(~okq, NEG_INF)
+        return e
+
+    @staticmethod
+    def _weights_(e, mx, rel, okq):
+        """``e`` replaced by ``exp(e - mx)``, exactly 0 where blocked."""
+        e.sub_(mx.unsqueeze(2)).clamp_(min=exp_floor(e.dtype)).exp_()
+        e.masked_fill_((rel > 0).unsqueeze(-1), 0.0)
+        if okq is not None:
+            e.masked_fill_(~okq, 0.0)
         return e
 
     @staticmethod
     def forward(ctx, kc, vc, w, u, okc, cr, rel, Mr):  # noqa: D401 - autograd signature
-        e = _ChunkRead._exps(kc, w, u, okc, cr, rel, None)
+        okq = None if okc is None else okc.index_select(1, cr)  # (B|1, Q, T, 1)
+        e = _ChunkRead._exps(kc, w, u, okq, cr, rel)
         mx = finite_or_zero(torch.maximum(e.amax(dim=2), Mr))
-        e.sub_(mx.unsqueeze(2)).exp_()
+        _ChunkRead._weights_(e, mx, rel, okq)
         vq = torch.index_select(vc, 1, cr, out=scratch("wkv_v", e.shape, vc))
         den = e.sum(dim=2)
         num = vq.mul_(e).sum(dim=2)
-        ctx.save_for_backward(kc, vc, w, u, cr, rel, mx, *(() if okc is None else (okc,)))
+        ctx.save_for_backward(kc, vc, w, u, cr, rel, mx, *(() if okq is None else (okq,)))
         ctx.mark_non_differentiable(mx)
         return num, den, mx
 
     @staticmethod
     def backward(ctx, g_num, g_den, _g_mx):
         kc, vc, w, u, cr, rel, mx, *rest = ctx.saved_tensors
-        okc = rest[0] if rest else None
-        e = _ChunkRead._exps(kc, w, u, okc, cr, rel, mx)
-        e.sub_(mx.unsqueeze(2)).exp_()
+        okq = rest[0] if rest else None
+        e = _ChunkRead._weights_(_ChunkRead._exps(kc, w, u, okq, cr, rel), mx, rel, okq)
         vq = torch.index_select(vc, 1, cr, out=scratch("wkv_v", e.shape, vc))
         gn, gd = g_num.unsqueeze(2), g_den.unsqueeze(2)
         dvq = torch.mul(e, gn, out=scratch("wkv_dv", e.shape, e))
@@ -76,6 +88,71 @@ class _ChunkRead(torch.autograd.Function):
         dw = (db * torch.where(relc < 0, (relc + 1).to(db.dtype), torch.zeros((), dtype=db.dtype))).sum(dim=(0, 1))
         du = (db * (relc == 0).to(db.dtype)).sum(dim=(0, 1))
         return dk, dv, dw, du, None, None, None, None
+
+
+class _ChunkStates(torch.autograd.Function):
+    """The state after every chunk of :func:`wkv_read`, all chunks at once:
+    ``(A_x, B_x) = sum_{y <= x} e^{m_y - (x - y) T w - M_x} (a_y, b_y)`` with ``M_x`` the largest of
+    those exponents (returned, not differentiated; ``m`` is a constant too).  The ``(nC, nC)``
+    weights of every (row, channel) live in per-thread scratch, laid out ``(B, C, nC, nC)`` so that
+    both sums are one batched product; the backward recomputes them."""
+
+    @staticmethod
+    def _weights(mt, w, T):
+        B, C, n = mt.shape
+        cc = torch.arange(n, device=mt.device)
+        lag = (cc[:, None] - cc[None, :]).to(mt.dtype)  # x - y
+        ahead = lag < 0
+        lw = torch.sub(mt.unsqueeze(2), (T * w).view(1, C, 1, 1) * lag, out=scratch("wkv_lw", (B, C, n, n), mt))
+        lw.masked_fill_(ahead, NEG_INF)
+        Ms = finite_or_zero(lw.amax(dim=3))  # (B, C, n)
+        lw.sub_(Ms.unsqueeze(3)).clamp_(min=exp_floor(lw.dtype)).exp_().masked_fill_(ahead, 0.0)
+        return lw, Ms, lag
+
+    @staticmethod
+    def forward(ctx, a, b, m, w, T):  # noqa: D401 - autograd signature
+        B, n, C = a.shape
+        mt = m.transpose(1, 2).contiguous()
+        ew, Ms, _ = _ChunkStates._weights(mt, w, T)
+        ab = torch.stack([a.transpose(1, 2), b.transpose(1, 2)], dim=-1).reshape(B * C, n, 2)
+        out = torch.bmm(ew.view(B * C, n, n), ab).view(B, C, n, 2).permute(3, 0, 2, 1)  # (2, B, n, C)
+        ctx.T = T
+        ctx.save_for_backward(ab, mt, w)
+        Ms = Ms.transpose(1, 2).contiguous()
+        ctx.mark_non_differentiable(Ms)
+        return out[0].contiguous(), out[1].contiguous(), Ms
+
+    @staticmethod
+    def backward(ctx, gA, gB, _gM):
+        ab, mt, w = ctx.saved_tensors
+        B, C, n = mt.shape
+        ew, _, lag = _ChunkStates._weights(mt, w, ctx.T)
+        ew = ew.view(B * C, n, n)
+        gA = torch.zeros(B, n, C, dtype=ab.dtype, device=ab.device) if gA is None else gA
+        gB = torch.zeros_like(gA) if gB is None else gB
+        g = torch.stack([gA.transpose(1, 2), gB.transpose(1, 2)], dim=-1).reshape(B * C, n, 2)
+        gab = torch.bmm(ew.transpose(1, 2), g).view(B, C, n, 2).permute(3, 0, 2, 1)  # (2, B, n, C)
+        dw = None
+        if ctx.needs_input_grad[3]:
+            dlw = torch.bmm(g, ab.transpose(1, 2), out=scratch("wkv_dew", (B * C, n, n), ew)).mul_(ew)
+            dw = -ctx.T * torch.mv(dlw.view(B * C, n * n), lag.reshape(n * n)).view(B, C).sum(dim=0)
+        return gab[0], gab[1], None, dw, None
+
+
+def _exp_rel(x: torch.Tensor, blocked: Optional[torch.Tensor]) -> torch.Tensor:
+    """``exp(x)`` for max-relative exponents ``x <= 0``: clamped at :func:`exp_floor` (no slow
+    subnormal path), exactly 0 where ``blocked`` (bool, broadcastable) is True."""
+    e = torch.exp(x.clamp(min=exp_floor(x.dtype)))
+    return e if blocked is None else e.masked_fill(blocked, 0.0)
+
+
+def _chunk_for(L: int, Q: int) -> int:
+    """Keys per chunk: ``(3 L^2 / Q)^(1/3)`` (balances the in-chunk and the chunk-state terms),
+    moved to a divisor of ``L`` within -30% / +40% when there is one (no padded chunk: no
+    concatenated copies of the keys and values, no mask)."""
+    t = max(1, round((3 * L * L / max(Q, 1)) ** (1 / 3)))
+    near = [d for d in range(max(1, int(t * 0.7)), int(t * 1.4) + 1) if L % d == 0]
+    return min(near, key=lambda d: (abs(d - t), d)) if near else t
 
 
 def wkv_read(
@@ -104,7 +181,7 @@ def wkv_read(
         read: ``(Q,)`` long positions in ``[-1, L - 1]``.
         key_ok: optional bool ``(B|1, L)``.
         chunk: keys per chunk (default ``(3 L^2 / Q)^(1/3)``, which balances the two terms as
-            measured on CPUs).
+            measured on CPUs, or a divisor of ``L`` near it).
 
     Returns:
         ``(B, Q, C)``.
@@ -113,7 +190,7 @@ def wkv_read(
     Q = read.shape[0]
     if L == 0 or Q == 0:
         return (k.sum() + v.sum() + w.sum() + u.sum()) * 0 + k.new_zeros(B, Q, C)
-    T = chunk if chunk is not None else round((3 * L * L / max(Q, 1)) ** (1 / 3))
+    T = chunk if chunk is not None else _chunk_for(L, Q)
     T = max(1, min(int(T), L))
     nC = -(-L // T)
     Lp = nC * T
@@ -127,29 +204,26 @@ def wkv_read(
     okc = ok.view(-1, nC, T, 1)
     tau = torch.arange(T, device=dev)
     # summary of each chunk at its end: sum_j e^{k_j - (T-1-j) w} (v_j, 1)
-    ls = (kc - (T - 1 - tau).to(k.dtype).view(1, 1, T, 1) * w).masked_fill(~okc, NEG_INF)
+    masked = key_ok is not None or Lp > L
+    ls = kc - (T - 1 - tau).to(k.dtype).view(1, 1, T, 1) * w
+    if masked:
+        ls = ls.masked_fill(~okc, NEG_INF)
     m = finite_or_zero(ls.amax(dim=2)).detach()  # (B, nC, C)
-    e = torch.exp(ls - m.unsqueeze(2))
+    e = _exp_rel(ls - m.unsqueeze(2), ~okc if masked else None)
     a, b = (e * vc).sum(dim=2), e.sum(dim=2)
     # state after chunk c: sum_{c' <= c} e^{m_c' - (c - c') T w} (a_c', b_c')
-    cc = torch.arange(nC, device=dev)
-    lag = cc[:, None] - cc[None, :]
-    lw = m.unsqueeze(1) - lag.to(k.dtype).view(1, nC, nC, 1) * (T * w)
-    lw = lw.masked_fill((lag < 0).view(1, nC, nC, 1), NEG_INF)
-    Ms = finite_or_zero(lw.amax(dim=2)).detach()
-    ew = torch.exp(lw - Ms.unsqueeze(2))
-    As = torch.einsum("bxyc,byc->bxc", ew, a)
-    Bs = torch.einsum("bxyc,byc->bxc", ew, b)
+    As, Bs, Ms = _ChunkStates.apply(a, b, m, w, T)
     # each read: the state entering its chunk, decayed to p, and its chunk's keys j <= p
     pos = read.clamp(min=0)
     cr = torch.div(pos, T, rounding_mode="floor")
     off = pos - cr * T
     prev = (cr - 1).clamp(min=0)
     Mr = Ms.index_select(1, prev) - off.to(k.dtype).view(1, Q, 1) * w
-    Mr = Mr.masked_fill((cr == 0).view(1, Q, 1), NEG_INF)
+    first = (cr == 0).view(1, Q, 1)
+    Mr = Mr.masked_fill(first, NEG_INF)
     rel = tau.view(1, T) - off.view(Q, 1)  # j - p
     num_i, den_i, mx = _ChunkRead.apply(kc, vc, w, u, None if key_ok is None else okc, cr, rel, Mr.detach())
-    es = torch.exp(Mr - mx)
+    es = _exp_rel(Mr - mx, first)
     num = num_i + es * As.index_select(1, prev)
     den = den_i + es * Bs.index_select(1, prev)
     out = safe_div(num, den)
