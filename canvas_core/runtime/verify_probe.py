@@ -6,8 +6,9 @@ turning what they saw into report entries.
   (reachability): ``R <- R | R @ M`` per layer, computed on the plan's segment grid, so no
   ``N x N`` array is made.
 * :func:`probe_rows` -- which inputs each query position's output depends on: randomized
-  vector-Jacobian products, one query per batch row (a model that mixes its batch rows is probed
-  one query at a time).
+  vector-Jacobian products, a chunk of queries per forward pass at batch 1 with their cotangents
+  pulled back in one batched backward (else one query per batch row; a model that mixes its batch
+  rows is probed one query at a time).
 * :func:`undeclared_entries` / :func:`dead_entries` -- the report entries.
 """
 
@@ -143,40 +144,99 @@ def mixes_batch(fn: Callable, make_input: Callable[[int, torch.Generator], torch
     return g is not None and bool(g[1].abs().max() > 0)
 
 
+def _shape_error(out: torch.Tensor, x: torch.Tensor, b: int, n: int) -> None:
+    if out.dim() < 2 or out.shape[0] != b or out.shape[1] != n:
+        from canvas_core.errors import ShapeError
+
+        raise ShapeError(f"verify_structure: the probed output has shape {tuple(out.shape)}; expected "
+                         f"({b}, {n}, ...) for an input of shape {tuple(x.shape)}")
+
+
+def _relative(g: torch.Tensor, b: int, n: int) -> np.ndarray:
+    """``(b, n)``: per row, each input position's largest gradient magnitude over the largest one."""
+    mag = g.detach().abs().reshape(b, n, -1).amax(-1).double()
+    mag = torch.nan_to_num(mag, nan=float("inf"))
+    top = mag.amax(-1, keepdim=True)
+    rel = torch.where(top > 0, mag / top.clamp_min(1e-300), torch.zeros_like(mag))
+    rel = torch.where(torch.isinf(mag), torch.ones_like(rel), rel)
+    return rel.cpu().numpy()
+
+
+def _vjp_shared(fn: Callable, make_input: Callable, qs: np.ndarray, n: int,
+                gen: torch.Generator) -> Optional[torch.Tensor]:
+    """One forward at batch 1 and the ``len(qs)`` cotangents (one query each) pulled back together
+    (``is_grads_batched``): ``(b, 1, n, D)`` gradients, or None when the output has no gradient.
+    Raises (RuntimeError, or the warning turned error) when the model cannot be vmapped."""
+    b = len(qs)
+    x = make_input(1, gen).requires_grad_(True)
+    out = _first_tensor(fn(x))
+    _shape_error(out, x, 1, n)
+    if not out.requires_grad:
+        return None
+    cot = torch.zeros((b,) + tuple(out.shape), dtype=out.dtype, device=out.device)
+    rows = torch.arange(b, device=out.device)
+    qi = torch.as_tensor(qs, device=out.device)
+    cot[rows, 0, qi] = torch.randn((b,) + tuple(out.shape[2:]), generator=gen, dtype=out.dtype).to(out.device)
+    (g,) = torch.autograd.grad(out, x, cot, allow_unused=True, is_grads_batched=True)
+    return g
+
+
+def _vjp_copies(fn: Callable, make_input: Callable, qs: np.ndarray, n: int,
+                gen: torch.Generator) -> Optional[torch.Tensor]:
+    """Batch row ``r`` (its own input) carries the cotangent of query ``qs[r]``: ``(b, n, D)``."""
+    b = len(qs)
+    x = make_input(b, gen).requires_grad_(True)
+    out = _first_tensor(fn(x))
+    _shape_error(out, x, b, n)
+    if not out.requires_grad:
+        return None
+    cot = torch.zeros_like(out)
+    rows = torch.arange(b, device=out.device)
+    qi = torch.as_tensor(qs, device=out.device)
+    cot[rows, qi] = torch.randn((b,) + tuple(out.shape[2:]), generator=gen, dtype=out.dtype).to(out.device)
+    (g,) = torch.autograd.grad(out, x, cot, allow_unused=True)
+    return g
+
+
 def probe_rows(fn: Callable, make_input: Callable[[int, torch.Generator], torch.Tensor], queries: np.ndarray,
                n: int, *, probes: int, chunk: int, gen: torch.Generator) -> np.ndarray:
     """``(nq, n)`` float: per query, the largest relative gradient magnitude of each input position
     over ``probes`` random inputs and cotangents (0: the output never depended on it).
 
-    ``fn(x (b, n, D)) -> (b, n, D')``; ``make_input(b, gen)`` draws ``x``.  Batch row ``r`` carries
-    the cotangent of one query, so one backward pass answers ``chunk`` queries."""
+    ``fn(x (b, n, D)) -> (b, n, D')``; ``make_input(b, gen)`` draws ``x``.  ``chunk`` queries share
+    one forward pass at batch 1 and one batched backward (``is_grads_batched``: the vector-Jacobian
+    products of their one-query cotangents, computed together); a model autograd cannot batch that
+    way (an operation without a vmap rule) is probed with one batch row, and its own input, per
+    query instead (what ``chunk=1`` always does)."""
+    import warnings
+
+    from canvas_core.errors import CanvasError
+
     strength = np.zeros((len(queries), n), dtype=np.float64)
+    shared = chunk > 1
     for _ in range(probes):
         for start in range(0, len(queries), chunk):
             qs = queries[start:start + chunk]
             b = len(qs)
-            x = make_input(b, gen).requires_grad_(True)
-            out = _first_tensor(fn(x))
-            if out.dim() < 2 or out.shape[0] != b or out.shape[1] != n:
-                from canvas_core.errors import ShapeError
-
-                raise ShapeError(f"verify_structure: the probed output has shape {tuple(out.shape)}; expected "
-                                 f"({b}, {n}, ...) for an input of shape {tuple(x.shape)}")
-            if not out.requires_grad:
-                continue
-            cot = torch.zeros_like(out)
-            rows = torch.arange(b, device=out.device)
-            qi = torch.as_tensor(qs, device=out.device)
-            cot[rows, qi] = torch.randn((b,) + tuple(out.shape[2:]), generator=gen, dtype=out.dtype).to(out.device)
-            (g,) = torch.autograd.grad(out, x, cot, allow_unused=True)
+            g, done = None, False
+            if shared:
+                state = gen.get_state()
+                try:
+                    with warnings.catch_warnings():
+                        # a vmap fallback (per-sample loop) is slower than the copies: treat it as unsupported
+                        warnings.filterwarnings("error", message=".*(batching rule|vmap).*")
+                        g = _vjp_shared(fn, make_input, qs, n, gen)
+                    g, done = (None if g is None else g[:, 0]), True
+                except CanvasError:
+                    raise
+                except (RuntimeError, NotImplementedError, UserWarning):
+                    shared = False
+                    gen.set_state(state)  # the copies draw what this chunk would have drawn
+            if not done:
+                g = _vjp_copies(fn, make_input, qs, n, gen)
             if g is None:
                 continue
-            mag = g.detach().abs().reshape(b, n, -1).amax(-1).double()
-            mag = torch.nan_to_num(mag, nan=float("inf"))
-            top = mag.amax(-1, keepdim=True)
-            rel = torch.where(top > 0, mag / top.clamp_min(1e-300), torch.zeros_like(mag))
-            rel = torch.where(torch.isinf(mag), torch.ones_like(rel), rel)
-            strength[start:start + b] = np.maximum(strength[start:start + b], rel.cpu().numpy())
+            strength[start:start + b] = np.maximum(strength[start:start + b], _relative(g, b, n))
     return strength
 
 
