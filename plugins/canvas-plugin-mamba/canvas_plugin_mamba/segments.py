@@ -66,21 +66,21 @@ class SegmentPlan:
 
 def plan(read: torch.Tensor, L: int, T: int) -> Optional[SegmentPlan]:
     """The segments for reads ``read`` of a length-``L`` scan with grid ``T``, or None when the
-    reads are too dense for segments to pay (more than one segment per 4 positions beyond the
-    grid, or padding that would double the work)."""
+    reads are too dense for segments to pay (more than one distinct read per 4 positions, beyond
+    two per chunk of ``T``) or padding to the longest segment would double the work."""
     pos = read[read >= 0]
     if pos.numel() == 0:
         return None
     last = int(pos.max())
     ends = torch.unique(pos)  # sorted
+    if ends.shape[0] > max(2 * (last // T + 1), (last + 1) // 4):
+        return None  # about one read per 4 keys or more: the chain would loop over positions
     grid = torch.arange(T - 1, max(last, T - 1), T, device=read.device)
     lens = torch.diff(ends, prepend=ends.new_full((1,), -1))
     grid = grid[lens[torch.searchsorted(ends, grid)] > T]  # cut only the segments longer than T
     if grid.numel():
         ends = torch.unique(torch.cat([ends, grid]))
     K = ends.shape[0]
-    if K > max(2 * (last // T + 1), (last + 1) // 4):
-        return None
     lens = torch.diff(ends, prepend=ends.new_full((1,), -1))
     Tm = int(lens.max())
     if K * Tm > 2 * (last + 1) + T:
