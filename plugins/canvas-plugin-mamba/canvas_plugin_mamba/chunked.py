@@ -300,7 +300,8 @@ def selective_scan_read(
         C: ``(Bt, Q, N)`` readout of each query.
         read: ``(Q,)`` long, the position each query reads, in ``[-1, L - 1]``; ``-1`` reads
             nothing (``y_q = 0``).
-        chunk: positions per chunk (default ``ceil(sqrt(L))``).
+        chunk: positions per chunk (default ``ceil(sqrt(L))``); with sparse reads, the longest
+            segment (:mod:`canvas_plugin_mamba.segments`).
         block: elements per work block (default :data:`BLOCK_ELEMS`).
 
     All tensors share one floating dtype (computed in it: pass float32 or float64).
