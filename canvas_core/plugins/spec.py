@@ -11,11 +11,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from canvas_core.errors import CanvasTypeError, PluginError, PluginLoadError, UnavailableError
+from canvas_core.errors import CanvasError, CanvasTypeError, PluginError, PluginLoadError, UnavailableError
 from canvas_core.plugins.context import (  # noqa: F401 - the device / dtype names are re-exported here
     KNOWN_DEVICE_TYPES, KNOWN_DTYPES, RuntimeContext, SpecError, check_device, check_dtype, cuda_status,
     normalize_device, normalize_dtype,
 )
+from canvas_core.plugins.hints import pip_name
 
 #: distribution name recorded for names registered in-process (``register_attention(...)``).
 IN_PROCESS = "<in-process>"
@@ -248,8 +249,6 @@ class Spec:
         package is missing (before trying to import it)."""
         missing = self.missing_requirements()
         if missing:
-            from canvas_core.plugins.hints import pip_name
-
             raise UnavailableError(
                 f"{self.kind} {self.name!r} from {self.describe_provider()} needs the Python "
                 f"package(s) {', '.join(repr(m) for m in missing)}, which are not installed. "
@@ -258,8 +257,6 @@ class Spec:
         try:
             return factory(*args, **kwargs)
         except Exception as exc:
-            from canvas_core.errors import CanvasError
-
             if isinstance(exc, CanvasError):
                 raise
             cls = (FactoryTypeError if isinstance(exc, TypeError) else
@@ -289,8 +286,7 @@ class Spec:
             d["metadata"] = extra
         if with_availability:
             reasons = self.unsupported_reasons(ctx)
-            d["available"] = not reasons
-            d["reasons"] = reasons
+            d.update(available=not reasons, reasons=reasons)
         return d
 
     def __repr__(self) -> str:
