@@ -118,7 +118,7 @@ def _common(u, delta, A, Bm, P: SegmentPlan):
     ``delta`` after each slot inside its segment), ``tot (R, E)``, ``A2 (N, E)``, and the decay
     over each whole segment ``Rk = exp(A tot) (R, N, E)``."""
     Bt, L, E = u.shape
-    R, Tm, N = Bt * P.K, P.Tm, A.shape[1]
+    R, N = Bt * P.K, A.shape[1]
     dp = _slots(delta, P, "dp")
     dp.view(Bt, -1, E).mul_(P.mask.to(dp.dtype))
     us = _slots(u, P, "us")
