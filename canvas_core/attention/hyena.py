@@ -205,14 +205,16 @@ class HyenaAttention(AttentionBase):
             if keep_t is not None:
                 z = z * keep_t
             z = z.contiguous()
-            ht = h.transpose(1, 2).contiguous()  # (order, D, Nk)
+            # the skip d_n z is the filter's lag-0 tap: h^n (*) z + d_n z = (h^n + d_n delta) (*) z
+            ht = h.transpose(1, 2)  # (order, D, Nk)
+            ht = torch.cat([ht[..., :1] + d.unsqueeze(-1), ht[..., 1:]], dim=-1)
             if self.order > 1:
                 gates = self.gate_proj(keys).to(wd).transpose(1, 2).chunk(self.order - 1, dim=1)
             for n in range(self.order - 1):
-                z = gates[n] * (causal_conv_last(z, ht[n]) + d[n].view(1, -1, 1) * z)
+                z = gates[n] * causal_conv_last(z, ht[n])
                 if keep_t is not None:
                     z = z * keep_t
-            y = causal_conv_last(z, ht[-1]) + d[-1].view(1, -1, 1) * z  # (B, D, Nk)
+            y = causal_conv_last(z, ht[-1])  # (B, D, Nk)
             y = y.index_select(2, read.clamp(min=0)).transpose(1, 2)
             y = y * (read >= 0).view(1, -1, 1).to(wd)
         else:

@@ -65,17 +65,13 @@ def _rwkv_reference(m: RWKVAttention, q, k, v, allow):
     for b in range(B):
         for i in range(Nq):
             p = _read(i, Nq, Nk)
-            num = torch.zeros(D, dtype=DT)
-            den = torch.zeros(D, dtype=DT)
-            any_key = False
-            for j in range(p + 1):
-                if not allow[b, i, j]:
-                    continue
-                any_key = True
-                e = torch.exp(u + kk[b, j]) if j == p else torch.exp(kk[b, j] - (p - 1 - j) * w)
-                num, den = num + e * vv[b, j], den + e
-            if any_key:
-                wkv = num / den
+            # exponents of the allowed keys, taken relative to their largest (a strong decay
+            # underflows every plain exp to 0 even in float64, and 0 / 0 is not the answer)
+            js = [j for j in range(p + 1) if allow[b, i, j]]
+            if js:
+                x = torch.stack([u + kk[b, j] if j == p else kk[b, j] - (p - 1 - j) * w for j in js])
+                e = torch.exp(x - x.max(dim=0).values)
+                wkv = (e * vv[b, js]).sum(dim=0) / e.sum(dim=0)
                 out[b, i] = m.output(torch.sigmoid(m.receptance(q[b, i])) * wkv)
     return out
 
