@@ -180,7 +180,8 @@ class PoolingAttention(AttentionBase):
             count = m.sum(dim=-1, keepdim=True)
             pooled = safe_div(torch.matmul(m, values), count)  # (B, Nq|1, D)
         out = self.out_proj(self.drop(pooled))
-        out = out.masked_fill(~has_key(allowed, Nk, out.device), 0.0)
+        if allowed is not None or Nk == 0:  # zeros for a query without keys
+            out = out.masked_fill(~has_key(allowed, Nk, out.device), 0.0)
         return out.expand(B, Nq, self.d_model)
 
 

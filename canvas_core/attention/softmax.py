@@ -99,8 +99,8 @@ class _QKVAttention(AttentionBase):
         Rows without any allowed key are given every key (so the kernel stays finite) and
         zeroed afterwards.
         """
-        if allowed is None:
-            has = torch.ones(1, 1, 1, dtype=torch.bool, device=q.device)
+        if allowed is None:  # every query has a key (Nk > 0 here): nothing to zero afterwards
+            has = None
             attn_mask = None if bias is None else _heads(bias).to(q.dtype)
         else:
             has = allowed.any(dim=-1, keepdim=True)  # (B|1, Nq|1, 1)
@@ -118,7 +118,8 @@ class _QKVAttention(AttentionBase):
             dropout_p=self.dropout_p if self.training else 0.0,
             scale=self._beta() / math.sqrt(self.head_dim),
         )
-        return self.out_proj(self._merge(out)).masked_fill(~has, 0.0)
+        out = self.out_proj(self._merge(out))
+        return out if has is None else out.masked_fill(~has, 0.0)
 
 
 class CrossAttention(_QKVAttention):
@@ -348,7 +349,8 @@ class PerceiverAttention(AttentionBase):
         B, _, Nk, allowed, _ = self._prepare(queries, keys, values, key_mask)
         lat = self.latents.to(queries.dtype).unsqueeze(0).expand(B, -1, -1)
         union = None if allowed is None else allowed.any(dim=1, keepdim=True)  # (B|1, 1, Nk)
-        has = has_key(allowed, Nk, queries.device)  # (B|1, Nq|1, 1)
         z = lat + self.encode(lat, keys, values, key_mask=union)
         out = self.decode(queries, z, z)
-        return out.masked_fill(~has, 0.0)
+        if allowed is None and Nk > 0:  # every query has a key: nothing to zero
+            return out
+        return out.masked_fill(~has_key(allowed, Nk, queries.device), 0.0)  # (B|1, Nq|1, 1)

@@ -35,7 +35,7 @@ from canvas_core.compiler.plan import ExecutionPlan, segment_grid
 from canvas_core.compiler.resolved import REFERENCE_KERNEL
 from canvas_core.errors import ShapeError
 from canvas_core.runtime.key_sets import group_key_sets, shape_buckets
-from canvas_core.runtime.type_call import check_type_output, is_builtin_module, run_key_set_buckets, runs_per_key_set
+from canvas_core.runtime.type_call import check_type_output, is_builtin_module, run_flat_buckets, runs_per_key_set
 
 __all__ = [
     "compact_plan",
@@ -215,6 +215,9 @@ class PlanRunner(nn.Module):
             self.register_buffer(f"c_soft{i}", to(torch.from_numpy(cf)), persistent=False)  # float64
             self.c_is_one.append(bool(np.all(cf == 1.0)))
         safe_all = np.where(den_all > 0, den_all, 1.0)
+        #: per other type: [(qf name, kf name, G, nq, nk), ...] of its key sets stacked by shape
+        self._flat: list = []
+        fused_idx, fused_coef = [], []
         for i, f in enumerate(self.other_fns):
             g = plan.groups[f]
             sg = segment_grid(n, g.q0, g.q1, g.k0, g.k1, g.weight)
@@ -225,10 +228,19 @@ class PlanRunner(nn.Module):
             q_can, k_can = plan.perm[q_packed], plan.perm[k_packed]
             coef = (qw[f] / safe_all)[q_can]
             arrays = [("q", q_can), ("k", k_can), ("set", set_of_q), ("sets", sets), ("coef", coef)]
-            # a per-key-set type: the key sets of equal shape, stacked (one call per shape)
+            # a per-key-set type: the key sets of equal shape, stacked (one call per shape), their
+            # index vectors flattened here once; the rows they output, in order, and their weights
             buckets = shape_buckets(set_of_q, sets, q_can, k_can, coef)
-            for j, (bq, bk, bc) in enumerate(buckets):
-                arrays += [(f"b{j}_q", bq), (f"b{j}_k", bk), (f"b{j}_c", bc)]
+            flat = []
+            for j, (bq, bk, _) in enumerate(buckets):
+                arrays += [(f"b{j}_qf", bq.reshape(-1)), (f"b{j}_kf", bk.reshape(-1))]
+                flat.append((f"o{i}_b{j}_qf", f"o{i}_b{j}_kf", int(bq.shape[0]), int(bq.shape[1]), int(bk.shape[1])))
+            rows = np.concatenate([bq.reshape(-1) for bq, _, _ in buckets] or [np.zeros(0, np.int64)])
+            rows_coef = np.concatenate([bc for _, _, bc in buckets] or [np.zeros(0)])
+            arrays += [("rows", rows), ("rows_coef", rows_coef.reshape(1, -1, 1)), ("coef3", coef.reshape(1, -1, 1))]
+            fused_idx.append(rows)
+            fused_coef.append(rows_coef)
+            self._flat.append(flat)
             setattr(self, f"o{i}_nb", len(buckets))
             # an exact-mask type may run either way: per key set when that reads far fewer pairs
             pairs_sets = sum(bq.size * bk.shape[1] for bq, bk, _ in buckets)
@@ -236,6 +248,12 @@ class PlanRunner(nn.Module):
             for name, arr in arrays:
                 t = torch.from_numpy(np.ascontiguousarray(arr))  # coef: float64, cast at use
                 self.register_buffer(f"o{i}_{name}", to(t), persistent=False)
+        # every type run per key set (the usual case): ONE scatter of all their rows, whose index
+        # and weights are concatenated here
+        if self.other_fns:
+            self.register_buffer("fused_rows", to(torch.from_numpy(np.concatenate(fused_idx))), persistent=False)
+            self.register_buffer("fused_coef", to(torch.from_numpy(np.concatenate(fused_coef).reshape(1, -1, 1))),
+                                 persistent=False)
         self.other_names = list(self.other_fns)
 
     def key_mask(self, i: int) -> torch.Tensor:
@@ -251,7 +269,16 @@ class PlanRunner(nn.Module):
     def key_set_buckets(self, i: int):
         """``[(Q (G, nq), K (G, nk), coef (G * nq,)), ...]`` of the i-th non-softmax group: its key
         sets stacked by shape, indices into the runner's positions (see ``runtime/key_sets.py``)."""
-        return [tuple(getattr(self, f"o{i}_b{j}_{s}") for s in "qkc") for j in range(getattr(self, f"o{i}_nb"))]
+        out, start, coef = [], 0, getattr(self, f"o{i}_rows_coef").reshape(-1)
+        for qn, kn, G, nq, nk in self._flat[i]:
+            out.append((getattr(self, qn).reshape(G, nq), getattr(self, kn).reshape(G, nk), coef[start:start + G * nq]))
+            start += G * nq
+        return out
+
+    def flat_buckets(self, i: int):
+        """``[(qf (G*nq,), kf (G*nk,), G, nq, nk), ...]`` of the i-th non-softmax group: the index
+        vectors of :meth:`key_set_buckets`, flattened (what :func:`run_flat_buckets` takes)."""
+        return [(getattr(self, qn), getattr(self, kn), G, nq, nk) for qn, kn, G, nq, nk in self._flat[i]]
 
     def extra_repr(self) -> str:
         return (f"n={self.n}, softmax={self.soft_fns}, other={self.other_fns}, "
@@ -306,31 +333,40 @@ def run_module_groups(ex: Any, x: torch.Tensor, modules: Mapping[str, nn.Module]
     batch (``runtime/type_call.py``); an exact-mask type once instead: queries = the positions it
     updates, keys = values = the union of its keys, ``key_mask`` = linked, unless it is one of
     canvas-core's own and its key sets hold at most half the pairs.  ``modules`` / ``gates`` are
-    keyed by fn type (a gate of None: no gate)."""
-    acc = None
-    B, N, D = x.shape
+    keyed by fn type (a gate of None: no gate).
+
+    Everything that depends only on the plan was built with the runner: flat index vectors, the
+    rows each call outputs and their weights; the outputs of all types are concatenated and
+    weighted once and land in ONE ``index_add`` (in type order, as one ``index_add`` per type would
+    add them), so a traced call holds the gathers, the modules and three more operations."""
+    outs, rows, coefs = [], [], []
+    fused = True  # every type per key set: the runner's concatenated rows and weights apply
     for i, f in enumerate(ex.other_names):
         module = modules[f]
         gate = None if gates is None else gates.get(f)
         # canvas-core's own exact types give the same rows either way: per key set when cheaper
         if runs_per_key_set(module) or (ex.key_sets_cheaper(i) and is_builtin_module(module)):
-            buckets = ex.key_set_buckets(i)
-            parts = run_key_set_buckets(module, x, x, x, [(q, k) for q, k, _ in buckets], name=f)
-            if not parts:
-                continue
-            idx = torch.cat([q for q, _ in parts])
-            o = torch.cat([p for _, p in parts], dim=1)
-            coef = torch.cat([c for _, _, c in buckets]).to(o.dtype)
+            parts = run_flat_buckets(module, x, x, x, ex.flat_buckets(i), name=f)
+            rows.append(getattr(ex, f"o{i}_rows"))
+            coefs.append(getattr(ex, f"o{i}_rows_coef"))
         else:
+            fused = False
             qi, ki = getattr(ex, f"o{i}_q"), getattr(ex, f"o{i}_k")
             kv = x.index_select(1, ki)
             q = x.index_select(1, qi)
-            o = check_type_output(module(q, kv, kv, key_mask=ex.key_mask(i)), q, f, module)
-            idx, coef = qi, getattr(ex, f"o{i}_coef").to(o.dtype)
-        o = o * coef[None, :, None]
+            parts = [check_type_output(module(q, kv, kv, key_mask=ex.key_mask(i)), q, f, module)]
+            rows.append(qi)
+            coefs.append(getattr(ex, f"o{i}_coef3"))
         if gate is not None:
-            o = o * gate.to(o.dtype)
-        if acc is None:
-            acc = x.new_zeros(B, N, o.shape[-1], dtype=o.dtype)
-        acc = acc.index_add(1, idx, o)
-    return acc
+            parts = [p * gate.to(p.dtype) for p in parts]
+        outs.extend(parts)
+    if not outs:
+        return None
+    o = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+    if fused:
+        idx, coef = ex.fused_rows, ex.fused_coef
+    else:
+        idx, coef = torch.cat(rows), torch.cat(coefs, dim=1)
+    o = o * (coef if coef.dtype == o.dtype else coef.to(o.dtype))
+    B, N, _ = x.shape
+    return o.new_zeros(B, N, o.shape[-1]).index_add(1, idx, o)

@@ -17,7 +17,7 @@ the keys its connections link, and nothing else.
   query may read this key); output row i must depend only on the keys row i allows (the
   conformance kit probes it) and be 0 for a row with none.  canvas-core's own exact types (whose
   rows are known to equal a call with the query's own key set alone) are run per key set instead,
-  with an all-True mask, whenever that reads at most half the pairs;
+  with ``key_mask=None`` (every key of the set), whenever that reads at most half the pairs;
 * **every other type** (the default; everything that compresses or scans: perceiver, linear
   attention, rwkv, hyena, mamba, and a plugin that declares nothing) is called **per key set**:
   the runtime groups the queries by identical key set and stacks all key sets of equal shape
@@ -43,7 +43,7 @@ from typing import Any, Dict, List, Optional, Tuple
 __all__ = [
     "MASKED", "UNMASKED", "EXACT_ATTR", "SELF_GATED_ATTR", "calling_convention", "mask_is_exact",
     "runs_per_key_set", "is_builtin_module", "check_attention_module", "call_attention_type", "key_set_groups",
-    "check_type_output", "run_key_set_buckets", "call_per_key_set", "stack_by_shape",
+    "check_type_output", "run_key_set_buckets", "run_flat_buckets", "call_per_key_set", "stack_by_shape",
 ]
 
 #: ``forward(queries, keys, values, key_mask=...)`` can take a mask (signature only).
@@ -249,25 +249,38 @@ def run_key_set_buckets(module: Any, queries: Any, keys: Any, values: Any, bucke
     """Run a per-key-set type: for each ``(Q (G, nq), K (G, nk))`` (indices into dim 1 of
     ``queries`` / ``keys`` and ``values``), ONE call on ``(B*G, nq, D), (B*G, nk, D), (B*G, nk, D)``.
     Returns ``[(Q.flatten() (G*nq,), out (B, G*nq, D)), ...]``."""
-    import torch
+    flat = [(Q.reshape(-1), K.reshape(-1), int(Q.shape[0]), int(Q.shape[1]), int(K.shape[1])) for Q, K in buckets]
+    outs = run_flat_buckets(module, queries, keys, values, flat, name)
+    return [(qf, o) for (qf, _, _, _, _), o in zip(flat, outs)]
 
+
+def run_flat_buckets(module: Any, queries: Any, keys: Any, values: Any, buckets: List[Tuple[Any, Any, int, int, int]],
+                     name: Any = None) -> List[Any]:
+    """:func:`run_key_set_buckets` on index vectors flattened once, when the plan was built:
+    ``buckets`` holds ``(qf (G*nq,), kf (G*nk,), G, nq, nk)``; returns the outputs
+    ``[out (B, G*nq, D), ...]`` (rows in the order of ``qf``).  At run time this is one gather per
+    index vector, one call per bucket and nothing else (no index reshapes, no masks built)."""
     B = queries.shape[0]
     needs_kw = _signature_info(module)[2]
-    exact = mask_is_exact(module)  # written for masks: given an all-True one, as the union call would
+    # written for masks: canvas-core's own exact types read "no mask" as "every key", which is
+    # what an all-True mask says; anyone else's is given the all-True mask itself
+    exact = mask_is_exact(module)
+    ones_mask = exact and not is_builtin_module(module)
     res = []
-    for Q, K in buckets:
-        G, nq = Q.shape
-        nk = K.shape[1]
-        qf, kf = Q.reshape(-1), K.reshape(-1)
+    for qf, kf, G, nq, nk in buckets:
         q = queries.index_select(1, qf).reshape(B * G, nq, queries.shape[-1])
         k = keys.index_select(1, kf).reshape(B * G, nk, keys.shape[-1])
         v = k if values is keys else values.index_select(1, kf).reshape(B * G, nk, values.shape[-1])
-        if exact:
+        if ones_mask:
+            import torch
+
             o = module(q, k, v, key_mask=torch.ones(nq, nk, dtype=torch.bool, device=q.device))
+        elif exact or needs_kw:
+            o = module(q, k, v, key_mask=None)
         else:
-            o = module(q, k, v, key_mask=None) if needs_kw else module(q, k, v)
+            o = module(q, k, v)
         o = check_type_output(o, q, name, module)
-        res.append((qf, o.reshape(B, G * nq, o.shape[-1])))
+        res.append(o.reshape(B, G * nq, o.shape[-1]))
     return res
 
 
