@@ -11,12 +11,13 @@ plugin; an unmarked ``canvas_register_*`` that matches none is a misspelt hook (
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import sys
 from typing import Any, List
 
 import pluggy
+
+from canvas_core.plugins.hints import closest
 
 PROJECT_NAME = "canvas"  # pluggy project (marker attributes ``canvas_impl`` / ``canvas_spec``)
 ENTRY_POINT_GROUP = "canvas"
@@ -81,8 +82,8 @@ def new_plugin_manager() -> CanvasPluginManager:
 
 def describe_unknown_hook(name: str) -> str:
     """``'canvas_register_atention' (did you mean 'canvas_register_attention'?)``."""
-    near = difflib.get_close_matches(name, HOOK_NAMES, n=1, cutoff=0.5)
-    return repr(name) + (f" (did you mean {near[0]!r}?)" if near else "")
+    near = closest(name, HOOK_NAMES)
+    return repr(name) + (f" (did you mean {near!r}?)" if near else "")
 
 
 def misspelt_hooks(plugin: Any) -> List[str]:

@@ -20,13 +20,13 @@ import pluggy
 
 from canvas_core.errors import CanvasError, PluginError, PluginLoadError
 from canvas_core.plugins import hookspecs
-from canvas_core.plugins.hints import install_hint, normalize_dist, provider_hint
+from canvas_core.plugins.hints import closest, install_hint, normalize_dist, provider_hint
 from canvas_core.plugins.loading import (
     ENV_ALLOW, ENV_BLOCK, ENV_DISABLE, STATUS_BLOCKED, STATUS_DISABLED, STATUS_FAILED, STATUS_OK,
-    PluginRecord, core_version, discover_entry_points, entry_point_distribution, entry_point_ids,
-    heavy_import_warning, imported_heavy_modules, read_settings, warn_unknown_names, watch_plugin_load,
+    PluginRecord, discover_entry_points, entry_point_distribution, entry_point_ids, read_settings,
+    warn_unknown_names, watch_plugin_load,
 )
-from canvas_core.plugins.registry import BUILTIN_PLUGIN, KINDS, NOUNS, Registry, UnknownNameKeyError, closest
+from canvas_core.plugins.registry import BUILTIN_PLUGIN, KINDS, NOUNS, Registry, UnknownNameKeyError
 from canvas_core.plugins.spec import IN_PROCESS, RuntimeContext, Spec
 
 
@@ -143,9 +143,10 @@ class PluginHost:
     def _load(self, s) -> None:
         self.settings = dataclasses.asdict(s)
         if self._builtins:
+            from canvas_core import __version__
             from canvas_core.plugins import builtin
 
-            self._add_plugin(builtin, PluginRecord(BUILTIN_PLUGIN, "canvas-core", core_version(), source="builtin"),
+            self._add_plugin(builtin, PluginRecord(BUILTIN_PLUGIN, "canvas-core", __version__, source="builtin"),
                              strict=False)
         for name in s.block:  # pluggy's own block-list; the builtin plugin cannot be blocked
             if name != BUILTIN_PLUGIN:
@@ -171,10 +172,9 @@ class PluginHost:
             self._pm.set_blocked(name)
             rec.status, rec.error = STATUS_BLOCKED, f"not in the allow-list {ENV_ALLOW}"
             return
-        heavy_before = imported_heavy_modules()
         self._loading_record = rec  # `@register_attention(...)` run by the import counts as this plugin's
         try:
-            with watch_plugin_load(name, dist, ep.value, rec.warnings):  # a slow import is named on stderr
+            with watch_plugin_load(name, dist, ep.value, rec.warnings):  # slow or heavy imports are noted
                 try:
                     obj = ep.load()
                 except BaseException as exc:  # noqa: BLE001 - a plugin must never take the core down
@@ -185,9 +185,6 @@ class PluginHost:
                 self._add_plugin(obj, rec, strict=False)
         finally:
             self._loading_record = None
-            warning = heavy_import_warning(heavy_before)
-            if warning:
-                rec.warnings.append(warning)
 
     def _add_plugin(self, obj: Any, rec: PluginRecord, *, strict: bool) -> PluginRecord:
         """Register ``obj`` with pluggy and run its hooks into the registries (all or nothing):
@@ -258,7 +255,7 @@ class PluginHost:
         if rec.plugin is not None and self._pm.is_registered(rec.plugin):
             self._pm.unregister(rec.plugin)
 
-    def _remove_plugin(self, name: str) -> Optional[PluginRecord]:
+    def _remove_plugin(self, name: Optional[str]) -> Optional[PluginRecord]:
         rec = self.records.pop(name, None)
         if rec is not None:
             self._discard(rec)
@@ -291,8 +288,6 @@ class PluginHost:
         with self._lock:
             if not isinstance(plugin, str):
                 plugin = next((r.name for r in self.records.values() if r.plugin is plugin), None)
-                if plugin is None:
-                    return None
             return self._remove_plugin(plugin)
 
     def register(self, kind: str, name: Any, factory: Any = None, *, override: bool = False,
@@ -306,8 +301,7 @@ class PluginHost:
             spec = view.make(name, factory, metadata, module=module)
             return view.add_spec(spec, override=override) or spec
         with self._lock:
-            if IN_PROCESS not in self.records:
-                self.records[IN_PROCESS] = PluginRecord(IN_PROCESS, IN_PROCESS, "", source="in-process")
+            self.records.setdefault(IN_PROCESS, PluginRecord(IN_PROCESS, IN_PROCESS, "", source="in-process"))
             return reg.insert(reg.make_spec(name, factory, metadata, module=module), override=override)
 
     def unregister(self, kind: str, name: str) -> Spec:

@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple
 
 from canvas_core.errors import PluginError
-from canvas_core.plugins.hints import normalize_dist
+from canvas_core.plugins.hints import closest, normalize_dist
 from canvas_core.plugins.hookspecs import ENTRY_POINT_GROUP
-from canvas_core.plugins.registry import closest
 
 ENV_DISABLE = "CANVAS_DISABLE_PLUGIN_AUTOLOAD"
 ENV_ALLOW = "CANVAS_PLUGINS"
@@ -112,20 +111,6 @@ def discover_entry_points(source: Optional[Callable[[], Iterable[Any]]] = None) 
     return sorted(seen.values(), key=lambda e: (e.name, entry_point_distribution(e)[0] or ""))
 
 
-def imported_heavy_modules() -> Set[str]:
-    return {m for m in HEAVY_MODULES if m in sys.modules}
-
-
-def heavy_import_warning(before: Set[str]) -> Optional[str]:
-    """The warning for a plugin whose loading imported heavy packages not imported ``before``."""
-    heavy = sorted(imported_heavy_modules() - before)
-    if not heavy:
-        return None
-    return (f"loading it imported {', '.join(heavy)} while registering; give factories as lazy "
-            "'package.module:Object' strings (and import heavy packages inside those modules) so "
-            "that registering and listing plugins stay cheap")
-
-
 @dataclass
 class PluginRecord:
     """One row of ``canvas plugins``: ``source`` is ``builtin``, ``entry-point``, ``manual``
@@ -169,17 +154,6 @@ class PluginRecord:
         }
 
 
-def core_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("canvas-core")
-    except Exception:
-        import canvas_core
-
-        return getattr(canvas_core, "__version__", "")
-
-
 def slow_load_message(name: str, dist: Optional[str], value: str, seconds: float) -> str:
     """The line written for plugin ``name`` still loading after ``seconds``."""
     src = f" (distribution {dist}, entry point {value!r})" if dist else f" (entry point {value!r})"
@@ -192,10 +166,12 @@ def slow_load_message(name: str, dist: Optional[str], value: str, seconds: float
 def watch_plugin_load(name: str, dist: Optional[str], value: str,
                       notes: Optional[List[str]] = None) -> Iterator[None]:
     """Name plugin ``name`` on stderr while the body runs past ``CANVAS_PLUGIN_IMPORT_WARN_S``
-    (docs/limits.md), again each time the wait doubles (never killed); a slow load adds a note."""
+    (docs/limits.md), again each time the wait doubles (never killed); a slow load adds a note to
+    ``notes``, and so does one that imported a package of :data:`HEAVY_MODULES`."""
     from canvas_core.schema.limits import limit
 
     first = float(limit("plugin_import_s"))
+    heavy_before = {m for m in HEAVY_MODULES if m in sys.modules}
     done = threading.Event()
     start = time.monotonic()
 
@@ -219,3 +195,8 @@ def watch_plugin_load(name: str, dist: Optional[str], value: str,
         if notes is not None and took >= first:
             notes.append(f"loading it took {took:.1f} s (reported after CANVAS_PLUGIN_IMPORT_WARN_S={first:g} s); "
                          "import heavy packages inside the lazy factories, not at registration")
+        heavy = [m for m in HEAVY_MODULES if m in sys.modules and m not in heavy_before]
+        if notes is not None and heavy:
+            notes.append(f"loading it imported {', '.join(sorted(heavy))} while registering; give factories as "
+                         "lazy 'package.module:Object' strings (and import heavy packages inside those modules) "
+                         "so that registering and listing plugins stay cheap")

@@ -8,11 +8,11 @@ no host: loading plugins before a read, and the full story of a name nobody prov
 
 from __future__ import annotations
 
-import difflib
 import weakref
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from canvas_core.errors import CanvasTypeError, DuplicateRegistrationError, UnknownNameError
+from canvas_core.plugins.hints import closest
 from canvas_core.plugins.spec import IN_PROCESS, SPEC_FIELDS, Spec, SpecError
 
 #: plugin name under which the core registers its own types.
@@ -26,11 +26,6 @@ _BLOCK_HINT = "CANVAS_BLOCK_PLUGINS=<plugin or distribution>"
 
 class UnknownNameKeyError(UnknownNameError, KeyError):
     """:class:`UnknownNameError` that is also a ``KeyError`` (mapping-style lookups)."""
-
-
-def closest(name: str, known) -> Optional[str]:
-    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.5)
-    return close[0] if close else None
 
 
 class Registry:
