@@ -13,18 +13,18 @@ from typing import Any, Iterator, List
 
 from canvas_core.errors import CanvasTypeError
 from canvas_core.plugins.host import get_host
-from canvas_core.plugins.registry import Registry
+from canvas_core.plugins.registry import NOUNS, Registry
 from canvas_core.plugins.spec import Spec
 
-#: kind, function-name stem, plural stem (``list_*``), noun, mapping name, ``register_*`` doc extra.
+#: kind, function-name stem, plural stem (``list_*``), mapping name, ``register_*`` doc extra.
 KIND_API = (
-    ("attention", "attention", "attention_types", "attention type", "ATTENTION_REGISTRY", ""),
-    ("kernels", "kernel", "kernels", "attention kernel", "KERNEL_REGISTRY",
+    ("attention", "attention", "attention_types", "ATTENTION_REGISTRY", ""),
+    ("kernels", "kernel", "kernels", "KERNEL_REGISTRY",
      " Kernels also take ``supports`` (the attention types they run) and ``priority`` (higher first)."),
-    ("backbones", "backbone", "backbones", "backbone adapter", "BACKBONE_REGISTRY",
+    ("backbones", "backbone", "backbones", "BACKBONE_REGISTRY",
      " ``model_classes=`` names the model classes it serves (used by ``graft_looped_blocks``)."),
-    ("identity", "identity_binder", "identity_binders", "identity binder", "IDENTITY_REGISTRY", ""),
-    ("embedders", "embedder", "embedders", "embedder", "EMBEDDER_REGISTRY", " (text to vectors)"),
+    ("identity", "identity_binder", "identity_binders", "IDENTITY_REGISTRY", ""),
+    ("embedders", "embedder", "embedders", "EMBEDDER_REGISTRY", " (text to vectors)"),
 )
 __all__ = ["get_registry", "get_spec", "get_attention_spec", "get_kernel_spec", "snake_case",
            "RegistryView", "AttentionTypeInfo", "ATTENTION_TYPES"]
@@ -75,7 +75,9 @@ def _define(fn: Any, name: str, doc: str) -> None:
     __all__.append(name)
 
 
-def _make(kind: str, one: str, many: str, noun: str, extra: str) -> None:
+def _make(kind: str, one: str, many: str, mapping: str, extra: str) -> None:
+    noun = NOUNS[kind]
+
     def register(name: Any = None, factory: Any = None, *, override: bool = False, **metadata: Any) -> Any:
         return _register(kind, name, factory, override, metadata)
 
@@ -96,6 +98,8 @@ def _make(kind: str, one: str, many: str, noun: str, extra: str) -> None:
     _define(names, f"list_{many}", f"Names of every registered {noun}, sorted.")
     if kind != "attention":
         _define(create, f"create_{one}", f"Build {noun} ``name``: its factory called with ``*args, **kwargs``.")
+    globals()[mapping] = RegistryView(kind)
+    __all__.append(mapping)
 
 
 def create_attention(fn_name: str, d_model: int, n_heads: int = 4, dropout: float = 0.0, **kwargs: Any) -> Any:
@@ -180,8 +184,6 @@ class AttentionTypesView(RegistryView):
 
 
 for _row in KIND_API:
-    _make(*_row[:4], _row[5])
-    globals()[_row[4]] = RegistryView(_row[0])
-    __all__.append(_row[4])
+    _make(*_row)
 __all__.append("create_attention")
 ATTENTION_TYPES = AttentionTypesView("attention")

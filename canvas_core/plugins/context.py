@@ -55,9 +55,8 @@ def check_device(device: Any, where: str) -> str:
             f"{where}: device must be a string such as 'cpu' / 'cuda:0' or a torch.device, "
             f"got {type(device).__name__} {device!r}")
     dev = normalize_device(device)
-    raw = str(getattr(device, "type", None) or device or "cpu").strip().lower()
-    index = raw.split(":", 1)[1] if ":" in raw else None
-    if dev not in KNOWN_DEVICE_TYPES or (index is not None and not index.isdigit()):
+    _, colon, index = str(getattr(device, "type", None) or device or "cpu").strip().lower().partition(":")
+    if dev not in KNOWN_DEVICE_TYPES or (colon and not index.isdigit()):
         raise SpecError(
             f"{where}: unknown device {device!r}.{did_you_mean(dev, KNOWN_DEVICE_TYPES)} Use a torch "
             "device such as 'cpu', 'cuda', 'cuda:0' or 'mps'")

@@ -145,11 +145,10 @@ def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, 
     note, fallback = "", False
     if kernel not in AUTO_KERNEL:
         kspec = host.lookup("kernels", str(kernel))
-        reasons = _kernel_reasons(kspec, ctx, host) if name in kspec.supports else []
         if name not in kspec.supports:
             rejected.append((kspec.name, (f"does not support {name!r} (supports: {', '.join(kspec.supports) or 'nothing'})",)))
             note = f"kernel {kspec.name!r} does not execute {name!r}; the type's own module runs"
-        elif reasons:
+        elif reasons := _kernel_reasons(kspec, ctx, host):
             hint = _hints([kspec], [reasons])
             dist = provider_hint("kernels", kspec.name)
             raise UnavailableError(
@@ -161,15 +160,13 @@ def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, 
         else:
             chosen = kspec
     else:
-        passed: List[Spec] = []
         for k in cands:  # by descending priority; the first that can run wins
             reasons = _kernel_reasons(k, ctx, host)
             if not reasons:
                 chosen = k
                 break
             rejected.append((k.name, tuple(reasons)))
-            passed.append(k)
-        outranked = [k.name for k in passed if chosen is None or k.priority > chosen.priority]
+        outranked = [k.name for k in cands[:len(rejected)] if chosen is None or k.priority > chosen.priority]
         if outranked:  # only ever replaced by something computing the same attention
             fallback = True
             instead = chosen.name if chosen is not None else f"the {spec.name or name} module"
