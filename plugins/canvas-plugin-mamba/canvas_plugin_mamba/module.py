@@ -52,6 +52,11 @@ def _softplus(x: torch.Tensor) -> torch.Tensor:
     return F.softplus(x)
 
 
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``, without a (traced) conversion when it already is."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _int(name: str, v, lo: int) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < lo:
         raise CanvasTypeError(f"mamba: {name} must be an int >= {lo}, got {v!r}")
@@ -190,15 +195,15 @@ class MambaAttention(nn.Module):
         if key_ok is not None:
             x = x * key_ok.unsqueeze(-1).to(x.dtype)
         conv = causal_depthwise_conv(x, self.conv1d.weight[:, 0], self.conv1d.bias)  # (B, L, E)
-        u = F.silu(conv).to(wd)
+        u = _as(F.silu(conv), wd)
         sel = self.x_proj(keys)
         dt, Bsel = sel.split([self.dt_rank, self.d_state], dim=-1)
-        delta = _softplus(self.dt_proj(dt)).to(wd)
+        delta = _as(_softplus(self.dt_proj(dt)), wd)
         if key_ok is not None:
             keep = key_ok.unsqueeze(-1).to(wd)
             u, delta = u * keep, delta * keep
-        A = -torch.exp(self.A_log.to(wd))
-        return u, delta, A, Bsel.to(wd)
+        A = -torch.exp(_as(self.A_log, wd))
+        return u, delta, A, _as(Bsel, wd)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -233,20 +238,27 @@ class MambaAttention(nn.Module):
             self.kernel_used = "mamba_torch"
             return torch.zeros_like(queries)
         key_ok = None if allowed is None else allowed.any(dim=1)  # (B|1, Nk)
-        read = ((torch.arange(Nq, device=queries.device) + 1) * Nk) // Nq - 1
-        before = torch.arange(Nk, device=queries.device)[None, :] <= read[:, None]  # (Nq, Nk)
-        has = (
-            before.any(-1).view(1, Nq, 1)
-            if allowed is None
-            else (before[None] & allowed).any(-1, keepdim=True)
-        )
+        # aligned reads (Nq == Nk, the usual per-key-set call) read position i: every query reads
+        # a key and u at its own position, so no index arithmetic or mask is traced for them
+        aligned = Nq == Nk and allowed is None
+        if aligned:
+            read = torch.arange(Nq, device=queries.device)
+            has = None
+        else:
+            read = ((torch.arange(Nq, device=queries.device) + 1) * Nk) // Nq - 1
+            before = torch.arange(Nk, device=queries.device)[None, :] <= read[:, None]  # (Nq, Nk)
+            has = (
+                before.any(-1).view(1, Nq, 1)
+                if allowed is None
+                else (before[None] & allowed).any(-1, keepdim=True)
+            )
         if key_ok is not None and key_ok.shape[0] != Bt:
             key_ok = key_ok.expand(Bt, Nk)
         kernel = self._choose_kernel(queries, Nq, Nk)
         self.kernel_used = kernel
         u, delta, A, Bsel = self._time_major_inputs(keys, values, key_ok)  # (B, L, E), (B, L, N)
         wd = u.dtype
-        C = self.c_proj(queries).to(wd)  # (B, Nq, N)
+        C = _as(self.c_proj(queries), wd)  # (B, Nq, N)
         z = self.z_proj(queries)  # (B, Nq, E)
         if kernel == "mamba_ssm":
             y = selective_scan_mamba_ssm(
@@ -261,11 +273,15 @@ class MambaAttention(nn.Module):
             y = y.transpose(1, 2)  # (B, L=Nq, E), already gated
         else:  # chunked scan, read at each query's position (no per-position states kept)
             y = selective_scan_read(u, delta, A, Bsel, C, read)  # (B, Nq, E), 0 where read < 0
-            ok = (read >= 0).view(1, Nq, 1).to(wd)
-            y = y + self.D.to(wd) * u.index_select(1, read.clamp(min=0)) * ok
-            y = y * F.silu(z.to(wd))
-        out = self.out_proj(self.drop(y.to(queries.dtype)))
-        return out.masked_fill(~has, 0.0)
+            if aligned:  # read = arange: u at each query's own position, every read valid
+                y = y + _as(self.D, wd) * u
+            else:
+                ok = (read >= 0).view(1, Nq, 1).to(wd)
+                y = y + _as(self.D, wd) * u.index_select(1, read.clamp(min=0)) * ok
+            y = y * F.silu(_as(z, wd))
+        y = _as(y, queries.dtype)
+        out = self.out_proj(self.drop(y) if self.drop.p > 0 else y)
+        return out if has is None else out.masked_fill(~has, 0.0)
 
     def extra_repr(self) -> str:
         return (
