@@ -162,8 +162,8 @@ class Spec:
                 or ("." in str(r) and str(r).split(".", 1)[0] in sys.modules and not found(str(r)))]
 
     def factory_problem(self) -> Optional[str]:
-        """Why a lazy factory string's module cannot be imported, found without importing (the top
-        package with ``find_spec``, submodules with the ``sys.meta_path`` finders); None when found.
+        """Why a lazy factory string's module cannot be imported, found without importing (each
+        package level with the ``sys.meta_path`` finders, as ``find_spec`` does); None when found.
         The object after ``:`` is not checked (that needs the import)."""
         if not isinstance(self.factory, str):
             return None
@@ -175,9 +175,7 @@ class Spec:
             try:
                 if loaded is not None:
                     found = loaded.__spec__ or importlib.machinery.ModuleSpec(name, None, is_package=True)
-                elif i == 0:
-                    found = importlib.util.find_spec(name)
-                else:
+                else:  # the finders find_spec asks, without importing a parent package
                     found = next((f for f in (getattr(m, "find_spec", lambda *a: None)(name, path)
                                               for m in sys.meta_path) if f is not None), None)
             except (ImportError, ValueError):  # a finder that cannot tell: not reported as missing
