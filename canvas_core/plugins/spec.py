@@ -168,6 +168,8 @@ class Spec:
         if not isinstance(self.factory, str):
             return None
         module, path = parse_factory_path(self.factory)[0], None
+        if module in sys.modules:  # imported already (also a module that is no package's child: os.path)
+            return None
         parts = module.split(".")
         for i in range(len(parts)):
             name = ".".join(parts[: i + 1])

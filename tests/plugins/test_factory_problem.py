@@ -1,0 +1,33 @@
+"""``Spec.factory_problem``: a lazy factory string is checked without importing its module."""
+
+import sys
+
+import pytest
+
+from canvas_core.plugins.spec import Spec
+
+
+@pytest.mark.parametrize("factory", ["os.path:join", "json:loads", "canvas_core.errors:CanvasError"])
+def test_importable_factories_have_no_problem(factory):
+    assert Spec(name="t", factory=factory).factory_problem() is None
+
+
+@pytest.mark.parametrize("factory, missing", [
+    ("canvas_core.atention:CanvasAttention", "canvas_core.atention"),
+    ("no_such_top_package_xyz.mod:Thing", "no_such_top_package_xyz"),
+    ("json.no_such_child:loads", "json.no_such_child"),
+])
+def test_missing_factory_module_is_named(factory, missing):
+    problem = Spec(name="t", factory=factory).factory_problem()
+    assert problem is not None and repr(missing) in problem
+
+
+def test_check_imports_nothing(tmp_path, monkeypatch):
+    pkg = tmp_path / "lazy_factory_pkg_abc"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise RuntimeError('imported')\n")
+    (pkg / "mod.py").write_text("class Thing: pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert Spec(name="t", factory="lazy_factory_pkg_abc.mod:Thing").factory_problem() is None
+    assert "lazy_factory_pkg_abc" not in sys.modules
+    assert "lazy_factory_pkg_abc.mod" not in sys.modules
