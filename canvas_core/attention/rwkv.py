@@ -90,6 +90,51 @@ class _ChunkRead(torch.autograd.Function):
         return dk, dv, dw, du, None, None, None, None
 
 
+class _ChunkSums(torch.autograd.Function):
+    """Every chunk summarised at its end: ``(a, b) = sum_j e^{l_j - m} (v_j, 1)`` with
+    ``l_j = k_j - (T - 1 - j) w`` over the chunk's allowed keys and ``m`` their largest exponent
+    (returned, not differentiated).  The ``(B, nC, T, C)`` exponents live in per-thread scratch
+    and are recomputed for the backward."""
+
+    @staticmethod
+    def _exps(kc, w, okc):
+        T = kc.shape[2]
+        lag = torch.arange(T - 1, -1, -1, device=kc.device).to(kc.dtype)  # T - 1 - j
+        ls = torch.sub(kc, lag.view(T, 1) * w, out=scratch("wkv_ls", kc.shape, kc))
+        if okc is not None:
+            ls.masked_fill_(~okc, NEG_INF)
+        return ls, lag
+
+    @staticmethod
+    def _weights_(ls, m, okc):
+        ls.sub_(m.unsqueeze(2)).clamp_(min=exp_floor(ls.dtype)).exp_()
+        return ls if okc is None else ls.masked_fill_(~okc, 0.0)
+
+    @staticmethod
+    def forward(ctx, kc, vc, w, okc):  # noqa: D401 - autograd signature
+        ls, _ = _ChunkSums._exps(kc, w, okc)
+        m = finite_or_zero(ls.amax(dim=2))  # (B, nC, C)
+        e = _ChunkSums._weights_(ls, m, okc)
+        b = e.sum(dim=2)
+        a = torch.mul(e, vc, out=scratch("wkv_ev", e.shape, e)).sum(dim=2)
+        ctx.save_for_backward(kc, vc, w, m, *(() if okc is None else (okc,)))
+        ctx.mark_non_differentiable(m)
+        return a, b, m
+
+    @staticmethod
+    def backward(ctx, ga, gb, _gm):
+        kc, vc, w, m, *rest = ctx.saved_tensors
+        okc = rest[0] if rest else None
+        ls, lag = _ChunkSums._exps(kc, w, okc)
+        e = _ChunkSums._weights_(ls, m, okc)
+        ga = torch.zeros_like(m).unsqueeze(2) if ga is None else ga.unsqueeze(2)
+        gb = torch.zeros_like(m).unsqueeze(2) if gb is None else gb.unsqueeze(2)
+        dv = e * ga
+        dk = torch.mul(vc, ga).add_(gb).mul_(e)  # d/d(exponent): e * (v g_a + g_b)
+        dw = -(dk.sum(dim=(0, 1)) * lag.view(-1, 1)).sum(dim=0) if ctx.needs_input_grad[2] else None
+        return dk, dv, dw, None
+
+
 class _ChunkStates(torch.autograd.Function):
     """The state after every chunk of :func:`wkv_read`, all chunks at once:
     ``(A_x, B_x) = sum_{y <= x} e^{m_y - (x - y) T w - M_x} (a_y, b_y)`` with ``M_x`` the largest of
@@ -205,12 +250,7 @@ def wkv_read(
     tau = torch.arange(T, device=dev)
     # summary of each chunk at its end: sum_j e^{k_j - (T-1-j) w} (v_j, 1)
     masked = key_ok is not None or Lp > L
-    ls = kc - (T - 1 - tau).to(k.dtype).view(1, 1, T, 1) * w
-    if masked:
-        ls = ls.masked_fill(~okc, NEG_INF)
-    m = finite_or_zero(ls.amax(dim=2)).detach()  # (B, nC, C)
-    e = _exp_rel(ls - m.unsqueeze(2), ~okc if masked else None)
-    a, b = (e * vc).sum(dim=2), e.sum(dim=2)
+    a, b, m = _ChunkSums.apply(kc, vc, w, okc if masked else None)
     # state after chunk c: sum_{c' <= c} e^{m_c' - (c - c') T w} (a_c', b_c')
     As, Bs, Ms = _ChunkStates.apply(a, b, m, w, T)
     # each read: the state entering its chunk, decayed to p, and its chunk's keys j <= p
