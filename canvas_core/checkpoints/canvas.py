@@ -200,6 +200,23 @@ def read_canvas_checkpoint_header(path: Any) -> Dict[str, Any]:
     return out
 
 
+def _shape_hint(model: nn.Module, key: str, shape: Tuple[int, ...]) -> str:
+    """``"; <hint>"`` from the closest module above ``key`` defining ``saved_state_hint(name,
+    shape)`` (how to build it so the saved tensor fits, e.g. mamba's ``expand``), else ``""``."""
+    parts = key.split(".")
+    for i in range(len(parts) - 1, -1, -1):
+        try:
+            owner = model.get_submodule(".".join(parts[:i]))
+        except AttributeError:
+            continue
+        hint = getattr(owner, "saved_state_hint", None)
+        if callable(hint):
+            text = hint(".".join(parts[i:]), shape)
+            if text:
+                return f"; {text}"
+    return ""
+
+
 def load_canvas_checkpoint(model: nn.Module, path: Any, schema: Any) -> Dict[str, Any]:
     """Load a :func:`save_canvas_checkpoint` file into ``model`` (in place) and return its header.
 
@@ -236,7 +253,7 @@ def load_canvas_checkpoint(model: nn.Module, path: Any, schema: Any) -> Dict[str
         if tuple(t.shape) != tuple(ref.shape):
             raise CheckpointError(
                 f"canvas checkpoint {p!r}: tensor {k!r} has shape {tuple(t.shape)} but the model's is "
-                f"{tuple(ref.shape)}")
+                f"{tuple(ref.shape)}" + _shape_hint(model, k, tuple(t.shape)))
         if t.is_floating_point() != ref.is_floating_point():
             raise CheckpointError(f"canvas checkpoint {p!r}: tensor {k!r} is {t.dtype} but the model's is {ref.dtype}")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from canvas_core.errors import CanvasTypeError, ShapeError, UnavailableError
+from canvas_core.errors import CanvasTypeError, CheckpointError, ShapeError, UnavailableError
 from canvas_plugin_mamba.chunked import causal_depthwise_conv, selective_scan_read
 from canvas_plugin_mamba.scan import selective_scan_mamba_ssm
 
@@ -282,6 +282,37 @@ class MambaAttention(nn.Module):
         y = _as(y, queries.dtype)
         out = self.out_proj(self.drop(y) if self.drop.p > 0 else y)
         return out if has is None else out.masked_fill(~has, 0.0)
+
+    # ------------------------------------------------------------------ checkpoints
+    #: state-dict names whose shape carries the inner width E, and the axis it is on
+    _WIDTH_AXIS = {"A_log": 0, "D": 0, "in_proj.weight": 0, "in_proj.bias": 0, "conv1d.weight": 0,
+                   "conv1d.bias": 0, "dt_proj.weight": 0, "dt_proj.bias": 0, "z_proj.weight": 0,
+                   "z_proj.bias": 0, "out_proj.weight": 1}
+
+    def saved_state_hint(self, name: str, shape) -> Optional[str]:
+        """What to build so a saved tensor ``name`` (this module's state-dict key) of ``shape``
+        fits, or None: recognises a module saved with another ``expand`` (earlier builds
+        defaulted to 2).  ``load_canvas_checkpoint`` adds it to its shape-mismatch message."""
+        axis = self._WIDTH_AXIS.get(name)
+        if axis is None or len(shape) <= axis:
+            return None
+        width = int(shape[axis])
+        if width == self.d_inner or width <= 0 or width % self.d_model:
+            return None
+        e = width // self.d_model
+        return (f"the saved mamba module has inner width {width} (expand={e} x d_model="
+                f"{self.d_model}) and this one expand={self.expand}: build it with expand={e} "
+                f"(MambaAttention(..., expand={e}); in a canvas layer, an attention_factory that "
+                f"passes expand={e} for 'mamba'); a default mamba module of earlier builds had expand=2")
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # torch would list raw size mismatches; say which expand the saved module had instead
+        for name in ("A_log", "D"):
+            t = state_dict.get(prefix + name)
+            hint = self.saved_state_hint(name, tuple(t.shape)) if isinstance(t, torch.Tensor) else None
+            if hint:
+                raise CheckpointError(f"loading a state dict into mamba module {prefix[:-1] or '<root>'!r}: {hint}")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (

@@ -204,3 +204,27 @@ def test_mamba_ssm_kernel_matches_torch_scan():
     m.kernel = "mamba_torch"
     ref = m(q, k, v)
     assert torch.allclose(fast, ref, atol=1e-4, rtol=1e-3)
+
+
+def test_checkpoint_of_another_expand_names_the_fix(tmp_path):
+    """A state saved with expand=2 (the earlier default) loaded into a default (expand=1) module:
+    a CheckpointError naming expand=2, from load_state_dict and from load_canvas_checkpoint."""
+    from canvas_core import CanvasAttention, create_attention, load_canvas_checkpoint, save_canvas_checkpoint
+    from canvas_core.errors import CheckpointError
+    from canvas_core.schema import CanvasLayout, CanvasSchema, CanvasTopology, Connection
+
+    old, new = MambaAttention(8, 2, expand=2), MambaAttention(8, 2)
+    with pytest.raises(CheckpointError, match=r"expand=2"):
+        new.load_state_dict(old.state_dict())
+    new.load_state_dict(MambaAttention(8, 2).state_dict())  # same expand: loads
+    layout = CanvasLayout(T=2, spatial_shape=(2, 2), d_model=8, regions={"a": (0, 2, 0, 2, 0, 2)})
+    topo = CanvasTopology(connections=[Connection("a", "a", fn="mamba")])
+    schema = CanvasSchema(layout=layout, topology=topo)
+    saved = CanvasAttention(topo, layout, n_heads=2,
+                            attention_factory=lambda f, **kw: create_attention(f, expand=2, **kw))
+    path = save_canvas_checkpoint(saved, tmp_path / "old.safetensors", schema)
+    layer = CanvasAttention(topo, layout, n_heads=2)
+    with pytest.raises(CheckpointError, match=r"has shape \(16, 16\).*build it with expand=2"):
+        load_canvas_checkpoint(layer, path, schema)
+    with pytest.raises(CheckpointError, match=r"mamba module 'fn_modules.mamba'.*expand=2"):
+        layer.load_state_dict(saved.state_dict())
