@@ -102,9 +102,11 @@ _LOCAL = threading.local()
 def scratch(slot: str, shape, like: torch.Tensor) -> torch.Tensor:
     """A temporary of ``shape`` for ``slot``, kept per thread, dtype and device between calls (a
     fresh multi-megabyte tensor per call costs more in page faults than the arithmetic on it).
-    Only for temporaries: nothing returned or saved for backward may live in it."""
+    Only for temporaries: nothing returned or saved for backward may live in it.  Buffers made
+    under ``torch.inference_mode`` are kept apart (an inference tensor cannot be written outside
+    it: one inference call would break every later call of the thread)."""
     cache = _LOCAL.__dict__.setdefault("bufs", {})
-    key = (slot, like.dtype, like.device)
+    key = (slot, like.dtype, like.device, torch.is_inference_mode_enabled())
     n = math.prod(shape)
     buf = cache.get(key)
     if buf is None or buf.numel() < n:

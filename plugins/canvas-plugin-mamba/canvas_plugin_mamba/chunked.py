@@ -309,7 +309,7 @@ def selective_scan_read(
     """
     Bt, L, E = u.shape
     Q = C.shape[1]
-    if L == 0 or Q == 0:
+    if L == 0 or Q == 0 or Bt == 0:  # nothing to scan (a batch of 0 has no segment rows)
         zero = (u.sum() + delta.sum() + A.sum() + B.sum() + C.sum()) * 0  # keeps the graph
         return zero + u.new_zeros(Bt, Q, E)
     u, delta, B, C = (x.contiguous() for x in (u, delta, B, C))

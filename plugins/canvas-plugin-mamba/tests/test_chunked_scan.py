@@ -197,3 +197,28 @@ def test_dense_reads_scan_and_sparse_reads_use_segments():
     P = segments.plan(torch.tensor([L - 1]), L, T)
     assert P is not None and P.Tm <= T and P.K == -(-L // T)
     assert segments.plan(torch.tensor([-1, -1]), L, T) is None
+
+
+def test_sparse_reads_after_inference_mode_and_with_an_empty_batch():
+    """The segment path's scratch buffers: one call under torch.inference_mode must not break the
+    later ordinary calls of the thread (inference tensors cannot be written outside it); a batch
+    of 0 gives an empty output and gradient (it used to fail reshaping the empty slot buffer)."""
+    from canvas_plugin_mamba.module import MambaAttention
+
+    torch.manual_seed(0)
+    m = MambaAttention(8, 2, d_state=4, kernel="mamba_torch")
+    q, k = torch.randn(2, 3, 8), torch.randn(2, 16, 8)
+    from canvas_core.attention import causal_read
+
+    causal_read._LOCAL.__dict__.pop("bufs", None)  # the scratch buffers are made in inference mode
+    with torch.inference_mode():
+        want = m(q, k, k).clone()
+    x = q.clone().requires_grad_()
+    torch.testing.assert_close(m(x, k, k), want)  # ordinary call after the inference one
+    m(x, k, k).sum().backward()
+    assert x.grad is not None and bool(torch.isfinite(x.grad).all())
+    empty = torch.zeros(0, 3, 8, requires_grad=True)
+    out = m(empty, torch.zeros(0, 16, 8), torch.zeros(0, 16, 8))
+    assert out.shape == (0, 3, 8)
+    out.sum().backward()
+    assert empty.grad.shape == (0, 3, 8)
