@@ -99,7 +99,11 @@ def step_random(seed: int, step: int):
     import hashlib
     import random
 
-    digest = hashlib.blake2b(f"{int(seed)},{int(step)}".encode(), digest_size=16, person=b"canvas-depth").digest()
+    def text(n: int) -> str:  # decimal; hex past Python's 4,300-digit int -> str limit
+        return str(n) if n.bit_length() < 14_000 else "0x" + format(n, "x")
+
+    key = f"{text(int(seed))},{text(int(step))}".encode()
+    digest = hashlib.blake2b(key, digest_size=16, person=b"canvas-depth").digest()
     return random.Random(int.from_bytes(digest, "big"))
 
 
@@ -147,7 +151,7 @@ class RandomDepthScheduler:
         if self.distribution == "uniform":
             return rng.randint(self.min_loops, self.max_loops)
         tau = rng.gauss(math.log(self.mean) - self.sigma ** 2 / 2, self.sigma)
-        lam, k = math.exp(tau), 0
+        lam, k = math.exp(min(tau, 700.0)), 0  # exp overflows past ~709.8 (a huge mean)
         # Knuth's Poisson sampler; exp(-lam) underflows to 0 past lam ~ 745 (the draws then stop
         # near 745), so a large lam is drawn as a sum of Poisson(<= 500) parts: the same law
         while lam > 0:

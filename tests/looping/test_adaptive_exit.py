@@ -210,3 +210,14 @@ def test_random_depth_is_seeded_and_follows_its_distribution():
         RandomDepthScheduler(distribution="normal")
     with pytest.raises(CanvasError, match="min_loops"):
         RandomDepthScheduler(max_loops=2, min_loops=3)
+
+
+def test_random_depth_huge_seed_step_and_mean_draw():
+    """A seed or step past Python's 4,300-digit int -> str limit, and a mean whose log-normal
+    draw passes exp's float range, still draw a count (were ValueError / OverflowError)."""
+    big = 10 ** 5000
+    r = RandomDepthScheduler(max_loops=6, seed=big)
+    assert [r.get_loops(k) for k in range(4)] == [RandomDepthScheduler(max_loops=6, seed=big).get_loops(k) for k in range(4)]
+    assert 1 <= RandomDepthScheduler(max_loops=6).get_loops(big) <= 6
+    h = RandomDepthScheduler(max_loops=8, distribution="lognormal_poisson", mean=1e308, sigma=1.0)
+    assert all(h.get_loops(k) == 8 for k in range(100))
