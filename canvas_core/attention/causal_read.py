@@ -105,6 +105,8 @@ def scratch(slot: str, shape, like: torch.Tensor) -> torch.Tensor:
     Only for temporaries: nothing returned or saved for backward may live in it.  Buffers made
     under ``torch.inference_mode`` are kept apart (an inference tensor cannot be written outside
     it: one inference call would break every later call of the thread)."""
+    if torch.compiler.is_compiling():  # a traced graph allocates its own (and cannot ask for inference mode)
+        return like.new_empty(shape)
     cache = _LOCAL.__dict__.setdefault("bufs", {})
     key = (slot, like.dtype, like.device, torch.is_inference_mode_enabled())
     n = math.prod(shape)
