@@ -200,16 +200,15 @@ class HyenaAttention(AttentionBase):
         h = self.filters(Nk, dtype=wd)  # (order, Nk, D)
         d = self.skip.to(wd)
         if not per_query:  # channels-first (B, D, Nk): the FFTs run along the last dim
-            z = self.v_proj(values).to(wd).transpose(1, 2)
+            z = self._project_t(self.v_proj, values).to(wd)
             keep_t = None if keep is None else keep.transpose(1, 2)
             if keep_t is not None:
                 z = z * keep_t
-            z = z.contiguous()
             # the skip d_n z is the filter's lag-0 tap: h^n (*) z + d_n z = (h^n + d_n delta) (*) z
             ht = h.transpose(1, 2)  # (order, D, Nk)
             ht = torch.cat([ht[..., :1] + d.unsqueeze(-1), ht[..., 1:]], dim=-1)
             if self.order > 1:
-                gates = self.gate_proj(keys).to(wd).transpose(1, 2).chunk(self.order - 1, dim=1)
+                gates = self._project_t(self.gate_proj, keys).to(wd).chunk(self.order - 1, dim=1)
             for n in range(self.order - 1):
                 z = gates[n] * causal_conv_last(z, ht[n])
                 if keep_t is not None:
@@ -229,6 +228,16 @@ class HyenaAttention(AttentionBase):
             y = self._masked_last_conv(z, h[-1], d[-1], read, allowed)
         out = self.out_proj(self.drop(self.q_proj(queries) * y.to(queries.dtype)))
         return out.masked_fill(~has, 0.0)
+
+    @staticmethod
+    def _project_t(proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``proj(x)`` ``(B, N, D_out)`` returned channels-first ``(B, D_out, N)`` and contiguous:
+        for a plain ``nn.Linear`` one product ``W x^T`` writes that layout directly (no transposed
+        copy); anything else is called as a module and transposed."""
+        if type(proj) is nn.Linear and not proj._forward_hooks and not proj._forward_pre_hooks:
+            out = torch.matmul(proj.weight, x.transpose(1, 2))
+            return out if proj.bias is None else out + proj.bias.unsqueeze(-1)
+        return proj(x).transpose(1, 2).contiguous()
 
     @staticmethod
     def _masked_last_conv(
