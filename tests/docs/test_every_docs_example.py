@@ -59,6 +59,10 @@ def test_page_examples_run(page, tmp_path, monkeypatch, capsys):
     codes, outputs = [], []
     for i, (setup, code) in enumerate(_blocks(page)):
         compiled = compile(code, f"{page.name} (python block {i})", "exec")
+        if setup and setup not in setups.SETUPS:  # not a bare KeyError: say where and what exists
+            pytest.fail(f"{page.name} python block {i}: '<!-- docs-test: setup={setup} -->' names no set-up "
+                        f"of tests/docs/_setups.py (defined: {sorted(setups.SETUPS)}); define it there or "
+                        "fix the name", pytrace=False)
         with contextlib.contextmanager(setups.SETUPS[setup])(ctx) if setup else contextlib.nullcontext():
             exec(compiled, ns)
         codes.append(code)
@@ -81,6 +85,14 @@ def test_every_marker_names_a_known_setup_and_every_setup_is_used():
         assert not unknown, f"{page.name} names set-ups not defined in tests/docs/_setups.py: {sorted(unknown)}"
         used |= set(named)
     assert used == set(setups.SETUPS), f"set-ups no page uses: {sorted(set(setups.SETUPS) - used)}"
+
+
+def test_a_page_naming_an_unknown_setup_fails_saying_so(tmp_path, monkeypatch, capsys):
+    page = tmp_path / "page.md"
+    page.write_text("# A page\n\n<!-- docs-test: setup=no-such-setup -->\n```python\nx = 1\n```\n")
+    with pytest.raises(pytest.fail.Exception, match=r"page.md python block 0: .*setup=no-such-setup.* names no "
+                       r"set-up of tests/docs/_setups.py \(defined: \['canvas-engineering'"):
+        test_page_examples_run(page, tmp_path, monkeypatch, capsys)
 
 
 def test_the_docs_keep_their_examples_and_checked_pages():
