@@ -225,7 +225,7 @@ class CanvasAttention(nn.Module):
         if acc is None:
             return torch.zeros_like(x)
         d = acc - x
-        return d if ex.all_updated else torch.where(ex.updated[None, :, None], d, torch.zeros_like(d))
+        return d if ex.all_updated else torch.where(ex.updated[None, :, None], d, 0.0)
 
     def _state(self, x: torch.Tensor, active_regions: Optional[Iterable[str]]) -> torch.Tensor:
         acc, ex = self._updates(x, active_regions)
@@ -273,7 +273,8 @@ class CanvasAttention(nn.Module):
             return self.out_proj(mixed)
         out = nn.functional.linear(mixed, self.out_proj.weight)
         if self.out_proj.bias is not None:
-            out = out + bias_weight.to(mixed.dtype)[None, :, None] * self.out_proj.bias
+            bw = bias_weight if bias_weight.dtype == mixed.dtype else bias_weight.to(mixed.dtype)
+            out = out + bw[None, :, None] * self.out_proj.bias
         return out
 
     def _other_types(self, ex: _Executor, x: torch.Tensor) -> Optional[torch.Tensor]:

@@ -47,7 +47,7 @@ from canvas_core.compiler.resolved import REFERENCE_KERNEL, ResolvedGroup
 from canvas_core.errors import CompileError, ShapeError
 from canvas_core.plugins.spec import Spec
 from canvas_core.schema.limits import check_elements, limit
-from canvas_core.runtime.finite_guard import non_finite_keys, nan_where_linked, reads_bad, zero_bad_keys
+from canvas_core.runtime.finite_guard import non_finite_keys, reads_bad, zero_bad_keys
 from canvas_core.runtime.kernel_base import AttentionKernel
 from canvas_core.runtime.kernel_index import Segments, bucket_counts, is_arange, segment_buckets, slot_layout
 
@@ -139,7 +139,9 @@ class ReferenceKernel(AttentionKernel):
             mask[~has] = 0.0
             self.register_buffer("mask", to(mask), persistent=False)
             self.register_buffer("row_has_key", to(has), persistent=False)
-            self.register_buffer("linked", to(W > 0), persistent=False)  # for the NaN guard
+            # built here, in the form forward uses them: (N, 1) row multiplier, (N, N) float linked^T
+            self.register_buffer("row_keep", to(has.float()[:, None]), persistent=False)
+            self.register_buffer("linked_t", to((W > 0).float().t().contiguous()), persistent=False)  # NaN guard
             self._all_have_keys = bool(has.all())
             return
         # ---- sparse: buckets of query blocks by padded key-block count -------------------------
@@ -239,16 +241,18 @@ class ReferenceKernel(AttentionKernel):
         if self.mode == "segments":
             return self._forward_segments(q, k, v, scale, dropout_p)
         if self.mode == "dense":
-            mask = self.mask if self.mask.dtype == torch.bool else self.mask.to(q.dtype)
+            mask = _as(self.mask, q.dtype) if self.mask.dtype != torch.bool else self.mask
             bad = non_finite_keys(k, v)  # keep a non-finite key away from queries not linked to it
             if bad is not None:
                 k, v = zero_bad_keys(k, v, bad)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
-            if bad is not None:
-                out = nan_where_linked(out, self.linked, bad)
+            if bad is not None:  # NaN in the rows that link a bad key (finite_guard.nan_where_linked)
+                B, H, N, _ = out.shape
+                reads = torch.matmul(bad.reshape(B * H, N).to(out.dtype), _as(self.linked_t, out.dtype)) > 0
+                out = out.masked_fill(reads.reshape(B, H, N, 1), float("nan"))
             if self._all_have_keys:
                 return out
-            return out * self.row_has_key[:, None].to(out.dtype)
+            return out * _as(self.row_keep, out.dtype)
         B, H, _, d = q.shape
         bs, BH = self.block_size, B * H
         # blocks first, (batch, heads) folded into SDPA's batch: 4-D SDPA hits the fused kernel
@@ -289,6 +293,11 @@ class ReferenceKernel(AttentionKernel):
         out = torch.cat(outs, dim=0).index_select(0, self.unorder)  # (nqb, BH, bs, d)
         out = out.reshape(self.nqb, B, H, bs, d).permute(1, 2, 0, 3, 4).reshape(B, H, self.nqb * bs, d)
         return out.index_select(2, self.canon_slot)
+
+
+def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` in ``dtype``, without a (traced) conversion when it already is."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def make_kernel(kernel: Any, group: RectGroup, plan: ExecutionPlan, *, n_heads: int, head_dim: int,

@@ -43,6 +43,7 @@ __all__ = [
     "mix_softmax_groups",
     "run_module_groups",
     "plan_query_weights",
+    "weights",
 ]
 
 
@@ -212,7 +213,7 @@ class PlanRunner(nn.Module):
         self.c_is_one = []
         for i, f in enumerate(self.soft_fns):
             cf = qw[f] / safe
-            self.register_buffer(f"c_soft{i}", to(torch.from_numpy(cf)), persistent=False)  # float64
+            self._weights(f"c_soft{i}", cf, to)
             self.c_is_one.append(bool(np.all(cf == 1.0)))
         safe_all = np.where(den_all > 0, den_all, 1.0)
         #: per other type: [(qf name, kf name, G, nq, nk), ...] of its key sets stacked by shape
@@ -246,15 +247,23 @@ class PlanRunner(nn.Module):
             pairs_sets = sum(bq.size * bk.shape[1] for bq, bk, _ in buckets)
             setattr(self, f"o{i}_sets_cheaper", 2 * pairs_sets <= len(q_can) * len(k_can))
             for name, arr in arrays:
+                if name in ("rows_coef", "coef3"):
+                    self._weights(f"o{i}_{name}", arr, to)
+                    continue
                 t = torch.from_numpy(np.ascontiguousarray(arr))  # coef: float64, cast at use
                 self.register_buffer(f"o{i}_{name}", to(t), persistent=False)
         # every type run per key set (the usual case): ONE scatter of all their rows, whose index
         # and weights are concatenated here
         if self.other_fns:
             self.register_buffer("fused_rows", to(torch.from_numpy(np.concatenate(fused_idx))), persistent=False)
-            self.register_buffer("fused_coef", to(torch.from_numpy(np.concatenate(fused_coef).reshape(1, -1, 1))),
-                                 persistent=False)
+            self._weights("fused_coef", np.concatenate(fused_coef).reshape(1, -1, 1), to)
         self.other_names = list(self.other_fns)
+
+    def _weights(self, name: str, arr: np.ndarray, to) -> None:
+        """Register float64 weights ``name`` and their float32 twin ``name_f32`` (see :func:`weights`)."""
+        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64))
+        self.register_buffer(name, to(t), persistent=False)
+        self.register_buffer(f"{name}_f32", to(t.float()), persistent=False)
 
     def key_mask(self, i: int) -> torch.Tensor:
         """``(Nq, Nk)`` bool key mask of the i-th non-softmax group (its queries x its union of
@@ -301,6 +310,18 @@ class PlanRunner(nn.Module):
         return out
 
 
+def weights(ex: Any, name: str, dtype: torch.dtype) -> torch.Tensor:
+    """The runner's weights ``name`` in ``dtype``: the float64 buffer, or its float32 twin, when one
+    of them already has that dtype (no conversion is run or traced: the usual float32 model gets
+    the twin, rounded once at build as a cast at use would round it), else the float64 one cast.
+    ``module.to(dtype)`` converts both alike, so whichever matches holds the same values."""
+    t = getattr(ex, name)
+    if t.dtype == dtype:
+        return t
+    t32 = getattr(ex, f"{name}_f32", None)
+    return t32 if t32 is not None and t32.dtype == dtype else t.to(dtype)
+
+
 def mix_softmax_groups(ex: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, scale: float,
                        dropout_p: float = 0.0) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """Run every softmax group of ``ex`` on ``q, k, v`` ``(B, H, N, d)`` (the runner's order; any
@@ -318,7 +339,7 @@ def mix_softmax_groups(ex: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         o = kern(q, k, v, scale=scale, dropout_p=dropout_p)  # (B, H, N, d)
         if len(ex.soft_fns) == 1 and ex.c_is_one[0]:
             return o, None  # every position updated by this one type only: weight 1
-        c = getattr(ex, f"c_soft{i}").to(q.dtype)
+        c = weights(ex, f"c_soft{i}", q.dtype)
         o = o * c[None, None, :, None]
         mixed = o if mixed is None else mixed + o
         csum = c if csum is None else csum + c
@@ -348,7 +369,7 @@ def run_module_groups(ex: Any, x: torch.Tensor, modules: Mapping[str, nn.Module]
         if runs_per_key_set(module) or (ex.key_sets_cheaper(i) and is_builtin_module(module)):
             parts = run_flat_buckets(module, x, x, x, ex.flat_buckets(i), name=f)
             rows.append(getattr(ex, f"o{i}_rows"))
-            coefs.append(getattr(ex, f"o{i}_rows_coef"))
+            coefs.append(f"o{i}_rows_coef")
         else:
             fused = False
             qi, ki = getattr(ex, f"o{i}_q"), getattr(ex, f"o{i}_k")
@@ -356,7 +377,7 @@ def run_module_groups(ex: Any, x: torch.Tensor, modules: Mapping[str, nn.Module]
             q = x.index_select(1, qi)
             parts = [check_type_output(module(q, kv, kv, key_mask=ex.key_mask(i)), q, f, module)]
             rows.append(qi)
-            coefs.append(getattr(ex, f"o{i}_coef3"))
+            coefs.append(f"o{i}_coef3")
         if gate is not None:
             parts = [p * gate.to(p.dtype) for p in parts]
         outs.extend(parts)
@@ -364,9 +385,9 @@ def run_module_groups(ex: Any, x: torch.Tensor, modules: Mapping[str, nn.Module]
         return None
     o = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
     if fused:
-        idx, coef = ex.fused_rows, ex.fused_coef
+        idx, coef = ex.fused_rows, weights(ex, "fused_coef", o.dtype)
     else:
-        idx, coef = torch.cat(rows), torch.cat(coefs, dim=1)
-    o = o * (coef if coef.dtype == o.dtype else coef.to(o.dtype))
+        idx, coef = torch.cat(rows), torch.cat([weights(ex, c, o.dtype) for c in coefs], dim=1)
+    o = o * coef
     B, N, _ = x.shape
     return o.new_zeros(B, N, o.shape[-1]).index_add(1, idx, o)
