@@ -8,6 +8,8 @@ positions the queries read (``-1``: nothing, repeated positions, out of order).
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -208,15 +210,21 @@ def test_sparse_reads_after_inference_mode_and_with_an_empty_batch():
     torch.manual_seed(0)
     m = MambaAttention(8, 2, d_state=4, kernel="mamba_torch")
     q, k = torch.randn(2, 3, 8), torch.randn(2, 16, 8)
-    from canvas_core.attention import causal_read
+    results = {}
 
-    causal_read._LOCAL.__dict__.pop("bufs", None)  # the scratch buffers are made in inference mode
-    with torch.inference_mode():
-        want = m(q, k, k).clone()
-    x = q.clone().requires_grad_()
-    torch.testing.assert_close(m(x, k, k), want)  # ordinary call after the inference one
-    m(x, k, k).sum().backward()
-    assert x.grad is not None and bool(torch.isfinite(x.grad).all())
+    def fresh_thread():  # scratch buffers are per thread: a new thread makes them in inference mode
+        with torch.inference_mode():
+            want = m(q, k, k).clone()
+        x = q.clone().requires_grad_()
+        results["got"], results["want"] = m(x, k, k), want  # ordinary call after the inference one
+        m(x, k, k).sum().backward()
+        results["grad"] = x.grad
+
+    worker = threading.Thread(target=fresh_thread)
+    worker.start()
+    worker.join()
+    torch.testing.assert_close(results["got"], results["want"])
+    assert results["grad"] is not None and bool(torch.isfinite(results["grad"]).all())
     empty = torch.zeros(0, 3, 8, requires_grad=True)
     out = m(empty, torch.zeros(0, 16, 8), torch.zeros(0, 16, 8))
     assert out.shape == (0, 3, 8)
