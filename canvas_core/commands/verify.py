@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     torch.manual_seed(args.seed)
     layers = [CanvasAttention(plan, d_model=d_model, n_heads=heads) for _ in range(args.layers)]
     model = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
-    report = verify_structure(model, max_exact=args.max_exact, samples=args.samples, probes=args.probes,
+    report = verify_structure(model, d_model=d_model, max_exact=args.max_exact, samples=args.samples, probes=args.probes,
                               seed=args.seed, require_signal=args.require_signal)
     if args.json:
         print(json.dumps(dict(report.to_dict(), source=label, layers=args.layers), indent=2, default=str))

@@ -27,6 +27,18 @@ def test_verify_a_schema_file(schema_file, capsys):
     assert "structure verified: OK" in out and "2-hop closure" in out and "robot.json" in out
 
 
+def test_stacked_layers_narrower_than_the_schema(tmp_path, capsys):
+    """--layers 2 on a schema wider than the probed layers (d_model 64 > the default width cap of
+    32): the stack is fed inputs of the layers' width, not the schema's (was exit 2, 'expects x
+    of shape (B, N, 32) ... got (1, N, 64)', e.g. on the bundled example)."""
+    lay = CanvasLayout(T=2, spatial_shape=(2,), d_model=64, regions={"obs": (0, 2, 0, 1), "act": (0, 2, 1, 2)})
+    topo = CanvasTopology(connections=[Connection("act", "obs", t_src=0, t_dst=0), Connection("obs", "obs", t_src=0, t_dst=-1)])
+    path = tmp_path / "wide.json"
+    path.write_text(json.dumps(CanvasSchema(layout=lay, topology=topo).to_dict()))
+    assert main(["verify", str(path), "--layers", "2", "--probes", "1"]) == 0
+    assert "2 layer(s) of width 32" in capsys.readouterr().out
+
+
 def test_verify_json(schema_file, capsys):
     assert main(["verify", str(schema_file), "--json", "--probes", "1"]) == 0
     data = json.loads(capsys.readouterr().out)
