@@ -157,6 +157,8 @@ def check_picture_width(n_frames: int, with_topology: bool, dpi: int, max_width:
     than ``max_width``, before anything is drawn."""
     if isinstance(max_width, bool) or not isinstance(max_width, int) or max_width < 1:
         raise CanvasError(f"draw_schema: {options[1]} must be an int >= 1 (pixels), got {max_width!r}")
+    if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not 0 < dpi < math.inf:
+        raise CanvasError(f"draw_schema: dpi must be a number > 0 (dots per inch, e.g. 110), got {dpi!r}")
     topo = _TOPO_PANELS if with_topology else 0
     width = round((_PANEL_W * (n_frames + topo) + _MARGIN_W) * dpi)
     if width > max_width:

@@ -111,6 +111,9 @@ def test_draw_width_is_capped_and_the_picture_keeps_the_predicted_width(tmp_path
     assert png_size(draw_schema(schema, out, max_frames=fit + 2, max_width=MAX_WIDTH + 1000))[0] > MAX_WIDTH
     with pytest.raises(CanvasError, match="max_width must be an int >= 1"):
         draw_schema(schema, out, max_width=0)
+    for dpi in ("110", True, 0, float("nan")):  # "110" used to be a TypeError from the width arithmetic
+        with pytest.raises(CanvasError, match="dpi must be a number > 0"):
+            draw_schema(schema, out, dpi=dpi)
 
 
 def test_cli_draw_refuses_a_picture_over_the_cap_naming_its_options(tmp_path):
