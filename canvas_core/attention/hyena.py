@@ -67,7 +67,7 @@ def causal_conv_last(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """Causal long convolution along the last dim: ``z (B, C, L)``, ``h (C, L)`` -> ``(B, C, L)``,
     ``y_t = sum_{s<=t} h_{t-s} z_s``, by FFT (``O(L log L)``; same dtype as ``z``: float32 or
     float64)."""
-    if z.shape[-1] == 0:
+    if z.numel() == 0:  # no positions or an empty batch (MKL's FFT refuses a batch of 0)
         return z.clone()
     return _CausalConv.apply(z, h.to(z.dtype))
 

@@ -9,6 +9,7 @@ masked rows) and, for Hyena, the order.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -192,3 +193,18 @@ def test_fft_causal_conv_equals_direct_sum(B, L, seed):
     ref = torch.stack([torch.stack([_conv_step(z[b], h, t) for t in range(L)]) if L else z[b]
                        for b in range(B)])
     torch.testing.assert_close(out, ref, atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["hyena", "rwkv", "linear_attention"])
+def test_empty_batch_gives_empty_output_and_gradient(name):
+    """A batch of 0 rows runs (MKL's FFT used to refuse it inside hyena) and backpropagates."""
+    from canvas_core import create_attention
+
+    torch.manual_seed(0)
+    module = create_attention(name, 8, 2)
+    q = torch.zeros(0, 3, 8, requires_grad=True)
+    kv = torch.zeros(0, 5, 8)
+    out = module(q, kv, kv)
+    assert out.shape == (0, 3, 8)
+    out.sum().backward()
+    assert q.grad is not None and q.grad.shape == (0, 3, 8)
