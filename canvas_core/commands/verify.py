@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Optional
 
 
-def _int_at_least(minimum: int, wanted: str):
-    """An argparse ``type`` reading an integer >= ``minimum``; ``wanted`` names it in the error."""
+def _int_at_least(minimum: int, wanted: str, maximum: Optional[int] = None):
+    """An argparse ``type`` reading an integer >= ``minimum`` (and <= ``maximum`` when given);
+    ``wanted`` names it in the error."""
     def parse(text: str) -> int:
         try:
             v = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
-        if v < minimum:
+        if v < minimum or (maximum is not None and v > maximum):
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {v}")
         return v
 
@@ -27,12 +29,15 @@ def _int_at_least(minimum: int, wanted: str):
 
 _positive = _int_at_least(1, "a positive integer")
 _nonneg = _int_at_least(0, "an integer >= 0")
+#: deepest stack ``--layers`` builds: each layer is a full set of modules, probed on every call
+MAX_VERIFY_LAYERS = 256
+_layer_count = _int_at_least(1, f"a layer count from 1 to {MAX_VERIFY_LAYERS}", MAX_VERIFY_LAYERS)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", nargs="?", default=None,
                         help="schema or program JSON (default: the bundled robot-arm example)")
-    parser.add_argument("--layers", type=_positive, default=1,
+    parser.add_argument("--layers", type=_layer_count, default=1,
                         help="canvas layers stacked (default 1: one layer, checked exactly per fn group)")
     parser.add_argument("--width", type=_positive, default=None,
                         help="width of the probed layers (default: the schema's d_model, at most 32; "

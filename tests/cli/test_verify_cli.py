@@ -50,7 +50,7 @@ def test_verify_the_bundled_example_sampled(capsys):
     assert "sampled" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv", [["--layers", "0"], ["--samples", "x"], ["missing.json"], ["--width", "6", "--heads", "4"]])
+@pytest.mark.parametrize("argv", [["--layers", "0"], ["--layers", "257"], ["--layers", "100000000"], ["--samples", "x"], ["missing.json"], ["--width", "6", "--heads", "4"]])
 def test_bad_arguments_exit_2_with_one_line(argv, capsys):
     try:
         rc = main(["verify", *argv])
@@ -73,7 +73,7 @@ def test_require_signal_fails_on_a_dead_declared_connection(tmp_path, capsys):
     assert "FAILED" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("option, minimum, wanted", [("--layers", 1, "a positive integer"),
+@pytest.mark.parametrize("option, minimum, wanted", [("--probes", 1, "a positive integer"),
                                                      ("--samples", 1, "a positive integer"),
                                                      ("--max-exact", 0, "an integer >= 0"),
                                                      ("--seed", 0, "an integer >= 0")])
@@ -95,3 +95,14 @@ def test_integer_options_share_one_parser(option, minimum, wanted, text, capsys)
     with pytest.raises(SystemExit):
         main(["verify", option, text])
     assert f"expected {wanted}, got" in capsys.readouterr().err
+
+
+def test_layer_count_is_capped(capsys):
+    """A stack deeper than MAX_VERIFY_LAYERS is refused before any layer is built (100,000,000
+    layers used to be built one by one: a hang)."""
+    from canvas_core.commands.verify import MAX_VERIFY_LAYERS, _layer_count
+
+    assert _layer_count(str(MAX_VERIFY_LAYERS)) == MAX_VERIFY_LAYERS
+    with pytest.raises(SystemExit):
+        main(["verify", "--layers", str(MAX_VERIFY_LAYERS + 1)])
+    assert f"expected a layer count from 1 to {MAX_VERIFY_LAYERS}, got {MAX_VERIFY_LAYERS + 1}" in capsys.readouterr().err
