@@ -16,6 +16,7 @@ from canvas_core.attention.causal_read import (
     causal_read,
     check_kernel_choice,
     rows_identical,
+    scratch,
     work_dtype,
 )
 
@@ -38,28 +39,48 @@ def fft_size(n: int) -> int:
 class _CausalConv(torch.autograd.Function):
     """``y = causal_conv(z, h)`` along the last dim by FFT, with its adjoint by FFT too:
     ``dz_s = sum_{t >= s} g_t h_{t-s}``, ``dh_k = sum_b sum_t g_t z_{t-k}`` (correlations, as
-    products with the conjugate spectra; the zero padding to ``n >= 2L - 1`` keeps them exact)."""
+    products with the conjugate spectra; the zero padding to ``n >= 2L - 1`` keeps them exact).
+
+    The padded signals, the spectra that are not saved and the full-length inverse transforms
+    live in per-thread scratch (each is ``B x C x n``: fresh ones cost more in page faults than
+    the transforms); only the saved spectra and the returned ``(B, C, L)`` results are fresh.
+    The spectra are saved already conjugated (what the backward multiplies by)."""
+
+    @staticmethod
+    def _padded(x, n):
+        xp = scratch("hy_pad", x.shape[:-1] + (n,), x)
+        L = x.shape[-1]
+        xp[..., :L].copy_(x)
+        xp[..., L:].zero_()
+        return xp
+
+    @staticmethod
+    def _inverse(spec, n, L, like):
+        full = torch.fft.irfft(spec, n=n, out=scratch("hy_full", spec.shape[:-1] + (n,), like))
+        return full[..., :L].clone()
 
     @staticmethod
     def forward(ctx, z, h):  # z (B, C, L), h (C, L)
         L = z.shape[-1]
         n = fft_size(2 * L - 1)
-        Z = torch.fft.rfft(z, n=n)
+        Z = torch.fft.rfft(_CausalConv._padded(z, n))
         H = torch.fft.rfft(h, n=n)
-        ctx.save_for_backward(Z, H)
+        y = _CausalConv._inverse(torch.mul(Z, H, out=scratch("hy_spec", Z.shape, Z)), n, L, z)
+        ctx.save_for_backward(Z.conj_physical_(), H.conj_physical_())
         ctx.L, ctx.n = L, n
-        return torch.fft.irfft(Z * H, n=n)[..., :L]
+        return y
 
     @staticmethod
     def backward(ctx, g):
-        Z, H = ctx.saved_tensors
+        Zc, Hc = ctx.saved_tensors
         L, n = ctx.L, ctx.n
-        G = torch.fft.rfft(g, n=n)
+        G = torch.fft.rfft(_CausalConv._padded(g, n), out=scratch("hy_g", Zc.shape, Zc))
         dz = dh = None
-        if ctx.needs_input_grad[0]:
-            dz = torch.fft.irfft(G * H.conj(), n=n)[..., :L]
         if ctx.needs_input_grad[1]:
-            dh = torch.fft.irfft((G * Z.conj()).sum(dim=0), n=n)[..., :L]
+            dh = torch.mul(G, Zc, out=scratch("hy_spec", G.shape, G)).sum(dim=0)
+            dh = torch.fft.irfft(dh, n=n)[..., :L]
+        if ctx.needs_input_grad[0]:
+            dz = _CausalConv._inverse(torch.mul(G, Hc, out=scratch("hy_spec", G.shape, G)), n, L, g)
         return dz, dh
 
 
