@@ -20,7 +20,7 @@ from canvas_core.attention.causal_read import (
     work_dtype,
 )
 
-__all__ = ["HyenaAttention", "fft_causal_conv", "causal_conv_last", "fft_size"]
+__all__ = ["HyenaAttention", "fft_causal_conv", "causal_conv_last", "read_conv_last", "fft_size"]
 
 
 def fft_size(n: int) -> int:
@@ -82,6 +82,72 @@ class _CausalConv(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dz = _CausalConv._inverse(torch.mul(G, Hc, out=scratch("hy_spec", G.shape, G)), n, L, g)
         return dz, dh
+
+
+def _twiddle(f: torch.Tensor, r: int, n: int, sign: float, dtype: torch.dtype) -> torch.Tensor:
+    """``exp(sign * 2 pi i (f r mod n) / n)`` as ``dtype`` (angles reduced in integers, float64)."""
+    ang = ((f * r) % n).to(torch.float64) * (sign * 2 * math.pi / n)
+    return torch.polar(torch.ones_like(ang), ang).to(dtype)
+
+
+class _ReadConv(torch.autograd.Function):
+    """:class:`_CausalConv` read only at ``p_i = s (i + 1) - 1`` (``i < L / s``; ``s >= 2``
+    divides ``L``), without the full-length inverse transform and, in the backward, without the
+    transform of the mostly-zero output gradient.  With ``n = s m`` and ``f = f1 + m f2``:
+    ``y_{p_i} = (1/n) Re sum_{f1} e^{2 pi i f1 i / m} w^{f1 r} sum_{f2} c_{f2} Yh_{f1 + m f2}``
+    (``w = e^{2 pi i / n}``, ``r = s - 1``, ``c_{f2} = e^{2 pi i f2 r / s}``, ``Yh`` the half
+    spectrum with its inner bins doubled, zero above), an ``m``-point inverse FFT after one fold;
+    the output gradient's spectrum is ``G_f = w^{-f r} ghat_{f mod m}`` (``ghat``: the ``m``-point
+    FFT of the read gradients), then the backward of :class:`_CausalConv`."""
+
+    @staticmethod
+    def forward(ctx, z, h, s):  # z (B, C, L), h (C, L) -> (B, C, L / s)
+        B, C, L = z.shape
+        Q = L // s
+        m = fft_size(-(-(2 * L - 1) // s))
+        n, r = s * m, s - 1
+        nh = n // 2 + 1
+        Z = torch.fft.rfft(_CausalConv._padded(z, n))
+        H = torch.fft.rfft(h, n=n)
+        Yh = scratch("hy_fold", (B, C, n), Z)
+        Yh[..., :nh].copy_(Z).mul_(H)
+        Yh[..., 1 : n - nh + 1].mul_(2)
+        Yh[..., nh:].zero_()
+        c = _twiddle(torch.arange(s, device=z.device), r * m, n, 1.0, Z.dtype)  # e^{2 pi i f2 r / s}
+        F = torch.matmul(c.view(1, s), Yh.view(B * C, s, m)).view(B, C, m)
+        F.mul_(_twiddle(torch.arange(m, device=z.device), r, n, 1.0, Z.dtype))
+        y = torch.fft.ifft(F)[..., :Q].real / s
+        ctx.save_for_backward(Z.conj_physical_(), H.conj_physical_())
+        ctx.L, ctx.n, ctx.m, ctx.s = L, n, m, s
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        Zc, Hc = ctx.saved_tensors
+        L, n, m, s = ctx.L, ctx.n, ctx.m, ctx.s
+        B, C, Q = g.shape
+        gm = g.new_zeros(B, C, m)
+        gm[..., :Q] = g
+        f = torch.arange(n // 2 + 1, device=g.device)
+        G = torch.index_select(torch.fft.fft(gm), 2, f % m, out=scratch("hy_g", Zc.shape, Zc))
+        G.mul_(_twiddle(f, s - 1, n, -1.0, Zc.dtype))
+        dz = dh = None
+        if ctx.needs_input_grad[1]:
+            dh = torch.mul(G, Zc, out=scratch("hy_spec", G.shape, G)).sum(dim=0)
+            dh = torch.fft.irfft(dh, n=n)[..., :L]
+        if ctx.needs_input_grad[0]:
+            dz = _CausalConv._inverse(torch.mul(G, Hc, out=scratch("hy_spec", G.shape, G)), n, L, g)
+        return dz, dh, None
+
+
+def read_conv_last(z: torch.Tensor, h: torch.Tensor, stride: int) -> torch.Tensor:
+    """:func:`causal_conv_last` read at ``stride (i + 1) - 1`` only: ``(B, C, L)`` ->
+    ``(B, C, L / stride)`` (``stride`` divides ``L``; ``stride == 1`` is the whole output)."""
+    if z.numel() == 0 or stride == 1:
+        return causal_conv_last(z, h)[..., stride - 1 :: stride]
+    if z.shape[-1] % stride:
+        raise ValueError(f"read_conv_last: stride {stride} does not divide the length {z.shape[-1]}")
+    return _ReadConv.apply(z, h.to(z.dtype), stride)
 
 
 def causal_conv_last(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
@@ -234,9 +300,13 @@ class HyenaAttention(AttentionBase):
                 z = gates[n] * causal_conv_last(z, ht[n])
                 if keep_t is not None:
                     z = z * keep_t
-            y = causal_conv_last(z, ht[-1])  # (B, D, Nk)
-            y = y.index_select(2, read.clamp(min=0)).transpose(1, 2)
-            y = y * (read >= 0).view(1, -1, 1).to(wd)
+            if Nq > 0 and Nk % Nq == 0 and Nk > Nq and fft_size(Nk // Nq) == Nk // Nq:
+                # every read at stride (i + 1) - 1: the last stage only there (no full inverse)
+                y = read_conv_last(z, ht[-1], Nk // Nq).transpose(1, 2)
+            else:
+                y = causal_conv_last(z, ht[-1])  # (B, D, Nk)
+                y = y.index_select(2, read.clamp(min=0)).transpose(1, 2)
+                y = y * (read >= 0).view(1, -1, 1).to(wd)
         else:
             z = self.v_proj(values).to(wd)
             if keep is not None:

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from canvas_core.attention import HyenaAttention, LinearAttention, RWKVAttention
-from canvas_core.attention.hyena import causal_conv_last, fft_size
+from canvas_core.attention.hyena import causal_conv_last, fft_size, read_conv_last
 from canvas_core.attention.linear_sums import elu_plus_one, key_summary
 from canvas_core.attention.rwkv import wkv_read, wkv_scan
 
@@ -174,3 +174,90 @@ def test_linear_key_summary_and_feature_map_equal_the_composite_form_with_gradie
     gy = torch.randn(B, N, D, generator=g, dtype=DT)
     torch.testing.assert_close(torch.autograd.grad(y, x, gy)[0], torch.autograd.grad(y_ref, x, gy)[0],
                                atol=1e-12, rtol=1e-10)
+
+
+def _direct_conv(z, h):
+    """``y_t = sum_{s<=t} h_{t-s} z_s`` along dim 1 of ``z (B, L, C)``, ``h (L, C)``: a Toeplitz sum."""
+    L = z.shape[1]
+    t = torch.arange(L)
+    lag = t[:, None] - t[None, :]
+    taps = h[lag.clamp(min=0)] * (lag >= 0)[..., None].to(h.dtype)  # (L, L, C)
+    return torch.einsum("tsc,bsc->btc", taps, z)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    B=st.integers(0, 2),
+    Q=st.integers(0, 6),
+    stride=st.integers(1, 9),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_read_conv_last_and_its_adjoint_equal_the_direct_sum_at_the_reads(B, Q, stride, seed):
+    """The strided read of Hyena's last convolution (one fold and a short inverse FFT; its
+    backward builds the output gradient's spectrum directly) against the direct sum read at
+    ``stride (i + 1) - 1``; strides that are not 5-smooth, one read, an empty batch."""
+    g = torch.Generator().manual_seed(seed)
+    L = Q * stride
+    z = torch.randn(B, C, L, generator=g, dtype=DT, requires_grad=True)
+    h = torch.randn(C, L, generator=g, dtype=DT, requires_grad=True)
+    y = read_conv_last(z, h, stride)
+    ref = _direct_conv(z.transpose(1, 2), h.t()).transpose(1, 2)[..., stride - 1 :: stride]
+    assert y.shape == (B, C, Q)
+    torch.testing.assert_close(y, ref, atol=1e-10, rtol=1e-8)
+    if y.numel():
+        gy = torch.randn(B, C, Q, generator=g, dtype=DT)
+        for a, b in zip(torch.autograd.grad(y, (z, h), gy), torch.autograd.grad(ref, (z, h), gy)):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    Nq=st.integers(1, 5),
+    stride=st.sampled_from([1, 2, 3, 5, 6, 7]),
+    order=st.integers(1, 3),
+    masked=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_hyena_with_strided_reads_equals_the_direct_form(Nq, stride, order, masked, seed):
+    """``Nk = stride * Nq`` (the runtime's key sets: the last stage is read at the read positions
+    only) against the definition: direct convolutions, masked keys zeroed in every stage, the
+    output read at ``p(i)`` and zero where no allowed key is at or before it; with gradients."""
+    torch.manual_seed(seed % 1000)
+    m = HyenaAttention(8, 2, order=order, max_len=16).double()
+    g = torch.Generator().manual_seed(seed)
+    Nk = stride * Nq
+    q, k, v = (torch.randn(2, n, 8, generator=g, dtype=DT, requires_grad=True) for n in (Nq, Nk, Nk))
+    ok = torch.rand(2, Nk, generator=g) > 0.4 if masked else torch.ones(2, Nk, dtype=torch.bool)
+    out = m(q, k, v, key_mask=ok[:, None, :].expand(2, Nq, Nk)) if masked else m(q, k, v)
+    keep = ok[..., None].to(DT)
+    h, d = m.filters(Nk, DT), m.skip
+    z = m.v_proj(v) * keep
+    gates = m.gate_proj(k).chunk(order - 1, -1) if order > 1 else ()
+    for n in range(order - 1):
+        z = gates[n] * (_direct_conv(z, h[n]) + d[n] * z) * keep
+    y = _direct_conv(z, h[-1]) + d[-1] * z
+    read = [(i + 1) * Nk // Nq - 1 for i in range(Nq)]
+    has = torch.stack([ok[:, : p + 1].any(1) for p in read], 1)[..., None]
+    ref = m.out_proj(m.q_proj(q) * y[:, read]) * has
+    torch.testing.assert_close(out, ref, atol=1e-9, rtol=1e-7)
+    gout = torch.randn(out.shape, generator=g, dtype=DT)
+    ins = (q, k, v, *m.parameters())
+    got = torch.autograd.grad(out, ins, gout, allow_unused=True)
+    want = torch.autograd.grad(ref, ins, gout, allow_unused=True)
+    for a, r in zip(got, want):
+        if a is None or r is None:
+            assert (a is None or not a.any()) and (r is None or not r.any())
+            continue
+        torch.testing.assert_close(a, r, atol=1e-9, rtol=1e-7)
+
+
+def test_hyena_strided_reads_compile_in_one_graph():
+    """The strided last stage traces without a graph break (``Nk = 3 Nq``), forward and gradients."""
+    torch.manual_seed(0)
+    m = HyenaAttention(8, 2)
+    c = torch.compile(m, backend="eager", fullgraph=True)
+    q, k = torch.randn(2, 4, 8, requires_grad=True), torch.randn(2, 12, 8, requires_grad=True)
+    a, b = c(q, k, k), m(q, k, k)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    for x, y in zip(torch.autograd.grad(a.sum(), (q, k)), torch.autograd.grad(b.sum(), (q, k))):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
