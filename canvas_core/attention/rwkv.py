@@ -184,6 +184,46 @@ class _ChunkStates(torch.autograd.Function):
         return gab[0], gab[1], None, dw, None
 
 
+def _group_for(nC: int) -> Optional[int]:
+    """Chunks per group for the two-level chunk states: a divisor of ``nC`` near ``(2 nC)^(1/3)``
+    (balances the ``nC G`` in-group and ``(nC / G)^2`` group-state weights), or None below 64
+    chunks (one level: ``nC^2`` weights are cheap there)."""
+    if nC < 64:
+        return None
+    t = (2 * nC) ** (1 / 3)
+    near = [g for g in range(2, nC // 2 + 1) if nC % g == 0]
+    return min(near, key=lambda g: (abs(math.log(g / t)), g)) if near else None
+
+
+def _chunk_states(a, b, m, w, T):
+    """The state after every chunk, ``(A, B, M)`` as :class:`_ChunkStates` returns it.  Many
+    chunks (short chunks, e.g. one per read): two levels, the states inside groups of ``G``
+    chunks, then the states after every group (each group summarised by its own last state),
+    combined as ``A_x = A^in_x e^{M^in_x - M_x} + A^grp_{g-1} e^{M^grp_{g-1} - (x' + 1) T w - M_x}``
+    (``x'`` the chunk's place in group ``g``, ``M_x`` the larger exponent): ``O(nC G + (nC/G)^2)``
+    weights per channel instead of ``nC^2``."""
+    Bn, nC, C = a.shape
+    G = _group_for(nC)
+    if G is None:
+        return _ChunkStates.apply(a, b, m, w, T)
+    nG = nC // G
+    Ai, Bi, Mi = _ChunkStates.apply(a.reshape(Bn * nG, G, C), b.reshape(Bn * nG, G, C), m.reshape(Bn * nG, G, C), w, T)
+    Ai, Bi, Mi = (x.view(Bn, nG, G, C) for x in (Ai, Bi, Mi))
+    Ag, Bg, Mg = _ChunkStates.apply(Ai[:, :, -1], Bi[:, :, -1], Mi[:, :, -1], w, T * G)
+    # the state entering each group (after the one before), decayed to each chunk's end
+    lag = torch.arange(1, G + 1, device=a.device).to(a.dtype).view(1, 1, G, 1) * T  # (x' + 1) T
+    Me = torch.cat([torch.full_like(Mg[:, :1], NEG_INF), Mg[:, :-1]], dim=1).unsqueeze(2) - lag * w.detach()
+    M = finite_or_zero(torch.maximum(Mi, Me))
+    ei = _exp_rel(Mi - M, None)
+    ee = torch.cat([torch.zeros_like(Mg[:, :1]), Mg[:, :-1]], dim=1).unsqueeze(2) - lag * w - M
+    ee = _exp_rel(ee, torch.arange(nG, device=a.device).view(1, nG, 1, 1) == 0)
+    Ap = torch.cat([torch.zeros_like(Ag[:, :1]), Ag[:, :-1]], dim=1).unsqueeze(2)
+    Bp = torch.cat([torch.zeros_like(Bg[:, :1]), Bg[:, :-1]], dim=1).unsqueeze(2)
+    A = (Ai * ei + Ap * ee).view(Bn, nC, C)
+    B_ = (Bi * ei + Bp * ee).view(Bn, nC, C)
+    return A, B_, M.view(Bn, nC, C)
+
+
 def _exp_rel(x: torch.Tensor, blocked: Optional[torch.Tensor]) -> torch.Tensor:
     """``exp(x)`` for max-relative exponents ``x <= 0``: clamped at :func:`exp_floor` (no slow
     subnormal path), exactly 0 where ``blocked`` (bool, broadcastable) is True."""
@@ -252,7 +292,7 @@ def wkv_read(
     masked = key_ok is not None or Lp > L
     a, b, m = _ChunkSums.apply(kc, vc, w, okc if masked else None)
     # state after chunk c: sum_{c' <= c} e^{m_c' - (c - c') T w} (a_c', b_c')
-    As, Bs, Ms = _ChunkStates.apply(a, b, m, w, T)
+    As, Bs, Ms = _chunk_states(a, b, m, w, T)
     # each read: the state entering its chunk, decayed to p, and its chunk's keys j <= p
     pos = read.clamp(min=0)
     cr = torch.div(pos, T, rounding_mode="floor")
@@ -416,7 +456,9 @@ class RWKVAttention(AttentionBase):
         if allowed is None or rows_identical(allowed):
             key_ok = None if allowed is None else allowed[:, 0, :]
             if self.kernel in ("auto", "torch"):  # chunked, only at the read positions
-                wkv = wkv_read(k, v, w, u, read, key_ok)
+                # Nk = s Nq: every read ends a chunk of s keys (no key past a read in its chunk)
+                aligned = Nk // Nq if Nk % Nq == 0 and Nk > Nq else None
+                wkv = wkv_read(k, v, w, u, read, key_ok, chunk=aligned)
             else:
                 wkv = read_at(self._wkv(k, v, w, u, key_ok), read, wd)
         else:

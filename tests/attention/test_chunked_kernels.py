@@ -261,3 +261,54 @@ def test_hyena_strided_reads_compile_in_one_graph():
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     for x, y in zip(torch.autograd.grad(a.sum(), (q, k)), torch.autograd.grad(b.sum(), (q, k))):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    L=st.integers(64, 200),
+    chunk=st.sampled_from([1, 2, 3]),
+    Q=st.integers(1, 6),
+    keep=st.sampled_from([1.0, 0.7, 0.05]),
+    scale=st.sampled_from([1.0, 30.0]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_wkv_read_with_two_level_chunk_states_equals_the_step_recurrence(L, chunk, Q, keep, scale, seed):
+    """64 chunks or more (one per read when the runtime's reads end chunks): the chunk states in
+    groups, then across groups; against the key-by-key recurrence, reads at -1, 0 and L - 1
+    included, masked keys (down to almost all), large keys; gradients against the recurrence's."""
+    g = torch.Generator().manual_seed(seed)
+    k = (torch.randn(2, L, C, generator=g, dtype=DT) * scale).requires_grad_()
+    v = torch.randn(2, L, C, generator=g, dtype=DT, requires_grad=True)
+    w = (torch.rand(C, generator=g, dtype=DT) * 2 + 0.01).requires_grad_()
+    u = torch.randn(C, generator=g, dtype=DT, requires_grad=True)
+    read = torch.cat([torch.tensor([-1, 0, L - 1]), torch.randint(-1, L, (Q,), generator=g)])
+    ok = torch.rand(2, L, generator=g) < keep
+    out = wkv_read(k, v, w, u, read, ok, chunk=chunk)
+    seq = wkv_scan(k, v, w, u, ok, chunk=1)
+    ref = seq[:, read.clamp(min=0)] * (read >= 0).view(1, -1, 1).to(DT)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-8)
+    gy = torch.randn(out.shape, generator=g, dtype=DT)
+    got = torch.autograd.grad(out, (k, v, w, u), gy)
+    want = torch.autograd.grad(ref, (k, v, w, u), gy)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7)
+
+
+@settings(max_examples=12, deadline=None)
+@given(Nq=st.sampled_from([1, 2, 7, 64, 70, 96]), stride=st.sampled_from([1, 2, 3, 5]), masked=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+def test_rwkv_with_reads_ending_chunks_equals_the_step_recurrence(Nq, stride, masked, seed):
+    """``Nk = stride * Nq`` (the runtime's key sets: chunks of ``stride`` keys, each read at the
+    end of one) against the module's definition over the step recurrence."""
+    torch.manual_seed(seed % 1000)
+    m = RWKVAttention(C, 1).double()
+    g = torch.Generator().manual_seed(seed)
+    Nk = stride * Nq
+    q, kv = torch.randn(2, Nq, C, generator=g, dtype=DT), torch.randn(2, Nk, C, generator=g, dtype=DT)
+    ok = torch.rand(2, Nk, generator=g) > 0.4 if masked else torch.ones(2, Nk, dtype=torch.bool)
+    out = m(q, kv, kv, key_mask=ok[:, None, :].expand(2, Nq, Nk)) if masked else m(q, kv, kv)
+    seq = wkv_scan(m.key(kv), m.value(kv), torch.exp(m.time_decay), m.time_first, ok, chunk=1)
+    read = [(i + 1) * Nk // Nq - 1 for i in range(Nq)]
+    has = torch.stack([ok[:, : p + 1].any(1) for p in read], 1)[..., None]
+    ref = m.output(torch.sigmoid(m.receptance(q)) * seq[:, read]) * has
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-8)
