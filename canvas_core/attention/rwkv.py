@@ -41,11 +41,14 @@ class _ChunkRead(torch.autograd.Function):
     def _exps(kc, w, u, okq, cr, rel):
         """``l`` ``(B, Q, T, C)`` in scratch, ``-inf`` where blocked (``j > p`` or a masked key)."""
         B, _, T, C = kc.shape
-        Q = cr.shape[0]
+        Q = rel.shape[0]
         relc = rel.unsqueeze(-1)
         bias = torch.where(relc < 0, (relc + 1).to(kc.dtype) * w, u.expand(Q, T, C))
         bias = bias.masked_fill(relc > 0, NEG_INF)
-        e = torch.index_select(kc, 1, cr, out=scratch("wkv_e", (B, Q, T, C), kc)).add_(bias)
+        if cr is None:  # read q ends chunk q: no gather
+            e = torch.add(kc, bias, out=scratch("wkv_e", (B, Q, T, C), kc))
+        else:
+            e = torch.index_select(kc, 1, cr, out=scratch("wkv_e", (B, Q, T, C), kc)).add_(bias)
         if okq is not None:
             e.masked_fill_(~okq, NEG_INF)
         return e
@@ -61,13 +64,13 @@ class _ChunkRead(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, kc, vc, w, u, okc, cr, rel, Mr):  # noqa: D401 - autograd signature
-        okq = None if okc is None else okc.index_select(1, cr)  # (B|1, Q, T, 1)
+        okq = okc if okc is None or cr is None else okc.index_select(1, cr)  # (B|1, Q, T, 1)
         e = _ChunkRead._exps(kc, w, u, okq, cr, rel)
         mx = finite_or_zero(torch.maximum(e.amax(dim=2), Mr))
         _ChunkRead._weights_(e, mx, rel, okq)
-        vq = torch.index_select(vc, 1, cr, out=scratch("wkv_v", e.shape, vc))
+        vq = vc if cr is None else torch.index_select(vc, 1, cr, out=scratch("wkv_v", e.shape, vc))
         den = e.sum(dim=2)
-        num = vq.mul_(e).sum(dim=2)
+        num = torch.mul(vq, e, out=scratch("wkv_v", e.shape, vc)).sum(dim=2)
         ctx.save_for_backward(kc, vc, w, u, cr, rel, mx, *(() if okq is None else (okq,)))
         ctx.mark_non_differentiable(mx)
         return num, den, mx
@@ -77,12 +80,15 @@ class _ChunkRead(torch.autograd.Function):
         kc, vc, w, u, cr, rel, mx, *rest = ctx.saved_tensors
         okq = rest[0] if rest else None
         e = _ChunkRead._weights_(_ChunkRead._exps(kc, w, u, okq, cr, rel), mx, rel, okq)
-        vq = torch.index_select(vc, 1, cr, out=scratch("wkv_v", e.shape, vc))
         gn, gd = g_num.unsqueeze(2), g_den.unsqueeze(2)
-        dvq = torch.mul(e, gn, out=scratch("wkv_dv", e.shape, e))
-        dv = torch.zeros_like(vc).index_add_(1, cr, dvq)
-        dl = vq.mul_(gn).add_(gd).mul_(e)  # d/d(exponent): e * (v g_num + g_den)
-        dk = torch.zeros_like(kc).index_add_(1, cr, dl)
+        if cr is None:  # fresh gradients directly, no scatter
+            dv = torch.mul(e, gn)
+            dk = dl = torch.mul(vc, gn).add_(gd).mul_(e)  # d/d(exponent): e * (v g_num + g_den)
+        else:
+            vq = torch.index_select(vc, 1, cr, out=scratch("wkv_v", e.shape, vc))
+            dv = torch.zeros_like(vc).index_add_(1, cr, torch.mul(e, gn, out=scratch("wkv_dv", e.shape, e)))
+            dl = vq.mul_(gn).add_(gd).mul_(e)
+            dk = torch.zeros_like(kc).index_add_(1, cr, dl)
         db = dl.sum(dim=0)  # (Q, T, C): through the bias
         relc = rel.unsqueeze(-1)
         dw = (db * torch.where(relc < 0, (relc + 1).to(db.dtype), torch.zeros((), dtype=db.dtype))).sum(dim=(0, 1))
@@ -248,6 +254,7 @@ def wkv_read(
     read: torch.Tensor,
     key_ok: Optional[torch.Tensor] = None,
     chunk: Optional[int] = None,
+    ends_chunks: bool = False,
 ) -> torch.Tensor:
     """RWKV-4 WKV read at positions ``read``, chunked and parallel (no loop over positions).
 
@@ -267,6 +274,8 @@ def wkv_read(
         key_ok: optional bool ``(B|1, L)``.
         chunk: keys per chunk (default ``(3 L^2 / Q)^(1/3)``, which balances the two terms as
             measured on CPUs, or a divisor of ``L`` near it).
+        ends_chunks: ``read[i] == (i + 1) chunk - 1`` for every ``i`` (each read ends its own
+            chunk: no gather of the chunks); checked outside ``torch.compile``.
 
     Returns:
         ``(B, Q, C)``.
@@ -302,7 +311,11 @@ def wkv_read(
     first = (cr == 0).view(1, Q, 1)
     Mr = Mr.masked_fill(first, NEG_INF)
     rel = tau.view(1, T) - off.view(Q, 1)  # j - p
-    num_i, den_i, mx = _ChunkRead.apply(kc, vc, w, u, None if key_ok is None else okc, cr, rel, Mr.detach())
+    ends = torch.arange(1, Q + 1, device=dev) * T - 1
+    if ends_chunks and (Q != nC or not (torch.compiler.is_compiling() or bool((pos == ends).all()))):
+        raise ValueError("wkv_read: ends_chunks needs read[i] == (i + 1) * chunk - 1 for every read")
+    crr = None if ends_chunks else cr
+    num_i, den_i, mx = _ChunkRead.apply(kc, vc, w, u, None if key_ok is None else okc, crr, rel, Mr.detach())
     es = _exp_rel(Mr - mx, first)
     num = num_i + es * As.index_select(1, prev)
     den = den_i + es * Bs.index_select(1, prev)
@@ -458,7 +471,7 @@ class RWKVAttention(AttentionBase):
             if self.kernel in ("auto", "torch"):  # chunked, only at the read positions
                 # Nk = s Nq: every read ends a chunk of s keys (no key past a read in its chunk)
                 aligned = Nk // Nq if Nk % Nq == 0 and Nk > Nq else None
-                wkv = wkv_read(k, v, w, u, read, key_ok, chunk=aligned)
+                wkv = wkv_read(k, v, w, u, read, key_ok, chunk=aligned, ends_chunks=aligned is not None)
             else:
                 wkv = read_at(self._wkv(k, v, w, u, key_ok), read, wd)
         else:

@@ -14,6 +14,7 @@ positions (``-1``, repeats, unsorted) and masked keys.
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -312,3 +313,41 @@ def test_rwkv_with_reads_ending_chunks_equals_the_step_recurrence(Nq, stride, ma
     has = torch.stack([ok[:, : p + 1].any(1) for p in read], 1)[..., None]
     ref = m.output(torch.sigmoid(m.receptance(q)) * seq[:, read]) * has
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-8)
+    gy = torch.randn(out.shape, generator=g, dtype=DT)
+    ins = tuple(m.parameters())
+    for a, b in zip(torch.autograd.grad(out, ins, gy, allow_unused=True), torch.autograd.grad(ref, ins, gy, allow_unused=True)):
+        a = torch.zeros(()) if a is None else a
+        torch.testing.assert_close(a, torch.zeros_like(a) if b is None else b, atol=1e-9, rtol=1e-7)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    Q=st.sampled_from([1, 2, 5, 64, 80]),
+    chunk=st.integers(1, 4),
+    keep=st.sampled_from([1.0, 0.6, 0.05]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_wkv_read_with_reads_ending_their_chunks_equals_the_step_recurrence(Q, chunk, keep, seed):
+    """``ends_chunks``: read ``i`` at ``(i + 1) chunk - 1`` (no gather of the chunks, gradients
+    written directly) against the recurrence, length 1 and masked keys included; any other read
+    pattern is refused."""
+    g = torch.Generator().manual_seed(seed)
+    L = Q * chunk
+    k = (torch.randn(2, L, C, generator=g, dtype=DT) * 3).requires_grad_()
+    v = torch.randn(2, L, C, generator=g, dtype=DT, requires_grad=True)
+    w = (torch.rand(C, generator=g, dtype=DT) * 2 + 0.01).requires_grad_()
+    u = torch.randn(C, generator=g, dtype=DT, requires_grad=True)
+    ok = torch.rand(2, L, generator=g) < keep
+    read = torch.arange(1, Q + 1) * chunk - 1
+    out = wkv_read(k, v, w, u, read, ok, chunk=chunk, ends_chunks=True)
+    ref = wkv_scan(k, v, w, u, ok, chunk=1)[:, read]
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-8)
+    gy = torch.randn(out.shape, generator=g, dtype=DT)
+    got = torch.autograd.grad(out, (k, v, w, u), gy, allow_unused=True)
+    want = torch.autograd.grad(ref, (k, v, w, u), gy, allow_unused=True)
+    for a, b in zip(got, want):
+        a = torch.zeros(()) if a is None else a
+        torch.testing.assert_close(a, torch.zeros_like(a) if b is None else b, atol=1e-9, rtol=1e-7)
+    if Q > 1:
+        with pytest.raises(ValueError, match="ends_chunks"):
+            wkv_read(k, v, w, u, read.flip(0), ok, chunk=chunk, ends_chunks=True)
