@@ -26,6 +26,8 @@ from canvas_core.attention.causal_read import (
     work_dtype,
 )
 
+from canvas_core.attention.wkv_states import _chunk_states, _exp_rel
+
 __all__ = ["RWKVAttention", "wkv_read", "wkv_scan", "wkv_masked"]
 
 
@@ -141,100 +143,9 @@ class _ChunkSums(torch.autograd.Function):
         return dk, dv, dw, None
 
 
-class _ChunkStates(torch.autograd.Function):
-    """The state after every chunk of :func:`wkv_read`, all chunks at once:
-    ``(A_x, B_x) = sum_{y <= x} e^{m_y - (x - y) T w - M_x} (a_y, b_y)`` with ``M_x`` the largest of
-    those exponents (returned, not differentiated; ``m`` is a constant too).  The ``(nC, nC)``
-    weights of every (row, channel) live in per-thread scratch, laid out ``(B, C, nC, nC)`` so that
-    both sums are one batched product; the backward recomputes them."""
-
-    @staticmethod
-    def _weights(mt, w, T):
-        B, C, n = mt.shape
-        cc = torch.arange(n, device=mt.device)
-        lag = (cc[:, None] - cc[None, :]).to(mt.dtype)  # x - y
-        ahead = lag < 0
-        lw = torch.sub(mt.unsqueeze(2), (T * w).view(1, C, 1, 1) * lag, out=scratch("wkv_lw", (B, C, n, n), mt))
-        lw.masked_fill_(ahead, NEG_INF)
-        Ms = finite_or_zero(lw.amax(dim=3))  # (B, C, n)
-        lw.sub_(Ms.unsqueeze(3)).clamp_(min=exp_floor(lw.dtype)).exp_().masked_fill_(ahead, 0.0)
-        return lw, Ms, lag
-
-    @staticmethod
-    def forward(ctx, a, b, m, w, T):  # noqa: D401 - autograd signature
-        B, n, C = a.shape
-        mt = m.transpose(1, 2).contiguous()
-        ew, Ms, _ = _ChunkStates._weights(mt, w, T)
-        ab = torch.stack([a.transpose(1, 2), b.transpose(1, 2)], dim=-1).reshape(B * C, n, 2)
-        out = torch.bmm(ew.view(B * C, n, n), ab).view(B, C, n, 2).permute(3, 0, 2, 1)  # (2, B, n, C)
-        ctx.T = T
-        ctx.save_for_backward(ab, mt, w)
-        Ms = Ms.transpose(1, 2).contiguous()
-        ctx.mark_non_differentiable(Ms)
-        return out[0].contiguous(), out[1].contiguous(), Ms
-
-    @staticmethod
-    def backward(ctx, gA, gB, _gM):
-        ab, mt, w = ctx.saved_tensors
-        B, C, n = mt.shape
-        ew, _, lag = _ChunkStates._weights(mt, w, ctx.T)
-        ew = ew.view(B * C, n, n)
-        gA = torch.zeros(B, n, C, dtype=ab.dtype, device=ab.device) if gA is None else gA
-        gB = torch.zeros_like(gA) if gB is None else gB
-        g = torch.stack([gA.transpose(1, 2), gB.transpose(1, 2)], dim=-1).reshape(B * C, n, 2)
-        gab = torch.bmm(ew.transpose(1, 2), g).view(B, C, n, 2).permute(3, 0, 2, 1)  # (2, B, n, C)
-        dw = None
-        if ctx.needs_input_grad[3]:
-            dlw = torch.bmm(g, ab.transpose(1, 2), out=scratch("wkv_dew", (B * C, n, n), ew)).mul_(ew)
-            dw = -ctx.T * torch.mv(dlw.view(B * C, n * n), lag.reshape(n * n)).view(B, C).sum(dim=0)
-        return gab[0], gab[1], None, dw, None
-
-
-def _group_for(nC: int) -> Optional[int]:
-    """Chunks per group for the two-level chunk states: a divisor of ``nC`` near ``(2 nC)^(1/3)``
-    (balances the ``nC G`` in-group and ``(nC / G)^2`` group-state weights), or None below 64
-    chunks (one level: ``nC^2`` weights are cheap there)."""
-    if nC < 64:
-        return None
-    t = (2 * nC) ** (1 / 3)
-    near = [g for g in range(2, nC // 2 + 1) if nC % g == 0]
-    return min(near, key=lambda g: (abs(math.log(g / t)), g)) if near else None
-
-
-def _chunk_states(a, b, m, w, T):
-    """The state after every chunk, ``(A, B, M)`` as :class:`_ChunkStates` returns it.  Many
-    chunks (short chunks, e.g. one per read): two levels, the states inside groups of ``G``
-    chunks, then the states after every group (each group summarised by its own last state),
-    combined as ``A_x = A^in_x e^{M^in_x - M_x} + A^grp_{g-1} e^{M^grp_{g-1} - (x' + 1) T w - M_x}``
-    (``x'`` the chunk's place in group ``g``, ``M_x`` the larger exponent): ``O(nC G + (nC/G)^2)``
-    weights per channel instead of ``nC^2``."""
-    Bn, nC, C = a.shape
-    G = _group_for(nC)
-    if G is None:
-        return _ChunkStates.apply(a, b, m, w, T)
-    nG = nC // G
-    Ai, Bi, Mi = _ChunkStates.apply(a.reshape(Bn * nG, G, C), b.reshape(Bn * nG, G, C), m.reshape(Bn * nG, G, C), w, T)
-    Ai, Bi, Mi = (x.view(Bn, nG, G, C) for x in (Ai, Bi, Mi))
-    Ag, Bg, Mg = _ChunkStates.apply(Ai[:, :, -1], Bi[:, :, -1], Mi[:, :, -1], w, T * G)
-    # the state entering each group (after the one before), decayed to each chunk's end
-    lag = torch.arange(1, G + 1, device=a.device).to(a.dtype).view(1, 1, G, 1) * T  # (x' + 1) T
-    Me = torch.cat([torch.full_like(Mg[:, :1], NEG_INF), Mg[:, :-1]], dim=1).unsqueeze(2) - lag * w.detach()
-    M = finite_or_zero(torch.maximum(Mi, Me))
-    ei = _exp_rel(Mi - M, None)
-    ee = torch.cat([torch.zeros_like(Mg[:, :1]), Mg[:, :-1]], dim=1).unsqueeze(2) - lag * w - M
-    ee = _exp_rel(ee, torch.arange(nG, device=a.device).view(1, nG, 1, 1) == 0)
-    Ap = torch.cat([torch.zeros_like(Ag[:, :1]), Ag[:, :-1]], dim=1).unsqueeze(2)
-    Bp = torch.cat([torch.zeros_like(Bg[:, :1]), Bg[:, :-1]], dim=1).unsqueeze(2)
-    A = (Ai * ei + Ap * ee).view(Bn, nC, C)
-    B_ = (Bi * ei + Bp * ee).view(Bn, nC, C)
-    return A, B_, M.view(Bn, nC, C)
-
-
-def _exp_rel(x: torch.Tensor, blocked: Optional[torch.Tensor]) -> torch.Tensor:
-    """``exp(x)`` for max-relative exponents ``x <= 0``: clamped at :func:`exp_floor` (no slow
-    subnormal path), exactly 0 where ``blocked`` (bool, broadcastable) is True."""
-    e = torch.exp(x.clamp(min=exp_floor(x.dtype)))
-    return e if blocked is None else e.masked_fill(blocked, 0.0)
+def _blocked(x: torch.Tensor, blocked: Optional[torch.Tensor]) -> torch.Tensor:
+    """``x`` with ``-inf`` where ``blocked`` (bool, broadcastable; None: nothing blocked)."""
+    return x if blocked is None else x.masked_fill(blocked, NEG_INF)
 
 
 def _chunk_for(L: int, Q: int) -> int:
@@ -299,7 +210,16 @@ def wkv_read(
     tau = torch.arange(T, device=dev)
     # summary of each chunk at its end: sum_j e^{k_j - (T-1-j) w} (v_j, 1)
     masked = key_ok is not None or Lp > L
-    a, b, m = _ChunkSums.apply(kc, vc, w, okc if masked else None)
+    fused = ends_chunks and T > 1
+    if fused:  # each chunk's first T - 1 keys weighed as its read weighs them; the last key apart
+        a1, b1, m1 = _ChunkSums.apply(kc[:, :, :-1], vc[:, :, :-1], w, okc[:, :, :-1] if masked else None)
+        m1 = m1.masked_fill(b1 == 0, NEG_INF)  # no allowed key among them
+        kl, vl, bl = kc[:, :, -1], vc[:, :, -1], (~okc[:, :, -1]) if masked else None
+        m = finite_or_zero(torch.maximum(m1 - w.detach(), _blocked(kl.detach(), bl)))
+        e1, el = _exp_rel(m1 - w - m, None), _exp_rel(_blocked(kl, bl) - m, bl)  # the summary decays them one more step
+        a, b = a1 * e1 + vl * el, b1 * e1 + el
+    else:
+        a, b, m = _ChunkSums.apply(kc, vc, w, okc if masked else None)
     # state after chunk c: sum_{c' <= c} e^{m_c' - (c - c') T w} (a_c', b_c')
     As, Bs, Ms = _chunk_states(a, b, m, w, T)
     # each read: the state entering its chunk, decayed to p, and its chunk's keys j <= p
@@ -314,8 +234,14 @@ def wkv_read(
     ends = torch.arange(1, Q + 1, device=dev) * T - 1
     if ends_chunks and (Q != nC or not (torch.compiler.is_compiling() or bool((pos == ends).all()))):
         raise ValueError("wkv_read: ends_chunks needs read[i] == (i + 1) * chunk - 1 for every read")
-    crr = None if ends_chunks else cr
-    num_i, den_i, mx = _ChunkRead.apply(kc, vc, w, u, None if key_ok is None else okc, crr, rel, Mr.detach())
+    if fused:  # the read: those keys plus the last one with the bonus u
+        bonus = u + kl
+        mx = finite_or_zero(torch.maximum(torch.maximum(m1, _blocked(bonus.detach(), bl)), Mr.detach()))
+        e1, el = _exp_rel(m1 - mx, None), _exp_rel(_blocked(bonus, bl) - mx, bl)
+        num_i, den_i = a1 * e1 + vl * el, b1 * e1 + el
+    else:
+        crr = None if ends_chunks else cr
+        num_i, den_i, mx = _ChunkRead.apply(kc, vc, w, u, None if key_ok is None else okc, crr, rel, Mr.detach())
     es = _exp_rel(Mr - mx, first)
     num = num_i + es * As.index_select(1, prev)
     den = den_i + es * Bs.index_select(1, prev)

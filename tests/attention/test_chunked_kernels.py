@@ -351,3 +351,23 @@ def test_wkv_read_with_reads_ending_their_chunks_equals_the_step_recurrence(Q, c
     if Q > 1:
         with pytest.raises(ValueError, match="ends_chunks"):
             wkv_read(k, v, w, u, read.flip(0), ok, chunk=chunk, ends_chunks=True)
+
+
+@settings(max_examples=10, deadline=None)
+@given(masked=st.booleans(), scale=st.sampled_from([30.0, 100.0]), seed=st.integers(0, 2**31 - 1))
+def test_wkv_read_ending_chunks_is_stable_in_float32(masked, scale, seed):
+    """Keys far apart (``exp(k)`` overflows float32) and masked last keys above every allowed one:
+    finite values and gradients, close to float64."""
+    g = torch.Generator().manual_seed(seed)
+    L, Q = 600, 40
+    k = torch.randn(2, L, C, generator=g, dtype=DT) * scale
+    v = torch.randn(2, L, C, generator=g, dtype=DT)
+    w, u = torch.rand(C, generator=g, dtype=DT) * 5, torch.randn(C, generator=g, dtype=DT)
+    ok = torch.rand(2, L, generator=g) > 0.5 if masked else None
+    read = torch.arange(1, Q + 1) * (L // Q) - 1
+    ref = wkv_scan(k, v, w, u, ok, chunk=1)[:, read]
+    kf, vf, wf, uf = (x.float().requires_grad_() for x in (k, v, w, u))
+    out = wkv_read(kf, vf, wf, uf, read, ok, chunk=L // Q, ends_chunks=True)
+    out.square().sum().backward()
+    assert all(torch.isfinite(x.grad).all() for x in (kf, vf, wf, uf))
+    torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-4)
