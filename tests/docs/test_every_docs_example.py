@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from canvas_core.testing import isolated_plugins
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -57,19 +59,22 @@ def test_page_examples_run(page, tmp_path, monkeypatch, capsys):
     text = page.read_text()
     ctx = setups.Context(ns=ns, tmp_path=tmp_path, monkeypatch=monkeypatch, page_text=text)
     codes, outputs = [], []
-    for i, (setup, code) in enumerate(_blocks(page)):
-        compiled = compile(code, f"{page.name} (python block {i})", "exec")
-        if setup and setup not in setups.SETUPS:  # not a bare KeyError: say where and what exists
-            pytest.fail(f"{page.name} python block {i}: '<!-- docs-test: setup={setup} -->' names no set-up "
-                        f"of tests/docs/_setups.py (defined: {sorted(setups.SETUPS)}); define it there or "
-                        "fix the name", pytrace=False)
-        with contextlib.contextmanager(setups.SETUPS[setup])(ctx) if setup else contextlib.nullcontext():
-            exec(compiled, ns)
-        codes.append(code)
-        outputs.append(capsys.readouterr().out)
-    check = page_checks.CHECKS.get(page.name)
-    if check is not None:
-        check(page_checks.PageRun(text=text, blocks=codes, outputs=outputs, ns=ns))
+    # a fresh default plugin host per page (it loads the installed plugins, as a new process
+    # would): what a page registers in-process does not outlive the page
+    with isolated_plugins():
+        for i, (setup, code) in enumerate(_blocks(page)):
+            compiled = compile(code, f"{page.name} (python block {i})", "exec")
+            if setup and setup not in setups.SETUPS:  # not a bare KeyError: say where and what exists
+                pytest.fail(f"{page.name} python block {i}: '<!-- docs-test: setup={setup} -->' names no "
+                            f"set-up of tests/docs/_setups.py (defined: {sorted(setups.SETUPS)}); define it "
+                            "there or fix the name", pytrace=False)
+            with contextlib.contextmanager(setups.SETUPS[setup])(ctx) if setup else contextlib.nullcontext():
+                exec(compiled, ns)
+            codes.append(code)
+            outputs.append(capsys.readouterr().out)
+        check = page_checks.CHECKS.get(page.name)
+        if check is not None:
+            check(page_checks.PageRun(text=text, blocks=codes, outputs=outputs, ns=ns))
 
 
 def test_every_marker_names_a_known_setup_and_every_setup_is_used():
@@ -105,3 +110,14 @@ def test_the_docs_keep_their_examples_and_checked_pages():
 
 def test_no_page_leaves_files_in_the_repository():
     assert not (ROOT / "robot.json").exists() and os.path.isdir(ROOT / "docs")
+
+
+def test_a_page_leaves_no_registration_behind(tmp_path, monkeypatch, capsys):
+    """plugins.md registers ``my_attn`` in-process; later tests listing the types must not see it
+    (test_verify_structure built every listed type and failed on it)."""
+    from canvas_core import list_attention_types
+
+    page = ROOT / "docs" / "plugins.md"
+    assert '@register_attention("my_attn"' in page.read_text()
+    test_page_examples_run(page, tmp_path, monkeypatch, capsys)
+    assert "my_attn" not in list_attention_types()
