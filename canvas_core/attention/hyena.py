@@ -75,13 +75,7 @@ class _CausalConv(torch.autograd.Function):
         Zc, Hc = ctx.saved_tensors
         L, n = ctx.L, ctx.n
         G = torch.fft.rfft(_CausalConv._padded(g, n), out=scratch("hy_g", Zc.shape, Zc))
-        dz = dh = None
-        if ctx.needs_input_grad[1]:
-            dh = torch.mul(G, Zc, out=scratch("hy_spec", G.shape, G)).sum(dim=0)
-            dh = torch.fft.irfft(dh, n=n)[..., :L]
-        if ctx.needs_input_grad[0]:
-            dz = _CausalConv._inverse(torch.mul(G, Hc, out=scratch("hy_spec", G.shape, G)), n, L, g)
-        return dz, dh
+        return _grads_from_spectrum(ctx, G, Zc, Hc, n, L, g)
 
 
 def _twiddle(f: torch.Tensor, r: int, n: int, sign: float, dtype: torch.dtype) -> torch.Tensor:
@@ -131,13 +125,7 @@ class _ReadConv(torch.autograd.Function):
         f = torch.arange(n // 2 + 1, device=g.device)
         G = torch.index_select(torch.fft.fft(gm), 2, f % m, out=scratch("hy_g", Zc.shape, Zc))
         G.mul_(_twiddle(f, s - 1, n, -1.0, Zc.dtype))
-        dz = dh = None
-        if ctx.needs_input_grad[1]:
-            dh = torch.mul(G, Zc, out=scratch("hy_spec", G.shape, G)).sum(dim=0)
-            dh = torch.fft.irfft(dh, n=n)[..., :L]
-        if ctx.needs_input_grad[0]:
-            dz = _CausalConv._inverse(torch.mul(G, Hc, out=scratch("hy_spec", G.shape, G)), n, L, g)
-        return dz, dh, None
+        return (*_grads_from_spectrum(ctx, G, Zc, Hc, n, L, g), None)
 
 
 def read_conv_last(z: torch.Tensor, h: torch.Tensor, stride: int) -> torch.Tensor:
@@ -148,6 +136,18 @@ def read_conv_last(z: torch.Tensor, h: torch.Tensor, stride: int) -> torch.Tenso
     if z.shape[-1] % stride:
         raise ValueError(f"read_conv_last: stride {stride} does not divide the length {z.shape[-1]}")
     return _ReadConv.apply(z, h.to(z.dtype), stride)
+
+
+def _grads_from_spectrum(ctx, G, Zc, Hc, n: int, L: int, g):
+    """``(dz, dh)`` of a causal FFT convolution from the output gradient's spectrum ``G`` and the
+    saved conjugated spectra of the signal ``Zc`` and filter ``Hc`` (None where not needed)."""
+    dz = dh = None
+    if ctx.needs_input_grad[1]:
+        dh = torch.mul(G, Zc, out=scratch("hy_spec", G.shape, G)).sum(dim=0)
+        dh = torch.fft.irfft(dh, n=n)[..., :L]
+    if ctx.needs_input_grad[0]:
+        dz = _CausalConv._inverse(torch.mul(G, Hc, out=scratch("hy_spec", G.shape, G)), n, L, g)
+    return dz, dh
 
 
 def causal_conv_last(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
