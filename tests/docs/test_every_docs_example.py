@@ -1,4 +1,5 @@
-"""Every ```python block of the README, CONTRIBUTING.md and every page in docs/ runs as written.
+"""Every ```python block of the README, CONTRIBUTING.md, every page in docs/ and every plugin or
+backend README runs as written.
 
 Blocks of one page run in order in one namespace (later blocks may use earlier names), in a
 fresh working directory. A block that cannot run by itself (the reader's own model, a file of a
@@ -24,7 +25,8 @@ from canvas_core.testing import isolated_plugins
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md")),
+         *sorted(ROOT.glob("plugins/*/README.md")), *sorted(ROOT.glob("backends/*/README.md"))]
 BLOCK = re.compile(r"(?:<!-- docs-test: setup=([\w-]+) -->\n)?```python\n(.*?)```", re.S)
 MARKER = re.compile(r"^<!-- docs-test:(.*?)-->", re.M)  # a marker starts its line
 
@@ -48,7 +50,12 @@ def _blocks(page: Path):
     return [(m.group(1), m.group(2)) for m in BLOCK.finditer(page.read_text())]
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if _blocks(p)], ids=lambda p: p.name)
+def _page_id(page: Path) -> str:
+    """The page's file name; a plugin's README by its path (every distribution has one)."""
+    return page.name if page.parent in (ROOT, ROOT / "docs") else str(page.relative_to(ROOT))
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if _blocks(p)], ids=_page_id)
 def test_page_examples_run(page, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
