@@ -316,7 +316,10 @@ def _verify_model(run: _Run, model: nn.Module, layout: Any, topology: Any, plan:
             "topology; pass the declared structure: verify_structure(model, layout, topology, layers=L)")
     n = int(base.n)
     device, dtype = _device_dtype(model)
-    D = int(d_model if d_model is not None else base.layout.d_model)
+    if d_model is None:  # a canvas layer, or a stack starting with one, reads its own width
+        first = model[0] if isinstance(model, nn.Sequential) and len(model) else model
+        d_model = first.d_model if isinstance(first, CanvasAttention) else base.layout.d_model
+    D = int(d_model)
     make = make_input if make_input is not None else _randn((n, D), device, dtype)
     called = _called_plans(model, make, run.gen)
     if plan is not None:
@@ -367,8 +370,10 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
             instead of the two.
         layers: how many layers the declared pattern composes (default: the number of canvas
             layers in the model, else 1).
-        d_model: the input width D (default ``layout.d_model``); ``make_input(b, generator)`` draws
-            the ``(b, N, D)`` probe inputs instead of a standard normal.
+        d_model: the input width D (default: the width of the model when it is a canvas layer or
+            an ``nn.Sequential`` starting with one, else ``layout.d_model``);
+            ``make_input(b, generator)`` draws the ``(b, N, D)`` probe inputs instead of a
+            standard normal.
         max_exact: canvases with at most this many positions are probed at every query position;
             larger ones at ``samples`` sampled positions (stated in the report).
         probes: random restarts (inputs and cotangents) per query; ``chunk``: queries per backward.

@@ -220,3 +220,14 @@ def test_a_type_silent_at_initialisation_is_a_note_not_a_dead_link():
         report = canvas_core.verify_structure(model, probes=1)
         assert report.ok and not report.dead and canvas_core.verify_structure(model, require_signal=True).ok
         assert any("'gated'" in n and "outputs 0" in n for n in report.notes)
+
+
+@pytest.mark.parametrize("stacked", [False, True])
+def test_a_layer_narrower_than_the_layout_is_probed_at_its_own_width(stacked):
+    """LAYOUT.d_model is 16; a layer built at width 8 (alone or first in an nn.Sequential) is
+    probed with (B, N, 8) inputs without passing d_model (it used to get 16 and fail)."""
+    torch.manual_seed(0)
+    layers = [CanvasAttention(causal(), LAYOUT, d_model=8, n_heads=2) for _ in range(2 if stacked else 1)]
+    model = nn.Sequential(*layers) if stacked else layers[0]
+    report = canvas_core.verify_structure(model, probes=1)
+    assert report.ok and not report.undeclared, str(report)
