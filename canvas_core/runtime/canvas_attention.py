@@ -252,10 +252,8 @@ class CanvasAttention(nn.Module):
             q, k, v = qkv.unbind(0)  # one op (and one stack in backward), not three selects
             mixed, bias_weight = self._mix_softmax(ex, q, k, v)
             acc = self.project_out(mixed.transpose(1, 2).reshape(B, N, D), bias_weight)
-        other = self._other_types(ex, x)
-        if other is not None:
-            acc = other if acc is None else acc + other
-        return acc, ex
+        other = self._other_types(ex, x, into=acc)  # added into acc (fresh: project_out's output)
+        return (acc if other is None else other), ex
 
     # --- the layer in parts (forward above; runtime/sequence_parallel.py runs them on other shapes)
     def _mix_softmax(self, ex: _Executor, q, k, v):
@@ -278,9 +276,10 @@ class CanvasAttention(nn.Module):
             out = out + bw[None, :, None] * self.out_proj.bias
         return out
 
-    def _other_types(self, ex: _Executor, x: torch.Tensor) -> Optional[torch.Tensor]:
-        """``sum_f c_f out_f`` of the non-softmax types on canonical ``x`` (None: no such type)."""
-        return run_module_groups(ex, x, {f: self.fn_modules[_key(f)] for f in ex.other_names})
+    def _other_types(self, ex: _Executor, x: torch.Tensor, into: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """``sum_f c_f out_f`` of the non-softmax types on canonical ``x`` (None: no such type),
+        plus ``into`` when given."""
+        return run_module_groups(ex, x, {f: self.fn_modules[_key(f)] for f in ex.other_names}, into=into)
 
     def part_types(self, active_regions: Optional[Iterable[str]] = None) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
         """(softmax-family fn types, other fn types) that run for ``active_regions``."""

@@ -257,6 +257,9 @@ class PlanRunner(nn.Module):
         if self.other_fns:
             self.register_buffer("fused_rows", to(torch.from_numpy(np.concatenate(fused_idx))), persistent=False)
             self._weights("fused_coef", np.concatenate(fused_coef).reshape(1, -1, 1), to)
+            rows_all = np.concatenate(fused_idx)
+            #: every row written once: run_module_groups may add into a given tensor directly
+            self.fused_unique = len(np.unique(rows_all)) == len(rows_all)
         self.other_names = list(self.other_fns)
 
     def _weights(self, name: str, arr: np.ndarray, to) -> None:
@@ -347,7 +350,8 @@ def mix_softmax_groups(ex: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
 
 
 def run_module_groups(ex: Any, x: torch.Tensor, modules: Mapping[str, nn.Module],
-                      gates: Optional[Mapping[str, Optional[torch.Tensor]]] = None) -> Optional[torch.Tensor]:
+                      gates: Optional[Mapping[str, Optional[torch.Tensor]]] = None,
+                      into: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """Run each non-softmax type's module on ``x`` ``(B, N, D)`` over its linked sets and return
     ``sum_g gate_g * c_g(p) * out_g(p)`` scattered to ``(B, N, D)`` (None when the plan has no such
     type).  A type is called once per shape of key set, its key sets of that shape stacked along the
@@ -359,7 +363,11 @@ def run_module_groups(ex: Any, x: torch.Tensor, modules: Mapping[str, nn.Module]
     Everything that depends only on the plan was built with the runner: flat index vectors, the
     rows each call outputs and their weights; the outputs of all types are concatenated and
     weighted once and land in ONE ``index_add`` (in type order, as one ``index_add`` per type would
-    add them), so a traced call holds the gathers, the modules and three more operations."""
+    add them), so a traced call holds the gathers, the modules and three more operations.
+
+    ``into`` ``(B, N, D)`` (optional): a fresh tensor the caller hands over (it may be updated in
+    place; not a leaf), returned plus the sum: the rows are added to it directly when each is
+    written once (no zero tensor, no copy, no extra ``(B, N, D)`` addition; same values)."""
     outs, rows, coefs = [], [], []
     fused = True  # every type per key set: the runner's concatenated rows and weights apply
     for i, f in enumerate(ex.other_names):
@@ -389,5 +397,8 @@ def run_module_groups(ex: Any, x: torch.Tensor, modules: Mapping[str, nn.Module]
     else:
         idx, coef = torch.cat(rows), torch.cat([weights(ex, c, o.dtype) for c in coefs], dim=1)
     o = o * coef
+    if into is not None and fused and getattr(ex, "fused_unique", False) and into.dtype == o.dtype:
+        return into.index_add_(1, idx, o)
     B, N, _ = x.shape
-    return o.new_zeros(B, N, o.shape[-1]).index_add(1, idx, o)
+    out = o.new_zeros(B, N, o.shape[-1]).index_add(1, idx, o)
+    return out if into is None else into + out

@@ -267,9 +267,19 @@ def run_flat_buckets(module: Any, queries: Any, keys: Any, values: Any, buckets:
     exact = mask_is_exact(module)
     ones_mask = exact and not is_builtin_module(module)
     res = []
+    # one tensor read for both (batch 1): ONE gather, whose backward is one scatter into one
+    # zero gradient instead of two; the query and key blocks are views of it
+    shared = B == 1 and queries is keys
     for qf, kf, G, nq, nk in buckets:
-        q = queries.index_select(1, qf).reshape(B * G, nq, queries.shape[-1])
-        k = keys.index_select(1, kf).reshape(B * G, nk, keys.shape[-1])
+        if shared:
+            import torch
+
+            q, k = queries.index_select(1, torch.cat((qf, kf))).split([G * nq, G * nk], dim=1)
+            q = q.reshape(B * G, nq, queries.shape[-1])  # split, not slices: its backward is one
+            k = k.reshape(B * G, nk, keys.shape[-1])  # concatenation, no zero-filled gradients
+        else:
+            q = queries.index_select(1, qf).reshape(B * G, nq, queries.shape[-1])
+            k = keys.index_select(1, kf).reshape(B * G, nk, keys.shape[-1])
         v = k if values is keys else values.index_select(1, kf).reshape(B * G, nk, values.shape[-1])
         if ones_mask:
             import torch
