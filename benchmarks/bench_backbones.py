@@ -36,6 +36,8 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 import torch
 
+from _doc_table import write_between_markers  # benchmarks/, the script's own folder
+
 SIZES = {  # name -> (frames, patch rows, patch cols) for the video models; ViT uses rows x cols
     "3k": (3, 32, 32),
     "13k": (13, 32, 32),
@@ -231,15 +233,6 @@ def table(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-START, END = "<!-- bench_backbones:start -->", "<!-- bench_backbones:end -->"
-
-
-def write_into(path: str, text: str) -> None:
-    doc = open(path, encoding="utf-8").read()
-    if START not in doc or END not in doc:
-        raise SystemExit(f"{path} has no {START} ... {END} markers")
-    a, b = doc.index(START) + len(START), doc.index(END)
-    open(path, "w", encoding="utf-8").write(doc[:a] + "\n" + text + "\n" + doc[b:])
 
 
 def main(argv=None) -> int:
@@ -271,7 +264,7 @@ def main(argv=None) -> int:
     text = header + "\n\n" + table(rows)
     print(text)
     if a.write:
-        write_into(a.write, text)
+        write_between_markers(a.write, "bench_backbones", text)
     return 0
 
 

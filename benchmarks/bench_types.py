@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _doc_table import write_between_markers  # benchmarks/, the script's own folder
+
 try:
     import canvas_engineering as ce
     from canvas_engineering.dispatch import AttentionDispatcher as CEDispatcher
@@ -51,7 +53,6 @@ TYPES = ("cross_attention", "cosine_attention", "sigmoid_attention", "sparse_att
          "local_attention", "gated", "perceiver", "pooling", "mixture",
          "linear_attention", "rwkv", "hyena", "mamba")
 LINEAR = ("linear_attention", "rwkv", "hyena", "mamba")
-START, END = "<!-- bench_types:start -->", "<!-- bench_types:end -->"
 
 
 def layer_spec(mod, size: str, fn: str):
@@ -231,14 +232,6 @@ def table(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def write_into(path: str, text: str) -> None:
-    doc = open(path, encoding="utf-8").read()
-    if START not in doc or END not in doc:
-        raise SystemExit(f"{path} has no {START} ... {END} markers")
-    i, j = doc.index(START) + len(START), doc.index(END)
-    open(path, "w", encoding="utf-8").write(doc[:i] + "\n" + text + "\n" + doc[j:])
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="4k only, a few types, one repeat")
@@ -283,7 +276,7 @@ def main(argv=None) -> int:
     text = header + "\n\n" + table(rows)
     print(text)
     if a.write:
-        write_into(a.write, text)
+        write_between_markers(a.write, "bench_types", text)
     return 0
 
 
