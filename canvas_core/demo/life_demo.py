@@ -112,15 +112,11 @@ def run_life_demo(cfg: LifeDemoConfig, log: Callable[[str], None] = print) -> Li
     from canvas_core.demo.life import COGVIDEOX_LIFE
     from canvas_core.demo.life_pretrain import LIFE_NAME, install_life_topology, load_life_backbone
     from canvas_core.demo.life_study import KINDS, make_arm, predict, rollout_scores, score, study_data, train_life_arm
+    from canvas_core.demo.pipeline import output_folder
 
     start = time.perf_counter()
     _check(cfg)
-    out = Path(cfg.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CanvasError(f"--out {str(out)!r}: cannot create the output folder ({exc.strerror}); "
-                          "give a writable directory") from None
+    out = output_folder(cfg.out)
     torch.manual_seed(cfg.seed)
     backbone = load_life_backbone()
     stepper = install_life_topology(copy.deepcopy(backbone))

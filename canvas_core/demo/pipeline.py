@@ -219,6 +219,18 @@ def verdict(looped: str, plain: str, unfrozen: str, err: Dict[str, Dict[str, flo
     return lines
 
 
+def output_folder(out: Any) -> Path:
+    """``--out`` as a folder that exists (created with its parents); a CanvasError naming it when
+    it cannot be made."""
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CanvasError(f"--out {str(out)!r}: cannot create the output folder ({exc.strerror}); "
+                          "give a writable directory") from None
+    return out
+
+
 def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> DemoResult:
     """Run the whole demo; ``log`` receives every line of the report."""
     from canvas_core import ProgramCompiler, save_loop_checkpoint
@@ -228,12 +240,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> DemoResult:
     _check_config(cfg)
     recipe = get_backbone(cfg.backbone)
     torch.manual_seed(cfg.seed)
-    out = Path(cfg.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise CanvasError(f"--out {str(out)!r}: cannot create the output folder ({exc.strerror}); "
-                          "give a writable directory") from None
+    out = output_folder(cfg.out)
 
     # 1. backbone and its token grid; the typed program on that grid
     backbone, source = _backbone(recipe, cfg)

@@ -208,3 +208,16 @@ def test_demo_is_deterministic_for_a_seed(tmp_path):
     assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)
     assert a.losses != c.losses
     assert set(a.errors["frozen, 1 loop"]) == {"action", "reward"}
+
+
+def test_an_output_folder_that_cannot_be_made_is_named(tmp_path):
+    """Both demo tasks make --out through one helper: a path below a file is refused naming it."""
+    from canvas_core.demo.pipeline import output_folder
+    from canvas_core.errors import CanvasError
+
+    made = output_folder(tmp_path / "a" / "b")
+    assert made.is_dir()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CanvasError, match=r"--out .*file/sub.*cannot create the output folder.*writable directory"):
+        output_folder(blocker / "sub")
