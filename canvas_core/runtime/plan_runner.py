@@ -255,9 +255,9 @@ class PlanRunner(nn.Module):
         # every type run per key set (the usual case): ONE scatter of all their rows, whose index
         # and weights are concatenated here
         if self.other_fns:
-            self.register_buffer("fused_rows", to(torch.from_numpy(np.concatenate(fused_idx))), persistent=False)
-            self._weights("fused_coef", np.concatenate(fused_coef).reshape(1, -1, 1), to)
             rows_all = np.concatenate(fused_idx)
+            self.register_buffer("fused_rows", to(torch.from_numpy(rows_all)), persistent=False)
+            self._weights("fused_coef", np.concatenate(fused_coef).reshape(1, -1, 1), to)
             #: every row written once: run_module_groups may add into a given tensor directly
             self.fused_unique = len(np.unique(rows_all)) == len(rows_all)
         self.other_names = list(self.other_fns)
