@@ -136,6 +136,9 @@ def topology_arrows(topology: CanvasTopology, layout: CanvasLayout) -> List[Arro
 
 #: widest picture drawn by default, in pixels (the height is bounded by the layout of the figure)
 MAX_WIDTH = 16384
+#: the most ``max_width`` may be raised to: a wider raster costs gigabytes of memory to render
+#: (700 frames, 170,000 pixels: 0.8 GB) and no viewer shows it whole
+WIDTH_CEILING = 65536
 _PANEL_W, _MARGIN_W, _TOPO_PANELS = 2.2, 1.5, 3  # inches per frame panel, margin; topology panels
 
 
@@ -157,6 +160,10 @@ def check_picture_width(n_frames: int, with_topology: bool, dpi: int, max_width:
     than ``max_width``, before anything is drawn."""
     if isinstance(max_width, bool) or not isinstance(max_width, int) or max_width < 1:
         raise CanvasError(f"draw_schema: {options[1]} must be an int >= 1 (pixels), got {max_width!r}")
+    if max_width > WIDTH_CEILING:
+        raise CanvasError(f"draw_schema: {options[1]}={max_width:,} is over the ceiling of {WIDTH_CEILING:,} "
+                          f"pixels (rendering wider costs gigabytes); draw fewer frames with {options[0]}, "
+                          "or several pictures; nothing was drawn")
     if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not 0 < dpi < math.inf:
         raise CanvasError(f"draw_schema: dpi must be a number > 0 (dots per inch, e.g. 110), got {dpi!r}")
     topo = _TOPO_PANELS if with_topology else 0
@@ -194,7 +201,8 @@ def draw_schema(
         path: output PNG path.
         max_frames: frames drawn at most (evenly spaced when the canvas has more).
         max_width: widest picture allowed, in pixels: a wider one (many frames) is refused with
-            a ``CanvasError`` saying how many frames fit, before anything is drawn.
+            a ``CanvasError`` saying how many frames fit, before anything is drawn; at most
+            ``WIDTH_CEILING`` (65,536).
     Returns:
         The path written.
     """

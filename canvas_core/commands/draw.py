@@ -13,8 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", type=Path, default=None, help="PNG to write (default: SCHEMA.png)")
     parser.add_argument("--max-frames", type=int, default=8, help="frames drawn at most (default 8)")
     parser.add_argument("--max-width", type=int, default=None, metavar="PIXELS",
-                        help="widest picture allowed, in pixels (default 16384); a drawing of more frames "
-                             "than fit is refused")
+                        help="widest picture allowed, in pixels (default 16384, at most 65536); a drawing of "
+                             "more frames than fit is refused")
 
 
 #: resolution of the pictures ``canvas draw`` writes (draw_schema's default)

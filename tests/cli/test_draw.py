@@ -111,6 +111,10 @@ def test_draw_width_is_capped_and_the_picture_keeps_the_predicted_width(tmp_path
     assert png_size(draw_schema(schema, out, max_frames=fit + 2, max_width=MAX_WIDTH + 1000))[0] > MAX_WIDTH
     with pytest.raises(CanvasError, match="max_width must be an int >= 1"):
         draw_schema(schema, out, max_width=0)
+    # ... but not without bound: 300 frames at 10**9 pixels used to render an 80,000-pixel raster
+    with pytest.raises(CanvasError, match=r"max_width=1,000,000,000 is over the ceiling of 65,536 pixels"):
+        draw_schema(schema, out, max_frames=300, max_width=10**9)
+    assert png_size(out)[0] < 80_000  # the picture drawn before is untouched
     for dpi in ("110", True, 0, float("nan")):  # "110" used to be a TypeError from the width arithmetic
         with pytest.raises(CanvasError, match="dpi must be a number > 0"):
             draw_schema(schema, out, dpi=dpi)
@@ -127,6 +131,9 @@ def test_cli_draw_refuses_a_picture_over_the_cap_naming_its_options(tmp_path):
     assert not out.exists()
     proc = subprocess.run(cli + ["--max-width", "1000"], capture_output=True, text=True)
     assert proc.returncode == 2 and "no frame fits in 1,000 pixels" in proc.stderr
+    proc = subprocess.run(cli + ["--max-frames", "300", "--max-width", "99999999"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--max-width=99,999,999 is over the ceiling" in proc.stderr
+    assert "--max-frames" in proc.stderr and not out.exists()
     proc = subprocess.run(cli + ["--max-frames", "20"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert png_size(out)[0] <= 16384
