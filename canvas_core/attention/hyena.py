@@ -78,54 +78,44 @@ class _CausalConv(torch.autograd.Function):
         return _grads_from_spectrum(ctx, G, Zc, Hc, n, L, g)
 
 
-def _twiddle(f: torch.Tensor, r: int, n: int, sign: float, dtype: torch.dtype) -> torch.Tensor:
-    """``exp(sign * 2 pi i (f r mod n) / n)`` as ``dtype`` (angles reduced in integers, float64)."""
-    ang = ((f * r) % n).to(torch.float64) * (sign * 2 * math.pi / n)
-    return torch.polar(torch.ones_like(ang), ang).to(dtype)
-
-
 class _ReadConv(torch.autograd.Function):
-    """:class:`_CausalConv` read only at ``p_i = s (i + 1) - 1`` (``i < L / s``; ``s >= 2``
-    divides ``L``), without the full-length inverse transform and, in the backward, without the
-    transform of the mostly-zero output gradient.  With ``n = s m`` and ``f = f1 + m f2``:
-    ``y_{p_i} = (1/n) Re sum_{f1} e^{2 pi i f1 i / m} w^{f1 r} sum_{f2} c_{f2} Yh_{f1 + m f2}``
-    (``w = e^{2 pi i / n}``, ``r = s - 1``, ``c_{f2} = e^{2 pi i f2 r / s}``, ``Yh`` the half
-    spectrum with its inner bins doubled, zero above), an ``m``-point inverse FFT after one fold;
-    the output gradient's spectrum is ``G_f = w^{-f r} ghat_{f mod m}`` (``ghat``: the ``m``-point
-    FFT of the read gradients), then the backward of :class:`_CausalConv`."""
+    """:class:`_CausalConv` read only at ``p_i = s (i + 1) - 1`` (``i < Q = L / s``), in ``s``
+    phases: with ``z^b_a = z_{s a + b}`` and ``h^b_k = h_{s k + s - 1 - b}`` (``b < s``),
+    ``y_{p_i} = sum_b sum_{a <= i} h^b_{i - a} z^b_a``: ``s`` causal convolutions of length ``Q``,
+    summed in the frequency domain, so the transforms are ``m = fft_size(2 Q - 1)`` points (the
+    ``s`` forward ones per row, one inverse) instead of ``2 L``.  The backward is the adjoint in
+    the same phases: ``dz^b = corr(g, h^b)``, ``dh^b = sum_rows corr(g, z^b)`` (products with the
+    conjugated spectra, saved so), one ``m``-point transform of ``g`` and ``s`` inverse ones."""
 
     @staticmethod
     def forward(ctx, z, h, s):  # z (B, C, L), h (C, L) -> (B, C, L / s)
         B, C, L = z.shape
         Q = L // s
-        m = fft_size(-(-(2 * L - 1) // s))
-        n, r = s * m, s - 1
-        nh = n // 2 + 1
-        Z = torch.fft.rfft(_CausalConv._padded(z, n))
-        H = torch.fft.rfft(h, n=n)
-        Yh = scratch("hy_fold", (B, C, n), Z)
-        Yh[..., :nh].copy_(Z).mul_(H)
-        Yh[..., 1 : n - nh + 1].mul_(2)
-        Yh[..., nh:].zero_()
-        c = _twiddle(torch.arange(s, device=z.device), r * m, n, 1.0, Z.dtype)  # e^{2 pi i f2 r / s}
-        F = torch.matmul(c.view(1, s), Yh.view(B * C, s, m)).view(B, C, m)
-        F.mul_(_twiddle(torch.arange(m, device=z.device), r, n, 1.0, Z.dtype))
-        y = torch.fft.ifft(F)[..., :Q].real / s
+        m = fft_size(2 * Q - 1)
+        zp = scratch("hy_ph", (B, C, s, m), z)
+        zp[..., :Q].copy_(z.view(B, C, Q, s).transpose(-1, -2))
+        zp[..., Q:].zero_()
+        Z = torch.fft.rfft(zp)  # (B, C, s, m / 2 + 1)
+        H = torch.fft.rfft(h.view(C, Q, s).flip(-1).transpose(-1, -2), n=m)  # (C, s, m / 2 + 1)
+        y = torch.fft.irfft(torch.mul(Z, H, out=scratch("hy_phs", Z.shape, Z)).sum(dim=2), n=m)
         ctx.save_for_backward(Z.conj_physical_(), H.conj_physical_())
-        ctx.L, ctx.n, ctx.m, ctx.s = L, n, m, s
-        return y
+        ctx.s, ctx.m = s, m
+        return y[..., :Q]
 
     @staticmethod
     def backward(ctx, g):
         Zc, Hc = ctx.saved_tensors
-        L, n, m, s = ctx.L, ctx.n, ctx.m, ctx.s
+        s, m = ctx.s, ctx.m
         B, C, Q = g.shape
-        gm = g.new_zeros(B, C, m)
-        gm[..., :Q] = g
-        f = torch.arange(n // 2 + 1, device=g.device)
-        G = torch.index_select(torch.fft.fft(gm), 2, f % m, out=scratch("hy_g", Zc.shape, Zc))
-        G.mul_(_twiddle(f, s - 1, n, -1.0, Zc.dtype))
-        return (*_grads_from_spectrum(ctx, G, Zc, Hc, n, L, g), None)
+        G = torch.fft.rfft(g, n=m).unsqueeze(2)  # (B, C, 1, m / 2 + 1)
+        dz = dh = None
+        if ctx.needs_input_grad[0]:
+            dzp = torch.fft.irfft(torch.mul(G, Hc, out=scratch("hy_phs", Zc.shape, Zc)), n=m)
+            dz = dzp[..., :Q].transpose(-1, -2).reshape(B, C, Q * s)
+        if ctx.needs_input_grad[1]:
+            dhp = torch.fft.irfft(torch.mul(G, Zc, out=scratch("hy_phs", Zc.shape, Zc)).sum(dim=0), n=m)
+            dh = dhp[..., :Q].flip(1).transpose(-1, -2).reshape(C, Q * s)
+        return dz, dh, None
 
 
 def read_conv_last(z: torch.Tensor, h: torch.Tensor, stride: int) -> torch.Tensor:
@@ -300,8 +290,8 @@ class HyenaAttention(AttentionBase):
                 z = gates[n] * causal_conv_last(z, ht[n])
                 if keep_t is not None:
                     z = z * keep_t
-            if Nq > 0 and Nk % Nq == 0 and Nk > Nq and fft_size(Nk // Nq) == Nk // Nq:
-                # every read at stride (i + 1) - 1: the last stage only there (no full inverse)
+            if Nq > 0 and Nk % Nq == 0:
+                # every read at stride (i + 1) - 1: the last stage only there (in phases)
                 y = read_conv_last(z, ht[-1], Nk // Nq).transpose(1, 2)
             else:
                 y = causal_conv_last(z, ht[-1])  # (B, D, Nk)

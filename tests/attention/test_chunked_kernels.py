@@ -194,9 +194,9 @@ def _direct_conv(z, h):
     seed=st.integers(0, 2**31 - 1),
 )
 def test_read_conv_last_and_its_adjoint_equal_the_direct_sum_at_the_reads(B, Q, stride, seed):
-    """The strided read of Hyena's last convolution (one fold and a short inverse FFT; its
-    backward builds the output gradient's spectrum directly) against the direct sum read at
-    ``stride (i + 1) - 1``; strides that are not 5-smooth, one read, an empty batch."""
+    """The strided read of Hyena's last convolution (``stride`` phases of ``Q`` keys, short FFTs
+    summed in the frequency domain; the adjoint in the same phases) against the direct sum read
+    at ``stride (i + 1) - 1``; strides that are not 5-smooth, one read, an empty batch."""
     g = torch.Generator().manual_seed(seed)
     L = Q * stride
     z = torch.randn(B, C, L, generator=g, dtype=DT, requires_grad=True)
