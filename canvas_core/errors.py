@@ -82,6 +82,27 @@ class UnavailableError(PluginError, RuntimeError):
     """A registered implementation cannot run here (device, dtype, missing package)."""
 
 
+class SpecError(PluginError, ValueError):
+    """A registration or a runtime context is malformed: bad name, factory path, metadata, or a
+    device / dtype torch does not know."""
+
+
+class UnknownNameKeyError(UnknownNameError, KeyError):
+    """:class:`UnknownNameError` that is also a ``KeyError`` (mapping-style lookups)."""
+
+
+class FactoryError(PluginError, RuntimeError):
+    """A registered factory raised a non-canvas exception while building (the cause is chained)."""
+
+
+class FactoryValueError(FactoryError, ValueError):
+    """:class:`FactoryError` for a ``ValueError`` of the factory (``except ValueError`` still works)."""
+
+
+class FactoryTypeError(FactoryError, TypeError):
+    """:class:`FactoryError` for a ``TypeError`` of the factory (e.g. an unexpected keyword)."""
+
+
 class CompileError(CanvasError, ValueError):
     """The compiler could not lower or apply a program."""
 

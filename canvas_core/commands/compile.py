@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {"device": args.device, "dtype": args.dtype}
     if args.kernel:
         kwargs["kernel"] = args.kernel
-    from canvas_core.plugins.context import cuda_status
+    from canvas_core.devices import cuda_status
 
     # Without the device, show what a machine with it would get (marked as a preview), rather
     # than this machine's fallbacks under the other device's name.

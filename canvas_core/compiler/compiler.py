@@ -40,7 +40,7 @@ from canvas_core.compiler.passes import (
 )
 from canvas_core.compiler.resolution import resolve_plan
 from canvas_core.errors import CanvasTypeError, CompileError, did_you_mean
-from canvas_core.plugins.context import KNOWN_DEVICE_TYPES, cuda_device_count
+from canvas_core.devices import KNOWN_DEVICE_TYPES, cuda_device_count
 from canvas_core.program import CanvasProgram
 from canvas_core.schema import CanvasSchema
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Set
 
 from canvas_core.compiler.lowering import lower
+from canvas_core.devices import normalize_dtype
 from canvas_core.errors import CanvasTypeError, CompileError, UnavailableError, UnknownNameError, did_you_mean
 from canvas_core.plugins import get_spec
 from canvas_core.program.cortex import CortexRegistry
@@ -65,17 +66,16 @@ def region_modes(program: Any) -> Dict[str, str]:
     return modes
 
 
-_DTYPE_ALIASES = {"float": "float32", "half": "float16", "double": "float64", "fp32": "float32",
-                  "fp16": "float16", "bf16": "bfloat16"}
+#: the spellings compile accepts for its four dtypes (case-sensitive), named by normalize_dtype
+_COMPILE_DTYPES = ("float32", "float16", "bfloat16", "float64", "float", "half", "double", "fp32", "fp16", "bf16")
 
 
 def dtype_name(dtype: Any) -> str:
     """``"float32"``, ``"float16"``, ``"bfloat16"`` or ``"float64"`` for a dtype or its alias."""
     name = str(dtype).replace("torch.", "").strip()
-    name = _DTYPE_ALIASES.get(name, name)
-    if name not in ("float32", "float16", "bfloat16", "float64"):
+    if name not in _COMPILE_DTYPES:
         raise CompileError(f"compile dtype {dtype!r} is not supported; use float32, float16, bfloat16 or float64")
-    return name
+    return normalize_dtype(name)  # the devices module's one alias table
 
 
 def reduced_schema(schema: Any, active: Set[str], connections: List[Any]) -> Any:

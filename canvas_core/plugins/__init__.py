@@ -1,5 +1,5 @@
 """canvas-core's plugin layer: hooks (``hookspecs``), the host that loads plugins (``host``,
-``loading``), registries and their entries (``registry``, ``spec``, ``context``), the public
+``loading``), registries and their entries (``registry``, ``spec``), the public
 functions (``api``) and resolution (``resolve``).  Pure Python: importing, registering and listing
 never import torch.  ``docs/plugins.md`` is the plugin author's walk-through.
 """

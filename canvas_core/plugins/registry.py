@@ -11,7 +11,7 @@ from __future__ import annotations
 import weakref
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from canvas_core.errors import CanvasTypeError, DuplicateRegistrationError, UnknownNameError
+from canvas_core.errors import CanvasTypeError, DuplicateRegistrationError, UnknownNameKeyError
 from canvas_core.plugins.hints import closest
 from canvas_core.plugins.spec import IN_PROCESS, SPEC_FIELDS, Spec, SpecError
 
@@ -22,10 +22,6 @@ NOUNS: Dict[str, str] = {"attention": "attention type", "kernels": "attention ke
                          "backbones": "backbone adapter", "identity": "identity binder", "embedders": "embedder"}
 KINDS: Tuple[str, ...] = tuple(NOUNS)
 _BLOCK_HINT = "CANVAS_BLOCK_PLUGINS=<plugin or distribution>"
-
-
-class UnknownNameKeyError(UnknownNameError, KeyError):
-    """:class:`UnknownNameError` that is also a ``KeyError`` (mapping-style lookups)."""
 
 
 class Registry:

@@ -11,10 +11,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from canvas_core.errors import CanvasError, CanvasTypeError, PluginError, PluginLoadError, UnavailableError
-from canvas_core.plugins.context import (  # noqa: F401 - the device / dtype names are re-exported here
-    KNOWN_DEVICE_TYPES, KNOWN_DTYPES, RuntimeContext, SpecError, check_device, check_dtype, cuda_status,
-    normalize_device, normalize_dtype,
+from canvas_core.devices import check_device, check_dtype, cuda_status, normalize_device, normalize_dtype
+from canvas_core.errors import (  # noqa: F401 - the factory errors and SpecError are also reachable here
+    CanvasError, CanvasTypeError, FactoryError, FactoryTypeError, FactoryValueError, PluginLoadError, SpecError,
+    UnavailableError,
 )
 from canvas_core.plugins.hints import pip_name
 
@@ -23,18 +23,61 @@ IN_PROCESS = "<in-process>"
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _DOTTED_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_CONTEXT_KEYS = ("device", "dtype", "head_dim", "requires_grad", "preview")
 
 
-class FactoryError(PluginError, RuntimeError):
-    """A registered factory raised a non-canvas exception while building (the cause is chained)."""
+@dataclass(frozen=True)
+class RuntimeContext:
+    """Where an implementation is asked to run: a device (name or ``torch.device``), a dtype (name
+    or ``torch.dtype``), the per-head width when known, whether a backward pass is needed, and
+    ``preview``: judge as if ``device`` were present here (a GPU plan made on a CPU machine)."""
 
+    device: Any = "cpu"
+    dtype: Any = "float32"
+    head_dim: Optional[int] = None
+    requires_grad: bool = True
+    preview: bool = False
 
-class FactoryValueError(FactoryError, ValueError):
-    """:class:`FactoryError` for a ``ValueError`` of the factory (``except ValueError`` still works)."""
+    def __post_init__(self) -> None:
+        check_device(self.device, "RuntimeContext")
+        check_dtype(self.dtype, "RuntimeContext")
+        hd = self.head_dim
+        if hd is not None and (isinstance(hd, bool) or not isinstance(hd, int) or hd < 1):
+            raise CanvasTypeError(f"RuntimeContext: head_dim must be a positive int or None, got {hd!r}")
+        for flag in ("requires_grad", "preview"):
+            if not isinstance(getattr(self, flag), bool):
+                raise CanvasTypeError(f"RuntimeContext: {flag} must be True or False, got {getattr(self, flag)!r}")
 
+    @property
+    def device_type(self) -> str:
+        return normalize_device(self.device)
 
-class FactoryTypeError(FactoryError, TypeError):
-    """:class:`FactoryError` for a ``TypeError`` of the factory (e.g. an unexpected keyword)."""
+    @property
+    def dtype_name(self) -> str:
+        return normalize_dtype(self.dtype)
+
+    def describe(self) -> str:
+        hd = f", head_dim={self.head_dim}" if self.head_dim is not None else ""
+        return (f"{self.device_type}/{self.dtype_name}{hd}" + ("" if self.requires_grad else ", inference")
+                + (" (preview)" if self.preview else ""))
+
+    @classmethod
+    def coerce(cls, ctx: Any) -> "RuntimeContext":
+        """None -> the default CPU context; a dict -> ``RuntimeContext(**dict)``; a device string;
+        an object with ``device`` and ``dtype``; a context as is."""
+        if ctx is None or isinstance(ctx, cls):
+            return ctx or cls()
+        if isinstance(ctx, dict):
+            unknown = sorted(set(map(str, ctx)) - set(_CONTEXT_KEYS))
+            if unknown:
+                raise CanvasTypeError(f"RuntimeContext: unknown key(s) {unknown}; expected {', '.join(_CONTEXT_KEYS)}")
+            return cls(**ctx)
+        if isinstance(ctx, str):
+            return cls(device=ctx)
+        if hasattr(ctx, "device") and hasattr(ctx, "dtype"):
+            return cls(device=ctx.device, dtype=ctx.dtype, head_dim=getattr(ctx, "head_dim", None),
+                       requires_grad=bool(getattr(ctx, "requires_grad", True)))
+        raise CanvasTypeError(f"expected a RuntimeContext (or None / dict / device string), got {ctx!r}")
 
 
 def parse_factory_path(path: str) -> Tuple[str, str]:
@@ -66,6 +109,13 @@ def _as_tuple(value: Any, what: str, name: str) -> Optional[Tuple[str, ...]]:
             raise CanvasTypeError(
                 f"{name!r}: every entry of {what} must be a non-empty string, got {v!r} in {value!r}")
     return out
+
+
+def _found(name: str) -> bool:
+    try:
+        return name in sys.modules or importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 #: keyword metadata stored as Spec attributes (everything else goes to ``spec.metadata``).
@@ -150,16 +200,10 @@ class Spec:
         return f"{self.provider}{ver}{plug}"
 
     def missing_requirements(self) -> List[str]:
-        """Modules in ``requires`` that cannot be found (found with ``find_spec``; nothing imported)."""
-        def found(name: str) -> bool:
-            try:
-                return name in sys.modules or importlib.util.find_spec(name) is not None
-            except (ImportError, ValueError):
-                return False
-
-        # a dotted requirement is looked up only once its top package is loaded (no import)
-        return [str(r) for r in self.requires if not found(str(r).split(".", 1)[0])
-                or ("." in str(r) and str(r).split(".", 1)[0] in sys.modules and not found(str(r)))]
+        """Modules in ``requires`` that cannot be found (nothing is imported: a dotted one is
+        looked up only once its top package is loaded)."""
+        return [str(r) for r in self.requires if not _found(str(r).split(".", 1)[0])
+                or ("." in str(r) and str(r).split(".", 1)[0] in sys.modules and not _found(str(r)))]
 
     def factory_problem(self) -> Optional[str]:
         """Why a lazy factory string's module cannot be imported, found without importing (each
@@ -208,9 +252,7 @@ class Spec:
                 extra = self.check(ctx)
             except Exception as exc:  # a broken check is a reason, not a crash
                 extra = [f"its availability check raised {type(exc).__name__}: {exc}"]
-            if isinstance(extra, str):
-                extra = [extra]
-            reasons.extend(str(r) for r in (extra or []))
+            reasons.extend(str(r) for r in ([extra] if isinstance(extra, str) else extra or []))
         return reasons
 
     def is_available(self, ctx: Any = None) -> bool:
@@ -219,12 +261,11 @@ class Spec:
     def load(self) -> Any:
         """The factory object (imported on first call, then cached); :class:`PluginLoadError`
         naming the spec, the path and the provider when it cannot be imported."""
+        f = self.factory
+        if self._loaded is None and not isinstance(f, str):
+            self._loaded = f
         if self._loaded is not None:
             return self._loaded
-        f = self.factory
-        if not isinstance(f, str):
-            self._loaded = f
-            return f
         module_name, attr = parse_factory_path(f)
         try:
             obj = importlib.import_module(module_name)
@@ -270,17 +311,11 @@ class Spec:
 
     def to_dict(self, ctx: Any = None, *, with_availability: bool = True) -> Dict[str, Any]:
         """JSON-able description (availability in ``ctx`` when asked)."""
-        d: Dict[str, Any] = {
-            "name": self.name, "kind": self.kind, "factory": self.factory_path,
-            "distribution": self.distribution, "version": self.version, "plugin": self.plugin,
-            "provider": self.provider, "family": self.family, "complexity": self.complexity,
-            "description": self.description, "requires": list(self.requires),
-            "devices": None if self.devices is None else list(self.devices),
-            "dtypes": None if self.dtypes is None else list(self.dtypes),
-            "priority": self.priority,
-        }
-        if self.kind == "kernels":
-            d["supports"] = list(self.supports)
+        d: Dict[str, Any] = {"name": self.name, "kind": self.kind, "factory": self.factory_path}
+        for key in ("distribution", "version", "plugin", "provider", "family", "complexity", "description",
+                    "requires", "devices", "dtypes", "priority") + (("supports",) if self.kind == "kernels" else ()):
+            value = getattr(self, key)
+            d[key] = list(value) if isinstance(value, tuple) else value
         extra = {k: v for k, v in self.metadata.items() if _jsonable(v)}
         if extra:
             d["metadata"] = extra
@@ -295,10 +330,8 @@ class Spec:
 
 
 def _jsonable(v: Any) -> bool:
-    if v is None or isinstance(v, (str, int, float, bool)):
-        return True
     if isinstance(v, (list, tuple)):
-        return all(_jsonable(x) for x in v)
+        return all(map(_jsonable, v))
     if isinstance(v, dict):
         return all(isinstance(k, str) and _jsonable(x) for k, x in v.items())
-    return False
+    return v is None or isinstance(v, (str, int, float, bool))

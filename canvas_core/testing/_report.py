@@ -50,24 +50,24 @@ def resolve_dtype(torch: Any, dtype: Any) -> Any:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    from canvas_core.plugins.spec import normalize_dtype
+    from canvas_core.devices import normalize_dtype
 
     value = getattr(torch, normalize_dtype(dtype), None)
     if not isinstance(value, torch.dtype):
-        from canvas_core.plugins.spec import SpecError
+        from canvas_core.errors import SpecError
 
         raise SpecError(f"unknown dtype {dtype!r}; use a torch dtype such as 'float32', 'float16' or 'bfloat16'")
     return value
 
 
 def resolve_device(torch: Any, device: Any, where: str) -> Any:
-    from canvas_core.plugins.spec import check_device
+    from canvas_core.devices import check_device
 
     check_device(device, where)  # CanvasTypeError / SpecError for a non-device or an unknown type
     try:
         return torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:
-        from canvas_core.plugins.spec import SpecError
+        from canvas_core.errors import SpecError
 
         raise SpecError(f"{where}: invalid device {device!r} ({exc}); use e.g. 'cpu' or 'cuda:0'") from None
 

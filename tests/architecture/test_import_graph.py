@@ -9,8 +9,8 @@ SpatiotemporalCanvas`` imports ``canvas_core.runtime.canvas``. ``if TYPE_CHECKIN
 The checks:
 
 * the floors -- ``schema`` (1), ``program`` (2), ``plugins`` (3), ``compiler`` (4) -- import
-  nothing above their own layer (``canvas_core`` itself and ``canvas_core.errors`` are layer 0;
-  everything else in ``canvas_core`` is above the floors), and never torch or another
+  nothing above their own layer (``canvas_core`` itself, ``canvas_core.errors`` and the rest of
+  ``BASE`` are layer 0; everything else in ``canvas_core`` is above the floors), and never torch or another
   torch-world package, not even inside a function. The only exceptions are the thin delegates of
   ``ALLOWED_UPWARD``, the one allow-list, each with its reason; a stale entry fails too;
 * the core imports no plugin distribution (``canvas_plugin_*`` / ``canvas_backend_*``) and names
@@ -44,8 +44,8 @@ FLOORS: Dict[str, int] = {
     "canvas_core.compiler": 4,
 }
 #: layer 0, leaves shared by every layer: the facade (lazy names through its table), the errors, the
-#: repr texts, the alias finder of old module paths, the atomic file writer, the lazy-export helper
-BASE = {"canvas_core", "canvas_core.errors", "canvas_core._reprs", "canvas_core._compat",
+#: device / dtype names, the repr texts, the alias finder of old module paths, the atomic file writer, the lazy-export helper
+BASE = {"canvas_core", "canvas_core.errors", "canvas_core.devices", "canvas_core._reprs", "canvas_core._compat",
         "canvas_core._safe_write", "canvas_core._lazy"}
 ABOVE = 5  # runtime, looping, attention, identity, semantic, extend, testing, demo, commands, cli, ...
 

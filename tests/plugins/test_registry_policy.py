@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from canvas_core.errors import DuplicateRegistrationError, PluginError
-from canvas_core.plugins import context
+from canvas_core import devices
 from canvas_core.plugins import PluginHost
 from canvas_core.plugins.loading import ENV_ALLOW, ENV_BLOCK, ENV_DISABLE, discover_entry_points, entry_point_ids, read_settings
 from canvas_core.plugins.registry import BUILTIN_PLUGIN, Registry
@@ -107,11 +107,11 @@ def test_discovery_drops_repeats_and_sorts():
 
 def test_cuda_probe_never_imports_torch(monkeypatch):
     monkeypatch.delitem(sys.modules, "torch", raising=False)
-    monkeypatch.setattr(context.importlib.util, "find_spec", lambda name: None)
-    assert context.cuda_status() is False and context.cuda_device_count() == 0  # not installed
-    monkeypatch.setattr(context.importlib.util, "find_spec", lambda name: object())
-    assert context.cuda_status() is None  # installed, not loaded: unknown, and still not imported
+    monkeypatch.setattr(devices.importlib.util, "find_spec", lambda name: None)
+    assert devices.cuda_status() is False and devices.cuda_device_count() == 0  # not installed
+    monkeypatch.setattr(devices.importlib.util, "find_spec", lambda name: object())
+    assert devices.cuda_status() is None  # installed, not loaded: unknown, and still not imported
     assert "torch" not in sys.modules
     fake = SimpleNamespace(cuda=SimpleNamespace(is_available=lambda: True, device_count=lambda: 3))
     monkeypatch.setitem(sys.modules, "torch", fake)
-    assert context.cuda_status() is True and context.cuda_device_count() == 3
+    assert devices.cuda_status() is True and devices.cuda_device_count() == 3
