@@ -277,15 +277,19 @@ class HyenaAttention(AttentionBase):
         h = self.filters(Nk, dtype=wd)  # (order, Nk, D)
         d = self.skip.to(wd)
         if not per_query:  # channels-first (B, D, Nk): the FFTs run along the last dim
-            z = self._project_t(self.v_proj, values).to(wd)
+            if self.order > 1 and keys is values:  # one product for the values and the gates
+                z, *gates = (p.to(wd) for p in self._project_t((self.v_proj, self.gate_proj), values))
+                gates = [g for part in gates for g in part.chunk(self.order - 1, dim=1)]
+            else:
+                z = self._project_t((self.v_proj,), values)[0].to(wd)
+                if self.order > 1:
+                    gates = self._project_t((self.gate_proj,), keys)[0].to(wd).chunk(self.order - 1, dim=1)
             keep_t = None if keep is None else keep.transpose(1, 2)
             if keep_t is not None:
                 z = z * keep_t
             # the skip d_n z is the filter's lag-0 tap: h^n (*) z + d_n z = (h^n + d_n delta) (*) z
             ht = h.transpose(1, 2)  # (order, D, Nk)
             ht = torch.cat([ht[..., :1] + d.unsqueeze(-1), ht[..., 1:]], dim=-1)
-            if self.order > 1:
-                gates = self._project_t(self.gate_proj, keys).to(wd).chunk(self.order - 1, dim=1)
             for n in range(self.order - 1):
                 z = gates[n] * causal_conv_last(z, ht[n])
                 if keep_t is not None:
@@ -311,14 +315,19 @@ class HyenaAttention(AttentionBase):
         return out.masked_fill(~has, 0.0)
 
     @staticmethod
-    def _project_t(proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        """``proj(x)`` ``(B, N, D_out)`` returned channels-first ``(B, D_out, N)`` and contiguous:
-        for a plain ``nn.Linear`` one product ``W x^T`` writes that layout directly (no transposed
-        copy); anything else is called as a module and transposed."""
-        if type(proj) is nn.Linear and not proj._forward_hooks and not proj._forward_pre_hooks:
-            out = torch.matmul(proj.weight, x.transpose(1, 2))
-            return out if proj.bias is None else out + proj.bias.unsqueeze(-1)
-        return proj(x).transpose(1, 2).contiguous()
+    def _project_t(projs, x: torch.Tensor):
+        """``[proj(x) for proj in projs]``, each ``(B, D_out, N)`` channels-first: for plain
+        ``nn.Linear`` modules with biases one batched product ``b + W x^T`` over their stacked
+        weights writes that layout directly (no transposed copy, no separate bias addition) and
+        is split along the channels; anything else is called as a module and transposed."""
+        plain = all(type(p) is nn.Linear and p.bias is not None and not p._forward_hooks
+                    and not p._forward_pre_hooks for p in projs)
+        if not plain:
+            return [p(x).transpose(1, 2).contiguous() for p in projs]
+        w = projs[0].weight if len(projs) == 1 else torch.cat([p.weight for p in projs])
+        b = projs[0].bias if len(projs) == 1 else torch.cat([p.bias for p in projs])
+        out = torch.baddbmm(b.unsqueeze(-1), w.expand(x.shape[0], *w.shape), x.transpose(1, 2))
+        return [out] if len(projs) == 1 else list(out.split([p.out_features for p in projs], dim=1))
 
     @staticmethod
     def _masked_last_conv(

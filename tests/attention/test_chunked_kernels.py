@@ -252,6 +252,33 @@ def test_hyena_with_strided_reads_equals_the_direct_form(Nq, stride, order, mask
         torch.testing.assert_close(a, r, atol=1e-9, rtol=1e-7)
 
 
+@settings(max_examples=10, deadline=None)
+@given(Nq=st.integers(1, 4), stride=st.sampled_from([1, 3, 4]), order=st.integers(1, 3),
+       seed=st.integers(0, 2**31 - 1))
+def test_hyena_keys_that_are_the_values_give_what_separate_tensors_give(Nq, stride, order, seed):
+    """When keys and values are one tensor (the runtime's key sets) the value and gate
+    projections run as one product: same output and gradients (input, every parameter) as two
+    separate equal tensors, which take the two-product path."""
+    torch.manual_seed(seed % 1000)
+    m = HyenaAttention(8, 2, order=order, max_len=16).double()
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, Nq, 8, generator=g, dtype=DT)
+    x = torch.randn(2, stride * Nq, 8, generator=g, dtype=DT, requires_grad=True)
+    out = m(q, x, x)
+    k, v = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+    ref = m(q, k, v)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
+    gout = torch.randn(out.shape, generator=g, dtype=DT)
+    got = torch.autograd.grad(out, (x, *m.parameters()), gout, allow_unused=True)
+    want = torch.autograd.grad(ref, (k, v, *m.parameters()), gout, allow_unused=True)
+    both = sum(w for w in want[:2] if w is not None)  # order 1 reads no gate from the keys
+    torch.testing.assert_close(got[0], both, atol=1e-12, rtol=1e-10)
+    for a, r in zip(got[1:], want[2:]):
+        assert (a is None) == (r is None)
+        if a is not None:
+            torch.testing.assert_close(a, r, atol=1e-12, rtol=1e-10)
+
+
 def test_hyena_strided_reads_compile_in_one_graph():
     """The strided last stage traces without a graph break (``Nk = 3 Nq``), forward and gradients."""
     torch.manual_seed(0)
