@@ -1,9 +1,8 @@
-"""The plugin host: one pluggy manager, the registries it fills, and a record of every plugin.
+"""The plugin host: one pluggy manager, the registries it fills, a record of every plugin.
 
-Loading happens on the first registry access: the builtin plugin, then each allowed entry point
-of group ``canvas``, its hooks run one plugin at a time against views that credit what it adds to
-its distribution.  A plugin whose import or hook raises is recorded as ``failed`` and removed; the
-others keep working.  Tests build their own host (``with use_host(PluginHost(...)):``).
+The first registry access loads the builtin plugin, then each allowed entry point of group
+``canvas``, running its hooks one plugin at a time; a plugin whose import or hook raises is
+recorded as ``failed`` and removed, the others keep working.  Tests use ``use_host(PluginHost(...))``.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ import importlib.metadata
 import os
 import threading
 import warnings
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import pluggy
 
@@ -39,26 +38,24 @@ class PluginScopedRegistry:
         self.kind, self.noun = registry.kind, registry.noun
 
     def add(self, name: Any, factory: Any = None, *, override: bool = False, **metadata: Any) -> Optional[Spec]:
-        return self.add_spec(self.make(name, factory, metadata), override=override)
+        return self.insert(name, factory, metadata, override)[0]
 
-    def make(self, name: Any, factory: Any, metadata: Dict[str, Any], module: Optional[str] = None) -> Spec:
-        rec = self._record
-        return self._registry.make_spec(name, factory, metadata, distribution=rec.distribution,
-                                        version=rec.version, plugin=rec.name, module=module)
-
-    def add_spec(self, spec: Spec, *, override: bool = False) -> Optional[Spec]:
-        rec = self._record
+    def insert(self, name: Any, factory: Any, metadata: Dict[str, Any], override: bool,
+               module: Optional[str] = None) -> Tuple[Optional[Spec], Spec]:
+        """``(stored spec or None when refused, the spec made)``."""
+        rec, reg = self._record, self._registry
+        spec = reg.make_spec(name, factory, metadata, distribution=rec.distribution, version=rec.version,
+                             plugin=rec.name, module=module)
         rec.attempted.setdefault(self.kind, []).append(spec.name)
-        stored, clash = self._registry.add_from_plugin(spec, override=override, strict=self._strict, plugin=rec.name)
+        stored, clash = reg.add_from_plugin(spec, override=override, strict=self._strict, plugin=rec.name)
         if clash is not None:
             rec.conflicts.append(str(clash))
-            if spec.name in self._registry.shadowed():  # never a silent shadowing of a plugin's type
-                kept = self._registry.get(spec.name).describe_provider()
+            if spec.name in reg.shadowed():  # never a silent shadowing of a plugin's type
                 warnings.warn_explicit(
                     f"{rec.describe()} registers {self.noun} {spec.name!r}, a name of canvas-core's builtins: "
-                    f"refused, {kept} stays in use. {clash}", UserWarning, filename=f"<{rec.describe()}>",
-                    lineno=0, module="canvas_core.plugins")
-        return stored
+                    f"refused, {reg.get(spec.name).describe_provider()} stays in use. {clash}", UserWarning,
+                    filename=f"<{rec.describe()}>", lineno=0, module="canvas_core.plugins")
+        return stored, spec
 
     def __contains__(self, name: object) -> bool:
         return name in self._registry
@@ -201,7 +198,7 @@ class PluginHost:
 
         try:
             self._pm.register(obj, name=rec.name)
-        except Exception as exc:
+        except Exception as exc:  # nothing of it was registered: nothing to discard
             if strict:
                 del self.records[rec.name]
                 raise PluginError(f"cannot register {rec.describe()}: {type(exc).__name__}: {exc}") from exc
@@ -297,9 +294,9 @@ class PluginHost:
         loading = self._loading_record
         if loading is not None and self._loading_thread == threading.get_ident():
             # a decorator run while an installed plugin is imported: that plugin provides the name
-            view = PluginScopedRegistry(reg, loading, strict=False)
-            spec = view.make(name, factory, metadata, module=module)
-            return view.add_spec(spec, override=override) or spec
+            stored, spec = PluginScopedRegistry(reg, loading, strict=False).insert(name, factory, metadata,
+                                                                                   override, module)
+            return stored or spec
         with self._lock:
             self.records.setdefault(IN_PROCESS, PluginRecord(IN_PROCESS, IN_PROCESS, "", source="in-process"))
             return reg.insert(reg.make_spec(name, factory, metadata, module=module), override=override)
@@ -332,9 +329,9 @@ class PluginHost:
         if near is not None:
             msg += f" Did you mean {near!r}?"
         msg += f" Known {noun}s: {', '.join(known) or '(none)'}."
-        failed = [r for r in self.records.values() if r.status == STATUS_FAILED]
-        if failed:
-            msg += " Note: " + "; ".join(f"{r.describe()} failed to load ({r.error})" for r in failed) + "."
+        failed = "; ".join(f"{r.describe()} failed to load ({r.error})" for r in self.records.values()
+                           if r.status == STATUS_FAILED)
+        msg += f" Note: {failed}." if failed else ""
         skipped: Dict[str, List[str]] = {}
         for r in self.records.values():
             if r.status in (STATUS_BLOCKED, STATUS_DISABLED):
@@ -410,26 +407,23 @@ _default_lock = threading.Lock()
 def get_host() -> PluginHost:
     """The default host of the module-level API (created on first use)."""
     global _default_host
-    if _default_host is None:
-        with _default_lock:
-            if _default_host is None:
-                _default_host = PluginHost()
-    return _default_host
+    with _default_lock:
+        _default_host = _default_host or PluginHost()
+        return _default_host
 
 
 def set_host(host: Optional[PluginHost]) -> Optional[PluginHost]:
-    """Replace the default host (None: a fresh one is created on next use); returns the old one."""
+    """Replace the default host (None: a fresh one on next use); returns the old one."""
     global _default_host
     with _default_lock:
         old, _default_host = _default_host, host
-    return old
+        return old
 
 
 @contextlib.contextmanager
 def use_host(host: Optional[PluginHost] = None) -> Iterator[PluginHost]:
     """Run a block against ``host`` (default: a fresh :class:`PluginHost`), then restore."""
-    host = PluginHost() if host is None else host
-    old = set_host(host)
+    old = set_host(host := PluginHost() if host is None else host)
     try:
         yield host
     finally:

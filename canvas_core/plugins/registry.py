@@ -1,10 +1,5 @@
 """A :class:`Registry`: the named specs of one kind, and the policy for clashes between plugins.
-
-A plain container: per name, a stack of registrations (the last one wins; earlier ones are only
-there because a later one passed ``override=True``, and come back when it is removed).  It knows
-no host: loading plugins before a read, and the full story of a name nobody provides
-(``host.lookup``), are the host's.
-"""
+A plain container that knows no host (loading plugins and the full unknown-name story are the host's)."""
 
 from __future__ import annotations
 
@@ -25,18 +20,19 @@ _BLOCK_HINT = "CANVAS_BLOCK_PLUGINS=<plugin or distribution>"
 
 
 class Registry:
-    """Named specs of one kind (plugins' hooks get a per-plugin view; users ``register_*``)."""
+    """Named specs of one kind.  Per name a stack of registrations: the top one is in use, those
+    below were replaced with ``override=True`` and come back when it is removed.  Also kept: names
+    two plugins fight over (``_conflicts``: name -> (error, plugin)), plugin registrations a
+    builtin refused (``_shadowed``: name -> [(error, plugin)]) and the registrations installed
+    plugins made with ``override=True`` (``_overriding``: they win over plain ones)."""
 
     def __init__(self, kind: str) -> None:
         if kind not in NOUNS:
             raise ValueError(f"unknown registry kind {kind!r}; expected one of {KINDS}")
         self.kind, self.noun = kind, NOUNS[kind]
         self._stacks: Dict[str, List[Spec]] = {}
-        # name -> (error, plugin that tried to register it): names two plugins fight over
         self._conflicts: Dict[str, Tuple[DuplicateRegistrationError, str]] = {}
-        # name -> [(error, plugin)]: plugin registrations refused because a builtin has the name
         self._shadowed: Dict[str, List[Tuple[DuplicateRegistrationError, str]]] = {}
-        # registrations an installed plugin made with override=True (they win over plain ones)
         self._overriding: "weakref.WeakSet[Spec]" = weakref.WeakSet()
 
     def add(self, name: Any, factory: Any = None, *, override: bool = False, **metadata: Any) -> Spec:
@@ -87,13 +83,11 @@ class Registry:
     def add_from_plugin(self, spec: Spec, *, override: bool = False, strict: bool = False,
                         plugin: Optional[str] = None
                         ) -> Tuple[Optional[Spec], Optional[DuplicateRegistrationError]]:
-        """Insert a plugin hook's registration; returns ``(stored spec or None, clash)``.
-
-        The clash policy for installed plugins does not depend on load order: ``override=True``
-        wins over plain registrations; two plain (or two overriding) ones make the name ambiguous
-        (using it raises: no silent pick); a builtin is kept and the refusal recorded in
-        :meth:`shadowed` (only ``override=True`` replaces it).  ``strict`` (by hand): a clash raises.
-        """
+        """Insert a plugin hook's registration; returns ``(stored spec or None, clash)``.  The policy
+        does not depend on load order: ``override=True`` wins over plain registrations; two plain (or
+        two overriding) ones make the name ambiguous (using it raises); a builtin is kept and the
+        refusal recorded in :meth:`shadowed` (only ``override=True`` replaces it).  ``strict``: a
+        clash raises."""
         plugin = spec.plugin if plugin is None else plugin
         stack = self._stacks.get(spec.name)
         if stack and not strict:
@@ -138,25 +132,17 @@ class Registry:
     def remove_plugin(self, plugin: str) -> List[Spec]:
         """Remove every registration of ``plugin`` (and the clashes it caused)."""
         removed = [s for stack in self._stacks.values() for s in stack if s.plugin == plugin]
-        for name in list(self._stacks):
-            self._stacks[name] = [s for s in self._stacks[name] if s.plugin != plugin]
-            if not self._stacks[name]:
-                del self._stacks[name]
+        kept = {n: [s for s in stack if s.plugin != plugin] for n, stack in self._stacks.items()}
+        self._stacks = {n: stack for n, stack in kept.items() if stack}
         gone = {s.name for s in removed}
-        for name, (_err, who) in list(self._conflicts.items()):
-            if who == plugin or name not in self._stacks or name in gone:
-                del self._conflicts[name]
-        for name in list(self._shadowed):
-            self._shadowed[name] = [(e, who) for e, who in self._shadowed[name] if who != plugin]
-            if not self._shadowed[name] or name not in self._stacks:
-                del self._shadowed[name]
+        self._conflicts = {n: c for n, c in self._conflicts.items() if c[1] != plugin and n in self._stacks
+                           and n not in gone}
+        shadowed = {n: [(e, who) for e, who in v if who != plugin] for n, v in self._shadowed.items()}
+        self._shadowed = {n: v for n, v in shadowed.items() if v and n in self._stacks}
         return removed
 
     def clear(self) -> None:
-        self._stacks.clear()
-        self._conflicts.clear()
-        self._shadowed.clear()
-        self._overriding = weakref.WeakSet()
+        self._stacks, self._conflicts, self._shadowed, self._overriding = {}, {}, {}, weakref.WeakSet()
 
     def get(self, name: str, default: Any = ...) -> Any:
         """The spec registered as ``name``; :class:`UnknownNameError` (also a ``KeyError``) with the
