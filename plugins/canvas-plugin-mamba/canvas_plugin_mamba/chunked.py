@@ -156,12 +156,14 @@ def _scan_read_forward(u, delta, A, Bm, C, read, T: int, block: Optional[int]):
     """``(y (Bt, Q, E), saved)``: the reads and the states the backward starts from (see
     :func:`_saved_shape`): the state at each segment's end when the reads are sparse
     (:mod:`canvas_plugin_mamba.segments`), else the state entering each chunk."""
-    saved = u.new_zeros(_saved_shape(u, A, C, T))
     S = segments.plan(read, u.shape[1], T)
-    if S is not None:
-        y, H = segments.forward(u, delta, A, Bm, C, S, block)
-        saved[:, : S.K] = H
+    if S is not None:  # the segment-end states fill the first Bt * K * N * E elements
+        saved = u.new_empty(_saved_shape(u, A, C, T))
+        flat, n = saved.view(-1), u.shape[0] * S.K * A.numel()
+        flat[n:].zero_()
+        y, _ = segments.forward(u, delta, A, Bm, C, S, block, out=flat[:n])
         return y, saved
+    saved = u.new_zeros(_saved_shape(u, A, C, T))
     At = A.t().contiguous()  # (N, E)
     P = _Plan(u, delta, At, Bm, read, T, block)
     Bt, E, N, nC = P.Bt, P.E, P.N, P.nC
@@ -187,7 +189,8 @@ def _scan_read_backward(gy, u, delta, A, Bm, C, read, saved, T: int, block: Opti
     """Gradients of ``u, delta, A, Bm, C`` from ``gy (Bt, Q, E)`` (see the module docstring)."""
     S = segments.plan(read, u.shape[1], T)  # the forward's choice (same inputs)
     if S is not None:
-        return segments.backward(gy, u, delta, A, Bm, C, saved[:, : S.K], S, block)
+        H = saved.reshape(-1)[: u.shape[0] * S.K * A.numel()].view(u.shape[0], S.K, A.shape[1], A.shape[0])
+        return segments.backward(gy, u, delta, A, Bm, C, H, S, block)
     At = A.t().contiguous()
     P = _Plan(u, delta, At, Bm, read, T, block)
     Bt, L, E, N, nC = P.Bt, P.L, P.E, P.N, P.nC

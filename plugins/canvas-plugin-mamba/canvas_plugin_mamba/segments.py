@@ -47,10 +47,14 @@ class SegmentPlan:
     right-aligned, so every segment ends in its last slot); ``mask`` is 1 on the slots inside the
     segment and 0 on padding (no step, no input).  ``slot_of``: the slot of each position up to
     the last read one; ``kq``: the segment each query reads at the end of (0 for ``read < 0``),
-    ``ok``: ``read >= 0``.
+    ``ok``: ``read >= 0``.  Two common layouts skip index work: ``dense`` (every segment is
+    ``Tm`` long and they cover all ``L`` positions: the slots are the positions in order, so the
+    slot tensors are views of the inputs) and ``direct`` (query ``q`` reads the end of segment
+    ``q``: the read states are the segment-end states themselves).  The runtime's key sets, ``Nk
+    = s Nq`` with ``s <= T``, are both.
     """
 
-    def __init__(self, ends: torch.Tensor, read: torch.Tensor, Tm: int):
+    def __init__(self, ends: torch.Tensor, read: torch.Tensor, Tm: int, L: int):
         K = self.K = ends.shape[0]
         self.Tm = Tm
         starts = torch.cat([ends.new_zeros(1), ends[:-1] + 1])
@@ -62,6 +66,9 @@ class SegmentPlan:
         self.slot_of = valid.reshape(-1).nonzero().squeeze(1)  # positions 0..last, in order
         self.ok = read >= 0
         self.kq = torch.searchsorted(ends, read.clamp(min=0)).clamp(max=K - 1)
+        self.all_ok = bool(self.ok.all())
+        self.dense = K * Tm == L and bool(valid.all())
+        self.direct = read.shape[0] == K and torch.equal(read, ends)
 
 
 def plan(read: torch.Tensor, L: int, T: int) -> Optional[SegmentPlan]:
@@ -85,7 +92,7 @@ def plan(read: torch.Tensor, L: int, T: int) -> Optional[SegmentPlan]:
     Tm = int(lens.max())
     if K * Tm > 2 * (last + 1) + T:
         return None
-    return SegmentPlan(ends, read, Tm)
+    return SegmentPlan(ends, read, Tm, L)
 
 
 def _slots(x: torch.Tensor, P: SegmentPlan, slot: str) -> torch.Tensor:
@@ -96,9 +103,12 @@ def _slots(x: torch.Tensor, P: SegmentPlan, slot: str) -> torch.Tensor:
     return out.view(Bt * P.K, P.Tm, F)
 
 
+def _block_rows(P: SegmentPlan, N: int, E: int, block: Optional[int]) -> int:
+    return max(1, (BLOCK_ELEMS if block is None else block) // (P.Tm * N * E))
+
+
 def _blocks(P: SegmentPlan, rows: int, N: int, E: int, block: Optional[int]):
-    per = P.Tm * N * E
-    sb = max(1, min(rows, (BLOCK_ELEMS if block is None else block) // per))
+    sb = min(rows, _block_rows(P, N, E, block))
     for s0 in range(0, rows, sb):
         yield slice(s0, min(rows, s0 + sb))
 
@@ -119,26 +129,30 @@ def _common(u, delta, A, Bm, P: SegmentPlan):
     over each whole segment ``Rk = exp(A tot) (R, N, E)``."""
     Bt, L, E = u.shape
     R, N = Bt * P.K, A.shape[1]
-    dp = _slots(delta, P, "dp")
-    dp.view(Bt, -1, E).mul_(P.mask.to(dp.dtype))
-    us = _slots(u, P, "us")
+    if P.dense:  # views of the inputs: read only
+        dp, us, Bp = delta.reshape(R, P.Tm, E), u.reshape(R, P.Tm, E), Bm.reshape(R, P.Tm, N)
+    else:
+        dp = _slots(delta, P, "dp")
+        dp.view(Bt, -1, E).mul_(P.mask.to(dp.dtype))
+        us = _slots(u, P, "us")
+        Bp = _slots(Bm, P, "Bp")
     dup = torch.mul(dp, us, out=_ws("dup", dp.shape, dp))
-    Bp = _slots(Bm, P, "Bp")
     D = _suffix(dp, _ws("D", dp.shape, dp))
-    tot = dp.sum(1)
+    tot = torch.add(D[:, 0], dp[:, 0], out=_ws("tot", (R, E), dp))  # the whole segment's sum
     A2 = A.t().contiguous() * LOG2E
     Rk = torch.mul(tot.unsqueeze(-2), A2, out=_ws("Rk", (R, N, E), dp)).exp2_()
     return dp, us, dup, Bp, D, tot, A2, Rk
 
 
-def forward(u, delta, A, Bm, C, P: SegmentPlan, block: Optional[int] = None):
-    """``(y (Bt, Q, E), H (Bt, K, N, E))``: the reads and the state at each segment's end
-    (``H`` lives in a reused buffer: copy it to keep it)."""
+def forward(u, delta, A, Bm, C, P: SegmentPlan, block: Optional[int] = None,
+            out: Optional[torch.Tensor] = None):
+    """``(y (Bt, Q, E), H (Bt, K, N, E))``: the reads and the state at each segment's end,
+    written into ``out`` (``Bt * K * N * E`` contiguous elements; a new tensor when None)."""
     Bt, L, E = u.shape
     N = A.shape[1]
     dp, us, dup, Bp, D, tot, A2, Rk = _common(u, delta, A, Bm, P)
     rows = Bt * P.K
-    Z = _ws("Z", (rows, N, E), u)
+    Z = (u.new_empty(rows * N * E) if out is None else out).view(rows, N, E)
     for sl in _blocks(P, rows, N, E, block):
         W = _weights(P, D, A2, sl, "w0")
         W.mul_(dup[sl].unsqueeze(-2)).mul_(Bp[sl].unsqueeze(-1))
@@ -147,20 +161,26 @@ def forward(u, delta, A, Bm, C, P: SegmentPlan, block: Optional[int] = None):
     Rv = Rk.view(Bt, P.K, N, E)
     for k in range(1, P.K):
         H[:, k].addcmul_(Rv[:, k], H[:, k - 1])
-    hr = torch.index_select(H, 1, P.kq, out=_ws("hr", (Bt, P.kq.shape[0], N, E), u))
+    hr = H if P.direct else torch.index_select(H, 1, P.kq, out=_ws("hr", (Bt, P.kq.shape[0], N, E), u))
     y = torch.matmul(C.unsqueeze(-2), hr).squeeze(-2)
-    return y * P.ok.view(1, -1, 1).to(y.dtype), H
+    return (y if P.all_ok else y * P.ok.view(1, -1, 1).to(y.dtype)), H
 
 
 def backward(gy, u, delta, A, Bm, C, H, P: SegmentPlan, block: Optional[int] = None):
     """Gradients of ``u, delta, A, Bm, C`` from ``gy (Bt, Q, E)`` and the saved ``H``."""
     Bt, L, E = u.shape
     N, K, Tm = A.shape[1], P.K, P.Tm
-    gy = gy * P.ok.view(1, -1, 1).to(gy.dtype)
-    hr = torch.index_select(H, 1, P.kq, out=_ws("hr", (Bt, P.kq.shape[0], N, E), u))
-    gC = torch.matmul(hr, gy.unsqueeze(-1)).squeeze(-1)  # (Bt, Q, N)
-    G = _ws("G", (Bt, K, N, E), u).zero_()
-    G.index_add_(1, P.kq, torch.mul(C.unsqueeze(-1), gy.unsqueeze(-2), out=hr))
+    if not P.all_ok:
+        gy = gy * P.ok.view(1, -1, 1).to(gy.dtype)
+    Q = P.kq.shape[0]
+    hr = H if P.direct else torch.index_select(H, 1, P.kq, out=_ws("hr", (Bt, Q, N, E), u))
+    prod = _ws("prod", (Bt, Q, N, E), u)
+    gC = torch.mul(hr, gy.unsqueeze(-2), out=prod).sum(-1)  # (Bt, Q, N); a batched matvec is slower
+    G = _ws("G", (Bt, K, N, E), u)
+    if P.direct:
+        torch.mul(C.unsqueeze(-1), gy.unsqueeze(-2), out=G)
+    else:
+        G.zero_().index_add_(1, P.kq, torch.mul(C.unsqueeze(-1), gy.unsqueeze(-2), out=prod))
     dp, us, dup, Bp, D, tot, A2, Rk = _common(u, delta, A, Bm, P)
     Rv = Rk.view(Bt, K, N, E)
     for k in range(K - 2, -1, -1):  # adjoint at each segment's end, chained from the last
@@ -171,14 +191,18 @@ def backward(gy, u, delta, A, Bm, C, H, P: SegmentPlan, block: Optional[int] = N
     torch.mul(G[:, 1:], H[:, :-1], out=gl[:, 1:]).mul_(Rv[:, 1:])
     gl = gl.view(-1, N, E)
     At = A2 / LOG2E  # (N, E)
-    gA = (gl * tot.unsqueeze(-2)).sum(0)
-    gtot = (gl * At).sum(-2)  # (R, E)
+    tmp = _ws("gl2", gl.shape, u)  # (fresh multi-megabyte temporaries cost their page faults)
+    gA = torch.mul(gl, tot.unsqueeze(-2), out=tmp).sum(0)
+    gtot = torch.mul(gl, At, out=tmp).sum(-2)  # (R, E)
     rows = Bt * K
     Gf = G.view(rows, N, E)
     g_dup = _ws("g_dup", (rows, Tm, E), u)
-    gBp = _ws("gBp", (rows, Tm, N), u)
+    # dense: the slot gradients are the position gradients (returned, so not in scratch)
+    gBp = u.new_empty(rows, Tm, N) if P.dense else _ws("gBp", (rows, Tm, N), u)
     gD = _ws("gD", (rows, Tm, E), u)
     X = torch.mul(dup, D, out=_ws("X", dup.shape, u))
+    gAf = gA.view(-1)
+    ones = u.new_ones(min(rows, _block_rows(P, N, E, block)) * Tm)
     for sl in _blocks(P, rows, N, E, block):
         V = _weights(P, D, A2, sl, "w0").mul_(Gf[sl].unsqueeze(1))  # dL/dh at every slot
         tmp = _ws("w1", V.shape, V)
@@ -186,12 +210,13 @@ def backward(gy, u, delta, A, Bm, C, H, P: SegmentPlan, block: Optional[int] = N
         V.mul_(Bp[sl].unsqueeze(-1))
         torch.sum(V, -2, out=g_dup[sl])
         torch.sum(torch.mul(V, At, out=tmp), -2, out=gD[sl])
-        gA += V.mul_(X[sl].unsqueeze(-2)).sum((0, 1))
+        n = (sl.stop - sl.start) * Tm  # the sum over (segments, slots) as a matrix-vector
+        gAf.addmv_(V.mul_(X[sl].unsqueeze(-2)).view(n, N * E).t(), ones[:n])  # product: faster
     gD.mul_(dup)
     # D_j = sum of dp after j, tot = sum of dp: back to the slots' delta
-    g_dp = _prefix(gD, X).add_(gtot.unsqueeze(1))
+    g_dp = _prefix(gD, u.new_empty(gD.shape) if P.dense else X).add_(gtot.unsqueeze(1))
     g_delta_s = g_dp.addcmul_(g_dup, us)
-    g_u_s = g_dup.mul_(dp)
+    g_u_s = torch.mul(g_dup, dp) if P.dense else g_dup.mul_(dp)
     return (
         _unslot(g_u_s, P, Bt, L), _unslot(g_delta_s, P, Bt, L), gA.t().contiguous(),
         _unslot(gBp, P, Bt, L), gC,
@@ -220,6 +245,8 @@ def _unslot(g: torch.Tensor, P: SegmentPlan, Bt: int, L: int) -> torch.Tensor:
     read position)."""
     F = g.shape[-1]
     g = g.view(Bt, -1, F)
+    if P.dense:  # g is a new tensor with the positions in order
+        return g
     n = P.slot_of.shape[0]
     if n == L:
         return g.index_select(1, P.slot_of)

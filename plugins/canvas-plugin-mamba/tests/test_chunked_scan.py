@@ -230,3 +230,39 @@ def test_sparse_reads_after_inference_mode_and_with_an_empty_batch():
     assert out.shape == (0, 3, 8)
     out.sum().backward()
     assert empty.grad.shape == (0, 3, 8)
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    Bt=st.integers(1, 3),
+    Q=st.integers(1, 12),
+    s=st.integers(2, 6),
+    E=st.integers(1, 3),
+    N=st.integers(1, 3),
+    block=st.sampled_from([None, 1, 50]),
+    shuffle=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_segment_views_equal_step_recurrence(Bt, Q, s, E, N, block, shuffle, seed):
+    """The runtime's key sets (``L = s Q``, every segment ``s`` keys long) take the segment path
+    without gathers: the slots are views of the inputs (``dense``) and, with the reads in order,
+    the read states are the segment ends (``direct``).  Reads and gradients equal the step
+    recurrence in float64, also with the reads shuffled (dense, not direct)."""
+    from canvas_plugin_mamba import segments
+
+    L = s * Q
+    inputs, _ = _draw(Bt, L, E, N, Q, seed, DT)
+    read = ((torch.arange(Q) + 1) * L) // Q - 1
+    if shuffle:
+        read = read[torch.randperm(Q, generator=torch.Generator().manual_seed(seed))]
+    P = segments.plan(read, L, max(s, chunk_size(L)))
+    assume(P is not None)
+    assert P.dense and P.direct == (not shuffle or torch.equal(read, read.sort().values))
+    y = selective_scan_read(*inputs, read, chunk=max(s, chunk_size(L)), block=block)
+    ref, _ = _reference(*inputs, read)
+    torch.testing.assert_close(y, ref, atol=1e-11, rtol=1e-9)
+    gy = torch.randn(y.shape, dtype=DT, generator=torch.Generator().manual_seed(seed + 1))
+    got = torch.autograd.grad(y, inputs, gy)
+    want = torch.autograd.grad(ref, inputs, gy)
+    for name, a, b in zip("u delta A B C".split(), got, want):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8, msg=name)
