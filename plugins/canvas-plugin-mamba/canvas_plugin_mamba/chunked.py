@@ -273,10 +273,16 @@ def _setup_context(ctx, inputs, output):
     u, delta, A, Bm, C, read, T, block = inputs
     ctx.save_for_backward(u, delta, A, Bm, C, read, output[1])
     ctx.T, ctx.block = T, block
+    # the saved states are an output only to reach the backward: no zero-filled gradient for them
+    # (a multi-megabyte fill per call); the reads' gradient is then None when the reads are unused
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, gy, _g_hin):
     u, delta, A, Bm, C, read, Hin = ctx.saved_tensors
+    if gy is None:
+        return None, None, None, None, None, None, None, None
     gu, gdelta, gA, gB, gC = _scan_read_backward_op(gy, u, delta, A, Bm, C, read, Hin, ctx.T, ctx.block)
     return gu, gdelta, gA, gB, gC, None, None, None
 
