@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from canvas_core.errors import BackboneError, CanvasTypeError
 from canvas_core.looping.adapter import BackboneAdapter, GenericAdapter, class_matches
-from canvas_core.plugins.api import get_registry
+from canvas_core.plugins import get_registry
 
 __all__ = ["BackboneEntry", "backbone_entries", "find_adapter", "resolve_adapter"]
 

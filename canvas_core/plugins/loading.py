@@ -1,5 +1,5 @@
 """What loading installed plugins needs besides pluggy: the environment controls, the entry
-points of group ``canvas``, the record kept per plugin, and the slow-import watchdog.
+points of group ``canvas``, the record kept per plugin and the slow-import watchdog.
 
 ``CANVAS_DISABLE_PLUGIN_AUTOLOAD=1`` imports no entry point (builtins still register);
 ``CANVAS_PLUGINS=a,b`` imports only these entry-point or distribution names;
@@ -9,13 +9,14 @@ points of group ``canvas``, the record kept per plugin, and the slow-import watc
 
 from __future__ import annotations
 
+import importlib.metadata
 import sys
 import threading
 import time
 import traceback
 import warnings
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple
 
 from canvas_core.errors import PluginError
@@ -26,7 +27,6 @@ ENV_DISABLE = "CANVAS_DISABLE_PLUGIN_AUTOLOAD"
 ENV_ALLOW = "CANVAS_PLUGINS"
 ENV_BLOCK = "CANVAS_BLOCK_PLUGINS"
 STATUS_OK, STATUS_FAILED, STATUS_BLOCKED, STATUS_DISABLED = "ok", "failed", "blocked", "disabled"
-STATUSES = (STATUS_OK, STATUS_FAILED, STATUS_BLOCKED, STATUS_DISABLED)
 #: packages a plugin should not import merely to register (it names lazy factories instead).
 HEAVY_MODULES = ("torch", "diffusers", "timm", "mamba_ssm", "transformers", "xformers", "triton")
 
@@ -34,10 +34,8 @@ HEAVY_MODULES = ("torch", "diffusers", "timm", "mamba_ssm", "transformers", "xfo
 def env_flag(env: Mapping[str, str], var: str) -> bool:
     raw = env.get(var)
     word = str(raw or "").strip().lower()
-    if word in ("1", "true", "yes", "on"):
-        return True
-    if word in ("", "0", "false", "no", "off"):
-        return False
+    if word in ("1", "true", "yes", "on", "", "0", "false", "no", "off"):
+        return word in ("1", "true", "yes", "on")
     raise PluginError(
         f"environment variable {var}={raw!r} is not a boolean; set it to 1 (or true/yes/on) to enable "
         "it, or 0 / unset it to disable it")
@@ -101,12 +99,8 @@ def entry_point_ids(ep: Any) -> Set[str]:
 
 def discover_entry_points(source: Optional[Callable[[], Iterable[Any]]] = None) -> List[Any]:
     """Entry points of group ``canvas`` (or ``source()``'s), without repeats, by name then distribution."""
-    if source is None:
-        from importlib.metadata import entry_points
-
-        source = lambda: entry_points(group=ENTRY_POINT_GROUP)  # noqa: E731
     seen: Dict[tuple, Any] = {}
-    for ep in source():
+    for ep in source() if source is not None else importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         seen.setdefault((ep.name, ep.value, normalize_dist(entry_point_distribution(ep)[0] or "")), ep)
     return sorted(seen.values(), key=lambda e: (e.name, entry_point_distribution(e)[0] or ""))
 
@@ -114,8 +108,8 @@ def discover_entry_points(source: Optional[Callable[[], Iterable[Any]]] = None) 
 @dataclass
 class PluginRecord:
     """One row of ``canvas plugins``: ``source`` is ``builtin``, ``entry-point``, ``manual``
-    (``host.register_plugin``) or ``in-process``; ``status`` one of :data:`STATUSES`;
-    ``attempted`` (kind -> names it tried) outlives a failure, for the errors of lookups."""
+    (``host.register_plugin``) or ``in-process``; ``status`` is ``ok``, ``failed``, ``blocked`` or
+    ``disabled``; ``attempted`` (kind -> names it tried) outlives a failure, for lookups' errors."""
 
     name: str
     distribution: str
@@ -143,15 +137,11 @@ class PluginRecord:
 
     def to_dict(self, registered: Optional[Dict[str, List[str]]] = None) -> Dict[str, Any]:
         """The row of ``canvas plugins --json``; ``discarded``: what a failed plugin had added."""
-        return {
-            "name": self.name, "distribution": self.distribution, "version": self.version,
-            "source": self.source, "entry_point": self.entry_point, "status": self.status,
-            "error": self.error, "traceback": self.traceback, "hooks": list(self.hooks),
-            "registered": registered or {}, "conflicts": list(self.conflicts),
-            "warnings": list(self.warnings),
-            "discarded": ({k: sorted(set(v)) for k, v in self.attempted.items()}
-                          if self.status == STATUS_FAILED else {}),
-        }
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+        failed = self.status == STATUS_FAILED
+        return dict(d, hooks=list(self.hooks), conflicts=list(self.conflicts), warnings=list(self.warnings),
+                    registered=registered or {},
+                    discarded={k: sorted(set(v)) for k, v in self.attempted.items()} if failed else {})
 
 
 def slow_load_message(name: str, dist: Optional[str], value: str, seconds: float) -> str:
@@ -178,15 +168,11 @@ def watch_plugin_load(name: str, dist: Optional[str], value: str,
     def watch() -> None:
         wait = first
         while not done.wait(max(0.0, start + wait - time.monotonic())):
-            try:
-                sys.stderr.write(slow_load_message(name, dist, value, time.monotonic() - start) + "\n")
-                sys.stderr.flush()
-            except Exception:  # a closed stderr must not raise in this thread
-                pass
+            with suppress(Exception):  # a closed stderr must not raise in this thread
+                print(slow_load_message(name, dist, value, time.monotonic() - start), file=sys.stderr, flush=True)
             wait *= 2
 
-    thread = threading.Thread(target=watch, name=f"canvas-plugin-watch-{name}", daemon=True)
-    thread.start()
+    threading.Thread(target=watch, name=f"canvas-plugin-watch-{name}", daemon=True).start()
     try:
         yield
     finally:

@@ -1,13 +1,10 @@
-"""Resolution: an attention type name + a target -> the one record of how it runs there.
-
-:func:`resolve_attention` returns a frozen :class:`ResolvedGroup`; the compiler stores one per fn
-group of a plan (``plan.groups[fn].resolved``) and computes the report rows from it.  Rules (never
-a silent change of the math): the type must be able to run in ``ctx``, else
-:class:`UnavailableError` lists every candidate with its reasons and an install hint; kernels
-whose ``supports`` contains the type are tried by descending ``priority`` and the first with no
-reason wins (none: ``kernel`` is None and the type's own module computes the same math); an
-explicit ``kernel=`` must be able to run, and one that does not support the type is recorded in
-``rejected`` and not used.
+"""Resolution: an attention type name + a target -> the frozen :class:`ResolvedGroup` of how it
+runs there (the compiler keeps one per fn group, ``plan.groups[fn].resolved``).  Never a silent
+change of the math: a type that cannot run in ``ctx`` raises :class:`UnavailableError` listing
+every candidate with its reasons; kernels whose ``supports`` contains the type are tried by
+descending ``priority`` and the first that can run wins (none: the type's own module runs); an
+explicit ``kernel=`` must be able to run, and one that does not support the type is only
+recorded in ``rejected``.
 """
 
 from __future__ import annotations
@@ -33,16 +30,12 @@ MODULE_KERNEL = "module"
 
 @dataclass(frozen=True, eq=False)  # compared and hashed by identity: it holds registry entries
 class ResolvedGroup:
-    """How fn type ``fn`` runs on one target, decided once.
-
-    ``attention`` and ``kernel`` are the registry entries themselves (``kernel`` None: the type's
-    own module runs), so whoever builds modules from it never looks a name up again;
-    ``rejected`` is ``((candidate, (reason, ...)), ...)``; ``fallback`` is True when a better-ranked
-    kernel could not run here and something with the same math was chosen (``note`` says what);
-    ``clash`` holds the refusals of plugin registrations of the type's (or the kernel's) name
-    that a builtin keeps; ``preview``: resolved for a device this machine lacks (the runtime
-    refuses to build from it).  docs/design.md shows how the runtime builds from it.
-    """
+    """How fn type ``fn`` runs on one target, decided once.  ``attention`` and ``kernel`` are the
+    registry entries themselves (``kernel`` None: the type's own module runs), so builders never
+    look a name up again; ``rejected``: ``((candidate, (reason, ...)), ...)``; ``fallback``: a
+    better-ranked kernel could not run here and something with the same math was chosen (``note``
+    says what); ``clash``: refused plugin registrations of the type's (or kernel's) name that a
+    builtin keeps; ``preview``: resolved for a device this machine lacks (nothing is built from it)."""
 
     fn: str
     attention: Spec
@@ -119,13 +112,8 @@ def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, 
                       host: Optional[PluginHost] = None) -> ResolvedGroup:
     """Choose how attention type ``name`` runs in ``ctx`` (a :class:`RuntimeContext`, dict, device
     string or None for CPU/float32/training); ``kernel``: None / ``"auto"`` to choose, or a kernel
-    name to insist on.
-
-    Raises:
-        UnknownNameError: no such type (or kernel); the message has the closest match and hint.
-        PluginLoadError: the plugin that would provide it failed to load.
-        UnavailableError: the type (or the requested kernel) cannot run in ``ctx``.
-    """
+    name to insist on.  Raises UnknownNameError (no such type or kernel: closest match and hint),
+    PluginLoadError (its plugin failed to load), UnavailableError (it cannot run in ``ctx``)."""
     host = host or get_host()
     ctx = RuntimeContext.coerce(ctx)
     spec = host.lookup("attention", name)
@@ -181,16 +169,12 @@ def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, 
 def _keywords(factory: Any) -> Optional[set]:
     """The keyword names ``factory`` takes; None for ``**kwargs`` or an unreadable signature."""
     try:
-        sig = inspect.signature(factory)
+        params = inspect.signature(factory).parameters.values()
     except (TypeError, ValueError):
         return None
-    names = set()
-    for p in sig.parameters.values():
-        if p.kind is p.VAR_KEYWORD:
-            return None
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
-            names.add(p.name)
-    return names
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def build_attention(spec: Spec, d_model: int, n_heads: int = 4, dropout: float = 0.0, **kwargs: Any) -> Any:
