@@ -1,9 +1,7 @@
-"""The plugin host: one pluggy manager, the registries it fills, a record of every plugin.
-
-The first registry access loads the builtin plugin, then each allowed entry point of group
-``canvas``, running its hooks one plugin at a time; a plugin whose import or hook raises is
-recorded as ``failed`` and removed, the others keep working.  Tests use ``use_host(PluginHost(...))``.
-"""
+"""The plugin host: one pluggy manager, the registries it fills, a record of every plugin.  The
+first registry access loads the builtin plugin, then each allowed entry point of group ``canvas``,
+running its hooks one plugin at a time; a plugin whose import or hook raises is recorded as
+``failed`` and removed, the others keep working.  Tests use ``use_host(PluginHost(...))``."""
 
 from __future__ import annotations
 
@@ -174,12 +172,12 @@ class PluginHost:
             with watch_plugin_load(name, dist, ep.value, rec.warnings):  # slow or heavy imports are noted
                 try:
                     obj = ep.load()
+                except KeyboardInterrupt:
+                    raise
                 except BaseException as exc:  # noqa: BLE001 - a plugin must never take the core down
-                    if isinstance(exc, KeyboardInterrupt):
-                        raise
                     rec.mark_failed(f"import of {ep.value!r} raised {type(exc).__name__}: {exc}", exc)
                     return
-                self._add_plugin(obj, rec, strict=False)
+                self._add_plugin(obj, rec, strict=False)  # hooks too: their registrations are this plugin's
         finally:
             self._loading_record = None
 
@@ -333,9 +331,8 @@ class PluginHost:
                            if r.status == STATUS_FAILED)
         msg += f" Note: {failed}." if failed else ""
         skipped: Dict[str, List[str]] = {}
-        for r in self.records.values():
-            if r.status in (STATUS_BLOCKED, STATUS_DISABLED):
-                skipped.setdefault(r.error or r.status, []).append(r.name)
+        for r in (r for r in self.records.values() if r.status in (STATUS_BLOCKED, STATUS_DISABLED)):
+            skipped.setdefault(r.error or r.status, []).append(r.name)
         if skipped:
             msg += (" Installed but not loaded, so their names are unknown here: "
                     + "; ".join(f"{', '.join(ns)} ({why})" for why, ns in skipped.items()) + ".")
@@ -344,14 +341,12 @@ class PluginHost:
 
     def distribution_installed(self, dist: str) -> bool:
         """Seen by the host, or (for a host reading the real entry points) by ``importlib.metadata``."""
-        if any(normalize_dist(r.distribution) == normalize_dist(dist) for r in self.records.values()):
-            return True
-        if self._entry_points is not None:  # a test world: only what the host saw counts
-            return False
-        try:
+        seen = any(normalize_dist(r.distribution) == normalize_dist(dist) for r in self.records.values())
+        if seen or self._entry_points is not None:  # a test world: only what the host saw counts
+            return seen
+        with contextlib.suppress(Exception):  # PackageNotFoundError, or broken metadata
             return importlib.metadata.distribution(dist) is not None
-        except Exception:  # PackageNotFoundError, or broken metadata
-            return False
+        return False
 
     def registered_by(self, plugin: str) -> Dict[str, List[str]]:
         return {k: names for k, reg in self.registries.items() if (names := reg.names_by_plugin(plugin))}

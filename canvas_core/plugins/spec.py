@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.machinery
-import importlib.util
 import re
 import sys
 from dataclasses import dataclass, field
@@ -111,11 +110,28 @@ def _as_tuple(value: Any, what: str, name: str) -> Optional[Tuple[str, ...]]:
     return out
 
 
-def _found(name: str) -> bool:
-    try:
-        return name in sys.modules or importlib.util.find_spec(name) is not None
-    except (ImportError, ValueError):
-        return False
+def _unfound(module: str) -> Optional[str]:
+    """The first level of dotted ``module`` that cannot be found, or None, found without importing
+    anything: each level is asked of the ``sys.meta_path`` finders, as ``find_spec`` does, with the
+    parent's search path.  A finder that cannot tell counts as found."""
+    if module in sys.modules:  # imported already (also a module that is no package's child: os.path)
+        return None
+    parts, path = module.split("."), None
+    for i in range(len(parts)):
+        name = ".".join(parts[: i + 1])
+        loaded = sys.modules.get(name)
+        try:
+            if loaded is not None:
+                found = loaded.__spec__ or importlib.machinery.ModuleSpec(name, None, is_package=True)
+            else:
+                found = next((f for f in (getattr(m, "find_spec", lambda *a: None)(name, path)
+                                          for m in sys.meta_path) if f is not None), None)
+        except (ImportError, ValueError):
+            return None
+        if found is None or (i < len(parts) - 1 and found.submodule_search_locations is None):
+            return name
+        path = found.submodule_search_locations
+    return None
 
 
 #: keyword metadata stored as Spec attributes (everything else goes to ``spec.metadata``).
@@ -200,36 +216,14 @@ class Spec:
         return f"{self.provider}{ver}{plug}"
 
     def missing_requirements(self) -> List[str]:
-        """Modules in ``requires`` that cannot be found (nothing is imported: a dotted one is
-        looked up only once its top package is loaded)."""
-        return [str(r) for r in self.requires if not _found(str(r).split(".", 1)[0])
-                or ("." in str(r) and str(r).split(".", 1)[0] in sys.modules and not _found(str(r)))]
+        """Modules in ``requires`` that cannot be found (nothing is imported)."""
+        return [str(r) for r in self.requires if _unfound(str(r))]
 
     def factory_problem(self) -> Optional[str]:
-        """Why a lazy factory string's module cannot be imported, found without importing (each
-        package level with the ``sys.meta_path`` finders, as ``find_spec`` does); None when found.
-        The object after ``:`` is not checked (that needs the import)."""
-        if not isinstance(self.factory, str):
-            return None
-        module, path = parse_factory_path(self.factory)[0], None
-        if module in sys.modules:  # imported already (also a module that is no package's child: os.path)
-            return None
-        parts = module.split(".")
-        for i in range(len(parts)):
-            name = ".".join(parts[: i + 1])
-            loaded = sys.modules.get(name)
-            try:
-                if loaded is not None:
-                    found = loaded.__spec__ or importlib.machinery.ModuleSpec(name, None, is_package=True)
-                else:  # the finders find_spec asks, without importing a parent package
-                    found = next((f for f in (getattr(m, "find_spec", lambda *a: None)(name, path)
-                                              for m in sys.meta_path) if f is not None), None)
-            except (ImportError, ValueError):  # a finder that cannot tell: not reported as missing
-                return None
-            if found is None or (i < len(parts) - 1 and found.submodule_search_locations is None):
-                return f"its factory module {name!r} cannot be found (factory {self.factory!r}; a typo?)"
-            path = found.submodule_search_locations
-        return None
+        """Why a lazy factory string's module cannot be imported (found without importing); None
+        when found.  The object after ``:`` is not checked (that needs the import)."""
+        missing = _unfound(parse_factory_path(self.factory)[0]) if isinstance(self.factory, str) else None
+        return missing and f"its factory module {missing!r} cannot be found (factory {self.factory!r}; a typo?)"
 
     def unsupported_reasons(self, ctx: Any = None) -> List[str]:
         """Why this cannot run in ``ctx`` (empty: it can): required modules, device (and CUDA really

@@ -31,3 +31,14 @@ def test_check_imports_nothing(tmp_path, monkeypatch):
     assert Spec(name="t", factory="lazy_factory_pkg_abc.mod:Thing").factory_problem() is None
     assert "lazy_factory_pkg_abc" not in sys.modules
     assert "lazy_factory_pkg_abc.mod" not in sys.modules
+
+
+def test_requirements_are_found_the_same_way_without_importing(tmp_path, monkeypatch):
+    pkg = tmp_path / "lazy_requirement_pkg_abc"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("raise RuntimeError('imported')\n")
+    (pkg / "mod.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = Spec(name="t", factory=dict, requires=("lazy_requirement_pkg_abc.mod", "lazy_requirement_pkg_abc.gone"))
+    assert spec.missing_requirements() == ["lazy_requirement_pkg_abc.gone"]  # a submodule too, parent not imported
+    assert "lazy_requirement_pkg_abc" not in sys.modules
