@@ -153,10 +153,14 @@ def forward(u, delta, A, Bm, C, P: SegmentPlan, block: Optional[int] = None,
     dp, us, dup, Bp, D, tot, A2, Rk = _common(u, delta, A, Bm, P)
     rows = Bt * P.K
     Z = (u.new_empty(rows * N * E) if out is None else out).view(rows, N, E)
+    # state-major blocks (s, N, Tm, E): the sum over the slots weighted by B is then one batched
+    # product per (segment, state) instead of a multiply and a sum over a middle dimension
+    BT = Bp.transpose(1, 2).contiguous().unsqueeze(2)  # (R, N, 1, Tm)
+    A2s = A2.unsqueeze(1)  # (N, 1, E)
     for sl in _blocks(P, rows, N, E, block):
-        W = _weights(P, D, A2, sl, "w0")
-        W.mul_(dup[sl].unsqueeze(-2)).mul_(Bp[sl].unsqueeze(-1))
-        torch.sum(W, 1, out=Z[sl])
+        W = _ws("w0", (sl.stop - sl.start, N, P.Tm, E), u)
+        torch.mul(D[sl].unsqueeze(1), A2s, out=W).exp2_().mul_(dup[sl].unsqueeze(1))
+        torch.matmul(BT[sl], W, out=Z[sl].unsqueeze(2))
     H = Z.view(Bt, P.K, N, E)
     Rv = Rk.view(Bt, P.K, N, E)
     for k in range(1, P.K):
