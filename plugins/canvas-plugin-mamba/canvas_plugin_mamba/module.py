@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, CheckpointError, ShapeError, UnavailableError
-from canvas_plugin_mamba.chunked import causal_depthwise_conv, selective_scan_read
+from canvas_plugin_mamba.chunked import selective_scan_read
+from canvas_plugin_mamba.conv_op import causal_depthwise_conv
 from canvas_plugin_mamba.scan import selective_scan_mamba_ssm
 
 __all__ = ["MambaAttention", "KERNELS"]
@@ -194,7 +195,8 @@ class MambaAttention(nn.Module):
         x = self.in_proj(values)
         if key_ok is not None:
             x = x * key_ok.unsqueeze(-1).to(x.dtype)
-        conv = causal_depthwise_conv(x, self.conv1d.weight[:, 0], self.conv1d.bias)  # (B, L, E)
+        # squeeze, not [:, 0]: its gradient is a view, where a select's is a zero-filled copy
+        conv = causal_depthwise_conv(x, self.conv1d.weight.squeeze(1), self.conv1d.bias)  # (B, L, E)
         u = _as(F.silu(conv), wd)
         sel = self.x_proj(keys)
         dt, Bsel = sel.split([self.dt_rank, self.d_state], dim=-1)
