@@ -137,12 +137,18 @@ class AttentionContractError(PluginError, TypeError):
 __all__.append("AttentionContractError")
 
 
-def did_you_mean(name: str, known) -> str:
-    """A ' Did you mean 'x'?' suffix for error messages, or '' when nothing is close."""
+def closest(name: str, known, cutoff: float = 0.5):
+    """The known name closest to ``name`` (for "did you mean"), or None."""
     import difflib
 
-    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.6)
-    return f" Did you mean {close[0]!r}?" if close else ""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, known) -> str:
+    """A ' Did you mean 'x'?' suffix for error messages, or '' when nothing is close."""
+    close = closest(name, known, cutoff=0.6)
+    return f" Did you mean {close!r}?" if close else ""
 
 
 class SizeLimitError(CanvasError, ValueError):

@@ -104,11 +104,8 @@ def _define(name: str, value: Any, doc: str = "") -> None:
 
 def _make(kind: str, one: str, many: str, mapping: str, extra: str) -> None:
     noun = NOUNS[kind]
-
-    def register(name: Any = None, factory: Any = None, *, override: bool = False, **metadata: Any) -> Any:
-        return _register(kind, name, factory, override, metadata)
-
-    _define(f"register_{one}", register, f"Register an {noun} in the running process.{extra} "
+    _define(f"register_{one}", lambda name=None, factory=None, *, override=False, **metadata:
+            _register(kind, name, factory, override, metadata), f"Register an {noun} in the running process.{extra} "
             f"``register_{one}(name, factory, **metadata)`` returns the stored Spec; as a decorator it returns the "
             "object.  An existing name needs ``override=True`` (docs/plugins.md lists the metadata keywords).")
     _define(f"unregister_{one}", lambda name: get_host().unregister(kind, name), f"Remove the current "

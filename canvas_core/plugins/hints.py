@@ -1,11 +1,9 @@
-"""The hints of the plugin layer's messages: the closest known name, which distribution provides a
-name that is not installed (the install hint of unknown-name errors: "pip install
-canvas-plugin-mamba"), and which distribution installs an importable module.  Extend the table
-when a first-party plugin ships a name."""
+"""The hints of the plugin layer's messages: which distribution provides a name that is not
+installed (the install hint of unknown-name errors: "pip install canvas-plugin-mamba"), and which
+distribution installs an importable module.  Extend the table when a first-party plugin ships a name."""
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Dict, Optional
 
@@ -31,12 +29,6 @@ for _dist, _kinds in _SHIPPED.items():
 #: importable module name -> the pip distribution that provides it, where they differ.
 PIP_NAMES: Dict[str, str] = {"fla": "flash-linear-attention", "mamba_ssm": "mamba-ssm", "causal_conv1d": "causal-conv1d",
                              "sentence_transformers": "sentence-transformers", "sklearn": "scikit-learn", "PIL": "pillow"}
-
-
-def closest(name: str, known) -> Optional[str]:
-    """The known name closest to ``name`` (for "did you mean"), or None."""
-    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=0.5)
-    return close[0] if close else None
 
 
 def pip_name(module: str) -> str:

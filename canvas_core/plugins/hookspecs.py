@@ -17,7 +17,7 @@ from typing import Any, List
 
 import pluggy
 
-from canvas_core.plugins.hints import closest
+from canvas_core.errors import closest
 
 PROJECT_NAME = "canvas"  # pluggy project (marker attributes ``canvas_impl`` / ``canvas_spec``)
 ENTRY_POINT_GROUP = "canvas"
@@ -69,8 +69,7 @@ class CanvasPluginManager(pluggy.PluginManager):
     def parse_hookimpl_opts(self, plugin: Any, name: str):  # type: ignore[override]
         opts = super().parse_hookimpl_opts(plugin, name)
         if opts is None and name in HOOK_REGISTRY and inspect.isroutine(getattr(plugin, name, None)):
-            opts = {"wrapper": False, "hookwrapper": False, "optionalhook": False,
-                    "tryfirst": False, "trylast": False, "specname": None}
+            opts = dict(getattr(hookimpl(lambda: None), PROJECT_NAME + "_impl"))  # a plain marker's options
         return opts
 
 

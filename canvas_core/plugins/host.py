@@ -15,9 +15,9 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 
 import pluggy
 
-from canvas_core.errors import CanvasError, PluginError, PluginLoadError
+from canvas_core.errors import CanvasError, PluginError, PluginLoadError, closest
 from canvas_core.plugins import hookspecs
-from canvas_core.plugins.hints import closest, install_hint, normalize_dist, provider_hint
+from canvas_core.plugins.hints import install_hint, normalize_dist, provider_hint
 from canvas_core.plugins.loading import (
     ENV_ALLOW, ENV_BLOCK, ENV_DISABLE, STATUS_BLOCKED, STATUS_DISABLED, STATUS_FAILED, STATUS_OK,
     PluginRecord, discover_entry_points, entry_point_distribution, entry_point_ids, read_settings,

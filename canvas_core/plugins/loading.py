@@ -19,8 +19,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple
 
-from canvas_core.errors import PluginError
-from canvas_core.plugins.hints import closest, normalize_dist
+from canvas_core.errors import PluginError, closest
+from canvas_core.plugins.hints import normalize_dist
 from canvas_core.plugins.hookspecs import ENTRY_POINT_GROUP
 
 ENV_DISABLE = "CANVAS_DISABLE_PLUGIN_AUTOLOAD"

@@ -6,8 +6,7 @@ from __future__ import annotations
 import weakref
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
-from canvas_core.errors import CanvasTypeError, DuplicateRegistrationError, UnknownNameKeyError
-from canvas_core.plugins.hints import closest
+from canvas_core.errors import CanvasTypeError, DuplicateRegistrationError, UnknownNameKeyError, closest
 from canvas_core.plugins.spec import IN_PROCESS, SPEC_FIELDS, Spec, SpecError
 
 #: plugin name under which the core registers its own types.
