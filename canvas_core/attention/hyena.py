@@ -41,9 +41,10 @@ class _CausalConv(torch.autograd.Function):
     ``dz_s = sum_{t >= s} g_t h_{t-s}``, ``dh_k = sum_b sum_t g_t z_{t-k}`` (correlations, as
     products with the conjugate spectra; the zero padding to ``n >= 2L - 1`` keeps them exact).
 
-    The padded signals, the spectra that are not saved and the full-length inverse transforms
-    live in per-thread scratch (each is ``B x C x n``: fresh ones cost more in page faults than
-    the transforms); only the saved spectra and the returned ``(B, C, L)`` results are fresh.
+    The padded signals and the spectra that are not saved live in per-thread scratch (each is
+    ``B x C x n``: fresh ones cost more in page faults than the arithmetic on them).  The
+    transforms themselves are not given ``out=`` (torch computes a fresh result and copies it
+    there) and the results are the first ``L`` points of the inverse transforms, as views.
     The spectra are saved already conjugated (what the backward multiplies by)."""
 
     @staticmethod
@@ -55,17 +56,12 @@ class _CausalConv(torch.autograd.Function):
         return xp
 
     @staticmethod
-    def _inverse(spec, n, L, like):
-        full = torch.fft.irfft(spec, n=n, out=scratch("hy_full", spec.shape[:-1] + (n,), like))
-        return full[..., :L].clone()
-
-    @staticmethod
     def forward(ctx, z, h):  # z (B, C, L), h (C, L)
         L = z.shape[-1]
         n = fft_size(2 * L - 1)
         Z = torch.fft.rfft(_CausalConv._padded(z, n))
         H = torch.fft.rfft(h, n=n)
-        y = _CausalConv._inverse(torch.mul(Z, H, out=scratch("hy_spec", Z.shape, Z)), n, L, z)
+        y = torch.fft.irfft(torch.mul(Z, H, out=scratch("hy_spec", Z.shape, Z)), n=n)[..., :L]
         ctx.save_for_backward(Z.conj_physical_(), H.conj_physical_())
         ctx.L, ctx.n = L, n
         return y
@@ -74,8 +70,14 @@ class _CausalConv(torch.autograd.Function):
     def backward(ctx, g):
         Zc, Hc = ctx.saved_tensors
         L, n = ctx.L, ctx.n
-        G = torch.fft.rfft(_CausalConv._padded(g, n), out=scratch("hy_g", Zc.shape, Zc))
-        return _grads_from_spectrum(ctx, G, Zc, Hc, n, L, g)
+        G = torch.fft.rfft(_CausalConv._padded(g, n))
+        dz = dh = None
+        if ctx.needs_input_grad[1]:
+            dh = torch.fft.irfft(torch.mul(G, Zc, out=scratch("hy_spec", G.shape, G)).sum(dim=0), n=n)
+            dh = dh[..., :L]
+        if ctx.needs_input_grad[0]:
+            dz = torch.fft.irfft(torch.mul(G, Hc, out=scratch("hy_spec", G.shape, G)), n=n)[..., :L]
+        return dz, dh
 
 
 class _ReadConv(torch.autograd.Function):
@@ -126,18 +128,6 @@ def read_conv_last(z: torch.Tensor, h: torch.Tensor, stride: int) -> torch.Tenso
     if z.shape[-1] % stride:
         raise ValueError(f"read_conv_last: stride {stride} does not divide the length {z.shape[-1]}")
     return _ReadConv.apply(z, h.to(z.dtype), stride)
-
-
-def _grads_from_spectrum(ctx, G, Zc, Hc, n: int, L: int, g):
-    """``(dz, dh)`` of a causal FFT convolution from the output gradient's spectrum ``G`` and the
-    saved conjugated spectra of the signal ``Zc`` and filter ``Hc`` (None where not needed)."""
-    dz = dh = None
-    if ctx.needs_input_grad[1]:
-        dh = torch.mul(G, Zc, out=scratch("hy_spec", G.shape, G)).sum(dim=0)
-        dh = torch.fft.irfft(dh, n=n)[..., :L]
-    if ctx.needs_input_grad[0]:
-        dz = _CausalConv._inverse(torch.mul(G, Hc, out=scratch("hy_spec", G.shape, G)), n, L, g)
-    return dz, dh
 
 
 def causal_conv_last(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
