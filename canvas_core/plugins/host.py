@@ -99,8 +99,8 @@ class PluginHost:
         with self._lock:  # another thread loading: wait for it
             if self._loaded:
                 return
-            env = os.environ if self._environ is None else self._environ
-            settings = read_settings(env, **self._args)  # a bad variable raises, leaving it unloaded
+            # a bad variable raises, leaving it unloaded
+            settings = read_settings(os.environ if self._environ is None else self._environ, **self._args)
             self._loading_thread = threading.get_ident()
             try:
                 self._load(settings)
@@ -143,9 +143,8 @@ class PluginHost:
 
             self._add_plugin(builtin, PluginRecord(BUILTIN_PLUGIN, "canvas-core", __version__, source="builtin"),
                              strict=False)
-        for name in s.block:  # pluggy's own block-list; the builtin plugin cannot be blocked
-            if name != BUILTIN_PLUGIN:
-                self._pm.set_blocked(name)
+        for name in set(s.block) - {BUILTIN_PLUGIN}:  # pluggy's own block-list; not the builtin plugin
+            self._pm.set_blocked(name)
         eps = discover_entry_points(self._entry_points)
         for ep in eps:
             self._load_entry_point(ep, s)
@@ -251,8 +250,7 @@ class PluginHost:
             self._pm.unregister(rec.plugin)
 
     def _remove_plugin(self, name: Optional[str]) -> Optional[PluginRecord]:
-        rec = self.records.pop(name, None)
-        if rec is not None:
+        if (rec := self.records.pop(name, None)) is not None:
             self._discard(rec)
         return rec
 

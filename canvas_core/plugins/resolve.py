@@ -94,18 +94,14 @@ def _kernel_reasons(spec: Spec, ctx: RuntimeContext, host: PluginHost) -> List[s
 
 def _hints(specs: List[Spec], reasons: List[List[str]]) -> str:
     pkgs = sorted({m for s in specs for m in s.missing_requirements()})
-    hints = []
-    if pkgs:
-        hints.append(f"install the missing package(s) with pip install {' '.join(pip_name(p) for p in pkgs)}")
-    if any("CUDA" in r or "runs on" in r for rs in reasons for r in rs):
-        hints.append("run on a device the implementation supports")
-    if any("dtype" in r for rs in reasons for r in rs):
-        hints.append("use a supported dtype")
-    if not hints:
-        return ""
+    said = "\n".join(r for rs in reasons for r in rs)
+    hints = [hint for hint, wanted in (
+        (f"install the missing package(s) with pip install {' '.join(pip_name(p) for p in pkgs)}", pkgs),
+        ("run on a device the implementation supports", "CUDA" in said or "runs on" in said),
+        ("use a supported dtype", "dtype" in said)) if wanted]
     # one sentence whatever the number of hints: "A.", "A or B.", "A, B or C."
-    text = hints[0] if len(hints) == 1 else ", ".join(hints[:-1]) + " or " + hints[-1]
-    return text[0].upper() + text[1:] + "."
+    text = " or ".join(filter(None, [", ".join(hints[:-1]), hints[-1]])) if hints else ""
+    return text[:1].upper() + text[1:] + ("." if text else "")
 
 
 def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, *,
