@@ -1,4 +1,4 @@
-"""``Spec.factory_problem``: a lazy factory string is checked without importing its module."""
+"""``Spec.factory_problem`` / ``missing_requirements``: modules are found without importing them."""
 
 import sys
 
@@ -22,23 +22,23 @@ def test_missing_factory_module_is_named(factory, missing):
     assert problem is not None and repr(missing) in problem
 
 
-def test_check_imports_nothing(tmp_path, monkeypatch):
-    pkg = tmp_path / "lazy_factory_pkg_abc"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("raise RuntimeError('imported')\n")
-    (pkg / "mod.py").write_text("class Thing: pass\n")
+def _unimportable_package(tmp_path, monkeypatch, name):
+    """A package ``name`` with a submodule ``mod`` whose import would raise."""
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "__init__.py").write_text("raise RuntimeError('imported')\n")
+    (tmp_path / name / "mod.py").write_text("class Thing: pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_check_imports_nothing(tmp_path, monkeypatch):
+    _unimportable_package(tmp_path, monkeypatch, "lazy_factory_pkg_abc")
     assert Spec(name="t", factory="lazy_factory_pkg_abc.mod:Thing").factory_problem() is None
     assert "lazy_factory_pkg_abc" not in sys.modules
     assert "lazy_factory_pkg_abc.mod" not in sys.modules
 
 
 def test_requirements_are_found_the_same_way_without_importing(tmp_path, monkeypatch):
-    pkg = tmp_path / "lazy_requirement_pkg_abc"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("raise RuntimeError('imported')\n")
-    (pkg / "mod.py").write_text("")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    _unimportable_package(tmp_path, monkeypatch, "lazy_requirement_pkg_abc")
     spec = Spec(name="t", factory=dict, requires=("lazy_requirement_pkg_abc.mod", "lazy_requirement_pkg_abc.gone"))
     assert spec.missing_requirements() == ["lazy_requirement_pkg_abc.gone"]  # a submodule too, parent not imported
     assert "lazy_requirement_pkg_abc" not in sys.modules
