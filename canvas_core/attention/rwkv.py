@@ -119,20 +119,29 @@ class _ChunkSums(torch.autograd.Function):
         return ls if okc is None else ls.masked_fill_(~okc, 0.0)
 
     @staticmethod
-    def forward(ctx, kc, vc, w, okc):  # noqa: D401 - autograd signature
-        ls, _ = _ChunkSums._exps(kc, w, okc)
+    def forward(ctx, kc, vc, w, okc, split_last=False):  # noqa: D401 - autograd signature
+        # split_last: sum each chunk's first T - 1 keys and return its last key and value as
+        # well, so their gradients come back here and are joined once (no zero-filled
+        # gradients of the slices and of the selected last column, no additions of them)
+        ks, vs, oks = (kc[:, :, :-1], vc[:, :, :-1], None if okc is None else okc[:, :, :-1]) if split_last else (kc, vc, okc)
+        ls, _ = _ChunkSums._exps(ks, w, oks)
         m = finite_or_zero(ls.amax(dim=2))  # (B, nC, C)
-        e = _ChunkSums._weights_(ls, m, okc)
+        e = _ChunkSums._weights_(ls, m, oks)
         b = e.sum(dim=2)
-        a = torch.mul(e, vc, out=scratch("wkv_ev", e.shape, e)).sum(dim=2)
+        a = torch.mul(e, vs, out=scratch("wkv_ev", e.shape, e)).sum(dim=2)
         ctx.save_for_backward(kc, vc, w, m, *(() if okc is None else (okc,)))
         ctx.mark_non_differentiable(m)
+        ctx.split_last = split_last
+        if split_last:
+            return a, b, m, kc[:, :, -1].clone(), vc[:, :, -1].clone()
         return a, b, m
 
     @staticmethod
-    def backward(ctx, ga, gb, _gm):
+    def backward(ctx, ga, gb, _gm, *g_last):
         kc, vc, w, m, *rest = ctx.saved_tensors
         okc = rest[0] if rest else None
+        if ctx.split_last:
+            kc, vc, okc = kc[:, :, :-1], vc[:, :, :-1], None if okc is None else okc[:, :, :-1]
         ls, lag = _ChunkSums._exps(kc, w, okc)
         e = _ChunkSums._weights_(ls, m, okc)
         ga = torch.zeros_like(m).unsqueeze(2) if ga is None else ga.unsqueeze(2)
@@ -140,7 +149,10 @@ class _ChunkSums(torch.autograd.Function):
         dv = e * ga
         dk = torch.mul(vc, ga).add_(gb).mul_(e)  # d/d(exponent): e * (v g_a + g_b)
         dw = -(dk.sum(dim=(0, 1)) * lag.view(-1, 1)).sum(dim=0) if ctx.needs_input_grad[2] else None
-        return dk, dv, dw, None
+        if ctx.split_last:
+            gk, gv = (torch.zeros_like(m) if g is None else g for g in g_last)
+            dk, dv = torch.cat([dk, gk.unsqueeze(2)], dim=2), torch.cat([dv, gv.unsqueeze(2)], dim=2)
+        return dk, dv, dw, None, None
 
 
 def _blocked(x: torch.Tensor, blocked: Optional[torch.Tensor]) -> torch.Tensor:
@@ -212,9 +224,9 @@ def wkv_read(
     masked = key_ok is not None or Lp > L
     fused = ends_chunks and T > 1
     if fused:  # each chunk's first T - 1 keys weighed as its read weighs them; the last key apart
-        a1, b1, m1 = _ChunkSums.apply(kc[:, :, :-1], vc[:, :, :-1], w, okc[:, :, :-1] if masked else None)
+        a1, b1, m1, kl, vl = _ChunkSums.apply(kc, vc, w, okc if masked else None, True)
         m1 = m1.masked_fill(b1 == 0, NEG_INF)  # no allowed key among them
-        kl, vl, bl = kc[:, :, -1], vc[:, :, -1], (~okc[:, :, -1]) if masked else None
+        bl = (~okc[:, :, -1]) if masked else None
         m = finite_or_zero(torch.maximum(m1 - w.detach(), _blocked(kl.detach(), bl)))
         e1, el = _exp_rel(m1 - w - m, None), _exp_rel(_blocked(kl, bl) - m, bl)  # the summary decays them one more step
         a, b = a1 * e1 + vl * el, b1 * e1 + el
