@@ -93,10 +93,8 @@ def parse_factory_path(path: str) -> Tuple[str, str]:
 
 
 def _as_tuple(value: Any, what: str, name: str) -> Optional[Tuple[str, ...]]:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return (value,)
+    if value is None or isinstance(value, str):
+        return None if value is None else (value,)
     try:
         out = tuple(value)
     except TypeError:
@@ -178,10 +176,9 @@ class Spec:
                 f"'package.module:Object' string, got {type(self.factory).__name__} {self.factory!r}")
         where = f"{self.kind} {self.name!r}"
         self.requires = _as_tuple(self.requires, "requires", self.name) or ()
-        devs = _as_tuple(self.devices, "devices", self.name)
-        self.devices = None if devs is None else tuple(check_device(d, f"{where} devices") for d in devs)
-        dts = _as_tuple(self.dtypes, "dtypes", self.name)
-        self.dtypes = None if dts is None else tuple(check_dtype(d, f"{where} dtypes") for d in dts)
+        for key, check in (("devices", check_device), ("dtypes", check_dtype)):  # names torch knows, normalised
+            given = _as_tuple(getattr(self, key), key, self.name)
+            setattr(self, key, None if given is None else tuple(check(v, f"{where} {key}") for v in given))
         for key in ("family", "complexity"):
             v = getattr(self, key)
             if v is not None and not isinstance(v, str):
