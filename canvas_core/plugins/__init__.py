@@ -1,13 +1,10 @@
-"""canvas-core's plugin layer: hooks (``hookspecs``), the host that loads plugins (``host``,
-``loading``), registries and their entries (``registry``, ``spec``) and resolution (``resolve``).
-Pure Python: importing, registering and listing never import torch.  ``docs/plugins.md`` is the
-plugin author's walk-through.
-
-Defined here, on the default host and generated from one table (:data:`KIND_API`): per kind
+"""canvas-core's plugin layer (pure Python: importing, registering and listing never import torch;
+docs/plugins.md is the author's walk-through): hooks (``hookspecs``), the host that loads plugins
+(``host``, ``loading``), registries and their entries (``registry``, ``spec``), resolution
+(``resolve``).  Defined here, on the default host, from one table (:data:`KIND_API`): per kind
 ``register_<x>`` (a call returning the Spec, ``cls=`` accepted for the factory; a decorator with a
 name; or bare, named ``cls.name`` or ``snake_case(__name__)``), ``unregister_<x>``,
-``list_<xs>``, ``create_<x>`` and the read-only mapping ``<KIND>_REGISTRY``; ``ATTENTION_TYPES``.
-"""
+``list_<xs>``, ``create_<x>`` and the read-only mapping ``<KIND>_REGISTRY``; ``ATTENTION_TYPES``."""
 
 from __future__ import annotations
 

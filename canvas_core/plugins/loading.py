@@ -1,11 +1,7 @@
-"""What loading installed plugins needs besides pluggy: the environment controls, the entry
-points of group ``canvas``, the record kept per plugin and the slow-import watchdog.
-
-``CANVAS_DISABLE_PLUGIN_AUTOLOAD=1`` imports no entry point (builtins still register);
-``CANVAS_PLUGINS=a,b`` imports only these entry-point or distribution names;
-``CANVAS_BLOCK_PLUGINS=x,y`` never imports these (pluggy's ``pm.set_blocked``).  Arguments of
-``PluginHost`` win over them; names compare after :func:`~canvas_core.plugins.hints.normalize_dist`.
-"""
+"""What loading installed plugins needs besides pluggy: the environment controls (the table of
+docs/plugins.md; ``PluginHost`` arguments win over them, names compare after
+:func:`~canvas_core.plugins.hints.normalize_dist`), the entry points of group ``canvas``, the
+record kept per plugin and the slow-import watchdog."""
 
 from __future__ import annotations
 
