@@ -18,6 +18,7 @@ from typing import Any, List
 import pluggy
 
 from canvas_core.errors import closest
+from canvas_core.plugins.registry import KINDS
 
 PROJECT_NAME = "canvas"  # pluggy project (marker attributes ``canvas_impl`` / ``canvas_spec``)
 ENTRY_POINT_GROUP = "canvas"
@@ -59,7 +60,7 @@ def canvas_register_embedders(registry) -> None:
 
 HOOK_PREFIX = "canvas_register_"
 #: hook name -> the registry kind it fills, in the order registries are filled.
-HOOK_REGISTRY = {HOOK_PREFIX + k: k for k in ("attention", "kernels", "backbones", "identity", "embedders")}
+HOOK_REGISTRY = {HOOK_PREFIX + k: k for k in KINDS}
 HOOK_NAMES = tuple(HOOK_REGISTRY)
 
 
