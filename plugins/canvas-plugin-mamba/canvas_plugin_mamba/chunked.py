@@ -27,6 +27,7 @@ import torch
 
 from canvas_core.extend import scratch
 from canvas_plugin_mamba import segments
+from canvas_plugin_mamba.conv_op import causal_depthwise_conv  # re-exported: it lived here before
 
 __all__ = ["selective_scan_read", "chunk_size", "causal_depthwise_conv", "all_states"]
 
@@ -351,41 +352,3 @@ def all_states(
             _scan(a, x, torch.stack(starts, 1))
             out[rows, c0:c1] = x
     return out.view(Bt, -1, N, E)[:, :L].transpose(-1, -2)
-
-
-class _DepthwiseConv(torch.autograd.Function):
-    """``y_t = b + sum_s w[:, s] * x_{t - (K-1) + s}`` on time-major ``(B, L, E)`` tensors, with
-    its adjoint written out (``K`` shifted multiply-adds each way, no transposed copies)."""
-
-    @staticmethod
-    def forward(ctx, x, w, b):  # x (B, L, E), w (E, K), b (E,)
-        L, K = x.shape[1], w.shape[1]
-        y = b.expand_as(x).clone()
-        wt = w.t()  # (K, E)
-        for s in range(K):
-            shift = K - 1 - s
-            if shift < L:
-                y[:, shift:].addcmul_(x[:, : L - shift], wt[s])
-        ctx.save_for_backward(x, w)
-        return y
-
-    @staticmethod
-    def backward(ctx, g):
-        x, w = ctx.saved_tensors
-        L, K = x.shape[1], w.shape[1]
-        wt = w.t()
-        gx = torch.zeros_like(x)
-        gw = w.new_zeros(K, w.shape[0])
-        for s in range(K):
-            shift = K - 1 - s
-            if shift < L:
-                gx[:, : L - shift].addcmul_(g[:, shift:], wt[s])
-                gw[s] = (g[:, shift:] * x[:, : L - shift]).sum(dim=(0, 1))
-        return gx, gw.t(), g.sum(dim=(0, 1))
-
-
-def causal_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    """Causal depthwise convolution of ``x (B, L, E)`` with ``weight (E, K)`` and ``bias (E,)``:
-    ``y_t = bias + sum_s weight[:, s] x_{t-K+1+s}`` (``x`` zero before the start), ``(B, L, E)``
-    (``nn.Conv1d(E, E, K, groups=E, padding=K-1)`` cut to the first ``L`` outputs)."""
-    return _DepthwiseConv.apply(x.contiguous(), weight.to(x.dtype), bias.to(x.dtype))
