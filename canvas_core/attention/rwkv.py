@@ -349,6 +349,27 @@ def wkv_masked(
     return torch.cat(outs, dim=1)
 
 
+class _SharedProjections(torch.autograd.Function):
+    """``(x W_k^T, x W_v^T)`` of one tensor ``x (B, L, D)`` (keys that are the values): the
+    backward writes ``dx = dk W_k + dv W_v`` as one product and one accumulating product, with
+    no second gradient of ``x`` to add."""
+
+    @staticmethod
+    def forward(ctx, x, wk, wv):
+        ctx.save_for_backward(x, wk, wv)
+        return torch.matmul(x, wk.t()), torch.matmul(x, wv.t())
+
+    @staticmethod
+    def backward(ctx, dk, dv):
+        x, wk, wv = ctx.saved_tensors
+        xf = x.reshape(-1, x.shape[-1])
+        dkf, dvf = dk.reshape(-1, dk.shape[-1]), dv.reshape(-1, dv.shape[-1])
+        dx = torch.addmm(torch.mm(dkf, wk), dvf, wv).view(x.shape) if ctx.needs_input_grad[0] else None
+        dwk = torch.mm(dkf.t(), xf) if ctx.needs_input_grad[1] else None
+        dwv = torch.mm(dvf.t(), xf) if ctx.needs_input_grad[2] else None
+        return dx, dwk, dwv
+
+
 class RWKVAttention(AttentionBase):
     """RWKV-4 time-mixing (``rwkv``): a real WKV recurrence with learned per-channel decay.
 
@@ -399,8 +420,13 @@ class RWKVAttention(AttentionBase):
         if Nk == 0 or Nq == 0:
             return torch.zeros_like(queries)
         wd = work_dtype(queries.dtype)
-        k = self.key(keys).to(wd)
-        v = self.value(values).to(wd)
+        if keys is values and all(type(p) is nn.Linear and p.bias is None and not p._forward_hooks
+                                  and not p._forward_pre_hooks for p in (self.key, self.value)):
+            k, v = (t.to(wd) for t in _SharedProjections.apply(values, self.key.weight.to(values.dtype),
+                                                               self.value.weight.to(values.dtype)))
+        else:
+            k = self.key(keys).to(wd)
+            v = self.value(values).to(wd)
         w = torch.exp(self.time_decay.to(wd))
         u = self.time_first.to(wd)
         read, has = causal_read(Nq, Nk, allowed, queries.device)

@@ -279,6 +279,31 @@ def test_hyena_keys_that_are_the_values_give_what_separate_tensors_give(Nq, stri
             torch.testing.assert_close(a, r, atol=1e-12, rtol=1e-10)
 
 
+@settings(max_examples=10, deadline=None)
+@given(Nq=st.integers(1, 4), stride=st.sampled_from([1, 3, 4]), seed=st.integers(0, 2**31 - 1))
+def test_rwkv_keys_that_are_the_values_give_what_separate_tensors_give(Nq, stride, seed):
+    """One tensor as keys and values (the key and value projections in one autograd function
+    whose backward forms one input gradient) against two equal tensors: same output, same
+    input gradient (their sum) and parameter gradients."""
+    torch.manual_seed(seed % 1000)
+    m = RWKVAttention(8, 2).double()
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(2, Nq, 8, generator=g, dtype=DT)
+    x = torch.randn(2, stride * Nq, 8, generator=g, dtype=DT, requires_grad=True)
+    out = m(q, x, x)
+    k, v = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
+    ref = m(q, k, v)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
+    gout = torch.randn(out.shape, generator=g, dtype=DT)
+    got = torch.autograd.grad(out, (x, *m.parameters()), gout, allow_unused=True)
+    want = torch.autograd.grad(ref, (k, v, *m.parameters()), gout, allow_unused=True)
+    torch.testing.assert_close(got[0], want[0] + want[1], atol=1e-12, rtol=1e-10)
+    for a, r in zip(got[1:], want[2:]):
+        assert (a is None) == (r is None)
+        if a is not None:
+            torch.testing.assert_close(a, r, atol=1e-12, rtol=1e-10)
+
+
 def test_hyena_strided_reads_compile_in_one_graph():
     """The strided last stage traces without a graph break (``Nk = 3 Nq``), forward and gradients."""
     torch.manual_seed(0)
