@@ -12,12 +12,15 @@ from torch import nn
 from canvas_core.errors import CanvasTypeError, CheckpointError, ShapeError, UnavailableError
 from canvas_plugin_mamba.chunked import selective_scan_read
 from canvas_plugin_mamba.conv_op import causal_depthwise_conv
+from canvas_plugin_mamba.inner_op import mamba_inner
 from canvas_plugin_mamba.scan import selective_scan_mamba_ssm
 
 __all__ = ["MambaAttention", "KERNELS"]
 
 #: accepted values of ``kernel``
 KERNELS = ("auto", "mamba_ssm", "mamba_torch")
+#: run the fused inner operator in eager mode too (tests compare the two paths with it)
+_FUSE_EAGER = False
 
 
 def _mamba_ssm_available() -> bool:
@@ -182,6 +185,17 @@ class MambaAttention(nn.Module):
             return "mamba_ssm" if Nq == Nk else "mamba_torch"  # cross-length reads need all states
         return "mamba_ssm" if cuda_ok and Nq == Nk else "mamba_torch"
 
+    def _one_dtype(self, values: torch.Tensor) -> bool:
+        """The fused path's condition: float32 / float64 inputs, the parameters in that dtype and
+        no autocast (every projection then outputs the working dtype, as the unfused path's casts
+        would leave it)."""
+        dt = values.dtype
+        if dt not in (torch.float32, torch.float64) or torch.is_autocast_enabled(values.device.type):
+            return False
+        return all(p.dtype == dt for p in (self.A_log, self.D, self.conv1d.weight, self.in_proj.weight,
+                                            self.dt_proj.weight, self.x_proj.weight, self.c_proj.weight,
+                                            self.z_proj.weight))
+
     def sequence_inputs(
         self, keys: torch.Tensor, values: torch.Tensor, key_ok: Optional[torch.Tensor] = None
     ):
@@ -258,6 +272,17 @@ class MambaAttention(nn.Module):
             key_ok = key_ok.expand(Bt, Nk)
         kernel = self._choose_kernel(queries, Nq, Nk)
         self.kernel_used = kernel
+        fuse = _FUSE_EAGER or torch.compiler.is_compiling()
+        if fuse and kernel == "mamba_torch" and key_ok is None and Bt > 0 and Nq > 0 and self._one_dtype(values):
+            # under torch.compile: conv, activations, scan, skip and gate as one operator each way
+            # (inner_op.py), so inductor compiles none of their ~100 nodes; eager runs the same
+            # operations one by one below (the same values, no custom-operator overhead per call)
+            dt, Bsel = self.x_proj(keys).split([self.dt_rank, self.d_state], dim=-1)
+            y = mamba_inner(self.in_proj(values), self.conv1d.weight.squeeze(1), self.conv1d.bias,
+                            self.dt_proj(dt), Bsel, self.c_proj(queries), self.z_proj(queries), self.A_log,
+                            self.D, None if aligned else read)
+            out = self.out_proj(self.drop(y) if self.drop.p > 0 else y)
+            return out if has is None else out.masked_fill(~has, 0.0)
         u, delta, A, Bsel = self._time_major_inputs(keys, values, key_ok)  # (B, L, E), (B, L, N)
         wd = u.dtype
         C = _as(self.c_proj(queries), wd)  # (B, Nq, N)
