@@ -12,6 +12,8 @@ from torch import nn
 from canvas_core.errors import CanvasTypeError, CheckpointError, ShapeError, UnavailableError
 from canvas_plugin_mamba.chunked import selective_scan_read
 from canvas_plugin_mamba.conv_op import causal_depthwise_conv
+from canvas_plugin_mamba.inner_op import _softplus as softplus_f32
+from canvas_plugin_mamba.inner_op import _softplus_grad as softplus_f32_grad
 from canvas_plugin_mamba.inner_op import mamba_inner
 from canvas_plugin_mamba.scan import selective_scan_mamba_ssm
 
@@ -40,13 +42,12 @@ class _Softplus(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        # in place where possible: every fresh multi-megabyte temporary costs its page faults
-        return x.abs().neg_().exp_().add_(1.0).log_().add_(x.clamp(min=0.0))
+        return softplus_f32(x)  # the fused operator's own arithmetic (same values)
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        return g * torch.sigmoid(x)
+        return softplus_f32_grad(g, x)
 
 
 def _softplus(x: torch.Tensor) -> torch.Tensor:
