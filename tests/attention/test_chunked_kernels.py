@@ -252,15 +252,10 @@ def test_hyena_with_strided_reads_equals_the_direct_form(Nq, stride, order, mask
         torch.testing.assert_close(a, r, atol=1e-9, rtol=1e-7)
 
 
-@settings(max_examples=10, deadline=None)
-@given(Nq=st.integers(1, 4), stride=st.sampled_from([1, 3, 4]), order=st.integers(1, 3),
-       seed=st.integers(0, 2**31 - 1))
-def test_hyena_keys_that_are_the_values_give_what_separate_tensors_give(Nq, stride, order, seed):
-    """When keys and values are one tensor (the runtime's key sets) the value and gate
-    projections run as one product: same output and gradients (input, every parameter) as two
-    separate equal tensors, which take the two-product path."""
-    torch.manual_seed(seed % 1000)
-    m = HyenaAttention(8, 2, order=order, max_len=16).double()
+def _one_tensor_matches_two(m, Nq, stride, seed):
+    """``m(q, x, x)`` (keys and values one tensor: the runtime's key sets, where a type may take a
+    shared path) against ``m(q, k, v)`` with two equal tensors (the general path): same output,
+    the input gradient equal to the sum of the two, the same parameter gradients."""
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(2, Nq, 8, generator=g, dtype=DT)
     x = torch.randn(2, stride * Nq, 8, generator=g, dtype=DT, requires_grad=True)
@@ -271,7 +266,7 @@ def test_hyena_keys_that_are_the_values_give_what_separate_tensors_give(Nq, stri
     gout = torch.randn(out.shape, generator=g, dtype=DT)
     got = torch.autograd.grad(out, (x, *m.parameters()), gout, allow_unused=True)
     want = torch.autograd.grad(ref, (k, v, *m.parameters()), gout, allow_unused=True)
-    both = sum(w for w in want[:2] if w is not None)  # order 1 reads no gate from the keys
+    both = sum(w for w in want[:2] if w is not None)  # hyena of order 1 reads no gate from the keys
     torch.testing.assert_close(got[0], both, atol=1e-12, rtol=1e-10)
     for a, r in zip(got[1:], want[2:]):
         assert (a is None) == (r is None)
@@ -280,28 +275,21 @@ def test_hyena_keys_that_are_the_values_give_what_separate_tensors_give(Nq, stri
 
 
 @settings(max_examples=10, deadline=None)
+@given(Nq=st.integers(1, 4), stride=st.sampled_from([1, 3, 4]), order=st.integers(1, 3),
+       seed=st.integers(0, 2**31 - 1))
+def test_hyena_keys_that_are_the_values_give_what_separate_tensors_give(Nq, stride, order, seed):
+    """hyena's value and gate projections as one product when keys are the values."""
+    torch.manual_seed(seed % 1000)
+    _one_tensor_matches_two(HyenaAttention(8, 2, order=order, max_len=16).double(), Nq, stride, seed)
+
+
+@settings(max_examples=10, deadline=None)
 @given(Nq=st.integers(1, 4), stride=st.sampled_from([1, 3, 4]), seed=st.integers(0, 2**31 - 1))
 def test_rwkv_keys_that_are_the_values_give_what_separate_tensors_give(Nq, stride, seed):
-    """One tensor as keys and values (the key and value projections in one autograd function
-    whose backward forms one input gradient) against two equal tensors: same output, same
-    input gradient (their sum) and parameter gradients."""
+    """rwkv's key and value projections in one autograd function (one input gradient formed in
+    its backward) when keys are the values."""
     torch.manual_seed(seed % 1000)
-    m = RWKVAttention(8, 2).double()
-    g = torch.Generator().manual_seed(seed)
-    q = torch.randn(2, Nq, 8, generator=g, dtype=DT)
-    x = torch.randn(2, stride * Nq, 8, generator=g, dtype=DT, requires_grad=True)
-    out = m(q, x, x)
-    k, v = x.detach().clone().requires_grad_(), x.detach().clone().requires_grad_()
-    ref = m(q, k, v)
-    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
-    gout = torch.randn(out.shape, generator=g, dtype=DT)
-    got = torch.autograd.grad(out, (x, *m.parameters()), gout, allow_unused=True)
-    want = torch.autograd.grad(ref, (k, v, *m.parameters()), gout, allow_unused=True)
-    torch.testing.assert_close(got[0], want[0] + want[1], atol=1e-12, rtol=1e-10)
-    for a, r in zip(got[1:], want[2:]):
-        assert (a is None) == (r is None)
-        if a is not None:
-            torch.testing.assert_close(a, r, atol=1e-12, rtol=1e-10)
+    _one_tensor_matches_two(RWKVAttention(8, 2).double(), Nq, stride, seed)
 
 
 def test_hyena_strided_reads_compile_in_one_graph():
