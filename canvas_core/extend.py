@@ -34,7 +34,8 @@ Attention types (torch)
     ``check_dtypes_devices``, ``has_key``, ``safe_div``, ``aligned_key_index``,
     ``causal_read_index``, ``masked_softmax``, ``masked_softmax_attention``; the recurrent
     references ``wkv_scan``, ``wkv_masked``, ``fft_causal_conv``; ``scratch`` (per-thread
-    temporaries reused between calls, for scans that would otherwise allocate per call).
+    temporaries reused between calls, for scans that would otherwise allocate per call) and
+    ``release_scratch`` (gives the calling thread's back).
 Attention kernels (torch)
     ``AttentionKernel`` (base class: the kernel contract, the group's fn and size, shape checks),
     ``ReferenceKernel`` (the reference every kernel is checked against), ``REFERENCE_MODES`` and
@@ -101,7 +102,7 @@ _publish("canvas_core.attention._base", "AttentionBase", "check_dtypes_devices",
          "aligned_key_index", "causal_read_index")
 _publish("canvas_core.attention.functional", "masked_softmax", "masked_softmax_attention")
 _publish("canvas_core.attention.recurrent", "wkv_scan", "wkv_masked", "fft_causal_conv")
-_publish("canvas_core.attention.causal_read", "scratch")
+_publish("canvas_core.attention.causal_read", "scratch", "release_scratch")
 # kernels
 _publish("canvas_core.runtime.kernel_base", "AttentionKernel")
 _publish("canvas_core.runtime.kernels", "ReferenceKernel", "REFERENCE_MODES", "kernel_for")
@@ -121,7 +122,7 @@ __all__ = [
     "SegmentGrid", "Spec", "TokenLayout", "aligned_key_index", "block_layout_of", "canvas_sdpa",
     "causal_read_index", "check_dtypes_devices", "class_matches", "fft_causal_conv", "has_key",
     "hookimpl", "hookspec", "kernel_for", "lower", "masked_softmax", "masked_softmax_attention", "nan_where_linked",
-    "non_finite_keys", "safe_div", "scratch", "zero_bad_keys",
+    "non_finite_keys", "release_scratch", "safe_div", "scratch", "zero_bad_keys",
     "segment_grid", "wkv_masked", "wkv_scan",
 ]
 

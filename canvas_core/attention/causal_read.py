@@ -114,3 +114,14 @@ def scratch(slot: str, shape, like: torch.Tensor) -> torch.Tensor:
     if buf is None or buf.numel() < n:
         buf = cache[key] = like.new_empty(max(n, 1))
     return buf[:n].view(shape)
+
+
+def release_scratch() -> int:
+    """Drop the calling thread's :func:`scratch` buffers and return how many bytes they held.
+
+    The buffers stay at the largest size a call has asked for (about 50 MB after a layer of
+    16,384 positions), on every device they were made on; after a large evaluation this gives
+    that memory back.  The next call that needs a buffer makes a new one.  Other threads' buffers
+    are theirs to release."""
+    bufs = _LOCAL.__dict__.pop("bufs", {})
+    return sum(b.numel() * b.element_size() for b in bufs.values())

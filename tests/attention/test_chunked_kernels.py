@@ -411,3 +411,23 @@ def test_wkv_read_ending_chunks_is_stable_in_float32(masked, scale, seed):
     out.square().sum().backward()
     assert all(torch.isfinite(x.grad).all() for x in (kf, vf, wf, uf))
     torch.testing.assert_close(out.double(), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_release_scratch_gives_back_the_buffers_and_later_calls_still_agree():
+    """A type's call leaves its per-thread scratch buffers allocated; ``release_scratch`` drops
+    them (returning their bytes), a second release finds nothing, and the next call makes new
+    buffers and gives the same output as before."""
+    from canvas_core.extend import release_scratch, scratch
+
+    release_scratch()
+    torch.manual_seed(0)
+    m = RWKVAttention(16, 2)
+    q, x = torch.randn(1, 8, 16), torch.randn(1, 64, 16)
+    before = m(q, x, x)
+    buf = scratch("test.release", (1000,), x)
+    held = release_scratch()
+    assert held >= buf.numel() * buf.element_size()
+    assert release_scratch() == 0
+    again = scratch("test.release", (1000,), x)
+    assert again.data_ptr() != buf.data_ptr()  # a new buffer, not the released one
+    torch.testing.assert_close(m(q, x, x), before, atol=0, rtol=0)
