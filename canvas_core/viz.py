@@ -198,7 +198,8 @@ def draw_schema(
 
     Args:
         schema: a ``CanvasSchema`` (or a bare ``CanvasLayout`` plus ``topology=``).
-        path: output PNG path.
+        path: the picture to write (``.png``, ``.svg``, ``.pdf``); its folder must exist (a
+            ``CanvasError`` before anything is drawn, as for every writer of the package).
         max_frames: frames drawn at most (evenly spaced when the canvas has more).
         max_width: widest picture allowed, in pixels: a wider one (many frames) is refused with
             a ``CanvasError`` saying how many frames fit, before anything is drawn; at most
@@ -230,6 +231,9 @@ def draw_schema(
     cmap = ListedColormap([(0.95, 0.95, 0.95, 1.0)] + colors)
     frames = frames_drawn(layout.T, max_frames)
     check_picture_width(len(frames), topo is not None, dpi, max_width)
+    from canvas_core._safe_write import check_write_target
+
+    check_write_target(path, "picture")  # before drawing: a missing folder, a directory, a FIFO ...
 
     grid0 = frame_grid(layout, 0)
     n_rows, n_cols_cells = len(grid0), len(grid0[0])
@@ -321,8 +325,7 @@ def draw_schema(
 
     fmt = out.suffix[1:].lower() or "png"  # the temporary file has no telling suffix
     try:  # atomic; a FIFO / device / directory target is refused (CanvasError), never replaced
-        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt), "picture",
-                     make_parents=True)
+        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt), "picture")
     finally:
         plt.close(fig)
     return out

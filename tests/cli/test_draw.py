@@ -137,3 +137,15 @@ def test_cli_draw_refuses_a_picture_over_the_cap_naming_its_options(tmp_path):
     proc = subprocess.run(cli + ["--max-frames", "20"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert png_size(out)[0] <= 16384
+
+
+def test_draw_schema_refuses_a_missing_folder_before_drawing(tmp_path):
+    """Like every other writer (and ``canvas draw``), ``draw_schema`` no longer creates a missing
+    folder: a typo in a folder name is a CanvasError naming it, and nothing is created."""
+    schema = _long_schema()
+    target = tmp_path / "no_such_dir" / "x.png"
+    with pytest.raises(CanvasError, match=r"the directory .*no_such_dir' does not exist; create it first"):
+        draw_schema(schema, target, max_frames=2)
+    assert not (tmp_path / "no_such_dir").exists()
+    (tmp_path / "no_such_dir").mkdir()
+    assert png_size(draw_schema(schema, target, max_frames=2))[0] > 100
