@@ -43,12 +43,14 @@ def zero_bad_keys(k: torch.Tensor, v: torch.Tensor, bad: torch.Tensor) -> Tuple[
 def reads_bad(linked: torch.Tensor, bad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``(..., R, Nq)`` bool: query ``i`` links (``linked`` ``(..., Nq, Nk)`` bool) a key marked in
     ``bad`` ``(..., R, Nk)`` (R: the folded batch and heads); one matrix product, no broadcast copy."""
-    return torch.matmul(bad.to(dtype), linked.to(dtype).transpose(-1, -2)) > 0
+    lk = linked if linked.dtype == dtype else linked.to(dtype)
+    return torch.matmul(bad.to(dtype), lk.transpose(-1, -2)) > 0
 
 
 def nan_where_linked(out: torch.Tensor, linked: torch.Tensor, bad: torch.Tensor) -> torch.Tensor:
     """Canonical ``out`` ``(B, H, N, d)`` with NaN in the rows whose query links (``linked``
-    ``(N, N)`` bool) a key marked in ``bad`` ``(B, H, N)``."""
+    ``(N, N)``, bool or 0/1 in ``out``'s dtype, which saves a conversion) a key marked in ``bad``
+    ``(B, H, N)``."""
     B, H, N, _ = out.shape
     reads = reads_bad(linked, bad.reshape(B * H, N), out.dtype).reshape(B, H, N, 1)
     return out.masked_fill(reads, float("nan"))

@@ -47,7 +47,7 @@ from canvas_core.compiler.resolved import REFERENCE_KERNEL, ResolvedGroup
 from canvas_core.errors import CompileError, ShapeError
 from canvas_core.plugins.spec import Spec
 from canvas_core.schema.limits import check_elements, limit
-from canvas_core.runtime.finite_guard import non_finite_keys, reads_bad, zero_bad_keys
+from canvas_core.runtime.finite_guard import nan_where_linked, non_finite_keys, reads_bad, zero_bad_keys
 from canvas_core.runtime.kernel_base import AttentionKernel
 from canvas_core.runtime.kernel_index import Segments, bucket_counts, is_arange, segment_buckets, slot_layout
 
@@ -139,9 +139,10 @@ class ReferenceKernel(AttentionKernel):
             mask[~has] = 0.0
             self.register_buffer("mask", to(mask), persistent=False)
             self.register_buffer("row_has_key", to(has), persistent=False)
-            # built here, in the form forward uses them: (N, 1) row multiplier, (N, N) float linked^T
+            # built here, in the form forward uses them: (N, 1) row multiplier, (N, N) float links
+            # (the NaN guard's matrix: nan_where_linked then converts nothing)
             self.register_buffer("row_keep", to(has.float()[:, None]), persistent=False)
-            self.register_buffer("linked_t", to((W > 0).float().t().contiguous()), persistent=False)  # NaN guard
+            self.register_buffer("linked", to((W > 0).float()), persistent=False)
             self._all_have_keys = bool(has.all())
             return
         # ---- sparse: buckets of query blocks by padded key-block count -------------------------
@@ -246,10 +247,8 @@ class ReferenceKernel(AttentionKernel):
             if bad is not None:
                 k, v = zero_bad_keys(k, v, bad)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
-            if bad is not None:  # NaN in the rows that link a bad key (finite_guard.nan_where_linked)
-                B, H, N, _ = out.shape
-                reads = torch.matmul(bad.reshape(B * H, N).to(out.dtype), _as(self.linked_t, out.dtype)) > 0
-                out = out.masked_fill(reads.reshape(B, H, N, 1), float("nan"))
+            if bad is not None:
+                out = nan_where_linked(out, _as(self.linked, out.dtype), bad)
             if self._all_have_keys:
                 return out
             return out * _as(self.row_keep, out.dtype)
