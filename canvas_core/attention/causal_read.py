@@ -89,6 +89,14 @@ def causal_read(
     return read, (before[None] & allowed).any(-1, keepdim=True)
 
 
+def plain_linear(module: object, with_bias: bool) -> bool:
+    """``module`` is a bare ``nn.Linear`` (no subclass, no forward hooks) with a bias when
+    ``with_bias`` and without one otherwise: its weights may then be used directly in a fused
+    product in place of calling it."""
+    return (type(module) is torch.nn.Linear and (module.bias is not None) == with_bias
+            and not module._forward_hooks and not module._forward_pre_hooks)
+
+
 def read_at(seq: torch.Tensor, read: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """``seq (B, Nk, C)`` read at ``read (Nq,)`` -> ``(B, Nq, C)``; zeros where ``read < 0``
     (the validity factor is cast to ``dtype``, the working dtype)."""

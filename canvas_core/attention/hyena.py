@@ -15,6 +15,7 @@ from canvas_core.attention.causal_read import (
     CHUNK_ELEMS,
     causal_read,
     check_kernel_choice,
+    plain_linear,
     rows_identical,
     scratch,
     work_dtype,
@@ -310,9 +311,7 @@ class HyenaAttention(AttentionBase):
         ``nn.Linear`` modules with biases one batched product ``b + W x^T`` over their stacked
         weights writes that layout directly (no transposed copy, no separate bias addition) and
         is split along the channels; anything else is called as a module and transposed."""
-        plain = all(type(p) is nn.Linear and p.bias is not None and not p._forward_hooks
-                    and not p._forward_pre_hooks for p in projs)
-        if not plain:
+        if not all(plain_linear(p, with_bias=True) for p in projs):
             return [p(x).transpose(1, 2).contiguous() for p in projs]
         w = projs[0].weight if len(projs) == 1 else torch.cat([p.weight for p in projs])
         b = projs[0].bias if len(projs) == 1 else torch.cat([p.bias for p in projs])

@@ -21,6 +21,7 @@ from canvas_core.attention.causal_read import (
     exp_floor,
     check_kernel_choice,
     finite_or_zero,
+    plain_linear,
     read_at,
     rows_identical,
     work_dtype,
@@ -420,8 +421,7 @@ class RWKVAttention(AttentionBase):
         if Nk == 0 or Nq == 0:
             return torch.zeros_like(queries)
         wd = work_dtype(queries.dtype)
-        if keys is values and all(type(p) is nn.Linear and p.bias is None and not p._forward_hooks
-                                  and not p._forward_pre_hooks for p in (self.key, self.value)):
+        if keys is values and plain_linear(self.key, with_bias=False) and plain_linear(self.value, with_bias=False):
             k, v = (t.to(wd) for t in _SharedProjections.apply(values, self.key.weight.to(values.dtype),
                                                                self.value.weight.to(values.dtype)))
         else:
