@@ -37,6 +37,15 @@ def fft_size(n: int) -> int:
         m += 1
 
 
+def _zero_padded(x: torch.Tensor, n: int, slot: str) -> torch.Tensor:
+    """``x (..., L)`` zero-padded to ``(..., n)`` in the per-thread scratch buffer ``slot``."""
+    xp = scratch(slot, x.shape[:-1] + (n,), x)
+    L = x.shape[-1]
+    xp[..., :L].copy_(x)
+    xp[..., L:].zero_()
+    return xp
+
+
 class _CausalConv(torch.autograd.Function):
     """``y = causal_conv(z, h)`` along the last dim by FFT, with its adjoint by FFT too:
     ``dz_s = sum_{t >= s} g_t h_{t-s}``, ``dh_k = sum_b sum_t g_t z_{t-k}`` (correlations, as
@@ -49,18 +58,10 @@ class _CausalConv(torch.autograd.Function):
     The spectra are saved already conjugated (what the backward multiplies by)."""
 
     @staticmethod
-    def _padded(x, n):
-        xp = scratch("hy_pad", x.shape[:-1] + (n,), x)
-        L = x.shape[-1]
-        xp[..., :L].copy_(x)
-        xp[..., L:].zero_()
-        return xp
-
-    @staticmethod
     def forward(ctx, z, h):  # z (B, C, L), h (C, L)
         L = z.shape[-1]
         n = fft_size(2 * L - 1)
-        Z = torch.fft.rfft(_CausalConv._padded(z, n))
+        Z = torch.fft.rfft(_zero_padded(z, n, "hy_pad"))
         H = torch.fft.rfft(h, n=n)
         y = torch.fft.irfft(torch.mul(Z, H, out=scratch("hy_spec", Z.shape, Z)), n=n)[..., :L]
         ctx.save_for_backward(Z.conj_physical_(), H.conj_physical_())
@@ -71,7 +72,7 @@ class _CausalConv(torch.autograd.Function):
     def backward(ctx, g):
         Zc, Hc = ctx.saved_tensors
         L, n = ctx.L, ctx.n
-        G = torch.fft.rfft(_CausalConv._padded(g, n))
+        G = torch.fft.rfft(_zero_padded(g, n, "hy_pad"))
         dz = dh = None
         if ctx.needs_input_grad[1]:
             dh = torch.fft.irfft(torch.mul(G, Zc, out=scratch("hy_spec", G.shape, G)).sum(dim=0), n=n)
@@ -95,10 +96,7 @@ class _ReadConv(torch.autograd.Function):
         B, C, L = z.shape
         Q = L // s
         m = fft_size(2 * Q - 1)
-        zp = scratch("hy_ph", (B, C, s, m), z)
-        zp[..., :Q].copy_(z.view(B, C, Q, s).transpose(-1, -2))
-        zp[..., Q:].zero_()
-        Z = torch.fft.rfft(zp)  # (B, C, s, m / 2 + 1)
+        Z = torch.fft.rfft(_zero_padded(z.view(B, C, Q, s).transpose(-1, -2), m, "hy_ph"))  # (B, C, s, m / 2 + 1)
         H = torch.fft.rfft(h.view(C, Q, s).flip(-1).transpose(-1, -2), n=m)  # (C, s, m / 2 + 1)
         y = torch.fft.irfft(torch.mul(Z, H, out=scratch("hy_phs", Z.shape, Z)).sum(dim=2), n=m)
         ctx.save_for_backward(Z.conj_physical_(), H.conj_physical_())
