@@ -153,6 +153,12 @@ def _saved_shape(u, A, C, T: int):
     return (Bt, -(-L // T) + C.shape[1], A.shape[1], A.shape[0])
 
 
+def _segment_ends(saved: torch.Tensor, u: torch.Tensor, A: torch.Tensor, S) -> torch.Tensor:
+    """On the segment path, the states at the segment ends ``(Bt, K, N, E)``: a view of the first
+    ``Bt * K * N * E`` elements of the op's saved output (the rest is zero)."""
+    return saved.reshape(-1)[: u.shape[0] * S.K * A.numel()].view(u.shape[0], S.K, A.shape[1], A.shape[0])
+
+
 def _scan_read_forward(u, delta, A, Bm, C, read, T: int, block: Optional[int]):
     """``(y (Bt, Q, E), saved)``: the reads and the states the backward starts from (see
     :func:`_saved_shape`): the state at each segment's end when the reads are sparse
@@ -160,9 +166,9 @@ def _scan_read_forward(u, delta, A, Bm, C, read, T: int, block: Optional[int]):
     S = segments.plan(read, u.shape[1], T)
     if S is not None:  # the segment-end states fill the first Bt * K * N * E elements
         saved = u.new_empty(_saved_shape(u, A, C, T))
-        flat, n = saved.view(-1), u.shape[0] * S.K * A.numel()
-        flat[n:].zero_()
-        y, _ = segments.forward(u, delta, A, Bm, C, S, block, out=flat[:n])
+        ends = _segment_ends(saved, u, A, S)
+        saved.view(-1)[ends.numel():].zero_()
+        y, _ = segments.forward(u, delta, A, Bm, C, S, block, out=ends.view(-1))
         return y, saved
     saved = u.new_zeros(_saved_shape(u, A, C, T))
     At = A.t().contiguous()  # (N, E)
@@ -190,8 +196,7 @@ def _scan_read_backward(gy, u, delta, A, Bm, C, read, saved, T: int, block: Opti
     """Gradients of ``u, delta, A, Bm, C`` from ``gy (Bt, Q, E)`` (see the module docstring)."""
     S = segments.plan(read, u.shape[1], T)  # the forward's choice (same inputs)
     if S is not None:
-        H = saved.reshape(-1)[: u.shape[0] * S.K * A.numel()].view(u.shape[0], S.K, A.shape[1], A.shape[0])
-        return segments.backward(gy, u, delta, A, Bm, C, H, S, block)
+        return segments.backward(gy, u, delta, A, Bm, C, _segment_ends(saved, u, A, S), S, block)
     At = A.t().contiguous()
     P = _Plan(u, delta, At, Bm, read, T, block)
     Bt, L, E, N, nC = P.Bt, P.L, P.E, P.N, P.nC
