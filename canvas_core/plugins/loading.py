@@ -30,8 +30,10 @@ HEAVY_MODULES = ("torch", "diffusers", "timm", "mamba_ssm", "transformers", "xfo
 def env_flag(env: Mapping[str, str], var: str) -> bool:
     raw = env.get(var)
     word = str(raw or "").strip().lower()
-    if word in ("1", "true", "yes", "on", "", "0", "false", "no", "off"):
-        return word in ("1", "true", "yes", "on")
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("", "0", "false", "no", "off"):
+        return False
     raise PluginError(
         f"environment variable {var}={raw!r} is not a boolean; set it to 1 (or true/yes/on) to enable "
         "it, or 0 / unset it to disable it")
