@@ -162,40 +162,29 @@ def _relative(g: torch.Tensor, b: int, n: int) -> np.ndarray:
     return rel.cpu().numpy()
 
 
-def _vjp_shared(fn: Callable, make_input: Callable, qs: np.ndarray, n: int,
-                gen: torch.Generator) -> Optional[torch.Tensor]:
-    """One forward at batch 1 and the ``len(qs)`` cotangents (one query each) pulled back together
-    (``is_grads_batched``): ``(b, 1, n, D)`` gradients, or None when the output has no gradient.
-    Raises (RuntimeError, or the warning turned error) when the model cannot be vmapped."""
+def _vjp(fn: Callable, make_input: Callable, qs: np.ndarray, n: int, gen: torch.Generator,
+         batched: bool) -> Optional[torch.Tensor]:
+    """The gradients of one random one-query cotangent per query of ``qs``, ``(b, n, D)``, or None
+    when the output has no gradient.  ``batched``: one forward at batch 1 and the ``b`` cotangents
+    pulled back together (``is_grads_batched``; raises -- RuntimeError, or the warning turned
+    error -- when the model cannot be vmapped); else batch row ``r``, its own input, carries the
+    cotangent of query ``qs[r]``."""
     b = len(qs)
-    x = make_input(1, gen).requires_grad_(True)
+    x = make_input(1 if batched else b, gen).requires_grad_(True)
     out = _first_tensor(fn(x))
-    _shape_error(out, x, 1, n)
+    _shape_error(out, x, x.shape[0], n)
     if not out.requires_grad:
         return None
-    cot = torch.zeros((b,) + tuple(out.shape), dtype=out.dtype, device=out.device)
+    cot = torch.zeros(((b,) if batched else ()) + tuple(out.shape), dtype=out.dtype, device=out.device)
     rows = torch.arange(b, device=out.device)
     qi = torch.as_tensor(qs, device=out.device)
-    cot[rows, 0, qi] = torch.randn((b,) + tuple(out.shape[2:]), generator=gen, dtype=out.dtype).to(out.device)
-    (g,) = torch.autograd.grad(out, x, cot, allow_unused=True, is_grads_batched=True)
-    return g
-
-
-def _vjp_copies(fn: Callable, make_input: Callable, qs: np.ndarray, n: int,
-                gen: torch.Generator) -> Optional[torch.Tensor]:
-    """Batch row ``r`` (its own input) carries the cotangent of query ``qs[r]``: ``(b, n, D)``."""
-    b = len(qs)
-    x = make_input(b, gen).requires_grad_(True)
-    out = _first_tensor(fn(x))
-    _shape_error(out, x, b, n)
-    if not out.requires_grad:
-        return None
-    cot = torch.zeros_like(out)
-    rows = torch.arange(b, device=out.device)
-    qi = torch.as_tensor(qs, device=out.device)
-    cot[rows, qi] = torch.randn((b,) + tuple(out.shape[2:]), generator=gen, dtype=out.dtype).to(out.device)
-    (g,) = torch.autograd.grad(out, x, cot, allow_unused=True)
-    return g
+    noise = torch.randn((b,) + tuple(out.shape[2:]), generator=gen, dtype=out.dtype).to(out.device)
+    if batched:
+        cot[rows, 0, qi] = noise
+    else:
+        cot[rows, qi] = noise
+    (g,) = torch.autograd.grad(out, x, cot, allow_unused=True, is_grads_batched=batched)
+    return None if g is None else (g[:, 0] if batched else g)
 
 
 def probe_rows(fn: Callable, make_input: Callable[[int, torch.Generator], torch.Tensor], queries: np.ndarray,
@@ -225,15 +214,15 @@ def probe_rows(fn: Callable, make_input: Callable[[int, torch.Generator], torch.
                     with warnings.catch_warnings():
                         # a vmap fallback (per-sample loop) is slower than the copies: treat it as unsupported
                         warnings.filterwarnings("error", message=".*(batching rule|vmap).*")
-                        g = _vjp_shared(fn, make_input, qs, n, gen)
-                    g, done = (None if g is None else g[:, 0]), True
+                        g = _vjp(fn, make_input, qs, n, gen, batched=True)
+                    done = True
                 except CanvasError:
                     raise
                 except (RuntimeError, NotImplementedError, UserWarning):
                     shared = False
                     gen.set_state(state)  # the copies draw what this chunk would have drawn
             if not done:
-                g = _vjp_copies(fn, make_input, qs, n, gen)
+                g = _vjp(fn, make_input, qs, n, gen, batched=False)
             if g is None:
                 continue
             strength[start:start + b] = np.maximum(strength[start:start + b], _relative(g, b, n))
