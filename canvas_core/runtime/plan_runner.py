@@ -216,7 +216,7 @@ class PlanRunner(nn.Module):
             self._weights(f"c_soft{i}", cf, to)
             self.c_is_one.append(bool(np.all(cf == 1.0)))
         safe_all = np.where(den_all > 0, den_all, 1.0)
-        #: per other type: [(qf name, kf name, G, nq, nk), ...] of its key sets stacked by shape
+        #: per other type: [(query-then-key index buffer name, G, nq, nk), ...] of its key sets stacked by shape
         self._flat: list = []
         fused_idx, fused_coef = [], []
         for i, f in enumerate(self.other_fns):
@@ -233,9 +233,9 @@ class PlanRunner(nn.Module):
             # index vectors flattened here once; the rows they output, in order, and their weights
             buckets = shape_buckets(set_of_q, sets, q_can, k_can, coef)
             flat = []
-            for j, (bq, bk, _) in enumerate(buckets):
-                arrays += [(f"b{j}_qf", bq.reshape(-1)), (f"b{j}_kf", bk.reshape(-1))]
-                flat.append((f"o{i}_b{j}_qf", f"o{i}_b{j}_kf", int(bq.shape[0]), int(bq.shape[1]), int(bk.shape[1])))
+            for j, (bq, bk, _) in enumerate(buckets):  # query then key indices in one vector
+                arrays.append((f"b{j}_qkf", np.concatenate([bq.reshape(-1), bk.reshape(-1)])))
+                flat.append((f"o{i}_b{j}_qkf", int(bq.shape[0]), int(bq.shape[1]), int(bk.shape[1])))
             rows = np.concatenate([bq.reshape(-1) for bq, _, _ in buckets] or [np.zeros(0, np.int64)])
             rows_coef = np.concatenate([bc for _, _, bc in buckets] or [np.zeros(0)])
             arrays += [("rows", rows), ("rows_coef", rows_coef.reshape(1, -1, 1)), ("coef3", coef.reshape(1, -1, 1))]
@@ -282,15 +282,20 @@ class PlanRunner(nn.Module):
         """``[(Q (G, nq), K (G, nk), coef (G * nq,)), ...]`` of the i-th non-softmax group: its key
         sets stacked by shape, indices into the runner's positions (see ``runtime/key_sets.py``)."""
         out, start, coef = [], 0, getattr(self, f"o{i}_rows_coef").reshape(-1)
-        for qn, kn, G, nq, nk in self._flat[i]:
-            out.append((getattr(self, qn).reshape(G, nq), getattr(self, kn).reshape(G, nk), coef[start:start + G * nq]))
+        for qf, kf, G, nq, nk, _ in self.flat_buckets(i):
+            out.append((qf.reshape(G, nq), kf.reshape(G, nk), coef[start:start + G * nq]))
             start += G * nq
         return out
 
     def flat_buckets(self, i: int):
-        """``[(qf (G*nq,), kf (G*nk,), G, nq, nk), ...]`` of the i-th non-softmax group: the index
-        vectors of :meth:`key_set_buckets`, flattened (what :func:`run_flat_buckets` takes)."""
-        return [(getattr(self, qn), getattr(self, kn), G, nq, nk) for qn, kn, G, nq, nk in self._flat[i]]
+        """``[(qf (G*nq,), kf (G*nk,), G, nq, nk, qkf), ...]`` of the i-th non-softmax group: the
+        index vectors of :meth:`key_set_buckets`, flattened (what :func:`run_flat_buckets` takes);
+        ``qf`` and ``kf`` are the two parts of the one buffer ``qkf`` (for a single gather of both)."""
+        out = []
+        for name, G, nq, nk in self._flat[i]:
+            qkf = getattr(self, name)
+            out.append((qkf[:G * nq], qkf[G * nq:], G, nq, nk, qkf))
+        return out
 
     def extra_repr(self) -> str:
         return (f"n={self.n}, softmax={self.soft_fns}, other={self.other_fns}, "

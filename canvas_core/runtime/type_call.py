@@ -257,7 +257,8 @@ def run_key_set_buckets(module: Any, queries: Any, keys: Any, values: Any, bucke
 def run_flat_buckets(module: Any, queries: Any, keys: Any, values: Any, buckets: List[Tuple[Any, Any, int, int, int]],
                      name: Any = None) -> List[Any]:
     """:func:`run_key_set_buckets` on index vectors flattened once, when the plan was built:
-    ``buckets`` holds ``(qf (G*nq,), kf (G*nk,), G, nq, nk)``; returns the outputs
+    ``buckets`` holds ``(qf (G*nq,), kf (G*nk,), G, nq, nk)``, optionally followed by ``qkf``, the
+    two already concatenated (``PlanRunner.flat_buckets``); returns the outputs
     ``[out (B, G*nq, D), ...]`` (rows in the order of ``qf``).  At run time this is one gather per
     index vector, one call per bucket and nothing else (no index reshapes, no masks built)."""
     B = queries.shape[0]
@@ -270,11 +271,12 @@ def run_flat_buckets(module: Any, queries: Any, keys: Any, values: Any, buckets:
     # one tensor read for both (batch 1): ONE gather, whose backward is one scatter into one
     # zero gradient instead of two; the query and key blocks are views of it
     shared = B == 1 and queries is keys
-    for qf, kf, G, nq, nk in buckets:
+    for qf, kf, G, nq, nk, *qkf in buckets:
         if shared:
             import torch
 
-            q, k = queries.index_select(1, torch.cat((qf, kf))).split([G * nq, G * nk], dim=1)
+            both = qkf[0] if qkf else torch.cat((qf, kf))
+            q, k = queries.index_select(1, both).split([G * nq, G * nk], dim=1)
             q = q.reshape(B * G, nq, queries.shape[-1])  # split, not slices: its backward is one
             k = k.reshape(B * G, nk, keys.shape[-1])  # concatenation, no zero-filled gradients
         else:
