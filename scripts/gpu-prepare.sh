@@ -45,8 +45,20 @@ rm -rf "$OUT"
 mkdir -p "$OUT"
 
 echo "[gpu-prepare] wheels of canvas-core, plugins/*, backends/*"
-dists=(.)
-for d in plugins/*/ backends/*/; do [ -f "$d/pyproject.toml" ] && dists+=("$d"); done
+# Each distribution is built from a copy of its files as git sees them (tracked, plus untracked and
+# not ignored): setuptools packages everything in an in-tree build/lib/, so a stale build/ left by
+# an earlier build would put deleted or renamed modules into the wheels.
+SRC="$(mktemp -d -t canvas-gpu-src.XXXXXX)"
+trap 'rm -rf "$SRC"' EXIT
+dists=()
+for d in . plugins/*/ backends/*/; do
+  [ -f "$d/pyproject.toml" ] || continue
+  copy="$SRC/$(basename "$(cd "$d" && pwd)")"
+  mkdir -p "$copy"
+  (cd "$d" && git ls-files -z -co --exclude-standard -- . ':!plugins' ':!backends' | tar --null --ignore-failed-read -T - -cf - 2>/dev/null) \
+    | tar -xf - -C "$copy"
+  dists+=("$copy")
+done
 "$PY" -m pip wheel -q --no-deps --no-build-isolation -w "$OUT" "${dists[@]}"
 
 echo "[gpu-prepare] Python $PY_VERSION manylinux wheels: ${REQUIREMENTS[*]}"
