@@ -52,7 +52,10 @@ def check(ctx: Any) -> List[str]:
 def check_cpu(ctx: Any) -> List[str]:
     """:func:`check`, plus: FlexAttention has no backward pass on CPU (inference only)."""
     reasons = check(ctx)
-    if not reasons and getattr(ctx, "requires_grad", False):
+    # only on CPU: for another device the spec's devices=("cpu",) already gives the reason, and
+    # "compile ... on CUDA" would contradict it
+    on_cpu = str(getattr(ctx, "device", None) or "cpu").split(":")[0] == "cpu"
+    if not reasons and on_cpu and getattr(ctx, "requires_grad", False):
         tv = _torch_version()
         reasons.append(f"FlexAttention has no backward pass on CPU (torch {tv[2]}); compile for "
                        "inference (requires_grad=False) or on CUDA")

@@ -232,3 +232,14 @@ def test_cuda_compiled_matches_reference():
     kern16 = FlexKernel(plan.groups["cross_attention"], plan, block_size=128).cuda()
     out16 = kern16(q.half(), k.half(), v.half(), scale=0.125)
     torch.testing.assert_close(out16.float(), dense_softmax(q, k, v, W, 0.125), atol=2e-2, rtol=2e-2)
+
+
+def test_flex_cpu_on_another_device_gives_one_reason_not_a_contradiction():
+    # audit: `canvas compile --kernel flex_cpu --device cuda` said "runs on cpu only, not on cuda;
+    # FlexAttention has no backward pass on CPU ...; compile ... or on CUDA"
+    from canvas_core import RuntimeContext
+
+    assert canvas_backend_flex.check_cpu(RuntimeContext(device="cuda", requires_grad=True)) == []
+    reasons = canvas_backend_flex.check_cpu(RuntimeContext(device="cpu", requires_grad=True))
+    assert len(reasons) == 1 and "no backward pass on CPU" in reasons[0]
+    assert canvas_backend_flex.check_cpu(RuntimeContext(device="cpu", requires_grad=False)) == []
