@@ -71,24 +71,19 @@ def _derived_name(obj: Any) -> str:
 
 def _register(kind: str, name: Any, factory: Any, override: bool, metadata: dict) -> Any:
     """The body of every ``register_*`` (the caller's module is recorded)."""
-    try:
-        module = sys._getframe(2).f_globals.get("__name__")
-    except Exception:  # pragma: no cover - interpreters without frame access
-        module = None
+    module = sys._getframe(2).f_globals.get("__name__")  # frame 2: the caller of ``register_*``
     if factory is None and "cls" in metadata:
         factory = metadata.pop("cls")
     if factory is not None or isinstance(name, Spec):
         return get_host().register(kind, name, factory, override=override, module=module, **metadata)
-    if name is not None and not isinstance(name, str):  # ``@register_x`` or ``register_x(Class)``
-        get_host().register(kind, _derived_name(name), name, override=override, module=module, **metadata)
-        return name
 
     def decorate(obj: Any) -> Any:  # the host in force when the object is defined receives it
-        get_host().register(kind, name if name is not None else _derived_name(obj), obj,
+        get_host().register(kind, name if isinstance(name, str) else _derived_name(obj), obj,
                             override=override, module=module, **metadata)
         return obj
 
-    return decorate
+    # ``@register_x("name")`` / ``@register_x()`` return the decorator; ``@register_x`` / ``register_x(Class)`` apply it
+    return decorate if name is None or isinstance(name, str) else decorate(name)
 
 
 def _define(name: str, value: Any, doc: str = "") -> None:

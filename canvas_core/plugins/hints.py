@@ -45,7 +45,3 @@ def normalize_dist(name: str) -> str:
 def provider_hint(kind: str, name: str) -> Optional[str]:
     """The distribution known to provide ``name`` in registry ``kind``, or None."""
     return KNOWN_PROVIDERS.get(kind, {}).get(name)
-
-
-def install_hint(dist: str) -> str:
-    return f"pip install {dist}"

@@ -17,7 +17,7 @@ import pluggy
 
 from canvas_core.errors import CanvasError, PluginError, PluginLoadError, closest
 from canvas_core.plugins import hookspecs
-from canvas_core.plugins.hints import install_hint, normalize_dist, provider_hint
+from canvas_core.plugins.hints import normalize_dist, provider_hint
 from canvas_core.plugins.loading import (
     ENV_ALLOW, ENV_BLOCK, ENV_DISABLE, STATUS_BLOCKED, STATUS_DISABLED, STATUS_FAILED, STATUS_OK,
     PluginRecord, discover_entry_points, entry_point_distribution, entry_point_ids, read_settings,
@@ -54,15 +54,6 @@ class PluginScopedRegistry:
                     f"refused, {reg.get(spec.name).describe_provider()} stays in use. {clash}", UserWarning,
                     filename=f"<{rec.describe()}>", lineno=0, module="canvas_core.plugins")
         return stored, spec
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._registry
-
-    def names(self) -> List[str]:
-        return self._registry.names()
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return self._registry.get(name, default)
 
 
 class PluginHost:
@@ -321,7 +312,7 @@ class PluginHost:
                 msg += (f" The distribution {dist_hint} is installed but does not register it; "
                         f"upgrade it (pip install -U {dist_hint}) or check `canvas plugins`.")
             else:
-                msg += f" It is provided by the distribution {dist_hint}, which is not installed: {install_hint(dist_hint)}."
+                msg += f" It is provided by the distribution {dist_hint}, which is not installed: pip install {dist_hint}."
         if near is not None:
             msg += f" Did you mean {near!r}?"
         msg += f" Known {noun}s: {', '.join(known) or '(none)'}."

@@ -140,9 +140,6 @@ class Registry:
         self._shadowed = {n: v for n, v in shadowed.items() if v and n in self._stacks}
         return removed
 
-    def clear(self) -> None:
-        self._stacks, self._conflicts, self._shadowed, self._overriding = {}, {}, {}, weakref.WeakSet()
-
     def get(self, name: str, default: Any = ...) -> Any:
         """The spec registered as ``name``; :class:`UnknownNameError` (also a ``KeyError``) with the
         known names when there is none, :class:`DuplicateRegistrationError` when two plugins
@@ -183,9 +180,6 @@ class Registry:
     def specs(self) -> List[Spec]:
         """The current spec of every name, by name."""
         return [self._stacks[n][-1] for n in sorted(self._stacks)]
-
-    def items(self) -> List[Tuple[str, Spec]]:
-        return [(s.name, s) for s in self.specs()]
 
     def all_registrations(self) -> List[Spec]:
         """Every registration, overridden ones included (reports)."""

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from canvas_core.errors import CanvasTypeError, UnavailableError
 from canvas_core.plugins.builtin import SOFTMAX_FAMILY
-from canvas_core.plugins.hints import install_hint, pip_name, provider_hint
+from canvas_core.plugins.hints import pip_name, provider_hint
 from canvas_core.plugins.host import PluginHost, get_host
 from canvas_core.plugins.spec import RuntimeContext, Spec
 
@@ -139,7 +139,7 @@ def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, 
                 f"kernel {kspec.name!r} ({kspec.describe_provider()}) was requested for attention type "
                 f"{name!r} but cannot run on {ctx.describe()}: {'; '.join(reasons)}."
                 + (f" To fix: {hint}" if hint else "")
-                + (f" ({install_hint(dist)})" if dist and kspec.missing_requirements() else "")
+                + (f" (pip install {dist})" if dist and kspec.missing_requirements() else "")
                 + " Or drop kernel= to let canvas-core choose.")
         else:
             chosen = kspec

@@ -300,8 +300,8 @@ class Spec:
                 "Check these arguments against its documentation, or report it to the plugin's "
                 "author") from exc
 
-    def to_dict(self, ctx: Any = None, *, with_availability: bool = True) -> Dict[str, Any]:
-        """JSON-able description (availability in ``ctx`` when asked)."""
+    def to_dict(self, ctx: Any = None) -> Dict[str, Any]:
+        """JSON-able description with the availability in ``ctx``."""
         d: Dict[str, Any] = {"name": self.name, "kind": self.kind, "factory": self.factory_path}
         for key in ("distribution", "version", "plugin", "provider", "family", "complexity", "description",
                     "requires", "devices", "dtypes", "priority") + (("supports",) if self.kind == "kernels" else ()):
@@ -310,10 +310,8 @@ class Spec:
         extra = {k: v for k, v in self.metadata.items() if _jsonable(v)}
         if extra:
             d["metadata"] = extra
-        if with_availability:
-            reasons = self.unsupported_reasons(ctx)
-            d.update(available=not reasons, reasons=reasons)
-        return d
+        reasons = self.unsupported_reasons(ctx)
+        return dict(d, available=not reasons, reasons=reasons)
 
     def __repr__(self) -> str:
         return (f"Spec(kind={self.kind!r}, name={self.name!r}, factory={self.factory_path!r}, "
