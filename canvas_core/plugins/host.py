@@ -6,7 +6,6 @@ running its hooks one plugin at a time; a plugin whose import or hook raises is 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib.metadata
 import os
 import threading
@@ -68,27 +67,25 @@ class PluginHost:
         self._args = {"autoload": autoload, "allow": allow, "block": block}
         self._builtins, self._entry_points, self._environ = builtins, entry_points, environ
         self._lock = threading.RLock()
-        self._reset_state()
+        self.reset()
 
-    def _reset_state(self) -> None:
-        self._pm = hookspecs.new_plugin_manager()
-        self.registries: Dict[str, Registry] = {k: Registry(k) for k in KINDS}
-        self.records: Dict[str, PluginRecord] = {}
-        self.settings: Dict[str, Any] = {}
-        self._loaded = False
-        self._loading_thread: Optional[int] = None
-        self._loading_record: Optional[PluginRecord] = None  # the installed plugin being imported
-
-    @property
-    def loaded(self) -> bool:
-        return self._loaded
+    def reset(self) -> None:
+        """Forget everything (in-process registrations too); the next access loads again."""
+        with self._lock:
+            self._pm = hookspecs.new_plugin_manager()
+            self.registries: Dict[str, Registry] = {k: Registry(k) for k in KINDS}
+            self.records: Dict[str, PluginRecord] = {}
+            self.settings: Dict[str, Any] = {}  # the controls the last load used (loading.read_settings)
+            self.loaded = False
+            self._loading_thread: Optional[int] = None
+            self._loading_record: Optional[PluginRecord] = None  # the installed plugin being imported
 
     def ensure_loaded(self) -> None:
         """Load builtins and entry-point plugins once (no-op afterwards, and while loading)."""
-        if self._loaded or self._loading_thread == threading.get_ident():
+        if self.loaded or self._loading_thread == threading.get_ident():
             return  # loaded, or a hook of the loading thread reads a registry
         with self._lock:  # another thread loading: wait for it
-            if self._loaded:
+            if self.loaded:
                 return
             # a bad variable raises, leaving it unloaded
             settings = read_settings(os.environ if self._environ is None else self._environ, **self._args)
@@ -97,12 +94,7 @@ class PluginHost:
                 self._load(settings)
             finally:
                 self._loading_thread = None
-                self._loaded = True
-
-    def reset(self) -> None:
-        """Forget everything (in-process registrations too); the next access loads again."""
-        with self._lock:
-            self._reset_state()
+                self.loaded = True
 
     def reload(self) -> None:
         self.reset()
@@ -126,34 +118,34 @@ class PluginHost:
             return reg.get(name)  # two plugins providing it raise their clash
         raise self.missing_name_error(kind, name)
 
-    def _load(self, s) -> None:
-        self.settings = dataclasses.asdict(s)
+    def _load(self, s: Dict[str, Any]) -> None:
+        self.settings = s
         if self._builtins:
             from canvas_core import __version__
             from canvas_core.plugins import builtin
 
             self._add_plugin(builtin, PluginRecord(BUILTIN_PLUGIN, "canvas-core", __version__, source="builtin"),
                              strict=False)
-        for name in set(s.block) - {BUILTIN_PLUGIN}:  # pluggy's own block-list; not the builtin plugin
+        for name in set(s["block"]) - {BUILTIN_PLUGIN}:  # pluggy's own block-list; not the builtin plugin
             self._pm.set_blocked(name)
         eps = discover_entry_points(self._entry_points)
         for ep in eps:
             self._load_entry_point(ep, s)
         warn_unknown_names(s, set().union(*(entry_point_ids(ep) for ep in eps)))
 
-    def _load_entry_point(self, ep: Any, s: Any) -> None:
+    def _load_entry_point(self, ep: Any, s: Dict[str, Any]) -> None:
         dist, version = entry_point_distribution(ep)
         name = ep.name if ep.name not in self.records else f"{ep.name}@{dist}"  # same name, two dists
         rec = self.records[name] = PluginRecord(name, dist or "(unknown distribution)", version,
                                                 source="entry-point", entry_point=ep.value)
         ids = entry_point_ids(ep)
-        if not s.autoload:
+        if not s["autoload"]:
             rec.status, rec.error = STATUS_DISABLED, f"{ENV_DISABLE} is set"
             return
         if any(self._pm.is_blocked(i) for i in ids):
             rec.status, rec.error = STATUS_BLOCKED, f"blocked by {ENV_BLOCK}"
             return
-        if s.allow is not None and not ids & set(s.allow):
+        if s["allow"] is not None and not ids & set(s["allow"]):
             self._pm.set_blocked(name)
             rec.status, rec.error = STATUS_BLOCKED, f"not in the allow-list {ENV_ALLOW}"
             return

@@ -47,27 +47,18 @@ def name_list(value: Any) -> Optional[List[str]]:
     return [normalize_dist(x.strip()) for x in items if str(x).strip()] or None
 
 
-@dataclass
-class LoadSettings:
-    """The controls of one load (``allow`` None: every plugin is allowed)."""
-
-    autoload: bool = True
-    allow: Optional[List[str]] = None
-    block: List[str] = field(default_factory=list)
-
-
 def read_settings(env: Mapping[str, str], *, autoload: Optional[bool] = None,
-                  allow: Optional[Iterable[str]] = None, block: Optional[Iterable[str]] = None) -> LoadSettings:
-    auto = (not env_flag(env, ENV_DISABLE)) if autoload is None else bool(autoload)
-    allowed = name_list(env.get(ENV_ALLOW)) if allow is None else name_list(allow)
-    blocked = name_list(env.get(ENV_BLOCK)) if block is None else name_list(block)
-    return LoadSettings(autoload=auto, allow=allowed, block=blocked or [])
+                  allow: Optional[Iterable[str]] = None, block: Optional[Iterable[str]] = None) -> Dict[str, Any]:
+    """The controls of one load: ``autoload``, ``allow`` (None: every plugin is allowed), ``block``."""
+    return {"autoload": (not env_flag(env, ENV_DISABLE)) if autoload is None else bool(autoload),
+            "allow": name_list(env.get(ENV_ALLOW) if allow is None else allow),
+            "block": name_list(env.get(ENV_BLOCK) if block is None else block) or []}
 
 
-def warn_unknown_names(settings: LoadSettings, installed: Iterable[str]) -> None:
+def warn_unknown_names(settings: Mapping[str, Any], installed: Iterable[str]) -> None:
     """Warn when the allow- or block-list names no installed plugin (a typo, most likely)."""
     known = {n for n in installed if n}
-    for var, names in ((ENV_ALLOW, settings.allow), (ENV_BLOCK, settings.block)):
+    for var, names in ((ENV_ALLOW, settings["allow"]), (ENV_BLOCK, settings["block"])):
         unknown = [n for n in (names or []) if n not in known]
         if unknown:
             hint = "".join(f" ({n!r}: did you mean {c!r}?)" for n in unknown if (c := closest(n, known)))

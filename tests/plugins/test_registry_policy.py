@@ -74,9 +74,9 @@ def test_strict_registration_raises_and_changes_nothing():
 def test_settings_arguments_win_over_the_environment():
     env = {ENV_DISABLE: "0", ENV_ALLOW: "Canvas_Plugin-A; b", ENV_BLOCK: "c"}
     s = read_settings(env)
-    assert (s.autoload, s.allow, s.block) == (True, ["canvas-plugin-a", "b"], ["c"])
-    assert read_settings(env, autoload=False, allow=[]).autoload is False
-    assert read_settings(env, allow=[]).allow is None  # an empty list allows everything
+    assert s == {"autoload": True, "allow": ["canvas-plugin-a", "b"], "block": ["c"]}
+    assert read_settings(env, autoload=False, allow=[])["autoload"] is False
+    assert read_settings(env, allow=[])["allow"] is None  # an empty list allows everything
     with pytest.raises(PluginError, match="not a boolean"):
         read_settings({ENV_DISABLE: "maybe"})
 
