@@ -8,8 +8,6 @@ from typing import Tuple
 
 from canvas_core.plugins.hookspecs import hookimpl
 
-_ATTN = "canvas_core.attention"
-
 #: name -> (class in canvas_core.attention, family, complexity (as canvas-engineering's table), description).
 BUILTIN_ATTENTION = {
     "cross_attention": ("CrossAttention", "Dot-product", "O(NM)",
@@ -56,7 +54,7 @@ REFERENCE_KERNEL = "reference"
 @hookimpl
 def canvas_register_attention(registry) -> None:
     for name, (cls, family, complexity, description) in BUILTIN_ATTENTION.items():
-        registry.add(name, f"{_ATTN}:{cls}", family=family, complexity=complexity,
+        registry.add(name, f"canvas_core.attention:{cls}", family=family, complexity=complexity,
                      description=description)
 
 

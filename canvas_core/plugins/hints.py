@@ -20,11 +20,6 @@ _SHIPPED = {
     "canvas-plugin-identity": {"identity": "cross_attention slot_attention"},
     "canvas-plugin-semantic": {"embedders": "minilm sentence-transformers sentence_transformers"},
 }
-#: registry kind -> name -> distribution providing it.
-KNOWN_PROVIDERS: Dict[str, Dict[str, str]] = {}
-for _dist, _kinds in _SHIPPED.items():
-    for _kind, _names in _kinds.items():
-        KNOWN_PROVIDERS.setdefault(_kind, {}).update(dict.fromkeys(_names.split(), _dist))
 
 #: importable module name -> the pip distribution that provides it, where they differ.
 PIP_NAMES: Dict[str, str] = {"fla": "flash-linear-attention", "mamba_ssm": "mamba-ssm", "causal_conv1d": "causal-conv1d",
@@ -44,4 +39,4 @@ def normalize_dist(name: str) -> str:
 
 def provider_hint(kind: str, name: str) -> Optional[str]:
     """The distribution known to provide ``name`` in registry ``kind``, or None."""
-    return KNOWN_PROVIDERS.get(kind, {}).get(name)
+    return next((dist for dist, kinds in _SHIPPED.items() if name in kinds.get(kind, "").split()), None)

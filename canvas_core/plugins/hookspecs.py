@@ -65,19 +65,17 @@ HOOK_NAMES = tuple(HOOK_REGISTRY)
 
 
 class CanvasPluginManager(pluggy.PluginManager):
-    """pluggy's manager with the rule of this module: the marker, or a hook's exact name."""
+    """pluggy's manager of the hooks above, with the rule of this module: the marker, or a hook's exact name."""
+
+    def __init__(self) -> None:
+        super().__init__(PROJECT_NAME)
+        self.add_hookspecs(sys.modules[__name__])
 
     def parse_hookimpl_opts(self, plugin: Any, name: str):  # type: ignore[override]
         opts = super().parse_hookimpl_opts(plugin, name)
         if opts is None and name in HOOK_REGISTRY and inspect.isroutine(getattr(plugin, name, None)):
             opts = dict(getattr(hookimpl(lambda: None), PROJECT_NAME + "_impl"))  # a plain marker's options
         return opts
-
-
-def new_plugin_manager() -> CanvasPluginManager:
-    pm = CanvasPluginManager(PROJECT_NAME)
-    pm.add_hookspecs(sys.modules[__name__])
-    return pm
 
 
 def describe_unknown_hook(name: str) -> str:

@@ -72,7 +72,7 @@ class PluginHost:
     def reset(self) -> None:
         """Forget everything (in-process registrations too); the next access loads again."""
         with self._lock:
-            self._pm = hookspecs.new_plugin_manager()
+            self._pm = hookspecs.CanvasPluginManager()
             self.registries: Dict[str, Registry] = {k: Registry(k) for k in KINDS}
             self.records: Dict[str, PluginRecord] = {}
             self.settings: Dict[str, Any] = {}  # the controls the last load used (loading.read_settings)
@@ -304,7 +304,8 @@ class PluginHost:
                 msg += (f" The distribution {dist_hint} is installed but does not register it; "
                         f"upgrade it (pip install -U {dist_hint}) or check `canvas plugins`.")
             else:
-                msg += f" It is provided by the distribution {dist_hint}, which is not installed: pip install {dist_hint}."
+                msg += (f" It is provided by the distribution {dist_hint}, which is not installed: "
+                        f"pip install {dist_hint}.")
         if near is not None:
             msg += f" Did you mean {near!r}?"
         msg += f" Known {noun}s: {', '.join(known) or '(none)'}."

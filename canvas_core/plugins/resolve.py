@@ -1,11 +1,5 @@
 """Resolution: an attention type name + a target -> the frozen :class:`ResolvedGroup` of how it
-runs there (the compiler keeps one per fn group, ``plan.groups[fn].resolved``).  Never a silent
-change of the math: a type that cannot run in ``ctx`` raises :class:`UnavailableError` listing
-every candidate with its reasons; kernels whose ``supports`` contains the type are tried by
-descending ``priority`` and the first that can run wins (none: the type's own module runs); an
-explicit ``kernel=`` must be able to run, and one that does not support the type is only
-recorded in ``rejected``.
-"""
+runs there (the compiler keeps one per fn group, ``plan.groups[fn].resolved``); building a type."""
 
 from __future__ import annotations
 
@@ -18,9 +12,6 @@ from canvas_core.plugins.builtin import SOFTMAX_FAMILY
 from canvas_core.plugins.hints import pip_name, provider_hint
 from canvas_core.plugins.host import PluginHost, get_host
 from canvas_core.plugins.spec import RuntimeContext, Spec
-
-__all__ = ["ResolvedGroup", "resolve_attention", "kernel_candidates", "build_attention", "AUTO_KERNEL",
-           "MODULE_KERNEL"]
 
 #: values of ``kernel=`` that leave the choice to the resolver.
 AUTO_KERNEL = (None, "", "auto")
@@ -107,9 +98,12 @@ def _hints(specs: List[Spec], reasons: List[List[str]]) -> str:
 def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, *,
                       host: Optional[PluginHost] = None) -> ResolvedGroup:
     """Choose how attention type ``name`` runs in ``ctx`` (a :class:`RuntimeContext`, dict, device
-    string or None for CPU/float32/training); ``kernel``: None / ``"auto"`` to choose, or a kernel
-    name to insist on.  Raises UnknownNameError (no such type or kernel: closest match and hint),
-    PluginLoadError (its plugin failed to load), UnavailableError (it cannot run in ``ctx``)."""
+    string or None for CPU/float32/training), never by a silent change of the math: kernels whose
+    ``supports`` has the type are tried by descending ``priority``, the first that can run wins
+    (none: the type's own module runs).  ``kernel``: None / ``"auto"`` to choose, or a kernel name to
+    insist on (it must be able to run; one not supporting the type is only recorded in ``rejected``).
+    Raises UnknownNameError (no such type or kernel: closest match and hint), PluginLoadError (its
+    plugin failed to load), UnavailableError (it cannot run in ``ctx``: every candidate and why)."""
     host = host or get_host()
     ctx = RuntimeContext.coerce(ctx)
     spec = host.lookup("attention", name)
