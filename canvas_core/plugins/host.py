@@ -170,7 +170,7 @@ class PluginHost:
 
         def fail(message: str, strict_message: str, exc: Optional[BaseException] = None) -> PluginRecord:
             if strict:
-                self._remove_plugin(rec.name)
+                self.unregister_plugin(rec.name)
                 raise PluginError(strict_message) from exc
             rec.mark_failed(message, exc)
             self._discard(rec)  # a plugin with half of its names would run with parts missing
@@ -216,7 +216,7 @@ class PluginHost:
                     raise
                 except BaseException as exc:  # noqa: BLE001 - isolated: the plugin fails, not the core
                     if strict and (isinstance(exc, CanvasError) or not isinstance(exc, Exception)):
-                        self._remove_plugin(rec.name)
+                        self.unregister_plugin(rec.name)
                         raise
                     why = f"hook {hook_name} raised {type(exc).__name__}: {exc}"
                     return fail(why, f"{rec.describe()}: {why}. Fix the plugin's hook; nothing it registered "
@@ -231,11 +231,6 @@ class PluginHost:
                     rec.attempted[kind].append(spec.name)
         if rec.plugin is not None and self._pm.is_registered(rec.plugin):
             self._pm.unregister(rec.plugin)
-
-    def _remove_plugin(self, name: Optional[str]) -> Optional[PluginRecord]:
-        if (rec := self.records.pop(name, None)) is not None:
-            self._discard(rec)
-        return rec
 
     def register_plugin(self, plugin: Any, name: Optional[str] = None, *, distribution: Optional[str] = None,
                         version: str = "") -> PluginRecord:
@@ -264,7 +259,9 @@ class PluginHost:
         with self._lock:
             if not isinstance(plugin, str):
                 plugin = next((r.name for r in self.records.values() if r.plugin is plugin), None)
-            return self._remove_plugin(plugin)
+            if (rec := self.records.pop(plugin, None)) is not None:
+                self._discard(rec)
+            return rec
 
     def register(self, kind: str, name: Any, factory: Any = None, *, override: bool = False,
                  module: Optional[str] = None, **metadata: Any) -> Spec:
