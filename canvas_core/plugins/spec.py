@@ -3,8 +3,8 @@ object) and what it needs to run, judged against a :class:`RuntimeContext` witho
 
 from __future__ import annotations
 
-import importlib
 import importlib.machinery
+import pkgutil
 import re
 import sys
 from dataclasses import dataclass, field
@@ -257,11 +257,9 @@ class Spec:
             self._loaded = f
         if self._loaded is not None:
             return self._loaded
-        module_name, attr = parse_factory_path(f)
+        path = ":".join(parse_factory_path(f))  # "pkg.mod.Obj" is read as "pkg.mod:Obj"
         try:
-            obj = importlib.import_module(module_name)
-            for part in attr.split(".") if attr else ():
-                obj = getattr(obj, part)
+            obj = pkgutil.resolve_name(path)  # imports the module, then follows the attributes
         except Exception as exc:
             missing = self.missing_requirements()
             hint = (f" It needs {', '.join(repr(m) for m in missing)}: install it." if missing else
