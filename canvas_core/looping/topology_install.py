@@ -51,8 +51,9 @@ def _probe_branch(gm: GatedTypeModule, fn: str, width: int, where: str, backbone
     if not is_builtin_module(gm.module):
         try:
             probe_attention_module(gm.module, fn, width, where)
-        except AttentionContractError as exc:
-            raise BackboneError(f"{where} cannot run inside {backbone!r}: {exc}") from exc
+        except AttentionContractError as exc:  # its message already starts with the connection
+            why = str(exc).removeprefix(f"{where}: ")
+            raise BackboneError(f"{where} cannot run inside {backbone!r}: {why}") from exc
     gate = ("one gate: the type's own (0 at init)" if gm.gate is None
             else "one gate: the block's (starts at 0)")
     problem = init_gradient_problem(gm.module, fn, width, gm.gate)

@@ -62,3 +62,33 @@ def test_a_leaking_type_inside_the_backbone_is_flagged():
     fut = report.future_reads
     assert fut and all((d.query_region, d.key_region) == ("top", "bottom") for d in fut)
     assert "region top frame 0 reads region bottom frame 1 (future)" in str(report)
+
+
+class _MaskIgnoring(nn.Module):
+    """Declares key_mask_exact but reads every key it is given."""
+
+    key_mask_exact = True
+
+    def __init__(self, d_model, n_heads=4, dropout=0.0):
+        super().__init__()
+        self.proj = nn.Linear(d_model, d_model)
+
+    def forward(self, queries, keys, values, key_mask=None):
+        return queries + self.proj(values.mean(1, keepdim=True))
+
+
+def test_a_mask_ignoring_type_is_refused_at_install_naming_the_connection_once():
+    import pytest
+
+    from canvas_core.errors import BackboneError
+
+    register_attention("mask_ignoring_audit", _MaskIgnoring)
+    try:
+        with pytest.raises(BackboneError) as err:
+            _installed("mask_ignoring_audit")
+    finally:
+        unregister_attention("mask_ignoring_audit")
+    msg = str(err.value)
+    where = "(fn 'mask_ignoring_audit')"
+    assert "cannot run inside 'cogvideox'" in msg and "key_mask_exact" in msg
+    assert msg.count(where) == 1, msg  # was: "connection #k ... cannot run inside ...: connection #k ...: ..."
