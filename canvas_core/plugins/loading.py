@@ -71,14 +71,11 @@ def warn_unknown_names(settings: Mapping[str, Any], installed: Iterable[str]) ->
 
 def entry_point_distribution(ep: Any) -> Tuple[Optional[str], str]:
     """``(distribution name or None, version or "")`` of the package that declares ``ep``."""
-    dist = getattr(ep, "dist", None)
-    if dist is None:
-        return None, ""
+    dist = getattr(ep, "dist", None)  # Distribution.name and .version read its metadata (Python >= 3.10)
     try:
-        name = getattr(dist, "name", None) or dist.metadata["Name"]
-    except Exception:
-        name = None
-    return name, str(getattr(dist, "version", "") or "")
+        return getattr(dist, "name", None), str(getattr(dist, "version", "") or "")
+    except Exception:  # metadata that cannot be read
+        return None, ""
 
 
 def entry_point_ids(ep: Any) -> Set[str]:
