@@ -140,14 +140,12 @@ class Registry:
         self._shadowed = {n: v for n, v in shadowed.items() if v and n in self._stacks}
         return removed
 
-    def get(self, name: str, default: Any = ...) -> Any:
+    def get(self, name: str) -> Spec:
         """The spec registered as ``name``; :class:`UnknownNameError` (also a ``KeyError``) with the
         known names when there is none, :class:`DuplicateRegistrationError` when two plugins
         provide it (neither chosen silently)."""
         stack = self._stacks.get(name) if isinstance(name, str) else None
         if not stack:
-            if default is not ...:
-                return default
             raise self._unknown(name)
         if name in self._conflicts:
             raise self._conflicts[name][0]
