@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from canvas_core.attention import fused_softmax
 from canvas_core.attention._base import AttentionBase, _check_int, has_key
 from canvas_core.attention.functional import masked_softmax
 from canvas_core.errors import CanvasTypeError
@@ -28,6 +29,30 @@ __all__ = [
     "GatedAttention",
     "PerceiverAttention",
 ]
+
+
+#: run gated / perceiver through their fused operators in eager too (tests compare the two paths)
+_FUSE_EAGER = False
+
+
+def _fusing() -> bool:
+    return _FUSE_EAGER or torch.compiler.is_compiling()
+
+
+def _fusable(module: AttentionBase, queries: torch.Tensor, Nk: int, weight: torch.Tensor,
+             bias: Optional[torch.Tensor] = None, parts: Tuple[AttentionBase, ...] = ()) -> bool:
+    """Whether ``module`` may run as its ``fused_softmax`` operator (checked while compiling, see
+    :func:`_fusing`): at least one key and query, no active dropout (in ``module`` or its attention
+    ``parts``), no float mask that wants a gradient, and inputs in the dtype of the parameters
+    (``weight`` stands for them) outside autocast, where eager casts nothing either.  Written to
+    read few attributes: dynamo guards each one on every compiled call."""
+    if Nk == 0 or queries.shape[0] == 0 or queries.shape[1] == 0:
+        return False
+    if module.training and (module.dropout_p > 0.0 or any(m.dropout_p > 0.0 for m in parts)):
+        return False
+    if bias is not None and bias.requires_grad:
+        return False
+    return weight.dtype == queries.dtype and not torch.is_autocast_enabled(queries.device.type)
 
 
 def _heads(m: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -304,6 +329,11 @@ class GatedAttention(_QKVAttention):
         self.gate_alpha = nn.Parameter(torch.zeros(d_model))
         self.gate_proj = nn.Linear(d_model, d_model)
 
+    def _plain(self) -> bool:
+        """No subclass reshapes the logits or adds a structure mask (the fused operator's maths)."""
+        cls = type(self)
+        return cls._logits is _QKVAttention._logits and cls._structure_mask is _QKVAttention._structure_mask
+
     def forward(
         self,
         queries: torch.Tensor,
@@ -312,6 +342,10 @@ class GatedAttention(_QKVAttention):
         key_mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``; zeros at init."""
+        if _fusing() and self._plain():
+            _, _, Nk, allowed, bias = self._prepare(queries, keys, values, key_mask)
+            if _fusable(self, queries, Nk, self.q_proj.weight, bias):
+                return fused_softmax.gated_attention(self, queries, keys, values, allowed, bias)
         attn = super().forward(queries, keys, values, key_mask)
         gate = torch.tanh(self.gate_alpha).to(attn.dtype) * torch.sigmoid(self.gate_proj(queries))
         return gate * attn
@@ -338,6 +372,12 @@ class PerceiverAttention(AttentionBase):
         self.encode = CrossAttention(d_model, n_heads, dropout)
         self.decode = CrossAttention(d_model, n_heads, dropout)
 
+    def _plain_parts(self) -> bool:
+        """encode / decode are plain ``CrossAttention`` modules without hooks (what the fused
+        operator computes in their place)."""
+        parts = (self.encode, self.decode)
+        return all(type(m) is CrossAttention and not (m._forward_hooks or m._forward_pre_hooks) for m in parts)
+
     def forward(
         self,
         queries: torch.Tensor,
@@ -347,6 +387,9 @@ class PerceiverAttention(AttentionBase):
     ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
         B, _, Nk, allowed, _ = self._prepare(queries, keys, values, key_mask)
+        parts = (self.encode, self.decode)
+        if _fusing() and _fusable(self, queries, Nk, self.latents, parts=parts) and self._plain_parts():
+            return fused_softmax.perceiver_attention(self, queries, keys, values, allowed)
         lat = self.latents.to(queries.dtype).unsqueeze(0).expand(B, -1, -1)
         union = None if allowed is None else allowed.any(dim=1, keepdim=True)  # (B|1, 1, Nk)
         z = lat + self.encode(lat, keys, values, key_mask=union)
