@@ -53,6 +53,7 @@ trap 'rm -rf "$SRC"' EXIT
 dists=()
 for d in . plugins/*/ backends/*/; do
   [ -f "$d/pyproject.toml" ] || continue
+  if ! git rev-parse --is-inside-work-tree >/dev/null 2>&1; then dists+=("$d"); continue; fi  # no git: as is
   copy="$SRC/$(basename "$(cd "$d" && pwd)")"
   mkdir -p "$copy"
   (cd "$d" && git ls-files -z -co --exclude-standard -- . ':!plugins' ':!backends' | tar --null --ignore-failed-read -T - -cf - 2>/dev/null) \
