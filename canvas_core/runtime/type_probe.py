@@ -24,7 +24,8 @@ import torch
 
 from canvas_core.runtime.type_call import call_attention_type, is_builtin_module
 
-__all__ = ["probe_attention_module", "init_gradient_problem", "dependencies", "first_leak", "is_builtin_module"]
+__all__ = ["probe_attention_module", "init_gradient_problem", "dependencies", "first_leak", "is_builtin_module",
+           "zeros_opened"]
 
 
 def dependencies(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any,
@@ -96,19 +97,47 @@ def _inputs(module: Any, d_model: int):
     return q, k, v, mask.to(device)
 
 
+@contextlib.contextmanager
+def zeros_opened(module: Any) -> Iterator[bool]:
+    """Within the block, every floating parameter that is exactly 0 everywhere (a closed gate such
+    as ``gated``'s ``alpha``) holds fixed random values, restored afterwards; yields whether there
+    was one.  A probe that saw no read at all runs again inside it: a zero gate hides reads at
+    initialisation that training opens."""
+    zero = [p for p in module.parameters() if p.is_floating_point() and p.numel() and not bool(p.detach().any())]
+    saved = [p.detach().clone() for p in zero]
+    gen = torch.Generator().manual_seed(4321)
+    try:
+        with torch.no_grad():
+            for p in zero:
+                p.copy_((0.5 * torch.randn(tuple(p.shape), generator=gen)).to(p))
+        yield bool(zero)
+    finally:
+        with torch.no_grad():
+            for p, old in zip(zero, saved):
+                p.copy_(old)
+
+
 def probe_attention_module(module: Any, fn: Any, d_model: int, where: str) -> None:
-    """One tiny call; a wrong output or a read outside the key sets raises
+    """One tiny call (again with closed gates opened when it reads no key, see
+    :func:`zeros_opened`); a wrong output or a read outside the key sets raises
     :class:`~canvas_core.errors.AttentionContractError` starting with ``where``."""
     from canvas_core.errors import AttentionContractError
 
     if _where(module)[0].type == "meta":
         return
     q, k, v, mask = _inputs(module, d_model)
-    with _quiet(module):
-        try:
-            deps = dependencies(lambda a, b, c: call_attention_type(module, a, b, c, mask, name=fn), q, k, v)
-        except AttentionContractError as exc:
-            raise AttentionContractError(f"{where}: {exc}") from exc
+
+    def probe() -> List[Tuple[set, set]]:
+        with _quiet(module):
+            try:
+                return dependencies(lambda a, b, c: call_attention_type(module, a, b, c, mask, name=fn), q, k, v)
+            except AttentionContractError as exc:
+                raise AttentionContractError(f"{where}: {exc}") from exc
+
+    deps = probe()
+    if not any(dk for _, dk in deps):
+        with zeros_opened(module) as opened:
+            deps = probe() if opened else deps
     leak = first_leak(deps, mask)
     if leak:
         how = ("declares key_mask_exact = True but its masked call" if getattr(module, "key_mask_exact", False)

@@ -92,3 +92,27 @@ def test_a_mask_ignoring_type_is_refused_at_install_naming_the_connection_once()
     where = "(fn 'mask_ignoring_audit')"
     assert "cannot run inside 'cogvideox'" in msg and "key_mask_exact" in msg
     assert msg.count(where) == 1, msg  # was: "connection #k ... cannot run inside ...: connection #k ...: ..."
+
+
+class _ClosedGateLeak(_MaskIgnoring):
+    """Reads every key it is given, behind a zero-initialised gate."""
+
+    def __init__(self, d_model, n_heads=4, dropout=0.0):
+        super().__init__(d_model, n_heads, dropout)
+        self.alpha = nn.Parameter(torch.zeros(d_model))
+
+    def forward(self, queries, keys, values, key_mask=None):
+        return torch.tanh(self.alpha) * super().forward(queries, keys, values, key_mask)
+
+
+def test_a_leak_behind_a_closed_gate_is_refused_at_install():
+    import pytest
+
+    from canvas_core.errors import BackboneError
+
+    register_attention("closed_gate_leak_audit", _ClosedGateLeak)
+    try:
+        with pytest.raises(BackboneError, match="reads outside the linked keys"):
+            _installed("closed_gate_leak_audit")
+    finally:
+        unregister_attention("closed_gate_leak_audit")

@@ -82,3 +82,53 @@ def test_builtin_scans_are_exact_through_the_runtime(host):
     for name in ("perceiver", "rwkv", "hyena", "linear_attention", "copy", "local_attention"):
         report = check_attention_type(name, d_model=16, n_heads=2)
         assert "dependency exactness" in report.passed and report.details["calling convention"] == "per_key_set"
+
+
+class ClosedGateLeak(MixesRows):
+    """MixesRows behind a zero-initialised gate (like ``gated``'s alpha): it reads nothing at
+    initialisation, and every other key set of the call once training opens the gate."""
+
+    def __init__(self, d_model, n_heads=4, dropout=0.0):
+        super().__init__(d_model, n_heads, dropout)
+        self.alpha = nn.Parameter(torch.zeros(d_model))
+
+    def forward(self, queries, keys, values):
+        return torch.tanh(self.alpha) * super().forward(queries, keys, values)
+
+
+class ClosedGateFalseExact(ClosedGateLeak):
+    key_mask_exact = True
+
+    def forward(self, queries, keys, values, key_mask=None):
+        return super().forward(queries, keys, values)
+
+
+@pytest.mark.parametrize("cls", [ClosedGateLeak, ClosedGateFalseExact])
+def test_a_closed_gate_does_not_hide_a_leak(host, cls):
+    # audit: the probe saw no read at all at initialisation, so 'dependency exactness' was skipped
+    # ("nothing to check"), the kit passed and a canvas layer built it
+    from canvas_core import CanvasAttention, CanvasLayout, CanvasTopology, Connection
+    from canvas_core.errors import AttentionContractError
+
+    P.register_attention("k23_gate_leak", cls)
+    report = check_attention_type("k23_gate_leak", raise_on_failure=False)
+    assert "dependency exactness" in report.failed, report.summary()
+    assert "closed gates" in report.failed["dependency exactness"]
+    assert "a leak across key sets" in report.failed["dependency exactness"]
+    layout = CanvasLayout(T=2, H=2, W=2, d_model=16, regions={"a": (0, 2, 0, 1, 0, 2), "b": (0, 2, 1, 2, 0, 2)})
+    topo = CanvasTopology(connections=[Connection("b", "a", t_src=0, t_dst=0, fn="k23_gate_leak"),
+                                       Connection("a", "a", t_src=0, t_dst=0, fn="k23_gate_leak")])
+    with pytest.raises(AttentionContractError, match=r"#0 'b' -> 'a'.*reads outside the linked keys"):
+        CanvasAttention(topo, layout, n_heads=2)
+
+
+def test_builtin_gated_is_probed_with_its_gate_open_and_stays_closed(host):
+    from canvas_core.attention import GatedAttention
+
+    report = check_attention_type("gated", d_model=16, n_heads=2)
+    assert "dependency exactness" in report.passed  # was skipped: gate_alpha = 0 reads nothing
+    module = GatedAttention(16, 2)
+    from canvas_core.runtime.type_probe import probe_attention_module
+
+    probe_attention_module(module, "gated", 16, "probe")
+    assert not module.gate_alpha.detach().any()  # restored
