@@ -108,7 +108,8 @@ def _attend_backward(go: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, l
 def _linear_backward(g: Tensor, x: Tensor, w: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """``y = x w^T + b``: ``(grad x, grad w, grad b)`` from ``g = grad y``."""
     g2 = g.reshape(-1, g.shape[-1])
-    return torch.matmul(g, w), g2.t().mm(x.reshape(-1, x.shape[-1])), g2.sum(dim=0)
+    gx = g2.mm(w).view(*g.shape[:-1], w.shape[1])
+    return gx, g2.t().mm(x.reshape(-1, x.shape[-1])), g2.sum(dim=0)
 
 
 def _heads_backward(go: Tensor, q: Tensor, k: Tensor, v: Tensor, om: Tensor, lse: Tensor, mask: Optional[Tensor],
@@ -136,9 +137,9 @@ def _gated_forward(queries, keys, values, params, allowed, bias, scale, heads):
     om, lse = _attend_merged(q, k, v, mask, scale, heads)
     attn = F.linear(om, wo, bo)
     if has is not None:
-        attn = attn.masked_fill(~has, 0.0)
-    s = torch.sigmoid(F.linear(queries, wg, bg))
-    out = torch.tanh(alpha).to(attn.dtype) * s * attn
+        attn.masked_fill_(~has, 0.0)
+    s = F.linear(queries, wg, bg).sigmoid_()
+    out = (s * torch.tanh(alpha).to(attn.dtype)).mul_(attn)
     return out, q, k, v, om, lse, attn, s
 
 
@@ -170,19 +171,20 @@ def _gated_backward_op(g: Tensor, queries: Tensor, keys: Tensor, values: Tensor,
     q, k, v, om, lse, attn, s = saved
     has, mask = _sdpa_mask(allowed, bias, q.dtype)
     t = torch.tanh(alpha)
-    ts = t.to(attn.dtype) * s
-    galpha = (g * s * attn).sum(dim=(0, 1)).to(alpha.dtype) * (1.0 - t * t)
-    gq_gate, gwg, gbg = _linear_backward(g * attn * ts * (1.0 - s), queries, wg)  # through the sigmoid
-    ga = g * ts
+    tc = t.to(attn.dtype)
+    u = (g * attn).mul_(s)  # the gradient reaching tanh(alpha) * sigmoid, per element
+    galpha = u.sum(dim=(0, 1)).to(alpha.dtype).mul_(1.0 - t * t)
+    gsp = torch.addcmul(u, u, s, value=-1.0).mul_(tc)  # through the sigmoid: u * (1 - s) * tanh(alpha)
+    gq_gate, gwg, gbg = _linear_backward(gsp, queries, wg)
+    ga = (g * s).mul_(tc)
     if has is not None:
-        ga = ga.masked_fill(~has, 0.0)
+        ga.masked_fill_(~has, 0.0)
     gom, gwo, gbo = _linear_backward(ga, om, wo)
     gqp, gkp, gvp = _heads_backward(gom, q, k, v, om, lse, mask, scale, heads)
     gq, gwq, gbq = _linear_backward(gqp, queries, wq)
     gk, gwk, gbk = _linear_backward(gkp, keys, wk)
     gv, gwv, gbv = _linear_backward(gvp, values, wv)
-    return [(gq + gq_gate).contiguous(), gk.contiguous(), gv.contiguous(), gwq, gbq, gwk, gbk, gwv, gbv, gwo, gbo,
-            gwg, gbg, galpha]
+    return [gq.add_(gq_gate), gk, gv, gwq, gbq, gwk, gbk, gwv, gbv, gwo, gbo, gwg, gbg, galpha]
 
 
 @_gated_backward_op.register_fake
@@ -231,20 +233,23 @@ def _perceiver_forward(queries, keys, values, params, allowed, e_scale, d_scale,
     """``params``: the latents, then the encode and the decode cross-attentions'
     ``(wq, bq, wk, bk, wv, bv, wo, bo)``."""
     latents, ew, dw = params[0], params[1:9], params[9:17]
-    lat = latents.to(queries.dtype).unsqueeze(0).expand(queries.shape[0], -1, -1)
+    B = queries.shape[0]
+    lat = latents.to(queries.dtype)
     union = None if allowed is None else allowed.any(dim=1, keepdim=True)  # what the latents read
-    eq, ek, ev = F.linear(lat, ew[0], ew[1]), F.linear(keys, ew[2], ew[3]), F.linear(values, ew[4], ew[5])
+    # the latents' queries are the same for every batch item: projected once, then broadcast
+    eq = F.linear(lat, ew[0], ew[1]).unsqueeze(0).expand(B, -1, -1).contiguous()
+    ek, ev = F.linear(keys, ew[2], ew[3]), F.linear(values, ew[4], ew[5])
     has, mask = _sdpa_mask(union, None, eq.dtype)
     eom, e_lse = _attend_merged(eq, ek, ev, mask, e_scale, heads)
     enc = F.linear(eom, ew[6], ew[7])
     if has is not None:
-        enc = enc.masked_fill(~has, 0.0)
-    z = lat + enc
+        enc.masked_fill_(~has, 0.0)
+    z = enc + lat
     dq, dk, dv = F.linear(queries, dw[0], dw[1]), F.linear(z, dw[2], dw[3]), F.linear(z, dw[4], dw[5])
     dom, dlse = _attend_merged(dq, dk, dv, None, d_scale, heads)
     out = F.linear(dom, dw[6], dw[7])
     if allowed is not None:
-        out = out.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)
+        out.masked_fill_(~allowed.any(dim=-1, keepdim=True), 0.0)
     return out, eq, ek, ev, eom, e_lse, z, dq, dk, dv, dom, dlse
 
 
@@ -287,11 +292,10 @@ def _perceiver_backward_op(g: Tensor, queries: Tensor, keys: Tensor, values: Ten
     genc = gz if has is None else gz.masked_fill(~has, 0.0)
     geom, gewo, gebo = _linear_backward(genc, eom, ew[6])
     geq, gek, gev = _heads_backward(geom, eq, ek, ev, eom, e_lse, mask, e_scale, heads)
-    lat = latents.to(queries.dtype).unsqueeze(0).expand(queries.shape[0], -1, -1)
-    glat, gewq, gebq = _linear_backward(geq, lat, ew[0])
+    glat, gewq, gebq = _linear_backward(geq.sum(dim=0), latents.to(queries.dtype), ew[0])
     gk, gewk, gebk = _linear_backward(gek, keys, ew[2])
     gv, gewv, gebv = _linear_backward(gev, values, ew[4])
-    glatents = (gz + glat).sum(dim=0).to(latents.dtype)
+    glatents = gz.sum(dim=0).add_(glat).to(latents.dtype)
     return [gq.contiguous(), gk.contiguous(), gv.contiguous(), glatents, gewq, gebq, gewk, gebk, gewv, gebv, gewo,
             gebo, gdwq, gdbq, gdwk, gdbk, gdwv, gdbv, gdwo, gdbo]
 
