@@ -18,6 +18,7 @@ reproducible and the model is left as it was.
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import torch
@@ -139,6 +140,15 @@ def probe_attention_module(module: Any, fn: Any, d_model: int, where: str) -> No
         with zeros_opened(module) as opened:
             deps = probe() if opened else deps
     leak = first_leak(deps, mask)
+    if not leak:  # training mode, on a copy (a batch statistic mixes the stacked key sets)
+        try:
+            twin = copy.deepcopy(module).train()
+            with torch.random.fork_rng(devices=[]):
+                leak = first_leak(dependencies(lambda a, b, c: call_attention_type(
+                    twin, a, b, c, mask, name=fn), q, k, v), mask)
+        except Exception:  # a module that cannot be copied or run so: the eval-mode probe stands
+            leak = None
+        leak = leak and f"{leak} (in training mode)"
     if leak:
         how = ("declares key_mask_exact = True but its masked call" if getattr(module, "key_mask_exact", False)
                else "called once per key set (key sets of one shape stacked along the batch), it")

@@ -132,3 +132,40 @@ def test_builtin_gated_is_probed_with_its_gate_open_and_stays_closed(host):
 
     probe_attention_module(module, "gated", 16, "probe")
     assert not module.gate_alpha.detach().any()  # restored
+
+
+class BatchStat(Scan):
+    """Per key set, but a BatchNorm over the stacked rows: in training mode it mixes key sets."""
+
+    def __init__(self, d_model, n_heads=4, dropout=0.0):
+        super().__init__(d_model, n_heads, dropout)
+        self.bn = nn.BatchNorm1d(d_model)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, queries, keys, values):
+        return self.bn(self.drop(super().forward(queries, keys, values)).transpose(1, 2)).transpose(1, 2)
+
+
+class Dropped(Scan):
+    def __init__(self, d_model, n_heads=4, dropout=0.0):
+        super().__init__(d_model, n_heads, dropout)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, queries, keys, values):
+        return self.drop(super().forward(queries, keys, values))
+
+
+def test_a_leak_in_training_mode_only_is_refused_at_build(host):
+    # audit: the build probe ran in eval mode only, so a batch statistic over the stacked key sets
+    # was built and, trained, made a frame read the next one
+    from canvas_core import CanvasAttention, CanvasLayout, CanvasTopology, Connection
+    from canvas_core.errors import AttentionContractError
+
+    layout = CanvasLayout(T=2, H=2, W=2, d_model=16, regions={"a": (0, 2, 0, 1, 0, 2), "b": (0, 2, 1, 2, 0, 2)})
+    P.register_attention("k23_batch_stat", BatchStat)
+    P.register_attention("k23_dropped", Dropped)
+    CanvasAttention(CanvasTopology(connections=[Connection("b", "a", t_src=0, t_dst=0, fn="k23_dropped")]), layout,
+                    n_heads=2)  # dropout keeps rows apart: built
+    with pytest.raises(AttentionContractError, match=r"#0 'b' -> 'a'.*\(in training mode\)"):
+        CanvasAttention(CanvasTopology(connections=[Connection("b", "a", t_src=0, t_dst=0, fn="k23_batch_stat")]),
+                        layout, n_heads=2)
