@@ -8,11 +8,24 @@ module imports them by name (the tests run with ``--import-mode=importlib``: ``t
 package on the path).
 """
 
+import atexit
 import importlib.util
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
+
+# torch.compile keeps compiled graphs on disk (/tmp/torchinductor_<user>) across processes, and its
+# cache key does not see the Python implementation of a custom operator: after an operator's code
+# changed, a stale entry made test_fused_softmax's compiled gated module fail with the old output
+# shape. Each test session compiles into its own folder (a full run collects tests/ first, so the
+# plugins' compiled tests get it too), removed at exit.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="canvas-tests-inductor-")
+    atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], True)
 
 
 def _register(name: str) -> None:
