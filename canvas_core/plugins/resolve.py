@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from canvas_core.errors import CanvasTypeError, UnavailableError
 from canvas_core.plugins.builtin import SOFTMAX_FAMILY
-from canvas_core.plugins.hints import pip_name, provider_hint
+from canvas_core.plugins.hints import pip_name
 from canvas_core.plugins.host import PluginHost, get_host
 from canvas_core.plugins.spec import RuntimeContext, Spec
 
@@ -128,12 +128,10 @@ def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, 
             note = f"kernel {kspec.name!r} does not execute {name!r}; the type's own module runs"
         elif reasons := _kernel_reasons(kspec, ctx, host):
             hint = _hints([kspec], [reasons])
-            dist = provider_hint("kernels", kspec.name)
             raise UnavailableError(
                 f"kernel {kspec.name!r} ({kspec.describe_provider()}) was requested for attention type "
                 f"{name!r} but cannot run on {ctx.describe()}: {'; '.join(reasons)}."
                 + (f" To fix: {hint}" if hint else "")
-                + (f" (pip install {dist})" if dist and kspec.missing_requirements() else "")
                 + " Or drop kernel= to let canvas-core choose.")
         else:
             chosen = kspec

@@ -126,8 +126,10 @@ def _unfound(module: str) -> Optional[str]:
                                           for m in sys.meta_path) if f is not None), None)
         except (ImportError, ValueError):
             return None
-        if found is None or (i < len(parts) - 1 and found.submodule_search_locations is None):
+        if found is None:
             return name
+        if i < len(parts) - 1 and found.submodule_search_locations is None:  # a plain module has no children
+            return ".".join(parts[: i + 2])
         path = found.submodule_search_locations
     return None
 

@@ -16,6 +16,8 @@ def test_importable_factories_have_no_problem(factory):
     ("canvas_core.atention:CanvasAttention", "canvas_core.atention"),
     ("no_such_top_package_xyz.mod:Thing", "no_such_top_package_xyz"),
     ("json.no_such_child:loads", "json.no_such_child"),
+    ("json.decoder.child:loads", "json.decoder.child"),  # json.decoder exists but is no package
+    ("canvas_core.errors.child.deeper:X", "canvas_core.errors.child"),  # imported plain module
 ])
 def test_missing_factory_module_is_named(factory, missing):
     problem = Spec(name="t", factory=factory).factory_problem()

@@ -117,6 +117,16 @@ def test_explicit_kernel(host):
         resolve_attention("cross_attention", kernel="flex")
 
 
+def test_insisted_kernel_missing_its_package_names_that_package_only(host):
+    # the kernel's own distribution is installed (it registered); only the package it needs is missing
+    P.register_kernel("xformers", K, supports=("cross_attention",), requires=("no_such_kernel_pkg_xyz",))
+    with pytest.raises(UnavailableError) as ei:
+        resolve_attention("cross_attention", kernel="xformers")
+    msg = str(ei.value)
+    assert "To fix: Install the missing package(s) with pip install no-such-kernel-pkg-xyz." in msg
+    assert "canvas-backend-xformers" not in msg and msg.endswith("Or drop kernel= to let canvas-core choose.")
+
+
 def test_no_runnable_kernel_falls_back_to_module_math(host):
     P.register_attention("custom", K)
     P.register_kernel("custom_cuda", K, supports=("custom",), devices=("cuda",))
