@@ -8,17 +8,19 @@ chain rule is written out below (linear layers, plain softmax attention, the gat
 residual), so the compiled graph holds two calls per module.
 
 The forward operators compute what the modules compute: the same projections (``F.linear``),
-softmax attention on the heads as one batch of matrices (logits, mask, softmax, weighted sum,
-with the mask and scale ``_QKVAttention._forward_sdpa`` uses, so values equal the eager ones up
-to rounding), the same zeroing of queries without any allowed key.  They keep the softmax weights
-(``(B * H, Nq, Nk)``, at least float32) and the projections for the backward, which returns every
-gradient the eager autograd graph would give.  Everything here is device-agnostic torch code, so
-the operators have one implementation for every device.
+softmax attention with the mask and scale ``_QKVAttention._forward_sdpa`` uses (on CPU the very
+kernel ``F.scaled_dot_product_attention`` runs there, keeping its log-sum-exp; on other devices
+plain tensor maths with the same result), the same zeroing of queries without any allowed key.
+They keep the projections and the log-sum-exp for the backward, which recomputes the attention
+weights from it and returns every gradient the eager autograd graph would give.
 
 Used by :class:`~canvas_core.attention.softmax.GatedAttention` and
-:class:`~canvas_core.attention.softmax.PerceiverAttention` only while compiling, and only where
-nothing would differ from eager (no active dropout, one dtype without autocast, at least one key);
-eager calls keep their own code path.
+:class:`~canvas_core.attention.softmax.PerceiverAttention` only while compiling, only on CPU
+(elsewhere inductor turns the traced module's ``scaled_dot_product_attention`` into the device's
+fused kernels, which the plain maths here would replace) and only where nothing would differ from
+eager (no active dropout, one dtype without autocast, at least one key); eager calls keep their
+own code path.  Under compile the step pays a little for it (inductor fuses nothing inside an
+operator): docs/performance.md, "Compiling canvas models", has the numbers.
 """
 
 from __future__ import annotations

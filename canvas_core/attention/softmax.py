@@ -42,11 +42,13 @@ def _fusing() -> bool:
 def _fusable(module: AttentionBase, queries: torch.Tensor, Nk: int, weight: torch.Tensor,
              bias: Optional[torch.Tensor] = None, parts: Tuple[AttentionBase, ...] = ()) -> bool:
     """Whether ``module`` may run as its ``fused_softmax`` operator (checked while compiling, see
-    :func:`_fusing`): at least one key and query, no active dropout (in ``module`` or its attention
-    ``parts``), no float mask that wants a gradient, and inputs in the dtype of the parameters
-    (``weight`` stands for them) outside autocast, where eager casts nothing either.  Written to
-    read few attributes: dynamo guards each one on every compiled call."""
-    if Nk == 0 or queries.shape[0] == 0 or queries.shape[1] == 0:
+    :func:`_fusing`): a CPU tensor (elsewhere inductor compiles the traced module's
+    ``scaled_dot_product_attention`` into the device's fused kernels, which the operator's plain
+    maths would replace), at least one key and query, no active dropout (in ``module`` or its
+    attention ``parts``), no float mask that wants a gradient, and inputs in the dtype of the
+    parameters (``weight`` stands for them) outside autocast, where eager casts nothing either.
+    Written to read few attributes: dynamo guards each one on every compiled call."""
+    if queries.device.type != "cpu" or Nk == 0 or queries.shape[0] == 0 or queries.shape[1] == 0:
         return False
     if module.training and (module.dropout_p > 0.0 or any(m.dropout_p > 0.0 for m in parts)):
         return False

@@ -104,6 +104,7 @@ def test_eager_path_is_kept_where_the_operator_would_differ(kind, monkeypatch):
     assert softmax_mod._fusable(m, x, 4, w)
     assert not softmax_mod._fusable(m, x, 0, w)  # no keys: the masked-softmax path's zeros
     assert not softmax_mod._fusable(m, x.double(), 4, w)  # inputs in another dtype than the parameters
+    assert not softmax_mod._fusable(m, x.to("meta"), 4, w)  # off the CPU: inductor's own SDPA kernels
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert not softmax_mod._fusable(m, x, 4, w)
     d = (GatedAttention if kind == "gated" else PerceiverAttention)(D, H, dropout=0.1)
