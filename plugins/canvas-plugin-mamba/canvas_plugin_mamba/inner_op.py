@@ -82,12 +82,8 @@ def _(x, w, b, dt, Bm, C, z, A_log, D, read, T, block):
     return x.new_empty(Bt, Q, E), hin, x.new_empty(Bt, Q, E), torch.empty_like(x), torch.empty_like(x)
 
 
-@torch.library.custom_op("canvas_mamba::inner_backward", mutates_args=())
-def _inner_backward_op(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, conv: torch.Tensor, delta: torch.Tensor,
-                       dt: torch.Tensor, Bm: torch.Tensor, C: torch.Tensor, z: torch.Tensor, A_log: torch.Tensor,
-                       D: torch.Tensor, read: Optional[torch.Tensor], hin: torch.Tensor, y_pre: torch.Tensor, T: int,
-                       block: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                            torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _inner_backward(gy, x, w, conv, delta, dt, Bm, C, z, A_log, D, read, hin, y_pre, T: int, block: int):
+    """Gradients of :func:`_forward`'s ``y`` for ``x, w, b, dt, Bm, C, z, A_log, D`` (contiguous)."""
     u, A = F.silu(conv), -torch.exp(A_log)
     gz = torch.ops.aten.silu_backward(gy * y_pre, z)
     g = gy * F.silu(z)  # the gradient reaching y before the gate
@@ -104,6 +100,15 @@ def _inner_backward_op(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, conv:
     gx, gw, gb = conv_op._backward(torch.ops.aten.silu_backward(gu + gu_skip, conv), x, w)
     return (gx, gw, gb, _softplus_grad(gdelta, dt).contiguous(), gB.contiguous(), gC.contiguous(),
             gz.contiguous(), (gA * A).contiguous(), gD)
+
+
+@torch.library.custom_op("canvas_mamba::inner_backward", mutates_args=())
+def _inner_backward_op(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, conv: torch.Tensor, delta: torch.Tensor,
+                       dt: torch.Tensor, Bm: torch.Tensor, C: torch.Tensor, z: torch.Tensor, A_log: torch.Tensor,
+                       D: torch.Tensor, read: Optional[torch.Tensor], hin: torch.Tensor, y_pre: torch.Tensor, T: int,
+                       block: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                            torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _inner_backward(gy, x, w, conv, delta, dt, Bm, C, z, A_log, D, read, hin, y_pre, T, block)
 
 
 @_inner_backward_op.register_fake

@@ -15,6 +15,7 @@ from canvas_plugin_mamba.conv_op import causal_depthwise_conv
 from canvas_plugin_mamba.inner_op import _softplus as softplus_f32
 from canvas_plugin_mamba.inner_op import _softplus_grad as softplus_f32_grad
 from canvas_plugin_mamba.inner_op import mamba_inner
+from canvas_plugin_mamba.proj_op import mamba_projected
 from canvas_plugin_mamba.scan import selective_scan_mamba_ssm
 
 __all__ = ["MambaAttention", "KERNELS"]
@@ -23,6 +24,9 @@ __all__ = ["MambaAttention", "KERNELS"]
 KERNELS = ("auto", "mamba_ssm", "mamba_torch")
 #: run the fused inner operator in eager mode too (tests compare the two paths with it)
 _FUSE_EAGER = False
+#: the fused path takes the projections into its operator too (``proj_op.py``); False keeps them
+#: outside (``inner_op.py`` only, as with active dropout); tests and benchmarks compare the two
+_FUSE_PROJECTIONS = True
 
 
 def _mamba_ssm_available() -> bool:
@@ -195,7 +199,17 @@ class MambaAttention(nn.Module):
             return False
         return all(p.dtype == dt for p in (self.A_log, self.D, self.conv1d.weight, self.in_proj.weight,
                                             self.dt_proj.weight, self.x_proj.weight, self.c_proj.weight,
-                                            self.z_proj.weight))
+                                            self.z_proj.weight, self.out_proj.weight))
+
+    def _plain_projections(self) -> bool:
+        """Every projection an ``nn.Linear`` with the biases it was built with (what the
+        projected operator computes), and no dropout active between ``y`` and ``out_proj``."""
+        if self.drop.p > 0 and self.training:
+            return False
+        lin = (self.in_proj, self.x_proj, self.dt_proj, self.c_proj, self.z_proj, self.out_proj)
+        if any(type(m) is not nn.Linear for m in lin) or type(self.conv1d) is not nn.Conv1d:
+            return False
+        return all(m.bias is not None for m in (self.in_proj, self.dt_proj, self.z_proj, self.out_proj, self.conv1d))
 
     def sequence_inputs(
         self, keys: torch.Tensor, values: torch.Tensor, key_ok: Optional[torch.Tensor] = None
@@ -278,6 +292,9 @@ class MambaAttention(nn.Module):
             # under torch.compile: conv, activations, scan, skip and gate as one operator each way
             # (inner_op.py), so inductor compiles none of their ~100 nodes; eager runs the same
             # operations one by one below (the same values, no custom-operator overhead per call)
+            if _FUSE_PROJECTIONS and self._plain_projections():  # the projections inside it too
+                out = mamba_projected(self, queries, keys, values, None if aligned else read)
+                return out if has is None else out.masked_fill(~has, 0.0)
             dt, Bsel = self.x_proj(keys).split([self.dt_rank, self.d_state], dim=-1)
             y = mamba_inner(self.in_proj(values), self.conv1d.weight.squeeze(1), self.conv1d.bias,
                             self.dt_proj(dt), Bsel, self.c_proj(queries), self.z_proj(queries), self.A_log,

@@ -13,9 +13,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 
-def _run(m, q, k, v, fused, monkeypatch):
+def _run(m, q, k, v, fused, monkeypatch, proj=False):
     with monkeypatch.context() as mp:
         mp.setattr(module, "_FUSE_EAGER", fused)  # eager runs the operator only when asked to
+        mp.setattr(module, "_FUSE_PROJECTIONS", proj)  # these tests: the projections outside it
         out = m(q, k, v)
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=out.dtype)
     params = [p for p in m.parameters()]
@@ -55,7 +56,9 @@ def test_fused_forward_is_bitwise_the_unfused_one(monkeypatch):
     with torch.no_grad():
         unfused = m(x, x, x)
         monkeypatch.setattr(module, "_FUSE_EAGER", True)
-        assert torch.equal(m(x, x, x), unfused)
+        for proj in (False, True):  # the projections outside the operator, then inside (proj_op.py)
+            monkeypatch.setattr(module, "_FUSE_PROJECTIONS", proj)
+            assert torch.equal(m(x, x, x), unfused)
 
 
 def test_fused_path_is_taken_only_where_it_applies():
@@ -90,7 +93,8 @@ def test_inner_custom_ops_pass_torch_opcheck():
                                                             A_log, D, read, hin, y_pre, T, -1))
 
 
-def test_compiled_module_traces_the_operator_and_matches_eager():
+def test_compiled_module_traces_the_operator_and_matches_eager(monkeypatch):
+    monkeypatch.setattr(module, "_FUSE_PROJECTIONS", False)  # as with active dropout
     from functorch.compile import make_boxed_func
     from torch._functorch.aot_autograd import aot_module_simplified
 
