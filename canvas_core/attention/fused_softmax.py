@@ -37,33 +37,26 @@ Tensor = torch.Tensor
 _INF = float("inf")
 
 
-def _heads(x: Tensor, heads: int) -> Tensor:
-    """``(B, N, D) -> (B, H, N, D/H)`` (a view), as ``AttentionBase._split``."""
-    B, N, D = x.shape
-    return x.view(B, N, heads, D // heads).transpose(1, 2)
-
-
-def _merge(x: Tensor) -> Tensor:
-    """``(B, H, N, d) -> (B, N, H * d)``, as ``AttentionBase._merge`` (a view for the attention
-    kernels' outputs, which are laid out as ``(B, N, H, d)``)."""
-    B, H, N, d = x.shape
-    return x.transpose(1, 2).reshape(B, N, H * d)
-
-
 def _sdpa_mask(allowed: Optional[Tensor], bias: Optional[Tensor], dtype) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-    """``(has, mask)`` as ``_QKVAttention._forward_sdpa`` builds them: rows without any allowed
+    """``(mask, none)`` as ``_QKVAttention._forward_sdpa`` builds them: rows without any allowed
     key are given every key (so the softmax stays finite; their outputs are zeroed afterwards) and
-    ``has`` marks the others.  ``mask``: additive, ``(B|1, 1, Nq|1, Nk)``, or None."""
+    ``none`` marks those rows, ``(B|1, Nq|1, 1)``.  ``mask``: additive, ``(B|1, 1, Nq|1, Nk)``, or
+    None.  Built by the callers of the operators (traced code: inductor fuses it), once for the
+    forward and the backward."""
     if allowed is None:
-        return None, (None if bias is None else bias.unsqueeze(1).to(dtype))
-    has = allowed.any(dim=-1, keepdim=True)
+        return (None if bias is None else bias.unsqueeze(1).to(dtype)), None
+    none = ~allowed.any(dim=-1, keepdim=True)
     fill = torch.zeros((), dtype=dtype, device=allowed.device)
     add = fill if bias is None else bias.to(dtype)
-    return has, torch.where(allowed | ~has, add, fill - _INF).unsqueeze(1)
+    return torch.where(allowed | none, add, fill - _INF).unsqueeze(1), none
 
 
 def _work(dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def _as(t: Tensor, dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 #: use the device-agnostic attention below on CPU too (tests check it there; other devices use it)
@@ -79,12 +72,12 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], scale: floa
     CPU the kernel ``F.scaled_dot_product_attention`` runs there; elsewhere plain tensor maths."""
     if _flash(q):
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=mask,
-                                                                          scale=scale)
-    s = torch.matmul(q, k.transpose(-1, -2)).to(_work(q.dtype)).mul_(scale)
+                                                                          scale=scale)[:2]
+    s = _as(torch.matmul(q, k.transpose(-1, -2)), _work(q.dtype)).mul_(scale)
     if mask is not None:
-        s = s + mask.to(s.dtype)
+        s = s + _as(mask, s.dtype)
     lse = torch.logsumexp(s, dim=-1)
-    out = torch.matmul(torch.exp(s - lse.unsqueeze(-1)).to(v.dtype), v)
+    out = torch.matmul(_as(torch.exp(s - lse.unsqueeze(-1)), v.dtype), v)
     # laid out as the CPU kernel lays them out, (B, N, H, d) and (B, N, H)
     return out.transpose(1, 2).contiguous().transpose(1, 2), lse.transpose(1, 2).contiguous().transpose(1, 2)
 
@@ -96,52 +89,78 @@ def _attend_backward(go: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, l
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             go, q, k, v, out, lse, 0.0, False, attn_mask=mask, scale=scale)
     work = lse.dtype
-    qf, kf, vf, gf = (t.to(work) for t in (q, k, v, go))
+    qf, kf, vf, gf = (_as(t, work) for t in (q, k, v, go))
     s = torch.matmul(qf, kf.transpose(-1, -2)).mul_(scale)
     if mask is not None:
-        s = s + mask.to(work)
+        s = s + _as(mask, work)
     w = torch.exp(s - lse.unsqueeze(-1))
     gv = torch.matmul(w.transpose(-1, -2), gf)
     gw = torch.matmul(gf, vf.transpose(-1, -2))
-    gs = gw.sub_((gf * out.to(work)).sum(dim=-1, keepdim=True)).mul_(w).mul_(scale)
-    return torch.matmul(gs, kf).to(q.dtype), torch.matmul(gs.transpose(-1, -2), qf).to(k.dtype), gv.to(v.dtype)
+    gs = gw.sub_((gf * _as(out, work)).sum(dim=-1, keepdim=True)).mul_(w).mul_(scale)
+    return _as(torch.matmul(gs, kf), q.dtype), _as(torch.matmul(gs.transpose(-1, -2), qf), k.dtype), _as(gv, v.dtype)
 
 
-def _linear_backward(g: Tensor, x: Tensor, w: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-    """``y = x w^T + b``: ``(grad x, grad w, grad b)`` from ``g = grad y``."""
-    g2 = g.reshape(-1, g.shape[-1])
-    gx = g2.mm(w).view(*g.shape[:-1], w.shape[1])
-    return gx, g2.t().mm(x.reshape(-1, x.shape[-1])), g2.sum(dim=0)
+def _heads(x: Tensor, heads: int) -> Tensor:
+    """``(B, N, D) -> (B, H, N, D/H)`` (a view), as ``AttentionBase._split``."""
+    B, N, D = x.shape
+    return x.view(B, N, heads, D // heads).transpose(1, 2)
 
 
-def _heads_backward(go: Tensor, q: Tensor, k: Tensor, v: Tensor, om: Tensor, lse: Tensor, mask: Optional[Tensor],
-                    scale: float, heads: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """:func:`_attend_backward` from and to ``(B, N, D)`` tensors (the projections, the merged
-    attention output ``om`` and its gradient ``go``)."""
-    g = _attend_backward(_heads(go, heads), _heads(q, heads), _heads(k, heads), _heads(v, heads), _heads(om, heads),
-                         lse, mask, scale)
-    return _merge(g[0]), _merge(g[1]), _merge(g[2])
+def _flat(x: Tensor) -> Tensor:
+    """``(B, H, N, d)`` laid out as ``(B, N, H, d)`` (the attention kernels' outputs and
+    gradients) -> ``(B * N, H * d)``, a view."""
+    B, H, N, d = x.shape
+    return x.transpose(1, 2).reshape(B * N, H * d)
+
+
+def _rows(x: Tensor) -> Tensor:
+    return x.reshape(-1, x.shape[-1])
 
 
 def _attend_merged(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], scale: float, heads: int
                    ) -> Tuple[Tensor, Tensor]:
     """:func:`_attend` from ``(B, N, D)`` projections to ``(om (B, Nq, D), lse)``."""
     o, lse = _attend(_heads(q, heads), _heads(k, heads), _heads(v, heads), mask, scale)
-    return _merge(o), lse
+    return _flat(o).view(q.shape[0], q.shape[1], -1), lse
+
+
+def _attend_grads(go: Tensor, q: Tensor, k: Tensor, v: Tensor, om: Tensor, lse: Tensor, mask: Optional[Tensor],
+                  scale: float, heads: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`_attend_backward` from ``(B, N, D)`` tensors (``go`` given as ``(B * Nq, D)`` rows)
+    to the projections' gradients as ``(B * N, D)`` rows (views of the kernel's outputs)."""
+    g = _attend_backward(_heads(go.view(om.shape), heads), _heads(q, heads), _heads(k, heads), _heads(v, heads),
+                         _heads(om, heads), lse, mask, scale)
+    return _flat(g[0]), _flat(g[1]), _flat(g[2])
+
+
+def _kv_backward(gk: Tensor, gv: Tensor, keys: Tensor, values: Optional[Tensor], wk: Tensor, wv: Tensor
+                 ) -> Tuple[List[Tensor], Tensor, Tensor, Tensor, Tensor]:
+    """``k = keys wk^T + bk``, ``v = values wv^T + bv`` (``values`` None: the keys themselves)
+    from the rows ``gk``, ``gv``: ``([grad keys(, grad values)], gwk, gbk, gwv, gbv)``.  Shared
+    keys / values get one gradient, summed by ``addmm`` (no second product, no addition after)."""
+    k2 = _rows(keys)
+    gwk, gbk = gk.t().mm(k2), gk.sum(dim=0)
+    if values is None:
+        inputs = [torch.addmm(gk.mm(wk), gv, wv).view(keys.shape)]
+        gwv = gv.t().mm(k2)
+    else:
+        inputs = [gk.mm(wk).view(keys.shape), gv.mm(wv).view(values.shape)]
+        gwv = gv.t().mm(_rows(values))
+    return inputs, gwk, gbk, gwv, gv.sum(dim=0)
 
 
 # ------------------------------------------------------------------------------------------ gated
-def _gated_forward(queries, keys, values, params, allowed, bias, scale, heads):
-    """``params``: ``(wq, bq, wk, bk, wv, bv, wo, bo, wg, bg, alpha)``."""
+def _gated_forward(queries, keys, values, params, mask, none, scale, heads):
+    """``params``: ``(wq, bq, wk, bk, wv, bv, wo, bo, wg, bg, alpha)``; ``values`` None: the keys."""
     wq, bq, wk, bk, wv, bv, wo, bo, wg, bg, alpha = params
-    q, k, v = F.linear(queries, wq, bq), F.linear(keys, wk, bk), F.linear(values, wv, bv)
-    has, mask = _sdpa_mask(allowed, bias, q.dtype)
+    q, k = F.linear(queries, wq, bq), F.linear(keys, wk, bk)
+    v = F.linear(keys if values is None else values, wv, bv)
     om, lse = _attend_merged(q, k, v, mask, scale, heads)
     attn = F.linear(om, wo, bo)
-    if has is not None:
-        attn.masked_fill_(~has, 0.0)
+    if none is not None:
+        attn.masked_fill_(none, 0.0)
     s = F.linear(queries, wg, bg).sigmoid_()
-    out = (s * torch.tanh(alpha).to(attn.dtype)).mul_(attn)
+    out = (s * _as(torch.tanh(alpha), attn.dtype)).mul_(attn)
     return out, q, k, v, om, lse, attn, s
 
 
@@ -151,14 +170,14 @@ def _fake_lse(q: Tensor, heads: int) -> Tensor:
 
 
 @torch.library.custom_op("canvas_core::gated_attention", mutates_args=())
-def _gated_op(queries: Tensor, keys: Tensor, values: Tensor, params: List[Tensor], allowed: Optional[Tensor],
-              bias: Optional[Tensor], scale: float, heads: int
+def _gated_op(queries: Tensor, keys: Tensor, values: Optional[Tensor], params: List[Tensor], mask: Optional[Tensor],
+              none: Optional[Tensor], scale: float, heads: int
               ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _gated_forward(queries, keys, values, params, allowed, bias, scale, heads)
+    return _gated_forward(queries, keys, values, params, mask, none, scale, heads)
 
 
 @_gated_op.register_fake
-def _(queries, keys, values, params, allowed, bias, scale, heads):
+def _(queries, keys, values, params, mask, none, scale, heads):
     q = torch.empty_like(queries, memory_format=torch.contiguous_format)
     k = torch.empty_like(keys, memory_format=torch.contiguous_format)
     return (q, torch.empty_like(q), k, torch.empty_like(k), torch.empty_like(q), _fake_lse(q, heads),
@@ -166,38 +185,50 @@ def _(queries, keys, values, params, allowed, bias, scale, heads):
 
 
 @torch.library.custom_op("canvas_core::gated_attention_backward", mutates_args=())
-def _gated_backward_op(g: Tensor, queries: Tensor, keys: Tensor, values: Tensor, params: List[Tensor],
-                       allowed: Optional[Tensor], bias: Optional[Tensor], saved: List[Tensor], scale: float,
+def _gated_backward_op(g: Tensor, queries: Tensor, keys: Tensor, values: Optional[Tensor], params: List[Tensor],
+                       mask: Optional[Tensor], none: Optional[Tensor], saved: List[Tensor], scale: float,
                        heads: int) -> List[Tensor]:
     wq, _, wk, _, wv, _, wo, _, wg, _, alpha = params
     q, k, v, om, lse, attn, s = saved
-    has, mask = _sdpa_mask(allowed, bias, q.dtype)
     t = torch.tanh(alpha)
-    tc = t.to(attn.dtype)
-    u = (g * attn).mul_(s)  # the gradient reaching tanh(alpha) * sigmoid, per element
-    galpha = u.sum(dim=(0, 1)).to(alpha.dtype).mul_(1.0 - t * t)
-    gsp = torch.addcmul(u, u, s, value=-1.0).mul_(tc)  # through the sigmoid: u * (1 - s) * tanh(alpha)
-    gq_gate, gwg, gbg = _linear_backward(gsp, queries, wg)
+    tc = _as(t, attn.dtype)
+    gg = g * attn  # the gradient reaching the gate tanh(alpha) * sigmoid(...)
+    galpha = torch.ops.aten.tanh_backward(_as((gg * s).sum(dim=(0, 1)), alpha.dtype), t)
+    gsp = _rows(torch.ops.aten.sigmoid_backward(gg.mul_(tc), s))  # through the sigmoid, (B * Nq, D)
     ga = (g * s).mul_(tc)
-    if has is not None:
-        ga.masked_fill_(~has, 0.0)
-    gom, gwo, gbo = _linear_backward(ga, om, wo)
-    gqp, gkp, gvp = _heads_backward(gom, q, k, v, om, lse, mask, scale, heads)
-    gq, gwq, gbq = _linear_backward(gqp, queries, wq)
-    gk, gwk, gbk = _linear_backward(gkp, keys, wk)
-    gv, gwv, gbv = _linear_backward(gvp, values, wv)
-    return [gq.add_(gq_gate), gk, gv, gwq, gbq, gwk, gbk, gwv, gbv, gwo, gbo, gwg, gbg, galpha]
+    if none is not None:
+        ga.masked_fill_(none, 0.0)
+    ga = _rows(ga)
+    x2 = _rows(queries)
+    gwg, gbg = gsp.t().mm(x2), gsp.sum(dim=0)
+    gwo, gbo = ga.t().mm(_rows(om)), ga.sum(dim=0)
+    gq, gk, gv = _attend_grads(ga.mm(wo), q, k, v, om, lse, mask, scale, heads)
+    gqueries = torch.addmm(gsp.mm(wg), gq, wq).view(queries.shape)
+    inputs, gwk, gbk, gwv, gbv = _kv_backward(gk, gv, keys, values, wk, wv)
+    return [gqueries, *inputs, gq.t().mm(x2), gq.sum(dim=0), gwk, gbk, gwv, gbv, gwo, gbo, gwg, gbg, galpha]
+
+
+def _fake_grads(queries, keys, values, params):
+    c = torch.contiguous_format
+    inputs = (queries, keys) if values is None else (queries, keys, values)
+    return [torch.empty_like(t, memory_format=c) for t in (*inputs, *params)]
 
 
 @_gated_backward_op.register_fake
-def _(g, queries, keys, values, params, allowed, bias, saved, scale, heads):
-    c = torch.contiguous_format
-    return [torch.empty_like(t, memory_format=c) for t in (queries, keys, values, *params)]
+def _(g, queries, keys, values, params, mask, none, saved, scale, heads):
+    return _fake_grads(queries, keys, values, params)
+
+
+def _input_grads(grads: List[Tensor], values: Optional[Tensor]):
+    """The backward operators' list -> ``(grad queries, grad keys, grad values, [grad params])``."""
+    if values is None:
+        return grads[0], grads[1], None, grads[2:]
+    return grads[0], grads[1], grads[2], grads[3:]
 
 
 def _gated_setup(ctx, inputs, output):
-    queries, keys, values, params, allowed, bias, scale, heads = inputs
-    ctx.save_for_backward(queries, keys, values, allowed, bias, *output[1:], *params)
+    queries, keys, values, params, mask, none, scale, heads = inputs
+    ctx.save_for_backward(queries, keys, values, mask, none, *output[1:], *params)
     ctx.scale, ctx.heads = scale, heads
     ctx.mark_non_differentiable(*output[1:])  # saved for the backward only
     ctx.set_materialize_grads(False)
@@ -206,10 +237,10 @@ def _gated_setup(ctx, inputs, output):
 def _gated_autograd(ctx, g, *_unused):
     if g is None:
         return (None,) * 8
-    queries, keys, values, allowed, bias, *rest = ctx.saved_tensors
-    grads = _gated_backward_op(g.contiguous(), queries, keys, values, rest[7:], allowed, bias, rest[:7], ctx.scale,
+    queries, keys, values, mask, none, *rest = ctx.saved_tensors
+    grads = _gated_backward_op(g.contiguous(), queries, keys, values, rest[7:], mask, none, rest[:7], ctx.scale,
                                ctx.heads)
-    return (*grads[:3], grads[3:], None, None, None, None)
+    return (*_input_grads(grads, values), None, None, None, None)
 
 
 _gated_op.register_autograd(_gated_autograd, setup_context=_gated_setup)
@@ -223,35 +254,36 @@ def _params(m) -> List[Tensor]:
 def gated_attention(module, queries: Tensor, keys: Tensor, values: Tensor, allowed: Optional[Tensor],
                     bias: Optional[Tensor]) -> Tensor:
     """``GatedAttention.forward`` (dropout inactive, ``Nk >= 1``) as one operator; ``allowed`` /
-    ``bias`` as ``AttentionBase._mask`` returns them."""
+    ``bias`` as ``AttentionBase._mask`` returns them.  Values that are the keys (what the canvas
+    runtime passes) reach the operator as None: one gradient for both."""
     m = module
     params = [*_params(m), m.gate_proj.weight, m.gate_proj.bias, m.gate_alpha]
     scale = m._beta() / math.sqrt(m.head_dim)  # as the eager module computes it
-    return _gated_op(queries, keys, values, params, allowed, bias, scale, m.n_heads)[0]
+    mask, none = _sdpa_mask(allowed, bias, queries.dtype)
+    return _gated_op(queries, keys, None if values is keys else values, params, mask, none, scale, m.n_heads)[0]
 
 
 # -------------------------------------------------------------------------------------- perceiver
-def _perceiver_forward(queries, keys, values, params, allowed, e_scale, d_scale, heads):
+def _perceiver_forward(queries, keys, values, params, e_mask, e_none, q_none, e_scale, d_scale, heads):
     """``params``: the latents, then the encode and the decode cross-attentions'
-    ``(wq, bq, wk, bk, wv, bv, wo, bo)``."""
+    ``(wq, bq, wk, bk, wv, bv, wo, bo)``; ``e_mask`` / ``e_none``: the latents' mask (the union of
+    the keys the queries read), ``q_none``: the queries without any key."""
     latents, ew, dw = params[0], params[1:9], params[9:17]
-    B = queries.shape[0]
-    lat = latents.to(queries.dtype)
-    union = None if allowed is None else allowed.any(dim=1, keepdim=True)  # what the latents read
-    # the latents' queries are the same for every batch item: projected once, then broadcast
-    eq = F.linear(lat, ew[0], ew[1]).unsqueeze(0).expand(B, -1, -1).contiguous()
-    ek, ev = F.linear(keys, ew[2], ew[3]), F.linear(values, ew[4], ew[5])
-    has, mask = _sdpa_mask(union, None, eq.dtype)
-    eom, e_lse = _attend_merged(eq, ek, ev, mask, e_scale, heads)
-    enc = F.linear(eom, ew[6], ew[7])
-    if has is not None:
-        enc.masked_fill_(~has, 0.0)
-    z = enc + lat
+    lat = _as(latents, queries.dtype)
+    # the latents' queries are the same for every batch item: projected once, read broadcast
+    eq = F.linear(lat, ew[0], ew[1])
+    ek = F.linear(keys, ew[2], ew[3])
+    ev = F.linear(keys if values is None else values, ew[4], ew[5])
+    eom, e_lse = _attend_merged(eq.expand(queries.shape[0], -1, -1), ek, ev, e_mask, e_scale, heads)
+    z = F.linear(eom, ew[6], ew[7])
+    if e_none is not None:
+        z.masked_fill_(e_none, 0.0)
+    z.add_(lat)
     dq, dk, dv = F.linear(queries, dw[0], dw[1]), F.linear(z, dw[2], dw[3]), F.linear(z, dw[4], dw[5])
     dom, dlse = _attend_merged(dq, dk, dv, None, d_scale, heads)
     out = F.linear(dom, dw[6], dw[7])
-    if allowed is not None:
-        out.masked_fill_(~allowed.any(dim=-1, keepdim=True), 0.0)
+    if q_none is not None:
+        out.masked_fill_(q_none, 0.0)
     return out, eq, ek, ev, eom, e_lse, z, dq, dk, dv, dom, dlse
 
 
@@ -259,58 +291,60 @@ _TWELVE = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, 
 
 
 @torch.library.custom_op("canvas_core::perceiver_attention", mutates_args=())
-def _perceiver_op(queries: Tensor, keys: Tensor, values: Tensor, params: List[Tensor], allowed: Optional[Tensor],
-                  e_scale: float, d_scale: float, heads: int) -> _TWELVE:
-    return _perceiver_forward(queries, keys, values, params, allowed, e_scale, d_scale, heads)
+def _perceiver_op(queries: Tensor, keys: Tensor, values: Optional[Tensor], params: List[Tensor],
+                  e_mask: Optional[Tensor], e_none: Optional[Tensor], q_none: Optional[Tensor], e_scale: float,
+                  d_scale: float, heads: int) -> _TWELVE:
+    return _perceiver_forward(queries, keys, values, params, e_mask, e_none, q_none, e_scale, d_scale, heads)
 
 
 @_perceiver_op.register_fake
-def _(queries, keys, values, params, allowed, e_scale, d_scale, heads):
+def _(queries, keys, values, params, e_mask, e_none, q_none, e_scale, d_scale, heads):
     B, Nq, D = queries.shape
     K, Nk = params[0].shape[0], keys.shape[1]
     q, lat, kv = (lambda: queries.new_empty(B, Nq, D)), (lambda: queries.new_empty(B, K, D)), \
         (lambda: queries.new_empty(B, Nk, D))
-    return q(), lat(), kv(), kv(), lat(), _fake_lse(lat(), heads), lat(), q(), lat(), lat(), q(), _fake_lse(q(), heads)
+    return (q(), queries.new_empty(K, D), kv(), kv(), lat(), _fake_lse(lat(), heads), lat(), q(), lat(), lat(), q(),
+            _fake_lse(q(), heads))
 
 
 @torch.library.custom_op("canvas_core::perceiver_attention_backward", mutates_args=())
-def _perceiver_backward_op(g: Tensor, queries: Tensor, keys: Tensor, values: Tensor, params: List[Tensor],
-                           allowed: Optional[Tensor], saved: List[Tensor], e_scale: float, d_scale: float,
-                           heads: int) -> List[Tensor]:
+def _perceiver_backward_op(g: Tensor, queries: Tensor, keys: Tensor, values: Optional[Tensor], params: List[Tensor],
+                           e_mask: Optional[Tensor], e_none: Optional[Tensor], q_none: Optional[Tensor],
+                           saved: List[Tensor], e_scale: float, d_scale: float, heads: int) -> List[Tensor]:
     latents, ew, dw = params[0], params[1:9], params[9:17]
     eq, ek, ev, eom, e_lse, z, dq, dk, dv, dom, dlse = saved
-    union = None if allowed is None else allowed.any(dim=1, keepdim=True)
-    has, mask = _sdpa_mask(union, None, eq.dtype)
-    if allowed is not None:
-        g = g.masked_fill(~allowed.any(dim=-1, keepdim=True), 0.0)
+    B, K, D = z.shape
+    if q_none is not None:
+        g = g.masked_fill(q_none, 0.0)
     # decode: the queries read z
-    gdom, gdwo, gdbo = _linear_backward(g, dom, dw[6])
-    gdq, gdk, gdv = _heads_backward(gdom, dq, dk, dv, dom, dlse, None, d_scale, heads)
-    gq, gdwq, gdbq = _linear_backward(gdq, queries, dw[0])
-    gz, gdwk, gdbk = _linear_backward(gdk, z, dw[2])
-    gz2, gdwv, gdbv = _linear_backward(gdv, z, dw[4])
-    gz = gz.add_(gz2)
+    g = _rows(g)
+    gdwo, gdbo = g.t().mm(_rows(dom)), g.sum(dim=0)
+    gdq, gdk, gdv = _attend_grads(g.mm(dw[6]), dq, dk, dv, dom, dlse, None, d_scale, heads)
+    gqueries = gdq.mm(dw[0]).view(queries.shape)
+    gdwq, gdbq = gdq.t().mm(_rows(queries)), gdq.sum(dim=0)
+    (gz,), gdwk, gdbk, gdwv, gdbv = _kv_backward(gdk, gdv, z, None, dw[2], dw[4])  # z is both
     # z = latents + encode(latents, keys, values)
-    genc = gz if has is None else gz.masked_fill(~has, 0.0)
-    geom, gewo, gebo = _linear_backward(genc, eom, ew[6])
-    geq, gek, gev = _heads_backward(geom, eq, ek, ev, eom, e_lse, mask, e_scale, heads)
-    glat, gewq, gebq = _linear_backward(geq.sum(dim=0), latents.to(queries.dtype), ew[0])
-    gk, gewk, gebk = _linear_backward(gek, keys, ew[2])
-    gv, gewv, gebv = _linear_backward(gev, values, ew[4])
-    glatents = gz.sum(dim=0).add_(glat).to(latents.dtype)
-    return [gq.contiguous(), gk.contiguous(), gv.contiguous(), glatents, gewq, gebq, gewk, gebk, gewv, gebv, gewo,
-            gebo, gdwq, gdbq, gdwk, gdbk, gdwv, gdbv, gdwo, gdbo]
+    glat = gz.sum(dim=0)  # the residual's share
+    genc = gz if e_none is None else gz.masked_fill_(e_none, 0.0)
+    genc = _rows(genc)
+    gewo, gebo = genc.t().mm(_rows(eom)), genc.sum(dim=0)
+    geq, gek, gev = _attend_grads(genc.mm(ew[6]), eq.expand(B, -1, -1), ek, ev, eom, e_lse, e_mask, e_scale, heads)
+    geq = geq.view(B, K, D).sum(dim=0)
+    lat = _as(latents, queries.dtype)
+    glatents = _as(torch.addmm(glat, geq, ew[0]), latents.dtype)
+    inputs, gewk, gebk, gewv, gebv = _kv_backward(gek, gev, keys, values, ew[2], ew[4])
+    return [gqueries, *inputs, glatents, geq.t().mm(lat), geq.sum(dim=0), gewk, gebk, gewv, gebv, gewo, gebo,
+            gdwq, gdbq, gdwk, gdbk, gdwv, gdbv, gdwo, gdbo]
 
 
 @_perceiver_backward_op.register_fake
-def _(g, queries, keys, values, params, allowed, saved, e_scale, d_scale, heads):
-    c = torch.contiguous_format
-    return [torch.empty_like(t, memory_format=c) for t in (queries, keys, values, *params)]
+def _(g, queries, keys, values, params, e_mask, e_none, q_none, saved, e_scale, d_scale, heads):
+    return _fake_grads(queries, keys, values, params)
 
 
 def _perceiver_setup(ctx, inputs, output):
-    queries, keys, values, params, allowed, e_scale, d_scale, heads = inputs
-    ctx.save_for_backward(queries, keys, values, allowed, *output[1:], *params)
+    queries, keys, values, params, e_mask, e_none, q_none, e_scale, d_scale, heads = inputs
+    ctx.save_for_backward(queries, keys, values, e_mask, e_none, q_none, *output[1:], *params)
     ctx.args = (e_scale, d_scale, heads)
     ctx.mark_non_differentiable(*output[1:])  # saved for the backward only
     ctx.set_materialize_grads(False)
@@ -318,10 +352,11 @@ def _perceiver_setup(ctx, inputs, output):
 
 def _perceiver_autograd(ctx, g, *_unused):
     if g is None:
-        return (None,) * 8
-    queries, keys, values, allowed, *rest = ctx.saved_tensors
-    grads = _perceiver_backward_op(g.contiguous(), queries, keys, values, rest[11:], allowed, rest[:11], *ctx.args)
-    return (*grads[:3], grads[3:], None, None, None, None)
+        return (None,) * 10
+    queries, keys, values, e_mask, e_none, q_none, *rest = ctx.saved_tensors
+    grads = _perceiver_backward_op(g.contiguous(), queries, keys, values, rest[11:], e_mask, e_none, q_none,
+                                   rest[:11], *ctx.args)
+    return (*_input_grads(grads, values), None, None, None, None, None, None)
 
 
 _perceiver_op.register_autograd(_perceiver_autograd, setup_context=_perceiver_setup)
@@ -329,8 +364,11 @@ _perceiver_op.register_autograd(_perceiver_autograd, setup_context=_perceiver_se
 
 def perceiver_attention(module, queries: Tensor, keys: Tensor, values: Tensor, allowed: Optional[Tensor]) -> Tensor:
     """``PerceiverAttention.forward`` (dropout inactive, ``Nk >= 1``) as one operator; ``allowed``
-    as ``AttentionBase._mask`` returns it."""
+    as ``AttentionBase._mask`` returns it.  Values that are the keys reach the operator as None."""
     e, d = module.encode, module.decode
     params = [module.latents, *_params(e), *_params(d)]
-    return _perceiver_op(queries, keys, values, params, allowed, e._beta() / math.sqrt(e.head_dim),
-                         d._beta() / math.sqrt(d.head_dim), module.n_heads)[0]
+    union = None if allowed is None else allowed.any(dim=1, keepdim=True)  # what the latents read
+    e_mask, e_none = _sdpa_mask(union, None, queries.dtype)
+    q_none = None if allowed is None else ~allowed.any(dim=-1, keepdim=True)
+    return _perceiver_op(queries, keys, None if values is keys else values, params, e_mask, e_none, q_none,
+                         e._beta() / math.sqrt(e.head_dim), d._beta() / math.sqrt(d.head_dim), module.n_heads)[0]

@@ -5,6 +5,8 @@ kept wherever the operator would differ, and torch's checks of the registrations
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -157,15 +159,23 @@ def test_custom_ops_pass_torch_opcheck(generic, monkeypatch):
     def plain(ts):
         return [t.detach() for t in ts]
 
-    for mask, b in ((None, None), (allowed, None), (allowed[:1], bias)):
-        torch.library.opcheck(fused_softmax._gated_op, (q, k, v, gated, mask, b, 0.7, H))
-        outs = plain(fused_softmax._gated_op(q, k, v, gated, mask, b, 0.7, H))
+    for (allowed_, b), vals in itertools.product(((None, None), (allowed, None), (allowed[:1], bias)), (v, None)):
+        mask, none = fused_softmax._sdpa_mask(allowed_, b, torch.float64)
+        torch.library.opcheck(fused_softmax._gated_op, (q, k, vals, gated, mask, none, 0.7, H))
+        outs = plain(fused_softmax._gated_op(q, k, vals, gated, mask, none, 0.7, H))
+        vp = None if vals is None else vals.detach()
         torch.library.opcheck(fused_softmax._gated_backward_op,
-                              (torch.randn_like(outs[0]), *plain((q, k, v)), plain(gated), mask, b, outs[1:], 0.7, H))
-        torch.library.opcheck(fused_softmax._perceiver_op, (q, k, v, perc, mask, 0.5, 0.4, H))
-        outs = plain(fused_softmax._perceiver_op(q, k, v, perc, mask, 0.5, 0.4, H))
+                              (torch.randn_like(outs[0]), q.detach(), k.detach(), vp, plain(gated), mask, none,
+                               outs[1:], 0.7, H))
+        union = None if allowed_ is None else allowed_.any(dim=1, keepdim=True)
+        e_mask, e_none = fused_softmax._sdpa_mask(union, None, torch.float64)
+        q_none = None if allowed_ is None else ~allowed_.any(dim=-1, keepdim=True)
+        args = (perc, e_mask, e_none, q_none)
+        torch.library.opcheck(fused_softmax._perceiver_op, (q, k, vals, *args, 0.5, 0.4, H))
+        outs = plain(fused_softmax._perceiver_op(q, k, vals, *args, 0.5, 0.4, H))
         torch.library.opcheck(fused_softmax._perceiver_backward_op,
-                              (torch.randn_like(outs[0]), *plain((q, k, v)), plain(perc), mask, outs[1:], 0.5, 0.4, H))
+                              (torch.randn_like(outs[0]), q.detach(), k.detach(), vp, plain(perc), *args[1:],
+                               outs[1:], 0.5, 0.4, H))
 
 
 def _collecting_backend(seen):
@@ -220,3 +230,37 @@ def test_inductor_compiled_modules_match_eager():
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-4)
     for a, r in zip(grads, torch.autograd.grad(ref.pow(2).sum(), params)):
         torch.testing.assert_close(a, r, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["gated", "perceiver"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_values_that_are_the_keys_reach_the_compiled_operator_as_none(kind, shared):
+    """The canvas runtime passes one tensor as keys and values: the operator then projects it
+    twice and returns one gradient for it (``values`` None); distinct values keep their own."""
+    from functorch.compile import make_boxed_func
+    from torch._functorch.aot_autograd import aot_module_simplified
+
+    name = "gated_attention" if kind == "gated" else "perceiver_attention"
+    values_args = []
+
+    def backend(gm, example):
+        def keep(graph, _):
+            values_args.extend(n.args[2] for n in graph.graph.nodes if str(n.target) == f"canvas_core.{name}.default")
+            return make_boxed_func(graph.forward)
+
+        return aot_module_simplified(gm, example, fw_compiler=keep, bw_compiler=keep)
+
+    torch._dynamo.reset()
+    m = _make(kind, 6, torch.float32)
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randn(2, 5, D, generator=gen, requires_grad=True)
+    k = torch.randn(2, 4, D, generator=gen, requires_grad=True)
+    v = k if shared else torch.randn(2, 4, D, generator=gen, requires_grad=True)
+    inputs = [q, k] if shared else [q, k, v]
+    out = torch.compile(m, backend=backend, fullgraph=True)(q, k, v)
+    grads = torch.autograd.grad(out.pow(2).sum(), [*inputs, *m.parameters()])
+    ref = m(q, k, v)
+    torch.testing.assert_close(out, ref)
+    for a, r in zip(grads, torch.autograd.grad(ref.pow(2).sum(), [*inputs, *m.parameters()])):
+        torch.testing.assert_close(a, r)
+    assert len(values_args) == 1 and (values_args[0] is None) == shared
