@@ -83,24 +83,24 @@ def _projected_backward_op(g: Tensor, queries: Tensor, keys: Optional[Tensor], v
     q, k, v = _resolve(queries, keys, values)
     R = w_dt.shape[1]
     g2 = _flat(g)
-    gy = (g2 @ w_out).view(y.shape)
-    gw_out, gb_out = g2.t() @ _flat(y), g2.sum(0)
-    dt_in, Bm = sel.split([R, sel.shape[-1] - R], dim=-1)
+    gy = torch.mm(g2, w_out).view(y.shape)
+    gw_out, gb_out = torch.mm(g2.t(), _flat(y)), g2.sum(0)
+    Bm = sel[..., R:]
     gx, gcw, gcb, gdt, gB, gC, gz, gA_log, gD = _inner_backward(gy, x, cw, conv, delta, dt, Bm, C, z, A_log, D,
                                                                 read, hin, y_pre, T, block)
     gx2, gdt2, gC2, gz2 = _flat(gx), _flat(gdt), _flat(gC), _flat(gz)
     # queries: through c_proj and z_proj
     q2 = _flat(q)
-    gq = (gC2 @ w_c).addmm_(gz2, w_z)
-    gw_c, gw_z, gb_z = gC2.t() @ q2, gz2.t() @ q2, gz2.sum(0)
+    gq = torch.mm(gC2, w_c).addmm_(gz2, w_z)
+    gw_c, gw_z, gb_z = torch.mm(gC2.t(), q2), torch.mm(gz2.t(), q2), gz2.sum(0)
     # keys: through x_proj, whose output is split into dt_proj's input and B
-    gsel = torch.cat((gdt2 @ w_dt, _flat(gB)), dim=1)
-    gw_dt, gb_dt = gdt2.t() @ _flat(dt_in), gdt2.sum(0)
-    gw_x = gsel.t() @ _flat(k)
-    gk = gq.addmm_(gsel, w_x) if keys is None else gsel @ w_x
+    gsel = torch.cat((torch.mm(gdt2, w_dt), _flat(gB)), dim=1)
+    gw_dt, gb_dt = torch.mm(gdt2.t(), _flat(sel)[:, :R]), gdt2.sum(0)  # dt_proj's input: a strided view
+    gw_x = torch.mm(gsel.t(), _flat(k))
+    gk = gq.addmm_(gsel, w_x) if keys is None else torch.mm(gsel, w_x)
     # values: through in_proj
-    gw_in, gb_in = gx2.t() @ _flat(v), gx2.sum(0)
-    gv = gk.addmm_(gx2, w_in) if values is None else gx2 @ w_in
+    gw_in, gb_in = torch.mm(gx2.t(), _flat(v)), gx2.sum(0)
+    gv = gk.addmm_(gx2, w_in) if values is None else torch.mm(gx2, w_in)
     grads = [gq.view(q.shape)]
     if keys is not None:
         grads.append(gk.view(k.shape))
