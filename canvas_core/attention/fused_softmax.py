@@ -21,6 +21,10 @@ fused kernels, which the plain maths here would replace) and only where nothing 
 eager (no active dropout, one dtype without autocast, at least one key); eager calls keep their
 own code path.  Under compile the step pays a little for it (inductor fuses nothing inside an
 operator): docs/performance.md, "Compiling canvas models", has the numbers.
+
+The operators carry a ``_v2`` suffix since their inputs and outputs changed (values that are the
+keys passed as None, masks built by the caller): inductor's FX-graph cache names an operator, not
+its code, so a warm cache must not find a graph compiled against the first version.
 """
 
 from __future__ import annotations
@@ -169,7 +173,7 @@ def _fake_lse(q: Tensor, heads: int) -> Tensor:
     return q.new_empty(B, Nq, heads, dtype=_work(q.dtype)).transpose(1, 2)  # as the CPU kernel lays it out
 
 
-@torch.library.custom_op("canvas_core::gated_attention", mutates_args=())
+@torch.library.custom_op("canvas_core::gated_attention_v2", mutates_args=())
 def _gated_op(queries: Tensor, keys: Tensor, values: Optional[Tensor], params: List[Tensor], mask: Optional[Tensor],
               none: Optional[Tensor], scale: float, heads: int
               ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -184,7 +188,7 @@ def _(queries, keys, values, params, mask, none, scale, heads):
             torch.empty_like(q), torch.empty_like(q))
 
 
-@torch.library.custom_op("canvas_core::gated_attention_backward", mutates_args=())
+@torch.library.custom_op("canvas_core::gated_attention_backward_v2", mutates_args=())
 def _gated_backward_op(g: Tensor, queries: Tensor, keys: Tensor, values: Optional[Tensor], params: List[Tensor],
                        mask: Optional[Tensor], none: Optional[Tensor], saved: List[Tensor], scale: float,
                        heads: int) -> List[Tensor]:
@@ -290,7 +294,7 @@ def _perceiver_forward(queries, keys, values, params, e_mask, e_none, q_none, e_
 _TWELVE = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
-@torch.library.custom_op("canvas_core::perceiver_attention", mutates_args=())
+@torch.library.custom_op("canvas_core::perceiver_attention_v2", mutates_args=())
 def _perceiver_op(queries: Tensor, keys: Tensor, values: Optional[Tensor], params: List[Tensor],
                   e_mask: Optional[Tensor], e_none: Optional[Tensor], q_none: Optional[Tensor], e_scale: float,
                   d_scale: float, heads: int) -> _TWELVE:
@@ -307,7 +311,7 @@ def _(queries, keys, values, params, e_mask, e_none, q_none, e_scale, d_scale, h
             _fake_lse(q(), heads))
 
 
-@torch.library.custom_op("canvas_core::perceiver_attention_backward", mutates_args=())
+@torch.library.custom_op("canvas_core::perceiver_attention_backward_v2", mutates_args=())
 def _perceiver_backward_op(g: Tensor, queries: Tensor, keys: Tensor, values: Optional[Tensor], params: List[Tensor],
                            e_mask: Optional[Tensor], e_none: Optional[Tensor], q_none: Optional[Tensor],
                            saved: List[Tensor], e_scale: float, d_scale: float, heads: int) -> List[Tensor]:

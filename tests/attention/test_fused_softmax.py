@@ -211,7 +211,7 @@ def test_compiled_module_traces_the_operators_and_matches_eager(kind):
         for a, r in zip(grads, torch.autograd.grad(ref.sum(), [x, *m.parameters()])):
             torch.testing.assert_close(a, r)
         name = "gated_attention" if kind == "gated" else "perceiver_attention"
-        assert f"canvas_core.{name}.default" in seen and f"canvas_core.{name}_backward.default" in seen
+        assert f"canvas_core.{name}_v2.default" in seen and f"canvas_core.{name}_backward_v2.default" in seen
         assert not any("softmax" in t or "addmm" in t or "bmm" in t for t in seen)
 
 
@@ -245,7 +245,8 @@ def test_values_that_are_the_keys_reach_the_compiled_operator_as_none(kind, shar
 
     def backend(gm, example):
         def keep(graph, _):
-            values_args.extend(n.args[2] for n in graph.graph.nodes if str(n.target) == f"canvas_core.{name}.default")
+            target = f"canvas_core.{name}_v2.default"
+            values_args.extend(n.args[2] for n in graph.graph.nodes if str(n.target) == target)
             return make_boxed_func(graph.forward)
 
         return aot_module_simplified(gm, example, fw_compiler=keep, bw_compiler=keep)
