@@ -202,12 +202,15 @@ class MambaAttention(nn.Module):
                                             self.z_proj.weight, self.out_proj.weight))
 
     def _plain_projections(self) -> bool:
-        """Every projection an ``nn.Linear`` with the biases it was built with (what the
-        projected operator computes), and no dropout active between ``y`` and ``out_proj``."""
+        """Every projection an ``nn.Linear`` without hooks (weight norm, adapters, probes: the
+        operator would bypass them), with the biases it was built with (what the projected
+        operator computes), and no dropout active between ``y`` and ``out_proj``."""
         if self.drop.p > 0 and self.training:
             return False
         lin = (self.in_proj, self.x_proj, self.dt_proj, self.c_proj, self.z_proj, self.out_proj)
-        if any(type(m) is not nn.Linear for m in lin) or type(self.conv1d) is not nn.Conv1d:
+        if any(type(m) is not nn.Linear or m._forward_hooks or m._forward_pre_hooks for m in lin):
+            return False
+        if type(self.conv1d) is not nn.Conv1d:
             return False
         return all(m.bias is not None for m in (self.in_proj, self.dt_proj, self.z_proj, self.out_proj, self.conv1d))
 

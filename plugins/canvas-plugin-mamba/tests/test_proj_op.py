@@ -86,6 +86,19 @@ def test_dropout_keeps_out_proj_outside_while_active(training, monkeypatch):
         torch.testing.assert_close(a, r, atol=1e-12, rtol=1e-10)
 
 
+def test_a_hooked_projection_keeps_the_projections_outside(monkeypatch):
+    """A forward hook on a projection (weight norm, an adapter, a probe) would be bypassed inside
+    the operator: the projections then run as modules, and the hook sees its call."""
+    m = _module(torch.float64, 2)
+    seen = []
+    m.in_proj.register_forward_hook(lambda mod, inp, out: seen.append(out.shape) or out * 2.0)
+    leaves, args = _inputs(2, 6, 6, "k_is_v", torch.float64, 4)
+    out, grads, used = _run(m, args, leaves, True, monkeypatch)
+    ref, ref_grads, _ = _run(m, args, leaves, False, monkeypatch)
+    assert not used and len(seen) == 2  # the fused (inner operator) and the eager call each ran the hook
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
+
+
 def test_projected_custom_ops_pass_torch_opcheck():
     g = torch.Generator().manual_seed(0)
     Bt, L, D, E, N, R, K = 2, 9, 5, 3, 4, 2, 4
