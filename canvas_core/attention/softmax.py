@@ -57,6 +57,16 @@ def _fusable(module: AttentionBase, queries: torch.Tensor, Nk: int, weight: torc
     return weight.dtype == queries.dtype and not torch.is_autocast_enabled(queries.device.type)
 
 
+def _plain_linears(*modules: nn.Module) -> bool:
+    """Each one an ``nn.Linear`` without hooks: what a fused operator computes in its place (it
+    would bypass a hook, a weight norm or an adapter)."""
+    return all(type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks) for m in modules)
+
+
+def _projections(m: "_QKVAttention") -> Tuple[nn.Module, ...]:
+    return m.q_proj, m.k_proj, m.v_proj, m.out_proj
+
+
 def _heads(m: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """``(B|1, Nq|1, Nk) -> (B|1, 1, Nq|1, Nk)`` (broadcast over heads)."""
     return None if m is None else m.unsqueeze(1)
@@ -332,9 +342,11 @@ class GatedAttention(_QKVAttention):
         self.gate_proj = nn.Linear(d_model, d_model)
 
     def _plain(self) -> bool:
-        """No subclass reshapes the logits or adds a structure mask (the fused operator's maths)."""
+        """No subclass reshapes the logits or adds a structure mask, and the projections are plain
+        linear layers (the fused operator's maths)."""
         cls = type(self)
-        return cls._logits is _QKVAttention._logits and cls._structure_mask is _QKVAttention._structure_mask
+        return (cls._logits is _QKVAttention._logits and cls._structure_mask is _QKVAttention._structure_mask
+                and _plain_linears(*_projections(self), self.gate_proj))
 
     def forward(
         self,
@@ -375,10 +387,11 @@ class PerceiverAttention(AttentionBase):
         self.decode = CrossAttention(d_model, n_heads, dropout)
 
     def _plain_parts(self) -> bool:
-        """encode / decode are plain ``CrossAttention`` modules without hooks (what the fused
-        operator computes in their place)."""
+        """encode / decode are plain ``CrossAttention`` modules without hooks, with plain linear
+        projections (what the fused operator computes in their place)."""
         parts = (self.encode, self.decode)
-        return all(type(m) is CrossAttention and not (m._forward_hooks or m._forward_pre_hooks) for m in parts)
+        return all(type(m) is CrossAttention and not (m._forward_hooks or m._forward_pre_hooks)
+                   and _plain_linears(*_projections(m)) for m in parts)
 
     def forward(
         self,

@@ -265,3 +265,22 @@ def test_values_that_are_the_keys_reach_the_compiled_operator_as_none(kind, shar
     for a, r in zip(grads, torch.autograd.grad(ref.pow(2).sum(), [*inputs, *m.parameters()])):
         torch.testing.assert_close(a, r)
     assert len(values_args) == 1 and (values_args[0] is None) == shared
+
+
+@pytest.mark.parametrize("kind", ["gated", "perceiver"])
+def test_a_hooked_projection_keeps_the_eager_path(kind, monkeypatch):
+    """A forward hook on a projection (a weight norm, an adapter, a probe) would be bypassed by the
+    operator: the module then runs op by op, and the hook changes the output as it does in eager."""
+    m = _make(kind, 5)
+    proj = m.v_proj if kind == "gated" else m.encode.v_proj
+    calls = []
+    proj.register_forward_hook(lambda mod, inp, out: calls.append(1) or out * 2.0)
+    q, k = torch.randn(2, 4, D, dtype=torch.float64), torch.randn(2, 5, D, dtype=torch.float64)
+    used = []
+    real = fused_softmax.gated_attention if kind == "gated" else fused_softmax.perceiver_attention
+    name = "gated_attention" if kind == "gated" else "perceiver_attention"
+    monkeypatch.setattr(fused_softmax, name, lambda *a, **kw: used.append(1) or real(*a, **kw))
+    out, _ = _run(m, q, k, k, None, True, monkeypatch)
+    ref, _ = _run(m, q, k, k, None, False, monkeypatch)
+    assert not used and len(calls) == 2
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
