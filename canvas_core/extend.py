@@ -62,7 +62,8 @@ from canvas_core.plugins.hookspecs import ENTRY_POINT_GROUP, hookimpl, hookspec
 
 if TYPE_CHECKING:  # for readers and IDEs; at run time the names load lazily below
     from canvas_core.attention._base import (
-        AttentionBase, aligned_key_index, causal_read_index, check_dtypes_devices, has_key, safe_div,
+        AttentionBase, aligned_key_index, causal_read_index, check_dtypes_devices, has_key,
+        operators_under_compile, safe_div,
     )
     from canvas_core.attention.functional import masked_softmax, masked_softmax_attention
     from canvas_core.attention.recurrent import fft_causal_conv, wkv_masked, wkv_scan
@@ -99,7 +100,7 @@ _publish("canvas_core.compiler.lowering", "lower")
 _publish("canvas_core.plugins.resolve", "ResolvedGroup")
 # attention types
 _publish("canvas_core.attention._base", "AttentionBase", "check_dtypes_devices", "has_key", "safe_div",
-         "aligned_key_index", "causal_read_index")
+         "aligned_key_index", "causal_read_index", "operators_under_compile")
 _publish("canvas_core.attention.functional", "masked_softmax", "masked_softmax_attention")
 _publish("canvas_core.attention.recurrent", "wkv_scan", "wkv_masked", "fft_causal_conv")
 _publish("canvas_core.attention.causal_read", "scratch", "release_scratch")
@@ -122,7 +123,7 @@ __all__ = [
     "SegmentGrid", "Spec", "TokenLayout", "aligned_key_index", "block_layout_of", "canvas_sdpa",
     "causal_read_index", "check_dtypes_devices", "class_matches", "fft_causal_conv", "has_key",
     "hookimpl", "hookspec", "kernel_for", "lower", "masked_softmax", "masked_softmax_attention", "nan_where_linked",
-    "non_finite_keys", "release_scratch", "safe_div", "scratch", "zero_bad_keys",
+    "non_finite_keys", "operators_under_compile", "release_scratch", "safe_div", "scratch", "zero_bad_keys",
     "segment_grid", "wkv_masked", "wkv_scan",
 ]
 

@@ -10,12 +10,14 @@ shape that broadcasts to ``(B, Nq, Nk)``: ``(Nk,)``, ``(Nq, Nk)``, ``(B, 1, Nk)`
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import torch
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, ShapeError
+from canvas_core.plugins.loading import env_flag
 
 __all__ = [
     "AttentionBase",
@@ -24,7 +26,20 @@ __all__ = [
     "check_dtypes_devices",
     "has_key",
     "safe_div",
+    "operators_under_compile",
 ]
+
+#: ``CANVAS_COMPILE_TRACE_TYPES=1`` (read once, at import): see :func:`operators_under_compile`
+_TRACE_TYPES = env_flag(os.environ, "CANVAS_COMPILE_TRACE_TYPES")
+
+
+def operators_under_compile() -> bool:
+    """Whether type modules that have one (``gated``, ``perceiver``, ``mamba``) run as their
+    ``torch.library`` operators while ``torch.compile`` traces them: shorter compiles, compiled
+    steps a few percent slower (docs/performance.md, "Compiling canvas models").  True unless the
+    environment sets ``CANVAS_COMPILE_TRACE_TYPES=1`` before canvas-core's torch modules are
+    imported; then the modules are traced op by op and inductor fuses their work."""
+    return not _TRACE_TYPES
 
 
 def _check_int(type_name: str, name: str, value, minimum: int) -> int:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.attention import fused_softmax
-from canvas_core.attention._base import AttentionBase, _check_int, has_key
+from canvas_core.attention._base import AttentionBase, _check_int, has_key, operators_under_compile
 from canvas_core.attention.functional import masked_softmax
 from canvas_core.errors import CanvasTypeError
 
@@ -36,7 +36,7 @@ _FUSE_EAGER = False
 
 
 def _fusing() -> bool:
-    return _FUSE_EAGER or torch.compiler.is_compiling()
+    return _FUSE_EAGER or (operators_under_compile() and torch.compiler.is_compiling())
 
 
 def _fusable(module: AttentionBase, queries: torch.Tensor, Nk: int, weight: torch.Tensor,

@@ -284,3 +284,34 @@ def test_a_hooked_projection_keeps_the_eager_path(kind, monkeypatch):
     ref, _ = _run(m, q, k, k, None, False, monkeypatch)
     assert not used and len(calls) == 2
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
+
+
+def test_trace_types_setting_keeps_the_modules_traced(monkeypatch):
+    """``CANVAS_COMPILE_TRACE_TYPES=1`` (``operators_under_compile()`` False): the compiled graph
+    holds the modules' own operations, no operator, and the values are the same."""
+    from canvas_core.attention import _base
+
+    monkeypatch.setattr(_base, "_TRACE_TYPES", True)
+    m = _make("gated", 4, torch.float32)
+    x = torch.randn(2, 5, D)
+    seen = []
+    torch._dynamo.reset()
+    out = torch.compile(m, backend=_collecting_backend(seen), fullgraph=True)(x, x, x)
+    torch._dynamo.reset()
+    torch.testing.assert_close(out, m(x, x, x))
+    assert seen and not any("canvas_core." in t for t in seen)
+
+
+def test_trace_types_setting_is_read_from_the_environment():
+    import os
+    import subprocess
+    import sys
+
+    code = "import canvas_core.extend as e; print(e.operators_under_compile())"
+    for value, expected in (("1", "False"), ("0", "True"), ("", "True")):
+        env = dict(os.environ, CANVAS_COMPILE_TRACE_TYPES=value)
+        run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+        assert run.stdout.strip() == expected, run.stderr
+    env = dict(os.environ, CANVAS_COMPILE_TRACE_TYPES="maybe")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "CANVAS_COMPILE_TRACE_TYPES='maybe' is not a boolean" in run.stderr

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, CheckpointError, ShapeError, UnavailableError
+from canvas_core.extend import operators_under_compile
 from canvas_plugin_mamba.chunked import selective_scan_read
 from canvas_plugin_mamba.conv_op import causal_depthwise_conv
 from canvas_plugin_mamba.inner_op import _softplus as softplus_f32
@@ -290,7 +291,7 @@ class MambaAttention(nn.Module):
             key_ok = key_ok.expand(Bt, Nk)
         kernel = self._choose_kernel(queries, Nq, Nk)
         self.kernel_used = kernel
-        fuse = _FUSE_EAGER or torch.compiler.is_compiling()
+        fuse = _FUSE_EAGER or (operators_under_compile() and torch.compiler.is_compiling())
         if fuse and kernel == "mamba_torch" and key_ok is None and Bt > 0 and Nq > 0 and self._one_dtype(values):
             # under torch.compile: conv, activations, scan, skip and gate as one operator each way
             # (inner_op.py), so inductor compiles none of their ~100 nodes; eager runs the same

@@ -174,3 +174,19 @@ def test_inductor_compiled_module_matches_eager():
     torch.testing.assert_close(out, ref)
     for a, r in zip(g, torch.autograd.grad(ref.sum(), [*leaves, *m.parameters()])):
         torch.testing.assert_close(a, r)
+
+
+def test_trace_types_setting_keeps_mamba_traced(monkeypatch):
+    """``operators_under_compile()`` False (``CANVAS_COMPILE_TRACE_TYPES=1``): the compiled graph
+    holds the module's own operations and none of its operators; the same values."""
+    monkeypatch.setattr(module, "operators_under_compile", lambda: False)
+    torch.manual_seed(0)
+    m = MambaAttention(8, 2, kernel="mamba_torch")
+    leaves, args = _inputs(2, 7, 7, "k_is_v", torch.float32, 1)
+    seen = []
+    torch._dynamo.reset()
+    out = torch.compile(m, backend=_aot_backend(seen), fullgraph=True)(*args)
+    torch._dynamo.reset()
+    torch.testing.assert_close(out, m(*args))
+    assert seen and not any(t.startswith("canvas_mamba.projected") or t.startswith("canvas_mamba.inner")
+                            for t in seen), seen
