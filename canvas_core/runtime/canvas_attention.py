@@ -43,7 +43,7 @@ from canvas_core.compiler.lowering import lower, restrict
 from canvas_core.compiler.plan import ExecutionPlan
 from canvas_core.compiler.resolution import resolve_plan
 from canvas_core.compiler.resolved import REFERENCE_KERNEL
-from canvas_core.errors import CanvasTypeError, ShapeError, SchemaError
+from canvas_core.errors import CanvasError, CanvasTypeError, ShapeError, SchemaError
 from canvas_core.plugins.builtin import SOFTMAX_FAMILY
 from canvas_core.plugins.resolve import build_attention
 from canvas_core.runtime.kernels import REFERENCE_MODES
@@ -150,7 +150,10 @@ class CanvasAttention(nn.Module):
 
         def checked(f):  # refuse, now, a type the runtime cannot call (contract: runtime/type_call.py)
             by = None if attention_factory is None else f"attention_factory {getattr(factory, '__name__', factory)!r}"
-            module = build(f)
+            try:
+                module = build(f)
+            except CanvasError as exc:  # the registry's error names the type; say which connections use it
+                raise _naming(exc, _connections_of(plan, f)) from exc
             check_attention_module(module, f, by)
             if not is_builtin_module(module):  # one tiny call: output and reads as the contract says
                 probe_attention_module(module, f, d_model, _connections_of(plan, f))
@@ -333,6 +336,17 @@ def _kernel_choices(kernel: Any, plan: ExecutionPlan, fused: Tuple[str, ...]) ->
             k = get_kernel_spec(k)
         out[f] = k
     return out
+
+
+def _naming(exc: Exception, where: str) -> Exception:
+    """``exc`` again, its message prefixed with ``where`` (same class and attributes); ``exc``
+    itself when its class cannot be built from one message."""
+    try:
+        new = type(exc)(f"{where}: {exc}")
+    except Exception:
+        return exc
+    new.__dict__.update(exc.__dict__)
+    return new
 
 
 def _connections_of(plan: ExecutionPlan, fn: str) -> str:

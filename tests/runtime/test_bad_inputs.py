@@ -151,3 +151,26 @@ def test_residual_accumulator_bad_spec_and_errors():
     assert ra.step_counts.tolist() == [0]  # nothing blended in
     ra.update("a", torch.tensor([1.0, 3.0]))
     assert ra.step_counts.tolist() == [1]
+
+
+def test_a_type_whose_factory_cannot_load_is_refused_naming_its_connections():
+    """A misspelt lazy factory fails when the layer builds the type's module: the error keeps its
+    class and the registry's account (type, factory, provider) and names the connections."""
+    import canvas_core.plugins as P
+    from canvas_core.compiler import ProgramCompiler
+    from canvas_core.errors import PluginLoadError
+    from canvas_core.plugins import PluginHost, use_host
+    from canvas_core.runtime.canvas_attention import CanvasAttention
+    from canvas_core.schema import CanvasSchema, CanvasTopology, Connection
+
+    with use_host(PluginHost(entry_points=lambda: [])):
+        P.register_attention("typo_type", "canvas_core.atention:CrossAttention")
+        topology = CanvasTopology(connections=[Connection(src="a", dst="a"),
+                                               Connection(src="a", dst="b", fn="typo_type")])
+        plan = ProgramCompiler(CanvasSchema(layout=_layout(), topology=topology)).compile(device="cpu").plan
+        with pytest.raises(PluginLoadError) as ei:
+            CanvasAttention(plan, d_model=8, n_heads=2)
+    msg = str(ei.value)
+    assert msg.startswith("connection #1 'a' -> 'b' (fn 'typo_type'): ")
+    assert "canvas_core.atention:CrossAttention" in msg and "failed to load" in msg
+    assert isinstance(ei.value.__cause__, PluginLoadError)
