@@ -80,7 +80,7 @@ DELEGATE_MAX_STATEMENTS = 5
 PUBLISHED = {
     "canvas_core", "canvas_core.extend", "canvas_core.errors", "canvas_core.testing",
     "canvas_core.schema", "canvas_core.program", "canvas_core.plugins", "canvas_core.compiler",
-    "canvas_core.looping",
+    "canvas_core.looping", "canvas_core.identity", "canvas_core.semantic", "canvas_core.schema.masks",
 }
 PLUGIN_DIST = re.compile(r"^canvas_(plugin|backend)_[A-Za-z0-9_]+")
 MAX_LINES = 500
