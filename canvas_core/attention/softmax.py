@@ -17,6 +17,7 @@ from torch import nn
 
 from canvas_core.attention import fused_softmax
 from canvas_core.attention._base import AttentionBase, _check_int, has_key, operators_under_compile
+from canvas_core.attention.causal_read import plain_linear
 from canvas_core.attention.functional import masked_softmax
 from canvas_core.errors import CanvasTypeError
 
@@ -58,9 +59,10 @@ def _fusable(module: AttentionBase, queries: torch.Tensor, Nk: int, weight: torc
 
 
 def _plain_linears(*modules: nn.Module) -> bool:
-    """Each one an ``nn.Linear`` without hooks: what a fused operator computes in its place (it
-    would bypass a hook, a weight norm or an adapter)."""
-    return all(type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks) for m in modules)
+    """Each one a bare ``nn.Linear`` with its bias (``causal_read.plain_linear``): what a fused
+    operator computes in its place, taking the weights and biases as inputs (it would bypass a
+    hook, a weight norm or an adapter)."""
+    return all(plain_linear(m, with_bias=True) for m in modules)
 
 
 def _projections(m: "_QKVAttention") -> Tuple[nn.Module, ...]:

@@ -315,3 +315,18 @@ def test_trace_types_setting_is_read_from_the_environment():
     env = dict(os.environ, CANVAS_COMPILE_TRACE_TYPES="maybe")
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "CANVAS_COMPILE_TRACE_TYPES='maybe' is not a boolean" in run.stderr
+
+
+def test_a_projection_without_bias_keeps_the_eager_path(monkeypatch):
+    """The operators take every projection's bias as an input: a gated module whose gate has no
+    bias runs op by op, with eager's values."""
+    m = _make("gated", 6)
+    m.gate_proj = torch.nn.Linear(D, D, bias=False).double()
+    x = torch.randn(2, 4, D, dtype=torch.float64)
+    used = []
+    real = fused_softmax.gated_attention
+    monkeypatch.setattr(fused_softmax, "gated_attention", lambda *a, **kw: used.append(1) or real(*a, **kw))
+    out, _ = _run(m, x, x, x, None, True, monkeypatch)
+    ref, _ = _run(m, x, x, x, None, False, monkeypatch)
+    assert not used
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
