@@ -230,24 +230,31 @@ def _input_grads(grads: List[Tensor], values: Optional[Tensor]):
     return grads[0], grads[1], grads[2], grads[3:]
 
 
-def _gated_setup(ctx, inputs, output):
-    queries, keys, values, params, mask, none, scale, heads = inputs
-    ctx.save_for_backward(queries, keys, values, mask, none, *output[1:], *params)
-    ctx.scale, ctx.heads = scale, heads
-    ctx.mark_non_differentiable(*output[1:])  # saved for the backward only
-    ctx.set_materialize_grads(False)
+def _wire_autograd(op, backward_op, n_masks: int) -> None:
+    """Autograd of a forward operator called ``op(queries, keys, values, params, *masks, *numbers)``
+    whose first output is the result and the others are saved for ``backward_op(g, queries, keys,
+    values, params, *masks, saved, *numbers)``, which returns the gradients as listed by
+    :func:`_input_grads`."""
+
+    def setup(ctx, inputs, output):
+        queries, keys, values, params, *rest = inputs
+        ctx.numbers, ctx.n_saved = tuple(rest[n_masks:]), len(output) - 1
+        ctx.save_for_backward(queries, keys, values, *rest[:n_masks], *output[1:], *params)
+        ctx.mark_non_differentiable(*output[1:])  # saved for the backward only
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, g, *_unused):
+        if g is None:
+            return (None,) * (4 + n_masks + len(ctx.numbers))
+        queries, keys, values, *rest = ctx.saved_tensors
+        masks, saved, params = rest[:n_masks], rest[n_masks:n_masks + ctx.n_saved], rest[n_masks + ctx.n_saved:]
+        grads = backward_op(g.contiguous(), queries, keys, values, params, *masks, saved, *ctx.numbers)
+        return (*_input_grads(grads, values), *(None,) * (n_masks + len(ctx.numbers)))
+
+    op.register_autograd(backward, setup_context=setup)
 
 
-def _gated_autograd(ctx, g, *_unused):
-    if g is None:
-        return (None,) * 8
-    queries, keys, values, mask, none, *rest = ctx.saved_tensors
-    grads = _gated_backward_op(g.contiguous(), queries, keys, values, rest[7:], mask, none, rest[:7], ctx.scale,
-                               ctx.heads)
-    return (*_input_grads(grads, values), None, None, None, None)
-
-
-_gated_op.register_autograd(_gated_autograd, setup_context=_gated_setup)
+_wire_autograd(_gated_op, _gated_backward_op, n_masks=2)
 
 
 def _params(m) -> List[Tensor]:
@@ -346,24 +353,7 @@ def _(g, queries, keys, values, params, e_mask, e_none, q_none, saved, e_scale, 
     return _fake_grads(queries, keys, values, params)
 
 
-def _perceiver_setup(ctx, inputs, output):
-    queries, keys, values, params, e_mask, e_none, q_none, e_scale, d_scale, heads = inputs
-    ctx.save_for_backward(queries, keys, values, e_mask, e_none, q_none, *output[1:], *params)
-    ctx.args = (e_scale, d_scale, heads)
-    ctx.mark_non_differentiable(*output[1:])  # saved for the backward only
-    ctx.set_materialize_grads(False)
-
-
-def _perceiver_autograd(ctx, g, *_unused):
-    if g is None:
-        return (None,) * 10
-    queries, keys, values, e_mask, e_none, q_none, *rest = ctx.saved_tensors
-    grads = _perceiver_backward_op(g.contiguous(), queries, keys, values, rest[11:], e_mask, e_none, q_none,
-                                   rest[:11], *ctx.args)
-    return (*_input_grads(grads, values), None, None, None, None, None, None)
-
-
-_perceiver_op.register_autograd(_perceiver_autograd, setup_context=_perceiver_setup)
+_wire_autograd(_perceiver_op, _perceiver_backward_op, n_masks=3)
 
 
 def perceiver_attention(module, queries: Tensor, keys: Tensor, values: Tensor, allowed: Optional[Tensor]) -> Tensor:
