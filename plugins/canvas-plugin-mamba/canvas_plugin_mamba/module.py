@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, CheckpointError, ShapeError, UnavailableError
-from canvas_core.extend import operators_under_compile
+from canvas_core.extend import operators_under_compile, plain_linear
 from canvas_plugin_mamba.chunked import selective_scan_read
 from canvas_plugin_mamba.conv_op import causal_depthwise_conv
 from canvas_plugin_mamba.inner_op import _softplus as softplus_f32
@@ -208,12 +208,13 @@ class MambaAttention(nn.Module):
         operator computes), and no dropout active between ``y`` and ``out_proj``."""
         if self.drop.p > 0 and self.training:
             return False
-        lin = (self.in_proj, self.x_proj, self.dt_proj, self.c_proj, self.z_proj, self.out_proj)
-        if any(type(m) is not nn.Linear or m._forward_hooks or m._forward_pre_hooks for m in lin):
+        built = ((self.in_proj, True), (self.x_proj, False), (self.dt_proj, True), (self.c_proj, False),
+                 (self.z_proj, True), (self.out_proj, True))
+        if not all(plain_linear(m, with_bias=b) for m, b in built):
             return False
-        if type(self.conv1d) is not nn.Conv1d:
-            return False
-        return all(m.bias is not None for m in (self.in_proj, self.dt_proj, self.z_proj, self.out_proj, self.conv1d))
+        conv = self.conv1d
+        return (type(conv) is nn.Conv1d and conv.bias is not None
+                and not conv._forward_hooks and not conv._forward_pre_hooks)
 
     def sequence_inputs(
         self, keys: torch.Tensor, values: torch.Tensor, key_ok: Optional[torch.Tensor] = None

@@ -99,6 +99,20 @@ def test_a_hooked_projection_keeps_the_projections_outside(monkeypatch):
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
 
 
+def test_a_projection_with_another_bias_keeps_the_projections_outside(monkeypatch):
+    """The operator takes x_proj and c_proj without bias (as built): one given a bias runs as a
+    module instead, so the bias is not dropped under compile."""
+    m = _module(torch.float64, 3)
+    m.x_proj = torch.nn.Linear(8, m.x_proj.out_features, bias=True).double()
+    leaves, args = _inputs(2, 6, 6, "k_is_v", torch.float64, 5)
+    out, grads, used = _run(m, args, leaves, True, monkeypatch)
+    ref, ref_grads, _ = _run(m, args, leaves, False, monkeypatch)
+    assert not used
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
+    for a, r in zip(grads, ref_grads):
+        torch.testing.assert_close(a, r, atol=1e-12, rtol=1e-10)
+
+
 def test_projected_custom_ops_pass_torch_opcheck():
     g = torch.Generator().manual_seed(0)
     Bt, L, D, E, N, R, K = 2, 9, 5, 3, 4, 2, 4
