@@ -90,9 +90,11 @@ def _hints(specs: List[Spec], reasons: List[List[str]]) -> str:
         (f"install the missing package(s) with pip install {' '.join(pip_name(p) for p in pkgs)}", pkgs),
         ("run on a device the implementation supports", "CUDA" in said or "runs on" in said),
         ("use a supported dtype", "dtype" in said)) if wanted]
+    if not hints:
+        return ""
     # one sentence whatever the number of hints: "A.", "A or B.", "A, B or C."
-    text = " or ".join(filter(None, [", ".join(hints[:-1]), hints[-1]])) if hints else ""
-    return text[:1].upper() + text[1:] + ("." if text else "")
+    text = hints[0] if len(hints) == 1 else ", ".join(hints[:-1]) + " or " + hints[-1]
+    return text[0].upper() + text[1:] + "."
 
 
 def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, *,

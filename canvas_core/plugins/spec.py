@@ -93,8 +93,10 @@ def parse_factory_path(path: str) -> Tuple[str, str]:
 
 
 def _as_tuple(value: Any, what: str, name: str) -> Optional[Tuple[str, ...]]:
-    if value is None or isinstance(value, str):
-        return None if value is None else (value,)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return (value,)
     try:
         out = tuple(value)
     except TypeError:
