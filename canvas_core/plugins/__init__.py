@@ -74,7 +74,7 @@ def _register(kind: str, name: Any, factory: Any, override: bool, metadata: dict
     module = sys._getframe(2).f_globals.get("__name__")  # frame 2: the caller of ``register_*``
     if factory is None and "cls" in metadata:
         factory = metadata.pop("cls")
-    if factory is not None or isinstance(name, Spec):
+    if factory is not None:
         return get_host().register(kind, name, factory, override=override, module=module, **metadata)
 
     def decorate(obj: Any) -> Any:  # the host in force when the object is defined receives it

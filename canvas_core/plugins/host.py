@@ -44,7 +44,7 @@ class PluginScopedRegistry:
         spec = reg.make_spec(name, factory, metadata, distribution=rec.distribution, version=rec.version,
                              plugin=rec.name, module=module)
         rec.attempted.setdefault(self.kind, []).append(spec.name)
-        stored, clash = reg.add_from_plugin(spec, override=override, strict=self._strict, plugin=rec.name)
+        stored, clash = reg.add_from_plugin(spec, override=override, strict=self._strict)
         if clash is not None:
             rec.conflicts.append(str(clash))
             if spec.name in reg.shadowed():  # never a silent shadowing of a plugin's type

@@ -7,7 +7,7 @@ import weakref
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 from canvas_core.errors import CanvasTypeError, DuplicateRegistrationError, UnknownNameKeyError, closest
-from canvas_core.plugins.spec import IN_PROCESS, SPEC_FIELDS, Spec, SpecError
+from canvas_core.plugins.spec import IN_PROCESS, SPEC_FIELDS, Spec
 
 #: plugin name under which the core registers its own types.
 BUILTIN_PLUGIN = "builtin"
@@ -34,22 +34,13 @@ class Registry:
         self._shadowed: Dict[str, List[Tuple[DuplicateRegistrationError, str]]] = {}
         self._overriding: "weakref.WeakSet[Spec]" = weakref.WeakSet()
 
-    def add(self, name: Any, factory: Any = None, *, override: bool = False, **metadata: Any) -> Spec:
-        """Register ``name`` -> ``factory`` (or a ready :class:`Spec` as ``name``); returns it."""
+    def add(self, name: str, factory: Any = None, *, override: bool = False, **metadata: Any) -> Spec:
+        """Register ``name`` -> ``factory``; returns the stored :class:`Spec`."""
         return self.insert(self.make_spec(name, factory, metadata), override=override)
 
-    def make_spec(self, name: Any, factory: Any, metadata: Dict[str, Any], *,
+    def make_spec(self, name: str, factory: Any, metadata: Dict[str, Any], *,
                   distribution: str = IN_PROCESS, version: str = "", plugin: str = IN_PROCESS,
                   module: Optional[str] = None) -> Spec:
-        if isinstance(name, Spec):
-            if factory is not None or metadata:
-                raise SpecError(
-                    f"registry.add(spec): pass either a Spec or (name, factory, **metadata), not both "
-                    f"(spec {name.name!r})")
-            name.kind = self.kind
-            if name.distribution == IN_PROCESS and distribution != IN_PROCESS:
-                name.distribution, name.version, name.plugin = distribution, version, plugin
-            return name
         if factory is None:
             raise CanvasTypeError(
                 f"registry.add({name!r}): a factory is required (a class, a callable or a "
@@ -79,26 +70,24 @@ class Registry:
     def _from_builtin(self, name: str) -> bool:
         return any(s.plugin == BUILTIN_PLUGIN for s in self._stacks.get(name, ()))
 
-    def add_from_plugin(self, spec: Spec, *, override: bool = False, strict: bool = False,
-                        plugin: Optional[str] = None
+    def add_from_plugin(self, spec: Spec, *, override: bool = False, strict: bool = False
                         ) -> Tuple[Optional[Spec], Optional[DuplicateRegistrationError]]:
         """Insert a plugin hook's registration; returns ``(stored spec or None, clash)``.  The policy
         does not depend on load order: ``override=True`` wins over plain registrations; two plain (or
         two overriding) ones make the name ambiguous (using it raises); a builtin is kept and the
         refusal recorded in :meth:`shadowed` (only ``override=True`` replaces it).  ``strict``: a
         clash raises."""
-        plugin = spec.plugin if plugin is None else plugin
         stack = self._stacks.get(spec.name)
         if stack and not strict:
             top = stack[-1]
-            top_overrides = (top in self._overriding and top.plugin != plugin
+            top_overrides = (top in self._overriding and top.plugin != spec.plugin
                              and top.plugin not in (BUILTIN_PLUGIN, IN_PROCESS))
             if top_overrides and override:
                 clash = DuplicateRegistrationError(
                     f"{self.noun} {spec.name!r} is replaced with override=True by two plugins: "
                     f"{top.describe_provider()} and {spec.describe_provider()}; neither is chosen. "
                     f"Uninstall or block one of the two ({_BLOCK_HINT}).")
-                self._conflicts[spec.name] = (clash, plugin)
+                self._conflicts[spec.name] = (clash, spec.plugin)
                 return None, clash
             if top_overrides and not self._from_builtin(spec.name):
                 stack.insert(len(stack) - 1, spec)  # the earlier plugin replaces it on purpose
@@ -109,9 +98,9 @@ class Registry:
             if strict:
                 raise
             if self._from_builtin(spec.name):
-                self._shadowed.setdefault(spec.name, []).append((clash, plugin))
+                self._shadowed.setdefault(spec.name, []).append((clash, spec.plugin))
             else:
-                self._conflicts[spec.name] = (clash, plugin)
+                self._conflicts[spec.name] = (clash, spec.plugin)
             return None, clash
         if override:
             self._overriding.add(spec)
