@@ -61,11 +61,11 @@ class PluginHost:
     (default ``os.environ``); ``entry_points``: a callable giving the entry points (tests' fakes)."""
 
     def __init__(self, *, autoload: Optional[bool] = None, allow: Optional[Iterable[str]] = None,
-                 block: Optional[Iterable[str]] = None, builtins: bool = True,
+                 block: Optional[Iterable[str]] = None,
                  entry_points: Optional[Callable[[], Iterable[Any]]] = None,
                  environ: Optional[Mapping[str, str]] = None) -> None:
         self._args = {"autoload": autoload, "allow": allow, "block": block}
-        self._builtins, self._entry_points, self._environ = builtins, entry_points, environ
+        self._entry_points, self._environ = entry_points, environ
         self._lock = threading.RLock()
         self.reset()
 
@@ -120,12 +120,11 @@ class PluginHost:
 
     def _load(self, s: Dict[str, Any]) -> None:
         self.settings = s
-        if self._builtins:
-            from canvas_core import __version__
-            from canvas_core.plugins import builtin
+        from canvas_core import __version__
+        from canvas_core.plugins import builtin
 
-            self._add_plugin(builtin, PluginRecord(BUILTIN_PLUGIN, "canvas-core", __version__, source="builtin"),
-                             strict=False)
+        self._add_plugin(builtin, PluginRecord(BUILTIN_PLUGIN, "canvas-core", __version__, source="builtin"),
+                         strict=False)
         for name in set(s["block"]) - {BUILTIN_PLUGIN}:  # pluggy's own block-list; not the builtin plugin
             self._pm.set_blocked(name)
         eps = discover_entry_points(self._entry_points)

@@ -63,7 +63,7 @@ class RuntimeContext:
     @classmethod
     def coerce(cls, ctx: Any) -> "RuntimeContext":
         """None -> the default CPU context; a dict -> ``RuntimeContext(**dict)``; a device string;
-        an object with ``device`` and ``dtype``; a context as is."""
+        a context as is."""
         if ctx is None or isinstance(ctx, cls):
             return ctx or cls()
         if isinstance(ctx, dict):
@@ -73,9 +73,6 @@ class RuntimeContext:
             return cls(**ctx)
         if isinstance(ctx, str):
             return cls(device=ctx)
-        if hasattr(ctx, "device") and hasattr(ctx, "dtype"):
-            return cls(device=ctx.device, dtype=ctx.dtype, head_dim=getattr(ctx, "head_dim", None),
-                       requires_grad=bool(getattr(ctx, "requires_grad", True)))
         raise CanvasTypeError(f"expected a RuntimeContext (or None / dict / device string), got {ctx!r}")
 
 
@@ -249,9 +246,6 @@ class Spec:
                 extra = [f"its availability check raised {type(exc).__name__}: {exc}"]
             reasons.extend(str(r) for r in ([extra] if isinstance(extra, str) else extra or []))
         return reasons
-
-    def is_available(self, ctx: Any = None) -> bool:
-        return not self.unsupported_reasons(ctx)
 
     def load(self) -> Any:
         """The factory object (imported on first call, then cached); :class:`PluginLoadError`
