@@ -1,11 +1,13 @@
-"""Device and dtype names as torch spells them, checked without importing torch: the vocabulary of
-the plugin layer's capability checks (``RuntimeContext``, a spec's ``devices=`` / ``dtypes=``),
-the compiler's target device and the testing kit."""
+"""Device and dtype names as torch spells them, checked without importing torch, and
+:class:`RuntimeContext`, the target described with them: what the compiler resolves a plan for and
+what the plugin layer's capability checks (a spec's ``devices=`` / ``dtypes=`` / ``check=``) judge;
+the testing kit uses the same vocabulary."""
 
 from __future__ import annotations
 
 import importlib.util
 import sys
+from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 from canvas_core.errors import CanvasTypeError, SpecError, did_you_mean
@@ -90,3 +92,55 @@ def cuda_device_count() -> int:
         return int(torch.cuda.device_count()) if torch is not None and torch.cuda.is_available() else 0
     except Exception:
         return 0
+
+
+@dataclass(frozen=True)
+class RuntimeContext:
+    """Where an implementation is asked to run: a device (name or ``torch.device``), a dtype (name
+    or ``torch.dtype``), the per-head width when known, whether a backward pass is needed, and
+    ``preview``: judge as if ``device`` were present here (a GPU plan made on a CPU machine)."""
+
+    device: Any = "cpu"
+    dtype: Any = "float32"
+    head_dim: Optional[int] = None
+    requires_grad: bool = True
+    preview: bool = False
+
+    def __post_init__(self) -> None:
+        check_device(self.device, "RuntimeContext")
+        check_dtype(self.dtype, "RuntimeContext")
+        hd = self.head_dim
+        if hd is not None and (isinstance(hd, bool) or not isinstance(hd, int) or hd < 1):
+            raise CanvasTypeError(f"RuntimeContext: head_dim must be a positive int or None, got {hd!r}")
+        for flag in ("requires_grad", "preview"):
+            if not isinstance(getattr(self, flag), bool):
+                raise CanvasTypeError(f"RuntimeContext: {flag} must be True or False, got {getattr(self, flag)!r}")
+
+    @property
+    def device_type(self) -> str:
+        return normalize_device(self.device)
+
+    @property
+    def dtype_name(self) -> str:
+        return normalize_dtype(self.dtype)
+
+    def describe(self) -> str:
+        hd = f", head_dim={self.head_dim}" if self.head_dim is not None else ""
+        return (f"{self.device_type}/{self.dtype_name}{hd}" + ("" if self.requires_grad else ", inference")
+                + (" (preview)" if self.preview else ""))
+
+    @classmethod
+    def coerce(cls, ctx: Any) -> "RuntimeContext":
+        """None -> the default CPU context; a dict -> ``RuntimeContext(**dict)``; a device string;
+        a context as is."""
+        if ctx is None or isinstance(ctx, cls):
+            return ctx or cls()
+        if isinstance(ctx, dict):
+            keys = [f.name for f in fields(cls)]
+            unknown = sorted(set(map(str, ctx)) - set(keys))
+            if unknown:
+                raise CanvasTypeError(f"RuntimeContext: unknown key(s) {unknown}; expected {', '.join(keys)}")
+            return cls(**ctx)
+        if isinstance(ctx, str):
+            return cls(device=ctx)
+        raise CanvasTypeError(f"expected a RuntimeContext (or None / dict / device string), got {ctx!r}")

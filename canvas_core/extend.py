@@ -79,7 +79,8 @@ if TYPE_CHECKING:  # for readers and IDEs; at run time the names load lazily bel
     )
     from canvas_core.looping.processor import CanvasAttentionHooks, CanvasProcessorBase, canvas_sdpa
     from canvas_core.looping.wrapper import BlockIO, LoopedBlockWrapper
-    from canvas_core.plugins.spec import RuntimeContext, Spec
+    from canvas_core.devices import RuntimeContext
+    from canvas_core.plugins.spec import Spec
     from canvas_core.runtime.kernel_base import AttentionKernel
     from canvas_core.runtime.finite_guard import nan_where_linked, non_finite_keys, zero_bad_keys
     from canvas_core.runtime.kernels import REFERENCE_MODES, ReferenceKernel, kernel_for
@@ -94,7 +95,8 @@ def _publish(module: str, *names: str) -> None:
 
 
 # registration
-_publish("canvas_core.plugins.spec", "Spec", "RuntimeContext")
+_publish("canvas_core.plugins.spec", "Spec")
+_publish("canvas_core.devices", "RuntimeContext")
 # plan types
 _publish("canvas_core.compiler.plan", "ExecutionPlan", "RectGroup", "SegmentGrid", "BlockLayout",
          "segment_grid", "block_layout_of")

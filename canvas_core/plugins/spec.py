@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from canvas_core.devices import check_device, check_dtype, cuda_status, normalize_device, normalize_dtype
+from canvas_core.devices import RuntimeContext, check_device, check_dtype, cuda_status
 from canvas_core.errors import (  # noqa: F401 - the factory errors and SpecError are also reachable here
     CanvasError, CanvasTypeError, FactoryError, FactoryTypeError, FactoryValueError, PluginLoadError, SpecError,
     UnavailableError,
@@ -22,58 +22,6 @@ IN_PROCESS = "<in-process>"
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _DOTTED_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_CONTEXT_KEYS = ("device", "dtype", "head_dim", "requires_grad", "preview")
-
-
-@dataclass(frozen=True)
-class RuntimeContext:
-    """Where an implementation is asked to run: a device (name or ``torch.device``), a dtype (name
-    or ``torch.dtype``), the per-head width when known, whether a backward pass is needed, and
-    ``preview``: judge as if ``device`` were present here (a GPU plan made on a CPU machine)."""
-
-    device: Any = "cpu"
-    dtype: Any = "float32"
-    head_dim: Optional[int] = None
-    requires_grad: bool = True
-    preview: bool = False
-
-    def __post_init__(self) -> None:
-        check_device(self.device, "RuntimeContext")
-        check_dtype(self.dtype, "RuntimeContext")
-        hd = self.head_dim
-        if hd is not None and (isinstance(hd, bool) or not isinstance(hd, int) or hd < 1):
-            raise CanvasTypeError(f"RuntimeContext: head_dim must be a positive int or None, got {hd!r}")
-        for flag in ("requires_grad", "preview"):
-            if not isinstance(getattr(self, flag), bool):
-                raise CanvasTypeError(f"RuntimeContext: {flag} must be True or False, got {getattr(self, flag)!r}")
-
-    @property
-    def device_type(self) -> str:
-        return normalize_device(self.device)
-
-    @property
-    def dtype_name(self) -> str:
-        return normalize_dtype(self.dtype)
-
-    def describe(self) -> str:
-        hd = f", head_dim={self.head_dim}" if self.head_dim is not None else ""
-        return (f"{self.device_type}/{self.dtype_name}{hd}" + ("" if self.requires_grad else ", inference")
-                + (" (preview)" if self.preview else ""))
-
-    @classmethod
-    def coerce(cls, ctx: Any) -> "RuntimeContext":
-        """None -> the default CPU context; a dict -> ``RuntimeContext(**dict)``; a device string;
-        a context as is."""
-        if ctx is None or isinstance(ctx, cls):
-            return ctx or cls()
-        if isinstance(ctx, dict):
-            unknown = sorted(set(map(str, ctx)) - set(_CONTEXT_KEYS))
-            if unknown:
-                raise CanvasTypeError(f"RuntimeContext: unknown key(s) {unknown}; expected {', '.join(_CONTEXT_KEYS)}")
-            return cls(**ctx)
-        if isinstance(ctx, str):
-            return cls(device=ctx)
-        raise CanvasTypeError(f"expected a RuntimeContext (or None / dict / device string), got {ctx!r}")
 
 
 def parse_factory_path(path: str) -> Tuple[str, str]:
