@@ -34,7 +34,8 @@ from torch import nn
 from canvas_core.compiler.plan import ExecutionPlan, segment_grid
 from canvas_core.compiler.resolved import REFERENCE_KERNEL
 from canvas_core.errors import ShapeError
-from canvas_core.runtime.key_sets import group_key_sets, shape_buckets
+from canvas_core.runtime.block_views import strided_blocks
+from canvas_core.runtime.key_sets import group_key_sets, query_block_ids, shape_buckets
 from canvas_core.runtime.type_call import check_type_output, is_builtin_module, run_flat_buckets, runs_per_key_set
 
 __all__ = [
@@ -225,7 +226,7 @@ class PlanRunner(nn.Module):
             q_packed = np.flatnonzero(plan.query_weight[f] > 0)
             k_packed = np.flatnonzero(merge_cover(n, g.k0, g.k1))
             set_of_q, sets = group_key_sets(sg.grid, sg.row_segment_of(n), sg.col_segment_of(n),
-                                            q_packed, k_packed)
+                                            q_packed, k_packed, query_block_ids(plan, g, sg.row_bounds))
             q_can, k_can = plan.perm[q_packed], plan.perm[k_packed]
             coef = (qw[f] / safe_all)[q_can]
             arrays = [("q", q_can), ("k", k_can), ("set", set_of_q), ("sets", sets), ("coef", coef)]
@@ -235,7 +236,8 @@ class PlanRunner(nn.Module):
             flat = []
             for j, (bq, bk, _) in enumerate(buckets):  # query then key indices in one vector
                 arrays.append((f"b{j}_qkf", np.concatenate([bq.reshape(-1), bk.reshape(-1)])))
-                flat.append((f"o{i}_b{j}_qkf", int(bq.shape[0]), int(bq.shape[1]), int(bk.shape[1])))
+                flat.append((f"o{i}_b{j}_qkf", int(bq.shape[0]), int(bq.shape[1]), int(bk.shape[1]),
+                             strided_blocks(bq, bk, n)))  # slices instead of gathers (block_views.py)
             rows = np.concatenate([bq.reshape(-1) for bq, _, _ in buckets] or [np.zeros(0, np.int64)])
             rows_coef = np.concatenate([bc for _, _, bc in buckets] or [np.zeros(0)])
             arrays += [("rows", rows), ("rows_coef", rows_coef.reshape(1, -1, 1)), ("coef3", coef.reshape(1, -1, 1))]
@@ -282,19 +284,20 @@ class PlanRunner(nn.Module):
         """``[(Q (G, nq), K (G, nk), coef (G * nq,)), ...]`` of the i-th non-softmax group: its key
         sets stacked by shape, indices into the runner's positions (see ``runtime/key_sets.py``)."""
         out, start, coef = [], 0, getattr(self, f"o{i}_rows_coef").reshape(-1)
-        for qf, kf, G, nq, nk, _ in self.flat_buckets(i):
+        for qf, kf, G, nq, nk, *_ in self.flat_buckets(i):
             out.append((qf.reshape(G, nq), kf.reshape(G, nk), coef[start:start + G * nq]))
             start += G * nq
         return out
 
     def flat_buckets(self, i: int):
-        """``[(qf (G*nq,), kf (G*nk,), G, nq, nk, qkf), ...]`` of the i-th non-softmax group: the
-        index vectors of :meth:`key_set_buckets`, flattened (what :func:`run_flat_buckets` takes);
-        ``qf`` and ``kf`` are the two parts of the one buffer ``qkf`` (for a single gather of both)."""
+        """``[(qf (G*nq,), kf (G*nk,), G, nq, nk, qkf, blocks), ...]`` of the i-th non-softmax group:
+        the index vectors of :meth:`key_set_buckets`, flattened (what :func:`run_flat_buckets`
+        takes); ``qf`` and ``kf`` are the two parts of the one buffer ``qkf`` (for a single gather
+        of both); ``blocks``: the bucket as strided blocks (``runtime/block_views.py``) or None."""
         out = []
-        for name, G, nq, nk in self._flat[i]:
+        for name, G, nq, nk, blocks in self._flat[i]:
             qkf = getattr(self, name)
-            out.append((qkf[:G * nq], qkf[G * nq:], G, nq, nk, qkf))
+            out.append((qkf[:G * nq], qkf[G * nq:], G, nq, nk, qkf, blocks))
         return out
 
     def extra_repr(self) -> str:

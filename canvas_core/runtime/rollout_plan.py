@@ -26,6 +26,7 @@ import numpy as np
 
 from canvas_core.compiler.plan import ExecutionPlan, segment_grid
 from canvas_core.errors import TopologyError
+from canvas_core.runtime.key_sets import group_key_sets, query_block_ids
 
 __all__ = ["check_causal", "FramePlan", "SoftFrame", "TypeCall", "frame_size", "CLASS_LIMIT"]
 
@@ -156,17 +157,15 @@ class _TypeSets:
         sg = segment_grid(n, g.q0, g.q1, g.k0, g.k1, g.weight)
         rs, cs = sg.row_segment_of(n), sg.col_segment_of(n)
         q_packed = np.flatnonzero(plan.query_weight[fn] > 0)
-        linked = sg.grid > 0
-        rows_u, seg_set = np.unique(linked, axis=0, return_inverse=True)
-        seg_set = np.asarray(seg_set).reshape(-1)
         self.perm, self.V = plan.perm, V
-        set_of_q = seg_set[rs[q_packed]]
+        # one set per query block and key set (key_sets.py, "Query blocks"), as the layer calls them
+        set_of_q, sets = group_key_sets(sg.grid, rs, cs, q_packed, np.arange(n), query_block_ids(plan, g, sg.row_bounds))
         used = np.unique(set_of_q)
         self.q_packed = q_packed  # the masked call's query order: packed ascending
         self.set_of_q = set_of_q
         self.keys_of: Dict[int, np.ndarray] = {}  # set -> packed keys (ascending)
         for s in used:
-            self.keys_of[int(s)] = np.flatnonzero(rows_u[int(s)][cs])
+            self.keys_of[int(s)] = np.flatnonzero(sets[int(s)])
         k_all = [self.keys_of[int(s)] for s in used]
         self.k_packed = np.unique(np.concatenate(k_all)) if k_all else np.zeros(0, np.int64)
         self._mask: Optional[np.ndarray] = None

@@ -20,7 +20,8 @@ the keys its connections link, and nothing else.
   with ``key_mask=None`` (every key of the set), whenever that reads at most half the pairs;
 * **every other type** (the default; everything that compresses or scans: perceiver, linear
   attention, rwkv, hyena, mamba, and a plugin that declares nothing) is called **per key set**:
-  the runtime groups the queries by identical key set and stacks all key sets of equal shape
+  the runtime groups the queries by identical key set (in a plan, by key set and query block:
+  ``runtime/key_sets.py``) and stacks all key sets of equal shape
   ``(Nq_g, Nk_g)`` along the batch dimension, ONE call per distinct shape:
   ``forward(q (B*G, Nq_g, D), k (B*G, Nk_g, D), v (B*G, Nk_g, D)) -> (B*G, Nq_g, D)``, no mask
   (``key_mask=None`` only when the forward requires the name).  Rows are independent sequences;
@@ -258,9 +259,11 @@ def run_flat_buckets(module: Any, queries: Any, keys: Any, values: Any, buckets:
                      name: Any = None) -> List[Any]:
     """:func:`run_key_set_buckets` on index vectors flattened once, when the plan was built:
     ``buckets`` holds ``(qf (G*nq,), kf (G*nk,), G, nq, nk)``, optionally followed by ``qkf``, the
-    two already concatenated (``PlanRunner.flat_buckets``); returns the outputs
-    ``[out (B, G*nq, D), ...]`` (rows in the order of ``qf``).  At run time this is one gather per
-    index vector, one call per bucket and nothing else (no index reshapes, no masks built)."""
+    two already concatenated, and ``blocks``, the bucket's strided layout or None
+    (``PlanRunner.flat_buckets``); returns the outputs ``[out (B, G*nq, D), ...]`` (rows in the
+    order of ``qf``).  At run time this is one gather per index vector (slices instead when
+    ``blocks`` is given and one tensor holds queries, keys and values: ``runtime/block_views.py``),
+    one call per bucket and nothing else (no index reshapes, no masks built)."""
     B = queries.shape[0]
     needs_kw = _signature_info(module)[2]
     # written for masks: canvas-core's own exact types read "no mask" as "every key", which is
@@ -272,7 +275,12 @@ def run_flat_buckets(module: Any, queries: Any, keys: Any, values: Any, buckets:
     # zero gradient instead of two; the query and key blocks are views of it
     shared = B == 1 and queries is keys
     for qf, kf, G, nq, nk, *qkf in buckets:
-        if shared:
+        blocks = qkf[1] if len(qkf) > 1 else None
+        if blocks is not None and queries is keys and values is keys:
+            from canvas_core.runtime.block_views import block_inputs
+
+            q, k = block_inputs(queries, blocks, G, nq, nk)
+        elif shared:
             import torch
 
             both = qkf[0] if qkf else torch.cat((qf, kf))

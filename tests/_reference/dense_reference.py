@@ -136,6 +136,38 @@ def weight_matrices(topology, layout, resolve: Optional[Callable] = None):
     return W, Wq
 
 
+def query_blocks(topology, layout, fn: str, resolve: Optional[Callable] = None) -> Dict[int, Tuple]:
+    """query -> its query block for type ``fn`` (DESIGN.md, "Semantics of a canvas attention
+    layer"): the connections of ``fn`` that link it, and its canvas frame when one of them has
+    ``t_src`` set (None when none has).  A per-key-set type is called once per block and key set."""
+    resolve = resolve or (lambda c: topology.resolve_fn(c, layout))
+    V = len(positions(layout)) // layout.T if layout.T else 0
+    linked_by: Dict[int, set] = {}
+    tied: Dict[int, bool] = {}
+    for ci, conn in enumerate(topology.connections):
+        if resolve(conn) != fn:
+            continue
+        for q in {i for i, _ in connection_pairs(conn, layout)}:
+            linked_by.setdefault(q, set()).add(ci)
+            tied[q] = tied.get(q, False) or conn.t_src is not None
+    return {q: (frozenset(cs), q // V if tied[q] else None) for q, cs in linked_by.items()}
+
+
+def per_block_call(module, x, Wf, blocks) -> torch.Tensor:
+    """A per-key-set type run as DESIGN.md says, one plain call per (query block, key set): the
+    block's queries and its keys in canonical order, no mask; 0 for queries without keys."""
+    out = torch.zeros_like(x)
+    calls: Dict[Tuple, List[int]] = {}
+    for q, block in blocks.items():
+        keys = tuple(torch.nonzero(Wf[q] > 0).flatten().tolist())
+        if keys:
+            calls.setdefault((block, keys), []).append(q)
+    for (_, keys), qs in calls.items():
+        qs, ks = sorted(qs), list(keys)
+        out[:, qs] = module(x[:, qs], x[:, ks], x[:, ks]).to(out.dtype)
+    return out
+
+
 def reference_mask(topology, layout) -> torch.Tensor:
     """Brute-force ``to_attention_mask``: (N, N) float64 largest weight over all connections."""
     n = len(positions(layout))
@@ -173,12 +205,14 @@ def softmax_attention(x, W, w_qkv, b_qkv, w_out, b_out, n_heads: int, beta: floa
 
 def reference_layer(x, topology, layout, *, softmax_params, n_heads, beta=1.0,
                     other_modules: Optional[Dict[str, Callable]] = None,
-                    softmax_types=("cross_attention", "self_attention"), resolve=None):
+                    softmax_types=("cross_attention", "self_attention"), resolve=None,
+                    per_block_types=()):
     """DESIGN.md's layer: ``sum_f W_f(p) out_f(p) / sum_f W_f(p)``, passthrough elsewhere.
 
     softmax_params: (w_qkv (3D, D), b_qkv (3D,), w_out (D, D), b_out (D,)) shared by softmax types.
     other_modules: fn -> module(queries, keys, values, key_mask) for the other types; the
-    reference calls it on *all* positions with ``key_mask = W_f > 0`` (N, N).
+    reference calls it on *all* positions with ``key_mask = W_f > 0`` (N, N), except for the types
+    in ``per_block_types`` (types that scan or compress), which :func:`per_block_call` runs.
     """
     W, Wq = weight_matrices(topology, layout, resolve)
     x = x.to(torch.float64)
@@ -187,6 +221,8 @@ def reference_layer(x, topology, layout, *, softmax_params, n_heads, beta=1.0,
     for fn, Wf in W.items():
         if fn in softmax_types:
             out = softmax_attention(x, Wf, *softmax_params, n_heads=n_heads, beta=beta)
+        elif fn in per_block_types:
+            out = per_block_call(other_modules[fn], x, Wf, query_blocks(topology, layout, fn, resolve))
         else:
             out = other_modules[fn](x, x, x, key_mask=(Wf > 0))
         num = num + Wq[fn][None, :, None] * out
