@@ -84,6 +84,7 @@ def _kernel_reasons(spec: Spec, ctx: RuntimeContext, host: PluginHost) -> List[s
 
 
 def _hints(specs: List[Spec], reasons: List[List[str]]) -> str:
+    """`` To fix: <hints>.`` for an unavailable error, or "" when there is nothing to suggest."""
     pkgs = sorted({m for s in specs for m in s.missing_requirements()})
     said = "\n".join(r for rs in reasons for r in rs)
     hints = [hint for hint, wanted in (
@@ -94,7 +95,7 @@ def _hints(specs: List[Spec], reasons: List[List[str]]) -> str:
         return ""
     # one sentence whatever the number of hints: "A.", "A or B.", "A, B or C."
     text = hints[0] if len(hints) == 1 else ", ".join(hints[:-1]) + " or " + hints[-1]
-    return text[0].upper() + text[1:] + "."
+    return " To fix: " + text[0].upper() + text[1:] + "."
 
 
 def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, *,
@@ -115,10 +116,10 @@ def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, 
         rows = [(f"{name} ({spec.describe_provider()})", own)]
         rows += [(f"kernel {k.name} ({k.describe_provider()})", _kernel_reasons(k, ctx, host) or ["could run"])
                  for k in cands]
-        hint = _hints([spec, *cands], [r for _, r in rows])
         raise UnavailableError(
             f"attention type {name!r} cannot run on {ctx.describe()}. Candidates: "
-            + "; ".join(f"{n}: {', '.join(r)}" for n, r in rows) + "." + (f" To fix: {hint}" if hint else ""))
+            + "; ".join(f"{n}: {', '.join(r)}" for n, r in rows) + "."
+            + _hints([spec, *cands], [r for _, r in rows]))
     device, dtype = "cpu" if ctx.device is None else str(ctx.device), ctx.dtype_name
     rejected: List[Tuple[str, Tuple[str, ...]]] = []
     chosen: Optional[Spec] = None
@@ -129,12 +130,10 @@ def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, 
             rejected.append((kspec.name, (f"does not support {name!r} (supports: {', '.join(kspec.supports) or 'nothing'})",)))
             note = f"kernel {kspec.name!r} does not execute {name!r}; the type's own module runs"
         elif reasons := _kernel_reasons(kspec, ctx, host):
-            hint = _hints([kspec], [reasons])
             raise UnavailableError(
                 f"kernel {kspec.name!r} ({kspec.describe_provider()}) was requested for attention type "
                 f"{name!r} but cannot run on {ctx.describe()}: {'; '.join(reasons)}."
-                + (f" To fix: {hint}" if hint else "")
-                + " Or drop kernel= to let canvas-core choose.")
+                + _hints([kspec], [reasons]) + " Or drop kernel= to let canvas-core choose.")
         else:
             chosen = kspec
     else:
