@@ -34,10 +34,6 @@ class Registry:
         self._shadowed: Dict[str, List[Tuple[DuplicateRegistrationError, str]]] = {}
         self._overriding: "weakref.WeakSet[Spec]" = weakref.WeakSet()
 
-    def add(self, name: str, factory: Any = None, *, override: bool = False, **metadata: Any) -> Spec:
-        """Register ``name`` -> ``factory``; returns the stored :class:`Spec`."""
-        return self.insert(self.make_spec(name, factory, metadata), override=override)
-
     def make_spec(self, name: str, factory: Any, metadata: Dict[str, Any], *,
                   distribution: str = IN_PROCESS, version: str = "", plugin: str = IN_PROCESS,
                   module: Optional[str] = None) -> Spec:
