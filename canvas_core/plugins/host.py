@@ -223,11 +223,9 @@ class PluginHost:
         return rec
 
     def _discard(self, rec: PluginRecord) -> None:
-        """Remove everything ``rec``'s plugin registered; what it had added stays in ``attempted``."""
-        for kind, reg in self.registries.items():
-            for spec in reg.remove_plugin(rec.name):
-                if spec.name not in rec.attempted.setdefault(kind, []):
-                    rec.attempted[kind].append(spec.name)
+        """Remove everything ``rec``'s plugin registered (``rec.attempted`` has its names: insert added them)."""
+        for reg in self.registries.values():
+            reg.remove_plugin(rec.name)
         if rec.plugin is not None and self._pm.is_registered(rec.plugin):
             self._pm.unregister(rec.plugin)
 
