@@ -4,7 +4,7 @@ A plain container that knows no host (loading plugins and the full unknown-name 
 from __future__ import annotations
 
 import weakref
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from canvas_core.errors import CanvasTypeError, DuplicateRegistrationError, UnknownNameKeyError, closest
 from canvas_core.plugins.spec import IN_PROCESS, SPEC_FIELDS, Spec
@@ -136,8 +136,6 @@ class Registry:
             raise self._conflicts[name][0]
         return stack[-1]
 
-    __getitem__ = get
-
     def _unknown(self, name: Any) -> Exception:
         known = self.names()
         near = closest(str(name), known)
@@ -153,9 +151,6 @@ class Registry:
     def names_by_plugin(self, plugin: str) -> List[str]:
         """Sorted names ``plugin`` registered here, overridden registrations included."""
         return sorted({s.name for stack in self._stacks.values() for s in stack if s.plugin == plugin})
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.names())
 
     def __len__(self) -> int:
         return len(self._stacks)
