@@ -43,8 +43,6 @@ class Registry:
                 "'package.module:Object' string)")
         fields = {k: metadata[k] for k in SPEC_FIELDS if k in metadata}
         extra = {k: v for k, v in metadata.items() if k not in SPEC_FIELDS}
-        if isinstance(extra.get("metadata"), dict):
-            extra = {**extra.pop("metadata"), **extra}
         return Spec(name=name, factory=factory, kind=self.kind, distribution=distribution,
                     version=version, plugin=plugin, module=module, metadata=extra, **fields)
 
