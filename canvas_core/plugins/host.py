@@ -96,10 +96,6 @@ class PluginHost:
                 self._loading_thread = None
                 self.loaded = True
 
-    def reload(self) -> None:
-        self.reset()
-        self.ensure_loaded()
-
     @property
     def plugin_manager(self) -> pluggy.PluginManager:
         self.ensure_loaded()

@@ -179,8 +179,8 @@ def test_lazy_load_cached_and_reset_rereads_env(toy_plugin, monkeypatch):
         assert not host.loaded
         assert attn not in P.list_attention_types()
         monkeypatch.delenv("CANVAS_BLOCK_PLUGINS")
-        host.reload()
-        assert attn in P.list_attention_types()
+        host.reset()
+        assert attn in P.list_attention_types()  # loaded again on first use
 
 
 def test_unmarked_hook_function_is_accepted(site):
