@@ -20,7 +20,7 @@ from canvas_core.plugins.hookspecs import ENTRY_POINT_GROUP, HOOK_NAMES, hookimp
 from canvas_core.plugins.host import PluginHost, get_host, get_plugin_manager, reset_plugins, set_host, use_host
 from canvas_core.plugins.loading import ENV_ALLOW, ENV_BLOCK, ENV_DISABLE, PluginRecord
 from canvas_core.plugins.registry import KINDS, NOUNS, Registry
-from canvas_core.plugins.resolve import ResolvedGroup, build_attention, kernel_candidates, resolve_attention
+from canvas_core.plugins.resolve import ResolvedGroup, build_attention, resolve_attention
 from canvas_core.plugins.spec import IN_PROCESS, RuntimeContext, Spec, SpecError
 
 #: kind, function-name stem, plural stem (``list_*``), mapping name, ``register_*`` doc extra.
@@ -39,7 +39,7 @@ __all__ = [
     "get_plugin_manager", "plugin_report", "registry_report", "ENV_DISABLE", "ENV_ALLOW", "ENV_BLOCK",
     "Spec", "SpecError", "RuntimeContext", "Registry", "RegistryView", "KINDS", "IN_PROCESS",
     "ATTENTION_TYPES", "AttentionTypeInfo", "get_registry", "get_spec", "get_attention_spec", "get_kernel_spec",
-    "create_attention", "resolve_attention", "ResolvedGroup", "kernel_candidates",
+    "create_attention", "resolve_attention", "ResolvedGroup",
     "PluginError", "DuplicateRegistrationError", "UnknownNameError", "PluginLoadError", "UnavailableError",
 ]
 

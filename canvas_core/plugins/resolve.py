@@ -72,12 +72,6 @@ class ResolvedGroup:
         return f"{self.fn} -> {self.attention.describe_provider()}, kernel {self.kernel_name}"
 
 
-def kernel_candidates(name: str, host: Optional[PluginHost] = None) -> List[Spec]:
-    """Registered kernels supporting attention type ``name``, by descending priority."""
-    kernels = (host or get_host()).registry("kernels")
-    return sorted((s for s in kernels.specs() if name in s.supports), key=lambda s: -s.priority)
-
-
 def _kernel_reasons(spec: Spec, ctx: RuntimeContext, host: PluginHost) -> List[str]:
     conflict = host.registry("kernels").conflicts().get(spec.name)
     return ([conflict] if conflict else []) + spec.unsupported_reasons(ctx)
@@ -110,7 +104,7 @@ def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, 
     host = host or get_host()
     ctx = RuntimeContext.coerce(ctx)
     spec = host.lookup("attention", name)
-    cands = kernel_candidates(name, host)
+    cands = sorted((k for k in host.registry("kernels").specs() if name in k.supports), key=lambda k: -k.priority)
     own = spec.unsupported_reasons(ctx)
     if own:
         rows = [(f"{name} ({spec.describe_provider()})", own)]
