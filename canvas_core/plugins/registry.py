@@ -111,17 +111,15 @@ class Registry:
         self._conflicts.pop(name, None)
         return spec
 
-    def remove_plugin(self, plugin: str) -> List[Spec]:
+    def remove_plugin(self, plugin: str) -> None:
         """Remove every registration of ``plugin`` (and the clashes it caused)."""
-        removed = [s for stack in self._stacks.values() for s in stack if s.plugin == plugin]
+        gone = {s.name for stack in self._stacks.values() for s in stack if s.plugin == plugin}
         kept = {n: [s for s in stack if s.plugin != plugin] for n, stack in self._stacks.items()}
         self._stacks = {n: stack for n, stack in kept.items() if stack}
-        gone = {s.name for s in removed}
         self._conflicts = {n: c for n, c in self._conflicts.items() if c[1] != plugin and n in self._stacks
                            and n not in gone}
         shadowed = {n: [(e, who) for e, who in v if who != plugin] for n, v in self._shadowed.items()}
         self._shadowed = {n: v for n, v in shadowed.items() if v and n in self._stacks}
-        return removed
 
     def get(self, name: str) -> Spec:
         """The spec registered as ``name``; :class:`UnknownNameError` (also a ``KeyError``) with the
