@@ -259,12 +259,10 @@ class PluginHost:
     def register(self, kind: str, name: Any, factory: Any = None, *, override: bool = False,
                  module: Optional[str] = None, **metadata: Any) -> Spec:
         """In-process registration (``register_attention(...)`` and friends)."""
-        reg = self.registry(kind)
-        loading = self._loading_record
-        if loading is not None and self._loading_thread == threading.get_ident():
-            # a decorator run while an installed plugin is imported: that plugin provides the name
-            stored, spec = PluginScopedRegistry(reg, loading, strict=False).insert(name, factory, metadata,
-                                                                                   override, module)
+        reg = self.registry(kind)  # waits while another thread loads plugins
+        if self._loading_record is not None:  # so this thread is importing an installed plugin: it provides the name
+            stored, spec = PluginScopedRegistry(reg, self._loading_record, strict=False).insert(
+                name, factory, metadata, override, module)
             return stored or spec
         with self._lock:
             self.records.setdefault(IN_PROCESS, PluginRecord(IN_PROCESS, IN_PROCESS, "", source="in-process"))
