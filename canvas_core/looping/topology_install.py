@@ -46,7 +46,8 @@ def _probe_branch(gm: GatedTypeModule, fn: str, width: int, where: str, backbone
     connection); record how the branch is gated and whether it can learn at initialisation."""
     from canvas_core.errors import AttentionContractError
     from canvas_core.runtime.canvas_attention import flag_connections
-    from canvas_core.runtime.type_probe import init_gradient_problem, is_builtin_module, probe_attention_module
+    from canvas_core.runtime.type_probe import (constant_branch, init_gradient_problem, is_builtin_module,
+                                                probe_attention_module)
 
     if not is_builtin_module(gm.module):
         try:
@@ -54,6 +55,9 @@ def _probe_branch(gm: GatedTypeModule, fn: str, width: int, where: str, backbone
         except AttentionContractError as exc:  # its message already starts with the connection
             why = str(exc).removeprefix(f"{where}: ")
             raise BackboneError(f"{where} cannot run inside {backbone!r}: {why}") from exc
+    if constant_branch(gm.module, fn, width):  # ``none``: its output is 0, so its gate never moves
+        installed.module_roles[fn] = "own module with a constant output (0): nothing to learn, by design"
+        return
     gate = ("one gate: the type's own (0 at init)" if gm.gate is None
             else "one gate: the block's (starts at 0)")
     problem = init_gradient_problem(gm.module, fn, width, gm.gate)

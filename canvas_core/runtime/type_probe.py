@@ -25,7 +25,7 @@ import torch
 
 from canvas_core.runtime.type_call import call_attention_type, is_builtin_module
 
-__all__ = ["probe_attention_module", "init_gradient_problem", "dependencies", "first_leak", "is_builtin_module",
+__all__ = ["probe_attention_module", "init_gradient_problem", "constant_branch", "dependencies", "first_leak", "is_builtin_module",
            "zeros_opened"]
 
 
@@ -156,6 +156,18 @@ def probe_attention_module(module: Any, fn: Any, d_model: int, where: str) -> No
             f"{where}: attention type {fn!r} ({type(module).__name__}) {how} reads outside the linked "
             f"keys: {leak}. A type must read only the keys its connections link: honour key_mask exactly, "
             "or drop the key_mask_exact declaration and keep the batch rows independent")
+
+
+def constant_branch(module: Any, fn: Any, d_model: int) -> bool:
+    """Whether the type's output cannot depend on anything trainable: no parameter of its own and
+    an output that needs no gradient from its inputs either (``none``: zeros)."""
+    if any(p.requires_grad and p.is_floating_point() for p in module.parameters()):
+        return False
+    if _where(module)[0].type == "meta":
+        return False
+    q, k, v, mask = _inputs(module, d_model)
+    with _quiet(module):
+        return not call_attention_type(module, q, k, v, mask, name=fn).requires_grad
 
 
 def init_gradient_problem(module: Any, fn: Any, d_model: int, gate: Any = None) -> Optional[str]:

@@ -192,3 +192,16 @@ def test_plugin_type_that_breaks_the_contract_is_refused_at_install_model_unchan
             assert ad.installed_topology(m) is None and set(m.state_dict()) == keys
         finally:
             P.unregister_attention(name)
+
+
+def test_report_says_a_constant_branch_has_nothing_to_learn():
+    # ``none`` outputs 0, so the block's gate on it never gets a gradient: the report must not
+    # claim it learns, and must not flag a deliberate no-op as broken either
+    dense = [Connection(a, b) for a in ("top", "bottom", "extra") for b in ("top", "bottom", "extra")]
+    m, kw, _ = _grafted(CanvasTopology(connections=dense + [Connection("top", "bottom", fn="none")]), 1)
+    row = [line for line in get_adapter(m).installed_topology(m).report().splitlines() if line.startswith("none")]
+    assert row and "constant output (0): nothing to learn" in row[0]
+    assert "learns from step 1" not in row[0] and "NO GRADIENT AT INIT" not in row[0]
+    run("cogvideox", m, kw).pow(2).sum().backward()
+    gates = [p for n, p in m.named_parameters() if "canvas_fn.none" in n]
+    assert all(p.grad is None or not bool(p.grad.any()) for p in gates)  # what the report says
