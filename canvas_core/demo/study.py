@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from canvas_core.demo.backbones import DemoBackbone, model_inputs
+from canvas_core.demo.program import declare_program
 from canvas_core.demo.task import BlobBatch, BlobTask
 
 __all__ = ["Condition", "Arm", "TrainOptions", "DemoHead", "Setup", "prepare", "run_condition", "graft_condition", "train_arm", "evaluate_arm",
@@ -204,7 +205,6 @@ def prepare(recipe: DemoBackbone, backbone: nn.Module, seed: int = 0) -> Setup:
     """Read the backbone's token grid (on a grafted scratch copy), declare the demo's program on
     it and size the task and head for it."""
     from canvas_core import graft_looped_blocks
-    from canvas_core.demo.pipeline import declare_program
     from canvas_core.looping import get_adapter
 
     frames, height, width = recipe.video_shape(backbone)  # whole patches of a pretrained model too

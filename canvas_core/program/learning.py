@@ -1,7 +1,8 @@
-"""Per-family learning defaults (pure Python).
+"""A region's training recipe (:class:`LearningSpec`) and the default recipe of each family
+(pure Python).
 
-Each region family has a default training recipe (``LearningSpec``): mode, losses, and the
-compile mode targeted at deploy.  Set ``RegionProgram.learning`` explicitly to override.
+Each region family has a default ``LearningSpec``: mode, losses, and the compile mode targeted
+at deploy.  Set ``RegionProgram.learning`` explicitly to override.
 
 Usage::
 
@@ -12,13 +13,47 @@ Usage::
 
 from __future__ import annotations
 
-from typing import Dict
+from dataclasses import dataclass
+from typing import Dict, Tuple
 
-from canvas_core.errors import CanvasTypeError
-from canvas_core.program.constants import check_family
-from canvas_core.program.specs import LearningSpec
+from canvas_core.errors import CanvasTypeError, ProgramError
+from canvas_core.program._check import str_tuple, text
+from canvas_core.program.constants import (
+    LEARNING_COMPILE_MODES, LEARNING_MODES, check_choice, check_family, looks_like_typo,
+)
 
-__all__ = ["FAMILY_DEFAULTS", "default_learning"]
+__all__ = ["LearningSpec", "FAMILY_DEFAULTS", "default_learning"]
+
+
+@dataclass(frozen=True)
+class LearningSpec:
+    """The training recipe of one region: what it is trained to do, with which losses, and how
+    it is compiled when deployed.
+
+    Args:
+        mode: Learning paradigm: ``"supervised"``, ``"ssl_prediction"``, ``"posterior_match"``,
+            ``"retrieval"``, ``"calibration"``, ``"none"``; custom names are allowed when they are
+            not a misspelling of these.
+        losses: Named loss functions, interpreted by the training loop.
+        compile_mode: What happens at deploy: ``"runtime"``, ``"freeze"``, ``"distill"``,
+            ``"constant"`` or ``"export"``.
+    """
+
+    mode: str = "supervised"
+    losses: Tuple[str, ...] = ()
+    compile_mode: str = "runtime"
+
+    def __post_init__(self) -> None:
+        w = "LearningSpec"
+        text(self.mode, w, "mode")
+        typo = looks_like_typo(self.mode, LEARNING_MODES)
+        if typo is not None:
+            raise ProgramError(
+                f"{w}: unknown learning mode {self.mode!r}. Did you mean {typo!r}? Known modes: "
+                f"{sorted(LEARNING_MODES)}"
+            )
+        object.__setattr__(self, "losses", str_tuple(self.losses, w, "losses"))
+        check_choice(self.compile_mode, LEARNING_COMPILE_MODES, "compile_mode", w)
 
 FAMILY_DEFAULTS: Dict[str, LearningSpec] = {
     "observation": LearningSpec(mode="ssl_prediction", losses=("next_step", "masked_prediction"),

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Optional, Tuple
 
 from canvas_core.errors import CanvasTypeError, ProgramError
 from canvas_core.program._check import (
-    nonneg_int, number, opt_pos_int, opt_text, pos_int, str_tuple, text,
+    nonneg_int, number, opt_pos_int, opt_text, pos_int, str_tuple,
 )
 from canvas_core.program.constants import (
-    CARRIERS, CLOCK_DOMAINS, CLOCK_MODES, COMPILE_MODES, CONSTRAINT_VALUES, LEARNING_COMPILE_MODES,
-    LEARNING_MODES, OPERATORS, WRITE_MODES, check_choice, check_family, looks_like_typo,
+    CARRIERS, CLOCK_DOMAINS, CLOCK_MODES, COMPILE_MODES, CONSTRAINT_VALUES, OPERATORS, WRITE_MODES, check_choice,
+    check_family,
 )
+from canvas_core.program.learning import LearningSpec, default_learning
 
 if TYPE_CHECKING:  # pragma: no cover
     from canvas_core.program.identity import IdentitySpec
@@ -70,37 +71,6 @@ class ClockSpec:
             raise ProgramError(
                 f"ClockSpec(mode={self.mode!r}) needs event_source (e.g. event_source={example})"
             )
-
-
-@dataclass(frozen=True)
-class LearningSpec:
-    """The training recipe of one region: what it is trained to do, with which losses, and how
-    it is compiled when deployed.
-
-    Args:
-        mode: Learning paradigm: ``"supervised"``, ``"ssl_prediction"``, ``"posterior_match"``,
-            ``"retrieval"``, ``"calibration"``, ``"none"``; custom names are allowed when they are
-            not a misspelling of these.
-        losses: Named loss functions, interpreted by the training loop.
-        compile_mode: What happens at deploy: ``"runtime"``, ``"freeze"``, ``"distill"``,
-            ``"constant"`` or ``"export"``.
-    """
-
-    mode: str = "supervised"
-    losses: Tuple[str, ...] = ()
-    compile_mode: str = "runtime"
-
-    def __post_init__(self) -> None:
-        w = "LearningSpec"
-        text(self.mode, w, "mode")
-        typo = looks_like_typo(self.mode, LEARNING_MODES)
-        if typo is not None:
-            raise ProgramError(
-                f"{w}: unknown learning mode {self.mode!r}. Did you mean {typo!r}? Known modes: "
-                f"{sorted(LEARNING_MODES)}"
-            )
-        object.__setattr__(self, "losses", str_tuple(self.losses, w, "losses"))
-        check_choice(self.compile_mode, LEARNING_COMPILE_MODES, "compile_mode", w)
 
 
 @dataclass(frozen=True)
@@ -185,8 +155,6 @@ class RegionProgram:
         """``learning``, or the family default when it is None."""
         if self.learning is not None:
             return self.learning
-        from canvas_core.program.learning import default_learning
-
         return default_learning(self.family)
 
 
