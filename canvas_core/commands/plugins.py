@@ -126,11 +126,27 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(_text(doc))
     if getattr(args, "strict", False):
-        bad = (any(p["status"] == "failed" or p["conflicts"] or any(w.startswith("misspelt hook") for w in p["warnings"])
-                   for p in doc["plugins"])
-               or any(r.get("broken") for rows in doc["registries"].values() for r in rows))
-        return 1 if bad else 0
+        problems = strict_problems(doc)
+        for line in problems:  # on stderr, so that --json's document stays one JSON value
+            print(f"canvas plugins --strict: {line}", file=sys.stderr)
+        return 1 if problems else 0
     return 0
+
+
+def strict_problems(doc: Dict[str, Any]) -> List[str]:
+    """What makes ``--strict`` fail, one line each: a plugin that failed to load, a name two
+    providers registered (a builtin's included), a misspelt hook, a lazy factory that is missing."""
+    out = []
+    for p in doc["plugins"]:
+        who = f"plugin {p['name']!r} ({p['distribution']})"
+        if p["status"] == "failed":
+            out.append(f"{who} failed to load: {p['error']}")
+        out += [f"{who}: {clash}" for clash in p["conflicts"]]
+        out += [f"{who}: {w}" for w in p["warnings"] if w.startswith("misspelt hook")]
+    for kind, rows in doc["registries"].items():
+        out += [f"{kind} {r['name']!r} ({r['provider']}) is broken: {'; '.join(r['reasons'])}"
+                for r in rows if r.get("broken")]
+    return out
 
 
 if __name__ == "__main__":  # python -m canvas_core.commands.plugins

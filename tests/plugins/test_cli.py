@@ -77,3 +77,17 @@ def test_subprocess_cli_json(toy_plugin, site):
     assert plugins[ep]["status"] == "ok" and plugins[ep]["registered"] == {"attention": [attn]}
     assert plugins["crash3"]["status"] == "failed"
     assert attn in {r["name"] for r in doc["registries"]["attention"]}
+
+
+def test_strict_says_why_it_fails_on_stderr(toy_plugin, site, capsys):
+    site.plugin("canvas-plugin-crash", "crash", BROKEN, version="0.3")
+    with use_host(PluginHost()):
+        P.register_attention("lost_factory", "canvas_core.no_such_module:Thing")
+        assert cmd.run(_args("--json", "--device", "cpu", "--strict")) == 1
+        out, err = capsys.readouterr()
+    json.loads(out)  # the document alone on stdout
+    lines = err.strip().splitlines()
+    assert any("plugin 'crash' (canvas-plugin-crash) failed to load" in x and "cannot import the thing" in x
+               for x in lines)
+    assert any("'lost_factory'" in x and "is broken" in x and "no_such_module" in x for x in lines)
+    assert all(x.startswith("canvas plugins --strict: ") for x in lines)
