@@ -18,7 +18,7 @@ from torch import nn
 from canvas_core.errors import BackboneError, CanvasError
 from canvas_core.looping.installed import BlockTopology, GatedTypeModule, InstalledTopology, _key
 from canvas_core.plugins.builtin import SOFTMAX_FAMILY
-from canvas_core.runtime.plan_runner import merge_cover
+from canvas_core.runtime.key_sets import merge_cover
 from canvas_core.runtime.kernels import REFERENCE_MODES
 
 __all__ = ["build_installation", "remove_installation", "HOLDER_ATTR"]

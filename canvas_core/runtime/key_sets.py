@@ -29,7 +29,15 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["group_key_sets", "shape_buckets", "query_block_ids", "frame_of_packed"]
+__all__ = ["group_key_sets", "shape_buckets", "query_block_ids", "frame_of_packed", "merge_cover"]
+
+
+def merge_cover(n: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """``(n,)`` bool: positions covered by at least one range ``[lo_i, hi_i)``."""
+    diff = np.zeros(n + 1, dtype=np.int64)
+    np.add.at(diff, lo, 1)
+    np.add.at(diff, hi, -1)
+    return np.cumsum(diff)[:n] > 0
 
 
 def frame_of_packed(plan: Any) -> np.ndarray:
@@ -83,17 +91,19 @@ def group_key_sets(grid: np.ndarray, row_seg: np.ndarray, col_seg: np.ndarray,
     nk = len(k_packed)
     if len(q_packed) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros((0, nk), dtype=bool)
-    tag = np.zeros(len(q_packed), dtype=np.int64) if blocks is None else blocks[q_packed]
-    pairs, pair_of_q = np.unique(np.stack([row_seg[q_packed], tag], axis=1), axis=0, return_inverse=True)
-    rows = grid[pairs[:, 0]][:, col_seg[k_packed]] > 0  # (P, Nk): one row per (row segment, block)
     if nk == 0:
         return np.zeros(len(q_packed), dtype=np.int64), np.zeros((1, 0), dtype=bool)
-    if blocks is None:
-        sets, set_of_pair = np.unique(rows, axis=0, return_inverse=True)
-    else:
-        uniq, set_of_pair = np.unique(np.concatenate([rows.astype(np.int64), pairs[:, 1:]], axis=1),
-                                      axis=0, return_inverse=True)
-        sets = uniq[:, :nk].astype(bool)
+    tag = np.zeros(len(q_packed), dtype=np.int64) if blocks is None else blocks[q_packed]
+    pairs, pair_of_q = np.unique(np.stack([row_seg[q_packed], tag], axis=1), axis=0, return_inverse=True)
+    # compared on the column segments that hold keys (equal there = equal key sets), expanded once
+    cols, col_of_key = np.unique(col_seg[k_packed], return_inverse=True)
+    linked = grid[pairs[:, 0]][:, cols] > 0  # (P, C'): one row per (row segment, block)
+    uniq, set_of_pair = np.unique(linked, axis=0, return_inverse=True)
+    if blocks is not None:  # a set per (key set, block): the same keys may repeat
+        combos, set_of_pair = np.unique(np.stack([set_of_pair.reshape(-1), pairs[:, 1]], axis=1), axis=0,
+                                        return_inverse=True)
+        uniq = uniq[combos[:, 0]]
+    sets = uniq[:, col_of_key.reshape(-1)]
     return set_of_pair.reshape(-1)[pair_of_q.reshape(-1)].astype(np.int64), sets
 
 

@@ -35,7 +35,7 @@ from canvas_core.compiler.plan import ExecutionPlan, segment_grid
 from canvas_core.compiler.resolved import REFERENCE_KERNEL
 from canvas_core.errors import ShapeError
 from canvas_core.runtime.block_views import strided_blocks
-from canvas_core.runtime.key_sets import group_key_sets, query_block_ids, shape_buckets
+from canvas_core.runtime.key_sets import group_key_sets, merge_cover, query_block_ids, shape_buckets
 from canvas_core.runtime.type_call import check_type_output, is_builtin_module, run_flat_buckets, runs_per_key_set
 
 __all__ = [
@@ -46,14 +46,6 @@ __all__ = [
     "plan_query_weights",
     "weights",
 ]
-
-
-def merge_cover(n: int, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """``(n,)`` bool: positions covered by at least one range ``[lo_i, hi_i)``."""
-    diff = np.zeros(n + 1, dtype=np.int64)
-    np.add.at(diff, lo, 1)
-    np.add.at(diff, hi, -1)
-    return np.cumsum(diff)[:n] > 0
 
 
 def plan_query_weights(plan: ExecutionPlan, weights: Sequence[float]) -> Dict[str, np.ndarray]:

@@ -26,7 +26,7 @@ import numpy as np
 
 from canvas_core.compiler.plan import ExecutionPlan, segment_grid
 from canvas_core.errors import TopologyError
-from canvas_core.runtime.key_sets import group_key_sets, query_block_ids
+from canvas_core.runtime.key_sets import group_key_sets, merge_cover, query_block_ids
 
 __all__ = ["check_causal", "FramePlan", "SoftFrame", "TypeCall", "frame_size", "CLASS_LIMIT"]
 
@@ -159,13 +159,14 @@ class _TypeSets:
         q_packed = np.flatnonzero(plan.query_weight[fn] > 0)
         self.perm, self.V = plan.perm, V
         # one set per query block and key set (key_sets.py, "Query blocks"), as the layer calls them
-        set_of_q, sets = group_key_sets(sg.grid, rs, cs, q_packed, np.arange(n), query_block_ids(plan, g, sg.row_bounds))
+        k_group = np.flatnonzero(merge_cover(n, g.k0, g.k1))  # the keys some rectangle of the type links
+        set_of_q, sets = group_key_sets(sg.grid, rs, cs, q_packed, k_group, query_block_ids(plan, g, sg.row_bounds))
         used = np.unique(set_of_q)
         self.q_packed = q_packed  # the masked call's query order: packed ascending
         self.set_of_q = set_of_q
         self.keys_of: Dict[int, np.ndarray] = {}  # set -> packed keys (ascending)
         for s in used:
-            self.keys_of[int(s)] = np.flatnonzero(sets[int(s)])
+            self.keys_of[int(s)] = k_group[sets[int(s)]]
         k_all = [self.keys_of[int(s)] for s in used]
         self.k_packed = np.unique(np.concatenate(k_all)) if k_all else np.zeros(0, np.int64)
         self._mask: Optional[np.ndarray] = None
