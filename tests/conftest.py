@@ -1,9 +1,10 @@
 """Shared by the core tests: the obvious references in ``tests/_reference/``.
 
 ``dense_reference.py`` (DESIGN.md's canvas attention layer, dense and slow), ``strategies.py``
-(hypothesis strategies for random layouts and topologies) and ``dependency.py`` (gradient probes
-of which inputs an output depends on) are loaded once, by file path, and registered as the modules
-``canvas_ref_dense_reference``, ``canvas_ref_strategies`` and ``canvas_ref_dependency``, so a test
+(hypothesis strategies for random layouts and topologies), ``dependency.py`` (gradient probes
+of which inputs an output depends on) and ``toy_types.py`` (small attention types for the tests)
+are loaded once, by file path, and registered as the modules ``canvas_ref_dense_reference``,
+``canvas_ref_strategies``, ``canvas_ref_dependency`` and ``canvas_ref_toy_types``, so a test
 module imports them by name (the tests run with ``--import-mode=importlib``: ``tests`` is not a
 package on the path).
 """
@@ -38,5 +39,5 @@ def _register(name: str) -> None:
     spec.loader.exec_module(module)
 
 
-for _name in ("dense_reference", "strategies", "dependency"):
+for _name in ("dense_reference", "strategies", "dependency", "toy_types"):
     _register(_name)

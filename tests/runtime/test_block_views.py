@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 
 import canvas_core.plugins as P  # noqa: E402
 import canvas_ref_strategies as gen  # noqa: E402
+import canvas_ref_toy_types as toy  # noqa: E402
 from canvas_core.compiler.lowering import lower  # noqa: E402
 from canvas_core.runtime.block_views import block_inputs, strided_blocks  # noqa: E402
 from canvas_core.runtime.canvas_attention import CanvasAttention  # noqa: E402
@@ -22,19 +23,7 @@ from canvas_core.runtime.plan_runner import PlanRunner, compact_plan, run_module
 from canvas_core.schema import CanvasLayout, CanvasTopology, Connection  # noqa: E402
 
 
-class Scan(torch.nn.Module):
-    """A plugin-style scan (no key_mask: run per key set): running sums, read causally."""
-
-    def __init__(self, d_model, n_heads=4, dropout=0.0):
-        super().__init__()
-        self.v = torch.nn.Linear(d_model, d_model)
-        self.q = torch.nn.Linear(d_model, d_model)
-
-    def forward(self, queries, keys, values):
-        Nq, Nk = queries.shape[1], keys.shape[1]
-        run = torch.cumsum(self.v(values) * torch.sigmoid(keys), dim=1)
-        read = ((torch.arange(Nq) + 1) * Nk) // Nq - 1
-        return run.index_select(1, read.clamp(min=0)) + self.q(queries)
+Scan = toy.RunningMeanScan  # a plugin-style scan (no key_mask: run per key set)
 
 
 @pytest.fixture(scope="module", autouse=True)

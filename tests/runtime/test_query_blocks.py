@@ -15,34 +15,18 @@ torch = pytest.importorskip("torch")
 
 import canvas_ref_dense_reference as ref  # noqa: E402
 import canvas_ref_strategies as gen  # noqa: E402
+import canvas_ref_toy_types as toy  # noqa: E402
 from canvas_core.runtime.canvas_attention import CanvasAttention  # noqa: E402
 from canvas_core.runtime.incremental import incremental  # noqa: E402
 from canvas_core.schema import CanvasLayout, CanvasTopology, Connection, RegionSpec  # noqa: E402
 
 
-class RunMean(torch.nn.Module):
-    """A scan written for the test: query ``i`` of ``Nq`` reads the running mean of the projected
-    values up to key ``floor((i + 1) Nk / Nq) - 1`` (zeros before the first key), plus a term of its
-    own query when ``with_query``.  Per key set, as a plugin that declares nothing is called."""
-
-    def __init__(self, d_model, with_query=True):
-        super().__init__()
-        self.v = torch.nn.Linear(d_model, d_model)
-        self.q = torch.nn.Linear(d_model, d_model) if with_query else None
-
-    def forward(self, queries, keys, values):
-        Nq, Nk = queries.shape[1], keys.shape[1]
-        run = torch.cumsum(self.v(values) * torch.sigmoid(keys), dim=1)
-        run = run / torch.arange(1, Nk + 1, dtype=run.dtype)[None, :, None]
-        read = ((torch.arange(Nq) + 1) * Nk) // Nq - 1
-        out = run.index_select(1, read.clamp(min=0)) * (read >= 0)[None, :, None].to(run.dtype)
-        return out if self.q is None else out + 0.1 * self.q(queries)
-
-
 def _layer(topo, layout, with_query=True, seed=0):
     torch.manual_seed(seed)
-    return CanvasAttention(topo, layout, d_model=layout.d_model, n_heads=1,
-                           attention_factory=lambda fn, d_model, n_heads, dropout: RunMean(d_model, with_query)).double()
+    def factory(fn, d_model, n_heads, dropout):
+        return toy.RunningMeanScan(d_model, with_query=with_query)
+
+    return CanvasAttention(topo, layout, d_model=layout.d_model, n_heads=1, attention_factory=factory).double()
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))

@@ -16,27 +16,15 @@ torch = pytest.importorskip("torch")
 import canvas_core.plugins as P  # noqa: E402
 import canvas_ref_dependency as dep  # noqa: E402
 import canvas_ref_strategies as gen  # noqa: E402
+import canvas_ref_toy_types as toy  # noqa: E402
 from canvas_ref_dense_reference import positions  # noqa: E402
 from canvas_core.errors import AttentionContractError  # noqa: E402
 from canvas_core.runtime.canvas_attention import CanvasAttention  # noqa: E402
 from canvas_core.schema import CanvasLayout, CanvasTopology, Connection  # noqa: E402
 
 
-class ScanPlugin(torch.nn.Module):
-    """A plugin-style scan written for the test (canvas-engineering's protocol, no key_mask):
-    query i reads the running mean of projected values up to its causal read position."""
-
-    def __init__(self, d_model, n_heads=4, dropout=0.0):
-        super().__init__()
-        self.v = torch.nn.Linear(d_model, d_model)
-        self.q = torch.nn.Linear(d_model, d_model)
-
-    def forward(self, queries, keys, values):
-        Nq, Nk = queries.shape[1], keys.shape[1]
-        run = torch.cumsum(self.v(values) * torch.sigmoid(keys), dim=1)
-        run = run / torch.arange(1, Nk + 1, dtype=run.dtype)[None, :, None]
-        read = ((torch.arange(Nq) + 1) * Nk) // Nq - 1
-        return run.index_select(1, read.clamp(min=0)) * (read >= 0)[None, :, None] + 0.1 * self.q(queries)
+class ScanPlugin(toy.RunningMeanScan):
+    """The shared test scan (tests/_reference/toy_types.py), under the name this module uses."""
 
 
 class LatentPlugin(torch.nn.Module):
