@@ -7,6 +7,8 @@
 * :func:`check_attention_type`: the conformance suite every attention type passes; it calls the
   type exactly as the canvas runtime does (``canvas_core.runtime.type_call``).
 * :func:`check_kernel`: a kernel against the core's dense reference kernel.
+* :func:`recording_backend`: a ``torch.compile`` backend that records the calls of the traced
+  forward and backward graphs (does the compiled module still run your operator?).
 
 Importing this package does not import torch (the checks import it when they run).
 """
@@ -18,6 +20,7 @@ import sys
 from canvas_core._lazy import lazy_exports
 from canvas_core.testing._report import ConformanceReport
 from canvas_core.testing.attention import ATTENTION_PROPERTIES, check_attention_type
+from canvas_core.testing.compiled import recording_backend
 from canvas_core.testing.kernels import check_kernel
 from canvas_core.testing.registration import _make_fixture, isolated_plugins, registered_plugin
 
@@ -28,6 +31,7 @@ __all__ = [
     "check_attention_type",
     "check_kernel",
     "ATTENTION_PROPERTIES",
+    "recording_backend",
 ]
 
 if "pytest" in sys.modules:  # loaded as a pytest plugin or from a test: define the fixture now

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from canvas_core.attention import fused_softmax
 from canvas_core.attention import softmax as softmax_mod
 from canvas_core.attention.softmax import GatedAttention, PerceiverAttention
+from canvas_core.testing import recording_backend
 
 D, H = 8, 2
 
@@ -178,20 +179,6 @@ def test_custom_ops_pass_torch_opcheck(generic, monkeypatch):
                                outs[1:], 0.5, 0.4, H))
 
 
-def _collecting_backend(seen):
-    from functorch.compile import make_boxed_func
-    from torch._functorch.aot_autograd import aot_module_simplified
-
-    def backend(gm, example):
-        def keep(graph, _):
-            seen.extend(str(n.target) for n in graph.graph.nodes if n.op == "call_function")
-            return make_boxed_func(graph.forward)
-
-        return aot_module_simplified(gm, example, fw_compiler=keep, bw_compiler=keep)
-
-    return backend
-
-
 @pytest.mark.parametrize("kind", ["gated", "perceiver"])
 def test_compiled_module_traces_the_operators_and_matches_eager(kind):
     m = _make(kind, 4, torch.float32)
@@ -204,7 +191,7 @@ def test_compiled_module_traces_the_operators_and_matches_eager(kind):
                 mod.beta = beta
         seen = []
         torch._dynamo.reset()
-        out = torch.compile(m, backend=_collecting_backend(seen), fullgraph=True)(x, x, x, key_mask=mask)
+        out = torch.compile(m, backend=recording_backend(seen), fullgraph=True)(x, x, x, key_mask=mask)
         grads = torch.autograd.grad(out.sum(), [x, *m.parameters()])
         ref = m(x, x, x, key_mask=mask)
         torch.testing.assert_close(out, ref)
@@ -296,7 +283,7 @@ def test_trace_types_setting_keeps_the_modules_traced(monkeypatch):
     x = torch.randn(2, 5, D)
     seen = []
     torch._dynamo.reset()
-    out = torch.compile(m, backend=_collecting_backend(seen), fullgraph=True)(x, x, x)
+    out = torch.compile(m, backend=recording_backend(seen), fullgraph=True)(x, x, x)
     torch._dynamo.reset()
     torch.testing.assert_close(out, m(x, x, x))
     assert seen and not any("canvas_core." in t for t in seen)

@@ -220,3 +220,18 @@ def test_suite_on_cuda(host, dtype):
     report = check_attention_type("good_cuda", device="cuda", dtype=dtype, strict=True)
     assert report.ok
     assert check_attention_type("cross_attention", device="cuda", dtype=dtype, strict=True).ok
+
+
+def test_recording_backend_sees_the_forward_and_the_backward_graphs():
+    import torch
+
+    from canvas_core.testing import recording_backend
+
+    seen = []
+    x = torch.randn(3, 4, requires_grad=True)
+    out = torch.compile(lambda t: torch.exp(t).sum(), backend=recording_backend(seen), fullgraph=True)(x)
+    forward = list(seen)
+    out.backward()
+    torch.testing.assert_close(x.grad, torch.exp(x.detach()))  # the graphs ran unchanged
+    assert "aten.exp.default" in forward and "aten.sum.default" in forward
+    assert "aten.mul.Tensor" in seen[len(forward):]  # the backward graph: grad * exp(x)

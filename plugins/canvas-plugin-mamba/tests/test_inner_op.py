@@ -95,17 +95,10 @@ def test_inner_custom_ops_pass_torch_opcheck():
 
 def test_compiled_module_traces_the_operator_and_matches_eager(monkeypatch):
     monkeypatch.setattr(module, "_FUSE_PROJECTIONS", False)  # as with active dropout
-    from functorch.compile import make_boxed_func
-    from torch._functorch.aot_autograd import aot_module_simplified
+    from canvas_core.testing import recording_backend
 
     seen = []
-
-    def backend(gm, example):
-        def keep(g, _):
-            seen.extend(str(n.target) for n in g.graph.nodes if n.op == "call_function")
-            return make_boxed_func(g.forward)
-
-        return aot_module_simplified(gm, example, fw_compiler=keep, bw_compiler=keep)
+    backend = recording_backend(seen)
 
     torch.manual_seed(0)
     m = MambaAttention(8, 2, kernel="mamba_torch")

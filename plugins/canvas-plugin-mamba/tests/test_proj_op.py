@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from canvas_core.testing import recording_backend
 from canvas_plugin_mamba import module, proj_op
 from canvas_plugin_mamba.module import MambaAttention
 from hypothesis import given, settings
@@ -139,20 +140,6 @@ def test_projected_custom_ops_pass_torch_opcheck():
                                                                read, saved, T, -1))
 
 
-def _aot_backend(seen):
-    from functorch.compile import make_boxed_func
-    from torch._functorch.aot_autograd import aot_module_simplified
-
-    def backend(gm, example):
-        def keep(g, _):
-            seen.extend(str(n.target) for n in g.graph.nodes if n.op == "call_function")
-            return make_boxed_func(g.forward)
-
-        return aot_module_simplified(gm, example, fw_compiler=keep, bw_compiler=keep)
-
-    return backend
-
-
 @pytest.mark.parametrize("share", SHARES)
 def test_compiled_module_traces_one_operator_each_way_and_matches_eager(share):
     torch.manual_seed(0)
@@ -163,7 +150,7 @@ def test_compiled_module_traces_one_operator_each_way_and_matches_eager(share):
         leaves, args = _inputs(2, Nq, 7, share, torch.float32, Nq)
         seen = []
         torch._dynamo.reset()
-        out = torch.compile(m, backend=_aot_backend(seen), fullgraph=True)(*args)
+        out = torch.compile(m, backend=recording_backend(seen), fullgraph=True)(*args)
         g = torch.autograd.grad(out.sum(), [*leaves, *m.parameters()])
         ref = m(*args)
         torch.testing.assert_close(out, ref)
@@ -199,7 +186,7 @@ def test_trace_types_setting_keeps_mamba_traced(monkeypatch):
     leaves, args = _inputs(2, 7, 7, "k_is_v", torch.float32, 1)
     seen = []
     torch._dynamo.reset()
-    out = torch.compile(m, backend=_aot_backend(seen), fullgraph=True)(*args)
+    out = torch.compile(m, backend=recording_backend(seen), fullgraph=True)(*args)
     torch._dynamo.reset()
     torch.testing.assert_close(out, m(*args))
     assert seen and not any(t.startswith("canvas_mamba.projected") or t.startswith("canvas_mamba.inner")
