@@ -57,6 +57,8 @@ def collect(device: str = "cpu", dtype: str = "float32") -> Dict[str, Any]:
         "failures": [{k: p[k] for k in ("name", "distribution", "version", "error")}
                      for p in plugins if p["status"] == "failed"],
         "conflicts": {kind: reg.conflicts() for kind, reg in host.registries.items() if reg.conflicts()},
+        # builtin names a plugin also registered (refused, the builtin kept): name -> messages
+        "shadowed": {kind: reg.shadowed() for kind, reg in host.registries.items() if reg.shadowed()},
         "registries": host.registry_report(ctx),
     }
 

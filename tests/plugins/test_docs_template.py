@@ -75,8 +75,14 @@ def test_a_type_named_like_a_builtin_is_refused_loudly(site, capsys):
         assert "provided twice: by canvas-core" in str(rec[0].message)  # both providers named
         assert P.get_attention_spec("cross_attention").distribution == "canvas-core"
         assert cmd.run(cmd_args()) == 1  # --strict
-        text = capsys.readouterr().out
+        text, err = capsys.readouterr()
         assert "CLASH with a builtin" in text and "canvas-plugin-squat" in text
+        assert "canvas-plugin-squat" in err  # --strict says why
+        import json
+
+        assert cmd.run(cmd_args("--json")) == 1
+        doc = json.loads(capsys.readouterr().out)
+        assert "canvas-plugin-squat" in doc["shadowed"]["attention"]["cross_attention"][0]  # top level too
         from canvas_core.testing import check_attention_type
 
         with pytest.raises(PluginError, match="resolves to canvas-core.*canvas-plugin-squat"):
