@@ -11,7 +11,8 @@ reproducible and the model is left as it was.
   key outside its key set or on another query.  The canvas layer and the backbone install run it
   on plugin types (the builtins are tested here).
 * :func:`init_gradient_problem` says why no parameter of the branch (the module's, and the gate's
-  when one is given) receives a gradient at initialisation, or None when one does.
+  when one is given) receives a gradient at initialisation, or None when one does;
+  :func:`constant_branch` spots a branch with nothing to learn at all (``none``: no parameter, 0).
 * :func:`dependencies` / :func:`first_leak`: the gradient probe both use (and the conformance kit).
 """
 
@@ -159,15 +160,16 @@ def probe_attention_module(module: Any, fn: Any, d_model: int, where: str) -> No
 
 
 def constant_branch(module: Any, fn: Any, d_model: int) -> bool:
-    """Whether the type's output cannot depend on anything trainable: no parameter of its own and
-    an output that needs no gradient from its inputs either (``none``: zeros)."""
+    """Whether the type's branch can never learn: no parameter of its own and an output that is 0
+    on random inputs (``none``), so that a gate multiplying it never gets a gradient either.  A
+    parameter-free type with a real output is no constant branch: its gate learns."""
     if any(p.requires_grad and p.is_floating_point() for p in module.parameters()):
         return False
     if _where(module)[0].type == "meta":
         return False
     q, k, v, mask = _inputs(module, d_model)
-    with _quiet(module):
-        return not call_attention_type(module, q, k, v, mask, name=fn).requires_grad
+    with _quiet(module), torch.no_grad():
+        return not bool(call_attention_type(module, q, k, v, mask, name=fn).any())
 
 
 def init_gradient_problem(module: Any, fn: Any, d_model: int, gate: Any = None) -> Optional[str]:
@@ -179,9 +181,7 @@ def init_gradient_problem(module: Any, fn: Any, d_model: int, gate: Any = None) 
     q, k, v, mask = _inputs(module, d_model)
     with _quiet(module):
         out = call_attention_type(module, q, k, v, mask, name=fn)
-        if not params and not out.requires_grad:
-            return None  # a constant branch (``none``): nothing to learn
-        if gate is not None:
+        if gate is not None:  # (a branch that is 0, ``none``, is screened by constant_branch first)
             params.append(gate)
             out = out * gate.to(out.dtype)
         if not out.requires_grad:

@@ -205,3 +205,25 @@ def test_report_says_a_constant_branch_has_nothing_to_learn():
     run("cogvideox", m, kw).pow(2).sum().backward()
     gates = [p for n, p in m.named_parameters() if "canvas_fn.none" in n]
     assert all(p.grad is None or not bool(p.grad.any()) for p in gates)  # what the report says
+
+
+def test_a_parameter_free_type_with_an_output_is_reported_as_learning_through_its_gate():
+    class MeanOfValues(torch.nn.Module):  # no parameter of its own, a real output
+        def __init__(self, d_model, n_heads=4, dropout=0.0):
+            super().__init__()
+
+        def forward(self, queries, keys, values):
+            return values.mean(1, keepdim=True).expand_as(queries)
+
+    P.register_attention("t23_mean", MeanOfValues)
+    try:
+        dense = [Connection(a, b) for a in ("top", "bottom", "extra") for b in ("top", "bottom", "extra")]
+        m, kw, _ = _grafted(CanvasTopology(connections=dense + [Connection("top", "bottom", fn="t23_mean")]), 1)
+        report = get_adapter(m).installed_topology(m).report()
+        row = [line for line in report.splitlines() if line.startswith("t23_mean")]
+        assert row and "learns from step 1" in row[0] and "nothing to learn" not in row[0]
+        run("cogvideox", m, kw).pow(2).sum().backward()
+        gates = [p for n, p in m.named_parameters() if "canvas_fn.t23_mean" in n]
+        assert gates and all(p.grad is not None and bool(p.grad.any()) for p in gates)  # it does learn
+    finally:
+        P.unregister_attention("t23_mean")
