@@ -26,7 +26,7 @@ import torch
 
 from canvas_core.runtime.type_call import call_attention_type, is_builtin_module
 
-__all__ = ["probe_attention_module", "init_gradient_problem", "constant_branch", "dependencies", "first_leak", "is_builtin_module",
+__all__ = ["probe_attention_module", "init_gradient_problem", "constant_branch", "gate_opening_dependencies", "dependencies", "first_leak", "is_builtin_module",
            "zeros_opened"]
 
 
@@ -119,6 +119,18 @@ def zeros_opened(module: Any) -> Iterator[bool]:
                 p.copy_(old)
 
 
+def gate_opening_dependencies(module: Any, run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any
+                              ) -> Tuple[List[Tuple[set, set]], bool]:
+    """:func:`dependencies` of ``run``; when no output depends on any key, again with ``module``'s
+    closed gates opened (:func:`zeros_opened`).  Returns the dependencies and whether they come
+    from that second run."""
+    deps = dependencies(run, q, k, v)
+    if any(dk for _, dk in deps):
+        return deps, False
+    with zeros_opened(module) as opened:
+        return (dependencies(run, q, k, v), True) if opened else (deps, False)
+
+
 def probe_attention_module(module: Any, fn: Any, d_model: int, where: str) -> None:
     """One tiny call (again with closed gates opened when it reads no key, see
     :func:`zeros_opened`); a wrong output or a read outside the key sets raises
@@ -129,17 +141,12 @@ def probe_attention_module(module: Any, fn: Any, d_model: int, where: str) -> No
         return
     q, k, v, mask = _inputs(module, d_model)
 
-    def probe() -> List[Tuple[set, set]]:
-        with _quiet(module):
-            try:
-                return dependencies(lambda a, b, c: call_attention_type(module, a, b, c, mask, name=fn), q, k, v)
-            except AttentionContractError as exc:
-                raise AttentionContractError(f"{where}: {exc}") from exc
-
-    deps = probe()
-    if not any(dk for _, dk in deps):
-        with zeros_opened(module) as opened:
-            deps = probe() if opened else deps
+    with _quiet(module):
+        try:
+            deps, _ = gate_opening_dependencies(
+                module, lambda a, b, c: call_attention_type(module, a, b, c, mask, name=fn), q, k, v)
+        except AttentionContractError as exc:
+            raise AttentionContractError(f"{where}: {exc}") from exc
     leak = first_leak(deps, mask)
     if not leak:  # training mode, on a copy (a batch statistic mixes the stacked key sets)
         try:

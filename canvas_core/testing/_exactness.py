@@ -42,17 +42,14 @@ def _qkv(s: Any, nq: int, nk: int) -> Tuple[Any, Any, Any]:
 
 def check_dependencies(s: Any) -> Optional[str]:
     """The runtime's call: no dependency outside the linked pattern (and some inside it)."""
-    from canvas_core.runtime.type_probe import dependencies, first_leak, zeros_opened
+    from canvas_core.runtime.type_probe import first_leak, gate_opening_dependencies
 
     torch = s.torch
     mask = probe_mask(torch, s.device)
     q, k, v = _qkv(s, NQ, NK)
-    deps, how = dependencies(lambda a, b, c: s.call(a, b, c, mask), q, k, v), ""
-    if not any(dk for _, dk in deps):  # a closed (zero) gate may hide reads that training opens
-        with zeros_opened(s.module) as opened:
-            if opened:
-                deps = dependencies(lambda a, b, c: s.call(a, b, c, mask), q, k, v)
-                how = " (its all-zero parameters, closed gates, set to random values)"
+    # a closed (zero) gate may hide reads that training opens
+    deps, opened = gate_opening_dependencies(s.module, lambda a, b, c: s.call(a, b, c, mask), q, k, v)
+    how = " (its all-zero parameters, closed gates, set to random values)" if opened else ""
     leak = first_leak(deps, mask)
     if leak:
         raise Failed(f"called as the runtime calls it{how} with key sets {{0,1}}->{{0,1,2}}, "
@@ -65,7 +62,7 @@ def check_dependencies(s: Any) -> Optional[str]:
 def check_direct_mask(s: Any) -> Optional[str]:
     """A forward that takes ``key_mask``, called directly with it, honours it exactly."""
     from canvas_core.runtime.type_call import MASKED, calling_convention, mask_is_exact
-    from canvas_core.runtime.type_probe import dependencies, first_leak, zeros_opened
+    from canvas_core.runtime.type_probe import first_leak, gate_opening_dependencies
 
     torch = s.torch
     mask = probe_mask(torch, s.device)
@@ -77,10 +74,7 @@ def check_direct_mask(s: Any) -> Optional[str]:
             return s.call(a, b, c, mask)
         return s.module(a, b, c, key_mask=mask)
 
-    deps = dependencies(direct, q, k, v)
-    if not any(dk for _, dk in deps):  # as in check_dependencies: open closed gates
-        with zeros_opened(s.module) as opened:
-            deps = dependencies(direct, q, k, v) if opened else deps
+    deps, _ = gate_opening_dependencies(s.module, direct, q, k, v)  # as in check_dependencies
     if mask_is_exact(s.module):
         leak = first_leak(deps, mask)
         if leak:
