@@ -36,7 +36,8 @@ Attention types (torch)
     references ``wkv_scan``, ``wkv_masked``, ``fft_causal_conv``; ``scratch`` (per-thread
     temporaries reused between calls, for scans that would otherwise allocate per call) and
     ``release_scratch`` (gives the calling thread's back); ``plain_linear`` (a projection whose
-    weights a fused product may use in place of calling it).
+    weights a fused product may use in place of calling it) and ``plain_module`` (the same test
+    for any module class: exactly that class, no forward hooks).
 Attention kernels (torch)
     ``AttentionKernel`` (base class: the kernel contract, the group's fn and size, shape checks),
     ``ReferenceKernel`` (the reference every kernel is checked against), ``REFERENCE_MODES`` and
@@ -68,7 +69,7 @@ if TYPE_CHECKING:  # for readers and IDEs; at run time the names load lazily bel
     )
     from canvas_core.attention.functional import masked_softmax, masked_softmax_attention
     from canvas_core.attention.recurrent import fft_causal_conv, wkv_masked, wkv_scan
-    from canvas_core.attention.causal_read import plain_linear, release_scratch, scratch
+    from canvas_core.attention.causal_read import plain_linear, plain_module, release_scratch, scratch
     from canvas_core.compiler.lowering import lower
     from canvas_core.compiler.plan import (
         BlockLayout, ExecutionPlan, RectGroup, SegmentGrid, block_layout_of, segment_grid,
@@ -107,7 +108,7 @@ _publish("canvas_core.attention._base", "AttentionBase", "check_dtypes_devices",
          "aligned_key_index", "causal_read_index", "operators_under_compile")
 _publish("canvas_core.attention.functional", "masked_softmax", "masked_softmax_attention")
 _publish("canvas_core.attention.recurrent", "wkv_scan", "wkv_masked", "fft_causal_conv")
-_publish("canvas_core.attention.causal_read", "scratch", "release_scratch", "plain_linear")
+_publish("canvas_core.attention.causal_read", "scratch", "release_scratch", "plain_linear", "plain_module")
 # kernels
 _publish("canvas_core.runtime.kernel_base", "AttentionKernel")
 _publish("canvas_core.runtime.kernels", "ReferenceKernel", "REFERENCE_MODES", "kernel_for")
@@ -127,7 +128,7 @@ __all__ = [
     "SegmentGrid", "Spec", "TokenLayout", "aligned_key_index", "block_layout_of", "canvas_sdpa",
     "causal_read_index", "check_dtypes_devices", "class_matches", "fft_causal_conv", "has_key",
     "hookimpl", "hookspec", "kernel_for", "lower", "masked_softmax", "masked_softmax_attention", "nan_where_linked",
-    "non_finite_keys", "operators_under_compile", "plain_linear", "release_scratch", "safe_div", "scratch", "zero_bad_keys",
+    "non_finite_keys", "operators_under_compile", "plain_linear", "plain_module", "release_scratch", "safe_div", "scratch", "zero_bad_keys",
     "segment_grid", "wkv_masked", "wkv_scan",
 ]
 

@@ -89,12 +89,19 @@ def causal_read(
     return read, (before[None] & allowed).any(-1, keepdim=True)
 
 
-def plain_linear(module: object, with_bias: bool) -> bool:
-    """``module`` is a bare ``nn.Linear`` (no subclass, no forward hooks) with a bias when
-    ``with_bias`` and without one otherwise: its weights may then be used directly in a fused
-    product in place of calling it."""
-    return (type(module) is torch.nn.Linear and (module.bias is not None) == with_bias
+def plain_module(module: object, cls: type) -> bool:
+    """``module`` is an instance of exactly ``cls`` (a subclass may compute something else) with
+    no forward hook and no forward pre-hook registered on it: code that reads its parameters and
+    does the module's arithmetic itself gives what calling it would."""
+    return (type(module) is cls
             and not module._forward_hooks and not module._forward_pre_hooks)
+
+
+def plain_linear(module: object, with_bias: bool) -> bool:
+    """``module`` is a bare ``nn.Linear`` (:func:`plain_module`) with a bias when ``with_bias``
+    and without one otherwise: its weights may then be used directly in a fused product in place
+    of calling it."""
+    return plain_module(module, torch.nn.Linear) and (module.bias is not None) == with_bias
 
 
 def read_at(seq: torch.Tensor, read: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -16,6 +16,7 @@ from canvas_core.attention._base import (
     has_key,
     safe_div,
 )
+from canvas_core.attention.causal_read import plain_module
 from canvas_core.attention.linear_sums import elu_plus_one, key_summary
 from canvas_core.attention.softmax import CosineAttention, CrossAttention, _QKVAttention
 from canvas_core.errors import CanvasTypeError
@@ -88,7 +89,7 @@ class LinearAttention(_QKVAttention):
         """``(sum_j phi(k_j) v_j^T (B, D, D), sum_j phi(k_j) (B, D))`` over the allowed keys
         (``allowed`` None or ``(B|1, 1, Nk)``), in ``wdt``."""
         kp, vp = self.k_proj, self.v_proj
-        plain = all(type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks for m in (kp, vp))
+        plain = plain_module(kp, nn.Linear) and plain_module(vp, nn.Linear)
         if plain and allowed is None and keys.dtype == wdt == kp.weight.dtype == vp.weight.dtype \
                 and not torch.is_autocast_enabled(keys.device.type) and not torch.compiler.is_compiling():
             # sum_j phi(k_j) (W_v x_j + b)^T = (sum_j phi(k_j) x_j^T) W_v^T + (sum_j phi(k_j)) b^T:

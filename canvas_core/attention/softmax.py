@@ -17,7 +17,7 @@ from torch import nn
 
 from canvas_core.attention import fused_softmax
 from canvas_core.attention._base import AttentionBase, _check_int, has_key, operators_under_compile
-from canvas_core.attention.causal_read import plain_linear
+from canvas_core.attention.causal_read import plain_linear, plain_module
 from canvas_core.attention.functional import masked_softmax
 from canvas_core.errors import CanvasTypeError
 
@@ -392,8 +392,7 @@ class PerceiverAttention(AttentionBase):
         """encode / decode are plain ``CrossAttention`` modules without hooks, with plain linear
         projections (what the fused operator computes in their place)."""
         parts = (self.encode, self.decode)
-        return all(type(m) is CrossAttention and not (m._forward_hooks or m._forward_pre_hooks)
-                   and _plain_linears(*_projections(m)) for m in parts)
+        return all(plain_module(m, CrossAttention) and _plain_linears(*_projections(m)) for m in parts)
 
     def forward(
         self,

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, CheckpointError, ShapeError, UnavailableError
-from canvas_core.extend import operators_under_compile, plain_linear
+from canvas_core.extend import operators_under_compile, plain_linear, plain_module
 from canvas_plugin_mamba.chunked import selective_scan_read
 from canvas_plugin_mamba.conv_op import causal_depthwise_conv
 from canvas_plugin_mamba.inner_op import _softplus as softplus_f32
@@ -212,9 +212,7 @@ class MambaAttention(nn.Module):
                  (self.z_proj, True), (self.out_proj, True))
         if not all(plain_linear(m, with_bias=b) for m, b in built):
             return False
-        conv = self.conv1d
-        return (type(conv) is nn.Conv1d and conv.bias is not None
-                and not conv._forward_hooks and not conv._forward_pre_hooks)
+        return plain_module(self.conv1d, nn.Conv1d) and self.conv1d.bias is not None
 
     def sequence_inputs(
         self, keys: torch.Tensor, values: torch.Tensor, key_ok: Optional[torch.Tensor] = None

@@ -100,6 +100,22 @@ def test_a_hooked_projection_keeps_the_projections_outside(monkeypatch):
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
 
 
+def test_a_hooked_conv_keeps_the_projections_outside(monkeypatch):
+    """A hooked ``conv1d`` (pre-hook) or a subclass of ``nn.Conv1d`` is not plain either: the
+    projected operator is not used.  (Both paths read the conv's weights directly, so the hook
+    itself does not run on either.)"""
+    m = _module(torch.float64, 2)
+    m.conv1d.register_forward_pre_hook(lambda mod, args: (args[0] * 2.0,))
+    leaves, args = _inputs(2, 6, 6, "k_is_v", torch.float64, 4)
+    out, grads, used = _run(m, args, leaves, True, monkeypatch)
+    ref, ref_grads, _ = _run(m, args, leaves, False, monkeypatch)
+    assert not used
+    m2 = _module(torch.float64, 2)
+    m2.conv1d.__class__ = type("MyConv", (torch.nn.Conv1d,), {})
+    assert not m2._plain_projections() and _module(torch.float64, 2)._plain_projections()
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
+
+
 def test_a_projection_with_another_bias_keeps_the_projections_outside(monkeypatch):
     """The operator takes x_proj and c_proj without bias (as built): one given a bias runs as a
     module instead, so the bias is not dropped under compile."""
