@@ -31,8 +31,8 @@ Plan types (torch-free; what a kernel is built from)
     ``block_layout_of``, ``lower``, ``ResolvedGroup``.
 Attention types (torch)
     ``AttentionBase`` (argument checks and helpers of the builtin types); tensor helpers
-    ``check_dtypes_devices``, ``has_key``, ``safe_div``, ``aligned_key_index``,
-    ``causal_read_index``, ``masked_softmax``, ``masked_softmax_attention``; the recurrent
+    ``as_dtype`` (a cast that returns the tensor itself when it needs none),
+    ``check_dtypes_devices``, ``has_key``, ``safe_div``, ``aligned_key_index``, ``causal_read_index``, ``masked_softmax``, ``masked_softmax_attention``; the recurrent
     references ``wkv_scan``, ``wkv_masked``, ``fft_causal_conv``; ``scratch`` (per-thread
     temporaries reused between calls, for scans that would otherwise allocate per call) and
     ``release_scratch`` (gives the calling thread's back); ``plain_linear`` (a projection whose
@@ -64,7 +64,7 @@ from canvas_core.plugins.hookspecs import ENTRY_POINT_GROUP, hookimpl, hookspec
 
 if TYPE_CHECKING:  # for readers and IDEs; at run time the names load lazily below
     from canvas_core.attention._base import (
-        AttentionBase, aligned_key_index, causal_read_index, check_dtypes_devices, has_key,
+        AttentionBase, aligned_key_index, as_dtype, causal_read_index, check_dtypes_devices, has_key,
         operators_under_compile, safe_div,
     )
     from canvas_core.attention.functional import masked_softmax, masked_softmax_attention
@@ -104,7 +104,7 @@ _publish("canvas_core.compiler.plan", "ExecutionPlan", "RectGroup", "SegmentGrid
 _publish("canvas_core.compiler.lowering", "lower")
 _publish("canvas_core.plugins.resolve", "ResolvedGroup")
 # attention types
-_publish("canvas_core.attention._base", "AttentionBase", "check_dtypes_devices", "has_key", "safe_div",
+_publish("canvas_core.attention._base", "AttentionBase", "as_dtype", "check_dtypes_devices", "has_key", "safe_div",
          "aligned_key_index", "causal_read_index", "operators_under_compile")
 _publish("canvas_core.attention.functional", "masked_softmax", "masked_softmax_attention")
 _publish("canvas_core.attention.recurrent", "wkv_scan", "wkv_masked", "fft_causal_conv")
@@ -125,7 +125,7 @@ __all__ = [
     "CanvasProcessorBase",
     "ENTRY_POINT_GROUP", "ExecutionPlan", "GenericAdapter", "LoopedBlockWrapper",
     "REFERENCE_MODES", "RectGroup", "ReferenceKernel", "ResolvedGroup", "RuntimeContext",
-    "SegmentGrid", "Spec", "TokenLayout", "aligned_key_index", "block_layout_of", "canvas_sdpa",
+    "SegmentGrid", "Spec", "TokenLayout", "aligned_key_index", "as_dtype", "block_layout_of", "canvas_sdpa",
     "causal_read_index", "check_dtypes_devices", "class_matches", "fft_causal_conv", "has_key",
     "hookimpl", "hookspec", "kernel_for", "lower", "masked_softmax", "masked_softmax_attention", "nan_where_linked",
     "non_finite_keys", "operators_under_compile", "plain_linear", "plain_module", "release_scratch", "safe_div", "scratch", "zero_bad_keys",

@@ -24,6 +24,7 @@ __all__ = [
     "aligned_key_index",
     "causal_read_index",
     "check_dtypes_devices",
+    "as_dtype",
     "has_key",
     "safe_div",
     "operators_under_compile",
@@ -255,6 +256,12 @@ def has_key(allowed: Optional[torch.Tensor], Nk: int, device) -> torch.Tensor:
     if allowed is None:
         return torch.full((1, 1, 1), Nk > 0, dtype=torch.bool, device=device)
     return allowed.any(dim=-1, keepdim=True)
+
+
+def as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``t`` cast to ``dtype``; ``t`` itself when it already has that dtype, so no conversion node
+    appears in a traced graph for a cast that would do nothing."""
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def safe_div(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:

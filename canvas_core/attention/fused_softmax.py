@@ -35,6 +35,8 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from canvas_core.attention._base import as_dtype
+
 __all__ = ["gated_attention", "perceiver_attention"]
 
 Tensor = torch.Tensor
@@ -59,10 +61,6 @@ def _work(dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _as(t: Tensor, dtype) -> Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
-
-
 #: use the device-agnostic attention below on CPU too (tests check it there; other devices use it)
 _GENERIC = False
 
@@ -77,11 +75,11 @@ def _attend(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], scale: floa
     if _flash(q):
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, False, attn_mask=mask,
                                                                           scale=scale)[:2]
-    s = _as(torch.matmul(q, k.transpose(-1, -2)), _work(q.dtype)).mul_(scale)
+    s = as_dtype(torch.matmul(q, k.transpose(-1, -2)), _work(q.dtype)).mul_(scale)
     if mask is not None:
-        s = s + _as(mask, s.dtype)
+        s = s + as_dtype(mask, s.dtype)
     lse = torch.logsumexp(s, dim=-1)
-    out = torch.matmul(_as(torch.exp(s - lse.unsqueeze(-1)), v.dtype), v)
+    out = torch.matmul(as_dtype(torch.exp(s - lse.unsqueeze(-1)), v.dtype), v)
     # laid out as the CPU kernel lays them out, (B, N, H, d) and (B, N, H)
     return out.transpose(1, 2).contiguous().transpose(1, 2), lse.transpose(1, 2).contiguous().transpose(1, 2)
 
@@ -93,15 +91,16 @@ def _attend_backward(go: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, l
         return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
             go, q, k, v, out, lse, 0.0, False, attn_mask=mask, scale=scale)
     work = lse.dtype
-    qf, kf, vf, gf = (_as(t, work) for t in (q, k, v, go))
+    qf, kf, vf, gf = (as_dtype(t, work) for t in (q, k, v, go))
     s = torch.matmul(qf, kf.transpose(-1, -2)).mul_(scale)
     if mask is not None:
-        s = s + _as(mask, work)
+        s = s + as_dtype(mask, work)
     w = torch.exp(s - lse.unsqueeze(-1))
     gv = torch.matmul(w.transpose(-1, -2), gf)
     gw = torch.matmul(gf, vf.transpose(-1, -2))
-    gs = gw.sub_((gf * _as(out, work)).sum(dim=-1, keepdim=True)).mul_(w).mul_(scale)
-    return _as(torch.matmul(gs, kf), q.dtype), _as(torch.matmul(gs.transpose(-1, -2), qf), k.dtype), _as(gv, v.dtype)
+    gs = gw.sub_((gf * as_dtype(out, work)).sum(dim=-1, keepdim=True)).mul_(w).mul_(scale)
+    gq, gk = torch.matmul(gs, kf), torch.matmul(gs.transpose(-1, -2), qf)
+    return as_dtype(gq, q.dtype), as_dtype(gk, k.dtype), as_dtype(gv, v.dtype)
 
 
 def _heads(x: Tensor, heads: int) -> Tensor:
@@ -164,7 +163,7 @@ def _gated_forward(queries, keys, values, params, mask, none, scale, heads):
     if none is not None:
         attn.masked_fill_(none, 0.0)
     s = F.linear(queries, wg, bg).sigmoid_()
-    out = (s * _as(torch.tanh(alpha), attn.dtype)).mul_(attn)
+    out = (s * as_dtype(torch.tanh(alpha), attn.dtype)).mul_(attn)
     return out, q, k, v, om, lse, attn, s
 
 
@@ -195,9 +194,9 @@ def _gated_backward_op(g: Tensor, queries: Tensor, keys: Tensor, values: Optiona
     wq, _, wk, _, wv, _, wo, _, wg, _, alpha = params
     q, k, v, om, lse, attn, s = saved
     t = torch.tanh(alpha)
-    tc = _as(t, attn.dtype)
+    tc = as_dtype(t, attn.dtype)
     gg = g * attn  # the gradient reaching the gate tanh(alpha) * sigmoid(...)
-    galpha = torch.ops.aten.tanh_backward(_as((gg * s).sum(dim=(0, 1)), alpha.dtype), t)
+    galpha = torch.ops.aten.tanh_backward(as_dtype((gg * s).sum(dim=(0, 1)), alpha.dtype), t)
     gsp = _rows(torch.ops.aten.sigmoid_backward(gg.mul_(tc), s))  # through the sigmoid, (B * Nq, D)
     ga = (g * s).mul_(tc)
     if none is not None:
@@ -280,7 +279,7 @@ def _perceiver_forward(queries, keys, values, params, e_mask, e_none, q_none, e_
     ``(wq, bq, wk, bk, wv, bv, wo, bo)``; ``e_mask`` / ``e_none``: the latents' mask (the union of
     the keys the queries read), ``q_none``: the queries without any key."""
     latents, ew, dw = params[0], params[1:9], params[9:17]
-    lat = _as(latents, queries.dtype)
+    lat = as_dtype(latents, queries.dtype)
     # the latents' queries are the same for every batch item: projected once, read broadcast
     eq = F.linear(lat, ew[0], ew[1])
     ek = F.linear(keys, ew[2], ew[3])
@@ -341,8 +340,8 @@ def _perceiver_backward_op(g: Tensor, queries: Tensor, keys: Tensor, values: Opt
     gewo, gebo = genc.t().mm(_rows(eom)), genc.sum(dim=0)
     geq, gek, gev = _attend_grads(genc.mm(ew[6]), eq.expand(B, -1, -1), ek, ev, eom, e_lse, e_mask, e_scale, heads)
     geq = geq.view(B, K, D).sum(dim=0)
-    lat = _as(latents, queries.dtype)
-    glatents = _as(torch.addmm(glat, geq, ew[0]), latents.dtype)
+    lat = as_dtype(latents, queries.dtype)
+    glatents = as_dtype(torch.addmm(glat, geq, ew[0]), latents.dtype)
     inputs, gewk, gebk, gewv, gebv = _kv_backward(gek, gev, keys, values, ew[2], ew[4])
     return [gqueries, *inputs, glatents, geq.t().mm(lat), geq.sum(dim=0), gewk, gebk, gewv, gebv, gewo, gebo,
             gdwq, gdbq, gdwk, gdbk, gdwv, gdbv, gdwo, gdbo]

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from canvas_core.attention._base import as_dtype
 from canvas_core.compiler.plan import ExecutionPlan, RectGroup, block_layout_of, segment_grid
 from canvas_core.compiler.resolved import REFERENCE_KERNEL, ResolvedGroup
 from canvas_core.errors import CompileError, ShapeError
@@ -242,16 +243,16 @@ class ReferenceKernel(AttentionKernel):
         if self.mode == "segments":
             return self._forward_segments(q, k, v, scale, dropout_p)
         if self.mode == "dense":
-            mask = _as(self.mask, q.dtype) if self.mask.dtype != torch.bool else self.mask
+            mask = as_dtype(self.mask, q.dtype) if self.mask.dtype != torch.bool else self.mask
             bad = non_finite_keys(k, v)  # keep a non-finite key away from queries not linked to it
             if bad is not None:
                 k, v = zero_bad_keys(k, v, bad)
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
             if bad is not None:
-                out = nan_where_linked(out, _as(self.linked, out.dtype), bad)
+                out = nan_where_linked(out, as_dtype(self.linked, out.dtype), bad)
             if self._all_have_keys:
                 return out
-            return out * _as(self.row_keep, out.dtype)
+            return out * as_dtype(self.row_keep, out.dtype)
         B, H, _, d = q.shape
         bs, BH = self.block_size, B * H
         # blocks first, (batch, heads) folded into SDPA's batch: 4-D SDPA hits the fused kernel
@@ -292,11 +293,6 @@ class ReferenceKernel(AttentionKernel):
         out = torch.cat(outs, dim=0).index_select(0, self.unorder)  # (nqb, BH, bs, d)
         out = out.reshape(self.nqb, B, H, bs, d).permute(1, 2, 0, 3, 4).reshape(B, H, self.nqb * bs, d)
         return out.index_select(2, self.canon_slot)
-
-
-def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t`` in ``dtype``, without a (traced) conversion when it already is."""
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def make_kernel(kernel: Any, group: RectGroup, plan: ExecutionPlan, *, n_heads: int, head_dim: int,

@@ -57,3 +57,10 @@ def test_the_reference_kernel_is_built_on_the_published_base():
     kern = extend.ReferenceKernel(group, plan, n_heads=2, head_dim=4, mode="dense")
     assert isinstance(kern, extend.AttentionKernel)
     assert (kern.fn, kern.n, kern.n_heads, kern.head_dim) == (fn, plan.n, 2, 4)
+
+
+def test_as_dtype_casts_only_when_needed():
+    x = torch.randn(3, dtype=torch.float64)
+    assert extend.as_dtype(x, torch.float64) is x
+    y = extend.as_dtype(x, torch.float32)
+    assert y.dtype == torch.float32 and torch.equal(y, x.float())

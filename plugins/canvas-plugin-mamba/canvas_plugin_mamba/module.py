@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, CheckpointError, ShapeError, UnavailableError
-from canvas_core.extend import operators_under_compile, plain_linear, plain_module
+from canvas_core.extend import as_dtype, operators_under_compile, plain_linear, plain_module
 from canvas_plugin_mamba.chunked import selective_scan_read
 from canvas_plugin_mamba.conv_op import causal_depthwise_conv
 from canvas_plugin_mamba.inner_op import _softplus as softplus_f32
@@ -60,11 +60,6 @@ def _softplus(x: torch.Tensor) -> torch.Tensor:
     if x.device.type == "cpu" and x.dtype == torch.float32:
         return _Softplus.apply(x)
     return F.softplus(x)
-
-
-def _as(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``t`` in ``dtype``, without a (traced) conversion when it already is."""
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 def _int(name: str, v, lo: int) -> int:
@@ -229,15 +224,15 @@ class MambaAttention(nn.Module):
             x = x * key_ok.unsqueeze(-1).to(x.dtype)
         # squeeze, not [:, 0]: its gradient is a view, where a select's is a zero-filled copy
         conv = causal_depthwise_conv(x, self.conv1d.weight.squeeze(1), self.conv1d.bias)  # (B, L, E)
-        u = _as(F.silu(conv), wd)
+        u = as_dtype(F.silu(conv), wd)
         sel = self.x_proj(keys)
         dt, Bsel = sel.split([self.dt_rank, self.d_state], dim=-1)
-        delta = _as(_softplus(self.dt_proj(dt)), wd)
+        delta = as_dtype(_softplus(self.dt_proj(dt)), wd)
         if key_ok is not None:
             keep = key_ok.unsqueeze(-1).to(wd)
             u, delta = u * keep, delta * keep
-        A = -torch.exp(_as(self.A_log, wd))
-        return u, delta, A, _as(Bsel, wd)
+        A = -torch.exp(as_dtype(self.A_log, wd))
+        return u, delta, A, as_dtype(Bsel, wd)
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -306,7 +301,7 @@ class MambaAttention(nn.Module):
             return out if has is None else out.masked_fill(~has, 0.0)
         u, delta, A, Bsel = self._time_major_inputs(keys, values, key_ok)  # (B, L, E), (B, L, N)
         wd = u.dtype
-        C = _as(self.c_proj(queries), wd)  # (B, Nq, N)
+        C = as_dtype(self.c_proj(queries), wd)  # (B, Nq, N)
         z = self.z_proj(queries)  # (B, Nq, E)
         if kernel == "mamba_ssm":
             y = selective_scan_mamba_ssm(
@@ -322,12 +317,12 @@ class MambaAttention(nn.Module):
         else:  # chunked scan, read at each query's position (no per-position states kept)
             y = selective_scan_read(u, delta, A, Bsel, C, read)  # (B, Nq, E), 0 where read < 0
             if aligned:  # read = arange: u at each query's own position, every read valid
-                y = y + _as(self.D, wd) * u
+                y = y + as_dtype(self.D, wd) * u
             else:
                 ok = (read >= 0).view(1, Nq, 1).to(wd)
-                y = y + _as(self.D, wd) * u.index_select(1, read.clamp(min=0)) * ok
-            y = y * F.silu(_as(z, wd))
-        y = _as(y, queries.dtype)
+                y = y + as_dtype(self.D, wd) * u.index_select(1, read.clamp(min=0)) * ok
+            y = y * F.silu(as_dtype(z, wd))
+        y = as_dtype(y, queries.dtype)
         out = self.out_proj(self.drop(y) if self.drop.p > 0 else y)
         return out if has is None else out.masked_fill(~has, 0.0)
 
