@@ -157,3 +157,16 @@ class SizeLimitError(CanvasError, ValueError):
 
 
 __all__.append("SizeLimitError")
+
+
+class SettingError(CanvasError, ValueError):
+    """An environment variable that canvas-core reads holds a value it cannot use (the message
+    names the variable and the values it accepts)."""
+
+
+class PluginSettingError(SettingError, PluginError):
+    """:class:`SettingError` of a plugin-loading control (``CANVAS_DISABLE_PLUGIN_AUTOLOAD``, ...);
+    also a :class:`PluginError`, as these controls' errors have always been."""
+
+
+__all__ += ["SettingError", "PluginSettingError"]

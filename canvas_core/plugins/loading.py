@@ -15,7 +15,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple
 
-from canvas_core.errors import PluginError, closest
+from canvas_core.errors import PluginSettingError, SettingError, closest
 from canvas_core.plugins.hints import normalize_dist
 from canvas_core.plugins.hookspecs import ENTRY_POINT_GROUP
 
@@ -27,14 +27,14 @@ STATUS_OK, STATUS_FAILED, STATUS_BLOCKED, STATUS_DISABLED = "ok", "failed", "blo
 HEAVY_MODULES = ("torch", "diffusers", "timm", "mamba_ssm", "transformers", "xformers", "triton")
 
 
-def env_flag(env: Mapping[str, str], var: str) -> bool:
+def env_flag(env: Mapping[str, str], var: str, error: type = SettingError) -> bool:
     raw = env.get(var)
     word = str(raw or "").strip().lower()
     if word in ("1", "true", "yes", "on"):
         return True
     if word in ("", "0", "false", "no", "off"):
         return False
-    raise PluginError(
+    raise error(
         f"environment variable {var}={raw!r} is not a boolean; set it to 1 (or true/yes/on) to enable "
         "it, or 0 / unset it to disable it")
 
@@ -50,7 +50,7 @@ def name_list(value: Any) -> Optional[List[str]]:
 def read_settings(env: Mapping[str, str], *, autoload: Optional[bool] = None,
                   allow: Optional[Iterable[str]] = None, block: Optional[Iterable[str]] = None) -> Dict[str, Any]:
     """The controls of one load: ``autoload``, ``allow`` (None: every plugin is allowed), ``block``."""
-    return {"autoload": (not env_flag(env, ENV_DISABLE)) if autoload is None else bool(autoload),
+    return {"autoload": (not env_flag(env, ENV_DISABLE, PluginSettingError)) if autoload is None else bool(autoload),
             "allow": name_list(env.get(ENV_ALLOW) if allow is None else allow),
             "block": name_list(env.get(ENV_BLOCK) if block is None else block) or []}
 

@@ -302,6 +302,7 @@ def test_trace_types_setting_is_read_from_the_environment():
     env = dict(os.environ, CANVAS_COMPILE_TRACE_TYPES="maybe")
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "CANVAS_COMPILE_TRACE_TYPES='maybe' is not a boolean" in run.stderr
+    assert "canvas_core.errors.SettingError: " in run.stderr  # a setting's error, not a plugin's
 
 
 def test_a_projection_without_bias_keeps_the_eager_path(monkeypatch):

@@ -8,10 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from canvas_core.errors import DuplicateRegistrationError, PluginError
+from canvas_core.errors import CanvasError, DuplicateRegistrationError, PluginError, SettingError
 from canvas_core import devices
 from canvas_core.plugins import PluginHost
-from canvas_core.plugins.loading import ENV_ALLOW, ENV_BLOCK, ENV_DISABLE, discover_entry_points, entry_point_ids, read_settings
+from canvas_core.plugins.loading import (
+    ENV_ALLOW, ENV_BLOCK, ENV_DISABLE, discover_entry_points, entry_point_ids, env_flag, read_settings,
+)
 from canvas_core.plugins.registry import BUILTIN_PLUGIN, Registry
 from canvas_core.plugins.spec import Spec
 
@@ -77,8 +79,16 @@ def test_settings_arguments_win_over_the_environment():
     assert s == {"autoload": True, "allow": ["canvas-plugin-a", "b"], "block": ["c"]}
     assert read_settings(env, autoload=False, allow=[])["autoload"] is False
     assert read_settings(env, allow=[])["allow"] is None  # an empty list allows everything
-    with pytest.raises(PluginError, match="not a boolean"):
+    with pytest.raises(PluginError, match="not a boolean") as ei:
         read_settings({ENV_DISABLE: "maybe"})
+    assert isinstance(ei.value, SettingError) and isinstance(ei.value, ValueError)
+
+
+def test_a_bad_boolean_setting_outside_plugin_loading_is_a_setting_error():
+    with pytest.raises(SettingError, match=r"CANVAS_COMPILE_TRACE_TYPES='maybe'.*1 \(or true/yes/on\)") as ei:
+        env_flag({"CANVAS_COMPILE_TRACE_TYPES": "maybe"}, "CANVAS_COMPILE_TRACE_TYPES")
+    err = ei.value
+    assert isinstance(err, CanvasError) and isinstance(err, ValueError) and not isinstance(err, PluginError)
 
 
 def test_blocking_goes_through_pluggys_block_list():
