@@ -189,8 +189,7 @@ class PluginHost:
                    f"canvas_core.plugins.hookspecs (known: {', '.join(hookspecs.HOOK_NAMES)}); fix the "
                    "name, nothing of this plugin was registered")
             return fail(msg, f"cannot register {rec.describe()}: {msg}")
-        misspelt = hookspecs.misspelt_hooks(obj)
-        if misspelt:  # unmarked and no hook's exact name: not a hook under the rule
+        if misspelt := hookspecs.misspelt_hooks(obj):  # unmarked and no hook's exact name: not a hook under the rule
             rec.warnings.append("misspelt hook " + "; ".join(hookspecs.describe_unknown_hook(n) for n in misspelt)
                                 + ": not called (an error under `canvas plugins --strict`)")
         if not rec.hooks and not self.registered_by(rec.name):

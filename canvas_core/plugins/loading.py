@@ -59,8 +59,7 @@ def warn_unknown_names(settings: Mapping[str, Any], installed: Iterable[str]) ->
     """Warn when the allow- or block-list names no installed plugin (a typo, most likely)."""
     known = {n for n in installed if n}
     for var, names in ((ENV_ALLOW, settings["allow"]), (ENV_BLOCK, settings["block"])):
-        unknown = [n for n in (names or []) if n not in known]
-        if unknown:
+        if unknown := [n for n in (names or []) if n not in known]:
             hint = "".join(f" ({n!r}: did you mean {c!r}?)" for n in unknown if (c := closest(n, known)))
             # blamed on the variable itself, so the warning shows no source line of ours
             warnings.warn_explicit(

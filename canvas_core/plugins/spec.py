@@ -223,8 +223,7 @@ class Spec:
     def create(self, *args: Any, **kwargs: Any) -> Any:
         """``load()(*args, **kwargs)``; refuses with :class:`UnavailableError` when a required
         package is missing (before trying to import it)."""
-        missing = self.missing_requirements()
-        if missing:
+        if missing := self.missing_requirements():
             raise UnavailableError(
                 f"{self.kind} {self.name!r} from {self.describe_provider()} needs the Python "
                 f"package(s) {', '.join(repr(m) for m in missing)}, which are not installed. "
@@ -251,8 +250,7 @@ class Spec:
                     "requires", "devices", "dtypes", "priority") + (("supports",) if self.kind == "kernels" else ()):
             value = getattr(self, key)
             d[key] = list(value) if isinstance(value, tuple) else value
-        extra = {k: v for k, v in self.metadata.items() if _jsonable(v)}
-        if extra:
+        if extra := {k: v for k, v in self.metadata.items() if _jsonable(v)}:
             d["metadata"] = extra
         reasons = self.unsupported_reasons(ctx)
         return dict(d, available=not reasons, reasons=reasons)
