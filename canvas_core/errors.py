@@ -83,8 +83,8 @@ class UnavailableError(PluginError, RuntimeError):
 
 
 class SpecError(PluginError, ValueError):
-    """A registration or a runtime context is malformed: bad name, factory path, metadata, or a
-    device / dtype torch does not know."""
+    """A registration or a runtime context is malformed: bad name, factory path, metadata or
+    registry kind, or a device / dtype torch does not know."""
 
 
 class UnknownNameKeyError(UnknownNameError, KeyError):

@@ -22,7 +22,7 @@ from canvas_core.plugins.loading import (
     PluginRecord, discover_entry_points, entry_point_distribution, entry_point_ids, read_settings,
     warn_unknown_names, watch_plugin_load,
 )
-from canvas_core.plugins.registry import BUILTIN_PLUGIN, KINDS, NOUNS, Registry, UnknownNameKeyError
+from canvas_core.plugins.registry import BUILTIN_PLUGIN, KINDS, NOUNS, Registry, UnknownNameKeyError, check_kind
 from canvas_core.plugins.spec import IN_PROCESS, RuntimeContext, Spec
 
 
@@ -102,8 +102,7 @@ class PluginHost:
         return self._pm
 
     def registry(self, kind: str) -> Registry:
-        if kind not in self.registries:
-            raise PluginError(f"unknown registry kind {kind!r}; expected one of {', '.join(KINDS)}")
+        check_kind(kind)
         self.ensure_loaded()
         return self.registries[kind]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import weakref
 from typing import Any, Dict, List, Optional, Tuple
 
-from canvas_core.errors import CanvasTypeError, DuplicateRegistrationError, UnknownNameKeyError, closest
+from canvas_core.errors import CanvasTypeError, DuplicateRegistrationError, SpecError, UnknownNameKeyError, closest
 from canvas_core.plugins.spec import IN_PROCESS, SPEC_FIELDS, Spec
 
 #: plugin name under which the core registers its own types.
@@ -18,6 +18,12 @@ KINDS: Tuple[str, ...] = tuple(NOUNS)
 _BLOCK_HINT = "CANVAS_BLOCK_PLUGINS=<plugin or distribution>"
 
 
+def check_kind(kind: str) -> None:
+    """Raise :class:`SpecError` naming ``kind`` and the valid kinds unless ``kind`` is a registry kind."""
+    if kind not in NOUNS:
+        raise SpecError(f"unknown registry kind {kind!r}; expected one of {', '.join(KINDS)}")
+
+
 class Registry:
     """Named specs of one kind.  Per name a stack of registrations: the top one is in use, those
     below were replaced with ``override=True`` and come back when it is removed.  Also kept: names
@@ -26,8 +32,7 @@ class Registry:
     plugins made with ``override=True`` (``_overriding``: they win over plain ones)."""
 
     def __init__(self, kind: str) -> None:
-        if kind not in NOUNS:
-            raise ValueError(f"unknown registry kind {kind!r}; expected one of {KINDS}")
+        check_kind(kind)
         self.kind, self.noun = kind, NOUNS[kind]
         self._stacks: Dict[str, List[Spec]] = {}
         self._conflicts: Dict[str, Tuple[DuplicateRegistrationError, str]] = {}

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from canvas_core.errors import CanvasError, DuplicateRegistrationError, PluginError, SettingError
+from canvas_core.errors import CanvasError, DuplicateRegistrationError, PluginError, SettingError, SpecError
 from canvas_core import devices
 from canvas_core.plugins import PluginHost
 from canvas_core.plugins.loading import (
@@ -71,6 +71,14 @@ def test_strict_registration_raises_and_changes_nothing():
     with pytest.raises(DuplicateRegistrationError):
         reg.add_from_plugin(_spec("x", "b"), strict=True)
     assert reg.get("x") is first and reg.names_by_plugin("a") == ["x"] and reg.names_by_plugin("b") == []
+
+
+def test_an_unknown_registry_kind_names_it_and_the_valid_ones():
+    for make in (lambda: Registry("bogus"), lambda: PluginHost(entry_points=lambda: []).registry("bogus")):
+        with pytest.raises(SpecError, match=r"'bogus'.*attention, kernels, backbones, identity, embedders") as ei:
+            make()
+        assert isinstance(ei.value, CanvasError) and isinstance(ei.value, ValueError)
+        assert isinstance(ei.value, PluginError)  # what the host raised before
 
 
 def test_settings_arguments_win_over_the_environment():
