@@ -25,8 +25,9 @@ from typing import Optional, Tuple
 
 import torch
 
+from canvas_core.errors import CanvasTypeError
 from canvas_core.extend import scratch
-from canvas_plugin_mamba import segments
+from canvas_plugin_mamba import cpu_kernel, segments
 from canvas_plugin_mamba.conv_op import causal_depthwise_conv  # re-exported: it lived here before
 
 __all__ = ["selective_scan_read", "chunk_size", "causal_depthwise_conv", "all_states"]
@@ -146,11 +147,12 @@ def _scan(a: torch.Tensor, x: torch.Tensor, start: Optional[torch.Tensor], rever
         xv[t].addcmul_(av[t], xv[t - 1])
 
 
-def _saved_shape(u, A, C, T: int):
-    """Shape of the states kept for the backward, ``(Bt, nC + Q, N, E)``: room for the state
-    entering each of the ``nC`` chunks (scan) or at each segment's end (at most ``Q + nC``)."""
+def _saved_shape(u, A, C, T: int, kernel: str = "torch"):
+    """Shape of the states kept for the backward: ``(Bt, nC, N, E)``, the state entering each of
+    the ``nC`` chunks, for the compiled scan (``kernel="cpu"``); ``(Bt, nC + Q, N, E)`` for this
+    module's, with room for the state at each segment's end (at most ``Q + nC`` of them)."""
     Bt, L, _ = u.shape
-    return (Bt, -(-L // T) + C.shape[1], A.shape[1], A.shape[0])
+    return (Bt, -(-L // T) + (0 if kernel == "cpu" else C.shape[1]), A.shape[1], A.shape[0])
 
 
 def _segment_ends(saved: torch.Tensor, u: torch.Tensor, A: torch.Tensor, S) -> torch.Tensor:
@@ -159,10 +161,14 @@ def _segment_ends(saved: torch.Tensor, u: torch.Tensor, A: torch.Tensor, S) -> t
     return saved.reshape(-1)[: u.shape[0] * S.K * A.numel()].view(u.shape[0], S.K, A.shape[1], A.shape[0])
 
 
-def _scan_read_forward(u, delta, A, Bm, C, read, T: int, block: Optional[int]):
+def _scan_read_forward(u, delta, A, Bm, C, read, T: int, block: Optional[int], kernel: str = "torch"):
     """``(y (Bt, Q, E), saved)``: the reads and the states the backward starts from (see
-    :func:`_saved_shape`): the state at each segment's end when the reads are sparse
-    (:mod:`canvas_plugin_mamba.segments`), else the state entering each chunk."""
+    :func:`_saved_shape`): ``kernel="cpu"`` (:mod:`canvas_plugin_mamba.cpu_kernel`) or dense
+    reads: the state entering each chunk; sparse reads (:mod:`canvas_plugin_mamba.segments`):
+    the state at each segment's end."""
+    if kernel == "cpu":
+        saved = u.new_empty(_saved_shape(u, A, C, T, kernel))
+        return cpu_kernel.forward(u, delta, A, Bm, C, read, T, saved), saved
     S = segments.plan(read, u.shape[1], T)
     if S is not None:  # the segment-end states fill the first Bt * K * N * E elements
         saved = u.new_empty(_saved_shape(u, A, C, T))
@@ -192,8 +198,10 @@ def _scan_read_forward(u, delta, A, Bm, C, read, T: int, block: Optional[int]):
     return y, saved
 
 
-def _scan_read_backward(gy, u, delta, A, Bm, C, read, saved, T: int, block: Optional[int]):
+def _scan_read_backward(gy, u, delta, A, Bm, C, read, saved, T: int, block: Optional[int], kernel: str = "torch"):
     """Gradients of ``u, delta, A, Bm, C`` from ``gy (Bt, Q, E)`` (see the module docstring)."""
+    if kernel == "cpu":
+        return cpu_kernel.backward(gy, u, delta, A, Bm, C, read, T, saved)
     S = segments.plan(read, u.shape[1], T)  # the forward's choice (same inputs)
     if S is not None:
         return segments.backward(gy, u, delta, A, Bm, C, _segment_ends(saved, u, A, S), S, block)
@@ -248,37 +256,40 @@ def _scan_read_backward(gy, u, delta, A, Bm, C, read, saved, T: int, block: Opti
 
 
 # The scan is one operator for torch.compile: its eager implementation (scratch buffers,
-# ``out=`` writes, Python loops over blocks) is opaque to dynamo, which would otherwise break the
-# graph at every such call.  Shapes for tracing come from the fake implementations below.
-@torch.library.custom_op("canvas_mamba::scan_read", mutates_args=())
+# ``out=`` writes, Python loops over blocks, or the compiled kernel) is opaque to dynamo, which
+# would otherwise break the graph at every such call.  Shapes for tracing come from the fake
+# implementations below.  ``kernel``: ``"torch"`` (this module) or ``"cpu"`` (the compiled scan).
+@torch.library.custom_op("canvas_mamba::scan_read_v2", mutates_args=())
 def _scan_read_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, C: torch.Tensor,
-                  read: torch.Tensor, T: int, block: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    return _scan_read_forward(u, delta, A, Bm, C, read, T, None if block < 0 else block)
+                  read: torch.Tensor, T: int, block: int, kernel: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    return _scan_read_forward(u, delta, A, Bm, C, read, T, None if block < 0 else block, kernel)
 
 
 @_scan_read_op.register_fake
-def _(u, delta, A, Bm, C, read, T, block):
+def _(u, delta, A, Bm, C, read, T, block, kernel):
     Bt, L, E = u.shape
-    return u.new_empty(Bt, C.shape[1], E), u.new_empty(_saved_shape(u, A, C, T))
+    return u.new_empty(Bt, C.shape[1], E), u.new_empty(_saved_shape(u, A, C, T, kernel))
 
 
-@torch.library.custom_op("canvas_mamba::scan_read_backward", mutates_args=())
+@torch.library.custom_op("canvas_mamba::scan_read_backward_v2", mutates_args=())
 def _scan_read_backward_op(gy: torch.Tensor, u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor,
                            Bm: torch.Tensor, C: torch.Tensor, read: torch.Tensor, Hin: torch.Tensor, T: int,
-                           block: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _scan_read_backward(gy.contiguous(), u, delta, A, Bm, C, read, Hin, T, None if block < 0 else block)
+                           block: int, kernel: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                             torch.Tensor]:
+    return _scan_read_backward(gy.contiguous(), u, delta, A, Bm, C, read, Hin, T, None if block < 0 else block,
+                               kernel)
 
 
 @_scan_read_backward_op.register_fake
-def _(gy, u, delta, A, Bm, C, read, Hin, T, block):
+def _(gy, u, delta, A, Bm, C, read, Hin, T, block, kernel):
     return (torch.empty_like(u), torch.empty_like(delta), torch.empty_like(A), torch.empty_like(Bm),
             torch.empty_like(C))
 
 
 def _setup_context(ctx, inputs, output):
-    u, delta, A, Bm, C, read, T, block = inputs
+    u, delta, A, Bm, C, read, T, block, kernel = inputs
     ctx.save_for_backward(u, delta, A, Bm, C, read, output[1])
-    ctx.T, ctx.block = T, block
+    ctx.T, ctx.block, ctx.kernel = T, block, kernel
     # the saved states are an output only to reach the backward: no zero-filled gradient for them
     # (a multi-megabyte fill per call); the reads' gradient is then None when the reads are unused
     ctx.mark_non_differentiable(output[1])
@@ -288,9 +299,9 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, gy, _g_hin):
     u, delta, A, Bm, C, read, Hin = ctx.saved_tensors
     if gy is None:
-        return None, None, None, None, None, None, None, None
-    gu, gdelta, gA, gB, gC = _scan_read_backward_op(gy, u, delta, A, Bm, C, read, Hin, ctx.T, ctx.block)
-    return gu, gdelta, gA, gB, gC, None, None, None
+        return (None,) * 9
+    gu, gdelta, gA, gB, gC = _scan_read_backward_op(gy, u, delta, A, Bm, C, read, Hin, ctx.T, ctx.block, ctx.kernel)
+    return gu, gdelta, gA, gB, gC, None, None, None, None
 
 
 _scan_read_op.register_autograd(_backward, setup_context=_setup_context)
@@ -305,6 +316,7 @@ def selective_scan_read(
     read: torch.Tensor,
     chunk: Optional[int] = None,
     block: Optional[int] = None,
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """``y_q = C_q . h_{read_q}`` of the selective scan, ``(Bt, Q, E)``.
 
@@ -318,6 +330,9 @@ def selective_scan_read(
         chunk: positions per chunk (default ``ceil(sqrt(L))``); with sparse reads, the longest
             segment (:mod:`canvas_plugin_mamba.segments`).
         block: elements per work block (default :data:`BLOCK_ELEMS`).
+        kernel: ``"torch"`` (this module's chunked scan), ``"cpu"`` (the compiled CPU scan of
+            :mod:`canvas_plugin_mamba.cpu_kernel`; ``chunk``: its checkpoint interval) or
+            ``"auto"`` (``"cpu"`` where :func:`cpu_kernel.usable_for` allows it).
 
     All tensors share one floating dtype (computed in it: pass float32 or float64).
     Differentiable in ``u, delta, A, B, C``.
@@ -328,8 +343,21 @@ def selective_scan_read(
         zero = (u.sum() + delta.sum() + A.sum() + B.sum() + C.sum()) * 0  # keeps the graph
         return zero + u.new_zeros(Bt, Q, E)
     u, delta, B, C = (x.contiguous() for x in (u, delta, B, C))
-    y, _ = _scan_read_op(u, delta, A, B, C, read, chunk_size(L, chunk), -1 if block is None else int(block))
+    kernel = scan_kernel(kernel, u, A.shape[1])
+    y, _ = _scan_read_op(u, delta, A, B, C, read, chunk_size(L, chunk), -1 if block is None else int(block), kernel)
     return y
+
+
+def scan_kernel(kernel: str, x: torch.Tensor, state_size: int) -> str:
+    """The scan operators' ``kernel`` argument for a request ``"auto"`` / ``"cpu"`` / ``"torch"``."""
+    if kernel == "auto":
+        return "cpu" if cpu_kernel.usable_for(x, state_size) else "torch"
+    if kernel == "cpu":
+        cpu_kernel.require()
+        return kernel
+    if kernel != "torch":
+        raise CanvasTypeError(f"selective_scan_read: kernel must be 'auto', 'cpu' or 'torch', got {kernel!r}")
+    return kernel
 
 
 def all_states(

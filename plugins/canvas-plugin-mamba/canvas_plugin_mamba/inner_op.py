@@ -54,11 +54,11 @@ def _reads(read: Optional[torch.Tensor], L: int, device) -> torch.Tensor:
     return torch.arange(L, device=device) if read is None else read
 
 
-def _forward(x, w, b, dt, Bm, C, z, A_log, D, read, T: int, block: int):
+def _forward(x, w, b, dt, Bm, C, z, A_log, D, read, T: int, block: int, kernel: str):
     conv = conv_op._forward(x, w, b)
     u, delta, A = F.silu(conv), _softplus(dt), -torch.exp(A_log)
-    y, hin = torch.ops.canvas_mamba.scan_read(u, delta, A, Bm.contiguous(), C, _reads(read, x.shape[1], x.device),
-                                              T, block)
+    y, hin = torch.ops.canvas_mamba.scan_read_v2(u, delta, A, Bm.contiguous(), C,
+                                                 _reads(read, x.shape[1], x.device), T, block, kernel)
     if read is None:  # query i reads position i: u at each query's own position, every read valid
         y = y + D * u
     else:
@@ -67,22 +67,23 @@ def _forward(x, w, b, dt, Bm, C, z, A_log, D, read, T: int, block: int):
     return y * F.silu(z), hin, y, conv, delta
 
 
-@torch.library.custom_op("canvas_mamba::inner", mutates_args=())
+@torch.library.custom_op("canvas_mamba::inner_v2", mutates_args=())
 def _inner_op(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, dt: torch.Tensor, Bm: torch.Tensor, C: torch.Tensor,
               z: torch.Tensor, A_log: torch.Tensor, D: torch.Tensor, read: Optional[torch.Tensor], T: int,
-              block: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _forward(x, w, b, dt, Bm, C, z, A_log, D, read, T, block)
+              block: int, kernel: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _forward(x, w, b, dt, Bm, C, z, A_log, D, read, T, block, kernel)
 
 
 @_inner_op.register_fake
-def _(x, w, b, dt, Bm, C, z, A_log, D, read, T, block):
+def _(x, w, b, dt, Bm, C, z, A_log, D, read, T, block, kernel):
     Bt, L, E = x.shape
     Q = C.shape[1]
-    hin = x.new_empty(chunked._saved_shape(x, A_log, C, T))
+    hin = x.new_empty(chunked._saved_shape(x, A_log, C, T, kernel))
     return x.new_empty(Bt, Q, E), hin, x.new_empty(Bt, Q, E), torch.empty_like(x), torch.empty_like(x)
 
 
-def _inner_backward(gy, x, w, conv, delta, dt, Bm, C, z, A_log, D, read, hin, y_pre, T: int, block: int):
+def _inner_backward(gy, x, w, conv, delta, dt, Bm, C, z, A_log, D, read, hin, y_pre, T: int, block: int,
+                    kernel: str):
     """Gradients of :func:`_forward`'s ``y`` for ``x, w, b, dt, Bm, C, z, A_log, D`` (contiguous)."""
     u, A = F.silu(conv), -torch.exp(A_log)
     gz = torch.ops.aten.silu_backward(gy * y_pre, z)
@@ -95,24 +96,25 @@ def _inner_backward(gy, x, w, conv, delta, dt, Bm, C, z, A_log, D, read, hin, y_
         rc = read.clamp(min=0)
         gD = (g * u.index_select(1, rc) * ok).sum(dim=(0, 1))
         gu_skip = torch.zeros_like(u).index_add_(1, rc, g * D * ok)
-    gu, gdelta, gA, gB, gC = torch.ops.canvas_mamba.scan_read_backward(
-        g, u, delta, A, Bm.contiguous(), C, _reads(read, x.shape[1], x.device), hin, T, block)
+    gu, gdelta, gA, gB, gC = torch.ops.canvas_mamba.scan_read_backward_v2(
+        g, u, delta, A, Bm.contiguous(), C, _reads(read, x.shape[1], x.device), hin, T, block, kernel)
     gx, gw, gb = conv_op._backward(torch.ops.aten.silu_backward(gu + gu_skip, conv), x, w)
     return (gx, gw, gb, _softplus_grad(gdelta, dt).contiguous(), gB.contiguous(), gC.contiguous(),
             gz.contiguous(), (gA * A).contiguous(), gD)
 
 
-@torch.library.custom_op("canvas_mamba::inner_backward", mutates_args=())
+@torch.library.custom_op("canvas_mamba::inner_backward_v2", mutates_args=())
 def _inner_backward_op(gy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, conv: torch.Tensor, delta: torch.Tensor,
                        dt: torch.Tensor, Bm: torch.Tensor, C: torch.Tensor, z: torch.Tensor, A_log: torch.Tensor,
                        D: torch.Tensor, read: Optional[torch.Tensor], hin: torch.Tensor, y_pre: torch.Tensor, T: int,
-                       block: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-                                            torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _inner_backward(gy, x, w, conv, delta, dt, Bm, C, z, A_log, D, read, hin, y_pre, T, block)
+                       block: int, kernel: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                         torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                                         torch.Tensor]:
+    return _inner_backward(gy, x, w, conv, delta, dt, Bm, C, z, A_log, D, read, hin, y_pre, T, block, kernel)
 
 
 @_inner_backward_op.register_fake
-def _(gy, x, w, conv, delta, dt, Bm, C, z, A_log, D, read, hin, y_pre, T, block):
+def _(gy, x, w, conv, delta, dt, Bm, C, z, A_log, D, read, hin, y_pre, T, block, kernel):
     c = torch.contiguous_format
     return (torch.empty_like(x, memory_format=c), torch.empty_like(w, memory_format=c), w.new_empty(w.shape[0]),
             torch.empty_like(dt, memory_format=c), torch.empty_like(Bm, memory_format=c),
@@ -121,9 +123,9 @@ def _(gy, x, w, conv, delta, dt, Bm, C, z, A_log, D, read, hin, y_pre, T, block)
 
 
 def _setup_context(ctx, inputs, output):
-    x, w, b, dt, Bm, C, z, A_log, D, read, T, block = inputs
+    x, w, b, dt, Bm, C, z, A_log, D, read, T, block, kernel = inputs
     ctx.save_for_backward(x, w, dt, Bm, C, z, A_log, D, read, *output[1:])
-    ctx.T, ctx.block = T, block
+    ctx.T, ctx.block, ctx.kernel = T, block, kernel
     # the scan's saved states, the ungated read, the conv output and delta are outputs only to
     # reach the backward (kept, as autograd would keep them: softplus is costly to recompute)
     ctx.mark_non_differentiable(*output[1:])
@@ -132,11 +134,11 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, gy, *_unused):
     if gy is None:
-        return (None,) * 12
+        return (None,) * 13
     x, w, dt, Bm, C, z, A_log, D, read, hin, y_pre, conv, delta = ctx.saved_tensors
     grads = _inner_backward_op(gy.contiguous(), x, w, conv, delta, dt, Bm, C, z, A_log, D, read, hin, y_pre, ctx.T,
-                               ctx.block)
-    return (*grads, None, None, None)
+                               ctx.block, ctx.kernel)
+    return (*grads, None, None, None, None)
 
 
 _inner_op.register_autograd(_backward, setup_context=_setup_context)
@@ -144,7 +146,7 @@ _inner_op.register_autograd(_backward, setup_context=_setup_context)
 
 def mamba_inner(x: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor, dt: torch.Tensor,
                 Bm: torch.Tensor, C: torch.Tensor, z: torch.Tensor, A_log: torch.Tensor, D: torch.Tensor,
-                read: Optional[torch.Tensor]) -> torch.Tensor:
+                read: Optional[torch.Tensor], kernel: str = "torch") -> torch.Tensor:
     """``(silu(conv(x)) scanned and read at ``read``, plus the skip ``D u``) * silu(z)``, ``(Bt, Q, E)``.
 
     Args:
@@ -153,6 +155,8 @@ def mamba_inner(x: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Ten
         Bm: ``(Bt, L, N)``; C: ``(Bt, Q, N)``; z: ``(Bt, Q, E)``, the gate before ``silu``.
         read: ``(Q,)`` long, the position each query reads (``-1``: nothing), or None: query
             ``i`` reads position ``i`` (``Q == L``).
+        kernel: the scan, ``"torch"`` or ``"cpu"`` (as :func:`~canvas_plugin_mamba.chunked.scan_kernel`
+            returns).
 
     Every tensor in one floating dtype, ``Bt, L, Q >= 1``.  Differentiable in every tensor but
     ``read``.
@@ -160,4 +164,4 @@ def mamba_inner(x: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Ten
     T = chunked.chunk_size(x.shape[1])
     # B may be a view (a split of one projection): the operator copies it for the scan itself
     x, w, b, dt, C, z, A_log, D = (t.contiguous() for t in (x, conv_weight, conv_bias, dt, C, z, A_log, D))
-    return _inner_op(x, w, b, dt, Bm, C, z, A_log, D, read, T, -1)[0]
+    return _inner_op(x, w, b, dt, Bm, C, z, A_log, D, read, T, -1, kernel)[0]

@@ -11,6 +11,7 @@ from torch import nn
 
 from canvas_core.errors import CanvasTypeError, CheckpointError, ShapeError, UnavailableError
 from canvas_core.extend import as_dtype, operators_under_compile, plain_linear, plain_module
+from canvas_plugin_mamba import cpu_kernel
 from canvas_plugin_mamba.chunked import selective_scan_read
 from canvas_plugin_mamba.conv_op import causal_depthwise_conv
 from canvas_plugin_mamba.inner_op import _softplus as softplus_f32
@@ -22,7 +23,7 @@ from canvas_plugin_mamba.scan import selective_scan_mamba_ssm
 __all__ = ["MambaAttention", "KERNELS"]
 
 #: accepted values of ``kernel``
-KERNELS = ("auto", "mamba_ssm", "mamba_torch")
+KERNELS = ("auto", "mamba_ssm", "mamba_cpu", "mamba_torch")
 #: run the fused inner operator in eager mode too (tests compare the two paths with it)
 _FUSE_EAGER = False
 #: the fused path takes the projections into its operator too (``proj_op.py``); False keeps them
@@ -102,9 +103,11 @@ class MambaAttention(nn.Module):
             state size and work; ``expand=2`` is the Mamba paper's block (twice the state, the
             parameters and the scan cost).  Earlier builds defaulted to 2: give ``expand=2``
             to load their checkpoints of a default ``mamba`` module.
-        kernel: ``"auto"`` (mamba-ssm's CUDA ``selective_scan_fn`` when installed, the input is
-            on CUDA and ``Nq == Nk``; the PyTorch scan otherwise), ``"mamba_ssm"`` or
-            ``"mamba_torch"``.  The choice of the last call is in ``self.kernel_used``.
+        kernel: ``"auto"`` (on CUDA, mamba-ssm's ``selective_scan_fn`` when installed and
+            ``Nq == Nk``; on the CPU, the compiled scan of :mod:`canvas_plugin_mamba.cpu_kernel`
+            when it can be built; the PyTorch scan otherwise), ``"mamba_ssm"``, ``"mamba_cpu"``
+            (an error naming the reason when it cannot run) or ``"mamba_torch"`` (the PyTorch
+            scan, any device).  The choice of the last call is in ``self.kernel_used``.
     """
 
     type_name = "mamba"
@@ -176,6 +179,14 @@ class MambaAttention(nn.Module):
     def _choose_kernel(self, x: torch.Tensor, Nq: int, Nk: int) -> str:
         if self.kernel == "mamba_torch":
             return "mamba_torch"
+        if self.kernel == "mamba_cpu":
+            if x.device.type != "cpu":
+                raise UnavailableError(f"mamba: kernel='mamba_cpu' runs on the CPU, the inputs are on {x.device}; "
+                                       "use kernel='auto'")
+            cpu_kernel.require()
+            return "mamba_cpu"
+        if self.kernel == "auto" and cpu_kernel.usable_for(x, self.d_state):
+            return "mamba_cpu"
         cuda_ok = x.is_cuda and self._ssm_available
         if self.kernel == "mamba_ssm":
             if not cuda_ok:
@@ -286,17 +297,18 @@ class MambaAttention(nn.Module):
         kernel = self._choose_kernel(queries, Nq, Nk)
         self.kernel_used = kernel
         fuse = _FUSE_EAGER or (operators_under_compile() and torch.compiler.is_compiling())
-        if fuse and kernel == "mamba_torch" and key_ok is None and Bt > 0 and Nq > 0 and self._one_dtype(values):
+        scan = "cpu" if kernel == "mamba_cpu" else "torch"
+        if fuse and kernel != "mamba_ssm" and key_ok is None and Bt > 0 and Nq > 0 and self._one_dtype(values):
             # under torch.compile: conv, activations, scan, skip and gate as one operator each way
             # (inner_op.py), so inductor compiles none of their ~100 nodes; eager runs the same
             # operations one by one below (the same values, no custom-operator overhead per call)
             if _FUSE_PROJECTIONS and self._plain_projections():  # the projections inside it too
-                out = mamba_projected(self, queries, keys, values, None if aligned else read)
+                out = mamba_projected(self, queries, keys, values, None if aligned else read, scan)
                 return out if has is None else out.masked_fill(~has, 0.0)
             dt, Bsel = self.x_proj(keys).split([self.dt_rank, self.d_state], dim=-1)
             y = mamba_inner(self.in_proj(values), self.conv1d.weight.squeeze(1), self.conv1d.bias,
                             self.dt_proj(dt), Bsel, self.c_proj(queries), self.z_proj(queries), self.A_log,
-                            self.D, None if aligned else read)
+                            self.D, None if aligned else read, scan)
             out = self.out_proj(self.drop(y) if self.drop.p > 0 else y)
             return out if has is None else out.masked_fill(~has, 0.0)
         u, delta, A, Bsel = self._time_major_inputs(keys, values, key_ok)  # (B, L, E), (B, L, N)
@@ -315,7 +327,7 @@ class MambaAttention(nn.Module):
             )
             y = y.transpose(1, 2)  # (B, L=Nq, E), already gated
         else:  # chunked scan, read at each query's position (no per-position states kept)
-            y = selective_scan_read(u, delta, A, Bsel, C, read)  # (B, Nq, E), 0 where read < 0
+            y = selective_scan_read(u, delta, A, Bsel, C, read, kernel=scan)  # (B, Nq, E), 0 where read < 0
             if aligned:  # read = arange: u at each query's own position, every read valid
                 y = y + as_dtype(self.D, wd) * u
             else:

@@ -23,9 +23,18 @@ def canvas_register_attention(registry) -> None:
     )
 
 
+def _cpu_kernel_problems(ctx) -> list:
+    """Why the compiled CPU scan cannot run (empty: it should), without building it."""
+    from canvas_plugin_mamba.cpu_kernel import static_problem
+
+    problem = static_problem()
+    return [problem] if problem else []
+
+
 @hookimpl
 def canvas_register_kernels(registry) -> None:
-    """Register the ``mamba_ssm`` (CUDA) and ``mamba_torch`` (any device) selective scans."""
+    """Register the ``mamba_ssm`` (CUDA), ``mamba_cpu`` (compiled CPU) and ``mamba_torch`` (any
+    device) selective scans."""
     registry.add(
         "mamba_ssm",
         "canvas_plugin_mamba.scan:selective_scan_mamba_ssm",
@@ -34,6 +43,15 @@ def canvas_register_kernels(registry) -> None:
         devices=("cuda",),
         priority=10,
         description="mamba-ssm's fused CUDA selective_scan_fn",
+    )
+    registry.add(
+        "mamba_cpu",
+        "canvas_plugin_mamba.chunked:selective_scan_read",
+        supports=("mamba",),
+        devices=("cpu",),
+        check=_cpu_kernel_problems,
+        priority=5,
+        description="compiled CPU selective scan (built once per machine with its C++ compiler)",
     )
     registry.add(
         "mamba_torch",

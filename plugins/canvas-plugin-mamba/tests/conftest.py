@@ -10,3 +10,20 @@ import tempfile
 if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="canvas-mamba-tests-inductor-")
     atexit.register(shutil.rmtree, os.environ["TORCHINDUCTOR_CACHE_DIR"], True)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def scan_kernel_ok():
+    """``check(kernel)``: skips, naming the build problem, when ``kernel == "cpu"`` and the
+    compiled CPU scan cannot run on this machine (no C++ compiler, or turned off)."""
+
+    def check(kernel: str) -> None:
+        from canvas_plugin_mamba import cpu_kernel
+
+        if kernel == "cpu" and not cpu_kernel.available():
+            pytest.skip(f"the compiled CPU scan is unavailable here: {cpu_kernel.unavailable_reason()}")
+
+    return check

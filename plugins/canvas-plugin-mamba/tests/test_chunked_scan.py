@@ -121,10 +121,13 @@ def test_depthwise_conv_equals_conv1d_with_gradients(L, K, seed):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
 
 
-def test_scan_custom_ops_pass_torch_opcheck():
+@pytest.mark.parametrize("kernel", ["torch", "cpu"])
+def test_scan_custom_ops_pass_torch_opcheck(kernel, scan_kernel_ok):
     """The scan's torch.compile operators: fake shapes and strides, autograd registration and
-    schema agree with the eager implementation (what torch.compile relies on)."""
+    schema agree with the eager implementation (what torch.compile relies on), for both scans."""
     from canvas_plugin_mamba import chunked
+
+    scan_kernel_ok(kernel)
 
     g = torch.Generator().manual_seed(0)
     Bt, L, E, N, Q = 2, 11, 3, 4, 5
@@ -136,11 +139,11 @@ def test_scan_custom_ops_pass_torch_opcheck():
     # sparse reads (the segment path), then every position read (the chunked scan)
     for read, Cq in ((torch.tensor([-1, 0, 4, 7, 10]), C), (torch.arange(L), torch.randn(Bt, L, N, dtype=C.dtype))):
         Cq = Cq.detach().requires_grad_()
-        torch.library.opcheck(chunked._scan_read_op, (u, delta, A, B, Cq, read, 4, -1))
-        y, hin = chunked._scan_read_op(u, delta, A, B, Cq, read, 4, -1)
+        torch.library.opcheck(chunked._scan_read_op, (u, delta, A, B, Cq, read, 4, -1, kernel))
+        y, hin = chunked._scan_read_op(u, delta, A, B, Cq, read, 4, -1, kernel)
         gy = torch.randn_like(y)
         torch.library.opcheck(chunked._scan_read_backward_op, (gy, u.detach(), delta.detach(), A.detach(), B.detach(),
-                                                               Cq.detach(), read, hin.detach(), 4, -1))
+                                                               Cq.detach(), read, hin.detach(), 4, -1, kernel))
 
 
 @settings(max_examples=40, deadline=None)

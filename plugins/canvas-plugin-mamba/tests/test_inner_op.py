@@ -72,7 +72,9 @@ def test_fused_path_is_taken_only_where_it_applies():
     assert m._one_dtype(x.double())
 
 
-def test_inner_custom_ops_pass_torch_opcheck():
+@pytest.mark.parametrize("kernel", ["torch", "cpu"])
+def test_inner_custom_ops_pass_torch_opcheck(kernel, scan_kernel_ok):
+    scan_kernel_ok(kernel)
     g = torch.Generator().manual_seed(0)
     Bt, L, E, N, K = 2, 9, 3, 4, 4
 
@@ -86,11 +88,11 @@ def test_inner_custom_ops_pass_torch_opcheck():
         args = [r(Bt, L, E), r(E, K), r(E), r(Bt, L, E), sel[..., 2:], r(Bt, Q, N), r(Bt, Q, E), r(E, N), r(E)]
         args[4] = args[4].detach().requires_grad_()  # a non-contiguous B, as from a split projection
         T = 3
-        torch.library.opcheck(inner_op._inner_op, (*args, read, T, -1))
-        y, hin, y_pre, conv, delta = (t.detach() for t in inner_op._inner_op(*args, read, T, -1))
+        torch.library.opcheck(inner_op._inner_op, (*args, read, T, -1, kernel))
+        y, hin, y_pre, conv, delta = (t.detach() for t in inner_op._inner_op(*args, read, T, -1, kernel))
         x, w, _, dt, Bm, C, z, A_log, D = (a.detach() for a in args)
         torch.library.opcheck(inner_op._inner_backward_op, (torch.randn_like(y), x, w, conv, delta, dt, Bm, C, z,
-                                                            A_log, D, read, hin, y_pre, T, -1))
+                                                            A_log, D, read, hin, y_pre, T, -1, kernel))
 
 
 def test_compiled_module_traces_the_operator_and_matches_eager(monkeypatch):
@@ -113,5 +115,5 @@ def test_compiled_module_traces_the_operator_and_matches_eager(monkeypatch):
         torch.testing.assert_close(out, ref)
         for a, r in zip(g, torch.autograd.grad(ref.sum(), [x, *m.parameters()])):
             torch.testing.assert_close(a, r)
-        assert "canvas_mamba.inner.default" in seen and "canvas_mamba.inner_backward.default" in seen
+        assert "canvas_mamba.inner_v2.default" in seen and "canvas_mamba.inner_backward_v2.default" in seen
         assert not any("silu" in t or "depthwise_conv" in t for t in seen)

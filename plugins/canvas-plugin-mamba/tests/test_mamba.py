@@ -106,6 +106,12 @@ def test_module_matches_documented_maths(Nq, Nk):
     g = torch.Generator().manual_seed(Nq * 10 + Nk)
     q, k, v = (torch.randn(2, n, 8, generator=g, dtype=DT) for n in (Nq, Nk, Nk))
     assert torch.allclose(m(q, k, v), _naive_module(m, q, k, v), atol=1e-10)
+    # kernel='auto' on the CPU: the compiled scan where it builds, else the PyTorch scan
+    from canvas_plugin_mamba import cpu_kernel
+
+    assert m.kernel_used == ("mamba_cpu" if cpu_kernel.available() else "mamba_torch")
+    m.kernel = "mamba_torch"
+    assert torch.allclose(m(q, k, v), _naive_module(m, q, k, v), atol=1e-10)
     assert m.kernel_used == "mamba_torch"
 
 

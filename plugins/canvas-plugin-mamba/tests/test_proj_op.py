@@ -130,7 +130,9 @@ def test_a_projection_with_another_bias_keeps_the_projections_outside(monkeypatc
         torch.testing.assert_close(a, r, atol=1e-12, rtol=1e-10)
 
 
-def test_projected_custom_ops_pass_torch_opcheck():
+@pytest.mark.parametrize("kernel", ["torch", "cpu"])
+def test_projected_custom_ops_pass_torch_opcheck(kernel, scan_kernel_ok):
+    scan_kernel_ok(kernel)
     g = torch.Generator().manual_seed(0)
     Bt, L, D, E, N, R, K = 2, 9, 5, 3, 4, 2, 4
 
@@ -149,11 +151,11 @@ def test_projected_custom_ops_pass_torch_opcheck():
         k = None if share == "q_is_k_is_v" else k
         v = None if share != "none" else v
         ps = params()
-        torch.library.opcheck(proj_op._projected_op, (q, k, v, ps, read, T, -1))
-        out, *saved = (t.detach() for t in proj_op._projected_op(q, k, v, ps, read, T, -1))
+        torch.library.opcheck(proj_op._projected_op, (q, k, v, ps, read, T, -1, kernel))
+        out, *saved = (t.detach() for t in proj_op._projected_op(q, k, v, ps, read, T, -1, kernel))
         d = [None if t is None else t.detach() for t in (q, k, v)]
         torch.library.opcheck(proj_op._projected_backward_op, (torch.randn_like(out), *d, [p.detach() for p in ps],
-                                                               read, saved, T, -1))
+                                                               read, saved, T, -1, kernel))
 
 
 @pytest.mark.parametrize("share", SHARES)
@@ -172,7 +174,7 @@ def test_compiled_module_traces_one_operator_each_way_and_matches_eager(share):
         torch.testing.assert_close(out, ref)
         for a, r in zip(g, torch.autograd.grad(ref.sum(), [*leaves, *m.parameters()])):
             torch.testing.assert_close(a, r)
-        assert "canvas_mamba.projected.default" in seen and "canvas_mamba.projected_backward.default" in seen
+        assert "canvas_mamba.projected_v2.default" in seen and "canvas_mamba.projected_backward_v2.default" in seen
         # no projection left to the compiler, nor (aligned reads: no index arithmetic) the
         # gradient sum of a tensor passed in two slots (values that are the queries, but not the
         # keys, are passed twice: autograd adds their two gradients)

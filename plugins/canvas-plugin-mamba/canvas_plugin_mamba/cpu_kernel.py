@@ -1,0 +1,215 @@
+"""The compiled CPU selective scan (``kernel="mamba_cpu"``): build on first use, load, call.
+
+``csrc/scan_cpu.cpp`` steps through the positions in order with the state of 16 channels in
+vector registers, reading it where queries read (no state between two reads is written to
+memory); its backward recomputes each chunk's states from the state saved at the chunk's start.
+It computes what :mod:`canvas_plugin_mamba.chunked` computes, to float rounding (float32: its
+``exp2`` is a polynomial within 1e-8 relative of the exact one; float64 uses the C library's).
+
+The source is compiled with ``torch.utils.cpp_extension`` the first time a CPU mamba module
+runs on a machine (about 10 s; the library is cached under ``TORCH_EXTENSIONS_DIR``, default
+``~/.cache/torch_extensions``, in a folder named after the source, the torch version and the
+CPU, since it is built for the CPU it runs on).  When no C++ compiler is found or the build
+fails, mamba runs the PyTorch scan (same results to rounding, slower) and says so once.
+
+``CANVAS_MAMBA_CPU_KERNEL``: ``auto`` (the default: build and use it when possible), ``0``
+(never: the PyTorch scan), ``1`` (required: an error naming the build problem if it cannot be
+built).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import platform
+import shutil
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Optional, Tuple
+
+from canvas_core.errors import SettingError, UnavailableError
+
+__all__ = ["ENV", "MAX_STATE", "MambaKernelBuildWarning", "setting", "static_problem", "unavailable_reason",
+           "available", "require", "usable_for", "forward", "backward"]
+
+ENV = "CANVAS_MAMBA_CPU_KERNEL"
+#: the largest state size ``N`` the kernel keeps in registers (larger: the PyTorch scan)
+MAX_STATE = 64
+_SOURCE = Path(__file__).with_name("csrc") / "scan_cpu.cpp"
+_FLAGS = ("-O3", "-march=native", "-fno-math-errno")
+_LN2 = math.log(2.0)
+
+_lock = threading.Lock()
+_state: dict = {}  # "reason": None (loaded) or why not; "setting": the parsed variable
+
+
+class MambaKernelBuildWarning(UserWarning):
+    """The compiled CPU scan could not be built; mamba runs its PyTorch scan instead."""
+
+
+def setting() -> str:
+    """``CANVAS_MAMBA_CPU_KERNEL`` read once: ``"auto"``, ``"off"`` or ``"on"``."""
+    if "setting" not in _state:
+        raw = os.environ.get(ENV, "auto").strip().lower()
+        table = {"": "auto", "auto": "auto", "0": "off", "off": "off", "false": "off", "no": "off",
+                 "1": "on", "on": "on", "true": "on", "yes": "on"}
+        if raw not in table:
+            raise SettingError(f"{ENV}={os.environ.get(ENV)!r} is not understood: use auto (the default), "
+                                   "0 (never use the compiled CPU scan) or 1 (require it)")
+        _state["setting"] = table[raw]
+    return _state["setting"]
+
+
+def _compiler() -> Optional[str]:
+    cxx = os.environ.get("CXX")
+    if cxx:
+        return shutil.which(cxx)
+    return next((p for p in map(shutil.which, ("c++", "g++", "clang++")) if p), None)
+
+
+def _cpu_id() -> str:
+    """What the machine code depends on (``-march=native``): the CPU's model and flags."""
+    text = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            text = "".join(line for line in f if line.startswith(("model name", "flags")))
+    except OSError:
+        pass
+    return platform.machine() + platform.processor() + text
+
+
+def _name() -> str:
+    import torch
+
+    key = _SOURCE.read_bytes() + repr((_FLAGS, torch.__version__, sys.version_info[:2], _cpu_id())).encode()
+    return "canvas_mamba_cpu_" + hashlib.sha256(key).hexdigest()[:12]
+
+
+def _build() -> Optional[str]:
+    """Compile (or load the cached build of) the kernel; None when loaded, else why not."""
+    problem = static_problem()
+    if problem is not None:
+        return problem
+    cxx = _compiler()
+    import logging
+
+    import torch
+
+    quiet = logging.getLogger("torch.utils.cpp_extension")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its import warns that no CUDA runtime is found: not needed here
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        quiet.setLevel(level)
+
+    name = _name()
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(Path.home(), ".cache", "torch_extensions")
+    build_dir = os.path.join(root, name)
+    cached = os.path.exists(os.path.join(build_dir, name + ".so"))
+    if not cached:
+        print(f"canvas-plugin-mamba: compiling the CPU selective-scan kernel for this machine (once, about "
+              f"10 s) into {build_dir}", file=sys.stderr, flush=True)
+    try:
+        os.makedirs(build_dir, exist_ok=True)
+        cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=list(_FLAGS), build_directory=build_dir,
+                           is_python_module=False, verbose=False)
+        torch.ops.canvas_mamba_cpu.scan_read_fwd  # noqa: B018 - the library registered its operators
+    except Exception as exc:  # any build or load failure: the reason, and the PyTorch scan
+        lines = [s for s in str(exc).strip().splitlines() if s.strip()]
+        detail = " / ".join(lines[-3:])[:400] if lines else type(exc).__name__
+        return f"building {_SOURCE.name} with {cxx} failed ({type(exc).__name__}: {detail})"
+    return None
+
+
+def static_problem() -> Optional[str]:
+    """Why the compiled CPU scan cannot run here, as far as is known without building it (the
+    setting, the platform, a missing compiler, an earlier failed build); None: it should build.
+    Imports nothing heavy (the plugin's kernel check calls it while resolving a program)."""
+    if _state.get("reason"):
+        return _state["reason"]
+    if setting() == "off":
+        return f"turned off by {ENV}=0"
+    if sys.platform == "win32":
+        return "the compiled CPU scan is built with GCC / Clang vector extensions (not on Windows)"
+    if _compiler() is None:
+        return ("no C++ compiler found (looked for $CXX, c++, g++, clang++); install one (e.g. "
+                "apt install g++) to use the compiled CPU scan")
+    return None
+
+
+def unavailable_reason() -> Optional[str]:
+    """Why the compiled CPU scan cannot run here (None: it can).  Builds it on the first call."""
+    if "reason" not in _state:
+        with _lock:
+            if "reason" not in _state:
+                reason = _build()
+                _state["reason"] = reason
+                if reason is not None and setting() == "auto" and not reason.startswith("turned off"):
+                    warnings.warn(f"canvas-plugin-mamba: the compiled CPU scan is unavailable: {reason}. mamba "
+                                  f"runs its PyTorch scan (same results, slower); set {ENV}=0 to skip the build",
+                                  MambaKernelBuildWarning, stacklevel=3)
+    return _state["reason"]
+
+
+def available() -> bool:
+    """Whether the compiled CPU scan is built and loaded (builds it on the first call)."""
+    return unavailable_reason() is None
+
+
+def require() -> None:
+    """:class:`UnavailableError` naming the reason unless the compiled CPU scan can run."""
+    reason = unavailable_reason()
+    if reason is not None:
+        raise UnavailableError(f"mamba: kernel='mamba_cpu' (the compiled CPU scan) cannot run: {reason}; "
+                               "use kernel='auto' or 'mamba_torch'")
+
+
+def usable_for(x, state_size: int) -> bool:
+    """Whether ``kernel='auto'`` takes the compiled scan for inputs like ``x`` (CPU, float32 or
+    float64, ``state_size <= MAX_STATE``) under the setting, building it if needed."""
+    import torch
+
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or state_size > MAX_STATE:
+        return False
+    if setting() == "on":
+        require()
+        return True
+    return setting() == "auto" and available()
+
+
+def _reads(read, L: int):
+    """``(rs, rq)``: the queries reading position ``t`` are ``rq[rs[t]:rs[t + 1]]`` (``read < 0``:
+    none)."""
+    import torch
+
+    ok = read >= 0
+    pos = read[ok]
+    counts = torch.bincount(pos, minlength=L)
+    rs = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    rq = torch.nonzero(ok).squeeze(1)[torch.argsort(pos, stable=True)]
+    return rs, rq
+
+
+def forward(u, delta, A, Bm, C, read, T: int, hs):
+    """``y (Bt, Q, E)`` of the selective scan read at ``read`` (as ``chunked.selective_scan_read``),
+    writing the state entering each chunk of ``T`` positions into ``hs`` (``Bt * nC * N * E``
+    contiguous elements, ``nC = ceil(L / T)``).  Contiguous inputs in one dtype."""
+    import torch
+
+    rs, rq = _reads(read, u.shape[1])
+    A2 = (A.t() / _LN2).contiguous()
+    return torch.ops.canvas_mamba_cpu.scan_read_fwd(u, delta, A2, Bm, C, rs, rq, T, hs)
+
+
+def backward(gy, u, delta, A, Bm, C, read, T: int, hs) -> Tuple:
+    """Gradients ``(u, delta, A, Bm, C)`` from ``gy (Bt, Q, E)`` and :func:`forward`'s ``hs``."""
+    import torch
+
+    rs, rq = _reads(read, u.shape[1])
+    A2 = (A.t() / _LN2).contiguous()
+    gu, gd, gA, gB, gC = torch.ops.canvas_mamba_cpu.scan_read_bwd(gy, u, delta, A2, Bm, C, rs, rq, hs, T)
+    return gu, gd, gA.t().contiguous(), gB, gC

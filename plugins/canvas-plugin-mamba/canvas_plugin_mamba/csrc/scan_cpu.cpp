@@ -1,0 +1,295 @@
+// The selective scan (S6) read at given positions, forward and backward, for CPUs.
+//
+// One work item is a batch row and a block of 16 channels; its 16-lane state vectors (one per
+// state index n) stay in registers while the item steps through the positions in order, so no
+// state between two reads is ever written to memory.  The backward walks the positions in
+// reverse, chunk by chunk: it recomputes a chunk's states from the state saved at the chunk's
+// start, then propagates the adjoint through them.  Built at first use by cpu_kernel.py.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int V = 16;       // channels per work item (one vector of lanes)
+constexpr int MAX_N = 64;   // largest state size kept in registers / on the stack
+
+// 16 lanes of S (GCC / Clang vector extensions: the compiler picks the widest registers the
+// machine has, built with -march=native)
+typedef float vf32 __attribute__((vector_size(V * sizeof(float))));
+typedef double vf64 __attribute__((vector_size(V * sizeof(double))));
+template <typename S> struct Lanes;
+template <> struct Lanes<float> { using type = vf32; };
+template <> struct Lanes<double> { using type = vf64; };
+template <typename S>
+using vec = typename Lanes<S>::type;
+typedef int32_t vi32 __attribute__((vector_size(V * sizeof(int32_t))));
+
+// 2^x for x <= 0 on 16 float lanes: x = k + f, k the nearest integer (adding and subtracting
+// 1.5 * 2^23 rounds), |f| <= 1/2; 2^f from its Taylor series to degree 7 (relative error below
+// 1e-8, under float rounding); 2^k written into the exponent bits.  x < -126 gives 0.
+inline vec<float> exp2_neg(vec<float> x) {
+  const vec<float> floor_ = vec<float>{} - 126.f;
+  x = x < floor_ ? floor_ : x;
+  const float magic = 12582912.f;
+  const vec<float> k = (x + magic) - magic;
+  const vec<float> f = x - k;
+  vec<float> p = f * 1.525273380405984e-05f + 1.5403530393381608e-04f;
+  p = p * f + 1.3333558146428443e-03f;
+  p = p * f + 9.618129107628477e-03f;
+  p = p * f + 5.550410866482158e-02f;
+  p = p * f + 2.402265069591007e-01f;
+  p = p * f + 6.931471805599453e-01f;
+  p = p * f + 1.f;
+  const vi32 bits = (__builtin_convertvector(k, vi32) + 127) << 23;
+  vec<float> s;
+  std::memcpy(&s, &bits, sizeof(s));
+  const vec<float> zero = {};
+  return x <= floor_ ? zero : p * s;
+}
+
+// float64: lane by lane with the C library (the exact path tests and probes use)
+inline vec<double> exp2_neg(vec<double> x) {
+  vec<double> r;
+  for (int i = 0; i < V; ++i) r[i] = std::exp2(x[i]);
+  return r;
+}
+
+template <typename S>
+inline vec<S> load(const S* p, int64_t ne) {
+  vec<S> v = {};
+  if (ne == V) {
+    std::memcpy(&v, p, sizeof(v));
+  } else {
+    for (int64_t i = 0; i < ne; ++i) v[i] = p[i];
+  }
+  return v;
+}
+
+template <typename S>
+inline void store(S* p, const vec<S>& v, int64_t ne) {
+  if (ne == V) {
+    std::memcpy(p, &v, sizeof(v));
+  } else {
+    for (int64_t i = 0; i < ne; ++i) p[i] = v[i];
+  }
+}
+
+template <typename S>
+inline S hsum(const vec<S>& v) {
+  S s = 0;
+  for (int i = 0; i < V; ++i) s += v[i];
+  return s;
+}
+
+// The sum of 16 float lanes by halving (a lane-by-lane loop compiles to 16 dependent scalar adds)
+template <>
+inline float hsum<float>(const vec<float>& v) {
+  typedef float v8 __attribute__((vector_size(32)));
+  typedef float v4 __attribute__((vector_size(16)));
+  v8 lo, hi;
+  std::memcpy(&lo, &v, 32);
+  std::memcpy(&hi, reinterpret_cast<const char*>(&v) + 32, 32);
+  const v8 s8 = lo + hi;
+  v4 a, b;
+  std::memcpy(&a, &s8, 16);
+  std::memcpy(&b, reinterpret_cast<const char*>(&s8) + 16, 16);
+  const v4 s4 = a + b;
+  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+}
+
+struct Shape {
+  int64_t Bt, L, E, N, Q, T, nEb, nC;
+};
+
+// Sizes: u, d (Bt, L, E); A2 = A * log2(e) (N, E); Bm (Bt, L, N); C (Bt, Q, N).  The queries
+// reading position t are rq[rs[t] .. rs[t + 1]).  Writes y (Bt, Q, E) and the state entering
+// every chunk of T positions, Hs (Bt, nC, N, E).
+template <typename S>
+void forward_kernel(const Shape& z, const S* u, const S* d, const S* A2, const S* Bm, const S* C,
+                    const int64_t* rs, const int64_t* rq, S* y, S* Hs) {
+  at::parallel_for(0, z.Bt * z.nEb, 1, [&](int64_t w0, int64_t w1) {
+    vec<S> h[MAX_N], a2[MAX_N];
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t b = w / z.nEb, e0 = (w % z.nEb) * V, ne = std::min<int64_t>(V, z.E - e0);
+      for (int64_t n = 0; n < z.N; ++n) {
+        h[n] = vec<S>{};
+        a2[n] = load<S>(A2 + n * z.E + e0, ne);
+      }
+      for (int64_t t = 0; t < z.L; ++t) {
+        if (t % z.T == 0) {
+          S* dst = Hs + ((b * z.nC + t / z.T) * z.N) * z.E + e0;
+          for (int64_t n = 0; n < z.N; ++n) store<S>(dst + n * z.E, h[n], ne);
+        }
+        const int64_t row = (b * z.L + t) * z.E + e0;
+        const vec<S> dv = load<S>(d + row, ne);
+        const vec<S> duv = dv * load(u + row, ne);
+        const S* Br = Bm + (b * z.L + t) * z.N;
+        for (int64_t n = 0; n < z.N; ++n) h[n] = exp2_neg(dv * a2[n]) * h[n] + duv * Br[n];
+        for (int64_t r = rs[t]; r < rs[t + 1]; ++r) {
+          const S* Cr = C + (b * z.Q + rq[r]) * z.N;
+          vec<S> acc = {};
+          for (int64_t n = 0; n < z.N; ++n) acc += Cr[n] * h[n];
+          store<S>(y + (b * z.Q + rq[r]) * z.E + e0, acc, ne);
+        }
+      }
+    }
+  });
+}
+
+// The adjoint.  Per work item, chunks in reverse: the chunk's states h_t and decays a_t are
+// recomputed from Hs into a buffer, then for t from the chunk's end down, with g the adjoint of
+// h_t (reads of t added first):
+//   d(x_t) = g           x_t = delta_t u_t B_t   -> gu, gdelta (via du), gB
+//   d(exponent_t) = g * a_t * h_{t-1}            -> gdelta (times A), gA (times delta)
+//   g <- a_t * g         (the adjoint of h_{t-1})
+// gB and gC sum over channels, so each channel block writes its own slice of gBp / gCp
+// (nEb, Bt, L|Q, N), summed afterwards; gA per work item, gAp (Bt * nEb, N, V).
+template <typename S>
+void backward_kernel(const Shape& z, const S* gy, const S* u, const S* d, const S* A2, const S* Bm,
+                     const S* C, const int64_t* rs, const int64_t* rq, const S* Hs, S* gu, S* gd, S* gAp,
+                     S* gBp, S* gCp) {
+  const S ln2 = S(0.6931471805599453);
+  at::parallel_for(0, z.Bt * z.nEb, 1, [&](int64_t w0, int64_t w1) {
+    std::vector<vec<S>> hbuf((z.T + 1) * z.N), abuf(z.T * z.N);
+    vec<S> g[MAX_N], An[MAX_N], a2[MAX_N], gA[MAX_N];
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t b = w / z.nEb, eb = w % z.nEb, e0 = eb * V, ne = std::min<int64_t>(V, z.E - e0);
+      S* gBw = gBp + (eb * z.Bt + b) * z.L * z.N;
+      S* gCw = gCp + (eb * z.Bt + b) * z.Q * z.N;
+      for (int64_t n = 0; n < z.N; ++n) {
+        a2[n] = load<S>(A2 + n * z.E + e0, ne);
+        An[n] = a2[n] * ln2;
+        g[n] = vec<S>{};
+        gA[n] = vec<S>{};
+      }
+      for (int64_t c = z.nC - 1; c >= 0; --c) {
+        const int64_t t0 = c * z.T, t1 = std::min(z.L, t0 + z.T);
+        const S* src = Hs + ((b * z.nC + c) * z.N) * z.E + e0;
+        for (int64_t n = 0; n < z.N; ++n) hbuf[n] = load<S>(src + n * z.E, ne);
+        for (int64_t t = t0; t < t1; ++t) {  // hbuf[(j + 1) N + n]: the state after position t0 + j
+          const int64_t row = (b * z.L + t) * z.E + e0, j = t - t0;
+          const vec<S> dv = load<S>(d + row, ne);
+          const vec<S> duv = dv * load(u + row, ne);
+          const S* Br = Bm + (b * z.L + t) * z.N;
+          for (int64_t n = 0; n < z.N; ++n) {
+            const vec<S> a = exp2_neg(dv * a2[n]);
+            abuf[j * z.N + n] = a;
+            hbuf[(j + 1) * z.N + n] = a * hbuf[j * z.N + n] + duv * Br[n];
+          }
+        }
+        for (int64_t t = t1 - 1; t >= t0; --t) {
+          const int64_t row = (b * z.L + t) * z.E + e0, j = t - t0;
+          const vec<S>* ht = &hbuf[(j + 1) * z.N];
+          const vec<S>* hp = &hbuf[j * z.N];
+          const vec<S>* at = &abuf[j * z.N];
+          for (int64_t r = rs[t]; r < rs[t + 1]; ++r) {
+            const int64_t q = rq[r];
+            const vec<S> gq = load<S>(gy + (b * z.Q + q) * z.E + e0, ne);
+            const S* Cr = C + (b * z.Q + q) * z.N;
+            S* gCr = gCw + q * z.N;
+            for (int64_t n = 0; n < z.N; ++n) {
+              g[n] += Cr[n] * gq;
+              gCr[n] = hsum<S>(gq * ht[n]);
+            }
+          }
+          const vec<S> dv = load<S>(d + row, ne);
+          const vec<S> uv = load<S>(u + row, ne);
+          const vec<S> duv = dv * uv;
+          const S* Br = Bm + (b * z.L + t) * z.N;
+          S* gBr = gBw + t * z.N;
+          vec<S> gdu = {}, gexp = {};
+          for (int64_t n = 0; n < z.N; ++n) {
+            const vec<S> gx = g[n] * at[n] * hp[n];
+            gexp += gx * An[n];
+            gA[n] += gx * dv;
+            gdu += g[n] * Br[n];
+            gBr[n] = hsum<S>(g[n] * duv);
+            g[n] = at[n] * g[n];
+          }
+          store<S>(gu + row, gdu * dv, ne);
+          store<S>(gd + row, gexp + gdu * uv, ne);
+        }
+      }
+      S* gAw = gAp + w * z.N * V;
+      for (int64_t n = 0; n < z.N; ++n) std::memcpy(gAw + n * V, &gA[n], sizeof(vec<S>));
+    }
+  });
+}
+
+Shape shape_of(const at::Tensor& u, const at::Tensor& A2, const at::Tensor& C, int64_t T) {
+  Shape z;
+  z.Bt = u.size(0);
+  z.L = u.size(1);
+  z.E = u.size(2);
+  z.N = A2.size(0);
+  z.Q = C.size(1);
+  z.T = T;
+  z.nEb = (z.E + V - 1) / V;
+  z.nC = (z.L + T - 1) / T;
+  TORCH_CHECK(z.N <= MAX_N, "canvas_mamba_cpu: state size ", z.N, " above ", MAX_N);
+  TORCH_CHECK(T >= 1, "canvas_mamba_cpu: chunk length must be positive");
+  return z;
+}
+
+void check_inputs(std::initializer_list<const at::Tensor*> ts, const at::Tensor& u) {
+  for (const at::Tensor* t : ts) {
+    TORCH_CHECK(t->is_contiguous() && t->device().is_cpu() && t->scalar_type() == u.scalar_type(),
+                "canvas_mamba_cpu: every tensor must be a contiguous CPU tensor of u's dtype");
+  }
+}
+
+// Returns y (Bt, Q, E); writes the state entering each chunk into the first Bt * nC * N * E
+// elements of Hs (the caller's buffer, kept for the backward).
+at::Tensor scan_read_fwd(const at::Tensor& u, const at::Tensor& d, const at::Tensor& A2, const at::Tensor& Bm,
+                         const at::Tensor& C, const at::Tensor& rs, const at::Tensor& rq, int64_t T, at::Tensor& Hs) {
+  const Shape z = shape_of(u, A2, C, T);
+  check_inputs({&u, &d, &A2, &Bm, &C, &Hs}, u);
+  TORCH_CHECK(Hs.numel() >= z.Bt * z.nC * z.N * z.E, "canvas_mamba_cpu: state buffer too small");
+  auto y = at::zeros({z.Bt, z.Q, z.E}, u.options());
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "scan_read_fwd", [&] {
+    forward_kernel<scalar_t>(z, u.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(), A2.data_ptr<scalar_t>(),
+                             Bm.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), rs.data_ptr<int64_t>(),
+                             rq.data_ptr<int64_t>(), y.data_ptr<scalar_t>(), Hs.data_ptr<scalar_t>());
+  });
+  return y;
+}
+
+std::vector<at::Tensor> scan_read_bwd(const at::Tensor& gy, const at::Tensor& u, const at::Tensor& d,
+                                      const at::Tensor& A2, const at::Tensor& Bm, const at::Tensor& C,
+                                      const at::Tensor& rs, const at::Tensor& rq, const at::Tensor& Hs,
+                                      int64_t T) {
+  const Shape z = shape_of(u, A2, C, T);
+  check_inputs({&gy, &u, &d, &A2, &Bm, &C, &Hs}, u);
+  auto gu = at::empty_like(u), gd = at::empty_like(d);
+  auto gAp = at::empty({z.Bt, z.nEb, z.N, V}, u.options());
+  auto gBp = at::empty({z.nEb, z.Bt, z.L, z.N}, u.options());  // every (t, n) is written
+  auto gCp = at::zeros({z.nEb, z.Bt, z.Q, z.N}, u.options());
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "scan_read_bwd", [&] {
+    backward_kernel<scalar_t>(z, gy.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(),
+                              A2.data_ptr<scalar_t>(), Bm.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(),
+                              rs.data_ptr<int64_t>(), rq.data_ptr<int64_t>(), Hs.data_ptr<scalar_t>(),
+                              gu.data_ptr<scalar_t>(), gd.data_ptr<scalar_t>(), gAp.data_ptr<scalar_t>(),
+                              gBp.data_ptr<scalar_t>(), gCp.data_ptr<scalar_t>());
+  });
+  // gA (N, E): the work items' 16-lane partials summed over rows, lanes laid back on channels
+  auto gA = gAp.sum(0).permute({1, 0, 2}).reshape({z.N, z.nEb * V}).narrow(1, 0, z.E);
+  auto gB = z.nEb == 1 ? gBp[0] : gBp.sum(0);
+  auto gC = z.nEb == 1 ? gCp[0] : gCp.sum(0);
+  return {gu, gd, gA.contiguous(), gB, gC};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(canvas_mamba_cpu, m) {
+  m.def("scan_read_fwd(Tensor u, Tensor d, Tensor A2, Tensor Bm, Tensor C, Tensor rs, Tensor rq, int T, Tensor(a!) Hs) -> Tensor");
+  m.def("scan_read_bwd(Tensor gy, Tensor u, Tensor d, Tensor A2, Tensor Bm, Tensor C, Tensor rs, Tensor rq, "
+        "Tensor Hs, int T) -> Tensor[]");
+  m.impl("scan_read_fwd", c10::DispatchKey::CPU, &scan_read_fwd);
+  m.impl("scan_read_bwd", c10::DispatchKey::CPU, &scan_read_bwd);
+}

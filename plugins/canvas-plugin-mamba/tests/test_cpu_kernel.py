@@ -1,0 +1,168 @@
+"""The compiled CPU scan (``kernel="mamba_cpu"``) against a step-by-step reference, its reads
+against the positions each query may see, and its set-up: the variable, a missing compiler."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from canvas_core.errors import SettingError, UnavailableError
+from canvas_plugin_mamba import chunked, cpu_kernel
+from canvas_plugin_mamba.module import MambaAttention
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    if not cpu_kernel.available():
+        pytest.skip(f"the compiled CPU scan is unavailable here: {cpu_kernel.unavailable_reason()}")
+
+
+@pytest.fixture
+def fresh_state(monkeypatch):
+    """The module's cached setting and build result, emptied for the test and put back after."""
+    saved = dict(cpu_kernel._state)
+    cpu_kernel._state.clear()
+    yield monkeypatch
+    cpu_kernel._state.clear()
+    cpu_kernel._state.update(saved)
+
+
+def step_reference(u, delta, A, B, C, read):
+    """``y_q = C_q . h_{read_q}`` by the recurrence one position at a time (autograd through it)."""
+    Bt, L, E = u.shape
+    h = u.new_zeros(Bt, E, A.shape[1])
+    states = []
+    for t in range(L):
+        h = torch.exp(delta[:, t, :, None] * A) * h + (delta[:, t] * u[:, t])[:, :, None] * B[:, t, None, :]
+        states.append(h)
+    out = []
+    for q, r in enumerate(read.tolist()):
+        out.append((states[0] * C[:, q, None, :] * 0 if r < 0 else states[r] * C[:, q, None, :]).sum(-1))
+    return torch.stack(out, 1)
+
+
+def _inputs(Bt, L, E, N, Q, seed, dtype=torch.float64, delta_scale=0.5):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(Bt, L, E, generator=g, dtype=dtype)
+    delta = torch.rand(Bt, L, E, generator=g, dtype=dtype) * delta_scale
+    A = -torch.rand(E, N, generator=g, dtype=dtype) * 3 - 0.05
+    B = torch.randn(Bt, L, N, generator=g, dtype=dtype)
+    C = torch.randn(Bt, Q, N, generator=g, dtype=dtype)
+    read = torch.randint(-1, L, (Q,), generator=g)
+    return [t.requires_grad_() for t in (u, delta, A, B, C)], read
+
+
+@settings(max_examples=60, deadline=None)
+@given(Bt=st.integers(1, 3), L=st.integers(1, 50), E=st.integers(1, 37), N=st.integers(1, 20),
+       Q=st.integers(1, 24), chunk=st.integers(1, 17), seed=st.integers(0, 10**6))
+def test_compiled_scan_equals_step_reference(compiled, Bt, L, E, N, Q, chunk, seed):
+    """float64: values and all five gradients to rounding, on random sizes (channels not a multiple
+    of 16, reads repeated, unsorted, -1, every chunk length)."""
+    x, read = _inputs(Bt, L, E, N, Q, seed)
+    y = chunked.selective_scan_read(*x, read, chunk=chunk, kernel="cpu")
+    ref = step_reference(*x, read)
+    torch.testing.assert_close(y, ref, atol=1e-11, rtol=1e-9)
+    gy = torch.randn_like(ref)
+    grads = (torch.autograd.grad(o, x, gy, allow_unused=True, materialize_grads=True) for o in (y, ref))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("delta_scale", [0.0, 0.3, 400.0])
+def test_float32_matches_float64_reference(compiled, delta_scale):
+    """float32 (the polynomial exp2) within float32 accuracy of the exact recurrence, from no decay
+    (delta = 0) to decays that flush to zero; nothing non-finite."""
+    x, read = _inputs(2, 70, 40, 16, 30, seed=3, dtype=torch.float64, delta_scale=delta_scale)
+    ref = step_reference(*x, read)
+    x32 = [t.detach().float().requires_grad_() for t in x]
+    y = chunked.selective_scan_read(*x32, read, kernel="cpu")
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y.double(), ref, atol=2e-4 * (1 + ref.abs().max().item()), rtol=1e-4)
+    gy = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(y, x32, gy.float()), torch.autograd.grad(ref, x, gy)):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a.double(), b, atol=2e-3 * (1 + b.abs().max().item()), rtol=1e-3)
+
+
+def test_each_read_depends_on_its_prefix_only(compiled):
+    """Measured by gradients: query q's output depends on u, delta, B at positions <= read[q] (all
+    of them), on its own C only, and on nothing when read[q] = -1."""
+    x, _ = _inputs(1, 23, 18, 5, 6, seed=7)
+    read = torch.tensor([4, -1, 22, 0, 4, 13])
+    y = chunked.selective_scan_read(*x, read, kernel="cpu")
+    for q, r in enumerate(read.tolist()):
+        gu, gd, _, gB, gC = torch.autograd.grad(y[:, q].sum(), x, retain_graph=True)
+        reach = torch.zeros(23, dtype=torch.bool)
+        reach[: r + 1] = True
+        for g in (gu, gd, gB):
+            moved = g[0].abs().sum(-1) > 0
+            assert torch.equal(moved, reach), (q, r, moved)
+        assert torch.equal(gC[0].abs().sum(-1) > 0, torch.arange(6) == q if r >= 0 else torch.zeros(6, dtype=bool))
+
+
+def test_module_kernels_agree(compiled):
+    """A float32 module with the compiled scan and with the PyTorch scan: same outputs and
+    gradients to float32 rounding; ``kernel_used`` names each."""
+    torch.manual_seed(0)
+    m = MambaAttention(48, 4)
+    q, kv = torch.randn(3, 20, 48), torch.randn(3, 90, 48)
+    results = {}
+    for kernel in ("mamba_cpu", "mamba_torch"):
+        m.kernel = kernel
+        m.zero_grad()
+        out = m(q, kv, kv)
+        assert m.kernel_used == kernel
+        out.square().sum().backward()
+        results[kernel] = [out.detach()] + [p.grad.clone() for p in m.parameters()]
+    for a, b in zip(results["mamba_cpu"], results["mamba_torch"]):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+def test_setting_off_uses_the_pytorch_scan(fresh_state):
+    fresh_state.setenv(cpu_kernel.ENV, "0")
+    m = MambaAttention(16, 2)
+    q = torch.randn(1, 5, 16)
+    m(q, q, q)
+    assert m.kernel_used == "mamba_torch"
+    m.kernel = "mamba_cpu"
+    with pytest.raises(UnavailableError, match=f"{cpu_kernel.ENV}=0"):
+        m(q, q, q)
+
+
+def test_bad_setting_names_the_variable(fresh_state):
+    fresh_state.setenv(cpu_kernel.ENV, "sometimes")
+    with pytest.raises(SettingError, match=f"{cpu_kernel.ENV}=.sometimes'.*auto.*0.*1"):
+        MambaAttention(16, 2)(torch.randn(1, 3, 16), torch.randn(1, 3, 16), torch.randn(1, 3, 16))
+
+
+def test_missing_compiler_falls_back_with_one_warning(fresh_state):
+    """No compiler: a warning naming the problem (once), the PyTorch scan, the same results; a
+    module asking for the compiled scan gets an error with the same reason."""
+    fresh_state.setenv("CXX", "/nonexistent/c++")
+    torch.manual_seed(1)
+    m = MambaAttention(16, 2)
+    q = torch.randn(2, 7, 16)
+    with pytest.warns(cpu_kernel.MambaKernelBuildWarning, match="no C\\+\\+ compiler"):
+        out = m(q, q, q)
+    assert m.kernel_used == "mamba_torch"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once
+        m(q, q, q)
+    m.kernel = "mamba_torch"
+    assert torch.equal(out, m(q, q, q))
+    m.kernel = "mamba_cpu"
+    with pytest.raises(UnavailableError, match="no C\\+\\+ compiler"):
+        m(q, q, q)
+
+
+def test_kernel_check_reports_without_building(fresh_state):
+    """The registry's availability check for ``mamba_cpu`` names the setting without a build."""
+    from canvas_plugin_mamba.plugin import _cpu_kernel_problems
+
+    fresh_state.setenv(cpu_kernel.ENV, "off")
+    assert _cpu_kernel_problems(None) == [f"turned off by {cpu_kernel.ENV}=0"]
+    assert "reason" not in cpu_kernel._state  # nothing was built or loaded
