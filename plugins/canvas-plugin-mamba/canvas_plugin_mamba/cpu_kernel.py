@@ -213,3 +213,33 @@ def backward(gy, u, delta, A, Bm, C, read, T: int, hs) -> Tuple:
     A2 = (A.t() / _LN2).contiguous()
     gu, gd, gA, gB, gC = torch.ops.canvas_mamba_cpu.scan_read_bwd(gy, u, delta, A2, Bm, C, rs, rq, hs, T)
     return gu, gd, gA.t().contiguous(), gB, gC
+
+
+def _conv_silu_function():
+    import torch
+
+    class ConvSilu(torch.autograd.Function):
+        """``silu(causal_depthwise_conv(x, w, b))`` in one pass each way (the conv output is
+        recomputed in the backward, not kept)."""
+
+        @staticmethod
+        def forward(ctx, x, w, b):
+            ctx.save_for_backward(x, w, b)
+            return torch.ops.canvas_mamba_cpu.conv_silu_fwd(x, w, b)
+
+        @staticmethod
+        def backward(ctx, gu):
+            x, w, b = ctx.saved_tensors
+            gx, gw, gb = torch.ops.canvas_mamba_cpu.conv_silu_bwd(gu.contiguous(), x, w, b)
+            return gx, gw, gb
+
+    return ConvSilu
+
+
+def conv_silu(x, weight, bias):
+    """``silu(causal_depthwise_conv(x, weight, bias))`` of ``x (Bt, L, E)`` with ``weight (E, K)``,
+    ``bias (E,)`` (as :func:`canvas_plugin_mamba.conv_op.causal_depthwise_conv` then ``F.silu``, to
+    float rounding), differentiable; the compiled scan must be available (:func:`available`)."""
+    if "conv_silu" not in _state:
+        _state["conv_silu"] = _conv_silu_function()
+    return _state["conv_silu"].apply(x.contiguous(), weight.contiguous(), bias.contiguous())

@@ -227,15 +227,19 @@ class MambaAttention(nn.Module):
         u, delta, A, Bsel = self._time_major_inputs(keys, values, key_ok)
         return u.transpose(1, 2), delta.transpose(1, 2), A, Bsel.transpose(1, 2)
 
-    def _time_major_inputs(self, keys, values, key_ok=None):
-        """``u, delta (B, L, E)``, ``A (E, N)``, ``Bsel (B, L, N)`` in the working dtype."""
+    def _time_major_inputs(self, keys, values, key_ok=None, scan: str = "torch"):
+        """``u, delta (B, L, E)``, ``A (E, N)``, ``Bsel (B, L, N)`` in the working dtype (``scan="cpu"``:
+        the conv and its SiLU by the compiled kernel, one pass each way)."""
         wd = torch.float64 if values.dtype == torch.float64 else torch.float32
         x = self.in_proj(values)
         if key_ok is not None:
             x = x * key_ok.unsqueeze(-1).to(x.dtype)
         # squeeze, not [:, 0]: its gradient is a view, where a select's is a zero-filled copy
-        conv = causal_depthwise_conv(x, self.conv1d.weight.squeeze(1), self.conv1d.bias)  # (B, L, E)
-        u = as_dtype(F.silu(conv), wd)
+        w, b = self.conv1d.weight.squeeze(1), self.conv1d.bias
+        if scan == "cpu" and x.dtype == wd and w.dtype == wd and b is not None and b.dtype == wd:
+            u = cpu_kernel.conv_silu(x, w, b)
+        else:
+            u = as_dtype(F.silu(causal_depthwise_conv(x, w, b)), wd)  # (B, L, E)
         sel = self.x_proj(keys)
         dt, Bsel = sel.split([self.dt_rank, self.d_state], dim=-1)
         delta = as_dtype(_softplus(self.dt_proj(dt)), wd)
@@ -311,7 +315,7 @@ class MambaAttention(nn.Module):
                             self.D, None if aligned else read, scan)
             out = self.out_proj(self.drop(y) if self.drop.p > 0 else y)
             return out if has is None else out.masked_fill(~has, 0.0)
-        u, delta, A, Bsel = self._time_major_inputs(keys, values, key_ok)  # (B, L, E), (B, L, N)
+        u, delta, A, Bsel = self._time_major_inputs(keys, values, key_ok, scan)  # (B, L, E), (B, L, N)
         wd = u.dtype
         C = as_dtype(self.c_proj(queries), wd)  # (B, Nq, N)
         z = self.z_proj(queries)  # (B, Nq, E)

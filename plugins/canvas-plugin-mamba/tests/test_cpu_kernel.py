@@ -166,3 +166,40 @@ def test_kernel_check_reports_without_building(fresh_state):
     fresh_state.setenv(cpu_kernel.ENV, "off")
     assert _cpu_kernel_problems(None) == [f"turned off by {cpu_kernel.ENV}=0"]
     assert "reason" not in cpu_kernel._state  # nothing was built or loaded
+
+
+@settings(max_examples=40, deadline=None)
+@given(Bt=st.integers(1, 3), L=st.integers(1, 40), E=st.integers(1, 37), K=st.integers(1, 6),
+       seed=st.integers(0, 10**6))
+def test_compiled_conv_silu_equals_the_pytorch_ops(compiled, Bt, L, E, K, seed):
+    """``conv_silu`` against ``silu(causal_depthwise_conv(...))`` in float64: values and the three
+    gradients, every kernel width, sequences shorter than the kernel included."""
+    import torch.nn.functional as F
+
+    from canvas_plugin_mamba.conv_op import causal_depthwise_conv
+
+    g = torch.Generator().manual_seed(seed)
+    x, w, b = (torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_() for s in ((Bt, L, E), (E, K), (E,)))
+    out = cpu_kernel.conv_silu(x, w, b)
+    ref = F.silu(causal_depthwise_conv(x, w, b))
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
+    gy = torch.randn_like(ref)
+    for a, r in zip(torch.autograd.grad(out, (x, w, b), gy), torch.autograd.grad(ref, (x, w, b), gy)):
+        torch.testing.assert_close(a, r, atol=1e-11, rtol=1e-9)
+
+
+def test_float32_conv_silu_on_large_inputs(compiled):
+    """float32 (the polynomial exp): within float32 rounding of the PyTorch ops, from inputs where
+    SiLU is 0 to where it is the identity."""
+    import torch.nn.functional as F
+
+    from canvas_plugin_mamba.conv_op import causal_depthwise_conv
+
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(2, 50, 20, generator=g) * 40).requires_grad_()
+    w, b = torch.randn(20, 4, generator=g, requires_grad=True), torch.randn(20, generator=g, requires_grad=True)
+    out, ref = cpu_kernel.conv_silu(x, w, b), F.silu(causal_depthwise_conv(x, w, b))
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-5)
+    gy = torch.randn_like(ref)
+    for a, r in zip(torch.autograd.grad(out, (x, w, b), gy), torch.autograd.grad(ref, (x, w, b), gy)):
+        torch.testing.assert_close(a, r, atol=1e-3, rtol=1e-4)

@@ -53,6 +53,35 @@ inline vec<float> exp2_neg(vec<float> x) {
   return x <= floor_ ? zero : p * s;
 }
 
+// e^x on 16 float lanes for any x (clamped to |x log2 e| <= 126: far beyond where silu and its
+// derivative stop changing in float32), by the same split as exp2_neg.
+inline vec<float> exp_any(vec<float> x) {
+  vec<float> y = x * 1.4426950408889634f;
+  const vec<float> hi = vec<float>{} + 126.f, lo = vec<float>{} - 126.f;
+  y = y > hi ? hi : y;
+  y = y < lo ? lo : y;
+  const float magic = 12582912.f;
+  const vec<float> k = (y + magic) - magic;
+  const vec<float> f = y - k;
+  vec<float> p = f * 1.525273380405984e-05f + 1.5403530393381608e-04f;
+  p = p * f + 1.3333558146428443e-03f;
+  p = p * f + 9.618129107628477e-03f;
+  p = p * f + 5.550410866482158e-02f;
+  p = p * f + 2.402265069591007e-01f;
+  p = p * f + 6.931471805599453e-01f;
+  p = p * f + 1.f;
+  const vi32 bits = (__builtin_convertvector(k, vi32) + 127) << 23;
+  vec<float> s;
+  std::memcpy(&s, &bits, sizeof(s));
+  return p * s;
+}
+
+inline vec<double> exp_any(vec<double> x) {
+  vec<double> r;
+  for (int i = 0; i < V; ++i) r[i] = std::exp(x[i]);
+  return r;
+}
+
 // float64: lane by lane with the C library (the exact path tests and probes use)
 inline vec<double> exp2_neg(vec<double> x) {
   vec<double> r;
@@ -222,6 +251,98 @@ void backward_kernel(const Shape& z, const S* gy, const S* u, const S* d, const 
   });
 }
 
+void check_inputs(std::initializer_list<const at::Tensor*> ts, const at::Tensor& u) {
+  for (const at::Tensor* t : ts) {
+    TORCH_CHECK(t->is_contiguous() && t->device().is_cpu() && t->scalar_type() == u.scalar_type(),
+                "canvas_mamba_cpu: every tensor must be a contiguous CPU tensor of u's dtype");
+  }
+}
+
+// Causal depthwise convolution and SiLU, fused: c_t = bias + sum_s w[:, s] x_{t - (K - 1) + s},
+// u_t = c_t sigmoid(c_t).  x, u: (Bt, L, E); w: (E, K) read as wt (K, E); bias: (E,).
+template <typename S>
+void conv_silu_fwd_kernel(int64_t Bt, int64_t L, int64_t E, int64_t K, const S* x, const S* wt, const S* bias,
+                          S* u) {
+  const int64_t nEb = (E + V - 1) / V;
+  at::parallel_for(0, Bt * nEb, 1, [&](int64_t w0, int64_t w1) {
+    std::vector<vec<S>> wv(K);
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t b = w / nEb, e0 = (w % nEb) * V, ne = std::min<int64_t>(V, E - e0);
+      for (int64_t s = 0; s < K; ++s) wv[s] = load<S>(wt + s * E + e0, ne);
+      const vec<S> bv = load<S>(bias + e0, ne);
+      for (int64_t t = 0; t < L; ++t) {
+        vec<S> c = bv;
+        for (int64_t s = std::max<int64_t>(0, K - 1 - t); s < K; ++s)
+          c += wv[s] * load<S>(x + (b * L + t - (K - 1) + s) * E + e0, ne);
+        store<S>(u + (b * L + t) * E + e0, c / (S(1) + exp_any(-c)), ne);
+      }
+    }
+  });
+}
+
+// The adjoint: gc_t = gu_t silu'(c_t) (c recomputed), gx_t = sum_s w[:, s] gc_{t + K - 1 - s},
+// gw[:, s] = sum gc_t x_{t - (K - 1) + s}, gbias = sum gc_t; gw / gbias per work item in
+// gWp (Bt * nEb, K + 1, V), summed by the caller.
+template <typename S>
+void conv_silu_bwd_kernel(int64_t Bt, int64_t L, int64_t E, int64_t K, const S* gu, const S* x, const S* wt,
+                          const S* bias, S* gx, S* gWp) {
+  const int64_t nEb = (E + V - 1) / V;
+  at::parallel_for(0, Bt * nEb, 1, [&](int64_t w0, int64_t w1) {
+    std::vector<vec<S>> wv(K), gw(K + 1), gc(L);
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t b = w / nEb, e0 = (w % nEb) * V, ne = std::min<int64_t>(V, E - e0);
+      for (int64_t s = 0; s < K; ++s) wv[s] = load<S>(wt + s * E + e0, ne);
+      for (int64_t s = 0; s <= K; ++s) gw[s] = vec<S>{};
+      const vec<S> bv = load<S>(bias + e0, ne);
+      const S* xb = x + b * L * E + e0;
+      for (int64_t t = 0; t < L; ++t) {
+        vec<S> c = bv;
+        for (int64_t s = std::max<int64_t>(0, K - 1 - t); s < K; ++s) c += wv[s] * load<S>(xb + (t - (K - 1) + s) * E, ne);
+        const vec<S> sg = S(1) / (S(1) + exp_any(-c));
+        gc[t] = load<S>(gu + (b * L + t) * E + e0, ne) * sg * (S(1) + c * (S(1) - sg));
+        gw[K] += gc[t];
+        for (int64_t s = std::max<int64_t>(0, K - 1 - t); s < K; ++s) gw[s] += gc[t] * load<S>(xb + (t - (K - 1) + s) * E, ne);
+      }
+      for (int64_t t = 0; t < L; ++t) {
+        vec<S> acc = {};
+        for (int64_t s = std::max<int64_t>(0, t + K - L); s < K; ++s) acc += wv[s] * gc[t + K - 1 - s];
+        store<S>(gx + (b * L + t) * E + e0, acc, ne);
+      }
+      S* out = gWp + w * (K + 1) * V;
+      for (int64_t s = 0; s <= K; ++s) std::memcpy(out + s * V, &gw[s], sizeof(vec<S>));
+    }
+  });
+}
+
+at::Tensor conv_silu_fwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+  check_inputs({&x, &w, &bias}, x);
+  const int64_t Bt = x.size(0), L = x.size(1), E = x.size(2), K = w.size(1);
+  auto u = at::empty_like(x);
+  auto wt = w.t().contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_silu_fwd", [&] {
+    conv_silu_fwd_kernel<scalar_t>(Bt, L, E, K, x.data_ptr<scalar_t>(), wt.data_ptr<scalar_t>(),
+                                   bias.data_ptr<scalar_t>(), u.data_ptr<scalar_t>());
+  });
+  return u;
+}
+
+std::vector<at::Tensor> conv_silu_bwd(const at::Tensor& gu, const at::Tensor& x, const at::Tensor& w,
+                                      const at::Tensor& bias) {
+  check_inputs({&gu, &x, &w, &bias}, x);
+  const int64_t Bt = x.size(0), L = x.size(1), E = x.size(2), K = w.size(1), nEb = (E + V - 1) / V;
+  auto gx = at::empty_like(x);
+  auto gWp = at::empty({Bt, nEb, K + 1, V}, x.options());
+  auto wt = w.t().contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_silu_bwd", [&] {
+    conv_silu_bwd_kernel<scalar_t>(Bt, L, E, K, gu.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+                                   wt.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(),
+                                   gWp.data_ptr<scalar_t>());
+  });
+  // (K + 1, E): the weight's taps then the bias, lanes laid back on channels
+  auto gW = gWp.sum(0).permute({1, 0, 2}).reshape({K + 1, nEb * V}).narrow(1, 0, E);
+  return {gx, gW.narrow(0, 0, K).t().contiguous(), gW[K].contiguous()};
+}
+
 Shape shape_of(const at::Tensor& u, const at::Tensor& A2, const at::Tensor& C, int64_t T) {
   Shape z;
   z.Bt = u.size(0);
@@ -237,12 +358,6 @@ Shape shape_of(const at::Tensor& u, const at::Tensor& A2, const at::Tensor& C, i
   return z;
 }
 
-void check_inputs(std::initializer_list<const at::Tensor*> ts, const at::Tensor& u) {
-  for (const at::Tensor* t : ts) {
-    TORCH_CHECK(t->is_contiguous() && t->device().is_cpu() && t->scalar_type() == u.scalar_type(),
-                "canvas_mamba_cpu: every tensor must be a contiguous CPU tensor of u's dtype");
-  }
-}
 
 // Returns y (Bt, Q, E); writes the state entering each chunk into the first Bt * nC * N * E
 // elements of Hs (the caller's buffer, kept for the backward).
@@ -290,6 +405,10 @@ TORCH_LIBRARY(canvas_mamba_cpu, m) {
   m.def("scan_read_fwd(Tensor u, Tensor d, Tensor A2, Tensor Bm, Tensor C, Tensor rs, Tensor rq, int T, Tensor(a!) Hs) -> Tensor");
   m.def("scan_read_bwd(Tensor gy, Tensor u, Tensor d, Tensor A2, Tensor Bm, Tensor C, Tensor rs, Tensor rq, "
         "Tensor Hs, int T) -> Tensor[]");
+  m.def("conv_silu_fwd(Tensor x, Tensor w, Tensor bias) -> Tensor");
+  m.def("conv_silu_bwd(Tensor gu, Tensor x, Tensor w, Tensor bias) -> Tensor[]");
   m.impl("scan_read_fwd", c10::DispatchKey::CPU, &scan_read_fwd);
+  m.impl("conv_silu_fwd", c10::DispatchKey::CPU, &conv_silu_fwd);
+  m.impl("conv_silu_bwd", c10::DispatchKey::CPU, &conv_silu_bwd);
   m.impl("scan_read_bwd", c10::DispatchKey::CPU, &scan_read_bwd);
 }
