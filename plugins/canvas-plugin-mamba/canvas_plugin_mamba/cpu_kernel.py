@@ -194,52 +194,27 @@ def _reads(read, L: int):
     return rs, rq
 
 
-def forward(u, delta, A, Bm, C, read, T: int, hs):
+def forward(u, delta, A, Bm, C, read, T: int, hs, softplus: bool = False, D=None):
     """``y (Bt, Q, E)`` of the selective scan read at ``read`` (as ``chunked.selective_scan_read``),
     writing the state entering each chunk of ``T`` positions into ``hs`` (``Bt * nC * N * E``
-    contiguous elements, ``nC = ceil(L / T)``).  Contiguous inputs in one dtype."""
+    contiguous elements, ``nC = ceil(L / T)``).  ``softplus``: ``delta`` is the raw step
+    projection (``softplus`` is applied inside); ``D (E,)``: adds the skip term ``D u`` at each
+    read.  Contiguous inputs in one dtype."""
     import torch
 
     rs, rq = _reads(read, u.shape[1])
     A2 = (A.t() / _LN2).contiguous()
-    return torch.ops.canvas_mamba_cpu.scan_read_fwd(u, delta, A2, Bm, C, rs, rq, T, hs)
+    return torch.ops.canvas_mamba_cpu.scan_read_fwd(u, delta, A2, Bm, C, rs, rq, T, hs, softplus, D)
 
 
-def backward(gy, u, delta, A, Bm, C, read, T: int, hs) -> Tuple:
-    """Gradients ``(u, delta, A, Bm, C)`` from ``gy (Bt, Q, E)`` and :func:`forward`'s ``hs``."""
+def backward(gy, u, delta, A, Bm, C, read, T: int, hs, softplus: bool = False, D=None) -> Tuple:
+    """Gradients ``(u, delta, A, Bm, C)`` (and ``D`` when given) from ``gy (Bt, Q, E)`` and
+    :func:`forward`'s ``hs``; ``delta``'s is the raw input's under ``softplus``."""
     import torch
 
     rs, rq = _reads(read, u.shape[1])
     A2 = (A.t() / _LN2).contiguous()
-    gu, gd, gA, gB, gC = torch.ops.canvas_mamba_cpu.scan_read_bwd(gy, u, delta, A2, Bm, C, rs, rq, hs, T)
-    return gu, gd, gA.t().contiguous(), gB, gC
-
-
-def _conv_silu_function():
-    import torch
-
-    class ConvSilu(torch.autograd.Function):
-        """``silu(causal_depthwise_conv(x, w, b))`` in one pass each way (the conv output is
-        recomputed in the backward, not kept)."""
-
-        @staticmethod
-        def forward(ctx, x, w, b):
-            ctx.save_for_backward(x, w, b)
-            return torch.ops.canvas_mamba_cpu.conv_silu_fwd(x, w, b)
-
-        @staticmethod
-        def backward(ctx, gu):
-            x, w, b = ctx.saved_tensors
-            gx, gw, gb = torch.ops.canvas_mamba_cpu.conv_silu_bwd(gu.contiguous(), x, w, b)
-            return gx, gw, gb
-
-    return ConvSilu
-
-
-def conv_silu(x, weight, bias):
-    """``silu(causal_depthwise_conv(x, weight, bias))`` of ``x (Bt, L, E)`` with ``weight (E, K)``,
-    ``bias (E,)`` (as :func:`canvas_plugin_mamba.conv_op.causal_depthwise_conv` then ``F.silu``, to
-    float rounding), differentiable; the compiled scan must be available (:func:`available`)."""
-    if "conv_silu" not in _state:
-        _state["conv_silu"] = _conv_silu_function()
-    return _state["conv_silu"].apply(x.contiguous(), weight.contiguous(), bias.contiguous())
+    gu, gd, gA, gB, gC, gD = torch.ops.canvas_mamba_cpu.scan_read_bwd(gy, u, delta, A2, Bm, C, rs, rq, hs, T,
+                                                                      softplus, D)
+    grads = (gu, gd, gA.t().contiguous(), gB, gC)
+    return grads if D is None else grads + (gD,)

@@ -11,7 +11,8 @@ from torch import nn
 
 from canvas_core.errors import CanvasTypeError, CheckpointError, ShapeError, UnavailableError
 from canvas_core.extend import as_dtype, operators_under_compile, plain_linear, plain_module
-from canvas_plugin_mamba import cpu_kernel
+from canvas_plugin_mamba import cpu_kernel, cpu_ops
+from canvas_plugin_mamba.chunked import chunk_size
 from canvas_plugin_mamba.chunked import selective_scan_read
 from canvas_plugin_mamba.conv_op import causal_depthwise_conv
 from canvas_plugin_mamba.inner_op import _softplus as softplus_f32
@@ -237,7 +238,7 @@ class MambaAttention(nn.Module):
         # squeeze, not [:, 0]: its gradient is a view, where a select's is a zero-filled copy
         w, b = self.conv1d.weight.squeeze(1), self.conv1d.bias
         if scan == "cpu" and x.dtype == wd and w.dtype == wd and b is not None and b.dtype == wd:
-            u = cpu_kernel.conv_silu(x, w, b)
+            u = cpu_ops.conv_silu(x, w, b)
         else:
             u = as_dtype(F.silu(causal_depthwise_conv(x, w, b)), wd)  # (B, L, E)
         sel = self.x_proj(keys)
@@ -248,6 +249,23 @@ class MambaAttention(nn.Module):
             u, delta = u * keep, delta * keep
         A = -torch.exp(as_dtype(self.A_log, wd))
         return u, delta, A, as_dtype(Bsel, wd)
+
+    def _compiled_read(self, queries, keys, values, read):
+        """The gated read ``(B, Nq, E)`` by the compiled CPU kernels: the conv and its SiLU in one
+        pass each way, ``softplus`` of the step and the skip term ``D u`` inside the scan (one
+        dtype, no key mask: :meth:`forward` checks)."""
+        if keys is values and plain_linear(self.in_proj, with_bias=True) and plain_linear(self.x_proj, with_bias=False):
+            # one product for both projections of the shared keys / values (and one input gradient)
+            w = torch.cat([self.in_proj.weight, self.x_proj.weight])
+            bias = torch.cat([self.in_proj.bias, self.in_proj.bias.new_zeros(self.x_proj.out_features)])
+            x, dt, Bsel = F.linear(values, w, bias).split([self.d_inner, self.dt_rank, self.d_state], dim=-1)
+        else:
+            x = self.in_proj(values)
+            dt, Bsel = self.x_proj(keys).split([self.dt_rank, self.d_state], dim=-1)
+        u = cpu_ops.conv_silu(x, self.conv1d.weight.squeeze(1), self.conv1d.bias)
+        y = cpu_ops.scan_read_softplus(u, self.dt_proj(dt), -torch.exp(self.A_log), Bsel, self.c_proj(queries),
+                                       self.D, read, chunk_size(keys.shape[1]))
+        return y * F.silu(self.z_proj(queries))
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -313,6 +331,10 @@ class MambaAttention(nn.Module):
             y = mamba_inner(self.in_proj(values), self.conv1d.weight.squeeze(1), self.conv1d.bias,
                             self.dt_proj(dt), Bsel, self.c_proj(queries), self.z_proj(queries), self.A_log,
                             self.D, None if aligned else read, scan)
+            out = self.out_proj(self.drop(y) if self.drop.p > 0 else y)
+            return out if has is None else out.masked_fill(~has, 0.0)
+        if scan == "cpu" and key_ok is None and self.conv1d.bias is not None and self._one_dtype(values):
+            y = self._compiled_read(queries, keys, values, read)
             out = self.out_proj(self.drop(y) if self.drop.p > 0 else y)
             return out if has is None else out.masked_fill(~has, 0.0)
         u, delta, A, Bsel = self._time_major_inputs(keys, values, key_ok, scan)  # (B, L, E), (B, L, N)

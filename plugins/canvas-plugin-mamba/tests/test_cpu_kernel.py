@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from canvas_core.errors import SettingError, UnavailableError
-from canvas_plugin_mamba import chunked, cpu_kernel
+from canvas_plugin_mamba import chunked, cpu_kernel, cpu_ops
 from canvas_plugin_mamba.module import MambaAttention
 
 
@@ -180,7 +180,7 @@ def test_compiled_conv_silu_equals_the_pytorch_ops(compiled, Bt, L, E, K, seed):
 
     g = torch.Generator().manual_seed(seed)
     x, w, b = (torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_() for s in ((Bt, L, E), (E, K), (E,)))
-    out = cpu_kernel.conv_silu(x, w, b)
+    out = cpu_ops.conv_silu(x, w, b)
     ref = F.silu(causal_depthwise_conv(x, w, b))
     torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-10)
     gy = torch.randn_like(ref)
@@ -198,8 +198,91 @@ def test_float32_conv_silu_on_large_inputs(compiled):
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(2, 50, 20, generator=g) * 40).requires_grad_()
     w, b = torch.randn(20, 4, generator=g, requires_grad=True), torch.randn(20, generator=g, requires_grad=True)
-    out, ref = cpu_kernel.conv_silu(x, w, b), F.silu(causal_depthwise_conv(x, w, b))
+    out, ref = cpu_ops.conv_silu(x, w, b), F.silu(causal_depthwise_conv(x, w, b))
     torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-5)
     gy = torch.randn_like(ref)
     for a, r in zip(torch.autograd.grad(out, (x, w, b), gy), torch.autograd.grad(ref, (x, w, b), gy)):
         torch.testing.assert_close(a, r, atol=1e-3, rtol=1e-4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(Bt=st.integers(1, 2), L=st.integers(1, 40), E=st.integers(1, 35), N=st.integers(1, 17),
+       Q=st.integers(1, 20), T=st.integers(1, 12), seed=st.integers(0, 10**6))
+def test_scan_with_softplus_and_skip_equals_reference(compiled, Bt, L, E, N, Q, T, seed):
+    """The eager module's operator (``delta = softplus(dt)`` and ``D u`` at the reads inside the
+    kernel) against the step reference plus the skip term, float64, values and six gradients."""
+    import torch.nn.functional as F
+
+    (u, dt, A, B, C), read = _inputs(Bt, L, E, N, Q, seed)
+    with torch.no_grad():
+        dt.sub_(0.3).mul_(4)  # both signs: softplus's two branches
+    D = torch.randn(E, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).requires_grad_()
+    x = (u, dt, A, B, C, D)
+    out = cpu_ops.scan_read_softplus(u, dt, A, B, C, D, read, T)
+    ok = (read >= 0).view(1, -1, 1).to(u.dtype)
+    ref = step_reference(u, F.softplus(dt), A, B, C, read) + D * u[:, read.clamp(min=0)] * ok
+    torch.testing.assert_close(out, ref, atol=1e-11, rtol=1e-9)
+    gy = torch.randn_like(ref)
+    grads = (torch.autograd.grad(o, x, gy, allow_unused=True, materialize_grads=True) for o in (out, ref))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
+def test_compiled_kernel_operators_pass_torch_opcheck(compiled):
+    """The eager CPU path's operators: fake shapes, autograd registration and schema agree with the
+    implementation (what torch.compile relies on when it traces the module op by op)."""
+    g = torch.Generator().manual_seed(0)
+    (u, dt, A, B, C), read = _inputs(2, 11, 5, 3, 4, seed=1)
+    D = torch.randn(5, dtype=torch.float64, generator=g, requires_grad=True)
+    torch.library.opcheck(cpu_ops._scan_op, (u, dt, A, B, C, D, read, 4))
+    y, hs = cpu_ops._scan_op(u, dt, A, B, C, D, read, 4)
+    d = [t.detach() for t in (u, dt, A, B, C, D)]
+    torch.library.opcheck(cpu_ops._scan_backward_op, (torch.randn_like(y), *d, read, hs.detach(), 4))
+    x, w, b = (torch.randn(*s, generator=g, dtype=torch.float64, requires_grad=True) for s in ((2, 9, 5), (5, 4), (5,)))
+    torch.library.opcheck(cpu_ops._conv_silu_op, (x, w, b))
+    torch.library.opcheck(cpu_ops._conv_silu_backward_op, (torch.randn(2, 9, 5, dtype=torch.float64),
+                                                          x.detach(), w.detach(), b.detach()))
+
+
+def test_module_traced_op_by_op_under_compile_matches_eager(compiled, monkeypatch):
+    """With the module traced op by op (what CANVAS_COMPILE_TRACE_TYPES=1 does), the compiled CPU
+    path compiles as opaque operators and gives the eager outputs and gradients."""
+    from canvas_plugin_mamba import module as mamba_module
+
+    monkeypatch.setattr(mamba_module, "operators_under_compile", lambda: False)
+    torch.manual_seed(0)
+    m = MambaAttention(16, 2)
+    q, kv = torch.randn(2, 6, 16), torch.randn(2, 30, 16)
+    eager = m(q, kv, kv)
+    ge = torch.autograd.grad(eager.square().sum(), list(m.parameters()))
+    torch._dynamo.reset()
+    compiled_m = torch.compile(m, backend="aot_eager", fullgraph=True)
+    out = compiled_m(q, kv, kv)
+    assert m.kernel_used == "mamba_cpu"
+    gc = torch.autograd.grad(out.square().sum(), list(m.parameters()))
+    torch.testing.assert_close(out, eager)
+    for a, b in zip(gc, ge):
+        torch.testing.assert_close(a, b)
+
+
+def test_shared_keys_values_take_one_product_with_the_same_results(compiled):
+    """keys is values: in_proj and x_proj run as one product on the compiled path; the outputs and
+    every gradient equal those of separate calls (keys given as a view); a hook on a projection
+    turns the shared product off, so the hook runs."""
+    torch.manual_seed(3)
+    m = MambaAttention(24, 2).double()
+    q = torch.randn(2, 5, 24, dtype=torch.float64)
+    kv = torch.randn(2, 40, 24, dtype=torch.float64, requires_grad=True)
+    results = []
+    for keys in (kv, kv.view_as(kv)):
+        m.zero_grad()
+        out = m(q, keys, kv)
+        gkv, = torch.autograd.grad(out.square().sum(), kv, retain_graph=True)
+        out.square().sum().backward()
+        results.append([out, gkv] + [p.grad.clone() for p in m.parameters()])
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    seen = []
+    m.in_proj.register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+    m(q, kv, kv)
+    assert seen == [(2, 40, m.d_inner)]

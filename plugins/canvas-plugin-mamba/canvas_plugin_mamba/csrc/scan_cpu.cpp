@@ -136,16 +136,53 @@ struct Shape {
   int64_t Bt, L, E, N, Q, T, nEb, nC;
 };
 
+// softplus(x) = max(x, 0) + log(1 + y), y = e^-|x| in (0, 1]: with s = y / (2 + y) <= 1/3,
+// log(1 + y) = 2 atanh(s) = 2 (s + s^3 / 3 + ... + s^13 / 13) (relative error below 2e-8)
+inline vec<float> softplus(vec<float> x) {
+  const vec<float> zero = {};
+  const vec<float> ax = x < zero ? -x : x;
+  const vec<float> y = exp_any(-ax);
+  const vec<float> sv = y / (2.f + y);
+  const vec<float> s2 = sv * sv;
+  vec<float> p = s2 * (2.f / 13.f) + 2.f / 11.f;
+  p = p * s2 + 2.f / 9.f;
+  p = p * s2 + 2.f / 7.f;
+  p = p * s2 + 2.f / 5.f;
+  p = p * s2 + 2.f / 3.f;
+  p = p * s2 + 2.f;
+  return (x > zero ? x : zero) + sv * p;
+}
+
+inline vec<double> softplus(vec<double> x) {
+  vec<double> r;
+  for (int i = 0; i < V; ++i) r[i] = std::max(x[i], 0.0) + std::log1p(std::exp(-std::abs(x[i])));
+  return r;
+}
+
+template <typename S>
+inline vec<S> sigmoid(vec<S> x) {
+  return S(1) / (S(1) + exp_any(-x));
+}
+
+// Options of one call: the step input d is delta itself, or (softplus) the raw projection with
+// delta = softplus(d); Dsk (E,) or null: the skip term D u_t added to every read of t.
+struct Opts {
+  bool softplus;
+  const void* Dsk;
+};
+
 // Sizes: u, d (Bt, L, E); A2 = A * log2(e) (N, E); Bm (Bt, L, N); C (Bt, Q, N).  The queries
 // reading position t are rq[rs[t] .. rs[t + 1]).  Writes y (Bt, Q, E) and the state entering
 // every chunk of T positions, Hs (Bt, nC, N, E).
 template <typename S>
-void forward_kernel(const Shape& z, const S* u, const S* d, const S* A2, const S* Bm, const S* C,
+void forward_kernel(const Shape& z, const Opts& o, const S* u, const S* d, const S* A2, const S* Bm, const S* C,
                     const int64_t* rs, const int64_t* rq, S* y, S* Hs) {
+  const S* Dsk = static_cast<const S*>(o.Dsk);
   at::parallel_for(0, z.Bt * z.nEb, 1, [&](int64_t w0, int64_t w1) {
     vec<S> h[MAX_N], a2[MAX_N];
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t b = w / z.nEb, e0 = (w % z.nEb) * V, ne = std::min<int64_t>(V, z.E - e0);
+      const vec<S> Dv = Dsk ? load<S>(Dsk + e0, ne) : vec<S>{};
       for (int64_t n = 0; n < z.N; ++n) {
         h[n] = vec<S>{};
         a2[n] = load<S>(A2 + n * z.E + e0, ne);
@@ -156,13 +193,15 @@ void forward_kernel(const Shape& z, const S* u, const S* d, const S* A2, const S
           for (int64_t n = 0; n < z.N; ++n) store<S>(dst + n * z.E, h[n], ne);
         }
         const int64_t row = (b * z.L + t) * z.E + e0;
-        const vec<S> dv = load<S>(d + row, ne);
-        const vec<S> duv = dv * load(u + row, ne);
+        const vec<S> raw = load<S>(d + row, ne);
+        const vec<S> dv = o.softplus ? softplus(raw) : raw;
+        const vec<S> uv = load<S>(u + row, ne);
+        const vec<S> duv = dv * uv;
         const S* Br = Bm + (b * z.L + t) * z.N;
         for (int64_t n = 0; n < z.N; ++n) h[n] = exp2_neg(dv * a2[n]) * h[n] + duv * Br[n];
         for (int64_t r = rs[t]; r < rs[t + 1]; ++r) {
           const S* Cr = C + (b * z.Q + rq[r]) * z.N;
-          vec<S> acc = {};
+          vec<S> acc = Dv * uv;
           for (int64_t n = 0; n < z.N; ++n) acc += Cr[n] * h[n];
           store<S>(y + (b * z.Q + rq[r]) * z.E + e0, acc, ne);
         }
@@ -177,13 +216,16 @@ void forward_kernel(const Shape& z, const S* u, const S* d, const S* A2, const S
 //   d(x_t) = g           x_t = delta_t u_t B_t   -> gu, gdelta (via du), gB
 //   d(exponent_t) = g * a_t * h_{t-1}            -> gdelta (times A), gA (times delta)
 //   g <- a_t * g         (the adjoint of h_{t-1})
-// gB and gC sum over channels, so each channel block writes its own slice of gBp / gCp
-// (nEb, Bt, L|Q, N), summed afterwards; gA per work item, gAp (Bt * nEb, N, V).
+// gdelta becomes the raw input's gradient (times sigmoid) under softplus; the skip adds D gy to
+// gu at each read and gy u to gD.  gB and gC sum over channels, so each channel block writes its
+// own slice of gBp / gCp (nEb, Bt, L|Q, N), summed afterwards; gA and gD per work item, in
+// gAp (Bt * nEb, N + 1, V) (row N: gD).
 template <typename S>
-void backward_kernel(const Shape& z, const S* gy, const S* u, const S* d, const S* A2, const S* Bm,
-                     const S* C, const int64_t* rs, const int64_t* rq, const S* Hs, S* gu, S* gd, S* gAp,
-                     S* gBp, S* gCp) {
+void backward_kernel(const Shape& z, const Opts& o, const S* gy, const S* u, const S* d, const S* A2,
+                     const S* Bm, const S* C, const int64_t* rs, const int64_t* rq, const S* Hs, S* gu, S* gd,
+                     S* gAp, S* gBp, S* gCp) {
   const S ln2 = S(0.6931471805599453);
+  const S* Dsk = static_cast<const S*>(o.Dsk);
   at::parallel_for(0, z.Bt * z.nEb, 1, [&](int64_t w0, int64_t w1) {
     std::vector<vec<S>> hbuf((z.T + 1) * z.N), abuf(z.T * z.N);
     vec<S> g[MAX_N], An[MAX_N], a2[MAX_N], gA[MAX_N];
@@ -191,6 +233,8 @@ void backward_kernel(const Shape& z, const S* gy, const S* u, const S* d, const 
       const int64_t b = w / z.nEb, eb = w % z.nEb, e0 = eb * V, ne = std::min<int64_t>(V, z.E - e0);
       S* gBw = gBp + (eb * z.Bt + b) * z.L * z.N;
       S* gCw = gCp + (eb * z.Bt + b) * z.Q * z.N;
+      const vec<S> Dv = Dsk ? load<S>(Dsk + e0, ne) : vec<S>{};
+      vec<S> gD = {};
       for (int64_t n = 0; n < z.N; ++n) {
         a2[n] = load<S>(A2 + n * z.E + e0, ne);
         An[n] = a2[n] * ln2;
@@ -203,8 +247,9 @@ void backward_kernel(const Shape& z, const S* gy, const S* u, const S* d, const 
         for (int64_t n = 0; n < z.N; ++n) hbuf[n] = load<S>(src + n * z.E, ne);
         for (int64_t t = t0; t < t1; ++t) {  // hbuf[(j + 1) N + n]: the state after position t0 + j
           const int64_t row = (b * z.L + t) * z.E + e0, j = t - t0;
-          const vec<S> dv = load<S>(d + row, ne);
-          const vec<S> duv = dv * load(u + row, ne);
+          const vec<S> raw = load<S>(d + row, ne);
+          const vec<S> dv = o.softplus ? softplus(raw) : raw;
+          const vec<S> duv = dv * load<S>(u + row, ne);
           const S* Br = Bm + (b * z.L + t) * z.N;
           for (int64_t n = 0; n < z.N; ++n) {
             const vec<S> a = exp2_neg(dv * a2[n]);
@@ -217,6 +262,8 @@ void backward_kernel(const Shape& z, const S* gy, const S* u, const S* d, const 
           const vec<S>* ht = &hbuf[(j + 1) * z.N];
           const vec<S>* hp = &hbuf[j * z.N];
           const vec<S>* at = &abuf[j * z.N];
+          const vec<S> uv = load<S>(u + row, ne);
+          vec<S> gskip = {};
           for (int64_t r = rs[t]; r < rs[t + 1]; ++r) {
             const int64_t q = rq[r];
             const vec<S> gq = load<S>(gy + (b * z.Q + q) * z.E + e0, ne);
@@ -226,27 +273,32 @@ void backward_kernel(const Shape& z, const S* gy, const S* u, const S* d, const 
               g[n] += Cr[n] * gq;
               gCr[n] = hsum<S>(gq * ht[n]);
             }
+            gskip += gq;
           }
-          const vec<S> dv = load<S>(d + row, ne);
-          const vec<S> uv = load<S>(u + row, ne);
+          const vec<S> raw = load<S>(d + row, ne);
+          const vec<S> dv = o.softplus ? softplus(raw) : raw;
           const vec<S> duv = dv * uv;
           const S* Br = Bm + (b * z.L + t) * z.N;
           S* gBr = gBw + t * z.N;
           vec<S> gdu = {}, gexp = {};
           for (int64_t n = 0; n < z.N; ++n) {
-            const vec<S> gx = g[n] * at[n] * hp[n];
+            const vec<S> ag = at[n] * g[n];  // also the adjoint of h_{t-1}
+            const vec<S> gx = ag * hp[n];
             gexp += gx * An[n];
             gA[n] += gx * dv;
             gdu += g[n] * Br[n];
             gBr[n] = hsum<S>(g[n] * duv);
-            g[n] = at[n] * g[n];
+            g[n] = ag;
           }
-          store<S>(gu + row, gdu * dv, ne);
-          store<S>(gd + row, gexp + gdu * uv, ne);
+          gD += gskip * uv;
+          const vec<S> gdelta = gexp + gdu * uv;
+          store<S>(gu + row, gdu * dv + gskip * Dv, ne);
+          store<S>(gd + row, o.softplus ? gdelta * sigmoid<S>(raw) : gdelta, ne);
         }
       }
-      S* gAw = gAp + w * z.N * V;
+      S* gAw = gAp + w * (z.N + 1) * V;
       for (int64_t n = 0; n < z.N; ++n) std::memcpy(gAw + n * V, &gA[n], sizeof(vec<S>));
+      std::memcpy(gAw + z.N * V, &gD, sizeof(vec<S>));
     }
   });
 }
@@ -340,7 +392,8 @@ std::vector<at::Tensor> conv_silu_bwd(const at::Tensor& gu, const at::Tensor& x,
   });
   // (K + 1, E): the weight's taps then the bias, lanes laid back on channels
   auto gW = gWp.sum(0).permute({1, 0, 2}).reshape({K + 1, nEb * V}).narrow(1, 0, E);
-  return {gx, gW.narrow(0, 0, K).t().contiguous(), gW[K].contiguous()};
+  // clones: the outputs must not share storage (torch.library operators)
+  return {gx, gW.narrow(0, 0, K).t().clone(at::MemoryFormat::Contiguous), gW[K].clone()};
 }
 
 Shape shape_of(const at::Tensor& u, const at::Tensor& A2, const at::Tensor& C, int64_t T) {
@@ -360,51 +413,61 @@ Shape shape_of(const at::Tensor& u, const at::Tensor& A2, const at::Tensor& C, i
 
 
 // Returns y (Bt, Q, E); writes the state entering each chunk into the first Bt * nC * N * E
-// elements of Hs (the caller's buffer, kept for the backward).
+// elements of Hs (the caller's buffer, kept for the backward).  softplus: d is the raw step
+// projection; Dsk (E,), optional: the skip term's D.
 at::Tensor scan_read_fwd(const at::Tensor& u, const at::Tensor& d, const at::Tensor& A2, const at::Tensor& Bm,
-                         const at::Tensor& C, const at::Tensor& rs, const at::Tensor& rq, int64_t T, at::Tensor& Hs) {
+                         const at::Tensor& C, const at::Tensor& rs, const at::Tensor& rq, int64_t T, at::Tensor& Hs,
+                         bool softplus, const c10::optional<at::Tensor>& Dsk) {
   const Shape z = shape_of(u, A2, C, T);
   check_inputs({&u, &d, &A2, &Bm, &C, &Hs}, u);
+  if (Dsk) check_inputs({&*Dsk}, u);
   TORCH_CHECK(Hs.numel() >= z.Bt * z.nC * z.N * z.E, "canvas_mamba_cpu: state buffer too small");
-  auto y = at::zeros({z.Bt, z.Q, z.E}, u.options());
+  auto y = at::zeros({z.Bt, z.Q, z.E}, u.options());  // queries reading nothing (read < 0) stay 0
+  auto rsc = rs.contiguous(), rqc = rq.contiguous();
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "scan_read_fwd", [&] {
-    forward_kernel<scalar_t>(z, u.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(), A2.data_ptr<scalar_t>(),
-                             Bm.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), rs.data_ptr<int64_t>(),
-                             rq.data_ptr<int64_t>(), y.data_ptr<scalar_t>(), Hs.data_ptr<scalar_t>());
+    const Opts o{softplus, Dsk ? Dsk->data_ptr<scalar_t>() : nullptr};
+    forward_kernel<scalar_t>(z, o, u.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(), A2.data_ptr<scalar_t>(),
+                             Bm.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(), rsc.data_ptr<int64_t>(),
+                             rqc.data_ptr<int64_t>(), y.data_ptr<scalar_t>(), Hs.data_ptr<scalar_t>());
   });
   return y;
 }
 
 std::vector<at::Tensor> scan_read_bwd(const at::Tensor& gy, const at::Tensor& u, const at::Tensor& d,
                                       const at::Tensor& A2, const at::Tensor& Bm, const at::Tensor& C,
-                                      const at::Tensor& rs, const at::Tensor& rq, const at::Tensor& Hs,
-                                      int64_t T) {
+                                      const at::Tensor& rs, const at::Tensor& rq, const at::Tensor& Hs, int64_t T,
+                                      bool softplus, const c10::optional<at::Tensor>& Dsk) {
   const Shape z = shape_of(u, A2, C, T);
   check_inputs({&gy, &u, &d, &A2, &Bm, &C, &Hs}, u);
+  if (Dsk) check_inputs({&*Dsk}, u);
   auto gu = at::empty_like(u), gd = at::empty_like(d);
-  auto gAp = at::empty({z.Bt, z.nEb, z.N, V}, u.options());
+  auto gAp = at::empty({z.Bt, z.nEb, z.N + 1, V}, u.options());
   auto gBp = at::empty({z.nEb, z.Bt, z.L, z.N}, u.options());  // every (t, n) is written
   auto gCp = at::zeros({z.nEb, z.Bt, z.Q, z.N}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "scan_read_bwd", [&] {
-    backward_kernel<scalar_t>(z, gy.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(),
+    const Opts o{softplus, Dsk ? Dsk->data_ptr<scalar_t>() : nullptr};
+    backward_kernel<scalar_t>(z, o, gy.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), d.data_ptr<scalar_t>(),
                               A2.data_ptr<scalar_t>(), Bm.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(),
                               rs.data_ptr<int64_t>(), rq.data_ptr<int64_t>(), Hs.data_ptr<scalar_t>(),
                               gu.data_ptr<scalar_t>(), gd.data_ptr<scalar_t>(), gAp.data_ptr<scalar_t>(),
                               gBp.data_ptr<scalar_t>(), gCp.data_ptr<scalar_t>());
   });
-  // gA (N, E): the work items' 16-lane partials summed over rows, lanes laid back on channels
-  auto gA = gAp.sum(0).permute({1, 0, 2}).reshape({z.N, z.nEb * V}).narrow(1, 0, z.E);
+  // gA (N, E) and gD (E,): the work items' 16-lane partials summed over rows, lanes laid back on
+  // channels
+  auto gAD = gAp.sum(0).permute({1, 0, 2}).reshape({z.N + 1, z.nEb * V}).narrow(1, 0, z.E);
   auto gB = z.nEb == 1 ? gBp[0] : gBp.sum(0);
   auto gC = z.nEb == 1 ? gCp[0] : gCp.sum(0);
-  return {gu, gd, gA.contiguous(), gB, gC};
+  return {gu, gd, gAD.narrow(0, 0, z.N).clone(at::MemoryFormat::Contiguous), gB, gC, gAD[z.N].clone()};
 }
+
 
 }  // namespace
 
 TORCH_LIBRARY(canvas_mamba_cpu, m) {
-  m.def("scan_read_fwd(Tensor u, Tensor d, Tensor A2, Tensor Bm, Tensor C, Tensor rs, Tensor rq, int T, Tensor(a!) Hs) -> Tensor");
+  m.def("scan_read_fwd(Tensor u, Tensor d, Tensor A2, Tensor Bm, Tensor C, Tensor rs, Tensor rq, int T, "
+        "Tensor(a!) Hs, bool softplus, Tensor? Dsk) -> Tensor");
   m.def("scan_read_bwd(Tensor gy, Tensor u, Tensor d, Tensor A2, Tensor Bm, Tensor C, Tensor rs, Tensor rq, "
-        "Tensor Hs, int T) -> Tensor[]");
+        "Tensor Hs, int T, bool softplus, Tensor? Dsk) -> Tensor[]");
   m.def("conv_silu_fwd(Tensor x, Tensor w, Tensor bias) -> Tensor");
   m.def("conv_silu_bwd(Tensor gu, Tensor x, Tensor w, Tensor bias) -> Tensor[]");
   m.impl("scan_read_fwd", c10::DispatchKey::CPU, &scan_read_fwd);

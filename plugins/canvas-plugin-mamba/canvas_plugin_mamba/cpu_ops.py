@@ -1,0 +1,121 @@
+"""The compiled CPU kernels as ``torch.library`` operators with their backwards (the eager
+mamba module's CPU path when :func:`cpu_kernel.available`).
+
+* :func:`conv_silu`: ``silu(causal_depthwise_conv(x, w, b))`` in one pass each way (the conv
+  output is recomputed in the backward, not kept).
+* :func:`scan_read_softplus`: the selective scan read at ``read`` with ``delta = softplus(dt)``
+  and the skip term ``D u`` at the reads computed inside the kernel (no ``delta`` tensor, no
+  gather or scatter of ``u`` for the skip).
+
+As operators they are opaque to ``torch.compile`` (the reads' index lists are built inside, with
+data-dependent sizes); shapes for tracing come from the fake implementations.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from canvas_plugin_mamba import cpu_kernel
+
+__all__ = ["conv_silu", "scan_read_softplus"]
+
+
+@torch.library.custom_op("canvas_mamba::cpu_conv_silu", mutates_args=())
+def _conv_silu_op(x: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    return torch.ops.canvas_mamba_cpu.conv_silu_fwd(x, w, b)
+
+
+@_conv_silu_op.register_fake
+def _(x, w, b):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("canvas_mamba::cpu_conv_silu_backward", mutates_args=())
+def _conv_silu_backward_op(gu: Tensor, x: Tensor, w: Tensor, b: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    gx, gw, gb = torch.ops.canvas_mamba_cpu.conv_silu_bwd(gu.contiguous(), x, w, b)
+    return gx, gw, gb
+
+
+@_conv_silu_backward_op.register_fake
+def _(gu, x, w, b):
+    c = torch.contiguous_format
+    return torch.empty_like(x, memory_format=c), torch.empty_like(w, memory_format=c), torch.empty_like(b)
+
+
+def _conv_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _conv_backward(ctx, gu):
+    return _conv_silu_backward_op(gu, *ctx.saved_tensors)
+
+
+_conv_silu_op.register_autograd(_conv_backward, setup_context=_conv_setup)
+
+
+def conv_silu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """``silu(causal_depthwise_conv(x, weight, bias))`` of ``x (Bt, L, E)`` with ``weight (E, K)``,
+    ``bias (E,)`` (as :func:`canvas_plugin_mamba.conv_op.causal_depthwise_conv` then ``F.silu``, to
+    float rounding), differentiable; one dtype, the compiled kernels available."""
+    return _conv_silu_op(x.contiguous(), weight.contiguous(), bias.contiguous())
+
+
+def _states_shape(u: Tensor, A: Tensor, T: int):
+    return (u.shape[0], -(-u.shape[1] // T), A.shape[1], A.shape[0])
+
+
+@torch.library.custom_op("canvas_mamba::cpu_scan_softplus", mutates_args=())
+def _scan_op(u: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, C: Tensor, D: Tensor, read: Tensor,
+             T: int) -> Tuple[Tensor, Tensor]:
+    hs = u.new_empty(_states_shape(u, A, T))
+    return cpu_kernel.forward(u, dt, A, Bm, C, read, T, hs, True, D), hs
+
+
+@_scan_op.register_fake
+def _(u, dt, A, Bm, C, D, read, T):
+    return u.new_empty(u.shape[0], C.shape[1], u.shape[2]), u.new_empty(_states_shape(u, A, T))
+
+
+@torch.library.custom_op("canvas_mamba::cpu_scan_softplus_backward", mutates_args=())
+def _scan_backward_op(gy: Tensor, u: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, C: Tensor, D: Tensor, read: Tensor,
+                      hs: Tensor, T: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return cpu_kernel.backward(gy.contiguous(), u, dt, A, Bm, C, read, T, hs, True, D)
+
+
+@_scan_backward_op.register_fake
+def _(gy, u, dt, A, Bm, C, D, read, hs, T):
+    c = torch.contiguous_format
+    return tuple(torch.empty_like(t, memory_format=c) for t in (u, dt, A, Bm, C, D))
+
+
+def _scan_setup(ctx, inputs, output):
+    u, dt, A, Bm, C, D, read, T = inputs
+    ctx.save_for_backward(u, dt, A, Bm, C, D, read, output[1])
+    ctx.T = T
+    ctx.mark_non_differentiable(output[1])  # the saved states reach the backward only
+    ctx.set_materialize_grads(False)
+
+
+def _scan_backward(ctx, gy, _unused):
+    if gy is None:
+        return (None,) * 8
+    u, dt, A, Bm, C, D, read, hs = ctx.saved_tensors
+    return (*_scan_backward_op(gy, u, dt, A, Bm, C, D, read, hs, ctx.T), None, None)
+
+
+_scan_op.register_autograd(_scan_backward, setup_context=_scan_setup)
+
+
+def scan_read_softplus(u: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, C: Tensor, D: Tensor, read: Tensor,
+                       T: int) -> Tensor:
+    """``y_q = C_q . h_{read_q} + D u_{read_q}`` with ``delta = softplus(dt)``, ``(Bt, Q, E)``.
+
+    ``u, dt (Bt, L, E)``, ``A (E, N)`` (``<= 0``), ``Bm (Bt, L, N)``, ``C (Bt, Q, N)``, ``D (E,)``,
+    ``read (Q,)`` long (``-1``: reads nothing, ``y_q = 0``); ``T``: positions between the states
+    kept for the backward.  Differentiable in every tensor but ``read``; one dtype, the compiled
+    kernels available."""
+    args = [x.contiguous() for x in (u, dt, A, Bm, C, D)]
+    return _scan_op(*args, read, T)[0]
