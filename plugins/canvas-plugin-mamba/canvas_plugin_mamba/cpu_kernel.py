@@ -8,7 +8,7 @@ It computes what :mod:`canvas_plugin_mamba.chunked` computes, to float rounding 
 float64 uses the C library's).
 
 The source is compiled with ``torch.utils.cpp_extension`` the first time a CPU mamba module
-runs on a machine (about 10 s; the library is cached under ``TORCH_EXTENSIONS_DIR``, default
+runs on a machine (about 15 s; the library is cached under ``TORCH_EXTENSIONS_DIR``, default
 ``~/.cache/torch_extensions``, in a folder named after the source, the torch version and the
 CPU, since it is built for the CPU it runs on).  When no C++ compiler is found or the build
 fails, mamba runs the PyTorch scan (same results to rounding, slower) and says so once.
@@ -113,7 +113,7 @@ def _build() -> Optional[str]:
     cached = os.path.exists(os.path.join(build_dir, name + ".so"))
     if not cached:
         print(f"canvas-plugin-mamba: compiling the CPU selective-scan kernel for this machine (once, about "
-              f"10 s) into {build_dir}", file=sys.stderr, flush=True)
+              f"15 s) into {build_dir}", file=sys.stderr, flush=True)
     try:
         os.makedirs(build_dir, exist_ok=True)
         cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=list(_FLAGS), build_directory=build_dir,
@@ -136,6 +136,8 @@ def static_problem() -> Optional[str]:
         return f"turned off by {ENV}=0"
     if sys.platform == "win32":
         return "the compiled CPU scan is built with GCC / Clang vector extensions (not on Windows)"
+    if not _SOURCE.is_file():
+        return f"its source {_SOURCE} is missing from the installed package (reinstall canvas-plugin-mamba)"
     if _compiler() is None:
         return ("no C++ compiler found (looked for $CXX, c++, g++, clang++); install one (e.g. "
                 "apt install g++) to use the compiled CPU scan")

@@ -286,3 +286,9 @@ def test_shared_keys_values_take_one_product_with_the_same_results(compiled):
     m.in_proj.register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
     m(q, kv, kv)
     assert seen == [(2, 40, m.d_inner)]
+
+
+def test_missing_source_is_named(fresh_state, tmp_path):
+    """A package installed without its C++ source says so (and nothing is built)."""
+    fresh_state.setattr(cpu_kernel, "_SOURCE", tmp_path / "scan_cpu.cpp")
+    assert "missing from the installed package" in cpu_kernel.static_problem()
