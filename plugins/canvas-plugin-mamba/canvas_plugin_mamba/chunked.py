@@ -262,7 +262,10 @@ def _scan_read_backward(gy, u, delta, A, Bm, C, read, saved, T: int, block: Opti
 @torch.library.custom_op("canvas_mamba::scan_read_v2", mutates_args=())
 def _scan_read_op(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, C: torch.Tensor,
                   read: torch.Tensor, T: int, block: int, kernel: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    return _scan_read_forward(u, delta, A, Bm, C, read, T, None if block < 0 else block, kernel)
+    # autocast reaches into an operator's body: its matmuls would return bf16 where the fake
+    # implementation (and the backward) expect the inputs' dtype
+    with torch.autocast(u.device.type, enabled=False):
+        return _scan_read_forward(u, delta, A, Bm, C, read, T, None if block < 0 else block, kernel)
 
 
 @_scan_read_op.register_fake
@@ -276,8 +279,9 @@ def _scan_read_backward_op(gy: torch.Tensor, u: torch.Tensor, delta: torch.Tenso
                            Bm: torch.Tensor, C: torch.Tensor, read: torch.Tensor, Hin: torch.Tensor, T: int,
                            block: int, kernel: str) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
                                                              torch.Tensor]:
-    return _scan_read_backward(gy.contiguous(), u, delta, A, Bm, C, read, Hin, T, None if block < 0 else block,
-                               kernel)
+    with torch.autocast(u.device.type, enabled=False):
+        return _scan_read_backward(gy.contiguous(), u, delta, A, Bm, C, read, Hin, T,
+                                   None if block < 0 else block, kernel)
 
 
 @_scan_read_backward_op.register_fake
