@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from canvas_core.errors import SettingError, UnavailableError
 from canvas_plugin_mamba import chunked, cpu_kernel, cpu_ops
 from canvas_plugin_mamba.module import MambaAttention
+from canvas_plugin_mamba.scan import selective_states
 
 
 @pytest.fixture(scope="module")
@@ -32,17 +33,11 @@ def fresh_state(monkeypatch):
 
 
 def step_reference(u, delta, A, B, C, read):
-    """``y_q = C_q . h_{read_q}`` by the recurrence one position at a time (autograd through it)."""
-    Bt, L, E = u.shape
-    h = u.new_zeros(Bt, E, A.shape[1])
-    states = []
-    for t in range(L):
-        h = torch.exp(delta[:, t, :, None] * A) * h + (delta[:, t] * u[:, t])[:, :, None] * B[:, t, None, :]
-        states.append(h)
-    out = []
-    for q, r in enumerate(read.tolist()):
-        out.append((states[0] * C[:, q, None, :] * 0 if r < 0 else states[r] * C[:, q, None, :]).sum(-1))
-    return torch.stack(out, 1)
+    """``y_q = C_q . h_{read_q}`` from the plugin's step-by-step recurrence
+    (``selective_states(chunk=1)``, autograd through it); ``read < 0`` gives 0."""
+    states = selective_states(u.transpose(1, 2), delta.transpose(1, 2), A, B.transpose(1, 2), chunk=1)
+    picked = states[:, read.clamp(min=0)]  # (Bt, Q, E, N)
+    return (picked * C[:, :, None, :]).sum(-1) * (read >= 0).view(1, -1, 1).to(u.dtype)
 
 
 def _inputs(Bt, L, E, N, Q, seed, dtype=torch.float64, delta_scale=0.5):

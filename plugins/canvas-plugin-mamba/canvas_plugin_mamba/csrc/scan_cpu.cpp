@@ -30,37 +30,12 @@ template <typename S>
 using vec = typename Lanes<S>::type;
 typedef int32_t vi32 __attribute__((vector_size(V * sizeof(int32_t))));
 
-// 2^x for x <= 0 on 16 float lanes: x = k + f, k the nearest integer (adding and subtracting
-// 1.5 * 2^23 rounds: the build must not use -ffast-math, which folds that away), |f| <= 1/2;
-// 2^f by a degree-6 polynomial (a least-squares fit of 2^f's relative error on [-1/2, 1/2]:
-// 2e-9 in exact arithmetic, about 1e-7 = 1.6 float32 ulp after rounding); 2^k written into the
-// exponent bits.  x < -126 gives 0.
-inline vec<float> exp2_neg(vec<float> x) {
-  const vec<float> floor_ = vec<float>{} - 126.f;
-  x = x < floor_ ? floor_ : x;
-  const float magic = 12582912.f;
-  const vec<float> k = (x + magic) - magic;
-  const vec<float> f = x - k;
-  vec<float> p = f * 1.5337576834423183e-04f + 1.339986036322529e-03f;
-  p = p * f + 9.61851953434672e-03f;
-  p = p * f + 5.550328997517387e-02f;
-  p = p * f + 2.4022646608714063e-01f;
-  p = p * f + 6.931472056005101e-01f;
-  p = p * f + 1.0000000005920207f;
-  const vi32 bits = (__builtin_convertvector(k, vi32) + 127) << 23;
-  vec<float> s;
-  std::memcpy(&s, &bits, sizeof(s));
-  const vec<float> zero = {};
-  return x <= floor_ ? zero : p * s;
-}
-
-// e^x on 16 float lanes for any x (clamped to |x log2 e| <= 126: far beyond where silu and its
-// derivative stop changing in float32), by the same split as exp2_neg.
-inline vec<float> exp_any(vec<float> x) {
-  vec<float> y = x * 1.4426950408889634f;
-  const vec<float> hi = vec<float>{} + 126.f, lo = vec<float>{} - 126.f;
-  y = y > hi ? hi : y;
-  y = y < lo ? lo : y;
+// 2^y on 16 float lanes for y in [-126, 126]: y = k + f, k the nearest integer (adding and
+// subtracting 1.5 * 2^23 rounds: the build must not use -ffast-math, which folds that away),
+// |f| <= 1/2; 2^f by a degree-6 polynomial (a least-squares fit of 2^f's relative error on
+// [-1/2, 1/2]: 2e-9 in exact arithmetic, about 1e-7 = 1.6 float32 ulp after rounding); 2^k
+// written into the exponent bits.
+inline vec<float> exp2_in_range(vec<float> y) {
   const float magic = 12582912.f;
   const vec<float> k = (y + magic) - magic;
   const vec<float> f = y - k;
@@ -74,6 +49,23 @@ inline vec<float> exp_any(vec<float> x) {
   vec<float> s;
   std::memcpy(&s, &bits, sizeof(s));
   return p * s;
+}
+
+// 2^x for x <= 0 (the decays); x <= -126 gives 0.
+inline vec<float> exp2_neg(vec<float> x) {
+  const vec<float> floor_ = vec<float>{} - 126.f;
+  const vec<float> zero = {};
+  return x <= floor_ ? zero : exp2_in_range(x);
+}
+
+// e^x for any x, clamped to |x log2 e| <= 126 (far beyond where silu, sigmoid and softplus stop
+// changing in float32).
+inline vec<float> exp_any(vec<float> x) {
+  vec<float> y = x * 1.4426950408889634f;
+  const vec<float> hi = vec<float>{} + 126.f, lo = vec<float>{} - 126.f;
+  y = y > hi ? hi : y;
+  y = y < lo ? lo : y;
+  return exp2_in_range(y);
 }
 
 inline vec<double> exp_any(vec<double> x) {
