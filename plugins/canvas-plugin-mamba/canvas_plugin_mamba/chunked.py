@@ -25,7 +25,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from canvas_core.errors import CanvasTypeError
+from canvas_core.errors import CanvasTypeError, UnavailableError
 from canvas_core.extend import scratch
 from canvas_plugin_mamba import cpu_kernel, segments
 from canvas_plugin_mamba.conv_op import causal_depthwise_conv  # re-exported: it lived here before
@@ -357,6 +357,9 @@ def scan_kernel(kernel: str, x: torch.Tensor, state_size: int) -> str:
     if kernel == "auto":
         return "cpu" if cpu_kernel.usable_for(x, state_size) else "torch"
     if kernel == "cpu":
+        if state_size > cpu_kernel.MAX_STATE:
+            raise UnavailableError(f"selective_scan_read: kernel='cpu' holds state sizes up to {cpu_kernel.MAX_STATE}, "
+                                   f"A has {state_size} columns; use kernel='auto' or 'torch'")
         cpu_kernel.require()
         return kernel
     if kernel != "torch":

@@ -184,6 +184,10 @@ class MambaAttention(nn.Module):
             if x.device.type != "cpu":
                 raise UnavailableError(f"mamba: kernel='mamba_cpu' runs on the CPU, the inputs are on {x.device}; "
                                        "use kernel='auto'")
+            if self.d_state > cpu_kernel.MAX_STATE:
+                raise UnavailableError(f"mamba: kernel='mamba_cpu' holds state sizes up to {cpu_kernel.MAX_STATE}, "
+                                       f"this module has d_state={self.d_state}; use kernel='auto' (the PyTorch "
+                                       "scan for it) or 'mamba_torch'")
             cpu_kernel.require()
             return "mamba_cpu"
         if self.kernel == "auto" and cpu_kernel.usable_for(x, self.d_state):

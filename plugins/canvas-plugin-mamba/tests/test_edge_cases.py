@@ -25,3 +25,22 @@ def test_autocast_bf16_runs_the_scan_in_float32(kernel, Nq):
         (gq,) = torch.autograd.grad(out.float().sum(), q)
     assert torch.allclose(out.float(), ref, atol=3e-2, rtol=3e-2)
     assert torch.allclose(gq, gq_ref, atol=5e-2, rtol=5e-2)
+
+
+def test_explicit_cpu_kernel_with_too_large_a_state_names_the_fix():
+    """``kernel='mamba_cpu'`` with ``d_state`` above what the compiled scan holds: a canvas error
+    naming the limit and the other kernels (it was the C++ check's RuntimeError)."""
+    from canvas_core.errors import UnavailableError
+    from canvas_plugin_mamba.chunked import selective_scan_read
+
+    N = cpu_kernel.MAX_STATE + 1
+    m = MambaAttention(8, 4, d_state=N, kernel="mamba_cpu")
+    q = torch.randn(1, 3, 8)
+    with pytest.raises(UnavailableError, match=f"d_state={N}.*mamba_torch"):
+        m(q, q, q)
+    u = torch.randn(1, 3, 4)
+    with pytest.raises(UnavailableError, match=f"{N} columns"):
+        selective_scan_read(u, u.abs(), -torch.ones(4, N), torch.randn(1, 3, N), torch.randn(1, 3, N),
+                            torch.arange(3), kernel="cpu")
+    m.kernel = "auto"
+    assert m(q, q, q).shape == q.shape and m.kernel_used == "mamba_torch"
