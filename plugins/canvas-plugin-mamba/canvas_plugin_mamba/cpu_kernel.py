@@ -20,6 +20,7 @@ built).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import math
 import os
@@ -45,6 +46,10 @@ _LN2 = math.log(2.0)
 
 _lock = threading.Lock()
 _state: dict = {}  # "reason": None (loaded) or why not; "setting": the parsed variable
+
+
+_NO_COMPILER = ("no C++ compiler found (looked for $CXX, or c++, g++, clang++ when CXX is unset); install one "
+                "(e.g. apt install g++) or point CXX at one to use the compiled CPU scan")
 
 
 class MambaKernelBuildWarning(UserWarning):
@@ -89,6 +94,35 @@ def _name() -> str:
     return "canvas_mamba_cpu_" + hashlib.sha256(key).hexdigest()[:12]
 
 
+def _build_dir(name: str) -> str:
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(Path.home(), ".cache", "torch_extensions")
+    return os.path.join(root, name)
+
+
+def _finished(build_dir: str, name: str) -> bool:
+    """Whether ``name.so`` in ``build_dir`` is a finished build: ninja's log records the file's
+    modification time when the link succeeded (a link cut short, or a file changed since, does not
+    match; loading a truncated library would crash the process)."""
+    library = name + ".so"
+    try:
+        stamp = os.stat(os.path.join(build_dir, library))
+        with open(os.path.join(build_dir, ".ninja_log"), encoding="utf-8", errors="replace") as f:
+            logged = [line.split("\t")[2] for line in f if line.rstrip("\n").split("\t")[3:4] == [library]]
+    except (OSError, IndexError):
+        return False
+    # recent ninja logs nanoseconds, older ones seconds
+    return bool(logged) and logged[-1] in (str(stamp.st_mtime_ns), str(int(stamp.st_mtime)))
+
+
+def _cached() -> bool:
+    """Whether a finished build of this source for this machine is in the extensions folder."""
+    try:
+        name = _name()
+    except Exception:  # noqa: BLE001 - unreadable source: the caller reports that
+        return False
+    return _finished(_build_dir(name), name)
+
+
 def _build() -> Optional[str]:
     """Compile (or load the cached build of) the kernel; None when loaded, else why not."""
     problem = static_problem()
@@ -108,9 +142,21 @@ def _build() -> Optional[str]:
         quiet.setLevel(level)
 
     name = _name()
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(Path.home(), ".cache", "torch_extensions")
-    build_dir = os.path.join(root, name)
-    cached = os.path.exists(os.path.join(build_dir, name + ".so"))
+    build_dir = _build_dir(name)
+    library = os.path.join(build_dir, name + ".so")
+    cached = os.path.exists(library)
+    if _finished(build_dir, name):
+        # the name covers the source, flags, torch and CPU: a finished library under it is this build.  Loaded
+        # directly, it also serves a read-only cache or a machine without a compiler (the build
+        # step below takes a lock file in the folder); a broken one is rebuilt below
+        try:
+            torch.ops.load_library(library)
+            torch.ops.canvas_mamba_cpu.scan_read_fwd  # noqa: B018 - the library registered its operators
+            return None
+        except Exception:  # noqa: BLE001 - truncated or foreign file: build it again
+            pass
+    if cxx is None:
+        return _NO_COMPILER
     if not cached:
         print(f"canvas-plugin-mamba: compiling the CPU selective-scan kernel for this machine (once, about "
               f"15 s) into {build_dir}", file=sys.stderr, flush=True)
@@ -122,6 +168,9 @@ def _build() -> Optional[str]:
     except Exception as exc:  # any build or load failure: the reason, and the PyTorch scan
         lines = [s for s in str(exc).strip().splitlines() if s.strip()]
         detail = " / ".join(lines[-3:])[:400] if lines else type(exc).__name__
+        if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR):
+            return (f"its build folder {build_dir} cannot be written ({type(exc).__name__}: {detail}); set "
+                    "TORCH_EXTENSIONS_DIR to a writable folder")
         return f"building {_SOURCE.name} with {cxx} failed ({type(exc).__name__}: {detail})"
     return None
 
@@ -129,7 +178,8 @@ def _build() -> Optional[str]:
 def static_problem() -> Optional[str]:
     """Why the compiled CPU scan cannot run here, as far as is known without building it (the
     setting, the platform, a missing compiler, an earlier failed build); None: it should build.
-    Imports nothing heavy (the plugin's kernel check calls it while resolving a program)."""
+    Imports nothing heavy unless no compiler is found (then it looks for a cached build, which
+    needs torch's version): the plugin's kernel check calls it while resolving a program."""
     if _state.get("reason"):
         return _state["reason"]
     if setting() == "off":
@@ -138,9 +188,8 @@ def static_problem() -> Optional[str]:
         return "the compiled CPU scan is built with GCC / Clang vector extensions (not on Windows)"
     if not _SOURCE.is_file():
         return f"its source {_SOURCE} is missing from the installed package (reinstall canvas-plugin-mamba)"
-    if _compiler() is None:
-        return ("no C++ compiler found (looked for $CXX, c++, g++, clang++); install one (e.g. "
-                "apt install g++) to use the compiled CPU scan")
+    if _compiler() is None and not _cached():
+        return _NO_COMPILER
     return None
 
 
@@ -167,8 +216,9 @@ def require() -> None:
     """:class:`UnavailableError` naming the reason unless the compiled CPU scan can run."""
     reason = unavailable_reason()
     if reason is not None:
-        raise UnavailableError(f"mamba: kernel='mamba_cpu' (the compiled CPU scan) cannot run: {reason}; "
-                               "use kernel='auto' or 'mamba_torch'")
+        fix = (f"unset {ENV} (it is {os.environ.get(ENV)!r}: the compiled scan required) or set it to auto"
+               if setting() == "on" else "use kernel='auto' or 'mamba_torch'")
+        raise UnavailableError(f"mamba: kernel='mamba_cpu' (the compiled CPU scan) cannot run: {reason}; {fix}")
 
 
 def usable_for(x, state_size: int) -> bool:

@@ -134,10 +134,11 @@ def test_bad_setting_names_the_variable(fresh_state):
         MambaAttention(16, 2)(torch.randn(1, 3, 16), torch.randn(1, 3, 16), torch.randn(1, 3, 16))
 
 
-def test_missing_compiler_falls_back_with_one_warning(fresh_state):
-    """No compiler: a warning naming the problem (once), the PyTorch scan, the same results; a
-    module asking for the compiled scan gets an error with the same reason."""
+def test_missing_compiler_falls_back_with_one_warning(fresh_state, tmp_path):
+    """No compiler (and no cached build): a warning naming the problem (once), the PyTorch scan,
+    the same results; a module asking for the compiled scan gets an error with the same reason."""
     fresh_state.setenv("CXX", "/nonexistent/c++")
+    fresh_state.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     torch.manual_seed(1)
     m = MambaAttention(16, 2)
     q = torch.randn(2, 7, 16)

@@ -44,3 +44,71 @@ def test_explicit_cpu_kernel_with_too_large_a_state_names_the_fix():
                             torch.arange(3), kernel="cpu")
     m.kernel = "auto"
     assert m(q, q, q).shape == q.shape and m.kernel_used == "mamba_torch"
+
+
+@pytest.fixture
+def fresh_state(monkeypatch):
+    """The kernel module's cached setting and build result, emptied for the test and put back."""
+    saved = dict(cpu_kernel._state)
+    cpu_kernel._state.clear()
+    yield monkeypatch
+    cpu_kernel._state.clear()
+    cpu_kernel._state.update(saved)
+
+
+def test_cached_build_is_used_without_a_compiler(fresh_state):
+    """A library already built for this source and machine loads without a compiler (a machine
+    or image that ships the cache): no warning, the compiled scan."""
+    if not cpu_kernel.available():
+        pytest.skip(f"the compiled CPU scan is unavailable here: {cpu_kernel.unavailable_reason()}")
+    cpu_kernel._state.clear()
+    fresh_state.setenv("CXX", "/nonexistent/c++")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cpu_kernel.static_problem() is None and cpu_kernel.available()
+
+
+def test_unwritable_build_folder_names_the_variable(fresh_state, tmp_path):
+    """A build folder that cannot be created: one warning naming ``TORCH_EXTENSIONS_DIR``, the
+    PyTorch scan."""
+    if cpu_kernel._compiler() is None:
+        pytest.skip("no C++ compiler here")
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    fresh_state.setenv("TORCH_EXTENSIONS_DIR", str(blocker / "sub"))
+    m = MambaAttention(8, 4)
+    q = torch.randn(1, 3, 8)
+    with pytest.warns(cpu_kernel.MambaKernelBuildWarning, match="cannot be written.*TORCH_EXTENSIONS_DIR"):
+        m(q, q, q)
+    assert m.kernel_used == "mamba_torch"
+
+
+def test_required_kernel_error_names_the_variable(fresh_state, tmp_path):
+    """``CANVAS_MAMBA_CPU_KERNEL=1`` and no build: the error says to unset the variable (the
+    default kernel='auto' is what failed, so 'use kernel=auto' would not help)."""
+    from canvas_core.errors import UnavailableError
+
+    fresh_state.setenv(cpu_kernel.ENV, "1")
+    fresh_state.setenv("CXX", "/nonexistent/c++")
+    fresh_state.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    q = torch.randn(1, 3, 8)
+    with pytest.raises(UnavailableError, match=f"no C\\+\\+ compiler.*unset {cpu_kernel.ENV}"):
+        MambaAttention(8, 4)(q, q, q)
+
+
+def test_only_a_finished_library_is_loaded_directly(tmp_path):
+    """A cached library is loaded without ninja only when ninja's log records its current
+    modification time (a link cut short or a file changed since: rebuilt, never loaded: loading
+    a truncated library kills the process with a bus error)."""
+    import os
+
+    lib = tmp_path / "lib_x.so"
+    lib.write_bytes(b"\x7fELF" + bytes(4000))
+    assert not cpu_kernel._finished(str(tmp_path), "lib_x")  # no log
+    stamp = os.stat(lib).st_mtime_ns
+    (tmp_path / ".ninja_log").write_text(f"# ninja log v5\n0\t5\t{stamp}\tlib_x.so\tabc\n")
+    assert cpu_kernel._finished(str(tmp_path), "lib_x")
+    os.utime(lib, ns=(stamp + 10**9, stamp + 10**9))  # as a truncation or copy would change it
+    assert not cpu_kernel._finished(str(tmp_path), "lib_x")
