@@ -225,6 +225,11 @@ class MambaAttention(nn.Module):
             return False
         return plain_module(self.conv1d, nn.Conv1d) and self.conv1d.bias is not None
 
+    def _conv_bias(self) -> torch.Tensor:
+        """The conv's bias, or zeros for a conv built without one (``bias=False``)."""
+        b = self.conv1d.bias
+        return b if b is not None else self.conv1d.weight.new_zeros(self.conv1d.weight.shape[0])
+
     def sequence_inputs(
         self, keys: torch.Tensor, values: torch.Tensor, key_ok: Optional[torch.Tensor] = None
     ):
@@ -240,8 +245,8 @@ class MambaAttention(nn.Module):
         if key_ok is not None:
             x = x * key_ok.unsqueeze(-1).to(x.dtype)
         # squeeze, not [:, 0]: its gradient is a view, where a select's is a zero-filled copy
-        w, b = self.conv1d.weight.squeeze(1), self.conv1d.bias
-        if scan == "cpu" and x.dtype == wd and w.dtype == wd and b is not None and b.dtype == wd:
+        w, b = self.conv1d.weight.squeeze(1), self._conv_bias()
+        if scan == "cpu" and x.dtype == wd and w.dtype == wd and b.dtype == wd:
             u = cpu_ops.conv_silu(x, w, b)
         else:
             u = as_dtype(F.silu(causal_depthwise_conv(x, w, b)), wd)  # (B, L, E)
@@ -266,7 +271,7 @@ class MambaAttention(nn.Module):
         else:
             x = self.in_proj(values)
             dt, Bsel = self.x_proj(keys).split([self.dt_rank, self.d_state], dim=-1)
-        u = cpu_ops.conv_silu(x, self.conv1d.weight.squeeze(1), self.conv1d.bias)
+        u = cpu_ops.conv_silu(x, self.conv1d.weight.squeeze(1), self._conv_bias())
         y = cpu_ops.scan_read_softplus(u, self.dt_proj(dt), -torch.exp(self.A_log), Bsel, self.c_proj(queries),
                                        self.D, read, chunk_size(keys.shape[1]))
         return y * F.silu(self.z_proj(queries))
@@ -332,12 +337,12 @@ class MambaAttention(nn.Module):
                 out = mamba_projected(self, queries, keys, values, None if aligned else read, scan)
                 return out if has is None else out.masked_fill(~has, 0.0)
             dt, Bsel = self.x_proj(keys).split([self.dt_rank, self.d_state], dim=-1)
-            y = mamba_inner(self.in_proj(values), self.conv1d.weight.squeeze(1), self.conv1d.bias,
+            y = mamba_inner(self.in_proj(values), self.conv1d.weight.squeeze(1), self._conv_bias(),
                             self.dt_proj(dt), Bsel, self.c_proj(queries), self.z_proj(queries), self.A_log,
                             self.D, None if aligned else read, scan)
             out = self.out_proj(self.drop(y) if self.drop.p > 0 else y)
             return out if has is None else out.masked_fill(~has, 0.0)
-        if scan == "cpu" and key_ok is None and self.conv1d.bias is not None and self._one_dtype(values):
+        if scan == "cpu" and key_ok is None and self._one_dtype(values):
             y = self._compiled_read(queries, keys, values, read)
             out = self.out_proj(self.drop(y) if self.drop.p > 0 else y)
             return out if has is None else out.masked_fill(~has, 0.0)

@@ -112,3 +112,22 @@ def test_only_a_finished_library_is_loaded_directly(tmp_path):
     assert cpu_kernel._finished(str(tmp_path), "lib_x")
     os.utime(lib, ns=(stamp + 10**9, stamp + 10**9))  # as a truncation or copy would change it
     assert not cpu_kernel._finished(str(tmp_path), "lib_x")
+
+
+@pytest.mark.parametrize("kernel", ["auto", "mamba_torch"])
+def test_conv_without_bias(kernel):
+    """A conv built without a bias (``bias=False``, as Mamba's ``conv_bias=False``) runs in both
+    kernels as a zero bias (it raised AttributeError in the conv operator)."""
+    torch.manual_seed(0)
+    m = MambaAttention(8, 4, kernel=kernel).double()
+    ref = MambaAttention(8, 4, kernel=kernel).double()
+    ref.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        ref.conv1d.bias.zero_()
+    m.conv1d = torch.nn.Conv1d(8, 8, 4, groups=8, padding=3, bias=False).double()
+    with torch.no_grad():
+        m.conv1d.weight.copy_(ref.conv1d.weight)
+    q = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
+    out = m(q, q, q)
+    out.sum().backward()
+    assert torch.allclose(out, ref(q, q, q), rtol=1e-12, atol=1e-12)
