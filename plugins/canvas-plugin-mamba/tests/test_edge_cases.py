@@ -131,3 +131,24 @@ def test_conv_without_bias(kernel):
     out = m(q, q, q)
     out.sum().backward()
     assert torch.allclose(out, ref(q, q, q), rtol=1e-12, atol=1e-12)
+
+
+def test_two_threads_give_the_one_thread_results():
+    """The compiled kernels split work by batch row and channel block (``at::parallel_for``), so
+    the values and every gradient do not depend on the thread count: bit for bit."""
+    if not cpu_kernel.available():
+        pytest.skip(f"the compiled CPU scan is unavailable here: {cpu_kernel.unavailable_reason()}")
+    torch.manual_seed(0)
+    m = MambaAttention(40, 4, d_state=17, expand=2)
+    q, k, v = (torch.randn(3, n, 40, requires_grad=True) for n in (20, 70, 70))
+    before = torch.get_num_threads()
+    runs = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = m(q, k, v)
+            runs.append([out] + list(torch.autograd.grad(out.pow(2).sum(), [q, k, v, *m.parameters()])))
+    finally:
+        torch.set_num_threads(before)
+    assert m.kernel_used == "mamba_cpu"
+    assert all(torch.equal(a, b) for a, b in zip(*runs))
