@@ -94,9 +94,11 @@ def _name() -> str:
     return "canvas_mamba_cpu_" + hashlib.sha256(key).hexdigest()[:12]
 
 
-def _build_dir(name: str) -> str:
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(Path.home(), ".cache", "torch_extensions")
-    return os.path.join(root, name)
+def _build_dir(name: str) -> Optional[str]:
+    """The build folder, or None when there is no ``TORCH_EXTENSIONS_DIR`` and no home folder
+    (``HOME`` unset, a user id without a passwd entry: a container run with ``--user``)."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.expanduser(os.path.join("~", ".cache", "torch_extensions"))
+    return None if root.startswith("~") else os.path.join(root, name)
 
 
 def _finished(build_dir: str, name: str) -> bool:
@@ -120,7 +122,8 @@ def _cached() -> bool:
         name = _name()
     except Exception:  # noqa: BLE001 - unreadable source: the caller reports that
         return False
-    return _finished(_build_dir(name), name)
+    build_dir = _build_dir(name)
+    return build_dir is not None and _finished(build_dir, name)
 
 
 def _build() -> Optional[str]:
@@ -143,6 +146,9 @@ def _build() -> Optional[str]:
 
     name = _name()
     build_dir = _build_dir(name)
+    if build_dir is None:
+        return ("there is no home folder to keep the build in (HOME is unset); set TORCH_EXTENSIONS_DIR to a "
+                "writable folder")
     library = os.path.join(build_dir, name + ".so")
     cached = os.path.exists(library)
     if _finished(build_dir, name):

@@ -152,3 +152,20 @@ def test_two_threads_give_the_one_thread_results():
         torch.set_num_threads(before)
     assert m.kernel_used == "mamba_cpu"
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_no_home_folder_falls_back_with_one_warning(fresh_state):
+    """No ``TORCH_EXTENSIONS_DIR`` and no home folder (a container user without a passwd entry):
+    one warning naming the variable, the PyTorch scan (it was pathlib's RuntimeError)."""
+    import os
+
+    if cpu_kernel._compiler() is None:
+        pytest.skip("no C++ compiler here")
+    fresh_state.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    fresh_state.delenv("HOME", raising=False)
+    fresh_state.setattr(os.path, "expanduser", lambda p: p)  # what it returns when no home is found
+    m = MambaAttention(8, 4)
+    q = torch.randn(1, 3, 8)
+    with pytest.warns(cpu_kernel.MambaKernelBuildWarning, match="no home folder.*TORCH_EXTENSIONS_DIR"):
+        m(q, q, q)
+    assert m.kernel_used == "mamba_torch"
