@@ -24,10 +24,13 @@ def canvas_register_attention(registry) -> None:
 
 
 def _cpu_kernel_problems(ctx) -> list:
-    """Why the compiled CPU scan cannot run (empty: it should), without building it."""
-    from canvas_plugin_mamba.cpu_kernel import static_problem
+    """Why the compiled CPU scan cannot run (empty: it can).  What is known without a compiler
+    run (the setting, no compiler, a missing source) is said at once; otherwise the kernel is
+    built (once per machine, then loaded from its cache), so that a program resolved to it never
+    meets a failed build when it runs."""
+    from canvas_plugin_mamba import cpu_kernel
 
-    problem = static_problem()
+    problem = cpu_kernel.static_problem() or cpu_kernel.unavailable_reason()
     return [problem] if problem else []
 
 

@@ -164,6 +164,25 @@ def test_kernel_check_reports_without_building(fresh_state):
     assert "reason" not in cpu_kernel._state  # nothing was built or loaded
 
 
+def test_failed_build_resolves_programs_to_the_pytorch_scan(fresh_state):
+    """A compiler that is there but fails: the kernel check reports the failure, so a compiled
+    program resolves ``mamba`` to the PyTorch scan and runs (it never meets the failure later)."""
+    from canvas_core import CanvasAttention, CanvasLayout, CanvasSchema, CanvasTopology, Connection
+    from canvas_core.compiler import ProgramCompiler
+
+    fresh_state.setattr(cpu_kernel, "_build", lambda: "building scan_cpu.cpp with c++ failed (simulated)")
+    layout = CanvasLayout(T=2, H=2, W=2, d_model=16, regions={"a": (0, 2, 0, 2, 0, 2)})
+    schema = CanvasSchema(layout=layout, topology=CanvasTopology(connections=[Connection("a", "a", fn="mamba")]))
+    with pytest.warns(cpu_kernel.MambaKernelBuildWarning, match="simulated"):
+        compiled = ProgramCompiler(schema).compile(device="cpu")
+    (res,) = [r for r in compiled.resolutions.values() if r.requested == "mamba"]
+    assert res.kernel == "mamba_torch"
+    assert any("simulated" in r for name, reasons in res.rejected if name == "mamba_cpu" for r in reasons)
+    layer = CanvasAttention(compiled.plan, d_model=16, n_heads=2)
+    assert torch.isfinite(layer(torch.randn(1, compiled.plan.n, 16))).all()
+    assert layer.fn_modules["mamba"].kernel_used == "mamba_torch"
+
+
 @settings(max_examples=40, deadline=None)
 @given(Bt=st.integers(1, 3), L=st.integers(1, 40), E=st.integers(1, 37), K=st.integers(1, 6),
        seed=st.integers(0, 10**6))
