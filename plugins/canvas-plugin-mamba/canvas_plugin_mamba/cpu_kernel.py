@@ -184,8 +184,9 @@ def _build() -> Optional[str]:
 def static_problem() -> Optional[str]:
     """Why the compiled CPU scan cannot run here, as far as is known without building it (the
     setting, the platform, a missing compiler, an earlier failed build); None: it should build.
-    Imports nothing heavy unless no compiler is found (then it looks for a cached build, which
-    needs torch's version): the plugin's kernel check calls it while resolving a program."""
+    Imports nothing heavy unless no compiler or no ninja is found (then it looks for a cached
+    build, named after torch's version): the plugin's kernel check calls it while resolving a
+    program."""
     if _state.get("reason"):
         return _state["reason"]
     if setting() == "off":
@@ -194,9 +195,12 @@ def static_problem() -> Optional[str]:
         return "the compiled CPU scan is built with GCC / Clang vector extensions (not on Windows)"
     if not _SOURCE.is_file():
         return f"its source {_SOURCE} is missing from the installed package (reinstall canvas-plugin-mamba)"
-    if _compiler() is None and not _cached():
+    compiler, ninja = _compiler(), shutil.which("ninja")  # torch.utils.cpp_extension builds with ninja only
+    if (compiler is not None and ninja is not None) or _cached():
+        return None
+    if compiler is None:
         return _NO_COMPILER
-    return None
+    return "the build needs ninja, which is not on PATH (pip install ninja, or apt install ninja-build)"
 
 
 def unavailable_reason() -> Optional[str]:

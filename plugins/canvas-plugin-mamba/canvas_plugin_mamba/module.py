@@ -107,8 +107,9 @@ class MambaAttention(nn.Module):
         kernel: ``"auto"`` (on CUDA, mamba-ssm's ``selective_scan_fn`` when installed and
             ``Nq == Nk``; on the CPU, the compiled scan of :mod:`canvas_plugin_mamba.cpu_kernel`
             when it can be built; the PyTorch scan otherwise), ``"mamba_ssm"``, ``"mamba_cpu"``
-            (an error naming the reason when it cannot run) or ``"mamba_torch"`` (the PyTorch
-            scan, any device).  The choice of the last call is in ``self.kernel_used``.
+            (an error naming the reason when it cannot be built; ``d_state`` above 64: the
+            PyTorch scan) or ``"mamba_torch"`` (the PyTorch scan, any device).  The choice of the
+            last call is in ``self.kernel_used``.
     """
 
     type_name = "mamba"
@@ -184,12 +185,10 @@ class MambaAttention(nn.Module):
             if x.device.type != "cpu":
                 raise UnavailableError(f"mamba: kernel='mamba_cpu' runs on the CPU, the inputs are on {x.device}; "
                                        "use kernel='auto'")
-            if self.d_state > cpu_kernel.MAX_STATE:
-                raise UnavailableError(f"mamba: kernel='mamba_cpu' holds state sizes up to {cpu_kernel.MAX_STATE}, "
-                                       f"this module has d_state={self.d_state}; use kernel='auto' (the PyTorch "
-                                       "scan for it) or 'mamba_torch'")
             cpu_kernel.require()
-            return "mamba_cpu"
+            # a state larger than the kernel's registers: the PyTorch scan (as mamba_ssm with Nq != Nk;
+            # a compiled program's CPU mamba groups all get kernel='mamba_cpu')
+            return "mamba_cpu" if self.d_state <= cpu_kernel.MAX_STATE else "mamba_torch"
         if self.kernel == "auto" and cpu_kernel.usable_for(x, self.d_state):
             return "mamba_cpu"
         cuda_ok = x.is_cuda and self._ssm_available

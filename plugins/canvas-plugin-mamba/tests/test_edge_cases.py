@@ -27,23 +27,28 @@ def test_autocast_bf16_runs_the_scan_in_float32(kernel, Nq):
     assert torch.allclose(gq, gq_ref, atol=5e-2, rtol=5e-2)
 
 
-def test_explicit_cpu_kernel_with_too_large_a_state_names_the_fix():
-    """``kernel='mamba_cpu'`` with ``d_state`` above what the compiled scan holds: a canvas error
-    naming the limit and the other kernels (it was the C++ check's RuntimeError)."""
+def test_too_large_a_state_for_the_compiled_scan():
+    """``d_state`` above what the compiled scan holds: ``kernel='mamba_cpu'`` (what a compiled
+    program's CPU mamba groups get) runs the PyTorch scan, as ``mamba_ssm`` does for ``Nq != Nk``
+    (it raised the C++ check's RuntimeError); ``selective_scan_read(kernel='cpu')`` is a canvas
+    error naming the limit."""
     from canvas_core.errors import UnavailableError
     from canvas_plugin_mamba.chunked import selective_scan_read
 
+    if not cpu_kernel.available():
+        pytest.skip(f"the compiled CPU scan is unavailable here: {cpu_kernel.unavailable_reason()}")
     N = cpu_kernel.MAX_STATE + 1
+    torch.manual_seed(0)
     m = MambaAttention(8, 4, d_state=N, kernel="mamba_cpu")
     q = torch.randn(1, 3, 8)
-    with pytest.raises(UnavailableError, match=f"d_state={N}.*mamba_torch"):
-        m(q, q, q)
+    out = m(q, q, q)
+    assert m.kernel_used == "mamba_torch"
+    m.kernel = "mamba_torch"
+    assert torch.equal(out, m(q, q, q))
     u = torch.randn(1, 3, 4)
     with pytest.raises(UnavailableError, match=f"{N} columns"):
         selective_scan_read(u, u.abs(), -torch.ones(4, N), torch.randn(1, 3, N), torch.randn(1, 3, N),
                             torch.arange(3), kernel="cpu")
-    m.kernel = "auto"
-    assert m(q, q, q).shape == q.shape and m.kernel_used == "mamba_torch"
 
 
 @pytest.fixture
@@ -169,3 +174,21 @@ def test_no_home_folder_falls_back_with_one_warning(fresh_state):
     with pytest.warns(cpu_kernel.MambaKernelBuildWarning, match="no home folder.*TORCH_EXTENSIONS_DIR"):
         m(q, q, q)
     assert m.kernel_used == "mamba_torch"
+
+
+def test_kernel_check_names_a_missing_ninja(fresh_state, tmp_path):
+    """A compiler but no ninja (torch's extension builder needs it; pip-installed torch does not
+    bring it) and no cached build: the registry's check says so, so a compiled program resolves
+    CPU mamba to the PyTorch scan instead of a kernel='mamba_cpu' that fails at its first call."""
+    import shutil
+
+    from canvas_plugin_mamba.plugin import _cpu_kernel_problems
+
+    real = shutil.which
+    fresh_state.setattr(cpu_kernel.shutil, "which",
+                        lambda name, *a, **k: None if name == "ninja" else real(name, *a, **k))
+    fresh_state.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    if cpu_kernel._compiler() is None:
+        pytest.skip("no C++ compiler here")
+    assert _cpu_kernel_problems(None) == [cpu_kernel.static_problem()]
+    assert "ninja" in cpu_kernel.static_problem()
