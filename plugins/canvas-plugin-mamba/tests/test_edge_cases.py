@@ -192,3 +192,41 @@ def test_kernel_check_names_a_missing_ninja(fresh_state, tmp_path):
         pytest.skip("no C++ compiler here")
     assert _cpu_kernel_problems(None) == [cpu_kernel.static_problem()]
     assert "ninja" in cpu_kernel.static_problem()
+
+
+@pytest.mark.parametrize("conn", [dict(t_src=0, t_dst=0), dict(t_src=0, t_dst=-1), dict(), "periodic"])
+def test_canvas_layer_reads_only_linked_keys(conn):
+    """In a canvas layer (float64), each output row of the compiled scan depends on the row's own
+    input and linked keys only, on exactly the positions the PyTorch scan's rows depend on, with
+    the same values (same-frame, previous-frame, every-frame and a periodic held region)."""
+    if not cpu_kernel.available():
+        pytest.skip(f"the compiled CPU scan is unavailable here: {cpu_kernel.unavailable_reason()}")
+    from canvas_core.runtime.dispatch import AttentionDispatcher
+    from canvas_core.runtime.plan_tensors import attention_mask
+    from canvas_core.schema import CanvasLayout, CanvasTopology, Connection, RegionSpec
+
+    T = 4
+    lay = CanvasLayout(T=T, H=3, W=3, d_model=8, regions={
+        "video": (0, T, 0, 2, 0, 3), "a": (0, T, 2, 3, 0, 2), "r": RegionSpec((0, T, 2, 3, 2, 3), period=2)})
+    if conn == "periodic":
+        top = CanvasTopology(connections=[Connection("r", "video", t_src=0, t_dst=0, fn="mamba")])
+    else:
+        top = CanvasTopology(connections=[Connection("a", "video", fn="mamba", **conn)])
+    N = T * 9
+    linked = (attention_mask(top, lay) > 0) | torch.eye(N, dtype=torch.bool)
+    x = torch.randn(2, N, 8, dtype=torch.float64, requires_grad=True)
+    seen = {}
+    for kernel in ("mamba_cpu", "mamba_torch"):
+        torch.manual_seed(0)
+        layer = AttentionDispatcher(top, lay, 8, 4).double()
+        mods = [m for m in layer.modules() if isinstance(m, MambaAttention)]
+        for m in mods:
+            m.kernel = kernel
+        out = layer(x)
+        deps = torch.stack([torch.autograd.grad(out[:, i].sum(), x, retain_graph=True)[0].abs().sum((0, 2)) > 0
+                            for i in range(N)])
+        assert {m.kernel_used for m in mods} == {kernel}
+        seen[kernel] = (out.detach(), deps)
+    assert not (seen["mamba_cpu"][1] & ~linked).any()
+    assert torch.equal(seen["mamba_cpu"][1], seen["mamba_torch"][1])
+    assert torch.allclose(seen["mamba_cpu"][0], seen["mamba_torch"][0], rtol=1e-12, atol=1e-12)
