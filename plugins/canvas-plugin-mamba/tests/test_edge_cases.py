@@ -78,8 +78,8 @@ def test_cached_build_is_used_without_a_compiler(fresh_state):
 def test_unwritable_build_folder_names_the_variable(fresh_state, tmp_path):
     """A build folder that cannot be created: one warning naming ``TORCH_EXTENSIONS_DIR``, the
     PyTorch scan."""
-    if cpu_kernel._compiler() is None:
-        pytest.skip("no C++ compiler here")
+    if cpu_kernel._compiler() is None or cpu_kernel.shutil.which("ninja") is None:
+        pytest.skip("no C++ compiler or no ninja here")
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     fresh_state.setenv("TORCH_EXTENSIONS_DIR", str(blocker / "sub"))
@@ -164,8 +164,8 @@ def test_no_home_folder_falls_back_with_one_warning(fresh_state):
     one warning naming the variable, the PyTorch scan (it was pathlib's RuntimeError)."""
     import os
 
-    if cpu_kernel._compiler() is None:
-        pytest.skip("no C++ compiler here")
+    if cpu_kernel._compiler() is None or cpu_kernel.shutil.which("ninja") is None:
+        pytest.skip("no C++ compiler or no ninja here")
     fresh_state.delenv("TORCH_EXTENSIONS_DIR", raising=False)
     fresh_state.delenv("HOME", raising=False)
     fresh_state.setattr(os.path, "expanduser", lambda p: p)  # what it returns when no home is found
