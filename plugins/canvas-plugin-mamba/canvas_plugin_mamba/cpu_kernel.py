@@ -87,10 +87,29 @@ def _cpu_id() -> str:
     return platform.machine() + platform.processor() + text
 
 
-def _name() -> str:
+def _torch_version() -> str:
+    """``torch.__version__`` without importing torch when it is not imported yet (the registry's
+    check looks for a cached build while listing, where torch must not be imported)."""
+    if "torch" not in sys.modules:
+        import importlib.util
+        import re
+
+        spec = importlib.util.find_spec("torch")
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            try:
+                text = Path(folder, "version.py").read_text(encoding="utf-8")
+            except OSError:
+                continue
+            found = re.search(r"^__version__\s*=\s*['\"]([^'\"]+)['\"]", text, re.M)
+            if found:
+                return found.group(1)
     import torch
 
-    key = _SOURCE.read_bytes() + repr((_FLAGS, torch.__version__, sys.version_info[:2], _cpu_id())).encode()
+    return torch.__version__
+
+
+def _name() -> str:
+    key = _SOURCE.read_bytes() + repr((_FLAGS, _torch_version(), sys.version_info[:2], _cpu_id())).encode()
     return "canvas_mamba_cpu_" + hashlib.sha256(key).hexdigest()[:12]
 
 
@@ -184,9 +203,7 @@ def _build() -> Optional[str]:
 def static_problem() -> Optional[str]:
     """Why the compiled CPU scan cannot run here, as far as is known without building it (the
     setting, the platform, a missing compiler, an earlier failed build); None: it should build.
-    Imports nothing heavy unless no compiler or no ninja is found (then it looks for a cached
-    build, named after torch's version): the plugin's kernel check calls it while resolving a
-    program."""
+    Imports nothing heavy (the plugin's kernel check calls it while resolving a program)."""
     if _state.get("reason"):
         return _state["reason"]
     if setting() == "off":

@@ -230,3 +230,18 @@ def test_canvas_layer_reads_only_linked_keys(conn):
     assert not (seen["mamba_cpu"][1] & ~linked).any()
     assert torch.equal(seen["mamba_cpu"][1], seen["mamba_torch"][1])
     assert torch.allclose(seen["mamba_cpu"][0], seen["mamba_torch"][0], rtol=1e-12, atol=1e-12)
+
+
+def test_kernel_check_without_a_compiler_does_not_import_torch(tmp_path):
+    """Looking for a cached build (no compiler) names it after torch's version without importing
+    torch: listing the registry must stay light (tests/plugins/test_no_torch.py)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom canvas_plugin_mamba import cpu_kernel\nprint(cpu_kernel.static_problem() is not None, "
+            "'torch' in sys.modules, cpu_kernel._torch_version())\n")
+    env = dict(os.environ, CXX="/nonexistent/c++", TORCH_EXTENSIONS_DIR=str(tmp_path))
+    env.pop(cpu_kernel.ENV, None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True", "False", torch.__version__], out.stderr
