@@ -25,12 +25,18 @@ def canvas_register_attention(registry) -> None:
 
 def _cpu_kernel_problems(ctx) -> list:
     """Why the compiled CPU scan cannot run (empty: it can).  What is known without a compiler
-    run (the setting, no compiler, a missing source) is said at once; otherwise the kernel is
-    built (once per machine, then loaded from its cache), so that a program resolved to it never
-    meets a failed build when it runs."""
+    run (the setting, no compiler or ninja, a missing source) is said at once.  In a process that
+    has imported torch (compiling a program, building modules) the kernel is then built (once per
+    machine, later a load from its cache), so that a program resolved to it never meets a failed
+    build when it runs; a listing without torch (``canvas plugins``) stays free of torch and of
+    the build."""
+    import sys
+
     from canvas_plugin_mamba import cpu_kernel
 
-    problem = cpu_kernel.static_problem() or cpu_kernel.unavailable_reason()
+    problem = cpu_kernel.static_problem()
+    if problem is None and "torch" in sys.modules:
+        problem = cpu_kernel.unavailable_reason()
     return [problem] if problem else []
 
 
