@@ -28,6 +28,7 @@ import torch
 from canvas_core.errors import CanvasTypeError, UnavailableError
 from canvas_core.extend import scratch
 from canvas_plugin_mamba import cpu_kernel, segments
+from canvas_plugin_mamba._grads import first_order_only
 from canvas_plugin_mamba.conv_op import causal_depthwise_conv  # re-exported: it lived here before
 
 __all__ = ["selective_scan_read", "chunk_size", "causal_depthwise_conv", "all_states"]
@@ -305,7 +306,7 @@ def _backward(ctx, gy, _g_hin):
     if gy is None:
         return (None,) * 9
     gu, gdelta, gA, gB, gC = _scan_read_backward_op(gy, u, delta, A, Bm, C, read, Hin, ctx.T, ctx.block, ctx.kernel)
-    return gu, gdelta, gA, gB, gC, None, None, None, None
+    return first_order_only("mamba's selective scan", (gu, gdelta, gA, gB, gC, None, None, None, None))
 
 
 _scan_read_op.register_autograd(_backward, setup_context=_setup_context)

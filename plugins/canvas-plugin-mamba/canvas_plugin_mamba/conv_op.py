@@ -14,6 +14,8 @@ from typing import Tuple
 
 import torch
 
+from canvas_plugin_mamba._grads import first_order_only
+
 __all__ = ["causal_depthwise_conv"]
 
 
@@ -69,8 +71,7 @@ def _setup_context(ctx, inputs, output):
 
 def _autograd_backward(ctx, g):
     x, w = ctx.saved_tensors
-    gx, gw, gb = _conv_backward_op(g, x, w)
-    return gx, gw, gb
+    return first_order_only("mamba's causal conv", _conv_backward_op(g, x, w))
 
 
 _conv_op.register_autograd(_autograd_backward, setup_context=_setup_context)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from canvas_plugin_mamba import cpu_kernel
+from canvas_plugin_mamba._grads import first_order_only
 
 __all__ = ["conv_silu", "scan_read_softplus"]
 
@@ -50,7 +51,7 @@ def _conv_setup(ctx, inputs, output):
 
 
 def _conv_backward(ctx, gu):
-    return _conv_silu_backward_op(gu, *ctx.saved_tensors)
+    return first_order_only("mamba's compiled conv", _conv_silu_backward_op(gu, *ctx.saved_tensors))
 
 
 _conv_silu_op.register_autograd(_conv_backward, setup_context=_conv_setup)
@@ -103,7 +104,8 @@ def _scan_backward(ctx, gy, _unused):
     if gy is None:
         return (None,) * 8
     u, dt, A, Bm, C, D, read, hs = ctx.saved_tensors
-    return (*_scan_backward_op(gy, u, dt, A, Bm, C, D, read, hs, ctx.T), None, None)
+    grads = _scan_backward_op(gy, u, dt, A, Bm, C, D, read, hs, ctx.T)
+    return first_order_only("mamba's compiled scan", (*grads, None, None))
 
 
 _scan_op.register_autograd(_scan_backward, setup_context=_scan_setup)

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from canvas_core.extend import scratch
 from canvas_plugin_mamba import chunked, conv_op
+from canvas_plugin_mamba._grads import first_order_only
 
 __all__ = ["mamba_inner"]
 
@@ -138,7 +139,7 @@ def _backward(ctx, gy, *_unused):
     x, w, dt, Bm, C, z, A_log, D, read, hin, y_pre, conv, delta = ctx.saved_tensors
     grads = _inner_backward_op(gy.contiguous(), x, w, conv, delta, dt, Bm, C, z, A_log, D, read, hin, y_pre, ctx.T,
                                ctx.block, ctx.kernel)
-    return (*grads, None, None, None, None)
+    return first_order_only("mamba's fused operator", (*grads, None, None, None, None))
 
 
 _inner_op.register_autograd(_backward, setup_context=_setup_context)

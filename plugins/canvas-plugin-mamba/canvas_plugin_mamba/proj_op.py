@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from canvas_plugin_mamba import chunked
+from canvas_plugin_mamba._grads import first_order_only
 from canvas_plugin_mamba.inner_op import _forward as _inner_forward
 from canvas_plugin_mamba.inner_op import _inner_backward
 
@@ -132,7 +133,7 @@ def _autograd(ctx, g, *_unused):
                                    ctx.block, ctx.kernel)
     n = 1 + (keys is not None) + (values is not None)
     gq, gk, gv = grads[0], grads[1] if keys is not None else None, grads[n - 1] if values is not None else None
-    return gq, gk, gv, grads[n:], None, None, None, None
+    return first_order_only("mamba's fused operator", (gq, gk, gv, grads[n:], None, None, None, None))
 
 
 _projected_op.register_autograd(_autograd, setup_context=_setup_context)

@@ -245,3 +245,22 @@ def test_kernel_check_without_a_compiler_does_not_import_torch(tmp_path):
     env.pop(cpu_kernel.ENV, None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == ["True", "False", torch.__version__], out.stderr
+
+
+@pytest.mark.parametrize("kernel", ["mamba_cpu", "mamba_torch"])
+@pytest.mark.parametrize("fused", [False, True])
+def test_double_backward_names_mamba(kernel, fused, monkeypatch, scan_kernel_ok):
+    """A second derivative through mamba (a gradient penalty) is an UnavailableError naming it, on
+    every path; the first derivative with create_graph=True still works."""
+    from canvas_core.errors import UnavailableError
+    from canvas_plugin_mamba import module as mamba_module
+
+    scan_kernel_ok("cpu" if kernel == "mamba_cpu" else "torch")
+    monkeypatch.setattr(mamba_module, "_FUSE_EAGER", fused)
+    m = MambaAttention(16, 2, kernel=kernel)
+    q = torch.randn(1, 5, 16, requires_grad=True)
+    kv = torch.randn(1, 9, 16, requires_grad=True)
+    g, = torch.autograd.grad(m(q, kv, kv).square().sum(), kv, create_graph=True)
+    assert g.shape == kv.shape and torch.isfinite(g).all()
+    with pytest.raises(UnavailableError, match="mamba.*no second derivative"):
+        g.square().sum().backward()
