@@ -25,6 +25,7 @@ import hashlib
 import math
 import os
 import platform
+import shlex
 import shutil
 import sys
 import threading
@@ -70,9 +71,12 @@ def setting() -> str:
 
 
 def _compiler() -> Optional[str]:
-    cxx = os.environ.get("CXX")
+    """The C++ compiler the build will use: ``$CXX`` (a command line such as ``ccache g++`` is
+    judged by its first word), else the first of ``c++``, ``g++``, ``clang++`` on PATH."""
+    cxx = os.environ.get("CXX", "").strip()
     if cxx:
-        return shutil.which(cxx)
+        words = shlex.split(cxx)
+        return cxx if words and shutil.which(words[0]) else None
     return next((p for p in map(shutil.which, ("c++", "g++", "clang++")) if p), None)
 
 

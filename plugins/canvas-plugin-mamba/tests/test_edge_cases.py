@@ -264,3 +264,14 @@ def test_double_backward_names_mamba(kernel, fused, monkeypatch, scan_kernel_ok)
     assert g.shape == kv.shape and torch.isfinite(g).all()
     with pytest.raises(UnavailableError, match="mamba.*no second derivative"):
         g.square().sum().backward()
+
+
+def test_cxx_with_a_launcher_counts_as_a_compiler(monkeypatch):
+    """CXX="ccache g++" (a launcher and a compiler) is judged by its first word."""
+    import shutil
+
+    monkeypatch.setenv("CXX", "ccache g++")
+    monkeypatch.setattr(shutil, "which", lambda name: f"/usr/bin/{name}" if name in ("ccache", "g++") else None)
+    assert cpu_kernel._compiler() == "ccache g++"
+    monkeypatch.setenv("CXX", "/nonexistent/c++ -O2")
+    assert cpu_kernel._compiler() is None
