@@ -316,12 +316,11 @@ class MambaAttention(nn.Module):
             has = None
         else:
             read = ((torch.arange(Nq, device=queries.device) + 1) * Nk) // Nq - 1
-            before = torch.arange(Nk, device=queries.device)[None, :] <= read[:, None]  # (Nq, Nk)
-            has = (
-                before.any(-1).view(1, Nq, 1)
-                if allowed is None
-                else (before[None] & allowed).any(-1, keepdim=True)
-            )
+            if allowed is None:  # a query has keys up to its read position iff it reads one
+                has = (read >= 0).view(1, Nq, 1)
+            else:  # the first allowed key of each row is at or before the read position
+                first = torch.where(allowed.any(-1), allowed.int().argmax(-1), Nk)  # (B|1, Nq|1)
+                has = (first <= read.view(1, -1)).unsqueeze(-1)
         if key_ok is not None and key_ok.shape[0] != Bt:
             key_ok = key_ok.expand(Bt, Nk)
         kernel = self._choose_kernel(queries, Nq, Nk)

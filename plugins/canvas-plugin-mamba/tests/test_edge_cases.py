@@ -275,3 +275,22 @@ def test_cxx_with_a_launcher_counts_as_a_compiler(monkeypatch):
     assert cpu_kernel._compiler() == "ccache g++"
     monkeypatch.setenv("CXX", "/nonexistent/c++ -O2")
     assert cpu_kernel._compiler() is None
+
+
+@pytest.mark.parametrize("shape", ["keys", "rows"])
+def test_queries_whose_allowed_keys_all_come_after_their_read_output_zero(shape):
+    """Without a key at or before its read position a query outputs exactly 0, and with one it
+    does not (the check needs no (queries x keys) matrix when there is no mask)."""
+    torch.manual_seed(0)
+    m = MambaAttention(8, 2).double()
+    Nq, Nk = 4, 12  # reads at 2, 5, 8, 11
+    q, kv = torch.randn(2, Nq, 8, dtype=torch.float64), torch.randn(2, Nk, 8, dtype=torch.float64)
+    allowed = torch.zeros(2, Nq if shape == "rows" else 1, Nk, dtype=torch.bool)
+    allowed[..., 6:] = True  # keys 6.. only: queries 0 and 1 (reads 2 and 5) have none
+    if shape == "rows":
+        allowed[1, 0, 1] = True  # batch 1, query 0 also has key 1 (before its read at 2)
+    out = m(q, kv, kv, key_mask=allowed)
+    zero = out.abs().sum(-1) == 0
+    expected = torch.tensor([[True, True, False, False], [shape == "keys", True, False, False]])
+    assert torch.equal(zero, expected)
+    assert torch.equal(m(q, kv, kv).abs().sum(-1) == 0, torch.zeros(2, Nq, dtype=torch.bool))
