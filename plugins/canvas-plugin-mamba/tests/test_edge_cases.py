@@ -201,8 +201,7 @@ def test_canvas_layer_reads_only_linked_keys(conn):
     the same values (same-frame, previous-frame, every-frame and a periodic held region)."""
     if not cpu_kernel.available():
         pytest.skip(f"the compiled CPU scan is unavailable here: {cpu_kernel.unavailable_reason()}")
-    from canvas_core.runtime.dispatch import AttentionDispatcher
-    from canvas_core.runtime.plan_tensors import attention_mask
+    from canvas_core import AttentionDispatcher
     from canvas_core.schema import CanvasLayout, CanvasTopology, Connection, RegionSpec
 
     T = 4
@@ -213,7 +212,7 @@ def test_canvas_layer_reads_only_linked_keys(conn):
     else:
         top = CanvasTopology(connections=[Connection("a", "video", fn="mamba", **conn)])
     N = T * 9
-    linked = (attention_mask(top, lay) > 0) | torch.eye(N, dtype=torch.bool)
+    linked = (torch.as_tensor(top.to_attention_mask(lay)) > 0) | torch.eye(N, dtype=torch.bool)
     x = torch.randn(2, N, 8, dtype=torch.float64, requires_grad=True)
     seen = {}
     for kernel in ("mamba_cpu", "mamba_torch"):
