@@ -27,3 +27,16 @@ def scan_kernel_ok():
             pytest.skip(f"the compiled CPU scan is unavailable here: {cpu_kernel.unavailable_reason()}")
 
     return check
+
+
+@pytest.fixture
+def fresh_state(monkeypatch):
+    """``monkeypatch``, with the compiled scan's cached setting and build result emptied for the
+    test and put back after it (so a test can change the environment and see a fresh decision)."""
+    from canvas_plugin_mamba import cpu_kernel
+
+    saved = dict(cpu_kernel._state)
+    cpu_kernel._state.clear()
+    yield monkeypatch
+    cpu_kernel._state.clear()
+    cpu_kernel._state.update(saved)

@@ -22,16 +22,6 @@ def compiled():
         pytest.skip(f"the compiled CPU scan is unavailable here: {cpu_kernel.unavailable_reason()}")
 
 
-@pytest.fixture
-def fresh_state(monkeypatch):
-    """The module's cached setting and build result, emptied for the test and put back after."""
-    saved = dict(cpu_kernel._state)
-    cpu_kernel._state.clear()
-    yield monkeypatch
-    cpu_kernel._state.clear()
-    cpu_kernel._state.update(saved)
-
-
 def step_reference(u, delta, A, B, C, read):
     """``y_q = C_q . h_{read_q}`` from the plugin's step-by-step recurrence
     (``selective_states(chunk=1)``, autograd through it); ``read < 0`` gives 0."""

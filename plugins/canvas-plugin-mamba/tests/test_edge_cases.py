@@ -51,16 +51,6 @@ def test_too_large_a_state_for_the_compiled_scan():
                             torch.arange(3), kernel="cpu")
 
 
-@pytest.fixture
-def fresh_state(monkeypatch):
-    """The kernel module's cached setting and build result, emptied for the test and put back."""
-    saved = dict(cpu_kernel._state)
-    cpu_kernel._state.clear()
-    yield monkeypatch
-    cpu_kernel._state.clear()
-    cpu_kernel._state.update(saved)
-
-
 def test_cached_build_is_used_without_a_compiler(fresh_state):
     """A library already built for this source and machine loads without a compiler (a machine
     or image that ships the cache): no warning, the compiled scan."""
