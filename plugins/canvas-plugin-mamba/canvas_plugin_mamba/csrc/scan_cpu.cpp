@@ -1,8 +1,9 @@
 // The selective scan (S6) read at given positions, forward and backward, for CPUs.
 //
 // One work item is a batch row and a block of 16 channels; its 16-lane state vectors (one per
-// state index n) stay in registers while the item steps through the positions in order, so no
-// state between two reads is ever written to memory.  The backward walks the positions in
+// state index n) are carried from position to position (in registers as far as they fit, the
+// rest in a few cache lines on the stack) while the item steps through the positions in order,
+// so no state between two reads is written to a tensor.  The backward walks the positions in
 // reverse, chunk by chunk: it recomputes a chunk's states from the state saved at the chunk's
 // start, then propagates the adjoint through them.  Built at first use by cpu_kernel.py.
 #include <ATen/ATen.h>
