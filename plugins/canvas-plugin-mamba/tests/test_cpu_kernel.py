@@ -160,6 +160,7 @@ def test_failed_build_resolves_programs_to_the_pytorch_scan(fresh_state):
     from canvas_core import CanvasAttention, CanvasLayout, CanvasSchema, CanvasTopology, Connection
     from canvas_core.compiler import ProgramCompiler
 
+    fresh_state.setattr(cpu_kernel, "static_problem", lambda: None)  # a compiler and ninja, as far as is known
     fresh_state.setattr(cpu_kernel, "_build", lambda: "building scan_cpu.cpp with c++ failed (simulated)")
     layout = CanvasLayout(T=2, H=2, W=2, d_model=16, regions={"a": (0, 2, 0, 2, 0, 2)})
     schema = CanvasSchema(layout=layout, topology=CanvasTopology(connections=[Connection("a", "a", fn="mamba")]))
