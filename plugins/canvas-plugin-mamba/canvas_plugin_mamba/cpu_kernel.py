@@ -1,8 +1,8 @@
 """The compiled CPU selective scan (``kernel="mamba_cpu"``): build on first use, load, call.
 
-``csrc/scan_cpu.cpp`` steps through the positions in order with the state of 16 channels in
-vector registers, reading it where queries read (no state between two reads is written to
-memory); its backward recomputes each chunk's states from the state saved at the chunk's start.
+``csrc/scan_cpu.cpp`` steps through the positions in order carrying the state of 16 channels
+(in vector registers as far as it fits), reading it where queries read (no state between two
+reads is written to a tensor); its backward recomputes each chunk's states from the state saved at the chunk's start.
 It computes what :mod:`canvas_plugin_mamba.chunked` computes, to float rounding (float32: its
 ``exp2`` is a polynomial within about 1e-7 relative of the exact one, under two float32 ulps;
 float64 uses the C library's).

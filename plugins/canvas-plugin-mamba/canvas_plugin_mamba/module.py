@@ -12,8 +12,7 @@ from torch import nn
 from canvas_core.errors import CanvasTypeError, CheckpointError, ShapeError, UnavailableError
 from canvas_core.extend import as_dtype, operators_under_compile, plain_linear, plain_module
 from canvas_plugin_mamba import cpu_kernel, cpu_ops
-from canvas_plugin_mamba.chunked import chunk_size
-from canvas_plugin_mamba.chunked import selective_scan_read
+from canvas_plugin_mamba.chunked import chunk_size, selective_scan_read
 from canvas_plugin_mamba.conv_op import causal_depthwise_conv
 from canvas_plugin_mamba.inner_op import _softplus as softplus_f32
 from canvas_plugin_mamba.inner_op import _softplus_grad as softplus_f32_grad
@@ -332,18 +331,14 @@ class MambaAttention(nn.Module):
             # (inner_op.py), so inductor compiles none of their ~100 nodes; eager runs the same
             # operations one by one below (the same values, no custom-operator overhead per call)
             if _FUSE_PROJECTIONS and self._plain_projections():  # the projections inside it too
-                out = mamba_projected(self, queries, keys, values, None if aligned else read, scan)
-                return out if has is None else out.masked_fill(~has, 0.0)
+                return _zero_rows(mamba_projected(self, queries, keys, values, None if aligned else read, scan), has)
             dt, Bsel = self.x_proj(keys).split([self.dt_rank, self.d_state], dim=-1)
             y = mamba_inner(self.in_proj(values), self.conv1d.weight.squeeze(1), self._conv_bias(),
                             self.dt_proj(dt), Bsel, self.c_proj(queries), self.z_proj(queries), self.A_log,
                             self.D, None if aligned else read, scan)
-            out = self.out_proj(self.drop(y) if self.drop.p > 0 else y)
-            return out if has is None else out.masked_fill(~has, 0.0)
+            return self._output(y, has)
         if scan == "cpu" and key_ok is None and self._one_dtype(values):
-            y = self._compiled_read(queries, keys, values, read)
-            out = self.out_proj(self.drop(y) if self.drop.p > 0 else y)
-            return out if has is None else out.masked_fill(~has, 0.0)
+            return self._output(self._compiled_read(queries, keys, values, read), has)
         u, delta, A, Bsel = self._time_major_inputs(keys, values, key_ok, scan)  # (B, L, E), (B, L, N)
         wd = u.dtype
         C = as_dtype(self.c_proj(queries), wd)  # (B, Nq, N)
@@ -367,9 +362,12 @@ class MambaAttention(nn.Module):
                 ok = (read >= 0).view(1, Nq, 1).to(wd)
                 y = y + as_dtype(self.D, wd) * u.index_select(1, read.clamp(min=0)) * ok
             y = y * F.silu(as_dtype(z, wd))
-        y = as_dtype(y, queries.dtype)
-        out = self.out_proj(self.drop(y) if self.drop.p > 0 else y)
-        return out if has is None else out.masked_fill(~has, 0.0)
+        return self._output(as_dtype(y, queries.dtype), has)
+
+    def _output(self, y: torch.Tensor, has: Optional[torch.Tensor]) -> torch.Tensor:
+        """``out_proj`` of the gated read ``y (B, Nq, E)`` (dropout first when active), 0 on the
+        queries without a key at or before their read position (``has`` False)."""
+        return _zero_rows(self.out_proj(self.drop(y) if self.drop.p > 0 else y), has)
 
     # ------------------------------------------------------------------ checkpoints
     #: state-dict names whose shape carries the inner width E, and the axis it is on
@@ -407,6 +405,11 @@ class MambaAttention(nn.Module):
             f"d_model={self.d_model}, d_state={self.d_state}, d_conv={self.d_conv}, "
             f"expand={self.expand}, kernel={self.kernel!r}"
         )
+
+
+def _zero_rows(out: torch.Tensor, has: Optional[torch.Tensor]) -> torch.Tensor:
+    """``out`` with the rows where ``has`` is False set to 0 (``has`` None: every row kept)."""
+    return out if has is None else out.masked_fill(~has, 0.0)
 
 
 def _normalize_mask(
