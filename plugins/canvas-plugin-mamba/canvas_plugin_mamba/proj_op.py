@@ -62,7 +62,7 @@ def _projected_op(queries: Tensor, keys: Optional[Tensor], values: Optional[Tens
 @_projected_op.register_fake
 def _(queries, keys, values, params, read, T, block, kernel):
     q, k, v = _resolve(queries, keys, values)
-    w_in, w_x, w_dt, w_out, A_log = params[0], params[4], params[5], params[10], params[12]
+    w_in, w_x, w_out, A_log = params[0], params[4], params[10], params[12]
     (Bt, Q, _), L, E = q.shape, k.shape[1], w_in.shape[0]
     x = q.new_empty(Bt, L, E)
     hin = q.new_empty(chunked._saved_shape(x, A_log, q.new_empty(Bt, Q, A_log.shape[1]), T, kernel))
