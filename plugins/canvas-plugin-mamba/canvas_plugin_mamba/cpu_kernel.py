@@ -36,13 +36,16 @@ from typing import Optional, Tuple
 from canvas_core.errors import SettingError, UnavailableError
 
 __all__ = ["ENV", "MAX_STATE", "MambaKernelBuildWarning", "setting", "static_problem", "unavailable_reason",
-           "available", "require", "usable_for", "forward", "backward"]
+           "available", "require", "usable_for", "threaded", "forward", "backward"]
 
 ENV = "CANVAS_MAMBA_CPU_KERNEL"
 #: the largest state size ``N`` the kernel keeps in registers (larger: the PyTorch scan)
 MAX_STATE = 64
 _SOURCE = Path(__file__).with_name("csrc") / "scan_cpu.cpp"
 _FLAGS = ("-O3", "-march=native", "-fno-math-errno")
+#: added when the compiler has OpenMP: the work items then run on torch's threads (its Linux wheels
+#: ship the GNU OpenMP runtime this links to); a compiler without it gets a one-thread build
+_OPENMP = ("-fopenmp",)
 _LN2 = math.log(2.0)
 
 _lock = threading.Lock()
@@ -112,9 +115,14 @@ def _torch_version() -> str:
     return torch.__version__
 
 
-def _name() -> str:
-    key = _SOURCE.read_bytes() + repr((_FLAGS, _torch_version(), sys.version_info[:2], _cpu_id())).encode()
+def _name(flags: Tuple[str, ...] = _FLAGS + _OPENMP) -> str:
+    key = _SOURCE.read_bytes() + repr((flags, _torch_version(), sys.version_info[:2], _cpu_id())).encode()
     return "canvas_mamba_cpu_" + hashlib.sha256(key).hexdigest()[:12]
+
+
+def _variants() -> Tuple[Tuple[str, ...], ...]:
+    """The flag sets to build with, best first: with OpenMP, then one thread."""
+    return (_FLAGS + _OPENMP, _FLAGS)
 
 
 def _build_dir(name: str) -> Optional[str]:
@@ -141,12 +149,15 @@ def _finished(build_dir: str, name: str) -> bool:
 
 def _cached() -> bool:
     """Whether a finished build of this source for this machine is in the extensions folder."""
-    try:
-        name = _name()
-    except Exception:  # noqa: BLE001 - unreadable source: the caller reports that
-        return False
-    build_dir = _build_dir(name)
-    return build_dir is not None and _finished(build_dir, name)
+    for flags in _variants():
+        try:
+            name = _name(flags)
+        except Exception:  # noqa: BLE001 - unreadable source: the caller reports that
+            return False
+        build_dir = _build_dir(name)
+        if build_dir is not None and _finished(build_dir, name):
+            return True
+    return False
 
 
 def _build() -> Optional[str]:
@@ -167,41 +178,53 @@ def _build() -> Optional[str]:
     finally:
         quiet.setLevel(level)
 
-    name = _name()
-    build_dir = _build_dir(name)
-    if build_dir is None:
+    builds = [(flags, _name(flags)) for flags in _variants()]
+    if _build_dir(builds[0][1]) is None:
         return ("there is no home folder to keep the build in (HOME is unset); set TORCH_EXTENSIONS_DIR to a "
                 "writable folder")
-    library = os.path.join(build_dir, name + ".so")
-    cached = os.path.exists(library)
-    if _finished(build_dir, name):
-        # the name covers the source, flags, torch and CPU: a finished library under it is this build.  Loaded
-        # directly, it also serves a read-only cache or a machine without a compiler (the build
-        # step below takes a lock file in the folder); a broken one is rebuilt below
-        try:
-            torch.ops.load_library(library)
-            torch.ops.canvas_mamba_cpu.scan_read_fwd  # noqa: B018 - the library registered its operators
-            return None
-        except Exception:  # noqa: BLE001 - truncated or foreign file: build it again
-            pass
+    for flags, name in builds:
+        build_dir = _build_dir(name)
+        if _finished(build_dir, name):
+            # the name covers the source, flags, torch and CPU: a finished library under it is this build.
+            # Loaded directly, it also serves a read-only cache or a machine without a compiler (the
+            # build step below takes a lock file in the folder); a broken one is rebuilt below
+            try:
+                torch.ops.load_library(os.path.join(build_dir, name + ".so"))
+                torch.ops.canvas_mamba_cpu.scan_read_fwd  # noqa: B018 - the library registered its operators
+                _state["threaded"] = _OPENMP[0] in flags
+                return None
+            except Exception:  # noqa: BLE001 - truncated or foreign file: build it again
+                pass
     if cxx is None:
         return _NO_COMPILER
-    if not cached:
-        print(f"canvas-plugin-mamba: compiling the CPU selective-scan kernel for this machine (once, about "
-              f"15 s) into {build_dir}", file=sys.stderr, flush=True)
-    try:
-        os.makedirs(build_dir, exist_ok=True)
-        cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=list(_FLAGS), build_directory=build_dir,
-                           is_python_module=False, verbose=False)
-        torch.ops.canvas_mamba_cpu.scan_read_fwd  # noqa: B018 - the library registered its operators
-    except Exception as exc:  # any build or load failure: the reason, and the PyTorch scan
-        lines = [s for s in str(exc).strip().splitlines() if s.strip()]
-        detail = " / ".join(lines[-3:])[:400] if lines else type(exc).__name__
-        if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR):
-            return (f"its build folder {build_dir} cannot be written ({type(exc).__name__}: {detail}); set "
-                    "TORCH_EXTENSIONS_DIR to a writable folder")
-        return f"building {_SOURCE.name} with {cxx} failed ({type(exc).__name__}: {detail})"
-    return None
+    failure = None
+    for flags, name in builds:  # a compiler without OpenMP fails the first: the one-thread build
+        build_dir = _build_dir(name)
+        if failure is None and not os.path.exists(os.path.join(build_dir, name + ".so")):
+            print(f"canvas-plugin-mamba: compiling the CPU selective-scan kernel for this machine (once, about "
+                  f"15 s) into {build_dir}", file=sys.stderr, flush=True)
+        try:
+            os.makedirs(build_dir, exist_ok=True)
+            cpp_extension.load(name=name, sources=[str(_SOURCE)], extra_cflags=list(flags),
+                               extra_ldflags=[f for f in flags if f in _OPENMP], build_directory=build_dir,
+                               is_python_module=False, verbose=False)
+            torch.ops.canvas_mamba_cpu.scan_read_fwd  # noqa: B018 - the library registered its operators
+        except Exception as exc:  # any build or load failure: the reason, and the PyTorch scan
+            lines = [s for s in str(exc).strip().splitlines() if s.strip()]
+            detail = " / ".join(lines[-3:])[:400] if lines else type(exc).__name__
+            if isinstance(exc, OSError) and exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR):
+                return (f"its build folder {build_dir} cannot be written ({type(exc).__name__}: {detail}); set "
+                        "TORCH_EXTENSIONS_DIR to a writable folder")
+            failure = f"building {_SOURCE.name} with {cxx} failed ({type(exc).__name__}: {detail})"
+            continue
+        _state["threaded"] = _OPENMP[0] in flags
+        return None
+    return failure
+
+
+def threaded() -> bool:
+    """Whether the loaded kernel spreads its work items over torch's threads (built with OpenMP)."""
+    return available() and bool(_state.get("threaded"))
 
 
 def static_problem() -> Optional[str]:

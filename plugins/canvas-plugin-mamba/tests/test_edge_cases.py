@@ -1,5 +1,5 @@
 """Mamba's kernels under conditions a user can set up around them: autocast, an explicit kernel
-with a state size it cannot hold, several threads."""
+with a state size it cannot hold, several threads, a compiler without OpenMP."""
 
 from __future__ import annotations
 
@@ -147,6 +147,41 @@ def test_two_threads_give_the_one_thread_results():
         torch.set_num_threads(before)
     assert m.kernel_used == "mamba_cpu"
     assert all(torch.equal(a, b) for a, b in zip(*runs))
+
+
+def test_gnu_compiler_builds_the_threaded_kernel():
+    """With GCC (whose OpenMP runtime torch's Linux wheels ship) the kernel is built with OpenMP,
+    so its work items run on torch's threads, and the process holds one OpenMP runtime, torch's."""
+    import subprocess
+
+    if not cpu_kernel.available():
+        pytest.skip(f"the compiled CPU scan is unavailable here: {cpu_kernel.unavailable_reason()}")
+    version = subprocess.run(cpu_kernel._compiler().split() + ["--version"], capture_output=True, text=True)
+    if "Free Software Foundation" not in version.stdout or "clang" in version.stdout.lower():
+        pytest.skip("the compiler is not GCC")
+    assert cpu_kernel.threaded()
+    with open("/proc/self/maps", encoding="utf-8") as f:
+        runtimes = {line.split()[-1] for line in f if "libgomp" in line}
+    assert len(runtimes) <= 1, runtimes
+
+
+def test_compiler_without_openmp_gets_the_one_thread_build(tmp_path):
+    """A compiler that refuses ``-fopenmp`` (Apple's clang, say; simulated by an unknown flag):
+    the kernel is built without it, runs, and says it is not threaded; no warning."""
+    import os
+    import subprocess
+    import sys
+
+    if cpu_kernel._compiler() is None or cpu_kernel.shutil.which("ninja") is None:
+        pytest.skip("no C++ compiler or no ninja here")
+    code = ("import warnings\nwarnings.simplefilter('error')\nimport torch\n"
+            "from canvas_plugin_mamba import cpu_kernel\nfrom canvas_plugin_mamba.module import MambaAttention\n"
+            "cpu_kernel._OPENMP = ('-fno-such-openmp-flag',)\nm = MambaAttention(8, 4)\nq = torch.randn(1, 5, 8)\n"
+            "m(q, q, q).sum().backward()\nprint(m.kernel_used, cpu_kernel.threaded())\n")
+    env = dict(os.environ, TORCH_EXTENSIONS_DIR=str(tmp_path))
+    env.pop(cpu_kernel.ENV, None)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert out.stdout.split() == ["mamba_cpu", "False"], out.stderr[-2000:]
 
 
 def test_no_home_folder_falls_back_with_one_warning(fresh_state):

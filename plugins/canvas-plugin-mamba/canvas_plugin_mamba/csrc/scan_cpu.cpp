@@ -5,7 +5,10 @@
 // rest in a few cache lines on the stack) while the item steps through the positions in order,
 // so no state between two reads is written to a tensor.  The backward walks the positions in
 // reverse, chunk by chunk: it recomputes a chunk's states from the state saved at the chunk's
-// start, then propagates the adjoint through them.  Built at first use by cpu_kernel.py.
+// start, then propagates the adjoint through them.  Work items are independent (each writes its
+// own slice of every output and of the partial sums its caller adds up in a fixed order), so they
+// run on torch's threads with the same results for any thread count.  Built at first use by
+// cpu_kernel.py, with OpenMP where the compiler has it (without it the items run one by one).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -15,7 +18,20 @@
 #include <cstring>
 #include <vector>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace {
+
+// at::parallel_for in this file runs on the OpenMP runtime this library was linked with (torch's
+// own when they are one library, as with torch's Linux wheels).  Each operator first gives it
+// torch's thread count, so torch.set_num_threads governs these kernels as it governs torch's.
+inline void use_torch_threads() {
+#ifdef _OPENMP
+  omp_set_num_threads(at::get_num_threads());
+#endif
+}
 
 constexpr int V = 16;       // channels per work item (one vector of lanes)
 constexpr int MAX_N = 64;   // largest state size kept in registers / on the stack
@@ -360,6 +376,7 @@ void conv_silu_bwd_kernel(int64_t Bt, int64_t L, int64_t E, int64_t K, const S* 
 }
 
 at::Tensor conv_silu_fwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
+  use_torch_threads();
   check_inputs({&x, &w, &bias}, x);
   const int64_t Bt = x.size(0), L = x.size(1), E = x.size(2), K = w.size(1);
   auto u = at::empty_like(x);
@@ -373,6 +390,7 @@ at::Tensor conv_silu_fwd(const at::Tensor& x, const at::Tensor& w, const at::Ten
 
 std::vector<at::Tensor> conv_silu_bwd(const at::Tensor& gu, const at::Tensor& x, const at::Tensor& w,
                                       const at::Tensor& bias) {
+  use_torch_threads();
   check_inputs({&gu, &x, &w, &bias}, x);
   const int64_t Bt = x.size(0), L = x.size(1), E = x.size(2), K = w.size(1), nEb = (E + V - 1) / V;
   auto gx = at::empty_like(x);
@@ -411,6 +429,7 @@ Shape shape_of(const at::Tensor& u, const at::Tensor& A2, const at::Tensor& C, i
 at::Tensor scan_read_fwd(const at::Tensor& u, const at::Tensor& d, const at::Tensor& A2, const at::Tensor& Bm,
                          const at::Tensor& C, const at::Tensor& rs, const at::Tensor& rq, int64_t T, at::Tensor& Hs,
                          bool softplus, const c10::optional<at::Tensor>& Dsk) {
+  use_torch_threads();
   const Shape z = shape_of(u, A2, C, T);
   check_inputs({&u, &d, &A2, &Bm, &C, &Hs}, u);
   if (Dsk) check_inputs({&*Dsk}, u);
@@ -430,6 +449,7 @@ std::vector<at::Tensor> scan_read_bwd(const at::Tensor& gy, const at::Tensor& u,
                                       const at::Tensor& A2, const at::Tensor& Bm, const at::Tensor& C,
                                       const at::Tensor& rs, const at::Tensor& rq, const at::Tensor& Hs, int64_t T,
                                       bool softplus, const c10::optional<at::Tensor>& Dsk) {
+  use_torch_threads();
   const Shape z = shape_of(u, A2, C, T);
   check_inputs({&gy, &u, &d, &A2, &Bm, &C, &Hs}, u);
   if (Dsk) check_inputs({&*Dsk}, u);
