@@ -250,7 +250,7 @@ class MambaAttention(nn.Module):
             u = as_dtype(F.silu(causal_depthwise_conv(x, w, b)), wd)  # (B, L, E)
         sel = self.x_proj(keys)
         dt, Bsel = sel.split([self.dt_rank, self.d_state], dim=-1)
-        delta = as_dtype(_softplus(self.dt_proj(dt)), wd)
+        delta = as_dtype(_softplus(self._step(dt)), wd)
         if key_ok is not None:
             keep = key_ok.unsqueeze(-1).to(wd)
             u, delta = u * keep, delta * keep
@@ -270,9 +270,21 @@ class MambaAttention(nn.Module):
             x = self.in_proj(values)
             dt, Bsel = self.x_proj(keys).split([self.dt_rank, self.d_state], dim=-1)
         u = cpu_ops.conv_silu(x, self.conv1d.weight.squeeze(1), self._conv_bias())
-        y = cpu_ops.scan_read_softplus(u, self.dt_proj(dt), -torch.exp(self.A_log), Bsel, self.c_proj(queries),
+        y = cpu_ops.scan_read_softplus(u, self._step(dt), -torch.exp(self.A_log), Bsel, self.c_proj(queries),
                                        self.D, read, chunk_size(keys.shape[1]))
         return y * F.silu(self.z_proj(queries))
+
+    def _step(self, dt: torch.Tensor) -> torch.Tensor:
+        """``dt_proj(dt)``, ``(B, L, R) -> (B, L, E)``.  For a plain ``dt_proj`` one ``addmm`` on
+        the rows (``dt`` is a strided slice of a wider projection: ``F.linear`` would add the bias
+        in a second pass) by a row-major weight, whose gradient autograd then forms as ``dt^T g``
+        (``R x E``) instead of ``g^T dt`` (``E x R``: eight times slower for ``R = 4`` here)."""
+        if not plain_linear(self.dt_proj, with_bias=True) or dt.dim() != 3:
+            return self.dt_proj(dt)
+        B, L, R = dt.shape
+        # a row-major (R, E) copy of the weight: autograd then forms its gradient as dt^T g
+        w = self.dt_proj.weight.t().contiguous()
+        return torch.addmm(self.dt_proj.bias, dt.reshape(B * L, R), w).view(B, L, w.shape[1])
 
     # ------------------------------------------------------------------ forward
     def forward(
