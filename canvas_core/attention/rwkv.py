@@ -122,7 +122,7 @@ class _ChunkSums(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kc, vc, w, okc, split_last=False):  # noqa: D401 - autograd signature
         # split_last: sum each chunk's first T - 1 keys and return its last key and value as
-        # well, so their gradients come back here and are joined once (no zero-filled
+        # well, so their gradients come back here and are written into one tensor (no zero-filled
         # gradients of the slices and of the selected last column, no additions of them)
         ks, vs, oks = (kc[:, :, :-1], vc[:, :, :-1], None if okc is None else okc[:, :, :-1]) if split_last else (kc, vc, okc)
         ls, _ = _ChunkSums._exps(ks, w, oks)
@@ -141,18 +141,22 @@ class _ChunkSums(torch.autograd.Function):
     def backward(ctx, ga, gb, _gm, *g_last):
         kc, vc, w, m, *rest = ctx.saved_tensors
         okc = rest[0] if rest else None
-        if ctx.split_last:
+        dk_all = dv_all = None
+        if ctx.split_last:  # the sums' gradients are written straight into the whole chunks' (no cat)
+            dk_all, dv_all = torch.empty_like(kc), torch.empty_like(vc)
+            for full, g in zip((dk_all, dv_all), g_last):
+                full[:, :, -1] = 0.0 if g is None else g
             kc, vc, okc = kc[:, :, :-1], vc[:, :, :-1], None if okc is None else okc[:, :, :-1]
         ls, lag = _ChunkSums._exps(kc, w, okc)
         e = _ChunkSums._weights_(ls, m, okc)
         ga = torch.zeros_like(m).unsqueeze(2) if ga is None else ga.unsqueeze(2)
         gb = torch.zeros_like(m).unsqueeze(2) if gb is None else gb.unsqueeze(2)
-        dv = e * ga
-        dk = torch.mul(vc, ga).add_(gb).mul_(e)  # d/d(exponent): e * (v g_a + g_b)
+        dv = torch.mul(e, ga, out=None if dv_all is None else dv_all[:, :, :-1])
+        # d/d(exponent): e * (v g_a + g_b)
+        dk = torch.mul(vc, ga, out=None if dk_all is None else dk_all[:, :, :-1]).add_(gb).mul_(e)
         dw = -(dk.sum(dim=(0, 1)) * lag.view(-1, 1)).sum(dim=0) if ctx.needs_input_grad[2] else None
-        if ctx.split_last:
-            gk, gv = (torch.zeros_like(m) if g is None else g for g in g_last)
-            dk, dv = torch.cat([dk, gk.unsqueeze(2)], dim=2), torch.cat([dv, gv.unsqueeze(2)], dim=2)
+        if dk_all is not None:
+            dk, dv = dk_all, dv_all
         return dk, dv, dw, None, None
 
 
