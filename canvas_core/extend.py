@@ -67,6 +67,7 @@ if TYPE_CHECKING:  # for readers and IDEs; at run time the names load lazily bel
         AttentionBase, aligned_key_index, as_dtype, causal_read_index, check_dtypes_devices, has_key,
         operators_under_compile, safe_div,
     )
+    from canvas_core.attention.first_order import first_order_backward, first_order_only
     from canvas_core.attention.functional import masked_softmax, masked_softmax_attention
     from canvas_core.attention.recurrent import fft_causal_conv, wkv_masked, wkv_scan
     from canvas_core.attention.causal_read import plain_linear, plain_module, release_scratch, scratch
@@ -107,6 +108,7 @@ _publish("canvas_core.plugins.resolve", "ResolvedGroup")
 _publish("canvas_core.attention._base", "AttentionBase", "as_dtype", "check_dtypes_devices", "has_key", "safe_div",
          "aligned_key_index", "causal_read_index", "operators_under_compile")
 _publish("canvas_core.attention.functional", "masked_softmax", "masked_softmax_attention")
+_publish("canvas_core.attention.first_order", "first_order_backward", "first_order_only")
 _publish("canvas_core.attention.recurrent", "wkv_scan", "wkv_masked", "fft_causal_conv")
 _publish("canvas_core.attention.causal_read", "scratch", "release_scratch", "plain_linear", "plain_module")
 # kernels
@@ -126,7 +128,8 @@ __all__ = [
     "ENTRY_POINT_GROUP", "ExecutionPlan", "GenericAdapter", "LoopedBlockWrapper",
     "REFERENCE_MODES", "RectGroup", "ReferenceKernel", "ResolvedGroup", "RuntimeContext",
     "SegmentGrid", "Spec", "TokenLayout", "aligned_key_index", "as_dtype", "block_layout_of", "canvas_sdpa",
-    "causal_read_index", "check_dtypes_devices", "class_matches", "fft_causal_conv", "has_key",
+    "causal_read_index", "check_dtypes_devices", "class_matches", "fft_causal_conv", "first_order_backward",
+    "first_order_only", "has_key",
     "hookimpl", "hookspec", "kernel_for", "lower", "masked_softmax", "masked_softmax_attention", "nan_where_linked",
     "non_finite_keys", "operators_under_compile", "plain_linear", "plain_module", "release_scratch", "safe_div", "scratch", "zero_bad_keys",
     "segment_grid", "wkv_masked", "wkv_scan",

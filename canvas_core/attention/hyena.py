@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from canvas_core.attention.first_order import first_order_backward
 from canvas_core.attention._base import AttentionBase, _check_int
 from canvas_core.attention.causal_read import (
     CHUNK_ELEMS,
@@ -69,6 +70,7 @@ class _CausalConv(torch.autograd.Function):
         return y
 
     @staticmethod
+    @first_order_backward("hyena's causal convolution")
     def backward(ctx, g):
         Zc, Hc = ctx.saved_tensors
         L, n = ctx.L, ctx.n
@@ -104,6 +106,7 @@ class _ReadConv(torch.autograd.Function):
         return y[..., :Q]
 
     @staticmethod
+    @first_order_backward("hyena's read convolution")
     def backward(ctx, g):
         Zc, Hc = ctx.saved_tensors
         s, m = ctx.s, ctx.m

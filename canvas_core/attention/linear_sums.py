@@ -15,6 +15,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from canvas_core.attention.first_order import first_order_backward
 from canvas_core.attention.causal_read import scratch
 
 __all__ = ["elu_plus_one", "key_summary"]
@@ -32,6 +33,7 @@ class _EluPlusOne(torch.autograd.Function):
         return y
 
     @staticmethod
+    @first_order_backward("linear_attention's feature map")
     def backward(ctx, g):
         (y,) = ctx.saved_tensors
         return g * y.clamp(max=1.0)
@@ -65,6 +67,7 @@ class _KeySummary(torch.autograd.Function):
         return P, s
 
     @staticmethod
+    @first_order_backward("linear_attention's key summary")
     def backward(ctx, gP, gs):
         keys, vals, weight, phi = ctx.saved_tensors
         need_k, need_v, need_w, need_b = ctx.needs_input_grad

@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from canvas_core.attention.first_order import first_order_backward
 from canvas_core.attention._base import AttentionBase, safe_div
 from canvas_core.attention.causal_read import (
     CHUNK_ELEMS,
@@ -79,6 +80,7 @@ class _ChunkRead(torch.autograd.Function):
         return num, den, mx
 
     @staticmethod
+    @first_order_backward("rwkv's chunked read")
     def backward(ctx, g_num, g_den, _g_mx):
         kc, vc, w, u, cr, rel, mx, *rest = ctx.saved_tensors
         okq = rest[0] if rest else None
@@ -138,6 +140,7 @@ class _ChunkSums(torch.autograd.Function):
         return a, b, m
 
     @staticmethod
+    @first_order_backward("rwkv's chunk sums")
     def backward(ctx, ga, gb, _gm, *g_last):
         kc, vc, w, m, *rest = ctx.saved_tensors
         okc = rest[0] if rest else None
@@ -365,6 +368,7 @@ class _SharedProjections(torch.autograd.Function):
         return torch.matmul(x, wk.t()), torch.matmul(x, wv.t())
 
     @staticmethod
+    @first_order_backward("rwkv's key and value projection")
     def backward(ctx, dk, dv):
         x, wk, wv = ctx.saved_tensors
         xf = x.reshape(-1, x.shape[-1])

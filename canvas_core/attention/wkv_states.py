@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 
+from canvas_core.attention.first_order import first_order_backward
 from canvas_core.attention.causal_read import NEG_INF, exp_floor, finite_or_zero, scratch
 
 __all__: list = []
@@ -46,6 +47,7 @@ class _ChunkStates(torch.autograd.Function):
         return out[0].contiguous(), out[1].contiguous(), Ms
 
     @staticmethod
+    @first_order_backward("rwkv's chunk states")
     def backward(ctx, gA, gB, _gM):
         ab, mt, w = ctx.saved_tensors
         B, C, n = mt.shape

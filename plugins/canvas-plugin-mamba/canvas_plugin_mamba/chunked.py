@@ -26,9 +26,8 @@ from typing import Optional, Tuple
 import torch
 
 from canvas_core.errors import CanvasTypeError, UnavailableError
-from canvas_core.extend import scratch
+from canvas_core.extend import first_order_only, scratch
 from canvas_plugin_mamba import cpu_kernel, segments
-from canvas_plugin_mamba._grads import first_order_only
 from canvas_plugin_mamba.conv_op import causal_depthwise_conv  # re-exported: it lived here before
 
 __all__ = ["selective_scan_read", "chunk_size", "causal_depthwise_conv", "all_states"]

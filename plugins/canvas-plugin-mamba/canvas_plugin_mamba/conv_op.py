@@ -14,7 +14,8 @@ from typing import Tuple
 
 import torch
 
-from canvas_plugin_mamba._grads import first_order_only
+from canvas_core.extend import first_order_only
+
 
 __all__ = ["causal_depthwise_conv"]
 

@@ -18,8 +18,8 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from canvas_core.extend import first_order_only
 from canvas_plugin_mamba import cpu_kernel
-from canvas_plugin_mamba._grads import first_order_only
 
 __all__ = ["conv_silu", "scan_read_softplus"]
 

@@ -24,9 +24,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from canvas_core.extend import scratch
+from canvas_core.extend import first_order_only, scratch
 from canvas_plugin_mamba import chunked, conv_op
-from canvas_plugin_mamba._grads import first_order_only
 
 __all__ = ["mamba_inner"]
 

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from canvas_core.extend import first_order_only
 from canvas_plugin_mamba import chunked
-from canvas_plugin_mamba._grads import first_order_only
 from canvas_plugin_mamba.inner_op import _forward as _inner_forward
 from canvas_plugin_mamba.inner_op import _inner_backward
 
