@@ -124,7 +124,7 @@ class _ChunkSums(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kc, vc, w, okc, split_last=False):  # noqa: D401 - autograd signature
         # split_last: sum each chunk's first T - 1 keys and return its last key and value as
-        # well, so their gradients come back here and are written into one tensor (no zero-filled
+        # well, so their gradients come back here and are joined once (no zero-filled
         # gradients of the slices and of the selected last column, no additions of them)
         ks, vs, oks = (kc[:, :, :-1], vc[:, :, :-1], None if okc is None else okc[:, :, :-1]) if split_last else (kc, vc, okc)
         ls, _ = _ChunkSums._exps(ks, w, oks)
@@ -144,22 +144,18 @@ class _ChunkSums(torch.autograd.Function):
     def backward(ctx, ga, gb, _gm, *g_last):
         kc, vc, w, m, *rest = ctx.saved_tensors
         okc = rest[0] if rest else None
-        dk_all = dv_all = None
-        if ctx.split_last:  # the sums' gradients are written straight into the whole chunks' (no cat)
-            dk_all, dv_all = torch.empty_like(kc), torch.empty_like(vc)
-            for full, g in zip((dk_all, dv_all), g_last):
-                full[:, :, -1] = 0.0 if g is None else g
+        if ctx.split_last:
             kc, vc, okc = kc[:, :, :-1], vc[:, :, :-1], None if okc is None else okc[:, :, :-1]
         ls, lag = _ChunkSums._exps(kc, w, okc)
         e = _ChunkSums._weights_(ls, m, okc)
         ga = torch.zeros_like(m).unsqueeze(2) if ga is None else ga.unsqueeze(2)
         gb = torch.zeros_like(m).unsqueeze(2) if gb is None else gb.unsqueeze(2)
-        dv = torch.mul(e, ga, out=None if dv_all is None else dv_all[:, :, :-1])
-        # d/d(exponent): e * (v g_a + g_b)
-        dk = torch.mul(vc, ga, out=None if dk_all is None else dk_all[:, :, :-1]).add_(gb).mul_(e)
+        dv = e * ga
+        dk = torch.mul(vc, ga).add_(gb).mul_(e)  # d/d(exponent): e * (v g_a + g_b)
         dw = -(dk.sum(dim=(0, 1)) * lag.view(-1, 1)).sum(dim=0) if ctx.needs_input_grad[2] else None
-        if dk_all is not None:
-            dk, dv = dk_all, dv_all
+        if ctx.split_last:
+            gk, gv = (torch.zeros_like(m) if g is None else g for g in g_last)
+            dk, dv = torch.cat([dk, gk.unsqueeze(2)], dim=2), torch.cat([dv, gv.unsqueeze(2)], dim=2)
         return dk, dv, dw, None, None
 
 
@@ -173,8 +169,11 @@ def _chunk_for(L: int, Q: int) -> int:
     moved to a divisor of ``L`` within -30% / +40% when there is one (no padded chunk: no
     concatenated copies of the keys and values, no mask)."""
     t = max(1, round((3 * L * L / max(Q, 1)) ** (1 / 3)))
-    near = [d for d in range(max(1, int(t * 0.7)), int(t * 1.4) + 1) if L % d == 0]
-    return min(near, key=lambda d: (abs(d - t), d)) if near else t
+    best, gap = t, None
+    for d in range(max(1, int(t * 0.7)), int(t * 1.4) + 1):  # a loop, not min(): torch.compile traces it
+        if L % d == 0 and (gap is None or abs(d - t) < gap):  # ties: the smaller divisor
+            best, gap = d, abs(d - t)
+    return best
 
 
 def wkv_read(

@@ -71,8 +71,11 @@ def _group_for(nC: int) -> Optional[int]:
     if nC < 64:
         return None
     t = (2 * nC) ** (1 / 3)
-    near = [g for g in range(2, nC // 2 + 1) if nC % g == 0]
-    return min(near, key=lambda g: (abs(math.log(g / t)), g)) if near else None
+    best, gap = None, None
+    for g in range(2, nC // 2 + 1):  # a loop, not min(): torch.compile traces it
+        if nC % g == 0 and (gap is None or abs(math.log(g / t)) < gap):  # ties: the smaller group
+            best, gap = g, abs(math.log(g / t))
+    return best
 
 
 def _chunk_states(a, b, m, w, T):
