@@ -22,7 +22,7 @@ from canvas_core.attention.causal_read import (
     work_dtype,
 )
 
-__all__ = ["HyenaAttention", "fft_causal_conv", "causal_conv_last", "read_conv_last", "fft_size"]
+__all__ = ["HyenaAttention", "fft_causal_conv", "causal_conv_last", "gated_causal_conv", "read_conv_last", "fft_size"]
 
 
 def fft_size(n: int) -> int:
@@ -120,6 +120,68 @@ class _ReadConv(torch.autograd.Function):
             dhp = torch.fft.irfft(torch.mul(G, Zc, out=scratch("hy_phs", Zc.shape, Zc)).sum(dim=0), n=m)
             dh = dhp[..., :Q].flip(1).transpose(-1, -2).reshape(C, Q * s)
         return dz, dh, None
+
+
+class _GatedConv(torch.autograd.Function):
+    """``gate * causal_conv(z, h)`` (a stage of the operator before the last), one batch row at a
+    time: its padded signal, spectrum product and inverse transform (``C x n``, a few hundred kB)
+    stay in cache between the transforms and the gate's product, where :class:`_CausalConv` over
+    the whole batch goes through memory between each step.  Saves the gate, the convolution
+    (the gate's gradient) and the conjugated spectra; the backward likewise, one row at a time,
+    with the filter's gradient summed over the rows in the frequency domain."""
+
+    @staticmethod
+    def forward(ctx, z, gate, h):  # z, gate (B, C, L); h (C, L)
+        B, C, L = z.shape
+        n = fft_size(2 * L - 1)
+        H = torch.fft.rfft(h, n=n)
+        out, conv = torch.empty_like(z), torch.empty_like(z)
+        Zc = torch.empty((B, C, n // 2 + 1), dtype=H.dtype, device=z.device)
+        pad = scratch("hy_gpad", (C, n), z)
+        pad[:, L:].zero_()
+        spec = scratch("hy_gspec", (C, n // 2 + 1), H)
+        for b in range(B):
+            pad[:, :L].copy_(z[b])
+            Z = torch.fft.rfft(pad)
+            torch.conj_physical(Z, out=Zc[b])
+            conv[b].copy_(torch.fft.irfft(torch.mul(Z, H, out=spec), n=n)[:, :L])
+            torch.mul(gate[b], conv[b], out=out[b])
+        ctx.save_for_backward(gate, conv, Zc, H.conj_physical_())
+        ctx.n = n
+        return out
+
+    @staticmethod
+    @first_order_backward("hyena's gated convolution")
+    def backward(ctx, g):
+        gate, conv, Zc, Hc = ctx.saved_tensors
+        B, C, L = gate.shape
+        n = ctx.n
+        need_z, need_gate, need_h = ctx.needs_input_grad
+        dgate = torch.mul(g, conv) if need_gate else None
+        if not (need_z or need_h):
+            return None, dgate, None
+        dz = torch.empty_like(gate) if need_z else None
+        dH = torch.zeros_like(Hc) if need_h else None
+        pad = scratch("hy_gpad", (C, n), gate)
+        pad[:, L:].zero_()
+        spec = scratch("hy_gspec", (C, n // 2 + 1), Hc)
+        for b in range(B):
+            pad[:, :L].copy_(g[b]).mul_(gate[b])  # (not mul(out=) a strided view: torch.compile refuses it)
+            G = torch.fft.rfft(pad)
+            if need_z:
+                dz[b].copy_(torch.fft.irfft(torch.mul(G, Hc, out=spec), n=n)[:, :L])
+            if need_h:
+                dH.addcmul_(G, Zc[b])
+        dh = torch.fft.irfft(dH, n=n)[:, :L] if need_h else None
+        return dz, dgate, dh
+
+
+def gated_causal_conv(z: torch.Tensor, gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``gate * causal_conv_last(z, h)``: ``z, gate (B, C, L)``, ``h (C, L)`` -> ``(B, C, L)``, in
+    one pass over each batch row (same dtype as ``z``: float32 or float64)."""
+    if z.numel() == 0:
+        return gate * z
+    return _GatedConv.apply(z, gate.to(z.dtype), h.to(z.dtype))
 
 
 def read_conv_last(z: torch.Tensor, h: torch.Tensor, stride: int) -> torch.Tensor:
@@ -283,7 +345,7 @@ class HyenaAttention(AttentionBase):
             ht = h.transpose(1, 2)  # (order, D, Nk)
             ht = torch.cat([ht[..., :1] + d.unsqueeze(-1), ht[..., 1:]], dim=-1)
             for n in range(self.order - 1):
-                z = gates[n] * causal_conv_last(z, ht[n])
+                z = gated_causal_conv(z, gates[n], ht[n])
                 if keep_t is not None:
                     z = z * keep_t
             if Nq > 0 and Nk % Nq == 0:

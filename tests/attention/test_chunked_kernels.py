@@ -2,7 +2,8 @@
 
 * ``wkv_read`` (RWKV's chunked WKV, read at given positions) against the step-by-step
   recurrence of ``wkv_scan(chunk=1)`` and against a per-position sum written from the formula;
-* ``causal_conv_last`` (Hyena's FFT convolution with its FFT adjoint) against the direct sum;
+* ``causal_conv_last`` (Hyena's FFT convolution with its FFT adjoint) and ``gated_causal_conv``
+  (the gated stages, one batch row at a time) against the direct sum;
 * ``key_summary`` / ``elu_plus_one`` (linear attention's fused key side) against ``F.elu`` and
   plain products;
 * the types' unmasked forward (the per-key-set path the runtime uses) against the same module
@@ -20,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from canvas_core.attention import HyenaAttention, LinearAttention, RWKVAttention
-from canvas_core.attention.hyena import causal_conv_last, fft_size, read_conv_last
+from canvas_core.attention.hyena import causal_conv_last, fft_size, gated_causal_conv, read_conv_last
 from canvas_core.attention.linear_sums import elu_plus_one, key_summary
 from canvas_core.attention.rwkv import wkv_read, wkv_scan
 
@@ -106,6 +107,29 @@ def test_fft_causal_conv_and_its_adjoint_equal_the_direct_sum(B, L, seed):
     if L:
         gy = torch.randn(B, C, L, generator=g, dtype=DT)
         for a, b in zip(torch.autograd.grad(y, (z, h), gy), torch.autograd.grad(ref, (z, h), gy)):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
+@settings(max_examples=25, deadline=None)
+@given(B=st.integers(0, 3), L=st.integers(0, 13), grads=st.sampled_from(["all", "z", "gate", "h", "z,h"]),
+       seed=st.integers(0, 2**31 - 1))
+def test_gated_causal_conv_and_its_adjoint_equal_the_direct_sum(B, L, grads, seed):
+    g = torch.Generator().manual_seed(seed)
+    want = {"z", "gate", "h"} if grads == "all" else set(grads.split(","))
+    z = torch.randn(B, C, L, generator=g, dtype=DT, requires_grad="z" in want)
+    gate = torch.randn(B, C, L, generator=g, dtype=DT, requires_grad="gate" in want)
+    h = torch.randn(C, L, generator=g, dtype=DT, requires_grad="h" in want)
+    y = gated_causal_conv(z, gate, h)
+    ref = torch.zeros(B, C, L, dtype=DT)
+    for t in range(L):
+        for s in range(t + 1):
+            ref[..., t] = ref[..., t] + h[:, t - s] * z[..., s]
+    ref = gate * ref
+    torch.testing.assert_close(y, ref, atol=1e-10, rtol=1e-8)
+    if y.numel():
+        leaves = [t for t in (z, gate, h) if t.requires_grad]
+        gy = torch.randn(B, C, L, generator=g, dtype=DT)
+        for a, b in zip(torch.autograd.grad(y, leaves, gy), torch.autograd.grad(ref, leaves, gy)):
             torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
 
 
@@ -292,12 +316,15 @@ def test_rwkv_keys_that_are_the_values_give_what_separate_tensors_give(Nq, strid
     _one_tensor_matches_two(RWKVAttention(8, 2).double(), Nq, stride, seed)
 
 
-def test_hyena_strided_reads_compile_in_one_graph():
-    """The strided last stage traces without a graph break (``Nk = 3 Nq``), forward and gradients."""
+@pytest.mark.parametrize("cls", [HyenaAttention, RWKVAttention, LinearAttention])
+@pytest.mark.parametrize("Nq", [4, 12])  # strided reads (Nk = 3 Nq: hyena's phases, rwkv's chunk ends), one per key
+def test_linear_time_types_compile_in_one_graph(cls, Nq):
+    """The per-key-set fast paths trace without a graph break, forward and gradients (their
+    hand-written backwards included: no ``out=`` into a strided view, which dynamo refuses)."""
     torch.manual_seed(0)
-    m = HyenaAttention(8, 2)
+    m = cls(8, 2)
     c = torch.compile(m, backend="eager", fullgraph=True)
-    q, k = torch.randn(2, 4, 8, requires_grad=True), torch.randn(2, 12, 8, requires_grad=True)
+    q, k = torch.randn(2, Nq, 8, requires_grad=True), torch.randn(2, 12, 8, requires_grad=True)
     a, b = c(q, k, k), m(q, k, k)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     for x, y in zip(torch.autograd.grad(a.sum(), (q, k)), torch.autograd.grad(b.sum(), (q, k))):
