@@ -87,3 +87,20 @@ def test_first_order_only_passes_none_and_lists_through():
         out[2].sum().backward()
     with torch.no_grad():
         assert first_order_only("x", (g,))[0] is g
+
+
+@pytest.mark.parametrize("name", ["cosine_attention", "sigmoid_attention", "pooling", "local_attention",
+                                  "sparse_attention", "cross_attention", "perceiver", "gated"])
+def test_types_with_torch_backwards_have_exact_second_derivatives_in_a_layer(name):
+    """What docs/limits.md promises: these types pass gradgradcheck in a canvas layer; the softmax
+    ones under torch's math attention backend (its CPU flash kernel has no double backward)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    lay = CanvasLayout(T=2, H=3, W=2, d_model=8, regions={"v": (0, 2, 0, 2, 0, 2), "a": (0, 2, 2, 3, 0, 2)})
+    top = CanvasTopology(connections=[Connection("v", "v", t_src=0, t_dst=0),
+                                      Connection("a", "v", t_src=0, t_dst=-1, fn=name)])
+    torch.manual_seed(0)
+    layer = AttentionDispatcher(top, lay, 8, 2).double()
+    x = torch.randn(1, 12, 8, dtype=torch.float64, requires_grad=True)
+    with sdpa_kernel(SDPBackend.MATH):
+        assert torch.autograd.gradgradcheck(layer, (x,))
