@@ -178,9 +178,13 @@ class _GatedConv(torch.autograd.Function):
 
 def gated_causal_conv(z: torch.Tensor, gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """``gate * causal_conv_last(z, h)``: ``z, gate (B, C, L)``, ``h (C, L)`` -> ``(B, C, L)``, in
-    one pass over each batch row (same dtype as ``z``: float32 or float64)."""
+    one pass over each batch row when run eagerly (same dtype as ``z``: float32 or float64)."""
     if z.numel() == 0:
         return gate * z
+    if torch.compiler.is_compiling():
+        # traced, its loop over the rows would specialise the graph on the batch size (a
+        # recompile per size); the batched form gives one graph, and the compiler fuses the gate
+        return gate * causal_conv_last(z, h)
     return _GatedConv.apply(z, gate.to(z.dtype), h.to(z.dtype))
 
 

@@ -331,6 +331,21 @@ def test_linear_time_types_compile_in_one_graph(cls, Nq):
         torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
 
 
+def test_hyena_compiled_with_dynamic_shapes_traces_once_for_every_batch_size():
+    """The per-row loop of the gated stage runs eagerly only: a traced one would specialise the
+    graph on the batch size (the runtime stacks key sets along it) and recompile per size."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    m = HyenaAttention(8, 2)
+    c = torch.compile(m, backend=counter, fullgraph=True, dynamic=True)
+    for B in (2, 3, 5):
+        q, k = torch.randn(B, 4, 8), torch.randn(B, 12, 8)
+        torch.testing.assert_close(c(q, k, k), m(q, k, k), atol=1e-5, rtol=1e-5)
+    assert counter.frame_count == 1
+
+
 @settings(max_examples=25, deadline=None)
 @given(
     L=st.integers(64, 200),
