@@ -15,8 +15,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from canvas_core.attention.first_order import first_order_backward
 from canvas_core.attention.causal_read import scratch
+from canvas_core.attention.first_order import first_order_backward
 
 __all__ = ["elu_plus_one", "key_summary"]
 

@@ -12,7 +12,6 @@ from typing import Optional
 import torch
 from torch import nn
 
-from canvas_core.attention.first_order import first_order_backward
 from canvas_core.attention._base import AttentionBase, safe_div
 from canvas_core.attention.causal_read import (
     CHUNK_ELEMS,
@@ -27,6 +26,7 @@ from canvas_core.attention.causal_read import (
     rows_identical,
     work_dtype,
 )
+from canvas_core.attention.first_order import first_order_backward
 
 from canvas_core.attention.wkv_states import _chunk_states, _exp_rel
 

@@ -8,8 +8,8 @@ from typing import Optional
 
 import torch
 
-from canvas_core.attention.first_order import first_order_backward
 from canvas_core.attention.causal_read import NEG_INF, exp_floor, finite_or_zero, scratch
+from canvas_core.attention.first_order import first_order_backward
 
 __all__: list = []
 
