@@ -36,11 +36,14 @@ from typing import Optional, Tuple
 from canvas_core.errors import SettingError, UnavailableError
 
 __all__ = ["ENV", "MAX_STATE", "MambaKernelBuildWarning", "setting", "static_problem", "unavailable_reason",
-           "available", "require", "usable_for", "threaded", "forward", "backward"]
+           "available", "require", "usable_for", "threaded", "forward", "backward", "conv_forward",
+           "conv_backward", "MAX_CONV"]
 
 ENV = "CANVAS_MAMBA_CPU_KERNEL"
 #: the largest state size ``N`` the kernel keeps in registers (larger: the PyTorch scan)
 MAX_STATE = 64
+#: the widest conv the scan computes inside itself (:func:`conv_forward`)
+MAX_CONV = 8
 _SOURCE = Path(__file__).with_name("csrc") / "scan_cpu.cpp"
 _FLAGS = ("-O3", "-march=native", "-fno-math-errno")
 #: added when the compiler has OpenMP: the work items then run on torch's threads (its Linux wheels
@@ -324,4 +327,27 @@ def backward(gy, u, delta, A, Bm, C, read, T: int, hs, softplus: bool = False, D
     gu, gd, gA, gB, gC, gD = torch.ops.canvas_mamba_cpu.scan_read_bwd(gy, u, delta, A2, Bm, C, rs, rq, hs, T,
                                                                       softplus, D)
     grads = (gu, gd, gA.t().contiguous(), gB, gC)
+    return grads if D is None else grads + (gD,)
+
+
+def conv_forward(x, w, bias, delta, A, Bm, C, read, T: int, hs, softplus: bool = False, D=None):
+    """:func:`forward` of ``u = silu(causal_depthwise_conv(x, w, bias))`` (``x (Bt, L, E)``,
+    ``w (E, K)``, ``K <= MAX_CONV``, ``bias (E,)``) with the conv computed inside the scan: ``u`` is
+    never stored."""
+    import torch
+
+    rs, rq = _reads(read, x.shape[1])
+    A2 = (A.t() / _LN2).contiguous()
+    return torch.ops.canvas_mamba_cpu.conv_scan_read_fwd(x, w, bias, delta, A2, Bm, C, rs, rq, T, hs, softplus, D)
+
+
+def conv_backward(gy, x, w, bias, delta, A, Bm, C, read, T: int, hs, softplus: bool = False, D=None) -> Tuple:
+    """Gradients ``(x, w, bias, delta, A, Bm, C)`` (and ``D`` when given) of :func:`conv_forward`."""
+    import torch
+
+    rs, rq = _reads(read, x.shape[1])
+    A2 = (A.t() / _LN2).contiguous()
+    gx, gw, gb, gd, gA, gB, gC, gD = torch.ops.canvas_mamba_cpu.conv_scan_read_bwd(
+        gy, x, w, bias, delta, A2, Bm, C, rs, rq, hs, T, softplus, D)
+    grads = (gx, gw, gb, gd, gA.t().contiguous(), gB, gC)
     return grads if D is None else grads + (gD,)

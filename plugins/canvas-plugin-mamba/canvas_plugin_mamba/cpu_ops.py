@@ -6,6 +6,8 @@ mamba module's CPU path when :func:`cpu_kernel.available`).
 * :func:`scan_read_softplus`: the selective scan read at ``read`` with ``delta = softplus(dt)``
   and the skip term ``D u`` at the reads computed inside the kernel (no ``delta`` tensor, no
   gather or scatter of ``u`` for the skip).
+* :func:`conv_scan_read_softplus`: both in one kernel each way, ``u`` computed from ``x`` as the
+  scan steps (no ``u`` tensor, no separate conv pass).
 
 As operators they are opaque to ``torch.compile`` (the reads' index lists are built inside, with
 data-dependent sizes); shapes for tracing come from the fake implementations.
@@ -21,7 +23,7 @@ from torch import Tensor
 from canvas_core.extend import first_order_only
 from canvas_plugin_mamba import cpu_kernel
 
-__all__ = ["conv_silu", "scan_read_softplus"]
+__all__ = ["conv_silu", "scan_read_softplus", "conv_scan_read_softplus"]
 
 
 @torch.library.custom_op("canvas_mamba::cpu_conv_silu", mutates_args=())
@@ -121,3 +123,58 @@ def scan_read_softplus(u: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, C: Tensor, 
     kernels available."""
     args = [x.contiguous() for x in (u, dt, A, Bm, C, D)]
     return _scan_op(*args, read, T)[0]
+
+
+@torch.library.custom_op("canvas_mamba::cpu_conv_scan_softplus", mutates_args=())
+def _conv_scan_op(x: Tensor, w: Tensor, cb: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, C: Tensor, D: Tensor,
+                  read: Tensor, T: int) -> Tuple[Tensor, Tensor]:
+    hs = x.new_empty(_states_shape(x, A, T))
+    return cpu_kernel.conv_forward(x, w, cb, dt, A, Bm, C, read, T, hs, True, D), hs
+
+
+@_conv_scan_op.register_fake
+def _(x, w, cb, dt, A, Bm, C, D, read, T):
+    return x.new_empty(x.shape[0], C.shape[1], x.shape[2]), x.new_empty(_states_shape(x, A, T))
+
+
+@torch.library.custom_op("canvas_mamba::cpu_conv_scan_softplus_backward", mutates_args=())
+def _conv_scan_backward_op(gy: Tensor, x: Tensor, w: Tensor, cb: Tensor, dt: Tensor, A: Tensor, Bm: Tensor,
+                           C: Tensor, D: Tensor, read: Tensor, hs: Tensor, T: int) -> Tuple[
+        Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return cpu_kernel.conv_backward(gy.contiguous(), x, w, cb, dt, A, Bm, C, read, T, hs, True, D)
+
+
+@_conv_scan_backward_op.register_fake
+def _(gy, x, w, cb, dt, A, Bm, C, D, read, hs, T):
+    c = torch.contiguous_format
+    return (x.new_empty(x.shape), *(torch.empty_like(t, memory_format=c) for t in (w, cb, dt, A, Bm, C, D)))
+
+
+def _conv_scan_setup(ctx, inputs, output):
+    *tensors, T = inputs
+    ctx.save_for_backward(*tensors, output[1])
+    ctx.T = T
+    ctx.mark_non_differentiable(output[1])  # the saved states reach the backward only
+    ctx.set_materialize_grads(False)
+
+
+def _conv_scan_backward(ctx, gy, _unused):
+    if gy is None:
+        return (None,) * 10
+    *tensors, hs = ctx.saved_tensors
+    grads = _conv_scan_backward_op(gy, *tensors, hs, ctx.T)
+    return first_order_only("mamba's compiled scan", (*grads, None, None))
+
+
+_conv_scan_op.register_autograd(_conv_scan_backward, setup_context=_conv_scan_setup)
+
+
+def conv_scan_read_softplus(x: Tensor, weight: Tensor, bias: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, C: Tensor,
+                            D: Tensor, read: Tensor, T: int) -> Tensor:
+    """:func:`scan_read_softplus` of ``u = conv_silu(x, weight, bias)``, the conv computed inside
+    the scan (``weight (E, K)`` with ``K <= cpu_kernel.MAX_CONV``); the same values to float
+    rounding, differentiable in every tensor but ``read``."""
+    if x.dim() != 3 or (x.stride(-1) != 1 and x.shape[-1] > 1):
+        x = x.contiguous()  # the kernel takes any row and batch strides: a slice of a wider projection as it is
+    args = [t.contiguous() for t in (weight, bias, dt, A, Bm, C, D)]
+    return _conv_scan_op(x, *args, read, T)[0]

@@ -258,9 +258,10 @@ class MambaAttention(nn.Module):
         return u, delta, A, as_dtype(Bsel, wd)
 
     def _compiled_read(self, queries, keys, values, read):
-        """The gated read ``(B, Nq, E)`` by the compiled CPU kernels: the conv and its SiLU in one
-        pass each way, ``softplus`` of the step and the skip term ``D u`` inside the scan (one
-        dtype, no key mask: :meth:`forward` checks)."""
+        """The gated read ``(B, Nq, E)`` by the compiled CPU kernels: the conv and its SiLU (widths
+        up to ``cpu_kernel.MAX_CONV``; a pass of their own each way beyond), ``softplus`` of the
+        step and the skip term ``D u`` inside the scan (one dtype, no key mask: :meth:`forward`
+        checks)."""
         if keys is values and plain_linear(self.in_proj, with_bias=True) and plain_linear(self.x_proj, with_bias=False):
             # one product for both projections of the shared keys / values (and one input gradient)
             w = torch.cat([self.in_proj.weight, self.x_proj.weight])
@@ -269,9 +270,12 @@ class MambaAttention(nn.Module):
         else:
             x = self.in_proj(values)
             dt, Bsel = self.x_proj(keys).split([self.dt_rank, self.d_state], dim=-1)
-        u = cpu_ops.conv_silu(x, self.conv1d.weight.squeeze(1), self._conv_bias())
-        y = cpu_ops.scan_read_softplus(u, self._step(dt), -torch.exp(self.A_log), Bsel, self.c_proj(queries),
-                                       self.D, read, chunk_size(keys.shape[1]))
+        w, A, C, T = self.conv1d.weight.squeeze(1), -torch.exp(self.A_log), self.c_proj(queries), chunk_size(keys.shape[1])
+        if w.shape[-1] <= cpu_kernel.MAX_CONV:  # the conv inside the scan
+            y = cpu_ops.conv_scan_read_softplus(x, w, self._conv_bias(), self._step(dt), A, Bsel, C, self.D, read, T)
+        else:
+            y = cpu_ops.scan_read_softplus(cpu_ops.conv_silu(x, w, self._conv_bias()), self._step(dt), A, Bsel, C,
+                                           self.D, read, T)
         return y * F.silu(self.z_proj(queries))
 
     def _step(self, dt: torch.Tensor) -> torch.Tensor:

@@ -89,11 +89,12 @@ def test_each_read_depends_on_its_prefix_only(compiled):
         assert torch.equal(gC[0].abs().sum(-1) > 0, torch.arange(6) == q if r >= 0 else torch.zeros(6, dtype=bool))
 
 
-def test_module_kernels_agree(compiled):
+@pytest.mark.parametrize("d_conv", [4, cpu_kernel.MAX_CONV + 1])  # the conv inside the scan, and beside it
+def test_module_kernels_agree(compiled, d_conv):
     """A float32 module with the compiled scan and with the PyTorch scan: same outputs and
     gradients to float32 rounding; ``kernel_used`` names each."""
     torch.manual_seed(0)
-    m = MambaAttention(48, 4)
+    m = MambaAttention(48, 4, d_conv=d_conv)
     q, kv = torch.randn(3, 20, 48), torch.randn(3, 90, 48)
     results = {}
     for kernel in ("mamba_cpu", "mamba_torch"):
@@ -234,6 +235,41 @@ def test_scan_with_softplus_and_skip_equals_reference(compiled, Bt, L, E, N, Q, 
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
 
 
+@settings(max_examples=40, deadline=None)
+@given(Bt=st.integers(1, 2), L=st.integers(1, 30), E=st.integers(1, 35), N=st.integers(1, 9),
+       Q=st.integers(1, 12), K=st.integers(1, cpu_kernel.MAX_CONV), T=st.integers(1, 9), sliced=st.booleans(),
+       seed=st.integers(0, 10**6))
+def test_conv_inside_the_scan_equals_conv_then_scan_reference(compiled, Bt, L, E, N, Q, K, T, sliced, seed):
+    """``conv_scan_read_softplus`` (the conv and its SiLU computed as the scan steps, their
+    gradients as it walks back) against ``silu(causal_depthwise_conv)`` then the step reference
+    plus the skip term, float64: values and all eight gradients; conv widths 1 to MAX_CONV,
+    sequences shorter than the conv, reads of -1, repeated and unsorted, ``x`` contiguous or a
+    slice of a wider tensor (as the module's shared projection hands it)."""
+    import torch.nn.functional as F
+
+    from canvas_plugin_mamba.conv_op import causal_depthwise_conv
+
+    (x, dt, A, B, C), read = _inputs(Bt, L, E, N, Q, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    w, cb, D = (torch.randn(*s, dtype=torch.float64, generator=g).requires_grad_() for s in ((E, K), (E,), (E,)))
+    with torch.no_grad():
+        dt.sub_(0.3).mul_(4)
+    leaf = x
+    if sliced:  # columns 2 .. E + 2 of a (Bt, L, E + 5) tensor: rows E + 5 apart
+        leaf = torch.randn(Bt, L, E + 5, dtype=torch.float64, generator=g).requires_grad_()
+        x = leaf[..., 2:E + 2]
+    leaves = (leaf, w, cb, dt, A, B, C, D)
+    out = cpu_ops.conv_scan_read_softplus(x, w, cb, dt, A, B, C, D, read, T)
+    u = F.silu(causal_depthwise_conv(x, w, cb))
+    ok = (read >= 0).view(1, -1, 1).to(u.dtype)
+    ref = step_reference(u, F.softplus(dt), A, B, C, read) + D * u[:, read.clamp(min=0)] * ok
+    torch.testing.assert_close(out, ref, atol=1e-11, rtol=1e-9)
+    gy = torch.randn_like(ref)
+    grads = (torch.autograd.grad(o, leaves, gy, allow_unused=True, materialize_grads=True) for o in (out, ref))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
 def test_compiled_kernel_operators_pass_torch_opcheck(compiled):
     """The eager CPU path's operators: fake shapes, autograd registration and schema agree with the
     implementation (what torch.compile relies on when it traces the module op by op)."""
@@ -248,6 +284,12 @@ def test_compiled_kernel_operators_pass_torch_opcheck(compiled):
     torch.library.opcheck(cpu_ops._conv_silu_op, (x, w, b))
     torch.library.opcheck(cpu_ops._conv_silu_backward_op, (torch.randn(2, 9, 5, dtype=torch.float64),
                                                           x.detach(), w.detach(), b.detach()))
+    (x, dt, A, B, C), read = _inputs(2, 11, 5, 3, 4, seed=2)
+    w, cb = torch.randn(5, 4, dtype=torch.float64, requires_grad=True), torch.randn(5, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(cpu_ops._conv_scan_op, (x, w, cb, dt, A, B, C, D, read, 4))
+    y, hs = cpu_ops._conv_scan_op(x, w, cb, dt, A, B, C, D, read, 4)
+    d = [t.detach() for t in (x, w, cb, dt, A, B, C, D)]
+    torch.library.opcheck(cpu_ops._conv_scan_backward_op, (torch.randn_like(y), *d, read, hs.detach(), 4))
 
 
 def test_module_traced_op_by_op_under_compile_matches_eager(compiled, monkeypatch):

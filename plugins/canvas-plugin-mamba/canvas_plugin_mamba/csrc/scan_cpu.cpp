@@ -5,10 +5,12 @@
 // rest in a few cache lines on the stack) while the item steps through the positions in order,
 // so no state between two reads is written to a tensor.  The backward walks the positions in
 // reverse, chunk by chunk: it recomputes a chunk's states from the state saved at the chunk's
-// start, then propagates the adjoint through them.  Work items are independent (each writes its
-// own slice of every output and of the partial sums its caller adds up in a fixed order), so they
-// run on torch's threads with the same results for any thread count.  Built at first use by
-// cpu_kernel.py, with OpenMP where the compiler has it (without it the items run one by one).
+// start, then propagates the adjoint through them.  The depthwise conv and SiLU that make the
+// scan's input u can run inside it (conv_scan_read_*): u is formed from the last inputs as the
+// item steps, and the conv's gradients as it walks back.  Work items are independent (each
+// writes its own slice of every output and of the partial sums its caller adds up in a fixed
+// order), so they run on torch's threads with the same results for any thread count.  Built at
+// first use by cpu_kernel.py, with OpenMP where the compiler has it (else one item at a time).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -35,6 +37,7 @@ inline void use_torch_threads() {
 
 constexpr int V = 16;       // channels per work item (one vector of lanes)
 constexpr int MAX_N = 64;   // largest state size kept in registers / on the stack
+constexpr int MAX_K = 8;    // largest conv width the fused conv keeps in registers
 
 // 16 lanes of S (GCC / Clang vector extensions: the compiler picks the widest registers the
 // machine has, built with -march=native)
@@ -178,6 +181,37 @@ inline vec<S> sigmoid(vec<S> x) {
 struct Opts {
   bool softplus;
   const void* Dsk;
+  // the fused conv (x non-null): u_t = silu(cb + sum_s w[:, s] x_{t - (K - 1) + s}) is computed
+  // from x (Bt, L, E; batches xb and rows xs elements apart, e.g. a slice of a wider projection)
+  // as the scan steps (wt (K, E), cb (E,)); nothing of size u is stored
+  const void* x = nullptr;
+  const void* wt = nullptr;
+  const void* cb = nullptr;
+  int64_t K = 0, xb = 0, xs = 0;
+};
+
+// The fused conv of one work item: its weights and bias, and c_t / u_t at position t from the
+// input rows at t - K + 1 .. t (zero before the start).
+template <typename S>
+struct ConvLanes {
+  vec<S> w[MAX_K], bias;
+  int64_t K = 0;
+  const S* x = nullptr;  // this item's column: row t at x + t * xs
+  int64_t xs = 0;
+
+  ConvLanes(const Opts& o, int64_t b, int64_t E, int64_t e0, int64_t ne) {
+    if (!o.x) return;
+    K = o.K;
+    xs = o.xs;
+    x = static_cast<const S*>(o.x) + b * o.xb + e0;
+    for (int64_t s = 0; s < K; ++s) w[s] = load<S>(static_cast<const S*>(o.wt) + s * E + e0, ne);
+    bias = load<S>(static_cast<const S*>(o.cb) + e0, ne);
+  }
+  vec<S> pre(int64_t t, int64_t ne) const {  // c_t
+    vec<S> c = bias;
+    for (int64_t s = std::max<int64_t>(0, K - 1 - t); s < K; ++s) c += w[s] * load<S>(x + (t - (K - 1) + s) * xs, ne);
+    return c;
+  }
 };
 
 // Sizes: u, d (Bt, L, E); A2 = A * log2(e) (N, E); Bm (Bt, L, N); C (Bt, Q, N).  The queries
@@ -192,6 +226,7 @@ void forward_kernel(const Shape& z, const Opts& o, const S* u, const S* d, const
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t b = w / z.nEb, e0 = (w % z.nEb) * V, ne = std::min<int64_t>(V, z.E - e0);
       const vec<S> Dv = Dsk ? load<S>(Dsk + e0, ne) : vec<S>{};
+      const ConvLanes<S> conv(o, b, z.E, e0, ne);
       for (int64_t n = 0; n < z.N; ++n) {
         h[n] = vec<S>{};
         a2[n] = load<S>(A2 + n * z.E + e0, ne);
@@ -204,7 +239,13 @@ void forward_kernel(const Shape& z, const Opts& o, const S* u, const S* d, const
         const int64_t row = (b * z.L + t) * z.E + e0;
         const vec<S> raw = load<S>(d + row, ne);
         const vec<S> dv = o.softplus ? softplus(raw) : raw;
-        const vec<S> uv = load<S>(u + row, ne);
+        vec<S> uv;
+        if (conv.K) {
+          const vec<S> c = conv.pre(t, ne);
+          uv = c * sigmoid<S>(c);
+        } else {
+          uv = load<S>(u + row, ne);
+        }
         const vec<S> duv = dv * uv;
         const S* Br = Bm + (b * z.L + t) * z.N;
         for (int64_t n = 0; n < z.N; ++n) h[n] = exp2_neg(dv * a2[n]) * h[n] + duv * Br[n];
@@ -228,18 +269,24 @@ void forward_kernel(const Shape& z, const Opts& o, const S* u, const S* d, const
 // gdelta becomes the raw input's gradient (times sigmoid) under softplus; the skip adds D gy to
 // gu at each read and gy u to gD.  gB and gC sum over channels, so each channel block writes its
 // own slice of gBp / gCp (nEb, Bt, L|Q, N), summed afterwards; gA and gD per work item, in
-// gAp (Bt * nEb, N + 1, V) (row N: gD).
+// gAp (Bt * nEb, N + 1, V) (row N: gD).  With the fused conv, gu becomes the conv input's
+// gradient as the walk goes down: gc_t = gu_t silu'(c_t), gx_t = sum_s w[:, s] gc_{t + K - 1 - s}
+// from the last K gc (in registers), gw / gbias per work item in gWp (Bt * nEb, K + 1, V).
 template <typename S>
 void backward_kernel(const Shape& z, const Opts& o, const S* gy, const S* u, const S* d, const S* A2,
                      const S* Bm, const S* C, const int64_t* rs, const int64_t* rq, const S* Hs, S* gu, S* gd,
-                     S* gAp, S* gBp, S* gCp) {
+                     S* gAp, S* gBp, S* gCp, S* gWp = nullptr) {
   const S ln2 = S(0.6931471805599453);
   const S* Dsk = static_cast<const S*>(o.Dsk);
   at::parallel_for(0, z.Bt * z.nEb, 1, [&](int64_t w0, int64_t w1) {
-    std::vector<vec<S>> hbuf((z.T + 1) * z.N), abuf(z.T * z.N);
+    std::vector<vec<S>> hbuf((z.T + 1) * z.N), abuf(z.T * z.N), ubuf(o.x ? z.T : 0), sbuf(o.x ? z.T : 0);
     vec<S> g[MAX_N], An[MAX_N], a2[MAX_N], gA[MAX_N];
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t b = w / z.nEb, eb = w % z.nEb, e0 = eb * V, ne = std::min<int64_t>(V, z.E - e0);
+      const ConvLanes<S> conv(o, b, z.E, e0, ne);
+      vec<S> gcr[MAX_K], gw[MAX_K + 1];  // gc_{t+1} .. gc_{t+K-1} (nearest first); gw, then gbias
+      for (int64_t s = 0; s <= conv.K; ++s) gw[s] = vec<S>{};
+      for (int64_t s = 0; s < conv.K; ++s) gcr[s] = vec<S>{};
       S* gBw = gBp + (eb * z.Bt + b) * z.L * z.N;
       S* gCw = gCp + (eb * z.Bt + b) * z.Q * z.N;
       const vec<S> Dv = Dsk ? load<S>(Dsk + e0, ne) : vec<S>{};
@@ -258,7 +305,16 @@ void backward_kernel(const Shape& z, const Opts& o, const S* gy, const S* u, con
           const int64_t row = (b * z.L + t) * z.E + e0, j = t - t0;
           const vec<S> raw = load<S>(d + row, ne);
           const vec<S> dv = o.softplus ? softplus(raw) : raw;
-          const vec<S> duv = dv * load<S>(u + row, ne);
+          vec<S> uv;
+          if (conv.K) {  // u_t and silu'(c_t) = sig (1 + c (1 - sig)), kept for the walk down
+            const vec<S> c = conv.pre(t, ne), sg = sigmoid<S>(c);
+            uv = c * sg;
+            ubuf[j] = uv;
+            sbuf[j] = sg * (S(1) + c * (S(1) - sg));
+          } else {
+            uv = load<S>(u + row, ne);
+          }
+          const vec<S> duv = dv * uv;
           const S* Br = Bm + (b * z.L + t) * z.N;
           for (int64_t n = 0; n < z.N; ++n) {
             const vec<S> a = exp2_neg(dv * a2[n]);
@@ -271,7 +327,7 @@ void backward_kernel(const Shape& z, const Opts& o, const S* gy, const S* u, con
           const vec<S>* ht = &hbuf[(j + 1) * z.N];
           const vec<S>* hp = &hbuf[j * z.N];
           const vec<S>* at = &abuf[j * z.N];
-          const vec<S> uv = load<S>(u + row, ne);
+          const vec<S> uv = conv.K ? ubuf[j] : load<S>(u + row, ne);
           vec<S> gskip = {};
           for (int64_t r = rs[t]; r < rs[t + 1]; ++r) {
             const int64_t q = rq[r];
@@ -301,15 +357,38 @@ void backward_kernel(const Shape& z, const Opts& o, const S* gy, const S* u, con
           }
           gD += gskip * uv;
           const vec<S> gdelta = gexp + gdu * uv;
-          store<S>(gu + row, gdu * dv + gskip * Dv, ne);
+          const vec<S> guv = gdu * dv + gskip * Dv;
+          if (conv.K) {
+            const vec<S> gc = guv * sbuf[j];
+            vec<S> gx = conv.w[conv.K - 1] * gc;
+            for (int64_t i = 1; i < conv.K; ++i) gx += conv.w[conv.K - 1 - i] * gcr[i - 1];
+            for (int64_t i = conv.K - 2; i > 0; --i) gcr[i] = gcr[i - 1];
+            if (conv.K > 1) gcr[0] = gc;
+            for (int64_t s = std::max<int64_t>(0, conv.K - 1 - t); s < conv.K; ++s)
+              gw[s] += gc * load<S>(conv.x + (t - (conv.K - 1) + s) * conv.xs, ne);
+            gw[conv.K] += gc;
+            store<S>(gu + row, gx, ne);
+          } else {
+            store<S>(gu + row, guv, ne);
+          }
           store<S>(gd + row, o.softplus ? gdelta * sigmoid<S>(raw) : gdelta, ne);
         }
       }
       S* gAw = gAp + w * (z.N + 1) * V;
       for (int64_t n = 0; n < z.N; ++n) std::memcpy(gAw + n * V, &gA[n], sizeof(vec<S>));
       std::memcpy(gAw + z.N * V, &gD, sizeof(vec<S>));
+      if (conv.K) {
+        S* gWw = gWp + w * (conv.K + 1) * V;
+        for (int64_t s = 0; s <= conv.K; ++s) std::memcpy(gWw + s * V, &gw[s], sizeof(vec<S>));
+      }
     }
   });
+}
+
+// x (Bt, L, E) whose channels are adjacent (a slice of a wider last dim is fine)
+void check_rows(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 3 && x.device().is_cpu() && (x.stride(2) == 1 || x.size(2) <= 1),
+              "canvas_mamba_cpu: x must be a CPU tensor (Bt, L, E) with adjacent channels");
 }
 
 void check_inputs(std::initializer_list<const at::Tensor*> ts, const at::Tensor& u) {
@@ -474,6 +553,81 @@ std::vector<at::Tensor> scan_read_bwd(const at::Tensor& gy, const at::Tensor& u,
 }
 
 
+// The scan of scan_read_fwd with u = silu(causal_conv(x, w, bias)) computed inside (x (Bt, L, E),
+// w (E, K), bias (E,)): the conv's output is never stored.
+at::Tensor conv_scan_read_fwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& d,
+                              const at::Tensor& A2, const at::Tensor& Bm, const at::Tensor& C, const at::Tensor& rs,
+                              const at::Tensor& rq, int64_t T, at::Tensor& Hs, bool softplus,
+                              const c10::optional<at::Tensor>& Dsk) {
+  use_torch_threads();
+  const Shape z = shape_of(x, A2, C, T);
+  check_rows(x);
+  check_inputs({&w, &bias, &d, &A2, &Bm, &C, &Hs}, d);
+  TORCH_CHECK(x.scalar_type() == d.scalar_type(), "canvas_mamba_cpu: x must have the other tensors' dtype");
+  if (Dsk) check_inputs({&*Dsk}, d);
+  TORCH_CHECK(w.size(1) >= 1 && w.size(1) <= MAX_K, "canvas_mamba_cpu: conv width ", w.size(1), " outside 1..", MAX_K);
+  TORCH_CHECK(Hs.numel() >= z.Bt * z.nC * z.N * z.E, "canvas_mamba_cpu: state buffer too small");
+  auto y = at::zeros({z.Bt, z.Q, z.E}, x.options());
+  auto wt = w.t().contiguous();
+  auto rsc = rs.contiguous(), rqc = rq.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_scan_read_fwd", [&] {
+    Opts o{softplus, Dsk ? Dsk->data_ptr<scalar_t>() : nullptr};
+    o.x = x.data_ptr<scalar_t>();
+    o.wt = wt.data_ptr<scalar_t>();
+    o.cb = bias.data_ptr<scalar_t>();
+    o.K = w.size(1);
+    o.xb = x.stride(0);
+    o.xs = x.stride(1);
+    forward_kernel<scalar_t>(z, o, nullptr, d.data_ptr<scalar_t>(), A2.data_ptr<scalar_t>(), Bm.data_ptr<scalar_t>(),
+                             C.data_ptr<scalar_t>(), rsc.data_ptr<int64_t>(), rqc.data_ptr<int64_t>(),
+                             y.data_ptr<scalar_t>(), Hs.data_ptr<scalar_t>());
+  });
+  return y;
+}
+
+// Its adjoint: [gx, gw (E, K), gbias (E,), gd, gA (N, E), gB, gC, gD].
+std::vector<at::Tensor> conv_scan_read_bwd(const at::Tensor& gy, const at::Tensor& x, const at::Tensor& w,
+                                           const at::Tensor& bias, const at::Tensor& d, const at::Tensor& A2,
+                                           const at::Tensor& Bm, const at::Tensor& C, const at::Tensor& rs,
+                                           const at::Tensor& rq, const at::Tensor& Hs, int64_t T, bool softplus,
+                                           const c10::optional<at::Tensor>& Dsk) {
+  use_torch_threads();
+  const Shape z = shape_of(x, A2, C, T);
+  check_rows(x);
+  check_inputs({&gy, &w, &bias, &d, &A2, &Bm, &C, &Hs}, d);
+  TORCH_CHECK(x.scalar_type() == d.scalar_type(), "canvas_mamba_cpu: x must have the other tensors' dtype");
+  if (Dsk) check_inputs({&*Dsk}, d);
+  TORCH_CHECK(w.size(1) >= 1 && w.size(1) <= MAX_K, "canvas_mamba_cpu: conv width ", w.size(1), " outside 1..", MAX_K);
+  const int64_t K = w.size(1);
+  auto gx = at::empty({z.Bt, z.L, z.E}, x.options()), gd = at::empty_like(d);
+  auto gAp = at::empty({z.Bt, z.nEb, z.N + 1, V}, x.options());
+  auto gWp = at::empty({z.Bt, z.nEb, K + 1, V}, x.options());
+  auto gBp = at::empty({z.nEb, z.Bt, z.L, z.N}, x.options());
+  auto gCp = at::zeros({z.nEb, z.Bt, z.Q, z.N}, x.options());
+  auto wt = w.t().contiguous();
+  auto rsc = rs.contiguous(), rqc = rq.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_scan_read_bwd", [&] {
+    Opts o{softplus, Dsk ? Dsk->data_ptr<scalar_t>() : nullptr};
+    o.x = x.data_ptr<scalar_t>();
+    o.wt = wt.data_ptr<scalar_t>();
+    o.cb = bias.data_ptr<scalar_t>();
+    o.K = K;
+    o.xb = x.stride(0);
+    o.xs = x.stride(1);
+    backward_kernel<scalar_t>(z, o, gy.data_ptr<scalar_t>(), nullptr, d.data_ptr<scalar_t>(),
+                              A2.data_ptr<scalar_t>(), Bm.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(),
+                              rsc.data_ptr<int64_t>(), rqc.data_ptr<int64_t>(), Hs.data_ptr<scalar_t>(),
+                              gx.data_ptr<scalar_t>(), gd.data_ptr<scalar_t>(), gAp.data_ptr<scalar_t>(),
+                              gBp.data_ptr<scalar_t>(), gCp.data_ptr<scalar_t>(), gWp.data_ptr<scalar_t>());
+  });
+  auto gAD = gAp.sum(0).permute({1, 0, 2}).reshape({z.N + 1, z.nEb * V}).narrow(1, 0, z.E);
+  auto gW = gWp.sum(0).permute({1, 0, 2}).reshape({K + 1, z.nEb * V}).narrow(1, 0, z.E);
+  auto gB = z.nEb == 1 ? gBp[0] : gBp.sum(0);
+  auto gC = z.nEb == 1 ? gCp[0] : gCp.sum(0);
+  return {gx, gW.narrow(0, 0, K).t().clone(at::MemoryFormat::Contiguous), gW[K].clone(), gd,
+          gAD.narrow(0, 0, z.N).clone(at::MemoryFormat::Contiguous), gB, gC, gAD[z.N].clone()};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(canvas_mamba_cpu, m) {
@@ -483,6 +637,12 @@ TORCH_LIBRARY(canvas_mamba_cpu, m) {
         "Tensor Hs, int T, bool softplus, Tensor? Dsk) -> Tensor[]");
   m.def("conv_silu_fwd(Tensor x, Tensor w, Tensor bias) -> Tensor");
   m.def("conv_silu_bwd(Tensor gu, Tensor x, Tensor w, Tensor bias) -> Tensor[]");
+  m.def("conv_scan_read_fwd(Tensor x, Tensor w, Tensor bias, Tensor d, Tensor A2, Tensor Bm, Tensor C, Tensor rs, "
+        "Tensor rq, int T, Tensor(a!) Hs, bool softplus, Tensor? Dsk) -> Tensor");
+  m.def("conv_scan_read_bwd(Tensor gy, Tensor x, Tensor w, Tensor bias, Tensor d, Tensor A2, Tensor Bm, Tensor C, "
+        "Tensor rs, Tensor rq, Tensor Hs, int T, bool softplus, Tensor? Dsk) -> Tensor[]");
+  m.impl("conv_scan_read_fwd", c10::DispatchKey::CPU, &conv_scan_read_fwd);
+  m.impl("conv_scan_read_bwd", c10::DispatchKey::CPU, &conv_scan_read_bwd);
   m.impl("scan_read_fwd", c10::DispatchKey::CPU, &scan_read_fwd);
   m.impl("conv_silu_fwd", c10::DispatchKey::CPU, &conv_silu_fwd);
   m.impl("conv_silu_bwd", c10::DispatchKey::CPU, &conv_silu_bwd);
