@@ -94,23 +94,27 @@ def _(gy, u, dt, A, Bm, C, D, read, hs, T):
     return tuple(torch.empty_like(t, memory_format=c) for t in (u, dt, A, Bm, C, D))
 
 
-def _scan_setup(ctx, inputs, output):
-    u, dt, A, Bm, C, D, read, T = inputs
-    ctx.save_for_backward(u, dt, A, Bm, C, D, read, output[1])
-    ctx.T = T
-    ctx.mark_non_differentiable(output[1])  # the saved states reach the backward only
-    ctx.set_materialize_grads(False)
+def _register_scan_autograd(op, backward_op) -> None:
+    """Autograd of a scan operator ``op(*tensors, read, T) -> (y, states)`` whose backward operator
+    takes ``(gy, *tensors, read, states, T)`` and returns the gradients of ``tensors``."""
+
+    def setup(ctx, inputs, output):
+        *tensors, T = inputs
+        ctx.save_for_backward(*tensors, output[1])
+        ctx.T = T
+        ctx.mark_non_differentiable(output[1])  # the saved states reach the backward only
+        ctx.set_materialize_grads(False)
+
+    def backward(ctx, gy, _unused):
+        if gy is None:
+            return (None,) * len(ctx.saved_tensors)  # one per input: the tensors, read and T
+        grads = backward_op(gy, *ctx.saved_tensors, ctx.T)
+        return first_order_only("mamba's compiled scan", (*grads, None, None))
+
+    op.register_autograd(backward, setup_context=setup)
 
 
-def _scan_backward(ctx, gy, _unused):
-    if gy is None:
-        return (None,) * 8
-    u, dt, A, Bm, C, D, read, hs = ctx.saved_tensors
-    grads = _scan_backward_op(gy, u, dt, A, Bm, C, D, read, hs, ctx.T)
-    return first_order_only("mamba's compiled scan", (*grads, None, None))
-
-
-_scan_op.register_autograd(_scan_backward, setup_context=_scan_setup)
+_register_scan_autograd(_scan_op, _scan_backward_op)
 
 
 def scan_read_softplus(u: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, C: Tensor, D: Tensor, read: Tensor,
@@ -150,23 +154,7 @@ def _(gy, x, w, cb, dt, A, Bm, C, D, read, hs, T):
     return (x.new_empty(x.shape), *(torch.empty_like(t, memory_format=c) for t in (w, cb, dt, A, Bm, C, D)))
 
 
-def _conv_scan_setup(ctx, inputs, output):
-    *tensors, T = inputs
-    ctx.save_for_backward(*tensors, output[1])
-    ctx.T = T
-    ctx.mark_non_differentiable(output[1])  # the saved states reach the backward only
-    ctx.set_materialize_grads(False)
-
-
-def _conv_scan_backward(ctx, gy, _unused):
-    if gy is None:
-        return (None,) * 10
-    *tensors, hs = ctx.saved_tensors
-    grads = _conv_scan_backward_op(gy, *tensors, hs, ctx.T)
-    return first_order_only("mamba's compiled scan", (*grads, None, None))
-
-
-_conv_scan_op.register_autograd(_conv_scan_backward, setup_context=_conv_scan_setup)
+_register_scan_autograd(_conv_scan_op, _conv_scan_backward_op)
 
 
 def conv_scan_read_softplus(x: Tensor, weight: Tensor, bias: Tensor, dt: Tensor, A: Tensor, Bm: Tensor, C: Tensor,

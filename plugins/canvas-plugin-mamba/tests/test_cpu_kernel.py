@@ -218,19 +218,26 @@ def test_float32_conv_silu_on_large_inputs(compiled):
 def test_scan_with_softplus_and_skip_equals_reference(compiled, Bt, L, E, N, Q, T, seed):
     """The eager module's operator (``delta = softplus(dt)`` and ``D u`` at the reads inside the
     kernel) against the step reference plus the skip term, float64, values and six gradients."""
-    import torch.nn.functional as F
-
     (u, dt, A, B, C), read = _inputs(Bt, L, E, N, Q, seed)
     with torch.no_grad():
         dt.sub_(0.3).mul_(4)  # both signs: softplus's two branches
     D = torch.randn(E, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)).requires_grad_()
-    x = (u, dt, A, B, C, D)
     out = cpu_ops.scan_read_softplus(u, dt, A, B, C, D, read, T)
+    _same_values_and_gradients(out, _softplus_skip_reference(u, dt, A, B, C, D, read), (u, dt, A, B, C, D))
+
+
+def _softplus_skip_reference(u, dt, A, B, C, D, read):
+    """The step reference with ``delta = softplus(dt)`` plus the skip term ``D u`` at the reads."""
+    import torch.nn.functional as F
+
     ok = (read >= 0).view(1, -1, 1).to(u.dtype)
-    ref = step_reference(u, F.softplus(dt), A, B, C, read) + D * u[:, read.clamp(min=0)] * ok
+    return step_reference(u, F.softplus(dt), A, B, C, read) + D * u[:, read.clamp(min=0)] * ok
+
+
+def _same_values_and_gradients(out, ref, leaves):
     torch.testing.assert_close(out, ref, atol=1e-11, rtol=1e-9)
     gy = torch.randn_like(ref)
-    grads = (torch.autograd.grad(o, x, gy, allow_unused=True, materialize_grads=True) for o in (out, ref))
+    grads = (torch.autograd.grad(o, leaves, gy, allow_unused=True, materialize_grads=True) for o in (out, ref))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
 
@@ -260,14 +267,8 @@ def test_conv_inside_the_scan_equals_conv_then_scan_reference(compiled, Bt, L, E
         x = leaf[..., 2:E + 2]
     leaves = (leaf, w, cb, dt, A, B, C, D)
     out = cpu_ops.conv_scan_read_softplus(x, w, cb, dt, A, B, C, D, read, T)
-    u = F.silu(causal_depthwise_conv(x, w, cb))
-    ok = (read >= 0).view(1, -1, 1).to(u.dtype)
-    ref = step_reference(u, F.softplus(dt), A, B, C, read) + D * u[:, read.clamp(min=0)] * ok
-    torch.testing.assert_close(out, ref, atol=1e-11, rtol=1e-9)
-    gy = torch.randn_like(ref)
-    grads = (torch.autograd.grad(o, leaves, gy, allow_unused=True, materialize_grads=True) for o in (out, ref))
-    for a, b in zip(*grads):
-        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+    ref = _softplus_skip_reference(F.silu(causal_depthwise_conv(x, w, cb)), dt, A, B, C, D, read)
+    _same_values_and_gradients(out, ref, leaves)
 
 
 def test_compiled_kernel_operators_pass_torch_opcheck(compiled):

@@ -553,6 +553,20 @@ std::vector<at::Tensor> scan_read_bwd(const at::Tensor& gy, const at::Tensor& u,
 }
 
 
+// The options of a scan with the conv inside: x (rows and batches at its strides), wt (K, E), bias
+template <typename S>
+Opts conv_opts(bool softplus, const c10::optional<at::Tensor>& Dsk, const at::Tensor& x, const at::Tensor& wt,
+               const at::Tensor& bias) {
+  Opts o{softplus, Dsk ? Dsk->data_ptr<S>() : nullptr};
+  o.x = x.data_ptr<S>();
+  o.wt = wt.data_ptr<S>();
+  o.cb = bias.data_ptr<S>();
+  o.K = wt.size(0);
+  o.xb = x.stride(0);
+  o.xs = x.stride(1);
+  return o;
+}
+
 // The scan of scan_read_fwd with u = silu(causal_conv(x, w, bias)) computed inside (x (Bt, L, E),
 // w (E, K), bias (E,)): the conv's output is never stored.
 at::Tensor conv_scan_read_fwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, const at::Tensor& d,
@@ -571,13 +585,7 @@ at::Tensor conv_scan_read_fwd(const at::Tensor& x, const at::Tensor& w, const at
   auto wt = w.t().contiguous();
   auto rsc = rs.contiguous(), rqc = rq.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_scan_read_fwd", [&] {
-    Opts o{softplus, Dsk ? Dsk->data_ptr<scalar_t>() : nullptr};
-    o.x = x.data_ptr<scalar_t>();
-    o.wt = wt.data_ptr<scalar_t>();
-    o.cb = bias.data_ptr<scalar_t>();
-    o.K = w.size(1);
-    o.xb = x.stride(0);
-    o.xs = x.stride(1);
+    const Opts o = conv_opts<scalar_t>(softplus, Dsk, x, wt, bias);
     forward_kernel<scalar_t>(z, o, nullptr, d.data_ptr<scalar_t>(), A2.data_ptr<scalar_t>(), Bm.data_ptr<scalar_t>(),
                              C.data_ptr<scalar_t>(), rsc.data_ptr<int64_t>(), rqc.data_ptr<int64_t>(),
                              y.data_ptr<scalar_t>(), Hs.data_ptr<scalar_t>());
@@ -607,13 +615,7 @@ std::vector<at::Tensor> conv_scan_read_bwd(const at::Tensor& gy, const at::Tenso
   auto wt = w.t().contiguous();
   auto rsc = rs.contiguous(), rqc = rq.contiguous();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "conv_scan_read_bwd", [&] {
-    Opts o{softplus, Dsk ? Dsk->data_ptr<scalar_t>() : nullptr};
-    o.x = x.data_ptr<scalar_t>();
-    o.wt = wt.data_ptr<scalar_t>();
-    o.cb = bias.data_ptr<scalar_t>();
-    o.K = K;
-    o.xb = x.stride(0);
-    o.xs = x.stride(1);
+    const Opts o = conv_opts<scalar_t>(softplus, Dsk, x, wt, bias);
     backward_kernel<scalar_t>(z, o, gy.data_ptr<scalar_t>(), nullptr, d.data_ptr<scalar_t>(),
                               A2.data_ptr<scalar_t>(), Bm.data_ptr<scalar_t>(), C.data_ptr<scalar_t>(),
                               rsc.data_ptr<int64_t>(), rqc.data_ptr<int64_t>(), Hs.data_ptr<scalar_t>(),
