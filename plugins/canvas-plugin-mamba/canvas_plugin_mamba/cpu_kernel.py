@@ -291,9 +291,10 @@ def usable_for(x, state_size: int) -> bool:
     return setting() == "auto" and available()
 
 
-def _reads(read, L: int):
-    """``(rs, rq)``: the queries reading position ``t`` are ``rq[rs[t]:rs[t + 1]]`` (``read < 0``:
-    none)."""
+def _operands(read, L: int, A):
+    """What every kernel call takes besides the tensors: ``(rs, rq, A2)``; the queries reading
+    position ``t`` are ``rq[rs[t]:rs[t + 1]]`` (``read < 0``: none), ``A2 = A * log2(e)`` laid out
+    ``(N, E)``."""
     import torch
 
     ok = read >= 0
@@ -301,7 +302,7 @@ def _reads(read, L: int):
     counts = torch.bincount(pos, minlength=L)
     rs = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
     rq = torch.nonzero(ok).squeeze(1)[torch.argsort(pos, stable=True)]
-    return rs, rq
+    return rs, rq, (A.t() / _LN2).contiguous()
 
 
 def forward(u, delta, A, Bm, C, read, T: int, hs, softplus: bool = False, D=None):
@@ -312,8 +313,7 @@ def forward(u, delta, A, Bm, C, read, T: int, hs, softplus: bool = False, D=None
     read.  Contiguous inputs in one dtype."""
     import torch
 
-    rs, rq = _reads(read, u.shape[1])
-    A2 = (A.t() / _LN2).contiguous()
+    rs, rq, A2 = _operands(read, u.shape[1], A)
     return torch.ops.canvas_mamba_cpu.scan_read_fwd(u, delta, A2, Bm, C, rs, rq, T, hs, softplus, D)
 
 
@@ -322,8 +322,7 @@ def backward(gy, u, delta, A, Bm, C, read, T: int, hs, softplus: bool = False, D
     :func:`forward`'s ``hs``; ``delta``'s is the raw input's under ``softplus``."""
     import torch
 
-    rs, rq = _reads(read, u.shape[1])
-    A2 = (A.t() / _LN2).contiguous()
+    rs, rq, A2 = _operands(read, u.shape[1], A)
     gu, gd, gA, gB, gC, gD = torch.ops.canvas_mamba_cpu.scan_read_bwd(gy, u, delta, A2, Bm, C, rs, rq, hs, T,
                                                                       softplus, D)
     grads = (gu, gd, gA.t().contiguous(), gB, gC)
@@ -336,8 +335,7 @@ def conv_forward(x, w, bias, delta, A, Bm, C, read, T: int, hs, softplus: bool =
     never stored."""
     import torch
 
-    rs, rq = _reads(read, x.shape[1])
-    A2 = (A.t() / _LN2).contiguous()
+    rs, rq, A2 = _operands(read, x.shape[1], A)
     return torch.ops.canvas_mamba_cpu.conv_scan_read_fwd(x, w, bias, delta, A2, Bm, C, rs, rq, T, hs, softplus, D)
 
 
@@ -345,8 +343,7 @@ def conv_backward(gy, x, w, bias, delta, A, Bm, C, read, T: int, hs, softplus: b
     """Gradients ``(x, w, bias, delta, A, Bm, C)`` (and ``D`` when given) of :func:`conv_forward`."""
     import torch
 
-    rs, rq = _reads(read, x.shape[1])
-    A2 = (A.t() / _LN2).contiguous()
+    rs, rq, A2 = _operands(read, x.shape[1], A)
     gx, gw, gb, gd, gA, gB, gC, gD = torch.ops.canvas_mamba_cpu.conv_scan_read_bwd(
         gy, x, w, bias, delta, A2, Bm, C, rs, rq, hs, T, softplus, D)
     grads = (gx, gw, gb, gd, gA.t().contiguous(), gB, gC)

@@ -454,6 +454,22 @@ void conv_silu_bwd_kernel(int64_t Bt, int64_t L, int64_t E, int64_t K, const S* 
   });
 }
 
+// Per-work-item 16-lane partials (Bt, nEb, rows, V) summed over the batch rows, lanes laid back
+// on channels: (rows, E)
+at::Tensor lane_sums(const at::Tensor& partials, int64_t E) {
+  return partials.sum(0).permute({1, 0, 2}).reshape({partials.size(2), partials.size(1) * V}).narrow(1, 0, E);
+}
+
+// Per-channel-block slices (nEb, ...) summed over the blocks
+at::Tensor block_sum(const at::Tensor& partials) { return partials.size(0) == 1 ? partials[0] : partials.sum(0); }
+
+// The conv's weight (E, K) and bias (E,) gradients from their partials (Bt, nEb, K + 1, V);
+// clones, since a torch.library operator's outputs must not share storage
+std::pair<at::Tensor, at::Tensor> conv_grads(const at::Tensor& gWp, int64_t K, int64_t E) {
+  auto gW = lane_sums(gWp, E);  // (K + 1, E): the weight's taps then the bias
+  return {gW.narrow(0, 0, K).t().clone(at::MemoryFormat::Contiguous), gW[K].clone()};
+}
+
 at::Tensor conv_silu_fwd(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias) {
   use_torch_threads();
   check_inputs({&x, &w, &bias}, x);
@@ -480,10 +496,8 @@ std::vector<at::Tensor> conv_silu_bwd(const at::Tensor& gu, const at::Tensor& x,
                                    wt.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(), gx.data_ptr<scalar_t>(),
                                    gWp.data_ptr<scalar_t>());
   });
-  // (K + 1, E): the weight's taps then the bias, lanes laid back on channels
-  auto gW = gWp.sum(0).permute({1, 0, 2}).reshape({K + 1, nEb * V}).narrow(1, 0, E);
-  // clones: the outputs must not share storage (torch.library operators)
-  return {gx, gW.narrow(0, 0, K).t().clone(at::MemoryFormat::Contiguous), gW[K].clone()};
+  auto [gw, gb] = conv_grads(gWp, K, E);
+  return {gx, gw, gb};
 }
 
 Shape shape_of(const at::Tensor& u, const at::Tensor& A2, const at::Tensor& C, int64_t T) {
@@ -544,12 +558,9 @@ std::vector<at::Tensor> scan_read_bwd(const at::Tensor& gy, const at::Tensor& u,
                               gu.data_ptr<scalar_t>(), gd.data_ptr<scalar_t>(), gAp.data_ptr<scalar_t>(),
                               gBp.data_ptr<scalar_t>(), gCp.data_ptr<scalar_t>());
   });
-  // gA (N, E) and gD (E,): the work items' 16-lane partials summed over rows, lanes laid back on
-  // channels
-  auto gAD = gAp.sum(0).permute({1, 0, 2}).reshape({z.N + 1, z.nEb * V}).narrow(1, 0, z.E);
-  auto gB = z.nEb == 1 ? gBp[0] : gBp.sum(0);
-  auto gC = z.nEb == 1 ? gCp[0] : gCp.sum(0);
-  return {gu, gd, gAD.narrow(0, 0, z.N).clone(at::MemoryFormat::Contiguous), gB, gC, gAD[z.N].clone()};
+  auto gAD = lane_sums(gAp, z.E);  // gA (N, E), then gD
+  return {gu, gd, gAD.narrow(0, 0, z.N).clone(at::MemoryFormat::Contiguous), block_sum(gBp), block_sum(gCp),
+          gAD[z.N].clone()};
 }
 
 
@@ -622,12 +633,10 @@ std::vector<at::Tensor> conv_scan_read_bwd(const at::Tensor& gy, const at::Tenso
                               gx.data_ptr<scalar_t>(), gd.data_ptr<scalar_t>(), gAp.data_ptr<scalar_t>(),
                               gBp.data_ptr<scalar_t>(), gCp.data_ptr<scalar_t>(), gWp.data_ptr<scalar_t>());
   });
-  auto gAD = gAp.sum(0).permute({1, 0, 2}).reshape({z.N + 1, z.nEb * V}).narrow(1, 0, z.E);
-  auto gW = gWp.sum(0).permute({1, 0, 2}).reshape({K + 1, z.nEb * V}).narrow(1, 0, z.E);
-  auto gB = z.nEb == 1 ? gBp[0] : gBp.sum(0);
-  auto gC = z.nEb == 1 ? gCp[0] : gCp.sum(0);
-  return {gx, gW.narrow(0, 0, K).t().clone(at::MemoryFormat::Contiguous), gW[K].clone(), gd,
-          gAD.narrow(0, 0, z.N).clone(at::MemoryFormat::Contiguous), gB, gC, gAD[z.N].clone()};
+  auto gAD = lane_sums(gAp, z.E);  // gA (N, E), then gD
+  auto [gw, gb] = conv_grads(gWp, K, z.E);
+  return {gx, gw, gb, gd, gAD.narrow(0, 0, z.N).clone(at::MemoryFormat::Contiguous), block_sum(gBp),
+          block_sum(gCp), gAD[z.N].clone()};
 }
 
 }  // namespace
