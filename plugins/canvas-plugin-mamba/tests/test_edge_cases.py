@@ -10,6 +10,22 @@ from canvas_plugin_mamba import cpu_kernel
 from canvas_plugin_mamba.module import MambaAttention
 
 
+def _needs_build_tools() -> None:
+    """Skips, saying why, where no build could even start (no compiler or no ninja)."""
+    if cpu_kernel._compiler() is None or cpu_kernel.shutil.which("ninja") is None:
+        pytest.skip("no C++ compiler or no ninja here")
+
+
+def _falls_back_with_warning(match: str) -> None:
+    """A default module's first call warns once (``MambaKernelBuildWarning`` matching ``match``)
+    and runs the PyTorch scan."""
+    m = MambaAttention(8, 4)
+    q = torch.randn(1, 3, 8)
+    with pytest.warns(cpu_kernel.MambaKernelBuildWarning, match=match):
+        m(q, q, q)
+    assert m.kernel_used == "mamba_torch"
+
+
 @pytest.mark.parametrize("kernel", ["mamba_torch", "auto"])
 @pytest.mark.parametrize("Nq", [7, 3])
 def test_autocast_bf16_runs_the_scan_in_float32(kernel, Nq):
@@ -68,16 +84,11 @@ def test_cached_build_is_used_without_a_compiler(fresh_state):
 def test_unwritable_build_folder_names_the_variable(fresh_state, tmp_path):
     """A build folder that cannot be created: one warning naming ``TORCH_EXTENSIONS_DIR``, the
     PyTorch scan."""
-    if cpu_kernel._compiler() is None or cpu_kernel.shutil.which("ninja") is None:
-        pytest.skip("no C++ compiler or no ninja here")
+    _needs_build_tools()
     blocker = tmp_path / "a_file"
     blocker.write_text("")
     fresh_state.setenv("TORCH_EXTENSIONS_DIR", str(blocker / "sub"))
-    m = MambaAttention(8, 4)
-    q = torch.randn(1, 3, 8)
-    with pytest.warns(cpu_kernel.MambaKernelBuildWarning, match="cannot be written.*TORCH_EXTENSIONS_DIR"):
-        m(q, q, q)
-    assert m.kernel_used == "mamba_torch"
+    _falls_back_with_warning("cannot be written.*TORCH_EXTENSIONS_DIR")
 
 
 def test_required_kernel_error_names_the_variable(fresh_state, tmp_path):
@@ -179,8 +190,7 @@ def test_compiler_without_openmp_gets_the_one_thread_build(tmp_path):
     import subprocess
     import sys
 
-    if cpu_kernel._compiler() is None or cpu_kernel.shutil.which("ninja") is None:
-        pytest.skip("no C++ compiler or no ninja here")
+    _needs_build_tools()
     code = ("import warnings\nwarnings.simplefilter('error')\nimport torch\n"
             "from canvas_plugin_mamba import cpu_kernel\nfrom canvas_plugin_mamba.module import MambaAttention\n"
             "cpu_kernel._OPENMP = ('-fno-such-openmp-flag',)\nm = MambaAttention(8, 4)\nq = torch.randn(1, 5, 8)\n"
@@ -196,16 +206,11 @@ def test_no_home_folder_falls_back_with_one_warning(fresh_state):
     one warning naming the variable, the PyTorch scan (it was pathlib's RuntimeError)."""
     import os
 
-    if cpu_kernel._compiler() is None or cpu_kernel.shutil.which("ninja") is None:
-        pytest.skip("no C++ compiler or no ninja here")
+    _needs_build_tools()
     fresh_state.delenv("TORCH_EXTENSIONS_DIR", raising=False)
     fresh_state.delenv("HOME", raising=False)
     fresh_state.setattr(os.path, "expanduser", lambda p: p)  # what it returns when no home is found
-    m = MambaAttention(8, 4)
-    q = torch.randn(1, 3, 8)
-    with pytest.warns(cpu_kernel.MambaKernelBuildWarning, match="no home folder.*TORCH_EXTENSIONS_DIR"):
-        m(q, q, q)
-    assert m.kernel_used == "mamba_torch"
+    _falls_back_with_warning("no home folder.*TORCH_EXTENSIONS_DIR")
 
 
 def test_kernel_check_names_a_missing_ninja(fresh_state, tmp_path):
