@@ -108,9 +108,9 @@ class _ChunkSums(torch.autograd.Function):
     and are recomputed for the backward."""
 
     @staticmethod
-    def _exps(kc, w, okc):
+    def _exps(kc, w, okc, shift: int = 0):
         T = kc.shape[2]
-        lag = torch.arange(T - 1, -1, -1, device=kc.device).to(kc.dtype)  # T - 1 - j
+        lag = torch.arange(T - 1 - shift, -1 - shift, -1, device=kc.device).to(kc.dtype)  # T - 1 - shift - j
         ls = torch.sub(kc, lag.view(T, 1) * w, out=scratch("wkv_ls", kc.shape, kc))
         if okc is not None:
             ls.masked_fill_(~okc, NEG_INF)
@@ -144,9 +144,15 @@ class _ChunkSums(torch.autograd.Function):
     def backward(ctx, ga, gb, _gm, *g_last):
         kc, vc, w, m, *rest = ctx.saved_tensors
         okc = rest[0] if rest else None
+        shift = 0
         if ctx.split_last:
-            kc, vc, okc = kc[:, :, :-1], vc[:, :, :-1], None if okc is None else okc[:, :, :-1]
-        ls, lag = _ChunkSums._exps(kc, w, okc)
+            # every column, the last one's weight 0 and the lags one shorter (the sums ended a
+            # key earlier): gradients of the whole chunk in place, the last key's added there
+            # (no concatenation, and no out= into a strided slice, which torch.compile refuses)
+            shift, T = 1, kc.shape[2]
+            rest_cols = (torch.arange(T, device=kc.device) < T - 1).view(1, 1, T, 1)
+            okc = rest_cols if okc is None else okc & rest_cols
+        ls, lag = _ChunkSums._exps(kc, w, okc, shift)
         e = _ChunkSums._weights_(ls, m, okc)
         ga = torch.zeros_like(m).unsqueeze(2) if ga is None else ga.unsqueeze(2)
         gb = torch.zeros_like(m).unsqueeze(2) if gb is None else gb.unsqueeze(2)
@@ -154,8 +160,9 @@ class _ChunkSums(torch.autograd.Function):
         dk = torch.mul(vc, ga).add_(gb).mul_(e)  # d/d(exponent): e * (v g_a + g_b)
         dw = -(dk.sum(dim=(0, 1)) * lag.view(-1, 1)).sum(dim=0) if ctx.needs_input_grad[2] else None
         if ctx.split_last:
-            gk, gv = (torch.zeros_like(m) if g is None else g for g in g_last)
-            dk, dv = torch.cat([dk, gk.unsqueeze(2)], dim=2), torch.cat([dv, gv.unsqueeze(2)], dim=2)
+            for d, g in zip((dk, dv), g_last):
+                if g is not None:
+                    d.select(2, -1).add_(g)
         return dk, dv, dw, None, None
 
 
