@@ -345,8 +345,8 @@ def test_missing_source_is_named(fresh_state, tmp_path):
 
 def test_fused_compile_path_runs_the_compiled_scan_and_matches_eager(compiled):
     """Under torch.compile a default module (kernel='auto' -> the compiled scan) runs as the one
-    fused operator each way, its scan given kernel='cpu', and gives the eager outputs and
-    gradients."""
+    operator each way that runs the compiled scan with the conv inside (``proj_cpu``), and gives
+    the eager outputs and gradients."""
     from canvas_core.testing import recording_backend
 
     torch.manual_seed(0)
@@ -359,7 +359,7 @@ def test_fused_compile_path_runs_the_compiled_scan_and_matches_eager(compiled):
     seen = []
     out = torch.compile(m, backend=recording_backend(seen), fullgraph=True)(q, kv, kv)
     gc = torch.autograd.grad(out.square().sum(), list(m.parameters()))
-    assert "canvas_mamba.projected_v2.default" in seen and "canvas_mamba.projected_backward_v2.default" in seen
+    assert "canvas_mamba.cpu_projected.default" in seen and "canvas_mamba.cpu_projected_backward.default" in seen
     torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-4)
     for a, b in zip(gc, ge):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)

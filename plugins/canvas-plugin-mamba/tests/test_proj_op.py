@@ -1,14 +1,15 @@
-"""The mamba module's projected operator (``canvas_plugin_mamba.proj_op``: projections, inner part and
-``out_proj`` as one operator each way, what the module runs under ``torch.compile``): output and
-every gradient equal the eager path's, also when one tensor is passed as two of queries / keys /
-values; torch's checks of the registration pass; compiled modules match eager."""
+"""The mamba module's projected operators (``canvas_plugin_mamba.proj_op``: projections, inner part
+and ``out_proj`` as one operator each way, what the module runs under ``torch.compile``; on the
+compiled CPU scan ``proj_cpu``'s, the conv inside the scan): output and every gradient equal the
+eager path's, also when one tensor is passed as two of queries / keys / values; torch's checks of
+the registrations pass; compiled modules match eager."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from canvas_core.testing import recording_backend
-from canvas_plugin_mamba import module, proj_op
+from canvas_plugin_mamba import cpu_kernel, module, proj_cpu, proj_op
 from canvas_plugin_mamba.module import MambaAttention
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -30,21 +31,21 @@ def _inputs(Bt, Nq, Nk, share, dtype, seed):
     return [q, k, v], (q, k, v)
 
 
-def _run(m, args, leaves, fused, monkeypatch, seed=7):
+def _run(m, args, leaves, fused, monkeypatch, seed=7, op=(proj_op, "_projected_op")):
     with monkeypatch.context() as mp:
         mp.setattr(module, "_FUSE_EAGER", fused)  # eager runs the operator only when asked to
         calls = []
-        real = proj_op._projected_op
-        mp.setattr(proj_op, "_projected_op", lambda *a: calls.append(1) or real(*a))
+        real = getattr(*op)
+        mp.setattr(*op, lambda *a: calls.append(1) or real(*a))
         torch.manual_seed(seed)  # the same dropout draws on both paths
         out = m(*args)
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=out.dtype)
     return out, torch.autograd.grad(out, [*leaves, *m.parameters()], g, allow_unused=True), bool(calls)
 
 
-def _module(dtype, seed, **kw):
+def _module(dtype, seed, kernel="mamba_torch", **kw):
     torch.manual_seed(seed)
-    m = MambaAttention(8, 2, kernel="mamba_torch", **kw).to(dtype)
+    m = MambaAttention(8, 2, kernel=kernel, **kw).to(dtype)
     with torch.no_grad():
         m.A_log.add_(torch.randn_like(m.A_log) * 0.3)
         m.D.add_(torch.randn_like(m.D))
@@ -209,3 +210,82 @@ def test_trace_types_setting_keeps_mamba_traced(monkeypatch):
     torch.testing.assert_close(out, m(*args))
     assert seen and not any(t.startswith("canvas_mamba.projected") or t.startswith("canvas_mamba.inner")
                             for t in seen), seen
+
+
+# ---------------------------------------------------------------- on the compiled CPU scan (proj_cpu)
+
+
+def _cpu_scan_or_skip() -> None:
+    if not cpu_kernel.available():
+        pytest.skip(f"the compiled CPU scan is unavailable here: {cpu_kernel.unavailable_reason()}")
+
+
+@settings(max_examples=30, deadline=None)
+@given(Bt=st.integers(1, 3), Nk=st.integers(1, 12), shape=st.sampled_from(["aligned", "fewer", "more", "one"]),
+       share=st.sampled_from(SHARES), d_conv=st.sampled_from([1, 2, 4, 8, 9]), expand=st.integers(1, 2),
+       dtype=st.sampled_from([torch.float64, torch.float64, torch.float32]), seed=st.integers(0, 2**31 - 1))
+def test_cpu_projected_operator_equals_eager_path(Bt, Nk, shape, share, d_conv, expand, dtype, seed):
+    """What the module runs under ``torch.compile`` on the compiled scan equals what it runs
+    eagerly there; convs wider than ``MAX_CONV`` (9) take the general operator instead."""
+    _cpu_scan_or_skip()
+    Nq = {"aligned": Nk, "fewer": max(1, Nk // 2), "more": Nk + 3, "one": 1}[shape]
+    if share in ("q_is_k", "q_is_k_is_v", "q_is_v"):
+        Nq = Nk
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        m = _module(dtype, seed % 10_000, kernel="mamba_cpu", d_conv=d_conv, expand=expand)
+        leaves, args = _inputs(Bt, Nq, Nk, share, dtype, seed % 997)
+        out, grads, used = _run(m, args, leaves, True, monkeypatch, op=(proj_cpu, "_op"))
+        ref, ref_grads, _ = _run(m, args, leaves, False, monkeypatch)
+        assert m.kernel_used == "mamba_cpu"
+        assert used == (d_conv <= cpu_kernel.MAX_CONV)
+        tol = dict(atol=1e-12, rtol=1e-10) if dtype == torch.float64 else dict(atol=2e-6, rtol=2e-5)
+        torch.testing.assert_close(out, ref, **tol)
+        assert len(grads) == len(leaves) + len(list(m.parameters()))
+        for a, r in zip(grads, ref_grads):
+            assert a is not None and r is not None
+            torch.testing.assert_close(a, r, **tol)
+
+
+def test_cpu_projected_custom_ops_pass_torch_opcheck():
+    _cpu_scan_or_skip()
+    g = torch.Generator().manual_seed(1)
+    Bt, L, D, E, N, R, K, T = 2, 9, 5, 3, 4, 2, 4, 3
+
+    def r(*s):
+        return torch.randn(*s, generator=g, dtype=torch.float64).requires_grad_()
+
+    for read, share in ((None, "none"), (None, "k_is_v"), (None, "q_is_k_is_v"), (torch.tensor([-1, 0, 3, 8]), "none"),
+                        (torch.tensor([2, 8]), "k_is_v"), (torch.tensor([8, 8, -1]), "q_is_k")):
+        Q = L if read is None or share == "q_is_k" else read.shape[0]
+        q, k, v = r(Bt, Q, D), r(Bt, L, D), r(Bt, L, D)
+        k = None if share in ("q_is_k_is_v", "q_is_k") else k
+        v = None if share in ("k_is_v", "q_is_k_is_v") else v
+        if share == "q_is_k":
+            read = torch.tensor([8, 3, -1, 0, 5, 5, 2, 7, 1])  # the queries are the keys: Q == L
+        ps = [r(E, D), r(E), r(E, K), r(E), r(R + N, D), r(E, R), r(E), r(N, D), r(E, D), r(E), r(D, E), r(D),
+              r(E, N), r(E)]
+        torch.library.opcheck(proj_cpu._op, (q, k, v, ps, read, T))
+        out, *saved = (t.detach() for t in proj_cpu._op(q, k, v, ps, read, T))
+        d = [None if t is None else t.detach() for t in (q, k, v)]
+        torch.library.opcheck(proj_cpu._backward_op, (torch.randn_like(out), *d, [p.detach() for p in ps], read,
+                                                      saved, T))
+
+
+@pytest.mark.parametrize("share", ["k_is_v", "none"])
+def test_compiled_module_on_the_cpu_scan_traces_its_operator_each_way_and_matches_eager(share):
+    _cpu_scan_or_skip()
+    torch.manual_seed(0)
+    m = MambaAttention(8, 2, kernel="mamba_cpu")
+    for Nq in (7, 3):
+        leaves, args = _inputs(2, Nq, 7, share, torch.float32, Nq)
+        seen = []
+        torch._dynamo.reset()
+        out = torch.compile(m, backend=recording_backend(seen), fullgraph=True)(*args)
+        g = torch.autograd.grad(out.sum(), [*leaves, *m.parameters()])
+        ref = m(*args)
+        torch.testing.assert_close(out, ref)
+        for a, r in zip(g, torch.autograd.grad(ref.sum(), [*leaves, *m.parameters()])):
+            torch.testing.assert_close(a, r)
+        assert "canvas_mamba.cpu_projected.default" in seen and "canvas_mamba.cpu_projected_backward.default" in seen
+        assert not any(t.split(".")[1] in ("mm", "addmm", "linear", "conv1d", "convolution") for t in seen
+                       if t.startswith("aten.")), seen
