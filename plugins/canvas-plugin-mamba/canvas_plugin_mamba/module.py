@@ -31,6 +31,15 @@ _FUSE_EAGER = False
 _FUSE_PROJECTIONS = True
 
 
+@torch.compiler.assume_constant_result
+def _settle_cpu_kernel() -> bool:
+    """Decide (build or load) the compiled CPU scan, run for real when ``torch.compile`` traces a
+    first call: the decision takes a lock and may run the compiler, which dynamo cannot trace (a
+    module compiled before any eager call stopped there); afterwards the traced checks only read
+    the settled state."""
+    return cpu_kernel.available()
+
+
 def _mamba_ssm_available() -> bool:
     import importlib.util
 
@@ -180,6 +189,8 @@ class MambaAttention(nn.Module):
     def _choose_kernel(self, x: torch.Tensor, Nq: int, Nk: int) -> str:
         if self.kernel == "mamba_torch":
             return "mamba_torch"
+        if torch.compiler.is_compiling() and x.device.type == "cpu":
+            _settle_cpu_kernel()
         if self.kernel == "mamba_cpu":
             if x.device.type != "cpu":
                 raise UnavailableError(f"mamba: kernel='mamba_cpu' runs on the CPU, the inputs are on {x.device}; "

@@ -363,3 +363,25 @@ def test_fused_compile_path_runs_the_compiled_scan_and_matches_eager(compiled):
     torch.testing.assert_close(out, eager, atol=1e-5, rtol=1e-4)
     for a, b in zip(gc, ge):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("kernel", ["auto", "mamba_cpu"])
+def test_a_module_compiled_before_any_eager_call_decides_its_kernel_outside_the_trace(kernel, fresh_state):
+    """The first call of a mamba module may be a compiled one: deciding (building or loading) the
+    compiled scan takes a lock dynamo cannot trace, so it runs for real while tracing; fullgraph
+    holds, the compiled scan runs, and the values are the eager ones."""
+    from canvas_core.testing import recording_backend
+
+    if cpu_kernel.static_problem() is not None:
+        pytest.skip(f"the compiled CPU scan cannot be built here: {cpu_kernel.static_problem()}")
+    assert "reason" not in cpu_kernel._state  # undecided: as in a fresh process
+    torch.manual_seed(0)
+    m = MambaAttention(16, 2, kernel=kernel)
+    q, kv = torch.randn(2, 6, 16), torch.randn(2, 30, 16)
+    torch._dynamo.reset()
+    seen = []
+    out = torch.compile(m, backend=recording_backend(seen), fullgraph=True)(q, kv, kv)
+    assert cpu_kernel._state.get("reason", "undecided") is None
+    assert "canvas_mamba.cpu_projected.default" in seen
+    torch.testing.assert_close(out, m(q, kv, kv))
+    assert m.kernel_used == "mamba_cpu"
