@@ -27,6 +27,7 @@ that fails leaves the cache as it was.  On exit the model is exactly as before.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, List, Optional, Tuple
 
 import torch
@@ -220,7 +221,8 @@ class Rollout:
         n_before = [len(st.caches) for st in self._states]
         self._stepping = True
         try:
-            y = self.model(x)
+            with _eager():
+                y = self.model(x)
             for st in self._states:
                 if t == 0:
                     del st.caches[st.calls:]  # buffers of a previous episode's extra calls
@@ -274,6 +276,14 @@ class Rollout:
 
         return _updates
 
+
+
+def _eager():
+    """Inside a step, compiled code (a model given to ``torch.compile`` whole, or compiled blocks)
+    runs eagerly: the step builds each frame's plan as it goes, with branches on tensor values that
+    dynamo cannot trace (``fullgraph=True`` would stop there).  torch < 2.6 has no stance to set."""
+    stance = getattr(torch.compiler, "set_stance", None)
+    return stance("force_eager") if stance is not None else contextlib.nullcontext()
 
 def incremental(model: nn.Module, layout: Any, *, slide: Optional[str] = None,
                 width: Optional[int] = None) -> Rollout:

@@ -298,3 +298,28 @@ def test_reset_starts_a_new_episode_with_another_batch_and_dtype():
             full = model(xf)
             for t in range(layout.T):
                 assert torch.allclose(roll.step(xf[:, t * 12:(t + 1) * 12]), full[:, t * 12:(t + 1) * 12], atol=1e-4)
+
+
+@pytest.mark.parametrize("how", ["whole", "blocks"])
+def test_a_compiled_model_rolls_out_exactly(how):
+    """A model given to ``torch.compile`` (whole, ``fullgraph=True``, or block by block) rolls out
+    (its steps run eagerly: a step's per-frame plans branch on tensor values), and runs compiled
+    on whole canvases before and after."""
+    if not hasattr(torch.compiler, "set_stance"):
+        pytest.skip(f"torch {torch.__version__} has no torch.compiler.set_stance (2.6+): compiled rollouts need it")
+    layout, model, x = _model_and_input()
+    torch._dynamo.reset()
+    if how == "whole":
+        run = torch.compile(model, backend="eager", fullgraph=True)
+    else:
+        for i, block in enumerate(model):
+            model[i] = torch.compile(block, backend="eager", fullgraph=True)
+        run = model
+    V = 12
+    with torch.no_grad():
+        full = run(x)
+        with canvas_core.incremental(run, layout) as roll:
+            for x_t, want in zip(frames(x, V), frames(full, V)):
+                got = roll.step(x_t)
+                assert torch.allclose(got, want, atol=TOL, rtol=0), (got - want).abs().max().item()
+        assert torch.allclose(run(x), full, atol=TOL, rtol=0)
