@@ -93,6 +93,20 @@ def _check_model_matches(model: nn.Module, schema: Any, where: str) -> None:
             )
 
 
+def _canonical(name: str) -> str:
+    """A state-dict name without the ``_orig_mod`` segments that ``torch.compile``'s wrapper adds
+    (``_orig_mod.attn.qkv.weight``, ``blocks.0._orig_mod.mlp...``): what a file stores, so that a
+    compiled model's checkpoint loads into the plain model and the other way round."""
+    return ".".join(part for part in name.split(".") if part != "_orig_mod")
+
+
+def _model_class(model: nn.Module) -> str:
+    """The model's class name, looking through ``torch.compile``'s wrapper."""
+    while type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
+        model = model._orig_mod
+    return type(model).__qualname__
+
+
 def _state(model: nn.Module, where: str) -> Dict[str, torch.Tensor]:
     state = model.state_dict()
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
@@ -135,12 +149,13 @@ def save_canvas_checkpoint(model: nn.Module, path: Any, schema: Any, *, metadata
         "format_version": FORMAT_VERSION,
         "canvas_core_version": canvas_core.__version__,
         "torch_version": torch.__version__,
-        "model_class": type(model).__qualname__,
+        "model_class": _model_class(model),
         "schema": json.dumps(s.to_dict()),  # region order kept: it fixes the packing
         "schema_hash": s.schema_hash(),
         "user_metadata": user,
     }
-    return save_safetensors_atomic(_state(model, where), path, header, "the canvas checkpoint")
+    state = {_canonical(k): v for k, v in _state(model, where).items()}
+    return save_safetensors_atomic(state, path, header, "the canvas checkpoint")
 
 
 def _open(path: Any, where: str) -> Tuple[str, Dict[str, str], Any]:
@@ -238,26 +253,27 @@ def load_canvas_checkpoint(model: nn.Module, path: Any, schema: Any) -> Dict[str
             "from the schema it was saved with (read_canvas_checkpoint_header(path)['schema'])")
     _check_model_matches(model, s, where)
     current = _state(model, where)
-    keys = set(fh.keys())
-    missing, unexpected = sorted(set(current) - keys), sorted(keys - set(current))
+    names = {_canonical(k): k for k in current}  # the name in a file -> the model's own
+    in_file = {_canonical(k): k for k in fh.keys()}  # (files of compiled models once kept _orig_mod)
+    missing, unexpected = sorted(set(names) - set(in_file)), sorted(set(in_file) - set(names))
     if missing or unexpected:
         raise CheckpointError(
-            f"canvas checkpoint {p!r} does not fit {type(model).__name__}: "
+            f"canvas checkpoint {p!r} does not fit {_model_class(model)}: "
             + (f"missing tensors {missing[:5]}" if missing else "")
             + ("; " if missing and unexpected else "")
             + (f"unexpected tensors {unexpected[:5]}" if unexpected else "")
             + "; the file belongs to another model class")
     tensors = {}
-    for k, ref in current.items():
-        t = fh.get_tensor(k)
+    for name, k in names.items():
+        ref, t = current[k], fh.get_tensor(in_file[name])
         if tuple(t.shape) != tuple(ref.shape):
             raise CheckpointError(
-                f"canvas checkpoint {p!r}: tensor {k!r} has shape {tuple(t.shape)} but the model's is "
+                f"canvas checkpoint {p!r}: tensor {name!r} has shape {tuple(t.shape)} but the model's is "
                 f"{tuple(ref.shape)}" + _shape_hint(model, k, tuple(t.shape)))
         if t.is_floating_point() != ref.is_floating_point():
-            raise CheckpointError(f"canvas checkpoint {p!r}: tensor {k!r} is {t.dtype} but the model's is {ref.dtype}")
+            raise CheckpointError(f"canvas checkpoint {p!r}: tensor {name!r} is {t.dtype} but the model's is {ref.dtype}")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"canvas checkpoint {p!r}: tensor {k!r} holds NaN or infinite values")
+            raise CheckpointError(f"canvas checkpoint {p!r}: tensor {name!r} holds NaN or infinite values")
         tensors[k] = t
     model.load_state_dict(tensors, strict=True)
     out: Dict[str, Any] = dict(header)

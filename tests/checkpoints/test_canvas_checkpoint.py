@@ -151,3 +151,25 @@ def test_differences_are_empty_exactly_when_the_hashes_agree(a, b):
     assert schema_differences(a.to_dict(), a.to_dict()) == []
     diffs = schema_differences(a.to_dict(), b.to_dict())
     assert (diffs == []) == (a.schema_hash() == b.schema_hash())
+
+
+def test_a_compiled_models_checkpoint_loads_into_the_plain_model_and_back(tmp_path):
+    """``torch.compile``'s wrapper puts ``_orig_mod.`` in every state-dict name (whole model) or in
+    the middle of some (compiled blocks); files hold the plain names, so a checkpoint saved while
+    training compiled loads into the plain model for evaluation, and the other way round."""
+    s = _schema()
+    plain, other = Model(s, seed=0), Model(s, seed=1)
+    whole = torch.compile(Model(s, seed=2), backend="eager")
+    parts = Model(s, seed=3)
+    parts.attn = torch.compile(parts.attn, backend="eager")  # a compiled block: "attn._orig_mod.qkv.weight"
+    assert any("_orig_mod" in k for k in parts.state_dict())
+    for src, dst in ((whole, plain), (plain, whole), (parts, other), (other, parts), (whole, parts)):
+        path = tmp_path / "m.safetensors"
+        save_canvas_checkpoint(src, path, s)
+        with safe_open(str(path), "pt") as f:
+            assert sorted(f.keys()) == sorted(Model(s).state_dict())  # the plain names
+            assert f.metadata()["model_class"] == "Model"
+        load_canvas_checkpoint(dst, path, s)
+        want = {k.replace("_orig_mod.", ""): v for k, v in src.state_dict().items()}
+        got = {k.replace("_orig_mod.", ""): v for k, v in dst.state_dict().items()}
+        assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
