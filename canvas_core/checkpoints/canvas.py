@@ -31,6 +31,7 @@ from canvas_core._safe_write import check_write_target
 from canvas_core.checkpoints.diff import schema_differences
 from canvas_core.checkpoints.tensors import check_readable_file, save_safetensors_atomic
 from canvas_core.errors import CanvasTypeError, CheckpointError
+from canvas_core.runtime.compiled_names import plain_name, unwrap_compiled
 
 __all__ = ["save_canvas_checkpoint", "load_canvas_checkpoint", "read_canvas_checkpoint_header"]
 
@@ -93,20 +94,6 @@ def _check_model_matches(model: nn.Module, schema: Any, where: str) -> None:
             )
 
 
-def _canonical(name: str) -> str:
-    """A state-dict name without the ``_orig_mod`` segments that ``torch.compile``'s wrapper adds
-    (``_orig_mod.attn.qkv.weight``, ``blocks.0._orig_mod.mlp...``): what a file stores, so that a
-    compiled model's checkpoint loads into the plain model and the other way round."""
-    return ".".join(part for part in name.split(".") if part != "_orig_mod")
-
-
-def _model_class(model: nn.Module) -> str:
-    """The model's class name, looking through ``torch.compile``'s wrapper."""
-    while type(model).__name__ == "OptimizedModule" and isinstance(getattr(model, "_orig_mod", None), nn.Module):
-        model = model._orig_mod
-    return type(model).__qualname__
-
-
 def _state(model: nn.Module, where: str) -> Dict[str, torch.Tensor]:
     state = model.state_dict()
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
@@ -149,12 +136,12 @@ def save_canvas_checkpoint(model: nn.Module, path: Any, schema: Any, *, metadata
         "format_version": FORMAT_VERSION,
         "canvas_core_version": canvas_core.__version__,
         "torch_version": torch.__version__,
-        "model_class": _model_class(model),
+        "model_class": type(unwrap_compiled(model)).__qualname__,
         "schema": json.dumps(s.to_dict()),  # region order kept: it fixes the packing
         "schema_hash": s.schema_hash(),
         "user_metadata": user,
     }
-    state = {_canonical(k): v for k, v in _state(model, where).items()}
+    state = {plain_name(k): v for k, v in _state(model, where).items()}
     return save_safetensors_atomic(state, path, header, "the canvas checkpoint")
 
 
@@ -253,12 +240,12 @@ def load_canvas_checkpoint(model: nn.Module, path: Any, schema: Any) -> Dict[str
             "from the schema it was saved with (read_canvas_checkpoint_header(path)['schema'])")
     _check_model_matches(model, s, where)
     current = _state(model, where)
-    names = {_canonical(k): k for k in current}  # the name in a file -> the model's own
-    in_file = {_canonical(k): k for k in fh.keys()}  # (files of compiled models once kept _orig_mod)
+    names = {plain_name(k): k for k in current}  # the name in a file -> the model's own
+    in_file = {plain_name(k): k for k in fh.keys()}  # (files of compiled models once kept _orig_mod)
     missing, unexpected = sorted(set(names) - set(in_file)), sorted(set(in_file) - set(names))
     if missing or unexpected:
         raise CheckpointError(
-            f"canvas checkpoint {p!r} does not fit {_model_class(model)}: "
+            f"canvas checkpoint {p!r} does not fit {type(unwrap_compiled(model)).__qualname__}: "
             + (f"missing tensors {missing[:5]}" if missing else "")
             + ("; " if missing and unexpected else "")
             + (f"unexpected tensors {unexpected[:5]}" if unexpected else "")

@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError
+from canvas_core.runtime.compiled_names import plain_name
 from canvas_core.runtime.plan_runner import plan_query_weights
 
 __all__ = ["Telemetry", "record_telemetry", "telemetry"]
@@ -211,7 +212,7 @@ class Telemetry:
         for name, mod in self.model.named_modules():
             if not isinstance(mod, CanvasAttention):
                 continue
-            probe = _LayerProbe(name or type(mod).__name__, mod, self.max_queries)
+            probe = _LayerProbe(plain_name(name) or type(mod).__name__, mod, self.max_queries)
             self._probes.append(probe)
             self._handles.append(mod.register_forward_pre_hook(self._pre_hook(probe), with_kwargs=True))
             for fn in mod.executor.other_fns:
@@ -244,6 +245,7 @@ class Telemetry:
         for name, p in self.model.named_parameters():
             if "gate" not in name.rsplit(".", 1)[-1]:
                 continue
+            name = plain_name(name)
             t = p.detach().float().flatten().cpu()
             if t.numel() <= _MAX_ELEMENTS:
                 for i, v in enumerate(t.tolist()):

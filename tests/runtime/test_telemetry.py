@@ -101,6 +101,29 @@ def test_gates_are_reported_and_recording_leaves_no_hooks():
     assert "share of output by connection" in tel.summary()
 
 
+@pytest.mark.parametrize("how", ["whole", "blocks"])
+def test_a_compiled_model_reports_under_the_plain_names(how):
+    """``torch.compile``'s wrapper puts ``_orig_mod`` into every module and parameter name; the
+    telemetry of a compiled model has the plain model's keys (and its values)."""
+    layout = _layout()
+    topo = CanvasTopology([Connection(src="b", dst="a"), Connection(src="a", dst="a", fn="pooling")])
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(CanvasAttention(topo, layout, n_heads=2), CanvasAttention(topo, layout, n_heads=2))
+    model.register_parameter("loop_gate", torch.nn.Parameter(torch.tensor([0.5])))
+    x = torch.randn(1, layout.num_positions, 16)
+    want = telemetry(model, x)
+    torch._dynamo.reset()
+    if how == "whole":
+        compiled = torch.compile(model, backend="eager")
+    else:
+        compiled = torch.nn.Sequential(*(torch.compile(m, backend="eager") for m in model))
+        compiled.register_parameter("loop_gate", model.loop_gate)
+    got = telemetry(compiled, x)
+    assert sorted(got) == sorted(want) and any(k.startswith("0/") for k in got) and "gate/loop_gate" in got
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
+
+
 def test_bad_arguments():
     from canvas_core.errors import CanvasTypeError
 
