@@ -6,6 +6,8 @@ themselves against it.  How queries read the sequence: :mod:`canvas_core.attenti
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from typing import Optional
 
@@ -435,7 +437,11 @@ class RWKVAttention(AttentionBase):
         if Nk == 0 or Nq == 0:
             return torch.zeros_like(queries)
         wd = work_dtype(queries.dtype)
-        if keys is values and plain_linear(self.key, with_bias=False) and plain_linear(self.value, with_bias=False):
+        # under autocast the projections run as autocast has them (then cast to wd); the WKV's
+        # hand-written autograd functions run outside it, in wd (autocast would run their
+        # products in bf16 and hand their backwards gradients of another dtype)
+        amp = torch.is_autocast_enabled(queries.device.type)
+        if keys is values and not amp and plain_linear(self.key, with_bias=False) and plain_linear(self.value, with_bias=False):
             k, v = (t.to(wd) for t in _SharedProjections.apply(values, self.key.weight.to(values.dtype),
                                                                self.value.weight.to(values.dtype)))
         else:
@@ -444,16 +450,17 @@ class RWKVAttention(AttentionBase):
         w = torch.exp(self.time_decay.to(wd))
         u = self.time_first.to(wd)
         read, has = causal_read(Nq, Nk, allowed, queries.device)
-        if allowed is None or rows_identical(allowed):
-            key_ok = None if allowed is None else allowed[:, 0, :]
-            if self.kernel in ("auto", "torch"):  # chunked, only at the read positions
-                # Nk = s Nq: every read ends a chunk of s keys (no key past a read in its chunk)
-                aligned = Nk // Nq if Nk % Nq == 0 and Nk > Nq else None
-                wkv = wkv_read(k, v, w, u, read, key_ok, chunk=aligned, ends_chunks=aligned is not None)
+        with torch.autocast(queries.device.type, enabled=False) if amp else contextlib.nullcontext():
+            if allowed is None or rows_identical(allowed):
+                key_ok = None if allowed is None else allowed[:, 0, :]
+                if self.kernel in ("auto", "torch"):  # chunked, only at the read positions
+                    # Nk = s Nq: every read ends a chunk of s keys (no key past a read in its chunk)
+                    aligned = Nk // Nq if Nk % Nq == 0 and Nk > Nq else None
+                    wkv = wkv_read(k, v, w, u, read, key_ok, chunk=aligned, ends_chunks=aligned is not None)
+                else:
+                    wkv = read_at(self._wkv(k, v, w, u, key_ok), read, wd)
             else:
-                wkv = read_at(self._wkv(k, v, w, u, key_ok), read, wd)
-        else:
-            wkv = wkv_masked(k, v, w, u, read, allowed)
+                wkv = wkv_masked(k, v, w, u, read, allowed)
         r = torch.sigmoid(self.receptance(queries))
         out = self.output(self.drop(r * wkv.to(queries.dtype)))
         return out.masked_fill(~has, 0.0)
