@@ -58,3 +58,32 @@ def test_every_type_trains_under_cpu_autocast(fn):
         if g is not None:
             assert torch.isfinite(g).all()
             assert (g - r).abs().max().item() <= 0.05 * gscale, fn
+
+
+@pytest.mark.filterwarnings("ignore:In CPU autocast")
+@pytest.mark.parametrize("fn", TYPES)
+def test_every_type_trains_under_cpu_autocast_inside_a_backbone(fn):
+    """The same inside a grafted CogVideoX (the type's gated module on the block's hidden states):
+    forward and backward run under CPU autocast and the output is float32's to bf16 rounding."""
+    pytest.importorskip("diffusers")
+    from canvas_core.looping import get_adapter, graft_looped_blocks
+    from tests.looping._backbone_setup import inputs, make, run, user_layout
+
+    regions = ("top", "bottom", "extra")
+    topo = CanvasTopology(connections=[Connection(a, b) for a in regions for b in regions] + [
+        Connection("top", "bottom", fn=fn, t_src=0, t_dst=0), Connection("bottom", "top", fn=fn, t_src=0, t_dst=-1)])
+    m, kw = make("cogvideox"), inputs("cogvideox")
+    graft_looped_blocks(m, max_loops=1)
+    ad = get_adapter(m)
+    ad.install_topology(m, topo, user_layout(ad.token_layout(m, kw), 1))
+    with torch.no_grad():  # open the branch gates (zero at initialisation), so the type's part shows
+        for name, p in m.named_parameters():
+            if "canvas_fn" in name and "gate" in name.rsplit(".", 1)[-1]:
+                p.fill_(0.5)
+    ref = run("cogvideox", m, kw).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = run("cogvideox", m, kw)
+    out.float().square().mean().backward()
+    assert torch.isfinite(out.float()).all()
+    assert (out.float() - ref).abs().max().item() <= 0.05 * ref.abs().max().item() + 1e-3
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
