@@ -1,5 +1,6 @@
 """Hyena attention (``hyena``): implicit long convolutions with data-controlled gating, run
-causally over a connection's keys and values (see :mod:`canvas_core.attention.causal_read`).
+causally over a connection's keys and values (see :mod:`canvas_core.attention.causal_read`); the
+convolutions themselves are in :mod:`canvas_core.attention.fft_conv` (their names are kept here).
 """
 
 from __future__ import annotations
@@ -17,208 +18,17 @@ from canvas_core.attention.causal_read import (
     check_kernel_choice,
     plain_linear,
     rows_identical,
-    scratch,
     work_dtype,
 )
-from canvas_core.attention.first_order import first_order_backward
+from canvas_core.attention.fft_conv import (
+    causal_conv_last,
+    fft_causal_conv,
+    fft_size,
+    gated_causal_conv,
+    read_conv_last,
+)
 
 __all__ = ["HyenaAttention", "fft_causal_conv", "causal_conv_last", "gated_causal_conv", "read_conv_last", "fft_size"]
-
-
-def fft_size(n: int) -> int:
-    """The smallest ``m >= n`` whose prime factors are 2, 3 and 5 (a fast FFT length)."""
-    m = max(1, n)
-    while True:
-        x = m
-        for p in (2, 3, 5):
-            while x % p == 0:
-                x //= p
-        if x == 1:
-            return m
-        m += 1
-
-
-def _zero_padded(x: torch.Tensor, n: int, slot: str) -> torch.Tensor:
-    """``x (..., L)`` zero-padded to ``(..., n)`` in the per-thread scratch buffer ``slot``."""
-    xp = scratch(slot, x.shape[:-1] + (n,), x)
-    L = x.shape[-1]
-    xp[..., :L].copy_(x)
-    xp[..., L:].zero_()
-    return xp
-
-
-class _CausalConv(torch.autograd.Function):
-    """``y = causal_conv(z, h)`` along the last dim by FFT, with its adjoint by FFT too:
-    ``dz_s = sum_{t >= s} g_t h_{t-s}``, ``dh_k = sum_b sum_t g_t z_{t-k}`` (correlations, as
-    products with the conjugate spectra; the zero padding to ``n >= 2L - 1`` keeps them exact).
-
-    The padded signals and the spectra that are not saved live in per-thread scratch (each is
-    ``B x C x n``: fresh ones cost more in page faults than the arithmetic on them).  The
-    transforms themselves are not given ``out=`` (torch computes a fresh result and copies it
-    there) and the results are the first ``L`` points of the inverse transforms, as views.
-    The spectra are saved already conjugated (what the backward multiplies by)."""
-
-    @staticmethod
-    def forward(ctx, z, h):  # z (B, C, L), h (C, L)
-        L = z.shape[-1]
-        n = fft_size(2 * L - 1)
-        Z = torch.fft.rfft(_zero_padded(z, n, "hy_pad"))
-        H = torch.fft.rfft(h, n=n)
-        y = torch.fft.irfft(torch.mul(Z, H, out=scratch("hy_spec", Z.shape, Z)), n=n)[..., :L]
-        ctx.save_for_backward(Z.conj_physical_(), H.conj_physical_())
-        ctx.L, ctx.n = L, n
-        return y
-
-    @staticmethod
-    @first_order_backward("hyena's causal convolution")
-    def backward(ctx, g):
-        Zc, Hc = ctx.saved_tensors
-        L, n = ctx.L, ctx.n
-        G = torch.fft.rfft(_zero_padded(g, n, "hy_pad"))
-        dz = dh = None
-        if ctx.needs_input_grad[1]:
-            dh = torch.fft.irfft(torch.mul(G, Zc, out=scratch("hy_spec", G.shape, G)).sum(dim=0), n=n)
-            dh = dh[..., :L]
-        if ctx.needs_input_grad[0]:
-            dz = torch.fft.irfft(torch.mul(G, Hc, out=scratch("hy_spec", G.shape, G)), n=n)[..., :L]
-        return dz, dh
-
-
-class _ReadConv(torch.autograd.Function):
-    """:class:`_CausalConv` read only at ``p_i = s (i + 1) - 1`` (``i < Q = L / s``), in ``s``
-    phases: with ``z^b_a = z_{s a + b}`` and ``h^b_k = h_{s k + s - 1 - b}`` (``b < s``),
-    ``y_{p_i} = sum_b sum_{a <= i} h^b_{i - a} z^b_a``: ``s`` causal convolutions of length ``Q``,
-    summed in the frequency domain, so the transforms are ``m = fft_size(2 Q - 1)`` points (the
-    ``s`` forward ones per row, one inverse) instead of ``2 L``.  The backward is the adjoint in
-    the same phases: ``dz^b = corr(g, h^b)``, ``dh^b = sum_rows corr(g, z^b)`` (products with the
-    conjugated spectra, saved so), one ``m``-point transform of ``g`` and ``s`` inverse ones."""
-
-    @staticmethod
-    def forward(ctx, z, h, s):  # z (B, C, L), h (C, L) -> (B, C, L / s)
-        B, C, L = z.shape
-        Q = L // s
-        m = fft_size(2 * Q - 1)
-        Z = torch.fft.rfft(_zero_padded(z.view(B, C, Q, s).transpose(-1, -2), m, "hy_ph"))  # (B, C, s, m / 2 + 1)
-        H = torch.fft.rfft(h.view(C, Q, s).flip(-1).transpose(-1, -2), n=m)  # (C, s, m / 2 + 1)
-        y = torch.fft.irfft(torch.mul(Z, H, out=scratch("hy_phs", Z.shape, Z)).sum(dim=2), n=m)
-        ctx.save_for_backward(Z.conj_physical_(), H.conj_physical_())
-        ctx.s, ctx.m = s, m
-        return y[..., :Q]
-
-    @staticmethod
-    @first_order_backward("hyena's read convolution")
-    def backward(ctx, g):
-        Zc, Hc = ctx.saved_tensors
-        s, m = ctx.s, ctx.m
-        B, C, Q = g.shape
-        G = torch.fft.rfft(g, n=m).unsqueeze(2)  # (B, C, 1, m / 2 + 1)
-        dz = dh = None
-        if ctx.needs_input_grad[0]:
-            dzp = torch.fft.irfft(torch.mul(G, Hc, out=scratch("hy_phs", Zc.shape, Zc)), n=m)
-            dz = dzp[..., :Q].transpose(-1, -2).reshape(B, C, Q * s)
-        if ctx.needs_input_grad[1]:
-            dhp = torch.fft.irfft(torch.mul(G, Zc, out=scratch("hy_phs", Zc.shape, Zc)).sum(dim=0), n=m)
-            dh = dhp[..., :Q].flip(1).transpose(-1, -2).reshape(C, Q * s)
-        return dz, dh, None
-
-
-class _GatedConv(torch.autograd.Function):
-    """``gate * causal_conv(z, h)`` (a stage of the operator before the last), one batch row at a
-    time: its padded signal, spectrum product and inverse transform (``C x n`` each, a megabyte
-    at 64 channels of 3,840 points) stay in cache between the transforms and the gate's product,
-    where :class:`_CausalConv` over the whole batch goes through memory between each step.
-    Saves the gate, the convolution (the gate's gradient) and the conjugated spectra; the
-    backward likewise, one row at a time, with the filter's gradient summed over the rows in the
-    frequency domain."""
-
-    @staticmethod
-    def forward(ctx, z, gate, h):  # z, gate (B, C, L); h (C, L)
-        B, C, L = z.shape
-        n = fft_size(2 * L - 1)
-        H = torch.fft.rfft(h, n=n)
-        out, conv = torch.empty_like(z), torch.empty_like(z)
-        Zc = torch.empty((B, C, n // 2 + 1), dtype=H.dtype, device=z.device)
-        pad = scratch("hy_gpad", (C, n), z)
-        pad[:, L:].zero_()
-        spec = scratch("hy_gspec", (C, n // 2 + 1), H)
-        for b in range(B):
-            pad[:, :L].copy_(z[b])
-            Z = torch.fft.rfft(pad)
-            torch.conj_physical(Z, out=Zc[b])
-            conv[b].copy_(torch.fft.irfft(torch.mul(Z, H, out=spec), n=n)[:, :L])
-            torch.mul(gate[b], conv[b], out=out[b])
-        ctx.save_for_backward(gate, conv, Zc, H.conj_physical_())
-        ctx.n = n
-        return out
-
-    @staticmethod
-    @first_order_backward("hyena's gated convolution")
-    def backward(ctx, g):
-        gate, conv, Zc, Hc = ctx.saved_tensors
-        B, C, L = gate.shape
-        n = ctx.n
-        need_z, need_gate, need_h = ctx.needs_input_grad
-        dgate = torch.mul(g, conv) if need_gate else None
-        if not (need_z or need_h):
-            return None, dgate, None
-        dz = torch.empty_like(gate) if need_z else None
-        dH = torch.zeros_like(Hc) if need_h else None
-        pad = scratch("hy_gpad", (C, n), gate)
-        pad[:, L:].zero_()
-        spec = scratch("hy_gspec", (C, n // 2 + 1), Hc)
-        for b in range(B):
-            pad[:, :L].copy_(g[b]).mul_(gate[b])  # (not mul(out=) a strided view: torch.compile refuses it)
-            G = torch.fft.rfft(pad)
-            if need_z:
-                dz[b].copy_(torch.fft.irfft(torch.mul(G, Hc, out=spec), n=n)[:, :L])
-            if need_h:
-                dH.addcmul_(G, Zc[b])
-        dh = torch.fft.irfft(dH, n=n)[:, :L] if need_h else None
-        return dz, dgate, dh
-
-
-def gated_causal_conv(z: torch.Tensor, gate: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """``gate * causal_conv_last(z, h)``: ``z, gate (B, C, L)``, ``h (C, L)`` -> ``(B, C, L)``, in
-    one pass over each batch row when run eagerly (same dtype as ``z``: float32 or float64)."""
-    if z.numel() == 0:
-        return gate * z
-    if torch.compiler.is_compiling():
-        # traced, its loop over the rows would specialise the graph on the batch size (a
-        # recompile per size); the batched form gives one graph, and the compiler fuses the gate
-        return gate * causal_conv_last(z, h)
-    return _GatedConv.apply(z, gate.to(z.dtype), h.to(z.dtype))
-
-
-def read_conv_last(z: torch.Tensor, h: torch.Tensor, stride: int) -> torch.Tensor:
-    """:func:`causal_conv_last` read at ``stride (i + 1) - 1`` only: ``(B, C, L)`` ->
-    ``(B, C, L / stride)`` (``stride`` divides ``L``; ``stride == 1`` is the whole output)."""
-    if z.numel() == 0 or stride == 1:
-        return causal_conv_last(z, h)[..., stride - 1 :: stride]
-    if z.shape[-1] % stride:
-        raise ValueError(f"read_conv_last: stride {stride} does not divide the length {z.shape[-1]}")
-    return _ReadConv.apply(z, h.to(z.dtype), stride)
-
-
-def causal_conv_last(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Causal long convolution along the last dim: ``z (B, C, L)``, ``h (C, L)`` -> ``(B, C, L)``,
-    ``y_t = sum_{s<=t} h_{t-s} z_s``, by FFT (``O(L log L)``; same dtype as ``z``: float32 or
-    float64)."""
-    if z.numel() == 0:  # no positions or an empty batch (MKL's FFT refuses a batch of 0)
-        return z.clone()
-    return _CausalConv.apply(z, h.to(z.dtype))
-
-
-def fft_causal_conv(z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Causal long convolution by FFT: ``y_t = sum_{s<=t} h_{t-s} z_s``.
-
-    z: ``(B, L, C)``; h: ``(L, C)``. ``O(L log L)``; computed in float32 (float64 kept).
-    """
-    B, L, C = z.shape
-    if L == 0:
-        return z.clone()
-    wd = work_dtype(z.dtype)
-    y = causal_conv_last(z.to(wd).transpose(1, 2).contiguous(), h.to(wd).t().contiguous())
-    return y.transpose(1, 2)
 
 
 class _Sin(nn.Module):

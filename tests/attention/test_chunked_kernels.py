@@ -332,8 +332,9 @@ def test_linear_time_types_compile_in_one_graph(cls, Nq):
 
 
 def test_hyena_compiled_with_dynamic_shapes_traces_once_for_every_batch_size():
-    """The per-row loop of the gated stage runs eagerly only: a traced one would specialise the
-    graph on the batch size (the runtime stacks key sets along it) and recompile per size."""
+    """The per-row loop of the gated stage runs inside an operator under compile: a traced one
+    would specialise the graph on the batch size (the runtime stacks key sets along it) and
+    recompile per size."""
     from torch._dynamo.testing import CompileCounter
 
     torch._dynamo.reset()

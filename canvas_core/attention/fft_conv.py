@@ -1,0 +1,340 @@
+"""Causal long convolutions by FFT, with hand-written adjoints: what ``hyena`` runs along its keys.
+
+* :func:`causal_conv_last`: ``y_t = sum_{s <= t} h_{t - s} z_s`` along the last dim.
+* :func:`gated_causal_conv`: ``gate * causal_conv_last(z, h)``, one batch row at a time.
+* :func:`read_conv_last`: :func:`causal_conv_last` read at every ``stride``-th position only,
+  computed in ``stride`` phases of shorter transforms.
+
+Run eagerly, the last two are autograd functions; under ``torch.compile`` they are
+``torch.library`` operators (``canvas_core::hyena_gated_conv``, ``canvas_core::hyena_read_conv``
+and their backwards), so the traced graph holds one node for each and is not specialised on the
+batch size by the loop over the rows, and the operators run the eager code (per-row passes, the
+per-thread scratch buffers) at run time.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from canvas_core.attention.causal_read import scratch, work_dtype
+from canvas_core.attention.first_order import first_order_backward, first_order_only
+
+__all__ = ["fft_size", "causal_conv_last", "gated_causal_conv", "read_conv_last", "fft_causal_conv"]
+
+_COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+
+
+def fft_size(n: int) -> int:
+    """The smallest ``m >= n`` whose prime factors are 2, 3 and 5 (a fast FFT length)."""
+    m = max(1, n)
+    while True:
+        x = m
+        for p in (2, 3, 5):
+            while x % p == 0:
+                x //= p
+        if x == 1:
+            return m
+        m += 1
+
+
+def _zero_padded(x: Tensor, n: int, slot: str) -> Tensor:
+    """``x (..., L)`` zero-padded to ``(..., n)`` in the per-thread scratch buffer ``slot``."""
+    xp = scratch(slot, x.shape[:-1] + (n,), x)
+    L = x.shape[-1]
+    xp[..., :L].copy_(x)
+    xp[..., L:].zero_()
+    return xp
+
+
+class _CausalConv(torch.autograd.Function):
+    """``y = causal_conv(z, h)`` along the last dim by FFT, with its adjoint by FFT too:
+    ``dz_s = sum_{t >= s} g_t h_{t-s}``, ``dh_k = sum_b sum_t g_t z_{t-k}`` (correlations, as
+    products with the conjugate spectra; the zero padding to ``n >= 2L - 1`` keeps them exact).
+
+    The padded signals and the spectra that are not saved live in per-thread scratch (each is
+    ``B x C x n``: fresh ones cost more in page faults than the arithmetic on them).  The
+    transforms themselves are not given ``out=`` (torch computes a fresh result and copies it
+    there) and the results are the first ``L`` points of the inverse transforms, as views.
+    The spectra are saved already conjugated (what the backward multiplies by)."""
+
+    @staticmethod
+    def forward(ctx, z, h):  # z (B, C, L), h (C, L)
+        L = z.shape[-1]
+        n = fft_size(2 * L - 1)
+        Z = torch.fft.rfft(_zero_padded(z, n, "hy_pad"))
+        H = torch.fft.rfft(h, n=n)
+        y = torch.fft.irfft(torch.mul(Z, H, out=scratch("hy_spec", Z.shape, Z)), n=n)[..., :L]
+        ctx.save_for_backward(Z.conj_physical_(), H.conj_physical_())
+        ctx.L, ctx.n = L, n
+        return y
+
+    @staticmethod
+    @first_order_backward("hyena's causal convolution")
+    def backward(ctx, g):
+        Zc, Hc = ctx.saved_tensors
+        L, n = ctx.L, ctx.n
+        G = torch.fft.rfft(_zero_padded(g, n, "hy_pad"))
+        dz = dh = None
+        if ctx.needs_input_grad[1]:
+            dh = torch.fft.irfft(torch.mul(G, Zc, out=scratch("hy_spec", G.shape, G)).sum(dim=0), n=n)
+            dh = dh[..., :L]
+        if ctx.needs_input_grad[0]:
+            dz = torch.fft.irfft(torch.mul(G, Hc, out=scratch("hy_spec", G.shape, G)), n=n)[..., :L]
+        return dz, dh
+
+
+# --- the last stage read at every s-th position -----------------------------------------------
+def _read_forward(z: Tensor, h: Tensor, s: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """:func:`causal_conv_last` read only at ``p_i = s (i + 1) - 1`` (``i < Q = L / s``), in ``s``
+    phases: with ``z^b_a = z_{s a + b}`` and ``h^b_k = h_{s k + s - 1 - b}`` (``b < s``),
+    ``y_{p_i} = sum_b sum_{a <= i} h^b_{i - a} z^b_a``: ``s`` causal convolutions of length ``Q``,
+    summed in the frequency domain, so the transforms are ``m = fft_size(2 Q - 1)`` points (the
+    ``s`` forward ones per row, one inverse) instead of ``2 L``.  ``z (B, C, L)``, ``h (C, L)`` ->
+    ``(y (B, C, Q), conj(Z) (B, C, s, m / 2 + 1), conj(H) (C, s, m / 2 + 1))``."""
+    B, C, L = z.shape
+    Q = L // s
+    m = fft_size(2 * Q - 1)
+    Z = torch.fft.rfft(_zero_padded(z.view(B, C, Q, s).transpose(-1, -2), m, "hy_ph"))
+    H = torch.fft.rfft(h.view(C, Q, s).flip(-1).transpose(-1, -2), n=m)
+    y = torch.fft.irfft(torch.mul(Z, H, out=scratch("hy_phs", Z.shape, Z)).sum(dim=2), n=m)
+    return y[..., :Q], Z.conj_physical_(), H.conj_physical_()
+
+
+def _read_backward(g: Tensor, Zc: Tensor, Hc: Tensor, s: int, need_z: bool,
+                   need_h: bool) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """The adjoint of :func:`_read_forward` in the same phases: ``dz^b = corr(g, h^b)``,
+    ``dh^b = sum_rows corr(g, z^b)`` (products with the conjugated spectra), one ``m``-point
+    transform of ``g`` and ``s`` inverse ones."""
+    B, C, Q = g.shape
+    m = fft_size(2 * Q - 1)
+    G = torch.fft.rfft(g, n=m).unsqueeze(2)  # (B, C, 1, m / 2 + 1)
+    dz = dh = None
+    if need_z:
+        dzp = torch.fft.irfft(torch.mul(G, Hc, out=scratch("hy_phs", Zc.shape, Zc)), n=m)
+        dz = dzp[..., :Q].transpose(-1, -2).reshape(B, C, Q * s)
+    if need_h:
+        dhp = torch.fft.irfft(torch.mul(G, Zc, out=scratch("hy_phs", Zc.shape, Zc)).sum(dim=0), n=m)
+        dh = dhp[..., :Q].flip(1).transpose(-1, -2).reshape(C, Q * s)
+    return dz, dh
+
+
+class _ReadConv(torch.autograd.Function):
+    """:func:`_read_forward` with :func:`_read_backward` (the eager path)."""
+
+    @staticmethod
+    def forward(ctx, z, h, s):  # z (B, C, L), h (C, L) -> (B, C, L / s)
+        y, Zc, Hc = _read_forward(z, h, s)
+        ctx.save_for_backward(Zc, Hc)
+        ctx.s = s
+        return y
+
+    @staticmethod
+    @first_order_backward("hyena's read convolution")
+    def backward(ctx, g):
+        dz, dh = _read_backward(g, *ctx.saved_tensors, ctx.s, *ctx.needs_input_grad[:2])
+        return dz, dh, None
+
+
+# --- the gated stages before the last ---------------------------------------------------------
+def _gated_forward(z: Tensor, gate: Tensor, h: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``gate * causal_conv(z, h)``, one batch row at a time: its padded signal, spectrum product
+    and inverse transform (``C x n`` each, a megabyte at 64 channels of 3,840 points) stay in
+    cache between the transforms and the gate's product, where :class:`_CausalConv` over the
+    whole batch goes through memory between each step.  ``z, gate (B, C, L)``, ``h (C, L)`` ->
+    ``(out, conv (B, C, L), conj(Z) (B, C, n / 2 + 1), conj(H) (C, n / 2 + 1))``."""
+    B, C, L = z.shape
+    n = fft_size(2 * L - 1)
+    H = torch.fft.rfft(h, n=n)
+    out, conv = torch.empty_like(z), torch.empty_like(z)
+    Zc = torch.empty((B, C, n // 2 + 1), dtype=H.dtype, device=z.device)
+    pad = scratch("hy_gpad", (C, n), z)
+    pad[:, L:].zero_()
+    spec = scratch("hy_gspec", (C, n // 2 + 1), H)
+    for b in range(B):
+        pad[:, :L].copy_(z[b])
+        Z = torch.fft.rfft(pad)
+        torch.conj_physical(Z, out=Zc[b])
+        conv[b].copy_(torch.fft.irfft(torch.mul(Z, H, out=spec), n=n)[:, :L])
+        torch.mul(gate[b], conv[b], out=out[b])
+    return out, conv, Zc, H.conj_physical_()
+
+
+def _gated_backward(g: Tensor, gate: Tensor, conv: Tensor, Zc: Tensor, Hc: Tensor, need_z: bool, need_gate: bool,
+                    need_h: bool) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    """The adjoint of :func:`_gated_forward`, one row at a time, the filter's gradient summed over
+    the rows in the frequency domain."""
+    B, C, L = gate.shape
+    n = fft_size(2 * L - 1)
+    dgate = torch.mul(g, conv) if need_gate else None
+    if not (need_z or need_h):
+        return None, dgate, None
+    dz = torch.empty_like(gate) if need_z else None
+    dH = torch.zeros_like(Hc) if need_h else None
+    pad = scratch("hy_gpad", (C, n), gate)
+    pad[:, L:].zero_()
+    spec = scratch("hy_gspec", (C, n // 2 + 1), Hc)
+    for b in range(B):
+        pad[:, :L].copy_(g[b]).mul_(gate[b])
+        G = torch.fft.rfft(pad)
+        if need_z:
+            dz[b].copy_(torch.fft.irfft(torch.mul(G, Hc, out=spec), n=n)[:, :L])
+        if need_h:
+            dH.addcmul_(G, Zc[b])
+    dh = torch.fft.irfft(dH, n=n)[:, :L] if need_h else None
+    return dz, dgate, dh
+
+
+class _GatedConv(torch.autograd.Function):
+    """:func:`_gated_forward` with :func:`_gated_backward` (the eager path): saves the gate, the
+    convolution (the gate's gradient) and the conjugated spectra."""
+
+    @staticmethod
+    def forward(ctx, z, gate, h):  # z, gate (B, C, L); h (C, L)
+        out, conv, Zc, Hc = _gated_forward(z, gate, h)
+        ctx.save_for_backward(gate, conv, Zc, Hc)
+        return out
+
+    @staticmethod
+    @first_order_backward("hyena's gated convolution")
+    def backward(ctx, g):
+        return _gated_backward(g, *ctx.saved_tensors, *ctx.needs_input_grad)
+
+
+# --- the same as operators, for torch.compile -------------------------------------------------
+def _or_empty(t: Optional[Tensor], like: Tensor) -> Tensor:
+    """An operator returns tensors only: a gradient not asked for is an empty one."""
+    return like.new_empty(0) if t is None else t.contiguous()
+
+
+@torch.library.custom_op("canvas_core::hyena_read_conv", mutates_args=())
+def _read_op(z: Tensor, h: Tensor, s: int) -> Tuple[Tensor, Tensor, Tensor]:
+    y, Zc, Hc = _read_forward(z, h, s)
+    return y.contiguous(), Zc, Hc
+
+
+@_read_op.register_fake
+def _(z, h, s):
+    B, C, L = z.shape
+    Q = L // s
+    bins = fft_size(2 * Q - 1) // 2 + 1
+    cd = _COMPLEX[z.dtype]
+    return z.new_empty(B, C, Q), z.new_empty(B, C, s, bins, dtype=cd), z.new_empty(C, s, bins, dtype=cd)
+
+
+@torch.library.custom_op("canvas_core::hyena_read_conv_backward", mutates_args=())
+def _read_backward_op(g: Tensor, Zc: Tensor, Hc: Tensor, s: int, need_z: bool,
+                      need_h: bool) -> Tuple[Tensor, Tensor]:
+    dz, dh = _read_backward(g, Zc, Hc, s, need_z, need_h)
+    return _or_empty(dz, g), _or_empty(dh, g)
+
+
+@_read_backward_op.register_fake
+def _(g, Zc, Hc, s, need_z, need_h):
+    B, C, Q = g.shape
+    return (g.new_empty(B, C, Q * s) if need_z else g.new_empty(0)), (g.new_empty(C, Q * s) if need_h else g.new_empty(0))
+
+
+def _read_setup(ctx, inputs, output):
+    ctx.save_for_backward(output[1], output[2])
+    ctx.s = inputs[2]
+    ctx.mark_non_differentiable(output[1], output[2])  # the spectra reach the backward only
+
+
+def _read_autograd(ctx, gy, *_unused):
+    need_z, need_h = ctx.needs_input_grad[:2]
+    dz, dh = _read_backward_op(gy.contiguous(), *ctx.saved_tensors, ctx.s, need_z, need_h)
+    return first_order_only("hyena's read convolution", (dz if need_z else None, dh if need_h else None, None))
+
+
+_read_op.register_autograd(_read_autograd, setup_context=_read_setup)
+
+
+@torch.library.custom_op("canvas_core::hyena_gated_conv", mutates_args=())
+def _gated_op(z: Tensor, gate: Tensor, h: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    return _gated_forward(z, gate, h)
+
+
+@_gated_op.register_fake
+def _(z, gate, h):
+    B, C, L = z.shape
+    bins = fft_size(2 * L - 1) // 2 + 1
+    cd = _COMPLEX[z.dtype]
+    return torch.empty_like(z), torch.empty_like(z), z.new_empty(B, C, bins, dtype=cd), z.new_empty(C, bins, dtype=cd)
+
+
+@torch.library.custom_op("canvas_core::hyena_gated_conv_backward", mutates_args=())
+def _gated_backward_op(g: Tensor, gate: Tensor, conv: Tensor, Zc: Tensor, Hc: Tensor, need_z: bool,
+                       need_gate: bool, need_h: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    grads = _gated_backward(g, gate, conv, Zc, Hc, need_z, need_gate, need_h)
+    return tuple(_or_empty(t, g) for t in grads)
+
+
+@_gated_backward_op.register_fake
+def _(g, gate, conv, Zc, Hc, need_z, need_gate, need_h):
+    B, C, L = gate.shape
+    return (torch.empty_like(gate) if need_z else g.new_empty(0), torch.empty_like(gate) if need_gate else g.new_empty(0),
+            g.new_empty(C, L) if need_h else g.new_empty(0))
+
+
+def _gated_setup(ctx, inputs, output):
+    ctx.save_for_backward(inputs[1], *output[1:])  # gate, conv, conj(Z), conj(H)
+    ctx.mark_non_differentiable(*output[1:])
+
+
+def _gated_autograd(ctx, g, *_unused):
+    needs = ctx.needs_input_grad[:3]
+    grads = _gated_backward_op(g.contiguous(), *ctx.saved_tensors, *needs)
+    return first_order_only("hyena's gated convolution", tuple(t if need else None for t, need in zip(grads, needs)))
+
+
+_gated_op.register_autograd(_gated_autograd, setup_context=_gated_setup)
+
+
+# --- the public functions ----------------------------------------------------------------------
+def gated_causal_conv(z: Tensor, gate: Tensor, h: Tensor) -> Tensor:
+    """``gate * causal_conv_last(z, h)``: ``z, gate (B, C, L)``, ``h (C, L)`` -> ``(B, C, L)``, in
+    one pass over each batch row (same dtype as ``z``: float32 or float64)."""
+    if z.numel() == 0:
+        return gate * z
+    gate, h = gate.to(z.dtype), h.to(z.dtype)
+    if torch.compiler.is_compiling():  # one opaque node: the loop over the rows is not traced
+        return _gated_op(z.contiguous(), gate.contiguous(), h.contiguous())[0]
+    return _GatedConv.apply(z, gate, h)
+
+
+def read_conv_last(z: Tensor, h: Tensor, stride: int) -> Tensor:
+    """:func:`causal_conv_last` read at ``stride (i + 1) - 1`` only: ``(B, C, L)`` ->
+    ``(B, C, L / stride)`` (``stride`` divides ``L``; ``stride == 1`` is the whole output)."""
+    if z.numel() == 0 or stride == 1:
+        return causal_conv_last(z, h)[..., stride - 1 :: stride]
+    if z.shape[-1] % stride:
+        raise ValueError(f"read_conv_last: stride {stride} does not divide the length {z.shape[-1]}")
+    h = h.to(z.dtype)
+    if torch.compiler.is_compiling():
+        return _read_op(z.contiguous(), h.contiguous(), stride)[0]
+    return _ReadConv.apply(z, h, stride)
+
+
+def causal_conv_last(z: Tensor, h: Tensor) -> Tensor:
+    """Causal long convolution along the last dim: ``z (B, C, L)``, ``h (C, L)`` -> ``(B, C, L)``,
+    ``y_t = sum_{s<=t} h_{t-s} z_s``, by FFT (``O(L log L)``; same dtype as ``z``: float32 or
+    float64)."""
+    if z.numel() == 0:  # no positions or an empty batch (MKL's FFT refuses a batch of 0)
+        return z.clone()
+    return _CausalConv.apply(z, h.to(z.dtype))
+
+
+def fft_causal_conv(z: Tensor, h: Tensor) -> Tensor:
+    """Causal long convolution by FFT: ``y_t = sum_{s<=t} h_{t-s} z_s``.
+
+    z: ``(B, L, C)``; h: ``(L, C)``. ``O(L log L)``; computed in float32 (float64 kept).
+    """
+    B, L, C = z.shape
+    if L == 0:
+        return z.clone()
+    wd = work_dtype(z.dtype)
+    y = causal_conv_last(z.to(wd).transpose(1, 2).contiguous(), h.to(wd).t().contiguous())
+    return y.transpose(1, 2)
