@@ -45,8 +45,9 @@ class LinearAttention(_QKVAttention):
     ``sum_j phi(k_j)`` sits next to it, and one product with ``phi(Q)`` gives numerator and
     denominator at once.  The value projection is applied after the sum over keys
     (``S = (phi(K)^T X) W_v^T + (sum_j phi(k_j)) b_v^T``), and the key side is one autograd
-    function (:func:`canvas_core.attention.linear_sums.key_summary`) when nothing asks for the
-    composite form (autocast, ``torch.compile``, a replaced projection, a key mask).
+    function (:func:`canvas_core.attention.linear_sums.key_summary`; under ``torch.compile`` an
+    operator running the same code) when nothing asks for the composite form (autocast, a
+    replaced projection, a key mask).
     """
 
     type_name = "linear_attention"
@@ -91,7 +92,7 @@ class LinearAttention(_QKVAttention):
         kp, vp = self.k_proj, self.v_proj
         plain = plain_module(kp, nn.Linear) and plain_module(vp, nn.Linear)
         if plain and allowed is None and keys.dtype == wdt == kp.weight.dtype == vp.weight.dtype \
-                and not torch.is_autocast_enabled(keys.device.type) and not torch.compiler.is_compiling():
+                and not torch.is_autocast_enabled(keys.device.type):
             # sum_j phi(k_j) (W_v x_j + b)^T = (sum_j phi(k_j) x_j^T) W_v^T + (sum_j phi(k_j)) b^T:
             # one (D, D) product per row instead of a projection of every key's value
             P, ks = key_summary(keys, None if values is keys else values, kp.weight, kp.bias)
