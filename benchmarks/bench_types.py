@@ -17,12 +17,17 @@ type under test.  Measured side by side in ONE run, conditions interleaved (best
   ``text``; the same links plus ``text <- text``), forward+backward and the ratio to
   cross_attention.
 
+``--compile`` measures every layer (ours, canvas-engineering's, the dense one) compiled with
+``torch.compile`` (inductor; the compile happens in the warm-up, untimed) and leaves out the
+backbone column; ``--write`` then fills its own table (markers ``bench_types_compiled``).
+
 Ratios are what to read; absolute times depend on the machine.  ``--cpu-time`` times with the
 process CPU clock instead of the wall clock (steadier on a machine shared with other jobs; use it
 with ``--threads 1``).
 
     python benchmarks/bench_types.py --quick
     python benchmarks/bench_types.py --write docs/performance.md
+    python benchmarks/bench_types.py --compile --sizes 4k --write docs/performance.md
 """
 
 from __future__ import annotations
@@ -164,14 +169,18 @@ def bench_size(size: str, types: List[str], a, clock: Clock) -> List[Dict[str, A
     dev = a.device
     x = torch.randn(1, N, 64, device=dev)
     conds: Dict[str, Callable] = {}
+
+    def made(layer: nn.Module) -> nn.Module:
+        return torch.compile(layer) if a.compile else layer
+
     for fn in types:
         lay, top = layer_spec(ours, size, fn)
         torch.manual_seed(0)
-        conds[f"ours:{fn}"] = runners(AttentionDispatcher(top, lay, 64, 4).to(dev), x)
+        conds[f"ours:{fn}"] = runners(made(AttentionDispatcher(top, lay, 64, 4).to(dev)), x)
         if ce is not None and not (a.ce_max_n and N > a.ce_max_n):
             try:
                 clay, ctop = layer_spec(ce, size, fn)
-                conds[f"ce:{fn}"] = runners(CEDispatcher(ctop, clay, 64, 4).to(dev), x)
+                conds[f"ce:{fn}"] = runners(made(CEDispatcher(ctop, clay, 64, 4).to(dev)), x)
             except Exception as exc:  # a type canvas-engineering lacks
                 print(f"  canvas-engineering {fn}: {type(exc).__name__}: {exc}", file=sys.stderr)
         if a.backbone:
@@ -184,11 +193,15 @@ def bench_size(size: str, types: List[str], a, clock: Clock) -> List[Dict[str, A
                 conds[f"bb:{fn}"] = got
     if N <= a.dense_max_n:
         lay, top = layer_spec(ours, size, "cross_attention")
-        conds["dense:"] = runners(DenseLayer(64, 4, attention_mask(top, lay) > 0).to(dev), x)
+        conds["dense:"] = runners(made(DenseLayer(64, 4, attention_mask(top, lay) > 0).to(dev)), x)
     best: Dict[str, List[float]] = {}
-    for fwd, fb in conds.values():  # warm-up (allocator, lazy imports, plan caches)
-        fwd()
-        fb()
+    for key, (fwd, fb) in list(conds.items()):  # warm-up (allocator, lazy imports, plan caches, compiles)
+        try:
+            fwd()
+            fb()
+        except Exception as exc:  # e.g. a layer the compiler cannot take: its cells stay empty
+            print(f"  {key}: {type(exc).__name__}: {str(exc)[:200]}", file=sys.stderr)
+            del conds[key]
     for _ in range(a.repeats):
         for key, (fwd, fb) in conds.items():
             f, b = best.setdefault(key, [float("inf"), float("inf")])
@@ -245,8 +258,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-backbone", dest="backbone", action="store_false")
     p.add_argument("--ce-max-n", type=int, default=4096, help="skip canvas-engineering above this N")
     p.add_argument("--dense-max-n", type=int, default=4096, help="skip the dense layer above this N")
+    p.add_argument("--compile", action="store_true", help="every layer through torch.compile (no backbone column)")
     p.add_argument("--write", default=None, help="also write the table into this markdown file")
     a = p.parse_args(argv)
+    if a.compile:
+        a.backbone = False
     if a.threads:
         torch.set_num_threads(a.threads)
     sizes = ["4k"] if a.quick else [s for s in a.sizes.split(",") if s]
@@ -273,11 +289,13 @@ def main(argv=None) -> int:
     header = (f"Measured {when} on {a.device} ({where}, torch {torch.__version__} with "
               f"{torch.get_num_threads()} threads, Python {platform.python_version()}, canvas-engineering "
               f"{ce_v}); {'process CPU' if cpu_clock else 'wall'} time, best of {a.repeats}; d_model 64, "
-              "4 heads, batch 1; backbone: one-block tiny CogVideoX, 2 heads of 16, plus 8 text tokens.")
+              "4 heads, batch 1; " + ("every layer compiled with torch.compile (inductor, compile untimed)."
+                                     if a.compile else
+                                     "backbone: one-block tiny CogVideoX, 2 heads of 16, plus 8 text tokens."))
     text = header + "\n\n" + table(rows)
     print(text)
     if a.write:
-        write_between_markers(a.write, "bench_types", text)
+        write_between_markers(a.write, "bench_types_compiled" if a.compile else "bench_types", text)
     return 0
 
 
