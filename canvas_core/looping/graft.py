@@ -13,6 +13,7 @@ from canvas_core.looping.adapter import BackboneAdapter, GenericAdapter
 from canvas_core.looping.checkpoint import _schema_hash
 from canvas_core.looping.registry import resolve_adapter
 from canvas_core.looping.wrapper import LoopedBlockWrapper
+from canvas_core.runtime.compiled_names import unwrap_compiled
 from canvas_core.runtime.heads import ActionHead
 
 __all__ = [
@@ -64,7 +65,9 @@ def looped_blocks_of(model: nn.Module) -> List[LoopedBlockWrapper]:
 
 
 def get_adapter(model: nn.Module) -> BackboneAdapter:
-    """The adapter ``graft_looped_blocks`` used for ``model``."""
+    """The adapter ``graft_looped_blocks`` used for ``model`` (or the model ``torch.compile`` wrapped)."""
+    if isinstance(model, nn.Module):
+        model = unwrap_compiled(model)
     a = getattr(model, _ADAPTER_ATTR, None)
     if a is None:
         raise BackboneError(
@@ -177,6 +180,7 @@ def graft_looped_blocks(
         layout.  At initialisation the model's output is unchanged.
     """
     _check_module(transformer, "graft_looped_blocks")
+    transformer = unwrap_compiled(transformer)  # torch.compile's handle: graft the model it holds
     if not isinstance(max_loops, int) or isinstance(max_loops, bool) or max_loops < 1:
         raise BackboneError(f"max_loops must be an int >= 1, got {max_loops!r}")
     from canvas_core.schema.limits import check_size

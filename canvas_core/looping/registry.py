@@ -59,7 +59,12 @@ def backbone_entries() -> List[BackboneEntry]:
 
 def find_adapter(model: Any) -> BackboneAdapter:
     """The registered adapter matching ``model``'s class, else the generic adapter when the model
-    has a ``transformer_blocks`` / ``blocks`` list, else :class:`BackboneError`."""
+    has a ``transformer_blocks`` / ``blocks`` list, else :class:`BackboneError`.  A model wrapped
+    by ``torch.compile`` is matched by the model it holds."""
+    if type(model).__name__ == "OptimizedModule":
+        from canvas_core.runtime.compiled_names import unwrap_compiled
+
+        model = unwrap_compiled(model)
     entries = backbone_entries()
     for e in entries:
         if e.patterns and class_matches(model, e.patterns):

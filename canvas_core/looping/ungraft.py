@@ -29,6 +29,7 @@ from torch import nn
 from canvas_core.errors import BackboneError, CanvasTypeError
 from canvas_core.looping.processor import CanvasAttentionHooks
 from canvas_core.looping.wrapper import LoopedBlockWrapper
+from canvas_core.runtime.compiled_names import unwrap_compiled
 
 __all__ = ["ungraft_looped_blocks", "guard_save_pretrained", "GraftedSaveRefused"]
 
@@ -140,6 +141,7 @@ def ungraft_looped_blocks(model: nn.Module, *, remove_topology: bool = False) ->
     """
     if not isinstance(model, nn.Module):
         raise CanvasTypeError(f"ungraft_looped_blocks expects a torch nn.Module, got {type(model).__name__}")
+    model = unwrap_compiled(model)  # torch.compile's handle: the model it holds
     adapter = model.__dict__.get(_ADAPTER_ATTR)
     if adapter is None:
         raise BackboneError(
