@@ -261,6 +261,7 @@ def graft_looped_blocks(
         dims[0] = inner_dim
     step = (_scopes.model_step_input(transformer, a, latent_channels, step_adapter)
             if kind == "model" else None)
+    before = {id(m) for m in transformer.modules()}  # the modules the graft adds take the model's mode
     a.prepare(transformer)
     try:
         ref = next(transformer.parameters())
@@ -317,6 +318,10 @@ def graft_looped_blocks(
         freeze_none(transformer)
     head = _make_action_head(a, lc, action_dim, action_hidden_dim)
     head.to(device)
+    for m in transformer.modules():  # a model grafted in eval() stays in eval()
+        if id(m) not in before:
+            m.training = transformer.training
+    head.train(transformer.training)
     return wrapped, head
 
 

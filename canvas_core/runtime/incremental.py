@@ -109,6 +109,10 @@ class Rollout:
         # of the layer above): their adaptive exit is checked at every step
         self._loops = [(n or "<model>", m) for n, m in model.named_modules()
                        if hasattr(m, "loop_scope") and hasattr(m, "exit_tol")]
+        # parts that recompute their activations in backward (looped blocks and spans): a
+        # recomputation runs outside the step, which it could not replay, so steps keep theirs
+        self._checkpointing = [m for m in model.modules()
+                               if isinstance(getattr(m, "use_gradient_checkpointing", None), bool)]
         self._inputs: List[torch.Tensor] = []  # the window's step inputs (for slide="recompute")
         self._sig: Optional[Tuple[int, Any, Any]] = None  # batch, dtype, device of the first step
         self.frame = 0
@@ -220,7 +224,10 @@ class Rollout:
             st.calls = 0
         n_before = [len(st.caches) for st in self._states]
         self._stepping = True
+        was = [m.use_gradient_checkpointing for m in self._checkpointing]
         try:
+            for m in self._checkpointing:
+                m.use_gradient_checkpointing = False
             with _eager():
                 y = self.model(x)
             for st in self._states:
@@ -242,6 +249,8 @@ class Rollout:
             raise
         finally:
             self._stepping = False
+            for m, w in zip(self._checkpointing, was):
+                m.use_gradient_checkpointing = w
         return y
 
     def _updates_of(self, st: _LayerState):
@@ -251,6 +260,11 @@ class Rollout:
             Otherwise the layer's own ``_updates`` on a whole canvas."""
             layer = st.layer
             if not self._stepping:
+                if isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[1] == self.V != layer.plan.n:
+                    raise RolloutError(
+                        f"layer {st.name!r} got one frame {tuple(x.shape)} outside roll.step: a recomputation "
+                        "in backward (torch.utils.checkpoint around canvas layers) cannot replay a rollout "
+                        "step; leave the canvas layers out of gradient checkpointing while rolling out")
                 return type(layer)._updates(layer, x, active_regions)
             if active_regions is not None:
                 raise RolloutError(f"layer {st.name!r} was called with active_regions; a rollout runs "

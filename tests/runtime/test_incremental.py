@@ -323,3 +323,65 @@ def test_a_compiled_model_rolls_out_exactly(how):
                 got = roll.step(x_t)
                 assert torch.allclose(got, want, atol=TOL, rtol=0), (got - want).abs().max().item()
         assert torch.allclose(run(x), full, atol=TOL, rtol=0)
+
+
+@pytest.mark.parametrize("scope", ["block", "stack"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_gradients_flow_through_the_rollout_of_a_grafted_model(scope, mode):
+    """Looped blocks recompute their activations in backward (per-loop gradient checkpointing);
+    that recomputation runs after the step, so steps run without it: the rollout's gradients
+    equal the full forward's, in training mode and for a model grafted in eval mode (the graft
+    keeps the model's mode)."""
+    from canvas_core.looping import graft_looped_blocks
+
+    layout, _, _ = _model_and_input()
+    topo = CanvasTopology(connections=causal_only(_fixed_topology("cross_attention").connections, layout))
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList(build_model(topo, layout, depth=2)[:2])
+            self.d_model = 4
+
+        def forward(self, z):
+            for b in self.blocks:
+                z = b(z)
+            return z
+
+    torch.manual_seed(0)
+    model = Net().double()
+    getattr(model, mode)()
+    graft_looped_blocks(model, max_loops=2, scope=scope, latent_channels=4, freeze="none", gate_init_bias=0.5)
+    assert all(m.training == (mode == "train") for m in model.modules())
+    x = torch.randn(1, layout.T * 12, 4, dtype=torch.float64, requires_grad=True)
+    want = torch.autograd.grad(model(x)[:, -12:].sum(), x)[0]
+    with canvas_core.incremental(model, layout) as roll:
+        ys = [roll.step(x[:, t * 12:(t + 1) * 12]) for t in range(layout.T)]
+    got = torch.autograd.grad(ys[-1].sum(), x)[0]
+    assert torch.allclose(got, want, atol=TOL)
+    assert all(m.use_gradient_checkpointing for m in model.modules() if hasattr(m, "use_gradient_checkpointing"))
+
+
+def test_a_users_checkpoint_around_canvas_layers_is_named_in_backward():
+    """torch.utils.checkpoint recomputes a block in backward, after the step, with one frame: inside
+    the rollout the error says so (not a shape error blaming the input)."""
+    from torch.utils.checkpoint import checkpoint
+
+    layout, model, _ = _model_and_input()
+
+    class Checkpointed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = model
+
+        def forward(self, z):
+            return checkpoint(self.inner, z, use_reentrant=False)
+
+    m = Checkpointed()
+    x = torch.randn(1, layout.T * 12, 4, dtype=torch.float64, requires_grad=True)
+    from canvas_core.runtime.incremental import RolloutError
+
+    with canvas_core.incremental(m, layout) as roll:
+        y = roll.step(x[:, :12])
+        with pytest.raises(RolloutError, match="outside roll.step.*checkpoint"):
+            y.sum().backward()
