@@ -29,7 +29,7 @@ from torch import nn
 
 from canvas_core._safe_write import check_write_target
 from canvas_core.checkpoints.diff import schema_differences
-from canvas_core.checkpoints.tensors import check_readable_file, save_safetensors_atomic
+from canvas_core.checkpoints.tensors import check_readable_file, pickled, save_safetensors_atomic, truncation
 from canvas_core.errors import CanvasTypeError, CheckpointError
 from canvas_core.runtime.compiled_names import plain_name, unwrap_compiled
 
@@ -157,12 +157,12 @@ def _open(path: Any, where: str) -> Tuple[str, Dict[str, str], Any]:
         header = dict(fh.metadata() or {})
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
         with open(p, "rb") as raw:
-            head = raw.read(4)
-        if head[:1] == b"\x80" or head[:4] == b"PK\x03\x04":
+            head = raw.read(8)
+        if pickled(head):
             raise CheckpointError(
                 f"{p!r} is a pickle / torch.save file, and canvas-core never unpickles checkpoints; "
                 "save the model with save_canvas_checkpoint") from None
-        raise CheckpointError(f"{p!r} is not a readable safetensors canvas checkpoint: {exc}") from None
+        raise CheckpointError(f"{p!r} is not a readable safetensors canvas checkpoint{truncation(p)}: {exc}") from None
     if header.get("format") != FORMAT:
         raise CheckpointError(
             f"{p!r} is not a canvas-core canvas checkpoint (format {header.get('format')!r}); save one "
@@ -179,7 +179,7 @@ def _saved_schema(p: str, header: Mapping[str, str]) -> Dict[str, Any]:
     try:
         saved = json.loads(header.get("schema", ""))
         json.loads(header.get("user_metadata", "{}") or "{}")
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # malformed JSON, or numbers Python refuses to read
         raise CheckpointError(f"{p!r} has a corrupt header: {exc}") from None
     if not isinstance(saved, dict):
         raise CheckpointError(f"{p!r} has a corrupt header: 'schema' is not a canvas schema")

@@ -3,6 +3,7 @@ and the safetensors file is written atomically (:mod:`canvas_core._safe_write`).
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Dict, Mapping, Optional, Type
 
@@ -74,3 +75,38 @@ def check_readable_file(path: str, what: str) -> None:
             f"{what} {path!r} "
             + ("is not a regular file (a device, FIFO or socket); give the .safetensors file"
                if os.path.exists(path) else "does not exist"))
+
+
+def pickled(head: bytes) -> bool:
+    """Whether a file starting with ``head`` (its first 4 bytes or more) is a pickle or
+    ``torch.save`` file: a zip archive (``torch.save`` since torch 1.6), or a pickle of protocol 2
+    to 5 (``0x80``, the protocol, then a frame opcode ``0x95`` for protocols 4 and 5, or another
+    opcode).  A safetensors file starts with the length of its header (8 bytes, little-endian),
+    so a header of ``0x0480`` bytes also starts ``80 04``: its third byte is 0 (no opcode)."""
+    if head[:4] == b"PK\x03\x04":
+        return True
+    if len(head) < 3 or head[0] != 0x80 or head[1] not in (2, 3, 4, 5):
+        return False
+    return head[2] == 0x95 if head[1] >= 4 else head[2] != 0x00
+
+
+def truncation(path: str) -> str:
+    """``", truncated: ..."`` when the safetensors header at the start of ``path`` (its length,
+    then its JSON with each tensor's byte range) describes more bytes than the file holds (an
+    interrupted write or copy), else ``""``."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else 0
+            if len(head) < 8 or 8 + n > size:
+                return (f", truncated: it holds {size} bytes, fewer than the header it starts with "
+                        "describes (an interrupted write or copy?)")
+            ranges = json.loads(fh.read(n)) if n <= 64 * 2**20 else {}
+    except (OSError, ValueError, RecursionError):
+        return ""
+    ends = [r.get("data_offsets", [0, 0])[1] for r in ranges.values() if isinstance(r, dict)] if isinstance(ranges, dict) else []
+    need = 8 + n + max([e for e in ends if isinstance(e, int)], default=0)
+    if need > size:
+        return f", truncated: its header describes {need} bytes, the file holds {size} (an interrupted write or copy?)"
+    return ""

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
+from canvas_core.checkpoints.tensors import pickled, truncation
 from canvas_core.errors import CanvasTypeError, CheckpointError
 
 __all__ = ["save_loop_checkpoint", "load_loop_checkpoint", "loop_structure"]
@@ -67,10 +68,10 @@ def _refuse_pickle(path: str) -> None:
     file failed to open as safetensors (whose first bytes are an arbitrary header length)."""
     try:
         with open(path, "rb") as fh:
-            head = fh.read(4)
+            head = fh.read(8)
     except OSError as e:
         raise CheckpointError(f"cannot read loop checkpoint {path!r}: {e.strerror or e}") from e
-    if (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")) or head[:4] == b"PK\x03\x04":
+    if pickled(head):
         raise CheckpointError(
             f"{path!r} is not a readable safetensors loop checkpoint: it is a pickle / torch.save "
             "file, and canvas-core never unpickles checkpoints. Save the loops with save_loop_checkpoint"
@@ -309,7 +310,7 @@ def load_loop_checkpoint(
             tensors = {k: f.get_tensor(k) for k in keys}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         _refuse_pickle(path)  # a clearer message for pickle / torch.save files
-        raise CheckpointError(f"{path!r} is not a readable safetensors loop checkpoint: {e}") from e
+        raise CheckpointError(f"{path!r} is not a readable safetensors loop checkpoint{truncation(path)}: {e}") from e
     if header.get("format") != FORMAT:
         raise CheckpointError(
             f"{path!r} is not a canvas-core loop checkpoint (format {header.get('format')!r}); "
@@ -323,8 +324,8 @@ def load_loop_checkpoint(
     try:
         saved = json.loads(header.get("structure", ""))
         user = json.loads(header.get("user_metadata", "{}") or "{}")
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path!r} has a corrupt header: {e}") from e
+    except (ValueError, RecursionError) as e:  # malformed JSON, or numbers Python refuses to read
+        raise CheckpointError(f"{path!r} has a corrupt header: {e}") from None
     if (
         not isinstance(saved, dict)
         or not isinstance(saved.get("blocks", []), list)

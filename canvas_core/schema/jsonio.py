@@ -114,6 +114,8 @@ def loads_strict(text: str, where: str, *, on_decode_error: Callable[[json.JSOND
         hint = on_decode_error(exc) if on_decode_error is not None else ""
         raise SchemaFormatError(
             f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}{hint}") from None
+    except ValueError as exc:  # valid JSON Python refuses to read, e.g. an integer of 5,000 digits
+        raise SchemaFormatError(f"{where} cannot be read as a canvas schema or program: {exc}") from None
 
 
 def read_json_source(source: Any, kind: str, *, empty: str, nul: Callable[[str], str],

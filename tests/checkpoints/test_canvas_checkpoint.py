@@ -173,3 +173,55 @@ def test_a_compiled_models_checkpoint_loads_into_the_plain_model_and_back(tmp_pa
         want = {k.replace("_orig_mod.", ""): v for k, v in src.state_dict().items()}
         got = {k.replace("_orig_mod.", ""): v for k, v in dst.state_dict().items()}
         assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_pickles_are_told_from_safetensors_files_whose_header_length_starts_like_one(protocol, tmp_path):
+    from canvas_core.checkpoints.tensors import pickled
+
+    assert pickled(pickle.dumps({"a": [1, 2]}, protocol=protocol)[:8])
+    torch.save({"w": torch.ones(2)}, tmp_path / "t.pt")
+    assert pickled((tmp_path / "t.pt").read_bytes()[:8])
+    for n in (0x0480, 0x0280, 0x0380, 0x0580, 0x10580):  # header lengths whose bytes begin 80 0k
+        assert not pickled(n.to_bytes(8, "little"))
+
+
+def test_a_truncated_checkpoint_is_called_truncated_not_a_pickle(tmp_path):
+    """A safetensors header of 0x?80 bytes starts the file with 0x80, like a pickle: a copy cut
+    short is reported as truncated."""
+    for extra in range(300):  # a region name of the length that makes the header length end in 0x80
+        name = "r" + "x" * extra
+        layout = CanvasLayout(T=2, spatial_shape=(2, 2), d_model=16, regions={name: (0, 2, 0, 2, 0, 2)})
+        s = CanvasSchema(layout=layout, topology=CanvasTopology(connections=[Connection(name, name)]))
+        m = nn.Sequential(CanvasAttention(s.topology, layout, n_heads=2))
+        path = tmp_path / "m.safetensors"
+        save_canvas_checkpoint(m, path, s)
+        data = path.read_bytes()
+        if data[0] == 0x80:
+            break
+    assert data[0] == 0x80
+    path.write_bytes(data[:-1])
+    with pytest.raises(CheckpointError, match="truncated") as err:
+        load_canvas_checkpoint(m, path, s)
+    assert "pickle" not in str(err.value)
+
+
+def test_numbers_python_refuses_to_read_are_format_errors(tmp_path):
+    from canvas_core.errors import SchemaFormatError
+
+    s = _schema()
+    text = s.to_json().replace('"T": 4', '"T": ' + "9" * 5000, 1)
+    assert "9" * 5000 in text
+    with pytest.raises(SchemaFormatError, match="cannot be read"):
+        CanvasSchema.from_json(text)
+    path = tmp_path / "m.safetensors"
+    save_canvas_checkpoint(Model(s), path, s)
+    with safe_open(str(path), "pt") as f:
+        header = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    header["schema"] = header["schema"].replace('"T": 4', '"T": ' + "9" * 5000, 1)
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=header)
+    with pytest.raises(CheckpointError, match="corrupt header"):
+        read_canvas_checkpoint_header(path)
