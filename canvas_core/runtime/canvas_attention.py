@@ -69,6 +69,20 @@ class _Executor(PlanRunner):
                          kernel_options=kernel_options, device=device, plain_when_full=False, keep_empty=True)
 
 
+class ObserverHandle:
+    """Removes an observer added by :meth:`CanvasAttention.observe_updates`."""
+
+    _next = 0
+
+    def __init__(self, observers: Dict[int, Any]) -> None:
+        ObserverHandle._next += 1
+        self.id = ObserverHandle._next
+        self._observers = observers
+
+    def remove(self) -> None:
+        self._observers.pop(self.id, None)
+
+
 class CanvasAttention(nn.Module):
     """Attention layer executing a canvas plan; see the module docstring for the semantics.
 
@@ -238,6 +252,16 @@ class CanvasAttention(nn.Module):
             return acc
         return torch.where(ex.updated[None, :, None], acc, x)
 
+    def observe_updates(self, fn: Callable[["CanvasAttention", torch.Tensor, Any], None]) -> "ObserverHandle":
+        """Call ``fn(layer, x, active_regions)`` each time the layer computes its update on a whole
+        canvas ``x (B, N, D)``, however it is called (``layer(x)``, ``layer.delta(x)``,
+        ``returns="delta"``; a forward pre-hook misses ``.delta``); not for a rollout's one-frame
+        steps.  Telemetry and ``verify_structure`` use it.  Returns a handle with ``remove()``."""
+        observers = self.__dict__.setdefault("_update_observers", {})
+        handle = ObserverHandle(observers)
+        observers[handle.id] = fn
+        return handle
+
     def _updates(self, x: torch.Tensor, active_regions: Optional[Iterable[str]]):
         """(new values at the updated positions as a ``(B, N, D)`` tensor, or None when nothing
         runs; the executor that ran)."""
@@ -247,6 +271,8 @@ class CanvasAttention(nn.Module):
                 f"{type(self).__name__} expects x of shape (B, {self.plan.n}, {self.d_model}) "
                 f"(a torch.Tensor), got {got}")
         check_tensor(type(self).__name__, "x", x, like=next(self.parameters(), None))
+        for observer in tuple(self.__dict__.get("_update_observers", {}).values()):
+            observer(self, x, active_regions)
         ex = self._executor_for(active_regions, x.device)
         B, N, D = x.shape
         acc = None

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import numpy as np
 import torch
@@ -214,7 +214,7 @@ class Telemetry:
                 continue
             probe = _LayerProbe(plain_name(name) or type(mod).__name__, mod, self.max_queries)
             self._probes.append(probe)
-            self._handles.append(mod.register_forward_pre_hook(self._pre_hook(probe), with_kwargs=True))
+            self._handles.append(mod.observe_updates(self._observer(probe)))  # layer(x) and layer.delta(x)
             for fn in mod.executor.other_fns:
                 self._handles.append(mod.fn_modules[fn_module_key(fn)].register_forward_hook(
                     lambda _m, _i, out, p=probe, f=fn: p.module_output(f, out)))
@@ -224,15 +224,12 @@ class Telemetry:
         self.forwards += 1
 
     @staticmethod
-    def _pre_hook(probe: _LayerProbe):
-        def hook(_module: nn.Module, args: Tuple[Any, ...], kwargs: Optional[dict] = None):
-            kwargs = kwargs or {}
-            x = args[0] if args else kwargs.get("x")
-            active = args[1] if len(args) > 1 else kwargs.get("active_regions")
+    def _observer(probe: _LayerProbe):
+        def observe(_layer: nn.Module, x: torch.Tensor, active: Any) -> None:
             if probe.applies(x, active):
                 probe.forwards += 1
                 probe.softmax_forward(x)
-        return hook
+        return observe
 
     def _stop(self) -> None:
         for h in self._handles:

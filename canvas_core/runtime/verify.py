@@ -58,6 +58,7 @@ class _Run:
         self.dead: List[DeadLink] = []
         self.parts: List[str] = []
         self.notes: List[str] = []
+        self.blind = False  # a whole layer / model whose output carried no gradient
         self.exact = True
         self.sampling = ""
         self.n = 0
@@ -68,16 +69,25 @@ class _Run:
         self.exact, self.sampling, self.n = self.exact and exact, why, n
         return q
 
-    def probe(self, where: str, fn: Callable, make_input: Callable, queries: np.ndarray, n: int) -> np.ndarray:
+    def probe(self, where: str, fn: Callable, make_input: Callable, queries: np.ndarray, n: int,
+              whole: bool = False) -> np.ndarray:
+        """``whole``: the probed function is the layer or model itself, whose outputs must depend on
+        some input (else nothing was measured: not verified)."""
         chunk = self.chunk
         if chunk > 1 and mixes_batch(fn, make_input, self.gen):
             chunk = 1
             self.notes.append(f"{where}: its outputs depend on other batch rows; probed one query at a time")
-        return probe_rows(fn, make_input, queries, n, probes=self.probes, chunk=chunk, gen=self.gen)
+        strength = probe_rows(fn, make_input, queries, n, probes=self.probes, chunk=chunk, gen=self.gen)
+        if whole and not strength.any():
+            self.blind = True
+            self.notes.append(f"{where}: NOT VERIFIED: its output depends on no input position by gradient (a "
+                              "detached output, an argmax or sampling head?), so nothing could be measured; "
+                              "verify the model up to the part that is differentiable")
+        return strength
 
     def report(self) -> StructureReport:
         dead = self.require_signal and any(d.whole for d in self.dead)
-        return StructureReport(ok=not self.undeclared and not dead, require_signal=self.require_signal, undeclared=self.undeclared,
+        return StructureReport(ok=not self.undeclared and not dead and not self.blind, require_signal=self.require_signal, undeclared=self.undeclared,
                                dead=self.dead, exact=self.exact, sampling=self.sampling, parts=self.parts,
                                hops=self.hops, n_positions=self.n, probes=self.probes, rtol=self.rtol,
                                notes=self.notes)
@@ -199,7 +209,7 @@ def _verify_layer(run: _Run, layer: nn.Module, where: str = "layer") -> None:
     for f in ex.other_names:
         groups[f] = (_module_group(ex, f, mods), make)
     seen = _judge_groups(run, where, plan, labels, queries, groups)
-    whole = run.probe(where, layer, make, queries, n)
+    whole = run.probe(where, layer, make, queries, n, whole=True)
     entries, _ = undeclared_entries(where, None, whole, declared_rows([plan], queries), queries, labels,
                                     run.rtol, _candidates([plan]), skip=seen)
     run.undeclared += entries
@@ -286,8 +296,8 @@ def _called_plans(model: nn.Module, make: Callable, gen: torch.Generator) -> Lis
     with hooks: a layer applied twice, e.g. a weight-tied loop, counts twice)."""
     from canvas_core.runtime.canvas_attention import CanvasAttention
 
-    called: List[Any] = []
-    hooks = [m.register_forward_hook(lambda mod, args, out: called.append(mod.plan))
+    called: List[Any] = []  # layer(x) and layer.delta(x) alike (a forward hook misses .delta)
+    hooks = [m.observe_updates(lambda layer, x, active: called.append(layer.plan))
              for m in model.modules() if isinstance(m, CanvasAttention)]
     try:
         with torch.no_grad():
@@ -335,7 +345,7 @@ def _verify_model(run: _Run, model: nn.Module, layout: Any, topology: Any, plan:
     labels = PositionLabels(base.layout)
     queries = run.queries(n, labels)
     run.hops = len(plans)
-    s = run.probe("model", model, make, queries, n)
+    s = run.probe("model", model, make, queries, n, whole=True)
     allowed = declared_rows(plans, queries)
     entries, _ = undeclared_entries("model", None, s, allowed, queries, labels, run.rtol, _candidates(plans))
     run.undeclared += entries

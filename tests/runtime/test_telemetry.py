@@ -133,3 +133,31 @@ def test_bad_arguments():
     with pytest.raises(CanvasTypeError, match="max_queries"):
         with record_telemetry(torch.nn.Linear(2, 2), max_queries=0):
             pass
+
+
+def test_a_model_calling_its_layers_through_delta_reports_the_same():
+    """``x + layer.delta(norm(x))`` (the residual pattern of the rollout docs) bypasses forward
+    hooks; telemetry observes the layer's update itself, so it sees both ways of calling."""
+    layout = _layout()
+    topo = CanvasTopology([Connection(src="b", dst="a"), Connection(src="a", dst="a", fn="pooling")])
+    torch.manual_seed(0)
+    layer = CanvasAttention(topo, layout, n_heads=2)
+
+    class ViaDelta(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = layer
+
+        def forward(self, x):
+            return x + self.attn.delta(x)
+
+    class ViaCall(ViaDelta):
+        def forward(self, x):
+            return self.attn(x)
+
+    x = torch.randn(1, layout.num_positions, 16)
+    want, got = telemetry(ViaCall(), x), telemetry(ViaDelta(), x)
+    assert want and sorted(got) == sorted(want)
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-6), k
+    assert not layer.__dict__.get("_update_observers")  # nothing left on the layer

@@ -231,3 +231,39 @@ def test_a_layer_narrower_than_the_layout_is_probed_at_its_own_width(stacked):
     model = nn.Sequential(*layers) if stacked else layers[0]
     report = canvas_core.verify_structure(model, probes=1)
     assert report.ok and not report.undeclared, str(report)
+
+
+def test_a_model_calling_its_layers_through_delta_is_verified_like_one_calling_them():
+    """``x + layer.delta(x)`` bypasses forward hooks: the layers the model runs are observed
+    through their update itself (before, 'ran none of its CanvasAttention layers')."""
+    torch.manual_seed(0)
+    topo = causal()
+    layers = nn.ModuleList(CanvasAttention(topo, LAYOUT, n_heads=2) for _ in range(2))
+
+    class ViaDelta(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = layers
+
+        def forward(self, x):
+            for layer in self.layers:
+                x = x + layer.delta(x)
+            return x
+
+    report = canvas_core.verify_structure(ViaDelta())
+    assert report.ok and report.hops == 2, str(report)
+
+
+def test_a_model_whose_output_carries_no_gradient_is_not_verified():
+    """An argmax head (or a detached output) leaves nothing to measure: the report fails and says
+    so, instead of passing a model that, here, also reads the future."""
+    torch.manual_seed(0)
+    layers = [CanvasAttention(causal(), LAYOUT, n_heads=2) for _ in range(2)]
+
+    class Argmax(_Stack):
+        def forward(self, x):
+            y = super().forward(x)
+            return (y + y.flip(1)).argmax(-1, keepdim=True).to(y.dtype)  # every frame reads the last one
+
+    report = canvas_core.verify_structure(Argmax(layers))
+    assert not report.ok and "NOT VERIFIED" in str(report)
