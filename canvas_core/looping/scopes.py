@@ -55,6 +55,10 @@ def parse_scope(scope: Any, n_blocks: int) -> Tuple[str, Optional[Tuple[int, int
         f"indices, got {scope!r}")
 
 
+#: ``graft_looped_blocks``'s default ``damping`` (used by ``update='damped'`` only)
+DEFAULT_DAMPING = 0.5
+
+
 def check_scope_options(kind: str, *, inject: Any, update: Any, damping: Any, iter_norm: Any,
                         iter_embed: Any, reenter: Any, step_adapter: Any, wrapper_class: Any,
                         sharpening: Any) -> None:
@@ -93,6 +97,9 @@ def check_scope_options(kind: str, *, inject: Any, update: Any, damping: Any, it
         raise bad("wrapper_class", wrapper_class, "applies to scope='block' (one wrapper per block)")
     if kind == "model" and sharpening is not None:
         raise bad("sharpening", sharpening, "applies to block and span scopes, not scope='model'")
+    if update != "damped" and damping != DEFAULT_DAMPING:
+        raise bad("damping", damping, f"is the fixed step of update='damped', and update={update!r} takes no "
+                                      "step; pass update='damped' or drop damping")
 
 
 def graft_span(model: nn.Module, adapter: Any, blocks: List[nn.Module], span: Tuple[int, int], *,

@@ -36,7 +36,8 @@ def test_span_equals_the_reference_per_sample(span, inject, update, iter_norm, i
     gen = torch.Generator().manual_seed(seed)
     m = make_net(seed % 7)
     parts, _ = graft_looped_blocks(m, max_loops=max_loops, scope=span, inject=inject, update=update,
-                                   iter_norm=iter_norm, iter_embed=iter_embed, damping=0.6,
+                                   iter_norm=iter_norm, iter_embed=iter_embed,
+                                   damping=0.6 if update == "damped" else 0.5,
                                    latent_channels=3)
     randomize_loop_params(parts[0], gen)
     canvas_core.set_loops(m, n, exit_tol=tol)

@@ -54,6 +54,8 @@ def test_bad_scopes(scope, match):
     (dict(scope="stack", inject="mul"), r"inject='mul' is not an injection; choose one of \['none', 'add', 'concat'\]"),
     (dict(scope="stack", update="ema"), "is not an update rule"),
     (dict(scope="stack", update="damped", damping=1.5), r"damping=1.5 must be a number in \(0, 1\]"),
+    (dict(scope="stack", damping=0.3), "damping=0.3 is the fixed step of update='damped'.*update='gated' takes no"),
+    (dict(scope="block", damping=0.3), "damping=0.3 is the fixed step of update='damped'"),
     (dict(scope="stack", iter_norm="layer"), "is not a norm"),
     (dict(scope="model", reenter=3), "reenter=3 must be None or a callable"),
     (dict(scope="stack", wrapper_class=LoopedBlockWrapper), "wrapper_class"),
