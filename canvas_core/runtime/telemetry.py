@@ -69,6 +69,19 @@ class _Mean:
         return self.total / self.count if self.count else 0.0
 
 
+def _series_name(name: str, modules: Dict[str, nn.Module]) -> str:
+    """A layer's name as the plain model has it, so logged series go on across ``torch.compile``
+    and grafting: without the ``_orig_mod`` of the compile wrapper and the ``original`` under
+    which a looped-block wrapper (``canvas_core.looping``; duck-typed) holds the block."""
+    parts, keep = name.split(".") if name else [], []
+    for i, part in enumerate(parts):
+        parent = modules.get(".".join(parts[:i]))
+        if part == "_orig_mod" or (part == "original" and hasattr(parent, "max_loops")):
+            continue
+        keep.append(part)
+    return plain_name(".".join(keep))
+
+
 class _LayerProbe:
     """Per-connection statistics of one canvas layer (precomputed once from its plan)."""
 
@@ -209,10 +222,11 @@ class Telemetry:
         from canvas_core.runtime.canvas_attention import CanvasAttention
         from canvas_core.runtime.canvas_attention import _key as fn_module_key
 
-        for name, mod in self.model.named_modules():
+        modules = dict(self.model.named_modules())
+        for name, mod in modules.items():
             if not isinstance(mod, CanvasAttention):
                 continue
-            probe = _LayerProbe(plain_name(name) or type(mod).__name__, mod, self.max_queries)
+            probe = _LayerProbe(_series_name(name, modules) or type(mod).__name__, mod, self.max_queries)
             self._probes.append(probe)
             self._handles.append(mod.observe_updates(self._observer(probe)))  # layer(x) and layer.delta(x)
             for fn in mod.executor.other_fns:

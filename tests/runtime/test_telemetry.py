@@ -161,3 +161,35 @@ def test_a_model_calling_its_layers_through_delta_reports_the_same():
     for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-6), k
     assert not layer.__dict__.get("_update_observers")  # nothing left on the layer
+
+
+def test_series_keep_their_names_when_the_blocks_are_grafted():
+    """A looped-block wrapper holds its block as ``original``: the telemetry keys of a grafted
+    model are the plain model's (at one loop, with the same values), so logged series go on."""
+    from canvas_core.looping import graft_looped_blocks
+
+    layout = _layout()
+    topo = CanvasTopology([Connection(src="b", dst="a"), Connection(src="a", dst="a", fn="pooling")])
+    torch.manual_seed(0)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList(CanvasAttention(topo, layout, n_heads=2) for _ in range(2))
+
+        def forward(self, x):
+            for b in self.blocks:
+                x = b(x)
+            return x
+
+    model = Net()
+    x = torch.randn(1, layout.num_positions, 16)
+    want = telemetry(model, x)
+    graft_looped_blocks(model, max_loops=2, inner_dim=16, latent_channels=16)
+    from canvas_core import set_loops
+
+    set_loops(model, 1)
+    got = {k: v for k, v in telemetry(model, x).items() if not k.startswith("gate/")}
+    assert sorted(got) == sorted(want) and any(k.startswith("blocks.0/") for k in got)
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
