@@ -21,6 +21,10 @@ def refuse_non_finite(
     """Raise ``error`` naming the first floating tensor of ``tensors`` (``name -> Tensor``) that
     holds NaN or an infinity, and how many such values it holds; nothing else is done."""
     for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.is_meta:
+            raise error(f"refusing to save {what}: tensor {name!r} is on the meta device (shapes without "
+                        "values: a model built under torch.device('meta') or with init_empty_weights); "
+                        "load or initialise its weights first (model.to_empty(device=...) then an init)")
         if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()):
             finite = torch.isfinite(t.detach())
             if not bool(finite.all()):

@@ -225,3 +225,12 @@ def test_numbers_python_refuses_to_read_are_format_errors(tmp_path):
     save_file(tensors, str(path), metadata=header)
     with pytest.raises(CheckpointError, match="corrupt header"):
         read_canvas_checkpoint_header(path)
+
+
+def test_a_model_on_the_meta_device_is_refused_naming_it(tmp_path):
+    s = _schema()
+    with torch.device("meta"):
+        m = Model(s)
+    with pytest.raises(CheckpointError, match="meta device"):
+        save_canvas_checkpoint(m, tmp_path / "m.safetensors", s)
+    assert not (tmp_path / "m.safetensors").exists()
