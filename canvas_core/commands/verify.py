@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Optional
+import sys
+import time
+from typing import Callable, Optional
 
 
 def _int_at_least(minimum: int, wanted: str, maximum: Optional[int] = None):
@@ -32,6 +34,22 @@ _nonneg = _int_at_least(0, "an integer >= 0")
 #: deepest stack ``--layers`` builds: each layer is a full set of modules, probed on every call
 MAX_VERIFY_LAYERS = 256
 _layer_count = _int_at_least(1, f"a layer count from 1 to {MAX_VERIFY_LAYERS}", MAX_VERIFY_LAYERS)
+
+
+def _progress_line() -> Callable[[str, int, int], None]:
+    """A one-line progress display on stderr (redrawn at most 5 times a second): the part being
+    probed, the query probes done and the elapsed time."""
+    start, last = time.monotonic(), [0.0]
+
+    def show(part: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.2 and done < total:
+            return
+        last[0] = now
+        line = f"  probing {part}: {done}/{total} query probes, {now - start:.0f} s"
+        print("\r" + line.ljust(79), end="", file=sys.stderr, flush=True)
+
+    return show
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,7 +99,10 @@ def run(args: argparse.Namespace) -> int:
     layers = [CanvasAttention(plan, d_model=d_model, n_heads=heads) for _ in range(args.layers)]
     model = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
     report = verify_structure(model, d_model=d_model, max_exact=args.max_exact, samples=args.samples, probes=args.probes,
-                              seed=args.seed, require_signal=args.require_signal)
+                              seed=args.seed, require_signal=args.require_signal,
+                              progress=_progress_line() if sys.stderr.isatty() else None)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
     if args.json:
         print(json.dumps(dict(report.to_dict(), source=label, layers=args.layers), indent=2, default=str))
     else:

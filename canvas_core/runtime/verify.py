@@ -49,8 +49,9 @@ class _Run:
     """Settings and accumulated results of one verification."""
 
     def __init__(self, max_exact: int, samples: int, probes: int, chunk: int, rtol: float, seed: int,
-                 require_signal: bool = False) -> None:
+                 require_signal: bool = False, progress: Optional[Callable[[str, int, int], None]] = None) -> None:
         self.max_exact, self.samples, self.probes, self.chunk, self.rtol = max_exact, samples, probes, chunk, rtol
+        self.progress = progress
         self.require_signal = require_signal
         self.gen = torch.Generator().manual_seed(int(seed))
         self.rng = np.random.default_rng(int(seed))
@@ -77,7 +78,9 @@ class _Run:
         if chunk > 1 and mixes_batch(fn, make_input, self.gen):
             chunk = 1
             self.notes.append(f"{where}: its outputs depend on other batch rows; probed one query at a time")
-        strength = probe_rows(fn, make_input, queries, n, probes=self.probes, chunk=chunk, gen=self.gen)
+        report = None if self.progress is None else (lambda done, total: self.progress(where, done, total))
+        strength = probe_rows(fn, make_input, queries, n, probes=self.probes, chunk=chunk, gen=self.gen,
+                              on_chunk=report)
         if whole and not strength.any():
             self.blind = True
             self.notes.append(f"{where}: NOT VERIFIED: its output depends on no input position by gradient (a "
@@ -368,7 +371,8 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
                      layers: Optional[int] = None, d_model: Optional[int] = None,
                      make_input: Optional[Callable[[int, torch.Generator], torch.Tensor]] = None,
                      max_exact: int = 512, samples: int = 256, probes: int = 2, chunk: int = 32,
-                     rtol: float = 1e-6, seed: int = 0, require_signal: bool = False) -> StructureReport:
+                     rtol: float = 1e-6, seed: int = 0, require_signal: bool = False,
+                     progress: Optional[Callable[[str, int, int], None]] = None) -> StructureReport:
     """Probe a built model and report every dependency its topology does not declare and every
     declared link that carries no signal (see the module docstring for what is probed).
 
@@ -393,6 +397,8 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
         require_signal: also fail (``ok`` False) when a declared connection carries no signal at
             all; by default dead links are reported but ``ok`` only says that nothing undeclared
             is read (a type may legitimately read part of its key set: a window, a causal scan).
+        progress: ``progress(part, done, total)`` after every chunk of queries probed (``canvas
+            verify`` draws a progress line with it): large canvases take minutes.
 
     Returns:
         a :class:`StructureReport` (``ok``, ``undeclared``, ``dead``, ``str(report)``, ``to_dict()``).
@@ -411,7 +417,9 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
         raise SchemaError(f"verify_structure: rtol must be a number in [0, 1), got {rtol!r}")
     if not isinstance(require_signal, bool):
         raise CanvasTypeError(f"verify_structure: require_signal must be True or False, got {require_signal!r}")
-    run = _Run(max_exact, samples, probes, chunk, float(rtol), seed, require_signal)
+    if progress is not None and not callable(progress):
+        raise CanvasTypeError(f"verify_structure: progress must be callable(part, done, total), got {progress!r}")
+    run = _Run(max_exact, samples, probes, chunk, float(rtol), seed, require_signal, progress)
     given = plan is not None or topology is not None
     with _probing(model):
         if isinstance(model, CanvasAttention) and not given:

@@ -188,7 +188,8 @@ def _vjp(fn: Callable, make_input: Callable, qs: np.ndarray, n: int, gen: torch.
 
 
 def probe_rows(fn: Callable, make_input: Callable[[int, torch.Generator], torch.Tensor], queries: np.ndarray,
-               n: int, *, probes: int, chunk: int, gen: torch.Generator) -> np.ndarray:
+               n: int, *, probes: int, chunk: int, gen: torch.Generator,
+               on_chunk: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
     """``(nq, n)`` float: per query, the largest relative gradient magnitude of each input position
     over ``probes`` random inputs and cotangents (0: the output never depended on it).
 
@@ -196,14 +197,15 @@ def probe_rows(fn: Callable, make_input: Callable[[int, torch.Generator], torch.
     one forward pass at batch 1 and one batched backward (``is_grads_batched``: the vector-Jacobian
     products of their one-query cotangents, computed together); a model autograd cannot batch that
     way (an operation without a vmap rule) is probed with one batch row, and its own input, per
-    query instead (what ``chunk=1`` always does)."""
+    query instead (what ``chunk=1`` always does).  ``on_chunk(done, total)`` follows the progress
+    (query probes done of ``probes * len(queries)``)."""
     import warnings
 
     from canvas_core.errors import CanvasError
 
     strength = np.zeros((len(queries), n), dtype=np.float64)
     shared = chunk > 1
-    for _ in range(probes):
+    for probe in range(probes):
         for start in range(0, len(queries), chunk):
             qs = queries[start:start + chunk]
             b = len(qs)
@@ -223,9 +225,10 @@ def probe_rows(fn: Callable, make_input: Callable[[int, torch.Generator], torch.
                     gen.set_state(state)  # the copies draw what this chunk would have drawn
             if not done:
                 g = _vjp(fn, make_input, qs, n, gen, batched=False)
-            if g is None:
-                continue
-            strength[start:start + b] = np.maximum(strength[start:start + b], _relative(g, b, n))
+            if g is not None:
+                strength[start:start + b] = np.maximum(strength[start:start + b], _relative(g, b, n))
+            if on_chunk is not None:
+                on_chunk(probe * len(queries) + start + b, probes * len(queries))
     return strength
 
 

@@ -267,3 +267,19 @@ def test_a_model_whose_output_carries_no_gradient_is_not_verified():
 
     report = canvas_core.verify_structure(Argmax(layers))
     assert not report.ok and "NOT VERIFIED" in str(report)
+
+
+def test_progress_is_reported_part_by_part_up_to_the_total():
+    torch.manual_seed(0)
+    seen = []
+    report = canvas_core.verify_structure(CanvasAttention(causal(), LAYOUT, n_heads=2), chunk=4,
+                                          progress=lambda part, done, total: seen.append((part, done, total)))
+    assert report.ok and seen
+    by_part = {}
+    for part, done, total in seen:
+        by_part.setdefault(part, []).append((done, total))
+    for part, steps in by_part.items():
+        dones = [d for d, _ in steps]
+        assert dones == sorted(dones) and dones[-1] == steps[-1][1] == 2 * LAYOUT.num_positions, part
+    with pytest.raises(CanvasError, match="progress must be callable"):
+        canvas_core.verify_structure(CanvasAttention(causal(), LAYOUT, n_heads=2), progress=3)
