@@ -152,7 +152,11 @@ def _judge_groups(run: _Run, where: str, plan: Any, labels: PositionLabels, quer
     for f, (fn, make) in list(groups.items()):
         if _silent(fn, make, run.gen):
             n_conn = sum(1 for g in plan.fn_of_connection if g == f)
-            run.notes.append(f"{where}: fn {f!r} outputs 0 whatever its input (a gate that starts closed?), so its "
+            group = plan.groups.get(f)
+            why = ("its connections link no (query, key) pair on this layout (offsets past the regions' frames, "
+                   "or a mask that selects nothing)" if group is None or group.n_rects == 0
+                   else "a gate that starts closed?")
+            run.notes.append(f"{where}: fn {f!r} outputs 0 whatever its input ({why}), so its "
                              f"{n_conn} connection(s) carry no signal yet; not counted as dead links")
             continue
         s = run.probe(f"{where} fn {f!r}", fn, make, queries, n)

@@ -283,3 +283,12 @@ def test_progress_is_reported_part_by_part_up_to_the_total():
         assert dones == sorted(dones) and dones[-1] == steps[-1][1] == 2 * LAYOUT.num_positions, part
     with pytest.raises(CanvasError, match="progress must be callable"):
         canvas_core.verify_structure(CanvasAttention(causal(), LAYOUT, n_heads=2), progress=3)
+
+
+def test_a_type_whose_connections_link_nothing_is_not_blamed_on_a_gate():
+    top = CanvasTopology(connections=[Connection("a", "a"), Connection("b", "a", fn="pooling", t_src=0, t_dst=-50)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the layer warns at build that the connection links nothing
+        layer = CanvasAttention(top, LAYOUT, n_heads=2)
+    text = str(canvas_core.verify_structure(layer))
+    assert "link no (query, key) pair" in text and "gate that starts closed" not in text
