@@ -129,16 +129,37 @@ def _is_pydantic(value: Any) -> bool:
     return not isinstance(value, type) and hasattr(type(value), "model_fields") and hasattr(value, "model_dump")
 
 
+_LEAVES = (type, Field, str, bytes, int, float, bool, dict, set, frozenset)
+
+
 def _is_composite(value: Any) -> bool:
-    if value is None or isinstance(value, (type, Field, str, bytes, int, float, bool, dict, set, frozenset)):
+    if value is None or isinstance(value, _LEAVES):
         return False
     if dataclasses.is_dataclass(value) or _is_pydantic(value):
         return True
-    return any(isinstance(v, Field) or _is_composite_shallow(v) for _, v, _ in _plain_attributes(value))
+    return _holds_fields(value, set())
 
 
-def _is_composite_shallow(value: Any) -> bool:
-    return dataclasses.is_dataclass(value) and not isinstance(value, type) or _is_pydantic(value)
+def _holds_fields(obj: Any, seen: set) -> bool:
+    """Whether a plain object holds a ``Field`` at any depth: in an attribute, a list or tuple of
+    them, a dataclass / pydantic model, or another plain object (cycles are followed once).  Looking
+    one level down only dropped ``robot.arm.gripper.force`` from the canvas without a word."""
+    if id(obj) in seen:
+        return False
+    seen.add(id(obj))
+    return any(_holds(v, seen) for _, v, _ in _plain_attributes(obj))
+
+
+def _holds(value: Any, seen: set) -> bool:
+    if isinstance(value, Field):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds(v, seen) for v in value)
+    if value is None or isinstance(value, _LEAVES):
+        return False
+    if dataclasses.is_dataclass(value) or _is_pydantic(value):
+        return True
+    return hasattr(value, "__dict__") and _holds_fields(value, seen)
 
 
 def _plain_attributes(obj: Any) -> List[Tuple[str, Any, dict]]:

@@ -300,6 +300,52 @@ def test_plain_objects_and_pydantic_models():
     assert ops[("a", "b")] == "observe"
 
 
+def test_plain_objects_nest_at_any_depth_like_dataclasses():
+    """A plain object holding Fields only through another plain object (or a list of Fields)
+    composes like a dataclass; such fields were left off the canvas without a word."""
+    class Gripper:
+        def __init__(self):
+            self.force = Field(2, 2)
+
+    class Arm:
+        def __init__(self):
+            self.gripper = Gripper()
+
+    class Hand:
+        def __init__(self):
+            self.fingers = [Field(1, 1), Field(1, 1)]
+
+    class Robot:
+        def __init__(self):
+            self.camera = Field(4, 4)
+            self.arm = Arm()
+            self.hand = Hand()
+            self.team = [Arm(), Arm()]
+
+    @dataclass
+    class DGripper:
+        force: Field = field(default_factory=lambda: Field(2, 2))
+
+    @dataclass
+    class DArm:
+        gripper: DGripper = field(default_factory=DGripper)
+
+    @dataclass
+    class DHand:
+        fingers: list = field(default_factory=lambda: [Field(1, 1), Field(1, 1)])
+
+    @dataclass
+    class DRobot:
+        camera: Field = field(default_factory=lambda: Field(4, 4))
+        arm: DArm = field(default_factory=DArm)
+        hand: DHand = field(default_factory=DHand)
+        team: list = field(default_factory=lambda: [DArm(), DArm()])
+
+    names = compile_schema(Robot(), T=2).field_names
+    assert names == compile_schema(DRobot(), T=2).field_names
+    assert {"arm.gripper.force", "hand.fingers[1]", "team[1].gripper.force"} <= set(names)
+
+
 def test_lists_of_bare_fields_are_leaves():
     @dataclass
     class R:
