@@ -62,6 +62,9 @@ class SemanticConditioner(nn.Module):
             if v.numel() != embed_dim:
                 raise SchemaError(f"SemanticConditioner: embedding of region {n!r} has {v.numel()} values, "
                                   f"expected embed_dim={embed_dim}")
+            if not bool(torch.isfinite(v).all()):
+                raise SchemaError(f"SemanticConditioner: embedding of region {n!r} holds NaN or infinite values "
+                                  "(a failed embedding?); they would spread into every position of the region")
             rows.append(v)
         table = torch.stack(rows) if rows else torch.zeros(0, embed_dim)  # (R, E)
         # attribute names match canvas-engineering so state_dicts load across both
@@ -103,6 +106,9 @@ class SemanticConditioner(nn.Module):
         positions (new tensor; regions not in this conditioner are unchanged)."""
         if canvas.dim() != 3 or canvas.shape[-1] != self.d_model:
                         raise ShapeError(f"condition_canvas: canvas must be (B, N, {self.d_model}), got {tuple(canvas.shape)}")
+        if not (canvas.is_floating_point() or canvas.is_complex()):
+            raise CanvasTypeError(f"condition_canvas: canvas must be a floating tensor, got {canvas.dtype} (the "
+                                  "conditioning would be truncated to integers); pass canvas.float()")
         n_pos = getattr(layout, "num_positions", None)
         if n_pos is not None and canvas.shape[1] != n_pos:
                         raise ShapeError(f"condition_canvas: canvas has {canvas.shape[1]} positions but the layout has "

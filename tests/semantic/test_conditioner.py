@@ -140,3 +140,20 @@ def test_condition_canvas_under_torch_compile():
     x = torch.randn(2, layout.num_positions, D)
     compiled = torch.compile(lambda t: c.condition_canvas(t, layout), backend="aot_eager", fullgraph=False)
     torch.testing.assert_close(compiled(x), c.condition_canvas(x, layout))
+
+
+def test_non_finite_embeddings_and_integer_canvases_are_refused():
+    import torch
+
+    from canvas_core import CanvasLayout
+    from canvas_core.errors import CanvasError
+    from canvas_core.semantic import SemanticConditioner
+
+    layout = CanvasLayout(T=1, d_model=4, spatial_shape=(3,), regions={"a": (0, 1, 0, 1), "b": (0, 1, 1, 3)})
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(CanvasError, match="region 'a' holds NaN or infinite"):
+            SemanticConditioner(d_model=4, embed_dim=2, region_embeddings={"a": (bad, 1.0), "b": (1.0, 0.0)})
+    cond = SemanticConditioner(d_model=4, embed_dim=2, region_embeddings={"a": (0.3, 0.1), "b": (0.2, 0.4)})
+    with pytest.raises(CanvasError, match="floating tensor"):
+        cond.condition_canvas(torch.zeros(1, 3, 4, dtype=torch.long), layout)
+    assert torch.isfinite(cond.condition_canvas(torch.zeros(1, 3, 4), layout)).all()
