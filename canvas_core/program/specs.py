@@ -71,6 +71,11 @@ class ClockSpec:
             raise ProgramError(
                 f"ClockSpec(mode={self.mode!r}) needs event_source (e.g. event_source={example})"
             )
+        if self.mode == "on_event" and "." not in self.event_source.strip("."):
+            raise ProgramError(
+                f"ClockSpec(mode='on_event'): event_source {self.event_source!r} must be 'region.kind' (the "
+                "residual summary of that kind for that region, e.g. 'vision.prediction'); without it the "
+                "clock would never fire")
 
 
 @dataclass(frozen=True)

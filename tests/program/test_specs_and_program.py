@@ -297,3 +297,21 @@ def test_region_program_default_and_lookup():
     assert prog.region("camera").family == "observation"
     with pytest.raises(ProgramError, match="camra"):
         prog.region("camra")
+
+
+
+def test_an_event_clock_naming_no_region_is_refused_before_it_never_fires():
+    from canvas_core.errors import ProgramError
+
+    layout = CanvasLayout(T=2, spatial_shape=(2,), d_model=8, regions={"error": (0, 2, 0, 1), "plan": (0, 2, 1, 2)})
+    schema = CanvasSchema(layout=layout, topology=CanvasTopology(connections=[]))
+
+    def program(src):
+        return CanvasProgram(schema=schema, regions={"plan": RegionProgram(clock=ClockSpec(
+            mode="on_event", event_source=src, event_threshold=0.5))})
+
+    assert program("error.prediction").regions["plan"].clock.event_source == "error.prediction"
+    with pytest.raises(ProgramError, match="region 'eror' is not in the schema.*Did you mean 'error'"):
+        program("eror.prediction")
+    with pytest.raises(ProgramError, match="must be 'region.kind'"):
+        ClockSpec(mode="on_event", event_source="error")

@@ -13,11 +13,11 @@ from canvas_core.runtime.scheduling import LearnedScheduler, RegionScheduler
 from canvas_core.schema import CanvasLayout, CanvasSchema, CanvasTopology
 
 
-def _program(clocks):
-    names = ["a", "b", "c", "d", "e", "f"]
+def _program(clocks, extra=()):
+    names = ["a", "b", "c", "d", "e", "f", *extra]
     layout = CanvasLayout(
         T=1,
-        spatial_shape=(6,),
+        spatial_shape=(len(names),),
         d_model=8,
         regions={n: (0, 1, i, i + 1) for i, n in enumerate(names)},
     )
@@ -49,7 +49,7 @@ def test_on_event_and_max_silence():
     clock = ClockSpec(
         mode="on_event", event_source="err.x.prediction", event_threshold=0.5, max_silence=4
     )
-    s = RegionScheduler(_program({"a": clock}))
+    s = RegionScheduler(_program({"a": clock}, extra=("err.x",)))  # a region name with a dot
     summaries = lambda t: {"err.x": {"prediction": 0.9 if t == 2 else 0.1}}  # noqa: E731
     # t=0: never fired -> forced; t=2: event; t=6: 4 silent steps since 2
     assert _fired(s, "a", 9, summaries) == [0, 2, 6]
