@@ -111,6 +111,8 @@ _publish("canvas_core.attention.functional", "masked_softmax", "masked_softmax_a
 _publish("canvas_core.attention.first_order", "first_order_backward", "first_order_only")
 _publish("canvas_core.attention.recurrent", "wkv_scan", "wkv_masked", "fft_causal_conv")
 _publish("canvas_core.attention.causal_read", "scratch", "release_scratch", "plain_linear", "plain_module")
+# size limits (refuse a user's size before allocating: SizeLimitError names it and the variable)
+_publish("canvas_core.schema.limits", "check_size", "check_elements")
 # kernels
 _publish("canvas_core.runtime.kernel_base", "AttentionKernel")
 _publish("canvas_core.runtime.kernels", "ReferenceKernel", "REFERENCE_MODES", "kernel_for")
@@ -128,7 +130,8 @@ __all__ = [
     "ENTRY_POINT_GROUP", "ExecutionPlan", "GenericAdapter", "LoopedBlockWrapper",
     "REFERENCE_MODES", "RectGroup", "ReferenceKernel", "ResolvedGroup", "RuntimeContext",
     "SegmentGrid", "Spec", "TokenLayout", "aligned_key_index", "as_dtype", "block_layout_of", "canvas_sdpa",
-    "causal_read_index", "check_dtypes_devices", "class_matches", "fft_causal_conv", "first_order_backward",
+    "causal_read_index", "check_dtypes_devices", "check_elements", "check_size", "class_matches", "fft_causal_conv",
+    "first_order_backward",
     "first_order_only", "has_key",
     "hookimpl", "hookspec", "kernel_for", "lower", "masked_softmax", "masked_softmax_attention", "nan_where_linked",
     "non_finite_keys", "operators_under_compile", "plain_linear", "plain_module", "release_scratch", "safe_div", "scratch", "zero_bad_keys",

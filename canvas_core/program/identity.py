@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from canvas_core.errors import ProgramError
 from canvas_core.program._check import flag, pos_int, text
 from canvas_core.program.constants import IDENTITY_MODES, check_choice
+from canvas_core.schema.limits import check_size
 
 __all__ = ["IdentitySpec"]
 
@@ -37,6 +38,7 @@ class IdentitySpec:
         w = "IdentitySpec"
         check_choice(self.mode, IDENTITY_MODES, "identity mode", w)
         object.__setattr__(self, "slot_capacity", pos_int(self.slot_capacity, w, "slot_capacity"))
+        check_size("slots", self.slot_capacity, "IdentitySpec slot_capacity")
         text(self.binding_fn, w, "binding_fn")
         flag(self.birth_death, w, "birth_death")
         if self.birth_death and self.mode != "tracklet":

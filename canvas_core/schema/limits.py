@@ -23,6 +23,7 @@ LIMITS: Dict[str, tuple] = {
     "width": ("CANVAS_MAX_WIDTH", 1 << 16, "width of a canvas or layer (d_model, embed_dim)"),
     "batch": ("CANVAS_MAX_BATCH", 1 << 20, "batch size of one canvas tensor"),
     "loops": ("CANVAS_MAX_LOOPS", 1024, "loop count of a looped block (max_loops)"),
+    "slots": ("CANVAS_MAX_SLOTS", 1 << 20, "identity slots of one binder (slot_capacity, n_slots)"),
     "elements": ("CANVAS_MAX_ELEMENTS", 1 << 33, "elements of one tensor canvas-core allocates"),
     "file_bytes": ("CANVAS_MAX_FILE_BYTES", 64 << 20, "bytes read from one schema or program file"),
     "plugin_import_s": ("CANVAS_PLUGIN_IMPORT_WARN_S", 5, "seconds a plugin import runs before it is reported"),

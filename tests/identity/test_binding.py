@@ -151,3 +151,15 @@ def test_bad_inputs_name_the_shape(call):
     with pytest.raises(CanvasError) as info:
         call(m)
     assert "SlotBindingModule" in str(info.value)
+
+
+def test_sizes_past_the_limits_are_refused_before_allocating():
+    from canvas_core.errors import SizeLimitError
+    from canvas_core.program import IdentitySpec
+
+    with pytest.raises(SizeLimitError, match="n_slots = 1,000,000,000.*CANVAS_MAX_SLOTS"):
+        SlotBindingModule(16, n_slots=10**9)
+    with pytest.raises(SizeLimitError, match="d_model = 10,000,000.*CANVAS_MAX_WIDTH"):
+        SlotBindingModule(10**7, 4)
+    with pytest.raises(SizeLimitError, match="slot_capacity = 1,000,000,000"):
+        IdentitySpec(slot_capacity=10**9)

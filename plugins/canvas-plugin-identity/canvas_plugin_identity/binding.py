@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, ShapeError
+from canvas_core.extend import check_elements, check_size
 
 __all__ = ["BindingResult", "SlotBindingModule", "CompetitiveSlotBinding"]
 
@@ -86,6 +87,9 @@ class SlotBindingModule(nn.Module):
         _pos_int(name, "d_model", d_model)
         _pos_int(name, "n_slots", n_slots)
         _pos_int(name, "n_heads", n_heads)
+        check_size("width", d_model, f"{name} d_model")
+        check_size("slots", n_slots, f"{name} n_slots")
+        check_elements((n_slots, d_model), f"{name} slots")
         if d_model % n_heads:
             raise ShapeError(f"{name}: d_model={d_model} is not divisible by n_heads={n_heads}; "
                              f"choose n_heads among the divisors of {d_model}")
