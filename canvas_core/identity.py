@@ -277,6 +277,13 @@ class IdentityBinders(nn.ModuleDict):
 
             raise UnknownRegionError(f"IdentityBinders.bind_canvas: identity region(s) {missing} are not in "
                                      f"the layout ({list(layout.regions)}); pass the canvas's own layout")
+        unknown = sorted(set(states or {}) - set(self.specs))
+        if unknown:
+            from canvas_core.errors import UnknownRegionError, did_you_mean
+
+            raise UnknownRegionError(f"IdentityBinders.bind_canvas: states name region(s) {unknown} that have no "
+                                     f"identity binder (binders: {sorted(self.specs)}).{did_you_mean(unknown[0], self.specs)}"
+                                     " The state given there would be ignored; fix the name")
         states = dict(states or {})
         slots: Dict[str, torch.Tensor] = {}
         for region in self.specs:

@@ -56,5 +56,7 @@ def test_bind_canvas_checks_layout_and_size():
     other = CanvasLayout(T=2, d_model=8, spatial_shape=(2, 2), regions={"b": RegionSpec((0, 2, 0, 1, 0, 2))})
     with pytest.raises(UnknownRegionError, match=r"\['a'\]"):
         ib.bind_canvas(torch.randn(2, 8, 8), other)
-    slots, _ = ib.bind_canvas(torch.randn(2, 8, 8), lay)
+    slots, states = ib.bind_canvas(torch.randn(2, 8, 8), lay)
     assert slots["a"].shape[:2] == (2, 2)
+    with pytest.raises(UnknownRegionError, match=r"states name region\(s\) \['b'\] that have no identity binder"):
+        ib.bind_canvas(torch.randn(2, 8, 8), lay, states={"b": states["a"]})  # a typo: ignored before
