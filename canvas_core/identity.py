@@ -51,8 +51,9 @@ def _slot_binding_class() -> type:
         return found[-1].load()  # PluginLoadError (naming the plugin) when its module fails to import
     try:
         get_spec("identity", "cross_attention")  # a plugin that failed to load raises its PluginLoadError here
-    except UnknownNameError:
-        pass
+    except UnknownNameError as exc:
+        if "installed but not loaded" in str(exc):  # blocked, or autoload off: say that, not "install it"
+            raise PluginLoadError(f"SlotBindingModule comes from the identity plugin: {exc}") from None
     raise PluginLoadError(
         f"SlotBindingModule is provided by the identity plugin, which is not registered; {_INSTALL_HINT}")
 

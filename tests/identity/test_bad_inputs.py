@@ -60,3 +60,18 @@ def test_bind_canvas_checks_layout_and_size():
     assert slots["a"].shape[:2] == (2, 2)
     with pytest.raises(UnknownRegionError, match=r"states name region\(s\) \['b'\] that have no identity binder"):
         ib.bind_canvas(torch.randn(2, 8, 8), lay, states={"b": states["a"]})  # a typo: ignored before
+
+
+@pytest.mark.parametrize("env, fix", [({"CANVAS_BLOCK_PLUGINS": "identity"}, "remove it from CANVAS_BLOCK_PLUGINS"),
+                                      ({"CANVAS_DISABLE_PLUGIN_AUTOLOAD": "1"}, "unset CANVAS_DISABLE_PLUGIN_AUTOLOAD")])
+def test_a_blocked_identity_plugin_is_named_as_blocked_not_missing(env, fix):
+    import os
+    import subprocess
+    import sys
+
+    code = ("from canvas_core.errors import PluginLoadError\n"
+            "try:\n    from canvas_core.identity import SlotBindingModule\n"
+            "except PluginLoadError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                         timeout=120).stdout
+    assert fix in out and "pip install" not in out, out
