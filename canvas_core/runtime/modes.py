@@ -132,6 +132,7 @@ class ModeApplier:
     def apply(self) -> Tuple[Dict[str, Any], Dict[str, str]]:
         """Export, then freeze / make constant / detach; returns (constant tensors, export paths)."""
         modes = self.work.modes
+        self._warn_shared(modes)
         exported_paths = self._export([n for n, m in modes.items() if m == "export"])
         constant_buffers: Dict[str, Any] = {}
         for name, mode in modes.items():
@@ -142,6 +143,28 @@ class ModeApplier:
             elif mode == "export":
                 self._entry(name, mode).requires_grad_(False)
         return constant_buffers, exported_paths
+
+    def _warn_shared(self, modes: Mapping[str, str]) -> None:
+        """Warn about a parameter shared by regions of different compile modes (tied weights): a
+        frozen one stops the other region learning too, a constant one is untied from it."""
+        import warnings
+
+        owners: Dict[int, List[str]] = {}
+        for name in self.regions.keys():
+            entry = self.regions[name]
+            params = entry.parameters() if isinstance(entry, nn.Module) else [entry] if isinstance(entry, torch.Tensor) else []
+            for p in {id(p): p for p in params}.values():
+                owners.setdefault(id(p), []).append(name)
+        for names in owners.values():
+            kinds = {modes.get(n, "runtime") for n in names}
+            if len(names) > 1 and len(kinds) > 1:
+                which = ", ".join(f"{n!r} ({modes.get(n, 'runtime')})" for n in names)
+                warnings.warn(
+                    f"a parameter is shared by regions {which}: compile modes apply to the parameter, so "
+                    "'freeze' / 'export' stop every region using it from learning and 'constant' unties "
+                    "the constant region's copy from the others. Give the regions the same mode, or untie "
+                    "the weights", UserWarning, stacklevel=4)
+                return
 
     def _make_constant(self, name: str) -> Any:
         """Every parameter of the region re-registered as a buffer with the same values."""

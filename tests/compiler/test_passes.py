@@ -353,3 +353,33 @@ def test_export_file_names_are_unique(tmp_path):
     assert load_file(paths["a/b"])["weight"].shape == (1, 1)
     assert load_file(paths["a_b"])["weight"].shape == (2, 1)
     assert compiled.active_regions == set() and compiled.active_connections == []
+
+
+@pytest.mark.parametrize("mode", ["freeze", "constant"])
+def test_a_weight_shared_by_regions_of_different_modes_is_warned_about(mode):
+    """Compile modes act on parameters: a frozen tied weight stops the runtime region learning, a
+    constant one unties it. Neither may happen silently."""
+    import warnings
+
+    from torch import nn
+
+    from canvas_core import CanvasLayout, CanvasProgram, CanvasSchema, CanvasTopology, Connection, ProgramCompiler
+    from canvas_core.program import RegionProgram
+
+    layout = CanvasLayout(T=1, H=1, W=2, d_model=4, regions={"enc": (0, 1, 0, 1, 0, 1), "dec": (0, 1, 0, 1, 1, 2)})
+    schema = CanvasSchema(layout=layout, topology=CanvasTopology([Connection("enc", "dec"), Connection("dec", "enc")]))
+
+    class M(nn.Module):
+        def __init__(self, tied):
+            super().__init__()
+            self.regions = nn.ModuleDict({"enc": nn.Linear(4, 4), "dec": nn.Linear(4, 4)})
+            if tied:
+                self.regions["dec"].weight = self.regions["enc"].weight
+
+    program = CanvasProgram(schema=schema, regions={"enc": RegionProgram(compile_mode=mode)})
+    for tied in (True, False):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            ProgramCompiler(program).compile(module=M(tied))
+        shared = [w for w in seen if "shared by regions 'enc'" in str(w.message)]
+        assert bool(shared) == tied
