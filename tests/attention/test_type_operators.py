@@ -40,6 +40,20 @@ def test_the_operators_pass_torch_opcheck(dtype):
         torch.library.opcheck(fft_conv._gated_backward_op, (gg, gate.detach(), conv, Gz, Gh, *need))
 
 
+def _compiled_matches_eager(m, q, k):
+    """Compile ``m`` (recording its ATen graphs), check output and gradients against eager on
+    ``(q, k, k)``; returns the recorded call targets."""
+    seen = []
+    torch._dynamo.reset()
+    out = torch.compile(m, backend=recording_backend(seen), fullgraph=True)(q, k, k)
+    ref = m(q, k, k)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    for a, b in zip(torch.autograd.grad(out.sum(), (q, k, *m.parameters())),
+                    torch.autograd.grad(ref.sum(), (q, k, *m.parameters()))):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    return seen
+
+
 @settings(max_examples=25, deadline=None)
 @given(B=st.integers(1, 3), C=st.integers(1, 4), Q=st.integers(1, 9), s=st.integers(2, 5),
        needs=st.sampled_from([(True, True, True), (True, False, False), (False, True, True), (False, False, True)]),
@@ -69,14 +83,7 @@ def test_a_compiled_hyena_runs_the_operators_and_matches_eager(Nq):
     torch.manual_seed(0)
     m = HyenaAttention(8, 2, order=3)  # two gated stages
     q, k = torch.randn(2, Nq, 8, requires_grad=True), torch.randn(2, 12, 8, requires_grad=True)
-    seen = []
-    torch._dynamo.reset()
-    out = torch.compile(m, backend=recording_backend(seen), fullgraph=True)(q, k, k)
-    ref = m(q, k, k)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    for a, b in zip(torch.autograd.grad(out.sum(), (q, k, *m.parameters())),
-                    torch.autograd.grad(ref.sum(), (q, k, *m.parameters()))):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    seen = _compiled_matches_eager(m, q, k)
     assert seen.count("canvas_core.hyena_gated_conv.default") == 2
     assert seen.count("canvas_core.hyena_gated_conv_backward.default") == 2
     reads = ("canvas_core.hyena_read_conv.default", "canvas_core.hyena_read_conv_backward.default")
@@ -125,13 +132,6 @@ def test_a_compiled_linear_attention_runs_the_key_summary_operator_and_matches_e
     torch.manual_seed(0)
     m = LinearAttention(8, 2)
     q, k = torch.randn(2, 4, 8, requires_grad=True), torch.randn(2, 12, 8, requires_grad=True)
-    seen = []
-    torch._dynamo.reset()
-    out = torch.compile(m, backend=recording_backend(seen), fullgraph=True)(q, k, k)
-    ref = m(q, k, k)
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    for a, b in zip(torch.autograd.grad(out.sum(), (q, k, *m.parameters())),
-                    torch.autograd.grad(ref.sum(), (q, k, *m.parameters()))):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    seen = _compiled_matches_eager(m, q, k)
     assert "canvas_core.linear_key_summary.default" in seen
     assert "canvas_core.linear_key_summary_backward.default" in seen

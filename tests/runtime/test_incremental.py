@@ -235,14 +235,19 @@ def test_a_model_that_is_not_position_wise_is_named():
             roll.step(x[:, :12])
 
 
-def test_gradients_flow_through_the_rollout():
-    layout, model, _ = _model_and_input()
+def _rollout_gradient_equals_the_full_forwards(model, layout):
+    """The input gradient of the last frame's output: through the rollout as through one forward."""
     x = torch.randn(1, layout.T * 12, 4, dtype=torch.float64, requires_grad=True)
     want = torch.autograd.grad(model(x)[:, -12:].sum(), x)[0]
     with canvas_core.incremental(model, layout) as roll:
         ys = [roll.step(x[:, t * 12:(t + 1) * 12]) for t in range(layout.T)]
     got = torch.autograd.grad(ys[-1].sum(), x)[0]
     assert torch.allclose(got, want, atol=TOL)
+
+
+def test_gradients_flow_through_the_rollout():
+    layout, model, _ = _model_and_input()
+    _rollout_gradient_equals_the_full_forwards(model, layout)
 
 
 def test_prepare_builds_every_frame_up_front():
@@ -353,12 +358,7 @@ def test_gradients_flow_through_the_rollout_of_a_grafted_model(scope, mode):
     getattr(model, mode)()
     graft_looped_blocks(model, max_loops=2, scope=scope, latent_channels=4, freeze="none", gate_init_bias=0.5)
     assert all(m.training == (mode == "train") for m in model.modules())
-    x = torch.randn(1, layout.T * 12, 4, dtype=torch.float64, requires_grad=True)
-    want = torch.autograd.grad(model(x)[:, -12:].sum(), x)[0]
-    with canvas_core.incremental(model, layout) as roll:
-        ys = [roll.step(x[:, t * 12:(t + 1) * 12]) for t in range(layout.T)]
-    got = torch.autograd.grad(ys[-1].sum(), x)[0]
-    assert torch.allclose(got, want, atol=TOL)
+    _rollout_gradient_equals_the_full_forwards(model, layout)
     assert all(m.use_gradient_checkpointing for m in model.modules() if hasattr(m, "use_gradient_checkpointing"))
 
 

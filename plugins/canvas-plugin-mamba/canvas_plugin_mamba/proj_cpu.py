@@ -23,6 +23,8 @@ from torch import Tensor
 
 from canvas_core.extend import first_order_only
 from canvas_plugin_mamba import cpu_kernel
+from canvas_plugin_mamba.inner_op import _reads
+from canvas_plugin_mamba.proj_op import _flat, _resolve
 
 __all__ = ["cpu_projected", "fits"]
 
@@ -31,19 +33,6 @@ _NINE = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Te
 def fits(conv_weight: Tensor) -> bool:
     """Whether the kernel computes this conv inside the scan (width up to ``cpu_kernel.MAX_CONV``)."""
     return conv_weight.shape[-1] <= cpu_kernel.MAX_CONV
-
-
-def _resolve(queries: Tensor, keys: Optional[Tensor], values: Optional[Tensor]):
-    keys = queries if keys is None else keys
-    return queries, keys, keys if values is None else values
-
-
-def _flat(t: Tensor) -> Tensor:
-    return t.reshape(-1, t.shape[-1])
-
-
-def _reads(read: Optional[Tensor], L: int, device) -> Tensor:
-    return torch.arange(L, device=device) if read is None else read
 
 
 def _split(xs: Tensor, sel: Tensor, E: int, merged: bool):

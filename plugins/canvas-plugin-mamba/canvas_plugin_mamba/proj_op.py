@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from canvas_core.extend import first_order_only
-from canvas_plugin_mamba import chunked, proj_cpu
+from canvas_plugin_mamba import chunked
 from canvas_plugin_mamba.inner_op import _forward as _inner_forward
 from canvas_plugin_mamba.inner_op import _inner_backward
 
@@ -153,6 +153,8 @@ def mamba_projected(module, queries: Tensor, keys: Tensor, values: Tensor, read:
     k = None if keys is queries else keys
     v = None if values is keys else values
     params = [p.contiguous() for p in params]
+    from canvas_plugin_mamba import proj_cpu  # (it imports this module's helpers)
+
     if kernel == "cpu" and proj_cpu.fits(params[2]):  # what the eager module runs on the compiled scan
         return proj_cpu.cpu_projected(queries, k, v, params, read, T)
     return _projected_op(queries, k, v, params, read, T, -1, kernel)[0]

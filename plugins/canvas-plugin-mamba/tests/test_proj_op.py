@@ -159,6 +159,20 @@ def test_projected_custom_ops_pass_torch_opcheck(kernel, scan_kernel_ok):
                                                                read, saved, T, -1, kernel))
 
 
+def _compiled_matches_eager(m, args, leaves):
+    """Compile ``m`` (recording its ATen graphs), check output and gradients against eager;
+    returns the recorded call targets."""
+    seen = []
+    torch._dynamo.reset()
+    out = torch.compile(m, backend=recording_backend(seen), fullgraph=True)(*args)
+    g = torch.autograd.grad(out.sum(), [*leaves, *m.parameters()])
+    ref = m(*args)
+    torch.testing.assert_close(out, ref)
+    for a, r in zip(g, torch.autograd.grad(ref.sum(), [*leaves, *m.parameters()])):
+        torch.testing.assert_close(a, r)
+    return seen
+
+
 @pytest.mark.parametrize("share", SHARES)
 def test_compiled_module_traces_one_operator_each_way_and_matches_eager(share):
     torch.manual_seed(0)
@@ -167,14 +181,7 @@ def test_compiled_module_traces_one_operator_each_way_and_matches_eager(share):
         if Nq != 7 and share != "none" and share != "k_is_v":
             continue
         leaves, args = _inputs(2, Nq, 7, share, torch.float32, Nq)
-        seen = []
-        torch._dynamo.reset()
-        out = torch.compile(m, backend=recording_backend(seen), fullgraph=True)(*args)
-        g = torch.autograd.grad(out.sum(), [*leaves, *m.parameters()])
-        ref = m(*args)
-        torch.testing.assert_close(out, ref)
-        for a, r in zip(g, torch.autograd.grad(ref.sum(), [*leaves, *m.parameters()])):
-            torch.testing.assert_close(a, r)
+        seen = _compiled_matches_eager(m, args, leaves)
         assert "canvas_mamba.projected_v2.default" in seen and "canvas_mamba.projected_backward_v2.default" in seen
         # no projection left to the compiler, nor (aligned reads: no index arithmetic) the
         # gradient sum of a tensor passed in two slots (values that are the queries, but not the
@@ -278,14 +285,7 @@ def test_compiled_module_on_the_cpu_scan_traces_its_operator_each_way_and_matche
     m = MambaAttention(8, 2, kernel="mamba_cpu")
     for Nq in (7, 3):
         leaves, args = _inputs(2, Nq, 7, share, torch.float32, Nq)
-        seen = []
-        torch._dynamo.reset()
-        out = torch.compile(m, backend=recording_backend(seen), fullgraph=True)(*args)
-        g = torch.autograd.grad(out.sum(), [*leaves, *m.parameters()])
-        ref = m(*args)
-        torch.testing.assert_close(out, ref)
-        for a, r in zip(g, torch.autograd.grad(ref.sum(), [*leaves, *m.parameters()])):
-            torch.testing.assert_close(a, r)
+        seen = _compiled_matches_eager(m, args, leaves)
         assert "canvas_mamba.cpu_projected.default" in seen and "canvas_mamba.cpu_projected_backward.default" in seen
         assert not any(t.split(".")[1] in ("mm", "addmm", "linear", "conv1d", "convolution") for t in seen
                        if t.startswith("aten.")), seen
