@@ -195,10 +195,26 @@ class RegionScheduler:
             return t % spec.period == 0
         if mode == "on_event":
             value = lookup_summary(summaries, spec.event_source)
+            if value is None and summaries:
+                self._warn_missing(name, spec.event_source, summaries)
             return value is not None and value > spec.event_threshold
         if mode == "boundary":
             return boundary is not None and boundary == spec.event_source
         raise ProgramError(f"RegionScheduler: region {name!r} has an unknown clock mode {mode!r}")
+
+    def _warn_missing(self, name: str, source: str, summaries: Summaries) -> None:
+        """Once per clock: summaries were given but hold nothing at its ``event_source``, so it
+        cannot fire on them (a misspelt source, or summaries of other names)."""
+        warned = self.__dict__.setdefault("_warned_sources", set())
+        if (name, source) in warned:
+            return
+        warned.add((name, source))
+        held = {k: sorted(v) if isinstance(v, Mapping) else v for k, v in summaries.items()}
+        import warnings
+
+        warnings.warn(f"RegionScheduler: region {name!r}'s clock fires on summary {source!r} ('source.kind'), "
+                      f"which the summaries given do not hold (they hold {held!r:.200}); it does not fire "
+                      "on them. A misspelt event_source?", UserWarning, stacklevel=4)
 
     def fires(
         self,

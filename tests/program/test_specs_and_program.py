@@ -299,19 +299,30 @@ def test_region_program_default_and_lookup():
         prog.region("camra")
 
 
+def test_an_event_clock_reading_a_summary_it_never_gets_is_warned_about():
+    """canvas-engineering's clocks read summaries of any source (not only regions), so a misspelt
+    ``event_source`` can only show when summaries arrive: the scheduler warns, once per clock;
+    a source without a dot is refused at once."""
+    import warnings
 
-def test_an_event_clock_naming_no_region_is_refused_before_it_never_fires():
     from canvas_core.errors import ProgramError
+    from canvas_core.runtime.scheduling import RegionScheduler
 
     layout = CanvasLayout(T=2, spatial_shape=(2,), d_model=8, regions={"error": (0, 2, 0, 1), "plan": (0, 2, 1, 2)})
     schema = CanvasSchema(layout=layout, topology=CanvasTopology(connections=[]))
 
-    def program(src):
-        return CanvasProgram(schema=schema, regions={"plan": RegionProgram(clock=ClockSpec(
-            mode="on_event", event_source=src, event_threshold=0.5))})
+    def scheduler(src):
+        return RegionScheduler(CanvasProgram(schema=schema, regions={"plan": RegionProgram(clock=ClockSpec(
+            mode="on_event", event_source=src, event_threshold=0.5))}))
 
-    assert program("error.prediction").regions["plan"].clock.event_source == "error.prediction"
-    with pytest.raises(ProgramError, match="region 'eror' is not in the schema.*Did you mean 'error'"):
-        program("eror.prediction")
+    summaries = {"error": {"prediction": 1.0}}
+    for src, fires in (("error.prediction", True), ("eror.prediction", False), ("error.predicton", False)):
+        s = scheduler(src)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            fired = ["plan" in s.step(t, summaries=summaries) for t in range(3)]
+        assert fired[1:] == [fires, fires]
+        missing = [w for w in seen if "do not hold" in str(w.message)]
+        assert len(missing) == (0 if fires else 1), src  # once per clock
     with pytest.raises(ProgramError, match="must be 'region.kind'"):
         ClockSpec(mode="on_event", event_source="error")
