@@ -147,6 +147,13 @@ def probe_attention_module(module: Any, fn: Any, d_model: int, where: str) -> No
                 module, lambda a, b, c: call_attention_type(module, a, b, c, mask, name=fn), q, k, v)
         except AttentionContractError as exc:
             raise AttentionContractError(f"{where}: {exc}") from exc
+        with torch.no_grad():  # NaN gradients would read as a dependency on everything: say what it is
+            out = call_attention_type(module, q, k, v, mask, name=fn)
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and not bool(torch.isfinite(out).all()):
+            raise AttentionContractError(
+                f"{where}: attention type {fn!r} ({type(module).__name__}) returns NaN or infinite values on "
+                "finite inputs (a small random call); fix its arithmetic (a division by zero, the log of 0, "
+                "an overflow)")
     leak = first_leak(deps, mask)
     if not leak:  # training mode, on a copy (a batch statistic mixes the stacked key sets)
         try:

@@ -166,10 +166,15 @@ def test_plugin_type_that_leaks_or_returns_a_wrong_shape_is_refused_at_build():
         def forward(self, queries, keys, values):
             return super().forward(queries, keys, values).half()
 
+    class ReturnsNaN(ScanPlugin):  # per query, but NaN: not to be reported as a leak
+        def forward(self, queries, keys, values):
+            return super().forward(queries, keys, values) * float("nan")
+
     cases_ = {"t23_leaky": (Leaky, "reads outside the linked keys.*depends on key"),
               "t23_mixes": (MixesRows, "reads outside the linked keys"),
               "t23_shape": (WrongShape, r"returned shape \(2, 1, 8\).*expected \(B, Nq, D\) = \(2, 2, 8\)"),
-              "t23_dtype": (WrongDtype, "returned dtype torch.float16 for torch.float32 inputs")}
+              "t23_dtype": (WrongDtype, "returned dtype torch.float16 for torch.float32 inputs"),
+              "t23_nan": (ReturnsNaN, "returns NaN or infinite values on finite inputs")}
     for name, (cls, msg) in cases_.items():
         P.register_attention(name, cls)
         try:
