@@ -282,8 +282,10 @@ def parallelize_canvas(module: nn.Module, group: Any = None, *,
             if isinstance(child, CanvasAttention) and not isinstance(parent, SequenceParallelCanvasAttention):
                 targets.append((parent, name, child))
     if not targets:
+        hint = (" (it is one itself: parallelize_canvas replaces the layers inside a model; wrap a lone "
+                "layer as SequenceParallelCanvasAttention(layer, group))" if isinstance(module, CanvasAttention) else "")
         raise SequenceParallelError(f"parallelize_canvas: {type(module).__name__} contains no CanvasAttention / "
-                                    "AttentionDispatcher layer")
+                                    f"AttentionDispatcher layer{hint}")
     group, size, _ = _resolve_group(group, "parallelize_canvas")
     if sharding is None:
         sharding = CanvasSharding.of(targets[0][2].plan, size)

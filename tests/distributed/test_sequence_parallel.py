@@ -139,3 +139,13 @@ def test_bad_sizes_are_refused_before_any_group_is_needed():
         CanvasSharding.of(layout, 4)
     with pytest.raises(SequenceParallelError, match="ExecutionPlan"):
         CanvasSharding.of("not a plan", 2)
+
+
+def test_parallelize_canvas_on_a_lone_layer_points_to_the_wrapper():
+    layout = CanvasLayout(T=2, H=2, W=2, d_model=8, regions={"v": (0, 2, 0, 2, 0, 2)})
+    attn = AttentionDispatcher(CanvasTopology.causal_temporal(["v"]), layout, 8, 2)
+    with pytest.raises(SequenceParallelError, match="is one itself.*SequenceParallelCanvasAttention"):
+        parallelize_canvas(attn)
+    with pytest.raises(SequenceParallelError, match="contains no CanvasAttention") as err:
+        parallelize_canvas(torch.nn.Linear(2, 2))
+    assert "is one itself" not in str(err.value)
