@@ -169,6 +169,16 @@ class ModeApplier:
     def _make_constant(self, name: str) -> Any:
         """Every parameter of the region re-registered as a buffer with the same values."""
         entry = self._entry(name, "constant")
+        stats = [type(m).__name__ for m in (entry.modules() if isinstance(entry, nn.Module) else ())
+                 if getattr(m, "track_running_stats", False) and getattr(m, "running_mean", None) is not None]
+        if stats:
+            import warnings
+
+            warnings.warn(
+                f"constant region {name!r} holds {stats[0]} with running statistics: in training mode it still "
+                "normalises with batch statistics and updates them, so the region is not constant. Put that "
+                f"submodule in eval() (module.regions[{name!r}].eval(), again after every model.train()) or "
+                "build it with track_running_stats=False", UserWarning, stacklevel=4)
         if isinstance(entry, nn.Module):
             for mod in entry.modules():
                 for p_name, p in list(mod._parameters.items()):

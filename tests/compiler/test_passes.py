@@ -383,3 +383,27 @@ def test_a_weight_shared_by_regions_of_different_modes_is_warned_about(mode):
             ProgramCompiler(program).compile(module=M(tied))
         shared = [w for w in seen if "shared by regions 'enc'" in str(w.message)]
         assert bool(shared) == tied
+
+
+def test_a_constant_region_with_running_statistics_is_warned_about():
+    import warnings
+
+    from torch import nn
+
+    from canvas_core import CanvasLayout, CanvasProgram, CanvasSchema, CanvasTopology, Connection, ProgramCompiler
+    from canvas_core.program import RegionProgram
+
+    layout = CanvasLayout(T=1, H=1, W=2, d_model=4, regions={"a": (0, 1, 0, 1, 0, 1), "b": (0, 1, 0, 1, 1, 2)})
+    schema = CanvasSchema(layout=layout, topology=CanvasTopology([Connection("a", "b")]))
+
+    class M(nn.Module):
+        def __init__(self, norm):
+            super().__init__()
+            self.regions = nn.ModuleDict({"a": nn.Sequential(nn.Linear(4, 4), norm), "b": nn.Linear(4, 4)})
+
+    program = CanvasProgram(schema=schema, regions={"a": RegionProgram(compile_mode="constant")})
+    for norm, warned in ((nn.BatchNorm1d(4), True), (nn.LayerNorm(4), False)):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            ProgramCompiler(program).compile(module=M(norm))
+        assert any("running statistics" in str(w.message) for w in seen) == warned
