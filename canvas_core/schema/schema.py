@@ -110,8 +110,8 @@ class CanvasSchema:
         try:
             return _build(model)
         except CanvasError as exc:
-            if isinstance(exc, SchemaFormatError):
-                raise
+            if isinstance(exc, SchemaFormatError) or str(exc).startswith("environment variable "):
+                raise  # already says what is wrong (a malformed limit variable is not the file's fault)
             raise SchemaFormatError(f"invalid schema: {exc}") from None
 
     # --- JSON ---------------------------------------------------------------------------------

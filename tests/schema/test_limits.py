@@ -172,3 +172,12 @@ def test_other_errors_and_device_oom_pass_through():
         with pytest.raises(type(exc)):
             with allocating("x", (1,)):
                 raise exc
+
+
+def test_a_malformed_limit_variable_is_not_blamed_on_the_schema(monkeypatch):
+    layout = cc.CanvasLayout(T=1, spatial_shape=(2,), d_model=4, regions={"a": (0, 1, 0, 2)})
+    text = cc.CanvasSchema(layout=layout, topology=cc.CanvasTopology(connections=[])).to_json()
+    monkeypatch.setenv("CANVAS_MAX_POSITIONS", "abc")
+    with pytest.raises(SizeLimitError, match="CANVAS_MAX_POSITIONS='abc' must be a positive integer") as err:
+        cc.CanvasSchema.from_json(text)
+    assert "invalid schema" not in str(err.value)
