@@ -29,7 +29,13 @@ from torch import nn
 
 from canvas_core._safe_write import check_write_target
 from canvas_core.checkpoints.diff import schema_differences
-from canvas_core.checkpoints.tensors import check_readable_file, pickled, save_safetensors_atomic, truncation
+from canvas_core.checkpoints.tensors import (
+    check_readable_file,
+    metadata_json,
+    pickled,
+    save_safetensors_atomic,
+    truncation,
+)
 from canvas_core.errors import CanvasTypeError, CheckpointError
 from canvas_core.runtime.compiled_names import plain_name, unwrap_compiled
 
@@ -124,10 +130,7 @@ def save_canvas_checkpoint(model: nn.Module, path: Any, schema: Any, *, metadata
     check_write_target(path, "the canvas checkpoint", error=CheckpointError)
     if metadata is not None and not isinstance(metadata, Mapping):
         raise CheckpointError(f"{where}: metadata must be a dict of JSON-serialisable values, got {type(metadata).__name__}")
-    try:
-        user = json.dumps(dict(metadata or {}), sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{where}: metadata must be JSON-serialisable: {exc}") from None
+    user = metadata_json(metadata or {}, where)
     _check_model_matches(model, s, where)
     import canvas_core
 

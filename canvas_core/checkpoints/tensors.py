@@ -114,3 +114,25 @@ def truncation(path: str) -> str:
     if need > size:
         return f", truncated: its header describes {need} bytes, the file holds {size} (an interrupted write or copy?)"
     return ""
+
+
+def metadata_json(metadata: Mapping[str, Any], where: str) -> str:
+    """``metadata`` as the JSON a checkpoint header stores, refused (``CheckpointError`` naming
+    ``where``) unless it reads back as given: keys are strings at every level (JSON would turn
+    ``{1: 2}`` into ``{"1": 2}``), numbers finite (NaN is not JSON), values JSON types."""
+    def check(value: Any, at: str) -> None:
+        if isinstance(value, Mapping):
+            for k, v in value.items():
+                if not isinstance(k, str):
+                    raise CheckpointError(f"{where}: metadata key {k!r} at {at} is a {type(k).__name__}; JSON keys "
+                                          "are strings (it would come back as a string): use str keys")
+                check(v, f"{at}[{k!r}]")
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                check(v, f"{at}[{i}]")
+
+    check(metadata, "metadata")
+    try:
+        return json.dumps(dict(metadata), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: metadata must be JSON-serialisable with finite numbers: {exc}") from None

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from canvas_core.checkpoints.tensors import pickled, truncation
+from canvas_core.checkpoints.tensors import metadata_json, pickled, truncation
 from canvas_core.errors import CanvasTypeError, CheckpointError
 
 __all__ = ["save_loop_checkpoint", "load_loop_checkpoint", "loop_structure"]
@@ -180,10 +180,7 @@ def save_loop_checkpoint(
         else str(meta.get("schema_hash", "") or "")
     )
     shash = shash or _blocks_schema_hash(looped_blocks)
-    try:
-        user = json.dumps(meta, sort_keys=True)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint metadata must be JSON-serialisable: {e}") from e
+    user = metadata_json(meta, "save_loop_checkpoint")
     tensors: Dict[str, torch.Tensor] = {}
     for i, b in enumerate(looped_blocks):
         for n, p in _loop_params(b):

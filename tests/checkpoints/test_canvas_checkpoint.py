@@ -234,3 +234,27 @@ def test_a_model_on_the_meta_device_is_refused_naming_it(tmp_path):
     with pytest.raises(CheckpointError, match="meta device"):
         save_canvas_checkpoint(m, tmp_path / "m.safetensors", s)
     assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("bad, words", [({1: 2}, "metadata key 1 at metadata is a int"),
+                                        ({"a": {2: "x"}}, r"metadata key 2 at metadata\['a'\]"),
+                                        ({"loss": float("nan")}, "finite numbers"),
+                                        ({"obj": object()}, "JSON-serialisable")])
+def test_metadata_that_would_not_read_back_as_given_is_refused(bad, words, tmp_path):
+    """Both checkpoint kinds: JSON turns int keys into strings and has no NaN; refused before
+    anything is written."""
+    from canvas_core.looping import graft_looped_blocks, save_loop_checkpoint
+
+    s = _schema()
+    with pytest.raises(CheckpointError, match=words):
+        save_canvas_checkpoint(Model(s), tmp_path / "m.safetensors", s, metadata=bad)
+
+    class G(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = nn.ModuleList([nn.Linear(4, 4)])
+
+    blocks, head = graft_looped_blocks(G(), max_loops=2, inner_dim=4, latent_channels=4)
+    with pytest.raises(CheckpointError, match=words):
+        save_loop_checkpoint(blocks, head, tmp_path / "l.safetensors", metadata=bad)
+    assert not list(tmp_path.iterdir())
