@@ -169,4 +169,9 @@ class PluginSettingError(SettingError, PluginError):
     also a :class:`PluginError`, as these controls' errors have always been."""
 
 
-__all__ += ["SettingError", "PluginSettingError"]
+class LimitSettingError(SettingError, SizeLimitError):
+    """:class:`SettingError` of a size-limit variable (``CANVAS_MAX_POSITIONS``, ...); also a
+    :class:`SizeLimitError`, as these variables' errors have always been."""
+
+
+__all__ += ["SettingError", "PluginSettingError", "LimitSettingError"]

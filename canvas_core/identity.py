@@ -52,7 +52,7 @@ def _slot_binding_class() -> type:
     try:
         get_spec("identity", "cross_attention")  # a plugin that failed to load raises its PluginLoadError here
     except UnknownNameError as exc:
-        if "installed but not loaded" in str(exc):  # blocked, or autoload off: say that, not "install it"
+        if getattr(exc, "plugin", None) is not None:  # its provider is installed, not loaded: say why
             raise PluginLoadError(f"SlotBindingModule comes from the identity plugin: {exc}") from None
     raise PluginLoadError(
         f"SlotBindingModule is provided by the identity plugin, which is not registered; {_INSTALL_HINT}")

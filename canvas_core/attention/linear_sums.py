@@ -90,7 +90,6 @@ class _KeySummary(torch.autograd.Function):
     @staticmethod
     def forward(ctx, keys, values, weight, bias):  # noqa: D401 - autograd signature
         P, s, phi = _summary_forward(keys, values, weight, bias)
-        ctx.same = values is None
         ctx.has_bias = bias is not None
         ctx.save_for_backward(keys, values, weight, phi)
         return P, s

@@ -7,7 +7,6 @@ themselves against it.  How queries read the sequence: :mod:`canvas_core.attenti
 from __future__ import annotations
 
 import contextlib
-
 import math
 from typing import Optional
 

@@ -66,8 +66,7 @@ def looped_blocks_of(model: nn.Module) -> List[LoopedBlockWrapper]:
 
 def get_adapter(model: nn.Module) -> BackboneAdapter:
     """The adapter ``graft_looped_blocks`` used for ``model`` (or the model ``torch.compile`` wrapped)."""
-    if isinstance(model, nn.Module):
-        model = unwrap_compiled(model)
+    model = unwrap_compiled(model)
     a = getattr(model, _ADAPTER_ATTR, None)
     if a is None:
         raise BackboneError(

@@ -34,10 +34,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from canvas_core.compiler.lowering import lower, restrict
 from canvas_core.compiler.plan import ExecutionPlan
@@ -67,20 +69,6 @@ class _Executor(PlanRunner):
         kernel_of = kernel if isinstance(kernel, dict) else {f: kernel for f in soft}
         super().__init__(plan, softmax_types, kernel_of, n_heads=n_heads, head_dim=head_dim, normalize="all",
                          kernel_options=kernel_options, device=device, plain_when_full=False, keep_empty=True)
-
-
-class ObserverHandle:
-    """Removes an observer added by :meth:`CanvasAttention.observe_updates`."""
-
-    _next = 0
-
-    def __init__(self, observers: Dict[int, Any]) -> None:
-        ObserverHandle._next += 1
-        self.id = ObserverHandle._next
-        self._observers = observers
-
-    def remove(self) -> None:
-        self._observers.pop(self.id, None)
 
 
 class CanvasAttention(nn.Module):
@@ -252,13 +240,13 @@ class CanvasAttention(nn.Module):
             return acc
         return torch.where(ex.updated[None, :, None], acc, x)
 
-    def observe_updates(self, fn: Callable[["CanvasAttention", torch.Tensor, Any], None]) -> "ObserverHandle":
+    def observe_updates(self, fn: Callable[["CanvasAttention", torch.Tensor, Any], None]) -> RemovableHandle:
         """Call ``fn(layer, x, active_regions)`` each time the layer computes its update on a whole
         canvas ``x (B, N, D)``, however it is called (``layer(x)``, ``layer.delta(x)``,
         ``returns="delta"``; a forward pre-hook misses ``.delta``); not for a rollout's one-frame
         steps.  Telemetry and ``verify_structure`` use it.  Returns a handle with ``remove()``."""
-        observers = self.__dict__.setdefault("_update_observers", {})
-        handle = ObserverHandle(observers)
+        observers = self.__dict__.setdefault("_update_observers", OrderedDict())  # (a handle keeps a weak reference)
+        handle = RemovableHandle(observers)  # what torch's own hooks return
         observers[handle.id] = fn
         return handle
 

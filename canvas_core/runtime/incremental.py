@@ -291,13 +291,13 @@ class Rollout:
         return _updates
 
 
-
 def _eager():
     """Inside a step, compiled code (a model given to ``torch.compile`` whole, or compiled blocks)
     runs eagerly: the step builds each frame's plan as it goes, with branches on tensor values that
     dynamo cannot trace (``fullgraph=True`` would stop there).  torch < 2.6 has no stance to set."""
     stance = getattr(torch.compiler, "set_stance", None)
     return stance("force_eager") if stance is not None else contextlib.nullcontext()
+
 
 def incremental(model: nn.Module, layout: Any, *, slide: Optional[str] = None,
                 width: Optional[int] = None) -> Rollout:

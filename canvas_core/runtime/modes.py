@@ -25,6 +25,7 @@ import importlib.metadata as md
 import json
 import os
 import re
+import warnings
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import torch
@@ -147,13 +148,11 @@ class ModeApplier:
     def _warn_shared(self, modes: Mapping[str, str]) -> None:
         """Warn about a parameter shared by regions of different compile modes (tied weights): a
         frozen one stops the other region learning too, a constant one is untied from it."""
-        import warnings
-
         owners: Dict[int, List[str]] = {}
         for name in self.regions.keys():
             entry = self.regions[name]
             params = entry.parameters() if isinstance(entry, nn.Module) else [entry] if isinstance(entry, torch.Tensor) else []
-            for p in {id(p): p for p in params}.values():
+            for p in params:
                 owners.setdefault(id(p), []).append(name)
         for names in owners.values():
             kinds = {modes.get(n, "runtime") for n in names}
@@ -172,8 +171,6 @@ class ModeApplier:
         stats = [type(m).__name__ for m in (entry.modules() if isinstance(entry, nn.Module) else ())
                  if getattr(m, "track_running_stats", False) and getattr(m, "running_mean", None) is not None]
         if stats:
-            import warnings
-
             warnings.warn(
                 f"constant region {name!r} holds {stats[0]} with running statistics: in training mode it still "
                 "normalises with batch statistics and updates them, so the region is not constant. Put that "

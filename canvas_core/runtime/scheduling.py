@@ -23,6 +23,7 @@ top ``max_active`` (Gumbel top-k while training).
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
@@ -155,6 +156,7 @@ class RegionScheduler:
             names.extend(layout.regions)
         names.extend(n for n in regions if n not in names)
         self.region_names: Tuple[str, ...] = tuple(names)
+        self._warned_sources: Set[Tuple[str, str]] = set()  # on_event clocks warned about (_warn_missing)
         self.clocks: Dict[str, Any] = {n: getattr(regions.get(n), "clock", None) for n in names}
         for name, clock in dict(clocks or {}).items():
             if name not in self.clocks:
@@ -205,13 +207,10 @@ class RegionScheduler:
     def _warn_missing(self, name: str, source: str, summaries: Summaries) -> None:
         """Once per clock: summaries were given but hold nothing at its ``event_source``, so it
         cannot fire on them (a misspelt source, or summaries of other names)."""
-        warned = self.__dict__.setdefault("_warned_sources", set())
-        if (name, source) in warned:
+        if (name, source) in self._warned_sources:
             return
-        warned.add((name, source))
+        self._warned_sources.add((name, source))
         held = {k: sorted(v) if isinstance(v, Mapping) else v for k, v in summaries.items()}
-        import warnings
-
         warnings.warn(f"RegionScheduler: region {name!r}'s clock fires on summary {source!r} ('source.kind'), "
                       f"which the summaries given do not hold (they hold {held!r:.200}); it does not fire "
                       "on them. A misspelt event_source?", UserWarning, stacklevel=4)

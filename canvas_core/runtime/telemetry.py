@@ -76,10 +76,9 @@ def _series_name(name: str, modules: Dict[str, nn.Module]) -> str:
     parts, keep = name.split(".") if name else [], []
     for i, part in enumerate(parts):
         parent = modules.get(".".join(parts[:i]))
-        if part == "_orig_mod" or (part == "original" and hasattr(parent, "max_loops")):
-            continue
-        keep.append(part)
-    return plain_name(".".join(keep))
+        if not (part == "original" and hasattr(parent, "max_loops")):
+            keep.append(part)
+    return plain_name(".".join(keep))  # and without the compile wrapper's segments
 
 
 class _LayerProbe:

@@ -13,7 +13,7 @@ import math
 import os
 from typing import Any, Dict, Iterable
 
-from canvas_core.errors import SizeLimitError
+from canvas_core.errors import LimitSettingError, SizeLimitError
 
 __all__ = ["LIMITS", "limit", "size_limits", "check_size", "check_elements"]
 
@@ -48,7 +48,7 @@ def limit(name: str) -> Any:
     except ValueError:
         value = 0
     if not value > 0 or value != value or value == float("inf"):
-        raise SizeLimitError(f"environment variable {var}={raw!r} must be a positive "
+        raise LimitSettingError(f"environment variable {var}={raw!r} must be a positive "
                              f"{'number' if kind is float else 'integer'} (the limit on {what}; default "
                              f"{default}); fix or unset it")
     return value

@@ -9,7 +9,7 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from canvas_core.errors import CanvasError, CanvasTypeError, SchemaError, SchemaFormatError
+from canvas_core.errors import CanvasError, CanvasTypeError, SchemaError, SchemaFormatError, SettingError
 from canvas_core.schema.jsonio import dump_json, loads_strict, read_json_source
 from canvas_core.schema.layout import CanvasLayout
 from canvas_core.schema.region import RegionSpec, transfer_distance
@@ -110,8 +110,8 @@ class CanvasSchema:
         try:
             return _build(model)
         except CanvasError as exc:
-            if isinstance(exc, SchemaFormatError) or str(exc).startswith("environment variable "):
-                raise  # already says what is wrong (a malformed limit variable is not the file's fault)
+            if isinstance(exc, (SchemaFormatError, SettingError)):
+                raise  # already says what is wrong (a malformed variable is not the file's fault)
             raise SchemaFormatError(f"invalid schema: {exc}") from None
 
     # --- JSON ---------------------------------------------------------------------------------
