@@ -37,7 +37,8 @@ Attention types (torch)
     temporaries reused between calls, for scans that would otherwise allocate per call) and
     ``release_scratch`` (gives the calling thread's back); ``plain_linear`` (a projection whose
     weights a fused product may use in place of calling it) and ``plain_module`` (the same test
-    for any module class: exactly that class, no forward hooks).
+    for any module class: exactly that class, no forward hooks); ``isqrt`` (``math.isqrt`` that
+    ``torch.compile`` traces over symbolic sizes).
 Attention kernels (torch)
     ``AttentionKernel`` (base class: the kernel contract, the group's fn and size, shape checks),
     ``ReferenceKernel`` (the reference every kernel is checked against), ``REFERENCE_MODES`` and
@@ -110,6 +111,7 @@ _publish("canvas_core.attention._base", "AttentionBase", "as_dtype", "check_dtyp
 _publish("canvas_core.attention.functional", "masked_softmax", "masked_softmax_attention")
 _publish("canvas_core.attention.first_order", "first_order_backward", "first_order_only")
 _publish("canvas_core.attention.recurrent", "wkv_scan", "wkv_masked", "fft_causal_conv")
+_publish("canvas_core.attention.int_roots", "isqrt")
 _publish("canvas_core.attention.causal_read", "scratch", "release_scratch", "plain_linear", "plain_module")
 # size limits (refuse a user's size before allocating: SizeLimitError names it and the variable)
 _publish("canvas_core.schema.limits", "check_size", "check_elements")
@@ -133,7 +135,7 @@ __all__ = [
     "causal_read_index", "check_dtypes_devices", "check_elements", "check_size", "class_matches", "fft_causal_conv",
     "first_order_backward",
     "first_order_only", "has_key",
-    "hookimpl", "hookspec", "kernel_for", "lower", "masked_softmax", "masked_softmax_attention", "nan_where_linked",
+    "hookimpl", "isqrt", "hookspec", "kernel_for", "lower", "masked_softmax", "masked_softmax_attention", "nan_where_linked",
     "non_finite_keys", "operators_under_compile", "plain_linear", "plain_module", "release_scratch", "safe_div", "scratch", "zero_bad_keys",
     "segment_grid", "wkv_masked", "wkv_scan",
 ]

@@ -7,9 +7,10 @@ A query ``i`` reads the state after key ``p(i) = floor((i + 1) * Nk / Nq) - 1``
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple, TypeVar
 
 import torch
 
@@ -17,7 +18,7 @@ from canvas_core.attention._base import causal_read_index
 from canvas_core.errors import CanvasTypeError
 
 __all__ = ["NEG_INF", "CHUNK_ELEMS", "work_dtype", "finite_or_zero", "check_kernel_choice", "rows_identical",
-           "causal_read", "read_at", "scratch", "exp_floor"]
+           "causal_read", "read_at", "scratch", "exp_floor", "outside_autocast"]
 
 NEG_INF = float("-inf")
 CHUNK_ELEMS = 1 << 24  # bound on the size of per-query intermediate tensors
@@ -26,6 +27,25 @@ CHUNK_ELEMS = 1 << 24  # bound on the size of per-query intermediate tensors
 def work_dtype(dtype: torch.dtype) -> torch.dtype:
     """float64 stays float64; everything else is computed in float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+_F = TypeVar("_F", bound=Callable)
+
+
+def outside_autocast(fn: _F) -> _F:
+    """Run ``fn(k, ...)`` with autocast off on ``k``'s device: the scans' hand-written autograd
+    functions compute in the dtype they are given, and under autocast their products would run
+    in bfloat16 and their backwards receive gradients of another dtype."""
+
+    @functools.wraps(fn)
+    def wrapped(k, *args, **kwargs):
+        dev = k.device.type
+        if not torch.is_autocast_enabled(dev):
+            return fn(k, *args, **kwargs)
+        with torch.autocast(dev, enabled=False):
+            return fn(k, *args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]
 
 
 def finite_or_zero(q: torch.Tensor) -> torch.Tensor:

@@ -22,12 +22,14 @@ from canvas_core.attention.causal_read import (
     exp_floor,
     check_kernel_choice,
     finite_or_zero,
+    outside_autocast,
     plain_linear,
     read_at,
     rows_identical,
     work_dtype,
 )
 from canvas_core.attention.first_order import first_order_backward
+from canvas_core.attention.int_roots import largest_int
 
 from canvas_core.attention.wkv_states import _chunk_states, _exp_rel
 
@@ -173,17 +175,21 @@ def _blocked(x: torch.Tensor, blocked: Optional[torch.Tensor]) -> torch.Tensor:
 
 
 def _chunk_for(L: int, Q: int) -> int:
-    """Keys per chunk: ``(3 L^2 / Q)^(1/3)`` (balances the in-chunk and the chunk-state terms),
-    moved to a divisor of ``L`` within -30% / +40% when there is one (no padded chunk: no
-    concatenated copies of the keys and values, no mask)."""
-    t = max(1, round((3 * L * L / max(Q, 1)) ** (1 / 3)))
+    """Keys per chunk: ``round((3 L^2 / Q)^(1/3))`` (balances the in-chunk and the chunk-state
+    terms), moved to a divisor of ``L`` within -30% / +40% when there is one (no padded chunk: no
+    concatenated copies of the keys and values, no mask).  Integer arithmetic only (a bisection
+    for the rounded cube root): under ``torch.compile`` with dynamic shapes the sizes are
+    symbolic, and dynamo's runtime-assert pass cannot replay float powers of them."""
+    Q, X = max(Q, 1), 24 * L * L  # round(c) >= t  <=>  (2t - 1)^3 Q <= 24 L^2, with c^3 = 3 L^2 / Q
+    t = largest_int(lambda r: (2 * r - 1) ** 3 * Q <= X, 1, 2 * L + 2)  # c <= 1.45 L
     best, gap = t, None
-    for d in range(max(1, int(t * 0.7)), int(t * 1.4) + 1):  # a loop, not min(): torch.compile traces it
+    for d in range(max(1, (7 * t) // 10), (14 * t) // 10 + 1):  # a loop, not min(): torch.compile traces it
         if L % d == 0 and (gap is None or abs(d - t) < gap):  # ties: the smaller divisor
             best, gap = d, abs(d - t)
     return best
 
 
+@outside_autocast
 def wkv_read(
     k: torch.Tensor,
     v: torch.Tensor,
@@ -276,6 +282,7 @@ def wkv_read(
     return out * (read >= 0).view(1, Q, 1).to(out.dtype)
 
 
+@outside_autocast
 def wkv_scan(
     k: torch.Tensor,
     v: torch.Tensor,
@@ -324,6 +331,7 @@ def wkv_scan(
     return torch.stack(outs, dim=1)
 
 
+@outside_autocast
 def wkv_masked(
     k: torch.Tensor,
     v: torch.Tensor,
@@ -436,9 +444,8 @@ class RWKVAttention(AttentionBase):
         if Nk == 0 or Nq == 0:
             return torch.zeros_like(queries)
         wd = work_dtype(queries.dtype)
-        # under autocast the projections run as autocast has them (then cast to wd); the WKV's
-        # hand-written autograd functions run outside it, in wd (autocast would run their
-        # products in bf16 and hand their backwards gradients of another dtype)
+        # under autocast the projections run as autocast has them (then cast to wd); the WKV
+        # (and a kernel named by kernel=) runs outside it, in wd, as the public WKV functions do
         amp = torch.is_autocast_enabled(queries.device.type)
         if keys is values and not amp and plain_linear(self.key, with_bias=False) and plain_linear(self.value, with_bias=False):
             k, v = (t.to(wd) for t in _SharedProjections.apply(values, self.key.weight.to(values.dtype),

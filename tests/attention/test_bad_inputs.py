@@ -1,4 +1,5 @@
-"""Reliability: bad tensors given to attention types raise ShapeError / CanvasTypeError (regressions)."""
+"""Reliability: bad tensors given to attention types raise ShapeError / CanvasTypeError (regressions);
+low-precision inputs and autocast run as in float32."""
 
 from __future__ import annotations
 
@@ -81,3 +82,31 @@ def test_double_module_with_double_inputs_works():
     m = create_attention("cross_attention", d_model=D, n_heads=2).double()
     q, k, v = _qkv()
     assert m(q.double(), k.double(), v.double()).dtype == torch.float64
+
+
+@pytest.mark.parametrize("fn", ["wkv_scan", "wkv_read", "wkv_masked"])
+def test_public_wkv_functions_run_and_differentiate_under_autocast(fn):
+    """Called directly under CPU bf16 autocast (not through the module, which guards itself),
+    the WKV functions compute in float32 as without autocast, gradients included."""
+    from canvas_core.attention.rwkv import wkv_masked, wkv_read, wkv_scan
+
+    g = torch.Generator().manual_seed(3)
+    L = 9
+    leaves = [torch.randn(2, L, 5, generator=g), torch.randn(2, L, 5, generator=g),
+              torch.rand(5, generator=g) + 0.1, torch.randn(5, generator=g)]
+    allowed = torch.rand(1, L, L, generator=g) > 0.4
+    call = {
+        "wkv_scan": lambda k, v, w, u: wkv_scan(k, v, w, u),
+        "wkv_read": lambda k, v, w, u: wkv_read(k, v, w, u, torch.tensor([-1, 0, 4, 8])),
+        "wkv_masked": lambda k, v, w, u: wkv_masked(k, v, w, u, torch.arange(L), allowed),
+    }[fn]
+    results = []
+    for amp in (False, True):
+        xs = [t.clone().requires_grad_() for t in leaves]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = call(*xs)
+        assert out.dtype == torch.float32
+        out.pow(2).sum().backward()
+        results.append([out.detach()] + [x.grad for x in xs])
+    for plain, amp in zip(*results):
+        torch.testing.assert_close(amp, plain)

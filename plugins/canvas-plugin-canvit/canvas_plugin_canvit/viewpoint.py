@@ -10,7 +10,6 @@ the whole scene, 0.5 = a quarter of its area).  A token of a ``h x w`` glimpse g
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -18,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from canvas_core.errors import CanvasTypeError, ShapeError
+from canvas_core.extend import isqrt
 
 __all__ = ["Viewpoint", "grid_coords", "default_coords", "viewpoint_coords", "sample_at_viewpoint"]
 
@@ -90,7 +90,7 @@ def grid_coords(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tenso
 
 
 def square_side(n: int) -> Optional[int]:
-    s = math.isqrt(n)
+    s = isqrt(n)  # math.isqrt that torch.compile traces over symbolic sizes
     return s if s * s == n else None
 
 

@@ -26,7 +26,7 @@ from typing import Optional, Tuple
 import torch
 
 from canvas_core.errors import CanvasTypeError, UnavailableError
-from canvas_core.extend import first_order_only, scratch
+from canvas_core.extend import first_order_only, isqrt, scratch
 from canvas_plugin_mamba import cpu_kernel, segments
 from canvas_plugin_mamba.conv_op import causal_depthwise_conv  # re-exported: it lived here before
 
@@ -37,7 +37,7 @@ def chunk_size(L: int, chunk: Optional[int] = None) -> int:
     """Positions per chunk: ``chunk`` when given, else ``ceil(sqrt(L))`` (at least 1)."""
     if chunk is not None:
         return max(1, min(int(chunk), max(L, 1)))
-    return max(1, math.isqrt(max(L - 1, 0)) + 1)
+    return max(1, isqrt(max(L - 1, 0)) + 1)  # isqrt: math.isqrt that torch.compile traces
 
 
 #: elements of one work block (rows x chunks x T x E x N); blocks stay in cache and their
