@@ -36,7 +36,7 @@ from canvas_core.compiler.resolved import REFERENCE_KERNEL
 from canvas_core.errors import ShapeError
 from canvas_core.runtime.block_views import strided_blocks
 from canvas_core.runtime.key_sets import group_key_sets, merge_cover, query_block_ids, shape_buckets
-from canvas_core.runtime.type_call import check_type_output, is_builtin_module, run_flat_buckets, runs_per_key_set
+from canvas_core.runtime.type_call import call_exact_masked, is_builtin_module, run_flat_buckets, runs_per_key_set
 
 __all__ = [
     "compact_plan",
@@ -383,7 +383,7 @@ def run_module_groups(ex: Any, x: torch.Tensor, modules: Mapping[str, nn.Module]
             qi, ki = getattr(ex, f"o{i}_q"), getattr(ex, f"o{i}_k")
             kv = x.index_select(1, ki)
             q = x.index_select(1, qi)
-            parts = [check_type_output(module(q, kv, kv, key_mask=ex.key_mask(i)), q, f, module)]
+            parts = [call_exact_masked(module, q, kv, kv, ex.key_mask(i), f)]
             rows.append(qi)
             coefs.append(f"o{i}_coef3")
         if gate is not None:

@@ -43,7 +43,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 __all__ = [
     "MASKED", "UNMASKED", "EXACT_ATTR", "SELF_GATED_ATTR", "calling_convention", "mask_is_exact",
-    "runs_per_key_set", "is_builtin_module", "check_attention_module", "call_attention_type", "key_set_groups",
+    "runs_per_key_set", "is_builtin_module", "check_attention_module", "call_attention_type", "call_exact_masked",
+    "key_set_groups",
     "check_type_output", "run_key_set_buckets", "run_flat_buckets", "call_per_key_set", "stack_by_shape",
 ]
 
@@ -348,4 +349,33 @@ def call_attention_type(module: Any, queries: Any, keys: Any, values: Any, key_m
     """
     if runs_per_key_set(module):
         return call_per_key_set(module, queries, keys, values, key_mask, name)
-    return check_type_output(module(queries, keys, values, key_mask=key_mask), queries, name, module)
+    return call_exact_masked(module, queries, keys, values, key_mask, name)
+
+
+def call_exact_masked(module: Any, queries: Any, keys: Any, values: Any, key_mask: Any, name: Any = None) -> Any:
+    """``module(queries, keys, values, key_mask=key_mask)`` for an exact-mask type, with a
+    non-finite key kept to the queries that link it.
+
+    The union of several key sets goes to one call, and a module that weighs the keys a query
+    may not read by 0 still multiplies them (``0 * nan`` is NaN: a NaN in frame 3 would reach
+    queries of frames 0-2).  So the keys and values holding a NaN or inf are zeroed before the
+    call, and exactly the rows whose ``key_mask`` row links one of them are set to NaN after it,
+    which is what the call with each query's own key set gives (``runtime/finite_guard.py``)."""
+    import torch
+
+    from canvas_core.runtime.finite_guard import non_finite_keys, zero_bad_keys
+
+    bad = non_finite_keys(keys, values)  # (B, Nk), or None when all are finite (checked cheaply)
+    if bad is not None:
+        zk, zv = zero_bad_keys(keys, values, bad)
+        keys, values = zk, (zk if values is keys else zv)  # keys that are the values stay one tensor
+    out = check_type_output(module(queries, keys, values, key_mask=key_mask), queries, name, module)
+    if bad is None:
+        return out
+    if key_mask is None:
+        reads = bad.any(dim=-1, keepdim=True).expand(-1, out.shape[1])
+    else:
+        linked = key_mask if key_mask.dtype == torch.bool else torch.isfinite(key_mask)  # additive: -inf blocks
+        wd = torch.float64 if out.dtype == torch.float64 else torch.float32
+        reads = torch.matmul(bad.to(wd).unsqueeze(1), linked.to(wd).transpose(-1, -2)).squeeze(1) > 0
+    return out.masked_fill(reads.unsqueeze(-1), float("nan"))

@@ -107,3 +107,65 @@ def test_xformers_kernel_keeps_non_finite_with_its_readers(monkeypatch):
         reads = _readers(topology, layout, j)
         assert not ((~torch.isfinite(out)).any(dim=2)[0] & ~reads).any()
         torch.testing.assert_close(out[:, ~reads], clean[:, ~reads])
+
+
+def _module_types():
+    from canvas_core.errors import CanvasError
+    from canvas_core.plugins import create_attention, list_attention_types
+
+    names = []
+    for name in list_attention_types():
+        if name in ("cross_attention", "self_attention"):
+            continue  # the kernels' property test above
+        try:
+            create_attention(name, d_model=8, n_heads=2)
+        except CanvasError:
+            continue
+        names.append(name)
+    return names
+
+
+@pytest.mark.parametrize("fn", _module_types())
+@pytest.mark.filterwarnings("ignore:.*links nothing")
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), bad=st.sampled_from([math.nan, math.inf]))
+def test_every_type_keeps_non_finite_with_its_readers(fn, bad, data):
+    """Every registered type, mixed with softmax links: whichever call the runtime makes (per key
+    set, or one masked call over the union of a type's keys, which pooling and the cosine,
+    sigmoid and sparse softmax types get when their key sets overlap), a poisoned position reaches
+    only the positions linked to it."""
+    layout = data.draw(layouts(max_T=4, max_side=3, max_regions=3))
+    topology = data.draw(topologies(layout, fns=(fn, fn, "cross_attention"), max_conns=5))
+    torch.manual_seed(0)
+    layer = CanvasAttention(topology, layout, n_heads=2).eval()
+    n = layout.num_positions
+    x = torch.randn(2, n, layout.d_model)
+    j = data.draw(st.integers(0, n - 1))
+    poisoned = x.clone()
+    poisoned[data.draw(st.integers(0, 1)), j, data.draw(st.integers(0, layout.d_model - 1))] = bad
+    with torch.no_grad():
+        clean, out = layer(x), layer(poisoned)
+    reads = _readers(topology, layout, j)
+    leaked = (~torch.isfinite(out)).any(dim=2).any(dim=0) & ~reads
+    assert not leaked.any(), f"{fn}: positions {leaked.nonzero().flatten().tolist()} do not read {j} but went non-finite"
+    torch.testing.assert_close(out[:, ~reads], clean[:, ~reads])
+
+
+@pytest.mark.parametrize("fn", ["pooling", "cosine_attention", "sigmoid_attention", "sparse_attention", "gated"])
+def test_masked_call_over_a_causal_union_keeps_a_future_nan_out_of_the_past(fn):
+    """``b`` reads ``a`` at its own frame and every earlier one (six connections): the key sets
+    overlap, so these types get one masked call over all of ``a``.  A NaN in ``a`` at frame 3
+    reaches ``b`` at frames 3-5 only, never frames 0-2."""
+    T = 6
+    layout = cc.CanvasLayout(T=T, H=1, W=2, d_model=8, regions={"a": (0, T, 0, 1, 0, 1), "b": (0, T, 0, 1, 1, 2)})
+    topology = cc.CanvasTopology([cc.Connection("b", "a", fn=fn, t_src=0, t_dst=-d, temporal_fill="drop")
+                                  for d in range(T)])
+    torch.manual_seed(0)
+    layer = CanvasAttention(topology, layout, d_model=8, n_heads=2).eval()
+    x = torch.randn(1, layout.num_positions, 8)
+    a, b = layout.region_indices("a"), layout.region_indices("b")
+    x[0, a[3], 2] = math.nan
+    with torch.no_grad():
+        out = layer(x)[0]
+    nan_b = [t for t in range(T) if bool(out[b[t]].isnan().any())]
+    assert nan_b == [3, 4, 5]
