@@ -204,6 +204,7 @@ def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable, Seque
     conns_of: Dict[str, List[int]] = {}
     fns: List[str] = []
     qw_diff: Dict[str, np.ndarray] = {}
+    qw_count: Dict[str, np.ndarray] = {}
     for ci, conn in enumerate(topology.connections):
         fn = resolve(ci, conn)
         fns.append(fn)
@@ -231,19 +232,22 @@ def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable, Seque
         rects_out.extend((a, b, c, d, w, ci) for a, b, c, d, w in rects)
         # W_f(p): the connection's weight on every query it links (once per connection)
         diff = qw_diff.setdefault(fn, np.zeros(pk.n + 1, dtype=np.float64))
+        count = qw_count.setdefault(fn, np.zeros(pk.n + 1, dtype=np.int64))
         for a, b in _merge([(a, b) for a, b, _, _, _ in rects]):
             diff[a] += float(conn.weight)
             diff[b] -= float(conn.weight)
+            count[a] += 1
+            count[b] -= 1
     groups: Dict[str, RectGroup] = {}
     for fn, rows in per_fn.items():
         arr = np.asarray(rows, dtype=np.float64).reshape(-1, 6)
         ints = arr[:, [0, 1, 2, 3, 5]].astype(np.int64)
         groups[fn] = RectGroup(fn, ints[:, 0], ints[:, 1], ints[:, 2], ints[:, 3],
                                arr[:, 4].copy(), ints[:, 4], tuple(conns_of[fn]))
-    query_weight = {fn: np.cumsum(d)[: pk.n] for fn, d in qw_diff.items()}
-    # round-off of the cumulative sum must not leave tiny non-zero weights on unlinked queries
-    for w in query_weight.values():
-        w[np.abs(w) < 1e-12] = 0.0
+    # a query no connection links gets exactly 0, not the round-off of the cumulative sum (the
+    # exact integer count of linking connections says which; a tiny real weight is kept)
+    query_weight = {fn: np.where(np.cumsum(qw_count[fn])[: pk.n] > 0, np.cumsum(d)[: pk.n], 0.0)
+                    for fn, d in qw_diff.items()}
     return ExecutionPlan(
         layout=layout, topology=topology, n=pk.n, perm=pk.perm, inv_perm=pk.inv,
         n_covered=pk.n_covered, region_blocks=pk.blocks, groups=groups, fn_of_connection=fns,

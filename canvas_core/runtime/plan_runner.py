@@ -73,8 +73,10 @@ def plan_query_weights(plan: ExecutionPlan, weights: Sequence[float]) -> Dict[st
             m_lo, m_hi, m_conn = lo[first], reach[last], conn[first]
             np.add.at(acc, m_lo - m_conn * span, w_of[m_conn])
             np.add.at(acc, m_hi - m_conn * span, -w_of[m_conn])
-            acc = np.cumsum(acc)
-            acc[np.abs(acc) < 1e-12] = 0.0
+            count = np.zeros(n + 1, dtype=np.int64)  # linking connections: exact, unlike the float sum
+            np.add.at(count, m_lo - m_conn * span, 1)
+            np.add.at(count, m_hi - m_conn * span, -1)
+            acc = np.where(np.cumsum(count) > 0, np.cumsum(acc), 0.0)
         out[fn] = acc[:n]
     return out
 

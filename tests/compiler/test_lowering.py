@@ -174,3 +174,27 @@ def test_random_layouts_match_canvas_engineering(data):
         temporal_fill=ce.TemporalFill(c.temporal_fill.value), interpolation_order=c.interpolation_order)
         for c in top.connections])
     torch.testing.assert_close(attention_mask(top, lo), tc.to_attention_mask(lc).float(), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("w", [1e-13, 1e-45, 1e-300])
+def test_a_tiny_weight_still_links_and_a_lone_connection_ignores_its_scale(w):
+    """Query weights of unlinked positions are exactly 0 by the count of linking connections, not
+    by a threshold: a connection of weight 1e-13 (accepted: finite and > 0) used to be dropped
+    as round-off.  Alone on its queries its weight normalises out: the same output as weight 1."""
+    from canvas_core.runtime.canvas_attention import CanvasAttention
+    from canvas_core.runtime.plan_runner import plan_query_weights
+
+    layout = CanvasLayout(T=3, H=2, W=2, d_model=8, regions={"a": (0, 3, 0, 1, 0, 2), "b": (0, 3, 1, 2, 0, 2)})
+    b = layout.region_indices("b")
+    x = torch.randn(1, 12, 8)
+    outs = []
+    for weight in (w, 1.0):
+        topo = CanvasTopology(connections=[Connection("b", "a", fn="pooling", weight=weight)])
+        plan = lower(topo, layout)
+        qw = plan.query_weight["pooling"][plan.inv_perm]
+        assert (qw[b] == weight).all() and (np.delete(qw, b) == 0).all()
+        np.testing.assert_array_equal(plan_query_weights(plan, [weight])["pooling"], plan.query_weight["pooling"])
+        torch.manual_seed(0)
+        outs.append(CanvasAttention(topo, layout, d_model=8, n_heads=2)(x))
+    assert not torch.equal(outs[0][:, b], x[:, b])
+    torch.testing.assert_close(outs[0], outs[1])
