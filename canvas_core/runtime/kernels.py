@@ -136,8 +136,8 @@ class ReferenceKernel(AttentionKernel):
             W = torch.from_numpy(packed_grid.grid)[rs][:, cs]  # canonical (N, N)
             has = (W > 0).any(dim=1)
             # an additive float mask: faster than a boolean one in CPU SDPA, and carries log w
-            mask = torch.where(W > 0, W.clamp_min(1e-30).log(), torch.full_like(W, -math.inf)).float()
-            mask[~has] = 0.0
+            mask = _log_weights(W, has).float()
+            self._float64_source = (packed_grid, rs, cs, has)  # see _exact_float64
             self.register_buffer("mask", to(mask), persistent=False)
             self.register_buffer("row_has_key", to(has), persistent=False)
             # built here, in the form forward uses them: (N, 1) row multiplier, (N, N) float links
@@ -152,9 +152,10 @@ class ReferenceKernel(AttentionKernel):
         rs = torch.from_numpy(sg.row_segment_of(n_slots))
         cs = torch.from_numpy(sg.col_segment_of(n_slots))
         has_p = (grid > 0).any(dim=1)[rs] if n_slots else torch.zeros(0, dtype=torch.bool)
-        logw = torch.where(grid > 0, grid.clamp_min(1e-30).log(), torch.full_like(grid, -math.inf)).float()
-        logw = torch.cat([logw, torch.full((logw.shape[0], 1), -math.inf)], 1)
+        logw = _log_weights(grid)
+        logw = torch.cat([logw, torch.full((logw.shape[0], 1), -math.inf, dtype=logw.dtype)], 1)
         cs_p = torch.cat([cs, torch.full((bs,), grid.shape[1], dtype=cs.dtype)])  # + dummy key block
+        self._float64_source = (logw, rs, cs_p)  # see _exact_float64
         buckets = {}
         for qb in range(nqb):
             if padded[qb] > 0:
@@ -170,9 +171,8 @@ class ReferenceKernel(AttentionKernel):
             kb_t = torch.from_numpy(kb)
             rows = (qb_t[:, None] * bs + torch.arange(bs)[None, :])  # (nb, bs)
             cols = (kb_t[:, :, None] * bs + torch.arange(bs)[None, None, :]).reshape(len(qbs), m * bs)
-            bias = logw[rs[rows][:, :, None], cs_p[cols][:, None, :]]  # (nb, bs, m*bs)
             has = has_p[rows]
-            bias = torch.where(has[:, :, None], bias, torch.zeros_like(bias))
+            bias = _bucket_bias(logw, rs, cs_p, rows, cols, has).float()  # (nb, bs, m*bs)
             for name, t in (("qb", qb_t), ("kb", kb_t), ("bias", bias), ("has", has)):
                 self.register_buffer(f"b{bi}_{name}", to(t), persistent=False)
             self._bucket_sizes.append(m)
@@ -193,6 +193,29 @@ class ReferenceKernel(AttentionKernel):
         canon_slot = packed_slot[inv]
         for name, t in (("slot_canon", slot_canon), ("canon_slot", canon_slot), ("unorder", unorder)):
             self.register_buffer(name, to(t), persistent=False)
+
+    def _exact_float64(self, device: Any) -> List[torch.Tensor]:
+        """The dense mask (``[mask]``) or the sparse buckets' biases in float64, rebuilt from the
+        plan's weights once per device: the buffers hold the log-weights in float32 (a float32
+        call would otherwise convert an N x N mask each time), and a float64 call, or a layer
+        converted with ``.double()``, would read them rounded (errors of 1e-8 where w != 1)."""
+        hit = self.__dict__.get("_float64_cache")
+        if hit is not None and hit[0] == device:
+            return hit[1]
+        if self.mode == "dense":
+            grid, rs, cs, has = self._float64_source
+            out = [_log_weights(torch.from_numpy(grid.grid)[rs][:, cs], has)]
+        else:
+            logw, rs, cs_p = self._float64_source
+            bs, out = self.block_size, []
+            for bi in range(len(self._bucket_sizes)):
+                qb, kb = getattr(self, f"b{bi}_qb").cpu(), getattr(self, f"b{bi}_kb").cpu()
+                rows = qb[:, None] * bs + torch.arange(bs)[None, :]
+                cols = (kb[:, :, None] * bs + torch.arange(bs)[None, None, :]).reshape(len(qb), -1)
+                out.append(_bucket_bias(logw, rs, cs_p, rows, cols, getattr(self, f"b{bi}_has").cpu()))
+        out = [t.to(device) for t in out]
+        self.__dict__["_float64_cache"] = (device, out)
+        return out
 
     def _init_segments(self, seg: "Segments", to) -> None:
         self._seg_shapes: List[tuple] = []
@@ -243,7 +266,10 @@ class ReferenceKernel(AttentionKernel):
         if self.mode == "segments":
             return self._forward_segments(q, k, v, scale, dropout_p)
         if self.mode == "dense":
-            mask = as_dtype(self.mask, q.dtype) if self.mask.dtype != torch.bool else self.mask
+            if q.dtype == torch.float64:
+                mask = self._exact_float64(q.device)[0]
+            else:
+                mask = as_dtype(self.mask, q.dtype) if self.mask.dtype != torch.bool else self.mask
             bad = non_finite_keys(k, v)  # keep a non-finite key away from queries not linked to it
             if bad is not None:
                 k, v = zero_bad_keys(k, v, bad)
@@ -274,7 +300,8 @@ class ReferenceKernel(AttentionKernel):
         for bi, m in enumerate(self._bucket_sizes):
             qb = getattr(self, f"b{bi}_qb")
             kb = getattr(self, f"b{bi}_kb").reshape(-1)
-            bias = getattr(self, f"b{bi}_bias").to(q.dtype)
+            bias = (self._exact_float64(q.device)[bi] if q.dtype == torch.float64
+                    else getattr(self, f"b{bi}_bias").to(q.dtype))
             has = getattr(self, f"b{bi}_has")
             nb = qb.shape[0]
             qg = qp.index_select(0, qb).reshape(nb, BH, bs, d)
@@ -293,6 +320,23 @@ class ReferenceKernel(AttentionKernel):
         out = torch.cat(outs, dim=0).index_select(0, self.unorder)  # (nqb, BH, bs, d)
         out = out.reshape(self.nqb, B, H, bs, d).permute(1, 2, 0, 3, 4).reshape(B, H, self.nqb * bs, d)
         return out.index_select(2, self.canon_slot)
+
+
+def _log_weights(W: torch.Tensor, has: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``log w`` where ``W > 0``, ``-inf`` elsewhere (float64, as ``W``); rows without any key
+    (``has`` False) all 0, so that SDPA gives them no NaN (their output is zeroed later)."""
+    out = torch.where(W > 0, W.log(), torch.full_like(W, -math.inf))
+    if has is not None:
+        out[~has] = 0.0
+    return out
+
+
+def _bucket_bias(logw: torch.Tensor, rs: torch.Tensor, cs_p: torch.Tensor, rows: torch.Tensor,
+                 cols: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
+    """A sparse bucket's ``(nb, bs, m * bs)`` bias gathered from the segment grid's log-weights
+    (0 on slots without a key)."""
+    bias = logw[rs[rows][:, :, None], cs_p[cols][:, None, :]]
+    return torch.where(has[:, :, None], bias, torch.zeros_like(bias))
 
 
 def make_kernel(kernel: Any, group: RectGroup, plan: ExecutionPlan, *, n_heads: int, head_dim: int,

@@ -164,12 +164,14 @@ def test_auto_picks_segments_for_frame_structured_topologies_and_falls_back_othe
     torch.testing.assert_close(forced(x).double(), want, atol=1e-5, rtol=1e-5)
 
 
-def test_segments_mode_is_exact_in_float64_with_weights():
-    # interpolation and connection weights become per-key log-w biases, kept in float64
+@pytest.mark.parametrize("kernel", ["segments", "dense", "sparse"])
+def test_every_mode_is_exact_in_float64_with_weights(kernel):
+    # interpolation and connection weights become log-w biases: exact in float64 in every mode
+    # (dense and sparse keep float32 buffers and rebuild float64 ones for float64 calls)
     layout = CanvasLayout(T=5, H=2, W=3, d_model=8, regions={
         "a": (0, 5, 0, 1, 0, 3), "b": RegionSpec((0, 5, 1, 2, 0, 3), period=2)})
     topo = CanvasTopology(connections=[
         Connection("a", "b", t_src=0, t_dst=-1, temporal_fill="interpolate", weight=0.5),
         Connection("b", "a", weight=2.0), Connection("a", "a")])
-    x, y, want = _run(layout, topo, "segments")
+    x, y, want = _run(layout, topo, kernel)
     torch.testing.assert_close(y, want, atol=1e-12, rtol=1e-12)
