@@ -15,7 +15,7 @@ What is probed, by kind of model:
 * a backbone with an installed topology (``adapter.install_topology``): the installed attention
   core, on random queries / keys / values of the token sequence (one probe for the shared softmax
   kernels, one per block for the gated modules of the other types, with the gate opened for the
-  probe when it is still 0);
+  probe when it is still 0: the block's gate, or a self-gated type's own all-zero parameters);
 * any other module taking ``(B, N, D)`` canvas states (a stack of canvas layers, a world model):
   the whole model, judged against the reachability closure of its layers' plans: one layer lets
   query p read ``D(p) + {p}``; L layers applied in turn let it read every position reachable in L
@@ -29,7 +29,7 @@ Exact for small canvases (every query position), sampled for large ones (one ran
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -38,7 +38,7 @@ from torch import nn
 
 from canvas_core.errors import CanvasTypeError
 from canvas_core.runtime.verify_probe import (
-    PositionLabels, choose_queries, dead_entries, declared_rows, mixes_batch, probe_rows, undeclared_entries,
+    PositionLabels, checked_input, choose_queries, dead_entries, declared_rows, mixes_batch, probe_rows, undeclared_entries,
 )
 from canvas_core.runtime.verify_report import DeadLink, StructureReport, UndeclaredDependency
 
@@ -197,11 +197,12 @@ def _silent_fns(model: nn.Module, gen: torch.Generator) -> set:
     return {f for f, q in quiet.items() if q}
 
 
-def _verify_layer(run: _Run, layer: nn.Module, where: str = "layer") -> None:
+def _verify_layer(run: _Run, layer: nn.Module, make_input: Optional[Callable] = None, where: str = "layer") -> None:
     plan, ex = layer.plan, layer.executor
     n, D, H, hd = int(plan.n), layer.d_model, layer.n_heads, layer.head_dim
     device, dtype = _device_dtype(layer)
-    make = _randn((n, D), device, dtype)
+    make = (_randn((n, D), device, dtype) if make_input is None
+            else checked_input(make_input, n, f"this {type(layer).__name__}", D, device, dtype))
     labels = PositionLabels(plan.layout)
     queries = run.queries(n, labels)
 
@@ -279,15 +280,37 @@ def _verify_backbone(run: _Run, model: nn.Module, blocks: List[Tuple[str, Any]])
                 run.parts.append(where)
             groups = {}
         mods = {f: bt.modules[f.replace(".", "__")].module for f in runner.other_names}
-        for f in runner.other_names:
-            gm = bt.modules[f.replace(".", "__")]
-            if float(gm.gate.detach().abs().max()) == 0.0:
-                run.notes.append(f"{name}: fn {f!r} has its gate at 0, so it adds nothing to the model yet; "
-                                 "its links were probed with the gate opened")
-            groups[f] = (_module_group(runner, f, mods), _randn((n, _width(gm.module, H * hd)), device, dtype))
-        if groups:
-            _judge_groups(run, name, plan, labels, queries, groups)
-            run.parts.append(name)
+        with ExitStack() as opened:  # self-gated types' closed gates stay open while probed
+            for f in runner.other_names:
+                gm = bt.modules[f.replace(".", "__")]
+                group = _module_group(runner, f, mods)  # the block's gate of f: 1, i.e. open
+                make = _randn((n, _width(gm.module, H * hd)), device, dtype)
+                if gm.gate is None:  # the type gates itself (``gated``): open its own gate
+                    _open_own_gate(run, opened, name, f, gm.module, group, make)
+                elif float(gm.gate.detach().abs().max()) == 0.0:
+                    run.notes.append(f"{name}: fn {f!r} has its gate at 0, so it adds nothing to the model yet; "
+                                     "its links were probed with the gate opened")
+                groups[f] = (group, make)
+            if groups:
+                _judge_groups(run, name, plan, labels, queries, groups)
+                run.parts.append(name)
+
+
+def _open_own_gate(run: _Run, opened: ExitStack, where: str, f: str, module: nn.Module, group: Callable,
+                   make: Callable) -> None:
+    """A self-gated type (no block gate, ``GatedTypeModule.gate`` None) whose output is still 0
+    whatever its input: its all-zero parameters (its closed gate, e.g. ``gated``'s ``gate_alpha``)
+    hold random values until ``opened`` closes (:func:`~canvas_core.runtime.type_probe.zeros_opened`),
+    so the probe measures what the type reads once training opens the gate.  A type whose own
+    gate is already open is probed as it is."""
+    from canvas_core.runtime.type_probe import zeros_opened
+
+    if not _silent(group, make, run.gen):
+        return
+    zero = [p for p, t in module.named_parameters() if t.is_floating_point() and t.numel() and not bool(t.detach().any())]
+    if opened.enter_context(zeros_opened(module)):
+        run.notes.append(f"{where}: fn {f!r} gates itself and its gate is closed ({', '.join(zero)} at 0), so it adds "
+                         "nothing to the model yet; its links were probed with those parameters set to random values")
 
 
 def _width(module: nn.Module, default: int) -> int:
@@ -337,7 +360,8 @@ def _verify_model(run: _Run, model: nn.Module, layout: Any, topology: Any, plan:
         first = model[0] if isinstance(model, nn.Sequential) and len(model) else model
         d_model = first.d_model if isinstance(first, CanvasAttention) else base.layout.d_model
     D = int(d_model)
-    make = make_input if make_input is not None else _randn((n, D), device, dtype)
+    make = (_randn((n, D), device, dtype) if make_input is None
+            else checked_input(make_input, n, type(model).__name__))
     called = _called_plans(model, make, run.gen)
     if plan is not None:
         plans = [plan] * int(layers if layers is not None else max(1, len(called)))
@@ -391,7 +415,9 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
         d_model: the input width D (default: the width of the model when it is a canvas layer or
             an ``nn.Sequential`` starting with one, else ``layout.d_model``);
             ``make_input(b, generator)`` draws the ``(b, N, D)`` probe inputs instead of a
-            standard normal.
+            standard normal, for a canvas layer (exactly ``(b, N, layer.d_model)``, on the layer's
+            device and dtype) and a model (``(b, N, ...)``); every draw is checked.  Refused for a
+            backbone with an installed topology (its attention core is probed on its own inputs).
         max_exact: canvases with at most this many positions are probed at every query position;
             larger ones at ``samples`` sampled positions (stated in the report).
         probes: random restarts (inputs and cotangents) per query; ``chunk``: queries per backward.
@@ -423,13 +449,21 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
         raise CanvasTypeError(f"verify_structure: require_signal must be True or False, got {require_signal!r}")
     if progress is not None and not callable(progress):
         raise CanvasTypeError(f"verify_structure: progress must be callable(part, done, total), got {progress!r}")
+    if make_input is not None and not callable(make_input):
+        raise CanvasTypeError(f"verify_structure: make_input must be callable(b, generator) -> (b, N, D) tensor, "
+                              f"got {make_input!r:.60}")
     run = _Run(max_exact, samples, probes, chunk, float(rtol), seed, require_signal, progress)
     given = plan is not None or topology is not None
     with _probing(model):
         if isinstance(model, CanvasAttention) and not given:
-            _verify_layer(run, model)
+            _verify_layer(run, model, make_input)
         else:
             blocks = [] if given else _block_topologies(model)
+            if blocks and make_input is not None:
+                raise CanvasTypeError(
+                    f"verify_structure: make_input does not apply to {type(model).__name__}, a backbone with an "
+                    "installed topology: its installed attention core is probed on random queries, keys and "
+                    "values of the token sequence, not on the model's inputs; call it without make_input")
             if blocks:
                 _verify_backbone(run, model, blocks)
             else:

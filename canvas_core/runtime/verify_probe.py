@@ -22,7 +22,7 @@ import torch
 from canvas_core.compiler.plan import segment_grid
 from canvas_core.runtime.verify_report import DeadLink, UndeclaredDependency
 
-__all__ = ["declared_rows", "probe_rows", "PositionLabels", "undeclared_entries", "dead_entries",
+__all__ = ["checked_input", "declared_rows", "probe_rows", "PositionLabels", "undeclared_entries", "dead_entries",
            "choose_queries"]
 
 
@@ -129,6 +129,32 @@ def _first_tensor(out: Any) -> torch.Tensor:
 
     raise CanvasTypeError(f"verify_structure: the model returned {type(out).__name__}; it must return a "
                           "(B, N, D) tensor (or a tuple whose first item is one)")
+
+
+def checked_input(make_input: Callable, n: int, where: str, width: Optional[int] = None,
+                   device: Any = None, dtype: Any = None) -> Callable[[int, torch.Generator], torch.Tensor]:
+    """``make_input`` with every draw checked: a floating tensor of shape ``(b, n, ...)`` (with
+    ``width``: exactly ``(b, n, width)``; with ``device`` / ``dtype``: on that device, of that dtype),
+    else a ``ShapeError`` / ``CanvasTypeError`` naming ``make_input`` and what ``where`` takes."""
+    from canvas_core.errors import CanvasTypeError, ShapeError
+
+    def make(b: int, gen: torch.Generator) -> torch.Tensor:
+        x = make_input(b, gen)
+        want = f"({b}, {n}, {width if width is not None else 'D'})"
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            got = type(x).__name__ if not isinstance(x, torch.Tensor) else f"a {x.dtype} tensor"
+            raise CanvasTypeError(f"verify_structure: make_input({b}, generator) returned {got}; {where} takes "
+                                  f"floating {want} inputs: return torch.randn({want[1:-1]}, generator=generator)")
+        if (width is not None and x.dim() != 3) or x.dim() < 2 or tuple(x.shape[:2]) != (b, n) or (
+                width is not None and x.shape[2] != width):
+            raise ShapeError(f"verify_structure: make_input({b}, generator) returned shape {tuple(x.shape)}; {where} "
+                             f"takes {want} inputs (batch {b}, {n} canvas positions): draw inputs of that shape")
+        if (device is not None and x.device != device) or (dtype is not None and x.dtype != dtype):
+            raise CanvasTypeError(f"verify_structure: make_input({b}, generator) returned a {x.dtype} tensor on "
+                                  f"{x.device}; {where} holds {dtype} weights on {device}: return "
+                                  f"x.to(device={str(device)!r}, dtype={dtype})")
+        return x
+    return make
 
 
 def mixes_batch(fn: Callable, make_input: Callable[[int, torch.Generator], torch.Tensor],
