@@ -1,4 +1,6 @@
-"""Writes that never destroy: every file canvas-core writes goes through :func:`atomic_write`.
+"""Writes that never destroy: every file canvas-core writes goes through :func:`atomic_write`
+(or its two halves, :func:`stage_write` then :meth:`StagedWrite.commit`, for files that must
+all be written before any of them replaces its target).
 
 * The target must be a regular file or a path that does not exist yet.  A directory, FIFO, device
   node or socket is refused (a ``CanvasError`` naming the path) and left as it is: a write to
@@ -23,7 +25,7 @@ from typing import Any, Callable, Optional, Type
 
 from canvas_core.errors import CanvasError, CanvasTypeError
 
-__all__ = ["check_write_target", "atomic_write", "atomic_write_text", "atomic_write_bytes"]
+__all__ = ["check_write_target", "atomic_write", "atomic_write_text", "atomic_write_bytes", "stage_write", "StagedWrite"]
 
 _KINDS = (
     (stat.S_ISDIR, "a directory"),
@@ -117,20 +119,50 @@ def _fsync_path(path: str, directory: bool = False) -> None:
         os.close(fd)
 
 
-def atomic_write(
+class StagedWrite:
+    """A file written in full next to its target (flushed to disk, with the target's mode) but
+    not yet in place: :meth:`commit` renames it over the target, :meth:`discard` removes it.
+    Lets a caller write several files and move them in only once every one was written."""
+
+    def __init__(self, tmp: str, real: str, path: str, what: str, error: Type[CanvasError]) -> None:
+        self.tmp: Optional[str] = tmp
+        self.real, self.path, self.what, self.error = real, path, what, error
+
+    def commit(self) -> str:
+        """Rename the staged file over the target (atomic); returns the real path written."""
+        if self.tmp is None:
+            raise self.error(f"cannot write {self.what} to {self.path!r}: it was already committed or discarded")
+        try:
+            os.replace(self.tmp, self.real)
+        except OSError as exc:
+            self.discard()
+            raise self.error(f"cannot write {self.what} to {self.path!r}: {exc.strerror or exc}; "
+                             "nothing was changed") from None
+        self.tmp = None
+        _fsync_path(os.path.dirname(self.real) or ".", directory=True)
+        return self.real
+
+    def discard(self) -> None:
+        """Remove the staged file (the target stays as it was)."""
+        if self.tmp is not None:
+            try:
+                os.unlink(self.tmp)
+            except OSError:
+                pass
+            self.tmp = None
+
+
+def stage_write(
     path: Any,
     write_fn: Callable[[str], None],
     what: str,
     *,
     error: Type[CanvasError] = CanvasError,
     make_parents: bool = False,
-) -> str:
-    """Write ``what`` to ``path`` atomically: ``write_fn(tmp_path)`` writes the content to a
-    temporary file next to the target, which then replaces the target (see the module docstring).
-
-    Returns the real path written.  Any failure raises ``error`` (one line naming ``what`` and
-    the path) and leaves the target as it was; a ``CanvasError`` raised by ``write_fn`` passes
-    through unchanged."""
+) -> StagedWrite:
+    """The first half of :func:`atomic_write`: check the target, call ``write_fn(tmp_path)`` on a
+    temporary file next to it, flush it to disk and give it the target's mode, without touching
+    the target.  Failures raise ``error`` as :func:`atomic_write` does and leave nothing behind."""
     p = _fspath(path, what)
     real = check_write_target(p, what, error=error, make_parents=make_parents)
     directory = os.path.dirname(real) or "."
@@ -152,9 +184,9 @@ def atomic_write(
                 os.chown(tmp, old_mode.st_uid, old_mode.st_gid)
             except OSError:
                 pass  # not permitted for another owner: the new file keeps ours
-        os.replace(tmp, real)
+        staged = StagedWrite(tmp, real, p, what, error)
         tmp = None
-        _fsync_path(directory, directory=True)
+        return staged
     except CanvasError:
         raise
     except Exception as exc:
@@ -166,7 +198,23 @@ def atomic_write(
                 os.unlink(tmp)
             except OSError:
                 pass
-    return real
+
+
+def atomic_write(
+    path: Any,
+    write_fn: Callable[[str], None],
+    what: str,
+    *,
+    error: Type[CanvasError] = CanvasError,
+    make_parents: bool = False,
+) -> str:
+    """Write ``what`` to ``path`` atomically: ``write_fn(tmp_path)`` writes the content to a
+    temporary file next to the target, which then replaces the target (see the module docstring).
+
+    Returns the real path written.  Any failure raises ``error`` (one line naming ``what`` and
+    the path) and leaves the target as it was; a ``CanvasError`` raised by ``write_fn`` passes
+    through unchanged."""
+    return stage_write(path, write_fn, what, error=error, make_parents=make_parents).commit()
 
 
 def atomic_write_bytes(path: Any, data: bytes, what: str, **kwargs: Any) -> str:

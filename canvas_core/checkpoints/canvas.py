@@ -32,6 +32,7 @@ from canvas_core.checkpoints.diff import schema_differences
 from canvas_core.checkpoints.tensors import (
     check_readable_file,
     metadata_json,
+    not_safetensors,
     pickled,
     save_safetensors_atomic,
     truncation,
@@ -165,6 +166,10 @@ def _open(path: Any, where: str) -> Tuple[str, Dict[str, str], Any]:
             raise CheckpointError(
                 f"{p!r} is a pickle / torch.save file, and canvas-core never unpickles checkpoints; "
                 "save the model with save_canvas_checkpoint") from None
+        other = not_safetensors(p)
+        if other:
+            raise CheckpointError(f"{p!r} is not a canvas checkpoint, nor any safetensors file: {other}; give the "
+                                  ".safetensors file save_canvas_checkpoint wrote") from None
         raise CheckpointError(f"{p!r} is not a readable safetensors canvas checkpoint{truncation(p)}: {exc}") from None
     if header.get("format") != FORMAT:
         raise CheckpointError(
@@ -222,14 +227,28 @@ def _shape_hint(model: nn.Module, key: str, shape: Tuple[int, ...]) -> str:
     return ""
 
 
+def _refuse_meta(model: nn.Module, state: Mapping[str, torch.Tensor], p: str) -> None:
+    """Refuse to load into tensors on the meta device: ``load_state_dict`` copies into them, which
+    does nothing (shapes without storage), so the load would seem to succeed and load nothing."""
+    meta = [plain_name(k) for k, v in state.items() if v.is_meta]
+    if meta:
+        more = f" and {len(meta) - 5} more" if len(meta) > 5 else ""
+        raise CheckpointError(
+            f"cannot load canvas checkpoint {p!r} into {type(unwrap_compiled(model)).__qualname__}: its "
+            f"tensor(s) {meta[:5]}{more} are on the meta device (shapes without storage: a model built under "
+            "torch.device('meta') or init_empty_weights), where a copy does nothing. Give them storage "
+            "first, e.g. model.to_empty(device='cpu'), then load: the checkpoint fills every saved tensor")
+
+
 def load_canvas_checkpoint(model: nn.Module, path: Any, schema: Any) -> Dict[str, Any]:
     """Load a :func:`save_canvas_checkpoint` file into ``model`` (in place) and return its header.
 
     ``schema``: the ``CanvasSchema`` ``model`` was built from.  Refused with a
     :class:`CheckpointError` naming what differs, and ``model`` left unchanged, when the file was
     saved for another schema, when ``model``'s canvas modules were built from another layout or
-    topology than ``schema``, or when the tensors do not fit (missing / unexpected names, shapes,
-    non-finite values)."""
+    topology than ``schema``, when the tensors do not fit (missing / unexpected names, shapes,
+    non-finite values), or when ``model``'s tensors are on the meta device (a copy into them does
+    nothing: ``model.to_empty(device=...)`` first)."""
     where = "load_canvas_checkpoint"
     _check_model(model, where)
     s = _as_schema(schema, where)
@@ -243,6 +262,7 @@ def load_canvas_checkpoint(model: nn.Module, path: Any, schema: Any) -> Dict[str
             "from the schema it was saved with (read_canvas_checkpoint_header(path)['schema'])")
     _check_model_matches(model, s, where)
     current = _state(model, where)
+    _refuse_meta(model, current, p)
     names = {plain_name(k): k for k in current}  # the name in a file -> the model's own
     in_file = {plain_name(k): k for k in fh.keys()}  # (files of compiled models once kept _orig_mod)
     missing, unexpected = sorted(set(names) - set(in_file)), sorted(set(in_file) - set(names))

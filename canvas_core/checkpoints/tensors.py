@@ -12,7 +12,7 @@ import torch
 from canvas_core._safe_write import atomic_write
 from canvas_core.errors import CanvasError, CheckpointError
 
-__all__ = ["refuse_non_finite", "save_safetensors_atomic", "check_readable_file"]
+__all__ = ["refuse_non_finite", "save_safetensors_atomic", "check_readable_file", "not_safetensors"]
 
 
 def refuse_non_finite(
@@ -92,6 +92,35 @@ def pickled(head: bytes) -> bool:
     if len(head) < 3 or head[0] != 0x80 or head[1] not in (2, 3, 4, 5):
         return False
     return head[2] == 0x95 if head[1] >= 4 else head[2] != 0x00
+
+
+#: the largest header the safetensors library reads (100 MB); a longer one is no safetensors file
+_MAX_HEADER = 100_000_000
+
+
+def not_safetensors(path: str) -> str:
+    """Why the file at ``path`` cannot be a safetensors file at all, judged from its first bytes,
+    or ``""`` when it could be one (perhaps cut short: see :func:`truncation`).  A safetensors
+    file starts with the length of its JSON header as 8 little-endian bytes (at most 100 MB, so
+    the last four are 0), then the header's ``{``; text such as a JSON file gives a length of
+    petabytes instead.  Call it once the file failed to open, after :func:`pickled`."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(24)
+    except OSError:
+        return ""
+    if not head:
+        return "it is empty (0 bytes)"
+    length = int.from_bytes(head[:8].ljust(8, b"\x00"), "little")
+    if length <= _MAX_HEADER and (len(head) < 9 or head[8:9] in (b"{", b" ", b"\t", b"\r", b"\n")):
+        return ""
+    text = head.decode("utf-8", errors="replace").rstrip("\ufffd")  # a character cut at byte 24
+    if text.strip() and all((c.isprintable() or c.isspace()) and c != "\ufffd" for c in text):
+        kind = " (a JSON file?)" if text.lstrip()[:1] in ("{", "[") else ""
+        return (f"it starts with text {text!r}{kind}, not with the 8-byte binary header length every "
+                "safetensors file starts with")
+    return (f"its first bytes ({head[:8].hex(' ')}) are not the 8-byte header length every safetensors file "
+            + ("starts with (they give more than 100 MB)" if length > _MAX_HEADER else "starts with ('{' missing after them)"))
 
 
 def truncation(path: str) -> str:

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from canvas_core.checkpoints.tensors import metadata_json, pickled, truncation
+from canvas_core.checkpoints.tensors import metadata_json, not_safetensors, pickled, truncation
 from canvas_core.errors import CanvasTypeError, CheckpointError
 
 __all__ = ["save_loop_checkpoint", "load_loop_checkpoint", "loop_structure"]
@@ -307,6 +307,10 @@ def load_loop_checkpoint(
             tensors = {k: f.get_tensor(k) for k in keys}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         _refuse_pickle(path)  # a clearer message for pickle / torch.save files
+        other = not_safetensors(path)
+        if other:
+            raise CheckpointError(f"{path!r} is not a loop checkpoint, nor any safetensors file: {other}; give the "
+                                  ".safetensors file save_loop_checkpoint wrote") from None
         raise CheckpointError(f"{path!r} is not a readable safetensors loop checkpoint{truncation(path)}: {e}") from e
     if header.get("format") != FORMAT:
         raise CheckpointError(

@@ -122,9 +122,10 @@ class SpatiotemporalCanvas(nn.Module):
 
             self.identity_binders = build_identity_binders(program, D)
         # saved in canvas-engineering's key layout (checkpoints move both ways): runtime/ce_state.py
-        from canvas_core.runtime.ce_state import canvas_engineering_keys
+        from canvas_core.runtime.ce_state import canvas_engineering_keys, public_load_keys
 
         self._register_state_dict_hook(canvas_engineering_keys)
+        self.register_load_state_dict_post_hook(public_load_keys)  # errors name the saved keys
         self._slot: Dict[str, int] = {}
         for k, name in enumerate(self.names):
             self._slot[name] = k
@@ -139,7 +140,7 @@ class SpatiotemporalCanvas(nn.Module):
         # says it is of a canvas of this size)
         from canvas_core.runtime.ce_state import check_stored_table, rename_loaded_region_keys
 
-        rename_loaded_region_keys(self.names, state_dict, prefix)  # one-to-one, see ce_state.py
+        origin = rename_loaded_region_keys(self.names, state_dict, prefix)  # one-to-one, see ce_state.py
         for key in list(state_dict):
             if not key.startswith(prefix):
                 continue
@@ -147,7 +148,11 @@ class SpatiotemporalCanvas(nn.Module):
             if rest == "pos_enc.pe":
                 check_stored_table(self, state_dict.pop(key))
             elif rest.startswith("family_carrier_embedding."):
-                state_dict[prefix + "family_carrier." + rest[len("family_carrier_embedding."):]] = state_dict.pop(key)
+                inner = prefix + "family_carrier." + rest[len("family_carrier_embedding."):]
+                state_dict[inner] = state_dict.pop(key)
+                origin[inner] = key
+        # read by the post hook (ce_state.public_load_keys) to report keys by their saved names
+        self.__dict__["_loaded_as"] = (prefix, origin)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 

@@ -27,7 +27,7 @@ class CanvasStateMismatch(CheckpointError, RuntimeError):
 
 __all__ = [
     "sanitized_region_key", "region_state_keys", "rename_loaded_region_keys", "canvas_engineering_keys",
-    "check_stored_table", "CanvasStateMismatch",
+    "check_stored_table", "CanvasStateMismatch", "public_key", "public_load_keys",
 ]
 
 
@@ -50,17 +50,46 @@ def region_state_keys(names: Sequence[str]) -> List[str]:
             keys[k] = f"r{k}"
 
 
-def rename_loaded_region_keys(names: Sequence[str], state_dict: Dict[str, Any], prefix: str) -> None:
+def rename_loaded_region_keys(names: Sequence[str], state_dict: Dict[str, Any], prefix: str) -> Dict[str, str]:
     """Map the saved modality-embedding keys of ``state_dict`` back to ``r<k>`` in place: keys of
-    :func:`region_state_keys` (ours and canvas-engineering's), and ``r<k>`` kept as it is."""
+    :func:`region_state_keys` (ours and canvas-engineering's), and ``r<k>`` kept as it is.
+    Returns ``{internal key: the key it had in state_dict}`` for the keys renamed."""
     base = f"{prefix}modality_embeddings."
     to_internal = {key: f"r{k}" for k, key in enumerate(region_state_keys(names))}
     entries = {key[len(base):]: state_dict.pop(key) for key in [k for k in state_dict if k.startswith(base)]}
     renamed = {to_internal[sub]: value for sub, value in entries.items() if sub in to_internal}
+    origin = {base + to_internal[sub]: base + sub for sub in entries if sub in to_internal and to_internal[sub] != sub}
     for sub, value in entries.items():  # older r<k> keys (and unknown ones, reported by strict loading)
         if sub not in to_internal:
             renamed.setdefault(sub, value)
     state_dict.update({base + sub: value for sub, value in renamed.items()})
+    return origin
+
+
+def public_key(names: Sequence[str], key: str, prefix: str) -> str:
+    """The name ``state_dict()`` gives the entry a canvas module at ``prefix`` holds as ``key``
+    (``modality_embeddings.r<k>`` -> the region's key, ``family_carrier.*`` ->
+    ``family_carrier_embedding.*``); any other key as it is."""
+    if not key.startswith(prefix):
+        return key
+    rest = key[len(prefix):]
+    head, _, sub = rest.partition(".")
+    if head == "modality_embeddings" and sub[:1] == "r" and sub[1:].isdigit() and int(sub[1:]) < len(names):
+        return f"{prefix}modality_embeddings.{region_state_keys(names)[int(sub[1:])]}"
+    if head == "family_carrier" and sub:
+        return f"{prefix}family_carrier_embedding.{sub}"
+    return key
+
+
+def public_load_keys(module: Any, incompatible: Any) -> None:
+    """``load_state_dict`` post hook of ``SpatiotemporalCanvas``: the missing and unexpected keys
+    (and so strict loading's error) named as ``state_dict()`` and the given dict name them, not by
+    the internal names ``_load_from_state_dict`` renamed them to (``module._loaded_as``: the
+    module's prefix and ``{internal key: given key}``, recorded there)."""
+    prefix, origin = module.__dict__.pop("_loaded_as", ("", {}))
+    names = list(module.names)
+    incompatible.missing_keys[:] = [public_key(names, k, prefix) for k in incompatible.missing_keys]
+    incompatible.unexpected_keys[:] = [origin.get(k, k) for k in incompatible.unexpected_keys]
 
 
 def canvas_engineering_keys(module: Any, state_dict: Dict[str, Any], prefix: str, local_metadata: Any) -> None:

@@ -16,7 +16,9 @@ parameter (``nn.ModuleDict``, ``nn.ParameterDict`` or a plain dict):
 
 Nothing is changed until every entry has been checked, and the export files are first written
 under temporary names and moved in place only when all of them were written: a compile that
-fails leaves the module and the export directory as they were.
+fails leaves the module and the export directory as they were.  Both steps are those of the
+project's one writer (``canvas_core/_safe_write.py``: ``stage_write``, then ``commit``), so an
+export is flushed to disk and keeps the mode of a file it replaces.
 """
 
 from __future__ import annotations
@@ -55,14 +57,6 @@ def library_versions() -> Dict[str, str]:
 
 def _file_stem(region: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", region) or "region"
-
-
-def _remove_quietly(paths: List[str]) -> None:
-    for p in paths:
-        try:
-            os.remove(p)
-        except OSError:
-            pass
 
 
 def _export_directory(export_dir: Optional[str]) -> str:
@@ -204,7 +198,7 @@ class ModeApplier:
         header_base = dict(self.work.header)
         header_base.update({f"version_{k}": v for k, v in library_versions().items()})
         paths: Dict[str, str] = {}
-        staged: Dict[str, List[str]] = {}
+        staged: Dict[str, List[Any]] = {}
         used: set = set()
         try:
             for name in names:  # declaration order, so file names are deterministic
@@ -218,16 +212,18 @@ class ModeApplier:
                 staged[name] = self._write_staged(name, path, {**header_base, "region": name})
                 paths[name] = path
         except BaseException:
-            _remove_quietly([f for files in staged.values() for f in files])
+            for files in staged.values():
+                for f in files:
+                    f.discard()
             raise
-        _move_in_place(staged, paths)
+        _move_in_place(staged)
         return paths
 
-    def _write_staged(self, name: str, path: str, header: Dict[str, str]) -> List[str]:
-        """Write the region's tensors and the JSON sidecar under temporary names next to ``path``."""
-        from safetensors.torch import save_file
-
-        from canvas_core._safe_write import check_write_target
+    def _write_staged(self, name: str, path: str, header: Dict[str, str]) -> List[Any]:
+        """Write the region's tensors and the JSON sidecar next to ``path`` through the safe writer
+        (``canvas_core/_safe_write.py``: flushed to disk, with the mode of the file they replace),
+        staged: nothing replaces a target until :func:`_move_in_place`."""
+        from canvas_core._safe_write import check_write_target, stage_write
         from canvas_core.checkpoints.tensors import refuse_non_finite
 
         entry = self._entry(name, "export")
@@ -236,38 +232,43 @@ class ModeApplier:
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()
                    if isinstance(v, torch.Tensor)}
         json_path = path[: -len(".safetensors")] + ".json"
+        what = f"the export of region {name!r}"
         for target in (path, json_path):
             if os.path.isdir(target):
                 raise CompileError(f"cannot export region {name!r}: {target!r} is a directory; remove it or "
                                    "pass another export_dir")
-            # a FIFO / device / read-only file is refused, never replaced (canvas_core/_safe_write.py)
-            check_write_target(target, f"the export of region {name!r}", error=CompileError)
-        refuse_non_finite(tensors, f"the export of region {name!r}", error=CompileError)
-        tag = f".tmp-{os.getpid()}-{id(self):x}"
-        tmp_st, tmp_js = path + tag, json_path + tag
+            # a FIFO / device / read-only file is refused, never replaced
+            check_write_target(target, what, error=CompileError)
+        refuse_non_finite(tensors, what, error=CompileError)
+        sidecar = json.dumps({**header, "file": os.path.basename(path), "tensors": sorted(tensors)}, indent=2)
+
+        def write_tensors(tmp: str) -> None:
+            from safetensors.torch import save_file
+
+            save_file(tensors, tmp, metadata=header)
+
+        def write_sidecar(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(sidecar)
+
+        staged = [stage_write(path, write_tensors, what, error=CompileError)]
         try:
-            save_file(tensors, tmp_st, metadata=header)
-            with open(tmp_js, "w", encoding="utf-8") as fh:
-                json.dump({**header, "file": os.path.basename(path), "tensors": sorted(tensors)}, fh, indent=2)
-        except Exception as exc:  # OSError, SafetensorError, ...: leave nothing behind
-            _remove_quietly([tmp_st, tmp_js])
-            raise CompileError(f"cannot export region {name!r} to {path!r}: {exc}; pass a writable "
-                               "export_dir") from None
-        return [tmp_st, tmp_js]
+            staged.append(stage_write(json_path, write_sidecar, f"the JSON sidecar of region {name!r}",
+                                      error=CompileError))
+        except BaseException:
+            staged[0].discard()
+            raise
+        return staged
 
 
-def _move_in_place(staged: Dict[str, List[str]], finals: Dict[str, str]) -> None:
-    """Rename every staged file to its final name (``os.replace`` is atomic per file)."""
-    pending = [tmp for files in staged.values() for tmp in files]
-    name = ""
+def _move_in_place(staged: Dict[str, List[Any]]) -> None:
+    """Rename every staged file over its target (``StagedWrite.commit``: atomic per file, a symlink
+    is written through); on a failure the files not yet moved are removed."""
+    pending = [f for files in staged.values() for f in files]
     try:
-        for name, (tmp_st, tmp_js) in staged.items():
-            path = finals[name]
-            os.replace(tmp_st, os.path.realpath(path))  # a symlink is written through
-            pending.remove(tmp_st)
-            os.replace(tmp_js, os.path.realpath(path[: -len(".safetensors")] + ".json"))
-            pending.remove(tmp_js)
-    except OSError as exc:
-        _remove_quietly(pending)
-        raise CompileError(f"cannot export region {name!r} to {finals[name]!r}: {exc}; pass a writable "
-                           "export_dir") from None
+        while pending:
+            pending[0].commit()
+            pending.pop(0)
+    finally:
+        for f in pending:
+            f.discard()
