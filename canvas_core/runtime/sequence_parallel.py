@@ -29,6 +29,7 @@ Bad settings raise :class:`SequenceParallelError` on every rank before any colle
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -138,6 +139,9 @@ class SequenceParallelCanvasAttention(nn.Module):
         group, size, rank = _resolve_group(group, what)
         if sharding is None:
             sharding = CanvasSharding.of(attn.plan, size)
+        # before any check whose outcome could differ between ranks: one rank refusing alone
+        # would leave the others waiting in the next collective
+        _agree_across_ranks(what, group, size, rank, _settings(attn, sharding))
         if not isinstance(sharding, CanvasSharding):
             raise SequenceParallelError(f"{what}: sharding must be a CanvasSharding, got {type(sharding).__name__}")
         if sharding.size != size:
@@ -263,6 +267,49 @@ class SequenceParallelCanvasAttention(nn.Module):
         if bias_weight is not None:
             bias_weight = bias_weight.index_select(0, self._index("local", x.device))
         return attn.project_out(o, bias_weight)
+
+
+def _digest(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.tobytes() if isinstance(part, np.ndarray) else repr(part).encode())
+    return h.hexdigest()[:16]
+
+
+def _settings(attn: nn.Module, sharding: Any) -> Dict[str, str]:
+    """What every rank of a group must agree on, each as a short string (digests for the plan's
+    links and the cut): the all-to-all exchanges heads and shares by these numbers alone."""
+    plan = attn.plan
+    links = [(fn, g.q0, g.q1, g.k0, g.k1, g.weight) for fn, g in sorted(plan.groups.items())]
+    cut = (_digest(sharding.size, sharding.bounds, sharding.perm) if isinstance(sharding, CanvasSharding)
+           else type(sharding).__name__)
+    return {
+        "the canvas's links (layout and topology)": _digest(plan.n, plan.perm, *[x for row in links for x in row]),
+        "n_heads": str(attn.n_heads), "d_model": str(attn.d_model),
+        "attention types": ", ".join(sorted(plan.groups)),
+        "the sharding": cut,
+    }
+
+
+def _agree_across_ranks(what: str, group: Any, size: int, rank: int, mine: Dict[str, str]) -> None:
+    """Raise :class:`SequenceParallelError`, on every rank alike, when the ranks of ``group`` were
+    given layers that differ in ``mine``'s settings: run as they are, ranks with other heads or
+    layouts exchange tensors of other sizes and stop inside the collective (or compute garbage).
+    One ``all_gather_object`` (on NCCL it uses ``torch.cuda.current_device()``)."""
+    if size <= 1:
+        return
+    import torch.distributed as dist
+
+    every: List[Any] = [None] * size
+    dist.all_gather_object(every, mine, group=group)
+    for key, value in mine.items():
+        values = [s.get(key) for s in every]
+        if len(set(values)) > 1:
+            odd = [r for r, v in enumerate(values) if v != values[0]]
+            raise SequenceParallelError(
+                f"{what}: the ranks of the sequence-parallel group were given different layers: {key} differs "
+                f"between rank 0 ({values[0]}) and rank(s) {odd} ({values[odd[0]]}); build the same layer on every "
+                "rank (same schema and settings, e.g. from one config) before wrapping it")
 
 
 def parallelize_canvas(module: nn.Module, group: Any = None, *,

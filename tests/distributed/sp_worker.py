@@ -260,6 +260,30 @@ def scenario_errors() -> str:
     return ", ".join(bad)
 
 
+def scenario_mismatch() -> str:
+    """Ranks given different layers (heads, links, width) are refused on every rank alike, naming
+    the setting; afterwards a barrier still works (no rank was left inside a collective)."""
+    layout = CanvasLayout(T=2, H=2, W=4, d_model=8, regions={"v": (0, 2, 0, 2, 0, 4)})
+    causal, full = CanvasTopology.causal_temporal(["v"]), CanvasTopology(connections=[Connection("v", "v")])
+    cases = {
+        "n_heads": lambda: AttentionDispatcher(causal, layout, 8, 4 if RANK == 0 else 8),
+        "links": lambda: AttentionDispatcher(causal if RANK == 0 else full, layout, 8, 4),
+        "d_model": lambda: AttentionDispatcher(causal, CanvasLayout(T=2, H=2, W=4, d_model=8 * (1 + (RANK > 0)),
+                                                                    regions={"v": (0, 2, 0, 2, 0, 4)}),
+                                               8 * (1 + (RANK > 0)), 4),
+    }
+    for what, build in cases.items():
+        try:
+            SequenceParallelCanvasAttention(build())
+        except SequenceParallelError as e:
+            assert what in str(e) and "differs between rank 0" in str(e), (what, str(e))
+        else:
+            raise AssertionError(f"{what}: ranks with different layers were not refused")
+    SequenceParallelCanvasAttention(AttentionDispatcher(causal, layout, 8, 4))  # the same layer: accepted
+    dist.barrier()
+    return ", ".join(cases)
+
+
 def run(rank: int, world: int, port: int, args) -> None:
     global RANK, WORLD
     examples = 12

@@ -33,10 +33,10 @@ _spec = importlib.util.spec_from_file_location("canvas_sp_launch", Path(__file__
 _launch = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_launch)
 
-SCENARIOS = ("errors", "fixed", "model", "random")
+SCENARIOS = ("errors", "mismatch", "fixed", "model", "random")
 
 
-@pytest.mark.parametrize("world,scenarios,examples", [(2, SCENARIOS, 12), (4, ("errors", "model", "random"), 8)])
+@pytest.mark.parametrize("world,scenarios,examples", [(2, SCENARIOS, 12), (4, ("errors", "mismatch", "model", "random"), 8)])
 def test_sequence_parallel_equals_one_process(world, scenarios, examples):
     out = _launch.launch(world, *scenarios, "--examples", str(examples))
     for name in scenarios:
