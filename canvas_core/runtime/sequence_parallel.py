@@ -302,7 +302,7 @@ def _agree_across_ranks(what: str, group: Any, size: int, rank: int, mine: Dict[
 
     every: List[Any] = [None] * size
     dist.all_gather_object(every, mine, group=group)
-    for key, value in mine.items():
+    for key in mine:
         values = [s.get(key) for s in every]
         if len(set(values)) > 1:
             odd = [r for r, v in enumerate(values) if v != values[0]]
