@@ -1,5 +1,8 @@
 """``canvas embed schema.json [-o out.json] [--embedder minilm]``: fill semantic embeddings.
 
+The file may be a schema or a program (a program's schema is embedded, its region and connection
+programs kept as they are).
+
 Every region gets ``semantic_type`` (kept, or auto-derived from its name with
 ``auto_semantic_type``), ``semantic_embedding`` and ``embedding_model`` from a registered text
 embedder (default ``minilm`` from ``canvas-plugin-semantic``, which runs offline).
@@ -19,7 +22,7 @@ INSTALL_HINT = "install the default embedder with `pip install canvas-plugin-sem
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("schema", type=Path, help="schema JSON file")
+    parser.add_argument("schema", type=Path, help="schema or program JSON file")
     parser.add_argument("-o", "--output", type=Path,
                         help="write the embedded schema here (default: print it to stdout)")
     parser.add_argument("--embedder", default="minilm",
@@ -27,16 +30,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from canvas_core.commands.compile import load_program_or_schema
     from canvas_core.errors import SchemaFormatError, UnknownNameError
-    from canvas_core.schema import CanvasSchema
+    from canvas_core.program import CanvasProgram
     from canvas_core.semantic import embed_schema
 
     path: Path = args.schema
     if not path.exists():
-        raise SchemaFormatError(f"schema file {str(path)!r} not found; pass the path of a schema JSON file")
+        raise SchemaFormatError(f"schema file {str(path)!r} not found; pass the path of a schema or program JSON file")
     if not path.is_file():
-        raise SchemaFormatError(f"schema path {str(path)!r} is not a file; pass the path of a schema JSON file")
-    schema = CanvasSchema.from_json(path)
+        raise SchemaFormatError(f"schema path {str(path)!r} is not a file; pass the path of a schema or program JSON file")
+    program, schema, _ = load_program_or_schema(str(path))
     try:
         out = embed_schema(schema, args.embedder)
     except UnknownNameError as exc:
@@ -48,10 +52,13 @@ def run(args: argparse.Namespace) -> int:
         else:
             msg = f"{msg.rstrip('.')}; choose one with --embedder, or {INSTALL_HINT}"
         raise UnknownNameError(msg) from None
+    if program is not None:  # a program file stays a program file, its schema embedded
+        out = CanvasProgram(schema=out, regions=program.regions, connections=program.connections,
+                            version=program.version)
     if args.output:
         text = out.to_json(args.output)  # SchemaFormatError on an unwritable path
         n = len(out.layout.regions)
-        model = next(iter(out.layout.regions.values())).embedding_model if n else "-"
+        model = next(iter(out.layout.regions.values())).embedding_model if n else "-"  # a program has .layout too
         print(f"wrote {args.output} ({n} regions embedded with {model})")
     else:
         text = out.to_json()

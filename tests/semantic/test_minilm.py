@@ -121,3 +121,22 @@ def test_cli_errors_are_clear(tmp_path):
     proc = _run_cli(str(src), "--embedder", "no_such_embedder", tmp_path=tmp_path)
     assert proc.returncode == 2 and "no_such_embedder" in proc.stderr
     assert "pip install canvas-plugin-semantic" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_embed_keeps_a_program_a_program(tmp_path):
+    """A program file (schema + region programs) is embedded like a schema and written back as a
+    program: its region and connection programs unchanged (it used to be refused, the program
+    keys read as unknown schema keys)."""
+    from canvas_core.program import CanvasProgram, RegionProgram
+
+    schema = CanvasSchema(CanvasLayout(T=2, d_model=8, spatial_shape=(2, 2), regions={
+        "camera": (0, 2, 0, 1, 0, 2), "arm": (0, 2, 1, 2, 0, 2)}))
+    program = CanvasProgram(schema=schema, regions={"arm": RegionProgram(family="action")})
+    src, out = tmp_path / "program.json", tmp_path / "out.json"
+    program.to_json(src)
+    proc = _run_cli(str(src), "-o", str(out), tmp_path=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    loaded = CanvasProgram.from_json(out)
+    assert loaded.regions == program.regions and loaded.connections == program.connections
+    for name, spec in loaded.layout.regions.items():
+        assert spec.semantic_embedding is not None and spec.embedding_model == MODEL, name
