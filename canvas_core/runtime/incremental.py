@@ -240,12 +240,15 @@ class Rollout:
         except BaseException as exc:
             for st, nb in zip(self._states, n_before):
                 del st.caches[nb:]  # caches created by this failed first step
-            if isinstance(exc, RuntimeError) and not isinstance(exc, CanvasError):
+            oom = isinstance(exc, getattr(torch, "OutOfMemoryError", ()))
+            if isinstance(exc, RuntimeError) and not isinstance(exc, CanvasError) and not oom:
                 raise RolloutError(
-                    f"the model failed on frame {t}, given as one frame {tuple(x.shape)}: {exc}. Between its "
-                    "canvas layers a rollout runs the model's other modules on one frame (B, V, D); they must "
-                    "work position by position (norms, MLPs, heads): an embedding or a pooling over all N "
-                    "positions belongs outside the model") from exc
+                    f"the model failed on frame {t}, given as one frame {tuple(x.shape)}: "
+                    f"{type(exc).__name__}: {exc} (the original error is chained below). If it comes from "
+                    "a module that expects the whole canvas: between its canvas layers a rollout runs the "
+                    "model's other modules on one frame (B, V, D), so they must work position by position "
+                    "(norms, MLPs, heads), and an embedding or a pooling over all N positions belongs "
+                    "outside the model") from exc
             raise
         finally:
             self._stepping = False

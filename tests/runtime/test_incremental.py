@@ -129,11 +129,11 @@ def test_bad_steps_are_refused_and_leave_the_cache_unchanged():
 def test_a_step_that_fails_inside_the_model_changes_nothing():
     layout, model, x = _model_and_input()
     V = 12
-    boom = {"on": False}
+    boom = {"on": False, "error": RuntimeError("boom")}
 
     def hook(module, args, out):
         if boom["on"]:
-            raise RuntimeError("boom")
+            raise boom["error"]
 
     model[1].mlp.register_forward_hook(hook)
     with torch.no_grad():
@@ -143,7 +143,10 @@ def test_a_step_that_fails_inside_the_model_changes_nothing():
                 boom["on"] = True
                 with pytest.raises(canvas_core.RolloutError, match=f"failed on frame {t}.*boom"):
                     roll.step(x[:, t * V:(t + 1) * V] + 3.0)  # written into the slot, never committed
-                boom["on"] = False
+                boom["error"] = torch.OutOfMemoryError("out of memory")  # not relabelled: passes as it is
+                with pytest.raises(torch.OutOfMemoryError):
+                    roll.step(x[:, t * V:(t + 1) * V])
+                boom.update(on=False, error=RuntimeError("boom"))
                 assert roll.frame == t
                 assert torch.allclose(roll.step(x[:, t * V:(t + 1) * V]), full[:, t * V:(t + 1) * V], atol=TOL)
 
