@@ -12,6 +12,7 @@ import argparse
 import importlib
 import os
 import sys
+import warnings
 from typing import Optional, Sequence
 
 from canvas_core.errors import CanvasError
@@ -83,6 +84,14 @@ def _fail(command: str, message: str) -> int:
     return 2
 
 
+def _warning_line(command: str):
+    """``warnings.showwarning`` for the command line: ``canvas CMD: warning: message`` on stderr
+    (the default names a line of Python source: the ``canvas`` script's ``sys.exit(main())``)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"canvas {command}: warning: {message}", file=file if file is not None else sys.stderr)
+    return show
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _tolerant_streams()
     parser = build_parser()
@@ -95,7 +104,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     module = importlib.import_module(args._module)
     try:
-        status = int(module.run(args) or 0)
+        with warnings.catch_warnings():  # a warning is a line about the input, not about our source
+            warnings.showwarning = _warning_line(args.command)
+            status = int(module.run(args) or 0)
         sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
         return status
     except CanvasError as exc:

@@ -117,3 +117,14 @@ def test_text_the_terminal_cannot_encode_is_printed_escaped(tmp_path):
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert "caf\\xe9\\u2615" in r.stdout
+
+
+def test_a_warning_is_one_line_naming_the_command(tmp_path, capsys):
+    """A warning about the input (a connection linking nothing) reads ``canvas compile: warning:
+    ...``, not Python's ``file:line: UserWarning`` followed by a line of the ``canvas`` script."""
+    bad = dict(SCHEMA, topology=[{"src": "a", "dst": "b", "t_src": 0, "t_dst": -5, "temporal_fill": "drop"}])
+    (tmp_path / "unlinked.json").write_text(json.dumps(bad))
+    assert main(["compile", str(tmp_path / "unlinked.json")]) == 0
+    err = capsys.readouterr().err
+    assert "canvas compile: warning: connection #0 'a' -> 'b' links nothing" in err
+    assert "UserWarning" not in err and "sys.exit" not in err
