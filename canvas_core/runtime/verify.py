@@ -214,10 +214,12 @@ def _verify_layer(run: _Run, layer: nn.Module, make_input: Optional[Callable] = 
     for i, f in enumerate(ex.soft_fns):
         groups[f] = (_softmax_group(ex, i, scale, qkv), make)
     mods = {f: layer.fn_modules[f.replace(".", "__")] for f in ex.other_names}
-    for f in ex.other_names:
-        groups[f] = (_module_group(ex, f, mods), make)
-    seen = _judge_groups(run, where, plan, labels, queries, groups)
-    whole = run.probe(where, layer, make, queries, n, whole=True)
+    with ExitStack() as opened:  # a type whose own gate is closed (gated at init) is probed open
+        for f in ex.other_names:
+            groups[f] = (_module_group(ex, f, mods), make)
+            _open_own_gate(run, opened, where, f, mods[f], groups[f][0], make)
+        seen = _judge_groups(run, where, plan, labels, queries, groups)
+        whole = run.probe(where, layer, make, queries, n, whole=True)
     entries, _ = undeclared_entries(where, None, whole, declared_rows([plan], queries), queries, labels,
                                     run.rtol, _candidates([plan]), skip=seen)
     run.undeclared += entries

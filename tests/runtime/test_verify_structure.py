@@ -214,12 +214,52 @@ def test_declared_rows_equal_the_dense_closure(conns, hops):
 
 
 def test_a_type_silent_at_initialisation_is_a_note_not_a_dead_link():
+    """A ``gated`` type at initialisation outputs 0: in a layer it is probed with its own closed
+    gate opened (and closed again after); in a whole model it is a note, not a dead link."""
     torch.manual_seed(0)
     topo = CanvasTopology(connections=list(causal().connections) + [Connection("a", "b", t_src=0, t_dst=0, fn="gated")])
-    for model in (CanvasAttention(topo, LAYOUT, n_heads=2), _Stack([CanvasAttention(topo, LAYOUT, n_heads=2)] * 2)):
+    layer = CanvasAttention(topo, LAYOUT, n_heads=2)
+    for model in (layer, _Stack([CanvasAttention(topo, LAYOUT, n_heads=2)] * 2)):
         report = canvas_core.verify_structure(model, probes=1)
         assert report.ok and not report.dead and canvas_core.verify_structure(model, require_signal=True).ok
-        assert any("'gated'" in n and "outputs 0" in n for n in report.notes)
+        if model is layer:
+            assert any("'gated' gates itself" in n and "gate_alpha" in n for n in report.notes), report.notes
+            assert not any(p.any() for n, p in layer.named_parameters() if n.endswith("gate_alpha"))
+        else:
+            assert any("'gated'" in n and "outputs 0" in n for n in report.notes)
+
+
+def test_a_leak_behind_a_closed_self_gate_in_a_layer_is_found():
+    """A self-gated type closed at initialisation that reads every key of a call once it has
+    more than 6 (past the build check): the layer's probe opens its gate and finds the reads."""
+    from canvas_core.plugins import register_attention, unregister_attention
+
+    class SelfGatedLeak(nn.Module):
+        key_mask_exact = True
+        self_gated = True
+
+        def __init__(self, d_model, n_heads=4, dropout=0.0):
+            super().__init__()
+            self.proj = nn.Linear(d_model, d_model)
+            self.alpha = nn.Parameter(torch.zeros(d_model))
+
+        def forward(self, queries, keys, values, key_mask=None):
+            m = key_mask.to(values.dtype)
+            out = self.proj((m @ values) / m.sum(1, keepdim=True).clamp_min(1.0)) * key_mask.any(1)[None, :, None]
+            if keys.shape[1] > 6:
+                out = out + values.mean(1, keepdim=True)
+            return torch.tanh(self.alpha) * out
+
+    register_attention("self_gated_leak_layer", SelfGatedLeak)
+    try:
+        torch.manual_seed(0)
+        topo = CanvasTopology(connections=list(causal().connections) + [
+            Connection("a", "b", t_src=0, t_dst=-d, temporal_fill="drop", fn="self_gated_leak_layer") for d in range(3)])
+        report = canvas_core.verify_structure(CanvasAttention(topo, LAYOUT, n_heads=2), probes=1)
+    finally:
+        unregister_attention("self_gated_leak_layer")
+    assert not report.ok
+    assert {d.fn for d in report.undeclared} == {"self_gated_leak_layer"}
 
 
 @pytest.mark.parametrize("stacked", [False, True])
