@@ -10,6 +10,7 @@ shape that broadcasts to ``(B, Nq, Nk)``: ``(Nk,)``, ``(Nq, Nk)``, ``(B, 1, Nk)`
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional, Tuple
 
@@ -53,6 +54,29 @@ def _check_int(type_name: str, name: str, value, minimum: int) -> int:
     return value
 
 
+def _check_width(type_name: str, name: str, value, minimum: int = 1) -> int:
+    """:func:`_check_int`, then the ``width`` size limit (``CANVAS_MAX_WIDTH``): for a size that
+    becomes a dimension of the type's weights, refused before anything is allocated."""
+    from canvas_core.schema.limits import check_size
+
+    _check_int(type_name, name, value, minimum)
+    check_size("width", value, f"attention type {type_name!r} {name}")
+    return value
+
+
+def _check_finite(type_name: str, name: str, value, positive: bool = False) -> float:
+    """A real number (not a bool), finite (NaN and inf would reach every output), and ``> 0``
+    when ``positive``."""
+    try:  # float() of an int past float's range raises OverflowError
+        v = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+    except OverflowError:
+        v = math.inf
+    if not math.isfinite(v) or (positive and not v > 0):
+        need = "a finite number > 0" if positive else "a finite number"
+        raise CanvasTypeError(f"{type_name}: {name} must be {need}, got {value!r}")
+    return v
+
+
 class AttentionBase(nn.Module):
     """Base of the builtin attention types (config validation and tensor helpers).
 
@@ -94,9 +118,9 @@ class AttentionBase(nn.Module):
         if (
             isinstance(dropout, bool)
             or not isinstance(dropout, (int, float))
-            or not 0.0 <= dropout < 1.0
+            or not 0.0 <= dropout <= 1.0  # as nn.Dropout and CanvasAttention: 1.0 drops everything
         ):
-            raise CanvasTypeError(f"{t}: dropout must be a float in [0, 1), got {dropout!r}")
+            raise CanvasTypeError(f"{t}: dropout must be a float in [0, 1], got {dropout!r}")
         self.d_model = d_model
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads

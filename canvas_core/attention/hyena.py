@@ -11,7 +11,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from canvas_core.attention._base import AttentionBase, _check_int
+from canvas_core.attention._base import AttentionBase, _check_int, _check_width
 from canvas_core.attention.causal_read import (
     CHUNK_ELEMS,
     causal_read,
@@ -27,6 +27,7 @@ from canvas_core.attention.fft_conv import (
     gated_causal_conv,
     read_conv_last,
 )
+from canvas_core.schema.limits import check_elements, check_size
 
 __all__ = ["HyenaAttention", "fft_causal_conv", "causal_conv_last", "gated_causal_conv", "read_conv_last", "fft_size"]
 
@@ -85,9 +86,16 @@ class HyenaAttention(AttentionBase):
         super().__init__(d_model, n_heads, dropout)
         t = self.type_name
         self.order = _check_int(t, "order", order, 1)
-        self.filter_dim = _check_int(t, "filter_dim", filter_dim, 1)
+        self.filter_dim = _check_width(t, "filter_dim", filter_dim)
         self.n_bands = _check_int(t, "n_bands", n_bands, 0)
         self.max_len = _check_int(t, "max_len", max_len, 1)
+        # the filter MLP's input (1 + 2 n_bands features) and output (order * d_model) are layer widths
+        check_size("width", 1 + 2 * n_bands, f"attention type {t!r} positional features 1 + 2 * n_bands")
+        check_size("width", order * d_model, f"attention type {t!r} filter outputs order * d_model "
+                   f"(order={order}, d_model={d_model})")
+        check_elements((filter_dim, 1 + 2 * n_bands), f"attention type {t!r} filter input weight")
+        check_elements((order * d_model, max(filter_dim, d_model)),
+                       f"attention type {t!r} largest weight (order * d_model, max(filter_dim, d_model))")
         self.kernel = check_kernel_choice(t, kernel)
         self.kernel_used: Optional[str] = None
         D = d_model

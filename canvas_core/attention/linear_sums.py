@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from canvas_core.attention.causal_read import scratch
+from canvas_core.attention.causal_read import outside_autocast, scratch
 from canvas_core.attention.first_order import first_order_backward, first_order_only
 
 __all__ = ["elu_plus_one", "key_summary"]
@@ -50,17 +50,21 @@ def _phi_(x: torch.Tensor) -> torch.Tensor:
     return x.clamp_(min=0).add_(t)
 
 
+@outside_autocast
 def _summary_forward(keys, values, weight, bias):
     """``(P, s, phi)``: ``phi = elu(keys W^T + b) + 1`` ``(B, N, D)``, ``P = phi^T values``
-    ``(B, D, Dv)``, ``s = sum_j phi_j`` ``(B, D)``; ``values`` None means ``values = keys``."""
+    ``(B, D, Dv)``, ``s = sum_j phi_j`` ``(B, D)``; ``values`` None means ``values = keys``.
+    Computed in the inputs' dtype, autocast or not (it would cast the products, and the sum over
+    keys, to float16 or bfloat16)."""
     phi = _phi_(torch.nn.functional.linear(keys, weight, bias))
     P = torch.bmm(phi.transpose(1, 2), keys if values is None else values)
     return P, phi.sum(dim=1), phi
 
 
+@outside_autocast
 def _summary_backward(gP, gs, keys, values, weight, phi, need_k: bool, need_v: bool, need_w: bool, need_b: bool):
     """Gradients ``(keys, values, weight, bias)`` (None where not asked for; with ``values`` None
-    the values' gradient is in the keys')."""
+    the values' gradient is in the keys'), in the dtype of the forward, autocast or not."""
     B, N, D = phi.shape
     same = values is None
     vals = keys if same else values
@@ -161,8 +165,9 @@ def key_summary(keys: torch.Tensor, values: Optional[torch.Tensor], weight: torc
     ``(phi^T values (B, D, D), sum_j phi_j (B, D))``.
 
     ``keys`` ``(B, N, Din)`` (contiguous), ``values`` ``(B, N, Dv)`` or None for ``values = keys``;
-    ``weight`` ``(D, Din)``, ``bias`` ``(D,)`` or None; all one floating dtype, outside autocast
-    (the caller falls back to the composite form otherwise).
+    ``weight`` ``(D, Din)``, ``bias`` ``(D,)`` or None; all one floating dtype, which is the dtype
+    of the work and the results under autocast too (linear attention itself takes its composite
+    form under autocast, so that the projections follow it).
     """
     keys, values = keys.contiguous(), None if values is None else values.contiguous()
     if torch.compiler.is_compiling():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -12,14 +12,16 @@ from torch import nn
 from canvas_core.attention._base import (
     AttentionBase,
     _check_int,
+    _check_width,
     aligned_key_index,
     has_key,
     safe_div,
 )
-from canvas_core.attention.causal_read import plain_module
+from canvas_core.attention.causal_read import outside_autocast, plain_module, work_dtype
 from canvas_core.attention.linear_sums import elu_plus_one, key_summary
 from canvas_core.attention.softmax import CosineAttention, CrossAttention, _QKVAttention
 from canvas_core.errors import CanvasTypeError
+from canvas_core.schema.limits import check_elements, check_size
 
 __all__ = [
     "LinearAttention",
@@ -68,18 +70,12 @@ class LinearAttention(_QKVAttention):
         wdt = torch.float32 if queries.dtype in (torch.float16, torch.bfloat16) else queries.dtype
         q = elu_plus_one(self.q_proj(queries).to(wdt))
         if allowed is None or allowed.shape[1] == 1:
-            head = torch.arange(self.d_model, device=q.device) // self.head_dim
-            same = head[:, None] == head[None, :]  # (D, D): the blocks of one head
             kv, ks = self._key_side(keys, values, allowed, wdt)
-            kv = kv.masked_fill(~same, 0.0)
-            kd = ks.unsqueeze(-1).masked_fill(~same, 0.0)
-            nd = torch.matmul(q, torch.cat([kv, kd], dim=2))  # (B, Nq, 2D): numerators, denominators
-            out = safe_div(nd[..., : self.d_model], nd[..., self.d_model :])
+            out = _read_summary(q, kv, ks, self.head_dim)
         else:
             k = elu_plus_one(self.k_proj(keys).to(wdt))
             q, k, v = self._split(q), self._split(k), self._split(self.v_proj(values).to(wdt))
-            a = torch.matmul(q, k.transpose(-1, -2)) * allowed.unsqueeze(1).to(wdt)
-            out = self._merge(safe_div(torch.matmul(a, v), a.sum(dim=-1, keepdim=True)))
+            out = self._merge(_weigh_per_query(q, k, v, allowed))
         out = out.to(queries.dtype)
         if self.dropout_p > 0.0 and self.training:
             out = F.dropout(out, p=self.dropout_p)
@@ -103,7 +99,36 @@ class LinearAttention(_QKVAttention):
         k = elu_plus_one(kp(keys).to(wdt))
         if allowed is not None:  # (B|1, 1, Nk) -> (B|1, Nk, 1) zeroes blocked keys
             k = k * allowed.transpose(1, 2).to(wdt)
-        return torch.matmul(k.transpose(1, 2), vp(values).to(wdt)), k.sum(dim=1)
+        return _sum_over_keys(k, vp(values).to(wdt))
+
+
+# The sums over keys below are what the float32 work dtype is for: under float16 autocast a
+# matmul would be cast back to float16 and a sum over thousands of keys overflow, so they run with
+# autocast off (the projections around them still follow it).
+@outside_autocast
+def _sum_over_keys(k: torch.Tensor, v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(sum_j k_j v_j^T (B, D, D), sum_j k_j (B, D))`` of features ``k`` and values ``v``."""
+    return torch.matmul(k.transpose(1, 2), v), k.sum(dim=1)
+
+
+@outside_autocast
+def _read_summary(q: torch.Tensor, kv: torch.Tensor, ks: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """Every query's ``phi(q_i)^T S / phi(q_i)^T s`` per head from the merged-head key summary
+    ``S = kv (B, D, D)``, ``s = ks (B, D)`` (off-head blocks zeroed here): ``(B, Nq, D)``."""
+    D = q.shape[-1]
+    head = torch.arange(D, device=q.device) // head_dim
+    same = head[:, None] == head[None, :]  # (D, D): the blocks of one head
+    kv = kv.masked_fill(~same, 0.0)
+    kd = ks.unsqueeze(-1).masked_fill(~same, 0.0)
+    nd = torch.matmul(q, torch.cat([kv, kd], dim=2))  # (B, Nq, 2D): numerators, denominators
+    return safe_div(nd[..., :D], nd[..., D:])
+
+
+@outside_autocast
+def _weigh_per_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    """The explicit form for a per-query mask: heads ``(B, H, N, d)``, ``allowed (B|1, Nq, Nk)``."""
+    a = torch.matmul(q, k.transpose(-1, -2)) * allowed.unsqueeze(1).to(q.dtype)
+    return safe_div(torch.matmul(a, v), a.sum(dim=-1, keepdim=True))
 
 
 class SigmoidAttention(_QKVAttention):
@@ -255,8 +280,9 @@ class MixtureAttention(AttentionBase):
     ``out_i = sum_e g_ie * expert_e(q, k, v)_i``.
 
     Args:
-        experts: expert type names, from ``cross_attention``, ``linear_attention``, ``pooling``,
-            ``cosine_attention``, ``sigmoid_attention`` (keyword; overrides ``n_experts``).
+        experts: a list or tuple of expert type names, from ``cross_attention``,
+            ``linear_attention``, ``pooling``, ``cosine_attention``, ``sigmoid_attention`` (keyword;
+            overrides ``n_experts``).
         n_experts: canvas-engineering compatibility: the first ``n_experts`` of the default
             cycle ``(cross, linear, pooling, cosine)`` repeated (ignored when ``experts`` is given).
         top_k_experts: keep the top-k router weights per query; None = soft mixture.
@@ -279,17 +305,29 @@ class MixtureAttention(AttentionBase):
             cycle = ("cross_attention", "linear_attention", "pooling", "cosine_attention")
             if n_experts is None:
                 experts = cycle[:3]
-            else:
-                _check_int(self.type_name, "n_experts", n_experts, 1)
+            else:  # the router's output width
+                _check_width(self.type_name, "n_experts", n_experts)
                 experts = tuple(cycle[i % len(cycle)] for i in range(n_experts))
+        if isinstance(experts, (str, bytes)) or not isinstance(experts, (list, tuple)):
+            raise CanvasTypeError(
+                f"mixture: experts must be a list or tuple of expert type names, got {experts!r}; "
+                f"write e.g. experts=[{experts!r}] for a single expert"
+                if isinstance(experts, str) else
+                f"mixture: experts must be a list or tuple of expert type names, got "
+                f"{type(experts).__name__} {experts!r}"
+            )
         experts = tuple(experts)
         if not experts:
             raise CanvasTypeError("mixture: experts must name at least one expert type")
         for e in experts:
-            if e not in _EXPERTS:
+            if not isinstance(e, str) or e not in _EXPERTS:
                 raise CanvasTypeError(
                     f"mixture: unknown expert type {e!r}; choose from {sorted(_EXPERTS)}"
                 )
+        check_size("width", len(experts), "attention type 'mixture' number of experts (the router's width)")
+        n_proj = sum(1 if e == "pooling" else 4 for e in experts)  # (d_model, d_model) weights
+        check_elements((n_proj, d_model, d_model), "attention type 'mixture' expert projection weights "
+                       "(one (d_model, d_model) matrix per projection)")
         if top_k_experts is not None:
             _check_int(self.type_name, "top_k_experts", top_k_experts, 1)
             top_k_experts = min(top_k_experts, len(experts))
@@ -305,7 +343,8 @@ class MixtureAttention(AttentionBase):
 
     def gates(self, queries: torch.Tensor) -> torch.Tensor:
         """Router weights ``(B, Nq, E)`` (rows sum to 1)."""
-        g = F.softmax(self.router(queries).float(), dim=-1)
+        logits = self.router(queries)  # softmax in float32 at least (float64 stays float64)
+        g = F.softmax(logits, dim=-1, dtype=work_dtype(logits.dtype))
         k = self.top_k_experts
         if k is not None and k < g.shape[-1]:
             idx = g.topk(k, dim=-1).indices

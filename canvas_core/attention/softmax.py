@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.attention import fused_softmax
-from canvas_core.attention._base import AttentionBase, _check_int, has_key, operators_under_compile
+from canvas_core.attention._base import AttentionBase, _check_finite, _check_int, has_key, operators_under_compile
 from canvas_core.attention.causal_read import plain_linear, plain_module
 from canvas_core.attention.functional import masked_softmax
-from canvas_core.errors import CanvasTypeError
+from canvas_core.schema.limits import check_elements, check_size
 
 __all__ = [
     "CrossAttention",
@@ -183,9 +183,8 @@ class CosineAttention(_QKVAttention):
         self, d_model: int, n_heads: int = 4, dropout: float = 0.0, init_scale: float = 10.0
     ) -> None:
         super().__init__(d_model, n_heads, dropout)
-        if not isinstance(init_scale, (int, float)) or init_scale <= 0:
-            raise CanvasTypeError(f"cosine_attention: init_scale must be > 0, got {init_scale!r}")
-        self.log_scale = nn.Parameter(torch.full((n_heads,), math.log(float(init_scale))))
+        init_scale = _check_finite(self.type_name, "init_scale", init_scale, positive=True)
+        self.log_scale = nn.Parameter(torch.full((n_heads,), math.log(init_scale)))
 
     def scale(self) -> torch.Tensor:
         """Per-head temperature ``(H,)``."""
@@ -384,6 +383,9 @@ class PerceiverAttention(AttentionBase):
     ) -> None:
         super().__init__(d_model, n_heads, dropout)
         self.n_latents = _check_int(self.type_name, "n_latents", n_latents, 1)
+        # the latents are a learned sequence: bounded like the positions of a canvas
+        check_size("positions", n_latents, f"attention type {self.type_name!r} n_latents")
+        check_elements((n_latents, d_model), f"attention type {self.type_name!r} latents (n_latents, d_model)")
         self.latents = nn.Parameter(torch.randn(n_latents, d_model) * 0.02)
         self.encode = CrossAttention(d_model, n_heads, dropout)
         self.decode = CrossAttention(d_model, n_heads, dropout)

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, ShapeError
+from canvas_core.extend import check_elements, check_size
 from canvas_plugin_canvit.rope import SceneRoPE
 from canvas_plugin_canvit.viewpoint import Viewpoint, default_coords, square_side, viewpoint_coords
 
@@ -41,6 +42,23 @@ __all__ = ["CanvasReadAttention", "CanvasWriteAttention", "normalize_key_mask"]
 def _pos_int(owner: str, name: str, v) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
         raise CanvasTypeError(f"{owner}: {name} must be a positive int, got {v!r}")
+    return v
+
+
+def _finite(owner: str, name: str, v) -> float:
+    """A real, finite number (NaN or inf would reach every output)."""
+    try:  # float() of an int past float's range raises OverflowError
+        f = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+    except OverflowError:
+        f = math.inf
+    if not math.isfinite(f):
+        raise CanvasTypeError(f"{owner}: {name} must be a finite number, got {v!r}")
+    return f
+
+
+def _width(owner: str, name: str, v) -> int:
+    """A positive int within the width limit (``CANVAS_MAX_WIDTH``): it sizes a weight."""
+    check_size("width", _pos_int(owner, name, v), f"attention type {owner!r} {name}")
     return v
 
 
@@ -99,7 +117,8 @@ def _attend(q, k, v, allowed, bias, dropout_p: float, training: bool):
         logits = logits.masked_fill(~a, float("-inf"))
         has_key = a.any(dim=-1, keepdim=True)
         logits = logits.masked_fill(~has_key, 0.0)
-    w = torch.softmax(logits.float(), dim=-1).to(v.dtype)
+    low = logits.dtype in (torch.float16, torch.bfloat16)  # upcast those; float64 stays float64
+    w = torch.softmax(logits.float() if low else logits, dim=-1).to(v.dtype)
     if has_key is not None:
         w = w * has_key.to(w.dtype)
     if dropout_p > 0.0 and training:
@@ -121,13 +140,13 @@ class _CanvasAttentionBase(nn.Module):
         self.kernel = _check_kernel(t, kernel)
         if not isinstance(rope, bool):
             raise CanvasTypeError(f"{t}: rope must be True or False, got {rope!r}")
-        _pos_int(t, "d_model", d_model)
+        _width(t, "d_model", d_model)
         _pos_int(t, "n_heads", n_heads)
         if attn_dim % n_heads:
             raise ShapeError(f"{t}: attention width {attn_dim} is not divisible by n_heads={n_heads}; "
                              f"choose n_heads among the divisors of {attn_dim}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-            raise CanvasTypeError(f"{t}: dropout must be a float in [0, 1), got {dropout!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout <= 1.0:
+            raise CanvasTypeError(f"{t}: dropout must be a float in [0, 1], got {dropout!r}")
         self.d_model, self.n_heads = d_model, n_heads
         self.attn_dim, self.head_dim = attn_dim, attn_dim // n_heads
         self.dropout_p = float(dropout)
@@ -216,8 +235,9 @@ class CanvasReadAttention(_CanvasAttentionBase):
                  canvas_dim: Optional[int] = None, rope: bool = True, rope_max_freq: float = 64.0,
                  kernel: str = "auto") -> None:
         canvas_dim = d_model if canvas_dim is None else canvas_dim
-        _pos_int(self.type_name, "canvas_dim", canvas_dim)
+        _width(self.type_name, "canvas_dim", canvas_dim)
         super().__init__(d_model, n_heads, dropout, canvas_dim, rope, rope_max_freq, kernel)
+        check_elements((d_model, canvas_dim), f"attention type {self.type_name!r} q_proj weight")
         self.canvas_dim = canvas_dim
         self.q_proj = nn.Linear(d_model, canvas_dim)
         self.out_proj = nn.Linear(canvas_dim, d_model)
@@ -270,8 +290,10 @@ class CanvasWriteAttention(_CanvasAttentionBase):
                  local_dim: Optional[int] = None, gate: bool = False, gate_init: float = -2.0,
                  rope: bool = True, rope_max_freq: float = 64.0, kernel: str = "auto") -> None:
         local_dim = d_model if local_dim is None else local_dim
-        _pos_int(self.type_name, "local_dim", local_dim)
+        _width(self.type_name, "local_dim", local_dim)
+        gate_init = _finite(self.type_name, "gate_init", gate_init)
         super().__init__(d_model, n_heads, dropout, d_model, rope, rope_max_freq, kernel)
+        check_elements((d_model, local_dim), f"attention type {self.type_name!r} k_proj / v_proj weight")
         self.local_dim = local_dim
         self.k_proj = nn.Linear(local_dim, d_model)
         self.v_proj = nn.Linear(local_dim, d_model)

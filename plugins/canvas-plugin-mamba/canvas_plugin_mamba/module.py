@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, CheckpointError, ShapeError, UnavailableError
-from canvas_core.extend import as_dtype, operators_under_compile, plain_linear, plain_module
+from canvas_core.extend import (as_dtype, check_elements, check_size, operators_under_compile, plain_linear,
+                                plain_module)
 from canvas_plugin_mamba import cpu_kernel, cpu_ops
 from canvas_plugin_mamba.chunked import chunk_size, selective_scan_read
 from canvas_plugin_mamba.conv_op import causal_depthwise_conv
@@ -153,9 +154,9 @@ class MambaAttention(nn.Module):
         if (
             isinstance(dropout, bool)
             or not isinstance(dropout, (int, float))
-            or not 0 <= dropout < 1
+            or not 0 <= dropout <= 1
         ):
-            raise CanvasTypeError(f"mamba: dropout must be a float in [0, 1), got {dropout!r}")
+            raise CanvasTypeError(f"mamba: dropout must be a float in [0, 1], got {dropout!r}")
         self.d_state = self.state_size = _int(d_state_name, d_state, 1)
         self.d_conv = _int("d_conv", d_conv, 1)
         self.expand = _int("expand", expand, 1)
@@ -168,6 +169,12 @@ class MambaAttention(nn.Module):
         E = self.d_inner = expand * d_model
         _int("dt_rank", dt_rank, 0)
         R = self.dt_rank = dt_rank or math.ceil(d_model / 16)
+        # every size is a dimension of some weight: refuse runaway ones before allocating
+        for name, v in (("d_model", d_model), (d_state_name, d_state), ("d_conv", d_conv), ("dt_rank", R),
+                        (f"inner width expand * d_model (expand={expand}, d_model={d_model})", E)):
+            check_size("width", v, f"attention type 'mamba' {name}")
+        check_elements((E, max(d_model, d_state, R, d_conv)),
+                       "attention type 'mamba' largest weight (expand * d_model, max(d_model, d_state, dt_rank, d_conv))")
         self.in_proj = nn.Linear(d_model, E)
         self.conv1d = nn.Conv1d(E, E, d_conv, groups=E, padding=d_conv - 1)
         self.x_proj = nn.Linear(d_model, R + d_state, bias=False)
