@@ -28,7 +28,7 @@ that fails leaves the cache as it was.  On exit the model is exactly as before.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -72,7 +72,7 @@ class Rollout:
     """
 
     def __init__(self, model: nn.Module, layout: Any, slide: Optional[str] = None,
-                 width: Optional[int] = None) -> None:
+                 width: Optional[int] = None, check: Union[bool, float] = False) -> None:
         from canvas_core.runtime.canvas_attention import CanvasAttention
 
         if not isinstance(model, nn.Module):
@@ -84,6 +84,7 @@ class Rollout:
         if slide not in SLIDE_STRATEGIES:
             raise CanvasTypeError(f"incremental(slide={slide!r}): choose one of {list(SLIDE_STRATEGIES)}")
         self.model, self.layout, self.slide = model, layout, slide
+        self.check_tol = _check_tolerance(check)
         self.T = int(layout.T)
         self.width = int(width if width is not None else layout.d_model)
         layers = [(n, m) for n, m in model.named_modules() if isinstance(m, CanvasAttention)]
@@ -114,6 +115,7 @@ class Rollout:
         self._checkpointing = [m for m in model.modules()
                                if isinstance(getattr(m, "use_gradient_checkpointing", None), bool)]
         self._inputs: List[torch.Tensor] = []  # the window's step inputs (for slide="recompute")
+        self._seen: List[torch.Tensor] = []  # this episode's step inputs (for check=)
         self._sig: Optional[Tuple[int, Any, Any]] = None  # batch, dtype, device of the first step
         self.frame = 0
         self.steps = 0
@@ -157,6 +159,7 @@ class Rollout:
         """Forget every frame: the next step is frame 0 of a fresh canvas.  The cache buffers stay
         allocated for the next episode (slots past the frame count are never read)."""
         self._inputs = []
+        self._seen = []
         self.frame = 0
         self._sig = None
 
@@ -188,12 +191,38 @@ class Rollout:
             return self._slide(x_t)
         self._check_no_adaptive_exit()
         y = self._run(x_t, self.frame)
+        if self.check_tol is not None:
+            self._compare_with_full_forward(x_t, y)
         self.frame += 1
         self.steps += 1
         if self.slide is not None:
             self._inputs.append(x_t)
         self._sig = (x_t.shape[0], x_t.dtype, x_t.device)
         return y
+
+    def _compare_with_full_forward(self, x_t: torch.Tensor, y: Any) -> None:
+        """``check=``: the step's output against ``model(canvas)[:, this frame]``, the canvas
+        holding the frames stepped so far and zeros after them; a difference raises."""
+        t, V = self.frame, self.V
+        seen = self._seen + [x_t]
+        canvas = torch.cat(seen + [x_t.new_zeros(x_t.shape[0], (self.T - t - 1) * V, x_t.shape[2])], dim=1)
+        with torch.no_grad():
+            full = self.model(canvas)  # not stepping: the layers run on the whole canvas
+        if not isinstance(y, torch.Tensor) or not isinstance(full, torch.Tensor):
+            raise RolloutError("incremental(check=...): the check compares tensors; the model returns "
+                               f"{type(full).__name__}")
+        ref = full[:, t * V:(t + 1) * V]
+        scale = max(1.0, float(ref.detach().abs().max())) if ref.numel() else 1.0
+        diff = float((y.detach() - ref).abs().max()) if ref.numel() else 0.0
+        if not diff <= self.check_tol * scale:  # NaN fails too
+            raise RolloutError(
+                f"incremental(check=...): frame {t} of the rollout differs from the full forward by {diff:.3g} "
+                f"(tolerance {self.check_tol:g} x {scale:.3g}). A module outside the canvas layers mixes "
+                "positions (x - x.mean(1), cumsum over positions, a table over all N positions): it sees one "
+                "frame in a step and the whole canvas in a full forward; keep such modules outside the model, "
+                "or roll out with slide='recompute' from the start. Dropout in training mode differs too: "
+                "model.eval()")
+        self._seen = seen
 
     def _check_no_adaptive_exit(self) -> None:
         for name, part in self._loops:
@@ -302,8 +331,18 @@ def _eager():
     return stance("force_eager") if stance is not None else contextlib.nullcontext()
 
 
+def _check_tolerance(check: Any) -> Optional[float]:
+    if check is False or check is None:
+        return None
+    if check is True:
+        return 1e-4
+    if isinstance(check, bool) or not isinstance(check, (int, float)) or not 0 < float(check) < float("inf"):
+        raise CanvasTypeError(f"incremental(check={check!r}): pass True, False, or a relative tolerance > 0")
+    return float(check)
+
+
 def incremental(model: nn.Module, layout: Any, *, slide: Optional[str] = None,
-                width: Optional[int] = None) -> Rollout:
+                width: Optional[int] = None, check: Union[bool, float] = False) -> Rollout:
     """Roll ``model`` out one canvas frame at a time: ``with incremental(model, layout) as roll``.
 
     Args:
@@ -314,6 +353,12 @@ def incremental(model: nn.Module, layout: Any, *, slide: Optional[str] = None,
         slide: what a step past ``T`` frames does: None refuses it (``RolloutError``);
             ``"recompute"`` slides the window by one frame (see the module docstring).
         width: the width ``D`` of a step's input (default ``layout.d_model``).
+        check: debugging aid: after every cached step, run the model on the whole canvas (the
+            frames stepped so far, zeros after them) and raise ``RolloutError`` when the step's
+            output differs from that frame of the full forward by more than ``check`` (True:
+            ``1e-4``) times the output's largest magnitude. It finds modules that mix positions
+            outside the canvas layers, which a rollout computes wrongly without an error. Costs
+            one full forward per step.
 
     Returns:
         a :class:`Rollout`, whose ``step(x_t)`` takes ``(B, V, D)`` and returns the model's output
@@ -324,5 +369,5 @@ def incremental(model: nn.Module, layout: Any, *, slide: Optional[str] = None,
         CanvasTypeError, ShapeError: the model holds no canvas layer, or its layers sit on another
             grid.
     """
-    return Rollout(model, layout, slide=slide, width=width)
+    return Rollout(model, layout, slide=slide, width=width, check=check)
 
