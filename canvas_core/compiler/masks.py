@@ -27,12 +27,16 @@ class BlockMask:
         plan: the :class:`ExecutionPlan` (``plan.perm`` maps packed -> canonical positions).
         layout: the :class:`BlockLayout` (tile states and counts).
         block_size: tile edge.
-        kv_num_blocks: ``(n_q_blocks,)`` int64, number of non-empty key blocks per query block.
+        kv_num_blocks: ``(n_q_blocks,)`` int64, number of non-empty key blocks (partial and
+            full) per query block.
         kv_indices: ``(n_q_blocks, n_k_blocks)`` int64, the non-empty key blocks of each query
-            block first (ascending), then padding with the block's own index repeated — the
-            layout FlexAttention's ``BlockMask.from_kv_blocks`` takes.
-        full_kv_num_blocks / full_kv_indices: same for tiles where every pair is linked with
-            one weight (no per-pair mask needed, only a constant bias).
+            block first (ascending), then padding with its first block repeated.
+        full_kv_num_blocks / full_kv_indices: the same for the full tiles only (every pair
+            linked with one weight: no per-pair mask needed, only a constant bias).
+
+    FlexAttention's ``BlockMask.from_kv_blocks`` takes the *partial* tiles as ``kv_*`` and the
+    full ones as ``full_kv_*`` (a tile in both would be computed twice): pass
+    :attr:`partial_kv_num_blocks` / :attr:`partial_kv_indices` with the ``full_kv_*`` ones.
     """
 
     plan: ExecutionPlan
@@ -42,6 +46,17 @@ class BlockMask:
     kv_indices: np.ndarray
     full_kv_num_blocks: np.ndarray
     full_kv_indices: np.ndarray
+
+    @property
+    def partial_kv_num_blocks(self) -> np.ndarray:
+        """``(n_q_blocks,)`` int64: key blocks per query block that are linked only in part."""
+        return _pack_rows(self.layout.state == BlockLayout.PARTIAL)[0]
+
+    @property
+    def partial_kv_indices(self) -> np.ndarray:
+        """``(n_q_blocks, n_k_blocks)`` int64: the partial key blocks of each query block first
+        (ascending), then padding (FlexAttention's ``kv_indices``)."""
+        return _pack_rows(self.layout.state == BlockLayout.PARTIAL)[1]
 
     @property
     def shape(self):

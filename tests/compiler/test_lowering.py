@@ -49,6 +49,12 @@ def test_block_layout_matches_dense(data, bs):
                 assert state == 1
         listed = set(bm.kv_indices[qb, : bm.kv_num_blocks[qb]].tolist())
         assert listed == set(np.flatnonzero(bm.layout.state[qb] > 0).tolist())
+        # FlexAttention's split: partial and full tiles, disjoint, together the non-empty ones
+        partial = set(bm.partial_kv_indices[qb, : bm.partial_kv_num_blocks[qb]].tolist())
+        full = set(bm.full_kv_indices[qb, : bm.full_kv_num_blocks[qb]].tolist())
+        assert partial == set(np.flatnonzero(bm.layout.state[qb] == 1).tolist())
+        assert full == set(np.flatnonzero(bm.layout.state[qb] == 2).tolist())
+        assert not partial & full and partial | full == listed
     # packed dense is the canonical one permuted
     canon = plan.to_dense().numpy()
     assert np.array_equal(canon, dense[np.ix_(plan.inv_perm, plan.inv_perm)])
