@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasError, CanvasTypeError
+from canvas_core.schema._validate import is_int
 from canvas_core.looping.adapter import BackboneAdapter, GenericAdapter
 from canvas_core.looping.checkpoint import _schema_hash
 from canvas_core.looping.registry import resolve_adapter
@@ -180,8 +181,9 @@ def graft_looped_blocks(
     """
     _check_module(transformer, "graft_looped_blocks")
     transformer = unwrap_compiled(transformer)  # torch.compile's handle: graft the model it holds
-    if not isinstance(max_loops, int) or isinstance(max_loops, bool) or max_loops < 1:
+    if not is_int(max_loops) or max_loops < 1:  # numpy integers too, as the schema takes them
         raise BackboneError(f"max_loops must be an int >= 1, got {max_loops!r}")
+    max_loops = int(max_loops)
     from canvas_core.schema.limits import check_size
 
     check_size("loops", max_loops, "graft_looped_blocks max_loops")
@@ -189,8 +191,9 @@ def graft_looped_blocks(
         raise BackboneError(
             f"unknown freeze strategy {freeze!r}; choose one of {list(FREEZE_STRATEGIES)}"
         )
-    if not isinstance(action_dim, int) or isinstance(action_dim, bool) or action_dim < 1:
+    if not is_int(action_dim) or action_dim < 1:
         raise BackboneError(f"action_dim must be an int >= 1, got {action_dim!r}")
+    action_dim = int(action_dim)
     _check_pos_int("latent_channels", latent_channels, optional=True)
     _check_pos_int("inner_dim", inner_dim, optional=True)
     _check_pos_int("action_hidden_dim", action_hidden_dim, optional=True)

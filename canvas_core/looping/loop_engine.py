@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError
+from canvas_core.schema._validate import is_int
 
 __all__ = ["LoopCore", "UPDATES", "index_rows", "check_loops", "check_exit_tol"]
 
@@ -40,11 +41,12 @@ _EPS = 1e-12
 
 
 def check_loops(n: Any, where: str) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if not is_int(n) or n < 1:  # numpy integers too, as the schema takes them
         raise BackboneError(
             f"{where}: n (the loop count) must be an int >= 1, got {n!r}; one loop runs the "
             "backbone once, so pass n=1 for the plain model"
         )
+    n = int(n)
     from canvas_core.schema.limits import check_size
 
     check_size("loops", n, f"{where} n")  # a span runs every one of them: refuse a runaway count

@@ -6,14 +6,15 @@ import math
 from typing import Iterable
 
 from canvas_core.errors import CanvasTypeError, SchemaError
+from canvas_core.schema._validate import is_int
 
 __all__ = ["CurriculumScheduler", "SharpeningSchedule", "RandomDepthScheduler"]
 
 
 def _check_int(name: str, value, lo: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo:
+    if not is_int(value) or value < lo:  # numpy integers too, as the schema takes them
         raise SchemaError(f"{name} must be an int >= {lo}, got {value!r}")
-    return value
+    return int(value)
 
 
 class CurriculumScheduler:

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from canvas_core.errors import BackboneError, CanvasTypeError, ShapeError
+from canvas_core.schema._validate import is_int
 
 __all__ = ["BlockIO", "LoopedBlockWrapper"]
 
@@ -160,10 +161,11 @@ class LoopedBlockWrapper(nn.Module):
             raise CanvasTypeError(
                 f"LoopedBlockWrapper wraps an nn.Module, got {type(original).__name__}"
             )
-        if not isinstance(max_loops, int) or isinstance(max_loops, bool) or max_loops < 1:
+        if not is_int(max_loops) or max_loops < 1:  # numpy integers too, as the schema takes them
             raise BackboneError(f"max_loops must be an int >= 1, got {max_loops!r}")
-        if not isinstance(embed_dim, int) or isinstance(embed_dim, bool) or embed_dim < 1:
+        if not is_int(embed_dim) or embed_dim < 1:
             raise BackboneError(f"embed_dim must be a positive int, got {embed_dim!r}")
+        max_loops, embed_dim = int(max_loops), int(embed_dim)
         from canvas_core.schema.limits import check_size
 
         check_size("loops", max_loops, f"LoopedBlockWrapper (block {block_idx}) max_loops")
@@ -200,10 +202,11 @@ class LoopedBlockWrapper(nn.Module):
         More than ``max_loops`` is clamped to ``max_loops``, as in canvas-engineering (a
         curriculum may overshoot); ``n < 1`` or a non-integer raises ``BackboneError`` (zero
         loops would silently skip the backbone block)."""
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        if not is_int(n) or n < 1:
             raise BackboneError(
                 f"block {self.block_idx}: loops must be an int >= 1 (at most {self.max_loops} are run), got {n!r}"
             )
+        n = int(n)
         self.current_loops = min(n, self.max_loops)
 
     def set_sharpening(self, schedule: Optional[Callable[[int], float]]) -> None:

@@ -7,6 +7,7 @@ import re
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional
 
 from canvas_core.errors import CanvasTypeError, ProgramError, did_you_mean
+from canvas_core.schema._validate import is_int
 from canvas_core.schema.region import RegionSpec
 from canvas_core.schema.schema import CanvasSchema
 
@@ -98,8 +99,9 @@ class BoundList(_Navigable):
     def __getitem__(self, index: Any) -> Any:
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(self._length))]
-        if not isinstance(index, int) or isinstance(index, bool):
+        if not is_int(index):
             raise CanvasTypeError(f"{self._prefix}[...] takes an integer index, got {index!r}")
+        index = int(index)
         i = index + self._length if index < 0 else index
         if not 0 <= i < self._length:
             raise UnknownFieldError(f"{self._prefix}[{index}]: index out of range (the list has {self._length} elements)")

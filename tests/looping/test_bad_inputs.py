@@ -194,3 +194,25 @@ def test_checkpoint_whose_header_length_starts_like_a_pickle_still_loads(tmp_pat
     else:  # pragma: no cover
         pytest.fail("could not produce a header length with low byte 0x80")
     assert load_loop_checkpoint(blocks, head, path)["user_metadata"]["pad"] == "x" * n
+
+
+def test_numpy_integers_count_as_integers_everywhere():
+    """Loop counts read from a numpy array (a sweep's grid) are taken as the schema takes them, by
+    graft_looped_blocks, set_loops, LoopedBlockWrapper.set_loops and the schedulers; a float or
+    a bool still is not."""
+    import numpy as np
+
+    import canvas_core
+
+    model = _Model()
+    graft_looped_blocks(model, max_loops=np.int64(3), freeze="none", inner_dim=8)
+    assert all(type(b.max_loops) is int and b.max_loops == 3 for b in looped_blocks_of(model))
+    canvas_core.set_loops(model, np.int32(2))
+    assert all(b.current_loops == 2 for b in looped_blocks_of(model))
+    looped_blocks_of(model)[0].set_loops(np.uint8(1))
+    assert looped_blocks_of(model)[0].current_loops == 1
+    sched = CurriculumScheduler(max_loops=np.int64(3), total_steps=np.int64(10))
+    assert sched.max_loops == 3
+    for bad in (2.0, True):
+        with pytest.raises((BackboneError, CanvasTypeError)):
+            graft_looped_blocks(_Model(), max_loops=bad, inner_dim=8)
