@@ -206,14 +206,18 @@ class SpatiotemporalCanvas(nn.Module):
     # ------------------------------------------------------------------ API
     def create_empty(self, batch_size: int) -> torch.Tensor:
         """``(B, N, d_model)`` canvas of empty tokens + positional + region identity."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+        # checked eagerly only: under torch.compile a message holding the batch size would make
+        # it a constant of the graph (one recompile per batch size, even with dynamic=True)
+        checked = not torch.compiler.is_compiling()
+        if checked and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0):
             raise CanvasTypeError(
                 "SpatiotemporalCanvas.create_empty: batch_size must be an int >= 0, "
                 f"got {batch_size!r}"
             )
-        check_count("SpatiotemporalCanvas.create_empty", "batch_size", batch_size, minimum=0, limit="batch")
-        check_allocation(f"SpatiotemporalCanvas.create_empty({batch_size})",
-                         (batch_size, self.layout.num_positions, self.d_model))
+        if checked:
+            check_count("SpatiotemporalCanvas.create_empty", "batch_size", batch_size, minimum=0, limit="batch")
+            check_allocation(f"SpatiotemporalCanvas.create_empty({batch_size})",
+                             (batch_size, self.layout.num_positions, self.d_model))
         base = self.positional_encoding() + self.empty_token
         N = base.shape[0]
         ident = self.period_embedding(1).expand(N, self.d_model)
@@ -222,6 +226,8 @@ class SpatiotemporalCanvas(nn.Module):
             ident = ident.index_copy(
                 0, idx, self.region_identity(name).expand(idx.numel(), self.d_model)
             )
+        if not checked:
+            return (base + ident).unsqueeze(0).expand(batch_size, N, self.d_model).clone()
         with allocating(f"SpatiotemporalCanvas.create_empty({batch_size})", (batch_size, N, self.d_model)):
             return (base + ident).unsqueeze(0).expand(batch_size, N, self.d_model).clone()
 

@@ -219,3 +219,22 @@ def test_canvas_loads_canvas_engineering_state_dicts():
     again = SpatiotemporalCanvas(layout, program=prog)
     again.load_state_dict(ours.state_dict())
     assert torch.equal(again.modality_embeddings["r0"], ours.modality_embeddings["r0"])
+
+
+def test_create_empty_compiles_one_graph_for_every_batch_size():
+    """Its eager checks name the batch size in their messages; traced, that made the size a
+    constant of the graph: one recompile per batch size even with dynamic=True (a world model
+    compiled whole hit the recompile limit)."""
+    from torch._dynamo.testing import CompileCounter
+
+    from canvas_core import CanvasLayout, SpatiotemporalCanvas
+
+    canvas = SpatiotemporalCanvas(CanvasLayout(T=2, H=2, W=2, d_model=8, regions={"a": (0, 2, 0, 1, 0, 2)}))
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    make = torch.compile(lambda x: canvas.create_empty(x.shape[0]) + x.sum(), backend=counter, fullgraph=True,
+                         dynamic=True)
+    for B in (2, 3, 5, 7):
+        got = make(torch.ones(B, 3))
+        torch.testing.assert_close(got, canvas.create_empty(B) + 3.0 * B)
+    assert counter.frame_count == 1
