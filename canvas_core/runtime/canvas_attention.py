@@ -71,6 +71,15 @@ class _Executor(PlanRunner):
                          kernel_options=kernel_options, device=device, plain_when_full=False, keep_empty=True)
 
 
+@torch.compiler.disable  # lowering runs in Python: a graph break, once per new set of regions
+def _build_restricted(layer: "CanvasAttention", key: Any, device: Any) -> "_Executor":
+    """The executor of ``layer`` restricted to the connections whose source is in ``key``
+    (see :meth:`CanvasAttention.prepare` for fullgraph compiles)."""
+    plan = restrict(layer.plan, key)  # same fn types and resolutions, fewer connections
+    return _Executor(plan, layer.softmax_types, layer._kernel, layer.n_heads, layer.head_dim,
+                     layer._kernel_options, device)
+
+
 class CanvasAttention(nn.Module):
     """Attention layer executing a canvas plan; see the module docstring for the semantics.
 
@@ -206,11 +215,18 @@ class CanvasAttention(nn.Module):
 
                 raise UnknownRegionError(f"{type(self).__name__}: active_regions names unknown region(s) {unknown}; "
                                          f"regions: {sorted(known)}")
-            plan = restrict(self.plan, key)  # same fn types and resolutions, fewer connections
-            ex = _Executor(plan, self.softmax_types, self._kernel, self.n_heads, self.head_dim,
-                           self._kernel_options, device)
-            self._restricted[key] = ex
+            ex = self._restricted[key] = _build_restricted(self, key, device)
         return ex
+
+    def prepare(self, *region_sets: Iterable[str]) -> "CanvasAttention":
+        """Build the executors of these ``active_regions`` sets now (each is otherwise built on
+        the first call that names it).  Under ``torch.compile(fullgraph=True)`` a set the layer
+        has not seen stops the trace (its plan is lowered in Python): prepare every set the model
+        will use before compiling.  Returns ``self``."""
+        device = self.executor.updated.device
+        for regions in region_sets:
+            self._executor_for(regions, device)
+        return self
 
     def forward(self, x: torch.Tensor, active_regions: Optional[Iterable[str]] = None) -> torch.Tensor:
         """``(B, N, D)`` canonical -> ``(B, N, D)``: updated positions replaced, others unchanged

@@ -138,6 +138,24 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(compiled(x), mod(x), atol=1e-5, rtol=1e-5)
 
 
+def test_active_regions_compile_after_a_graph_break_or_prepare():
+    """A new set of active regions lowers its plan in Python: without fullgraph that is a graph
+    break and the result equals eager; with fullgraph, prepare() builds the sets first."""
+    layout = CanvasLayout(T=3, H=2, W=4, d_model=16, regions={"v": (0, 3, 0, 1, 0, 4), "a": (0, 3, 1, 2, 0, 4)})
+    topo = CanvasTopology([Connection("v", "v"), Connection("a", "v", fn="pooling"), Connection("a", "a")])
+    sets = ({"v"}, {"a"}, {"v", "a"})
+    x = torch.randn(2, 24, 16)
+    for fullgraph in (False, True):
+        torch.manual_seed(0)
+        mod = CanvasAttention(topo, layout, n_heads=2)
+        if fullgraph:
+            assert mod.prepare(*sets) is mod and len(mod._restricted) == 3
+        torch._dynamo.reset()
+        compiled = torch.compile(lambda h, r: mod(h, active_regions=r), backend="eager", fullgraph=fullgraph)
+        for regions in (*sets, None, sets[0]):
+            torch.testing.assert_close(compiled(x, regions), mod(x, active_regions=regions))
+
+
 def test_auto_picks_segments_for_frame_structured_topologies_and_falls_back_otherwise():
     layout = CanvasLayout(T=4, H=6, W=6, d_model=16, regions={
         "video": (0, 4, 0, 5, 0, 6), "action": (0, 4, 5, 6, 0, 3), "reward": (0, 4, 5, 6, 3, 6)})
