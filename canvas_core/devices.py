@@ -85,6 +85,28 @@ def cuda_status() -> Optional[bool]:
         return False
 
 
+def device_missing(device: Any) -> bool:
+    """Whether this machine lacks the accelerator ``device`` names (``cuda``, ``mps``, ``xpu``,
+    ...): False for ``cpu`` / ``meta``, and when it cannot be told (torch not loaded for CUDA, a
+    backend with nothing to ask)."""
+    kind = normalize_device(device)
+    if kind in ("cpu", "meta"):
+        return False
+    if kind == "cuda":
+        return cuda_status() is False
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    probe = torch.backends.mps if kind == "mps" else getattr(torch, kind, None)
+    available = getattr(probe, "is_available", None)
+    if not callable(available):
+        return False  # no way to ask: compile for it as asked
+    try:
+        return not bool(available())
+    except Exception:  # a broken backend counts as missing
+        return True
+
+
 def cuda_device_count() -> int:
     """CUDA devices the loaded torch sees (0 when torch is not loaded)."""
     torch = sys.modules.get("torch")

@@ -14,7 +14,7 @@ import json
 import sys
 from importlib import resources
 from pathlib import Path
-from typing import Any, Tuple
+from typing import Tuple
 
 from canvas_core.errors import SchemaFormatError
 from canvas_core.schema.jsonio import loads_strict, read_text_capped
@@ -77,25 +77,6 @@ def load_schema(source) -> Tuple[object, str]:
     return schema, label
 
 
-def _device_missing(device: str, cuda_status: Any) -> bool:
-    """Whether this machine lacks the accelerator ``device`` names (cuda, mps, xpu, ...)."""
-    kind = device.split(":")[0]
-    if kind in ("cpu", "meta"):
-        return False
-    if kind == "cuda":
-        return cuda_status() is False
-    import torch
-
-    probe = torch.backends.mps if kind == "mps" else getattr(torch, kind, None)
-    available = getattr(probe, "is_available", None)
-    if not callable(available):
-        return False  # no way to ask: compile for it as asked
-    try:
-        return not bool(available())
-    except Exception:  # a broken backend counts as missing
-        return True
-
-
 def run(args: argparse.Namespace) -> int:
     from canvas_core.compiler import ProgramCompiler
     from canvas_core.program import CanvasProgram
@@ -110,11 +91,11 @@ def run(args: argparse.Namespace) -> int:
     kwargs = {"device": args.device, "dtype": args.dtype}
     if args.kernel:
         kwargs["kernel"] = args.kernel
-    from canvas_core.devices import cuda_status
+    from canvas_core.devices import device_missing
 
     # Without the device, show what a machine with it would get (marked as a preview), rather
     # than this machine's fallbacks under the other device's name.
-    kwargs["preview"] = _device_missing(str(args.device), cuda_status)
+    kwargs["preview"] = device_missing(str(args.device))
     compiled = ProgramCompiler(program).compile(**kwargs)
     if args.json:
         print(json.dumps(compiled.to_dict(), indent=2, default=str))

@@ -43,6 +43,9 @@ class CompiledProgram:
             ``provider`` (empty when compiled with ``resolve=False``).
         preview: True when resolved as a preview for a device this machine lacks (see
             ``ProgramCompiler.compile(preview=)``); the report says so first.
+        device_missing: True when this machine has no ``device`` (a ``"cuda"`` compile on a
+            CPU machine); without ``preview`` the kernels are then the ones that run here, and
+            the report says so first.
     """
 
     schema: Any
@@ -62,6 +65,7 @@ class CompiledProgram:
     source_schema: Any = field(default=None, repr=False, compare=False)
     identity: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     preview: bool = False
+    device_missing: bool = False
 
     @property
     def n_eliminated(self) -> int:
@@ -91,16 +95,26 @@ class CompiledProgram:
 
     def report(self) -> str:
         """The readable report: one table of regions, one of connections and their resolutions."""
-        if not self.preview:
+        d = self.device
+        if self.preview and self.device_missing:
+            head = (f"PREVIEW for {d}: this machine has no such device. Shown is what a machine with {d} and "
+                    "the packages installed here would run; to run it, compile on that machine.")
+        elif self.preview:
+            head = (f"PREVIEW for {d}: resolved as a machine with {d} and the packages installed here would; "
+                    f"this machine has {d} too, so compiling without preview=True gives what runs here.")
+        elif self.device_missing:
+            head = (f"NOTE: this machine has no {d} device. The kernels below are those that can run here "
+                    f"(reference fallbacks computing the same attention), not those a machine with {d} would "
+                    f"use: compile with preview=True to see those, and on a machine with {d} to run them.")
+        else:
             return format_report(self)
-        return (f"PREVIEW for {self.device}: this machine has no such device. Shown is what a machine "
-                f"with {self.device} and the packages installed here would run; to run it, compile on "
-                f"that machine.\n\n{format_report(self)}")
+        return f"{head}\n\n{format_report(self)}"
 
     def to_dict(self) -> Dict[str, Any]:
         """The report as JSON-compatible data (tensors reduced to their shapes)."""
         data = compiled_to_dict(self)
         data["preview"] = self.preview
+        data["device_missing"] = self.device_missing
         return data
 
     def __str__(self) -> str:

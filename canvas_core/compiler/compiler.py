@@ -40,7 +40,7 @@ from canvas_core.compiler.passes import (
 )
 from canvas_core.compiler.resolution import resolve_plan
 from canvas_core.errors import CanvasTypeError, CompileError, did_you_mean
-from canvas_core.devices import KNOWN_DEVICE_TYPES, cuda_device_count
+from canvas_core.devices import KNOWN_DEVICE_TYPES, cuda_device_count, device_missing
 from canvas_core.program import CanvasProgram
 from canvas_core.schema import CanvasSchema
 
@@ -193,5 +193,5 @@ class ProgramCompiler:
             exported_memories=exported, active_connections=active_connections, all_regions=all_regions,
             constant_buffers=constant_buffers, exported_paths=exported_paths, plan=plan,
             device=device_s, dtype=dtype_s, kernel=kernel, requires_grad=bool(requires_grad),
-            source_schema=schema, identity=identity, preview=preview,
+            source_schema=schema, identity=identity, preview=preview, device_missing=device_missing(device_s),
         )

@@ -76,3 +76,22 @@ def test_unavailable_kernel_hint_is_one_sentence():
     msg = str(info.value)
     assert "To fix: Run on a device the implementation supports." in msg
     assert "To fix: or" not in msg and ": or " not in msg
+
+
+@no_cuda
+def test_a_cuda_compile_without_cuda_says_its_kernels_are_this_machines():
+    """Without preview the plan holds what runs here; the report says first that this machine
+    has no cuda and points to preview=True (it read as a cuda plan whose kernels 'cannot run on
+    cuda')."""
+    compiled = ProgramCompiler(_schema()).compile(device="cuda")
+    assert compiled.device_missing and not compiled.preview and compiled.to_dict()["device_missing"] is True
+    assert compiled.report().startswith("NOTE: this machine has no cuda device.")
+    assert "preview=True" in compiled.report().splitlines()[0]
+
+
+def test_a_preview_for_a_device_this_machine_has_does_not_claim_it_lacks_it():
+    compiled = ProgramCompiler(_schema()).compile(device="cpu", preview=True)
+    first = compiled.report().splitlines()[0]
+    assert first.startswith("PREVIEW for cpu") and "no such device" not in first and "has cpu too" in first
+    plain = ProgramCompiler(_schema()).compile(device="cpu")
+    assert not plain.device_missing and plain.report().startswith("CompiledProgram for cpu")
