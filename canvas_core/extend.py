@@ -51,6 +51,8 @@ Backbones (torch)
     ``CanvasAttentionHooks`` (what an attention object inside a grafted backbone reads: sharpening
     ``beta``, an installed topology) and ``CanvasProcessorBase`` (the shared part of a backbone
     attention processor).
+Identity binders (torch)
+    ``BindingResult`` (what a binder's ``bind`` returns; its docstring states the binder contract).
 
 Importing this module imports neither torch nor any plugin: every name loads on first access
 (PEP 562), so a plugin's registration module may import ``hookimpl`` from here.
@@ -83,6 +85,7 @@ if TYPE_CHECKING:  # for readers and IDEs; at run time the names load lazily bel
     from canvas_core.looping.processor import CanvasAttentionHooks, CanvasProcessorBase, canvas_sdpa
     from canvas_core.looping.wrapper import BlockIO, LoopedBlockWrapper
     from canvas_core.devices import RuntimeContext
+    from canvas_core.identity import BindingResult
     from canvas_core.plugins.spec import Spec
     from canvas_core.runtime.kernel_base import AttentionKernel
     from canvas_core.runtime.finite_guard import nan_where_linked, non_finite_keys, zero_bad_keys
@@ -124,10 +127,12 @@ _publish("canvas_core.looping.adapter", "BackboneAdapter", "GenericAdapter", "To
          "class_matches")
 _publish("canvas_core.looping.wrapper", "LoopedBlockWrapper", "BlockIO")
 _publish("canvas_core.looping.processor", "canvas_sdpa", "CanvasAttentionHooks", "CanvasProcessorBase")
+# identity binders
+_publish("canvas_core.identity", "BindingResult")
 
 #: every published name (a test checks that each resolves)
 __all__ = [
-    "AttentionBase", "AttentionKernel", "BackboneAdapter", "BlockIO", "BlockLayout", "CanvasAttentionHooks",
+    "AttentionBase", "AttentionKernel", "BackboneAdapter", "BindingResult", "BlockIO", "BlockLayout", "CanvasAttentionHooks",
     "CanvasProcessorBase",
     "ENTRY_POINT_GROUP", "ExecutionPlan", "GenericAdapter", "LoopedBlockWrapper",
     "REFERENCE_MODES", "RectGroup", "ReferenceKernel", "ResolvedGroup", "RuntimeContext",

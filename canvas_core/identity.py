@@ -7,8 +7,9 @@
   ``canvas-plugin-identity`` distribution; ``canvas_core.identity.SlotBindingModule`` and
   ``canvas_core.SlotBindingModule`` load it lazily through the identity-binder registry, never
   by importing the plugin (a clear install hint when it is not installed).
-* :class:`SlotTracker` wraps any binder and carries slot state across timesteps according to the
-  mode; :func:`build_identity_binders` builds one tracker per region of a program that declares
+* :class:`BindingResult` is what a binder's ``bind`` returns (the binder contract, below);
+  :class:`SlotTracker` wraps any binder, checks what it returns and carries slot state across
+  timesteps according to the mode; :func:`build_identity_binders` builds one tracker per region of a program that declares
   an ``IdentitySpec`` (the runtime calls it).
 
 Usage::
@@ -32,7 +33,7 @@ from canvas_core.plugins import create_identity_binder, get_registry, get_spec, 
 from canvas_core.program.identity import IdentitySpec
 
 __all__ = [
-    "IdentitySpec", "SlotBindingModule", "SlotTracker", "SlotStep", "IdentityBinders",
+    "IdentitySpec", "SlotBindingModule", "BindingResult", "SlotTracker", "SlotStep", "IdentityBinders",
     "create_binder", "build_identity_binders",
 ]
 
@@ -80,6 +81,37 @@ def create_binder(binding_fn: str, d_model: int, n_slots: int, n_heads: int = 4,
         raise type(exc)(f"{exc}; no identity plugin is installed: {_INSTALL_HINT}") from None
 
 
+class BindingResult(NamedTuple):
+    """What one ``binder.bind(obs, slots=None, obs_mask=None)`` call returns: the binder contract
+    every identity binder follows (``SlotBindingModule`` and any binder a plugin registers through
+    ``canvas_register_identity``; plugins import it from ``canvas_core.extend``).
+
+    Binder contract::
+
+        binder = Factory(d_model=D, n_slots=S, n_heads=4, birth_death=False)
+        binder.initial_slots(B)                     -> (B, S, D)  the learned slot bank
+        binder.bind(obs, slots=None, obs_mask=None) -> BindingResult
+        binder(obs, slots=None, obs_mask=None)      -> (B, S, D)  (dead slots zeroed)
+        binder.alive_mask(obs, slots=None)          -> (B, S) bool
+
+    Attributes:
+        slots: ``(B, S, D)`` updated slots; with birth/death, dead slots are zeroed.
+        raw_slots: ``(B, S, D)`` updated slots before the alive mask is applied (the state
+            carried to the next step).
+        attn: ``(B, S, N_obs)`` attention of each slot over the observations (mean over heads),
+            or None when the binder has none to report.
+        alive_logits: ``(B, S)`` birth/death gate logits (alive iff > 0), or None without gates.
+
+    :class:`SlotTracker` refuses (``ShapeError`` / ``CanvasTypeError`` naming the binder) a result
+    with another number of slots than ``S``, another width than the observations' or another batch.
+    """
+
+    slots: torch.Tensor
+    raw_slots: torch.Tensor
+    attn: Optional[torch.Tensor]
+    alive_logits: Optional[torch.Tensor]
+
+
 class SlotStep(NamedTuple):
     """Result of one :class:`SlotTracker` step.
 
@@ -111,27 +143,79 @@ class SlotTracker(nn.Module):
     :meth:`reset` (call ``detach_state()`` between truncated-BPTT windows).
 
     Args:
-        binder: an identity binder (see ``canvas_plugin_identity.binding`` for the contract).
+        binder: an identity binder (the contract: :class:`BindingResult`).
         mode: ``"persistent"``, ``"ephemeral"`` or ``"tracklet"``.
+        n_slots: the number of slots every ``bind`` must return (``IdentitySpec.slot_capacity``);
+            None: the binder's ``n_slots`` attribute when it has one.
+        name: the binder's registered name, for error messages.
     """
 
     MODES = ("persistent", "ephemeral", "tracklet")
 
-    def __init__(self, binder: nn.Module, mode: str = "persistent") -> None:
+    def __init__(self, binder: nn.Module, mode: str = "persistent", n_slots: Optional[int] = None,
+                 name: Optional[str] = None) -> None:
         super().__init__()
         if mode not in self.MODES:
             raise ProgramError(f"SlotTracker: unknown identity mode {mode!r}; use one of {list(self.MODES)}")
         for attr in ("bind", "initial_slots"):
             if not callable(getattr(binder, attr, None)):
-                raise CanvasTypeError(f"SlotTracker: binder {type(binder).__name__} has no {attr}(); "
-                                      "identity binders must follow the binder contract")
+                who = f"binder {name!r} ({type(binder).__name__})" if name else f"binder {type(binder).__name__}"
+                raise CanvasTypeError(f"SlotTracker: {who} has no {attr}(); identity binders must follow the "
+                                      "binder contract (canvas_core.extend.BindingResult, docs/identity.md)")
+        if n_slots is None:
+            n_slots = getattr(binder, "n_slots", None)
+            n_slots = n_slots if isinstance(n_slots, int) and not isinstance(n_slots, bool) else None
+        elif isinstance(n_slots, bool) or not isinstance(n_slots, int) or n_slots < 1:
+            raise CanvasTypeError(f"SlotTracker: n_slots must be a positive int or None, got {n_slots!r}")
         self.binder = binder
         self.mode = mode
+        self.n_slots = n_slots
+        self.binder_name = name
         self._state: Optional[torch.Tensor] = None
+
+    def _who(self) -> str:
+        cls = type(self.binder).__name__
+        return f"identity binder {self.binder_name!r} ({cls})" if self.binder_name else f"identity binder {cls}"
+
+    def _check(self, res: Any, observations: torch.Tensor) -> None:
+        """Refuse a ``bind`` result that breaks the contract, naming the binder."""
+        from canvas_core.errors import ShapeError
+
+        who = self._who()
+        if not all(hasattr(res, a) for a in BindingResult._fields):
+            raise CanvasTypeError(f"{who}: bind() returned {type(res).__name__}, not a BindingResult(slots, raw_slots, "
+                                  "attn, alive_logits); return canvas_core.extend.BindingResult")
+        if not isinstance(observations, torch.Tensor) or observations.dim() != 3:
+            return  # the binder accepted something else: nothing to measure against
+        B, n_obs, D = observations.shape
+        S = self.n_slots
+        if S is None:  # no declared count: the slots' own, the same in every field
+            S = res.slots.shape[1] if isinstance(res.slots, torch.Tensor) and res.slots.dim() == 3 else -1
+        hint = (f" (n_slots = {self.n_slots}, the region's IdentitySpec.slot_capacity)"
+                if self.n_slots is not None else "")
+        want = {"slots": (B, S, D), "raw_slots": (B, S, D), "attn": (B, S, n_obs), "alive_logits": (B, S)}
+        for field, shape in want.items():
+            t = getattr(res, field)
+            if t is None and field in ("attn", "alive_logits"):
+                continue
+            if not isinstance(t, torch.Tensor):
+                raise CanvasTypeError(f"{who}: bind() returned {field} of type {type(t).__name__}; expected a "
+                                      f"tensor of shape {shape}")
+            if tuple(t.shape) != shape:
+                raise ShapeError(f"{who}: bind() returned {field} of shape {tuple(t.shape)} for observations of "
+                                 f"shape {tuple(observations.shape)}; expected {shape}{hint}. A binder must "
+                                 "return exactly n_slots slots of the observations' width, one set per sample")
 
     def init_state(self, batch_size: int) -> torch.Tensor:
         """The learned slot bank ``(B, S, D)``."""
-        return self.binder.initial_slots(batch_size)
+        bank = self.binder.initial_slots(batch_size)
+        if self.n_slots is not None and isinstance(bank, torch.Tensor) and tuple(bank.shape[:2]) != (batch_size, self.n_slots):
+            from canvas_core.errors import ShapeError
+
+            raise ShapeError(f"{self._who()}: initial_slots({batch_size}) returned shape {tuple(bank.shape)}; expected "
+                             f"({batch_size}, {self.n_slots}, D) (n_slots = {self.n_slots}, the region's "
+                             "IdentitySpec.slot_capacity)")
+        return bank
 
     def forward(self, observations: torch.Tensor, state: Optional[torch.Tensor] = None,
                 obs_mask: Optional[torch.Tensor] = None) -> SlotStep:
@@ -139,6 +223,7 @@ class SlotTracker(nn.Module):
         if self.mode == "ephemeral":
             state = None
         res = self.binder.bind(observations, state, obs_mask)
+        self._check(res, observations)
         B = observations.shape[0]
         if res.alive_logits is None:
             alive = torch.ones(res.slots.shape[:2], dtype=torch.bool, device=res.slots.device)
@@ -148,7 +233,7 @@ class SlotTracker(nn.Module):
             new_state = None
         elif self.mode == "tracklet" and res.alive_logits is not None:
             new_state = torch.where(alive.unsqueeze(-1), res.raw_slots,
-                                    self.binder.initial_slots(B).to(res.raw_slots.dtype))
+                                    self.init_state(B).to(res.raw_slots.dtype))
         else:
             new_state = res.raw_slots
         return SlotStep(res.slots, new_state, alive, res.alive_logits, res.attn)
@@ -339,5 +424,5 @@ def build_identity_binders(program: Any, d_model: int, n_heads: int = 4) -> Iden
                                    n_heads=_heads_for(d_model, n_heads), birth_death=spec.birth_death)
         except UnknownNameError as exc:
             raise UnknownNameError(f"region {region!r}: IdentitySpec(binding_fn={spec.binding_fn!r}): {exc}") from exc
-        out.add(region, SlotTracker(binder, spec.mode), spec)
+        out.add(region, SlotTracker(binder, spec.mode, n_slots=spec.slot_capacity, name=spec.binding_fn), spec)
     return out

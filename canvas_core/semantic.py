@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from canvas_core._lazy import lazy_exports
 from canvas_core.errors import CanvasTypeError, SchemaError
@@ -75,23 +75,57 @@ def _named_embedder(name: str) -> Tuple[Any, Optional[str]]:
     return _NAMED[key]
 
 
-def _vectors(fn: Callable, texts: List[str]) -> List[Tuple[float, ...]]:
+def _number(x: Any) -> Optional[float]:
+    """``float(x)`` for a real number (int, float, a numpy / 0-d torch scalar); None for anything
+    else -- text above all, which ``float`` would otherwise read ("123", "nan")."""
+    if x is None or isinstance(x, (str, bytes, bytearray)):
+        return None
+    try:
+        return float(x)
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _vectors(fn: Callable, texts: List[str], model: str = "embedder",
+             keys: Optional[List[str]] = None) -> List[Tuple[float, ...]]:
+    """One tuple of floats per text, or a SchemaError naming the embedder (``model``) and the
+    region / path (``keys``: labels such as ``region 'a'``, parallel to ``texts``) whose vector
+    is malformed."""
+    keys = [f"text {t!r}" for t in texts] if keys is None else keys
+    who = f"embedder {model!r}"
     out = fn(list(texts))
     if hasattr(out, "tolist"):
         out = out.tolist()
+    if out is None or isinstance(out, (str, bytes, bytearray)) or not isinstance(out, Iterable):
+        raise SchemaError(f"{who} returned {type(out).__name__} {str(out)[:40]!r} for {len(texts)} texts "
+                          f"({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}); an embedder "
+                          "returns one vector (a list of floats) per text")
     out = list(out)
     if len(out) != len(texts):
-        raise SchemaError(f"embedder returned {len(out)} vectors for {len(texts)} texts")
+        raise SchemaError(f"{who} returned {len(out)} vectors for {len(texts)} texts; return one vector per text")
     vecs = []
-    for t, v in zip(texts, out):
+    for key, t, v in zip(keys, texts, out):
+        where = f"{who}, {key}" + (f" (text {t!r})" if not key.startswith("text ") else "")
         if hasattr(v, "tolist"):
             v = v.tolist()
-        vec = tuple(float(x) for x in v)
+        if v is None or isinstance(v, (str, bytes, bytearray)) or not isinstance(v, Iterable):
+            raise SchemaError(f"{where}: the vector is {type(v).__name__} {str(v)[:40]!r}, not a sequence of "
+                              "numbers; return a list of floats per text")
+        vec = []
+        for x in v:
+            f = _number(x)
+            if f is None:
+                raise SchemaError(f"{where}: the vector holds {type(x).__name__} {str(x)[:40]!r}, not a number; "
+                                  "return a list of floats per text")
+            vec.append(f)
         if not vec or not all(math.isfinite(x) for x in vec):
-            raise SchemaError(f"embedder returned an empty or non-finite vector for {t!r}")
-        vecs.append(vec)
+            raise SchemaError(f"{where}: an empty or non-finite vector ({len(vec)} values); return at least one "
+                              "finite float per text")
+        vecs.append(tuple(vec))
     if len({len(v) for v in vecs}) > 1:
-        raise SchemaError("embedder returned vectors of different lengths")
+        lengths = ", ".join(f"{k}: {len(v)}" for k, v in zip(keys, vecs))
+        raise SchemaError(f"{who} returned vectors of different lengths ({lengths}); every vector must have "
+                          "the same length")
     return vecs
 
 
@@ -128,9 +162,9 @@ def compute_semantic_embeddings(field_paths: Any, embed_fn: Any = None,
     paths = list(field_paths)
     if not paths:
         return {}
-    fn, _ = resolve_embedder(emb)
+    fn, model = resolve_embedder(emb)
     texts = [types.get(p) or auto_semantic_type(p) for p in paths]
-    return dict(zip(paths, _vectors(fn, texts)))
+    return dict(zip(paths, _vectors(fn, texts, model, [f"path {p!r}" for p in paths])))
 
 
 def embed_schema(schema_or_layout: Any, embedder: Any) -> Any:
@@ -152,7 +186,7 @@ def embed_schema(schema_or_layout: Any, embedder: Any) -> Any:
     fn, model = resolve_embedder(embedder)
     specs = {n: layout.region_spec(n) for n in names}
     texts = [specs[n].semantic_type or auto_semantic_type(n) for n in names]
-    vecs = _vectors(fn, texts) if names else []
+    vecs = _vectors(fn, texts, model, [f"region {n!r}" for n in names]) if names else []
     regions = dict(layout.regions)
     for n, t, v in zip(names, texts, vecs):
         regions[n] = dataclasses.replace(specs[n], semantic_type=t, semantic_embedding=v, embedding_model=model)

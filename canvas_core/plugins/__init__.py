@@ -101,7 +101,8 @@ def _make(kind: str, one: str, many: str, mapping: str, extra: str) -> None:
             f"``register_{one}(name, factory, **metadata)`` returns the stored Spec; as a decorator it returns the "
             "object.  An existing name needs ``override=True`` (docs/plugins.md lists the metadata keywords).")
     _define(f"unregister_{one}", lambda name: get_host().unregister(kind, name), f"Remove the current "
-            f"registration of {noun} ``name`` (one it had overridden comes back); returns its Spec.")
+            f"registration of {noun} ``name``, made in this process by ``register_{one}`` (one it had overridden "
+            "comes back); returns its Spec.  A builtin's or an installed plugin's name is refused (PluginError).")
     _define(f"list_{many}", lambda: get_host().registry(kind).names(), f"Names of every registered {noun}, sorted.")
     if kind != "attention":
         _define(f"create_{one}", lambda name, *args, **kwargs: get_host().lookup(kind, name).create(*args, **kwargs),

@@ -25,6 +25,10 @@ from canvas_core.plugins.loading import (
 from canvas_core.plugins.registry import BUILTIN_PLUGIN, KINDS, NOUNS, Registry, UnknownNameKeyError, check_kind
 from canvas_core.plugins.spec import IN_PROCESS, RuntimeContext, Spec
 
+#: registry kind -> the stem of its ``register_*`` / ``unregister_*`` functions (error messages)
+_ONE = {"attention": "attention", "kernels": "kernel", "backbones": "backbone", "identity": "identity_binder",
+        "embedders": "embedder"}
+
 
 class PluginScopedRegistry:
     """What a plugin's hook receives: ``add`` credits the plugin's distribution; a clash lands on
@@ -267,8 +271,27 @@ class PluginHost:
             return reg.insert(reg.make_spec(name, factory, metadata, module=module), override=override)
 
     def unregister(self, kind: str, name: str) -> Spec:
+        """Remove the current registration of ``name`` when it was made in this process
+        (``register_*``); the registration it had overridden comes back.  A name whose current
+        provider is the builtin plugin or an installed / manually registered plugin is refused
+        (``PluginError`` saying what to do instead), so a builtin cannot vanish for the process."""
+        reg = self.registry(kind)
         with self._lock:
-            return self.registry(kind).remove(name)
+            top = reg.current(name)  # UnknownNameError (closest names) when nobody provides it
+            if top.plugin != IN_PROCESS:
+                noun = NOUNS[kind]
+                if top.plugin == BUILTIN_PLUGIN:
+                    how = (f"builtins stay registered: to replace it, register_{_ONE[kind]}({name!r}, ..., "
+                           "override=True) (unregistering that brings the builtin back)")
+                else:
+                    how = (f"to remove everything that plugin registered, canvas_core.plugins.get_host()."
+                           f"unregister_plugin({top.plugin!r}); to keep it from loading, set "
+                           f"{ENV_BLOCK}={top.plugin} before the process first uses a registry")
+                raise PluginError(
+                    f"cannot unregister {noun} {name!r}: it is provided by {top.describe_provider()}, not "
+                    f"registered in this process (unregister_{_ONE[kind]} removes only what register_{_ONE[kind]} "
+                    f"added); {how}. reset_plugins() rebuilds every registry from the installed plugins")
+            return reg.remove(name)
 
     def missing_name_error(self, kind: str, name: Any) -> Exception:
         """The error for ``name`` nobody provides in registry ``kind``: the installed plugin that

@@ -105,6 +105,14 @@ class Registry:
             self._overriding.add(spec)
         return spec, None
 
+    def current(self, name: str) -> Spec:
+        """The registration of ``name`` on top of its stack (in use unless two plugins clash over
+        it); :class:`UnknownNameError` when there is none."""
+        stack = self._stacks.get(name) if isinstance(name, str) else None
+        if not stack:
+            raise self._unknown(name)
+        return stack[-1]
+
     def remove(self, name: str) -> Spec:
         """Remove the current registration of ``name`` (an overridden one comes back)."""
         stack = self._stacks.get(name)

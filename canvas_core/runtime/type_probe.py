@@ -1,19 +1,21 @@
 """Build-time probes of an attention type's module: does it keep the contract, can it learn?
 
 Both run one tiny call (batch 1, 4 queries, 6 keys: key sets {0, 1} -> {0, 1, 2}, {2, 3} ->
-{3, 4, 5}, which a per-key-set type gets stacked in one call) through
+{3, 4, 5}, which a per-key-set type gets stacked in one call; the contract probe also a batch of
+2, to see whether one sample reads the other) through
 :func:`~canvas_core.runtime.type_call.call_attention_type`, in eval mode, on the module's own
 device and dtype, with the global random state restored afterwards, so building a layer stays
 reproducible and the model is left as it was.
 
 * :func:`probe_attention_module` refuses (``AttentionContractError``, naming ``where``: the
   connection) a module that returns a wrong shape / dtype / device or whose output depends on a
-  key outside its key set or on another query.  The canvas layer and the backbone install run it
-  on plugin types (the builtins are tested here).
+  key outside its key set, on another query or on another sample of the batch.  The canvas layer
+  and the backbone install run it on plugin types (the builtins are tested here).
 * :func:`init_gradient_problem` says why no parameter of the branch (the module's, and the gate's
   when one is given) receives a gradient at initialisation, or None when one does;
   :func:`constant_branch` spots a branch with nothing to learn at all (``none``: no parameter, 0).
-* :func:`dependencies` / :func:`first_leak`: the gradient probe both use (and the conformance kit).
+* :func:`dependencies` / :func:`first_leak`: the gradient probe both use (and the conformance kit);
+  :func:`batch_leak`: the same probe across the samples of the batch.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import torch
 
 from canvas_core.runtime.type_call import call_attention_type, is_builtin_module
 
-__all__ = ["probe_attention_module", "init_gradient_problem", "constant_branch", "gate_opening_dependencies", "dependencies", "first_leak", "is_builtin_module",
+__all__ = ["probe_attention_module", "init_gradient_problem", "constant_branch", "gate_opening_dependencies", "dependencies", "first_leak", "batch_leak",
+           "is_builtin_module",
            "zeros_opened"]
 
 
@@ -55,6 +58,43 @@ def dependencies(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any,
     return deps
 
 
+def batch_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any) -> Optional[str]:
+    """Whether some sample's output depends (by gradient) on another sample's queries, keys or
+    values: one backward per output sample, every other sample's input rows read off.  None when
+    the samples are independent (or the batch has one sample, or the output needs no gradient)."""
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out = run(q, k, v)
+    n = q.shape[0]
+    if n < 2 or not isinstance(out, torch.Tensor) or not out.requires_grad:
+        return None
+    gen = torch.Generator().manual_seed(11)
+    r = torch.randn(tuple(out.shape), generator=gen).to(device=out.device, dtype=out.dtype)
+    for j in range(n):
+        grads = torch.autograd.grad((out[j] * r[j]).sum(), (q, k, v), retain_graph=True, allow_unused=True)
+        for label, g in zip(("queries", "keys", "values"), grads):
+            if g is None:
+                continue
+            read = [b for b in range(n) if b != j and bool((g[b] != 0).any())]
+            if read:
+                return (f"sample {j}'s output depends on sample {read[0]}'s {label} (samples of a batch "
+                        "must stay independent)")
+    return None
+
+
+def _listing(ix: set) -> str:
+    """``[0, 1, 2]``; a long list with its runs of consecutive keys shortened, ``[0..57, 90]``."""
+    ix = sorted(ix)
+    if len(ix) <= 8:
+        return str(ix)
+    runs: List[List[int]] = []
+    for j in ix:
+        if runs and j == runs[-1][-1] + 1:
+            runs[-1].append(j)
+        else:
+            runs.append([j])
+    return "[" + ", ".join(f"{r[0]}..{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs) + "]"
+
+
 def first_leak(deps: List[Tuple[set, set]], mask: Any) -> Optional[str]:
     """The first dependency outside ``mask`` ``(Nq, Nk)`` bool (another query, or an unlinked key)."""
     for i, (dq, dk) in enumerate(deps):
@@ -64,7 +104,7 @@ def first_leak(deps: List[Tuple[set, set]], mask: Any) -> Optional[str]:
             return f"query {i}'s output depends on query {extra_q[0]} (another query's input)"
         extra_k = sorted(dk - allowed)
         if extra_k:
-            where = f"its key set {sorted(allowed)}" if allowed else "it has no key"
+            where = f"its key set {_listing(allowed)}" if allowed else "it has no key"
             return (f"query {i}'s output depends on key {extra_k[0]}, which {where} excludes "
                     "(a leak across key sets)")
     return None
@@ -89,10 +129,12 @@ def _quiet(module: Any) -> Iterator[None]:
         module.train(was)
 
 
-def _inputs(module: Any, d_model: int):
+def _inputs(module: Any, d_model: int, batch: int = 1):
     device, dtype = _where(module)
     gen = torch.Generator().manual_seed(1234)
-    q, k, v = (torch.randn(1, n, d_model, generator=gen).to(device=device, dtype=dtype) for n in (4, 6, 6))
+    # sample 0 is drawn first whatever the batch: the one-sample probe and the first sample agree
+    draws = [[torch.randn(1, n, d_model, generator=gen) for n in (4, 6, 6)] for _ in range(batch)]
+    q, k, v = (torch.cat(parts).to(device=device, dtype=dtype) for parts in zip(*draws))
     mask = torch.zeros(4, 6, dtype=torch.bool)
     mask[0:2, 0:3] = True
     mask[2:4, 3:6] = True
@@ -141,10 +183,12 @@ def probe_attention_module(module: Any, fn: Any, d_model: int, where: str) -> No
         return
     q, k, v, mask = _inputs(module, d_model)
 
+    def runner(mod: Any) -> Callable[[Any, Any, Any], Any]:
+        return lambda a, b, c: call_attention_type(mod, a, b, c, mask, name=fn)
+
     with _quiet(module):
         try:
-            deps, _ = gate_opening_dependencies(
-                module, lambda a, b, c: call_attention_type(module, a, b, c, mask, name=fn), q, k, v)
+            deps, opened = gate_opening_dependencies(module, runner(module), q, k, v)
         except AttentionContractError as exc:
             raise AttentionContractError(f"{where}: {exc}") from exc
         with torch.no_grad():  # NaN gradients would read as a dependency on everything: say what it is
@@ -154,13 +198,21 @@ def probe_attention_module(module: Any, fn: Any, d_model: int, where: str) -> No
                 f"{where}: attention type {fn!r} ({type(module).__name__}) returns NaN or infinite values on "
                 "finite inputs (a small random call); fix its arithmetic (a division by zero, the log of 0, "
                 "an overflow)")
-    leak = first_leak(deps, mask)
-    if not leak:  # training mode, on a copy (a batch statistic mixes the stacked key sets)
+        leak = first_leak(deps, mask)
+        q2, k2, v2, _ = _inputs(module, d_model, batch=2)
+        if not leak:  # two samples, with the gates as the key probe had them: does one read the other?
+            try:
+                with zeros_opened(module) if opened else contextlib.nullcontext():
+                    leak = batch_leak(runner(module), q2, k2, v2)
+            except AttentionContractError as exc:
+                raise AttentionContractError(f"{where}: {exc}") from exc
+    if not leak:  # training mode, on a copy (a batch statistic mixes the stacked key sets, the samples)
         try:
             twin = copy.deepcopy(module).train()
             with torch.random.fork_rng(devices=[]):
-                leak = first_leak(dependencies(lambda a, b, c: call_attention_type(
-                    twin, a, b, c, mask, name=fn), q, k, v), mask)
+                leak = first_leak(dependencies(runner(twin), q, k, v), mask)
+            with torch.random.fork_rng(devices=[]):
+                leak = leak or batch_leak(runner(twin), q2, k2, v2)
         except Exception:  # a module that cannot be copied or run so: the eval-mode probe stands
             leak = None
         leak = leak and f"{leak} (in training mode)"

@@ -21,19 +21,42 @@ from typing import Any, Optional, Tuple
 
 from canvas_core.testing._report import Failed
 
-__all__ = ["probe_mask", "check_dependencies", "check_direct_mask", "check_trainable"]
+__all__ = ["probe_mask", "describe_mask", "check_dependencies", "check_direct_mask", "check_trainable"]
 
 NQ, NK = 6, 9
 
 
-def probe_mask(torch: Any, device: Any) -> Any:
-    """``(6, 9)`` bool: queries 0-1 read keys {0, 1, 2}, queries 2-3 keys {3, 4, 5} (the same shape:
-    stacked in one call), query 4 keys {1, 6, 7}, query 5 nothing; key 8 is linked to no query."""
-    m = torch.zeros(NQ, NK, dtype=torch.bool)
-    m[0:2, 0:3] = True
-    m[2:4, 3:6] = True
-    m[4, [1, 6, 7]] = True
+def probe_mask(torch: Any, device: Any, n_keys: int = NK) -> Any:
+    """``(6, n_keys)`` bool.  With the default 9 keys: queries 0-1 read keys {0, 1, 2}, queries 2-3
+    keys {3, 4, 5} (the same shape: stacked in one call), query 4 keys {1, 6, 7}, query 5 nothing;
+    key 8 is linked to no query.  More keys: the two stacked sets get ``(n_keys - 3) // 2`` keys
+    each, query 4 key 1 and the keys between them and the last one, still unlinked."""
+    a = (n_keys - 3) // 2
+    m = torch.zeros(NQ, n_keys, dtype=torch.bool)
+    m[0:2, 0:a] = True
+    m[2:4, a:2 * a] = True
+    m[4, [1] + list(range(2 * a, n_keys - 1))] = True
     return m.to(device)
+
+
+def _keys(ix: Any) -> str:
+    """``{0,1,2}``; runs of more than three keys as ``a..b``."""
+    ix, parts, i = sorted(ix), [], 0
+    while i < len(ix):
+        j = i
+        while j + 1 < len(ix) and ix[j + 1] == ix[j] + 1:
+            j += 1
+        parts += [f"{ix[i]}..{ix[j]}"] if j - i >= 3 else [str(x) for x in ix[i:j + 1]]
+        i = j + 1
+    return "{" + ",".join(parts) + "}" if parts else "nothing"
+
+
+def describe_mask(mask: Any) -> str:
+    """The probe's key sets as text, e.g. ``{0,1}->{0,1,2}, ..., {5}->nothing``."""
+    groups: dict = {}
+    for i in range(mask.shape[0]):
+        groups.setdefault(tuple(int(j) for j in mask[i].nonzero().flatten()), []).append(i)
+    return ", ".join(f"{_keys(qs)}->{_keys(ks)}" for ks, qs in groups.items())
 
 
 def _qkv(s: Any, nq: int, nk: int) -> Tuple[Any, Any, Any]:
@@ -45,15 +68,14 @@ def check_dependencies(s: Any) -> Optional[str]:
     from canvas_core.runtime.type_probe import first_leak, gate_opening_dependencies
 
     torch = s.torch
-    mask = probe_mask(torch, s.device)
-    q, k, v = _qkv(s, NQ, NK)
+    mask = probe_mask(torch, s.device, s.n_keys)
+    q, k, v = _qkv(s, NQ, s.n_keys)
     # a closed (zero) gate may hide reads that training opens
     deps, opened = gate_opening_dependencies(s.module, lambda a, b, c: s.call(a, b, c, mask), q, k, v)
     how = " (its all-zero parameters, closed gates, set to random values)" if opened else ""
     leak = first_leak(deps, mask)
     if leak:
-        raise Failed(f"called as the runtime calls it{how} with key sets {{0,1}}->{{0,1,2}}, "
-                     f"{{2,3}}->{{3,4,5}}, {{4}}->{{1,6,7}}, {{5}}->nothing: {leak}")
+        raise Failed(f"called as the runtime calls it{how} with key sets {describe_mask(mask)}: {leak}")
     if not any(dk for _, dk in deps):
         return "the output depends on no key (nothing to check)"
     return None
@@ -65,8 +87,8 @@ def check_direct_mask(s: Any) -> Optional[str]:
     from canvas_core.runtime.type_probe import first_leak, gate_opening_dependencies
 
     torch = s.torch
-    mask = probe_mask(torch, s.device)
-    q, k, v = _qkv(s, NQ, NK)
+    mask = probe_mask(torch, s.device, s.n_keys)
+    q, k, v = _qkv(s, NQ, s.n_keys)
 
     def direct(a: Any, b: Any, c: Any) -> Any:
         torch.manual_seed(s.seed + 1)
@@ -99,8 +121,8 @@ def check_trainable(s: Any, steps: int = 5, lr: float = 1e-2) -> Optional[str]:
     params = [p for p in s.module.parameters() if p.requires_grad and p.is_floating_point()]
     if not params:
         return "the type has no trainable parameters"
-    mask = probe_mask(torch, s.device)
-    q, k, v = _qkv(s, NQ, NK)
+    mask = probe_mask(torch, s.device, s.n_keys)
+    q, k, v = _qkv(s, NQ, s.n_keys)
     saved = [p.detach().clone() for p in params]
     try:
         with torch.no_grad():

@@ -45,31 +45,64 @@ def finish(report: ConformanceReport, raise_on_failure: bool, head: str) -> Conf
     return report
 
 
-def resolve_dtype(torch: Any, dtype: Any) -> Any:
+def resolve_dtype(torch: Any, dtype: Any, where: str = "conformance suite") -> Any:
+    """The torch floating dtype ``dtype`` names (None: float32); a non-dtype, an unknown name or
+    an integer / bool dtype is refused before anything is built."""
     if dtype is None:
         return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    from canvas_core.devices import normalize_dtype
+    if not isinstance(dtype, torch.dtype):
+        from canvas_core.devices import check_dtype
 
-    value = getattr(torch, normalize_dtype(dtype), None)
-    if not isinstance(value, torch.dtype):
+        value = getattr(torch, check_dtype(dtype, where), None)  # CanvasTypeError / SpecError
+        if not isinstance(value, torch.dtype):
+            from canvas_core.errors import SpecError
+
+            raise SpecError(f"{where}: unknown dtype {dtype!r}; use a torch dtype such as 'float32', 'float16' "
+                            "or 'bfloat16'")
+        dtype = value
+    if not dtype.is_floating_point:
         from canvas_core.errors import SpecError
 
-        raise SpecError(f"unknown dtype {dtype!r}; use a torch dtype such as 'float32', 'float16' or 'bfloat16'")
-    return value
+        raise SpecError(f"{where}: dtype={dtype} is not a floating-point dtype (attention runs on float "
+                        "activations); pass e.g. dtype=torch.float32, 'float16' or 'bfloat16'")
+    return dtype
 
 
 def resolve_device(torch: Any, device: Any, where: str) -> Any:
+    """The ``torch.device``; a non-device or an unknown type is refused, and so is a device this
+    machine does not have (``UnavailableError``), before anything is built."""
     from canvas_core.devices import check_device
+    from canvas_core.errors import SpecError, UnavailableError
 
     check_device(device, where)  # CanvasTypeError / SpecError for a non-device or an unknown type
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except (RuntimeError, TypeError, ValueError) as exc:
-        from canvas_core.errors import SpecError
-
         raise SpecError(f"{where}: invalid device {device!r} ({exc}); use e.g. 'cpu' or 'cuda:0'") from None
+    try:
+        torch.empty(0, device=dev)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UnavailableError(
+            f"{where}: device={device!r} cannot be used on this machine ({first}); run the check where "
+            "that device is present, or pass device='cpu' (skip the test when it is missing, e.g. "
+            "pytest.mark.skipif(not torch.cuda.is_available(), ...))") from None
+    return dev
+
+
+def check_seed(where: str, seed: Any) -> None:
+    from canvas_core.errors import CanvasTypeError
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 63 - 2 ** 20:
+        raise CanvasTypeError(f"{where}: seed must be a non-negative int (a torch random seed), got {seed!r}")
+
+
+def check_flags(where: str, **flags: Any) -> None:
+    from canvas_core.errors import CanvasTypeError
+
+    for key, v in flags.items():
+        if not isinstance(v, bool):
+            raise CanvasTypeError(f"{where}: {key} must be True or False, got {type(v).__name__} {v!r}")
 
 
 def check_sizes(where: str, **sizes: Any) -> None:

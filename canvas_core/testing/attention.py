@@ -9,11 +9,11 @@ type the runtime would refuse fails ``construct`` here with the same message.  M
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from canvas_core.testing._exactness import check_dependencies, check_direct_mask, check_trainable
-from canvas_core.testing._report import (ConformanceReport, Failed, check_sizes, check_target, finish,
-                                         resolve_device, resolve_dtype)
+from canvas_core.testing._exactness import NK, check_dependencies, check_direct_mask, check_trainable
+from canvas_core.testing._report import (ConformanceReport, Failed, check_flags, check_seed, check_sizes, check_target,
+                                         finish, resolve_device, resolve_dtype)
 
 __all__ = ["check_attention_type", "ATTENTION_PROPERTIES"]
 
@@ -31,11 +31,11 @@ class _Suite:
     """The module under test, its inputs and the runtime's way of calling it."""
 
     def __init__(self, torch: Any, build: Callable[[], Any], module: Any, report: ConformanceReport,
-                 *, seed: int, batch: int, d_model: int, dtype: Any, device: Any) -> None:
+                 *, seed: int, batch: int, d_model: int, dtype: Any, device: Any, n_keys: int = NK) -> None:
         from canvas_core.runtime.type_call import call_attention_type
 
         self.torch, self.build, self.module, self.report = torch, build, module, report
-        self.seed, self.B, self.D = seed, batch, d_model
+        self.seed, self.B, self.D, self.n_keys = seed, batch, d_model, n_keys
         self.Nq, self.Nk = 5, 7
         self.dtype, self.device = dtype, device
         self.tol = 1e-5 if dtype in (torch.float32, torch.float64) else 2e-2
@@ -140,18 +140,28 @@ def _gradients(s: _Suite, grad_inputs: Sequence[str]) -> Optional[str]:
 
 
 def _batch(s: _Suite) -> None:
-    if s.B < 2:
-        raise Failed("needs batch >= 2")
+    """Each sample in turn gets new inputs (every other sample's output must stay), then the
+    gradient of every output sample must vanish on every other sample's inputs."""
+    from canvas_core.runtime.type_probe import batch_leak, zeros_opened
+
     q, k, v = s.qkv()
     with s.torch.no_grad():
         base = s.call(q, k, v)
-        q2, k2, v2 = q.clone(), k.clone(), v.clone()
-        q2[1], k2[1], v2[1] = s.rand(s.Nq, s.D) * 3, s.rand(s.Nk, s.D) * 3, s.rand(s.Nk, s.D) * 3
-        other = s.call(q2, k2, v2)
-    keep = [b for b in range(s.B) if b != 1]
-    diff = float((base[keep] - other[keep]).abs().max())
-    if not s.close(diff, float(base[keep].abs().max()) + 1.0):
-        raise Failed(f"changing sample 1's inputs changed other samples' outputs by {diff:.3g}")
+        scale = float(base.abs().max()) + 1.0
+        for b in range(s.B):
+            q2, k2, v2 = q.clone(), k.clone(), v.clone()
+            q2[b], k2[b], v2[b] = s.rand(s.Nq, s.D) * 3, s.rand(s.Nk, s.D) * 3, s.rand(s.Nk, s.D) * 3
+            other = s.call(q2, k2, v2)
+            for j in range(s.B):
+                diff = float((base[j] - other[j]).abs().max())
+                if j != b and not s.close(diff, scale):
+                    raise Failed(f"changing sample {b}'s inputs changed sample {j}'s output by {diff:.3g}")
+    leak = batch_leak(s.call, q, k, v)
+    if leak is None:  # a closed (zero) gate may hide the mixing that training opens
+        with zeros_opened(s.module) as opened:
+            leak = batch_leak(s.call, q, k, v) if opened else None
+    if leak:
+        raise Failed(f"by gradient (batch of {s.B}): {leak}")
 
 
 def _empty(s: _Suite) -> None:
@@ -203,10 +213,36 @@ def _zeros(s: _Suite) -> None:
 
 
 # ---------------------------------------------------------------------- the suite
+_GRAD_INPUTS = ("queries", "keys", "values")
+
+
+def _grad_inputs(value: Any, where: str) -> List[str]:
+    """``grad_inputs`` as a list of input names; a bare string or an unknown name is the caller's
+    mistake, refused before the type runs."""
+    from canvas_core.errors import CanvasTypeError, did_you_mean
+
+    if value is None:
+        return []
+    if isinstance(value, str):
+        raise CanvasTypeError(f"{where}: grad_inputs must be a tuple of input names, got the string {value!r}; "
+                              f"write grad_inputs=({value!r},)")
+    try:
+        names = list(value)
+    except TypeError:
+        raise CanvasTypeError(f"{where}: grad_inputs must be a tuple of names from {_GRAD_INPUTS}, got "
+                              f"{type(value).__name__} {value!r}") from None
+    for n in names:
+        if n not in _GRAD_INPUTS:
+            hint = did_you_mean(n, _GRAD_INPUTS) if isinstance(n, str) else ""
+            raise CanvasTypeError(f"{where}: grad_inputs has {n!r}, which is not an input name.{hint} Use names "
+                                  f"from {_GRAD_INPUTS}")
+    return names
+
+
 def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device: Any = "cpu",
                          dtype: Any = None, *, seed: int = 0, batch: int = 3, strict: bool = False,
                          grad_inputs: Optional[Sequence[str]] = None, raise_on_failure: bool = True,
-                         distribution: Optional[str] = None, **kwargs: Any) -> ConformanceReport:
+                         distribution: Optional[str] = None, n_keys: int = NK, **kwargs: Any) -> ConformanceReport:
     """Conformance suite of an attention type (registered name, or a factory / class).
 
     Builds the type with ``create_attention(name, d_model, n_heads, dropout=0.0, **kwargs)``
@@ -220,7 +256,8 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
       some input and, if the module has parameters, some parameter gets a non-zero gradient
       (``grad_inputs=("queries", "keys", "values")`` requires a path to each of those); skipped
       when the output depends on nothing;
-    * ``batch independence``: changing sample 1 of the batch leaves the other samples' outputs;
+    * ``batch independence``: changing any one sample of the batch leaves every other sample's
+      output as it was, and no output sample has a gradient w.r.t. another sample's inputs;
     * ``empty keys`` (``Nk == 0``), ``one key``, ``fully masked query`` (a ``(Nq, Nk)``
       ``key_mask`` row with no allowed key): correct shape, no NaN / inf;
     * ``deterministic``: same seed, same input -> same output (a fresh module);
@@ -234,6 +271,11 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
       output (skipped for a type without parameters);
     * ``strict=True`` adds ``zeros without keys`` (queries with no key output exactly 0).
 
+    Sizes: ``batch`` samples (at least 2), 5 queries and 7 keys (also 9/4, 2/11, 1 and 0 keys);
+    the dependency probes use 6 queries and ``n_keys`` keys (default 9: two stacked key sets of 3
+    keys; ``n_keys=N`` gives them ``(N - 3) // 2`` keys each).  A type that misbehaves only on
+    larger inputs passes; ``canvas_core.verify_structure`` probes a built model at its real size.
+
     A registered ``name`` is refused (``PluginError`` naming both providers) when it resolves to
     another distribution than ``distribution`` (the one under test, when given), or when a plugin's
     registration of it was refused because a builtin has it (the builtin would be tested).
@@ -242,17 +284,32 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
     (the key sets of that shape stacked along the batch), as the runtime calls it; the mask
     properties also call a ``forward`` that takes ``key_mask`` directly with the mask.
 
+    The kit's own arguments are checked before the type is built: a wrong one (``batch < 2``, a
+    non-int ``seed``, ``grad_inputs`` given as a bare string or naming an unknown input, a
+    non-floating ``dtype``, a device this machine lacks) raises a ``CanvasError`` about it.
+
     Returns the :class:`ConformanceReport`; raises ``AssertionError`` naming the type and every
     failed property when one fails (unless ``raise_on_failure=False``).
     """
     import torch
 
+    from canvas_core.errors import CanvasTypeError
     from canvas_core.runtime.type_call import MASKED, UNMASKED, check_attention_module, runs_per_key_set
 
-    check_target(name, "check_attention_type", "attention", distribution)
-    check_sizes("check_attention_type", d_model=d_model, n_heads=n_heads, batch=batch)
-    dtype = resolve_dtype(torch, dtype)
-    device = resolve_device(torch, device, "check_attention_type")
+    where = "check_attention_type"
+    check_target(name, where, "attention", distribution)
+    check_sizes(where, d_model=d_model, n_heads=n_heads, batch=batch, n_keys=n_keys)
+    if batch < 2:
+        raise CanvasTypeError(f"{where}: batch must be at least 2 (the batch-independence property compares "
+                              f"samples), got {batch}; leave the default batch=3")
+    if n_keys < NK:
+        raise CanvasTypeError(f"{where}: n_keys must be at least {NK} (the dependency probe's smallest key "
+                              f"sets), got {n_keys}")
+    check_seed(where, seed)
+    check_flags(where, strict=strict, raise_on_failure=raise_on_failure)
+    grad_inputs = _grad_inputs(grad_inputs, where)
+    dtype = resolve_dtype(torch, dtype, where)
+    device = resolve_device(torch, device, where)
     label = name if isinstance(name, str) else getattr(name, "__name__", repr(name))
     report = ConformanceReport(str(label))
     head = f"attention type {report.name!r} fails the canvas conformance suite"
@@ -275,12 +332,12 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
         return finish(report, raise_on_failure, head)
     report.passed.append("construct")
     suite = _Suite(torch, build, module, report, seed=seed, batch=batch, d_model=d_model,
-                   dtype=dtype, device=device)
+                   dtype=dtype, device=device, n_keys=n_keys)
 
     checks: Dict[str, Callable[[], Optional[str]]] = {
         "shape/dtype/device": lambda: _shape(suite),
         "Nq != Nk": lambda: _nq_nk(suite),
-        "gradients": lambda: _gradients(suite, list(grad_inputs or ())),
+        "gradients": lambda: _gradients(suite, grad_inputs),
         "batch independence": lambda: _batch(suite),
         "empty keys": lambda: _empty(suite),
         "one key": lambda: _one(suite),

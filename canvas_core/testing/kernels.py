@@ -6,7 +6,7 @@ import math
 from typing import Any, Optional, Sequence
 
 from canvas_core.testing._report import (ConformanceReport, Failed as _Failed, check_sizes as _check_sizes,
-                                         check_target as _check_target, finish,
+                                         check_seed as _check_seed, check_target as _check_target, finish,
                                          resolve_device as _resolve_device, resolve_dtype as _resolve_dtype)
 
 __all__ = ["check_kernel"]
@@ -31,7 +31,8 @@ def check_kernel(name: Any, *, n_heads: int = 2, head_dim: int = 8, device: Any 
 
     _check_target(name, "check_kernel", "kernels")
     _check_sizes("check_kernel", n_heads=n_heads, head_dim=head_dim)
-    dtype = _resolve_dtype(torch, dtype)
+    _check_seed("check_kernel", seed)
+    dtype = _resolve_dtype(torch, dtype, "check_kernel")
     device = _resolve_device(torch, device, "check_kernel")
     tol = atol if atol is not None else (2e-5 if dtype in (torch.float32, torch.float64) else 3e-2)
     label = name if isinstance(name, str) else getattr(name, "__name__", repr(name))

@@ -1,7 +1,8 @@
 """Slot binders: a learned bank of identity slots queries the observations by cross-attention.
 
-Binder contract (what ``canvas_core.identity.SlotTracker`` relies on; third-party binders
-registered through ``canvas_register_identity`` follow it too)::
+Binder contract (what ``canvas_core.identity.SlotTracker`` relies on and checks; third-party
+binders registered through ``canvas_register_identity`` follow it too; the result type,
+``BindingResult``, is the core's: ``from canvas_core.extend import BindingResult``)::
 
     binder = Factory(d_model, n_slots, n_heads=4, birth_death=False)
     binder.initial_slots(B)                  -> (B, n_slots, D)  the learned slot bank
@@ -16,34 +17,18 @@ registered through ``canvas_register_identity`` follow it too)::
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, ShapeError
-from canvas_core.extend import check_elements, check_size
+from canvas_core.extend import BindingResult, check_elements, check_size
 
 __all__ = ["BindingResult", "SlotBindingModule", "CompetitiveSlotBinding"]
 
 _NEG = -1e4  # logit of a masked observation (finite: keeps every softmax NaN-free)
-
-
-class BindingResult(NamedTuple):
-    """What one binding step produced.
-
-    Attributes:
-        slots: ``(B, S, D)`` updated slots; with birth/death, dead slots are zeroed.
-        raw_slots: ``(B, S, D)`` updated slots before the alive mask is applied.
-        attn: ``(B, S, N_obs)`` attention of each slot over the observations (mean over heads).
-        alive_logits: ``(B, S)`` birth/death gate logits (alive iff > 0), or None without gates.
-    """
-
-    slots: torch.Tensor
-    raw_slots: torch.Tensor
-    attn: torch.Tensor
-    alive_logits: Optional[torch.Tensor]
 
 
 _MEANING = {"d_model": "the width of the observation tokens",
