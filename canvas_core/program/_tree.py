@@ -11,8 +11,9 @@ import re
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Dict, List, Tuple
 
-from canvas_core.errors import CanvasTypeError, ProgramError
+from canvas_core.errors import CanvasTypeError, ProgramError, SizeLimitError
 from canvas_core.program.fields import Field
+from canvas_core.schema.limits import LIMITS, limit
 
 _RESERVED = re.compile(r"[.\[\]]")
 
@@ -23,6 +24,11 @@ class _Node:
     path: str                                    # "" for the root
     leaves: List[str] = dc_field(default_factory=list)
     children: List["_Child"] = dc_field(default_factory=list)
+    owner: str = ""                              # the type name of the object at this path
+
+    def describe(self) -> str:
+        """The object in an error message: ``Arm at 'robot.arm'`` or ``Robot (the root object)``."""
+        return f"{self.owner} at {self.path!r}" if self.path else f"{self.owner} (the root object)"
 
     def has_fields(self) -> bool:
         return bool(self.leaves) or any(c.elements for c in self.children)
@@ -38,10 +44,25 @@ class _Walker:
     def __init__(self, coarse_default: Field) -> None:
         self.coarse_default = coarse_default     # the coarse region of a subtree without a template
         self.fields: Dict[str, Field] = {}       # leaf path -> Field (coarse ones added later)
+        self.n_regions = 0                       # leaves and coarse regions so far
+        self.max_regions = limit("regions")
+
+    def count(self, path: str, owner: str) -> None:
+        """Refuse the tree as soon as it holds more regions than a layout may have."""
+        self.n_regions += 1
+        if self.n_regions > self.max_regions:
+            var = LIMITS["regions"][0]
+            raise SizeLimitError(
+                f"{owner}: the object tree makes more than {self.max_regions:,} regions (the limit on the "
+                f"regions of one layout, reached at {path!r}; every Field and every nested object or list "
+                "element with fields is a region); refused before placing or connecting them. Declare "
+                "fewer, larger fields (one Field(h, w) or Field(spatial_shape=...) covers many positions), "
+                f"or raise the limit with {var}=<n> if the machine really has room for it")
 
     def leaf(self, path: str, f: Field, owner: str) -> None:
         if path in self.fields:
             raise ProgramError(f"{owner}: two fields compile to the same region name {path!r}; rename one of them")
+        self.count(path, owner)
         self.fields[path] = f
 
     def walk(self, obj: Any, prefix: str, stack: Tuple[int, ...]) -> _Node:
@@ -51,8 +72,8 @@ class _Walker:
                 f"({type(obj).__name__}); a canvas type must be a tree, not a cycle"
             )
         stack = stack + (id(obj),)
-        node = _Node(prefix.rstrip("."))
         owner = type(obj).__name__
+        node = _Node(prefix.rstrip("."), owner=owner)
         attrs = _attributes(obj)
         for name, value, _meta in attrs:
             if isinstance(value, Field):
@@ -90,6 +111,7 @@ class _Walker:
         (!= 1), is the mean period of all fields below it (nested coarse ones included) weighted by
         ``h * w``, rounded (canvas-engineering's rule: the summary follows the dominant
         timescale of the subtree)."""
+        self.count(path, type(value).__name__)
         c = _coarse_field(value, meta, path, self.coarse_default)
         if c.period != 1:
             return c

@@ -4,12 +4,15 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections import Counter
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from canvas_core.schema.jsonio import dump_json, loads_strict, read_json_source
-from canvas_core.errors import CanvasError, CanvasTypeError, ProgramError, SchemaFormatError, did_you_mean
+from canvas_core.errors import (
+    CanvasError, CanvasTypeError, ProgramError, SchemaFormatError, SettingError, did_you_mean,
+)
 from canvas_core.program.constants import CONSTRAINT_VALUES, OPERATORS, closest
 from canvas_core.program.identity import IdentitySpec
 from canvas_core.program.specs import ClockSpec, ConnectionProgram, ConstraintSpec, LearningSpec, RegionProgram
@@ -88,7 +91,10 @@ class CanvasProgram:
                 )
             if not isinstance(cp, ConnectionProgram):
                 raise CanvasTypeError(f"CanvasProgram: connections[{key!r}] must be a ConnectionProgram, got {cp!r}")
+            _check_key_unambiguous(key, edges)
         self.connections = dict(self.connections)
+        for name, rp in self.regions.items():
+            _warn_compile_mode_conflict(name, rp)
         if topo is not None:
             for i, c in enumerate(topo.connections):
                 if c.operator not in OPERATORS:
@@ -141,6 +147,11 @@ class CanvasProgram:
         version = d.get("program_version", PROGRAM_VERSION)
         if not isinstance(version, str) or not version:
             raise SchemaFormatError(f"program_version must be a non-empty string, got {version!r}")
+        major = PROGRAM_VERSION.split(".")[0]
+        if version.split(".")[0].strip() != major:
+            raise SchemaFormatError(
+                f"program_version {version[:40]!r} is not supported (this canvas-core reads {major}.x "
+                "programs); upgrade canvas-core or convert the file")
         rps = d.get("region_programs", {})
         if not isinstance(rps, dict):
             raise SchemaFormatError(f"region_programs must be an object name -> region program, got {type(rps).__name__}")
@@ -153,8 +164,10 @@ class CanvasProgram:
                 f"connection_programs must be an object 'src|dst' -> connection program, got {type(cps).__name__}"
             )
         connections = {}
+        topo = schema.topology
+        edges = {(c.src, c.dst) for c in topo.connections} if topo is not None else set()
         for key, cd in cps.items():
-            pair = _split_key(key, schema.layout.regions)
+            pair = _split_key(key, schema.layout.regions, edges)
             connections[pair] = _spec_from_dict(ConnectionProgram, cd, f"connection_programs.{key}")
         try:
             return cls(schema=schema, regions=regions, connections=connections, version=version)
@@ -336,17 +349,53 @@ def _spec_from_dict(cls: type, d: Any, where: str) -> Any:
     try:
         return cls(**kw)
     except CanvasError as exc:
+        if isinstance(exc, SettingError):
+            raise  # a malformed limit variable is not the file's fault
         raise SchemaFormatError(f"{where}: {exc}") from None
 
 
-def _split_key(key: Any, known) -> Tuple[str, str]:
+def _warn_compile_mode_conflict(name: str, rp: RegionProgram) -> None:
+    """Warn when a region's ``learning.compile_mode`` overrides a different, explicit ``compile_mode``."""
+    wins = rp.effective_compile_mode
+    if rp.compile_mode != "runtime" and wins != rp.compile_mode:
+        warnings.warn(
+            f"region {name!r}: compile_mode={rp.compile_mode!r} and learning.compile_mode={wins!r} disagree; "
+            f"learning.compile_mode wins, so the compiler applies {wins!r}, not {rp.compile_mode!r} (see "
+            "'compile_mode' in docs/programs.md). Give both the same mode, or leave one of them 'runtime'",
+            UserWarning, stacklevel=4)
+
+
+def _readings(key: str) -> List[Tuple[str, str]]:
+    """Every ``(src, dst)`` that the file key ``"src|dst"`` can stand for (split at each ``|``)."""
+    parts = key.split("|")
+    return [("|".join(parts[:i]), "|".join(parts[i:])) for i in range(1, len(parts))]
+
+
+def _check_key_unambiguous(key: Tuple[str, str], edges) -> None:
+    """Refuse a connection program whose file key ``"src|dst"`` also spells another connection of
+    the topology (region names holding ``|``): the file could not say which one it belongs to."""
+    if "|" not in key[0] and "|" not in key[1]:
+        return
+    text = f"{key[0]}|{key[1]}"
+    others = [pair for pair in _readings(text) if pair != key and pair in edges]
+    if others:
+        s, t = others[0]
+        raise ProgramError(
+            f"CanvasProgram: connection program {key[0]!r} -> {key[1]!r} would be written under the key "
+            f"{text!r} ('src|dst') of the program file, which is also the key of the connection {s!r} -> "
+            f"{t!r}; the file could not tell them apart. Rename a region so that its name holds no '|' "
+            "(e.g. 'a|b' -> 'a_b')")
+
+
+def _split_key(key: Any, known, edges=frozenset()) -> Tuple[str, str]:
     if not isinstance(key, str) or "|" not in key:
         raise SchemaFormatError(f"connection_programs key {key!r} must be 'src|dst'")
-    parts = key.split("|")
-    for i in range(1, len(parts)):
-        src, dst = "|".join(parts[:i]), "|".join(parts[i:])
-        if src in known and dst in known:
-            return src, dst
+    readings = [(src, dst) for src, dst in _readings(key) if src in known and dst in known]
+    for pair in readings:  # the connection of the topology it names (unique: see _check_key_unambiguous)
+        if pair in edges:
+            return pair
+    if readings:
+        return readings[0]  # no such connection: CanvasProgram says so
     src, dst = key.split("|", 1)
     bad = src if src not in known else dst
     raise SchemaFormatError(

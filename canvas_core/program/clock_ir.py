@@ -23,10 +23,11 @@ missing keys, wrong value types) raises :class:`~canvas_core.errors.SchemaFormat
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Mapping, Optional
 
-from canvas_core.errors import CanvasError, CanvasTypeError, SchemaError, SchemaFormatError
+from canvas_core.errors import CanvasError, CanvasTypeError, ProgramError, SchemaError, SchemaFormatError
 from canvas_core.program.constants import CLOCK_DOMAINS
 
 __all__ = [
@@ -89,7 +90,36 @@ def optional_number(value: Any, what: str) -> Optional[float]:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         raise SchemaError(f"{what} must be a number (not NaN) or None, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond the float range
+        raise SchemaError(f"{what} is an integer of {value.bit_length()} bits, beyond the range of a float; "
+                          "use a smaller number") from None
+
+
+def summary_number(value: Any, region: str, kind: str) -> float:
+    """A residual summary ``summaries[region][kind]`` as a finite float: a real number or a
+    one-element tensor, not a bool or a string (which would compare as something else). Anything
+    else is a ``CanvasTypeError``, a NaN or infinity a ``ProgramError``, both naming the key."""
+    where = f"summaries[{region!r}][{kind!r}]"
+    out, shown = None, ""
+    if not isinstance(value, (bool, str, bytes)):
+        try:
+            out = float(value)
+        except OverflowError:  # an int beyond the float range: as unusable as an infinity
+            out, shown = math.inf, "an integer beyond the range of a float"
+        except (TypeError, ValueError):
+            pass
+    if out is None:
+        raise CanvasTypeError(
+            f"{where} must be a number (a float, an int or a one-element tensor, as from "
+            f"ResidualAccumulator.summaries()), got {type(value).__name__} {value!r:.80}")
+    if not math.isfinite(out):
+        raise ProgramError(
+            f"{where} is {shown or out}; a clock compares a residual summary with its threshold, so it must be "
+            "finite. Drop or replace the non-finite summary before the step (ResidualAccumulator "
+            "already skips non-finite errors)")
+    return out
 
 
 class ClockNotSerializableError(CanvasError, NotImplementedError):
@@ -245,15 +275,27 @@ class OnEvent(ClockExpr):
             raise SchemaError(f"OnEvent({source!r}) needs at least one of gt= or lt= "
                               "(OnEvent requires at least one of gt= or lt=)")
         self.domain = time_domain(domain, "OnEvent")
+        gt = -math.inf if self.gt is None else self.gt
+        lt = math.inf if self.lt is None else self.lt
+        if not gt < lt or gt == math.inf or lt == -math.inf:
+            raise SchemaError(
+                f"OnEvent({source!r}, gt={self.gt!r}, lt={self.lt!r}) can never fire: no finite summary is "
+                f"above {self.gt!r} and below {self.lt!r}. For a band give gt < lt; to fire outside a band "
+                f"use Or(OnEvent({source!r}, gt=...), OnEvent({source!r}, lt=...))")
 
     def evaluate(self, ctx: ClockContext) -> bool:
         summaries = ctx.summaries or {}
         region, kind = self.source.rsplit(".", 1)
         if region not in summaries:
             region, kind = self.source.split(".", 1)
-        val = (summaries.get(region) or {}).get(kind)
+        per_region = summaries.get(region) or {}
+        if not isinstance(per_region, Mapping):
+            raise CanvasTypeError(f"summaries[{region!r}] must be a mapping kind -> number, got "
+                                  f"{type(per_region).__name__} {per_region!r:.80}")
+        val = per_region.get(kind)
         if val is None:
             return False
+        val = summary_number(val, region, kind)
         above = self.gt is None or val > self.gt
         below = self.lt is None or val < self.lt
         return above and below

@@ -19,6 +19,7 @@ from canvas_core.program.constants import (
     check_family,
 )
 from canvas_core.program.learning import LearningSpec, default_learning
+from canvas_core.schema.limits import check_size
 
 if TYPE_CHECKING:  # pragma: no cover
     from canvas_core.program.identity import IdentitySpec
@@ -44,7 +45,8 @@ class ClockSpec:
         max_silence: Force a firing after this many silent steps (None = never).
         max_inner_steps: Most inner iterations per external step (None = as many as the loop
             runs); it bounds internal clocks and is kept, unused, on the others (as in
-            canvas-engineering, so switching a clock's domain keeps its bound).
+            canvas-engineering, so switching a clock's domain keeps its bound). At most
+            ``CANVAS_MAX_LOOPS`` (1,024 by default), like a looped block's ``max_loops``.
     """
 
     domain: str = "external"
@@ -66,6 +68,8 @@ class ClockSpec:
         object.__setattr__(self, "cooldown", nonneg_int(self.cooldown, w, "cooldown"))
         object.__setattr__(self, "max_silence", opt_pos_int(self.max_silence, w, "max_silence"))
         object.__setattr__(self, "max_inner_steps", opt_pos_int(self.max_inner_steps, w, "max_inner_steps"))
+        check_size("loops", self.max_inner_steps, f"ClockSpec max_inner_steps (domain={self.domain!r})",
+                   "Use fewer inner steps per external step")
         if self.mode in ("on_event", "boundary") and self.event_source is None:
             example = "'vision.prediction'" if self.mode == "on_event" else "'episode_start'"
             raise ProgramError(

@@ -32,6 +32,7 @@ from torch import nn
 
 from canvas_core.schema.limits import check_size
 from canvas_core.errors import CanvasTypeError, ProgramError, UnknownRegionError, did_you_mean
+from canvas_core.program.clock_ir import summary_number
 
 __all__ = ["RegionScheduler", "LearnedScheduler", "is_clock_expr", "expr_cooldown"]
 
@@ -84,12 +85,7 @@ def lookup_summary(summaries: Summaries, source: str) -> Optional[float]:
     value = per_region.get(kind)
     if value is None:
         return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        raise CanvasTypeError(
-            f"summaries[{region!r}][{kind!r}] must be a number, got {type(value).__name__} {value!r}"
-        ) from None
+    return summary_number(value, region, kind)  # a finite number, else an error naming the key
 
 
 def _check_summaries(summaries: Any, where: str) -> None:
@@ -277,6 +273,9 @@ class RegionScheduler:
             if not is_clock_expr(c) and c is not None and getattr(c, "domain", None) == "internal":
                 k = getattr(c, "max_inner_steps", None)
                 if k:
+                    # ClockSpec checks it too; a duck-typed clock given through clocks= may not
+                    check_size("loops", k, f"RegionScheduler.step_plan: region {n!r}'s clock max_inner_steps",
+                               "Use fewer inner steps per external step")
                     inner[n] = k
         plan = [first]
         for s in range(max(inner.values(), default=0)):

@@ -69,6 +69,8 @@ class CanvasLayout:
                 f"CanvasLayout regions must be a dict of name -> RegionSpec or bounds tuple, got "
                 f"{type(self.regions).__name__}"
             )
+        check_size("regions", len(self.regions), "CanvasLayout number of regions",
+                   "Declare fewer, larger regions (a region may cover many positions)")
         self.regions = {name: self._wrap_region(name, spec) for name, spec in self.regions.items()}
         if not self.allow_overlap:
             self._check_no_overlap()

@@ -22,10 +22,13 @@ LIMITS: Dict[str, tuple] = {
     "positions": ("CANVAS_MAX_POSITIONS", 1 << 24, "positions of one canvas (T * prod(spatial_shape))"),
     "width": ("CANVAS_MAX_WIDTH", 1 << 16, "width of a canvas or layer (d_model, embed_dim)"),
     "batch": ("CANVAS_MAX_BATCH", 1 << 20, "batch size of one canvas tensor"),
-    "loops": ("CANVAS_MAX_LOOPS", 1024, "loop count of a looped block (max_loops)"),
+    "loops": ("CANVAS_MAX_LOOPS", 1024,
+              "loop count of a looped block (max_loops) or inner steps of a clock (max_inner_steps)"),
     "slots": ("CANVAS_MAX_SLOTS", 1 << 20, "identity slots of one binder (slot_capacity, n_slots)"),
     "elements": ("CANVAS_MAX_ELEMENTS", 1 << 33, "elements of one tensor canvas-core allocates"),
     "file_bytes": ("CANVAS_MAX_FILE_BYTES", 64 << 20, "bytes read from one schema or program file"),
+    "regions": ("CANVAS_MAX_REGIONS", 1 << 16, "regions of one layout"),
+    "connections": ("CANVAS_MAX_CONNECTIONS", 1 << 18, "connections of one topology"),
     "plugin_import_s": ("CANVAS_PLUGIN_IMPORT_WARN_S", 5, "seconds a plugin import runs before it is reported"),
 }
 
@@ -59,14 +62,15 @@ def size_limits() -> Dict[str, int]:
     return {name: limit(name) for name in LIMITS}
 
 
-def check_size(name: str, value: Any, what: str) -> None:
-    """Refuse ``value`` over the ``name`` limit, naming ``what`` (e.g. ``"CanvasLayout T*H*W"``)."""
+def check_size(name: str, value: Any, what: str, fix: str = "Use a smaller size") -> None:
+    """Refuse ``value`` over the ``name`` limit, naming ``what`` (e.g. ``"CanvasLayout T*H*W"``);
+    ``fix`` is the advice given before the variable that raises the limit."""
     cap = limit(name)
     if isinstance(value, int) and value > cap:
         var, _, meaning = LIMITS[name]
         raise SizeLimitError(
             f"{what} = {value:,} exceeds the limit {cap:,} on the {meaning}; refused before "
-            f"allocating anything. Use a smaller size, or raise the limit with {var}=<n> if the "
+            f"allocating anything. {fix}, or raise the limit with {var}=<n> if the "
             "machine really has room for it")
 
 

@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 from canvas_core.errors import CanvasError, CanvasTypeError, SchemaError, SchemaFormatError, SettingError
 from canvas_core.schema.jsonio import dump_json, loads_strict, read_json_source
 from canvas_core.schema.layout import CanvasLayout
+from canvas_core.schema.limits import check_size
 from canvas_core.schema.region import RegionSpec, transfer_distance
 from canvas_core.schema.topology import Connection, CanvasTopology, TemporalFill
 
@@ -96,6 +97,10 @@ class CanvasSchema:
 
         if not isinstance(d, dict):
             raise SchemaFormatError(f"a canvas schema must be a JSON object, got {type(d).__name__}")
+        # counted before the (slow) validation of every entry
+        for key, name in (("regions", "regions"), ("topology", "connections")):
+            if isinstance(d.get(key), (dict, list)):
+                check_size(name, len(d[key]), f"the schema's {key!r}: number of {name}", f"Declare fewer {name}")
         try:
             model = SchemaFile.model_validate(d)
         except ValidationError as exc:

@@ -14,6 +14,7 @@ from canvas_core.errors import (
     did_you_mean,
 )
 from canvas_core.schema._validate import OPERATORS, as_bool, as_float, as_int, as_str, is_int, looks_like_typo
+from canvas_core.schema.limits import check_size
 
 if TYPE_CHECKING:  # pragma: no cover
     from canvas_core.schema.layout import CanvasLayout
@@ -176,6 +177,8 @@ class CanvasTopology:
                 f"CanvasTopology connections must be a list of Connection, got {type(self.connections).__name__}"
             )
         conns = list(self.connections)
+        check_size("connections", len(conns), "CanvasTopology number of connections",
+                   "Connect fewer region pairs (e.g. a hub or a chain instead of all pairs)")
         for i, c in enumerate(conns):
             if not isinstance(c, Connection):
                 raise CanvasTypeError(
@@ -189,6 +192,7 @@ class CanvasTopology:
     def dense(regions: List[str]) -> "CanvasTopology":
         """Every region attends to every region (itself included): a standard transformer."""
         regions = _names(regions)
+        _check_all_pairs(len(regions), len(regions) ** 2, "dense")
         return CanvasTopology([Connection(a, b) for a in regions for b in regions])
 
     @staticmethod
@@ -236,6 +240,7 @@ class CanvasTopology:
                         f"causal_temporal: region {r!r} is not in the layout (regions: {sorted(layout.regions)})."
                         f"{did_you_mean(r, layout.regions)} Add the region or fix the name."
                     )
+        _check_all_pairs(len(regions), len(regions) ** 2 + len(regions), "causal_temporal")
         conns: List[Connection] = []
         for r in regions:
             conns.append(Connection(r, r, t_src=0, t_dst=0, temporal_fill=fill))
@@ -357,6 +362,14 @@ def check_connection_regions(connections: Iterable[Any], known: Iterable[str]) -
                 raise TopologyError(
                     f"connection #{i} ({what}): {side} region {name!r} is not in the layout "
                     f"(regions: {sorted(known)}).{did_you_mean(name, known)} Add the region or fix the name.")
+
+
+def _check_all_pairs(n_regions: int, n_connections: int, where: str) -> None:
+    """Refuse an all-pairs constructor before it makes its connections."""
+    check_size("connections", n_connections,
+               f"CanvasTopology.{where} of {n_regions:,} regions: number of connections",
+               "Connect fewer region pairs (CanvasTopology.hub_spoke or causal_chain make about "
+               "two per region)")
 
 
 def _check_layout(layout: Any, where: str) -> None:
