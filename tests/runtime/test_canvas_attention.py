@@ -151,7 +151,7 @@ def test_active_regions_compile_after_a_graph_break_or_prepare():
         if fullgraph:
             assert mod.prepare(*sets) is mod and len(mod._restricted) == 3
         torch._dynamo.reset()
-        compiled = torch.compile(lambda h, r: mod(h, active_regions=r), backend="eager", fullgraph=fullgraph)
+        compiled = torch.compile(lambda h, r, mod=mod: mod(h, active_regions=r), backend="eager", fullgraph=fullgraph)
         for regions in (*sets, None, sets[0]):
             torch.testing.assert_close(compiled(x, regions), mod(x, active_regions=regions))
 
