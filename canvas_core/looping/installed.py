@@ -6,6 +6,8 @@
 * :class:`BlockTopology`: one block's view of it (the shared kernels plus that block's gated
   modules of the non-softmax types).
 * :class:`GatedTypeModule`: a non-softmax type's module in a block, behind one gate (0 at init).
+* :func:`beta_scaled`: how an inverse temperature ``beta`` reaches an attention kernel (also
+  used by :func:`~canvas_core.looping.processor.canvas_sdpa`).
 """
 
 from __future__ import annotations
@@ -141,6 +143,19 @@ class InstalledTopology:
                 f"kernels={self.describe_kernels()})")
 
 
+def beta_scaled(q: torch.Tensor, beta: Any) -> Tuple[torch.Tensor, float]:
+    """``(q', scale)`` with ``scale * q' k^T = beta * q k^T / sqrt(d)`` (``q, k`` ``(..., d)``).
+
+    Eager: ``q`` as is and ``scale = beta / sqrt(d)``. Under ``torch.compile`` ``beta`` goes into
+    ``q`` instead: once a sharpening schedule has changed, dynamo traces ``beta`` as a symbolic
+    float, and as an attention kernel's ``scale`` it would be pinned to its value (a recompile for
+    every new value); as a factor of ``q`` one graph serves them all (the result may differ from
+    eager in the last bits for ``beta != 1``)."""
+    if torch.compiler.is_compiling() and not (isinstance(beta, (int, float)) and beta == 1):
+        return q * beta, 1.0 / math.sqrt(q.shape[-1])  # (no sharpening, beta 1: no extra product)
+    return q, float(beta) / math.sqrt(q.shape[-1])
+
+
 class BlockTopology:
     """One block's share of an :class:`InstalledTopology`: the shared kernels plus the block's
     gated modules (``modules``: ``nn.ModuleDict`` of :class:`GatedTypeModule`, or None)."""
@@ -156,7 +171,7 @@ class BlockTopology:
         from canvas_core.runtime.plan_runner import mix_softmax_groups
 
         r = self.shared.runner_for(q.device, rows)
-        scale = float(beta) / math.sqrt(q.shape[-1])
+        q, scale = beta_scaled(q, beta)
         out, _ = mix_softmax_groups(r, q, k, v, scale=scale, dropout_p=dropout_p)
         if out is None:
             B, H, S, d = q.shape

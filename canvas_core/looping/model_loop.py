@@ -88,6 +88,10 @@ class ModelLoop(LoopCore):
         self.unbatched = tuple(unbatched)
         object.__setattr__(self, "_holders", [])
         self._prev_forward: Any = None
+        # set by install_model_loop, outside any trace: the forward each iteration calls (see
+        # _inner_forward) and its parameter names
+        self._inner: Optional[Tuple[Callable[..., Any], bool]] = None
+        self._arg_names: Optional[List[str]] = None
         if step_adapter == "gated":
             self.adapter_gate = nn.Parameter(torch.zeros(1))
             self.adapter_proj = nn.Linear(int(channels), int(channels))
@@ -110,7 +114,7 @@ class ModelLoop(LoopCore):
         return z + self.adapter_gate.to(z.dtype) * d
 
     def run(self, model: nn.Module, args: tuple, kwargs: dict) -> Any:
-        inner = self._prev_forward or type(model).forward.__get__(model)
+        fn, pass_model = self._inner or _inner_forward(model, self._prev_forward)
         args, kwargs = list(args), dict(kwargs)
         if self.input_name in kwargs:
             x, pos = kwargs[self.input_name], None
@@ -124,11 +128,8 @@ class ModelLoop(LoopCore):
             raise CanvasTypeError(f"scope='model': input {self.input_name!r} must be a tensor, got "
                                   f"{type(x).__name__}")
         B = x.shape[0]
-        try:
-            sig = list(inspect.signature(inner).parameters)
-        except (TypeError, ValueError):
-            sig = []
-        names = sig + [""] * max(0, len(args) - len(sig))
+        sig = self._arg_names if self._arg_names is not None else _forward_names(model, self._prev_forward)
+        names = list(sig) + [""] * max(0, len(args) - len(sig))
         last: Dict[str, Any] = {}
         n = self.current_loops
 
@@ -149,7 +150,7 @@ class ModelLoop(LoopCore):
             k = {nm: (inp if nm == self.input_name else
                       (v if rows is None else index_rows(v, rows, B, nm in self.unbatched)))
                  for nm, v in kwargs.items()}
-            out = inner(*a, **k)
+            out = fn(model, *a, **k) if pass_model else fn(*a, **k)
             y = output_tensor(out)
             if n > 1 and y.shape != inp.shape:
                 raise ShapeError(
@@ -164,6 +165,32 @@ class ModelLoop(LoopCore):
         return _with_output(last["out"], s[0])
 
 
+def _inner_forward(model: nn.Module, prev: Any) -> Tuple[Callable[..., Any], bool]:
+    """The forward the loop calls once per iteration, and whether ``model`` is passed to it first:
+    ``prev`` (a forward set on the instance before grafting) or the class's own. Never a method
+    bound to ``model``: ``model.forward`` is the looped forward, and dynamo, resuming after a
+    graph break, rebuilds a bound method of ``model`` as ``model.forward`` (the loop then calls
+    itself); nor ``__get__`` of a decorated forward, which dynamo cannot trace. The unbound
+    function, called with ``model``, avoids both; it is looked up once, at install, since dynamo
+    cannot trace ``type(model).forward`` for every class either (diffusers' models)."""
+    if prev is None:
+        return type(model).forward, True
+    if isinstance(prev, types.MethodType) and prev.__self__ is model:
+        return prev.__func__, True
+    return prev, False
+
+
+def _forward_names(model: nn.Module, prev: Any) -> List[str]:
+    """Parameter names of the forward the loop calls (``self`` left out), to know which positional
+    argument is which; empty when the signature cannot be read."""
+    fn, pass_model = _inner_forward(model, prev)
+    try:
+        names = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return []
+    return names[1:] if pass_model else names
+
+
 def _looped_forward(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
     return getattr(model, LOOP_ATTR).run(model, args, kwargs)
 
@@ -171,6 +198,8 @@ def _looped_forward(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
 def install_model_loop(model: nn.Module, loop: ModelLoop, holders: List[nn.Module]) -> None:
     """Attach ``loop`` as ``model.canvas_loop`` and route ``model.forward`` through it."""
     loop._prev_forward = model.__dict__.get("forward")
+    loop._inner = _inner_forward(model, loop._prev_forward)
+    loop._arg_names = _forward_names(model, loop._prev_forward)
     object.__setattr__(loop, "_holders", list(holders))
     model.add_module(LOOP_ATTR, loop)
     object.__setattr__(model, "forward", types.MethodType(_looped_forward, model))

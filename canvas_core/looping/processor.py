@@ -9,14 +9,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 
 from canvas_core.errors import BackboneError
-from canvas_core.looping.installed import BlockTopology
+from canvas_core.looping.installed import BlockTopology, beta_scaled
 
 __all__ = ["canvas_sdpa", "CanvasAttentionHooks", "CanvasProcessorBase"]
 
@@ -33,7 +32,7 @@ def canvas_sdpa(
     """``softmax(beta * q k^T / sqrt(d) + attn_mask) v`` for ``q, k, v`` ``(B, H, S, d)``.
 
     ``attn_mask``: the backbone's own mask, additive or bool (True = may attend), or None."""
-    scale = float(beta) / math.sqrt(q.shape[-1])
+    q, scale = beta_scaled(q, beta)
     if attn_mask is not None and attn_mask.dtype == torch.bool:
         attn_mask = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill(
             ~attn_mask, float("-inf"))

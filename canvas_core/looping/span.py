@@ -117,7 +117,10 @@ class LoopedSpan(LoopCore):
         object.__setattr__(self, "_members", list(members))
         object.__setattr__(self, "_holders", [])  # every block position (canvas_fn of topologies)
         self._template: Any = None
-        self._arg_names: Optional[List[str]] = None
+        # names of the block's arguments after the streams, read here once: filled lazily in the
+        # first forward, the compiled graph of that call would be guarded on it being unset and
+        # never reused
+        self._arg_names: List[str] = _arg_names_after(original, len(io.streams))
         if iter_embed:
             for k, d in enumerate(self.stream_dims):
                 name = "loop_emb" if k == 0 else f"loop_emb_{k}"
@@ -161,12 +164,6 @@ class LoopedSpan(LoopCore):
         return None if e is None else e[min(t, e.shape[0] - 1)]
 
     def _names(self, n_rest: int) -> List[str]:
-        if self._arg_names is None:
-            try:
-                params = list(inspect.signature(self.original.forward).parameters)
-            except (TypeError, ValueError):
-                params = []
-            self._arg_names = params[len(self.io.streams):]
         names = list(self._arg_names)
         return names[:n_rest] + [""] * max(0, n_rest - len(names))
 
@@ -242,6 +239,16 @@ class LoopedSpan(LoopCore):
         ret = self.io.repack(last["out"], h)
         self._template = ret if self._members and not isinstance(ret, torch.Tensor) else None
         return ret
+
+
+def _arg_names_after(block: nn.Module, n_streams: int) -> List[str]:
+    """Names of ``block``'s forward parameters after its ``n_streams`` looped streams (empty when
+    the signature cannot be read)."""
+    try:
+        params = list(inspect.signature(block.forward).parameters)
+    except (TypeError, ValueError):
+        params = []
+    return params[n_streams:]
 
 
 def _rms(x: torch.Tensor) -> torch.Tensor:

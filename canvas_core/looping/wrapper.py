@@ -332,16 +332,19 @@ class LoopedBlockWrapper(nn.Module):
 
 def _checked_beta(schedule: Callable[[int], float], loop_idx: int) -> float:
     """``schedule(loop_idx)`` as a float; a non-finite or negative inverse temperature (a sharpening
-    schedule gone wrong) is a ``BackboneError`` naming the loop, before any attention runs on it."""
-    import math
+    schedule gone wrong) is a ``BackboneError`` naming the loop, before any attention runs on it.
 
+    Written with comparisons only (``0 <= beta < inf`` is false for NaN too): under
+    ``torch.compile`` a schedule changed since the first compile gives a symbolic ``beta``, which
+    comparisons guard on (every valid value passes them, so no recompile) and ``math.isfinite``
+    cannot take (it failed ``fullgraph=True`` and broke the graph otherwise)."""
     value = schedule(loop_idx)
     try:
         beta = float(value)
     except (TypeError, ValueError):
         raise BackboneError(f"the sharpening schedule returned {value!r} for loop {loop_idx}; it must return a "
                             "finite number >= 0 (an inverse temperature)") from None
-    if not math.isfinite(beta) or beta < 0:
+    if not (0.0 <= beta < float("inf")):
         raise BackboneError(f"the sharpening schedule returned beta={beta} for loop {loop_idx}; it must be a "
                             "finite number >= 0 (an inverse temperature)")
     return beta
