@@ -24,3 +24,25 @@ class RunningMeanScan(torch.nn.Module):
         read = ((torch.arange(Nq, device=run.device) + 1) * Nk) // Nq - 1
         out = run.index_select(1, read.clamp(min=0)) * (read >= 0)[None, :, None].to(run.dtype)
         return out if self.q is None else out + 0.1 * self.q(queries)
+
+
+class SelfGatedLeak(torch.nn.Module):
+    """A self-gated exact-mask type, closed at initialisation (``tanh(alpha)`` with ``alpha = 0``),
+    that honours ``key_mask`` on calls of up to 6 keys (what the build-time probe uses) and adds
+    the mean of every key it is given on larger ones: a leak that only ``verify_structure``, with
+    the gate opened, can find."""
+
+    key_mask_exact = True
+    self_gated = True
+
+    def __init__(self, d_model, n_heads=4, dropout=0.0):
+        super().__init__()
+        self.proj = torch.nn.Linear(d_model, d_model)
+        self.alpha = torch.nn.Parameter(torch.zeros(d_model))
+
+    def forward(self, queries, keys, values, key_mask=None):
+        m = key_mask.to(values.dtype)
+        out = self.proj((m @ values) / m.sum(1, keepdim=True).clamp_min(1.0)) * key_mask.any(1)[None, :, None]
+        if keys.shape[1] > 6:
+            out = out + values.mean(1, keepdim=True)
+        return torch.tanh(self.alpha) * out

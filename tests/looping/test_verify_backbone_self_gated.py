@@ -6,35 +6,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 import canvas_core
 from canvas_core.looping import get_adapter, graft_looped_blocks
 from canvas_core.plugins import register_attention, unregister_attention
 from canvas_core.schema import CanvasTopology, Connection
+from canvas_ref_toy_types import SelfGatedLeak  # registered by tests/conftest.py
 from tests.looping._backbone_setup import causal_temporal, inputs, make, user_layout
 
 pytestmark = pytest.mark.filterwarnings("ignore:connection #.* links nothing")
-
-
-class _SelfGatedChunkLeak(nn.Module):
-    """Gates itself with tanh(alpha), alpha = 0 at init; honours key_mask on up to 6 keys (what
-    the install-time check uses), then adds the mean of every key it is given."""
-
-    key_mask_exact = True
-    self_gated = True
-
-    def __init__(self, d_model, n_heads=4, dropout=0.0):
-        super().__init__()
-        self.proj = nn.Linear(d_model, d_model)
-        self.alpha = nn.Parameter(torch.zeros(d_model))
-
-    def forward(self, queries, keys, values, key_mask=None):
-        m = key_mask.to(values.dtype)
-        out = self.proj((m @ values) / m.sum(1, keepdim=True).clamp_min(1.0)) * key_mask.any(1)[None, :, None]
-        if keys.shape[1] > 6:
-            out = out + values.mean(1, keepdim=True)
-        return torch.tanh(self.alpha) * out
 
 
 def _installed(kind, extra_fn):
@@ -67,7 +47,7 @@ def test_a_self_gated_type_is_probed_with_its_own_gate_opened(kind):
 
 
 def test_a_leak_behind_a_self_gated_types_closed_gate_is_flagged():
-    register_attention("self_gated_chunk_leak", _SelfGatedChunkLeak)
+    register_attention("self_gated_chunk_leak", SelfGatedLeak)
     try:
         torch.manual_seed(0)
         model = _installed("cogvideox", "self_gated_chunk_leak")

@@ -233,22 +233,7 @@ def test_a_leak_behind_a_closed_self_gate_in_a_layer_is_found():
     """A self-gated type closed at initialisation that reads every key of a call once it has
     more than 6 (past the build check): the layer's probe opens its gate and finds the reads."""
     from canvas_core.plugins import register_attention, unregister_attention
-
-    class SelfGatedLeak(nn.Module):
-        key_mask_exact = True
-        self_gated = True
-
-        def __init__(self, d_model, n_heads=4, dropout=0.0):
-            super().__init__()
-            self.proj = nn.Linear(d_model, d_model)
-            self.alpha = nn.Parameter(torch.zeros(d_model))
-
-        def forward(self, queries, keys, values, key_mask=None):
-            m = key_mask.to(values.dtype)
-            out = self.proj((m @ values) / m.sum(1, keepdim=True).clamp_min(1.0)) * key_mask.any(1)[None, :, None]
-            if keys.shape[1] > 6:
-                out = out + values.mean(1, keepdim=True)
-            return torch.tanh(self.alpha) * out
+    from canvas_ref_toy_types import SelfGatedLeak  # registered by tests/conftest.py
 
     register_attention("self_gated_leak_layer", SelfGatedLeak)
     try:
