@@ -149,13 +149,18 @@ class _QKVAttention(AttentionBase):
             else:
                 fill = torch.zeros((), dtype=q.dtype, device=q.device)
                 attn_mask = _heads(torch.where(safe, bias.to(q.dtype), fill - float("inf")))
+        beta = self._beta()
+        if torch.compiler.is_compiling() and beta != 1:
+            # beta as a factor of q, not of SDPA's scale (a python float the graph would be
+            # specialised on: one recompile for every value of a sharpening schedule)
+            q, beta = q * beta, 1.0
         out = F.scaled_dot_product_attention(
             q,
             k,
             v,
             attn_mask=attn_mask,
             dropout_p=self.dropout_p if self.training else 0.0,
-            scale=self._beta() / math.sqrt(self.head_dim),
+            scale=beta / math.sqrt(self.head_dim),
         )
         out = self.out_proj(self._merge(out))
         return out if has is None else out.masked_fill(~has, 0.0)
