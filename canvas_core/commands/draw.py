@@ -34,11 +34,14 @@ def _check_output(out: Path) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from canvas_core.commands.compile import load_schema
+    from canvas_core.commands.compile import BUNDLED, load_schema
     from canvas_core.viz import MAX_WIDTH, check_picture_width, draw_schema, frames_drawn
 
     schema, source = load_schema(args.schema)
-    out = args.output or Path(Path(source).stem + ".png")
+    if args.output is None and args.schema in (None, "example", BUNDLED):
+        out = Path(BUNDLED + ".png")  # the bundled example: its name, not the label "bundled example ..."
+    else:
+        out = args.output or Path(Path(source).stem + ".png")
     _check_output(out)
     if not schema.layout.regions:
         raise CanvasError(f"{source} declares no regions, so there is nothing to draw; add a region to "

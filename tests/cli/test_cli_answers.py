@@ -128,3 +128,12 @@ def test_a_warning_is_one_line_naming_the_command(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "canvas compile: warning: connection #0 'a' -> 'b' links nothing" in err
     assert "UserWarning" not in err and "sys.exit" not in err
+
+
+def test_drawing_the_bundled_example_writes_robot_arm_png(tmp_path, monkeypatch, capsys):
+    """Without -o the picture is named after the schema file; for the bundled example that is
+    robot_arm.png (it was 'bundled example robot_arm.png', the display label)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["draw", "example"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["robot_arm.png"]
+    assert "wrote robot_arm.png" in capsys.readouterr().out
