@@ -173,7 +173,7 @@ def run_one(cfg: dict) -> dict:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--frames", type=int, default=4)
     p.add_argument("--d-model", type=int, default=64)

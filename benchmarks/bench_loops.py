@@ -4,7 +4,7 @@ One forward of a 4-block CogVideoX transformer (width 64, 4 heads, 4 latent fram
 text of 16 tokens, batch 8), measured in ONE run, interleaved (best of ``--repeats`` each):
 
 * the plain backbone (one pass);
-* canvas-engineering 0.4's ``graft_looped_blocks`` (each block looped ``n`` times) and
+* canvas-engineering's ``graft_looped_blocks`` (each block looped ``n`` times) and
   canvas-core's ``scope="block"`` (the same rule, identical to the backbone at init);
 * canvas-core ``scope="stack"`` (the four blocks as one core) at fixed depth ``n``;
 * the same stack with ``exit_tol``: each sample stops once its state changes by less than the

@@ -115,6 +115,7 @@ def merge(files: List[Path], plot_path) -> int:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    argv = [part for a in argv for part in (a.split("=", 1) if a.startswith("--task=") else [a])]
     if "--task" in argv:
         i = argv.index("--task")
         task = argv[i + 1] if i + 1 < len(argv) else ""
@@ -129,6 +130,8 @@ def main(argv=None) -> int:
             return loop_study_blob.main(argv)
     parser = argparse.ArgumentParser(description="loop study on the shipped one-step Game of Life backbone "
                                                  "(--task blob: the moving-blob study)")
+    parser.add_argument("--task", choices=("life", "blob"), default="life",
+                        help="life (default): this study; blob: the moving-blob study, with its own options")
     parser.add_argument("--quick", action="store_true", help="CI smoke run: k 1,2, 3 steps, 32 boards, 1 seed")
     parser.add_argument("--ks", default="1,2,4,8", help="steps ahead to predict (default 1,2,4,8)")
     parser.add_argument("--seeds", type=int, default=3, help="number of seeds 0..n-1 (default 3)")
