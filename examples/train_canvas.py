@@ -141,8 +141,14 @@ def main(argv=None) -> float:
                    help="processes sharing one canvas (world size = N x data-parallel degree)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.steps < 1:
+        p.error(f"--steps must be at least 1, got {args.steps}")
 
     distributed = "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if args.sequence_parallel > 1 and not distributed:
+        p.error(f"--sequence-parallel {args.sequence_parallel} splits each canvas over that many processes: "
+                f"start them with torchrun, e.g. torchrun --nproc_per_node={args.sequence_parallel} "
+                "examples/train_canvas.py --sequence-parallel " + str(args.sequence_parallel))
     rank, world = 0, 1
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if distributed:
@@ -194,15 +200,16 @@ def main(argv=None) -> float:
             loss = loss.detach()
             dist.all_reduce(loss, group=model.sp_group)
         first = loss.item() if first is None else first
-        if rank == 0 and (step % 50 == 0 or step == args.steps - 1):
+        if rank == 0 and (step % 50 == 0 or step == args.steps - 1):  # rank 0's loss (the summary: all ranks')
             print(f"step {step:4d}  loss {loss.item():.4f}", flush=True)
     final = loss.detach().clone()
     if distributed:
         dist.all_reduce(final)
         final /= world
     if rank == 0:
+        mean = " (mean over the processes)" if distributed else ""
         print(f"done: {args.steps} steps on {world} process(es), {device}, "
-              f"loss {first:.4f} -> {final.item():.4f} in {time.perf_counter() - start:.1f} s", flush=True)
+              f"loss {first:.4f} -> {final.item():.4f}{mean} in {time.perf_counter() - start:.1f} s", flush=True)
     if distributed:
         # DDP's reducer and the sequence-parallel layers hold the process groups: drop them first,
         # so that destroy_process_group really tears gloo down now and not during interpreter exit
