@@ -48,17 +48,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _chosen(given, default):
+    """An option's value: what the command line gave, else the default (``--quick``'s or the
+    task's)."""
+    return default if given is None else given
+
+
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "task", "blob") == "life":
         return _run_life(args)
     from canvas_core.demo.pipeline import DemoConfig, run_demo
 
+    quick = args.quick  # small defaults; options given explicitly win (and reach the checks)
+    steps = _chosen(args.steps, 4 if quick else _DEFAULTS["blob"]["steps"])
+    batch = _chosen(args.batch_size, 4 if quick else _DEFAULTS["blob"]["batch_size"])
     d = _DEFAULTS["blob"]
-    steps = d["steps"] if args.steps is None else args.steps
-    batch = d["batch_size"] if args.batch_size is None else args.batch_size
-    quick = args.quick  # caps steps / batch / eval set; bad values still reach the checks
     cfg = DemoConfig(backbone=args.backbone or "cogvideox", loops=3 if args.loops is None else args.loops,
-                     steps=min(4, steps) if quick else steps, batch_size=min(4, batch) if quick else batch,
+                     steps=steps, batch_size=batch,
                      lr=d["lr"] if args.lr is None else args.lr,
                      eval_samples=16 if quick else 256, device=args.device, seed=args.seed,
                      out=args.out, pretrained=args.pretrained, progress=not args.no_progress,
@@ -82,11 +88,10 @@ def _run_life(args: argparse.Namespace) -> int:
         ks = tuple(sorted({int(x) for x in str(args.ks).split(",") if x.strip()}))
     except ValueError:
         raise CanvasError(f"--ks must be comma-separated integers, e.g. 2,4; got {args.ks!r}") from None
-    d = _DEFAULTS["life"]
-    steps = d["steps"] if args.steps is None else args.steps
-    batch = d["batch_size"] if args.batch_size is None else args.batch_size
-    quick = args.quick
-    cfg = LifeDemoConfig(ks=ks, steps=min(3, steps) if quick else steps, batch_size=min(8, batch) if quick else batch,
+    quick = args.quick  # small defaults; options given explicitly win (and reach the checks)
+    steps = _chosen(args.steps, 3 if quick else _DEFAULTS["life"]["steps"])
+    batch = _chosen(args.batch_size, 8 if quick else _DEFAULTS["life"]["batch_size"])
+    cfg = LifeDemoConfig(ks=ks, steps=steps, batch_size=batch,
                          lr=args.lr, test_boards=32 if quick else 384, seed=args.seed, out=args.out,
                          progress=not args.no_progress)
     run_life_demo(cfg)

@@ -221,3 +221,21 @@ def test_an_output_folder_that_cannot_be_made_is_named(tmp_path):
     blocker.write_text("x")
     with pytest.raises(CanvasError, match=r"--out .*file/sub.*cannot create the output folder.*writable directory"):
         output_folder(blocker / "sub")
+
+
+@pytest.mark.parametrize("task,module,fn,quick_steps", [
+    ("life", "canvas_core.demo.life_demo", "run_life_demo", 3),
+    ("blob", "canvas_core.demo.pipeline", "run_demo", 4),
+])
+def test_quick_sets_small_defaults_and_explicit_options_win(monkeypatch, task, module, fn, quick_steps):
+    """--quick used to cap explicit values silently (--quick --steps 5 trained 3 steps, and a
+    batch over the limit was never checked)."""
+    import importlib
+
+    from canvas_core.cli import main
+
+    seen = []
+    monkeypatch.setattr(importlib.import_module(module), fn, seen.append)
+    assert main(["demo", "--task", task, "--quick"]) == 0
+    assert main(["demo", "--task", task, "--quick", "--steps", "5", "--batch-size", "12"]) == 0
+    assert (seen[0].steps, seen[1].steps, seen[1].batch_size) == (quick_steps, 5, 12)
