@@ -59,10 +59,10 @@ def run(args: argparse.Namespace) -> int:
         return _run_life(args)
     from canvas_core.demo.pipeline import DemoConfig, run_demo
 
-    quick = args.quick  # small defaults; options given explicitly win (and reach the checks)
-    steps = _chosen(args.steps, 4 if quick else _DEFAULTS["blob"]["steps"])
-    batch = _chosen(args.batch_size, 4 if quick else _DEFAULTS["blob"]["batch_size"])
     d = _DEFAULTS["blob"]
+    quick = args.quick  # small defaults; options given explicitly win (and reach the checks)
+    steps = _chosen(args.steps, 4 if quick else d["steps"])
+    batch = _chosen(args.batch_size, 4 if quick else d["batch_size"])
     cfg = DemoConfig(backbone=args.backbone or "cogvideox", loops=3 if args.loops is None else args.loops,
                      steps=steps, batch_size=batch,
                      lr=d["lr"] if args.lr is None else args.lr,

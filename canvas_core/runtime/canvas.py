@@ -10,6 +10,8 @@ embeddings.
 
 from __future__ import annotations
 
+import contextlib
+
 from typing import Any, Dict, Mapping, Tuple
 
 import torch
@@ -209,12 +211,12 @@ class SpatiotemporalCanvas(nn.Module):
         # checked eagerly only: under torch.compile a message holding the batch size would make
         # it a constant of the graph (one recompile per batch size, even with dynamic=True)
         checked = not torch.compiler.is_compiling()
-        if checked and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0):
-            raise CanvasTypeError(
-                "SpatiotemporalCanvas.create_empty: batch_size must be an int >= 0, "
-                f"got {batch_size!r}"
-            )
         if checked:
+            if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 0:
+                raise CanvasTypeError(
+                    "SpatiotemporalCanvas.create_empty: batch_size must be an int >= 0, "
+                    f"got {batch_size!r}"
+                )
             check_count("SpatiotemporalCanvas.create_empty", "batch_size", batch_size, minimum=0, limit="batch")
             check_allocation(f"SpatiotemporalCanvas.create_empty({batch_size})",
                              (batch_size, self.layout.num_positions, self.d_model))
@@ -226,9 +228,9 @@ class SpatiotemporalCanvas(nn.Module):
             ident = ident.index_copy(
                 0, idx, self.region_identity(name).expand(idx.numel(), self.d_model)
             )
-        if not checked:
-            return (base + ident).unsqueeze(0).expand(batch_size, N, self.d_model).clone()
-        with allocating(f"SpatiotemporalCanvas.create_empty({batch_size})", (batch_size, N, self.d_model)):
+        guard = (allocating(f"SpatiotemporalCanvas.create_empty({batch_size})", (batch_size, N, self.d_model))
+                 if checked else contextlib.nullcontext())
+        with guard:
             return (base + ident).unsqueeze(0).expand(batch_size, N, self.d_model).clone()
 
     def _check_canvas(self, canvas: torch.Tensor, where: str) -> None:

@@ -114,8 +114,8 @@ class Rollout:
         # recomputation runs outside the step, which it could not replay, so steps keep theirs
         self._checkpointing = [m for m in model.modules()
                                if isinstance(getattr(m, "use_gradient_checkpointing", None), bool)]
-        self._inputs: List[torch.Tensor] = []  # the window's step inputs (for slide="recompute")
-        self._seen: List[torch.Tensor] = []  # this episode's step inputs (for check=)
+        # the step inputs of the window (kept for slide="recompute" and for check=)
+        self._inputs: List[torch.Tensor] = []
         self._sig: Optional[Tuple[int, Any, Any]] = None  # batch, dtype, device of the first step
         self.frame = 0
         self.steps = 0
@@ -159,7 +159,6 @@ class Rollout:
         """Forget every frame: the next step is frame 0 of a fresh canvas.  The cache buffers stay
         allocated for the next episode (slots past the frame count are never read)."""
         self._inputs = []
-        self._seen = []
         self.frame = 0
         self._sig = None
 
@@ -195,7 +194,7 @@ class Rollout:
             self._compare_with_full_forward(x_t, y)
         self.frame += 1
         self.steps += 1
-        if self.slide is not None:
+        if self.slide is not None or self.check_tol is not None:
             self._inputs.append(x_t)
         self._sig = (x_t.shape[0], x_t.dtype, x_t.device)
         return y
@@ -203,9 +202,8 @@ class Rollout:
     def _compare_with_full_forward(self, x_t: torch.Tensor, y: Any) -> None:
         """``check=``: the step's output against ``model(canvas)[:, this frame]``, the canvas
         holding the frames stepped so far and zeros after them; a difference raises."""
-        t, V = self.frame, self.V
-        seen = self._seen + [x_t]
-        canvas = torch.cat(seen + [x_t.new_zeros(x_t.shape[0], (self.T - t - 1) * V, x_t.shape[2])], dim=1)
+        t, V = self.frame, self.V  # self._inputs: frames 0 .. t - 1 (no slide has happened yet)
+        canvas = torch.cat(self._inputs + [x_t, x_t.new_zeros(x_t.shape[0], (self.T - t - 1) * V, x_t.shape[2])], dim=1)
         with torch.no_grad():
             full = self.model(canvas)  # not stepping: the layers run on the whole canvas
         if not isinstance(y, torch.Tensor) or not isinstance(full, torch.Tensor):
@@ -222,7 +220,6 @@ class Rollout:
                 "frame in a step and the whole canvas in a full forward; keep such modules outside the model, "
                 "or roll out with slide='recompute' from the start. Dropout in training mode differs too: "
                 "model.eval()")
-        self._seen = seen
 
     def _check_no_adaptive_exit(self) -> None:
         for name, part in self._loops:

@@ -363,7 +363,7 @@ def call_exact_masked(module: Any, queries: Any, keys: Any, values: Any, key_mas
     which is what the call with each query's own key set gives (``runtime/finite_guard.py``)."""
     import torch
 
-    from canvas_core.runtime.finite_guard import non_finite_keys, zero_bad_keys
+    from canvas_core.runtime.finite_guard import non_finite_keys, reads_bad, zero_bad_keys
 
     bad = non_finite_keys(keys, values)  # (B, Nk), or None when all are finite (checked cheaply)
     if bad is not None:
@@ -377,5 +377,5 @@ def call_exact_masked(module: Any, queries: Any, keys: Any, values: Any, key_mas
     else:
         linked = key_mask if key_mask.dtype == torch.bool else torch.isfinite(key_mask)  # additive: -inf blocks
         wd = torch.float64 if out.dtype == torch.float64 else torch.float32
-        reads = torch.matmul(bad.to(wd).unsqueeze(1), linked.to(wd).transpose(-1, -2)).squeeze(1) > 0
+        reads = reads_bad(linked, bad.unsqueeze(1), wd).squeeze(1)  # (B, 1, Nk) against (B|1, Nq, Nk)
     return out.masked_fill(reads.unsqueeze(-1), float("nan"))

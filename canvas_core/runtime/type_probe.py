@@ -28,7 +28,7 @@ import torch
 
 from canvas_core.runtime.type_call import call_attention_type, is_builtin_module
 
-__all__ = ["probe_attention_module", "init_gradient_problem", "constant_branch", "gate_opening_dependencies", "dependencies", "first_leak", "batch_leak",
+__all__ = ["probe_attention_module", "init_gradient_problem", "constant_branch", "gate_opening_dependencies", "dependencies", "first_leak", "batch_leak", "key_runs",
            "is_builtin_module",
            "zeros_opened"]
 
@@ -81,18 +81,21 @@ def batch_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any) -> O
     return None
 
 
-def _listing(ix: set) -> str:
-    """``[0, 1, 2]``; a long list with its runs of consecutive keys shortened, ``[0..57, 90]``."""
-    ix = sorted(ix)
-    if len(ix) <= 8:
-        return str(ix)
+def key_runs(ix: Any, min_run: int) -> List[str]:
+    """Sorted keys as text, each run of at least ``min_run`` consecutive keys as ``a..b``: the
+    short form of a key set in a message (also the conformance kit's)."""
     runs: List[List[int]] = []
-    for j in ix:
+    for j in sorted(ix):
         if runs and j == runs[-1][-1] + 1:
             runs[-1].append(j)
         else:
             runs.append([j])
-    return "[" + ", ".join(f"{r[0]}..{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs) + "]"
+    return [part for r in runs for part in ([f"{r[0]}..{r[-1]}"] if len(r) >= min_run else map(str, r))]
+
+
+def _listing(ix: set) -> str:
+    """``[0, 1, 2]``; a long list with its runs of consecutive keys shortened, ``[0..57, 90]``."""
+    return str(sorted(ix)) if len(ix) <= 8 else "[" + ", ".join(key_runs(ix, 3)) + "]"
 
 
 def first_leak(deps: List[Tuple[set, set]], mask: Any) -> Optional[str]:
@@ -142,19 +145,21 @@ def _inputs(module: Any, d_model: int, batch: int = 1):
 
 
 @contextlib.contextmanager
-def zeros_opened(module: Any) -> Iterator[bool]:
+def zeros_opened(module: Any) -> Iterator[List[str]]:
     """Within the block, every floating parameter that is exactly 0 everywhere (a closed gate such
-    as ``gated``'s ``alpha``) holds fixed random values, restored afterwards; yields whether there
-    was one.  A probe that saw no read at all runs again inside it: a zero gate hides reads at
-    initialisation that training opens."""
-    zero = [p for p in module.parameters() if p.is_floating_point() and p.numel() and not bool(p.detach().any())]
+    as ``gated``'s ``alpha``) holds fixed random values, restored afterwards; yields the names of
+    those parameters (empty, so false, when there was none).  A probe that saw no read at all runs
+    again inside it: a zero gate hides reads at initialisation that training opens."""
+    named = [(n, p) for n, p in module.named_parameters()
+             if p.is_floating_point() and p.numel() and not bool(p.detach().any())]
+    zero = [p for _, p in named]
     saved = [p.detach().clone() for p in zero]
     gen = torch.Generator().manual_seed(4321)
     try:
         with torch.no_grad():
             for p in zero:
                 p.copy_((0.5 * torch.randn(tuple(p.shape), generator=gen)).to(p))
-        yield bool(zero)
+        yield [n for n, _ in named]
     finally:
         with torch.no_grad():
             for p, old in zip(zero, saved):

@@ -309,8 +309,8 @@ def _open_own_gate(run: _Run, opened: ExitStack, where: str, f: str, module: nn.
 
     if not _silent(group, make, run.gen):
         return
-    zero = [p for p, t in module.named_parameters() if t.is_floating_point() and t.numel() and not bool(t.detach().any())]
-    if opened.enter_context(zeros_opened(module)):
+    zero = opened.enter_context(zeros_opened(module))  # the names of the parameters it opened
+    if zero:
         run.notes.append(f"{where}: fn {f!r} gates itself and its gate is closed ({', '.join(zero)} at 0), so it adds "
                          "nothing to the model yet; its links were probed with those parameters set to random values")
 

@@ -41,13 +41,9 @@ def probe_mask(torch: Any, device: Any, n_keys: int = NK) -> Any:
 
 def _keys(ix: Any) -> str:
     """``{0,1,2}``; runs of more than three keys as ``a..b``."""
-    ix, parts, i = sorted(ix), [], 0
-    while i < len(ix):
-        j = i
-        while j + 1 < len(ix) and ix[j + 1] == ix[j] + 1:
-            j += 1
-        parts += [f"{ix[i]}..{ix[j]}"] if j - i >= 3 else [str(x) for x in ix[i:j + 1]]
-        i = j + 1
+    from canvas_core.runtime.type_probe import key_runs
+
+    parts = key_runs(ix, 4)
     return "{" + ",".join(parts) + "}" if parts else "nothing"
 
 
