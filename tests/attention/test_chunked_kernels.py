@@ -143,6 +143,23 @@ def test_fft_size_is_five_smooth_and_not_smaller():
         assert m == 1
 
 
+def _smooth(m: int) -> bool:
+    for p in (2, 3, 5):
+        while m % p == 0:
+            m //= p
+    return m == 1
+
+
+def test_fft_size_prefers_a_power_of_two_at_most_a_quarter_longer():
+    # the layer's key sets: 2 * 1,920 - 1 -> 4,096 (not 3,840), 2 * 448 - 1 -> 1,024 (not 900)
+    assert fft_size(3839) == 4096 and fft_size(895) == 1024
+    assert fft_size(3071) == 3072 and fft_size(1599) == 1600  # 4,096 / 2,048 would be > 1.25x
+    for n in range(1, 5000, 7):
+        smooth = next(m for m in range(n, 2 * n + 2) if _smooth(m))
+        pow2 = next(1 << k for k in range(20) if 1 << k >= n)
+        assert fft_size(n) == (pow2 if pow2 <= 1.25 * smooth else smooth), n
+
+
 @settings(max_examples=12, deadline=None)
 @given(
     cls=st.sampled_from([RWKVAttention, HyenaAttention, LinearAttention]),
