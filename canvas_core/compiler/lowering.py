@@ -31,6 +31,7 @@ import numpy as np
 from canvas_core.compiler.plan import ExecutionPlan, RectGroup
 from canvas_core.compiler.temporal import connection_links, region_frames
 from canvas_core.errors import CanvasTypeError
+from canvas_core.schema.limits import check_size
 from canvas_core.schema.masks import mask_to_index_pairs
 from canvas_core.schema.topology import DEFAULT_FN, check_connection_regions
 
@@ -175,6 +176,14 @@ def _check(topology: Any, layout: Any) -> None:
         raise CanvasTypeError(f"lower() needs a CanvasTopology, got {type(topology).__name__}")
     if not hasattr(layout, "region_spec") or not hasattr(layout, "T"):
         raise CanvasTypeError(f"lower() needs a CanvasLayout, got {type(layout).__name__}")
+    # the constructors check these; lists appended to afterwards are checked here, before any work
+    check_size("connections", len(topology.connections), "CanvasTopology number of connections",
+               "Connect fewer region pairs (e.g. a hub or a chain instead of all pairs)")
+    check_size("regions", len(layout.regions), "CanvasLayout number of regions", "Use fewer regions")
+    for i, c in enumerate(topology.connections):
+        if not (hasattr(c, "src") and hasattr(c, "dst")):
+            raise CanvasTypeError(f"CanvasTopology connection #{i} must be a Connection, got "
+                                  f"{type(c).__name__} ({c!r:.80}); write Connection(src=..., dst=...)")
     check_connection_regions(topology.connections, _region_names(layout))  # what topology.validate checks
 
 

@@ -152,3 +152,26 @@ def test_schema_file_counts_are_checked_before_validation(monkeypatch):
         cc.CanvasSchema.from_json(text)
     monkeypatch.setenv("CANVAS_MAX_CONNECTIONS", "16")
     assert len(cc.CanvasSchema.from_json(text).topology.connections) == 16
+
+
+def test_connections_appended_after_construction_are_checked_when_building(monkeypatch):
+    monkeypatch.setenv("CANVAS_MAX_CONNECTIONS", "4")
+    layout = cc.CanvasLayout(T=2, H=4, W=4, d_model=16,
+                             regions={"a": (0, 2, 0, 2, 0, 4), "b": (0, 2, 2, 4, 0, 4)})
+    topology = cc.CanvasTopology(connections=[cc.Connection("a", "b")])  # within the limit here
+    topology.connections.extend(cc.Connection("b", "a") for _ in range(5))
+    _refused_quickly(lambda: cc.CanvasAttention(topology, layout), "CanvasTopology number of connections = 6",
+                     "CANVAS_MAX_CONNECTIONS")
+    layout.regions.update({f"r{i}": (0, 1, 0, 1, i % 4, i % 4 + 1) for i in range(9)})
+    monkeypatch.setenv("CANVAS_MAX_REGIONS", "8")
+    topology.connections[1:] = []
+    _refused_quickly(lambda: cc.CanvasAttention(topology, layout), "CanvasLayout number of regions = 11",
+                     "CANVAS_MAX_REGIONS")
+
+
+def test_a_non_connection_appended_to_a_topology_is_named_when_building():
+    layout = cc.CanvasLayout(T=1, H=2, W=2, d_model=8, regions={"a": (0, 1, 0, 2, 0, 2)})
+    topology = cc.CanvasTopology(connections=[cc.Connection("a", "a")])
+    topology.connections.append(("a", "a"))
+    with pytest.raises(cc.CanvasError, match=r"connection #1 must be a Connection, got tuple"):
+        cc.CanvasAttention(topology, layout)
