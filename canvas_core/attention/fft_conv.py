@@ -100,54 +100,78 @@ class _CausalConv(torch.autograd.Function):
 
 
 # --- the last stage read at every s-th position -----------------------------------------------
-def _read_forward(z: Tensor, h: Tensor, s: int) -> Tuple[Tensor, Tensor, Tensor]:
+def _phases(z: Tensor, s: int, m: int, slot: str) -> Tensor:
+    """The spectra ``(C, s, m / 2 + 1)`` of one row ``z (C, L)`` cut in ``s`` phases
+    ``z^b_a = z_{s a + b}``, each zero-padded to ``m`` points (in the per-thread scratch ``slot``)."""
+    C, L = z.shape
+    Q = L // s
+    pad = scratch(slot, (C, s, m), z)
+    pad[..., :Q].copy_(z.reshape(C, Q, s).transpose(-1, -2))
+    pad[..., Q:].zero_()
+    return torch.fft.rfft(pad)
+
+
+def _read_forward(z: Tensor, h: Tensor, s: int) -> Tuple[Tensor, Tensor]:
     """:func:`causal_conv_last` read only at ``p_i = s (i + 1) - 1`` (``i < Q = L / s``), in ``s``
     phases: with ``z^b_a = z_{s a + b}`` and ``h^b_k = h_{s k + s - 1 - b}`` (``b < s``),
     ``y_{p_i} = sum_b sum_{a <= i} h^b_{i - a} z^b_a``: ``s`` causal convolutions of length ``Q``,
     summed in the frequency domain, so the transforms are ``m = fft_size(2 Q - 1)`` points (the
-    ``s`` forward ones per row, one inverse) instead of ``2 L``.  ``z (B, C, L)``, ``h (C, L)`` ->
-    ``(y (B, C, Q), conj(Z) (B, C, s, m / 2 + 1), conj(H) (C, s, m / 2 + 1))``."""
+    ``s`` forward ones per row, one inverse) instead of ``2 L``.
+
+    One batch row at a time: a row's phase spectra (``C x s x m / 2 + 1``, about a megabyte at
+    64 channels) stay in cache from their transform to their sum, where the whole batch's (eight
+    times that) went through memory twice; they are not kept (the backward recomputes them).
+    ``z (B, C, L)``, ``h (C, L)`` -> ``(y (B, C, Q), conj(H) (C, s, m / 2 + 1))``."""
     B, C, L = z.shape
     Q = L // s
     m = fft_size(2 * Q - 1)
-    Z = torch.fft.rfft(_zero_padded(z.view(B, C, Q, s).transpose(-1, -2), m, "hy_ph"))
     H = torch.fft.rfft(h.view(C, Q, s).flip(-1).transpose(-1, -2), n=m)
-    y = torch.fft.irfft(torch.mul(Z, H, out=scratch("hy_phs", Z.shape, Z)).sum(dim=2), n=m)
-    return y[..., :Q], Z.conj_physical_(), H.conj_physical_()
+    acc = torch.empty((B, C, m // 2 + 1), dtype=H.dtype, device=z.device)
+    spec = scratch("hy_phs", H.shape, H)
+    for b in range(B):
+        torch.sum(torch.mul(_phases(z[b], s, m, "hy_ph"), H, out=spec), dim=1, out=acc[b])
+    y = torch.fft.irfft(acc, n=m)
+    return y[..., :Q], H.conj_physical_()
 
 
-def _read_backward(g: Tensor, Zc: Tensor, Hc: Tensor, s: int, need_z: bool,
+def _read_backward(g: Tensor, z: Tensor, Hc: Tensor, s: int, need_z: bool,
                    need_h: bool) -> Tuple[Optional[Tensor], Optional[Tensor]]:
-    """The adjoint of :func:`_read_forward` in the same phases: ``dz^b = corr(g, h^b)``,
-    ``dh^b = sum_rows corr(g, z^b)`` (products with the conjugated spectra), one ``m``-point
-    transform of ``g`` and ``s`` inverse ones."""
+    """The adjoint of :func:`_read_forward` in the same phases, one row at a time:
+    ``dz^b = corr(g, h^b)``, ``dh^b = sum_rows corr(g, z^b)`` (products with conjugated
+    spectra; each row's phase spectra are recomputed from ``z``)."""
     B, C, Q = g.shape
     m = fft_size(2 * Q - 1)
     G = torch.fft.rfft(g, n=m).unsqueeze(2)  # (B, C, 1, m / 2 + 1)
-    dz = dh = None
-    if need_z:
-        dzp = torch.fft.irfft(torch.mul(G, Hc, out=scratch("hy_phs", Zc.shape, Zc)), n=m)
-        dz = dzp[..., :Q].transpose(-1, -2).reshape(B, C, Q * s)
+    dz = torch.empty((B, C, Q * s), dtype=g.dtype, device=g.device) if need_z else None
+    dH = torch.zeros_like(Hc) if need_h else None
+    spec = scratch("hy_phs", Hc.shape, Hc)
+    for b in range(B):
+        if need_z:
+            dzp = torch.fft.irfft(torch.mul(G[b], Hc, out=spec), n=m)  # (C, s, m)
+            dz[b].view(C, Q, s).copy_(dzp[..., :Q].transpose(-1, -2))
+        if need_h:
+            dH.addcmul_(G[b], _phases(z[b], s, m, "hy_ph").conj_physical_())
+    dh = None
     if need_h:
-        dhp = torch.fft.irfft(torch.mul(G, Zc, out=scratch("hy_phs", Zc.shape, Zc)).sum(dim=0), n=m)
-        dh = dhp[..., :Q].flip(1).transpose(-1, -2).reshape(C, Q * s)
+        dh = torch.fft.irfft(dH, n=m)[..., :Q].flip(1).transpose(-1, -2).reshape(C, Q * s)
     return dz, dh
 
 
 class _ReadConv(torch.autograd.Function):
-    """:func:`_read_forward` with :func:`_read_backward` (the eager path)."""
+    """:func:`_read_forward` with :func:`_read_backward` (the eager path): saves ``z`` and the
+    filter's conjugated phase spectra."""
 
     @staticmethod
     def forward(ctx, z, h, s):  # z (B, C, L), h (C, L) -> (B, C, L / s)
-        y, Zc, Hc = _read_forward(z, h, s)
-        ctx.save_for_backward(Zc, Hc)
+        y, Hc = _read_forward(z, h, s)
+        ctx.save_for_backward(z, Hc)
         ctx.s = s
         return y
 
     @staticmethod
     @first_order_backward("hyena's read convolution")
     def backward(ctx, g):
-        dz, dh = _read_backward(g, *ctx.saved_tensors, ctx.s, *ctx.needs_input_grad[:2])
+        dz, dh = _read_backward(g.contiguous(), *ctx.saved_tensors, ctx.s, *ctx.needs_input_grad[:2])
         return dz, dh, None
 
 
@@ -223,9 +247,9 @@ def _or_empty(t: Optional[Tensor], like: Tensor) -> Tensor:
 
 
 @torch.library.custom_op("canvas_core::hyena_read_conv", mutates_args=())
-def _read_op(z: Tensor, h: Tensor, s: int) -> Tuple[Tensor, Tensor, Tensor]:
-    y, Zc, Hc = _read_forward(z, h, s)
-    return y.contiguous(), Zc, Hc
+def _read_op(z: Tensor, h: Tensor, s: int) -> Tuple[Tensor, Tensor]:
+    y, Hc = _read_forward(z, h, s)
+    return y.contiguous(), Hc
 
 
 @_read_op.register_fake
@@ -233,27 +257,26 @@ def _(z, h, s):
     B, C, L = z.shape
     Q = L // s
     bins = fft_size(2 * Q - 1) // 2 + 1
-    cd = _COMPLEX[z.dtype]
-    return z.new_empty(B, C, Q), z.new_empty(B, C, s, bins, dtype=cd), z.new_empty(C, s, bins, dtype=cd)
+    return z.new_empty(B, C, Q), z.new_empty(C, s, bins, dtype=_COMPLEX[z.dtype])
 
 
 @torch.library.custom_op("canvas_core::hyena_read_conv_backward", mutates_args=())
-def _read_backward_op(g: Tensor, Zc: Tensor, Hc: Tensor, s: int, need_z: bool,
+def _read_backward_op(g: Tensor, z: Tensor, Hc: Tensor, s: int, need_z: bool,
                       need_h: bool) -> Tuple[Tensor, Tensor]:
-    dz, dh = _read_backward(g, Zc, Hc, s, need_z, need_h)
+    dz, dh = _read_backward(g, z, Hc, s, need_z, need_h)
     return _or_empty(dz, g), _or_empty(dh, g)
 
 
 @_read_backward_op.register_fake
-def _(g, Zc, Hc, s, need_z, need_h):
+def _(g, z, Hc, s, need_z, need_h):
     B, C, Q = g.shape
     return (g.new_empty(B, C, Q * s) if need_z else g.new_empty(0)), (g.new_empty(C, Q * s) if need_h else g.new_empty(0))
 
 
 def _read_setup(ctx, inputs, output):
-    ctx.save_for_backward(output[1], output[2])
+    ctx.save_for_backward(inputs[0], output[1])  # z and conj(H)
     ctx.s = inputs[2]
-    ctx.mark_non_differentiable(output[1], output[2])  # the spectra reach the backward only
+    ctx.mark_non_differentiable(output[1])  # the spectra reach the backward only
 
 
 def _read_autograd(ctx, gy, *_unused):

@@ -232,15 +232,18 @@ def _direct_conv(z, h):
     B=st.integers(0, 2),
     Q=st.integers(0, 6),
     stride=st.integers(1, 9),
+    channels_last=st.booleans(),
     seed=st.integers(0, 2**31 - 1),
 )
-def test_read_conv_last_and_its_adjoint_equal_the_direct_sum_at_the_reads(B, Q, stride, seed):
+def test_read_conv_last_and_its_adjoint_equal_the_direct_sum_at_the_reads(B, Q, stride, channels_last, seed):
     """The strided read of Hyena's last convolution (``stride`` phases of ``Q`` keys, short FFTs
-    summed in the frequency domain; the adjoint in the same phases) against the direct sum read
-    at ``stride (i + 1) - 1``; strides that are not 5-smooth, one read, an empty batch."""
+    summed in the frequency domain, one batch row at a time; the adjoint in the same phases)
+    against the direct sum read at ``stride (i + 1) - 1``; strides that are not 5-smooth, one
+    read, an empty batch, a transposed (non-contiguous) input."""
     g = torch.Generator().manual_seed(seed)
     L = Q * stride
-    z = torch.randn(B, C, L, generator=g, dtype=DT, requires_grad=True)
+    leaf = torch.randn(*((B, L, C) if channels_last else (B, C, L)), generator=g, dtype=DT, requires_grad=True)
+    z = leaf.transpose(1, 2) if channels_last else leaf
     h = torch.randn(C, L, generator=g, dtype=DT, requires_grad=True)
     y = read_conv_last(z, h, stride)
     ref = _direct_conv(z.transpose(1, 2), h.t()).transpose(1, 2)[..., stride - 1 :: stride]
@@ -248,7 +251,7 @@ def test_read_conv_last_and_its_adjoint_equal_the_direct_sum_at_the_reads(B, Q, 
     torch.testing.assert_close(y, ref, atol=1e-10, rtol=1e-8)
     if y.numel():
         gy = torch.randn(B, C, Q, generator=g, dtype=DT)
-        for a, b in zip(torch.autograd.grad(y, (z, h), gy), torch.autograd.grad(ref, (z, h), gy)):
+        for a, b in zip(torch.autograd.grad(y, (leaf, h), gy), torch.autograd.grad(ref, (leaf, h), gy)):
             torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
 
 
