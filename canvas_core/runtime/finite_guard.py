@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["non_finite_keys", "zero_bad_keys", "reads_bad", "nan_where_linked"]
+__all__ = ["non_finite_keys", "zero_bad_keys", "reads_bad", "nan_where_linked", "func_transformed"]
 
 
 def non_finite_keys(k: torch.Tensor, v: torch.Tensor) -> Optional[torch.Tensor]:
@@ -29,9 +29,19 @@ def non_finite_keys(k: torch.Tensor, v: torch.Tensor) -> Optional[torch.Tensor]:
     # x * 0 is 0 for a finite x and NaN for NaN / inf, so one product and one sum per key find them
     # (several times faster than isfinite(...).all(-1) on CPU)
     bad = ((k * 0).sum(dim=-1) + (v * 0).sum(dim=-1)).isnan()
-    if k.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(bad.any()):
+    if k.device.type == "cpu" and not torch.compiler.is_compiling() and not func_transformed(bad) \
+            and not bool(bad.any()):
         return None
     return bad
+
+
+def func_transformed(t: torch.Tensor) -> bool:
+    """``t`` is wrapped by a ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``, ...), where
+    a branch on its values is refused: the guard then runs without the shortcut."""
+    try:
+        return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
+    except AttributeError:  # pragma: no cover - a torch without functorch
+        return False
 
 
 def zero_bad_keys(k: torch.Tensor, v: torch.Tensor, bad: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

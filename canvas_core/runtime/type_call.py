@@ -41,6 +41,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Dict, List, Optional, Tuple
 
+from canvas_core.errors import CanvasError, UnavailableError
+
 __all__ = [
     "MASKED", "UNMASKED", "EXACT_ATTR", "SELF_GATED_ATTR", "calling_convention", "mask_is_exact",
     "runs_per_key_set", "is_builtin_module", "check_attention_module", "call_attention_type", "call_exact_masked",
@@ -295,11 +297,11 @@ def run_flat_buckets(module: Any, queries: Any, keys: Any, values: Any, buckets:
         if ones_mask:
             import torch
 
-            o = module(q, k, v, key_mask=torch.ones(nq, nk, dtype=torch.bool, device=q.device))
+            o = run_type(module, name, q, k, v, key_mask=torch.ones(nq, nk, dtype=torch.bool, device=q.device))
         elif exact or needs_kw:
-            o = module(q, k, v, key_mask=None)
+            o = run_type(module, name, q, k, v, key_mask=None)
         else:
-            o = module(q, k, v)
+            o = run_type(module, name, q, k, v)
         o = check_type_output(o, q, name, module)
         res.append(o.reshape(B, G * nq, o.shape[-1]))
     return res
@@ -352,6 +354,29 @@ def call_attention_type(module: Any, queries: Any, keys: Any, values: Any, key_m
     return call_exact_masked(module, queries, keys, values, key_mask, name)
 
 
+def run_type(module: Any, name: Any, *args: Any, **kwargs: Any) -> Any:
+    """``module(*args, **kwargs)``; a torch error raised under a ``torch.func`` transform becomes
+    an :class:`UnavailableError` naming the type (hand-written backwards have no functorch rules)."""
+    try:
+        return module(*args, **kwargs)
+    except RuntimeError as exc:
+        from canvas_core.runtime.finite_guard import func_transformed
+
+        if args and func_transformed(args[0]) and not isinstance(exc, CanvasError):
+            raise _under_func_transform(module, name, exc) from exc
+        raise
+
+
+def _under_func_transform(module: Any, name: Any, exc: BaseException) -> UnavailableError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return UnavailableError(
+        f"attention type {name or type(module).__name__!r} ({type(module).__name__}) cannot run under a "
+        f"torch.func transform (vmap / grad / jacrev / jvp); torch says: {first[:120]}. Types with a "
+        "hand-written backward (rwkv, hyena, linear_attention, mixture, mamba, ...) have no torch.func "
+        "rules: use torch.autograd.grad or torch.autograd.functional.jacobian, which work with every "
+        "type (the softmax-family and module types also run under torch.func)")
+
+
 def call_exact_masked(module: Any, queries: Any, keys: Any, values: Any, key_mask: Any, name: Any = None) -> Any:
     """``module(queries, keys, values, key_mask=key_mask)`` for an exact-mask type, with a
     non-finite key kept to the queries that link it.
@@ -369,7 +394,7 @@ def call_exact_masked(module: Any, queries: Any, keys: Any, values: Any, key_mas
     if bad is not None:
         zk, zv = zero_bad_keys(keys, values, bad)
         keys, values = zk, (zk if values is keys else zv)  # keys that are the values stay one tensor
-    out = check_type_output(module(queries, keys, values, key_mask=key_mask), queries, name, module)
+    out = check_type_output(run_type(module, name, queries, keys, values, key_mask=key_mask), queries, name, module)
     if bad is None:
         return out
     if key_mask is None:

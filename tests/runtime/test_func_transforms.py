@@ -1,0 +1,53 @@
+"""Canvas layers under ``torch.func`` transforms (docs/limits.md, "torch.func transforms").
+
+The softmax-family and module types run under ``vmap`` and ``jacrev`` and agree with the plain
+batch and with ``torch.autograd.functional.jacobian``; the types with a hand-written backward
+are refused with an ``UnavailableError`` naming the type (before: torch's bare RuntimeError, and
+``vmap`` failed for every type on the non-finite-key check's data-dependent shortcut).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import canvas_core as cc
+from canvas_core.errors import CanvasError, UnavailableError
+
+
+def _layer(fn: str) -> cc.CanvasAttention:
+    layout = cc.CanvasLayout(T=2, H=2, W=4, d_model=16,
+                             regions={"a": (0, 2, 0, 1, 0, 4), "b": (0, 2, 1, 2, 0, 4)})
+    topology = cc.CanvasTopology(connections=[cc.Connection("a", "b", fn=fn, t_src=0, t_dst=0),
+                                              cc.Connection("b", "b")])
+    torch.manual_seed(0)
+    return cc.CanvasAttention(topology, layout, 16, 2).double()
+
+
+@pytest.mark.parametrize("fn", ["cross_attention", "gated", "pooling", "cosine_attention"])
+def test_vmap_and_jacrev_equal_the_batch_and_the_autograd_jacobian(fn):
+    torch.set_num_threads(1)
+    layer = _layer(fn)
+    x = torch.randn(3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    one = lambda xi: layer(xi[None])[0]  # noqa: E731
+    torch.testing.assert_close(torch.func.vmap(one)(x), layer(x), rtol=1e-12, atol=1e-12)
+    jac = torch.func.jacrev(one)(x[0])
+    torch.testing.assert_close(jac, torch.autograd.functional.jacobian(one, x[0]), rtol=1e-12, atol=1e-12)
+    assert jac.abs().sum() > 0
+
+
+@pytest.mark.parametrize("fn", ["hyena", "rwkv", "linear_attention"])
+@pytest.mark.parametrize("transform", ["vmap", "jacrev"])
+def test_hand_written_backwards_are_refused_under_a_transform_naming_the_type(fn, transform):
+    torch.set_num_threads(1)
+    layer = _layer(fn)
+    x = torch.randn(3, 16, 16, dtype=torch.float64)
+    one = lambda xi: layer(xi[None])[0]  # noqa: E731
+    with pytest.raises(UnavailableError) as info:
+        getattr(torch.func, transform)(one)(x if transform == "vmap" else x[0])
+    msg = str(info.value)
+    assert f"attention type {fn!r}" in msg and "torch.func" in msg and "jacobian" in msg, msg
+    assert isinstance(info.value, CanvasError) and isinstance(info.value.__cause__, RuntimeError)
+    # the plain autograd path works for the same layer
+    jac = torch.autograd.functional.jacobian(one, x[0])
+    assert jac.shape == (16, 16, 16, 16) and jac.abs().sum() > 0
