@@ -7,7 +7,9 @@ all be written before any of them replaces its target).
   ``/dev/null`` or to a named pipe must not replace it with a regular file.
 * A symbolic link is followed on purpose: the file it points to receives the new content (keeping
   that file's mode), the link itself stays a link.
-* A read-only regular file is refused (as ``open(path, "w")`` would refuse it), not replaced.
+* A read-only regular file is refused, not replaced: one whose mode grants write to nobody
+  (``chmod a-w``; checked on the mode bits, so root, for whom ``os.access`` always says
+  writable, is refused too), or one this user may not write (``os.access``).
 * The content goes to a temporary file in the target's directory, is flushed to disk
   (``fsync``), takes the mode of the file it replaces (or the mode a new file gets under the
   umask) and is renamed over the target with ``os.replace`` (atomic on POSIX).  If anything fails,
@@ -80,10 +82,12 @@ def check_write_target(
                 )
         if not stat.S_ISREG(st.st_mode):
             raise error(f"refusing to write {what} to {real!r}{via}: it is not a regular file")
-        if not os.access(real, os.W_OK):
+        # the mode bits first: os.access says "writable" to root whatever the mode, and a file
+        # marked read-only for everyone (chmod a-w) is a request not to overwrite it
+        if stat.S_IMODE(st.st_mode) & 0o222 == 0 or not os.access(real, os.W_OK):
             raise error(
-                f"cannot write {what} to {real!r}{via}: the file is read-only; make it writable or "
-                "choose another path"
+                f"cannot write {what} to {real!r}{via}: the file is read-only (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}); make it writable (chmod u+w) or choose another path"
             )
         return real
     parent = os.path.dirname(real) or "."
@@ -95,6 +99,27 @@ def check_write_target(
                 f"cannot write {what} to {p!r}: the directory {parent!r} does not exist; create it first"
             )
     return real
+
+
+#: the longest basename (bytes) a temporary name carries whole: ``"." + base + ".XXXXXXXX.tmp"``
+#: adds 14 bytes, and most file systems allow 255 bytes per name (NAME_MAX)
+_TEMP_BASE_MAX = 200
+
+
+def _temp_prefix(base: str) -> str:
+    """``"." + base + "."``, with ``base`` cut to at most :data:`_TEMP_BASE_MAX` bytes (on a
+    character boundary) so that the temporary name stays within NAME_MAX even when the target's
+    own name is close to it; the name is only seen until the rename."""
+    if len(os.fsencode(base)) > _TEMP_BASE_MAX:
+        kept, size = [], 0
+        for ch in base:
+            n = len(os.fsencode(ch))
+            if size + n > _TEMP_BASE_MAX:
+                break
+            kept.append(ch)
+            size += n
+        base = "".join(kept)
+    return "." + base + "."
 
 
 def _new_file_mode() -> int:
@@ -174,7 +199,7 @@ def stage_write(
             old_mode: Optional[os.stat_result] = os.stat(real)
         except FileNotFoundError:
             old_mode = None
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(real) + ".", suffix=".tmp", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(os.path.basename(real)), suffix=".tmp", dir=directory)
         os.close(fd)
         write_fn(tmp)
         _fsync_path(tmp)

@@ -1,12 +1,13 @@
 """Canvas-model checkpoints that know their schema.
 
-File: safetensors holding ``model.state_dict()`` (the exact keys ``load_state_dict`` takes) and
-a string header::
+File: safetensors holding ``model.state_dict()`` under the plain model's names (the keys its
+``load_state_dict`` takes, without the segments of wrappers such as ``torch.compile``, DDP or
+sequence parallelism; sharded ``DTensor`` s gathered whole) and a string header::
 
     format               "canvas-core/canvas-checkpoint"
     format_version       "1"
     canvas_core_version, torch_version
-    model_class          the model's class name (informative)
+    model_class          the (unwrapped) model's class name (informative)
     schema               JSON of CanvasSchema.to_dict() (layout, regions, topology, metadata)
     schema_hash          CanvasSchema.schema_hash() of that schema
     user_metadata        JSON of the ``metadata`` argument
@@ -34,11 +35,13 @@ from canvas_core.checkpoints.tensors import (
     metadata_json,
     not_safetensors,
     pickled,
+    refuse_non_finite,
     save_safetensors_atomic,
     truncation,
 )
 from canvas_core.errors import CanvasTypeError, CheckpointError
-from canvas_core.runtime.compiled_names import plain_name, unwrap_compiled
+from canvas_core.checkpoints.sharded import is_dtensor, model_class_name, shard_like
+from canvas_core.runtime.compiled_names import plain_name, plain_names, unwrap_model
 
 __all__ = ["save_canvas_checkpoint", "load_canvas_checkpoint", "read_canvas_checkpoint_header"]
 
@@ -117,6 +120,22 @@ def _check_model(model: Any, where: str) -> None:
         raise CanvasTypeError(f"{where} expects a torch nn.Module, got {type(model).__name__}")
 
 
+def _file_names(model: nn.Module, keys: Any, where: str) -> Dict[str, str]:
+    """``{the model's own state name: the name in a file}``: the plain model's names, without the
+    segments of the wrappers around or inside ``model`` (``torch.compile``, DDP, sequence
+    parallelism: :mod:`canvas_core.runtime.compiled_names`)."""
+    names = plain_names(model, keys)
+    owner: Dict[str, str] = {}
+    for own, plain in names.items():
+        if plain in owner:
+            raise CheckpointError(
+                f"{where}: the model's tensors {owner[plain]!r} and {own!r} both read {plain!r} once the "
+                "names of wrappers (torch.compile's _orig_mod, DDP's module, a sequence-parallel layer's attn) "
+                "are dropped; rename one of the modules")
+        owner[plain] = own
+    return names
+
+
 def save_canvas_checkpoint(model: nn.Module, path: Any, schema: Any, *, metadata: Optional[Mapping[str, Any]] = None) -> str:
     """Save ``model.state_dict()`` with ``schema`` (its JSON and hash) to ``path`` (safetensors).
 
@@ -124,15 +143,39 @@ def save_canvas_checkpoint(model: nn.Module, path: Any, schema: Any, *, metadata
     ``.schema`` also works); refused when the model's canvas modules were built from another one.
     ``metadata``: JSON-serialisable dict stored as ``user_metadata`` (step, loss, ...).
     Non-finite tensors and non-regular targets are refused before the file is touched; the write
-    is atomic.  Returns the real path written."""
+    is atomic.  Returns the real path written.
+
+    Tensor names are the plain model's: a model wrapped by ``torch.compile``,
+    ``DistributedDataParallel`` or ``parallelize_canvas`` writes the file its unwrapped model
+    writes (and ``model_class`` names the wrapped model's class).  A model whose tensors are
+    sharded ``DTensor`` s (FSDP2's ``fully_shard``) is gathered whole, a collective: call this on
+    **every** rank (see :mod:`canvas_core.checkpoints.sharded`); each rank writes the whole model
+    to its ``path`` (the same path on every rank is fine: each write is atomic)."""
+    from canvas_core.checkpoints.sharded import agree_before_gather, gather_full
+
     where = "save_canvas_checkpoint"
     _check_model(model, where)
-    s = _as_schema(schema, where)
-    check_write_target(path, "the canvas checkpoint", error=CheckpointError)
-    if metadata is not None and not isinstance(metadata, Mapping):
-        raise CheckpointError(f"{where}: metadata must be a dict of JSON-serialisable values, got {type(metadata).__name__}")
-    user = metadata_json(metadata or {}, where)
-    _check_model_matches(model, s, where)
+    state = _state(model, where)
+    sharded = any(is_dtensor(v) for v in state.values())
+    failure: Optional[BaseException] = None
+    try:  # this rank's own checks; with sharded tensors every rank learns the outcome before gathering
+        s = _as_schema(schema, where)
+        check_write_target(path, "the canvas checkpoint", error=CheckpointError)
+        if metadata is not None and not isinstance(metadata, Mapping):
+            raise CheckpointError(f"{where}: metadata must be a dict of JSON-serialisable values, got {type(metadata).__name__}")
+        user = metadata_json(metadata or {}, where)
+        _check_model_matches(model, s, where)
+        names = _file_names(model, state, where)
+        if sharded:  # this rank's shards: NaN or the meta device are refused on every rank alike
+            refuse_non_finite({k: v.to_local() if is_dtensor(v) else v for k, v in state.items()},
+                              "the canvas checkpoint")
+    except Exception as exc:
+        if not sharded:
+            raise
+        failure = exc
+    if sharded:
+        agree_before_gather(state, where, failure)
+        state = gather_full(state)
     import canvas_core
 
     header = {
@@ -140,13 +183,12 @@ def save_canvas_checkpoint(model: nn.Module, path: Any, schema: Any, *, metadata
         "format_version": FORMAT_VERSION,
         "canvas_core_version": canvas_core.__version__,
         "torch_version": torch.__version__,
-        "model_class": type(unwrap_compiled(model)).__qualname__,
+        "model_class": model_class_name(unwrap_model(model)),
         "schema": json.dumps(s.to_dict()),  # region order kept: it fixes the packing
         "schema_hash": s.schema_hash(),
         "user_metadata": user,
     }
-    state = {plain_name(k): v for k, v in _state(model, where).items()}
-    return save_safetensors_atomic(state, path, header, "the canvas checkpoint")
+    return save_safetensors_atomic({names[k]: v for k, v in state.items()}, path, header, "the canvas checkpoint")
 
 
 def _open(path: Any, where: str) -> Tuple[str, Dict[str, str], Any]:
@@ -183,7 +225,14 @@ def _open(path: Any, where: str) -> Tuple[str, Dict[str, str], Any]:
     return p, header, fh
 
 
-def _saved_schema(p: str, header: Mapping[str, str]) -> Dict[str, Any]:
+def _saved_schema(p: str, header: Mapping[str, str]) -> Tuple[Dict[str, Any], Any]:
+    """The schema a checkpoint's header stores: ``(its dict, the CanvasSchema built from it)``,
+    refused with a :class:`CheckpointError` when the JSON is malformed, does not match its hash,
+    or is not a canvas schema this canvas-core can read (built through ``CanvasSchema.from_dict``
+    before anything compares it, so a wrong structure never reaches the comparison)."""
+    from canvas_core.errors import CanvasError
+    from canvas_core.schema import CanvasSchema
+
     try:
         saved = json.loads(header.get("schema", ""))
         json.loads(header.get("user_metadata", "{}") or "{}")
@@ -195,17 +244,23 @@ def _saved_schema(p: str, header: Mapping[str, str]) -> Dict[str, Any]:
     digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")).hexdigest()
     if digest != header.get("schema_hash"):
         raise CheckpointError(f"{p!r} has a corrupt header: its schema does not match its schema_hash")
-    return saved
+    try:
+        built = CanvasSchema.from_dict(saved)
+    except CanvasError as exc:
+        raise CheckpointError(
+            f"{p!r} has a corrupt header: its 'schema' entry is not a canvas schema this canvas-core reads "
+            f"({exc}); the file cannot be checked against a model. Save the model again with "
+            "save_canvas_checkpoint, or read it with the canvas-core version that wrote it "
+            f"({header.get('canvas_core_version', 'unknown')})") from None
+    return saved, built
 
 
 def read_canvas_checkpoint_header(path: Any) -> Dict[str, Any]:
     """The header of a canvas checkpoint, with ``schema`` as a ``CanvasSchema`` and
     ``user_metadata`` decoded; reads no tensor."""
-    from canvas_core.schema import CanvasSchema
-
     p, header, _ = _open(path, "read_canvas_checkpoint_header")
     out: Dict[str, Any] = dict(header)
-    out["schema"] = CanvasSchema.from_dict(_saved_schema(p, header))
+    out["schema"] = _saved_schema(p, header)[1]
     out["user_metadata"] = json.loads(header.get("user_metadata", "{}") or "{}")
     return out
 
@@ -227,14 +282,32 @@ def _shape_hint(model: nn.Module, key: str, shape: Tuple[int, ...]) -> str:
     return ""
 
 
+def _names_in_file(keys: List[str], model_names: Mapping[str, str]) -> Dict[str, str]:
+    """``{plain name: the name in the file}`` for a file's tensor names.  Older files kept the
+    segments of wrappers: ``_orig_mod`` (``torch.compile``) anywhere, or a ``module.`` before
+    every name (a model saved inside ``DistributedDataParallel``); both are dropped."""
+    in_file = {plain_name(k): k for k in keys}
+    ddp = "module."
+    if in_file and all(k.startswith(ddp) for k in in_file):
+        stripped = {k[len(ddp):]: v for k, v in in_file.items()}
+
+        def misfit(names: Mapping[str, str]) -> int:
+            return len(set(names) ^ set(model_names))
+
+        if misfit(stripped) < misfit(in_file):  # the names fit (better) without DDP's segment
+            return stripped
+    return in_file
+
+
 def _refuse_meta(model: nn.Module, state: Mapping[str, torch.Tensor], p: str) -> None:
     """Refuse to load into tensors on the meta device: ``load_state_dict`` copies into them, which
     does nothing (shapes without storage), so the load would seem to succeed and load nothing."""
-    meta = [plain_name(k) for k, v in state.items() if v.is_meta]
+    plain = plain_names(model, state)
+    meta = [plain[k] for k, v in state.items() if v.is_meta]
     if meta:
         more = f" and {len(meta) - 5} more" if len(meta) > 5 else ""
         raise CheckpointError(
-            f"cannot load canvas checkpoint {p!r} into {type(unwrap_compiled(model)).__qualname__}: its "
+            f"cannot load canvas checkpoint {p!r} into {model_class_name(unwrap_model(model))}: its "
             f"tensor(s) {meta[:5]}{more} are on the meta device (shapes without storage: a model built under "
             "torch.device('meta') or init_empty_weights), where a copy does nothing. Give them storage "
             "first, e.g. model.to_empty(device='cpu'), then load: the checkpoint fills every saved tensor")
@@ -248,12 +321,17 @@ def load_canvas_checkpoint(model: nn.Module, path: Any, schema: Any) -> Dict[str
     saved for another schema, when ``model``'s canvas modules were built from another layout or
     topology than ``schema``, when the tensors do not fit (missing / unexpected names, shapes,
     non-finite values), or when ``model``'s tensors are on the meta device (a copy into them does
-    nothing: ``model.to_empty(device=...)`` first)."""
+    nothing: ``model.to_empty(device=...)`` first).
+
+    Names are matched as the plain model has them, so a file loads into the model whether or not
+    either was wrapped (``torch.compile``, ``DistributedDataParallel``, ``parallelize_canvas``).
+    Into a model whose tensors are sharded ``DTensor`` s (FSDP2's ``fully_shard``) each rank loads
+    its own shards of the whole tensors, without communicating: call it on every rank."""
     where = "load_canvas_checkpoint"
     _check_model(model, where)
     s = _as_schema(schema, where)
     p, header, fh = _open(path, where)
-    saved = _saved_schema(p, header)
+    saved, _ = _saved_schema(p, header)
     if header.get("schema_hash") != s.schema_hash():
         diffs = schema_differences(saved, s.to_dict())
         raise CheckpointError(
@@ -263,12 +341,12 @@ def load_canvas_checkpoint(model: nn.Module, path: Any, schema: Any) -> Dict[str
     _check_model_matches(model, s, where)
     current = _state(model, where)
     _refuse_meta(model, current, p)
-    names = {plain_name(k): k for k in current}  # the name in a file -> the model's own
-    in_file = {plain_name(k): k for k in fh.keys()}  # (files of compiled models once kept _orig_mod)
+    names = {plain: own for own, plain in _file_names(model, current, where).items()}  # file name -> own
+    in_file = _names_in_file(list(fh.keys()), names)
     missing, unexpected = sorted(set(names) - set(in_file)), sorted(set(in_file) - set(names))
     if missing or unexpected:
         raise CheckpointError(
-            f"canvas checkpoint {p!r} does not fit {type(unwrap_compiled(model)).__qualname__}: "
+            f"canvas checkpoint {p!r} does not fit {model_class_name(unwrap_model(model))}: "
             + (f"missing tensors {missing[:5]}" if missing else "")
             + ("; " if missing and unexpected else "")
             + (f"unexpected tensors {unexpected[:5]}" if unexpected else "")
@@ -285,6 +363,9 @@ def load_canvas_checkpoint(model: nn.Module, path: Any, schema: Any) -> Dict[str
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise CheckpointError(f"canvas checkpoint {p!r}: tensor {name!r} holds NaN or infinite values")
         tensors[k] = t
+    for k, t in tensors.items():  # a sharded model (FSDP2): this rank's shards, cut locally
+        if is_dtensor(current[k]):
+            tensors[k] = shard_like(t, current[k], where)
     model.load_state_dict(tensors, strict=True)
     out: Dict[str, Any] = dict(header)
     out["user_metadata"] = json.loads(header.get("user_metadata", "{}") or "{}")

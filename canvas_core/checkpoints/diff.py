@@ -37,6 +37,8 @@ def _topology_differences(saved: Optional[List[dict]], current: Optional[List[di
     if saved is None or current is None:
         who, other = (a, b) if saved is not None else (b, a)
         return [f"{who} has a topology ({len(saved or current or [])} connections), {other} has none"]
+    if not all(isinstance(c, dict) for c in list(saved) + list(current)):
+        return [] if saved == current else [f"the connections differ between {a} and {b}"]
     out: List[str] = []
     s_count, c_count = Counter(map(_canon, saved)), Counter(map(_canon, current))
     only_s = [json.loads(k) for k in (s_count - c_count).elements()]
@@ -65,6 +67,12 @@ def schema_differences(saved: Dict[str, Any], current: Dict[str, Any], a: str = 
     period, ...), connections added / removed / changed (offsets, fn, weight, fill).  Empty when
     they describe the same structure (metadata and version are not compared)."""
     out: List[str] = []
+    saved, current = (d if isinstance(d, dict) else {} for d in (saved, current))
+    for key, kind, word in (("layout", dict, "object"), ("regions", dict, "object"), ("topology", list, "array")):
+        for who, d in ((a, saved), (b, current)):
+            value = d.get(key)
+            if value is not None and not isinstance(value, kind):  # not comparable part by part
+                return [f"the {key!r} of {who} is a {type(value).__name__}, not a JSON {word}: not a canvas schema"]
     sl, cl = saved.get("layout") or {}, current.get("layout") or {}
     for key in sorted(set(sl) | set(cl)):
         if sl.get(key) != cl.get(key):
@@ -79,6 +87,9 @@ def schema_differences(saved: Dict[str, Any], current: Dict[str, Any], a: str = 
         out.append(f"region(s) {new} are in {b} only")
     for name in sr:
         if name in cr and sr[name] != cr[name]:
+            if not (isinstance(sr[name], dict) and isinstance(cr[name], dict)):
+                out.append(f"region {name!r} differs ({a} vs {b}): {json.dumps(sr[name])} vs {json.dumps(cr[name])}")
+                continue
             fields = sorted(set(sr[name]) | set(cr[name]))
             what = ", ".join(f"{k} {_value(sr[name], k)} vs {_value(cr[name], k)}"
                              for k in fields if sr[name].get(k) != cr[name].get(k))

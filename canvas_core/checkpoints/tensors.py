@@ -19,7 +19,21 @@ def refuse_non_finite(
     tensors: Mapping[str, Any], what: str, *, error: Type[CanvasError] = CheckpointError
 ) -> None:
     """Raise ``error`` naming the first floating tensor of ``tensors`` (``name -> Tensor``) that
-    holds NaN or an infinity, and how many such values it holds; nothing else is done."""
+    holds NaN or an infinity, and how many such values it holds; nothing else is done.
+
+    A sharded ``DTensor`` (FSDP2, tensor parallelism) is refused up front, before any check: a
+    check on it would be a collective (every rank would have to run it, or this one waits
+    forever), and a file of one rank's shards would be no checkpoint of the model."""
+    from canvas_core.checkpoints.sharded import is_dtensor
+
+    sharded = [name for name, t in tensors.items() if is_dtensor(t)]
+    if sharded:
+        raise error(
+            f"refusing to save {what}: tensor(s) {sharded[:3]}{' ...' if len(sharded) > 3 else ''} are "
+            "sharded DTensors (a model wrapped by FSDP2's fully_shard or tensor parallelism); gather them "
+            "on every rank first (DTensor.full_tensor(), or torch.distributed.checkpoint.state_dict."
+            "get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))) and save the "
+            "whole tensors, or save with save_canvas_checkpoint called on every rank, which gathers them")
     for name, t in tensors.items():
         if isinstance(t, torch.Tensor) and t.is_meta:
             raise error(f"refusing to save {what}: tensor {name!r} is on the meta device (shapes without "

@@ -47,6 +47,16 @@ class RolloutError(CanvasError, ValueError):
     """A rollout cannot take this step (window full, layer called in an unsupported way)."""
 
 
+def _wraps(exc: BaseException) -> bool:
+    """Whether a rollout reports ``exc``, raised by the model in a step, as a :class:`RolloutError`
+    naming the frame (the original chained): any ``Exception`` (``IndexError`` from a head that
+    indexes all N positions, ``AssertionError``, ``RuntimeError`` ...), except errors that already
+    name their cause (``CanvasError``) and running out of memory, which pass through unchanged
+    (as do ``KeyboardInterrupt`` and ``SystemExit``, which are no ``Exception``)."""
+    oom = (MemoryError,) + ((torch.OutOfMemoryError,) if hasattr(torch, "OutOfMemoryError") else ())
+    return isinstance(exc, Exception) and not isinstance(exc, (CanvasError,) + oom)
+
+
 class _LayerState:
     """One canvas layer in a rollout: its frame plan, torch indices and one cache per call."""
 
@@ -237,9 +247,12 @@ class Rollout:
         window = torch.cat(keep + [x_t], dim=1)
         try:
             y = self.model(window)  # not stepping: the layers run on the whole canvas
-        except RuntimeError as exc:
-            raise RolloutError(f"slide='recompute': the model failed on the window {tuple(window.shape)}: "
-                               f"{exc}") from exc
+        except Exception as exc:
+            if not _wraps(exc):
+                raise
+            raise RolloutError(f"slide='recompute': the model failed on step {self.steps} (the window of the "
+                               f"last {self.T} frames, {tuple(window.shape)}, whose frame {self.T - 1} is the new "
+                               f"input): {type(exc).__name__}: {exc} (the original error is chained below)") from exc
         self._inputs = keep + [x_t]
         self.steps += 1
         return y[:, (self.T - 1) * self.V:]
@@ -266,8 +279,7 @@ class Rollout:
         except BaseException as exc:
             for st, nb in zip(self._states, n_before):
                 del st.caches[nb:]  # caches created by this failed first step
-            oom = isinstance(exc, getattr(torch, "OutOfMemoryError", ()))
-            if isinstance(exc, RuntimeError) and not isinstance(exc, CanvasError) and not oom:
+            if _wraps(exc):
                 raise RolloutError(
                     f"the model failed on frame {t}, given as one frame {tuple(x.shape)}: "
                     f"{type(exc).__name__}: {exc} (the original error is chained below). If it comes from "

@@ -24,12 +24,13 @@ The collectives are autograd functions whose backward is the opposite exchange, 
 exact too.  Helpers: :func:`sequence_parallel_mesh` (a ``(dp, sp)`` ``DeviceMesh`` with checks),
 :func:`shard_canvas` / :func:`unshard_canvas`, :func:`parallelize_canvas` (wrap every canvas
 attention layer of a model), :class:`CanvasSharding` (the cut, per-rank work and communication).
-Bad settings raise :class:`SequenceParallelError` on every rank before any collective.
+Bad settings raise :class:`SequenceParallelError` on every rank before any collective; ranks
+whose layers or calls differ (heads, links, ``beta``, batch size, dtype, ``active_regions``) are
+refused alike before the exchanges (:mod:`canvas_core.runtime.sp_agreement`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
@@ -49,6 +50,7 @@ from canvas_core.runtime.sharding import (
     _resolve_group,
     sequence_parallel_mesh,
 )
+from canvas_core.runtime.sp_agreement import agree_on_call, agree_on_layers, layer_settings
 
 __all__ = [
     "SequenceParallelError",
@@ -120,12 +122,24 @@ class SequenceParallelCanvasAttention(nn.Module):
             None for the whole world.
         sharding: a :class:`CanvasSharding` shared by every layer of a model (all layers must cut
             the canvas the same way); default ``CanvasSharding.of(attn.plan, group size)``.
+        check_inputs: before the exchanges of each forward, compare the batch size, dtype,
+            ``active_regions`` and ``beta`` of the call across the ranks (one ``all_gather`` of a
+            few int64, see :mod:`canvas_core.runtime.sp_agreement`) and raise the same
+            :class:`SequenceParallelError` on every rank when they differ, instead of a crash
+            inside the collective or a silently different result.  ``False`` skips it; it is
+            compared across the ranks when the layer is built, as the settings are.
 
     The output equals rows ``sharding.positions(rank)`` of ``attn(x_whole)`` (up to float
     rounding; with dropout > 0 the random masks differ from a one-process run).
+
+    Checkpoints and telemetry name its tensors as the wrapped layer's (``attn.qkv.weight``, not
+    ``attn.attn.qkv.weight``): ``canvas_wrapped_attr`` tells them where the layer is held.
     """
 
-    def __init__(self, attn: nn.Module, group: Any = None, *, sharding: Optional[CanvasSharding] = None) -> None:
+    canvas_wrapped_attr = "attn"
+
+    def __init__(self, attn: nn.Module, group: Any = None, *, sharding: Optional[CanvasSharding] = None,
+                 check_inputs: bool = True) -> None:
         super().__init__()
         from canvas_core.runtime.canvas_attention import CanvasAttention
 
@@ -141,7 +155,9 @@ class SequenceParallelCanvasAttention(nn.Module):
             sharding = CanvasSharding.of(attn.plan, size)
         # before any check whose outcome could differ between ranks: one rank refusing alone
         # would leave the others waiting in the next collective
-        _agree_across_ranks(what, group, size, rank, _settings(attn, sharding))
+        agree_on_layers(what, group, size, rank, {**layer_settings(attn, sharding), "check_inputs": repr(check_inputs)})
+        if not isinstance(check_inputs, bool):
+            raise SequenceParallelError(f"{what}: check_inputs must be True or False, got {check_inputs!r}")
         if not isinstance(sharding, CanvasSharding):
             raise SequenceParallelError(f"{what}: sharding must be a CanvasSharding, got {type(sharding).__name__}")
         if sharding.size != size:
@@ -157,6 +173,7 @@ class SequenceParallelCanvasAttention(nn.Module):
                 f"the all-to-all splits heads across ranks: use at most {attn.n_heads} ranks per group "
                 "or more heads")
         self.attn = attn
+        self.check_inputs = check_inputs
         self.group, self.size, self.rank = group, size, rank
         self.sharding = sharding
         self.head_bounds = _head_bounds(attn.n_heads, size)
@@ -208,12 +225,20 @@ class SequenceParallelCanvasAttention(nn.Module):
     def _state(self, x: torch.Tensor, active_regions: Optional[Iterable[str]]) -> torch.Tensor:
         attn = self.attn
         n_r, D = self.n_local, attn.d_model
-        check_tensor(type(self).__name__, "x", x, like=next(attn.parameters(), None))
-        if x.dim() != 3 or x.shape[1] != n_r or x.shape[2] != D:
-            raise ShapeError(f"SequenceParallelCanvasAttention on rank {self.rank} expects its share "
-                             f"(B, {n_r}, {D}) (shard_canvas cuts it), got {tuple(x.shape)}")
-        if active_regions is not None:
-            active_regions = check_region_names(type(self).__name__, "active_regions", active_regions)
+        failure: Optional[BaseException] = None
+        try:  # this rank's own checks; with check_inputs every rank learns the outcome first
+            check_tensor(type(self).__name__, "x", x, like=next(attn.parameters(), None))
+            if x.dim() != 3 or x.shape[1] != n_r or x.shape[2] != D:
+                raise ShapeError(f"SequenceParallelCanvasAttention on rank {self.rank} expects its share "
+                                 f"(B, {n_r}, {D}) (shard_canvas cuts it), got {tuple(x.shape)}")
+            if active_regions is not None:
+                active_regions = check_region_names(type(self).__name__, "active_regions", active_regions)
+        except Exception as exc:
+            if not self.check_inputs:
+                raise
+            failure = exc
+        if self.check_inputs:
+            agree_on_call(self, x, active_regions if failure is None else None, failure)
         soft, other = attn.part_types(active_regions)
         acc = None
         if soft:
@@ -269,64 +294,28 @@ class SequenceParallelCanvasAttention(nn.Module):
         return attn.project_out(o, bias_weight)
 
 
-def _digest(*parts: Any) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part.tobytes() if isinstance(part, np.ndarray) else repr(part).encode())
-    return h.hexdigest()[:16]
-
-
-def _settings(attn: nn.Module, sharding: Any) -> Dict[str, str]:
-    """What every rank of a group must agree on, each as a short string (digests for the plan's
-    links and the cut): the all-to-all exchanges heads and shares by these numbers alone."""
-    plan = attn.plan
-    links = [(fn, g.q0, g.q1, g.k0, g.k1, g.weight) for fn, g in sorted(plan.groups.items())]
-    cut = (_digest(sharding.size, sharding.bounds, sharding.perm) if isinstance(sharding, CanvasSharding)
-           else type(sharding).__name__)
-    return {
-        "the canvas's links (layout and topology)": _digest(plan.n, plan.perm, *[x for row in links for x in row]),
-        "n_heads": str(attn.n_heads), "d_model": str(attn.d_model),
-        "attention types": ", ".join(sorted(plan.groups)),
-        "the sharding": cut,
-    }
-
-
-def _agree_across_ranks(what: str, group: Any, size: int, rank: int, mine: Dict[str, str]) -> None:
-    """Raise :class:`SequenceParallelError`, on every rank alike, when the ranks of ``group`` were
-    given layers that differ in ``mine``'s settings: run as they are, ranks with other heads or
-    layouts exchange tensors of other sizes and stop inside the collective (or compute garbage).
-    One ``all_gather_object`` (on NCCL it uses ``torch.cuda.current_device()``)."""
-    if size <= 1:
-        return
-    import torch.distributed as dist
-
-    every: List[Any] = [None] * size
-    dist.all_gather_object(every, mine, group=group)
-    for key in mine:
-        values = [s.get(key) for s in every]
-        if len(set(values)) > 1:
-            odd = [r for r, v in enumerate(values) if v != values[0]]
-            raise SequenceParallelError(
-                f"{what}: the ranks of the sequence-parallel group were given different layers: {key} differs "
-                f"between rank 0 ({values[0]}) and rank(s) {odd} ({values[odd[0]]}); build the same layer on every "
-                "rank (same schema and settings, e.g. from one config) before wrapping it")
-
-
 def parallelize_canvas(module: nn.Module, group: Any = None, *,
-                       sharding: Optional[CanvasSharding] = None) -> CanvasSharding:
+                       sharding: Optional[CanvasSharding] = None, check_inputs: bool = True) -> CanvasSharding:
     """Wrap, in place, every canvas attention layer inside ``module`` in a
     :class:`SequenceParallelCanvasAttention` with one shared :class:`CanvasSharding` (cut from the
     first layer's plan).  Parameters stay the same objects (optimizers built before still work).
     Returns the sharding, for :func:`shard_canvas` / :func:`unshard_canvas`.  The caller shards
-    the canvas before the first layer and works on shares from there on."""
+    the canvas before the first layer and works on shares from there on.  ``check_inputs`` is
+    given to every wrapper (see :class:`SequenceParallelCanvasAttention`).  A model that already
+    holds sequence-parallel layers is refused (on every rank alike, before any collective)."""
     from canvas_core.runtime.canvas_attention import CanvasAttention
 
+    done = [name or "<model>" for name, m in module.named_modules() if isinstance(m, SequenceParallelCanvasAttention)]
+    if done:
+        raise SequenceParallelError(
+            f"parallelize_canvas: {type(module).__name__} is already parallelized: its layer(s) {done[:3]}"
+            f"{' ...' if len(done) > 3 else ''} are SequenceParallelCanvasAttention wrappers; call "
+            "parallelize_canvas once per model (keep the sharding it returned, or read it from a layer's "
+            "`.sharding`)")
     targets = []
     for parent in module.modules():
-        if isinstance(parent, SequenceParallelCanvasAttention):
-            continue
         for name, child in parent.named_children():
-            if isinstance(child, CanvasAttention) and not isinstance(parent, SequenceParallelCanvasAttention):
+            if isinstance(child, CanvasAttention):
                 targets.append((parent, name, child))
     if not targets:
         hint = (" (it is one itself: parallelize_canvas replaces the layers inside a model; wrap a lone "
@@ -337,5 +326,6 @@ def parallelize_canvas(module: nn.Module, group: Any = None, *,
     if sharding is None:
         sharding = CanvasSharding.of(targets[0][2].plan, size)
     for parent, name, child in targets:
-        setattr(parent, name, SequenceParallelCanvasAttention(child, group, sharding=sharding))
+        setattr(parent, name, SequenceParallelCanvasAttention(child, group, sharding=sharding,
+                                                              check_inputs=check_inputs))
     return sharding

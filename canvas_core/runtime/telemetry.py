@@ -38,14 +38,14 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError
-from canvas_core.runtime.compiled_names import plain_name
+from canvas_core.runtime.compiled_names import plain_name, wrapped_paths
 from canvas_core.runtime.plan_runner import plan_query_weights
 
 __all__ = ["Telemetry", "record_telemetry", "telemetry"]
@@ -69,13 +69,16 @@ class _Mean:
         return self.total / self.count if self.count else 0.0
 
 
-def _series_name(name: str, modules: Dict[str, nn.Module]) -> str:
-    """A layer's name as the plain model has it, so logged series go on across ``torch.compile``
-    and grafting: without the ``_orig_mod`` of the compile wrapper and the ``original`` under
-    which a looped-block wrapper (``canvas_core.looping``; duck-typed) holds the block."""
+def _series_name(name: str, modules: Dict[str, nn.Module], wrapped: FrozenSet[str] = frozenset()) -> str:
+    """A layer's name as the plain model has it, so logged series go on across ``torch.compile``,
+    ``DistributedDataParallel`` and grafting: without the segments of those wrappers (``wrapped``,
+    from :func:`wrapped_paths`) and the ``original`` under which a looped-block wrapper
+    (``canvas_core.looping``; duck-typed) holds the block."""
     parts, keep = name.split(".") if name else [], []
     for i, part in enumerate(parts):
         parent = modules.get(".".join(parts[:i]))
+        if ".".join(parts[:i + 1]) in wrapped:
+            continue
         if not (part == "original" and hasattr(parent, "max_loops")):
             keep.append(part)
     return plain_name(".".join(keep))  # and without the compile wrapper's segments
@@ -203,6 +206,23 @@ class _LayerProbe:
         return out
 
 
+def _refuse_sequence_parallel(modules: Dict[str, nn.Module]) -> None:
+    """Refuse a model with sequence-parallel layers (``parallelize_canvas``): each rank holds a
+    share of the canvas, its layer never sees the whole canvas the probes measure (they would
+    report nothing), and measuring it would take collectives every rank must join."""
+    from canvas_core.runtime.sequence_parallel import SequenceParallelCanvasAttention, SequenceParallelError
+
+    names = [n or "<model>" for n, m in modules.items() if isinstance(m, SequenceParallelCanvasAttention)]
+    if names:
+        raise SequenceParallelError(
+            f"record_telemetry: layer(s) {names[:3]} run sequence-parallel (parallelize_canvas): each rank "
+            "holds a share of the canvas, and the connection statistics need the whole canvas, so nothing "
+            "would be measured. Measure a model that is not parallelized on the whole canvas instead, e.g. "
+            "on one rank: save_canvas_checkpoint(model, path, schema) (every rank may call it: the names "
+            "are the plain model's), load_canvas_checkpoint(plain_model, path, schema), then "
+            "telemetry(plain_model, x_whole)")
+
+
 class Telemetry:
     """The numbers of the forwards recorded by :func:`record_telemetry` (see the module docstring)."""
 
@@ -222,10 +242,12 @@ class Telemetry:
         from canvas_core.runtime.canvas_attention import _key as fn_module_key
 
         modules = dict(self.model.named_modules())
+        _refuse_sequence_parallel(modules)
+        wrapped = wrapped_paths(self.model)
         for name, mod in modules.items():
             if not isinstance(mod, CanvasAttention):
                 continue
-            probe = _LayerProbe(_series_name(name, modules) or type(mod).__name__, mod, self.max_queries)
+            probe = _LayerProbe(_series_name(name, modules, wrapped) or type(mod).__name__, mod, self.max_queries)
             self._probes.append(probe)
             self._handles.append(mod.observe_updates(self._observer(probe)))  # layer(x) and layer.delta(x)
             for fn in mod.executor.other_fns:
@@ -252,10 +274,11 @@ class Telemetry:
     def gate_values(self) -> Dict[str, float]:
         """``gate/<name>``: every parameter of the model whose name contains ``gate``, now."""
         out: Dict[str, float] = {}
+        wrapped = wrapped_paths(self.model)
         for name, p in self.model.named_parameters():
             if "gate" not in name.rsplit(".", 1)[-1]:
                 continue
-            name = plain_name(name)
+            name = plain_name(name, wrapped)
             t = p.detach().float().flatten().cpu()
             if t.numel() <= _MAX_ELEMENTS:
                 for i, v in enumerate(t.tolist()):

@@ -76,3 +76,54 @@ def test_a_cut_safetensors_file_is_still_called_truncated(tmp_path):
             with pytest.raises(CheckpointError, match="truncated") as err:
                 load()
             assert "nor any safetensors file" not in str(err.value)
+
+
+def _with_schema_json(path, body):
+    """Rewrite ``path``'s header so that its schema is ``body`` with a matching schema_hash."""
+    import hashlib
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), "pt") as f:
+        header = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    header["schema"] = json.dumps(body)
+    core = {k: v for k, v in body.items() if k != "metadata"}
+    header["schema_hash"] = hashlib.sha256(json.dumps(core, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    save_file(tensors, str(path), metadata=header)
+
+
+@pytest.mark.parametrize("change", ["layout is a number", "regions is a list", "topology is a dict",
+                                    "a region is a string", "layout only"])
+def test_a_header_schema_of_the_wrong_structure_is_a_checkpoint_error(tmp_path, change):
+    path = tmp_path / "m.safetensors"
+    torch.manual_seed(0)
+    save_canvas_checkpoint(Model(), path, SCHEMA)
+    good = SCHEMA.to_dict()
+    body = {"layout is a number": {"layout": 1},
+            "regions is a list": {**good, "regions": [["v", [0, 2, 0, 2, 0, 2]]]},
+            "topology is a dict": {**good, "topology": {"src": "v"}},
+            "a region is a string": {**good, "regions": {"v": "everywhere"}},
+            "layout only": {"layout": 7, "regions": 3}}[change]
+    _with_schema_json(path, body)
+    model = Model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for load in _loaders(path)[:2]:
+        with pytest.raises(CheckpointError, match="corrupt header.*not a canvas schema.*save_canvas_checkpoint"):
+            load()
+    with pytest.raises(CheckpointError, match="corrupt header"):
+        load_canvas_checkpoint(model, path, SCHEMA)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_schema_differences_names_a_part_of_the_wrong_kind():
+    from canvas_core.checkpoints import schema_differences
+
+    good = SCHEMA.to_dict()
+    assert schema_differences({"layout": 1}, good) == [
+        "the 'layout' of the checkpoint is a int, not a JSON object: not a canvas schema"]
+    assert "not a JSON array" in schema_differences({**good, "topology": {"a": 1}}, good)[0]
+    assert schema_differences({**good, "regions": {"v": "x"}}, good)[0].startswith("region 'v' differs")
+    assert schema_differences(good, good) == []

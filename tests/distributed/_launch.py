@@ -17,9 +17,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(world: int, *args: str, timeout: float = 240) -> str:
-    """Run the scenarios ``args`` on ``world`` ranks; assert they all passed; rank 0's output."""
-    cmd = [sys.executable, str(WORKER), "--world", str(world), "--port", str(free_port()),
+def launch(world: int, *args: str, timeout: float = 240, worker: Path = WORKER) -> str:
+    """Run the scenarios ``args`` of ``worker`` (default ``sp_worker.py``) on ``world`` ranks;
+    assert they all passed; rank 0's output."""
+    cmd = [sys.executable, str(worker), "--world", str(world), "--port", str(free_port()),
            "--timeout", str(timeout), *args]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     res = subprocess.run(cmd, env=env, text=True, capture_output=True, timeout=timeout + 60)

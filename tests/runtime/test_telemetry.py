@@ -193,3 +193,24 @@ def test_series_keep_their_names_when_the_blocks_are_grafted():
     assert sorted(got) == sorted(want) and any(k.startswith("blocks.0/") for k in got)
     for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
+
+
+def test_a_data_parallel_model_reports_under_the_plain_names():
+    """``DataParallel`` / ``DistributedDataParallel`` hold the model as ``module``: the telemetry
+    of the wrapped model has the plain model's keys and values (DDP itself: tests/distributed);
+    a submodule really called ``module`` keeps its name."""
+    layout = _layout()
+    topo = CanvasTopology([Connection(src="b", dst="a"), Connection(src="a", dst="a", fn="pooling")])
+    torch.manual_seed(0)
+    inner = torch.nn.Sequential(CanvasAttention(topo, layout, n_heads=2))
+    model = torch.nn.Module()
+    model.module = inner  # named like the wrapper's attribute, but part of the plain model
+    model.register_parameter("loop_gate", torch.nn.Parameter(torch.tensor([0.5])))
+    model.forward = lambda x: inner(x)
+    x = torch.randn(1, layout.num_positions, 16)
+    want = telemetry(model, x)
+    assert any(k.startswith("module.0/") for k in want) and "gate/loop_gate" in want
+    got = telemetry(torch.nn.DataParallel(model), x)
+    assert sorted(got) == sorted(want)
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-6, abs=1e-7), k

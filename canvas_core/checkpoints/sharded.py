@@ -1,0 +1,156 @@
+"""Canvas checkpoints of models whose tensors are sharded ``DTensor`` s (FSDP2's ``fully_shard``,
+tensor parallelism): the whole tensors are gathered to write one ordinary file, and a file is cut
+into this rank's shards to load it.
+
+Saving gathers every ``DTensor`` (``DTensor.full_tensor()``, a collective), so **every rank**
+holding the model's shards must call :func:`~canvas_core.checkpoints.save_canvas_checkpoint`,
+in the same order.  A call made by some ranks only must not wait forever inside the gather, so
+before any collective the ranks meet through the process group's key-value store
+(:func:`agree_before_gather`): each says whether its own checks passed; a rank that waits more
+than half the process group's timeout for the others gives up with a :class:`CheckpointError`
+(half: it then reaches the next collective of the others before they time out in it), and one
+rank's refusal (a read-only path, another schema ...) is raised on every rank before anything is
+gathered or written.  Loading needs no communication: each rank cuts its own shards from the file.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Dict, List, Mapping, Optional
+
+import torch
+from torch import nn
+
+from canvas_core.errors import CheckpointError
+
+__all__ = ["dtensor_type", "is_dtensor", "model_class_name", "agree_before_gather", "gather_full", "shard_like"]
+
+_ABANDONED = 1 << 40  # added to a round's arrival count by a rank that stopped waiting
+_next_round: Dict[str, int] = {}  # per group of ranks: the next meeting this process takes part in
+
+
+def dtensor_type() -> Optional[type]:
+    """``DTensor`` of this torch (public since 2.5, ``torch.distributed._tensor`` before), or None."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:
+        try:
+            from torch.distributed._tensor import DTensor
+        except ImportError:
+            return None
+    return DTensor
+
+
+def is_dtensor(t: Any) -> bool:
+    cls = dtensor_type()
+    return cls is not None and isinstance(t, cls)
+
+
+def model_class_name(model: nn.Module) -> str:
+    """The qualified name of ``model``'s own class: ``fully_shard`` turns a ``Net`` into an
+    ``FSDPNet`` made for it (a subclass of ``FSDPModule`` and ``Net``): its name is ``Net``'s."""
+    cls = type(model)
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:
+        return cls.__qualname__
+    if issubclass(cls, FSDPModule):
+        cls = next((b for b in cls.__mro__[1:] if not issubclass(b, FSDPModule)), cls)
+    return cls.__qualname__
+
+
+def _ranks_of(tensors: Mapping[str, Any]) -> List[int]:
+    """The global ranks of every device mesh the DTensors of ``tensors`` live on."""
+    ranks = set()
+    for t in tensors.values():
+        if is_dtensor(t):
+            ranks.update(int(r) for r in t.device_mesh.mesh.flatten().tolist())
+    return sorted(ranks)
+
+
+def agree_before_gather(tensors: Mapping[str, Any], where: str, failure: Optional[BaseException]) -> None:
+    """Meet the other ranks holding shards of ``tensors`` before their collective gather, and
+    raise the same refusal on every rank when any rank's own checks failed (``failure``: this
+    rank's exception, or None).  Uses the process group's store, never a collective, and waits
+    at most half the process group's timeout.  Returns only when every rank is ready."""
+    import torch.distributed as dist
+    from torch.distributed.distributed_c10d import _get_default_store
+
+    ranks = _ranks_of(tensors)
+    me = dist.get_rank()
+    store = _get_default_store()
+    timeout = store.timeout / 2
+    tag = "canvas_core/sharded_save/" + ",".join(map(str, ranks))
+    status = "ok" if failure is None else f"{type(failure).__name__}: {failure}"[:600]
+    while True:  # a round another rank gave up on is skipped: this rank then meets it in the next
+        rnd = _next_round.get(tag, 0)
+        _next_round[tag] = rnd + 1
+        base = f"{tag}/{rnd}"
+        store.set(f"{base}/status/{me}", status)
+        arrived = store.add(f"{base}/count", 1)
+        if arrived >= _ABANDONED:
+            continue
+        if arrived == len(ranks):
+            store.set(f"{base}/all", "1")
+        if _wait(store, f"{base}/all", timeout):
+            break
+        if store.add(f"{base}/count", _ABANDONED) - _ABANDONED >= len(ranks):
+            break  # the last rank came just as this one gave up: the meeting did happen
+        missing = [r for r in ranks if not store.check([f"{base}/status/{r}"])]
+        raise CheckpointError(
+            f"{where}: the model's tensors are sharded (DTensor, e.g. FSDP2's fully_shard) over ranks {ranks}, "
+            f"and rank(s) {missing} did not call {where} within {timeout.total_seconds():g} s (half the "
+            f"process group's timeout); nothing was gathered or written. Call it on every rank of the model, "
+            "in the same order (every rank then writes the whole model to its path), e.g. not inside "
+            "`if rank == 0:`")
+    statuses = {r: store.get(f"{base}/status/{r}").decode("utf-8", "replace") for r in ranks}
+    if store.add(f"{base}/read", 1) == len(ranks):  # the last reader removes the meeting's keys
+        for key in [f"{base}/status/{r}" for r in ranks] + [f"{base}/count", f"{base}/all", f"{base}/read"]:
+            try:
+                store.delete_key(key)
+            except Exception:  # noqa: BLE001 - a store without deletion keeps a few bytes
+                pass
+    if failure is not None:
+        raise failure
+    bad = {r: s for r, s in statuses.items() if s != "ok"}
+    if bad:
+        first = min(bad)
+        raise CheckpointError(
+            f"{where}: rank(s) {sorted(bad)} refused the save (rank {first}: {bad[first]}); the ranks of a "
+            "sharded model gather its tensors together, so nothing was written on any rank. Fix what "
+            f"rank {first} names, then save on every rank again")
+
+
+def _wait(store: Any, key: str, timeout: timedelta) -> bool:
+    try:
+        store.wait([key], timeout)
+        return True
+    except RuntimeError:  # DistStoreError: the store's wait timed out
+        return False
+
+
+def gather_full(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``state`` with every DTensor replaced by its whole tensor (on the CPU), in order; a
+    collective per DTensor, which every rank holding its shards must run in the same order."""
+    out: Dict[str, torch.Tensor] = {}
+    for k, v in state.items():
+        out[k] = v.full_tensor().detach().cpu() if is_dtensor(v) else v
+    return out
+
+
+def shard_like(t: torch.Tensor, ref: Any, where: str) -> Any:
+    """``t``, a whole tensor read from a file, as a DTensor laid out like ``ref`` (its mesh and
+    placements): this rank's shards, cut locally without any communication."""
+    import inspect
+
+    try:
+        from torch.distributed.tensor import distribute_tensor
+    except ImportError:  # torch < 2.5
+        distribute_tensor = None
+    if distribute_tensor is None or "src_data_rank" not in inspect.signature(distribute_tensor).parameters:
+        raise CheckpointError(
+            f"{where}: the model's tensors are sharded (DTensor), and this torch ({torch.__version__}) cannot "
+            "cut a whole tensor into this rank's shards without communicating; load the checkpoint into the "
+            "model before sharding it (fully_shard), or a torch whose distribute_tensor takes src_data_rank")
+    local = t.to(device=ref.to_local().device, dtype=ref.dtype)
+    return distribute_tensor(local, ref.device_mesh, ref.placements, src_data_rank=None)

@@ -1,0 +1,166 @@
+"""What the ranks of a sequence-parallel group must agree on, checked before their exchanges.
+
+The all-to-all of a :class:`~canvas_core.runtime.sequence_parallel.SequenceParallelCanvasAttention`
+sends and receives byte counts computed by each rank from its own layer and input.  Ranks that
+disagree (other heads, another batch size or dtype, other active regions) either stop inside
+gloo / NCCL with a size mismatch (a crashed process) or silently compute something else (another
+``beta``).  So:
+
+* at construction, :func:`agree_on_layers` compares the layer settings of every rank (one
+  ``all_gather_object``): links, heads, width, attention types, softmax types, ``beta``,
+  ``returns``, the cut;
+* at every forward, :func:`agree_on_call` compares what the call itself brings: batch size, dtype,
+  ``active_regions``, the current ``beta`` (a schedule may change it between forwards), and
+  whether the input passed this rank's own checks.  It is one ``all_gather`` of 6 int64 per rank
+  (eager; under ``torch.compile`` a graph break, as the exchanges themselves).  The layer's
+  ``check_inputs=False`` skips it for a training loop known to feed every rank alike.
+
+Either raises the same :class:`SequenceParallelError` on every rank, naming what differs, before
+any exchange.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from canvas_core.runtime.sharding import CanvasSharding, SequenceParallelError
+
+__all__ = ["layer_settings", "agree_on_layers", "agree_on_call"]
+
+
+def _digest(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.tobytes() if isinstance(part, np.ndarray) else repr(part).encode())
+    return h.hexdigest()[:16]
+
+
+def layer_settings(attn: nn.Module, sharding: Any) -> Dict[str, str]:
+    """What every rank of a group must agree on, each as a short string (digests for the plan's
+    links and the cut): the all-to-all exchanges heads and shares by these numbers alone, and
+    the softmax types, ``beta`` and ``returns`` decide what each rank computes with them."""
+    plan = attn.plan
+    links = [(fn, g.q0, g.q1, g.k0, g.k1, g.weight) for fn, g in sorted(plan.groups.items())]
+    cut = (_digest(sharding.size, sharding.bounds, sharding.perm) if isinstance(sharding, CanvasSharding)
+           else type(sharding).__name__)
+    return {
+        "the canvas's links (layout and topology)": _digest(plan.n, plan.perm, *[x for row in links for x in row]),
+        "n_heads": str(attn.n_heads), "d_model": str(attn.d_model),
+        "attention types": ", ".join(sorted(plan.groups)),
+        "softmax_types": ", ".join(sorted(getattr(attn, "softmax_types", ()))),
+        "beta": repr(float(getattr(attn, "beta", 1.0))),
+        "returns": str(getattr(attn, "returns", "state")),
+        "the sharding": cut,
+    }
+
+
+def agree_on_layers(what: str, group: Any, size: int, rank: int, mine: Dict[str, str]) -> None:
+    """Raise :class:`SequenceParallelError`, on every rank alike, when the ranks of ``group`` were
+    given layers that differ in ``mine``'s settings: run as they are, ranks with other heads or
+    layouts exchange tensors of other sizes and stop inside the collective (or compute garbage).
+    One ``all_gather_object`` (on NCCL it uses ``torch.cuda.current_device()``)."""
+    if size <= 1:
+        return
+    import torch.distributed as dist
+
+    every: List[Any] = [None] * size
+    dist.all_gather_object(every, mine, group=group)
+    for key in mine:
+        values = [s.get(key) for s in every]
+        if len(set(values)) > 1:
+            odd = [r for r, v in enumerate(values) if v != values[0]]
+            raise SequenceParallelError(
+                f"{what}: the ranks of the sequence-parallel group were given different layers: {key} differs "
+                f"between rank 0 ({values[0]}) and rank(s) {odd} ({values[odd[0]]}); build the same layer on every "
+                "rank (same schema and settings, e.g. from one config) before wrapping it")
+
+
+# --- per call ----------------------------------------------------------------------------------
+_DTYPES = {zlib.crc32(str(d).encode()): str(d).replace("torch.", "") for d in (
+    torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128,
+    torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)}
+_FIELDS = ("input checks", "batch size", "dtype", "active_regions", "beta", "returns")
+
+
+def _code(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def _beta_bits(beta: float) -> int:
+    return struct.unpack("<q", struct.pack("<d", float(beta)))[0]
+
+
+def _bits_beta(bits: int) -> float:
+    return struct.unpack("<d", struct.pack("<q", int(bits)))[0]
+
+
+def _call_signature(x: Any, active: Optional[List[str]], attn: nn.Module, ok: bool) -> List[int]:
+    is_tensor = isinstance(x, torch.Tensor)
+    return [1 if ok else 0,
+            int(x.shape[0]) if is_tensor and x.dim() > 0 else -1,
+            _code(str(x.dtype)) if is_tensor else -1,
+            -1 if active is None else _code("\x00".join(sorted(active))),
+            _beta_bits(getattr(attn, "beta", 1.0)),
+            _code(str(getattr(attn, "returns", "state")))]
+
+
+def _describe(field: str, value: int, active: Optional[List[str]], mine: bool) -> str:
+    if field == "dtype":
+        return _DTYPES.get(value, "another dtype")
+    if field == "beta":
+        return repr(_bits_beta(value))
+    if field == "active_regions":
+        if value == -1:
+            return "None (every region)"
+        return repr(sorted(active)) if mine and active is not None else "another set"
+    if field == "returns":
+        return {_code("state"): "'state'", _code("delta"): "'delta'"}.get(value, "?")
+    return str(value)
+
+
+@torch.compiler.disable  # process groups are opaque to torch.compile: a graph break, as the exchanges
+def agree_on_call(layer: nn.Module, x: Any, active: Optional[List[str]], failure: Optional[BaseException]) -> None:
+    """Compare this forward's batch size, dtype, ``active_regions``, ``beta`` and ``returns``
+    across the ranks of ``layer``'s group, and whether every rank's input passed its own checks
+    (``failure``: this rank's exception, or None); raise on every rank before any exchange when
+    they differ.  One ``all_gather`` of a few int64 on the device of ``layer``'s parameters."""
+    import torch.distributed as dist
+
+    if layer.size <= 1:
+        if failure is not None:
+            raise failure
+        return
+    attn = layer.attn
+    ref = next(attn.parameters(), None)
+    device = ref.device if ref is not None else (x.device if isinstance(x, torch.Tensor) else "cpu")
+    mine = torch.tensor(_call_signature(x, active, attn, failure is None), dtype=torch.int64, device=device)
+    every = [torch.empty_like(mine) for _ in range(layer.size)]
+    dist.all_gather(every, mine, group=layer.group)
+    rows = [t.tolist() for t in every]
+    if failure is not None:
+        raise failure
+    failed = [r for r, row in enumerate(rows) if row[0] == 0]
+    where = f"SequenceParallelCanvasAttention on rank {layer.rank}"
+    if failed:
+        raise SequenceParallelError(
+            f"{where}: rank(s) {failed} refused their input to this layer (their own error says why); every rank "
+            "stops here, before the exchange, so that none waits for the others. Fix the input on those ranks")
+    for i, field in enumerate(_FIELDS[1:], start=1):
+        values = [row[i] for row in rows]
+        if len(set(values)) > 1:
+            odd = [r for r, v in enumerate(values) if v != values[0]]
+            raise SequenceParallelError(
+                f"{where}: the ranks of the sequence-parallel group called the layer with different {field}: "
+                f"rank 0 {_describe(field, values[0], active, layer.rank == 0)}, rank {odd[0]} "
+                f"{_describe(field, values[odd[0]], active, layer.rank == odd[0])}"
+                + (f" (ranks {odd})" if len(odd) > 1 else "")
+                + "; every rank holds a share of the same canvas, so each call needs the same batch size, dtype, "
+                "active_regions and beta on every rank. Feed every rank of the group alike (e.g. the same "
+                "sampler seed for the sequence-parallel ranks)")
