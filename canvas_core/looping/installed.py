@@ -98,23 +98,40 @@ class InstalledTopology:
     def runner_for(self, device: Any, rows: Optional[torch.Tensor] = None):
         """The runner on ``device``; with ``rows`` (token numbers kept, e.g. Mochi's valid text),
         the runner of the plan restricted to those tokens (built once per distinct set)."""
-        key = (str(device), None if rows is None else rows.detach().cpu().numpy().astype(np.int64).tobytes())
+        if rows is not None:
+            return self._runner_for_rows(device, rows)
+        key = (str(device), None)
+        r = self._cache.get(key)
+        return r if r is not None else self._remember(key, self.runner.to(device))
+
+    @torch.compiler.disable
+    def _runner_for_rows(self, device: Any, rows: torch.Tensor):
+        """:meth:`runner_for` with ``rows``, always run eagerly, also inside ``torch.compile``.
+
+        Finding or building the restricted plan is host-side NumPy work (the cache key from the
+        rows' values, ``compact_plan``, a new ``PlanRunner``).  Left to dynamo, it was traced
+        and its NumPy calls rewritten as torch ops (``torch._numpy``), which run a NumPy
+        ``cumsum`` over a bool array as a bool ``Tensor.cumsum``: CPU has no such kernel
+        ("cumsum_out_cpu" not implemented for 'Bool'), so a compiled Mochi whose first call built
+        a runner failed.  Here dynamo breaks the graph and receives the finished runner."""
+        key = (str(device), rows.detach().cpu().numpy().astype(np.int64).tobytes())
         r = self._cache.get(key)
         if r is None:
-            if rows is None:
-                base = self.runner
-            else:
-                from canvas_core.runtime.plan_runner import PlanRunner, compact_plan
+            from canvas_core.runtime.plan_runner import PlanRunner, compact_plan
 
-                sub = compact_plan(self.token_plan, rows.detach().cpu().numpy())
-                base = PlanRunner(sub, self.softmax_types, self.kernels, n_heads=self.n_heads,
-                                  head_dim=self.head_dim, normalize="softmax", kernel_options=self.kernel_options,
-                                  device=device)
-            r = base.to(device)
-            if len(self._cache) >= 32:
-                self._cache.clear()
-            self._cache[key] = r
+            sub = compact_plan(self.token_plan, rows.detach().cpu().numpy())
+            base = PlanRunner(sub, self.softmax_types, self.kernels, n_heads=self.n_heads,
+                              head_dim=self.head_dim, normalize="softmax", kernel_options=self.kernel_options,
+                              device=device)
+            r = self._remember(key, base.to(device))
         return r
+
+    def _remember(self, key: Tuple[str, Optional[bytes]], runner: Any) -> Any:
+        """Cache ``runner`` under ``key`` (the cache is emptied once it holds 32) and return it."""
+        if len(self._cache) >= 32:
+            self._cache.clear()
+        self._cache[key] = runner
+        return runner
 
     # --- report ------------------------------------------------------------------------------
     def describe_kernels(self) -> Dict[str, str]:
