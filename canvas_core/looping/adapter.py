@@ -106,6 +106,11 @@ class BackboneAdapter:
     output_channel_dim: int = 2
     #: block / forward arguments whose first dim is not the batch (never split by adaptive exit)
     unbatched_args: Tuple[str, ...] = ("image_rotary_emb",)
+    #: block / forward arguments that hold one row per sample (split with the samples still
+    #: running by adaptive exit): diffusers' names; any other argument holding a tensor whose first
+    #: dim equals the batch size must be declared (``graft_looped_blocks(batched_args=...)``)
+    batched_args: Tuple[str, ...] = ("encoder_hidden_states", "encoder_attention_mask", "temb",
+                                     "timestep", "timestep_cond", "ofs")
 
     @classmethod
     def matches(cls, model: nn.Module) -> bool:

@@ -6,8 +6,12 @@ head's state dict), plus a string ``__metadata__`` header::
     format            "canvas-core/loop-checkpoint"
     format_version    "1"
     canvas_core_version, torch_version
-    structure         JSON: per block its class and loop-parameter shapes, the head's shapes
+    structure         JSON: per block its class and loop-parameter shapes, the head's shapes,
+                      and the options that change its function without changing a shape
     structure_hash    sha256 of ``structure``
+    recorded_options  JSON list of the options this writer records whenever they are set
+                      (``sharpening``, ``reenter``); a file without it predates them, so the
+                      loader does not compare them (unknown), instead of reading "not set"
     schema_hash       hash of the canvas schema the loops were trained with ("" if none)
     user_metadata     JSON of the ``metadata`` argument
 
@@ -18,6 +22,7 @@ with a :class:`CheckpointError` that says what differs.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 from typing import Any, Dict, List, Mapping, Optional, Sequence
@@ -32,6 +37,9 @@ __all__ = ["save_loop_checkpoint", "load_loop_checkpoint", "loop_structure"]
 
 FORMAT = "canvas-core/loop-checkpoint"
 FORMAT_VERSION = "1"
+#: options recorded in ``structure`` (under ``options``) only when set, and named in the
+#: ``recorded_options`` header, so files written before they were recorded still load
+RECORDED_OPTIONS = ("sharpening", "reenter")
 
 
 def _loop_params(block: nn.Module) -> List[tuple]:
@@ -93,9 +101,9 @@ def loop_structure(
         scope = getattr(b, "loop_scope", "")  # span / model scopes (block-scope files unchanged)
         if scope:
             entry["scope"] = scope
-            options = _loop_options(b)
-            if options:
-                entry["options"] = options
+        options = _loop_options(b) if scope else _recorded_options(b)
+        if options:
+            entry["options"] = options
         blocks.append(entry)
     head = (
         {}
@@ -108,7 +116,7 @@ def loop_structure(
 def _loop_options(part: nn.Module) -> Dict[str, Any]:
     """The options of a span / model loop that change its function without changing any parameter
     shape (only values other than the default, so files of default grafts keep their hash)."""
-    out: Dict[str, Any] = {}
+    out: Dict[str, Any] = _recorded_options(part)
     if getattr(part, "iter_norm", None) is not None:
         out["iter_norm"] = part.iter_norm
     update = getattr(part, "update", "gated")
@@ -117,6 +125,64 @@ def _loop_options(part: nn.Module) -> Dict[str, Any]:
         if update == "damped":
             out["damping"] = float(part.damping)
     return out
+
+
+def _recorded_options(part: nn.Module) -> Dict[str, Any]:
+    """The sharpening schedule and the ``reenter`` map of a part, as text, when set."""
+    out: Dict[str, Any] = {}
+    sharp = getattr(part, "sharpening", None)
+    if sharp is not None:
+        out["sharpening"] = _schedule_text(sharp, int(getattr(part, "max_loops", 1) or 1))
+    reenter = getattr(part, "reenter", None)
+    if reenter is not None:
+        out["reenter"] = _callable_name(reenter)
+    return out
+
+
+def _callable_name(fn: Any) -> str:
+    """A function by its name (``tanh``, ``Decoder.decode``), a callable object by its class."""
+    if inspect.isbuiltin(fn):  # torch.tanh's __qualname__ names torch's internal class
+        return str(fn.__name__)
+    return str(getattr(fn, "__qualname__", None) or type(fn).__qualname__)
+
+
+def _schedule_text(schedule: Any, max_loops: int) -> str:
+    """A ``SharpeningSchedule`` as its repr (every parameter); any other callable as its name and
+    its betas over the graft's loops (its name alone if it cannot be evaluated here)."""
+    from canvas_core.looping.schedules import SharpeningSchedule
+
+    if type(schedule) is SharpeningSchedule:
+        return repr(schedule)
+    try:
+        betas = [float(schedule(i)) for i in range(max_loops)]
+    except Exception:  # noqa: BLE001 - a schedule that fails here fails at the forward too
+        return _callable_name(schedule)
+    return f"{_callable_name(schedule)}(betas={betas})"
+
+
+def _comparable(structure: Dict[str, Any], known: Sequence[str]) -> Dict[str, Any]:
+    """``structure`` without the recorded options a file does not know (written before they were
+    recorded): those are not compared."""
+    drop = [k for k in RECORDED_OPTIONS if k not in known]
+    if not drop:
+        return structure
+    blocks = []
+    for b in structure.get("blocks", []):
+        b = dict(b)
+        opts = {k: v for k, v in b.get("options", {}).items() if k not in drop}
+        b.pop("options", None)
+        if opts:
+            b["options"] = opts
+        blocks.append(b)
+    return {**structure, "blocks": blocks}
+
+
+def _known_options(header: Mapping[str, Any]) -> List[str]:
+    try:
+        known = json.loads(header.get("recorded_options", "[]") or "[]")
+    except (ValueError, RecursionError):
+        known = []
+    return [k for k in known if isinstance(k, str)] if isinstance(known, list) else []
 
 
 def _hash(obj: Any) -> str:
@@ -196,6 +262,7 @@ def save_loop_checkpoint(
         "torch_version": torch.__version__,
         "structure": json.dumps(structure, sort_keys=True),
         "structure_hash": _hash(structure),
+        "recorded_options": json.dumps(list(RECORDED_OPTIONS)),
         "schema_hash": shash,
         "user_metadata": user,
     }
@@ -230,8 +297,11 @@ def _describe_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
     so = [b.get("options", {}) for b in sb][:1] or [{}]
     co = [b.get("options", {}) for b in cb][:1] or [{}]
     if so != co:
+        unset = {k: None for k in RECORDED_OPTIONS if k in so[0] or k in co[0]}
+        base = {"update": "gated", "iter_norm": None} if cs[0] != "block" else {}
+
         def text(o: Mapping[str, Any]) -> str:
-            o = {"update": "gated", "iter_norm": None, **o}
+            o = {**base, **unset, **o}
             return ", ".join(f"{k}={v!r}" for k, v in sorted(o.items()))
         return (
             f"it was saved from loops grafted with {text(so[0])} and this model is grafted with "
@@ -337,7 +407,7 @@ def load_loop_checkpoint(
             f"{path!r} has a corrupt header: 'structure' is not the description of looped blocks "
             "and a head written by save_loop_checkpoint"
         )
-    current = loop_structure(looped_blocks, action_head)
+    current = _comparable(loop_structure(looped_blocks, action_head), _known_options(header))
     if header.get("structure_hash") != _hash(current):
         raise CheckpointError(
             f"loop checkpoint {path!r} does not match this model: {_describe_diff(saved, current)}"

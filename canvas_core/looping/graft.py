@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import math
+import numbers
 from typing import Any, Callable, List, Optional, Tuple, Type
 
 import torch
@@ -77,9 +77,9 @@ def get_adapter(model: nn.Module) -> BackboneAdapter:
 
 
 def _loop_param_ids(model: nn.Module) -> set:
-    from canvas_core.looping.scopes import loop_parts_of
+    from canvas_core.looping.scopes import loop_parts_of, part_loop_parameters
 
-    return {id(p) for w in loop_parts_of(model) for p in w.loop_parameters()}
+    return {id(p) for w in loop_parts_of(model) for p in part_loop_parameters(w)}
 
 
 def _check_module(model: Any, fn: str) -> None:
@@ -146,6 +146,8 @@ def graft_looped_blocks(
     iter_norm: Optional[str] = None,
     reenter: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     step_adapter: Optional[str] = None,
+    batched_args: Any = None,
+    unbatched_args: Any = None,
 ) -> Tuple[List[nn.Module], nn.Module]:
     """Replace each transformer block of ``transformer`` (in place) with a looped wrapper.
 
@@ -174,6 +176,16 @@ def graft_looped_blocks(
             ``"concat"``, per-iteration embeddings, ``"rms"`` norm between iterations).
         update, damping: span and model scopes: ``"gated"`` / ``"damped"`` / ``"replace"``.
         reenter, step_adapter: model scope only (output-to-input map; ``"gated"`` adapter).
+        batched_args, unbatched_args: span and model scopes: names of the block's (span) or the
+            model's (``"model"``) forward arguments that hold one row per sample / that are shared
+            by every sample, added to the adapter's ``batched_args`` / ``unbatched_args``; the
+            adaptive exit splits the first with the samples still running and passes the second
+            whole (an undeclared argument holding a tensor whose first dim is the batch size is
+            refused at the first forward with ``exit_tol > 0``).
+        wrapper_class: ``wrapper_class(block, idx, max_loops, inner_dim)`` builds each block's
+            wrapper instead of :class:`LoopedBlockWrapper` (block scope); its ``set_loops(n)`` and
+            ``loop_parameters()`` (default: its parameters outside ``original``) are used by
+            ``set_loops``, the schedulers and the freeze strategies.
 
     Returns:
         A pair: the list of looped blocks and the action head built for the model's output
@@ -197,12 +209,18 @@ def graft_looped_blocks(
     _check_pos_int("latent_channels", latent_channels, optional=True)
     _check_pos_int("inner_dim", inner_dim, optional=True)
     _check_pos_int("action_hidden_dim", action_hidden_dim, optional=True)
-    if (isinstance(gate_init_bias, bool) or not isinstance(gate_init_bias, (int, float))
-            or not math.isfinite(gate_init_bias)):
+    if (isinstance(gate_init_bias, bool) or not isinstance(gate_init_bias, numbers.Real)
+            or not gate_init_bias == gate_init_bias or abs(gate_init_bias) == float("inf")):
         raise BackboneError(
             f"graft_looped_blocks: gate_init_bias must be a number, finite (0.0 keeps the graft identical "
             f"to the backbone at initialisation), got {gate_init_bias!r}"
         )
+    gate_init_bias = float(gate_init_bias)  # numpy floats and ints too
+    if not isinstance(use_gradient_checkpointing, bool):
+        raise BackboneError(
+            f"graft_looped_blocks: use_gradient_checkpointing must be True or False, got "
+            f"{use_gradient_checkpointing!r}")
+    _refuse_meta(transformer)
     if sharpening is not None and not callable(sharpening):
         raise CanvasTypeError(
             f"graft_looped_blocks: sharpening must be a SharpeningSchedule or callable(loop_idx) "
@@ -230,13 +248,19 @@ def graft_looped_blocks(
     _scopes.check_scope_options(kind, inject=inject, update=update, damping=damping,
                                 iter_norm=iter_norm, iter_embed=iter_embed, reenter=reenter,
                                 step_adapter=step_adapter, wrapper_class=wrapper_class,
-                                sharpening=sharpening)
+                                sharpening=sharpening, batched_args=batched_args,
+                                unbatched_args=unbatched_args, gate_init_bias=gate_init_bias)
+    rows = dict(zip(("batched", "unbatched"), _scopes.row_args(
+        a, _scopes.check_arg_names("batched_args", batched_args),
+        _scopes.check_arg_names("unbatched_args", unbatched_args))))
     if _scopes.is_grafted(transformer, blocks):
         raise BackboneError(
-            f"{type(transformer).__name__} is already grafted (its blocks are LoopedBlockWrapper); "
-            "graft a fresh model, or use the existing looped blocks"
+            f"{type(transformer).__name__} is already grafted (graft_looped_blocks ran on it and its "
+            "blocks are looped wrappers); graft a fresh model, use the existing looped blocks, or "
+            "call ungraft_looped_blocks(model) first"
         )
     if isinstance(a, GenericAdapter) and inner_dim is not None:
+        _check_generic_width(transformer, a, inner_dim)
         a._hidden = inner_dim
     if freeze == "half":
         a.input_modules(transformer)  # refuse before the model is modified
@@ -263,6 +287,8 @@ def graft_looped_blocks(
         dims[0] = inner_dim
     step = (_scopes.model_step_input(transformer, a, latent_channels, step_adapter)
             if kind == "model" else None)
+    custom = ([_custom_wrapper(wrapper_class, b, i, max_loops, dims[0]) for i, b in enumerate(blocks)]
+              if kind == "block" and wrapper_class is not None else None)  # checked before a change
     before = {id(m) for m in transformer.modules()}  # the modules the graft adds take the model's mode
     a.prepare(transformer)
     try:
@@ -279,18 +305,19 @@ def graft_looped_blocks(
             options=dict(inject=inject, iter_embed=iter_embed, iter_norm=iter_norm, update=update,
                          damping=float(damping), gate_init_bias=float(gate_init_bias),
                          use_gradient_checkpointing=use_gradient_checkpointing,
-                         sharpening=sharpening))
+                         sharpening=sharpening, **rows))
         wrapped.append(part)
     elif kind == "model":
         wrapped.append(_scopes.graft_model(
             transformer, a, max_loops=max_loops, step=step,
             options=dict(reenter=reenter, step_adapter=step_adapter, update=update,
-                         damping=float(damping), gate_init_bias=float(gate_init_bias))))
+                         damping=float(damping), gate_init_bias=float(gate_init_bias), **rows)))
     for w in wrapped:
         w.schema_hash = shash
     for i, block in enumerate(blocks if kind == "block" else []):
-        if wrapper_class is not None:
-            w = wrapper_class(block, i, max_loops, dims[0])
+        if custom is not None:
+            w = custom[i]
+            w.__dict__[_scopes.PART_MARK] = True  # set_loops, the schedulers and freezes find it
         else:
             w = LoopedBlockWrapper(
                 block,
@@ -325,6 +352,49 @@ def graft_looped_blocks(
             m.training = transformer.training
     head.train(transformer.training)
     return wrapped, head
+
+
+def _custom_wrapper(cls: Any, block: nn.Module, i: int, max_loops: int, dim: int) -> nn.Module:
+    w = cls(block, i, max_loops, dim)
+    if not isinstance(w, nn.Module):
+        raise CanvasTypeError(
+            f"graft_looped_blocks: wrapper_class={getattr(cls, '__name__', cls)!r} built a "
+            f"{type(w).__name__} for block {i}, not an nn.Module; the wrapper takes the block's place "
+            "in the model, so it must be a module")
+    return w
+
+
+def _refuse_meta(model: nn.Module) -> None:
+    """A model on the meta device has no values: loop parameters created there lose their zero
+    initialisation, so the graft would not start as the backbone once the model is materialised."""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if t.is_meta:
+            raise BackboneError(
+                f"graft_looped_blocks: {type(model).__name__} is on the meta device ({name!r} has no "
+                "values), so the loop parameters would be created there without their zero "
+                "initialisation and the grafted model would not start as the backbone. Materialise "
+                "the model first (model.to_empty(device=...) and load its weights, or build it with "
+                "from_pretrained), then graft")
+
+
+def _check_generic_width(model: nn.Module, adapter: GenericAdapter, inner_dim: int) -> None:
+    """``inner_dim=`` sets the width of the generic adapter's loop embeddings; when the model says
+    its own width (config / attributes / canvas layers) the two must agree."""
+    own, adapter._hidden = adapter._hidden, None
+    try:
+        width = adapter.hidden_size(model)
+    except (BackboneError, AttributeError, TypeError, ValueError):
+        return  # the model does not say: inner_dim is the only source
+    finally:
+        adapter._hidden = own
+    if width != inner_dim:
+        raise BackboneError(
+            f"graft_looped_blocks: inner_dim={inner_dim} but {type(model).__name__} reads as "
+            f"{width} wide (its config / embed_dim / d_model / canvas layers); the loop embeddings "
+            f"are added to the hidden states, so they need the hidden states' width. Leave "
+            f"inner_dim=None (or pass inner_dim={width}); if {width} is not the width of the hidden "
+            f"states its blocks take, pass adapter=GenericAdapter(hidden_size={inner_dim}) "
+            "(canvas_core.looping.adapter) instead")
 
 
 def _registered_attr_is(model: nn.Module, attr: str) -> bool:

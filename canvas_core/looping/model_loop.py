@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError, ShapeError
-from canvas_core.looping.loop_engine import LoopCore, index_rows
+from canvas_core.looping.loop_engine import LoopCore, index_rows, row_plan
 
 __all__ = ["ModelLoop", "STEP_ADAPTERS", "LOOP_ATTR", "install_model_loop", "remove_model_loop"]
 
@@ -71,7 +71,8 @@ class ModelLoop(LoopCore):
             axis of input and output; ``channels``: their width (for ``step_adapter``).
         reenter: optional ``callable(s) -> next input`` applied before the adapter.
         step_adapter: None or ``"gated"``.
-        unbatched: names of forward arguments whose first dim is not the batch.
+        batched, unbatched: names of forward arguments the adaptive exit splits with the rows of
+            the samples still running, and names it passes whole (see ``loop_engine.row_plan``).
     """
 
     loop_scope = "model"
@@ -79,13 +80,15 @@ class ModelLoop(LoopCore):
     def __init__(self, max_loops: int, input_name: str, channel_dim: int, channels: Optional[int], *,
                  reenter: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                  step_adapter: Optional[str] = None, update: str = "gated", damping: float = 0.5,
-                 gate_init_bias: float = 0.0, unbatched: Sequence[str] = ("image_rotary_emb",)) -> None:
+                 gate_init_bias: float = 0.0, unbatched: Sequence[str] = ("image_rotary_emb",),
+                 batched: Sequence[str] = ()) -> None:
         super().__init__(max_loops, gate_init_bias, update, damping, False)
         self.input_name = input_name
         self.channel_dim = int(channel_dim)
         self.reenter = reenter
         self.step_adapter = step_adapter
         self.unbatched = tuple(unbatched)
+        self.batched = tuple(batched)
         object.__setattr__(self, "_holders", [])
         self._prev_forward: Any = None
         # set by install_model_loop, outside any trace: the forward each iteration calls (see
@@ -132,6 +135,18 @@ class ModelLoop(LoopCore):
         names = list(sig) + [""] * max(0, len(args) - len(sig))
         last: Dict[str, Any] = {}
         n = self.current_loops
+        split_a: List[bool] = []
+        split_k: Dict[str, bool] = {}
+        if self.exit_tol > 0 and B > 1:  # which arguments go with the rows: decided before any split
+            others = [(i, v) for i, v in enumerate(args) if i != pos]
+            flags = row_plan([names[i] for i, _ in others], [v for _, v in others], B, self.batched,
+                             self.unbatched, "scope='model'")
+            split_a = [False] * len(args)
+            for (i, _), f in zip(others, flags):
+                split_a[i] = f
+            rest = {nm: v for nm, v in kwargs.items() if nm != self.input_name}
+            split_k = dict(zip(rest, row_plan(list(rest), list(rest.values()), B, self.batched,
+                                              self.unbatched, "scope='model'")))
 
         def run(t: int, h: Tuple[torch.Tensor, ...], rows: Optional[torch.Tensor]):
             if t == 0:
@@ -145,10 +160,10 @@ class ModelLoop(LoopCore):
                             f"scope='model': reenter returned {getattr(z, 'shape', type(z).__name__)}; "
                             f"it must map the output {tuple(h[0].shape)} to an input of the same shape")
                 inp = self.adapt(z).to(x.dtype)
-            a = [inp if i == pos else (v if rows is None else index_rows(v, rows, B, names[i] in self.unbatched))
+            a = [inp if i == pos else (v if rows is None else index_rows(v, rows, B, not split_a[i]))
                  for i, v in enumerate(args)]
             k = {nm: (inp if nm == self.input_name else
-                      (v if rows is None else index_rows(v, rows, B, nm in self.unbatched)))
+                      (v if rows is None else index_rows(v, rows, B, not split_k[nm])))
                  for nm, v in kwargs.items()}
             out = fn(model, *a, **k) if pass_model else fn(*a, **k)
             y = output_tensor(out)

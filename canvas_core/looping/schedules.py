@@ -50,26 +50,11 @@ class CurriculumScheduler:
         return min(self.max_loops, 1 + int(math.floor(progress * self.max_loops)))
 
     def step(self, looped_blocks: Iterable, step: int) -> int:
-        """Set every looped block to ``get_loops(step)`` loops and return that count.
-        ``looped_blocks`` may also be the grafted model (any scope)."""
-        n = self.get_loops(step)
-        looped_blocks = _parts_of(looped_blocks)
-        if hasattr(looped_blocks, "set_loops"):  # one block
-            looped_blocks = [looped_blocks]
-        if not hasattr(looped_blocks, "__iter__"):
-            raise CanvasTypeError(
-                "CurriculumScheduler.step expects the list of looped blocks returned by "
-                f"graft_looped_blocks, got {type(looped_blocks).__name__}"
-            )
-        for b in looped_blocks:
-            setter = getattr(b, "set_loops", None)
-            if setter is None:
-                raise CanvasTypeError(
-                    f"CurriculumScheduler.step expects looped blocks with set_loops(n); got "
-                    f"{type(b).__name__}"
-                )
-            setter(min(n, getattr(b, "max_loops", n)))
-        return n
+        """Set every looped part to ``get_loops(step)`` loops, by the rule of ``set_loops`` (span
+        and model scopes run the count, also past the ``max_loops`` they were grafted with;
+        block-scope blocks clamp to theirs), and return the count they run. ``looped_blocks`` may
+        also be the grafted model (any scope)."""
+        return _apply_loops(looped_blocks, self.get_loops(step), "CurriculumScheduler.step")
 
     def __repr__(self) -> str:
         return (
@@ -90,6 +75,36 @@ def _parts_of(obj):
             f"{type(obj).__name__} has no looped part; graft it first (graft_looped_blocks) or pass "
             "the looped blocks it returned")
     return parts
+
+
+def _apply_loops(looped, n: int, where: str) -> int:
+    """Set ``n`` loops on every part of ``looped`` (a grafted model, a part, or a list of parts):
+    span and model loops run ``n`` (as ``set_loops``), block-scope blocks clamp to their
+    ``max_loops``. Returns the count the parts run (the largest, if they differ). Every part is
+    checked before any is set."""
+    from canvas_core.looping.loop_engine import LoopCore
+
+    parts = _parts_of(looped)
+    if hasattr(parts, "set_loops"):  # one part
+        parts = [parts]
+    if isinstance(parts, (str, bytes)) or not hasattr(parts, "__iter__"):
+        raise CanvasTypeError(
+            f"{where} expects the grafted model or the list of looped blocks returned by "
+            f"graft_looped_blocks, got {type(parts).__name__}")
+    parts = list(parts)
+    for b in parts:
+        if not callable(getattr(b, "set_loops", None)):
+            raise CanvasTypeError(f"{where} expects looped blocks with set_loops(n); got {type(b).__name__}")
+    ran = []
+    for b in parts:
+        if isinstance(b, LoopCore):
+            b.set_loops(n)
+        else:  # block scope: at most the block's max_loops
+            cap = getattr(b, "max_loops", None)
+            b.set_loops(min(n, cap) if isinstance(cap, int) and not isinstance(cap, bool) else n)
+        cur = getattr(b, "current_loops", None)
+        ran.append(cur if isinstance(cur, int) and not isinstance(cur, bool) else n)
+    return max(ran) if ran else n
 
 
 def step_random(seed: int, step: int):
@@ -170,18 +185,9 @@ class RandomDepthScheduler:
 
     def step(self, looped, step: int) -> int:
         """Set every looped part (blocks, span, model loop; or the grafted model) to
-        ``get_loops(step)`` loops and return it (block-scope blocks clamp to their ``max_loops``)."""
-        n = self.get_loops(step)
-        parts = _parts_of(looped)
-        if hasattr(parts, "set_loops"):
-            parts = [parts]
-        for b in parts:
-            setter = getattr(b, "set_loops", None)
-            if setter is None:
-                raise CanvasTypeError(f"RandomDepthScheduler.step expects looped parts with set_loops(n); "
-                                      f"got {type(b).__name__}")
-            setter(min(n, getattr(b, "max_loops", n)) if type(b).__name__ == "LoopedBlockWrapper" else n)
-        return n
+        ``get_loops(step)`` loops, by the rule of ``set_loops`` (block-scope blocks clamp to their
+        ``max_loops``), and return the count they run."""
+        return _apply_loops(looped, self.get_loops(step), "RandomDepthScheduler.step")
 
     def __repr__(self) -> str:
         return (f"RandomDepthScheduler(max_loops={self.max_loops}, distribution={self.distribution!r}, "
@@ -197,10 +203,12 @@ class SharpeningSchedule:
     * ``"linear"``: ``beta_min + (beta_max - beta_min) * i / (max_loops - 1)``
     * ``"cosine"``: ``beta_min + (beta_max - beta_min) * (1 - cos(pi * i / (max_loops - 1))) / 2``
     * ``"exponential"``: ``beta_min * (beta_max / beta_min) ** (i / (max_loops - 1))``
-    * ``"constant"``: ``beta_max`` at every loop
+    * ``"constant"``: ``beta_min`` at loop 0, ``beta_max`` at every later loop (the sharpening is
+      constant over the extra loops; loop 0 is the backbone's own pass, as for every schedule)
 
     Loop indices past ``max_loops - 1`` are clamped to the last loop. With one loop, beta is
-    ``beta_min``. ``beta_min = 1`` keeps loop 0 identical to the backbone.
+    ``beta_min``. Every schedule runs loop 0 at ``beta_min``, so ``beta_min = 1`` keeps loop 0
+    identical to the backbone (and a graft with gates at 0 identical at every loop count).
 
     Example::
 
@@ -229,10 +237,10 @@ class SharpeningSchedule:
 
     def __call__(self, loop_idx: int) -> float:
         i = min(_check_int("loop_idx", loop_idx, 0), self.max_loops - 1)
+        if self.max_loops == 1 or i == 0:
+            return self.beta_min
         if self.schedule == "constant":
             return self.beta_max
-        if self.max_loops == 1:
-            return self.beta_min
         x = i / (self.max_loops - 1)
         lo, hi = self.beta_min, self.beta_max
         if self.schedule == "linear":

@@ -61,7 +61,8 @@ DEFAULT_DAMPING = 0.5
 
 def check_scope_options(kind: str, *, inject: Any, update: Any, damping: Any, iter_norm: Any,
                         iter_embed: Any, reenter: Any, step_adapter: Any, wrapper_class: Any,
-                        sharpening: Any) -> None:
+                        sharpening: Any, batched_args: Any = None, unbatched_args: Any = None,
+                        gate_init_bias: Any = 0.0) -> None:
     """Refuse options that do not exist or do not apply to the scope (before any change)."""
     def bad(arg: str, value: Any, allowed: str) -> BackboneError:
         return BackboneError(f"graft_looped_blocks: {arg}={value!r} {allowed}")
@@ -95,6 +96,20 @@ def check_scope_options(kind: str, *, inject: Any, update: Any, damping: Any, it
             raise bad(arg, value, f"{where}, not scope={kind!r}; drop it or choose that scope")
     if kind != "block" and wrapper_class is not None:
         raise bad("wrapper_class", wrapper_class, "applies to scope='block' (one wrapper per block)")
+    if wrapper_class is not None and (sharpening is not None or gate_init_bias != 0):
+        arg, value = ("sharpening", sharpening) if sharpening is not None else ("gate_init_bias", gate_init_bias)
+        raise bad(arg, value, f"is applied by canvas-core's LoopedBlockWrapper, and wrapper_class="
+                              f"{getattr(wrapper_class, '__name__', wrapper_class)} builds its own loops, so it "
+                              "would be ignored; set it in your wrapper, or drop wrapper_class=")
+    both = set(check_arg_names("batched_args", batched_args)) & set(
+        check_arg_names("unbatched_args", unbatched_args))
+    if both:
+        raise bad("batched_args", batched_args, f"and unbatched_args={unbatched_args!r} both name "
+                                                f"{sorted(both)}; an argument is one or the other")
+    if kind == "block" and (batched_args or unbatched_args):
+        arg, value = ("batched_args", batched_args) if batched_args else ("unbatched_args", unbatched_args)
+        raise bad(arg, value, "tells the adaptive exit of span and model scopes which arguments hold "
+                              "one row per sample, and scope='block' has no adaptive exit; drop it")
     if kind == "model" and sharpening is not None:
         raise bad("sharpening", sharpening, "applies to block and span scopes, not scope='model'")
     if update != "damped" and damping != DEFAULT_DAMPING:
@@ -113,8 +128,8 @@ def graft_span(model: nn.Module, adapter: Any, blocks: List[nn.Module], span: Tu
             f"in blocks {i}..{j - 1}, and {type(model).__name__}'s have none (adapter "
             f"{getattr(adapter, 'name', adapter)!r} installs no canvas attention there); drop sharpening=")
     members: List[SpanMember] = []
-    looped = LoopedSpan(blocks[i], members, i, j, max_loops, dims, io, scope_name=scope_name,
-                        unbatched=getattr(adapter, "unbatched_args", ("image_rotary_emb",)), **options)
+    options = {**dict(zip(("batched", "unbatched"), row_args(adapter))), **options}
+    looped = LoopedSpan(blocks[i], members, i, j, max_loops, dims, io, scope_name=scope_name, **options)
     for k in range(i + 1, j):
         members.append(SpanMember(blocks[k], k, looped))
     object.__setattr__(looped, "_members", members)
@@ -130,12 +145,35 @@ def graft_span(model: nn.Module, adapter: Any, blocks: List[nn.Module], span: Tu
     return looped
 
 
+def check_arg_names(arg: str, value: Any) -> Tuple[str, ...]:
+    """``batched_args=`` / ``unbatched_args=`` of ``graft_looped_blocks`` as a tuple of names (a
+    single name may be given as a str)."""
+    if value is None:
+        return ()
+    names = (value,) if isinstance(value, str) else value
+    if not isinstance(names, (tuple, list, set, frozenset)) or not all(
+            isinstance(n, str) and n for n in names):
+        raise BackboneError(
+            f"graft_looped_blocks: {arg}={value!r} must be a name or a tuple of names (str) of the "
+            "block's (span scopes) or the model's (scope='model') forward arguments, e.g. ('temb',)")
+    return tuple(names)
+
+
+def row_args(adapter: Any, batched: Tuple[str, ...] = (), unbatched: Tuple[str, ...] = ()
+             ) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """The names the adaptive exit splits with the rows and those it passes whole: the adapter's
+    ``batched_args`` / ``unbatched_args``, overridden by the ones given to the graft."""
+    a_b = set(getattr(adapter, "batched_args", ())) - set(unbatched)
+    a_u = set(getattr(adapter, "unbatched_args", ("image_rotary_emb",))) - set(batched)
+    return tuple(sorted(a_b | set(batched))), tuple(sorted(a_u | set(unbatched)))
+
+
 def graft_model(model: nn.Module, adapter: Any, *, max_loops: int, step: Tuple[str, int, Optional[int]],
                 options: Dict[str, Any]) -> ModelLoop:
     """Install a :class:`ModelLoop` on ``model`` (the checks are done)."""
     name, cdim, channels = step
-    loop = ModelLoop(max_loops, name, cdim, channels,
-                     unbatched=getattr(adapter, "unbatched_args", ("image_rotary_emb",)), **options)
+    options = {**dict(zip(("batched", "unbatched"), row_args(adapter))), **options}
+    loop = ModelLoop(max_loops, name, cdim, channels, **options)
     try:
         ref = next(model.parameters())
         loop.to(device=ref.device)
@@ -169,16 +207,42 @@ def model_step_input(model: nn.Module, adapter: Any, latent_channels: Optional[i
 
 
 # --- model-level controls ------------------------------------------------------------------------
+#: set on each wrapper a ``wrapper_class=`` built, so the model-level controls find it
+PART_MARK = "_canvas_loop_part"
+#: the graft record ``graft_looped_blocks`` leaves on a model (``ungraft_looped_blocks`` removes it)
+_GRAFT_RECORD = "_canvas_backbone_adapter"
+
+
+def is_part(module: nn.Module) -> bool:
+    """A looped part: canvas-core's own, or a wrapper built by ``wrapper_class=``."""
+    return isinstance(module, (LoopedBlockWrapper, LoopCore)) or module.__dict__.get(PART_MARK) is True
+
+
 def loop_parts_of(model: nn.Module) -> List[nn.Module]:
-    """Every looped part of ``model``: ``LoopedBlockWrapper`` (block scope), ``LoopedSpan`` (span
-    scopes) and ``ModelLoop`` (model scope), in module order."""
+    """Every looped part of ``model``: ``LoopedBlockWrapper`` (block scope, or the wrappers of a
+    ``wrapper_class=``), ``LoopedSpan`` (span scopes) and ``ModelLoop`` (model scope), in module
+    order."""
     if not isinstance(model, nn.Module):
         raise CanvasTypeError(f"expected a grafted torch nn.Module, got {type(model).__name__}")
-    return [m for m in model.modules() if isinstance(m, (LoopedBlockWrapper, LoopCore))]
+    return [m for m in model.modules() if is_part(m)]
+
+
+def part_loop_parameters(part: nn.Module) -> List[nn.Parameter]:
+    """The loop parameters of a part: its ``loop_parameters()``, or for a custom wrapper without
+    one, its parameters that are not its ``original`` block's."""
+    fn = getattr(part, "loop_parameters", None)
+    if callable(fn):
+        return list(fn())
+    inner = getattr(part, "original", None)
+    skip = {id(p) for p in inner.parameters()} if isinstance(inner, nn.Module) else set()
+    return [p for p in part.parameters() if id(p) not in skip]
 
 
 def is_grafted(model: nn.Module, blocks: List[nn.Module]) -> bool:
-    return (any(isinstance(b, (LoopedBlockWrapper, LoopedSpan, SpanMember)) for b in blocks)
+    """True when ``graft_looped_blocks`` ran on ``model`` (its record is there) or a block already
+    is a looped part."""
+    return (model.__dict__.get(_GRAFT_RECORD) is not None
+            or any(isinstance(b, (SpanMember, LoopedSpan)) or is_part(b) for b in blocks)
             or isinstance(model._modules.get(LOOP_ATTR), ModelLoop))
 
 
@@ -186,10 +250,10 @@ def scope_of(model: nn.Module) -> Any:
     """``"block"``, ``(i, j)`` or ``"model"``: the scope ``model`` was grafted with."""
     parts = _parts(model, "scope_of")
     p = parts[0]
-    if isinstance(p, LoopedBlockWrapper):
-        return "block"
     if isinstance(p, LoopedSpan):
         return (p.start, p.end)
+    if not isinstance(p, LoopCore):  # canvas-core's block wrapper or a wrapper_class= one
+        return "block"
     return "model"
 
 
@@ -208,7 +272,8 @@ def set_loops(model: nn.Module, n: int, exit_tol: float = 0.0) -> int:
     Span and model scopes run exactly ``n`` iterations, also more than the ``max_loops`` they were
     grafted (trained) with: iteration ``t >= max_loops`` reuses the last iteration embedding
     ``e_{max_loops-1}`` and the last gate ``a_{max_loops-1}``. The block scope keeps its rule
-    (``n`` is clamped to each block's ``max_loops``).
+    (``n`` is clamped to each block's ``max_loops``); the wrappers of a ``wrapper_class=`` get
+    ``set_loops(n)`` and apply their own rule.
 
     ``exit_tol > 0`` (span and model scopes): each sample stops once the relative change of the
     loop state between two iterations is below ``exit_tol`` (at most ``n`` iterations); finished
@@ -217,21 +282,33 @@ def set_loops(model: nn.Module, n: int, exit_tol: float = 0.0) -> int:
     n = check_loops(n, "set_loops")
     tol = check_exit_tol(exit_tol, "set_loops")
     parts = _parts(model, "set_loops")
-    if tol > 0 and any(isinstance(p, LoopedBlockWrapper) for p in parts):  # model unchanged
+    setters = [getattr(p, "set_loops", None) for p in parts]
+    for p, fn in zip(parts, setters):
+        if not callable(fn):  # model unchanged
+            raise CanvasTypeError(
+                f"set_loops: looped block {type(p).__name__} (a wrapper_class= wrapper) has no "
+                "set_loops(n) method; give your wrapper one")
+    if tol > 0 and any(not isinstance(p, LoopCore) for p in parts):  # model unchanged
         raise BackboneError(
             f"set_loops: exit_tol={exit_tol!r} needs a span, stack or model scope (the block scope loops "
             "each block on its own, so there is no single state to watch); graft with scope=(i, j), "
             "'stack' or 'model', or pass exit_tol=0")
-    for p in parts:
-        if isinstance(p, LoopedBlockWrapper):
-            p.set_loops(n)
-        else:
-            p.set_loops(n, tol)
+    for p, fn in zip(parts, setters):
+        if isinstance(p, LoopCore):
+            fn(n, tol)
+        else:  # block scope (its own rule: canvas-core's wrapper clamps to max_loops)
+            fn(n)
     return n
 
 
 def _block_trace(model: nn.Module, where: str) -> List[Dict[str, Any]]:
     parts = _parts(model, where)
+    custom = [p for p in parts if not isinstance(p, (LoopedBlockWrapper, LoopCore))]
+    if custom:
+        raise CanvasTypeError(
+            f"{where}: the looped blocks of {type(model).__name__} are {type(custom[0]).__name__} "
+            f"(wrapper_class=), which keep no record of what a forward ran; {where} reads the one "
+            "canvas-core's LoopedBlockWrapper keeps. Read the blocks' own state (e.g. current_loops)")
     traces = [getattr(p, "_loop_trace", None) for p in parts if isinstance(p, LoopedBlockWrapper)]
     if not traces or any(t is None for t in traces):
         raise CanvasTypeError(f"{where}: no forward has run yet; call the model first, then {where}(model)")

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from canvas_core.errors import BackboneError, ShapeError
-from canvas_core.looping.loop_engine import LoopCore, index_rows
+from canvas_core.looping.loop_engine import LoopCore, index_rows, row_plan
 from canvas_core.looping.wrapper import BlockIO, _beta_targets, _checked_beta, looped_delta
 
 __all__ = ["LoopedSpan", "SpanMember", "INJECTIONS", "ITER_NORMS"]
@@ -92,8 +92,9 @@ class LoopedSpan(LoopCore):
             that grow with the iteration count).
         update, damping, gate_init_bias: the update rule (see ``loop_engine``).
         sharpening: optional ``SharpeningSchedule`` applied to the core's attention per iteration.
-        unbatched: names of block arguments whose first dim is not the batch (e.g. rotary tables),
-            never indexed by the adaptive exit.
+        batched, unbatched: names of block arguments the adaptive exit splits with the rows of
+            the samples still running, and names it passes whole (rotary tables); see
+            :func:`~canvas_core.looping.loop_engine.row_plan` for undeclared ones.
     """
 
     def __init__(self, original: nn.Module, members: Sequence[SpanMember], start: int, end: int,
@@ -101,7 +102,8 @@ class LoopedSpan(LoopCore):
                  iter_embed: bool = True, iter_norm: Optional[str] = None, update: str = "gated",
                  damping: float = 0.5, gate_init_bias: float = 0.0,
                  use_gradient_checkpointing: bool = True, sharpening: Optional[Callable] = None,
-                 unbatched: Sequence[str] = ("image_rotary_emb",), scope_name: str = "") -> None:
+                 unbatched: Sequence[str] = ("image_rotary_emb",), batched: Sequence[str] = (),
+                 scope_name: str = "") -> None:
         super().__init__(max_loops, gate_init_bias, update, damping, use_gradient_checkpointing)
         self.original = original
         self.block_idx = start
@@ -113,6 +115,7 @@ class LoopedSpan(LoopCore):
         self.inject = inject
         self.iter_norm = iter_norm
         self.unbatched = tuple(unbatched)
+        self.batched = tuple(batched)
         self.sharpening = sharpening
         object.__setattr__(self, "_members", list(members))
         object.__setattr__(self, "_holders", [])  # every block position (canvas_fn of topologies)
@@ -207,13 +210,20 @@ class LoopedSpan(LoopCore):
         use_ckpt = self.use_gradient_checkpointing and self.training and torch.is_grad_enabled()
         x0 = states
         last: dict = {}
+        split_a: List[bool] = [False] * len(rest_args)
+        split_k = {n: False for n in rest_kwargs}
+        if self.exit_tol > 0 and B > 1:  # which arguments go with the rows: decided before any split
+            where = f"span {self.loop_scope}"
+            split_a = row_plan(names, rest_args, B, self.batched, self.unbatched, where)
+            split_k = dict(zip(rest_kwargs, row_plan(list(rest_kwargs), list(rest_kwargs.values()), B,
+                                                      self.batched, self.unbatched, where)))
 
         def run(t: int, h: Tuple[torch.Tensor, ...], rows: Optional[torch.Tensor]):
             if rows is None:
                 ra, rk, xr = rest_args, rest_kwargs, x0
             else:
-                ra = [index_rows(v, rows, B, n in self.unbatched) for v, n in zip(rest_args, names)]
-                rk = {n: index_rows(v, rows, B, n in self.unbatched) for n, v in rest_kwargs.items()}
+                ra = [index_rows(v, rows, B, not keep) for v, keep in zip(rest_args, split_a)]
+                rk = {n: index_rows(v, rows, B, not split_k[n]) for n, v in rest_kwargs.items()}
                 xr = tuple(s.index_select(0, rows) for s in x0)
             u = []
             for k, (s, x) in enumerate(zip(h, xr)):

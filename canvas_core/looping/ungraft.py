@@ -28,6 +28,7 @@ from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError
 from canvas_core.looping.processor import CanvasAttentionHooks
+from canvas_core.looping.span import SpanMember
 from canvas_core.looping.wrapper import LoopedBlockWrapper
 from canvas_core.runtime.compiled_names import unwrap_compiled
 
@@ -132,8 +133,11 @@ def ungraft_looped_blocks(model: nn.Module, *, remove_topology: bool = False) ->
             which the plain model cannot carry: ``False`` (default) refuses, ``True`` removes it.
 
     Returns:
-        The removed looped parts (``LoopedBlockWrapper`` / ``LoopedSpan`` / ``SpanMember`` /
-        ``ModelLoop``), in order.
+        The removed looped parts, in order: the list ``graft_looped_blocks`` returned
+        (``LoopedBlockWrapper`` or the ``wrapper_class=`` wrappers / the ``LoopedSpan`` / the
+        ``ModelLoop``; a span's ``SpanMember`` placeholders hold no loop parameter and are left
+        out), so ``save_loop_checkpoint(removed, head, path)`` writes the file the grafted model's
+        parts would.
 
     Raises:
         BackboneError: ``model`` is not grafted, or carries a topology (see ``remove_topology``);
@@ -152,7 +156,7 @@ def ungraft_looped_blocks(model: nn.Module, *, remove_topology: bool = False) ->
         raise CanvasTypeError(f"ungraft_looped_blocks: remove_topology must be a bool, got {remove_topology!r}")
     blocks = adapter.blocks(model)
     plan = [_replacement(b, i) for i, b in enumerate(blocks)]  # everything checked before a change
-    removed = [b for b, mods in zip(blocks, plan) if mods != [b]]
+    removed = [b for b, mods in zip(blocks, plan) if mods != [b] and not isinstance(b, SpanMember)]
     if adapter.installed_topology(model) is not None:
         if not remove_topology:
             raise BackboneError(
@@ -187,18 +191,28 @@ def ungraft_looped_blocks(model: nn.Module, *, remove_topology: bool = False) ->
     return removed
 
 
+def _first_iteration_is_trained(part: nn.Module) -> bool:
+    """Whether a loop parameter that acts in the first iteration is not zero: ``loop_emb[0]`` (of
+    every stream) or a span's input injection (``inject_gate``, ``inject_proj``), which are added to
+    the core's input at iteration 0 as well."""
+    for name, p in part.named_parameters(recurse=False):
+        if name.startswith("loop_emb") and p.dim() >= 2 and bool((p.detach()[0] != 0).any()):
+            return True
+        if name == "inject_gate" and bool((p.detach() != 0).any()):
+            return True
+    proj = part._modules.get("inject_proj")
+    return isinstance(proj, nn.Module) and any(bool((p.detach() != 0).any()) for p in proj.parameters())
+
+
 def _warn_first_loop_embeddings(parts: List[nn.Module]) -> None:
-    """The first iteration adds ``loop_emb[0]`` to the block's input: once trained it is not zero,
-    and the plain model then differs from the grafted one even at one loop."""
-    trained = []
-    for k, part in enumerate(parts):
-        for name, p in part.named_parameters(recurse=False):
-            if name.startswith("loop_emb") and p.dim() >= 2 and bool((p.detach()[0] != 0).any()):
-                trained.append(getattr(part, "block_idx", k))
-                break
+    """The first iteration adds ``loop_emb[0]`` (and a span's input injection) to the block's
+    input: once trained it is not zero, and the plain model then differs from the grafted one even
+    at one loop."""
+    trained = [getattr(part, "block_idx", k) for k, part in enumerate(parts)
+               if _first_iteration_is_trained(part)]
     if trained:
         warnings.warn(
-            f"ungraft_looped_blocks: the first-iteration loop embeddings of looped part(s) {trained} "
-            "are not zero (trained), so the plain model's outputs differ from the grafted model's even "
-            "at one loop. Every backbone weight is kept; graft_looped_blocks + load_loop_checkpoint "
+            f"ungraft_looped_blocks: the first-iteration loop embeddings or input injection of looped "
+            f"part(s) {trained} are not zero (trained), so the plain model's outputs differ from the "
+            "grafted model's even at one loop. Every backbone weight is kept; graft_looped_blocks + load_loop_checkpoint "
             "gives the grafted model back", UserWarning, stacklevel=3)

@@ -7,7 +7,8 @@ Update rule for the looped state ``h`` (one tensor per stream, each ``(B, N, D_s
 
 ``e_i`` are per-iteration embeddings (zero-initialised) and ``g_i`` scalar gates
 (initialised to ``gate_init_bias``, 0 by default), so at initialisation the wrapped block
-returns exactly what the original block returns, at *every* loop count.
+returns exactly what the original block returns, at *every* loop count (a gate of exactly 0
+returns ``h_i`` itself, even when the extra pass overflows to ``inf`` in float16).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from canvas_core.errors import BackboneError, CanvasTypeError, ShapeError
+from canvas_core.looping.loop_engine import gated_update
 from canvas_core.schema._validate import is_int
 
 __all__ = ["BlockIO", "LoopedBlockWrapper"]
@@ -310,7 +312,8 @@ class LoopedBlockWrapper(nn.Module):
                 states = new
             else:
                 g = self.loop_gate[i - 1]
-                states = tuple(s + g.to(s.dtype) * (n - s) for s, n in zip(states, new))
+                # at g == 0 exactly the state (an overflowing extra loop cannot give NaN)
+                states = tuple(gated_update(s, n, g.to(s.dtype)) for s, n in zip(states, new))
             trace.append((prev, states))
         self._record(trace)
         return self.io.repack(out, states)

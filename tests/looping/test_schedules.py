@@ -95,4 +95,5 @@ def test_sharpening_bad_args():
     with pytest.raises(SchemaError):
         SharpeningSchedule()(-1)
     assert SharpeningSchedule(1, 1.5, 3.0)(0) == 1.5
-    assert SharpeningSchedule(3, 1.0, 2.0, "constant").betas() == [2.0, 2.0, 2.0]
+    # loop 0 is the backbone's own pass (beta_min) for every schedule, "constant" included
+    assert SharpeningSchedule(3, 1.0, 2.0, "constant").betas() == [1.0, 2.0, 2.0]
