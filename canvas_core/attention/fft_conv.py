@@ -176,27 +176,31 @@ class _ReadConv(torch.autograd.Function):
 
 
 # --- the gated stages before the last ---------------------------------------------------------
-def _gated_forward(z: Tensor, gate: Tensor, h: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _gated_forward(z: Tensor, gate: Tensor, h: Tensor, keep: bool = True) -> Tuple[Tensor, ...]:
     """``gate * causal_conv(z, h)``, one batch row at a time: its padded signal, spectrum product
-    and inverse transform (``C x n`` each, a megabyte at 64 channels of 3,840 points) stay in
+    and inverse transform (``C x n`` each, a megabyte at 64 channels of 4,096 points) stay in
     cache between the transforms and the gate's product, where :class:`_CausalConv` over the
     whole batch goes through memory between each step.  ``z, gate (B, C, L)``, ``h (C, L)`` ->
-    ``(out, conv (B, C, L), conj(Z) (B, C, n / 2 + 1), conj(H) (C, n / 2 + 1))``."""
+    ``(out, conv (B, C, L), conj(Z) (B, C, n / 2 + 1), conj(H) (C, n / 2 + 1))``; with
+    ``keep=False`` (no backward will run) only ``(out,)``: nothing is kept for a backward."""
     B, C, L = z.shape
     n = fft_size(2 * L - 1)
     H = torch.fft.rfft(h, n=n)
-    out, conv = torch.empty_like(z), torch.empty_like(z)
-    Zc = torch.empty((B, C, n // 2 + 1), dtype=H.dtype, device=z.device)
+    out = torch.empty_like(z)
+    conv = torch.empty_like(z) if keep else None
+    Zc = torch.empty((B, C, n // 2 + 1), dtype=H.dtype, device=z.device) if keep else None
     pad = scratch("hy_gpad", (C, n), z)
     pad[:, L:].zero_()
     spec = scratch("hy_gspec", (C, n // 2 + 1), H)
     for b in range(B):
         pad[:, :L].copy_(z[b])
         Z = torch.fft.rfft(pad)
-        torch.conj_physical(Z, out=Zc[b])
-        conv[b].copy_(torch.fft.irfft(torch.mul(Z, H, out=spec), n=n)[:, :L])
-        torch.mul(gate[b], conv[b], out=out[b])
-    return out, conv, Zc, H.conj_physical_()
+        c = torch.fft.irfft(torch.mul(Z, H, out=spec), n=n)[:, :L]
+        if keep:
+            torch.conj_physical(Z, out=Zc[b])
+            c = conv[b].copy_(c)
+        torch.mul(gate[b], c, out=out[b])
+    return (out, conv, Zc, H.conj_physical_()) if keep else (out,)
 
 
 def _gated_backward(g: Tensor, gate: Tensor, conv: Tensor, Zc: Tensor, Hc: Tensor, need_z: bool, need_gate: bool,
@@ -338,6 +342,8 @@ def gated_causal_conv(z: Tensor, gate: Tensor, h: Tensor) -> Tensor:
     gate, h = gate.to(z.dtype), h.to(z.dtype)
     if torch.compiler.is_compiling():  # one opaque node: the loop over the rows is not traced
         return _gated_op(z.contiguous(), gate.contiguous(), h.contiguous())[0]
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (z, gate, h))):
+        return _gated_forward(z, gate, h, keep=False)[0]  # inference: nothing kept for a backward
     return _GatedConv.apply(z, gate, h)
 
 

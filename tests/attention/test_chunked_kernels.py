@@ -494,3 +494,15 @@ def test_release_scratch_gives_back_the_buffers_and_later_calls_still_agree():
     again = scratch("test.release", (1000,), x)
     assert again.data_ptr() != buf.data_ptr()  # a new buffer, not the released one
     torch.testing.assert_close(m(q, x, x), before, atol=0, rtol=0)
+
+
+def test_gated_causal_conv_without_a_backward_keeps_nothing_and_gives_the_same_values():
+    g = torch.Generator().manual_seed(3)
+    z, gate, h = (torch.randn(*s, generator=g, requires_grad=True) for s in ((2, 4, 37), (2, 4, 37), (4, 37)))
+    with_graph = gated_causal_conv(z, gate, h)
+    with torch.no_grad():
+        lean = gated_causal_conv(z, gate, h)
+    assert with_graph.grad_fn is not None and lean.grad_fn is None
+    assert torch.equal(lean, with_graph.detach())
+    with torch.inference_mode():
+        assert torch.equal(gated_causal_conv(z.detach(), gate.detach(), h.detach()), with_graph.detach())
