@@ -14,7 +14,8 @@ per-thread scratch buffers) at run time.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import functools
+from typing import Any, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -334,9 +335,24 @@ _gated_op.register_autograd(_gated_autograd, setup_context=_gated_setup)
 
 
 # --- the public functions ----------------------------------------------------------------------
+def _in_work_dtype(fn):
+    """Run ``fn(z, ...)`` in float32 when ``z`` is float16 / bfloat16 (the FFTs need float32 or
+    float64) and give the result back in ``z``'s dtype."""
+
+    def run(z: Tensor, *args: Any) -> Tensor:
+        wd = work_dtype(z.dtype)
+        if z.dtype == wd:
+            return fn(z, *args)
+        cast = [a.to(wd) if isinstance(a, Tensor) else a for a in args]
+        return fn(z.to(wd), *cast).to(z.dtype)
+
+    return functools.wraps(fn)(run)
+
+
+@_in_work_dtype
 def gated_causal_conv(z: Tensor, gate: Tensor, h: Tensor) -> Tensor:
     """``gate * causal_conv_last(z, h)``: ``z, gate (B, C, L)``, ``h (C, L)`` -> ``(B, C, L)``, in
-    one pass over each batch row (same dtype as ``z``: float32 or float64)."""
+    one pass over each batch row (same dtype as ``z``; float16 / bfloat16 computed in float32)."""
     if z.numel() == 0:
         return gate * z
     gate, h = gate.to(z.dtype), h.to(z.dtype)
@@ -347,6 +363,7 @@ def gated_causal_conv(z: Tensor, gate: Tensor, h: Tensor) -> Tensor:
     return _GatedConv.apply(z, gate, h)
 
 
+@_in_work_dtype
 def read_conv_last(z: Tensor, h: Tensor, stride: int) -> Tensor:
     """:func:`causal_conv_last` read at ``stride (i + 1) - 1`` only: ``(B, C, L)`` ->
     ``(B, C, L / stride)`` (``stride`` divides ``L``; ``stride == 1`` is the whole output)."""
@@ -360,10 +377,11 @@ def read_conv_last(z: Tensor, h: Tensor, stride: int) -> Tensor:
     return _ReadConv.apply(z, h, stride)
 
 
+@_in_work_dtype
 def causal_conv_last(z: Tensor, h: Tensor) -> Tensor:
     """Causal long convolution along the last dim: ``z (B, C, L)``, ``h (C, L)`` -> ``(B, C, L)``,
-    ``y_t = sum_{s<=t} h_{t-s} z_s``, by FFT (``O(L log L)``; same dtype as ``z``: float32 or
-    float64)."""
+    ``y_t = sum_{s<=t} h_{t-s} z_s``, by FFT (``O(L log L)``; same dtype as ``z``; float16 /
+    bfloat16 computed in float32)."""
     if z.numel() == 0:  # no positions or an empty batch (MKL's FFT refuses a batch of 0)
         return z.clone()
     return _CausalConv.apply(z, h.to(z.dtype))

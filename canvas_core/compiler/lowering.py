@@ -180,6 +180,12 @@ def _check(topology: Any, layout: Any) -> None:
     check_size("connections", len(topology.connections), "CanvasTopology number of connections",
                "Connect fewer region pairs (e.g. a hub or a chain instead of all pairs)")
     check_size("regions", len(layout.regions), "CanvasLayout number of regions", "Use fewer regions")
+    for name, spec in layout.regions.items():
+        if not hasattr(spec, "bounds"):
+            raise CanvasTypeError(
+                f"CanvasLayout region {name!r} is a {type(spec).__name__} ({spec!r:.80}), not a RegionSpec: it "
+                "was put into layout.regions after the layout was built, so its bounds were never checked; "
+                "build a new CanvasLayout(..., regions={...}) that declares it")
     for i, c in enumerate(topology.connections):
         if not (hasattr(c, "src") and hasattr(c, "dst")):
             raise CanvasTypeError(f"CanvasTopology connection #{i} must be a Connection, got "

@@ -48,6 +48,7 @@ from canvas_core.compiler.resolved import REFERENCE_KERNEL
 from canvas_core.errors import CanvasError, CanvasTypeError, ShapeError, SchemaError
 from canvas_core.plugins.builtin import SOFTMAX_FAMILY
 from canvas_core.plugins.resolve import build_attention
+from canvas_core.runtime.func_transforms import forward_ad_math_sdpa
 from canvas_core.runtime.kernels import REFERENCE_MODES
 from canvas_core.runtime.plan_runner import PlanRunner, mix_softmax_groups, run_module_groups
 from canvas_core.runtime.input_checks import (check_allocation, check_count, check_finite_number,
@@ -283,7 +284,8 @@ class CanvasAttention(nn.Module):
         if ex.soft_fns:
             qkv = self.qkv(x).reshape(B, N, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
             q, k, v = qkv.unbind(0)  # one op (and one stack in backward), not three selects
-            mixed, bias_weight = self._mix_softmax(ex, q, k, v)
+            with forward_ad_math_sdpa():  # jvp: the fused CPU kernel has no forward derivative
+                mixed, bias_weight = self._mix_softmax(ex, q, k, v)
             acc = self.project_out(mixed.transpose(1, 2).reshape(B, N, D), bias_weight)
         other = self._other_types(ex, x, into=acc)  # added into acc (fresh: project_out's output)
         return (acc if other is None else other), ex

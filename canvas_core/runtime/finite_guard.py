@@ -20,7 +20,9 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["non_finite_keys", "zero_bad_keys", "reads_bad", "nan_where_linked", "func_transformed"]
+from canvas_core.runtime.func_transforms import func_transformed
+
+__all__ = ["non_finite_keys", "zero_bad_keys", "reads_bad", "nan_where_linked"]
 
 
 def non_finite_keys(k: torch.Tensor, v: torch.Tensor) -> Optional[torch.Tensor]:
@@ -33,15 +35,6 @@ def non_finite_keys(k: torch.Tensor, v: torch.Tensor) -> Optional[torch.Tensor]:
             and not bool(bad.any()):
         return None
     return bad
-
-
-def func_transformed(t: torch.Tensor) -> bool:
-    """``t`` is wrapped by a ``torch.func`` transform (``vmap``, ``grad``, ``jacrev``, ...), where
-    a branch on its values is refused: the guard then runs without the shortcut."""
-    try:
-        return bool(torch._C._functorch.is_functorch_wrapped_tensor(t))
-    except AttributeError:  # pragma: no cover - a torch without functorch
-        return False
 
 
 def zero_bad_keys(k: torch.Tensor, v: torch.Tensor, bad: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

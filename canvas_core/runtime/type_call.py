@@ -355,14 +355,17 @@ def call_attention_type(module: Any, queries: Any, keys: Any, values: Any, key_m
 
 
 def run_type(module: Any, name: Any, *args: Any, **kwargs: Any) -> Any:
-    """``module(*args, **kwargs)``; a torch error raised under a ``torch.func`` transform becomes
-    an :class:`UnavailableError` naming the type (hand-written backwards have no functorch rules)."""
-    try:
-        return module(*args, **kwargs)
-    except RuntimeError as exc:
-        from canvas_core.runtime.finite_guard import func_transformed
+    """``module(*args, **kwargs)`` (under forward-mode AD with torch's math attention kernel: the
+    fused CPU one has no forward derivative); a torch error raised under a ``torch.func``
+    transform or forward-mode AD becomes an :class:`UnavailableError` naming the type
+    (hand-written backwards have no functorch or forward-mode rules)."""
+    from canvas_core.runtime.func_transforms import forward_ad_active, forward_ad_math_sdpa, func_transformed
 
-        if args and func_transformed(args[0]) and not isinstance(exc, CanvasError):
+    try:
+        with forward_ad_math_sdpa():
+            return module(*args, **kwargs)
+    except RuntimeError as exc:
+        if args and (func_transformed(args[0]) or forward_ad_active()) and not isinstance(exc, CanvasError):
             raise _under_func_transform(module, name, exc) from exc
         raise
 
@@ -371,7 +374,7 @@ def _under_func_transform(module: Any, name: Any, exc: BaseException) -> Unavail
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return UnavailableError(
         f"attention type {name or type(module).__name__!r} ({type(module).__name__}) cannot run under a "
-        f"torch.func transform (vmap / grad / jacrev / jvp); torch says: {first[:120]}. Types with a "
+        f"torch.func transform (vmap / grad / jacrev / jvp) or forward-mode AD; torch says: {first[:120]}. Types with a "
         "hand-written backward (rwkv, hyena, linear_attention, mixture, mamba, ...) have no torch.func "
         "rules: use torch.autograd.grad or torch.autograd.functional.jacobian, which work with every "
         "type (the softmax-family and module types also run under torch.func)")

@@ -506,3 +506,17 @@ def test_gated_causal_conv_without_a_backward_keeps_nothing_and_gives_the_same_v
     assert torch.equal(lean, with_graph.detach())
     with torch.inference_mode():
         assert torch.equal(gated_causal_conv(z.detach(), gate.detach(), h.detach()), with_graph.detach())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_the_public_convolutions_take_half_precision_and_compute_in_float32(dtype):
+    g = torch.Generator().manual_seed(5)
+    z32, h32 = torch.randn(2, 3, 12, generator=g), torch.randn(3, 12, generator=g)
+    z, h = z32.to(dtype).requires_grad_(), h32.to(dtype)
+    for out, ref in ((read_conv_last(z, h, 3), read_conv_last(z.float(), h.float(), 3)),
+                     (causal_conv_last(z, h), causal_conv_last(z.float(), h.float())),
+                     (gated_causal_conv(z, z, h), gated_causal_conv(z.float(), z.float(), h.float()))):
+        assert out.dtype == dtype
+        torch.testing.assert_close(out, ref.to(dtype))  # one rounding of the float32 result
+    read_conv_last(z, h, 3).sum().backward()
+    assert z.grad is not None and z.grad.dtype == dtype

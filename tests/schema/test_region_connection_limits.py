@@ -175,3 +175,11 @@ def test_a_non_connection_appended_to_a_topology_is_named_when_building():
     topology.connections.append(("a", "a"))
     with pytest.raises(cc.CanvasError, match=r"connection #1 must be a Connection, got tuple"):
         cc.CanvasAttention(topology, layout)
+
+
+def test_a_raw_region_put_into_a_built_layout_is_named_when_building():
+    layout = cc.CanvasLayout(T=1, H=2, W=4, d_model=8, regions={"a": (0, 1, 0, 1, 0, 4)})
+    topology = cc.CanvasTopology(connections=[cc.Connection("a", "a")])
+    layout.regions["c"] = (0, 1, 1, 2, 0, 4)  # the constructor's form, but never checked
+    with pytest.raises(cc.CanvasError, match=r"region 'c' is a tuple .*build a new CanvasLayout"):
+        cc.CanvasAttention(topology, layout)
