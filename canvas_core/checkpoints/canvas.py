@@ -313,22 +313,10 @@ def _refuse_meta(model: nn.Module, state: Mapping[str, torch.Tensor], p: str) ->
             "first, e.g. model.to_empty(device='cpu'), then load: the checkpoint fills every saved tensor")
 
 
-def load_canvas_checkpoint(model: nn.Module, path: Any, schema: Any) -> Dict[str, Any]:
-    """Load a :func:`save_canvas_checkpoint` file into ``model`` (in place) and return its header.
-
-    ``schema``: the ``CanvasSchema`` ``model`` was built from.  Refused with a
-    :class:`CheckpointError` naming what differs, and ``model`` left unchanged, when the file was
-    saved for another schema, when ``model``'s canvas modules were built from another layout or
-    topology than ``schema``, when the tensors do not fit (missing / unexpected names, shapes,
-    non-finite values), or when ``model``'s tensors are on the meta device (a copy into them does
-    nothing: ``model.to_empty(device=...)`` first).
-
-    Names are matched as the plain model has them, so a file loads into the model whether or not
-    either was wrapped (``torch.compile``, ``DistributedDataParallel``, ``parallelize_canvas``).
-    Into a model whose tensors are sharded ``DTensor`` s (FSDP2's ``fully_shard``) each rank loads
-    its own shards of the whole tensors, without communicating: call it on every rank."""
-    where = "load_canvas_checkpoint"
-    _check_model(model, where)
+def _checked_tensors(model: nn.Module, path: Any, schema: Any, where: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
+    """Every check of :func:`load_canvas_checkpoint` that needs no other rank: ``({the model's own
+    state name: the tensor to load (this rank's shards for a DTensor)}, the file's header)``.
+    Changes nothing."""
     s = _as_schema(schema, where)
     p, header, fh = _open(path, where)
     saved, _ = _saved_schema(p, header)
@@ -366,6 +354,42 @@ def load_canvas_checkpoint(model: nn.Module, path: Any, schema: Any) -> Dict[str
     for k, t in tensors.items():  # a sharded model (FSDP2): this rank's shards, cut locally
         if is_dtensor(current[k]):
             tensors[k] = shard_like(t, current[k], where)
+    return tensors, header
+
+
+def load_canvas_checkpoint(model: nn.Module, path: Any, schema: Any) -> Dict[str, Any]:
+    """Load a :func:`save_canvas_checkpoint` file into ``model`` (in place) and return its header.
+
+    ``schema``: the ``CanvasSchema`` ``model`` was built from.  Refused with a
+    :class:`CheckpointError` naming what differs, and ``model`` left unchanged, when the file was
+    saved for another schema, when ``model``'s canvas modules were built from another layout or
+    topology than ``schema``, when the tensors do not fit (missing / unexpected names, shapes,
+    non-finite values), or when ``model``'s tensors are on the meta device (a copy into them does
+    nothing: ``model.to_empty(device=...)`` first).
+
+    Names are matched as the plain model has them, so a file loads into the model whether or not
+    either was wrapped (``torch.compile``, ``DistributedDataParallel``, ``parallelize_canvas``).
+    Into a model whose tensors are sharded ``DTensor`` s (FSDP2's ``fully_shard``) each rank loads
+    its own shards of the whole tensors: call it on every rank.  The ranks meet first (through the
+    process group's store, see :mod:`canvas_core.checkpoints.sharded`), so a file refused on one
+    rank is refused on every rank, and no rank changes its shards unless every rank can."""
+    from canvas_core.checkpoints.sharded import agree_before_gather
+
+    where = "load_canvas_checkpoint"
+    _check_model(model, where)
+    raw = model.state_dict()
+    sharded = any(is_dtensor(v) for v in raw.values())
+    failure: Optional[BaseException] = None
+    tensors: Dict[str, Any] = {}
+    header: Dict[str, str] = {}
+    try:  # this rank's own checks; with sharded tensors every rank learns the outcome before loading
+        tensors, header = _checked_tensors(model, path, schema, where)
+    except Exception as exc:
+        if not sharded:
+            raise
+        failure = exc
+    if sharded:
+        agree_before_gather(raw, where, failure, action="load")
     model.load_state_dict(tensors, strict=True)
     out: Dict[str, Any] = dict(header)
     out["user_metadata"] = json.loads(header.get("user_metadata", "{}") or "{}")

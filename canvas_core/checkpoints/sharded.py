@@ -10,7 +10,10 @@ before any collective the ranks meet through the process group's key-value store
 than half the process group's timeout for the others gives up with a :class:`CheckpointError`
 (half: it then reaches the next collective of the others before they time out in it), and one
 rank's refusal (a read-only path, another schema ...) is raised on every rank before anything is
-gathered or written.  Loading needs no communication: each rank cuts its own shards from the file.
+gathered or written.  Loading moves no tensor between ranks (each rank cuts its own shards from
+the file), but the ranks meet the same way before any of them changes its shards: a file refused
+on one rank only (another schema on that rank, a missing file ...) would otherwise leave the
+sharded model half loaded, some ranks holding the file's values and the others their old ones.
 """
 
 from __future__ import annotations
@@ -68,11 +71,21 @@ def _ranks_of(tensors: Mapping[str, Any]) -> List[int]:
     return sorted(ranks)
 
 
-def agree_before_gather(tensors: Mapping[str, Any], where: str, failure: Optional[BaseException]) -> None:
-    """Meet the other ranks holding shards of ``tensors`` before their collective gather, and
-    raise the same refusal on every rank when any rank's own checks failed (``failure``: this
+_ACTIONS = {  # action -> (what was not done when the meeting failed, what every rank does together)
+    "save": ("nothing was gathered or written", "gather its tensors together, so nothing was written on any rank"),
+    "load": ("no rank changed its shards of the model",
+             "load the file together, so no rank changed its shards and the model is as it was"),
+}
+
+
+def agree_before_gather(tensors: Mapping[str, Any], where: str, failure: Optional[BaseException],
+                        action: str = "save") -> None:
+    """Meet the other ranks holding shards of ``tensors`` before they act together (``action``:
+    ``"save"``, before the collective gather; ``"load"``, before any rank changes its shards),
+    and raise the same refusal on every rank when any rank's own checks failed (``failure``: this
     rank's exception, or None).  Uses the process group's store, never a collective, and waits
-    at most half the process group's timeout.  Returns only when every rank is ready."""
+    at most half the process group's timeout.  Returns only when every rank is ready.  Saves and
+    loads meet separately: a save on one rank never pairs with a load on another."""
     import torch.distributed as dist
     from torch.distributed.distributed_c10d import _get_default_store
 
@@ -80,7 +93,8 @@ def agree_before_gather(tensors: Mapping[str, Any], where: str, failure: Optiona
     me = dist.get_rank()
     store = _get_default_store()
     timeout = store.timeout / 2
-    tag = "canvas_core/sharded_save/" + ",".join(map(str, ranks))
+    undone, together = _ACTIONS[action]
+    tag = f"canvas_core/sharded_{action}/" + ",".join(map(str, ranks))
     status = "ok" if failure is None else f"{type(failure).__name__}: {failure}"[:600]
     while True:  # a round another rank gave up on is skipped: this rank then meets it in the next
         rnd = _next_round.get(tag, 0)
@@ -100,9 +114,9 @@ def agree_before_gather(tensors: Mapping[str, Any], where: str, failure: Optiona
         raise CheckpointError(
             f"{where}: the model's tensors are sharded (DTensor, e.g. FSDP2's fully_shard) over ranks {ranks}, "
             f"and rank(s) {missing} did not call {where} within {timeout.total_seconds():g} s (half the "
-            f"process group's timeout); nothing was gathered or written. Call it on every rank of the model, "
-            "in the same order (every rank then writes the whole model to its path), e.g. not inside "
-            "`if rank == 0:`")
+            f"process group's timeout); {undone}. Call it on every rank of the model, in the same order"
+            + (" (every rank then writes the whole model to its path)" if action == "save" else "")
+            + ", e.g. not inside `if rank == 0:`")
     statuses = {r: store.get(f"{base}/status/{r}").decode("utf-8", "replace") for r in ranks}
     if store.add(f"{base}/read", 1) == len(ranks):  # the last reader removes the meeting's keys
         for key in [f"{base}/status/{r}" for r in ranks] + [f"{base}/count", f"{base}/all", f"{base}/read"]:
@@ -116,9 +130,8 @@ def agree_before_gather(tensors: Mapping[str, Any], where: str, failure: Optiona
     if bad:
         first = min(bad)
         raise CheckpointError(
-            f"{where}: rank(s) {sorted(bad)} refused the save (rank {first}: {bad[first]}); the ranks of a "
-            "sharded model gather its tensors together, so nothing was written on any rank. Fix what "
-            f"rank {first} names, then save on every rank again")
+            f"{where}: rank(s) {sorted(bad)} refused the {action} (rank {first}: {bad[first]}); the ranks of a "
+            f"sharded model {together}. Fix what rank {first} names, then {action} on every rank again")
 
 
 def _wait(store: Any, key: str, timeout: timedelta) -> bool:

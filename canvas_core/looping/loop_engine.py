@@ -26,10 +26,12 @@ nothing. ``exit_tol = 0`` never stops early and runs the very same code path as 
 The other arguments of the step (a block's timestep embedding, a mask, rotary tables) go with
 those rows by declaration, never by a guess from their shape: an argument named in ``batched``
 (the adapter's ``batched_args`` plus ``graft_looped_blocks(batched_args=)``) has its tensors of
-first dim ``B`` indexed, one named in ``unbatched`` (``unbatched_args``) is passed whole, an
-``nn.Parameter`` is always passed whole, and so is an undeclared argument holding no tensor of
-first dim ``B``. An undeclared argument that holds one is refused (:func:`row_plan`) at the first
-forward with ``exit_tol > 0``.
+first dim ``B`` indexed (inside tuples, lists, dicts and dataclass instances too), one named in
+``unbatched`` (``unbatched_args``) is passed whole, an ``nn.Parameter`` is always passed whole,
+and so is an undeclared argument holding no tensor of first dim ``B``. An undeclared argument
+that holds one, or a declared one holding one where it cannot be cut (inside an object that is
+not a dataclass), is refused (:func:`row_plan`) at the first forward with ``exit_tol > 0``; see
+:mod:`canvas_core.looping.exit_rows`.
 
 At a gate ``a_t`` of exactly zero the update returns ``h`` itself even when the step overflowed
 (``inf`` in float16): a non-finite ``y - h`` is taken as 0 there, instead of ``h + 0 * (inf - h)
@@ -38,12 +40,13 @@ At a gate ``a_t`` of exactly zero the update returns ``h`` itself even when the 
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError
+from canvas_core.looping.exit_rows import index_rows, row_plan
 from canvas_core.schema._validate import is_int
 
 __all__ = ["LoopCore", "UPDATES", "index_rows", "row_plan", "gated_update", "check_loops", "check_exit_tol"]
@@ -74,85 +77,6 @@ def check_exit_tol(exit_tol: Any, where: str) -> float:
             f"sample once its state changes by less than 0.1% per iteration), got {exit_tol!r}"
         )
     return float(exit_tol)
-
-
-def index_rows(value: Any, rows: torch.Tensor, batch: int, skip: bool = False) -> Any:
-    """``value`` restricted to the batch rows ``rows``: tensors whose first dim is ``batch`` are
-    indexed, also inside tuples (named tuples too), lists and dicts; anything else (tensors of
-    another first dim, scalars, None) and any ``nn.Parameter`` (a weight is shared by every sample)
-    is passed as is. ``skip`` leaves ``value`` untouched (an argument declared unbatched)."""
-    if skip:
-        return value
-    if isinstance(value, torch.Tensor):
-        if value.dim() >= 1 and value.shape[0] == batch and not isinstance(value, nn.Parameter):
-            return value.index_select(0, rows)
-        return value
-    if isinstance(value, tuple):
-        items = [index_rows(v, rows, batch) for v in value]
-        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
-    if isinstance(value, list):
-        return [index_rows(v, rows, batch) for v in value]
-    if isinstance(value, dict):
-        out = {k: index_rows(v, rows, batch) for k, v in value.items()}
-        return out if type(value) is dict else _same_mapping(value, out)
-    return value
-
-
-def _same_mapping(like: dict, items: dict) -> dict:
-    try:
-        return type(like)(items)
-    except TypeError:  # a dict subclass whose constructor takes other arguments (defaultdict)
-        return items
-
-
-def _per_sample_tensor(value: Any, batch: int, where: str) -> Optional[Tuple[str, Tuple[int, ...]]]:
-    """The first tensor inside ``value`` that could hold one row per sample (first dim ``batch``,
-    not an ``nn.Parameter``): its place (``where`` plus keys / indices) and shape; None if none."""
-    if isinstance(value, torch.Tensor):
-        if value.dim() >= 1 and value.shape[0] == batch and not isinstance(value, nn.Parameter):
-            return where, tuple(value.shape)
-        return None
-    if isinstance(value, (tuple, list)):
-        items = enumerate(value)
-    elif isinstance(value, dict):
-        items = value.items()
-    else:
-        return None
-    for k, v in items:
-        found = _per_sample_tensor(v, batch, f"{where}[{k!r}]")
-        if found is not None:
-            return found
-    return None
-
-
-def row_plan(names: Sequence[str], values: Sequence[Any], batch: int, batched: Sequence[str],
-             unbatched: Sequence[str], where: str) -> List[bool]:
-    """Which of the arguments ``values`` (named ``names``; ``""`` for a positional one without a
-    name) the adaptive exit splits with the rows of the samples still running (True) and which it
-    passes whole (False); see the module docstring for the rule. An argument neither declared
-    batched nor unbatched that holds a tensor whose first dim equals the batch size is refused:
-    nothing tells a per-sample tensor from a table whose length happens to be ``batch``."""
-    plan = []
-    for i, (name, v) in enumerate(zip(names, values)):
-        if name and name in unbatched:
-            plan.append(False)
-            continue
-        if name and name in batched:
-            plan.append(True)
-            continue
-        label = name or f"positional argument {i}"
-        found = _per_sample_tensor(v, batch, label)
-        if found is not None:
-            place, shape = found
-            key = name or "<its parameter name>"
-            raise BackboneError(
-                f"{where}: adaptive exit (exit_tol > 0) runs only the samples that have not stopped, "
-                f"and {place} (shape {shape}) has a first dim equal to the batch size {batch}, so it "
-                f"may hold one row per sample or be a table shared by every sample. Say which at "
-                f"graft time: graft_looped_blocks(..., batched_args=({key!r},)) splits it with the "
-                f"samples, unbatched_args=({key!r},) passes it whole; or use exit_tol=0")
-        plan.append(False)
-    return plan
 
 
 class LoopCore(nn.Module):

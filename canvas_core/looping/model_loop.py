@@ -160,10 +160,11 @@ class ModelLoop(LoopCore):
                             f"scope='model': reenter returned {getattr(z, 'shape', type(z).__name__)}; "
                             f"it must map the output {tuple(h[0].shape)} to an input of the same shape")
                 inp = self.adapt(z).to(x.dtype)
-            a = [inp if i == pos else (v if rows is None else index_rows(v, rows, B, not split_a[i]))
+            a = [inp if i == pos else (v if rows is None else index_rows(
+                     v, rows, B, not split_a[i], label=names[i] or f"positional argument {i}"))
                  for i, v in enumerate(args)]
             k = {nm: (inp if nm == self.input_name else
-                      (v if rows is None else index_rows(v, rows, B, not split_k[nm])))
+                      (v if rows is None else index_rows(v, rows, B, not split_k[nm], label=nm)))
                  for nm, v in kwargs.items()}
             out = fn(model, *a, **k) if pass_model else fn(*a, **k)
             y = output_tensor(out)

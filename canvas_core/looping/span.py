@@ -222,8 +222,9 @@ class LoopedSpan(LoopCore):
             if rows is None:
                 ra, rk, xr = rest_args, rest_kwargs, x0
             else:
-                ra = [index_rows(v, rows, B, not keep) for v, keep in zip(rest_args, split_a)]
-                rk = {n: index_rows(v, rows, B, not split_k[n]) for n, v in rest_kwargs.items()}
+                ra = [index_rows(v, rows, B, not keep, label=nm or f"positional argument {i}")
+                      for i, (nm, v, keep) in enumerate(zip(names, rest_args, split_a))]
+                rk = {n: index_rows(v, rows, B, not split_k[n], label=n) for n, v in rest_kwargs.items()}
                 xr = tuple(s.index_select(0, rows) for s in x0)
             u = []
             for k, (s, x) in enumerate(zip(h, xr)):

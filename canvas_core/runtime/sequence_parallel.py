@@ -25,7 +25,7 @@ exact too.  Helpers: :func:`sequence_parallel_mesh` (a ``(dp, sp)`` ``DeviceMesh
 :func:`shard_canvas` / :func:`unshard_canvas`, :func:`parallelize_canvas` (wrap every canvas
 attention layer of a model), :class:`CanvasSharding` (the cut, per-rank work and communication).
 Bad settings raise :class:`SequenceParallelError` on every rank before any collective; ranks
-whose layers or calls differ (heads, links, ``beta``, batch size, dtype, ``active_regions``) are
+whose layers or calls differ (heads, links, ``beta``, batch size, dtype, autocast, ``active_regions``) are
 refused alike before the exchanges (:mod:`canvas_core.runtime.sp_agreement`).
 """
 
@@ -123,8 +123,8 @@ class SequenceParallelCanvasAttention(nn.Module):
         sharding: a :class:`CanvasSharding` shared by every layer of a model (all layers must cut
             the canvas the same way); default ``CanvasSharding.of(attn.plan, group size)``.
         check_inputs: before the exchanges of each forward, compare the batch size, dtype,
-            ``active_regions`` and ``beta`` of the call across the ranks (one ``all_gather`` of a
-            few int64, see :mod:`canvas_core.runtime.sp_agreement`) and raise the same
+            autocast state, ``active_regions`` and ``beta`` of the call across the ranks (one
+            ``all_gather`` of a few int64, see :mod:`canvas_core.runtime.sp_agreement`) and raise the same
             :class:`SequenceParallelError` on every rank when they differ, instead of a crash
             inside the collective or a silently different result.  ``False`` skips it; it is
             compared across the ranks when the layer is built, as the settings are.

@@ -10,8 +10,10 @@ gloo / NCCL with a size mismatch (a crashed process) or silently compute somethi
   ``all_gather_object``): links, heads, width, attention types, softmax types, ``beta``,
   ``returns``, the cut;
 * at every forward, :func:`agree_on_call` compares what the call itself brings: batch size, dtype,
-  ``active_regions``, the current ``beta`` (a schedule may change it between forwards), and
-  whether the input passed this rank's own checks.  It is one ``all_gather`` of 6 int64 per rank
+  the autocast state (``torch.autocast`` on the input's device type: the projections then send
+  tensors of the autocast dtype, whatever the input's dtype), ``active_regions``, the current
+  ``beta`` (a schedule may change it between forwards), and whether the input passed this rank's
+  own checks.  It is one ``all_gather`` of 7 int64 per rank
   (eager; under ``torch.compile`` a graph break, as the exchanges themselves).  The layer's
   ``check_inputs=False`` skips it for a training loop known to feed every rank alike.
 
@@ -86,7 +88,11 @@ def agree_on_layers(what: str, group: Any, size: int, rank: int, mine: Dict[str,
 _DTYPES = {zlib.crc32(str(d).encode()): str(d).replace("torch.", "") for d in (
     torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128,
     torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)}
-_FIELDS = ("input checks", "batch size", "dtype", "active_regions", "beta", "returns")
+_FIELDS = ("input checks", "batch size", "dtype", "autocast", "active_regions", "beta", "returns")
+_DTYPE_NAMES = sorted(_DTYPES.values())
+# every text _autocast_text can give, by its code (a code is all that crosses between the ranks)
+_AUTOCAST_TEXTS = {zlib.crc32(t.encode("utf-8")): t for d in _DTYPE_NAMES
+                   for t in (f"autocast to {d}", f"no autocast (tensors exchanged as {d})")}
 
 
 def _code(text: str) -> int:
@@ -101,11 +107,26 @@ def _bits_beta(bits: int) -> float:
     return struct.unpack("<d", struct.pack("<q", int(bits)))[0]
 
 
+def _autocast_text(x: torch.Tensor) -> str:
+    """What ``torch.autocast`` does to this call on ``x``'s device type: under autocast the QKV
+    projection (and what follows it) yields the autocast dtype, and the all-to-all exchanges
+    tensors of that dtype, even though ``x`` itself keeps its own."""
+    kind = x.device.type
+    try:
+        on = bool(torch.is_autocast_enabled(kind))
+        dtype = torch.get_autocast_dtype(kind) if on else x.dtype
+    except (TypeError, RuntimeError, AttributeError):  # a device type autocast does not know
+        on, dtype = False, x.dtype
+    name = str(dtype).replace("torch.", "")
+    return f"autocast to {name}" if on else f"no autocast (tensors exchanged as {name})"
+
+
 def _call_signature(x: Any, active: Optional[List[str]], attn: nn.Module, ok: bool) -> List[int]:
     is_tensor = isinstance(x, torch.Tensor)
     return [1 if ok else 0,
             int(x.shape[0]) if is_tensor and x.dim() > 0 else -1,
             _code(str(x.dtype)) if is_tensor else -1,
+            _code(_autocast_text(x)) if is_tensor else -1,
             -1 if active is None else _code("\x00".join(sorted(active))),
             _beta_bits(getattr(attn, "beta", 1.0)),
             _code(str(getattr(attn, "returns", "state")))]
@@ -114,6 +135,8 @@ def _call_signature(x: Any, active: Optional[List[str]], attn: nn.Module, ok: bo
 def _describe(field: str, value: int, active: Optional[List[str]], mine: bool) -> str:
     if field == "dtype":
         return _DTYPES.get(value, "another dtype")
+    if field == "autocast":
+        return _AUTOCAST_TEXTS.get(value, "another autocast state")
     if field == "beta":
         return repr(_bits_beta(value))
     if field == "active_regions":
@@ -127,8 +150,8 @@ def _describe(field: str, value: int, active: Optional[List[str]], mine: bool) -
 
 @torch.compiler.disable  # process groups are opaque to torch.compile: a graph break, as the exchanges
 def agree_on_call(layer: nn.Module, x: Any, active: Optional[List[str]], failure: Optional[BaseException]) -> None:
-    """Compare this forward's batch size, dtype, ``active_regions``, ``beta`` and ``returns``
-    across the ranks of ``layer``'s group, and whether every rank's input passed its own checks
+    """Compare this forward's batch size, dtype, autocast state, ``active_regions``, ``beta`` and
+    ``returns`` across the ranks of ``layer``'s group, and whether every rank's input passed its own checks
     (``failure``: this rank's exception, or None); raise on every rank before any exchange when
     they differ.  One ``all_gather`` of a few int64 on the device of ``layer``'s parameters."""
     import torch.distributed as dist
@@ -162,5 +185,7 @@ def agree_on_call(layer: nn.Module, x: Any, active: Optional[List[str]], failure
                 f"{_describe(field, values[odd[0]], active, layer.rank == odd[0])}"
                 + (f" (ranks {odd})" if len(odd) > 1 else "")
                 + "; every rank holds a share of the same canvas, so each call needs the same batch size, dtype, "
-                "active_regions and beta on every rank. Feed every rank of the group alike (e.g. the same "
-                "sampler seed for the sequence-parallel ranks)")
+                "autocast state, active_regions and beta on every rank. "
+                + ("Run the forward under the same torch.autocast (device type and dtype) on every rank of the "
+                   "group, or under none" if field == "autocast" else
+                   "Feed every rank of the group alike (e.g. the same sampler seed for the sequence-parallel ranks)"))

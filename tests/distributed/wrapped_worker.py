@@ -253,6 +253,57 @@ def scenario_fsdp() -> str:
     return "gathered saves, lone and refused saves, sharded load"
 
 
+def scenario_sp_autocast() -> str:
+    """torch.autocast on one rank only: the input is float32 on every rank, but that rank's
+    projections send bfloat16 shares; the per-call agreement refuses it on every rank, naming both
+    dtypes (gloo aborted the process on the size mismatch).  Autocast on every rank still runs."""
+    torch.manual_seed(0)
+    sp = SequenceParallelCanvasAttention(AttentionDispatcher(TOPO, LAYOUT, 16, 4))
+    share = shard_canvas(torch.randn(2, LAYOUT.num_positions, 16, generator=torch.Generator().manual_seed(0)), sp)
+
+    def call(on: bool):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=on):
+            return sp(share)
+
+    refused(lambda: call(RANK == WORLD - 1), SequenceParallelError, "different autocast",
+            "rank 0 no autocast (tensors exchanged as float32)", f"rank {WORLD - 1} autocast to bfloat16")
+    dist.barrier()
+    both = call(True)
+    assert both.shape == share.shape and torch.isfinite(both).all()
+    torch.testing.assert_close(call(False), both.float(), atol=0.1, rtol=0.1)
+    dist.barrier()
+    return "one-rank autocast refused on every rank"
+
+
+def scenario_fsdp_load() -> str:
+    """A load into an FSDP2 model refused on one rank only (another schema there, or no file) is
+    refused on every rank, and no rank changed its shards; a good load then works on every rank."""
+    path = os.path.join(DIR, "fsdp_load.safetensors")
+    if RANK == 0:
+        cc.save_canvas_checkpoint(net(0), path, SCHEMA)
+    dist.barrier()
+    model = fsdp(net(9))
+    def local(v):  # this rank's shard of a DTensor (buffers stay plain tensors)
+        return v.to_local() if hasattr(v, "to_local") else v
+
+    before = {k: local(v).clone() for k, v in model.state_dict().items()}
+    other = CanvasSchema(layout=LAYOUT, topology=CanvasTopology(connections=[Connection("v", "a")]))
+    odd = RANK == WORLD - 1
+    for what, schema, target, words in [
+            ("schema", other if odd else SCHEMA, path, "another canvas schema"),
+            ("file", SCHEMA, os.path.join(DIR, "absent.safetensors") if odd else path, "absent.safetensors")]:
+        extra = () if odd else ("refused the load", f"rank(s) [{WORLD - 1}]", "no rank changed")
+        refused(lambda s=schema, t=target: cc.load_canvas_checkpoint(model, t, s), CheckpointError, words, *extra)
+        for k, v in model.state_dict().items():
+            assert torch.equal(local(v), before[k]), (what, k)
+        dist.barrier()
+    cc.load_canvas_checkpoint(model, path, SCHEMA)
+    for (n, p), q in zip(model.named_parameters(), net(0).parameters()):
+        assert torch.equal(p.full_tensor(), q), n
+    dist.barrier()
+    return "one-rank refusals raised on every rank, model unchanged; then loaded"
+
+
 def prepare_other_file() -> None:
     """A file of another model (a head of another width) for the refused FSDP load."""
     if RANK == 0:
