@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import os
-import signal
 import sys
 import time
-import traceback
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -27,6 +24,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from torch.nn.parallel import DistributedDataParallel
 
+from _fork import fork_ranks  # this folder: the script's own directory is on sys.path
 from canvas_core import AttentionDispatcher, CanvasLayout, CanvasTopology, Connection, RegionSpec
 from canvas_core.runtime.sequence_parallel import (
     CanvasSharding,
@@ -315,40 +313,7 @@ def main(argv) -> int:
     timeout = float(argv[argv.index("--timeout") + 1]) if "--timeout" in argv else 240.0
     rest = [a for i, a in enumerate(argv) if a not in ("--world", "--port", "--timeout")
             and (i == 0 or argv[i - 1] not in ("--world", "--port", "--timeout"))]
-    pids = []
-    for rank in range(world):
-        pid = os.fork()
-        if pid == 0:  # the rank
-            code = 0
-            try:
-                run(rank, world, port, rest)
-            except BaseException:  # noqa: BLE001 - reported, then the exit code says it
-                traceback.print_exc()
-                code = 1
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(code)
-        pids.append(pid)
-    codes, deadline = {}, time.monotonic() + timeout
-    while len(codes) < world:
-        for pid in pids:
-            if pid not in codes:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    codes[pid] = os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            for pid in pids:
-                if pid not in codes:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    codes[pid] = -9
-            print(f"timed out after {timeout} s", file=sys.stderr)
-        time.sleep(0.05)
-    bad = {r: codes[pid] for r, pid in enumerate(pids) if codes[pid]}
-    if bad:
-        print(f"ranks failed: {bad}", file=sys.stderr)
-    return 1 if bad else 0
+    return fork_ranks(lambda rank: run(rank, world, port, rest), world, timeout)
 
 
 if __name__ == "__main__":

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import copy
 import os
-import signal
 import sys
 import time
-import traceback
 import warnings
 from datetime import timedelta
 
@@ -27,6 +25,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import canvas_core as cc
+from _fork import fork_ranks  # this folder: the script's own directory is on sys.path
 from canvas_core import AttentionDispatcher, CanvasLayout, CanvasSchema, CanvasTopology, Connection
 from canvas_core.checkpoints import refuse_non_finite, save_safetensors_atomic
 from canvas_core.errors import CheckpointError, ShapeError
@@ -344,41 +343,7 @@ def main(argv) -> int:
     world, port = int(opts["--world"]), int(opts["--port"])
     timeout, DIR = float(opts.get("--timeout", 240)), opts["--dir"]
     pg_timeout = float(opts.get("--pg-timeout", 20))
-    pids = []
-    for rank in range(world):
-        pid = os.fork()
-        if pid == 0:
-            code = 0
-            try:
-                run(rank, world, port, pg_timeout, rest)
-            except BaseException:  # noqa: BLE001 - reported, then the exit code says it
-                print(f"[rank {rank}]", file=sys.stderr)
-                traceback.print_exc()
-                code = 1
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-            os._exit(code)
-        pids.append(pid)
-    codes, deadline = {}, time.monotonic() + timeout
-    while len(codes) < world:
-        for pid in pids:
-            if pid not in codes:
-                done, status = os.waitpid(pid, os.WNOHANG)
-                if done:
-                    codes[pid] = os.waitstatus_to_exitcode(status)
-        if time.monotonic() > deadline:
-            for pid in pids:
-                if pid not in codes:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                    codes[pid] = -9
-            print(f"timed out after {timeout} s", file=sys.stderr)
-        time.sleep(0.05)
-    bad = {r: codes[pid] for r, pid in enumerate(pids) if codes[pid]}
-    if bad:
-        print(f"ranks failed: {bad}", file=sys.stderr)
-    return 1 if bad else 0
+    return fork_ranks(lambda rank: run(rank, world, port, pg_timeout, rest), world, timeout)
 
 
 if __name__ == "__main__":

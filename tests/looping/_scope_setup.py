@@ -115,3 +115,28 @@ class RowCounter:
     def close(self):
         for h in self.handles:
             h.remove()
+
+
+def check_per_sample(m, args, min_splits=1, max_loops=6):
+    """Every sample of an adaptive-exit run of ``m`` equals the fixed-depth run at its own count
+    (over a sweep of ``exit_tol``; at least ``min_splits`` of them must split the batch)."""
+    import canvas_core
+    import numpy as np
+
+    fixed = {}
+    with torch.no_grad():
+        for n in range(1, max_loops + 1):
+            canvas_core.set_loops(m, n)
+            fixed[n] = m(*args)
+    splits = 0
+    for tol in np.geomspace(1e-3, 2, 25):
+        canvas_core.set_loops(m, max_loops, exit_tol=float(tol))
+        with torch.no_grad():
+            out = m(*args)
+        counts = canvas_core.loop_counts(m)
+        if len(set(counts.tolist())) == 1:
+            continue
+        splits += 1
+        for s in range(out.shape[0]):
+            assert torch.allclose(out[s], fixed[int(counts[s])][s], atol=1e-5), (tol, counts.tolist(), s)
+    assert splits >= min_splits

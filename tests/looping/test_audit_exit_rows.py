@@ -5,7 +5,6 @@ float16 overflow of an extra iteration behind a zero gate."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -13,6 +12,7 @@ from torch import nn
 import canvas_core
 from canvas_core.errors import BackboneError
 from canvas_core.looping import graft_looped_blocks
+from tests.looping._scope_setup import check_per_sample
 
 
 class PBlock(nn.Module):
@@ -69,33 +69,11 @@ B = 4
 SCALE = torch.tensor([0.01, 1.0, 3.0, 10.0]).view(B, 1, 1)  # samples that settle at different depths
 
 
-def _check_per_sample(m, args, min_splits=1):
-    """Every sample of an adaptive-exit run equals the fixed-depth run at its own count."""
-    fixed = {}
-    with torch.no_grad():
-        for n in range(1, 7):
-            canvas_core.set_loops(m, n)
-            fixed[n] = m(*args)
-    splits = 0
-    for tol in np.geomspace(1e-3, 2, 25):
-        canvas_core.set_loops(m, 6, exit_tol=float(tol))
-        with torch.no_grad():
-            out = m(*args)
-        counts = canvas_core.loop_counts(m)
-        if len(set(counts.tolist())) == 1:
-            continue
-        splits += 1
-        for s in range(B):
-            c = int(counts[s])
-            assert torch.allclose(out[s], fixed[c][s], atol=1e-5), (tol, counts.tolist(), s)
-    assert splits >= min_splits
-
-
 def test_a_parameter_table_as_long_as_the_batch_is_passed_whole():
     torch.manual_seed(0)
     m = PNet(n=B).eval()
     graft_looped_blocks(m, max_loops=3, scope="stack", update="replace", latent_channels=3)
-    _check_per_sample(m, (torch.randn(B, B, 3) * SCALE,))
+    check_per_sample(m, (torch.randn(B, B, 3) * SCALE,))
 
 
 def test_an_undeclared_tensor_as_long_as_the_batch_is_refused_then_declared():
@@ -114,7 +92,7 @@ def test_an_undeclared_tensor_as_long_as_the_batch_is_refused_then_declared():
     m = PNet(n=B, derived=True).eval()
     graft_looped_blocks(m, max_loops=3, scope="stack", update="replace", latent_channels=3,
                         unbatched_args="pos")
-    _check_per_sample(m, (x,))
+    check_per_sample(m, (x,))
 
 
 def test_a_per_sample_tensor_inside_a_dict_goes_with_its_rows():
@@ -131,7 +109,7 @@ def test_a_per_sample_tensor_inside_a_dict_goes_with_its_rows():
     m = MNet().eval()
     graft_looped_blocks(m, max_loops=3, scope="stack", update="replace", latent_channels=3,
                         batched_args=("attention_kwargs",))
-    _check_per_sample(m, (x, mask))
+    check_per_sample(m, (x, mask))
 
 
 def test_model_scope_forward_arguments_follow_the_same_rule():
@@ -160,7 +138,7 @@ def test_model_scope_forward_arguments_follow_the_same_rule():
     m = Masked().eval()
     graft_looped_blocks(m, max_loops=3, scope="model", update="replace", latent_channels=3,
                         batched_args=["mask"], unbatched_args=["table"])
-    _check_per_sample(m, (x, table, mask))
+    check_per_sample(m, (x, table, mask))
 
 
 def test_row_declarations_are_checked_at_graft_time():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -18,6 +17,7 @@ from torch import nn
 import canvas_core
 from canvas_core.errors import BackboneError
 from canvas_core.looping import graft_looped_blocks
+from tests.looping._scope_setup import check_per_sample
 from canvas_core.looping.loop_engine import index_rows, row_plan
 
 B = 4
@@ -95,27 +95,6 @@ def _inputs():
     return torch.randn(B, 5, 3, generator=g) * SCALE, (torch.rand(B, 5, 1, generator=g) > 0.3).float()
 
 
-def _check_per_sample(m, args):
-    """Every sample of an adaptive-exit run equals the fixed-depth run at its own count."""
-    fixed = {}
-    with torch.no_grad():
-        for n in range(1, 7):
-            canvas_core.set_loops(m, n)
-            fixed[n] = m(*args)
-    splits = 0
-    for tol in np.geomspace(1e-3, 2, 25):
-        canvas_core.set_loops(m, 6, exit_tol=float(tol))
-        with torch.no_grad():
-            out = m(*args)
-        counts = canvas_core.loop_counts(m)
-        if len(set(counts.tolist())) == 1:
-            continue
-        splits += 1
-        for s in range(B):
-            assert torch.allclose(out[s], fixed[int(counts[s])][s], atol=1e-5), (tol, counts.tolist(), s)
-    assert splits >= 1
-
-
 def _forward(m, tol=0.3):
     canvas_core.set_loops(m, 6, exit_tol=tol)
     with torch.no_grad():
@@ -124,13 +103,13 @@ def _forward(m, tol=0.3):
 
 @pytest.mark.parametrize("wrap", [Ctx, Derived], ids=["dataclass", "frozen_with_post_init"])
 def test_a_declared_dataclass_is_split_with_the_rows(wrap):
-    _check_per_sample(_net(wrap, batched_args=("ctx",)), _inputs())
+    check_per_sample(_net(wrap, batched_args=("ctx",)), _inputs())
 
 
 def test_an_undeclared_dataclass_holding_a_per_sample_tensor_is_refused():
     with pytest.raises(BackboneError, match=r"ctx\.mask \(shape \(4, 5, 1\)\).*batched_args=\('ctx',\)"):
         _forward(_net(Ctx))
-    _check_per_sample(_net(Ctx, batched_args=("ctx",)), _inputs())  # then declared, it works
+    check_per_sample(_net(Ctx, batched_args=("ctx",)), _inputs())  # then declared, it works
 
 
 def test_an_object_holding_a_per_sample_tensor_is_refused_declared_or_not():
