@@ -385,11 +385,11 @@ class IdentityBinders(nn.ModuleDict):
         return slots, states
 
 
-def _heads_for(d_model: int, wanted: int) -> int:
-    for h in (wanted, 4, 2, 1):
-        if h >= 1 and d_model % h == 0:
-            return h
-    return 1
+def _heads_for(d_model: int, wanted: Any) -> int:
+    """``wanted`` when it divides ``d_model``, else the largest divisor of ``d_model`` below it."""
+    if isinstance(wanted, bool) or not isinstance(wanted, int) or wanted < 1:
+        raise CanvasTypeError(f"build_identity_binders: n_heads must be an integer >= 1, got {wanted!r}")
+    return next(h for h in range(min(wanted, d_model), 0, -1) if d_model % h == 0)
 
 
 def build_identity_binders(program: Any, d_model: int, n_heads: int = 4) -> IdentityBinders:
@@ -398,7 +398,8 @@ def build_identity_binders(program: Any, d_model: int, n_heads: int = 4) -> Iden
     Args:
         program: a ``CanvasProgram`` (or a mapping ``region -> RegionProgram``).
         d_model: model width of the region tokens.
-        n_heads: binding heads (reduced to a divisor of ``d_model`` when needed).
+        n_heads: binding heads (an integer >= 1; reduced to the largest divisor of ``d_model``
+            below it when it does not divide ``d_model``).
 
     Returns:
         :class:`IdentityBinders` (``nn.ModuleDict``) ``region -> SlotTracker`` with

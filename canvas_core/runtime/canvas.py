@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 
-from typing import Any, Dict, Mapping, Tuple
+from typing import Any, Dict, Iterable, Mapping, Tuple
 
 import torch
 from torch import nn
@@ -45,11 +45,20 @@ def _check_canvas_args(layout: Any, semantic_conditioner: Any, program: Any) -> 
             f"SpatiotemporalCanvas: layout must be a CanvasLayout, got {type(layout).__name__} "
             f"{layout!r:.80}; build one with CanvasLayout(...) or compile_schema(...).layout"
         )
-    if semantic_conditioner is not None and not callable(getattr(semantic_conditioner, "get_conditioning", None)):
-        raise CanvasTypeError(
-            "SpatiotemporalCanvas: semantic_conditioner must have get_conditioning(region_name) "
-            f"(e.g. a SemanticConditioner) or be None, got {type(semantic_conditioner).__name__}"
-        )
+    if semantic_conditioner is not None:
+        names = getattr(semantic_conditioner, "region_names", None)
+        if not callable(getattr(semantic_conditioner, "get_conditioning", None)) or isinstance(names, (str, bytes)) \
+                or not isinstance(names, Iterable):
+            raise CanvasTypeError(
+                "SpatiotemporalCanvas: semantic_conditioner must have get_conditioning(region_name) and "
+                "region_names (the regions it conditions; the others keep their modality embedding), e.g. a "
+                f"SemanticConditioner, or be None; got {type(semantic_conditioner).__name__} "
+                f"(region_names: {names!r:.60})")
+        width = getattr(semantic_conditioner, "d_model", None)
+        if isinstance(width, int) and width != layout.d_model:
+            raise ShapeError(
+                f"SpatiotemporalCanvas: semantic_conditioner has d_model={width}, the layout has "
+                f"d_model={layout.d_model}; build the conditioner with d_model={layout.d_model}")
     if program is not None:
         regions = getattr(program, "regions", None)
         if not isinstance(regions, Mapping):

@@ -50,15 +50,24 @@ class SemanticConditioner(nn.Module):
             raise CanvasTypeError("SemanticConditioner: region_embeddings must be a dict region name -> vector, "
                                   f"got {type(region_embeddings).__name__}")
         self.d_model, self.embed_dim = d_model, embed_dim
+        odd = [k for k in region_embeddings if not isinstance(k, str)]
+        if odd:
+            raise CanvasTypeError(f"SemanticConditioner: region_embeddings keys must be region names (str), got "
+                                  f"{odd[0]!r} ({type(odd[0]).__name__})")
         self._names = sorted(region_embeddings)
         rows = []
         for n in self._names:
             try:
-                v = torch.as_tensor(region_embeddings[n], dtype=torch.float32).reshape(-1)
+                v = torch.as_tensor(region_embeddings[n], dtype=torch.float32)
             except (TypeError, ValueError, RuntimeError) as exc:
                 raise CanvasTypeError(
                     f"SemanticConditioner: embedding of region {n!r} must be a sequence or tensor of "
                     f"{embed_dim} numbers, got {type(region_embeddings[n]).__name__} ({exc})") from None
+            if sum(size > 1 for size in v.shape) > 1:  # a (1, E) row is one vector; (2, 2) is not
+                raise SchemaError(f"SemanticConditioner: embedding of region {n!r} has shape {tuple(v.shape)}; "
+                                  f"give one flat vector of embed_dim={embed_dim} numbers (flatten it yourself if "
+                                  "that is what you mean)")
+            v = v.reshape(-1)
             if v.numel() != embed_dim:
                 raise SchemaError(f"SemanticConditioner: embedding of region {n!r} has {v.numel()} values, "
                                   f"expected embed_dim={embed_dim}")
@@ -75,6 +84,25 @@ class SemanticConditioner(nn.Module):
         self.projector = nn.Linear(embed_dim, d_model, bias=projector_bias)
         self.residuals = nn.Parameter(torch.zeros(len(self._names), d_model)) if learn_residuals else None
         self._index = {n: i for i, n in enumerate(self._names)}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """``nn.Module.load_state_dict``, checked first: a state that does not fit (another
+        ``projector_bias``, ``learn_residuals``, number of regions or width) raises
+        :class:`SchemaError` naming the fix, and the conditioner is left as it was (torch copies
+        the fitting tensors before it reports the others)."""
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state_dict)) if strict else []
+        unexpected = sorted(set(state_dict) - set(own)) if strict else []
+        shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                  if k in state_dict and hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+        if missing or unexpected or shapes:
+            parts = [f"{what}: {', '.join(items)}" for what, items in
+                     (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes)) if items]
+            raise SchemaError(
+                f"SemanticConditioner.load_state_dict: the state does not fit this conditioner ({'; '.join(parts)}); "
+                "build it with the same regions, embed_dim, d_model, projector_bias, freeze_embeddings and "
+                "learn_residuals as the conditioner that saved it. Nothing was loaded")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
     def n_regions(self) -> int:
@@ -104,6 +132,12 @@ class SemanticConditioner(nn.Module):
     def condition_canvas(self, canvas: "torch.Tensor", layout: Any) -> "torch.Tensor":
         """``(B, N, d_model) -> (B, N, d_model)``: adds each known region's vector to its
         positions (new tensor; regions not in this conditioner are unchanged)."""
+        if not isinstance(canvas, torch.Tensor):
+            raise CanvasTypeError(f"condition_canvas: canvas must be a (B, N, {self.d_model}) tensor, got "
+                                  f"{type(canvas).__name__}")
+        if not all(hasattr(layout, a) for a in ("regions", "region_indices")):
+            raise CanvasTypeError(f"condition_canvas: layout must be the CanvasLayout the canvas was built from, "
+                                  f"got {type(layout).__name__} {layout!r:.60}")
         if canvas.dim() != 3 or canvas.shape[-1] != self.d_model:
                         raise ShapeError(f"condition_canvas: canvas must be (B, N, {self.d_model}), got {tuple(canvas.shape)}")
         if not (canvas.is_floating_point() or canvas.is_complex()):
