@@ -291,6 +291,9 @@ class CanvasWriteAttention(_CanvasAttentionBase):
                  rope: bool = True, rope_max_freq: float = 64.0, kernel: str = "auto") -> None:
         local_dim = d_model if local_dim is None else local_dim
         _width(self.type_name, "local_dim", local_dim)
+        if not isinstance(gate, bool):
+            raise CanvasTypeError(f"attention type {self.type_name!r}: gate must be a bool (True = gated convex "
+                                  f"canvas update), got {gate!r}; pass gate=True or gate=False")
         gate_init = _finite(self.type_name, "gate_init", gate_init)
         super().__init__(d_model, n_heads, dropout, d_model, rope, rope_max_freq, kernel)
         check_elements((d_model, local_dim), f"attention type {self.type_name!r} k_proj / v_proj weight")

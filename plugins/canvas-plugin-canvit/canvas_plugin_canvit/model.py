@@ -182,9 +182,10 @@ class CanViTCore(nn.Module):
         check_dtypes_devices("CanViTCore", self, glimpse=glimpse, **{"state.canvas": state.canvas,
                                                                   "state.recurrent_cls": state.recurrent_cls})
         if glimpse.dim() != 4 or glimpse.shape[1] != self.in_chans or glimpse.shape[-1] % self.patch_size \
-                or glimpse.shape[-2] % self.patch_size:
+                or glimpse.shape[-2] % self.patch_size or glimpse.shape[-1] != glimpse.shape[-2]:
             raise ShapeError(f"CanViTCore: glimpse must be (B, {self.in_chans}, g, g) with g a multiple of "
-                             f"patch_size={self.patch_size}, got {tuple(glimpse.shape)}")
+                             f"patch_size={self.patch_size} (a square glimpse: sample_at_viewpoint gives one), "
+                             f"got {tuple(glimpse.shape)}")
         B = glimpse.shape[0]
         if state.canvas.shape[0] != B or viewpoint.batch_size != B:
             raise ShapeError(f"CanViTCore: glimpse batch {B}, state batch {state.canvas.shape[0]} and "

@@ -22,6 +22,19 @@ from canvas_core.extend import isqrt
 __all__ = ["Viewpoint", "grid_coords", "default_coords", "viewpoint_coords", "sample_at_viewpoint"]
 
 
+def _concrete(*ts: torch.Tensor) -> bool:
+    """True for plain tensors holding real values (not traced by torch.compile / export, not meta)."""
+    if torch.compiler.is_compiling():
+        return False
+    return all(type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type != "meta"
+               and not torch._C._functorch.is_functorch_wrapped_tensor(t) for t in ts)
+
+
+def _bad(t: torch.Tensor, rows: torch.Tensor) -> str:
+    """The first offending batch items of ``t`` (``rows`` a ``(B,)`` bool), for messages."""
+    return ", ".join(f"item {i} = {t[i].tolist()}" for i in rows.nonzero()[:, 0][:3].tolist())
+
+
 @dataclass
 class Viewpoint:
     """A square window of the scene per batch item.
@@ -47,6 +60,16 @@ class Viewpoint:
                              f"{s.dtype}; use .float()")
         if c.device != s.device:
             raise ShapeError(f"Viewpoint: centers ({c.device}) and scales ({s.device}) must be on one device")
+        if _concrete(c, s):
+            if not bool(torch.isfinite(c).all()):
+                raise ShapeError(f"Viewpoint: centers must be finite (y, x) scene coordinates, "
+                                 f"got {_bad(c, ~torch.isfinite(c).all(dim=-1))}; "
+                                 f"replace the NaN / inf centres, e.g. with torch.nan_to_num(centers)")
+            if not bool(((s > 0) & torch.isfinite(s)).all()):
+                bad = ~((s > 0) & torch.isfinite(s))
+                raise ShapeError(f"Viewpoint: scales must be finite and > 0 (the window side as a fraction of the "
+                                 f"scene side, 1 = full scene), got {_bad(s, bad)}; pass positive scales, "
+                                 f"e.g. scales.clamp_min(1e-3)")
 
     @classmethod
     def full_scene(cls, batch_size: int, device: Optional[torch.device] = None,
@@ -131,6 +154,9 @@ def sample_at_viewpoint(spatial: torch.Tensor, viewpoint: Viewpoint, glimpse_siz
                          f"has {viewpoint.batch_size}")
     if isinstance(glimpse_size_px, bool) or not isinstance(glimpse_size_px, int) or glimpse_size_px < 1:
         raise CanvasTypeError(f"sample_at_viewpoint: glimpse_size_px must be a positive int, got {glimpse_size_px!r}")
+    if not spatial.is_floating_point():
+        raise ShapeError(f"sample_at_viewpoint: spatial must be a floating tensor (grid_sample interpolates it), "
+                         f"got {spatial.dtype}; convert the image with spatial.float()")
     g = glimpse_size_px
     coords = viewpoint_coords(viewpoint.to(spatial.dtype), g, g).view(-1, g, g, 2)
     return F.grid_sample(spatial, coords.flip(-1), mode=mode, padding_mode="zeros", align_corners=False)

@@ -17,6 +17,7 @@ binders registered through ``canvas_register_identity`` follow it too; the resul
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Optional
 
 import torch
@@ -83,6 +84,10 @@ class SlotBindingModule(nn.Module):
         self.d_model, self.n_slots, self.n_heads = d_model, n_slots, n_heads
         self.head_dim = d_model // n_heads
         self.birth_death = birth_death
+        if (isinstance(dropout, bool) or not isinstance(dropout, numbers.Real)
+                or not math.isfinite(dropout) or not 0.0 <= dropout <= 1.0):
+            raise CanvasTypeError(f"{name}: dropout must be a finite real number in [0, 1] (dropout on the "
+                                  f"binding attention weights), got {dropout!r}; pass e.g. dropout=0.0 or 0.1")
         self.dropout = float(dropout)
         self.slots = nn.Parameter(torch.randn(n_slots, d_model) / math.sqrt(d_model))
         self.norm_slots = nn.LayerNorm(d_model)
@@ -151,6 +156,10 @@ class SlotBindingModule(nn.Module):
         H, dh, S = self.n_heads, self.head_dim, self.n_slots
         if slots is None:
             slots = self.initial_slots(B)
+        if obs_mask is not None:
+            # padding rows are left out by value too: a NaN / inf in a masked-out row must not reach
+            # the norm and projections (0 * NaN in ``w @ v`` would poison every slot)
+            observations = observations.masked_fill(~obs_mask.to(torch.bool)[..., None], 0)
         obs = self.norm_obs(observations)
         q = self.to_q(self.norm_slots(slots)).view(B, S, H, dh).transpose(1, 2)   # (B,H,S,dh)
         k = self.to_k(obs).view(B, N, H, dh).transpose(1, 2)                      # (B,H,N,dh)
