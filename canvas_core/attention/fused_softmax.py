@@ -261,6 +261,19 @@ def _params(m) -> List[Tensor]:
             m.out_proj.weight, m.out_proj.bias]
 
 
+def _beta_into_queries(params: List[Tensor], i: int, beta: float, head_dim: int) -> float:
+    """The operator's ``scale`` for inverse temperature ``beta``: ``beta / sqrt(head_dim)`` as the
+    eager module computes it, except under ``torch.compile`` with ``beta != 1``, where ``beta``
+    multiplies the query projection ``params[i]``, ``params[i + 1]`` (weight, bias) in place in
+    the list instead: as a float argument of the operator it would pin the graph to its value
+    (a recompile for every value of a sharpening schedule); as a factor of tensors one graph
+    serves them all (the result may differ from eager in the last bits)."""
+    if torch.compiler.is_compiling() and beta != 1:
+        params[i], params[i + 1] = params[i] * beta, params[i + 1] * beta
+        return 1.0 / math.sqrt(head_dim)
+    return beta / math.sqrt(head_dim)
+
+
 def gated_attention(module, queries: Tensor, keys: Tensor, values: Tensor, allowed: Optional[Tensor],
                     bias: Optional[Tensor]) -> Tensor:
     """``GatedAttention.forward`` (dropout inactive, ``Nk >= 1``) as one operator; ``allowed`` /
@@ -268,7 +281,7 @@ def gated_attention(module, queries: Tensor, keys: Tensor, values: Tensor, allow
     runtime passes) reach the operator as None: one gradient for both."""
     m = module
     params = [*_params(m), m.gate_proj.weight, m.gate_proj.bias, m.gate_alpha]
-    scale = m._beta() / math.sqrt(m.head_dim)  # as the eager module computes it
+    scale = _beta_into_queries(params, 0, m._beta(), m.head_dim)
     mask, none = _sdpa_mask(allowed, bias, queries.dtype)
     return _gated_op(queries, keys, None if values is keys else values, params, mask, none, scale, m.n_heads)[0]
 
@@ -363,5 +376,7 @@ def perceiver_attention(module, queries: Tensor, keys: Tensor, values: Tensor, a
     union = None if allowed is None else allowed.any(dim=1, keepdim=True)  # what the latents read
     e_mask, e_none = _sdpa_mask(union, None, queries.dtype)
     q_none = None if allowed is None else ~allowed.any(dim=-1, keepdim=True)
+    e_scale = _beta_into_queries(params, 1, e._beta(), e.head_dim)
+    d_scale = _beta_into_queries(params, 9, d._beta(), d.head_dim)
     return _perceiver_op(queries, keys, None if values is keys else values, params, e_mask, e_none, q_none,
-                         e._beta() / math.sqrt(e.head_dim), d._beta() / math.sqrt(d.head_dim), module.n_heads)[0]
+                         e_scale, d_scale, module.n_heads)[0]

@@ -48,19 +48,29 @@ def test_type_compiles_fullgraph_across_changing_shapes(name):
                     torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
 
 
-def test_a_changing_sharpening_beta_recompiles_once_and_no_more():
+@pytest.mark.parametrize("name", ["cross_attention", "gated", "perceiver"])
+def test_a_changing_sharpening_beta_recompiles_once_and_no_more(name):
     """A sharpening schedule sets ``beta`` on the softmax types while looping; as SDPA's ``scale``
     (a python float) every new value recompiled the graph. Under compile beta now multiplies the
-    queries: after the first change the graph is dynamic in it."""
+    queries (for the fused gated / perceiver operators: their query projections): after the
+    first change the graph is dynamic in it."""
     from torch._dynamo.testing import CompileCounter
 
     torch._dynamo.reset()
     torch.manual_seed(0)
-    m = create_attention("cross_attention", d_model=8, n_heads=2)
+    m = create_attention(name, d_model=8, n_heads=2)
     counter = CompileCounter()
     c = torch.compile(m, backend=counter, fullgraph=True)
     q, k = torch.randn(2, 4, 8), torch.randn(2, 5, 8)
     for beta in (None, 1.5, 2.0, 2.5, 3.0, 4.0):
-        m.beta = beta
+        for part in m.modules():  # as a schedule does: every attention exposing beta (perceiver's two)
+            if hasattr(part, "beta"):
+                part.beta = beta
         torch.testing.assert_close(c(q, k, k), m(q, k, k), atol=1e-5, rtol=1e-5)
     assert counter.frame_count <= 3  # the first graph, the first change, then dynamic
+    # beta folded into the query projection keeps every gradient (the last beta, 4.0)
+    grads = [torch.autograd.grad(f(q, k, k).square().sum(), list(m.parameters()), allow_unused=True) for f in (c, m)]
+    for a, b in zip(*grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
