@@ -23,10 +23,12 @@ __all__ = ["Viewpoint", "grid_coords", "default_coords", "viewpoint_coords", "sa
 
 
 def _concrete(*ts: torch.Tensor) -> bool:
-    """True for plain tensors holding real values (not traced by torch.compile / export, not meta)."""
+    """True for plain CPU tensors holding real values (not traced by torch.compile / export, not
+    meta): their values can be checked without a device sync, which every forward would pay on a
+    GPU (``CanViTCore`` builds a Viewpoint per call)."""
     if torch.compiler.is_compiling():
         return False
-    return all(type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type != "meta"
+    return all(type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu"
                and not torch._C._functorch.is_functorch_wrapped_tensor(t) for t in ts)
 
 
