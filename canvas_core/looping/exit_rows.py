@@ -32,14 +32,14 @@ from __future__ import annotations
 import dataclasses
 import enum
 import types
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from canvas_core.errors import BackboneError
 
-__all__ = ["index_rows", "row_plan"]
+__all__ = ["index_rows", "row_plan", "step_plan", "step_rows"]
 
 _MAX_DEPTH = 8  # nesting levels searched
 _MAX_NODES = 4096  # objects searched per argument
@@ -244,3 +244,33 @@ def row_plan(names: Sequence[str], values: Sequence[Any], batch: int, batched: S
                 f"graft time: {fix}; or use exit_tol=0")
         plan.append(False)
     return plan
+
+
+def step_plan(names: Sequence[str], args: Sequence[Any], kwargs: Mapping[str, Any], batch: int,
+              batched: Sequence[str], unbatched: Sequence[str], where: str, exiting: bool,
+              own_pos: Optional[int] = None, own_name: Optional[str] = None) -> Tuple[List[bool], Dict[str, bool]]:
+    """For a looped step's positional ``args`` (named ``names``) and ``kwargs``: which follow the
+    rows of the samples still running (:func:`row_plan` over both; all False when ``exiting`` is
+    False, i.e. no adaptive exit can split the batch). The loop's own input (at ``own_pos`` /
+    named ``own_name``), replaced every iteration, is left out of the rule."""
+    flags_a, flags_k = [False] * len(args), dict.fromkeys(kwargs, False)
+    if exiting:  # decided before any split
+        idx = [i for i in range(len(args)) if i != own_pos]
+        for i, f in zip(idx, row_plan([names[i] for i in idx], [args[i] for i in idx], batch, batched,
+                                      unbatched, where)):
+            flags_a[i] = f
+        rest = [k for k in kwargs if k != own_name]
+        flags_k.update(zip(rest, row_plan(rest, [kwargs[k] for k in rest], batch, batched, unbatched, where)))
+    return flags_a, flags_k
+
+
+def step_rows(names: Sequence[str], args: Sequence[Any], kwargs: Mapping[str, Any],
+              plan: Tuple[List[bool], Dict[str, bool]], rows: torch.Tensor, batch: int
+              ) -> Tuple[List[Any], Dict[str, Any]]:
+    """``args`` and ``kwargs`` of a looped step on the running ``rows``: those :func:`step_plan`
+    marked are cut with :func:`index_rows`, the others passed whole."""
+    flags_a, flags_k = plan
+    a = [index_rows(v, rows, batch, not f, label=(names[i] if i < len(names) else "") or f"positional argument {i}")
+         for i, (v, f) in enumerate(zip(args, flags_a))]
+    k = {n: index_rows(v, rows, batch, not flags_k[n], label=n) for n, v in kwargs.items()}
+    return a, k

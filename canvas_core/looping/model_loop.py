@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError, ShapeError
-from canvas_core.looping.loop_engine import LoopCore, index_rows, row_plan
+from canvas_core.looping.exit_rows import step_plan, step_rows
+from canvas_core.looping.loop_engine import LoopCore
 
 __all__ = ["ModelLoop", "STEP_ADAPTERS", "LOOP_ATTR", "install_model_loop", "remove_model_loop"]
 
@@ -135,18 +136,8 @@ class ModelLoop(LoopCore):
         names = list(sig) + [""] * max(0, len(args) - len(sig))
         last: Dict[str, Any] = {}
         n = self.current_loops
-        split_a: List[bool] = []
-        split_k: Dict[str, bool] = {}
-        if self.exit_tol > 0 and B > 1:  # which arguments go with the rows: decided before any split
-            others = [(i, v) for i, v in enumerate(args) if i != pos]
-            flags = row_plan([names[i] for i, _ in others], [v for _, v in others], B, self.batched,
-                             self.unbatched, "scope='model'")
-            split_a = [False] * len(args)
-            for (i, _), f in zip(others, flags):
-                split_a[i] = f
-            rest = {nm: v for nm, v in kwargs.items() if nm != self.input_name}
-            split_k = dict(zip(rest, row_plan(list(rest), list(rest.values()), B, self.batched,
-                                              self.unbatched, "scope='model'")))
+        plan = step_plan(names, args, kwargs, B, self.batched, self.unbatched, "scope='model'",
+                         self.exit_tol > 0 and B > 1, own_pos=pos, own_name=self.input_name)
 
         def run(t: int, h: Tuple[torch.Tensor, ...], rows: Optional[torch.Tensor]):
             if t == 0:
@@ -160,12 +151,9 @@ class ModelLoop(LoopCore):
                             f"scope='model': reenter returned {getattr(z, 'shape', type(z).__name__)}; "
                             f"it must map the output {tuple(h[0].shape)} to an input of the same shape")
                 inp = self.adapt(z).to(x.dtype)
-            a = [inp if i == pos else (v if rows is None else index_rows(
-                     v, rows, B, not split_a[i], label=names[i] or f"positional argument {i}"))
-                 for i, v in enumerate(args)]
-            k = {nm: (inp if nm == self.input_name else
-                      (v if rows is None else index_rows(v, rows, B, not split_k[nm], label=nm)))
-                 for nm, v in kwargs.items()}
+            a, k = (args, kwargs) if rows is None else step_rows(names, args, kwargs, plan, rows, B)
+            a = [inp if i == pos else v for i, v in enumerate(a)]
+            k = {nm: inp if nm == self.input_name else v for nm, v in k.items()}
             out = fn(model, *a, **k) if pass_model else fn(*a, **k)
             y = output_tensor(out)
             if n > 1 and y.shape != inp.shape:

@@ -29,7 +29,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from canvas_core.errors import BackboneError, ShapeError
-from canvas_core.looping.loop_engine import LoopCore, index_rows, row_plan
+from canvas_core.looping.exit_rows import step_plan, step_rows
+from canvas_core.looping.loop_engine import LoopCore
 from canvas_core.looping.wrapper import BlockIO, _beta_targets, _checked_beta, looped_delta
 
 __all__ = ["LoopedSpan", "SpanMember", "INJECTIONS", "ITER_NORMS"]
@@ -210,21 +211,14 @@ class LoopedSpan(LoopCore):
         use_ckpt = self.use_gradient_checkpointing and self.training and torch.is_grad_enabled()
         x0 = states
         last: dict = {}
-        split_a: List[bool] = [False] * len(rest_args)
-        split_k = {n: False for n in rest_kwargs}
-        if self.exit_tol > 0 and B > 1:  # which arguments go with the rows: decided before any split
-            where = f"span {self.loop_scope}"
-            split_a = row_plan(names, rest_args, B, self.batched, self.unbatched, where)
-            split_k = dict(zip(rest_kwargs, row_plan(list(rest_kwargs), list(rest_kwargs.values()), B,
-                                                      self.batched, self.unbatched, where)))
+        plan = step_plan(names, rest_args, rest_kwargs, B, self.batched, self.unbatched,
+                         f"span {self.loop_scope}", self.exit_tol > 0 and B > 1)
 
         def run(t: int, h: Tuple[torch.Tensor, ...], rows: Optional[torch.Tensor]):
             if rows is None:
                 ra, rk, xr = rest_args, rest_kwargs, x0
             else:
-                ra = [index_rows(v, rows, B, not keep, label=nm or f"positional argument {i}")
-                      for i, (nm, v, keep) in enumerate(zip(names, rest_args, split_a))]
-                rk = {n: index_rows(v, rows, B, not split_k[n], label=n) for n, v in rest_kwargs.items()}
+                ra, rk = step_rows(names, rest_args, rest_kwargs, plan, rows, B)
                 xr = tuple(s.index_select(0, rows) for s in x0)
             u = []
             for k, (s, x) in enumerate(zip(h, xr)):
