@@ -18,7 +18,7 @@ from canvas_core.attention._base import causal_read_index
 from canvas_core.errors import CanvasTypeError
 
 __all__ = ["NEG_INF", "CHUNK_ELEMS", "work_dtype", "finite_or_zero", "check_kernel_choice", "rows_identical",
-           "causal_read", "read_at", "scratch", "exp_floor", "outside_autocast"]
+           "causal_read", "read_at", "scratch", "scratch_out", "exp_floor", "outside_autocast"]
 
 NEG_INF = float("-inf")
 CHUNK_ELEMS = 1 << 24  # bound on the size of per-query intermediate tensors
@@ -149,6 +149,17 @@ def scratch(slot: str, shape, like: torch.Tensor) -> torch.Tensor:
     if buf is None or buf.numel() < n:
         buf = cache[key] = like.new_empty(max(n, 1))
     return buf[:n].view(shape)
+
+
+def scratch_out(slot: str, shape, like: torch.Tensor) -> Optional[torch.Tensor]:
+    """An ``out=`` target for an operation inside an autograd function: the :func:`scratch`
+    buffer ``slot``, or None (the operation then returns a fresh tensor) while a tracer records
+    the code or autograd does.  A traced ``out=`` operation stays in the graph and cannot be
+    differentiated when the graph runs (``torch.export`` runs an ``autograd.Function``'s forward
+    as plain operations), and autograd cannot differentiate one either."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return None
+    return scratch(slot, shape, like)
 
 
 def release_scratch() -> int:

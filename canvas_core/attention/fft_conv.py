@@ -20,7 +20,7 @@ from typing import Any, Optional, Tuple
 import torch
 from torch import Tensor
 
-from canvas_core.attention.causal_read import scratch, work_dtype
+from canvas_core.attention.causal_read import scratch, scratch_out, work_dtype
 from canvas_core.attention.first_order import first_order_backward, first_order_only
 
 __all__ = ["fft_size", "causal_conv_last", "gated_causal_conv", "read_conv_last", "fft_causal_conv"]
@@ -80,7 +80,7 @@ class _CausalConv(torch.autograd.Function):
         n = fft_size(2 * L - 1)
         Z = torch.fft.rfft(_zero_padded(z, n, "hy_pad"))
         H = torch.fft.rfft(h, n=n)
-        y = torch.fft.irfft(torch.mul(Z, H, out=scratch("hy_spec", Z.shape, Z)), n=n)[..., :L]
+        y = torch.fft.irfft(torch.mul(Z, H, out=scratch_out("hy_spec", Z.shape, Z)), n=n)[..., :L]
         ctx.save_for_backward(Z.conj_physical_(), H.conj_physical_())
         ctx.L, ctx.n = L, n
         return y

@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from canvas_core.attention.causal_read import outside_autocast, scratch
+from canvas_core.attention.causal_read import outside_autocast, scratch, scratch_out
 from canvas_core.attention.first_order import first_order_backward, first_order_only
 
 __all__ = ["elu_plus_one", "key_summary"]
@@ -46,7 +46,7 @@ def elu_plus_one(x: torch.Tensor) -> torch.Tensor:
 
 def _phi_(x: torch.Tensor) -> torch.Tensor:
     """``x`` replaced by ``elu(x) + 1`` in place (one scratch temporary)."""
-    t = torch.clamp(x, max=0, out=scratch("lin_phi", x.shape, x)).exp_()
+    t = torch.clamp(x, max=0, out=scratch_out("lin_phi", x.shape, x)).exp_()
     return x.clamp_(min=0).add_(t)
 
 

@@ -18,6 +18,7 @@ from canvas_core.attention.causal_read import (
     CHUNK_ELEMS,
     NEG_INF,
     scratch,
+    scratch_out,
     causal_read,
     exp_floor,
     check_kernel_choice,
@@ -53,9 +54,9 @@ class _ChunkRead(torch.autograd.Function):
         bias = torch.where(relc < 0, (relc + 1).to(kc.dtype) * w, u.expand(Q, T, C))
         bias = bias.masked_fill(relc > 0, NEG_INF)
         if cr is None:  # read q ends chunk q: no gather
-            e = torch.add(kc, bias, out=scratch("wkv_e", (B, Q, T, C), kc))
+            e = torch.add(kc, bias, out=scratch_out("wkv_e", (B, Q, T, C), kc))
         else:
-            e = torch.index_select(kc, 1, cr, out=scratch("wkv_e", (B, Q, T, C), kc)).add_(bias)
+            e = torch.index_select(kc, 1, cr, out=scratch_out("wkv_e", (B, Q, T, C), kc)).add_(bias)
         if okq is not None:
             e.masked_fill_(~okq, NEG_INF)
         return e
@@ -75,9 +76,9 @@ class _ChunkRead(torch.autograd.Function):
         e = _ChunkRead._exps(kc, w, u, okq, cr, rel)
         mx = finite_or_zero(torch.maximum(e.amax(dim=2), Mr))
         _ChunkRead._weights_(e, mx, rel, okq)
-        vq = vc if cr is None else torch.index_select(vc, 1, cr, out=scratch("wkv_v", e.shape, vc))
+        vq = vc if cr is None else torch.index_select(vc, 1, cr, out=scratch_out("wkv_v", e.shape, vc))
         den = e.sum(dim=2)
-        num = torch.mul(vq, e, out=scratch("wkv_v", e.shape, vc)).sum(dim=2)
+        num = torch.mul(vq, e, out=scratch_out("wkv_v", e.shape, vc)).sum(dim=2)
         ctx.save_for_backward(kc, vc, w, u, cr, rel, mx, *(() if okq is None else (okq,)))
         ctx.mark_non_differentiable(mx)
         return num, den, mx
@@ -114,7 +115,7 @@ class _ChunkSums(torch.autograd.Function):
     def _exps(kc, w, okc, shift: int = 0):
         T = kc.shape[2]
         lag = torch.arange(T - 1 - shift, -1 - shift, -1, device=kc.device).to(kc.dtype)  # T - 1 - shift - j
-        ls = torch.sub(kc, lag.view(T, 1) * w, out=scratch("wkv_ls", kc.shape, kc))
+        ls = torch.sub(kc, lag.view(T, 1) * w, out=scratch_out("wkv_ls", kc.shape, kc))
         if okc is not None:
             ls.masked_fill_(~okc, NEG_INF)
         return ls, lag
@@ -134,7 +135,7 @@ class _ChunkSums(torch.autograd.Function):
         m = finite_or_zero(ls.amax(dim=2))  # (B, nC, C)
         e = _ChunkSums._weights_(ls, m, oks)
         b = e.sum(dim=2)
-        a = torch.mul(e, vs, out=scratch("wkv_ev", e.shape, e)).sum(dim=2)
+        a = torch.mul(e, vs, out=scratch_out("wkv_ev", e.shape, e)).sum(dim=2)
         ctx.save_for_backward(kc, vc, w, m, *(() if okc is None else (okc,)))
         ctx.mark_non_differentiable(m)
         ctx.split_last = split_last

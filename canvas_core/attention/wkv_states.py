@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from canvas_core.attention.causal_read import NEG_INF, exp_floor, finite_or_zero, scratch
+from canvas_core.attention.causal_read import NEG_INF, exp_floor, finite_or_zero, scratch, scratch_out
 from canvas_core.attention.first_order import first_order_backward
 
 __all__: list = []
@@ -27,7 +27,7 @@ class _ChunkStates(torch.autograd.Function):
         cc = torch.arange(n, device=mt.device)
         lag = (cc[:, None] - cc[None, :]).to(mt.dtype)  # x - y
         ahead = lag < 0
-        lw = torch.sub(mt.unsqueeze(2), (T * w).view(1, C, 1, 1) * lag, out=scratch("wkv_lw", (B, C, n, n), mt))
+        lw = torch.sub(mt.unsqueeze(2), (T * w).view(1, C, 1, 1) * lag, out=scratch_out("wkv_lw", (B, C, n, n), mt))
         lw.masked_fill_(ahead, NEG_INF)
         Ms = finite_or_zero(lw.amax(dim=3))  # (B, C, n)
         lw.sub_(Ms.unsqueeze(3)).clamp_(min=exp_floor(lw.dtype)).exp_().masked_fill_(ahead, 0.0)
