@@ -179,6 +179,14 @@ def check_picture_width(n_frames: int, with_topology: bool, dpi: int, max_width:
     return width
 
 
+def _literal(legend):
+    """Draw the entries of a matplotlib legend as written (no mathtext: a ``$`` pair in a name
+    would otherwise be typeset as a formula)."""
+    for text in legend.get_texts():
+        text.set_parse_math(False)
+    return legend
+
+
 def draw_schema(
     schema: Union[CanvasSchema, CanvasLayout],
     path: Union[str, Path],
@@ -195,6 +203,8 @@ def draw_schema(
     Frame panels keep the canvas's aspect ratio (one cell is a square).  Every region is named:
     inline where it fits, otherwise by a number that the legend below explains.  Connections
     that differ in fn type or temporal offsets are separate arrows, labelled with their offset.
+    Names (regions, fn types, ``title``) are drawn exactly as written: a ``$...$`` in a name is
+    not typeset as mathtext, and ``rcParams["text.usetex"]`` is off while drawing.
 
     Args:
         schema: a ``CanvasSchema`` (or a bare ``CanvasLayout`` plus ``topology=``).
@@ -245,87 +255,92 @@ def draw_schema(
     legend_rows = math.ceil(min(len(names), _LEGEND_MAX) / legend_cols)
     legend_h = 0.2 * legend_rows + 0.3
     fig_h = max(panel_h, 3.2 if topo is not None else 0) + 1.6 + legend_h
-    fig = plt.figure(figsize=(fig_w, fig_h))
-    gs = fig.add_gridspec(1, len(frames) + topo_units)
-    numbered = set()
-    for k, t in enumerate(frames):
-        ax = fig.add_subplot(gs[0, k])
-        grid = [[v + 1 for v in row] for row in frame_grid(layout, t)]
-        ax.imshow(grid, cmap=cmap, vmin=0, vmax=len(names), interpolation="nearest", aspect="equal")
-        for lab in region_labels(layout, t):
-            if not lab.inline:
-                numbered.add(lab.name)
-            ax.text(lab.x, lab.y, lab.text, ha="center", va="center", fontsize=7 if lab.inline else 6,
-                    color="black", bbox=None if lab.inline else dict(boxstyle="circle,pad=0.15", fc="white",
-                                                                      ec="black", lw=0.4))
-        marker = " (out)" if t >= layout.t_current and layout.t_current > 0 else ""
-        ax.set_title(f"t={t}{marker}", fontsize=9)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    handles = [Patch(color=colors[i], label=(f"{i + 1}: " if n in numbered else "") + f"{_short(n)} ({layout.region_numel(n)})")
-               for i, n in enumerate(names)]
-    if len(handles) > _LEGEND_MAX:  # a legend of thousands of entries would cover the picture
-        more = len(handles) - _LEGEND_MAX + 1
-        handles = handles[:_LEGEND_MAX - 1] + [Patch(color="white", label=f"... and {more} more regions")]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), legend_cols), fontsize=8, frameon=False)
+    # every user-given name (regions, fn types, the title) is drawn as written: never through
+    # LaTeX (whatever the user's rcParams say) and never as mathtext (parse_math=False), so
+    # '$x^2$ cost' shows its dollars and '_', '%', '\\' need no escaping
+    with matplotlib.rc_context({"text.usetex": False}):
+        fig = plt.figure(figsize=(fig_w, fig_h))
+        gs = fig.add_gridspec(1, len(frames) + topo_units)
+        numbered = set()
+        for k, t in enumerate(frames):
+            ax = fig.add_subplot(gs[0, k])
+            grid = [[v + 1 for v in row] for row in frame_grid(layout, t)]
+            ax.imshow(grid, cmap=cmap, vmin=0, vmax=len(names), interpolation="nearest", aspect="equal")
+            for lab in region_labels(layout, t):
+                if not lab.inline:
+                    numbered.add(lab.name)
+                ax.text(lab.x, lab.y, lab.text, ha="center", va="center", fontsize=7 if lab.inline else 6,
+                        color="black", parse_math=False, bbox=None if lab.inline else dict(boxstyle="circle,pad=0.15", fc="white",
+                                                                          ec="black", lw=0.4))
+            marker = " (out)" if t >= layout.t_current and layout.t_current > 0 else ""
+            ax.set_title(f"t={t}{marker}", fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        handles = [Patch(color=colors[i], label=(f"{i + 1}: " if n in numbered else "") + f"{_short(n)} ({layout.region_numel(n)})")
+                   for i, n in enumerate(names)]
+        if len(handles) > _LEGEND_MAX:  # a legend of thousands of entries would cover the picture
+            more = len(handles) - _LEGEND_MAX + 1
+            handles = handles[:_LEGEND_MAX - 1] + [Patch(color="white", label=f"... and {more} more regions")]
+        _literal(fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), legend_cols), fontsize=8,
+                            frameon=False))
 
-    if topo is not None:
-        ax = fig.add_subplot(gs[0, len(frames):])
-        ax.set_title("topology (src reads dst)", fontsize=9)
-        ax.axis("off")
-        pos = {n: (math.cos(2 * math.pi * i / max(1, len(names))), math.sin(2 * math.pi * i / max(1, len(names))))
-               for i, n in enumerate(names)}
-        used_fns = {}
-        arrows = topology_arrows(topo, layout)
-        per_pair: Dict[Tuple[str, str], int] = {}
-        for a in arrows:
-            per_pair[(a.src, a.dst)] = per_pair.get((a.src, a.dst), 0) + 1
-        for a in arrows:
-            color = _FN_COLORS.get(a.fn, "#333333")
-            used_fns[a.fn] = color
-            (x0, y0), (x1, y1) = pos[a.src], pos[a.dst]
-            style = "dashed" if a.temporal else "solid"
-            if a.src == a.dst:
-                size = 0.08 + 0.07 * a.rank
-                ax.add_patch(FancyArrowPatch((x0 - size, y0 + 0.1), (x0 + size, y0 + 0.1),
-                                             connectionstyle="arc3,rad=-1.6", arrowstyle="-|>",
-                                             mutation_scale=8, color=color, linestyle=style, lw=1))
-                lx, ly = x0, y0 + 0.22 + 1.4 * size
-            else:
-                rad = 0.15 + 0.3 * a.rank
-                ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), connectionstyle=f"arc3,rad={rad}",
-                                             arrowstyle="-|>", mutation_scale=10, color=color,
-                                             linestyle=style, lw=0.6 + 1.2 * min(a.weight, 2.0),
-                                             shrinkA=14, shrinkB=14))
-                # the arc's midpoint: the chord's midpoint moved along its normal by rad * length / 2
-                mx, my = (x0 + x1) / 2, (y0 + y1) / 2
-                lx, ly = mx + rad * (y1 - y0) / 2, my - rad * (x1 - x0) / 2
-            # an all-frames arrow beside others between the same regions is labelled too
-            label = a.label or ("all frames" if per_pair[(a.src, a.dst)] > 1 else "")
-            if label:
-                ax.text(lx, ly, label, fontsize=6, color=color, ha="center", va="center",
-                        bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8))
-        for i, n in enumerate(names):
-            x, y = pos[n]
-            ax.scatter([x], [y], s=420, color=colors[i], zorder=3, edgecolors="black", linewidths=0.5)
-            ax.text(x, y - 0.24, _short(n), ha="center", va="top", fontsize=8)
-        ax.set_xlim(-1.6, 1.6)
-        ax.set_ylim(-1.6, 1.6)
-        ax.set_aspect("equal")
-        ax.legend(handles=[Patch(color=col, label=fn) for fn, col in used_fns.items()],
-                  loc="upper left", bbox_to_anchor=(0.98, 1.0), fontsize=7, frameon=False,
-                  title="fn (dashed = temporal)",
-                  title_fontsize=7)
+        if topo is not None:
+            ax = fig.add_subplot(gs[0, len(frames):])
+            ax.set_title("topology (src reads dst)", fontsize=9)
+            ax.axis("off")
+            pos = {n: (math.cos(2 * math.pi * i / max(1, len(names))), math.sin(2 * math.pi * i / max(1, len(names))))
+                   for i, n in enumerate(names)}
+            used_fns = {}
+            arrows = topology_arrows(topo, layout)
+            per_pair: Dict[Tuple[str, str], int] = {}
+            for a in arrows:
+                per_pair[(a.src, a.dst)] = per_pair.get((a.src, a.dst), 0) + 1
+            for a in arrows:
+                color = _FN_COLORS.get(a.fn, "#333333")
+                used_fns[a.fn] = color
+                (x0, y0), (x1, y1) = pos[a.src], pos[a.dst]
+                style = "dashed" if a.temporal else "solid"
+                if a.src == a.dst:
+                    size = 0.08 + 0.07 * a.rank
+                    ax.add_patch(FancyArrowPatch((x0 - size, y0 + 0.1), (x0 + size, y0 + 0.1),
+                                                 connectionstyle="arc3,rad=-1.6", arrowstyle="-|>",
+                                                 mutation_scale=8, color=color, linestyle=style, lw=1))
+                    lx, ly = x0, y0 + 0.22 + 1.4 * size
+                else:
+                    rad = 0.15 + 0.3 * a.rank
+                    ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), connectionstyle=f"arc3,rad={rad}",
+                                                 arrowstyle="-|>", mutation_scale=10, color=color,
+                                                 linestyle=style, lw=0.6 + 1.2 * min(a.weight, 2.0),
+                                                 shrinkA=14, shrinkB=14))
+                    # the arc's midpoint: the chord's midpoint moved along its normal by rad * length / 2
+                    mx, my = (x0 + x1) / 2, (y0 + y1) / 2
+                    lx, ly = mx + rad * (y1 - y0) / 2, my - rad * (x1 - x0) / 2
+                # an all-frames arrow beside others between the same regions is labelled too
+                label = a.label or ("all frames" if per_pair[(a.src, a.dst)] > 1 else "")
+                if label:
+                    ax.text(lx, ly, label, fontsize=6, color=color, ha="center", va="center", parse_math=False,
+                            bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8))
+            for i, n in enumerate(names):
+                x, y = pos[n]
+                ax.scatter([x], [y], s=420, color=colors[i], zorder=3, edgecolors="black", linewidths=0.5)
+                ax.text(x, y - 0.24, _short(n), ha="center", va="top", fontsize=8, parse_math=False)
+            ax.set_xlim(-1.6, 1.6)
+            ax.set_ylim(-1.6, 1.6)
+            ax.set_aspect("equal")
+            _literal(ax.legend(handles=[Patch(color=col, label=fn) for fn, col in used_fns.items()],
+                               loc="upper left", bbox_to_anchor=(0.98, 1.0), fontsize=7, frameon=False,
+                               title="fn (dashed = temporal)", title_fontsize=7))
 
-    dims = "x".join(str(d) for d in (layout.T, *layout.spatial_shape))
-    fig.suptitle(title or f"canvas {dims}  N={layout.num_positions}  d_model={layout.d_model}", fontsize=11)
-    fig.tight_layout(rect=(0, min(0.8, legend_h / fig_h), 0.93 if topo is not None else 1, 0.95))
-    out = Path(path)
-    from canvas_core._safe_write import atomic_write
+        dims = "x".join(str(d) for d in (layout.T, *layout.spatial_shape))
+        fig.suptitle(title or f"canvas {dims}  N={layout.num_positions}  d_model={layout.d_model}", fontsize=11,
+                     parse_math=False)
+        fig.tight_layout(rect=(0, min(0.8, legend_h / fig_h), 0.93 if topo is not None else 1, 0.95))
+        out = Path(path)
+        from canvas_core._safe_write import atomic_write
 
-    fmt = out.suffix[1:].lower() or "png"  # the temporary file has no telling suffix
-    try:  # atomic; a FIFO / device / directory target is refused (CanvasError), never replaced
-        atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt), "picture")
-    finally:
-        plt.close(fig)
+        fmt = out.suffix[1:].lower() or "png"  # the temporary file has no telling suffix
+        try:  # atomic; a FIFO / device / directory target is refused (CanvasError), never replaced
+            atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt), "picture")
+        finally:
+            plt.close(fig)
     return out

@@ -28,6 +28,7 @@ that fails leaves the cache as it was.  On exit the model is exactly as before.
 from __future__ import annotations
 
 import contextlib
+import numbers
 from typing import Any, List, Optional, Tuple, Union
 
 import torch
@@ -36,6 +37,7 @@ from torch import nn
 from canvas_core.errors import CanvasError, CanvasTypeError, ShapeError
 from canvas_core.runtime.rollout_layer import LayerRoll, _Index, layer_frame_plan
 from canvas_core.runtime.rollout_plan import check_causal, frame_size
+from canvas_core.schema._validate import is_int
 
 __all__ = ["incremental", "Rollout", "RolloutError", "SLIDE_STRATEGIES"]
 
@@ -91,12 +93,13 @@ class Rollout:
         if not hasattr(layout, "T") or not hasattr(layout, "spatial_shape"):
             raise CanvasTypeError(f"incremental(model, layout): layout must be a CanvasLayout, got "
                                   f"{type(layout).__name__}")
-        if slide not in SLIDE_STRATEGIES:
+        # a string compared with the choices (``in`` on an array or tensor compares elementwise)
+        if slide is not None and not (isinstance(slide, str) and slide in SLIDE_STRATEGIES):
             raise CanvasTypeError(f"incremental(slide={slide!r}): choose one of {list(SLIDE_STRATEGIES)}")
-        self.model, self.layout, self.slide = model, layout, slide
+        self.model, self.layout, self.slide = model, layout, (None if slide is None else str(slide))
         self.check_tol = _check_tolerance(check)
         self.T = int(layout.T)
-        self.width = int(width if width is not None else layout.d_model)
+        self.width = _check_width(width, layout)
         layers = [(n, m) for n, m in model.named_modules() if isinstance(m, CanvasAttention)]
         if not layers:
             raise CanvasTypeError(f"incremental(): {type(model).__name__} holds no CanvasAttention layer; "
@@ -340,12 +343,26 @@ def _eager():
     return stance("force_eager") if stance is not None else contextlib.nullcontext()
 
 
+def _check_width(width: Any, layout: Any) -> int:
+    """``width=``: the step input's last dimension, a positive int (numpy integers too, as the
+    schema takes them; no bool, no float, no string, which ``int()`` would convert or truncate)."""
+    if width is None:
+        return int(layout.d_model)
+    if not is_int(width) or width < 1:
+        raise CanvasTypeError(f"incremental(width={width!r}): width is the size D of a step's input "
+                              f"(B, V, D), an int >= 1; leave it out to use layout.d_model "
+                              f"({layout.d_model})")
+    return int(width)
+
+
 def _check_tolerance(check: Any) -> Optional[float]:
     if check is False or check is None:
         return None
     if check is True:
         return 1e-4
-    if isinstance(check, bool) or not isinstance(check, (int, float)) or not 0 < float(check) < float("inf"):
+    # any real number but a bool (numpy scalars too); NaN and inf fail the range test
+    if isinstance(check, bool) or not isinstance(check, numbers.Real) \
+            or not 0 < float(check) < float("inf"):
         raise CanvasTypeError(f"incremental(check={check!r}): pass True, False, or a relative tolerance > 0")
     return float(check)
 
@@ -361,7 +378,7 @@ def incremental(model: nn.Module, layout: Any, *, slide: Optional[str] = None,
         layout: the ``CanvasLayout`` the model's layers were built on.
         slide: what a step past ``T`` frames does: None refuses it (``RolloutError``);
             ``"recompute"`` slides the window by one frame (see the module docstring).
-        width: the width ``D`` of a step's input (default ``layout.d_model``).
+        width: the width ``D`` of a step's input, an int >= 1 (default ``layout.d_model``).
         check: debugging aid: after every cached step, run the model on the whole canvas (the
             frames stepped so far, zeros after them) and raise ``RolloutError`` when the step's
             output differs from that frame of the full forward by more than ``check`` (True:
@@ -376,7 +393,7 @@ def incremental(model: nn.Module, layout: Any, *, slide: Optional[str] = None,
     Raises:
         TopologyError: a layer's topology lets a query read a later frame (names the connection).
         CanvasTypeError, ShapeError: the model holds no canvas layer, or its layers sit on another
-            grid.
+            grid; or ``slide``, ``width`` or ``check`` is not one of the values described above.
     """
     return Rollout(model, layout, slide=slide, width=width, check=check)
 

@@ -12,7 +12,9 @@ everything is removed when it ends.
 
 * :func:`telemetry` -- one forward (no gradient) and its numbers in one call.
 
-What is measured (averaged over the recorded forwards):
+What is measured (averaged over the recorded forwards: whole-canvas calls with a non-empty batch;
+a call restricted to some regions, a rollout's one-frame step or an empty batch adds nothing, and
+``Telemetry.forwards`` counts only the model calls in which some canvas layer was measured):
 
 * ``<layer>/#<i> <src>-><dst> [<fn>]/mass_share`` -- for every connection of every canvas layer
   (``CanvasAttention`` and its subclasses), the share of the layer's output at the queries the
@@ -47,6 +49,7 @@ from torch import nn
 from canvas_core.errors import CanvasTypeError
 from canvas_core.runtime.compiled_names import plain_name, wrapped_paths
 from canvas_core.runtime.plan_runner import plan_query_weights
+from canvas_core.schema._validate import is_int
 
 __all__ = ["Telemetry", "record_telemetry", "telemetry"]
 
@@ -117,15 +120,21 @@ class _LayerProbe:
                     self.conn_share[ci] = (plan_query_weights(plan, only)[f] / safe)[updated]
         self.stats: Dict[str, _Mean] = {}
         self.module_norm: Dict[str, _Mean] = {}
-        self.forwards = 0  # whole-canvas forwards of this layer seen (restricted ones not counted)
+        self.forwards = 0  # measured forwards of this layer (see applies)
+        # whether the fn modules now run inside a measured update: set by the layer's update
+        # observer, cleared around every call of the layer and of the recorded model, so that the
+        # module outputs of a restricted call, an empty batch or a rollout step are not averaged in
+        self.live = False
 
     def applies(self, x: Any, active: Any) -> bool:
         """Whether a call ``layer(x, active)`` is a whole-canvas forward the probe can measure: not
-        restricted to some regions, and ``x`` of the layer's shape (anything else is left to the
-        layer, which refuses bad input itself, or is a rollout step of one frame)."""
+        restricted to some regions, ``x`` of the layer's shape (anything else is left to the
+        layer, which refuses bad input itself, or is a rollout step of one frame), and at least
+        one sample in the batch (an empty batch has no mass to average: it would make every
+        running mean NaN for the rest of the recording)."""
         layer = self.layer
         return (active is None and isinstance(x, torch.Tensor) and x.dim() == 3
-                and x.shape[1] == int(layer.plan.n) and x.shape[2] == layer.d_model
+                and x.shape[0] > 0 and x.shape[1] == int(layer.plan.n) and x.shape[2] == layer.d_model
                 and x.is_floating_point())
 
     def _add(self, key: str, value: float) -> None:
@@ -187,7 +196,7 @@ class _LayerProbe:
         return weight, owner
 
     def module_output(self, fn: str, out: Any) -> None:
-        if isinstance(out, torch.Tensor) and out.dim() >= 2 and out.numel():
+        if self.live and isinstance(out, torch.Tensor) and out.dim() >= 2 and out.numel():
             self.module_norm.setdefault(fn, _Mean()).add(float(out.detach().float().norm(dim=-1).mean()))
 
     def values(self) -> Dict[str, float]:
@@ -229,11 +238,14 @@ class Telemetry:
     def __init__(self, model: nn.Module, max_queries: int = 256) -> None:
         if not isinstance(model, nn.Module):
             raise CanvasTypeError(f"record_telemetry expects an nn.Module, got {type(model).__name__}")
-        if isinstance(max_queries, bool) or not isinstance(max_queries, int) or max_queries < 1:
-            raise CanvasTypeError(f"record_telemetry: max_queries must be an int >= 1, got {max_queries!r}")
+        if not is_int(max_queries) or max_queries < 1:  # numpy integers too, as the schema takes them
+            raise CanvasTypeError(f"record_telemetry: max_queries must be an int >= 1 (queries sampled per "
+                                  f"layer), got {max_queries!r}")
+        max_queries = int(max_queries)
         self.model = model
         self.max_queries = max_queries
-        self.forwards = 0
+        self.forwards = 0  # calls of the model that were measured (see _model_ends)
+        self._open: List[int] = []  # per model call in progress: measured layer forwards at its start
         self._probes: List[_LayerProbe] = []
         self._handles: List[Any] = []
 
@@ -250,18 +262,42 @@ class Telemetry:
             probe = _LayerProbe(_series_name(name, modules, wrapped) or type(mod).__name__, mod, self.max_queries)
             self._probes.append(probe)
             self._handles.append(mod.observe_updates(self._observer(probe)))  # layer(x) and layer.delta(x)
+            self._handles.append(mod.register_forward_pre_hook(self._quiet([probe])))
+            self._handles.append(mod.register_forward_hook(self._quiet([probe]), always_call=True))
             for fn in mod.executor.other_fns:
                 self._handles.append(mod.fn_modules[fn_module_key(fn)].register_forward_hook(
                     lambda _m, _i, out, p=probe, f=fn: p.module_output(f, out)))
-        self._handles.append(self.model.register_forward_pre_hook(self._count))
+        self._handles.append(self.model.register_forward_pre_hook(self._model_starts))
+        self._handles.append(self.model.register_forward_hook(self._model_ends, always_call=True))
 
-    def _count(self, _module: nn.Module, _inputs: Any) -> None:
-        self.forwards += 1
+    def _measured(self) -> int:
+        return sum(p.forwards for p in self._probes)
+
+    def _model_starts(self, _module: nn.Module, _inputs: Any) -> None:
+        self._quiet(self._probes)()
+        self._open.append(self._measured())
+
+    def _model_ends(self, _module: nn.Module, _inputs: Any, _output: Any) -> None:
+        """Count the call as a recorded forward when a canvas layer measured something in it (or
+        when the model has no canvas layer: nothing is left out then)."""
+        self._quiet(self._probes)()
+        before = self._open.pop() if self._open else self._measured()
+        if not self._probes or self._measured() > before:
+            self.forwards += 1
+
+    @staticmethod
+    def _quiet(probes: List[_LayerProbe]):
+        """A hook (any arguments) that marks ``probes`` as not measuring."""
+        def quiet(*_args: Any) -> None:
+            for p in probes:
+                p.live = False
+        return quiet
 
     @staticmethod
     def _observer(probe: _LayerProbe):
         def observe(_layer: nn.Module, x: torch.Tensor, active: Any) -> None:
-            if probe.applies(x, active):
+            probe.live = probe.applies(x, active)
+            if probe.live:
                 probe.forwards += 1
                 probe.softmax_forward(x)
         return observe
