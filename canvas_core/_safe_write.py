@@ -10,6 +10,10 @@ all be written before any of them replaces its target).
 * A read-only regular file is refused, not replaced: one whose mode grants write to nobody
   (``chmod a-w``; checked on the mode bits, so root, for whom ``os.access`` always says
   writable, is refused too), or one this user may not write (``os.access``).
+* So is any file in a read-only directory (the target's directory, or with ``make_parents`` the
+  nearest existing folder the missing ones would go in): a folder whose mode grants write to
+  nobody (``chmod a-w``, e.g. 0555; root too) or that this user may not write.  Nothing is
+  written there, and the files already in it stay as they are.
 * The content goes to a temporary file in the target's directory, is flushed to disk
   (``fsync``), takes the mode of the file it replaces (or the mode a new file gets under the
   umask) and is renamed over the target with ``os.replace`` (atomic on POSIX).  If anything fails,
@@ -55,8 +59,8 @@ def check_write_target(
     """The real path a write of ``what`` to ``path`` goes to (symlinks followed).
 
     Raises ``error`` (a ``CanvasError`` subclass) naming ``what`` and the path when the target is
-    not a regular file or a missing path, is read-only, or (without ``make_parents``) its
-    directory does not exist."""
+    not a regular file or a missing path, is read-only, lies in a read-only directory, or (without
+    ``make_parents``) its directory does not exist."""
     p = _fspath(path, what)
     if p.endswith(os.sep) or (os.altsep and p.endswith(os.altsep)):
         # "ckpts/" names a directory; abspath would drop the slash and write a file "ckpts"
@@ -89,6 +93,7 @@ def check_write_target(
                 f"cannot write {what} to {real!r}{via}: the file is read-only (mode "
                 f"{stat.S_IMODE(st.st_mode):04o}); make it writable (chmod u+w) or choose another path"
             )
+        _refuse_read_only_directory(os.path.dirname(real) or ".", p, what, error)
         return real
     parent = os.path.dirname(real) or "."
     if not os.path.isdir(parent):
@@ -98,7 +103,32 @@ def check_write_target(
             raise error(
                 f"cannot write {what} to {p!r}: the directory {parent!r} does not exist; create it first"
             )
+        while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+            parent = os.path.dirname(parent)  # the folders would be made inside the nearest one that exists
+        if not os.path.isdir(parent):
+            return real  # a file there: making the folders fails and says so
+    _refuse_read_only_directory(parent, p, what, error)
     return real
+
+
+def _refuse_read_only_directory(directory: str, p: str, what: str, error: Type[CanvasError]) -> None:
+    """Refuse to add or replace a file in ``directory`` when its mode grants write to nobody
+    (``chmod a-w``, e.g. 0555): root could still write there (the mode bits do not bind it), but
+    the owner made the folder read-only to keep its files as they are.  Also refused: a folder
+    this user may not write (``os.access``).  POSIX only: on Windows a folder's read-only
+    attribute does not protect its files, so it is no request to keep them."""
+    if os.name == "nt":
+        return
+    try:
+        mode = stat.S_IMODE(os.stat(directory).st_mode)
+    except OSError:
+        return  # gone in between: the write itself reports it
+    if mode & 0o222 == 0 or not os.access(directory, os.W_OK | os.X_OK):
+        raise error(
+            f"cannot write {what} to {p!r}: its directory {directory!r} is read-only (mode {mode:04o}); "
+            f"nothing was written. Make the directory writable (chmod u+w {directory!r}) or choose a path "
+            "in another directory"
+        )
 
 
 #: the longest basename (bytes) a temporary name carries whole: ``"." + base + ".XXXXXXXX.tmp"``

@@ -14,6 +14,9 @@ gathered or written.  Loading moves no tensor between ranks (each rank cuts its 
 the file), but the ranks meet the same way before any of them changes its shards: a file refused
 on one rank only (another schema on that rank, a missing file ...) would otherwise leave the
 sharded model half loaded, some ranks holding the file's values and the others their old ones.
+Every meeting has keys of its own, numbered by counters kept in the store (so a process group made
+again on a fresh store starts every rank's count afresh), and the last rank to leave a meeting,
+whether it met or was given up, deletes its keys: a save after a failed one finds no stale keys.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from canvas_core.errors import CheckpointError
 __all__ = ["dtensor_type", "is_dtensor", "model_class_name", "agree_before_gather", "gather_full", "shard_like"]
 
 _ABANDONED = 1 << 40  # added to a round's arrival count by a rank that stopped waiting
-_next_round: Dict[str, int] = {}  # per group of ranks: the next meeting this process takes part in
 
 
 def dtensor_type() -> Optional[type]:
@@ -78,6 +80,24 @@ _ACTIONS = {  # action -> (what was not done when the meeting failed, what every
 }
 
 
+def _default_store(where: str) -> Any:
+    """The default process group's key-value store, reached through a private torch function
+    (``torch.distributed.distributed_c10d._get_default_store``); a torch without it gets a
+    :class:`CheckpointError` saying so instead of an ImportError."""
+    try:
+        from torch.distributed.distributed_c10d import _get_default_store
+    except ImportError:
+        raise CheckpointError(
+            f"{where}: the model's tensors are sharded (DTensor), and its ranks meet through the process group's "
+            f"key-value store before acting together, which canvas-core reaches through the private "
+            f"torch.distributed.distributed_c10d._get_default_store; this torch ({torch.__version__}) has no such "
+            "function. Load checkpoints into the model before sharding it (fully_shard); to save, gather the whole "
+            "state dict on every rank yourself (torch.distributed.checkpoint.state_dict.get_model_state_dict with "
+            "StateDictOptions(full_state_dict=True)) and write it with save_safetensors_atomic; or use a torch "
+            "release that has this function") from None
+    return _get_default_store()
+
+
 def agree_before_gather(tensors: Mapping[str, Any], where: str, failure: Optional[BaseException],
                         action: str = "save") -> None:
     """Meet the other ranks holding shards of ``tensors`` before they act together (``action``:
@@ -85,32 +105,50 @@ def agree_before_gather(tensors: Mapping[str, Any], where: str, failure: Optiona
     and raise the same refusal on every rank when any rank's own checks failed (``failure``: this
     rank's exception, or None).  Uses the process group's store, never a collective, and waits
     at most half the process group's timeout.  Returns only when every rank is ready.  Saves and
-    loads meet separately: a save on one rank never pairs with a load on another."""
-    import torch.distributed as dist
-    from torch.distributed.distributed_c10d import _get_default_store
+    loads meet separately: a save on one rank never pairs with a load on another.
 
+    Each meeting is a *round* with keys of its own.  A rank's rounds are numbered by a counter
+    kept in the store (``.../next/<rank>``), not in the process, so every rank numbers them from
+    the same place: after the process group is made again on a fresh store all counters start at
+    0 together, and a process restarted on the same store goes on from where its rank was.  A
+    round either *meets* (every rank came in time) or is *abandoned* by the first rank that waited
+    too long, which names the ranks still missing; the verdict is written once (``compare_set``),
+    so every rank of the round reads the same one.  A rank arriving after the round was abandoned
+    (or named missing by it) goes on to its next round, where the ranks that gave up meet it on
+    their next call.  The last rank to leave a round deletes its keys."""
+    import torch.distributed as dist
+
+    store = _default_store(where)
     ranks = _ranks_of(tensors)
     me = dist.get_rank()
-    store = _get_default_store()
     timeout = store.timeout / 2
     undone, together = _ACTIONS[action]
     tag = f"canvas_core/sharded_{action}/" + ",".join(map(str, ranks))
     status = "ok" if failure is None else f"{type(failure).__name__}: {failure}"[:600]
-    while True:  # a round another rank gave up on is skipped: this rank then meets it in the next
-        rnd = _next_round.get(tag, 0)
-        _next_round[tag] = rnd + 1
-        base = f"{tag}/{rnd}"
+    while True:
+        base = f"{tag}/{store.add(f'{tag}/next/{me}', 1) - 1}"
         store.set(f"{base}/status/{me}", status)
         arrived = store.add(f"{base}/count", 1)
-        if arrived >= _ABANDONED:
+        if arrived >= _ABANDONED:  # came after a rank gave up on this round: meet them in the next
+            _leave(store, base, ranks)
             continue
         if arrived == len(ranks):
-            store.set(f"{base}/all", "1")
-        if _wait(store, f"{base}/all", timeout):
+            verdict = _decide(store, base, "met")
+        elif _wait(store, f"{base}/verdict", timeout):
+            verdict = store.get(f"{base}/verdict").decode()
+        else:
+            missing = [r for r in ranks if not store.check([f"{base}/status/{r}"])]
+            if not missing and _wait(store, f"{base}/verdict", timeout):
+                verdict = store.get(f"{base}/verdict").decode()  # all came: the last one decides
+            else:  # mark the round first: a rank arriving from now on goes on to its next round
+                store.add(f"{base}/count", _ABANDONED)
+                verdict = _decide(store, base, "abandoned:" + ",".join(map(str, missing)))
+        if verdict == "met":
             break
-        if store.add(f"{base}/count", _ABANDONED) - _ABANDONED >= len(ranks):
-            break  # the last rank came just as this one gave up: the meeting did happen
-        missing = [r for r in ranks if not store.check([f"{base}/status/{r}"])]
+        missing = [int(r) for r in verdict.partition(":")[2].split(",") if r]
+        _leave(store, base, ranks)
+        if me in missing:  # this rank came just as the others gave up: it meets them in its next round
+            continue
         raise CheckpointError(
             f"{where}: the model's tensors are sharded (DTensor, e.g. FSDP2's fully_shard) over ranks {ranks}, "
             f"and rank(s) {missing} did not call {where} within {timeout.total_seconds():g} s (half the "
@@ -118,12 +156,7 @@ def agree_before_gather(tensors: Mapping[str, Any], where: str, failure: Optiona
             + (" (every rank then writes the whole model to its path)" if action == "save" else "")
             + ", e.g. not inside `if rank == 0:`")
     statuses = {r: store.get(f"{base}/status/{r}").decode("utf-8", "replace") for r in ranks}
-    if store.add(f"{base}/read", 1) == len(ranks):  # the last reader removes the meeting's keys
-        for key in [f"{base}/status/{r}" for r in ranks] + [f"{base}/count", f"{base}/all", f"{base}/read"]:
-            try:
-                store.delete_key(key)
-            except Exception:  # noqa: BLE001 - a store without deletion keeps a few bytes
-                pass
+    _leave(store, base, ranks)
     if failure is not None:
         raise failure
     bad = {r: s for r, s in statuses.items() if s != "ok"}
@@ -132,6 +165,23 @@ def agree_before_gather(tensors: Mapping[str, Any], where: str, failure: Optiona
         raise CheckpointError(
             f"{where}: rank(s) {sorted(bad)} refused the {action} (rank {first}: {bad[first]}); the ranks of a "
             f"sharded model {together}. Fix what rank {first} names, then {action} on every rank again")
+
+
+def _decide(store: Any, base: str, verdict: str) -> str:
+    """Write ``verdict`` for the round unless one was written already; the verdict that stands."""
+    return store.compare_set(f"{base}/verdict", "", verdict).decode()
+
+
+def _leave(store: Any, base: str, ranks: List[int]) -> None:
+    """This rank is done with the round (it read all it needed); the last of its ranks to leave
+    removes the round's keys.  A rank that never comes (a dead process) leaves a few bytes."""
+    if store.add(f"{base}/left", 1) != len(ranks):
+        return
+    for key in [f"{base}/status/{r}" for r in ranks] + [f"{base}/count", f"{base}/verdict", f"{base}/left"]:
+        try:
+            store.delete_key(key)
+        except Exception:  # noqa: BLE001 - a store without deletion keeps a few bytes
+            pass
 
 
 def _wait(store: Any, key: str, timeout: timedelta) -> bool:

@@ -26,7 +26,8 @@ exact too.  Helpers: :func:`sequence_parallel_mesh` (a ``(dp, sp)`` ``DeviceMesh
 attention layer of a model), :class:`CanvasSharding` (the cut, per-rank work and communication).
 Bad settings raise :class:`SequenceParallelError` on every rank before any collective; ranks
 whose layers or calls differ (heads, links, ``beta``, batch size, dtype, autocast, ``active_regions``) are
-refused alike before the exchanges (:mod:`canvas_core.runtime.sp_agreement`).
+refused alike before the exchanges (:mod:`canvas_core.runtime.sp_agreement`), and so are
+:func:`shard_canvas` / :func:`unshard_canvas` calls whose tensors differ between the ranks.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from canvas_core.errors import ShapeError
+from canvas_core.errors import CanvasTypeError, ShapeError
 from canvas_core.runtime.input_checks import check_region_names, check_tensor
 from canvas_core.runtime.sharding import (
     CanvasSharding,
@@ -50,7 +51,7 @@ from canvas_core.runtime.sharding import (
     _resolve_group,
     sequence_parallel_mesh,
 )
-from canvas_core.runtime.sp_agreement import agree_on_call, agree_on_layers, layer_settings
+from canvas_core.runtime.sp_agreement import agree_on_call, agree_on_canvas, agree_on_layers, layer_settings
 
 __all__ = [
     "SequenceParallelError",
@@ -68,39 +69,95 @@ __all__ = [
 # shard / unshard
 # ---------------------------------------------------------------------------------------------
 def _sharding_and_rank(sharding: Any, group: Any, what: str):
+    """(sharding or None, this rank, group, group size, this rank's failure or None).  Only an
+    uninitialised or unusable group raises here: a sharding refused on one rank is returned as the
+    failure, so that the ranks first learn about it together."""
     if isinstance(sharding, SequenceParallelCanvasAttention):
-        return sharding.sharding, sharding.rank, sharding.group
+        return sharding.sharding, sharding.rank, sharding.group, sharding.size, None
     group, size, rank = _resolve_group(group, what)
-    if not isinstance(sharding, CanvasSharding):
-        sharding = CanvasSharding.of(sharding, size)
-    if sharding.size != size:
-        raise SequenceParallelError(f"{what}: the sharding is for {sharding.size} ranks but the process "
-                                    f"group has {size}; build it with CanvasSharding.of(..., {size})")
-    return sharding, rank, group
+    try:
+        if not isinstance(sharding, CanvasSharding):
+            sharding = CanvasSharding.of(sharding, size)
+        if sharding.size != size:
+            raise SequenceParallelError(f"{what}: the sharding is for {sharding.size} ranks but the process "
+                                        f"group has {size}; build it with CanvasSharding.of(..., {size})")
+    except Exception as exc:  # noqa: BLE001 - told to every rank, then raised
+        return None, rank, group, size, exc
+    return sharding, rank, group, size, None
 
 
-def shard_canvas(x: torch.Tensor, sharding: Any, group: Any = None) -> torch.Tensor:
+def _check_flag(check_inputs: Any, what: str) -> None:
+    if not isinstance(check_inputs, bool):
+        raise SequenceParallelError(f"{what}: check_inputs must be True or False, got {check_inputs!r}")
+
+
+def _check_canvas(x: Any, what: str, dims: str) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise CanvasTypeError(f"{what} expects a tensor {dims}, got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ShapeError(f"{what} expects a canvas tensor {dims}, got {tuple(x.shape)}")
+
+
+def shard_canvas(x: torch.Tensor, sharding: Any, group: Any = None, *, check_inputs: bool = False) -> torch.Tensor:
     """This rank's share ``(B, n_r, ...)`` of a whole canonical canvas tensor ``(B, N, ...)``.
 
     ``sharding``: a :class:`CanvasSharding`, a :class:`SequenceParallelCanvasAttention`, or a
     plan / canvas attention layer / layout (cut with :meth:`CanvasSharding.of` for the group's
     size).  ``group``: the sequence-parallel process group or 1-d ``DeviceMesh`` (default: the
-    whole world).  No communication: every rank of the group is expected to hold ``x``.
+    whole world; ignored when ``sharding`` is a wrapped layer, which brings its own group).
+    Every rank of the group is expected to hold the same-shaped ``x``.
+
+    By default nothing is communicated (each rank only cuts its own tensor), so the call may be
+    made on any subset of ranks; a rank fed another batch is told by the layer's or
+    :func:`unshard_canvas`'s own comparison.  ``check_inputs=True`` compares the call across the
+    ranks of the group here already (the sharding, dtype, device type, batch size, sequence length
+    and trailing shape, and whether each rank's own checks passed: one ``all_gather`` of a few
+    int64, :func:`~canvas_core.runtime.sp_agreement.agree_on_canvas`) and raises the same
+    :class:`SequenceParallelError` on every rank when they differ; that makes the call a
+    collective (every rank of the group, in the same order).
     """
-    sharding, rank, _ = _sharding_and_rank(sharding, group, "shard_canvas")
-    if x.dim() < 2 or x.shape[1] != sharding.n:
-        raise ShapeError(f"shard_canvas expects a canvas tensor (B, {sharding.n}, ...), got {tuple(x.shape)}")
+    what = "shard_canvas"
+    _check_flag(check_inputs, what)
+    sharding, rank, group, size, failure = _sharding_and_rank(sharding, group, what)
+    if failure is None:
+        try:
+            _check_canvas(x, what, f"(B, {sharding.n}, ...)")
+            if x.shape[1] != sharding.n:
+                raise ShapeError(f"shard_canvas on rank {rank} expects a canvas tensor (B, {sharding.n}, ...), "
+                                 f"got {tuple(x.shape)}")
+        except Exception as exc:  # noqa: BLE001 - told to every rank, then raised
+            failure = exc
+    if check_inputs:
+        agree_on_canvas(what, x, sharding, group, size, rank, failure, whole=True)
+    elif failure is not None:
+        raise failure
     idx = torch.as_tensor(sharding.positions(rank), device=x.device)
     return x.index_select(1, idx)
 
 
-def unshard_canvas(x: torch.Tensor, sharding: Any, group: Any = None) -> torch.Tensor:
+def unshard_canvas(x: torch.Tensor, sharding: Any, group: Any = None, *, check_inputs: bool = True) -> torch.Tensor:
     """The whole canonical canvas ``(B, N, ...)`` from every rank's share (differentiable all-gather;
-    the gradient of each rank's share is the sum of the gradients the ranks give it)."""
-    sharding, rank, group = _sharding_and_rank(sharding, group, "unshard_canvas")
-    n_r = sharding.sizes[rank]
-    if x.dim() < 2 or x.shape[1] != n_r:
-        raise ShapeError(f"unshard_canvas: rank {rank} holds {n_r} positions, got a tensor {tuple(x.shape)}")
+    the gradient of each rank's share is the sum of the gradients the ranks give it).
+
+    ``check_inputs``: before the exchange, compare the sharding, dtype, device type, batch size
+    and trailing shape of every rank's share (and whether each holds its share's length) and raise
+    the same :class:`SequenceParallelError` on every rank when they differ, instead of a crash or a
+    hang inside the collective (one ``all_gather`` of a few int64).  ``False`` skips it."""
+    what = "unshard_canvas"
+    _check_flag(check_inputs, what)
+    sharding, rank, group, size, failure = _sharding_and_rank(sharding, group, what)
+    if failure is None:
+        n_r = sharding.sizes[rank]
+        try:
+            _check_canvas(x, what, f"(B, {n_r}, ...)")
+            if x.shape[1] != n_r:
+                raise ShapeError(f"unshard_canvas: rank {rank} holds {n_r} positions, got a tensor {tuple(x.shape)}")
+        except Exception as exc:  # noqa: BLE001 - told to every rank, then raised
+            failure = exc
+    if check_inputs:
+        agree_on_canvas(what, x, sharding, group, size, rank, failure, whole=False)
+    elif failure is not None:
+        raise failure
     full = _gather_packed(x, sharding.sizes, rank, group)  # (N, B, ...) packed
     inv = np.empty(sharding.n, dtype=np.int64)
     inv[sharding.perm] = np.arange(sharding.n)

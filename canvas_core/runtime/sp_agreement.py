@@ -15,9 +15,15 @@ gloo / NCCL with a size mismatch (a crashed process) or silently compute somethi
   ``beta`` (a schedule may change it between forwards), and whether the input passed this rank's
   own checks.  It is one ``all_gather`` of 7 int64 per rank
   (eager; under ``torch.compile`` a graph break, as the exchanges themselves).  The layer's
-  ``check_inputs=False`` skips it for a training loop known to feed every rank alike.
+  ``check_inputs=False`` skips it for a training loop known to feed every rank alike;
+* at every :func:`~canvas_core.runtime.sequence_parallel.shard_canvas` /
+  :func:`~canvas_core.runtime.sequence_parallel.unshard_canvas`, :func:`agree_on_canvas` compares
+  the sharding (N and a fingerprint of the cut), dtype, device type, dims, batch size, sequence
+  length (of the whole canvas given to ``shard_canvas``) and trailing shape, and whether the
+  input passed this rank's own checks: one ``all_gather`` of 13 int64 per rank, skipped by their
+  ``check_inputs=False``.
 
-Either raises the same :class:`SequenceParallelError` on every rank, naming what differs, before
+Each raises the same :class:`SequenceParallelError` on every rank, naming what differs, before
 any exchange.
 """
 
@@ -25,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+import weakref
 import zlib
 from typing import Any, Dict, List, Optional
 
@@ -34,7 +41,7 @@ from torch import nn
 
 from canvas_core.runtime.sharding import CanvasSharding, SequenceParallelError
 
-__all__ = ["layer_settings", "agree_on_layers", "agree_on_call"]
+__all__ = ["layer_settings", "agree_on_layers", "agree_on_call", "agree_on_canvas"]
 
 
 def _digest(*parts: Any) -> str:
@@ -189,3 +196,130 @@ def agree_on_call(layer: nn.Module, x: Any, active: Optional[List[str]], failure
                 + ("Run the forward under the same torch.autocast (device type and dtype) on every rank of the "
                    "group, or under none" if field == "autocast" else
                    "Feed every rank of the group alike (e.g. the same sampler seed for the sequence-parallel ranks)"))
+
+
+# --- shard_canvas / unshard_canvas -----------------------------------------------------------
+# One row of int64 per rank: [own checks passed, N of its sharding, fingerprint of its sharding,
+# dtype, device type, ndim, dim 0, dim 1, the next _TRAIL dims (-1 where absent), a code of any
+# dims beyond those (0 when none)].
+_TRAIL = 4
+_CANVAS_FIELDS = (("sharding", 1, 3), ("dtype", 3, 4), ("device type", 4, 5), ("number of dimensions", 5, 6),
+                  ("batch size", 6, 7), ("sequence length", 7, 8), ("trailing shape", 8, 9 + _TRAIL))
+_DEVICE_TYPES = {zlib.crc32(t.encode()): t for t in ("cpu", "cuda", "mps", "xpu", "hpu", "meta", "mtia")}
+_fingerprints: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
+
+
+def _fingerprint(sharding: Any) -> int:
+    """A crc of the cut and the packing, kept per sharding object (the packing holds N ints)."""
+    code = _fingerprints.get(sharding)
+    if code is None:
+        perm = np.ascontiguousarray(sharding.perm, dtype=np.int64).tobytes()
+        code = _fingerprints[sharding] = zlib.crc32(perm, _code(repr(tuple(sharding.bounds))))
+    return code
+
+
+def _canvas_row(x: Any, sharding: Any, ok: bool) -> List[int]:
+    head = [1 if ok else 0] + ([-1, -1] if sharding is None else [int(sharding.n), _fingerprint(sharding)])
+    if not isinstance(x, torch.Tensor):
+        return head + [-1] * (6 + _TRAIL)
+    shape = [int(s) for s in x.shape]
+    trail, beyond = shape[2:2 + _TRAIL], shape[2 + _TRAIL:]
+    return head + [_code(str(x.dtype)), _code(x.device.type), len(shape),
+                   shape[0] if shape else -1, shape[1] if len(shape) > 1 else -1,
+                   *trail, *[-1] * (_TRAIL - len(trail)), _code(repr(beyond)) if beyond else 0]
+
+
+def _shape_text(row: List[int]) -> str:
+    if row[5] < 0:
+        return "no tensor"
+    dims = [d for d in row[6:8 + _TRAIL] if d >= 0][:row[5]]
+    return "(" + ", ".join(map(str, dims)) + (", ..." if row[8 + _TRAIL] else "") + ("," if len(dims) == 1 else "") + ")"
+
+
+def _canvas_value(field: str, row: List[int]) -> str:
+    a, b = next((a, b) for name, a, b in _CANVAS_FIELDS if name == field)
+    v = row[a:b]
+    if field == "sharding":
+        return "none (its sharding was refused)" if v[0] < 0 else f"N={v[0]} cut {v[1]:08x}"
+    if row[5] < 0:
+        return "no tensor"
+    if field == "dtype":
+        return _DTYPES.get(v[0], "another dtype")
+    if field == "device type":
+        return _DEVICE_TYPES.get(v[0], "another device type")
+    if field == "trailing shape":
+        return "(" + ", ".join(str(d) for d in v[:-1] if d >= 0) + (", ..." if v[-1] else "") + ")"
+    return str(v[0]) if v[0] >= 0 else "none"
+
+
+def _gather_device(group: Any, x: Any) -> torch.device:
+    """Where the rows are gathered: the CPU on gloo (and MPI), else ``x``'s device, else the
+    current CUDA device on NCCL (``shard_canvas`` may get a CPU tensor on an NCCL group)."""
+    import torch.distributed as dist
+
+    try:
+        backend = str(dist.get_backend(group)).lower()
+    except Exception:  # noqa: BLE001 - an unknown backend: go by the tensor
+        backend = ""
+    if ("gloo" in backend or "mpi" in backend) and "nccl" not in backend:
+        return torch.device("cpu")
+    if isinstance(x, torch.Tensor) and x.device.type not in ("cpu", "meta"):
+        return x.device
+    if "nccl" in backend and torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+_CANVAS_HINTS = {
+    "sharding": "Use one sharding on every rank (the one parallelize_canvas returned, or CanvasSharding.of(the "
+                "same plan or layout, the group's size))",
+    "sequence length": "Give shard_canvas the whole canvas (B, N, ...) on every rank of the group",
+}
+
+
+@torch.compiler.disable  # process groups are opaque to torch.compile: a graph break, as the exchanges
+def agree_on_canvas(what: str, x: Any, sharding: Any, group: Any, size: int, rank: int,
+                    failure: Optional[BaseException], *, whole: bool) -> None:
+    """Compare what a ``shard_canvas`` (``whole=True``: ``x`` is the whole canvas) or
+    ``unshard_canvas`` (``whole=False``: ``x`` is this rank's share, whose length differs by rank)
+    call brings on every rank of ``group``: the sharding, dtype, device type, number of dims, batch
+    size, sequence length (whole canvas only) and trailing shape, and whether each rank's own checks
+    passed (``failure``: this rank's exception, or None).  One ``all_gather`` of 13 int64 per rank.
+
+    Ranks that differ raise the same :class:`SequenceParallelError` on every rank, naming the
+    field and two ranks' values; a rank whose own check failed while the others passed makes every
+    rank raise it (that rank's message carries its own reason).  When every rank failed alike,
+    each raises its own error."""
+    if size <= 1:
+        if failure is not None:
+            raise failure
+        return
+    import torch.distributed as dist
+
+    mine = torch.tensor(_canvas_row(x, sharding, failure is None), dtype=torch.int64, device=_gather_device(group, x))
+    every = [torch.empty_like(mine) for _ in range(size)]
+    dist.all_gather(every, mine, group=group)
+    rows = [t.tolist() for t in every]
+    own = f"; on this rank: {failure}" if failure is not None else ""
+    for field, a, b in _CANVAS_FIELDS:
+        if field == "sequence length" and not whole:
+            continue  # every rank holds its own share's length; its own check compares it
+        values = [tuple(row[a:b]) for row in rows]
+        if len(set(values)) > 1:
+            odd = [r for r, v in enumerate(values) if v != values[0]]
+            hint = _CANVAS_HINTS.get(field, (
+                "Every rank holds a share of the same canvas, so each call needs the same batch size, dtype, "
+                "device type and trailing shape on every rank: feed every rank of the group alike (e.g. the same "
+                "sampler seed for the sequence-parallel ranks)"))
+            raise SequenceParallelError(
+                f"{what} on rank {rank}: the ranks of the sequence-parallel group called it with different {field}: "
+                f"rank 0 {_canvas_value(field, rows[0])}, rank {odd[0]} {_canvas_value(field, rows[odd[0]])}"
+                + (f" (ranks {odd})" if len(odd) > 1 else "") + f"{own}; nothing was exchanged. {hint}") from failure
+    failed = [r for r, row in enumerate(rows) if row[0] == 0]
+    if failure is not None and len(failed) == size:
+        raise failure  # every rank refused its own input: each says why
+    if failed:
+        raise SequenceParallelError(
+            f"{what} on rank {rank}: rank(s) {failed} refused their input (rank {failed[0]} was given "
+            f"{_shape_text(rows[failed[0]])}){own}; every rank stops here, before the exchange, so that none "
+            f"waits for the others. Fix the input on rank(s) {failed}") from failure
