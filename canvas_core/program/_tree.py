@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import types
+import typing
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Dict, List, Tuple
 
@@ -185,6 +187,8 @@ def _holds(value: Any, seen: set) -> bool:
 
 
 def _plain_attributes(obj: Any) -> List[Tuple[str, Any, dict]]:
+    """A plain object's attributes: its instance ``__dict__``, then what its classes declare in
+    their bodies (base classes first) and the instance does not override."""
     out: List[Tuple[str, Any, dict]] = []
     seen = set()
     inst = getattr(obj, "__dict__", None)
@@ -193,19 +197,78 @@ def _plain_attributes(obj: Any) -> List[Tuple[str, Any, dict]]:
             if not k.startswith("__"):
                 out.append((k, v, {}))
                 seen.add(k)
-    for klass in reversed(type(obj).__mro__):
-        for k, v in vars(klass).items():
-            if k in seen or k.startswith("__"):
-                continue
-            if isinstance(v, Field):
-                out.append((k, v, {}))
-                seen.add(k)
+    for k, v in _class_declarations(type(obj)):
+        if k not in seen:
+            out.append((k, v, {}))
+            seen.add(k)
     return out
+
+
+def _class_declarations(klass: type) -> List[Tuple[str, Any]]:
+    """The class-body values (base classes first) that may hold canvas fields: Fields, lists and
+    tuples, and data objects (e.g. ``arm = Arm()``), as on an instance.  Methods, properties and
+    other descriptors, classes and modules are left out; whether a list or object really holds
+    Fields is for the caller to decide (deciding here would recurse without a cycle guard)."""
+    out: List[Tuple[str, Any]] = []
+    names = set()
+    for base in reversed(klass.__mro__):
+        for k, v in vars(base).items():
+            if k.startswith("__") or k in names:
+                continue
+            if isinstance(v, Field) or _is_sequence(v) or _may_hold_fields(v):
+                out.append((k, v))
+                names.add(k)
+    return out
+
+
+def _may_hold_fields(value: Any) -> bool:
+    """A class-level value that is an object with attributes, as an instance attribute may be;
+    functions, properties and other descriptors (whose value depends on the instance), classes
+    and imported modules are not."""
+    if value is None or isinstance(value, (_LEAVES, types.ModuleType)):
+        return False
+    if hasattr(type(value), "__get__"):  # function, property, classmethod, staticmethod, ...
+        return False
+    return dataclasses.is_dataclass(value) or _is_pydantic(value) or hasattr(value, "__dict__")
+
+
+def _undeclared_dataclass_attributes(obj: Any, declared: set) -> None:
+    """Refuse a Field (or a list / object holding Fields) assigned in a dataclass's class body
+    without a type annotation: it is no dataclass field, so it would be left off the canvas without
+    a word, as canvas-engineering leaves it.  A name annotated ``ClassVar`` is a deliberate
+    class-level value and is left alone."""
+    klass = type(obj)
+    annotated = set()
+    for base in klass.__mro__:
+        annotated.update(k for k, a in vars(base).get("__annotations__", {}).items() if _is_classvar(a))
+    for k, v in _class_declarations(klass):
+        if k in declared or k in annotated:
+            continue
+        if isinstance(v, Field):
+            what = "a Field"
+        elif _holds(v, set()):
+            what = "a list holding Fields" if _is_sequence(v) else f"an object ({type(v).__name__}) holding Fields"
+        else:
+            continue
+        example = f"{k}: Field = Field(...)" if isinstance(v, Field) else (
+            f"{k}: list = dataclasses.field(default_factory=lambda: [...])" if _is_sequence(v)
+            else f"{k}: {type(v).__name__} = dataclasses.field(default_factory={type(v).__name__})")
+        raise ProgramError(
+            f"{klass.__name__}.{k} is {what} assigned without a type annotation, so the dataclass "
+            f"{klass.__name__} does not count it as a field and it would be left off the canvas. "
+            f"Annotate it in the class body (`{example}`) or remove it")
+
+
+def _is_classvar(annotation: Any) -> bool:
+    if isinstance(annotation, str):
+        return annotation.replace(" ", "").startswith(("ClassVar", "typing.ClassVar"))
+    return annotation is typing.ClassVar or typing.get_origin(annotation) is typing.ClassVar
 
 
 def _attributes(obj: Any) -> List[Tuple[str, Any, dict]]:
     if dataclasses.is_dataclass(obj):
         items = [(f.name, getattr(obj, f.name, None), dict(f.metadata)) for f in dataclasses.fields(obj)]
+        _undeclared_dataclass_attributes(obj, {name for name, _, _ in items})
     elif _is_pydantic(obj):
         items = [(n, getattr(obj, n, None), {}) for n in type(obj).model_fields]
     else:

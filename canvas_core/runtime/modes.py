@@ -10,7 +10,10 @@ parameter (``nn.ModuleDict``, ``nn.ParameterDict`` or a plain dict):
 
 * ``freeze``: ``requires_grad_(False)`` on the region's entry;
 * ``constant``: every parameter of the region becomes a buffer holding the same tensor (the
-  ``state_dict`` keys stay, gradients stop); the tensors are returned for the report;
+  ``state_dict`` keys stay, gradients stop); the tensors are returned for the report.  A submodule
+  object that the constant region shares with a region keeping another mode (the same
+  ``nn.Linear`` under two names of ``module.regions``, or inside both entries) is first replaced,
+  in the constant region only, by a deep copy, so the other regions keep their parameters;
 * ``export``: the region's state goes to ``<export_dir>/<region>.safetensors`` (no pickle), with
   the header both in the file's metadata and in a JSON sidecar, then the entry stops training.
 
@@ -23,6 +26,7 @@ export is flushed to disk and keeps the mode of a file it replaces.
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata as md
 import json
 import os
@@ -88,7 +92,9 @@ class ModeApplier:
     Raises (at construction, before anything changes):
         CanvasTypeError: not an ``nn.Module``, no usable ``regions`` mapping, an entry that is
             neither a module nor a parameter.
-        CompileError: a region with a non-runtime mode has no entry in ``module.regions``.
+        CompileError: a region with a non-runtime mode has no entry in ``module.regions``; a
+            constant region whose entry is itself shared with another region when
+            ``module.regions`` is not an ``nn.ModuleDict`` (its copy could not be registered).
     """
 
     def __init__(self, module: Any, work: Any) -> None:
@@ -108,6 +114,7 @@ class ModeApplier:
         for name, mode in work.modes.items():
             if mode != "runtime":
                 self._entry(name, mode)
+        self._untie_plan = self._plan_untie(work.modes)
 
     def _entry(self, name: str, mode: str) -> Any:
         if name not in self.regions:
@@ -123,12 +130,74 @@ class ModeApplier:
                 f"{type(entry).__name__}")
         return entry
 
+    def _plan_untie(self, modes: Mapping[str, str]) -> List[Tuple[str, Optional[nn.Module], str]]:
+        """The submodule slots of constant regions that hold a module object also used by a region
+        of another mode, as ``(region, parent, key)`` (``parent`` None: the entry of
+        ``module.regions`` itself).  Turning such a module's parameters into buffers in place
+        would take them from the other regions as well, so each slot gets its own copy."""
+        users: Dict[int, List[str]] = {}  # module id -> the non-constant regions reaching it
+        for name in self.regions.keys():
+            entry = self.regions[name]
+            if modes.get(name, "runtime") != "constant" and isinstance(entry, nn.Module):
+                for mod in entry.modules():
+                    users.setdefault(id(mod), []).append(name)
+        plan: List[Tuple[str, Optional[nn.Module], str]] = []
+        for name, mode in modes.items():
+            entry = self.regions[name] if mode == "constant" else None
+            if not isinstance(entry, nn.Module):
+                continue
+            if id(entry) in users:
+                if not isinstance(self.regions, nn.ModuleDict):
+                    raise CompileError(
+                        f"region {name!r} has compile_mode='constant' but {type(self.module).__name__}"
+                        f".regions[{name!r}] is the same {type(entry).__name__} object as the entry of "
+                        f"{users[id(entry)]}, which keep learning; its untied copy cannot be registered in "
+                        f"a {type(self.regions).__name__}. Make module.regions an nn.ModuleDict, give "
+                        f"region {name!r} its own submodule, or give these regions the same compile_mode")
+                plan.append((name, None, name))
+                continue
+            todo, seen = [entry], {id(entry)}
+            while todo:  # walk the region's own modules down to the first shared ones
+                parent = todo.pop()
+                for key, child in parent._modules.items():
+                    if child is None:
+                        continue
+                    if id(child) in users:
+                        plan.append((name, parent, key))
+                    elif id(child) not in seen:
+                        seen.add(id(child))
+                        todo.append(child)
+        return plan
+
+    def _untied_copies(self) -> List[Tuple[Optional[nn.Module], str, nn.Module]]:
+        """Deep copies for the planned slots (one memo: regions sharing a module among themselves
+        still share its copy).  Made before anything changes, so a copy that fails changes nothing."""
+        memo: Dict[int, Any] = {}
+        out: List[Tuple[Optional[nn.Module], str, nn.Module]] = []
+        for name, parent, key in self._untie_plan:
+            source = self.regions[key] if parent is None else parent._modules[key]
+            try:
+                out.append((parent, key, copy.deepcopy(source, memo)))
+            except Exception as exc:
+                raise CompileError(
+                    f"region {name!r} has compile_mode='constant' and shares a {type(source).__name__} with "
+                    f"regions that keep learning; copying it for {name!r} failed ({type(exc).__name__}: "
+                    f"{exc}). Give region {name!r} its own submodule, or give these regions the same "
+                    "compile_mode") from exc
+        return out
+
     # --- applying -----------------------------------------------------------------------------
     def apply(self) -> Tuple[Dict[str, Any], Dict[str, str]]:
         """Export, then freeze / make constant / detach; returns (constant tensors, export paths)."""
         modes = self.work.modes
         self._warn_shared(modes)
+        copies = self._untied_copies()
         exported_paths = self._export([n for n, m in modes.items() if m == "export"])
+        for parent, key, twin in copies:
+            if parent is None:
+                self.regions[key] = twin
+            else:
+                parent._modules[key] = twin
         constant_buffers: Dict[str, Any] = {}
         for name, mode in modes.items():
             if mode == "freeze":
@@ -140,8 +209,10 @@ class ModeApplier:
         return constant_buffers, exported_paths
 
     def _warn_shared(self, modes: Mapping[str, str]) -> None:
-        """Warn about a parameter shared by regions of different compile modes (tied weights): a
-        frozen one stops the other region learning too, a constant one is untied from it."""
+        """Warn about a parameter shared by regions of different compile modes (tied weights or one
+        submodule object under several names): a frozen one stops the other region learning too, a
+        constant one is untied from it (a shared submodule object is copied, see
+        :meth:`_plan_untie`)."""
         owners: Dict[int, List[str]] = {}
         for name in self.regions.keys():
             entry = self.regions[name]
