@@ -230,8 +230,20 @@ class ModeApplier:
                     "the weights", UserWarning, stacklevel=4)
                 return
 
+    def _non_constant_params(self) -> set:
+        """The ids of the parameters that regions of a mode other than ``constant`` reach."""
+        ids = set()
+        for other in self.regions.keys():
+            if self.work.modes.get(other, "runtime") == "constant":
+                continue
+            entry = self.regions[other]
+            params = entry.parameters() if isinstance(entry, nn.Module) else [entry] if isinstance(entry, torch.Tensor) else []
+            ids.update(id(p) for p in params)
+        return ids
+
     def _make_constant(self, name: str) -> Any:
-        """Every parameter of the region re-registered as a buffer with the same values."""
+        """Every parameter of the region re-registered as a buffer with the same values (a copy for
+        a parameter tied to a region of another mode, so that its training leaves them as they are)."""
         entry = self._entry(name, "constant")
         stats = [type(m).__name__ for m in (entry.modules() if isinstance(entry, nn.Module) else ())
                  if getattr(m, "track_running_stats", False) and getattr(m, "running_mean", None) is not None]
@@ -241,18 +253,28 @@ class ModeApplier:
                 "normalises with batch statistics and updates them, so the region is not constant. Put that "
                 f"submodule in eval() (module.regions[{name!r}].eval(), again after every model.train()) or "
                 "build it with track_running_stats=False", UserWarning, stacklevel=4)
+        learning = self._non_constant_params()
+        frozen: Dict[int, torch.Tensor] = {}  # one buffer per parameter: ties inside the region stay
+
+        def as_buffer(p: torch.Tensor) -> torch.Tensor:
+            # a parameter tied to a region of another mode is copied: a buffer sharing its storage
+            # would follow every optimizer step of that region
+            if id(p) not in frozen:
+                frozen[id(p)] = p.detach().clone() if id(p) in learning else p.detach()
+            return frozen[id(p)]
+
         if isinstance(entry, nn.Module):
             for mod in entry.modules():
                 for p_name, p in list(mod._parameters.items()):
                     if p is None:
                         continue
                     del mod._parameters[p_name]
-                    mod.register_buffer(p_name, p.detach(), persistent=True)
+                    mod.register_buffer(p_name, as_buffer(p), persistent=True)
             # converted parameters and the buffers it already had: all of it is constant now
             # (a second compile of the same module reports the same tensors)
             return dict(entry.named_buffers())
         owner = self.regions  # the entry is itself a parameter of the container
-        buf = entry.detach()
+        buf = as_buffer(entry)
         if isinstance(owner, nn.Module) and name in owner._parameters:
             del owner._parameters[name]
             owner.register_buffer(name, buf, persistent=True)

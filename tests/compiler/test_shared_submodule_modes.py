@@ -2,7 +2,7 @@
 
 A constant region that shares its submodule with a learning region gets its own copy first: the
 learning regions keep their parameters and the constant region keeps its values.  Weights tied
-between separate modules keep their old handling.
+between separate modules stay in their modules, and the constant region's buffer is a copy.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def test_freeze_of_a_shared_submodule_stops_every_region_using_it_and_says_so():
     assert all(model.regions[n] is model.regions["v"] for n in "mc") and _trainable(model) == []
 
 
-def test_weights_tied_between_separate_modules_keep_their_handling():
+def test_weights_tied_between_separate_modules_keep_their_modules():
     class Tied(nn.Module):
         def __init__(self):
             super().__init__()
@@ -166,3 +166,22 @@ def test_weights_tied_between_separate_modules_keep_their_handling():
     assert [model.regions[n] for n in "vmc"] == modules  # no copy: the modules were separate
     assert _trainable(model.regions["v"]) == ["weight", "bias"]
     assert sorted(n for n, _ in model.regions["c"].named_buffers()) == ["bias", "weight"]
+
+
+def test_constant_buffer_of_a_tied_weight_does_not_follow_the_learning_region():
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            a, c = nn.Linear(8, 8), nn.Linear(8, 8)
+            c.weight = a.weight
+            self.regions = nn.ModuleDict({"v": a, "c": c})
+
+    model = Tied()
+    _compile(CanvasProgram(schema=SCHEMA, regions={"c": RegionProgram(compile_mode="constant")}), model)
+    constant, learning = model.regions["c"].weight.clone(), model.regions["v"].weight.clone()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    model.regions["v"](torch.randn(2, 8)).square().sum().backward()
+    opt.step()
+    assert not torch.equal(model.regions["v"].weight, learning)  # the learning region trained
+    assert torch.equal(model.regions["c"].weight, constant)  # the constant one kept its values
