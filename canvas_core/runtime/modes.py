@@ -70,6 +70,13 @@ def _export_directory(export_dir: Optional[str]) -> str:
         raise CompileError(f"export_dir {export_dir!r} is not a directory path; pass e.g. export_dir='exports' "
                            "(None = ./canvas_exports)")
     directory = os.path.abspath(os.fspath(export_dir) if export_dir is not None else "canvas_exports")
+    existing = directory
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)  # where the missing folders would be made
+    if os.path.isdir(existing):  # a read-only folder (0555) is refused for root too: nothing is made in it
+        from canvas_core._safe_write import _refuse_read_only_directory
+
+        _refuse_read_only_directory(existing, directory, "the export directory", CompileError)
     try:
         os.makedirs(directory, exist_ok=True)
     except OSError as exc:

@@ -71,3 +71,23 @@ def test_an_export_through_a_symlink_writes_the_file_it_points_to(tmp_path):
     ProgramCompiler(PROGRAM).compile(module=model, export_dir=str(exports))
     assert os.path.islink(exports / "memory.safetensors")
     assert torch.equal(load_file(str(target))["bias"], model.regions["memory"].bias)
+
+
+def test_an_export_directory_is_not_made_inside_a_read_only_folder(tmp_path):
+    import pytest
+
+    from canvas_core.errors import CompileError
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    os.chmod(locked, 0o555)  # root ignores the mode: the check must not rely on os.access
+    try:
+        model = Model()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        with pytest.raises(CompileError, match="read-only"):
+            ProgramCompiler(PROGRAM).compile(module=model, export_dir=str(locked / "new" / "exports"))
+        assert os.listdir(locked) == []
+        assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+        assert all(p.requires_grad for p in model.parameters())
+    finally:
+        os.chmod(locked, 0o755)
