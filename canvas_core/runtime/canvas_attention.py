@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import OrderedDict
-from typing import Any, Callable, Dict, Iterable, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -44,12 +44,14 @@ from torch.utils.hooks import RemovableHandle
 from canvas_core.compiler.lowering import lower, restrict
 from canvas_core.compiler.plan import ExecutionPlan
 from canvas_core.compiler.resolution import resolve_plan
-from canvas_core.compiler.resolved import REFERENCE_KERNEL
-from canvas_core.errors import CanvasError, CanvasTypeError, ShapeError, SchemaError
+from canvas_core.compiler.resolved import REFERENCE_KERNEL, ResolvedGroup
+from canvas_core.errors import (AttentionContractError, CanvasError, CanvasTypeError, CompileError, ShapeError,
+                                SchemaError, did_you_mean)
 from canvas_core.plugins.builtin import SOFTMAX_FAMILY
 from canvas_core.plugins.resolve import build_attention
+from canvas_core.plugins.spec import Spec
 from canvas_core.runtime.func_transforms import forward_ad_math_sdpa
-from canvas_core.runtime.kernels import REFERENCE_MODES
+from canvas_core.runtime.kernels import REFERENCE_MODES, probe_kernel
 from canvas_core.runtime.plan_runner import PlanRunner, mix_softmax_groups, run_module_groups
 from canvas_core.runtime.input_checks import (check_allocation, check_count, check_finite_number,
                                               check_region_names, check_tensor, check_width)
@@ -93,6 +95,12 @@ class CanvasAttention(nn.Module):
         kernel: softmax kernel: None (the plan's resolution), "auto"/"reference", "dense",
             "segments", "sparse", a registered kernel name (looked up once, here), a dict fn ->
             choice, or a class/callable ``(group, plan, n_heads=, head_dim=, **kernel_options)``.
+            Checked here: a dict's keys must be this layer's softmax-family types
+            (``SchemaError``), a registered kernel must list a softmax-family type in its
+            ``supports`` (``CompileError``), and every kernel but the reference one is built
+            once on a small canvas and called once
+            (:func:`~canvas_core.runtime.kernels.probe_kernel`): ``AttentionContractError``
+            naming the kernel and the type when it breaks the kernel contract.
             With None, a plan from ``ProgramCompiler`` runs the kernel the compiler chose for
             each type (e.g. ``flex`` on CUDA), and a plan that nobody compiled the reference
             kernel; a non-softmax type with a resolved kernel (e.g. ``mamba_ssm``) gets it as
@@ -145,7 +153,9 @@ class CanvasAttention(nn.Module):
         factory = attention_factory
         self._factory = factory
         # what each softmax-family group runs (kept for the restricted executors of active_regions)
-        self._kernel = _kernel_choices(kernel, plan, self.softmax_types)
+        self._kernel = _kernel_choices(kernel, plan, self.softmax_types, where)
+        if kernel is not None:  # a user's choice: one small call of each kernel before it is built
+            _probe_choices(self._kernel, where, n_heads, self.head_dim, self._kernel_options, device)
         self.executor = _Executor(plan, self.softmax_types, self._kernel, n_heads, self.head_dim,
                                   self._kernel_options, device)
         if self.executor.soft_fns:
@@ -351,23 +361,90 @@ def _resolve_here(plan: ExecutionPlan, fused: Tuple[str, ...], attention_factory
                         kernel_must_apply=False)
 
 
-def _kernel_choices(kernel: Any, plan: ExecutionPlan, fused: Tuple[str, ...]) -> Dict[str, Any]:
+_KERNEL_FORMS = ("None, a registered kernel name (e.g. 'reference'), a dict fn type -> kernel, or a kernel "
+                 "class / factory called as (group, plan, n_heads=, head_dim=, **kernel_options)")
+
+
+def _kernel_choices(kernel: Any, plan: ExecutionPlan, fused: Tuple[str, ...],
+                    where: str = "CanvasAttention") -> Dict[str, Any]:
     """fn type -> what :func:`make_kernel` builds for that softmax-family group.
 
     ``kernel=None`` takes the plan's resolution of each group; an explicit choice (one for all,
-    or a dict per type) wins, a registered kernel's name being looked up here, once."""
+    or a dict per type) wins, a registered kernel's name being looked up here, once.  Every
+    softmax-family group runs the same math (the kernel contract), so a registered kernel may run
+    any of them once its ``supports`` lists one; listing none (``mamba_torch``) is a CompileError,
+    as ``compile(kernel=...)`` refuses a kernel that executes none of a program's types."""
     fns = [f for f in plan.groups if f in fused]
     if kernel is None:
         return {f: plan.groups[f].resolved for f in fns}
-    given = dict(kernel) if isinstance(kernel, dict) else {f: kernel for f in fns}
-    out = {}
+    if isinstance(kernel, Mapping):
+        for f in kernel:
+            if not isinstance(f, str) or f not in fns:
+                raise _unknown_key(f, plan, fns, fused, where)
+        given = {f: _kernel_value(k, f"kernel[{f!r}]", where) for f, k in kernel.items()}
+    else:
+        k = _kernel_value(kernel, "kernel", where)
+        given = {f: k for f in fns}
     for f, k in given.items():
-        if isinstance(k, str) and k not in ("auto", REFERENCE_KERNEL, *REFERENCE_MODES):
-            from canvas_core.plugins import get_kernel_spec
+        if isinstance(k, Spec) and not any(t in fused for t in k.supports):
+            raise CompileError(f"{where}: kernel {k.name!r} does not support fn type {f!r} (it supports: "
+                               f"{', '.join(k.supports) or 'nothing'}; this layer's kernels run the softmax "
+                               f"family {list(fused)}); pick a kernel that supports {f!r}, e.g. 'reference', "
+                               "or drop kernel=")
+    return given
 
-            k = get_kernel_spec(k)
-        out[f] = k
-    return out
+
+def _kernel_value(k: Any, label: str, where: str) -> Any:
+    """One kernel choice, checked: a name looked up (``UnknownNameError`` lists the kernels)."""
+    if k is None or isinstance(k, (Spec, ResolvedGroup)):
+        return k
+    if isinstance(k, str):
+        if k in ("auto", REFERENCE_KERNEL, *REFERENCE_MODES):
+            return k
+        from canvas_core.plugins import get_kernel_spec
+
+        return get_kernel_spec(k)
+    if isinstance(k, nn.Module):
+        raise CanvasTypeError(f"{where}: {label} is a built module ({type(k).__name__}); pass its class or a "
+                              "factory instead: a kernel is built for each fn group of the plan")
+    if isinstance(k, bool) or not callable(k):
+        raise CanvasTypeError(f"{where}: {label}={k!r} ({type(k).__name__}) is not a kernel; pass {_KERNEL_FORMS}")
+    return k
+
+
+def _unknown_key(key: Any, plan: ExecutionPlan, fns: list, fused: Tuple[str, ...], where: str) -> CanvasError:
+    valid = f"its keys must be this layer's softmax-family types: {fns}" if fns else (
+        "this layer has no softmax-family type, so drop kernel=")
+    if not isinstance(key, str):
+        return CanvasTypeError(f"{where}: kernel= dict key {key!r} is not a fn type name; {valid}")
+    if key in plan.groups:
+        why = f"{key!r} runs its own module, not a kernel (choose its kernel when compiling the plan)"
+    elif key in fused:
+        why = f"this layer's topology has no {key!r} connection"
+    else:
+        why = f"{key!r} is no fn type of this layer's topology.{did_you_mean(key, fns or plan.groups)}"
+    return SchemaError(f"{where}: kernel= names {key!r}, which no kernel of this layer runs: {why} ({valid})")
+
+
+def _probe_choices(choices: Dict[str, Any], where: str, n_heads: int, head_dim: int,
+                   options: Dict[str, Any], device: Any) -> None:
+    """One small call of each kernel a user chose (not the reference kernel, nor a plan's own
+    resolution), in the layer's dtype; a kernel that breaks the contract is refused, named."""
+    for f, k in choices.items():
+        if k is None or isinstance(k, (str, ResolvedGroup)):
+            continue
+        label = (f"{k.name!r} ({k.describe_provider()})" if isinstance(k, Spec)
+                 else repr(getattr(k, "__name__", type(k).__name__)))
+        try:
+            problem = probe_kernel(k, f, n_heads=n_heads, head_dim=head_dim, dtype=torch.get_default_dtype(),
+                                   device=device, options=options)
+        except CanvasError as exc:
+            raise _naming(exc, f"{where}: kernel {label} for fn type {f!r}") from exc
+        if problem:
+            arg = repr(k.name) if isinstance(k, Spec) else getattr(k, "__name__", "kernel")
+            raise AttentionContractError(f"{where}: kernel {label} for fn type {f!r} {problem}. Fix the kernel "
+                                         f"(canvas_core.testing.check_kernel({arg}) tests it) or choose "
+                                         "another, e.g. kernel='reference'")
 
 
 def _naming(exc: Exception, where: str) -> Exception:
