@@ -63,11 +63,14 @@ class Field:
 
     def __post_init__(self) -> None:
         where = f"Field(h={self.h!r}, w={self.w!r}{'' if self.spatial_shape is None else f', spatial_shape={self.spatial_shape!r}'})"
+        from canvas_core.schema._validate import check_ordered  # sets / dicts: no order to take
+
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731
         if self.spatial_shape is not None:
             shape = self.spatial_shape
             if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
                 raise CanvasTypeError(f"Field spatial_shape must be a tuple of ints, got {shape!r}")
+            check_ordered(shape, f"{where}: spatial_shape", "(4, 4)")
             shape = tuple(shape)
             if not shape:
                 raise ProgramError("Field(spatial_shape=()) has no dimension; use Field(1, 1) for one position")
@@ -93,6 +96,7 @@ class Field:
             set_("temporal_extent", pos_int(self.temporal_extent, where, "temporal_extent", "Use None to span all T frames."))
         if self.family is not None:
             check_family(self.family, where)
+        check_ordered(self.tags, f"{where}: tags", "('belief', 'object')")
         set_("tags", str_tuple(self.tags, where, "tags"))
         if self.carrier is not None:
             check_choice(self.carrier, CARRIERS, "carrier", where)

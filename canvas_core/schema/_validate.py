@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import ItemsView, KeysView, Mapping
+from collections.abc import Set as AbstractSet
+from typing import Any, Iterable
 
-from canvas_core.errors import CanvasTypeError, SchemaError
+from canvas_core.errors import CanvasTypeError, SchemaError, did_you_mean
 
 
 def is_int(value: Any) -> bool:
@@ -54,6 +56,42 @@ def as_bool(value: Any, what: str) -> bool:
     if not isinstance(value, bool):
         raise CanvasTypeError(f"{what} must be True or False, got {value!r}")
     return value
+
+
+def as_choice(value: Any, choices: Iterable[str], what: str, error: type) -> str:
+    """``value`` when it is one of the strings ``choices``.  Anything that is not a string (a
+    list, a dict, an array: possibly unhashable) is a ``CanvasTypeError`` listing the choices;
+    a string outside them is ``error`` with a did-you-mean."""
+    known = sorted(choices)
+    if not isinstance(value, str):
+        raise CanvasTypeError(
+            f"{what} must be one of {known} (a single string), got {value!r:.80} ({type(value).__name__})")
+    if value not in known:
+        raise error(f"{what} must be one of {known}, got {value!r}" + did_you_mean(value, known))
+    return value
+
+
+def check_ordered(value: Any, what: str, example: str, *, allow_mapping: bool = False) -> None:
+    """Refuse a collection that cannot stand for an ordered sequence argument.
+
+    A set (or frozenset) has no defined order: ``tuple({3, 0})`` may come out either way, and
+    for strings it changes from one process to the next.  A mapping iterates over its keys
+    only, which is never what a bounds tuple or a shape means (``allow_mapping`` accepts it
+    where a list of names is wanted, e.g. ``layout.regions``).  Dict key and item views keep
+    their dict's order and pass.  Raises ``CanvasTypeError`` naming ``what`` and showing
+    ``example``; any other value is left to the caller's own checks.
+    """
+    if isinstance(value, Mapping):
+        if allow_mapping:
+            return
+        raise CanvasTypeError(
+            f"{what} must be an ordered sequence such as {example}, got a {type(value).__name__} "
+            f"{value!r:.80}: iterating a mapping yields only its keys; pass a tuple or a list")
+    if isinstance(value, AbstractSet) and not isinstance(value, (KeysView, ItemsView)):
+        raise CanvasTypeError(
+            f"{what} must be an ordered sequence such as {example}, got a {type(value).__name__} "
+            f"{value!r:.80}: a set has no defined order, so its entries could come out in any order; "
+            "pass a tuple or a list (sorted(...) if sorted order is what you mean)")
 
 
 # --- closed vocabularies shared by the schema and program layers ---------------------------------

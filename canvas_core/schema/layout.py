@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from canvas_core.errors import CanvasTypeError, RegionError, SchemaError, UnknownRegionError, did_you_mean
-from canvas_core.schema._validate import as_bool, as_int
+from canvas_core.schema._region_dict import RegionDict
+from canvas_core.schema._validate import as_bool, as_int, check_ordered
 from canvas_core.schema.limits import check_size
 from canvas_core.schema.region import RegionSpec
 
@@ -38,6 +39,13 @@ class CanvasLayout:
         allow_overlap: Regions may share positions. Without it an overlap is still accepted
             (as in canvas-engineering) but warned about, since it is usually a typo in the
             bounds.
+
+    ``regions`` may be changed after construction (``layout.regions["a"] = RegionSpec(...)``,
+    ``update``, ``del``; as in canvas-engineering), and so may ``T`` and ``spatial_shape``. The
+    next query (``region_spec``, ``region_indices``, ``region_at``, a mask, a plan, a
+    ``SpatiotemporalCanvas``) notices the change, checks the regions again exactly as the
+    constructor does and answers from the new regions; an entry that is not a ``RegionSpec``
+    (a raw bounds tuple) is refused there, since only the constructor wraps tuples.
     """
 
     T: int
@@ -71,16 +79,81 @@ class CanvasLayout:
             )
         check_size("regions", len(self.regions), "CanvasLayout number of regions",
                    "Declare fewer, larger regions (a region may cover many positions)")
-        self.regions = {name: self._wrap_region(name, spec) for name, spec in self.regions.items()}
+        self.regions = RegionDict((name, self._wrap_region(name, spec)) for name, spec in self.regions.items())
         if not self.allow_overlap:
             self._check_no_overlap()
+        self._seal()
+
+    # --- changes after construction ----------------------------------------------------------
+    def _seal(self) -> None:
+        """Record the state just validated; the runs cache starts empty for it (a new dict, so
+        a shallow copy of the layout that still holds the old one is not disturbed)."""
         self._runs_cache: Dict[Tuple[str, int], List[Tuple[int, int]]] = {}
+        regions = self.regions
+        self._validated = (regions, regions.version, self.T, self.spatial_shape, self.t_current, self.allow_overlap)
+
+    def _checked_regions(self) -> Dict[str, RegionSpec]:
+        """The regions, re-validated first when they (or T / spatial_shape) changed since the
+        last check.  O(1) when nothing changed."""
+        regions = self.regions
+        seen = self.__dict__.get("_validated")
+        if (seen is None or seen[0] is not regions or seen[1] != getattr(regions, "version", None)
+                or seen[2:] != (self.T, self.spatial_shape, self.t_current, self.allow_overlap)):
+            self._revalidate()
+        return self.regions
+
+    def _revalidate(self) -> None:
+        """Check a layout changed after construction, with the constructor's rules."""
+        self.T = as_int(self.T, "CanvasLayout T")
+        if self.T < 1:
+            raise SchemaError(f"CanvasLayout T was changed to {self.T}; it must be >= 1 frame")
+        shape = self.spatial_shape
+        if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+            raise CanvasTypeError(f"CanvasLayout spatial_shape was changed to {shape!r}; it must be a tuple of ints")
+        check_ordered(shape, "CanvasLayout spatial_shape", "(8, 8)")
+        shape = tuple(as_int(v, "CanvasLayout spatial_shape entry") for v in shape)
+        if any(v < 1 for v in shape):
+            raise SchemaError(f"CanvasLayout spatial_shape was changed to {shape}; every size must be >= 1")
+        self.spatial_shape = shape
+        self.H = shape[0] if len(shape) >= 1 else None  # read back as in the constructor
+        self.W = shape[1] if len(shape) >= 2 else None
+        check_size("positions", self.T * math.prod(shape),
+                   f"CanvasLayout positions T*prod(spatial_shape) = {self.T}*{'*'.join(map(str, shape)) or 1}")
+        self.t_current = as_int(self.t_current, "CanvasLayout t_current")
+        if not 0 <= self.t_current <= self.T:
+            raise SchemaError(f"CanvasLayout t_current={self.t_current} must lie in [0, T={self.T}]")
+        self.allow_overlap = as_bool(self.allow_overlap, "CanvasLayout allow_overlap")
+        regions = self.regions
+        if not isinstance(regions, Mapping):
+            raise CanvasTypeError(
+                f"CanvasLayout regions was replaced by a {type(regions).__name__}; it must be a dict of "
+                "name -> RegionSpec (or build a new CanvasLayout)")
+        # the checks (and the wording) of the compiler's lowering, which re-checks a layout too
+        check_size("regions", len(regions), "CanvasLayout number of regions", "Use fewer regions")
+        checked = RegionDict()
+        for name, spec in regions.items():
+            if not isinstance(spec, RegionSpec):
+                raise CanvasTypeError(
+                    f"CanvasLayout region {name!r} is a {type(spec).__name__} ({spec!r:.80}), not a RegionSpec: it "
+                    "was put into layout.regions after the layout was built, so its bounds were never checked; "
+                    "build a new CanvasLayout(..., regions={...}) that declares it")
+            try:
+                checked[name] = self._wrap_region(name, spec)
+            except (RegionError, CanvasTypeError) as exc:
+                raise type(exc)(f"{exc} (layout.regions was changed after the CanvasLayout was built; "
+                                "fix that entry or build a new CanvasLayout)") from None
+        if type(regions) is not RegionDict:  # a replaced dict: hold a counting one from now on
+            self.regions = checked
+        if not self.allow_overlap:
+            self._check_no_overlap()
+        self._seal()
 
     # --- construction helpers ---------------------------------------------------------------
     def _resolve_spatial_shape(self) -> Tuple[int, ...]:
         shape = self.spatial_shape
         if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
             raise CanvasTypeError(f"CanvasLayout spatial_shape must be a tuple of ints, got {shape!r}")
+        check_ordered(shape, "CanvasLayout spatial_shape", "(8, 8)")
         shape = tuple(as_int(s, "CanvasLayout spatial_shape entry") for s in shape)
         if self.H is not None or self.W is not None:
             H = None if self.H is None else as_int(self.H, "CanvasLayout H")
@@ -179,7 +252,7 @@ class CanvasLayout:
     @property
     def region_names(self) -> Tuple[str, ...]:
         """Region names in declaration order."""
-        return tuple(self.regions)
+        return tuple(self._checked_regions())
 
     def flat_index(self, t: int, *spatial_coords: int) -> int:
         """Flat index of position ``(t, s0, s1, ...)``."""
@@ -198,8 +271,9 @@ class CanvasLayout:
     # --- regions ---------------------------------------------------------------------------------
     def region_spec(self, name: str) -> RegionSpec:
         """The ``RegionSpec`` of a named region."""
+        regions = self._checked_regions()
         try:
-            return self.regions[name]
+            return regions[name]
         except (KeyError, TypeError):
             raise UnknownRegionError(
                 f"unknown region {name!r}; the layout declares {sorted(self.regions)}."
@@ -225,6 +299,7 @@ class CanvasLayout:
         the region has no position at that frame.
         """
         t_abs = as_int(t_abs, f"region {name!r}: frame t_abs")
+        self._checked_regions()  # a changed layout starts a new cache
         key = (name, t_abs)
         cached = self._runs_cache.get(key)
         if cached is not None:
@@ -257,6 +332,7 @@ class CanvasLayout:
     def region_at(self, flat_index: int) -> List[str]:
         """Names of the regions containing a flat position (empty when uncovered)."""
         idx = as_int(flat_index, "region_at index")
+        regions = self._checked_regions()
         if not 0 <= idx < self.num_positions:
             raise SchemaError(f"region_at: flat index {idx} outside the canvas [0, {self.num_positions})")
         t, rem = divmod(idx, self.spatial_volume)
@@ -266,7 +342,7 @@ class CanvasLayout:
             coords.append(c)
         coords = [t, *reversed(coords)]
         return [
-            n for n, s in self.regions.items()
+            n for n, s in regions.items()
             if all(s.bounds[2 * k] <= c < s.bounds[2 * k + 1] for k, c in enumerate(coords))
         ]
 
@@ -282,6 +358,7 @@ class CanvasLayout:
         """
         from canvas_core.runtime.delegates import layout_loss_weight_mask  # torch lives in the runtime
 
+        self._checked_regions()
         return layout_loss_weight_mask(self, device)
 
     # --- time ----------------------------------------------------------------------------------
@@ -302,10 +379,11 @@ class CanvasLayout:
     # --- conveniences ----------------------------------------------------------------------------
     def summary(self) -> str:
         """Human-readable table of the regions."""
+        regions = self._checked_regions()
         dims = "x".join(str(d) for d in (self.T, *self.spatial_shape))
         lines = [f"CanvasLayout {dims} (N={self.num_positions}, d_model={self.d_model}, t_current={self.t_current})"]
         covered = 0
-        for name, s in self.regions.items():
+        for name, s in regions.items():
             covered += s.numel
             flags = [f"period={s.period}"] if s.period != 1 else []
             if not s.is_output:

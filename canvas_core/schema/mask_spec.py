@@ -41,8 +41,8 @@ class MaskSpec:
     pattern: Optional[Tuple[Tuple[int, ...], ...]] = None
 
     def __post_init__(self) -> None:
-        if self.kind not in _KINDS:
-            raise SchemaError(f"MaskSpec: kind must be one of {_KINDS}, got {self.kind!r}")
+        if not isinstance(self.kind, str) or self.kind not in _KINDS:  # (an array would compare elementwise)
+            raise SchemaError(f"MaskSpec: kind must be one of {_KINDS} (a string), got {self.kind!r:.80}")
         _posint(self.tile_h, "tile_h")
         _posint(self.tile_w, "tile_w")
         if self.tile_shape is not None:
@@ -125,8 +125,20 @@ def _as_pattern(p: Any) -> Tuple[Tuple[int, ...], ...]:
             raise SchemaError(f"MaskSpec: pattern row {i} has {len(r)} entries, expected {width} (> 0)")
         row = []
         for v in r:
-            if v not in (0, 1, True, False):
+            if not _is_zero_or_one(v):
                 raise SchemaError(f"MaskSpec: pattern entries must be 0/1 or bool, got {v!r} in row {i}")
             row.append(int(bool(v)))
         rows.append(tuple(row))
     return tuple(rows)
+
+
+def _is_zero_or_one(v: Any) -> bool:
+    """Whether a pattern entry is a scalar 0 or 1 (bools and numpy / torch scalars included); a
+    nested sequence or a multi-element array is not, and must not be compared elementwise."""
+    ndim = getattr(v, "ndim", None)
+    if ndim is not None and ndim != 0 or ndim is None and (isinstance(v, (str, bytes)) or hasattr(v, "__len__")):
+        return False
+    try:
+        return bool(v in (0, 1))
+    except (TypeError, ValueError, RuntimeError):  # an object whose == answers something odd
+        return False

@@ -8,7 +8,7 @@ from typing import Any, Optional, Tuple
 
 from canvas_core.errors import CanvasTypeError, RegionError, SchemaError, did_you_mean
 from canvas_core.schema._validate import (as_bool, as_float, as_int, as_str, caller_dict_key, check_family_name,
-                                          is_int)
+                                          check_ordered, is_int)
 
 __all__ = ["RegionSpec", "transfer_distance", "DEFAULT_EMBEDDING_MODEL", "CARRIERS"]
 
@@ -64,6 +64,7 @@ class RegionSpec:
             raise CanvasTypeError(
                 f"RegionSpec bounds must be a tuple (t0, t1, s0_lo, s0_hi, ...), got {b!r}"
             )
+        check_ordered(b, "RegionSpec bounds", "(t0, t1, s0_lo, s0_hi, ...)")
         b = tuple(b)
         if not all(is_int(v) for v in b):
             raise CanvasTypeError(f"RegionSpec bounds must all be integers, got {b!r}")
@@ -105,6 +106,7 @@ class RegionSpec:
                 raise CanvasTypeError(
                     f"RegionSpec semantic_embedding must be a sequence of floats, got {emb!r}"
                 )
+            check_ordered(emb, "RegionSpec semantic_embedding", "(0.12, -0.5, ...)")
             emb = tuple(as_float(x, "RegionSpec semantic_embedding entry") for x in emb)
             object.__setattr__(self, "semantic_embedding", emb)
         as_str(self.embedding_model, "RegionSpec embedding_model")

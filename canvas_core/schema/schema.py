@@ -74,7 +74,8 @@ class CanvasSchema:
         if lay.allow_overlap:
             layout["allow_overlap"] = True
         regions = {}
-        for name, spec in lay.regions.items():
+        for name in lay.region_names:  # checks a layout changed since it was built
+            spec = lay.region_spec(name)
             d: Dict[str, Any] = {"bounds": list(spec.bounds)}
             for key, default in _REGION_DEFAULTS.items():
                 value = getattr(spec, key)
@@ -156,8 +157,9 @@ class CanvasSchema:
                 f"compatible_regions threshold must be a number (a cosine distance in [0, 2]), got {threshold!r}"
             )
         pairs = []
-        for na, a in self.layout.regions.items():
-            for nb, b in other.layout.regions.items():
+        ours, theirs = self.layout.region_names, other.layout.region_names  # (checked, if changed)
+        for na, a in ((n, self.layout.region_spec(n)) for n in ours):
+            for nb, b in ((n, other.layout.region_spec(n)) for n in theirs):
                 if a.semantic_embedding is None or b.semantic_embedding is None:
                     continue
                 if a.embedding_model != b.embedding_model or len(a.semantic_embedding) != len(b.semantic_embedding):

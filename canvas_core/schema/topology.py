@@ -13,7 +13,8 @@ from canvas_core.errors import (
     UnknownRegionError,
     did_you_mean,
 )
-from canvas_core.schema._validate import OPERATORS, as_bool, as_float, as_int, as_str, is_int, looks_like_typo
+from canvas_core.schema._validate import (OPERATORS, as_bool, as_choice, as_float, as_int, as_str, check_ordered,
+                                          is_int, looks_like_typo)
 from canvas_core.schema.limits import check_size
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -122,11 +123,7 @@ class Connection:
             raise TopologyError(
                 f"{where}: unknown operator {self.operator!r}." + (f" Did you mean {hint!r}?" if hint else "")
                 + f" Use one of {sorted(OPERATORS)}")
-        if self.write_mode not in WRITE_MODES:
-            raise TopologyError(
-                f"{where}: write_mode must be one of {sorted(WRITE_MODES)}, got {self.write_mode!r}"
-                + did_you_mean(self.write_mode, WRITE_MODES)
-            )
+        as_choice(self.write_mode, WRITE_MODES, f"{where}: write_mode", TopologyError)
         try:
             object.__setattr__(self, "temporal_fill", _as_fill(self.temporal_fill))
         except SchemaError as exc:
@@ -176,6 +173,8 @@ class CanvasTopology:
             raise CanvasTypeError(
                 f"CanvasTopology connections must be a list of Connection, got {type(self.connections).__name__}"
             )
+        # the order of the connections is kept (plans, reports and per-connection state follow it)
+        check_ordered(self.connections, "CanvasTopology connections", "[Connection('a', 'b'), ...]")
         conns = list(self.connections)
         check_size("connections", len(conns), "CanvasTopology number of connections",
                    "Connect fewer region pairs (e.g. a hub or a chain instead of all pairs)")
@@ -191,21 +190,21 @@ class CanvasTopology:
     @staticmethod
     def dense(regions: List[str]) -> "CanvasTopology":
         """Every region attends to every region (itself included): a standard transformer."""
-        regions = _names(regions)
+        regions = _names(regions, "CanvasTopology.dense regions")
         _check_all_pairs(len(regions), len(regions) ** 2, "dense")
         return CanvasTopology([Connection(a, b) for a in regions for b in regions])
 
     @staticmethod
     def isolated(regions: List[str]) -> "CanvasTopology":
         """Block-diagonal: each region attends only to itself."""
-        return CanvasTopology([Connection(a, a) for a in _names(regions)])
+        return CanvasTopology([Connection(a, a) for a in _names(regions, "CanvasTopology.isolated regions")])
 
     @staticmethod
     def hub_spoke(hub: str, spokes: List[str], bidirectional: bool = True) -> "CanvasTopology":
         """Star: every region attends to itself, the hub reads every spoke, and (if
         ``bidirectional``) every spoke reads the hub."""
         as_str(hub, "hub_spoke hub region name")
-        spokes = _names(spokes)
+        spokes = _names(spokes, "CanvasTopology.hub_spoke spokes")
         as_bool(bidirectional, "hub_spoke bidirectional")
         conns = [Connection(hub, hub)] + [Connection(s, s) for s in spokes]
         for s in spokes:
@@ -217,7 +216,7 @@ class CanvasTopology:
     @staticmethod
     def causal_chain(regions: List[str]) -> "CanvasTopology":
         """A -> B -> C: each region reads itself and the region before it in the chain."""
-        regions = _names(regions)
+        regions = _names(regions, "CanvasTopology.causal_chain regions")
         conns = [Connection(r, r) for r in regions]
         conns += [Connection(regions[i], regions[i - 1]) for i in range(1, len(regions))]
         return CanvasTopology(conns)
@@ -230,12 +229,13 @@ class CanvasTopology:
     ) -> "CanvasTopology":
         """Each region reads itself at the same frame and every region (itself included) at the
         previous frame; no future leakage. All connections use ``temporal_fill``."""
-        regions = _names(regions)
+        regions = _names(regions, "CanvasTopology.causal_temporal regions")
         fill = _as_fill(temporal_fill)
         if layout is not None:
             _check_layout(layout, "causal_temporal")
+            known = set(layout.region_names)
             for r in regions:
-                if r not in layout.regions:
+                if r not in known:
                     raise TopologyError(
                         f"causal_temporal: region {r!r} is not in the layout (regions: {sorted(layout.regions)})."
                         f"{did_you_mean(r, layout.regions)} Add the region or fix the name."
@@ -309,7 +309,7 @@ class CanvasTopology:
         """Check every connection against a layout; raises ``TopologyError`` naming the first
         connection that refers to a region the layout does not declare. Returns self."""
         _check_layout(layout, "validate")
-        check_connection_regions(self.connections, layout.regions)
+        check_connection_regions(self.connections, layout.region_names)  # (re-checks a changed layout)
         return self
 
     # --- torch objects (thin delegates to canvas_core.runtime.delegates; see its docstring) -----
@@ -379,13 +379,15 @@ def _check_layout(layout: Any, where: str) -> None:
         raise CanvasTypeError(f"{where}: layout must be a CanvasLayout, got {type(layout).__name__} {layout!r:.80}")
 
 
-def _names(regions: Iterable[str]) -> List[str]:
+def _names(regions: Iterable[str], where: str = "the list of region names") -> List[str]:
     if isinstance(regions, str):
         raise CanvasTypeError(f"expected a list of region names, got the string {regions!r}; wrap it: [{regions!r}]")
     if isinstance(regions, bytes) or not hasattr(regions, "__iter__"):
         raise CanvasTypeError(
             f"expected a list of region names, got {type(regions).__name__} {regions!r}; write e.g. ['visual', 'action']"
         )
+    # the order of the names sets the order of the connections (and which region a chain starts at)
+    check_ordered(regions, where, "['visual', 'action']", allow_mapping=True)
     out = list(regions)
     for r in out:
         as_str(r, "region name")
