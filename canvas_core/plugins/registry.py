@@ -3,8 +3,7 @@ A plain container that knows no host (loading plugins and the full unknown-name 
 
 from __future__ import annotations
 
-import weakref
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from canvas_core.errors import CanvasTypeError, DuplicateRegistrationError, SpecError, UnknownNameKeyError, closest
 from canvas_core.plugins.spec import IN_PROCESS, SPEC_FIELDS, Spec
@@ -24,20 +23,51 @@ def check_kind(kind: str) -> None:
         raise SpecError(f"unknown registry kind {kind!r}; expected one of {', '.join(KINDS)}")
 
 
+class _Entry(NamedTuple):
+    """One accepted call that changed a registry: a plugin hook's ``add_from_plugin`` (``plugin_hook``;
+    refused clashes included, they are part of the state) or a direct :meth:`Registry.insert`."""
+
+    spec: Spec
+    override: bool
+    plugin_hook: bool
+    strict: bool
+
+
 class Registry:
     """Named specs of one kind.  Per name a stack of registrations: the top one is in use, those
     below were replaced with ``override=True`` and come back when it is removed.  Also kept: names
     two plugins fight over (``_conflicts``: name -> (error, plugin)), plugin registrations a
     builtin refused (``_shadowed``: name -> [(error, plugin)]) and the registrations installed
-    plugins made with ``override=True`` (``_overriding``: they win over plain ones)."""
+    plugins made with ``override=True`` (``_overriding``: they win over plain ones).
+
+    All of that is derived from ``_log``, the registrations in the order they were made (refused
+    ones too).  Adding applies one more entry; removing deletes entries and replays the rest from
+    scratch, so a removal leaves exactly the state the remaining registrations make: unregistering
+    an override restores what was there before it (a conflict included), and removing a plugin
+    gives the state as if it had never been loaded (a registration it had refused comes back)."""
 
     def __init__(self, kind: str) -> None:
         check_kind(kind)
         self.kind, self.noun = kind, NOUNS[kind]
+        self._log: List[_Entry] = []
+        self._clear()
+
+    def _clear(self) -> None:
         self._stacks: Dict[str, List[Spec]] = {}
         self._conflicts: Dict[str, Tuple[DuplicateRegistrationError, str]] = {}
         self._shadowed: Dict[str, List[Tuple[DuplicateRegistrationError, str]]] = {}
-        self._overriding: "weakref.WeakSet[Spec]" = weakref.WeakSet()
+        self._overriding: Set[Spec] = set()  # Spec compares by identity
+
+    def _replay(self) -> None:
+        """Rebuild the derived state from ``_log``, applying each entry as it was applied first."""
+        self._clear()
+        for e in self._log:
+            # a strict entry cannot clash here: it was accepted when its name had no registration
+            # left or it replaced one with override=True, and dropping entries changes neither
+            if e.plugin_hook:
+                self._apply_plugin(e.spec, override=e.override, strict=e.strict)
+            else:
+                self._apply_insert(e.spec, override=e.override)
 
     def make_spec(self, name: str, factory: Any, metadata: Dict[str, Any], *,
                   distribution: str = IN_PROCESS, version: str = "", plugin: str = IN_PROCESS,
@@ -55,6 +85,11 @@ class Registry:
         """Put ``spec`` on top of its name's stack; an existing name needs ``override``."""
         if not isinstance(override, bool):
             raise CanvasTypeError(f"{self.noun} {spec.name!r}: override must be True or False, got {override!r}")
+        self._apply_insert(spec, override=override)
+        self._log.append(_Entry(spec, override, False, False))
+        return spec
+
+    def _apply_insert(self, spec: Spec, *, override: bool) -> None:
         stack = self._stacks.get(spec.name)
         if stack and not override:
             raise DuplicateRegistrationError(
@@ -62,9 +97,8 @@ class Registry:
                 f"{spec.describe_provider()}. Pass override=True to replace the first one on "
                 f"purpose, or uninstall / block one of the two plugins ({_BLOCK_HINT}).")
         self._stacks.setdefault(spec.name, []).append(spec)
-        if override:
+        if override:  # replaced on purpose: hidden while it is on top, back when it is removed (replay)
             self._conflicts.pop(spec.name, None)
-        return spec
 
     def _from_builtin(self, name: str) -> bool:
         return any(s.plugin == BUILTIN_PLUGIN for s in self._stacks.get(name, ()))
@@ -75,7 +109,16 @@ class Registry:
         does not depend on load order: ``override=True`` wins over plain registrations; two plain (or
         two overriding) ones make the name ambiguous (using it raises); a builtin is kept and the
         refusal recorded in :meth:`shadowed` (only ``override=True`` replaces it).  ``strict``: a
-        clash raises."""
+        clash raises (and nothing is recorded).  A refused registration is remembered: should the
+        registration it clashed with be removed, it takes part again."""
+        if not isinstance(override, bool):
+            raise CanvasTypeError(f"{self.noun} {spec.name!r}: override must be True or False, got {override!r}")
+        result = self._apply_plugin(spec, override=override, strict=strict)
+        self._log.append(_Entry(spec, override, True, strict))
+        return result
+
+    def _apply_plugin(self, spec: Spec, *, override: bool, strict: bool
+                      ) -> Tuple[Optional[Spec], Optional[DuplicateRegistrationError]]:
         stack = self._stacks.get(spec.name)
         if stack and not strict:
             top = stack[-1]
@@ -92,7 +135,7 @@ class Registry:
                 stack.insert(len(stack) - 1, spec)  # the earlier plugin replaces it on purpose
                 return spec, None
         try:
-            spec = self.insert(spec, override=override)
+            self._apply_insert(spec, override=override)
         except DuplicateRegistrationError as clash:
             if strict:
                 raise
@@ -114,25 +157,24 @@ class Registry:
         return stack[-1]
 
     def remove(self, name: str) -> Spec:
-        """Remove the current registration of ``name`` (an overridden one comes back)."""
-        stack = self._stacks.get(name)
+        """Remove the current registration of ``name``: the registry is left as the other
+        registrations make it (an overridden one comes back, and a clash it had hidden too)."""
+        stack = self._stacks.get(name) if isinstance(name, str) else None
         if not stack:
             raise self._unknown(name)
-        spec = stack.pop()
-        if not stack:
-            del self._stacks[name]
-        self._conflicts.pop(name, None)
+        spec = stack[-1]
+        at = max(i for i, e in enumerate(self._log) if e.spec is spec)
+        del self._log[at]
+        self._replay()
         return spec
 
     def remove_plugin(self, plugin: str) -> None:
-        """Remove every registration of ``plugin`` (and the clashes it caused)."""
-        gone = {s.name for stack in self._stacks.values() for s in stack if s.plugin == plugin}
-        kept = {n: [s for s in stack if s.plugin != plugin] for n, stack in self._stacks.items()}
-        self._stacks = {n: stack for n, stack in kept.items() if stack}
-        self._conflicts = {n: c for n, c in self._conflicts.items() if c[1] != plugin and n in self._stacks
-                           and n not in gone}
-        shadowed = {n: [(e, who) for e, who in v if who != plugin] for n, v in self._shadowed.items()}
-        self._shadowed = {n: v for n, v in shadowed.items() if v and n in self._stacks}
+        """Remove every registration of ``plugin``, refused ones included: the state is that of
+        the other registrations, as if the plugin had never registered anything."""
+        kept = [e for e in self._log if e.spec.plugin != plugin]
+        if len(kept) != len(self._log):
+            self._log = kept
+            self._replay()
 
     def get(self, name: str) -> Spec:
         """The spec registered as ``name``; :class:`UnknownNameError` (also a ``KeyError``) with the

@@ -7,11 +7,11 @@ import inspect
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from canvas_core.errors import CanvasTypeError, UnavailableError
+from canvas_core.errors import CanvasTypeError, FactoryTypeError, PluginLoadError, UnavailableError
 from canvas_core.plugins.builtin import SOFTMAX_FAMILY
 from canvas_core.plugins.hints import pip_name
 from canvas_core.plugins.host import PluginHost, get_host
-from canvas_core.plugins.spec import RuntimeContext, Spec
+from canvas_core.plugins.spec import IN_PROCESS, RuntimeContext, Spec
 
 #: values of ``kernel=`` that leave the choice to the resolver.
 AUTO_KERNEL = (None, "", "auto")
@@ -74,7 +74,23 @@ class ResolvedGroup:
 
 def _kernel_reasons(spec: Spec, ctx: RuntimeContext, host: PluginHost) -> List[str]:
     conflict = host.registry("kernels").conflicts().get(spec.name)
-    return ([conflict] if conflict else []) + spec.unsupported_reasons(ctx)
+    broken = spec.factory_problem()
+    return ([conflict] if conflict else []) + ([broken] if broken else []) + spec.unsupported_reasons(ctx)
+
+
+def _refuse_broken(spec: Spec) -> None:
+    """The :class:`PluginLoadError` that using ``spec`` would raise, when its lazy factory's module
+    cannot be found (``BROKEN`` in ``canvas plugins``; found without importing anything).  A spec
+    missing a required package is left to the UnavailableError with its install hint."""
+    problem = spec.factory_problem()
+    if not problem or spec.missing_requirements():
+        return
+    fix = (f"fix the factory path given to register_{'attention' if spec.kind == 'attention' else 'kernel'}"
+           if spec.distribution == IN_PROCESS else
+           f"reinstall or fix {spec.distribution}, or block it with CANVAS_BLOCK_PLUGINS")
+    raise PluginLoadError(
+        f"{spec.kind} {spec.name!r} (factory {spec.factory!r}, from {spec.describe_provider()}) failed "
+        f"to load: {problem}; `canvas plugins` lists it as BROKEN. To fix: {fix}.")
 
 
 def _hints(specs: List[Spec], reasons: List[List[str]]) -> str:
@@ -99,11 +115,15 @@ def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, 
     ``supports`` has the type are tried by descending ``priority``, the first that can run wins
     (none: the type's own module runs).  ``kernel``: None / ``"auto"`` to choose, or a kernel name to
     insist on (it must be able to run; one not supporting the type is only recorded in ``rejected``).
+    A kernel whose lazy factory module cannot be found is a rejected candidate (the reason recorded).
     Raises UnknownNameError (no such type or kernel: closest match and hint), PluginLoadError (its
-    plugin failed to load), UnavailableError (it cannot run in ``ctx``: every candidate and why)."""
+    plugin failed to load, or the type's or the requested kernel's factory module cannot be found:
+    the error using it would raise, found without importing it), UnavailableError (it cannot run in
+    ``ctx``: every candidate and why)."""
     host = host or get_host()
     ctx = RuntimeContext.coerce(ctx)
     spec = host.lookup("attention", name)
+    _refuse_broken(spec)
     cands = sorted((k for k in host.registry("kernels").specs() if name in k.supports), key=lambda k: -k.priority)
     own = spec.unsupported_reasons(ctx)
     if own:
@@ -124,6 +144,7 @@ def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, 
             rejected.append((kspec.name, (f"does not support {name!r} (supports: {', '.join(kspec.supports) or 'nothing'})",)))
             note = f"kernel {kspec.name!r} does not execute {name!r}; the type's own module runs"
         elif reasons := _kernel_reasons(kspec, ctx, host):
+            _refuse_broken(kspec)
             raise UnavailableError(
                 f"kernel {kspec.name!r} ({kspec.describe_provider()}) was requested for attention type "
                 f"{name!r} but cannot run on {ctx.describe()}: {'; '.join(reasons)}."
@@ -149,22 +170,51 @@ def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, 
                          note=note, device=device, dtype=dtype, preview=ctx.preview, clash=clash)
 
 
-def _keywords(factory: Any) -> Optional[set]:
-    """The keyword names ``factory`` takes; None for ``**kwargs`` or an unreadable signature."""
+def _signature(factory: Any) -> Optional[inspect.Signature]:
+    """``factory``'s call signature (a class: its constructor's; a ``functools.partial``: what is
+    left to pass), or None when Python cannot read one (some builtins and C extensions)."""
     try:
-        params = inspect.signature(factory).parameters.values()
+        return inspect.signature(factory)
     except (TypeError, ValueError):
         return None
+
+
+def _keywords(sig: inspect.Signature) -> Optional[set]:
+    """The keyword names ``sig`` takes; None for ``**kwargs``."""
+    params = sig.parameters.values()
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return None
     return {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
+def _binds(sig: inspect.Signature, *args: Any, **kwargs: Any) -> bool:
+    try:
+        sig.bind(*args, **kwargs)
+    except TypeError:
+        return False
+    return True
+
+
+def _argument_error(exc: BaseException) -> bool:
+    """Whether a factory's TypeError says it refused keyword arguments (nothing was built)."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, TypeError) else None
+    return cause is not None and "keyword argument" in str(cause)
+
+
+def _named(sig: inspect.Signature, name: str) -> bool:
+    p = sig.parameters.get(name)
+    return p is not None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+
+
 def build_attention(spec: Spec, d_model: int, n_heads: int = 4, dropout: float = 0.0, **kwargs: Any) -> Any:
-    """``factory(d_model=, n_heads=, dropout=, **kwargs)`` of ``spec`` (no registry lookup); a
-    factory without ``n_heads`` is called without it, one without ``dropout`` only when it is 0.
-    Raises UnavailableError (missing package), CanvasTypeError (a keyword it does not take),
-    PluginLoadError / FactoryError (import or build failed)."""
+    """Build attention type ``spec`` (no registry lookup): ``factory(d_model=, n_heads=, dropout=,
+    **kwargs)``; a factory without ``n_heads`` is called without it, one without ``dropout`` only
+    when it is 0.  A factory that has no ``d_model`` parameter and cannot be called so, but takes
+    three positional arguments (canvas-engineering's protocol, e.g. ``__init__(self, dim, heads=4,
+    p=0.0)``), is called ``factory(d_model, n_heads, dropout, **kwargs)`` as canvas-engineering
+    calls it; so is a factory without a readable signature (a builtin) that refuses the keywords.
+    Raises UnavailableError (missing package), CanvasTypeError (a factory that can be called
+    neither way), PluginLoadError / FactoryError (import or build failed)."""
     if isinstance(d_model, int) and not isinstance(d_model, bool):  # before any plugin allocates weights
         from canvas_core.schema.limits import check_size
 
@@ -173,19 +223,42 @@ def build_attention(spec: Spec, d_model: int, n_heads: int = 4, dropout: float =
         return spec.create(d_model=d_model, n_heads=n_heads, dropout=dropout, **kwargs)  # raises
     factory = spec.load()
     call = {"d_model": d_model, "n_heads": n_heads, "dropout": dropout, **kwargs}
-    accepted = _keywords(factory)
+    sig = _signature(factory)
+    if sig is None:  # nothing to read: the documented keyword call, positionally when it refuses keywords
+        try:
+            return spec.create(**call)
+        except FactoryTypeError as exc:  # the factory's own TypeError, chained
+            if not _argument_error(exc):
+                raise
+            try:
+                return spec.create(d_model, n_heads, dropout, **kwargs)
+            except FactoryTypeError:
+                raise exc from exc.__cause__
+    accepted = _keywords(sig)
     if accepted is not None:
         if "n_heads" not in accepted:
             call.pop("n_heads")
-        if "dropout" not in accepted:
-            if dropout:
-                raise CanvasTypeError(
-                    f"attention type {spec.name!r} ({spec.factory_path}) takes no dropout argument; "
-                    f"create it with dropout=0.0 (got {dropout!r})")
+        if "dropout" not in accepted and not dropout:
             call.pop("dropout")
-        unknown = sorted(set(call) - set(accepted))
-        if unknown:
+    if not _named(sig, "d_model") and not _binds(sig, **call):  # not written for the keyword call
+        if _binds(sig, d_model, n_heads, dropout, **kwargs):
+            return spec.create(d_model, n_heads, dropout, **kwargs)  # canvas-engineering's positional call
+        if _binds(sig, d_model, n_heads, dropout):
+            bad = [k for k in kwargs if not _binds(sig, d_model, n_heads, dropout, **{k: kwargs[k]})]
             raise CanvasTypeError(
-                f"attention type {spec.name!r} ({spec.factory_path}) does not take "
-                f"{', '.join(repr(k) for k in unknown)}; it accepts {sorted(accepted)}")
+                f"attention type {spec.name!r} ({spec.factory_path}) is called positionally, "
+                f"factory(d_model, n_heads, dropout, **options), as canvas-engineering calls it, and "
+                f"does not take the option(s) {', '.join(map(repr, bad or sorted(kwargs)))}; its "
+                f"parameters are {list(sig.parameters)}")
+    unknown = sorted(set(call) - accepted) if accepted is not None else []
+    if unknown == ["dropout"]:
+        raise CanvasTypeError(
+            f"attention type {spec.name!r} ({spec.factory_path}) takes no dropout argument; "
+            f"create it with dropout=0.0 (got {dropout!r})")
+    if unknown:
+        raise CanvasTypeError(
+            f"attention type {spec.name!r} ({spec.factory_path}) does not take "
+            f"{', '.join(repr(k) for k in unknown)}; it accepts {sorted(accepted or ())}. Write the "
+            "factory as factory(d_model, n_heads=4, dropout=0.0, **options), or with three positional "
+            "parameters first (canvas-engineering's factory(d_model, n_heads, dropout))")
     return spec.create(**call)  # wraps a non-canvas exception of the factory in a FactoryError

@@ -16,27 +16,138 @@ reproducible and the model is left as it was.
   :func:`constant_branch` spots a branch with nothing to learn at all (``none``: no parameter, 0).
 * :func:`dependencies` / :func:`first_leak`: the gradient probe both use (and the conformance kit);
   :func:`batch_leak`: the same probe across the samples of the batch.
+* :func:`refuse_in_place`: around a probe, refuses a module that writes into the tensors it is
+  called with (their ``_version`` moved during its forward), and turns autograd's bare "modified
+  by an inplace operation" error into the same ``AttentionContractError`` naming the type.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+import threading
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
 from canvas_core.runtime.type_call import call_attention_type, is_builtin_module
 
 __all__ = ["probe_attention_module", "init_gradient_problem", "constant_branch", "gate_opening_dependencies", "dependencies", "first_leak", "batch_leak", "key_runs",
-           "is_builtin_module",
+           "is_builtin_module", "refuse_in_place", "in_place_error",
            "zeros_opened"]
+
+#: autograd's messages for an in-place write it cannot differentiate: into a tensor saved for the
+#: backward pass, and into a leaf that requires grad (the probe's inputs are such leaves).
+_AUTOGRAD_IN_PLACE = ("modified by an inplace operation", "used in an in-place operation")
+_INPUT_LABELS = ("queries", "keys", "values")
+_FIX_IN_PLACE = ("A type must not write into the tensors it is given (they may be shared with other "
+                 "connections and saved for the backward pass): compute on a copy instead "
+                 "(values = values * 2 rather than values.mul_(2), or clone() first)")
+_guarded = threading.local()  # ids of the modules a refuse_in_place block is watching, per thread
+
+
+def in_place_error(module: Any, fn: Any = None, where: Optional[str] = None, written: Sequence[str] = (),
+                   cause: Optional[BaseException] = None) -> Exception:
+    """The ``AttentionContractError`` for a type that modifies its inputs in place: ``written`` names
+    the inputs seen to change; without them, ``cause`` is autograd's error about a saved tensor.
+    ``module`` None: the type is not known here (the caller's report names it)."""
+    from canvas_core.errors import AttentionContractError
+
+    cls = type(module).__name__
+    who = ("the attention type" if module is None else
+           f"attention type {fn!r} ({cls})" if fn is not None else f"attention type {cls}")
+    if written:
+        what = f"modifies its input{'s' if len(written) > 1 else ''} {', '.join(written)} in place during forward"
+    else:
+        said = (str(cause).strip().splitlines() or [""])[0][:160]
+        what = ("modifies in place a tensor autograd tracks, typically one of its inputs (queries, keys, "
+                f"values), so its gradient cannot be computed (torch: {said})")
+    return AttentionContractError(f"{where + ': ' if where else ''}{who} {what}. {_FIX_IN_PLACE}")
+
+
+def _autograd_in_place(exc: Optional[BaseException]) -> Optional[BaseException]:
+    """Autograd's "modified by an inplace operation" error in ``exc`` or what caused it, else None."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, RuntimeError) and any(m in str(exc) for m in _AUTOGRAD_IN_PLACE):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextlib.contextmanager
+def _said_in_place() -> Iterator[None]:
+    """Autograd's bare in-place error, raised in the block, as :func:`in_place_error`."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if _autograd_in_place(exc) is exc:
+            raise in_place_error(None, cause=exc) from exc
+        raise
+
+
+def _tensors(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> List[Tuple[str, Any]]:
+    named = [(repr(_INPUT_LABELS[i]) if i < 3 else f"argument {i}", a) for i, a in enumerate(args)]
+    named += [(repr(k), v) for k, v in kwargs.items()]
+    return [(label, t) for label, t in named if isinstance(t, torch.Tensor)]
+
+
+@contextlib.contextmanager
+def refuse_in_place(module: Any, fn: Any = None, where: Optional[str] = None) -> Iterator[None]:
+    """Within the block, every call of ``module`` notes the version counters of the tensors it is
+    given and compares them when it returns.  On leaving, a written input raises
+    :func:`in_place_error`; so does (with the cause chained) an exception of the block raised while
+    an input had been written, or autograd's "modified by an inplace operation".  Nested blocks for
+    one module watch once (the outermost, which knows the connection, reports)."""
+    active = _guarded.__dict__.setdefault("ids", set())
+    if id(module) in active:
+        yield
+        return
+    written: List[str] = []
+    pending: List[List[Tuple[str, Any, int]]] = []
+
+    def before(_mod: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+        pending.append([(label, t, t._version) for label, t in _tensors(args, kwargs)])
+
+    def after(_mod: Any, _args: Any, _kwargs: Any, _out: Any) -> None:
+        seen = pending.pop() if pending else []
+        written.extend(label for label, t, version in seen if t._version != version and label not in written)
+
+    handles: List[Any] = []
+    try:  # a module that takes no hooks (a scripted one) is judged by autograd's error alone
+        handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
+        handles.append(module.register_forward_hook(after, with_kwargs=True))
+    except Exception:
+        for h in handles:
+            h.remove()
+        handles = []
+    active.add(id(module))
+    try:
+        yield
+    except Exception as exc:
+        cause = _autograd_in_place(exc)
+        if written or cause is not None:
+            raise in_place_error(module, fn, where, written, cause) from exc
+        raise
+    finally:
+        active.discard(id(module))
+        for h in handles:
+            h.remove()
+    if written:
+        raise in_place_error(module, fn, where, written)
 
 
 def dependencies(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any,
                  batch_item: int = 0) -> List[Tuple[set, set]]:
     """For each query row i of ``batch_item``: (queries it depends on, keys or values it depends
     on), read off the gradient of ``out[batch_item, i]`` against fixed random weights."""
+    with _said_in_place():
+        return _dependencies(run, q, k, v, batch_item)
+
+
+def _dependencies(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any,
+                  batch_item: int) -> List[Tuple[set, set]]:
     q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
     out = run(q, k, v)
     gen = torch.Generator().manual_seed(7)
@@ -62,6 +173,11 @@ def batch_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any) -> O
     """Whether some sample's output depends (by gradient) on another sample's queries, keys or
     values: one backward per output sample, every other sample's input rows read off.  None when
     the samples are independent (or the batch has one sample, or the output needs no gradient)."""
+    with _said_in_place():
+        return _batch_leak(run, q, k, v)
+
+
+def _batch_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any) -> Optional[str]:
     q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
     out = run(q, k, v)
     n = q.shape[0]
@@ -170,22 +286,29 @@ def gate_opening_dependencies(module: Any, run: Callable[[Any, Any, Any], Any], 
                               ) -> Tuple[List[Tuple[set, set]], bool]:
     """:func:`dependencies` of ``run``; when no output depends on any key, again with ``module``'s
     closed gates opened (:func:`zeros_opened`).  Returns the dependencies and whether they come
-    from that second run."""
-    deps = dependencies(run, q, k, v)
-    if any(dk for _, dk in deps):
-        return deps, False
-    with zeros_opened(module) as opened:
-        return (dependencies(run, q, k, v), True) if opened else (deps, False)
+    from that second run.  A module writing into its inputs is refused (:func:`refuse_in_place`)."""
+    with refuse_in_place(module):
+        deps = dependencies(run, q, k, v)
+        if any(dk for _, dk in deps):
+            return deps, False
+        with zeros_opened(module) as opened:
+            return (dependencies(run, q, k, v), True) if opened else (deps, False)
 
 
 def probe_attention_module(module: Any, fn: Any, d_model: int, where: str) -> None:
     """One tiny call (again with closed gates opened when it reads no key, see
     :func:`zeros_opened`); a wrong output or a read outside the key sets raises
-    :class:`~canvas_core.errors.AttentionContractError` starting with ``where``."""
-    from canvas_core.errors import AttentionContractError
-
+    :class:`~canvas_core.errors.AttentionContractError` starting with ``where``; so does a module
+    that modifies its inputs in place (:func:`refuse_in_place`), instead of autograd's bare error."""
     if _where(module)[0].type == "meta":
         return
+    with refuse_in_place(module, fn, where):
+        _probe_contract(module, fn, d_model, where)
+
+
+def _probe_contract(module: Any, fn: Any, d_model: int, where: str) -> None:
+    from canvas_core.errors import AttentionContractError
+
     q, k, v, mask = _inputs(module, d_model)
 
     def runner(mod: Any) -> Callable[[Any, Any, Any], Any]:

@@ -33,7 +33,7 @@ class LearningType(StuckType):
 @pytest.fixture()
 def types():
     P.register_attention("t23_stuck_attr", StuckType)
-    P.register_attention("t23_stuck_kw", "canvas_core_no_such_module:Thing", learns_at_init=False)
+    P.register_attention("t23_stuck_kw", "canvas_core.errors:NoSuchThing", learns_at_init=False)
     P.register_attention("t23_learns", LearningType)
     P.register_attention("t23_bad_decl", LearningType, learns_at_init="no")
     try:

@@ -78,7 +78,7 @@ def test_fake_cuda_kernel_rejected_with_reason(host):
 
 
 def test_kernel_preference_honoured(host):
-    host.register("kernels", "fake_any", "tests_fake_module:Kernel", supports=("cross_attention",), priority=-5)
+    host.register("kernels", "fake_any", "canvas_core.errors:NoSuchKernel", supports=("cross_attention",), priority=-5)
     compiled = ProgramCompiler(program(CONNS)).compile(kernel="fake_any")
     assert compiled.kernel == "fake_any"
     assert [compiled.plan.resolutions[i].kernel for i in range(4)] == ["fake_any", "module", "fake_any", "fake_any"]

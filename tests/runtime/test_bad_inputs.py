@@ -167,9 +167,10 @@ def test_a_type_whose_factory_cannot_load_is_refused_naming_its_connections():
         P.register_attention("typo_type", "canvas_core.atention:CrossAttention")
         topology = CanvasTopology(connections=[Connection(src="a", dst="a"),
                                                Connection(src="a", dst="b", fn="typo_type")])
-        plan = ProgramCompiler(CanvasSchema(layout=_layout(), topology=topology)).compile(device="cpu").plan
+        with pytest.raises(PluginLoadError) as ei:  # resolution (compile) already refuses the broken factory
+            ProgramCompiler(CanvasSchema(layout=_layout(), topology=topology)).compile(device="cpu")
         with pytest.raises(PluginLoadError) as ei:
-            CanvasAttention(plan, d_model=8, n_heads=2)
+            CanvasAttention(topology, _layout(), d_model=8, n_heads=2)
     msg = str(ei.value)
     assert msg.startswith("connection #1 'a' -> 'b' (fn 'typo_type'): ")
     assert "canvas_core.atention:CrossAttention" in msg and "failed to load" in msg
