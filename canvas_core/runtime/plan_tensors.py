@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import numpy as np
 import torch
 
 from canvas_core.compiler.lowering import lower
@@ -22,7 +23,9 @@ def dense_weights(plan: Any, device: Any = "cpu", fn: Optional[str] = None, cano
     weight of a rectangle linking query i to key j, 0 where none.
 
     Two gathers from the plan's segment grid, no scatter over N x N.  ``canonical=True`` indexes
-    positions canonically (the ``to_attention_mask`` convention), False in packed order.
+    positions canonically (the ``to_attention_mask`` convention), False in packed order.  A link
+    whose weight is below the smallest positive value of ``dtype`` (default float32) shows that
+    smallest value, not 0, so that every linked pair reads as linked.
     """
     dtype = dtype or torch.float32
     check_elements((plan.n, plan.n), f"the dense (N, N) weight matrix of {plan.n:,} positions")
@@ -34,7 +37,14 @@ def dense_weights(plan: Any, device: Any = "cpu", fn: Optional[str] = None, cano
     if canonical:
         inv = torch.from_numpy(plan.inv_perm).to(device)
         rows, cols = rows[inv], cols[inv]
-    small = torch.from_numpy(sg.grid).to(device=device, dtype=dtype)
+    grid = np.asarray(sg.grid)
+    if dtype.is_floating_point:
+        # a positive weight below the dtype's smallest positive value (1e-50 in float32) is kept
+        # at that value: rounded to 0 it would read as "not linked", and the runtime links it
+        fi = torch.finfo(dtype)
+        least = fi.tiny * fi.eps  # the smallest subnormal
+        grid = np.where((grid > 0) & (grid < least), least, grid)
+    small = torch.from_numpy(grid).to(device=device, dtype=dtype)
     return small[rows][:, cols]
 
 

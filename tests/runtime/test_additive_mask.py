@@ -71,3 +71,13 @@ def test_keyless_rows_attend_to_themselves_and_meta_device_works():
     am = topo.to_additive_mask(_LAYOUT)
     assert am[1, 1] == 0.0 and am[2, 2] == 0.0 and am[1, 0] == -math.inf
     assert topo.to_additive_mask(_LAYOUT, device="meta").shape == (3, 3)
+
+
+@pytest.mark.parametrize("w", [0.5, 1e-40, 1e-46, 1e-50, _SMALLEST_DOUBLE])
+def test_attention_mask_shows_every_link_as_linked(w):
+    # float32 rounds these weights to a subnormal or to 0; 0 would read as "not linked"
+    topo = CanvasTopology([Connection("q", "k1", weight=1.0), Connection("q", "k2", weight=w)])
+    mask = topo.to_attention_mask(_LAYOUT)
+    additive = topo.to_additive_mask(_LAYOUT)
+    assert mask[0, 2] > 0 and mask[0, 0] == 0
+    assert torch.equal((mask[0] > 0), torch.isfinite(additive[0]))
