@@ -2,14 +2,21 @@
 
 Every error a user can cause (a bad layout, topology, program, JSON file, plugin,
 checkpoint or runtime input) is a :class:`CanvasError`.  Subclasses also derive from
-the builtin exception that fits (``ValueError``, ``TypeError``, ``LookupError``,
-``ImportError``) so existing ``except ValueError`` code keeps working.
+the builtin exception that fits (``ValueError``, ``TypeError``, ``KeyError``,
+``ImportError``, ``FileNotFoundError``) so existing ``except ValueError`` code keeps working;
+where canvas-engineering raised another builtin for the same mistake (``KeyError`` for an
+unknown region, ``ValueError`` for an unknown attention type, ``FileNotFoundError`` for a missing
+schema file), the error derives from that one too.
 
 Messages name the offending object (region, connection, field, plugin, file) and say
 how to fix it.
 """
 
 from __future__ import annotations
+
+import errno
+import os
+from typing import Any
 
 __all__ = [
     "CanvasError",
@@ -87,8 +94,10 @@ class SpecError(PluginError, ValueError):
     registry kind, or a device / dtype torch does not know."""
 
 
-class UnknownNameKeyError(UnknownNameError, KeyError):
-    """:class:`UnknownNameError` that is also a ``KeyError`` (mapping-style lookups)."""
+class UnknownNameKeyError(UnknownNameError, KeyError, ValueError):
+    """:class:`UnknownNameError` that is also a ``KeyError`` (mapping-style lookups) and a
+    ``ValueError`` (canvas-engineering's ``create_attention`` documents ``ValueError`` for a type
+    it does not know, and ``ATTENTION_REGISTRY[name]`` raised ``KeyError``)."""
 
 
 class FactoryError(PluginError, RuntimeError):
@@ -119,14 +128,35 @@ class ShapeError(CanvasError, ValueError):
     """A tensor given to a canvas module has the wrong shape, dtype or device."""
 
 
-class UnknownRegionError(RegionError, LookupError):
-    """A region name that the layout does not declare (the message lists the declared ones)."""
+class UnknownRegionError(RegionError, KeyError):
+    """A region name that the layout does not declare (the message lists the declared ones).
+    Also a ``KeyError``, which canvas-engineering's region lookups raised (``layout.region_indices``,
+    ``canvas.extract``, ...), so ``except KeyError`` code written for it still catches it."""
 
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # KeyError would otherwise show the message quoted, like a key
         return str(self.args[0]) if self.args else ""
 
 
 __all__.append("UnknownRegionError")
+
+
+class SchemaFileNotFoundError(SchemaFormatError, FileNotFoundError):
+    """The error for a schema or program file to read that does not exist: also the
+    ``FileNotFoundError`` canvas-engineering's ``from_json`` let through (``errno`` is ``ENOENT``,
+    ``filename`` the path), so ``except OSError`` / ``except FileNotFoundError`` code catches it."""
+
+    def __init__(self, message: str, filename: Any = None) -> None:
+        super().__init__(message)
+        self.errno, self.strerror, self.filename = errno.ENOENT, os.strerror(errno.ENOENT), filename
+
+    def __str__(self) -> str:  # OSError would otherwise show "[Errno 2] ...: 'path'" instead of the message
+        return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self):  # pickles (multiprocessing, ...) with its path
+        return (type(self), (str(self), self.filename))
+
+
+__all__.append("SchemaFileNotFoundError")
 
 
 class AttentionContractError(PluginError, TypeError):

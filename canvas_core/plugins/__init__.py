@@ -4,13 +4,16 @@ docs/plugins.md is the author's walk-through): hooks (``hookspecs``), the host t
 (``resolve``).  Defined here, on the default host, from one table (:data:`KIND_API`): per kind
 ``register_<x>`` (a call returning the Spec, ``cls=`` accepted for the factory; a decorator with a
 name; or bare, named ``cls.name`` or ``snake_case(__name__)``), ``unregister_<x>``,
-``list_<xs>``, ``create_<x>`` and the read-only mapping ``<KIND>_REGISTRY``; ``ATTENTION_TYPES``."""
+``list_<xs>``, ``create_<x>`` and the live mapping ``<KIND>_REGISTRY`` (read-only, except
+``ATTENTION_REGISTRY``, which also takes canvas-engineering's ``ATTENTION_REGISTRY[name] = cls``);
+``ATTENTION_TYPES``."""
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, Dict, Iterator, List
 
 from canvas_core.errors import (
@@ -21,7 +24,7 @@ from canvas_core.plugins.host import PluginHost, get_host, get_plugin_manager, r
 from canvas_core.plugins.loading import ENV_ALLOW, ENV_BLOCK, ENV_DISABLE, PluginRecord
 from canvas_core.plugins.registry import KINDS, NOUNS, Registry
 from canvas_core.plugins.resolve import ResolvedGroup, build_attention, resolve_attention
-from canvas_core.plugins.spec import IN_PROCESS, RuntimeContext, Spec, SpecError
+from canvas_core.plugins.spec import IN_PROCESS, SPEC_FIELDS, RuntimeContext, Spec, SpecError, parse_factory_path
 
 #: kind, function-name stem, plural stem (``list_*``), mapping name, ``register_*`` doc extra.
 KIND_API = (
@@ -38,7 +41,7 @@ __all__ = [
     "PluginHost", "PluginRecord", "get_host", "set_host", "use_host", "reset_plugins",
     "get_plugin_manager", "plugin_report", "registry_report", "ENV_DISABLE", "ENV_ALLOW", "ENV_BLOCK",
     "Spec", "SpecError", "RuntimeContext", "Registry", "RegistryView", "KINDS", "IN_PROCESS",
-    "ATTENTION_TYPES", "AttentionTypeInfo", "get_registry", "get_spec", "get_attention_spec", "get_kernel_spec",
+    "ATTENTION_TYPES", "AttentionTypeInfo", "AttentionEntry", "get_registry", "get_spec", "get_attention_spec", "get_kernel_spec",
     "create_attention", "resolve_attention", "ResolvedGroup",
     "PluginError", "DuplicateRegistrationError", "UnknownNameError", "PluginLoadError", "UnavailableError",
 ]
@@ -107,7 +110,7 @@ def _make(kind: str, one: str, many: str, mapping: str, extra: str) -> None:
     if kind != "attention":
         _define(f"create_{one}", lambda name, *args, **kwargs: get_host().lookup(kind, name).create(*args, **kwargs),
                 f"Build {noun} ``name``: its factory called with ``*args, **kwargs``.")
-    _define(mapping, RegistryView(kind))
+    _define(mapping, AttentionRegistryView(kind) if kind == "attention" else RegistryView(kind))
 
 
 def create_attention(fn_name: str, d_model: int, n_heads: int = 4, dropout: float = 0.0, **kwargs: Any) -> Any:
@@ -179,8 +182,172 @@ class AttentionTypeInfo(str):
         return (str, (str(self),))
 
 
-class AttentionTypesView(RegistryView):
+_VIEW_MODULES = (__name__, "collections.abc", "_collections_abc")
+
+
+def _caller_module() -> Any:
+    """The module of the code that assigned into a view (``update`` and friends skipped)."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_globals.get("__name__") in _VIEW_MODULES:
+        frame = frame.f_back
+    return frame.f_globals.get("__name__") if frame is not None else None
+
+
+class AttentionEntry:
+    """An ``ATTENTION_REGISTRY`` value: the registry's :class:`Spec` (every attribute and method of
+    it: ``factory``, ``name``, ``family``, ``create``, ... and ``spec`` for the Spec itself), which
+    also stands in for the class canvas-engineering's dict held there.  Calling it builds the type
+    with the arguments given (``entry(d_model, n_heads, dropout)``, as ``cls(...)``); it has the
+    factory's ``__name__`` and ``__signature__``; ``issubclass(entry, nn.Module)``,
+    ``isinstance(module, entry)`` and ``class Mine(entry)`` see the factory class.  It is not the
+    class object itself: compare ``entry.factory`` with a class rather than ``entry is cls``."""
+
+    __slots__ = ("spec",)
+
+    def __init__(self, spec: Spec) -> None:
+        object.__setattr__(self, "spec", spec)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr == "__qualname__":
+            return getattr(self.spec.load(), "__qualname__", self.__name__)
+        if attr == "spec" or attr.startswith("__"):
+            raise AttributeError(attr)
+        return getattr(self.spec, attr)
+
+    def __setattr__(self, attr: str, value: Any) -> None:
+        setattr(self.spec, attr, value)
+
+    def __dir__(self) -> List[str]:
+        return sorted(set(object.__dir__(self)) | set(dir(self.spec)))
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.spec.create(*args, **kwargs)
+
+    @property
+    def __name__(self) -> str:  # type: ignore[override]
+        f = self.spec.factory
+        if isinstance(f, str):  # a lazy factory is named without importing it
+            return parse_factory_path(f)[1].rpartition(".")[2] or f
+        return getattr(f, "__name__", type(f).__name__)
+
+    @property
+    def __bases__(self) -> tuple:  # what issubclass(entry, X) walks
+        f = self.spec.load()
+        return (f,) if isinstance(f, type) else ()
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(self.spec.load())
+
+    def __mro_entries__(self, bases: tuple) -> tuple:  # ``class Mine(ATTENTION_REGISTRY[name])``
+        return (self.spec.load(),)
+
+    def __instancecheck__(self, obj: Any) -> bool:
+        f = self.spec.load()
+        return isinstance(f, type) and isinstance(obj, f)
+
+    def __subclasscheck__(self, cls: Any) -> bool:
+        f = self.spec.load()
+        return isinstance(f, type) and issubclass(cls, f)
+
+    def __eq__(self, other: Any) -> bool:
+        return self.spec is (other.spec if isinstance(other, AttentionEntry) else other)
+
+    def __hash__(self) -> int:
+        return hash(self.spec)
+
+    def __repr__(self) -> str:
+        return repr(self.spec)
+
+    def __reduce__(self):
+        return (AttentionEntry, (self.spec,))
+
+
+def _entry_metadata(spec: Spec) -> Dict[str, Any]:
+    """The keywords that re-register ``spec``'s type under another name."""
+    keep = [k for k in SPEC_FIELDS if k not in ("priority", "supports")]
+    return {**{k: getattr(spec, k) for k in keep}, **spec.metadata}
+
+
+def _positional_problem(value: Any) -> str:
+    """Why ``value(d_model, n_heads, dropout)`` cannot be called, or "" (also when unknowable)."""
+    try:
+        inspect.signature(value).bind(0, 0, 0.0)
+    except TypeError as exc:
+        return str(exc)
+    except ValueError:  # no readable signature (a builtin): trust it
+        pass
+    return ""
+
+
+class AttentionRegistryView(RegistryView, MutableMapping):
+    """``ATTENTION_REGISTRY``: live ``name -> AttentionEntry`` (a :class:`Spec` usable as the class),
+    which also takes canvas-engineering's dict writes.  ``view[name] = cls`` registers ``cls`` as
+    :func:`register_attention` does (same checks and errors: an existing name is a
+    ``DuplicateRegistrationError``) when ``cls(d_model, n_heads, dropout)`` can be called, as in
+    canvas-engineering; ``view[name] = view[other]`` registers the same type under a second name;
+    ``del view[name]`` is :func:`unregister_attention`."""
+
+    _wrap = AttentionEntry
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        metadata: Dict[str, Any] = {}
+        if isinstance(value, (AttentionEntry, Spec)):
+            spec = value.spec if isinstance(value, AttentionEntry) else value
+            value, metadata = spec.factory, _entry_metadata(spec)
+        elif isinstance(value, str) or not callable(value):
+            raise CanvasTypeError(
+                f"ATTENTION_REGISTRY[{name!r}] = {value!r}: the value must be an attention class (or a "
+                "callable) built as cls(d_model, n_heads, dropout); register a lazy 'package.module:Object' "
+                f"path with register_attention({name!r}, path)")
+        elif problem := _positional_problem(value):
+            raise CanvasTypeError(
+                f"ATTENTION_REGISTRY[{name!r}] = {value!r}: canvas-engineering builds the classes in "
+                f"this mapping as cls(d_model, n_heads, dropout), which {value!r} does not take "
+                f"({problem}); accept those three arguments, or use register_attention({name!r}, factory), "
+                "which passes d_model=, n_heads=, dropout= by keyword and leaves out those it does not take")
+        get_host().register(self._kind, name, value, module=_caller_module(), **metadata)
+
+    def __delitem__(self, name: str) -> None:
+        get_host().unregister(self._kind, name)
+
+    def popitem(self) -> Any:
+        raise PluginError("ATTENTION_REGISTRY.popitem() would unregister an arbitrary type; use "
+                          "del ATTENTION_REGISTRY[name] (unregister_attention) for a name you registered")
+
+    def clear(self) -> None:
+        raise PluginError("ATTENTION_REGISTRY.clear(): builtin and plugin types cannot be removed; "
+                          "unregister your own names one by one, or call reset_plugins()")
+
+
+class AttentionTypesView(RegistryView, MutableMapping):
+    """``ATTENTION_TYPES``: live ``name -> AttentionTypeInfo`` (the description string), one per
+    registered attention type.  ``view[name] = "text"`` sets the description of registered type
+    ``name`` (canvas-engineering's way to describe a type it registered); the catalogue holds
+    every registered type, so a name that is not registered is refused (an ``UnknownNameError``,
+    also a ``KeyError``) and ``del view[name]`` is refused (remove the type itself with
+    ``del ATTENTION_REGISTRY[name]``)."""
+
     _wrap = AttentionTypeInfo
+
+    def __setitem__(self, name: str, description: Any) -> None:
+        if not isinstance(description, str):
+            raise CanvasTypeError(f"ATTENTION_TYPES[{name!r}] = {description!r}: a description must be a "
+                                  f"string, got {type(description).__name__}")
+        if name not in get_registry(self._kind):
+            err = get_host().missing_name_error(self._kind, name)
+            err.args = (f"ATTENTION_TYPES[{name!r}] = ... describes a registered attention type: register "
+                        f"it first (ATTENTION_REGISTRY[{name!r}] = cls, or register_attention({name!r}, cls, "
+                        f"description=...)). {err}",)
+            raise err
+        get_host().lookup(self._kind, name).description = description
+
+    def __delitem__(self, name: str) -> None:
+        self[name]  # an unknown name is a KeyError, as for a dict
+        raise CanvasTypeError(
+            f"del ATTENTION_TYPES[{name!r}]: the catalogue lists every registered attention type; remove "
+            f"the type itself with del ATTENTION_REGISTRY[{name!r}] (unregister_attention), or describe it "
+            f"differently with ATTENTION_TYPES[{name!r}] = 'text'")
 
     def __repr__(self) -> str:
         return "ATTENTION_TYPES(" + repr({k: str(v) for k, v in self.items()}) + ")"

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple, Union
 
-from canvas_core.errors import CanvasTypeError, SchemaFormatError, SizeLimitError
+from canvas_core.errors import CanvasTypeError, SchemaFileNotFoundError, SchemaFormatError, SizeLimitError
 from canvas_core.schema.limits import LIMITS, limit
 
 __all__ = ["read_text_capped", "loads_strict", "DuplicateKeyError", "read_json_source", "dump_json"]
@@ -145,7 +145,7 @@ def read_json_source(source: Any, kind: str, *, empty: str, nul: Callable[[str],
     try:
         return read_text_capped(path, where), where
     except FileNotFoundError:
-        raise SchemaFormatError(f"{where} does not exist{missing(source)}") from None
+        raise SchemaFileNotFoundError(f"{where} does not exist{missing(source)}", os.fspath(source)) from None
     except UnicodeDecodeError:
         raise SchemaFormatError(f"{where} is not UTF-8 text") from None
     except OSError as exc:

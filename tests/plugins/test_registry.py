@@ -107,12 +107,14 @@ def test_unknown_name_install_hint(host, kind, name, dist):
     assert ei.value.distribution == dist
 
 
-def test_registry_view_is_read_only_and_live(host):
+def test_registry_view_is_live_and_refuses_what_cannot_be_built(host):
     view = P.ATTENTION_REGISTRY
     assert "cross_attention" in view and "nope" not in view
     assert view.get("nope") is None
+    # assignment registers (canvas-engineering's way), but only what cls(d_model, n_heads, dropout) builds
     with pytest.raises(TypeError):
         view["x"] = Dummy  # type: ignore[index]
+    assert "x" not in view
     with pytest.raises(KeyError):
         view["nope"]
     assert "fresh_view_type" not in view
