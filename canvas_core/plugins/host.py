@@ -31,8 +31,9 @@ _ONE = {"attention": "attention", "kernels": "kernel", "backbones": "backbone", 
 
 
 class PluginScopedRegistry:
-    """What a plugin's hook receives: ``add`` credits the plugin's distribution; a clash lands on
-    the plugin's record."""
+    """What a plugin's hook receives: ``add`` credits the plugin's distribution; a clash is warned
+    about when a builtin keeps the name (the plugin's record reads its clashes off the registries,
+    :meth:`PluginHost.conflicts_of`)."""
 
     def __init__(self, registry: Registry, record: PluginRecord, strict: bool) -> None:
         self._registry, self._record, self._strict = registry, record, strict
@@ -50,7 +51,6 @@ class PluginScopedRegistry:
         rec.attempted.setdefault(self.kind, []).append(spec.name)
         stored, clash = reg.add_from_plugin(spec, override=override, strict=self._strict)
         if clash is not None:
-            rec.conflicts.append(str(clash))
             if spec.name in reg.shadowed():  # never a silent shadowing of a plugin's type
                 warnings.warn_explicit(
                     f"{rec.describe()} registers {self.noun} {spec.name!r}, a name of canvas-core's builtins: "
@@ -342,9 +342,25 @@ class PluginHost:
     def registered_by(self, plugin: str) -> Dict[str, List[str]]:
         return {k: names for k, reg in self.registries.items() if (names := reg.names_by_plugin(plugin))}
 
+    def conflicts_of(self, plugin: str) -> List[str]:
+        """The clashes of ``plugin``'s refused registrations that hold now, in registration order:
+        its name is still fought over (using it raises) or kept by a builtin.  Read off each
+        registry's log of registrations, so a clash goes away with the registration it was
+        against (``unregister_plugin``) and comes back with it (an override removed)."""
+        self.ensure_loaded()
+        with self._lock:
+            return [msg for reg in self.registries.values() for msg in _live_clashes(reg).get(plugin, ())]
+
     def plugin_report(self) -> List[Dict[str, Any]]:
         self.ensure_loaded()
-        return [rec.to_dict(self.registered_by(rec.name)) for rec in self.records.values()]
+        with self._lock:
+            clashes: Dict[str, List[str]] = {}
+            for reg in self.registries.values():
+                for plugin, msgs in _live_clashes(reg).items():
+                    clashes.setdefault(plugin, []).extend(msgs)
+            for rec in self.records.values():  # derived now, never text kept from registration time
+                rec.conflicts = clashes.get(rec.name, [])
+            return [rec.to_dict(self.registered_by(rec.name)) for rec in self.records.values()]
 
     def registry_report(self, ctx: Any = None) -> Dict[str, List[Dict[str, Any]]]:
         """Registry kind -> one ``Spec.to_dict(ctx)`` per name, plus ``conflict`` (two plugins
@@ -366,6 +382,26 @@ class PluginHost:
                     d.update(available=False, broken=problem, reasons=d["reasons"] + [problem])
                 out[kind].append(d)
         return out
+
+
+def _live_clashes(reg: Registry) -> Dict[str, List[str]]:
+    """plugin -> the messages of its refused registrations in ``reg`` whose name still clashes
+    (``reg.conflicts()`` or ``reg.shadowed()``).  The registry keeps only the state its log makes,
+    one message per name; the message of each refused registration is found by replaying the log
+    into a scratch registry, exactly as ``reg`` replays it."""
+    live = set(reg.conflicts()) | set(reg.shadowed())
+    out: Dict[str, List[str]] = {}
+    if not live:
+        return out
+    scratch = Registry(reg.kind)
+    for entry in reg._log:  # noqa: SLF001 - the registrations in order, refused ones included
+        if not entry.plugin_hook:
+            scratch.insert(entry.spec, override=entry.override)
+            continue
+        _, clash = scratch.add_from_plugin(entry.spec, override=entry.override, strict=entry.strict)
+        if clash is not None and entry.spec.name in live:
+            out.setdefault(entry.spec.plugin, []).append(str(clash))
+    return out
 
 
 def _attach(err: Exception, **attrs: Any) -> Exception:

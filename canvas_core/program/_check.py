@@ -6,7 +6,7 @@ import math
 from typing import Any, Optional, Tuple
 
 from canvas_core.errors import CanvasTypeError, ProgramError
-from canvas_core.schema._validate import is_int
+from canvas_core.schema._validate import check_ordered, is_int
 
 __all__ = ["pos_int", "nonneg_int", "opt_pos_int", "number", "flag", "text", "opt_text", "str_tuple"]
 
@@ -58,7 +58,14 @@ def opt_text(value: Any, where: str, what: str) -> Optional[str]:
     return None if value is None else text(value, where, what)
 
 
+#: the example an ordered-sequence refusal shows, per argument name (others: a generic pair)
+_EXAMPLES = {"tags": "('belief', 'object')", "losses": "('next_step', 'masked_prediction')"}
+
+
 def str_tuple(value: Any, where: str, what: str) -> Tuple[str, ...]:
+    """``value`` as a tuple of non-empty strings.  A set (no defined order) or a mapping (its keys
+    only) is refused by :func:`~canvas_core.schema._validate.check_ordered`, as elsewhere."""
+    check_ordered(value, f"{where}: {what}", _EXAMPLES.get(what, "('a', 'b')"))
     if isinstance(value, str):
         raise CanvasTypeError(
             f"{where}: {what} must be a tuple of strings, got the string {value!r}; write ({value!r},)"

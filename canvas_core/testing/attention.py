@@ -239,16 +239,35 @@ def _grad_inputs(value: Any, where: str) -> List[str]:
     return names
 
 
+def _target_spec(name: Any, label: str) -> Any:
+    """The registry entry the kit builds: a registered name's own, or for a class / factory an
+    in-process entry of it, so both are built by ``build_attention`` alike."""
+    if isinstance(name, str):
+        from canvas_core.plugins import get_host
+
+        return get_host().lookup("attention", name)
+    from canvas_core.plugins.spec import Spec
+
+    spec = Spec(name="kit_target", factory=name, module=getattr(name, "__module__", None))
+    spec.name = label  # shown as given ('<lambda>' too), which the name check would refuse
+    return spec
+
+
 def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device: Any = "cpu",
                          dtype: Any = None, *, seed: int = 0, batch: int = 3, strict: bool = False,
                          grad_inputs: Optional[Sequence[str]] = None, raise_on_failure: bool = True,
                          distribution: Optional[str] = None, n_keys: int = NK, **kwargs: Any) -> ConformanceReport:
     """Conformance suite of an attention type (registered name, or a factory / class).
 
-    Builds the type with ``create_attention(name, d_model, n_heads, dropout=0.0, **kwargs)``
-    under ``torch.manual_seed(seed)``, moves it to ``device`` / ``dtype`` (default float32) and
-    checks that the runtime can call it (``construct``: the same check, and the same error, as
-    when a canvas layer is built), then each property, calling it as the runtime does:
+    Builds the type as ``create_attention(name, d_model, n_heads, dropout=0.0, **kwargs)`` does
+    (``build_attention``; a class or factory given instead of a name alike, canvas-engineering's
+    positional ``cls(d_model, n_heads, dropout)`` included, and a keyword the type does not take
+    fails ``construct`` naming it and what the type accepts) under ``torch.manual_seed(seed)``,
+    moves it to ``device`` / ``dtype`` (default float32) and checks that the runtime can call it
+    (``construct``: the same check, and the same error, as when a canvas layer is built), then
+    each property, calling it as the runtime does.  A type that writes into the tensors it is
+    given fails every property that calls it with the same ``AttentionContractError`` naming it
+    (``refuse_in_place``), never torch's bare "modified by an inplace operation":
 
     * ``shape/dtype/device``: ``(B, Nq, D)`` output with the input's dtype and device;
     * ``Nq != Nk``: works with more and with fewer queries than keys;
@@ -295,6 +314,7 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
 
     from canvas_core.errors import CanvasTypeError
     from canvas_core.runtime.type_call import MASKED, UNMASKED, check_attention_module, runs_per_key_set
+    from canvas_core.runtime.type_probe import refuse_in_place
 
     where = "check_attention_type"
     check_target(name, where, "attention", distribution)
@@ -315,13 +335,12 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
     head = f"attention type {report.name!r} fails the canvas conformance suite"
 
     def build() -> Any:
-        torch.manual_seed(seed)
-        if isinstance(name, str):
-            from canvas_core.plugins import create_attention
+        from canvas_core.plugins.resolve import build_attention
 
-            module = create_attention(name, d_model=d_model, n_heads=n_heads, dropout=0.0, **kwargs)
-        else:
-            module = name(d_model=d_model, n_heads=n_heads, dropout=0.0, **kwargs)
+        torch.manual_seed(seed)
+        # one road for a name and a class: keyword or canvas-engineering positional call, and a
+        # factory keyword the type does not take named with what it accepts
+        module = build_attention(_target_spec(name, report.name), d_model, n_heads=n_heads, dropout=0.0, **kwargs)
         return module.to(device=device, dtype=dtype) if hasattr(module, "to") else module
 
     try:
@@ -349,9 +368,11 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
     checks["trainable"] = lambda: check_trainable(suite)
     if strict:
         checks["zeros without keys"] = lambda: _zeros(suite)
+    fn_name = name if isinstance(name, str) else None  # a class / factory: named by its module's class
     for prop, fn in checks.items():
         try:
-            skip = fn()
+            with refuse_in_place(module, fn_name):  # a write into an input: one named error, every property
+                skip = fn()
         except Failed as exc:
             report.failed[prop] = str(exc)
         except Exception as exc:
