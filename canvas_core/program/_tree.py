@@ -207,7 +207,8 @@ def _plain_attributes(obj: Any) -> List[Tuple[str, Any, dict]]:
 def _class_declarations(klass: type) -> List[Tuple[str, Any]]:
     """The class-body values (base classes first) that may hold canvas fields: Fields, lists and
     tuples, and data objects (e.g. ``arm = Arm()``), as on an instance.  Methods, properties and
-    other descriptors, classes and modules are left out; whether a list or object really holds
+    other descriptors, classes, modules and instances of the class itself (a default or
+    singleton kept on the class) are left out; whether a list or object really holds
     Fields is for the caller to decide (deciding here would recurse without a cycle guard)."""
     out: List[Tuple[str, Any]] = []
     names = set()
@@ -215,6 +216,8 @@ def _class_declarations(klass: type) -> List[Tuple[str, Any]]:
         for k, v in vars(base).items():
             if k.startswith("__") or k in names:
                 continue
+            if isinstance(v, klass) or (base is not object and isinstance(v, base)):
+                continue  # a default / singleton instance (`Robot.default = Robot()`): not a part
             if isinstance(v, Field) or _is_sequence(v) or _may_hold_fields(v):
                 out.append((k, v))
                 names.add(k)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any, List, Optional, Sequence, Tuple
 
-from canvas_core.errors import CanvasTypeError, SchemaError, ShapeError
+from canvas_core.errors import CanvasTypeError, SchemaError, ShapeError, UnknownRegionError
 from canvas_core.schema.mask_spec import MaskSpec
 from canvas_core.schema.rects import Rect, rect_cover
 
@@ -17,6 +17,8 @@ __all__ = ["mask_rectangles", "mask_to_index_pairs"]
 def _region_box(layout: Any, name: str) -> Tuple[Tuple[int, int], ...]:
     try:
         spec = layout.region_spec(name)
+    except UnknownRegionError as exc:  # also a KeyError, as canvas-engineering raised here
+        raise UnknownRegionError(f"mask: region {name!r} is not in the layout ({exc})") from None
     except Exception as exc:
         raise SchemaError(f"mask: region {name!r} is not in the layout ({exc})") from None
     b = tuple(spec.bounds)

@@ -111,3 +111,15 @@ def test_from_json_of_a_missing_file_is_a_file_not_found_error(tmp_path, cls_nam
     with pytest.raises(FileNotFoundError) as info:
         getattr(canvas_core, cls_name).from_json(tmp_path / "missing.json")
     assert isinstance(info.value, SchemaFormatError) and "does not exist" in str(info.value)
+
+
+@pytest.mark.parametrize("kind, extra", [("full", {}), ("tile", {}), ("sparse", {"pattern": ((1, 0), (0, 1))})])
+def test_mask_pairs_of_an_unknown_region_is_a_key_error(kind, extra):
+    from canvas_core.schema.mask_pairs import mask_to_index_pairs
+    from canvas_core.schema.mask_spec import MaskSpec
+
+    layout = canvas_core.CanvasLayout(T=2, H=4, W=4, d_model=8,
+                                      regions={"a": (0, 2, 0, 2, 0, 4), "b": (0, 2, 2, 4, 0, 4)})
+    with pytest.raises(KeyError) as info:  # canvas-engineering's except KeyError keeps catching
+        mask_to_index_pairs(MaskSpec(kind=kind, **extra), layout, "a", "zz")
+    assert isinstance(info.value, errors.CanvasError) and "'zz'" in str(info.value)

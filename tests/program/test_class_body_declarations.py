@@ -151,3 +151,18 @@ def test_annotated_classvar_and_non_field_class_values_are_accepted():
             return Field(1, 1)
 
     assert compile_schema(Fine(), T=2).field_names == ["camera", "xs[0]"]
+
+
+def test_a_default_instance_kept_on_the_class_is_not_a_part():
+    class Arm:
+        def __init__(self):
+            self.pos = Field(2, 2)
+
+    class Robot:
+        def __init__(self):
+            self.cam = Field(4, 4)
+            self.arm = Arm()
+
+    Robot.default = Robot()  # a default / singleton pattern: every instance would seem to contain itself
+    schema = compile_schema(Robot(), T=2, d_model=16)
+    assert list(schema.layout.regions) == ["cam", "arm", "arm.pos"]  # as without the class attribute
