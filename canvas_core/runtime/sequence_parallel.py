@@ -98,6 +98,29 @@ def _check_canvas(x: Any, what: str, dims: str) -> None:
         raise ShapeError(f"{what} expects a canvas tensor {dims}, got {tuple(x.shape)}")
 
 
+def _checked_call(what: str, x: Any, sharding: Any, group: Any, check_inputs: Any, whole: bool):
+    """``(sharding, rank, group)`` of a :func:`shard_canvas` (``whole``: ``x`` is the whole canvas)
+    or :func:`unshard_canvas` call (``x`` is this rank's share), after this rank's own checks and,
+    with ``check_inputs``, the ranks' agreement on the call; a failure on any rank is raised."""
+    _check_flag(check_inputs, what)
+    sharding, rank, group, size, failure = _sharding_and_rank(sharding, group, what)
+    if failure is None:
+        n = sharding.n if whole else sharding.sizes[rank]
+        try:
+            _check_canvas(x, what, f"(B, {n}, ...)")
+            if x.shape[1] != n:
+                raise ShapeError(f"{what} on rank {rank} expects a canvas tensor (B, {sharding.n}, ...), got "
+                                 f"{tuple(x.shape)}" if whole else
+                                 f"{what}: rank {rank} holds {n} positions, got a tensor {tuple(x.shape)}")
+        except Exception as exc:  # noqa: BLE001 - told to every rank, then raised
+            failure = exc
+    if check_inputs:
+        agree_on_canvas(what, x, sharding, group, size, rank, failure, whole=whole)
+    elif failure is not None:
+        raise failure
+    return sharding, rank, group
+
+
 def shard_canvas(x: torch.Tensor, sharding: Any, group: Any = None, *, check_inputs: bool = False) -> torch.Tensor:
     """This rank's share ``(B, n_r, ...)`` of a whole canonical canvas tensor ``(B, N, ...)``.
 
@@ -116,21 +139,7 @@ def shard_canvas(x: torch.Tensor, sharding: Any, group: Any = None, *, check_inp
     :class:`SequenceParallelError` on every rank when they differ; that makes the call a
     collective (every rank of the group, in the same order).
     """
-    what = "shard_canvas"
-    _check_flag(check_inputs, what)
-    sharding, rank, group, size, failure = _sharding_and_rank(sharding, group, what)
-    if failure is None:
-        try:
-            _check_canvas(x, what, f"(B, {sharding.n}, ...)")
-            if x.shape[1] != sharding.n:
-                raise ShapeError(f"shard_canvas on rank {rank} expects a canvas tensor (B, {sharding.n}, ...), "
-                                 f"got {tuple(x.shape)}")
-        except Exception as exc:  # noqa: BLE001 - told to every rank, then raised
-            failure = exc
-    if check_inputs:
-        agree_on_canvas(what, x, sharding, group, size, rank, failure, whole=True)
-    elif failure is not None:
-        raise failure
+    sharding, rank, _ = _checked_call("shard_canvas", x, sharding, group, check_inputs, whole=True)
     idx = torch.as_tensor(sharding.positions(rank), device=x.device)
     return x.index_select(1, idx)
 
@@ -143,21 +152,7 @@ def unshard_canvas(x: torch.Tensor, sharding: Any, group: Any = None, *, check_i
     and trailing shape of every rank's share (and whether each holds its share's length) and raise
     the same :class:`SequenceParallelError` on every rank when they differ, instead of a crash or a
     hang inside the collective (one ``all_gather`` of a few int64).  ``False`` skips it."""
-    what = "unshard_canvas"
-    _check_flag(check_inputs, what)
-    sharding, rank, group, size, failure = _sharding_and_rank(sharding, group, what)
-    if failure is None:
-        n_r = sharding.sizes[rank]
-        try:
-            _check_canvas(x, what, f"(B, {n_r}, ...)")
-            if x.shape[1] != n_r:
-                raise ShapeError(f"unshard_canvas: rank {rank} holds {n_r} positions, got a tensor {tuple(x.shape)}")
-        except Exception as exc:  # noqa: BLE001 - told to every rank, then raised
-            failure = exc
-    if check_inputs:
-        agree_on_canvas(what, x, sharding, group, size, rank, failure, whole=False)
-    elif failure is not None:
-        raise failure
+    sharding, rank, group = _checked_call("unshard_canvas", x, sharding, group, check_inputs, whole=False)
     full = _gather_packed(x, sharding.sizes, rank, group)  # (N, B, ...) packed
     inv = np.empty(sharding.n, dtype=np.int64)
     inv[sharding.perm] = np.arange(sharding.n)
