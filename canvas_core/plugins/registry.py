@@ -33,6 +33,34 @@ class _Entry(NamedTuple):
     strict: bool
 
 
+class _State:
+    """Everything a registry derives from its log, in one object.  Once a registry has published
+    a state (one assignment to ``Registry._state``) nothing in it is changed again: a change is
+    made on a copy (or on a fresh state, for a replay) which is then published in its turn.  A
+    reader that takes ``_state`` once therefore sees either the state before a change or the one
+    after it, never one half built, and needs no lock (lookups stay lock-free)."""
+
+    __slots__ = ("stacks", "conflicts", "shadowed", "overriding")
+
+    def __init__(self) -> None:
+        self.stacks: Dict[str, List[Spec]] = {}
+        self.conflicts: Dict[str, Tuple[DuplicateRegistrationError, str]] = {}
+        self.shadowed: Dict[str, List[Tuple[DuplicateRegistrationError, str]]] = {}
+        self.overriding: Set[Spec] = set()  # Spec compares by identity
+
+    def copy_for(self, name: str) -> "_State":
+        """A private copy to apply one registration of ``name`` to: the containers, and the lists
+        that a registration of ``name`` can change, are new; everything else is shared."""
+        new = _State()
+        new.stacks, new.conflicts, new.shadowed = dict(self.stacks), dict(self.conflicts), dict(self.shadowed)
+        new.overriding = set(self.overriding)
+        if name in new.stacks:
+            new.stacks[name] = list(new.stacks[name])
+        if name in new.shadowed:
+            new.shadowed[name] = list(new.shadowed[name])
+        return new
+
+
 class Registry:
     """Named specs of one kind.  Per name a stack of registrations: the top one is in use, those
     below were replaced with ``override=True`` and come back when it is removed.  Also kept: names
@@ -44,30 +72,29 @@ class Registry:
     ones too).  Adding applies one more entry; removing deletes entries and replays the rest from
     scratch, so a removal leaves exactly the state the remaining registrations make: unregistering
     an override restores what was there before it (a conflict included), and removing a plugin
-    gives the state as if it had never been loaded (a registration it had refused comes back)."""
+    gives the state as if it had never been loaded (a registration it had refused comes back).
+
+    The derived state lives in one :class:`_State` (``_state``) that is replaced whole, never
+    changed once visible: writers are serialised by the host's lock, readers take no lock."""
 
     def __init__(self, kind: str) -> None:
         check_kind(kind)
         self.kind, self.noun = kind, NOUNS[kind]
         self._log: List[_Entry] = []
-        self._clear()
+        self._state = _State()
 
-    def _clear(self) -> None:
-        self._stacks: Dict[str, List[Spec]] = {}
-        self._conflicts: Dict[str, Tuple[DuplicateRegistrationError, str]] = {}
-        self._shadowed: Dict[str, List[Tuple[DuplicateRegistrationError, str]]] = {}
-        self._overriding: Set[Spec] = set()  # Spec compares by identity
-
-    def _replay(self) -> None:
-        """Rebuild the derived state from ``_log``, applying each entry as it was applied first."""
-        self._clear()
-        for e in self._log:
+    def _replay(self, log: List[_Entry]) -> None:
+        """Derive the state ``log`` makes, applying each entry as it was applied first, in a fresh
+        :class:`_State`; then publish it and ``log`` (nothing changes should an entry raise)."""
+        st = _State()
+        for e in log:
             # a strict entry cannot clash here: it was accepted when its name had no registration
             # left or it replaced one with override=True, and dropping entries changes neither
             if e.plugin_hook:
-                self._apply_plugin(e.spec, override=e.override, strict=e.strict)
+                self._apply_plugin(st, e.spec, override=e.override, strict=e.strict)
             else:
-                self._apply_insert(e.spec, override=e.override)
+                self._apply_insert(st, e.spec, override=e.override)
+        self._state, self._log = st, log
 
     def make_spec(self, name: str, factory: Any, metadata: Dict[str, Any], *,
                   distribution: str = IN_PROCESS, version: str = "", plugin: str = IN_PROCESS,
@@ -85,23 +112,27 @@ class Registry:
         """Put ``spec`` on top of its name's stack; an existing name needs ``override``."""
         if not isinstance(override, bool):
             raise CanvasTypeError(f"{self.noun} {spec.name!r}: override must be True or False, got {override!r}")
-        self._apply_insert(spec, override=override)
+        st = self._state.copy_for(spec.name)
+        self._apply_insert(st, spec, override=override)  # a refusal raises before anything is published
+        self._state = st
         self._log.append(_Entry(spec, override, False, False))
         return spec
 
-    def _apply_insert(self, spec: Spec, *, override: bool) -> None:
-        stack = self._stacks.get(spec.name)
+    def _apply_insert(self, st: _State, spec: Spec, *, override: bool) -> None:
+        """Apply one direct registration to ``st`` (a state not yet published)."""
+        stack = st.stacks.get(spec.name)
         if stack and not override:
             raise DuplicateRegistrationError(
                 f"{self.noun} {spec.name!r} is provided twice: by {stack[-1].describe_provider()} and by "
                 f"{spec.describe_provider()}. Pass override=True to replace the first one on "
                 f"purpose, or uninstall / block one of the two plugins ({_BLOCK_HINT}).")
-        self._stacks.setdefault(spec.name, []).append(spec)
+        st.stacks.setdefault(spec.name, []).append(spec)
         if override:  # replaced on purpose: hidden while it is on top, back when it is removed (replay)
-            self._conflicts.pop(spec.name, None)
+            st.conflicts.pop(spec.name, None)
 
-    def _from_builtin(self, name: str) -> bool:
-        return any(s.plugin == BUILTIN_PLUGIN for s in self._stacks.get(name, ()))
+    @staticmethod
+    def _from_builtin(st: _State, name: str) -> bool:
+        return any(s.plugin == BUILTIN_PLUGIN for s in st.stacks.get(name, ()))
 
     def add_from_plugin(self, spec: Spec, *, override: bool = False, strict: bool = False
                         ) -> Tuple[Optional[Spec], Optional[DuplicateRegistrationError]]:
@@ -113,59 +144,63 @@ class Registry:
         registration it clashed with be removed, it takes part again."""
         if not isinstance(override, bool):
             raise CanvasTypeError(f"{self.noun} {spec.name!r}: override must be True or False, got {override!r}")
-        result = self._apply_plugin(spec, override=override, strict=strict)
+        st = self._state.copy_for(spec.name)
+        result = self._apply_plugin(st, spec, override=override, strict=strict)  # strict clash: raises here
+        self._state = st
         self._log.append(_Entry(spec, override, True, strict))
         return result
 
-    def _apply_plugin(self, spec: Spec, *, override: bool, strict: bool
+    def _apply_plugin(self, st: _State, spec: Spec, *, override: bool, strict: bool
                       ) -> Tuple[Optional[Spec], Optional[DuplicateRegistrationError]]:
-        stack = self._stacks.get(spec.name)
+        """Apply one plugin hook's registration to ``st`` (a state not yet published)."""
+        stack = st.stacks.get(spec.name)
         if stack and not strict:
             top = stack[-1]
-            top_overrides = (top in self._overriding and top.plugin != spec.plugin
+            top_overrides = (top in st.overriding and top.plugin != spec.plugin
                              and top.plugin not in (BUILTIN_PLUGIN, IN_PROCESS))
             if top_overrides and override:
                 clash = DuplicateRegistrationError(
                     f"{self.noun} {spec.name!r} is replaced with override=True by two plugins: "
                     f"{top.describe_provider()} and {spec.describe_provider()}; neither is chosen. "
                     f"Uninstall or block one of the two ({_BLOCK_HINT}).")
-                self._conflicts[spec.name] = (clash, spec.plugin)
+                st.conflicts[spec.name] = (clash, spec.plugin)
                 return None, clash
-            if top_overrides and not self._from_builtin(spec.name):
+            if top_overrides and not self._from_builtin(st, spec.name):
                 stack.insert(len(stack) - 1, spec)  # the earlier plugin replaces it on purpose
                 return spec, None
         try:
-            self._apply_insert(spec, override=override)
+            self._apply_insert(st, spec, override=override)
         except DuplicateRegistrationError as clash:
             if strict:
                 raise
-            if self._from_builtin(spec.name):
-                self._shadowed.setdefault(spec.name, []).append((clash, spec.plugin))
+            if self._from_builtin(st, spec.name):
+                st.shadowed.setdefault(spec.name, []).append((clash, spec.plugin))
             else:
-                self._conflicts[spec.name] = (clash, spec.plugin)
+                st.conflicts[spec.name] = (clash, spec.plugin)
             return None, clash
         if override:
-            self._overriding.add(spec)
+            st.overriding.add(spec)
         return spec, None
 
     def current(self, name: str) -> Spec:
         """The registration of ``name`` on top of its stack (in use unless two plugins clash over
         it); :class:`UnknownNameError` when there is none."""
-        stack = self._stacks.get(name) if isinstance(name, str) else None
+        st = self._state
+        stack = st.stacks.get(name) if isinstance(name, str) else None
         if not stack:
-            raise self._unknown(name)
+            raise self._unknown(name, st)
         return stack[-1]
 
     def remove(self, name: str) -> Spec:
         """Remove the current registration of ``name``: the registry is left as the other
         registrations make it (an overridden one comes back, and a clash it had hidden too)."""
-        stack = self._stacks.get(name) if isinstance(name, str) else None
+        st = self._state
+        stack = st.stacks.get(name) if isinstance(name, str) else None
         if not stack:
-            raise self._unknown(name)
+            raise self._unknown(name, st)
         spec = stack[-1]
         at = max(i for i, e in enumerate(self._log) if e.spec is spec)
-        del self._log[at]
-        self._replay()
+        self._replay(self._log[:at] + self._log[at + 1:])
         return spec
 
     def remove_plugin(self, plugin: str) -> None:
@@ -173,54 +208,56 @@ class Registry:
         the other registrations, as if the plugin had never registered anything."""
         kept = [e for e in self._log if e.spec.plugin != plugin]
         if len(kept) != len(self._log):
-            self._log = kept
-            self._replay()
+            self._replay(kept)
 
     def get(self, name: str) -> Spec:
         """The spec registered as ``name``; :class:`UnknownNameError` (also a ``KeyError``) with the
         known names when there is none, :class:`DuplicateRegistrationError` when two plugins
         provide it (neither chosen silently)."""
-        stack = self._stacks.get(name) if isinstance(name, str) else None
+        st = self._state  # read once: the stacks and the clashes of one and the same state
+        stack = st.stacks.get(name) if isinstance(name, str) else None
         if not stack:
-            raise self._unknown(name)
-        if name in self._conflicts:
-            raise self._conflicts[name][0]
+            raise self._unknown(name, st)
+        if name in st.conflicts:
+            raise st.conflicts[name][0]
         return stack[-1]
 
-    def _unknown(self, name: Any) -> Exception:
-        known = self.names()
+    def _unknown(self, name: Any, st: Optional[_State] = None) -> Exception:
+        known = sorted((st or self._state).stacks)
         near = closest(str(name), known)
         return UnknownNameKeyError(f"Unknown {self.noun}: {name!r}. Known: {', '.join(known) or '(none)'}."
                                    + (f" Did you mean {near!r}?" if near else ""))
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in self._stacks
+        return isinstance(name, str) and name in self._state.stacks
 
     def names(self) -> List[str]:
-        return sorted(self._stacks)
+        return sorted(self._state.stacks)
 
     def names_by_plugin(self, plugin: str) -> List[str]:
         """Sorted names ``plugin`` registered here, overridden registrations included."""
-        return sorted({s.name for stack in self._stacks.values() for s in stack if s.plugin == plugin})
+        return sorted({s.name for stack in self._state.stacks.values() for s in stack if s.plugin == plugin})
 
     def __len__(self) -> int:
-        return len(self._stacks)
+        return len(self._state.stacks)
 
     def specs(self) -> List[Spec]:
         """The current spec of every name, by name."""
-        return [self._stacks[n][-1] for n in sorted(self._stacks)]
+        stacks = self._state.stacks
+        return [stacks[n][-1] for n in sorted(stacks)]
 
     def all_registrations(self) -> List[Spec]:
         """Every registration, overridden ones included (reports)."""
-        return [s for n in sorted(self._stacks) for s in self._stacks[n]]
+        stacks = self._state.stacks
+        return [s for n in sorted(stacks) for s in stacks[n]]
 
     def conflicts(self) -> Dict[str, str]:
         """name -> message, for names two plugins provide (using them raises)."""
-        return {n: str(e) for n, (e, _p) in self._conflicts.items()}
+        return {n: str(e) for n, (e, _p) in self._state.conflicts.items()}
 
     def shadowed(self) -> Dict[str, List[str]]:
         """name -> messages, for builtin names a plugin also registered (refused: builtin kept)."""
-        return {n: [str(e) for e, _p in v] for n, v in self._shadowed.items()}
+        return {n: [str(e) for e, _p in v] for n, v in self._state.shadowed.items()}
 
     def __repr__(self) -> str:
-        return f"<Registry {self.kind}: {', '.join(sorted(self._stacks))}>"
+        return f"<Registry {self.kind}: {', '.join(sorted(self._state.stacks))}>"
