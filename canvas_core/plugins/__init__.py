@@ -152,8 +152,10 @@ class RegistryView(Mapping):
         return self._wrap(get_host().lookup(self._kind, name))
 
     def get(self, name: str, default: Any = None) -> Any:
-        reg = get_registry(self._kind)
-        return self._wrap(reg.get(name)) if name in reg else default
+        try:  # one read of the registry: a name removed meanwhile gives the default, not a KeyError
+            return self._wrap(get_registry(self._kind).get(name))
+        except UnknownNameError:
+            return default
 
     def __contains__(self, name: object) -> bool:
         return name in get_registry(self._kind)

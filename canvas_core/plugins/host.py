@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 
 import pluggy
 
-from canvas_core.errors import CanvasError, PluginError, PluginLoadError, closest
+from canvas_core.errors import CanvasError, PluginError, PluginLoadError, UnknownNameError, closest
 from canvas_core.plugins import hookspecs
 from canvas_core.plugins.hints import normalize_dist, provider_hint
 from canvas_core.plugins.loading import (
@@ -112,10 +112,10 @@ class PluginHost:
 
     def lookup(self, kind: str, name: Any) -> Spec:
         """``registry(kind).get(name)``; a name nobody provides raises :meth:`missing_name_error`."""
-        reg = self.registry(kind)
-        if name in reg:
-            return reg.get(name)  # two plugins providing it raise their clash
-        raise self.missing_name_error(kind, name)
+        try:
+            return self.registry(kind).get(name)  # one read; two plugins providing it raise their clash
+        except UnknownNameError:
+            raise self.missing_name_error(kind, name) from None
 
     def _load(self, s: Dict[str, Any]) -> None:
         self.settings = s
