@@ -35,6 +35,15 @@ __all__ = [
 _TRACE_TYPES = env_flag(os.environ, "CANVAS_COMPILE_TRACE_TYPES")
 
 
+def autocast_on(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type``; False for a device type autocast does not know
+    (``meta``: torch raises there instead of answering)."""
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except RuntimeError:
+        return False
+
+
 def operators_under_compile() -> bool:
     """Whether type modules that have one (``gated``, ``perceiver``, ``mamba``) run as their
     ``torch.library`` operators while ``torch.compile`` traces them: shorter compiles, compiled
@@ -263,7 +272,7 @@ def check_dtypes_devices(type_name: str, module: Optional[nn.Module] = None, **t
             f"{type_name}: the inputs are on {x0.device} but the module's parameters are on "
             f"{p.device}; move one of them (module.to({str(x0.device)!r}))"
         )
-    if p.dtype != x0.dtype and not torch.is_autocast_enabled(x0.device.type):
+    if p.dtype != x0.dtype and not autocast_on(x0.device.type):
         raise ShapeError(
             f"{type_name}: the inputs are {x0.dtype} but the module's parameters are {p.dtype}; "
             f"convert one of them (module.to({x0.dtype}) or the inputs .to({p.dtype})), or run under "

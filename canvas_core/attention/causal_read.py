@@ -14,11 +14,11 @@ from typing import Callable, Optional, Tuple, TypeVar
 
 import torch
 
-from canvas_core.attention._base import causal_read_index
+from canvas_core.attention._base import autocast_on, causal_read_index
 from canvas_core.errors import CanvasTypeError
 
 __all__ = ["NEG_INF", "CHUNK_ELEMS", "work_dtype", "finite_or_zero", "check_kernel_choice", "rows_identical",
-           "causal_read", "read_at", "scratch", "scratch_out", "exp_floor", "outside_autocast"]
+           "causal_read", "read_at", "scratch", "scratch_out", "exp_floor", "outside_autocast", "autocast_on"]
 
 NEG_INF = float("-inf")
 CHUNK_ELEMS = 1 << 24  # bound on the size of per-query intermediate tensors
@@ -40,7 +40,7 @@ def outside_autocast(fn: _F) -> _F:
     @functools.wraps(fn)
     def wrapped(k, *args, **kwargs):
         dev = k.device.type
-        if not torch.is_autocast_enabled(dev):
+        if not autocast_on(dev):
             return fn(k, *args, **kwargs)
         with torch.autocast(dev, enabled=False):
             return fn(k, *args, **kwargs)

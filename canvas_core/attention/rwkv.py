@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from canvas_core.attention._base import AttentionBase, safe_div
+from canvas_core.attention._base import AttentionBase, autocast_on, safe_div
 from canvas_core.attention.causal_read import (
     CHUNK_ELEMS,
     NEG_INF,
@@ -447,7 +447,7 @@ class RWKVAttention(AttentionBase):
         wd = work_dtype(queries.dtype)
         # under autocast the projections run as autocast has them (then cast to wd); the WKV
         # (and a kernel named by kernel=) runs outside it, in wd, as the public WKV functions do
-        amp = torch.is_autocast_enabled(queries.device.type)
+        amp = autocast_on(queries.device.type)
         if keys is values and not amp and plain_linear(self.key, with_bias=False) and plain_linear(self.value, with_bias=False):
             k, v = (t.to(wd) for t in _SharedProjections.apply(values, self.key.weight.to(values.dtype),
                                                                self.value.weight.to(values.dtype)))

@@ -17,7 +17,7 @@ from canvas_core.attention._base import (
     has_key,
     safe_div,
 )
-from canvas_core.attention.causal_read import outside_autocast, plain_module, work_dtype
+from canvas_core.attention.causal_read import autocast_on, outside_autocast, plain_module, work_dtype
 from canvas_core.attention.linear_sums import elu_plus_one, key_summary
 from canvas_core.attention.softmax import CosineAttention, CrossAttention, _QKVAttention
 from canvas_core.errors import CanvasTypeError
@@ -88,7 +88,7 @@ class LinearAttention(_QKVAttention):
         kp, vp = self.k_proj, self.v_proj
         plain = plain_module(kp, nn.Linear) and plain_module(vp, nn.Linear)
         if plain and allowed is None and keys.dtype == wdt == kp.weight.dtype == vp.weight.dtype \
-                and not torch.is_autocast_enabled(keys.device.type):
+                and not autocast_on(keys.device.type):
             # sum_j phi(k_j) (W_v x_j + b)^T = (sum_j phi(k_j) x_j^T) W_v^T + (sum_j phi(k_j)) b^T:
             # one (D, D) product per row instead of a projection of every key's value
             P, ks = key_summary(keys, None if values is keys else values, kp.weight, kp.bias)

@@ -17,7 +17,7 @@ from torch import nn
 
 from canvas_core.attention import fused_softmax
 from canvas_core.attention._base import AttentionBase, _check_finite, _check_int, has_key, operators_under_compile
-from canvas_core.attention.causal_read import plain_linear, plain_module
+from canvas_core.attention.causal_read import autocast_on, plain_linear, plain_module
 from canvas_core.attention.functional import masked_softmax
 from canvas_core.schema.limits import check_elements, check_size
 
@@ -55,7 +55,7 @@ def _fusable(module: AttentionBase, queries: torch.Tensor, Nk: int, weight: torc
         return False
     if bias is not None and bias.requires_grad:
         return False
-    return weight.dtype == queries.dtype and not torch.is_autocast_enabled(queries.device.type)
+    return weight.dtype == queries.dtype and not autocast_on(queries.device.type)
 
 
 def _plain_linears(*modules: nn.Module) -> bool:
@@ -97,6 +97,8 @@ class _QKVAttention(AttentionBase):
 
     # logits (B, H, Nq, Nk) from projected heads; subclasses override
     def _logits(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+        if q.dtype in (torch.float16, torch.bfloat16):  # q k^T past 65,504 would be inf in float16
+            q, k = q.float(), k.float()
         return torch.matmul(q, k.transpose(-1, -2)) * (self._beta() / math.sqrt(self.head_dim))
 
     # extra restriction (bool, broadcastable to (B, H, Nq, Nk)) or None; subclasses override

@@ -236,7 +236,9 @@ def check_type_output(out: Any, queries: Any, name: Any = None, module: Any = No
     elif not out.is_floating_point():
         problem = f"returned dtype {out.dtype}, not a floating-point tensor"
     elif out.dtype != queries.dtype:
-        if torch.is_autocast_enabled(queries.device.type):
+        from canvas_core.attention._base import autocast_on
+
+        if autocast_on(queries.device.type):
             return out.to(queries.dtype)
         problem = f"returned dtype {out.dtype} for {queries.dtype} inputs"
     if problem is None:
