@@ -190,6 +190,10 @@ def _chunk_for(L: int, Q: int) -> int:
     return best
 
 
+_W_MAX = 1e4  # decay rates above this forget every earlier key completely (see wkv_read)
+_LOG_W_MAX = math.log(_W_MAX)
+
+
 @outside_autocast
 def wkv_read(
     k: torch.Tensor,
@@ -229,6 +233,10 @@ def wkv_read(
     Q = read.shape[0]
     if L == 0 or Q == 0:
         return (k.sum() + v.sum() + w.sum() + u.sum()) * 0 + k.new_zeros(B, Q, C)
+    # exp(-w) is 0 in float32 and float64 long before w = 1e4, so a larger rate forgets exactly
+    # as much; capped, the products lag * w and (chunks apart) * T * w stay finite (an infinite
+    # one made inf - inf = NaN), and the gradient above the cap is the 0 the exponentials give
+    w = w.clamp(max=_W_MAX)
     T = chunk if chunk is not None else _chunk_for(L, Q)
     T = max(1, min(int(T), L))
     nC = -(-L // T)
@@ -350,6 +358,7 @@ def wkv_masked(
     """
     B, L, C = k.shape
     Nq = read.shape[0]
+    w = w.clamp(max=_W_MAX)  # as in wkv_read: 0 * inf at lag 0 would be NaN
     j = torch.arange(L, device=k.device)
     chunk = max(1, CHUNK_ELEMS // max(1, B * L * C))
     outs = []
@@ -454,7 +463,7 @@ class RWKVAttention(AttentionBase):
         else:
             k = self.key(keys).to(wd)
             v = self.value(values).to(wd)
-        w = torch.exp(self.time_decay.to(wd))
+        w = torch.exp(self.time_decay.to(wd).clamp(max=_LOG_W_MAX))  # capped before exp: a 0 gradient above, not 0 * inf
         u = self.time_first.to(wd)
         read, has = causal_read(Nq, Nk, allowed, queries.device)
         with torch.autocast(queries.device.type, enabled=False) if amp else contextlib.nullcontext():
