@@ -14,7 +14,7 @@ from canvas_core.looping.adapter import BackboneAdapter, GenericAdapter
 from canvas_core.looping.checkpoint import _schema_hash
 from canvas_core.looping.registry import resolve_adapter
 from canvas_core.looping.wrapper import LoopedBlockWrapper
-from canvas_core.runtime.compiled_names import unwrap_compiled
+from canvas_core.runtime.compiled_names import _held_attr, unwrap_model
 from canvas_core.runtime.heads import ActionHead
 
 __all__ = [
@@ -66,8 +66,9 @@ def looped_blocks_of(model: nn.Module) -> List[LoopedBlockWrapper]:
 
 
 def get_adapter(model: nn.Module) -> BackboneAdapter:
-    """The adapter ``graft_looped_blocks`` used for ``model`` (or the model ``torch.compile`` wrapped)."""
-    model = unwrap_compiled(model)
+    """The adapter ``graft_looped_blocks`` used for ``model`` (or the model that ``torch.compile``,
+    ``DataParallel`` or ``DistributedDataParallel`` wraps)."""
+    model = unwrap_model(model)
     a = getattr(model, _ADAPTER_ATTR, None)
     if a is None:
         raise BackboneError(
@@ -104,6 +105,7 @@ def freeze_half(transformer: nn.Module, adapter: Any = None) -> int:
     """Freeze only the input embedding (``patch_embed``); everything else trains. Returns the
     number of frozen elements."""
     _check_module(transformer, "freeze_half")
+    transformer = unwrap_model(transformer)  # a compile / DataParallel handle: the model it holds
     a = getattr(transformer, _ADAPTER_ATTR, None) or resolve_adapter(transformer, adapter)
     frozen_ids = {id(p) for m in a.input_modules(transformer) for p in m.parameters()}
     frozen = 0
@@ -192,7 +194,8 @@ def graft_looped_blocks(
         layout.  At initialisation the model's output is unchanged.
     """
     _check_module(transformer, "graft_looped_blocks")
-    transformer = unwrap_compiled(transformer)  # torch.compile's handle: graft the model it holds
+    # torch.compile's handle / DataParallel: graft the model it holds (DistributedDataParallel refused)
+    transformer = unwrap_for_graft(transformer, "graft_looped_blocks")
     if not is_int(max_loops) or max_loops < 1:  # numpy integers too, as the schema takes them
         raise BackboneError(f"max_loops must be an int >= 1, got {max_loops!r}")
     max_loops = int(max_loops)
@@ -209,13 +212,7 @@ def graft_looped_blocks(
     _check_pos_int("latent_channels", latent_channels, optional=True)
     _check_pos_int("inner_dim", inner_dim, optional=True)
     _check_pos_int("action_hidden_dim", action_hidden_dim, optional=True)
-    if (isinstance(gate_init_bias, bool) or not isinstance(gate_init_bias, numbers.Real)
-            or not gate_init_bias == gate_init_bias or abs(gate_init_bias) == float("inf")):
-        raise BackboneError(
-            f"graft_looped_blocks: gate_init_bias must be a number, finite (0.0 keeps the graft identical "
-            f"to the backbone at initialisation), got {gate_init_bias!r}"
-        )
-    gate_init_bias = float(gate_init_bias)  # numpy floats and ints too
+    gate_init_bias = _check_gate_init_bias(gate_init_bias, transformer)  # numpy floats and ints too
     if not isinstance(use_gradient_checkpointing, bool):
         raise BackboneError(
             f"graft_looped_blocks: use_gradient_checkpointing must be True or False, got "
@@ -290,6 +287,30 @@ def graft_looped_blocks(
     custom = ([_custom_wrapper(wrapper_class, b, i, max_loops, dims[0]) for i, b in enumerate(blocks)]
               if kind == "block" and wrapper_class is not None else None)  # checked before a change
     before = {id(m) for m in transformer.modules()}  # the modules the graft adds take the model's mode
+    saved = _snapshot(transformer)
+    try:  # atomic: a step that fails leaves the model exactly as it was
+        return _graft(transformer, a, blocks, kind, span, custom, step, before, dims, io, lc, rows,
+                      max_loops=max_loops, schema=schema, inject=inject, iter_embed=iter_embed,
+                      iter_norm=iter_norm, update=update, damping=damping,
+                      gate_init_bias=gate_init_bias,
+                      use_gradient_checkpointing=use_gradient_checkpointing,
+                      sharpening=sharpening, reenter=reenter, step_adapter=step_adapter,
+                      freeze=freeze, action_dim=action_dim, action_hidden_dim=action_hidden_dim)
+    except BaseException:
+        _rollback(transformer, a, saved)
+        raise
+
+
+def _graft(transformer: nn.Module, a: Any, blocks: List[nn.Module], kind: str, span: Any,
+           custom: Any, step: Any, before: set, dims: List[int], io: Any, lc: int,
+           rows: dict, *, max_loops: int, schema: Any, inject: str, iter_embed: bool,
+           iter_norm: Optional[str], update: str, damping: float, gate_init_bias: float,
+           use_gradient_checkpointing: bool, sharpening: Any, reenter: Any, step_adapter: Any,
+           freeze: str, action_dim: int, action_hidden_dim: Optional[int]
+           ) -> Tuple[List[nn.Module], nn.Module]:
+    """The steps of :func:`graft_looped_blocks` that modify the model (every check is done)."""
+    from canvas_core.looping import scopes as _scopes
+
     a.prepare(transformer)
     try:
         ref = next(transformer.parameters())
@@ -352,6 +373,99 @@ def graft_looped_blocks(
             m.training = transformer.training
     head.train(transformer.training)
     return wrapped, head
+
+
+def _check_gate_init_bias(value: Any, model: nn.Module) -> float:
+    """``gate_init_bias`` as a float, refused (``BackboneError``, model untouched) unless it is a
+    real number that the loop gates hold: they are created in torch's default dtype
+    (``torch.get_default_dtype()``, float32 unless you changed it), so a value beyond that dtype's
+    range (``1e39`` is finite in Python but not in float32) cannot be stored; and they are cast to
+    the hidden states' dtype at use, so a float16 model also needs it within float16's range."""
+    dtypes = {torch.get_default_dtype()} | {
+        p.dtype for p in model.parameters() if p.is_floating_point()}
+    dtype = min(dtypes, key=lambda d: float(torch.finfo(d).max))
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise BackboneError(
+            f"graft_looped_blocks: gate_init_bias must be a number, finite (0.0 keeps the graft "
+            f"identical to the backbone at initialisation), got {value!r} ({type(value).__name__})")
+    try:
+        f = float(value)
+    except (OverflowError, ValueError, TypeError):
+        f = float("inf")  # an int / Fraction beyond float64
+    limit = float(torch.finfo(dtype).max)
+    if f != f or not abs(f) <= limit:
+        raise BackboneError(
+            f"graft_looped_blocks: gate_init_bias must be a number, finite in {dtype} (the loop "
+            f"gates of {type(model).__name__} are stored or used as {dtype}, range +-{limit:.4g}), "
+            f"got {value!r}; pass a value in that range: 0.0 "
+            "keeps the graft identical to the backbone at initialisation, 1.0 starts with full updates")
+    return f
+
+
+def unwrap_for_graft(model: nn.Module, fn: str) -> nn.Module:
+    """The model inside ``torch.compile``'s ``OptimizedModule`` and ``DataParallel`` wrappers (any
+    number, any order; :func:`~canvas_core.runtime.compiled_names.unwrap_model`), which
+    ``graft_looped_blocks`` / ``ungraft_looped_blocks`` change in place: ``DataParallel``
+    replicates its module at every forward, so it runs the grafted blocks. A
+    ``DistributedDataParallel`` is refused: it registered its parameters (gradient buckets, the
+    initial broadcast) when it was built, so loop parameters added or removed under it would not be
+    synchronised across ranks."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    m = model
+    while True:
+        if isinstance(m, DistributedDataParallel):
+            outer = "" if m is model else f" (inside {type(model).__name__})"
+            raise BackboneError(
+                f"{fn}: the model is wrapped in DistributedDataParallel{outer}, which registered its "
+                "parameters when it was built, so the loop parameters this adds or removes would not "
+                f"be synchronised across ranks. Call {fn} on the plain model (ddp.module) and wrap "
+                "it in DistributedDataParallel again afterwards")
+        attr = _held_attr(m)
+        if attr is None:
+            break
+        m = getattr(m, attr)
+    return unwrap_model(model)
+
+
+_DICT_TYPES = (dict,)  # OrderedDict and the hook dicts are dict subclasses
+
+
+def _snapshot(model: nn.Module) -> List[Tuple[Any, ...]]:
+    """What a graft may change on ``model`` and its modules: each module's class and attributes
+    (submodules, parameters, buffers, hooks, ``processor``, ``forward`` ...; the dicts among them
+    copied one level deep) and each parameter's ``requires_grad``."""
+    mods = []
+    for m in model.modules():
+        inner = {k: dict(v) for k, v in m.__dict__.items() if isinstance(v, _DICT_TYPES)}
+        mods.append((m, type(m), dict(m.__dict__), inner))
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    return [tuple(mods), tuple(grads)]
+
+
+def _rollback(model: nn.Module, adapter: Any, saved: List[Tuple[Any, ...]]) -> None:
+    """Put ``model`` back exactly as :func:`_snapshot` saw it (after a failed graft step)."""
+    mods, grads = saved
+    restore = getattr(adapter, "unprepare", None)
+    if callable(restore):  # the adapter's own inverse, for anything it changed outside the modules
+        try:
+            restore(model)
+        except Exception:  # noqa: BLE001 - the snapshot below restores the model itself
+            pass
+    for m, cls, attrs, inner in mods:
+        if type(m) is not cls:
+            m.__class__ = cls
+        for k, v in inner.items():
+            d = attrs[k]
+            if d.keys() != v.keys() or any(d[x] is not v[x] for x in v):
+                dict.clear(d)  # dict's own methods: a frozen mapping (a config) refuses its own
+                dict.update(d, v)
+        if m.__dict__.keys() != attrs.keys() or any(m.__dict__[k] is not v for k, v in attrs.items()):
+            m.__dict__.clear()
+            m.__dict__.update(attrs)
+    for p, flag in grads:
+        if p.requires_grad != flag:
+            p.requires_grad_(flag)
 
 
 def _custom_wrapper(cls: Any, block: nn.Module, i: int, max_loops: int, dim: int) -> nn.Module:

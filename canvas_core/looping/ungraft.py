@@ -30,7 +30,6 @@ from canvas_core.errors import BackboneError, CanvasTypeError
 from canvas_core.looping.processor import CanvasAttentionHooks
 from canvas_core.looping.span import SpanMember
 from canvas_core.looping.wrapper import LoopedBlockWrapper
-from canvas_core.runtime.compiled_names import unwrap_compiled
 
 __all__ = ["ungraft_looped_blocks", "guard_save_pretrained", "GraftedSaveRefused"]
 
@@ -128,7 +127,9 @@ def ungraft_looped_blocks(model: nn.Module, *, remove_topology: bool = False) ->
     ``load_loop_checkpoint`` to get the looped model back.
 
     Args:
-        model: a model grafted by ``graft_looped_blocks``.
+        model: a model grafted by ``graft_looped_blocks`` (or ``torch.compile``'s handle / a
+            ``DataParallel`` holding it; a ``DistributedDataParallel`` is refused: ungraft its
+            ``.module`` and wrap that again).
         remove_topology: an installed canvas topology changes what the backbone's attention reads,
             which the plain model cannot carry: ``False`` (default) refuses, ``True`` removes it.
 
@@ -145,7 +146,10 @@ def ungraft_looped_blocks(model: nn.Module, *, remove_topology: bool = False) ->
     """
     if not isinstance(model, nn.Module):
         raise CanvasTypeError(f"ungraft_looped_blocks expects a torch nn.Module, got {type(model).__name__}")
-    model = unwrap_compiled(model)  # torch.compile's handle: the model it holds
+    from canvas_core.looping.graft import unwrap_for_graft
+
+    # torch.compile's handle / DataParallel: the model it holds (DistributedDataParallel refused)
+    model = unwrap_for_graft(model, "ungraft_looped_blocks")
     adapter = model.__dict__.get(_ADAPTER_ATTR)
     if adapter is None:
         raise BackboneError(
