@@ -8,12 +8,14 @@
 * :class:`GatedTypeModule`: a non-softmax type's module in a block, behind one gate (0 at init).
 * :func:`beta_scaled`: how an inverse temperature ``beta`` reaches an attention kernel (also
   used by :func:`~canvas_core.looping.processor.canvas_sdpa`).
+* :func:`guard_input_shapes`: the per-call check, on a backbone's input module, that a call has
+  the shapes (text length, patch grid) the installed token layout was built for.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -21,7 +23,25 @@ from torch import nn
 
 from canvas_core.errors import ShapeError
 
-__all__ = ["InstalledTopology", "BlockTopology", "GatedTypeModule"]
+__all__ = ["InstalledTopology", "BlockTopology", "GatedTypeModule", "guard_input_shapes", "SHAPE_KEYS"]
+
+#: the entries of ``TokenLayout.info`` that fix where each token sits, checked on every call
+#: (two shapes with the same token count may place the tokens differently: e.g. CogVideoX with
+#: 2 frames of 4x4 patches and 6 text tokens, or 1 frame and 22 text tokens, both 38 tokens)
+SHAPE_KEYS: Dict[str, str] = {
+    "text_len": "text tokens",
+    "frames": "latent frames (patched)",
+    "height": "patch rows",
+    "width": "patch columns",
+    "grid": "patch grid (rows, columns)",
+    "prefix_tokens": "prefix tokens",
+}
+
+
+def _shape_value(v: Any) -> Any:
+    if isinstance(v, (tuple, list)):
+        return tuple(int(x) for x in v)
+    return int(v)
 
 
 class GatedTypeModule(nn.Module):
@@ -85,6 +105,14 @@ class InstalledTopology:
         self.install_seconds = 0.0
         #: fn -> how its module runs, for the report (set at install: gate, call, learnability)
         self.module_roles: Dict[str, str] = {}
+        info = getattr(tokens, "info", None) or {}
+        #: the shapes the token layout was built for (Python ints / tuples; see ``SHAPE_KEYS``)
+        self.input_shapes: Dict[str, Any] = {}
+        for k in SHAPE_KEYS:
+            try:  # a hand-made TokenLayout may record other things under these names: not checked
+                self.input_shapes[k] = _shape_value(info[k])
+            except (KeyError, TypeError, ValueError):
+                pass
 
     # --- execution ---------------------------------------------------------------------------
     def check_len(self, seq_len: int) -> None:
@@ -93,6 +121,27 @@ class InstalledTopology:
                 f"the canvas topology was installed for {self.seq_len} attention tokens but this call "
                 f"has {seq_len}; rebuild adapter.token_layout(model, inputs) for these input shapes and "
                 "install the topology again"
+            )
+
+    def check_shapes(self, given: Optional[Mapping[str, Any]]) -> None:
+        """Refuse (``ShapeError``) a call whose shapes (``given``: names of ``SHAPE_KEYS`` -> the
+        call's values, Python ints from tensor shapes) differ from those the token layout was
+        built for.  Only the names known on both sides are compared: a call with the same token
+        count but e.g. another text length or patch grid would otherwise run the plan on tokens
+        it does not describe."""
+        if not given:
+            return
+        # ints from shapes (under torch.compile a guard on the shape, no graph break; a refused
+        # call raises, which ``fullgraph=True`` reports as dynamo's own error)
+        diff = [(k, v, given[k]) for k, v in self.input_shapes.items()
+                if k in given and _differs(v, given[k])]
+        if diff:
+            what = "; ".join(f"{SHAPE_KEYS[k]}: installed {_fmt(v)}, given {_fmt(g)}" for k, v, g in diff)
+            raise ShapeError(
+                f"the canvas topology in backbone {self.backbone!r} was installed for other input shapes "
+                f"than this call's ({what}); its token layout places the tokens of those shapes only. "
+                "Rebuild adapter.token_layout(model, inputs) for these input shapes and install the "
+                "topology again (adapter.install_topology(model, topology, tokens))"
             )
 
     def runner_for(self, device: Any, rows: Optional[torch.Tensor] = None):
@@ -158,6 +207,59 @@ class InstalledTopology:
     def __repr__(self) -> str:
         return (f"InstalledTopology(backbone={self.backbone!r}, tokens={self.seq_len}, "
                 f"kernels={self.describe_kernels()})")
+
+
+def _differs(installed: Any, given: Any) -> bool:
+    if isinstance(installed, tuple):
+        given = tuple(given)
+        return len(given) != len(installed) or any(g != i for g, i in zip(given, installed))
+    return given != installed
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, (tuple, list)):
+        return "x".join(str(x) for x in v)
+    return str(v)
+
+
+#: attribute of a backbone's input module holding ``(installed, read)`` for :func:`_check_input_shapes`
+SHAPE_CHECK_ATTR = "_canvas_shape_check"
+
+
+def _check_input_shapes(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+    """Forward pre-hook of a backbone's input module: the call's shapes against the installed
+    token layout's.  Reads Python ints from shapes only (no device sync, no graph break)."""
+    spec = module.__dict__.get(SHAPE_CHECK_ATTR)
+    if spec is not None:
+        installed, read = spec
+        installed.check_shapes(read(module, args, kwargs))
+    return None
+
+
+def guard_input_shapes(module: Optional[nn.Module], installed: Optional[InstalledTopology],
+                       read: Optional[Callable[[nn.Module, Tuple[Any, ...], Dict[str, Any]],
+                                               Mapping[str, Any]]] = None) -> None:
+    """Check every call of ``module`` (a backbone's input module, e.g. its patch embedding,
+    which sees the input's shape before it is flattened into tokens) against ``installed``:
+    ``read(module, args, kwargs)`` -> the call's shapes (names of ``SHAPE_KEYS``), compared by
+    :meth:`InstalledTopology.check_shapes`.  ``installed=None`` removes the check.
+
+    ``read`` must be a module-level function (the model stays picklable / deep-copyable; the
+    check's state lives in ``module.__dict__``, so a copy of the model checks its own
+    installation)."""
+    if module is None:
+        return
+    if installed is None or read is None:
+        module.__dict__.pop(SHAPE_CHECK_ATTR, None)
+        for k, h in list(module._forward_pre_hooks.items()):
+            if h is _check_input_shapes:
+                del module._forward_pre_hooks[k]
+                module._forward_pre_hooks_with_kwargs.pop(k, None)
+                getattr(module, "_forward_pre_hooks_always_called", {}).pop(k, None)
+        return
+    module.__dict__[SHAPE_CHECK_ATTR] = (installed, read)
+    if not any(h is _check_input_shapes for h in module._forward_pre_hooks.values()):
+        module.register_forward_pre_hook(_check_input_shapes, with_kwargs=True)
 
 
 def beta_scaled(q: torch.Tensor, beta: Any) -> Tuple[torch.Tensor, float]:

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -56,15 +56,21 @@ class CanvasAttentionHooks:
 
     def canvas_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                       attn_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
-                      rows: Optional[torch.Tensor] = None, seq_len: Optional[int] = None) -> torch.Tensor:
+                      rows: Optional[torch.Tensor] = None, seq_len: Optional[int] = None,
+                      shapes: Optional[Mapping[str, Any]] = None) -> torch.Tensor:
         """``(B, H, S, d)`` x3 -> ``(B, S, H, d)``: the plan when a topology is installed, else
         SDPA with ``beta`` (and the backbone's own ``attn_mask``).  ``seq_len``: the full
-        sequence length to check against the installed layout (default ``S``)."""
+        sequence length to check against the installed layout (default ``S``); ``shapes``: what
+        this call shows of the structure the layout was built for (e.g. ``{"text_len": L}``,
+        Python ints; see :meth:`~canvas_core.looping.installed.InstalledTopology.check_shapes`)."""
         topo = self.canvas_topology
         if topo is None:
             out = canvas_sdpa(q, k, v, beta=self.beta, attn_mask=attn_mask, dropout_p=dropout_p)
             return out.transpose(1, 2)
-        topo.shared.check_len(q.shape[2] if seq_len is None else seq_len)
+        shared = topo.shared
+        if shapes and hasattr(shared, "check_shapes"):  # (stand-ins for it may lack the method)
+            shared.check_shapes(shapes)
+        shared.check_len(q.shape[2] if seq_len is None else seq_len)
         if attn_mask is not None:
             raise BackboneError(
                 "this backbone call passes its own attention mask, which a canvas topology cannot be "

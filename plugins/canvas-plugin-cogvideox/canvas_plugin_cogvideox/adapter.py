@@ -19,6 +19,7 @@ from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError
 from canvas_core.extend import BackboneAdapter, CanvasProcessorBase, TokenLayout
+from canvas_core.looping.installed import guard_input_shapes
 
 __all__ = ["CogVideoXAdapter", "CanvasCogVideoXAttnProcessor"]
 
@@ -67,13 +68,27 @@ class CanvasCogVideoXAttnProcessor(CanvasProcessorBase):
                     [k[:, :, :text_len], apply_rotary_emb(k[:, :, text_len:], image_rotary_emb)],
                     dim=2,
                 )
-        out = self.canvas_attend(q, k, v, attn_mask=attention_mask).reshape(B, S, -1)
+        out = self.canvas_attend(q, k, v, attn_mask=attention_mask,
+                                 shapes={"text_len": text_len}).reshape(B, S, -1)
         out = attn.to_out[1](attn.to_out[0](out))
         extra = self.canvas_extra(x)
         if extra is not None:
             out = out + extra
         enc, hid = out.split([text_len, out.size(1) - text_len], dim=1)
         return hid, enc
+
+
+def _call_shapes(patch_embed: nn.Module, args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict:
+    """The shapes of a ``CogVideoXPatchEmbed(text_embeds, image_embeds)`` call, as
+    :meth:`CogVideoXAdapter.token_layout` counts them (Python ints from shapes)."""
+    text = args[0] if len(args) > 0 else kwargs.get("text_embeds")
+    img = args[1] if len(args) > 1 else kwargs.get("image_embeds")
+    if not isinstance(text, torch.Tensor) or not isinstance(img, torch.Tensor) or img.dim() != 5:
+        return {}
+    _, F_, _, H, W = img.shape
+    p, pt = patch_embed.patch_size, getattr(patch_embed, "patch_size_t", None)
+    f = F_ if pt is None else (F_ + pt - 1) // pt
+    return {"text_len": text.shape[1], "frames": f, "height": H // p, "width": W // p}
 
 
 class CogVideoXAdapter(BackboneAdapter):
@@ -122,6 +137,14 @@ class CogVideoXAdapter(BackboneAdapter):
             if isinstance(proc, CanvasCogVideoXAttnProcessor):
                 out.append(proc)
         return out
+
+    def install_topology(self, model: nn.Module, topology: Any, tokens: Any, **kwargs: Any) -> Any:
+        """As :meth:`BackboneAdapter.install_topology`; every call of the model is then checked
+        to have the text length and latent patch grid the ``tokens`` were built for (the
+        processor sees the text length, the patch embedding the grid), else ``ShapeError``."""
+        installed = super().install_topology(model, topology, tokens, **kwargs)
+        guard_input_shapes(getattr(model, "patch_embed", None), installed, _call_shapes)
+        return installed
 
     def grid(self, model: nn.Module, frames: int, height: int, width: int) -> Tuple[int, int, int]:
         c = model.config

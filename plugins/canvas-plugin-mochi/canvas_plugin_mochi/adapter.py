@@ -21,6 +21,7 @@ from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError
 from canvas_core.extend import BackboneAdapter, CanvasProcessorBase, TokenLayout
+from canvas_core.looping.installed import guard_input_shapes
 
 __all__ = ["MochiAdapter", "CanvasMochiAttnProcessor"]
 
@@ -87,7 +88,8 @@ class CanvasMochiAttnProcessor(CanvasProcessorBase):
             qq = torch.cat([q[idx], eq[idx][:, :, valid]], dim=2)
             kk = torch.cat([k[idx], ek[idx][:, :, valid]], dim=2)
             vv = torch.cat([v[idx], ev[idx][:, :, valid]], dim=2)
-            o = self.canvas_attend(qq, kk, vv, rows=rows, seq_len=nv + nt)  # (b, S', H, d)
+            o = self.canvas_attend(qq, kk, vv, rows=rows, seq_len=nv + nt,
+                                   shapes={"text_len": nt})  # (b, S', H, d)
             out[idx] = F.pad(o, (0, 0, 0, 0, 0, nv + nt - o.size(1)))
             if topo:
                 # the modules of non-softmax types read video tokens only (checked at install)
@@ -103,6 +105,16 @@ class CanvasMochiAttnProcessor(CanvasProcessorBase):
         if hasattr(attn, "to_add_out"):
             enc = attn.to_add_out(enc)
         return hid, enc
+
+
+def _call_shapes(rope: nn.Module, args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict:
+    """The latent patch grid of a Mochi call, from its ``rope(pos_frequencies, num_frames,
+    post_patch_height, post_patch_width, ...)`` call (Python ints)."""
+    names = ("pos_frequencies", "num_frames", "height", "width")
+    vals = {n: args[i] if i < len(args) else kwargs.get(n) for i, n in enumerate(names)}
+    if any(vals[n] is None for n in names[1:]):
+        return {}
+    return {"frames": vals["num_frames"], "height": vals["height"], "width": vals["width"]}
 
 
 class MochiAdapter(BackboneAdapter):
@@ -140,6 +152,14 @@ class MochiAdapter(BackboneAdapter):
                f"{int(model.config.pooled_projection_dim)}, projected by its own to_add_out), which a "
                "module of this type cannot read or write alongside the video tokens")
         return allowed, self.hidden_size(model), why
+
+    def install_topology(self, model: nn.Module, topology: Any, tokens: Any, **kwargs: Any) -> Any:
+        """As :meth:`BackboneAdapter.install_topology`; every call of the model is then checked
+        to have the text length and latent patch grid the ``tokens`` were built for (the
+        processor sees the text length, the model's RoPE call the grid), else ``ShapeError``."""
+        installed = super().install_topology(model, topology, tokens, **kwargs)
+        guard_input_shapes(getattr(model, "rope", None), installed, _call_shapes)
+        return installed
 
     def prepare(self, model: nn.Module) -> None:
         from diffusers.models.attention_processor import MochiAttnProcessor2_0

@@ -20,6 +20,7 @@ from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError
 from canvas_core.extend import BackboneAdapter, CanvasAttentionHooks, TokenLayout
+from canvas_core.looping.installed import guard_input_shapes
 
 __all__ = ["ViTAdapter", "CanvasViTAttention"]
 
@@ -64,6 +65,23 @@ class CanvasViTAttention(CanvasAttentionHooks, _TimmAttention):
         return out if extra is None else out + extra
 
 
+def _patch_grid(pe: nn.Module, shape: Tuple[Any, ...]) -> Tuple[Any, Any]:
+    """``(gh, gw)`` of an image batch of ``shape`` (B, C, H, W) through the patch embedding."""
+    if hasattr(pe, "dynamic_feat_size"):
+        gh, gw = pe.dynamic_feat_size(tuple(shape[-2:]))
+        return gh, gw
+    ph, pw = pe.patch_size
+    return shape[-2] // ph, shape[-1] // pw
+
+
+def _call_shapes(pe: nn.Module, args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict:
+    """The patch grid of a ``patch_embed(x)`` call (Python ints from ``x``'s shape)."""
+    x = args[0] if args else kwargs.get("x")
+    if not isinstance(x, torch.Tensor) or x.dim() != 4:
+        return {}
+    return {"grid": _patch_grid(pe, x.shape)}
+
+
 class ViTAdapter(BackboneAdapter):
     name = "vit"
     model_classes = ("timm.VisionTransformer",)
@@ -95,6 +113,15 @@ class ViTAdapter(BackboneAdapter):
     def attention_targets(self, model: nn.Module) -> List[Any]:
         return [m for m in model.modules() if isinstance(m, CanvasViTAttention)]
 
+    def install_topology(self, model: nn.Module, topology: Any, tokens: Any, **kwargs: Any) -> Any:
+        """As :meth:`BackboneAdapter.install_topology`; every call of the patch embedding is
+        then checked to give the patch grid the ``tokens`` were built for (with
+        ``dynamic_img_size`` another image size may give as many tokens on another grid), else
+        ``ShapeError``."""
+        installed = super().install_topology(model, topology, tokens, **kwargs)
+        guard_input_shapes(getattr(model, "patch_embed", None), installed, _call_shapes)
+        return installed
+
     def grid(self, model: nn.Module, sample_inputs: Optional[Mapping[str, Any]]) -> Tuple[int, int]:
         pe = model.patch_embed
         x = (sample_inputs or {}).get("x") if isinstance(sample_inputs, Mapping) else sample_inputs
@@ -105,10 +132,7 @@ class ViTAdapter(BackboneAdapter):
             raise BackboneError(
                 f"ViT sample input must be an image batch (B, C, H, W), got shape {shape}"
             )
-        if hasattr(pe, "dynamic_feat_size"):
-            return tuple(int(g) for g in pe.dynamic_feat_size(shape[-2:]))  # type: ignore[return-value]
-        ph, pw = pe.patch_size
-        return shape[-2] // ph, shape[-1] // pw
+        return tuple(int(g) for g in _patch_grid(pe, shape))  # type: ignore[return-value]
 
     def token_layout(
         self, model: nn.Module, sample_inputs: Any = None, layout: Any = None
