@@ -20,6 +20,7 @@ to the whole step map).
 
 from __future__ import annotations
 
+import functools
 import inspect
 import types
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -199,6 +200,15 @@ def _looped_forward(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
     return getattr(model, LOOP_ATTR).run(model, args, kwargs)
 
 
+def looped_forward_of(model: nn.Module) -> Callable[..., Any]:
+    """The ``forward`` installed on a ``scope="model"`` model: ``functools.partial`` of the
+    module-level :func:`_looped_forward` with ``model``. Not ``types.MethodType``: pickle rebuilds a
+    bound method as ``getattr(model, "_looped_forward")``, which the model does not have, so
+    ``torch.save(model)`` wrote a file ``torch.load`` could not read; a partial pickles as its
+    function (by name) and its arguments (the model, already in the pickle's memo)."""
+    return functools.partial(_looped_forward, model)
+
+
 def install_model_loop(model: nn.Module, loop: ModelLoop, holders: List[nn.Module]) -> None:
     """Attach ``loop`` as ``model.canvas_loop`` and route ``model.forward`` through it."""
     loop._prev_forward = model.__dict__.get("forward")
@@ -206,7 +216,7 @@ def install_model_loop(model: nn.Module, loop: ModelLoop, holders: List[nn.Modul
     loop._arg_names = _forward_names(model, loop._prev_forward)
     object.__setattr__(loop, "_holders", list(holders))
     model.add_module(LOOP_ATTR, loop)
-    object.__setattr__(model, "forward", types.MethodType(_looped_forward, model))
+    object.__setattr__(model, "forward", looped_forward_of(model))
 
 
 def remove_model_loop(model: nn.Module) -> Optional[ModelLoop]:

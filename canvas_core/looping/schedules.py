@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import numbers
+from fractions import Fraction
 from typing import Iterable
 
-from canvas_core.errors import CanvasTypeError, SchemaError
+from canvas_core.errors import CanvasTypeError, SchemaError, SizeLimitError
 from canvas_core.schema._validate import is_int
 
 __all__ = ["CurriculumScheduler", "SharpeningSchedule", "RandomDepthScheduler"]
@@ -15,6 +17,46 @@ def _check_int(name: str, value, lo: int) -> int:
     if not is_int(value) or value < lo:  # numpy integers too, as the schema takes them
         raise SchemaError(f"{name} must be an int >= {lo}, got {value!r}")
     return int(value)
+
+
+class ScheduleLoopLimitError(SchemaError, SizeLimitError):
+    """A schedule's ``max_loops`` over ``CANVAS_MAX_LOOPS``: a bad schedule argument
+    (``SchemaError``, as every other one) and a size over its limit (``SizeLimitError``, as
+    ``graft_looped_blocks`` and ``set_loops`` raise for the same count)."""
+
+
+def _check_max_loops(owner: str, value) -> int:
+    """``max_loops`` of a schedule: an int in ``1 .. CANVAS_MAX_LOOPS`` (1,024 by default), the
+    limit ``set_loops`` and ``graft_looped_blocks`` enforce. No looped part can run more, and a
+    larger count made ``RandomDepthScheduler`` draw (and ``SharpeningSchedule.betas()`` list)
+    that many values before failing, or never return."""
+    from canvas_core.schema.limits import LIMITS, limit
+
+    n = _check_int(f"{owner}: max_loops", value, 1)
+    cap = limit("loops")
+    if n > cap:
+        raise ScheduleLoopLimitError(
+            f"{owner}: max_loops={n:,} exceeds the loop limit {cap:,} that set_loops and "
+            f"graft_looped_blocks enforce (no looped part can run that many loops); pass "
+            f"max_loops <= {cap:,}, or raise the limit with {LIMITS['loops'][0]}=<n>")
+    return n
+
+
+def _check_real(owner: str, name: str, value, hi: float = math.inf, what: str = "") -> float:
+    """A Python / numpy real number ``0 < value <= hi``, finite as a float (an int past 1.8e308
+    does not convert); ``what`` says why ``hi``."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):  # numpy floats too
+        try:
+            v = float(value)
+        except OverflowError:
+            v = math.inf
+        if 0 < v <= hi and v != math.inf:
+            return v
+    bound = f" and <= {hi:g}{what}" if hi != math.inf else ""
+    raise SchemaError(f"{owner}: {name} must be a finite number > 0{bound}, got {value!r}")
+
+
+_FLOAT_STEPS = 2 ** 53  # step counts up to this are exact as floats
 
 
 class CurriculumScheduler:
@@ -34,16 +76,22 @@ class CurriculumScheduler:
     def __init__(
         self, max_loops: int = 3, total_steps: int = 5000, warmup_fraction: float = 0.0
     ) -> None:
-        self.max_loops = _check_int("max_loops", max_loops, 1)
+        self.max_loops = _check_max_loops("CurriculumScheduler", max_loops)
         self.total_steps = _check_int("total_steps", total_steps, 1)
-        if not isinstance(warmup_fraction, (int, float)) or not 0.0 <= warmup_fraction < 1.0:
+        if (isinstance(warmup_fraction, bool) or not isinstance(warmup_fraction, (int, float))
+                or not 0.0 <= warmup_fraction < 1.0):
             raise SchemaError(f"warmup_fraction must be in [0, 1), got {warmup_fraction!r}")
         self.warmup_fraction = float(warmup_fraction)
 
     def get_loops(self, step: int) -> int:
         """Number of loops at training step ``step`` (an int >= 0)."""
         step = _check_int("step", step, 0)
-        warm = self.warmup_fraction * self.total_steps
+        if step >= self.total_steps:  # past the end (also a step too large for a float)
+            return self.max_loops
+        if self.total_steps > _FLOAT_STEPS:  # exact: a float of the step count may round or overflow
+            warm = Fraction(self.warmup_fraction) * self.total_steps
+        else:
+            warm = self.warmup_fraction * self.total_steps
         if step < warm:
             return 1
         progress = (step - warm) / (self.total_steps - warm)
@@ -144,21 +192,24 @@ class RandomDepthScheduler:
     """
 
     DISTRIBUTIONS = ("uniform", "lognormal_poisson")
+    #: the largest ``sigma``: past it ``sigma^2 / 2`` outgrows any ``log(mean)`` (every draw 1 or
+    #: ``max_loops``), and past ~1.3e154 it overflows a float
+    MAX_SIGMA = 100.0
 
     def __init__(self, max_loops: int = 4, distribution: str = "uniform", *, min_loops: int = 1,
                  mean: float = 2.0, sigma: float = 0.5, seed: int = 0) -> None:
-        self.max_loops = _check_int("max_loops", max_loops, 1)
+        self.max_loops = _check_max_loops("RandomDepthScheduler", max_loops)
         self.min_loops = _check_int("min_loops", min_loops, 1)
         if self.min_loops > self.max_loops:
             raise SchemaError(f"min_loops ({min_loops}) must be <= max_loops ({max_loops})")
         if distribution not in self.DISTRIBUTIONS:
             raise SchemaError(f"unknown depth distribution {distribution!r}; choose one of "
                               f"{list(self.DISTRIBUTIONS)}")
-        for name, v in (("mean", mean), ("sigma", sigma)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
-                raise SchemaError(f"{name} must be a finite number > 0, got {v!r}")
+        mean = _check_real("RandomDepthScheduler", "mean", mean)
+        sigma = _check_real("RandomDepthScheduler", "sigma", sigma, self.MAX_SIGMA,
+                            " (the spread of log(n - 1); Huginn's is 0.5)")
         self.seed = _check_int("seed", seed, 0)
-        self.distribution, self.mean, self.sigma = distribution, float(mean), float(sigma)
+        self.distribution, self.mean, self.sigma = distribution, mean, sigma
 
     def get_loops(self, step: int) -> int:
         """The loop count of training step ``step`` (an int >= 0)."""
@@ -169,18 +220,19 @@ class RandomDepthScheduler:
         tau = rng.gauss(math.log(self.mean) - self.sigma ** 2 / 2, self.sigma)
         lam, k = math.exp(min(tau, 700.0)), 0  # exp overflows past ~709.8 (a huge mean)
         # Knuth's Poisson sampler; exp(-lam) underflows to 0 past lam ~ 745 (the draws then stop
-        # near 745), so a large lam is drawn as a sum of Poisson(<= 500) parts: the same law
-        while lam > 0:
+        # near 745), so a large lam is drawn as a sum of Poisson(<= 500) parts: the same law.
+        # Counting stops once 1 + k reaches max_loops (clipped anyway), so a draw takes at most
+        # about max_loops uniforms (<= CANVAS_MAX_LOOPS) whatever mean and sigma are.
+        top = self.max_loops - 1
+        while lam > 0 and k < top:
             part = min(lam, 500.0)
             lam -= part
             p, limit = 1.0, math.exp(-part)
-            while True:
+            while k < top:
                 p *= rng.random()
                 if p <= limit:
                     break
                 k += 1
-            if k + 1 >= self.max_loops:  # clipped anyway: stop drawing
-                break
         return min(self.max_loops, max(self.min_loops, 1 + k))
 
     def step(self, looped, step: int) -> int:
@@ -225,10 +277,9 @@ class SharpeningSchedule:
         beta_max: float = 4.0,
         schedule: str = "linear",
     ) -> None:
-        self.max_loops = _check_int("max_loops", max_loops, 1)
-        for name, v in (("beta_min", beta_min), ("beta_max", beta_max)):
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0 or math.isinf(v):
-                raise SchemaError(f"{name} must be a finite number > 0, got {v!r}")
+        self.max_loops = _check_max_loops("SharpeningSchedule", max_loops)
+        beta_min = _check_real("SharpeningSchedule", "beta_min", beta_min)
+        beta_max = _check_real("SharpeningSchedule", "beta_max", beta_max)
         if schedule not in self.SCHEDULES:
             raise SchemaError(
                 f"unknown sharpening schedule {schedule!r}; choose one of {list(self.SCHEDULES)}"
@@ -239,6 +290,8 @@ class SharpeningSchedule:
         i = min(_check_int("loop_idx", loop_idx, 0), self.max_loops - 1)
         if self.max_loops == 1 or i == 0:
             return self.beta_min
+        if i == self.max_loops - 1:  # exactly beta_max (lo + (hi - lo) gave 0.0 for lo >> hi)
+            return self.beta_max
         if self.schedule == "constant":
             return self.beta_max
         x = i / (self.max_loops - 1)
@@ -246,8 +299,14 @@ class SharpeningSchedule:
         if self.schedule == "linear":
             return lo + (hi - lo) * x
         if self.schedule == "cosine":
-            return lo + (hi - lo) * (1.0 - math.cos(math.pi * x)) / 2.0
-        return lo * (hi / lo) ** x
+            # (1 - cos) / 2 first: the same value, but (hi - lo) * (1 - cos) overflowed near 1e308
+            return lo + (hi - lo) * ((1.0 - math.cos(math.pi * x)) / 2.0)
+        ratio = hi / lo
+        if 0.0 < ratio < math.inf:
+            return lo * ratio ** x
+        # hi / lo over- or underflows (e.g. 1e-308 .. 1e308): the same geometric mean, taken as
+        # powers of each end, stays between them (finite, > 0)
+        return lo ** (1.0 - x) * hi ** x
 
     def betas(self) -> list:
         """``[beta(0), ..., beta(max_loops - 1)]``."""

@@ -323,7 +323,7 @@ def loop_counts(model: nn.Module) -> torch.Tensor:
     if cores:
         return cores[0].counts()
     traces = _block_trace(model, "loop_counts")
-    return torch.full((traces[0]["batch"],), len(traces[0]["rel_change"]), dtype=torch.long)
+    return traces[0]["counts"].detach().cpu().clone()
 
 
 def loop_stats(model: nn.Module) -> Dict[str, Any]:
@@ -343,6 +343,7 @@ def loop_stats(model: nn.Module) -> Dict[str, Any]:
     its = min(len(b["rel_change"]) for b in per_block)
     mean = {k: [sum(b[k][i] for b in per_block) / len(per_block) for i in range(its)]
             for k in ("rel_change", "state_norm")}
-    B = traces[0]["batch"]
-    return {"scope": "block", "loops": max(p.current_loops for p in parts), "exit_tol": 0.0,
+    B = int(traces[0]["counts"].shape[0])
+    loops = max(len(t["rel_change"]) for t in traces)  # what the last forward ran, as the cores report
+    return {"scope": "block", "loops": loops, "exit_tol": 0.0,
             "iterations": its, **mean, "active": [B] * its, "core_rows": B * its, "per_block": per_block}

@@ -319,15 +319,19 @@ class LoopedBlockWrapper(nn.Module):
         return self.io.repack(out, states)
 
     def _record(self, trace: list) -> None:
-        """Keep the per-iteration diagnostics of this forward (``canvas_core.loop_stats``) as
-        device tensors; skipped while compiling."""
-        if torch.compiler.is_compiling():
-            return
+        """Keep the per-iteration diagnostics of this forward (``canvas_core.loop_stats``,
+        ``loop_counts``) as device tensors, under ``torch.compile`` too (as the span and model
+        loops do: an attribute set in a compiled forward is replayed after its graph, so the
+        record is always the last forward's; skipping it left an eager forward's record in place,
+        read back as the compiled one's). The batch size is read at report time from the
+        per-sample ``counts`` tensor, not taken as a Python int here (which would specialise a
+        dynamic batch dimension)."""
         from canvas_core.looping.loop_engine import _rel_change, _token_rms
 
         with torch.no_grad():
+            first = trace[0][1][0]
             self._loop_trace = {
-                "batch": int(trace[0][1][0].shape[0]),
+                "counts": torch.full(first.shape[:1], len(trace), dtype=torch.long, device=first.device),
                 "rel_change": [_rel_change(p, c).mean() for p, c in trace],
                 "state_norm": [_token_rms(c).mean() for _, c in trace],
             }
