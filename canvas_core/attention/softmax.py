@@ -9,6 +9,7 @@ logits; ``SharpeningSchedule`` sets it per loop.  Queries without any allowed ke
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from typing import Optional, Tuple
 
 import torch
@@ -97,9 +98,13 @@ class _QKVAttention(AttentionBase):
 
     # logits (B, H, Nq, Nk) from projected heads; subclasses override
     def _logits(self, q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-        if q.dtype in (torch.float16, torch.bfloat16):  # q k^T past 65,504 would be inf in float16
-            q, k = q.float(), k.float()
-        return torch.matmul(q, k.transpose(-1, -2)) * (self._beta() / math.sqrt(self.head_dim))
+        scale = self._beta() / math.sqrt(self.head_dim)
+        if q.dtype == torch.float16 or k.dtype == torch.float16:
+            # q k^T past 65,504 is inf in float16 (and inf - inf NaN in the softmax): float32
+            # logits, also under autocast, which would cast the product back to float16
+            with torch.autocast(q.device.type, enabled=False) if autocast_on(q.device.type) else nullcontext():
+                return torch.matmul(q.float(), k.float().transpose(-1, -2)) * scale
+        return torch.matmul(q, k.transpose(-1, -2)) * scale
 
     # extra restriction (bool, broadcastable to (B, H, Nq, Nk)) or None; subclasses override
     def _structure_mask(self, logits: torch.Tensor) -> Optional[torch.Tensor]:

@@ -194,6 +194,12 @@ def graft_looped_blocks(
         layout.  At initialisation the model's output is unchanged.
     """
     _check_module(transformer, "graft_looped_blocks")
+    if scope == "model" and _inside_data_parallel(transformer):
+        raise BackboneError(
+            "graft_looped_blocks: scope='model' replaces the model's own forward, and DataParallel's "
+            "replicas would all run the original model's (its weights, its device). Graft the plain "
+            "model with scope='model' and run it without DataParallel (DistributedDataParallel, built "
+            "after the graft, runs one model per process), or use scope='block' or 'stack'")
     # torch.compile's handle / DataParallel: graft the model it holds (DistributedDataParallel refused)
     transformer = unwrap_for_graft(transformer, "graft_looped_blocks")
     if not is_int(max_loops) or max_loops < 1:  # numpy integers too, as the schema takes them
@@ -282,13 +288,13 @@ def graft_looped_blocks(
                 "added to the hidden states, so leave inner_dim=None"
             )
         dims[0] = inner_dim
-    step = (_scopes.model_step_input(transformer, a, latent_channels, step_adapter)
-            if kind == "model" else None)
-    custom = ([_custom_wrapper(wrapper_class, b, i, max_loops, dims[0]) for i, b in enumerate(blocks)]
-              if kind == "block" and wrapper_class is not None else None)  # checked before a change
     before = {id(m) for m in transformer.modules()}  # the modules the graft adds take the model's mode
-    saved = _snapshot(transformer)
+    saved = _snapshot(transformer)  # before anything runs that may change it (a wrapper_class too)
     try:  # atomic: a step that fails leaves the model exactly as it was
+        step = (_scopes.model_step_input(transformer, a, latent_channels, step_adapter)
+                if kind == "model" else None)
+        custom = ([_custom_wrapper(wrapper_class, b, i, max_loops, dims[0]) for i, b in enumerate(blocks)]
+                  if kind == "block" and wrapper_class is not None else None)
         return _graft(transformer, a, blocks, kind, span, custom, step, before, dims, io, lc, rows,
                       max_loops=max_loops, schema=schema, inject=inject, iter_embed=iter_embed,
                       iter_norm=iter_norm, update=update, damping=damping,
@@ -406,7 +412,8 @@ def unwrap_for_graft(model: nn.Module, fn: str) -> nn.Module:
     """The model inside ``torch.compile``'s ``OptimizedModule`` and ``DataParallel`` wrappers (any
     number, any order; :func:`~canvas_core.runtime.compiled_names.unwrap_model`), which
     ``graft_looped_blocks`` / ``ungraft_looped_blocks`` change in place: ``DataParallel``
-    replicates its module at every forward, so it runs the grafted blocks. A
+    replicates its module at every forward, so it runs the grafted blocks (block and stack scopes;
+    ``scope="model"`` is refused there, as its forward is bound to the model, not a replica). A
     ``DistributedDataParallel`` is refused: it registered its parameters (gradient buckets, the
     initial broadcast) when it was built, so loop parameters added or removed under it would not be
     synchronised across ranks."""
@@ -426,6 +433,17 @@ def unwrap_for_graft(model: nn.Module, fn: str) -> nn.Module:
             break
         m = getattr(m, attr)
     return unwrap_model(model)
+
+
+def _inside_data_parallel(model: nn.Module) -> bool:
+    """Whether ``model`` is a ``DataParallel`` or holds one through wrappers (compile handles)."""
+    m = model
+    while m is not None:
+        if isinstance(m, nn.DataParallel):
+            return True
+        attr = _held_attr(m)
+        m = getattr(m, attr) if attr is not None else None
+    return False
 
 
 _DICT_TYPES = (dict,)  # OrderedDict and the hook dicts are dict subclasses
@@ -458,8 +476,12 @@ def _rollback(model: nn.Module, adapter: Any, saved: List[Tuple[Any, ...]]) -> N
         for k, v in inner.items():
             d = attrs[k]
             if d.keys() != v.keys() or any(d[x] is not v[x] for x in v):
-                dict.clear(d)  # dict's own methods: a frozen mapping (a config) refuses its own
-                dict.update(d, v)
+                try:  # the mapping's own methods: an OrderedDict (hooks) keeps its links right
+                    d.clear()
+                    d.update(v)
+                except Exception:  # noqa: BLE001 - a frozen mapping (a config) refuses its own
+                    dict.clear(d)
+                    dict.update(d, v)
         if m.__dict__.keys() != attrs.keys() or any(m.__dict__[k] is not v for k, v in attrs.items()):
             m.__dict__.clear()
             m.__dict__.update(attrs)

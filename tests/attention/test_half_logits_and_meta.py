@@ -41,3 +41,15 @@ def test_every_type_infers_shapes_on_meta(type_name):
     q, kv = torch.empty(2, 3, 8, device="meta"), torch.empty(2, 5, 8, device="meta")
     out = module(q, kv, kv)
     assert out.device.type == "meta" and tuple(out.shape) == (2, 3, 8)
+
+
+@pytest.mark.parametrize("type_name", ["local_attention", "sparse_attention", "random_fixed"])
+def test_large_inputs_under_float16_autocast_stay_finite(type_name):
+    torch.manual_seed(0)
+    module = create_attention(type_name, 16, 2, **_OPTIONS.get(type_name, {}))
+    q, k, v = (torch.randn(1, 4, 16) * 300 for _ in range(3))
+    want = module(q, k, v)
+    with torch.autocast("cpu", dtype=torch.float16):  # autocast would cast q k^T back to float16
+        got = module(q, k, v)
+    assert torch.isfinite(got).all()
+    assert (got.float() - want).abs().max() < 0.05 * want.abs().max()

@@ -149,6 +149,42 @@ def test_failed_graft_keeps_existing_hooks_and_grads(monkeypatch):
 
 
 # --- 2: wrappers ------------------------------------------------------------------------------
+class _FreezingWrapper(nn.Module):
+    """A user wrapper_class that freezes its block and hooks it when built."""
+
+    def __init__(self, block, idx, max_loops, dim):
+        super().__init__()
+        self.original = block
+        block.requires_grad_(False)
+        self.hook = block.register_forward_hook(lambda mod, a, out: out)
+
+    def forward(self, x, *a, **k):
+        return self.original(x, *a, **k)
+
+    def set_loops(self, n):
+        return n
+
+
+@pytest.mark.parametrize("fail_in_wrapper", [False, True])
+def test_failed_graft_undoes_what_wrapper_constructors_did(monkeypatch, fail_in_wrapper):
+    m = make("vit")
+    fp = _fingerprint(m)
+    if fail_in_wrapper:  # the second wrapper's constructor fails after the first changed its block
+        class Failing(_FreezingWrapper):
+            def __init__(self, block, idx, *rest):
+                super().__init__(block, idx, *rest)
+                if idx == 1:
+                    raise _Boom("second wrapper")
+        wrapper = Failing
+    else:
+        wrapper = _FreezingWrapper
+        _fail_at(monkeypatch, "_make_action_head")
+    with pytest.raises(_Boom):
+        cc.graft_looped_blocks(m, max_loops=2, wrapper_class=wrapper, freeze="none")
+    _assert_same(m, fp)
+    assert all(p.requires_grad for p in m.parameters()) and not m.blocks[0]._forward_hooks
+
+
 def test_graft_and_ungraft_through_data_parallel():
     m = make("vit")
     kw = inputs("vit")
@@ -203,3 +239,11 @@ def test_distributed_data_parallel_refused(tmp_path):
         cc.ungraft_looped_blocks(ddp.module)
     finally:
         dist.destroy_process_group()
+
+
+def test_model_scope_through_data_parallel_is_refused_untouched():
+    m = make("cogvideox")
+    fp = _fingerprint(m)
+    with pytest.raises(BackboneError, match="scope='model'.*DataParallel"):
+        cc.graft_looped_blocks(nn.DataParallel(m), max_loops=2, scope="model")
+    _assert_same(m, fp)
