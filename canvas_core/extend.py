@@ -49,8 +49,9 @@ Backbones (torch)
     ``BackboneAdapter``, ``GenericAdapter``, ``TokenLayout``,
     ``class_matches``, ``LoopedBlockWrapper``, ``BlockIO``, the SDPA helper ``canvas_sdpa``,
     ``CanvasAttentionHooks`` (what an attention object inside a grafted backbone reads: sharpening
-    ``beta``, an installed topology) and ``CanvasProcessorBase`` (the shared part of a backbone
-    attention processor).
+    ``beta``, an installed topology), ``CanvasProcessorBase`` (the shared part of a backbone
+    attention processor) and ``guard_input_shapes`` (checks each call's input shapes against the
+    ones an installed topology was built for).
 Identity binders (torch)
     ``BindingResult`` (what a binder's ``bind`` returns; its docstring states the binder contract).
 
@@ -127,6 +128,7 @@ _publish("canvas_core.looping.adapter", "BackboneAdapter", "GenericAdapter", "To
          "class_matches")
 _publish("canvas_core.looping.wrapper", "LoopedBlockWrapper", "BlockIO")
 _publish("canvas_core.looping.processor", "canvas_sdpa", "CanvasAttentionHooks", "CanvasProcessorBase")
+_publish("canvas_core.looping.installed", "guard_input_shapes")
 # identity binders
 _publish("canvas_core.identity", "BindingResult")
 
@@ -139,7 +141,7 @@ __all__ = [
     "SegmentGrid", "Spec", "TokenLayout", "aligned_key_index", "as_dtype", "block_layout_of", "canvas_sdpa",
     "causal_read_index", "check_dtypes_devices", "check_elements", "check_size", "class_matches", "fft_causal_conv",
     "first_order_backward",
-    "first_order_only", "has_key",
+    "first_order_only", "guard_input_shapes", "has_key",
     "hookimpl", "isqrt", "hookspec", "kernel_for", "lower", "masked_softmax", "masked_softmax_attention", "nan_where_linked",
     "non_finite_keys", "operators_under_compile", "plain_linear", "plain_module", "release_scratch", "safe_div", "scratch", "zero_bad_keys",
     "segment_grid", "wkv_masked", "wkv_scan",

@@ -12,9 +12,10 @@ from canvas_core.errors import BackboneError, CanvasError, CanvasTypeError
 from canvas_core.schema._validate import is_int
 from canvas_core.looping.adapter import BackboneAdapter, GenericAdapter
 from canvas_core.looping.checkpoint import _schema_hash
+from canvas_core.looping.graft_atomic import inside_data_parallel, rollback, snapshot, unwrap_for_graft
 from canvas_core.looping.registry import resolve_adapter
+from canvas_core.runtime.compiled_names import unwrap_model
 from canvas_core.looping.wrapper import LoopedBlockWrapper
-from canvas_core.runtime.compiled_names import _held_attr, unwrap_model
 from canvas_core.runtime.heads import ActionHead
 
 __all__ = [
@@ -194,7 +195,7 @@ def graft_looped_blocks(
         layout.  At initialisation the model's output is unchanged.
     """
     _check_module(transformer, "graft_looped_blocks")
-    if scope == "model" and _inside_data_parallel(transformer):
+    if scope == "model" and inside_data_parallel(transformer):
         raise BackboneError(
             "graft_looped_blocks: scope='model' replaces the model's own forward, and DataParallel's "
             "replicas would all run the original model's (its weights, its device). Graft the plain "
@@ -289,7 +290,7 @@ def graft_looped_blocks(
             )
         dims[0] = inner_dim
     before = {id(m) for m in transformer.modules()}  # the modules the graft adds take the model's mode
-    saved = _snapshot(transformer)  # before anything runs that may change it (a wrapper_class too)
+    saved = snapshot(transformer)  # before anything runs that may change it (a wrapper_class too)
     try:  # atomic: a step that fails leaves the model exactly as it was
         step = (_scopes.model_step_input(transformer, a, latent_channels, step_adapter)
                 if kind == "model" else None)
@@ -303,7 +304,7 @@ def graft_looped_blocks(
                       sharpening=sharpening, reenter=reenter, step_adapter=step_adapter,
                       freeze=freeze, action_dim=action_dim, action_hidden_dim=action_hidden_dim)
     except BaseException:
-        _rollback(transformer, a, saved)
+        rollback(transformer, a, saved)
         raise
 
 
@@ -406,88 +407,6 @@ def _check_gate_init_bias(value: Any, model: nn.Module) -> float:
             f"got {value!r}; pass a value in that range: 0.0 "
             "keeps the graft identical to the backbone at initialisation, 1.0 starts with full updates")
     return f
-
-
-def unwrap_for_graft(model: nn.Module, fn: str) -> nn.Module:
-    """The model inside ``torch.compile``'s ``OptimizedModule`` and ``DataParallel`` wrappers (any
-    number, any order; :func:`~canvas_core.runtime.compiled_names.unwrap_model`), which
-    ``graft_looped_blocks`` / ``ungraft_looped_blocks`` change in place: ``DataParallel``
-    replicates its module at every forward, so it runs the grafted blocks (block and stack scopes;
-    ``scope="model"`` is refused there, as its forward is bound to the model, not a replica). A
-    ``DistributedDataParallel`` is refused: it registered its parameters (gradient buckets, the
-    initial broadcast) when it was built, so loop parameters added or removed under it would not be
-    synchronised across ranks."""
-    from torch.nn.parallel import DistributedDataParallel
-
-    m = model
-    while True:
-        if isinstance(m, DistributedDataParallel):
-            outer = "" if m is model else f" (inside {type(model).__name__})"
-            raise BackboneError(
-                f"{fn}: the model is wrapped in DistributedDataParallel{outer}, which registered its "
-                "parameters when it was built, so the loop parameters this adds or removes would not "
-                f"be synchronised across ranks. Call {fn} on the plain model (ddp.module) and wrap "
-                "it in DistributedDataParallel again afterwards")
-        attr = _held_attr(m)
-        if attr is None:
-            break
-        m = getattr(m, attr)
-    return unwrap_model(model)
-
-
-def _inside_data_parallel(model: nn.Module) -> bool:
-    """Whether ``model`` is a ``DataParallel`` or holds one through wrappers (compile handles)."""
-    m = model
-    while m is not None:
-        if isinstance(m, nn.DataParallel):
-            return True
-        attr = _held_attr(m)
-        m = getattr(m, attr) if attr is not None else None
-    return False
-
-
-_DICT_TYPES = (dict,)  # OrderedDict and the hook dicts are dict subclasses
-
-
-def _snapshot(model: nn.Module) -> List[Tuple[Any, ...]]:
-    """What a graft may change on ``model`` and its modules: each module's class and attributes
-    (submodules, parameters, buffers, hooks, ``processor``, ``forward`` ...; the dicts among them
-    copied one level deep) and each parameter's ``requires_grad``."""
-    mods = []
-    for m in model.modules():
-        inner = {k: dict(v) for k, v in m.__dict__.items() if isinstance(v, _DICT_TYPES)}
-        mods.append((m, type(m), dict(m.__dict__), inner))
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    return [tuple(mods), tuple(grads)]
-
-
-def _rollback(model: nn.Module, adapter: Any, saved: List[Tuple[Any, ...]]) -> None:
-    """Put ``model`` back exactly as :func:`_snapshot` saw it (after a failed graft step)."""
-    mods, grads = saved
-    restore = getattr(adapter, "unprepare", None)
-    if callable(restore):  # the adapter's own inverse, for anything it changed outside the modules
-        try:
-            restore(model)
-        except Exception:  # noqa: BLE001 - the snapshot below restores the model itself
-            pass
-    for m, cls, attrs, inner in mods:
-        if type(m) is not cls:
-            m.__class__ = cls
-        for k, v in inner.items():
-            d = attrs[k]
-            if d.keys() != v.keys() or any(d[x] is not v[x] for x in v):
-                try:  # the mapping's own methods: an OrderedDict (hooks) keeps its links right
-                    d.clear()
-                    d.update(v)
-                except Exception:  # noqa: BLE001 - a frozen mapping (a config) refuses its own
-                    dict.clear(d)
-                    dict.update(d, v)
-        if m.__dict__.keys() != attrs.keys() or any(m.__dict__[k] is not v for k, v in attrs.items()):
-            m.__dict__.clear()
-            m.__dict__.update(attrs)
-    for p, flag in grads:
-        if p.requires_grad != flag:
-            p.requires_grad_(flag)
 
 
 def _custom_wrapper(cls: Any, block: nn.Module, i: int, max_loops: int, dim: int) -> nn.Module:

@@ -146,7 +146,7 @@ def ungraft_looped_blocks(model: nn.Module, *, remove_topology: bool = False) ->
     """
     if not isinstance(model, nn.Module):
         raise CanvasTypeError(f"ungraft_looped_blocks expects a torch nn.Module, got {type(model).__name__}")
-    from canvas_core.looping.graft import unwrap_for_graft
+    from canvas_core.looping.graft_atomic import unwrap_for_graft
 
     # torch.compile's handle / DataParallel: the model it holds (DistributedDataParallel refused)
     model = unwrap_for_graft(model, "ungraft_looped_blocks")

@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError
-from canvas_core.extend import BackboneAdapter, CanvasAttentionHooks, TokenLayout
-from canvas_core.looping.installed import guard_input_shapes
+from canvas_core.extend import BackboneAdapter, CanvasAttentionHooks, TokenLayout, guard_input_shapes
 
 __all__ = ["ViTAdapter", "CanvasViTAttention"]
 

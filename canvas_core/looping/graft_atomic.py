@@ -1,0 +1,97 @@
+"""What keeps a graft atomic and finds the model it acts on: :func:`unwrap_for_graft` (the model
+inside ``torch.compile`` / ``DataParallel`` wrappers; ``DistributedDataParallel`` refused),
+:func:`inside_data_parallel`, and :func:`snapshot` / :func:`rollback` (everything a graft may
+change on a model, and putting it back after a failed step)."""
+
+from __future__ import annotations
+
+from typing import Any, List, Tuple
+
+from torch import nn
+
+from canvas_core.errors import BackboneError
+from canvas_core.runtime.compiled_names import _held_attr, unwrap_model
+
+__all__ = ["unwrap_for_graft", "inside_data_parallel", "snapshot", "rollback"]
+
+
+def unwrap_for_graft(model: nn.Module, fn: str) -> nn.Module:
+    """The model inside ``torch.compile``'s ``OptimizedModule`` and ``DataParallel`` wrappers (any
+    number, any order; :func:`~canvas_core.runtime.compiled_names.unwrap_model`), which
+    ``graft_looped_blocks`` / ``ungraft_looped_blocks`` change in place: ``DataParallel``
+    replicates its module at every forward, so it runs the grafted blocks (block and stack scopes;
+    ``scope="model"`` is refused there, as its forward is bound to the model, not a replica). A
+    ``DistributedDataParallel`` is refused: it registered its parameters (gradient buckets, the
+    initial broadcast) when it was built, so loop parameters added or removed under it would not be
+    synchronised across ranks."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    m = model
+    while True:
+        if isinstance(m, DistributedDataParallel):
+            outer = "" if m is model else f" (inside {type(model).__name__})"
+            raise BackboneError(
+                f"{fn}: the model is wrapped in DistributedDataParallel{outer}, which registered its "
+                "parameters when it was built, so the loop parameters this adds or removes would not "
+                f"be synchronised across ranks. Call {fn} on the plain model (ddp.module) and wrap "
+                "it in DistributedDataParallel again afterwards")
+        attr = _held_attr(m)
+        if attr is None:
+            break
+        m = getattr(m, attr)
+    return unwrap_model(model)
+
+
+def inside_data_parallel(model: nn.Module) -> bool:
+    """Whether ``model`` is a ``DataParallel`` or holds one through wrappers (compile handles)."""
+    m = model
+    while m is not None:
+        if isinstance(m, nn.DataParallel):
+            return True
+        attr = _held_attr(m)
+        m = getattr(m, attr) if attr is not None else None
+    return False
+
+
+_DICT_TYPES = (dict,)  # OrderedDict and the hook dicts are dict subclasses
+
+
+def snapshot(model: nn.Module) -> List[Tuple[Any, ...]]:
+    """What a graft may change on ``model`` and its modules: each module's class and attributes
+    (submodules, parameters, buffers, hooks, ``processor``, ``forward`` ...; the dicts among them
+    copied one level deep) and each parameter's ``requires_grad``."""
+    mods = []
+    for m in model.modules():
+        inner = {k: dict(v) for k, v in m.__dict__.items() if isinstance(v, _DICT_TYPES)}
+        mods.append((m, type(m), dict(m.__dict__), inner))
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    return [tuple(mods), tuple(grads)]
+
+
+def rollback(model: nn.Module, adapter: Any, saved: List[Tuple[Any, ...]]) -> None:
+    """Put ``model`` back exactly as :func:`snapshot` saw it (after a failed graft step)."""
+    mods, grads = saved
+    restore = getattr(adapter, "unprepare", None)
+    if callable(restore):  # the adapter's own inverse, for anything it changed outside the modules
+        try:
+            restore(model)
+        except Exception:  # noqa: BLE001 - the snapshot below restores the model itself
+            pass
+    for m, cls, attrs, inner in mods:
+        if type(m) is not cls:
+            m.__class__ = cls
+        for k, v in inner.items():
+            d = attrs[k]
+            if d.keys() != v.keys() or any(d[x] is not v[x] for x in v):
+                try:  # the mapping's own methods: an OrderedDict (hooks) keeps its links right
+                    d.clear()
+                    d.update(v)
+                except Exception:  # noqa: BLE001 - a frozen mapping (a config) refuses its own
+                    dict.clear(d)
+                    dict.update(d, v)
+        if m.__dict__.keys() != attrs.keys() or any(m.__dict__[k] is not v for k, v in attrs.items()):
+            m.__dict__.clear()
+            m.__dict__.update(attrs)
+    for p, flag in grads:
+        if p.requires_grad != flag:
+            p.requires_grad_(flag)
