@@ -33,11 +33,13 @@ from canvas_core.checkpoints.diff import schema_differences
 from canvas_core.checkpoints.tensors import (
     check_readable_file,
     metadata_json,
+    non_finite,
     not_safetensors,
     pickled,
     refuse_non_finite,
     save_safetensors_atomic,
     truncation,
+    unfit_dtype,
 )
 from canvas_core.errors import CanvasTypeError, CheckpointError
 from canvas_core.checkpoints.sharded import is_dtensor, model_class_name, shard_like
@@ -346,9 +348,10 @@ def _checked_tensors(model: nn.Module, path: Any, schema: Any, where: str) -> Tu
             raise CheckpointError(
                 f"canvas checkpoint {p!r}: tensor {name!r} has shape {tuple(t.shape)} but the model's is "
                 f"{tuple(ref.shape)}" + _shape_hint(model, k, tuple(t.shape)))
-        if t.is_floating_point() != ref.is_floating_point():
-            raise CheckpointError(f"canvas checkpoint {p!r}: tensor {name!r} is {t.dtype} but the model's is {ref.dtype}")
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        unfit = unfit_dtype(t, ref)
+        if unfit:
+            raise CheckpointError(f"canvas checkpoint {p!r}: tensor {name!r} {unfit}")
+        if non_finite(t):
             raise CheckpointError(f"canvas checkpoint {p!r}: tensor {name!r} holds NaN or infinite values")
         tensors[k] = t
     for k, t in tensors.items():  # a sharded model (FSDP2): this rank's shards, cut locally

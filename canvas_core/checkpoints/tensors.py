@@ -12,7 +12,8 @@ import torch
 from canvas_core._safe_write import atomic_write
 from canvas_core.errors import CanvasError, CheckpointError
 
-__all__ = ["refuse_non_finite", "save_safetensors_atomic", "check_readable_file", "not_safetensors"]
+__all__ = ["refuse_non_finite", "save_safetensors_atomic", "check_readable_file", "not_safetensors",
+           "unfit_dtype"]
 
 
 def refuse_non_finite(
@@ -35,6 +36,10 @@ def refuse_non_finite(
             "get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))) and save the "
             "whole tensors, or save with save_canvas_checkpoint called on every rank, which gathers them")
     for name, t in tensors.items():
+        if isinstance(t, torch.Tensor) and t.layout != torch.strided:
+            raise error(f"refusing to save {what}: tensor {name!r} is a {t.layout} tensor; safetensors holds "
+                        "dense (strided) tensors only: convert it first (e.g. .to_dense()) or keep it out "
+                        "of the state dict")
         if isinstance(t, torch.Tensor) and t.is_meta:
             raise error(f"refusing to save {what}: tensor {name!r} is on the meta device (shapes without "
                         "values: a model built under torch.device('meta') or with init_empty_weights); "
@@ -152,8 +157,12 @@ def truncation(path: str) -> str:
             ranges = json.loads(fh.read(n)) if n <= 64 * 2**20 else {}
     except (OSError, ValueError, RecursionError):
         return ""
-    ends = [r.get("data_offsets", [0, 0])[1] for r in ranges.values() if isinstance(r, dict)] if isinstance(ranges, dict) else []
-    need = 8 + n + max([e for e in ends if isinstance(e, int)], default=0)
+    ends = []  # a tampered header may hold anything as data_offsets: only [start, end] of ints counts
+    for r in ranges.values() if isinstance(ranges, dict) else []:
+        offsets = r.get("data_offsets") if isinstance(r, dict) else None
+        if isinstance(offsets, list) and len(offsets) == 2 and isinstance(offsets[1], int):
+            ends.append(offsets[1])
+    need = 8 + n + max(ends, default=0)
     if need > size:
         return f", truncated: its header describes {need} bytes, the file holds {size} (an interrupted write or copy?)"
     return ""
@@ -179,3 +188,22 @@ def metadata_json(metadata: Mapping[str, Any], where: str) -> str:
         return json.dumps(dict(metadata), sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{where}: metadata must be JSON-serialisable with finite numbers: {exc}") from None
+
+
+def unfit_dtype(saved: torch.Tensor, model: torch.Tensor) -> str:
+    """Why a saved tensor cannot be copied into the model's tensor of that name, or ``""``: the
+    kinds (floating / complex / integer or bool) must match, and an integer or bool tensor must
+    have the model's very dtype (a copy would wrap, e.g. int64 ``2**40 + 1`` into int32 ``1``, or
+    turn every non-zero into ``True``).  A floating tensor is cast to the model's float dtype."""
+    kind = (saved.is_floating_point(), saved.is_complex())
+    if kind != (model.is_floating_point(), model.is_complex()):
+        return f"is {saved.dtype} but the model's is {model.dtype}"
+    if not any(kind) and saved.dtype != model.dtype:
+        return (f"is {saved.dtype} but the model's is {model.dtype} (integer and bool tensors are not "
+                "converted: the values would wrap or change); build the model with the saved dtype")
+    return ""
+
+
+def non_finite(t: torch.Tensor) -> bool:
+    """Whether the floating or complex tensor ``t`` holds NaN or an infinity."""
+    return (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())

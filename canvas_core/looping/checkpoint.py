@@ -30,7 +30,14 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from canvas_core.checkpoints.tensors import metadata_json, not_safetensors, pickled, truncation
+from canvas_core.checkpoints.tensors import (
+    metadata_json,
+    non_finite,
+    not_safetensors,
+    pickled,
+    truncation,
+    unfit_dtype,
+)
 from canvas_core.errors import CanvasTypeError, CheckpointError
 
 __all__ = ["save_loop_checkpoint", "load_loop_checkpoint", "loop_structure"]
@@ -449,12 +456,19 @@ def load_loop_checkpoint(
                 f"loop checkpoint {path!r}: tensor {key!r} has shape {tuple(t.shape)} but the model's "
                 f"is {tuple(p.shape)}; the file is corrupt or belongs to another model"
             )
-        if t.is_floating_point() != p.is_floating_point():
+        if p.is_meta:
             raise CheckpointError(
-                f"loop checkpoint {path!r}: tensor {key!r} is {t.dtype} but the model's is {p.dtype}; "
-                "the file is corrupt or belongs to another model"
+                f"cannot load loop checkpoint {path!r}: the model's tensor {key!r} is on the meta device "
+                "(shapes without storage), where a copy does nothing; give the modules storage first "
+                "(e.g. .to_empty(device='cpu')), then load"
             )
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        unfit = unfit_dtype(t, p)
+        if unfit:
+            raise CheckpointError(
+                f"loop checkpoint {path!r}: tensor {key!r} {unfit}; the file is corrupt or belongs to "
+                "another model"
+            )
+        if non_finite(t):
             raise CheckpointError(
                 f"loop checkpoint {path!r}: tensor {key!r} holds NaN or infinite values; the file is "
                 "corrupt or the run that saved it diverged"
