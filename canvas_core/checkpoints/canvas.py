@@ -33,6 +33,7 @@ from canvas_core.checkpoints.diff import schema_differences
 from canvas_core.checkpoints.tensors import (
     check_readable_file,
     metadata_json,
+    read_metadata,
     non_finite,
     not_safetensors,
     pickled,
@@ -237,9 +238,9 @@ def _saved_schema(p: str, header: Mapping[str, str]) -> Tuple[Dict[str, Any], An
 
     try:
         saved = json.loads(header.get("schema", ""))
-        json.loads(header.get("user_metadata", "{}") or "{}")
     except (ValueError, RecursionError) as exc:  # malformed JSON, or numbers Python refuses to read
         raise CheckpointError(f"{p!r} has a corrupt header: {exc}") from None
+    read_metadata(header, p)
     if not isinstance(saved, dict):
         raise CheckpointError(f"{p!r} has a corrupt header: 'schema' is not a canvas schema")
     body = {k: v for k, v in saved.items() if k != "metadata"}
@@ -263,7 +264,7 @@ def read_canvas_checkpoint_header(path: Any) -> Dict[str, Any]:
     p, header, _ = _open(path, "read_canvas_checkpoint_header")
     out: Dict[str, Any] = dict(header)
     out["schema"] = _saved_schema(p, header)[1]
-    out["user_metadata"] = json.loads(header.get("user_metadata", "{}") or "{}")
+    out["user_metadata"] = read_metadata(header, p)
     return out
 
 
@@ -395,5 +396,5 @@ def load_canvas_checkpoint(model: nn.Module, path: Any, schema: Any) -> Dict[str
         agree_before_gather(raw, where, failure, action="load")
     model.load_state_dict(tensors, strict=True)
     out: Dict[str, Any] = dict(header)
-    out["user_metadata"] = json.loads(header.get("user_metadata", "{}") or "{}")
+    out["user_metadata"] = read_metadata(header, path)
     return out

@@ -13,7 +13,7 @@ from canvas_core._safe_write import atomic_write
 from canvas_core.errors import CanvasError, CheckpointError
 
 __all__ = ["refuse_non_finite", "save_safetensors_atomic", "check_readable_file", "not_safetensors",
-           "unfit_dtype"]
+           "unfit_dtype", "read_metadata"]
 
 
 def refuse_non_finite(
@@ -188,6 +188,22 @@ def metadata_json(metadata: Mapping[str, Any], where: str) -> str:
         return json.dumps(dict(metadata), sort_keys=True, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{where}: metadata must be JSON-serialisable with finite numbers: {exc}") from None
+
+
+def read_metadata(header: Mapping[str, Any], path: str) -> Dict[str, Any]:
+    """The header's ``user_metadata`` decoded: a JSON object of finite numbers, as
+    :func:`metadata_json` writes it, else ``CheckpointError`` (a hand-edited ``NaN`` or a list)."""
+    def refuse(token: str) -> Any:
+        raise ValueError(f"{token} is not a finite number")
+
+    try:
+        user = json.loads(header.get("user_metadata", "{}") or "{}", parse_constant=refuse)
+    except (ValueError, RecursionError) as exc:  # malformed JSON, NaN / Infinity, numbers Python refuses
+        raise CheckpointError(f"{path!r} has a corrupt header: user_metadata: {exc}") from None
+    if not isinstance(user, dict):
+        raise CheckpointError(f"{path!r} has a corrupt header: user_metadata is a {type(user).__name__}, not the "
+                              "JSON object save_*_checkpoint writes")
+    return user
 
 
 def unfit_dtype(saved: torch.Tensor, model: torch.Tensor) -> str:

@@ -32,6 +32,7 @@ from torch import nn
 
 from canvas_core.checkpoints.tensors import (
     metadata_json,
+    read_metadata,
     non_finite,
     not_safetensors,
     pickled,
@@ -401,9 +402,9 @@ def load_loop_checkpoint(
         )
     try:
         saved = json.loads(header.get("structure", ""))
-        user = json.loads(header.get("user_metadata", "{}") or "{}")
     except (ValueError, RecursionError) as e:  # malformed JSON, or numbers Python refuses to read
         raise CheckpointError(f"{path!r} has a corrupt header: {e}") from None
+    user = read_metadata(header, path)
     if (
         not isinstance(saved, dict)
         or not isinstance(saved.get("blocks", []), list)
