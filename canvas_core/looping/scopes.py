@@ -71,7 +71,7 @@ def check_scope_options(kind: str, *, inject: Any, update: Any, damping: Any, it
         raise bad("inject", inject, f"is not an injection; choose one of {list(INJECTIONS)}")
     if update not in UPDATES:
         raise bad("update", update, f"is not an update rule; choose one of {list(UPDATES)}")
-    if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not 0 < damping <= 1:
+    if isinstance(damping, bool) or not isinstance(damping, numbers.Real) or not 0 < damping <= 1:
         raise bad("damping", damping, "must be a number in (0, 1] (the fixed step of update='damped')")
     if iter_norm not in ITER_NORMS:
         raise bad("iter_norm", iter_norm, f"is not a norm; choose one of {list(ITER_NORMS)}")

@@ -97,3 +97,10 @@ def test_a_missing_loop_parameter_is_named_as_such(tmp_path, saved, other, holde
     b2, h2 = graft_looped_blocks(make_net(), scope="stack", **other)
     with pytest.raises(CanvasError, match=holder + r" and the (model|checkpoint) does not"):
         load_loop_checkpoint(b2, h2, path)
+
+
+@pytest.mark.parametrize("damping", [0.25, 1, __import__("numpy").float32(0.25), __import__("fractions").Fraction(1, 4)])
+def test_damping_takes_any_real_number_in_range(damping):
+    m = make_net()
+    graft_looped_blocks(m, scope="stack", update="damped", damping=damping)
+    assert all(float(p.damping) == float(damping) for p in loop_parts_of(m))
