@@ -244,6 +244,8 @@ class SlotTracker(nn.Module):
         st = self._state
         if st is not None and (st.shape[0] != observations.shape[0] or st.device != observations.device):
             st = None
+        if st is not None and st.is_inference() and not torch.is_inference_mode_enabled():
+            st = st.clone()  # a state kept under inference_mode: the same values, usable by autograd
         out = self.forward(observations, st, obs_mask)
         self._state = out.state
         return out

@@ -71,7 +71,7 @@ class SemanticConditioner(nn.Module):
             if v.numel() != embed_dim:
                 raise SchemaError(f"SemanticConditioner: embedding of region {n!r} has {v.numel()} values, "
                                   f"expected embed_dim={embed_dim}")
-            if not bool(torch.isfinite(v).all()):
+            if v.device.type != "meta" and not bool(torch.isfinite(v).all()):  # meta: shapes only
                 raise SchemaError(f"SemanticConditioner: embedding of region {n!r} holds NaN or infinite values "
                                   "(a failed embedding?); they would spread into every position of the region")
             rows.append(v)

@@ -130,6 +130,11 @@ def _attend(q, k, v, allowed, bias, dropout_p: float, training: bool):
     return out, has_key
 
 
+def _coord_dtype(*ts: torch.Tensor) -> torch.dtype:
+    """float32 coordinates, or float64 when a tensor (a float64 module's input) is float64."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
+
+
 class _CanvasAttentionBase(nn.Module):
     type_name = "canvas_attention"
 
@@ -178,12 +183,12 @@ class _CanvasAttentionBase(nn.Module):
             if grid is None or grid[0] * grid[1] != n:
                 s = square_side(n)
                 grid = (s, s) if s is not None else (1, n)
-            return viewpoint_coords(vp.to(device=like.device, dtype=torch.float32), *grid)
-        return default_coords(n, like.device, torch.float32, self.local_grid)[None]
+            return viewpoint_coords(vp.to(device=like.device, dtype=_coord_dtype(like, vp.centers)), *grid)
+        return default_coords(n, like.device, _coord_dtype(like), self.local_grid)[None]
 
     @staticmethod
     def _canvas_coords(n: int, like: torch.Tensor) -> torch.Tensor:
-        return default_coords(n, like.device, torch.float32)[None]
+        return default_coords(n, like.device, _coord_dtype(like))[None]
 
     def _check_coords(self, name: str, c: Optional[torch.Tensor], B: int, n: int) -> None:
         if c is None:

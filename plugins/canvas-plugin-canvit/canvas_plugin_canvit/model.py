@@ -196,9 +196,11 @@ class CanViTCore(nn.Module):
         patches = self.patch_embed(glimpse)                        # (B, D, h, w)
         h, w = patches.shape[-2:]
         local = patches.flatten(2).transpose(1, 2)                 # (B, h*w, D)
-        vp = viewpoint.to(device=glimpse.device, dtype=torch.float32)
+        # coordinates in float32, or float64 for a float64 model / viewpoint (never rounded below float32)
+        cdt = torch.float64 if torch.float64 in (glimpse.dtype, viewpoint.centers.dtype) else torch.float32
+        vp = viewpoint.to(device=glimpse.device, dtype=cdt)
         local_xy = torch.cat([vp.centers[:, None, :], viewpoint_coords(vp, h, w)], dim=1)  # CLS at the centre
-        canvas_xy = grid_coords(G, G, glimpse.device)[None]
+        canvas_xy = grid_coords(G, G, glimpse.device, cdt)[None]
         x = torch.cat([state.recurrent_cls, local], dim=1)
         canvas = state.canvas
         for blk in self.blocks:

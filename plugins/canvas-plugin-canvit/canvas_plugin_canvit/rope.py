@@ -37,14 +37,20 @@ class SceneRoPE(nn.Module):
             raise CanvasTypeError(f"SceneRoPE: max_freq must be a finite number > 0, got {max_freq!r}")
         self.head_dim = int(head_dim)
         self.rot = 4 * (self.head_dim // 4)
-        n = self.rot // 4
-        if n > 0:
-            k = torch.arange(n, dtype=torch.float32)
-            freqs = (math.pi / 2) * float(max_freq) ** (k / max(n - 1, 1))
-        else:
-            freqs = torch.zeros(0)
-        self.register_buffer("freqs", freqs, persistent=False)
         self.max_freq = float(max_freq)
+
+    def _freqs(self, device, dtype: torch.dtype) -> torch.Tensor:
+        """The ``rot / 4`` frequencies, computed per call in ``dtype`` (float32 or float64): never
+        a buffer, which ``module.half()`` / ``.bfloat16()`` would round for good (it is not in the
+        state_dict, so loading weights would not restore it)."""
+        n = self.rot // 4
+        k = torch.arange(n, device=device, dtype=dtype)
+        return (math.pi / 2) * self.max_freq ** (k / max(n - 1, 1))
+
+    @property
+    def freqs(self) -> torch.Tensor:
+        """The float32 frequencies (read-only view of what :meth:`forward` uses)."""
+        return self._freqs(None, torch.float32)
 
     def forward(self, x: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
         """Rotate ``x (B, H, N, head_dim)`` by ``coords (B|1, N, 2)``; same shape back."""
@@ -58,7 +64,9 @@ class SceneRoPE(nn.Module):
                              f"for x {tuple(x.shape)}, got {got}")
         if self.rot == 0:
             return x
-        ang = coords.to(torch.float32)[..., :, None, :] * self.freqs[:, None]   # (B, N, n, 2)
+        # angles in float32, or float64 for a float64 module / coordinates (gradcheck-exact)
+        adt = torch.float64 if torch.float64 in (x.dtype, coords.dtype) else torch.float32
+        ang = coords.to(adt)[..., :, None, :] * self._freqs(coords.device, adt)[:, None]   # (B, N, n, 2)
         ang = ang.transpose(-1, -2).reshape(*coords.shape[:-1], self.rot // 2)   # [y freqs, x freqs]
         cos, sin = ang.cos()[:, None].to(x.dtype), ang.sin()[:, None].to(x.dtype)  # (B, 1, N, r/2)
         half = self.rot // 2

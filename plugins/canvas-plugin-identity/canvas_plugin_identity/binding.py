@@ -142,11 +142,15 @@ class SlotBindingModule(nn.Module):
     def _weights(self, logits: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """``(B, H, S, N)`` logits -> attention weights; masked / missing observations get 0."""
         logits = logits.masked_fill(~valid, _NEG)
+        # a row with no valid observation sums to 0: divide it by 1, not by an epsilon (1e-8 is 0
+        # in float16, and 0 / 0 would make the slots NaN)
         if self.competitive:  # slots compete for each observation, then a weighted mean per slot
             w = torch.softmax(logits, dim=2) * valid
-            return w / (w.sum(dim=-1, keepdim=True) + 1e-8)
+            s = w.sum(dim=-1, keepdim=True)
+            return w / torch.where(s == 0, torch.ones_like(s), s + 1e-8)
         w = torch.softmax(logits, dim=-1) * valid
-        return w / w.sum(dim=-1, keepdim=True).clamp_min(1e-8)
+        s = w.sum(dim=-1, keepdim=True)
+        return w / torch.where(s == 0, torch.ones_like(s), s.clamp_min(1e-8))
 
     def bind(self, observations: torch.Tensor, slots: Optional[torch.Tensor] = None,
              obs_mask: Optional[torch.Tensor] = None) -> BindingResult:
