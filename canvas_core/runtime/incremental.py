@@ -98,6 +98,7 @@ class Rollout:
             raise CanvasTypeError(f"incremental(slide={slide!r}): choose one of {list(SLIDE_STRATEGIES)}")
         self.model, self.layout, self.slide = model, layout, (None if slide is None else str(slide))
         self.check_tol = _check_tolerance(check)
+        self.check_explicit = check is not True  # check=True: 1e-4, or the output dtype's resolution
         self.T = int(layout.T)
         self.width = _check_width(width, layout)
         layers = [(n, m) for n, m in model.named_modules() if isinstance(m, CanvasAttention)]
@@ -222,13 +223,13 @@ class Rollout:
         if not isinstance(y, torch.Tensor) or not isinstance(full, torch.Tensor):
             raise RolloutError("incremental(check=...): the check compares tensors; the model returns "
                                f"{type(full).__name__}")
-        ref = full[:, t * V:(t + 1) * V]
-        scale = max(1.0, float(ref.detach().abs().max())) if ref.numel() else 1.0
-        diff = float((y.detach() - ref).abs().max()) if ref.numel() else 0.0
-        if not diff <= self.check_tol * scale:  # NaN fails too
+        ref = full[:, t * V:(t + 1) * V].detach()
+        tol = self.check_tol if self.check_explicit else _default_tolerance(y.dtype)
+        diff, scale = _difference(y.detach(), ref)
+        if not diff <= tol * scale:  # NaN or inf where the full forward has none fails too
             raise RolloutError(
                 f"incremental(check=...): frame {t} of the rollout differs from the full forward by {diff:.3g} "
-                f"(tolerance {self.check_tol:g} x {scale:.3g}). A module outside the canvas layers mixes "
+                f"(tolerance {tol:g} x {scale:.3g}). A module outside the canvas layers mixes "
                 "positions (x - x.mean(1), cumsum over positions, a table over all N positions): it sees one "
                 "frame in a step and the whole canvas in a full forward; keep such modules outside the model, "
                 "or roll out with slide='recompute' from the start. Dropout in training mode differs too: "
@@ -355,6 +356,29 @@ def _check_width(width: Any, layout: Any) -> int:
     return int(width)
 
 
+def _default_tolerance(dtype: torch.dtype) -> float:
+    """``check=True``: ``1e-4``, or 8 units of the output dtype's resolution where that is coarser
+    (float16, bfloat16: a step and the full forward round differently)."""
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+    return max(1e-4, 8 * eps)
+
+
+def _difference(y: torch.Tensor, ref: torch.Tensor) -> Tuple[float, float]:
+    """(largest ``|y - ref|``, ``max(1, largest finite |ref|)``); a NaN or inf of the step where
+    the full forward has the same value (a non-finite input frame) is no difference, any other
+    non-finite value is an infinite one."""
+    if not ref.numel():
+        return 0.0, 1.0
+    if not isinstance(y, torch.Tensor) or y.shape != ref.shape:
+        return float("inf"), 1.0
+    fin = torch.isfinite(ref)
+    scale = max(1.0, float(ref.abs().masked_fill(~fin, 0).max()))
+    same = (y == ref) | (y.isnan() & ref.isnan())  # inf == inf of the same sign
+    if not bool((same | (fin & torch.isfinite(y))).all()):
+        return float("inf"), scale
+    return float((y - ref).masked_fill(~fin, 0).abs().max()), scale
+
+
 def _check_tolerance(check: Any) -> Optional[float]:
     if check is False or check is None:
         return None
@@ -382,7 +406,9 @@ def incremental(model: nn.Module, layout: Any, *, slide: Optional[str] = None,
         check: debugging aid: after every cached step, run the model on the whole canvas (the
             frames stepped so far, zeros after them) and raise ``RolloutError`` when the step's
             output differs from that frame of the full forward by more than ``check`` (True:
-            ``1e-4``) times the output's largest magnitude. It finds modules that mix positions
+            ``1e-4``, or 8 eps of a float16 / bfloat16 output) times the output's largest finite
+            magnitude (a NaN or inf the full forward has too, from a non-finite input, is no
+            difference). It finds modules that mix positions
             outside the canvas layers, which a rollout computes wrongly without an error. Costs
             one full forward per step.
 
