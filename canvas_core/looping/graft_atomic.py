@@ -10,14 +10,14 @@ from typing import Any, List, Tuple
 from torch import nn
 
 from canvas_core.errors import BackboneError
-from canvas_core.runtime.compiled_names import _held_attr, unwrap_model
+from canvas_core.runtime.compiled_names import wrapper_chain
 
 __all__ = ["unwrap_for_graft", "inside_data_parallel", "snapshot", "rollback"]
 
 
 def unwrap_for_graft(model: nn.Module, fn: str) -> nn.Module:
     """The model inside ``torch.compile``'s ``OptimizedModule`` and ``DataParallel`` wrappers (any
-    number, any order; :func:`~canvas_core.runtime.compiled_names.unwrap_model`), which
+    number, any order; :func:`~canvas_core.runtime.compiled_names.wrapper_chain`), which
     ``graft_looped_blocks`` / ``ungraft_looped_blocks`` change in place: ``DataParallel``
     replicates its module at every forward, so it runs the grafted blocks (block and stack scopes;
     ``scope="model"`` is refused there, as its forward is bound to the model, not a replica). A
@@ -26,8 +26,7 @@ def unwrap_for_graft(model: nn.Module, fn: str) -> nn.Module:
     synchronised across ranks."""
     from torch.nn.parallel import DistributedDataParallel
 
-    m = model
-    while True:
+    for m in wrapper_chain(model):
         if isinstance(m, DistributedDataParallel):
             outer = "" if m is model else f" (inside {type(model).__name__})"
             raise BackboneError(
@@ -35,22 +34,12 @@ def unwrap_for_graft(model: nn.Module, fn: str) -> nn.Module:
                 "parameters when it was built, so the loop parameters this adds or removes would not "
                 f"be synchronised across ranks. Call {fn} on the plain model (ddp.module) and wrap "
                 "it in DistributedDataParallel again afterwards")
-        attr = _held_attr(m)
-        if attr is None:
-            break
-        m = getattr(m, attr)
-    return unwrap_model(model)
+    return m
 
 
 def inside_data_parallel(model: nn.Module) -> bool:
     """Whether ``model`` is a ``DataParallel`` or holds one through wrappers (compile handles)."""
-    m = model
-    while m is not None:
-        if isinstance(m, nn.DataParallel):
-            return True
-        attr = _held_attr(m)
-        m = getattr(m, attr) if attr is not None else None
-    return False
+    return any(isinstance(m, nn.DataParallel) for m in wrapper_chain(model))
 
 
 _DICT_TYPES = (dict,)  # OrderedDict and the hook dicts are dict subclasses

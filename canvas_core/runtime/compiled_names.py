@@ -19,11 +19,11 @@ as files of compiled models written before this kept it.)
 
 from __future__ import annotations
 
-from typing import Dict, FrozenSet, Iterable, Optional
+from typing import Dict, FrozenSet, Iterable, Iterator, Optional
 
 from torch import nn
 
-__all__ = ["plain_name", "plain_names", "wrapped_paths", "unwrap_compiled", "unwrap_model"]
+__all__ = ["plain_name", "plain_names", "wrapped_paths", "unwrap_compiled", "unwrap_model", "wrapper_chain"]
 
 _WRAPPED = "_orig_mod"
 
@@ -78,11 +78,16 @@ def unwrap_compiled(model: nn.Module) -> nn.Module:
     return model
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The module inside any number of wrappers (``torch.compile``, ``DistributedDataParallel``,
-    ``DataParallel``, a sequence-parallel layer, in any order), else ``model``."""
-    while True:
+def wrapper_chain(model: nn.Module) -> Iterator[nn.Module]:
+    """``model``, then the module each wrapper holds, down to the first module that wraps nothing
+    (``torch.compile``, ``DistributedDataParallel``, ``DataParallel``, a sequence-parallel layer,
+    in any order)."""
+    while model is not None:
+        yield model
         attr = _held_attr(model)
-        if attr is None:
-            return model
-        model = getattr(model, attr)
+        model = getattr(model, attr) if attr is not None else None
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module inside any number of wrappers (:func:`wrapper_chain`'s last), else ``model``."""
+    return list(wrapper_chain(model))[-1]
