@@ -11,21 +11,12 @@ import pytest
 import torch
 from torch import nn
 
-from canvas_core import CanvasLayout, CanvasSchema, CanvasTopology, SpatiotemporalCanvas
 from canvas_core._safe_write import atomic_write_bytes, atomic_write_text, check_write_target
 from canvas_core.checkpoints import save_canvas_checkpoint, save_safetensors_atomic
 from canvas_core.errors import CanvasError, CheckpointError
 from canvas_core.looping import graft_looped_blocks, save_loop_checkpoint
 
-LAYOUT = CanvasLayout(T=2, H=1, W=2, d_model=4, regions={"v": (0, 2, 0, 1, 0, 2)})
-SCHEMA = CanvasSchema(layout=LAYOUT, topology=CanvasTopology.causal_temporal(["v"]))
-
-
-class Model(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.canvas = SpatiotemporalCanvas(LAYOUT)
-        self.head = nn.Linear(4, 2)
+from tests.checkpoints._tiny_canvas import SCHEMA, Model
 
 
 class Backbone(nn.Module):
