@@ -29,8 +29,9 @@ import torch.distributed as dist
 from torch import nn
 
 import canvas_core as cc
-from _fork import fork_ranks  # this folder: the script's own directory is on sys.path
-from canvas_core import AttentionDispatcher, CanvasLayout, CanvasSchema, CanvasTopology
+from _canvas_case import LAYOUT, SCHEMA, TOPO  # this folder: the script's own directory is on sys.path
+from _fork import fork_ranks
+from canvas_core import AttentionDispatcher, CanvasLayout
 from canvas_core.errors import CheckpointError
 from canvas_core.runtime.sequence_parallel import (
     CanvasSharding,
@@ -40,9 +41,6 @@ from canvas_core.runtime.sequence_parallel import (
     unshard_canvas,
 )
 
-LAYOUT = CanvasLayout(T=2, H=2, W=4, d_model=16, regions={"v": (0, 2, 0, 1, 0, 4), "a": (0, 2, 1, 2, 0, 4)})
-TOPO = CanvasTopology.causal_temporal(["v", "a"])
-SCHEMA = CanvasSchema(layout=LAYOUT, topology=TOPO)
 RANK = WORLD = 0
 DIR = ""
 PG_TIMEOUT = 4.0

@@ -25,8 +25,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import canvas_core as cc
-from _fork import fork_ranks  # this folder: the script's own directory is on sys.path
-from canvas_core import AttentionDispatcher, CanvasLayout, CanvasSchema, CanvasTopology, Connection
+from _canvas_case import LAYOUT, SCHEMA, TOPO  # this folder: the script's own directory is on sys.path
+from _fork import fork_ranks
+from canvas_core import AttentionDispatcher, CanvasSchema, CanvasTopology, Connection
 from canvas_core.checkpoints import refuse_non_finite, save_safetensors_atomic
 from canvas_core.errors import CheckpointError, ShapeError
 from canvas_core.runtime.sequence_parallel import (
@@ -38,9 +39,6 @@ from canvas_core.runtime.sequence_parallel import (
     unshard_canvas,
 )
 
-LAYOUT = CanvasLayout(T=2, H=2, W=4, d_model=16, regions={"v": (0, 2, 0, 1, 0, 4), "a": (0, 2, 1, 2, 0, 4)})
-TOPO = CanvasTopology.causal_temporal(["v", "a"])
-SCHEMA = CanvasSchema(layout=LAYOUT, topology=TOPO)
 RANK = WORLD = 0
 DIR = ""
 
