@@ -200,7 +200,8 @@ class AttentionEntry:
     it: ``factory``, ``name``, ``family``, ``create``, ... and ``spec`` for the Spec itself), which
     also stands in for the class canvas-engineering's dict held there.  Calling it builds the type
     with the arguments given (``entry(d_model, n_heads, dropout)``, as ``cls(...)``); it has the
-    factory's ``__name__`` and ``__signature__``; ``issubclass(entry, nn.Module)``,
+    factory's ``__name__``, ``__qualname__``, ``__module__`` (a lazy factory's module read off its
+    path, nothing imported), ``__doc__`` and ``__signature__``; ``issubclass(entry, nn.Module)``,
     ``isinstance(module, entry)`` and ``class Mine(entry)`` see the factory class.  It is not the
     class object itself: compare ``entry.factory`` with a class rather than ``entry is cls``."""
 
@@ -208,6 +209,15 @@ class AttentionEntry:
 
     def __init__(self, spec: Spec) -> None:
         object.__setattr__(self, "spec", spec)
+
+    def __getattribute__(self, attr: str) -> Any:
+        # ``__module__`` and ``__doc__`` are class attributes of every class, so ``__getattr__``
+        # never sees them: without this an entry would report this module and this docstring
+        if attr == "__module__":
+            return _factory_module(object.__getattribute__(self, "spec"))
+        if attr == "__doc__":
+            return _factory_doc(object.__getattribute__(self, "spec"))
+        return object.__getattribute__(self, attr)
 
     def __getattr__(self, attr: str) -> Any:
         if attr == "__qualname__":
@@ -263,6 +273,20 @@ class AttentionEntry:
 
     def __reduce__(self):
         return (AttentionEntry, (self.spec,))
+
+
+def _factory_module(spec: Spec) -> Any:
+    """The module canvas-engineering's class would report: the factory's, or a lazy path's module."""
+    f = spec.factory
+    return parse_factory_path(f)[0] if isinstance(f, str) else getattr(f, "__module__", None)
+
+
+def _factory_doc(spec: Spec) -> Any:
+    """The factory's docstring (importing a lazy one); the spec's description if it cannot load."""
+    try:
+        return getattr(spec.load(), "__doc__", None)
+    except PluginLoadError:
+        return spec.description or None
 
 
 def _entry_metadata(spec: Spec) -> Dict[str, Any]:

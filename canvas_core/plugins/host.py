@@ -46,9 +46,10 @@ class PluginScopedRegistry:
                module: Optional[str] = None) -> Tuple[Optional[Spec], Spec]:
         """``(stored spec or None when refused, the spec made)``."""
         rec, reg = self._record, self._registry
+        if isinstance(name, str):  # noted first: a name refused as malformed is still this plugin's
+            rec.attempted.setdefault(self.kind, []).append(name)
         spec = reg.make_spec(name, factory, metadata, distribution=rec.distribution, version=rec.version,
                              plugin=rec.name, module=module)
-        rec.attempted.setdefault(self.kind, []).append(spec.name)
         stored, clash = reg.add_from_plugin(spec, override=override, strict=self._strict)
         if clash is not None:
             if spec.name in reg.shadowed():  # never a silent shadowing of a plugin's type
@@ -74,8 +75,17 @@ class PluginHost:
         self.reset()
 
     def reset(self) -> None:
-        """Forget everything (in-process registrations too); the next access loads again."""
+        """Forget everything (in-process registrations too); the next access loads again.  Refused
+        (PluginError) from inside the load itself (a plugin's import or hook): it would drop the
+        builtins and the plugins loaded so far for the rest of the process."""
         with self._lock:
+            if getattr(self, "_loading_thread", None) == threading.get_ident():
+                rec = self._loading_record
+                by = f" by {rec.describe()}" if rec is not None else ""
+                raise PluginError(
+                    f"reset_plugins() / PluginHost.reset() was called while the plugins load{by}: refused, "
+                    "it would discard the builtins and every plugin loaded so far. Call it after loading, "
+                    "never from a plugin's import or hook")
             self._pm = hookspecs.CanvasPluginManager()
             self.registries: Dict[str, Registry] = {k: Registry(k) for k in KINDS}
             self.records: Dict[str, PluginRecord] = {}
@@ -94,11 +104,18 @@ class PluginHost:
             # a bad variable raises, leaving it unloaded
             settings = read_settings(os.environ if self._environ is None else self._environ, **self._args)
             self._loading_thread = threading.get_ident()
+            interrupted = False
             try:
                 self._load(settings)
+            except KeyboardInterrupt:  # the only exception a plugin's import or hook lets through
+                interrupted = True
+                raise
             finally:
                 self._loading_thread = None
-                self.loaded = True
+                if interrupted:  # a load cut short is not kept half done: the next access loads again
+                    self.reset()
+                else:
+                    self.loaded = True
 
     @property
     def plugin_manager(self) -> pluggy.PluginManager:
@@ -134,8 +151,8 @@ class PluginHost:
     def _load_entry_point(self, ep: Any, s: Dict[str, Any]) -> None:
         dist, version = entry_point_distribution(ep)
         name = ep.name if ep.name not in self.records else f"{ep.name}@{dist}"  # same name, two dists
-        rec = self.records[name] = PluginRecord(name, dist or "(unknown distribution)", version,
-                                                source="entry-point", entry_point=ep.value)
+        rec = self._keep(PluginRecord(name, dist or "(unknown distribution)", version,
+                                      source="entry-point", entry_point=ep.value))
         ids = entry_point_ids(ep)
         if not s["autoload"]:
             rec.status, rec.error = STATUS_DISABLED, f"{ENV_DISABLE} is set"
@@ -156,6 +173,7 @@ class PluginHost:
                     raise
                 except BaseException as exc:  # noqa: BLE001 - a plugin must never take the core down
                     rec.mark_failed(f"import of {ep.value!r} raised {type(exc).__name__}: {exc}", exc)
+                    self._discard(rec)  # what its import registered before raising goes too
                     return
                 self._add_plugin(obj, rec, strict=False)  # hooks too: their registrations are this plugin's
         finally:
@@ -164,7 +182,7 @@ class PluginHost:
     def _add_plugin(self, obj: Any, rec: PluginRecord, *, strict: bool) -> PluginRecord:
         """Register ``obj`` with pluggy and run its hooks into the registries (all or nothing):
         a failure marks ``rec`` failed and removes what it added, or under ``strict`` raises."""
-        self.records[rec.name], rec.plugin = rec, obj
+        self._keep(rec).plugin = obj
 
         def fail(message: str, strict_message: str, exc: Optional[BaseException] = None) -> PluginRecord:
             if strict:
@@ -216,8 +234,17 @@ class PluginHost:
                         self.unregister_plugin(rec.name)
                         raise
                     why = f"hook {hook_name} raised {type(exc).__name__}: {exc}"
+                    if isinstance(obj, type) and isinstance(exc, TypeError) and "'self'" in str(exc):
+                        why += (f" (the plugin object is the class {obj.__qualname__}, so its hook methods get "
+                                "no instance: point the entry point at an instance, or make the hooks "
+                                "static methods)")
                     return fail(why, f"{rec.describe()}: {why}. Fix the plugin's hook; nothing it registered "
                                      "was kept", exc)
+        return rec
+
+    def _keep(self, rec: PluginRecord) -> PluginRecord:
+        """Keep ``rec`` as the record of its plugin; its ``conflicts`` are read off this host."""
+        self.records[rec.name], rec.clash_source = rec, self.conflicts_of
         return rec
 
     def _discard(self, rec: PluginRecord) -> None:
@@ -256,6 +283,7 @@ class PluginHost:
                 plugin = next((r.name for r in self.records.values() if r.plugin is plugin), None)
             if (rec := self.records.pop(plugin, None)) is not None:
                 self._discard(rec)
+                rec.clash_source = None  # no longer this host's: it has no clashes here
             return rec
 
     def register(self, kind: str, name: Any, factory: Any = None, *, override: bool = False,
@@ -267,7 +295,8 @@ class PluginHost:
                 name, factory, metadata, override, module)
             return stored or spec
         with self._lock:
-            self.records.setdefault(IN_PROCESS, PluginRecord(IN_PROCESS, IN_PROCESS, "", source="in-process"))
+            if IN_PROCESS not in self.records:
+                self._keep(PluginRecord(IN_PROCESS, IN_PROCESS, "", source="in-process"))
             return reg.insert(reg.make_spec(name, factory, metadata, module=module), override=override)
 
     def unregister(self, kind: str, name: str) -> Spec:
@@ -297,9 +326,11 @@ class PluginHost:
         """The error for ``name`` nobody provides in registry ``kind``: the installed plugin that
         would provide it and did not load, else the known names, the closest one and the install
         hint; it carries ``name``, ``kind``, ``known``, ``suggestion``, ``distribution``, ``plugin``."""
-        noun, known = NOUNS[kind], self.registries[kind].names()
+        noun = NOUNS[kind]
+        with self._lock:  # one consistent view: the records and the names of the same moment
+            records, known = list(self.records.values()), self.registries[kind].names()
         dist_hint = provider_hint(kind, str(name))
-        for rec in self.records.values():
+        for rec in records:
             if rec.status != STATUS_OK and (
                     normalize_dist(rec.name.split("@", 1)[0]) == normalize_dist(str(name))
                     or (dist_hint is not None and normalize_dist(rec.distribution) == normalize_dist(dist_hint))
@@ -309,7 +340,7 @@ class PluginHost:
         near = closest(str(name), known)
         msg = f"Unknown {noun}: {name!r}."  # canvas-engineering's phrase
         if dist_hint is not None:
-            if self.distribution_installed(dist_hint):
+            if self.distribution_installed(dist_hint, records):
                 msg += (f" The distribution {dist_hint} is installed but does not register it; "
                         f"upgrade it (pip install -U {dist_hint}) or check `canvas plugins`.")
             else:
@@ -318,11 +349,11 @@ class PluginHost:
         if near is not None:
             msg += f" Did you mean {near!r}?"
         msg += f" Known {noun}s: {', '.join(known) or '(none)'}."
-        failed = "; ".join(f"{r.describe()} failed to load ({r.error})" for r in self.records.values()
+        failed = "; ".join(f"{r.describe()} failed to load ({r.error})" for r in records
                            if r.status == STATUS_FAILED)
         msg += f" Note: {failed}." if failed else ""
         skipped: Dict[str, List[str]] = {}
-        for r in (r for r in self.records.values() if r.status in (STATUS_BLOCKED, STATUS_DISABLED)):
+        for r in (r for r in records if r.status in (STATUS_BLOCKED, STATUS_DISABLED)):
             skipped.setdefault(r.error or r.status, []).append(r.name)
         if skipped:
             msg += (" Installed but not loaded, so their names are unknown here: "
@@ -330,9 +361,13 @@ class PluginHost:
         return _attach(UnknownNameKeyError(msg), name=name, kind=kind, known=known, suggestion=near,
                        distribution=dist_hint, plugin=None)
 
-    def distribution_installed(self, dist: str) -> bool:
-        """Seen by the host, or (for a host reading the real entry points) by ``importlib.metadata``."""
-        seen = any(normalize_dist(r.distribution) == normalize_dist(dist) for r in self.records.values())
+    def distribution_installed(self, dist: str, records: Optional[List[PluginRecord]] = None) -> bool:
+        """Seen by the host (in ``records``, default: its records now), or (for a host reading the
+        real entry points) by ``importlib.metadata``."""
+        if records is None:
+            with self._lock:
+                records = list(self.records.values())
+        seen = any(normalize_dist(r.distribution) == normalize_dist(dist) for r in records)
         if seen or self._entry_points is not None:  # a test world: only what the host saw counts
             return seen
         with contextlib.suppress(Exception):  # PackageNotFoundError, or broken metadata
@@ -345,33 +380,42 @@ class PluginHost:
     def conflicts_of(self, plugin: str) -> List[str]:
         """The clashes of ``plugin``'s refused registrations that hold now, in registration order:
         its name is still fought over (using it raises) or kept by a builtin.  Read off each
-        registry's log of registrations, so a clash goes away with the registration it was
-        against (``unregister_plugin``) and comes back with it (an override removed)."""
+        registry's current state (:meth:`Registry.clashes_by_plugin`), so a clash goes away with the
+        registration it was against (``unregister_plugin``) and comes back with it (an override removed)."""
+        return self._clashes().get(plugin, [])
+
+    def _clashes(self) -> Dict[str, List[str]]:
+        """plugin -> its clashes that hold now, over every registry, from one moment."""
         self.ensure_loaded()
-        with self._lock:
-            return [msg for reg in self.registries.values() for msg in _live_clashes(reg).get(plugin, ())]
+        with self._lock:  # writers hold it: every registry's state is of the same moment
+            states = [reg.snapshot() for reg in self.registries.values()]
+        out: Dict[str, List[str]] = {}
+        for st in states:
+            for plugin, msgs in st.clashes_by_plugin().items():
+                out.setdefault(plugin, []).extend(msgs)
+        return out
 
     def plugin_report(self) -> List[Dict[str, Any]]:
         self.ensure_loaded()
         with self._lock:
-            clashes: Dict[str, List[str]] = {}
-            for reg in self.registries.values():
-                for plugin, msgs in _live_clashes(reg).items():
-                    clashes.setdefault(plugin, []).extend(msgs)
-            for rec in self.records.values():  # derived now, never text kept from registration time
-                rec.conflicts = clashes.get(rec.name, [])
-            return [rec.to_dict(self.registered_by(rec.name)) for rec in self.records.values()]
+            clashes = self._clashes()  # derived now, never text kept from registration time
+            return [rec.to_dict(self.registered_by(rec.name), clashes.get(rec.name, []))
+                    for rec in self.records.values()]
 
     def registry_report(self, ctx: Any = None) -> Dict[str, List[Dict[str, Any]]]:
         """Registry kind -> one ``Spec.to_dict(ctx)`` per name, plus ``conflict`` (two plugins
         provide it: unavailable), ``shadowed`` (plugins' refused registrations of a builtin name)
-        and ``broken`` (a lazy factory module that cannot be found: unavailable)."""
+        and ``broken`` (a lazy factory module that cannot be found: unavailable).  Every registry
+        is read from one state taken under the host's lock (the specs' availability checks run
+        after it is released)."""
         self.ensure_loaded()
         ctx = RuntimeContext.coerce(ctx)
+        with self._lock:
+            states = {kind: reg.snapshot() for kind, reg in self.registries.items()}
         out: Dict[str, List[Dict[str, Any]]] = {}
-        for kind, reg in self.registries.items():
-            out[kind], conflicts, shadowed = [], reg.conflicts(), reg.shadowed()
-            for spec in reg.specs():
+        for kind, st in states.items():
+            out[kind], conflicts, shadowed = [], st.conflicts(), st.shadowed()
+            for spec in st.specs():
                 d = spec.to_dict(ctx)
                 if spec.name in conflicts:
                     d.update(available=False, reasons=[conflicts[spec.name]] + d["reasons"], conflict=conflicts[spec.name])
@@ -382,26 +426,6 @@ class PluginHost:
                     d.update(available=False, broken=problem, reasons=d["reasons"] + [problem])
                 out[kind].append(d)
         return out
-
-
-def _live_clashes(reg: Registry) -> Dict[str, List[str]]:
-    """plugin -> the messages of its refused registrations in ``reg`` whose name still clashes
-    (``reg.conflicts()`` or ``reg.shadowed()``).  The registry keeps only the state its log makes,
-    one message per name; the message of each refused registration is found by replaying the log
-    into a scratch registry, exactly as ``reg`` replays it."""
-    live = set(reg.conflicts()) | set(reg.shadowed())
-    out: Dict[str, List[str]] = {}
-    if not live:
-        return out
-    scratch = Registry(reg.kind)
-    for entry in reg._log:  # noqa: SLF001 - the registrations in order, refused ones included
-        if not entry.plugin_hook:
-            scratch.insert(entry.spec, override=entry.override)
-            continue
-        _, clash = scratch.add_from_plugin(entry.spec, override=entry.override, strict=entry.strict)
-        if clash is not None and entry.spec.name in live:
-            out.setdefault(entry.spec.plugin, []).append(str(clash))
-    return out
 
 
 def _attach(err: Exception, **attrs: Any) -> Exception:

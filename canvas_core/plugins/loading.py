@@ -82,10 +82,50 @@ def entry_point_ids(ep: Any) -> Set[str]:
     return {normalize_dist(ep.name), normalize_dist(entry_point_distribution(ep)[0] or "")} - {""}
 
 
+def _dist_label(dist: Any) -> str:
+    """A name for an installed distribution whose metadata may be unreadable (messages only)."""
+    with suppress(Exception):
+        return f"{dist.metadata['Name']} ({getattr(dist, '_path', '?')})"
+    return str(getattr(dist, "_path", dist))
+
+
+def installed_entry_points() -> List[Any]:
+    """The installed entry points of group ``canvas``, as ``importlib.metadata.entry_points``
+    finds them (the first of the distributions of one name on ``sys.path``), read one
+    distribution at a time: one whose ``entry_points.txt`` cannot be parsed, which makes
+    ``entry_points()`` itself raise, is skipped (with a warning naming it when its file declares
+    the ``canvas`` group) instead of keeping every other plugin from loading."""
+    out: List[Any] = []
+    seen: Set[str] = set()
+    for dist in importlib.metadata.distributions():
+        try:
+            key = getattr(dist, "_normalized_name", None) or normalize_dist(dist.metadata["Name"] or "")
+        except Exception:
+            key = None
+        if key is not None:
+            if key in seen:
+                continue
+            seen.add(key)
+        try:
+            out.extend(ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP)
+        except Exception as exc:  # malformed entry_points.txt: a bare error of importlib.metadata
+            text = ""
+            with suppress(Exception):
+                text = dist.read_text("entry_points.txt") or ""
+            if f"[{ENTRY_POINT_GROUP}]" in text:
+                warnings.warn_explicit(
+                    f"the installed distribution {_dist_label(dist)} declares canvas plugins, but its "
+                    f"entry_points.txt cannot be read ({type(exc).__name__}: {exc}); none of its plugins "
+                    "is loaded. Reinstall it (pip install --force-reinstall <distribution>) or fix the "
+                    "entry points in its packaging metadata", UserWarning,
+                    filename="<canvas plugins>", lineno=0, module="canvas_core.plugins")
+    return out
+
+
 def discover_entry_points(source: Optional[Callable[[], Iterable[Any]]] = None) -> List[Any]:
     """Entry points of group ``canvas`` (or ``source()``'s), without repeats, by name then distribution."""
     seen: Dict[tuple, Any] = {}
-    for ep in source() if source is not None else importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+    for ep in source() if source is not None else installed_entry_points():
         seen.setdefault((ep.name, ep.value, normalize_dist(entry_point_distribution(ep)[0] or "")), ep)
     return sorted(seen.values(), key=lambda e: (e.name, entry_point_distribution(e)[0] or ""))
 
@@ -94,7 +134,9 @@ def discover_entry_points(source: Optional[Callable[[], Iterable[Any]]] = None) 
 class PluginRecord:
     """One row of ``canvas plugins``: ``source`` is ``builtin``, ``entry-point``, ``manual``
     (``host.register_plugin``) or ``in-process``; ``status`` is ``ok``, ``failed``, ``blocked`` or
-    ``disabled``; ``attempted`` (kind -> names it tried) outlives a failure, for lookups' errors."""
+    ``disabled``; ``attempted`` (kind -> names it tried) outlives a failure, for lookups' errors.
+    ``conflicts`` is derived on each read from the registries of the host that keeps the record
+    (``clash_source``, set by the host), so it can never go stale; a record no host keeps has none."""
 
     name: str
     distribution: str
@@ -105,10 +147,15 @@ class PluginRecord:
     error: Optional[str] = None
     traceback: Optional[str] = None
     hooks: List[str] = field(default_factory=list)
-    conflicts: List[str] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
     plugin: Any = field(default=None, repr=False)
     attempted: Dict[str, List[str]] = field(default_factory=dict, repr=False)
+    clash_source: Optional[Callable[[str], List[str]]] = field(default=None, repr=False, compare=False)
+
+    @property
+    def conflicts(self) -> List[str]:
+        """The clashes of this plugin's refused registrations that hold now (see the class doc)."""
+        return list(self.clash_source(self.name)) if self.clash_source is not None else []
 
     def mark_failed(self, message: str, exc: Optional[BaseException] = None) -> None:
         """Set status ``failed`` with ``message`` and the last frames of ``exc``'s traceback."""
@@ -120,11 +167,18 @@ class PluginRecord:
         ver = f" {self.version}" if self.version else ""
         return f"plugin {self.name!r} ({self.distribution}{ver})"
 
-    def to_dict(self, registered: Optional[Dict[str, List[str]]] = None) -> Dict[str, Any]:
-        """The row of ``canvas plugins --json``; ``discarded``: what a failed plugin had added."""
-        d = {f.name: getattr(self, f.name) for f in fields(self) if f.repr}
+    def to_dict(self, registered: Optional[Dict[str, List[str]]] = None,
+                conflicts: Optional[List[str]] = None) -> Dict[str, Any]:
+        """The row of ``canvas plugins --json``; ``discarded``: what a failed plugin had added;
+        ``conflicts``: the clashes already derived by the caller (default: :attr:`conflicts`)."""
+        d: Dict[str, Any] = {}
+        for f in fields(self):
+            if f.repr:
+                d[f.name] = getattr(self, f.name)
+            if f.name == "hooks":  # the key order of the rows before conflicts was derived
+                d["conflicts"] = self.conflicts if conflicts is None else list(conflicts)
         failed = self.status == STATUS_FAILED
-        return dict(d, hooks=list(self.hooks), conflicts=list(self.conflicts), warnings=list(self.warnings),
+        return dict(d, hooks=list(self.hooks), warnings=list(self.warnings),
                     registered=registered or {},
                     discarded={k: sorted(set(v)) for k, v in self.attempted.items()} if failed else {})
 

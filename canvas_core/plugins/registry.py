@@ -33,32 +33,70 @@ class _Entry(NamedTuple):
     strict: bool
 
 
-class _State:
-    """Everything a registry derives from its log, in one object.  Once a registry has published
-    a state (one assignment to ``Registry._state``) nothing in it is changed again: a change is
-    made on a copy (or on a fresh state, for a replay) which is then published in its turn.  A
-    reader that takes ``_state`` once therefore sees either the state before a change or the one
-    after it, never one half built, and needs no lock (lookups stay lock-free)."""
+class RegistryState:
+    """Everything a registry derives from its log, and the log itself, in one object.  Once a
+    registry has published a state (one assignment to ``Registry._state``) nothing in it is
+    changed again: a change is made on a copy (or on a fresh state, for a replay) which is then
+    published in its turn.  A reader that takes one state (:meth:`Registry.snapshot`) therefore
+    sees either the state before a change or the one after it, never one half built, and needs
+    no lock (lookups stay lock-free); every read below answers from that one state."""
 
-    __slots__ = ("stacks", "conflicts", "shadowed", "overriding")
+    __slots__ = ("kind", "log", "stacks", "conflicts_", "shadowed_", "overriding")
 
-    def __init__(self) -> None:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.log: Tuple[_Entry, ...] = ()  # the registrations in order, refused ones included
         self.stacks: Dict[str, List[Spec]] = {}
-        self.conflicts: Dict[str, Tuple[DuplicateRegistrationError, str]] = {}
-        self.shadowed: Dict[str, List[Tuple[DuplicateRegistrationError, str]]] = {}
+        self.conflicts_: Dict[str, Tuple[DuplicateRegistrationError, str]] = {}
+        self.shadowed_: Dict[str, List[Tuple[DuplicateRegistrationError, str]]] = {}
         self.overriding: Set[Spec] = set()  # Spec compares by identity
 
-    def copy_for(self, name: str) -> "_State":
-        """A private copy to apply one registration of ``name`` to: the containers, and the lists
-        that a registration of ``name`` can change, are new; everything else is shared."""
-        new = _State()
-        new.stacks, new.conflicts, new.shadowed = dict(self.stacks), dict(self.conflicts), dict(self.shadowed)
+    def copy_for(self, name: str, entry: _Entry) -> "RegistryState":
+        """A private copy to apply ``entry`` (a registration of ``name``) to: the containers, and
+        the lists that a registration of ``name`` can change, are new; everything else is shared."""
+        new = RegistryState(self.kind)
+        new.log = self.log + (entry,)
+        new.stacks, new.conflicts_, new.shadowed_ = dict(self.stacks), dict(self.conflicts_), dict(self.shadowed_)
         new.overriding = set(self.overriding)
         if name in new.stacks:
             new.stacks[name] = list(new.stacks[name])
-        if name in new.shadowed:
-            new.shadowed[name] = list(new.shadowed[name])
+        if name in new.shadowed_:
+            new.shadowed_[name] = list(new.shadowed_[name])
         return new
+
+    def names(self) -> List[str]:
+        return sorted(self.stacks)
+
+    def specs(self) -> List[Spec]:
+        """The current spec of every name, by name."""
+        return [self.stacks[n][-1] for n in sorted(self.stacks)]
+
+    def conflicts(self) -> Dict[str, str]:
+        """name -> message, for names two plugins provide (using them raises)."""
+        return {n: str(e) for n, (e, _p) in self.conflicts_.items()}
+
+    def shadowed(self) -> Dict[str, List[str]]:
+        """name -> messages, for builtin names a plugin also registered (refused: builtin kept)."""
+        return {n: [str(e) for e, _p in v] for n, v in self.shadowed_.items()}
+
+    def clashes_by_plugin(self) -> Dict[str, List[str]]:
+        """plugin -> the messages of its refused registrations whose name still clashes (a name in
+        :meth:`conflicts` or :meth:`shadowed`), in registration order.  The state keeps one message
+        per name; each refused registration's own message is found by replaying this state's log
+        into a scratch registry, exactly as the registry replays it."""
+        live = set(self.conflicts_) | set(self.shadowed_)
+        out: Dict[str, List[str]] = {}
+        if not live:
+            return out
+        scratch = Registry(self.kind)
+        for entry in self.log:
+            if not entry.plugin_hook:
+                scratch.insert(entry.spec, override=entry.override)
+                continue
+            _, clash = scratch.add_from_plugin(entry.spec, override=entry.override, strict=entry.strict)
+            if clash is not None and entry.spec.name in live:
+                out.setdefault(entry.spec.plugin, []).append(str(clash))
+        return out
 
 
 class Registry:
@@ -68,25 +106,26 @@ class Registry:
     builtin refused (``_shadowed``: name -> [(error, plugin)]) and the registrations installed
     plugins made with ``override=True`` (``_overriding``: they win over plain ones).
 
-    All of that is derived from ``_log``, the registrations in the order they were made (refused
+    All of that is derived from the log, the registrations in the order they were made (refused
     ones too).  Adding applies one more entry; removing deletes entries and replays the rest from
     scratch, so a removal leaves exactly the state the remaining registrations make: unregistering
     an override restores what was there before it (a conflict included), and removing a plugin
     gives the state as if it had never been loaded (a registration it had refused comes back).
 
-    The derived state lives in one :class:`_State` (``_state``) that is replaced whole, never
-    changed once visible: writers are serialised by the host's lock, readers take no lock."""
+    The log and the state derived from it live in one :class:`RegistryState` (``_state``) that is
+    replaced whole, never changed once visible: writers are serialised by the host's lock, readers
+    take no lock.  A reader needing several answers takes :meth:`snapshot` once and asks it."""
 
     def __init__(self, kind: str) -> None:
         check_kind(kind)
         self.kind, self.noun = kind, NOUNS[kind]
-        self._log: List[_Entry] = []
-        self._state = _State()
+        self._state = RegistryState(kind)
 
     def _replay(self, log: List[_Entry]) -> None:
         """Derive the state ``log`` makes, applying each entry as it was applied first, in a fresh
-        :class:`_State`; then publish it and ``log`` (nothing changes should an entry raise)."""
-        st = _State()
+        :class:`RegistryState` holding ``log``, then publish it (nothing changes should an entry raise)."""
+        st = RegistryState(self.kind)
+        st.log = tuple(log)
         for e in log:
             # a strict entry cannot clash here: it was accepted when its name had no registration
             # left or it replaced one with override=True, and dropping entries changes neither
@@ -94,7 +133,7 @@ class Registry:
                 self._apply_plugin(st, e.spec, override=e.override, strict=e.strict)
             else:
                 self._apply_insert(st, e.spec, override=e.override)
-        self._state, self._log = st, log
+        self._state = st
 
     def make_spec(self, name: str, factory: Any, metadata: Dict[str, Any], *,
                   distribution: str = IN_PROCESS, version: str = "", plugin: str = IN_PROCESS,
@@ -112,15 +151,20 @@ class Registry:
         """Put ``spec`` on top of its name's stack; an existing name needs ``override``."""
         if not isinstance(override, bool):
             raise CanvasTypeError(f"{self.noun} {spec.name!r}: override must be True or False, got {override!r}")
-        st = self._state.copy_for(spec.name)
+        st = self._state.copy_for(spec.name, _Entry(spec, override, False, False))
         self._apply_insert(st, spec, override=override)  # a refusal raises before anything is published
         self._state = st
-        self._log.append(_Entry(spec, override, False, False))
         return spec
 
-    def _apply_insert(self, st: _State, spec: Spec, *, override: bool) -> None:
+    def _apply_insert(self, st: RegistryState, spec: Spec, *, override: bool) -> None:
         """Apply one direct registration to ``st`` (a state not yet published)."""
         stack = st.stacks.get(spec.name)
+        if stack and not override and stack[-1].plugin == spec.plugin and spec.plugin != IN_PROCESS:
+            raise DuplicateRegistrationError(
+                f"{self.noun} {spec.name!r} is registered twice by the same plugin, "
+                f"{spec.describe_provider()} (a hook and an import-time decorator, or two calls): "
+                f"neither is chosen. Register it once, or pass override=True to the registration that "
+                f"should win.")
         if stack and not override:
             raise DuplicateRegistrationError(
                 f"{self.noun} {spec.name!r} is provided twice: by {stack[-1].describe_provider()} and by "
@@ -128,10 +172,10 @@ class Registry:
                 f"purpose, or uninstall / block one of the two plugins ({_BLOCK_HINT}).")
         st.stacks.setdefault(spec.name, []).append(spec)
         if override:  # replaced on purpose: hidden while it is on top, back when it is removed (replay)
-            st.conflicts.pop(spec.name, None)
+            st.conflicts_.pop(spec.name, None)
 
     @staticmethod
-    def _from_builtin(st: _State, name: str) -> bool:
+    def _from_builtin(st: RegistryState, name: str) -> bool:
         return any(s.plugin == BUILTIN_PLUGIN for s in st.stacks.get(name, ()))
 
     def add_from_plugin(self, spec: Spec, *, override: bool = False, strict: bool = False
@@ -144,13 +188,12 @@ class Registry:
         registration it clashed with be removed, it takes part again."""
         if not isinstance(override, bool):
             raise CanvasTypeError(f"{self.noun} {spec.name!r}: override must be True or False, got {override!r}")
-        st = self._state.copy_for(spec.name)
+        st = self._state.copy_for(spec.name, _Entry(spec, override, True, strict))
         result = self._apply_plugin(st, spec, override=override, strict=strict)  # strict clash: raises here
         self._state = st
-        self._log.append(_Entry(spec, override, True, strict))
         return result
 
-    def _apply_plugin(self, st: _State, spec: Spec, *, override: bool, strict: bool
+    def _apply_plugin(self, st: RegistryState, spec: Spec, *, override: bool, strict: bool
                       ) -> Tuple[Optional[Spec], Optional[DuplicateRegistrationError]]:
         """Apply one plugin hook's registration to ``st`` (a state not yet published)."""
         stack = st.stacks.get(spec.name)
@@ -163,7 +206,7 @@ class Registry:
                     f"{self.noun} {spec.name!r} is replaced with override=True by two plugins: "
                     f"{top.describe_provider()} and {spec.describe_provider()}; neither is chosen. "
                     f"Uninstall or block one of the two ({_BLOCK_HINT}).")
-                st.conflicts[spec.name] = (clash, spec.plugin)
+                st.conflicts_[spec.name] = (clash, spec.plugin)
                 return None, clash
             if top_overrides and not self._from_builtin(st, spec.name):
                 stack.insert(len(stack) - 1, spec)  # the earlier plugin replaces it on purpose
@@ -174,9 +217,9 @@ class Registry:
             if strict:
                 raise
             if self._from_builtin(st, spec.name):
-                st.shadowed.setdefault(spec.name, []).append((clash, spec.plugin))
+                st.shadowed_.setdefault(spec.name, []).append((clash, spec.plugin))
             else:
-                st.conflicts[spec.name] = (clash, spec.plugin)
+                st.conflicts_[spec.name] = (clash, spec.plugin)
             return None, clash
         if override:
             st.overriding.add(spec)
@@ -199,15 +242,17 @@ class Registry:
         if not stack:
             raise self._unknown(name, st)
         spec = stack[-1]
-        at = max(i for i, e in enumerate(self._log) if e.spec is spec)
-        self._replay(self._log[:at] + self._log[at + 1:])
+        log = st.log
+        at = max(i for i, e in enumerate(log) if e.spec is spec)
+        self._replay(log[:at] + log[at + 1:])
         return spec
 
     def remove_plugin(self, plugin: str) -> None:
         """Remove every registration of ``plugin``, refused ones included: the state is that of
         the other registrations, as if the plugin had never registered anything."""
-        kept = [e for e in self._log if e.spec.plugin != plugin]
-        if len(kept) != len(self._log):
+        log = self._state.log
+        kept = [e for e in log if e.spec.plugin != plugin]
+        if len(kept) != len(log):
             self._replay(kept)
 
     def get(self, name: str) -> Spec:
@@ -218,11 +263,11 @@ class Registry:
         stack = st.stacks.get(name) if isinstance(name, str) else None
         if not stack:
             raise self._unknown(name, st)
-        if name in st.conflicts:
-            raise st.conflicts[name][0]
+        if name in st.conflicts_:
+            raise st.conflicts_[name][0]
         return stack[-1]
 
-    def _unknown(self, name: Any, st: Optional[_State] = None) -> Exception:
+    def _unknown(self, name: Any, st: Optional[RegistryState] = None) -> Exception:
         known = sorted((st or self._state).stacks)
         near = closest(str(name), known)
         return UnknownNameKeyError(f"Unknown {self.noun}: {name!r}. Known: {', '.join(known) or '(none)'}."
@@ -231,8 +276,13 @@ class Registry:
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name in self._state.stacks
 
+    def snapshot(self) -> RegistryState:
+        """The state in force now (never changed afterwards): ask it several questions to get
+        answers that belong together (names, specs, conflicts, shadowed names, the log)."""
+        return self._state
+
     def names(self) -> List[str]:
-        return sorted(self._state.stacks)
+        return self._state.names()
 
     def names_by_plugin(self, plugin: str) -> List[str]:
         """Sorted names ``plugin`` registered here, overridden registrations included."""
@@ -243,8 +293,7 @@ class Registry:
 
     def specs(self) -> List[Spec]:
         """The current spec of every name, by name."""
-        stacks = self._state.stacks
-        return [stacks[n][-1] for n in sorted(stacks)]
+        return self._state.specs()
 
     def all_registrations(self) -> List[Spec]:
         """Every registration, overridden ones included (reports)."""
@@ -253,11 +302,15 @@ class Registry:
 
     def conflicts(self) -> Dict[str, str]:
         """name -> message, for names two plugins provide (using them raises)."""
-        return {n: str(e) for n, (e, _p) in self._state.conflicts.items()}
+        return self._state.conflicts()
 
     def shadowed(self) -> Dict[str, List[str]]:
         """name -> messages, for builtin names a plugin also registered (refused: builtin kept)."""
-        return {n: [str(e) for e, _p in v] for n, v in self._state.shadowed.items()}
+        return self._state.shadowed()
+
+    def clashes_by_plugin(self) -> Dict[str, List[str]]:
+        """plugin -> the messages of its refused registrations that clash now, in registration order."""
+        return self._state.clashes_by_plugin()
 
     def __repr__(self) -> str:
         return f"<Registry {self.kind}: {', '.join(sorted(self._state.stacks))}>"

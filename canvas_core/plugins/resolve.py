@@ -72,8 +72,8 @@ class ResolvedGroup:
         return f"{self.fn} -> {self.attention.describe_provider()}, kernel {self.kernel_name}"
 
 
-def _kernel_reasons(spec: Spec, ctx: RuntimeContext, host: PluginHost) -> List[str]:
-    conflict = host.registry("kernels").conflicts().get(spec.name)
+def _kernel_reasons(spec: Spec, ctx: RuntimeContext, conflicts: Dict[str, str]) -> List[str]:
+    conflict = conflicts.get(spec.name)
     broken = spec.factory_problem()
     return ([conflict] if conflict else []) + ([broken] if broken else []) + spec.unsupported_reasons(ctx)
 
@@ -123,12 +123,14 @@ def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, 
     host = host or get_host()
     ctx = RuntimeContext.coerce(ctx)
     spec = host.lookup("attention", name)
+    kernels = host.registry("kernels").snapshot()  # one state: candidates, clashes and the kernel's shadowing agree
+    kconflicts = kernels.conflicts()
     _refuse_broken(spec)
-    cands = sorted((k for k in host.registry("kernels").specs() if name in k.supports), key=lambda k: -k.priority)
+    cands = sorted((k for k in kernels.specs() if name in k.supports), key=lambda k: -k.priority)
     own = spec.unsupported_reasons(ctx)
     if own:
         rows = [(f"{name} ({spec.describe_provider()})", own)]
-        rows += [(f"kernel {k.name} ({k.describe_provider()})", _kernel_reasons(k, ctx, host) or ["could run"])
+        rows += [(f"kernel {k.name} ({k.describe_provider()})", _kernel_reasons(k, ctx, kconflicts) or ["could run"])
                  for k in cands]
         raise UnavailableError(
             f"attention type {name!r} cannot run on {ctx.describe()}. Candidates: "
@@ -143,7 +145,7 @@ def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, 
         if name not in kspec.supports:
             rejected.append((kspec.name, (f"does not support {name!r} (supports: {', '.join(kspec.supports) or 'nothing'})",)))
             note = f"kernel {kspec.name!r} does not execute {name!r}; the type's own module runs"
-        elif reasons := _kernel_reasons(kspec, ctx, host):
+        elif reasons := _kernel_reasons(kspec, ctx, kconflicts):
             _refuse_broken(kspec)
             raise UnavailableError(
                 f"kernel {kspec.name!r} ({kspec.describe_provider()}) was requested for attention type "
@@ -153,7 +155,7 @@ def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, 
             chosen = kspec
     else:
         for k in cands:  # by descending priority; the first that can run wins
-            reasons = _kernel_reasons(k, ctx, host)
+            reasons = _kernel_reasons(k, ctx, kconflicts)
             if not reasons:
                 chosen = k
                 break
@@ -165,7 +167,7 @@ def resolve_attention(name: str, ctx: Any = None, kernel: Optional[str] = None, 
             note = f"{', '.join(outranked)} cannot run on {device}/{dtype}; {instead} computes the same attention"
     clash = tuple(host.registry("attention").shadowed().get(name, ()))
     if chosen is not None:
-        clash += tuple(host.registry("kernels").shadowed().get(chosen.name, ()))
+        clash += tuple(kernels.shadowed().get(chosen.name, ()))
     return ResolvedGroup(fn=name, attention=spec, kernel=chosen, rejected=tuple(rejected), fallback=fallback,
                          note=note, device=device, dtype=dtype, preview=ctx.preview, clash=clash)
 

@@ -90,6 +90,30 @@ def _call_shapes(patch_embed: nn.Module, args: Tuple[Any, ...], kwargs: Mapping[
     return {"text_len": text.shape[1], "frames": f, "height": H // p, "width": W // p}
 
 
+_CONFIG_KEYS = ("num_attention_heads", "attention_head_dim")
+
+
+def _config(model: Any) -> Any:
+    """``model.config`` of a diffusers ``CogVideoXTransformer3DModel``; :class:`BackboneError`
+    naming what was given and what is expected when ``model`` is something else (a block, its
+    attention, another model) or its config lacks the head counts."""
+    config = getattr(model, "config", None)
+    values = {k: getattr(config, k, None) for k in _CONFIG_KEYS}
+    if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in values.values()):
+        return config
+    what = f"{type(model).__module__}.{type(model).__qualname__}"
+    if config is None:
+        found = "it has no .config"
+        if hasattr(model, "attn1") or hasattr(model, "to_q"):
+            found += " (it looks like a CogVideoX block or attention layer: pass the transformer holding it)"
+    else:
+        found = "its config has " + ", ".join(f"{k}={v!r}" for k, v in values.items())
+    raise BackboneError(
+        f"CogVideoX adapter: {what} is not a diffusers CogVideoXTransformer3DModel: {found}. "
+        "Expected the transformer itself (e.g. pipe.transformer), whose config has positive integers "
+        "num_attention_heads and attention_head_dim")
+
+
 class CogVideoXAdapter(BackboneAdapter):
     name = "cogvideox"
     model_classes = ("diffusers.CogVideoXTransformer3DModel",)
@@ -99,7 +123,7 @@ class CogVideoXAdapter(BackboneAdapter):
     native_types = ("cogvideox",)  # "the backbone's own attention"
 
     def hidden_size(self, model: nn.Module) -> int:
-        c = model.config
+        c = _config(model)
         return int(c.num_attention_heads * c.attention_head_dim)
 
     def stream_dims(self, model: nn.Module) -> Tuple[int, ...]:
@@ -107,7 +131,7 @@ class CogVideoXAdapter(BackboneAdapter):
         return (d, d)
 
     def latent_channels(self, model: nn.Module) -> int:
-        c = model.config
+        c = _config(model)
         return int(c.out_channels or c.in_channels)
 
     def step_input(self, model: nn.Module) -> Tuple[str, int, Optional[int]]:
@@ -146,7 +170,7 @@ class CogVideoXAdapter(BackboneAdapter):
         return installed
 
     def grid(self, model: nn.Module, frames: int, height: int, width: int) -> Tuple[int, int, int]:
-        c = model.config
+        c = _config(model)
         p, pt = c.patch_size, c.patch_size_t
         if height % p or width % p:
             raise BackboneError(
