@@ -18,7 +18,8 @@ Outside ``roll.step`` the model still runs on whole canvases as usual.
 Beyond ``T`` frames the canvas is full.  ``slide=None`` (the default) refuses the step;
 ``slide="recompute"`` moves the window by one frame: the canvas becomes the last ``T - 1`` frames
 given plus the new one, and ``roll.step`` runs the model once on that whole window (one full
-forward per step from then on) and returns ``model(window)[:, last frame]``.
+forward per step from then on) and returns ``model(window)[:, last frame]`` (of every tensor, when
+the model returns a tuple, list or dict of ``(B, N, ...)`` tensors).
 
 Bad input is refused with a :class:`~canvas_core.errors.CanvasError` before anything runs (a
 non-causal topology names its connection; a step's shape names the expected one), and a step
@@ -29,17 +30,22 @@ from __future__ import annotations
 
 import contextlib
 import numbers
-from typing import Any, List, Optional, Tuple, Union
+from collections import OrderedDict
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils.hooks import RemovableHandle
 
 from canvas_core.errors import CanvasError, CanvasTypeError, ShapeError
+from canvas_core.runtime.input_checks import check_tensor
 from canvas_core.runtime.rollout_layer import LayerRoll, _Index, layer_frame_plan
 from canvas_core.runtime.rollout_plan import check_causal, frame_size
 from canvas_core.schema._validate import is_int
 
-__all__ = ["incremental", "Rollout", "RolloutError", "SLIDE_STRATEGIES"]
+__all__ = ["incremental", "Rollout", "RolloutError", "SLIDE_STRATEGIES", "observe_steps", "frames_measured"]
 
 #: what ``slide=`` accepts: None (refuse a step past ``T`` frames) or ``"recompute"``
 SLIDE_STRATEGIES = (None, "recompute")
@@ -47,6 +53,38 @@ SLIDE_STRATEGIES = (None, "recompute")
 
 class RolloutError(CanvasError, ValueError):
     """A rollout cannot take this step (window full, layer called in an unsupported way)."""
+
+
+# canonical frames [lo, hi) of a whole-canvas forward that stand for what the user asked: the
+# rollout's own forwards set it (check=: none of them; slide="recompute": the window's last frame)
+_MEASURED: ContextVar[Optional[Tuple[int, int]]] = ContextVar("canvas_rollout_measured", default=None)
+
+
+def frames_measured() -> Optional[Tuple[int, int]]:
+    """For observers of whole-canvas updates (telemetry): ``(lo, hi)`` when the forward running
+    now is one a rollout makes itself and only its canvas frames ``lo .. hi - 1`` are output the
+    user asked for (``(0, 0)``: none, the full forward of ``check=``); None for any other forward."""
+    return _MEASURED.get()
+
+
+@contextlib.contextmanager
+def _measuring(frames: Tuple[int, int]) -> Iterator[None]:
+    token = _MEASURED.set(frames)
+    try:
+        yield
+    finally:
+        _MEASURED.reset(token)
+
+
+def observe_steps(layer: nn.Module, fn: Callable[[nn.Module, torch.Tensor, int], None]) -> RemovableHandle:
+    """Call ``fn(layer, h, t)`` after each one-frame step of ``layer`` in a rollout, ``h`` ``(B,
+    (t + 1) V, D)`` the layer's inputs of frames ``0 .. t`` in canonical order (read only; the
+    step computed the queries of frame ``t``).  Telemetry uses it.  Returns a handle with
+    ``remove()``."""
+    observers = layer.__dict__.setdefault("_step_observers", OrderedDict())
+    handle = RemovableHandle(observers)
+    observers[handle.id] = fn
+    return handle
 
 
 def _wraps(exc: BaseException) -> bool:
@@ -184,7 +222,9 @@ class Rollout:
         if x.dim() != 3 or x.shape[1] != self.V or x.shape[2] != self.width:
             raise ShapeError(f"roll.step(x_t): x_t must have shape (B, V, D) = (B, {self.V}, {self.width}) "
                              f"(the {self.V} positions of one frame of spatial_shape "
-                             f"{tuple(self.layout.spatial_shape)}, width {self.width}), got {tuple(x.shape)}")
+                             f"{tuple(self.layout.spatial_shape)}, width {self.width}), got {tuple(x.shape)}"
+                             + (f"; a model whose input is {x.shape[2]} wide rolls out with incremental(..., "
+                                f"width={x.shape[2]})" if x.dim() == 3 and x.shape[1] == self.V else ""))
         if self._sig is not None and (x.shape[0], x.dtype, x.device) != self._sig:
             raise ShapeError(f"roll.step(x_t): earlier steps had batch {self._sig[0]}, dtype {self._sig[1]} "
                              f"on {self._sig[2]}; got batch {x.shape[0]}, dtype {x.dtype} on {x.device}. "
@@ -209,7 +249,7 @@ class Rollout:
         self.frame += 1
         self.steps += 1
         if self.slide is not None or self.check_tol is not None:
-            self._inputs.append(x_t)
+            self._inputs.append(x_t.clone())  # a copy: callers refill one buffer frame after frame
         self._sig = (x_t.shape[0], x_t.dtype, x_t.device)
         return y
 
@@ -218,22 +258,27 @@ class Rollout:
         holding the frames stepped so far and zeros after them; a difference raises."""
         t, V = self.frame, self.V  # self._inputs: frames 0 .. t - 1 (no slide has happened yet)
         canvas = torch.cat(self._inputs + [x_t, x_t.new_zeros(x_t.shape[0], (self.T - t - 1) * V, x_t.shape[2])], dim=1)
-        with torch.no_grad():
+        with torch.no_grad(), _measuring((0, 0)):  # a check, not output: telemetry leaves it out
             full = self.model(canvas)  # not stepping: the layers run on the whole canvas
-        if not isinstance(y, torch.Tensor) or not isinstance(full, torch.Tensor):
-            raise RolloutError("incremental(check=...): the check compares tensors; the model returns "
-                               f"{type(full).__name__}")
-        ref = full[:, t * V:(t + 1) * V].detach()
-        tol = self.check_tol if self.check_explicit else _default_tolerance(y.dtype)
-        diff, scale = _difference(y.detach(), ref)
-        if not diff <= tol * scale:  # NaN or inf where the full forward has none fails too
-            raise RolloutError(
-                f"incremental(check=...): frame {t} of the rollout differs from the full forward by {diff:.3g} "
-                f"(tolerance {tol:g} x {scale:.3g}). A module outside the canvas layers mixes "
-                "positions (x - x.mean(1), cumsum over positions, a table over all N positions): it sees one "
-                "frame in a step and the whole canvas in a full forward; keep such modules outside the model, "
-                "or roll out with slide='recompute' from the start. Dropout in training mode differs too: "
-                "model.eval()")
+        ref_leaves, ref_spec = tree_flatten(_frame_of(full, t, V, self.T, "check="))
+        leaves, spec = tree_flatten(y)
+        if spec != ref_spec:
+            raise RolloutError(f"incremental(check=...): the step returned a {type(y).__name__} of {len(leaves)} "
+                               f"value(s), the full forward a {type(full).__name__} of {len(ref_leaves)}; the "
+                               "model's output must have the same structure on one frame as on the canvas")
+        for a, b in zip(leaves, ref_leaves):
+            if not isinstance(b, torch.Tensor):
+                continue
+            diff, scale = _difference(a.detach() if isinstance(a, torch.Tensor) else a, b.detach())
+            tol = self.check_tol if self.check_explicit else _default_tolerance(b.dtype)
+            if not diff <= tol * scale:  # NaN or inf where the full forward has none fails too
+                raise RolloutError(
+                    f"incremental(check=...): frame {t} of the rollout differs from the full forward by "
+                    f"{diff:.3g} (tolerance {tol:g} x {scale:.3g}). A module outside the canvas layers mixes "
+                    "positions (x - x.mean(1), cumsum over positions, a table over all N positions): it sees "
+                    "one frame in a step and the whole canvas in a full forward; keep such modules outside the "
+                    "model, or roll out with slide='recompute' from the start. Dropout in training mode differs "
+                    "too: model.eval()")
 
     def _check_no_adaptive_exit(self) -> None:
         for name, part in self._loops:
@@ -250,16 +295,18 @@ class Rollout:
         keep = self._inputs[len(self._inputs) - (self.T - 1):] if self.T > 1 else []
         window = torch.cat(keep + [x_t], dim=1)
         try:
-            y = self.model(window)  # not stepping: the layers run on the whole canvas
+            with _measuring((self.T - 1, self.T)):  # the step's output is the window's last frame
+                y = self.model(window)  # not stepping: the layers run on the whole canvas
         except Exception as exc:
             if not _wraps(exc):
                 raise
             raise RolloutError(f"slide='recompute': the model failed on step {self.steps} (the window of the "
                                f"last {self.T} frames, {tuple(window.shape)}, whose frame {self.T - 1} is the new "
                                f"input): {type(exc).__name__}: {exc} (the original error is chained below)") from exc
-        self._inputs = keep + [x_t]
+        out = _frame_of(y, self.T - 1, self.V, self.T, "slide='recompute'")
+        self._inputs = keep + [x_t.clone()]
         self.steps += 1
-        return y[:, (self.T - 1) * self.V:]
+        return out
 
     def _run(self, x: torch.Tensor, t: int) -> Any:
         self._t = t
@@ -318,6 +365,8 @@ class Rollout:
                 got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
                 raise ShapeError(f"layer {st.name!r} in a rollout expects one frame (B, {self.V}, "
                                  f"{layer.d_model}), got {got}")
+            check_tensor(f"{type(layer).__name__} {st.name!r} in a rollout step", "x", x,
+                         like=next(layer.parameters(), None))
             i = st.calls
             st.calls += 1
             if st.index is None or st.index.device != x.device:
@@ -331,9 +380,31 @@ class Rollout:
                     st.caches[i] = fresh  # frame 0 with another batch, dtype or device
                 else:
                     st.caches.append(fresh)
-            return st.caches[i].step(x, self._t)
+            roll = st.caches[i]
+            out = roll.step(x, self._t)
+            for observer in tuple(layer.__dict__.get("_step_observers", {}).values()):
+                observer(layer, roll.h[:, :(self._t + 1) * self.V], self._t)
+            return out
 
         return _updates
+
+
+def _frame_of(out: Any, t: int, V: int, T: int, what: str) -> Any:
+    """Frame ``t`` of a whole-canvas output: every tensor of ``out`` (a tensor, or tuples, lists and
+    dicts of them) sliced to positions ``t V .. (t + 1) V - 1`` of its dimension 1 (``T V`` long);
+    None, numbers and strings as they are."""
+    def cut(leaf: Any) -> Any:
+        if leaf is None or isinstance(leaf, (bool, int, float, str)):
+            return leaf
+        if not isinstance(leaf, torch.Tensor):
+            raise RolloutError(f"{what}: the model returned a {type(leaf).__name__}, which a frame cannot be cut "
+                               "from; return a tensor (B, N, ...), or a tuple, list or dict of them")
+        if leaf.dim() < 2 or leaf.shape[1] != T * V:
+            raise RolloutError(f"{what}: the model returned a tensor of shape {tuple(leaf.shape)} on the whole "
+                               f"canvas, without the N = {T * V} positions on dimension 1 that a frame is cut "
+                               "from; return per-position outputs (B, N, ...) from the model")
+        return leaf[:, t * V:(t + 1) * V]
+    return tree_map(cut, out)
 
 
 def _eager():
@@ -366,11 +437,13 @@ def _default_tolerance(dtype: torch.dtype) -> float:
 def _difference(y: torch.Tensor, ref: torch.Tensor) -> Tuple[float, float]:
     """(largest ``|y - ref|``, ``max(1, largest finite |ref|)``); a NaN or inf of the step where
     the full forward has the same value (a non-finite input frame) is no difference, any other
-    non-finite value is an infinite one."""
+    non-finite value is an infinite one; bool and integer outputs differ by nothing or by inf."""
     if not ref.numel():
         return 0.0, 1.0
     if not isinstance(y, torch.Tensor) or y.shape != ref.shape:
         return float("inf"), 1.0
+    if not (ref.is_floating_point() or ref.is_complex()):  # a flag or an index: equal, or wrong
+        return (0.0 if torch.equal(y, ref) else float("inf")), 1.0
     fin = torch.isfinite(ref)
     scale = max(1.0, float(ref.abs().masked_fill(~fin, 0).max()))
     same = (y == ref) | (y.isnan() & ref.isnan())  # inf == inf of the same sign

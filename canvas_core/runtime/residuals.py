@@ -114,7 +114,8 @@ class ResidualAccumulator(nn.Module):
 
         An ``error`` holding NaN or inf is skipped with a ``RuntimeWarning``: the summary and the
         step count stay as they were (one bad step would otherwise poison the decayed summary
-        for good), and ``nonfinite_updates[region]`` counts the skipped updates."""
+        for good), and ``nonfinite_updates[region]`` counts the skipped updates; so is a finite
+        ``error`` whose summary would overflow the summary's dtype."""
         i = self._index.get(region)
         if i is None:
             raise UnknownRegionError(
@@ -149,7 +150,20 @@ class ResidualAccumulator(nn.Module):
         new = self._reduce(error).to(self.summary.device)
         d = self.spec.decay
         with torch.no_grad():
-            self.summary[i] = d * self.summary[i] + (1.0 - d) * new
+            blended = (d * self.summary[i] + (1.0 - d) * new).to(self.summary.dtype)
+            if not bool(torch.isfinite(blended).all()):
+                # finite values whose summary overflows (a float64 error beyond float32, a float16
+                # accumulator): skipped as a NaN / inf error is
+                self.nonfinite_updates[region] = self.nonfinite_updates.get(region, 0) + 1
+                warnings.warn(
+                    f"ResidualAccumulator.update: the error of region {region!r} overflows the "
+                    f"{self.summary.dtype} summary (NaN or inf); this update is skipped (summary and step "
+                    "count unchanged; see nonfinite_updates)", RuntimeWarning, stacklevel=2)
+                return
+            if self.summary.is_inference() and not torch.is_inference_mode_enabled():
+                # built under torch.inference_mode: its buffers cannot change outside it
+                self.summary, self.step_counts = self.summary.clone(), self.step_counts.clone()
+            self.summary[i] = blended
             self.step_counts[i] += 1
 
     def summaries(self) -> Dict[str, Dict[str, float]]:

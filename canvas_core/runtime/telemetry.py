@@ -12,9 +12,12 @@ everything is removed when it ends.
 
 * :func:`telemetry` -- one forward (no gradient) and its numbers in one call.
 
-What is measured (averaged over the recorded forwards: whole-canvas calls with a non-empty batch;
-a call restricted to some regions, a rollout's one-frame step or an empty batch adds nothing, and
-``Telemetry.forwards`` counts only the model calls in which some canvas layer was measured):
+What is measured (averaged over the sampled queries of the recorded forwards: whole-canvas calls
+with a non-empty batch, and a rollout's steps, each at the queries of its frame; a call restricted
+to some regions, an empty batch, the full forward of ``incremental(check=...)`` and the
+recomputation of activation checkpointing in backward add nothing, nor does a sample that is not
+finite at a query; ``Telemetry.forwards`` counts the model calls in which some canvas layer was
+measured):
 
 * ``<layer>/#<i> <src>-><dst> [<fn>]/mass_share`` -- for every connection of every canvas layer
   (``CanvasAttention`` and its subclasses), the share of the layer's output at the queries the
@@ -40,7 +43,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Any, Dict, FrozenSet, Iterator, List, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -48,7 +51,9 @@ from torch import nn
 
 from canvas_core.errors import CanvasTypeError
 from canvas_core.runtime.compiled_names import plain_name, wrapped_paths
+from canvas_core.runtime.incremental import frames_measured, observe_steps
 from canvas_core.runtime.plan_runner import plan_query_weights
+from canvas_core.runtime.rollout_plan import frame_size
 from canvas_core.schema._validate import is_int
 
 __all__ = ["Telemetry", "record_telemetry", "telemetry"]
@@ -103,6 +108,9 @@ class _LayerProbe:
         if len(updated) > max_queries:
             updated = updated[np.linspace(0, len(updated) - 1, max_queries).round().astype(np.int64)]
         self.sample = updated  # packed query positions
+        self.T = int(plan.layout.T)
+        V = frame_size(plan)
+        self.sample_frame = plan.perm[updated] // V if V else np.zeros(len(updated), np.int64)
         safe = np.where(den > 0, den, 1.0)
         self.c_fn = {f: (qw[f] / safe)[updated] for f in plan.groups}  # (S,) mixing share per type
         self.labels: Dict[int, str] = {}
@@ -137,27 +145,39 @@ class _LayerProbe:
                 and x.shape[0] > 0 and x.shape[1] == int(layer.plan.n) and x.shape[2] == layer.d_model
                 and x.is_floating_point())
 
-    def _add(self, key: str, value: float) -> None:
-        self.stats.setdefault(key, _Mean()).add(value)
+    def _add(self, key: str, total: float, count: int) -> None:
+        m = self.stats.setdefault(key, _Mean())
+        m.total += total
+        m.count += count
 
     @torch.no_grad()
-    def softmax_forward(self, x: torch.Tensor) -> None:
+    def softmax_forward(self, x: torch.Tensor, lo: int = 0, hi: Optional[int] = None) -> None:
+        """Add the softmax-family statistics of the sampled queries of canvas frames ``lo .. hi - 1``
+        (default: all), ``x`` ``(B, hi V, D)`` the layer's input on frames ``0 .. hi - 1`` (keys
+        of later frames are never linked to those queries: a rollout's topology is causal)."""
         layer, plan = self.layer, self.layer.plan
         ex = layer.executor
-        if not ex.soft_fns or layer.qkv is None or not len(self.sample):
+        hi = self.T if hi is None else hi
+        rows_all = np.flatnonzero((self.sample_frame >= lo) & (self.sample_frame < hi))
+        if not ex.soft_fns or layer.qkv is None or not len(rows_all) or not x.shape[0]:
             return
-        B, N, D = x.shape
+        B, n, D = x.shape
         H, d = layer.n_heads, layer.head_dim
-        qkv = layer.qkv(x).reshape(B, N, 3, H, d).permute(2, 0, 3, 1, 4).float()
-        perm = torch.as_tensor(plan.perm, device=x.device)
+        cols = np.flatnonzero(plan.perm < n)  # packed keys on the frames x holds
+        sample = self.sample[rows_all]
+        qkv = layer.qkv(x).reshape(B, n, 3, H, d).permute(2, 0, 3, 1, 4).float()
+        perm = torch.as_tensor(plan.perm[cols], device=x.device)
         k, v = qkv[1].index_select(2, perm), qkv[2].index_select(2, perm)  # packed order
-        q = qkv[0].index_select(2, torch.as_tensor(plan.perm[self.sample], device=x.device))
+        q = qkv[0].index_select(2, torch.as_tensor(plan.perm[sample], device=x.device))
         scale = layer.beta / math.sqrt(d)
-        S = len(self.sample)
+        S, N = len(sample), len(cols)
         chunk = max(1, _CHUNK_ELEMENTS // max(1, B * H * N))
         for f in ex.soft_fns:
-            weight, owner = self._pair_owner(plan.groups[f], N)
-            cf = self.c_fn[f]
+            weight, owner = self._pair_owner(plan.groups[f], int(plan.n), sample)
+            if N < int(plan.n):  # a rollout step: the keys of frames 0 .. hi - 1
+                weight, owner = weight[:, cols], owner[:, cols]
+            cf = self.c_fn[f][rows_all]
+            sums: Dict[int, List[float]] = {}  # connection -> [sum of mass, sum of norm, queries]
             for c0 in range(0, S, chunk):
                 rows = slice(c0, min(S, c0 + chunk))
                 w = torch.as_tensor(weight[rows], device=x.device)
@@ -170,22 +190,37 @@ class _LayerProbe:
                 own = torch.as_tensor(owner[rows], device=x.device)
                 for ci in np.unique(owner[rows][owner[rows] >= 0]):
                     mine = (own == int(ci)).float()
-                    at = mine.sum(-1) > 0  # the sampled queries this connection links
                     pm = probs * mine
-                    mass = pm.sum(-1).mean(dim=(0, 1))  # (s,)
-                    norm = torch.einsum("bhsn,bhnd->bshd", pm, v).flatten(2).norm(dim=-1).mean(0)  # (s,)
+                    mass = pm.sum(-1).mean(1)  # (B, s)
+                    norm = torch.einsum("bhsn,bhnd->bshd", pm, v).flatten(2).norm(dim=-1)  # (B, s)
+                    # a sample with a NaN / inf at a query is left out of that query's mean: one bad
+                    # sample would make the running means NaN for the rest of the recording
+                    ok = (mass.isfinite() & norm.isfinite()).to(mass.dtype)
+                    n_ok = ok.sum(0)
+                    mass = (mass.nan_to_num() * ok).sum(0) / n_ok.clamp_min(1)
+                    norm = (norm.nan_to_num() * ok).sum(0) / n_ok.clamp_min(1)
+                    at = (mine.sum(-1) > 0) & (n_ok > 0)  # the sampled queries this connection links
                     c = torch.as_tensor(cf[rows], device=x.device, dtype=mass.dtype)
-                    self._add(f"{self.labels[int(ci)]}/mass_share", float((c * mass)[at].mean()))
-                    self._add(f"{self.labels[int(ci)]}/out_norm", float((c * norm)[at].mean()))
+                    acc = sums.setdefault(int(ci), [0.0, 0.0, 0])
+                    # sums, not chunk means: every query weighs the same however the chunks fall
+                    acc[0] += float((c * mass)[at].sum())
+                    acc[1] += float((c * norm)[at].sum())
+                    acc[2] += int(at.sum())
+            for ci, (mass_sum, norm_sum, count) in sums.items():
+                if not count:  # every sample non-finite at its queries: nothing measured
+                    continue
+                self._add(f"{self.labels[ci]}/mass_share", mass_sum, count)
+                self._add(f"{self.labels[ci]}/out_norm", norm_sum, count)
 
-    def _pair_owner(self, g: Any, n: int) -> Tuple[np.ndarray, np.ndarray]:
-        """``(weight (S, N), owner (S, N))`` over the sampled queries in packed coordinates: the
+    @staticmethod
+    def _pair_owner(g: Any, n: int, sample: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """``(weight (S, N), owner (S, N))`` over the queries ``sample`` in packed coordinates: the
         largest weight linking each pair and the connection it comes from (-1: not linked)."""
-        S = len(self.sample)
+        S = len(sample)
         weight = np.zeros((S, n))
         owner = np.full((S, n), -1, dtype=np.int64)
         for r in range(g.n_rects):
-            rows = np.flatnonzero((self.sample >= g.q0[r]) & (self.sample < g.q1[r]))
+            rows = np.flatnonzero((sample >= g.q0[r]) & (sample < g.q1[r]))
             if not len(rows):
                 continue
             cols = np.arange(g.k0[r], g.k1[r])
@@ -197,7 +232,10 @@ class _LayerProbe:
 
     def module_output(self, fn: str, out: Any) -> None:
         if self.live and isinstance(out, torch.Tensor) and out.dim() >= 2 and out.numel():
-            self.module_norm.setdefault(fn, _Mean()).add(float(out.detach().float().norm(dim=-1).mean()))
+            norms = out.detach().float().norm(dim=-1)
+            finite = norms[norms.isfinite()]  # rows of a sample with NaN / inf are left out
+            if finite.numel():
+                self.module_norm.setdefault(fn, _Mean()).add(float(finite.mean()))
 
     def values(self) -> Dict[str, float]:
         out = {k: m.value for k, m in self.stats.items()}
@@ -213,6 +251,13 @@ class _LayerProbe:
             if norm is not None:
                 out[f"{self.labels[ci]}/out_norm"] = float(share[at].mean() * norm.value)
         return out
+
+
+def _in_backward() -> bool:
+    """Whether autograd's backward is running: a forward now is the recomputation of activation
+    checkpointing (``torch.utils.checkpoint``, looped blocks), already measured in the forward."""
+    task = getattr(torch._C, "_current_graph_task_id", None)  # -1 outside backward
+    return task is not None and task() != -1
 
 
 def _refuse_sequence_parallel(modules: Dict[str, nn.Module]) -> None:
@@ -262,6 +307,7 @@ class Telemetry:
             probe = _LayerProbe(_series_name(name, modules, wrapped) or type(mod).__name__, mod, self.max_queries)
             self._probes.append(probe)
             self._handles.append(mod.observe_updates(self._observer(probe)))  # layer(x) and layer.delta(x)
+            self._handles.append(observe_steps(mod, self._step_observer(probe)))  # rollout steps
             self._handles.append(mod.register_forward_pre_hook(self._quiet([probe])))
             self._handles.append(mod.register_forward_hook(self._quiet([probe]), always_call=True))
             for fn in mod.executor.other_fns:
@@ -296,10 +342,27 @@ class Telemetry:
     @staticmethod
     def _observer(probe: _LayerProbe):
         def observe(_layer: nn.Module, x: torch.Tensor, active: Any) -> None:
-            probe.live = probe.applies(x, active)
-            if probe.live:
+            probe.live = False
+            if _in_backward() or not probe.applies(x, active):
+                return
+            frames = frames_measured()  # a rollout's own forward: only the frames it outputs
+            if frames is None:
+                probe.live = True  # the fn modules' outputs are this forward's: measure them
                 probe.forwards += 1
                 probe.softmax_forward(x)
+            elif frames[0] < frames[1]:
+                probe.forwards += 1
+                probe.softmax_forward(x[:, :frames[1] * frame_size(probe.layer.plan)], *frames)
+        return observe
+
+    @staticmethod
+    def _step_observer(probe: _LayerProbe):
+        """A rollout step of frame ``t``: the queries of that frame (the fn modules ran on some rows
+        only, so their outputs are not averaged in)."""
+        def observe(_layer: nn.Module, h: torch.Tensor, t: int) -> None:
+            if not _in_backward() and h.shape[0] > 0 and h.is_floating_point():
+                probe.forwards += 1
+                probe.softmax_forward(h, t, t + 1)
         return observe
 
     def _stop(self) -> None:
@@ -333,7 +396,10 @@ class Telemetry:
         return out
 
     def summary(self, top: int = 8) -> str:
-        """A few readable lines: the connections carrying the most output, then the gates."""
+        """A few readable lines: the ``top`` connections carrying the most output, then the gates."""
+        if not is_int(top) or top < 0:  # a negative top would drop the last connections instead
+            raise CanvasTypeError(f"Telemetry.summary(top={top!r}): top is how many connections to list, an int >= 0")
+        top = int(top)
         vals = self.values()
         shares = sorted(((v, k[: -len("/mass_share")]) for k, v in vals.items() if k.endswith("/mass_share")),
                         reverse=True)

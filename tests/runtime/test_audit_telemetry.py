@@ -1,6 +1,7 @@
 """Telemetry on calls it cannot measure (found in the audit): a bad input gets the layer's own
-error, a forward restricted to some regions or a one-frame rollout step is not reported as if the
-whole topology ran, and nothing is reported before a forward."""
+error, a forward restricted to some regions is not reported as if the whole topology ran (a
+one-frame rollout step is measured at its own frame's queries), and nothing is reported before a
+forward."""
 
 from __future__ import annotations
 
@@ -49,11 +50,11 @@ def test_a_forward_restricted_to_some_regions_is_not_reported(as_kwarg):
                                                "#2 b->a [pooling]"}
 
 
-def test_rollout_steps_are_not_measured_and_do_not_fail():
+def test_rollout_steps_are_measured_and_do_not_fail():
     layer = _layer()
     model = nn.Sequential(layer).eval()
     x = torch.randn(1, LAYOUT.num_positions, 8)
     with record_telemetry(model) as tel, torch.no_grad(), canvas_core.incremental(model, LAYOUT) as roll:
         for t in range(2):
             roll.step(x[:, t * 4:(t + 1) * 4])
-    assert not any(k.endswith("/mass_share") for k in tel.values())
+    assert tel.forwards == 2 and any(k.endswith("/mass_share") for k in tel.values())

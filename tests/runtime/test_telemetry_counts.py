@@ -1,6 +1,6 @@
-"""Telemetry averages only what it measured: an empty batch, a rollout step or a restricted call
-adds nothing to any value (softmax shares, module norms), and ``forwards`` counts the model calls
-that were measured, which is what the values average over."""
+"""Telemetry averages only what it measured: an empty batch or a restricted call adds nothing to
+any value (softmax shares, module norms), a rollout step nothing to the module norms, and
+``forwards`` counts the model calls that were measured, which is what the values average over."""
 
 from __future__ import annotations
 
@@ -66,10 +66,13 @@ def test_the_mean_goes_on_after_an_empty_batch():
         assert tel.values()[k] == pytest.approx(v, rel=1e-6), k
 
 
-def test_rollout_steps_and_restricted_calls_are_not_counted_and_change_no_norm():
-    """The pooling connection's ``out_norm`` comes from its module's outputs: those of one-frame
-    steps and of a restricted call (inputs scaled by 100, so any leak shows) must not enter it."""
+def test_rollout_steps_change_no_module_norm_and_restricted_calls_are_not_counted():
+    """The pooling connection's ``out_norm`` comes from its module's outputs on whole canvases:
+    those of one-frame steps and of a restricted call (inputs scaled by 100, so any leak shows)
+    must not enter it.  The steps are measured (their softmax queries) and counted; the
+    restricted call adds nothing."""
     model = _model()
+    key = "0/#2 a->b [pooling]/out_norm"
     with record_telemetry(model) as tel, torch.no_grad():
         model(_x())
         want = tel.values()
@@ -77,11 +80,12 @@ def test_rollout_steps_and_restricted_calls_are_not_counted_and_change_no_norm()
             big = _x(scale=100.0)
             for t in range(2):
                 roll.step(big[:, t * 4:(t + 1) * 4])
+        after_steps = tel.values()
         model[0](_x(scale=100.0), active_regions=["a"])
         got = tel.values()
-    assert tel.forwards == 1
-    assert "0/#2 a->b [pooling]/out_norm" in want
-    assert got == want
+    assert tel.forwards == 3
+    assert key in want and after_steps[key] == want[key]
+    assert got == after_steps
 
 
 def test_a_model_without_canvas_layers_counts_every_call():
