@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from canvas_core._lazy import lazy_exports
+from canvas_core.attention._base import autocast_on
 from canvas_core.errors import CanvasTypeError, PluginLoadError, ProgramError, UnknownNameError
 from canvas_core.plugins import create_identity_binder, get_registry, get_spec, list_identity_binders
 from canvas_core.program.identity import IdentitySpec
@@ -205,6 +206,9 @@ class SlotTracker(nn.Module):
                 raise ShapeError(f"{who}: bind() returned {field} of shape {tuple(t.shape)} for observations of "
                                  f"shape {tuple(observations.shape)}; expected {shape}{hint}. A binder must "
                                  "return exactly n_slots slots of the observations' width, one set per sample")
+            if t.device != observations.device:
+                raise ShapeError(f"{who}: bind() returned {field} on {t.device} for observations on "
+                                 f"{observations.device}; a binder must return its results on the observations' device")
 
     def init_state(self, batch_size: int) -> torch.Tensor:
         """The learned slot bank ``(B, S, D)``."""
@@ -240,10 +244,16 @@ class SlotTracker(nn.Module):
 
     # stateful convenience ------------------------------------------------------------------
     def step(self, observations: torch.Tensor, obs_mask: Optional[torch.Tensor] = None) -> SlotStep:
-        """Like ``forward`` with the state kept on the module (reset when the batch size changes)."""
+        """Like ``forward`` with the state kept on the module (reset when the batch size or the
+        device changes; converted when the observations' dtype changes outside autocast, as after
+        ``tracker.double()``)."""
         st = self._state
-        if st is not None and (st.shape[0] != observations.shape[0] or st.device != observations.device):
-            st = None
+        if st is not None and isinstance(observations, torch.Tensor):
+            if st.shape[0] != observations.shape[0] or st.device != observations.device:
+                st = None
+            elif st.dtype != observations.dtype and observations.is_floating_point() \
+                    and not autocast_on(observations.device.type):
+                st = st.to(observations.dtype)  # under autocast a float32 state meets bfloat16 inputs
         if st is not None and st.is_inference() and not torch.is_inference_mode_enabled():
             st = st.clone()  # a state kept under inference_mode: the same values, usable by autograd
         out = self.forward(observations, st, obs_mask)
@@ -323,8 +333,20 @@ class IdentityBinders(nn.ModuleDict):
         if states is not None and not isinstance(states, Mapping):
             raise CanvasTypeError("IdentityBinders: states must be None or a mapping region -> state, "
                                   f"got {type(states).__name__}")
+        self._refuse_unknown_states("IdentityBinders", states)
         states = states or {}
         return {r: self[r](obs, states.get(r)) for r, obs in observations.items()}
+
+    def _refuse_unknown_states(self, who: str, states: Optional[Mapping[str, Any]]) -> None:
+        """A state under a region without a binder would be ignored: refuse it (a typo)."""
+        unknown = sorted(set(states or {}) - set(self.specs), key=str)
+        if unknown:
+            from canvas_core.errors import UnknownRegionError, did_you_mean
+
+            hint = did_you_mean(unknown[0], self.specs) if isinstance(unknown[0], str) else ""
+            raise UnknownRegionError(f"{who}: states name region(s) {unknown} that have no identity binder "
+                                     f"(binders: {sorted(self.specs)}).{hint} The state given there would be "
+                                     "ignored; fix the name")
 
     def bind_canvas(self, x: torch.Tensor, layout: Any,
                     states: Optional[Mapping[str, Optional[torch.Tensor]]] = None
@@ -365,13 +387,7 @@ class IdentityBinders(nn.ModuleDict):
 
             raise UnknownRegionError(f"IdentityBinders.bind_canvas: identity region(s) {missing} are not in "
                                      f"the layout ({list(layout.regions)}); pass the canvas's own layout")
-        unknown = sorted(set(states or {}) - set(self.specs))
-        if unknown:
-            from canvas_core.errors import UnknownRegionError, did_you_mean
-
-            raise UnknownRegionError(f"IdentityBinders.bind_canvas: states name region(s) {unknown} that have no "
-                                     f"identity binder (binders: {sorted(self.specs)}).{did_you_mean(unknown[0], self.specs)}"
-                                     " The state given there would be ignored; fix the name")
+        self._refuse_unknown_states("IdentityBinders.bind_canvas", states)
         states = dict(states or {})
         slots: Dict[str, torch.Tensor] = {}
         for region in self.specs:

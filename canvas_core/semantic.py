@@ -159,6 +159,10 @@ def compute_semantic_embeddings(field_paths: Any, embed_fn: Any = None,
     if semantic_types is not None and not isinstance(semantic_types, Mapping):
         raise CanvasTypeError("compute_semantic_embeddings: semantic_types must be a dict path -> text")
     types = dict(semantic_types or {})
+    odd = [(k, v) for k, v in types.items() if v is not None and not isinstance(v, str)]
+    if odd:
+        raise CanvasTypeError(f"compute_semantic_embeddings: semantic_types[{odd[0][0]!r}] must be the text to embed "
+                              f"(a str), got {type(odd[0][1]).__name__} {odd[0][1]!r:.40}")
     paths = list(field_paths)
     if not paths:
         return {}

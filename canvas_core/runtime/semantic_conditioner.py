@@ -16,6 +16,9 @@ from canvas_core.errors import CanvasTypeError, SchemaError, ShapeError, Unknown
 
 __all__ = ["SemanticConditioner"]
 
+#: key of the region names in the conditioner's ``state_dict()._metadata`` entry
+_NAMES_KEY = "region_names"
+
 
 class _UnknownConditionedRegion(UnknownRegionError, KeyError):
     """Unknown region name; also a ``KeyError`` (what canvas-engineering raised)."""
@@ -57,8 +60,13 @@ class SemanticConditioner(nn.Module):
         self._names = sorted(region_embeddings)
         rows = []
         for n in self._names:
+            raw = region_embeddings[n]
+            if (isinstance(raw, torch.Tensor) and raw.is_complex()) or isinstance(raw, complex) or \
+                    getattr(getattr(raw, "dtype", None), "kind", None) == "c":
+                raise CanvasTypeError(f"SemanticConditioner: embedding of region {n!r} is complex; give real numbers "
+                                      "(the imaginary part would be dropped)")
             try:
-                v = torch.as_tensor(region_embeddings[n], dtype=torch.float32)
+                v = torch.as_tensor(raw, dtype=torch.float32)
             except (TypeError, ValueError, RuntimeError) as exc:
                 raise CanvasTypeError(
                     f"SemanticConditioner: embedding of region {n!r} must be a sequence or tensor of "
@@ -85,11 +93,43 @@ class SemanticConditioner(nn.Module):
         self.residuals = nn.Parameter(torch.zeros(len(self._names), d_model)) if learn_residuals else None
         self._index = {n: i for i, n in enumerate(self._names)}
 
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        # the row names go into the state's metadata, not into a tensor key: canvas-engineering
+        # states (no names) still load here, and ours still load there
+        meta = getattr(destination, "_metadata", None)
+        if meta is not None and prefix[:-1] in meta:
+            meta[prefix[:-1]][_NAMES_KEY] = list(self._names)
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _check_saved_names(self, local_metadata: Any, prefix: str) -> None:
+        """Refuse a state saved by a conditioner of other regions: its rows would load under the
+        wrong names (rows are ordered by name, so only the set of names matters)."""
+        saved = local_metadata.get(_NAMES_KEY) if isinstance(local_metadata, Mapping) else None
+        if saved is None or list(saved) == self._names:
+            return
+        gone, new = sorted(set(saved) - set(self._names)), sorted(set(self._names) - set(saved))
+        raise SchemaError(
+            f"SemanticConditioner.load_state_dict: the state {prefix[:-1] or '(top level)'!r} was saved by a "
+            f"conditioner of the regions {list(saved)}, this one has {self._names} (only in the state: {gone}; "
+            f"only here: {new}); its rows would condition the wrong regions. Build the conditioner with the "
+            f"saved regions, or, to map the rows yourself, load a plain copy without the names "
+            f"(load_state_dict(dict(state))). Nothing of the conditioner was loaded")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs) -> None:
+        self._check_saved_names(local_metadata, prefix)  # also when it loads inside a canvas model
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """``nn.Module.load_state_dict``, checked first: a state that does not fit (another
-        ``projector_bias``, ``learn_residuals``, number of regions or width) raises
-        :class:`SchemaError` naming the fix, and the conditioner is left as it was (torch copies
-        the fitting tensors before it reports the others)."""
+        ``projector_bias``, ``learn_residuals``, number of regions or width, or, for a state
+        that carries them, other region names) raises :class:`SchemaError` naming the fix, and
+        the conditioner is left as it was (torch copies the fitting tensors before it reports
+        the others)."""
+        meta = getattr(state_dict, "_metadata", None)
+        if isinstance(meta, Mapping):
+            self._check_saved_names(meta.get("", {}), "")
         own = self.state_dict()
         missing = sorted(set(own) - set(state_dict)) if strict else []
         unexpected = sorted(set(state_dict) - set(own)) if strict else []
@@ -124,6 +164,12 @@ class SemanticConditioner(nn.Module):
 
     def get_conditioning(self, region_name: str) -> "torch.Tensor":
         """``(d_model,)`` conditioning vector of one region."""
+        try:
+            hash(region_name)
+        except TypeError:  # an unknown hashable name stays a KeyError, as in canvas-engineering
+            raise CanvasTypeError(f"SemanticConditioner.get_conditioning: region_name must be a region name "
+                                  f"(str), got {type(region_name).__name__} {region_name!r:.60}; known regions: "
+                                  f"{self._names}") from None
         if region_name not in self._index:
             raise _UnknownConditionedRegion(
                 f"SemanticConditioner has no region {region_name!r}; known regions: {self._names}")
@@ -147,6 +193,10 @@ class SemanticConditioner(nn.Module):
         if n_pos is not None and canvas.shape[1] != n_pos:
                         raise ShapeError(f"condition_canvas: canvas has {canvas.shape[1]} positions but the layout has "
                              f"{n_pos} (T * prod(spatial_shape)); pass a canvas built from this layout")
+        own = self.projector.weight.device
+        if canvas.device != own:
+            raise ShapeError(f"condition_canvas: the canvas is on {canvas.device} but the conditioner is on {own}; "
+                             f"move the conditioner with .to({str(canvas.device)!r}) (or the canvas to {str(own)!r})")
         cond = self.get_all_conditioning().to(canvas.dtype)
         add = torch.zeros(canvas.shape[1], self.d_model, dtype=canvas.dtype, device=canvas.device)
         for name in layout.regions:

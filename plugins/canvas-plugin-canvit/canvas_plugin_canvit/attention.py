@@ -34,7 +34,8 @@ from torch import nn
 from canvas_core.errors import CanvasTypeError, ShapeError
 from canvas_core.extend import check_elements, check_size
 from canvas_plugin_canvit.rope import SceneRoPE
-from canvas_plugin_canvit.viewpoint import Viewpoint, default_coords, square_side, viewpoint_coords
+from canvas_plugin_canvit.viewpoint import (Viewpoint, check_viewpoint_for, default_coords, square_side,
+                                            viewpoint_coords)
 
 __all__ = ["CanvasReadAttention", "CanvasWriteAttention", "normalize_key_mask"]
 
@@ -179,24 +180,28 @@ class _CanvasAttentionBase(nn.Module):
                 raise ShapeError(f"{self.type_name}: the viewpoint set with set_viewpoint() has batch size "
                                  f"{vp.batch_size} but the local tokens have batch size {like.shape[0]}; set a "
                                  f"viewpoint of batch {like.shape[0]} (or 1), or pass q_coords / k_coords")
+            check_viewpoint_for(f"{self.type_name} (viewpoint from set_viewpoint())", vp, like, "the local tokens")
             grid = self.local_grid
             if grid is None or grid[0] * grid[1] != n:
                 s = square_side(n)
                 grid = (s, s) if s is not None else (1, n)
-            return viewpoint_coords(vp.to(device=like.device, dtype=_coord_dtype(like, vp.centers)), *grid)
+            return viewpoint_coords(vp.to(dtype=_coord_dtype(like, vp.centers)), *grid)
         return default_coords(n, like.device, _coord_dtype(like), self.local_grid)[None]
 
     @staticmethod
     def _canvas_coords(n: int, like: torch.Tensor) -> torch.Tensor:
         return default_coords(n, like.device, _coord_dtype(like))[None]
 
-    def _check_coords(self, name: str, c: Optional[torch.Tensor], B: int, n: int) -> None:
+    def _check_coords(self, name: str, c: Optional[torch.Tensor], B: int, n: int, like: torch.Tensor) -> None:
         if c is None:
             return
         if not isinstance(c, torch.Tensor) or c.dim() != 3 or c.shape[-1] != 2 or c.shape[1] != n \
                 or c.shape[0] not in (1, B):
             got = tuple(c.shape) if isinstance(c, torch.Tensor) else type(c).__name__
             raise ShapeError(f"{self.type_name}: {name} must be (B|1, {n}, 2) scene coordinates (y, x), got {got}")
+        if c.device != like.device:
+            raise ShapeError(f"{self.type_name}: {name} is on {c.device} but the queries are on {like.device}; "
+                             f"move it with {name}.to({str(like.device)!r})")
 
     def _check(self, queries, keys, values, dq: int, dk: int) -> None:
         t = self.type_name
@@ -254,8 +259,8 @@ class CanvasReadAttention(_CanvasAttentionBase):
         self._check(queries, keys, values, self.d_model, self.canvas_dim)
         B, Nq, _ = queries.shape
         Nk = keys.shape[1]
-        self._check_coords("q_coords", q_coords, B, Nq)
-        self._check_coords("k_coords", k_coords, B, Nk)
+        self._check_coords("q_coords", q_coords, B, Nq, queries)
+        self._check_coords("k_coords", k_coords, B, Nk, queries)
         allowed, bias = normalize_key_mask(self.type_name, key_mask, B, Nq, Nk, queries)
         q = self._split(self.q_proj(queries))
         k = self._split(F.layer_norm(keys, (self.canvas_dim,)))
@@ -314,8 +319,8 @@ class CanvasWriteAttention(_CanvasAttentionBase):
         self._check(queries, keys, values, self.d_model, self.local_dim)
         B, Nq, _ = queries.shape
         Nk = keys.shape[1]
-        self._check_coords("q_coords", q_coords, B, Nq)
-        self._check_coords("k_coords", k_coords, B, Nk)
+        self._check_coords("q_coords", q_coords, B, Nq, queries)
+        self._check_coords("k_coords", k_coords, B, Nk, queries)
         allowed, bias = normalize_key_mask(self.type_name, key_mask, B, Nq, Nk, queries)
         q = self._split(F.layer_norm(queries, (self.d_model,)))
         k = self._split(self.k_proj(keys))

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, ShapeError
+from canvas_core.extend import check_elements
 from canvas_plugin_canvit.attention import CanvasReadAttention, CanvasWriteAttention
 from canvas_plugin_canvit.rope import SceneRoPE
-from canvas_plugin_canvit.viewpoint import Viewpoint, grid_coords, viewpoint_coords
+from canvas_plugin_canvit.viewpoint import Viewpoint, check_viewpoint_for, grid_coords, viewpoint_coords
 
 __all__ = ["CanvasState", "CanViTOutput", "CanViTCore"]
 
@@ -113,7 +114,8 @@ class CanViTCore(nn.Module):
         rope_max_freq: see :class:`~canvas_plugin_canvit.rope.SceneRoPE`.
 
     ``forward(glimpse (B, C, g, g), state, viewpoint) -> CanViTOutput``; ``g`` must be a multiple
-    of ``patch_size``; any glimpse size and canvas grid size work with the same weights.
+    of ``patch_size``; any glimpse size and canvas grid size work with the same weights.  The
+    viewpoint lies on the glimpse's device, with batch ``B`` or 1 (one window for every item).
     """
 
     def __init__(self, d_model: int = 64, canvas_dim: Optional[int] = None, n_heads: int = 4,
@@ -151,6 +153,7 @@ class CanViTCore(nn.Module):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise CanvasTypeError(f"CanViTCore.init_state: {name} must be a positive int, got {v!r}")
         n = canvas_grid_size * canvas_grid_size
+        check_elements((batch_size, n, self.canvas_dim), "CanViTCore.init_state canvas (B, G * G, canvas_dim)")
         canvas = self.canvas_init.expand(batch_size, n, self.canvas_dim)
         cls = self.cls_init.expand(batch_size, 1, self.d_model)
         return CanvasState(canvas.clone(), cls.clone())
@@ -187,9 +190,10 @@ class CanViTCore(nn.Module):
                              f"patch_size={self.patch_size} (a square glimpse: sample_at_viewpoint gives one), "
                              f"got {tuple(glimpse.shape)}")
         B = glimpse.shape[0]
-        if state.canvas.shape[0] != B or viewpoint.batch_size != B:
-            raise ShapeError(f"CanViTCore: glimpse batch {B}, state batch {state.canvas.shape[0]} and "
-                             f"viewpoint batch {viewpoint.batch_size} must agree")
+        if state.canvas.shape[0] != B:
+            raise ShapeError(f"CanViTCore: glimpse batch {B} and state batch {state.canvas.shape[0]} must agree; "
+                             f"build the state with init_state({B}, ...)")
+        check_viewpoint_for("CanViTCore", viewpoint, glimpse, "the glimpse")
         G = state.grid_size
         if G * G != state.canvas.shape[1]:
             raise ShapeError(f"CanViTCore: the canvas must hold a square grid of tokens, got {state.canvas.shape[1]}")
@@ -198,7 +202,7 @@ class CanViTCore(nn.Module):
         local = patches.flatten(2).transpose(1, 2)                 # (B, h*w, D)
         # coordinates in float32, or float64 for a float64 model / viewpoint (never rounded below float32)
         cdt = torch.float64 if torch.float64 in (glimpse.dtype, viewpoint.centers.dtype) else torch.float32
-        vp = viewpoint.to(device=glimpse.device, dtype=cdt)
+        vp = viewpoint.to(dtype=cdt)  # batch 1 broadcasts through RoPE's (B|1, N, 2) coordinates
         local_xy = torch.cat([vp.centers[:, None, :], viewpoint_coords(vp, h, w)], dim=1)  # CLS at the centre
         canvas_xy = grid_coords(G, G, glimpse.device, cdt)[None]
         x = torch.cat([state.recurrent_cls, local], dim=1)

@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from canvas_core.errors import CanvasTypeError, ShapeError
-from canvas_core.extend import isqrt
+from canvas_core.extend import check_elements, isqrt
 
-__all__ = ["Viewpoint", "grid_coords", "default_coords", "viewpoint_coords", "sample_at_viewpoint"]
+__all__ = ["Viewpoint", "grid_coords", "default_coords", "viewpoint_coords", "sample_at_viewpoint",
+           "check_viewpoint_for"]
 
 
 def _concrete(*ts: torch.Tensor) -> bool:
@@ -93,6 +94,9 @@ class Viewpoint:
         """The same window moved by ``delta`` (``(2,)`` or ``(B, 2)``, ``(y, x)``)."""
         delta = torch.as_tensor(delta, dtype=self.centers.dtype, device=self.centers.device) \
             if not isinstance(delta, torch.Tensor) else delta
+        if delta.device != self.centers.device:
+            raise ShapeError(f"Viewpoint.shifted: delta is on {delta.device} but the viewpoint is on "
+                             f"{self.centers.device}; move it with delta.to({str(self.centers.device)!r})")
         if delta.shape not in ((2,), (1, 2), (self.batch_size, 2)):
             raise ShapeError(f"Viewpoint.shifted: delta must be (2,) or (B, 2) = ({self.batch_size}, 2) as (y, x), "
                              f"got {tuple(delta.shape)}")
@@ -105,6 +109,21 @@ try:  # pytree node: Viewpoint can be an input of torch.export / torch.compile g
     _register(Viewpoint)
 except Exception:  # pragma: no cover - older torch
     pass
+
+
+def check_viewpoint_for(owner: str, viewpoint: Viewpoint, like: torch.Tensor, what: str) -> None:
+    """Refuse a ``viewpoint`` that does not fit the tensor ``like`` (named ``what`` in messages):
+    it must be on ``like``'s device (never moved silently: a copy per call would sync the device,
+    and a ``meta`` viewpoint cannot be copied at all) and hold one window per batch item, or a
+    single window that every item shares."""
+    dev = viewpoint.centers.device
+    if dev != like.device:
+        raise ShapeError(f"{owner}: the viewpoint is on {dev}, {what} on {like.device}; move the "
+                         f"viewpoint with viewpoint.to({str(like.device)!r})")
+    B = like.shape[0]
+    if viewpoint.batch_size not in (1, B):
+        raise ShapeError(f"{owner}: the viewpoint has batch size {viewpoint.batch_size} but {what} has batch "
+                         f"size {B}; pass a viewpoint of batch {B}, or of batch 1 to share one window")
 
 
 def grid_coords(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -144,21 +163,24 @@ def sample_at_viewpoint(spatial: torch.Tensor, viewpoint: Viewpoint, glimpse_siz
     """Crop-and-resize the window of ``viewpoint`` out of ``spatial (B, C, H, W)``.
 
     Returns ``(B, C, glimpse_size_px, glimpse_size_px)`` sampled with ``grid_sample``
-    (``align_corners=False``, zeros outside the scene).
+    (``align_corners=False``, zeros outside the scene).  The viewpoint must be on ``spatial``'s
+    device, with batch ``B`` or 1 (one window for every item).
     """
     if not isinstance(spatial, torch.Tensor) or spatial.dim() != 4:
         got = tuple(spatial.shape) if isinstance(spatial, torch.Tensor) else type(spatial).__name__
         raise ShapeError(f"sample_at_viewpoint: spatial must be (B, C, H, W), got {got}")
     if not isinstance(viewpoint, Viewpoint):
         raise CanvasTypeError(f"sample_at_viewpoint: viewpoint must be a Viewpoint, got {type(viewpoint).__name__}")
-    if spatial.shape[0] != viewpoint.batch_size:
-        raise ShapeError(f"sample_at_viewpoint: spatial has batch {spatial.shape[0]} but the viewpoint "
-                         f"has {viewpoint.batch_size}")
+    check_viewpoint_for("sample_at_viewpoint", viewpoint, spatial, "spatial")
     if isinstance(glimpse_size_px, bool) or not isinstance(glimpse_size_px, int) or glimpse_size_px < 1:
         raise CanvasTypeError(f"sample_at_viewpoint: glimpse_size_px must be a positive int, got {glimpse_size_px!r}")
     if not spatial.is_floating_point():
         raise ShapeError(f"sample_at_viewpoint: spatial must be a floating tensor (grid_sample interpolates it), "
                          f"got {spatial.dtype}; convert the image with spatial.float()")
     g = glimpse_size_px
+    if not torch.compiler.is_compiling():  # int() of a traced size would pin it in the graph
+        check_elements((spatial.shape[0], spatial.shape[1], g, g), "sample_at_viewpoint glimpse (B, C, g, g)",
+                       spatial.element_size())
     coords = viewpoint_coords(viewpoint.to(spatial.dtype), g, g).view(-1, g, g, 2)
+    coords = coords.expand(spatial.shape[0], -1, -1, -1)  # a batch-1 viewpoint: one window for all
     return F.grid_sample(spatial, coords.flip(-1), mode=mode, padding_mode="zeros", align_corners=False)

@@ -132,9 +132,18 @@ class SlotBindingModule(nn.Module):
             got = tuple(obs_mask.shape) if isinstance(obs_mask, torch.Tensor) else type(obs_mask).__name__
             raise ShapeError(f"{name}: obs_mask must be a bool tensor of shape (B, N_obs) = "
                              f"{tuple(observations.shape[:2])}, got {got}")
+        if obs_mask is not None and (obs_mask.is_floating_point() or obs_mask.is_complex()):
+            # an additive mask marks padding with -inf, which .bool() would read as "observed"
+            raise CanvasTypeError(f"{name}: obs_mask must be a bool tensor (True = a real observation), got "
+                                  f"{obs_mask.dtype}; for an additive mask (-inf = padding) pass "
+                                  "obs_mask.isfinite(), for 0 / 1 weights obs_mask > 0")
         from canvas_core.extend import check_dtypes_devices
 
-        check_dtypes_devices(name, self, observations=observations, slots=slots)
+        # each against the parameters, not against each other: under autocast the carried slot
+        # state stays float32 while the observations come in bfloat16 / float16
+        check_dtypes_devices(name, self, observations=observations)
+        if slots is not None:
+            check_dtypes_devices(f"{name}: slots", self, slots=slots)
         if obs_mask is not None and obs_mask.device != observations.device:
             raise ShapeError(f"{name}: obs_mask is on {obs_mask.device} but the observations are on "
                              f"{observations.device}; move it with obs_mask.to({str(observations.device)!r})")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, CheckpointError, ShapeError, UnavailableError
-from canvas_core.extend import (as_dtype, check_elements, check_size, operators_under_compile, plain_linear,
+from canvas_core.extend import (as_dtype, autocast_on, check_elements, check_size, operators_under_compile, plain_linear,
                                 plain_module)
 from canvas_plugin_mamba import cpu_kernel, cpu_ops
 from canvas_plugin_mamba.chunked import chunk_size, selective_scan_read
@@ -223,7 +223,7 @@ class MambaAttention(nn.Module):
         no autocast (every projection then outputs the working dtype, as the unfused path's casts
         would leave it)."""
         dt = values.dtype
-        if dt not in (torch.float32, torch.float64) or torch.is_autocast_enabled(values.device.type):
+        if dt not in (torch.float32, torch.float64) or autocast_on(values.device.type):
             return False
         return all(p.dtype == dt for p in (self.A_log, self.D, self.conv1d.weight, self.in_proj.weight,
                                             self.dt_proj.weight, self.x_proj.weight, self.c_proj.weight,

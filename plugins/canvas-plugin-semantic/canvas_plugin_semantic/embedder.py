@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import List, Sequence
+from typing import Any, List, Sequence
 
-from canvas_core.errors import CanvasTypeError, PluginError
+from canvas_core.errors import CanvasTypeError, PluginError, UnavailableError
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -40,7 +40,15 @@ class MiniLMEmbedder:
     model_name = MODEL_NAME
     dim = 384
 
-    def __init__(self, device: str = "cpu", batch_size: int = 32) -> None:
+    def __init__(self, device: Any = "cpu", batch_size: int = 32) -> None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise CanvasTypeError(f"MiniLMEmbedder: batch_size must be a positive int (texts encoded per "
+                                  f"batch), got {batch_size!r}; pass e.g. batch_size=32")
+        import torch
+
+        if not isinstance(device, (str, torch.device)):
+            raise CanvasTypeError(f"MiniLMEmbedder: device must be a torch device name such as 'cpu' or "
+                                  f"'cuda:0' (or a torch.device), got {type(device).__name__} {device!r}")
         # never reach for the Hub: the files are local
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -52,13 +60,29 @@ class MiniLMEmbedder:
         _quiet_progress_bars()
         from sentence_transformers import SentenceTransformer
 
-        self._model = SentenceTransformer(str(path), device=device, local_files_only=True)
+        try:
+            self._model = SentenceTransformer(str(path), device=device, local_files_only=True)
+        except (RuntimeError, AssertionError, ValueError) as exc:
+            if str(device) == "cpu":
+                raise
+            raise UnavailableError(f"MiniLMEmbedder: cannot load the model on device {str(device)!r} ({exc}); "
+                                   "pass an available device, e.g. device='cpu'") from None
         self.batch_size = batch_size
 
     def embed(self, texts: Sequence[str]) -> List[List[float]]:
-        texts = list(texts)
-        if not all(isinstance(t, str) for t in texts):
-            raise CanvasTypeError("MiniLMEmbedder.embed needs a list of strings")
+        """One 384-d unit vector per text of ``texts`` (a list of strings, not one string)."""
+        if isinstance(texts, (str, bytes, bytearray)):  # list("abc") would embed each character
+            raise CanvasTypeError(f"MiniLMEmbedder.embed needs a list of strings, got one string "
+                                  f"{str(texts)[:40]!r}; pass [text]")
+        try:
+            texts = list(texts)
+        except TypeError:
+            raise CanvasTypeError(f"MiniLMEmbedder.embed needs a list of strings, got "
+                                  f"{type(texts).__name__}") from None
+        odd = [t for t in texts if not isinstance(t, str)]
+        if odd:
+            raise CanvasTypeError(f"MiniLMEmbedder.embed needs a list of strings, got an item of type "
+                                  f"{type(odd[0]).__name__} {str(odd[0])[:40]!r}")
         if not texts:
             return []
         vecs = self._model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
