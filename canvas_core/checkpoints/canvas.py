@@ -32,6 +32,9 @@ from canvas_core._safe_write import check_write_target
 from canvas_core.checkpoints.diff import schema_differences
 from canvas_core.checkpoints.tensors import (
     check_readable_file,
+    check_utf8_path,
+    duplicate_names,
+    is_uninitialized,
     metadata_json,
     read_metadata,
     non_finite,
@@ -164,6 +167,7 @@ def save_canvas_checkpoint(model: nn.Module, path: Any, schema: Any, *, metadata
     try:  # this rank's own checks; with sharded tensors every rank learns the outcome before gathering
         s = _as_schema(schema, where)
         check_write_target(path, "the canvas checkpoint", error=CheckpointError)
+        check_utf8_path(os.fspath(path), "cannot save the canvas checkpoint to")
         if metadata is not None and not isinstance(metadata, Mapping):
             raise CheckpointError(f"{where}: metadata must be a dict of JSON-serialisable values, got {type(metadata).__name__}")
         user = metadata_json(metadata or {}, where)
@@ -199,6 +203,7 @@ def _open(path: Any, where: str) -> Tuple[str, Dict[str, str], Any]:
         raise CanvasTypeError(f"{where}: path must be a file path (str or os.PathLike), got {path!r:.60}")
     p = os.fspath(path)
     check_readable_file(p, "canvas checkpoint")
+    check_utf8_path(p, "canvas checkpoint")
     from safetensors import SafetensorError, safe_open
 
     try:
@@ -216,6 +221,11 @@ def _open(path: Any, where: str) -> Tuple[str, Dict[str, str], Any]:
             raise CheckpointError(f"{p!r} is not a canvas checkpoint, nor any safetensors file: {other}; give the "
                                   ".safetensors file save_canvas_checkpoint wrote") from None
         raise CheckpointError(f"{p!r} is not a readable safetensors canvas checkpoint{truncation(p)}: {exc}") from None
+    twice = duplicate_names(p)
+    if twice:
+        raise CheckpointError(f"{p!r} is a corrupt checkpoint: {twice}, so it is unclear which one was meant; "
+                              "save the model again with save_canvas_checkpoint (the file was edited by hand or "
+                              "written by another tool)")
     if header.get("format") != FORMAT:
         raise CheckpointError(
             f"{p!r} is not a canvas-core canvas checkpoint (format {header.get('format')!r}); save one "
@@ -228,8 +238,9 @@ def _open(path: Any, where: str) -> Tuple[str, Dict[str, str], Any]:
     return p, header, fh
 
 
-def _saved_schema(p: str, header: Mapping[str, str]) -> Tuple[Dict[str, Any], Any]:
-    """The schema a checkpoint's header stores: ``(its dict, the CanvasSchema built from it)``,
+def _saved_schema(p: str, header: Mapping[str, str]) -> Tuple[Dict[str, Any], Any, Dict[str, Any]]:
+    """The schema a checkpoint's header stores: ``(its dict, the CanvasSchema built from it, the
+    decoded user_metadata)``,
     refused with a :class:`CheckpointError` when the JSON is malformed, does not match its hash,
     or is not a canvas schema this canvas-core can read (built through ``CanvasSchema.from_dict``
     before anything compares it, so a wrong structure never reaches the comparison)."""
@@ -240,7 +251,7 @@ def _saved_schema(p: str, header: Mapping[str, str]) -> Tuple[Dict[str, Any], An
         saved = json.loads(header.get("schema", ""))
     except (ValueError, RecursionError) as exc:  # malformed JSON, or numbers Python refuses to read
         raise CheckpointError(f"{p!r} has a corrupt header: {exc}") from None
-    read_metadata(header, p)
+    user = read_metadata(header, p)
     if not isinstance(saved, dict):
         raise CheckpointError(f"{p!r} has a corrupt header: 'schema' is not a canvas schema")
     body = {k: v for k, v in saved.items() if k != "metadata"}
@@ -255,17 +266,15 @@ def _saved_schema(p: str, header: Mapping[str, str]) -> Tuple[Dict[str, Any], An
             f"({exc}); the file cannot be checked against a model. Save the model again with "
             "save_canvas_checkpoint, or read it with the canvas-core version that wrote it "
             f"({header.get('canvas_core_version', 'unknown')})") from None
-    return saved, built
+    return saved, built, user
 
 
 def read_canvas_checkpoint_header(path: Any) -> Dict[str, Any]:
     """The header of a canvas checkpoint, with ``schema`` as a ``CanvasSchema`` and
     ``user_metadata`` decoded; reads no tensor."""
     p, header, _ = _open(path, "read_canvas_checkpoint_header")
-    out: Dict[str, Any] = dict(header)
-    out["schema"] = _saved_schema(p, header)[1]
-    out["user_metadata"] = read_metadata(header, p)
-    return out
+    _, built, user = _saved_schema(p, header)
+    return {**header, "schema": built, "user_metadata": user}
 
 
 def _shape_hint(model: nn.Module, key: str, shape: Tuple[int, ...]) -> str:
@@ -285,11 +294,20 @@ def _shape_hint(model: nn.Module, key: str, shape: Tuple[int, ...]) -> str:
     return ""
 
 
-def _names_in_file(keys: List[str], model_names: Mapping[str, str]) -> Dict[str, str]:
+def _names_in_file(keys: List[str], model_names: Mapping[str, str], p: str) -> Dict[str, str]:
     """``{plain name: the name in the file}`` for a file's tensor names.  Older files kept the
     segments of wrappers: ``_orig_mod`` (``torch.compile``) anywhere, or a ``module.`` before
     every name (a model saved inside ``DistributedDataParallel``); both are dropped."""
-    in_file = {plain_name(k): k for k in keys}
+    in_file: Dict[str, str] = {}
+    for k in keys:
+        plain = plain_name(k)
+        if plain in in_file:
+            raise CheckpointError(
+                f"canvas checkpoint {p!r} holds both {in_file[plain]!r} and {k!r}, which name the same tensor "
+                f"{plain!r} once torch.compile's '_orig_mod.' is dropped (one saved from a compiled model, one from "
+                "the plain model?); it is unclear which one to load. Keep one of them in the file (save the model "
+                "again with save_canvas_checkpoint, which writes the plain names)")
+        in_file[plain] = k
     ddp = "module."
     if in_file and all(k.startswith(ddp) for k in in_file):
         stripped = {k[len(ddp):]: v for k, v in in_file.items()}
@@ -306,7 +324,7 @@ def _refuse_meta(model: nn.Module, state: Mapping[str, torch.Tensor], p: str) ->
     """Refuse to load into tensors on the meta device: ``load_state_dict`` copies into them, which
     does nothing (shapes without storage), so the load would seem to succeed and load nothing."""
     plain = plain_names(model, state)
-    meta = [plain[k] for k, v in state.items() if v.is_meta]
+    meta = [plain[k] for k, v in state.items() if not is_uninitialized(v) and v.is_meta]
     if meta:
         more = f" and {len(meta) - 5} more" if len(meta) > 5 else ""
         raise CheckpointError(
@@ -316,13 +334,30 @@ def _refuse_meta(model: nn.Module, state: Mapping[str, torch.Tensor], p: str) ->
             "first, e.g. model.to_empty(device='cpu'), then load: the checkpoint fills every saved tensor")
 
 
-def _checked_tensors(model: nn.Module, path: Any, schema: Any, where: str) -> Tuple[Dict[str, Any], Dict[str, str]]:
+def _refuse_inference(model: nn.Module, state: Mapping[str, torch.Tensor], p: str) -> None:
+    """Refuse to load, outside ``torch.inference_mode``, into tensors made under it: torch refuses
+    every in-place change of them there, after ``load_state_dict`` changed the others."""
+    if torch.is_inference_mode_enabled():
+        return
+    plain = plain_names(model, state)
+    frozen = [plain[k] for k, v in state.items() if not is_dtensor(v) and not is_uninitialized(v) and v.is_inference()]
+    if frozen:
+        more = f" and {len(frozen) - 5} more" if len(frozen) > 5 else ""
+        raise CheckpointError(
+            f"cannot load canvas checkpoint {p!r} into {model_class_name(unwrap_model(model))}: its tensor(s) "
+            f"{frozen[:5]}{more} were made under torch.inference_mode() (inference tensors), which torch lets no "
+            "one change outside it. Load inside `with torch.inference_mode():`, or build the model outside "
+            "inference mode to train it")
+
+
+def _checked_tensors(model: nn.Module, path: Any, schema: Any, where: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Every check of :func:`load_canvas_checkpoint` that needs no other rank: ``({the model's own
-    state name: the tensor to load (this rank's shards for a DTensor)}, the file's header)``.
+    state name: the tensor to load (this rank's shards for a DTensor)}, the file's header with
+    ``user_metadata`` decoded)``.
     Changes nothing."""
     s = _as_schema(schema, where)
     p, header, fh = _open(path, where)
-    saved, _ = _saved_schema(p, header)
+    saved, _, user = _saved_schema(p, header)
     if header.get("schema_hash") != s.schema_hash():
         diffs = schema_differences(saved, s.to_dict())
         raise CheckpointError(
@@ -332,8 +367,9 @@ def _checked_tensors(model: nn.Module, path: Any, schema: Any, where: str) -> Tu
     _check_model_matches(model, s, where)
     current = _state(model, where)
     _refuse_meta(model, current, p)
+    _refuse_inference(model, current, p)
     names = {plain: own for own, plain in _file_names(model, current, where).items()}  # file name -> own
-    in_file = _names_in_file(list(fh.keys()), names)
+    in_file = _names_in_file(list(fh.keys()), names, p)
     missing, unexpected = sorted(set(names) - set(in_file)), sorted(set(in_file) - set(names))
     if missing or unexpected:
         raise CheckpointError(
@@ -345,6 +381,20 @@ def _checked_tensors(model: nn.Module, path: Any, schema: Any, where: str) -> Tu
     tensors = {}
     for name, k in names.items():
         ref, t = current[k], fh.get_tensor(in_file[name])
+        if is_uninitialized(ref):  # a lazy module's: load_state_dict gives it the saved shape
+            unfit = unfit_dtype(t, torch.empty(0, dtype=ref.dtype))
+            if unfit:
+                raise CheckpointError(f"canvas checkpoint {p!r}: tensor {name!r} {unfit}")
+            if non_finite(t):
+                raise CheckpointError(f"canvas checkpoint {p!r}: tensor {name!r} holds NaN or infinite values")
+            tensors[k] = t
+            continue
+        if not is_dtensor(ref) and any(st == 0 and n > 1 for st, n in zip(ref.stride(), ref.shape)):
+            raise CheckpointError(  # load_state_dict would fail on it half-way, the tensors before it loaded
+                f"cannot load canvas checkpoint {p!r} into {model_class_name(unwrap_model(model))}: its tensor "
+                f"{name!r} {tuple(ref.shape)} is an expanded view (stride 0: its elements share memory), which "
+                "cannot be written in place; register a tensor of its own instead (.clone() of the expanded "
+                "one), then load")
         if tuple(t.shape) != tuple(ref.shape):
             raise CheckpointError(
                 f"canvas checkpoint {p!r}: tensor {name!r} has shape {tuple(t.shape)} but the model's is "
@@ -358,7 +408,7 @@ def _checked_tensors(model: nn.Module, path: Any, schema: Any, where: str) -> Tu
     for k, t in tensors.items():  # a sharded model (FSDP2): this rank's shards, cut locally
         if is_dtensor(current[k]):
             tensors[k] = shard_like(t, current[k], where)
-    return tensors, header
+    return tensors, {**header, "user_metadata": user}
 
 
 def load_canvas_checkpoint(model: nn.Module, path: Any, schema: Any) -> Dict[str, Any]:
@@ -385,7 +435,7 @@ def load_canvas_checkpoint(model: nn.Module, path: Any, schema: Any) -> Dict[str
     sharded = any(is_dtensor(v) for v in raw.values())
     failure: Optional[BaseException] = None
     tensors: Dict[str, Any] = {}
-    header: Dict[str, str] = {}
+    header: Dict[str, Any] = {}
     try:  # this rank's own checks; with sharded tensors every rank learns the outcome before loading
         tensors, header = _checked_tensors(model, path, schema, where)
     except Exception as exc:
@@ -395,6 +445,4 @@ def load_canvas_checkpoint(model: nn.Module, path: Any, schema: Any) -> Dict[str
     if sharded:
         agree_before_gather(raw, where, failure, action="load")
     model.load_state_dict(tensors, strict=True)
-    out: Dict[str, Any] = dict(header)
-    out["user_metadata"] = read_metadata(header, path)
-    return out
+    return header

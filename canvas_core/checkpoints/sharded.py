@@ -149,9 +149,16 @@ def agree_before_gather(tensors: Mapping[str, Any], where: str, failure: Optiona
         _leave(store, base, ranks)
         if me in missing:  # this rank came just as the others gave up: it meets them in its next round
             continue
+        seconds = timeout.total_seconds()
+        if not missing:  # every rank arrived, but one stopped before the round ended
+            raise CheckpointError(
+                f"{where}: the model's tensors are sharded (DTensor, e.g. FSDP2's fully_shard) over ranks {ranks}; "
+                f"every rank called {where}, but their meeting did not end within the process group's timeout: "
+                f"a rank stopped in the middle of it (killed or interrupted?); {undone}. Check "
+                f"that every rank is alive, then {action} on every rank again")
         raise CheckpointError(
             f"{where}: the model's tensors are sharded (DTensor, e.g. FSDP2's fully_shard) over ranks {ranks}, "
-            f"and rank(s) {missing} did not call {where} within {timeout.total_seconds():g} s (half the "
+            f"and rank(s) {missing} did not call {where} within {seconds:g} s (half the "
             f"process group's timeout); {undone}. Call it on every rank of the model, in the same order"
             + (" (every rank then writes the whole model to its path)" if action == "save" else "")
             + ", e.g. not inside `if rank == 0:`")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, Mapping, Optional, Type
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
 
@@ -13,7 +13,29 @@ from canvas_core._safe_write import atomic_write
 from canvas_core.errors import CanvasError, CheckpointError
 
 __all__ = ["refuse_non_finite", "save_safetensors_atomic", "check_readable_file", "not_safetensors",
-           "unfit_dtype", "read_metadata"]
+           "unfit_dtype", "read_metadata", "duplicate_names", "is_uninitialized"]
+
+
+def _safetensors_dtypes() -> frozenset:
+    """The dtypes the installed safetensors writes (its own table when it has one, else the
+    dtypes every release since 0.4 holds, float8 kinds where this torch has them)."""
+    global _DTYPES
+    if _DTYPES is None:
+        try:
+            from safetensors.torch import _TYPES  # private: a release without it gets the list below
+
+            table = frozenset(v for v in dict(_TYPES).values() if isinstance(v, torch.dtype))
+        except (ImportError, TypeError, ValueError):
+            table = frozenset()
+        _DTYPES = table if torch.float32 in table else frozenset(
+            [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.complex64, torch.bool,
+             torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8]
+            + [getattr(torch, n) for n in ("uint16", "uint32", "uint64", "float8_e4m3fn", "float8_e5m2")
+               if hasattr(torch, n)])
+    return _DTYPES
+
+
+_DTYPES: Optional[frozenset] = None
 
 
 def refuse_non_finite(
@@ -36,16 +58,26 @@ def refuse_non_finite(
             "get_model_state_dict(model, options=StateDictOptions(full_state_dict=True))) and save the "
             "whole tensors, or save with save_canvas_checkpoint called on every rank, which gathers them")
     for name, t in tensors.items():
+        if is_uninitialized(t):
+            raise error(f"refusing to save {what}: tensor {name!r} is an uninitialized parameter of a lazy module "
+                        "(nn.LazyLinear, LazyConv ...: its shape is not known yet); run one forward on a sample "
+                        "batch first, which gives it its shape, then save; nothing was written")
         if isinstance(t, torch.Tensor) and t.layout != torch.strided:
             raise error(f"refusing to save {what}: tensor {name!r} is a {t.layout} tensor; safetensors holds "
                         "dense (strided) tensors only: convert it first (e.g. .to_dense()) or keep it out "
                         "of the state dict")
+        if isinstance(t, torch.Tensor) and (t.is_quantized or t.dtype not in _safetensors_dtypes()):
+            hint = ("dequantize it first (.dequantize())" if t.is_quantized else
+                    "store it as torch.view_as_real(t) (a real tensor with a last dim of 2) or as complex64"
+                    if t.is_complex() else "convert it to a dtype safetensors holds")
+            raise error(f"refusing to save {what}: tensor {name!r} is {t.dtype}, which safetensors cannot hold; "
+                        f"{hint}, or keep it out of the state dict; nothing was written")
         if isinstance(t, torch.Tensor) and t.is_meta:
             raise error(f"refusing to save {what}: tensor {name!r} is on the meta device (shapes without "
                         "values: a model built under torch.device('meta') or with init_empty_weights); "
                         "load or initialise its weights first (model.to_empty(device=...) then an init)")
         if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()):
-            finite = torch.isfinite(t.detach())
+            finite = _finite(t.detach())
             if not bool(finite.all()):
                 bad = int((~finite).sum())
                 raise error(
@@ -88,16 +120,46 @@ def save_safetensors_atomic(
     return atomic_write(path, write, what, error=error, make_parents=make_parents)
 
 
+def is_uninitialized(t: Any) -> bool:
+    """Whether ``t`` is a lazy module's parameter or buffer without a shape yet (most tensor
+    methods raise on it)."""
+    return isinstance(t, torch.nn.parameter.UninitializedTensorMixin)
+
+
 def check_readable_file(path: str, what: str) -> None:
     """Refuse, with a :class:`CheckpointError` naming ``what`` and ``path``, a checkpoint path that
     is a directory, not a regular file (device, FIFO, socket), or missing."""
     if os.path.isdir(path):
         raise CheckpointError(f"{what} {path!r} is a directory; give the .safetensors file in it")
     if not os.path.isfile(path):
+        raise CheckpointError(f"{what} {path!r} " + (
+            "is not a regular file (a device, FIFO or socket); give the .safetensors file" if os.path.exists(path)
+            else _broken_link(path) if os.path.islink(path) else "does not exist"))
+
+
+def _broken_link(path: str) -> str:
+    """Why the symbolic link ``path`` leads to no file: a loop of links, or a missing target."""
+    import errno
+
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link in a loop of links (it never reaches a file); point it at the checkpoint"
+    return (f"is a symbolic link to {os.readlink(path)!r}, which does not exist (moved or deleted?); point the "
+            "link at the checkpoint or give the file's path")
+
+
+def check_utf8_path(path: str, what: str) -> None:
+    """Refuse a path that is not valid UTF-8 (undecodable bytes of a file name, which Python keeps
+    as surrogates): the safetensors library opens files by UTF-8 paths only, so a file written
+    there could never be read back."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
         raise CheckpointError(
-            f"{what} {path!r} "
-            + ("is not a regular file (a device, FIFO or socket); give the .safetensors file"
-               if os.path.exists(path) else "does not exist"))
+            f"{what} {path!r}: the path is not valid UTF-8 (its name holds bytes that decode to no character), "
+            "and safetensors opens UTF-8 paths only; rename the file or folder, or give another path") from None
 
 
 def pickled(head: bytes) -> bool:
@@ -168,26 +230,81 @@ def truncation(path: str) -> str:
     return ""
 
 
+def duplicate_names(path: str) -> str:
+    """Why the JSON header of the safetensors file at ``path`` is ambiguous, or ``""``: a tensor
+    name, a header entry (``schema``, ``user_metadata`` ...) or a field of a tensor given twice.
+    The safetensors library keeps the last of them without a word, so a hand-edited or foreign
+    file could load another tensor than the one its first entry describes.  Call it once the file
+    opened: an unreadable header is left to the library's own error."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else 0
+            if not 0 < n <= _MAX_HEADER:
+                return ""
+            body = fh.read(n)
+    except OSError:
+        return ""
+    objects: List[Tuple[Dict[str, Any], List[str]]] = []  # every JSON object, innermost first
+
+    def hook(pairs: List[Tuple[str, Any]]) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        twice = []
+        for key, value in pairs:
+            if key in out:
+                twice.append(key)
+            out[key] = value
+        objects.append((out, twice))
+        return out
+
+    try:
+        top = json.loads(body, object_pairs_hook=hook)
+    except (ValueError, RecursionError):
+        return ""
+    meta = top.get("__metadata__") if isinstance(top, dict) else None
+    for obj, twice in reversed(objects):  # the top level (tensor names) is parsed last
+        if twice:
+            key = twice[0]
+            if obj is top:
+                what = "the header entry '__metadata__'" if key == "__metadata__" else f"tensor {key!r}"
+            elif obj is meta:
+                what = f"the header entry {key!r}"
+            else:
+                what = f"the field {key!r} of a tensor"
+            break
+    else:
+        return ""
+    return f"its header gives {what} more than once (the safetensors library would silently keep the last)"
+
+
 def metadata_json(metadata: Mapping[str, Any], where: str) -> str:
     """``metadata`` as the JSON a checkpoint header stores, refused (``CheckpointError`` naming
     ``where``) unless it reads back as given: keys are strings at every level (JSON would turn
     ``{1: 2}`` into ``{"1": 2}``), numbers finite (NaN is not JSON), values JSON types."""
-    def check(value: Any, at: str) -> None:
+    def check(value: Any, at: str, inside: Tuple[int, ...]) -> None:
+        if isinstance(value, (Mapping, list, tuple)) and id(value) in inside:
+            raise CheckpointError(f"{where}: metadata holds itself at {at} (a cycle JSON cannot write); store "
+                                  "a copy of the values instead")
         if isinstance(value, Mapping):
             for k, v in value.items():
                 if not isinstance(k, str):
                     raise CheckpointError(f"{where}: metadata key {k!r} at {at} is a {type(k).__name__}; JSON keys "
                                           "are strings (it would come back as a string): use str keys")
-                check(v, f"{at}[{k!r}]")
+                check(v, f"{at}[{k!r}]", inside + (id(value),))
         elif isinstance(value, (list, tuple)):
             for i, v in enumerate(value):
-                check(v, f"{at}[{i}]")
+                check(v, f"{at}[{i}]", inside + (id(value),))
 
-    check(metadata, "metadata")
     try:
+        check(metadata, "metadata", ())
         return json.dumps(dict(metadata), sort_keys=True, allow_nan=False)
+    except CheckpointError:
+        raise
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{where}: metadata must be JSON-serialisable with finite numbers: {exc}") from None
+    except RecursionError:
+        raise CheckpointError(f"{where}: metadata is nested too deeply to be written as JSON (and read back); "
+                              "flatten it (a few levels of dicts and lists)") from None
 
 
 def read_metadata(header: Mapping[str, Any], path: str) -> Dict[str, Any]:
@@ -220,6 +337,15 @@ def unfit_dtype(saved: torch.Tensor, model: torch.Tensor) -> str:
     return ""
 
 
+def _finite(t: torch.Tensor) -> torch.Tensor:
+    """``torch.isfinite(t)``, also for the float8 dtypes, which it does not take: those are checked
+    as float32 (NaN and infinities stay what they are)."""
+    try:
+        return torch.isfinite(t)
+    except (NotImplementedError, RuntimeError):
+        return torch.isfinite(t.to(torch.float32))
+
+
 def non_finite(t: torch.Tensor) -> bool:
     """Whether the floating or complex tensor ``t`` holds NaN or an infinity."""
-    return (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all())
+    return (t.is_floating_point() or t.is_complex()) and not bool(_finite(t).all())

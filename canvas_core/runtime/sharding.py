@@ -101,6 +101,13 @@ def sequence_parallel_mesh(sp_size: int, device_type: Optional[str] = None):
 # ---------------------------------------------------------------------------------------------
 # the cut
 # ---------------------------------------------------------------------------------------------
+def _count(value: Any, name: str, where: str, minimum: int) -> int:
+    """``value`` as an int ``>= minimum``, else :class:`SequenceParallelError` naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise SequenceParallelError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def _plan_of(obj: Any):
     from canvas_core.compiler.plan import ExecutionPlan
 
@@ -162,6 +169,10 @@ class CanvasSharding:
         if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
             raise SequenceParallelError(f"sequence-parallel size must be a positive integer, got {size!r}")
         size = int(size)
+        if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float, np.floating, np.integer)) \
+                or not 0 <= float(tolerance) < float("inf"):
+            raise SequenceParallelError(f"CanvasSharding.of: tolerance must be a finite number >= 0 (a fraction of "
+                                        f"one share, e.g. 0.05), got {tolerance!r}")
         if n < size:
             raise SequenceParallelError(
                 f"canvas too small to split: {n} position(s) over a sequence-parallel group of {size} "
@@ -198,9 +209,14 @@ class CanvasSharding:
 
     def positions(self, rank: int) -> np.ndarray:
         """Canonical positions held by ``rank``, in the order of its local rows."""
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < self.size:
+            raise SequenceParallelError(f"CanvasSharding.positions: rank must be an integer in [0, {self.size}) "
+                                        f"(the rank within the sequence-parallel group), got {rank!r}")
         return self.perm[self.bounds[rank]: self.bounds[rank + 1]]
 
     def matches(self, plan: Any) -> bool:
+        """Whether ``plan`` (a plan, canvas attention layer or layout) packs the canvas as this sharding."""
+        plan = _plan_of(plan)
         return int(plan.n) == self.n and np.array_equal(np.asarray(plan.perm), self.perm)
 
     def work(self, plan_or_layer: Any, n_heads: Optional[int] = None) -> List[Dict[str, Any]]:
@@ -216,7 +232,8 @@ class CanvasSharding:
         if not self.matches(plan):
             raise SequenceParallelError("CanvasSharding.work: the plan's packing differs from the sharding's")
         soft = _softmax_types(plan_or_layer)
-        H = n_heads if n_heads is not None else getattr(plan_or_layer, "n_heads", 1)
+        H = _count(n_heads if n_heads is not None else getattr(plan_or_layer, "n_heads", 1), "n_heads",
+                   "CanvasSharding.work", 1)
         hb = _head_bounds(H, self.size)
         soft_total, other_total = 0, 0
         q_pairs = np.zeros(self.size, dtype=np.int64)
@@ -261,12 +278,15 @@ class CanvasSharding:
         both only when the layer has a softmax-family type; ``gather``: ``B * n_r * D * (P - 1)``
         when it has a non-softmax type.
         """
+        where = "CanvasSharding.communication"
         plan = _plan_of(plan_or_layer)
         d_model = d_model if d_model is not None else getattr(plan_or_layer, "d_model", None)
         if d_model is None:
-            raise SequenceParallelError("CanvasSharding.communication: pass d_model= with a plan or layout")
-        D = int(d_model)
-        H = int(n_heads if n_heads is not None else getattr(plan_or_layer, "n_heads", 1))
+            raise SequenceParallelError(f"{where}: pass d_model= with a plan or layout")
+        D = _count(d_model, "d_model", where, 1)
+        H = _count(n_heads if n_heads is not None else getattr(plan_or_layer, "n_heads", 1), "n_heads", where, 1)
+        batch = _count(batch, "batch", where, 1)
+        element_bytes = _count(element_bytes, "element_bytes", where, 1)
         soft = _softmax_types(plan_or_layer)
         has_soft = any(f in soft for f in plan.groups)
         has_other = any(f not in soft for f in plan.groups)

@@ -12,15 +12,17 @@ gloo / NCCL with a size mismatch (a crashed process) or silently compute somethi
 * at every forward, :func:`agree_on_call` compares what the call itself brings: batch size, dtype,
   the autocast state (``torch.autocast`` on the input's device type: the projections then send
   tensors of the autocast dtype, whatever the input's dtype), ``active_regions``, the current
-  ``beta`` (a schedule may change it between forwards), and whether the input passed this rank's
-  own checks.  It is one ``all_gather`` of 7 int64 per rank
+  ``beta`` (a schedule may change it between forwards), whether autograd records the call (its
+  backward is an exchange too, which every rank must join), and whether the input passed this
+  rank's own checks.  It is one ``all_gather`` of 8 int64 per rank
   (eager; under ``torch.compile`` a graph break, as the exchanges themselves).  The layer's
   ``check_inputs=False`` skips it for a training loop known to feed every rank alike;
 * at every :func:`~canvas_core.runtime.sequence_parallel.shard_canvas` /
   :func:`~canvas_core.runtime.sequence_parallel.unshard_canvas`, :func:`agree_on_canvas` compares
   the sharding (N and a fingerprint of the cut), dtype, device type, dims, batch size, sequence
-  length (of the whole canvas given to ``shard_canvas``) and trailing shape, and whether the
-  input passed this rank's own checks: one ``all_gather`` of 13 int64 per rank, skipped by their
+  length (of the whole canvas given to ``shard_canvas``) and trailing shape, whether autograd
+  records an ``unshard_canvas`` (its backward is an exchange), and whether the input passed this
+  rank's own checks: one ``all_gather`` of 14 int64 per rank, skipped by their
   ``check_inputs=False``.
 
 Each raises the same :class:`SequenceParallelError` on every rank, naming what differs, before
@@ -39,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from canvas_core.attention._base import autocast_on
 from canvas_core.runtime.sharding import CanvasSharding, SequenceParallelError
 
 __all__ = ["layer_settings", "agree_on_layers", "agree_on_call", "agree_on_canvas"]
@@ -95,7 +98,11 @@ def agree_on_layers(what: str, group: Any, size: int, rank: int, mine: Dict[str,
 _DTYPES = {zlib.crc32(str(d).encode()): str(d).replace("torch.", "") for d in (
     torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128,
     torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)}
-_FIELDS = ("input checks", "batch size", "dtype", "autocast", "active_regions", "beta", "returns")
+_FIELDS = ("input checks", "batch size", "dtype", "autocast", "active_regions", "beta", "returns", "autograd")
+_AUTOGRAD = {1: "autograd recording (its backward exchanges with the other ranks)", 0: "no autograd"}
+_AUTOGRAD_HINT = ("Record every rank's call alike: the backward of this call is an exchange that every rank "
+                  "of the group must join, so run it under torch.no_grad() / inference_mode on every rank or on "
+                  "none, and make the shares require grad (or not) alike")
 _DTYPE_NAMES = sorted(_DTYPES.values())
 # every text _autocast_text can give, by its code (a code is all that crosses between the ranks)
 _AUTOCAST_TEXTS = {zlib.crc32(t.encode("utf-8")): t for d in _DTYPE_NAMES
@@ -119,11 +126,12 @@ def _autocast_text(x: torch.Tensor) -> str:
     projection (and what follows it) yields the autocast dtype, and the all-to-all exchanges
     tensors of that dtype, even though ``x`` itself keeps its own."""
     kind = x.device.type
-    try:
-        on = bool(torch.is_autocast_enabled(kind))
-        dtype = torch.get_autocast_dtype(kind) if on else x.dtype
-    except (TypeError, RuntimeError, AttributeError):  # a device type autocast does not know
-        on, dtype = False, x.dtype
+    on, dtype = autocast_on(kind), x.dtype
+    if on:
+        try:
+            dtype = torch.get_autocast_dtype(kind)
+        except (RuntimeError, AttributeError):  # a device type autocast does not know
+            on = False
     name = str(dtype).replace("torch.", "")
     return f"autocast to {name}" if on else f"no autocast (tensors exchanged as {name})"
 
@@ -136,7 +144,18 @@ def _call_signature(x: Any, active: Optional[List[str]], attn: nn.Module, ok: bo
             _code(_autocast_text(x)) if is_tensor else -1,
             -1 if active is None else _code("\x00".join(sorted(active))),
             _beta_bits(getattr(attn, "beta", 1.0)),
-            _code(str(getattr(attn, "returns", "state")))]
+            _code(str(getattr(attn, "returns", "state"))),
+            _recorded(x, attn)]
+
+
+def _recorded(x: Any, module: Optional[nn.Module] = None) -> int:
+    """1 when autograd records a call on ``x`` (grad mode on, and ``x`` or a parameter of
+    ``module`` requires grad): its backward then runs the exchanges in reverse, on every rank."""
+    if not torch.is_grad_enabled():
+        return 0
+    if isinstance(x, torch.Tensor) and x.requires_grad:
+        return 1
+    return int(module is not None and any(p.requires_grad for p in module.parameters()))
 
 
 def _describe(field: str, value: int, active: Optional[List[str]], mine: bool) -> str:
@@ -152,6 +171,8 @@ def _describe(field: str, value: int, active: Optional[List[str]], mine: bool) -
         return repr(sorted(active)) if mine and active is not None else "another set"
     if field == "returns":
         return {_code("state"): "'state'", _code("delta"): "'delta'"}.get(value, "?")
+    if field == "autograd":
+        return _AUTOGRAD.get(value, "?")
     return str(value)
 
 
@@ -159,8 +180,9 @@ def _describe(field: str, value: int, active: Optional[List[str]], mine: bool) -
 def agree_on_call(layer: nn.Module, x: Any, active: Optional[List[str]], failure: Optional[BaseException]) -> None:
     """Compare this forward's batch size, dtype, autocast state, ``active_regions``, ``beta`` and
     ``returns`` across the ranks of ``layer``'s group, and whether every rank's input passed its own checks
-    (``failure``: this rank's exception, or None); raise on every rank before any exchange when
-    they differ.  One ``all_gather`` of a few int64 on the device of ``layer``'s parameters."""
+    (``failure``: this rank's exception, or None), and whether autograd records the call (its
+    backward exchanges too); raise on every rank before any exchange when they differ.  One
+    ``all_gather`` of a few int64 on the device of ``layer``'s parameters."""
     import torch.distributed as dist
 
     if layer.size <= 1:
@@ -194,17 +216,18 @@ def agree_on_call(layer: nn.Module, x: Any, active: Optional[List[str]], failure
                 + "; every rank holds a share of the same canvas, so each call needs the same batch size, dtype, "
                 "autocast state, active_regions and beta on every rank. "
                 + ("Run the forward under the same torch.autocast (device type and dtype) on every rank of the "
-                   "group, or under none" if field == "autocast" else
+                   "group, or under none" if field == "autocast" else _AUTOGRAD_HINT if field == "autograd" else
                    "Feed every rank of the group alike (e.g. the same sampler seed for the sequence-parallel ranks)"))
 
 
 # --- shard_canvas / unshard_canvas -----------------------------------------------------------
 # One row of int64 per rank: [own checks passed, N of its sharding, fingerprint of its sharding,
 # dtype, device type, ndim, dim 0, dim 1, the next _TRAIL dims (-1 where absent), a code of any
-# dims beyond those (0 when none)].
+# dims beyond those (0 when none), whether autograd records the call].
 _TRAIL = 4
 _CANVAS_FIELDS = (("sharding", 1, 3), ("dtype", 3, 4), ("device type", 4, 5), ("number of dimensions", 5, 6),
-                  ("batch size", 6, 7), ("sequence length", 7, 8), ("trailing shape", 8, 9 + _TRAIL))
+                  ("batch size", 6, 7), ("sequence length", 7, 8), ("trailing shape", 8, 9 + _TRAIL),
+                  ("autograd", 9 + _TRAIL, 10 + _TRAIL))
 _DEVICE_TYPES = {zlib.crc32(t.encode()): t for t in ("cpu", "cuda", "mps", "xpu", "hpu", "meta", "mtia")}
 _fingerprints: "weakref.WeakKeyDictionary[Any, int]" = weakref.WeakKeyDictionary()
 
@@ -221,12 +244,12 @@ def _fingerprint(sharding: Any) -> int:
 def _canvas_row(x: Any, sharding: Any, ok: bool) -> List[int]:
     head = [1 if ok else 0] + ([-1, -1] if sharding is None else [int(sharding.n), _fingerprint(sharding)])
     if not isinstance(x, torch.Tensor):
-        return head + [-1] * (6 + _TRAIL)
+        return head + [-1] * (6 + _TRAIL) + [_recorded(x)]
     shape = [int(s) for s in x.shape]
     trail, beyond = shape[2:2 + _TRAIL], shape[2 + _TRAIL:]
     return head + [_code(str(x.dtype)), _code(x.device.type), len(shape),
                    shape[0] if shape else -1, shape[1] if len(shape) > 1 else -1,
-                   *trail, *[-1] * (_TRAIL - len(trail)), _code(repr(beyond)) if beyond else 0]
+                   *trail, *[-1] * (_TRAIL - len(trail)), _code(repr(beyond)) if beyond else 0, _recorded(x)]
 
 
 def _shape_text(row: List[int]) -> str:
@@ -241,6 +264,8 @@ def _canvas_value(field: str, row: List[int]) -> str:
     v = row[a:b]
     if field == "sharding":
         return "none (its sharding was refused)" if v[0] < 0 else f"N={v[0]} cut {v[1]:08x}"
+    if field == "autograd":
+        return _AUTOGRAD[v[0]]
     if row[5] < 0:
         return "no tensor"
     if field == "dtype":
@@ -274,6 +299,7 @@ _CANVAS_HINTS = {
     "sharding": "Use one sharding on every rank (the one parallelize_canvas returned, or CanvasSharding.of(the "
                 "same plan or layout, the group's size))",
     "sequence length": "Give shard_canvas the whole canvas (B, N, ...) on every rank of the group",
+    "autograd": _AUTOGRAD_HINT,
 }
 
 
@@ -283,8 +309,10 @@ def agree_on_canvas(what: str, x: Any, sharding: Any, group: Any, size: int, ran
     """Compare what a ``shard_canvas`` (``whole=True``: ``x`` is the whole canvas) or
     ``unshard_canvas`` (``whole=False``: ``x`` is this rank's share, whose length differs by rank)
     call brings on every rank of ``group``: the sharding, dtype, device type, number of dims, batch
-    size, sequence length (whole canvas only) and trailing shape, and whether each rank's own checks
-    passed (``failure``: this rank's exception, or None).  One ``all_gather`` of 13 int64 per rank.
+    size, sequence length (whole canvas only), trailing shape and whether autograd records the call
+    (``unshard_canvas`` only: its backward is an exchange; ``shard_canvas`` only cuts), and whether
+    each rank's own checks passed (``failure``: this rank's exception, or None).  One
+    ``all_gather`` of 14 int64 per rank.
 
     Ranks that differ raise the same :class:`SequenceParallelError` on every rank, naming the
     field and two ranks' values; a rank whose own check failed while the others passed makes every
@@ -304,6 +332,8 @@ def agree_on_canvas(what: str, x: Any, sharding: Any, group: Any, size: int, ran
     for field, a, b in _CANVAS_FIELDS:
         if field == "sequence length" and not whole:
             continue  # every rank holds its own share's length; its own check compares it
+        if field == "autograd" and whole:
+            continue  # shard_canvas only cuts its own tensor: its backward exchanges nothing
         values = [tuple(row[a:b]) for row in rows]
         if len(set(values)) > 1:
             odd = [r for r, v in enumerate(values) if v != values[0]]
