@@ -76,7 +76,7 @@ class _Walker:
         stack = stack + (id(obj),)
         owner = type(obj).__name__
         node = _Node(prefix.rstrip("."), owner=owner)
-        attrs = _attributes(obj)
+        attrs = _attributes(obj, stack)
         for name, value, _meta in attrs:
             if isinstance(value, Field):
                 self.leaf(f"{prefix}{name}", value, owner)
@@ -134,7 +134,14 @@ class _Walker:
 
 
 def _check_mixed_list(path: str, value: Any, owner: str) -> None:
-    """A list holding Fields / nested objects must hold nothing else (it would be silently dropped)."""
+    """A list holding Fields / nested objects must hold nothing else (it would be silently dropped),
+    and a list inside it that holds Fields is refused too (canvas-engineering drops it silently)."""
+    for i, v in enumerate(value):
+        if _is_sequence(v) and _holds_deep(v, set()):
+            raise ProgramError(
+                f"{owner}: {path}[{i}] is a {type(v).__name__} inside the list {path!r} and holds Fields; lists "
+                "of lists are not walked, so those Fields would be left off the canvas. Flatten the list, or "
+                "make each inner list an attribute of an object (a list of those objects is walked)")
     kinds = [isinstance(v, Field) or _is_composite(v) for v in value]
     if any(kinds) and not all(kinds):
         i = kinds.index(False)
@@ -194,7 +201,7 @@ def _plain_attributes(obj: Any) -> List[Tuple[str, Any, dict]]:
     inst = getattr(obj, "__dict__", None)
     if isinstance(inst, dict):
         for k, v in inst.items():
-            if not k.startswith("__"):
+            if not isinstance(k, str) or not k.startswith("__"):  # a non-str key is refused by name later
                 out.append((k, v, {}))
                 seen.add(k)
     for k, v in _class_declarations(type(obj)):
@@ -235,24 +242,76 @@ def _may_hold_fields(value: Any) -> bool:
     return dataclasses.is_dataclass(value) or _is_pydantic(value) or hasattr(value, "__dict__")
 
 
-def _undeclared_dataclass_attributes(obj: Any, declared: set) -> None:
-    """Refuse a Field (or a list / object holding Fields) assigned in a dataclass's class body
-    without a type annotation: it is no dataclass field, so it would be left off the canvas without
-    a word, as canvas-engineering leaves it.  A name annotated ``ClassVar`` is a deliberate
-    class-level value and is left alone."""
+def _dataclass_items(obj: Any) -> List[Tuple[str, Any, dict]]:
+    """A dataclass's attributes as canvas-engineering reads them: every entry of
+    ``__dataclass_fields__`` in declaration order, ``ClassVar`` / ``InitVar``-annotated ones
+    included (their class-level Field is a region, as there)."""
+    items = []
+    for f in obj.__dataclass_fields__.values():
+        value = getattr(obj, f.name, None)
+        if f._field_type is getattr(dataclasses, "_FIELD_CLASSVAR", None) and isinstance(value, type(obj)):
+            continue  # a default / singleton instance kept on the class (`default: ClassVar[Robot]`)
+        items.append((f.name, value, dict(f.metadata)))
+    return items
+
+
+def _holds_deep(value: Any, seen: set) -> bool:
+    """Whether ``value`` holds a Field at any depth (dataclasses and models looked into too)."""
+    if isinstance(value, Field):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_holds_deep(v, seen) for v in value)
+    if value is None or isinstance(value, _LEAVES) or id(value) in seen:
+        return False
+    seen.add(id(value))
+    if dataclasses.is_dataclass(value):
+        attrs = [v for _, v, _ in _dataclass_items(value)] + list(getattr(value, "__dict__", {}).values())
+    elif _is_pydantic(value):
+        attrs = [getattr(value, n, None) for n in type(value).model_fields]
+    else:
+        attrs = [v for _, v, _ in _plain_attributes(value)]
+    return any(_holds_deep(v, seen) for v in attrs)
+
+
+def _describe(v: Any) -> str:
+    if isinstance(v, Field):
+        return "a Field"
+    return "a list holding Fields" if _is_sequence(v) else f"an object ({type(v).__name__}) holding Fields"
+
+
+def _undeclared_dataclass_attributes(obj: Any, items: List[Tuple[str, Any, dict]], stack: Tuple[int, ...]) -> None:
+    """Refuse a Field (or a list / object holding Fields) that a dataclass holds outside its
+    fields: assigned in its class body without a type annotation, or set on the instance (in
+    ``__post_init__`` or later).  Neither is a dataclass field, so canvas-engineering leaves it
+    off the canvas without a word; here it is an error naming the attribute and the fix.  An
+    attribute that only refers back to an object being walked (``self.parent``) or to one of the
+    fields (an alias) adds nothing and is left alone."""
     klass = type(obj)
-    annotated = set()
+    declared = {name for name, _, _ in items}
+    walked = set(stack) | {id(v) for _, v, _ in items}
+    classvars = set()
     for base in klass.__mro__:
-        annotated.update(k for k, a in vars(base).get("__annotations__", {}).items() if _is_classvar(a))
+        classvars.update(k for k, a in vars(base).get("__annotations__", {}).items() if _is_classvar(a))
+    inst = getattr(obj, "__dict__", None)
+    for k, v in (inst.items() if isinstance(inst, dict) else ()):
+        if k in declared or (isinstance(k, str) and k.startswith("__")) or id(v) in walked \
+                or not _holds_deep(v, set(walked)):
+            continue
+        raise ProgramError(
+            f"{klass.__name__}.{k} is {_describe(v)} set on the instance (in __post_init__ or later), "
+            f"but it is no field of the dataclass {klass.__name__}, so it would be left off the canvas. "
+            f"Declare it as a field (`{k}: {'Field' if isinstance(v, Field) else type(v).__name__} = "
+            "dataclasses.field(init=False)`, then set it in __post_init__) or do not keep it on the object")
     for k, v in _class_declarations(klass):
-        if k in declared or k in annotated:
+        if k in declared or (inst is not None and k in inst) or not _holds_deep(v, set()):
             continue
-        if isinstance(v, Field):
-            what = "a Field"
-        elif _holds(v, set()):
-            what = "a list holding Fields" if _is_sequence(v) else f"an object ({type(v).__name__}) holding Fields"
-        else:
-            continue
+        what = _describe(v)
+        if k in classvars:  # a ClassVar of a base class that is no dataclass: not in __dataclass_fields__
+            raise ProgramError(
+                f"{klass.__name__}.{k} is {what} annotated ClassVar in a base class that is not a dataclass, "
+                f"so the dataclass {klass.__name__} does not list it and it would be left off the canvas. "
+                "Declare it in a dataclass body (`" + k + ": ClassVar[Field] = Field(...)` puts it on the "
+                "canvas) or remove it")
         example = f"{k}: Field = Field(...)" if isinstance(v, Field) else (
             f"{k}: list = dataclasses.field(default_factory=lambda: [...])" if _is_sequence(v)
             else f"{k}: {type(v).__name__} = dataclasses.field(default_factory={type(v).__name__})")
@@ -268,16 +327,26 @@ def _is_classvar(annotation: Any) -> bool:
     return annotation is typing.ClassVar or typing.get_origin(annotation) is typing.ClassVar
 
 
-def _attributes(obj: Any) -> List[Tuple[str, Any, dict]]:
+def _attributes(obj: Any, stack: Tuple[int, ...] = ()) -> List[Tuple[str, Any, dict]]:
     if dataclasses.is_dataclass(obj):
-        items = [(f.name, getattr(obj, f.name, None), dict(f.metadata)) for f in dataclasses.fields(obj)]
-        _undeclared_dataclass_attributes(obj, {name for name, _, _ in items})
+        items = _dataclass_items(obj)
+        _undeclared_dataclass_attributes(obj, items, stack)
     elif _is_pydantic(obj):
         items = [(n, getattr(obj, n, None), {}) for n in type(obj).model_fields]
+        for k in sorted(getattr(type(obj), "__class_vars__", ())):
+            if _holds_deep(getattr(type(obj), k, None), set()):
+                raise ProgramError(
+                    f"{type(obj).__name__}.{k} holds Fields but is annotated ClassVar on a pydantic model, which "
+                    "is no model field, so it would be left off the canvas (canvas-engineering drops it). "
+                    f"Declare it as a model field (`{k}: Field = Field(...)`) or move it off the class")
     else:
         items = _plain_attributes(obj)
     for name, _, _ in items:
-        if not isinstance(name, str) or _RESERVED.search(name):
+        if not isinstance(name, str):
+            raise ProgramError(
+                f"{type(obj).__name__}: attribute name {name!r} is of type {type(name).__name__}, not a string (put "
+                "into the object's __dict__ directly); a region name is the attribute's path, so rename it")
+        if _RESERVED.search(name):
             raise ProgramError(
                 f"{type(obj).__name__}: attribute name {name!r} contains '.', '[' or ']', which separate "
                 "nested field paths; rename it"

@@ -161,7 +161,7 @@ class BoundSchema(_Navigable):
         return list(self._fields)
 
     def __getitem__(self, path: str) -> BoundField:
-        if path in self._fields:
+        if path in self:
             return self._fields[path]
         raise UnknownFieldError(
             f"no field {path!r} in the compiled schema.{did_you_mean(path, self._fields)} "
@@ -169,7 +169,11 @@ class BoundSchema(_Navigable):
         )
 
     def __contains__(self, path: object) -> bool:
-        return path in self._fields
+        try:
+            return path in self._fields
+        except TypeError:  # unhashable: no field path
+            raise CanvasTypeError(f"a compiled schema is indexed by a field path such as 'camera' or "
+                                  f"'agents[1].thought', got {type(path).__name__} {path!r:.60}") from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._fields)

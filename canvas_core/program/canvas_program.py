@@ -47,6 +47,14 @@ class CanvasProgram:
     version: str = PROGRAM_VERSION
 
     def __post_init__(self) -> None:
+        self._check()
+        self.regions, self.connections = dict(self.regions), dict(self.connections)  # copies of the caller's
+        for name, rp in self.regions.items():
+            _warn_compile_mode_conflict(name, rp)
+
+    def _check(self) -> None:
+        """The constructor's checks; ``to_dict`` and ``summary`` run them again, since the
+        dicts may have been changed in place (a file that cannot be loaded back is refused)."""
         if not isinstance(self.schema, CanvasSchema):
             raise CanvasTypeError(
                 f"CanvasProgram schema must be a CanvasSchema, got {type(self.schema).__name__}; "
@@ -65,7 +73,6 @@ class CanvasProgram:
                 )
             if not isinstance(rp, RegionProgram):
                 raise CanvasTypeError(f"CanvasProgram: regions[{name!r}] must be a RegionProgram, got {rp!r}")
-        self.regions = dict(self.regions)
         if not isinstance(self.connections, Mapping):
             raise CanvasTypeError(
                 "CanvasProgram connections must be a dict (src, dst) -> ConnectionProgram, got "
@@ -92,9 +99,6 @@ class CanvasProgram:
             if not isinstance(cp, ConnectionProgram):
                 raise CanvasTypeError(f"CanvasProgram: connections[{key!r}] must be a ConnectionProgram, got {cp!r}")
             _check_key_unambiguous(key, edges)
-        self.connections = dict(self.connections)
-        for name, rp in self.regions.items():
-            _warn_compile_mode_conflict(name, rp)
         if topo is not None:
             for i, c in enumerate(topo.connections):
                 if c.operator not in OPERATORS:
@@ -117,12 +121,16 @@ class CanvasProgram:
         """The program of a region (the default ``RegionProgram()`` when none was declared)."""
         if name not in self.schema.layout.regions:
             raise ProgramError(f"CanvasProgram has no region {name!r}.{_mean(name, self.schema.layout.regions)}")
-        return self.regions.get(name, RegionProgram())
+        rp = self.regions.get(name, RegionProgram())
+        if not isinstance(rp, RegionProgram):  # put into program.regions after construction
+            raise CanvasTypeError(f"CanvasProgram: regions[{name!r}] must be a RegionProgram, got {rp!r:.80}")
+        return rp
 
     # --- dict / JSON -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         """JSON-compatible dict: the schema's dict plus ``program_version``, ``region_programs``
         and ``connection_programs`` (``"src|dst"`` keys); defaults are omitted."""
+        self._check()
         d = self.schema.to_dict()
         d["program_version"] = self.version
         d["region_programs"] = {name: _spec_to_dict(rp) for name, rp in self.regions.items()}
@@ -202,6 +210,7 @@ class CanvasProgram:
         topology's connections and the connection programs."""
         from canvas_core._reprs import program_summary
 
+        self._check()
         lines = program_summary(self)
         if not detail:
             return "\n".join(lines)

@@ -62,6 +62,16 @@ class ClockContext:
     last_fired: int = -1
     cooldown_until: int = 0
 
+    def __post_init__(self) -> None:
+        # a float step makes `t % period` silently never 0; a list of summaries crashed lookups
+        checks = [(k, lambda v: not isinstance(v, bool) and hasattr(v, "__index__"), "an integer step")
+                  for k in ("external_t", "last_fired", "cooldown_until")]
+        checks += [("summaries", lambda v: v is None or isinstance(v, Mapping), "a mapping region -> {kind: number}"),
+                   ("boundary", lambda v: v is None or isinstance(v, str), "an event name (a string) or None")]
+        for key, ok, want in checks:
+            if not ok(value := getattr(self, key)):
+                raise CanvasTypeError(f"ClockContext {key} must be {want}, got {type(value).__name__} {value!r:.60}")
+
 
 def int_at_least(value: Any, what: str, minimum: int) -> int:
     """``value`` if it is an int (not a bool) of at least ``minimum``, else a SchemaError naming ``what``."""
@@ -154,6 +164,17 @@ class ClockExpr:
 
     _keys: tuple = ()
     _required: tuple = ()
+    _level = 1  # nesting depth of the tree below this node (leaves: 1)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # a tree deeper than from_dict accepts overflows the stack in evaluate / to_dict / == / hash
+        if name in ("child", "left", "right") and isinstance(value, ClockExpr):
+            if (level := getattr(value, "_level", 1) + 1) > MAX_DEPTH:
+                raise ProgramError(f"{type(self).__name__}.{name}: this clock expression would be nested more than "
+                                   f"{MAX_DEPTH} levels deep (as from a loop of `clock = clock & other`); flatten it "
+                                   "(combine the leaves in a balanced tree, or use fewer nodes)")
+            object.__setattr__(self, "_level", max(self._level, level))
+        object.__setattr__(self, name, value)
 
     def evaluate(self, ctx: ClockContext) -> bool:
         """True when the region should run at the step ``ctx`` describes."""

@@ -9,6 +9,7 @@ build the ``CanvasProgram``.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Dict, Optional, Tuple, Union
 
 from canvas_core.errors import CanvasError, CanvasTypeError, ProgramError
@@ -55,10 +56,17 @@ def _compile(root: Any, T: int, spatial_shape: Any, d_model: int, connectivity: 
     # canvas-engineering's coarse region is always 1 x 1 (which makes an auto-sized canvas of 1-d
     # fields 2-d); the tight packing pads a one-position region to the canvas's rank instead
     coarse_default = Field(1, 1) if packing == "compatible" else Field(spatial_shape=(1,))
-    regions, tree, coarse = _tree(root, coarse_default)
-    layout = _layout(regions, T, d_model, canvas, strategy, t_current, coarse, packing)
-    edges = _Edges(policy.temporal)
-    _connect(edges, tree, policy)
+    try:  # walking, placing and connecting recurse once per level of nesting
+        regions, tree, coarse = _tree(root, coarse_default)
+        layout = _layout(regions, T, d_model, canvas, strategy, t_current, coarse, packing)
+        edges = _Edges(policy.temporal)
+        _connect(edges, tree, policy)
+    except RecursionError:
+        raise ProgramError(
+            f"{type(root).__name__}: the object tree is nested too deeply to compile (Python's recursion "
+            f"limit, {sys.getrecursionlimit()}, was reached while walking, placing or connecting it); a "
+            "canvas type nests a few levels of objects, so flatten it (or look for an object whose "
+            "attributes make an endless chain of new objects)") from None
     plain = [Connection(src=src, dst=dst, t_src=ts, t_dst=td) for src, dst, ts, td in edges.out]
     bound = BoundSchema(CanvasSchema(layout=layout, topology=CanvasTopology(plain)), layout.regions)
     if not wire:

@@ -45,11 +45,18 @@ class UnassignedRegionError(UnknownRegionError, KeyError):
         return Exception.__str__(self)
 
 
-def _region_name(region: Any, where: str) -> str:
-    if not isinstance(region, str) or not region:
+def _region_name(region: Any, where: str, *, allow_empty: bool = False) -> str:
+    if not isinstance(region, str) or not (region or allow_empty):
         raise CanvasTypeError(f"{where}: region must be a non-empty region name (str), got "
                               f"{type(region).__name__} {region!r}")
     return region
+
+
+def _connection(conn: Any, where: str) -> Any:
+    if not (hasattr(conn, "src") and hasattr(conn, "dst")):
+        raise CanvasTypeError(f"CortexRegistry.{where} needs a Connection (with src and dst), got "
+                              f"{type(conn).__name__} {conn!r:.60}")
+    return conn
 
 
 @dataclass(frozen=True)
@@ -125,6 +132,8 @@ class CortexRegistry:
         self._assign = {r: c for r, c in self._assign.items() if c != name}
 
     def _need(self, name: str) -> CortexSpec:
+        if not isinstance(name, str):
+            raise CanvasTypeError(f"a cortex is named by a string, got {type(name).__name__} {name!r:.60}")
         if name not in self._cortices:
             raise UnknownCortexError(f"cortex {name!r} is not registered (known: {sorted(self._cortices)}); "
                                      "register a CortexSpec with that name first")
@@ -150,7 +159,7 @@ class CortexRegistry:
         Raises :class:`UnassignedRegionError` (a ``CanvasError`` and a ``KeyError``, as
         canvas-engineering raised ``KeyError``) when the region has no assignment.
         """
-        if region not in self._assign:
+        if _region_name(region, "CortexRegistry.unassign") not in self._assign:
             raise UnassignedRegionError(
                 f"region {region!r} has no cortex assignment (assigned regions: {sorted(self._assign)}); "
                 "check the name, or skip unassign for regions that were never assigned")
@@ -158,7 +167,7 @@ class CortexRegistry:
 
     def cortex_for(self, region: str) -> Optional[CortexSpec]:
         """The zone ``region`` is in, or None when it is in none."""
-        name = self._assign.get(region)
+        name = self._assign.get(_region_name(region, "CortexRegistry.cortex_for", allow_empty=True))
         return None if name is None else self._cortices[name]
 
     def regions_in(self, cortex_name: str) -> List[str]:
@@ -168,8 +177,8 @@ class CortexRegistry:
 
     def same_cortex(self, a: str, b: str) -> bool:
         """Whether ``a`` and ``b`` are both in one zone (a region in no zone shares none)."""
-        ca = self._assign.get(a)
-        return ca is not None and ca == self._assign.get(b)
+        ca = self._assign.get(_region_name(a, "CortexRegistry.same_cortex", allow_empty=True))
+        return ca is not None and ca == self._assign.get(_region_name(b, "CortexRegistry.same_cortex", allow_empty=True))
 
     # -- compiler hooks ---------------------------------------------------------------------
     def local_fn(self, src: str, dst: str) -> Optional[str]:
@@ -187,7 +196,7 @@ class CortexRegistry:
     def resolve_fn(self, conn: Any, default: Optional[str] = None) -> Optional[str]:
         """Attention type for ``conn``: its explicit ``fn``; else the zone's ``local_backend``
         when src and dst share a cortex; else ``default``."""
-        fn = getattr(conn, "fn", None)
+        fn = getattr(_connection(conn, "resolve_fn"), "fn", None)
         if fn is not None:
             return fn
         if self.same_cortex(conn.src, conn.dst):
@@ -197,7 +206,7 @@ class CortexRegistry:
     def mask_for(self, conn: Any) -> Any:
         """``MaskSpec(kind="tile", tile_shape=zone.tile)`` for an intra-zone connection without
         its own mask; the connection's mask (possibly None) otherwise."""
-        own = getattr(conn, "mask", None)
+        own = getattr(_connection(conn, "mask_for"), "mask", None)
         if own is not None or not self.same_cortex(conn.src, conn.dst):
             return own
         from canvas_core.schema.masks import MaskSpec

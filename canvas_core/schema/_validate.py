@@ -7,7 +7,7 @@ from collections.abc import ItemsView, KeysView, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any, Iterable
 
-from canvas_core.errors import CanvasTypeError, SchemaError, did_you_mean
+from canvas_core.errors import CanvasTypeError, RegionError, SchemaError, did_you_mean
 
 
 def is_int(value: Any) -> bool:
@@ -184,3 +184,36 @@ def caller_dict_key(constructor: str = "__init__") -> "str | None":
     if m is None:
         return None
     return m.group(2) if m.group(2) is not None else m.group(3)
+
+
+def normalization_hint(name: Any, known: Iterable[Any]) -> str:
+    """For an unknown region name that equals a known one after Unicode NFC normalization (``'é'``
+    typed as ``e`` + a combining accent): a suffix saying so, with both spellings escaped, since
+    they print the same. ``''`` otherwise."""
+    if not isinstance(name, str):
+        return ""
+    import unicodedata
+
+    want = unicodedata.normalize("NFC", name)
+    for k in known:
+        if isinstance(k, str) and k != name and unicodedata.normalize("NFC", k) == want:
+            return (f" The layout's region {k!r} looks the same but is spelt with other Unicode code points "
+                    f"({ascii(k)} there, {ascii(name)} here); use the layout's spelling.")
+    return ""
+
+
+def check_distinct_after_normalization(names: Iterable[Any], what: str) -> None:
+    """Refuse two region names that differ only in Unicode normalization: they print alike in
+    every message, summary and file, so one would be mistaken for the other."""
+    import unicodedata
+
+    seen: dict = {}
+    for name in names:
+        if not isinstance(name, str) or name.isascii():
+            continue
+        key = unicodedata.normalize("NFC", name)
+        if key in seen and seen[key] != name:
+            raise RegionError(
+                f"{what}: region names {seen[key]!r} and {name!r} look the same but are spelt with other Unicode "
+                f"code points ({ascii(seen[key])} and {ascii(name)}); rename one of them, or write both alike")
+        seen.setdefault(key, name)

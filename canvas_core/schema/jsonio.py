@@ -57,7 +57,13 @@ def read_text_capped(path: "os.PathLike[str] | str", what: str) -> str:
         raise SizeLimitError(
             f"{what} is larger than {cap:,} bytes (the limit on files canvas-core reads); stopped reading "
             f"there. Is it the right file? Raise the limit with {var}=<bytes> if it really is")
-    return b"".join(chunks).decode("utf-8")
+    return _no_bom(b"".join(chunks).decode("utf-8"))
+
+
+def _no_bom(text: str) -> str:
+    """``text`` without a leading byte-order mark, which JSON readers may ignore (RFC 8259) and
+    Windows editors write; Python's ``json`` refuses it."""
+    return text[1:] if text.startswith("\ufeff") else text
 
 
 def _no_duplicates(pairs: List[Tuple[str, Any]]) -> dict:
@@ -132,8 +138,8 @@ def read_json_source(source: Any, kind: str, *, empty: str, nul: Callable[[str],
         except UnicodeDecodeError:
             raise SchemaFormatError(
                 f"from_json got bytes that are not UTF-8 text; pass a {kind} file path or JSON text") from None
-    if isinstance(source, str) and source.lstrip().startswith(("{", "[")):
-        return source, f"{kind} JSON string"
+    if isinstance(source, str) and _no_bom(source.lstrip()).lstrip().startswith(("{", "[")):
+        return _no_bom(source.lstrip()), f"{kind} JSON string"
     if not isinstance(source, (str, os.PathLike)):
         raise CanvasTypeError(f"from_json expects a file path or a JSON string, got {type(source).__name__}")
     if isinstance(source, str) and not source.strip():

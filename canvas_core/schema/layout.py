@@ -8,11 +8,12 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from canvas_core.errors import CanvasTypeError, RegionError, SchemaError, UnknownRegionError, did_you_mean
 from canvas_core.schema._region_dict import RegionDict
-from canvas_core.schema._validate import as_bool, as_int, check_ordered
+from canvas_core.schema._validate import (as_bool, as_int, check_distinct_after_normalization, check_ordered,
+                                          normalization_hint)
 from canvas_core.schema.limits import check_size
 from canvas_core.schema.region import RegionSpec
 
-__all__ = ["CanvasLayout"]
+__all__ = ["CanvasLayout", "check_unchanged"]
 
 RegionLike = Union[RegionSpec, Tuple[int, ...]]
 
@@ -45,7 +46,10 @@ class CanvasLayout:
     next query (``region_spec``, ``region_indices``, ``region_at``, a mask, a plan, a
     ``SpatiotemporalCanvas``) notices the change, checks the regions again exactly as the
     constructor does and answers from the new regions; an entry that is not a ``RegionSpec``
-    (a raw bounds tuple) is refused there, since only the constructor wraps tuples.
+    (a raw bounds tuple) is refused there, since only the constructor wraps tuples. A dict
+    assigned to ``regions`` (like the one given to the constructor) is copied; ``d_model`` is
+    checked when assigned; ``H`` / ``W`` are read back from ``spatial_shape`` and may not be set
+    to disagree with it. ``revision`` grows with every checked change (see ``check_unchanged``).
     """
 
     T: int
@@ -80,17 +84,47 @@ class CanvasLayout:
         check_size("regions", len(self.regions), "CanvasLayout number of regions",
                    "Declare fewer, larger regions (a region may cover many positions)")
         self.regions = RegionDict((name, self._wrap_region(name, spec)) for name, spec in self.regions.items())
+        check_distinct_after_normalization(self.regions, "CanvasLayout")
         if not self.allow_overlap:
             self._check_no_overlap()
         self._seal()
 
     # --- changes after construction ----------------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        # After construction: d_model is checked at once, H / W (read back from spatial_shape)
+        # may not disagree with it, and a dict put in as regions is copied into a counting one.
+        if "_validated" in self.__dict__:
+            if name == "d_model":
+                value = as_int(value, "CanvasLayout d_model")
+                if value < 1:
+                    raise SchemaError(f"CanvasLayout d_model was set to {value}; it must be >= 1")
+                check_size("width", value, "CanvasLayout d_model")
+                if value != self.__dict__.get("d_model"):
+                    object.__setattr__(self, "_revision", self.__dict__.get("_revision", 0) + 1)
+            elif name in ("H", "W"):
+                shape = self.spatial_shape
+                k = 0 if name == "H" else 1
+                want = shape[k] if isinstance(shape, (tuple, list)) and len(shape) > k else None
+                if value != want:
+                    raise SchemaError(
+                        f"CanvasLayout {name}={value!r}: {name} is read back from spatial_shape={shape!r} "
+                        f"(its entry {k}) and cannot be set on its own; assign layout.spatial_shape "
+                        "instead, or build a new CanvasLayout")
+            elif name == "regions" and isinstance(value, Mapping) and type(value) is not RegionDict:
+                value = RegionDict(value)  # checked at the next query, like any change
+        object.__setattr__(self, name, value)
+
     def _seal(self) -> None:
         """Record the state just validated; the runs cache starts empty for it (a new dict, so
         a shallow copy of the layout that still holds the old one is not disturbed)."""
         self._runs_cache: Dict[Tuple[str, int], List[Tuple[int, int]]] = {}
         regions = self.regions
-        self._validated = (regions, regions.version, self.T, self.spatial_shape, self.t_current, self.allow_overlap)
+        content = (self.T, self.spatial_shape, tuple(regions.items()))  # t_current moves no index
+        if content != self.__dict__.get("_content", content):
+            self._revision = self.__dict__.get("_revision", 0) + 1
+        self._content = content
+        self._validated = (regions, regions.version, len(regions), self.T, self.spatial_shape, self.t_current,
+                           self.allow_overlap)
 
     def _checked_regions(self) -> Dict[str, RegionSpec]:
         """The regions, re-validated first when they (or T / spatial_shape) changed since the
@@ -98,9 +132,19 @@ class CanvasLayout:
         regions = self.regions
         seen = self.__dict__.get("_validated")
         if (seen is None or seen[0] is not regions or seen[1] != getattr(regions, "version", None)
-                or seen[2:] != (self.T, self.spatial_shape, self.t_current, self.allow_overlap)):
+                or seen[2] != len(regions)  # an entry added or removed by dict.__setitem__ / __delitem__
+                or seen[3:] != (self.T, self.spatial_shape, self.t_current, self.allow_overlap)):
             self._revalidate()
         return self.regions
+
+    @property
+    def revision(self) -> int:
+        """A number that grows whenever the checked geometry changes: ``T``, ``spatial_shape``,
+        ``d_model`` or a region (a change undone before the next query does not count; ``t_current``,
+        which moves no module's indices, does not count either).  A module built from the layout records it and compares it before use
+        (:func:`check_unchanged`); O(1) when nothing changed."""
+        self._checked_regions()
+        return self.__dict__.get("_revision", 0)
 
     def _revalidate(self) -> None:
         """Check a layout changed after construction, with the constructor's rules."""
@@ -142,6 +186,7 @@ class CanvasLayout:
             except (RegionError, CanvasTypeError) as exc:
                 raise type(exc)(f"{exc} (layout.regions was changed after the CanvasLayout was built; "
                                 "fix that entry or build a new CanvasLayout)") from None
+        check_distinct_after_normalization(checked, "CanvasLayout (changed after it was built)")
         if type(regions) is not RegionDict:  # a replaced dict: hold a counting one from now on
             self.regions = checked
         if not self.allow_overlap:
@@ -203,6 +248,8 @@ class CanvasLayout:
                 f"bounds {region.bounds} have {region.n_spatial_dims} spatial "
                 f"dimension(s) but the canvas has {n_sp} (spatial_shape={self.spatial_shape}); "
                 f"give {2 + 2 * n_sp} numbers: (t0, t1" + "".join(f", s{i}_lo, s{i}_hi" for i in range(n_sp)) + ")"
+                + ("" if n_sp else "; or, if the canvas should have a spatial grid, give the CanvasLayout "
+                   "spatial_shape=(...) or H= and W= (without them it has no spatial axis)")
             )
         dims = (self.T, *self.spatial_shape)
         axes = ["t", "h", "w"] if n_sp == 2 else ["t"] + [f"s{i}" for i in range(n_sp)]
@@ -277,7 +324,7 @@ class CanvasLayout:
         except (KeyError, TypeError):
             raise UnknownRegionError(
                 f"unknown region {name!r}; the layout declares {sorted(self.regions)}."
-                + did_you_mean(name, self.regions)
+                + (normalization_hint(name, self.regions) or did_you_mean(name, self.regions))
             ) from None
 
     def region_size(self, name: str) -> Tuple[int, ...]:
@@ -421,3 +468,21 @@ def _box_runs(spatial_bounds, spatial_shape, base: int) -> List[Tuple[int, int]]
         else:
             runs.append((s, s + run))
     return runs
+
+
+def check_unchanged(layout: Any, revision: Optional[int], owner: str) -> None:
+    """Refuse to use a module built from ``layout`` at ``revision`` once the layout has changed.
+
+    A module (a canvas, an attention plan) copies region indices out of the layout when it is
+    built; after a change of the regions or the geometry those copies describe the old layout,
+    so using them would silently read and write the wrong positions.  ``revision`` is
+    ``layout.revision`` read at build time (None: a layout without one, nothing to compare).
+    """
+    if revision is None or not isinstance(layout, CanvasLayout):
+        return
+    now = layout.revision
+    if now != revision:
+        raise SchemaError(
+            f"{owner} was built from this CanvasLayout before it was changed (its regions, T, "
+            f"spatial_shape or d_model; layout revision {revision} -> {now}), so the region "
+            f"indices it holds are out of date; build the {owner} again from the changed layout")

@@ -44,6 +44,11 @@ class CanvasSchema:
     metadata: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        self._check()
+
+    def _check(self) -> None:
+        """The constructor's checks; ``to_dict`` runs them again, since layout, topology and
+        metadata may have been changed in place (a file that cannot be loaded back is refused)."""
         if not isinstance(self.layout, CanvasLayout):
             raise CanvasTypeError(f"CanvasSchema layout must be a CanvasLayout, got {type(self.layout).__name__}")
         if self.topology is not None:
@@ -64,10 +69,12 @@ class CanvasSchema:
             raise SchemaError(
                 f"CanvasSchema metadata must be JSON-serializable (strings, finite numbers, lists, dicts): {exc}"
             ) from None
+        _check_metadata_keys(self.metadata)
 
     # --- dict form ---------------------------------------------------------------------------
     def to_dict(self) -> dict:
         """JSON-compatible dict (defaults omitted, like canvas-engineering's files)."""
+        self._check()
         lay = self.layout
         layout: Dict[str, Any] = {"T": lay.T, "spatial_shape": list(lay.spatial_shape), "d_model": lay.d_model,
                                   "t_current": lay.t_current}
@@ -178,6 +185,23 @@ class CanvasSchema:
         if self.topology is not None:
             parts.append(self.topology.summary())
         return "\n".join(parts)
+
+
+def _check_metadata_keys(metadata: dict) -> None:
+    """Refuse a dict key that is not a string anywhere in the metadata: JSON writes it as a
+    string (``1`` -> ``"1"``, ``None`` -> ``"null"``), so it would come back changed, and beside
+    a string key of the same text it would write a file that repeats a key and cannot be read."""
+    stack = [(metadata, "metadata")]
+    while stack:
+        node, path = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, (list, tuple)) else ()
+        for key, value in items:
+            if isinstance(node, dict) and not isinstance(key, str):
+                raise SchemaError(
+                    f"CanvasSchema {path} has the key {key!r} ({type(key).__name__}); JSON object keys are strings, "
+                    f"so it would be saved as {json.dumps({key: 0})[1:-4]} and not come back "
+                    f"as {key!r}; use a string key")
+            stack.append((value, f"{path}[{key!r}]"))
 
 
 def _connection_to_dict(c: Connection) -> Dict[str, Any]:

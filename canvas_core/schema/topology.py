@@ -14,7 +14,7 @@ from canvas_core.errors import (
     did_you_mean,
 )
 from canvas_core.schema._validate import (OPERATORS, as_bool, as_choice, as_float, as_int, as_str, check_ordered,
-                                          is_int, looks_like_typo)
+                                          is_int, looks_like_typo, normalization_hint)
 from canvas_core.schema.limits import check_size
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -309,7 +309,18 @@ class CanvasTopology:
         """Check every connection against a layout; raises ``TopologyError`` naming the first
         connection that refers to a region the layout does not declare. Returns self."""
         _check_layout(layout, "validate")
-        check_connection_regions(self.connections, layout.region_names)  # (re-checks a changed layout)
+        conns = self.connections  # a list: it may have been changed since the constructor checked it
+        if isinstance(conns, (str, bytes)) or not hasattr(conns, "__iter__"):
+            raise CanvasTypeError(f"CanvasTopology connections was replaced by a {type(conns).__name__}; it must be "
+                                  "a list of Connection")
+        check_size("connections", len(conns), "CanvasTopology number of connections",
+                   "Connect fewer region pairs (e.g. a hub or a chain instead of all pairs)")
+        for i, c in enumerate(conns):
+            if not isinstance(c, Connection):
+                raise CanvasTypeError(
+                    f"CanvasTopology connection #{i} must be a Connection, got {type(c).__name__} ({c!r:.80}): it "
+                    "was put into topology.connections after the topology was built; write Connection(src=..., dst=...)")
+        check_connection_regions(conns, layout.region_names)  # (re-checks a changed layout)
         return self
 
     # --- torch objects (thin delegates to canvas_core.runtime.delegates; see its docstring) -----
@@ -361,7 +372,8 @@ def check_connection_regions(connections: Iterable[Any], known: Iterable[str]) -
                 what = c.describe() if hasattr(c, "describe") else f"{c.src} -> {c.dst}"
                 raise TopologyError(
                     f"connection #{i} ({what}): {side} region {name!r} is not in the layout "
-                    f"(regions: {sorted(known)}).{did_you_mean(name, known)} Add the region or fix the name.")
+                    f"(regions: {sorted(known)}).{normalization_hint(name, known) or did_you_mean(name, known)} "
+                    "Add the region or fix the name.")
 
 
 def _check_all_pairs(n_regions: int, n_connections: int, where: str) -> None:

@@ -138,7 +138,9 @@ def test_a_nested_dataclass_without_annotation_is_refused_too():
         compile_schema(Outer(), T=2)
 
 
-def test_annotated_classvar_and_non_field_class_values_are_accepted():
+def test_a_classvar_field_is_a_region_and_non_field_class_values_are_accepted():
+    """A ``ClassVar`` Field is one of the dataclass's fields, as canvas-engineering walks them
+    (``__dataclass_fields__``); plain class values and methods are not parts."""
     @dataclass
     class Fine:
         camera: Field = Field(4, 4)
@@ -150,7 +152,7 @@ def test_annotated_classvar_and_non_field_class_values_are_accepted():
         def helper(self):
             return Field(1, 1)
 
-    assert compile_schema(Fine(), T=2).field_names == ["camera", "xs[0]"]
+    assert compile_schema(Fine(), T=2).field_names == ["camera", "xs[0]", "template"]
 
 
 def test_a_default_instance_kept_on_the_class_is_not_a_part():
