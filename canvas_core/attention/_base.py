@@ -107,6 +107,9 @@ class AttentionBase(nn.Module):
     #: the type once per shape of key set, the key sets stacked along the batch, without a mask, so
     #: positions are those of the query's own key set (``canvas_core/runtime/type_call.py``).
     key_mask_exact: bool = False
+    #: False when the output depends on no key or value at all (``none``): the runtime then skips
+    #: the guard that sets rows linking a non-finite key to NaN (``runtime/type_call.py``).
+    reads_keys: bool = True
     #: True when the module's own learnable gate makes its output exactly 0 at initialisation
     #: (``gated``); inside a backbone it then gets no second, block-level zero gate.
     self_gated: bool = False

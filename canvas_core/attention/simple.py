@@ -248,6 +248,8 @@ class NoneAttention(AttentionBase):
 
     type_name = "none"
     key_mask_exact = True
+    #: the output ignores keys and values: a NaN key does not make its rows NaN (runtime/type_call.py)
+    reads_keys = False
 
     def forward(
         self,

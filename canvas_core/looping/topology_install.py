@@ -15,6 +15,7 @@ from typing import Any, Callable, List, Mapping, Optional, Tuple
 import numpy as np
 from torch import nn
 
+from canvas_core.compiler.resolved import REFERENCE_KERNEL, ResolvedGroup
 from canvas_core.errors import BackboneError, CanvasError
 from canvas_core.looping.installed import BlockTopology, GatedTypeModule, InstalledTopology, _key
 from canvas_core.plugins.builtin import SOFTMAX_FAMILY
@@ -78,7 +79,12 @@ def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: An
 
     start = time.perf_counter()
     if kernel is not None and not isinstance(kernel, str):
-        raise BackboneError(f"install_topology: kernel must be a kernel name or None, got {type(kernel).__name__}")
+        raise BackboneError(f"install_topology: kernel={kernel!r} ({type(kernel).__name__}) is not a kernel name; "
+                            f"pass None, 'auto', a registered kernel name (e.g. 'reference') or a mode of the "
+                            f"reference kernel {list(REFERENCE_MODES)}")
+    from canvas_core.runtime.canvas_attention import _options, _probe_choices
+
+    kernel_options = _options(kernel_options, "install_topology")  # a dict, as a canvas layer's
     layout = tokens.layout
     plan = lower(topology, layout)  # unknown regions: TopologyError naming the connection
     device, dtype = _model_device_dtype(model)
@@ -95,6 +101,10 @@ def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: An
             softmax.add(fn)
             # the reference modes are a user's explicit choice; else what the compiler resolved
             kernels[fn] = kernel if kernel in REFERENCE_MODES else rg
+    if prefer not in (None, REFERENCE_KERNEL):  # a user's choice: one small call, as a canvas layer makes
+        chosen = {fn: rg.kernel for fn, rg in kernels.items()
+                  if isinstance(rg, ResolvedGroup) and rg.kernel is not None and rg.kernel.name == prefer}
+        _probe_choices(chosen, "install_topology", n_heads, head_dim, kernel_options, device, dtype)
     installed = InstalledTopology(plan=plan, tokens=tokens, softmax_types=sorted(softmax), kernels=kernels,
                                   n_heads=n_heads, head_dim=head_dim, backbone=getattr(adapter, "name", ""),
                                   kernel_options=kernel_options, device=device)

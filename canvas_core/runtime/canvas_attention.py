@@ -94,10 +94,11 @@ class CanvasAttention(nn.Module):
         dropout: attention dropout (softmax family) and dropout of the other types' modules.
         kernel: softmax kernel: None (the plan's resolution), "auto"/"reference", "dense",
             "segments", "sparse", a registered kernel name (looked up once, here), a dict fn ->
-            choice, or a class/callable ``(group, plan, n_heads=, head_dim=, **kernel_options)``.
-            Checked here: a dict's keys must be this layer's softmax-family types
-            (``SchemaError``), a registered kernel must list a softmax-family type in its
-            ``supports`` (``CompileError``), and every kernel but the reference one is built
+            choice (a type left out keeps the plan's resolution), or a class/callable ``(group,
+            plan, n_heads=, head_dim=, **kernel_options)``; one choice on a layer without a
+            softmax-family type runs nothing.  Checked here: a dict's keys must be this layer's
+            softmax-family types (``SchemaError``), a registered kernel must list a softmax-family
+            type in its ``supports`` (``CompileError``), and every kernel but the reference one is built
             once on a small canvas and called once
             (:func:`~canvas_core.runtime.kernels.probe_kernel`): ``AttentionContractError``
             naming the kernel and the type when it breaks the kernel contract.
@@ -149,7 +150,7 @@ class CanvasAttention(nn.Module):
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.dropout = float(dropout)
         self.beta = beta  # checked: a finite number >= 0 (see the property)
-        self._kernel_options = dict(kernel_options or {})
+        self._kernel_options = _options(kernel_options, where)
         factory = attention_factory
         self._factory = factory
         # what each softmax-family group runs (kept for the restricted executors of active_regions)
@@ -369,29 +370,48 @@ def _kernel_choices(kernel: Any, plan: ExecutionPlan, fused: Tuple[str, ...],
                     where: str = "CanvasAttention") -> Dict[str, Any]:
     """fn type -> what :func:`make_kernel` builds for that softmax-family group.
 
-    ``kernel=None`` takes the plan's resolution of each group; an explicit choice (one for all,
-    or a dict per type) wins, a registered kernel's name being looked up here, once.  Every
-    softmax-family group runs the same math (the kernel contract), so a registered kernel may run
-    any of them once its ``supports`` lists one; listing none (``mamba_torch``) is a CompileError,
-    as ``compile(kernel=...)`` refuses a kernel that executes none of a program's types."""
+    ``kernel=None`` takes the plan's resolution of each group; an explicit choice (one for all, or
+    a dict per type: a type left out keeps the plan's resolution) wins, a name looked up here,
+    once.  One choice on a layer without softmax-family groups runs nothing, but is checked.  A
+    registered kernel may run any softmax-family group once its ``supports`` lists one; listing
+    none (``mamba_torch``) is a CompileError, as ``compile(kernel=...)`` says."""
     fns = [f for f in plan.groups if f in fused]
+    own = {f: plan.groups[f].resolved for f in fns}
     if kernel is None:
-        return {f: plan.groups[f].resolved for f in fns}
+        return own
     if isinstance(kernel, Mapping):
         for f in kernel:
             if not isinstance(f, str) or f not in fns:
                 raise _unknown_key(f, plan, fns, fused, where)
-        given = {f: _kernel_value(k, f"kernel[{f!r}]", where) for f, k in kernel.items()}
+        checked = given = {f: _kernel_value(k, f"kernel[{f!r}]", where) for f, k in kernel.items()}
     else:
         k = _kernel_value(kernel, "kernel", where)
         given = {f: k for f in fns}
-    for f, k in given.items():
+        checked = {fns[0] if fns else None: k}
+    for f, k in checked.items():
         if isinstance(k, Spec) and not any(t in fused for t in k.supports):
-            raise CompileError(f"{where}: kernel {k.name!r} does not support fn type {f!r} (it supports: "
-                               f"{', '.join(k.supports) or 'nothing'}; this layer's kernels run the softmax "
-                               f"family {list(fused)}); pick a kernel that supports {f!r}, e.g. 'reference', "
-                               "or drop kernel=")
-    return given
+            raise _unsupported(k, f, plan, fused, where)
+    return {**own, **{f: k for f, k in given.items() if k is not None}}  # None: the plan's, as kernel=None
+
+
+def _unsupported(k: Spec, f: Optional[str], plan: ExecutionPlan, fused: Tuple[str, ...], where: str) -> CanvasError:
+    """A kernel running no softmax-family type (``f``: the type chosen for; None: the layer has none)."""
+    runs, mine = f"it supports: {', '.join(k.supports) or 'nothing'}", [t for t in k.supports if t in plan.groups]
+    if f is not None:
+        return CompileError(f"{where}: kernel {k.name!r} does not support fn type {f!r} ({runs}; this layer's "
+                            f"kernels run the softmax family {list(fused)}); pick a kernel that supports {f!r}, "
+                            "e.g. 'reference', or drop kernel=")
+    hint = f"; to run {mine} with it, compile the plan with kernel={k.name!r} and pass that plan" if mine else ""
+    return CompileError(f"{where}: kernel {k.name!r} ({runs}) was given as kernel=, which chooses the kernel of "
+                        f"a layer's softmax-family types {list(fused)}, and this layer has none{hint}; or drop kernel=")
+
+
+def _options(options: Any, where: str) -> Dict[str, Any]:
+    """``kernel_options`` as a new dict (None: empty); anything but a mapping is refused."""
+    if options is not None and not isinstance(options, Mapping):
+        raise CanvasTypeError(f"{where}: kernel_options={options!r} ({type(options).__name__}) is not a dict; pass "
+                              "a dict of the kernel's keyword arguments, e.g. {'mode': 'sparse', 'block_size': 64}")
+    return dict(options or {})
 
 
 def _kernel_value(k: Any, label: str, where: str) -> Any:
@@ -427,17 +447,17 @@ def _unknown_key(key: Any, plan: ExecutionPlan, fns: list, fused: Tuple[str, ...
 
 
 def _probe_choices(choices: Dict[str, Any], where: str, n_heads: int, head_dim: int,
-                   options: Dict[str, Any], device: Any) -> None:
+                   options: Dict[str, Any], device: Any, dtype: Any = None) -> None:
     """One small call of each kernel a user chose (not the reference kernel, nor a plan's own
-    resolution), in the layer's dtype; a kernel that breaks the contract is refused, named."""
+    resolution), in ``dtype`` (default: torch's); a kernel that breaks the contract is refused, named."""
     for f, k in choices.items():
         if k is None or isinstance(k, (str, ResolvedGroup)):
             continue
         label = (f"{k.name!r} ({k.describe_provider()})" if isinstance(k, Spec)
                  else repr(getattr(k, "__name__", type(k).__name__)))
         try:
-            problem = probe_kernel(k, f, n_heads=n_heads, head_dim=head_dim, dtype=torch.get_default_dtype(),
-                                   device=device, options=options)
+            problem = probe_kernel(k, f, n_heads=n_heads, head_dim=head_dim, device=device, options=options,
+                                   dtype=torch.get_default_dtype() if dtype is None else dtype)
         except CanvasError as exc:
             raise _naming(exc, f"{where}: kernel {label} for fn type {f!r}") from exc
         if problem:

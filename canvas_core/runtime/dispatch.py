@@ -12,16 +12,29 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional, Set
 
+import numpy as np
 import torch
 
+from canvas_core.errors import CanvasTypeError
 from canvas_core.runtime.canvas_attention import CanvasAttention
 
 __all__ = ["AttentionDispatcher"]
 
 
 def _without_time(topology: Any) -> Any:
+    if getattr(topology, "connections", None) is None:
+        return topology  # not a topology: the layer's build says so
     conns = [dataclasses.replace(c, t_src=None, t_dst=None) for c in topology.connections]
     return type(topology)(connections=conns)
+
+
+def _check_arguments(skip_temporal: Any, accumulator: Any) -> None:
+    if not isinstance(skip_temporal, (bool, np.bool_)) and skip_temporal not in (0, 1):
+        raise CanvasTypeError(f"AttentionDispatcher: skip_temporal must be True or False, got {skip_temporal!r} "
+                              f"({type(skip_temporal).__name__})")
+    if accumulator is not None and not callable(getattr(accumulator, "update", None)):
+        raise CanvasTypeError(f"AttentionDispatcher: residual_accumulator {type(accumulator).__name__} has no "
+                              "update(region, error) method; pass a canvas_core.ResidualAccumulator or None")
 
 
 class AttentionDispatcher(CanvasAttention):
@@ -47,6 +60,7 @@ class AttentionDispatcher(CanvasAttention):
     def __init__(self, topology: Any, layout: Any, d_model: int, n_heads: int = 4,
                  dropout: float = 0.0, skip_temporal: bool = False, residual_accumulator=None,
                  **kwargs: Any) -> None:
+        _check_arguments(skip_temporal, residual_accumulator)
         topo = _without_time(topology) if skip_temporal else topology
         super().__init__(topo, layout, d_model=d_model, n_heads=n_heads, dropout=dropout, **kwargs)
         self.topology = topology
@@ -56,7 +70,8 @@ class AttentionDispatcher(CanvasAttention):
         self._residual_index = {}
         if residual_accumulator is not None:
             names = getattr(residual_accumulator, "region_names", ())
-            for name in (names() if callable(names) else names):
+            names = names() if callable(names) else names
+            for name in ((names,) if isinstance(names, str) else names):  # one name, not its letters
                 if name in layout.regions:
                     idx = torch.as_tensor(layout.region_indices(name), dtype=torch.long)
                     self._residual_index[name] = idx

@@ -12,14 +12,47 @@ returns exactly 0. ``ReferenceKernel`` is the oracle every kernel is compared wi
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
-from canvas_core.errors import ShapeError
+from canvas_core.errors import CanvasTypeError, CompileError, ShapeError
 
-__all__ = ["AttentionKernel"]
+__all__ = ["AttentionKernel", "REFERENCE_OPTIONS", "check_reference_options", "check_reference_sizes"]
+
+#: the options the core's ``ReferenceKernel`` takes (its ``kernel_options``)
+REFERENCE_OPTIONS = ("mode", "block_size", "dense_threshold", "small_n", "max_buckets")
+
+
+def check_reference_options(options: Any) -> None:
+    """Refuse option names the reference kernel does not take (``CanvasTypeError`` listing them)."""
+    unknown = sorted(str(k) for k in options if k not in REFERENCE_OPTIONS)
+    if unknown:
+        raise CanvasTypeError(f"the reference kernel got kernel_options it does not take: {unknown}; it takes "
+                              f"{list(REFERENCE_OPTIONS)} (options of another kernel: name that kernel with kernel=)")
+
+
+def _int_option(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise CompileError(f"ReferenceKernel {name} must be an int >= {minimum}, got {value!r} "
+                           f"({type(value).__name__}); fix kernel_options[{name!r}]")
+    return int(value)
+
+
+def check_reference_sizes(block_size: Any, small_n: Any, max_buckets: Any, dense_threshold: Any) -> int:
+    """The reference kernel's numeric options checked (a float or bool block size is refused, not
+    rounded: ``CompileError`` naming the option); returns ``block_size``."""
+    _int_option("small_n", small_n, 0)
+    if max_buckets is not None:  # None: as many calls as the query classes need
+        _int_option("max_buckets", max_buckets, 1)
+    if isinstance(dense_threshold, bool) or not isinstance(dense_threshold, (int, float, np.floating)) \
+            or not math.isfinite(dense_threshold) or dense_threshold < 0:
+        raise CompileError(f"ReferenceKernel dense_threshold must be a finite number >= 0 (a fraction of N x N), "
+                           f"got {dense_threshold!r}; fix kernel_options['dense_threshold']")
+    return _int_option("block_size", block_size, 1)
 
 
 class AttentionKernel(nn.Module):

@@ -48,10 +48,12 @@ from canvas_core.attention._base import as_dtype
 from canvas_core.compiler.plan import ExecutionPlan, RectGroup, block_layout_of, segment_grid
 from canvas_core.compiler.resolved import REFERENCE_KERNEL, ResolvedGroup
 from canvas_core.errors import CanvasError, CompileError, ShapeError
+from canvas_core.plugins.builtin import BUILTIN_ATTENTION, SOFTMAX_FAMILY
+from canvas_core.plugins.registry import BUILTIN_PLUGIN
 from canvas_core.plugins.spec import Spec
 from canvas_core.schema.limits import check_elements, limit
 from canvas_core.runtime.finite_guard import nan_where_linked, non_finite_keys, reads_bad, zero_bad_keys
-from canvas_core.runtime.kernel_base import AttentionKernel
+from canvas_core.runtime.kernel_base import AttentionKernel, check_reference_options, check_reference_sizes
 from canvas_core.runtime.kernel_index import Segments, bucket_counts, is_arange, segment_buckets, slot_layout
 
 __all__ = ["ReferenceKernel", "make_kernel", "kernel_for", "probe_kernel", "REFERENCE_MODES"]
@@ -66,6 +68,9 @@ def _reference_mode_spelling(kernel: str, options: dict) -> dict:
     """``kernel="dense"`` (deprecated) -> the options of ``kernel="reference"`` with that mode."""
     import warnings
 
+    if options.get("mode", kernel) != kernel:
+        raise CompileError(f"kernel={kernel!r} and kernel_options={{'mode': {options['mode']!r}}} ask for two modes "
+                           f"of the reference kernel; write kernel='reference', kernel_options={{'mode': ...}}")
     warnings.warn(f"kernel={kernel!r} names a mode of the reference kernel; write kernel='reference', "
                   f"kernel_options={{'mode': {kernel!r}}} (a kernel is named by its registry name)",
                   DeprecationWarning, stacklevel=3)
@@ -94,13 +99,11 @@ class ReferenceKernel(AttentionKernel):
                  dense_threshold: float = 0.5, small_n: int = 256, max_buckets: int = 12,
                  device: Any = None) -> None:
         super().__init__(group, plan, n_heads=n_heads, head_dim=head_dim)  # fn, n, n_heads, head_dim
-        if mode not in ("auto", "dense", "segments", "sparse"):
+        if not isinstance(mode, str) or mode not in ("auto", "dense", "segments", "sparse"):
             raise CompileError("ReferenceKernel mode must be 'auto', 'dense', 'segments' or 'sparse', "
                                f"got {mode!r}")
         n = self.n
-        self.block_size = bs = int(block_size)
-        if bs < 1:
-            raise CompileError(f"ReferenceKernel block_size must be >= 1, got {block_size!r}")
+        self.block_size = bs = check_reference_sizes(block_size, small_n, max_buckets, dense_threshold)
         to = (lambda t: t.to(device)) if device is not None else (lambda t: t)
         perm = torch.from_numpy(plan.perm)
         inv = torch.from_numpy(plan.inv_perm)
@@ -288,13 +291,13 @@ class ReferenceKernel(AttentionKernel):
             t = F.pad(t, (0, 0, 0, 1)).index_select(2, self.slot_canon)
             if extra_blocks:
                 t = F.pad(t, (0, 0, 0, bs))
-            return t.reshape(B, H, -1, bs, d).permute(2, 0, 1, 3, 4)
+            return t.reshape(B, H, t.shape[2] // bs, bs, d).permute(2, 0, 1, 3, 4)  # no -1: B may be 0
 
         bad = non_finite_keys(k, v)  # a gathered tile may hold unlinked keys: see finite_guard
         if bad is not None:
             k, v = zero_bad_keys(k, v, bad)
             badp = F.pad(F.pad(bad.to(q.dtype), (0, 1)).index_select(2, self.slot_canon), (0, bs))
-            badp = badp.reshape(B, H, -1, bs).permute(2, 0, 1, 3)  # (nkb + 1, B, H, bs)
+            badp = badp.reshape(B, H, badp.shape[2] // bs, bs).permute(2, 0, 1, 3)  # (nkb + 1, B, H, bs)
         qp = blocks(q, False)  # (nqb, B, H, bs, d)
         kp = blocks(k, True)  # (nkb + 1, B, H, bs, d), last block = zeros
         vp = blocks(v, True)
@@ -363,10 +366,12 @@ def make_kernel(kernel: Any, group: RectGroup, plan: ExecutionPlan, *, n_heads: 
                 f"fn group {kernel.fn!r} was resolved as a preview for {kernel.device} (a device this machine "
                 "lacks), so it cannot be run here; compile again without preview for the device you run on")
         kernel = kernel.kernel
-    if kernel is None or (isinstance(kernel, str) and kernel in ("auto", REFERENCE_KERNEL)):
-        return ReferenceKernel(group, plan, n_heads=n_heads, head_dim=head_dim, device=device, **options)
     if isinstance(kernel, str) and kernel in REFERENCE_MODES:
-        options = _reference_mode_spelling(kernel, options)
+        options, kernel = _reference_mode_spelling(kernel, options), REFERENCE_KERNEL
+    core = kernel is None or (isinstance(kernel, str) and kernel in ("auto", REFERENCE_KERNEL))
+    if core or (isinstance(kernel, Spec) and kernel.name == REFERENCE_KERNEL and kernel.plugin == BUILTIN_PLUGIN):
+        check_reference_options(options)  # the core's own: options checked by name, not by a TypeError
+    if core:
         return ReferenceKernel(group, plan, n_heads=n_heads, head_dim=head_dim, device=device, **options)
     if isinstance(kernel, str):
         from canvas_core.plugins import get_kernel_spec
@@ -385,12 +390,18 @@ def kernel_for(plan: ExecutionPlan, fn: str, *, n_heads: int, head_dim: int, dev
 
     Called as ``kernel(q, k, v, scale=..., dropout_p=0.0)`` with ``(B, H, N, d)`` tensors in
     canonical position order (see the module docstring).  A plan that was never resolved gets the
-    reference kernel.
+    reference kernel.  A canvas-core type outside the softmax family (``linear_attention``, ...)
+    runs its own module, not a kernel: ``CompileError``.
     """
     group = plan.groups.get(fn) if isinstance(fn, str) else None
     if group is None:
         raise CompileError(f"kernel_for(plan, fn): fn must be one of the plan's types {sorted(plan.groups)}, "
                            f"got {fn!r}")
+    rg = group.resolved
+    if fn not in SOFTMAX_FAMILY and (rg.attention.plugin == BUILTIN_PLUGIN if rg is not None else fn in BUILTIN_ATTENTION):
+        raise CompileError(f"kernel_for(plan, {fn!r}): {fn!r} runs its own module, not a softmax kernel (build it "
+                           "with canvas_core.plugins.create_attention); kernel_for serves the softmax family "
+                           f"{list(SOFTMAX_FAMILY)} and a backbone's own attention types")
     return make_kernel(group.resolved, group, plan, n_heads=n_heads, head_dim=head_dim, device=device, **options)
 
 

@@ -18,6 +18,12 @@ the keys its connections link, and nothing else.
   conformance kit probes it) and be 0 for a row with none.  canvas-core's own exact types (whose
   rows are known to equal a call with the query's own key set alone) are run per key set instead,
   with ``key_mask=None`` (every key of the set), whenever that reads at most half the pairs;
+* **key-blind types** declare ``reads_keys = False`` as well (``none``): their output provably
+  does not depend on the keys or values (nor on ``key_mask``).  The runtime then leaves a NaN or
+  inf key alone: the masked call's guard (:func:`call_exact_masked`), which sets every row linking
+  a non-finite key to NaN, would give such a type NaN rows that the call with each query's own
+  key set does not give.  Declare it only when no output depends on a key: the guard is what
+  keeps a non-finite key away from the queries that do not link it;
 * **every other type** (the default; everything that compresses or scans: perceiver, linear
   attention, rwkv, hyena, mamba, and a plugin that declares nothing) is called **per key set**:
   the runtime groups the queries by identical key set (in a plan, by key set and query block:
@@ -44,7 +50,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from canvas_core.errors import CanvasError, UnavailableError
 
 __all__ = [
-    "MASKED", "UNMASKED", "EXACT_ATTR", "SELF_GATED_ATTR", "calling_convention", "mask_is_exact",
+    "MASKED", "UNMASKED", "EXACT_ATTR", "SELF_GATED_ATTR", "READS_KEYS_ATTR", "calling_convention", "mask_is_exact",
+    "reads_keys",
     "runs_per_key_set", "is_builtin_module", "check_attention_module", "call_attention_type", "call_exact_masked",
     "key_set_groups",
     "check_type_output", "run_key_set_buckets", "run_flat_buckets", "call_per_key_set", "stack_by_shape",
@@ -58,6 +65,8 @@ UNMASKED = "per_key_set"
 EXACT_ATTR = "key_mask_exact"
 #: the attribute by which a module declares that its own learnable gate makes it 0 at init.
 SELF_GATED_ATTR = "self_gated"
+#: the attribute by which a module declares (``False``) that its output ignores keys and values.
+READS_KEYS_ATTR = "reads_keys"
 
 _FIX = ("give the module's forward the signature forward(queries, keys, values, key_mask=None) "
         "(key_mask: bool (Nq, Nk), True where a query may read a key), or "
@@ -100,6 +109,11 @@ def _inspect(forward: Any) -> Tuple[Optional[str], str, bool]:
 def mask_is_exact(module: Any) -> bool:
     """Whether ``module`` declares ``key_mask_exact = True`` (and its forward takes ``key_mask``)."""
     return getattr(module, EXACT_ATTR, False) is True and calling_convention(module) == MASKED
+
+
+def reads_keys(module: Any) -> bool:
+    """False only when ``module`` declares ``reads_keys = False`` (its output ignores keys and values)."""
+    return getattr(module, READS_KEYS_ATTR, True) is not False
 
 
 def is_builtin_module(module: Any) -> bool:
@@ -182,7 +196,10 @@ def key_set_groups(key_mask: Any) -> List[Tuple[Any, Any]]:
     import torch
 
     if key_mask.dim() != 2:
-        raise ValueError(f"key_set_groups needs a 2-d (Nq, Nk) mask, got shape {tuple(key_mask.shape)}")
+        from canvas_core.errors import ShapeError
+
+        raise ShapeError(f"key_set_groups needs a 2-d (Nq, Nk) mask, got shape {tuple(key_mask.shape)}; pass one "
+                         "sample's mask (a 3-d mask: one call per sample)")
     nq, nk = key_mask.shape
     if nq == 0 or nk == 0:
         return []
@@ -320,7 +337,7 @@ def call_per_key_set(module: Any, q: Any, k: Any, v: Any, key_mask: Any, name: A
         if Nk == 0 or Nq == 0:
             return q.new_zeros(q.shape)
         return run_key_set_buckets(module, q, k, v, whole, name)[0][1]
-    mask = key_mask.to(torch.bool)
+    mask = _linked(key_mask)
     if mask.dim() == 3:  # a per-sample mask (not used by the runtime): sample by sample
         if mask.shape[0] == 1 or bool((mask == mask[:1]).all()):
             mask = mask[0]
@@ -346,7 +363,8 @@ def call_attention_type(module: Any, queries: Any, keys: Any, values: Any, key_m
                         name: Any = None) -> Any:
     """Run an attention type's module under the contract above.
 
-    ``key_mask``: None (every query reads every key) or bool ``(Nq, Nk)``.  An exact-mask type
+    ``key_mask``: None (every query reads every key), bool ``(Nq, Nk)`` (True = linked) or an
+    additive float mask of that shape (``-inf`` blocks, as ``key_mask`` of a type).  An exact-mask type
     (:func:`mask_is_exact`) gets ``module(queries, keys, values, key_mask=key_mask)``; any other
     type one call per shape of key set, the key sets of that shape stacked along the batch
     (nothing is called for a query without keys: zeros).  ``name``: the type's name, for errors.
@@ -390,11 +408,15 @@ def call_exact_masked(module: Any, queries: Any, keys: Any, values: Any, key_mas
     may not read by 0 still multiplies them (``0 * nan`` is NaN: a NaN in frame 3 would reach
     queries of frames 0-2).  So the keys and values holding a NaN or inf are zeroed before the
     call, and exactly the rows whose ``key_mask`` row links one of them are set to NaN after it,
-    which is what the call with each query's own key set gives (``runtime/finite_guard.py``)."""
+    which is what the call with each query's own key set gives (``runtime/finite_guard.py``).
+    A type declaring ``reads_keys = False`` is called as it is: its rows hold no key's value."""
     import torch
 
     from canvas_core.runtime.finite_guard import non_finite_keys, reads_bad, zero_bad_keys
 
+    if not reads_keys(module):
+        return check_type_output(run_type(module, name, queries, keys, values, key_mask=key_mask), queries,
+                                 name, module)
     bad = non_finite_keys(keys, values)  # (B, Nk), or None when all are finite (checked cheaply)
     if bad is not None:
         zk, zv = zero_bad_keys(keys, values, bad)
@@ -405,7 +427,22 @@ def call_exact_masked(module: Any, queries: Any, keys: Any, values: Any, key_mas
     if key_mask is None:
         reads = bad.any(dim=-1, keepdim=True).expand(-1, out.shape[1])
     else:
-        linked = key_mask if key_mask.dtype == torch.bool else torch.isfinite(key_mask)  # additive: -inf blocks
+        linked = _linked(key_mask)
+        B, Nq = out.shape[0], out.shape[1]
+        if linked.dim() == 2 and linked.shape[0] == B and linked.shape[0] not in (Nq, 1):
+            linked = linked[:, None]  # a (B, Nk) mask, read as the types read it
+        elif linked.dim() == 1:  # (Nk,): the same keys for every query (2-d stays 2-d: no batch copy)
+            linked = linked[None]
         wd = torch.float64 if out.dtype == torch.float64 else torch.float32
-        reads = reads_bad(linked, bad.unsqueeze(1), wd).squeeze(1)  # (B, 1, Nk) against (B|1, Nq, Nk)
+        reads = reads_bad(linked, bad.unsqueeze(1), wd).squeeze(1)  # (B, 1, Nk) against (B|1, Nq|1, Nk)
     return out.masked_fill(reads.unsqueeze(-1), float("nan"))
+
+
+def _linked(key_mask: Any) -> Any:
+    """``key_mask`` as bool, True = linked: an additive float mask blocks with ``-inf`` only (its 0
+    means linked), an integer one with 0 (as the types' own ``_mask`` reads them)."""
+    import torch
+
+    if key_mask.dtype == torch.bool:
+        return key_mask
+    return key_mask != float("-inf") if key_mask.is_floating_point() else key_mask != 0

@@ -21,7 +21,7 @@ __all__ = ["check_attention_type", "ATTENTION_PROPERTIES"]
 ATTENTION_PROPERTIES = (
     "construct", "shape/dtype/device", "Nq != Nk", "gradients", "batch independence",
     "empty keys", "one key", "fully masked query", "deterministic",
-    "dependency exactness", "key_mask respected", "trainable",
+    "dependency exactness", "key_mask respected", "trainable", "reads no key",
     # strict=True only:
     "zeros without keys",
 )
@@ -212,6 +212,33 @@ def _zeros(s: _Suite) -> None:
                 raise Failed(f"a query whose key_mask row is all False does not output zeros ({how})")
 
 
+def _reads_no_key(s: _Suite) -> Optional[str]:
+    """A type declaring ``reads_keys = False`` (the runtime then skips its NaN guard for it) must
+    not depend on keys or values: no gradient reaches them and other keys give the same output."""
+    from canvas_core.runtime.type_call import reads_keys
+
+    if reads_keys(s.module):
+        return "the type reads keys (no reads_keys = False declaration to check)"
+    torch = s.torch
+    q, k, v = s.qkv()
+    k.requires_grad_(True)
+    v.requires_grad_(True)
+    out = s.call(q, k, v)
+    if out.requires_grad:
+        (out * s.rand(*out.shape)).sum().backward()
+    for what, t in (("keys", k), ("values", v)):
+        if t.grad is not None and bool((t.grad != 0).any()):
+            raise Failed(f"declares reads_keys = False, but its output has a gradient w.r.t. the {what} "
+                         f"(max |grad| {float(t.grad.abs().max()):.3g}); remove the declaration, or the runtime "
+                         "lets a NaN key through to queries that do not link it")
+    with torch.no_grad():
+        other = s.call(q, s.rand(*k.shape), s.rand(*v.shape))
+    if not torch.equal(out.detach(), other):
+        raise Failed("declares reads_keys = False, but other keys and values change its output "
+                     f"(max diff {float((out.detach() - other).abs().max()):.3g}); remove the declaration")
+    return None
+
+
 # ---------------------------------------------------------------------- the suite
 _GRAD_INPUTS = ("queries", "keys", "values")
 
@@ -288,6 +315,8 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
       hides from every query (a forward without ``key_mask``: called as the runtime calls it);
     * ``trainable``: with only its parameters free, 5 Adam steps toward a random target move the
       output (skipped for a type without parameters);
+    * ``reads no key``: a type declaring ``reads_keys = False`` has no gradient w.r.t. keys or
+      values and the same output for other ones (skipped for a type without the declaration);
     * ``strict=True`` adds ``zeros without keys`` (queries with no key output exactly 0).
 
     Sizes: ``batch`` samples (at least 2), 5 queries and 7 keys (also 9/4, 2/11, 1 and 0 keys);
@@ -366,6 +395,7 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
     checks["dependency exactness"] = lambda: check_dependencies(suite)
     checks["key_mask respected"] = lambda: check_direct_mask(suite)
     checks["trainable"] = lambda: check_trainable(suite)
+    checks["reads no key"] = lambda: _reads_no_key(suite)
     if strict:
         checks["zeros without keys"] = lambda: _zeros(suite)
     fn_name = name if isinstance(name, str) else None  # a class / factory: named by its module's class

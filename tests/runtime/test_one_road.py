@@ -17,7 +17,7 @@ import canvas_core.plugins as P
 from canvas_core.compiler import ProgramCompiler
 from canvas_core.compiler.resolved import ResolvedGroup
 from canvas_core.plugins.host import PluginHost, use_host
-from canvas_core.plugins.registry import Registry
+from canvas_core.plugins.registry import Registry, RegistryState
 from canvas_core.runtime.canvas_attention import CanvasAttention
 from canvas_core.runtime.dispatch import AttentionDispatcher
 from canvas_core.runtime.kernels import ReferenceKernel, kernel_for
@@ -48,7 +48,7 @@ TYPES = {"cross_attention", "linear_attention", "pooling"}
 def spies(monkeypatch):
     """Counts of registry lookups by (kind, name), registry listings by kind, and fn reads."""
     gets, listings, reads = Counter(), Counter(), Counter()
-    real_get, real_specs, real_resolve_fn = Registry.get, Registry.specs, CanvasTopology.resolve_fn
+    real_get, real_specs, real_resolve_fn = Registry.get, RegistryState.specs, CanvasTopology.resolve_fn
 
     def get(self, name, *args, **kw):
         gets[(self.kind, name)] += 1
@@ -63,7 +63,7 @@ def spies(monkeypatch):
         return real_resolve_fn(self, connection, layout)
 
     monkeypatch.setattr(Registry, "get", get)
-    monkeypatch.setattr(Registry, "specs", specs)
+    monkeypatch.setattr(RegistryState, "specs", specs)  # Registry.specs and snapshot().specs both end here
     monkeypatch.setattr(CanvasTopology, "resolve_fn", resolve_fn)
     with use_host(PluginHost(entry_points=lambda: [])):
         P.register_kernel("tracing", TracingKernel, supports=("cross_attention",), priority=50)

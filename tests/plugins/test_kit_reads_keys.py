@@ -1,0 +1,34 @@
+"""The conformance kit checks a ``reads_keys = False`` declaration (the runtime skips its NaN
+guard for such a type, so a false declaration would let a NaN key reach unlinked queries)."""
+
+from __future__ import annotations
+
+import pytest
+
+from canvas_core.testing import check_attention_type
+
+torch = pytest.importorskip("torch")
+from canvas_core.attention.simple import CrossAttention  # noqa: E402
+
+
+class _ClaimsBlindButReads(CrossAttention):
+    """Softmax attention that wrongly declares its output independent of keys and values."""
+
+    reads_keys = False
+
+
+def test_none_passes_the_key_blind_check():
+    report = check_attention_type("none")
+    assert "reads no key" in report.passed
+
+
+def test_a_false_key_blind_declaration_fails_naming_the_declaration():
+    report = check_attention_type(_ClaimsBlindButReads, raise_on_failure=False)
+    assert "reads no key" in report.failed
+    assert "reads_keys = False" in report.failed["reads no key"]
+    assert "keys" in report.failed["reads no key"]
+
+
+def test_a_type_without_the_declaration_is_not_checked_for_it():
+    report = check_attention_type("cross_attention")
+    assert "reads no key" in report.skipped and report.ok
