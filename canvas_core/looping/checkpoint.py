@@ -235,6 +235,12 @@ def save_loop_checkpoint(
     from canvas_core.checkpoints.tensors import save_safetensors_atomic
 
     _check_modules(looped_blocks, action_head, "save_loop_checkpoint")
+    looped_blocks = list(looped_blocks)
+    if not looped_blocks:  # a file of no loops, which a load would misreport as another scope's
+        raise CanvasTypeError(
+            "save_loop_checkpoint: looped_blocks is empty, so the file would hold no loop parameter; "
+            "pass the list graft_looped_blocks returned, or canvas_core.looping.loop_parts_of(model) "
+            "(looped_blocks_of lists the block scope's wrappers only)")
     path = _check_path(path, "save_loop_checkpoint")
     if metadata is not None and not isinstance(metadata, Mapping):
         raise CheckpointError(
@@ -376,6 +382,7 @@ def load_loop_checkpoint(
     from canvas_core.checkpoints.tensors import check_readable_file
 
     _check_modules(looped_blocks, action_head, "load_loop_checkpoint")
+    looped_blocks = list(looped_blocks)  # read three times below: a generator would be spent
     path = _check_path(path, "load_loop_checkpoint")
     check_readable_file(path, "loop checkpoint")
     try:

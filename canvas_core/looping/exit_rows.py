@@ -14,8 +14,11 @@ rule, decided by declaration and never by a guess from a shape:
   plain objects), refused otherwise.
 
 Objects of other classes (anything holding tensors in its attributes that is not a dataclass) are
-never rebuilt: nothing says how to make a copy of them with fewer rows that keeps their meaning
-(caches, closures, invariants). One that holds a per-sample tensor is refused whether declared
+never rebuilt, and neither are callables: a function's closure cells and defaults, a bound method's
+object and a ``functools.partial``'s arguments are searched like attributes (a closure over a
+per-sample tensor, applied to the running rows, would mix samples), a global it reads is not.
+Nothing says how to make a copy of them with fewer rows that keeps their meaning (caches,
+closures, invariants). One that holds a per-sample tensor is refused whether declared
 batched or not, naming the argument, the type and the place of the tensor, with the fixes. So
 is, at the first split, a dataclass that ``replace`` refuses to rebuild (its ``__post_init__``
 checks fail) or whose field ``replace`` cannot set (``init=False``) held a per-sample tensor that
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import types
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
@@ -39,13 +43,12 @@ from torch import nn
 
 from canvas_core.errors import BackboneError
 
-__all__ = ["index_rows", "row_plan", "step_plan", "step_rows"]
+__all__ = ["index_rows", "per_sample_tensor", "row_plan", "step_plan", "step_rows"]
 
 _MAX_DEPTH = 8  # nesting levels searched
 _MAX_NODES = 4096  # objects searched per argument
 _LEAVES = (type(None), bool, int, float, complex, str, bytes, torch.dtype, torch.device, torch.Size,
-           enum.Enum, type, types.FunctionType, types.BuiltinFunctionType, types.MethodType,
-           types.ModuleType, nn.Module)
+           enum.Enum, type, types.BuiltinFunctionType, types.ModuleType, nn.Module)
 
 
 def _is_dataclass_instance(value: Any) -> bool:
@@ -77,10 +80,37 @@ def _attributes(value: Any) -> Iterator[Tuple[str, Any]]:
                 continue
 
 
+def _captured(value: Any) -> Optional[List[Tuple[str, Any]]]:
+    """What a function (its closure cells and defaults), a bound method (its object) or a
+    ``functools.partial`` (its function and arguments) holds; None for anything else. A step
+    argument that is a closure over a per-sample tensor would apply every sample's row to the
+    running rows only."""
+    if isinstance(value, types.FunctionType):
+        out: List[Tuple[str, Any]] = []
+        for name, cell in zip(value.__code__.co_freevars, value.__closure__ or ()):
+            try:
+                out.append((f".<closure {name}>", cell.cell_contents))
+            except ValueError:  # a cell not filled yet
+                continue
+        out += [(f".<default {i}>", v) for i, v in enumerate(value.__defaults__ or ())]
+        out += [(f".<default {k}>", v) for k, v in (value.__kwdefaults__ or {}).items()]
+        return out
+    if isinstance(value, types.MethodType):
+        return [(".__self__", value.__self__), (".__func__", value.__func__)]
+    if isinstance(value, functools.partial):
+        return ([(".func", value.func)] + [(f".args[{i}]", v) for i, v in enumerate(value.args)]
+                + [(f".keywords[{k!r}]", v) for k, v in value.keywords.items()])
+    return None
+
+
 def _children(value: Any) -> Tuple[str, List[Tuple[str, Any]]]:
-    """``(kind, [(label suffix, child)])``; kind is "leaf", "container", "dataclass" or "object"."""
+    """``(kind, [(label suffix, child)])``; kind is "leaf", "container", "dataclass" or "object"
+    (functions, bound methods and partials are objects: what they capture is searched)."""
     if isinstance(value, torch.Tensor) or isinstance(value, _LEAVES):
         return "leaf", []
+    captured = _captured(value)
+    if captured is not None:
+        return "object", captured
     if isinstance(value, (tuple, list)):
         return "container", [(f"[{i}]", v) for i, v in enumerate(value)]
     if isinstance(value, dict):
@@ -191,7 +221,7 @@ def _same_mapping(like: dict, items: dict) -> dict:
         return items
 
 
-def _per_sample_tensor(value: Any, batch: int, where: str) -> Optional[Tuple[str, Tuple[int, ...]]]:
+def per_sample_tensor(value: Any, batch: int, where: str) -> Optional[Tuple[str, Tuple[int, ...]]]:
     """The first tensor inside ``value`` that could hold one row per sample (first dim ``batch``,
     not an ``nn.Parameter``), inside containers, dataclasses or plain objects: its place and
     shape; None if none."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import numbers
 from typing import Any, Callable, List, Optional, Tuple, Type
 
@@ -14,7 +15,7 @@ from canvas_core.looping.adapter import BackboneAdapter, GenericAdapter
 from canvas_core.looping.checkpoint import _schema_hash
 from canvas_core.looping.graft_atomic import inside_data_parallel, rollback, snapshot, unwrap_for_graft
 from canvas_core.looping.registry import resolve_adapter
-from canvas_core.runtime.compiled_names import unwrap_model
+from canvas_core.runtime.compiled_names import unwrap_model, wrapper_hint
 from canvas_core.looping.wrapper import LoopedBlockWrapper
 from canvas_core.runtime.heads import ActionHead
 
@@ -61,7 +62,8 @@ def _check_pos_int(name: str, value: Any, optional: bool = False) -> None:
 
 
 def looped_blocks_of(model: nn.Module) -> List[LoopedBlockWrapper]:
-    """Every ``LoopedBlockWrapper`` inside ``model``, in module order."""
+    """Every ``LoopedBlockWrapper`` inside ``model``, in module order (the block scope's parts;
+    :func:`~canvas_core.looping.scopes.loop_parts_of` lists the parts of every scope)."""
     _check_module(model, "looped_blocks_of")
     return [m for m in model.modules() if isinstance(m, LoopedBlockWrapper)]
 
@@ -73,7 +75,7 @@ def get_adapter(model: nn.Module) -> BackboneAdapter:
     a = getattr(model, _ADAPTER_ATTR, None)
     if a is None:
         raise BackboneError(
-            f"{type(model).__name__} was not grafted; call graft_looped_blocks first"
+            f"{type(model).__name__} was not grafted; call graft_looped_blocks first.{wrapper_hint(model)}"
         )
     return a
 
@@ -89,10 +91,26 @@ def _check_module(model: Any, fn: str) -> None:
         raise CanvasTypeError(f"{fn} expects a torch nn.Module, got {type(model).__name__}")
 
 
+def _refuse_ddp(model: nn.Module, fn: str) -> None:
+    """Freezing under a ``DistributedDataParallel`` is refused: it chose the parameters it reduces
+    (those requiring grad) when it was built, so a parameter frozen later makes its next backward
+    fail, and one unfrozen later trains without being synchronised across ranks."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if any(isinstance(m, DistributedDataParallel) for m in model.modules()):
+        raise BackboneError(
+            f"{fn}: {type(model).__name__} is or holds a DistributedDataParallel, which chose the "
+            "parameters it synchronises (those requiring grad) when it was built; changing "
+            "requires_grad under it leaves a frozen parameter unreduced (its backward fails) or an "
+            f"unfrozen one unsynchronised across ranks. Call {fn} on the plain model (ddp.module) "
+            "before wrapping it in DistributedDataParallel, and wrap it again after a change")
+
+
 def freeze_full(transformer: nn.Module) -> int:
     """Freeze every parameter except the loop parameters of grafted blocks (patch_embed,
     time embeddings, blocks, norm_out, proj_out ...). Returns the number of frozen elements."""
     _check_module(transformer, "freeze_full")
+    _refuse_ddp(transformer, "freeze_full")
     keep = _loop_param_ids(transformer)
     frozen = 0
     for p in transformer.parameters():
@@ -106,6 +124,7 @@ def freeze_half(transformer: nn.Module, adapter: Any = None) -> int:
     """Freeze only the input embedding (``patch_embed``); everything else trains. Returns the
     number of frozen elements."""
     _check_module(transformer, "freeze_half")
+    _refuse_ddp(transformer, "freeze_half")
     transformer = unwrap_model(transformer)  # a compile / DataParallel handle: the model it holds
     a = getattr(transformer, _ADAPTER_ATTR, None) or resolve_adapter(transformer, adapter)
     frozen_ids = {id(p) for m in a.input_modules(transformer) for p in m.parameters()}
@@ -120,6 +139,7 @@ def freeze_half(transformer: nn.Module, adapter: Any = None) -> int:
 def freeze_none(transformer: nn.Module) -> int:
     """Make every parameter trainable. Returns 0."""
     _check_module(transformer, "freeze_none")
+    _refuse_ddp(transformer, "freeze_none")
     for p in transformer.parameters():
         p.requires_grad_(True)
     return 0
@@ -197,10 +217,10 @@ def graft_looped_blocks(
     _check_module(transformer, "graft_looped_blocks")
     if scope == "model" and inside_data_parallel(transformer):
         raise BackboneError(
-            "graft_looped_blocks: scope='model' replaces the model's own forward, and DataParallel's "
-            "replicas would all run the original model's (its weights, its device). Graft the plain "
-            "model with scope='model' and run it without DataParallel (DistributedDataParallel, built "
-            "after the graft, runs one model per process), or use scope='block' or 'stack'")
+            "graft_looped_blocks: scope='model' replaces the model's own forward, so it is grafted on "
+            "the plain model, not through DataParallel. Graft the plain model with scope='model', then "
+            "wrap it in DataParallel (each replica runs the looped forward), or wrap it in "
+            "DistributedDataParallel after the graft")
     # torch.compile's handle / DataParallel: graft the model it holds (DistributedDataParallel refused)
     transformer = unwrap_for_graft(transformer, "graft_looped_blocks")
     if not is_int(max_loops) or max_loops < 1:  # numpy integers too, as the schema takes them
@@ -243,6 +263,10 @@ def graft_looped_blocks(
         )
     else:
         a = resolve_adapter(transformer, adapter)
+    if isinstance(a, GenericAdapter):
+        # it records what it finds (block attribute) and inner_dim= sets its width: on a copy, so an
+        # adapter passed in (or shared) is never changed, and a graft that fails leaves it as it was
+        a = copy.copy(a)
     blocks = a.blocks(transformer)
     if not blocks:
         raise BackboneError(f"{type(transformer).__name__} has no transformer blocks to graft")
@@ -265,7 +289,7 @@ def graft_looped_blocks(
         )
     if isinstance(a, GenericAdapter) and inner_dim is not None:
         _check_generic_width(transformer, a, inner_dim)
-        a._hidden = inner_dim
+        a._hidden = inner_dim  # on the graft's own copy (below): the caller's adapter is not changed
     if freeze == "half":
         a.input_modules(transformer)  # refuse before the model is modified
     try:  # read everything the adapter needs before the model is modified
@@ -294,7 +318,7 @@ def graft_looped_blocks(
     try:  # atomic: a step that fails leaves the model exactly as it was
         step = (_scopes.model_step_input(transformer, a, latent_channels, step_adapter)
                 if kind == "model" else None)
-        custom = ([_custom_wrapper(wrapper_class, b, i, max_loops, dims[0]) for i, b in enumerate(blocks)]
+        custom = (_scopes.custom_wrappers(wrapper_class, blocks, max_loops, dims[0])
                   if kind == "block" and wrapper_class is not None else None)
         return _graft(transformer, a, blocks, kind, span, custom, step, before, dims, io, lc, rows,
                       max_loops=max_loops, schema=schema, inject=inject, iter_embed=iter_embed,
@@ -407,16 +431,6 @@ def _check_gate_init_bias(value: Any, model: nn.Module) -> float:
             f"got {value!r}; pass a value in that range: 0.0 "
             "keeps the graft identical to the backbone at initialisation, 1.0 starts with full updates")
     return f
-
-
-def _custom_wrapper(cls: Any, block: nn.Module, i: int, max_loops: int, dim: int) -> nn.Module:
-    w = cls(block, i, max_loops, dim)
-    if not isinstance(w, nn.Module):
-        raise CanvasTypeError(
-            f"graft_looped_blocks: wrapper_class={getattr(cls, '__name__', cls)!r} built a "
-            f"{type(w).__name__} for block {i}, not an nn.Module; the wrapper takes the block's place "
-            "in the model, so it must be a module")
-    return w
 
 
 def _refuse_meta(model: nn.Module) -> None:

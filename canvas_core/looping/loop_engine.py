@@ -40,6 +40,7 @@ At a gate ``a_t`` of exactly zero the update returns ``h`` itself even when the 
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -69,14 +70,19 @@ def check_loops(n: Any, where: str) -> int:
 
 
 def check_exit_tol(exit_tol: Any, where: str) -> float:
-    if isinstance(exit_tol, bool) or not isinstance(exit_tol, (int, float)) or not (
-        exit_tol >= 0 and exit_tol != float("inf")
-    ):
+    # numpy scalars too (np.float32 is not a float subclass), as the loop counts take numpy ints
+    value = float("nan")
+    if isinstance(exit_tol, numbers.Real) and not isinstance(exit_tol, bool):
+        try:
+            value = float(exit_tol)
+        except OverflowError:  # an int past float's range
+            value = float("inf")
+    if not (value >= 0 and value != float("inf")):
         raise BackboneError(
             f"{where}: exit_tol must be a finite number >= 0 (0 = fixed depth; e.g. 1e-3 stops a "
             f"sample once its state changes by less than 0.1% per iteration), got {exit_tol!r}"
         )
-    return float(exit_tol)
+    return value
 
 
 class LoopCore(nn.Module):

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError, ShapeError
-from canvas_core.looping.exit_rows import step_plan, step_rows
+from canvas_core.looping.exit_rows import per_sample_tensor, step_plan, step_rows
 from canvas_core.looping.loop_engine import LoopCore
 
 __all__ = ["ModelLoop", "STEP_ADAPTERS", "LOOP_ATTR", "install_model_loop", "remove_model_loop"]
@@ -139,6 +139,8 @@ class ModelLoop(LoopCore):
         n = self.current_loops
         plan = step_plan(names, args, kwargs, B, self.batched, self.unbatched, "scope='model'",
                          self.exit_tol > 0 and B > 1, own_pos=pos, own_name=self.input_name)
+        if self.reenter is not None and self.exit_tol > 0 and B > 1:
+            _check_reenter_rows(self.reenter, B)
 
         def run(t: int, h: Tuple[torch.Tensor, ...], rows: Optional[torch.Tensor]):
             if t == 0:
@@ -168,6 +170,19 @@ class ModelLoop(LoopCore):
 
         s = self.iterate((x,), run)
         return _with_output(last["out"], s[0])
+
+
+def _check_reenter_rows(reenter: Callable[..., Any], batch: int) -> None:
+    """With adaptive exit, ``reenter`` maps the state of the running rows only: one holding a
+    per-sample tensor (a closure cell, a bound method's object) would mix the samples' rows."""
+    found = per_sample_tensor(reenter, batch, "reenter")
+    if found is not None:
+        place, shape = found
+        raise BackboneError(
+            f"scope='model': adaptive exit (exit_tol > 0) calls reenter on the state of the samples "
+            f"still running only, and {place} (shape {shape}) has a first dim equal to the batch "
+            f"size {batch}, one row per sample that reenter would apply to other rows. Compute it "
+            "from reenter's input, pass it to the model as a batched argument, or use exit_tol=0")
 
 
 def _inner_forward(model: nn.Module, prev: Any) -> Tuple[Callable[..., Any], bool]:
@@ -209,14 +224,30 @@ def looped_forward_of(model: nn.Module) -> Callable[..., Any]:
     return functools.partial(_looped_forward, model)
 
 
+#: the instance attribute ``nn.DataParallel`` (``replicate``) calls to copy a module per device
+_REPLICATE = "_replicate_for_data_parallel"
+
+
+def _replicate_looped(model: nn.Module) -> nn.Module:
+    """``model._replicate_for_data_parallel()`` of a ``scope="model"`` model: the class's own copy,
+    with its ``forward`` routed through the copy (the copied instance ``forward`` is bound to
+    ``model``, so every ``DataParallel`` replica would otherwise run the original's weights on the
+    original's device)."""
+    replica = getattr(type(model), _REPLICATE)(model)
+    object.__setattr__(replica, "forward", looped_forward_of(replica))
+    return replica
+
+
 def install_model_loop(model: nn.Module, loop: ModelLoop, holders: List[nn.Module]) -> None:
-    """Attach ``loop`` as ``model.canvas_loop`` and route ``model.forward`` through it."""
+    """Attach ``loop`` as ``model.canvas_loop`` and route ``model.forward`` (and the forward of
+    each ``DataParallel`` replica of ``model``) through it."""
     loop._prev_forward = model.__dict__.get("forward")
     loop._inner = _inner_forward(model, loop._prev_forward)
     loop._arg_names = _forward_names(model, loop._prev_forward)
     object.__setattr__(loop, "_holders", list(holders))
     model.add_module(LOOP_ATTR, loop)
     object.__setattr__(model, "forward", looped_forward_of(model))
+    object.__setattr__(model, _REPLICATE, functools.partial(_replicate_looped, model))
 
 
 def remove_model_loop(model: nn.Module) -> Optional[ModelLoop]:
@@ -224,6 +255,7 @@ def remove_model_loop(model: nn.Module) -> Optional[ModelLoop]:
     loop = model._modules.pop(LOOP_ATTR, None)
     if loop is None:
         return None
+    model.__dict__.pop(_REPLICATE, None)
     prev = loop._prev_forward
     if prev is None:
         model.__dict__.pop("forward", None)

@@ -77,12 +77,14 @@ def find_adapter(model: Any) -> BackboneAdapter:
                 return _instantiate(obj, e.name)
     if GenericAdapter.matches(model):
         return GenericAdapter()
+    from canvas_core.runtime.compiled_names import wrapper_hint
+
     names = ", ".join(sorted(e.name for e in entries)) or "none"
     raise BackboneError(
         f"no backbone adapter for {type(model).__module__}.{type(model).__qualname__} "
         f"(installed adapters: {names}). Install the plugin for this model family (e.g. "
         "`pip install canvas-plugin-cogvideox`), pass adapter=... to graft_looped_blocks, or "
-        "expose the blocks as `transformer_blocks` / `blocks` (nn.ModuleList)"
+        f"expose the blocks as `transformer_blocks` / `blocks` (nn.ModuleList).{wrapper_hint(model)}"
     )
 
 

@@ -78,8 +78,9 @@ class CurriculumScheduler:
     ) -> None:
         self.max_loops = _check_max_loops("CurriculumScheduler", max_loops)
         self.total_steps = _check_int("total_steps", total_steps, 1)
-        if (isinstance(warmup_fraction, bool) or not isinstance(warmup_fraction, (int, float))
-                or not 0.0 <= warmup_fraction < 1.0):
+        # numpy scalars too (np.float32 is no float subclass), as max_loops takes numpy ints
+        if (isinstance(warmup_fraction, bool) or not isinstance(warmup_fraction, numbers.Real)
+                or not 0 <= warmup_fraction < 1):
             raise SchemaError(f"warmup_fraction must be in [0, 1), got {warmup_fraction!r}")
         self.warmup_fraction = float(warmup_fraction)
 
@@ -112,47 +113,50 @@ class CurriculumScheduler:
 
 
 def _parts_of(obj):
-    """The looped parts of a grafted model (any scope), or ``obj`` itself (blocks / parts)."""
-    if hasattr(obj, "set_loops") or not hasattr(obj, "modules") or hasattr(obj, "__iter__"):
+    """The looped parts in ``obj``: a part itself, the parts of a grafted model or of a module
+    holding blocks (a block list after any scope: a span's members are not parts), else ``obj``
+    (a list of parts, checked by the caller)."""
+    if hasattr(obj, "set_loops"):
+        return [obj]
+    if not (hasattr(obj, "modules") and hasattr(obj, "named_parameters")):  # not a torch module
         return obj
     from canvas_core.looping.scopes import loop_parts_of
 
     parts = loop_parts_of(obj)
-    if not parts:
-        raise CanvasTypeError(
-            f"{type(obj).__name__} has no looped part; graft it first (graft_looped_blocks) or pass "
-            "the looped blocks it returned")
-    return parts
+    if parts:
+        return parts
+    if hasattr(obj, "__iter__") and len(list(obj)):  # a list module of blocks of another kind
+        return list(obj)
+    raise CanvasTypeError(
+        f"{type(obj).__name__} has no looped part; graft it first (graft_looped_blocks) or pass "
+        "the looped blocks it returned")
 
 
 def _apply_loops(looped, n: int, where: str) -> int:
-    """Set ``n`` loops on every part of ``looped`` (a grafted model, a part, or a list of parts):
-    span and model loops run ``n`` (as ``set_loops``), block-scope blocks clamp to their
-    ``max_loops``. Returns the count the parts run (the largest, if they differ). Every part is
-    checked before any is set."""
-    from canvas_core.looping.loop_engine import LoopCore
-
+    """Set ``n`` loops on every part of ``looped`` (a grafted model, a part, or a list of parts)
+    by the rule of ``set_loops``: span and model loops run ``n``, canvas-core's block-scope
+    wrappers clamp to their ``max_loops``, a ``wrapper_class=`` wrapper gets ``set_loops(n)`` and
+    applies its own rule. Returns the count the parts run (the largest, if they differ). Every
+    part is checked before any is set."""
     parts = _parts_of(looped)
-    if hasattr(parts, "set_loops"):  # one part
-        parts = [parts]
     if isinstance(parts, (str, bytes)) or not hasattr(parts, "__iter__"):
         raise CanvasTypeError(
             f"{where} expects the grafted model or the list of looped blocks returned by "
             f"graft_looped_blocks, got {type(parts).__name__}")
     parts = list(parts)
+    if not parts:  # nothing would be set, and the count returned would be run by nothing
+        raise CanvasTypeError(
+            f"{where} got an empty list of looped blocks; pass the grafted model or the list of "
+            "looped blocks graft_looped_blocks returned")
     for b in parts:
         if not callable(getattr(b, "set_loops", None)):
             raise CanvasTypeError(f"{where} expects looped blocks with set_loops(n); got {type(b).__name__}")
     ran = []
     for b in parts:
-        if isinstance(b, LoopCore):
-            b.set_loops(n)
-        else:  # block scope: at most the block's max_loops
-            cap = getattr(b, "max_loops", None)
-            b.set_loops(min(n, cap) if isinstance(cap, int) and not isinstance(cap, bool) else n)
+        b.set_loops(n)  # each part's own rule, as set_loops(model, n) applies it
         cur = getattr(b, "current_loops", None)
         ran.append(cur if isinstance(cur, int) and not isinstance(cur, bool) else n)
-    return max(ran) if ran else n
+    return max(ran)
 
 
 def step_random(seed: int, step: int):

@@ -117,6 +117,46 @@ def check_scope_options(kind: str, *, inject: Any, update: Any, damping: Any, it
                                       "step; pass update='damped' or drop damping")
 
 
+def custom_wrappers(cls: Any, blocks: List[nn.Module], max_loops: int, dim: int) -> List[nn.Module]:
+    """The wrappers ``wrapper_class=`` builds, one per block, checked (:func:`_check_custom`)."""
+    custom = [_custom_wrapper(cls, b, i, max_loops, dim) for i, b in enumerate(blocks)]
+    _check_custom(cls, custom, blocks)
+    return custom
+
+
+def _custom_wrapper(cls: Any, block: nn.Module, i: int, max_loops: int, dim: int) -> nn.Module:
+    w = cls(block, i, max_loops, dim)
+    if not isinstance(w, nn.Module):
+        raise CanvasTypeError(
+            f"graft_looped_blocks: wrapper_class={getattr(cls, '__name__', cls)!r} built a "
+            f"{type(w).__name__} for block {i}, not an nn.Module; the wrapper takes the block's place "
+            "in the model, so it must be a module")
+    return w
+
+
+def _check_custom(cls: Any, custom: List[nn.Module], blocks: List[nn.Module]) -> None:
+    """Each ``wrapper_class=`` wrapper must be a new module per block that holds its block: one
+    that is the block, is shared by several positions or drops its block would make the graft
+    loop nothing, run one block at every position, or lose the backbone's weights (also at
+    ``ungraft_looped_blocks``, which puts ``wrapper.original`` back)."""
+    name = getattr(cls, "__name__", repr(cls))
+    seen: dict = {}
+    for i, (w, b) in enumerate(zip(custom, blocks)):
+        if w is b:
+            why = "the block itself, not a wrapper holding it"
+        elif id(w) in seen:
+            why = f"the wrapper it built for block {seen[id(w)]}, so one block would run at both positions"
+        elif not any(m is b for m in w.modules()):
+            why = "a wrapper that does not hold the block, so the backbone's block would be dropped"
+        else:
+            seen[id(w)] = i
+            continue
+        raise BackboneError(
+            f"graft_looped_blocks: wrapper_class={name} returned, for block {i}, {why}. "
+            "wrapper_class(block, idx, max_loops, inner_dim) must build a new module per block that "
+            "keeps the block as `original` (ungraft_looped_blocks puts it back)")
+
+
 def graft_span(model: nn.Module, adapter: Any, blocks: List[nn.Module], span: Tuple[int, int], *,
                max_loops: int, dims: List[int], io: Any, scope_name: str, options: Dict[str, Any]
                ) -> LoopedSpan:

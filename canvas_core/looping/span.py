@@ -164,7 +164,8 @@ class LoopedSpan(LoopCore):
 
     # --- execution -----------------------------------------------------------------------------------
     def _embedding(self, k: int, t: int) -> Optional[torch.Tensor]:
-        e = self._parameters.get("loop_emb" if k == 0 else f"loop_emb_{k}")
+        # getattr, not self._parameters: a DataParallel replica holds its copies as attributes
+        e = getattr(self, "loop_emb" if k == 0 else f"loop_emb_{k}", None)
         return None if e is None else e[min(t, e.shape[0] - 1)]
 
     def _names(self, n_rest: int) -> List[str]:
@@ -200,6 +201,13 @@ class LoopedSpan(LoopCore):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run the core ``current_loops`` times (fewer per sample with ``exit_tol``). Called by the
         backbone in place of block ``start``, with its arguments (streams ``(B, N, D_k)`` first)."""
+        if self.__dict__.get("_is_replica"):
+            raise BackboneError(
+                f"span {self.loop_scope} runs in a DataParallel replica (DataParallel over more than "
+                "one device), and a span runs the blocks of its members, which a replica cannot "
+                "reach: it would run the original blocks (their device, their weights). Use "
+                "DistributedDataParallel (one model per process), DataParallel over one device, or "
+                "graft with scope='block'")
         states, rest_args, rest_kwargs = self.io.split(args, kwargs)
         for name, s, d in zip(self.io.streams, states, self.stream_dims):
             if s.dim() < 3 or s.shape[-1] != d:

@@ -29,6 +29,7 @@ from torch import nn
 from canvas_core.errors import BackboneError, CanvasTypeError
 from canvas_core.looping.processor import CanvasAttentionHooks
 from canvas_core.looping.span import SpanMember
+from canvas_core.looping.scopes import PART_MARK
 from canvas_core.looping.wrapper import LoopedBlockWrapper
 
 __all__ = ["ungraft_looped_blocks", "guard_save_pretrained", "GraftedSaveRefused"]
@@ -77,6 +78,8 @@ def _replacement(block: nn.Module, index: int) -> List[nn.Module]:
         # a block wrapper (also a wrapper_class= of yours keeping `original`), a span (its first
         # block) or a span member
         mods = [block.original]
+    elif block.__dict__.get(PART_MARK) is True:  # a wrapper_class= wrapper keeping neither
+        mods = []
     else:
         return [block]
     if not mods or not all(isinstance(m, nn.Module) for m in mods):
@@ -147,6 +150,7 @@ def ungraft_looped_blocks(model: nn.Module, *, remove_topology: bool = False) ->
     if not isinstance(model, nn.Module):
         raise CanvasTypeError(f"ungraft_looped_blocks expects a torch nn.Module, got {type(model).__name__}")
     from canvas_core.looping.graft_atomic import unwrap_for_graft
+    from canvas_core.runtime.compiled_names import wrapper_hint
 
     # torch.compile's handle / DataParallel: the model it holds (DistributedDataParallel refused)
     model = unwrap_for_graft(model, "ungraft_looped_blocks")
@@ -154,7 +158,7 @@ def ungraft_looped_blocks(model: nn.Module, *, remove_topology: bool = False) ->
     if adapter is None:
         raise BackboneError(
             f"{type(model).__name__} is not grafted (graft_looped_blocks was not called on it, or it "
-            "was ungrafted already); there is nothing to ungraft"
+            f"was ungrafted already); there is nothing to ungraft.{wrapper_hint(model)}"
         )
     if not isinstance(remove_topology, bool):
         raise CanvasTypeError(f"ungraft_looped_blocks: remove_topology must be a bool, got {remove_topology!r}")

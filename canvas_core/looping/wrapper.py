@@ -108,6 +108,23 @@ def _beta_targets(block: nn.Module) -> List[Any]:
     return found
 
 
+def _finite_gate(value: Any, block_idx: int) -> float:
+    """``gate_init_bias`` as a finite float (numpy scalars too), else ``BackboneError``."""
+    import math
+    import numbers
+
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        try:
+            f = float(value)
+        except OverflowError:
+            f = math.inf
+        if math.isfinite(f):
+            return f
+    raise BackboneError(
+        f"LoopedBlockWrapper (block {block_idx}): gate_init_bias must be a finite number (0.0 keeps "
+        f"the block identical to the backbone at every loop count), got {value!r}")
+
+
 def _bind_first_stream(module: "LoopedBlockWrapper", args: tuple, kwargs: dict):
     """Forward pre-hook: ``forward(hidden_states, *args, **kwargs)`` names its first stream
     ``hidden_states`` (canvas-engineering's signature); a call giving the first stream by the
@@ -167,12 +184,23 @@ class LoopedBlockWrapper(nn.Module):
             raise BackboneError(f"max_loops must be an int >= 1, got {max_loops!r}")
         if not is_int(embed_dim) or embed_dim < 1:
             raise BackboneError(f"embed_dim must be a positive int, got {embed_dim!r}")
-        max_loops, embed_dim = int(max_loops), int(embed_dim)
+        if not is_int(block_idx) or block_idx < 0:
+            raise BackboneError(f"block_idx must be an int >= 0 (the block's index in its model), got {block_idx!r}")
+        max_loops, embed_dim, block_idx = int(max_loops), int(embed_dim), int(block_idx)
         from canvas_core.schema.limits import check_size
 
         check_size("loops", max_loops, f"LoopedBlockWrapper (block {block_idx}) max_loops")
         check_size("width", embed_dim, f"LoopedBlockWrapper (block {block_idx}) embed_dim")
+        gate_init_bias = _finite_gate(gate_init_bias, block_idx)
+        if io is not None and not isinstance(io, BlockIO):
+            raise CanvasTypeError(
+                f"LoopedBlockWrapper (block {block_idx}): io must be a BlockIO naming the looped "
+                f"streams, e.g. BlockIO(('hidden_states',)), got {type(io).__name__}")
         self.io = io or BlockIO()
+        if not self.io.streams:
+            raise BackboneError(
+                f"LoopedBlockWrapper (block {block_idx}): io=BlockIO(()) names no looped stream; name "
+                "at least the hidden states, e.g. BlockIO(('hidden_states',))")
         dims = (
             tuple(stream_dims) if stream_dims is not None else (embed_dim,) * len(self.io.streams)
         )
@@ -180,6 +208,18 @@ class LoopedBlockWrapper(nn.Module):
             raise BackboneError(
                 f"stream_dims {dims} must give one width per looped stream {list(self.io.streams)}"
             )
+        for name, d in zip(self.io.streams, dims):
+            if not is_int(d) or d < 1:
+                raise BackboneError(
+                    f"LoopedBlockWrapper (block {block_idx}): stream_dims gives stream {name!r} the "
+                    f"width {d!r}; each width must be an int >= 1 (the last dim of that stream)")
+            check_size("width", int(d), f"LoopedBlockWrapper (block {block_idx}) stream_dims")
+        dims = tuple(int(d) for d in dims)
+        if stream_dims is not None and dims[0] != embed_dim:
+            raise BackboneError(
+                f"LoopedBlockWrapper (block {block_idx}): embed_dim={embed_dim} but stream_dims[0]="
+                f"{dims[0]}; both give the width of the first stream {self.io.streams[0]!r}: make "
+                "them equal")
         self.original = original
         self.block_idx = block_idx
         self.max_loops = max_loops

@@ -10,6 +10,11 @@ segment that the plain model does not have:
   the place of each canvas attention layer, holding it as ``attn`` (``blocks.0.attn.attn.qkv...``);
   such a wrapper class says so with a class attribute ``canvas_wrapped_attr = "attn"``.
 
+Other wrappers are not guessed: a submodule called ``module`` is as often a part of the model as
+a wrapped model. A wrapper class of your own is unwrapped like these when it declares the
+attribute it holds the model under, ``canvas_wrapped_attr = "module"``; :func:`wrapper_hint` is
+the sentence the errors of grafting and freezing add when they meet an undeclared one.
+
 Checkpoints and telemetry use the plain names (:func:`plain_names`), so that what a compiled,
 data-parallel or sequence-parallel run writes matches what the plain model reads and reports, and
 the other way round.  Only a segment under an actual wrapper is dropped: a submodule that happens
@@ -23,7 +28,8 @@ from typing import Dict, FrozenSet, Iterable, Iterator, Optional
 
 from torch import nn
 
-__all__ = ["plain_name", "plain_names", "wrapped_paths", "unwrap_compiled", "unwrap_model", "wrapper_chain"]
+__all__ = ["plain_name", "plain_names", "wrapped_paths", "unwrap_compiled", "unwrap_model", "wrapper_chain",
+           "wrapper_hint"]
 
 _WRAPPED = "_orig_mod"
 
@@ -91,3 +97,16 @@ def wrapper_chain(model: nn.Module) -> Iterator[nn.Module]:
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside any number of wrappers (:func:`wrapper_chain`'s last), else ``model``."""
     return list(wrapper_chain(model))[-1]
+
+
+def wrapper_hint(model: nn.Module) -> str:
+    """A sentence for errors about ``model`` when it looks like an undeclared wrapper (it holds a
+    module as ``module``, and no wrapper above is recognised as holding it), else ``""``."""
+    inner = unwrap_model(model)
+    held = inner._modules.get("module") if isinstance(inner, nn.Module) else None
+    if not isinstance(held, nn.Module):
+        return ""
+    name = type(inner).__name__
+    return (f" If {name} is a wrapper holding your model as .module, pass {name}.module, or declare "
+            f"it on the wrapper class (canvas_wrapped_attr = \"module\") so canvas-core unwraps it as "
+            "it unwraps DataParallel")
