@@ -11,11 +11,14 @@ sequence parallelism; sharded ``DTensor`` s gathered whole) and a string header:
     schema               JSON of CanvasSchema.to_dict() (layout, regions, topology, metadata)
     schema_hash          CanvasSchema.schema_hash() of that schema
     user_metadata        JSON of the ``metadata`` argument
+    conditioner_regions  JSON ``{module name: region names}`` of the model's semantic conditioners
+                         (only when it has one); a file without it (older) loads by row
 
 Loading never unpickles. It refuses, naming what differs, a file saved for another schema (canvas
 size, width, regions, connections and their offsets ...) and a model whose canvas modules were
-built from another layout or topology than the schema; every tensor is checked (names, shapes,
-finite values) before the model is changed.
+built from another layout or topology than the schema, or whose semantic conditioner has other
+regions than the saved one (its rows would condition the wrong regions); every tensor is checked
+(names, shapes, finite values) before the model is changed.
 """
 
 from __future__ import annotations
@@ -31,8 +34,12 @@ from torch import nn
 from canvas_core._safe_write import check_write_target
 from canvas_core.checkpoints.diff import schema_differences
 from canvas_core.checkpoints.tensors import (
+    REGIONS,
+    check_conditioner_regions,
     check_readable_file,
     check_utf8_path,
+    conditioner_names,
+    conditioner_regions,
     duplicate_names,
     is_uninitialized,
     metadata_json,
@@ -162,6 +169,7 @@ def save_canvas_checkpoint(model: nn.Module, path: Any, schema: Any, *, metadata
     where = "save_canvas_checkpoint"
     _check_model(model, where)
     state = _state(model, where)
+    regions = conditioner_names(model)
     sharded = any(is_dtensor(v) for v in state.values())
     failure: Optional[BaseException] = None
     try:  # this rank's own checks; with sharded tensors every rank learns the outcome before gathering
@@ -194,6 +202,7 @@ def save_canvas_checkpoint(model: nn.Module, path: Any, schema: Any, *, metadata
         "schema": json.dumps(s.to_dict()),  # region order kept: it fixes the packing
         "schema_hash": s.schema_hash(),
         "user_metadata": user,
+        **({REGIONS: json.dumps(regions)} if regions else {}),
     }
     return save_safetensors_atomic({names[k]: v for k, v in state.items()}, path, header, "the canvas checkpoint")
 
@@ -274,7 +283,8 @@ def read_canvas_checkpoint_header(path: Any) -> Dict[str, Any]:
     ``user_metadata`` decoded; reads no tensor."""
     p, header, _ = _open(path, "read_canvas_checkpoint_header")
     _, built, user = _saved_schema(p, header)
-    return {**header, "schema": built, "user_metadata": user}
+    regions = conditioner_regions(p, header)
+    return {**header, "schema": built, "user_metadata": user, **({REGIONS: regions} if regions is not None else {})}
 
 
 def _shape_hint(model: nn.Module, key: str, shape: Tuple[int, ...]) -> str:
@@ -358,6 +368,7 @@ def _checked_tensors(model: nn.Module, path: Any, schema: Any, where: str) -> Tu
     s = _as_schema(schema, where)
     p, header, fh = _open(path, where)
     saved, _, user = _saved_schema(p, header)
+    regions = conditioner_regions(p, header)
     if header.get("schema_hash") != s.schema_hash():
         diffs = schema_differences(saved, s.to_dict())
         raise CheckpointError(
@@ -378,6 +389,7 @@ def _checked_tensors(model: nn.Module, path: Any, schema: Any, where: str) -> Tu
             + ("; " if missing and unexpected else "")
             + (f"unexpected tensors {unexpected[:5]}" if unexpected else "")
             + "; the file belongs to another model class")
+    check_conditioner_regions(model, regions, p)
     tensors = {}
     for name, k in names.items():
         ref, t = current[k], fh.get_tensor(in_file[name])
@@ -408,7 +420,7 @@ def _checked_tensors(model: nn.Module, path: Any, schema: Any, where: str) -> Tu
     for k, t in tensors.items():  # a sharded model (FSDP2): this rank's shards, cut locally
         if is_dtensor(current[k]):
             tensors[k] = shard_like(t, current[k], where)
-    return tensors, {**header, "user_metadata": user}
+    return tensors, {**header, "user_metadata": user, **({REGIONS: regions} if regions is not None else {})}
 
 
 def load_canvas_checkpoint(model: nn.Module, path: Any, schema: Any) -> Dict[str, Any]:

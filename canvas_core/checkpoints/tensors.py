@@ -8,12 +8,17 @@ import os
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Type
 
 import torch
+from torch import nn
 
 from canvas_core._safe_write import atomic_write
 from canvas_core.errors import CanvasError, CheckpointError
 
 __all__ = ["refuse_non_finite", "save_safetensors_atomic", "check_readable_file", "not_safetensors",
-           "unfit_dtype", "read_metadata", "duplicate_names", "is_uninitialized"]
+           "unfit_dtype", "read_metadata", "duplicate_names", "is_uninitialized", "REGIONS",
+           "conditioner_regions", "conditioner_names", "check_conditioner_regions"]
+
+#: canvas-checkpoint header entry: JSON ``{module name: region names}`` of the semantic conditioners
+REGIONS = "conditioner_regions"
 
 
 def _safetensors_dtypes() -> frozenset:
@@ -349,3 +354,48 @@ def _finite(t: torch.Tensor) -> torch.Tensor:
 def non_finite(t: torch.Tensor) -> bool:
     """Whether the floating or complex tensor ``t`` holds NaN or an infinity."""
     return (t.is_floating_point() or t.is_complex()) and not bool(_finite(t).all())
+
+
+def conditioner_regions(p: str, header: Mapping[str, str]) -> Optional[Dict[str, List[str]]]:
+    """The header's ``{module name: region names}`` of the semantic conditioners, None for a file
+    without the entry (written before it existed); a malformed entry is a corrupt header."""
+    if REGIONS not in header:
+        return None
+    try:
+        saved = json.loads(header[REGIONS])
+    except (ValueError, RecursionError):
+        saved = None
+    if not isinstance(saved, dict) or not all(
+            isinstance(v, list) and all(isinstance(n, str) for n in v) for v in saved.values()):
+        raise CheckpointError(f"{p!r} has a corrupt header: its {REGIONS!r} entry is not a JSON object of module "
+                              "name -> region names; save the model again with save_canvas_checkpoint")
+    return saved
+
+
+def conditioner_names(model: nn.Module) -> Dict[str, List[str]]:
+    """``{module name as the plain model has it: region names}`` of every semantic conditioner in
+    ``model``: a module with ``get_conditioning`` and a ``region_names`` list (canvas-core's
+    ``SemanticConditioner`` or canvas-engineering's)."""
+    from canvas_core.runtime.compiled_names import plain_names
+
+    found = {}
+    for own, module in model.named_modules():
+        names = getattr(module, "region_names", None) if callable(getattr(module, "get_conditioning", None)) else None
+        if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
+            found[own] = sorted(names)
+    return {plain: found[own] for own, plain in plain_names(model, found).items()}
+
+
+def check_conditioner_regions(model: nn.Module, saved: Optional[Mapping[str, List[str]]], p: str) -> None:
+    """Refuse a file whose semantic conditioner had other regions than the model's at the same
+    place: its rows, one per region by sorted name, would load under the wrong names."""
+    current = conditioner_names(model) if saved else {}
+    for path, new in current.items():
+        old = sorted(saved[path]) if path in saved else new
+        if old != new:
+            raise CheckpointError(
+                f"canvas checkpoint {p!r} was saved with the semantic conditioner {path or '<model>'!r} of the "
+                f"regions {old}, the model's has {new} (only in the file: {sorted(set(old) - set(new))}; only in "
+                f"the model: {sorted(set(new) - set(old))}); its rows would condition the wrong regions. Build the "
+                "conditioner with the saved regions (read_canvas_checkpoint_header(path)['conditioner_regions']). "
+                "Nothing was loaded")

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, RegionError, ShapeError, UnknownRegionError, did_you_mean
+from canvas_core.runtime.semantic_conditioner import SemanticConditioner, check_state_region_names
 from canvas_core.runtime.input_checks import allocating, check_allocation, check_count, check_width
 from canvas_core.schema.limits import check_size
 from canvas_core.runtime.embeddings import (
@@ -72,6 +73,16 @@ def _check_canvas_args(layout: Any, semantic_conditioner: Any, program: Any) -> 
                 f"SpatiotemporalCanvas: the program types region(s) {unknown} that the layout does "
                 f"not declare ({list(layout.regions)}); pass the program compiled with this layout"
             )
+
+
+#: key of the semantic conditioner's region names in the canvas's own ``_metadata`` entry
+_CONDITIONER_NAMES = "conditioner_region_names"
+
+
+def _recorded_names(conditioner: Any) -> Any:
+    """The region names a conditioner records in its saved state (a ``SemanticConditioner``'s),
+    else None (no conditioner, or one of canvas-engineering's, whose states carry no names)."""
+    return conditioner.region_names if isinstance(conditioner, SemanticConditioner) else None
 
 
 class SpatiotemporalCanvas(nn.Module):
@@ -143,8 +154,40 @@ class SpatiotemporalCanvas(nn.Module):
             idx = torch.tensor(layout.region_indices(name), dtype=torch.long)
             self.register_buffer(f"index_{k}", idx, persistent=False)
 
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        # the conditioner's region names also go into the canvas's own metadata entry: inside a
+        # larger model the canvas sees only that entry, and its tensors load before the conditioner's
+        names = _recorded_names(self.semantic_conditioner)
+        meta = getattr(destination, "_metadata", None)
+        if names is not None and isinstance(meta, dict) and isinstance(meta.get(prefix[:-1]), dict):
+            meta[prefix[:-1]][_CONDITIONER_NAMES] = names
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``, checked first so that a refused state changes no tensor:
+        a state whose semantic conditioner was of other regions (names recorded by
+        ``state_dict()``) raises the conditioner's ``SchemaError``; one whose conditioner tensors
+        do not fit (another number of regions, width ...) raises ``CanvasStateMismatch`` (a
+        ``CheckpointError``, also a ``RuntimeError`` as torch's size mismatch is)."""
+        check_state_region_names(self, state_dict)
+        cond = self.semantic_conditioner
+        misfit = cond.state_misfit(state_dict, "semantic_conditioner.", strict) \
+            if isinstance(cond, SemanticConditioner) else ""
+        if misfit:  # torch would copy the canvas's own tensors first, then raise
+            from canvas_core.runtime.ce_state import CanvasStateMismatch
+
+            raise CanvasStateMismatch(
+                f"SpatiotemporalCanvas.load_state_dict: the state's semantic_conditioner does not fit this canvas's "
+                f"({misfit}); build the conditioner with the same regions, embed_dim, projector_bias, "
+                "freeze_embeddings and learn_residuals as the one that saved it. Nothing was loaded")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs) -> None:
+        saved = local_metadata.get(_CONDITIONER_NAMES) if isinstance(local_metadata, Mapping) else None
+        if saved is not None and _recorded_names(self.semantic_conditioner) is not None:
+            # refused here, before the canvas's own tensors load (the conditioner loads after them)
+            self.semantic_conditioner._check_saved_names({"region_names": saved}, f"{prefix}semantic_conditioner.")
         # canvas-engineering's layout of the same parameters: modality embeddings keyed by the
         # sanitized region name, `family_carrier_embedding.*`, and a stored `pos_enc.pe` table
         # (ours is computed; the formula is the same, so the stored copy is dropped once its shape

@@ -14,10 +14,23 @@ from torch import nn
 
 from canvas_core.errors import CanvasTypeError, SchemaError, ShapeError, UnknownRegionError
 
-__all__ = ["SemanticConditioner"]
+__all__ = ["SemanticConditioner", "check_state_region_names"]
 
 #: key of the region names in the conditioner's ``state_dict()._metadata`` entry
 _NAMES_KEY = "region_names"
+
+
+def check_state_region_names(model: nn.Module, state_dict: Any) -> None:
+    """Check every :class:`SemanticConditioner` inside ``model`` against the region names
+    ``state_dict`` records for it, all before anything loads: ``nn.Module.load_state_dict``
+    meets each conditioner only after it has loaded the modules before it.  Raises the
+    conditioner's :class:`SchemaError`; a state without names passes."""
+    meta = getattr(state_dict, "_metadata", None)
+    if not isinstance(meta, Mapping):
+        return
+    for path, module in model.named_modules(remove_duplicate=False):
+        if isinstance(module, SemanticConditioner):
+            module._check_saved_names(meta.get(path, {}), f"{path}." if path else "")
 
 
 class _UnknownConditionedRegion(UnknownRegionError, KeyError):
@@ -127,22 +140,27 @@ class SemanticConditioner(nn.Module):
         that carries them, other region names) raises :class:`SchemaError` naming the fix, and
         the conditioner is left as it was (torch copies the fitting tensors before it reports
         the others)."""
-        meta = getattr(state_dict, "_metadata", None)
-        if isinstance(meta, Mapping):
-            self._check_saved_names(meta.get("", {}), "")
-        own = self.state_dict()
-        missing = sorted(set(own) - set(state_dict)) if strict else []
-        unexpected = sorted(set(state_dict) - set(own)) if strict else []
-        shapes = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}" for k in own
-                  if k in state_dict and hasattr(state_dict[k], "shape") and tuple(state_dict[k].shape) != tuple(own[k].shape)]
-        if missing or unexpected or shapes:
-            parts = [f"{what}: {', '.join(items)}" for what, items in
-                     (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes)) if items]
+        check_state_region_names(self, state_dict)
+        misfit = self.state_misfit(state_dict, strict=strict)
+        if misfit:
             raise SchemaError(
-                f"SemanticConditioner.load_state_dict: the state does not fit this conditioner ({'; '.join(parts)}); "
+                f"SemanticConditioner.load_state_dict: the state does not fit this conditioner ({misfit}); "
                 "build it with the same regions, embed_dim, d_model, projector_bias, freeze_embeddings and "
                 "learn_residuals as the conditioner that saved it. Nothing was loaded")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def state_misfit(self, state_dict: Mapping[str, Any], prefix: str = "", strict: bool = True) -> str:
+        """What keeps the entries of ``state_dict`` under ``prefix`` (this conditioner's part of a
+        larger state) from loading here: missing and unexpected names (with ``strict``) and other
+        shapes, as one text; ``""`` when they fit."""
+        state = {k[len(prefix):]: v for k, v in state_dict.items() if isinstance(k, str) and k.startswith(prefix)}
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state)) if strict else []
+        unexpected = sorted(set(state) - set(own)) if strict else []
+        shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+                  if k in state and hasattr(state[k], "shape") and tuple(state[k].shape) != tuple(own[k].shape)]
+        return "; ".join(f"{what}: {', '.join(items)}" for what, items in
+                         (("missing", missing), ("unexpected", unexpected), ("other shapes", shapes)) if items)
 
     @property
     def n_regions(self) -> int:
