@@ -1,7 +1,8 @@
 """Loop checkpoints: only the loop parameters and the action head, as safetensors.
 
 File layout: tensors ``blocks.<i>.<param>`` (loop embeddings, gates) and ``head.<name>`` (the
-head's state dict), plus a string ``__metadata__`` header::
+head's state dict, named as the bare head names it whatever wraps the head: torch.compile, DDP), plus
+a string ``__metadata__`` header::
 
     format            "canvas-core/loop-checkpoint"
     format_version    "1"
@@ -25,12 +26,13 @@ import hashlib
 import inspect
 import json
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
 
 from canvas_core.checkpoints.tensors import (
+    duplicate_names,
     metadata_json,
     read_metadata,
     non_finite,
@@ -40,6 +42,7 @@ from canvas_core.checkpoints.tensors import (
     unfit_dtype,
 )
 from canvas_core.errors import CanvasTypeError, CheckpointError
+from canvas_core.runtime.compiled_names import plain_name, plain_names
 
 __all__ = ["save_loop_checkpoint", "load_loop_checkpoint", "loop_structure"]
 
@@ -113,12 +116,23 @@ def loop_structure(
         if options:
             entry["options"] = options
         blocks.append(entry)
-    head = (
-        {}
-        if action_head is None
-        else {n: list(t.shape) for n, t in action_head.state_dict().items()}
-    )
-    return {"blocks": blocks, "head": head}
+    return {"blocks": blocks, "head": {n: list(t.shape) for n, t in _head_state(action_head).items()}}
+
+
+def _head_state(head: Optional[nn.Module]) -> Dict[str, torch.Tensor]:
+    """``head``'s state dict under its plain names (no ``_orig_mod.`` of torch.compile, no
+    ``module.`` of DataParallel), so that compiled, wrapped and plain heads read each other's files."""
+    if head is None:
+        return {}
+    state = head.state_dict()
+    return {plain: state[n] for n, plain in plain_names(head, state).items()}
+
+
+def _file_names(head: Optional[nn.Module]) -> Callable[[str], str]:
+    """A head tensor's name in a file -> its plain name: files written before the names were plain
+    hold the wrapped head's own names (``_orig_mod.``, ``module.``), which are mapped back."""
+    own = {} if head is None else plain_names(head, head.state_dict())
+    return lambda n: own.get(n) or plain_name(n)
 
 
 def _loop_options(part: nn.Module) -> Dict[str, Any]:
@@ -265,9 +279,8 @@ def save_loop_checkpoint(
     for i, b in enumerate(looped_blocks):
         for n, p in _loop_params(b):
             tensors[f"blocks.{i}.{n}"] = p.detach().to("cpu").contiguous()
-    if action_head is not None:
-        for n, t in action_head.state_dict().items():
-            tensors[f"head.{n}"] = t.detach().to("cpu").contiguous()
+    for n, t in _head_state(action_head).items():
+        tensors[f"head.{n}"] = t.detach().to("cpu").contiguous()
     structure = loop_structure(looped_blocks, action_head)
     header = {
         "format": FORMAT,
@@ -356,11 +369,11 @@ def _describe_diff(saved: Mapping[str, Any], current: Mapping[str, Any]) -> str:
     if saved.get("head") != current.get("head"):
         sh, ch = saved.get("head", {}), current.get("head", {})
         for n in sorted(set(sh) | set(ch)):
+            if (n in sh) != (n in ch):
+                return (f"the {'checkpoint' if n in sh else 'model'}'s action head has tensor {n!r} and the other "
+                        "has not (another head, or one inside a wrapper the other lacks: wrap both alike, or save the bare head)")
             if sh.get(n) != ch.get(n):
-                return (
-                    f"action head tensor {n!r} has shape {ch.get(n)} in the model but "
-                    f"{sh.get(n)} in the checkpoint"
-                )
+                return f"action head tensor {n!r} has shape {ch.get(n)} in the model but {sh.get(n)} in the checkpoint"
     return "the structures differ"
 
 
@@ -397,16 +410,17 @@ def load_loop_checkpoint(
             raise CheckpointError(f"{path!r} is not a loop checkpoint, nor any safetensors file: {other}; give the "
                                   ".safetensors file save_loop_checkpoint wrote") from None
         raise CheckpointError(f"{path!r} is not a readable safetensors loop checkpoint{truncation(path)}: {e}") from e
+    twice = duplicate_names(path)
+    if twice:
+        raise CheckpointError(f"{path!r} is a corrupt loop checkpoint: {twice}, so it is unclear which one was "
+                              "meant; save the loops again with save_loop_checkpoint (the file was edited by hand "
+                              "or written by another tool)")
     if header.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path!r} is not a canvas-core loop checkpoint (format {header.get('format')!r}); "
-            "save one with save_loop_checkpoint"
-        )
+        raise CheckpointError(f"{path!r} is not a canvas-core loop checkpoint (format {header.get('format')!r}); "
+                              "save one with save_loop_checkpoint")
     if header.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path!r} has loop-checkpoint format version {header.get('format_version')!r}; this "
-            f"canvas-core reads version {FORMAT_VERSION}"
-        )
+        raise CheckpointError(f"{path!r} has loop-checkpoint format version {header.get('format_version')!r}; this "
+                              f"canvas-core reads version {FORMAT_VERSION}")
     try:
         saved = json.loads(header.get("structure", ""))
     except (ValueError, RecursionError) as e:  # malformed JSON, or numbers Python refuses to read
@@ -423,70 +437,61 @@ def load_loop_checkpoint(
             "and a head written by save_loop_checkpoint"
         )
     current = _comparable(loop_structure(looped_blocks, action_head), _known_options(header))
-    if header.get("structure_hash") != _hash(current):
-        raise CheckpointError(
-            f"loop checkpoint {path!r} does not match this model: {_describe_diff(saved, current)}"
-        )
+    rename, wanted = _file_names(action_head), header.get("structure_hash")
+    plain = {**saved, "head": {rename(n): s for n, s in saved.get("head", {}).items()}}
+    if wanted != _hash(current) and not (wanted == _hash(saved) and _hash(plain) == _hash(current)):
+        raise CheckpointError(f"loop checkpoint {path!r} does not match this model: {_describe_diff(plain, current)}")
     expected = _schema_hash(schema) if schema is not None else _blocks_schema_hash(looped_blocks)
     saved_schema = header.get("schema_hash", "")
     if expected and saved_schema and expected != saved_schema:
-        raise CheckpointError(
-            f"loop checkpoint {path!r} was trained with canvas schema {saved_schema[:12]}..., not "
-            f"with this schema {expected[:12]}...; load it into a model using the same schema"
-        )
+        raise CheckpointError(f"loop checkpoint {path!r} was trained with canvas schema {saved_schema[:12]}..., not "
+                              f"with this schema {expected[:12]}...; load it into a model using the same schema")
     # check every tensor before writing any, so a bad file leaves the model untouched
-    pairs = []
-    for i, b in enumerate(looped_blocks):
-        for n, p in _loop_params(b):
-            pairs.append((f"blocks.{i}.{n}", p))
-    state = {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}
+    pairs = [(f"blocks.{i}.{n}", p) for i, b in enumerate(looped_blocks) for n, p in _loop_params(b)]
+    state: Dict[str, torch.Tensor] = {}  # the head's tensors under their plain names
+    for k in [k for k in keys if k.startswith("head.")]:
+        n = rename(k[len("head."):])
+        if n in state:
+            raise CheckpointError(f"loop checkpoint {path!r} holds two action-head tensors named {n!r} once the names "
+                                  "of wrappers (torch.compile's '_orig_mod.') are dropped; keep one (save the loops again)")
+        state[n] = tensors.pop(k)
+    tensors.update((f"head.{n}", t) for n, t in state.items())
     if action_head is not None:
-        current_head = action_head.state_dict()
+        current_head = _head_state(action_head)
         extra = sorted(set(state) - set(current_head))
         if extra:
             raise CheckpointError(f"loop checkpoint {path!r} has action-head tensors {extra} the model lacks")
         pairs.extend((f"head.{n}", t) for n, t in current_head.items())
     expected_keys = {key for key, _ in pairs}
-    unexpected = sorted(
-        k for k in tensors if k not in expected_keys and (k.startswith("blocks.") or not k.startswith("head."))
-    )
+    unexpected = sorted(k for k in tensors if k not in expected_keys and not k.startswith("head."))
     if unexpected:
-        raise CheckpointError(
-            f"loop checkpoint {path!r} has tensors {unexpected[:5]} that no looped block of this "
-            "model holds; the file is corrupt or belongs to another model"
-        )
+        raise CheckpointError(f"loop checkpoint {path!r} has tensors {unexpected[:5]} that no looped block of this "
+                              "model holds; the file is corrupt or belongs to another model")
     for key, p in pairs:
         if key not in tensors:
             raise CheckpointError(f"loop checkpoint {path!r} lacks tensor {key!r}")
         t = tensors[key]
         if tuple(t.shape) != tuple(p.shape):
-            raise CheckpointError(
-                f"loop checkpoint {path!r}: tensor {key!r} has shape {tuple(t.shape)} but the model's "
-                f"is {tuple(p.shape)}; the file is corrupt or belongs to another model"
-            )
+            raise CheckpointError(f"loop checkpoint {path!r}: tensor {key!r} has shape {tuple(t.shape)} but the "
+                                  f"model's is {tuple(p.shape)}; the file is corrupt or belongs to another model")
         if p.is_meta:
-            raise CheckpointError(
-                f"cannot load loop checkpoint {path!r}: the model's tensor {key!r} is on the meta device "
-                "(shapes without storage), where a copy does nothing; give the modules storage first "
-                "(e.g. .to_empty(device='cpu')), then load"
-            )
+            raise CheckpointError(f"cannot load loop checkpoint {path!r}: the model's tensor {key!r} is on the meta "
+                                  "device (shapes without storage), where a copy does nothing; give the modules storage "
+                                  "first (e.g. .to_empty(device='cpu')), then load")
         unfit = unfit_dtype(t, p)
         if unfit:
-            raise CheckpointError(
-                f"loop checkpoint {path!r}: tensor {key!r} {unfit}; the file is corrupt or belongs to "
-                "another model"
-            )
+            raise CheckpointError(f"loop checkpoint {path!r}: tensor {key!r} {unfit}; the file is corrupt or "
+                                  "belongs to another model")
         if non_finite(t):
-            raise CheckpointError(
-                f"loop checkpoint {path!r}: tensor {key!r} holds NaN or infinite values; the file is "
-                "corrupt or the run that saved it diverged"
-            )
+            raise CheckpointError(f"loop checkpoint {path!r}: tensor {key!r} holds NaN or infinite values; the file "
+                                  "is corrupt or the run that saved it diverged")
     with torch.no_grad():
         for key, p in pairs:
             if key.startswith("blocks."):
                 p.copy_(tensors[key].to(dtype=p.dtype, device=p.device))
-        if action_head is not None:
-            action_head.load_state_dict(state, strict=True)
+        if action_head is not None:  # back to the head's own (wrapped) names
+            own = {plain: n for n, plain in plain_names(action_head, action_head.state_dict()).items()}
+            action_head.load_state_dict({own[n]: t for n, t in state.items()}, strict=True)
     out = dict(header)
     out["user_metadata"] = user
     return out

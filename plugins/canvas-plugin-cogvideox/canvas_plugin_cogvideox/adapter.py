@@ -4,7 +4,7 @@
   ``block(hidden_states, encoder_hidden_states, temb, image_rotary_emb, attention_kwargs)`` and
   returning ``(hidden_states, encoder_hidden_states)``; both streams are looped.
 * attention sequence: ``[text (L), video (F' x H' x W')]`` (``H' = H / p``, ``W' = W / p``,
-  ``F' = F`` or ``ceil(F / p_t)`` for CogVideoX 1.5).
+  ``F' = F``, or ``F / p_t`` for CogVideoX 1.5, whose ``F`` must be a multiple of ``p_t``).
 * canvas grid: ``T = F'``, spatial ``(H' + r, W')`` with ``r = ceil(L / W')`` extra rows; region
   ``"video"`` = ``(0, F', 0, H', 0, W')``, region ``"text"`` = ``(0, 1, H', H' + r, 0, W')``
   (text token j at frame 0, row ``H' + j // W'``, column ``j % W'``).
@@ -17,7 +17,7 @@ from typing import Any, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from canvas_core.errors import BackboneError, CanvasTypeError
+from canvas_core.errors import BackboneError, CanvasTypeError, ShapeError
 from canvas_core.extend import BackboneAdapter, CanvasProcessorBase, TokenLayout, guard_input_shapes
 
 __all__ = ["CogVideoXAdapter", "CanvasCogVideoXAttnProcessor"]
@@ -86,8 +86,18 @@ def _call_shapes(patch_embed: nn.Module, args: Tuple[Any, ...], kwargs: Mapping[
         return {}
     _, F_, _, H, W = img.shape
     p, pt = patch_embed.patch_size, getattr(patch_embed, "patch_size_t", None)
-    f = F_ if pt is None else (F_ + pt - 1) // pt
+    f = _patched_frames(F_, pt, ShapeError)
     return {"text_len": text.shape[1], "frames": f, "height": H // p, "width": W // p}
+
+
+def _patched_frames(frames: int, pt: Optional[int], error: type) -> int:
+    """``F'``: the latent frames in whole temporal patches; ``error`` when they do not fill them
+    (diffusers' patch embedding would fail on them with a bare reshape error)."""
+    if pt is not None and frames % pt:
+        raise error(f"CogVideoX: latent frames ({frames}) must be a multiple of patch_size_t {pt}; "
+                    f"pad the latents to {frames + pt - frames % pt} frames, as CogVideoX 1.5's "
+                    "pipeline does")
+    return frames if pt is None else frames // pt
 
 
 _CONFIG_KEYS = ("num_attention_heads", "attention_head_dim")
@@ -171,13 +181,12 @@ class CogVideoXAdapter(BackboneAdapter):
 
     def grid(self, model: nn.Module, frames: int, height: int, width: int) -> Tuple[int, int, int]:
         c = _config(model)
-        p, pt = c.patch_size, c.patch_size_t
+        p = c.patch_size
         if height % p or width % p:
             raise BackboneError(
                 f"latent height/width ({height}, {width}) must be multiples of patch_size {p}"
             )
-        f = frames if pt is None else (frames + pt - 1) // pt
-        return f, height // p, width // p
+        return _patched_frames(frames, c.patch_size_t, BackboneError), height // p, width // p
 
     def token_layout(
         self,
