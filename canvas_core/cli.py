@@ -3,12 +3,14 @@
 Each subcommand lives in ``canvas_core/commands/<name>.py`` with ``add_arguments(parser)`` and
 ``run(args) -> int``; modules are imported only when their subcommand runs, so ``canvas --help``
 and ``canvas compile`` stay quick. A ``CanvasError`` is printed as one clear line (exit 2), never
-as a traceback.
+as a traceback; so are a failing standard output and an argument the subcommand does not take.
+Ctrl-C, even while the commands load, prints ``canvas CMD: interrupted`` (exit 130).
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -23,7 +25,7 @@ COMMANDS = {
     "plugins": ("canvas_core.commands.plugins", "list installed plugins, what they register, and failures"),
     "demo": ("canvas_core.commands.demo", "the main job: a frozen one-step world model looped to predict k steps ahead, "
                                           "against its controls (--task blob: declare, compile, graft, train, draw)"),
-    "draw": ("canvas_core.commands.draw", "draw a schema's canvas layout and topology to a PNG"),
+    "draw": ("canvas_core.commands.draw", "draw a schema's canvas layout and topology to a picture (PNG, SVG or PDF)"),
     "embed": ("canvas_core.commands.embed", "fill every region's semantic embedding with a text embedder"),
     "schema": ("canvas_core.commands.schema", "print the JSON Schema of the schema file format"),
     "verify": ("canvas_core.commands.verify", "check that a schema's canvas layers read only what its topology declares"),
@@ -48,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(_module=module)
+        p.set_defaults(_module=module, _parser=p)
         try:
             mod = importlib.import_module(module)
         except ImportError as exc:  # a command whose module is missing reports itself when used
@@ -79,6 +81,10 @@ def _quiet_stdout() -> None:
         pass
 
 
+#: errors of a write that has no file name: the disk or device behind stdout is full or failing
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
 def _fail(command: str, message: str) -> int:
     print(f"canvas {command}: error: {message}", file=sys.stderr)
     return 2
@@ -87,15 +93,34 @@ def _fail(command: str, message: str) -> int:
 def _warning_line(command: str):
     """``warnings.showwarning`` for the command line: ``canvas CMD: warning: message`` on stderr
     (the default names a line of Python source: the ``canvas`` script's ``sys.exit(main())``)."""
+    seen = set()
+
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"canvas {command}: warning: {message}", file=file if file is not None else sys.stderr)
+        text = f"canvas {command}: warning: {message}"
+        if text in seen:  # matplotlib warns of a missing glyph once per pass over the figure
+            return
+        seen.add(text)
+        print(text, file=file if file is not None else sys.stderr)
     return show
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     _tolerant_streams()
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    command = "?"
+    try:
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # answered by the subcommand, whose --help lists what it takes
+            (getattr(args, "_parser", None) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
+        command = getattr(args, "command", None) or "?"
+        return _run(parser, args)
+    except KeyboardInterrupt:  # Ctrl-C while the command (or its imports) loads: no traceback
+        print(f"canvas {command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Run the parsed command; user errors become one line on stderr (exit 2)."""
     if not getattr(args, "command", None):
         parser.print_help()
         return 0
@@ -118,8 +143,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return _fail(args.command, "the input is nested too deeply to be processed (a JSON file with "
                      "thousands of nested arrays/objects?); check the file")
     except OSError as exc:  # a path the system refuses (missing folder, read-only, a directory, ...)
-        where = f" {exc.filename!r}" if getattr(exc, "filename", None) else ""
-        return _fail(args.command, f"cannot use{where}: {exc.strerror or exc}")
+        if getattr(exc, "filename", None):
+            return _fail(args.command, f"cannot use {exc.filename!r}: {exc.strerror or exc}")
+        if exc.errno in _WRITE_ERRNOS:  # files go through _safe_write (a CanvasError): this is stdout
+            _quiet_stdout()  # `canvas schema > /dev/full`: the exit's flush would fail again
+            return _fail(args.command, f"cannot write the output (standard output): {exc.strerror or exc}")
+        return _fail(args.command, f"cannot use a file or device: {exc.strerror or exc}")
     except UnicodeError as exc:
         return _fail(args.command, f"text that cannot be encoded or decoded: {exc}")
     except KeyboardInterrupt:

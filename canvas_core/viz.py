@@ -7,6 +7,7 @@ needed at runtime; matplotlib is imported only when drawing.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple, Union
@@ -66,14 +67,17 @@ def region_labels(layout: CanvasLayout, t: int, *, min_cells_per_char: float = 0
     per character of the name (or it has several rows and enough cells); otherwise it gets its
     legend number, and the legend lists ``number: name``.  Numbers start at 1 in region order.
     """
-    grid = frame_grid(layout, t)
+    cells_of: Dict[int, List[Tuple[int, int]]] = {}  # one pass over the frame, not one per region
+    for r, row in enumerate(frame_grid(layout, t)):
+        for c, v in enumerate(row):
+            if v >= 0:
+                cells_of.setdefault(v, []).append((r, c))
     labels = []
     for rid, name in enumerate(layout.region_names):
-        cells = [(r, c) for r, row in enumerate(grid) for c, v in enumerate(row) if v == rid]
+        cells = cells_of.get(rid)
         if not cells:
             continue
-        rows = sorted({r for r, _ in cells})
-        width = max(sum(1 for r2, _ in cells if r2 == r) for r in rows)
+        width = max(Counter(r for r, _ in cells).values())  # cells in the widest row
         cy = sum(r for r, _ in cells) / len(cells)
         cx = sum(c for _, c in cells) / len(cells)
         # the region's own cell nearest its centroid (a folded 3-d region need not be convex)
@@ -208,7 +212,8 @@ def draw_schema(
 
     Args:
         schema: a ``CanvasSchema`` (or a bare ``CanvasLayout`` plus ``topology=``).
-        path: the picture to write (``.png``, ``.svg``, ``.pdf``); its folder must exist (a
+        path: the picture to write (``.png``, ``.svg``, ``.pdf``, or another format matplotlib
+            writes; no suffix is a PNG); its folder must exist and the format be known (a
             ``CanvasError`` before anything is drawn, as for every writer of the package).
         max_frames: frames drawn at most (evenly spaced when the canvas has more).
         max_width: widest picture allowed, in pixels: a wider one (many frames) is refused with
@@ -222,6 +227,7 @@ def draw_schema(
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.backend_bases import FigureCanvasBase
         from matplotlib.colors import ListedColormap
         from matplotlib.patches import FancyArrowPatch, Patch
     except ImportError as exc:  # pragma: no cover - matplotlib is a declared extra
@@ -244,6 +250,12 @@ def draw_schema(
     from canvas_core._safe_write import check_write_target
 
     check_write_target(path, "picture")  # before drawing: a missing folder, a directory, a FIFO ...
+    fmt = Path(path).suffix[1:].lower() or "png"  # the temporary file written has no telling suffix
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in formats:
+        raise CanvasError(f"cannot draw to {str(path)!r}: matplotlib cannot write {fmt!r} pictures; give a name "
+                          f"ending in one of {', '.join('.' + f for f in sorted(formats))} (e.g. .png); "
+                          "nothing was drawn")
 
     grid0 = frame_grid(layout, 0)
     n_rows, n_cols_cells = len(grid0), len(grid0[0])
@@ -338,7 +350,6 @@ def draw_schema(
         out = Path(path)
         from canvas_core._safe_write import atomic_write
 
-        fmt = out.suffix[1:].lower() or "png"  # the temporary file has no telling suffix
         try:  # atomic; a FIFO / device / directory target is refused (CanvasError), never replaced
             atomic_write(out, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt), "picture")
         finally:

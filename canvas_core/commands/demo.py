@@ -48,6 +48,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+#: files the demo writes into --out, per task
+_WRITES = {"life": ("loops.safetensors", "canvas.png"), "blob": ("schema.json", "loops.safetensors", "canvas.png")}
+
+
+def _check_out(out: Path, task: str) -> None:
+    """Refuse an --out the demo could not write its files to (a read-only folder, a file where
+    the folder should be, a read-only or directory ``canvas.png`` in it) before anything is
+    trained, not after minutes of training; nothing is created here."""
+    from canvas_core._safe_write import check_write_target
+
+    for name in _WRITES[task]:
+        check_write_target(out / name, f"the demo's {name} (--out {str(out)!r})", make_parents=True)
+
+
 def _chosen(given, default):
     """An option's value: what the command line gave, else the default (``--quick``'s or the
     task's)."""
@@ -69,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
                      eval_samples=16 if quick else 256, device=args.device, seed=args.seed,
                      out=args.out, pretrained=args.pretrained, progress=not args.no_progress,
                      random_init=bool(args.random_init), train_videos=args.train_videos)
+    _check_out(Path(args.out), "blob")
     run_demo(cfg)
     return 0
 
@@ -94,5 +109,6 @@ def _run_life(args: argparse.Namespace) -> int:
     cfg = LifeDemoConfig(ks=ks, steps=steps, batch_size=batch,
                          lr=args.lr, test_boards=32 if quick else 384, seed=args.seed, out=args.out,
                          progress=not args.no_progress)
+    _check_out(Path(args.out), "life")
     run_life_demo(cfg)
     return 0

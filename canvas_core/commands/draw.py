@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+from typing import Optional
 
 from canvas_core.errors import CanvasError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("schema", help="schema JSON file (a CanvasSchema), or 'example' for the bundled one")
-    parser.add_argument("-o", "--output", type=Path, default=None, help="PNG to write (default: SCHEMA.png)")
+    parser.add_argument("-o", "--output", type=Path, default=None,
+                        help="picture to write, .png, .svg or .pdf (default: the schema file's name with .png, "
+                             "in the current folder); never the schema file itself")
     parser.add_argument("--max-frames", type=int, default=8, help="frames drawn at most (default 8)")
     parser.add_argument("--max-width", type=int, default=None, metavar="PIXELS",
                         help="widest picture allowed, in pixels (default 16384, at most 65536); a drawing of "
@@ -23,14 +27,20 @@ DPI = 110
 FORMATS = (".png", ".svg", ".pdf")
 
 
-def _check_output(out: Path) -> None:
-    """One-line CanvasError for an output the drawing cannot go to, before anything is drawn."""
+def _check_output(out: Path, source: Optional[Path] = None) -> None:
+    """One-line CanvasError for an output the drawing cannot go to, before anything is drawn:
+    among them the schema file ``source`` itself (``canvas draw s.png`` of a JSON file named
+    ``s.png``, or ``-o`` a link to it), which the picture would replace."""
     from canvas_core._safe_write import check_write_target
 
-    check_write_target(out, "picture")  # a directory, FIFO, device, missing folder, read-only file
+    real = check_write_target(out, "picture")  # a directory, FIFO, device, missing folder, read-only file
     if out.suffix.lower() not in FORMATS:
         raise CanvasError(f"cannot draw to {str(out)!r}: the file name must end in {', '.join(FORMATS)} "
                           f"(e.g. -o {out.stem or 'layout'}.png)")
+    if source is not None and os.path.exists(real) and os.path.samefile(real, source):
+        raise CanvasError(f"refusing to draw to {str(out)!r}: it is the schema file being drawn, which the "
+                          f"picture would replace; nothing was written. Give another output with -o "
+                          f"(e.g. -o {out.stem or 'layout'}_layout.png)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,11 +48,12 @@ def run(args: argparse.Namespace) -> int:
     from canvas_core.viz import MAX_WIDTH, check_picture_width, draw_schema, frames_drawn
 
     schema, source = load_schema(args.schema)
-    if args.output is None and args.schema in (None, "example", BUNDLED):
+    bundled = args.schema in (None, "example", BUNDLED)
+    if args.output is None and bundled:
         out = Path(BUNDLED + ".png")  # the bundled example: its name, not the label "bundled example ..."
     else:
         out = args.output or Path(Path(source).stem + ".png")
-    _check_output(out)
+    _check_output(out, None if bundled else Path(source))
     if not schema.layout.regions:
         raise CanvasError(f"{source} declares no regions, so there is nothing to draw; add a region to "
                           "its \"regions\"")

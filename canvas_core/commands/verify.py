@@ -14,16 +14,18 @@ import time
 from typing import Callable, Optional
 
 
-def _int_at_least(minimum: int, wanted: str, maximum: Optional[int] = None):
+def _int_at_least(minimum: int, wanted: str, maximum: Optional[int] = None, too_big: Optional[str] = None):
     """An argparse ``type`` reading an integer >= ``minimum`` (and <= ``maximum`` when given);
-    ``wanted`` names it in the error."""
+    ``wanted`` names it in the error, ``too_big`` (default ``wanted``) when it is over ``maximum``."""
     def parse(text: str) -> int:
         try:
             v = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
-        if v < minimum or (maximum is not None and v > maximum):
+        if v < minimum:
             raise argparse.ArgumentTypeError(f"expected {wanted}, got {v}")
+        if maximum is not None and v > maximum:
+            raise argparse.ArgumentTypeError(f"expected {too_big or wanted}, got {v}")
         return v
 
     return parse
@@ -31,6 +33,17 @@ def _int_at_least(minimum: int, wanted: str, maximum: Optional[int] = None):
 
 _positive = _int_at_least(1, "a positive integer")
 _nonneg = _int_at_least(0, "an integer >= 0")
+#: the seeds torch and numpy both take (as ``canvas demo --seed``)
+_seed = _int_at_least(0, "an integer >= 0", 2 ** 63 - 1, "a seed below 2**63")
+#: most random restarts per query: each adds a backward pass per probed query (64 already take
+#: minutes on the 320-position bundled example)
+MAX_VERIFY_PROBES = 256
+_probe_count = _int_at_least(1, "a positive integer", MAX_VERIFY_PROBES,
+                             f"at most {MAX_VERIFY_PROBES} probes per query")
+#: widest layers ``--width`` builds: which positions a layer reads does not depend on its width,
+#: and a width of 40,000 asks for gigabytes per layer
+MAX_VERIFY_WIDTH = 4096
+_width = _int_at_least(1, "a positive integer", MAX_VERIFY_WIDTH, f"a width of at most {MAX_VERIFY_WIDTH}")
 #: deepest stack ``--layers`` builds: each layer is a full set of modules, probed on every call
 MAX_VERIFY_LAYERS = 256
 _layer_count = _int_at_least(1, f"a layer count from 1 to {MAX_VERIFY_LAYERS}", MAX_VERIFY_LAYERS)
@@ -57,8 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="schema or program JSON (default: the bundled robot-arm example)")
     parser.add_argument("--layers", type=_layer_count, default=1,
                         help="canvas layers stacked (default 1: one layer, checked exactly per fn group)")
-    parser.add_argument("--width", type=_positive, default=None,
-                        help="width of the probed layers (default: the schema's d_model, at most 32; "
+    parser.add_argument("--width", type=_width, default=None,
+                        help=f"width of the probed layers, at most {MAX_VERIFY_WIDTH} (default: the schema's "
+                             "d_model, at most 32; "
                              "which positions a layer reads does not depend on it)")
     parser.add_argument("--heads", type=_positive, default=None,
                         help="attention heads (default: the largest of 4, 2, 1 dividing the width)")
@@ -66,8 +80,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="probe every query position up to this many positions (default 512)")
     parser.add_argument("--samples", type=_positive, default=256,
                         help="query positions sampled on larger canvases (default 256)")
-    parser.add_argument("--probes", type=_positive, default=2, help="random probes per query (default 2)")
-    parser.add_argument("--seed", type=_nonneg, default=0, help="random seed (default 0)")
+    parser.add_argument("--probes", type=_probe_count, default=2,
+                        help=f"random probes per query (default 2, at most {MAX_VERIFY_PROBES})")
+    parser.add_argument("--seed", type=_seed, default=0, help="random seed, 0 to 2**63 - 1 (default 0)")
     parser.add_argument("--require-signal", action="store_true",
                         help="also fail when a declared connection carries no signal at all")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -96,7 +111,13 @@ def run(args: argparse.Namespace) -> int:
     from canvas_core.runtime.verify import verify_structure
 
     torch.manual_seed(args.seed)
-    layers = [CanvasAttention(plan, d_model=d_model, n_heads=heads) for _ in range(args.layers)]
+    try:
+        layers = [CanvasAttention(plan, d_model=d_model, n_heads=heads) for _ in range(args.layers)]
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and "allocate" not in str(exc):
+            raise
+        raise SchemaError(f"not enough memory to build {args.layers} canvas layer(s) of width {d_model} for "
+                          f"{label}; use a smaller --width or fewer --layers") from None
     model = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
     report = verify_structure(model, d_model=d_model, max_exact=args.max_exact, samples=args.samples, probes=args.probes,
                               seed=args.seed, require_signal=args.require_signal,
