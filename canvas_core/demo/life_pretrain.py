@@ -163,20 +163,25 @@ def pretrain_life(cfg: LifePretrainConfig, out: Optional[Path] = None, log: Call
 
 def _save(model: nn.Module, out: Path, cfg: LifePretrainConfig, curve: List[tuple]) -> None:
     from diffusers import CogVideoXTransformer3DModel
-    from safetensors.torch import save_file
+
+    from canvas_core._safe_write import atomic_write_text
+    from canvas_core.checkpoints.tensors import save_safetensors_atomic
 
     out.mkdir(parents=True, exist_ok=True)
+    # the prompt first (a NaN one is refused before anything is written), atomic writes: an
+    # interrupted save leaves the previous files (canvas_core/_safe_write.py)
+    save_safetensors_atomic({"prompt": model.demo_prompt.detach().contiguous()}, out / "prompt.safetensors", None,
+                            "the Life demo prompt")
     plain = CogVideoXTransformer3DModel(**COGVIDEOX_LIFE)  # the same weights without canvas attention
     plain.load_state_dict(model.state_dict())
     plain.save_pretrained(str(out), safe_serialization=True)
-    save_file({"prompt": model.demo_prompt.contiguous()}, str(out / "prompt.safetensors"))
     meta = {"task": "one Game of Life step on an 8 x 8 torus (B3/S23), board laid on the 8 x 8 token grid",
             "topology": "video tokens attend to their 3 x 3 torus neighbourhood and the prompt; install it with "
                         "canvas_core.demo.life_pretrain.install_life_topology",
             "options": asdict(cfg), "torch": torch.__version__,
             "curve": [{"step": s, "train_loss": None if math.isnan(tl) else round(tl, 6), "one_step_exact": round(a, 4),
                        "cells": round(c, 5)} for s, tl, a, c in curve]}
-    (out / "pretrain.json").write_text(json.dumps(meta, indent=1) + "\n")
+    atomic_write_text(out / "pretrain.json", json.dumps(meta, indent=1) + "\n", "the Life pretraining record")
 
 
 def _shipped() -> contextlib.AbstractContextManager:
