@@ -58,11 +58,12 @@ def run(args: argparse.Namespace) -> int:
         raise CanvasError(f"{source} declares no regions, so there is nothing to draw; add a region to "
                           "its \"regions\"")
     # before drawing: a picture wider than the cap is refused, naming this command's options
-    # (a --max-frames below 1 is refused by draw_schema)
+    if args.max_frames < 1:
+        raise CanvasError(f"--max-frames {args.max_frames}: draw at least one frame (--max-frames 1 or more; "
+                          "the default is 8)")
     max_width = MAX_WIDTH if args.max_width is None else args.max_width
-    if args.max_frames >= 1:
-        check_picture_width(len(frames_drawn(schema.layout.T, args.max_frames)), schema.topology is not None,
-                            DPI, max_width, options=("--max-frames", "--max-width"))
+    check_picture_width(len(frames_drawn(schema.layout.T, args.max_frames)), schema.topology is not None,
+                        DPI, max_width, options=("--max-frames", "--max-width"))
     draw_schema(schema, out, max_frames=args.max_frames, dpi=DPI, max_width=max_width)
     print(f"wrote {out}")
     return 0

@@ -50,7 +50,7 @@ CASES = [
     (["draw", "ok.json", "-o", "out.txt"], "must end in .png"),
     (["draw", "ok.json", "-o", "missing/dir/x.png"], "does not exist"),
     (["draw", "ok.json", "-o", "adir"], "directory"),
-    (["draw", "ok.json", "--max-frames", "0", "-o", "x.png"], "max_frames"),
+    (["draw", "ok.json", "--max-frames", "0", "-o", "x.png"], "--max-frames 0: draw at least one frame"),
     (["schema", "-o", "missing/dir/s.json"], "does not exist"),
     (["schema", "-o", "adir"], "directory"),
     (["demo", "--loops", "1000000"], "--loops"),  # over CANVAS_MAX_LOOPS, or not a loop task
