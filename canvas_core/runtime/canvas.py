@@ -20,7 +20,7 @@ from torch import nn
 from canvas_core.errors import CanvasTypeError, RegionError, ShapeError, UnknownRegionError, did_you_mean
 from canvas_core.runtime.semantic_conditioner import SemanticConditioner, check_state_region_names
 from canvas_core.runtime.input_checks import allocating, check_allocation, check_count, check_width
-from canvas_core.schema.layout import check_unchanged
+from canvas_core.schema.staleness import check_unchanged, layout_stamp
 from canvas_core.schema.limits import check_size
 from canvas_core.runtime.embeddings import (
     FamilyCarrierEmbedding,
@@ -119,7 +119,7 @@ class SpatiotemporalCanvas(nn.Module):
         check_allocation("SpatiotemporalCanvas positional encoding", (layout.num_positions, layout.d_model))
         self.layout = layout
         # what the tables and indices below were built from: a later change of the layout is refused
-        self._layout_revision = getattr(layout, "revision", None)
+        self._layout_stamp = layout_stamp(layout)
         self.semantic_conditioner = semantic_conditioner
         self.program = program
         D = self.d_model = int(layout.d_model)
@@ -275,7 +275,7 @@ class SpatiotemporalCanvas(nn.Module):
             check_count("SpatiotemporalCanvas.create_empty", "batch_size", batch_size, minimum=0, limit="batch")
             check_allocation(f"SpatiotemporalCanvas.create_empty({batch_size})",
                              (batch_size, self.layout.num_positions, self.d_model))
-            check_unchanged(self.layout, self.__dict__.get("_layout_revision"), "SpatiotemporalCanvas")
+            check_unchanged(self.layout, self.__dict__.get("_layout_stamp"), "SpatiotemporalCanvas")
         base = self.positional_encoding() + self.empty_token
         N = base.shape[0]
         ident = self.period_embedding(1).expand(N, self.d_model)
@@ -291,7 +291,7 @@ class SpatiotemporalCanvas(nn.Module):
 
     def _check_canvas(self, canvas: torch.Tensor, where: str) -> None:
         if not torch.compiler.is_compiling():
-            check_unchanged(self.layout, self.__dict__.get("_layout_revision"), "SpatiotemporalCanvas")
+            check_unchanged(self.layout, self.__dict__.get("_layout_stamp"), "SpatiotemporalCanvas")
         N = self.layout.num_positions
         if (
             not isinstance(canvas, torch.Tensor)

@@ -56,7 +56,7 @@ from canvas_core.runtime.plan_runner import PlanRunner, mix_softmax_groups, run_
 from canvas_core.runtime.input_checks import (check_allocation, check_count, check_finite_number,
                                               check_region_names, check_tensor, check_width)
 from canvas_core.runtime.type_call import check_attention_module
-from canvas_core.schema.layout import check_unchanged
+from canvas_core.schema.staleness import check_unchanged, layout_stamp
 from canvas_core.runtime.type_probe import init_gradient_problem, is_builtin_module, probe_attention_module
 
 __all__ = ["CanvasAttention"]
@@ -146,7 +146,7 @@ class CanvasAttention(nn.Module):
         self.softmax_types = tuple(softmax_types)
         if not plan.is_resolved:  # a plan nobody resolved: resolve it here, once (on a copy)
             plan = _resolve_here(plan, self.softmax_types, attention_factory, device)
-        self.plan, self._layout_revision = plan, getattr(plan.layout, "revision", None)  # see _updates
+        self.plan, self._layout_stamp = plan, layout_stamp(plan.layout)  # checked in _updates
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.dropout = float(dropout)
         self.beta = beta  # checked: a finite number >= 0 (see the property)
@@ -286,7 +286,7 @@ class CanvasAttention(nn.Module):
             bad = ShapeError if isinstance(x, torch.Tensor) else CanvasTypeError
             raise bad(f"{type(self).__name__} expects x of shape (B, {self.plan.n}, {self.d_model}) (a torch.Tensor), got {got}")
         check_tensor(type(self).__name__, "x", x, like=next(self.parameters(), None))
-        torch.compiler.is_compiling() or check_unchanged(self.plan.layout, self._layout_revision, type(self).__name__)
+        torch.compiler.is_compiling() or check_unchanged(self.plan.layout, self.__dict__.get("_layout_stamp"), type(self).__name__)
         for observer in tuple(self.__dict__.get("_update_observers", {}).values()):
             observer(self, x, active_regions)
         ex = self._executor_for(active_regions, x.device)

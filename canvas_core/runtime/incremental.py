@@ -42,7 +42,7 @@ from torch.utils.hooks import RemovableHandle
 from canvas_core.errors import CanvasError, CanvasTypeError, ShapeError
 from canvas_core.runtime.input_checks import check_tensor
 from canvas_core.runtime.rollout_layer import LayerRoll, _Index, layer_frame_plan
-from canvas_core.runtime.rollout_plan import check_causal, frame_size
+from canvas_core.runtime.rollout_plan import check_layer_layout, check_rollout_layer, frame_size
 from canvas_core.schema._validate import is_int
 
 __all__ = ["incremental", "Rollout", "RolloutError", "SLIDE_STRATEGIES", "observe_steps", "frames_measured"]
@@ -155,7 +155,7 @@ class Rollout:
                 raise RolloutError(f"{what}an AttentionDispatcher with a residual_accumulator sums "
                                    "over whole regions and cannot run frame by frame; build it "
                                    "without one for rollouts")
-            check_causal(layer.plan, what)
+            check_rollout_layer(layer, what)
         self.V = frame_size(layers[0][1].plan)
         self._states = [_LayerState(n, m) for n, m in layers]
         # looped span / model parts of a grafted model (canvas_core.looping; duck-typed: no import
@@ -367,6 +367,7 @@ class Rollout:
                                  f"{layer.d_model}), got {got}")
             check_tensor(f"{type(layer).__name__} {st.name!r} in a rollout step", "x", x,
                          like=next(layer.parameters(), None))
+            check_layer_layout(layer)
             i = st.calls
             st.calls += 1
             if st.index is None or st.index.device != x.device:

@@ -139,26 +139,24 @@ class ResidualAccumulator(nn.Module):
                 f"ResidualAccumulator.update: the error of region {region!r} must be real, got {error.dtype}; "
                 "pass error.abs() for magnitudes"
             )
-        if error.is_floating_point() and not bool(torch.isfinite(error).all()):
-            # a NaN / inf would poison the running summary for good: skip this update
-            self.nonfinite_updates[region] = self.nonfinite_updates.get(region, 0) + 1
-            warnings.warn(
-                f"ResidualAccumulator.update: the error of region {region!r} contains NaN or inf; "
-                "this update is skipped (summary and step count unchanged; see nonfinite_updates)",
-                RuntimeWarning, stacklevel=2)
-            return
         new = self._reduce(error).to(self.summary.device)
         d = self.spec.decay
         with torch.no_grad():
             blended = (d * self.summary[i] + (1.0 - d) * new).to(self.summary.dtype)
-            if not bool(torch.isfinite(blended).all()):
-                # finite values whose summary overflows (a float64 error beyond float32, a float16
-                # accumulator): skipped as a NaN / inf error is
+            ok = torch.isfinite(blended).all()  # one host sync for both checks on the usual path
+            if error.is_floating_point():  # kept apart: a "max" summary of an error holding -inf is finite
+                ok = ok & torch.isfinite(error).all().to(ok.device)
+            if not bool(ok):
+                # a NaN / inf error would poison the running summary for good, and so would finite
+                # values whose summary overflows (a float64 error beyond float32, a float16
+                # accumulator): either way this update is skipped
+                bad_error = error.is_floating_point() and not bool(torch.isfinite(error).all())
                 self.nonfinite_updates[region] = self.nonfinite_updates.get(region, 0) + 1
+                why = ("contains NaN or inf" if bad_error else
+                       f"overflows the {self.summary.dtype} summary (NaN or inf)")
                 warnings.warn(
-                    f"ResidualAccumulator.update: the error of region {region!r} overflows the "
-                    f"{self.summary.dtype} summary (NaN or inf); this update is skipped (summary and step "
-                    "count unchanged; see nonfinite_updates)", RuntimeWarning, stacklevel=2)
+                    f"ResidualAccumulator.update: the error of region {region!r} {why}; this update is "
+                    "skipped (summary and step count unchanged; see nonfinite_updates)", RuntimeWarning, stacklevel=2)
                 return
             if self.summary.is_inference() and not torch.is_inference_mode_enabled():
                 # built under torch.inference_mode: its buffers cannot change outside it

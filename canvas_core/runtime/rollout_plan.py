@@ -27,6 +27,7 @@ import numpy as np
 from canvas_core.compiler.plan import ExecutionPlan, segment_grid
 from canvas_core.errors import TopologyError
 from canvas_core.runtime.key_sets import group_key_sets, merge_cover, query_block_ids
+from canvas_core.schema.staleness import check_unchanged
 
 __all__ = ["check_causal", "FramePlan", "SoftFrame", "TypeCall", "frame_size", "CLASS_LIMIT"]
 
@@ -64,6 +65,19 @@ def _describe(conn: Any, index: int, fn: str) -> str:
     fill = getattr(fill, "value", fill)
     return (f"connection #{index} ({conn.src!r} -> {conn.dst!r}, fn {fn!r}, t_src={conn.t_src}, "
             f"t_dst={conn.t_dst}, temporal_fill={fill!r})")
+
+
+def check_layer_layout(layer: Any) -> None:
+    """Refuse a layer whose layout changed since it was built (the check its own forward makes,
+    which a rollout step bypasses: the step runs the layer's plan directly)."""
+    check_unchanged(layer.plan.layout, layer.__dict__.get("_layout_stamp"), type(layer).__name__)
+
+
+def check_rollout_layer(layer: Any, where: str = "") -> None:
+    """What a layer must satisfy to be rolled out: its layout unchanged since it was built and no
+    connection reading a later frame (:func:`check_causal`)."""
+    check_layer_layout(layer)
+    check_causal(layer.plan, where)
 
 
 def check_causal(plan: ExecutionPlan, where: str = "") -> None:

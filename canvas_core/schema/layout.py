@@ -13,7 +13,7 @@ from canvas_core.schema._validate import (as_bool, as_int, check_distinct_after_
 from canvas_core.schema.limits import check_size
 from canvas_core.schema.region import RegionSpec
 
-__all__ = ["CanvasLayout", "check_unchanged"]
+__all__ = ["CanvasLayout"]
 
 RegionLike = Union[RegionSpec, Tuple[int, ...]]
 
@@ -49,7 +49,7 @@ class CanvasLayout:
     (a raw bounds tuple) is refused there, since only the constructor wraps tuples. A dict
     assigned to ``regions`` (like the one given to the constructor) is copied; ``d_model`` is
     checked when assigned; ``H`` / ``W`` are read back from ``spatial_shape`` and may not be set
-    to disagree with it. ``revision`` grows with every checked change (see ``check_unchanged``).
+    to disagree with it. ``revision`` grows with every checked change (see :mod:`canvas_core.schema.staleness`).
     """
 
     T: int
@@ -123,8 +123,8 @@ class CanvasLayout:
         if content != self.__dict__.get("_content", content):
             self._revision = self.__dict__.get("_revision", 0) + 1
         self._content = content
-        self._validated = (regions, regions.version, len(regions), self.T, self.spatial_shape, self.t_current,
-                           self.allow_overlap)
+        self._validated = (regions, regions.version, len(regions), self.T, self.spatial_shape, self.allow_overlap)
+        self._t_checked = self.t_current
 
     def _checked_regions(self) -> Dict[str, RegionSpec]:
         """The regions, re-validated first when they (or T / spatial_shape) changed since the
@@ -133,18 +133,27 @@ class CanvasLayout:
         seen = self.__dict__.get("_validated")
         if (seen is None or seen[0] is not regions or seen[1] != getattr(regions, "version", None)
                 or seen[2] != len(regions)  # an entry added or removed by dict.__setitem__ / __delitem__
-                or seen[3:] != (self.T, self.spatial_shape, self.t_current, self.allow_overlap)):
+                or seen[3:] != (self.T, self.spatial_shape, self.allow_overlap)):
             self._revalidate()
+        elif self.t_current != self.__dict__.get("_t_checked"):  # moves no region: its range only
+            self._check_t_current()
+            self._t_checked = self.t_current
         return self.regions
 
     @property
     def revision(self) -> int:
         """A number that grows whenever the checked geometry changes: ``T``, ``spatial_shape``,
         ``d_model`` or a region (a change undone before the next query does not count; ``t_current``,
-        which moves no module's indices, does not count either).  A module built from the layout records it and compares it before use
-        (:func:`check_unchanged`); O(1) when nothing changed."""
+        which moves no module's indices, does not count either).  A module built from the layout
+        records ``layout_stamp`` (this number and the geometry) and compares it before use
+        (``check_unchanged``, :mod:`canvas_core.schema.staleness`); O(1) when nothing changed."""
         self._checked_regions()
         return self.__dict__.get("_revision", 0)
+
+    def _check_t_current(self) -> None:
+        self.t_current = as_int(self.t_current, "CanvasLayout t_current")
+        if not 0 <= self.t_current <= self.T:
+            raise SchemaError(f"CanvasLayout t_current={self.t_current} must lie in [0, T={self.T}]")
 
     def _revalidate(self) -> None:
         """Check a layout changed after construction, with the constructor's rules."""
@@ -163,9 +172,7 @@ class CanvasLayout:
         self.W = shape[1] if len(shape) >= 2 else None
         check_size("positions", self.T * math.prod(shape),
                    f"CanvasLayout positions T*prod(spatial_shape) = {self.T}*{'*'.join(map(str, shape)) or 1}")
-        self.t_current = as_int(self.t_current, "CanvasLayout t_current")
-        if not 0 <= self.t_current <= self.T:
-            raise SchemaError(f"CanvasLayout t_current={self.t_current} must lie in [0, T={self.T}]")
+        self._check_t_current()
         self.allow_overlap = as_bool(self.allow_overlap, "CanvasLayout allow_overlap")
         regions = self.regions
         if not isinstance(regions, Mapping):
@@ -468,21 +475,3 @@ def _box_runs(spatial_bounds, spatial_shape, base: int) -> List[Tuple[int, int]]
         else:
             runs.append((s, s + run))
     return runs
-
-
-def check_unchanged(layout: Any, revision: Optional[int], owner: str) -> None:
-    """Refuse to use a module built from ``layout`` at ``revision`` once the layout has changed.
-
-    A module (a canvas, an attention plan) copies region indices out of the layout when it is
-    built; after a change of the regions or the geometry those copies describe the old layout,
-    so using them would silently read and write the wrong positions.  ``revision`` is
-    ``layout.revision`` read at build time (None: a layout without one, nothing to compare).
-    """
-    if revision is None or not isinstance(layout, CanvasLayout):
-        return
-    now = layout.revision
-    if now != revision:
-        raise SchemaError(
-            f"{owner} was built from this CanvasLayout before it was changed (its regions, T, "
-            f"spatial_shape or d_model; layout revision {revision} -> {now}), so the region "
-            f"indices it holds are out of date; build the {owner} again from the changed layout")

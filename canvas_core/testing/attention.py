@@ -229,11 +229,16 @@ def _reads_no_key(s: _Suite) -> None:
             raise Failed(f"declares reads_keys = False, but its output has a gradient w.r.t. the {what} "
                          f"(max |grad| {float(t.grad.abs().max()):.3g}); remove the declaration, or the runtime "
                          "lets a NaN key through to queries that do not link it")
+    bad_k, bad_v = k.detach().clone(), v.detach().clone()
+    bad_k[:, 0], bad_v[:, -1] = float("nan"), float("inf")  # the runtime passes them on unguarded
     with torch.no_grad():
-        other = s.call(q, s.rand(*k.shape), s.rand(*v.shape))
-    if not torch.equal(out.detach(), other):
-        raise Failed("declares reads_keys = False, but other keys and values change its output "
-                     f"(max diff {float((out.detach() - other).abs().max()):.3g}); remove the declaration")
+        others = {"other keys and values": s.call(q, s.rand(*k.shape), s.rand(*v.shape)),
+                  "a NaN key and an inf value": s.call(q, bad_k, bad_v)}
+    for what, other in others.items():
+        if not torch.equal(out.detach(), other):
+            raise Failed(f"declares reads_keys = False, but {what} change its output (max diff "
+                         f"{float((out.detach() - other).abs().nan_to_num(float('inf')).max()):.3g}); "
+                         "remove the declaration")
 
 
 # ---------------------------------------------------------------------- the suite

@@ -17,6 +17,21 @@ class _ClaimsBlindButReads(CrossAttention):
     reads_keys = False
 
 
+class _ClaimsBlindButTouches(CrossAttention):
+    """Ignores keys and values except for a ``0 *`` term (the usual way to keep parameters used
+    under DDP): no gradient reaches them, but a NaN key makes every row NaN."""
+
+    reads_keys = False
+
+    def forward(self, queries, keys, values, key_mask=None):
+        return self.q_proj(queries) + 0.0 * (keys.sum() + values.sum())
+
+
+def test_a_type_whose_output_a_nan_key_reaches_fails_the_key_blind_check():
+    report = check_attention_type(_ClaimsBlindButTouches, raise_on_failure=False)
+    assert "NaN key" in report.failed.get("reads no key", "")
+
+
 def test_none_passes_the_key_blind_check():
     report = check_attention_type("none")
     assert "reads no key" in report.passed

@@ -83,7 +83,7 @@ def test_revision_follows_checked_changes():
 
 
 def test_check_unchanged_names_the_module_and_the_fix():
-    from canvas_core.schema.layout import check_unchanged
+    from canvas_core.schema.staleness import check_unchanged
 
     layout = _small()
     built = layout.revision
