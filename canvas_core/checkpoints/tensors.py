@@ -27,9 +27,13 @@ def _safetensors_dtypes() -> frozenset:
     global _DTYPES
     if _DTYPES is None:
         try:
-            from safetensors.torch import _TYPES  # private: a release without it gets the list below
+            import safetensors.torch as st  # private tables: a release without them gets the list below
 
-            table = frozenset(v for v in dict(_TYPES).values() if isinstance(v, torch.dtype))
+            # _TYPES (what it reads) lacks some dtypes it writes and reads back (float8_e8m0fnu in
+            # 0.8): those of _SIZE too, when a float copy of them exists (the NaN check casts)
+            table = frozenset(v for v in dict(st._TYPES).values() if isinstance(v, torch.dtype))
+            table |= frozenset(d for d in dict(getattr(st, "_SIZE", {})) if isinstance(d, torch.dtype)
+                               and d.is_floating_point and _casts_to_float(d))
         except (ImportError, TypeError, ValueError):
             table = frozenset()
         _DTYPES = table if torch.float32 in table else frozenset(
@@ -41,6 +45,14 @@ def _safetensors_dtypes() -> frozenset:
 
 
 _DTYPES: Optional[frozenset] = None
+
+
+def _casts_to_float(dtype: torch.dtype) -> bool:
+    try:
+        torch.zeros(1, dtype=dtype).to(torch.float32)
+        return True
+    except (RuntimeError, TypeError):  # packed kinds (float4_e2m1fn_x2) have no element copy
+        return False
 
 
 def refuse_non_finite(

@@ -144,10 +144,8 @@ def _apply_loops(looped, n: int, where: str) -> int:
             f"{where} expects the grafted model or the list of looped blocks returned by "
             f"graft_looped_blocks, got {type(parts).__name__}")
     parts = list(parts)
-    if not parts:  # nothing would be set, and the count returned would be run by nothing
-        raise CanvasTypeError(
-            f"{where} got an empty list of looped blocks; pass the grafted model or the list of "
-            "looped blocks graft_looped_blocks returned")
+    if not parts:  # nothing to set: the scheduled count, as canvas-engineering returns it
+        return n
     for b in parts:
         if not callable(getattr(b, "set_loops", None)):
             raise CanvasTypeError(f"{where} expects looped blocks with set_loops(n); got {type(b).__name__}")

@@ -113,6 +113,8 @@ def _finite_gate(value: Any, block_idx: int) -> float:
     import math
     import numbers
 
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a 0-d tensor or array: its number
+        value = value.item()
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         try:
             f = float(value)
@@ -184,8 +186,8 @@ class LoopedBlockWrapper(nn.Module):
             raise BackboneError(f"max_loops must be an int >= 1, got {max_loops!r}")
         if not is_int(embed_dim) or embed_dim < 1:
             raise BackboneError(f"embed_dim must be a positive int, got {embed_dim!r}")
-        if not is_int(block_idx) or block_idx < 0:
-            raise BackboneError(f"block_idx must be an int >= 0 (the block's index in its model), got {block_idx!r}")
+        if not is_int(block_idx):  # any int, as canvas-engineering (where it is for logging) takes it
+            raise BackboneError(f"block_idx must be an int (the block's index in its model), got {block_idx!r}")
         max_loops, embed_dim, block_idx = int(max_loops), int(embed_dim), int(block_idx)
         from canvas_core.schema.limits import check_size
 
@@ -214,12 +216,7 @@ class LoopedBlockWrapper(nn.Module):
                     f"LoopedBlockWrapper (block {block_idx}): stream_dims gives stream {name!r} the "
                     f"width {d!r}; each width must be an int >= 1 (the last dim of that stream)")
             check_size("width", int(d), f"LoopedBlockWrapper (block {block_idx}) stream_dims")
-        dims = tuple(int(d) for d in dims)
-        if stream_dims is not None and dims[0] != embed_dim:
-            raise BackboneError(
-                f"LoopedBlockWrapper (block {block_idx}): embed_dim={embed_dim} but stream_dims[0]="
-                f"{dims[0]}; both give the width of the first stream {self.io.streams[0]!r}: make "
-                "them equal")
+        dims = tuple(int(d) for d in dims)  # given, stream_dims[0] is the first width (embed_dim is not read)
         self.original = original
         self.block_idx = block_idx
         self.max_loops = max_loops

@@ -91,25 +91,15 @@ class CanvasLayout:
 
     # --- changes after construction ----------------------------------------------------------
     def __setattr__(self, name: str, value: Any) -> None:
-        # After construction: d_model is checked at once, H / W (read back from spatial_shape)
-        # may not disagree with it, and a dict put in as regions is copied into a counting one.
+        # After construction: d_model is checked at once, and a dict put in as regions is copied
+        # into a counting one; H / W (read back from spatial_shape) are compared with it at the
+        # next query, so they may be set before spatial_shape (canvas-engineering code does).
         if "_validated" in self.__dict__:
             if name == "d_model":
                 value = as_int(value, "CanvasLayout d_model")
                 if value < 1:
                     raise SchemaError(f"CanvasLayout d_model was set to {value}; it must be >= 1")
                 check_size("width", value, "CanvasLayout d_model")
-                if value != self.__dict__.get("d_model"):
-                    object.__setattr__(self, "_revision", self.__dict__.get("_revision", 0) + 1)
-            elif name in ("H", "W"):
-                shape = self.spatial_shape
-                k = 0 if name == "H" else 1
-                want = shape[k] if isinstance(shape, (tuple, list)) and len(shape) > k else None
-                if value != want:
-                    raise SchemaError(
-                        f"CanvasLayout {name}={value!r}: {name} is read back from spatial_shape={shape!r} "
-                        f"(its entry {k}) and cannot be set on its own; assign layout.spatial_shape "
-                        "instead, or build a new CanvasLayout")
             elif name == "regions" and isinstance(value, Mapping) and type(value) is not RegionDict:
                 value = RegionDict(value)  # checked at the next query, like any change
         object.__setattr__(self, name, value)
@@ -119,11 +109,12 @@ class CanvasLayout:
         a shallow copy of the layout that still holds the old one is not disturbed)."""
         self._runs_cache: Dict[Tuple[str, int], List[Tuple[int, int]]] = {}
         regions = self.regions
-        content = (self.T, self.spatial_shape, tuple(regions.items()))  # t_current moves no index
+        content = (self.T, self.spatial_shape, self.d_model, tuple(regions.items()))  # t_current moves no index
         if content != self.__dict__.get("_content", content):
             self._revision = self.__dict__.get("_revision", 0) + 1
         self._content = content
-        self._validated = (regions, regions.version, len(regions), self.T, self.spatial_shape, self.allow_overlap)
+        self._validated = (regions, regions.version, len(regions), self.T, self.spatial_shape, self.allow_overlap,
+                           self.d_model, self.H, self.W)
         self._t_checked = self.t_current
 
     def _checked_regions(self) -> Dict[str, RegionSpec]:
@@ -133,7 +124,7 @@ class CanvasLayout:
         seen = self.__dict__.get("_validated")
         if (seen is None or seen[0] is not regions or seen[1] != getattr(regions, "version", None)
                 or seen[2] != len(regions)  # an entry added or removed by dict.__setitem__ / __delitem__
-                or seen[3:] != (self.T, self.spatial_shape, self.allow_overlap)):
+                or seen[3:] != (self.T, self.spatial_shape, self.allow_overlap, self.d_model, self.H, self.W)):
             self._revalidate()
         elif self.t_current != self.__dict__.get("_t_checked"):  # moves no region: its range only
             self._check_t_current()
@@ -168,8 +159,14 @@ class CanvasLayout:
         if any(v < 1 for v in shape):
             raise SchemaError(f"CanvasLayout spatial_shape was changed to {shape}; every size must be >= 1")
         self.spatial_shape = shape
-        self.H = shape[0] if len(shape) >= 1 else None  # read back as in the constructor
-        self.W = shape[1] if len(shape) >= 2 else None
+        for k, name in enumerate(("H", "W")):  # read back as in the constructor: set alone, they disagree
+            want = shape[k] if len(shape) > k else None
+            if getattr(self, name) not in (want, self.__dict__.get("_validated", (None,) * 9)[7 + k]):
+                raise SchemaError(
+                    f"CanvasLayout {name}={getattr(self, name)!r} disagrees with spatial_shape={shape!r} (its "
+                    f"entry {k}): {name} is read back from spatial_shape; assign layout.spatial_shape too (or "
+                    "instead), or build a new CanvasLayout")
+            object.__setattr__(self, name, want)
         check_size("positions", self.T * math.prod(shape),
                    f"CanvasLayout positions T*prod(spatial_shape) = {self.T}*{'*'.join(map(str, shape)) or 1}")
         self._check_t_current()

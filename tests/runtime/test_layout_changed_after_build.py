@@ -91,3 +91,13 @@ def test_a_layer_pickled_before_it_recorded_its_layout_still_runs():
     layer = CanvasAttention(TOPO, _layout(), d_model=8, n_heads=2)
     del layer.__dict__["_layout_stamp"]  # what an object saved by an older version lacks
     layer(torch.randn(1, 8, 8))
+
+
+def test_d_model_changed_and_changed_back_is_not_a_change():
+    layout = _layout()
+    canvas = SpatiotemporalCanvas(layout)
+    layout.d_model = 16
+    with pytest.raises(SchemaError, match="SpatiotemporalCanvas was built from this CanvasLayout"):
+        canvas.create_empty(1)
+    layout.d_model = 8
+    assert canvas.create_empty(1).shape == (1, 8, 8)
