@@ -188,19 +188,22 @@ class CanvasSchema:
 
 
 def _check_metadata_keys(metadata: dict) -> None:
-    """Refuse a dict key that is not a string anywhere in the metadata: JSON writes it as a
-    string (``1`` -> ``"1"``, ``None`` -> ``"null"``), so it would come back changed, and beside
-    a string key of the same text it would write a file that repeats a key and cannot be read."""
+    """Refuse two keys of one metadata dict that JSON writes as the same string (``1`` and
+    ``"1"``: the file would repeat a key and could not be read back).  A lone non-string key is
+    accepted, as canvas-engineering accepts it; it comes back from the file as its JSON text."""
     stack = [(metadata, "metadata")]
     while stack:
         node, path = stack.pop()
         items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, (list, tuple)) else ()
+        seen: Dict[str, Any] = {}
         for key, value in items:
-            if isinstance(node, dict) and not isinstance(key, str):
-                raise SchemaError(
-                    f"CanvasSchema {path} has the key {key!r} ({type(key).__name__}); JSON object keys are strings, "
-                    f"so it would be saved as {json.dumps({key: 0})[1:-4]} and not come back "
-                    f"as {key!r}; use a string key")
+            if isinstance(node, dict):
+                text = key if isinstance(key, str) else json.dumps({key: 0})[1:-4].strip('"')
+                if text in seen:
+                    raise SchemaError(
+                        f"CanvasSchema {path} has the keys {seen[text]!r} and {key!r}, which JSON writes as the same "
+                        f"string {text!r}: the saved file would repeat a key and could not be loaded; rename one")
+                seen[text] = key
             stack.append((value, f"{path}[{key!r}]"))
 
 
