@@ -185,7 +185,7 @@ class _CanvasAttentionBase(nn.Module):
             if grid is None or grid[0] * grid[1] != n:
                 s = square_side(n)
                 grid = (s, s) if s is not None else (1, n)
-            return viewpoint_coords(vp.to(dtype=_coord_dtype(like, vp.centers)), *grid)
+            return viewpoint_coords(vp.to(device=like.device, dtype=_coord_dtype(like, vp.centers)), *grid)
         return default_coords(n, like.device, _coord_dtype(like), self.local_grid)[None]
 
     @staticmethod

@@ -202,7 +202,7 @@ class CanViTCore(nn.Module):
         local = patches.flatten(2).transpose(1, 2)                 # (B, h*w, D)
         # coordinates in float32, or float64 for a float64 model / viewpoint (never rounded below float32)
         cdt = torch.float64 if torch.float64 in (glimpse.dtype, viewpoint.centers.dtype) else torch.float32
-        vp = viewpoint.to(dtype=cdt)  # batch 1 broadcasts through RoPE's (B|1, N, 2) coordinates
+        vp = viewpoint.to(device=glimpse.device, dtype=cdt)  # batch 1 broadcasts through RoPE's (B|1, N, 2)
         local_xy = torch.cat([vp.centers[:, None, :], viewpoint_coords(vp, h, w)], dim=1)  # CLS at the centre
         canvas_xy = grid_coords(G, G, glimpse.device, cdt)[None]
         x = torch.cat([state.recurrent_cls, local], dim=1)

@@ -113,11 +113,11 @@ except Exception:  # pragma: no cover - older torch
 
 def check_viewpoint_for(owner: str, viewpoint: Viewpoint, like: torch.Tensor, what: str) -> None:
     """Refuse a ``viewpoint`` that does not fit the tensor ``like`` (named ``what`` in messages):
-    it must be on ``like``'s device (never moved silently: a copy per call would sync the device,
-    and a ``meta`` viewpoint cannot be copied at all) and hold one window per batch item, or a
-    single window that every item shares."""
+    it must hold one window per batch item, or a single window that every item shares, and be
+    on a device it can be copied from to ``like``'s (callers move it there, as they always did:
+    ``Viewpoint.full_scene(B)`` is made on the CPU; a ``meta`` viewpoint holds no values to copy)."""
     dev = viewpoint.centers.device
-    if dev != like.device:
+    if dev != like.device and "meta" in (dev.type, like.device.type):
         raise ShapeError(f"{owner}: the viewpoint is on {dev}, {what} on {like.device}; move the "
                          f"viewpoint with viewpoint.to({str(like.device)!r})")
     B = like.shape[0]
@@ -163,8 +163,8 @@ def sample_at_viewpoint(spatial: torch.Tensor, viewpoint: Viewpoint, glimpse_siz
     """Crop-and-resize the window of ``viewpoint`` out of ``spatial (B, C, H, W)``.
 
     Returns ``(B, C, glimpse_size_px, glimpse_size_px)`` sampled with ``grid_sample``
-    (``align_corners=False``, zeros outside the scene).  The viewpoint must be on ``spatial``'s
-    device, with batch ``B`` or 1 (one window for every item).
+    (``align_corners=False``, zeros outside the scene).  The viewpoint has batch ``B`` or 1 (one
+    window for every item) and is moved to ``spatial``'s device.
     """
     if not isinstance(spatial, torch.Tensor) or spatial.dim() != 4:
         got = tuple(spatial.shape) if isinstance(spatial, torch.Tensor) else type(spatial).__name__
@@ -181,6 +181,6 @@ def sample_at_viewpoint(spatial: torch.Tensor, viewpoint: Viewpoint, glimpse_siz
     if not torch.compiler.is_compiling():  # int() of a traced size would pin it in the graph
         check_elements((spatial.shape[0], spatial.shape[1], g, g), "sample_at_viewpoint glimpse (B, C, g, g)",
                        spatial.element_size())
-    coords = viewpoint_coords(viewpoint.to(spatial.dtype), g, g).view(-1, g, g, 2)
+    coords = viewpoint_coords(viewpoint.to(device=spatial.device, dtype=spatial.dtype), g, g).view(-1, g, g, 2)
     coords = coords.expand(spatial.shape[0], -1, -1, -1)  # a batch-1 viewpoint: one window for all
     return F.grid_sample(spatial, coords.flip(-1), mode=mode, padding_mode="zeros", align_corners=False)

@@ -1,5 +1,6 @@
-"""A viewpoint must fit the tensors it places: same device (never moved silently), and batch B
-or 1 (a batch-1 viewpoint is one window shared by every item)."""
+"""A viewpoint must fit the tensors it places: batch B or 1 (a batch-1 viewpoint is one window
+shared by every item), and values to copy to their device (a CPU viewpoint is moved to a GPU
+glimpse's device, as ``Viewpoint.full_scene(B)`` is made on the CPU; a ``meta`` one is refused)."""
 
 from __future__ import annotations
 
@@ -82,3 +83,12 @@ def test_sizes_over_the_element_limit_are_refused_before_allocating():
 def test_shifted_refuses_a_delta_on_another_device():
     with pytest.raises(ShapeError, match="delta is on meta.*delta.to"):
         Viewpoint.full_scene(2).shifted(torch.zeros(2, device="meta"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: a CPU viewpoint placed on a GPU glimpse")
+def test_a_cpu_viewpoint_is_moved_to_a_gpu_glimpse():
+    m = _model().cuda()
+    g = torch.randn(2, 3, 8, 8, device="cuda")
+    a = m(g, m.init_state(2, 4), Viewpoint.full_scene(2))
+    b = m(g, m.init_state(2, 4), Viewpoint.full_scene(2, device="cuda"))
+    assert torch.equal(a.state.canvas, b.state.canvas)
