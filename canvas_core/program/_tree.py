@@ -7,11 +7,13 @@ them become subtrees, each with a coarse region at its own path.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field as dc_field
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 from canvas_core.errors import CanvasTypeError, ProgramError, SizeLimitError
 from canvas_core.program.fields import Field
@@ -43,11 +45,20 @@ class _Child:
 
 
 class _Walker:
-    def __init__(self, coarse_default: Field) -> None:
+    def __init__(self, coarse_default: Field, root: Any = None) -> None:
         self.coarse_default = coarse_default     # the coarse region of a subtree without a template
         self.fields: Dict[str, Field] = {}       # leaf path -> Field (coarse ones added later)
         self.n_regions = 0                       # leaves and coarse regions so far
         self.max_regions = limit("regions")
+        self.root = root                         # what known() starts from
+        self._known: Optional[Tuple[Set[int], Set[int]]] = None
+
+    def known(self) -> Tuple[Set[int], Set[int]]:
+        """The ids of the Fields and of the objects the walk reaches from the root through declared
+        attributes (computed on first use: most trees never need it)."""
+        if self._known is None:
+            self._known = _reachable(self.root)
+        return self._known
 
     def count(self, path: str, owner: str) -> None:
         """Refuse the tree as soon as it holds more regions than a layout may have."""
@@ -76,7 +87,7 @@ class _Walker:
         stack = stack + (id(obj),)
         owner = type(obj).__name__
         node = _Node(prefix.rstrip("."), owner=owner)
-        attrs = _attributes(obj, stack)
+        attrs = _attributes(obj, self.known)
         for name, value, _meta in attrs:
             if isinstance(value, Field):
                 self.leaf(f"{prefix}{name}", value, owner)
@@ -134,14 +145,15 @@ class _Walker:
 
 
 def _check_mixed_list(path: str, value: Any, owner: str) -> None:
-    """A list holding Fields / nested objects must hold nothing else (it would be silently dropped),
-    and a list inside it that holds Fields is refused too (canvas-engineering drops it silently)."""
+    """A list holding Fields / nested objects must hold nothing else (it would be silently dropped);
+    a list inside it that holds Fields is dropped with a warning (canvas-engineering drops it silently)."""
     for i, v in enumerate(value):
-        if _is_sequence(v) and _holds_deep(v, set()):
-            raise ProgramError(
+        if _is_sequence(v) and _holds_deep(v):
+            warnings.warn(
                 f"{owner}: {path}[{i}] is a {type(v).__name__} inside the list {path!r} and holds Fields; lists "
-                "of lists are not walked, so those Fields would be left off the canvas. Flatten the list, or "
-                "make each inner list an attribute of an object (a list of those objects is walked)")
+                "of lists are not walked, so those Fields are left off the canvas (as canvas-engineering leaves "
+                "them). Flatten the list, or make each inner list an attribute of an object (a list of those "
+                "objects is walked)", UserWarning, stacklevel=2)
     kinds = [isinstance(v, Field) or _is_composite(v) for v in value]
     if any(kinds) and not all(kinds):
         i = kinds.index(False)
@@ -168,29 +180,30 @@ def _is_composite(value: Any) -> bool:
         return False
     if dataclasses.is_dataclass(value) or _is_pydantic(value):
         return True
-    return _holds_fields(value, set())
+    return _holds_fields(value)
 
 
-def _holds_fields(obj: Any, seen: set) -> bool:
+def _holds_fields(obj: Any) -> bool:
     """Whether a plain object holds a ``Field`` at any depth: in an attribute, a list or tuple of
-    them, a dataclass / pydantic model, or another plain object (cycles are followed once).  Looking
-    one level down only dropped ``robot.arm.gripper.force`` from the canvas without a word."""
-    if id(obj) in seen:
-        return False
-    seen.add(id(obj))
-    return any(_holds(v, seen) for _, v, _ in _plain_attributes(obj))
-
-
-def _holds(value: Any, seen: set) -> bool:
-    if isinstance(value, Field):
-        return True
-    if isinstance(value, (list, tuple)):
-        return any(_holds(v, seen) for v in value)
-    if value is None or isinstance(value, _LEAVES):
-        return False
-    if dataclasses.is_dataclass(value) or _is_pydantic(value):
-        return True
-    return hasattr(value, "__dict__") and _holds_fields(value, seen)
+    them, a dataclass / pydantic model (which counts as holding one), or another plain object.
+    Looking one level down only dropped ``robot.arm.gripper.force`` from the canvas without a word.
+    Iterative, each object entered once: a long chain of helper objects is no deep nesting."""
+    seen = {id(obj)}
+    todo = [x for _, x, _ in _plain_attributes(obj)]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, Field):
+            return True
+        if v is None or isinstance(v, _LEAVES) or id(v) in seen:
+            continue
+        seen.add(id(v))
+        if isinstance(v, (list, tuple)):
+            todo.extend(v)
+        elif dataclasses.is_dataclass(v) or _is_pydantic(v):
+            return True
+        elif hasattr(v, "__dict__"):
+            todo.extend(x for _, x, _ in _plain_attributes(v))
+    return False
 
 
 def _plain_attributes(obj: Any) -> List[Tuple[str, Any, dict]]:
@@ -255,22 +268,56 @@ def _dataclass_items(obj: Any) -> List[Tuple[str, Any, dict]]:
     return items
 
 
-def _holds_deep(value: Any, seen: set) -> bool:
+def _declared(obj: Any) -> List[Any]:
+    """The attribute values of ``obj`` that the walk reads."""
+    if dataclasses.is_dataclass(obj):
+        return [v for _, v, _ in _dataclass_items(obj)]
+    if _is_pydantic(obj):
+        return [getattr(obj, n, None) for n in type(obj).model_fields]
+    return [v for _, v, _ in _plain_attributes(obj)]
+
+
+def _reachable(root: Any) -> Tuple[Set[int], Set[int]]:
+    """The ids of every Field and every object reachable from ``root`` through declared attributes
+    and list elements (not lists inside lists, which the walk does not enter)."""
+    fields: Set[int] = set()
+    objs: Set[int] = set()
+    todo = [root]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, Field):
+            fields.add(id(v))
+        elif isinstance(v, (list, tuple)):
+            todo.extend(x for x in v if not isinstance(x, (list, tuple)) or isinstance(x, Field))
+        elif v is not None and not isinstance(v, _LEAVES) and id(v) not in objs:
+            objs.add(id(v))
+            todo.extend(_declared(v))
+    return fields, objs
+
+
+def _found_fields(value: Any, skip: Set[int] = frozenset()) -> Iterator[Field]:
+    """Every Field ``value`` holds at any depth: in lists, dataclasses (instance attributes too),
+    models and plain objects.  Iterative, each object entered once; objects in ``skip`` are not
+    entered."""
+    seen = set(skip)
+    todo = [value]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, Field):
+            yield v
+        elif v is not None and not isinstance(v, _LEAVES) and id(v) not in seen:
+            seen.add(id(v))
+            if isinstance(v, (list, tuple)):
+                todo.extend(v)
+            elif dataclasses.is_dataclass(v):
+                todo.extend(_declared(v) + list(getattr(v, "__dict__", {}).values()))
+            else:
+                todo.extend(_declared(v))
+
+
+def _holds_deep(value: Any) -> bool:
     """Whether ``value`` holds a Field at any depth (dataclasses and models looked into too)."""
-    if isinstance(value, Field):
-        return True
-    if isinstance(value, (list, tuple)):
-        return any(_holds_deep(v, seen) for v in value)
-    if value is None or isinstance(value, _LEAVES) or id(value) in seen:
-        return False
-    seen.add(id(value))
-    if dataclasses.is_dataclass(value):
-        attrs = [v for _, v, _ in _dataclass_items(value)] + list(getattr(value, "__dict__", {}).values())
-    elif _is_pydantic(value):
-        attrs = [getattr(value, n, None) for n in type(value).model_fields]
-    else:
-        attrs = [v for _, v, _ in _plain_attributes(value)]
-    return any(_holds_deep(v, seen) for v in attrs)
+    return next(_found_fields(value), None) is not None
 
 
 def _describe(v: Any) -> str:
@@ -279,39 +326,57 @@ def _describe(v: Any) -> str:
     return "a list holding Fields" if _is_sequence(v) else f"an object ({type(v).__name__}) holding Fields"
 
 
-def _undeclared_dataclass_attributes(obj: Any, items: List[Tuple[str, Any, dict]], stack: Tuple[int, ...]) -> None:
-    """Refuse a Field (or a list / object holding Fields) that a dataclass holds outside its
-    fields: assigned in its class body without a type annotation, or set on the instance (in
-    ``__post_init__`` or later).  Neither is a dataclass field, so canvas-engineering leaves it
-    off the canvas without a word; here it is an error naming the attribute and the fix.  An
-    attribute that only refers back to an object being walked (``self.parent``) or to one of the
-    fields (an alias) adds nothing and is left alone."""
+def _adds_fields(v: Any, known: Tuple[Set[int], Set[int]]) -> bool:
+    """Whether ``v`` holds a Field the walk does not reach anyway (an alias such as
+    ``self.grip = self.arm.grip`` or ``self.main = self.cams[0]`` adds nothing)."""
+    fields, objs = known
+    if id(v) in objs:
+        return False
+    return any(id(f) not in fields for f in _found_fields(v, objs))
+
+
+def _warn_off_canvas(message: str) -> None:
+    warnings.warn(message + "; to keep it off the canvas without this warning, give it a name starting "
+                  "with '_'", UserWarning, stacklevel=2)
+
+
+def _undeclared_dataclass_attributes(obj: Any, items: List[Tuple[str, Any, dict]], known: Any) -> None:
+    """Check what a dataclass holds outside its fields.  canvas-engineering reads only
+    ``__dataclass_fields__``, so a Field set on the instance (in ``__post_init__`` or later) or
+    assigned in a class body without an annotation is left off its canvas.  A class-body one is
+    refused by name (annotating it is the fix); any other is left off here too, with a warning
+    naming it, so every tree canvas-engineering compiles compiles.  Names starting with ``_``,
+    ``functools.cached_property`` values and attributes whose Fields the walk reaches anyway
+    (aliases, links back up the tree) are left alone.  ``known`` returns the reachable ids."""
     klass = type(obj)
     declared = {name for name, _, _ in items}
-    walked = set(stack) | {id(v) for _, v, _ in items}
-    classvars = set()
+    classvars, cached = set(), set()
     for base in klass.__mro__:
         classvars.update(k for k, a in vars(base).get("__annotations__", {}).items() if _is_classvar(a))
+        cached.update(k for k, d in vars(base).items() if isinstance(d, functools.cached_property))
     inst = getattr(obj, "__dict__", None)
     for k, v in (inst.items() if isinstance(inst, dict) else ()):
-        if k in declared or (isinstance(k, str) and k.startswith("__")) or id(v) in walked \
-                or not _holds_deep(v, set(walked)):
+        if k in declared or k in cached or (isinstance(k, str) and k.startswith("_")) \
+                or not _holds_deep(v) or not _adds_fields(v, known()):
             continue
-        raise ProgramError(
-            f"{klass.__name__}.{k} is {_describe(v)} set on the instance (in __post_init__ or later), "
-            f"but it is no field of the dataclass {klass.__name__}, so it would be left off the canvas. "
-            f"Declare it as a field (`{k}: {'Field' if isinstance(v, Field) else type(v).__name__} = "
-            "dataclasses.field(init=False)`, then set it in __post_init__) or do not keep it on the object")
+        _warn_off_canvas(
+            f"{klass.__name__}.{k} is {_describe(v)} set on the instance (in __post_init__ or later), but it "
+            f"is no field of the dataclass {klass.__name__}, so it is left off the canvas (as canvas-engineering "
+            f"leaves it). To make it a region, declare it as a field (`{k}: "
+            f"{'Field' if isinstance(v, Field) else type(v).__name__} = dataclasses.field(init=False)`, then "
+            "set it in __post_init__)")
     for k, v in _class_declarations(klass):
-        if k in declared or (inst is not None and k in inst) or not _holds_deep(v, set()):
+        if k in declared or (inst is not None and k in inst) or k.startswith("_") or not _holds_deep(v) \
+                or not _adds_fields(v, known()):
             continue
         what = _describe(v)
         if k in classvars:  # a ClassVar of a base class that is no dataclass: not in __dataclass_fields__
-            raise ProgramError(
+            _warn_off_canvas(
                 f"{klass.__name__}.{k} is {what} annotated ClassVar in a base class that is not a dataclass, "
-                f"so the dataclass {klass.__name__} does not list it and it would be left off the canvas. "
-                "Declare it in a dataclass body (`" + k + ": ClassVar[Field] = Field(...)` puts it on the "
-                "canvas) or remove it")
+                f"so the dataclass {klass.__name__} does not list it and it is left off the canvas (as "
+                "canvas-engineering leaves it). To make it a region, declare it in a dataclass body (`" + k +
+                ": ClassVar[Field] = Field(...)`)")
+            continue
         example = f"{k}: Field = Field(...)" if isinstance(v, Field) else (
             f"{k}: list = dataclasses.field(default_factory=lambda: [...])" if _is_sequence(v)
             else f"{k}: {type(v).__name__} = dataclasses.field(default_factory={type(v).__name__})")
@@ -327,18 +392,22 @@ def _is_classvar(annotation: Any) -> bool:
     return annotation is typing.ClassVar or typing.get_origin(annotation) is typing.ClassVar
 
 
-def _attributes(obj: Any, stack: Tuple[int, ...] = ()) -> List[Tuple[str, Any, dict]]:
+def _attributes(obj: Any, known: Any = None) -> List[Tuple[str, Any, dict]]:
+    """The (name, value, metadata) triples the walk reads from ``obj``; ``known`` returns the ids
+    of the Fields and objects reachable from the root (``obj`` is the root without it)."""
+    if known is None:
+        known = functools.partial(_reachable, obj)
     if dataclasses.is_dataclass(obj):
         items = _dataclass_items(obj)
-        _undeclared_dataclass_attributes(obj, items, stack)
+        _undeclared_dataclass_attributes(obj, items, known)
     elif _is_pydantic(obj):
         items = [(n, getattr(obj, n, None), {}) for n in type(obj).model_fields]
         for k in sorted(getattr(type(obj), "__class_vars__", ())):
-            if _holds_deep(getattr(type(obj), k, None), set()):
-                raise ProgramError(
+            if not k.startswith("_") and _holds_deep(v := getattr(type(obj), k, None)) and _adds_fields(v, known()):
+                _warn_off_canvas(
                     f"{type(obj).__name__}.{k} holds Fields but is annotated ClassVar on a pydantic model, which "
-                    "is no model field, so it would be left off the canvas (canvas-engineering drops it). "
-                    f"Declare it as a model field (`{k}: Field = Field(...)`) or move it off the class")
+                    "is no model field, so it is left off the canvas (as canvas-engineering leaves it). To make "
+                    f"it a region, declare it as a model field (`{k}: Field = Field(...)`)")
     else:
         items = _plain_attributes(obj)
     for name, _, _ in items:
@@ -375,7 +444,7 @@ def _tree(root: Any, coarse_default: Field) -> Tuple[Dict[str, Field], _Node, se
             f"compile_schema/compile_program expects a dataclass (or pydantic model / object) instance "
             f"whose attributes are Fields, got {type(root).__name__} {root!r:.60}"
         )
-    w = _Walker(coarse_default)
+    w = _Walker(coarse_default, root)
     node = w.walk(root, "", ())
     if not node.has_fields():
         raise ProgramError(

@@ -1,16 +1,12 @@
 """When does a region run?  Clocks as small trees of nodes that a scheduler asks at every step.
 
-Pure Python (no torch).  :class:`ClockContext` and the :class:`ClockExpr` base class (equality,
-hashing, ``&`` / ``|`` / ``~``, loading from dicts) come first, then the node types.  A scheduler (``RegionScheduler``) only calls
-``expr.evaluate(ctx: ClockContext) -> bool``, so any object with that method works as a clock.
+Pure Python (no torch).  :class:`ClockContext` and the :class:`ClockExpr` base class (equality, hashing,
+``&`` / ``|`` / ``~``, loading from dicts) come first, then the node types.  A scheduler (``RegionScheduler``)
+only calls ``expr.evaluate(ctx: ClockContext) -> bool``, so any object with that method works as a clock.
 
 Leaves: ``Periodic(period, domain)``, ``OnEvent(source, gt, lt, domain)``, ``BoundaryExpr(name)``.
-Combinators: ``And(a, b)``, ``Or(a, b)``, ``Not(child)``.
-Decorators: ``Cooldown(child, steps)`` (no firing while ``ctx.external_t < ctx.cooldown_until``,
-the scheduler sets ``cooldown_until = t + steps`` after a fire) and ``MaxSilence(child, steps)``
-(forces a fire once ``external_t - last_fired >= steps``, and whenever the region never fired,
-``last_fired < 0``, as in canvas-engineering).
-Sugar: ``clock_periodic``, ``clock_on``, ``clock_boundary``.
+Combinators: ``And(a, b)``, ``Or(a, b)``, ``Not(child)``.  Decorators: ``Cooldown(child, steps)`` and
+``MaxSilence(child, steps)``.  Sugar: ``clock_periodic``, ``clock_on``, ``clock_boundary``.
 Operators: ``a & b`` is ``And(a, b)``, ``a | b`` is ``Or(a, b)``, ``~a`` is ``Not(a)``.
 
 ``expr.to_dict()`` gives a JSON-compatible dict with a ``"type"`` key, in canvas-engineering's
@@ -23,9 +19,11 @@ missing keys, wrong value types) raises :class:`~canvas_core.errors.SchemaFormat
 
 from __future__ import annotations
 
+import contextlib
 import math
+import operator
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, NoReturn, Optional
 
 from canvas_core.errors import CanvasError, CanvasTypeError, ProgramError, SchemaError, SchemaFormatError
 from canvas_core.program.constants import CLOCK_DOMAINS
@@ -63,14 +61,30 @@ class ClockContext:
     cooldown_until: int = 0
 
     def __post_init__(self) -> None:
-        # a float step makes `t % period` silently never 0; a list of summaries crashed lookups
-        checks = [(k, lambda v: not isinstance(v, bool) and hasattr(v, "__index__"), "an integer step")
-                  for k in ("external_t", "last_fired", "cooldown_until")]
-        checks += [("summaries", lambda v: v is None or isinstance(v, Mapping), "a mapping region -> {kind: number}"),
-                   ("boundary", lambda v: v is None or isinstance(v, str), "an event name (a string) or None")]
-        for key, ok, want in checks:
-            if not ok(value := getattr(self, key)):
-                raise CanvasTypeError(f"ClockContext {key} must be {want}, got {type(value).__name__} {value!r:.60}")
+        # a fractional step makes `t % period` silently never 0; a list of summaries crashed lookups
+        for key in ("external_t", "last_fired", "cooldown_until"):
+            setattr(self, key, _step(key, getattr(self, key)))
+        if not (self.summaries is None or isinstance(self.summaries, Mapping)):
+            _refuse("summaries", "a mapping region -> {kind: number}", self.summaries)
+        if not (self.boundary is None or isinstance(self.boundary, str)):
+            _refuse("boundary", "an event name (a string) or None", self.boundary)
+
+
+def _refuse(key: str, want: str, value: Any) -> NoReturn:
+    raise CanvasTypeError(f"ClockContext {key} must be {want}, got {type(value).__name__} {value!r:.60}")
+
+
+def _step(key: str, value: Any) -> int:
+    """A ClockContext step as an int: an integer, or a float with no fractional part (10.0 is 10, as
+    in canvas-engineering); 2.5 (also as a float tensor), NaN, "3" or True is a CanvasTypeError."""
+    if not isinstance(value, (bool, str, bytes)):
+        try:
+            return operator.index(value)
+        except TypeError:  # a float, numpy float or one-element float tensor: integral ones pass
+            with contextlib.suppress(TypeError, ValueError, RuntimeError):
+                if math.isfinite(as_float := float(value)) and as_float.is_integer():
+                    return int(as_float)
+    _refuse(key, "an integer step (an int, or a float with no fractional part such as 10.0)", value)
 
 
 def int_at_least(value: Any, what: str, minimum: int) -> int:
@@ -155,12 +169,10 @@ def _depth(d: Any) -> int:
 
 class ClockExpr:
     """One node of a clock expression tree: answers "does the region run now?" for a context.
-
-    Subclass it for a custom leaf: implement ``evaluate(ctx) -> bool`` (and ``to_dict`` if it
-    must be saved; ``from_dict`` only knows the built-in node types).  Such a node composes with
-    ``And`` / ``Or`` / ``Not`` / the decorators and works in ``RegionScheduler``; without
-    ``to_dict`` it compares and hashes by identity.
-    """
+    Subclass it for a custom leaf: implement ``evaluate(ctx) -> bool`` (and ``to_dict`` if it must be
+    saved; ``from_dict`` only knows the built-in node types).  Such a node composes with ``And`` / ``Or`` /
+    ``Not`` / the decorators and works in ``RegionScheduler``; without ``to_dict`` it compares and hashes
+    by identity."""
 
     _keys: tuple = ()
     _required: tuple = ()
@@ -274,13 +286,11 @@ class Periodic(ClockExpr):
 
 class OnEvent(ClockExpr):
     """Runs while a residual summary of some region lies beyond a bound (``gt``) or below one (``lt``).
-
     *source* is ``"region_name.kind_name"`` looked up in ``ctx.summaries``: split at the last
     dot, as canvas-engineering and ``RegionScheduler`` do (so region names may contain dots);
     when that region has no summaries, split at the first dot (kind names with dots).  At least
     one of *gt* / *lt* is required; with both the condition is ``gt < val < lt``.  A missing
-    summary never fires (canvas-engineering reads it as 0.0, see docs/design.md).
-    """
+    summary never fires (canvas-engineering reads it as 0.0, see docs/design.md)."""
 
     _keys = ("source", "gt", "lt", "domain")
     _required = ("source",)
@@ -317,9 +327,7 @@ class OnEvent(ClockExpr):
         if val is None:
             return False
         val = summary_number(val, region, kind)
-        above = self.gt is None or val > self.gt
-        below = self.lt is None or val < self.lt
-        return above and below
+        return (self.gt is None or val > self.gt) and (self.lt is None or val < self.lt)
 
     def to_dict(self) -> dict:
         bounds = {key: v for key, v in (("gt", self.gt), ("lt", self.lt)) if v is not None}
@@ -411,11 +419,8 @@ class Not(ClockExpr):
 
 
 class Cooldown(ClockExpr):
-    """After each run, keeps the region quiet for ``steps`` steps, whatever ``child`` says.
-
-    Fires when the child fires and ``ctx.external_t >= ctx.cooldown_until``; the scheduler that
-    owns the context sets ``cooldown_until = t + steps`` whenever the region fires.
-    """
+    """After each run, keeps the region quiet for ``steps`` steps: fires when the child fires and
+    ``ctx.external_t >= ctx.cooldown_until`` (the scheduler sets ``cooldown_until = t + steps`` on a fire)."""
 
     _keys = ("child", "steps")
     _required = ("child",)
@@ -425,9 +430,7 @@ class Cooldown(ClockExpr):
         self.steps = int_at_least(steps, "Cooldown.steps", 0)
 
     def evaluate(self, ctx: ClockContext) -> bool:
-        if ctx.external_t < ctx.cooldown_until:
-            return False
-        return self.child.evaluate(ctx)
+        return ctx.external_t >= ctx.cooldown_until and self.child.evaluate(ctx)
 
     def to_dict(self) -> dict:
         return {"type": "cooldown", "child": self.child.to_dict(), "steps": self.steps}
@@ -438,11 +441,8 @@ class Cooldown(ClockExpr):
 
 
 class MaxSilence(ClockExpr):
-    """Makes the region run once it has been quiet for ``steps`` steps, even if ``child`` would not.
-
-    Fires when the child fires, when ``ctx.external_t - ctx.last_fired >= steps``, or when the
-    region never fired (``ctx.last_fired < 0``; canvas-engineering's behaviour).
-    """
+    """Makes the region run once it has been quiet for ``steps`` steps: fires when the child fires, when
+    ``external_t - last_fired >= steps``, or when it never fired (``last_fired < 0``, as canvas-engineering)."""
 
     _keys = ("child", "steps")
     _required = ("child",)
@@ -480,8 +480,7 @@ def from_dict(d: dict) -> ClockExpr:
     return ClockExpr.from_dict(d)
 
 
-ClockCooldown = Cooldown
-ClockMaxSilence = MaxSilence
+ClockCooldown, ClockMaxSilence = Cooldown, MaxSilence
 
 
 def clock_periodic(n: int = 1, domain: str = "external") -> ClockExpr:

@@ -39,7 +39,7 @@ def test_the_deepest_accepted_tree_still_works_and_round_trips():
 
 @pytest.mark.parametrize("kw, field", [
     ({"external_t": "3"}, "external_t"), ({"external_t": 2.5}, "external_t"), ({"external_t": True}, "external_t"),
-    ({"last_fired": None}, "last_fired"), ({"cooldown_until": 1.0}, "cooldown_until"),
+    ({"last_fired": None}, "last_fired"), ({"cooldown_until": 1.5}, "cooldown_until"),
     ({"summaries": [("a", 1.0)]}, "summaries"), ({"boundary": 3}, "boundary"),
 ])
 def test_a_context_field_of_the_wrong_kind_is_named(kw, field):
