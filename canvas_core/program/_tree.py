@@ -343,9 +343,9 @@ def _warn_off_canvas(message: str) -> None:
 def _undeclared_dataclass_attributes(obj: Any, items: List[Tuple[str, Any, dict]], known: Any) -> None:
     """Check what a dataclass holds outside its fields.  canvas-engineering reads only
     ``__dataclass_fields__``, so a Field set on the instance (in ``__post_init__`` or later) or
-    assigned in a class body without an annotation is left off its canvas.  A class-body one is
-    refused by name (annotating it is the fix); any other is left off here too, with a warning
-    naming it, so every tree canvas-engineering compiles compiles.  Names starting with ``_``,
+    assigned in a class body without an annotation is left off its canvas.  Here too, with a
+    warning naming it and the fix (annotating it, or declaring it as a field), so every tree
+    canvas-engineering compiles compiles.  Names starting with ``_``,
     ``functools.cached_property`` values and attributes whose Fields the walk reaches anyway
     (aliases, links back up the tree) are left alone.  ``known`` returns the reachable ids."""
     klass = type(obj)
@@ -380,10 +380,10 @@ def _undeclared_dataclass_attributes(obj: Any, items: List[Tuple[str, Any, dict]
         example = f"{k}: Field = Field(...)" if isinstance(v, Field) else (
             f"{k}: list = dataclasses.field(default_factory=lambda: [...])" if _is_sequence(v)
             else f"{k}: {type(v).__name__} = dataclasses.field(default_factory={type(v).__name__})")
-        raise ProgramError(
+        _warn_off_canvas(
             f"{klass.__name__}.{k} is {what} assigned without a type annotation, so the dataclass "
-            f"{klass.__name__} does not count it as a field and it would be left off the canvas. "
-            f"Annotate it in the class body (`{example}`) or remove it")
+            f"{klass.__name__} does not count it as a field and it is left off the canvas (as "
+            f"canvas-engineering leaves it). Annotate it in the class body (`{example}`) or remove it")
 
 
 def _is_classvar(annotation: Any) -> bool:
