@@ -36,14 +36,15 @@ measured):
 
 Queries are sampled (``max_queries`` per layer, evenly spaced over the updated positions; all of
 them when the layer has fewer), so the cost of a recorded forward stays a small multiple of the
-forward itself.
+forward itself; a rollout step runs ``qkv`` on its new frame only and reads the keys its queries link.
 """
 
 from __future__ import annotations
 
 import math
+import weakref
 from contextlib import contextmanager
-from typing import Any, Dict, FrozenSet, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -59,7 +60,7 @@ from canvas_core.schema._validate import is_int
 __all__ = ["Telemetry", "record_telemetry", "telemetry"]
 
 _MAX_ELEMENTS = 16
-_CHUNK_ELEMENTS = 1 << 24  # (B * H * queries * N) per chunk of the softmax probe
+_CHUNK_ELEMENTS = 1 << 20  # (B * H * queries * connections * keys) per chunk of the softmax probe (cache-sized)
 
 
 class _Mean:
@@ -90,6 +91,14 @@ def _series_name(name: str, modules: Dict[str, nn.Module], wrapped: FrozenSet[st
         if not (part == "original" and hasattr(parent, "max_loops")):
             keep.append(part)
     return plain_name(".".join(keep))  # and without the compile wrapper's segments
+
+
+def _forget(kv: Dict[int, List[Any]], key: int) -> Callable[[Any], None]:
+    """A weakref callback that drops ``kv[key]`` once its buffer is gone (not a newer entry)."""
+    def forget(ref: Any) -> None:
+        if key in kv and kv[key][0] is ref:
+            del kv[key]
+    return forget
 
 
 class _LayerProbe:
@@ -126,6 +135,12 @@ class _LayerProbe:
                 if f not in soft:
                     only = [w if i == ci else 0.0 for i, w in enumerate(weights)]
                     self.conn_share[ci] = (plan_query_weights(plan, only)[f] / safe)[updated]
+        # per type: the rows of the sample each plan rectangle covers (sample is sorted)
+        self._rect_rows = {f: (np.searchsorted(updated, np.asarray(plan.groups[f].q0)),
+                               np.searchsorted(updated, np.asarray(plan.groups[f].q1)))
+                           for f in plan.groups}
+        # rollout steps: id(input buffer) -> [weakref to it, last frame, keys, values] (float32)
+        self._kv: Dict[int, List[Any]] = {}
         self.stats: Dict[str, _Mean] = {}
         self.module_norm: Dict[str, _Mean] = {}
         self.forwards = 0  # measured forwards of this layer (see applies)
@@ -150,85 +165,132 @@ class _LayerProbe:
         m.total += total
         m.count += count
 
+    def _rows(self, lo: int, hi: int) -> np.ndarray:
+        """Indices into ``self.sample`` of the sampled queries on frames ``lo .. hi - 1``."""
+        return np.flatnonzero((self.sample_frame >= lo) & (self.sample_frame < hi))
+
+    def _qkv(self, x: torch.Tensor) -> torch.Tensor:
+        """``(3, B, H, n, d)`` float32 queries, keys and values of ``x`` ``(B, n, D)``."""
+        layer = self.layer
+        B, n, _ = x.shape
+        return layer.qkv(x).reshape(B, n, 3, layer.n_heads, layer.head_dim).permute(2, 0, 3, 1, 4).float()
+
+    def _measures_softmax(self, x: torch.Tensor, rows_all: np.ndarray) -> bool:
+        return bool(self.layer.executor.soft_fns) and self.layer.qkv is not None and len(rows_all) > 0 \
+            and x.shape[0] > 0
+
     @torch.no_grad()
     def softmax_forward(self, x: torch.Tensor, lo: int = 0, hi: Optional[int] = None) -> None:
         """Add the softmax-family statistics of the sampled queries of canvas frames ``lo .. hi - 1``
         (default: all), ``x`` ``(B, hi V, D)`` the layer's input on frames ``0 .. hi - 1`` (keys
         of later frames are never linked to those queries: a rollout's topology is causal)."""
-        layer, plan = self.layer, self.layer.plan
-        ex = layer.executor
-        hi = self.T if hi is None else hi
-        rows_all = np.flatnonzero((self.sample_frame >= lo) & (self.sample_frame < hi))
-        if not ex.soft_fns or layer.qkv is None or not len(rows_all) or not x.shape[0]:
+        rows_all = self._rows(lo, self.T if hi is None else hi)
+        if self._measures_softmax(x, rows_all):
+            qkv = self._qkv(x)
+            self._measure(qkv[0], 0, qkv[1], qkv[2], rows_all)
+
+    @torch.no_grad()
+    def step_forward(self, h: torch.Tensor, t: int) -> None:
+        """:meth:`softmax_forward` of a rollout step of frame ``t`` (``h`` ``(B, (t + 1) V, D)``, a
+        view of the step's input buffer; every step of the buffer is seen, in order): ``qkv`` runs
+        only on the frames since this buffer's last measured step, whose keys and values are kept."""
+        V = frame_size(self.layer.plan)
+        base = h._base if h._base is not None else h
+        entry = self._kv.get(id(base))
+        if entry is not None and (entry[0]() is not base or entry[1] >= t  # a new episode
+                                  or (entry[2].is_inference() and not torch.is_inference_mode_enabled())):
+            del self._kv[id(base)]
+            entry = None
+        rows_all = self._rows(t, t + 1)
+        if not self._measures_softmax(h, rows_all):
             return
-        B, n, D = x.shape
-        H, d = layer.n_heads, layer.head_dim
-        cols = np.flatnonzero(plan.perm < n)  # packed keys on the frames x holds
-        sample = self.sample[rows_all]
-        qkv = layer.qkv(x).reshape(B, n, 3, H, d).permute(2, 0, 3, 1, 4).float()
-        perm = torch.as_tensor(plan.perm[cols], device=x.device)
-        k, v = qkv[1].index_select(2, perm), qkv[2].index_select(2, perm)  # packed order
-        q = qkv[0].index_select(2, torch.as_tensor(plan.perm[sample], device=x.device))
+        s0 = 0 if entry is None else entry[1] + 1  # frames s0 .. t have no keys yet
+        qkv = self._qkv(h[:, s0 * V:])
+        if entry is None:
+            k = qkv.new_empty(qkv.shape[1], qkv.shape[2], self.T * V, qkv.shape[4])
+            entry = self._kv[id(base)] = [weakref.ref(base, _forget(self._kv, id(base))), t, k, torch.empty_like(k)]
+        k, v = entry[2], entry[3]
+        k[:, :, s0 * V:(t + 1) * V], v[:, :, s0 * V:(t + 1) * V] = qkv[1], qkv[2]
+        entry[1] = t
+        self._measure(qkv[0][:, :, (t - s0) * V:], t * V, k[:, :, :(t + 1) * V], v[:, :, :(t + 1) * V], rows_all)
+
+    def _measure(self, q: torch.Tensor, q0: int, k: torch.Tensor, v: torch.Tensor, rows_all: np.ndarray) -> None:
+        """The statistics of the sampled queries ``rows_all``: ``q`` ``(B, H, ., d)`` the queries of
+        canonical positions ``q0 ..``, ``k`` / ``v`` ``(B, H, n, d)`` those of positions ``0 .. n - 1``."""
+        layer, plan = self.layer, self.layer.plan
+        device = q.device
+        B, H, n, d = k.shape
+        cols = np.flatnonzero(plan.perm < n)  # packed keys on the frames k holds
+        q = q.index_select(2, torch.as_tensor(plan.perm[self.sample[rows_all]] - q0, device=device))
         scale = layer.beta / math.sqrt(d)
-        S, N = len(sample), len(cols)
-        chunk = max(1, _CHUNK_ELEMENTS // max(1, B * H * N))
-        for f in ex.soft_fns:
-            weight, owner = self._pair_owner(plan.groups[f], int(plan.n), sample)
-            if N < int(plan.n):  # a rollout step: the keys of frames 0 .. hi - 1
-                weight, owner = weight[:, cols], owner[:, cols]
+        S = len(rows_all)
+        for f in layer.executor.soft_fns:
+            weight, owner, keys = self._pair_owner(f, rows_all, cols)
+            conns = np.unique(owner[owner >= 0])  # the connections these pairs come from
+            if not len(conns):
+                continue
+            kf, vf = k, v
+            if len(keys) < n:  # keys no sampled query links get probability 0: leave them out
+                at_keys = torch.as_tensor(keys, device=device)
+                kf, vf = k.index_select(2, at_keys), v.index_select(2, at_keys)
             cf = self.c_fn[f][rows_all]
-            sums: Dict[int, List[float]] = {}  # connection -> [sum of mass, sum of norm, queries]
+            chunk = max(1, _CHUNK_ELEMENTS // max(1, B * H * len(keys) * len(conns)))
+            sums = torch.zeros(len(conns), 3, dtype=torch.float64, device=device)  # mass, norm, queries
             for c0 in range(0, S, chunk):
                 rows = slice(c0, min(S, c0 + chunk))
-                w = torch.as_tensor(weight[rows], device=x.device)
+                w = weight[rows]
                 linked = (w > 0).any(-1)
-                if not bool(linked.any()):
+                if not linked.any():
                     continue
-                logits = torch.einsum("bhsd,bhnd->bhsn", q[:, :, rows], k) * scale
-                logits = logits + torch.where(w > 0, w.log(), torch.full_like(w, -math.inf)).float()
-                probs = torch.softmax(logits.masked_fill(~linked[None, None, :, None], 0.0), dim=-1)
-                own = torch.as_tensor(owner[rows], device=x.device)
-                for ci in np.unique(owner[rows][owner[rows] >= 0]):
-                    mine = (own == int(ci)).float()
-                    pm = probs * mine
-                    mass = pm.sum(-1).mean(1)  # (B, s)
-                    norm = torch.einsum("bhsn,bhnd->bshd", pm, v).flatten(2).norm(dim=-1)  # (B, s)
-                    # a sample with a NaN / inf at a query is left out of that query's mean: one bad
-                    # sample would make the running means NaN for the rest of the recording
-                    ok = (mass.isfinite() & norm.isfinite()).to(mass.dtype)
-                    n_ok = ok.sum(0)
-                    mass = (mass.nan_to_num() * ok).sum(0) / n_ok.clamp_min(1)
-                    norm = (norm.nan_to_num() * ok).sum(0) / n_ok.clamp_min(1)
-                    at = (mine.sum(-1) > 0) & (n_ok > 0)  # the sampled queries this connection links
-                    c = torch.as_tensor(cf[rows], device=x.device, dtype=mass.dtype)
-                    acc = sums.setdefault(int(ci), [0.0, 0.0, 0])
-                    # sums, not chunk means: every query weighs the same however the chunks fall
-                    acc[0] += float((c * mass)[at].sum())
-                    acc[1] += float((c * norm)[at].sum())
-                    acc[2] += int(at.sum())
-            for ci, (mass_sum, norm_sum, count) in sums.items():
-                if not count:  # every sample non-finite at its queries: nothing measured
-                    continue
-                self._add(f"{self.labels[ci]}/mass_share", mass_sum, count)
-                self._add(f"{self.labels[ci]}/out_norm", norm_sum, count)
+                bias = np.where(w > 0, np.log(np.where(w > 0, w, 1.0)), -np.inf).astype(np.float32)
+                logits = torch.einsum("bhsd,bhnd->bhsn", q[:, :, rows], kf) * scale + torch.as_tensor(bias, device=device)
+                probs = torch.softmax(logits.masked_fill(torch.as_tensor(~linked[:, None], device=device), 0.0), dim=-1)
+                mine = owner[rows][:, None] == conns[:, None]  # (s, C, K): the keys of each connection
+                pm = probs[:, :, :, None] * torch.as_tensor(mine.astype(np.float32), device=device)  # (B, H, s, C, K)
+                out = (pm.flatten(2, 3) @ vf).unflatten(2, pm.shape[2:4])  # (B, H, s, C, d), no copy of v
+                stat = torch.stack([pm.sum(-1).mean(1), out.permute(0, 2, 3, 1, 4).flatten(3).norm(dim=-1)], -1)
+                # a sample with a NaN / inf at a query is left out of that query's mean: one bad
+                # sample would make the running means NaN for the rest of the recording
+                ok = stat.isfinite().all(-1, keepdim=True).to(stat.dtype)  # (B, s, C, 1)
+                n_ok = ok.sum(0)
+                stat = (stat.nan_to_num() * ok).sum(0) / n_ok.clamp_min(1)  # (s, C, 2): mass, norm
+                at = (n_ok > 0) & torch.as_tensor(mine.any(-1)[..., None], device=device)  # queries it links
+                c = torch.as_tensor(cf[rows, None, None], device=device, dtype=stat.dtype)
+                # sums, not chunk means: every query weighs the same however the chunks fall
+                sums += torch.cat([c * stat * at, at], -1).sum(0).double()
+            for ci, (mass_sum, norm_sum, count) in zip(conns.tolist(), sums.tolist()):
+                if count:  # else every sample was non-finite at its queries: nothing measured
+                    self._add(f"{self.labels[ci]}/mass_share", mass_sum, int(count))
+                    self._add(f"{self.labels[ci]}/out_norm", norm_sum, int(count))
 
-    @staticmethod
-    def _pair_owner(g: Any, n: int, sample: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-        """``(weight (S, N), owner (S, N))`` over the queries ``sample`` in packed coordinates: the
-        largest weight linking each pair and the connection it comes from (-1: not linked)."""
-        S = len(sample)
-        weight = np.zeros((S, n))
-        owner = np.full((S, n), -1, dtype=np.int64)
-        for r in range(g.n_rects):
-            rows = np.flatnonzero((sample >= g.q0[r]) & (sample < g.q1[r]))
-            if not len(rows):
-                continue
-            cols = np.arange(g.k0[r], g.k1[r])
-            block = np.ix_(rows, cols)
+    def _pair_owner(self, f: str, rows_all: np.ndarray, cols: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(weight (S, K), owner (S, K), keys (K,))`` of type ``f`` between the sampled queries
+        ``rows_all`` and the packed keys ``cols`` (both sorted): ``keys`` the canonical positions
+        of the keys some query links, ``weight`` the largest weight linking a pair and ``owner`` the
+        connection it comes from (-1: not linked).  Only the plan's rectangles that touch both are
+        visited (in plan order, so ties go as before): a rollout step costs what its frame needs."""
+        plan = self.layer.plan
+        g = plan.groups[f]
+        r_lo, r_hi = self._rect_rows[f]
+        k0, k1 = np.asarray(g.k0), np.asarray(g.k1)
+        touch = ((np.searchsorted(rows_all, r_hi) > np.searchsorted(rows_all, r_lo))
+                 & (np.searchsorted(cols, k1) > np.searchsorted(cols, k0)))
+        row_at = np.full(len(self.sample), -1, dtype=np.int64)
+        row_at[rows_all] = np.arange(len(rows_all))
+        col_at = np.full(int(plan.n), -1, dtype=np.int64)
+        col_at[cols] = plan.perm[cols]  # columns in canonical order, as the keys are
+        weight = np.zeros((len(rows_all), len(cols)))
+        owner = np.full((len(rows_all), len(cols)), -1, dtype=np.int64)
+        for r in np.flatnonzero(touch):
+            rows, cs = row_at[r_lo[r]:r_hi[r]], col_at[k0[r]:k1[r]]
+            block = np.ix_(rows[rows >= 0], cs[cs >= 0])
             better = g.weight[r] > weight[block]
             weight[block] = np.where(better, g.weight[r], weight[block])
             owner[block] = np.where(better, g.conn[r], owner[block])
-        return weight, owner
+        keys = np.flatnonzero((weight > 0).any(0))
+        if len(keys) == len(cols):
+            return weight, owner, keys
+        return weight[:, keys], owner[:, keys], keys
 
     def module_output(self, fn: str, out: Any) -> None:
         if self.live and isinstance(out, torch.Tensor) and out.dim() >= 2 and out.numel():
@@ -362,13 +424,15 @@ class Telemetry:
         def observe(_layer: nn.Module, h: torch.Tensor, t: int) -> None:
             if not _in_backward() and h.shape[0] > 0 and h.is_floating_point():
                 probe.forwards += 1
-                probe.softmax_forward(h, t, t + 1)
+                probe.step_forward(h, t)
         return observe
 
     def _stop(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        for p in self._probes:
+            p._kv.clear()  # the keys and values of rollout steps
 
     def gate_values(self) -> Dict[str, float]:
         """``gate/<name>``: every parameter of the model whose name contains ``gate``, now."""
