@@ -133,8 +133,19 @@ class BackboneAdapter:
         return list(self.block_container(model))
 
     def set_block(self, model: nn.Module, index: int, block: nn.Module) -> None:
-        """Replace block ``index`` in place."""
-        self.block_container(model)[index] = block
+        """Replace block ``index`` in place.  When one of the two wraps the other (grafting,
+        ungrafting), the gated modules of an installed topology (``canvas_fn``) move to the block
+        now in the slot, so they stay loop parameters and ``remove_topology`` finds them."""
+        from canvas_core.looping.topology_install import HOLDER_ATTR
+
+        cont = self.block_container(model)
+        old = cont[index]
+        fns = getattr(old, "_modules", {}).get(HOLDER_ATTR)
+        wraps = getattr(block, "original", None) is old or getattr(old, "original", None) is block
+        if fns is not None and wraps and HOLDER_ATTR not in getattr(block, "_modules", {}):
+            del old._modules[HOLDER_ATTR]
+            block.add_module(HOLDER_ATTR, fns)
+        cont[index] = block
 
     def hidden_size(self, model: nn.Module) -> int:
         """Width ``D`` of the hidden states entering a block."""
@@ -270,13 +281,16 @@ class BackboneAdapter:
         return None, self.hidden_size(model), ""
 
     def install_topology(self, model: nn.Module, topology: Any, tokens: TokenLayout, *,
-                         kernel: Any = None, kernel_options: Optional[Mapping[str, Any]] = None) -> Any:
+                         kernel: Any = None, kernel_options: Optional[Mapping[str, Any]] = None,
+                         requires_grad: bool = True) -> Any:
         """Make every block's attention follow ``topology`` over ``tokens``: the compiler's plan,
         restricted to the tokens, run by the kernel it resolved for the model's device on the
         backbone's own q/k/v; non-softmax types run their own module behind a zero-initialised
         gate.  Returns the :class:`~canvas_core.looping.installed.InstalledTopology` (its
         ``report()`` names the kernels).  Everything is checked before the model is changed.
-        ``install_topology(model, None, ...)`` removes it (the backbone's attention again)."""
+        ``install_topology(model, None, ...)`` removes it (the backbone's attention again).
+        ``requires_grad=False``: the model will only run inference, so kernels without a backward
+        pass (e.g. ``kernel="flex_cpu"``) may be chosen; they refuse a call that needs gradients."""
         from canvas_core.looping.topology_install import build_installation, remove_installation
 
         targets = self.attention_targets(model)
@@ -303,7 +317,8 @@ class BackboneAdapter:
                 f"{type(tokens).__name__}"
             )
         commit, installed = build_installation(self, model, topology, tokens, targets,
-                                               kernel=kernel, kernel_options=kernel_options)
+                                               kernel=kernel, kernel_options=kernel_options,
+                                               requires_grad=requires_grad)
         remove_installation(self, model, targets)
         commit()
         return installed

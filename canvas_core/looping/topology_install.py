@@ -70,8 +70,8 @@ def _probe_branch(gm: GatedTypeModule, fn: str, width: int, where: str, backbone
 
 
 def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: Any, targets: List[Any], *,
-                       kernel: Any = None, kernel_options: Optional[Mapping[str, Any]] = None
-                       ) -> Tuple[Callable[[], None], InstalledTopology]:
+                       kernel: Any = None, kernel_options: Optional[Mapping[str, Any]] = None,
+                       requires_grad: bool = True) -> Tuple[Callable[[], None], InstalledTopology]:
     """Check and build an installation of ``topology`` (see the module docstring).  Returns
     ``(commit, installed)``; nothing in ``model`` changes until ``commit()`` is called."""
     from canvas_core.compiler.lowering import lower
@@ -84,6 +84,8 @@ def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: An
                             f"reference kernel {list(REFERENCE_MODES)}")
     from canvas_core.runtime.canvas_attention import _options, _probe_choices
 
+    if not isinstance(requires_grad, bool):
+        raise BackboneError(f"install_topology: requires_grad must be True or False, got {requires_grad!r}")
     kernel_options = _options(kernel_options, "install_topology")  # a dict, as a canvas layer's
     layout = tokens.layout
     plan = lower(topology, layout)  # unknown regions: TopologyError naming the connection
@@ -92,7 +94,7 @@ def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: An
     prefer = None if kernel in (None, "auto") or kernel in REFERENCE_MODES else kernel
     # once, for the model's device: unknown / unavailable types fail here, naming the connection
     plan = resolve_plan(plan, device=device.type, dtype=str(dtype).replace("torch.", ""), head_dim=head_dim,
-                 kernel=prefer, kernel_must_apply=prefer is not None)
+                 kernel=prefer, kernel_must_apply=prefer is not None, requires_grad=requires_grad)
     native = set(SOFTMAX_FAMILY) | set(getattr(adapter, "native_types", ()))
     softmax, kernels = set(), {}
     for fn, g in plan.groups.items():
@@ -176,8 +178,12 @@ def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: An
 
 def remove_installation(adapter: Any, model: nn.Module, targets: List[Any]) -> None:
     """Remove an installed topology (and its gated modules): the backbone's attention again."""
+    ours = set()
     for t in targets:
-        if getattr(t, "canvas_topology", None) is not None:
+        bt = getattr(t, "canvas_topology", None)
+        if bt is not None:
+            if getattr(bt, "modules", None) is not None:
+                ours.add(id(bt.modules))
             t.canvas_topology = None
         for legacy in ("canvas_bias", "canvas_has_key"):
             if legacy in getattr(t, "__dict__", {}):
@@ -185,3 +191,7 @@ def remove_installation(adapter: Any, model: nn.Module, targets: List[Any]) -> N
     for h in adapter.blocks(model):
         if HOLDER_ATTR in getattr(h, "_modules", {}):
             del h._modules[HOLDER_ATTR]
+    # modules of this installation held elsewhere (e.g. by a block wrapped after the install)
+    for m in list(model.modules()) if ours else ():
+        if id(m._modules.get(HOLDER_ATTR)) in ours:
+            del m._modules[HOLDER_ATTR]

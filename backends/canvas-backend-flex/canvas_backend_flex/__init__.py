@@ -21,7 +21,7 @@ from typing import Any, List
 from canvas_core import hookimpl
 
 __version__ = "0.1.0"
-__all__ = ["canvas_register_kernels", "check", "check_cpu", "SUPPORTS", "MIN_TORCH"]
+__all__ = ["canvas_register_kernels", "check", "check_cpu", "SUPPORTS", "MIN_TORCH", "MIN_CUDA_HEAD_DIM"]
 
 #: attention types this kernel executes (softmax with per-pair log-weight bias).
 SUPPORTS = ("cross_attention",)
@@ -38,8 +38,16 @@ def _torch_version() -> Any:
     return (int(m.group(1)), int(m.group(2)), v) if m else (0, 0, v)
 
 
-def check(ctx: Any) -> List[str]:
-    """Reasons FlexAttention cannot run (no torch import: reads the installed torch version)."""
+#: smallest head width the compiled GPU (Triton) kernel takes: torch's inductor refuses less
+#: ("embedding dimension ... must be at least 16", from ``tl.dot``) when the first call compiles
+MIN_CUDA_HEAD_DIM = 16
+
+
+def _device_type(ctx: Any) -> str:
+    return str(getattr(ctx, "device", None) or "cpu").split(":")[0]
+
+
+def _torch_reasons() -> List[str]:
     tv = _torch_version()
     if tv is None:
         return ["needs torch, which is not installed"]
@@ -49,16 +57,31 @@ def check(ctx: Any) -> List[str]:
     return []
 
 
+def check(ctx: Any) -> List[str]:
+    """Reasons FlexAttention cannot run (no torch import: reads the installed torch version), and
+    on CUDA a head width below what the compiled kernel takes."""
+    reasons = _torch_reasons()
+    if reasons:
+        return reasons
+    hd = getattr(ctx, "head_dim", None)
+    if _device_type(ctx) == "cuda" and isinstance(hd, int) and hd < MIN_CUDA_HEAD_DIM:
+        return [f"FlexAttention's compiled GPU (Triton) kernel needs head_dim >= {MIN_CUDA_HEAD_DIM} (its "
+                f"tl.dot), got head_dim={hd}; use heads of at least {MIN_CUDA_HEAD_DIM} channels or "
+                "another kernel (e.g. kernel='reference')"]
+    return []
+
+
 def check_cpu(ctx: Any) -> List[str]:
-    """:func:`check`, plus: FlexAttention has no backward pass on CPU (inference only)."""
-    reasons = check(ctx)
+    """The torch version, plus: FlexAttention has no backward pass on CPU (inference only)."""
+    reasons = _torch_reasons()
     # only on CPU: for another device the spec's devices=("cpu",) already gives the reason, and
     # "compile ... on CUDA" would contradict it
-    on_cpu = str(getattr(ctx, "device", None) or "cpu").split(":")[0] == "cpu"
+    on_cpu = _device_type(ctx) == "cpu"
     if not reasons and on_cpu and getattr(ctx, "requires_grad", False):
         tv = _torch_version()
-        reasons.append(f"FlexAttention has no backward pass on CPU (torch {tv[2]}); compile for "
-                       "inference (requires_grad=False) or on CUDA")
+        reasons.append(f"FlexAttention has no backward pass on CPU (torch {tv[2]}); ask for inference "
+                       "only (compile(..., requires_grad=False) or adapter.install_topology(..., "
+                       "requires_grad=False)) or run on CUDA")
     return reasons
 
 

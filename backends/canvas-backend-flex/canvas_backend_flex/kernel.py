@@ -158,8 +158,9 @@ class FlexKernel(AttentionKernel):
                 "with dropout=0.0 or compile with kernel='reference'")
         if q.device.type == "cpu" and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
             raise UnavailableError(
-                "kernel 'flex' cannot train on CPU: FlexAttention has no backward pass there; run "
-                "under torch.no_grad() / inference, on CUDA, or compile with kernel='reference'")
+                "kernel 'flex_cpu' cannot train: FlexAttention has no backward pass on CPU; run under "
+                "torch.no_grad() / torch.inference_mode(), on CUDA, or choose kernel='reference' "
+                "(compile(kernel=...) or adapter.install_topology(..., kernel=...))")
         if self.n == 0:
             return q.new_zeros(q.shape[:-1] + v.shape[-1:])
         scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, List, Mapping, Optional, Tuple
 
 import torch
@@ -73,12 +74,46 @@ def _patch_grid(pe: nn.Module, shape: Tuple[Any, ...]) -> Tuple[Any, Any]:
     return shape[-2] // ph, shape[-1] // pw
 
 
+def _check_image_size(pe: nn.Module, shape: Tuple[int, ...]) -> None:
+    """Refuse (``BackboneError``) an image size the patch embedding would refuse at the forward,
+    by timm's own rules: a fixed size unless ``dynamic_img_size``, whole patches unless
+    ``dynamic_img_pad``."""
+    img = getattr(pe, "img_size", None)
+    if img is None:
+        return
+    (ph, pw), (h, w) = tuple(pe.patch_size), shape[-2:]
+    if getattr(pe, "strict_img_size", False):
+        if (h, w) != tuple(img):
+            raise BackboneError(
+                f"ViT sample image is {h}x{w} but this model takes {img[0]}x{img[1]} images only "
+                "(its patch embedding is strict); pass images of that size, or create the model "
+                "with dynamic_img_size=True")
+    elif not getattr(pe, "dynamic_img_pad", False) and (h % ph or w % pw):
+        raise BackboneError(
+            f"ViT sample image is {h}x{w}, not a whole number of {ph}x{pw} patches, which this "
+            "model refuses; crop or pad the images to multiples of the patch size, or create the "
+            "model with dynamic_img_pad=True")
+
+
 def _call_shapes(pe: nn.Module, args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict:
     """The patch grid of a ``patch_embed(x)`` call (Python ints from ``x``'s shape)."""
     x = args[0] if args else kwargs.get("x")
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         return {}
     return {"grid": _patch_grid(pe, x.shape)}
+
+
+def _no_patch_dropout(pd: nn.Module, args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict:
+    """Refuse a call of the ViT's patch dropout that would drop patches (train mode, ``prob > 0``):
+    the tokens left are no longer where the installed token layout places them."""
+    prob = float(getattr(pd, "prob", 0.0) or 0.0)
+    if pd.training and prob > 0:
+        raise BackboneError(
+            f"this ViT's patch dropout (prob={prob}) drops random patches of every sample in train "
+            "mode, so its tokens are no longer where the installed topology's token layout places "
+            "them; set model.patch_drop.prob = 0 (or create the model with patch_drop_rate=0) while "
+            "a topology is installed, or remove it (adapter.remove_topology(model))")
+    return {}
 
 
 class ViTAdapter(BackboneAdapter):
@@ -116,21 +151,33 @@ class ViTAdapter(BackboneAdapter):
         """As :meth:`BackboneAdapter.install_topology`; every call of the patch embedding is
         then checked to give the patch grid the ``tokens`` were built for (with
         ``dynamic_img_size`` another image size may give as many tokens on another grid), else
-        ``ShapeError``."""
+        ``ShapeError``; and a call of its patch dropout that would drop patches (train mode)
+        raises ``BackboneError``."""
         installed = super().install_topology(model, topology, tokens, **kwargs)
         guard_input_shapes(getattr(model, "patch_embed", None), installed, _call_shapes)
+        pd = getattr(model, "patch_drop", None)  # nn.Identity unless patch_drop_rate > 0
+        if isinstance(pd, nn.Module) and hasattr(pd, "prob"):
+            guard_input_shapes(pd, installed, _no_patch_dropout)
         return installed
 
     def grid(self, model: nn.Module, sample_inputs: Optional[Mapping[str, Any]]) -> Tuple[int, int]:
         pe = model.patch_embed
+        if isinstance(sample_inputs, Mapping) and sample_inputs and "x" not in sample_inputs:
+            # another key would silently give the configured grid, not the image's
+            raise BackboneError(
+                f"ViT token_layout reads the image batch from sample_inputs['x'] (the argument of "
+                f"timm's forward), got keys {sorted(map(str, sample_inputs))}; pass {{'x': images}} "
+                "or the image tensor itself")
         x = (sample_inputs or {}).get("x") if isinstance(sample_inputs, Mapping) else sample_inputs
         if x is None:
             return tuple(int(g) for g in pe.grid_size)  # type: ignore[return-value]
         shape = tuple(x.shape) if isinstance(x, torch.Tensor) else tuple(x)
-        if len(shape) != 4:
+        if len(shape) != 4 or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in shape):
             raise BackboneError(
-                f"ViT sample input must be an image batch (B, C, H, W), got shape {shape}"
+                f"ViT sample input must be an image batch (B, C, H, W) or its shape (4 ints), got "
+                f"shape {shape}"
             )
+        _check_image_size(pe, shape)
         return tuple(int(g) for g in _patch_grid(pe, shape))  # type: ignore[return-value]
 
     def token_layout(
