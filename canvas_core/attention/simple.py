@@ -18,7 +18,7 @@ from canvas_core.attention._base import (
     safe_div,
 )
 from canvas_core.attention.causal_read import autocast_on, outside_autocast, plain_module, work_dtype
-from canvas_core.attention.linear_sums import elu_plus_one, key_summary
+from canvas_core.attention.linear_sums import elu_plus_one, head_shift, key_summary
 from canvas_core.attention.softmax import CosineAttention, CrossAttention, _QKVAttention
 from canvas_core.errors import CanvasTypeError
 from canvas_core.schema.limits import check_elements, check_size
@@ -40,7 +40,9 @@ class LinearAttention(_QKVAttention):
     ``out_i = phi(q_i)^T (sum_j phi(k_j) v_j^T) / (phi(q_i)^T sum_j phi(k_j))`` over the allowed
     keys, then an output projection.  A key mask that does not depend on the query keeps the
     ``O(N + M)`` form; a per-query mask ``(Nq, Nk)`` needs the explicit ``Nq x Nk`` weights.
-    Computed in float32 at least.
+    Computed in float32 at least.  Each head's query features, and each head's key features of a
+    batch row, are scaled by a constant (which the ratio does not see) so that inputs far below 0
+    do not underflow ``phi`` to 0 (:func:`~canvas_core.attention.linear_sums.head_shift`).
 
     The ``O(N + M)`` form works on the merged heads: ``S = phi(K)^T V`` is one ``(D, D)`` product
     per batch row with its off-head blocks zeroed (no head transposes), the normaliser's
@@ -68,12 +70,14 @@ class LinearAttention(_QKVAttention):
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
         B, Nq, Nk, allowed, _ = self._prepare(queries, keys, values, key_mask)
         wdt = torch.float32 if queries.dtype in (torch.float16, torch.bfloat16) else queries.dtype
-        q = elu_plus_one(self.q_proj(queries).to(wdt))
+        q = self.q_proj(queries).to(wdt)
+        q = elu_plus_one(q, head_shift(q, self.head_dim, over_rows=False))
         if allowed is None or allowed.shape[1] == 1:
             kv, ks = self._key_side(keys, values, allowed, wdt)
             out = _read_summary(q, kv, ks, self.head_dim)
         else:
-            k = elu_plus_one(self.k_proj(keys).to(wdt))
+            k = self.k_proj(keys).to(wdt)
+            k = elu_plus_one(k, head_shift(k, self.head_dim, allowed.any(dim=1)))
             q, k, v = self._split(q), self._split(k), self._split(self.v_proj(values).to(wdt))
             out = self._merge(_weigh_per_query(q, k, v, allowed))
         out = out.to(queries.dtype)
@@ -91,12 +95,13 @@ class LinearAttention(_QKVAttention):
                 and not autocast_on(keys.device.type):
             # sum_j phi(k_j) (W_v x_j + b)^T = (sum_j phi(k_j) x_j^T) W_v^T + (sum_j phi(k_j)) b^T:
             # one (D, D) product per row instead of a projection of every key's value
-            P, ks = key_summary(keys, None if values is keys else values, kp.weight, kp.bias)
+            P, ks = key_summary(keys, None if values is keys else values, kp.weight, kp.bias, self.head_dim)
             kv = torch.matmul(P, vp.weight.t())
             if vp.bias is not None:
                 kv = kv + ks.unsqueeze(-1) * vp.bias
             return kv, ks
-        k = elu_plus_one(kp(keys).to(wdt))
+        k = kp(keys).to(wdt)
+        k = elu_plus_one(k, head_shift(k, self.head_dim, None if allowed is None else allowed[:, 0]))
         if allowed is not None:  # (B|1, 1, Nk) -> (B|1, Nk, 1) zeroes blocked keys
             k = k * allowed.transpose(1, 2).to(wdt)
         return _sum_over_keys(k, vp(values).to(wdt))

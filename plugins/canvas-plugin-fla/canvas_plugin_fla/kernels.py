@@ -55,13 +55,14 @@ def fla_wkv(fn, k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tens
     B, L, C = k.shape
     if L == 0:
         return k.new_zeros(B, 0, C)
+    k = k.float()  # before the fill: -1e38 does not fit in float16 (torch refuses the fill)
     if key_ok is not None:  # a masked key contributes e^k = 0 to both sums
         k = k.masked_fill(~key_ok.to(torch.bool).unsqueeze(-1), _VERY_NEG)
     # fla takes the raw parameter ``w`` and uses -exp(w) as log-decay: pass log(rate)
     w_raw = torch.log(w.float())
     state = torch.zeros(B, 3, 1, C, device=k.device, dtype=torch.float32)
     state[:, 2] = _VERY_NEG  # (alpha, beta, eps): empty sums, running max exponent -inf
-    wkv, _ = fn(w_raw, u.float().contiguous(), k.float().contiguous(), v.float().contiguous(), state)
+    wkv, _ = fn(w_raw, u.float().contiguous(), k.contiguous(), v.float().contiguous(), state)
     if key_ok is not None:  # as wkv_scan: 0 until the first allowed key (fla returns v_t there)
         seen = key_ok.to(torch.bool).cumsum(dim=1) > 0
         wkv = wkv * seen.unsqueeze(-1).to(wkv.dtype)

@@ -108,3 +108,23 @@ def test_fla_calling_convention_matches_the_core_scan(masked):
     out = fla_wkv(_fla_rwkv4_forward, k, v, w, u, key_ok)
     torch.testing.assert_close(out, wkv_scan(k, v, w, u, key_ok), atol=1e-5, rtol=1e-5)
     assert fla_wkv(_fla_rwkv4_forward, k[:, :0], v[:, :0], w, u).shape == (B, 0, C)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_with_masked_keys(dtype):
+    """float16 / bfloat16 keys with a key mask: the wrapper used to fill the masked keys with
+    -1e38 in the inputs' dtype, which float16 cannot hold (torch raised a RuntimeError); now the
+    fill happens in float32 and the result equals wkv_scan on the same (rounded) inputs."""
+    from canvas_core.extend import wkv_scan
+    from canvas_plugin_fla.kernels import fla_wkv
+
+    g = torch.Generator().manual_seed(5)
+    B, L, C = 2, 11, 4
+    k, v = torch.randn(B, L, C, generator=g).to(dtype), torch.randn(B, L, C, generator=g).to(dtype)
+    w, u = (torch.rand(C, generator=g) + 0.05).to(dtype), (torch.randn(C, generator=g) * 0.5).to(dtype)
+    key_ok = torch.rand(B, L, generator=g) > 0.3
+    key_ok[1, :2] = False
+    out = fla_wkv(_fla_rwkv4_forward, k, v, w, u, key_ok)
+    ref = wkv_scan(k.double(), v.double(), w.double(), u.double(), key_ok)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), ref, atol=2e-2, rtol=2e-2)
