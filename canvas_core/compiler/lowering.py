@@ -30,7 +30,7 @@ import numpy as np
 
 from canvas_core.compiler.plan import ExecutionPlan, RectGroup
 from canvas_core.compiler.temporal import connection_links, region_frames
-from canvas_core.errors import CanvasTypeError
+from canvas_core.errors import CanvasTypeError, UnknownRegionError, did_you_mean
 from canvas_core.schema.limits import check_size
 from canvas_core.schema.masks import mask_to_index_pairs
 from canvas_core.schema.topology import DEFAULT_FN, check_connection_regions
@@ -163,12 +163,21 @@ def _resolver(topology: Any, layout: Any, resolve_fn: Union[bool, Callable, Sequ
         if len(resolve_fn) != len(topology.connections):
             raise CanvasTypeError(f"lower(resolve_fn=[...]) needs one fn type per connection "
                                   f"({len(topology.connections)}), got {len(resolve_fn)}")
-        return lambda i, c: str(resolve_fn[i])
+        return lambda i, c: _fn_name(resolve_fn[i], i, c)
     if callable(resolve_fn):
-        return lambda i, c: str(resolve_fn(c, layout))
+        return lambda i, c: _fn_name(resolve_fn(c, layout), i, c)
     if resolve_fn:
         return lambda i, c: str(topology.resolve_fn(c, layout))
     return lambda i, c: DEFAULT_FN
+
+
+def _fn_name(fn: Any, i: int, conn: Any) -> str:
+    """A fn type given through ``lower(resolve_fn=...)``: a non-empty string (None or 5 became the
+    types "None" and "5")."""
+    if not isinstance(fn, str) or not fn.strip():
+        raise CanvasTypeError(f"lower(resolve_fn=...): the fn type of connection #{i} ({conn.src!r} -> {conn.dst!r}) "
+                              f"must be a non-empty string (an attention type name), got {fn!r:.80}")
+    return fn
 
 
 def _check(topology: Any, layout: Any) -> None:
@@ -309,7 +318,16 @@ def restrict(plan: ExecutionPlan, source_regions: Any) -> ExecutionPlan:
     if isinstance(source_regions, (str, bytes)):
         raise CanvasTypeError(f"restrict: source_regions must be a set or list of region names, got the "
                               f"string {source_regions!r}; write {{{source_regions!r}}} for one region")
-    keep = set(source_regions)
+    try:
+        keep = set(source_regions)
+    except TypeError:
+        raise CanvasTypeError(f"restrict: source_regions must be a set or list of region names (str), got "
+                              f"{type(source_regions).__name__} {source_regions!r:.80}") from None
+    names = _region_names(plan.layout)
+    unknown = sorted(str(n) for n in keep - set(names))
+    if unknown:  # (as CanvasAttention's active_regions) a typo would select nothing, silently
+        raise UnknownRegionError(f"restrict: source_regions names unknown region(s) {unknown}; regions: "
+                                 f"{sorted(names)}.{did_you_mean(unknown[0], names)}")
     topology = plan.topology
     idx = [i for i, c in enumerate(topology.connections) if c.src in keep]
     sub = lower(_sub_topology(topology, [topology.connections[i] for i in idx]), plan.layout,

@@ -22,10 +22,13 @@ one type overlap, the pair's weight is the *largest* one (the same rule as the d
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
+
+from canvas_core.schema.limits import check_elements
 
 if TYPE_CHECKING:  # pragma: no cover
     from canvas_core.compiler.resolved import ResolvedGroup
@@ -114,6 +117,7 @@ def segment_grid(n: int, q0, q1, k0, k1, weight) -> SegmentGrid:
     weight = np.asarray(weight, dtype=np.float64)
     rb = np.unique(np.concatenate([[0, n], q0, q1]))
     cb = np.unique(np.concatenate([[0, n], k0, k1]))
+    check_elements((len(rb) - 1, len(cb) - 1), "the segment grid of the plan's rectangles", itemsize=8)
     grid = np.zeros((len(rb) - 1, len(cb) - 1), dtype=np.float64)
     if len(q0):
         ra, rz = np.searchsorted(rb, q0), np.searchsorted(rb, q1)
@@ -170,33 +174,47 @@ class BlockLayout:
                 f"full={int((s == 2).sum())}, partial={int((s == 1).sum())}, empty={int((s == 0).sum())})")
 
 
-def _overlap_matrix(bounds: np.ndarray, block_size: int, n_blocks: int) -> np.ndarray:
-    """``(n_blocks, n_segments)`` overlap length of each block with each segment."""
-    b_lo = np.arange(n_blocks)[:, None] * block_size
-    b_hi = b_lo + block_size
-    lo = np.maximum(b_lo, bounds[None, :-1])
-    hi = np.minimum(b_hi, bounds[None, 1:])
-    return np.maximum(hi - lo, 0).astype(np.float64)
-
-
 def block_layout_of(grid: SegmentGrid, n: int, block_size: int) -> BlockLayout:
-    """Tile states of a segment grid (counts by ``R @ A @ C^T``, no N x N work)."""
-    nb = max(1, -(-n // block_size))
-    R = _overlap_matrix(grid.row_bounds, block_size, nb)
-    C = _overlap_matrix(grid.col_bounds, block_size, nb)
-    linked = (grid.grid > 0).astype(np.float64)
-    count = np.rint(R @ linked @ C.T).astype(np.int64)
-    rows = np.minimum(block_size, n - np.arange(nb) * block_size)
-    area = rows[:, None] * rows[None, :]
-    state = np.where(count == 0, 0, np.where(count == area, 2, 1)).astype(np.int8)
-    # a "full" tile whose weights vary still needs a per-pair bias: mark it partial
-    if state.size and (state == 2).any():
-        s1 = R @ grid.grid @ C.T
-        s2 = R @ (grid.grid ** 2) @ C.T
-        var = s2 * area - s1 ** 2  # area^2 * variance of the tile's weights
-        vary = var > 1e-9 * np.maximum(s1 ** 2, 1e-300)
-        state[(state == 2) & vary] = 1
-    return BlockLayout(block_size, n, state, count)
+    """Tile states of a segment grid, one query block at a time: work and memory in the size of the
+    grid (a product of the whole grid with block-overlap matrices cost ``n_blocks`` times more)."""
+    bs = int(block_size)
+    nb = max(1, -(-n // bs))
+    check_elements((nb, nb), f"the tiles of block_size={bs} over N={n} positions (raise block_size)", itemsize=9)
+    count = np.zeros((nb, nb), dtype=np.int64)
+    state = np.zeros((nb, nb), dtype=np.int8)
+    if n <= 0 or grid.grid.size == 0:
+        return BlockLayout(bs, n, state, count)
+    rb, g = grid.row_bounds, grid.grid
+    cseg, cfirst, clen = _block_pieces(grid.col_bounds, bs, nb)
+    sizes = np.minimum(bs, n - np.arange(nb) * bs)
+    for qb in range(nb):
+        a, z = qb * bs, min(n, (qb + 1) * bs)
+        lo, hi = int(np.searchsorted(rb, a, side="right")) - 1, int(np.searchsorted(rb, z, side="left"))
+        sub = g[lo:hi]  # the row segments meeting this block (a view)
+        overlap = (np.minimum(rb[lo + 1:hi + 1], z) - np.maximum(rb[lo:hi], a)).astype(np.float64)
+        linked_rows = overlap @ (sub > 0)  # per column segment: linked rows of the block
+        cnt = np.rint(np.add.reduceat(linked_rows[cseg] * clen, cfirst)).astype(np.int64)
+        st = np.where(cnt == 0, 0, np.where(cnt == sizes[qb] * sizes, 2, 1)).astype(np.int8)
+        if (st == 2).any():
+            # a "full" tile whose weights vary still needs a per-pair bias: mark it partial.  Exact
+            # min / max (sums of squares overflow or underflow for weights like 1e300 / 1e-300)
+            w_hi = np.maximum.reduceat(sub.max(axis=0)[cseg], cfirst)
+            w_lo = np.minimum.reduceat(sub.min(axis=0)[cseg], cfirst)  # > 0 on full tiles
+            st[(st == 2) & ((w_hi - w_lo) > 1e-9 * w_hi)] = 1
+        count[qb], state[qb] = cnt, st
+    return BlockLayout(bs, n, state, count)
+
+
+def _block_pieces(bounds: np.ndarray, block_size: int, nb: int) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut the segments at the block edges: ``(segment of each piece, first piece of each block,
+    length of each piece)``; every piece lies inside one segment and one block."""
+    edges = np.minimum(np.arange(nb + 1, dtype=np.int64) * block_size, bounds[-1])
+    cuts = np.union1d(bounds, edges)
+    starts = cuts[:-1]
+    seg = np.searchsorted(bounds, starts, side="right") - 1
+    blk = starts // block_size
+    first = np.flatnonzero(np.concatenate([[True], blk[1:] != blk[:-1]]))
+    return seg, first, np.diff(cuts).astype(np.float64)
 
 
 @dataclass
@@ -301,9 +319,11 @@ class ExecutionPlan:
 
     def block_layout(self, block_size: int = 128, fn: Optional[str] = None) -> BlockLayout:
         """Which ``(q_block, k_block)`` tiles (packed order) are full / partial / empty."""
-        if int(block_size) < 1:
-            from canvas_core.errors import CompileError
+        from canvas_core.errors import CanvasTypeError, CompileError
 
+        if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral):
+            raise CanvasTypeError(f"block_size must be an int (positions per tile edge), got {block_size!r:.80}")
+        if int(block_size) < 1:
             raise CompileError(f"block_size must be >= 1, got {block_size!r}")
         return block_layout_of(self.segment_grid(fn), self.n, int(block_size))
 

@@ -31,7 +31,10 @@ kept (the mask stores the largest weight linking two positions).  Cost is O(T) p
 
 from __future__ import annotations
 
+import numbers
 from typing import Any, Dict, List, Optional, Tuple
+
+from canvas_core.errors import TopologyError
 
 __all__ = ["Link", "region_frames", "connection_links", "fill_frames"]
 
@@ -66,6 +69,10 @@ def fill_frames(
     Returns ``[(dst_frame, weight), ...]`` (weights in ``(0, 1]``, not yet multiplied by the
     connection weight).  An exact match returns ``[(frame, 1.0)]`` whatever the fill mode.
     """
+    if isinstance(period, bool) or not isinstance(period, numbers.Integral) or period < 1:
+        raise TopologyError(f"fill_frames: period must be an int >= 1 (real frames per canvas frame), got {period!r}")
+    if order is not None and (isinstance(order, bool) or not isinstance(order, numbers.Integral) or order < 1):
+        raise TopologyError(f"fill_frames: interpolation order must be an int >= 1 (1 = linear), got {order!r}")
     if t1 <= t0:
         return []
     if target % period == 0 and t0 <= target // period < t1:
@@ -80,8 +87,6 @@ def fill_frames(
     if mode == "hold":
         return [(earlier, 1.0)] if has_e else []
     if mode != "interpolate":
-        from canvas_core.errors import TopologyError
-
         raise TopologyError(f"unknown temporal_fill {fill!r}; use 'drop', 'hold' or 'interpolate'")
     order = int(order) if order is not None else 1
     if order <= 1:
@@ -105,9 +110,10 @@ def fill_frames(
         else:
             picked.append((lt, dl))
             lt += 1
-    # (d_min / d)^k: the same normalised weights as 1/d^k, without overflow for a large order k
-    dmin = float(min(d for _, d in picked))
-    inv = [(dmin / float(d)) ** order for _, d in picked]
+    # (d_min / d)^k: the same normalised weights as 1/d^k, without overflow for a large order k;
+    # int / int, because float(d) overflows for offsets like 10**400
+    dmin = min(d for _, d in picked)
+    inv = [(dmin / d) ** order for _, d in picked]
     s = sum(inv)
     out = [(f, w / s) for (f, _), w in zip(picked, inv)]
     out.sort()

@@ -21,9 +21,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from canvas_core.schema.layout import CanvasLayout
     from canvas_core.schema.masks import MaskSpec
 
-__all__ = ["TemporalFill", "Connection", "CanvasTopology", "WRITE_MODES", "DEFAULT_FN"]
+__all__ = ["TemporalFill", "Connection", "CanvasTopology", "WRITE_MODES", "DEFAULT_FN", "MAX_WEIGHT"]
 
 DEFAULT_FN = "cross_attention"
+#: the largest connection weight: float32's largest value (a dense mask and kernels hold weights as float32)
+MAX_WEIGHT = 3.4028234663852886e38
 WRITE_MODES = frozenset({"add", "replace", "gate"})
 
 
@@ -75,7 +77,8 @@ class Connection:
     Args:
         src: Region whose positions are the queries (the one that is updated).
         dst: Region whose positions are the keys and values.
-        weight: Connection weight (> 0); enters attention as the additive bias ``log(weight)``.
+        weight: Connection weight (> 0, at most ``MAX_WEIGHT``, the largest float32); enters
+            attention as the additive bias ``log(weight)``.
         t_src: Frame offset of the queries from the reference frame; None = every frame.
         t_dst: Frame offset of the keys from the reference frame; None = every frame.
         fn: Attention function type; None = the src region's ``default_attn``.
@@ -108,6 +111,11 @@ class Connection:
                 f"{where}: weight must be > 0 (it enters attention as log(weight)), got {w}; "
                 "to disable an edge use fn='none' or remove it"
             )
+        if w > MAX_WEIGHT:
+            raise TopologyError(
+                f"{where}: weight {w:g} is above {MAX_WEIGHT:.4g} (the largest float32): the dense mask would hold "
+                "inf and the layer's mixing weights (sums of connection weights) overflow; use a weight <= "
+                f"{MAX_WEIGHT:.4g} (already w=1e30 gives the bias log(w)=69: the connection takes all the attention)")
         object.__setattr__(self, "weight", w)
         for attr in ("t_src", "t_dst"):
             v = getattr(self, attr)
