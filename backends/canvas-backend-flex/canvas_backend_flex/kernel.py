@@ -104,8 +104,9 @@ class FlexKernel(AttentionKernel):
             "row_seg": torch.from_numpy(sg.row_segment_of(n)),
             "col_seg": torch.from_numpy(sg.col_segment_of(n)),
             "linked": grid > 0,
-            # log w where linked; 0 elsewhere (those pairs are masked out anyway)
-            "logw": torch.where(grid > 0, grid.clamp_min(1e-30).log(), torch.zeros_like(grid)).float(),
+            # log w where linked (taken in the grid's float64: 1e-300 keeps its -690.8, not a
+            # clamped -69.1); 0 elsewhere (those pairs are masked out anyway)
+            "logw": torch.where(grid > 0, grid, torch.ones_like(grid)).log().float(),
             "row_has_key": (grid > 0).any(dim=1)[torch.from_numpy(sg.row_segment_of(n))] if n
             else torch.zeros(0, dtype=torch.bool),
         }

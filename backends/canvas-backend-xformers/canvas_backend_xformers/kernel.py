@@ -26,9 +26,11 @@ __all__ = ["XFormersKernel", "additive_bias"]
 
 def additive_bias(group: RectGroup, plan: ExecutionPlan, device: Any = None):
     """``((N, N) float32 bias, (N,) bool row_has_key)`` in canonical order for ``group``."""
-    W = plan.to_dense(device=device or "cpu", fn=group.fn, canonical=True)
+    # the weights in float64 and their log before the cast (a float32 weight matrix loses 1e-50,
+    # and a clamp at 1e-30 makes 1e-300 and 2e-300 equal)
+    W = plan.to_dense(device=device or "cpu", fn=group.fn, canonical=True, dtype=torch.float64)
     has = (W > 0).any(dim=1)
-    bias = torch.where(W > 0, W.clamp_min(1e-30).log(), torch.full_like(W, -math.inf))
+    bias = torch.where(W > 0, torch.where(W > 0, W, torch.ones_like(W)).log(), torch.full_like(W, -math.inf))
     bias[~has] = 0.0
     return bias.float(), has
 

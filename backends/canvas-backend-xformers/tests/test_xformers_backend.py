@@ -93,3 +93,17 @@ def test_cuda_matches_dense_reference():
     bias = torch.where(W > 0, W.log(), torch.full_like(W, -math.inf))
     ref = (torch.softmax(q @ k.transpose(-1, -2) * 0.25 + bias, -1).nan_to_num() @ v)
     torch.testing.assert_close(kern(q, k, v, scale=0.25), ref, atol=2e-3, rtol=2e-3)
+
+
+def test_tiny_weights_keep_their_log_in_the_bias():
+    """1e-300 is -690.8 in the bias (a float32 weight matrix made it 0, a 1e-30 clamp -69.1) and
+    2e-300 weighs twice 1e-300, as the CPU kernels and ``to_additive_mask`` have them."""
+    from canvas_core import CanvasLayout, CanvasTopology, Connection
+
+    layout = CanvasLayout(T=1, H=1, W=3, d_model=4,
+                          regions={"q": (0, 1, 0, 1, 0, 1), "a": (0, 1, 0, 1, 1, 2), "b": (0, 1, 0, 1, 2, 3)})
+    topology = CanvasTopology(connections=[Connection("q", "a", weight=1e-300), Connection("q", "b", weight=2e-300)])
+    plan = lower(topology, layout)
+    bias, has = additive_bias(plan.groups["cross_attention"], plan)
+    row = bias[0][torch.isfinite(bias[0])].double()
+    assert has[0] and sorted(row.tolist()) == pytest.approx([math.log(1e-300), math.log(2e-300)], rel=1e-6)
