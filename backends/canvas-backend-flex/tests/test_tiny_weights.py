@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import pytest
-import torch
 
 from canvas_core import CanvasLayout, CanvasTopology, Connection
 from canvas_core.compiler.lowering import lower
