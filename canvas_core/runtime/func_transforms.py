@@ -6,16 +6,20 @@
   ("Trying to use forward AD with _scaled_dot_product_flash_attention_for_cpu"); under ``jvp`` /
   ``jacfwd`` or inside ``torch.autograd.forward_ad.dual_level`` the softmax attention of a layer
   therefore runs torch's composite (math) kernel, which has one; elsewhere nothing changes.
+* :func:`tangent_drops_refused`: a ``torch.library`` custom operator has no forward-mode
+  derivative and torch drops the tangent of its outputs without a word (a ``jvp`` through
+  mamba's scan returned a wrong tangent); under forward-mode AD such a call is refused instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager
+from typing import Any, ContextManager, Dict, Tuple
 
 import torch
+from torch.overrides import TorchFunctionMode
 
-__all__ = ["func_transformed", "forward_ad_active", "forward_ad_math_sdpa"]
+__all__ = ["func_transformed", "forward_ad_active", "forward_ad_math_sdpa", "tangent_drops_refused"]
 
 
 def func_transformed(t: torch.Tensor) -> bool:
@@ -46,3 +50,40 @@ def forward_ad_math_sdpa() -> ContextManager:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel(SDPBackend.MATH)
+
+
+#: torch's own operator namespaces: their forward derivatives are torch's (or they raise)
+_TORCH_NAMESPACES = frozenset({"aten", "prims"})
+
+
+def _has_tangent(t: Any) -> bool:
+    import torch.autograd.forward_ad as fwAD
+
+    return isinstance(t, torch.Tensor) and t.is_floating_point() and fwAD.unpack_dual(t).tangent is not None
+
+
+class _TangentDropGuard(TorchFunctionMode):
+    """Refuses a custom operator call whose inputs carry a forward-mode tangent and whose floating
+    outputs carry none (torch's own operators propagate tangents or raise; custom ones drop them)."""
+
+    def __torch_function__(self, func: Any, types: Any, args: Tuple = (), kwargs: Any = None) -> Any:
+        kw: Dict[str, Any] = kwargs or {}
+        out = func(*args, **kw)
+        if isinstance(func, (torch._ops.OpOverload, torch._ops.OpOverloadPacket)) \
+                and str(func).split(".")[0] not in _TORCH_NAMESPACES:
+            flat_in = list(args) + list(kw.values())
+            flat_out = list(out) if isinstance(out, (tuple, list)) else [out]
+            floats = [t for t in flat_out if isinstance(t, torch.Tensor) and t.is_floating_point()]
+            if floats and not any(_has_tangent(t) for t in floats) and any(_has_tangent(t) for t in flat_in):
+                raise RuntimeError(f"the custom operator {func} has no forward-mode derivative, so torch would "
+                                   "drop the tangent of its output silently")
+        return out
+
+
+def tangent_drops_refused() -> ContextManager:
+    """A context in which an operator that drops a forward-mode tangent raises a ``RuntimeError``
+    (which ``run_type`` turns into an ``UnavailableError`` naming the type) while forward-mode AD
+    may be recording (eager only), else a no-op context."""
+    if torch.compiler.is_compiling() or not forward_ad_active():
+        return contextlib.nullcontext()
+    return _TangentDropGuard()

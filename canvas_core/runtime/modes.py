@@ -329,6 +329,11 @@ class ModeApplier:
         entry = self._entry(name, "export")
         state = entry.state_dict() if isinstance(entry, nn.Module) else {"weight": entry}
         # own copies on the CPU: safetensors refuses shared storage, and the file stands alone
+        meta = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_meta]
+        if meta:
+            raise CompileError(f"cannot export region {name!r}: its tensor {meta[0]!r} is on the meta device (no "
+                               "values to write); materialize the module first (to_empty(device=...) then "
+                               "initialise or load_state_dict), or change the region's compile_mode")
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()
                    if isinstance(v, torch.Tensor)}
         json_path = path[: -len(".safetensors")] + ".json"

@@ -35,6 +35,7 @@ from canvas_core.compiler.plan import ExecutionPlan, segment_grid
 from canvas_core.compiler.resolved import REFERENCE_KERNEL
 from canvas_core.errors import ShapeError
 from canvas_core.runtime.block_views import strided_blocks
+from canvas_core.runtime.func_transforms import tangent_drops_refused
 from canvas_core.runtime.key_sets import group_key_sets, merge_cover, query_block_ids, shape_buckets
 from canvas_core.runtime.type_call import call_exact_masked, is_builtin_module, run_flat_buckets, runs_per_key_set
 
@@ -370,6 +371,15 @@ def run_module_groups(ex: Any, x: torch.Tensor, modules: Mapping[str, nn.Module]
     ``into`` ``(B, N, D)`` (optional): a fresh tensor the caller hands over (it may be updated in
     place; not a leaf), returned plus the sum: the rows are added to it directly when each is
     written once (no zero tensor, no copy, no extra ``(B, N, D)`` addition; same values)."""
+    if not ex.other_names:
+        return None
+    with tangent_drops_refused():  # a custom operator's dropped jvp tangent is refused, not summed
+        return _run_module_groups(ex, x, modules, gates, into)
+
+
+def _run_module_groups(ex: Any, x: torch.Tensor, modules: Mapping[str, nn.Module],
+                       gates: Optional[Mapping[str, Optional[torch.Tensor]]],
+                       into: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     outs, rows, coefs = [], [], []
     fused = True  # every type per key set: the runner's concatenated rows and weights apply
     for i, f in enumerate(ex.other_names):

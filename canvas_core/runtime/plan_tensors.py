@@ -12,6 +12,8 @@ import numpy as np
 import torch
 
 from canvas_core.compiler.lowering import lower
+from canvas_core.compiler.plan import ExecutionPlan
+from canvas_core.errors import CanvasTypeError, SchemaError
 from canvas_core.schema.limits import check_elements
 
 __all__ = ["dense_weights", "attention_mask"]
@@ -28,6 +30,19 @@ def dense_weights(plan: Any, device: Any = "cpu", fn: Optional[str] = None, cano
     smallest value, not 0, so that every linked pair reads as linked.
     """
     dtype = dtype or torch.float32
+    if not isinstance(plan, ExecutionPlan):
+        raise CanvasTypeError(f"dense_weights: plan must be an ExecutionPlan (lower(topology, layout)), got "
+                              f"{type(plan).__name__}")
+    if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype == torch.bool):
+        # an integer dtype would round every weight below 1 to 0: linked pairs reading as unlinked
+        raise CanvasTypeError(f"ExecutionPlan.to_dense: dtype must be a floating torch dtype (or torch.bool: "
+                              f"linked or not), got {dtype!r}; e.g. dtype=torch.float32")
+    try:
+        device = torch.device(device)
+        torch.empty(0, device=device)
+    except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
+        raise SchemaError(f"ExecutionPlan.to_dense: cannot place the weights on device {device!r} ({exc}); pass "
+                          "a device this machine has, e.g. 'cpu'") from None
     check_elements((plan.n, plan.n), f"the dense (N, N) weight matrix of {plan.n:,} positions")
     if plan.n == 0:
         return torch.zeros(0, 0, device=device, dtype=dtype)
@@ -56,4 +71,7 @@ def attention_mask(topology: Any, layout: Any, device: Any = "cpu", *, plan: Any
     given, else ``lower(topology, layout)``).
     """
     plan = plan if plan is not None else lower(topology, layout)
+    if not isinstance(plan, ExecutionPlan):
+        raise CanvasTypeError(f"attention_mask: plan must be an ExecutionPlan (lower(topology, layout)), got "
+                              f"{type(plan).__name__}")
     return dense_weights(plan, device=device, fn=None, canonical=True)

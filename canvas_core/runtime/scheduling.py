@@ -355,7 +355,17 @@ class LearnedScheduler(nn.Module):
             u = torch.rand_like(pick).clamp(1e-9, 1 - 1e-9)
             pick = pick / self.temperature - torch.log(-torch.log(u))
         idx = pick.topk(self.max_active).indices
-        return {int(i) for i in idx}, log_probs
+        # one host read for the picks and the finiteness check together
+        *picked, finite = torch.cat([idx, torch.isfinite(summaries).all().to(idx.dtype)[None]]).tolist()
+        if not finite:
+            from canvas_core.errors import ProgramError
+
+            bad = torch.nonzero(~torch.isfinite(summaries)).flatten()[:3].tolist()
+            raise ProgramError(
+                f"LearnedScheduler: summaries hold NaN or infinity (at index {bad}); the regions it would pick "
+                "from NaN scores are arbitrary. Replace the non-finite values before the call (e.g. "
+                "torch.nan_to_num(summaries)), as RegionScheduler requires finite summaries too")
+        return set(picked), log_probs
 
     def select(self, summaries: torch.Tensor, region_names: Sequence[str]) -> Set[str]:
         """Names of the chosen regions (``region_names[i]`` for each chosen index)."""

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from canvas_core.errors import CanvasTypeError
+from canvas_core.errors import CanvasError, CanvasTypeError, ShapeError
 from canvas_core.runtime.verify_probe import (
     PositionLabels, checked_input, choose_queries, dead_entries, declared_rows, mixes_batch, probe_rows, undeclared_entries,
 )
@@ -136,9 +136,14 @@ def _module_group(ex: Any, f: str, modules: Dict[str, nn.Module]) -> Callable[[t
 
 def _softmax_group(ex: Any, i: int, scale: float, qkv: Callable[[torch.Tensor], Tuple]) -> Callable:
     """Output of the i-th softmax kernel of a runner alone, ``(B, N, H * d)``."""
+    from canvas_core.runtime.plan_runner import mix_softmax_groups
+
     def run(x: torch.Tensor) -> torch.Tensor:
         q, k, v = qkv(x)
-        o = ex.kernels[f"k{i}"](q, k, v, scale=scale, dropout_p=0.0)  # (B, H, N, d)
+        if getattr(ex, "full", False):  # every pair linked: the runner built no kernel, plain SDPA runs
+            o, _ = mix_softmax_groups(ex, q, k, v, scale=scale)
+        else:
+            o = ex.kernels[f"k{i}"](q, k, v, scale=scale, dropout_p=0.0)  # (B, H, N, d)
         return o.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
     return run
 
@@ -240,7 +245,6 @@ def _candidates(plans: Sequence[Any]) -> Callable[[int], Tuple[str, ...]]:
 def _block_topologies(model: nn.Module) -> List[Tuple[str, Any]]:
     """``(name, BlockTopology)`` of every block holding an installed topology: through the
     model's backbone adapter (diffusers processors are not modules), else its modules."""
-    from canvas_core.errors import CanvasError
     from canvas_core.looping.installed import BlockTopology
 
     targets: List[Tuple[str, Any]] = []
@@ -333,7 +337,18 @@ def _called_plans(model: nn.Module, make: Callable, gen: torch.Generator) -> Lis
              for m in model.modules() if isinstance(m, CanvasAttention)]
     try:
         with torch.no_grad():
-            model(make(1, gen))
+            x = make(1, gen)
+            try:
+                model(x)
+            except (TypeError, RuntimeError) as exc:  # a forward taking more than the canvas, another width
+                if isinstance(exc, (CanvasError, torch.OutOfMemoryError)):
+                    raise
+                bad = CanvasTypeError if isinstance(exc, TypeError) else ShapeError
+                raise bad(
+                    f"verify_structure: {type(model).__name__}(x) raised {type(exc).__name__} ({str(exc)[:200]}) "
+                    f"on a probe input x of shape {tuple(x.shape)}; it is called with the canvas alone: pass "
+                    "d_model= (its input width) or make_input= (inputs it takes), or wrap it in an nn.Module "
+                    "whose forward(x) passes its other arguments") from exc
     finally:
         for h in hooks:
             h.remove()
@@ -443,6 +458,14 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
     for name, v, lo in (("max_exact", max_exact, 0), ("samples", samples, 1), ("probes", probes, 1), ("chunk", chunk, 1)):
         if isinstance(v, bool) or not isinstance(v, int) or v < lo:
             raise SchemaError(f"verify_structure: {name} must be an integer >= {lo}, got {v!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 64:
+        raise SchemaError(f"verify_structure: seed must be an integer in [0, 2**64), got {seed!r}")
+    if plan is not None:
+        from canvas_core.compiler.plan import ExecutionPlan
+
+        if not isinstance(plan, ExecutionPlan):
+            raise CanvasTypeError(f"verify_structure: plan must be an ExecutionPlan (lower(topology, layout)), got "
+                                  f"{type(plan).__name__}; or pass layout and topology instead")
     if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers < 1):
         raise SchemaError(f"verify_structure: layers must be an integer >= 1, got {layers!r}")
     if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 <= rtol < 1:
@@ -454,6 +477,10 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
     if make_input is not None and not callable(make_input):
         raise CanvasTypeError(f"verify_structure: make_input must be callable(b, generator) -> (b, N, D) tensor, "
                               f"got {make_input!r:.60}")
+    meta = next((n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta), None)
+    if meta is not None:
+        raise CanvasTypeError(f"verify_structure: {type(model).__name__}'s tensor {meta!r} is on the meta device (no "
+                              "values to probe); materialize it first (to_empty(device=...), then init or load_state_dict)")
     run = _Run(max_exact, samples, probes, chunk, float(rtol), seed, require_signal, progress)
     given = plan is not None or topology is not None
     with _probing(model):

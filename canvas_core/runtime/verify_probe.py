@@ -98,13 +98,24 @@ class PositionLabels:
 def choose_queries(n: int, labels: PositionLabels, max_exact: int, samples: int,
                    rng: np.random.Generator) -> Tuple[np.ndarray, bool, str]:
     """(query positions, exact, sentence): every position when ``n <= max_exact``; else one
-    random position of every (region, frame) cell, then uniform random ones up to ``samples``."""
+    random position of every (region, frame) cell, then uniform random ones up to ``samples``
+    (with more cells than ``samples``: one in each of ``samples`` cells chosen at random)."""
     if n <= max_exact:
         return np.arange(n), True, f"every one of the {n} query positions probed"
     cells: Dict[Tuple[str, int], List[int]] = {}
     for i, key in enumerate(zip(labels.region.tolist(), labels.frame.tolist())):
         cells.setdefault(key, []).append(i)
-    picked = {int(rng.choice(v)) for v in cells.values()}
+    groups = list(cells.values())
+    if len(groups) > samples:  # more cells than samples: `samples` cells, chosen at random
+        chosen = rng.choice(len(groups), size=samples, replace=False)
+        picked = {int(rng.choice(groups[i])) for i in chosen.tolist()}
+        q = np.array(sorted(picked), dtype=np.int64)
+        why = (f"sampled {len(q)} of {n} query positions: one at random in each of {len(q)} of the "
+               f"{len(groups)} (region, frame) cells, chosen at random (samples={samples}; pass "
+               f"samples={len(groups)} to probe every cell); every input position is checked for each "
+               "sampled query")
+        return q, False, why
+    picked = {int(rng.choice(v)) for v in groups}
     rest = samples - len(picked)
     if rest > 0:
         pool = np.setdiff1d(np.arange(n), np.fromiter(picked, dtype=np.int64))

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from canvas_core import CanvasLayout, CanvasTopology, Connection
-from canvas_core.compiler.lowering import lower
+from canvas_core.extend import lower
 
 pytest.importorskip("torch.nn.attention.flex_attention")
 from canvas_backend_flex.kernel import FlexKernel  # noqa: E402
