@@ -69,7 +69,7 @@ def _export_directory(export_dir: Optional[str]) -> str:
                                    or not os.fspath(export_dir) or "\x00" in str(os.fspath(export_dir))):
         raise CompileError(f"export_dir {export_dir!r} is not a directory path; pass e.g. export_dir='exports' "
                            "(None = ./canvas_exports)")
-    directory = os.path.abspath(os.fspath(export_dir) if export_dir is not None else "canvas_exports")
+    directory = os.path.abspath(os.path.expanduser(os.fspath(export_dir)) if export_dir is not None else "canvas_exports")
     existing = directory
     while not os.path.exists(existing) and os.path.dirname(existing) != existing:
         existing = os.path.dirname(existing)  # where the missing folders would be made

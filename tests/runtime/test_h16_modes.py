@@ -35,3 +35,14 @@ def test_exporting_a_meta_region_is_refused_and_changes_nothing(tmp_path):
     assert isinstance(info.value, CanvasError)
     assert os.listdir(tmp_path) == []
     assert all(p.requires_grad for p in model.parameters())  # the freeze was not applied either
+
+
+def test_a_home_relative_export_dir_is_expanded(tmp_path, monkeypatch):
+    """``export_dir="~/exports"`` is the user's home folder, not a folder literally named ``~``."""
+    from canvas_core.runtime.modes import _export_directory
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    got = _export_directory("~/exports")
+    assert got == str(tmp_path / "home" / "exports") and os.path.isdir(got)
+    assert not (tmp_path / "~").exists()
