@@ -327,7 +327,7 @@ def _width(module: nn.Module, default: int) -> int:
     return default
 
 
-def _called_plans(model: nn.Module, make: Callable, gen: torch.Generator) -> List[Any]:
+def _called_plans(model: nn.Module, make: Callable, gen: torch.Generator, probe_input: bool = True) -> List[Any]:
     """The plans of the canvas layers ``model`` runs, in the order it runs them (one forward pass
     with hooks: a layer applied twice, e.g. a weight-tied loop, counts twice)."""
     from canvas_core.runtime.canvas_attention import CanvasAttention
@@ -341,8 +341,8 @@ def _called_plans(model: nn.Module, make: Callable, gen: torch.Generator) -> Lis
             try:
                 model(x)
             except (TypeError, RuntimeError) as exc:  # a forward taking more than the canvas, another width
-                if isinstance(exc, (CanvasError, torch.OutOfMemoryError)):
-                    raise
+                if isinstance(exc, CanvasError) or type(exc).__name__ == "OutOfMemoryError" or not probe_input:
+                    raise  # the user's own make_input: the model's error is not about our probe
                 bad = CanvasTypeError if isinstance(exc, TypeError) else ShapeError
                 raise bad(
                     f"verify_structure: {type(model).__name__}(x) raised {type(exc).__name__} ({str(exc)[:200]}) "
@@ -379,7 +379,7 @@ def _verify_model(run: _Run, model: nn.Module, layout: Any, topology: Any, plan:
     D = int(d_model)
     make = (_randn((n, D), device, dtype) if make_input is None
             else checked_input(make_input, n, type(model).__name__))
-    called = _called_plans(model, make, run.gen)
+    called = _called_plans(model, make, run.gen, probe_input=make_input is None)
     if plan is not None:
         plans = [plan] * int(layers if layers is not None else max(1, len(called)))
     elif not called:

@@ -63,6 +63,24 @@ def test_a_model_of_another_width_is_refused_pointing_at_d_model():
     assert verify_structure(nn.Linear(8, 8), _layout(), _topology(), d_model=8).ok  # position-wise: reads itself
 
 
+class _Fails(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.attn = _layer()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("an assert inside the model")
+
+
+def test_a_models_own_error_on_the_users_input_is_not_rewritten():
+    """With make_input= given, the input is the user's: the model's RuntimeError is its own, not a
+    probe-input mismatch, and passes through (no advice to pass d_model= / make_input=)."""
+    make = lambda b, gen: torch.randn(b, 16, 16, generator=gen)  # noqa: E731
+    with pytest.raises(RuntimeError, match="an assert inside the model") as info:
+        verify_structure(_Fails(), make_input=make)
+    assert not isinstance(info.value, CanvasError)
+
+
 def test_samples_bounds_the_probed_queries_when_there_are_more_cells():
     torch.set_num_threads(1)
     T, R = 16, 16  # 256 (region, frame) cells of 2 positions
