@@ -31,8 +31,8 @@ class _EluPlusOne(torch.autograd.Function):
     def forward(ctx, x, m):  # noqa: D401 - autograd signature
         if m is None:
             y = x.clamp(max=0).exp_().add_(x.clamp(min=0))
-        else:
-            t = x - m
+        else:  # m (B, N|1, H, 1): one shift per head, applied through a (..., H, head_dim) view
+            t = (x.reshape(*x.shape[:-1], m.shape[-2], x.shape[-1] // m.shape[-2]) - m).reshape(x.shape)
             y = t.clamp(max=0).exp_().add_(t.clamp_(min=0))
         ctx.save_for_backward(y)
         return y
@@ -73,10 +73,11 @@ def head_shift(x: torch.Tensor, head_dim: int, keep: Optional[torch.Tensor] = No
     Without it a head whose inputs all lie below about -87 (float32) has ``phi = 0``, and its
     queries got 0 instead of a weighted mean of the values.  ``over_rows``: one ``m`` per batch row
     and head, over the ``N`` rows ``keep`` ``(B|1, N)`` allows (keys); else one per row and head
-    (queries).  Broadcasts to ``x``."""
+    (queries).  Returns ``(B, 1|N, H, 1)``: it broadcasts to ``x`` viewed as ``(B, N, H, head_dim)``
+    (no ``(B, N, D)`` copy of it is made)."""
     B, N, D = x.shape
     if N == 0 or D == 0:
-        return x.new_zeros(B, 1 if over_rows else N, D)
+        return x.new_zeros(B, 1 if over_rows else N, max(1, D // max(1, head_dim)), 1)
     h = x.detach()
     if keep is not None:
         h = h.masked_fill(~keep.reshape(keep.shape[0], N, 1), float("-inf"))
@@ -86,7 +87,7 @@ def head_shift(x: torch.Tensor, head_dim: int, keep: Optional[torch.Tensor] = No
         m = _row_max(h.reshape(B, N, D // head_dim, head_dim)).unsqueeze(-1)
     m = m.clamp(max=0)
     m = m.masked_fill(m == float("-inf"), 0.0)  # no row allowed: nothing to scale
-    return m.expand(-1, -1, -1, head_dim).reshape(B, 1 if over_rows else N, D)
+    return m
 
 
 def _phi_(x: torch.Tensor) -> torch.Tensor:
@@ -105,7 +106,8 @@ def _summary_forward(keys, values, weight, bias, head_dim: int = 0):
     keys, to float16 or bfloat16)."""
     pre = torch.nn.functional.linear(keys, weight, bias)
     if head_dim > 0:
-        pre.sub_(head_shift(pre, head_dim))
+        B, N, D = pre.shape
+        pre.view(B, N, D // head_dim, head_dim).sub_(head_shift(pre, head_dim))
     phi = _phi_(pre)
     P = torch.bmm(phi.transpose(1, 2), keys if values is None else values)
     return P, phi.sum(dim=1), phi

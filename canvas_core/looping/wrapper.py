@@ -108,13 +108,21 @@ def _beta_targets(block: nn.Module) -> List[Any]:
     return found
 
 
+class _DefaultWidth(int):
+    """The default ``embed_dim`` (256, canvas-engineering's), told apart from the same number
+    passed on purpose: with ``stream_dims`` given, only an explicit ``embed_dim`` must agree."""
+
+
 def _finite_gate(value: Any, block_idx: int) -> float:
     """``gate_init_bias`` as a finite float (numpy scalars too), else ``BackboneError``."""
     import math
     import numbers
 
     if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a 0-d tensor or array: its number
-        value = value.item()
+        try:
+            value = value.item()
+        except RuntimeError:  # a meta tensor holds no number
+            pass
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
         try:
             f = float(value)
@@ -169,7 +177,7 @@ class LoopedBlockWrapper(nn.Module):
         original: nn.Module,
         block_idx: int = 0,
         max_loops: int = 4,
-        embed_dim: int = 256,
+        embed_dim: int = _DefaultWidth(256),
         gate_init_bias: float = 0.0,
         use_gradient_checkpointing: bool = True,
         *,
@@ -188,6 +196,7 @@ class LoopedBlockWrapper(nn.Module):
             raise BackboneError(f"embed_dim must be a positive int, got {embed_dim!r}")
         if not is_int(block_idx):  # any int, as canvas-engineering (where it is for logging) takes it
             raise BackboneError(f"block_idx must be an int (the block's index in its model), got {block_idx!r}")
+        explicit_width = type(embed_dim) is not _DefaultWidth
         max_loops, embed_dim, block_idx = int(max_loops), int(embed_dim), int(block_idx)
         from canvas_core.schema.limits import check_size
 
@@ -216,7 +225,12 @@ class LoopedBlockWrapper(nn.Module):
                     f"LoopedBlockWrapper (block {block_idx}): stream_dims gives stream {name!r} the "
                     f"width {d!r}; each width must be an int >= 1 (the last dim of that stream)")
             check_size("width", int(d), f"LoopedBlockWrapper (block {block_idx}) stream_dims")
-        dims = tuple(int(d) for d in dims)  # given, stream_dims[0] is the first width (embed_dim is not read)
+        dims = tuple(int(d) for d in dims)
+        if stream_dims is not None and explicit_width and dims[0] != embed_dim:
+            raise BackboneError(
+                f"LoopedBlockWrapper (block {block_idx}): embed_dim={embed_dim} but stream_dims[0]="
+                f"{dims[0]}; both give the width of the first stream {self.io.streams[0]!r}: make "
+                "them equal, or leave embed_dim out")
         self.original = original
         self.block_idx = block_idx
         self.max_loops = max_loops

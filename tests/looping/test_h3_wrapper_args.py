@@ -22,8 +22,10 @@ TWO = BlockIO(("a", "b"))
     (dict(gate_init_bias=float("nan")), BackboneError, "gate_init_bias must be a finite number"),
     (dict(gate_init_bias=float("inf")), BackboneError, "gate_init_bias must be a finite number"),
     (dict(gate_init_bias="0.5"), BackboneError, "gate_init_bias must be a finite number"),
+    (dict(gate_init_bias=torch.tensor(0.5, device="meta")), BackboneError, "gate_init_bias must be a finite number"),
     (dict(io=("a",)), CanvasTypeError, "io must be a BlockIO"),
     (dict(io=BlockIO(())), BackboneError, "names no looped stream"),
+    (dict(stream_dims=(8,)), BackboneError, r"embed_dim=4 but stream_dims\[0\]=8.*leave embed_dim out"),
     (dict(block_idx="x"), BackboneError, "block_idx must be an int"),
 ])
 def test_bad_constructor_arguments_are_refused(kw, cls, match):

@@ -29,8 +29,9 @@ def additive_bias(group: RectGroup, plan: ExecutionPlan, device: Any = None):
     # the weights in float64 and their log before the cast (a float32 weight matrix loses 1e-50,
     # and a clamp at 1e-30 makes 1e-300 and 2e-300 equal)
     W = plan.to_dense(device=device or "cpu", fn=group.fn, canonical=True, dtype=torch.float64)
-    has = (W > 0).any(dim=1)
-    bias = torch.where(W > 0, torch.where(W > 0, W, torch.ones_like(W)).log(), torch.full_like(W, -math.inf))
+    unlinked = W <= 0
+    has = ~unlinked.all(dim=1)
+    bias = W.masked_fill_(unlinked, 1.0).log_().masked_fill_(unlinked, -math.inf)  # in place: one N x N
     bias[~has] = 0.0
     return bias.float(), has
 

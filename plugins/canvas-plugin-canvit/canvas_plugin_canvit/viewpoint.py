@@ -117,7 +117,7 @@ def check_viewpoint_for(owner: str, viewpoint: Viewpoint, like: torch.Tensor, wh
     on a device it can be copied from to ``like``'s (callers move it there, as they always did:
     ``Viewpoint.full_scene(B)`` is made on the CPU; a ``meta`` viewpoint holds no values to copy)."""
     dev = viewpoint.centers.device
-    if dev != like.device and "meta" in (dev.type, like.device.type):
+    if dev.type == "meta" != like.device.type:  # a meta viewpoint holds no values to copy
         raise ShapeError(f"{owner}: the viewpoint is on {dev}, {what} on {like.device}; move the "
                          f"viewpoint with viewpoint.to({str(like.device)!r})")
     B = like.shape[0]

@@ -92,3 +92,10 @@ def test_a_cpu_viewpoint_is_moved_to_a_gpu_glimpse():
     a = m(g, m.init_state(2, 4), Viewpoint.full_scene(2))
     b = m(g, m.init_state(2, 4), Viewpoint.full_scene(2, device="cuda"))
     assert torch.equal(a.state.canvas, b.state.canvas)
+
+
+def test_a_cpu_viewpoint_samples_a_meta_image():
+    """A CPU viewpoint can be copied to any device, ``meta`` included (only a meta viewpoint, which
+    holds no values, is refused)."""
+    out = sample_at_viewpoint(torch.empty(2, 3, 16, 16, device="meta"), Viewpoint.full_scene(2), 4)
+    assert out.device.type == "meta" and out.shape == (2, 3, 4, 4)

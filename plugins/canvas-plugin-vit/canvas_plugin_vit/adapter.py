@@ -79,7 +79,13 @@ def _check_image_size(pe: nn.Module, shape: Tuple[int, ...]) -> None:
     by timm's own rules: a fixed size unless ``dynamic_img_size``, whole patches unless
     ``dynamic_img_pad``."""
     img = getattr(pe, "img_size", None)
-    if img is None:
+    try:
+        from timm.layers import PatchEmbed
+    except ImportError:  # pragma: no cover - timm is a dependency of this plugin
+        return
+    # only timm's PatchEmbed asserts these rules: a hybrid stem (HybridEmbed) patches its
+    # backbone's feature map, takes sizes of its own, and keeps strict_img_size as a mere attribute
+    if img is None or not isinstance(pe, PatchEmbed):
         return
     (ph, pw), (h, w) = tuple(pe.patch_size), shape[-2:]
     if getattr(pe, "strict_img_size", False):

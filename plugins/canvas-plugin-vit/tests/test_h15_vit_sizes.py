@@ -87,3 +87,20 @@ def test_patch_dropout_in_train_mode_is_refused_naming_it_not_a_token_layout_to_
     ad.remove_topology(m)
     assert not m.patch_drop._forward_pre_hooks
     assert m(x).shape == (2, 5)  # the backbone's own behaviour again
+
+
+def test_a_hybrid_vit_takes_the_sizes_timm_takes():
+    """timm's HybridEmbed (a ResNet stem, then patches of its feature map) asserts no image size:
+    the PatchEmbed rules are not applied to it."""
+    import timm
+
+    from canvas_plugin_vit.adapter import ViTAdapter
+
+    m = timm.create_model("vit_tiny_r_s16_p8_224", img_size=64, depth=1, num_classes=2, dynamic_img_size=True).eval()
+    for side in (64, 68, 100):
+        x = torch.zeros(1, 3, side, side)
+        tl = ViTAdapter().token_layout(m, {"x": x})
+        with torch.no_grad():
+            patches = m.forward_features(x).shape[1] - m.num_prefix_tokens
+        gh, gw = tl.info["grid"]
+        assert gh * gw == patches, side
