@@ -184,14 +184,7 @@ class CanvasTopology:
         # the order of the connections is kept (plans, reports and per-connection state follow it)
         check_ordered(self.connections, "CanvasTopology connections", "[Connection('a', 'b'), ...]")
         conns = list(self.connections)
-        check_size("connections", len(conns), "CanvasTopology number of connections",
-                   "Connect fewer region pairs (e.g. a hub or a chain instead of all pairs)")
-        for i, c in enumerate(conns):
-            if not isinstance(c, Connection):
-                raise CanvasTypeError(
-                    f"CanvasTopology connection #{i} must be a Connection, got {type(c).__name__} ({c!r}); "
-                    "write Connection(src=..., dst=...)"
-                )
+        _check_entries(conns, changed=False)
         self.connections = conns
 
     # --- constructors ----------------------------------------------------------------------
@@ -321,13 +314,7 @@ class CanvasTopology:
         if isinstance(conns, (str, bytes)) or not hasattr(conns, "__iter__"):
             raise CanvasTypeError(f"CanvasTopology connections was replaced by a {type(conns).__name__}; it must be "
                                   "a list of Connection")
-        check_size("connections", len(conns), "CanvasTopology number of connections",
-                   "Connect fewer region pairs (e.g. a hub or a chain instead of all pairs)")
-        for i, c in enumerate(conns):
-            if not isinstance(c, Connection):
-                raise CanvasTypeError(
-                    f"CanvasTopology connection #{i} must be a Connection, got {type(c).__name__} ({c!r:.80}): it "
-                    "was put into topology.connections after the topology was built; write Connection(src=..., dst=...)")
+        _check_entries(conns, changed=True)
         check_connection_regions(conns, layout.region_names)  # (re-checks a changed layout)
         return self
 
@@ -382,6 +369,19 @@ def check_connection_regions(connections: Iterable[Any], known: Iterable[str]) -
                     f"connection #{i} ({what}): {side} region {name!r} is not in the layout "
                     f"(regions: {sorted(known)}).{normalization_hint(name, known) or did_you_mean(name, known)} "
                     "Add the region or fix the name.")
+
+
+def _check_entries(conns: List[Any], changed: bool) -> None:
+    """The size limit and the type of every entry of a topology's connection list; ``changed``:
+    checked again by ``validate``, after the list could have been edited (the message says so)."""
+    check_size("connections", len(conns), "CanvasTopology number of connections",
+               "Connect fewer region pairs (e.g. a hub or a chain instead of all pairs)")
+    for i, c in enumerate(conns):
+        if not isinstance(c, Connection):
+            got = f"{type(c).__name__} ({c!r:.80}): it was put into topology.connections after the topology was " \
+                  "built" if changed else f"{type(c).__name__} ({c!r})"
+            raise CanvasTypeError(f"CanvasTopology connection #{i} must be a Connection, got {got}; "
+                                  "write Connection(src=..., dst=...)")
 
 
 def _check_all_pairs(n_regions: int, n_connections: int, where: str) -> None:
