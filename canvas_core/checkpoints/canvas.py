@@ -330,34 +330,27 @@ def _names_in_file(keys: List[str], model_names: Mapping[str, str], p: str) -> D
     return in_file
 
 
-def _refuse_meta(model: nn.Module, state: Mapping[str, torch.Tensor], p: str) -> None:
-    """Refuse to load into tensors on the meta device: ``load_state_dict`` copies into them, which
-    does nothing (shapes without storage), so the load would seem to succeed and load nothing."""
+def _refuse_unloadable(model: nn.Module, state: Mapping[str, torch.Tensor], p: str) -> None:
+    """Refuse to load into tensors a copy cannot change: on the meta device ``load_state_dict``
+    copies into shapes without storage (the load would seem to succeed and load nothing), and
+    outside ``torch.inference_mode`` torch refuses every in-place change of tensors made under it
+    (after ``load_state_dict`` changed the others)."""
     plain = plain_names(model, state)
-    meta = [plain[k] for k, v in state.items() if not is_uninitialized(v) and v.is_meta]
-    if meta:
-        more = f" and {len(meta) - 5} more" if len(meta) > 5 else ""
-        raise CheckpointError(
-            f"cannot load canvas checkpoint {p!r} into {model_class_name(unwrap_model(model))}: its "
-            f"tensor(s) {meta[:5]}{more} are on the meta device (shapes without storage: a model built under "
-            "torch.device('meta') or init_empty_weights), where a copy does nothing. Give them storage "
-            "first, e.g. model.to_empty(device='cpu'), then load: the checkpoint fills every saved tensor")
-
-
-def _refuse_inference(model: nn.Module, state: Mapping[str, torch.Tensor], p: str) -> None:
-    """Refuse to load, outside ``torch.inference_mode``, into tensors made under it: torch refuses
-    every in-place change of them there, after ``load_state_dict`` changed the others."""
-    if torch.is_inference_mode_enabled():
-        return
-    plain = plain_names(model, state)
-    frozen = [plain[k] for k, v in state.items() if not is_dtensor(v) and not is_uninitialized(v) and v.is_inference()]
-    if frozen:
-        more = f" and {len(frozen) - 5} more" if len(frozen) > 5 else ""
-        raise CheckpointError(
-            f"cannot load canvas checkpoint {p!r} into {model_class_name(unwrap_model(model))}: its tensor(s) "
-            f"{frozen[:5]}{more} were made under torch.inference_mode() (inference tensors), which torch lets no "
-            "one change outside it. Load inside `with torch.inference_mode():`, or build the model outside "
-            "inference mode to train it")
+    checks = [(lambda v: v.is_meta,
+               "are on the meta device (shapes without storage: a model built under torch.device('meta') or "
+               "init_empty_weights), where a copy does nothing. Give them storage first, e.g. "
+               "model.to_empty(device='cpu'), then load: the checkpoint fills every saved tensor")]
+    if not torch.is_inference_mode_enabled():
+        checks.append((lambda v: not is_dtensor(v) and v.is_inference(),
+                       "were made under torch.inference_mode() (inference tensors), which torch lets no one "
+                       "change outside it. Load inside `with torch.inference_mode():`, or build the model "
+                       "outside inference mode to train it"))
+    for bad, why in checks:
+        hit = [plain[k] for k, v in state.items() if not is_uninitialized(v) and bad(v)]
+        if hit:
+            more = f" and {len(hit) - 5} more" if len(hit) > 5 else ""
+            raise CheckpointError(f"cannot load canvas checkpoint {p!r} into {model_class_name(unwrap_model(model))}: "
+                                  f"its tensor(s) {hit[:5]}{more} {why}")
 
 
 def _checked_tensors(model: nn.Module, path: Any, schema: Any, where: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -377,8 +370,7 @@ def _checked_tensors(model: nn.Module, path: Any, schema: Any, where: str) -> Tu
             "from the schema it was saved with (read_canvas_checkpoint_header(path)['schema'])")
     _check_model_matches(model, s, where)
     current = _state(model, where)
-    _refuse_meta(model, current, p)
-    _refuse_inference(model, current, p)
+    _refuse_unloadable(model, current, p)
     names = {plain: own for own, plain in _file_names(model, current, where).items()}  # file name -> own
     in_file = _names_in_file(list(fh.keys()), names, p)
     missing, unexpected = sorted(set(names) - set(in_file)), sorted(set(in_file) - set(names))
@@ -393,25 +385,18 @@ def _checked_tensors(model: nn.Module, path: Any, schema: Any, where: str) -> Tu
     tensors = {}
     for name, k in names.items():
         ref, t = current[k], fh.get_tensor(in_file[name])
-        if is_uninitialized(ref):  # a lazy module's: load_state_dict gives it the saved shape
-            unfit = unfit_dtype(t, torch.empty(0, dtype=ref.dtype))
-            if unfit:
-                raise CheckpointError(f"canvas checkpoint {p!r}: tensor {name!r} {unfit}")
-            if non_finite(t):
-                raise CheckpointError(f"canvas checkpoint {p!r}: tensor {name!r} holds NaN or infinite values")
-            tensors[k] = t
-            continue
-        if not is_dtensor(ref) and any(st == 0 and n > 1 for st, n in zip(ref.stride(), ref.shape)):
+        lazy = is_uninitialized(ref)  # a lazy module's: load_state_dict gives it the saved shape
+        if not lazy and not is_dtensor(ref) and any(st == 0 and n > 1 for st, n in zip(ref.stride(), ref.shape)):
             raise CheckpointError(  # load_state_dict would fail on it half-way, the tensors before it loaded
                 f"cannot load canvas checkpoint {p!r} into {model_class_name(unwrap_model(model))}: its tensor "
                 f"{name!r} {tuple(ref.shape)} is an expanded view (stride 0: its elements share memory), which "
                 "cannot be written in place; register a tensor of its own instead (.clone() of the expanded "
                 "one), then load")
-        if tuple(t.shape) != tuple(ref.shape):
+        if not lazy and tuple(t.shape) != tuple(ref.shape):
             raise CheckpointError(
                 f"canvas checkpoint {p!r}: tensor {name!r} has shape {tuple(t.shape)} but the model's is "
                 f"{tuple(ref.shape)}" + _shape_hint(model, k, tuple(t.shape)))
-        unfit = unfit_dtype(t, ref)
+        unfit = unfit_dtype(t, torch.empty(0, dtype=ref.dtype) if lazy else ref)  # a lazy one has no data
         if unfit:
             raise CheckpointError(f"canvas checkpoint {p!r}: tensor {name!r} {unfit}")
         if non_finite(t):
