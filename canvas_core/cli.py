@@ -114,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             (getattr(args, "_parser", None) or parser).error(f"unrecognized arguments: {' '.join(extra)}")
         command = getattr(args, "command", None) or "?"
         return _run(parser, args)
-    except KeyboardInterrupt:  # Ctrl-C while the command (or its imports) loads: no traceback
+    except KeyboardInterrupt:  # Ctrl-C while the command loads or runs: one line, no traceback
         print(f"canvas {command}: interrupted", file=sys.stderr)
         return 130
 
@@ -151,9 +151,6 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return _fail(args.command, f"cannot use a file or device: {exc.strerror or exc}")
     except UnicodeError as exc:
         return _fail(args.command, f"text that cannot be encoded or decoded: {exc}")
-    except KeyboardInterrupt:
-        print(f"canvas {args.command}: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":  # python -m canvas_core.cli

@@ -392,11 +392,9 @@ def _is_classvar(annotation: Any) -> bool:
     return annotation is typing.ClassVar or typing.get_origin(annotation) is typing.ClassVar
 
 
-def _attributes(obj: Any, known: Any = None) -> List[Tuple[str, Any, dict]]:
+def _attributes(obj: Any, known: Any) -> List[Tuple[str, Any, dict]]:
     """The (name, value, metadata) triples the walk reads from ``obj``; ``known`` returns the ids
-    of the Fields and objects reachable from the root (``obj`` is the root without it)."""
-    if known is None:
-        known = functools.partial(_reachable, obj)
+    of the Fields and objects reachable from the root."""
     if dataclasses.is_dataclass(obj):
         items = _dataclass_items(obj)
         _undeclared_dataclass_attributes(obj, items, known)

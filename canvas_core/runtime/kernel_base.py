@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, CompileError, ShapeError
+from canvas_core.schema._validate import is_int
 
 __all__ = ["AttentionKernel", "REFERENCE_OPTIONS", "check_reference_options", "check_reference_sizes"]
 
@@ -36,7 +37,7 @@ def check_reference_options(options: Any) -> None:
 
 
 def _int_option(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise CompileError(f"ReferenceKernel {name} must be an int >= {minimum}, got {value!r} "
                            f"({type(value).__name__}); fix kernel_options[{name!r}]")
     return int(value)

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from canvas_core.errors import CanvasError
+from canvas_core.schema._validate import is_int
 
 __all__ = ["SequenceParallelError", "SequenceParallelWarning", "CanvasSharding", "sequence_parallel_mesh"]
 
@@ -83,7 +84,7 @@ def sequence_parallel_mesh(sp_size: int, device_type: Optional[str] = None):
     _require_initialised("sequence_parallel_mesh")
     dist = _dist()
     world = dist.get_world_size()
-    if isinstance(sp_size, bool) or not isinstance(sp_size, (int, np.integer)) or sp_size < 1:
+    if not is_int(sp_size) or sp_size < 1:
         raise SequenceParallelError(f"sequence-parallel size must be a positive integer, got {sp_size!r}")
     sp_size = int(sp_size)
     if world % sp_size:
@@ -103,7 +104,7 @@ def sequence_parallel_mesh(sp_size: int, device_type: Optional[str] = None):
 # ---------------------------------------------------------------------------------------------
 def _count(value: Any, name: str, where: str, minimum: int) -> int:
     """``value`` as an int ``>= minimum``, else :class:`SequenceParallelError` naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise SequenceParallelError(f"{where}: {name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 

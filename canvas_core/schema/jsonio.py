@@ -138,8 +138,9 @@ def read_json_source(source: Any, kind: str, *, empty: str, nul: Callable[[str],
         except UnicodeDecodeError:
             raise SchemaFormatError(
                 f"from_json got bytes that are not UTF-8 text; pass a {kind} file path or JSON text") from None
-    if isinstance(source, str) and _no_bom(source.lstrip()).lstrip().startswith(("{", "[")):
-        return _no_bom(source.lstrip()), f"{kind} JSON string"
+    text = _no_bom(source.lstrip()) if isinstance(source, str) else None
+    if text is not None and text.lstrip().startswith(("{", "[")):
+        return text, f"{kind} JSON string"
     if not isinstance(source, (str, os.PathLike)):
         raise CanvasTypeError(f"from_json expects a file path or a JSON string, got {type(source).__name__}")
     if isinstance(source, str) and not source.strip():
