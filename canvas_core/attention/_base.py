@@ -44,6 +44,14 @@ def autocast_on(device_type: str) -> bool:
         return False
 
 
+def linked_keys(key_mask: torch.Tensor) -> torch.Tensor:
+    """``key_mask`` as bool, True = linked, the way every type reads it: a bool mask as it is, an
+    additive float one blocks with ``-inf`` only (its 0 means linked), an integer one with 0."""
+    if key_mask.dtype == torch.bool:
+        return key_mask
+    return key_mask != float("-inf") if key_mask.is_floating_point() else key_mask != 0
+
+
 def operators_under_compile() -> bool:
     """Whether type modules that have one (``gated``, ``perceiver``, ``mamba``) run as their
     ``torch.library`` operators while ``torch.compile`` traces them: shorter compiles, compiled
@@ -224,11 +232,9 @@ class AttentionBase(nn.Module):
                 f"{t}: key_mask of shape {tuple(key_mask.shape)} does not broadcast to "
                 f"(B, Nq, Nk) = {(B, Nq, Nk)}"
             )
-        if m.dtype == torch.bool:
-            return m, None
+        allowed = linked_keys(m)
         if not m.is_floating_point():
-            return m != 0, None
-        allowed = m != float("-inf")
+            return allowed, None
         bias = torch.where(allowed, m, torch.zeros((), dtype=m.dtype, device=m.device))
         return allowed, bias
 

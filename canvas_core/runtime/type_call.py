@@ -337,7 +337,9 @@ def call_per_key_set(module: Any, q: Any, k: Any, v: Any, key_mask: Any, name: A
         if Nk == 0 or Nq == 0:
             return q.new_zeros(q.shape)
         return run_key_set_buckets(module, q, k, v, whole, name)[0][1]
-    mask = _linked(key_mask)
+    from canvas_core.attention._base import linked_keys  # runtime/type_call.py imports no torch module at load
+
+    mask = linked_keys(key_mask)
     if mask.dim() == 3:  # a per-sample mask (not used by the runtime): sample by sample
         if mask.shape[0] == 1 or bool((mask == mask[:1]).all()):
             mask = mask[0]
@@ -427,7 +429,9 @@ def call_exact_masked(module: Any, queries: Any, keys: Any, values: Any, key_mas
     if key_mask is None:
         reads = bad.any(dim=-1, keepdim=True).expand(-1, out.shape[1])
     else:
-        linked = _linked(key_mask)
+        from canvas_core.attention._base import linked_keys
+
+        linked = linked_keys(key_mask)
         B, Nq = out.shape[0], out.shape[1]
         if linked.dim() == 2 and linked.shape[0] == B and linked.shape[0] not in (Nq, 1):
             linked = linked[:, None]  # a (B, Nk) mask, read as the types read it
@@ -436,13 +440,3 @@ def call_exact_masked(module: Any, queries: Any, keys: Any, values: Any, key_mas
         wd = torch.float64 if out.dtype == torch.float64 else torch.float32
         reads = reads_bad(linked, bad.unsqueeze(1), wd).squeeze(1)  # (B, 1, Nk) against (B|1, Nq|1, Nk)
     return out.masked_fill(reads.unsqueeze(-1), float("nan"))
-
-
-def _linked(key_mask: Any) -> Any:
-    """``key_mask`` as bool, True = linked: an additive float mask blocks with ``-inf`` only (its 0
-    means linked), an integer one with 0 (as the types' own ``_mask`` reads them)."""
-    import torch
-
-    if key_mask.dtype == torch.bool:
-        return key_mask
-    return key_mask != float("-inf") if key_mask.is_floating_point() else key_mask != 0
