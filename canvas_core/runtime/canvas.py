@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, RegionError, ShapeError, UnknownRegionError, did_you_mean
-from canvas_core.runtime.semantic_conditioner import SemanticConditioner, check_state_region_names
+from canvas_core.runtime.semantic_conditioner import _NAMES_KEY, SemanticConditioner, check_state_region_names
 from canvas_core.runtime.input_checks import allocating, check_allocation, check_count, check_width
 from canvas_core.schema.staleness import check_unchanged, layout_stamp
 from canvas_core.schema.limits import check_size
@@ -190,7 +190,7 @@ class SpatiotemporalCanvas(nn.Module):
         saved = local_metadata.get(_CONDITIONER_NAMES) if isinstance(local_metadata, Mapping) else None
         if saved is not None and _recorded_names(self.semantic_conditioner) is not None:
             # refused here, before the canvas's own tensors load (the conditioner loads after them)
-            self.semantic_conditioner._check_saved_names({"region_names": saved}, f"{prefix}semantic_conditioner.")
+            self.semantic_conditioner._check_saved_names({_NAMES_KEY: saved}, f"{prefix}semantic_conditioner.")
         # canvas-engineering's layout of the same parameters: modality embeddings keyed by the
         # sanitized region name, `family_carrier_embedding.*`, and a stored `pos_enc.pe` table
         # (ours is computed; the formula is the same, so the stored copy is dropped once its shape

@@ -11,16 +11,9 @@ import torch
 from canvas_core import CanvasLayout, SpatiotemporalCanvas
 from canvas_core.errors import SchemaError
 from canvas_core.runtime.semantic_conditioner import SemanticConditioner
+from tests.semantic._conditioners import random_conditioner as _cond
 
 torch.set_num_threads(1)
-
-
-def _cond(names, seed: int = 0) -> SemanticConditioner:
-    g = torch.Generator().manual_seed(seed)
-    c = SemanticConditioner(8, 4, {n: torch.randn(4, generator=g) for n in names})
-    with torch.no_grad():
-        c.residuals.normal_(generator=g)
-    return c
 
 
 def test_state_names_its_regions():

@@ -11,19 +11,12 @@ from torch import nn
 from canvas_core import CanvasLayout, SpatiotemporalCanvas
 from canvas_core.errors import SchemaError
 from canvas_core.runtime.semantic_conditioner import SemanticConditioner
+from tests.semantic._conditioners import random_conditioner as _cond
 
 torch.set_num_threads(1)
 
 KW = dict(T=1, H=2, W=2, d_model=8, regions={"a": (0, 1, 0, 1, 0, 2), "b": (0, 1, 1, 2, 0, 2)})
 LAYOUT = CanvasLayout(**KW)
-
-
-def _cond(names, seed: int = 0) -> SemanticConditioner:
-    g = torch.Generator().manual_seed(seed)
-    c = SemanticConditioner(8, 4, {n: torch.randn(4, generator=g) for n in names})
-    with torch.no_grad():
-        c.residuals.normal_(generator=g)
-    return c
 
 
 def _canvas(names, seed: int) -> SpatiotemporalCanvas:
