@@ -26,7 +26,7 @@ import hashlib
 import inspect
 import json
 import os
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -56,10 +56,8 @@ RECORDED_OPTIONS = ("sharpening", "reenter")
 def _loop_params(block: nn.Module) -> List[tuple]:
     named = getattr(block, "named_loop_parameters", None)
     if named is None:
-        raise CanvasTypeError(
-            f"looped block {type(block).__name__} has no named_loop_parameters(); pass the blocks "
-            "returned by graft_looped_blocks"
-        )
+        raise CanvasTypeError(f"looped block {type(block).__name__} has no named_loop_parameters(); pass the "
+                              "blocks returned by graft_looped_blocks")
     return list(named())
 
 
@@ -70,10 +68,8 @@ def _check_modules(looped_blocks: Any, action_head: Any, where: str) -> None:
             f"graft_looped_blocks, got {type(looped_blocks).__name__}"
         )
     if action_head is not None and not isinstance(action_head, nn.Module):
-        raise CanvasTypeError(
-            f"{where}: action_head must be an nn.Module (the ActionHead from graft_looped_blocks) "
-            f"or None, got {type(action_head).__name__}"
-        )
+        raise CanvasTypeError(f"{where}: action_head must be an nn.Module (the ActionHead from "
+                              f"graft_looped_blocks) or None, got {type(action_head).__name__}")
 
 
 def _check_path(path: Any, where: str) -> str:
@@ -98,9 +94,11 @@ def _refuse_pickle(path: str) -> None:
 
 
 def loop_structure(
-    looped_blocks: Sequence[nn.Module], action_head: Optional[nn.Module]
+    looped_blocks: Sequence[nn.Module], action_head: Optional[nn.Module], *,
+    head_state: Optional[Mapping[str, torch.Tensor]] = None,
 ) -> Dict[str, Any]:
-    """JSON-able description of what a loop checkpoint of these modules holds."""
+    """JSON-able description of what a loop checkpoint of these modules holds (``head_state``: the
+    head's tensors under their plain names when the caller has read them already)."""
     _check_modules(looped_blocks, action_head, "loop_structure")
     blocks = []
     for b in looped_blocks:
@@ -116,22 +114,24 @@ def loop_structure(
         if options:
             entry["options"] = options
         blocks.append(entry)
-    return {"blocks": blocks, "head": {n: list(t.shape) for n, t in _head_state(action_head).items()}}
+    head = _head_view(action_head)[0] if head_state is None else head_state
+    return {"blocks": blocks, "head": {n: list(t.shape) for n, t in head.items()}}
 
 
-def _head_state(head: Optional[nn.Module]) -> Dict[str, torch.Tensor]:
+def _head_view(head: Optional[nn.Module]) -> Tuple[Dict[str, torch.Tensor], Dict[str, str]]:
     """``head``'s state dict under its plain names (no ``_orig_mod.`` of torch.compile, no
-    ``module.`` of DataParallel), so that compiled, wrapped and plain heads read each other's files."""
+    ``module.`` of DataParallel), so that compiled, wrapped and plain heads read each other's
+    files, and the map from the head's own names to the plain ones; one ``state_dict()`` call."""
     if head is None:
-        return {}
+        return {}, {}
     state = head.state_dict()
-    return {plain: state[n] for n, plain in plain_names(head, state).items()}
+    names = plain_names(head, state)
+    return {plain: state[n] for n, plain in names.items()}, names
 
 
-def _file_names(head: Optional[nn.Module]) -> Callable[[str], str]:
+def _file_names(own: Mapping[str, str]) -> Callable[[str], str]:
     """A head tensor's name in a file -> its plain name: files written before the names were plain
-    hold the wrapped head's own names (``_orig_mod.``, ``module.``), which are mapped back."""
-    own = {} if head is None else plain_names(head, head.state_dict())
+    hold the wrapped head's own names (``own``'s keys: ``_orig_mod.``, ``module.``), mapped back."""
     return lambda n: own.get(n) or plain_name(n)
 
 
@@ -279,9 +279,10 @@ def save_loop_checkpoint(
     for i, b in enumerate(looped_blocks):
         for n, p in _loop_params(b):
             tensors[f"blocks.{i}.{n}"] = p.detach().to("cpu").contiguous()
-    for n, t in _head_state(action_head).items():
+    head_state = _head_view(action_head)[0]
+    for n, t in head_state.items():
         tensors[f"head.{n}"] = t.detach().to("cpu").contiguous()
-    structure = loop_structure(looped_blocks, action_head)
+    structure = loop_structure(looped_blocks, action_head, head_state=head_state)
     header = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -436,8 +437,10 @@ def load_loop_checkpoint(
             f"{path!r} has a corrupt header: 'structure' is not the description of looped blocks "
             "and a head written by save_loop_checkpoint"
         )
-    current = _comparable(loop_structure(looped_blocks, action_head), _known_options(header))
-    rename, wanted = _file_names(action_head), header.get("structure_hash")
+    current_head, head_names = _head_view(action_head)  # the head's state is read once
+    current = _comparable(loop_structure(looped_blocks, action_head, head_state=current_head),
+                          _known_options(header))
+    rename, wanted = _file_names(head_names), header.get("structure_hash")
     plain = {**saved, "head": {rename(n): s for n, s in saved.get("head", {}).items()}}
     if wanted != _hash(current) and not (wanted == _hash(saved) and _hash(plain) == _hash(current)):
         raise CheckpointError(f"loop checkpoint {path!r} does not match this model: {_describe_diff(plain, current)}")
@@ -457,7 +460,6 @@ def load_loop_checkpoint(
         state[n] = tensors.pop(k)
     tensors.update((f"head.{n}", t) for n, t in state.items())
     if action_head is not None:
-        current_head = _head_state(action_head)
         extra = sorted(set(state) - set(current_head))
         if extra:
             raise CheckpointError(f"loop checkpoint {path!r} has action-head tensors {extra} the model lacks")
@@ -490,7 +492,7 @@ def load_loop_checkpoint(
             if key.startswith("blocks."):
                 p.copy_(tensors[key].to(dtype=p.dtype, device=p.device))
         if action_head is not None:  # back to the head's own (wrapped) names
-            own = {plain: n for n, plain in plain_names(action_head, action_head.state_dict()).items()}
+            own = {plain: n for n, plain in head_names.items()}
             action_head.load_state_dict({own[n]: t for n, t in state.items()}, strict=True)
     out = dict(header)
     out["user_metadata"] = user

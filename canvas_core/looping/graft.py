@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import numbers
 from typing import Any, Callable, List, Optional, Tuple, Type
 
 import torch
@@ -13,6 +12,7 @@ from canvas_core.errors import BackboneError, CanvasError, CanvasTypeError
 from canvas_core.schema._validate import is_int
 from canvas_core.looping.adapter import BackboneAdapter, GenericAdapter
 from canvas_core.looping.checkpoint import _schema_hash
+from canvas_core.looping.loop_engine import real_number
 from canvas_core.looping.graft_atomic import inside_data_parallel, rollback, snapshot, unwrap_for_graft
 from canvas_core.looping.registry import resolve_adapter
 from canvas_core.runtime.compiled_names import unwrap_model, wrapper_hint
@@ -314,13 +314,15 @@ def graft_looped_blocks(
             )
         dims[0] = inner_dim
     before = {id(m) for m in transformer.modules()}  # the modules the graft adds take the model's mode
+    # by name, not by object: names survive deepcopy / pickle / .to() and are the same after ungraft
+    grads = {n: p.requires_grad for n, p in transformer.named_parameters()}
     saved = snapshot(transformer)  # before anything runs that may change it (a wrapper_class too)
     try:  # atomic: a step that fails leaves the model exactly as it was
         step = (_scopes.model_step_input(transformer, a, latent_channels, step_adapter)
                 if kind == "model" else None)
         custom = (_scopes.custom_wrappers(wrapper_class, blocks, max_loops, dims[0])
                   if kind == "block" and wrapper_class is not None else None)
-        return _graft(transformer, a, blocks, kind, span, custom, step, before, dims, io, lc, rows,
+        return _graft(transformer, a, blocks, kind, span, custom, step, before, grads, dims, io, lc, rows,
                       max_loops=max_loops, schema=schema, inject=inject, iter_embed=iter_embed,
                       iter_norm=iter_norm, update=update, damping=damping,
                       gate_init_bias=gate_init_bias,
@@ -333,7 +335,7 @@ def graft_looped_blocks(
 
 
 def _graft(transformer: nn.Module, a: Any, blocks: List[nn.Module], kind: str, span: Any,
-           custom: Any, step: Any, before: set, dims: List[int], io: Any, lc: int,
+           custom: Any, step: Any, before: set, grads: dict, dims: List[int], io: Any, lc: int,
            rows: dict, *, max_loops: int, schema: Any, inject: str, iter_embed: bool,
            iter_norm: Optional[str], update: str, damping: float, gate_init_bias: float,
            use_gradient_checkpointing: bool, sharpening: Any, reenter: Any, step_adapter: Any,
@@ -388,8 +390,9 @@ def _graft(transformer: nn.Module, a: Any, blocks: List[nn.Module], kind: str, s
         a.set_block(transformer, i, w)
         wrapped.append(w)
     object.__setattr__(transformer, _ADAPTER_ATTR, a)
-    from canvas_core.looping.ungraft import guard_save_pretrained
+    from canvas_core.looping.ungraft import GRADS_ATTR, guard_save_pretrained
 
+    object.__setattr__(transformer, GRADS_ATTR, grads)  # ungraft_looped_blocks restores these
     guard_save_pretrained(transformer)  # refused until ungraft_looped_blocks (looping/ungraft.py)
     if freeze == "full":
         freeze_full(transformer)
@@ -415,14 +418,11 @@ def _check_gate_init_bias(value: Any, model: nn.Module) -> float:
     dtypes = {torch.get_default_dtype()} | {
         p.dtype for p in model.parameters() if p.is_floating_point()}
     dtype = min(dtypes, key=lambda d: float(torch.finfo(d).max))
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    f = real_number(value)  # an int / Fraction beyond float64 gives inf
+    if f is None:
         raise BackboneError(
             f"graft_looped_blocks: gate_init_bias must be a number, finite (0.0 keeps the graft "
             f"identical to the backbone at initialisation), got {value!r} ({type(value).__name__})")
-    try:
-        f = float(value)
-    except (OverflowError, ValueError, TypeError):
-        f = float("inf")  # an int / Fraction beyond float64
     limit = float(torch.finfo(dtype).max)
     if f != f or not abs(f) <= limit:
         raise BackboneError(

@@ -50,10 +50,11 @@ from canvas_core.errors import BackboneError, CanvasTypeError
 from canvas_core.looping.exit_rows import index_rows, row_plan
 from canvas_core.schema._validate import is_int
 
-__all__ = ["LoopCore", "UPDATES", "index_rows", "row_plan", "gated_update", "check_loops", "check_exit_tol"]
+__all__ = ["LoopCore", "UPDATES", "index_rows", "row_plan", "gated_update", "check_loops", "check_exit_tol",
+           "real_number", "ReplicaNote", "note_replica_record", "refuse_replica_record",
+           "REPLICA_NOTE"]
 
 UPDATES = ("gated", "damped", "replace")
-_EPS = 1e-12
 
 
 def check_loops(n: Any, where: str) -> int:
@@ -69,20 +70,59 @@ def check_loops(n: Any, where: str) -> int:
     return n
 
 
+def real_number(value: Any) -> Optional[float]:
+    """``value`` as a float when it is a real number (Python or numpy), else None (``bool``
+    included). A number that ``float()`` cannot convert (an int past 1.8e308, a huge ``Fraction``)
+    gives ``inf`` and NaN stays NaN: the callers' "finite" checks (``gate_init_bias``, ``exit_tol``,
+    the schedules' numbers) refuse both, each with its own message."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (OverflowError, ValueError, TypeError):
+        return float("inf")
+
+
 def check_exit_tol(exit_tol: Any, where: str) -> float:
-    # numpy scalars too (np.float32 is not a float subclass), as the loop counts take numpy ints
-    value = float("nan")
-    if isinstance(exit_tol, numbers.Real) and not isinstance(exit_tol, bool):
-        try:
-            value = float(exit_tol)
-        except OverflowError:  # an int past float's range
-            value = float("inf")
-    if not (value >= 0 and value != float("inf")):
+    value = real_number(exit_tol)
+    if value is None or not (value >= 0 and value != float("inf")):
         raise BackboneError(
             f"{where}: exit_tol must be a finite number >= 0 (0 = fixed depth; e.g. 1e-3 stops a "
             f"sample once its state changes by less than 0.1% per iteration), got {exit_tol!r}"
         )
     return value
+
+
+#: where a looped part keeps its :class:`ReplicaNote`
+REPLICA_NOTE = "_canvas_replica_note"
+
+
+class ReplicaNote:
+    """Shared by a looped part and its ``DataParallel`` replicas (``replicate`` gives each replica
+    a shallow copy of the part's ``__dict__``, so this object is the same in all of them). A
+    replica's forward leaves here the record the part held when it was copied; while the part
+    still holds that very record, its last forward ran in replicas, whose records went with them."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen: Optional[Tuple[Any]] = None
+
+
+def note_replica_record(part: nn.Module, attr: str) -> None:
+    """Called by a part's forward before it replaces its record ``attr``: in a replica, tell the
+    part (through its :class:`ReplicaNote`) that this forward's record will not reach it."""
+    if getattr(part, "_is_replica", False):
+        note = getattr(part, REPLICA_NOTE, None)
+        if isinstance(note, ReplicaNote):
+            note.seen = (part.__dict__.get(attr),)
+
+
+def replica_ran_last(part: nn.Module, attr: str) -> bool:
+    """Whether the last forward of ``part`` ran in ``DataParallel`` replicas (see
+    :class:`ReplicaNote`), so its own record ``attr`` is not that forward's."""
+    note = part.__dict__.get(REPLICA_NOTE)
+    return isinstance(note, ReplicaNote) and note.seen is not None and note.seen[0] is part.__dict__.get(attr)
 
 
 class LoopCore(nn.Module):
@@ -111,6 +151,7 @@ class LoopCore(nn.Module):
                 torch.full((max(self.max_loops - 1, 1),), float(gate_init_bias)))
         self._counts: Optional[torch.Tensor] = None
         self._stats: Optional[Dict[str, Any]] = None
+        setattr(self, REPLICA_NOTE, ReplicaNote())
 
     # --- configuration ---------------------------------------------------------------------------
     def set_loops(self, n: int, exit_tol: Optional[float] = None) -> None:
@@ -191,6 +232,7 @@ class LoopCore(nn.Module):
                     break
                 if keep.numel() < rows.numel():
                     active = keep
+        note_replica_record(self, "_stats")
         self._counts = counts
         self._stats = {"scope": self.loop_scope, "iterations": len(act_hist), "rel_change": rel_hist,
                        "state_norm": norm_hist, "active": act_hist, "core_rows": sum(act_hist),
@@ -205,6 +247,7 @@ class LoopCore(nn.Module):
         return tuple(gated_update(s, n_, a) for s, n_ in zip(h, y))
 
     def counts(self) -> torch.Tensor:
+        refuse_replica_record(self, "_stats", "loop_counts")
         if self._counts is None:
             raise CanvasTypeError(
                 f"{type(self).__name__}: no forward has run yet; call the model first, then "
@@ -212,6 +255,7 @@ class LoopCore(nn.Module):
         return self._counts.detach().cpu().clone()
 
     def stats(self) -> Dict[str, Any]:
+        refuse_replica_record(self, "_stats", "loop_stats")
         if self._stats is None:
             raise CanvasTypeError(
                 f"{type(self).__name__}: no forward has run yet; call the model first, then "
@@ -227,6 +271,18 @@ class LoopCore(nn.Module):
                 f"update={self.update!r}, exit_tol={self.exit_tol}, trainable_params={self.trainable_params()}")
 
 
+def refuse_replica_record(part: nn.Module, attr: str, where: str, owner: str = "") -> None:
+    """``CanvasTypeError`` when the last forward of ``part`` ran in ``DataParallel`` replicas:
+    ``where`` (``loop_counts`` / ``loop_stats``) would otherwise read an older forward's record."""
+    if replica_ran_last(part, attr):
+        raise CanvasTypeError(
+            f"{where}: the last forward of {owner or type(part).__name__} ran in DataParallel replicas (one "
+            f"copy per device), and their records went with them; {where} reads the record the "
+            "model itself keeps, so it would report an older forward. Run the forward you want to "
+            "inspect on the model itself (dp.module(...)) or DataParallel over one device, or train "
+            "with DistributedDataParallel (each process's model keeps its own record)")
+
+
 def gated_update(h: torch.Tensor, y: torch.Tensor, a: Any) -> torch.Tensor:
     """``h + a * (y - h)``. Where ``a`` (a tensor gate) is exactly 0 and ``y - h`` is not finite (an
     extra pass that overflowed), the difference counts as 0, so the result is ``h`` itself rather
@@ -239,21 +295,43 @@ def gated_update(h: torch.Tensor, y: torch.Tensor, a: Any) -> torch.Tensor:
 
 
 def _rel_change(prev: Tuple[torch.Tensor, ...], cur: Tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Per sample ``||cur - prev|| / ||prev||`` over every stream, ``(B,)`` float32."""
-    num = None
-    den = None
+    """Per sample ``||cur - prev|| / ||prev||`` over every stream, ``(B,)`` float32; 0 when both are
+    0, ``inf`` when only ``prev`` is, NaN when a state is not finite (never "converged"). The
+    values are divided by the sample's largest one first, so the squares neither overflow (states
+    past ~1e19 gave NaN: the sample never stopped) nor underflow (states below ~1e-19 gave 0: the
+    sample stopped however much it still changed)."""
+    pairs = []
     for p, c in zip(prev, cur):
         if p.shape != c.shape:  # a model-scope step map whose output is not its input's shape
             return torch.full((p.shape[0],), float("nan"), device=p.device)
-        p32, c32 = p.detach().float().flatten(1), c.detach().float().flatten(1)
-        d = (c32 - p32).pow(2).sum(1)
-        q = p32.pow(2).sum(1)
+        pairs.append((p.detach().float().flatten(1), c.detach().float().flatten(1)))
+    scale = _sample_scale([t for pair in pairs for t in pair])
+    num = den = None
+    for p32, c32 in pairs:
+        ps, cs = p32 / scale, c32 / scale
+        d, q = (cs - ps).pow(2).sum(1), ps.pow(2).sum(1)
         num = d if num is None else num + d
         den = q if den is None else den + q
-    return num.sqrt() / (den.sqrt() + _EPS)
+    zero = torch.where(num == 0, 0.0, float("inf"))
+    return torch.where(den == 0, zero, num.sqrt() / den.sqrt())
+
+
+def _sample_scale(states: List[torch.Tensor]) -> torch.Tensor:
+    """``(B, 1)``: each sample's largest magnitude over ``states`` (each ``(B, n)`` float32), 1
+    where it is 0 (a NaN stays NaN, so it propagates)."""
+    m = None
+    for t in states:
+        if t.shape[1]:
+            a = t.abs().amax(1)
+            m = a if m is None else torch.maximum(m, a)
+    if m is None:
+        return torch.ones(states[0].shape[0], 1, device=states[0].device)
+    return torch.where(m == 0, 1.0, m).unsqueeze(1)
 
 
 def _token_rms(cur: Tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Per sample RMS of the first stream's values (the hidden-state norm per feature)."""
+    """Per sample RMS of the first stream's values (the hidden-state norm per feature), computed on
+    the values divided by their largest, so it neither overflows nor underflows."""
     c = cur[0].detach().float().flatten(1)
-    return c.pow(2).mean(1).sqrt()
+    scale = _sample_scale([c])
+    return (c / scale).pow(2).mean(1).sqrt() * scale.squeeze(1)

@@ -8,6 +8,7 @@ from fractions import Fraction
 from typing import Iterable
 
 from canvas_core.errors import CanvasTypeError, SchemaError, SizeLimitError
+from canvas_core.looping.loop_engine import real_number
 from canvas_core.schema._validate import is_int
 
 __all__ = ["CurriculumScheduler", "SharpeningSchedule", "RandomDepthScheduler"]
@@ -45,13 +46,9 @@ def _check_max_loops(owner: str, value) -> int:
 def _check_real(owner: str, name: str, value, hi: float = math.inf, what: str = "") -> float:
     """A Python / numpy real number ``0 < value <= hi``, finite as a float (an int past 1.8e308
     does not convert); ``what`` says why ``hi``."""
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):  # numpy floats too
-        try:
-            v = float(value)
-        except OverflowError:
-            v = math.inf
-        if 0 < v <= hi and v != math.inf:
-            return v
+    v = real_number(value)  # numpy floats too
+    if v is not None and 0 < v <= hi and v != math.inf:
+        return v
     bound = f" and <= {hi:g}{what}" if hi != math.inf else ""
     raise SchemaError(f"{owner}: {name} must be a finite number > 0{bound}, got {value!r}")
 
@@ -149,9 +146,12 @@ def _apply_loops(looped, n: int, where: str) -> int:
     for b in parts:
         if not callable(getattr(b, "set_loops", None)):
             raise CanvasTypeError(f"{where} expects looped blocks with set_loops(n); got {type(b).__name__}")
+    from canvas_core.looping.scopes import apply_loops_atomically
+
+    # each part's own rule, as set_loops(model, n) applies it; all or nothing
+    apply_loops_atomically(parts, lambda b: b.set_loops(n))
     ran = []
     for b in parts:
-        b.set_loops(n)  # each part's own rule, as set_loops(model, n) applies it
         cur = getattr(b, "current_loops", None)
         ran.append(cur if isinstance(cur, int) and not isinstance(cur, bool) else n)
     return max(ran)

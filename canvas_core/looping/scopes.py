@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError
-from canvas_core.looping.loop_engine import UPDATES, LoopCore, check_exit_tol, check_loops
+from canvas_core.looping.loop_engine import UPDATES, LoopCore, check_exit_tol, check_loops, refuse_replica_record
 from canvas_core.looping.model_loop import LOOP_ATTR, STEP_ADAPTERS, ModelLoop, install_model_loop
 from canvas_core.looping.span import INJECTIONS, ITER_NORMS, LoopedSpan, SpanMember
 from canvas_core.looping.wrapper import LoopedBlockWrapper, _beta_targets
@@ -333,12 +333,47 @@ def set_loops(model: nn.Module, n: int, exit_tol: float = 0.0) -> int:
             f"set_loops: exit_tol={exit_tol!r} needs a span, stack or model scope (the block scope loops "
             "each block on its own, so there is no single state to watch); graft with scope=(i, j), "
             "'stack' or 'model', or pass exit_tol=0")
-    for p, fn in zip(parts, setters):
-        if isinstance(p, LoopCore):
-            fn(n, tol)
-        else:  # block scope (its own rule: canvas-core's wrapper clamps to max_loops)
-            fn(n)
+    apply_loops_atomically(parts, lambda p: p.set_loops(n, tol) if isinstance(p, LoopCore) else p.set_loops(n))
     return n
+
+
+def _own_setter(part: nn.Module) -> bool:
+    """Whether ``part.set_loops`` is canvas-core's own, which only writes the counts it keeps."""
+    fn = getattr(type(part), "set_loops", None)
+    return fn is LoopedBlockWrapper.set_loops or fn is LoopCore.set_loops
+
+
+_LOOP_SETTINGS = ("current_loops", "exit_tol")
+
+
+def apply_loops_atomically(parts: List[Any], apply: Any) -> None:
+    """``apply(part)`` for every part, all or nothing: when one raises (a ``wrapper_class=``
+    wrapper's own ``set_loops``), the parts already set, and the failing one, get back what they
+    held, and the error is raised as it came. canvas-core's parts only save their counts; another
+    module is snapshot whole (its modules' attributes, as a graft does), another object its own
+    attributes."""
+    from canvas_core.looping.graft_atomic import rollback, snapshot
+
+    done: List[Tuple[Any, str, Any]] = []
+    try:
+        for p in parts:
+            if isinstance(p, nn.Module) and _own_setter(p):
+                done.append((p, "own", {k: p.__dict__[k] for k in _LOOP_SETTINGS if k in p.__dict__}))
+            elif isinstance(p, nn.Module):
+                done.append((p, "module", snapshot(p)))
+            else:
+                done.append((p, "object", dict(getattr(p, "__dict__", {}))))
+            apply(p)
+    except BaseException:
+        for p, kind, saved in reversed(done):
+            if kind == "own":
+                p.__dict__.update(saved)
+            elif kind == "module":
+                rollback(p, None, saved)
+            elif hasattr(p, "__dict__") and p.__dict__ != saved:
+                p.__dict__.clear()
+                p.__dict__.update(saved)
+        raise
 
 
 def _block_trace(model: nn.Module, where: str) -> List[Dict[str, Any]]:
@@ -349,7 +384,10 @@ def _block_trace(model: nn.Module, where: str) -> List[Dict[str, Any]]:
             f"{where}: the looped blocks of {type(model).__name__} are {type(custom[0]).__name__} "
             f"(wrapper_class=), which keep no record of what a forward ran; {where} reads the one "
             "canvas-core's LoopedBlockWrapper keeps. Read the blocks' own state (e.g. current_loops)")
-    traces = [getattr(p, "_loop_trace", None) for p in parts if isinstance(p, LoopedBlockWrapper)]
+    wrappers = [p for p in parts if isinstance(p, LoopedBlockWrapper)]
+    for p in wrappers:
+        refuse_replica_record(p, "_loop_trace", where, type(model).__name__)
+    traces = [getattr(p, "_loop_trace", None) for p in wrappers]
     if not traces or any(t is None for t in traces):
         raise CanvasTypeError(f"{where}: no forward has run yet; call the model first, then {where}(model)")
     return traces

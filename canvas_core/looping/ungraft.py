@@ -15,8 +15,8 @@ What a graft changes and how it is undone:
   of timm's ``Attention``) gets its class back;
 * the adapter record and the ``save_pretrained`` guard on the model -> removed.
 
-Parameters' ``requires_grad`` is left as it is (a freeze strategy may have changed it; call
-``freeze_none(model)`` or set it yourself).
+* the freeze strategy -> every backbone parameter gets back the ``requires_grad`` it had before
+  the graft (recorded by name at graft time; a parameter added since keeps its own).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ __all__ = ["ungraft_looped_blocks", "guard_save_pretrained", "GraftedSaveRefused
 _ADAPTER_ATTR = "_canvas_backbone_adapter"  # the attribute graft_looped_blocks sets
 _SAVE_GUARD = "save_pretrained"
 _MODEL_LOOP = "canvas_loop"  # where scope="model" keeps its ModelLoop (looping/model_loop.py)
+GRADS_ATTR = "_canvas_pre_graft_requires_grad"  # {parameter name: requires_grad} before the graft
 
 
 class GraftedSaveRefused:
@@ -127,7 +128,8 @@ def ungraft_looped_blocks(model: nn.Module, *, remove_topology: bool = False) ->
     plain layout and ``type(model).from_pretrained(...)`` loads every trained weight back.  The loop
     parameters are not part of the plain model: save them with ``save_loop_checkpoint`` (before or
     after ungrafting: the returned wrappers still hold them), then graft again and
-    ``load_loop_checkpoint`` to get the looped model back.
+    ``load_loop_checkpoint`` to get the looped model back. Every parameter gets back the
+    ``requires_grad`` it had before the graft (which the freeze strategy changed).
 
     Args:
         model: a model grafted by ``graft_looped_blocks`` (or ``torch.compile``'s handle / a
@@ -194,9 +196,21 @@ def ungraft_looped_blocks(model: nn.Module, *, remove_topology: bool = False) ->
     else:
         _generic_unprepare(flat)
     del model.__dict__[_ADAPTER_ATTR]
+    _restore_requires_grad(model, model.__dict__.pop(GRADS_ATTR, None))
     _drop_save_guard(model)
     _warn_first_loop_embeddings(removed)
     return removed
+
+
+def _restore_requires_grad(model: nn.Module, flags: Any) -> None:
+    """Give every parameter the ``requires_grad`` it had before the graft froze the backbone (a
+    model grafted by an older version recorded nothing and keeps its current flags)."""
+    if not isinstance(flags, dict):
+        return
+    for name, p in model.named_parameters():
+        flag = flags.get(name)
+        if isinstance(flag, bool) and p.requires_grad != flag:
+            p.requires_grad_(flag)
 
 
 def _first_iteration_is_trained(part: nn.Module) -> bool:

@@ -13,6 +13,7 @@ returns ``h_i`` itself, even when the extra pass overflows to ``inf`` in float16
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -21,7 +22,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from canvas_core.errors import BackboneError, CanvasTypeError, ShapeError
-from canvas_core.looping.loop_engine import gated_update
+from canvas_core.looping.loop_engine import REPLICA_NOTE, ReplicaNote, gated_update, note_replica_record, real_number
 from canvas_core.schema._validate import is_int
 
 __all__ = ["BlockIO", "LoopedBlockWrapper"]
@@ -114,22 +115,15 @@ class _DefaultWidth(int):
 
 
 def _finite_gate(value: Any, block_idx: int) -> float:
-    """``gate_init_bias`` as a finite float (numpy scalars too), else ``BackboneError``."""
-    import math
-    import numbers
-
+    """``gate_init_bias`` as a finite float (numpy scalars, 0-d tensors too), else ``BackboneError``."""
     if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # a 0-d tensor or array: its number
         try:
             value = value.item()
         except RuntimeError:  # a meta tensor holds no number
             pass
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        try:
-            f = float(value)
-        except OverflowError:
-            f = math.inf
-        if math.isfinite(f):
-            return f
+    f = real_number(value)
+    if f is not None and math.isfinite(f):
+        return f
     raise BackboneError(
         f"LoopedBlockWrapper (block {block_idx}): gate_init_bias must be a finite number (0.0 keeps "
         f"the block identical to the backbone at every loop count), got {value!r}")
@@ -247,6 +241,7 @@ class LoopedBlockWrapper(nn.Module):
         if sharpening is not None:
             self.set_sharpening(sharpening)
         self.register_forward_pre_hook(_bind_first_stream, with_kwargs=True)
+        setattr(self, REPLICA_NOTE, ReplicaNote())  # loop_counts refuses a replica's forward
 
     # --- configuration -------------------------------------------------------------------------
     def set_loops(self, n: int) -> None:
@@ -379,6 +374,7 @@ class LoopedBlockWrapper(nn.Module):
         dynamic batch dimension)."""
         from canvas_core.looping.loop_engine import _rel_change, _token_rms
 
+        note_replica_record(self, "_loop_trace")
         with torch.no_grad():
             first = trace[0][1][0]
             self._loop_trace = {
