@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError
+from canvas_core.looping.installed import guard_input_shapes
 from canvas_core.looping.wrapper import BlockIO
 
 __all__ = [
@@ -25,6 +26,20 @@ __all__ = [
     "GenericAdapter",
     "class_matches",
 ]
+
+#: ``read(module, args, kwargs)`` of an input guard: the call's shapes (see ``input_guards``)
+ReadFn = Callable[[nn.Module, Tuple[Any, ...], Dict[str, Any]], Mapping[str, Any]]
+
+
+class _NoTopology:
+    """Takes an installed topology's place in the input guards of a prepared model without one:
+    the guards' ``read`` still refuses the calls the backbone cannot run; no shape is compared."""
+
+    def check_shapes(self, given: Any) -> None:
+        return None
+
+
+_NO_TOPOLOGY = _NoTopology()
 
 
 @dataclass(frozen=True)
@@ -203,7 +218,9 @@ class BackboneAdapter:
     # --- canvas --------------------------------------------------------------------------------
     def prepare(self, model: nn.Module) -> None:
         """Install attention that honours ``beta`` (sharpening) and canvas topologies; must
-        leave the model's outputs unchanged. Called once by ``graft_looped_blocks``."""
+        leave the model's outputs unchanged. Called once by ``graft_looped_blocks``.  The base
+        attaches the input checks of :meth:`input_guards`: an override calls it last."""
+        self.guard_inputs(model, None)
 
     def token_layout(
         self,
@@ -222,8 +239,11 @@ class BackboneAdapter:
         v = sample_inputs.get(key) if isinstance(sample_inputs, Mapping) else None
         if isinstance(v, torch.Tensor):
             shape = tuple(v.shape)
-        elif isinstance(v, (tuple, list)) and all(isinstance(i, int) for i in v):
+        elif isinstance(v, (tuple, list)) and all(isinstance(i, int) and not isinstance(i, bool) for i in v):
             shape = tuple(v)
+            if any(i < 0 for i in shape):
+                raise BackboneError(f"sample_inputs[{key!r}] = {shape} has a negative size; give the "
+                                    f"shape of the {what} tensor")
         else:
             raise CanvasTypeError(
                 f"token_layout needs sample_inputs[{key!r}]: the {what} tensor (or its shape)"
@@ -290,7 +310,9 @@ class BackboneAdapter:
         ``report()`` names the kernels).  Everything is checked before the model is changed.
         ``install_topology(model, None, ...)`` removes it (the backbone's attention again).
         ``requires_grad=False``: the model will only run inference, so kernels without a backward
-        pass (e.g. ``kernel="flex_cpu"``) may be chosen; they refuse a call that needs gradients."""
+        pass (e.g. ``kernel="flex_cpu"``) may be chosen; they refuse a call that needs gradients.
+        Every call of the model is then checked by :meth:`input_guards` (``ShapeError`` for
+        shapes the ``tokens`` were not built for)."""
         from canvas_core.looping.topology_install import build_installation, remove_installation
 
         targets = self.attention_targets(model)
@@ -310,6 +332,7 @@ class BackboneAdapter:
             )
         if topology is None:
             remove_installation(self, model, targets)
+            self.guard_inputs(model, None)
             return None
         if not isinstance(tokens, TokenLayout):
             raise CanvasTypeError(
@@ -321,7 +344,38 @@ class BackboneAdapter:
                                                requires_grad=requires_grad)
         remove_installation(self, model, targets)
         commit()
+        self.guard_inputs(model, installed)
         return installed
+
+    def input_guards(self, model: nn.Module, installed: bool) -> Sequence[Tuple[Optional[nn.Module], ReadFn]]:
+        """Checks run on every call of the model's input modules (e.g. its patch embedding, which
+        sees the input's shape before it becomes tokens): ``(module, read)`` pairs, one per
+        module.  ``read(module, args, kwargs)`` is a module-level function returning the call's
+        shapes (names of ``SHAPE_KEYS``) and raising a ``CanvasError`` itself for a call that
+        cannot run.  ``installed=True``: the checks while a topology is installed (the shapes
+        are compared with its token layout's, else ``ShapeError``); ``False``: those from
+        :meth:`prepare` on while none is (only ``read``'s own refusals).  Default: none."""
+        return ()
+
+    def guard_inputs(self, model: nn.Module, installed: Any, *, prepared: bool = True) -> None:
+        """Attach :meth:`input_guards` for ``installed`` (an ``InstalledTopology``; None: the
+        checks of a prepared model without one).  ``prepared=False`` removes every check.
+        Adapters call it at the end of :meth:`prepare`; installing and removing a topology and
+        :meth:`unprepare` call it."""
+        want = list(self.input_guards(model, installed is not None)) if prepared else []
+        for module, _ in [*self.input_guards(model, True), *self.input_guards(model, False)]:
+            guard_input_shapes(module, None)
+        for module, read in want:
+            guard_input_shapes(module, _NO_TOPOLOGY if installed is None else installed, read)
+
+    def unprepare(self, model: nn.Module) -> None:
+        """Undo :meth:`prepare` (``ungraft_looped_blocks`` calls it): the input checks are removed
+        and each canvas attention gives way to the backbone's own (the generic undo of
+        ``canvas_core.looping.ungraft``)."""
+        from canvas_core.looping.ungraft import _generic_unprepare
+
+        self.guard_inputs(model, None, prepared=False)
+        _generic_unprepare(self.blocks(model))
 
     def installed_topology(self, model: nn.Module) -> Any:
         """The :class:`InstalledTopology` in ``model`` (None when no topology is installed)."""

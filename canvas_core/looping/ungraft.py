@@ -9,12 +9,12 @@ What a graft changes and how it is undone:
 * the ``ModelLoop`` of ``scope="model"`` (``model.canvas_loop`` and the routed ``forward``) ->
   removed;
 * the adapter's ``prepare`` (attention that honours ``beta`` and topologies) -> the adapter's
-  ``unprepare(model)`` when it defines one, else the generic undo: a diffusers processor that
+  ``unprepare(model)`` (``BackboneAdapter``'s own removes the input checks, then does the generic
+  undo; an adapter without one gets the generic undo): a diffusers processor that
   holds the processor it replaced (``.original``, :class:`CanvasProcessorBase`) is swapped back,
   and a module whose class was switched to a canvas subclass of its class (``CanvasViTAttention``
   of timm's ``Attention``) gets its class back;
-* the adapter record and the ``save_pretrained`` guard on the model -> removed.
-
+* the adapter record and the ``save_pretrained`` guard on the model -> removed;
 * the freeze strategy -> every backbone parameter gets back the ``requires_grad`` it had before
   the graft (recorded by name at graft time; a parameter added since keeps its own).
 """

@@ -59,10 +59,15 @@ def _torch_reasons() -> List[str]:
 
 def check(ctx: Any) -> List[str]:
     """Reasons FlexAttention cannot run (no torch import: reads the installed torch version), and
-    on CUDA a head width below what the compiled kernel takes."""
+    on CUDA a head width below what the compiled kernel takes; on CPU (which the spec's devices
+    already refuse) where the same kernel is: ``flex_cpu``."""
     reasons = _torch_reasons()
     if reasons:
         return reasons
+    if _device_type(ctx) == "cpu":
+        return ["on CPU the same kernel is registered as kernel='flex_cpu' (inference only: pass "
+                "requires_grad=False to compile(...) or adapter.install_topology(...); its first call "
+                "compiles for tens of seconds)"]
     hd = getattr(ctx, "head_dim", None)
     if _device_type(ctx) == "cuda" and isinstance(hd, int) and hd < MIN_CUDA_HEAD_DIM:
         return [f"FlexAttention's compiled GPU (Triton) kernel needs head_dim >= {MIN_CUDA_HEAD_DIM} (its "

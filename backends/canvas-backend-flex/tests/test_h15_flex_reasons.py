@@ -29,7 +29,7 @@ def test_cuda_head_dim_below_16_is_a_reason_and_auto_falls_back():
     reasons = canvas_backend_flex.check(RuntimeContext(device="cuda", head_dim=8))
     assert len(reasons) == 1 and "head_dim >= 16" in reasons[0] and "head_dim=8" in reasons[0]
     assert canvas_backend_flex.check(RuntimeContext(device="cuda", head_dim=16)) == []
-    assert canvas_backend_flex.check(RuntimeContext(device="cpu", head_dim=8)) == []
+    assert canvas_backend_flex.check(RuntimeContext(device="cuda", head_dim=32)) == []
     # flex_cpu on CPU takes narrow heads; asked on CUDA it gives its one device reason only
     assert canvas_backend_flex.check_cpu(RuntimeContext(device="cpu", head_dim=8, requires_grad=False)) == []
     assert canvas_backend_flex.check_cpu(RuntimeContext(device="cuda", head_dim=8)) == []

@@ -33,7 +33,7 @@ from torch import nn
 
 from canvas_core.errors import CanvasTypeError, ShapeError
 from canvas_core.extend import check_elements, check_size
-from canvas_plugin_canvit.rope import SceneRoPE
+from canvas_plugin_canvit.rope import SceneRoPE, coord_dtype
 from canvas_plugin_canvit.viewpoint import (Viewpoint, check_viewpoint_for, default_coords, square_side,
                                             viewpoint_coords)
 
@@ -131,11 +131,6 @@ def _attend(q, k, v, allowed, bias, dropout_p: float, training: bool):
     return out, has_key
 
 
-def _coord_dtype(*ts: torch.Tensor) -> torch.dtype:
-    """float32 coordinates, or float64 when a tensor (a float64 module's input) is float64."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
-
-
 class _CanvasAttentionBase(nn.Module):
     type_name = "canvas_attention"
 
@@ -176,21 +171,17 @@ class _CanvasAttentionBase(nn.Module):
     def _local_coords(self, n: int, like: torch.Tensor) -> torch.Tensor:
         vp = self.viewpoint
         if vp is not None:
-            if vp.batch_size not in (1, like.shape[0]):
-                raise ShapeError(f"{self.type_name}: the viewpoint set with set_viewpoint() has batch size "
-                                 f"{vp.batch_size} but the local tokens have batch size {like.shape[0]}; set a "
-                                 f"viewpoint of batch {like.shape[0]} (or 1), or pass q_coords / k_coords")
             check_viewpoint_for(f"{self.type_name} (viewpoint from set_viewpoint())", vp, like, "the local tokens")
             grid = self.local_grid
             if grid is None or grid[0] * grid[1] != n:
                 s = square_side(n)
                 grid = (s, s) if s is not None else (1, n)
-            return viewpoint_coords(vp.to(device=like.device, dtype=_coord_dtype(like, vp.centers)), *grid)
-        return default_coords(n, like.device, _coord_dtype(like), self.local_grid)[None]
+            return viewpoint_coords(vp.to(device=like.device, dtype=coord_dtype(like, vp.centers)), *grid)
+        return default_coords(n, like.device, coord_dtype(like), self.local_grid)[None]
 
     @staticmethod
     def _canvas_coords(n: int, like: torch.Tensor) -> torch.Tensor:
-        return default_coords(n, like.device, _coord_dtype(like))[None]
+        return default_coords(n, like.device, coord_dtype(like))[None]
 
     def _check_coords(self, name: str, c: Optional[torch.Tensor], B: int, n: int, like: torch.Tensor) -> None:
         if c is None:

@@ -20,7 +20,7 @@ from torch import nn
 from canvas_core.errors import CanvasTypeError, ShapeError
 from canvas_core.extend import check_elements
 from canvas_plugin_canvit.attention import CanvasReadAttention, CanvasWriteAttention
-from canvas_plugin_canvit.rope import SceneRoPE
+from canvas_plugin_canvit.rope import SceneRoPE, coord_dtype
 from canvas_plugin_canvit.viewpoint import Viewpoint, check_viewpoint_for, grid_coords, viewpoint_coords
 
 __all__ = ["CanvasState", "CanViTOutput", "CanViTCore"]
@@ -200,8 +200,7 @@ class CanViTCore(nn.Module):
         patches = self.patch_embed(glimpse)                        # (B, D, h, w)
         h, w = patches.shape[-2:]
         local = patches.flatten(2).transpose(1, 2)                 # (B, h*w, D)
-        # coordinates in float32, or float64 for a float64 model / viewpoint (never rounded below float32)
-        cdt = torch.float64 if torch.float64 in (glimpse.dtype, viewpoint.centers.dtype) else torch.float32
+        cdt = coord_dtype(glimpse, viewpoint.centers)
         vp = viewpoint.to(device=glimpse.device, dtype=cdt)  # batch 1 broadcasts through RoPE's (B|1, N, 2)
         local_xy = torch.cat([vp.centers[:, None, :], viewpoint_coords(vp, h, w)], dim=1)  # CLS at the centre
         canvas_xy = grid_coords(G, G, glimpse.device, cdt)[None]

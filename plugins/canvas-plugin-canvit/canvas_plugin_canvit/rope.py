@@ -18,7 +18,14 @@ from torch import nn
 
 from canvas_core.errors import CanvasTypeError, ShapeError
 
-__all__ = ["SceneRoPE"]
+__all__ = ["SceneRoPE", "coord_dtype"]
+
+
+def coord_dtype(*ts: torch.Tensor) -> torch.dtype:
+    """The dtype of scene coordinates and RoPE angles for the tensors ``ts``: float32, or float64
+    when one of them is float64 (a float64 module or viewpoint: gradcheck-exact); never below
+    float32, whatever the model's dtype."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
 
 
 class SceneRoPE(nn.Module):
@@ -64,8 +71,7 @@ class SceneRoPE(nn.Module):
                              f"for x {tuple(x.shape)}, got {got}")
         if self.rot == 0:
             return x
-        # angles in float32, or float64 for a float64 module / coordinates (gradcheck-exact)
-        adt = torch.float64 if torch.float64 in (x.dtype, coords.dtype) else torch.float32
+        adt = coord_dtype(x, coords)
         ang = coords.to(adt)[..., :, None, :] * self._freqs(coords.device, adt)[:, None]   # (B, N, n, 2)
         ang = ang.transpose(-1, -2).reshape(*coords.shape[:-1], self.rot // 2)   # [y freqs, x freqs]
         cos, sin = ang.cos()[:, None].to(x.dtype), ang.sin()[:, None].to(x.dtype)  # (B, 1, N, r/2)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError, ShapeError
-from canvas_core.extend import BackboneAdapter, CanvasProcessorBase, TokenLayout, guard_input_shapes
+from canvas_core.extend import BackboneAdapter, CanvasProcessorBase, TokenLayout
 
 __all__ = ["CogVideoXAdapter", "CanvasCogVideoXAttnProcessor"]
 
@@ -77,17 +77,45 @@ class CanvasCogVideoXAttnProcessor(CanvasProcessorBase):
         return hid, enc
 
 
+def _check_patchable(what: str, shape: Tuple[int, ...], p: int, pt: Optional[int], whole_patches: bool) -> None:
+    """Refuse (``ShapeError``) latents of ``shape`` ``(B, F, C, H, W)`` that the patch embedding
+    cannot cut into whole patches: an empty batch, frames not a multiple of ``pt`` and (with
+    ``pt``, where diffusers fails with a bare reshape error, or ``whole_patches``) a height or
+    width not a multiple of ``p`` (without ``pt`` diffusers silently drops the last rows)."""
+    B, F_, _, H, W = shape
+    if B == 0:
+        raise ShapeError(f"CogVideoX: {what} hold an empty batch (0 samples), which the backbone cannot "
+                         "run; skip the call when there is nothing to denoise")
+    _patched_frames(F_, pt, ShapeError)
+    if (whole_patches or pt is not None) and (H % p or W % p):
+        raise ShapeError(f"CogVideoX: latent height/width ({H}, {W}) of {what} must be multiples of "
+                         f"patch_size {p} (the last rows or columns would be dropped, or fail to reshape); "
+                         f"pad or crop the latents to ({H + -H % p}, {W + -W % p}) or ({H - H % p}, {W - W % p})")
+
+
+def _runnable(model: nn.Module, args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict:
+    """Input check of a grafted CogVideoX (its forward's ``hidden_states``): latents the backbone
+    can cut into patches, else ``ShapeError`` with the fix instead of diffusers' bare error."""
+    x = args[0] if args else kwargs.get("hidden_states")
+    if isinstance(x, torch.Tensor) and x.dim() == 5:
+        c = model.config
+        _check_patchable("the hidden_states", tuple(x.shape), c.patch_size, getattr(c, "patch_size_t", None), False)
+    return {}
+
+
 def _call_shapes(patch_embed: nn.Module, args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict:
     """The shapes of a ``CogVideoXPatchEmbed(text_embeds, image_embeds)`` call, as
-    :meth:`CogVideoXAdapter.token_layout` counts them (Python ints from shapes)."""
+    :meth:`CogVideoXAdapter.token_layout` counts them (Python ints from shapes); whole patches
+    only, since the installed token layout places every row and column."""
     text = args[0] if len(args) > 0 else kwargs.get("text_embeds")
     img = args[1] if len(args) > 1 else kwargs.get("image_embeds")
     if not isinstance(text, torch.Tensor) or not isinstance(img, torch.Tensor) or img.dim() != 5:
         return {}
-    _, F_, _, H, W = img.shape
     p, pt = patch_embed.patch_size, getattr(patch_embed, "patch_size_t", None)
-    f = _patched_frames(F_, pt, ShapeError)
-    return {"text_len": text.shape[1], "frames": f, "height": H // p, "width": W // p}
+    _check_patchable("the latents", tuple(img.shape), p, pt, True)
+    _, F_, _, H, W = img.shape
+    return {"text_len": text.shape[1], "frames": _patched_frames(F_, pt, ShapeError), "height": H // p,
+            "width": W // p}
 
 
 def _patched_frames(frames: int, pt: Optional[int], error: type) -> int:
@@ -161,6 +189,7 @@ class CogVideoXAdapter(BackboneAdapter):
                 continue
             if type(proc) is CogVideoXAttnProcessor2_0:
                 attn.set_processor(CanvasCogVideoXAttnProcessor(proc))
+        super().prepare(model)
 
     def attention_targets(self, model: nn.Module) -> List[Any]:
         out = []
@@ -171,13 +200,13 @@ class CogVideoXAdapter(BackboneAdapter):
                 out.append(proc)
         return out
 
-    def install_topology(self, model: nn.Module, topology: Any, tokens: Any, **kwargs: Any) -> Any:
-        """As :meth:`BackboneAdapter.install_topology`; every call of the model is then checked
-        to have the text length and latent patch grid the ``tokens`` were built for (the
-        processor sees the text length, the patch embedding the grid), else ``ShapeError``."""
-        installed = super().install_topology(model, topology, tokens, **kwargs)
-        guard_input_shapes(getattr(model, "patch_embed", None), installed, _call_shapes)
-        return installed
+    def input_guards(self, model: nn.Module, installed: bool) -> List[Tuple[Optional[nn.Module], Any]]:
+        """The model's calls: latents it can cut into patches (frames in whole temporal patches,
+        no empty batch); with a topology also the patch embedding's: whole spatial patches, and
+        the text length and patch grid of the installed token layout (the processor checks the
+        text length too)."""
+        guards: List[Tuple[Optional[nn.Module], Any]] = [(model, _runnable)]
+        return guards + [(getattr(model, "patch_embed", None), _call_shapes)] if installed else guards
 
     def grid(self, model: nn.Module, frames: int, height: int, width: int) -> Tuple[int, int, int]:
         c = _config(model)

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from canvas_core.errors import BackboneError, CanvasTypeError
-from canvas_core.extend import BackboneAdapter, CanvasProcessorBase, TokenLayout, guard_input_shapes
+from canvas_core.errors import BackboneError, CanvasTypeError, ShapeError
+from canvas_core.extend import BackboneAdapter, CanvasProcessorBase, TokenLayout
 
 __all__ = ["MochiAdapter", "CanvasMochiAttnProcessor"]
 
@@ -116,6 +116,24 @@ def _call_shapes(rope: nn.Module, args: Tuple[Any, ...], kwargs: Mapping[str, An
     return {"frames": vals["num_frames"], "height": vals["height"], "width": vals["width"]}
 
 
+def _runnable(model: nn.Module, args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict:
+    """Refuse (``ShapeError``) latents ``(B, C, F, H, W)`` (the forward's ``hidden_states``) that
+    Mochi cannot run, before any block does: an empty batch, no frame, or a height / width that
+    is not a multiple of the patch fail only at the output's reshape, with a bare error."""
+    x = args[0] if args else kwargs.get("hidden_states")
+    if not isinstance(x, torch.Tensor) or x.dim() != 5:
+        return {}
+    p, (B, _, F_, H, W) = model.config.patch_size, x.shape
+    if B == 0 or F_ == 0:
+        raise ShapeError(f"Mochi: the hidden_states {tuple(x.shape)} hold no sample or no frame, which the "
+                         "backbone cannot run; skip the call when there is nothing to denoise")
+    if H % p or W % p:
+        raise ShapeError(f"Mochi: latent height/width ({H}, {W}) must be multiples of patch_size {p} "
+                         f"(the backbone fails to reshape its output otherwise); pad or crop the latents "
+                         f"to ({H + -H % p}, {W + -W % p}) or ({H - H % p}, {W - W % p})")
+    return {}
+
+
 class MochiAdapter(BackboneAdapter):
     name = "mochi"
     model_classes = ("diffusers.MochiTransformer3DModel",)
@@ -152,13 +170,11 @@ class MochiAdapter(BackboneAdapter):
                "module of this type cannot read or write alongside the video tokens")
         return allowed, self.hidden_size(model), why
 
-    def install_topology(self, model: nn.Module, topology: Any, tokens: Any, **kwargs: Any) -> Any:
-        """As :meth:`BackboneAdapter.install_topology`; every call of the model is then checked
-        to have the text length and latent patch grid the ``tokens`` were built for (the
-        processor sees the text length, the model's RoPE call the grid), else ``ShapeError``."""
-        installed = super().install_topology(model, topology, tokens, **kwargs)
-        guard_input_shapes(getattr(model, "rope", None), installed, _call_shapes)
-        return installed
+    def input_guards(self, model: nn.Module, installed: bool) -> List[Tuple[Optional[nn.Module], Any]]:
+        """The model's calls: latents Mochi can run; with a topology also its RoPE call: the
+        patch grid of the installed token layout (the processor checks the text length)."""
+        guards: List[Tuple[Optional[nn.Module], Any]] = [(model, _runnable)]
+        return guards + [(getattr(model, "rope", None), _call_shapes)] if installed else guards
 
     def prepare(self, model: nn.Module) -> None:
         from diffusers.models.attention_processor import MochiAttnProcessor2_0
@@ -167,6 +183,7 @@ class MochiAdapter(BackboneAdapter):
             attn = getattr(block, "attn1", None)
             if attn is not None and type(attn.processor) is MochiAttnProcessor2_0:
                 attn.processor = CanvasMochiAttnProcessor(attn.processor)
+        super().prepare(model)
 
     def attention_targets(self, model: nn.Module) -> List[Any]:
         out = []

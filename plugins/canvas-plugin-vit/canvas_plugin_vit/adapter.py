@@ -19,8 +19,8 @@ from typing import Any, List, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from canvas_core.errors import BackboneError, CanvasTypeError
-from canvas_core.extend import BackboneAdapter, CanvasAttentionHooks, TokenLayout, guard_input_shapes
+from canvas_core.errors import BackboneError, CanvasTypeError, ShapeError
+from canvas_core.extend import BackboneAdapter, CanvasAttentionHooks, TokenLayout
 
 __all__ = ["ViTAdapter", "CanvasViTAttention"]
 
@@ -101,6 +101,16 @@ def _check_image_size(pe: nn.Module, shape: Tuple[int, ...]) -> None:
             "model with dynamic_img_pad=True")
 
 
+def _runnable(model: nn.Module, args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict:
+    """Refuse (``ShapeError``) an empty image batch (the forward's ``x``), which timm's blocks
+    fail on with a bare reshape error."""
+    x = args[0] if args else kwargs.get("x")
+    if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[0] == 0:
+        raise ShapeError("ViT: the image batch is empty (0 images), which the backbone cannot run; "
+                         "skip the call when there is no image")
+    return {}
+
+
 def _call_shapes(pe: nn.Module, args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict:
     """The patch grid of a ``patch_embed(x)`` call (Python ints from ``x``'s shape)."""
     x = args[0] if args else kwargs.get("x")
@@ -149,22 +159,22 @@ class ViTAdapter(BackboneAdapter):
                 attn.__class__ = CanvasViTAttention
                 attn.beta = 1.0
                 attn.canvas_topology = None
+        super().prepare(model)
 
     def attention_targets(self, model: nn.Module) -> List[Any]:
         return [m for m in model.modules() if isinstance(m, CanvasViTAttention)]
 
-    def install_topology(self, model: nn.Module, topology: Any, tokens: Any, **kwargs: Any) -> Any:
-        """As :meth:`BackboneAdapter.install_topology`; every call of the patch embedding is
-        then checked to give the patch grid the ``tokens`` were built for (with
-        ``dynamic_img_size`` another image size may give as many tokens on another grid), else
-        ``ShapeError``; and a call of its patch dropout that would drop patches (train mode)
-        raises ``BackboneError``."""
-        installed = super().install_topology(model, topology, tokens, **kwargs)
-        guard_input_shapes(getattr(model, "patch_embed", None), installed, _call_shapes)
+    def input_guards(self, model: nn.Module, installed: bool) -> List[Tuple[Optional[nn.Module], Any]]:
+        """The model's calls: no empty image batch; with a topology also the patch embedding's:
+        the patch grid the installed token layout was built for (with ``dynamic_img_size``
+        another image size may give as many tokens on another grid), and a call of the patch
+        dropout that would drop patches (train mode) raises ``BackboneError``."""
+        guards: List[Tuple[Optional[nn.Module], Any]] = [(model, _runnable)]
+        if not installed:
+            return guards
         pd = getattr(model, "patch_drop", None)  # nn.Identity unless patch_drop_rate > 0
-        if isinstance(pd, nn.Module) and hasattr(pd, "prob"):
-            guard_input_shapes(pd, installed, _no_patch_dropout)
-        return installed
+        dropout = [(pd, _no_patch_dropout)] if isinstance(pd, nn.Module) and hasattr(pd, "prob") else []
+        return [*guards, (getattr(model, "patch_embed", None), _call_shapes), *dropout]
 
     def grid(self, model: nn.Module, sample_inputs: Optional[Mapping[str, Any]]) -> Tuple[int, int]:
         pe = model.patch_embed
