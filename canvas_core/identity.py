@@ -29,7 +29,8 @@ from torch import nn
 
 from canvas_core._lazy import lazy_exports
 from canvas_core.attention._base import autocast_on
-from canvas_core.errors import CanvasTypeError, PluginLoadError, ProgramError, UnknownNameError
+from canvas_core.compiler.passes import check_slot_bank
+from canvas_core.errors import CanvasTypeError, PluginLoadError, ProgramError, SizeLimitError, UnknownNameError
 from canvas_core.plugins import create_identity_binder, get_registry, get_spec, list_identity_binders
 from canvas_core.program.identity import IdentitySpec
 
@@ -73,6 +74,7 @@ def create_binder(binding_fn: str, d_model: int, n_slots: int, n_heads: int = 4,
     """
     if not isinstance(binding_fn, str) or not binding_fn:
         raise CanvasTypeError(f"identity binding_fn must be a non-empty str, got {binding_fn!r}")
+    check_slot_bank(n_slots, d_model, f"create_binder({binding_fn!r}, d_model={d_model!r}, n_slots={n_slots!r})")
     try:
         return create_identity_binder(binding_fn, d_model=d_model, n_slots=n_slots, n_heads=n_heads,
                                       birth_death=birth_death)
@@ -443,5 +445,7 @@ def build_identity_binders(program: Any, d_model: int, n_heads: int = 4) -> Iden
                                    n_heads=_heads_for(d_model, n_heads), birth_death=spec.birth_death)
         except UnknownNameError as exc:
             raise UnknownNameError(f"region {region!r}: IdentitySpec(binding_fn={spec.binding_fn!r}): {exc}") from exc
+        except SizeLimitError as exc:
+            raise SizeLimitError(f"region {region!r}: IdentitySpec(binding_fn={spec.binding_fn!r}): {exc}") from None
         out.add(region, SlotTracker(binder, spec.mode, n_slots=spec.slot_capacity, name=spec.binding_fn), spec)
     return out

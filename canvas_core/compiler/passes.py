@@ -21,9 +21,10 @@ from canvas_core.errors import CanvasTypeError, CompileError, UnavailableError, 
 from canvas_core.plugins import get_spec
 from canvas_core.program.cortex import CortexRegistry
 from canvas_core.schema import CanvasSchema, CanvasTopology
+from canvas_core.schema.limits import check_bytes
 
 __all__ = ["MODES", "EXPORT_FORMAT", "ModeWork", "region_modes", "dtype_name", "reduced_schema", "apply_cortex",
-           "resolve_identity", "lower_schema"]
+           "resolve_identity", "lower_schema", "check_slot_bank"]
 
 #: compile modes a region may declare, from "runs and trains" to "leaves the forward pass"
 MODES = ("runtime", "freeze", "constant", "export")
@@ -127,9 +128,20 @@ def resolve_identity(program: Any, schema: Any, active: Set[str]) -> Dict[str, D
         if missing:
             raise UnavailableError(f"{where}: binder {binder.name!r} ({binder.describe_provider()}) cannot run "
                                    f"here: {'; '.join(missing)}")
+        check_slot_bank(spec.slot_capacity, getattr(schema.layout, "d_model", None),
+                        f"{where[:-1]}, slot_capacity={spec.slot_capacity})")
         out[name] = {
             "mode": spec.mode, "slot_capacity": spec.slot_capacity, "birth_death": spec.birth_death,
             "binding_fn": spec.binding_fn, "implementation": binder.factory_path,
             "provider": f"{binder.provider} {binder.version}".strip(),
         }
     return out
+
+
+def check_slot_bank(n_slots: Any, d_model: Any, what: str) -> None:
+    """Refuse a binder whose ``(n_slots, d_model)`` float32 slot bank alone would exceed the byte
+    limit (:func:`~canvas_core.schema.limits.check_bytes`, ``CANVAS_MAX_BYTES``): 2^20 slots x 4,096 wide is 16 GiB,
+    under the element limit.  Sizes that are not ints are left to the binder's own checks."""
+    if all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (n_slots, d_model)):
+        check_bytes(4 * n_slots * d_model, f"{what}: the binder's ({n_slots:,}, {d_model:,}) float32 slot bank",
+                    "Use fewer slots (IdentitySpec.slot_capacity / n_slots) or a narrower d_model")

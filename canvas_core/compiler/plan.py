@@ -28,12 +28,17 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from canvas_core.schema.limits import check_elements
+from canvas_core.schema.limits import check_bytes, check_elements
 
 if TYPE_CHECKING:  # pragma: no cover
     from canvas_core.compiler.resolved import ResolvedGroup
 
 __all__ = ["RectGroup", "BlockLayout", "ExecutionPlan", "SegmentGrid", "segment_grid"]
+
+#: a segment grid may take this fraction of the byte limit (1 GiB by default): every reader
+#: (kernels, block layout, verify) scans it in full, and touching its pages alone took ~7 s per
+#: 4 GiB here; 20,000 one-position connections at N = 32,768 made a 4.3 GB grid in 13-24 s
+GRID_SHARE = 8
 
 
 @dataclass
@@ -117,19 +122,55 @@ def segment_grid(n: int, q0, q1, k0, k1, weight) -> SegmentGrid:
     weight = np.asarray(weight, dtype=np.float64)
     rb = np.unique(np.concatenate([[0, n], q0, q1]))
     cb = np.unique(np.concatenate([[0, n], k0, k1]))
-    check_elements((len(rb) - 1, len(cb) - 1), "the segment grid of the plan's rectangles", itemsize=8)
+    cells = (len(rb) - 1) * (len(cb) - 1)
+    what = (f"the segment grid of {len(q0):,} rectangles over N={n:,} positions ({len(rb) - 1:,} x {len(cb) - 1:,} "
+            f"segments: the rectangles' distinct edges)")
+    check_elements((len(rb) - 1, len(cb) - 1), what, itemsize=8)
+    check_bytes(cells * 8, what,
+                "Use fewer connections, or fewer and larger regions and frame offsets, so that rectangles share edges",
+                GRID_SHARE)
     grid = np.zeros((len(rb) - 1, len(cb) - 1), dtype=np.float64)
     if len(q0):
         ra, rz = np.searchsorted(rb, q0), np.searchsorted(rb, q1)
         ca, cz = np.searchsorted(cb, k0), np.searchsorted(cb, k1)
-        # every (row segment, rect) then every column segment of that rect
-        owner, rows = _expand_ranges(ra, rz)
-        owner2, cols = _expand_ranges(ca[owner], cz[owner])
-        rows = rows[owner2]
-        w = weight[owner][owner2]
-        flat = rows * grid.shape[1] + cols
-        np.maximum.at(grid.reshape(-1), flat, w)
+        _fill_max(grid, ra, rz, ca, cz, weight)
     return SegmentGrid(rb, cb, grid)
+
+
+#: rectangles of at least this many cells are written as slices; the rest cell by cell, in chunks of
+#: at most this many cells (so the temporaries stay ~40 bytes x this, whatever the rectangles cover)
+_SLICE_CELLS = 1 << 12
+_CHUNK_CELLS = 1 << 22
+
+
+def _fill_max(grid: np.ndarray, ra: np.ndarray, rz: np.ndarray, ca: np.ndarray, cz: np.ndarray,
+              weight: np.ndarray) -> None:
+    """``grid[ra:rz, ca:cz] = max(grid, weight)`` for every rectangle (segment coordinates).
+
+    Big rectangles are written as slices, the others cell by cell in bounded chunks, the largest
+    weight per cell found by sorting the cells: expanding every rectangle at once took 183 MiB for
+    one rectangle over a 30 MiB grid.  Max is exact, so the order does not change the result."""
+    area = (rz - ra) * (cz - ca)
+    for i in np.flatnonzero(area >= _SLICE_CELLS):
+        cell = grid[ra[i]:rz[i], ca[i]:cz[i]]
+        np.maximum(cell, weight[i], out=cell)
+    small = np.flatnonzero((area > 0) & (area < _SLICE_CELLS))
+    ends = np.cumsum(area[small])
+    start, flat_grid, width = 0, grid.reshape(-1), grid.shape[1]
+    while start < len(small):
+        stop = max(start + 1, int(np.searchsorted(ends, ends[start] - area[small[start]] + _CHUNK_CELLS, side="right")))
+        idx = small[start:stop]
+        # every (row segment, rect) then every column segment of that rect
+        owner, rows = _expand_ranges(ra[idx], rz[idx])
+        owner2, cols = _expand_ranges(ca[idx][owner], cz[idx][owner])
+        flat = rows[owner2] * width + cols
+        w = weight[idx][owner][owner2]
+        order = np.argsort(flat, kind="stable")
+        flat, w = flat[order], w[order]
+        first = np.flatnonzero(np.concatenate([[True], flat[1:] != flat[:-1]]))
+        cells = flat[first]
+        flat_grid[cells] = np.maximum(flat_grid[cells], np.maximum.reduceat(w, first))
+        start = stop
 
 
 @dataclass
@@ -175,8 +216,10 @@ class BlockLayout:
 
 
 def block_layout_of(grid: SegmentGrid, n: int, block_size: int) -> BlockLayout:
-    """Tile states of a segment grid, one query block at a time: work and memory in the size of the
-    grid (a product of the whole grid with block-overlap matrices cost ``n_blocks`` times more)."""
+    """Tile states of a segment grid, one query block at a time.  Memory: the two ``(n_blocks,
+    n_blocks)`` outputs (9 bytes a tile) and one block row of the grid; time: ``O((n_rs + n_blocks) *
+    n_cs + n_blocks**2)``, so a small ``block_size`` on a large canvas costs ``n_blocks**2`` whatever
+    the grid (the tiles count against the element limit)."""
     bs = int(block_size)
     nb = max(1, -(-n // bs))
     check_elements((nb, nb), f"the tiles of block_size={bs} over N={n} positions (raise block_size)", itemsize=9)
@@ -315,7 +358,7 @@ class ExecutionPlan:
         :func:`canvas_core.runtime.plan_tensors.dense_weights`, which this delegates to."""
         from canvas_core.runtime.plan_tensors import dense_weights  # listed in ALLOWED_UPWARD (import-graph test)
 
-        return dense_weights(self, device=device, fn=fn, canonical=canonical, dtype=dtype)
+        return dense_weights(self, device=device, fn=fn, canonical=canonical, dtype=dtype, where="ExecutionPlan.to_dense")
 
     def block_layout(self, block_size: int = 128, fn: Optional[str] = None) -> BlockLayout:
         """Which ``(q_block, k_block)`` tiles (packed order) are full / partial / empty."""

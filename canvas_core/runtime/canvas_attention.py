@@ -46,14 +46,14 @@ from canvas_core.compiler.plan import ExecutionPlan
 from canvas_core.compiler.resolution import resolve_plan
 from canvas_core.compiler.resolved import REFERENCE_KERNEL, ResolvedGroup
 from canvas_core.errors import (AttentionContractError, CanvasError, CanvasTypeError, CompileError, ShapeError,
-                                SchemaError, did_you_mean)
+                                SchemaError, UnknownRegionError, did_you_mean)
 from canvas_core.plugins.builtin import SOFTMAX_FAMILY
 from canvas_core.plugins.resolve import build_attention
 from canvas_core.plugins.spec import Spec
 from canvas_core.runtime.func_transforms import forward_ad_math_sdpa
 from canvas_core.runtime.kernels import REFERENCE_MODES, probe_kernel
 from canvas_core.runtime.plan_runner import PlanRunner, mix_softmax_groups, run_module_groups
-from canvas_core.runtime.input_checks import (check_allocation, check_count, check_finite_number,
+from canvas_core.runtime.input_checks import (allocating, check_allocation, check_count, check_finite_number,
                                               check_region_names, check_tensor, check_width)
 from canvas_core.runtime.type_call import check_attention_module
 from canvas_core.schema.staleness import check_unchanged, layout_stamp
@@ -117,6 +117,8 @@ class CanvasAttention(nn.Module):
             state; ``"delta"``: it returns the change (:meth:`delta`), for residual stacks.
     """
 
+    max_restricted: int = 32  #: executors of ``active_regions`` sets kept (least recently used dropped)
+
     def __init__(self, plan_or_topology: Any, layout: Any = None, d_model: Optional[int] = None,
                  n_heads: int = 8, dropout: float = 0.0, kernel: Any = None, *,
                  attention_factory: Optional[Callable[..., nn.Module]] = None,
@@ -151,20 +153,18 @@ class CanvasAttention(nn.Module):
         self.dropout = float(dropout)
         self.beta = beta  # checked: a finite number >= 0 (see the property)
         self._kernel_options = _options(kernel_options, where)
-        factory = attention_factory
-        self._factory = factory
+        self._factory = factory = attention_factory
         # what each softmax-family group runs (kept for the restricted executors of active_regions)
         self._kernel = _kernel_choices(kernel, plan, self.softmax_types, where)
         if kernel is not None:  # a user's choice: one small call of each kernel before it is built
             _probe_choices(self._kernel, where, n_heads, self.head_dim, self._kernel_options, device)
         self.executor = _Executor(plan, self.softmax_types, self._kernel, n_heads, self.head_dim,
                                   self._kernel_options, device)
-        if self.executor.soft_fns:
-            self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias, device=device)
-            self.out_proj = nn.Linear(d_model, d_model, bias=bias, device=device)
-        else:
-            self.qkv = None
-            self.out_proj = None
+        self.qkv = self.out_proj = None
+        if self.executor.soft_fns:  # an allocator failure (under the element limit) is named, with the size
+            with allocating(f"{where} qkv and out_proj projection weights", (4 * d_model, d_model)):
+                self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias, device=device)
+                self.out_proj = nn.Linear(d_model, d_model, bias=bias, device=device)
         def build(f):
             if attention_factory is not None:
                 return attention_factory(f, d_model=d_model, n_heads=n_heads, dropout=dropout)
@@ -190,10 +190,9 @@ class CanvasAttention(nn.Module):
             if problem:
                 self.init_gradient_problems[f] = problem
                 flag_connections(plan, f, f"in a canvas layer: {problem}")
-        # restricted executors for active_regions (plain dict: not part of the state dict)
-        self._restricted: Dict[frozenset, _Executor] = {}
+        # restricted executors of active_regions, least recently used first (not in the state dict)
+        self._restricted: "OrderedDict[frozenset, _Executor]" = OrderedDict()
 
-    # -------------------------------------------------------------------------------------------
     @property
     def beta(self) -> float:
         """Inverse temperature on the softmax logits (a finite number >= 0; checked when set)."""
@@ -216,26 +215,27 @@ class CanvasAttention(nn.Module):
             return self.executor
         key = check_region_names(type(self).__name__, "active_regions", active_regions)
         ex = self._restricted.get(key)
-        if ex is not None and ex.updated.device != device:
-            ex = ex.to(device)  # the module moved since this restriction was built
-            self._restricted[key] = ex
-        if ex is None:
-            known = set(self.plan.layout.regions)
-            unknown = sorted(set(key) - known)
+        if ex is not None:
+            torch.compiler.is_compiling() or self._restricted.move_to_end(key)
+            if ex.updated.device != device:
+                ex = self._restricted[key] = ex.to(device)  # the module moved since it was built
+        else:
+            unknown = sorted(set(key) - set(self.plan.layout.regions))
             if unknown:
-                from canvas_core.errors import UnknownRegionError
-
                 raise UnknownRegionError(f"{type(self).__name__}: active_regions names unknown region(s) {unknown}; "
-                                         f"regions: {sorted(known)}")
+                                         f"regions: {sorted(self.plan.layout.regions)}")
             ex = self._restricted[key] = _build_restricted(self, key, device)
+            while len(self._restricted) > max(1, int(self.max_restricted)):  # bounded: a scheduler may pick many sets
+                self._restricted.popitem(last=False)
         return ex
 
     def prepare(self, *region_sets: Iterable[str]) -> "CanvasAttention":
         """Build the executors of these ``active_regions`` sets now (each is otherwise built on
         the first call that names it).  Under ``torch.compile(fullgraph=True)`` a set the layer
         has not seen stops the trace (its plan is lowered in Python): prepare every set the model
-        will use before compiling.  Returns ``self``."""
+        will use before compiling (sets beyond ``max_restricted`` raise it).  Returns ``self``."""
         device = self.executor.updated.device
+        self.max_restricted = max(int(self.max_restricted), len(self._restricted) + len(region_sets))
         for regions in region_sets:
             self._executor_for(regions, device)
         return self

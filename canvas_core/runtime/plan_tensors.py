@@ -20,30 +20,31 @@ __all__ = ["dense_weights", "attention_mask"]
 
 
 def dense_weights(plan: Any, device: Any = "cpu", fn: Optional[str] = None, canonical: bool = True,
-                  dtype: Any = None) -> torch.Tensor:
+                  dtype: Any = None, *, where: str = "dense_weights") -> torch.Tensor:
     """``(N, N)`` weights of fn type ``fn`` (every type when None): at ``[i, j]`` the largest
     weight of a rectangle linking query i to key j, 0 where none.
 
     Two gathers from the plan's segment grid, no scatter over N x N.  ``canonical=True`` indexes
     positions canonically (the ``to_attention_mask`` convention), False in packed order.  A link
     whose weight is below the smallest positive value of ``dtype`` (default float32) shows that
-    smallest value, not 0, so that every linked pair reads as linked.
+    smallest value, not 0, so that every linked pair reads as linked.  ``where`` is the name the
+    errors give the call (what the user called: ``ExecutionPlan.to_dense``, ``attention_mask``, ...).
     """
     dtype = dtype or torch.float32
     if not isinstance(plan, ExecutionPlan):
-        raise CanvasTypeError(f"dense_weights: plan must be an ExecutionPlan (lower(topology, layout)), got "
+        raise CanvasTypeError(f"{where}: plan must be an ExecutionPlan (lower(topology, layout)), got "
                               f"{type(plan).__name__}")
     if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype == torch.bool):
         # an integer dtype would round every weight below 1 to 0: linked pairs reading as unlinked
-        raise CanvasTypeError(f"ExecutionPlan.to_dense: dtype must be a floating torch dtype (or torch.bool: "
+        raise CanvasTypeError(f"{where}: dtype must be a floating torch dtype (or torch.bool: "
                               f"linked or not), got {dtype!r}; e.g. dtype=torch.float32")
     try:
         device = torch.device(device)
         torch.empty(0, device=device)
     except (RuntimeError, TypeError, ValueError, AssertionError) as exc:
-        raise SchemaError(f"ExecutionPlan.to_dense: cannot place the weights on device {device!r} ({exc}); pass "
+        raise SchemaError(f"{where}: cannot place the weights on device {device!r} ({exc}); pass "
                           "a device this machine has, e.g. 'cpu'") from None
-    check_elements((plan.n, plan.n), f"the dense (N, N) weight matrix of {plan.n:,} positions")
+    check_elements((plan.n, plan.n), f"{where}: the dense (N, N) weight matrix of {plan.n:,} positions")
     if plan.n == 0:
         return torch.zeros(0, 0, device=device, dtype=dtype)
     sg = plan.segment_grid(fn)
@@ -63,15 +64,16 @@ def dense_weights(plan: Any, device: Any = "cpu", fn: Optional[str] = None, cano
     return small[rows][:, cols]
 
 
-def attention_mask(topology: Any, layout: Any, device: Any = "cpu", *, plan: Any = None) -> torch.Tensor:
+def attention_mask(topology: Any, layout: Any, device: Any = "cpu", *, plan: Any = None,
+                   where: str = "attention_mask") -> torch.Tensor:
     """``(N, N)`` float32 mask of a topology on a layout, canonical order: the largest weight that
     links query i to key j over all connections (fill weights included), 0 where nothing does.
 
     What ``CanvasTopology.to_attention_mask`` returns; built from the lowered plan (``plan`` when
-    given, else ``lower(topology, layout)``).
+    given, else ``lower(topology, layout)``); ``where`` names the call in errors.
     """
     plan = plan if plan is not None else lower(topology, layout)
     if not isinstance(plan, ExecutionPlan):
-        raise CanvasTypeError(f"attention_mask: plan must be an ExecutionPlan (lower(topology, layout)), got "
+        raise CanvasTypeError(f"{where}: plan must be an ExecutionPlan (lower(topology, layout)), got "
                               f"{type(plan).__name__}")
-    return dense_weights(plan, device=device, fn=None, canonical=True)
+    return dense_weights(plan, device=device, fn=None, canonical=True, where=where)

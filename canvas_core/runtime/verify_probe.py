@@ -39,9 +39,10 @@ def _step(R: np.ndarray, plan: Any, keep: Optional[np.ndarray]) -> np.ndarray:
     if n == 0 or g.n_rects == 0 or not R.any():
         return out
     sg = segment_grid(n, g.q0, g.q1, g.k0, g.k1, g.weight)
-    packed = R[:, plan.perm].astype(np.int64)  # packed column j = canonical perm[j]
-    seg = np.add.reduceat(packed, sg.row_bounds[:-1], axis=1) > 0  # (nq, n_rs)
-    reach = (seg.astype(np.float64) @ (sg.grid > 0).astype(np.float64)) > 0  # (nq, n_cs)
+    # bool throughout, float32 only for the product (a sum of 0 / 1 products is > 0 exactly when
+    # one term is 1, at any rounding): int64 / float64 copies took 8x the memory of the rows
+    seg = np.logical_or.reduceat(R[:, plan.perm], sg.row_bounds[:-1], axis=1)  # (nq, n_rs)
+    reach = (seg.astype(np.float32) @ (sg.grid > 0).astype(np.float32)) > 0  # (nq, n_cs)
     cols_packed = reach[:, sg.col_segment_of(n)]  # (nq, N) packed
     out[:, :] = cols_packed[:, plan.inv_perm]
     return out

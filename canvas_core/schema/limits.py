@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable
 
 from canvas_core.errors import LimitSettingError, SizeLimitError
 
-__all__ = ["LIMITS", "limit", "size_limits", "check_size", "check_elements"]
+__all__ = ["LIMITS", "limit", "size_limits", "check_size", "check_elements", "check_bytes"]
 
 #: name -> (environment variable, default, what it bounds)
 LIMITS: Dict[str, tuple] = {
@@ -26,6 +26,8 @@ LIMITS: Dict[str, tuple] = {
               "loop count of a looped block (max_loops) or inner steps of a clock (max_inner_steps)"),
     "slots": ("CANVAS_MAX_SLOTS", 1 << 20, "identity slots of one binder (slot_capacity, n_slots)"),
     "elements": ("CANVAS_MAX_ELEMENTS", 1 << 33, "elements of one tensor canvas-core allocates"),
+    "bytes": ("CANVAS_MAX_BYTES", 8 << 30,
+              "bytes of one structure built from a declaration (a plan's segment grid, a binder's slot bank)"),
     "file_bytes": ("CANVAS_MAX_FILE_BYTES", 64 << 20, "bytes read from one schema or program file"),
     "regions": ("CANVAS_MAX_REGIONS", 1 << 16, "regions of one layout"),
     "connections": ("CANVAS_MAX_CONNECTIONS", 1 << 18, "connections of one topology"),
@@ -93,3 +95,16 @@ def _human(nbytes: int) -> str:
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
         nbytes /= 1024
     return f"{nbytes} B"  # pragma: no cover
+
+
+def check_bytes(nbytes: int, what: str, fix: str, share: int = 1) -> None:
+    """Refuse to build ``what`` when its ``nbytes`` exceed ``1/share`` of the ``bytes`` limit
+    (``CANVAS_MAX_BYTES``, 8 GiB by default): the element limit bounds one tensor's elements, this
+    the bytes of one structure built from a declaration, whatever its dtype.  ``fix`` is the
+    advice given before the variable that raises the limit."""
+    cap = limit("bytes") // share
+    if nbytes > cap:
+        part = "" if share == 1 else f"1/{share} of "
+        raise SizeLimitError(f"{what} would take ~{nbytes / 2**30:.2f} GiB ({nbytes:,} bytes), over its budget of "
+                             f"{cap:,} bytes ({part}the byte limit); refused before allocating. {fix}, or raise "
+                             f"the limit with {LIMITS['bytes'][0]}=<n> if the machine really has room")
