@@ -41,7 +41,7 @@ from torch.utils.hooks import RemovableHandle
 
 from canvas_core.errors import CanvasError, CanvasTypeError, ShapeError
 from canvas_core.runtime.input_checks import check_tensor
-from canvas_core.runtime.rollout_layer import LayerRoll, _Index, layer_frame_plan
+from canvas_core.runtime.rollout_layer import LayerRoll, _Index, default_tolerance, layer_frame_plan, step_difference
 from canvas_core.runtime.rollout_plan import check_layer_layout, check_rollout_layer, frame_size
 from canvas_core.schema._validate import is_int
 
@@ -76,14 +76,16 @@ def _measuring(frames: Tuple[int, int]) -> Iterator[None]:
         _MEASURED.reset(token)
 
 
-def observe_steps(layer: nn.Module, fn: Callable[[nn.Module, torch.Tensor, int], None]) -> RemovableHandle:
+def observe_steps(layer: nn.Module, fn: Callable[..., None], *, cache: bool = False) -> RemovableHandle:
     """Call ``fn(layer, h, t)`` after each one-frame step of ``layer`` in a rollout, ``h`` ``(B,
     (t + 1) V, D)`` the layer's inputs of frames ``0 .. t`` in canonical order (read only; the
-    step computed the queries of frame ``t``).  Telemetry uses it.  Returns a handle with
-    ``remove()``."""
+    step computed the queries of frame ``t``).  With ``cache=True`` it is ``fn(layer, h, t, kv)``,
+    ``kv`` the step's cached ``(keys, values)`` ``(B, H, (t + 1) V, head_dim)`` of frames ``0 ..
+    t`` in the layer's dtype (read only), or None when the layer has no softmax-family type.
+    Telemetry uses it.  Returns a handle with ``remove()``."""
     observers = layer.__dict__.setdefault("_step_observers", OrderedDict())
     handle = RemovableHandle(observers)
-    observers[handle.id] = fn
+    observers[handle.id] = (fn, bool(cache))
     return handle
 
 
@@ -269,8 +271,8 @@ class Rollout:
         for a, b in zip(leaves, ref_leaves):
             if not isinstance(b, torch.Tensor):
                 continue
-            diff, scale = _difference(a.detach() if isinstance(a, torch.Tensor) else a, b.detach())
-            tol = self.check_tol if self.check_explicit else _default_tolerance(b.dtype)
+            diff, scale = step_difference(a.detach() if isinstance(a, torch.Tensor) else a, b.detach())
+            tol = self.check_tol if self.check_explicit else default_tolerance(b.dtype)
             if not diff <= tol * scale:  # NaN or inf where the full forward has none fails too
                 raise RolloutError(
                     f"incremental(check=...): frame {t} of the rollout differs from the full forward by "
@@ -353,10 +355,12 @@ class Rollout:
             layer = st.layer
             if not self._stepping:
                 if isinstance(x, torch.Tensor) and x.dim() == 3 and x.shape[1] == self.V != layer.plan.n:
-                    raise RolloutError(
-                        f"layer {st.name!r} got one frame {tuple(x.shape)} outside roll.step: a recomputation "
-                        "in backward (torch.utils.checkpoint around canvas layers) cannot replay a rollout "
-                        "step; leave the canvas layers out of gradient checkpointing while rolling out")
+                    raise RolloutError(f"layer {st.name!r} got one frame {tuple(x.shape)} outside roll.step: " + (
+                        "a recomputation in backward (torch.utils.checkpoint around canvas layers) cannot "
+                        "replay a rollout step; leave the canvas layers out of gradient checkpointing while "
+                        "rolling out" if in_backward() else
+                        "inside `with incremental(...) as roll` a frame goes through roll.step(x_t); a direct "
+                        f"call of the model runs on a whole canvas (B, {layer.plan.n}, {layer.d_model})"))
                 return type(layer)._updates(layer, x, active_regions)
             if active_regions is not None:
                 raise RolloutError(f"layer {st.name!r} was called with active_regions; a rollout runs "
@@ -370,8 +374,10 @@ class Rollout:
             check_layer_layout(layer)
             i = st.calls
             st.calls += 1
-            if st.index is None or st.index.device != x.device:
+            if st.index is None or not st.index.serves(x.device):
                 st.index = _Index(x.device)
+                for roll in st.caches:
+                    roll.index = st.index
             if i >= len(st.caches) and self._t > 0:
                 raise RolloutError(f"layer {st.name!r} ran more often in this step than in the first "
                                    "one; a rollout needs the same calls every step")
@@ -383,11 +389,22 @@ class Rollout:
                     st.caches.append(fresh)
             roll = st.caches[i]
             out = roll.step(x, self._t)
-            for observer in tuple(layer.__dict__.get("_step_observers", {}).values()):
-                observer(layer, roll.h[:, :(self._t + 1) * self.V], self._t)
+            n = (self._t + 1) * self.V
+            for observer, with_kv in tuple(layer.__dict__.get("_step_observers", {}).values()):
+                if with_kv:
+                    observer(layer, roll.h[:, :n], self._t, None if roll.kv is None else
+                             (roll.kv[0][:, :, :n], roll.kv[1][:, :, :n]))
+                else:
+                    observer(layer, roll.h[:, :n], self._t)
             return out
 
         return _updates
+
+
+def in_backward() -> bool:
+    """Whether autograd's backward is running (a checkpointed forward is being recomputed)."""
+    task = getattr(torch._C, "_current_graph_task_id", None)  # -1 outside backward
+    return task is not None and task() != -1
 
 
 def _frame_of(out: Any, t: int, V: int, T: int, what: str) -> Any:
@@ -426,31 +443,6 @@ def _check_width(width: Any, layout: Any) -> int:
                               f"(B, V, D), an int >= 1; leave it out to use layout.d_model "
                               f"({layout.d_model})")
     return int(width)
-
-
-def _default_tolerance(dtype: torch.dtype) -> float:
-    """``check=True``: ``1e-4``, or 8 units of the output dtype's resolution where that is coarser
-    (float16, bfloat16: a step and the full forward round differently)."""
-    eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
-    return max(1e-4, 8 * eps)
-
-
-def _difference(y: torch.Tensor, ref: torch.Tensor) -> Tuple[float, float]:
-    """(largest ``|y - ref|``, ``max(1, largest finite |ref|)``); a NaN or inf of the step where
-    the full forward has the same value (a non-finite input frame) is no difference, any other
-    non-finite value is an infinite one; bool and integer outputs differ by nothing or by inf."""
-    if not ref.numel():
-        return 0.0, 1.0
-    if not isinstance(y, torch.Tensor) or y.shape != ref.shape:
-        return float("inf"), 1.0
-    if not (ref.is_floating_point() or ref.is_complex()):  # a flag or an index: equal, or wrong
-        return (0.0 if torch.equal(y, ref) else float("inf")), 1.0
-    fin = torch.isfinite(ref)
-    scale = max(1.0, float(ref.abs().masked_fill(~fin, 0).max()))
-    same = (y == ref) | (y.isnan() & ref.isnan())  # inf == inf of the same sign
-    if not bool((same | (fin & torch.isfinite(y))).all()):
-        return float("inf"), scale
-    return float((y - ref).masked_fill(~fin, 0).abs().max()), scale
 
 
 def _check_tolerance(check: Any) -> Optional[float]:

@@ -21,7 +21,7 @@ advances its frame counter, so a failed step leaves the cache as it was.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from canvas_core.runtime.rollout_plan import FramePlan, TypeCall
 from canvas_core.runtime.type_call import call_attention_type, run_key_set_buckets
 
-__all__ = ["LayerRoll", "FrameUpdates", "layer_frame_plan", "position_free"]
+__all__ = ["LayerRoll", "FrameUpdates", "layer_frame_plan", "position_free", "default_tolerance", "step_difference"]
 
 #: query rows per chunk of the softmax attention: bounds the (B, H, rows, K_t) scores
 _SCORE_ELEMS = 1 << 24
@@ -89,7 +89,13 @@ class _Index:
 
     def __init__(self, device: Any) -> None:
         self.device = device
+        # inference tensors cannot be saved for backward: a step outside inference mode builds anew
+        self.inference = torch.is_inference_mode_enabled()
         self._cache: Dict[Any, Any] = {}
+
+    def serves(self, device: Any) -> bool:
+        """Whether this cache's tensors can be used by a step on ``device`` now."""
+        return self.device == device and (not self.inference or torch.is_inference_mode_enabled())
 
     def get(self, key: Any, build) -> Any:
         if key not in self._cache:
@@ -123,6 +129,13 @@ class LayerRoll:
             shape = (batch, layer.n_heads, n + 1, layer.head_dim)
             self.kv = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
 
+    def _thaw(self) -> None:
+        """Normal copies of buffers filled under ``torch.inference_mode()``, which a step outside it
+        cannot write (the frames they hold stay)."""
+        self.h = self.h.clone()
+        if self.kv is not None:
+            self.kv = (self.kv[0].clone(), self.kv[1].clone())
+
     def fits(self, h: torch.Tensor) -> bool:
         """Whether the buffers hold inputs like ``h`` (batch, dtype, device)."""
         return (h.shape[0] == self.h.shape[0] and h.dtype == self.h.dtype and h.device == self.h.device)
@@ -136,6 +149,8 @@ class LayerRoll:
         fp, layer = self.frames, self.layer
         sl = fp.frame_slice(t)
         B, V, D = h.shape
+        if self.h.is_inference() and not torch.is_inference_mode_enabled():
+            self._thaw()
         self.h[:, sl] = h
         acc = None
         if fp.softmax_fns:
@@ -268,3 +283,28 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
         parts.append(F.scaled_dot_product_attention(q[:, :, s:s + rows], k, v, attn_mask=bias[s:s + rows],
                                                     scale=scale))
     return torch.cat(parts, dim=2)
+
+
+def default_tolerance(dtype: torch.dtype) -> float:
+    """``check=True``: ``1e-4``, or 8 units of the output dtype's resolution where that is coarser
+    (float16, bfloat16: a step and the full forward round differently)."""
+    eps = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+    return max(1e-4, 8 * eps)
+
+
+def step_difference(y: torch.Tensor, ref: torch.Tensor) -> Tuple[float, float]:
+    """(largest ``|y - ref|``, ``max(1, largest finite |ref|)``); a NaN or inf of the step where
+    the full forward has the same value (a non-finite input frame) is no difference, any other
+    non-finite value is an infinite one; bool and integer outputs differ by nothing or by inf."""
+    if not ref.numel():
+        return 0.0, 1.0
+    if not isinstance(y, torch.Tensor) or y.shape != ref.shape:
+        return float("inf"), 1.0
+    if not (ref.is_floating_point() or ref.is_complex()):  # a flag or an index: equal, or wrong
+        return (0.0 if torch.equal(y, ref) else float("inf")), 1.0
+    fin = torch.isfinite(ref)
+    scale = max(1.0, float(ref.abs().masked_fill(~fin, 0).max()))
+    same = (y == ref) | (y.isnan() & ref.isnan())  # inf == inf of the same sign
+    if not bool((same | (fin & torch.isfinite(y))).all()):
+        return float("inf"), scale
+    return float((y - ref).masked_fill(~fin, 0).abs().max()), scale

@@ -29,7 +29,7 @@ from canvas_core.errors import TopologyError
 from canvas_core.runtime.key_sets import group_key_sets, merge_cover, query_block_ids
 from canvas_core.schema.staleness import check_unchanged
 
-__all__ = ["check_causal", "FramePlan", "SoftFrame", "TypeCall", "frame_size", "CLASS_LIMIT"]
+__all__ = ["check_causal", "FramePlan", "SoftFrame", "TypeCall", "frame_size", "linked_pairs", "sampled_links", "CLASS_LIMIT"]
 
 #: a frame whose queries have more distinct weight rows than this runs one masked attention
 CLASS_LIMIT = 32
@@ -39,6 +39,69 @@ def frame_size(plan: ExecutionPlan) -> int:
     """Positions per canvas frame ``V`` (``N = T * V``)."""
     T = int(plan.layout.T)
     return int(plan.n) // T if T else 0
+
+
+def linked_pairs(plan: ExecutionPlan, f: str, rect_rows: Tuple[np.ndarray, np.ndarray], n_sample: int,
+                 rows_all: np.ndarray, cols: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(weight (S, K), owner (S, K), keys (K,))`` of type ``f`` between some sampled queries and
+    the packed keys ``cols`` (sorted): ``rect_rows`` the rows of a sorted sample of ``n_sample``
+    packed queries each plan rectangle of ``f`` covers, ``rows_all`` (sorted) the rows wanted;
+    ``keys`` the canonical positions of the keys some query links, ``weight`` the largest weight
+    linking a pair and ``owner`` the connection it comes from (-1: not linked).  Only the
+    rectangles that touch both are visited (in plan order, so ties go to the first): a rollout
+    frame costs what it needs.  Telemetry uses it."""
+    g = plan.groups[f]
+    r_lo, r_hi = rect_rows
+    k0, k1 = np.asarray(g.k0), np.asarray(g.k1)
+    touch = ((np.searchsorted(rows_all, r_hi) > np.searchsorted(rows_all, r_lo))
+             & (np.searchsorted(cols, k1) > np.searchsorted(cols, k0)))
+    row_at = np.full(n_sample, -1, dtype=np.int64)
+    row_at[rows_all] = np.arange(len(rows_all))
+    col_at = np.full(int(plan.n), -1, dtype=np.int64)
+    col_at[cols] = plan.perm[cols]  # columns in canonical order, as the keys are
+    weight = np.zeros((len(rows_all), len(cols)))
+    owner = np.full((len(rows_all), len(cols)), -1, dtype=np.int64)
+    for r in np.flatnonzero(touch):
+        rows, cs = row_at[r_lo[r]:r_hi[r]], col_at[k0[r]:k1[r]]
+        block = np.ix_(rows[rows >= 0], cs[cs >= 0])
+        better = g.weight[r] > weight[block]
+        weight[block] = np.where(better, g.weight[r], weight[block])
+        owner[block] = np.where(better, g.conn[r], owner[block])
+    keys = np.flatnonzero((weight > 0).any(0))
+    if len(keys) == len(cols):
+        return weight, owner, keys
+    return weight[:, keys], owner[:, keys], keys
+
+
+def sampled_links(plan: ExecutionPlan, f: str, rect_rows: Tuple[np.ndarray, np.ndarray], n_sample: int,
+                  rows_all: np.ndarray, n: int, c_f: np.ndarray, chunk_elements: int) -> Optional[Tuple[Any, ...]]:
+    """What telemetry's softmax probe needs of type ``f`` at some sampled queries and the keys of
+    canonical positions ``0 .. n - 1``: ``(conns (C,), keys (K,) or None for all n, chunks,
+    size)`` or None when no pair is linked; :func:`linked_pairs` describes the arguments, ``c_f``
+    is the type's mixing share at ``rows_all``.  Per chunk of at most ``chunk_elements / (K C)``
+    queries: ``(rows slice, unlinked (s, 1), log-weight bias (s, K) float32, mine (s, C, K)
+    float32: the keys of each connection, links (s, C, 1), c_f (s, 1, 1) float32)``; ``size``
+    counts the elements of the bias and mine arrays."""
+    cols = np.flatnonzero(plan.perm < n)  # packed keys on frames 0 .. n / V - 1
+    weight, owner, keys = linked_pairs(plan, f, rect_rows, n_sample, rows_all, cols)
+    conns = np.unique(owner[owner >= 0])  # the connections these pairs come from
+    if not len(conns):
+        return None
+    S = len(rows_all)
+    chunk = max(1, chunk_elements // max(1, len(keys) * len(conns)))
+    chunks, size = [], 0
+    for c0 in range(0, S, chunk):
+        rows = slice(c0, min(S, c0 + chunk))
+        w = weight[rows]
+        linked = (w > 0).any(-1)
+        if not linked.any():
+            continue
+        bias = np.where(w > 0, np.log(np.where(w > 0, w, 1.0)), -np.inf).astype(np.float32)
+        mine = owner[rows][:, None] == conns[:, None]
+        size += mine.size + bias.size
+        chunks.append((rows, ~linked[:, None], bias, mine.astype(np.float32), mine.any(-1)[..., None],
+                       c_f[rows, None, None].astype(np.float32)))
+    return conns, (None if len(keys) == n else keys), chunks, size
 
 
 def _range_extreme(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, fn) -> np.ndarray:

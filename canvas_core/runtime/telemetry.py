@@ -12,39 +12,34 @@ everything is removed when it ends.
 
 * :func:`telemetry` -- one forward (no gradient) and its numbers in one call.
 
-What is measured (averaged over the sampled queries of the recorded forwards: whole-canvas calls
-with a non-empty batch, and a rollout's steps, each at the queries of its frame; a call restricted
-to some regions, an empty batch, the full forward of ``incremental(check=...)`` and the
-recomputation of activation checkpointing in backward add nothing, nor does a sample that is not
-finite at a query; ``Telemetry.forwards`` counts the model calls in which some canvas layer was
-measured):
+What is measured (docs/telemetry.md has the details), averaged over the sampled queries of the
+recorded forwards: whole-canvas calls with a non-empty batch, and rollout steps at the queries of
+their frame (not: a call restricted to some regions, an empty batch, the full forward of
+``incremental(check=...)``, a recomputation in backward, a sample not finite at a query):
 
-* ``<layer>/#<i> <src>-><dst> [<fn>]/mass_share`` -- for every connection of every canvas layer
-  (``CanvasAttention`` and its subclasses), the share of the layer's output at the queries the
-  connection links that comes through it: ``c_f(p) * m_c(p)`` averaged over those queries, with
-  ``c_f(p) = W_f(p) / sum_g W_g(p)`` the mixing share of its fn type and ``m_c(p)`` the softmax
-  mass on the connection's keys (softmax family), or the connection's share ``w_c(p) / W_f(p)``
-  of its type's weight (other types, whose modules do not expose per-key weights).  A pair that
-  two connections of one type link counts for the one with the larger weight.  At a query, the
-  shares of all connections sum to 1.
-* ``<layer>/#<i> ...[<fn>]/out_norm`` -- the norm of that connection's part of the output at its
-  queries: ``c_f(p) * ||sum_{j in c} a_pj v_j||`` (softmax family; heads concatenated, before the
-  output projection), or its weight share times the mean row norm of its type's module output.
-* ``gate/<parameter name>`` -- every parameter whose name contains ``gate`` (loop gates per block
-  and loop, the type gates of a backbone's topology branches, span injection and adapter gates):
-  each element for up to 16 elements (``.../<k>``), else ``/mean`` and ``/absmax``.
+* ``<layer>/#<i> <src>-><dst> [<fn>]/mass_share`` -- the share of the layer's output at the
+  queries connection ``i`` links that comes through it: ``c_f(p) * m_c(p)``, ``c_f(p) = W_f(p) /
+  sum_g W_g(p)`` the mixing share of its type and ``m_c(p)`` the softmax mass on its keys (softmax
+  family; a pair two connections link counts for the heavier one), or its share ``w_c(p) /
+  W_f(p)`` of its type's weight (other types).  At a query, the shares sum to 1.
+* ``.../out_norm`` -- the norm of the connection's part of the output: ``c_f(p) * ||sum_{j in c}
+  a_pj v_j||`` (softmax family, heads concatenated, before the output projection), or its weight
+  share times the mean row norm of its type's module output.
+* ``gate/<parameter name>`` -- every parameter whose name contains ``gate``: each element for up
+  to 16 elements (``.../<k>``), else ``/mean`` and ``/absmax``.
 
-Queries are sampled (``max_queries`` per layer, evenly spaced over the updated positions; all of
-them when the layer has fewer), so the cost of a recorded forward stays a small multiple of the
-forward itself; a rollout step runs ``qkv`` on its new frame only and reads the keys its queries link.
+Queries are sampled (``max_queries`` per layer, evenly spaced over the updated positions).  A
+rollout step reads the keys and values the rollout cached for its own attention (no copy) and runs
+``qkv`` on its sampled queries only; a frame's index work is done once per recording, and the sums
+stay on the device until the numbers are read.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
-import weakref
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -52,15 +47,16 @@ from torch import nn
 
 from canvas_core.errors import CanvasTypeError
 from canvas_core.runtime.compiled_names import plain_name, wrapped_paths
-from canvas_core.runtime.incremental import frames_measured, observe_steps
+from canvas_core.runtime.incremental import in_backward, frames_measured, observe_steps
 from canvas_core.runtime.plan_runner import plan_query_weights
-from canvas_core.runtime.rollout_plan import frame_size
+from canvas_core.runtime.rollout_plan import frame_size, sampled_links
 from canvas_core.schema._validate import is_int
 
 __all__ = ["Telemetry", "record_telemetry", "telemetry"]
 
 _MAX_ELEMENTS = 16
 _CHUNK_ELEMENTS = 1 << 20  # (B * H * queries * connections * keys) per chunk of the softmax probe (cache-sized)
+_PREP_ELEMENTS = 1 << 20  # per layer: the (queries * connections * keys) of the probe's index tensors kept
 
 
 class _Mean:
@@ -93,12 +89,15 @@ def _series_name(name: str, modules: Dict[str, nn.Module], wrapped: FrozenSet[st
     return plain_name(".".join(keep))  # and without the compile wrapper's segments
 
 
-def _forget(kv: Dict[int, List[Any]], key: int) -> Callable[[Any], None]:
-    """A weakref callback that drops ``kv[key]`` once its buffer is gone (not a newer entry)."""
-    def forget(ref: Any) -> None:
-        if key in kv and kv[key][0] is ref:
-            del kv[key]
-    return forget
+class _Prep(NamedTuple):
+    """What the softmax probe needs of one type at some sampled queries and keys, derived from the
+    plan: ``conns`` the connections linking them, ``keys`` the canonical keys some query links
+    (None: all), per chunk of queries ``(rows, unlinked (s, 1), bias (s, K), mine (s, C, K),
+    links (s, C, 1), c_f (s, 1, 1))``, and ``size`` the elements of those tensors."""
+    conns: torch.Tensor
+    keys: Optional[torch.Tensor]
+    chunks: List[Tuple[Any, ...]]
+    size: int
 
 
 class _LayerProbe:
@@ -117,9 +116,11 @@ class _LayerProbe:
         if len(updated) > max_queries:
             updated = updated[np.linspace(0, len(updated) - 1, max_queries).round().astype(np.int64)]
         self.sample = updated  # packed query positions
+        self.sample_pos = plan.perm[updated]  # and their canonical positions
         self.T = int(plan.layout.T)
-        V = frame_size(plan)
-        self.sample_frame = plan.perm[updated] // V if V else np.zeros(len(updated), np.int64)
+        self.V = V = frame_size(plan)
+        self.sample_frame = self.sample_pos // V if V else np.zeros(len(updated), np.int64)
+        self._frame_rows = [self._rows(t, t + 1) for t in range(self.T)]  # what a rollout step measures
         safe = np.where(den > 0, den, 1.0)
         self.c_fn = {f: (qw[f] / safe)[updated] for f in plan.groups}  # (S,) mixing share per type
         self.labels: Dict[int, str] = {}
@@ -139,14 +140,17 @@ class _LayerProbe:
         self._rect_rows = {f: (np.searchsorted(updated, np.asarray(plan.groups[f].q0)),
                                np.searchsorted(updated, np.asarray(plan.groups[f].q1)))
                            for f in plan.groups}
-        # rollout steps: id(input buffer) -> [weakref to it, last frame, keys, values] (float32)
-        self._kv: Dict[int, List[Any]] = {}
-        self.stats: Dict[str, _Mean] = {}
+        # (type, frames, keys, B * H, device) -> _Prep, kept while small: the same in every episode
+        self._preps: Dict[Tuple[Any, ...], Optional[_Prep]] = {}
+        self._prep_room = _PREP_ELEMENTS
+        self._stats: Dict[str, _Mean] = {}
+        # (type, device) -> (connections, 3) float64 sums not yet read back: reading them at every
+        # step would wait for the device at every step
+        self._pending: Dict[Tuple[Any, ...], torch.Tensor] = {}
         self.module_norm: Dict[str, _Mean] = {}
         self.forwards = 0  # measured forwards of this layer (see applies)
-        # whether the fn modules now run inside a measured update: set by the layer's update
-        # observer, cleared around every call of the layer and of the recorded model, so that the
-        # module outputs of a restricted call, an empty batch or a rollout step are not averaged in
+        # whether the fn modules run inside a measured update now (set by the update observer,
+        # cleared around every call): a restricted call, an empty batch or a rollout step is not
         self.live = False
 
     def applies(self, x: Any, active: Any) -> bool:
@@ -160,20 +164,32 @@ class _LayerProbe:
                 and x.shape[0] > 0 and x.shape[1] == int(layer.plan.n) and x.shape[2] == layer.d_model
                 and x.is_floating_point())
 
-    def _add(self, key: str, total: float, count: int) -> None:
-        m = self.stats.setdefault(key, _Mean())
-        m.total += total
-        m.count += count
+    @property
+    def stats(self) -> Dict[str, _Mean]:
+        """``{label/stat: running mean}`` of the softmax-family statistics measured so far."""
+        self.flush()
+        return self._stats
+
+    def flush(self) -> None:
+        """Add the sums still on the device to :attr:`stats`."""
+        pending, self._pending = self._pending, {}
+        for sums in pending.values():
+            for ci, (mass_sum, norm_sum, count) in enumerate(sums.tolist()):
+                if count:  # else every sample was non-finite at its queries: nothing measured
+                    for key, total in ((f"{self.labels[ci]}/mass_share", mass_sum), (f"{self.labels[ci]}/out_norm", norm_sum)):
+                        m = self._stats.setdefault(key, _Mean())
+                        m.total += total
+                        m.count += int(count)
 
     def _rows(self, lo: int, hi: int) -> np.ndarray:
         """Indices into ``self.sample`` of the sampled queries on frames ``lo .. hi - 1``."""
         return np.flatnonzero((self.sample_frame >= lo) & (self.sample_frame < hi))
 
     def _qkv(self, x: torch.Tensor) -> torch.Tensor:
-        """``(3, B, H, n, d)`` float32 queries, keys and values of ``x`` ``(B, n, D)``."""
+        """``(3, B, H, n, d)`` queries, keys and values of ``x`` ``(B, n, D)`` (the layer's dtype)."""
         layer = self.layer
         B, n, _ = x.shape
-        return layer.qkv(x).reshape(B, n, 3, layer.n_heads, layer.head_dim).permute(2, 0, 3, 1, 4).float()
+        return layer.qkv(x).reshape(B, n, 3, layer.n_heads, layer.head_dim).permute(2, 0, 3, 1, 4)
 
     def _measures_softmax(self, x: torch.Tensor, rows_all: np.ndarray) -> bool:
         return bool(self.layer.executor.soft_fns) and self.layer.qkv is not None and len(rows_all) > 0 \
@@ -184,69 +200,48 @@ class _LayerProbe:
         """Add the softmax-family statistics of the sampled queries of canvas frames ``lo .. hi - 1``
         (default: all), ``x`` ``(B, hi V, D)`` the layer's input on frames ``0 .. hi - 1`` (keys
         of later frames are never linked to those queries: a rollout's topology is causal)."""
-        rows_all = self._rows(lo, self.T if hi is None else hi)
+        hi = self.T if hi is None else hi
+        rows_all = self._rows(lo, hi)
         if self._measures_softmax(x, rows_all):
             qkv = self._qkv(x)
-            self._measure(qkv[0], 0, qkv[1], qkv[2], rows_all)
+            at = torch.as_tensor(self.sample_pos[rows_all], device=x.device)
+            self._measure(qkv[0].index_select(2, at).float(), qkv[1], qkv[2], rows_all, (lo, hi))
 
     @torch.no_grad()
-    def step_forward(self, h: torch.Tensor, t: int) -> None:
-        """:meth:`softmax_forward` of a rollout step of frame ``t`` (``h`` ``(B, (t + 1) V, D)``, a
-        view of the step's input buffer; every step of the buffer is seen, in order): ``qkv`` runs
-        only on the frames since this buffer's last measured step, whose keys and values are kept."""
-        V = frame_size(self.layer.plan)
-        base = h._base if h._base is not None else h
-        entry = self._kv.get(id(base))
-        if entry is not None and (entry[0]() is not base or entry[1] >= t  # a new episode
-                                  or (entry[2].is_inference() and not torch.is_inference_mode_enabled())):
-            del self._kv[id(base)]
-            entry = None
-        rows_all = self._rows(t, t + 1)
-        if not self._measures_softmax(h, rows_all):
+    def step_forward(self, h: torch.Tensor, t: int, kv: Optional[Tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """:meth:`softmax_forward` of a rollout step of frame ``t``: ``h`` ``(B, (t + 1) V, D)`` the
+        layer's inputs of frames ``0 .. t``, ``kv`` the rollout's own cache of their keys and values
+        (read, never copied whole): ``qkv`` runs on the sampled queries of frame ``t`` only."""
+        rows_all = self._frame_rows[t]
+        if kv is None or not self._measures_softmax(h, rows_all):
             return
-        s0 = 0 if entry is None else entry[1] + 1  # frames s0 .. t have no keys yet
-        qkv = self._qkv(h[:, s0 * V:])
-        if entry is None:
-            k = qkv.new_empty(qkv.shape[1], qkv.shape[2], self.T * V, qkv.shape[4])
-            entry = self._kv[id(base)] = [weakref.ref(base, _forget(self._kv, id(base))), t, k, torch.empty_like(k)]
-        k, v = entry[2], entry[3]
-        k[:, :, s0 * V:(t + 1) * V], v[:, :, s0 * V:(t + 1) * V] = qkv[1], qkv[2]
-        entry[1] = t
-        self._measure(qkv[0][:, :, (t - s0) * V:], t * V, k[:, :, :(t + 1) * V], v[:, :, :(t + 1) * V], rows_all)
+        at = torch.as_tensor(self.sample_pos[rows_all], device=h.device)
+        q = self._qkv(h.index_select(1, at))[0].float()
+        n = (t + 1) * self.V
+        self._measure(q, kv[0][:, :, :n], kv[1][:, :, :n], rows_all, (t, t + 1))
 
-    def _measure(self, q: torch.Tensor, q0: int, k: torch.Tensor, v: torch.Tensor, rows_all: np.ndarray) -> None:
-        """The statistics of the sampled queries ``rows_all``: ``q`` ``(B, H, ., d)`` the queries of
-        canonical positions ``q0 ..``, ``k`` / ``v`` ``(B, H, n, d)`` those of positions ``0 .. n - 1``."""
-        layer, plan = self.layer, self.layer.plan
+    def _measure(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_all: np.ndarray,
+                 frames: Tuple[int, int]) -> None:
+        """The statistics of the sampled queries ``rows_all`` (those of canvas frames ``frames``):
+        ``q`` ``(B, H, S, d)`` float32 their queries, ``k`` / ``v`` ``(B, H, n, d)`` the keys and
+        values of canonical positions ``0 .. n - 1`` (any float dtype); the sums stay on the device
+        until :attr:`stats` reads them."""
         device = q.device
         B, H, n, d = k.shape
-        cols = np.flatnonzero(plan.perm < n)  # packed keys on the frames k holds
-        q = q.index_select(2, torch.as_tensor(plan.perm[self.sample[rows_all]] - q0, device=device))
-        scale = layer.beta / math.sqrt(d)
-        S = len(rows_all)
-        for f in layer.executor.soft_fns:
-            weight, owner, keys = self._pair_owner(f, rows_all, cols)
-            conns = np.unique(owner[owner >= 0])  # the connections these pairs come from
-            if not len(conns):
+        scale = self.layer.beta / math.sqrt(d)
+        for f in self.layer.executor.soft_fns:
+            prep = self._prep(f, rows_all, frames, n, B * H, device)
+            if prep is None:
                 continue
             kf, vf = k, v
-            if len(keys) < n:  # keys no sampled query links get probability 0: leave them out
-                at_keys = torch.as_tensor(keys, device=device)
-                kf, vf = k.index_select(2, at_keys), v.index_select(2, at_keys)
-            cf = self.c_fn[f][rows_all]
-            chunk = max(1, _CHUNK_ELEMENTS // max(1, B * H * len(keys) * len(conns)))
-            sums = torch.zeros(len(conns), 3, dtype=torch.float64, device=device)  # mass, norm, queries
-            for c0 in range(0, S, chunk):
-                rows = slice(c0, min(S, c0 + chunk))
-                w = weight[rows]
-                linked = (w > 0).any(-1)
-                if not linked.any():
-                    continue
-                bias = np.where(w > 0, np.log(np.where(w > 0, w, 1.0)), -np.inf).astype(np.float32)
-                logits = torch.einsum("bhsd,bhnd->bhsn", q[:, :, rows], kf) * scale + torch.as_tensor(bias, device=device)
-                probs = torch.softmax(logits.masked_fill(torch.as_tensor(~linked[:, None], device=device), 0.0), dim=-1)
-                mine = owner[rows][:, None] == conns[:, None]  # (s, C, K): the keys of each connection
-                pm = probs[:, :, :, None] * torch.as_tensor(mine.astype(np.float32), device=device)  # (B, H, s, C, K)
+            if prep.keys is not None:  # keys no sampled query links get probability 0: leave them out
+                kf, vf = k.index_select(2, prep.keys), v.index_select(2, prep.keys)
+            kf, vf = kf.float(), vf.float()
+            sums = None  # (C, 3): mass, norm, queries
+            for rows, unlinked, bias, mine, links, c in prep.chunks:
+                logits = torch.einsum("bhsd,bhnd->bhsn", q[:, :, rows], kf) * scale + bias
+                probs = torch.softmax(logits.masked_fill(unlinked, 0.0), dim=-1)
+                pm = probs[:, :, :, None] * mine  # (B, H, s, C, K): the keys of each connection
                 out = (pm.flatten(2, 3) @ vf).unflatten(2, pm.shape[2:4])  # (B, H, s, C, d), no copy of v
                 stat = torch.stack([pm.sum(-1).mean(1), out.permute(0, 2, 3, 1, 4).flatten(3).norm(dim=-1)], -1)
                 # a sample with a NaN / inf at a query is left out of that query's mean: one bad
@@ -254,43 +249,34 @@ class _LayerProbe:
                 ok = stat.isfinite().all(-1, keepdim=True).to(stat.dtype)  # (B, s, C, 1)
                 n_ok = ok.sum(0)
                 stat = (stat.nan_to_num() * ok).sum(0) / n_ok.clamp_min(1)  # (s, C, 2): mass, norm
-                at = (n_ok > 0) & torch.as_tensor(mine.any(-1)[..., None], device=device)  # queries it links
-                c = torch.as_tensor(cf[rows, None, None], device=device, dtype=stat.dtype)
+                at = (n_ok > 0) & links  # the queries each connection links
                 # sums, not chunk means: every query weighs the same however the chunks fall
-                sums += torch.cat([c * stat * at, at], -1).sum(0).double()
-            for ci, (mass_sum, norm_sum, count) in zip(conns.tolist(), sums.tolist()):
-                if count:  # else every sample was non-finite at its queries: nothing measured
-                    self._add(f"{self.labels[ci]}/mass_share", mass_sum, int(count))
-                    self._add(f"{self.labels[ci]}/out_norm", norm_sum, int(count))
+                part = torch.cat([c * stat * at, at], -1).sum(0).double()
+                sums = part if sums is None else sums + part
+            if sums is not None:
+                key = (f, str(device))
+                acc = self._pending.get(key)
+                if acc is None:
+                    acc = torch.zeros(len(self.layer.plan.topology.connections), 3, dtype=torch.float64, device=device)
+                # not in place: one made under torch.inference_mode() is read only outside it
+                self._pending[key] = acc.index_add(0, prep.conns, sums)
 
-    def _pair_owner(self, f: str, rows_all: np.ndarray, cols: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(weight (S, K), owner (S, K), keys (K,))`` of type ``f`` between the sampled queries
-        ``rows_all`` and the packed keys ``cols`` (both sorted): ``keys`` the canonical positions
-        of the keys some query links, ``weight`` the largest weight linking a pair and ``owner`` the
-        connection it comes from (-1: not linked).  Only the plan's rectangles that touch both are
-        visited (in plan order, so ties go as before): a rollout step costs what its frame needs."""
-        plan = self.layer.plan
-        g = plan.groups[f]
-        r_lo, r_hi = self._rect_rows[f]
-        k0, k1 = np.asarray(g.k0), np.asarray(g.k1)
-        touch = ((np.searchsorted(rows_all, r_hi) > np.searchsorted(rows_all, r_lo))
-                 & (np.searchsorted(cols, k1) > np.searchsorted(cols, k0)))
-        row_at = np.full(len(self.sample), -1, dtype=np.int64)
-        row_at[rows_all] = np.arange(len(rows_all))
-        col_at = np.full(int(plan.n), -1, dtype=np.int64)
-        col_at[cols] = plan.perm[cols]  # columns in canonical order, as the keys are
-        weight = np.zeros((len(rows_all), len(cols)))
-        owner = np.full((len(rows_all), len(cols)), -1, dtype=np.int64)
-        for r in np.flatnonzero(touch):
-            rows, cs = row_at[r_lo[r]:r_hi[r]], col_at[k0[r]:k1[r]]
-            block = np.ix_(rows[rows >= 0], cs[cs >= 0])
-            better = g.weight[r] > weight[block]
-            weight[block] = np.where(better, g.weight[r], weight[block])
-            owner[block] = np.where(better, g.conn[r], owner[block])
-        keys = np.flatnonzero((weight > 0).any(0))
-        if len(keys) == len(cols):
-            return weight, owner, keys
-        return weight[:, keys], owner[:, keys], keys
+    def _prep(self, f: str, rows_all: np.ndarray, frames: Tuple[int, int], n: int, bh: int,
+              device: Any) -> Optional[_Prep]:
+        """The :class:`_Prep` of type ``f`` at the sampled queries ``rows_all`` (of ``frames``) and
+        the keys ``0 .. n - 1`` (None: no pair linked), cached while the cache is small."""
+        key = (f, frames, n, bh, str(device))
+        if key not in self._preps:
+            links = sampled_links(self.layer.plan, f, self._rect_rows[f], len(self.sample), rows_all, n,
+                                  self.c_fn[f][rows_all], max(1, _CHUNK_ELEMENTS // max(1, bh)))
+            prep = None if links is None else _Prep(
+                torch.as_tensor(links[0], device=device), None if links[1] is None else torch.as_tensor(links[1], device=device),
+                [(c[0],) + tuple(torch.as_tensor(a, device=device) for a in c[1:]) for c in links[2]], links[3])
+            if prep is not None and prep.size > self._prep_room:
+                return prep
+            self._prep_room -= 0 if prep is None else prep.size
+            self._preps[key] = prep
+        return self._preps[key]
 
     def module_output(self, fn: str, out: Any) -> None:
         if self.live and isinstance(out, torch.Tensor) and out.dim() >= 2 and out.numel():
@@ -313,13 +299,6 @@ class _LayerProbe:
             if norm is not None:
                 out[f"{self.labels[ci]}/out_norm"] = float(share[at].mean() * norm.value)
         return out
-
-
-def _in_backward() -> bool:
-    """Whether autograd's backward is running: a forward now is the recomputation of activation
-    checkpointing (``torch.utils.checkpoint``, looped blocks), already measured in the forward."""
-    task = getattr(torch._C, "_current_graph_task_id", None)  # -1 outside backward
-    return task is not None and task() != -1
 
 
 def _refuse_sequence_parallel(modules: Dict[str, nn.Module]) -> None:
@@ -369,7 +348,7 @@ class Telemetry:
             probe = _LayerProbe(_series_name(name, modules, wrapped) or type(mod).__name__, mod, self.max_queries)
             self._probes.append(probe)
             self._handles.append(mod.observe_updates(self._observer(probe)))  # layer(x) and layer.delta(x)
-            self._handles.append(observe_steps(mod, self._step_observer(probe)))  # rollout steps
+            self._handles.append(observe_steps(mod, self._step_observer(probe), cache=True))  # rollout steps
             self._handles.append(mod.register_forward_pre_hook(self._quiet([probe])))
             self._handles.append(mod.register_forward_hook(self._quiet([probe]), always_call=True))
             for fn in mod.executor.other_fns:
@@ -405,7 +384,7 @@ class Telemetry:
     def _observer(probe: _LayerProbe):
         def observe(_layer: nn.Module, x: torch.Tensor, active: Any) -> None:
             probe.live = False
-            if _in_backward() or not probe.applies(x, active):
+            if in_backward() or not probe.applies(x, active):
                 return
             frames = frames_measured()  # a rollout's own forward: only the frames it outputs
             if frames is None:
@@ -414,17 +393,17 @@ class Telemetry:
                 probe.softmax_forward(x)
             elif frames[0] < frames[1]:
                 probe.forwards += 1
-                probe.softmax_forward(x[:, :frames[1] * frame_size(probe.layer.plan)], *frames)
+                probe.softmax_forward(x[:, :frames[1] * probe.V], *frames)
         return observe
 
     @staticmethod
     def _step_observer(probe: _LayerProbe):
         """A rollout step of frame ``t``: the queries of that frame (the fn modules ran on some rows
         only, so their outputs are not averaged in)."""
-        def observe(_layer: nn.Module, h: torch.Tensor, t: int) -> None:
-            if not _in_backward() and h.shape[0] > 0 and h.is_floating_point():
+        def observe(_layer: nn.Module, h: torch.Tensor, t: int, kv: Any) -> None:
+            if not in_backward() and h.shape[0] > 0 and h.is_floating_point():
                 probe.forwards += 1
-                probe.step_forward(h, t)
+                probe.step_forward(h, t, kv)
         return observe
 
     def _stop(self) -> None:
@@ -432,7 +411,9 @@ class Telemetry:
             h.remove()
         self._handles.clear()
         for p in self._probes:
-            p._kv.clear()  # the keys and values of rollout steps
+            p.flush()  # read the sums back, once per recording
+            p._preps.clear()
+            p._prep_room = _PREP_ELEMENTS
 
     def gate_values(self) -> Dict[str, float]:
         """``gate/<name>``: every parameter of the model whose name contains ``gate``, now."""
@@ -489,6 +470,28 @@ def record_telemetry(model: nn.Module, *, max_queries: int = 256) -> Iterator[Te
 
 def telemetry(model: nn.Module, *inputs: Any, max_queries: int = 256, **kwargs: Any) -> Dict[str, float]:
     """Run ``model(*inputs, **kwargs)`` once without gradient and return its telemetry dict."""
+    if isinstance(model, nn.Module):
+        _check_call(model, inputs, kwargs)
     with record_telemetry(model, max_queries=max_queries) as tel, torch.no_grad():
         model(*inputs, **kwargs)
     return tel.values()
+
+
+def _check_call(model: nn.Module, inputs: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+    """Refuse inputs that ``model.forward`` cannot take (none given, a missing or an unknown
+    argument) with the signature it wants, rather than the model's own ``TypeError``.  Models
+    whose pre-hooks may supply inputs, and signatures Python cannot read, are left to the call."""
+    try:
+        sig = None if model._forward_pre_hooks else inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        sig = None
+    try:
+        sig is None or sig.bind(*inputs, **kwargs)
+    except TypeError as exc:
+        name, empty = type(model).__name__, inspect.Parameter.empty
+        sig = sig.replace(parameters=[q.replace(annotation=empty) for q in sig.parameters.values()],
+                          return_annotation=empty)
+        raise CanvasTypeError(
+            f"telemetry({name}, ...): {name}.forward{sig} cannot take the inputs given ({exc}); pass "
+            f"the model's inputs after it, as telemetry(model, *inputs, **kwargs) runs model(*inputs, "
+            f"**kwargs), e.g. telemetry(layer, x) with x a (B, N, D) canvas") from None

@@ -110,7 +110,7 @@ def test_a_layer_called_twice_per_step_resets_and_new_batches_keep_their_own_key
                 roll.step(f)
         probes = list(tel._probes)
     _assert_close(_totals(tel), alone(f3[:2], f1, f2))
-    assert not probes[0]._kv  # nothing of the episodes is held after the recording
+    assert not probes[0]._preps and not probes[0]._pending  # nothing of the episodes is held after the recording
     with record_telemetry(model) as ref, torch.no_grad():
         model(x1)
         model(x2)
