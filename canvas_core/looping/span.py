@@ -31,7 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from canvas_core.errors import BackboneError, ShapeError
 from canvas_core.looping.exit_rows import step_plan, step_rows
 from canvas_core.looping.loop_engine import LoopCore
-from canvas_core.looping.wrapper import BlockIO, _beta_targets, _checked_beta, looped_delta
+from canvas_core.looping.wrapper import _NO_BETA, BlockIO, _beta_targets, _checked_beta, looped_delta
 
 __all__ = ["LoopedSpan", "SpanMember", "INJECTIONS", "ITER_NORMS"]
 
@@ -158,8 +158,7 @@ class LoopedSpan(LoopCore):
     def set_sharpening(self, schedule: Optional[Callable[[int], float]]) -> None:
         if schedule is not None and not any(_beta_targets(b) for b in self.core_blocks()):
             raise BackboneError(
-                f"span {self.loop_scope} has no attention exposing an inverse temperature `beta`; "
-                "graft it through an adapter that installs canvas attention")
+                f"span {self.loop_scope} has no attention exposing an inverse temperature `beta`: {_NO_BETA}")
         self.sharpening = schedule
 
     # --- execution -----------------------------------------------------------------------------------

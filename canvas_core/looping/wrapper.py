@@ -27,6 +27,14 @@ from canvas_core.schema._validate import is_int
 
 __all__ = ["BlockIO", "LoopedBlockWrapper"]
 
+#: why sharpening cannot reach a block, and what to do (the adapters install canvas attention in
+#: the attention modules they know; a block that computes attention inline keeps its own)
+_NO_BETA = ("sharpening scales the attention logits of canvas-core attention, which "
+            "graft_looped_blocks' adapter installs only in the attention modules it knows (timm's "
+            "Attention, diffusers' attention processors); this block computes its attention another "
+            "way (e.g. timm's ParallelScalingBlock does it inline). Graft without sharpening=, or give "
+            "the block canvas-core attention modules")
+
 
 @dataclass(frozen=True)
 class BlockIO:
@@ -268,9 +276,7 @@ class LoopedBlockWrapper(nn.Module):
             if not _beta_targets(self.original):
                 raise BackboneError(
                     f"block {self.block_idx} ({type(self.original).__name__}) has no attention "
-                    "exposing an inverse temperature `beta`; graft it through an adapter that "
-                    "installs canvas attention (graft_looped_blocks does) or use canvas-core "
-                    "attention modules"
+                    f"exposing an inverse temperature `beta`: {_NO_BETA}"
                 )
         self.sharpening = schedule
 
