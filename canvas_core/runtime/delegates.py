@@ -66,7 +66,8 @@ def layout_loss_weight_mask(layout: Any, device: Any = "cpu") -> torch.Tensor:
 
 def topology_attention_mask(topology: Any, layout: Any, device: Any = "cpu") -> torch.Tensor:
     """``(N, N)`` float mask of a validated topology: the largest linking weight, 0 where none."""
-    return attention_mask(topology, layout, device=_device(device, "to_attention_mask"))
+    return attention_mask(topology, layout, device=_device(device, "to_attention_mask"),
+                          where="CanvasTopology.to_attention_mask")
 
 
 def topology_additive_mask(topology: Any, layout: Any, device: Any = "cpu") -> torch.Tensor:

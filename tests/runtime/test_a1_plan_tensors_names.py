@@ -35,3 +35,11 @@ def test_attention_mask_names_itself(monkeypatch) -> None:
     monkeypatch.setenv("CANVAS_MAX_ELEMENTS", "10")
     with pytest.raises(SizeLimitError, match=r"^attention_mask: the dense \(N, N\) weight matrix of 4 positions"):
         attention_mask(TOPO, LAYOUT)
+
+
+def test_the_topology_mask_names_the_topology_method(monkeypatch) -> None:
+    monkeypatch.setenv("CANVAS_MAX_ELEMENTS", "10")
+    layout = CanvasLayout(T=1, H=2, W=2, d_model=8, regions={"a": (0, 1, 0, 2, 0, 2)})
+    top = CanvasTopology(connections=[Connection("a", "a")])
+    with pytest.raises(SizeLimitError, match=r"^CanvasTopology\.to_attention_mask: the dense \(N, N\)"):
+        top.to_attention_mask(layout)
