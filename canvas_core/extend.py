@@ -119,7 +119,7 @@ _publish("canvas_core.attention.recurrent", "wkv_scan", "wkv_masked", "fft_causa
 _publish("canvas_core.attention.int_roots", "isqrt")
 _publish("canvas_core.attention.causal_read", "scratch", "release_scratch", "plain_linear", "plain_module")
 # size limits (refuse a user's size before allocating: SizeLimitError names it and the variable)
-_publish("canvas_core.schema.limits", "check_size", "check_elements")
+_publish("canvas_core.schema.limits", "check_size", "check_elements", "check_bytes")
 # kernels
 _publish("canvas_core.runtime.kernel_base", "AttentionKernel")
 _publish("canvas_core.runtime.kernels", "ReferenceKernel", "REFERENCE_MODES", "kernel_for")
@@ -140,7 +140,7 @@ __all__ = [
     "ENTRY_POINT_GROUP", "ExecutionPlan", "GenericAdapter", "LoopedBlockWrapper",
     "REFERENCE_MODES", "RectGroup", "ReferenceKernel", "ResolvedGroup", "RuntimeContext",
     "SegmentGrid", "Spec", "TokenLayout", "aligned_key_index", "as_dtype", "autocast_on", "block_layout_of", "canvas_sdpa",
-    "causal_read_index", "check_dtypes_devices", "check_elements", "check_size", "class_matches", "fft_causal_conv",
+    "causal_read_index", "check_bytes", "check_dtypes_devices", "check_elements", "check_size", "class_matches", "fft_causal_conv",
     "first_order_backward",
     "first_order_only", "guard_input_shapes", "has_key",
     "hookimpl", "isqrt", "hookspec", "kernel_for", "lower", "masked_softmax", "masked_softmax_attention", "nan_where_linked",

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, ShapeError
-from canvas_core.extend import BindingResult, check_elements, check_size
+from canvas_core.extend import BindingResult, check_bytes, check_elements, check_size
 
 __all__ = ["BindingResult", "SlotBindingModule", "CompetitiveSlotBinding"]
 
@@ -76,6 +76,8 @@ class SlotBindingModule(nn.Module):
         check_size("width", d_model, f"{name} d_model")
         check_size("slots", n_slots, f"{name} n_slots")
         check_elements((n_slots, d_model), f"{name} slots")
+        check_bytes(4 * n_slots * d_model, f"{name}: its ({n_slots:,}, {d_model:,}) float32 slot bank",
+                    "Use fewer slots (n_slots) or a narrower d_model")
         if d_model % n_heads:
             raise ShapeError(f"{name}: d_model={d_model} is not divisible by n_heads={n_heads}; "
                              f"choose n_heads among the divisors of {d_model}")
