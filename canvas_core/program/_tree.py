@@ -12,6 +12,7 @@ import re
 import types
 import typing
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
@@ -52,6 +53,7 @@ class _Walker:
         self.max_regions = limit("regions")
         self.root = root                         # what known() starts from
         self._known: Optional[Tuple[Set[int], Set[int]]] = None
+        self._held: Optional[Set[int]] = None   # see aliases()
 
     def known(self) -> Tuple[Set[int], Set[int]]:
         """The ids of the Fields and of the objects the walk reaches from the root through declared
@@ -59,6 +61,16 @@ class _Walker:
         if self._known is None:
             self._known = _reachable(self.root)
         return self._known
+
+    def aliases(self, obj: Any, value: Any) -> Set[int]:
+        """Ids of the Fields in a plain object's list that alias a Field held as an attribute in the
+        tree (``self.all = [self.a, self.b]``; canvas-engineering drops every list of bare Fields):
+        they add no region. One the list holds more than once (``[f] * 3``) is a template: kept."""
+        ids = Counter(id(v) for v in value if isinstance(v, Field))
+        if not ids or dataclasses.is_dataclass(obj) or _is_pydantic(obj):  # a declared field is meant
+            return set()
+        self._held = _attribute_fields(self.root) if self._held is None else self._held
+        return {i for i, n in ids.items() if n == 1 and i in self._held}
 
     def count(self, path: str, owner: str) -> None:
         """Refuse the tree as soon as it holds more regions than a layout may have."""
@@ -94,8 +106,9 @@ class _Walker:
                 node.leaves.append(f"{prefix}{name}")
             elif _is_sequence(value):
                 _check_mixed_list(f"{prefix}{name}", value, owner)
+                aliases = self.aliases(obj, value)
                 for i, v in enumerate(value):
-                    if isinstance(v, Field):
+                    if isinstance(v, Field) and id(v) not in aliases:
                         self.leaf(f"{prefix}{name}[{i}]", v, owner)
                         node.leaves.append(f"{prefix}{name}[{i}]")
         # Nested objects first, then lists of objects (each in declaration order), as in
@@ -208,13 +221,14 @@ def _holds_fields(obj: Any) -> bool:
 
 def _plain_attributes(obj: Any) -> List[Tuple[str, Any, dict]]:
     """A plain object's attributes: its instance ``__dict__``, then what its classes declare in
-    their bodies (base classes first) and the instance does not override."""
+    their bodies (base classes first) and the instance does not override; names starting with
+    ``_`` are private and left out, as canvas-engineering leaves them out."""
     out: List[Tuple[str, Any, dict]] = []
     seen = set()
     inst = getattr(obj, "__dict__", None)
     if isinstance(inst, dict):
         for k, v in inst.items():
-            if not isinstance(k, str) or not k.startswith("__"):  # a non-str key is refused by name later
+            if not isinstance(k, str) or not k.startswith("_"):  # a non-str key is refused by name later
                 out.append((k, v, {}))
                 seen.add(k)
     for k, v in _class_declarations(type(obj)):
@@ -234,7 +248,7 @@ def _class_declarations(klass: type) -> List[Tuple[str, Any]]:
     names = set()
     for base in reversed(klass.__mro__):
         for k, v in vars(base).items():
-            if k.startswith("__") or k in names:
+            if k.startswith("_") or k in names:
                 continue
             if isinstance(v, klass) or (base is not object and isinstance(v, base)):
                 continue  # a default / singleton instance (`Robot.default = Robot()`): not a part
@@ -293,6 +307,24 @@ def _reachable(root: Any) -> Tuple[Set[int], Set[int]]:
             objs.add(id(v))
             todo.extend(_declared(v))
     return fields, objs
+
+
+def _attribute_fields(root: Any) -> Set[int]:
+    """The ids of the Fields that are the value of an attribute (not a list element) of an object
+    reachable from ``root`` through declared attributes and list elements."""
+    held: Set[int] = set()
+    objs: Set[int] = set()
+    todo = [root]
+    while todo:
+        v = todo.pop()
+        if isinstance(v, (list, tuple)):
+            todo.extend(x for x in v if not isinstance(x, (list, tuple, Field)))
+        elif v is not None and not isinstance(v, _LEAVES) and id(v) not in objs:
+            objs.add(id(v))
+            values = _declared(v)
+            held.update(id(x) for x in values if isinstance(x, Field))
+            todo.extend(x for x in values if not isinstance(x, Field))
+    return held
 
 
 def _found_fields(value: Any, skip: Set[int] = frozenset()) -> Iterator[Field]:
@@ -413,11 +445,9 @@ def _attributes(obj: Any, known: Any) -> List[Tuple[str, Any, dict]]:
             raise ProgramError(
                 f"{type(obj).__name__}: attribute name {name!r} is of type {type(name).__name__}, not a string (put "
                 "into the object's __dict__ directly); a region name is the attribute's path, so rename it")
-        if _RESERVED.search(name):
-            raise ProgramError(
-                f"{type(obj).__name__}: attribute name {name!r} contains '.', '[' or ']', which separate "
-                "nested field paths; rename it"
-            )
+        if _RESERVED.search(name) or not name.strip():  # blank: the path would end in '.' ('arm.')
+            what = "is blank" if not name.strip() else "contains '.', '[' or ']', which separate nested field paths"
+            raise ProgramError(f"{type(obj).__name__}: attribute name {name!r} {what}; rename it")
     return items
 
 

@@ -50,7 +50,7 @@ class BoundField(_Navigable):
 
     def __init__(self, region_name: str, spec: RegionSpec, bound_schema: "BoundSchema"):
         self.region_name = region_name
-        self.spec = spec
+        self._spec = spec  # what was compiled; ``spec`` reads the layout while it has the region
         self.bound_schema = bound_schema
         self._bound = bound_schema
         self._prefix = region_name
@@ -58,6 +58,14 @@ class BoundField(_Navigable):
     @property
     def name(self) -> str:
         return self.region_name
+
+    @property
+    def spec(self) -> RegionSpec:
+        """The region's ``RegionSpec`` in the layout now (it follows ``bound.layout.regions[...] =``
+        as ``indices()`` does, so the two never describe different boxes); the compiled one for a
+        name the layout does not have (a bound schema built by hand, as canvas-engineering allows)."""
+        layout = self.bound_schema.layout
+        return layout.region_spec(self.region_name) if self.region_name in layout.regions else self._spec
 
     @property
     def num_positions(self) -> int:
@@ -132,10 +140,9 @@ class BoundSchema(_Navigable):
         if not isinstance(schema, CanvasSchema):
             raise CanvasTypeError(f"BoundSchema needs a CanvasSchema, got {type(schema).__name__}")
         self.schema = schema
-        self.region_specs = dict(region_specs)
         self._bound = self
         self._prefix = ""
-        self._fields = {name: BoundField(name, spec, self) for name, spec in self.region_specs.items()}
+        self._fields = {name: BoundField(name, spec, self) for name, spec in dict(region_specs).items()}
         self._list_len: Dict[str, int] = {}  # "agents" -> number of elements
         for name in self._fields:
             for m in re.finditer(r"\[(\d+)\]", name):
@@ -151,6 +158,11 @@ class BoundSchema(_Navigable):
     @property
     def topology(self) -> Optional["CanvasTopology"]:
         return self.schema.topology
+
+    @property
+    def region_specs(self) -> Dict[str, RegionSpec]:
+        """Field path -> its ``RegionSpec`` in the layout now."""
+        return {name: f.spec for name, f in self._fields.items()}
 
     @property
     def fields(self) -> Dict[str, BoundField]:
@@ -234,7 +246,7 @@ class BoundSchema(_Navigable):
         for name, spec in self.region_specs.items():
             b = spec.bounds
             box = ", ".join([f"t={b[0]}-{b[1]}"] + [f"{b[k]}-{b[k + 1]}" for k in range(2, len(b), 2)])
-            lines.append(f"  {name} -> ({box}) {lay.region_numel(name)}pos")
+            lines.append(f"  {name} -> ({box}) {spec.numel}pos")
         if self.topology is not None:
             lines.append(f"  {len(self.topology.connections)} connections")
         return "\n".join(lines)

@@ -51,6 +51,7 @@ class CanvasProgram:
         self.regions, self.connections = dict(self.regions), dict(self.connections)  # copies of the caller's
         for name, rp in self.regions.items():
             _warn_compile_mode_conflict(name, rp)
+            _warn_unknown_event_source(name, rp, self.schema.layout.regions)
 
     def _check(self) -> None:
         """The constructor's checks; ``to_dict`` and ``summary`` run them again, since the
@@ -372,6 +373,24 @@ def _warn_compile_mode_conflict(name: str, rp: RegionProgram) -> None:
             f"learning.compile_mode wins, so the compiler applies {wins!r}, not {rp.compile_mode!r} (see "
             "'compile_mode' in docs/programs.md). Give both the same mode, or leave one of them 'runtime'",
             UserWarning, stacklevel=4)
+
+
+def _warn_unknown_event_source(name: str, rp: RegionProgram, known: Mapping[str, Any]) -> None:
+    """Warn when an ``on_event`` clock listens to a region the schema does not have: the scheduler
+    looks the summary up by that name, so the clock never fires on it.  canvas-engineering
+    accepts such a clock, hence a warning and not an error."""
+    clock = rp.clock
+    if clock is None or clock.mode != "on_event" or not isinstance(clock.event_source, str):
+        return
+    source = clock.event_source.rsplit(".", 1)[0]  # the scheduler's split: region names may hold dots
+    if source in known:
+        return
+    shown = ", ".join(map(repr, list(known)[:20])) + (", ..." if len(known) > 20 else "")
+    warnings.warn(
+        f"region {name!r}: its clock fires on event_source {clock.event_source!r} ('region.kind'), but "
+        f"{source!r} is no region of the schema.{_mean(source, known)} Regions: [{shown}]. The scheduler "
+        "reads the summary by region name, so this clock never fires on it (canvas-engineering accepts it "
+        "too); name a region of the schema", UserWarning, stacklevel=4)
 
 
 def _readings(key: str) -> List[Tuple[str, str]]:

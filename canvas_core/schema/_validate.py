@@ -29,7 +29,11 @@ def as_int(value: Any, what: str) -> int:
 def as_float(value: Any, what: str, *, positive: bool = False, nonneg: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) and not _is_numpy_number(value):
         raise CanvasTypeError(f"{what} must be a number, got {value!r} ({type(value).__name__})")
-    f = float(value)
+    try:
+        f = float(value)
+    except OverflowError:  # an int past the largest float (10**400)
+        raise SchemaError(f"{what} must be finite, got an integer of about {int(int(value).bit_length() * 0.30103)} "
+                          "digits, past the largest float (about 1.8e308)") from None
     if not math.isfinite(f):
         raise SchemaError(f"{what} must be finite, got {f}")
     if positive and f <= 0:
@@ -209,9 +213,10 @@ def check_distinct_after_normalization(names: Iterable[Any], what: str) -> None:
 
     seen: dict = {}
     for name in names:
-        if not isinstance(name, str) or name.isascii():
+        if not isinstance(name, str):
             continue
-        key = unicodedata.normalize("NFC", name)
+        # an ASCII name is its own NFC form, but is kept: the Kelvin sign's NFC form is 'K'
+        key = name if name.isascii() else unicodedata.normalize("NFC", name)
         if key in seen and seen[key] != name:
             raise RegionError(
                 f"{what}: region names {seen[key]!r} and {name!r} look the same but are spelt with other Unicode "

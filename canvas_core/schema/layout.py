@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 from canvas_core.errors import CanvasTypeError, RegionError, SchemaError, UnknownRegionError, did_you_mean
 from canvas_core.schema._region_dict import RegionDict
@@ -16,6 +16,13 @@ from canvas_core.schema.region import RegionSpec
 __all__ = ["CanvasLayout"]
 
 RegionLike = Union[RegionSpec, Tuple[int, ...]]
+
+
+# What CanvasLayout._seal last validated, compared on every query (O(1)): the regions dict, its
+# RegionDict.version and length (changed by dict.__setitem__ adding a key), then the geometry.
+_Checked = NamedTuple("_Checked", [("regions", Any), ("version", int), ("n_regions", int), ("T", int),
+                                   ("spatial_shape", Tuple[int, ...]), ("allow_overlap", bool), ("d_model", int),
+                                   ("H", Optional[int]), ("W", Optional[int])])
 
 
 @dataclass(eq=True)
@@ -49,7 +56,8 @@ class CanvasLayout:
     (a raw bounds tuple) is refused there, since only the constructor wraps tuples. A dict
     assigned to ``regions`` (like the one given to the constructor) is copied; ``d_model`` is
     checked when assigned; ``H`` / ``W`` are read back from ``spatial_shape`` and may not be set
-    to disagree with it. ``revision`` grows with every checked change (see :mod:`canvas_core.schema.staleness`).
+    to disagree with it. ``revision`` grows with every checked change (:mod:`canvas_core.schema.staleness`:
+    its notes say when a region replaced by ``dict.__setitem__`` is seen).
     """
 
     T: int
@@ -100,8 +108,8 @@ class CanvasLayout:
                 if value < 1:
                     raise SchemaError(f"CanvasLayout d_model was set to {value}; it must be >= 1")
                 check_size("width", value, "CanvasLayout d_model")
-            elif name == "regions" and isinstance(value, Mapping) and type(value) is not RegionDict:
-                value = RegionDict(value)  # checked at the next query, like any change
+            elif name == "regions" and isinstance(value, Mapping) and value is not self.__dict__.get("regions"):
+                value = RegionDict(value)  # a copy (never another layout's dict), checked at the next query
         object.__setattr__(self, name, value)
 
     def _seal(self) -> None:
@@ -109,12 +117,14 @@ class CanvasLayout:
         a shallow copy of the layout that still holds the old one is not disturbed)."""
         self._runs_cache: Dict[Tuple[str, int], List[Tuple[int, int]]] = {}
         regions = self.regions
-        content = (self.T, self.spatial_shape, self.d_model, tuple(regions.items()))  # t_current moves no index
+        # what a module built from it copies (t_current moves no index); staleness stamps it
+        content = (self.T, self.spatial_shape, tuple(regions.items()), self.d_model)
         if content != self.__dict__.get("_content", content):
             self._revision = self.__dict__.get("_revision", 0) + 1
         self._content = content
-        self._validated = (regions, regions.version, len(regions), self.T, self.spatial_shape, self.allow_overlap,
-                           self.d_model, self.H, self.W)
+        self._specs = dict(regions)  # name -> the checked RegionSpec object (see region_spec)
+        self._validated = _Checked(regions, regions.version, len(regions), self.T, self.spatial_shape,
+                                   self.allow_overlap, self.d_model, self.H, self.W)
         self._t_checked = self.t_current
 
     def _checked_regions(self) -> Dict[str, RegionSpec]:
@@ -122,14 +132,24 @@ class CanvasLayout:
         last check.  O(1) when nothing changed."""
         regions = self.regions
         seen = self.__dict__.get("_validated")
-        if (seen is None or seen[0] is not regions or seen[1] != getattr(regions, "version", None)
-                or seen[2] != len(regions)  # an entry added or removed by dict.__setitem__ / __delitem__
+        if (not isinstance(seen, _Checked)  # None, or a plain tuple pickled by an older version
+                or seen.regions is not regions or seen.version != getattr(regions, "version", None)
+                or seen.n_regions != len(regions)
                 or seen[3:] != (self.T, self.spatial_shape, self.allow_overlap, self.d_model, self.H, self.W)):
             self._revalidate()
         elif self.t_current != self.__dict__.get("_t_checked"):  # moves no region: its range only
             self._check_t_current()
             self._t_checked = self.t_current
         return self.regions
+
+    def _stamp(self) -> Tuple[int, Tuple[Any, ...]]:
+        """``(revision, content)`` for a module being built: unlike a query (O(1)) it compares every
+        region with the checked one, so one replaced by ``dict.__setitem__`` is checked and counted."""
+        self._checked_regions()
+        specs = self.__dict__.get("_specs", {})
+        if any(specs.get(name) is not spec for name, spec in self.regions.items()):
+            self._revalidate()
+        return self.revision, self._content
 
     @property
     def revision(self) -> int:
@@ -151,7 +171,7 @@ class CanvasLayout:
         self.T = as_int(self.T, "CanvasLayout T")
         if self.T < 1:
             raise SchemaError(f"CanvasLayout T was changed to {self.T}; it must be >= 1 frame")
-        shape = self.spatial_shape
+        shape, seen = self.spatial_shape, self.__dict__.get("_validated")
         if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
             raise CanvasTypeError(f"CanvasLayout spatial_shape was changed to {shape!r}; it must be a tuple of ints")
         check_ordered(shape, "CanvasLayout spatial_shape", "(8, 8)")
@@ -161,7 +181,7 @@ class CanvasLayout:
         self.spatial_shape = shape
         for k, name in enumerate(("H", "W")):  # read back as in the constructor: set alone, they disagree
             want = shape[k] if len(shape) > k else None
-            if getattr(self, name) not in (want, self.__dict__.get("_validated", (None,) * 9)[7 + k]):
+            if getattr(self, name) not in (want, getattr(seen, name, None)):
                 raise SchemaError(
                     f"CanvasLayout {name}={getattr(self, name)!r} disagrees with spatial_shape={shape!r} (its "
                     f"entry {k}): {name} is read back from spatial_shape; assign layout.spatial_shape too (or "
@@ -192,7 +212,7 @@ class CanvasLayout:
                                 "fix that entry or build a new CanvasLayout)") from None
         check_distinct_after_normalization(checked, "CanvasLayout (changed after it was built)")
         if type(regions) is not RegionDict:  # a replaced dict: hold a counting one from now on
-            self.regions = checked
+            object.__setattr__(self, "regions", checked)
         if not self.allow_overlap:
             self._check_no_overlap()
         self._seal()
@@ -289,16 +309,19 @@ class CanvasLayout:
     # --- sizes -----------------------------------------------------------------------------------
     @property
     def n_spatial_dims(self) -> int:
+        self._checked_regions()  # a spatial_shape set to None is refused by name, not a TypeError
         return len(self.spatial_shape)
 
     @property
     def spatial_volume(self) -> int:
+        self._checked_regions()
         return math.prod(self.spatial_shape)
 
     @property
     def num_positions(self) -> int:
-        """``T * prod(spatial_shape)``."""
-        return self.T * self.spatial_volume
+        """``T * prod(spatial_shape)`` (like every size, read after checking a changed layout)."""
+        volume = self.spatial_volume
+        return self.T * volume
 
     @property
     def region_names(self) -> Tuple[str, ...]:
@@ -324,12 +347,16 @@ class CanvasLayout:
         """The ``RegionSpec`` of a named region."""
         regions = self._checked_regions()
         try:
-            return regions[name]
+            spec = regions[name]
         except (KeyError, TypeError):
             raise UnknownRegionError(
                 f"unknown region {name!r}; the layout declares {sorted(self.regions)}."
                 + (normalization_hint(name, self.regions) or did_you_mean(name, self.regions))
             ) from None
+        if spec is not self.__dict__.get("_specs", {}).get(name):  # replaced by dict.__setitem__
+            self._revalidate()
+            spec = self.regions[name]
+        return spec
 
     def region_size(self, name: str) -> Tuple[int, ...]:
         """``(t_extent, s0_extent, s1_extent, ...)``."""
@@ -350,12 +377,11 @@ class CanvasLayout:
         the region has no position at that frame.
         """
         t_abs = as_int(t_abs, f"region {name!r}: frame t_abs")
-        self._checked_regions()  # a changed layout starts a new cache
+        spec = self.region_spec(name)  # first: a changed layout (or region) starts a new cache
         key = (name, t_abs)
         cached = self._runs_cache.get(key)
         if cached is not None:
             return list(cached)
-        spec = self.region_spec(name)
         if not spec.t0 <= t_abs < spec.t1:
             runs: List[Tuple[int, int]] = []
         else:

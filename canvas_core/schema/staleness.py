@@ -4,6 +4,13 @@ A canvas or an attention layer copies region indices and tables out of its layou
 built.  It records :func:`layout_stamp` then and calls :func:`check_unchanged` before use, so a
 layout whose regions or geometry changed since is refused by name instead of being run on the
 old indices.
+
+The limit: a region *replaced* by ``dict.__setitem__(layout.regions, name, spec)`` (bypassing
+the region dict's own ``__setitem__``) keeps the dict's change count and length, so the O(1)
+check a module runs before every use cannot see it.  It is seen, checked and counted by the
+next :meth:`~CanvasLayout.region_spec` (or ``region_runs`` / ``region_indices``) of that region
+and by the next :func:`layout_stamp` (every region compared, once per build); from then on
+modules built earlier are refused as for any other change.  Write ``layout.regions[name] = spec``.
 """
 
 from __future__ import annotations
@@ -16,18 +23,17 @@ from canvas_core.schema.layout import CanvasLayout
 __all__ = ["check_unchanged", "layout_stamp"]
 
 
-def _geometry(layout: CanvasLayout) -> Tuple[Any, ...]:
-    """What a module built from ``layout`` copies out of it (read after ``layout.revision``, which
-    checks the regions first)."""
-    return (layout.T, layout.spatial_shape, tuple(layout.regions.items()), layout.d_model)
-
-
 def layout_stamp(layout: Any) -> Optional[Tuple[int, Tuple[Any, ...]]]:
     """``(layout.revision, its geometry)`` for a module built from ``layout`` to record (None for
-    a layout that is not a :class:`CanvasLayout`, e.g. canvas-engineering's)."""
+    a layout that is not a :class:`CanvasLayout`, e.g. canvas-engineering's).
+
+    Call it once per build, before the module reads the layout: it compares every region with
+    the checked one (O(regions)), so a region replaced through ``dict.__setitem__`` is checked
+    and counted here.  The per-use :func:`check_unchanged` stays O(1) and cannot see such a
+    replacement made after the build until something queries the layout (see the module notes)."""
     if not isinstance(layout, CanvasLayout):
         return None
-    return layout.revision, _geometry(layout)
+    return layout._stamp()
 
 
 def check_unchanged(layout: Any, stamp: Any, owner: str) -> None:
@@ -44,7 +50,7 @@ def check_unchanged(layout: Any, stamp: Any, owner: str) -> None:
         return
     revision, geometry = stamp if isinstance(stamp, tuple) else (stamp, None)
     now = layout.revision
-    if now != revision and (geometry is None or _geometry(layout) != geometry):
+    if now != revision and (geometry is None or layout._content != geometry):  # _content: as of `now`
         raise SchemaError(
             f"{owner} was built from this CanvasLayout before it was changed (its regions, T, "
             f"spatial_shape or d_model; layout revision {revision} -> {now}), so the region "
