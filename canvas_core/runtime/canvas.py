@@ -241,7 +241,7 @@ class SpatiotemporalCanvas(nn.Module):
     def region_identity(self, region_name: str) -> torch.Tensor:
         """``(d_model,)``: modality (or semantic) + period (+ family/carrier with a program)."""
         k = self._k(region_name)
-        spec = self.layout.regions[region_name]
+        spec = self.layout.region_spec(region_name)  # a region renamed or replaced since: named, re-checked
         out = self.period_embedding(int(getattr(spec, "period", 1)))
         cond = self.semantic_conditioner
         if cond is None:
