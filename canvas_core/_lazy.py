@@ -15,12 +15,22 @@ Each entry is looked up on first access only: ``"module"`` reads the attribute o
 given, the value is cached there so that later lookups skip ``__getattr__``; a module that must
 not cache (its value may change, e.g. a plugin installed later) passes ``None``.  An unknown name
 raises the usual ``AttributeError("module 'x' has no attribute 'y'")``.
+
+A name whose plugin failed to load raises the plugin's :class:`~canvas_core.errors.PluginLoadError`
+where the code names it (``module.y``, ``from module import y``), and
+:class:`~canvas_core.errors.PluginLoadAttributeError` (an ``AttributeError`` with the same message)
+where it is probed by name (``hasattr``, ``getattr``, a library doing so), so ``hasattr`` is False
+and ``getattr(module, "y", None)`` None.
 """
 
 from __future__ import annotations
 
+import dis
 import importlib
+import sys
 from typing import Any, Callable, Dict, MutableMapping, Optional, Tuple, Union
+
+from canvas_core.errors import PluginLoadAttributeError, PluginLoadError
 
 __all__ = ["lazy_exports", "Source"]
 
@@ -33,6 +43,25 @@ def _load(name: str, source: Source) -> Any:
         return source()
     module, _, attr = source.partition(":")
     return getattr(importlib.import_module(module), attr or name)
+
+
+#: instructions that name an attribute in the source: ``m.y`` (``LOAD_METHOD`` on Python 3.10), ``from m import y``
+_NAMING = {dis.opmap[op] for op in ("LOAD_ATTR", "LOAD_METHOD", "IMPORT_FROM") if op in dis.opmap}
+
+
+def _named_in_source() -> bool:
+    """Whether the code that looked the name up (the first frame outside this module) names it
+    in its source, ``m.y`` or ``from m import y`` (for a package ``importlib._bootstrap.
+    _handle_fromlist`` probes first, with ``hasattr``), rather than probing with ``getattr``."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename == __file__:
+        frame = frame.f_back
+    if frame is None:
+        return False
+    code = frame.f_code
+    if code.co_name == "_handle_fromlist" and code.co_filename.startswith("<frozen importlib"):
+        return True
+    return 0 <= frame.f_lasti < len(code.co_code) and code.co_code[frame.f_lasti] in _NAMING
 
 
 def lazy_exports(module_name: str, table: Dict[str, Source],
@@ -49,7 +78,15 @@ def lazy_exports(module_name: str, table: Dict[str, Source],
         source = table.get(name)
         if source is None:
             raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
-        value = _load(name, source)
+        try:
+            value = _load(name, source)
+        except PluginLoadError as exc:
+            if _named_in_source():  # the error of the plugin, as `except PluginLoadError` expects
+                raise
+            err = PluginLoadAttributeError(str(exc), exc)
+            err.__dict__.update({k: v for k, v in exc.__dict__.items() if k != "name"})
+            err.name = name  # AttributeError.name: the attribute looked up
+            raise err from exc
         if namespace is not None:
             namespace[name] = value
         return value

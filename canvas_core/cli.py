@@ -13,6 +13,7 @@ import argparse
 import errno
 import importlib
 import os
+import re
 import sys
 import warnings
 from typing import Optional, Sequence
@@ -85,8 +86,31 @@ def _quiet_stdout() -> None:
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
+#: a number of more than 25 digits, plain or written with thousands separators (``1,234,...``)
+_LONG_NUMBER = re.compile(r"\d{1,3}(?:,\d{3}){8,}|\d{26,}")
+
+
+def abbreviate_numbers(message: str) -> str:
+    """``message`` with every number of 26 digits or more cut to its first and last digits and
+    its length (``999999...9999 (300 digits)``): an error about a size typed with hundreds of
+    digits stays one readable line."""
+    def short(m: "re.Match[str]") -> str:
+        digits = m.group().replace(",", "")
+        return f"{digits[:6]}...{digits[-4:]} ({len(digits):,} digits)"
+    return _LONG_NUMBER.sub(short, message)
+
+
+def printable(text: str, keep: str = "\n") -> str:
+    """``text`` with control and other unprintable characters (an escape sequence, a carriage
+    return, a right-to-left override in a file's or plugin's text) written as ``\\x1b``-style
+    escapes, so that they cannot rewrite the terminal; the characters of ``keep`` stay."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c in keep else ascii(c)[1:-1] for c in text)
+
+
 def _fail(command: str, message: str) -> int:
-    print(f"canvas {command}: error: {message}", file=sys.stderr)
+    print(f"canvas {command}: error: {printable(abbreviate_numbers(message))}", file=sys.stderr)
     return 2
 
 

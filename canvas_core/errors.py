@@ -205,3 +205,20 @@ class LimitSettingError(SettingError, SizeLimitError):
 
 
 __all__ += ["SettingError", "PluginSettingError", "LimitSettingError"]
+
+
+class PluginLoadAttributeError(PluginError, AttributeError):
+    """A name a module exports lazily (``canvas_core.MambaAttention``, ...) whose plugin failed to
+    load, probed by name (``hasattr``, ``getattr``, a library doing so): an ``AttributeError``,
+    as those expect, so ``hasattr`` gives False and ``getattr(module, name, None)`` None.  Its
+    message is the plugin's load error, kept as ``load_error`` (and ``__cause__``).  Code naming
+    the attribute (``module.Name``, ``from module import Name``) gets that :class:`PluginLoadError`
+    itself: one class cannot be both an ``ImportError`` and an ``AttributeError`` (their instance
+    layouts clash); ``except PluginError`` catches both."""
+
+    def __init__(self, message: str, load_error: Any = None) -> None:
+        super().__init__(message)
+        self.load_error = load_error
+
+
+__all__.append("PluginLoadAttributeError")

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple, Union
 from canvas_core.errors import CanvasError, CanvasTypeError
 from canvas_core.schema import CanvasLayout, CanvasSchema, CanvasTopology
 
-__all__ = ["draw_schema", "check_picture_width", "frames_drawn", "MAX_WIDTH", "frame_grid", "region_labels", "topology_arrows", "Arrow", "RegionLabel"]
+__all__ = ["draw_schema", "check_picture_width", "frames_drawn", "graph_subset", "labels_shown", "MAX_WIDTH", "DPI_RANGE", "frame_grid", "region_labels", "topology_arrows", "Arrow", "RegionLabel"]
 
 _FN_COLORS = {
     "cross_attention": "#1f77b4", "linear_attention": "#17becf", "cosine_attention": "#aec7e8",
@@ -90,6 +90,20 @@ def region_labels(layout: CanvasLayout, t: int, *, min_cells_per_char: float = 0
 _LEGEND_MAX = 48  # region entries listed in the legend at most (the rest are counted)
 
 
+#: region labels drawn on one frame panel at most (thousands take minutes and cover the panel)
+FRAME_LABELS_MAX = 200
+
+
+def labels_shown(labels: List[RegionLabel], n_regions: int) -> List[RegionLabel]:
+    """The labels a frame panel draws: all of them up to :data:`FRAME_LABELS_MAX`; beyond, the
+    names drawn inline and the numbers the legend lists (the first ones), in region order, at most
+    :data:`FRAME_LABELS_MAX` (the panel's title says how many)."""
+    if len(labels) <= FRAME_LABELS_MAX:
+        return list(labels)
+    listed = n_regions if n_regions <= _LEGEND_MAX else _LEGEND_MAX - 1
+    return [lab for lab in labels if lab.inline or lab.number <= listed][:FRAME_LABELS_MAX]
+
+
 def _short(name: str, limit: int = 28) -> str:
     """``name`` cut to ``limit`` characters for the picture (legend, graph nodes)."""
     return name if len(name) <= limit else name[:limit - 3] + "..."
@@ -143,6 +157,10 @@ MAX_WIDTH = 16384
 #: the most ``max_width`` may be raised to: a wider raster costs gigabytes of memory to render
 #: (700 frames, 170,000 pixels: 0.8 GB) and no viewer shows it whole
 WIDTH_CEILING = 65536
+#: resolutions ``draw_schema`` accepts (dots per inch)
+DPI_RANGE = (10, 2400)
+#: regions drawn at most in the topology graph (the most connected ones; the graph says so)
+GRAPH_MAX_NODES = 60
 _PANEL_W, _MARGIN_W, _TOPO_PANELS = 2.2, 1.5, 3  # inches per frame panel, margin; topology panels
 
 
@@ -168,8 +186,10 @@ def check_picture_width(n_frames: int, with_topology: bool, dpi: int, max_width:
         raise CanvasError(f"draw_schema: {options[1]}={max_width:,} is over the ceiling of {WIDTH_CEILING:,} "
                           f"pixels (rendering wider costs gigabytes); draw fewer frames with {options[0]}, "
                           "or several pictures; nothing was drawn")
-    if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not 0 < dpi < math.inf:
-        raise CanvasError(f"draw_schema: dpi must be a number > 0 (dots per inch, e.g. 110), got {dpi!r}")
+    if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not DPI_RANGE[0] <= dpi <= DPI_RANGE[1]:
+        # below ~10 dpi the small labels are under one pixel, which FreeType refuses ("invalid ppem")
+        raise CanvasError(f"draw_schema: dpi must be a number > 0, from {DPI_RANGE[0]} to {DPI_RANGE[1]} "
+                          f"(dots per inch, e.g. 110), got {dpi!r}; nothing was drawn")
     topo = _TOPO_PANELS if with_topology else 0
     width = round((_PANEL_W * (n_frames + topo) + _MARGIN_W) * dpi)
     if width > max_width:
@@ -181,6 +201,25 @@ def check_picture_width(n_frames: int, with_topology: bool, dpi: int, max_width:
             f"({options[1]}); {fewer}, or raise {options[1]} if you really want a picture that wide; "
             "nothing was drawn")
     return width
+
+
+def graph_subset(names: List[str], arrows: List[Arrow], max_nodes: int = GRAPH_MAX_NODES
+                 ) -> Tuple[List[str], List[Arrow], str]:
+    """``(regions, arrows, note)`` the topology graph draws: every region when there are at most
+    ``max_nodes``, else the ``max_nodes`` with the most arrows (ties: region order), kept in
+    region order, with only the arrows between them; ``note`` says what was left out ("" if nothing)."""
+    if len(names) <= max_nodes:
+        return list(names), list(arrows), ""
+    degree: Counter = Counter()
+    for a in arrows:
+        degree[a.src] += 1
+        degree[a.dst] += 1
+    order = {n: i for i, n in enumerate(names)}
+    keep = set(sorted(names, key=lambda n: (-degree[n], order[n]))[:max_nodes])
+    kept = [a for a in arrows if a.src in keep and a.dst in keep]
+    note = (f"{max_nodes} of {len(names):,} regions (the most connected), "
+            f"{len(kept):,} of {len(arrows):,} arrows")
+    return [n for n in names if n in keep], kept, note
 
 
 def _literal(legend):
@@ -278,14 +317,17 @@ def draw_schema(
             ax = fig.add_subplot(gs[0, k])
             grid = [[v + 1 for v in row] for row in frame_grid(layout, t)]
             ax.imshow(grid, cmap=cmap, vmin=0, vmax=len(names), interpolation="nearest", aspect="equal")
-            for lab in region_labels(layout, t):
+            labels = region_labels(layout, t)
+            shown = labels_shown(labels, len(names))
+            for lab in shown:
                 if not lab.inline:
                     numbered.add(lab.name)
                 ax.text(lab.x, lab.y, lab.text, ha="center", va="center", fontsize=7 if lab.inline else 6,
                         color="black", parse_math=False, bbox=None if lab.inline else dict(boxstyle="circle,pad=0.15", fc="white",
                                                                           ec="black", lw=0.4))
             marker = " (out)" if t >= layout.t_current and layout.t_current > 0 else ""
-            ax.set_title(f"t={t}{marker}", fontsize=9)
+            cut = f"\n{len(shown)} of {len(labels):,} regions labelled" if len(shown) < len(labels) else ""
+            ax.set_title(f"t={t}{marker}{cut}", fontsize=7 if cut else 9)
             ax.set_xticks([])
             ax.set_yticks([])
         handles = [Patch(color=colors[i], label=(f"{i + 1}: " if n in numbered else "") + f"{_short(n)} ({layout.region_numel(n)})")
@@ -298,12 +340,13 @@ def draw_schema(
 
         if topo is not None:
             ax = fig.add_subplot(gs[0, len(frames):])
-            ax.set_title("topology (src reads dst)", fontsize=9)
+            # thousands of nodes take minutes to draw and cannot be told apart: a subset, said so
+            nodes, arrows, note = graph_subset(names, topology_arrows(topo, layout))
+            ax.set_title("topology (src reads dst)" + (f"\n{note}" if note else ""), fontsize=9 if not note else 7)
             ax.axis("off")
-            pos = {n: (math.cos(2 * math.pi * i / max(1, len(names))), math.sin(2 * math.pi * i / max(1, len(names))))
-                   for i, n in enumerate(names)}
+            pos = {n: (math.cos(2 * math.pi * i / max(1, len(nodes))), math.sin(2 * math.pi * i / max(1, len(nodes))))
+                   for i, n in enumerate(nodes)}
             used_fns = {}
-            arrows = topology_arrows(topo, layout)
             per_pair: Dict[Tuple[str, str], int] = {}
             for a in arrows:
                 per_pair[(a.src, a.dst)] = per_pair.get((a.src, a.dst), 0) + 1
@@ -333,6 +376,8 @@ def draw_schema(
                     ax.text(lx, ly, label, fontsize=6, color=color, ha="center", va="center", parse_math=False,
                             bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.8))
             for i, n in enumerate(names):
+                if n not in pos:
+                    continue
                 x, y = pos[n]
                 ax.scatter([x], [y], s=420, color=colors[i], zorder=3, edgecolors="black", linewidths=0.5)
                 ax.text(x, y - 0.24, _short(n), ha="center", va="top", fontsize=8, parse_math=False)

@@ -10,14 +10,17 @@ stderr too); ``--strict`` turns that into exit status 1.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
+import os
 import sys
 from importlib import resources
 from pathlib import Path
 from typing import Tuple
 
 from canvas_core.errors import SchemaFormatError
-from canvas_core.schema.jsonio import loads_strict, read_text_capped
+from canvas_core.schema.jsonio import json_type_name, loads_strict, read_text_capped
 
 BUNDLED = "robot_arm"
 
@@ -44,7 +47,7 @@ def load_program_or_schema(source):
             raise SchemaFormatError(f"{source!r} is not a file name; give a schema/program JSON file or 'example'")
         path = Path(source)
         if not path.exists():
-            raise SchemaFormatError(f"{source!r} does not exist; give a schema/program JSON file or 'example'")
+            raise SchemaFormatError(f"{source!r} {_missing(path)}; give a schema/program JSON file or 'example'")
         if path.is_dir():
             raise SchemaFormatError(f"{source!r} is a directory; give a schema/program JSON file in it")
         try:
@@ -54,6 +57,9 @@ def load_program_or_schema(source):
         except OSError as exc:
             raise SchemaFormatError(f"cannot read {source!r}: {exc.strerror or exc}") from None
     data = loads_strict(text, label)  # repeated keys refused; too deep nesting answered in one line
+    if not isinstance(data, dict):  # named as JSON names it: null, array, ... (not NoneType, list)
+        raise SchemaFormatError(f"{label}: a canvas schema must be a JSON object {{\"layout\": ..., "
+                                f"\"regions\": ...}} (a program too), got {json_type_name(data)}")
     from canvas_core.schema import CanvasSchema
 
     program_keys = {"program_version", "region_programs", "connection_programs"}
@@ -71,6 +77,20 @@ def load_program_or_schema(source):
         raise SchemaFormatError(f"{label}: {exc}") from None
 
 
+def _missing(path: Path) -> str:
+    """Why ``path`` (which does not exist as far as ``Path.exists`` can tell) cannot be read."""
+    if not path.is_symlink():
+        return "does not exist"
+    try:
+        path.resolve(strict=True)
+    except RuntimeError:  # Python < 3.13
+        return "is a symbolic link in a loop of links"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "is a symbolic link in a loop of links"
+    return f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
+
+
 def load_schema(source) -> Tuple[object, str]:
     """``(schema, label)`` from a path, a bundled example name, or None."""
     _, schema, label = load_program_or_schema(source)
@@ -81,7 +101,11 @@ def run(args: argparse.Namespace) -> int:
     from canvas_core.compiler import ProgramCompiler
     from canvas_core.program import CanvasProgram
 
-    program, schema, label = load_program_or_schema(args.file)
+    from canvas_core.plugins import get_host
+
+    with contextlib.redirect_stdout(sys.stderr):  # a plugin's prints must not corrupt --json's output
+        program, schema, label = load_program_or_schema(args.file)
+        get_host().ensure_loaded()
     if program is None:
         program = CanvasProgram(schema=schema)
     if str(args.device).split(":")[0] not in ("cpu", "meta"):
@@ -99,12 +123,14 @@ def run(args: argparse.Namespace) -> int:
     compiled = ProgramCompiler(program).compile(**kwargs)
     if args.json:
         print(json.dumps(compiled.to_dict(), indent=2, default=str))
-    else:
+    else:  # names from the file are shown with their control characters escaped
+        from canvas_core.cli import printable
+
         what = "previewed" if compiled.preview else "compiled"
-        print(f"{what} {label} for {args.device} / {args.dtype}\n")
-        print(schema.layout.summary())
+        print(printable(f"{what} {label} for {args.device} / {args.dtype}\n"))
+        print(printable(schema.layout.summary()))
         print()
-        print(compiled.report())
+        print(printable(compiled.report()))
     clashes = sorted({c for r in compiled.resolutions.values() for c in r.clash})
     for c in clashes:
         print(f"canvas compile: name clash: {c}", file=sys.stderr)

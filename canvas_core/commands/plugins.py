@@ -11,6 +11,7 @@ imported) is marked BROKEN; a plugin name refused because a builtin has it is sh
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from typing import Any, Dict, List
@@ -40,26 +41,30 @@ def _auto_device() -> str:
 
 
 def collect(device: str = "cpu", dtype: str = "float32") -> Dict[str, Any]:
-    """The document printed by ``canvas plugins --json``."""
+    """The document printed by ``canvas plugins --json``: every part read from one snapshot of the
+    default host (records, registries, settings of one moment), so they cannot disagree."""
     from canvas_core.plugins import RuntimeContext, get_host
 
     host = get_host()
-    plugins = host.plugin_report()
     ctx = RuntimeContext(device=device, dtype=dtype)
+    snap = host.snapshot()
+    plugins = host.plugin_report(snap)
+    conflicts = {kind: c for kind, st in snap.states.items() if (c := st.conflicts())}
+    shadowed = {kind: s for kind, st in snap.states.items() if (s := st.shadowed())}
     return {
         "environment": {
-            "autoload": host.settings.get("autoload", True),
-            "allow": host.settings.get("allow"),
-            "block": host.settings.get("block", []),
+            "autoload": snap.settings.get("autoload", True),
+            "allow": snap.settings.get("allow"),
+            "block": snap.settings.get("block", []),
         },
         "target": {"device": ctx.device_type, "dtype": ctx.dtype_name},
         "plugins": plugins,
         "failures": [{k: p[k] for k in ("name", "distribution", "version", "error")}
                      for p in plugins if p["status"] == "failed"],
-        "conflicts": {kind: reg.conflicts() for kind, reg in host.registries.items() if reg.conflicts()},
+        "conflicts": conflicts,
         # builtin names a plugin also registered (refused, the builtin kept): name -> messages
-        "shadowed": {kind: reg.shadowed() for kind, reg in host.registries.items() if reg.shadowed()},
-        "registries": host.registry_report(ctx),
+        "shadowed": shadowed,
+        "registries": host.registry_report(ctx, snap),
     }
 
 
@@ -109,15 +114,20 @@ def _text(doc: Dict[str, Any]) -> str:
                        + (f"  [{fam}]" if fam else "") + extra + f"  - {state}")
             for msg in r.get("shadowed", ()):
                 out.append(f"      CLASH with a builtin (refused, builtin kept): {msg}")
-    return "\n".join(out)
+    from canvas_core.cli import printable
+
+    # names, errors and warnings come from plugins: their control characters are shown escaped
+    return "\n".join(printable(line, keep="") for line in out)
 
 
 def run(args: argparse.Namespace) -> int:
     from canvas_core.plugins import get_host
 
     # load the plugins before anything imports torch, so that a plugin importing torch (or
-    # another heavy package) while registering is noticed and reported as a warning
-    get_host().ensure_loaded()
+    # another heavy package) while registering is noticed and reported as a warning; what a
+    # plugin prints meanwhile goes to stderr, so that --json's document stays one JSON value
+    with contextlib.redirect_stdout(sys.stderr):
+        get_host().ensure_loaded()
     device = getattr(args, "device", "auto") or "auto"
     if device == "auto":
         device = _auto_device()
@@ -129,8 +139,10 @@ def run(args: argparse.Namespace) -> int:
         print(_text(doc))
     if getattr(args, "strict", False):
         problems = strict_problems(doc)
+        from canvas_core.cli import printable
+
         for line in problems:  # on stderr, so that --json's document stays one JSON value
-            print(f"canvas plugins --strict: {line}", file=sys.stderr)
+            print(f"canvas plugins --strict: {printable(line, keep='')}", file=sys.stderr)
         return 1 if problems else 0
     return 0
 

@@ -40,3 +40,16 @@ def normalize_dist(name: str) -> str:
 def provider_hint(kind: str, name: str) -> Optional[str]:
     """The distribution known to provide ``name`` in registry ``kind``, or None."""
     return next((dist for dist, kinds in _SHIPPED.items() if name in kinds.get(kind, "").split()), None)
+
+
+def exc_text(exc: BaseException, limit: int = 2000) -> str:
+    """``"Type: message"`` of an exception raised by a plugin's code, for our messages: one whose
+    ``str()`` itself raises is named as such instead of raising again, and a message longer than
+    ``limit`` characters is cut (a plugin record's traceback keeps it whole)."""
+    try:
+        text = str(exc)
+    except Exception as inner:
+        text = f"<its message cannot be shown: str() raised {type(inner).__name__}>"
+    if len(text) > limit:
+        text = f"{text[:limit]}... ({len(text):,} characters in all)"
+    return f"{type(exc).__name__}: {text}"

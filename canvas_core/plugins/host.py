@@ -15,15 +15,15 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 import pluggy
 
 from canvas_core.errors import CanvasError, PluginError, PluginLoadError, UnknownNameError, closest
-from canvas_core.plugins import hookspecs
-from canvas_core.plugins.hints import normalize_dist, provider_hint
+from canvas_core.plugins import hookspecs, reports
+from canvas_core.plugins.hints import exc_text, normalize_dist, provider_hint
 from canvas_core.plugins.loading import (
     ENV_ALLOW, ENV_BLOCK, ENV_DISABLE, STATUS_BLOCKED, STATUS_DISABLED, STATUS_FAILED, STATUS_OK,
     PluginRecord, discover_entry_points, entry_point_distribution, entry_point_ids, read_settings,
-    warn_unknown_names, watch_plugin_load,
+    waits_for_current_thread, warn_unknown_names, watch_plugin_load,
 )
 from canvas_core.plugins.registry import BUILTIN_PLUGIN, KINDS, NOUNS, Registry, UnknownNameKeyError, check_kind
-from canvas_core.plugins.spec import IN_PROCESS, RuntimeContext, Spec
+from canvas_core.plugins.spec import IN_PROCESS, Spec
 
 #: registry kind -> the stem of its ``register_*`` / ``unregister_*`` functions (error messages)
 _ONE = {"attention": "attention", "kernels": "kernel", "backbones": "backbone", "identity": "identity_binder",
@@ -93,12 +93,13 @@ class PluginHost:
             self.loaded = False
             self._loading_thread: Optional[int] = None
             self._loading_record: Optional[PluginRecord] = None  # the installed plugin being imported
+            self._hooks_thread: Optional[int] = None  # the thread running register_plugin's hooks
 
     def ensure_loaded(self) -> None:
         """Load builtins and entry-point plugins once (no-op afterwards, and while loading)."""
         if self.loaded or self._loading_thread == threading.get_ident():
             return  # loaded, or a hook of the loading thread reads a registry
-        with self._lock:  # another thread loading: wait for it
+        with self._locked():  # another thread loading: wait for it
             if self.loaded:
                 return
             # a bad variable raises, leaving it unloaded
@@ -116,6 +117,28 @@ class PluginHost:
                     self.reset()
                 else:
                     self.loaded = True
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the host's lock, waiting while another thread holds it (loading plugins, running a
+        plugin's hooks); a wait that could never end (that thread is joining this one) raises
+        PluginLoadError here instead, and fails the installed plugin being loaded."""
+        while not self._lock.acquire(timeout=0.05):
+            loader, rec = self._loading_thread or self._hooks_thread, self._loading_record
+            if loader is None or not waits_for_current_thread(loader):
+                continue
+            who = rec.describe() if rec is not None else "a plugin"
+            msg = (f"thread {threading.current_thread().name!r} uses the canvas registries while {who} loads, and "
+                   "the loading thread waits for that thread (Thread.join / Future.result): a deadlock, refused. "
+                   "A plugin's import or hook must not wait for a thread that uses the registries: register with "
+                   "the hook's registry.add, or start such threads after loading")
+            if rec is not None and rec.status == STATUS_OK:  # safe: its loading thread is blocked on us
+                rec.mark_failed(msg)
+            raise PluginLoadError(msg)
+        try:
+            yield
+        finally:
+            self._lock.release()
 
     @property
     def plugin_manager(self) -> pluggy.PluginManager:
@@ -172,10 +195,12 @@ class PluginHost:
                 except KeyboardInterrupt:
                     raise
                 except BaseException as exc:  # noqa: BLE001 - a plugin must never take the core down
-                    rec.mark_failed(f"import of {ep.value!r} raised {type(exc).__name__}: {exc}", exc)
+                    rec.mark_failed(f"import of {ep.value!r} raised {exc_text(exc)}", exc)
                     self._discard(rec)  # what its import registered before raising goes too
                     return
                 self._add_plugin(obj, rec, strict=False)  # hooks too: their registrations are this plugin's
+            if rec.status == STATUS_FAILED:  # failed by a thread it waited for (_locked)
+                self._discard(rec)
         finally:
             self._loading_record = None
 
@@ -197,8 +222,8 @@ class PluginHost:
         except Exception as exc:  # nothing of it was registered: nothing to discard
             if strict:
                 del self.records[rec.name]
-                raise PluginError(f"cannot register {rec.describe()}: {type(exc).__name__}: {exc}") from exc
-            rec.mark_failed(f"registration failed: {type(exc).__name__}: {exc}", exc)
+                raise PluginError(f"cannot register {rec.describe()}: {exc_text(exc)}") from exc
+            rec.mark_failed(f"registration failed: {exc_text(exc)}", exc)
             return rec
         callers = self._pm.get_hookcallers(obj) or []
         rec.hooks = sorted(h.name for h in callers if h.name in hookspecs.HOOK_REGISTRY)
@@ -233,8 +258,8 @@ class PluginHost:
                     if strict and (isinstance(exc, CanvasError) or not isinstance(exc, Exception)):
                         self.unregister_plugin(rec.name)
                         raise
-                    why = f"hook {hook_name} raised {type(exc).__name__}: {exc}"
-                    if isinstance(obj, type) and isinstance(exc, TypeError) and "'self'" in str(exc):
+                    why = f"hook {hook_name} raised {exc_text(exc)}"
+                    if isinstance(obj, type) and isinstance(exc, TypeError) and "'self'" in why:
                         why += (f" (the plugin object is the class {obj.__qualname__}, so its hook methods get "
                                 "no instance: point the entry point at an instance, or make the hooks "
                                 "static methods)")
@@ -273,7 +298,11 @@ class PluginHost:
                     "without autoloading: canvas_core.testing.isolated_plugins(autoload=False) or "
                     f"{ENV_DISABLE}=1")
             rec = PluginRecord(name, distribution or IN_PROCESS, version, source="manual")
-            return self._add_plugin(plugin, rec, strict=True)
+            self._hooks_thread = threading.get_ident()  # for _locked: the thread its hooks run in
+            try:
+                return self._add_plugin(plugin, rec, strict=True)
+            finally:
+                self._hooks_thread = None
 
     def unregister_plugin(self, plugin: Any) -> Optional[PluginRecord]:
         """Remove a plugin (by name or object) and everything it registered."""
@@ -294,7 +323,7 @@ class PluginHost:
             stored, spec = PluginScopedRegistry(reg, self._loading_record, strict=False).insert(
                 name, factory, metadata, override, module)
             return stored or spec
-        with self._lock:
+        with self._locked():  # a plugin's hook waiting for this thread: an error, not a hang
             if IN_PROCESS not in self.records:
                 self._keep(PluginRecord(IN_PROCESS, IN_PROCESS, "", source="in-process"))
             return reg.insert(reg.make_spec(name, factory, metadata, module=module), override=override)
@@ -305,7 +334,7 @@ class PluginHost:
         provider is the builtin plugin or an installed / manually registered plugin is refused
         (``PluginError`` saying what to do instead), so a builtin cannot vanish for the process."""
         reg = self.registry(kind)
-        with self._lock:
+        with self._locked():
             top = reg.current(name)  # UnknownNameError (closest names) when nobody provides it
             if top.plugin != IN_PROCESS:
                 noun = NOUNS[kind]
@@ -375,57 +404,29 @@ class PluginHost:
         return False
 
     def registered_by(self, plugin: str) -> Dict[str, List[str]]:
-        return {k: names for k, reg in self.registries.items() if (names := reg.names_by_plugin(plugin))}
+        return reports.registered_by(self.snapshot(), plugin)
 
     def conflicts_of(self, plugin: str) -> List[str]:
         """The clashes of ``plugin``'s refused registrations that hold now, in registration order:
         its name is still fought over (using it raises) or kept by a builtin.  Read off each
         registry's current state (:meth:`Registry.clashes_by_plugin`), so a clash goes away with the
         registration it was against (``unregister_plugin``) and comes back with it (an override removed)."""
-        return self._clashes().get(plugin, [])
+        return reports.clashes(self.snapshot()).get(plugin, [])
 
-    def _clashes(self) -> Dict[str, List[str]]:
-        """plugin -> its clashes that hold now, over every registry, from one moment."""
-        self.ensure_loaded()
-        with self._lock:  # writers hold it: every registry's state is of the same moment
-            states = [reg.snapshot() for reg in self.registries.values()]
-        out: Dict[str, List[str]] = {}
-        for st in states:
-            for plugin, msgs in st.clashes_by_plugin().items():
-                out.setdefault(plugin, []).extend(msgs)
-        return out
+    def snapshot(self) -> reports.HostSnapshot:
+        """The records, every registry's state and the settings, of one moment (for reports)."""
+        return reports.take(self)
 
-    def plugin_report(self) -> List[Dict[str, Any]]:
-        self.ensure_loaded()
-        with self._lock:
-            clashes = self._clashes()  # derived now, never text kept from registration time
-            return [rec.to_dict(self.registered_by(rec.name), clashes.get(rec.name, []))
-                    for rec in self.records.values()]
+    def plugin_report(self, snapshot: Optional[reports.HostSnapshot] = None) -> List[Dict[str, Any]]:
+        """One ``PluginRecord.to_dict`` per plugin (its clashes derived now, never text kept from
+        registration time), from ``snapshot`` (default: one taken now)."""
+        return reports.plugin_rows(snapshot or self.snapshot())
 
-    def registry_report(self, ctx: Any = None) -> Dict[str, List[Dict[str, Any]]]:
-        """Registry kind -> one ``Spec.to_dict(ctx)`` per name, plus ``conflict`` (two plugins
-        provide it: unavailable), ``shadowed`` (plugins' refused registrations of a builtin name)
-        and ``broken`` (a lazy factory module that cannot be found: unavailable).  Every registry
-        is read from one state taken under the host's lock (the specs' availability checks run
-        after it is released)."""
-        self.ensure_loaded()
-        ctx = RuntimeContext.coerce(ctx)
-        with self._lock:
-            states = {kind: reg.snapshot() for kind, reg in self.registries.items()}
-        out: Dict[str, List[Dict[str, Any]]] = {}
-        for kind, st in states.items():
-            out[kind], conflicts, shadowed = [], st.conflicts(), st.shadowed()
-            for spec in st.specs():
-                d = spec.to_dict(ctx)
-                if spec.name in conflicts:
-                    d.update(available=False, reasons=[conflicts[spec.name]] + d["reasons"], conflict=conflicts[spec.name])
-                if spec.name in shadowed:
-                    d["shadowed"] = shadowed[spec.name]
-                problem = spec.factory_problem()  # a misspelt lazy factory: broken, found without importing
-                if problem:
-                    d.update(available=False, broken=problem, reasons=d["reasons"] + [problem])
-                out[kind].append(d)
-        return out
+    def registry_report(self, ctx: Any = None, snapshot: Optional[reports.HostSnapshot] = None
+                        ) -> Dict[str, List[Dict[str, Any]]]:
+        """Registry kind -> one row per name (:func:`~canvas_core.plugins.reports.registry_rows`),
+        from ``snapshot`` (default: one taken now under the host's lock)."""
+        return reports.registry_rows(snapshot or self.snapshot(), ctx)
 
 
 def _attach(err: Exception, **attrs: Any) -> Exception:

@@ -183,6 +183,29 @@ class PluginRecord:
                     discarded={k: sorted(set(v)) for k, v in self.attempted.items()} if failed else {})
 
 
+def waits_for_current_thread(ident: int) -> bool:
+    """Whether thread ``ident`` is blocked waiting for the calling thread: in ``Thread.join`` of it,
+    or in ``Future.result`` of a ``concurrent.futures`` work item it runs (a lock wait of the
+    calling thread on ``ident`` would then never end)."""
+    from concurrent.futures import Future
+    from concurrent.futures.thread import _WorkItem
+
+    def stack(frame: Any) -> Iterator[Any]:
+        while frame is not None:
+            yield frame
+            frame = frame.f_back
+
+    me = threading.current_thread()
+    mine = [item.future for f in stack(sys._getframe(1)) if f.f_code.co_name == "run"
+            and isinstance(item := f.f_locals.get("self"), _WorkItem)]
+    for f in stack(sys._current_frames().get(ident)):
+        if f.f_code is threading.Thread.join.__code__ and f.f_locals.get("self") is me:
+            return True
+        if f.f_code is Future.result.__code__ and any(f.f_locals.get("self") is fut for fut in mine):
+            return True
+    return False
+
+
 def slow_load_message(name: str, dist: Optional[str], value: str, seconds: float) -> str:
     """The line written for plugin ``name`` still loading after ``seconds``."""
     src = f" (distribution {dist}, entry point {value!r})" if dist else f" (entry point {value!r})"

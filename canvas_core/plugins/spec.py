@@ -15,7 +15,7 @@ from canvas_core.errors import (  # noqa: F401 - the factory errors and SpecErro
     CanvasError, CanvasTypeError, FactoryError, FactoryTypeError, FactoryValueError, PluginLoadError, SpecError,
     UnavailableError,
 )
-from canvas_core.plugins.hints import pip_name
+from canvas_core.plugins.hints import exc_text, pip_name
 
 #: distribution name recorded for names registered in-process (``register_attention(...)``).
 IN_PROCESS = "<in-process>"
@@ -191,7 +191,7 @@ class Spec:
             try:
                 extra = self.check(ctx)
             except Exception as exc:  # a broken check is a reason, not a crash
-                extra = [f"its availability check raised {type(exc).__name__}: {exc}"]
+                extra = [f"its availability check raised {exc_text(exc)}"]
             reasons.extend(str(r) for r in ([extra] if isinstance(extra, str) else extra or []))
         return reasons
 
@@ -212,7 +212,7 @@ class Spec:
                     f" Reinstall or fix {self.distribution}, or block it with CANVAS_BLOCK_PLUGINS.")
             raise PluginLoadError(
                 f"{self.kind} {self.name!r} (factory {f!r}, from {self.describe_provider()}) failed to "
-                f"load: {type(exc).__name__}: {exc}.{hint}") from exc
+                f"load: {exc_text(exc)}.{hint}") from exc
         if not callable(obj):
             raise PluginLoadError(
                 f"{self.kind} {self.name!r}: factory {f!r} from {self.describe_provider()} is not "
@@ -239,7 +239,7 @@ class Spec:
             given = ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
             raise cls(
                 f"{self.kind} {self.name!r} from {self.describe_provider()} could not be built with "
-                f"({given}): its factory {self.factory_path!r} raised {type(exc).__name__}: {exc}. "
+                f"({given}): its factory {self.factory_path!r} raised {exc_text(exc)}. "
                 "Check these arguments against its documentation, or report it to the plugin's "
                 "author") from exc
 

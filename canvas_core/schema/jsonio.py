@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import sys
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple, Union
 
 from canvas_core.errors import CanvasTypeError, SchemaFileNotFoundError, SchemaFormatError, SizeLimitError
 from canvas_core.schema.limits import LIMITS, limit
 
-__all__ = ["read_text_capped", "loads_strict", "DuplicateKeyError", "read_json_source", "dump_json"]
+__all__ = ["read_text_capped", "loads_strict", "DuplicateKeyError", "read_json_source", "dump_json", "json_type_name"]
 
 
 class DuplicateKeyError(SchemaFormatError):
@@ -117,11 +119,32 @@ def loads_strict(text: str, where: str, *, on_decode_error: Callable[[json.JSOND
         raise SchemaFormatError(f"{where} is nested too deeply (JSON arrays/objects) to be a canvas schema or "
                                 "program; check the file") from None
     except json.JSONDecodeError as exc:
+        if not text.strip():
+            raise SchemaFormatError(f"{where} is not valid JSON: it is empty; give a file holding a JSON "
+                                    "object {\"layout\": ..., \"regions\": ...}") from None
         hint = on_decode_error(exc) if on_decode_error is not None else ""
         raise SchemaFormatError(
             f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}{hint}") from None
     except ValueError as exc:  # valid JSON Python refuses to read, e.g. an integer of 5,000 digits
+        digits = getattr(sys, "get_int_max_str_digits", lambda: 0)()
+        huge = re.search(r"\d{%d,}" % (digits + 1), text) if digits and "digits" in str(exc) else None
+        if huge is not None:  # Python's advice (sys.set_int_max_str_digits) is no use to a file's author
+            line = text.count("\n", 0, huge.start()) + 1
+            col = huge.start() - text.rfind("\n", 0, huge.start())
+            raise SchemaFormatError(
+                f"{where} holds a number of {len(huge.group()):,} digits at line {line}, column {col}: far too "
+                "large for any size or value of a canvas schema or program; check the file") from None
         raise SchemaFormatError(f"{where} cannot be read as a canvas schema or program: {exc}") from None
+
+
+def json_type_name(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages: ``null``, ``boolean``, ``number``,
+    ``string``, ``array``, ``object`` (Python's would say ``NoneType``, ``list``, ``dict``)."""
+    for types, name in ((type(None), "null"), (bool, "boolean"), ((int, float), "number"), (str, "string"),
+                        ((list, tuple), "array"), (dict, "object")):
+        if isinstance(value, types):
+            return name
+    return type(value).__name__
 
 
 def read_json_source(source: Any, kind: str, *, empty: str, nul: Callable[[str], str],

@@ -1,0 +1,74 @@
+"""What ``canvas plugins`` reports about a host, read from one :class:`HostSnapshot`: the plugin
+records, every registry's state and the loading controls, all taken under the host's lock at
+one moment, so that rows, conflicts, shadowed names and registries always agree."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple
+
+from canvas_core.plugins.loading import PluginRecord
+from canvas_core.plugins.registry import RegistryState
+from canvas_core.plugins.spec import RuntimeContext
+
+if TYPE_CHECKING:  # pragma: no cover
+    from canvas_core.plugins.host import PluginHost
+
+
+class HostSnapshot(NamedTuple):
+    """A host's records, registry states (kind -> :class:`RegistryState`) and settings of one moment."""
+
+    records: List[PluginRecord]
+    states: Dict[str, RegistryState]
+    settings: Dict[str, Any]
+
+
+def take(host: "PluginHost") -> HostSnapshot:
+    """Load ``host`` if needed, then read everything a report needs under its lock (writers hold it)."""
+    host.ensure_loaded()
+    with host._locked():
+        return HostSnapshot(list(host.records.values()),
+                            {kind: reg.snapshot() for kind, reg in host.registries.items()}, dict(host.settings))
+
+
+def clashes(snap: HostSnapshot) -> Dict[str, List[str]]:
+    """plugin -> its refused registrations whose name still clashes, over every registry."""
+    out: Dict[str, List[str]] = {}
+    for st in snap.states.values():
+        for plugin, msgs in st.clashes_by_plugin().items():
+            out.setdefault(plugin, []).extend(msgs)
+    return out
+
+
+def registered_by(snap: HostSnapshot, plugin: str) -> Dict[str, List[str]]:
+    """kind -> sorted names ``plugin`` registered there, overridden registrations included."""
+    out = {kind: sorted({s.name for stack in st.stacks.values() for s in stack if s.plugin == plugin})
+           for kind, st in snap.states.items()}
+    return {kind: names for kind, names in out.items() if names}
+
+
+def plugin_rows(snap: HostSnapshot) -> List[Dict[str, Any]]:
+    """One ``PluginRecord.to_dict`` per plugin, its conflicts and names read off ``snap``."""
+    found = clashes(snap)
+    return [rec.to_dict(registered_by(snap, rec.name), found.get(rec.name, [])) for rec in snap.records]
+
+
+def registry_rows(snap: HostSnapshot, ctx: Any = None) -> Dict[str, List[Dict[str, Any]]]:
+    """Registry kind -> one ``Spec.to_dict(ctx)`` per name, plus ``conflict`` (two plugins provide
+    it: unavailable), ``shadowed`` (plugins' refused registrations of a builtin name) and
+    ``broken`` (a lazy factory module that cannot be found: unavailable).  The specs'
+    availability checks run here, outside the host's lock."""
+    ctx = RuntimeContext.coerce(ctx)
+    out: Dict[str, List[Dict[str, Any]]] = {}
+    for kind, st in snap.states.items():
+        out[kind], conflicts, shadowed = [], st.conflicts(), st.shadowed()
+        for spec in st.specs():
+            d = spec.to_dict(ctx)
+            if spec.name in conflicts:
+                d.update(available=False, reasons=[conflicts[spec.name]] + d["reasons"], conflict=conflicts[spec.name])
+            if spec.name in shadowed:
+                d["shadowed"] = shadowed[spec.name]
+            problem = spec.factory_problem()  # a misspelt lazy factory: broken, found without importing
+            if problem:
+                d.update(available=False, broken=problem, reasons=d["reasons"] + [problem])
+            out[kind].append(d)
+    return out
