@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Tuple, Union
 
 from canvas_core.errors import CanvasError, CanvasTypeError, SchemaError, SchemaFormatError, SettingError
-from canvas_core.schema.jsonio import dump_json, loads_strict, read_json_source
+from canvas_core.schema.jsonio import dump_json, json_type_name, loads_strict, read_json_source
 from canvas_core.schema.layout import CanvasLayout
 from canvas_core.schema.limits import check_size
 from canvas_core.schema.region import RegionSpec, transfer_distance
@@ -104,7 +104,7 @@ class CanvasSchema:
         from canvas_core.schema.fileformat import SchemaFile
 
         if not isinstance(d, dict):
-            raise SchemaFormatError(f"a canvas schema must be a JSON object, got {type(d).__name__}")
+            raise SchemaFormatError(f"a canvas schema must be a JSON object, got {json_type_name(d)}")
         # counted before the (slow) validation of every entry
         for key, name in (("regions", "regions"), ("topology", "connections")):
             if isinstance(d.get(key), (dict, list)):
@@ -276,7 +276,7 @@ def _scalar_hint(source: Any) -> str:
         value = json.loads(source)
     except (ValueError, RecursionError):
         return ""
-    return (f" (as JSON it is a {type(value).__name__}, but a canvas schema must be a JSON object "
+    return (f" (as JSON it is a {json_type_name(value)}, but a canvas schema must be a JSON object "
             "{\"layout\": ..., \"regions\": ...})")
 
 
