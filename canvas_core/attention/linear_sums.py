@@ -18,22 +18,19 @@ import torch
 from canvas_core.attention.causal_read import outside_autocast, scratch, scratch_out
 from canvas_core.attention.first_order import first_order_backward, first_order_only
 
-__all__ = ["elu_plus_one", "key_summary", "head_shift"]
+__all__ = ["elu_plus_one", "key_summary", "shifted_key_summary", "dim_shift", "scaled_features", "log_phi"]
 
 
 class _EluPlusOne(torch.autograd.Function):
     """``phi(x - m) = elu(x - m) + 1``, computed as ``exp(min(y, 0)) + max(y, 0)`` with
     ``y = x - m`` (torch's CPU ``elu`` and its backward are several times slower than ``exp``);
     its derivative is ``min(phi, 1)`` (1 where ``y > 0``, ``exp(y)`` elsewhere), so only ``phi`` is
-    kept for the backward.  ``m`` (None or a shift from :func:`head_shift`) gets no gradient."""
+    kept for the backward.  ``m`` (None or a shift from :func:`dim_shift`) gets no gradient."""
 
     @staticmethod
     def forward(ctx, x, m):  # noqa: D401 - autograd signature
-        if m is None:
-            y = x.clamp(max=0).exp_().add_(x.clamp(min=0))
-        else:  # m (B, N|1, H, 1): one shift per head, applied through a (..., H, head_dim) view
-            t = (x.reshape(*x.shape[:-1], m.shape[-2], x.shape[-1] // m.shape[-2]) - m).reshape(x.shape)
-            y = t.clamp(max=0).exp_().add_(t.clamp_(min=0))
+        t = x if m is None else x - m
+        y = t.clamp(max=0).exp_().add_(t.clamp(min=0))
         ctx.save_for_backward(y)
         return y
 
@@ -62,32 +59,63 @@ def _row_max(x: torch.Tensor) -> torch.Tensor:
     return x[..., 0]
 
 
-def head_shift(x: torch.Tensor, head_dim: int, keep: Optional[torch.Tensor] = None,
-               over_rows: bool = True) -> torch.Tensor:
-    """How far to lower the pre-activations ``x`` ``(B, N, D)`` of one side so that
-    ``phi(x - m) = phi(x) / exp(m)`` keeps them from underflowing (``m <= 0``, detached).
+def dim_shift(x: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per batch row and feature, the largest key pre-activation ``x`` ``(B, N, D)`` over the
+    rows ``keep`` ``(B|1, N)`` allows, capped at 0 (0 where no row is allowed): ``c`` ``(B, 1, D)``,
+    detached.
 
-    Linear attention's ratio ``phi(q)^T S / phi(q)^T s`` does not change when one head's query
-    features, or one head's key features of a batch row, are scaled by a positive constant; with
-    every pre-activation of a head at most ``m <= 0`` (``phi = exp``) that constant is ``exp(-m)``.
-    Without it a head whose inputs all lie below about -87 (float32) has ``phi = 0``, and its
-    queries got 0 instead of a weighted mean of the values.  ``over_rows``: one ``m`` per batch row
-    and head, over the ``N`` rows ``keep`` ``(B|1, N)`` allows (keys); else one per row and head
-    (queries).  Returns ``(B, 1|N, H, 1)``: it broadcasts to ``x`` viewed as ``(B, N, H, head_dim)``
-    (no ``(B, N, D)`` copy of it is made)."""
+    Every allowed ``x_jd <= c_d <= 0`` or ``c_d = 0``, so ``phi(x_jd - c_d) = phi(x_jd) e^{-c_d}``:
+    the sums over keys of feature ``d`` hold ``e^{-c_d}`` times the plain ones, and their largest
+    term is at least 1 (none of them underflows to 0 next to it).  :func:`scaled_features` gives
+    the queries the ``e^{c_d}`` back."""
     B, N, D = x.shape
-    if N == 0 or D == 0:
-        return x.new_zeros(B, 1 if over_rows else N, max(1, D // max(1, head_dim)), 1)
+    if N == 0:
+        return x.new_zeros(B, 1, D)
     h = x.detach()
     if keep is not None:
         h = h.masked_fill(~keep.reshape(keep.shape[0], N, 1), float("-inf"))
-    if over_rows:
-        m = h.amax(dim=1, keepdim=True).reshape(B, 1, D // head_dim, head_dim).amax(dim=3, keepdim=True)
-    else:
-        m = _row_max(h.reshape(B, N, D // head_dim, head_dim)).unsqueeze(-1)
-    m = m.clamp(max=0)
-    m = m.masked_fill(m == float("-inf"), 0.0)  # no row allowed: nothing to scale
-    return m
+    c = h.amax(dim=1, keepdim=True).clamp(max=0)
+    return c.masked_fill(c == float("-inf"), 0.0)
+
+
+def log_phi(x: torch.Tensor) -> torch.Tensor:
+    """``log(elu(x) + 1)``: ``x`` up to 0, ``log1p(x)`` above (composite, differentiable)."""
+    return torch.where(x > 0, torch.log1p(x.clamp(min=0)), x)
+
+
+class _ScaledFeatures(torch.autograd.Function):
+    """``y = phi(x) e^{c - n}`` as ``exp(log phi(x) + c - n)``, ``n`` the largest
+    ``log phi(x) + c`` of each (row, head) (returned ``(B, N, H, 1)``, no gradient; ``c`` gets none
+    either).  ``dy/dx = y / (1 + max(x, 0))``: ``x`` and ``y`` are kept for the backward."""
+
+    @staticmethod
+    def forward(ctx, x, c, head_dim):  # noqa: D401 - autograd signature
+        B, N, D = x.shape
+        lp = x.clamp(min=0).add_(1.0).log_().add_(x.clamp(max=0))  # log1p is ~10x slower on CPUs
+        if c is not None:
+            lp.add_(c)
+        heads = lp.view(B, N, D // head_dim, head_dim)
+        n = _row_max(heads).unsqueeze(-1)
+        n = n.masked_fill(n == float("-inf"), 0.0)  # a row of -inf inputs: features 0
+        y = heads.sub_(n).exp_().view(B, N, D)
+        ctx.save_for_backward(x, y)
+        ctx.mark_non_differentiable(n)
+        return y, n
+
+    @staticmethod
+    @first_order_backward("linear_attention's feature map")
+    def backward(ctx, g, _gn):
+        x, y = ctx.saved_tensors
+        return g * y / (1.0 + x.clamp(min=0)), None, None
+
+
+def scaled_features(x: torch.Tensor, head_dim: int,
+                    c: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(phi(x) e^{c - n}, n)`` for pre-activations ``x`` ``(B, N, D)`` (heads of ``head_dim``):
+    each head's features of a row scaled so that the largest ``phi(x_d) e^{c_d}`` is 1 (``c``
+    ``(B|1, 1, D)`` or None for 0, a key side's :func:`dim_shift`).  Linear attention's ratio does
+    not see a positive factor per (row, head), so nothing that weighs in it underflows."""
+    return _ScaledFeatures.apply(x, c, head_dim)
 
 
 def _phi_(x: torch.Tensor) -> torch.Tensor:
@@ -96,21 +124,38 @@ def _phi_(x: torch.Tensor) -> torch.Tensor:
     return x.clamp_(min=0).add_(t)
 
 
+def _split_features(buf: torch.Tensor, keys: torch.Tensor, D: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The features ``(B, N, D)`` and the shift ``(B, 1, D)`` that :func:`_summary_forward` keeps
+    in one flat buffer (one output of the operator, whose three outputs stay as they were)."""
+    B, N = keys.shape[0], keys.shape[1]
+    return buf[:B * N * D].view(B, N, D), buf[B * N * D:].view(B, 1, D)
+
+
 @outside_autocast
-def _summary_forward(keys, values, weight, bias, head_dim: int = 0):
-    """``(P, s, phi)``: ``phi = elu(keys W^T + b) + 1`` ``(B, N, D)``, ``P = phi^T values``
-    ``(B, D, Dv)``, ``s = sum_j phi_j`` ``(B, D)``; ``values`` None means ``values = keys``.
-    With ``head_dim`` > 0 each head's features are scaled by :func:`head_shift` (the backward's
-    ``min(phi, 1)`` is the derivative at the shifted point, so it stays exact).
-    Computed in the inputs' dtype, autocast or not (it would cast the products, and the sum over
-    keys, to float16 or bfloat16)."""
-    pre = torch.nn.functional.linear(keys, weight, bias)
-    if head_dim > 0:
-        B, N, D = pre.shape
-        pre.view(B, N, D // head_dim, head_dim).sub_(head_shift(pre, head_dim))
+def _summary_forward(keys, values, weight, bias, shift: bool = False):
+    """``(P, s, buf)``: ``phi = elu(keys W^T + b - c) + 1`` ``(B, N, D)``, ``P = phi^T values``
+    ``(B, D, Dv)``, ``s = sum_j phi_j`` ``(B, D)``; ``values`` None means ``values = keys``; ``buf``
+    holds ``phi`` and ``c`` (:func:`_split_features`).  ``c`` is :func:`dim_shift` of the
+    pre-activations with ``shift``, else 0 (the backward's ``min(phi, 1)`` is the derivative at the
+    shifted point, so it stays exact).  Computed in the inputs' dtype, autocast or not (it would
+    cast the products, and the sum over keys, to float16 or bfloat16)."""
+    B, N, Din = keys.shape
+    D = weight.shape[0]
+    buf = keys.new_empty(B * N * D + B * D)
+    pre, c = _split_features(buf, keys, D)
+    flat, wt = keys.reshape(B * N, Din), weight.t()
+    if bias is None:
+        torch.mm(flat, wt, out=pre.view(B * N, D))
+    else:
+        torch.addmm(bias, flat, wt, out=pre.view(B * N, D))
+    if shift and N > 0:
+        torch.amax(pre, dim=1, keepdim=True, out=c).clamp_(max=0)
+        pre.sub_(c)
+    else:
+        c.zero_()
     phi = _phi_(pre)
     P = torch.bmm(phi.transpose(1, 2), keys if values is None else values)
-    return P, phi.sum(dim=1), phi
+    return P, phi.sum(dim=1), buf
 
 
 @outside_autocast
@@ -141,18 +186,21 @@ def _summary_backward(gP, gs, keys, values, weight, phi, need_k: bool, need_v: b
 
 class _KeySummary(torch.autograd.Function):
     """:func:`_summary_forward` with :func:`_summary_backward` (the eager path): keeps the keys,
-    the values and the features."""
+    the values and the features; returns ``(P, s, c)``, ``c`` without gradient."""
 
     @staticmethod
-    def forward(ctx, keys, values, weight, bias, head_dim=0):  # noqa: D401 - autograd signature
-        P, s, phi = _summary_forward(keys, values, weight, bias, head_dim)
+    def forward(ctx, keys, values, weight, bias, shift=False):  # noqa: D401 - autograd signature
+        P, s, buf = _summary_forward(keys, values, weight, bias, shift)
+        phi, c = _split_features(buf, keys, weight.shape[0])
         ctx.has_bias = bias is not None
         ctx.save_for_backward(keys, values, weight, phi)
-        return P, s
+        c = c.clone()
+        ctx.mark_non_differentiable(c)
+        return P, s, c
 
     @staticmethod
     @first_order_backward("linear_attention's key summary")
-    def backward(ctx, gP, gs):
+    def backward(ctx, gP, gs, _gc):
         keys, values, weight, phi = ctx.saved_tensors
         need_k, need_v, need_w, need_b = ctx.needs_input_grad[:4]
         return _summary_backward(gP, gs, keys, values, weight, phi, need_k, need_v, need_w,
@@ -162,27 +210,28 @@ class _KeySummary(torch.autograd.Function):
 # --- as an operator, for torch.compile: one node each way, the eager code at run time ----------
 @torch.library.custom_op("canvas_core::linear_key_summary", mutates_args=())
 def _summary_op(keys: torch.Tensor, values: Optional[torch.Tensor], weight: torch.Tensor,
-                bias: Optional[torch.Tensor], head_dim: int = 0) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _summary_forward(keys, values, weight, bias, head_dim)
+                bias: Optional[torch.Tensor], shift: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _summary_forward(keys, values, weight, bias, shift)
 
 
 @_summary_op.register_fake
-def _(keys, values, weight, bias, head_dim=0):
+def _(keys, values, weight, bias, shift=False):
     B, N, _ = keys.shape
     D, Dv = weight.shape[0], (keys if values is None else values).shape[-1]
-    return keys.new_empty(B, D, Dv), keys.new_empty(B, D), keys.new_empty(B, N, D)
+    return keys.new_empty(B, D, Dv), keys.new_empty(B, D), keys.new_empty(B * N * D + B * D)
 
 
 @torch.library.custom_op("canvas_core::linear_key_summary_backward", mutates_args=())
 def _summary_backward_op(gP: torch.Tensor, gs: torch.Tensor, keys: torch.Tensor, values: Optional[torch.Tensor],
-                         weight: torch.Tensor, phi: torch.Tensor, need_k: bool, need_v: bool, need_w: bool,
+                         weight: torch.Tensor, buf: torch.Tensor, need_k: bool, need_v: bool, need_w: bool,
                          need_b: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    phi = _split_features(buf, keys, weight.shape[0])[0]
     grads = _summary_backward(gP, gs, keys, values, weight, phi, need_k, need_v, need_w, need_b)
     return tuple(keys.new_empty(0) if g is None else g for g in grads)
 
 
 @_summary_backward_op.register_fake
-def _(gP, gs, keys, values, weight, phi, need_k, need_v, need_w, need_b):
+def _(gP, gs, keys, values, weight, buf, need_k, need_v, need_w, need_b):
     same = values is None
     return (torch.empty_like(keys) if need_k or (same and need_v) else keys.new_empty(0),
             torch.empty_like(values) if need_v and not same else keys.new_empty(0),
@@ -194,17 +243,18 @@ def _summary_setup(ctx, inputs, output):
     keys, values, weight, bias = inputs[:4]
     ctx.save_for_backward(keys, values, weight, output[2])
     ctx.has_bias = bias is not None
-    ctx.mark_non_differentiable(output[2])  # the features reach the backward only
+    ctx.mark_non_differentiable(output[2])  # the features (and shift) reach the backward only
 
 
-def _summary_autograd(ctx, gP, gs, _gphi):
-    keys, values, weight, phi = ctx.saved_tensors
+def _summary_autograd(ctx, gP, gs, _gbuf):
+    keys, values, weight, buf = ctx.saved_tensors
     need_k, need_v, need_w, need_b = ctx.needs_input_grad[:4]
     need_b = need_b and ctx.has_bias
-    gP = torch.zeros(phi.shape[0], phi.shape[2], (keys if values is None else values).shape[-1], dtype=phi.dtype,
-                     device=phi.device) if gP is None else gP
-    gs = phi.new_zeros(phi.shape[0], phi.shape[2]) if gs is None else gs
-    d = _summary_backward_op(gP.contiguous(), gs.contiguous(), keys, values, weight, phi, need_k, need_v, need_w, need_b)
+    B, D = keys.shape[0], weight.shape[0]
+    gP = torch.zeros(B, D, (keys if values is None else values).shape[-1], dtype=buf.dtype,
+                     device=buf.device) if gP is None else gP
+    gs = buf.new_zeros(B, D) if gs is None else gs
+    d = _summary_backward_op(gP.contiguous(), gs.contiguous(), keys, values, weight, buf, need_k, need_v, need_w, need_b)
     needs = (need_k or (values is None and need_v), need_v and values is not None, need_w, need_b)
     return first_order_only("linear_attention's key summary",
                             tuple(t if n else None for t, n in zip(d, needs))) + (None,)
@@ -213,21 +263,28 @@ def _summary_autograd(ctx, gP, gs, _gphi):
 _summary_op.register_autograd(_summary_autograd, setup_context=_summary_setup)
 
 
-def key_summary(keys: torch.Tensor, values: Optional[torch.Tensor], weight: torch.Tensor,
-                bias: Optional[torch.Tensor], head_dim: int = 0) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Linear attention's key side in one call: ``phi = elu(keys W^T + b) + 1``, returns
-    ``(phi^T values (B, D, D), sum_j phi_j (B, D))``.
+def shifted_key_summary(keys: torch.Tensor, values: Optional[torch.Tensor], weight: torch.Tensor,
+                        bias: Optional[torch.Tensor], shift: bool = True
+                        ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Linear attention's key side in one call: ``phi = elu(keys W^T + b - c) + 1``, returns
+    ``(phi^T values (B, D, Dv), sum_j phi_j (B, D), c (B, 1, D))``.
 
     ``keys`` ``(B, N, Din)`` (contiguous), ``values`` ``(B, N, Dv)`` or None for ``values = keys``;
     ``weight`` ``(D, Din)``, ``bias`` ``(D,)`` or None; all one floating dtype, which is the dtype
     of the work and the results under autocast too (linear attention itself takes its composite
-    form under autocast, so that the projections follow it).  ``head_dim`` > 0 scales each head's
-    features against underflow (:func:`head_shift`); the summaries then hold ``exp(-m_h)`` times
-    the plain sums, which linear attention's ratio does not see.
+    form under autocast, so that the projections follow it).  ``c`` is :func:`dim_shift` of the
+    pre-activations with ``shift`` (else 0): the sums hold ``e^{-c_d}`` times the plain ones in
+    feature ``d``, which :func:`scaled_features` of the queries gives back.
     """
     keys, values = keys.contiguous(), None if values is None else values.contiguous()
     if torch.compiler.is_compiling():
-        P, s, _ = _summary_op(keys, values, weight.contiguous(), None if bias is None else bias.contiguous(),
-                              head_dim)
-        return P, s
-    return _KeySummary.apply(keys, values, weight, bias, head_dim)
+        P, s, buf = _summary_op(keys, values, weight.contiguous(), None if bias is None else bias.contiguous(),
+                                shift)
+        return P, s, _split_features(buf, keys, weight.shape[0])[1]
+    return _KeySummary.apply(keys, values, weight, bias, shift)
+
+
+def key_summary(keys: torch.Tensor, values: Optional[torch.Tensor], weight: torch.Tensor,
+                bias: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`shifted_key_summary` without the shift: ``(phi^T values, sum_j phi_j)``."""
+    return shifted_key_summary(keys, values, weight, bias, False)[:2]

@@ -31,8 +31,7 @@ from canvas_core.attention.causal_read import (
 )
 from canvas_core.attention.first_order import first_order_backward
 from canvas_core.attention.int_roots import largest_int
-
-from canvas_core.attention.wkv_states import _chunk_states, _exp_rel
+from canvas_core.attention.wkv_states import _chunk_states, _exp_rel, finite_prefix, finite_values, nan_from, nan_where_read
 
 __all__ = ["RWKVAttention", "wkv_read", "wkv_scan", "wkv_masked"]
 
@@ -215,7 +214,8 @@ def wkv_read(
     relative to their largest exponent), the state after every chunk is a decayed sum of the
     earlier summaries (all chunks at once), and each read combines the state entering its chunk
     with its chunk's keys up to ``p``.  Every exponent is taken relative to a maximum, so
-    nothing overflows in float32.  Cost ``O(Q T C + (L / T)^2 C)``.
+    nothing overflows in float32.  Cost ``O(Q T C + (L / T)^2 C)``.  A NaN or ``+inf`` key or a
+    non-finite value gives NaN from its position on, never before (as the step recurrence does).
 
     Args:
         k, v: ``(B, L, C)``; w: ``(C,)`` decay rate (> 0); u: ``(C,)`` bonus of the current key.
@@ -237,6 +237,7 @@ def wkv_read(
     # as much; capped, the products lag * w and (chunks apart) * T * w stay finite (an infinite
     # one made inf - inf = NaN), and the gradient above the cap is the 0 the exponentials give
     w = w.clamp(max=_W_MAX)
+    k, v, bad_from = finite_prefix(k, v, key_ok)
     T = chunk if chunk is not None else _chunk_for(L, Q)
     T = max(1, min(int(T), L))
     nC = -(-L // T)
@@ -288,7 +289,7 @@ def wkv_read(
     num = num_i + es * As.index_select(1, prev)
     den = den_i + es * Bs.index_select(1, prev)
     out = safe_div(num, den)
-    return out * (read >= 0).view(1, Q, 1).to(out.dtype)
+    return nan_from(out * (read >= 0).view(1, Q, 1).to(out.dtype), read, bad_from)
 
 
 @outside_autocast
@@ -319,8 +320,8 @@ def wkv_scan(
         return k.new_zeros(B, 0, C)
     if chunk != 1:
         return wkv_read(k, v, w, u, torch.arange(L, device=k.device), key_ok, chunk)
-    if key_ok is not None:
-        k = k.masked_fill(~key_ok.unsqueeze(-1), NEG_INF)
+    if key_ok is not None:  # a masked key weighs 0 and its value is not read (0 x NaN is NaN)
+        k, v = k.masked_fill(~key_ok.unsqueeze(-1), NEG_INF), v.masked_fill(~key_ok.unsqueeze(-1), 0.0)
     a = torch.zeros(B, C, dtype=k.dtype, device=k.device)
     b = torch.zeros_like(a)
     p = torch.full_like(a, NEG_INF)
@@ -359,6 +360,7 @@ def wkv_masked(
     B, L, C = k.shape
     Nq = read.shape[0]
     w = w.clamp(max=_W_MAX)  # as in wkv_read: 0 * inf at lag 0 would be NaN
+    v, bad_v = finite_values(v)  # a non-finite value: NaN for the queries that read it, no other
     j = torch.arange(L, device=k.device)
     chunk = max(1, CHUNK_ELEMS // max(1, B * L * C))
     outs = []
@@ -376,7 +378,7 @@ def wkv_masked(
         logw = logw.masked_fill(~ok.unsqueeze(-1), NEG_INF)
         m = finite_or_zero(logw.amax(dim=2, keepdim=True))
         e = torch.exp(logw - m)
-        outs.append(safe_div((e * v[:, None]).sum(dim=2), e.sum(dim=2)))
+        outs.append(nan_where_read(safe_div((e * v[:, None]).sum(dim=2), e.sum(dim=2)), ok, bad_v))
     if not outs:
         return k.new_zeros(B, 0, C)
     return torch.cat(outs, dim=1)

@@ -17,8 +17,9 @@ from canvas_core.attention._base import (
     has_key,
     safe_div,
 )
-from canvas_core.attention.causal_read import autocast_on, outside_autocast, plain_module, work_dtype
-from canvas_core.attention.linear_sums import elu_plus_one, head_shift, key_summary
+from canvas_core.attention.causal_read import CHUNK_ELEMS, autocast_on, exp_floor, finite_or_zero, outside_autocast, \
+    plain_module, work_dtype
+from canvas_core.attention.linear_sums import dim_shift, elu_plus_one, log_phi, scaled_features, shifted_key_summary
 from canvas_core.attention.softmax import CosineAttention, CrossAttention, _QKVAttention
 from canvas_core.errors import CanvasTypeError
 from canvas_core.schema.limits import check_elements, check_size
@@ -40,9 +41,13 @@ class LinearAttention(_QKVAttention):
     ``out_i = phi(q_i)^T (sum_j phi(k_j) v_j^T) / (phi(q_i)^T sum_j phi(k_j))`` over the allowed
     keys, then an output projection.  A key mask that does not depend on the query keeps the
     ``O(N + M)`` form; a per-query mask ``(Nq, Nk)`` needs the explicit ``Nq x Nk`` weights.
-    Computed in float32 at least.  Each head's query features, and each head's key features of a
-    batch row, are scaled by a constant (which the ratio does not see) so that inputs far below 0
-    do not underflow ``phi`` to 0 (:func:`~canvas_core.attention.linear_sums.head_shift`).
+    Computed in float32 at least.  Nothing that weighs in a ratio underflows: the key sums of each
+    feature ``d`` are scaled by ``e^{-c_d}`` (``c_d`` the largest key pre-activation, capped at 0),
+    and each query's features of a head by ``e^{c_d - n}`` with ``n`` their largest exponent
+    (:func:`~canvas_core.attention.linear_sums.scaled_features`), constants the ratio does not see.
+    The per-query form scales each key and each query by its own constant per head, and each
+    query's weights by the largest key constant among its keys; a query whose weights still come
+    out below what the float format holds exactly is recomputed in the log domain.
 
     The ``O(N + M)`` form works on the merged heads: ``S = phi(K)^T V`` is one ``(D, D)`` product
     per batch row with its off-head blocks zeroed (no head transposes), the normaliser's
@@ -71,15 +76,12 @@ class LinearAttention(_QKVAttention):
         B, Nq, Nk, allowed, _ = self._prepare(queries, keys, values, key_mask)
         wdt = torch.float32 if queries.dtype in (torch.float16, torch.bfloat16) else queries.dtype
         q = self.q_proj(queries).to(wdt)
-        q = elu_plus_one(q, head_shift(q, self.head_dim, over_rows=False))
         if allowed is None or allowed.shape[1] == 1:
-            kv, ks = self._key_side(keys, values, allowed, wdt)
-            out = _read_summary(q, kv, ks, self.head_dim)
+            kv, ks, c = self._key_side(keys, values, allowed, wdt)
+            out = _read_summary(q, kv, ks, c, self.head_dim)
         else:
-            k = self.k_proj(keys).to(wdt)
-            k = elu_plus_one(k, head_shift(k, self.head_dim, allowed.any(dim=1)))
-            q, k, v = self._split(q), self._split(k), self._split(self.v_proj(values).to(wdt))
-            out = self._merge(_weigh_per_query(q, k, v, allowed))
+            k, v = self.k_proj(keys).to(wdt), self.v_proj(values).to(wdt)
+            out = _weigh_per_query(q, k, v, allowed, self.head_dim)
         out = out.to(queries.dtype)
         if self.dropout_p > 0.0 and self.training:
             out = F.dropout(out, p=self.dropout_p)
@@ -87,24 +89,26 @@ class LinearAttention(_QKVAttention):
         return out.masked_fill(~has_key(allowed, Nk, out.device), 0.0)
 
     def _key_side(self, keys, values, allowed, wdt):
-        """``(sum_j phi(k_j) v_j^T (B, D, D), sum_j phi(k_j) (B, D))`` over the allowed keys
-        (``allowed`` None or ``(B|1, 1, Nk)``), in ``wdt``."""
+        """``(sum_j phi(k_j - c) v_j^T (B, D, D), sum_j phi(k_j - c) (B, D), c (B, 1, D))`` over
+        the allowed keys (``allowed`` None or ``(B|1, 1, Nk)``), in ``wdt``; ``c`` is
+        :func:`~canvas_core.attention.linear_sums.dim_shift` of the key pre-activations."""
         kp, vp = self.k_proj, self.v_proj
         plain = plain_module(kp, nn.Linear) and plain_module(vp, nn.Linear)
         if plain and allowed is None and keys.dtype == wdt == kp.weight.dtype == vp.weight.dtype \
                 and not autocast_on(keys.device.type):
             # sum_j phi(k_j) (W_v x_j + b)^T = (sum_j phi(k_j) x_j^T) W_v^T + (sum_j phi(k_j)) b^T:
             # one (D, D) product per row instead of a projection of every key's value
-            P, ks = key_summary(keys, None if values is keys else values, kp.weight, kp.bias, self.head_dim)
+            P, ks, c = shifted_key_summary(keys, None if values is keys else values, kp.weight, kp.bias)
             kv = torch.matmul(P, vp.weight.t())
             if vp.bias is not None:
                 kv = kv + ks.unsqueeze(-1) * vp.bias
-            return kv, ks
+            return kv, ks, c
         k = kp(keys).to(wdt)
-        k = elu_plus_one(k, head_shift(k, self.head_dim, None if allowed is None else allowed[:, 0]))
+        c = dim_shift(k, None if allowed is None else allowed[:, 0])
+        k = elu_plus_one(k, c)
         if allowed is not None:  # (B|1, 1, Nk) -> (B|1, Nk, 1) zeroes blocked keys
             k = k * allowed.transpose(1, 2).to(wdt)
-        return _sum_over_keys(k, vp(values).to(wdt))
+        return _sum_over_keys(k, vp(values).to(wdt)) + (c,)
 
 
 # The sums over keys below are what the float32 work dtype is for: under float16 autocast a
@@ -117,9 +121,12 @@ def _sum_over_keys(k: torch.Tensor, v: torch.Tensor) -> Tuple[torch.Tensor, torc
 
 
 @outside_autocast
-def _read_summary(q: torch.Tensor, kv: torch.Tensor, ks: torch.Tensor, head_dim: int) -> torch.Tensor:
+def _read_summary(q: torch.Tensor, kv: torch.Tensor, ks: torch.Tensor, c: torch.Tensor, head_dim: int) -> torch.Tensor:
     """Every query's ``phi(q_i)^T S / phi(q_i)^T s`` per head from the merged-head key summary
-    ``S = kv (B, D, D)``, ``s = ks (B, D)`` (off-head blocks zeroed here): ``(B, Nq, D)``."""
+    ``S = kv (B, D, D)``, ``s = ks (B, D)`` of keys shifted by ``c`` (off-head blocks zeroed here),
+    for query pre-activations ``q``: ``(B, Nq, D)``.  The dominant feature of each (query, head)
+    weighs 1 and its key sum is at least 1, so no denominator underflows."""
+    q = scaled_features(q, head_dim, c)[0]
     D = q.shape[-1]
     head = torch.arange(D, device=q.device) // head_dim
     same = head[:, None] == head[None, :]  # (D, D): the blocks of one head
@@ -129,11 +136,82 @@ def _read_summary(q: torch.Tensor, kv: torch.Tensor, ks: torch.Tensor, head_dim:
     return safe_div(nd[..., :D], nd[..., D:])
 
 
+def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """``(B, N, D) -> (B, H, N, head_dim)``."""
+    B, N, D = x.shape
+    return x.view(B, N, D // head_dim, head_dim).transpose(1, 2)
+
+
 @outside_autocast
-def _weigh_per_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """The explicit form for a per-query mask: heads ``(B, H, N, d)``, ``allowed (B|1, Nq, Nk)``."""
-    a = torch.matmul(q, k.transpose(-1, -2)) * allowed.unsqueeze(1).to(q.dtype)
-    return safe_div(torch.matmul(a, v), a.sum(dim=-1, keepdim=True))
+def _weigh_per_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
+                     head_dim: int) -> torch.Tensor:
+    """The explicit form for a per-query mask ``allowed (B|1, Nq, Nk)``, from pre-activations
+    ``q``, ``k`` and values ``v`` (merged heads): ``(B, Nq, D)``.
+
+    ``w_ij = phi(q_i) . phi(k_j) = e^{n_i + m_j} (q'_i . k'_j)`` per head, with each query's and
+    each key's features scaled to a largest value of 1 (a per-row constant ``e^{n_i}`` dropped).
+    When the ``m_j`` of the keys some query links lie within half the float format's exponent
+    range of their largest, ``M``, the keys are weighed ``e^{m_j - M}`` (one product, as before);
+    otherwise each query ``i`` weighs its keys by ``e^{m_j - M_i}``, ``M_i`` the largest ``m_j`` it
+    may attend (one more ``(Nq, Nk)`` exponential per head).  A row whose weights then sum below
+    ``Nk * head_dim`` times the smallest normal number over epsilon may have lost its dominant
+    terms to underflow (features whose large entries miss each other, or keys far below the
+    largest): :func:`_log_domain_rows` recomputes it exactly."""
+    B, Nq, D = q.shape
+    Nk = k.shape[1]
+    if Nk == 0:
+        return torch.zeros_like(q)
+    qh = _heads(scaled_features(q, head_dim)[0], head_dim)
+    kf, m = scaled_features(k, head_dim)
+    kh, vh = _heads(kf, head_dim), _heads(v, head_dim)
+    al = allowed.unsqueeze(1)  # (B|1, 1, Nq, Nk)
+    mk = m.squeeze(-1).transpose(1, 2).unsqueeze(2)  # (B, H, 1, Nk)
+    used = al.any(dim=2, keepdim=True)  # keys some query may attend
+    top = finite_or_zero(mk.masked_fill(~used, float("-inf")).amax(dim=-1, keepdim=True))  # (B, H, 1, 1)
+    low_end = mk.masked_fill(~used, float("inf")).amin(dim=-1, keepdim=True)
+    floor = exp_floor(q.dtype)
+    if q.is_meta or (not torch.compiler.is_compiling() and bool((top - low_end <= -floor / 2).all())):
+        kh = kh * torch.exp((mk - top).clamp(max=0)).transpose(-1, -2)
+        a = torch.matmul(qh, kh.transpose(-1, -2)) * al.to(q.dtype)
+    else:
+        rel = mk.masked_fill(~al, float("-inf"))  # (B, H, Nq, Nk)
+        top = finite_or_zero(rel.amax(dim=-1, keepdim=True))
+        scale = rel.sub_(top).clamp_(min=floor).exp_().masked_fill_(~al, 0.0)
+        a = torch.matmul(qh, kh.transpose(-1, -2)) * scale
+    W = a.sum(dim=-1, keepdim=True)
+    out = safe_div(torch.matmul(a, vh), W)  # (B, H, Nq, hd)
+    fin = torch.finfo(q.dtype)
+    low = W.squeeze(-1) < 4 * Nk * head_dim * fin.tiny / fin.eps  # (B, H, Nq)
+    if torch.compiler.is_compiling():  # no data-dependent branch: every row, kept where low
+        rows = _log_domain_rows(q, k, vh, allowed, head_dim, None).view(out.shape)
+        out = torch.where((low & al.any(dim=-1)).unsqueeze(-1), rows, out)
+    elif not q.is_meta and bool(low.any()) and bool((low := low & al.any(dim=-1)).any()):  # rows without keys stay 0
+        idx = low.nonzero(as_tuple=True)
+        out = out.index_put(idx, _log_domain_rows(q, k, vh, allowed, head_dim, idx))
+    return out.transpose(1, 2).reshape(B, Nq, D)
+
+
+def _log_domain_rows(q: torch.Tensor, k: torch.Tensor, vh: torch.Tensor, allowed: torch.Tensor, head_dim: int,
+                     idx: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Rows ``idx = (b, h, i)`` of the per-query form (every row, in ``(B, H, Nq)`` order, for None)
+    with ``log w_ij = logsumexp_d(log phi(q_id) + log phi(k_jd))``: ``(S, hd)``.  Composite (it
+    differentiates as written); ``O(S Nk hd)`` work, in pieces of at most ``CHUNK_ELEMS``."""
+    lq, lk = _heads(log_phi(q), head_dim), _heads(log_phi(k), head_dim)
+    B, H, Nq, hd = lq.shape
+    Nk = lk.shape[2]
+    if idx is None:
+        grid = torch.arange(B * H * Nq, device=q.device)
+        idx = (grid // (H * Nq), (grid // Nq) % H, grid % Nq)
+    b, h, i = idx
+    ok_all = allowed[b if allowed.shape[0] > 1 else torch.zeros_like(b), i]  # (S, Nk)
+    step = max(1, CHUNK_ELEMS // max(1, Nk * hd))
+    outs = []
+    for s in range(0, b.shape[0], step):
+        bs, hs, is_, ok = b[s:s + step], h[s:s + step], i[s:s + step], ok_all[s:s + step]
+        lw = torch.logsumexp(lq[bs, hs, is_].unsqueeze(1) + lk[bs, hs], dim=-1).masked_fill(~ok, float("-inf"))
+        lw = lw.masked_fill(~ok.any(dim=-1, keepdim=True), 0.0)  # no key: finite (zeroed by the caller)
+        outs.append(torch.matmul(torch.softmax(lw, dim=-1).unsqueeze(1), vh[bs, hs]).squeeze(1))
+    return torch.cat(outs) if outs else vh.new_zeros(0, hd)
 
 
 class SigmoidAttention(_QKVAttention):

@@ -112,3 +112,49 @@ def _exp_rel(x: torch.Tensor, blocked: Optional[torch.Tensor]) -> torch.Tensor:
     subnormal path), exactly 0 where ``blocked`` (bool, broadcastable) is True."""
     e = torch.exp(x.clamp(min=exp_floor(x.dtype)))
     return e if blocked is None else e.masked_fill(blocked, 0.0)
+
+
+def finite_prefix(k: torch.Tensor, v: torch.Tensor, key_ok: Optional[torch.Tensor]):
+    """``(k, v, first)``: keys and values with their non-finite entries set to 0, and per (row,
+    channel) the first allowed position ``(B, C)`` whose key is NaN or ``+inf`` or whose value is
+    not finite (``L`` where none is); ``first`` None (inputs unchanged) when all are finite.
+
+    In the step recurrence such a key makes every later output of its channel non-finite and no
+    earlier one; the chunked sums would also spread it backwards (``0 x NaN`` in the products of
+    a chunk's or the states' weights with later keys), so they run on the zeroed inputs and the
+    caller marks the outputs from ``first`` on.  A ``-inf`` key with a finite value weighs 0, as
+    a masked key does.  Eagerly, two sums tell whether anything needs doing."""
+    if k.is_meta:  # shapes only: nothing to check
+        return k, v, None
+    if not torch.compiler.is_compiling():
+        with torch.no_grad():
+            if bool(torch.isfinite(k.sum() + v.sum())):
+                return k, v, None
+    bad_v = ~torch.isfinite(v)
+    bad_k = torch.isnan(k) | (k == float("inf"))
+    bad = bad_k | bad_v
+    used = bad if key_ok is None else bad & key_ok.to(torch.bool).unsqueeze(-1)
+    L = k.shape[1]
+    pos = torch.arange(L, device=k.device).view(1, L, 1)
+    first = torch.where(used, pos, torch.full_like(pos, L)).amin(dim=1)
+    return k.masked_fill(bad_k, 0.0), v.masked_fill(bad_v, 0.0), first
+
+
+def nan_from(out: torch.Tensor, read: torch.Tensor, bad_from: Optional[torch.Tensor]) -> torch.Tensor:
+    """``out`` ``(B, Q, C)`` with NaN at the reads at or after :func:`finite_prefix`'s ``first``."""
+    return out if bad_from is None else out.masked_fill(read.view(1, -1, 1) >= bad_from.unsqueeze(1), float("nan"))
+
+
+def finite_values(v: torch.Tensor):
+    """``(v, bad)``: values with non-finite entries set to 0 and where they were (None, ``v``
+    unchanged, when all are finite; checked by one sum eagerly)."""
+    if v.is_meta or (not torch.compiler.is_compiling() and bool(torch.isfinite(v.detach().sum()))):
+        return v, None
+    bad = ~torch.isfinite(v)
+    return v.masked_fill(bad, 0.0), bad
+
+
+def nan_where_read(out: torch.Tensor, ok: torch.Tensor, bad: Optional[torch.Tensor]) -> torch.Tensor:
+    """``out`` ``(B, Qc, C)`` of :func:`~canvas_core.attention.rwkv.wkv_masked` with NaN where a
+    query's keys ``ok`` ``(B|1, Qc, L)`` include a value ``bad`` ``(B, L, C)`` marks."""
+    return out if bad is None else out.masked_fill((ok.unsqueeze(-1) & bad[:, None]).any(dim=2), float("nan"))
