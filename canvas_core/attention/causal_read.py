@@ -81,10 +81,11 @@ def check_kernel_choice(type_name: str, kernel: str) -> str:
 
 
 def rows_identical(allowed: torch.Tensor) -> bool:
-    """True when a ``(B|1, Nq, Nk)`` mask is the same for every query (eager mode only)."""
+    """True when a ``(B|1, Nq, Nk)`` mask is the same for every query (eager mode only; under
+    compile and on the meta device, where its values cannot be read, False: the general path)."""
     if allowed.shape[1] == 1:
         return True
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or allowed.is_meta:
         return False
     return bool((allowed == allowed[:, :1, :]).all())
 

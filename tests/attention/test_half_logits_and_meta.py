@@ -41,6 +41,10 @@ def test_every_type_infers_shapes_on_meta(type_name):
     q, kv = torch.empty(2, 3, 8, device="meta"), torch.empty(2, 5, 8, device="meta")
     out = module(q, kv, kv)
     assert out.device.type == "meta" and tuple(out.shape) == (2, 3, 8)
+    for mask in (torch.ones(3, 5, dtype=torch.bool, device="meta"),  # per query: nothing to read on meta
+                 torch.ones(2, 5, dtype=torch.bool, device="meta")):  # per key
+        out = module(q, kv, kv, mask)
+        assert out.device.type == "meta" and tuple(out.shape) == (2, 3, 8)
 
 
 @pytest.mark.parametrize("type_name", ["local_attention", "sparse_attention", "random_fixed"])
