@@ -8,6 +8,7 @@ nothing measurable for them.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any, Optional, Sequence
 
 import torch
@@ -102,7 +103,10 @@ def check_region_names(where: str, name: str, value: Any) -> frozenset:
     """A collection of region names: a str is refused (``'ab'`` is not ``{'a', 'b'}``)."""
     if isinstance(value, (str, bytes)):
         raise CanvasTypeError(f"{where}: {name} must be a set or list of region names, got the string "
-                              f"{value!r}; write {{{value!r}}} for one region")
+                              f"{reprlib.repr(value)}; write {{{reprlib.repr(value)}}} for one region")
+    if isinstance(value, torch.Tensor):  # iterating it would give its rows
+        raise CanvasTypeError(f"{where}: {name} must be a set or list of region names, got a tensor of "
+                              f"shape {tuple(value.shape)}")
     try:
         names = frozenset(value)
     except TypeError:
@@ -110,7 +114,10 @@ def check_region_names(where: str, name: str, value: Any) -> frozenset:
                               f"{type(value).__name__}") from None
     odd = [n for n in names if not isinstance(n, str)]
     if odd:
-        raise CanvasTypeError(f"{where}: {name} must hold region names (strings), got {odd[:3]!r}")
+        shown = ", ".join(f"{type(n).__name__} {reprlib.repr(n)}" if not isinstance(n, torch.Tensor)
+                          else f"a tensor of shape {tuple(n.shape)}" for n in odd[:3])
+        raise CanvasTypeError(f"{where}: {name} must hold region names (strings), got {shown}"
+                              + (f" and {len(odd) - 3} more" if len(odd) > 3 else ""))
     return names
 
 
