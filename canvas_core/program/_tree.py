@@ -63,14 +63,18 @@ class _Walker:
         return self._known
 
     def aliases(self, obj: Any, value: Any) -> Set[int]:
-        """Ids of the Fields in a plain object's list that alias a Field held as an attribute in the
-        tree (``self.all = [self.a, self.b]``; canvas-engineering drops every list of bare Fields):
-        they add no region. One the list holds more than once (``[f] * 3``) is a template: kept."""
+        """The ids of the Fields of a plain object's list when the list only aliases Fields held as
+        attributes in the tree (``self.all = [self.a, self.b]``; canvas-engineering drops every list
+        of bare Fields): such a list adds no region.  A list holding any Field of its own, or one
+        Field more than once (``[f] * 3``, a template), keeps every element: dropping some elements
+        would renumber the rest and leave paths that do not navigate."""
         ids = Counter(id(v) for v in value if isinstance(v, Field))
         if not ids or dataclasses.is_dataclass(obj) or _is_pydantic(obj):  # a declared field is meant
             return set()
         self._held = _attribute_fields(self.root) if self._held is None else self._held
-        return {i for i, n in ids.items() if n == 1 and i in self._held}
+        if all(n == 1 and i in self._held for i, n in ids.items()):
+            return set(ids)
+        return set()
 
     def count(self, path: str, owner: str) -> None:
         """Refuse the tree as soon as it holds more regions than a layout may have."""

@@ -35,7 +35,7 @@ def test_an_alias_list_adds_no_region_as_in_canvas_engineering():
     assert _regions(_alias_list(Field)) == theirs == ["a", "b", "x"]
 
 
-def test_aliases_of_nested_fields_go_and_new_fields_of_the_list_stay():
+def test_a_list_mixing_aliases_and_its_own_fields_keeps_every_element():
     class Arm:
         def __init__(self) -> None:
             self.grip = Field(1, 2)
@@ -45,7 +45,23 @@ def test_aliases_of_nested_fields_go_and_new_fields_of_the_list_stay():
             self.arm = Arm()
             self.mix = [self.arm.grip, Field(1, 1)]
 
-    assert _regions(Robot()) == ["mix[1]", "arm", "arm.grip"]
+    # dropping only the alias would renumber the list (mix[1] alone) and leave mix[0] unnavigable
+    assert _regions(Robot()) == ["mix[0]", "mix[1]", "arm", "arm.grip"]
+
+
+def test_a_list_of_aliases_of_nested_fields_adds_no_region():
+    class Arm:
+        def __init__(self) -> None:
+            self.grip, self.wrist = Field(1, 2), Field(1, 1)
+
+    class Robot:
+        def __init__(self) -> None:
+            self.arm = Arm()
+            self.parts = [self.arm.grip, self.arm.wrist]
+            self.cams = [Field(2, 2), Field(2, 2)]
+            self.main = self.cams[0]  # an attribute aliasing a list element: the list keeps it
+
+    assert _regions(Robot()) == ["cams[0]", "cams[1]", "main", "arm", "arm.grip", "arm.wrist"]
 
 
 def test_a_template_used_several_times_is_no_alias():
