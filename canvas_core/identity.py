@@ -74,7 +74,8 @@ def create_binder(binding_fn: str, d_model: int, n_slots: int, n_heads: int = 4,
     """
     if not isinstance(binding_fn, str) or not binding_fn:
         raise CanvasTypeError(f"identity binding_fn must be a non-empty str, got {binding_fn!r}")
-    check_slot_bank(n_slots, d_model, f"create_binder({binding_fn!r}, d_model={d_model!r}, n_slots={n_slots!r})")
+    if binding_fn in list_identity_binders():  # an unknown name is named first (with its suggestions)
+        check_slot_bank(n_slots, d_model, f"create_binder({binding_fn!r}, d_model={d_model!r}, n_slots={n_slots!r})")
     try:
         return create_identity_binder(binding_fn, d_model=d_model, n_slots=n_slots, n_heads=n_heads,
                                       birth_death=birth_death)

@@ -35,12 +35,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["RectGroup", "BlockLayout", "ExecutionPlan", "SegmentGrid", "segment_grid"]
 
-#: a segment grid may take this fraction of the byte limit (1 GiB by default): every reader
-#: (kernels, block layout, verify) scans it in full, and touching its pages alone took ~7 s per
-#: 4 GiB here; 20,000 one-position connections at N = 32,768 made a 4.3 GB grid in 13-24 s
-GRID_SHARE = 8
-
-
 @dataclass
 class RectGroup:
     """All rectangles of one fn type, as parallel arrays (packed coordinates, half-open).
@@ -126,9 +120,11 @@ def segment_grid(n: int, q0, q1, k0, k1, weight) -> SegmentGrid:
     what = (f"the segment grid of {len(q0):,} rectangles over N={n:,} positions ({len(rb) - 1:,} x {len(cb) - 1:,} "
             f"segments: the rectangles' distinct edges)")
     check_elements((len(rb) - 1, len(cb) - 1), what, itemsize=8)
+    # the whole byte limit: long causal_temporal canvases (T = 4,096 frames of 3 regions: 1.1 GiB)
+    # build and run; 20,000 one-position connections at N = 32,768 (4.3 GB, 13-24 s) still do too
     check_bytes(cells * 8, what,
-                "Use fewer connections, or fewer and larger regions and frame offsets, so that rectangles share edges",
-                GRID_SHARE)
+                "Use fewer connections, fewer and larger regions, fewer frame offsets or fewer frames (every "
+                "distinct rectangle edge cuts the grid: a causal_temporal topology cuts it at every frame)")
     grid = np.zeros((len(rb) - 1, len(cb) - 1), dtype=np.float64)
     if len(q0):
         ra, rz = np.searchsorted(rb, q0), np.searchsorted(rb, q1)

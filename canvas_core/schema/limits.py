@@ -105,6 +105,6 @@ def check_bytes(nbytes: int, what: str, fix: str, share: int = 1) -> None:
     cap = limit("bytes") // share
     if nbytes > cap:
         part = "" if share == 1 else f"1/{share} of "
-        raise SizeLimitError(f"{what} would take ~{nbytes / 2**30:.2f} GiB ({nbytes:,} bytes), over its budget of "
-                             f"{cap:,} bytes ({part}the byte limit); refused before allocating. {fix}, or raise "
+        raise SizeLimitError(f"{what} would take {_human(nbytes)} ({nbytes:,} bytes), over its budget of "
+                             f"{_human(cap)} ({part}the byte limit); refused before allocating. {fix}, or raise "
                              f"the limit with {LIMITS['bytes'][0]}=<n> if the machine really has room")

@@ -21,17 +21,18 @@ def _diagonal(n: int, k: int):
 
 
 def test_a_grid_over_its_byte_budget_is_refused_before_allocating(monkeypatch) -> None:
-    monkeypatch.setenv("CANVAS_MAX_BYTES", "8000000")  # 1 MB for the grid: 4 M cells are 32 MB
+    monkeypatch.setenv("CANVAS_MAX_BYTES", "1000000")  # 1 MB for the grid: 4 M cells are 32 MB
     with pytest.raises(SizeLimitError, match=r"segment grid of 1,000 rectangles over N=4,096 positions "
-                                             r"\(1,999 x 1,999 segments.*1/8 of the byte limit.*fewer connections"):
+                                             r"\(1,999 x 1,999 segments.*30\.5 MiB.*over its budget of 976\.6 KiB "
+                                             r"\(the byte limit\).*fewer connections.*fewer frames"):
         segment_grid(4096, *_diagonal(4096, 1000))
     assert segment_grid(4096, *_diagonal(4096, 100)).grid.shape == (199, 199)
 
 
-def test_the_default_budget_refuses_a_gigabyte_grid_at_once() -> None:
+def test_the_default_budget_refuses_a_grid_over_8_gib_at_once() -> None:
     t = time.perf_counter()
-    with pytest.raises(SizeLimitError, match=r"\(11,999 x 11,999 segments.*~1\.07 GiB"):
-        segment_grid(32768, *_diagonal(32768, 6000))  # 1.15 GB of float64
+    with pytest.raises(SizeLimitError, match=r"\(33,999 x 33,999 segments.*8\.6 GiB"):
+        segment_grid(65536, *_diagonal(65536, 17000))  # 9.2 GB of float64
     assert time.perf_counter() - t < 1.0
 
 

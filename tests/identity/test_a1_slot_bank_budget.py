@@ -13,7 +13,7 @@ from canvas_core.identity import create_binder
 def test_create_binder_refuses_a_16_gib_slot_bank() -> None:
     with pytest.raises(SizeLimitError, match=r"create_binder\('cross_attention', d_model=4096, n_slots=1048576\): "
                                              r"the binder's \(1,048,576, 4,096\) float32 slot bank would take "
-                                             r"~16\.00 GiB.*fewer slots"):
+                                             r"16\.0 GiB.*fewer slots"):
         create_binder("cross_attention", d_model=4096, n_slots=1 << 20)
 
 
@@ -54,3 +54,10 @@ def test_compile_and_build_refuse_the_slot_bank_naming_the_region() -> None:
     with pytest.raises(SizeLimitError, match=r"^region 'objs': IdentitySpec\(binding_fn='cross_attention'\): "
                                              r"create_binder\('cross_attention', d_model=4096"):
         build_identity_binders(_program(1 << 20, 8), d_model=4096)
+
+
+def test_a_misspelt_binder_is_named_before_its_size_is_checked() -> None:
+    from canvas_core.errors import UnknownNameError
+
+    with pytest.raises(UnknownNameError, match="cross_atention"):
+        create_binder("cross_atention", d_model=4096, n_slots=1 << 20)
