@@ -25,9 +25,8 @@ in canonical position order:
   *state*; for residual stacks, :meth:`CanvasAttention.delta` (or ``returns="delta"``) gives the
   change it makes instead.
 
-``forward(x, active_regions=None)``: with a set of region names, only connections whose source
-region is active run (the plan is restricted once per distinct set and cached); positions no
-active connection updates pass through unchanged.
+``forward(x, active_regions=None)``: only connections whose source region is in the set run (the
+plan restricted once per set, the last ``max_restricted`` sets cached); the rest pass through.
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ from torch.utils.hooks import RemovableHandle
 
 from canvas_core.compiler.lowering import lower, restrict
 from canvas_core.compiler.plan import ExecutionPlan
+from canvas_core.runtime.lru import LRUCache
 from canvas_core.compiler.resolution import resolve_plan
 from canvas_core.compiler.resolved import REFERENCE_KERNEL, ResolvedGroup
 from canvas_core.errors import (AttentionContractError, CanvasError, CanvasTypeError, CompileError, ShapeError,
@@ -77,11 +77,9 @@ class _Executor(PlanRunner):
 
 @torch.compiler.disable  # lowering runs in Python: a graph break, once per new set of regions
 def _build_restricted(layer: "CanvasAttention", key: Any, device: Any) -> "_Executor":
-    """The executor of ``layer`` restricted to the connections whose source is in ``key``
-    (see :meth:`CanvasAttention.prepare` for fullgraph compiles)."""
+    """``layer``'s executor for the connections whose source is in ``key`` (fullgraph: ``prepare``)."""
     plan = restrict(layer.plan, key)  # same fn types and resolutions, fewer connections
-    return _Executor(plan, layer.softmax_types, layer._kernel, layer.n_heads, layer.head_dim,
-                     layer._kernel_options, device)
+    return _Executor(plan, layer.softmax_types, layer._kernel, layer.n_heads, layer.head_dim, layer._kernel_options, device)
 
 
 class CanvasAttention(nn.Module):
@@ -191,7 +189,7 @@ class CanvasAttention(nn.Module):
                 self.init_gradient_problems[f] = problem
                 flag_connections(plan, f, f"in a canvas layer: {problem}")
         # restricted executors of active_regions, least recently used first (not in the state dict)
-        self._restricted: "OrderedDict[frozenset, _Executor]" = OrderedDict()
+        self._restricted: "LRUCache" = LRUCache()  # frozenset of region names -> _Executor
 
     @property
     def beta(self) -> float:
@@ -214,19 +212,21 @@ class CanvasAttention(nn.Module):
         if active_regions is None:
             return self.executor
         key = check_region_names(type(self).__name__, "active_regions", active_regions)
-        ex = self._restricted.get(key)
+        cache = self._restricted
+        if type(cache) is not LRUCache:  # a plain dict pickled by an older version
+            cache = self._restricted = LRUCache(cache)
+        ex = cache.get(key)
         if ex is not None:
-            torch.compiler.is_compiling() or self._restricted.move_to_end(key)
+            torch.compiler.is_compiling() or cache.touch(key)
             if ex.updated.device != device:
-                ex = self._restricted[key] = ex.to(device)  # the module moved since it was built
+                ex = cache[key] = ex.to(device)  # the module moved since it was built
         else:
-            unknown = sorted(set(key) - set(self.plan.layout.regions))
-            if unknown:
-                raise UnknownRegionError(f"{type(self).__name__}: active_regions names unknown region(s) {unknown}; "
+            if set(key) - set(self.plan.layout.regions):
+                raise UnknownRegionError(f"{type(self).__name__}: active_regions names unknown region(s) "
+                                         f"{sorted(set(key) - set(self.plan.layout.regions))}; "
                                          f"regions: {sorted(self.plan.layout.regions)}")
-            ex = self._restricted[key] = _build_restricted(self, key, device)
-            while len(self._restricted) > max(1, int(self.max_restricted)):  # bounded: a scheduler may pick many sets
-                self._restricted.popitem(last=False)
+            ex = cache[key] = _build_restricted(self, key, device)
+            cache.trim(max(1, int(self.max_restricted)))  # bounded: a scheduler may pick many sets
         return ex
 
     def prepare(self, *region_sets: Iterable[str]) -> "CanvasAttention":
