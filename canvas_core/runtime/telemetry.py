@@ -29,9 +29,9 @@ their frame (not: a call restricted to some regions, an empty batch, the full fo
   to 16 elements (``.../<k>``), else ``/mean`` and ``/absmax``.
 
 Queries are sampled (``max_queries`` per layer, evenly spaced over the updated positions).  A
-rollout step reads the keys and values the rollout cached for its own attention (no copy) and runs
-``qkv`` on its sampled queries only; a frame's index work is done once per recording, and the sums
-stay on the device until the numbers are read.
+rollout step reads the keys and values the rollout cached (no copy) and runs ``qkv`` on its sampled
+queries only; a frame's index work is done once per recording while it fits ``_PREP_ELEMENTS``
+per layer (else per step), and the sums stay on the device until the numbers are read.
 """
 
 from __future__ import annotations
@@ -470,19 +470,22 @@ def record_telemetry(model: nn.Module, *, max_queries: int = 256) -> Iterator[Te
 
 def telemetry(model: nn.Module, *inputs: Any, max_queries: int = 256, **kwargs: Any) -> Dict[str, float]:
     """Run ``model(*inputs, **kwargs)`` once without gradient and return its telemetry dict."""
-    if isinstance(model, nn.Module):
-        _check_call(model, inputs, kwargs)
-    with record_telemetry(model, max_queries=max_queries) as tel, torch.no_grad():
-        model(*inputs, **kwargs)
+    try:
+        with record_telemetry(model, max_queries=max_queries) as tel, torch.no_grad():
+            model(*inputs, **kwargs)
+    except TypeError:  # (the recording's own hooks are removed by now)
+        isinstance(model, nn.Module) and _check_call(model, inputs, kwargs)  # raises if the inputs cannot bind
+        raise
     return tel.values()
 
 
 def _check_call(model: nn.Module, inputs: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
-    """Refuse inputs that ``model.forward`` cannot take (none given, a missing or an unknown
-    argument) with the signature it wants, rather than the model's own ``TypeError``.  Models
-    whose pre-hooks may supply inputs, and signatures Python cannot read, are left to the call."""
+    """After the call raised a ``TypeError``: when ``model.forward`` cannot take the inputs, say so
+    with the signature it wants.  Models whose own ``__call__`` or pre-hooks (global ones too) may
+    supply inputs, and signatures Python cannot read, are left with the model's error."""
     try:
-        sig = None if model._forward_pre_hooks else inspect.signature(model.forward)
+        hooks = model._forward_pre_hooks or getattr(torch.nn.modules.module, "_global_forward_pre_hooks", None)
+        sig = None if hooks or type(model).__call__ is not nn.Module.__call__ else inspect.signature(model.forward)
     except (TypeError, ValueError):
         sig = None
     try:

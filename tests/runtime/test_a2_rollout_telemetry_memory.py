@@ -254,3 +254,62 @@ def test_a_measured_step_reads_nothing_back_from_the_device(monkeypatch):
         return n
 
     assert count(True) == count(False)
+
+
+def test_models_that_call_forward_their_own_way_are_not_refused() -> None:
+    """telemetry calls model(...), not model.forward: a custom __call__, a decorator that supplies an
+    argument, and a global pre-hook that supplies the input all run (the check happens only after a
+    TypeError)."""
+    import functools
+
+    lay = CanvasLayout(T=1, H=2, W=2, d_model=8, regions={"a": (0, 1, 0, 1, 0, 2), "b": (0, 1, 1, 2, 0, 2)})
+    x = torch.randn(1, 4, 8)
+
+    def layer() -> CanvasAttention:
+        return CanvasAttention(CanvasTopology.dense(["a", "b"]), lay, n_heads=2)
+
+    class OwnCall(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = layer()
+
+        def forward(self, x: torch.Tensor, y: float) -> torch.Tensor:
+            return self.attn(x) + y
+
+        def __call__(self, batch: dict) -> torch.Tensor:
+            return super().__call__(batch["x"], batch["y"])
+
+    def supplies_scale(f):
+        @functools.wraps(f)
+        def wrapped(self, x):
+            return f(self, x, 1.0)
+        return wrapped
+
+    class Decorated(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = layer()
+
+        @supplies_scale
+        def forward(self, x: torch.Tensor, scale: float) -> torch.Tensor:
+            return self.attn(x) * scale
+
+    class Plain(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = layer()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.attn(x)
+
+    assert telemetry(OwnCall(), {"x": x, "y": 0.0})
+    assert telemetry(Decorated(), x)
+    plain = Plain()
+    hook = torch.nn.modules.module.register_module_forward_pre_hook(
+        lambda mod, args: (x,) if mod is plain and not args else None)
+    try:
+        assert telemetry(plain)
+    finally:
+        hook.remove()
+    with pytest.raises(CanvasTypeError, match=r"Plain\.forward\(x\) cannot take the inputs given"):
+        telemetry(plain)
