@@ -17,7 +17,7 @@ not cache (its value may change, e.g. a plugin installed later) passes ``None``.
 raises the usual ``AttributeError("module 'x' has no attribute 'y'")``.
 
 A name whose plugin failed to load raises the plugin's :class:`~canvas_core.errors.PluginLoadError`
-where the code names it (``module.y``, ``from module import y``), and
+where the code names it (``module.y``, ``from module import y`` or ``*``), and
 :class:`~canvas_core.errors.PluginLoadAttributeError` (an ``AttributeError`` with the same message)
 where it is probed by name (``hasattr``, ``getattr``, a library doing so), so ``hasattr`` is False
 and ``getattr(module, "y", None)`` None.
@@ -45,13 +45,27 @@ def _load(name: str, source: Source) -> Any:
     return getattr(importlib.import_module(module), attr or name)
 
 
-#: instructions that name an attribute in the source: ``m.y`` (``LOAD_METHOD`` on Python 3.10), ``from m import y``
-_NAMING = {dis.opmap[op] for op in ("LOAD_ATTR", "LOAD_METHOD", "IMPORT_FROM") if op in dis.opmap}
+#: instructions that name an attribute in the source: ``m.y`` (``LOAD_METHOD`` on Python 3.10),
+#: ``from m import y``, ``from m import *`` (``IMPORT_STAR`` up to Python 3.11)
+_NAMING = {dis.opmap[op] for op in ("LOAD_ATTR", "LOAD_METHOD", "IMPORT_FROM", "IMPORT_STAR") if op in dis.opmap}
+#: Python 3.12+: ``from m import *`` is ``CALL_INTRINSIC_1`` with this argument (INTRINSIC_IMPORT_STAR)
+_INTRINSIC_1, _INTRINSIC_IMPORT_STAR = dis.opmap.get("CALL_INTRINSIC_1", -1), 2
+
+
+def _names_attribute(co_code: bytes, lasti: int) -> bool:
+    """Whether the instruction at byte offset ``lasti`` of ``co_code`` names an attribute (its
+    ``EXTENDED_ARG`` prefixes skipped: Python 3.10 may leave ``f_lasti`` on one)."""
+    while 0 <= lasti < len(co_code) - 2 and co_code[lasti] == dis.EXTENDED_ARG:
+        lasti += 2
+    if not 0 <= lasti < len(co_code) - 1:
+        return False
+    op = co_code[lasti]
+    return op in _NAMING or (op == _INTRINSIC_1 and co_code[lasti + 1] == _INTRINSIC_IMPORT_STAR)
 
 
 def _named_in_source() -> bool:
     """Whether the code that looked the name up (the first frame outside this module) names it
-    in its source, ``m.y`` or ``from m import y`` (for a package ``importlib._bootstrap.
+    in its source, ``m.y``, ``from m import y`` or ``*`` (for a package ``importlib._bootstrap.
     _handle_fromlist`` probes first, with ``hasattr``), rather than probing with ``getattr``."""
     frame = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename == __file__:
@@ -61,7 +75,7 @@ def _named_in_source() -> bool:
     code = frame.f_code
     if code.co_name == "_handle_fromlist" and code.co_filename.startswith("<frozen importlib"):
         return True
-    return 0 <= frame.f_lasti < len(code.co_code) and code.co_code[frame.f_lasti] in _NAMING
+    return _names_attribute(code.co_code, frame.f_lasti)
 
 
 def lazy_exports(module_name: str, table: Dict[str, Source],

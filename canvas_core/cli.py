@@ -86,16 +86,21 @@ def _quiet_stdout() -> None:
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EIO, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
-#: a number of more than 25 digits, plain or written with thousands separators (``1,234,...``)
-_LONG_NUMBER = re.compile(r"\d{1,3}(?:,\d{3}){8,}|\d{26,}")
+#: quoted text (a file name, a repr), kept as it is; else a number of more than 25 digits standing
+#: alone (not part of a word or path), plain or written with thousands separators (``1,234,...``)
+_LONG_NUMBER = re.compile(r"""(?<!\w)('(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")"""
+                          r"|(?<![\w./\\])(\d{1,3}(?:,\d{3}){8,}|\d{26,})(?![\w/\\]|\.\w)")
 
 
 def abbreviate_numbers(message: str) -> str:
-    """``message`` with every number of 26 digits or more cut to its first and last digits and
-    its length (``999999...9999 (300 digits)``): an error about a size typed with hundreds of
-    digits stays one readable line."""
+    """``message`` with every number of 26 digits or more standing alone cut to its first and last
+    digits and its length (``999999...9999 (300 digits)``): an error about a size typed with
+    hundreds of digits stays one readable line.  Digits in quoted text or inside a name or path
+    (``'run_2024....json'``) stay, so that the name can be copied."""
     def short(m: "re.Match[str]") -> str:
-        digits = m.group().replace(",", "")
+        if m.group(2) is None:
+            return m.group()
+        digits = m.group(2).replace(",", "")
         return f"{digits[:6]}...{digits[-4:]} ({len(digits):,} digits)"
     return _LONG_NUMBER.sub(short, message)
 
@@ -103,10 +108,14 @@ def abbreviate_numbers(message: str) -> str:
 def printable(text: str, keep: str = "\n") -> str:
     """``text`` with control and other unprintable characters (an escape sequence, a carriage
     return, a right-to-left override in a file's or plugin's text) written as ``\\x1b``-style
-    escapes, so that they cannot rewrite the terminal; the characters of ``keep`` stay."""
+    escapes, so that they cannot rewrite the terminal; the characters of ``keep`` stay, and so do
+    the zero-width (non-)joiners U+200C / U+200D that Persian words and emoji sequences need."""
     if text.isprintable():
         return text
-    return "".join(c if c.isprintable() or c in keep else ascii(c)[1:-1] for c in text)
+    return "".join(c if c.isprintable() or c in keep or c in _JOINERS else ascii(c)[1:-1] for c in text)
+
+
+_JOINERS = "\u200c\u200d"
 
 
 def _fail(command: str, message: str) -> int:

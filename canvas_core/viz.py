@@ -15,7 +15,7 @@ from typing import Dict, List, Optional, Tuple, Union
 from canvas_core.errors import CanvasError, CanvasTypeError
 from canvas_core.schema import CanvasLayout, CanvasSchema, CanvasTopology
 
-__all__ = ["draw_schema", "check_picture_width", "frames_drawn", "graph_subset", "labels_shown", "MAX_WIDTH", "DPI_RANGE", "frame_grid", "region_labels", "topology_arrows", "Arrow", "RegionLabel"]
+__all__ = ["draw_schema", "check_picture_width", "frames_drawn", "graph_subset", "graph_sizes", "labels_shown", "MAX_WIDTH", "DPI_MIN", "frame_grid", "region_labels", "topology_arrows", "Arrow", "RegionLabel"]
 
 _FN_COLORS = {
     "cross_attention": "#1f77b4", "linear_attention": "#17becf", "cosine_attention": "#aec7e8",
@@ -95,11 +95,9 @@ FRAME_LABELS_MAX = 200
 
 
 def labels_shown(labels: List[RegionLabel], n_regions: int) -> List[RegionLabel]:
-    """The labels a frame panel draws: all of them up to :data:`FRAME_LABELS_MAX`; beyond, the
-    names drawn inline and the numbers the legend lists (the first ones), in region order, at most
-    :data:`FRAME_LABELS_MAX` (the panel's title says how many)."""
-    if len(labels) <= FRAME_LABELS_MAX:
-        return list(labels)
+    """The labels a frame panel draws: the names drawn inline and the numbers the legend lists (all
+    of them up to ``_LEGEND_MAX`` regions, else the first ones: a number nobody can look up is not
+    drawn), in region order, at most :data:`FRAME_LABELS_MAX` (the panel's title says how many)."""
     listed = n_regions if n_regions <= _LEGEND_MAX else _LEGEND_MAX - 1
     return [lab for lab in labels if lab.inline or lab.number <= listed][:FRAME_LABELS_MAX]
 
@@ -157,10 +155,11 @@ MAX_WIDTH = 16384
 #: the most ``max_width`` may be raised to: a wider raster costs gigabytes of memory to render
 #: (700 frames, 170,000 pixels: 0.8 GB) and no viewer shows it whole
 WIDTH_CEILING = 65536
-#: resolutions ``draw_schema`` accepts (dots per inch)
-DPI_RANGE = (10, 2400)
-#: regions drawn at most in the topology graph (the most connected ones; the graph says so)
-GRAPH_MAX_NODES = 60
+#: the lowest resolution ``draw_schema`` accepts (dots per inch); the width cap bounds the highest
+DPI_MIN = 10
+#: regions drawn at most in the topology graph (the most connected ones; the graph says so): more
+#: names around the circle of its panel overlap
+GRAPH_MAX_NODES = 24
 _PANEL_W, _MARGIN_W, _TOPO_PANELS = 2.2, 1.5, 3  # inches per frame panel, margin; topology panels
 
 
@@ -186,10 +185,10 @@ def check_picture_width(n_frames: int, with_topology: bool, dpi: int, max_width:
         raise CanvasError(f"draw_schema: {options[1]}={max_width:,} is over the ceiling of {WIDTH_CEILING:,} "
                           f"pixels (rendering wider costs gigabytes); draw fewer frames with {options[0]}, "
                           "or several pictures; nothing was drawn")
-    if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not DPI_RANGE[0] <= dpi <= DPI_RANGE[1]:
+    if isinstance(dpi, bool) or not isinstance(dpi, (int, float)) or not DPI_MIN <= dpi < math.inf:
         # below ~10 dpi the small labels are under one pixel, which FreeType refuses ("invalid ppem")
-        raise CanvasError(f"draw_schema: dpi must be a number > 0, from {DPI_RANGE[0]} to {DPI_RANGE[1]} "
-                          f"(dots per inch, e.g. 110), got {dpi!r}; nothing was drawn")
+        raise CanvasError(f"draw_schema: dpi must be a number > 0 and at least {DPI_MIN} dots per inch (e.g. 110), "
+                          f"got {dpi!r}; nothing was drawn")
     topo = _TOPO_PANELS if with_topology else 0
     width = round((_PANEL_W * (n_frames + topo) + _MARGIN_W) * dpi)
     if width > max_width:
@@ -220,6 +219,14 @@ def graph_subset(names: List[str], arrows: List[Arrow], max_nodes: int = GRAPH_M
     note = (f"{max_nodes} of {len(names):,} regions (the most connected), "
             f"{len(kept):,} of {len(arrows):,} arrows")
     return [n for n in names if n in keep], kept, note
+
+
+def graph_sizes(n_nodes: int) -> Tuple[float, float]:
+    """``(node diameter, label font size)`` in points for a topology graph of ``n_nodes`` around
+    its circle (radius 1, about 0.9 inch per unit): nodes no wider than 60 % of the gap between
+    neighbours, so they never overlap, and smaller names when there are many."""
+    gap = 2 * math.sin(math.pi / max(2, n_nodes)) * 0.9 * 72
+    return min(20.0, 0.6 * gap), 8.0 if n_nodes <= 12 else 6.0
 
 
 def _literal(legend):
@@ -346,6 +353,7 @@ def draw_schema(
             ax.axis("off")
             pos = {n: (math.cos(2 * math.pi * i / max(1, len(nodes))), math.sin(2 * math.pi * i / max(1, len(nodes))))
                    for i, n in enumerate(nodes)}
+            node_pt, name_pt = graph_sizes(len(nodes))
             used_fns = {}
             per_pair: Dict[Tuple[str, str], int] = {}
             for a in arrows:
@@ -366,7 +374,7 @@ def draw_schema(
                     ax.add_patch(FancyArrowPatch((x0, y0), (x1, y1), connectionstyle=f"arc3,rad={rad}",
                                                  arrowstyle="-|>", mutation_scale=10, color=color,
                                                  linestyle=style, lw=0.6 + 1.2 * min(a.weight, 2.0),
-                                                 shrinkA=14, shrinkB=14))
+                                                 shrinkA=node_pt / 2 + 2, shrinkB=node_pt / 2 + 2))
                     # the arc's midpoint: the chord's midpoint moved along its normal by rad * length / 2
                     mx, my = (x0 + x1) / 2, (y0 + y1) / 2
                     lx, ly = mx + rad * (y1 - y0) / 2, my - rad * (x1 - x0) / 2
@@ -379,8 +387,13 @@ def draw_schema(
                 if n not in pos:
                     continue
                 x, y = pos[n]
-                ax.scatter([x], [y], s=420, color=colors[i], zorder=3, edgecolors="black", linewidths=0.5)
-                ax.text(x, y - 0.24, _short(n), ha="center", va="top", fontsize=8, parse_math=False)
+                ax.scatter([x], [y], s=node_pt ** 2, color=colors[i], zorder=3, edgecolors="black", linewidths=0.5)
+                if len(nodes) <= 8:
+                    ax.text(x, y - 0.24, _short(n), ha="center", va="top", fontsize=name_pt, parse_math=False)
+                else:  # many nodes: each name outside the circle, beside its node, away from its neighbours'
+                    side = "left" if x > 0.2 else "right" if x < -0.2 else "center"
+                    ax.text(1.14 * x, 1.14 * y, _short(n, 20), ha=side, va="center", fontsize=name_pt,
+                            parse_math=False)
             ax.set_xlim(-1.6, 1.6)
             ax.set_ylim(-1.6, 1.6)
             ax.set_aspect("equal")

@@ -120,17 +120,19 @@ def run(args: argparse.Namespace) -> int:
     # Without the device, show what a machine with it would get (marked as a preview), rather
     # than this machine's fallbacks under the other device's name.
     kwargs["preview"] = device_missing(str(args.device))
-    compiled = ProgramCompiler(program).compile(**kwargs)
-    if args.json:
-        print(json.dumps(compiled.to_dict(), indent=2, default=str))
-    else:  # names from the file are shown with their control characters escaped
-        from canvas_core.cli import printable
+    # compiling runs plugins' availability checks: what they print goes to stderr, and the
+    # output is written whole afterwards
+    with contextlib.redirect_stdout(sys.stderr):
+        compiled = ProgramCompiler(program).compile(**kwargs)
+        if args.json:
+            text = json.dumps(compiled.to_dict(), indent=2, default=str)
+        else:  # names from the file are shown with their control characters escaped
+            from canvas_core.cli import printable
 
-        what = "previewed" if compiled.preview else "compiled"
-        print(printable(f"{what} {label} for {args.device} / {args.dtype}\n"))
-        print(printable(schema.layout.summary()))
-        print()
-        print(printable(compiled.report()))
+            what = "previewed" if compiled.preview else "compiled"
+            text = "\n".join(printable(x) for x in (f"{what} {label} for {args.device} / {args.dtype}\n",
+                                                     schema.layout.summary(), "", compiled.report()))
+    print(text)
     clashes = sorted({c for r in compiled.resolutions.values() for c in r.clash})
     for c in clashes:
         print(f"canvas compile: name clash: {c}", file=sys.stderr)

@@ -116,8 +116,15 @@ def _text(doc: Dict[str, Any]) -> str:
                 out.append(f"      CLASH with a builtin (refused, builtin kept): {msg}")
     from canvas_core.cli import printable
 
+    def lines(line: str) -> List[str]:
+        """A line of the listing: a plugin's multi-line error or warning as several lines, the
+        continuation lines indented under it."""
+        first, *rest = line.split("\n")
+        indent = " " * (len(line) - len(line.lstrip(" ")) + 4)
+        return [printable(first, keep="")] + [indent + printable(r, keep="") for r in rest]
+
     # names, errors and warnings come from plugins: their control characters are shown escaped
-    return "\n".join(printable(line, keep="") for line in out)
+    return "\n".join(x for line in out for x in lines(line))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,13 +132,14 @@ def run(args: argparse.Namespace) -> int:
 
     # load the plugins before anything imports torch, so that a plugin importing torch (or
     # another heavy package) while registering is noticed and reported as a warning; what a
-    # plugin prints meanwhile goes to stderr, so that --json's document stays one JSON value
+    # plugin prints meanwhile (importing, or in a kernel's availability check while the document is
+    # collected) goes to stderr, so that --json's document stays one JSON value
     with contextlib.redirect_stdout(sys.stderr):
         get_host().ensure_loaded()
-    device = getattr(args, "device", "auto") or "auto"
-    if device == "auto":
-        device = _auto_device()
-    doc = collect(device=device, dtype=getattr(args, "dtype", "float32") or "float32")
+        device = getattr(args, "device", "auto") or "auto"
+        if device == "auto":
+            device = _auto_device()
+        doc = collect(device=device, dtype=getattr(args, "dtype", "float32") or "float32")
     if getattr(args, "json", False):
         json.dump(doc, sys.stdout, indent=2, sort_keys=False, default=str)
         sys.stdout.write("\n")

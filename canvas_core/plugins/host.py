@@ -286,7 +286,7 @@ class PluginHost:
         self.ensure_loaded()
         if name is None:
             name = getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{id(plugin):x}"
-        with self._lock:
+        with self._locked():  # a thread this one's hook joins: an error, not a hang
             if name in self.records:
                 raise PluginError(
                     f"a plugin named {name!r} is already registered ({self.records[name].describe()}); "
@@ -298,16 +298,17 @@ class PluginHost:
                     "without autoloading: canvas_core.testing.isolated_plugins(autoload=False) or "
                     f"{ENV_DISABLE}=1")
             rec = PluginRecord(name, distribution or IN_PROCESS, version, source="manual")
-            self._hooks_thread = threading.get_ident()  # for _locked: the thread its hooks run in
+            # for _locked: the thread its hooks run in (restored: register_plugin may run inside a hook)
+            outer, self._hooks_thread = self._hooks_thread, threading.get_ident()
             try:
                 return self._add_plugin(plugin, rec, strict=True)
             finally:
-                self._hooks_thread = None
+                self._hooks_thread = outer
 
     def unregister_plugin(self, plugin: Any) -> Optional[PluginRecord]:
         """Remove a plugin (by name or object) and everything it registered."""
         self.ensure_loaded()
-        with self._lock:
+        with self._locked():
             if not isinstance(plugin, str):
                 plugin = next((r.name for r in self.records.values() if r.plugin is plugin), None)
             if (rec := self.records.pop(plugin, None)) is not None:
@@ -356,7 +357,7 @@ class PluginHost:
         would provide it and did not load, else the known names, the closest one and the install
         hint; it carries ``name``, ``kind``, ``known``, ``suggestion``, ``distribution``, ``plugin``."""
         noun = NOUNS[kind]
-        with self._lock:  # one consistent view: the records and the names of the same moment
+        with self._locked():  # one consistent view: the records and the names of the same moment
             records, known = list(self.records.values()), self.registries[kind].names()
         dist_hint = provider_hint(kind, str(name))
         for rec in records:
@@ -394,7 +395,7 @@ class PluginHost:
         """Seen by the host (in ``records``, default: its records now), or (for a host reading the
         real entry points) by ``importlib.metadata``."""
         if records is None:
-            with self._lock:
+            with self._locked():
                 records = list(self.records.values())
         seen = any(normalize_dist(r.distribution) == normalize_dist(dist) for r in records)
         if seen or self._entry_points is not None:  # a test world: only what the host saw counts

@@ -184,9 +184,10 @@ class PluginRecord:
 
 
 def waits_for_current_thread(ident: int) -> bool:
-    """Whether thread ``ident`` is blocked waiting for the calling thread: in ``Thread.join`` of it,
-    or in ``Future.result`` of a ``concurrent.futures`` work item it runs (a lock wait of the
-    calling thread on ``ident`` would then never end)."""
+    """Whether thread ``ident`` is blocked waiting for the calling thread, with no timeout: in
+    ``Thread.join`` of it, or in ``Future.result`` of a ``concurrent.futures`` work item it runs (a
+    lock wait of the calling thread on ``ident`` would then never end).  A wait with a timeout ends
+    on its own, so the caller keeps waiting for the lock."""
     from concurrent.futures import Future
     from concurrent.futures.thread import _WorkItem
 
@@ -200,9 +201,9 @@ def waits_for_current_thread(ident: int) -> bool:
             and isinstance(item := f.f_locals.get("self"), _WorkItem)]
     for f in stack(sys._current_frames().get(ident)):
         if f.f_code is threading.Thread.join.__code__ and f.f_locals.get("self") is me:
-            return True
+            return f.f_locals.get("timeout") is None
         if f.f_code is Future.result.__code__ and any(f.f_locals.get("self") is fut for fut in mine):
-            return True
+            return f.f_locals.get("timeout") is None
     return False
 
 

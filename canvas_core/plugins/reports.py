@@ -4,6 +4,7 @@ one moment, so that rows, conflicts, shadowed names and registries always agree.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple
 
 from canvas_core.plugins.loading import PluginRecord
@@ -15,7 +16,9 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 class HostSnapshot(NamedTuple):
-    """A host's records, registry states (kind -> :class:`RegistryState`) and settings of one moment."""
+    """A host's records, registry states (kind -> :class:`RegistryState`) and settings of one moment;
+    the records are copies (no ``clash_source``: read clashes with :func:`clashes`), so a plugin
+    loaded or failed later does not change a snapshot already taken."""
 
     records: List[PluginRecord]
     states: Dict[str, RegistryState]
@@ -26,8 +29,14 @@ def take(host: "PluginHost") -> HostSnapshot:
     """Load ``host`` if needed, then read everything a report needs under its lock (writers hold it)."""
     host.ensure_loaded()
     with host._locked():
-        return HostSnapshot(list(host.records.values()),
+        return HostSnapshot([_copy(r) for r in host.records.values()],
                             {kind: reg.snapshot() for kind, reg in host.registries.items()}, dict(host.settings))
+
+
+def _copy(rec: PluginRecord) -> PluginRecord:
+    """``rec`` as it is now, detached from its host and from later changes to it."""
+    return replace(rec, hooks=list(rec.hooks), warnings=list(rec.warnings), clash_source=None,
+                   attempted={k: list(v) for k, v in rec.attempted.items()})
 
 
 def clashes(snap: HostSnapshot) -> Dict[str, List[str]]:

@@ -127,12 +127,14 @@ def loads_strict(text: str, where: str, *, on_decode_error: Callable[[json.JSOND
             f"{where} is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}{hint}") from None
     except ValueError as exc:  # valid JSON Python refuses to read, e.g. an integer of 5,000 digits
         digits = getattr(sys, "get_int_max_str_digits", lambda: 0)()
-        huge = re.search(r"\d{%d,}" % (digits + 1), text) if digits and "digits" in str(exc) else None
+        # the first long run of digits outside JSON strings (a string of digits is read fine)
+        runs = re.finditer(r'"(?:[^"\\]|\\.)*"|(\d{%d,})' % (digits + 1), text) if digits and "digits" in str(exc) else ()
+        huge = next((m for m in runs if m.group(1) is not None), None)
         if huge is not None:  # Python's advice (sys.set_int_max_str_digits) is no use to a file's author
-            line = text.count("\n", 0, huge.start()) + 1
-            col = huge.start() - text.rfind("\n", 0, huge.start())
+            line = text.count("\n", 0, huge.start(1)) + 1
+            col = huge.start(1) - text.rfind("\n", 0, huge.start(1))
             raise SchemaFormatError(
-                f"{where} holds a number of {len(huge.group()):,} digits at line {line}, column {col}: far too "
+                f"{where} holds a number of {len(huge.group(1)):,} digits at line {line}, column {col}: far too "
                 "large for any size or value of a canvas schema or program; check the file") from None
         raise SchemaFormatError(f"{where} cannot be read as a canvas schema or program: {exc}") from None
 

@@ -57,14 +57,14 @@ def test_numbers_of_hundreds_of_digits_are_abbreviated_on_the_command_line(tmp_p
     assert abbreviate_numbers("bounds [0,1,2,3,4,5,6,7,8,9,0,1,2,3,4,5,6,7,8,9,0,1,2,3,4,5,6]").endswith("6]")
 
 
-@pytest.mark.parametrize("dpi", [5, 9.5, 10 ** 6])
+@pytest.mark.parametrize("dpi", [5, 9.5, 0])
 def test_draw_schema_refuses_a_dpi_freetype_cannot_render(tmp_path, dpi):
     pytest.importorskip("matplotlib")
     from canvas_core.commands.compile import load_schema
     from canvas_core.viz import draw_schema
 
     schema, _ = load_schema(None)
-    with pytest.raises(CanvasError, match=r"dpi must be a number > 0, from 10 to 2400") as ei:
+    with pytest.raises(CanvasError, match=r"dpi must be a number > 0 and at least 10 dots per inch") as ei:
         draw_schema(schema, tmp_path / "d.png", dpi=dpi)
     assert "ppem" not in str(ei.value) and not (tmp_path / "d.png").exists()
 
@@ -97,4 +97,4 @@ def test_a_frame_of_thousands_of_regions_labels_the_named_and_listed_ones_only()
     assert len(shown) <= FRAME_LABELS_MAX
     assert [lab.number for lab in shown if not lab.inline] == [n for n in range(2, 48)]  # the legend's numbers
     assert {lab.number for lab in shown if lab.inline} == {1, 501, 1001, 1501, 2001, 2501}
-    assert labels_shown(labels[:FRAME_LABELS_MAX], 3000) == labels[:FRAME_LABELS_MAX]
+    assert labels_shown(labels[:40], 40) == labels[:40]  # a legend listing every region: all numbered

@@ -66,7 +66,8 @@ def test_a_plugins_control_characters_are_shown_escaped_in_the_text_listing():
         warnings.simplefilter("ignore")
         text = _text(collect())
     assert not any(c in text for c in "\x1b\r\u202e")
-    assert "bad\\x1b[2J\\x1b[31mred\\rover\\nsecond line\\u202eevil" in text
+    assert "bad\\x1b[2J\\x1b[31mred\\rover\n" in text and "\n          second line\\u202eevil" in text
+    assert "\\n" not in text  # the error's lines are lines, the second indented under the first
     assert all(line.isprintable() for line in text.split("\n"))
 
 
