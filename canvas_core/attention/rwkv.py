@@ -237,7 +237,7 @@ def wkv_read(
     # as much; capped, the products lag * w and (chunks apart) * T * w stay finite (an infinite
     # one made inf - inf = NaN), and the gradient above the cap is the 0 the exponentials give
     w = w.clamp(max=_W_MAX)
-    k, v, bad_from = finite_prefix(k, v, key_ok)
+    k, v, marks = finite_prefix(k, v, key_ok)
     T = chunk if chunk is not None else _chunk_for(L, Q)
     T = max(1, min(int(T), L))
     nC = -(-L // T)
@@ -289,7 +289,7 @@ def wkv_read(
     num = num_i + es * As.index_select(1, prev)
     den = den_i + es * Bs.index_select(1, prev)
     out = safe_div(num, den)
-    return nan_from(out * (read >= 0).view(1, Q, 1).to(out.dtype), read, bad_from)
+    return nan_from(out * (read >= 0).view(1, Q, 1).to(out.dtype), read, marks)
 
 
 @outside_autocast

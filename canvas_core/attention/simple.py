@@ -8,6 +8,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from canvas_core.attention._base import (
     AttentionBase,
@@ -47,7 +48,8 @@ class LinearAttention(_QKVAttention):
     (:func:`~canvas_core.attention.linear_sums.scaled_features`), constants the ratio does not see.
     The per-query form scales each key and each query by its own constant per head, and each
     query's weights by the largest key constant among its keys; a query whose weights still come
-    out below what the float format holds exactly is recomputed in the log domain.
+    out below what the float format holds exactly is recomputed in the log domain (eager calls
+    only: under ``torch.compile`` the search for such rows would cost every row's work).
 
     The ``O(N + M)`` form works on the merged heads: ``S = phi(K)^T V`` is one ``(D, D)`` product
     per batch row with its off-head blocks zeroed (no head transposes), the normaliser's
@@ -182,36 +184,40 @@ def _weigh_per_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed:
     out = safe_div(torch.matmul(a, vh), W)  # (B, H, Nq, hd)
     fin = torch.finfo(q.dtype)
     low = W.squeeze(-1) < 4 * Nk * head_dim * fin.tiny / fin.eps  # (B, H, Nq)
-    if torch.compiler.is_compiling():  # no data-dependent branch: every row, kept where low
-        rows = _log_domain_rows(q, k, vh, allowed, head_dim, None).view(out.shape)
-        out = torch.where((low & al.any(dim=-1)).unsqueeze(-1), rows, out)
-    elif not q.is_meta and bool(low.any()) and bool((low := low & al.any(dim=-1)).any()):  # rows without keys stay 0
-        idx = low.nonzero(as_tuple=True)
+    # eager only: the rows are found by a data-dependent test (under torch.compile they are not
+    # recomputed: doing every row there cost O(B H Nq Nk hd) on every call and a graph per length)
+    if not (q.is_meta or torch.compiler.is_compiling()) and bool((low := low & al.any(dim=-1)).any()):
+        idx = low.nonzero(as_tuple=True)  # rows without keys stay 0
         out = out.index_put(idx, _log_domain_rows(q, k, vh, allowed, head_dim, idx))
     return out.transpose(1, 2).reshape(B, Nq, D)
 
 
 def _log_domain_rows(q: torch.Tensor, k: torch.Tensor, vh: torch.Tensor, allowed: torch.Tensor, head_dim: int,
-                     idx: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """Rows ``idx = (b, h, i)`` of the per-query form (every row, in ``(B, H, Nq)`` order, for None)
-    with ``log w_ij = logsumexp_d(log phi(q_id) + log phi(k_jd))``: ``(S, hd)``.  Composite (it
-    differentiates as written); ``O(S Nk hd)`` work, in pieces of at most ``CHUNK_ELEMS``."""
+                     idx: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rows ``idx = (b, h, i)`` of the per-query form with ``log w_ij = logsumexp_d(log phi(q_id) +
+    log phi(k_jd))``: ``(S, hd)``.  ``O(S Nk hd)`` work in pieces of at most ``CHUNK_ELEMS``, each
+    recomputed in the backward (checkpointed) so that memory stays one piece under autograd."""
     lq, lk = _heads(log_phi(q), head_dim), _heads(log_phi(k), head_dim)
-    B, H, Nq, hd = lq.shape
-    Nk = lk.shape[2]
-    if idx is None:
-        grid = torch.arange(B * H * Nq, device=q.device)
-        idx = (grid // (H * Nq), (grid // Nq) % H, grid % Nq)
+    Nk, hd = lk.shape[2], lk.shape[3]
     b, h, i = idx
     ok_all = allowed[b if allowed.shape[0] > 1 else torch.zeros_like(b), i]  # (S, Nk)
     step = max(1, CHUNK_ELEMS // max(1, Nk * hd))
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (lq, lk, vh))
     outs = []
     for s in range(0, b.shape[0], step):
-        bs, hs, is_, ok = b[s:s + step], h[s:s + step], i[s:s + step], ok_all[s:s + step]
-        lw = torch.logsumexp(lq[bs, hs, is_].unsqueeze(1) + lk[bs, hs], dim=-1).masked_fill(~ok, float("-inf"))
-        lw = lw.masked_fill(~ok.any(dim=-1, keepdim=True), 0.0)  # no key: finite (zeroed by the caller)
-        outs.append(torch.matmul(torch.softmax(lw, dim=-1).unsqueeze(1), vh[bs, hs]).squeeze(1))
+        part = (lq, lk, vh, b[s:s + step], h[s:s + step], i[s:s + step], ok_all[s:s + step])
+        outs.append(checkpoint(_log_rows, *part, use_reentrant=False) if grad else _log_rows(*part))
     return torch.cat(outs) if outs else vh.new_zeros(0, hd)
+
+
+def _log_rows(lq: torch.Tensor, lk: torch.Tensor, vh: torch.Tensor, b: torch.Tensor, h: torch.Tensor,
+              i: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+    """``softmax_j(logsumexp_d(lq_d + lk_jd)) @ vh`` for the rows ``(b, h, i)`` of the heads
+    ``(B, H, N, hd)``: ``(S, hd)`` (a row without keys gives finite values; the caller zeroes it).
+    The gathers happen here, so a checkpoint of it keeps only the whole tensors and the indices."""
+    lw = torch.logsumexp(lq[b, h, i].unsqueeze(1) + lk[b, h], dim=-1).masked_fill(~ok, float("-inf"))
+    lw = lw.masked_fill(~ok.any(dim=-1, keepdim=True), 0.0)
+    return torch.matmul(torch.softmax(lw, dim=-1).unsqueeze(1), vh[b, h]).squeeze(1)
 
 
 class SigmoidAttention(_QKVAttention):

@@ -4,7 +4,7 @@ many short chunks), for :func:`canvas_core.attention.rwkv.wkv_read`."""
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -115,15 +115,19 @@ def _exp_rel(x: torch.Tensor, blocked: Optional[torch.Tensor]) -> torch.Tensor:
 
 
 def finite_prefix(k: torch.Tensor, v: torch.Tensor, key_ok: Optional[torch.Tensor]):
-    """``(k, v, first)``: keys and values with their non-finite entries set to 0, and per (row,
-    channel) the first allowed position ``(B, C)`` whose key is NaN or ``+inf`` or whose value is
-    not finite (``L`` where none is); ``first`` None (inputs unchanged) when all are finite.
+    """``(k, v, marks)``: keys and values with their NaN / ``+inf`` keys and non-finite values set
+    to 0, and ``marks = (first, weighed)``, per (row, channel) ``(B, C)``: the first allowed
+    position whose key is NaN or ``+inf`` or whose value is not finite, and the first allowed
+    position whose key weighs anything (finite); ``L`` where there is none.  ``marks`` is None
+    (inputs unchanged) when all are finite.
 
     In the step recurrence such a key makes every later output of its channel non-finite and no
     earlier one; the chunked sums would also spread it backwards (``0 x NaN`` in the products of
     a chunk's or the states' weights with later keys), so they run on the zeroed inputs and the
     caller marks the outputs from ``first`` on.  A ``-inf`` key with a finite value weighs 0, as
-    a masked key does.  Eagerly, two sums tell whether anything needs doing."""
+    a masked key does: the outputs before ``weighed`` (every key they read weighs 0) are 0, where
+    the chunked sums' max-relative weights would make them the mean of the values.  Eagerly, two
+    sums tell whether anything needs doing."""
     if k.is_meta:  # shapes only: nothing to check
         return k, v, None
     if not torch.compiler.is_compiling():
@@ -137,12 +141,20 @@ def finite_prefix(k: torch.Tensor, v: torch.Tensor, key_ok: Optional[torch.Tenso
     L = k.shape[1]
     pos = torch.arange(L, device=k.device).view(1, L, 1)
     first = torch.where(used, pos, torch.full_like(pos, L)).amin(dim=1)
-    return k.masked_fill(bad_k, 0.0), v.masked_fill(bad_v, 0.0), first
+    weighs = (k != float("-inf")) & ~bad_k
+    weighs = weighs if key_ok is None else weighs & key_ok.to(torch.bool).unsqueeze(-1)
+    weighed = torch.where(weighs, pos, torch.full_like(pos, L)).amin(dim=1)
+    return k.masked_fill(bad_k, 0.0), v.masked_fill(bad_v, 0.0), (first, weighed)
 
 
-def nan_from(out: torch.Tensor, read: torch.Tensor, bad_from: Optional[torch.Tensor]) -> torch.Tensor:
-    """``out`` ``(B, Q, C)`` with NaN at the reads at or after :func:`finite_prefix`'s ``first``."""
-    return out if bad_from is None else out.masked_fill(read.view(1, -1, 1) >= bad_from.unsqueeze(1), float("nan"))
+def nan_from(out: torch.Tensor, read: torch.Tensor, marks: Optional[Tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """``out`` ``(B, Q, C)`` with NaN at the reads at or after :func:`finite_prefix`'s ``first``
+    and 0 at the reads before its ``weighed`` (read ``-1``: no read, left as it is)."""
+    if marks is None:
+        return out
+    first, weighed = marks
+    r = read.view(1, -1, 1)
+    return out.masked_fill((r >= 0) & (r < weighed.unsqueeze(1)), 0.0).masked_fill(r >= first.unsqueeze(1), float("nan"))
 
 
 def finite_values(v: torch.Tensor):

@@ -126,8 +126,11 @@ def test_gradients_are_exact_where_rows_are_recomputed_in_the_log_domain():
 
 @pytest.mark.parametrize("mask_kind", ["none", "keys", "per_query"])
 def test_compiled_calls_match_the_reference(mask_kind):
+    # under compile the per-query form does not recompute underflowed rows in the log domain (a
+    # data-dependent search; doing every row cost O(B H Nq Nk hd) per call): ordinary scales there
+    scale = 1.0 if mask_kind == "per_query" else 1e3
     g = torch.Generator().manual_seed(5)
-    q, k, v = (torch.randn(1, 3, D, generator=g) * 1e3, torch.randn(1, 2, D, generator=g) * 1e3,
+    q, k, v = (torch.randn(1, 3, D, generator=g) * scale, torch.randn(1, 2, D, generator=g) * scale,
                torch.randn(1, 2, D, generator=g))
     allowed = torch.tensor([[[True, False], [True, True], [False, True]]])
     key_mask = {"none": None, "keys": torch.ones(1, 1, 2, dtype=torch.bool), "per_query": allowed}[mask_kind]
@@ -137,3 +140,17 @@ def test_compiled_calls_match_the_reference(mask_kind):
     c = torch.compile(_layer(), backend="eager", fullgraph=True)
     torch.testing.assert_close(c(q, k, v, key_mask=key_mask).double(), _reference(q, k, v, allowed),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_the_compiled_per_query_form_is_one_graph_for_every_length():
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    c = torch.compile(_layer(), backend=counter, fullgraph=True)
+    g = torch.Generator().manual_seed(6)
+    for n in (16, 20, 24, 28, 32):
+        q, k = torch.randn(1, n, D, generator=g), torch.randn(1, n, D, generator=g)
+        c(q, k, k, key_mask=torch.rand(1, n, n, generator=g) < 0.5)
+    assert counter.frame_count <= 2  # the first length, then one dynamic graph
+    assert counter.op_count < 200 * counter.frame_count

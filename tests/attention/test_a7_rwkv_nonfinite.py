@@ -81,3 +81,20 @@ def test_the_layer_keeps_earlier_rows_finite_with_gradients():
     clean = x.clone()
     clean[0, 30:] = 0.0  # a causal read: the rows before 30 do not see what comes after
     torch.testing.assert_close(out[:, :30], m(clean, clean, clean)[:, :30], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("chunk", [2, 3, 5])
+@pytest.mark.parametrize("lead", [1, 2, 4])
+def test_leading_minus_inf_keys_weigh_nothing_in_every_mode(chunk, lead):
+    """Keys at -inf weigh 0 as masked keys do: the positions before the first key that weighs
+    anything read nothing (0), in the step mode, the chunked mode and the per-query form (the
+    chunked sums' max-relative weights made them the mean of the values)."""
+    g = torch.Generator().manual_seed(lead * 10 + chunk)
+    k, v = torch.randn(1, 8, 3, generator=g, dtype=torch.float64), torch.randn(1, 8, 3, generator=g, dtype=torch.float64)
+    w, u = torch.rand(3, generator=g, dtype=torch.float64), torch.randn(3, generator=g, dtype=torch.float64)
+    k[0, :lead, 1] = float("-inf")
+    want = wkv_scan(k, v, w, u, chunk=1)
+    assert torch.equal(want[0, :lead, 1], torch.zeros(lead, dtype=torch.float64))
+    torch.testing.assert_close(wkv_scan(k, v, w, u, chunk=chunk), want)
+    allowed = torch.tril(torch.ones(8, 8, dtype=torch.bool))[None]
+    torch.testing.assert_close(wkv_masked(k, v, w, u, torch.arange(8), allowed), want)
