@@ -67,10 +67,12 @@ def test_collect_reads_plugins_conflicts_and_registries_from_one_moment():
 
 
 @pytest.fixture
-def failed_mamba():
+def failed_mamba(monkeypatch):
     def load() -> Any:
         raise RuntimeError("a3: the mamba extension is broken")
 
+    # an earlier test that read canvas_core.MambaAttention left it cached in the package's namespace
+    monkeypatch.delitem(vars(canvas_core), "MambaAttention", raising=False)
     with use_host(PluginHost(entry_points=lambda: [FakeEntryPoint("mamba", load, "canvas-plugin-mamba")])):
         yield
 
