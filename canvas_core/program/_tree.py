@@ -63,18 +63,14 @@ class _Walker:
         return self._known
 
     def aliases(self, obj: Any, value: Any) -> Set[int]:
-        """The ids of the Fields of a plain object's list when the list only aliases Fields held as
-        attributes in the tree (``self.all = [self.a, self.b]``; canvas-engineering drops every list
-        of bare Fields): such a list adds no region.  A list holding any Field of its own, or one
-        Field more than once (``[f] * 3``, a template), keeps every element: dropping some elements
-        would renumber the rest and leave paths that do not navigate."""
+        """Ids of a plain object's list's Fields when it only aliases attribute Fields of the tree
+        (``self.all = [self.a, self.b]``; canvas-engineering drops lists of bare Fields). A list with a
+        Field of its own, or one twice (``[f] * 3``), keeps all: dropping some would renumber the rest."""
         ids = Counter(id(v) for v in value if isinstance(v, Field))
         if not ids or dataclasses.is_dataclass(obj) or _is_pydantic(obj):  # a declared field is meant
             return set()
         self._held = _attribute_fields(self.root) if self._held is None else self._held
-        if all(n == 1 and i in self._held for i, n in ids.items()):
-            return set(ids)
-        return set()
+        return set(ids) if all(n == 1 and i in self._held for i, n in ids.items()) else set()
 
     def count(self, path: str, owner: str) -> None:
         """Refuse the tree as soon as it holds more regions than a layout may have."""

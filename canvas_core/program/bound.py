@@ -50,10 +50,12 @@ class BoundField(_Navigable):
 
     def __init__(self, region_name: str, spec: RegionSpec, bound_schema: "BoundSchema"):
         self.region_name = region_name
-        self._spec = spec  # what was compiled; ``spec`` reads the layout while it has the region
         self.bound_schema = bound_schema
         self._bound = bound_schema
         self._prefix = region_name
+        self._spec = spec
+        # the compiled spec (the layout's own region) follows the layout; another one was given on purpose
+        self._follows = spec == bound_schema.layout.regions.get(region_name)
 
     @property
     def name(self) -> str:
@@ -61,16 +63,32 @@ class BoundField(_Navigable):
 
     @property
     def spec(self) -> RegionSpec:
-        """The region's ``RegionSpec`` in the layout now (it follows ``bound.layout.regions[...] =``
-        as ``indices()`` does, so the two never describe different boxes); the compiled one for a
-        name the layout does not have (a bound schema built by hand, as canvas-engineering allows)."""
+        """The region's ``RegionSpec``: the one given explicitly (assigned, or passed in unlike the
+        layout's) if any; else the layout's now (it follows ``bound.layout.regions[...] =`` as
+        ``indices()`` does), or the compiled one for a name the layout no longer has."""
         layout = self.bound_schema.layout
-        return layout.region_spec(self.region_name) if self.region_name in layout.regions else self._spec
+        if getattr(self, "_follows", True) and self.region_name in layout.regions:
+            return layout.region_spec(self.region_name)
+        return self._given()
+
+    @spec.setter
+    def spec(self, value: RegionSpec) -> None:
+        """Set this field's spec explicitly (as in canvas-engineering); it no longer follows the layout."""
+        if not isinstance(value, RegionSpec):
+            raise CanvasTypeError(f"BoundField {self.region_name!r}: spec must be a RegionSpec, got "
+                                  f"{type(value).__name__} {value!r:.80}; write RegionSpec(bounds=(...))")
+        self._spec, self._follows = value, False
+
+    def _given(self) -> RegionSpec:
+        return getattr(self, "_spec", self.__dict__.get("spec"))  # "spec": pickled by an older version
 
     @property
     def num_positions(self) -> int:
         """Total positions of this region (all frames)."""
         return self.bound_schema.layout.region_numel(self.region_name)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        return {**self.__dict__, "spec": self._given()}  # "spec": what older versions read
 
     def indices(self) -> List[int]:
         """Canonical flat indices of this region, ascending."""
@@ -163,6 +181,9 @@ class BoundSchema(_Navigable):
     def region_specs(self) -> Dict[str, RegionSpec]:
         """Field path -> its ``RegionSpec`` in the layout now."""
         return {name: f.spec for name, f in self._fields.items()}
+
+    def __getstate__(self) -> Dict[str, Any]:  # "region_specs": what older versions read
+        return {**self.__dict__, "region_specs": {name: f._given() for name, f in self._fields.items()}}
 
     @property
     def fields(self) -> Dict[str, BoundField]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections import Counter
 from dataclasses import MISSING, dataclass, field, fields
@@ -372,25 +373,37 @@ def _warn_compile_mode_conflict(name: str, rp: RegionProgram) -> None:
             f"region {name!r}: compile_mode={rp.compile_mode!r} and learning.compile_mode={wins!r} disagree; "
             f"learning.compile_mode wins, so the compiler applies {wins!r}, not {rp.compile_mode!r} (see "
             "'compile_mode' in docs/programs.md). Give both the same mode, or leave one of them 'runtime'",
-            UserWarning, stacklevel=4)
+            UserWarning, stacklevel=_outside_canvas_core())
+
+
+def _outside_canvas_core() -> int:
+    """The ``stacklevel`` of the first caller outside canvas-core, for a warning made by this
+    module's caller: it points at the user's ``compile_program`` / constructor / ``from_json`` call."""
+    level, f = 2, sys._getframe(2)
+    while f is not None and str(f.f_globals.get("__name__", "")).startswith("canvas_core"):
+        level, f = level + 1, f.f_back
+    return level
 
 
 def _warn_unknown_event_source(name: str, rp: RegionProgram, known: Mapping[str, Any]) -> None:
     """Warn when an ``on_event`` clock listens to a region the schema does not have: the scheduler
-    looks the summary up by that name, so the clock never fires on it.  canvas-engineering
-    accepts such a clock, hence a warning and not an error."""
+    reads ``summaries[region][kind]``, so it fires only when the summaries given to it hold that
+    key, never on a region's residual summary. canvas-engineering accepts such a clock, hence a
+    warning and not an error (a source fed by hand, e.g. from the environment, is legitimate)."""
     clock = rp.clock
     if clock is None or clock.mode != "on_event" or not isinstance(clock.event_source, str):
         return
-    source = clock.event_source.rsplit(".", 1)[0]  # the scheduler's split: region names may hold dots
-    if source in known:
+    source, _, kind = clock.event_source.rpartition(".")  # the scheduler's split: region names may hold dots
+    if not source or source in known:  # no dot: refused by ClockSpec
         return
     shown = ", ".join(map(repr, list(known)[:20])) + (", ..." if len(known) > 20 else "")
     warnings.warn(
         f"region {name!r}: its clock fires on event_source {clock.event_source!r} ('region.kind'), but "
         f"{source!r} is no region of the schema.{_mean(source, known)} Regions: [{shown}]. The scheduler "
-        "reads the summary by region name, so this clock never fires on it (canvas-engineering accepts it "
-        "too); name a region of the schema", UserWarning, stacklevel=4)
+        f"reads summaries[{source!r}][{kind!r}], so this clock fires only when the summaries passed to it "
+        "hold that key (no region's residual summary does). If it is meant to listen to a region, name a "
+        "region of the schema; a signal fed in by hand is fine (canvas-engineering accepts it too)",
+        UserWarning, stacklevel=_outside_canvas_core())
 
 
 def _readings(key: str) -> List[Tuple[str, str]]:

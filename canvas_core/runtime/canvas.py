@@ -241,7 +241,11 @@ class SpatiotemporalCanvas(nn.Module):
     def region_identity(self, region_name: str) -> torch.Tensor:
         """``(d_model,)``: modality (or semantic) + period (+ family/carrier with a program)."""
         k = self._k(region_name)
-        spec = self.layout.region_spec(region_name)  # a region renamed or replaced since: named, re-checked
+        # eagerly, a region renamed or replaced since is named and re-checked; not while compiling,
+        # where the check would read t_current and recompile on each change of it
+        spec = self.layout.regions.get(region_name) if torch.compiler.is_compiling() else None
+        if spec is None:
+            spec = self.layout.region_spec(region_name)
         out = self.period_embedding(int(getattr(spec, "period", 1)))
         cond = self.semantic_conditioner
         if cond is None:

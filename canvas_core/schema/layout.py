@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from canvas_core.errors import CanvasTypeError, RegionError, SchemaError, UnknownRegionError, did_you_mean
 from canvas_core.schema._region_dict import RegionDict
@@ -18,11 +18,10 @@ __all__ = ["CanvasLayout"]
 RegionLike = Union[RegionSpec, Tuple[int, ...]]
 
 
-# What CanvasLayout._seal last validated, compared on every query (O(1)): the regions dict, its
-# RegionDict.version and length (changed by dict.__setitem__ adding a key), then the geometry.
-_Checked = NamedTuple("_Checked", [("regions", Any), ("version", int), ("n_regions", int), ("T", int),
-                                   ("spatial_shape", Tuple[int, ...]), ("allow_overlap", bool), ("d_model", int),
-                                   ("H", Optional[int]), ("W", Optional[int])])
+# CanvasLayout._validated, what _seal last checked (compared per query, O(1)): (regions dict, its
+# RegionDict.version, its length, T, spatial_shape, allow_overlap, d_model, H, W). A plain tuple read
+# by these indices, so a pickle names no class an older canvas-core lacks (and loads older ones).
+_REGIONS, _VERSION, _N_REGIONS, _GEOMETRY, _H = 0, 1, 2, 3, 7
 
 
 @dataclass(eq=True)
@@ -49,15 +48,13 @@ class CanvasLayout:
             bounds.
 
     ``regions`` may be changed after construction (``layout.regions["a"] = RegionSpec(...)``,
-    ``update``, ``del``; as in canvas-engineering), and so may ``T`` and ``spatial_shape``. The
-    next query (``region_spec``, ``region_indices``, ``region_at``, a mask, a plan, a
-    ``SpatiotemporalCanvas``) notices the change, checks the regions again exactly as the
-    constructor does and answers from the new regions; an entry that is not a ``RegionSpec``
-    (a raw bounds tuple) is refused there, since only the constructor wraps tuples. A dict
-    assigned to ``regions`` (like the one given to the constructor) is copied; ``d_model`` is
-    checked when assigned; ``H`` / ``W`` are read back from ``spatial_shape`` and may not be set
-    to disagree with it. ``revision`` grows with every checked change (:mod:`canvas_core.schema.staleness`:
-    its notes say when a region replaced by ``dict.__setitem__`` is seen).
+    ``update``, ``del``; as in canvas-engineering), and so may ``T`` and ``spatial_shape``. The next
+    region query (``region_spec``, ``region_indices``, ``region_at``, a mask, a plan, a canvas) checks
+    the changed layout as the constructor does (a raw bounds tuple put in is refused: only the
+    constructor wraps tuples); the sizes (``num_positions``, ...) check only the types of ``T`` and
+    ``spatial_shape``. A dict assigned to ``regions`` is copied; ``d_model`` is checked when assigned;
+    ``H`` / ``W`` may not disagree with ``spatial_shape``. ``revision`` grows with every checked
+    change (:mod:`canvas_core.schema.staleness`: when a ``dict.__setitem__`` replacement is seen).
     """
 
     T: int
@@ -99,9 +96,8 @@ class CanvasLayout:
 
     # --- changes after construction ----------------------------------------------------------
     def __setattr__(self, name: str, value: Any) -> None:
-        # After construction: d_model is checked at once, and a dict put in as regions is copied
-        # into a counting one; H / W (read back from spatial_shape) are compared with it at the
-        # next query, so they may be set before spatial_shape (canvas-engineering code does).
+        # After construction: d_model is checked at once, a dict put in as regions is copied into a
+        # counting one; H / W are compared at the next query (CE code sets them before spatial_shape).
         if "_validated" in self.__dict__:
             if name == "d_model":
                 value = as_int(value, "CanvasLayout d_model")
@@ -113,8 +109,7 @@ class CanvasLayout:
         object.__setattr__(self, name, value)
 
     def _seal(self) -> None:
-        """Record the state just validated; the runs cache starts empty for it (a new dict, so
-        a shallow copy of the layout that still holds the old one is not disturbed)."""
+        """Record the state just validated; a new, empty runs cache (a shallow copy keeps the old)."""
         self._runs_cache: Dict[Tuple[str, int], List[Tuple[int, int]]] = {}
         regions = self.regions
         # what a module built from it copies (t_current moves no index); staleness stamps it
@@ -123,19 +118,17 @@ class CanvasLayout:
             self._revision = self.__dict__.get("_revision", 0) + 1
         self._content = content
         self._specs = dict(regions)  # name -> the checked RegionSpec object (see region_spec)
-        self._validated = _Checked(regions, regions.version, len(regions), self.T, self.spatial_shape,
-                                   self.allow_overlap, self.d_model, self.H, self.W)
+        self._validated = (regions, regions.version, len(regions), self.T, self.spatial_shape, self.allow_overlap,
+                           self.d_model, self.H, self.W)
         self._t_checked = self.t_current
 
     def _checked_regions(self) -> Dict[str, RegionSpec]:
-        """The regions, re-validated first when they (or T / spatial_shape) changed since the
-        last check.  O(1) when nothing changed."""
+        """The regions, re-validated first when they or the geometry changed (O(1) when not)."""
         regions = self.regions
         seen = self.__dict__.get("_validated")
-        if (not isinstance(seen, _Checked)  # None, or a plain tuple pickled by an older version
-                or seen.regions is not regions or seen.version != getattr(regions, "version", None)
-                or seen.n_regions != len(regions)
-                or seen[3:] != (self.T, self.spatial_shape, self.allow_overlap, self.d_model, self.H, self.W)):
+        if (seen is None or seen[_REGIONS] is not regions or seen[_VERSION] != getattr(regions, "version", None)
+                or seen[_N_REGIONS] != len(regions)  # an entry added or removed by dict.__setitem__ / __delitem__
+                or seen[_GEOMETRY:] != (self.T, self.spatial_shape, self.allow_overlap, self.d_model, self.H, self.W)):
             self._revalidate()
         elif self.t_current != self.__dict__.get("_t_checked"):  # moves no region: its range only
             self._check_t_current()
@@ -143,8 +136,7 @@ class CanvasLayout:
         return self.regions
 
     def _stamp(self) -> Tuple[int, Tuple[Any, ...]]:
-        """``(revision, content)`` for a module being built: unlike a query (O(1)) it compares every
-        region with the checked one, so one replaced by ``dict.__setitem__`` is checked and counted."""
+        """``(revision, content)`` for a module build: every region compared (``dict.__setitem__``)."""
         self._checked_regions()
         specs = self.__dict__.get("_specs", {})
         if any(specs.get(name) is not spec for name, spec in self.regions.items()):
@@ -153,11 +145,9 @@ class CanvasLayout:
 
     @property
     def revision(self) -> int:
-        """A number that grows whenever the checked geometry changes: ``T``, ``spatial_shape``,
-        ``d_model`` or a region (a change undone before the next query does not count; ``t_current``,
-        which moves no module's indices, does not count either).  A module built from the layout
-        records ``layout_stamp`` (this number and the geometry) and compares it before use
-        (``check_unchanged``, :mod:`canvas_core.schema.staleness`); O(1) when nothing changed."""
+        """Grows whenever the checked ``T``, ``spatial_shape``, ``d_model`` or a region changes (not
+        ``t_current``, nor a change undone before the next query); modules record it with the
+        geometry (:mod:`canvas_core.schema.staleness`). O(1) when nothing changed."""
         self._checked_regions()
         return self.__dict__.get("_revision", 0)
 
@@ -171,7 +161,7 @@ class CanvasLayout:
         self.T = as_int(self.T, "CanvasLayout T")
         if self.T < 1:
             raise SchemaError(f"CanvasLayout T was changed to {self.T}; it must be >= 1 frame")
-        shape, seen = self.spatial_shape, self.__dict__.get("_validated")
+        shape, seen = self.spatial_shape, (*self.__dict__.get("_validated", ()), None, None, None)  # older: shorter
         if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
             raise CanvasTypeError(f"CanvasLayout spatial_shape was changed to {shape!r}; it must be a tuple of ints")
         check_ordered(shape, "CanvasLayout spatial_shape", "(8, 8)")
@@ -181,7 +171,7 @@ class CanvasLayout:
         self.spatial_shape = shape
         for k, name in enumerate(("H", "W")):  # read back as in the constructor: set alone, they disagree
             want = shape[k] if len(shape) > k else None
-            if getattr(self, name) not in (want, getattr(seen, name, None)):
+            if getattr(self, name) not in (want, seen[_H + k]):
                 raise SchemaError(
                     f"CanvasLayout {name}={getattr(self, name)!r} disagrees with spatial_shape={shape!r} (its "
                     f"entry {k}): {name} is read back from spatial_shape; assign layout.spatial_shape too (or "
@@ -307,21 +297,31 @@ class CanvasLayout:
             UserWarning, stacklevel=4)
 
     # --- sizes -----------------------------------------------------------------------------------
+    def _sizes(self) -> Tuple[int, Tuple[int, ...]]:
+        """``(T, spatial_shape)``, only their types checked: no region or ``t_current`` is read, so a
+        layout mid-edit has sizes (as in canvas-engineering) and torch.compile guards on no t_current."""
+        T, shape = self.T, self.spatial_shape
+        if type(T) is not int:
+            T = as_int(T, "CanvasLayout T")
+        if type(shape) is not tuple or not all(type(v) is int for v in shape):
+            if isinstance(shape, (str, bytes)) or not hasattr(shape, "__iter__"):
+                raise CanvasTypeError(f"CanvasLayout spatial_shape was changed to {shape!r}; it must be a tuple of ints")
+            shape = tuple(as_int(v, "CanvasLayout spatial_shape entry") for v in shape)
+        return T, shape
+
     @property
     def n_spatial_dims(self) -> int:
-        self._checked_regions()  # a spatial_shape set to None is refused by name, not a TypeError
-        return len(self.spatial_shape)
+        return len(self._sizes()[1])
 
     @property
     def spatial_volume(self) -> int:
-        self._checked_regions()
-        return math.prod(self.spatial_shape)
+        return math.prod(self._sizes()[1])
 
     @property
     def num_positions(self) -> int:
-        """``T * prod(spatial_shape)`` (like every size, read after checking a changed layout)."""
-        volume = self.spatial_volume
-        return self.T * volume
+        """``T * prod(spatial_shape)`` (their types checked; the regions are not: see ``_sizes``)."""
+        T, shape = self._sizes()
+        return T * math.prod(shape)
 
     @property
     def region_names(self) -> Tuple[str, ...]:

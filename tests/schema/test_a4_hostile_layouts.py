@@ -1,6 +1,6 @@
 """Layouts changed after construction through their public attributes, and region names that
-only look distinct: every size query checks first, another layout's regions are copied, the
-Kelvin sign is no second 'K'."""
+only look distinct: every size query checks the types of T and spatial_shape, another layout's
+regions are copied, the Kelvin sign is no second 'K'."""
 
 from __future__ import annotations
 
