@@ -314,8 +314,11 @@ def graft_looped_blocks(
             )
         dims[0] = inner_dim
     before = {id(m) for m in transformer.modules()}  # the modules the graft adds take the model's mode
-    # by name, not by object: names survive deepcopy / pickle / .to() and are the same after ungraft
-    grads = {n: p.requires_grad for n, p in transformer.named_parameters()}
+    # by name (names survive deepcopy / pickle / .to() and are the same after ungraft), and which
+    # parameter each name had, so one replaced since keeps its own flag (looping/ungraft.py)
+    from canvas_core.looping.ungraft import record_requires_grad
+
+    grads = record_requires_grad(transformer)
     saved = snapshot(transformer)  # before anything runs that may change it (a wrapper_class too)
     try:  # atomic: a step that fails leaves the model exactly as it was
         step = (_scopes.model_step_input(transformer, a, latent_channels, step_adapter)
@@ -335,7 +338,7 @@ def graft_looped_blocks(
 
 
 def _graft(transformer: nn.Module, a: Any, blocks: List[nn.Module], kind: str, span: Any,
-           custom: Any, step: Any, before: set, grads: dict, dims: List[int], io: Any, lc: int,
+           custom: Any, step: Any, before: set, grads: tuple, dims: List[int], io: Any, lc: int,
            rows: dict, *, max_loops: int, schema: Any, inject: str, iter_embed: bool,
            iter_norm: Optional[str], update: str, damping: float, gate_init_bias: float,
            use_gradient_checkpointing: bool, sharpening: Any, reenter: Any, step_adapter: Any,
@@ -390,9 +393,8 @@ def _graft(transformer: nn.Module, a: Any, blocks: List[nn.Module], kind: str, s
         a.set_block(transformer, i, w)
         wrapped.append(w)
     object.__setattr__(transformer, _ADAPTER_ATTR, a)
-    from canvas_core.looping.ungraft import GRADS_ATTR, guard_save_pretrained
+    from canvas_core.looping.ungraft import guard_save_pretrained, keep_requires_grad
 
-    object.__setattr__(transformer, GRADS_ATTR, grads)  # ungraft_looped_blocks restores these
     guard_save_pretrained(transformer)  # refused until ungraft_looped_blocks (looping/ungraft.py)
     if freeze == "full":
         freeze_full(transformer)
@@ -400,6 +402,7 @@ def _graft(transformer: nn.Module, a: Any, blocks: List[nn.Module], kind: str, s
         freeze_half(transformer, a)
     else:
         freeze_none(transformer)
+    keep_requires_grad(transformer, *grads)  # ungraft_looped_blocks restores these
     head = _make_action_head(a, lc, action_dim, action_hidden_dim)
     head.to(device)
     for m in transformer.modules():  # a model grafted in eval() stays in eval()

@@ -12,7 +12,8 @@ from torch import nn
 from canvas_core.errors import BackboneError
 from canvas_core.runtime.compiled_names import wrapper_chain
 
-__all__ = ["unwrap_for_graft", "inside_data_parallel", "snapshot", "rollback"]
+__all__ = ["unwrap_for_graft", "inside_data_parallel", "snapshot", "rollback", "module_state",
+           "restore_module"]
 
 
 def unwrap_for_graft(model: nn.Module, fn: str) -> nn.Module:
@@ -45,16 +46,39 @@ def inside_data_parallel(model: nn.Module) -> bool:
 _DICT_TYPES = (dict,)  # OrderedDict and the hook dicts are dict subclasses
 
 
+def module_state(m: nn.Module) -> Tuple[Any, ...]:
+    """One module's own state, not its submodules': its class, its ``__dict__`` and the dicts in it
+    (``_parameters``, ``_modules``, hooks ...) copied one level deep."""
+    inner = {k: dict(v) for k, v in m.__dict__.items() if isinstance(v, _DICT_TYPES)}
+    return (m, type(m), dict(m.__dict__), inner)
+
+
+def restore_module(saved: Tuple[Any, ...]) -> None:
+    """Put one module back as :func:`module_state` saw it (its submodules are left as they are)."""
+    m, cls, attrs, inner = saved
+    if type(m) is not cls:
+        m.__class__ = cls
+    for k, v in inner.items():
+        d = attrs[k]
+        if d.keys() != v.keys() or any(d[x] is not v[x] for x in v):
+            try:  # the mapping's own methods: an OrderedDict (hooks) keeps its links right
+                d.clear()
+                d.update(v)
+            except Exception:  # noqa: BLE001 - a frozen mapping (a config) refuses its own
+                dict.clear(d)
+                dict.update(d, v)
+    if m.__dict__.keys() != attrs.keys() or any(m.__dict__[k] is not v for k, v in attrs.items()):
+        m.__dict__.clear()
+        m.__dict__.update(attrs)
+
+
 def snapshot(model: nn.Module) -> List[Tuple[Any, ...]]:
-    """What a graft may change on ``model`` and its modules: each module's class and attributes
-    (submodules, parameters, buffers, hooks, ``processor``, ``forward`` ...; the dicts among them
-    copied one level deep) and each parameter's ``requires_grad``."""
-    mods = []
-    for m in model.modules():
-        inner = {k: dict(v) for k, v in m.__dict__.items() if isinstance(v, _DICT_TYPES)}
-        mods.append((m, type(m), dict(m.__dict__), inner))
+    """What a graft may change on ``model`` and its modules: each module's :func:`module_state`
+    (class and attributes: submodules, parameters, buffers, hooks, ``processor``, ``forward`` ...)
+    and each parameter's ``requires_grad``."""
+    mods = tuple(module_state(m) for m in model.modules())
     grads = [(p, p.requires_grad) for p in model.parameters()]
-    return [tuple(mods), tuple(grads)]
+    return [mods, tuple(grads)]
 
 
 def rollback(model: nn.Module, adapter: Any, saved: List[Tuple[Any, ...]]) -> None:
@@ -66,21 +90,8 @@ def rollback(model: nn.Module, adapter: Any, saved: List[Tuple[Any, ...]]) -> No
             restore(model)
         except Exception:  # noqa: BLE001 - the snapshot below restores the model itself
             pass
-    for m, cls, attrs, inner in mods:
-        if type(m) is not cls:
-            m.__class__ = cls
-        for k, v in inner.items():
-            d = attrs[k]
-            if d.keys() != v.keys() or any(d[x] is not v[x] for x in v):
-                try:  # the mapping's own methods: an OrderedDict (hooks) keeps its links right
-                    d.clear()
-                    d.update(v)
-                except Exception:  # noqa: BLE001 - a frozen mapping (a config) refuses its own
-                    dict.clear(d)
-                    dict.update(d, v)
-        if m.__dict__.keys() != attrs.keys() or any(m.__dict__[k] is not v for k, v in attrs.items()):
-            m.__dict__.clear()
-            m.__dict__.update(attrs)
+    for state in mods:
+        restore_module(state)
     for p, flag in grads:
         if p.requires_grad != flag:
             p.requires_grad_(flag)

@@ -296,15 +296,41 @@ def gated_update(h: torch.Tensor, y: torch.Tensor, a: Any) -> torch.Tensor:
 
 def _rel_change(prev: Tuple[torch.Tensor, ...], cur: Tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Per sample ``||cur - prev|| / ||prev||`` over every stream, ``(B,)`` float32; 0 when both are
-    0, ``inf`` when only ``prev`` is, NaN when a state is not finite (never "converged"). The
-    values are divided by the sample's largest one first, so the squares neither overflow (states
-    past ~1e19 gave NaN: the sample never stopped) nor underflow (states below ~1e-19 gave 0: the
-    sample stopped however much it still changed)."""
+    0, ``inf`` when only ``prev`` is, NaN when a state is not finite (never "converged"). The norms
+    are one fused reduction each, accumulated in float64: the squares of any float32 value neither
+    overflow (states past ~1e19 gave NaN in float32: the sample never stopped) nor underflow
+    (states below ~1e-19 gave 0: the sample stopped however much it still changed)."""
     pairs = []
     for p, c in zip(prev, cur):
         if p.shape != c.shape:  # a model-scope step map whose output is not its input's shape
             return torch.full((p.shape[0],), float("nan"), device=p.device)
         pairs.append((p.detach().float().flatten(1), c.detach().float().flatten(1)))
+    if pairs[0][0].device.type == "mps":  # no float64 there
+        return _rel_change_scaled(pairs)
+    num = den = None
+    for p32, c32 in pairs:
+        d, q = _norm64(c32 - p32).square(), _norm64(p32).square()
+        num = d if num is None else num + d
+        den = q if den is None else den + q
+    return _ratio(num, den)
+
+
+def _norm64(x: torch.Tensor) -> torch.Tensor:
+    """``(B,)`` float64: each row's 2-norm, accumulated in float64 (no float64 copy of ``x``)."""
+    return torch.linalg.vector_norm(x, dim=1, dtype=torch.float64)
+
+
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``sqrt(num / den)`` as float32, with the rules of :func:`_rel_change` for 0 and non-finite."""
+    zero = torch.where(num == 0, 0.0, float("inf"))
+    rel = torch.where(den == 0, zero, num.sqrt() / den.sqrt())
+    # an inf state (or a change that overflowed float32) reads as NaN: never converged
+    return torch.where(torch.isfinite(num) & torch.isfinite(den), rel, float("nan")).float()
+
+
+def _rel_change_scaled(pairs: List[Tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """:func:`_rel_change` in float32 (a device without float64): the values are divided by each
+    sample's largest magnitude first, so the squares neither overflow nor underflow."""
     scale = _sample_scale([t for pair in pairs for t in pair])
     num = den = None
     for p32, c32 in pairs:
@@ -312,8 +338,7 @@ def _rel_change(prev: Tuple[torch.Tensor, ...], cur: Tuple[torch.Tensor, ...]) -
         d, q = (cs - ps).pow(2).sum(1), ps.pow(2).sum(1)
         num = d if num is None else num + d
         den = q if den is None else den + q
-    zero = torch.where(num == 0, 0.0, float("inf"))
-    return torch.where(den == 0, zero, num.sqrt() / den.sqrt())
+    return _ratio(num, den)
 
 
 def _sample_scale(states: List[torch.Tensor]) -> torch.Tensor:
@@ -330,8 +355,10 @@ def _sample_scale(states: List[torch.Tensor]) -> torch.Tensor:
 
 
 def _token_rms(cur: Tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Per sample RMS of the first stream's values (the hidden-state norm per feature), computed on
-    the values divided by their largest, so it neither overflows nor underflows."""
+    """Per sample RMS of the first stream's values (the hidden-state norm per feature), float32,
+    accumulated in float64 (see :func:`_rel_change`) so it neither overflows nor underflows."""
     c = cur[0].detach().float().flatten(1)
-    scale = _sample_scale([c])
-    return (c / scale).pow(2).mean(1).sqrt() * scale.squeeze(1)
+    if c.device.type == "mps":
+        scale = _sample_scale([c])
+        return (c / scale).pow(2).mean(1).sqrt() * scale.squeeze(1)
+    return (_norm64(c).square() / c.shape[1]).sqrt().float()

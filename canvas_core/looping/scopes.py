@@ -350,9 +350,10 @@ def apply_loops_atomically(parts: List[Any], apply: Any) -> None:
     """``apply(part)`` for every part, all or nothing: when one raises (a ``wrapper_class=``
     wrapper's own ``set_loops``), the parts already set, and the failing one, get back what they
     held, and the error is raised as it came. canvas-core's parts only save their counts; another
-    module is snapshot whole (its modules' attributes, as a graft does), another object its own
-    attributes."""
-    from canvas_core.looping.graft_atomic import rollback, snapshot
+    module saves its own attributes (``module_state``: its ``__dict__``, the dicts in it one level
+    deep; not the wrapped block, which a ``set_loops`` has no business changing, and whose copy
+    cost milliseconds per call on a large block), another object its own attributes."""
+    from canvas_core.looping.graft_atomic import module_state, restore_module
 
     done: List[Tuple[Any, str, Any]] = []
     try:
@@ -360,7 +361,7 @@ def apply_loops_atomically(parts: List[Any], apply: Any) -> None:
             if isinstance(p, nn.Module) and _own_setter(p):
                 done.append((p, "own", {k: p.__dict__[k] for k in _LOOP_SETTINGS if k in p.__dict__}))
             elif isinstance(p, nn.Module):
-                done.append((p, "module", snapshot(p)))
+                done.append((p, "module", module_state(p)))
             else:
                 done.append((p, "object", dict(getattr(p, "__dict__", {}))))
             apply(p)
@@ -369,7 +370,7 @@ def apply_loops_atomically(parts: List[Any], apply: Any) -> None:
             if kind == "own":
                 p.__dict__.update(saved)
             elif kind == "module":
-                rollback(p, None, saved)
+                restore_module(saved)
             elif hasattr(p, "__dict__") and p.__dict__ != saved:
                 p.__dict__.clear()
                 p.__dict__.update(saved)

@@ -16,13 +16,15 @@ What a graft changes and how it is undone:
   of timm's ``Attention``) gets its class back;
 * the adapter record and the ``save_pretrained`` guard on the model -> removed;
 * the freeze strategy -> every backbone parameter gets back the ``requires_grad`` it had before
-  the graft (recorded by name at graft time; a parameter added since keeps its own).
+  the graft (recorded by name at graft time; a parameter added since keeps its own, and so do
+  those of a module put in place since and one set with a flag other than the graft left).
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, List
+import weakref
+from typing import Any, Dict, List, Tuple
 
 from torch import nn
 
@@ -32,12 +34,49 @@ from canvas_core.looping.span import SpanMember
 from canvas_core.looping.scopes import PART_MARK
 from canvas_core.looping.wrapper import LoopedBlockWrapper
 
-__all__ = ["ungraft_looped_blocks", "guard_save_pretrained", "GraftedSaveRefused"]
+__all__ = ["ungraft_looped_blocks", "guard_save_pretrained", "GraftedSaveRefused",
+           "record_requires_grad", "keep_requires_grad"]
 
 _ADAPTER_ATTR = "_canvas_backbone_adapter"  # the attribute graft_looped_blocks sets
 _SAVE_GUARD = "save_pretrained"
 _MODEL_LOOP = "canvas_loop"  # where scope="model" keeps its ModelLoop (looping/model_loop.py)
 GRADS_ATTR = "_canvas_pre_graft_requires_grad"  # {parameter name: requires_grad} before the graft
+# model -> {parameter name: (weakref to the parameter, weakref to the module holding it, the
+# requires_grad the graft left on it)}: what each recorded flag belongs to. Kept beside the model,
+# not on it, so a deep copy or an unpickled model has no entry (its parameters are new objects)
+# and falls back to the names alone.
+_GRAD_OWNERS: "weakref.WeakKeyDictionary[nn.Module, Dict[str, Tuple[Any, Any, bool]]]" = (
+    weakref.WeakKeyDictionary())
+
+
+def _held(model: nn.Module) -> Dict[str, Tuple[nn.Parameter, nn.Module]]:
+    """``{name: (parameter, the module holding it)}``, named as ``model.named_parameters()``."""
+    out: Dict[str, Tuple[nn.Parameter, nn.Module]] = {}
+    seen = set()
+    for prefix, mod in model.named_modules():
+        for pn, p in mod._parameters.items():
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                out[f"{prefix}.{pn}" if prefix else pn] = (p, mod)
+    return out
+
+
+def record_requires_grad(model: nn.Module) -> Tuple[Dict[str, bool], Dict[str, Any]]:
+    """Every parameter's ``requires_grad`` before a graft, ``{name: flag}`` (names survive deepcopy
+    / pickle / ``.to()``), and ``{name: weakrefs to the parameter and its module}``; the graft
+    keeps both with :func:`keep_requires_grad` once it has succeeded."""
+    held = _held(model)
+    return ({n: p.requires_grad for n, (p, _) in held.items()},
+            {n: (weakref.ref(p), weakref.ref(mod)) for n, (p, mod) in held.items()})
+
+
+def keep_requires_grad(model: nn.Module, flags: Dict[str, bool], owners: Dict[str, Any]) -> None:
+    """Keep what :func:`record_requires_grad` read for ``ungraft_looped_blocks`` (called after the
+    freeze strategy ran): the flags on the model (:data:`GRADS_ATTR`, so they travel with a copy),
+    the owners and the flags the graft left on the parameters in the side table."""
+    object.__setattr__(model, GRADS_ATTR, flags)
+    _GRAD_OWNERS[model] = {n: (pr, mr, bool(p.requires_grad))
+                           for n, (pr, mr) in owners.items() if (p := pr()) is not None}
 
 
 class GraftedSaveRefused:
@@ -204,13 +243,23 @@ def ungraft_looped_blocks(model: nn.Module, *, remove_topology: bool = False) ->
 
 def _restore_requires_grad(model: nn.Module, flags: Any) -> None:
     """Give every parameter the ``requires_grad`` it had before the graft froze the backbone (a
-    model grafted by an older version recorded nothing and keeps its current flags)."""
+    model grafted by an older version recorded nothing and keeps its current flags). A module put
+    in place since the graft (a new head) keeps its parameters' own flags, and so does a parameter
+    set on a module the graft saw with a flag other than the graft left there; one a load put in
+    with the graft's flag carried over (``load_state_dict(assign=True)``) gets the recorded flag
+    back. A model the side table does not know (a deep copy, an unpickled one) goes by name."""
+    owners = _GRAD_OWNERS.pop(model, None)
     if not isinstance(flags, dict):
         return
-    for name, p in model.named_parameters():
+    for name, (p, mod) in _held(model).items():
         flag = flags.get(name)
-        if isinstance(flag, bool) and p.requires_grad != flag:
-            p.requires_grad_(flag)
+        if not isinstance(flag, bool) or p.requires_grad == flag:
+            continue
+        if owners is not None:
+            pr, mr, left = owners.get(name, (None, None, None))
+            if pr is None or (pr() is not p and (mr() is not mod or p.requires_grad != left)):
+                continue
+        p.requires_grad_(flag)
 
 
 def _first_iteration_is_trained(part: nn.Module) -> bool:

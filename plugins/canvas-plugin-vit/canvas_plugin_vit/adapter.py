@@ -101,13 +101,23 @@ def _check_image_size(pe: nn.Module, shape: Tuple[int, ...]) -> None:
             "model with dynamic_img_pad=True")
 
 
+def _fails_on_empty_batch(model: nn.Module) -> bool:
+    """Whether timm's forward fails on an empty batch: ``_pos_embed`` then flattens the patch grid
+    with ``x.view(B, -1, C)``, which cannot infer ``-1`` from 0 elements (``dynamic_img_size``,
+    or no position embedding). Other ViTs run a batch of 0 images, and so does the grafted model."""
+    return bool(getattr(model, "dynamic_img_size", False)) or getattr(model, "pos_embed", 0) is None
+
+
 def _runnable(model: nn.Module, args: Tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict:
-    """Refuse (``ShapeError``) an empty image batch (the forward's ``x``), which timm's blocks
-    fail on with a bare reshape error."""
+    """Refuse (``ShapeError``) an empty image batch (the forward's ``x``) where timm itself fails
+    on it with a bare reshape error (:func:`_fails_on_empty_batch`)."""
     x = args[0] if args else kwargs.get("x")
-    if isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[0] == 0:
-        raise ShapeError("ViT: the image batch is empty (0 images), which the backbone cannot run; "
-                         "skip the call when there is no image")
+    if (isinstance(x, torch.Tensor) and x.dim() == 4 and x.shape[0] == 0
+            and _fails_on_empty_batch(model)):
+        raise ShapeError(
+            "ViT: the image batch is empty (0 images), which this model cannot run (timm flattens "
+            "the patch grid of a model with dynamic_img_size=True or without a position embedding "
+            "by a reshape that fails on 0 elements); skip the call when there is no image")
     return {}
 
 
@@ -165,8 +175,8 @@ class ViTAdapter(BackboneAdapter):
         return [m for m in model.modules() if isinstance(m, CanvasViTAttention)]
 
     def input_guards(self, model: nn.Module, installed: bool) -> List[Tuple[Optional[nn.Module], Any]]:
-        """The model's calls: no empty image batch; with a topology also the patch embedding's:
-        the patch grid the installed token layout was built for (with ``dynamic_img_size``
+        """The model's calls: no empty image batch where timm fails on one; with a topology also
+        the patch embedding's: the patch grid the installed token layout was built for (with ``dynamic_img_size``
         another image size may give as many tokens on another grid), and a call of the patch
         dropout that would drop patches (train mode) raises ``BackboneError``."""
         guards: List[Tuple[Optional[nn.Module], Any]] = [(model, _runnable)]

@@ -1,6 +1,7 @@
 """``BackboneAdapter.input_guards``: the per-call input checks an adapter declares once, attached
 by the base class at graft (``prepare``), install, removal and ungraft.  The ViT's: an empty
-image batch is refused with ``ShapeError`` (timm failed with a bare reshape error), and while a
+image batch is refused with ``ShapeError`` where timm fails on it with a bare reshape error
+(``dynamic_img_size``, no position embedding; other ViTs run it grafted too), and while a
 topology is installed the patch grid and the patch dropout are checked."""
 
 from __future__ import annotations
@@ -51,8 +52,9 @@ class CountingViT(ViTAdapter):
 
 
 @pytest.mark.parametrize("installed", [False, True])
-def test_empty_batch_is_refused(installed):
-    m = _vit()
+@pytest.mark.parametrize("kw", [{"dynamic_img_size": True}, {"pos_embed": "none"}])
+def test_empty_batch_is_refused_where_timm_fails(installed, kw):
+    m = _vit(**kw)
     graft_looped_blocks(m, max_loops=2)
     ad = ViTAdapter()
     if installed:
@@ -61,6 +63,21 @@ def test_empty_batch_is_refused(installed):
         with pytest.raises(ShapeError, match=r"image batch is empty \(0 images\)"):
             m(torch.randn(0, 3, 32, 32))
         assert m(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+
+
+@pytest.mark.parametrize("installed", [False, True])
+@pytest.mark.parametrize("kw", [{}, {"class_token": False, "global_pool": "avg"}])
+def test_empty_batch_runs_where_timm_runs_it(installed, kw):
+    m = _vit(**kw)
+    with torch.no_grad():
+        assert m(torch.randn(0, 3, 32, 32)).shape == (0, 5)  # the plain model runs it
+    graft_looped_blocks(m, max_loops=2)
+    ad = ViTAdapter()
+    if installed:
+        topo = TOPO if m.num_prefix_tokens else CanvasTopology.dense(["patches"])
+        ad.install_topology(m, topo, ad.token_layout(m))
+    with torch.no_grad():
+        assert m(torch.randn(0, 3, 32, 32)).shape == (0, 5)
 
 
 def test_base_applies_declared_guards_at_install_and_removes_them():
