@@ -30,7 +30,7 @@ import importlib
 import sys
 from typing import Any, Callable, Dict, MutableMapping, Optional, Tuple, Union
 
-from canvas_core.errors import PluginLoadAttributeError, PluginLoadError
+from canvas_core.errors import CanvasError, PluginLoadAttributeError, PluginLoadError, PluginNotInstalledError
 
 __all__ = ["lazy_exports", "Source"]
 
@@ -63,19 +63,36 @@ def _names_attribute(co_code: bytes, lasti: int) -> bool:
     return op in _NAMING or (op == _INTRINSIC_1 and co_code[lasti + 1] == _INTRINSIC_IMPORT_STAR)
 
 
-def _named_in_source() -> bool:
-    """Whether the code that looked the name up (the first frame outside this module) names it
-    in its source, ``m.y``, ``from m import y`` or ``*`` (for a package ``importlib._bootstrap.
-    _handle_fromlist`` probes first, with ``hasattr``), rather than probing with ``getattr``."""
+def _caller() -> Any:
+    """The frame of the code that looked the name up: the first one outside this module."""
     frame = sys._getframe(1)
     while frame is not None and frame.f_code.co_filename == __file__:
         frame = frame.f_back
+    return frame
+
+
+def _named_in_source() -> bool:
+    """Whether the code that looked the name up names it in its source, ``m.y``, ``from m import
+    y`` or ``*`` (for a package ``importlib._bootstrap._handle_fromlist`` probes first, with
+    ``hasattr``), rather than probing with ``getattr``."""
+    frame = _caller()
     if frame is None:
         return False
     code = frame.f_code
     if code.co_name == "_handle_fromlist" and code.co_filename.startswith("<frozen importlib"):
         return True
     return _names_attribute(code.co_code, frame.f_lasti)
+
+
+def _imported_from() -> bool:
+    """Whether the lookup is a ``from m import y``, which turns an ``AttributeError`` into a bare
+    ``ImportError("cannot import name ...")`` and drops its message."""
+    frame = _caller()
+    lasti = -1 if frame is None else frame.f_lasti
+    code = b"" if frame is None else frame.f_code.co_code
+    while 0 <= lasti < len(code) - 2 and code[lasti] == dis.EXTENDED_ARG:
+        lasti += 2
+    return 0 <= lasti < len(code) and code[lasti] == dis.opmap["IMPORT_FROM"]
 
 
 def lazy_exports(module_name: str, table: Dict[str, Source],
@@ -101,6 +118,12 @@ def lazy_exports(module_name: str, table: Dict[str, Source],
             err.__dict__.update({k: v for k, v in exc.__dict__.items() if k != "name"})
             err.name = name  # AttributeError.name: the attribute looked up
             raise err from exc
+        except AttributeError as exc:  # a canvas-core error (a plugin not installed): keep its message
+            if isinstance(exc, CanvasError) and _imported_from():
+                err = PluginNotInstalledError(str(exc))
+                err.name = name
+                raise err from None
+            raise
         if namespace is not None:
             namespace[name] = value
         return value

@@ -207,6 +207,12 @@ class LimitSettingError(SettingError, SizeLimitError):
 __all__ += ["SettingError", "PluginSettingError", "LimitSettingError"]
 
 
+class PluginNotInstalledError(UnknownNameError, ImportError):
+    """``from canvas_core import X`` of a name an optional plugin distribution provides, when that
+    distribution is not installed: an ``ImportError`` (what the import statement raises) that keeps
+    the install hint Python's own "cannot import name" would drop."""
+
+
 class PluginLoadAttributeError(PluginError, AttributeError):
     """A name a module exports lazily (``canvas_core.MambaAttention``, ...) whose plugin failed to
     load, probed by name (``hasattr``, ``getattr``, a library doing so): an ``AttributeError``,
@@ -222,3 +228,4 @@ class PluginLoadAttributeError(PluginError, AttributeError):
 
 
 __all__.append("PluginLoadAttributeError")
+__all__.append("PluginNotInstalledError")
