@@ -256,9 +256,11 @@ def _saved_schema(p: str, header: Mapping[str, str]) -> Tuple[Dict[str, Any], An
     from canvas_core.errors import CanvasError
     from canvas_core.schema import CanvasSchema
 
-    try:
-        saved = json.loads(header.get("schema", ""))
-    except (ValueError, RecursionError) as exc:  # malformed JSON, or numbers Python refuses to read
+    from canvas_core.schema.jsonio import loads_strict
+
+    try:  # malformed JSON, numbers Python refuses to read, repeated keys: named as schema files name them
+        saved = loads_strict(header.get("schema", ""), "its 'schema' entry")
+    except CanvasError as exc:
         raise CheckpointError(f"{p!r} has a corrupt header: {exc}") from None
     user = read_metadata(header, p)
     if not isinstance(saved, dict):
