@@ -84,8 +84,8 @@ class BoundField(_Navigable):
 
     @property
     def num_positions(self) -> int:
-        """Total positions of this region (all frames)."""
-        return self.bound_schema.layout.region_numel(self.region_name)
+        """Total positions of this region (all frames): of :attr:`spec`, as canvas-engineering counts."""
+        return self.spec.numel
 
     def __getstate__(self) -> Dict[str, Any]:
         return {**self.__dict__, "spec": self._given()}  # "spec": what older versions read

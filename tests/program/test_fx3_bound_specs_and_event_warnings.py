@@ -119,3 +119,20 @@ def test_the_compile_mode_warning_points_at_the_call() -> None:
     with pytest.warns(UserWarning, match="learning.compile_mode wins") as got:
         compile_program(R(), T=2, d_model=8)
     assert [w.filename for w in got] == [__file__]
+
+
+def test_num_positions_counts_an_explicitly_set_spec_as_canvas_engineering_does():
+    ce = pytest.importorskip("canvas_engineering")
+
+    @dataclass
+    class Theirs:
+        a: ce.Field = ce.Field(2, 2)
+        b: ce.Field = ce.Field(1, 1)
+
+    counts = []
+    for bound, spec in ((ce.compile_schema(Theirs(), T=2, H=4, W=4, d_model=8), ce.RegionSpec),
+                        (compile_schema(_Robot(), T=2, H=4, W=4, d_model=8), RegionSpec)):
+        before = bound["a"].num_positions
+        bound["a"].spec = spec((0, 1, 0, 4, 0, 4))
+        counts.append((before, bound["a"].num_positions))
+    assert counts[1] == counts[0] == (8, 16)
