@@ -20,18 +20,13 @@ import pytest
 import torch
 
 from canvas_core.attention import LinearAttention
+from tests.attention._linear_layers import identity_linear_attention
 
 D, H = 16, 2
 
 
 def _layer(dtype: torch.dtype = torch.float32) -> LinearAttention:
-    """Identity projections: the test sets the pre-activations directly."""
-    m = LinearAttention(D, H).to(dtype)
-    with torch.no_grad():
-        for lin in (m.q_proj, m.k_proj, m.v_proj, m.out_proj):
-            lin.weight.copy_(torch.eye(D, dtype=dtype))
-            lin.bias.zero_()
-    return m
+    return identity_linear_attention(D, H, dtype)
 
 
 def _log_phi(x: torch.Tensor) -> torch.Tensor:

@@ -12,18 +12,13 @@ import pytest
 import torch
 
 from canvas_core.attention import LinearAttention
+from tests.attention._linear_layers import identity_linear_attention
 
 D, H = 16, 2
 
 
 def _identity_layer(dtype: torch.dtype = torch.float32) -> LinearAttention:
-    """A layer whose projections are the identity, so the test controls the pre-activations."""
-    m = LinearAttention(D, H).to(dtype)
-    with torch.no_grad():
-        for lin in (m.q_proj, m.k_proj, m.v_proj, m.out_proj):
-            lin.weight.copy_(torch.eye(D, dtype=dtype))
-            lin.bias.zero_()
-    return m
+    return identity_linear_attention(D, H, dtype)
 
 
 def _phi(x: torch.Tensor) -> torch.Tensor:
