@@ -13,6 +13,7 @@ import canvas_core.plugins as P
 from canvas_core.commands.plugins import _text, collect
 from canvas_core.errors import FactoryError, PluginLoadError
 from canvas_core.plugins import PluginHost, use_host
+from tests.plugins._fakes import FakeEntryPoint
 
 
 class Nasty(Exception):
@@ -20,17 +21,10 @@ class Nasty(Exception):
         raise ValueError("a3: str() of this error fails")
 
 
-class _Dist:
-    def __init__(self, name: str) -> None:
-        self.name, self.version = name, "0.1"
-
-
-class FakeEntryPoint:
-    def __init__(self, name: str, exc: BaseException) -> None:
-        self.name, self.value, self.dist, self._exc = name, f"a3_fake_{name}", _Dist(f"canvas-plugin-{name}"), exc
-
-    def load(self) -> Any:
-        raise self._exc
+def _raising(exc: BaseException) -> Any:
+    def load() -> Any:
+        raise exc
+    return load
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +35,7 @@ def _quiet():
 
 
 def test_a_plugin_error_whose_str_raises_fails_that_plugin_only():
-    eps = [FakeEntryPoint("a3nasty", Nasty()), FakeEntryPoint("a3huge", RuntimeError("x" * 1_000_000))]
+    eps = [FakeEntryPoint("a3nasty", _raising(Nasty())), FakeEntryPoint("a3huge", _raising(RuntimeError("x" * 1_000_000)))]
     with use_host(PluginHost(entry_points=lambda: eps)):
         assert "cross_attention" in P.list_attention_types()  # used to raise ValueError from str()
         rows = {r["name"]: r for r in P.plugin_report()}

@@ -16,45 +16,7 @@ import pytest
 import canvas_core.plugins as P
 from canvas_core.errors import PluginLoadError
 from canvas_core.plugins import PluginHost, use_host
-
-
-class _Dist:
-    def __init__(self, name: str) -> None:
-        self.name, self.version = name, "0.1"
-
-
-class FakeEntryPoint:
-    """An entry point of group ``canvas`` whose ``load()`` calls ``load`` (the plugin's import)."""
-
-    def __init__(self, name: str, load: Any) -> None:
-        self.name, self.value, self.dist = name, f"a3_fake_{name}", _Dist(f"canvas-plugin-{name}")
-        self._load = load
-
-    def load(self) -> Any:
-        return self._load()
-
-
-class Attn:
-    def __init__(self, d_model: int, n_heads: int = 4, dropout: float = 0.0) -> None:
-        self.d_model = d_model
-
-
-def _unhung(fn: Any, seconds: float = 60) -> None:
-    """Run ``fn`` in a daemon thread; fail when it is still running after ``seconds`` (a deadlock)."""
-    errors: List[BaseException] = []
-
-    def body() -> None:
-        try:
-            fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
-            errors.append(exc)
-
-    t = threading.Thread(target=body, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert not t.is_alive(), f"{fn} hung: a deadlock"
-    if errors:
-        raise errors[0]
+from tests.plugins._fakes import FakeEntryPoint, Attn, unhung as _unhung
 
 
 def _module(name: str, attn: str) -> types.ModuleType:

@@ -16,24 +16,7 @@ import canvas_core.plugins as P
 from canvas_core.commands.plugins import collect
 from canvas_core.errors import PluginError, PluginLoadAttributeError, PluginLoadError
 from canvas_core.plugins import PluginHost, use_host
-
-
-class _Dist:
-    def __init__(self, name: str) -> None:
-        self.name, self.version = name, "0.1"
-
-
-class FakeEntryPoint:
-    def __init__(self, name: str, load: Any, dist: str) -> None:
-        self.name, self.value, self.dist, self._load = name, f"a3_fake_{name}", _Dist(dist), load
-
-    def load(self) -> Any:
-        return self._load()
-
-
-class Attn:
-    def __init__(self, d_model: int, n_heads: int = 4, dropout: float = 0.0) -> None:
-        pass
+from tests.plugins._fakes import FakeEntryPoint, Attn
 
 
 def _clashing(name: str) -> types.ModuleType:

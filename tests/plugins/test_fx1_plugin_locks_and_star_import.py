@@ -16,24 +16,7 @@ import pytest
 import canvas_core.plugins as P
 from canvas_core.errors import PluginLoadError
 from canvas_core.plugins import PluginHost, use_host
-
-
-class Attn:
-    def __init__(self, d_model: int, n_heads: int = 4, dropout: float = 0.0) -> None:
-        self.d_model = d_model
-
-
-class _Dist:
-    def __init__(self, name: str) -> None:
-        self.name, self.version = name, "0.1"
-
-
-class FakeEntryPoint:
-    def __init__(self, name: str, load: Callable[[], Any], dist: str) -> None:
-        self.name, self.value, self.dist, self._load = name, f"fx1_fake_{name}", _Dist(dist), load
-
-    def load(self) -> Any:
-        return self._load()
+from tests.plugins._fakes import FakeEntryPoint, Attn, unhung as _unhung
 
 
 @pytest.fixture(autouse=True)
@@ -41,24 +24,6 @@ def _quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
-
-
-def _unhung(fn: Callable[[], Any], seconds: float = 60) -> None:
-    """Run ``fn`` in a daemon thread; fail when it is still running after ``seconds`` (a deadlock)."""
-    errors: List[BaseException] = []
-
-    def body() -> None:
-        try:
-            fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
-            errors.append(exc)
-
-    t = threading.Thread(target=body, daemon=True)
-    t.start()
-    t.join(seconds)
-    assert not t.is_alive(), "hung: a deadlock"
-    if errors:
-        raise errors[0]
 
 
 def _joining_hook(work: Callable[[], Any], outcome: List[Any]) -> Callable[[Any], None]:
