@@ -8,7 +8,6 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from canvas_core.attention._base import (
     AttentionBase,
@@ -18,9 +17,10 @@ from canvas_core.attention._base import (
     has_key,
     safe_div,
 )
-from canvas_core.attention.causal_read import CHUNK_ELEMS, autocast_on, exp_floor, finite_or_zero, outside_autocast, \
+from canvas_core.attention.causal_read import autocast_on, exp_floor, finite_or_zero, outside_autocast, \
     plain_module, work_dtype
-from canvas_core.attention.linear_sums import dim_shift, elu_plus_one, log_phi, scaled_features, shifted_key_summary
+from canvas_core.attention.linear_rows import exact_rows
+from canvas_core.attention.linear_sums import dim_shift, elu_plus_one, scaled_features, shifted_key_summary
 from canvas_core.attention.softmax import CosineAttention, CrossAttention, _QKVAttention
 from canvas_core.errors import CanvasTypeError
 from canvas_core.schema.limits import check_elements, check_size
@@ -48,8 +48,8 @@ class LinearAttention(_QKVAttention):
     (:func:`~canvas_core.attention.linear_sums.scaled_features`), constants the ratio does not see.
     The per-query form scales each key and each query by its own constant per head, and each
     query's weights by the largest key constant among its keys; a query whose weights still come
-    out below what the float format holds exactly is recomputed in the log domain (eager calls
-    only: under ``torch.compile`` the search for such rows would cost every row's work).
+    out below what the float format holds exactly is recomputed in the log domain (one operator,
+    so also under ``torch.compile``, on those rows only).
 
     The ``O(N + M)`` form works on the merged heads: ``S = phi(K)^T V`` is one ``(D, D)`` product
     per batch row with its off-head blocks zeroed (no head transposes), the normaliser's
@@ -158,7 +158,7 @@ def _weigh_per_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed:
     may attend (one more ``(Nq, Nk)`` exponential per head).  A row whose weights then sum below
     ``Nk * head_dim`` times the smallest normal number over epsilon may have lost its dominant
     terms to underflow (features whose large entries miss each other, or keys far below the
-    largest): :func:`_log_domain_rows` recomputes it exactly."""
+    largest): :func:`~canvas_core.attention.linear_rows.exact_rows` recomputes it exactly."""
     B, Nq, D = q.shape
     Nk = k.shape[1]
     if Nk == 0:
@@ -184,40 +184,9 @@ def _weigh_per_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed:
     out = safe_div(torch.matmul(a, vh), W)  # (B, H, Nq, hd)
     fin = torch.finfo(q.dtype)
     low = W.squeeze(-1) < 4 * Nk * head_dim * fin.tiny / fin.eps  # (B, H, Nq)
-    # eager only: the rows are found by a data-dependent test (under torch.compile they are not
-    # recomputed: doing every row there cost O(B H Nq Nk hd) on every call and a graph per length)
-    if not (q.is_meta or torch.compiler.is_compiling()) and bool((low := low & al.any(dim=-1)).any()):
-        idx = low.nonzero(as_tuple=True)  # rows without keys stay 0
-        out = out.index_put(idx, _log_domain_rows(q, k, vh, allowed, head_dim, idx))
+    if not q.is_meta:  # rows without keys stay 0
+        out = exact_rows(out, q, k, vh, allowed, low & al.any(dim=-1), head_dim)
     return out.transpose(1, 2).reshape(B, Nq, D)
-
-
-def _log_domain_rows(q: torch.Tensor, k: torch.Tensor, vh: torch.Tensor, allowed: torch.Tensor, head_dim: int,
-                     idx: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Rows ``idx = (b, h, i)`` of the per-query form with ``log w_ij = logsumexp_d(log phi(q_id) +
-    log phi(k_jd))``: ``(S, hd)``.  ``O(S Nk hd)`` work in pieces of at most ``CHUNK_ELEMS``, each
-    recomputed in the backward (checkpointed) so that memory stays one piece under autograd."""
-    lq, lk = _heads(log_phi(q), head_dim), _heads(log_phi(k), head_dim)
-    Nk, hd = lk.shape[2], lk.shape[3]
-    b, h, i = idx
-    ok_all = allowed[b if allowed.shape[0] > 1 else torch.zeros_like(b), i]  # (S, Nk)
-    step = max(1, CHUNK_ELEMS // max(1, Nk * hd))
-    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (lq, lk, vh))
-    outs = []
-    for s in range(0, b.shape[0], step):
-        part = (lq, lk, vh, b[s:s + step], h[s:s + step], i[s:s + step], ok_all[s:s + step])
-        outs.append(checkpoint(_log_rows, *part, use_reentrant=False) if grad else _log_rows(*part))
-    return torch.cat(outs) if outs else vh.new_zeros(0, hd)
-
-
-def _log_rows(lq: torch.Tensor, lk: torch.Tensor, vh: torch.Tensor, b: torch.Tensor, h: torch.Tensor,
-              i: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
-    """``softmax_j(logsumexp_d(lq_d + lk_jd)) @ vh`` for the rows ``(b, h, i)`` of the heads
-    ``(B, H, N, hd)``: ``(S, hd)`` (a row without keys gives finite values; the caller zeroes it).
-    The gathers happen here, so a checkpoint of it keeps only the whole tensors and the indices."""
-    lw = torch.logsumexp(lq[b, h, i].unsqueeze(1) + lk[b, h], dim=-1).masked_fill(~ok, float("-inf"))
-    lw = lw.masked_fill(~ok.any(dim=-1, keepdim=True), 0.0)
-    return torch.matmul(torch.softmax(lw, dim=-1).unsqueeze(1), vh[b, h]).squeeze(1)
 
 
 class SigmoidAttention(_QKVAttention):
