@@ -9,6 +9,7 @@ import contextlib
 import importlib.metadata
 import os
 import threading
+import time
 import warnings
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
@@ -78,7 +79,7 @@ class PluginHost:
         """Forget everything (in-process registrations too); the next access loads again.  Refused
         (PluginError) from inside the load itself (a plugin's import or hook): it would drop the
         builtins and the plugins loaded so far for the rest of the process."""
-        with self._lock:
+        with self._locked():
             if getattr(self, "_loading_thread", None) == threading.get_ident():
                 rec = self._loading_record
                 by = f" by {rec.describe()}" if rec is not None else ""
@@ -123,9 +124,16 @@ class PluginHost:
         """Hold the host's lock, waiting while another thread holds it (loading plugins, running a
         plugin's hooks); a wait that could never end (that thread is joining this one) raises
         PluginLoadError here instead, and fails the installed plugin being loaded."""
+        first_seen: Optional[float] = None  # when the loader was first seen waiting for this thread
         while not self._lock.acquire(timeout=0.05):
-            loader, rec = self._loading_thread or self._hooks_thread, self._loading_record
-            if loader is None or not waits_for_current_thread(loader):
+            loader = getattr(self, "_loading_thread", None) or getattr(self, "_hooks_thread", None)
+            rec = getattr(self, "_loading_record", None)
+            wait = None if loader is None else waits_for_current_thread(loader)
+            if wait is None:
+                continue
+            now = time.monotonic()
+            first_seen = now if first_seen is None else first_seen
+            if wait < float("inf") and now - first_seen <= wait + 0.1:  # a timed wait ends; re-waiting is a loop
                 continue
             who = rec.describe() if rec is not None else "a plugin"
             msg = (f"thread {threading.current_thread().name!r} uses the canvas registries while {who} loads, and "

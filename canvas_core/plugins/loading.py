@@ -6,6 +6,7 @@ record kept per plugin and the slow-import watchdog."""
 from __future__ import annotations
 
 import importlib.metadata
+import math
 import sys
 import threading
 import time
@@ -183,11 +184,11 @@ class PluginRecord:
                     discarded={k: sorted(set(v)) for k, v in self.attempted.items()} if failed else {})
 
 
-def waits_for_current_thread(ident: int) -> bool:
-    """Whether thread ``ident`` is blocked waiting for the calling thread, with no timeout: in
-    ``Thread.join`` of it, or in ``Future.result`` of a ``concurrent.futures`` work item it runs (a
-    lock wait of the calling thread on ``ident`` would then never end).  A wait with a timeout ends
-    on its own, so the caller keeps waiting for the lock."""
+def waits_for_current_thread(ident: int) -> Optional[float]:
+    """How thread ``ident`` waits for the calling thread: the timeout (seconds; ``inf`` for none) of
+    its ``Thread.join`` of it, or of its ``Future.result`` of a ``concurrent.futures`` work item it
+    runs, or None when it does not wait for it.  With no timeout a lock wait of the calling thread
+    on ``ident`` would never end; a timed wait ends on its own (the caller judges repeats)."""
     from concurrent.futures import Future
     from concurrent.futures.thread import _WorkItem
 
@@ -200,11 +201,11 @@ def waits_for_current_thread(ident: int) -> bool:
     mine = [item.future for f in stack(sys._getframe(1)) if f.f_code.co_name == "run"
             and isinstance(item := f.f_locals.get("self"), _WorkItem)]
     for f in stack(sys._current_frames().get(ident)):
-        if f.f_code is threading.Thread.join.__code__ and f.f_locals.get("self") is me:
-            return f.f_locals.get("timeout") is None
-        if f.f_code is Future.result.__code__ and any(f.f_locals.get("self") is fut for fut in mine):
-            return f.f_locals.get("timeout") is None
-    return False
+        if (f.f_code is threading.Thread.join.__code__ and f.f_locals.get("self") is me) or (
+                f.f_code is Future.result.__code__ and any(f.f_locals.get("self") is fut for fut in mine)):
+            timeout = f.f_locals.get("timeout")
+            return math.inf if timeout is None else max(0.0, float(timeout))
+    return None
 
 
 def slow_load_message(name: str, dist: Optional[str], value: str, seconds: float) -> str:

@@ -17,8 +17,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 class HostSnapshot(NamedTuple):
     """A host's records, registry states (kind -> :class:`RegistryState`) and settings of one moment;
-    the records are copies (no ``clash_source``: read clashes with :func:`clashes`), so a plugin
-    loaded or failed later does not change a snapshot already taken."""
+    the records are copies whose ``conflicts`` are read off the snapshot's registry states, so a
+    plugin loaded or failed later does not change a snapshot already taken."""
 
     records: List[PluginRecord]
     states: Dict[str, RegistryState]
@@ -29,8 +29,12 @@ def take(host: "PluginHost") -> HostSnapshot:
     """Load ``host`` if needed, then read everything a report needs under its lock (writers hold it)."""
     host.ensure_loaded()
     with host._locked():
-        return HostSnapshot([_copy(r) for r in host.records.values()],
+        snap = HostSnapshot([_copy(r) for r in host.records.values()],
                             {kind: reg.snapshot() for kind, reg in host.registries.items()}, dict(host.settings))
+    found = clashes(snap)
+    for rec in snap.records:
+        rec.clash_source = lambda name, found=found: found.get(name, [])
+    return snap
 
 
 def _copy(rec: PluginRecord) -> PluginRecord:

@@ -26,8 +26,9 @@ def _quiet():
         yield
 
 
-def _joining_hook(work: Callable[[], Any], outcome: List[Any]) -> Callable[[Any], None]:
-    """A hook that runs ``work`` in a thread and joins it with no timeout."""
+def _joining_hook(work: Callable[[], Any], outcome: List[Any], timed: bool = False) -> Callable[[Any], None]:
+    """A hook that runs ``work`` in a thread and joins it with no timeout (``timed``: in the usual
+    Ctrl-C-friendly loop of joins with a timeout)."""
     def hook(registry: Any) -> None:
         def worker() -> None:
             try:
@@ -37,21 +38,25 @@ def _joining_hook(work: Callable[[], Any], outcome: List[Any]) -> Callable[[Any]
 
         t = threading.Thread(target=worker, name="fx1-worker")
         t.start()
+        while timed and t.is_alive():
+            t.join(timeout=0.2)
         t.join()
         registry.add("fx1_outer_attn", Attn)
     return hook
 
 
-@pytest.mark.parametrize("call", ["register_plugin", "lookup_unknown", "unregister_plugin"])
-def test_host_methods_from_a_thread_a_hook_joins_raise_instead_of_hanging(call):
+@pytest.mark.parametrize("timed", [False, True], ids=["join", "join_loop_with_timeouts"])
+@pytest.mark.parametrize("call", ["register_plugin", "lookup_unknown", "unregister_plugin", "reset"])
+def test_host_methods_from_a_thread_a_hook_joins_raise_instead_of_hanging(call, timed):
     outcome: List[Any] = []
     with use_host(PluginHost(entry_points=lambda: [])) as host:
         host.ensure_loaded()
         work = {"register_plugin": lambda: host.register_plugin(types.ModuleType("fx1other"), "fx1other"),
                 "lookup_unknown": lambda: host.lookup("attention", "fx1_nope"),
-                "unregister_plugin": lambda: host.unregister_plugin("fx1nothing")}[call]
+                "unregister_plugin": lambda: host.unregister_plugin("fx1nothing"),
+                "reset": host.reset}[call]
         mod = types.ModuleType("fx1outer")
-        mod.canvas_register_attention = P.hookimpl(_joining_hook(work, outcome))
+        mod.canvas_register_attention = P.hookimpl(_joining_hook(work, outcome, timed))
         _unhung(lambda: host.register_plugin(mod, "fx1outer"))
         assert isinstance(outcome[0], PluginLoadError), outcome
         assert "fx1-worker" in str(outcome[0]) and "deadlock" in str(outcome[0])
@@ -117,3 +122,18 @@ def test_a_snapshot_keeps_the_records_as_they_were():
         assert "fx1 later" not in kept.warnings
         row = {r["name"]: r for r in host.plugin_report(snap)}["fx1snap"]
         assert row["status"] == "ok" and row["registered"] == {"attention": ["fx1_snap_attn"]}
+
+
+def test_a_snapshots_records_show_their_conflicts():
+    def plugin(name: str) -> Callable[[], Any]:
+        mod = types.ModuleType(name)
+        mod.canvas_register_attention = P.hookimpl(lambda registry: registry.add("fx1_same", Attn))
+        return lambda: mod
+
+    eps = [FakeEntryPoint("fx1a", plugin("fx1a")), FakeEntryPoint("fx1b", plugin("fx1b"))]
+    with use_host(PluginHost(entry_points=lambda: eps)) as host:
+        live = {r.name: r.conflicts for r in host.records.values()} if host.ensure_loaded() is None else {}
+        snap = host.snapshot()
+        taken = {r.name: r.conflicts for r in snap.records}
+        assert taken == live and any("fx1_same" in c for msgs in taken.values() for c in msgs)
+        assert {r.name: r.to_dict()["conflicts"] for r in snap.records} == live
