@@ -83,8 +83,11 @@ def test_a_nested_register_plugin_in_a_hook_keeps_the_outer_hooks_thread_known()
         assert "fx1_inner_attn" in names and "fx1_outer_attn" in names and "fx1_late" not in names
 
 
-def test_star_import_of_a_failed_plugins_class_raises_its_load_error():
-    import canvas_core.identity  # noqa: F401
+def test_star_import_of_a_failed_plugins_class_raises_its_load_error(monkeypatch):
+    import canvas_core.identity
+
+    # an earlier test that read SlotBindingModule left it cached in the module's namespace
+    monkeypatch.delitem(vars(canvas_core.identity), "SlotBindingModule", raising=False)
 
     def broken() -> Any:
         raise RuntimeError("fx1 identity broken")
