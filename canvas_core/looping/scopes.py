@@ -350,9 +350,10 @@ def apply_loops_atomically(parts: List[Any], apply: Any) -> None:
     """``apply(part)`` for every part, all or nothing: when one raises (a ``wrapper_class=``
     wrapper's own ``set_loops``), the parts already set, and the failing one, get back what they
     held, and the error is raised as it came. canvas-core's parts only save their counts; another
-    module saves its own attributes (``module_state``: its ``__dict__``, the dicts in it one level
-    deep; not the wrapped block, which a ``set_loops`` has no business changing, and whose copy
-    cost milliseconds per call on a large block), another object its own attributes."""
+    module saves the state of its own modules (``module_state``: each one's ``__dict__``, the dicts
+    in it one level deep) and its parameters' ``requires_grad``, but not of the wrapped block
+    (``original`` / ``ungraft_blocks()``), which a ``set_loops`` has no business changing and
+    whose copy cost milliseconds per call on a large block; another object its own attributes."""
     from canvas_core.looping.graft_atomic import module_state, restore_module
 
     done: List[Tuple[Any, str, Any]] = []
@@ -361,7 +362,7 @@ def apply_loops_atomically(parts: List[Any], apply: Any) -> None:
             if isinstance(p, nn.Module) and _own_setter(p):
                 done.append((p, "own", {k: p.__dict__[k] for k in _LOOP_SETTINGS if k in p.__dict__}))
             elif isinstance(p, nn.Module):
-                done.append((p, "module", module_state(p)))
+                done.append((p, "module", _wrapper_state(p, module_state)))
             else:
                 done.append((p, "object", dict(getattr(p, "__dict__", {}))))
             apply(p)
@@ -370,11 +371,29 @@ def apply_loops_atomically(parts: List[Any], apply: Any) -> None:
             if kind == "own":
                 p.__dict__.update(saved)
             elif kind == "module":
-                restore_module(saved)
+                mods, grads = saved
+                for st in mods:
+                    restore_module(st)
+                for param, flag in grads:
+                    param.requires_grad_(flag)
             elif hasattr(p, "__dict__") and p.__dict__ != saved:
                 p.__dict__.clear()
                 p.__dict__.update(saved)
         raise
+
+
+def _wrapper_state(wrapper: nn.Module, module_state: Any) -> Tuple[List[Any], List[Tuple[Any, bool]]]:
+    """What a ``wrapper_class=`` wrapper's ``set_loops`` may change: the state of its modules and
+    the ``requires_grad`` of its parameters, those of the block(s) it wraps left out."""
+    blocks = wrapper.ungraft_blocks() if callable(getattr(wrapper, "ungraft_blocks", None)) else (
+        [wrapper.original] if isinstance(getattr(wrapper, "original", None), nn.Module) else [])
+    skip, mods, todo = {id(b) for b in blocks}, [], [wrapper]
+    while todo:  # the wrapper's modules, not descending into a wrapped block
+        m = todo.pop()
+        mods.append(m)
+        todo.extend(c for c in m._modules.values() if c is not None and id(c) not in skip)
+    grads = [(q, q.requires_grad) for m in mods for q in m._parameters.values() if q is not None]
+    return [module_state(m) for m in mods], grads
 
 
 def _block_trace(model: nn.Module, where: str) -> List[Dict[str, Any]]:
