@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import os
+import sys
 from typing import Any
 
 __all__ = [
@@ -229,3 +230,13 @@ class PluginLoadAttributeError(PluginError, AttributeError):
 
 __all__.append("PluginLoadAttributeError")
 __all__.append("PluginNotInstalledError")
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes a ``warnings.warn`` in the calling function point at the first
+    frame outside canvas-core (the user's call), however deep inside the library the warning is made."""
+    level, f = 2, sys._getframe(2)
+    while f is not None and (lambda n: n == "canvas_core" or n.startswith("canvas_core."))(
+            str(f.f_globals.get("__name__", ""))):
+        level, f = level + 1, f.f_back
+    return level

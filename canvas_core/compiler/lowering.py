@@ -30,7 +30,7 @@ import numpy as np
 
 from canvas_core.compiler.plan import ExecutionPlan, RectGroup
 from canvas_core.compiler.temporal import connection_links, region_frames
-from canvas_core.errors import CanvasTypeError, UnknownRegionError, did_you_mean
+from canvas_core.errors import CanvasTypeError, UnknownRegionError, did_you_mean, user_stacklevel
 from canvas_core.schema.limits import check_size
 from canvas_core.schema.masks import mask_to_index_pairs
 from canvas_core.schema.topology import DEFAULT_FN, check_connection_regions
@@ -295,17 +295,7 @@ def _warn_links_nothing(ci: int, conn: Any, layout: Any) -> None:
         why = "its mask selects no pair of positions"
     warnings.warn(f"connection #{ci} {conn.src!r} -> {conn.dst!r} links nothing: {why}; it has no effect. "
                   "Check the offsets (or the fill / mask), or remove the connection", UserWarning,
-                  stacklevel=_outside_canvas_core())
-
-
-def _outside_canvas_core() -> int:
-    """The ``stacklevel`` of the first caller outside canvas-core (the warning points at user code)."""
-    import sys
-
-    level, f = 2, sys._getframe(2)
-    while f is not None and str(f.f_globals.get("__name__", "")).startswith("canvas_core"):
-        level, f = level + 1, f.f_back
-    return level
+                  stacklevel=user_stacklevel())
 
 
 def restrict(plan: ExecutionPlan, source_regions: Any) -> ExecutionPlan:

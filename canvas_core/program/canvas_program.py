@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import warnings
 from collections import Counter
 from dataclasses import MISSING, dataclass, field, fields
@@ -12,7 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from canvas_core.schema.jsonio import dump_json, loads_strict, read_json_source
 from canvas_core.errors import (
-    CanvasError, CanvasTypeError, ProgramError, SchemaFormatError, SettingError, did_you_mean,
+    CanvasError, CanvasTypeError, ProgramError, SchemaFormatError, SettingError, did_you_mean, user_stacklevel,
 )
 from canvas_core.program.constants import CONSTRAINT_VALUES, OPERATORS, closest
 from canvas_core.program.identity import IdentitySpec
@@ -373,16 +372,7 @@ def _warn_compile_mode_conflict(name: str, rp: RegionProgram) -> None:
             f"region {name!r}: compile_mode={rp.compile_mode!r} and learning.compile_mode={wins!r} disagree; "
             f"learning.compile_mode wins, so the compiler applies {wins!r}, not {rp.compile_mode!r} (see "
             "'compile_mode' in docs/programs.md). Give both the same mode, or leave one of them 'runtime'",
-            UserWarning, stacklevel=_outside_canvas_core())
-
-
-def _outside_canvas_core() -> int:
-    """The ``stacklevel`` of the first caller outside canvas-core, for a warning made by this
-    module's caller: it points at the user's ``compile_program`` / constructor / ``from_json`` call."""
-    level, f = 2, sys._getframe(2)
-    while f is not None and str(f.f_globals.get("__name__", "")).startswith("canvas_core"):
-        level, f = level + 1, f.f_back
-    return level
+            UserWarning, stacklevel=user_stacklevel())
 
 
 def _warn_unknown_event_source(name: str, rp: RegionProgram, known: Mapping[str, Any]) -> None:
@@ -403,7 +393,7 @@ def _warn_unknown_event_source(name: str, rp: RegionProgram, known: Mapping[str,
         f"reads summaries[{source!r}][{kind!r}], so this clock fires only when the summaries passed to it "
         "hold that key (no region's residual summary does). If it is meant to listen to a region, name a "
         "region of the schema; a signal fed in by hand is fine (canvas-engineering accepts it too)",
-        UserWarning, stacklevel=_outside_canvas_core())
+        UserWarning, stacklevel=user_stacklevel())
 
 
 def _readings(key: str) -> List[Tuple[str, str]]:
