@@ -11,6 +11,9 @@ class LRUCache(OrderedDict):
     insert.  Both are single dict operations, so an entry another thread evicted in between is
     simply gone (no ``KeyError``), and the size never stays above the bound for long."""
 
+    def __reduce__(self) -> Any:  # pickled as a plain OrderedDict: older canvas-core loads it
+        return (OrderedDict, (list(self.items()),))
+
     def touch(self, key: Any) -> None:
         """Mark ``key`` as the most recently used (nothing when it was evicted meanwhile)."""
         try:

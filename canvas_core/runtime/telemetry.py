@@ -480,12 +480,12 @@ def telemetry(model: nn.Module, *inputs: Any, max_queries: int = 256, **kwargs: 
 
 
 def _check_call(model: nn.Module, inputs: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
-    """After the call raised a ``TypeError``: when ``model.forward`` cannot take the inputs, say so
-    with the signature it wants.  Models whose own ``__call__`` or pre-hooks (global ones too) may
-    supply inputs, and signatures Python cannot read, are left with the model's error."""
+    """After the call raised a ``TypeError``: when ``model.forward`` cannot take the inputs, say so with the
+    signature it wants; own ``__call__`` s, pre-hooks and unreadable signatures keep the model's error."""
     try:
         hooks = model._forward_pre_hooks or getattr(torch.nn.modules.module, "_global_forward_pre_hooks", None)
-        sig = None if hooks or type(model).__call__ is not nn.Module.__call__ else inspect.signature(model.forward)
+        own = hooks or type(model).__call__ is not nn.Module.__call__  # (a decorator's signature, not its inner's:)
+        sig = None if own else inspect.signature(model.forward, follow_wrapped=False)
     except (TypeError, ValueError):
         sig = None
     try:
@@ -497,4 +497,4 @@ def _check_call(model: nn.Module, inputs: Tuple[Any, ...], kwargs: Dict[str, Any
         raise CanvasTypeError(
             f"telemetry({name}, ...): {name}.forward{sig} cannot take the inputs given ({exc}); pass "
             f"the model's inputs after it, as telemetry(model, *inputs, **kwargs) runs model(*inputs, "
-            f"**kwargs), e.g. telemetry(layer, x) with x a (B, N, D) canvas") from None
+            f"**kwargs), e.g. telemetry(layer, x) with x a (B, N, D) canvas") from exc

@@ -313,3 +313,22 @@ def test_models_that_call_forward_their_own_way_are_not_refused() -> None:
         hook.remove()
     with pytest.raises(CanvasTypeError, match=r"Plain\.forward\(x\) cannot take the inputs given"):
         telemetry(plain)
+
+
+def test_a_models_own_type_error_behind_a_decorator_is_not_blamed_on_the_inputs() -> None:
+    import functools
+
+    def supplies_scale(f):
+        @functools.wraps(f)
+        def wrapped(self, x):
+            return f(self, x, 1.0)
+        return wrapped
+
+    class Broken(nn.Module):
+        @supplies_scale
+        def forward(self, x: torch.Tensor, scale: float) -> torch.Tensor:
+            return torch.cat(x, 1) * scale  # a TypeError of the model's own
+
+    with pytest.raises(TypeError, match="cat") as info:
+        telemetry(Broken(), torch.randn(2, 4))
+    assert not isinstance(info.value, CanvasTypeError)

@@ -67,3 +67,15 @@ def test_lru_touch_and_trim_of_missing_entries() -> None:
     assert list(c) == ["a"]
     c.trim(5)
     assert list(c) == ["a"]
+
+
+def test_a_pickled_layer_names_no_new_class_for_its_cache() -> None:
+    """Older canvas-core has no runtime.lru: the cache pickles as the OrderedDict it knew."""
+    import pickle
+
+    layer, x = _layer(), torch.randn(1, 6, 8)
+    layer(x, active_regions={"r0"})
+    data = pickle.dumps(layer)
+    assert b"canvas_core.runtime.lru" not in data
+    back = pickle.loads(data)
+    assert torch.equal(back(x, active_regions={"r0"}), layer(x, active_regions={"r0"}))
