@@ -67,7 +67,10 @@ class BoundField(_Navigable):
         layout's) if any; else the layout's now (it follows ``bound.layout.regions[...] =`` as
         ``indices()`` does), or the compiled one for a name the layout no longer has."""
         layout = self.bound_schema.layout
-        if getattr(self, "_follows", True) and self.region_name in layout.regions:
+        follows = self.__dict__.get("_follows")
+        if follows is None:  # pickled by an older version: its spec was set by hand if it differs
+            follows = self._given() == layout.regions.get(self.region_name)
+        if follows and self.region_name in layout.regions:
             return layout.region_spec(self.region_name)
         return self._given()
 

@@ -136,3 +136,11 @@ def test_num_positions_counts_an_explicitly_set_spec_as_canvas_engineering_does(
         bound["a"].spec = spec((0, 1, 0, 4, 0, 4))
         counts.append((before, bound["a"].num_positions))
     assert counts[1] == counts[0] == (8, 16)
+
+
+def test_an_old_pickle_keeps_a_spec_set_by_hand() -> None:
+    bound = compile_schema(_Robot(), T=2, d_model=8)
+    bound["a"].spec = RegionSpec((0, 1, 0, 1, 0, 1))
+    back = pickle.loads(_as_an_older_version_pickled_it(bound))
+    assert back["a"].spec.bounds == (0, 1, 0, 1, 0, 1) and back["a"].num_positions == 1
+    assert back["b"].spec == back.layout.regions["b"]  # untouched fields still follow the layout
