@@ -129,7 +129,8 @@ class PluginHost:
             loader = getattr(self, "_loading_thread", None) or getattr(self, "_hooks_thread", None)
             rec = getattr(self, "_loading_record", None)
             wait = None if loader is None else waits_for_current_thread(loader)
-            if wait is None:
+            if wait is None:  # not waiting for us (now): a later timed wait is judged afresh
+                first_seen = None
                 continue
             now = time.monotonic()
             first_seen = now if first_seen is None else first_seen

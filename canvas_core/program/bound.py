@@ -68,8 +68,8 @@ class BoundField(_Navigable):
         ``indices()`` does), or the compiled one for a name the layout no longer has."""
         layout = self.bound_schema.layout
         follows = self.__dict__.get("_follows")
-        if follows is None:  # pickled by an older version: its spec was set by hand if it differs
-            follows = self._given() == layout.regions.get(self.region_name)
+        if follows is None:  # pickled by an older version: a plain "spec" that differs was set by hand
+            follows = "_spec" in self.__dict__ or self._given() == layout.regions.get(self.region_name)
         if follows and self.region_name in layout.regions:
             return layout.region_spec(self.region_name)
         return self._given()

@@ -1,7 +1,6 @@
 """Telemetry: what a canvas model does with its topology, as a flat dict of numbers.
 
-Off by default and free when off: nothing is registered on a model until a recording starts, and
-everything is removed when it ends.
+Off by default and free when off: nothing is registered on a model until a recording starts.
 
 * :func:`record_telemetry` -- a context manager; every forward inside it is measured::
 
@@ -28,10 +27,9 @@ their frame (not: a call restricted to some regions, an empty batch, the full fo
 * ``gate/<parameter name>`` -- every parameter whose name contains ``gate``: each element for up
   to 16 elements (``.../<k>``), else ``/mean`` and ``/absmax``.
 
-Queries are sampled (``max_queries`` per layer, evenly spaced over the updated positions).  A
-rollout step reads the keys and values the rollout cached (no copy) and runs ``qkv`` on its sampled
-queries only; a frame's index work is done once per recording while it fits ``_PREP_ELEMENTS``
-per layer (else per step), and the sums stay on the device until the numbers are read.
+Queries are sampled (``max_queries`` per layer, evenly spaced).  A rollout step reads the rollout's
+cached keys and values (no copy) and runs ``qkv`` on its sampled queries only; a frame's index work
+is done once per recording while it fits ``_PREP_ELEMENTS`` per layer; sums stay on the device.
 """
 
 from __future__ import annotations
@@ -473,19 +471,21 @@ def telemetry(model: nn.Module, *inputs: Any, max_queries: int = 256, **kwargs: 
     try:
         with record_telemetry(model, max_queries=max_queries) as tel, torch.no_grad():
             model(*inputs, **kwargs)
-    except TypeError:  # (the recording's own hooks are removed by now)
-        isinstance(model, nn.Module) and _check_call(model, inputs, kwargs)  # raises if the inputs cannot bind
+    except TypeError as exc:  # (the recording's own hooks are removed by now)
+        isinstance(model, nn.Module) and _check_call(model, inputs, kwargs, exc)  # raises if the inputs cannot bind
         raise
     return tel.values()
 
 
-def _check_call(model: nn.Module, inputs: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
-    """After the call raised a ``TypeError``: when ``model.forward`` cannot take the inputs, say so with the
-    signature it wants; own ``__call__`` s, pre-hooks and unreadable signatures keep the model's error."""
+def _check_call(model: nn.Module, inputs: Tuple[Any, ...], kwargs: Dict[str, Any], exc: BaseException) -> None:
+    """After ``model(...)`` raised ``exc``, a ``TypeError``: if ``forward`` cannot take the inputs, say so."""
     try:
         hooks = model._forward_pre_hooks or getattr(torch.nn.modules.module, "_global_forward_pre_hooks", None)
-        own = hooks or type(model).__call__ is not nn.Module.__call__  # (a decorator's signature, not its inner's:)
-        sig = None if own else inspect.signature(model.forward, follow_wrapped=False)
+        inner, tb, ran = getattr(inspect.unwrap(type(model).forward), "__code__", None), exc.__traceback__, False
+        while tb is not None and not ran:  # raised inside forward's own code: the model's error, not the inputs'
+            ran, tb = tb.tb_frame.f_code is inner, tb.tb_next
+        own = hooks or ran or type(model).__call__ is not nn.Module.__call__
+        sig = None if own else inspect.signature(model.forward)
     except (TypeError, ValueError):
         sig = None
     try:

@@ -140,3 +140,33 @@ def test_a_snapshots_records_show_their_conflicts():
         taken = {r.name: r.conflicts for r in snap.records}
         assert taken == live and any("fx1_same" in c for msgs in taken.values() for c in msgs)
         assert {r.name: r.to_dict()["conflicts"] for r in snap.records} == live
+
+
+def test_two_separate_timed_waits_are_not_a_deadlock():
+    import time
+
+    outcome: List[Any] = []
+    with use_host(PluginHost(entry_points=lambda: [])) as host:
+        host.ensure_loaded()
+
+        def hook(registry: Any) -> None:
+            def worker() -> None:
+                try:  # an unknown name takes the host's lock to explain itself
+                    outcome.append(host.lookup("attention", "fx1_unknown"))
+                except Exception as exc:  # noqa: BLE001 - the test looks at it
+                    outcome.append(exc)
+            t = threading.Thread(target=worker)
+            t.start()
+            t.join(timeout=0.2)
+            time.sleep(0.5)  # other work: the worker is still blocked on the lock, not refused
+            t.join(timeout=0.2)
+            registry.add("fx1_two_waits", Attn)
+
+        mod = types.ModuleType("fx1twowaits")
+        mod.canvas_register_attention = P.hookimpl(hook)
+        _unhung(lambda: host.register_plugin(mod, "fx1twowaits"))
+        for _ in range(100):
+            if outcome:
+                break
+            time.sleep(0.05)
+        assert outcome and not isinstance(outcome[0], PluginLoadError), outcome  # the unknown-name error

@@ -144,3 +144,13 @@ def test_an_old_pickle_keeps_a_spec_set_by_hand() -> None:
     back = pickle.loads(_as_an_older_version_pickled_it(bound))
     assert back["a"].spec.bounds == (0, 1, 0, 1, 0, 1) and back["a"].num_positions == 1
     assert back["b"].spec == back.layout.regions["b"]  # untouched fields still follow the layout
+
+
+def test_a_pickle_with_a_private_spec_and_no_follow_flag_follows_the_layout() -> None:
+    """States of the versions whose spec was a read-only property (``_spec``, no ``_follows``)."""
+    bound = compile_schema(_Robot(), T=2, d_model=8)
+    bound.layout.regions["a"] = RegionSpec((0, 1, 0, 1, 0, 1))
+    for f in bound._fields.values():
+        f.__dict__.pop("_follows", None)
+    back = pickle.loads(_dump_dicts(bound))
+    assert back["a"].spec.bounds == (0, 1, 0, 1, 0, 1) and back["a"].num_positions == len(back["a"].indices()) == 1

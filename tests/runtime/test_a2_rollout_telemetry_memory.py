@@ -332,3 +332,13 @@ def test_a_models_own_type_error_behind_a_decorator_is_not_blamed_on_the_inputs(
     with pytest.raises(TypeError, match="cat") as info:
         telemetry(Broken(), torch.randn(2, 4))
     assert not isinstance(info.value, CanvasTypeError)
+
+
+def test_a_forward_under_a_torch_decorator_still_gets_the_diagnosis() -> None:
+    class NoGrad(nn.Module):
+        @torch.no_grad()
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    with pytest.raises(CanvasTypeError, match=r"NoGrad\.forward\(x\) cannot take the inputs given"):
+        telemetry(NoGrad(), torch.randn(2, 4), torch.randn(2, 4))
