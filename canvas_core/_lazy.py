@@ -118,10 +118,14 @@ def lazy_exports(module_name: str, table: Dict[str, Source],
             err.__dict__.update({k: v for k, v in exc.__dict__.items() if k != "name"})
             err.name = name  # AttributeError.name: the attribute looked up
             raise err from exc
+        except PluginNotInstalledError as exc:  # raised by a module this one re-exports from
+            exc.name, exc.path = module_name, (namespace or {}).get("__file__")
+            raise
         except AttributeError as exc:  # a canvas-core error (a plugin not installed): keep its message
             if isinstance(exc, CanvasError) and _imported_from():
                 err = PluginNotInstalledError(str(exc))
-                err.name = name
+                err.name, err.name_from = module_name, name  # as Python's own "cannot import name" sets them
+                err.path = (namespace or {}).get("__file__")
                 raise err from None
             raise
         if namespace is not None:

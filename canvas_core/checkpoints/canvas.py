@@ -258,6 +258,9 @@ def _saved_schema(p: str, header: Mapping[str, str]) -> Tuple[Dict[str, Any], An
 
     from canvas_core.schema.jsonio import loads_strict
 
+    if not str(header.get("schema", "")).strip():
+        raise CheckpointError(f"{p!r} has a corrupt header: its 'schema' entry is empty; save the model again with "
+                              "save_canvas_checkpoint")
     try:  # malformed JSON, numbers Python refuses to read, repeated keys: named as schema files name them
         saved = loads_strict(header.get("schema", ""), "its 'schema' entry")
     except CanvasError as exc:

@@ -124,17 +124,18 @@ class PluginHost:
         """Hold the host's lock, waiting while another thread holds it (loading plugins, running a
         plugin's hooks); a wait that could never end (that thread is joining this one) raises
         PluginLoadError here instead, and fails the installed plugin being loaded."""
-        first_seen: Optional[float] = None  # when the loader was first seen waiting for this thread
+        first_seen: Optional[float] = None  # when the loader's current wait for this thread was first seen
+        waits = 0  # how many separate waits for this thread were seen (a third one: a join loop)
         while not self._lock.acquire(timeout=0.05):
             loader = getattr(self, "_loading_thread", None) or getattr(self, "_hooks_thread", None)
             rec = getattr(self, "_loading_record", None)
             wait = None if loader is None else waits_for_current_thread(loader)
-            if wait is None:  # not waiting for us (now): a later timed wait is judged afresh
+            if wait is None:  # not waiting for us now
                 first_seen = None
                 continue
             now = time.monotonic()
-            first_seen = now if first_seen is None else first_seen
-            if wait < float("inf") and now - first_seen <= wait + 0.1:  # a timed wait ends; re-waiting is a loop
+            waits, first_seen = (waits + 1, now) if first_seen is None else (waits, first_seen)
+            if wait < float("inf") and now - first_seen <= wait + 0.1 and waits < 3:  # a timed wait ends
                 continue
             who = rec.describe() if rec is not None else "a plugin"
             msg = (f"thread {threading.current_thread().name!r} uses the canvas registries while {who} loads, and "

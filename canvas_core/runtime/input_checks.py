@@ -8,8 +8,9 @@ nothing measurable for them.
 
 from __future__ import annotations
 
+import inspect
 import reprlib
-from typing import Any, Optional, Sequence
+from typing import Any, Dict, Optional, Sequence
 
 import torch
 
@@ -161,3 +162,35 @@ class allocating:
 
 
 __all__.append("allocating")
+
+
+def refuse_unbindable_call(model: torch.nn.Module, inputs: Sequence[Any], kwargs: Dict[str, Any],
+                           exc: BaseException, where: str) -> None:
+    """After ``model(*inputs, **kwargs)`` raised ``exc`` (a ``TypeError``) inside ``where(model,
+    ...)``: when ``model.forward`` cannot take those inputs, raise a :class:`CanvasTypeError` with the
+    signature it wants.  Left with the model's own error: a ``TypeError`` raised inside forward's
+    own code, a model with its own ``__call__`` or with pre-hooks (global ones too: they may supply
+    inputs), and a signature Python cannot read.  A decorator's signature is the one checked,
+    unless it is a pure ``(*args, **kwargs)`` wrapper (``torch.no_grad``), whose inner one is."""
+    nn_module = torch.nn.modules.module
+    try:
+        hooks = model._forward_pre_hooks or getattr(nn_module, "_global_forward_pre_hooks", None)
+        inner, tb, ran = getattr(inspect.unwrap(type(model).forward), "__code__", None), exc.__traceback__, False
+        while tb is not None and not ran:
+            ran, tb = tb.tb_frame.f_code is inner, tb.tb_next
+        outer = inspect.signature(model.forward, follow_wrapped=False)
+        pure = all(q.kind in (q.VAR_POSITIONAL, q.VAR_KEYWORD) for q in outer.parameters.values())
+        own = hooks or ran or type(model).__call__ is not torch.nn.Module.__call__
+        sig = None if own else (inspect.signature(model.forward) if pure else outer)
+    except (TypeError, ValueError):
+        sig = None
+    try:
+        sig is None or sig.bind(*inputs, **kwargs)
+    except TypeError as bad:
+        name, empty = type(model).__name__, inspect.Parameter.empty
+        sig = sig.replace(parameters=[q.replace(annotation=empty) for q in sig.parameters.values()],
+                          return_annotation=empty)
+        raise CanvasTypeError(
+            f"{where}({name}, ...): {name}.forward{sig} cannot take the inputs given ({bad}); pass "
+            f"the model's inputs after it, as {where}(model, *inputs, **kwargs) runs model(*inputs, "
+            f"**kwargs), e.g. {where}(layer, x) with x a (B, N, D) canvas") from bad

@@ -34,7 +34,6 @@ is done once per recording while it fits ``_PREP_ELEMENTS`` per layer; sums stay
 
 from __future__ import annotations
 
-import inspect
 import math
 from contextlib import contextmanager
 from typing import Any, Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Tuple
@@ -46,6 +45,7 @@ from torch import nn
 from canvas_core.errors import CanvasTypeError
 from canvas_core.runtime.compiled_names import plain_name, wrapped_paths
 from canvas_core.runtime.incremental import in_backward, frames_measured, observe_steps
+from canvas_core.runtime.input_checks import refuse_unbindable_call
 from canvas_core.runtime.plan_runner import plan_query_weights
 from canvas_core.runtime.rollout_plan import frame_size, sampled_links
 from canvas_core.schema._validate import is_int
@@ -472,29 +472,6 @@ def telemetry(model: nn.Module, *inputs: Any, max_queries: int = 256, **kwargs: 
         with record_telemetry(model, max_queries=max_queries) as tel, torch.no_grad():
             model(*inputs, **kwargs)
     except TypeError as exc:  # (the recording's own hooks are removed by now)
-        isinstance(model, nn.Module) and _check_call(model, inputs, kwargs, exc)  # raises if the inputs cannot bind
+        isinstance(model, nn.Module) and refuse_unbindable_call(model, inputs, kwargs, exc, "telemetry")
         raise
     return tel.values()
-
-
-def _check_call(model: nn.Module, inputs: Tuple[Any, ...], kwargs: Dict[str, Any], exc: BaseException) -> None:
-    """After ``model(...)`` raised ``exc``, a ``TypeError``: if ``forward`` cannot take the inputs, say so."""
-    try:
-        hooks = model._forward_pre_hooks or getattr(torch.nn.modules.module, "_global_forward_pre_hooks", None)
-        inner, tb, ran = getattr(inspect.unwrap(type(model).forward), "__code__", None), exc.__traceback__, False
-        while tb is not None and not ran:  # raised inside forward's own code: the model's error, not the inputs'
-            ran, tb = tb.tb_frame.f_code is inner, tb.tb_next
-        own = hooks or ran or type(model).__call__ is not nn.Module.__call__
-        sig = None if own else inspect.signature(model.forward)
-    except (TypeError, ValueError):
-        sig = None
-    try:
-        sig is None or sig.bind(*inputs, **kwargs)
-    except TypeError as exc:
-        name, empty = type(model).__name__, inspect.Parameter.empty
-        sig = sig.replace(parameters=[q.replace(annotation=empty) for q in sig.parameters.values()],
-                          return_annotation=empty)
-        raise CanvasTypeError(
-            f"telemetry({name}, ...): {name}.forward{sig} cannot take the inputs given ({exc}); pass "
-            f"the model's inputs after it, as telemetry(model, *inputs, **kwargs) runs model(*inputs, "
-            f"**kwargs), e.g. telemetry(layer, x) with x a (B, N, D) canvas") from exc

@@ -27,3 +27,16 @@ def test_unreadable_schema_json_is_a_corrupt_header(tmp_path, edit, message) -> 
     with pytest.raises(CheckpointError, match=message) as info:
         cc.read_canvas_checkpoint_header(path)
     assert "set_int_max_str_digits" not in str(info.value)
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
+def test_an_empty_schema_entry_says_to_save_again(tmp_path, blank) -> None:
+    path = str(tmp_path / "m.safetensors")
+    cc.save_canvas_checkpoint(Model(), path, SCHEMA)
+    with safe_open(path, "pt") as f:
+        header, tensors = dict(f.metadata()), {k: f.get_tensor(k) for k in f.keys()}
+    header["schema"] = blank
+    save_file(tensors, path, metadata=header)
+    with pytest.raises(CheckpointError, match=r"its 'schema' entry is empty; save the model again") as info:
+        cc.read_canvas_checkpoint_header(path)
+    assert "give a file" not in str(info.value)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dis
 import threading
+import time
 import types
 import warnings
 from typing import Any, Callable, List
@@ -26,7 +27,7 @@ def _quiet():
         yield
 
 
-def _joining_hook(work: Callable[[], Any], outcome: List[Any], timed: bool = False) -> Callable[[Any], None]:
+def _joining_hook(work: Callable[[], Any], outcome: List[Any], timed: Any = False) -> Callable[[Any], None]:
     """A hook that runs ``work`` in a thread and joins it with no timeout (``timed``: in the usual
     Ctrl-C-friendly loop of joins with a timeout)."""
     def hook(registry: Any) -> None:
@@ -40,12 +41,14 @@ def _joining_hook(work: Callable[[], Any], outcome: List[Any], timed: bool = Fal
         t.start()
         while timed and t.is_alive():
             t.join(timeout=0.2)
+            if timed == "pauses":
+                time.sleep(0.3)  # other work between the joins
         t.join()
         registry.add("fx1_outer_attn", Attn)
     return hook
 
 
-@pytest.mark.parametrize("timed", [False, True], ids=["join", "join_loop_with_timeouts"])
+@pytest.mark.parametrize("timed", [False, True, "pauses"], ids=["join", "join_loop_with_timeouts", "join_loop_with_pauses"])
 @pytest.mark.parametrize("call", ["register_plugin", "lookup_unknown", "unregister_plugin", "reset"])
 def test_host_methods_from_a_thread_a_hook_joins_raise_instead_of_hanging(call, timed):
     outcome: List[Any] = []

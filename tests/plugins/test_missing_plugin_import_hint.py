@@ -21,7 +21,7 @@ def test_from_import_of_a_missing_plugins_class_names_the_distribution(no_plugin
     with pytest.raises(PluginNotInstalledError, match="canvas-plugin-mamba") as info:
         from canvas_core import MambaAttention  # noqa: F401
     assert isinstance(info.value, ImportError) and isinstance(info.value, UnknownNameError)
-    assert info.value.name == "MambaAttention"
+    assert info.value.name == "canvas_core" and info.value.name_from == "MambaAttention"
 
 
 def test_attribute_access_and_hasattr_keep_their_errors(no_plugins) -> None:

@@ -342,3 +342,22 @@ def test_a_forward_under_a_torch_decorator_still_gets_the_diagnosis() -> None:
 
     with pytest.raises(CanvasTypeError, match=r"NoGrad\.forward\(x\) cannot take the inputs given"):
         telemetry(NoGrad(), torch.randn(2, 4), torch.randn(2, 4))
+
+
+def test_a_decorator_with_its_own_signature_keeps_its_own_type_error() -> None:
+    import functools
+
+    def accepts_mask(f):
+        @functools.wraps(f)
+        def wrapped(self, x, mask=None):
+            return f(self, x * mask)  # a TypeError of the decorator's own for a bad mask
+        return wrapped
+
+    class Masked(nn.Module):
+        @accepts_mask
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x
+
+    with pytest.raises(TypeError) as info:
+        telemetry(Masked(), torch.randn(2, 2), mask="bad")
+    assert not isinstance(info.value, CanvasTypeError)
