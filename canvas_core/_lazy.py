@@ -52,15 +52,21 @@ _NAMING = {dis.opmap[op] for op in ("LOAD_ATTR", "LOAD_METHOD", "IMPORT_FROM", "
 _INTRINSIC_1, _INTRINSIC_IMPORT_STAR = dis.opmap.get("CALL_INTRINSIC_1", -1), 2
 
 
-def _names_attribute(co_code: bytes, lasti: int) -> bool:
-    """Whether the instruction at byte offset ``lasti`` of ``co_code`` names an attribute (its
-    ``EXTENDED_ARG`` prefixes skipped: Python 3.10 may leave ``f_lasti`` on one)."""
+def _instruction(co_code: bytes, lasti: int) -> Tuple[int, int]:
+    """``(opcode, argument byte)`` of the instruction at byte offset ``lasti`` of ``co_code``, its
+    ``EXTENDED_ARG`` prefixes skipped (Python 3.10 may leave ``f_lasti`` on one); ``(-1, 0)``
+    outside the code."""
     while 0 <= lasti < len(co_code) - 2 and co_code[lasti] == dis.EXTENDED_ARG:
         lasti += 2
     if not 0 <= lasti < len(co_code) - 1:
-        return False
-    op = co_code[lasti]
-    return op in _NAMING or (op == _INTRINSIC_1 and co_code[lasti + 1] == _INTRINSIC_IMPORT_STAR)
+        return -1, 0
+    return co_code[lasti], co_code[lasti + 1]
+
+
+def _names_attribute(co_code: bytes, lasti: int) -> bool:
+    """Whether the instruction at byte offset ``lasti`` of ``co_code`` names an attribute."""
+    op, arg = _instruction(co_code, lasti)
+    return op in _NAMING or (op == _INTRINSIC_1 and arg == _INTRINSIC_IMPORT_STAR)
 
 
 def _caller() -> Any:
@@ -88,11 +94,7 @@ def _imported_from() -> bool:
     """Whether the lookup is a ``from m import y``, which turns an ``AttributeError`` into a bare
     ``ImportError("cannot import name ...")`` and drops its message."""
     frame = _caller()
-    lasti = -1 if frame is None else frame.f_lasti
-    code = b"" if frame is None else frame.f_code.co_code
-    while 0 <= lasti < len(code) - 2 and code[lasti] == dis.EXTENDED_ARG:
-        lasti += 2
-    return 0 <= lasti < len(code) and code[lasti] == dis.opmap["IMPORT_FROM"]
+    return frame is not None and _instruction(frame.f_code.co_code, frame.f_lasti)[0] == dis.opmap["IMPORT_FROM"]
 
 
 def lazy_exports(module_name: str, table: Dict[str, Source],

@@ -28,6 +28,7 @@ __all__ = ["exact_rows"]
 
 
 def _heads(x: Tensor, head_dim: int) -> Tensor:
+    """``(B, N, D) -> (B, H, N, head_dim)`` (a view)."""
     B, N, D = x.shape
     return x.view(B, N, D // head_dim, head_dim).transpose(1, 2)
 

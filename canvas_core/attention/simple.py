@@ -19,7 +19,7 @@ from canvas_core.attention._base import (
 )
 from canvas_core.attention.causal_read import autocast_on, exp_floor, finite_or_zero, outside_autocast, \
     plain_module, work_dtype
-from canvas_core.attention.linear_rows import exact_rows
+from canvas_core.attention.linear_rows import _heads, exact_rows
 from canvas_core.attention.linear_sums import dim_shift, elu_plus_one, scaled_features, shifted_key_summary
 from canvas_core.attention.softmax import CosineAttention, CrossAttention, _QKVAttention
 from canvas_core.errors import CanvasTypeError
@@ -136,12 +136,6 @@ def _read_summary(q: torch.Tensor, kv: torch.Tensor, ks: torch.Tensor, c: torch.
     kd = ks.unsqueeze(-1).masked_fill(~same, 0.0)
     nd = torch.matmul(q, torch.cat([kv, kd], dim=2))  # (B, Nq, 2D): numerators, denominators
     return safe_div(nd[..., :D], nd[..., D:])
-
-
-def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """``(B, N, D) -> (B, H, N, head_dim)``."""
-    B, N, D = x.shape
-    return x.view(B, N, D // head_dim, head_dim).transpose(1, 2)
 
 
 @outside_autocast
