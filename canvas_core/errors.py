@@ -236,7 +236,6 @@ def user_stacklevel() -> int:
     """The ``stacklevel`` that makes a ``warnings.warn`` in the calling function point at the first
     frame outside canvas-core (the user's call), however deep inside the library the warning is made."""
     level, f = 2, sys._getframe(2)
-    while f is not None and (lambda n: n == "canvas_core" or n.startswith("canvas_core."))(
-            str(f.f_globals.get("__name__", ""))):
+    while f is not None and str(f.f_globals.get("__name__", "")).partition(".")[0] == "canvas_core":
         level, f = level + 1, f.f_back
     return level
