@@ -5,7 +5,7 @@ change on a model, and putting it back after a failed step)."""
 
 from __future__ import annotations
 
-from typing import Any, List, Tuple
+from typing import Any, List, Sequence, Tuple
 
 from torch import nn
 
@@ -72,13 +72,21 @@ def restore_module(saved: Tuple[Any, ...]) -> None:
         m.__dict__.update(attrs)
 
 
-def snapshot(model: nn.Module) -> List[Tuple[Any, ...]]:
+def snapshot(model: nn.Module, skip: Sequence[Any] = ()) -> List[Tuple[Any, ...]]:
     """What a graft may change on ``model`` and its modules: each module's :func:`module_state`
     (class and attributes: submodules, parameters, buffers, hooks, ``processor``, ``forward`` ...)
-    and each parameter's ``requires_grad``."""
-    mods = tuple(module_state(m) for m in model.modules())
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    return [mods, tuple(grads)]
+    and each parameter's ``requires_grad``.  The modules in ``skip`` are not descended into (the
+    block a wrapper wraps, which the wrapper's ``set_loops`` leaves alone)."""
+    if not skip:
+        mods, params = list(model.modules()), list(model.parameters())
+    else:
+        ids, mods, todo = {id(b) for b in skip}, [], [model]
+        while todo:
+            m = todo.pop()
+            mods.append(m)
+            todo.extend(c for c in m._modules.values() if c is not None and id(c) not in ids)
+        params = [p for m in mods for p in m._parameters.values() if p is not None]
+    return [tuple(module_state(m) for m in mods), tuple((p, p.requires_grad) for p in params)]
 
 
 def rollback(model: nn.Module, adapter: Any, saved: List[Tuple[Any, ...]]) -> None:

@@ -354,7 +354,7 @@ def apply_loops_atomically(parts: List[Any], apply: Any) -> None:
     in it one level deep) and its parameters' ``requires_grad``, but not of the wrapped block
     (``original`` / ``ungraft_blocks()``), which a ``set_loops`` has no business changing and
     whose copy cost milliseconds per call on a large block; another object its own attributes."""
-    from canvas_core.looping.graft_atomic import module_state, restore_module
+    from canvas_core.looping.graft_atomic import rollback, snapshot
 
     done: List[Tuple[Any, str, Any]] = []
     try:
@@ -362,7 +362,7 @@ def apply_loops_atomically(parts: List[Any], apply: Any) -> None:
             if isinstance(p, nn.Module) and _own_setter(p):
                 done.append((p, "own", {k: p.__dict__[k] for k in _LOOP_SETTINGS if k in p.__dict__}))
             elif isinstance(p, nn.Module):
-                done.append((p, "module", _wrapper_state(p, module_state)))
+                done.append((p, "module", snapshot(p, skip=wrapped_blocks(p))))
             else:
                 done.append((p, "object", dict(getattr(p, "__dict__", {}))))
             apply(p)
@@ -371,29 +371,19 @@ def apply_loops_atomically(parts: List[Any], apply: Any) -> None:
             if kind == "own":
                 p.__dict__.update(saved)
             elif kind == "module":
-                mods, grads = saved
-                for st in mods:
-                    restore_module(st)
-                for param, flag in grads:
-                    param.requires_grad_(flag)
+                rollback(p, None, saved)
             elif hasattr(p, "__dict__") and p.__dict__ != saved:
                 p.__dict__.clear()
                 p.__dict__.update(saved)
         raise
 
 
-def _wrapper_state(wrapper: nn.Module, module_state: Any) -> Tuple[List[Any], List[Tuple[Any, bool]]]:
-    """What a ``wrapper_class=`` wrapper's ``set_loops`` may change: the state of its modules and
-    the ``requires_grad`` of its parameters, those of the block(s) it wraps left out."""
-    blocks = wrapper.ungraft_blocks() if callable(getattr(wrapper, "ungraft_blocks", None)) else (
-        [wrapper.original] if isinstance(getattr(wrapper, "original", None), nn.Module) else [])
-    skip, mods, todo = {id(b) for b in blocks}, [], [wrapper]
-    while todo:  # the wrapper's modules, not descending into a wrapped block
-        m = todo.pop()
-        mods.append(m)
-        todo.extend(c for c in m._modules.values() if c is not None and id(c) not in skip)
-    grads = [(q, q.requires_grad) for m in mods for q in m._parameters.values() if q is not None]
-    return [module_state(m) for m in mods], grads
+def wrapped_blocks(part: nn.Module) -> List[Any]:
+    """The backbone block(s) a looped part stands for: ``ungraft_blocks()`` when it offers it, else
+    its ``original`` (a block wrapper, a span's first block, a span member), else none."""
+    if callable(getattr(part, "ungraft_blocks", None)):
+        return list(part.ungraft_blocks())
+    return [part.original] if isinstance(getattr(part, "original", None), nn.Module) else []
 
 
 def _block_trace(model: nn.Module, where: str) -> List[Dict[str, Any]]:

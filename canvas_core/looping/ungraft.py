@@ -31,7 +31,7 @@ from torch import nn
 from canvas_core.errors import BackboneError, CanvasTypeError
 from canvas_core.looping.processor import CanvasAttentionHooks
 from canvas_core.looping.span import SpanMember
-from canvas_core.looping.scopes import PART_MARK
+from canvas_core.looping.scopes import PART_MARK, wrapped_blocks
 from canvas_core.looping.wrapper import LoopedBlockWrapper
 
 __all__ = ["ungraft_looped_blocks", "guard_save_pretrained", "GraftedSaveRefused",
@@ -111,16 +111,11 @@ def _drop_save_guard(model: nn.Module) -> None:
 
 
 def _replacement(block: nn.Module, index: int) -> List[nn.Module]:
-    unwrap = getattr(block, "ungraft_blocks", None)
-    if callable(unwrap):
-        mods = list(unwrap())
-    elif isinstance(block, LoopedBlockWrapper) or isinstance(getattr(block, "original", None), nn.Module):
-        # a block wrapper (also a wrapper_class= of yours keeping `original`), a span (its first
-        # block) or a span member
-        mods = [block.original]
-    elif block.__dict__.get(PART_MARK) is True:  # a wrapper_class= wrapper keeping neither
-        mods = []
-    else:
+    # a block wrapper (also a wrapper_class= of yours keeping `original`), a span (its first block)
+    # or a span member; a wrapper_class= wrapper keeping neither gives none (refused below)
+    mods = wrapped_blocks(block)
+    if not (mods or isinstance(block, LoopedBlockWrapper) or callable(getattr(block, "ungraft_blocks", None))
+            or block.__dict__.get(PART_MARK) is True):  # not a looped part: the block itself
         return [block]
     if not mods or not all(isinstance(m, nn.Module) for m in mods):
         raise BackboneError(
