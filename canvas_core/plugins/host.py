@@ -402,8 +402,7 @@ class PluginHost:
                        distribution=dist_hint, plugin=None)
 
     def distribution_installed(self, dist: str, records: Optional[List[PluginRecord]] = None) -> bool:
-        """Seen by the host (in ``records``, default: its records now), or (for a host reading the
-        real entry points) by ``importlib.metadata``."""
+        """Seen by the host (``records``, default its records now) or, reading real entry points, installed."""
         if records is None:
             with self._locked():
                 records = list(self.records.values())
@@ -415,14 +414,18 @@ class PluginHost:
         return False
 
     def registered_by(self, plugin: str) -> Dict[str, List[str]]:
-        return reports.registered_by(self.snapshot(), plugin)
+        return reports.registered_by(self._states(), plugin)
 
     def conflicts_of(self, plugin: str) -> List[str]:
-        """The clashes of ``plugin``'s refused registrations that hold now, in registration order:
-        its name is still fought over (using it raises) or kept by a builtin.  Read off each
-        registry's current state (:meth:`Registry.clashes_by_plugin`), so a clash goes away with the
-        registration it was against (``unregister_plugin``) and comes back with it (an override removed)."""
-        return reports.clashes(self.snapshot()).get(plugin, [])
+        """The clashes of ``plugin``'s refused registrations that hold now (its name fought over, or
+        kept by a builtin), read off each registry's current state, so one goes and comes back with
+        the registration it was against (``unregister_plugin``, an override removed)."""
+        return reports.clashes(self._states()).get(plugin, [])
+
+    def _states(self) -> Dict[str, Any]:  # every registry's state, of one moment (writers hold the lock)
+        self.ensure_loaded()
+        with self._locked():
+            return {kind: reg.snapshot() for kind, reg in self.registries.items()}
 
     def snapshot(self) -> reports.HostSnapshot:
         """The records, every registry's state and the settings, of one moment (for reports)."""

@@ -5,7 +5,7 @@ one moment, so that rows, conflicts, shadowed names and registries always agree.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, NamedTuple
 
 from canvas_core.plugins.loading import PluginRecord
 from canvas_core.plugins.registry import RegistryState
@@ -31,7 +31,7 @@ def take(host: "PluginHost") -> HostSnapshot:
     with host._locked():
         snap = HostSnapshot([_copy(r) for r in host.records.values()],
                             {kind: reg.snapshot() for kind, reg in host.registries.items()}, dict(host.settings))
-    found = clashes(snap)
+    found = clashes(snap.states)
     for rec in snap.records:
         rec.clash_source = lambda name, found=found: found.get(name, [])
     return snap
@@ -43,26 +43,26 @@ def _copy(rec: PluginRecord) -> PluginRecord:
                    attempted={k: list(v) for k, v in rec.attempted.items()})
 
 
-def clashes(snap: HostSnapshot) -> Dict[str, List[str]]:
-    """plugin -> its refused registrations whose name still clashes, over every registry."""
+def clashes(states: Mapping[str, RegistryState]) -> Dict[str, List[str]]:
+    """plugin -> its refused registrations whose name still clashes, over every registry's state."""
     out: Dict[str, List[str]] = {}
-    for st in snap.states.values():
+    for st in states.values():
         for plugin, msgs in st.clashes_by_plugin().items():
             out.setdefault(plugin, []).extend(msgs)
     return out
 
 
-def registered_by(snap: HostSnapshot, plugin: str) -> Dict[str, List[str]]:
+def registered_by(states: Mapping[str, RegistryState], plugin: str) -> Dict[str, List[str]]:
     """kind -> sorted names ``plugin`` registered there, overridden registrations included."""
     out = {kind: sorted({s.name for stack in st.stacks.values() for s in stack if s.plugin == plugin})
-           for kind, st in snap.states.items()}
+           for kind, st in states.items()}
     return {kind: names for kind, names in out.items() if names}
 
 
 def plugin_rows(snap: HostSnapshot) -> List[Dict[str, Any]]:
-    """One ``PluginRecord.to_dict`` per plugin, its conflicts and names read off ``snap``."""
-    found = clashes(snap)
-    return [rec.to_dict(registered_by(snap, rec.name), found.get(rec.name, [])) for rec in snap.records]
+    """One ``PluginRecord.to_dict`` per plugin, its conflicts (read off ``snap`` by :func:`take`) and
+    names read off ``snap``."""
+    return [rec.to_dict(registered_by(snap.states, rec.name), rec.conflicts) for rec in snap.records]
 
 
 def registry_rows(snap: HostSnapshot, ctx: Any = None) -> Dict[str, List[Dict[str, Any]]]:
