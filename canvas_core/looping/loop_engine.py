@@ -19,7 +19,8 @@ training-free looping, arXiv 2605.23872) or ``"replace"`` (``a_t = 1``: the plai
 backbone beyond one loop).
 
 Adaptive exit (``exit_tol > 0``): after iteration ``t >= 1`` a sample whose relative change
-``||h_t - h_{t-1}|| / ||h_{t-1}||`` (norm over all its streams) is below ``exit_tol`` stops; later
+``||h_t - h_{t-1}|| / ||h_{t-1}||`` (norm over all its streams; :func:`_exit_stats`: NaN for a
+state that is not finite, never "converged") is below ``exit_tol`` stops; later
 iterations run the step on the remaining rows only (``index_select``), so finished samples cost
 nothing. ``exit_tol = 0`` never stops early and runs the very same code path as fixed depth.
 
@@ -203,6 +204,7 @@ class LoopCore(nn.Module):
         act_hist: List[int] = []
         h = x0
         active: Optional[torch.Tensor] = None  # None: every row
+        prev_sq: Optional[torch.Tensor] = None  # ||h||^2 of the rows computed next (see _exit_stats)
         for t in range(n):
             if active is None:
                 y = run(t, h, None)
@@ -215,23 +217,27 @@ class LoopCore(nn.Module):
                 new = tuple(s.index_copy(0, active, ns.to(s.dtype)) for s, ns in zip(h, new_sub))
                 prev, cur = sub, new_sub
             with torch.no_grad():
-                rel = _rel_change(prev, cur)
+                rel, cur_sq, rms = _exit_stats(prev, cur, prev_sq)
+                if any(c.dtype != s.dtype for c, s in zip(cur, new)):
+                    cur_sq = None  # the state keeps other values than the ones measured
                 if active is None:
                     counts += 1
                 else:
                     counts.index_add_(0, active, torch.ones_like(active))
-                rel_hist.append(rel.mean())
-                norm_hist.append(_token_rms(cur).mean())
+                rel_hist.append(_batch_mean(rel))
+                norm_hist.append(_batch_mean(rms if rms is not None else _token_rms(cur)))
                 act_hist.append(B if active is None else int(active.numel()))
-            h = new
+            h, prev_sq = new, cur_sq
             if tol > 0 and t >= 1:  # the only host sync: which samples go on
                 with torch.no_grad():
                     rows = torch.arange(B, device=dev) if active is None else active
-                    keep = rows[~(rel.to(dev) < tol)]
+                    go = (~(rel.to(dev) < tol)).nonzero().squeeze(1)
+                    keep = rows[go]
                 if keep.numel() == 0:
                     break
                 if keep.numel() < rows.numel():
                     active = keep
+                    prev_sq = None if prev_sq is None else prev_sq[go]
         note_replica_record(self, "_stats")
         self._counts = counts
         self._stats = {"scope": self.loop_scope, "iterations": len(act_hist), "rel_change": rel_hist,
@@ -243,6 +249,9 @@ class LoopCore(nn.Module):
         if len(y) != len(h):
             raise BackboneError(
                 f"{type(self).__name__}: the step returned {len(y)} streams, expected {len(h)}")
+        if self.update == "replace":  # y itself: h + (y - h) is not y once rounded (in bfloat16
+            # a state of 100 replaced by 0.3 gave 0.5) and overflows where y - h does
+            return tuple(n_.to(torch.promote_types(s.dtype, n_.dtype)) for s, n_ in zip(h, y))
         a = self.gate(t, h[0].dtype)
         return tuple(gated_update(s, n_, a) for s, n_ in zip(h, y))
 
@@ -295,70 +304,119 @@ def gated_update(h: torch.Tensor, y: torch.Tensor, a: Any) -> torch.Tensor:
 
 
 def _rel_change(prev: Tuple[torch.Tensor, ...], cur: Tuple[torch.Tensor, ...]) -> torch.Tensor:
-    """Per sample ``||cur - prev|| / ||prev||`` over every stream, ``(B,)`` float32; 0 when both are
-    0, ``inf`` when only ``prev`` is, NaN when a state is not finite (never "converged"). The norms
-    are one fused reduction each, accumulated in float64: the squares of any float32 value neither
-    overflow (states past ~1e19 gave NaN in float32: the sample never stopped) nor underflow
-    (states below ~1e-19 gave 0: the sample stopped however much it still changed)."""
+    """Per sample ``||cur - prev|| / ||prev||`` over every stream, ``(B,)``: :func:`_exit_stats`
+    without what the next iteration reuses (nor ``||cur||``: an infinite ``cur`` reads as inf,
+    not NaN; not converged either way)."""
+    return _exit_stats(prev, cur, None, with_cur=False)[0]
+
+
+def _exit_stats(prev: Tuple[torch.Tensor, ...], cur: Tuple[torch.Tensor, ...],
+                prev_sq: Optional[torch.Tensor] = None, with_cur: bool = True
+                ) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """``(rel, cur_sq, rms)`` of one iteration, with no host sync.
+
+    ``rel``: per sample ``||cur - prev|| / ||prev||`` over every stream, ``(B,)``, float32 (float64
+    for float64 states); 0 when both are 0; ``inf`` when only ``prev`` is 0, and when the change
+    overflowed float32 in an element although both states are finite (a state at the edge of
+    float32's range: not converged); NaN when a state is not finite (never "converged").
+    ``cur_sq``: ``||cur||^2`` per sample (float64); the next iteration, whose ``prev`` holds the
+    same values, passes it back as ``prev_sq``, so each state's norm is computed once.
+    ``rms``: the RMS of ``cur[0]`` per sample (:func:`_token_rms`).
+
+    Norms are accumulated in float64, so the squares of float32 values neither overflow nor
+    underflow. Float64 states (and devices without float64: mps) take the scaled path instead,
+    in their own precision (converted to float32 they lost their range and every change below
+    6e-8); it reuses nothing (``cur_sq`` is None). ``with_cur=False``: no ``cur_sq`` / ``rms``.
+    """
     pairs = []
     for p, c in zip(prev, cur):
         if p.shape != c.shape:  # a model-scope step map whose output is not its input's shape
-            return torch.full((p.shape[0],), float("nan"), device=p.device)
-        pairs.append((p.detach().float().flatten(1), c.detach().float().flatten(1)))
-    if pairs[0][0].device.type == "mps":  # no float64 there
-        return _rel_change_scaled(pairs)
-    num = den = None
-    for p32, c32 in pairs:
-        d, q = _norm64(c32 - p32).square(), _norm64(p32).square()
+            return torch.full((p.shape[0],), float("nan"), device=p.device), None, None
+        pairs.append((p.detach().flatten(1), c.detach().flatten(1)))
+    wide = any(t.dtype == torch.float64 for pair in pairs for t in pair)
+    if wide or pairs[0][0].device.type == "mps":
+        work = torch.float64 if wide else torch.float32
+        pairs = [(p.to(work), c.to(work)) for p, c in pairs]
+        rms = _token_rms((cur[0].detach().to(work),)) if with_cur else None
+        return _rel_change_scaled(pairs), None, rms
+    num = den = cur_sq = rms = None
+    for k, (p, c) in enumerate(pairs):
+        p32, c32 = p.float(), c.float()
+        d = _norm64(c32 - p32).square()
         num = d if num is None else num + d
-        den = q if den is None else den + q
-    return _ratio(num, den)
+        if prev_sq is None:
+            q = _norm64(p32).square()
+            den = q if den is None else den + q
+        if with_cur:
+            cq = _norm64(c32).square()
+            cur_sq = cq if cur_sq is None else cur_sq + cq
+            if k == 0:
+                rms = (cq / c32.shape[1]).sqrt().float()
+    rel = _ratio(num, den if prev_sq is None else prev_sq, cur_sq).float()
+    return rel, cur_sq, rms
+
+
+def _batch_mean(x: torch.Tensor) -> torch.Tensor:
+    """The mean of a per-sample statistic, in float64 where there is float64: in float32 the sum
+    of a batch of finite norms near float32's max overflowed to inf."""
+    return x.mean() if x.device.type == "mps" else x.mean(dtype=torch.float64)
 
 
 def _norm64(x: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` float64: each row's 2-norm, accumulated in float64 (no float64 copy of ``x``)."""
+    """``(B,)`` float64: each row's 2-norm, accumulated in float64 (torch converts ``x`` to float64
+    for it: the main cost of the statistics, hence each state's norm computed once)."""
     return torch.linalg.vector_norm(x, dim=1, dtype=torch.float64)
 
 
-def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """``sqrt(num / den)`` as float32, with the rules of :func:`_rel_change` for 0 and non-finite."""
+def _ratio(num: torch.Tensor, den: torch.Tensor, cur_sq: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``sqrt(num / den)`` with the rules of :func:`_exit_stats` for 0 and non-finite values
+    (``num``, ``den``: squared norms of the change and of ``prev``; ``cur_sq``: of ``cur``, when
+    known, to tell a state that is not finite from a change that overflowed)."""
     zero = torch.where(num == 0, 0.0, float("inf"))
     rel = torch.where(den == 0, zero, num.sqrt() / den.sqrt())
-    # an inf state (or a change that overflowed float32) reads as NaN: never converged
-    return torch.where(torch.isfinite(num) & torch.isfinite(den), rel, float("nan")).float()
+    ok = torch.isfinite(den) & ~torch.isnan(num)
+    if cur_sq is not None:
+        ok = ok & torch.isfinite(cur_sq)
+    return torch.where(ok, rel, float("nan"))
 
 
 def _rel_change_scaled(pairs: List[Tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    """:func:`_rel_change` in float32 (a device without float64): the values are divided by each
-    sample's largest magnitude first, so the squares neither overflow nor underflow."""
+    """:func:`_exit_stats`'s ``rel`` in the pairs' own dtype (float64 states; float32 on a device
+    without float64): the values are divided by each sample's largest magnitude first, so the
+    squares neither overflow nor underflow, and neither does the change."""
     scale = _sample_scale([t for pair in pairs for t in pair])
-    num = den = None
-    for p32, c32 in pairs:
-        ps, cs = p32 / scale, c32 / scale
-        d, q = (cs - ps).pow(2).sum(1), ps.pow(2).sum(1)
+    num = den = cur = None
+    for p, c in pairs:
+        ps, cs = p / scale, c / scale
+        d, q, r = (cs - ps).pow(2).sum(1), ps.pow(2).sum(1), cs.pow(2).sum(1)
         num = d if num is None else num + d
         den = q if den is None else den + q
-    return _ratio(num, den)
+        cur = r if cur is None else cur + r
+    return _ratio(num, den, cur)
 
 
 def _sample_scale(states: List[torch.Tensor]) -> torch.Tensor:
-    """``(B, 1)``: each sample's largest magnitude over ``states`` (each ``(B, n)`` float32), 1
-    where it is 0 (a NaN stays NaN, so it propagates)."""
+    """``(B, 1)``: each sample's largest magnitude over ``states`` (each ``(B, n)``), 1 where it is
+    0 (a NaN stays NaN, so it propagates)."""
     m = None
     for t in states:
         if t.shape[1]:
             a = t.abs().amax(1)
             m = a if m is None else torch.maximum(m, a)
     if m is None:
-        return torch.ones(states[0].shape[0], 1, device=states[0].device)
+        return torch.ones(states[0].shape[0], 1, device=states[0].device, dtype=states[0].dtype)
     return torch.where(m == 0, 1.0, m).unsqueeze(1)
 
 
 def _token_rms(cur: Tuple[torch.Tensor, ...]) -> torch.Tensor:
     """Per sample RMS of the first stream's values (the hidden-state norm per feature), float32,
-    accumulated in float64 (see :func:`_rel_change`) so it neither overflows nor underflows."""
-    c = cur[0].detach().float().flatten(1)
-    if c.device.type == "mps":
+    accumulated in float64 (see :func:`_exit_stats`) so it neither overflows nor underflows;
+    float64 states (and mps) scaled, in their own precision."""
+    c = cur[0].detach()
+    if c.dtype != torch.float64:
+        c = c.float()
+    c = c.flatten(1)
+    if c.dtype == torch.float64 or c.device.type == "mps":
         scale = _sample_scale([c])
         return (c / scale).pow(2).mean(1).sqrt() * scale.squeeze(1)
     return (_norm64(c).square() / c.shape[1]).sqrt().float()

@@ -378,15 +378,19 @@ class LoopedBlockWrapper(nn.Module):
         read back as the compiled one's). The batch size is read at report time from the
         per-sample ``counts`` tensor, not taken as a Python int here (which would specialise a
         dynamic batch dimension)."""
-        from canvas_core.looping.loop_engine import _rel_change, _token_rms
+        from canvas_core.looping.loop_engine import _batch_mean, _exit_stats, _token_rms
 
         note_replica_record(self, "_loop_trace")
         with torch.no_grad():
             first = trace[0][1][0]
+            rel, norm, prev_sq = [], [], None
+            for p, c in trace:  # each state's norm once: a loop's prev is the last loop's state
+                r, prev_sq, rms = _exit_stats(p, c, prev_sq)
+                rel.append(_batch_mean(r))
+                norm.append(_batch_mean(rms if rms is not None else _token_rms(c)))
             self._loop_trace = {
                 "counts": torch.full(first.shape[:1], len(trace), dtype=torch.long, device=first.device),
-                "rel_change": [_rel_change(p, c).mean() for p, c in trace],
-                "state_norm": [_token_rms(c).mean() for _, c in trace],
+                "rel_change": rel, "state_norm": norm,
             }
 
 
