@@ -367,22 +367,36 @@ def constant_branch(module: Any, fn: Any, d_model: int) -> bool:
 
 
 def init_gradient_problem(module: Any, fn: Any, d_model: int, gate: Any = None) -> Optional[str]:
-    """Why no parameter of this branch gets a gradient at initialisation (None: some does, or the
-    type has no parameter).  ``gate``: a scalar parameter the output is multiplied by, or None."""
+    """Why this branch cannot learn from initialisation (None: it can, or the type has no
+    parameter).  ``gate``: a scalar parameter the output is multiplied by, or None.
+
+    Two checks: some parameter of the branch (the module's and the gate's) gets a nonzero
+    gradient (two zero gates stacked fail it), and, with a gate, some parameter of the module
+    itself gets one with the gate taken as open: a gate that starts at 0 learns on its own, so
+    without the second check a module whose parameters never get a gradient (a detached or
+    unused computation) would pass behind it."""
     params = [p for p in module.parameters() if p.requires_grad and p.is_floating_point()]
     if (not params and gate is None) or _where(module)[0].type == "meta":
         return None  # a parameter-free type in a canvas layer: nothing of its own to train
     q, k, v, mask = _inputs(module, d_model)
     with _quiet(module):
-        out = call_attention_type(module, q, k, v, mask, name=fn)
+        raw = call_attention_type(module, q, k, v, mask, name=fn)
+        if params and not raw.requires_grad:
+            return f"the output of {fn!r} does not depend on its parameters (unused, or a detached computation)"
+        weights = torch.randn_like(raw)
+        if params:
+            own = torch.autograd.grad((raw * weights).sum(), params, allow_unused=True, retain_graph=gate is not None)
         if gate is not None:  # (a branch that is 0, ``none``, is screened by constant_branch first)
-            params.append(gate)
-            out = out * gate.to(out.dtype)
-        if not out.requires_grad:
-            return f"the output of {fn!r} does not depend on its parameters (a detached computation)"
-        grads = torch.autograd.grad((out * torch.randn_like(out)).sum(), params, allow_unused=True)
-    if any(g is not None and bool((g != 0).any()) for g in grads):
-        return None
-    what = "its parameters and its gate" if gate is not None else "its parameters"
-    return (f"no parameter of {fn!r} receives a gradient at initialisation (every gradient of {what} is "
-            "exactly 0, e.g. a zero gate times another zero gate): trained, this connection cannot learn")
+            gated = ((raw * gate.to(raw.dtype)) * weights).sum()
+            grads = torch.autograd.grad(gated, params + [gate], allow_unused=True)
+        else:
+            grads = own
+    if not any(g is not None and bool((g != 0).any()) for g in grads):
+        what = "its parameters and its gate" if gate is not None else "its parameters"
+        return (f"no parameter of {fn!r} receives a gradient at initialisation (every gradient of {what} is "
+                "exactly 0, e.g. a zero gate times another zero gate): trained, this connection cannot learn")
+    if params and not any(g is not None and bool((g != 0).any()) for g in own):
+        return (f"no parameter of {fn!r}'s own module receives a gradient, even with its gate open (every "
+                "gradient is exactly 0 or missing: an unused or detached parameter): trained, only the gate "
+                "moves and the type itself cannot learn")
+    return None

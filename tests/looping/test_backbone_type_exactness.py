@@ -250,3 +250,39 @@ def test_a_parameter_free_type_with_an_output_is_reported_as_learning_through_it
         assert gates and all(p.grad is not None and bool(p.grad.any()) for p in gates)  # it does learn
     finally:
         P.unregister_attention("t23_mean")
+
+
+@pytest.mark.parametrize("how", ["detached", "unused", "zeroed"])
+def test_report_flags_a_type_whose_own_parameters_get_no_gradient_behind_the_blocks_gate(how):
+    # the block's gate starts at 0 and gets a gradient of its own: the module's parameters must
+    # be checked with the gate taken as open, or a type that can never learn reads "learns"
+    class Frozen(torch.nn.Module):
+        def __init__(self, d_model, n_heads=4, dropout=0.0):
+            super().__init__()
+            self.p = torch.nn.Linear(d_model, d_model)
+
+        def forward(self, queries, keys, values):
+            m = values.mean(1, keepdim=True)
+            out = m @ self.p.weight.detach().T if how == "detached" else m
+            return queries + out.expand_as(queries)
+
+    class Zeroed(Frozen):  # its parameters are used, but every gradient they get is 0
+        def forward(self, queries, keys, values):
+            return queries + (self.p(values.mean(1, keepdim=True)) * 0).expand_as(queries)
+
+    name = f"t23_frozen_{how}"
+    P.register_attention(name, Zeroed if how == "zeroed" else Frozen)
+    try:
+        dense = [Connection(a, b) for a in ("top", "bottom", "extra") for b in ("top", "bottom", "extra")]
+        m, kw, _ = _grafted(CanvasTopology(connections=dense + [Connection("top", "bottom", fn=name)]), 1)
+        report = get_adapter(m).installed_topology(m).report()
+        row = [line for line in report.splitlines() if line.startswith(name)]
+        assert row and "NO GRADIENT AT INIT" in row[0] and "learns from step 1" not in row[0]
+        why = ("own module receives a gradient, even with its gate open" if how == "zeroed"
+               else "does not depend on its parameters")
+        assert "#9: inside 'cogvideox': " in report and why in report
+        run("cogvideox", m, kw).pow(2).sum().backward()  # what the report says: the module's own stay at 0
+        own = [p for n, p in m.named_parameters() if f"canvas_fn.{name}." in n and not n.endswith("gate")]
+        assert own and all(p.grad is None or not bool(p.grad.any()) for p in own)
+    finally:
+        P.unregister_attention(name)
