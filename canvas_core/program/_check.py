@@ -6,7 +6,7 @@ import math
 from typing import Any, Optional, Tuple
 
 from canvas_core.errors import CanvasTypeError, ProgramError
-from canvas_core.schema._validate import check_ordered, is_int
+from canvas_core.schema._validate import _is_numpy_number, check_ordered, is_int
 
 __all__ = ["pos_int", "nonneg_int", "opt_pos_int", "number", "flag", "text", "opt_text", "str_tuple"]
 
@@ -32,9 +32,12 @@ def opt_pos_int(value: Any, where: str, what: str) -> Optional[int]:
 
 
 def number(value: Any, where: str, what: str, *, nonneg: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not _is_numpy_number(value):
         raise CanvasTypeError(f"{where}: {what} must be a number, got {value!r} ({type(value).__name__})")
-    f = float(value)
+    try:
+        f = float(value)
+    except OverflowError:  # an int past the largest float
+        raise ProgramError(f"{where}: {what} must be finite, got an integer past the largest float (1.8e308)") from None
     if not math.isfinite(f):
         raise ProgramError(f"{where}: {what} must be finite, got {f}")
     if nonneg and f < 0:

@@ -6,21 +6,28 @@ them become subtrees, each with a coarse region at its own path.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import re
-import types
 import typing
 import warnings
 from collections import Counter
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 from canvas_core.errors import CanvasTypeError, ProgramError, SizeLimitError
+from canvas_core.program._attrs import (_LEAVES, _class_declarations, _has_slots, _is_pydantic, _is_sequence,
+                                        _plain_attributes)
 from canvas_core.program.fields import Field
+from canvas_core.schema._validate import check_name
 from canvas_core.schema.limits import LIMITS, limit
 
 _RESERVED = re.compile(r"[.\[\]]")
+#: containers the walk does not enter (a Field in one is warned about: see _Walker.unwalked)
+_UNWALKED = (Mapping, AbstractSet, collections.deque)
 
 
 # --- the object tree ---------------------------------------------------------------------------
@@ -90,6 +97,16 @@ class _Walker:
         self.count(path, owner)
         self.fields[path] = f
 
+    def unwalked(self, path: str, value: Any, owner: str) -> None:
+        """Warn about a dict, set or deque holding Fields the walk does not reach otherwise: only
+        Fields, lists / tuples and objects are walked (as in canvas-engineering), so they stay off."""
+        held = list(value.values()) if isinstance(value, Mapping) else list(value)
+        if _holds_deep(held) and _adds_fields(held, self.known()):
+            _warn_off_canvas(
+                f"{owner}: {path} is a {type(value).__name__} holding Fields; only Fields, lists / tuples of them "
+                "and objects with Fields are walked, so they are left off the canvas (as canvas-engineering "
+                "leaves them). To make them regions, use a list or an object with one attribute per Field")
+
     def walk(self, obj: Any, prefix: str, stack: Tuple[int, ...]) -> _Node:
         if id(obj) in stack:
             raise ProgramError(
@@ -111,6 +128,8 @@ class _Walker:
                     if isinstance(v, Field) and id(v) not in aliases:
                         self.leaf(f"{prefix}{name}[{i}]", v, owner)
                         node.leaves.append(f"{prefix}{name}[{i}]")
+            elif isinstance(value, _UNWALKED):
+                self.unwalked(f"{prefix}{name}", value, owner)
         # Nested objects first, then lists of objects (each in declaration order), as in
         # canvas-engineering: this fixes the region order, hence placement and connection order.
         for name, value, meta in attrs:
@@ -171,21 +190,10 @@ def _check_mixed_list(path: str, value: Any, owner: str) -> None:
     if any(kinds) and not all(kinds):
         i = kinds.index(False)
         raise ProgramError(
-            f"{owner}: {path}[{i}] is {value[i]!r} ({type(value[i]).__name__}), but the other elements of "
+            f"{owner}: {path}[{i}] is {value[i]!r:.80} ({type(value[i]).__name__}), but the other elements of "
             f"{path!r} are Fields / nested objects; a list of canvas fields can hold only Fields or "
             "objects with Fields. Remove that element or move it to a separate attribute"
         )
-
-
-def _is_sequence(value: Any) -> bool:
-    return isinstance(value, (list, tuple)) and not isinstance(value, Field)
-
-
-def _is_pydantic(value: Any) -> bool:
-    return not isinstance(value, type) and hasattr(type(value), "model_fields") and hasattr(value, "model_dump")
-
-
-_LEAVES = (type, Field, str, bytes, int, float, bool, dict, set, frozenset)
 
 
 def _is_composite(value: Any) -> bool:
@@ -214,59 +222,9 @@ def _holds_fields(obj: Any) -> bool:
             todo.extend(v)
         elif dataclasses.is_dataclass(v) or _is_pydantic(v):
             return True
-        elif hasattr(v, "__dict__"):
+        elif hasattr(v, "__dict__") or _has_slots(v):
             todo.extend(x for _, x, _ in _plain_attributes(v))
     return False
-
-
-def _plain_attributes(obj: Any) -> List[Tuple[str, Any, dict]]:
-    """A plain object's attributes: its instance ``__dict__``, then what its classes declare in
-    their bodies (base classes first) and the instance does not override; names starting with
-    ``_`` are private and left out, as canvas-engineering leaves them out."""
-    out: List[Tuple[str, Any, dict]] = []
-    seen = set()
-    inst = getattr(obj, "__dict__", None)
-    if isinstance(inst, dict):
-        for k, v in inst.items():
-            if not isinstance(k, str) or not k.startswith("_"):  # a non-str key is refused by name later
-                out.append((k, v, {}))
-                seen.add(k)
-    for k, v in _class_declarations(type(obj)):
-        if k not in seen:
-            out.append((k, v, {}))
-            seen.add(k)
-    return out
-
-
-def _class_declarations(klass: type) -> List[Tuple[str, Any]]:
-    """The class-body values (base classes first) that may hold canvas fields: Fields, lists and
-    tuples, and data objects (e.g. ``arm = Arm()``), as on an instance.  Methods, properties and
-    other descriptors, classes, modules and instances of the class itself (a default or
-    singleton kept on the class) are left out; whether a list or object really holds
-    Fields is for the caller to decide (deciding here would recurse without a cycle guard)."""
-    out: List[Tuple[str, Any]] = []
-    names = set()
-    for base in reversed(klass.__mro__):
-        for k, v in vars(base).items():
-            if k.startswith("_") or k in names:
-                continue
-            if isinstance(v, klass) or (base is not object and isinstance(v, base)):
-                continue  # a default / singleton instance (`Robot.default = Robot()`): not a part
-            if isinstance(v, Field) or _is_sequence(v) or _may_hold_fields(v):
-                out.append((k, v))
-                names.add(k)
-    return out
-
-
-def _may_hold_fields(value: Any) -> bool:
-    """A class-level value that is an object with attributes, as an instance attribute may be;
-    functions, properties and other descriptors (whose value depends on the instance), classes
-    and imported modules are not."""
-    if value is None or isinstance(value, (_LEAVES, types.ModuleType)):
-        return False
-    if hasattr(type(value), "__get__"):  # function, property, classmethod, staticmethod, ...
-        return False
-    return dataclasses.is_dataclass(value) or _is_pydantic(value) or hasattr(value, "__dict__")
 
 
 def _dataclass_items(obj: Any) -> List[Tuple[str, Any, dict]]:
@@ -448,6 +406,7 @@ def _attributes(obj: Any, known: Any) -> List[Tuple[str, Any, dict]]:
         if _RESERVED.search(name) or not name.strip():  # blank: the path would end in '.' ('arm.')
             what = "is blank" if not name.strip() else "contains '.', '[' or ']', which separate nested field paths"
             raise ProgramError(f"{type(obj).__name__}: attribute name {name!r} {what}; rename it")
+        check_name(name, f"{type(obj).__name__}: attribute name", ProgramError)  # the region name's rule
     return items
 
 

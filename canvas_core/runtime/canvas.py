@@ -20,7 +20,7 @@ from torch import nn
 from canvas_core.errors import CanvasTypeError, RegionError, ShapeError, UnknownRegionError, did_you_mean
 from canvas_core.runtime.semantic_conditioner import _NAMES_KEY, SemanticConditioner, check_state_region_names
 from canvas_core.runtime.input_checks import allocating, check_allocation, check_count, check_width
-from canvas_core.schema.staleness import check_unchanged, layout_stamp
+from canvas_core.schema.staleness import check_unchanged, check_unchanged_traced, layout_stamp
 from canvas_core.schema.limits import check_size
 from canvas_core.runtime.embeddings import (
     FamilyCarrierEmbedding,
@@ -241,6 +241,7 @@ class SpatiotemporalCanvas(nn.Module):
     def region_identity(self, region_name: str) -> torch.Tensor:
         """``(d_model,)``: modality (or semantic) + period (+ family/carrier with a program)."""
         k = self._k(region_name)
+        self._check_layout()  # the period / family read below must be those the indices were built with
         # eagerly, a region renamed or replaced since is named and re-checked; not while compiling,
         # where the check would read t_current and recompile on each change of it
         spec = self.layout.regions.get(region_name) if torch.compiler.is_compiling() else None
@@ -279,7 +280,7 @@ class SpatiotemporalCanvas(nn.Module):
             check_count("SpatiotemporalCanvas.create_empty", "batch_size", batch_size, minimum=0, limit="batch")
             check_allocation(f"SpatiotemporalCanvas.create_empty({batch_size})",
                              (batch_size, self.layout.num_positions, self.d_model))
-            check_unchanged(self.layout, self.__dict__.get("_layout_stamp"), "SpatiotemporalCanvas")
+        self._check_layout()
         base = self.positional_encoding() + self.empty_token
         N = base.shape[0]
         ident = self.period_embedding(1).expand(N, self.d_model)
@@ -293,9 +294,17 @@ class SpatiotemporalCanvas(nn.Module):
         with guard:
             return (base + ident).unsqueeze(0).expand(batch_size, N, self.d_model).clone()
 
+    def _check_layout(self) -> None:
+        """Refuse a layout changed since this canvas was built (its indices would be stale), also
+        while torch.compile traces (then without reading t_current; see schema/staleness.py)."""
+        stamp = self.__dict__.get("_layout_stamp")
+        if torch.compiler.is_compiling():
+            check_unchanged_traced(self.layout, stamp, "SpatiotemporalCanvas")
+        else:
+            check_unchanged(self.layout, stamp, "SpatiotemporalCanvas")
+
     def _check_canvas(self, canvas: torch.Tensor, where: str) -> None:
-        if not torch.compiler.is_compiling():
-            check_unchanged(self.layout, self.__dict__.get("_layout_stamp"), "SpatiotemporalCanvas")
+        self._check_layout()
         N = self.layout.num_positions
         if (
             not isinstance(canvas, torch.Tensor)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+import unicodedata
 from collections.abc import ItemsView, KeysView, Mapping
 from collections.abc import Set as AbstractSet
 from typing import Any, Iterable
@@ -190,33 +192,90 @@ def caller_dict_key(constructor: str = "__init__") -> "str | None":
     return m.group(2) if m.group(2) is not None else m.group(3)
 
 
+#: Unicode categories refused in a name: controls, format characters (zero-width spaces and joiners,
+#: bidi overrides, the BOM, soft hyphens), surrogates and line / paragraph separators
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+#: letters and marks that draw nothing (Hangul fillers, combining grapheme joiner, Khmer inherent vowels)
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u034f\u17b4\u17b5")
+#: variation selectors: kept in a name (emoji such as '\u2764\ufe0f' need them) but not told apart
+_VARIATION = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef\u180b-\u180d\u180f]")
+
+
+def check_name(name: Any, what: str, error: type = RegionError) -> str:
+    """``name`` when it can serve as a region (or field) name, the one rule every place that takes
+    a name applies: a non-empty string of visible text without spaces at either end.  Refused,
+    with ``error``: control and format characters (``'\\x00'``, ``'\\u200b'``, ``'\\u202e'``,
+    ``'\\ufeff'``, ...), lone surrogates, line separators, any space but U+0020 and the letters
+    that draw nothing; such a name prints like another one.  Letters, digits, marks, punctuation
+    and symbols of every script pass (``'café'``, ``'カメラ'``, ``'m²'``, ``'🤖'``)."""
+    if not isinstance(name, str):
+        raise CanvasTypeError(f"{what} must be a non-empty string, got {name!r} ({type(name).__name__})")
+    if not name.strip():
+        raise error(f"{what} must be a non-empty string, got {name!r}; give the region a name")
+    bad = None
+    if not (name.isascii() and name.isprintable()):
+        bad = next((c for i, c in enumerate(name) if (unicodedata.category(c) in _HIDDEN_CATEGORIES
+                    or c in _BLANK_LETTERS or (c.isspace() and c != " ")) and not _emoji_joiner(name, i)), None)
+    if bad is not None and unicodedata.category(bad) == "Cs":
+        raise error(f"{what} {name!r} is not valid Unicode text (it holds a lone surrogate, e.g. from bytes "
+                    "decoded with errors='surrogateescape'); rename it")
+    if bad is not None:
+        label = unicodedata.name(bad, f"category {unicodedata.category(bad)}")
+        raise error(f"{what} {name!r} holds the invisible or control character {ascii(bad)} ({label}), so it "
+                    "prints like another name; remove it (names may hold letters, digits, marks, punctuation, "
+                    "symbols and plain spaces, of any script)")
+    if name != name.strip(" "):
+        raise error(f"{what} {name!r} starts or ends with a space, so it prints like {name.strip(' ')!r}; "
+                    "remove the space")
+    return name
+
+
+def _emoji_joiner(name: str, i: int) -> bool:
+    """Whether ``name[i]`` is a zero width joiner between two emoji (``'👨\\u200d👩'``): it draws them as one."""
+    before = _VARIATION.sub("", name[:i]).rstrip("\U0001f3fb\U0001f3fc\U0001f3fd\U0001f3fe\U0001f3ff")
+    return (name[i] == "\u200d" and before != "" and i + 1 < len(name)
+            and unicodedata.category(before[-1]) == unicodedata.category(name[i + 1]) == "So")
+
+
+#: Cyrillic and Greek letters drawn exactly as a Latin one, which NFKC keeps apart
+_LOOKALIKES = str.maketrans(
+    "\u0430\u0435\u043e\u0440\u0441\u0443\u0445\u0456\u0458\u0455\u04bb\u0501\u051b\u051d"
+    "\u0410\u0412\u0415\u041a\u041c\u041d\u041e\u0420\u0421\u0422\u0425\u0406\u0408\u0405\u051a\u051c"
+    "\u0391\u0392\u0395\u0396\u0397\u0399\u039a\u039c\u039d\u039f\u03a1\u03a4\u03a5\u03a7\u03bf",
+    "aeopcyxijshdqwABEKMHOPCTXIJSQWABEZHIKMNOPTYXo")
+
+
+def name_key(name: str) -> str:
+    """What two names that print alike share: the NFKC form (``'ﬁ'`` and ``'fi'``, the Kelvin sign and
+    ``'K'``, ``'e'`` + a combining accent and ``'é'``), variation selectors left out, with Cyrillic
+    and Greek letters drawn as a Latin one read as it (``'саmera'`` and ``'camera'``)."""
+    if name.isascii():
+        return name
+    return unicodedata.normalize("NFKC", _VARIATION.sub("", name)).translate(_LOOKALIKES)
+
+
 def normalization_hint(name: Any, known: Iterable[Any]) -> str:
-    """For an unknown region name that equals a known one after Unicode NFC normalization (``'é'``
-    typed as ``e`` + a combining accent): a suffix saying so, with both spellings escaped, since
-    they print the same. ``''`` otherwise."""
+    """For an unknown region name that prints like a known one (the same :func:`name_key`, e.g.
+    ``'é'`` typed as ``e`` + a combining accent): a suffix saying so, with both spellings escaped.
+    ``''`` otherwise."""
     if not isinstance(name, str):
         return ""
-    import unicodedata
-
-    want = unicodedata.normalize("NFC", name)
+    want = name_key(name)
     for k in known:
-        if isinstance(k, str) and k != name and unicodedata.normalize("NFC", k) == want:
+        if isinstance(k, str) and k != name and name_key(k) == want:
             return (f" The layout's region {k!r} looks the same but is spelt with other Unicode code points "
                     f"({ascii(k)} there, {ascii(name)} here); use the layout's spelling.")
     return ""
 
 
 def check_distinct_after_normalization(names: Iterable[Any], what: str) -> None:
-    """Refuse two region names that differ only in Unicode normalization: they print alike in
-    every message, summary and file, so one would be mistaken for the other."""
-    import unicodedata
-
+    """Refuse two region names that print alike (the same :func:`name_key`): every message,
+    summary and file would show them the same, so one would be mistaken for the other."""
     seen: dict = {}
     for name in names:
         if not isinstance(name, str):
             continue
-        # an ASCII name is its own NFC form, but is kept: the Kelvin sign's NFC form is 'K'
-        key = name if name.isascii() else unicodedata.normalize("NFC", name)
+        key = name_key(name)
         if key in seen and seen[key] != name:
             raise RegionError(
                 f"{what}: region names {seen[key]!r} and {name!r} look the same but are spelt with other Unicode "

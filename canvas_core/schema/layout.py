@@ -8,8 +8,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from canvas_core.errors import CanvasTypeError, RegionError, SchemaError, UnknownRegionError, did_you_mean
 from canvas_core.schema._region_dict import RegionDict
-from canvas_core.schema._validate import (as_bool, as_int, check_distinct_after_normalization, check_ordered,
-                                          normalization_hint)
+from canvas_core.schema._validate import (as_bool, as_int, check_distinct_after_normalization, check_name,
+                                          check_ordered, normalization_hint)
 from canvas_core.schema.limits import check_size
 from canvas_core.schema.region import RegionSpec
 
@@ -237,13 +237,7 @@ class CanvasLayout:
         return shape
 
     def _wrap_region(self, name: Any, spec: Any) -> RegionSpec:
-        if not isinstance(name, str) or not name.strip():
-            raise CanvasTypeError(f"CanvasLayout region names must be non-empty strings, got {name!r}")
-        try:
-            name.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate: no file, terminal or state-dict key can hold it
-            raise RegionError(f"CanvasLayout region name {name!r} is not valid Unicode text (it holds a lone "
-                              "surrogate, e.g. from bytes decoded with errors='surrogateescape'); rename it") from None
+        check_name(name, "CanvasLayout region name")  # refuses a name that prints like another
         try:
             if isinstance(spec, RegionSpec):
                 region = spec

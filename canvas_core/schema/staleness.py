@@ -20,7 +20,7 @@ from typing import Any, Optional, Tuple
 from canvas_core.errors import SchemaError
 from canvas_core.schema.layout import CanvasLayout
 
-__all__ = ["check_unchanged", "layout_stamp"]
+__all__ = ["check_unchanged", "check_unchanged_traced", "layout_stamp"]
 
 
 def layout_stamp(layout: Any) -> Optional[Tuple[int, Tuple[Any, ...]]]:
@@ -51,7 +51,23 @@ def check_unchanged(layout: Any, stamp: Any, owner: str) -> None:
     revision, geometry = stamp if isinstance(stamp, tuple) else (stamp, None)
     now = layout.revision
     if now != revision and (geometry is None or layout._content != geometry):  # _content: as of `now`
-        raise SchemaError(
-            f"{owner} was built from this CanvasLayout before it was changed (its regions, T, "
-            f"spatial_shape or d_model; layout revision {revision} -> {now}), so the region "
-            f"indices it holds are out of date; build the {owner} again from the changed layout")
+        raise _changed(owner, f"layout revision {revision} -> {now}")
+
+
+def check_unchanged_traced(layout: Any, stamp: Any, owner: str) -> None:
+    """:func:`check_unchanged` for code that ``torch.compile`` traces: the layout's ``T``,
+    ``spatial_shape``, regions and ``d_model`` are compared with the recorded ones directly, without
+    the revision (which reads ``t_current``: a guard on it would recompile on every change of it).
+    Dynamo guards on what it read here, so a change of the layout after compiling retraces, and
+    the retrace refuses.  A stamp without the recorded geometry is not checked."""
+    if not isinstance(stamp, tuple) or not isinstance(layout, CanvasLayout):
+        return
+    if (layout.T, layout.spatial_shape, tuple(layout.regions.items()), layout.d_model) != stamp[1]:
+        raise _changed(owner, "seen while torch.compile traced it")
+
+
+def _changed(owner: str, detail: str) -> SchemaError:
+    return SchemaError(
+        f"{owner} was built from this CanvasLayout before it was changed (its regions, T, "
+        f"spatial_shape or d_model; {detail}), so the region "
+        f"indices it holds are out of date; build the {owner} again from the changed layout")

@@ -13,8 +13,8 @@ from canvas_core.errors import (
     UnknownRegionError,
     did_you_mean,
 )
-from canvas_core.schema._validate import (OPERATORS, as_bool, as_choice, as_float, as_int, as_str, check_ordered,
-                                          is_int, looks_like_typo, normalization_hint)
+from canvas_core.schema._validate import (OPERATORS, as_bool, as_choice, as_float, as_int, as_str, check_name,
+                                          check_ordered, is_int, looks_like_typo, normalization_hint)
 from canvas_core.schema.limits import check_size
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -103,8 +103,8 @@ class Connection:
 
     def __post_init__(self) -> None:
         where = f"Connection({self.src!r} -> {self.dst!r})"
-        as_str(self.src, f"{where}: src")
-        as_str(self.dst, f"{where}: dst")
+        check_name(self.src, f"{where}: src", TopologyError)
+        check_name(self.dst, f"{where}: dst", TopologyError)
         w = as_float(self.weight, f"{where}: weight")
         if w <= 0:
             raise TopologyError(
@@ -204,7 +204,7 @@ class CanvasTopology:
     def hub_spoke(hub: str, spokes: List[str], bidirectional: bool = True) -> "CanvasTopology":
         """Star: every region attends to itself, the hub reads every spoke, and (if
         ``bidirectional``) every spoke reads the hub."""
-        as_str(hub, "hub_spoke hub region name")
+        check_name(hub, "hub_spoke hub region name", TopologyError)
         spokes = _names(spokes, "CanvasTopology.hub_spoke spokes")
         as_bool(bidirectional, "hub_spoke bidirectional")
         conns = [Connection(hub, hub)] + [Connection(s, s) for s in spokes]
@@ -410,5 +410,5 @@ def _names(regions: Iterable[str], where: str = "the list of region names") -> L
     check_ordered(regions, where, "['visual', 'action']", allow_mapping=True)
     out = list(regions)
     for r in out:
-        as_str(r, "region name")
+        check_name(r, f"{where}: region name", TopologyError)
     return out

@@ -99,10 +99,11 @@ def test_dangling_and_looping_links_and_empty_files_are_named_as_such(tmp_path, 
         assert words in err and "Expecting value" not in err and err.count("\n") == 1, err
 
 
-def test_compile_shows_a_region_name_with_control_characters_escaped(tmp_path, capsys):
+def test_compile_refuses_a_region_name_with_control_characters_shown_escaped(tmp_path, capsys):
     src = tmp_path / "esc.json"
     src.write_text('{"layout": {"T": 1, "spatial_shape": [2], "d_model": 8}, '
                    '"regions": {"a\\u001b[2J": {"bounds": [0, 1, 0, 1]}}}')
-    assert main(["compile", str(src)]) == 0
-    out = capsys.readouterr().out
-    assert "\x1b" not in out and "a\\x1b[2J" in out
+    assert main(["compile", str(src)]) == 2
+    captured = capsys.readouterr()
+    err = captured.err + captured.out
+    assert "\x1b" not in err and "a\\x1b[2J" in err and "control character" in err
