@@ -8,14 +8,15 @@ large entries miss each other, keys far below the others) has lost its dominant 
 Which rows need it is only known from the data, so the work is one ``torch.library`` operator
 (``canvas_core::linear_exact_rows``) with a hand-written backward operator: under
 ``torch.compile`` the traced graph holds one node and the search runs at run time, on the rows
-that need it only.  Both directions work in pieces of at most ``CHUNK_ELEMS`` elements; the
-backward recomputes each piece (nothing of the forward's pieces is kept).
+that need it only.  Both directions work in pieces of at most ``CHUNK_ELEMS`` elements, from
+``log phi`` of the queries and keys computed once per call; the backward recomputes each piece
+(nothing of the forward's pieces is kept).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -33,19 +34,22 @@ def _heads(x: Tensor, head_dim: int) -> Tensor:
     return x.view(B, N, D // head_dim, head_dim).transpose(1, 2)
 
 
-def _pieces(low: Tensor, Nk: int, hd: int):
+def _pieces(low: Tensor, Nk: int, hd: int) -> List[Tuple[Tensor, Tensor, Tensor]]:
     """The low rows ``(b, h, i)`` in pieces of at most ``CHUNK_ELEMS // (Nk hd)`` rows."""
     b, h, i = low.nonzero(as_tuple=True)
     step = max(1, CHUNK_ELEMS // max(1, Nk * hd))
-    for s in range(0, b.shape[0], step):
-        yield b[s:s + step], h[s:s + step], i[s:s + step]
+    return [(b[s:s + step], h[s:s + step], i[s:s + step]) for s in range(0, b.shape[0], step)]
 
 
-def _rows(q: Tensor, k: Tensor, vh: Tensor, allowed: Tensor, head_dim: int, b: Tensor, h: Tensor,
-          i: Tensor) -> Tensor:
-    """``softmax_j(log w_ij) @ v_j`` for the rows ``(b, h, i)``: ``(S, hd)`` (a row without keys
-    gives finite values; the caller leaves such rows out)."""
-    lq, lk = _heads(log_phi(q), head_dim), _heads(log_phi(k), head_dim)
+def _log_heads(q: Tensor, k: Tensor, head_dim: int) -> Tuple[Tensor, Tensor]:
+    """``log phi`` of the queries and the keys, per head ``(B, H, N, hd)``: once per call."""
+    return _heads(log_phi(q), head_dim), _heads(log_phi(k), head_dim)
+
+
+def _rows(lq: Tensor, lk: Tensor, vh: Tensor, allowed: Tensor, b: Tensor, h: Tensor, i: Tensor) -> Tensor:
+    """``softmax_j(log w_ij) @ v_j`` for the rows ``(b, h, i)`` from the per-head ``log phi`` of
+    the queries ``lq`` and keys ``lk``: ``(S, hd)`` (a row without keys gives finite values; the
+    caller leaves such rows out)."""
     ok = allowed[b if allowed.shape[0] > 1 else torch.zeros_like(b), i]  # (S, Nk)
     lw = torch.logsumexp(lq[b, h, i].unsqueeze(1) + lk[b, h], dim=-1).masked_fill(~ok, float("-inf"))
     lw = lw.masked_fill(~ok.any(dim=-1, keepdim=True), 0.0)
@@ -56,9 +60,12 @@ def _rows(q: Tensor, k: Tensor, vh: Tensor, allowed: Tensor, head_dim: int, b: T
 def _exact_rows_op(out: Tensor, q: Tensor, k: Tensor, vh: Tensor, allowed: Tensor, low: Tensor,
                    head_dim: int) -> Tensor:
     res = out.clone()
-    with torch.no_grad():
-        for b, h, i in _pieces(low, k.shape[1], head_dim):
-            res[b, h, i] = _rows(q, k, vh, allowed, head_dim, b, h, i).to(res.dtype)
+    pieces = _pieces(low, k.shape[1], head_dim)
+    if pieces:
+        with torch.no_grad():
+            lq, lk = _log_heads(q, k, head_dim)
+            for b, h, i in pieces:
+                res[b, h, i] = _rows(lq, lk, vh, allowed, b, h, i).to(res.dtype)
     return res
 
 
@@ -67,20 +74,24 @@ def _(out, q, k, vh, allowed, low, head_dim):
     return torch.empty_like(out)
 
 
-def _rows_of(q: Tensor, k: Tensor, vh: Tensor, *, allowed: Tensor, head_dim: int,
-             idx: Tuple[Tensor, Tensor, Tensor]) -> Tensor:
-    return _rows(q, k, vh, allowed, head_dim, *idx)
+def _rows_of(lq: Tensor, lk: Tensor, vh: Tensor, *, allowed: Tensor, idx: Tuple[Tensor, Tensor, Tensor]) -> Tensor:
+    return _rows(lq, lk, vh, allowed, *idx)
 
 
 @torch.library.custom_op("canvas_core::linear_exact_rows_backward", mutates_args=())
 def _exact_rows_backward_op(g: Tensor, q: Tensor, k: Tensor, vh: Tensor, allowed: Tensor, low: Tensor,
                             head_dim: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     g_out = g.masked_fill(low.unsqueeze(-1), 0.0)  # the recomputed rows replaced the form's
-    gq, gk, gv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(vh)
-    for b, h, i in _pieces(low, k.shape[1], head_dim):
-        rows, pull = torch.func.vjp(functools.partial(_rows_of, allowed=allowed, head_dim=head_dim, idx=(b, h, i)), q, k, vh)
-        for acc, t in zip((gq, gk, gv), pull(g[b, h, i].to(rows.dtype))):
+    pieces = _pieces(low, k.shape[1], head_dim)
+    if not pieces:
+        return g_out, torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(vh)
+    (lq, lk), pull_logs = torch.func.vjp(functools.partial(_log_heads, head_dim=head_dim), q, k)
+    glq, glk, gv = torch.zeros_like(lq), torch.zeros_like(lk), torch.zeros_like(vh)
+    for b, h, i in pieces:
+        rows, pull = torch.func.vjp(functools.partial(_rows_of, allowed=allowed, idx=(b, h, i)), lq, lk, vh)
+        for acc, t in zip((glq, glk, gv), pull(g[b, h, i].to(rows.dtype))):
             acc.add_(t)
+    gq, gk = pull_logs((glq, glk))
     return g_out, gq, gk, gv
 
 
@@ -105,11 +116,12 @@ _exact_rows_op.register_autograd(_backward, setup_context=_setup)
 
 
 def exact_rows(out: Tensor, q: Tensor, k: Tensor, vh: Tensor, allowed: Tensor, low: Tensor,
-               head_dim: int) -> Tensor:
+               head_dim: int, any_low: Optional[bool] = None) -> Tensor:
     """``out (B, H, Nq, hd)`` with the rows ``low (B, H, Nq)`` recomputed exactly from the
     pre-activations ``q (B, Nq, D)``, ``k (B, Nk, D)``, the values ``vh (B, H, Nk, hd)`` and the
-    mask ``allowed (B|1, Nq, Nk)``.  Eagerly nothing runs when no row is low."""
-    if not torch.compiler.is_compiling() and not bool(low.any()):
+    mask ``allowed (B|1, Nq, Nk)``.  Eagerly nothing runs when no row is low: ``any_low`` is
+    ``low.any()`` where the caller has read it already (None: read here, one host read)."""
+    if not torch.compiler.is_compiling() and not (bool(low.any()) if any_low is None else any_low):
         return out
     return _exact_rows_op(out.contiguous(), q.contiguous(), k.contiguous(), vh.contiguous(),
                           allowed.contiguous(), low.contiguous(), head_dim)

@@ -11,6 +11,7 @@ more in page faults than the arithmetic on it.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -95,8 +96,8 @@ class _ScaledFeatures(torch.autograd.Function):
         if c is not None:
             lp.add_(c)
         heads = lp.view(B, N, D // head_dim, head_dim)
-        n = _row_max(heads).unsqueeze(-1)
-        n = n.masked_fill(n == float("-inf"), 0.0)  # a row of -inf inputs: features 0
+        # a row of -inf inputs: features 0 (NaN and +inf stay)
+        n = _row_max(heads).unsqueeze(-1).nan_to_num(nan=math.nan, posinf=math.inf, neginf=0.0)
         y = heads.sub_(n).exp_().view(B, N, D)
         ctx.save_for_backward(x, y)
         ctx.mark_non_differentiable(n)
@@ -106,7 +107,7 @@ class _ScaledFeatures(torch.autograd.Function):
     @first_order_backward("linear_attention's feature map")
     def backward(ctx, g, _gn):
         x, y = ctx.saved_tensors
-        return g * y / (1.0 + x.clamp(min=0)), None, None
+        return torch.mul(g, y).div_(x.clamp(min=0).add_(1.0)), None, None
 
 
 def scaled_features(x: torch.Tensor, head_dim: int,
@@ -118,10 +119,20 @@ def scaled_features(x: torch.Tensor, head_dim: int,
     return _ScaledFeatures.apply(x, c, head_dim)
 
 
-def _phi_(x: torch.Tensor) -> torch.Tensor:
-    """``x`` replaced by ``elu(x) + 1`` in place (one scratch temporary)."""
-    t = torch.clamp(x, max=0, out=scratch_out("lin_phi", x.shape, x)).exp_()
-    return x.clamp_(min=0).add_(t)
+def _phi_(x: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x`` ``(B, N, D)`` replaced by ``elu(x - c) + 1`` in place (one scratch temporary), ``c``
+    None for 0 or a ``(B, 1, D)`` tensor that receives :func:`dim_shift` of ``x``.
+
+    With ``c_d = max_j min(x_jd, 0)``, ``phi(x - c) = exp(min(x, 0) - c) + max(x, 0)`` (where
+    ``c_d < 0`` every ``x_jd <= c_d < 0``), so the shift takes one reduction of the clamped
+    temporary and one subtraction on it, skipped on a CPU when no feature is shifted."""
+    t = torch.clamp(x, max=0, out=scratch_out("lin_phi", x.shape, x))
+    if c is not None:
+        torch.amax(t, dim=1, keepdim=True, out=c)
+        # a host read is free on a CPU; elsewhere, and while tracing, always subtract
+        if x.device.type != "cpu" or torch.compiler.is_compiling() or bool(c.any()):
+            t.sub_(c)
+    return x.clamp_(min=0).add_(t.exp_())
 
 
 def _split_features(buf: torch.Tensor, keys: torch.Tensor, D: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -148,12 +159,9 @@ def _summary_forward(keys, values, weight, bias, shift: bool = False):
         torch.mm(flat, wt, out=pre.view(B * N, D))
     else:
         torch.addmm(bias, flat, wt, out=pre.view(B * N, D))
-    if shift and N > 0:
-        torch.amax(pre, dim=1, keepdim=True, out=c).clamp_(max=0)
-        pre.sub_(c)
-    else:
+    if not (shift and N > 0):
         c.zero_()
-    phi = _phi_(pre)
+    phi = _phi_(pre, c if shift and N > 0 else None)
     P = torch.bmm(phi.transpose(1, 2), keys if values is None else values)
     return P, phi.sum(dim=1), buf
 

@@ -152,7 +152,11 @@ def _weigh_per_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed:
     may attend (one more ``(Nq, Nk)`` exponential per head).  A row whose weights then sum below
     ``Nk * head_dim`` times the smallest normal number over epsilon may have lost its dominant
     terms to underflow (features whose large entries miss each other, or keys far below the
-    largest): :func:`~canvas_core.attention.linear_rows.exact_rows` recomputes it exactly."""
+    largest): :func:`~canvas_core.attention.linear_rows.exact_rows` recomputes it exactly.
+
+    Eagerly the first weighing is always computed, and one host read tells both whether it held
+    and whether a row is low (where it did not hold, the per-query weighing costs one product more);
+    under ``torch.compile`` the per-query weighing runs, and the operator looks for low rows."""
     B, Nq, D = q.shape
     Nk = k.shape[1]
     if Nk == 0:
@@ -166,21 +170,36 @@ def _weigh_per_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed:
     top = finite_or_zero(mk.masked_fill(~used, float("-inf")).amax(dim=-1, keepdim=True))  # (B, H, 1, 1)
     low_end = mk.masked_fill(~used, float("inf")).amin(dim=-1, keepdim=True)
     floor = exp_floor(q.dtype)
-    if q.is_meta or (not torch.compiler.is_compiling() and bool((top - low_end <= -floor / 2).all())):
-        kh = kh * torch.exp((mk - top).clamp(max=0)).transpose(-1, -2)
-        a = torch.matmul(qh, kh.transpose(-1, -2)) * al.to(q.dtype)
-    else:
+    fin = torch.finfo(q.dtype)
+    bound = 4 * Nk * head_dim * fin.tiny / fin.eps
+    has = al.any(dim=-1)  # (B|1, 1, Nq): rows without keys stay 0
+    eager = not q.is_meta and not torch.compiler.is_compiling()
+    narrow, any_low = q.is_meta, None
+    if q.is_meta or eager:  # tried first eagerly: the keys' constants usually lie close
+        # (clamped at the floor: keys no query links, and the weighing is then discarded)
+        scale = torch.exp((mk - top).clamp(min=floor, max=0)).transpose(-1, -2)
+        a, W, low = _weights(qh, kh * scale, al.to(q.dtype), bound, has)
+        if eager:  # one host read for both choices: which weighing holds, and which rows are exact
+            narrow, any_low = torch.stack([(top - low_end <= -floor / 2).all(), low.any()]).tolist()
+    if not narrow:
         rel = mk.masked_fill(~al, float("-inf"))  # (B, H, Nq, Nk)
         top = finite_or_zero(rel.amax(dim=-1, keepdim=True))
         scale = rel.sub_(top).clamp_(min=floor).exp_().masked_fill_(~al, 0.0)
-        a = torch.matmul(qh, kh.transpose(-1, -2)) * scale
-    W = a.sum(dim=-1, keepdim=True)
+        a, W, low = _weights(qh, kh, scale, bound, has)
+        any_low = None
     out = safe_div(torch.matmul(a, vh), W)  # (B, H, Nq, hd)
-    fin = torch.finfo(q.dtype)
-    low = W.squeeze(-1) < 4 * Nk * head_dim * fin.tiny / fin.eps  # (B, H, Nq)
-    if not q.is_meta:  # rows without keys stay 0
-        out = exact_rows(out, q, k, vh, allowed, low & al.any(dim=-1), head_dim)
+    if not q.is_meta:
+        out = exact_rows(out, q, k, vh, allowed, low, head_dim, any_low)
     return out.transpose(1, 2).reshape(B, Nq, D)
+
+
+def _weights(qh: torch.Tensor, kh: torch.Tensor, scale: torch.Tensor, bound: float,
+             has: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The weights ``a = (qh kh^T) * scale`` ``(B, H, Nq, Nk)``, their row sums ``W``
+    ``(B, H, Nq, 1)``, and which rows with keys (``has``) sum below ``bound`` ``(B, H, Nq)``."""
+    a = torch.matmul(qh, kh.transpose(-1, -2)) * scale
+    W = a.sum(dim=-1, keepdim=True)
+    return a, W, (W.squeeze(-1) < bound) & has
 
 
 class SigmoidAttention(_QKVAttention):
