@@ -1,7 +1,6 @@
 """`CanvasAttention`: the layer that executes an :class:`~canvas_core.compiler.plan.ExecutionPlan`.
 
-Semantics (DESIGN.md, "Semantics of a canvas attention layer"), for ``x`` of shape ``(B, N, D)``
-in canonical position order:
+Semantics (DESIGN.md, "Semantics of a canvas attention layer"), for ``x (B, N, D)`` in canonical order:
 
 * connections are grouped by fn type f (the plan's groups); each group carries its resolution
   (``plan.groups[f].resolved``: attention entry and kernel), from which the layer builds what
@@ -56,7 +55,7 @@ from canvas_core.runtime.plan_runner import PlanRunner, mix_softmax_groups, run_
 from canvas_core.runtime.input_checks import (allocating, check_allocation, check_count, check_finite_number,
                                               check_region_names, check_tensor, check_width)
 from canvas_core.runtime.type_call import check_attention_module
-from canvas_core.schema.staleness import check_unchanged, layout_stamp
+from canvas_core.schema.staleness import check_unchanged, check_unchanged_traced, layout_stamp
 from canvas_core.runtime.type_probe import init_gradient_problem, is_builtin_module, probe_attention_module
 
 __all__ = ["CanvasAttention"]
@@ -286,7 +285,8 @@ class CanvasAttention(nn.Module):
             bad = ShapeError if isinstance(x, torch.Tensor) else CanvasTypeError
             raise bad(f"{type(self).__name__} expects x of shape (B, {self.plan.n}, {self.d_model}) (a torch.Tensor), got {got}")
         check_tensor(type(self).__name__, "x", x, like=next(self.parameters(), None))
-        torch.compiler.is_compiling() or check_unchanged(self.plan.layout, self.__dict__.get("_layout_stamp"), type(self).__name__)
+        (check_unchanged_traced if torch.compiler.is_compiling() else check_unchanged)(  # traced: no t_current guard
+            self.plan.layout, self.__dict__.get("_layout_stamp"), type(self).__name__)
         for observer in tuple(self.__dict__.get("_update_observers", {}).values()):
             observer(self, x, active_regions)
         ex = self._executor_for(active_regions, x.device)
