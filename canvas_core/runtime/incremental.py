@@ -22,14 +22,14 @@ forward per step from then on) and returns ``model(window)[:, last frame]`` (of 
 the model returns a tuple, list or dict of ``(B, N, ...)`` tensors).
 
 Bad input is refused with a :class:`~canvas_core.errors.CanvasError` before anything runs (a
-non-causal topology names its connection; a step's shape names the expected one), and a step
-that fails leaves the cache as it was.  On exit the model is exactly as before.
+non-causal topology names its connection; a step's shape names the expected one; a step after
+a parameter changed mid-episode names it), and a step that fails leaves the cache as it was.
+On exit the model is exactly as before.
 """
 
 from __future__ import annotations
 
 import contextlib
-import numbers
 from collections import OrderedDict
 from contextvars import ContextVar
 from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
@@ -41,9 +41,9 @@ from torch.utils.hooks import RemovableHandle
 
 from canvas_core.errors import CanvasError, CanvasTypeError, ShapeError
 from canvas_core.runtime.input_checks import check_tensor
-from canvas_core.runtime.rollout_layer import LayerRoll, _Index, default_tolerance, layer_frame_plan, step_difference
+from canvas_core.runtime.rollout_layer import (LayerRoll, _Index, check_tolerance, check_width, default_tolerance,
+                                               input_hint, layer_frame_plan, parameter_state, step_difference)
 from canvas_core.runtime.rollout_plan import check_layer_layout, check_rollout_layer, frame_size
-from canvas_core.schema._validate import is_int
 
 __all__ = ["incremental", "Rollout", "RolloutError", "SLIDE_STRATEGIES", "observe_steps", "frames_measured"]
 
@@ -76,16 +76,19 @@ def _measuring(frames: Tuple[int, int]) -> Iterator[None]:
         _MEASURED.reset(token)
 
 
-def observe_steps(layer: nn.Module, fn: Callable[..., None], *, cache: bool = False) -> RemovableHandle:
+def observe_steps(layer: nn.Module, fn: Callable[..., None], *, cache: bool = False,
+                  rows: bool = False) -> RemovableHandle:
     """Call ``fn(layer, h, t)`` after each one-frame step of ``layer`` in a rollout, ``h`` ``(B,
     (t + 1) V, D)`` the layer's inputs of frames ``0 .. t`` in canonical order (read only; the
     step computed the queries of frame ``t``).  With ``cache=True`` it is ``fn(layer, h, t, kv)``,
     ``kv`` the step's cached ``(keys, values)`` ``(B, H, (t + 1) V, head_dim)`` of frames ``0 ..
     t`` in the layer's dtype (read only), or None when the layer has no softmax-family type.
-    Telemetry uses it.  Returns a handle with ``remove()``."""
+    With ``rows=True`` it also gets ``rows=``: ``{type: (B, R, D)}``, the output rows of frame
+    ``t`` of each other type's module, before the mixing weights (read only).  Telemetry uses it.
+    Returns a handle with ``remove()``."""
     observers = layer.__dict__.setdefault("_step_observers", OrderedDict())
     handle = RemovableHandle(observers)
-    observers[handle.id] = (fn, bool(cache))
+    observers[handle.id] = (fn, bool(cache), bool(rows))
     return handle
 
 
@@ -137,10 +140,10 @@ class Rollout:
         if slide is not None and not (isinstance(slide, str) and slide in SLIDE_STRATEGIES):
             raise CanvasTypeError(f"incremental(slide={slide!r}): choose one of {list(SLIDE_STRATEGIES)}")
         self.model, self.layout, self.slide = model, layout, (None if slide is None else str(slide))
-        self.check_tol = _check_tolerance(check)
+        self.check_tol = check_tolerance(check)
         self.check_explicit = check is not True  # check=True: 1e-4, or the output dtype's resolution
         self.T = int(layout.T)
-        self.width = _check_width(width, layout)
+        self.width = check_width(width, layout)
         layers = [(n, m) for n, m in model.named_modules() if isinstance(m, CanvasAttention)]
         if not layers:
             raise CanvasTypeError(f"incremental(): {type(model).__name__} holds no CanvasAttention layer; "
@@ -170,6 +173,8 @@ class Rollout:
                                if isinstance(getattr(m, "use_gradient_checkpointing", None), bool)]
         # the step inputs of the window (kept for slide="recompute" and for check=)
         self._inputs: List[torch.Tensor] = []
+        self._params = list(model.parameters())
+        self._versions: Optional[List[Any]] = None  # of the parameters at frame 0 of the episode
         self._sig: Optional[Tuple[int, Any, Any]] = None  # batch, dtype, device of the first step
         self.frame = 0
         self.steps = 0
@@ -215,6 +220,7 @@ class Rollout:
         self._inputs = []
         self.frame = 0
         self._sig = None
+        self._versions = None
 
     # --- stepping ---------------------------------------------------------------------------------
     def _check(self, x: Any) -> None:
@@ -245,6 +251,7 @@ class Rollout:
                     "(recomputed from the last T-1 inputs), or call roll.reset() to start again")
             return self._slide(x_t)
         self._check_no_adaptive_exit()
+        self._check_parameters_unchanged()
         y = self._run(x_t, self.frame)
         if self.check_tol is not None:
             self._compare_with_full_forward(x_t, y)
@@ -292,6 +299,24 @@ class Rollout:
                     "which a one-frame step does not see, so the steps would not equal the full forward. "
                     "Roll out at a fixed depth: canvas_core.set_loops(model, n) (exit_tol=0)")
 
+    def _check_parameters_unchanged(self) -> None:
+        """Refuse a cached step after a parameter of the model changed since frame 0 of the
+        episode (an optimizer step, ``load_state_dict``, ``.to()``): the frames cached so far hold
+        what the old values computed, so the step would match neither model's full forward."""
+        now = parameter_state(self._params)
+        if self.frame == 0 or self._versions is None:
+            self._versions = now
+            return
+        changed = [i for i, (a, b) in enumerate(zip(now, self._versions)) if a != b]
+        if changed:
+            names = [n for i, (n, _) in enumerate(self.model.named_parameters()) if i in changed[:3]]
+            raise RolloutError(
+                f"roll.step(): parameter(s) {names} of the model changed since frame 0 of this episode "
+                "(an optimizer step, load_state_dict or another in-place change); the keys, values and "
+                f"inputs cached for frames 0 .. {self.frame - 1} were computed with the old values, so "
+                "this step would match neither model. Call roll.reset() and step the episode again with "
+                "the new parameters (or change them between episodes only)")
+
     def _slide(self, x_t: torch.Tensor) -> Any:
         """One full forward of the window (the last ``T - 1`` inputs and ``x_t``); its last frame."""
         keep = self._inputs[len(self._inputs) - (self.T - 1):] if self.T > 1 else []
@@ -335,7 +360,8 @@ class Rollout:
             if _wraps(exc):
                 raise RolloutError(
                     f"the model failed on frame {t}, given as one frame {tuple(x.shape)}: "
-                    f"{type(exc).__name__}: {exc} (the original error is chained below). If it comes from "
+                    f"{type(exc).__name__}: {exc} (the original error is chained below)."
+                    f"{input_hint(x, self._params)} If it comes from "
                     "a module that expects the whole canvas: between its canvas layers a rollout runs the "
                     "model's other modules on one frame (B, V, D), so they must work position by position "
                     "(norms, MLPs, heads), and an embedding or a pooling over all N positions belongs "
@@ -388,14 +414,15 @@ class Rollout:
                 else:
                     st.caches.append(fresh)
             roll = st.caches[i]
+            observers = tuple(layer.__dict__.get("_step_observers", {}).values())
+            roll.keep_rows = any(with_rows for _, _, with_rows in observers)
             out = roll.step(x, self._t)
             n = (self._t + 1) * self.V
-            for observer, with_kv in tuple(layer.__dict__.get("_step_observers", {}).values()):
-                if with_kv:
-                    observer(layer, roll.h[:, :n], self._t, None if roll.kv is None else
-                             (roll.kv[0][:, :, :n], roll.kv[1][:, :, :n]))
-                else:
-                    observer(layer, roll.h[:, :n], self._t)
+            kv = None if roll.kv is None else (roll.kv[0][:, :, :n], roll.kv[1][:, :, :n])
+            for observer, with_kv, with_rows in observers:
+                observer(layer, roll.h[:, :n], self._t, *((kv,) if with_kv else ()),
+                         **({"rows": roll.type_rows} if with_rows else {}))
+            roll.type_rows = {}
             return out
 
         return _updates
@@ -431,30 +458,6 @@ def _eager():
     dynamo cannot trace (``fullgraph=True`` would stop there).  torch < 2.6 has no stance to set."""
     stance = getattr(torch.compiler, "set_stance", None)
     return stance("force_eager") if stance is not None else contextlib.nullcontext()
-
-
-def _check_width(width: Any, layout: Any) -> int:
-    """``width=``: the step input's last dimension, a positive int (numpy integers too, as the
-    schema takes them; no bool, no float, no string, which ``int()`` would convert or truncate)."""
-    if width is None:
-        return int(layout.d_model)
-    if not is_int(width) or width < 1:
-        raise CanvasTypeError(f"incremental(width={width!r}): width is the size D of a step's input "
-                              f"(B, V, D), an int >= 1; leave it out to use layout.d_model "
-                              f"({layout.d_model})")
-    return int(width)
-
-
-def _check_tolerance(check: Any) -> Optional[float]:
-    if check is False or check is None:
-        return None
-    if check is True:
-        return 1e-4
-    # any real number but a bool (numpy scalars too); NaN and inf fail the range test
-    if isinstance(check, bool) or not isinstance(check, numbers.Real) \
-            or not 0 < float(check) < float("inf"):
-        raise CanvasTypeError(f"incremental(check={check!r}): pass True, False, or a relative tolerance > 0")
-    return float(check)
 
 
 def incremental(model: nn.Module, layout: Any, *, slide: Optional[str] = None,

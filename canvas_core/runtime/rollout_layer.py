@@ -21,16 +21,20 @@ advances its frame counter, so a failed step leaves the cache as it was.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from canvas_core.errors import CanvasTypeError
 from canvas_core.runtime.rollout_plan import FramePlan, TypeCall
 from canvas_core.runtime.type_call import call_attention_type, run_key_set_buckets
+from canvas_core.schema._validate import is_int
 
-__all__ = ["LayerRoll", "FrameUpdates", "layer_frame_plan", "position_free", "default_tolerance", "step_difference"]
+__all__ = ["LayerRoll", "FrameUpdates", "layer_frame_plan", "position_free", "default_tolerance", "step_difference",
+           "check_width", "check_tolerance", "parameter_state", "input_hint"]
 
 #: query rows per chunk of the softmax attention: bounds the (B, H, rows, K_t) scores
 _SCORE_ELEMS = 1 << 24
@@ -125,6 +129,10 @@ class LayerRoll:
         self.n = n
         self.h = torch.zeros(batch, n + 1, D, dtype=dtype, device=device)
         self.kv = None
+        #: set by the rollout when a step observer asks for them: per non-softmax type, the rows of
+        #: frame ``t`` its module output in the last step ``(B, R, D)`` (before the mixing weights)
+        self.keep_rows = False
+        self.type_rows: Dict[str, torch.Tensor] = {}
         if frames.softmax_fns:
             shape = (batch, layer.n_heads, n + 1, layer.head_dim)
             self.kv = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
@@ -135,6 +143,14 @@ class LayerRoll:
         self.h = self.h.clone()
         if self.kv is not None:
             self.kv = (self.kv[0].clone(), self.kv[1].clone())
+
+    def _fresh(self) -> None:
+        """New zero buffers, for an episode after one run with gradients: writing into the old
+        ones would chain the new frames to the old episode's graph, and a second ``backward``
+        would fail on it (its saved tensors are freed)."""
+        self.h = torch.zeros_like(self.h)
+        if self.kv is not None:
+            self.kv = (torch.zeros_like(self.kv[0]), torch.zeros_like(self.kv[1]))
 
     def fits(self, h: torch.Tensor) -> bool:
         """Whether the buffers hold inputs like ``h`` (batch, dtype, device)."""
@@ -151,7 +167,10 @@ class LayerRoll:
         B, V, D = h.shape
         if self.h.is_inference() and not torch.is_inference_mode_enabled():
             self._thaw()
+        if t == 0 and (self.h.requires_grad or (self.kv is not None and self.kv[0].requires_grad)):
+            self._fresh()  # a new episode must not reach the last one's graph (freed by its backward)
         self.h[:, sl] = h
+        self.type_rows = {}
         acc = None
         if fp.softmax_fns:
             qkv = layer.qkv(h).reshape(B, V, 3, layer.n_heads, layer.head_dim).permute(2, 0, 3, 1, 4)
@@ -229,18 +248,22 @@ class LayerRoll:
                 continue
             module = layer.fn_modules[_key(f)]
             out = h.new_zeros(B, fp.V, D)
+            kept = []  # the module's output rows of this frame
             if fp.other[f][0]:  # exact key mask: one call with the mask
                 for ci, call in enumerate(calls):
                     qi, ki, mask, rows, local = self.index.get(("call", f, t, ci),
                                                                lambda call=call: self._call_tensors(call, h.device))
                     kv = self.h.index_select(1, ki)
                     o = call_attention_type(module, self.h.index_select(1, qi), kv, kv, key_mask=mask)
-                    out = out.index_add(1, local, o.index_select(1, rows))
+                    kept.append((local, o.index_select(1, rows)))
             else:  # per key set: key sets of equal shape stacked along the batch, one call per shape
                 buckets = self.index.get(("buckets", f, t), lambda calls=calls: self._buckets(calls, h.device))
                 parts = run_key_set_buckets(module, self.h, self.h, self.h, [(Q, K) for Q, K, _, _ in buckets], name=f)
-                for (_, o), (_, _, sel, local) in zip(parts, buckets):
-                    out = out.index_add(1, local, o.index_select(1, sel))
+                kept = [(local, o.index_select(1, sel)) for (_, o), (_, _, sel, local) in zip(parts, buckets)]
+            for local, o in kept:
+                out = out.index_add(1, local, o)
+            if self.keep_rows and kept:
+                self.type_rows[f] = torch.cat([o for _, o in kept], dim=1)
             c = self.index.get(("coef", f, t), lambda f=f: torch.from_numpy(fp.coef[f][sl].copy()).to(h.device))
             out = out * c.to(out.dtype)[None, :, None]
             acc = out if acc is None else acc + out
@@ -308,3 +331,52 @@ def step_difference(y: torch.Tensor, ref: torch.Tensor) -> Tuple[float, float]:
     if not bool((same | (fin & torch.isfinite(y))).all()):
         return float("inf"), scale
     return float((y - ref).masked_fill(~fin, 0).abs().max()), scale
+
+
+def parameter_state(params: List[torch.Tensor]) -> List[Any]:
+    """What changes when a parameter is written in place or given new data (``.data =``, ``.to()``)."""
+    try:
+        return [(p._version, p.data_ptr()) for p in params]
+    except RuntimeError:  # one without a version counter or storage (an inference or fake tensor)
+        return [_state_of(p) for p in params]
+
+
+def _state_of(p: torch.Tensor) -> Any:
+    try:
+        return p._version, p.data_ptr()
+    except RuntimeError:
+        return id(p), p.dtype, p.device
+
+
+def input_hint(x: torch.Tensor, params: List[torch.Tensor]) -> str:
+    """A sentence naming a frame's dtype / device when they are not the model's parameters'."""
+    p = next((p for p in params if p.is_floating_point()), None)
+    if p is None or (x.dtype, x.device) == (p.dtype, p.device):
+        return ""
+    return (f" The frame is {x.dtype} on {x.device}, the model's parameters {p.dtype} on {p.device}: "
+            "give the frames the model's dtype and device.")
+
+
+def check_width(width: Any, layout: Any) -> int:
+    """``width=``: the step input's last dimension, a positive int (numpy integers too, as the
+    schema takes them; no bool, no float, no string, which ``int()`` would convert or truncate)."""
+    if width is None:
+        return int(layout.d_model)
+    if not is_int(width) or width < 1:
+        raise CanvasTypeError(f"incremental(width={width!r}): width is the size D of a step's input "
+                              f"(B, V, D), an int >= 1; leave it out to use layout.d_model "
+                              f"({layout.d_model})")
+    return int(width)
+
+
+def check_tolerance(check: Any) -> Optional[float]:
+    """``check=``: None (off), ``1e-4`` for True, or the relative tolerance given (a real > 0)."""
+    if check is False or check is None:
+        return None
+    if check is True:
+        return 1e-4
+    # any real number but a bool (numpy scalars too); NaN and inf fail the range test
+    if isinstance(check, bool) or not isinstance(check, numbers.Real) \
+            or not 0 < float(check) < float("inf"):
+        raise CanvasTypeError(f"incremental(check={check!r}): pass True, False, or a relative tolerance > 0")
+    return float(check)

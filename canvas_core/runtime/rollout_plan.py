@@ -48,17 +48,23 @@ def linked_pairs(plan: ExecutionPlan, f: str, rect_rows: Tuple[np.ndarray, np.nd
     packed queries each plan rectangle of ``f`` covers, ``rows_all`` (sorted) the rows wanted;
     ``keys`` the canonical positions of the keys some query links, ``weight`` the largest weight
     linking a pair and ``owner`` the connection it comes from (-1: not linked).  Only the
-    rectangles that touch both are visited (in plan order, so ties go to the first): a rollout
-    frame costs what it needs.  Telemetry uses it."""
+    rectangles that touch both are visited (in plan order, so ties go to the first), and only the
+    columns they cover are laid out: a rollout frame costs its linked keys, not the whole prefix.
+    Telemetry uses it."""
     g = plan.groups[f]
     r_lo, r_hi = rect_rows
     k0, k1 = np.asarray(g.k0), np.asarray(g.k1)
-    touch = ((np.searchsorted(rows_all, r_hi) > np.searchsorted(rows_all, r_lo))
-             & (np.searchsorted(cols, k1) > np.searchsorted(cols, k0)))
+    touch = np.searchsorted(rows_all, r_hi) > np.searchsorted(rows_all, r_lo)
+    cover = np.zeros(int(plan.n) + 1, dtype=np.int64)  # the packed keys the touching rectangles span
+    np.add.at(cover, k0[touch], 1)
+    np.add.at(cover, k1[touch], -1)
+    cols = cols[np.cumsum(cover)[cols] > 0]
+    touch &= np.searchsorted(cols, k1) > np.searchsorted(cols, k0)
     row_at = np.full(n_sample, -1, dtype=np.int64)
     row_at[rows_all] = np.arange(len(rows_all))
+    canon = np.sort(plan.perm[cols])  # the columns' canonical positions: keys in canonical order
     col_at = np.full(int(plan.n), -1, dtype=np.int64)
-    col_at[cols] = plan.perm[cols]  # columns in canonical order, as the keys are
+    col_at[cols] = np.searchsorted(canon, plan.perm[cols])
     weight = np.zeros((len(rows_all), len(cols)))
     owner = np.full((len(rows_all), len(cols)), -1, dtype=np.int64)
     for r in np.flatnonzero(touch):
@@ -67,10 +73,10 @@ def linked_pairs(plan: ExecutionPlan, f: str, rect_rows: Tuple[np.ndarray, np.nd
         better = g.weight[r] > weight[block]
         weight[block] = np.where(better, g.weight[r], weight[block])
         owner[block] = np.where(better, g.conn[r], owner[block])
-    keys = np.flatnonzero((weight > 0).any(0))
-    if len(keys) == len(cols):
-        return weight, owner, keys
-    return weight[:, keys], owner[:, keys], keys
+    at = np.flatnonzero((weight > 0).any(0))
+    if len(at) == len(cols):
+        return weight, owner, canon
+    return weight[:, at], owner[:, at], canon[at]
 
 
 def sampled_links(plan: ExecutionPlan, f: str, rect_rows: Tuple[np.ndarray, np.ndarray], n_sample: int,
@@ -79,9 +85,9 @@ def sampled_links(plan: ExecutionPlan, f: str, rect_rows: Tuple[np.ndarray, np.n
     canonical positions ``0 .. n - 1``: ``(conns (C,), keys (K,) or None for all n, chunks,
     size)`` or None when no pair is linked; :func:`linked_pairs` describes the arguments, ``c_f``
     is the type's mixing share at ``rows_all``.  Per chunk of at most ``chunk_elements / (K C)``
-    queries: ``(rows slice, unlinked (s, 1), log-weight bias (s, K) float32, mine (s, C, K)
-    float32: the keys of each connection, links (s, C, 1), c_f (s, 1, 1) float32)``; ``size``
-    counts the elements of the bias and mine arrays."""
+    queries: ``(rows slice, unlinked (s, 1), log-weight bias (s, K) float32, mine (s, C, K) bool:
+    the keys of each connection, links (s, C, 1), c_f (s, 1, 1) float32)``; ``size`` counts the
+    bytes of the bias and mine arrays."""
     cols = np.flatnonzero(plan.perm < n)  # packed keys on frames 0 .. n / V - 1
     weight, owner, keys = linked_pairs(plan, f, rect_rows, n_sample, rows_all, cols)
     conns = np.unique(owner[owner >= 0])  # the connections these pairs come from
@@ -98,9 +104,8 @@ def sampled_links(plan: ExecutionPlan, f: str, rect_rows: Tuple[np.ndarray, np.n
             continue
         bias = np.where(w > 0, np.log(np.where(w > 0, w, 1.0)), -np.inf).astype(np.float32)
         mine = owner[rows][:, None] == conns[:, None]
-        size += mine.size + bias.size
-        chunks.append((rows, ~linked[:, None], bias, mine.astype(np.float32), mine.any(-1)[..., None],
-                       c_f[rows, None, None].astype(np.float32)))
+        size += bias.nbytes + mine.nbytes
+        chunks.append((rows, ~linked[:, None], bias, mine, mine.any(-1)[..., None], c_f[rows, None, None].astype(np.float32)))
     return conns, (None if len(keys) == n else keys), chunks, size
 
 

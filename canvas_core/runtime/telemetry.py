@@ -23,14 +23,14 @@ their frame (not: a call restricted to some regions, an empty batch, the full fo
   W_f(p)`` of its type's weight (other types).  At a query, the shares sum to 1.
 * ``.../out_norm`` -- the norm of the connection's part of the output: ``c_f(p) * ||sum_{j in c}
   a_pj v_j||`` (softmax family, heads concatenated, before the output projection), or its weight
-  share times the mean row norm of its type's module output.
+  share times the mean row norm of its type's module output (a rollout step: its frame's rows).
 * ``gate/<parameter name>`` -- every parameter whose name contains ``gate``: each element for up
   to 16 elements (``.../<k>``), else ``/mean`` and ``/absmax``.
 
 Queries are sampled (``max_queries`` per layer, evenly spaced).  A rollout step reads the rollout's
 cached keys and values (no copy) and runs ``qkv`` on its sampled queries only; a frame's index work
-is done once per recording while it fits ``_PREP_ELEMENTS`` per layer; sums stay on the device.
-"""
+is done once per recording within ``_PREP_BYTES`` per layer (else per step, over the keys its
+sampled queries link); sums stay on the device."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ __all__ = ["Telemetry", "record_telemetry", "telemetry"]
 
 _MAX_ELEMENTS = 16
 _CHUNK_ELEMENTS = 1 << 20  # (B * H * queries * connections * keys) per chunk of the softmax probe (cache-sized)
-_PREP_ELEMENTS = 1 << 20  # per layer: the (queries * connections * keys) of the probe's index tensors kept
+_PREP_BYTES = 4 << 20  # per layer: the probe's index tensors kept, (queries * keys) * (4 + connections) bytes
 
 
 class _Mean:
@@ -62,10 +62,6 @@ class _Mean:
 
     def __init__(self) -> None:
         self.total, self.count = 0.0, 0
-
-    def add(self, value: float, weight: int = 1) -> None:
-        self.total += float(value) * weight
-        self.count += weight
 
     @property
     def value(self) -> float:
@@ -90,8 +86,8 @@ def _series_name(name: str, modules: Dict[str, nn.Module], wrapped: FrozenSet[st
 class _Prep(NamedTuple):
     """What the softmax probe needs of one type at some sampled queries and keys, derived from the
     plan: ``conns`` the connections linking them, ``keys`` the canonical keys some query links
-    (None: all), per chunk of queries ``(rows, unlinked (s, 1), bias (s, K), mine (s, C, K),
-    links (s, C, 1), c_f (s, 1, 1))``, and ``size`` the elements of those tensors."""
+    (None: all), per chunk of queries ``(rows, unlinked (s, 1), bias (s, K), mine (s, C, K) bool,
+    links (s, C, 1), c_f (s, 1, 1))`` (:func:`sampled_links`), and ``size`` their bytes."""
     conns: torch.Tensor
     keys: Optional[torch.Tensor]
     chunks: List[Tuple[Any, ...]]
@@ -140,12 +136,13 @@ class _LayerProbe:
                            for f in plan.groups}
         # (type, frames, keys, B * H, device) -> _Prep, kept while small: the same in every episode
         self._preps: Dict[Tuple[Any, ...], Optional[_Prep]] = {}
-        self._prep_room = _PREP_ELEMENTS
+        self._prep_room = _PREP_BYTES
         self._stats: Dict[str, _Mean] = {}
         # (type, device) -> (connections, 3) float64 sums not yet read back: reading them at every
         # step would wait for the device at every step
         self._pending: Dict[Tuple[Any, ...], torch.Tensor] = {}
-        self.module_norm: Dict[str, _Mean] = {}
+        self.module_norm: Dict[str, _Mean] = {}  # per other type: mean row norm of its module's output
+        self._norm_pending: Dict[Tuple[Any, ...], torch.Tensor] = {}  # (type, device) -> (sum, rows)
         self.forwards = 0  # measured forwards of this layer (see applies)
         # whether the fn modules run inside a measured update now (set by the update observer,
         # cleared around every call): a restricted call, an empty batch or a rollout step is not
@@ -153,10 +150,9 @@ class _LayerProbe:
 
     def applies(self, x: Any, active: Any) -> bool:
         """Whether a call ``layer(x, active)`` is a whole-canvas forward the probe can measure: not
-        restricted to some regions, ``x`` of the layer's shape (anything else is left to the
-        layer, which refuses bad input itself, or is a rollout step of one frame), and at least
-        one sample in the batch (an empty batch has no mass to average: it would make every
-        running mean NaN for the rest of the recording)."""
+        restricted to some regions, ``x`` of the layer's shape (anything else is left to the layer,
+        which refuses bad input itself, or is a rollout step of one frame), and a non-empty batch
+        (an empty one has no mass to average: every running mean would be NaN from then on)."""
         layer = self.layer
         return (active is None and isinstance(x, torch.Tensor) and x.dim() == 3
                 and x.shape[0] > 0 and x.shape[1] == int(layer.plan.n) and x.shape[2] == layer.d_model
@@ -171,6 +167,10 @@ class _LayerProbe:
     def flush(self) -> None:
         """Add the sums still on the device to :attr:`stats`."""
         pending, self._pending = self._pending, {}
+        norms, self._norm_pending = self._norm_pending, {}
+        for (fn, _), (total, rows) in ((k, v.tolist()) for k, v in norms.items()):
+            m = self.module_norm.setdefault(fn, _Mean())
+            m.total, m.count = m.total + total, m.count + int(rows)
         for sums in pending.values():
             for ci, (mass_sum, norm_sum, count) in enumerate(sums.tolist()):
                 if count:  # else every sample was non-finite at its queries: nothing measured
@@ -235,6 +235,10 @@ class _LayerProbe:
             if prep.keys is not None:  # keys no sampled query links get probability 0: leave them out
                 kf, vf = k.index_select(2, prep.keys), v.index_select(2, prep.keys)
             kf, vf = kf.float(), vf.float()
+            # a key or value not finite reaches only the queries linking it (its weight 0 times NaN
+            # would reach every query): zeroed, and the samples of its queries left out below
+            fin = (kf.isfinite() & vf.isfinite()).all(-1, keepdim=True)  # (B, H, K, 1)
+            kf, vf, bad = kf.where(fin, 0.0), vf.where(fin, 0.0), (~fin).float()
             sums = None  # (C, 3): mass, norm, queries
             for rows, unlinked, bias, mine, links, c in prep.chunks:
                 logits = torch.einsum("bhsd,bhnd->bhsn", q[:, :, rows], kf) * scale + bias
@@ -244,7 +248,8 @@ class _LayerProbe:
                 stat = torch.stack([pm.sum(-1).mean(1), out.permute(0, 2, 3, 1, 4).flatten(3).norm(dim=-1)], -1)
                 # a sample with a NaN / inf at a query is left out of that query's mean: one bad
                 # sample would make the running means NaN for the rest of the recording
-                ok = stat.isfinite().all(-1, keepdim=True).to(stat.dtype)  # (B, s, C, 1)
+                hit = ((bias > -math.inf).float() @ bad).sum(1)[:, :, None]  # (B, s, 1, 1): bad keys linked
+                ok = (stat.isfinite().all(-1, keepdim=True) & (hit == 0)).to(stat.dtype)  # (B, s, C, 1)
                 n_ok = ok.sum(0)
                 stat = (stat.nan_to_num() * ok).sum(0) / n_ok.clamp_min(1)  # (s, C, 2): mass, norm
                 at = (n_ok > 0) & links  # the queries each connection links
@@ -277,11 +282,21 @@ class _LayerProbe:
         return self._preps[key]
 
     def module_output(self, fn: str, out: Any) -> None:
-        if self.live and isinstance(out, torch.Tensor) and out.dim() >= 2 and out.numel():
-            norms = out.detach().float().norm(dim=-1)
-            finite = norms[norms.isfinite()]  # rows of a sample with NaN / inf are left out
-            if finite.numel():
-                self.module_norm.setdefault(fn, _Mean()).add(float(finite.mean()))
+        """A call of type ``fn``'s module in a measured whole-canvas forward returned ``out``."""
+        if self.live:
+            self.add_rows(fn, out)
+
+    @torch.no_grad()
+    def add_rows(self, fn: str, out: Any) -> None:
+        """Add the row norms of ``out`` ``(..., D)``, rows of type ``fn``'s module output, to its
+        mean (every row weighs the same, as every query of the softmax statistics; a row that is not
+        finite is left out); the sums stay on the device until :attr:`stats` reads them."""
+        if isinstance(out, torch.Tensor) and out.dim() >= 2 and out.numel() and out.is_floating_point():
+            norms = (out if out.dtype == torch.float64 else out.float()).norm(dim=-1).flatten()
+            ok = norms.isfinite()
+            part = torch.stack([torch.where(ok, norms, 0.0).sum(), ok.sum()]).double()
+            key = (fn, str(out.device))  # and not in place, as one made under inference mode is read outside
+            self._norm_pending[key] = part if key not in self._norm_pending else self._norm_pending[key] + part
 
     def values(self) -> Dict[str, float]:
         out = {k: m.value for k, m in self.stats.items()}
@@ -294,7 +309,7 @@ class _LayerProbe:
             fn = self.fn_of[ci]
             out[f"{self.labels[ci]}/mass_share"] = float(share[at].mean())
             norm = self.module_norm.get(fn)
-            if norm is not None:
+            if norm is not None and norm.count:
                 out[f"{self.labels[ci]}/out_norm"] = float(share[at].mean() * norm.value)
         return out
 
@@ -346,7 +361,7 @@ class Telemetry:
             probe = _LayerProbe(_series_name(name, modules, wrapped) or type(mod).__name__, mod, self.max_queries)
             self._probes.append(probe)
             self._handles.append(mod.observe_updates(self._observer(probe)))  # layer(x) and layer.delta(x)
-            self._handles.append(observe_steps(mod, self._step_observer(probe), cache=True))  # rollout steps
+            self._handles.append(observe_steps(mod, self._step_observer(probe), cache=True, rows=True))  # rollout steps
             self._handles.append(mod.register_forward_pre_hook(self._quiet([probe])))
             self._handles.append(mod.register_forward_hook(self._quiet([probe]), always_call=True))
             for fn in mod.executor.other_fns:
@@ -396,12 +411,14 @@ class Telemetry:
 
     @staticmethod
     def _step_observer(probe: _LayerProbe):
-        """A rollout step of frame ``t``: the queries of that frame (the fn modules ran on some rows
-        only, so their outputs are not averaged in)."""
-        def observe(_layer: nn.Module, h: torch.Tensor, t: int, kv: Any) -> None:
+        """A rollout step of frame ``t``: the queries of that frame, and the rows of that frame of
+        each other type's module output (``rows``; the rest of its calls is not the frame's)."""
+        def observe(_layer: nn.Module, h: torch.Tensor, t: int, kv: Any, rows: Dict[str, Any]) -> None:
             if not in_backward() and h.shape[0] > 0 and h.is_floating_point():
                 probe.forwards += 1
                 probe.step_forward(h, t, kv)
+                for fn, out in rows.items():
+                    probe.add_rows(fn, out)
         return observe
 
     def _stop(self) -> None:
@@ -411,7 +428,7 @@ class Telemetry:
         for p in self._probes:
             p.flush()  # read the sums back, once per recording
             p._preps.clear()
-            p._prep_room = _PREP_ELEMENTS
+            p._prep_room = _PREP_BYTES
 
     def gate_values(self) -> Dict[str, float]:
         """``gate/<name>``: every parameter of the model whose name contains ``gate``, now."""
