@@ -22,7 +22,7 @@ name                      class                 operator (per query ``i``, allow
 ``copy``                  CopyAttention         v at nearest index floor((i + .5) Nk / Nq)
 ``none``                  NoneAttention         0
 ``mixture``               MixtureAttention      router-weighted experts
-``rwkv``                  RWKVAttention         RWKV-4 WKV read at p(i) = floor((i+1) Nk/Nq) - 1
+``rwkv``                  RWKVAttention         RWKV-4 WKV read at p(i) = ceil((i+1) Nk/Nq) - 1
 ``hyena``                 HyenaAttention        gated implicit FFT long convolutions, read at p(i)
 ========================  ====================  ==============================================
 

@@ -327,10 +327,13 @@ def causal_read_index(Nq: int, Nk: int, device=None) -> torch.Tensor:
     """Causal read position ``(Nq,)`` for cross-length recurrences (RWKV, Hyena, Mamba).
 
     Query ``i`` covers ``[i / Nq, (i + 1) / Nq)`` of the key sequence's span; it reads the state
-    after the last key whose cell ends no later than the query's:
-    ``p(i) = floor((i + 1) * Nk / Nq) - 1``.  ``Nq == Nk`` gives ``p(i) = i`` (the usual causal
-    output); ``Nq == 1`` reads the state after all keys; ``p(i) == -1`` (a query before the
-    first key ends) reads an empty state and outputs zeros.
+    after the last key whose cell starts before the query's cell ends:
+    ``p(i) = ceil((i + 1) * Nk / Nq) - 1``.  With ``Nk >= 1`` every query reads at least key 0
+    (a linked query never reads nothing); ``Nq == Nk`` gives ``p(i) = i`` (the usual causal
+    output), ``Nq == 1`` reads the state after all keys, and ``Nk = s * Nq`` reads the end of
+    each block of ``s`` keys.  ``Nk == 0`` gives ``-1`` (an empty state, zeros).  Integer
+    arithmetic (``((i + 1) Nk + Nq - 1) // Nq - 1``) keeps it exact.
     """
     i = torch.arange(Nq, device=device)
-    return ((i + 1) * Nk) // max(Nq, 1) - 1
+    n = max(Nq, 1)
+    return ((i + 1) * Nk + n - 1) // n - 1

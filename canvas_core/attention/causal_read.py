@@ -1,8 +1,9 @@
 """What the sequence-operator attention types (RWKV, Hyena) share: where each query reads the
 key/value sequence, the working dtype, chunk sizes, and the check of a ``kernel=`` choice.
 
-A query ``i`` reads the state after key ``p(i) = floor((i + 1) * Nk / Nq) - 1``
-(:func:`canvas_core.attention._base.causal_read_index`); ``p(i) < 0`` reads nothing (zeros).
+A query ``i`` reads the state after key ``p(i) = ceil((i + 1) * Nk / Nq) - 1``
+(:func:`canvas_core.attention._base.causal_read_index`): at least key 0 whenever there is a key;
+a query whose allowed keys all lie after ``p(i)`` outputs zeros.
 """
 
 from __future__ import annotations
@@ -99,7 +100,7 @@ def causal_read(
         allowed: ``(B|1, Nq|1, Nk)`` bool key mask, or None (every key allowed).
 
     Returns:
-        ``read (Nq,)``: :func:`causal_read_index` (``-1``: before the first key);
+        ``read (Nq,)``: :func:`causal_read_index` (``-1`` only when ``Nk == 0``);
         ``has (B|1, Nq, 1)`` bool: query ``i`` has an allowed key ``j <= read_i``.
     """
     read = causal_read_index(Nq, Nk, device=device)

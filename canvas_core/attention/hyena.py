@@ -172,7 +172,7 @@ class HyenaAttention(AttentionBase):
                 if keep_t is not None:
                     z = z * keep_t
             if Nq > 0 and Nk % Nq == 0:
-                # every read at stride (i + 1) - 1: the last stage only there (in phases)
+                # Nk = s Nq: causal_read_index reads (i + 1) s - 1, the last stage only there (in phases)
                 y = read_conv_last(z, ht[-1], Nk // Nq).transpose(1, 2)
             else:
                 y = causal_conv_last(z, ht[-1])  # (B, D, Nk)

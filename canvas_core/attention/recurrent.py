@@ -6,8 +6,8 @@ This module gathers them under one path; they live in :mod:`canvas_core.attentio
 Both run causally along the key/value sequence (the connection's destination positions, in the
 order given: region order on the canvas) and let queries read it at their causal read position
 (:func:`canvas_core.attention._base.causal_read_index`): query ``i`` reads the state after key
-``p(i) = floor((i + 1) * Nk / Nq) - 1``.  ``Nq == Nk`` is the usual position-aligned causal
-operator; ``Nq == 1`` reads the whole sequence; ``p(i) < 0`` gives zeros.
+``p(i) = ceil((i + 1) * Nk / Nq) - 1``.  ``Nq == Nk`` is the usual position-aligned causal
+operator; ``Nq == 1`` reads the whole sequence; every query reads at least the first key.
 """
 
 from __future__ import annotations

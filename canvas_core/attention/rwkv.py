@@ -412,8 +412,8 @@ class RWKVAttention(AttentionBase):
     Keys/values give ``k = W_k keys``, ``v = W_v values``; the WKV recurrence (per channel decay
     ``w = exp(time_decay) > 0`` and bonus ``u = time_first`` for the current key) runs causally
     along the key sequence (:func:`wkv_scan`, log-space, stable).  Query ``i`` reads the WKV at
-    its causal read position ``p(i) = floor((i + 1) * Nk / Nq) - 1`` (``Nq == Nk``: position
-    ``i``, as in RWKV; ``Nq == 1``: after all keys; ``p(i) < 0``: zeros) and is gated by its
+    its causal read position ``p(i) = ceil((i + 1) * Nk / Nq) - 1`` (``Nq == Nk``: position
+    ``i``, as in RWKV; ``Nq == 1``: after all keys; ``Nq > Nk``: at least key 0) and is gated by its
     receptance: ``out_i = W_o(sigmoid(W_r q_i) * wkv_{p(i)})``.
 
     Key mask: keys a query may not attend are left out of its sums.  A mask shared by all

@@ -5,7 +5,7 @@ of the group's :class:`~canvas_core.compiler.plan.SegmentGrid` share their key s
 key sets are found among the (few) distinct row segments, never among all queries.
 
 **Query blocks.**  A type that scans or compresses places its queries' reads along its key set
-(``p(i) = floor((i + 1) Nk / Nq) - 1`` for the builtin scans), so which queries share one call
+(``p(i) = ceil((i + 1) Nk / Nq) - 1`` for the builtin scans), so which queries share one call
 decides what each reads.  The runtime never lets one query block's reads depend on another's:
 a *query block* is the set of queries that the same connections of the type link, at one canvas
 frame when one of those connections is tied to a source frame (``t_src`` set), across all frames

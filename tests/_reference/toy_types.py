@@ -9,7 +9,7 @@ import torch
 class RunningMeanScan(torch.nn.Module):
     """A plugin-style scan (canvas-engineering's protocol, no ``key_mask``: the runtime calls it per
     key set): query ``i`` of ``Nq`` reads the running mean of the projected, key-gated values up to
-    key ``floor((i + 1) Nk / Nq) - 1`` (zeros before the first key), plus ``0.1 W_q q_i`` when
+    key ``ceil((i + 1) Nk / Nq) - 1`` (the builtin scans' read position), plus ``0.1 W_q q_i`` when
     ``with_query``.  ``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
 
     def __init__(self, d_model, n_heads=4, dropout=0.0, with_query=True):
@@ -21,7 +21,7 @@ class RunningMeanScan(torch.nn.Module):
         Nq, Nk = queries.shape[1], keys.shape[1]
         run = torch.cumsum(self.v(values) * torch.sigmoid(keys), dim=1)
         run = run / torch.arange(1, Nk + 1, dtype=run.dtype, device=run.device)[None, :, None]
-        read = ((torch.arange(Nq, device=run.device) + 1) * Nk) // Nq - 1
+        read = -((-(torch.arange(Nq, device=run.device) + 1) * Nk) // Nq) - 1  # ceil, 0 <= read < Nk
         out = run.index_select(1, read.clamp(min=0)) * (read >= 0)[None, :, None].to(run.dtype)
         return out if self.q is None else out + 0.1 * self.q(queries)
 

@@ -254,7 +254,7 @@ def test_hyena_with_strided_reads_equals_the_direct_form(Nq, stride, order, mask
     for n in range(order - 1):
         z = gates[n] * (_direct_conv(z, h[n]) + d[n] * z) * keep
     y = _direct_conv(z, h[-1]) + d[-1] * z
-    read = [(i + 1) * Nk // Nq - 1 for i in range(Nq)]
+    read = [-(-(i + 1) * Nk // Nq) - 1 for i in range(Nq)]
     has = torch.stack([ok[:, : p + 1].any(1) for p in read], 1)[..., None]
     ref = m.out_proj(m.q_proj(q) * y[:, read]) * has
     torch.testing.assert_close(out, ref, atol=1e-9, rtol=1e-7)
@@ -385,7 +385,7 @@ def test_rwkv_with_reads_ending_chunks_equals_the_step_recurrence(Nq, stride, ma
     ok = torch.rand(2, Nk, generator=g) > 0.4 if masked else torch.ones(2, Nk, dtype=torch.bool)
     out = m(q, kv, kv, key_mask=ok[:, None, :].expand(2, Nq, Nk)) if masked else m(q, kv, kv)
     seq = wkv_scan(m.key(kv), m.value(kv), torch.exp(m.time_decay), m.time_first, ok, chunk=1)
-    read = [(i + 1) * Nk // Nq - 1 for i in range(Nq)]
+    read = [-(-(i + 1) * Nk // Nq) - 1 for i in range(Nq)]
     has = torch.stack([ok[:, : p + 1].any(1) for p in read], 1)[..., None]
     ref = m.output(torch.sigmoid(m.receptance(q)) * seq[:, read]) * has
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-8)

@@ -337,7 +337,7 @@ def test_rwkv_matches_naive_recurrence(Nq, Nk):
     for b in range(2):
         seq = _naive_recurrence(kk[b], vv[b], w, u)
         for i in range(Nq):
-            p = (i + 1) * Nk // Nq - 1  # causal read position
+            p = -(-(i + 1) * Nk // Nq) - 1  # causal read position
             if p >= 0:
                 out[b, i] = seq[p]
                 has[i] = True
@@ -398,7 +398,7 @@ def test_hyena_matches_direct_convolution(order, Nq, Nk):
     for n in range(order - 1):
         z = gates[n] * (_direct_causal_conv(z, h[n]) + d[n] * z)
     y = _direct_causal_conv(z, h[-1]) + d[-1] * z
-    read = [(i + 1) * Nk // Nq - 1 for i in range(Nq)]
+    read = [-(-(i + 1) * Nk // Nq) - 1 for i in range(Nq)]
     yr = torch.stack([y[:, p] if p >= 0 else torch.zeros_like(y[:, 0]) for p in read], 1)
     has = torch.tensor([p >= 0 for p in read])[None, :, None]
     ref = m.out_proj(m.q_proj(q) * yr) * has

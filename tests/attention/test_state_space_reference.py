@@ -22,7 +22,7 @@ D = 6
 
 
 def _read(i: int, Nq: int, Nk: int) -> int:
-    return (i + 1) * Nk // Nq - 1
+    return -(-(i + 1) * Nk // Nq) - 1
 
 
 def _draw_mask(kind: str, B: int, Nq: int, Nk: int, g: torch.Generator):

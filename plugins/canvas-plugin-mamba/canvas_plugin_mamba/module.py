@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, CheckpointError, ShapeError, UnavailableError
-from canvas_core.extend import (as_dtype, autocast_on, check_elements, check_size, operators_under_compile, plain_linear,
-                                plain_module)
+from canvas_core.extend import (as_dtype, autocast_on, causal_read_index, check_elements, check_size,
+                                operators_under_compile, plain_linear, plain_module)
 from canvas_plugin_mamba import cpu_kernel, cpu_ops
 from canvas_plugin_mamba.chunked import chunk_size, selective_scan_read
 from canvas_plugin_mamba.conv_op import causal_depthwise_conv
@@ -90,9 +90,10 @@ class MambaAttention(nn.Module):
       ``B_t = (W_x keys)_B``,
     * ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t`` with ``A = -exp(A_log)`` diagonal.
 
-    Queries read the sequence at their causal read position ``p(i) = floor((i + 1) Nk / Nq) - 1``
-    (``Nq == Nk``: position-aligned, the usual causal Mamba output; ``Nq == 1``: the final state;
-    ``p(i) < 0``: zeros) with their own readout and gate:
+    Queries read the sequence at their causal read position ``p(i) = ceil((i + 1) Nk / Nq) - 1``
+    (:func:`canvas_core.extend.causal_read_index`; ``Nq == Nk``: position-aligned, the usual causal
+    Mamba output; ``Nq == 1``: the final state; ``Nq > Nk``: at least key 0) with their own
+    readout and gate:
     ``y_i = C(q_i) . h_{p(i)} + D u_{p(i)}``, ``out_i = W_out(y_i * silu(W_z q_i))``.
 
     Key mask: the scan is shared by all queries, so it skips the keys no query may attend
@@ -348,9 +349,9 @@ class MambaAttention(nn.Module):
             read = torch.arange(Nq, device=queries.device)
             has = None
         else:
-            read = ((torch.arange(Nq, device=queries.device) + 1) * Nk) // Nq - 1
-            if allowed is None:  # a query has keys up to its read position iff it reads one
-                has = (read >= 0).view(1, Nq, 1)
+            read = causal_read_index(Nq, Nk, device=queries.device)  # >= 0 for every query (Nk >= 1)
+            if allowed is None:  # every query reads at least key 0
+                has = None
             else:  # the first allowed key of each row is at or before the read position
                 first = torch.where(allowed.any(-1), allowed.int().argmax(-1), Nk)  # (B|1, Nq|1)
                 has = (first <= read.view(1, -1)).unsqueeze(-1)

@@ -167,7 +167,7 @@ def test_segment_reads_equal_step_recurrence(Bt, L, E, N, Q, chunk, block, borde
 
     inputs, _ = _draw(Bt, L, E, N, Q, seed, DT)
     g = torch.Generator().manual_seed(seed + 2)
-    read = ((torch.arange(Q) + 1) * L) // Q - 1  # the module's read positions
+    read = -((-(torch.arange(Q) + 1) * L) // Q) - 1  # the module's read positions (ceil)
     extra = {"first": 0, "last": L - 1, "none": -1, "repeat": int(read[-1])}
     read = torch.cat([read, torch.tensor([extra[b] for b in borders], dtype=torch.long)])
     read = read[torch.randperm(read.numel(), generator=g)]

@@ -93,10 +93,10 @@ def _naive_module(m, q, k, v):
             )
             hs.append(h)
         for i in range(Nq):
-            p = (i + 1) * Nk // Nq - 1
+            p = -(-(i + 1) * Nk // Nq) - 1
             if p >= 0:
                 out[b, i] = ((hs[p] @ C[b, i]) + m.D * u_ref[b, :, p]) * F.silu(z[b, i])
-    has = torch.tensor([(i + 1) * Nk // Nq - 1 >= 0 for i in range(Nq)])[None, :, None]
+    has = torch.tensor([-(-(i + 1) * Nk // Nq) - 1 >= 0 for i in range(Nq)])[None, :, None]
     return m.out_proj(out) * has
 
 
