@@ -8,6 +8,8 @@ returns).
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -15,8 +17,13 @@ import numpy as np
 
 from canvas_core.compiler.lowering import lower
 from canvas_core.compiler.plan import BlockLayout, ExecutionPlan
+from canvas_core.schema.limits import check_bytes, limit
 
 __all__ = ["block_mask", "BlockMask"]
+
+#: bytes a tile of a BlockMask holds: its state (int8) and pair count (int64) in the BlockLayout,
+#: and its entries of kv_indices and full_kv_indices (int64 each)
+TILE_BYTES = 25
 
 
 @dataclass
@@ -84,8 +91,26 @@ def _pack_rows(sel: np.ndarray):
     return num, order
 
 
+def _check_tiles(n: int, block_size: Any) -> None:
+    """Refuse (``SizeLimitError``) a tile grid whose arrays would exceed the byte limit
+    (``CANVAS_MAX_BYTES``), naming the smallest ``block_size`` that fits: the tiles grow as
+    ``(N / block_size)**2`` (block_size=1 at N = 65,536: 4.3e9 tiles, about 100 GiB)."""
+    if isinstance(block_size, bool) or not isinstance(block_size, numbers.Integral) or int(block_size) < 1:
+        return  # ExecutionPlan.block_layout names the bad value
+    bs = int(block_size)
+    nb = max(1, -(-n // bs))
+    most = math.isqrt(limit("bytes") // TILE_BYTES)  # most tiles per side under the limit
+    fix = (f"Use block_size >= {-(-n // most):,} ({most:,} blocks a side at most)" if most
+           else "Use a larger block_size")
+    check_bytes(TILE_BYTES * nb * nb, f"the block mask of block_size={bs} over N={n:,} positions ({nb:,} x {nb:,} "
+                f"= {nb * nb:,} tiles, {TILE_BYTES} bytes a tile)", fix)
+
+
 def block_mask(topology: Any, layout: Any, block_size: int = 128, *, plan: Optional[ExecutionPlan] = None) -> BlockMask:
-    """Block-sparse form of the topology's mask (tiles of ``block_size`` over packed positions)."""
+    """Block-sparse form of the topology's mask (tiles of ``block_size`` over packed positions).
+    A ``block_size`` that makes more tiles than the byte limit holds is refused before anything
+    is lowered or allocated (``SizeLimitError`` naming the smallest block_size that fits)."""
+    _check_tiles(int(plan.n) if plan is not None else int(layout.num_positions), block_size)
     plan = plan if plan is not None else lower(topology, layout)
     bl = plan.block_layout(block_size)
     num, idx = _pack_rows(bl.state > 0)

@@ -218,7 +218,9 @@ def block_layout_of(grid: SegmentGrid, n: int, block_size: int) -> BlockLayout:
     the grid (the tiles count against the element limit)."""
     bs = int(block_size)
     nb = max(1, -(-n // bs))
-    check_elements((nb, nb), f"the tiles of block_size={bs} over N={n} positions (raise block_size)", itemsize=9)
+    what = f"the tiles of block_size={bs} over N={n} positions (raise block_size)"
+    check_elements((nb, nb), what, itemsize=9)
+    check_bytes(9 * nb * nb, what, "Use a larger block_size")  # 4.3e9 tiles pass the element limit
     count = np.zeros((nb, nb), dtype=np.int64)
     state = np.zeros((nb, nb), dtype=np.int8)
     if n <= 0 or grid.grid.size == 0:

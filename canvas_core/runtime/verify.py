@@ -38,7 +38,8 @@ from torch import nn
 
 from canvas_core.errors import CanvasError, CanvasTypeError, ShapeError
 from canvas_core.runtime.verify_probe import (
-    PositionLabels, checked_input, choose_queries, dead_entries, declared_rows, mixes_batch, probe_rows, undeclared_entries,
+    PositionLabels, checked_input, choose_queries, dead_entries, declared_rows, mixes_batch, probe_rows, query_cells,
+    undeclared_entries,
 )
 from canvas_core.runtime.verify_report import DeadLink, StructureReport, UndeclaredDependency
 
@@ -51,8 +52,7 @@ class _Run:
     def __init__(self, max_exact: int, samples: int, probes: int, chunk: int, rtol: float, seed: int,
                  require_signal: bool = False, progress: Optional[Callable[[str, int, int], None]] = None) -> None:
         self.max_exact, self.samples, self.probes, self.chunk, self.rtol = max_exact, samples, probes, chunk, rtol
-        self.progress = progress
-        self.require_signal = require_signal
+        self.progress, self.require_signal = progress, require_signal
         self.gen = torch.Generator().manual_seed(int(seed))
         self.rng = np.random.default_rng(int(seed))
         self.undeclared: List[UndeclaredDependency] = []
@@ -60,27 +60,24 @@ class _Run:
         self.parts: List[str] = []
         self.notes: List[str] = []
         self.blind = False  # a whole layer / model whose output carried no gradient
-        self.exact = True
-        self.sampling = ""
-        self.n = 0
-        self.hops = 1
+        self.exact, self.sampling, self.n, self.hops = True, "", 0, 1
 
     def queries(self, n: int, labels: PositionLabels) -> np.ndarray:
         q, exact, why = choose_queries(n, labels, self.max_exact, self.samples, self.rng)
         self.exact, self.sampling, self.n = self.exact and exact, why, n
         return q
 
-    def probe(self, where: str, fn: Callable, make_input: Callable, queries: np.ndarray, n: int,
-              whole: bool = False) -> np.ndarray:
-        """``whole``: the probed function is the layer or model itself, whose outputs must depend on
-        some input (else nothing was measured: not verified)."""
+    def probe(self, where: str, fn: Callable, make_input: Callable, queries: np.ndarray, n: int, whole: bool = False,
+              allowed: Optional[np.ndarray] = None, cells: Optional[np.ndarray] = None) -> np.ndarray:
+        """``whole``: the probed function is the layer or model itself, whose outputs must depend on some
+        input (else nothing was measured: not verified).  ``allowed`` / ``cells``: see :func:`probe_rows`."""
         chunk = self.chunk
         if chunk > 1 and mixes_batch(fn, make_input, self.gen):
             chunk = 1
             self.notes.append(f"{where}: its outputs depend on other batch rows; probed one query at a time")
         report = None if self.progress is None else (lambda done, total: self.progress(where, done, total))
         strength = probe_rows(fn, make_input, queries, n, probes=self.probes, chunk=chunk, gen=self.gen,
-                              on_chunk=report)
+                              on_chunk=report, cells=cells, allowed=allowed)
         if whole and not strength.any():
             self.blind = True
             self.notes.append(f"{where}: NOT VERIFIED: its output depends on no input position by gradient (a "
@@ -154,6 +151,7 @@ def _judge_groups(run: _Run, where: str, plan: Any, labels: PositionLabels, quer
     n = int(plan.n)
     seen = np.zeros((len(queries), n), dtype=bool)
     by_fn: Dict[str, np.ndarray] = {}
+    cells = query_cells([plan], queries, labels.frame)
     for f, (fn, make) in list(groups.items()):
         if _silent(fn, make, run.gen):
             n_conn = sum(1 for g in plan.fn_of_connection if g == f)
@@ -164,9 +162,9 @@ def _judge_groups(run: _Run, where: str, plan: Any, labels: PositionLabels, quer
             run.notes.append(f"{where}: fn {f!r} outputs 0 whatever its input ({why}), so its "
                              f"{n_conn} connection(s) carry no signal yet; not counted as dead links")
             continue
-        s = run.probe(f"{where} fn {f!r}", fn, make, queries, n)
-        by_fn[f] = s
         allowed = declared_rows([plan], queries, fn=f)
+        s = run.probe(f"{where} fn {f!r}", fn, make, queries, n, allowed=allowed, cells=cells)
+        by_fn[f] = s
         entries, bad = undeclared_entries(where, f, s, allowed, queries, labels, run.rtol)
         run.undeclared += entries
         seen |= bad
@@ -224,9 +222,10 @@ def _verify_layer(run: _Run, layer: nn.Module, make_input: Optional[Callable] = 
             groups[f] = (_module_group(ex, f, mods), make)
             _open_own_gate(run, opened, where, f, mods[f], groups[f][0], make)
         seen = _judge_groups(run, where, plan, labels, queries, groups)
-        whole = run.probe(where, layer, make, queries, n, whole=True)
-    entries, _ = undeclared_entries(where, None, whole, declared_rows([plan], queries), queries, labels,
-                                    run.rtol, _candidates([plan]), skip=seen)
+        allowed = declared_rows([plan], queries)
+        whole = run.probe(where, layer, make, queries, n, True, allowed, query_cells([plan], queries, labels.frame))
+    entries, _ = undeclared_entries(where, None, whole, allowed, queries, labels, run.rtol, _candidates([plan]),
+                                    skip=seen)
     run.undeclared += entries
     run.parts.append(where)
 
@@ -393,8 +392,8 @@ def _verify_model(run: _Run, model: nn.Module, layout: Any, topology: Any, plan:
     labels = PositionLabels(base.layout)
     queries = run.queries(n, labels)
     run.hops = len(plans)
-    s = run.probe("model", model, make, queries, n, whole=True)
     allowed = declared_rows(plans, queries)
+    s = run.probe("model", model, make, queries, n, True, allowed, query_cells(plans, queries, labels.frame))
     entries, _ = undeclared_entries("model", None, s, allowed, queries, labels, run.rtol, _candidates(plans))
     run.undeclared += entries
     seen: set = set()

@@ -6,9 +6,10 @@ turning what they saw into report entries.
   (reachability): ``R <- R | R @ M`` per layer, computed on the plan's segment grid, so no
   ``N x N`` array is made.
 * :func:`probe_rows` -- which inputs each query position's output depends on: randomized
-  vector-Jacobian products, a chunk of queries per forward pass at batch 1 with their cotangents
-  pulled back in one batched backward (else one query per batch row; a model that mixes its batch
-  rows is probed one query at a time).
+  vector-Jacobian products, a chunk of cotangents per forward pass at batch 1 pulled back in one
+  batched backward (else one per batch row; a model that mixes its batch rows is probed one at a
+  time); the queries of a cell (:func:`query_cells`: same frame, same declared reads) are probed
+  together first, and one by one only when together they read something undeclared.
 * :func:`undeclared_entries` / :func:`dead_entries` -- the report entries.
 """
 
@@ -23,7 +24,7 @@ from canvas_core.compiler.plan import segment_grid
 from canvas_core.runtime.verify_report import DeadLink, UndeclaredDependency
 
 __all__ = ["checked_input", "declared_rows", "probe_rows", "PositionLabels", "undeclared_entries", "dead_entries",
-           "choose_queries"]
+           "choose_queries", "query_cells"]
 
 
 # --- declared patterns ---------------------------------------------------------------------------
@@ -200,73 +201,134 @@ def _relative(g: torch.Tensor, b: int, n: int) -> np.ndarray:
     return rel.cpu().numpy()
 
 
-def _vjp(fn: Callable, make_input: Callable, qs: np.ndarray, n: int, gen: torch.Generator,
+def _vjp(fn: Callable, make_input: Callable, rows: Sequence[np.ndarray], n: int, gen: torch.Generator,
          batched: bool) -> Optional[torch.Tensor]:
-    """The gradients of one random one-query cotangent per query of ``qs``, ``(b, n, D)``, or None
-    when the output has no gradient.  ``batched``: one forward at batch 1 and the ``b`` cotangents
-    pulled back together (``is_grads_batched``; raises -- RuntimeError, or the warning turned
-    error -- when the model cannot be vmapped); else batch row ``r``, its own input, carries the
-    cotangent of query ``qs[r]``."""
-    b = len(qs)
+    """The gradients of one random cotangent per item of ``rows``, ``(b, n, D)``, or None when the
+    output has no gradient; item ``r`` is nonzero at the outputs of the query positions
+    ``rows[r]`` only (one position: that query's vector-Jacobian product; several: the sum of
+    theirs).  ``batched``: one forward at batch 1 and the ``b`` cotangents pulled back together
+    (``is_grads_batched``; raises -- RuntimeError, or the warning turned error -- when the model
+    cannot be vmapped); else batch row ``r``, its own input, carries cotangent ``r``."""
+    b = len(rows)
     x = make_input(1 if batched else b, gen).requires_grad_(True)
     out = _first_tensor(fn(x))
     _shape_error(out, x, x.shape[0], n)
     if not out.requires_grad:
         return None
     cot = torch.zeros(((b,) if batched else ()) + tuple(out.shape), dtype=out.dtype, device=out.device)
-    rows = torch.arange(b, device=out.device)
-    qi = torch.as_tensor(qs, device=out.device)
-    noise = torch.randn((b,) + tuple(out.shape[2:]), generator=gen, dtype=out.dtype).to(out.device)
+    sizes = [len(r) for r in rows]
+    which = torch.as_tensor(np.repeat(np.arange(b), sizes), device=out.device)
+    qi = torch.as_tensor(np.concatenate(list(rows)).astype(np.int64), device=out.device)
+    noise = torch.randn((len(qi),) + tuple(out.shape[2:]), generator=gen, dtype=out.dtype).to(out.device)
     if batched:
-        cot[rows, 0, qi] = noise
+        cot[which, 0, qi] = noise
     else:
-        cot[rows, qi] = noise
+        cot[which, qi] = noise
     (g,) = torch.autograd.grad(out, x, cot, allow_unused=True, is_grads_batched=batched)
     return None if g is None else (g[:, 0] if batched else g)
 
 
-def probe_rows(fn: Callable, make_input: Callable[[int, torch.Generator], torch.Tensor], queries: np.ndarray,
-               n: int, *, probes: int, chunk: int, gen: torch.Generator,
-               on_chunk: Optional[Callable[[int, int], None]] = None) -> np.ndarray:
-    """``(nq, n)`` float: per query, the largest relative gradient magnitude of each input position
-    over ``probes`` random inputs and cotangents (0: the output never depended on it).
-
-    ``fn(x (b, n, D)) -> (b, n, D')``; ``make_input(b, gen)`` draws ``x``.  ``chunk`` queries share
-    one forward pass at batch 1 and one batched backward (``is_grads_batched``: the vector-Jacobian
-    products of their one-query cotangents, computed together); a model autograd cannot batch that
-    way (an operation without a vmap rule) is probed with one batch row, and its own input, per
-    query instead (what ``chunk=1`` always does).  ``on_chunk(done, total)`` follows the progress
-    (query probes done of ``probes * len(queries)``)."""
+def _grads(fn: Callable, make_input: Callable, rows: Sequence[np.ndarray], n: int, gen: torch.Generator,
+           shared: bool) -> Tuple[Optional[torch.Tensor], bool]:
+    """:func:`_vjp` of ``rows``, batched while ``shared`` holds; a model autograd cannot batch
+    turns ``shared`` off (returned) and is probed one batch row per item, drawing what the
+    batched try would have drawn."""
     import warnings
 
     from canvas_core.errors import CanvasError
 
-    strength = np.zeros((len(queries), n), dtype=np.float64)
+    if shared:
+        state = gen.get_state()
+        try:
+            with warnings.catch_warnings():
+                # a vmap fallback (per-sample loop) is slower than the copies: treat it as unsupported
+                warnings.filterwarnings("error", message=".*(batching rule|vmap).*")
+                return _vjp(fn, make_input, rows, n, gen, batched=True), True
+        except CanvasError:
+            raise
+        except (RuntimeError, NotImplementedError, UserWarning):
+            gen.set_state(state)
+    return _vjp(fn, make_input, rows, n, gen, batched=False), False
+
+
+def query_cells(plans: Sequence[Any], queries: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """A cell number per query: queries of one cell share a frame and a row segment of every plan
+    (rows that every rectangle covers whole or not at all), so they may read the same positions
+    besides themselves (``declared_rows`` differ only on the diagonal)."""
+    keys = [np.asarray(frames)[queries]]
+    seen: set = set()
+    for plan in plans:
+        if id(plan) in seen:
+            continue
+        seen.add(id(plan))
+        r, n = plan.all_rects(), int(plan.n)
+        bounds = np.unique(np.concatenate([[0, n], r.q0, r.q1]).astype(np.int64))
+        keys.append(np.searchsorted(bounds, np.asarray(plan.inv_perm)[queries], side="right"))
+    _, ids = np.unique(np.stack(keys, axis=1), axis=0, return_inverse=True)
+    return ids.reshape(-1)
+
+
+def probe_rows(fn: Callable, make_input: Callable[[int, torch.Generator], torch.Tensor], queries: np.ndarray,
+               n: int, *, probes: int, chunk: int, gen: torch.Generator,
+               on_chunk: Optional[Callable[[int, int], None]] = None, cells: Optional[np.ndarray] = None,
+               allowed: Optional[np.ndarray] = None) -> np.ndarray:
+    """``(nq, n)`` float: per query, the largest relative gradient magnitude of each input position
+    over ``probes`` random inputs and cotangents (0: the output never depended on it).
+
+    ``fn(x (b, n, D)) -> (b, n, D')``; ``make_input(b, gen)`` draws ``x``.  ``chunk`` cotangents
+    share one forward pass at batch 1 and one batched backward (``is_grads_batched``: their
+    vector-Jacobian products, computed together); a model autograd cannot batch that way (an
+    operation without a vmap rule) is probed with one batch row, and its own input, per cotangent
+    instead (what ``chunk=1`` always does).
+
+    ``cells`` (a number per query, :func:`query_cells`) with ``allowed`` (``(nq, n)`` bool, the
+    declared rows): the queries of a cell are first probed together, by one cotangent spread over
+    all of their outputs (the sum of their products).  When that reads nothing outside what every
+    one of them may read, each of them gets the cell's row (no query read anything undeclared;
+    a sum of products with independent random cotangents is 0 at an input only when each is);
+    otherwise the cell's queries are probed one by one, as without ``cells``.  So a cell costs one
+    backward instead of one per query, and a read outside the declaration is still measured per
+    query.  ``on_chunk(done, total)`` follows the progress (query probes done of ``probes *
+    len(queries)``)."""
+    nq = len(queries)
+    strength = np.zeros((nq, n), dtype=np.float64)
     shared = chunk > 1
+    groups: List[np.ndarray] = []
+    if cells is not None and allowed is not None and nq:
+        order = np.argsort(cells, kind="stable")
+        starts = np.flatnonzero(np.r_[True, np.diff(np.asarray(cells)[order]) != 0])
+        groups = [g for g in np.split(order, starts[1:]) if len(g) > 1]
+    total = probes * nq
+
+    def report(done: int) -> None:
+        if on_chunk is not None:
+            on_chunk(done, total)
+
     for probe in range(probes):
-        for start in range(0, len(queries), chunk):
-            qs = queries[start:start + chunk]
-            b = len(qs)
-            g, done = None, False
-            if shared:
-                state = gen.get_state()
-                try:
-                    with warnings.catch_warnings():
-                        # a vmap fallback (per-sample loop) is slower than the copies: treat it as unsupported
-                        warnings.filterwarnings("error", message=".*(batching rule|vmap).*")
-                        g = _vjp(fn, make_input, qs, n, gen, batched=True)
-                    done = True
-                except CanvasError:
-                    raise
-                except (RuntimeError, NotImplementedError, UserWarning):
-                    shared = False
-                    gen.set_state(state)  # the copies draw what this chunk would have drawn
-            if not done:
-                g = _vjp(fn, make_input, qs, n, gen, batched=False)
+        todo = np.ones(nq, dtype=bool)
+        done = probe * nq
+        for start in range(0, len(groups), chunk):
+            part = groups[start:start + chunk]
+            g, shared = _grads(fn, make_input, [queries[m] for m in part], n, gen, shared)
+            for r, members in enumerate(part):
+                if g is not None:
+                    mag = g[r].detach().abs().reshape(n, -1).amax(-1).double().cpu().numpy()
+                    outside = ~allowed[members].all(axis=0)
+                    if not np.isfinite(mag).all() or (mag[outside] > 0).any():
+                        continue  # probed one by one below
+                    rel = _relative(g[r:r + 1], 1, n)
+                    strength[members] = np.maximum(strength[members], rel)
+                todo[members] = False
+                done += len(members)
+            report(done)
+        left = np.flatnonzero(todo)
+        for start in range(0, len(left), chunk):
+            idx = left[start:start + chunk]
+            g, shared = _grads(fn, make_input, [queries[i:i + 1] for i in idx], n, gen, shared)
             if g is not None:
-                strength[start:start + b] = np.maximum(strength[start:start + b], _relative(g, b, n))
-            if on_chunk is not None:
-                on_chunk(probe * len(queries) + start + b, probes * len(queries))
+                strength[idx] = np.maximum(strength[idx], _relative(g, len(idx), n))
+            done += len(idx)
+            report(done)
     return strength
 
 

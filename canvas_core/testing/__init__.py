@@ -9,6 +9,8 @@
 * :func:`check_kernel`: a kernel against the core's dense reference kernel.
 * :func:`recording_backend`: a ``torch.compile`` backend that records the calls of the traced
   forward and backward graphs (does the compiled module still run your operator?).
+* :func:`one_thread`: a block on one torch CPU thread; ``_one_thread = one_thread_fixture()`` in a
+  test module runs each of its tests so.
 
 Importing this package does not import torch (the checks import it when they run).
 """
@@ -23,6 +25,7 @@ from canvas_core.testing.attention import ATTENTION_PROPERTIES, check_attention_
 from canvas_core.testing.compiled import recording_backend
 from canvas_core.testing.kernels import check_kernel
 from canvas_core.testing.registration import _make_fixture, isolated_plugins, registered_plugin
+from canvas_core.testing.threads import one_thread, one_thread_fixture
 
 __all__ = [
     "registered_plugin",
@@ -32,6 +35,8 @@ __all__ = [
     "check_kernel",
     "ATTENTION_PROPERTIES",
     "recording_backend",
+    "one_thread",
+    "one_thread_fixture",
 ]
 
 if "pytest" in sys.modules:  # loaded as a pytest plugin or from a test: define the fixture now

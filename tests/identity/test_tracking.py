@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -12,18 +11,9 @@ import torch.nn.functional as F
 pytest.importorskip("canvas_plugin_identity")
 
 from canvas_core.identity import SlotBindingModule, SlotTracker  # noqa: E402
+from canvas_core.testing import one_thread  # noqa: E402
 
 from tests.identity._synthetic import appearing_objects, crossing_objects  # noqa: E402
-
-
-@contextmanager
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops: threads only add contention on a shared machine
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _run(tracker, frames):
@@ -59,7 +49,7 @@ def _consistency(attns, where):
 
 def test_slots_track_two_crossing_objects_better_than_chance():
     torch.manual_seed(0)
-    with _one_thread():
+    with one_thread():  # tiny ops: threads only add contention on a shared machine
         tracker = SlotTracker(SlotBindingModule(32, 2, n_heads=4), "persistent")
         opt = torch.optim.Adam(tracker.parameters(), lr=3e-3)
         g = torch.Generator().manual_seed(1)
@@ -85,7 +75,7 @@ def test_birth_and_death_gates_follow_appearing_and_disappearing_objects():
     D, T = 32, 10
     proto = torch.randn(2, D, generator=torch.Generator().manual_seed(5))
     proto = proto / proto.norm(dim=-1, keepdim=True) * math.sqrt(D)
-    with _one_thread():
+    with one_thread():
         tracker = SlotTracker(SlotBindingModule(D, 2, n_heads=4, birth_death=True), "tracklet")
         opt = torch.optim.Adam(tracker.parameters(), lr=3e-3)
         g = torch.Generator().manual_seed(1)

@@ -20,6 +20,7 @@ from canvas_core.errors import ShapeError
 from canvas_core.looping import get_adapter, graft_looped_blocks
 from canvas_core.looping.installed import SHAPE_CHECK_ATTR, guard_input_shapes
 from canvas_core.schema import CanvasTopology, Connection
+from canvas_core.testing import one_thread_fixture
 
 from tests.looping._backbone_setup import inputs, make, run
 
@@ -31,12 +32,7 @@ VIT_TOPO = CanvasTopology(connections=[Connection("patches", "patches"), Connect
                                        Connection("cls", "patches")])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+_one_thread = one_thread_fixture()
 
 
 def _installed(kind, topo):

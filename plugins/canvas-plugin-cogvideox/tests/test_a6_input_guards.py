@@ -18,6 +18,7 @@ from canvas_core import ungraft_looped_blocks
 from canvas_core.errors import BackboneError, ShapeError
 from canvas_core.looping import get_adapter, graft_looped_blocks
 from canvas_core.schema import CanvasTopology
+from canvas_core.testing import one_thread_fixture
 
 TINY = dict(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=4,
             time_embed_dim=8, text_embed_dim=16, num_layers=2, sample_width=8, sample_height=8,
@@ -26,12 +27,7 @@ TINY_15 = dict(TINY, patch_size_t=2, use_rotary_positional_embeddings=True)
 DENSE = CanvasTopology.dense(["video", "text"])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+_one_thread = one_thread_fixture()
 
 
 def _grafted(cfg: dict):

@@ -134,6 +134,26 @@ def _runnable(model: nn.Module, args: Tuple[Any, ...], kwargs: Mapping[str, Any]
     return {}
 
 
+def _check_config(c: Any, video: Tuple[int, ...], text: Tuple[int, ...]) -> None:
+    """Refuse (``BackboneError``) sample shapes that this model's config cannot run, naming both:
+    latents ``(B, C, F, H, W)`` with ``C != in_channels``, no frame, or a height / width that is
+    not a positive multiple of ``patch_size``; a text embedding ``(B, L, D)`` with
+    ``D != text_embed_dim``."""
+    _, C, F_, H, W = video
+    p, want = int(c.patch_size), f"(B, {int(c.in_channels)}, F, H, W)"
+    fix = (f"give sample_inputs of the shapes its forward takes (latents {want} with F >= 1 and H, W "
+           f"positive multiples of {p}; text (B, L, {int(c.text_embed_dim)}))")
+    if C != c.in_channels or F_ < 1 or H < p or W < p or H % p or W % p:
+        raise BackboneError(
+            f"Mochi token_layout: sample_inputs['hidden_states'] has shape {tuple(video)}, but this model "
+            f"(in_channels={c.in_channels}, patch_size={p}) takes latents {want} of at least one frame and a "
+            f"whole, non-empty grid of {p}x{p} patches; {fix}")
+    if text[2] != c.text_embed_dim:
+        raise BackboneError(
+            f"Mochi token_layout: sample_inputs['encoder_hidden_states'] has shape {tuple(text)}, but this "
+            f"model (text_embed_dim={c.text_embed_dim}) takes text embeddings (B, L, {c.text_embed_dim}); {fix}")
+
+
 class MochiAdapter(BackboneAdapter):
     name = "mochi"
     model_classes = ("diffusers.MochiTransformer3DModel",)
@@ -207,11 +227,9 @@ class MochiAdapter(BackboneAdapter):
                 "Mochi token_layout needs sample_inputs={'hidden_states': ..., "
                 "'encoder_hidden_states': ...}"
             )
-        _, _, f, H, W = self.input_shape(sample_inputs, "hidden_states", 5, "(B, C, F, H, W) latent video")
-        L = self.input_shape(sample_inputs, "encoder_hidden_states", 3, "(B, L, D) text embedding")[1]
+        video = self.input_shape(sample_inputs, "hidden_states", 5, "(B, C, F, H, W) latent video")
+        text = self.input_shape(sample_inputs, "encoder_hidden_states", 3, "(B, L, D) text embedding")
+        _check_config(model.config, video, text)
         p = model.config.patch_size
-        if H % p or W % p:
-            raise BackboneError(
-                f"latent height/width ({H}, {W}) must be multiples of patch_size {p}"
-            )
-        return self.video_text_tokens(model, f, H // p, W // p, L, text_first=False, layout=layout)
+        return self.video_text_tokens(model, video[2], video[3] // p, video[4] // p, text[1], text_first=False,
+                                      layout=layout)

@@ -13,18 +13,14 @@ from canvas_core import ungraft_looped_blocks
 from canvas_core.errors import ShapeError
 from canvas_core.looping import get_adapter, graft_looped_blocks
 from canvas_core.schema import CanvasTopology
+from canvas_core.testing import one_thread_fixture
 
 pytestmark = pytest.mark.filterwarnings("ignore:In CPU autocast")
 TINY = dict(patch_size=2, num_attention_heads=2, attention_head_dim=8, num_layers=2, pooled_projection_dim=12,
             in_channels=4, text_embed_dim=16, time_embed_dim=8, max_sequence_length=6)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+_one_thread = one_thread_fixture()
 
 
 def _grafted():

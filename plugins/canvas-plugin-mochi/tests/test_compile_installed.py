@@ -19,6 +19,7 @@ from diffusers import MochiTransformer3DModel
 
 import canvas_core
 from canvas_core import CanvasTopology, Connection, SharpeningSchedule
+from canvas_core.testing import one_thread
 
 pytestmark = pytest.mark.filterwarnings("ignore:In CPU autocast")
 
@@ -38,12 +39,10 @@ TOPOLOGY = CanvasTopology(connections=[
 
 @pytest.fixture(autouse=True)
 def _one_thread_fresh_dynamo():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
-    torch.set_num_threads(threads)
+    with one_thread():
+        torch._dynamo.reset()
+        yield
+        torch._dynamo.reset()
 
 
 def _model():

@@ -14,17 +14,13 @@ from canvas_core import ungraft_looped_blocks
 from canvas_core.errors import BackboneError, ShapeError
 from canvas_core.looping import graft_looped_blocks
 from canvas_core.schema import CanvasTopology
+from canvas_core.testing import one_thread_fixture
 from canvas_plugin_vit.adapter import ViTAdapter
 
 TOPO = CanvasTopology.dense(["patches", "cls"])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+_one_thread = one_thread_fixture()
 
 
 def _vit(**kw):
