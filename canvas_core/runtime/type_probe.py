@@ -376,27 +376,30 @@ def init_gradient_problem(module: Any, fn: Any, d_model: int, gate: Any = None) 
     without the second check a module whose parameters never get a gradient (a detached or
     unused computation) would pass behind it."""
     params = [p for p in module.parameters() if p.requires_grad and p.is_floating_point()]
-    if (not params and gate is None) or _where(module)[0].type == "meta":
-        return None  # a parameter-free type in a canvas layer: nothing of its own to train
+    gates = [gate] if gate is not None and gate.requires_grad else []
+    if (not params and not gates) or _where(module)[0].type == "meta" or torch.is_inference_mode_enabled():
+        return None  # nothing of its own to train (or no autograd to ask, under inference_mode)
     q, k, v, mask = _inputs(module, d_model)
-    with _quiet(module):
+    with _quiet(module), torch.enable_grad():  # built under no_grad, the question is the same
         raw = call_attention_type(module, q, k, v, mask, name=fn)
         if params and not raw.requires_grad:
-            return f"the output of {fn!r} does not depend on its parameters (unused, or a detached computation)"
+            return (f"the output of {fn!r} does not depend on its parameters (unused, or a detached computation; "
+                    "probed in eval mode)")
         weights = torch.randn_like(raw)
         if params:
-            own = torch.autograd.grad((raw * weights).sum(), params, allow_unused=True, retain_graph=gate is not None)
-        if gate is not None:  # (a branch that is 0, ``none``, is screened by constant_branch first)
+            own = torch.autograd.grad((raw * weights).sum(), params, allow_unused=True, retain_graph=bool(gates))
+        if gates:  # (a branch that is 0, ``none``, is screened by constant_branch first)
             gated = ((raw * gate.to(raw.dtype)) * weights).sum()
-            grads = torch.autograd.grad(gated, params + [gate], allow_unused=True)
+            grads = torch.autograd.grad(gated, params + gates, allow_unused=True)
         else:
             grads = own
     if not any(g is not None and bool((g != 0).any()) for g in grads):
-        what = "its parameters and its gate" if gate is not None else "its parameters"
+        what = "its parameters and its gate" if gates else "its parameters"
         return (f"no parameter of {fn!r} receives a gradient at initialisation (every gradient of {what} is "
-                "exactly 0, e.g. a zero gate times another zero gate): trained, this connection cannot learn")
+                "exactly 0, e.g. a zero gate times another zero gate; probed in eval mode): trained, this "
+                "connection cannot learn")
     if params and not any(g is not None and bool((g != 0).any()) for g in own):
         return (f"no parameter of {fn!r}'s own module receives a gradient, even with its gate open (every "
-                "gradient is exactly 0 or missing: an unused or detached parameter): trained, only the gate "
-                "moves and the type itself cannot learn")
+                "gradient is exactly 0 or missing: an unused or detached parameter; probed in eval mode): "
+                "trained, only the gate moves and the type itself cannot learn")
     return None

@@ -94,3 +94,31 @@ def test_a_connection_that_cannot_learn_is_flagged():
         assert ok.init_gradient_problems == {}
     finally:
         P.unregister_attention("t23_two_zero_gates")
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_layers_built_without_autograd_flag_no_type_and_copy_installs(mode):
+    # built under no_grad the probe must still ask autograd (nothing wrong with the types); under
+    # inference_mode it cannot, and flags nothing rather than blaming every type
+
+    from tests.looping._backbone_setup import inputs, make, user_layout
+    from canvas_core.looping import get_adapter, graft_looped_blocks
+
+    ctx = torch.no_grad if mode == "no_grad" else torch.inference_mode
+    lay = CanvasLayout(T=2, H=2, W=4, d_model=16, regions={"a": (0, 2, 0, 1, 0, 4), "b": (0, 2, 1, 2, 0, 4)})
+    with ctx():
+        for fn in ("pooling", "linear_attention", "gated"):
+            layer = CanvasAttention(CanvasTopology(connections=[Connection("b", "a", fn=fn)]), lay, n_heads=2)
+            assert layer.init_gradient_problems == {}, fn
+    if mode != "no_grad":
+        return
+    m = make("cogvideox", torch.float64)
+    kw = inputs("cogvideox", torch.float64)
+    graft_looped_blocks(m, max_loops=1)
+    ad = get_adapter(m)
+    tokens = user_layout(ad.token_layout(m, kw), 1)
+    dense = [Connection(a, b) for a in ("top", "bottom", "extra") for b in ("top", "bottom", "extra")]
+    with torch.no_grad():
+        for fn in ("copy", "pooling"):  # copy: no parameter of its own, the block's gate only
+            ad.install_topology(m, CanvasTopology(connections=dense + [Connection("top", "bottom", fn=fn)]), tokens)
+            assert "NO GRADIENT AT INIT" not in ad.installed_topology(m).report(), fn
