@@ -1,7 +1,7 @@
 """`verify_structure`: check that a built model reads only what its topology declares.
 
-The probe: random inputs, and for each probed query position a random cotangent on its output
-alone; the gradient (a vector-Jacobian product) with respect to the input is non-zero exactly at
+The probe: random inputs, and a random cotangent on the outputs of one probed query (or of one
+cell of queries that read the same keys, see ``verify_probe.probe_rows``); the gradient (a vector-Jacobian product) with respect to the input is non-zero exactly at
 the positions that output depends on (for generic random inputs and weights).  What the topology
 declares comes from the plan (DESIGN.md, "Semantics of a canvas attention layer"): query p of fn
 group f may read ``D_f(p)`` and itself (its own query, or passing through unchanged).
@@ -74,7 +74,7 @@ class _Run:
         chunk = self.chunk
         if chunk > 1 and mixes_batch(fn, make_input, self.gen):
             chunk = 1
-            self.notes.append(f"{where}: its outputs depend on other batch rows; probed one query at a time")
+            self.notes.append(f"{where}: its outputs depend on other batch rows; probed one cotangent at a time")
         report = None if self.progress is None else (lambda done, total: self.progress(where, done, total))
         strength = probe_rows(fn, make_input, queries, n, probes=self.probes, chunk=chunk, gen=self.gen,
                               on_chunk=report, cells=cells, allowed=allowed)
