@@ -104,11 +104,12 @@ def causal_read(
         ``has (B|1, Nq, 1)`` bool: query ``i`` has an allowed key ``j <= read_i``.
     """
     read = causal_read_index(Nq, Nk, device=device)
-    j = torch.arange(Nk, device=device)
-    before = j[None, :] <= read[:, None]  # (Nq, Nk)
-    if allowed is None:
-        return read, before.any(-1).view(1, Nq, 1)
-    return read, (before[None] & allowed).any(-1, keepdim=True)
+    if allowed is None or Nk == 0:  # every query reads at least key 0 when there is one
+        shape = (1 if allowed is None else allowed.shape[0], Nq, 1)
+        return read, torch.full(shape, Nk > 0, dtype=torch.bool, device=device)
+    # the first allowed key of each row at or before its read: O(B Nq Nk) reads, no (Nq, Nk) temporary
+    first = torch.where(allowed.any(-1), allowed.to(torch.uint8).argmax(-1), Nk)  # (B|1, Nq|1)
+    return read, (first <= read.view(1, -1)).unsqueeze(-1)
 
 
 def plain_module(module: object, cls: type) -> bool:
