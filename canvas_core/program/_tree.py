@@ -9,25 +9,27 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import itertools
 import re
 import typing
 import warnings
 from collections import Counter
-from collections.abc import Mapping
-from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 from canvas_core.errors import CanvasTypeError, ProgramError, SizeLimitError
-from canvas_core.program._attrs import (_LEAVES, _class_declarations, _has_slots, _is_pydantic, _is_sequence,
-                                        _plain_attributes)
+from canvas_core.program._attrs import (_class_declarations, _has_slots, _is_leaf, _is_pydantic, _is_sequence,
+                                        _plain_attributes, _shadowed_slots)
 from canvas_core.program.fields import Field
 from canvas_core.schema._validate import check_name
 from canvas_core.schema.limits import LIMITS, limit
 
 _RESERVED = re.compile(r"[.\[\]]")
-#: containers the walk does not enter (a Field in one is warned about: see _Walker.unwalked)
-_UNWALKED = (Mapping, AbstractSet, collections.deque)
+#: containers the walk does not enter, a Field in one warned about (see _Walker.unwalked): these
+#: builtin types exactly, whose elements can be read without running user code
+_UNWALKED = (dict, set, frozenset, collections.deque)
+#: how many elements of such a container are looked at for Fields (the first ones)
+_SCAN_CAP = 1000
 
 
 # --- the object tree ---------------------------------------------------------------------------
@@ -99,8 +101,13 @@ class _Walker:
 
     def unwalked(self, path: str, value: Any, owner: str) -> None:
         """Warn about a dict, set or deque holding Fields the walk does not reach otherwise: only
-        Fields, lists / tuples and objects are walked (as in canvas-engineering), so they stay off."""
-        held = list(value.values()) if isinstance(value, Mapping) else list(value)
+        Fields, lists / tuples and objects are walked (as in canvas-engineering), so they stay off.
+        Only the first :data:`_SCAN_CAP` elements are looked at (a big buffer of data is no
+        canvas type), tensors and arrays not entered."""
+        try:
+            held = list(itertools.islice(value.values() if type(value) is dict else value, _SCAN_CAP))
+        except Exception:  # changed while read: nothing to warn about
+            return
         if _holds_deep(held) and _adds_fields(held, self.known()):
             _warn_off_canvas(
                 f"{owner}: {path} is a {type(value).__name__} holding Fields; only Fields, lists / tuples of them "
@@ -128,7 +135,7 @@ class _Walker:
                     if isinstance(v, Field) and id(v) not in aliases:
                         self.leaf(f"{prefix}{name}[{i}]", v, owner)
                         node.leaves.append(f"{prefix}{name}[{i}]")
-            elif isinstance(value, _UNWALKED):
+            elif type(value) in _UNWALKED:
                 self.unwalked(f"{prefix}{name}", value, owner)
         # Nested objects first, then lists of objects (each in declaration order), as in
         # canvas-engineering: this fixes the region order, hence placement and connection order.
@@ -197,7 +204,7 @@ def _check_mixed_list(path: str, value: Any, owner: str) -> None:
 
 
 def _is_composite(value: Any) -> bool:
-    if value is None or isinstance(value, _LEAVES):
+    if _is_leaf(value):
         return False
     if dataclasses.is_dataclass(value) or _is_pydantic(value):
         return True
@@ -215,7 +222,7 @@ def _holds_fields(obj: Any) -> bool:
         v = todo.pop()
         if isinstance(v, Field):
             return True
-        if v is None or isinstance(v, _LEAVES) or id(v) in seen:
+        if _is_leaf(v) or id(v) in seen:
             continue
         seen.add(id(v))
         if isinstance(v, (list, tuple)):
@@ -240,13 +247,13 @@ def _dataclass_items(obj: Any) -> List[Tuple[str, Any, dict]]:
     return items
 
 
-def _declared(obj: Any) -> List[Any]:
-    """The attribute values of ``obj`` that the walk reads."""
+def _declared(obj: Any, classes: Optional[dict] = None) -> List[Any]:
+    """The attribute values of ``obj`` that the walk reads (``classes``: see _plain_attributes)."""
     if dataclasses.is_dataclass(obj):
         return [v for _, v, _ in _dataclass_items(obj)]
     if _is_pydantic(obj):
         return [getattr(obj, n, None) for n in type(obj).model_fields]
-    return [v for _, v, _ in _plain_attributes(obj)]
+    return [v for _, v, _ in _plain_attributes(obj, classes)]
 
 
 def _reachable(root: Any) -> Tuple[Set[int], Set[int]]:
@@ -261,7 +268,7 @@ def _reachable(root: Any) -> Tuple[Set[int], Set[int]]:
             fields.add(id(v))
         elif isinstance(v, (list, tuple)):
             todo.extend(x for x in v if not isinstance(x, (list, tuple)) or isinstance(x, Field))
-        elif v is not None and not isinstance(v, _LEAVES) and id(v) not in objs:
+        elif not _is_leaf(v) and id(v) not in objs:
             objs.add(id(v))
             todo.extend(_declared(v))
     return fields, objs
@@ -277,7 +284,7 @@ def _attribute_fields(root: Any) -> Set[int]:
         v = todo.pop()
         if isinstance(v, (list, tuple)):
             todo.extend(x for x in v if not isinstance(x, (list, tuple, Field)))
-        elif v is not None and not isinstance(v, _LEAVES) and id(v) not in objs:
+        elif not _is_leaf(v) and id(v) not in objs:
             objs.add(id(v))
             values = _declared(v)
             held.update(id(x) for x in values if isinstance(x, Field))
@@ -290,19 +297,20 @@ def _found_fields(value: Any, skip: Set[int] = frozenset()) -> Iterator[Field]:
     models and plain objects.  Iterative, each object entered once; objects in ``skip`` are not
     entered."""
     seen = set(skip)
+    classes: dict = {}  # each class's declarations read once
     todo = [value]
     while todo:
         v = todo.pop()
         if isinstance(v, Field):
             yield v
-        elif v is not None and not isinstance(v, _LEAVES) and id(v) not in seen:
+        elif not _is_leaf(v) and id(v) not in seen:
             seen.add(id(v))
             if isinstance(v, (list, tuple)):
                 todo.extend(v)
             elif dataclasses.is_dataclass(v):
                 todo.extend(_declared(v) + list(getattr(v, "__dict__", {}).values()))
             else:
-                todo.extend(_declared(v))
+                todo.extend(_declared(v, classes))
 
 
 def _holds_deep(value: Any) -> bool:
@@ -398,6 +406,13 @@ def _attributes(obj: Any, known: Any) -> List[Tuple[str, Any, dict]]:
                     f"it a region, declare it as a model field (`{k}: Field = Field(...)`)")
     else:
         items = _plain_attributes(obj)
+        for k, v in _shadowed_slots(obj):
+            if _holds_deep(v) and _adds_fields(v, known()):
+                _warn_off_canvas(
+                    f"{type(obj).__name__}.{k} is a __slots__ attribute holding Fields, on an object that also has a "
+                    "__dict__: the walk reads the __dict__ of such an object, as canvas-engineering does, so it is "
+                    f"left off the canvas (as there). To make it a region, drop {k!r} from __slots__ (it is then "
+                    "stored in the __dict__), or give every class __slots__ (no __dict__: slots are walked)")
     for name, _, _ in items:
         if not isinstance(name, str):
             raise ProgramError(

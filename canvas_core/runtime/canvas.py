@@ -17,7 +17,8 @@ from typing import Any, Dict, Iterable, Mapping, Tuple
 import torch
 from torch import nn
 
-from canvas_core.errors import CanvasTypeError, RegionError, ShapeError, UnknownRegionError, did_you_mean
+from canvas_core.errors import (CanvasTypeError, RegionError, SchemaError, ShapeError, UnknownRegionError,
+                                 did_you_mean)
 from canvas_core.runtime.semantic_conditioner import _NAMES_KEY, SemanticConditioner, check_state_region_names
 from canvas_core.runtime.input_checks import allocating, check_allocation, check_count, check_width
 from canvas_core.schema.staleness import check_unchanged, check_unchanged_traced, layout_stamp
@@ -242,11 +243,22 @@ class SpatiotemporalCanvas(nn.Module):
         """``(d_model,)``: modality (or semantic) + period (+ family/carrier with a program)."""
         k = self._k(region_name)
         self._check_layout()  # the period / family read below must be those the indices were built with
-        # eagerly, a region renamed or replaced since is named and re-checked; not while compiling,
-        # where the check would read t_current and recompile on each change of it
-        spec = self.layout.regions.get(region_name) if torch.compiler.is_compiling() else None
-        if spec is None:
-            spec = self.layout.region_spec(region_name)
+        return self._identity(region_name, k)
+
+    def _identity(self, region_name: str, k: int) -> torch.Tensor:
+        """:meth:`region_identity` after the layout check (made once by the caller)."""
+        # the spec the layout checked; one replaced since (dict.__setitem__, seen by no O(1) check) is
+        # checked and compared with the build eagerly, refused while compiling (without reading t_current)
+        lay = self.layout
+        spec = lay.regions.get(region_name)
+        if spec is None or spec is not lay.__dict__.get("_specs", {}).get(region_name):
+            if torch.compiler.is_compiling():
+                raise SchemaError(
+                    f"SpatiotemporalCanvas was built from this CanvasLayout before it was changed (region "
+                    f"{region_name!r} was replaced; seen while torch.compile traced it), so the region indices it "
+                    "holds are out of date; build the SpatiotemporalCanvas again from the changed layout")
+            spec = lay.region_spec(region_name)  # names a bad or missing region, counts the change
+            self._check_layout()  # accepted only when changed back to what this canvas was built from
         out = self.period_embedding(int(getattr(spec, "period", 1)))
         cond = self.semantic_conditioner
         if cond is None:
@@ -284,11 +296,9 @@ class SpatiotemporalCanvas(nn.Module):
         base = self.positional_encoding() + self.empty_token
         N = base.shape[0]
         ident = self.period_embedding(1).expand(N, self.d_model)
-        for name in self.names:
-            idx = self.region_index(name)
-            ident = ident.index_copy(
-                0, idx, self.region_identity(name).expand(idx.numel(), self.d_model)
-            )
+        for k, name in enumerate(self.names):  # the layout was checked above, once
+            idx = getattr(self, f"index_{k}")
+            ident = ident.index_copy(0, idx, self._identity(name, k).expand(idx.numel(), self.d_model))
         guard = (allocating(f"SpatiotemporalCanvas.create_empty({batch_size})", (batch_size, N, self.d_model))
                  if checked else contextlib.nullcontext())
         with guard:

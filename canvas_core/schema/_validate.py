@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import unicodedata
 from collections.abc import ItemsView, KeysView, Mapping
 from collections.abc import Set as AbstractSet
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from canvas_core.errors import CanvasTypeError, RegionError, SchemaError, did_you_mean
 
@@ -212,10 +213,7 @@ def check_name(name: Any, what: str, error: type = RegionError) -> str:
         raise CanvasTypeError(f"{what} must be a non-empty string, got {name!r} ({type(name).__name__})")
     if not name.strip():
         raise error(f"{what} must be a non-empty string, got {name!r}; give the region a name")
-    bad = None
-    if not (name.isascii() and name.isprintable()):
-        bad = next((c for i, c in enumerate(name) if (unicodedata.category(c) in _HIDDEN_CATEGORIES
-                    or c in _BLANK_LETTERS or (c.isspace() and c != " ")) and not _emoji_joiner(name, i)), None)
+    bad = None if name.isascii() and name.isprintable() else _hidden_char(str(name))
     if bad is not None and unicodedata.category(bad) == "Cs":
         raise error(f"{what} {name!r} is not valid Unicode text (it holds a lone surrogate, e.g. from bytes "
                     "decoded with errors='surrogateescape'); rename it")
@@ -223,18 +221,51 @@ def check_name(name: Any, what: str, error: type = RegionError) -> str:
         label = unicodedata.name(bad, f"category {unicodedata.category(bad)}")
         raise error(f"{what} {name!r} holds the invisible or control character {ascii(bad)} ({label}), so it "
                     "prints like another name; remove it (names may hold letters, digits, marks, punctuation, "
-                    "symbols and plain spaces, of any script)")
-    if name != name.strip(" "):
+                    "symbols and plain spaces, of any script; zero width (non-)joiners only inside a word of a "
+                    "script that needs them, or between emoji)")
+    if name[0] == " " or name[-1] == " ":
         raise error(f"{what} {name!r} starts or ends with a space, so it prints like {name.strip(' ')!r}; "
                     "remove the space")
     return name
 
 
-def _emoji_joiner(name: str, i: int) -> bool:
-    """Whether ``name[i]`` is a zero width joiner between two emoji (``'👨\\u200d👩'``): it draws them as one."""
-    before = _VARIATION.sub("", name[:i]).rstrip("\U0001f3fb\U0001f3fc\U0001f3fd\U0001f3fe\U0001f3ff")
-    return (name[i] == "\u200d" and before != "" and i + 1 < len(name)
-            and unicodedata.category(before[-1]) == unicodedata.category(name[i + 1]) == "So")
+@functools.lru_cache(maxsize=4096)  # a topology names each region once per connection
+def _hidden_char(name: str) -> Optional[str]:
+    """The first character of ``name`` that :func:`check_name` refuses, or None."""
+    # isprintable() is False for every character refused here but the blank letters
+    if name.isprintable() and _BLANK_LETTERS.isdisjoint(name):
+        return None
+    return next((c for i, c in enumerate(name) if (unicodedata.category(c) in _HIDDEN_CATEGORIES
+                 or c in _BLANK_LETTERS or (c.isspace() and c != " ")) and not _joined(name, i)), None)
+
+
+_SKIN_TONES = "\U0001f3fb\U0001f3fc\U0001f3fd\U0001f3fe\U0001f3ff"
+
+
+def _joined(name: str, i: int) -> bool:
+    """Whether the format character ``name[i]`` belongs where it is, so it is no hidden character:
+    a zero width joiner between two emoji (``'👨\u200d👩'``, ``'🙂\u200d↔️'``); a zero width
+    (non-)joiner inside a word of a script that shapes with it (``'می\u200cخواهم'``, ``'ශ්\u200dරී'``:
+    letters or marks on both sides, neither ASCII, where it changes nothing); a tag character of
+    a subdivision flag (``'🏴'`` + tag letters + cancel tag)."""
+    c = name[i]
+    if c in "\u200c\u200d":
+        if 0 < i < len(name) - 1 and not name[i - 1].isascii() and not name[i + 1].isascii() \
+                and unicodedata.category(name[i - 1])[0] in "LM" and unicodedata.category(name[i + 1])[0] in "LM":
+            return True
+        before = _VARIATION.sub("", name[:i]).rstrip(_SKIN_TONES)
+        return (c == "\u200d" and before != "" and i + 1 < len(name)
+                and unicodedata.category(before[-1]) == "So" and unicodedata.category(name[i + 1]) in ("So", "Sm"))
+    if "\U000e0020" <= c <= "\U000e007f":  # tags: only in '🏴' + tag characters + cancel tag (U+E007F)
+        start = i
+        while start > 0 and "\U000e0020" <= name[start - 1] <= "\U000e007e":
+            start -= 1
+        end = i
+        while end < len(name) and "\U000e0020" <= name[end] <= "\U000e007e":
+            end += 1
+        return start > 0 and name[start - 1] == "\U0001f3f4" and end < len(name) and name[end] == "\U000e007f" \
+            and end > start
+    return False
 
 
 #: Cyrillic and Greek letters drawn exactly as a Latin one, which NFKC keeps apart
@@ -245,13 +276,21 @@ _LOOKALIKES = str.maketrans(
     "aeopcyxijshdqwABEKMHOPCTXIJSQWABEZHIKMNOPTYXo")
 
 
+#: the Latin ligatures, drawn as the letters they join, and the fullwidth forms of ASCII, drawn as
+#: ASCII (NFC keeps both)
+_LIGATURES = {0xFB00: "ff", 0xFB01: "fi", 0xFB02: "fl", 0xFB03: "ffi", 0xFB04: "ffl", 0xFB05: "st", 0xFB06: "st",
+              **{c: chr(c - 0xFEE0) for c in range(0xFF01, 0xFF5F)}}
+
+
 def name_key(name: str) -> str:
-    """What two names that print alike share: the NFKC form (``'ﬁ'`` and ``'fi'``, the Kelvin sign and
-    ``'K'``, ``'e'`` + a combining accent and ``'é'``), variation selectors left out, with Cyrillic
-    and Greek letters drawn as a Latin one read as it (``'саmera'`` and ``'camera'``)."""
+    """What two names that print alike share: the NFC form (the Kelvin sign and ``'K'``, ``'e'`` + a
+    combining accent and ``'é'``), variation selectors left out, Latin ligatures and fullwidth
+    ASCII read as their letters (``'ﬁ'`` and ``'fi'``, ``'ａ'`` and ``'a'``) and Cyrillic and Greek letters drawn as a Latin one read as it
+    (``'саmera'`` and ``'camera'``).  Not NFKC: it would also merge names that print differently
+    (``'x²'`` / ``'x2'``, ``'x₁'`` / ``'x1'``, ``'µ'`` / ``'μ'``, ``'φ'`` / ``'ϕ'``, full- and halfwidth kana)."""
     if name.isascii():
         return name
-    return unicodedata.normalize("NFKC", _VARIATION.sub("", name)).translate(_LOOKALIKES)
+    return unicodedata.normalize("NFC", _VARIATION.sub("", name)).translate(_LOOKALIKES).translate(_LIGATURES)
 
 
 def normalization_hint(name: Any, known: Iterable[Any]) -> str:

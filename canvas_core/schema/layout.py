@@ -65,6 +65,7 @@ class CanvasLayout:
     H: Optional[int] = None
     W: Optional[int] = None
     allow_overlap: bool = False
+    _revision, _traced = 0, None  # not fields; class defaults read by schema/staleness.py's traced check
 
     def __post_init__(self) -> None:
         self.T = as_int(self.T, "CanvasLayout T")
@@ -106,6 +107,7 @@ class CanvasLayout:
                 check_size("width", value, "CanvasLayout d_model")
             elif name == "regions" and isinstance(value, Mapping) and value is not self.__dict__.get("regions"):
                 value = RegionDict(value)  # a copy (never another layout's dict), checked at the next query
+                object.__setattr__(self, "_traced", None)
         object.__setattr__(self, name, value)
 
     def _seal(self) -> None:
@@ -121,6 +123,10 @@ class CanvasLayout:
         self._validated = (regions, regions.version, len(regions), self.T, self.spatial_shape, self.allow_overlap,
                            self.d_model, self.H, self.W)
         self._t_checked = self.t_current
+        regions.version, self._traced = regions.version, vars(regions)  # the count kept in that __dict__
+
+    def __getstate__(self) -> Dict[str, Any]:  # a copy or a pickle does not share the regions' __dict__
+        return {k: v for k, v in self.__dict__.items() if k != "_traced"}
 
     def _checked_regions(self) -> Dict[str, RegionSpec]:
         """The regions, re-validated first when they or the geometry changed (O(1) when not)."""

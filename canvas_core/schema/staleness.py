@@ -11,6 +11,9 @@ check a module runs before every use cannot see it.  It is seen, checked and cou
 next :meth:`~CanvasLayout.region_spec` (or ``region_runs`` / ``region_indices``) of that region
 and by the next :func:`layout_stamp` (every region compared, once per build); from then on
 modules built earlier are refused as for any other change.  Write ``layout.regions[name] = spec``.
+Under ``torch.compile`` (:func:`check_unchanged_traced`) an entry *added or removed* that way is
+not seen either until such a query counts it (the eager check sees it by the dict's length): the
+traced check reads no value of the regions dict, since Dynamo would guard every key of it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 from typing import Any, Optional, Tuple
 
 from canvas_core.errors import SchemaError
-from canvas_core.schema.layout import CanvasLayout
+from canvas_core.schema.layout import _GEOMETRY, _VERSION, CanvasLayout
 
 __all__ = ["check_unchanged", "check_unchanged_traced", "layout_stamp"]
 
@@ -33,7 +36,12 @@ def layout_stamp(layout: Any) -> Optional[Tuple[int, Tuple[Any, ...]]]:
     replacement made after the build until something queries the layout (see the module notes)."""
     if not isinstance(layout, CanvasLayout):
         return None
-    return layout._stamp()
+    stamp = layout._stamp()  # the layout is as its last check left it now
+    if layout._traced is None:  # unpickled or copied: link what the traced check reads
+        regions = layout.regions
+        regions.version = getattr(regions, "version", 0)
+        object.__setattr__(layout, "_traced", vars(regions))
+    return stamp
 
 
 def check_unchanged(layout: Any, stamp: Any, owner: str) -> None:
@@ -55,15 +63,30 @@ def check_unchanged(layout: Any, stamp: Any, owner: str) -> None:
 
 
 def check_unchanged_traced(layout: Any, stamp: Any, owner: str) -> None:
-    """:func:`check_unchanged` for code that ``torch.compile`` traces: the layout's ``T``,
-    ``spatial_shape``, regions and ``d_model`` are compared with the recorded ones directly, without
-    the revision (which reads ``t_current``: a guard on it would recompile on every change of it).
-    Dynamo guards on what it read here, so a change of the layout after compiling retraces, and
-    the retrace refuses.  A stamp without the recorded geometry is not checked."""
-    if not isinstance(stamp, tuple) or not isinstance(layout, CanvasLayout):
+    """:func:`check_unchanged` for code that ``torch.compile`` traces, without reading ``t_current``
+    (a guard on it would recompile on every change of it).  While the layout's last counted
+    revision is the recorded one and its regions and geometry are as that check left them (the
+    regions dict's change count, ``T``, ``spatial_shape``, ``d_model``, ...: O(1) values; a dict
+    assigned to ``layout.regions`` clears what is read), nothing is compared further, so Dynamo
+    guards a constant number of values whatever the number of regions.  A change of one retraces,
+    and the retrace compares the regions in full and refuses a real change.  A stamp without the
+    recorded geometry is not checked."""
+    if not isinstance(stamp, tuple) or len(stamp) < 2 or not isinstance(layout, CanvasLayout):
+        return
+    if layout._revision == stamp[0] and _as_checked_traced(layout):
         return
     if (layout.T, layout.spatial_shape, tuple(layout.regions.items()), layout.d_model) != stamp[1]:
         raise _changed(owner, "seen while torch.compile traced it")
+
+
+def _as_checked_traced(layout: CanvasLayout) -> bool:
+    """Whether the layout's regions and geometry are as its last check left them, read from O(1)
+    values that are neither the regions dict (Dynamo guards every key of a dict it touches) nor
+    ``t_current``: the regions dict's own ``__dict__``, where it counts its changes (``_traced``,
+    recorded by the check; None after ``layout.regions`` was replaced, or in a copy)."""
+    counts, seen = layout._traced, layout.__dict__.get("_validated")
+    return counts is not None and seen is not None and counts.get("version") == seen[_VERSION] and \
+        seen[_GEOMETRY:] == (layout.T, layout.spatial_shape, layout.allow_overlap, layout.d_model, layout.H, layout.W)
 
 
 def _changed(owner: str, detail: str) -> SchemaError:

@@ -77,6 +77,8 @@ def test_a_property_named_like_a_slot_is_not_called():
         __slots__ = ("cam",)
 
     class Sub(Base):
+        __slots__ = ()  # no __dict__: the slots are walked
+
         @property
         def cam(self):  # shadows the slot: reading it would run user code
             raise AssertionError("the property was called")

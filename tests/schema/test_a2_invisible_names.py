@@ -1,5 +1,5 @@
 """Region and field names that would print like another name (control and format characters,
-odd spaces, letters that draw nothing, spaces at either end, NFKC twins) are refused wherever a
+odd spaces, letters that draw nothing, spaces at either end, look-alike twins) are refused wherever a
 name enters: a layout, a connection, a topology constructor, a program's attribute, a JSON file."""
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def test_two_names_that_print_alike_are_refused_in_one_layout(a, b):
         _layout(a, b)
 
 
-def test_an_nfkc_twin_looked_up_is_named():
+def test_a_look_alike_twin_looked_up_is_named():
     with pytest.raises(TopologyError, match=r"region '\ufb01eld' looks the same"):
         CanvasSchema(_layout("\ufb01eld"), CanvasTopology([Connection("field", "field")]))
 
