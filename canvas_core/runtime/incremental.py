@@ -22,9 +22,14 @@ forward per step from then on) and returns ``model(window)[:, last frame]`` (of 
 the model returns a tuple, list or dict of ``(B, N, ...)`` tensors).
 
 Bad input is refused with a :class:`~canvas_core.errors.CanvasError` before anything runs (a
-non-causal topology names its connection; a step's shape names the expected one; a step after
-a parameter changed mid-episode names it), and a step that fails leaves the cache as it was.
-On exit the model is exactly as before.
+non-causal topology names its connection; a step's shape names the expected one), and a step
+that fails leaves the cache as it was.  On exit the model is exactly as before.
+
+The cache holds the keys, values and inputs computed with the parameters the model had when
+those frames were stepped.  After changing the parameters in the middle of an episode (an
+optimizer step, ``load_state_dict``, ``.to()``) call ``roll.reset()``: later steps would read
+the old frames' cached values and match neither model's full forward.  Nothing checks this per
+step (a check would cost every step and misfire on modules that write their parameters in place).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from torch.utils.hooks import RemovableHandle
 from canvas_core.errors import CanvasError, CanvasTypeError, ShapeError
 from canvas_core.runtime.input_checks import check_tensor
 from canvas_core.runtime.rollout_layer import (LayerRoll, _Index, check_tolerance, check_width, default_tolerance,
-                                               input_hint, layer_frame_plan, parameter_state, step_difference)
+                                               input_hint, layer_frame_plan, step_difference)
 from canvas_core.runtime.rollout_plan import check_layer_layout, check_rollout_layer, frame_size
 
 __all__ = ["incremental", "Rollout", "RolloutError", "SLIDE_STRATEGIES", "observe_steps", "frames_measured"]
@@ -77,18 +82,20 @@ def _measuring(frames: Tuple[int, int]) -> Iterator[None]:
 
 
 def observe_steps(layer: nn.Module, fn: Callable[..., None], *, cache: bool = False,
-                  rows: bool = False) -> RemovableHandle:
+                  rows: bool = False, finite: bool = False) -> RemovableHandle:
     """Call ``fn(layer, h, t)`` after each one-frame step of ``layer`` in a rollout, ``h`` ``(B,
     (t + 1) V, D)`` the layer's inputs of frames ``0 .. t`` in canonical order (read only; the
     step computed the queries of frame ``t``).  With ``cache=True`` it is ``fn(layer, h, t, kv)``,
     ``kv`` the step's cached ``(keys, values)`` ``(B, H, (t + 1) V, head_dim)`` of frames ``0 ..
     t`` in the layer's dtype (read only), or None when the layer has no softmax-family type.
     With ``rows=True`` it also gets ``rows=``: ``{type: (B, R, D)}``, the output rows of frame
-    ``t`` of each other type's module, before the mixing weights (read only).  Telemetry uses it.
-    Returns a handle with ``remove()``."""
+    ``t`` of each other type's module, before the mixing weights (read only).  With ``finite=True``
+    it gets ``bad=``: ``(B, H, (t + 1) V)`` bool, the cached keys whose key or value holds a NaN /
+    inf (kept per episode: a step examines its own frame only), or None when the layer caches no
+    keys.  Telemetry uses it.  Returns a handle with ``remove()``."""
     observers = layer.__dict__.setdefault("_step_observers", OrderedDict())
     handle = RemovableHandle(observers)
-    observers[handle.id] = (fn, bool(cache), bool(rows))
+    observers[handle.id] = (fn, bool(cache), bool(rows), bool(finite))
     return handle
 
 
@@ -173,8 +180,6 @@ class Rollout:
                                if isinstance(getattr(m, "use_gradient_checkpointing", None), bool)]
         # the step inputs of the window (kept for slide="recompute" and for check=)
         self._inputs: List[torch.Tensor] = []
-        self._params = list(model.parameters())
-        self._versions: Optional[List[Any]] = None  # of the parameters at frame 0 of the episode
         self._sig: Optional[Tuple[int, Any, Any]] = None  # batch, dtype, device of the first step
         self.frame = 0
         self.steps = 0
@@ -220,7 +225,6 @@ class Rollout:
         self._inputs = []
         self.frame = 0
         self._sig = None
-        self._versions = None
 
     # --- stepping ---------------------------------------------------------------------------------
     def _check(self, x: Any) -> None:
@@ -251,7 +255,6 @@ class Rollout:
                     "(recomputed from the last T-1 inputs), or call roll.reset() to start again")
             return self._slide(x_t)
         self._check_no_adaptive_exit()
-        self._check_parameters_unchanged()
         y = self._run(x_t, self.frame)
         if self.check_tol is not None:
             self._compare_with_full_forward(x_t, y)
@@ -299,24 +302,6 @@ class Rollout:
                     "which a one-frame step does not see, so the steps would not equal the full forward. "
                     "Roll out at a fixed depth: canvas_core.set_loops(model, n) (exit_tol=0)")
 
-    def _check_parameters_unchanged(self) -> None:
-        """Refuse a cached step after a parameter of the model changed since frame 0 of the
-        episode (an optimizer step, ``load_state_dict``, ``.to()``): the frames cached so far hold
-        what the old values computed, so the step would match neither model's full forward."""
-        now = parameter_state(self._params)
-        if self.frame == 0 or self._versions is None:
-            self._versions = now
-            return
-        changed = [i for i, (a, b) in enumerate(zip(now, self._versions)) if a != b]
-        if changed:
-            names = [n for i, (n, _) in enumerate(self.model.named_parameters()) if i in changed[:3]]
-            raise RolloutError(
-                f"roll.step(): parameter(s) {names} of the model changed since frame 0 of this episode "
-                "(an optimizer step, load_state_dict or another in-place change); the keys, values and "
-                f"inputs cached for frames 0 .. {self.frame - 1} were computed with the old values, so "
-                "this step would match neither model. Call roll.reset() and step the episode again with "
-                "the new parameters (or change them between episodes only)")
-
     def _slide(self, x_t: torch.Tensor) -> Any:
         """One full forward of the window (the last ``T - 1`` inputs and ``x_t``); its last frame."""
         keep = self._inputs[len(self._inputs) - (self.T - 1):] if self.T > 1 else []
@@ -361,7 +346,7 @@ class Rollout:
                 raise RolloutError(
                     f"the model failed on frame {t}, given as one frame {tuple(x.shape)}: "
                     f"{type(exc).__name__}: {exc} (the original error is chained below)."
-                    f"{input_hint(x, self._params)} If it comes from "
+                    f"{input_hint(x, self.model)} If it comes from "
                     "a module that expects the whole canvas: between its canvas layers a rollout runs the "
                     "model's other modules on one frame (B, V, D), so they must work position by position "
                     "(norms, MLPs, heads), and an embedding or a pooling over all N positions belongs "
@@ -415,13 +400,14 @@ class Rollout:
                     st.caches.append(fresh)
             roll = st.caches[i]
             observers = tuple(layer.__dict__.get("_step_observers", {}).values())
-            roll.keep_rows = any(with_rows for _, _, with_rows in observers)
+            roll.keep_rows = any(o[2] for o in observers)
             out = roll.step(x, self._t)
             n = (self._t + 1) * self.V
             kv = None if roll.kv is None else (roll.kv[0][:, :, :n], roll.kv[1][:, :, :n])
-            for observer, with_kv, with_rows in observers:
+            bad = roll.bad_keys(self._t) if any(o[3] for o in observers) else None
+            for observer, with_kv, with_rows, with_bad in observers:
                 observer(layer, roll.h[:, :n], self._t, *((kv,) if with_kv else ()),
-                         **({"rows": roll.type_rows} if with_rows else {}))
+                         **({"rows": roll.type_rows} if with_rows else {}), **({"bad": bad} if with_bad else {}))
             roll.type_rows = {}
             return out
 
@@ -483,7 +469,9 @@ def incremental(model: nn.Module, layout: Any, *, slide: Optional[str] = None,
 
     Returns:
         a :class:`Rollout`, whose ``step(x_t)`` takes ``(B, V, D)`` and returns the model's output
-        at that frame.
+        at that frame.  Its cache holds what each step computed with the parameters of its time:
+        after changing parameters mid-episode (optimizer step, ``load_state_dict``, ``.to()``),
+        call ``roll.reset()`` and step the episode again (this is not checked).
 
     Raises:
         TopologyError: a layer's topology lets a query read a later frame (names the connection).

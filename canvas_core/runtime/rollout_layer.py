@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parameter import is_lazy
 
 from canvas_core.errors import CanvasTypeError
 from canvas_core.runtime.rollout_plan import FramePlan, TypeCall
@@ -34,7 +35,7 @@ from canvas_core.runtime.type_call import call_attention_type, run_key_set_bucke
 from canvas_core.schema._validate import is_int
 
 __all__ = ["LayerRoll", "FrameUpdates", "layer_frame_plan", "position_free", "default_tolerance", "step_difference",
-           "check_width", "check_tolerance", "parameter_state", "input_hint"]
+           "check_width", "check_tolerance", "input_hint"]
 
 #: query rows per chunk of the softmax attention: bounds the (B, H, rows, K_t) scores
 _SCORE_ELEMS = 1 << 24
@@ -133,6 +134,10 @@ class LayerRoll:
         #: frame ``t`` its module output in the last step ``(B, R, D)`` (before the mixing weights)
         self.keep_rows = False
         self.type_rows: Dict[str, torch.Tensor] = {}
+        # which cached keys hold a NaN / inf in key or value, (B, H, n + 1) bool, and the frames
+        # of this episode it covers: filled frame by frame on demand (bad_keys)
+        self._bad: Optional[torch.Tensor] = None
+        self._marked: set = set()
         if frames.softmax_fns:
             shape = (batch, layer.n_heads, n + 1, layer.head_dim)
             self.kv = (torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
@@ -151,6 +156,49 @@ class LayerRoll:
         self.h = torch.zeros_like(self.h)
         if self.kv is not None:
             self.kv = (torch.zeros_like(self.kv[0]), torch.zeros_like(self.kv[1]))
+
+    def bad_keys(self, t: int) -> Optional[torch.Tensor]:
+        """``(B, H, (t + 1) V)`` bool: the cached keys of frames ``0 .. t`` whose key or value holds
+        a NaN / inf (None: the layer caches no keys).  Each frame is examined once per episode (its
+        own ``V`` keys), so a step costs its frame, not the prefix; nothing is read back."""
+        if self.kv is None:
+            return None
+        k = self.kv[0]
+        if self._bad is None or self._bad.shape != k.shape[:3] or self._bad.device != k.device:
+            self._bad, self._marked = torch.zeros(k.shape[:3], dtype=torch.bool, device=k.device), set()
+        elif self._bad.is_inference() and not torch.is_inference_mode_enabled():
+            self._bad = self._bad.clone()
+        V = self.frames.V
+        with torch.no_grad():
+            for i in range(t + 1):
+                if i not in self._marked:
+                    zero = (self.kv[0].narrow(2, i * V, V) * 0).add_(self.kv[1].narrow(2, i * V, V), alpha=0)
+                    self._bad.narrow(2, i * V, V).copy_(zero.sum(-1).isnan())  # 0 * NaN or inf is NaN
+                    self._marked.add(i)
+        return self._bad.narrow(2, 0, (t + 1) * V)
+
+    @classmethod
+    def window_rows(cls, layer: Any, cache: Dict[str, Any], x: torch.Tensor, lo: int, hi: int) -> List[Any]:
+        """``[(type, rows (B, R, D))]``: the rows of frames ``lo .. hi - 1`` of each other type's
+        module output for the whole canvas ``x`` ``(B, N, D)`` (the layer's input), as steps of those
+        frames make them (a causal topology: the same rows as the whole canvas call).  ``cache``
+        keeps the frame plan and index tensors between calls.  Telemetry of ``slide="recompute"``."""
+        if not layer.executor.other_fns:
+            return []
+        roll = cls.__new__(cls)
+        if "frames" not in cache:
+            cache["frames"] = layer_frame_plan(layer)
+        if "index" not in cache or not cache["index"].serves(x.device):
+            cache["index"] = _Index(x.device)
+        roll.layer, roll.frames, roll.index, roll.n = layer, cache["frames"], cache["index"], int(layer.plan.n)
+        roll.h = torch.cat([x, x.new_zeros(x.shape[0], 1, x.shape[2])], 1)  # slot n: the padding key
+        out = []
+        with torch.no_grad():
+            for t in range(lo, hi):
+                roll.keep_rows, roll.type_rows = True, {}
+                roll._others(t, x.shape[0], x.shape[2], x[:, roll.frames.frame_slice(t)])
+                out += list(roll.type_rows.items())
+        return out
 
     def fits(self, h: torch.Tensor) -> bool:
         """Whether the buffers hold inputs like ``h`` (batch, dtype, device)."""
@@ -171,6 +219,9 @@ class LayerRoll:
             self._fresh()  # a new episode must not reach the last one's graph (freed by its backward)
         self.h[:, sl] = h
         self.type_rows = {}
+        if t == 0:
+            self._marked.clear()
+        self._marked.discard(t)  # the slot is rewritten
         acc = None
         if fp.softmax_fns:
             qkv = layer.qkv(h).reshape(B, V, 3, layer.n_heads, layer.head_dim).permute(2, 0, 3, 1, 4)
@@ -333,24 +384,9 @@ def step_difference(y: torch.Tensor, ref: torch.Tensor) -> Tuple[float, float]:
     return float((y - ref).masked_fill(~fin, 0).abs().max()), scale
 
 
-def parameter_state(params: List[torch.Tensor]) -> List[Any]:
-    """What changes when a parameter is written in place or given new data (``.data =``, ``.to()``)."""
-    try:
-        return [(p._version, p.data_ptr()) for p in params]
-    except RuntimeError:  # one without a version counter or storage (an inference or fake tensor)
-        return [_state_of(p) for p in params]
-
-
-def _state_of(p: torch.Tensor) -> Any:
-    try:
-        return p._version, p.data_ptr()
-    except RuntimeError:
-        return id(p), p.dtype, p.device
-
-
-def input_hint(x: torch.Tensor, params: List[torch.Tensor]) -> str:
+def input_hint(x: torch.Tensor, model: torch.nn.Module) -> str:
     """A sentence naming a frame's dtype / device when they are not the model's parameters'."""
-    p = next((p for p in params if p.is_floating_point()), None)
+    p = next((p for p in model.parameters() if not is_lazy(p) and p.is_floating_point()), None)
     if p is None or (x.dtype, x.device) == (p.dtype, p.device):
         return ""
     return (f" The frame is {x.dtype} on {x.device}, the model's parameters {p.dtype} on {p.device}: "

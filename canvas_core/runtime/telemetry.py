@@ -28,15 +28,14 @@ their frame (not: a call restricted to some regions, an empty batch, the full fo
   to 16 elements (``.../<k>``), else ``/mean`` and ``/absmax``.
 
 Queries are sampled (``max_queries`` per layer, evenly spaced).  A rollout step reads the rollout's
-cached keys and values (no copy) and runs ``qkv`` on its sampled queries only; a frame's index work
-is done once per recording within ``_PREP_BYTES`` per layer (else per step, over the keys its
-sampled queries link); sums stay on the device."""
+cached keys and values and its mask of non-finite keys, and runs ``qkv`` on its sampled queries
+only; a frame's index work is done once per recording within ``_PREP_BYTES`` per layer."""
 
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Any, Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -44,9 +43,11 @@ from torch import nn
 
 from canvas_core.errors import CanvasTypeError
 from canvas_core.runtime.compiled_names import plain_name, wrapped_paths
+from canvas_core.runtime.finite_guard import non_finite_keys
 from canvas_core.runtime.incremental import in_backward, frames_measured, observe_steps
 from canvas_core.runtime.input_checks import refuse_unbindable_call
 from canvas_core.runtime.plan_runner import plan_query_weights
+from canvas_core.runtime.rollout_layer import LayerRoll
 from canvas_core.runtime.rollout_plan import frame_size, sampled_links
 from canvas_core.schema._validate import is_int
 
@@ -84,10 +85,9 @@ def _series_name(name: str, modules: Dict[str, nn.Module], wrapped: FrozenSet[st
 
 
 class _Prep(NamedTuple):
-    """What the softmax probe needs of one type at some sampled queries and keys, derived from the
-    plan: ``conns`` the connections linking them, ``keys`` the canonical keys some query links
-    (None: all), per chunk of queries ``(rows, unlinked (s, 1), bias (s, K), mine (s, C, K) bool,
-    links (s, C, 1), c_f (s, 1, 1))`` (:func:`sampled_links`), and ``size`` their bytes."""
+    """What the softmax probe needs of one type at some sampled queries and keys (from the plan):
+    ``conns`` the connections linking them, ``keys`` the canonical keys some query links (None:
+    all), the chunks of :func:`sampled_links` as tensors, and ``size`` their bytes."""
     conns: torch.Tensor
     keys: Optional[torch.Tensor]
     chunks: List[Tuple[Any, ...]]
@@ -143,16 +143,16 @@ class _LayerProbe:
         self._pending: Dict[Tuple[Any, ...], torch.Tensor] = {}
         self.module_norm: Dict[str, _Mean] = {}  # per other type: mean row norm of its module's output
         self._norm_pending: Dict[Tuple[Any, ...], torch.Tensor] = {}  # (type, device) -> (sum, rows)
-        self.forwards = 0  # measured forwards of this layer (see applies)
+        # measured forwards of this layer (see applies); LayerRoll.window_rows' plan and index tensors
+        self.forwards, self.window = 0, {}
         # whether the fn modules run inside a measured update now (set by the update observer,
         # cleared around every call): a restricted call, an empty batch or a rollout step is not
         self.live = False
 
     def applies(self, x: Any, active: Any) -> bool:
-        """Whether a call ``layer(x, active)`` is a whole-canvas forward the probe can measure: not
-        restricted to some regions, ``x`` of the layer's shape (anything else is left to the layer,
-        which refuses bad input itself, or is a rollout step of one frame), and a non-empty batch
-        (an empty one has no mass to average: every running mean would be NaN from then on)."""
+        """Whether ``layer(x, active)`` is a whole-canvas forward to measure: no regions, ``x`` of the
+        layer's shape (the layer refuses bad input itself; a rollout step is one frame), and a
+        non-empty batch (an empty one has no mass to average: every mean would be NaN from then on)."""
         layer = self.layer
         return (active is None and isinstance(x, torch.Tensor) and x.dim() == 3
                 and x.shape[0] > 0 and x.shape[1] == int(layer.plan.n) and x.shape[2] == layer.d_model
@@ -176,8 +176,7 @@ class _LayerProbe:
                 if count:  # else every sample was non-finite at its queries: nothing measured
                     for key, total in ((f"{self.labels[ci]}/mass_share", mass_sum), (f"{self.labels[ci]}/out_norm", norm_sum)):
                         m = self._stats.setdefault(key, _Mean())
-                        m.total += total
-                        m.count += int(count)
+                        m.total, m.count = m.total + total, m.count + int(count)
 
     def _rows(self, lo: int, hi: int) -> np.ndarray:
         """Indices into ``self.sample`` of the sampled queries on frames ``lo .. hi - 1``."""
@@ -203,27 +202,28 @@ class _LayerProbe:
         if self._measures_softmax(x, rows_all):
             qkv = self._qkv(x)
             at = torch.as_tensor(self.sample_pos[rows_all], device=x.device)
-            self._measure(qkv[0].index_select(2, at).float(), qkv[1], qkv[2], rows_all, (lo, hi))
+            bad = non_finite_keys(qkv[1], qkv[2])  # None: all finite, known without a device sync
+            self._measure(qkv[0].index_select(2, at).float(), qkv[1], qkv[2], rows_all, (lo, hi), bad)
 
     @torch.no_grad()
-    def step_forward(self, h: torch.Tensor, t: int, kv: Optional[Tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def step_forward(self, h: torch.Tensor, t: int, kv: Optional[Tuple[Any, Any]], bad: Any = None) -> None:
         """:meth:`softmax_forward` of a rollout step of frame ``t``: ``h`` ``(B, (t + 1) V, D)`` the
-        layer's inputs of frames ``0 .. t``, ``kv`` the rollout's own cache of their keys and values
-        (read, never copied whole): ``qkv`` runs on the sampled queries of frame ``t`` only."""
+        layer's inputs of frames ``0 .. t``, ``kv`` the rollout's cache of their keys and values and
+        ``bad`` its mask of non-finite keys (read only): ``qkv`` runs on frame ``t``'s sampled queries."""
         rows_all = self._frame_rows[t]
         if kv is None or not self._measures_softmax(h, rows_all):
             return
         at = torch.as_tensor(self.sample_pos[rows_all], device=h.device)
         q = self._qkv(h.index_select(1, at))[0].float()
         n = (t + 1) * self.V
-        self._measure(q, kv[0][:, :, :n], kv[1][:, :, :n], rows_all, (t, t + 1))
+        self._measure(q, kv[0][:, :, :n], kv[1][:, :, :n], rows_all, (t, t + 1), bad)
 
     def _measure(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows_all: np.ndarray,
-                 frames: Tuple[int, int]) -> None:
+                 frames: Tuple[int, int], bad: Optional[torch.Tensor]) -> None:
         """The statistics of the sampled queries ``rows_all`` (those of canvas frames ``frames``):
         ``q`` ``(B, H, S, d)`` float32 their queries, ``k`` / ``v`` ``(B, H, n, d)`` the keys and
-        values of canonical positions ``0 .. n - 1`` (any float dtype); the sums stay on the device
-        until :attr:`stats` reads them."""
+        values of canonical positions ``0 .. n - 1`` (any float dtype), ``bad`` ``(B, H, n)`` bool
+        the keys with a NaN / inf (None: none); the sums stay on the device until read."""
         device = q.device
         B, H, n, d = k.shape
         scale = self.layer.beta / math.sqrt(d)
@@ -235,21 +235,28 @@ class _LayerProbe:
             if prep.keys is not None:  # keys no sampled query links get probability 0: leave them out
                 kf, vf = k.index_select(2, prep.keys), v.index_select(2, prep.keys)
             kf, vf = kf.float(), vf.float()
-            # a key or value not finite reaches only the queries linking it (its weight 0 times NaN
-            # would reach every query): zeroed, and the samples of its queries left out below
-            fin = (kf.isfinite() & vf.isfinite()).all(-1, keepdim=True)  # (B, H, K, 1)
-            kf, vf, bad = kf.where(fin, 0.0), vf.where(fin, 0.0), (~fin).float()
+            badk = badf = None  # a key with a NaN / inf reaches only the queries linking it (weight 0
+            if bad is not None:  # times NaN reaches all): its logits and value count as 0 (in place when
+                # vf is no view of the cache), and its queries' samples are left out below
+                badk = (bad if prep.keys is None else bad.index_select(2, prep.keys)).unsqueeze(-1)
+                vf = vf.masked_fill_(badk, 0.0) if vf.data_ptr() != v.data_ptr() else vf.masked_fill(badk, 0.0)
+                badf, badk = badk.float(), badk.transpose(2, 3)  # (B, H, 1, K): the logits' columns
             sums = None  # (C, 3): mass, norm, queries
             for rows, unlinked, bias, mine, links, c in prep.chunks:
-                logits = torch.einsum("bhsd,bhnd->bhsn", q[:, :, rows], kf) * scale + bias
+                qk = torch.einsum("bhsd,bhnd->bhsn", q[:, :, rows], kf)
+                if badk is not None:
+                    qk.masked_fill_(badk, 0.0)
+                logits = qk * scale + bias
                 probs = torch.softmax(logits.masked_fill(unlinked, 0.0), dim=-1)
                 pm = probs[:, :, :, None] * mine  # (B, H, s, C, K): the keys of each connection
                 out = (pm.flatten(2, 3) @ vf).unflatten(2, pm.shape[2:4])  # (B, H, s, C, d), no copy of v
                 stat = torch.stack([pm.sum(-1).mean(1), out.permute(0, 2, 3, 1, 4).flatten(3).norm(dim=-1)], -1)
                 # a sample with a NaN / inf at a query is left out of that query's mean: one bad
                 # sample would make the running means NaN for the rest of the recording
-                hit = ((bias > -math.inf).float() @ bad).sum(1)[:, :, None]  # (B, s, 1, 1): bad keys linked
-                ok = (stat.isfinite().all(-1, keepdim=True) & (hit == 0)).to(stat.dtype)  # (B, s, C, 1)
+                ok = stat.isfinite().all(-1, keepdim=True)  # (B, s, C, 1)
+                if badf is not None:
+                    ok &= ((bias > -math.inf).float() @ badf).sum(1)[:, :, None] == 0  # links no bad key
+                ok = ok.to(stat.dtype)
                 n_ok = ok.sum(0)
                 stat = (stat.nan_to_num() * ok).sum(0) / n_ok.clamp_min(1)  # (s, C, 2): mass, norm
                 at = (n_ok > 0) & links  # the queries each connection links
@@ -281,17 +288,18 @@ class _LayerProbe:
             self._preps[key] = prep
         return self._preps[key]
 
-    def module_output(self, fn: str, out: Any) -> None:
-        """A call of type ``fn``'s module in a measured whole-canvas forward returned ``out``."""
+    def module_output(self, fn: str, out: Any) -> None:  # a call of fn's module in a measured forward
         if self.live:
-            self.add_rows(fn, out)
+            self.add_rows([(fn, out)])
 
     @torch.no_grad()
-    def add_rows(self, fn: str, out: Any) -> None:
-        """Add the row norms of ``out`` ``(..., D)``, rows of type ``fn``'s module output, to its
-        mean (every row weighs the same, as every query of the softmax statistics; a row that is not
-        finite is left out); the sums stay on the device until :attr:`stats` reads them."""
-        if isinstance(out, torch.Tensor) and out.dim() >= 2 and out.numel() and out.is_floating_point():
+    def add_rows(self, outputs: Iterable[Tuple[str, Any]]) -> None:
+        """Add the row norms of each ``(fn, out)``, ``out`` ``(..., D)`` rows of type ``fn``'s module
+        output, to its mean (every row weighs the same, as every query of the softmax statistics; a
+        row that is not finite is left out); the sums stay on the device until they are read."""
+        for fn, out in outputs:
+            if not (isinstance(out, torch.Tensor) and out.dim() >= 2 and out.numel() and out.is_floating_point()):
+                continue
             norms = (out if out.dtype == torch.float64 else out.float()).norm(dim=-1).flatten()
             ok = norms.isfinite()
             part = torch.stack([torch.where(ok, norms, 0.0).sum(), ok.sum()]).double()
@@ -361,7 +369,7 @@ class Telemetry:
             probe = _LayerProbe(_series_name(name, modules, wrapped) or type(mod).__name__, mod, self.max_queries)
             self._probes.append(probe)
             self._handles.append(mod.observe_updates(self._observer(probe)))  # layer(x) and layer.delta(x)
-            self._handles.append(observe_steps(mod, self._step_observer(probe), cache=True, rows=True))  # rollout steps
+            self._handles.append(observe_steps(mod, self._step_observer(probe), cache=True, rows=True, finite=True))
             self._handles.append(mod.register_forward_pre_hook(self._quiet([probe])))
             self._handles.append(mod.register_forward_hook(self._quiet([probe]), always_call=True))
             for fn in mod.executor.other_fns:
@@ -404,21 +412,21 @@ class Telemetry:
                 probe.live = True  # the fn modules' outputs are this forward's: measure them
                 probe.forwards += 1
                 probe.softmax_forward(x)
-            elif frames[0] < frames[1]:
+            elif frames[0] < frames[1]:  # slide="recompute": the window's last frame
                 probe.forwards += 1
                 probe.softmax_forward(x[:, :frames[1] * probe.V], *frames)
+                probe.add_rows(LayerRoll.window_rows(probe.layer, probe.window, x, *frames))
         return observe
 
     @staticmethod
     def _step_observer(probe: _LayerProbe):
         """A rollout step of frame ``t``: the queries of that frame, and the rows of that frame of
         each other type's module output (``rows``; the rest of its calls is not the frame's)."""
-        def observe(_layer: nn.Module, h: torch.Tensor, t: int, kv: Any, rows: Dict[str, Any]) -> None:
+        def observe(_layer: nn.Module, h: torch.Tensor, t: int, kv: Any, rows: Dict[str, Any], bad: Any) -> None:
             if not in_backward() and h.shape[0] > 0 and h.is_floating_point():
                 probe.forwards += 1
-                probe.step_forward(h, t, kv)
-                for fn, out in rows.items():
-                    probe.add_rows(fn, out)
+                probe.step_forward(h, t, kv, bad)  # bad: (B, H, (t + 1) V) keys with a NaN / inf
+                probe.add_rows(rows.items())
         return observe
 
     def _stop(self) -> None:
@@ -427,8 +435,7 @@ class Telemetry:
         self._handles.clear()
         for p in self._probes:
             p.flush()  # read the sums back, once per recording
-            p._preps.clear()
-            p._prep_room = _PREP_BYTES
+            p._preps, p._prep_room = {}, _PREP_BYTES
 
     def gate_values(self) -> Dict[str, float]:
         """``gate/<name>``: every parameter of the model whose name contains ``gate``, now."""
@@ -449,9 +456,7 @@ class Telemetry:
 
     def values(self) -> Dict[str, float]:
         """Everything, as ``{name: float}``, ready for any logger."""
-        out: Dict[str, float] = {}
-        for probe in self._probes:
-            out.update(probe.values())
+        out: Dict[str, float] = {k: v for probe in self._probes for k, v in probe.values().items()}
         out.update(self.gate_values())
         return out
 
