@@ -16,7 +16,7 @@ that need it only.  Both directions work in pieces of at most ``CHUNK_ELEMS`` el
 from __future__ import annotations
 
 import functools
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import torch
 from torch import Tensor
@@ -116,12 +116,11 @@ _exact_rows_op.register_autograd(_backward, setup_context=_setup)
 
 
 def exact_rows(out: Tensor, q: Tensor, k: Tensor, vh: Tensor, allowed: Tensor, low: Tensor,
-               head_dim: int, any_low: Optional[bool] = None) -> Tensor:
+               head_dim: int) -> Tensor:
     """``out (B, H, Nq, hd)`` with the rows ``low (B, H, Nq)`` recomputed exactly from the
     pre-activations ``q (B, Nq, D)``, ``k (B, Nk, D)``, the values ``vh (B, H, Nk, hd)`` and the
-    mask ``allowed (B|1, Nq, Nk)``.  Eagerly nothing runs when no row is low: ``any_low`` is
-    ``low.any()`` where the caller has read it already (None: read here, one host read)."""
-    if not torch.compiler.is_compiling() and not (bool(low.any()) if any_low is None else any_low):
+    mask ``allowed (B|1, Nq, Nk)``.  Eagerly nothing runs when no row is low (one host read)."""
+    if not torch.compiler.is_compiling() and not bool(low.any()):
         return out
     return _exact_rows_op(out.contiguous(), q.contiguous(), k.contiguous(), vh.contiguous(),
                           allowed.contiguous(), low.contiguous(), head_dim)

@@ -154,9 +154,11 @@ def _weigh_per_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed:
     terms to underflow (features whose large entries miss each other, or keys far below the
     largest): :func:`~canvas_core.attention.linear_rows.exact_rows` recomputes it exactly.
 
-    Eagerly the first weighing is always computed, and one host read tells both whether it held
-    and whether a row is low (where it did not hold, the per-query weighing costs one product more);
-    under ``torch.compile`` the per-query weighing runs, and the operator looks for low rows."""
+    Eagerly one host read first tells which weighing holds, so only that one is built, and
+    :func:`~canvas_core.attention.linear_rows.exact_rows` reads whether a row is low (two reads
+    per call; weighing first and reading both at once saved a read where the keys lie close, but
+    built both weighings where they do not); under ``torch.compile`` the per-query weighing runs,
+    and the operator looks for low rows."""
     B, Nq, D = q.shape
     Nk = k.shape[1]
     if Nk == 0:
@@ -174,22 +176,18 @@ def _weigh_per_query(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed:
     bound = 4 * Nk * head_dim * fin.tiny / fin.eps
     has = al.any(dim=-1)  # (B|1, 1, Nq): rows without keys stay 0
     eager = not q.is_meta and not torch.compiler.is_compiling()
-    narrow, any_low = q.is_meta, None
-    if q.is_meta or eager:  # tried first eagerly: the keys' constants usually lie close
-        # (clamped at the floor: keys no query links, and the weighing is then discarded)
+    if q.is_meta or (eager and bool((top - low_end <= -floor / 2).all())):
+        # (clamped at the floor: keys no query links, weighed 0 by the mask anyway)
         scale = torch.exp((mk - top).clamp(min=floor, max=0)).transpose(-1, -2)
         a, W, low = _weights(qh, kh * scale, al.to(q.dtype), bound, has)
-        if eager:  # one host read for both choices: which weighing holds, and which rows are exact
-            narrow, any_low = torch.stack([(top - low_end <= -floor / 2).all(), low.any()]).tolist()
-    if not narrow:
+    else:
         rel = mk.masked_fill(~al, float("-inf"))  # (B, H, Nq, Nk)
         top = finite_or_zero(rel.amax(dim=-1, keepdim=True))
         scale = rel.sub_(top).clamp_(min=floor).exp_().masked_fill_(~al, 0.0)
         a, W, low = _weights(qh, kh, scale, bound, has)
-        any_low = None
     out = safe_div(torch.matmul(a, vh), W)  # (B, H, Nq, hd)
     if not q.is_meta:
-        out = exact_rows(out, q, k, vh, allowed, low, head_dim, any_low)
+        out = exact_rows(out, q, k, vh, allowed, low, head_dim)
     return out.transpose(1, 2).reshape(B, Nq, D)
 
 
