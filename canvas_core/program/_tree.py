@@ -26,10 +26,12 @@ from canvas_core.schema.limits import LIMITS, limit
 
 _RESERVED = re.compile(r"[.\[\]]")
 #: containers the walk does not enter, a Field in one warned about (see _Walker.unwalked): these
-#: builtin types exactly, whose elements can be read without running user code
+#: builtin types and their subclasses, whose elements are read through the builtin's own methods
+#: (no user code runs); another Mapping is not read
 _UNWALKED = (dict, set, frozenset, collections.deque)
-#: how many elements of such a container are looked at for Fields (the first ones)
-_SCAN_CAP = 1000
+#: how many objects, in all, one walk looks at inside such containers for Fields (elements and
+#: what they hold, at any depth)
+_SCAN_CAP = 10_000
 
 
 # --- the object tree ---------------------------------------------------------------------------
@@ -63,6 +65,7 @@ class _Walker:
         self.root = root                         # what known() starts from
         self._known: Optional[Tuple[Set[int], Set[int]]] = None
         self._held: Optional[Set[int]] = None   # see aliases()
+        self.scan_left = [_SCAN_CAP]             # objects unwalked() may still look at
 
     def known(self) -> Tuple[Set[int], Set[int]]:
         """The ids of the Fields and of the objects the walk reaches from the root through declared
@@ -102,13 +105,15 @@ class _Walker:
     def unwalked(self, path: str, value: Any, owner: str) -> None:
         """Warn about a dict, set or deque holding Fields the walk does not reach otherwise: only
         Fields, lists / tuples and objects are walked (as in canvas-engineering), so they stay off.
-        Only the first :data:`_SCAN_CAP` elements are looked at (a big buffer of data is no
-        canvas type), tensors and arrays not entered."""
+        At most :data:`_SCAN_CAP` objects are looked at in all such containers of the tree, at
+        any depth (a big buffer of data is no canvas type), tensors and arrays not entered."""
+        if self.scan_left[0] <= 0:
+            return
         try:
-            held = list(itertools.islice(value.values() if type(value) is dict else value, _SCAN_CAP))
+            held = list(itertools.islice(_elements(value), self.scan_left[0]))
         except Exception:  # changed while read: nothing to warn about
             return
-        if _holds_deep(held) and _adds_fields(held, self.known()):
+        if _holds_deep(held, self.scan_left) and _adds_fields(held, self.known(), self.scan_left):
             _warn_off_canvas(
                 f"{owner}: {path} is a {type(value).__name__} holding Fields; only Fields, lists / tuples of them "
                 "and objects with Fields are walked, so they are left off the canvas (as canvas-engineering "
@@ -135,7 +140,7 @@ class _Walker:
                     if isinstance(v, Field) and id(v) not in aliases:
                         self.leaf(f"{prefix}{name}[{i}]", v, owner)
                         node.leaves.append(f"{prefix}{name}[{i}]")
-            elif type(value) in _UNWALKED:
+            elif isinstance(value, _UNWALKED):
                 self.unwalked(f"{prefix}{name}", value, owner)
         # Nested objects first, then lists of objects (each in declaration order), as in
         # canvas-engineering: this fixes the region order, hence placement and connection order.
@@ -292,14 +297,32 @@ def _attribute_fields(root: Any) -> Set[int]:
     return held
 
 
-def _found_fields(value: Any, skip: Set[int] = frozenset()) -> Iterator[Field]:
+def _elements(value: Any) -> Iterator[Any]:
+    """The elements of a dict (its values), set, frozenset or deque, or of a subclass of one, read
+    through the builtin's own methods, so no method a subclass overrides runs."""
+    if isinstance(value, dict):
+        return iter(dict.values(value))
+    if isinstance(value, set):
+        return set.__iter__(value)
+    if isinstance(value, frozenset):
+        return frozenset.__iter__(value)
+    return collections.deque.__iter__(value)
+
+
+def _found_fields(value: Any, skip: Set[int] = frozenset(), budget: Optional[List[int]] = None
+                  ) -> Iterator[Field]:
     """Every Field ``value`` holds at any depth: in lists, dataclasses (instance attributes too),
     models and plain objects.  Iterative, each object entered once; objects in ``skip`` are not
-    entered."""
+    entered.  ``budget``: a one-element list counting down the objects still to look at (none
+    when it reaches 0), shared by the caller's searches."""
     seen = set(skip)
     classes: dict = {}  # each class's declarations read once
     todo = [value]
     while todo:
+        if budget is not None:
+            if budget[0] <= 0:
+                return
+            budget[0] -= 1
         v = todo.pop()
         if isinstance(v, Field):
             yield v
@@ -313,9 +336,10 @@ def _found_fields(value: Any, skip: Set[int] = frozenset()) -> Iterator[Field]:
                 todo.extend(_declared(v, classes))
 
 
-def _holds_deep(value: Any) -> bool:
-    """Whether ``value`` holds a Field at any depth (dataclasses and models looked into too)."""
-    return next(_found_fields(value), None) is not None
+def _holds_deep(value: Any, budget: Optional[List[int]] = None) -> bool:
+    """Whether ``value`` holds a Field at any depth (dataclasses and models looked into too;
+    ``budget``: see _found_fields)."""
+    return next(_found_fields(value, budget=budget), None) is not None
 
 
 def _describe(v: Any) -> str:
@@ -324,13 +348,13 @@ def _describe(v: Any) -> str:
     return "a list holding Fields" if _is_sequence(v) else f"an object ({type(v).__name__}) holding Fields"
 
 
-def _adds_fields(v: Any, known: Tuple[Set[int], Set[int]]) -> bool:
+def _adds_fields(v: Any, known: Tuple[Set[int], Set[int]], budget: Optional[List[int]] = None) -> bool:
     """Whether ``v`` holds a Field the walk does not reach anyway (an alias such as
     ``self.grip = self.arm.grip`` or ``self.main = self.cams[0]`` adds nothing)."""
     fields, objs = known
     if id(v) in objs:
         return False
-    return any(id(f) not in fields for f in _found_fields(v, objs))
+    return any(id(f) not in fields for f in _found_fields(v, objs, budget))
 
 
 def _warn_off_canvas(message: str) -> None:

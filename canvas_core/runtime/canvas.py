@@ -119,7 +119,9 @@ class SpatiotemporalCanvas(nn.Module):
         check_size("positions", int(layout.num_positions), "SpatiotemporalCanvas positions of the layout")
         check_allocation("SpatiotemporalCanvas positional encoding", (layout.num_positions, layout.d_model))
         self.layout = layout
-        # what the tables and indices below were built from: a later change of the layout is refused
+        # what the tables and indices below were built from: a later change of the layout, or
+        # another layout object assigned to `self.layout`, is refused
+        self._built_from = layout
         self._layout_stamp = layout_stamp(layout)
         self.semantic_conditioner = semantic_conditioner
         self.program = program
@@ -308,6 +310,12 @@ class SpatiotemporalCanvas(nn.Module):
         """Refuse a layout changed since this canvas was built (its indices would be stale), also
         while torch.compile traces (then without reading t_current; see schema/staleness.py)."""
         stamp = self.__dict__.get("_layout_stamp")
+        built = self.__dict__.get("_built_from", self.layout)  # absent in a canvas pickled before it existed
+        if self.layout is not built:  # another layout's revision says nothing about these indices
+            raise SchemaError(
+                f"SpatiotemporalCanvas was built from another CanvasLayout than its .layout now "
+                f"({type(self.layout).__name__} at {id(self.layout):#x} was assigned after the build), so the region "
+                "indices it holds are out of date; build the SpatiotemporalCanvas again from that layout")
         if torch.compiler.is_compiling():
             check_unchanged_traced(self.layout, stamp, "SpatiotemporalCanvas")
         else:

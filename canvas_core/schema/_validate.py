@@ -221,8 +221,8 @@ def check_name(name: Any, what: str, error: type = RegionError) -> str:
         label = unicodedata.name(bad, f"category {unicodedata.category(bad)}")
         raise error(f"{what} {name!r} holds the invisible or control character {ascii(bad)} ({label}), so it "
                     "prints like another name; remove it (names may hold letters, digits, marks, punctuation, "
-                    "symbols and plain spaces, of any script; zero width (non-)joiners only inside a word of a "
-                    "script that needs them, or between emoji)")
+                    "symbols and plain spaces, of any script; zero width (non-)joiners only between two non-ASCII "
+                    "letters or marks, or after an emoji before an emoji or non-ASCII symbol)")
     if name[0] == " " or name[-1] == " ":
         raise error(f"{what} {name!r} starts or ends with a space, so it prints like {name.strip(' ')!r}; "
                     "remove the space")
@@ -244,28 +244,46 @@ _SKIN_TONES = "\U0001f3fb\U0001f3fc\U0001f3fd\U0001f3fe\U0001f3ff"
 
 def _joined(name: str, i: int) -> bool:
     """Whether the format character ``name[i]`` belongs where it is, so it is no hidden character:
-    a zero width joiner between two emoji (``'👨\u200d👩'``, ``'🙂\u200d↔️'``); a zero width
-    (non-)joiner inside a word of a script that shapes with it (``'می\u200cخواهم'``, ``'ශ්\u200dරී'``:
-    letters or marks on both sides, neither ASCII, where it changes nothing); a tag character of
-    a subdivision flag (``'🏴'`` + tag letters + cancel tag)."""
+    a zero width joiner after an emoji, before another emoji or a non-ASCII symbol (``'👨\u200d👩'``,
+    ``'🙂\u200d↔️'``; category So, or Sm outside ASCII); a zero width (non-)joiner between two
+    letters or marks, neither of them ASCII (``'می\u200cخواهم'``, ``'ශ්\u200dරී'``; :func:`name_key`
+    leaves it out, so a name differing only by it is refused as a look-alike); a tag character of a
+    subdivision flag (``'🏴'``, 2 to 6 tag lowercase letters or digits, the cancel tag U+E007F)."""
     c = name[i]
     if c in "\u200c\u200d":
         if 0 < i < len(name) - 1 and not name[i - 1].isascii() and not name[i + 1].isascii() \
                 and unicodedata.category(name[i - 1])[0] in "LM" and unicodedata.category(name[i + 1])[0] in "LM":
             return True
         before = _VARIATION.sub("", name[:i]).rstrip(_SKIN_TONES)
-        return (c == "\u200d" and before != "" and i + 1 < len(name)
-                and unicodedata.category(before[-1]) == "So" and unicodedata.category(name[i + 1]) in ("So", "Sm"))
-    if "\U000e0020" <= c <= "\U000e007f":  # tags: only in '🏴' + tag characters + cancel tag (U+E007F)
-        start = i
-        while start > 0 and "\U000e0020" <= name[start - 1] <= "\U000e007e":
-            start -= 1
+        if c != "\u200d" or before == "" or i + 1 >= len(name) or unicodedata.category(before[-1]) != "So":
+            return False
+        after = unicodedata.category(name[i + 1])
+        return after == "So" or (after == "Sm" and not name[i + 1].isascii())
+    return _flag_tag(name, i)
+
+
+def _is_flag_spec(ch: str) -> bool:
+    """A tag digit (U+E0030-E0039) or tag lowercase letter (U+E0061-E007A)."""
+    return "\U000e0030" <= ch <= "\U000e0039" or "\U000e0061" <= ch <= "\U000e007a"
+
+
+def _flag_tag(name: str, i: int) -> bool:
+    """Whether ``name[i]`` is a tag character of a subdivision flag: U+1F3F4, then 2 to 6 tag
+    digits / lowercase letters, then the cancel tag U+E007F (``'🏴'`` + ``gbsct`` + cancel)."""
+    c = name[i]
+    if c == "\U000e007f":
         end = i
-        while end < len(name) and "\U000e0020" <= name[end] <= "\U000e007e":
+    elif _is_flag_spec(c):
+        end = i
+        while end < len(name) and _is_flag_spec(name[end]):
             end += 1
-        return start > 0 and name[start - 1] == "\U0001f3f4" and end < len(name) and name[end] == "\U000e007f" \
-            and end > start
-    return False
+    else:
+        return False
+    start = end
+    while start > 0 and _is_flag_spec(name[start - 1]):
+        start -= 1
+    return 2 <= end - start <= 6 and start > 0 and name[start - 1] == "\U0001f3f4" \
+        and end < len(name) and name[end] == "\U000e007f"
 
 
 #: Cyrillic and Greek letters drawn exactly as a Latin one, which NFKC keeps apart
@@ -276,21 +294,20 @@ _LOOKALIKES = str.maketrans(
     "aeopcyxijshdqwABEKMHOPCTXIJSQWABEZHIKMNOPTYXo")
 
 
-#: the Latin ligatures, drawn as the letters they join, and the fullwidth forms of ASCII, drawn as
-#: ASCII (NFC keeps both)
-_LIGATURES = {0xFB00: "ff", 0xFB01: "fi", 0xFB02: "fl", 0xFB03: "ffi", 0xFB04: "ffl", 0xFB05: "st", 0xFB06: "st",
-              **{c: chr(c - 0xFEE0) for c in range(0xFF01, 0xFF5F)}}
+#: what :func:`name_key` leaves out: variation selectors, zero width (non-)joiners, tag characters
+_KEY_DROP = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef\u180b-\u180d\u180f\u200c\u200d\U000e0000-\U000e007f]")
 
 
 def name_key(name: str) -> str:
-    """What two names that print alike share: the NFC form (the Kelvin sign and ``'K'``, ``'e'`` + a
-    combining accent and ``'é'``), variation selectors left out, Latin ligatures and fullwidth
-    ASCII read as their letters (``'ﬁ'`` and ``'fi'``, ``'ａ'`` and ``'a'``) and Cyrillic and Greek letters drawn as a Latin one read as it
-    (``'саmera'`` and ``'camera'``).  Not NFKC: it would also merge names that print differently
-    (``'x²'`` / ``'x2'``, ``'x₁'`` / ``'x1'``, ``'µ'`` / ``'μ'``, ``'φ'`` / ``'ϕ'``, full- and halfwidth kana)."""
+    """What two names that may print alike share: the NFKC form (``'ﬁ'`` and ``'fi'``, the Kelvin
+    sign and ``'K'``, ``'Ⅰ'`` and ``'I'``, ``'ａ'`` and ``'a'``, ``'e'`` + a combining accent and
+    ``'é'``) without variation selectors, zero width (non-)joiners and tag characters, Cyrillic and
+    Greek letters drawn as a Latin one read as it (``'саmera'`` and ``'camera'``).  NFKC also
+    merges some names that print a little differently (``'x²'`` and ``'x2'``): refusing such a pair
+    costs a rename, accepting a look-alike pair would let one name be mistaken for the other."""
     if name.isascii():
         return name
-    return unicodedata.normalize("NFC", _VARIATION.sub("", name)).translate(_LOOKALIKES).translate(_LIGATURES)
+    return unicodedata.normalize("NFKC", _KEY_DROP.sub("", name)).translate(_LOOKALIKES)
 
 
 def normalization_hint(name: Any, known: Iterable[Any]) -> str:

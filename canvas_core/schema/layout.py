@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from canvas_core.errors import CanvasTypeError, RegionError, SchemaError, UnknownRegionError, did_you_mean
-from canvas_core.schema._region_dict import RegionDict
+from canvas_core.schema._region_dict import RegionDict, box_runs, change_counts
 from canvas_core.schema._validate import (as_bool, as_int, check_distinct_after_normalization, check_name,
                                           check_ordered, normalization_hint)
 from canvas_core.schema.limits import check_size
@@ -123,10 +123,17 @@ class CanvasLayout:
         self._validated = (regions, regions.version, len(regions), self.T, self.spatial_shape, self.allow_overlap,
                            self.d_model, self.H, self.W)
         self._t_checked = self.t_current
-        regions.version, self._traced = regions.version, vars(regions)  # the count kept in that __dict__
+        self._traced = change_counts(regions)
 
     def __getstate__(self) -> Dict[str, Any]:  # a copy or a pickle does not share the regions' __dict__
         return {k: v for k, v in self.__dict__.items() if k != "_traced"}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        # link the copy's own regions' change count, as _seal does, so the traced check stays O(1)
+        self.__dict__.update(state)
+        seen = state.get("_validated")
+        if isinstance(seen, tuple) and seen and seen[_REGIONS] is state.get("regions"):
+            object.__setattr__(self, "_traced", change_counts(seen[_REGIONS]))
 
     def _checked_regions(self) -> Dict[str, RegionSpec]:
         """The regions, re-validated first when they or the geometry changed (O(1) when not)."""
@@ -385,7 +392,7 @@ class CanvasLayout:
         if not spec.t0 <= t_abs < spec.t1:
             runs: List[Tuple[int, int]] = []
         else:
-            runs = _box_runs(spec.spatial_bounds, self.spatial_shape, t_abs * self.spatial_volume)
+            runs = box_runs(spec.spatial_bounds, self.spatial_shape, t_abs * self.spatial_volume)
         self._runs_cache[key] = runs
         return list(runs)
 
@@ -473,28 +480,3 @@ class CanvasLayout:
         lines.append(f"  {'(uncovered)':<20} {'':<28} {max(0, self.num_positions - covered):>7} positions")
         return "\n".join(lines)
 
-
-def _box_runs(spatial_bounds, spatial_shape, base: int) -> List[Tuple[int, int]]:
-    """Maximal row-major runs of a spatial box, offset by ``base``."""
-    if not spatial_shape:
-        return [(base, base + 1)]
-    # Trailing dims that the box spans completely merge into the run.
-    k = len(spatial_shape) - 1
-    while k > 0 and spatial_bounds[k] == (0, spatial_shape[k]):
-        k -= 1
-    lo, hi = spatial_bounds[k]
-    inner = math.prod(spatial_shape[k + 1:])
-    run = (hi - lo) * inner
-    strides = [math.prod(spatial_shape[i + 1:]) for i in range(len(spatial_shape))]
-    starts = [base + lo * strides[k]]
-    for d in range(k - 1, -1, -1):
-        dlo, dhi = spatial_bounds[d]
-        starts = [s + c * strides[d] for c in range(dlo, dhi) for s in starts]
-    starts.sort()
-    runs: List[Tuple[int, int]] = []
-    for s in starts:
-        if runs and runs[-1][1] == s:
-            runs[-1] = (runs[-1][0], s + run)
-        else:
-            runs.append((s, s + run))
-    return runs

@@ -13,7 +13,8 @@ and by the next :func:`layout_stamp` (every region compared, once per build); fr
 modules built earlier are refused as for any other change.  Write ``layout.regions[name] = spec``.
 Under ``torch.compile`` (:func:`check_unchanged_traced`) an entry *added or removed* that way is
 not seen either until such a query counts it (the eager check sees it by the dict's length): the
-traced check reads no value of the regions dict, since Dynamo would guard every key of it.
+traced check reads neither the regions dict's values nor its length, since Dynamo guards every
+key of a dict whose length it reads (one guard per region on every compiled call).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 from typing import Any, Optional, Tuple
 
 from canvas_core.errors import SchemaError
+from canvas_core.schema._region_dict import change_counts
 from canvas_core.schema.layout import _GEOMETRY, _VERSION, CanvasLayout
 
 __all__ = ["check_unchanged", "check_unchanged_traced", "layout_stamp"]
@@ -37,10 +39,8 @@ def layout_stamp(layout: Any) -> Optional[Tuple[int, Tuple[Any, ...]]]:
     if not isinstance(layout, CanvasLayout):
         return None
     stamp = layout._stamp()  # the layout is as its last check left it now
-    if layout._traced is None:  # unpickled or copied: link what the traced check reads
-        regions = layout.regions
-        regions.version = getattr(regions, "version", 0)
-        object.__setattr__(layout, "_traced", vars(regions))
+    if layout._traced is None:  # e.g. unpickled from an older version: link what the traced check reads
+        object.__setattr__(layout, "_traced", change_counts(layout.regions))
     return stamp
 
 
@@ -81,9 +81,10 @@ def check_unchanged_traced(layout: Any, stamp: Any, owner: str) -> None:
 
 def _as_checked_traced(layout: CanvasLayout) -> bool:
     """Whether the layout's regions and geometry are as its last check left them, read from O(1)
-    values that are neither the regions dict (Dynamo guards every key of a dict it touches) nor
-    ``t_current``: the regions dict's own ``__dict__``, where it counts its changes (``_traced``,
-    recorded by the check; None after ``layout.regions`` was replaced, or in a copy)."""
+    values that are neither the regions dict's contents or length (Dynamo guards every key of a
+    dict it reads either of) nor ``t_current``: the dict's own ``__dict__``, where it counts its changes
+    (``_traced``, linked by the check and by unpickling or copying; None after ``layout.regions``
+    was replaced)."""
     counts, seen = layout._traced, layout.__dict__.get("_validated")
     return counts is not None and seen is not None and counts.get("version") == seen[_VERSION] and \
         seen[_GEOMETRY:] == (layout.T, layout.spatial_shape, layout.allow_overlap, layout.d_model, layout.H, layout.W)

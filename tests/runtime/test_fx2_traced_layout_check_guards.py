@@ -29,7 +29,7 @@ def _layout_guards(n: int, pickled: bool = False) -> int:
     seen = []
 
     def keep_all(entries):
-        seen.extend(e for e in entries if "layout" in e.name)
+        seen.extend(e for e in entries if any(w in e.name for w in ("layout", "_built_from", "regions")))
         return [True] * len(entries)
 
     extract = torch.compile(lambda x: sc.extract(x, "r0"), backend="eager", options={"guard_filter_fn": keep_all})
