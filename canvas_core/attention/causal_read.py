@@ -107,8 +107,8 @@ def causal_read(
     if allowed is None or Nk == 0:  # every query reads at least key 0 when there is one
         shape = (1 if allowed is None else allowed.shape[0], Nq, 1)
         return read, torch.full(shape, Nk > 0, dtype=torch.bool, device=device)
-    # the first allowed key of each row at or before its read: O(B Nq Nk) reads, no (Nq, Nk) temporary
-    first = torch.where(allowed.any(-1), allowed.to(torch.uint8).argmax(-1), Nk)  # (B|1, Nq|1)
+    # the first allowed key of each row at or before its read: O(B Nq Nk) reads, no copy of the mask
+    first = torch.where(allowed.any(-1), allowed.view(torch.uint8).argmax(-1), Nk)  # (B|1, Nq|1)
     return read, (first <= read.view(1, -1)).unsqueeze(-1)
 
 

@@ -433,9 +433,11 @@ def _scaled_stats(pairs: List[Tuple[torch.Tensor, torch.Tensor]], kept: Optional
         n_d = _hypot(n_d, torch.linalg.vector_norm(buf, dim=1))
     if kept is not None:
         n_p = kept.norm
-    # ||d|| / ||p|| = (n_d / n_p) * 2**(e_d - e_p); exp2(0) = 1 for ordinary states
-    num = n_d * torch.exp2((e_d - e_p).clamp(min=-1100, max=1100))
-    rel = _ratio(num, n_p, n_c, squared=False)
+    # ||d|| / ||p|| = (n_d / n_p) * 2**(e_d - e_p); exp2(0) = 1 for ordinary states. Divided
+    # first: n_d * 2**(e_d - e_p) alone overflowed where the ratio is finite (0, inf, NaN kept)
+    ratio = _ratio(n_d, n_p, n_c, squared=False)
+    scaled = ratio * torch.exp2((e_d - e_p).clamp(min=-1100, max=1100))
+    rel = torch.where(torch.isfinite(ratio) & (ratio != 0), scaled, ratio)
     return rel, (_Kept(n_c, e_c, peak_c) if with_cur else None), rms
 
 

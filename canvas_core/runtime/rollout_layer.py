@@ -172,7 +172,10 @@ class LayerRoll:
         with torch.no_grad():
             for i in range(t + 1):
                 if i not in self._marked:
-                    zero = (self.kv[0].narrow(2, i * V, V) * 0).add_(self.kv[1].narrow(2, i * V, V), alpha=0)
+                    k, v = self.kv[0].narrow(2, i * V, V), self.kv[1].narrow(2, i * V, V)
+                    if k.dtype == torch.float64:  # measured in float32, where |x| > 3.4e38 is inf
+                        k, v = k.float(), v.float()
+                    zero = (k * 0).add_(v, alpha=0)
                     self._bad.narrow(2, i * V, V).copy_(zero.sum(-1).isnan())  # 0 * NaN or inf is NaN
                     self._marked.add(i)
         return self._bad.narrow(2, 0, (t + 1) * V)
@@ -193,7 +196,9 @@ class LayerRoll:
         roll.layer, roll.frames, roll.index, roll.n = layer, cache["frames"], cache["index"], int(layer.plan.n)
         roll.h = torch.cat([x, x.new_zeros(x.shape[0], 1, x.shape[2])], 1)  # slot n: the padding key
         out = []
-        with torch.no_grad():
+        # the modules run again: on the side of the random stream (dropout in training would
+        # otherwise draw other masks for the rest of the forward and change the model's outputs)
+        with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             for t in range(lo, hi):
                 roll.keep_rows, roll.type_rows = True, {}
                 roll._others(t, x.shape[0], x.shape[2], x[:, roll.frames.frame_slice(t)])

@@ -202,7 +202,8 @@ class _LayerProbe:
         if self._measures_softmax(x, rows_all):
             qkv = self._qkv(x)
             at = torch.as_tensor(self.sample_pos[rows_all], device=x.device)
-            bad = non_finite_keys(qkv[1], qkv[2])  # None: all finite, known without a device sync
+            k, v = (qkv[1].float(), qkv[2].float()) if qkv[1].dtype == torch.float64 else qkv[1:3]  # as measured
+            bad = non_finite_keys(k, v)  # None: all finite, known without a device sync
             self._measure(qkv[0].index_select(2, at).float(), qkv[1], qkv[2], rows_all, (lo, hi), bad)
 
     @torch.no_grad()

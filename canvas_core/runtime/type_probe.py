@@ -300,8 +300,8 @@ def probe_attention_module(module: Any, fn: Any, d_model: int, where: str) -> No
     :func:`zeros_opened`); a wrong output or a read outside the key sets raises
     :class:`~canvas_core.errors.AttentionContractError` starting with ``where``; so does a module
     that modifies its inputs in place (:func:`refuse_in_place`), instead of autograd's bare error."""
-    if _where(module)[0].type == "meta":
-        return
+    if _where(module)[0].type == "meta" or torch.is_inference_mode_enabled():
+        return  # nothing to run on / no autograd to ask (the layer is probed when built outside it)
     with refuse_in_place(module, fn, where):
         _probe_contract(module, fn, d_model, where)
 
@@ -376,6 +376,8 @@ def init_gradient_problem(module: Any, fn: Any, d_model: int, gate: Any = None) 
     without the second check a module whose parameters never get a gradient (a detached or
     unused computation) would pass behind it."""
     params = [p for p in module.parameters() if p.requires_grad and p.is_floating_point()]
+    if gate is not None and not gate.requires_grad and not bool(gate.detach().any()):
+        return f"the gate of {fn!r} is frozen at 0: no parameter of the branch can receive a gradient"
     gates = [gate] if gate is not None and gate.requires_grad else []
     if (not params and not gates) or _where(module)[0].type == "meta" or torch.is_inference_mode_enabled():
         return None  # nothing of its own to train (or no autograd to ask, under inference_mode)

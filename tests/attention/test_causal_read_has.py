@@ -46,3 +46,24 @@ def test_no_query_by_key_temporary_without_a_mask():
     assert bool(has.all()) and read[-1].item() == 19_999
     biggest = max((e.cpu_memory_usage for e in prof.key_averages()), default=0)
     assert biggest < 10_000_000
+
+
+def test_a_mask_is_read_in_place_not_copied():
+    # a per-query mask of a 16k self link is 268 MB: reading its first allowed keys must not copy it
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Copies(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.big = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if "copy" in str(func) and isinstance(out, torch.Tensor) and out.numel() >= 64 * 64:
+                self.big.append(str(func))
+            return out
+
+    allowed = torch.rand(1, 64, 64) < 0.5
+    with Copies() as seen:
+        causal_read(64, 64, allowed, "cpu")
+    assert seen.big == []

@@ -144,3 +144,18 @@ def test_reuse_follows_the_rows_that_go_on():
     assert min(stats["active"]) < 5
     for t, (h, cur) in enumerate(seen):
         assert stats["rel_change"][t].item() == _rel_change(h, cur).mean(dtype=torch.float64).item()
+
+
+def test_a_finite_ratio_between_states_of_far_apart_scales_is_not_inf():
+    # prev ~1e10, cur ~1e308: ||cur - prev|| / ||prev|| ~ 1e298 is finite; multiplying the change's
+    # scaled norm by 2**(e_d - e_p) before dividing overflowed to inf
+    from canvas_core.looping.loop_engine import _exit_stats
+
+    g = torch.Generator().manual_seed(0)
+    prev = (torch.randn(2, 64, generator=g, dtype=torch.float64) * 1e10,)
+    cur = (torch.randn(2, 64, generator=g, dtype=torch.float64) * 1e307,)
+    rel = _exit_stats(prev, cur, None)[0]
+    num = torch.linalg.vector_norm((cur[0] - prev[0]) / 1e307, dim=1)  # each norm at its own scale
+    want = num / torch.linalg.vector_norm(prev[0] / 1e10, dim=1) * 1e297
+    assert torch.isfinite(rel).all()
+    torch.testing.assert_close(rel, want, rtol=1e-12, atol=0)

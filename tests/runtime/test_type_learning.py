@@ -107,7 +107,7 @@ def test_layers_built_without_autograd_flag_no_type_and_copy_installs(mode):
     ctx = torch.no_grad if mode == "no_grad" else torch.inference_mode
     lay = CanvasLayout(T=2, H=2, W=4, d_model=16, regions={"a": (0, 2, 0, 1, 0, 4), "b": (0, 2, 1, 2, 0, 4)})
     with ctx():
-        for fn in ("pooling", "linear_attention", "gated"):
+        for fn in ("pooling", "linear_attention", "gated", "hyena", "mamba"):  # mamba: a plugin type
             layer = CanvasAttention(CanvasTopology(connections=[Connection("b", "a", fn=fn)]), lay, n_heads=2)
             assert layer.init_gradient_problems == {}, fn
     if mode != "no_grad":
@@ -122,3 +122,15 @@ def test_layers_built_without_autograd_flag_no_type_and_copy_installs(mode):
         for fn in ("copy", "pooling"):  # copy: no parameter of its own, the block's gate only
             ad.install_topology(m, CanvasTopology(connections=dense + [Connection("top", "bottom", fn=fn)]), tokens)
             assert "NO GRADIENT AT INIT" not in ad.installed_topology(m).report(), fn
+
+
+def test_a_gate_frozen_at_zero_is_flagged_and_a_frozen_open_gate_is_not():
+    from canvas_core.runtime.type_probe import init_gradient_problem
+
+    from canvas_core.attention.simple import LinearAttention
+
+    module = LinearAttention(16, 2)
+    closed = torch.nn.Parameter(torch.zeros(()), requires_grad=False)
+    opened = torch.nn.Parameter(torch.ones(()), requires_grad=False)
+    assert "frozen at 0" in init_gradient_problem(module, "linear_attention", 16, closed)
+    assert init_gradient_problem(module, "linear_attention", 16, opened) is None
