@@ -12,18 +12,7 @@ import pytest
 
 import canvas_core.program._tree as tree
 from canvas_core import Field, compile_schema
-
-
-class Robot:
-    def __init__(self, **extra) -> None:
-        self.cam = Field(1, 1)
-        for k, v in extra.items():
-            setattr(self, k, v)
-
-
-class Item:
-    def __init__(self) -> None:
-        self.x = 1
+from tests.program.test_fx2_container_scan import Item, Robot
 
 
 def _entered(monkeypatch, robot) -> int:
