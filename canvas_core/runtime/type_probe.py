@@ -375,12 +375,14 @@ def init_gradient_problem(module: Any, fn: Any, d_model: int, gate: Any = None) 
     itself gets one with the gate taken as open: a gate that starts at 0 learns on its own, so
     without the second check a module whose parameters never get a gradient (a detached or
     unused computation) would pass behind it."""
+    if _where(module)[0].type == "meta" or torch.is_inference_mode_enabled() or (gate is not None and gate.is_meta):
+        return None  # nothing to run on (or no autograd to ask, under inference_mode)
     params = [p for p in module.parameters() if p.requires_grad and p.is_floating_point()]
     if gate is not None and not gate.requires_grad and not bool(gate.detach().any()):
         return f"the gate of {fn!r} is frozen at 0: no parameter of the branch can receive a gradient"
     gates = [gate] if gate is not None and gate.requires_grad else []
-    if (not params and not gates) or _where(module)[0].type == "meta" or torch.is_inference_mode_enabled():
-        return None  # nothing of its own to train (or no autograd to ask, under inference_mode)
+    if not params and not gates:
+        return None  # nothing of its own to train
     q, k, v, mask = _inputs(module, d_model)
     with _quiet(module), torch.enable_grad():  # built under no_grad, the question is the same
         raw = call_attention_type(module, q, k, v, mask, name=fn)

@@ -134,3 +134,10 @@ def test_a_gate_frozen_at_zero_is_flagged_and_a_frozen_open_gate_is_not():
     opened = torch.nn.Parameter(torch.ones(()), requires_grad=False)
     assert "frozen at 0" in init_gradient_problem(module, "linear_attention", 16, closed)
     assert init_gradient_problem(module, "linear_attention", 16, opened) is None
+
+
+def test_a_meta_gate_is_not_read():
+    from canvas_core.attention.simple import LinearAttention
+    from canvas_core.runtime.type_probe import init_gradient_problem
+
+    assert init_gradient_problem(LinearAttention(16, 2), "linear_attention", 16, torch.zeros((), device="meta")) is None
