@@ -113,7 +113,10 @@ class _Walker:
             held = list(itertools.islice(_elements(value), self.scan_left[0]))
         except Exception:  # changed while read: nothing to warn about
             return
-        if _holds_deep(held, self.scan_left) and _adds_fields(held, self.known(), self.scan_left):
+        first, second = [self.scan_left[0] + 1], [self.scan_left[0] + 1]  # +1: `held` itself is free
+        found = _holds_deep(held, first) and _adds_fields(held, self.known(), second)
+        self.scan_left[0] = min(first[0], second[0])  # two passes, each object charged once
+        if found:
             _warn_off_canvas(
                 f"{owner}: {path} is a {type(value).__name__} holding Fields; only Fields, lists / tuples of them "
                 "and objects with Fields are walked, so they are left off the canvas (as canvas-engineering "
@@ -317,13 +320,13 @@ def _found_fields(value: Any, skip: Set[int] = frozenset(), budget: Optional[Lis
     when it reaches 0), shared by the caller's searches."""
     seen = set(skip)
     classes: dict = {}  # each class's declarations read once
-    todo = [value]
+    todo = collections.deque([value])  # first in, first out: a dict's first entries looked at first
     while todo:
         if budget is not None:
             if budget[0] <= 0:
                 return
             budget[0] -= 1
-        v = todo.pop()
+        v = todo.popleft()
         if isinstance(v, Field):
             yield v
         elif not _is_leaf(v) and id(v) not in seen:

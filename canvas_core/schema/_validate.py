@@ -222,7 +222,7 @@ def check_name(name: Any, what: str, error: type = RegionError) -> str:
         raise error(f"{what} {name!r} holds the invisible or control character {ascii(bad)} ({label}), so it "
                     "prints like another name; remove it (names may hold letters, digits, marks, punctuation, "
                     "symbols and plain spaces, of any script; zero width (non-)joiners only between two non-ASCII "
-                    "letters or marks, or after an emoji before an emoji or non-ASCII symbol)")
+                    "letters or marks, after a virama, or after an emoji before an emoji or non-ASCII symbol)")
     if name[0] == " " or name[-1] == " ":
         raise error(f"{what} {name!r} starts or ends with a space, so it prints like {name.strip(' ')!r}; "
                     "remove the space")
@@ -247,10 +247,14 @@ def _joined(name: str, i: int) -> bool:
     a zero width joiner after an emoji, before another emoji or a non-ASCII symbol (``'👨\u200d👩'``,
     ``'🙂\u200d↔️'``; category So, or Sm outside ASCII); a zero width (non-)joiner between two
     letters or marks, neither of them ASCII (``'می\u200cخواهم'``, ``'ශ්\u200dරී'``; :func:`name_key`
-    leaves it out, so a name differing only by it is refused as a look-alike); a tag character of a
+    leaves it out between letters of scripts that do not shape); one right after a virama, at the
+    end too (``'രാമന്\u200d'``, a Malayalam chillu); a tag character of a
     subdivision flag (``'🏴'``, 2 to 6 tag lowercase letters or digits, the cancel tag U+E007F)."""
     c = name[i]
     if c in "\u200c\u200d":
+        if i > 1 and unicodedata.combining(name[i - 1]) == 9 and not name[i - 2].isascii() \
+                and unicodedata.category(name[i - 2])[0] == "L":  # after a letter's virama: a chillu, half form
+            return True
         if 0 < i < len(name) - 1 and not name[i - 1].isascii() and not name[i + 1].isascii() \
                 and unicodedata.category(name[i - 1])[0] in "LM" and unicodedata.category(name[i + 1])[0] in "LM":
             return True
@@ -294,20 +298,57 @@ _LOOKALIKES = str.maketrans(
     "aeopcyxijshdqwABEKMHOPCTXIJSQWABEZHIKMNOPTYXo")
 
 
-#: what :func:`name_key` leaves out: variation selectors, zero width (non-)joiners, tag characters
-_KEY_DROP = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef\u180b-\u180d\u180f\u200c\u200d\U000e0000-\U000e007f]")
+#: what :func:`name_key` leaves out: variation selectors (tag characters and most joiners are kept)
+_KEY_DROP = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef\u180b-\u180d\u180f]")
+#: scripts whose letters do not join or shape: a zero width (non-)joiner between two of them draws nothing
+_PLAIN_SCRIPTS = ("LATIN ", "CYRILLIC ", "GREEK ", "CJK ", "HIRAGANA ", "KATAKANA ", "HANGUL SYLLABLE ")
+
+
+def _plain_letter(c: str) -> bool:
+    return unicodedata.category(c)[0] == "L" and unicodedata.name(c, "").startswith(_PLAIN_SCRIPTS)
+
+
+def _drop_idle_joiners(name: str) -> str:
+    """``name`` without the zero width (non-)joiners that stand between two letters of scripts that
+    do not shape (marks on the letter before are looked past): those change nothing drawn.  A
+    joiner in an emoji sequence, a Persian or Indic word changes the rendering and stays."""
+    out: list = []
+    for i, c in enumerate(name):
+        if c in "\u200c\u200d" and 0 < i < len(name) - 1 and _plain_letter(name[i + 1]):
+            j = i - 1
+            while j > 0 and unicodedata.category(name[j])[0] == "M":
+                j -= 1
+            if _plain_letter(name[j]):
+                continue
+        out.append(c)
+    return "".join(out)
+
+
+def _key(name: str, form: str) -> str:
+    if name.isascii():
+        return name
+    plain = unicodedata.normalize("NFC", _KEY_DROP.sub("", name))
+    return unicodedata.normalize(form, _drop_idle_joiners(plain)).translate(_LOOKALIKES)
 
 
 def name_key(name: str) -> str:
     """What two names that may print alike share: the NFKC form (``'ﬁ'`` and ``'fi'``, the Kelvin
     sign and ``'K'``, ``'Ⅰ'`` and ``'I'``, ``'ａ'`` and ``'a'``, ``'e'`` + a combining accent and
-    ``'é'``) without variation selectors, zero width (non-)joiners and tag characters, Cyrillic and
-    Greek letters drawn as a Latin one read as it (``'саmera'`` and ``'camera'``).  NFKC also
-    merges some names that print a little differently (``'x²'`` and ``'x2'``): refusing such a pair
-    costs a rename, accepting a look-alike pair would let one name be mistaken for the other."""
-    if name.isascii():
-        return name
-    return unicodedata.normalize("NFKC", _KEY_DROP.sub("", name)).translate(_LOOKALIKES)
+    ``'é'``) without variation selectors, and without zero width (non-)joiners between two letters
+    of scripts that do not shape (Latin, Cyrillic, Greek, CJK, kana, Hangul syllables), Cyrillic and
+    Greek letters drawn as a Latin one read as it (``'саmera'`` and ``'camera'``).  Tag characters
+    and other joiners are kept: they change what is drawn (two subdivision flags, ``'👨\u200d👩'``
+    and ``'👨👩'``, ``'می\u200cخواهم'`` and ``'میخواهم'``).  NFKC also merges some names that print
+    a little differently (``'x²'`` and ``'x2'``): refusing such a pair costs a rename, accepting a
+    look-alike pair would let one name be mistaken for the other."""
+    return _key(name, "NFKC")
+
+
+def _alike(a: str, b: str) -> str:
+    """How two names with the same :func:`name_key` are alike, for a message."""
+    if _key(a, "NFC") == _key(b, "NFC"):
+        return "look the same"
+    return "may be mistaken for each other (equal after NFKC compatibility normalization)"
 
 
 def normalization_hint(name: Any, known: Iterable[Any]) -> str:
@@ -319,7 +360,9 @@ def normalization_hint(name: Any, known: Iterable[Any]) -> str:
     want = name_key(name)
     for k in known:
         if isinstance(k, str) and k != name and name_key(k) == want:
-            return (f" The layout's region {k!r} looks the same but is spelt with other Unicode code points "
+            how = "looks the same" if _alike(k, name) == "look the same" else \
+                "may be mistaken for it (equal after NFKC compatibility normalization)"
+            return (f" The layout's region {k!r} {how} but is spelt with other Unicode code points "
                     f"({ascii(k)} there, {ascii(name)} here); use the layout's spelling.")
     return ""
 
@@ -334,6 +377,6 @@ def check_distinct_after_normalization(names: Iterable[Any], what: str) -> None:
         key = name_key(name)
         if key in seen and seen[key] != name:
             raise RegionError(
-                f"{what}: region names {seen[key]!r} and {name!r} look the same but are spelt with other Unicode "
+                f"{what}: region names {seen[key]!r} and {name!r} {_alike(seen[key], name)} but are spelt with other Unicode "
                 f"code points ({ascii(seen[key])} and {ascii(name)}); rename one of them, or write both alike")
         seen.setdefault(key, name)

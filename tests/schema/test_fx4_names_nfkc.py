@@ -1,7 +1,8 @@
 """Region names after the fx4 review: the look-alike key is NFKC again (Roman numerals, ligature
-letters, the non-breaking hyphen, the ellipsis), it leaves out zero width (non-)joiners and tag
-characters, an emoji ZWJ is followed only by an emoji or a non-ASCII symbol, and a subdivision
-flag holds 2 to 6 tag digits / lowercase letters."""
+letters, the non-breaking hyphen, the ellipsis), it leaves out zero width (non-)joiners between
+letters of scripts that do not shape (tag characters are kept: see test_fx5_names_joiners), an
+emoji ZWJ is followed only by an emoji or a non-ASCII symbol, and a subdivision flag holds 2 to 6
+tag digits / lowercase letters."""
 
 from __future__ import annotations
 
@@ -26,14 +27,13 @@ def _layout(*names: str) -> CanvasLayout:
 
 LOOKALIKES = [("\u2160", "I"), ("\u217c", "l"), ("\u216f", "M"), ("a\u2011b", "a\u2010b"), ("\u0132", "IJ"),
               ("\u01c8", "Lj"), ("a\u2026", "a..."), ("\u6771\u4eac", "\u6771\u200c\u4eac"),
-              ("\u043f\u0440\u0438\u0432\u0435\u0442", "\u043f\u0440\u0438\u200d\u0432\u0435\u0442"),
-              (FLAG + _tags("gbsct") + CANCEL, FLAG + _tags("gbwls") + CANCEL)]
+              ("\u043f\u0440\u0438\u0432\u0435\u0442", "\u043f\u0440\u0438\u200d\u0432\u0435\u0442")]
 
 
 @pytest.mark.parametrize("a, b", LOOKALIKES, ids=ascii)
 def test_lookalikes_are_refused_together(a, b):
     assert name_key(a) == name_key(b)
-    with pytest.raises(RegionError, match="look the same"):
+    with pytest.raises(RegionError, match="look the same|may be mistaken for each other"):
         _layout(a, b)
 
 
