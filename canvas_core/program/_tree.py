@@ -320,23 +320,23 @@ def _found_fields(value: Any, skip: Set[int] = frozenset(), budget: Optional[Lis
     when it reaches 0), shared by the caller's searches."""
     seen = set(skip)
     classes: dict = {}  # each class's declarations read once
-    todo = collections.deque([value])  # first in, first out: a dict's first entries looked at first
+    todo = [value]  # a stack, children pushed in reverse: in order, depth first (bounded queue)
     while todo:
         if budget is not None:
             if budget[0] <= 0:
                 return
             budget[0] -= 1
-        v = todo.popleft()
+        v = todo.pop()
         if isinstance(v, Field):
             yield v
         elif not _is_leaf(v) and id(v) not in seen:
             seen.add(id(v))
             if isinstance(v, (list, tuple)):
-                todo.extend(v)
+                todo.extend(reversed(v))
             elif dataclasses.is_dataclass(v):
-                todo.extend(_declared(v) + list(getattr(v, "__dict__", {}).values()))
+                todo.extend(reversed(_declared(v) + list(getattr(v, "__dict__", {}).values())))
             else:
-                todo.extend(_declared(v, classes))
+                todo.extend(reversed(_declared(v, classes)))
 
 
 def _holds_deep(value: Any, budget: Optional[List[int]] = None) -> bool:

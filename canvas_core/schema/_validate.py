@@ -300,25 +300,16 @@ _LOOKALIKES = str.maketrans(
 
 #: what :func:`name_key` leaves out: variation selectors (tag characters and most joiners are kept)
 _KEY_DROP = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef\u180b-\u180d\u180f]")
-#: scripts whose letters do not join or shape: a zero width (non-)joiner between two of them draws nothing
-_PLAIN_SCRIPTS = ("LATIN ", "CYRILLIC ", "GREEK ", "CJK ", "HIRAGANA ", "KATAKANA ", "HANGUL SYLLABLE ")
-
-
-def _plain_letter(c: str) -> bool:
-    return unicodedata.category(c)[0] == "L" and unicodedata.name(c, "").startswith(_PLAIN_SCRIPTS)
-
-
-def _drop_idle_joiners(name: str) -> str:
-    """``name`` without the zero width (non-)joiners that stand between two letters of scripts that
-    do not shape (marks on the letter before are looked past): those change nothing drawn.  A
-    joiner in an emoji sequence, a Persian or Indic word changes the rendering and stays."""
+def _drop_text_joiners(name: str) -> str:
+    """``name`` without the zero width (non-)joiners of text: one in a script that shapes with it
+    may change what is drawn, or not (Arabic alef never joins to the left), so pairs that differ
+    only by them are taken as alike (refusing such a pair costs a rename).  A joiner of an emoji
+    sequence (after an emoji: ``'👨\u200d👩'`` is one glyph) is kept."""
     out: list = []
     for i, c in enumerate(name):
-        if c in "\u200c\u200d" and 0 < i < len(name) - 1 and _plain_letter(name[i + 1]):
-            j = i - 1
-            while j > 0 and unicodedata.category(name[j])[0] == "M":
-                j -= 1
-            if _plain_letter(name[j]):
+        if c in "\u200c\u200d":
+            before = _VARIATION.sub("", name[:i]).rstrip(_SKIN_TONES)
+            if not (c == "\u200d" and before and unicodedata.category(before[-1]) == "So"):
                 continue
         out.append(c)
     return "".join(out)
@@ -327,20 +318,21 @@ def _drop_idle_joiners(name: str) -> str:
 def _key(name: str, form: str) -> str:
     if name.isascii():
         return name
-    plain = unicodedata.normalize("NFC", _KEY_DROP.sub("", name))
-    return unicodedata.normalize(form, _drop_idle_joiners(plain)).translate(_LOOKALIKES)
+    # decomposed first, so that a Cyrillic letter under a mark meets its Latin twin ('ё' / 'ë')
+    plain = unicodedata.normalize("NFD", _KEY_DROP.sub("", name)).translate(_LOOKALIKES)
+    return _drop_text_joiners(unicodedata.normalize(form, plain))
 
 
 def name_key(name: str) -> str:
     """What two names that may print alike share: the NFKC form (``'ﬁ'`` and ``'fi'``, the Kelvin
     sign and ``'K'``, ``'Ⅰ'`` and ``'I'``, ``'ａ'`` and ``'a'``, ``'e'`` + a combining accent and
-    ``'é'``) without variation selectors, and without zero width (non-)joiners between two letters
-    of scripts that do not shape (Latin, Cyrillic, Greek, CJK, kana, Hangul syllables), Cyrillic and
-    Greek letters drawn as a Latin one read as it (``'саmera'`` and ``'camera'``).  Tag characters
-    and other joiners are kept: they change what is drawn (two subdivision flags, ``'👨\u200d👩'``
-    and ``'👨👩'``, ``'می\u200cخواهم'`` and ``'میخواهم'``).  NFKC also merges some names that print
-    a little differently (``'x²'`` and ``'x2'``): refusing such a pair costs a rename, accepting a
-    look-alike pair would let one name be mistaken for the other."""
+    ``'é'``) without variation selectors and without the zero width (non-)joiners of text, Cyrillic
+    and Greek letters drawn as a Latin one read as it (``'саmera'`` and ``'camera'``, ``'ё'`` and
+    ``'ë'``).  Tag characters and the joiners of emoji sequences are kept: they change what is drawn
+    (two subdivision flags, ``'👨\u200d👩'`` and ``'👨👩'``).  This merges some names that print a
+    little differently (``'x²'`` and ``'x2'``, ``'می\u200cخواهم'`` and ``'میخواهم'``): refusing
+    such a pair costs a rename, accepting a look-alike pair would let one name be mistaken for
+    the other."""
     return _key(name, "NFKC")
 
 

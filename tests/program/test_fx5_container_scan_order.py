@@ -49,3 +49,22 @@ def test_every_entry_within_the_budget_is_looked_at(at):
     items = list(a.items())
     items.insert(at, ("grip", Field(1, 1)))
     assert _warned(Robot(a=dict(items))) == ["a"]
+
+
+def test_a_field_nested_in_the_first_entry_is_found_before_later_entries():
+    # depth first, in order: the first entry's contents come before the next entries
+    assert _warned(Robot(a={"x": [[Field(1, 1)]], "d": list(range(2 * _SCAN_CAP))})) == ["a"]
+
+
+def test_a_big_data_buffer_is_not_queued_whole():
+    # breadth first queued every element of every list before the budget ran out (82 MB here)
+    import tracemalloc
+
+    buffer = {f"ep{i}": [0.0] * 2_000 for i in range(500)}  # a million references
+    tracemalloc.start()
+    try:
+        _warned(Robot(a=buffer))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000

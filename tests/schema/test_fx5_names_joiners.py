@@ -29,10 +29,7 @@ DISTINCT = [(_flag("gbeng"), _flag("gbsct")), ("team_" + _flag("gbeng"), "team_"
             (_flag("gbeng"), FLAG),
             ("\U0001f468\u200d\U0001f469\u200d\U0001f467", "\U0001f468\U0001f469\U0001f467"),
             ("\U0001f3f3\ufe0f\u200d\U0001f308", "\U0001f3f3\U0001f308"),
-            ("\U0001f43b\u200d\u2744\ufe0f", "\U0001f43b\u2744"),
-            ("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "\u0645\u06cc\u062e\u0648\u0627\u0647\u0645"),
-            ("\u0dc1\u0dca\u200d\u0dbb\u0dd3", "\u0dc1\u0dca\u0dbb\u0dd3"),
-            ("\u0d30\u0d3e\u0d2e\u0d28\u0d4d\u200d", "\u0d30\u0d3e\u0d2e\u0d28\u0d4d")]
+            ("\U0001f43b\u200d\u2744\ufe0f", "\U0001f43b\u2744")]
 
 
 @pytest.mark.parametrize("a, b", DISTINCT, ids=ascii)
@@ -44,12 +41,24 @@ def test_names_that_print_differently_may_share_a_layout(a, b):
 SAME = [("\u6771\u4eac", "\u6771\u200c\u4eac"), ("\u043f\u0440\u0438\u0432\u0435\u0442", "\u043f\u0440\u0438\u200d\u0432\u0435\u0442"),
         ("\u00e9\u00e9", "\u00e9\u200d\u00e9"), ("e\u0301\u00e9", "e\u0301\u200c\u00e9"),
         ("\u0436\u00e9", "\u0436\u200d\u00e9"), ("\u30ab\u30e1\u30e9", "\u30ab\u200c\u30e1\u30e9"),
-        ("\u2764\ufe0f", "\u2764")]
+        ("\u2764\ufe0f", "\u2764"),
+        # joiners of text are left out everywhere: where one shapes (Persian, Sinhala, Malayalam)
+        # the pair prints a little differently, where it does not (Hebrew, Thai, Arabic alef, a
+        # fullwidth or halfwidth name) exactly alike; refusing either costs a rename
+        ("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645", "\u0645\u06cc\u062e\u0648\u0627\u0647\u0645"),
+        ("\u0dc1\u0dca\u200d\u0dbb\u0dd3", "\u0dc1\u0dca\u0dbb\u0dd3"),
+        ("\u0d30\u0d3e\u0d2e\u0d28\u0d4d\u200d", "\u0d30\u0d3e\u0d2e\u0d28\u0d4d"),
+        ("\u05dc\u200c\u05e9\u05d5\u05df", "\u05dc\u05e9\u05d5\u05df"), ("\u0e01\u200d\u0e25", "\u0e01\u0e25"),
+        ("\u0627\u200c\u0628", "\u0627\u0628"), ("\u30e9\u30fc\u200c\u30e1\u30f3", "\u30e9\u30fc\u30e1\u30f3"),
+        # a Cyrillic letter under a mark meets its Latin twin
+        ("\u0435\u0301", "\u00e9"), ("\u0451", "\u00eb")]
 
 
 @pytest.mark.parametrize("a, b", SAME, ids=ascii)
-def test_a_joiner_that_draws_nothing_still_makes_a_look_alike(a, b):
-    with pytest.raises(RegionError, match=r"look the same but are spelt with other Unicode code points"):
+def test_a_joiner_of_text_still_makes_a_look_alike(a, b):
+    assert name_key(a) == name_key(b)
+    with pytest.raises(RegionError, match=r"(look the same|may be mistaken for each other).* but are spelt with "
+                                          r"other Unicode code points"):
         _layout(a, b)
 
 
