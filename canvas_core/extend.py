@@ -33,7 +33,7 @@ Attention types (torch)
     ``AttentionBase`` (argument checks and helpers of the builtin types); tensor helpers
     ``as_dtype`` (a cast that returns the tensor itself when it needs none), ``autocast_on``
     (whether autocast is on for a device type; False on ``meta``, where torch raises),
-    ``check_dtypes_devices``, ``has_key``, ``safe_div``, ``aligned_key_index``, ``causal_read_index``, ``masked_softmax``, ``masked_softmax_attention``; the recurrent
+    ``check_dtypes_devices``, ``has_key``, ``safe_div``, ``aligned_key_index``, ``causal_read_index``, ``causal_read``, ``masked_softmax``, ``masked_softmax_attention``; the recurrent
     references ``wkv_scan``, ``wkv_masked``, ``fft_causal_conv``; ``scratch`` (per-thread
     temporaries reused between calls, for scans that would otherwise allocate per call) and
     ``release_scratch`` (gives the calling thread's back); ``plain_linear`` (a projection whose
@@ -75,7 +75,7 @@ if TYPE_CHECKING:  # for readers and IDEs; at run time the names load lazily bel
     from canvas_core.attention.first_order import first_order_backward, first_order_only
     from canvas_core.attention.functional import masked_softmax, masked_softmax_attention
     from canvas_core.attention.recurrent import fft_causal_conv, wkv_masked, wkv_scan
-    from canvas_core.attention.causal_read import plain_linear, plain_module, release_scratch, scratch
+    from canvas_core.attention.causal_read import causal_read, plain_linear, plain_module, release_scratch, scratch
     from canvas_core.compiler.lowering import lower
     from canvas_core.compiler.plan import (
         BlockLayout, ExecutionPlan, RectGroup, SegmentGrid, block_layout_of, segment_grid,
@@ -117,7 +117,7 @@ _publish("canvas_core.attention.functional", "masked_softmax", "masked_softmax_a
 _publish("canvas_core.attention.first_order", "first_order_backward", "first_order_only")
 _publish("canvas_core.attention.recurrent", "wkv_scan", "wkv_masked", "fft_causal_conv")
 _publish("canvas_core.attention.int_roots", "isqrt")
-_publish("canvas_core.attention.causal_read", "scratch", "release_scratch", "plain_linear", "plain_module")
+_publish("canvas_core.attention.causal_read", "causal_read", "scratch", "release_scratch", "plain_linear", "plain_module")
 # size limits (refuse a user's size before allocating: SizeLimitError names it and the variable)
 _publish("canvas_core.schema.limits", "check_size", "check_elements", "check_bytes")
 # kernels
@@ -140,7 +140,7 @@ __all__ = [
     "ENTRY_POINT_GROUP", "ExecutionPlan", "GenericAdapter", "LoopedBlockWrapper",
     "REFERENCE_MODES", "RectGroup", "ReferenceKernel", "ResolvedGroup", "RuntimeContext",
     "SegmentGrid", "Spec", "TokenLayout", "aligned_key_index", "as_dtype", "autocast_on", "block_layout_of", "canvas_sdpa",
-    "causal_read_index", "check_bytes", "check_dtypes_devices", "check_elements", "check_size", "class_matches", "fft_causal_conv",
+    "causal_read", "causal_read_index", "check_bytes", "check_dtypes_devices", "check_elements", "check_size", "class_matches", "fft_causal_conv",
     "first_order_backward",
     "first_order_only", "guard_input_shapes", "has_key",
     "hookimpl", "isqrt", "hookspec", "kernel_for", "lower", "masked_softmax", "masked_softmax_attention", "nan_where_linked",

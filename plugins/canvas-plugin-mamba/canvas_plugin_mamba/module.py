@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, CheckpointError, ShapeError, UnavailableError
-from canvas_core.extend import (as_dtype, autocast_on, causal_read_index, check_elements, check_size,
+from canvas_core.extend import (as_dtype, autocast_on, causal_read, causal_read_index, check_elements, check_size,
                                 operators_under_compile, plain_linear, plain_module)
 from canvas_plugin_mamba import cpu_kernel, cpu_ops
 from canvas_plugin_mamba.chunked import chunk_size, selective_scan_read
@@ -348,13 +348,10 @@ class MambaAttention(nn.Module):
         if aligned:
             read = torch.arange(Nq, device=queries.device)
             has = None
-        else:
-            read = causal_read_index(Nq, Nk, device=queries.device)  # >= 0 for every query (Nk >= 1)
-            if allowed is None:  # every query reads at least key 0
-                has = None
-            else:  # the first allowed key of each row is at or before the read position
-                first = torch.where(allowed.any(-1), allowed.int().argmax(-1), Nk)  # (B|1, Nq|1)
-                has = (first <= read.view(1, -1)).unsqueeze(-1)
+        elif allowed is None:  # every query reads at least key 0 (Nk >= 1)
+            read, has = causal_read_index(Nq, Nk, device=queries.device), None
+        else:  # an allowed key at or before the read position (the builtin scans' rule)
+            read, has = causal_read(Nq, Nk, allowed, queries.device)
         if key_ok is not None and key_ok.shape[0] != Bt:
             key_ok = key_ok.expand(Bt, Nk)
         kernel = self._choose_kernel(queries, Nq, Nk)
