@@ -258,8 +258,7 @@ def _joined(name: str, i: int) -> bool:
         if 0 < i < len(name) - 1 and not name[i - 1].isascii() and not name[i + 1].isascii() \
                 and unicodedata.category(name[i - 1])[0] in "LM" and unicodedata.category(name[i + 1])[0] in "LM":
             return True
-        before = _VARIATION.sub("", name[:i]).rstrip(_SKIN_TONES)
-        if c != "\u200d" or before == "" or i + 1 >= len(name) or unicodedata.category(before[-1]) != "So":
+        if i + 1 >= len(name) or not _emoji_joiner(name, i):
             return False
         after = unicodedata.category(name[i + 1])
         return after == "So" or (after == "Sm" and not name[i + 1].isascii())
@@ -298,8 +297,13 @@ _LOOKALIKES = str.maketrans(
     "aeopcyxijshdqwABEKMHOPCTXIJSQWABEZHIKMNOPTYXo")
 
 
-#: what :func:`name_key` leaves out: variation selectors (tag characters and most joiners are kept)
-_KEY_DROP = re.compile("[\ufe00-\ufe0f\U000e0100-\U000e01ef\u180b-\u180d\u180f]")
+def _emoji_joiner(name: str, i: int) -> bool:
+    """Whether ``name[i]`` is a zero width joiner right after an emoji (skin tones and variation
+    selectors looked past): part of an emoji sequence."""
+    before = _VARIATION.sub("", name[:i]).rstrip(_SKIN_TONES)
+    return name[i] == "\u200d" and before != "" and unicodedata.category(before[-1]) == "So"
+
+
 def _drop_text_joiners(name: str) -> str:
     """``name`` without the zero width (non-)joiners of text: one in a script that shapes with it
     may change what is drawn, or not (Arabic alef never joins to the left), so pairs that differ
@@ -307,10 +311,8 @@ def _drop_text_joiners(name: str) -> str:
     sequence (after an emoji: ``'👨\u200d👩'`` is one glyph) is kept."""
     out: list = []
     for i, c in enumerate(name):
-        if c in "\u200c\u200d":
-            before = _VARIATION.sub("", name[:i]).rstrip(_SKIN_TONES)
-            if not (c == "\u200d" and before and unicodedata.category(before[-1]) == "So"):
-                continue
+        if c in "\u200c\u200d" and not _emoji_joiner(name, i):
+            continue
         out.append(c)
     return "".join(out)
 
@@ -319,7 +321,7 @@ def _key(name: str, form: str) -> str:
     if name.isascii():
         return name
     # decomposed first, so that a Cyrillic letter under a mark meets its Latin twin ('ё' / 'ë')
-    plain = unicodedata.normalize("NFD", _KEY_DROP.sub("", name)).translate(_LOOKALIKES)
+    plain = unicodedata.normalize("NFD", _VARIATION.sub("", name)).translate(_LOOKALIKES)
     return _drop_text_joiners(unicodedata.normalize(form, plain))
 
 
