@@ -10,6 +10,9 @@ type under test.  Measured side by side in ONE run, conditions interleaved (best
   of its forward+backward to the same layer with a ``cross_attention`` link;
 * canvas-engineering's ``AttentionDispatcher`` on the same layer and type (from PyPI), and the
   ratio canvas-core / canvas-engineering;
+* the same layer without the ``a <- video`` link: a layer's time minus this one is what its
+  link itself costs (the "link" column; a difference of two close timings, so noisier than
+  the layer ratio);
 * a plain dense layer (QKV, SDPA with the layer's boolean mask, output projection): the cost of
   ignoring the topology's sparsity (one row, the same for every type);
 * one grafted backbone: a one-block tiny CogVideoX (2 heads of 16) on the same frames plus 8
@@ -59,18 +62,20 @@ TYPES = ("cross_attention", "cosine_attention", "sigmoid_attention", "sparse_att
          "local_attention", "gated", "perceiver", "pooling", "mixture",
          "linear_attention", "rwkv", "hyena", "mamba")
 LINEAR = ("linear_attention", "rwkv", "hyena", "mamba")
+NO_LINK = "(no a <- video link)"
 
 
-def layer_spec(mod, size: str, fn: str):
-    """(layout, topology) of the issue's layer in the schema module ``mod`` (ours or CE's)."""
+def layer_spec(mod, size: str, fn: Optional[str]):
+    """(layout, topology) of the issue's layer in the schema module ``mod`` (ours or CE's); with
+    ``fn=None`` the same layer without the ``a <- video`` link (what the link itself costs)."""
     T, H, W = SIZES[size]
     lay = mod.CanvasLayout(T=T, H=H, W=W, d_model=64, regions={
         "video": (0, T, 0, H - 2, 0, W), "a": (0, T, H - 2, H, 0, W)})
     C = mod.Connection
-    top = mod.CanvasTopology(connections=[
-        C("video", "video", t_src=0, t_dst=0), C("a", "a", t_src=0, t_dst=0),
-        C("a", "video", t_src=0, t_dst=0, fn=fn)])
-    return lay, top
+    links = [C("video", "video", t_src=0, t_dst=0), C("a", "a", t_src=0, t_dst=0)]
+    if fn is not None:
+        links.append(C("a", "video", t_src=0, t_dst=0, fn=fn))
+    return lay, mod.CanvasTopology(connections=links)
 
 
 class DenseLayer(nn.Module):
@@ -117,8 +122,9 @@ def runners(layer: nn.Module, x: torch.Tensor):
     return fwd, fb
 
 
-def backbone(size: str, fn: str, device: str = "cpu"):
-    """(fwd, fb) of a one-block tiny CogVideoX with the layer's topology installed, or None."""
+def backbone(size: str, fn: Optional[str], device: str = "cpu"):
+    """(fwd, fb) of a one-block tiny CogVideoX with the layer's topology installed (``fn=None``:
+    without the ``a <- video`` link), or None."""
     try:
         import diffusers
     except ImportError:  # pragma: no cover
@@ -142,9 +148,11 @@ def backbone(size: str, fn: str, device: str = "cpu"):
     lay = tokens.layout
     regions = {"video": (0, f, 0, h - 2, 0, w), "a": (0, f, h - 2, h, 0, w), "text": lay.regions["text"].bounds}
     mine = CanvasLayout(T=lay.T, spatial_shape=tuple(lay.spatial_shape), d_model=lay.d_model, regions=regions)
-    top = CanvasTopology(connections=[
-        Connection("video", "video", t_src=0, t_dst=0), Connection("a", "a", t_src=0, t_dst=0),
-        Connection("a", "video", t_src=0, t_dst=0, fn=fn), Connection("text", "text")])
+    links = [Connection("video", "video", t_src=0, t_dst=0), Connection("a", "a", t_src=0, t_dst=0),
+             Connection("text", "text")]
+    if fn is not None:
+        links.insert(2, Connection("a", "video", t_src=0, t_dst=0, fn=fn))
+    top = CanvasTopology(connections=links)
     ad.install_topology(m, top, tokens.with_layout(mine))
 
     def fwd():
@@ -173,11 +181,11 @@ def bench_size(size: str, types: List[str], a, clock: Clock) -> List[Dict[str, A
     def made(layer: nn.Module) -> nn.Module:
         return torch.compile(layer) if a.compile else layer
 
-    for fn in types:
+    for fn in [*types, None]:  # None: the layer without the link, whose cost it prices
         lay, top = layer_spec(ours, size, fn)
         torch.manual_seed(0)
         conds[f"ours:{fn}"] = runners(made(AttentionDispatcher(top, lay, 64, 4).to(dev)), x)
-        if ce is not None and not (a.ce_max_n and N > a.ce_max_n):
+        if fn is not None and ce is not None and not (a.ce_max_n and N > a.ce_max_n):
             try:
                 clay, ctop = layer_spec(ce, size, fn)
                 conds[f"ce:{fn}"] = runners(made(CEDispatcher(ctop, clay, 64, 4).to(dev)), x)
@@ -208,8 +216,8 @@ def bench_size(size: str, types: List[str], a, clock: Clock) -> List[Dict[str, A
             best[key] = [min(f, clock.once(fwd)), min(b, clock.once(fb))]
         gc.collect()
     rows = []
-    for fn in types:
-        row = {"type": fn, "N": N}
+    for fn in [*types, None]:
+        row = {"type": NO_LINK if fn is None else fn, "N": N}
         for side in ("ours", "ce", "bb"):
             if f"{side}:{fn}" in best:
                 row[f"fwd_{side}"], row[f"fb_{side}"] = best[f"{side}:{fn}"]
@@ -228,18 +236,27 @@ def _r(a: Optional[float], b: Optional[float]) -> str:
     return "-" if a is None or b is None or not b else f"{a / b:.2f}"
 
 
+def _link(r: Dict[str, Any], bare: Dict[str, Any]) -> str:
+    """The link's own forward+backward in ms: its layer minus the layer without it (a difference
+    of two close timings: at 4,096 positions a near-free link can come out below 0)."""
+    if r.get("type") in (NO_LINK, "(dense masked SDPA)") or None in (r.get("fb_ours"), bare.get("fb_ours")):
+        return "-"
+    return f"{(r['fb_ours'] - bare['fb_ours']) * 1e3:.1f}"
+
+
 def table(rows: List[Dict[str, Any]]) -> str:
-    head = ("| N | type | fwd ms | f+b ms | f+b / cross | CE fwd ms | CE f+b ms | f+b ours / CE "
-            "| backbone f+b ms | backbone f+b / cross |")
+    head = ("| N | type | fwd ms | f+b ms | f+b / cross | link f+b ms | CE fwd ms | CE f+b ms "
+            "| f+b ours / CE | backbone f+b ms | backbone f+b / cross |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for N in sorted({r["N"] for r in rows}):
         rs = [r for r in rows if r["N"] == N]
         cross = next((r for r in rs if r["type"] == "cross_attention"), {})
+        bare = next((r for r in rs if r["type"] == NO_LINK), {})
         for r in rs:
             name = f"**{r['type']}**" if r["type"] in LINEAR else r["type"]
             out.append("| " + " | ".join([
                 f"{N:,}", name, _ms(r.get("fwd_ours")), _ms(r.get("fb_ours")),
-                _r(r.get("fb_ours"), cross.get("fb_ours")),
+                _r(r.get("fb_ours"), cross.get("fb_ours")), _link(r, bare),
                 _ms(r.get("fwd_ce")), _ms(r.get("fb_ce")), _r(r.get("fb_ours"), r.get("fb_ce")),
                 _ms(r.get("fb_bb")), _r(r.get("fb_bb"), cross.get("fb_bb")),
             ]) + " |")
