@@ -62,9 +62,8 @@ __all__ = ["CanvasAttention"]
 
 
 class _Executor(PlanRunner):
-    """Kernels and index buffers of one plan (no parameters): the shared
-    :class:`~canvas_core.runtime.plan_runner.PlanRunner`, mixing every type by its weight,
-    with one kernel module per softmax-family group (also for a dense topology)."""
+    """Kernels and index buffers of one plan (no parameters): the shared ``PlanRunner``, mixing
+    every type by its weight, with one kernel module per softmax-family group (also dense)."""
 
     def __init__(self, plan: ExecutionPlan, softmax_types: Tuple[str, ...], kernel: Any,
                  n_heads: int, head_dim: int, kernel_options: Dict[str, Any], device: Any = None) -> None:
@@ -74,7 +73,8 @@ class _Executor(PlanRunner):
                          kernel_options=kernel_options, device=device, plain_when_full=False, keep_empty=True)
 
 
-@torch.compiler.disable  # lowering runs in Python: a graph break, once per new set of regions
+@torch.compiler.disable(reason="CanvasAttention: an active_regions set not prepared builds its executor in "
+                        "Python (a graph break); call layer.prepare(<each set>) before compiling with fullgraph=True")
 def _build_restricted(layer: "CanvasAttention", key: Any, device: Any) -> "_Executor":
     """``layer``'s executor for the connections whose source is in ``key`` (fullgraph: ``prepare``)."""
     plan = restrict(layer.plan, key)  # same fn types and resolutions, fewer connections

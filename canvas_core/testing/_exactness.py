@@ -12,12 +12,13 @@
   when it declares ``key_mask_exact = True`` (the runtime relies on it); otherwise (the runtime
   never hands it a mask) a key that the mask hides from every query must stay unread.
 * **trainable**: with only the type's own parameters free, a few Adam steps toward a random
-  target move the output (the runtime's call again).
+  target move the output (the runtime's call again).  Adam runs on float32 copies of half-precision
+  parameters; a NaN / inf loss, gradient, parameter or output on the way fails with that reason.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from canvas_core.testing._report import Failed
 
@@ -111,37 +112,83 @@ def check_direct_mask(s: Any) -> Optional[str]:
     return None
 
 
+def _master(torch: Any, p: Any) -> Any:
+    """A float32 (or wider) leaf copy of parameter ``p`` for the optimiser: Adam's eps (1e-8) and
+    squared gradients underflow in float16, which turns the update into 0/0 = NaN."""
+    wide = p.dtype if p.dtype in (torch.float32, torch.float64) else torch.float32
+    return p.detach().to(wide).clone().requires_grad_(True)
+
+
+def _not_finite(torch: Any, named: List[Tuple[str, Any]]) -> Optional[str]:
+    """The name of the first tensor in ``named`` holding NaN or inf, or None."""
+    for label, t in named:
+        if t is not None and not bool(torch.isfinite(t).all()):
+            return label
+    return None
+
+
 def check_trainable(s: Any, steps: int = 5, lr: float = 1e-2) -> Optional[str]:
-    """Only the type's parameters free: ``steps`` Adam steps toward a random target move the output."""
+    """Only the type's parameters free: ``steps`` Adam steps toward a random target move the output.
+
+    Adam updates float32 master copies of the parameters (written back into them, in their own
+    dtype, before each call), so a half-precision type is judged by its own arithmetic and not by
+    the optimiser's underflow.  A NaN / inf loss, gradient, parameter or output is its own failure."""
     torch = s.torch
-    params = [p for p in s.module.parameters() if p.requires_grad and p.is_floating_point()]
-    if not params:
+    named = [(n, p) for n, p in s.module.named_parameters() if p.requires_grad and p.is_floating_point()]
+    if not named:
         return "the type has no trainable parameters"
+    params = [p for _, p in named]
+    who = f"attention type {s.report.name!r}"
     mask = probe_mask(torch, s.device, s.n_keys)
     q, k, v = _qkv(s, NQ, s.n_keys)
-    saved = [p.detach().clone() for p in params]
+    saved = [(p.detach().clone(), p.grad) for p in params]
+    masters = [_master(torch, p) for p in params]
+    how = f"{steps} Adam steps (lr {lr}) on its {len(params)} parameters toward a random target"
     try:
         with torch.no_grad():
             before = s.call(q, k, v, mask).clone()
+        if _not_finite(torch, [("output", before)]):
+            raise Failed(f"{who} outputs NaN or inf before any step (dtype {s.dtype}); it cannot be trained")
         target = s.rand(*before.shape)
-        opt = torch.optim.Adam(params, lr=lr)
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            loss = (s.call(q, k, v, mask) - target).pow(2).mean()
+        opt = torch.optim.Adam(masters, lr=lr)
+        for step in range(1, steps + 1):
+            with torch.no_grad():
+                for p, m in zip(params, masters):
+                    p.copy_(m)
+                    p.grad = None
+            out = s.call(q, k, v, mask)
+            loss = (out.float() - target.float()).pow(2).mean()
             if not loss.requires_grad:
                 raise Failed("the loss does not depend on the type's parameters (detached output?)")
+            if _not_finite(torch, [("loss", loss)]):
+                raise Failed(f"{who} outputs NaN or inf after Adam step {step - 1} of {steps} (lr {lr}, dtype "
+                             f"{s.dtype}) toward a random target; keep its output finite while it trains")
             loss.backward()
+            bad = _not_finite(torch, [(n, p.grad) for n, p in named])
+            if bad:
+                raise Failed(f"{who}: parameter {bad!r} gets a NaN or inf gradient at Adam step {step} (lr {lr}, "
+                             f"dtype {s.dtype}); keep its gradients finite")
+            for p, m in zip(params, masters):
+                m.grad = None if p.grad is None else p.grad.detach().to(m.dtype)
             opt.step()
         with torch.no_grad():
+            for p, m in zip(params, masters):
+                p.copy_(m)
+            bad = _not_finite(torch, [(n, p) for n, p in named])
+            if bad:
+                raise Failed(f"{who}: parameter {bad!r} holds NaN or inf after {how} (dtype {s.dtype})")
             after = s.call(q, k, v, mask)
-        moved = float((after - before).abs().max())
+        if _not_finite(torch, [("output", after)]):
+            raise Failed(f"{who} outputs NaN or inf after {how} (dtype {s.dtype}); keep its output finite "
+                         "while it trains")
+        moved = float((after.float() - before.float()).abs().max())
     finally:
         with torch.no_grad():
-            for p, old in zip(params, saved):
+            for p, (old, grad) in zip(params, saved):
                 p.copy_(old)
+                p.grad = grad
     if not moved > 0.0:
-        raise Failed(f"{steps} Adam steps (lr {lr}) on its {len(params)} parameters toward a random "
-                     "target left the output unchanged: no parameter receives a gradient at "
+        raise Failed(f"{how} left the output unchanged: no parameter receives a gradient at "
                      "initialisation (a zero gate times another zero gate?)")
     s.report.details["trainable: output moved by"] = moved
     return None
