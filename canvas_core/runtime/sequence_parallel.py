@@ -52,6 +52,7 @@ from canvas_core.runtime.sharding import (
     sequence_parallel_mesh,
 )
 from canvas_core.runtime.sp_agreement import agree_on_call, agree_on_canvas, agree_on_layers, layer_settings
+from canvas_core.schema.staleness import check_unchanged, check_unchanged_traced
 
 __all__ = [
     "SequenceParallelError",
@@ -182,7 +183,9 @@ class SequenceParallelCanvasAttention(nn.Module):
             compared across the ranks when the layer is built, as the settings are.
 
     The output equals rows ``sharding.positions(rank)`` of ``attn(x_whole)`` (up to float
-    rounding; with dropout > 0 the random masks differ from a one-process run).
+    rounding; with dropout > 0 the random masks differ from a one-process run).  A layout changed
+    after ``attn`` was built is refused with the layer's own ``SchemaError`` (with ``check_inputs``,
+    every other rank gets a ``SequenceParallelError`` naming that rank, before any exchange).
 
     Checkpoints and telemetry name its tensors as the wrapped layer's (``attn.qkv.weight``, not
     ``attn.attn.qkv.weight``): ``canvas_wrapped_attr`` tells them where the layer is held.
@@ -285,6 +288,9 @@ class SequenceParallelCanvasAttention(nn.Module):
                                  f"(B, {n_r}, {D}) (shard_canvas cuts it), got {tuple(x.shape)}")
             if active_regions is not None:
                 active_regions = check_region_names(type(self).__name__, "active_regions", active_regions)
+            # the wrapped layer's plan (and the cut) hold the layout's indices as of the build
+            (check_unchanged_traced if torch.compiler.is_compiling() else check_unchanged)(
+                attn.plan.layout, attn.__dict__.get("_layout_stamp"), f"{type(self).__name__}({type(attn).__name__})")
         except Exception as exc:
             if not self.check_inputs:
                 raise
