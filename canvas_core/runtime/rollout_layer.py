@@ -104,7 +104,9 @@ class _Index:
 
     def get(self, key: Any, build) -> Any:
         if key not in self._cache:
-            self._cache[key] = build()
+            # a normal cache may first meet a frame inside inference mode: its entries stay normal
+            with torch.inference_mode(self.inference):
+                self._cache[key] = build()
         return self._cache[key]
 
 
