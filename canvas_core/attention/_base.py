@@ -2,10 +2,11 @@
 
 Every attention type maps ``queries (B, Nq, D), keys (B, Nk, D), values (B, Nk, D)`` and an
 optional ``key_mask`` to ``(B, Nq, D)``.  ``key_mask`` is boolean (True = may attend) or an
-additive float mask (``-inf`` = blocked, finite values are added to softmax logits), of any
-shape that broadcasts to ``(B, Nq, Nk)``: ``(Nk,)``, ``(Nq, Nk)``, ``(B, 1, Nk)``,
-``(B, Nq, Nk)``.  A 2-d mask whose first dimension is ``B`` but not ``Nq`` is read as ``(B, Nk)``
-(one key set per batch item).
+additive float mask (``-inf`` = blocked, finite values are added to softmax logits; NaN and
+``+inf`` are refused), of any shape that broadcasts to ``(B, Nq, Nk)``: ``(Nk,)``, ``(Nq, Nk)``,
+``(B, 1, Nk)``, ``(B, Nq, Nk)``, and a last dimension of 1 (``(Nq, 1)``, ``(B, 1, 1)``, 0-d) for
+the same answer on every key.  A 2-d mask whose first dimension is ``B`` but not ``Nq`` is read as
+``(B, Nk)`` (one key set per batch item).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "aligned_key_index",
     "causal_read_index",
     "check_dtypes_devices",
+    "check_additive_mask",
     "as_dtype",
     "has_key",
     "safe_div",
@@ -50,6 +52,24 @@ def linked_keys(key_mask: torch.Tensor) -> torch.Tensor:
     if key_mask.dtype == torch.bool:
         return key_mask
     return key_mask != float("-inf") if key_mask.is_floating_point() else key_mask != 0
+
+
+def check_additive_mask(type_name: str, key_mask: torch.Tensor) -> None:
+    """Refuse a float ``key_mask`` holding NaN or ``+inf`` (:class:`ShapeError` naming the type):
+    softmax types would return NaN rows and the scan types would read such a key as linked.
+
+    One host sync (``.item()`` of a reduction), paid by float masks only: bool and integer masks
+    (what the canvas runtime passes) are not looked at.  Eager calls only: a traced graph
+    (``torch.compile``) cannot branch on a value, so there the mask is used as given."""
+    if not key_mask.is_floating_point() or torch.compiler.is_compiling():
+        return
+    if bool(torch.isnan(key_mask).logical_or_(torch.isposinf(key_mask)).any()):
+        raise ShapeError(
+            f"{type_name}: the additive float key_mask of shape {tuple(key_mask.shape)} holds NaN or "
+            "+inf; it may hold finite values (added to the logits) and -inf (a blocked key) only: "
+            "replace them (e.g. key_mask.nan_to_num(nan=float('-inf'), posinf=0.0)) or pass a bool "
+            "mask (True = may attend)"
+        )
 
 
 def operators_under_compile() -> bool:
@@ -219,19 +239,21 @@ class AttentionBase(nn.Module):
         m = key_mask
         if m.dim() == 2 and m.shape[0] == B and m.shape[0] != Nq and m.shape[0] != 1:
             m = m[:, None, :]  # (B, Nk)
-        if m.dim() > 3 or m.dim() == 0:
+        if m.dim() > 3:
             raise ShapeError(
                 f"{t}: key_mask of shape {tuple(key_mask.shape)} must broadcast to "
                 f"(B, Nq, Nk) = {(B, Nq, Nk)}"
             )
         while m.dim() < 3:
             m = m[None]
-        ok = all(s in (1, full) for s, full in zip(m.shape, (B, Nq, Nk)))
-        if not ok or m.shape[-1] != Nk:
+        if not all(s in (1, full) for s, full in zip(m.shape, (B, Nq, Nk))):
             raise ShapeError(
                 f"{t}: key_mask of shape {tuple(key_mask.shape)} does not broadcast to "
                 f"(B, Nq, Nk) = {(B, Nq, Nk)}"
             )
+        check_additive_mask(t, key_mask)
+        if m.shape[-1] != Nk:  # one entry for every key, as torch broadcasts it (a view, no copy)
+            m = m.expand(*m.shape[:-1], Nk)
         allowed = linked_keys(m)
         if not m.is_floating_point():
             return allowed, None

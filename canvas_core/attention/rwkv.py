@@ -432,10 +432,10 @@ class RWKVAttention(AttentionBase):
         self.kernel = check_kernel_choice(self.type_name, kernel)
         self.kernel_used: Optional[str] = None
         D = d_model
-        ratio = torch.arange(D, dtype=torch.float32) / max(D - 1, 1)
+        ratio = torch.arange(D, dtype=torch.get_default_dtype()) / max(D - 1, 1)  # as nn.Linear's weights
         # RWKV-4 init: decay speeds spread from slow to fast across channels
         self.time_decay = nn.Parameter(-5.0 + 8.0 * ratio ** (0.7 + 1.3 * ratio))
-        zigzag = ((torch.arange(D) + 1) % 3 - 1).float() * 0.5
+        zigzag = ((torch.arange(D) + 1) % 3 - 1).to(ratio.dtype) * 0.5
         self.time_first = nn.Parameter(torch.full((D,), math.log(0.3)) + zigzag)
         self.receptance = nn.Linear(D, D, bias=False)
         self.key = nn.Linear(D, D, bias=False)

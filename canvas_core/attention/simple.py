@@ -433,6 +433,8 @@ class MixtureAttention(AttentionBase):
     ) -> torch.Tensor:
         """``(B, Nq, D), (B, Nk, D), (B, Nk, D) -> (B, Nq, D)``."""
         self._check_inputs(queries, keys, values)
+        # checked here so a bad mask is named as the mixture's, not as its first expert's
+        self._mask(key_mask, queries.shape[0], queries.shape[1], keys.shape[1], queries)
         g = self.gates(queries)
         outs = torch.stack([e(queries, keys, values, key_mask) for e in self.experts], dim=-1)
         return (outs * g.unsqueeze(-2)).sum(dim=-1)

@@ -56,12 +56,12 @@ def _probe_branch(gm: GatedTypeModule, fn: str, width: int, where: str, backbone
         except AttentionContractError as exc:  # its message already starts with the connection
             why = str(exc).removeprefix(f"{where}: ")
             raise BackboneError(f"{where} cannot run inside {backbone!r}: {why}") from exc
-    if constant_branch(gm.module, fn, width):  # ``none``: its output is 0, so its gate never moves
+    if constant_branch(gm.module, fn, width, where):  # ``none``: its output is 0, so its gate never moves
         installed.module_roles[fn] = "own module with a constant output (0): nothing to learn, by design"
         return
     gate = ("one gate: the type's own (0 at init)" if gm.gate is None
             else "one gate: the block's (starts at 0)")
-    problem = init_gradient_problem(gm.module, fn, width, gm.gate)
+    problem = init_gradient_problem(gm.module, fn, width, gm.gate, where=where)
     installed.module_roles[fn] = f"own module, {gate}" + (
         "; NO GRADIENT AT INIT" if problem else "; learns from step 1")
     if problem:

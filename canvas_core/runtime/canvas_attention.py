@@ -183,7 +183,7 @@ class CanvasAttention(nn.Module):
         #: fn -> why its parameters get no gradient at initialisation (only types that cannot learn)
         self.init_gradient_problems: Dict[str, str] = {}
         for f in self.executor.other_fns:
-            problem = init_gradient_problem(self.fn_modules[_key(f)], f, d_model)
+            problem = init_gradient_problem(self.fn_modules[_key(f)], f, d_model, where=_connections_of(plan, f))
             if problem:
                 self.init_gradient_problems[f] = problem
                 flag_connections(plan, f, f"in a canvas layer: {problem}")

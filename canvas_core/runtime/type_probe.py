@@ -32,7 +32,7 @@ import torch
 
 from canvas_core.runtime.type_call import call_attention_type, is_builtin_module
 
-__all__ = ["probe_attention_module", "init_gradient_problem", "constant_branch", "gate_opening_dependencies", "dependencies", "first_leak", "batch_leak", "key_runs",
+__all__ = ["probe_attention_module", "mixed_dtypes_explained", "init_gradient_problem", "constant_branch", "gate_opening_dependencies", "dependencies", "first_leak", "batch_leak", "key_runs",
            "is_builtin_module", "refuse_in_place", "in_place_error",
            "zeros_opened"]
 
@@ -229,6 +229,34 @@ def first_leak(deps: List[Tuple[set, set]], mask: Any) -> Optional[str]:
     return None
 
 
+@contextlib.contextmanager
+def mixed_dtypes_explained(module: Any, fn: Any, where: Optional[str] = None) -> Iterator[None]:
+    """Calls of ``module`` inside: a raw failure (not a ``CanvasError``) of a module whose floating
+    parameters have more than one dtype is re-raised as ``AttentionContractError`` naming ``where``
+    (the connection), the type and two of the parameters.  The probes call a type with inputs of
+    one dtype; a module that copes with mixed parameters (casting inside) is not refused."""
+    from canvas_core.errors import AttentionContractError, CanvasError
+
+    try:
+        yield
+    except CanvasError:
+        raise
+    except Exception as exc:
+        first: Dict[Any, str] = {}
+        for name, p in module.named_parameters():
+            if p.is_floating_point():
+                first.setdefault(p.dtype, name)
+        if len(first) < 2:
+            raise
+        (d0, n0), (d1, n1) = list(first.items())[:2]
+        who = f"attention type {fn!r} ({type(module).__name__})"
+        raise AttentionContractError(
+            f"{where or who}: {who} failed ({type(exc).__name__}: {str(exc)[:200]}) with floating parameters "
+            f"of mixed dtypes ({n0!r} is {d0}, {n1!r} is {d1}); canvas layers call a type with inputs of one "
+            f"dtype: create every parameter in one dtype (torch.get_default_dtype(), as nn.Linear does), cast "
+            f"inside forward, or convert the module with module.to({d1})") from exc
+
+
 def _where(module: Any) -> Tuple[Any, Any]:
     for t in list(module.parameters()) + list(module.buffers()):
         if t.is_floating_point():
@@ -299,10 +327,11 @@ def probe_attention_module(module: Any, fn: Any, d_model: int, where: str) -> No
     """One tiny call (again with closed gates opened when it reads no key, see
     :func:`zeros_opened`); a wrong output or a read outside the key sets raises
     :class:`~canvas_core.errors.AttentionContractError` starting with ``where``; so does a module
-    that modifies its inputs in place (:func:`refuse_in_place`), instead of autograd's bare error."""
+    that modifies its inputs in place (:func:`refuse_in_place`), instead of autograd's bare error;
+    so does one failing with floating parameters of mixed dtypes (:func:`mixed_dtypes_explained`)."""
     if _where(module)[0].type == "meta" or torch.is_inference_mode_enabled():
         return  # nothing to run on / no autograd to ask (the layer is probed when built outside it)
-    with refuse_in_place(module, fn, where):
+    with mixed_dtypes_explained(module, fn, where), refuse_in_place(module, fn, where):
         _probe_contract(module, fn, d_model, where)
 
 
@@ -353,22 +382,25 @@ def _probe_contract(module: Any, fn: Any, d_model: int, where: str) -> None:
             "or drop the key_mask_exact declaration and keep the batch rows independent")
 
 
-def constant_branch(module: Any, fn: Any, d_model: int) -> bool:
+def constant_branch(module: Any, fn: Any, d_model: int, where: Optional[str] = None) -> bool:
     """Whether the type's branch can never learn: no parameter of its own and an output that is 0
     on random inputs (``none``), so that a gate multiplying it never gets a gradient either.  A
-    parameter-free type with a real output is no constant branch: its gate learns."""
+    parameter-free type with a real output is no constant branch: its gate learns.  ``where``:
+    the connection, named when the call fails on mixed parameter dtypes."""
     if any(p.requires_grad and p.is_floating_point() for p in module.parameters()):
         return False
     if _where(module)[0].type == "meta":
         return False
     q, k, v, mask = _inputs(module, d_model)
-    with _quiet(module), torch.no_grad():
+    with mixed_dtypes_explained(module, fn, where), _quiet(module), torch.no_grad():
         return not bool(call_attention_type(module, q, k, v, mask, name=fn).any())
 
 
-def init_gradient_problem(module: Any, fn: Any, d_model: int, gate: Any = None) -> Optional[str]:
+def init_gradient_problem(module: Any, fn: Any, d_model: int, gate: Any = None,
+                          where: Optional[str] = None) -> Optional[str]:
     """Why this branch cannot learn from initialisation (None: it can, or the type has no
-    parameter).  ``gate``: a scalar parameter the output is multiplied by, or None.
+    parameter).  ``gate``: a scalar parameter the output is multiplied by, or None; ``where``: the
+    connection, named when the call fails on mixed parameter dtypes (:func:`mixed_dtypes_explained`).
 
     Two checks: some parameter of the branch (the module's and the gate's) gets a nonzero
     gradient (two zero gates stacked fail it), and, with a gate, some parameter of the module
@@ -384,7 +416,7 @@ def init_gradient_problem(module: Any, fn: Any, d_model: int, gate: Any = None) 
     if not params and not gates:
         return None  # nothing of its own to train
     q, k, v, mask = _inputs(module, d_model)
-    with _quiet(module), torch.enable_grad():  # built under no_grad, the question is the same
+    with mixed_dtypes_explained(module, fn, where), _quiet(module), torch.enable_grad():  # as under no_grad
         raw = call_attention_type(module, q, k, v, mask, name=fn)
         if params and not raw.requires_grad:
             return (f"the output of {fn!r} does not depend on its parameters (unused, or a detached computation; "

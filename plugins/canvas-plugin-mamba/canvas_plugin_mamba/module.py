@@ -186,7 +186,7 @@ class MambaAttention(nn.Module):
         self.drop = nn.Dropout(float(dropout))
         # Mamba init: A_n = -(n + 1); softplus(b_dt) log-uniform in [1e-3, 1e-1]
         self.A_log = nn.Parameter(
-            torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(E, 1)
+            torch.log(torch.arange(1, d_state + 1, dtype=torch.get_default_dtype())).repeat(E, 1)
         )
         self.D = nn.Parameter(torch.ones(E))
         dt = torch.exp(torch.rand(E) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
@@ -447,7 +447,8 @@ def _zero_rows(out: torch.Tensor, has: Optional[torch.Tensor]) -> torch.Tensor:
 def _normalize_mask(
     key_mask: Optional[torch.Tensor], B: int, Nq: int, Nk: int
 ) -> Optional[torch.Tensor]:
-    """Bool ``(B|1, Nq|1, Nk)`` from a bool / additive-float mask broadcasting to (B, Nq, Nk)."""
+    """Bool ``(B|1, Nq|1, Nk)`` from a bool / additive-float mask broadcasting to (B, Nq, Nk) (a
+    last dimension of 1 holds for every key); a float mask holding NaN or +inf is refused."""
     if key_mask is None:
         return None
     m = key_mask
@@ -455,15 +456,21 @@ def _normalize_mask(
         m = m[:, None, :]
     while m.dim() < 3:
         m = m[None]
-    if (
-        m.dim() != 3
-        or m.shape[-1] != Nk
-        or any(s not in (1, f) for s, f in zip(m.shape, (B, Nq, Nk)))
-    ):
+    if m.dim() != 3 or any(s not in (1, f) for s, f in zip(m.shape, (B, Nq, Nk))):
         raise ShapeError(
             f"mamba: key_mask of shape {tuple(key_mask.shape)} does not broadcast to "
             f"(B, Nq, Nk) = {(B, Nq, Nk)}"
         )
+    # one host sync, float masks only (the canvas runtime passes bool ones); eager only (as the core's)
+    if (m.is_floating_point() and not torch.compiler.is_compiling()
+            and bool(torch.isnan(m).logical_or_(torch.isposinf(m)).any())):
+        raise ShapeError(
+            f"mamba: the additive float key_mask of shape {tuple(key_mask.shape)} holds NaN or +inf; "
+            "it may hold finite values and -inf (a blocked key) only: replace them (e.g. "
+            "key_mask.nan_to_num(nan=float('-inf'), posinf=0.0)) or pass a bool mask (True = may attend)"
+        )
+    if m.shape[-1] != Nk:  # one entry for every key, as torch broadcasts it (a view)
+        m = m.expand(*m.shape[:-1], Nk)
     if m.dtype == torch.bool:
         return m
     return m != float("-inf") if m.is_floating_point() else m != 0
