@@ -33,7 +33,8 @@ Attention types (torch)
     ``AttentionBase`` (argument checks and helpers of the builtin types); tensor helpers
     ``as_dtype`` (a cast that returns the tensor itself when it needs none), ``autocast_on``
     (whether autocast is on for a device type; False on ``meta``, where torch raises),
-    ``check_dtypes_devices``, ``has_key``, ``safe_div``, ``aligned_key_index``, ``causal_read_index``, ``causal_read``, ``masked_softmax``, ``masked_softmax_attention``; the recurrent
+    ``check_dtypes_devices``, ``check_additive_mask`` (refuses a float ``key_mask`` holding NaN or
+    ``+inf``, naming the type), ``has_key``, ``safe_div``, ``aligned_key_index``, ``causal_read_index``, ``causal_read``, ``masked_softmax``, ``masked_softmax_attention``; the recurrent
     references ``wkv_scan``, ``wkv_masked``, ``fft_causal_conv``; ``scratch`` (per-thread
     temporaries reused between calls, for scans that would otherwise allocate per call) and
     ``release_scratch`` (gives the calling thread's back); ``plain_linear`` (a projection whose
@@ -69,8 +70,8 @@ from canvas_core.plugins.hookspecs import ENTRY_POINT_GROUP, hookimpl, hookspec
 
 if TYPE_CHECKING:  # for readers and IDEs; at run time the names load lazily below
     from canvas_core.attention._base import (
-        AttentionBase, aligned_key_index, as_dtype, autocast_on, causal_read_index, check_dtypes_devices,
-        has_key, operators_under_compile, safe_div,
+        AttentionBase, aligned_key_index, as_dtype, autocast_on, causal_read_index, check_additive_mask,
+        check_dtypes_devices, has_key, operators_under_compile, safe_div,
     )
     from canvas_core.attention.first_order import first_order_backward, first_order_only
     from canvas_core.attention.functional import masked_softmax, masked_softmax_attention
@@ -112,7 +113,8 @@ _publish("canvas_core.compiler.lowering", "lower")
 _publish("canvas_core.plugins.resolve", "ResolvedGroup")
 # attention types
 _publish("canvas_core.attention._base", "AttentionBase", "as_dtype", "check_dtypes_devices", "has_key", "safe_div",
-         "aligned_key_index", "causal_read_index", "operators_under_compile", "autocast_on")
+         "aligned_key_index", "causal_read_index", "operators_under_compile", "autocast_on",
+         "check_additive_mask")
 _publish("canvas_core.attention.functional", "masked_softmax", "masked_softmax_attention")
 _publish("canvas_core.attention.first_order", "first_order_backward", "first_order_only")
 _publish("canvas_core.attention.recurrent", "wkv_scan", "wkv_masked", "fft_causal_conv")
@@ -140,7 +142,7 @@ __all__ = [
     "ENTRY_POINT_GROUP", "ExecutionPlan", "GenericAdapter", "LoopedBlockWrapper",
     "REFERENCE_MODES", "RectGroup", "ReferenceKernel", "ResolvedGroup", "RuntimeContext",
     "SegmentGrid", "Spec", "TokenLayout", "aligned_key_index", "as_dtype", "autocast_on", "block_layout_of", "canvas_sdpa",
-    "causal_read", "causal_read_index", "check_bytes", "check_dtypes_devices", "check_elements", "check_size", "class_matches", "fft_causal_conv",
+    "causal_read", "causal_read_index", "check_additive_mask", "check_bytes", "check_dtypes_devices", "check_elements", "check_size", "class_matches", "fft_causal_conv",
     "first_order_backward",
     "first_order_only", "guard_input_shapes", "has_key",
     "hookimpl", "isqrt", "hookspec", "kernel_for", "lower", "masked_softmax", "masked_softmax_attention", "nan_where_linked",

@@ -339,6 +339,7 @@ def call_per_key_set(module: Any, q: Any, k: Any, v: Any, key_mask: Any, name: A
         return run_key_set_buckets(module, q, k, v, whole, name)[0][1]
     from canvas_core.attention._base import linked_keys  # runtime/type_call.py imports no torch module at load
 
+    _check_mask(key_mask, name, module)
     mask = linked_keys(key_mask)
     if mask.dim() == 3:  # a per-sample mask (not used by the runtime): sample by sample
         if mask.shape[0] == 1 or bool((mask == mask[:1]).all()):
@@ -359,6 +360,21 @@ def call_per_key_set(module: Any, q: Any, k: Any, v: Any, key_mask: Any, name: A
     idx = torch.cat([i for i, _ in parts])
     o = torch.cat([p for _, p in parts], dim=1)
     return o.new_zeros((B, Nq, o.shape[-1])).index_copy(1, idx, o)
+
+
+def _check_mask(key_mask: Any, name: Any, module: Any) -> None:
+    """Refuse a ``key_mask`` the runtime cannot read: not a tensor (:class:`CanvasTypeError`), or a
+    float one holding NaN or ``+inf``, which :func:`linked_keys` would read as linked."""
+    import torch
+
+    from canvas_core.attention._base import check_additive_mask
+
+    if not isinstance(key_mask, torch.Tensor):
+        from canvas_core.errors import CanvasTypeError
+
+        raise CanvasTypeError(f"{_label(name, module)}: key_mask must be a torch.Tensor or None, got "
+                              f"{type(key_mask).__name__}; pass a bool tensor (True = may attend)")
+    check_additive_mask(_label(name, module), key_mask)
 
 
 def call_attention_type(module: Any, queries: Any, keys: Any, values: Any, key_mask: Any = None,
@@ -416,6 +432,8 @@ def call_exact_masked(module: Any, queries: Any, keys: Any, values: Any, key_mas
 
     from canvas_core.runtime.finite_guard import non_finite_keys, reads_bad, zero_bad_keys
 
+    if key_mask is not None:
+        _check_mask(key_mask, name, module)
     if not reads_keys(module):
         return check_type_output(run_type(module, name, queries, keys, values, key_mask=key_mask), queries,
                                  name, module)

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, ShapeError
-from canvas_core.extend import check_elements, check_size
+from canvas_core.extend import check_additive_mask, check_elements, check_size
 from canvas_plugin_canvit.rope import SceneRoPE, coord_dtype
 from canvas_plugin_canvit.viewpoint import (Viewpoint, check_viewpoint_for, default_coords, square_side,
                                             viewpoint_coords)
@@ -78,8 +78,10 @@ def normalize_key_mask(owner: str, key_mask, B: int, Nq: int, Nk: int, like: Opt
                        ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """``key_mask`` -> ``(allowed bool, additive bias float)``, each ``(B|1, Nq|1, Nk)`` or None.
 
-    Accepts bool (True = may attend) or float (additive, ``-inf`` = blocked) masks broadcastable
-    to ``(B, Nq, Nk)``; a 2-d mask whose first dim is ``B`` (and not ``Nq``) is ``(B, Nk)``.
+    Accepts what the core types accept: bool (True = may attend) or float (additive, ``-inf`` =
+    blocked; NaN and ``+inf`` refused) masks broadcastable to ``(B, Nq, Nk)``, a last dimension of
+    1 (or a 0-d mask) standing for every key; a 2-d mask whose first dim is ``B`` (and not ``Nq``)
+    is ``(B, Nk)``.
     """
     if key_mask is None:
         return None, None
@@ -91,14 +93,17 @@ def normalize_key_mask(owner: str, key_mask, B: int, Nq: int, Nk: int, like: Opt
     m = key_mask
     if m.dim() == 2 and m.shape[0] == B and m.shape[0] not in (Nq, 1):
         m = m[:, None, :]
-    if m.dim() == 0 or m.dim() > 3:
+    if m.dim() > 3:
         raise ShapeError(f"{owner}: key_mask of shape {tuple(key_mask.shape)} must broadcast to "
                          f"(B, Nq, Nk) = {(B, Nq, Nk)}")
     while m.dim() < 3:
         m = m[None]
-    if m.shape[-1] != Nk or any(s not in (1, full) for s, full in zip(m.shape, (B, Nq, Nk))):
+    if any(s not in (1, full) for s, full in zip(m.shape, (B, Nq, Nk))):
         raise ShapeError(f"{owner}: key_mask of shape {tuple(key_mask.shape)} does not broadcast to "
                          f"(B, Nq, Nk) = {(B, Nq, Nk)}")
+    check_additive_mask(owner, key_mask)
+    if m.shape[-1] != Nk:  # one entry for every key (a view)
+        m = m.expand(*m.shape[:-1], Nk)
     if m.dtype == torch.bool:
         return m, None
     if not m.is_floating_point():

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, CheckpointError, ShapeError, UnavailableError
-from canvas_core.extend import (as_dtype, autocast_on, causal_read, causal_read_index, check_elements, check_size,
-                                operators_under_compile, plain_linear, plain_module)
+from canvas_core.extend import (as_dtype, autocast_on, causal_read, causal_read_index, check_additive_mask,
+                                check_elements, check_size, operators_under_compile, plain_linear, plain_module)
 from canvas_plugin_mamba import cpu_kernel, cpu_ops
 from canvas_plugin_mamba.chunked import chunk_size, selective_scan_read
 from canvas_plugin_mamba.conv_op import causal_depthwise_conv
@@ -461,14 +461,7 @@ def _normalize_mask(
             f"mamba: key_mask of shape {tuple(key_mask.shape)} does not broadcast to "
             f"(B, Nq, Nk) = {(B, Nq, Nk)}"
         )
-    # one host sync, float masks only (the canvas runtime passes bool ones); eager only (as the core's)
-    if (m.is_floating_point() and not torch.compiler.is_compiling()
-            and bool(torch.isnan(m).logical_or_(torch.isposinf(m)).any())):
-        raise ShapeError(
-            f"mamba: the additive float key_mask of shape {tuple(key_mask.shape)} holds NaN or +inf; "
-            "it may hold finite values and -inf (a blocked key) only: replace them (e.g. "
-            "key_mask.nan_to_num(nan=float('-inf'), posinf=0.0)) or pass a bool mask (True = may attend)"
-        )
+    check_additive_mask("mamba", key_mask)  # NaN / +inf float masks refused, as the core types do
     if m.shape[-1] != Nk:  # one entry for every key, as torch broadcasts it (a view)
         m = m.expand(*m.shape[:-1], Nk)
     if m.dtype == torch.bool:
