@@ -10,7 +10,7 @@ Registration (names -> classes) lives in ``canvas_core.plugins.builtin``.
 name                      class                 operator (per query ``i``, allowed keys ``j``)
 ========================  ====================  ==============================================
 ``cross_attention``       CrossAttention        softmax(beta q.k / sqrt(d)) v
-``self_attention``        SelfAttention         the same (canvas-engineering's alias)
+``self_attention``        CrossAttention        the same (canvas-engineering's alias)
 ``cosine_attention``      CosineAttention       softmax(beta s_h cos(q, k)) v, learned s_h
 ``sparse_attention``      SparseAttention       softmax over the top_k logits
 ``local_attention``       LocalAttention        softmax over ``|j - c_i| <= window``
@@ -50,13 +50,11 @@ from canvas_core.attention.softmax import (
     LocalAttention,
     PerceiverAttention,
     RandomFixedAttention,
-    SelfAttention,
     SparseAttention,
 )
 
 __all__ = [
     "CrossAttention",
-    "SelfAttention",
     "LinearAttention",
     "CosineAttention",
     "SigmoidAttention",

@@ -58,12 +58,18 @@ def check_additive_mask(type_name: str, key_mask: torch.Tensor) -> None:
     """Refuse a float ``key_mask`` holding NaN or ``+inf`` (:class:`ShapeError` naming the type):
     softmax types would return NaN rows and the scan types would read such a key as linked.
 
-    One host sync (``.item()`` of a reduction), paid by float masks only: bool and integer masks
-    (what the canvas runtime passes) are not looked at.  Eager calls only: a traced graph
-    (``torch.compile``) cannot branch on a value, so there the mask is used as given."""
-    if not key_mask.is_floating_point() or torch.compiler.is_compiling():
+    One reduction (the mask's maximum, NaN when it holds one) and one host sync, paid by float
+    masks only: bool and integer masks (what the canvas runtime passes) are not looked at.  Where
+    no value can be read (a ``torch.compile`` trace, ``vmap``, meta or fake tensors) the mask is
+    used as given."""
+    if not key_mask.is_floating_point() or key_mask.numel() == 0 or torch.compiler.is_compiling():
         return
-    if bool(torch.isnan(key_mask).logical_or_(torch.isposinf(key_mask)).any()):
+    try:
+        top = key_mask.amax()
+        bad = bool(torch.isnan(top) | torch.isposinf(top))
+    except Exception:  # vmap, meta and fake tensors have no value to read
+        return
+    if bad:
         raise ShapeError(
             f"{type_name}: the additive float key_mask of shape {tuple(key_mask.shape)} holds NaN or "
             "+inf; it may hold finite values (added to the logits) and -inf (a blocked key) only: "

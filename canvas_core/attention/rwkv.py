@@ -432,11 +432,11 @@ class RWKVAttention(AttentionBase):
         self.kernel = check_kernel_choice(self.type_name, kernel)
         self.kernel_used: Optional[str] = None
         D = d_model
-        ratio = torch.arange(D, dtype=torch.get_default_dtype()) / max(D - 1, 1)  # as nn.Linear's weights
+        dt = torch.get_default_dtype()  # the parameters' dtype, as nn.Linear's; computed at least in float32
+        ratio = torch.arange(D, dtype=torch.promote_types(dt, torch.float32)) / max(D - 1, 1)
         # RWKV-4 init: decay speeds spread from slow to fast across channels
-        self.time_decay = nn.Parameter(-5.0 + 8.0 * ratio ** (0.7 + 1.3 * ratio))
-        zigzag = ((torch.arange(D) + 1) % 3 - 1).to(ratio.dtype) * 0.5
-        self.time_first = nn.Parameter(torch.full((D,), math.log(0.3)) + zigzag)
+        self.time_decay = nn.Parameter((-5.0 + 8.0 * ratio ** (0.7 + 1.3 * ratio)).to(dt))
+        self.time_first = nn.Parameter((math.log(0.3) + ((torch.arange(D) + 1) % 3 - 1).to(ratio.dtype) * 0.5).to(dt))
         self.receptance = nn.Linear(D, D, bias=False)
         self.key = nn.Linear(D, D, bias=False)
         self.value = nn.Linear(D, D, bias=False)

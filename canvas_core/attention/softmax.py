@@ -24,7 +24,6 @@ from canvas_core.schema.limits import check_elements, check_size
 
 __all__ = [
     "CrossAttention",
-    "SelfAttention",
     "CosineAttention",
     "SparseAttention",
     "LocalAttention",
@@ -180,14 +179,6 @@ class CrossAttention(_QKVAttention):
 
     type_name = "cross_attention"
     key_mask_exact = True
-
-
-class SelfAttention(CrossAttention):
-    """``self_attention``: :class:`CrossAttention` under its canvas-engineering alias; the same
-    operator and parameters, only its messages name it ``self_attention``."""
-
-    type_name = "self_attention"
-    position_free_rows = True  # as CrossAttention (runtime/rollout_layer.py lists that class by identity)
 
 
 class CosineAttention(_QKVAttention):

@@ -12,7 +12,7 @@ from canvas_core.plugins.hookspecs import hookimpl
 BUILTIN_ATTENTION = {
     "cross_attention": ("CrossAttention", "Dot-product", "O(NM)",
                         "Scaled dot-product softmax attention over the keys; the default type."),
-    "self_attention": ("SelfAttention", "Dot-product", "O(NM)",
+    "self_attention": ("CrossAttention", "Dot-product", "O(NM)",
                        "Alias of cross_attention (kept for canvas-engineering compatibility)."),
     "linear_attention": ("LinearAttention", "Dot-product", "O(N+M)",
                          "Kernelised attention (elu+1 feature map) without softmax; linear cost."),

@@ -9,17 +9,27 @@
 * :func:`tangent_drops_refused`: a ``torch.library`` custom operator has no forward-mode
   derivative and torch drops the tangent of its outputs without a word (a ``jvp`` through
   mamba's scan returned a wrong tangent); under forward-mode AD such a call is refused instead.
+* :func:`compile_disabled`: ``torch.compiler.disable`` with a reason where torch takes one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import inspect
 from typing import Any, ContextManager, Dict, Tuple
 
 import torch
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["func_transformed", "forward_ad_active", "forward_ad_math_sdpa", "tangent_drops_refused"]
+__all__ = ["func_transformed", "forward_ad_active", "forward_ad_math_sdpa", "tangent_drops_refused", "compile_disabled"]
+
+
+def compile_disabled(reason: str) -> Any:
+    """``torch.compiler.disable`` as a decorator, given ``reason`` (shown where ``fullgraph=True``
+    refuses the graph break) on torch >= 2.8, whose ``disable`` first took one; without it before."""
+    if "reason" in inspect.signature(torch.compiler.disable).parameters:
+        return torch.compiler.disable(reason=reason)
+    return torch.compiler.disable
 
 
 def func_transformed(t: torch.Tensor) -> bool:

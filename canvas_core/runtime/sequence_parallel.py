@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from canvas_core.errors import CanvasTypeError, ShapeError
+from canvas_core.errors import CanvasTypeError, SchemaError, ShapeError
 from canvas_core.runtime.input_checks import check_region_names, check_tensor
 from canvas_core.runtime.sharding import (
     CanvasSharding,
@@ -164,6 +164,20 @@ def unshard_canvas(x: torch.Tensor, sharding: Any, group: Any = None, *, check_i
 # ---------------------------------------------------------------------------------------------
 # the layer
 # ---------------------------------------------------------------------------------------------
+def _owner(attn: nn.Module) -> str:
+    """The object a stale-layout error names: the wrapped layer, which holds the layout's indices."""
+    return f"{type(attn).__name__} (wrapped by SequenceParallelCanvasAttention)"
+
+
+def _stale(attn: nn.Module) -> Optional[SchemaError]:
+    """The wrapped layer's stale-layout error, or None when its layout is as it was at its build."""
+    try:
+        check_unchanged(attn.plan.layout, attn.__dict__.get("_layout_stamp"), _owner(attn))
+    except SchemaError as exc:
+        return exc
+    return None
+
+
 class SequenceParallelCanvasAttention(nn.Module):
     """A :class:`~canvas_core.runtime.canvas_attention.CanvasAttention` (or ``AttentionDispatcher``)
     run by a sequence-parallel group; input and output are this rank's share ``(B, n_r, D)``.
@@ -208,9 +222,13 @@ class SequenceParallelCanvasAttention(nn.Module):
         group, size, rank = _resolve_group(group, what)
         if sharding is None:
             sharding = CanvasSharding.of(attn.plan, size)
+        stale = _stale(attn)  # agreed on below, raised after: every rank refuses, none waits alone
         # before any check whose outcome could differ between ranks: one rank refusing alone
         # would leave the others waiting in the next collective
-        agree_on_layers(what, group, size, rank, {**layer_settings(attn, sharding), "check_inputs": repr(check_inputs)})
+        agree_on_layers(what, group, size, rank, {**layer_settings(attn, sharding), "check_inputs": repr(check_inputs),
+                                                  "layout unchanged since the layer was built": repr(stale is None)})
+        if stale is not None:
+            raise stale
         if not isinstance(check_inputs, bool):
             raise SequenceParallelError(f"{what}: check_inputs must be True or False, got {check_inputs!r}")
         if not isinstance(sharding, CanvasSharding):
@@ -290,7 +308,7 @@ class SequenceParallelCanvasAttention(nn.Module):
                 active_regions = check_region_names(type(self).__name__, "active_regions", active_regions)
             # the wrapped layer's plan (and the cut) hold the layout's indices as of the build
             (check_unchanged_traced if torch.compiler.is_compiling() else check_unchanged)(
-                attn.plan.layout, attn.__dict__.get("_layout_stamp"), f"{type(self).__name__}({type(attn).__name__})")
+                attn.plan.layout, attn.__dict__.get("_layout_stamp"), _owner(attn))
         except Exception as exc:
             if not self.check_inputs:
                 raise

@@ -20,7 +20,7 @@ from typing import List
 import pytest
 
 HERE = Path(__file__).resolve().parent
-STALE = "SequenceParallelCanvasAttention(AttentionDispatcher) was built from this CanvasLayout before it was changed"
+STALE = "AttentionDispatcher (wrapped by SequenceParallelCanvasAttention) was built from this CanvasLayout before it was changed"
 # (link list, what runs): softmax only, a non-softmax type only (gathered), both
 CASES = {"softmax": [("a", "b", None), ("b", "b", None)],
          "gathered": [("a", "b", "rwkv")],
@@ -88,6 +88,17 @@ def test_a_changed_layout_is_refused_as_by_the_plain_layer(group, case, check_in
     assert isinstance(err.value, CanvasError) and "again from the changed layout" in str(err.value)
     with pytest.raises(SchemaError, match=re.escape(STALE)):
         sp.delta(shard_canvas(x, sp))
+
+
+def test_wrapping_a_layer_whose_layout_changed_is_refused_naming_the_layer(group):
+    from canvas_core.errors import SchemaError
+    from canvas_core.runtime.sequence_parallel import SequenceParallelCanvasAttention
+
+    layout, attn, _, _ = _build("softmax")
+    _shrink(layout)
+    with pytest.raises(SchemaError, match=re.escape(STALE)) as err:
+        SequenceParallelCanvasAttention(attn)
+    assert "build the AttentionDispatcher (wrapped by SequenceParallelCanvasAttention) again" in str(err.value)
 
 
 @pytest.mark.parametrize("case", ["softmax", "gathered"])

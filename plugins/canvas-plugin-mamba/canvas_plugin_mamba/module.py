@@ -186,7 +186,8 @@ class MambaAttention(nn.Module):
         self.drop = nn.Dropout(float(dropout))
         # Mamba init: A_n = -(n + 1); softplus(b_dt) log-uniform in [1e-3, 1e-1]
         self.A_log = nn.Parameter(
-            torch.log(torch.arange(1, d_state + 1, dtype=torch.get_default_dtype())).repeat(E, 1)
+            torch.log(torch.arange(1, d_state + 1, dtype=torch.promote_types(torch.get_default_dtype(), torch.float32)))
+            .repeat(E, 1).to(torch.get_default_dtype())
         )
         self.D = nn.Parameter(torch.ones(E))
         dt = torch.exp(torch.rand(E) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
