@@ -52,7 +52,7 @@ def _probe_branch(gm: GatedTypeModule, fn: str, width: int, where: str, backbone
 
     if not is_builtin_module(gm.module):
         try:
-            probe_attention_module(gm.module, fn, width, where)
+            probe_attention_module(gm.module, fn, width, where, installed.runner)  # also at its real shapes
         except AttentionContractError as exc:  # its message already starts with the connection
             why = str(exc).removeprefix(f"{where}: ")
             raise BackboneError(f"{where} cannot run inside {backbone!r}: {why}") from exc

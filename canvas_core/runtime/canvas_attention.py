@@ -49,7 +49,7 @@ from canvas_core.errors import (AttentionContractError, CanvasError, CanvasTypeE
 from canvas_core.plugins.builtin import SOFTMAX_FAMILY
 from canvas_core.plugins.resolve import build_attention
 from canvas_core.plugins.spec import Spec
-from canvas_core.runtime.func_transforms import forward_ad_math_sdpa
+from canvas_core.runtime.func_transforms import compile_disabled, forward_ad_math_sdpa
 from canvas_core.runtime.kernels import REFERENCE_MODES, probe_kernel
 from canvas_core.runtime.plan_runner import PlanRunner, mix_softmax_groups, run_module_groups
 from canvas_core.runtime.input_checks import (allocating, check_allocation, check_count, check_finite_number,
@@ -73,8 +73,8 @@ class _Executor(PlanRunner):
                          kernel_options=kernel_options, device=device, plain_when_full=False, keep_empty=True)
 
 
-@torch.compiler.disable(reason="CanvasAttention: an active_regions set not prepared builds its executor in "
-                        "Python (a graph break); call layer.prepare(<each set>) before compiling with fullgraph=True")
+@compile_disabled("CanvasAttention: an active_regions set not prepared builds its executor in Python (a graph "
+                  "break); call layer.prepare(<each set>) before compiling with fullgraph=True")
 def _build_restricted(layer: "CanvasAttention", key: Any, device: Any) -> "_Executor":
     """``layer``'s executor for the connections whose source is in ``key`` (fullgraph: ``prepare``)."""
     plan = restrict(layer.plan, key)  # same fn types and resolutions, fewer connections
@@ -176,7 +176,7 @@ class CanvasAttention(nn.Module):
                 raise _naming(exc, _connections_of(plan, f)) from exc
             check_attention_module(module, f, by)
             if not is_builtin_module(module):  # one tiny call: output and reads as the contract says
-                probe_attention_module(module, f, d_model, _connections_of(plan, f))
+                probe_attention_module(module, f, d_model, _connections_of(plan, f), self.executor)
             return module
 
         self.fn_modules = nn.ModuleDict({_key(f): checked(f) for f in self.executor.other_fns})

@@ -39,7 +39,8 @@ queries' dtype (under autocast another float dtype is cast back); anything else 
 :class:`~canvas_core.errors.AttentionContractError` naming the type and its provider, instead of
 broadcasting silently.  Anything that cannot be called (a plain function, a ``forward`` that needs
 more positional arguments, one that takes fewer than three) is refused by
-:func:`check_attention_module`; ``runtime/type_probe.py`` runs one tiny call at build time.
+:func:`check_attention_module`; ``runtime/type_probe.py`` probes a plugin type at build time (a tiny call,
+then a capped sample of the real call shapes).
 """
 
 from __future__ import annotations

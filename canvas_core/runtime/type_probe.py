@@ -1,24 +1,22 @@
 """Build-time probes of an attention type's module: does it keep the contract, can it learn?
 
 Both run one tiny call (batch 1, 4 queries, 6 keys: key sets {0, 1} -> {0, 1, 2}, {2, 3} ->
-{3, 4, 5}, which a per-key-set type gets stacked in one call; the contract probe also a batch of
-2, to see whether one sample reads the other) through
-:func:`~canvas_core.runtime.type_call.call_attention_type`, in eval mode, on the module's own
-device and dtype, with the global random state restored afterwards, so building a layer stays
-reproducible and the model is left as it was.
+{3, 4, 5}, stacked in one call for a per-key-set type; the contract probe also a batch of 2)
+through :func:`~canvas_core.runtime.type_call.call_attention_type`, in eval mode, on the
+module's own device and dtype, the global random state restored afterwards (reproducible builds).
 
 * :func:`probe_attention_module` refuses (``AttentionContractError``, naming ``where``: the
   connection) a module that returns a wrong shape / dtype / device or whose output depends on a
-  key outside its key set, on another query or on another sample of the batch.  The canvas layer
-  and the backbone install run it on plugin types (the builtins are tested here).
+  key outside its key set, on another query or on another sample of the batch; given the plan's
+  runner, it probes reads again at the shapes the runtime will use (:func:`probe_runtime_shapes`).
+  The canvas layer and the backbone install run it on plugin types (the builtins are tested).
 * :func:`init_gradient_problem` says why no parameter of the branch (the module's, and the gate's
   when one is given) receives a gradient at initialisation, or None when one does;
   :func:`constant_branch` spots a branch with nothing to learn at all (``none``: no parameter, 0).
 * :func:`dependencies` / :func:`first_leak`: the gradient probe both use (and the conformance kit);
   :func:`batch_leak`: the same probe across the samples of the batch.
-* :func:`refuse_in_place`: around a probe, refuses a module that writes into the tensors it is
-  called with (their ``_version`` moved during its forward), and turns autograd's bare "modified
-  by an inplace operation" error into the same ``AttentionContractError`` naming the type.
+* :func:`refuse_in_place`: around a probe, refuses a module that writes into its inputs (their
+  ``_version`` moved), autograd's bare in-place error included, naming the type.
 """
 
 from __future__ import annotations
@@ -30,11 +28,12 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 
 import torch
 
+from canvas_core.errors import AttentionContractError, CanvasError
 from canvas_core.runtime.type_call import call_attention_type, is_builtin_module
 
-__all__ = ["probe_attention_module", "mixed_dtypes_explained", "init_gradient_problem", "constant_branch", "gate_opening_dependencies", "dependencies", "first_leak", "batch_leak", "key_runs",
-           "is_builtin_module", "refuse_in_place", "in_place_error",
-           "zeros_opened"]
+__all__ = ["probe_attention_module", "probe_runtime_shapes", "mixed_dtypes_explained", "init_gradient_problem",
+           "constant_branch", "gate_opening_dependencies", "dependencies", "first_leak", "batch_leak", "key_runs",
+           "is_builtin_module", "refuse_in_place", "in_place_error", "zeros_opened"]
 
 #: autograd's messages for an in-place write it cannot differentiate: into a tensor saved for the
 #: backward pass, and into a leaf that requires grad (the probe's inputs are such leaves).
@@ -51,8 +50,6 @@ def in_place_error(module: Any, fn: Any = None, where: Optional[str] = None, wri
     """The ``AttentionContractError`` for a type that modifies its inputs in place: ``written`` names
     the inputs seen to change; without them, ``cause`` is autograd's error about a saved tensor.
     ``module`` None: the type is not known here (the caller's report names it)."""
-    from canvas_core.errors import AttentionContractError
-
     cls = type(module).__name__
     who = ("the attention type" if module is None else
            f"attention type {fn!r} ({cls})" if fn is not None else f"attention type {cls}")
@@ -119,9 +116,8 @@ def refuse_in_place(module: Any, fn: Any = None, where: Optional[str] = None) ->
         handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
         handles.append(module.register_forward_hook(after, with_kwargs=True))
     except Exception:
-        for h in handles:
-            h.remove()
-        handles = []
+        while handles:
+            handles.pop().remove()
     active.add(id(module))
     try:
         yield
@@ -139,33 +135,31 @@ def refuse_in_place(module: Any, fn: Any = None, where: Optional[str] = None) ->
 
 
 def dependencies(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any,
-                 batch_item: int = 0) -> List[Tuple[set, set]]:
+                 batch_item: int = 0, rows: Optional[Sequence[int]] = None) -> List[Tuple[set, set]]:
     """For each query row i of ``batch_item``: (queries it depends on, keys or values it depends
-    on), read off the gradient of ``out[batch_item, i]`` against fixed random weights."""
+    on), read off the gradient of ``out[batch_item, i]`` against fixed random weights.  ``rows``:
+    only these rows are asked (one backward each); the others read as depending on nothing."""
     with _said_in_place():
-        return _dependencies(run, q, k, v, batch_item)
+        return _dependencies(run, q, k, v, batch_item, rows)
 
 
 def _dependencies(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any,
-                  batch_item: int) -> List[Tuple[set, set]]:
+                  batch_item: int, rows: Optional[Sequence[int]] = None) -> List[Tuple[set, set]]:
     q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
     out = run(q, k, v)
     gen = torch.Generator().manual_seed(7)
     r = torch.randn(tuple(out.shape[1:]), generator=gen).to(device=out.device, dtype=out.dtype)
     deps = []
+    asked = set(range(q.shape[1]) if rows is None else rows)
     for i in range(q.shape[1]):
-        if not out.requires_grad:
+        if not out.requires_grad or i not in asked:
             deps.append((set(), set()))
             continue
         grads = torch.autograd.grad((out[batch_item, i] * r[i]).sum(), (q, k, v), retain_graph=True,
                                     allow_unused=True)
         nz = [None if g is None else (g[batch_item] != 0).any(-1) for g in grads]
         dq = set() if nz[0] is None else {int(j) for j in torch.nonzero(nz[0]).flatten()}
-        dk: set = set()
-        for g in nz[1:]:
-            if g is not None:
-                dk |= {int(j) for j in torch.nonzero(g).flatten()}
-        deps.append((dq, dk))
+        deps.append((dq, {int(j) for g in nz[1:] if g is not None for j in torch.nonzero(g).flatten()}))
     return deps
 
 
@@ -188,9 +182,7 @@ def _batch_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any) -> 
     for j in range(n):
         grads = torch.autograd.grad((out[j] * r[j]).sum(), (q, k, v), retain_graph=True, allow_unused=True)
         for label, g in zip(("queries", "keys", "values"), grads):
-            if g is None:
-                continue
-            read = [b for b in range(n) if b != j and bool((g[b] != 0).any())]
+            read = [] if g is None else [b for b in range(n) if b != j and bool((g[b] != 0).any())]
             if read:
                 return (f"sample {j}'s output depends on sample {read[0]}'s {label} (samples of a batch "
                         "must stay independent)")
@@ -217,6 +209,8 @@ def _listing(ix: set) -> str:
 def first_leak(deps: List[Tuple[set, set]], mask: Any) -> Optional[str]:
     """The first dependency outside ``mask`` ``(Nq, Nk)`` bool (another query, or an unlinked key)."""
     for i, (dq, dk) in enumerate(deps):
+        if not dq and not dk:
+            continue
         allowed = {int(j) for j in mask[i].nonzero().flatten()}
         extra_q = sorted(dq - {i})
         if extra_q:
@@ -235,8 +229,6 @@ def mixed_dtypes_explained(module: Any, fn: Any, where: Optional[str] = None) ->
     parameters have more than one dtype is re-raised as ``AttentionContractError`` naming ``where``
     (the connection), the type and two of the parameters.  The probes call a type with inputs of
     one dtype; a module that copes with mixed parameters (casting inside) is not refused."""
-    from canvas_core.errors import AttentionContractError, CanvasError
-
     try:
         yield
     except CanvasError:
@@ -258,10 +250,13 @@ def mixed_dtypes_explained(module: Any, fn: Any, where: Optional[str] = None) ->
 
 
 def _where(module: Any) -> Tuple[Any, Any]:
-    for t in list(module.parameters()) + list(module.buffers()):
-        if t.is_floating_point():
-            return t.device, t.dtype
-    return torch.device("cpu"), torch.get_default_dtype()
+    """(device, dtype) of the probe inputs: the first floating tensor's, but the default dtype
+    (what a layer built beside it computes in) when the parameters mix it with others."""
+    floats = [t for t in list(module.parameters()) + list(module.buffers()) if t.is_floating_point()]
+    if not floats:
+        return torch.device("cpu"), torch.get_default_dtype()
+    mixed = torch.get_default_dtype() in {t.dtype for t in floats[1:]}
+    return floats[0].device, torch.get_default_dtype() if mixed else floats[0].dtype
 
 
 @contextlib.contextmanager
@@ -282,18 +277,15 @@ def _inputs(module: Any, d_model: int, batch: int = 1):
     # sample 0 is drawn first whatever the batch: the one-sample probe and the first sample agree
     draws = [[torch.randn(1, n, d_model, generator=gen) for n in (4, 6, 6)] for _ in range(batch)]
     q, k, v = (torch.cat(parts).to(device=device, dtype=dtype) for parts in zip(*draws))
-    mask = torch.zeros(4, 6, dtype=torch.bool)
-    mask[0:2, 0:3] = True
-    mask[2:4, 3:6] = True
-    return q, k, v, mask.to(device)
+    one = torch.ones(2, 3, dtype=torch.bool)
+    return q, k, v, torch.block_diag(one, one).to(device)  # key sets {0, 1} -> {0, 1, 2}, {2, 3} -> {3, 4, 5}
 
 
 @contextlib.contextmanager
 def zeros_opened(module: Any) -> Iterator[List[str]]:
-    """Within the block, every floating parameter that is exactly 0 everywhere (a closed gate such
-    as ``gated``'s ``alpha``) holds fixed random values, restored afterwards; yields the names of
-    those parameters (empty, so false, when there was none).  A probe that saw no read at all runs
-    again inside it: a zero gate hides reads at initialisation that training opens."""
+    """Within the block, every floating parameter that is exactly 0 everywhere (a closed gate such as
+    ``gated``'s ``alpha``) holds fixed random values, restored afterwards; yields their names (empty:
+    none).  A probe that saw no read runs again inside it: a zero gate hides reads training opens."""
     named = [(n, p) for n, p in module.named_parameters()
              if p.is_floating_point() and p.numel() and not bool(p.detach().any())]
     zero = [p for _, p in named]
@@ -310,59 +302,136 @@ def zeros_opened(module: Any) -> Iterator[List[str]]:
                 p.copy_(old)
 
 
-def gate_opening_dependencies(module: Any, run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any
-                              ) -> Tuple[List[Tuple[set, set]], bool]:
-    """:func:`dependencies` of ``run``; when no output depends on any key, again with ``module``'s
-    closed gates opened (:func:`zeros_opened`).  Returns the dependencies and whether they come
-    from that second run.  A module writing into its inputs is refused (:func:`refuse_in_place`)."""
+def gate_opening_dependencies(module: Any, run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any,
+                              rows: Optional[Sequence[int]] = None) -> Tuple[List[Tuple[set, set]], bool]:
+    """:func:`dependencies` of ``run`` (``rows``: as there); when no output depends on any key, again
+    with ``module``'s closed gates opened (:func:`zeros_opened`).  Returns the dependencies and
+    whether they come from that second run.  Refuses a module writing into its inputs."""
     with refuse_in_place(module):
-        deps = dependencies(run, q, k, v)
+        deps = dependencies(run, q, k, v, rows=rows)
         if any(dk for _, dk in deps):
             return deps, False
         with zeros_opened(module) as opened:
-            return (dependencies(run, q, k, v), True) if opened else (deps, False)
+            return (dependencies(run, q, k, v, rows=rows), True) if opened else (deps, False)
 
 
-def probe_attention_module(module: Any, fn: Any, d_model: int, where: str) -> None:
-    """One tiny call (again with closed gates opened when it reads no key, see
-    :func:`zeros_opened`); a wrong output or a read outside the key sets raises
-    :class:`~canvas_core.errors.AttentionContractError` starting with ``where``; so does a module
-    that modifies its inputs in place (:func:`refuse_in_place`), instead of autograd's bare error;
-    so does one failing with floating parameters of mixed dtypes (:func:`mixed_dtypes_explained`)."""
+def probe_attention_module(module: Any, fn: Any, d_model: int, where: str, runner: Any = None) -> None:
+    """One tiny call (again with closed gates opened when it reads no key, :func:`zeros_opened`); a
+    wrong output or a read outside the key sets raises ``AttentionContractError`` starting with
+    ``where``; so does a module writing into its inputs (:func:`refuse_in_place`) or failing with
+    parameters of mixed dtypes (:func:`mixed_dtypes_explained`).  ``runner``: the ``PlanRunner``
+    that will call the type, whose shapes are probed too (:func:`probe_runtime_shapes`)."""
     if _where(module)[0].type == "meta" or torch.is_inference_mode_enabled():
         return  # nothing to run on / no autograd to ask (the layer is probed when built outside it)
     with mixed_dtypes_explained(module, fn, where), refuse_in_place(module, fn, where):
         _probe_contract(module, fn, d_model, where)
+        if runner is not None:
+            probe_runtime_shapes(module, fn, d_model, where, runner)
+
+
+#: a call probed at a runtime shape holds at most SHAPE_BUDGET Nq * Nk * d_model per sample and
+#: MAX_SETS stacked key sets; per type the MAX_SHAPES largest shapes, MAX_ROWS query rows each
+SHAPE_BUDGET, MAX_SETS, MAX_SHAPES, MAX_ROWS = 1 << 22, 4, 6, 8
+
+
+def _runtime_calls(module: Any, fn: Any, runner: Any, d_model: int) -> Iterator[Tuple[int, str, int, int, Any]]:
+    """``(G, label, nq, nk, mask)`` of the calls ``runner`` makes (as ``run_module_groups`` picks),
+    largest first, cut to the budget: per stacked shape (``mask`` None), or the masked call (``G`` 0)."""
+    from canvas_core.runtime.type_call import runs_per_key_set
+
+    i = list(runner.other_fns).index(fn)
+    if runs_per_key_set(module) or (runner.key_sets_cheaper(i) and is_builtin_module(module)):
+        shapes = {(nq, nk): G for _, _, G, nq, nk, *_ in runner.flat_buckets(i)}
+        calls = [(G, f"{G} key set{'s' * (G > 1)} of {nq} queries x {nk} keys, stacked", nq, nk, None)
+                 for (nq, nk), G in sorted(shapes.items(), key=lambda s: -s[0][0] * s[0][1])[:MAX_SHAPES]]
+    else:
+        mask = runner.key_mask(i)
+        calls = [(0, f"its masked call, {mask.shape[0]} queries x {mask.shape[1]} keys", *mask.shape, mask)]
+    for G, label, nq, nk, mask in (c for c in calls if c[2] and c[3]):  # a call with no query or key: none
+        nq2 = min(nq, max(1, SHAPE_BUDGET // max(1, nk * d_model)))
+        nk2 = min(nk, max(1, SHAPE_BUDGET // (nq2 * d_model)))
+        G2 = min(G, MAX_SETS, max(2, SHAPE_BUDGET // (nq2 * nk2 * d_model)))
+        if (nq2, nk2, G2) != (nq, nk, G):
+            label += f"; probed on a prefix: {f'{G2} key sets of ' if G else ''}{nq2} queries x {nk2} keys"
+        yield G2, label, int(nq2), int(nk2), None if mask is None else mask[:nq2, :nk2].cpu()
+
+
+def probe_runtime_shapes(module: Any, fn: Any, d_model: int, where: str, runner: Any) -> None:
+    """The key-exactness and batch-leak probes of :func:`probe_attention_module` (eval mode, batch
+    2, closed gates opened when nothing is read) at the shapes ``runner`` will call the type with:
+    each stacked key-set shape ``(Nq_g, Nk_g)`` (``PlanRunner.flat_buckets``), or an exact-mask
+    type's masked call with its real linked mask (``PlanRunner.key_mask``).  A sample, not a
+    proof: within the budget above, a larger call cut to a prefix of its queries, then keys; the
+    restricted plans of ``active_regions`` and Mochi's dropped text tokens are not probed.  Raises
+    ``AttentionContractError`` starting with ``where``, also for a type failing at such a shape."""
+    from canvas_core.runtime.type_call import call_exact_masked, run_flat_buckets
+
+    device, dtype = _where(module)
+    gen = torch.Generator().manual_seed(2468)
+    for G, label, nq, nk, mask in _runtime_calls(module, fn, runner, d_model) if fn in runner.other_fns else ():
+        n_q, n_k = max(G, 1) * nq, max(G, 1) * nk
+        q, k, v = (torch.randn(2, n, d_model, generator=gen).to(device=device, dtype=dtype) for n in (n_q, n_k, n_k))
+        if mask is None:  # G key sets of nq queries x nk keys, stacked as run_flat_buckets stacks them
+            flat = [(torch.arange(n_q, device=device), torch.arange(n_k, device=device), G, nq, nk)]
+            mask = torch.block_diag(*[torch.ones(nq, nk, dtype=torch.bool)] * G)
+            run = lambda a, b, c, flat=flat: run_flat_buckets(module, a, b, c, flat, name=fn)[0]  # noqa: E731
+        else:
+            run = lambda a, b, c, m=mask.to(device): call_exact_masked(module, a, b, c, m, fn)  # noqa: E731
+        rows = sorted({int(r) for r in torch.linspace(0, n_q - 1, min(n_q, MAX_ROWS)).round()})
+        try:
+            with _quiet(module):
+                with torch.no_grad():
+                    _finite(run(q, k, v), where, fn, module, f"at a shape the runtime calls it with ({label})")
+                deps, opened = gate_opening_dependencies(module, run, q, k, v, rows)
+                leak = first_leak(deps, mask)
+                with zeros_opened(module) if opened and not leak else contextlib.nullcontext():
+                    leak = leak or batch_leak(run, q, k, v)
+        except Exception as exc:  # what it raises at the real size, said at build (in-place: as such)
+            if isinstance(exc, CanvasError) or _autograd_in_place(exc) is not None:
+                raise
+            raise AttentionContractError(
+                f"{where}: attention type {fn!r} ({type(module).__name__}) fails at a shape the runtime calls it "
+                f"with ({label}): {type(exc).__name__}: {str(exc)[:200]}") from exc
+        if leak:
+            _refuse(module, fn, where, f"{leak}, at a shape the runtime calls it with ({label})")
+
+
+def _finite(out: Any, where: str, fn: Any, module: Any, when: str) -> None:
+    if isinstance(out, torch.Tensor) and out.is_floating_point() and not bool(torch.isfinite(out).all()):
+        raise AttentionContractError(  # NaN gradients would read as a dependency on everything: say so
+            f"{where}: attention type {fn!r} ({type(module).__name__}) returns NaN or infinite values on "
+            f"finite inputs ({when}); fix its arithmetic (a division by zero, the log of 0, an overflow)")
+
+
+def _refuse(module: Any, fn: Any, where: str, leak: str) -> None:
+    how = ("declares key_mask_exact = True but its masked call" if getattr(module, "key_mask_exact", False)
+           else "called once per key set (key sets of one shape stacked along the batch), it")
+    raise AttentionContractError(
+        f"{where}: attention type {fn!r} ({type(module).__name__}) {how} reads outside the linked "
+        f"keys: {leak}. A type must read only the keys its connections link: honour key_mask exactly, "
+        "or drop the key_mask_exact declaration and keep the batch rows independent")
 
 
 def _probe_contract(module: Any, fn: Any, d_model: int, where: str) -> None:
-    from canvas_core.errors import AttentionContractError
-
     q, k, v, mask = _inputs(module, d_model)
 
     def runner(mod: Any) -> Callable[[Any, Any, Any], Any]:
         return lambda a, b, c: call_attention_type(mod, a, b, c, mask, name=fn)
 
+    q2, k2, v2, _ = _inputs(module, d_model, batch=2)
     with _quiet(module):
         try:
             deps, opened = gate_opening_dependencies(module, runner(module), q, k, v)
         except AttentionContractError as exc:
             raise AttentionContractError(f"{where}: {exc}") from exc
-        with torch.no_grad():  # NaN gradients would read as a dependency on everything: say what it is
-            out = call_attention_type(module, q, k, v, mask, name=fn)
-        if isinstance(out, torch.Tensor) and out.is_floating_point() and not bool(torch.isfinite(out).all()):
-            raise AttentionContractError(
-                f"{where}: attention type {fn!r} ({type(module).__name__}) returns NaN or infinite values on "
-                "finite inputs (a small random call); fix its arithmetic (a division by zero, the log of 0, "
-                "an overflow)")
+        with torch.no_grad():
+            _finite(call_attention_type(module, q, k, v, mask, name=fn), where, fn, module, "a small random call")
         leak = first_leak(deps, mask)
-        q2, k2, v2, _ = _inputs(module, d_model, batch=2)
-        if not leak:  # two samples, with the gates as the key probe had them: does one read the other?
-            try:
-                with zeros_opened(module) if opened else contextlib.nullcontext():
-                    leak = batch_leak(runner(module), q2, k2, v2)
-            except AttentionContractError as exc:
-                raise AttentionContractError(f"{where}: {exc}") from exc
+        try:  # two samples, with the gates as the key probe had them: does one read the other?
+            with zeros_opened(module) if opened and not leak else contextlib.nullcontext():
+                leak = leak or batch_leak(runner(module), q2, k2, v2)
+        except AttentionContractError as exc:
+            raise AttentionContractError(f"{where}: {exc}") from exc
     if not leak:  # training mode, on a copy (a batch statistic mixes the stacked key sets, the samples)
         try:
             twin = copy.deepcopy(module).train()
@@ -374,12 +443,7 @@ def _probe_contract(module: Any, fn: Any, d_model: int, where: str) -> None:
             leak = None
         leak = leak and f"{leak} (in training mode)"
     if leak:
-        how = ("declares key_mask_exact = True but its masked call" if getattr(module, "key_mask_exact", False)
-               else "called once per key set (key sets of one shape stacked along the batch), it")
-        raise AttentionContractError(
-            f"{where}: attention type {fn!r} ({type(module).__name__}) {how} reads outside the linked "
-            f"keys: {leak}. A type must read only the keys its connections link: honour key_mask exactly, "
-            "or drop the key_mask_exact declaration and keep the batch rows independent")
+        _refuse(module, fn, where, leak)
 
 
 def constant_branch(module: Any, fn: Any, d_model: int, where: Optional[str] = None) -> bool:
@@ -387,9 +451,7 @@ def constant_branch(module: Any, fn: Any, d_model: int, where: Optional[str] = N
     on random inputs (``none``), so that a gate multiplying it never gets a gradient either.  A
     parameter-free type with a real output is no constant branch: its gate learns.  ``where``:
     the connection, named when the call fails on mixed parameter dtypes."""
-    if any(p.requires_grad and p.is_floating_point() for p in module.parameters()):
-        return False
-    if _where(module)[0].type == "meta":
+    if any(p.requires_grad and p.is_floating_point() for p in module.parameters()) or _where(module)[0].type == "meta":
         return False
     q, k, v, mask = _inputs(module, d_model)
     with mixed_dtypes_explained(module, fn, where), _quiet(module), torch.no_grad():
@@ -401,12 +463,9 @@ def init_gradient_problem(module: Any, fn: Any, d_model: int, gate: Any = None,
     """Why this branch cannot learn from initialisation (None: it can, or the type has no
     parameter).  ``gate``: a scalar parameter the output is multiplied by, or None; ``where``: the
     connection, named when the call fails on mixed parameter dtypes (:func:`mixed_dtypes_explained`).
-
-    Two checks: some parameter of the branch (the module's and the gate's) gets a nonzero
-    gradient (two zero gates stacked fail it), and, with a gate, some parameter of the module
-    itself gets one with the gate taken as open: a gate that starts at 0 learns on its own, so
-    without the second check a module whose parameters never get a gradient (a detached or
-    unused computation) would pass behind it."""
+    Two checks: some parameter of the branch (the module's and the gate's) gets a nonzero gradient
+    (two zero gates stacked fail it), and, with a gate, some parameter of the module itself gets one
+    with the gate taken as open (a zero gate learns on its own: a detached module would hide behind it)."""
     if _where(module)[0].type == "meta" or torch.is_inference_mode_enabled() or (gate is not None and gate.is_meta):
         return None  # nothing to run on (or no autograd to ask, under inference_mode)
     params = [p for p in module.parameters() if p.requires_grad and p.is_floating_point()]

@@ -46,7 +46,8 @@ def test_a_self_gated_type_is_probed_with_its_own_gate_opened(kind):
     assert all(not g.any() for g in gates)  # the model's gates are closed again afterwards
 
 
-def test_a_leak_behind_a_self_gated_types_closed_gate_is_flagged():
+def test_a_leak_behind_a_self_gated_types_closed_gate_is_flagged(monkeypatch):
+    monkeypatch.setattr("canvas_core.runtime.type_probe.probe_runtime_shapes", lambda *a, **k: None)  # a cheat the build sample missed
     register_attention("self_gated_chunk_leak", SelfGatedLeak)
     try:
         torch.manual_seed(0)
