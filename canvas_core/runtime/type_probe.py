@@ -320,18 +320,18 @@ def probe_attention_module(module: Any, fn: Any, d_model: int, where: str, runne
     wrong output or a read outside the key sets raises ``AttentionContractError`` starting with
     ``where``; so does a module writing into its inputs (:func:`refuse_in_place`) or failing with
     parameters of mixed dtypes (:func:`mixed_dtypes_explained`).  ``runner``: the ``PlanRunner``
-    that will call the type, whose shapes are probed too (:func:`probe_runtime_shapes`)."""
+    that will call the type, whose shapes are probed too (:func:`probe_runtime_shapes`).  Under
+    ``enable_grad``: a layer built inside ``torch.no_grad()`` is probed all the same."""
     if _where(module)[0].type == "meta" or torch.is_inference_mode_enabled():
         return  # nothing to run on / no autograd to ask (the layer is probed when built outside it)
-    with mixed_dtypes_explained(module, fn, where), refuse_in_place(module, fn, where):
+    with mixed_dtypes_explained(module, fn, where), refuse_in_place(module, fn, where), torch.enable_grad():
         _probe_contract(module, fn, d_model, where)
         if runner is not None:
             probe_runtime_shapes(module, fn, d_model, where, runner)
 
 
-#: a call probed at a runtime shape holds at most SHAPE_BUDGET Nq * Nk * d_model per sample and
-#: MAX_SETS stacked key sets; per type the MAX_SHAPES largest shapes, MAX_ROWS query rows each
-SHAPE_BUDGET, MAX_SETS, MAX_SHAPES, MAX_ROWS = 1 << 22, 4, 6, 8
+#: per probed call <= SHAPE_BUDGET Nq*Nk*d_model a sample, MAX_SETS key sets; MAX_SHAPES shapes, MAX_ROWS rows
+SHAPE_BUDGET, MAX_SETS, MAX_SHAPES, MAX_ROWS = 1 << 18, 4, 6, 8
 
 
 def _runtime_calls(module: Any, fn: Any, runner: Any, d_model: int) -> Iterator[Tuple[int, str, int, int, Any]]:
@@ -387,8 +387,8 @@ def probe_runtime_shapes(module: Any, fn: Any, d_model: int, where: str, runner:
                 with zeros_opened(module) if opened and not leak else contextlib.nullcontext():
                     leak = leak or batch_leak(run, q, k, v)
         except Exception as exc:  # what it raises at the real size, said at build (in-place: as such)
-            if isinstance(exc, CanvasError) or _autograd_in_place(exc) is not None:
-                raise
+            if isinstance(exc, CanvasError) and str(exc).startswith(where) or _autograd_in_place(exc) is not None:
+                raise  # (a CanvasError that does not name the connection is said again below, naming it)
             raise AttentionContractError(
                 f"{where}: attention type {fn!r} ({type(module).__name__}) fails at a shape the runtime calls it "
                 f"with ({label}): {type(exc).__name__}: {str(exc)[:200]}") from exc

@@ -82,8 +82,10 @@ class _MixedDtypes(nn.Module):
         self.fails = fails
 
     def forward(self, queries, keys, values, key_mask=None):
-        pooled = self.proj(values.mean(1, keepdim=True).expand_as(queries))
-        return self.scale(pooled if self.fails else pooled.float()).to(queries.dtype)
+        pooled = values.mean(1, keepdim=True).expand_as(queries)
+        if self.fails:  # float64 weights on the caller's float32 input: torch's bare dtype error
+            return self.scale(self.proj(pooled))
+        return self.scale(self.proj(pooled.to(self.proj.weight.dtype)).float()).to(queries.dtype)
 
 
 @pytest.mark.parametrize("probe", ["probe_attention_module", "init_gradient_problem"])
