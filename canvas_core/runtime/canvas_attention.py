@@ -165,8 +165,9 @@ class CanvasAttention(nn.Module):
         def build(f):
             if attention_factory is not None:
                 return attention_factory(f, d_model=d_model, n_heads=n_heads, dropout=dropout)
-            rg = plan.groups[f].resolved  # the entry chosen at plan build: no lookup by name here
-            return build_attention(rg.attention, d_model, n_heads=n_heads, dropout=dropout, **rg.module_kwargs())
+            rg = plan.groups[f].resolved  # chosen at plan build; a softmax kernel is the layer's, not a module's
+            kw = {} if f in SOFTMAX_FAMILY else rg.module_kwargs()  # (softmax_types without cross_attention)
+            return build_attention(rg.attention, d_model, n_heads=n_heads, dropout=dropout, **kw)
 
         def checked(f):  # refuse, now, a type the runtime cannot call (contract: runtime/type_call.py)
             by = None if attention_factory is None else f"attention_factory {getattr(factory, '__name__', factory)!r}"
@@ -323,8 +324,7 @@ class CanvasAttention(nn.Module):
         return out
 
     def _other_types(self, ex: _Executor, x: torch.Tensor, into: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
-        """``sum_f c_f out_f`` of the non-softmax types on canonical ``x`` (None: no such type),
-        plus ``into`` when given."""
+        """``sum_f c_f out_f`` of the non-softmax types on ``x`` (None: no such type), plus ``into``."""
         return run_module_groups(ex, x, {f: self.fn_modules[_key(f)] for f in ex.other_names}, into=into)
 
     def part_types(self, active_regions: Optional[Iterable[str]] = None) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:

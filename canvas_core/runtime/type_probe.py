@@ -253,8 +253,8 @@ def _where(module: Any) -> Tuple[Any, Any]:
     """(device, dtype) of the probe inputs: the first floating tensor's, but the default dtype
     (what a layer built beside it computes in) when the parameters mix it with others."""
     floats = [t for t in list(module.parameters()) + list(module.buffers()) if t.is_floating_point()]
-    if not floats:
-        return torch.device("cpu"), torch.get_default_dtype()
+    if not floats:  # a parameter-free type: where the layer builds (meta under torch.device("meta"))
+        return torch.get_default_device(), torch.get_default_dtype()
     mixed = torch.get_default_dtype() in {t.dtype for t in floats[1:]}
     return floats[0].device, torch.get_default_dtype() if mixed else floats[0].dtype
 
