@@ -269,10 +269,10 @@ class CanvasAttention(nn.Module):
         return torch.where(ex.updated[None, :, None], acc, x)
 
     def observe_updates(self, fn: Callable[["CanvasAttention", torch.Tensor, Any], None]) -> RemovableHandle:
-        """Call ``fn(layer, x, active_regions)`` each time the layer computes its update on a whole
-        canvas ``x (B, N, D)``, however it is called (``layer(x)``, ``layer.delta(x)``,
-        ``returns="delta"``; a forward pre-hook misses ``.delta``); not for a rollout's one-frame
-        steps.  Telemetry and ``verify_structure`` use it.  Returns a handle with ``remove()``."""
+        """Call ``fn(layer, x, active_regions)`` each time the layer computes its update on a whole canvas
+        ``x (B, N, D)``, however it is called (``layer(x)``, ``layer.delta(x)``, ``returns="delta"``; a forward
+        pre-hook misses ``.delta``); not for a rollout's one-frame steps.  A sequence-parallel wrapper refuses
+        to run the layer while it has one.  Telemetry and ``verify_structure`` use it; returns a removable handle."""
         observers = self.__dict__.setdefault("_update_observers", OrderedDict())  # (a handle keeps a weak reference)
         handle = RemovableHandle(observers)  # what torch's own hooks return
         observers[handle.id] = fn

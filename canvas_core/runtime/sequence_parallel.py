@@ -169,6 +169,38 @@ def _owner(attn: nn.Module) -> str:
     return f"{type(attn).__name__} (wrapped by SequenceParallelCanvasAttention)"
 
 
+# what each library tool that observes a layer's updates should do instead under sequence parallelism
+_OBSERVER_FIXES = {
+    "canvas_core.runtime.telemetry": (
+        "record_telemetry / telemetry", "they measure the whole canvas, which no rank holds: end the recording "
+        "before parallelize_canvas and measure a plain copy instead (save_canvas_checkpoint(model, path, schema), "
+        "load_canvas_checkpoint(plain_model, path, schema), telemetry(plain_model, x_whole))"),
+    "canvas_core.runtime.verify": (
+        "verify_structure", "it probes the model on the whole canvas: verify the model before parallelize_canvas, "
+        "or a plain copy loaded from its checkpoint"),
+}
+
+
+def _observed(attn: nn.Module) -> Optional[SequenceParallelError]:
+    """The refusal of a wrapped layer that has update observers (``observe_updates``): they are
+    promised the whole canvas, which no rank holds, so running would silently skip them."""
+    observers = attn.__dict__.get("_update_observers")
+    if not observers:
+        return None
+    tools, fixes = [], []
+    for fn in observers.values():
+        tool, fix = _OBSERVER_FIXES.get(getattr(fn, "__module__", None), (
+            getattr(fn, "__qualname__", type(fn).__name__),
+            "remove it (handle.remove()) or run the layer without sequence parallelism"))
+        if tool not in tools:
+            tools.append(tool)
+            fixes.append(f"{tool}: {fix}")
+    return SequenceParallelError(
+        f"{_owner(attn)} has {len(observers)} update observer(s) attached with observe_updates (from {tools}); "
+        "they are called with the whole canvas (B, N, D) and each rank only holds its share, so under sequence "
+        "parallelism they would never be called. " + "; ".join(fixes))
+
+
 def _stale(attn: nn.Module) -> Optional[SchemaError]:
     """The wrapped layer's stale-layout error, or None when its layout is as it was at its build."""
     try:
@@ -300,6 +332,9 @@ class SequenceParallelCanvasAttention(nn.Module):
         n_r, D = self.n_local, attn.d_model
         failure: Optional[BaseException] = None
         try:  # this rank's own checks; with check_inputs every rank learns the outcome first
+            observed = _observed(attn)  # a dict look-up: nothing is exchanged for it
+            if observed is not None:
+                raise observed
             check_tensor(type(self).__name__, "x", x, like=next(attn.parameters(), None))
             if x.dim() != 3 or x.shape[1] != n_r or x.shape[2] != D:
                 raise ShapeError(f"SequenceParallelCanvasAttention on rank {self.rank} expects its share "

@@ -203,7 +203,7 @@ def agree_on_call(layer: nn.Module, x: Any, active: Optional[List[str]], failure
     if failed:
         raise SequenceParallelError(
             f"{where}: rank(s) {failed} refused their input to this layer (their own error says why); every rank "
-            "stops here, before the exchange, so that none waits for the others. Fix the input on those ranks")
+            "stops here, before the exchange, so that none waits for the others. Fix there what it names")
     for i, field in enumerate(_FIELDS[1:], start=1):
         values = [row[i] for row in rows]
         if len(set(values)) > 1:
