@@ -23,7 +23,6 @@ with a :class:`CheckpointError` that says what differs.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -42,15 +41,14 @@ from canvas_core.checkpoints.tensors import (
     unfit_dtype,
 )
 from canvas_core.errors import CanvasTypeError, CheckpointError
+from canvas_core.looping.checkpoint_options import (RECORDED_OPTIONS, _callable_name, _comparable,  # noqa: F401
+                                                    _known_options, _loop_options, _recorded_options, _schedule_text)
 from canvas_core.runtime.compiled_names import plain_name, plain_names
 
 __all__ = ["save_loop_checkpoint", "load_loop_checkpoint", "loop_structure"]
 
 FORMAT = "canvas-core/loop-checkpoint"
 FORMAT_VERSION = "1"
-#: options recorded in ``structure`` (under ``options``) only when set, and named in the
-#: ``recorded_options`` header, so files written before they were recorded still load
-RECORDED_OPTIONS = ("sharpening", "reenter")
 
 
 def _loop_params(block: nn.Module) -> List[tuple]:
@@ -133,78 +131,6 @@ def _file_names(own: Mapping[str, str]) -> Callable[[str], str]:
     """A head tensor's name in a file -> its plain name: files written before the names were plain
     hold the wrapped head's own names (``own``'s keys: ``_orig_mod.``, ``module.``), mapped back."""
     return lambda n: own.get(n) or plain_name(n)
-
-
-def _loop_options(part: nn.Module) -> Dict[str, Any]:
-    """The options of a span / model loop that change its function without changing any parameter
-    shape (only values other than the default, so files of default grafts keep their hash)."""
-    out: Dict[str, Any] = _recorded_options(part)
-    if getattr(part, "iter_norm", None) is not None:
-        out["iter_norm"] = part.iter_norm
-    update = getattr(part, "update", "gated")
-    if update != "gated":
-        out["update"] = update
-        if update == "damped":
-            out["damping"] = float(part.damping)
-    return out
-
-
-def _recorded_options(part: nn.Module) -> Dict[str, Any]:
-    """The sharpening schedule and the ``reenter`` map of a part, as text, when set."""
-    out: Dict[str, Any] = {}
-    sharp = getattr(part, "sharpening", None)
-    if sharp is not None:
-        out["sharpening"] = _schedule_text(sharp, int(getattr(part, "max_loops", 1) or 1))
-    reenter = getattr(part, "reenter", None)
-    if reenter is not None:
-        out["reenter"] = _callable_name(reenter)
-    return out
-
-
-def _callable_name(fn: Any) -> str:
-    """A function by its name (``tanh``, ``Decoder.decode``), a callable object by its class."""
-    if inspect.isbuiltin(fn):  # torch.tanh's __qualname__ names torch's internal class
-        return str(fn.__name__)
-    return str(getattr(fn, "__qualname__", None) or type(fn).__qualname__)
-
-
-def _schedule_text(schedule: Any, max_loops: int) -> str:
-    """A ``SharpeningSchedule`` as its repr (every parameter); any other callable as its name and
-    its betas over the graft's loops (its name alone if it cannot be evaluated here)."""
-    from canvas_core.looping.schedules import SharpeningSchedule
-
-    if type(schedule) is SharpeningSchedule:
-        return repr(schedule)
-    try:
-        betas = [float(schedule(i)) for i in range(max_loops)]
-    except Exception:  # noqa: BLE001 - a schedule that fails here fails at the forward too
-        return _callable_name(schedule)
-    return f"{_callable_name(schedule)}(betas={betas})"
-
-
-def _comparable(structure: Dict[str, Any], known: Sequence[str]) -> Dict[str, Any]:
-    """``structure`` without the recorded options a file does not know (written before they were
-    recorded): those are not compared."""
-    drop = [k for k in RECORDED_OPTIONS if k not in known]
-    if not drop:
-        return structure
-    blocks = []
-    for b in structure.get("blocks", []):
-        b = dict(b)
-        opts = {k: v for k, v in b.get("options", {}).items() if k not in drop}
-        b.pop("options", None)
-        if opts:
-            b["options"] = opts
-        blocks.append(b)
-    return {**structure, "blocks": blocks}
-
-
-def _known_options(header: Mapping[str, Any]) -> List[str]:
-    try:
-        known = json.loads(header.get("recorded_options", "[]") or "[]")
-    except (ValueError, RecursionError):
-        known = []
-    return [k for k in known if isinstance(k, str)] if isinstance(known, list) else []
 
 
 def _hash(obj: Any) -> str:

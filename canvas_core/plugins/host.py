@@ -10,55 +10,27 @@ import importlib.metadata
 import os
 import threading
 import time
-import warnings
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional
 
 import pluggy
 
-from canvas_core.errors import CanvasError, PluginError, PluginLoadError, UnknownNameError, closest
+from canvas_core.errors import CanvasError, PluginError, PluginLoadError, UnknownNameError, closest  # noqa: F401
 from canvas_core.plugins import hookspecs, reports
-from canvas_core.plugins.hints import exc_text, normalize_dist, provider_hint
+from canvas_core.plugins.hints import exc_text, normalize_dist, provider_hint  # noqa: F401
 from canvas_core.plugins.loading import (
     ENV_ALLOW, ENV_BLOCK, ENV_DISABLE, STATUS_BLOCKED, STATUS_DISABLED, STATUS_FAILED, STATUS_OK,
     PluginRecord, discover_entry_points, entry_point_distribution, entry_point_ids, read_settings,
     waits_for_current_thread, warn_unknown_names, watch_plugin_load,
 )
-from canvas_core.plugins.registry import BUILTIN_PLUGIN, KINDS, NOUNS, Registry, UnknownNameKeyError, check_kind
+from canvas_core.plugins.registry import BUILTIN_PLUGIN, KINDS, NOUNS, Registry, UnknownNameKeyError, check_kind  # noqa: F401
+from canvas_core.plugins.scoped import PluginScopedRegistry
 from canvas_core.plugins.spec import IN_PROCESS, Spec
+# the error for a name nobody provides (the two helpers stay importable from here)
+from canvas_core.plugins.unknown_names import _attach, _unloaded_provider_error, unknown_name_error  # noqa: F401
 
 #: registry kind -> the stem of its ``register_*`` / ``unregister_*`` functions (error messages)
 _ONE = {"attention": "attention", "kernels": "kernel", "backbones": "backbone", "identity": "identity_binder",
         "embedders": "embedder"}
-
-
-class PluginScopedRegistry:
-    """What a plugin's hook receives: ``add`` credits the plugin's distribution; a clash is warned
-    about when a builtin keeps the name (the plugin's record reads its clashes off the registries,
-    :meth:`PluginHost.conflicts_of`)."""
-
-    def __init__(self, registry: Registry, record: PluginRecord, strict: bool) -> None:
-        self._registry, self._record, self._strict = registry, record, strict
-        self.kind, self.noun = registry.kind, registry.noun
-
-    def add(self, name: Any, factory: Any = None, *, override: bool = False, **metadata: Any) -> Optional[Spec]:
-        return self.insert(name, factory, metadata, override)[0]
-
-    def insert(self, name: Any, factory: Any, metadata: Dict[str, Any], override: bool,
-               module: Optional[str] = None) -> Tuple[Optional[Spec], Spec]:
-        """``(stored spec or None when refused, the spec made)``."""
-        rec, reg = self._record, self._registry
-        if isinstance(name, str):  # noted first: a name refused as malformed is still this plugin's
-            rec.attempted.setdefault(self.kind, []).append(name)
-        spec = reg.make_spec(name, factory, metadata, distribution=rec.distribution, version=rec.version,
-                             plugin=rec.name, module=module)
-        stored, clash = reg.add_from_plugin(spec, override=override, strict=self._strict)
-        if clash is not None:
-            if spec.name in reg.shadowed():  # never a silent shadowing of a plugin's type
-                warnings.warn_explicit(
-                    f"{rec.describe()} registers {self.noun} {spec.name!r}, a name of canvas-core's builtins: "
-                    f"refused, {reg.get(spec.name).describe_provider()} stays in use. {clash}", UserWarning,
-                    filename=f"<{rec.describe()}>", lineno=0, module="canvas_core.plugins")
-        return stored, spec
 
 
 class PluginHost:
@@ -366,40 +338,9 @@ class PluginHost:
         """The error for ``name`` nobody provides in registry ``kind``: the installed plugin that
         would provide it and did not load, else the known names, the closest one and the install
         hint; it carries ``name``, ``kind``, ``known``, ``suggestion``, ``distribution``, ``plugin``."""
-        noun = NOUNS[kind]
         with self._locked():  # one consistent view: the records and the names of the same moment
             records, known = list(self.records.values()), self.registries[kind].names()
-        dist_hint = provider_hint(kind, str(name))
-        for rec in records:
-            if rec.status != STATUS_OK and (
-                    normalize_dist(rec.name.split("@", 1)[0]) == normalize_dist(str(name))
-                    or (dist_hint is not None and normalize_dist(rec.distribution) == normalize_dist(dist_hint))
-                    or str(name) in rec.attempted.get(kind, ())):
-                return _attach(_unloaded_provider_error(rec, noun, name), name=name, kind=kind, known=known,
-                               suggestion=None, distribution=rec.distribution, plugin=rec.name)
-        near = closest(str(name), known)
-        msg = f"Unknown {noun}: {name!r}."  # canvas-engineering's phrase
-        if dist_hint is not None:
-            if self.distribution_installed(dist_hint, records):
-                msg += (f" The distribution {dist_hint} is installed but does not register it; "
-                        f"upgrade it (pip install -U {dist_hint}) or check `canvas plugins`.")
-            else:
-                msg += (f" It is provided by the distribution {dist_hint}, which is not installed: "
-                        f"pip install {dist_hint}.")
-        if near is not None:
-            msg += f" Did you mean {near!r}?"
-        msg += f" Known {noun}s: {', '.join(known) or '(none)'}."
-        failed = "; ".join(f"{r.describe()} failed to load ({r.error})" for r in records
-                           if r.status == STATUS_FAILED)
-        msg += f" Note: {failed}." if failed else ""
-        skipped: Dict[str, List[str]] = {}
-        for r in (r for r in records if r.status in (STATUS_BLOCKED, STATUS_DISABLED)):
-            skipped.setdefault(r.error or r.status, []).append(r.name)
-        if skipped:
-            msg += (" Installed but not loaded, so their names are unknown here: "
-                    + "; ".join(f"{', '.join(ns)} ({why})" for why, ns in skipped.items()) + ".")
-        return _attach(UnknownNameKeyError(msg), name=name, kind=kind, known=known, suggestion=near,
-                       distribution=dist_hint, plugin=None)
+        return unknown_name_error(kind, name, records, known, lambda dist: self.distribution_installed(dist, records))
 
     def distribution_installed(self, dist: str, records: Optional[List[PluginRecord]] = None) -> bool:
         """Seen by the host (``records``, default its records now) or, reading real entry points, installed."""
@@ -441,24 +382,6 @@ class PluginHost:
         """Registry kind -> one row per name (:func:`~canvas_core.plugins.reports.registry_rows`),
         from ``snapshot`` (default: one taken now under the host's lock)."""
         return reports.registry_rows(snapshot or self.snapshot(), ctx)
-
-
-def _attach(err: Exception, **attrs: Any) -> Exception:
-    err.__dict__.update(attrs)
-    return err
-
-
-def _unloaded_provider_error(rec: PluginRecord, noun: str, name: Any) -> Exception:
-    """The error when the plugin that would provide ``name`` is installed but did not load."""
-    if rec.status == STATUS_FAILED:
-        return PluginLoadError(
-            f"{noun} {name!r} would be provided by {rec.describe()}, which failed to load: "
-            f"{rec.error}. Fix or reinstall {rec.distribution} (pip install --force-reinstall "
-            f"{rec.distribution}), or see `canvas plugins` for details.")
-    fix = (f"unset {ENV_DISABLE} to load installed plugins" if rec.status == STATUS_DISABLED else
-           f"remove it from {ENV_BLOCK}" if ENV_BLOCK in (rec.error or "") else f"add {rec.name!r} to {ENV_ALLOW}")
-    return UnknownNameKeyError(f"unknown {noun} {name!r}: it is provided by {rec.describe()}, which is "
-                               f"installed but not loaded ({rec.error}); {fix}.")
 
 
 _default_host: Optional[PluginHost] = None

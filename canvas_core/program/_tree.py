@@ -11,15 +11,16 @@ import dataclasses
 import functools
 import itertools
 import re
-import typing
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field as dc_field
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 from canvas_core.errors import CanvasTypeError, ProgramError, SizeLimitError
-from canvas_core.program._attrs import (_class_declarations, _has_slots, _is_leaf, _is_pydantic, _is_sequence,
+from canvas_core.program._attrs import (_class_declarations, _has_slots, _is_leaf, _is_pydantic, _is_sequence,  # noqa: F401
                                         _plain_attributes, _shadowed_slots)
+from canvas_core.program._values import _dataclass_items, _describe, _elements, _is_classvar, _is_composite
+from canvas_core.program._values import _holds_fields  # noqa: F401 - importable from here as before
 from canvas_core.program.fields import Field
 from canvas_core.schema._validate import check_name
 from canvas_core.schema.limits import LIMITS, limit
@@ -211,50 +212,6 @@ def _check_mixed_list(path: str, value: Any, owner: str) -> None:
         )
 
 
-def _is_composite(value: Any) -> bool:
-    if _is_leaf(value):
-        return False
-    if dataclasses.is_dataclass(value) or _is_pydantic(value):
-        return True
-    return _holds_fields(value)
-
-
-def _holds_fields(obj: Any) -> bool:
-    """Whether a plain object holds a ``Field`` at any depth: in an attribute, a list or tuple of
-    them, a dataclass / pydantic model (which counts as holding one), or another plain object.
-    Looking one level down only dropped ``robot.arm.gripper.force`` from the canvas without a word.
-    Iterative, each object entered once: a long chain of helper objects is no deep nesting."""
-    seen = {id(obj)}
-    todo = [x for _, x, _ in _plain_attributes(obj)]
-    while todo:
-        v = todo.pop()
-        if isinstance(v, Field):
-            return True
-        if _is_leaf(v) or id(v) in seen:
-            continue
-        seen.add(id(v))
-        if isinstance(v, (list, tuple)):
-            todo.extend(v)
-        elif dataclasses.is_dataclass(v) or _is_pydantic(v):
-            return True
-        elif hasattr(v, "__dict__") or _has_slots(v):
-            todo.extend(x for _, x, _ in _plain_attributes(v))
-    return False
-
-
-def _dataclass_items(obj: Any) -> List[Tuple[str, Any, dict]]:
-    """A dataclass's attributes as canvas-engineering reads them: every entry of
-    ``__dataclass_fields__`` in declaration order, ``ClassVar`` / ``InitVar``-annotated ones
-    included (their class-level Field is a region, as there)."""
-    items = []
-    for f in obj.__dataclass_fields__.values():
-        value = getattr(obj, f.name, None)
-        if f._field_type is getattr(dataclasses, "_FIELD_CLASSVAR", None) and isinstance(value, type(obj)):
-            continue  # a default / singleton instance kept on the class (`default: ClassVar[Robot]`)
-        items.append((f.name, value, dict(f.metadata)))
-    return items
-
-
 def _declared(obj: Any, classes: Optional[dict] = None) -> List[Any]:
     """The attribute values of ``obj`` that the walk reads (``classes``: see _plain_attributes)."""
     if dataclasses.is_dataclass(obj):
@@ -300,18 +257,6 @@ def _attribute_fields(root: Any) -> Set[int]:
     return held
 
 
-def _elements(value: Any) -> Iterator[Any]:
-    """The elements of a dict (its values), set, frozenset or deque, or of a subclass of one, read
-    through the builtin's own methods, so no method a subclass overrides runs."""
-    if isinstance(value, dict):
-        return iter(dict.values(value))
-    if isinstance(value, set):
-        return set.__iter__(value)
-    if isinstance(value, frozenset):
-        return frozenset.__iter__(value)
-    return collections.deque.__iter__(value)
-
-
 def _found_fields(value: Any, skip: Set[int] = frozenset(), budget: Optional[List[int]] = None
                   ) -> Iterator[Field]:
     """Every Field ``value`` holds at any depth: in lists, dataclasses (instance attributes too),
@@ -343,12 +288,6 @@ def _holds_deep(value: Any, budget: Optional[List[int]] = None) -> bool:
     """Whether ``value`` holds a Field at any depth (dataclasses and models looked into too;
     ``budget``: see _found_fields)."""
     return next(_found_fields(value, budget=budget), None) is not None
-
-
-def _describe(v: Any) -> str:
-    if isinstance(v, Field):
-        return "a Field"
-    return "a list holding Fields" if _is_sequence(v) else f"an object ({type(v).__name__}) holding Fields"
 
 
 def _adds_fields(v: Any, known: Tuple[Set[int], Set[int]], budget: Optional[List[int]] = None) -> bool:
@@ -409,12 +348,6 @@ def _undeclared_dataclass_attributes(obj: Any, items: List[Tuple[str, Any, dict]
             f"{klass.__name__}.{k} is {what} assigned without a type annotation, so the dataclass "
             f"{klass.__name__} does not count it as a field and it is left off the canvas (as "
             f"canvas-engineering leaves it). Annotate it in the class body (`{example}`) or remove it")
-
-
-def _is_classvar(annotation: Any) -> bool:
-    if isinstance(annotation, str):
-        return annotation.replace(" ", "").startswith(("ClassVar", "typing.ClassVar"))
-    return annotation is typing.ClassVar or typing.get_origin(annotation) is typing.ClassVar
 
 
 def _attributes(obj: Any, known: Any) -> List[Tuple[str, Any, dict]]:

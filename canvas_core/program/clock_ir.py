@@ -19,14 +19,14 @@ missing keys, wrong value types) raises :class:`~canvas_core.errors.SchemaFormat
 
 from __future__ import annotations
 
-import contextlib
 import math
-import operator
 from dataclasses import dataclass
-from typing import Any, Dict, Mapping, NoReturn, Optional
+from typing import Any, Dict, Mapping, Optional
 
 from canvas_core.errors import CanvasError, CanvasTypeError, ProgramError, SchemaError, SchemaFormatError
-from canvas_core.program.constants import CLOCK_DOMAINS
+from canvas_core.program.clock_values import (_DOMAINS, _refuse, _step, int_at_least, optional_number,  # noqa: F401
+                                              summary_number, time_domain)
+from canvas_core.program.constants import CLOCK_DOMAINS  # noqa: F401
 
 __all__ = [
     "ClockContext", "ClockExpr", "Periodic", "OnEvent", "BoundaryExpr", "And", "Or", "Not",
@@ -34,8 +34,6 @@ __all__ = [
     "clock_periodic", "clock_on", "clock_boundary", "from_dict", "ClockNotSerializableError",
     "MAX_DEPTH",
 ]
-
-_DOMAINS = tuple(sorted(CLOCK_DOMAINS))  # the time domains ClockSpec knows
 
 #: ``"type"`` value of a node's dict -> its class (filled by the node classes below).
 NODE_TYPES: Dict[str, Any] = {}
@@ -70,80 +68,11 @@ class ClockContext:
             _refuse("boundary", "an event name (a string) or None", self.boundary)
 
 
-def _refuse(key: str, want: str, value: Any) -> NoReturn:
-    raise CanvasTypeError(f"ClockContext {key} must be {want}, got {type(value).__name__} {value!r:.60}")
-
-
-def _step(key: str, value: Any) -> int:
-    """A ClockContext step as an int: an integer, or a float with no fractional part (10.0 is 10, as
-    in canvas-engineering); 2.5 (also as a float tensor), NaN, "3" or True is a CanvasTypeError."""
-    if not isinstance(value, (bool, str, bytes)):
-        try:
-            return operator.index(value)
-        except TypeError:  # a float, numpy float or one-element float tensor: integral ones pass
-            with contextlib.suppress(TypeError, ValueError, RuntimeError):
-                if math.isfinite(as_float := float(value)) and as_float.is_integer():
-                    return int(as_float)
-    _refuse(key, "an integer step (an int, or a float with no fractional part such as 10.0)", value)
-
-
-def int_at_least(value: Any, what: str, minimum: int) -> int:
-    """``value`` if it is an int (not a bool) of at least ``minimum``, else a SchemaError naming ``what``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SchemaError(f"{what} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def time_domain(value: Any, what: str) -> str:
-    """``value`` if it names one of the clock time domains, else a SchemaError."""
-    if value not in _DOMAINS:
-        raise SchemaError(f"{what}: domain must be one of {_DOMAINS}, got {value!r}")
-    return value
-
-
 def clock_child(value: Any, what: str) -> "ClockExpr":
     """``value`` if it is a clock expression, else a CanvasTypeError naming ``what``."""
     if not isinstance(value, ClockExpr):
         raise CanvasTypeError(f"{what} must be a ClockExpr, got {type(value).__name__} {value!r}")
     return value
-
-
-def optional_number(value: Any, what: str) -> Optional[float]:
-    """None, or ``value`` as a float when it is a real number (not a bool, not NaN)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise SchemaError(f"{what} must be a number (not NaN) or None, got {value!r}")
-    try:
-        return float(value)
-    except OverflowError:  # an int beyond the float range
-        raise SchemaError(f"{what} is an integer of {value.bit_length()} bits, beyond the range of a float; "
-                          "use a smaller number") from None
-
-
-def summary_number(value: Any, region: str, kind: str) -> float:
-    """A residual summary ``summaries[region][kind]`` as a finite float: a real number or a
-    one-element tensor, not a bool or a string (which would compare as something else). Anything
-    else is a ``CanvasTypeError``, a NaN or infinity a ``ProgramError``, both naming the key."""
-    where = f"summaries[{region!r}][{kind!r}]"
-    out, shown = None, ""
-    if not isinstance(value, (bool, str, bytes)):
-        try:
-            out = float(value)
-        except OverflowError:  # an int beyond the float range: as unusable as an infinity
-            out, shown = math.inf, "an integer beyond the range of a float"
-        except (TypeError, ValueError):
-            pass
-    if out is None:
-        raise CanvasTypeError(
-            f"{where} must be a number (a float, an int or a one-element tensor, as from "
-            f"ResidualAccumulator.summaries()), got {type(value).__name__} {value!r:.80}")
-    if not math.isfinite(out):
-        raise ProgramError(
-            f"{where} is {shown or out}; a clock compares a residual summary with its threshold, so it must be "
-            "finite. Drop or replace the non-finite summary before the step (ResidualAccumulator "
-            "already skips non-finite errors)")
-    return out
 
 
 class ClockNotSerializableError(CanvasError, NotImplementedError):
