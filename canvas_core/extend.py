@@ -34,7 +34,8 @@ Attention types (torch)
     ``as_dtype`` (a cast that returns the tensor itself when it needs none), ``autocast_on``
     (whether autocast is on for a device type; False on ``meta``, where torch raises),
     ``check_dtypes_devices``, ``check_additive_mask`` (refuses a float ``key_mask`` holding NaN or
-    ``+inf``, naming the type), ``has_key``, ``safe_div``, ``aligned_key_index``, ``causal_read_index``, ``causal_read``, ``masked_softmax``, ``masked_softmax_attention``; the recurrent
+    ``+inf``, naming the type), ``normalize_key_mask`` (reads any ``key_mask`` the builtin types
+    accept as ``(allowed, bias)``, refusing the others with errors naming the type), ``has_key``, ``safe_div``, ``aligned_key_index``, ``causal_read_index``, ``causal_read``, ``masked_softmax``, ``masked_softmax_attention``; the recurrent
     references ``wkv_scan``, ``wkv_masked``, ``fft_causal_conv``; ``scratch`` (per-thread
     temporaries reused between calls, for scans that would otherwise allocate per call) and
     ``release_scratch`` (gives the calling thread's back); ``plain_linear`` (a projection whose
@@ -70,9 +71,10 @@ from canvas_core.plugins.hookspecs import ENTRY_POINT_GROUP, hookimpl, hookspec
 
 if TYPE_CHECKING:  # for readers and IDEs; at run time the names load lazily below
     from canvas_core.attention._base import (
-        AttentionBase, aligned_key_index, as_dtype, autocast_on, causal_read_index, check_additive_mask,
-        check_dtypes_devices, has_key, operators_under_compile, safe_div,
+        AttentionBase, aligned_key_index, as_dtype, autocast_on, causal_read_index, check_dtypes_devices, has_key,
+        operators_under_compile, safe_div,
     )
+    from canvas_core.attention.key_masks import check_additive_mask, normalize_key_mask
     from canvas_core.attention.first_order import first_order_backward, first_order_only
     from canvas_core.attention.functional import masked_softmax, masked_softmax_attention
     from canvas_core.attention.recurrent import fft_causal_conv, wkv_masked, wkv_scan
@@ -113,8 +115,8 @@ _publish("canvas_core.compiler.lowering", "lower")
 _publish("canvas_core.plugins.resolve", "ResolvedGroup")
 # attention types
 _publish("canvas_core.attention._base", "AttentionBase", "as_dtype", "check_dtypes_devices", "has_key", "safe_div",
-         "aligned_key_index", "causal_read_index", "operators_under_compile", "autocast_on",
-         "check_additive_mask")
+         "aligned_key_index", "causal_read_index", "operators_under_compile", "autocast_on")
+_publish("canvas_core.attention.key_masks", "check_additive_mask", "normalize_key_mask")
 _publish("canvas_core.attention.functional", "masked_softmax", "masked_softmax_attention")
 _publish("canvas_core.attention.first_order", "first_order_backward", "first_order_only")
 _publish("canvas_core.attention.recurrent", "wkv_scan", "wkv_masked", "fft_causal_conv")
@@ -146,7 +148,7 @@ __all__ = [
     "first_order_backward",
     "first_order_only", "guard_input_shapes", "has_key",
     "hookimpl", "isqrt", "hookspec", "kernel_for", "lower", "masked_softmax", "masked_softmax_attention", "nan_where_linked",
-    "non_finite_keys", "operators_under_compile", "plain_linear", "plain_module", "release_scratch", "safe_div", "scratch", "zero_bad_keys",
+    "non_finite_keys", "normalize_key_mask", "operators_under_compile", "plain_linear", "plain_module", "release_scratch", "safe_div", "scratch", "zero_bad_keys",
     "segment_grid", "wkv_masked", "wkv_scan",
 ]
 

@@ -92,7 +92,7 @@ def test_mamba_plugin_uses_the_published_check() -> None:
     import importlib
 
     module = importlib.import_module("canvas_plugin_mamba.module")
-    assert module.check_additive_mask is extend.check_additive_mask  # not an inline copy
+    assert module.normalize_key_mask is extend.normalize_key_mask  # not an inline copy
     m = canvas_core.create_attention("mamba", 16, 2)
     q, k = _qk()
     with pytest.raises(ShapeError, match="mamba: the additive float key_mask"):

@@ -1,14 +1,12 @@
 """Shared plumbing of the builtin attention types: config checks, head reshapes, key masks.
 
 Every attention type maps ``queries (B, Nq, D), keys (B, Nk, D), values (B, Nk, D)`` and an
-optional ``key_mask`` to ``(B, Nq, D)``.  ``key_mask`` is boolean (True = may attend) or an
-additive float mask (``-inf`` = blocked, finite values are added to softmax logits; NaN and
-``+inf`` are refused), of any shape that broadcasts to ``(B, Nq, Nk)``: ``(Nk,)``, ``(Nq, Nk)``,
-``(B, 1, Nk)``, ``(B, Nq, Nk)``, and a last dimension of 1 (``(Nq, 1)``, ``(B, 1, 1)``, 0-d) for
-the same answer on every key.  A 2-d mask whose first dimension is ``B`` but not ``Nq`` is read as
-``(B, Nk)`` (one key set per batch item).
+optional ``key_mask`` to ``(B, Nq, D)``.  ``key_mask`` is boolean (True = may attend), integer
+(0 = blocked) or an additive float mask (``-inf`` = blocked, finite values are added to softmax
+logits; NaN and ``+inf`` are refused), of any shape that broadcasts to ``(B, Nq, Nk)``; it is read
+by :func:`canvas_core.attention.key_masks.normalize_key_mask` (re-exported here with
+``linked_keys`` and ``check_additive_mask``, where the runtime imports them from).
 """
-
 from __future__ import annotations
 
 import math
@@ -18,6 +16,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
+from canvas_core.attention.key_masks import check_additive_mask, linked_keys, normalize_key_mask
 from canvas_core.errors import CanvasTypeError, ShapeError
 from canvas_core.plugins.loading import env_flag
 
@@ -27,6 +26,8 @@ __all__ = [
     "causal_read_index",
     "check_dtypes_devices",
     "check_additive_mask",
+    "linked_keys",
+    "normalize_key_mask",
     "as_dtype",
     "has_key",
     "safe_div",
@@ -44,38 +45,6 @@ def autocast_on(device_type: str) -> bool:
         return bool(torch.is_autocast_enabled(device_type))
     except RuntimeError:
         return False
-
-
-def linked_keys(key_mask: torch.Tensor) -> torch.Tensor:
-    """``key_mask`` as bool, True = linked, the way every type reads it: a bool mask as it is, an
-    additive float one blocks with ``-inf`` only (its 0 means linked), an integer one with 0."""
-    if key_mask.dtype == torch.bool:
-        return key_mask
-    return key_mask != float("-inf") if key_mask.is_floating_point() else key_mask != 0
-
-
-def check_additive_mask(type_name: str, key_mask: torch.Tensor) -> None:
-    """Refuse a float ``key_mask`` holding NaN or ``+inf`` (:class:`ShapeError` naming the type):
-    softmax types would return NaN rows and the scan types would read such a key as linked.
-
-    One reduction (the mask's maximum, NaN when it holds one) and one host sync, paid by float
-    masks only: bool and integer masks (what the canvas runtime passes) are not looked at.  Where
-    no value can be read (a ``torch.compile`` trace, ``vmap``, meta or fake tensors) the mask is
-    used as given."""
-    if not key_mask.is_floating_point() or key_mask.numel() == 0 or torch.compiler.is_compiling():
-        return
-    try:
-        top = key_mask.amax()
-        bad = bool(torch.isnan(top) | torch.isposinf(top))
-    except Exception:  # vmap, meta and fake tensors have no value to read
-        return
-    if bad:
-        raise ShapeError(
-            f"{type_name}: the additive float key_mask of shape {tuple(key_mask.shape)} holds NaN or "
-            "+inf; it may hold finite values (added to the logits) and -inf (a blocked key) only: "
-            "replace them (e.g. key_mask.nan_to_num(nan=float('-inf'), posinf=0.0)) or pass a bool "
-            "mask (True = may attend)"
-        )
 
 
 def operators_under_compile() -> bool:
@@ -225,46 +194,11 @@ class AttentionBase(nn.Module):
         self, key_mask: Optional[torch.Tensor], B: int, Nq: int, Nk: int,
         like: Optional[torch.Tensor] = None,
     ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """Normalise ``key_mask`` to ``(allowed, bias)``, each ``(B|1, Nq|1, Nk)`` or None.
-
-        ``allowed`` is bool (True = may attend); ``bias`` is an additive float (only for float
-        masks, 0 where blocked).  ``like`` (the queries) fixes the device the mask must be on.
+        """Normalise ``key_mask`` to ``(allowed, bias)``, each ``(B|1, Nq|1, Nk)`` or None: the
+        published :func:`~canvas_core.attention.key_masks.normalize_key_mask` under this type's
+        name.  ``like`` (the queries) fixes the device the mask must be on.
         """
-        if key_mask is None:
-            return None, None
-        t = self.type_name
-        if not isinstance(key_mask, torch.Tensor):
-            raise CanvasTypeError(
-                f"{t}: key_mask must be a torch.Tensor or None, got {type(key_mask).__name__}"
-            )
-        if like is not None and key_mask.device != like.device:
-            raise ShapeError(
-                f"{t}: key_mask is on {key_mask.device} but the queries are on {like.device}; "
-                f"move it with key_mask.to({str(like.device)!r})"
-            )
-        m = key_mask
-        if m.dim() == 2 and m.shape[0] == B and m.shape[0] != Nq and m.shape[0] != 1:
-            m = m[:, None, :]  # (B, Nk)
-        if m.dim() > 3:
-            raise ShapeError(
-                f"{t}: key_mask of shape {tuple(key_mask.shape)} must broadcast to "
-                f"(B, Nq, Nk) = {(B, Nq, Nk)}"
-            )
-        while m.dim() < 3:
-            m = m[None]
-        if not all(s in (1, full) for s, full in zip(m.shape, (B, Nq, Nk))):
-            raise ShapeError(
-                f"{t}: key_mask of shape {tuple(key_mask.shape)} does not broadcast to "
-                f"(B, Nq, Nk) = {(B, Nq, Nk)}"
-            )
-        check_additive_mask(t, key_mask)
-        if m.shape[-1] != Nk:  # one entry for every key, as torch broadcasts it (a view, no copy)
-            m = m.expand(*m.shape[:-1], Nk)
-        allowed = linked_keys(m)
-        if not m.is_floating_point():
-            return allowed, None
-        bias = torch.where(allowed, m, torch.zeros((), dtype=m.dtype, device=m.device))
-        return allowed, bias
+        return normalize_key_mask(self.type_name, key_mask, B, Nq, Nk, like)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, N, D) -> (B, H, N, D/H)``."""

@@ -32,7 +32,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, ShapeError
-from canvas_core.extend import check_additive_mask, check_elements, check_size
+from canvas_core.extend import check_elements, check_size
+# the core's key-mask reader, kept importable from here under its name (it is in this module's __all__)
+from canvas_core.extend import normalize_key_mask
 from canvas_plugin_canvit.rope import SceneRoPE, coord_dtype
 from canvas_plugin_canvit.viewpoint import (Viewpoint, check_viewpoint_for, default_coords, square_side,
                                             viewpoint_coords)
@@ -72,44 +74,6 @@ def _check_kernel(owner: str, kernel) -> str:
         raise CanvasTypeError(f"{owner}: unknown kernel {kernel!r}; the canvas attention types run their own "
                               f"attention, use kernel='auto' or 'reference' (one of {list(KERNELS)})")
     return kernel
-
-
-def normalize_key_mask(owner: str, key_mask, B: int, Nq: int, Nk: int, like: Optional[torch.Tensor] = None,
-                       ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """``key_mask`` -> ``(allowed bool, additive bias float)``, each ``(B|1, Nq|1, Nk)`` or None.
-
-    Accepts what the core types accept: bool (True = may attend) or float (additive, ``-inf`` =
-    blocked; NaN and ``+inf`` refused) masks broadcastable to ``(B, Nq, Nk)``, a last dimension of
-    1 (or a 0-d mask) standing for every key; a 2-d mask whose first dim is ``B`` (and not ``Nq``)
-    is ``(B, Nk)``.
-    """
-    if key_mask is None:
-        return None, None
-    if not isinstance(key_mask, torch.Tensor):
-        raise CanvasTypeError(f"{owner}: key_mask must be a torch.Tensor or None, got {type(key_mask).__name__}")
-    if like is not None and key_mask.device != like.device:
-        raise ShapeError(f"{owner}: key_mask is on {key_mask.device} but the queries are on {like.device}; "
-                         f"move it with key_mask.to({str(like.device)!r})")
-    m = key_mask
-    if m.dim() == 2 and m.shape[0] == B and m.shape[0] not in (Nq, 1):
-        m = m[:, None, :]
-    if m.dim() > 3:
-        raise ShapeError(f"{owner}: key_mask of shape {tuple(key_mask.shape)} must broadcast to "
-                         f"(B, Nq, Nk) = {(B, Nq, Nk)}")
-    while m.dim() < 3:
-        m = m[None]
-    if any(s not in (1, full) for s, full in zip(m.shape, (B, Nq, Nk))):
-        raise ShapeError(f"{owner}: key_mask of shape {tuple(key_mask.shape)} does not broadcast to "
-                         f"(B, Nq, Nk) = {(B, Nq, Nk)}")
-    check_additive_mask(owner, key_mask)
-    if m.shape[-1] != Nk:  # one entry for every key (a view)
-        m = m.expand(*m.shape[:-1], Nk)
-    if m.dtype == torch.bool:
-        return m, None
-    if not m.is_floating_point():
-        return m != 0, None
-    allowed = m != float("-inf")
-    return allowed, torch.where(allowed, m, torch.zeros((), dtype=m.dtype, device=m.device))
 
 
 def _attend(q, k, v, allowed, bias, dropout_p: float, training: bool):

@@ -57,4 +57,4 @@ def test_nan_or_posinf_additive_mask_is_refused(name: str, bad: float) -> None:
 def test_canvit_uses_the_published_check() -> None:
     import canvas_plugin_canvit.attention as att
 
-    assert att.check_additive_mask is extend.check_additive_mask
+    assert att.normalize_key_mask is extend.normalize_key_mask

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, CheckpointError, ShapeError, UnavailableError
-from canvas_core.extend import (as_dtype, autocast_on, causal_read, causal_read_index, check_additive_mask,
-                                check_elements, check_size, operators_under_compile, plain_linear, plain_module)
+from canvas_core.extend import (as_dtype, autocast_on, causal_read, causal_read_index, check_elements, check_size,
+                                normalize_key_mask, operators_under_compile, plain_linear, plain_module)
 from canvas_plugin_mamba import cpu_kernel, cpu_ops
 from canvas_plugin_mamba.chunked import chunk_size, selective_scan_read
 from canvas_plugin_mamba.conv_op import causal_depthwise_conv
@@ -333,12 +333,8 @@ class MambaAttention(nn.Module):
         check_dtypes_devices("mamba", self, queries=queries, keys=keys, values=values)
         Bt, Nq, _ = queries.shape
         Nk = keys.shape[1]
-        if key_mask is not None and not isinstance(key_mask, torch.Tensor):
-            raise CanvasTypeError(f"mamba: key_mask must be a torch.Tensor or None, got {type(key_mask).__name__}")
-        if key_mask is not None and key_mask.device != queries.device:
-            raise ShapeError(f"mamba: key_mask is on {key_mask.device} but the queries are on "
-                             f"{queries.device}; move it with key_mask.to({str(queries.device)!r})")
-        allowed = _normalize_mask(key_mask, Bt, Nq, Nk)
+        # bool (B|1, Nq|1, Nk); the bias of a float mask is not used: a scan has no logits to add it to
+        allowed, _ = normalize_key_mask(self.type_name, key_mask, Bt, Nq, Nk, queries)
         if Nk == 0:
             self.kernel_used = "mamba_torch"
             return torch.zeros_like(queries)
@@ -444,27 +440,3 @@ def _zero_rows(out: torch.Tensor, has: Optional[torch.Tensor]) -> torch.Tensor:
     """``out`` with the rows where ``has`` is False set to 0 (``has`` None: every row kept)."""
     return out if has is None else out.masked_fill(~has, 0.0)
 
-
-def _normalize_mask(
-    key_mask: Optional[torch.Tensor], B: int, Nq: int, Nk: int
-) -> Optional[torch.Tensor]:
-    """Bool ``(B|1, Nq|1, Nk)`` from a bool / additive-float mask broadcasting to (B, Nq, Nk) (a
-    last dimension of 1 holds for every key); a float mask holding NaN or +inf is refused."""
-    if key_mask is None:
-        return None
-    m = key_mask
-    if m.dim() == 2 and m.shape[0] == B and m.shape[0] not in (Nq, 1):
-        m = m[:, None, :]
-    while m.dim() < 3:
-        m = m[None]
-    if m.dim() != 3 or any(s not in (1, f) for s, f in zip(m.shape, (B, Nq, Nk))):
-        raise ShapeError(
-            f"mamba: key_mask of shape {tuple(key_mask.shape)} does not broadcast to "
-            f"(B, Nq, Nk) = {(B, Nq, Nk)}"
-        )
-    check_additive_mask("mamba", key_mask)  # NaN / +inf float masks refused, as the core types do
-    if m.shape[-1] != Nk:  # one entry for every key, as torch broadcasts it (a view)
-        m = m.expand(*m.shape[:-1], Nk)
-    if m.dtype == torch.bool:
-        return m
-    return m != float("-inf") if m.is_floating_point() else m != 0
