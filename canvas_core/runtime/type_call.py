@@ -48,7 +48,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Dict, List, Optional, Tuple
 
-from canvas_core.errors import CanvasError, UnavailableError
+from canvas_core.errors import CanvasError, ShapeError, UnavailableError
 
 __all__ = [
     "MASKED", "UNMASKED", "EXACT_ATTR", "SELF_GATED_ATTR", "READS_KEYS_ATTR", "calling_convention", "mask_is_exact",
@@ -397,16 +397,33 @@ def run_type(module: Any, name: Any, *args: Any, **kwargs: Any) -> Any:
     """``module(*args, **kwargs)`` (under forward-mode AD with torch's math attention kernel: the
     fused CPU one has no forward derivative); a torch error raised under a ``torch.func``
     transform or forward-mode AD becomes an :class:`UnavailableError` naming the type
-    (hand-written backwards have no functorch or forward-mode rules)."""
+    (hand-written backwards have no functorch or forward-mode rules).  A plugin module built in
+    another dtype or on another device than its inputs is refused with a ``ShapeError``
+    (``runtime/type_dtypes.py``): the dtype before the call, the device when the call fails."""
     from canvas_core.runtime.func_transforms import forward_ad_active, forward_ad_math_sdpa, func_transformed
+    from canvas_core.runtime.type_dtypes import device_problem, dtype_problem
 
+    problem = dtype_problem(module, args[0]) if args else None
+    if problem is not None:
+        raise ShapeError(f"{_who(module, name)}: {problem}")
     try:
         with forward_ad_math_sdpa():
             return module(*args, **kwargs)
     except RuntimeError as exc:
-        if args and (func_transformed(args[0]) or forward_ad_active()) and not isinstance(exc, CanvasError):
+        if isinstance(exc, CanvasError) or not args:
+            raise
+        problem = device_problem(module, args[0])
+        if problem is not None:
+            said = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise ShapeError(f"{_who(module, name)}: {problem} (torch: {type(exc).__name__}: {said})") from exc
+        if func_transformed(args[0]) or forward_ad_active():
             raise _under_func_transform(module, name, exc) from exc
         raise
+
+
+def _who(module: Any, name: Any) -> str:
+    source = _provider(name if name is not None else type(module))
+    return f"attention type {_label(name, module)!r} (module {type(module).__name__} from {source})"
 
 
 def _under_func_transform(module: Any, name: Any, exc: BaseException) -> UnavailableError:

@@ -1,0 +1,91 @@
+"""Where a type's module lives against where the canvas layer calling it computes.
+
+A plugin factory may build its module in another dtype than the layer (``nn.Linear(...).double()``
+inside it, a module made under another default dtype) or on another device (``meta``).  The build
+probes call a module in its own dtype and skip ``meta``, so such a module passes the build, and at
+the first forward torch would say only "mat1 and mat2 must have the same dtype" -- or, for a
+module that casts its inputs to its own dtype, nothing while computing in another precision.
+
+* :func:`dtype_problem`: before each call of a plugin module by
+  :func:`~canvas_core.runtime.type_call.run_type` (which raises a ``ShapeError`` naming the type
+  with it), what is wrong when none of the module's floating parameters has the inputs' dtype
+  (outside autocast).  One comparison per call after the
+  first (cached per module and dtype); nothing for canvas-core's own types, nothing while
+  ``torch.compile`` traces.  A module mixing dtypes (casting inside) is judged at build by
+  ``type_probe.mixed_dtypes_explained``.
+* :func:`device_problem`: after a raw torch error of such a call, what is wrong when none of the
+  module's tensors is on the inputs' device (asked only on failure: an offloading hook may move
+  the weights in just before the module runs).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Optional, Tuple
+
+import torch
+
+__all__ = ["dtype_problem", "device_problem"]
+
+# module -> (inputs' dtype, a floating parameter of that dtype or None, that parameter's dtype then)
+_SEEN: "weakref.WeakKeyDictionary[Any, Tuple[Any, Any, Any]]" = weakref.WeakKeyDictionary()
+
+
+def _tensors(module: Any) -> list:
+    try:
+        return list(module.parameters()) + list(module.buffers())
+    except Exception:  # not an nn.Module (check_attention_module refuses those at build)
+        return []
+
+
+def dtype_problem(module: Any, queries: Any) -> Optional[str]:
+    """Why a plugin ``module`` cannot be called on ``queries`` (whose dtype is the one the layer
+    computes in): none of its floating parameters has that dtype, outside autocast; both dtypes
+    and the fix.  None when it can (a module without floating parameters, a builtin type)."""
+    if type(module).__module__.startswith("canvas_core.") or not isinstance(queries, torch.Tensor) \
+            or torch.compiler.is_compiling():
+        return None
+    want = queries.dtype
+    hit = _SEEN.get(module)
+    if hit is not None and hit[0] == want and (hit[1] is None or hit[1].dtype == hit[2]):
+        return None  # checked for this dtype, and the module was not converted since
+    floats = [p for p in _tensors(module) if isinstance(p, torch.nn.Parameter) and p.is_floating_point()]
+    same = next((p for p in floats if p.dtype == want), None)
+    if same is not None or not floats:
+        _SEEN[module] = (want, same, None if same is None else same.dtype)
+        return None
+    from canvas_core.attention._base import autocast_on
+
+    if autocast_on(queries.device.type):
+        return None  # autocast computes in its own dtypes (not cached: the next call may run outside it)
+    have = floats[0].dtype
+    kinds = ", ".join(dict.fromkeys(str(p.dtype) for p in floats))
+    return (
+        f"its floating parameters are {kinds} but the canvas layer calling it computes in "
+        f"{want} (the dtype of its inputs), so torch would fail on the mismatch or the module compute in another "
+        f"precision. Build the module in the layer's dtype (have the factory create its parameters in {want}, "
+        f"e.g. with dtype=torch.get_default_dtype() as nn.Linear does by default), or convert the whole layer "
+        f"after building it, layer.to({want}) (or layer.to({have}) and {have} inputs), which converts every "
+        "module it holds; under torch.autocast inputs of another dtype are accepted")
+
+
+def device_problem(module: Any, queries: Any) -> Optional[str]:
+    """Why calling a plugin ``module`` on ``queries`` failed when it holds tensors and none of them
+    is on the inputs' device (``meta`` included); else None (the failure is the module's own)."""
+    if type(module).__module__.startswith("canvas_core.") or not isinstance(queries, torch.Tensor):
+        return None
+    held = _tensors(module)
+    want = queries.device
+    if not held or any(t.device == want for t in held):
+        return None
+    have = held[0].device
+    if have.type == "meta":
+        where = (f"its parameters are on the meta device (shapes only, no values) but its inputs are on {want}. "
+                 f"Build the module with real weights on the layer's device (not under torch.device('meta')), "
+                 f"or materialise the whole layer with layer.to_empty(device={str(want)!r}) and initialise its "
+                 "weights (reset_parameters() of each module)")
+    else:
+        where = (f"its parameters are on {have} but its inputs are on {want}. Build the module on the layer's "
+                 f"device, or move the whole layer after building it, layer.to({str(want)!r}), which moves every "
+                 "module it holds")
+    return where
