@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Any, Dict, FrozenSet, Iterable, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ from canvas_core.runtime.input_checks import refuse_unbindable_call
 from canvas_core.runtime.plan_runner import plan_query_weights
 from canvas_core.runtime.rollout_layer import LayerRoll
 from canvas_core.runtime.rollout_plan import frame_size, sampled_links
+from canvas_core.runtime.telemetry_sums import _Mean, _ProbeSums
 from canvas_core.schema._validate import is_int
 
 __all__ = ["Telemetry", "record_telemetry", "telemetry"]
@@ -56,17 +57,6 @@ __all__ = ["Telemetry", "record_telemetry", "telemetry"]
 _MAX_ELEMENTS = 16
 _CHUNK_ELEMENTS = 1 << 20  # (B * H * queries * connections * keys) per chunk of the softmax probe (cache-sized)
 _PREP_BYTES = 4 << 20  # per layer: the probe's index tensors kept, (queries * keys) * (4 + connections) bytes
-
-
-class _Mean:
-    __slots__ = ("total", "count")
-
-    def __init__(self) -> None:
-        self.total, self.count = 0.0, 0
-
-    @property
-    def value(self) -> float:
-        return self.total / self.count if self.count else 0.0
 
 
 def _series_name(name: str, modules: Dict[str, nn.Module], wrapped: FrozenSet[str] = frozenset()) -> str:
@@ -94,7 +84,7 @@ class _Prep(NamedTuple):
     size: int
 
 
-class _LayerProbe:
+class _LayerProbe(_ProbeSums):
     """Per-connection statistics of one canvas layer (precomputed once from its plan)."""
 
     def __init__(self, name: str, layer: nn.Module, max_queries: int) -> None:
@@ -157,26 +147,6 @@ class _LayerProbe:
         return (active is None and isinstance(x, torch.Tensor) and x.dim() == 3
                 and x.shape[0] > 0 and x.shape[1] == int(layer.plan.n) and x.shape[2] == layer.d_model
                 and x.is_floating_point())
-
-    @property
-    def stats(self) -> Dict[str, _Mean]:
-        """``{label/stat: running mean}`` of the softmax-family statistics measured so far."""
-        self.flush()
-        return self._stats
-
-    def flush(self) -> None:
-        """Add the sums still on the device to :attr:`stats`."""
-        pending, self._pending = self._pending, {}
-        norms, self._norm_pending = self._norm_pending, {}
-        for (fn, _), (total, rows) in ((k, v.tolist()) for k, v in norms.items()):
-            m = self.module_norm.setdefault(fn, _Mean())
-            m.total, m.count = m.total + total, m.count + int(rows)
-        for sums in pending.values():
-            for ci, (mass_sum, norm_sum, count) in enumerate(sums.tolist()):
-                if count:  # else every sample was non-finite at its queries: nothing measured
-                    for key, total in ((f"{self.labels[ci]}/mass_share", mass_sum), (f"{self.labels[ci]}/out_norm", norm_sum)):
-                        m = self._stats.setdefault(key, _Mean())
-                        m.total, m.count = m.total + total, m.count + int(count)
 
     def _rows(self, lo: int, hi: int) -> np.ndarray:
         """Indices into ``self.sample`` of the sampled queries on frames ``lo .. hi - 1``."""
@@ -288,39 +258,6 @@ class _LayerProbe:
             self._prep_room -= 0 if prep is None else prep.size
             self._preps[key] = prep
         return self._preps[key]
-
-    def module_output(self, fn: str, out: Any) -> None:  # a call of fn's module in a measured forward
-        if self.live:
-            self.add_rows([(fn, out)])
-
-    @torch.no_grad()
-    def add_rows(self, outputs: Iterable[Tuple[str, Any]]) -> None:
-        """Add the row norms of each ``(fn, out)``, ``out`` ``(..., D)`` rows of type ``fn``'s module
-        output, to its mean (every row weighs the same, as every query of the softmax statistics; a
-        row that is not finite is left out); the sums stay on the device until they are read."""
-        for fn, out in outputs:
-            if not (isinstance(out, torch.Tensor) and out.dim() >= 2 and out.numel() and out.is_floating_point()):
-                continue
-            norms = (out if out.dtype == torch.float64 else out.float()).norm(dim=-1).flatten()
-            ok = norms.isfinite()
-            part = torch.stack([torch.where(ok, norms, 0.0).sum(), ok.sum()]).double()
-            key = (fn, str(out.device))  # and not in place, as one made under inference mode is read outside
-            self._norm_pending[key] = part if key not in self._norm_pending else self._norm_pending[key] + part
-
-    def values(self) -> Dict[str, float]:
-        out = {k: m.value for k, m in self.stats.items()}
-        if not self.forwards:  # nothing measured: no shares from the weights alone either
-            return out
-        for ci, share in self.conn_share.items():
-            at = share > 0
-            if not at.any():
-                continue
-            fn = self.fn_of[ci]
-            out[f"{self.labels[ci]}/mass_share"] = float(share[at].mean())
-            norm = self.module_norm.get(fn)
-            if norm is not None and norm.count:
-                out[f"{self.labels[ci]}/out_norm"] = float(share[at].mean() * norm.value)
-        return out
 
 
 def _refuse_sequence_parallel(modules: Dict[str, nn.Module]) -> None:
