@@ -16,7 +16,7 @@ import torch
 
 from canvas_core.errors import CanvasTypeError, ShapeError
 
-__all__ = ["check_additive_mask", "linked_keys", "normalize_key_mask"]
+__all__ = ["check_additive_mask", "check_key_mask", "linked_keys", "normalize_key_mask"]
 
 
 def linked_keys(key_mask: torch.Tensor) -> torch.Tensor:
@@ -72,6 +72,25 @@ def _check_kind(owner: str, key_mask) -> None:
         )
 
 
+def _check_device(owner: str, key_mask: torch.Tensor, like: Optional[torch.Tensor]) -> None:
+    if like is not None and key_mask.device != like.device:
+        raise ShapeError(
+            f"{owner}: key_mask is on {key_mask.device} but the queries are on {like.device}; "
+            f"move it with key_mask.to({str(like.device)!r})"
+        )
+
+
+def check_key_mask(owner: str, key_mask: Optional[torch.Tensor], like: Optional[torch.Tensor] = None) -> None:
+    """Refuse what :func:`normalize_key_mask` refuses except a shape, with the same errors, for a
+    caller that hands the mask on unchanged.  Only attribute checks for a bool or integer mask (no
+    tensor operation, no host sync); a float mask pays :func:`check_additive_mask`'s one sync."""
+    if key_mask is None:
+        return
+    _check_kind(owner, key_mask)
+    _check_device(owner, key_mask, like)
+    check_additive_mask(owner, key_mask)
+
+
 def normalize_key_mask(
     owner: str,
     key_mask: Optional[torch.Tensor],
@@ -101,11 +120,7 @@ def normalize_key_mask(
     if key_mask is None:
         return None, None
     _check_kind(owner, key_mask)
-    if like is not None and key_mask.device != like.device:
-        raise ShapeError(
-            f"{owner}: key_mask is on {key_mask.device} but the queries are on {like.device}; "
-            f"move it with key_mask.to({str(like.device)!r})"
-        )
+    _check_device(owner, key_mask, like)
     m = key_mask
     if m.dim() == 2 and m.shape[0] == B and m.shape[0] != Nq and m.shape[0] != 1:
         m = m[:, None, :]  # (B, Nk)

@@ -338,20 +338,15 @@ def call_per_key_set(module: Any, q: Any, k: Any, v: Any, key_mask: Any, name: A
         if Nk == 0 or Nq == 0:
             return q.new_zeros(q.shape)
         return run_key_set_buckets(module, q, k, v, whole, name)[0][1]
-    from canvas_core.attention._base import linked_keys  # runtime/type_call.py imports no torch module at load
+    from canvas_core.attention.key_masks import normalize_key_mask  # no torch module imported at load
 
-    _check_mask(key_mask, name, module)
-    mask = linked_keys(key_mask)
-    if mask.dim() == 3:  # a per-sample mask (not used by the runtime): sample by sample
-        if mask.shape[0] == 1 or bool((mask == mask[:1]).all()):
-            mask = mask[0]
-        else:
-            return torch.cat([call_per_key_set(module, q[b:b + 1], k[b:b + 1], v[b:b + 1], mask[b], name)
-                              for b in range(B)], dim=0)
-    if mask.dim() != 2 or tuple(mask.shape) != (Nq, Nk):
-        from canvas_core.errors import ShapeError
-
-        raise ShapeError(f"key_mask must have shape (Nq, Nk) = {(Nq, Nk)}, got {tuple(key_mask.shape)}")
+    # the reader every type shares: (B|1, Nq|1, Nk) bool, or a CanvasError naming the type
+    mask = normalize_key_mask(_label(name, module), key_mask, B, Nq, Nk, q)[0].expand(-1, Nq, Nk)
+    if mask.shape[0] == 1 or bool((mask == mask[:1]).all()):
+        mask = mask[0]
+    else:  # a per-sample mask (not used by the runtime): sample by sample
+        return torch.cat([call_per_key_set(module, q[b:b + 1], k[b:b + 1], v[b:b + 1], mask[b], name)
+                          for b in range(B)], dim=0)
     if Nq and Nk and bool(mask.all()):
         return run_key_set_buckets(module, q, k, v, whole, name)[0][1]
     groups = [(qi.to(q.device), ki.to(k.device)) for qi, ki in key_set_groups(mask)]
@@ -363,27 +358,15 @@ def call_per_key_set(module: Any, q: Any, k: Any, v: Any, key_mask: Any, name: A
     return o.new_zeros((B, Nq, o.shape[-1])).index_copy(1, idx, o)
 
 
-def _check_mask(key_mask: Any, name: Any, module: Any) -> None:
-    """Refuse a ``key_mask`` the runtime cannot read: not a tensor (:class:`CanvasTypeError`), or a
-    float one holding NaN or ``+inf``, which :func:`linked_keys` would read as linked."""
-    import torch
-
-    from canvas_core.attention._base import check_additive_mask
-
-    if not isinstance(key_mask, torch.Tensor):
-        from canvas_core.errors import CanvasTypeError
-
-        raise CanvasTypeError(f"{_label(name, module)}: key_mask must be a torch.Tensor or None, got "
-                              f"{type(key_mask).__name__}; pass a bool tensor (True = may attend)")
-    check_additive_mask(_label(name, module), key_mask)
-
-
 def call_attention_type(module: Any, queries: Any, keys: Any, values: Any, key_mask: Any = None,
                         name: Any = None) -> Any:
     """Run an attention type's module under the contract above.
 
-    ``key_mask``: None (every query reads every key), bool ``(Nq, Nk)`` (True = linked) or an
-    additive float mask of that shape (``-inf`` blocks, as ``key_mask`` of a type).  An exact-mask type
+    ``key_mask``: None (every query reads every key), or a mask as every type reads it
+    (``canvas_core.extend.normalize_key_mask``): bool ``(Nq, Nk)`` (True = linked), integer (0
+    blocks) or additive float (``-inf`` blocks), broadcastable to ``(B, Nq, Nk)``, on the queries'
+    device; a complex, quantized or sparse one, or a float one holding NaN or ``+inf``, is refused
+    with a :class:`~canvas_core.errors.CanvasError` naming the type.  An exact-mask type
     (:func:`mask_is_exact`) gets ``module(queries, keys, values, key_mask=key_mask)``; any other
     type one call per shape of key set, the key sets of that shape stacked along the batch
     (nothing is called for a query without keys: zeros).  ``name``: the type's name, for errors.
@@ -450,8 +433,12 @@ def call_exact_masked(module: Any, queries: Any, keys: Any, values: Any, key_mas
 
     from canvas_core.runtime.finite_guard import non_finite_keys, reads_bad, zero_bad_keys
 
-    if key_mask is not None and not is_builtin_module(module):  # canvas-core's own check it themselves
-        _check_mask(key_mask, name, module)
+    if key_mask is not None and not is_builtin_module(module):  # canvas-core's own read it themselves
+        from canvas_core.attention.key_masks import check_key_mask
+
+        # handed on unchanged, but refused as the shared reader refuses it (attribute checks only
+        # for the runtime's own bool masks: no host sync)
+        check_key_mask(_label(name, module), key_mask, queries)
     if not reads_keys(module):
         return check_type_output(run_type(module, name, queries, keys, values, key_mask=key_mask), queries,
                                  name, module)
