@@ -9,9 +9,9 @@ module that casts its inputs to its own dtype, nothing while computing in anothe
 * :func:`dtype_problem`: before each call of a plugin module by
   :func:`~canvas_core.runtime.type_call.run_type` (which raises a ``ShapeError`` naming the type
   with it), what is wrong when none of the module's floating parameters has the inputs' dtype
-  (outside autocast).  One comparison per call after the
-  first (cached per module and dtype); nothing for canvas-core's own types, nothing while
-  ``torch.compile`` traces.  A module mixing dtypes (casting inside) is judged at build by
+  (outside autocast).  A walk over the module's parameters that stops at the
+  first one of the inputs' dtype (about 3 us; not cached, so a parameter replaced after a call is
+  seen); nothing for canvas-core's own types, nothing while ``torch.compile`` traces.  A module mixing dtypes (casting inside) is judged at build by
   ``type_probe.mixed_dtypes_explained``.
 * :func:`device_problem`: after a raw torch error of such a call, what is wrong when none of the
   module's tensors is on the inputs' device (asked only on failure: an offloading hook may move
@@ -20,15 +20,17 @@ module that casts its inputs to its own dtype, nothing while computing in anothe
 
 from __future__ import annotations
 
-import weakref
-from typing import Any, Optional, Tuple
+from typing import Any, Optional
 
 import torch
 
 __all__ = ["dtype_problem", "device_problem"]
 
-# module -> (inputs' dtype, a floating parameter of that dtype or None, that parameter's dtype then)
-_SEEN: "weakref.WeakKeyDictionary[Any, Tuple[Any, Any, Any]]" = weakref.WeakKeyDictionary()
+def _parameters(module: Any) -> list:
+    try:
+        return list(module.parameters())
+    except Exception:  # not an nn.Module, or one torch cannot walk (unhashable): nothing to check
+        return []
 
 
 def _tensors(module: Any) -> list:
@@ -46,18 +48,18 @@ def dtype_problem(module: Any, queries: Any) -> Optional[str]:
             or torch.compiler.is_compiling():
         return None
     want = queries.dtype
-    hit = _SEEN.get(module)
-    if hit is not None and hit[0] == want and (hit[1] is None or hit[1].dtype == hit[2]):
-        return None  # checked for this dtype, and the module was not converted since
-    floats = [p for p in _tensors(module) if isinstance(p, torch.nn.Parameter) and p.is_floating_point()]
-    same = next((p for p in floats if p.dtype == want), None)
-    if same is not None or not floats:
-        _SEEN[module] = (want, same, None if same is None else same.dtype)
+    floats = []
+    for p in _parameters(module):  # no cache: a replaced parameter would go unseen (~3 us a call)
+        if p.is_floating_point():
+            if p.dtype == want:
+                return None
+            floats.append(p)
+    if not floats:
         return None
     from canvas_core.attention._base import autocast_on
 
     if autocast_on(queries.device.type):
-        return None  # autocast computes in its own dtypes (not cached: the next call may run outside it)
+        return None  # autocast computes in its own dtypes
     have = floats[0].dtype
     kinds = ", ".join(dict.fromkeys(str(p.dtype) for p in floats))
     return (
@@ -82,8 +84,8 @@ def device_problem(module: Any, queries: Any) -> Optional[str]:
     if have.type == "meta":
         where = (f"its parameters are on the meta device (shapes only, no values) but its inputs are on {want}. "
                  f"Build the module with real weights on the layer's device (not under torch.device('meta')), "
-                 f"or materialise the whole layer with layer.to_empty(device={str(want)!r}) and initialise its "
-                 "weights (reset_parameters() of each module)")
+                 f"or materialise this module alone, module.to_empty(device={str(want)!r}), and initialise its "
+                 "weights (its reset_parameters()); to_empty of the whole layer would discard the layer's own weights")
     else:
         where = (f"its parameters are on {have} but its inputs are on {want}. Build the module on the layer's "
                  f"device, or move the whole layer after building it, layer.to({str(want)!r}), which moves every "

@@ -121,7 +121,7 @@ def test_a_module_casting_to_its_own_dtype_is_refused_not_run_in_another_precisi
 def test_a_module_on_the_meta_device_is_refused_naming_meta_and_the_fix():
     layer = _layer(device="meta")  # nothing to probe on meta: the build passes
     err = _refused(layer, torch.randn(2, 8, 8), "'t16_plug'", "meta device", "on cpu",
-                   "layer.to_empty(device='cpu')")
+                   "module.to_empty(device='cpu')", "discard the layer's own weights")
     assert isinstance(err.__cause__, RuntimeError)  # torch's own error kept as the cause
 
 
@@ -156,3 +156,36 @@ def test_a_module_mixing_the_layer_dtype_with_another_still_runs():
     layer = CanvasAttention(_topology("t16_mixed"), LAYOUT, d_model=8, n_heads=2,
                             attention_factory=lambda f, *a, **k: _Mixed(*a, **k))
     assert layer(torch.randn(2, 8, 8)).dtype == torch.float32
+
+
+class _CastsItself(nn.Module):
+    """Casts its inputs to its own parameters' dtype and back: runs in any dtype without an error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, q, k, v, key_mask=None):
+        return self.proj(q.to(self.proj.weight.dtype)).to(q.dtype)
+
+
+def test_a_parameter_replaced_after_a_call_is_seen() -> None:
+    m = _CastsItself()
+    q = torch.randn(1, 3, 8)
+    call_attention_type(m, q, q, q, name="casts")
+    m.proj = nn.Linear(8, 8).double()  # a new parameter object, not a conversion in place
+    with pytest.raises(ShapeError, match="float64"):
+        call_attention_type(m, q, q, q, name="casts")
+
+
+class _EqualsEverything(_CastsItself):
+    def __eq__(self, other):  # defines __eq__ without __hash__: instances are unhashable
+        return True
+
+
+def test_unhashable_modules_still_run() -> None:
+    """torch itself cannot walk an unhashable module's parameters: the check steps aside instead
+    of failing the call with a TypeError."""
+    q = torch.randn(1, 3, 8)
+    for m in (_EqualsEverything(), _EqualsEverything().double()):
+        assert call_attention_type(m, q, q, q, name="eq").shape == q.shape
