@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections import OrderedDict
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
 import torch
@@ -53,6 +52,7 @@ from canvas_core.runtime.func_transforms import compile_disabled, forward_ad_mat
 from canvas_core.runtime.kernel_choice import (_KERNEL_FORMS, _kernel_choices, _kernel_value,  # noqa: F401
                                                _options, _unknown_key, _unsupported)
 from canvas_core.runtime.kernels import REFERENCE_MODES, probe_kernel  # noqa: F401
+from canvas_core.runtime.layer_observers import UPDATE_OBSERVERS, add_observer, add_tables, observers
 from canvas_core.runtime.plan_runner import PlanRunner, mix_softmax_groups, run_module_groups
 from canvas_core.runtime.input_checks import (allocating, check_allocation, check_count, check_finite_number,
                                               check_region_names, check_tensor, check_width)
@@ -125,6 +125,7 @@ class CanvasAttention(nn.Module):
                  kernel_options: Optional[Dict[str, Any]] = None, device: Any = None,
                  returns: str = "state") -> None:
         super().__init__()
+        add_tables(self)  # empty observer tables, there before any trace (runtime/layer_observers.py)
         if returns not in ("state", "delta"):
             raise SchemaError(f"{type(self).__name__}: returns must be 'state' or 'delta', got {returns!r}")
         self.returns = returns
@@ -192,6 +193,10 @@ class CanvasAttention(nn.Module):
                 flag_connections(plan, f, f"in a canvas layer: {problem}")
         # restricted executors of active_regions, least recently used first (not in the state dict)
         self._restricted: "LRUCache" = LRUCache()  # frozenset of region names -> _Executor
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        super().__setstate__(state)
+        add_tables(self)  # a layer pickled before it had observer tables
 
     @property
     def beta(self) -> float:
@@ -274,11 +279,10 @@ class CanvasAttention(nn.Module):
         """Call ``fn(layer, x, active_regions)`` each time the layer computes its update on a whole canvas
         ``x (B, N, D)``, however it is called (``layer(x)``, ``layer.delta(x)``, ``returns="delta"``; a forward
         pre-hook misses ``.delta``); not for a rollout's one-frame steps.  A sequence-parallel wrapper refuses
-        to run the layer while it has one.  Telemetry and ``verify_structure`` use it; returns a removable handle."""
-        observers = self.__dict__.setdefault("_update_observers", OrderedDict())  # (a handle keeps a weak reference)
-        handle = RemovableHandle(observers)  # what torch's own hooks return
-        observers[handle.id] = fn
-        return handle
+        to run the layer while it has one.  Code compiled by ``torch.compile`` before it was added recompiles
+        at its next call (``runtime/layer_observers.py``).  Telemetry and ``verify_structure`` use it;
+        returns a removable handle."""
+        return add_observer(self, UPDATE_OBSERVERS, fn)
 
     def _updates(self, x: torch.Tensor, active_regions: Optional[Iterable[str]]):
         """(new values at the updated positions as a ``(B, N, D)`` tensor, or None when nothing
@@ -290,7 +294,7 @@ class CanvasAttention(nn.Module):
         check_tensor(type(self).__name__, "x", x, like=next(self.parameters(), None))
         (check_unchanged_traced if torch.compiler.is_compiling() else check_unchanged)(  # traced: no t_current guard
             self.plan.layout, self.__dict__.get("_layout_stamp"), type(self).__name__)
-        for observer in tuple(self.__dict__.get("_update_observers", {}).values()):
+        for observer in observers(self, UPDATE_OBSERVERS):  # compiled: guarded per layer (layer_observers)
             observer(self, x, active_regions)
         ex = self._executor_for(active_regions, x.device)
         B, N, D = x.shape

@@ -35,17 +35,17 @@ step (a check would cost every step and misfire on modules that write their para
 from __future__ import annotations
 
 import contextlib
-from collections import OrderedDict
 from contextvars import ContextVar
-from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Iterator, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
-from torch.utils.hooks import RemovableHandle
 
 from canvas_core.errors import CanvasError, CanvasTypeError, ShapeError
 from canvas_core.runtime.input_checks import check_tensor
+from canvas_core.runtime.layer_observers import STEP_OBSERVERS, observe_steps  # noqa: F401  (published here)
+from canvas_core.runtime.layer_observers import observers as step_observers
 from canvas_core.runtime.rollout_layer import (LayerRoll, _Index, check_tolerance, check_width, default_tolerance,
                                                input_hint, layer_frame_plan, step_difference)
 from canvas_core.runtime.rollout_plan import check_layer_layout, check_rollout_layer, frame_size
@@ -81,22 +81,20 @@ def _measuring(frames: Tuple[int, int]) -> Iterator[None]:
         _MEASURED.reset(token)
 
 
-def observe_steps(layer: nn.Module, fn: Callable[..., None], *, cache: bool = False,
-                  rows: bool = False, finite: bool = False) -> RemovableHandle:
-    """Call ``fn(layer, h, t)`` after each one-frame step of ``layer`` in a rollout, ``h`` ``(B,
-    (t + 1) V, D)`` the layer's inputs of frames ``0 .. t`` in canonical order (read only; the
-    step computed the queries of frame ``t``).  With ``cache=True`` it is ``fn(layer, h, t, kv)``,
-    ``kv`` the step's cached ``(keys, values)`` ``(B, H, (t + 1) V, head_dim)`` of frames ``0 ..
-    t`` in the layer's dtype (read only), or None when the layer has no softmax-family type.
-    With ``rows=True`` it also gets ``rows=``: ``{type: (B, R, D)}``, the output rows of frame
-    ``t`` of each other type's module, before the mixing weights (read only).  With ``finite=True``
-    it gets ``bad=``: ``(B, H, (t + 1) V)`` bool, the cached keys whose key or value holds a NaN /
-    inf (kept per episode: a step examines its own frame only), or None when the layer caches no
-    keys.  Telemetry uses it.  Returns a handle with ``remove()``."""
-    observers = layer.__dict__.setdefault("_step_observers", OrderedDict())
-    handle = RemovableHandle(observers)
-    observers[handle.id] = (fn, bool(cache), bool(rows), bool(finite))
-    return handle
+def _refuse_sequence_parallel(model: nn.Module) -> None:
+    """A rollout steps the model one frame at a time on each rank, while a sequence-parallel layer
+    takes its rank's share of the canvas (same length as a frame, or not): refuse, before anything runs."""
+    from canvas_core.runtime.sequence_parallel import SequenceParallelCanvasAttention
+
+    names = [n or "<model>" for n, m in model.named_modules() if isinstance(m, SequenceParallelCanvasAttention)]
+    if names:
+        raise RolloutError(
+            f"incremental(): layer(s) {', '.join(names[:3])}{' ...' if len(names) > 3 else ''} of "
+            f"{type(model).__name__} run sequence-parallel (SequenceParallelCanvasAttention, from "
+            "parallelize_canvas): each takes its rank's share of the whole canvas, not one frame, so a rollout "
+            "step would compute the wrong positions. Roll out a plain copy instead, on one rank: "
+            "save_canvas_checkpoint(model, path, schema), load_canvas_checkpoint(plain_model, path, schema) "
+            "into a model built without parallelize_canvas, then incremental(plain_model, layout)")
 
 
 def _wraps(exc: BaseException) -> bool:
@@ -151,6 +149,7 @@ class Rollout:
         self.check_explicit = check is not True  # check=True: 1e-4, or the output dtype's resolution
         self.T = int(layout.T)
         self.width = check_width(width, layout)
+        _refuse_sequence_parallel(model)
         layers = [(n, m) for n, m in model.named_modules() if isinstance(m, CanvasAttention)]
         if not layers:
             raise CanvasTypeError(f"incremental(): {type(model).__name__} holds no CanvasAttention layer; "
@@ -399,7 +398,7 @@ class Rollout:
                 else:
                     st.caches.append(fresh)
             roll = st.caches[i]
-            observers = tuple(layer.__dict__.get("_step_observers", {}).values())
+            observers = step_observers(layer, STEP_OBSERVERS)
             roll.keep_rows = any(o[2] for o in observers)
             out = roll.step(x, self._t)
             n = (self._t + 1) * self.V

@@ -41,6 +41,7 @@ from torch import nn
 
 from canvas_core.errors import CanvasTypeError, SchemaError, ShapeError
 from canvas_core.runtime.input_checks import check_region_names, check_tensor
+from canvas_core.runtime.layer_observers import UPDATE_OBSERVERS, observers
 from canvas_core.runtime.sharding import (
     CanvasSharding,
     SequenceParallelError,
@@ -173,7 +174,8 @@ def _owner(attn: nn.Module) -> str:
 _OBSERVER_FIXES = {
     "canvas_core.runtime.telemetry": (
         "record_telemetry / telemetry", "they measure the whole canvas, which no rank holds: end the recording "
-        "before parallelize_canvas and measure a plain copy instead (save_canvas_checkpoint(model, path, schema), "
+        "(one opened on the model before parallelize_canvas, or one of the wrapped layer, sp_layer.attn) and "
+        "measure a plain copy instead (save_canvas_checkpoint(model, path, schema), "
         "load_canvas_checkpoint(plain_model, path, schema), telemetry(plain_model, x_whole))"),
     "canvas_core.runtime.verify": (
         "verify_structure", "it probes the model on the whole canvas: verify the model before parallelize_canvas, "
@@ -184,21 +186,34 @@ _OBSERVER_FIXES = {
 def _observed(attn: nn.Module) -> Optional[SequenceParallelError]:
     """The refusal of a wrapped layer that has update observers (``observe_updates``): they are
     promised the whole canvas, which no rank holds, so running would silently skip them."""
-    observers = attn.__dict__.get("_update_observers")
-    if not observers:
+    found = observers(attn, UPDATE_OBSERVERS)  # compiled: guarded per layer (layer_observers)
+    if not found:
         return None
     tools, fixes = [], []
-    for fn in observers.values():
+    for fn in found:
         tool, fix = _OBSERVER_FIXES.get(getattr(fn, "__module__", None), (
-            getattr(fn, "__qualname__", type(fn).__name__),
+            str(getattr(fn, "__qualname__", type(fn).__name__)).rsplit("<locals>.", 1)[-1],
             "remove it (handle.remove()) or run the layer without sequence parallelism"))
         if tool not in tools:
             tools.append(tool)
             fixes.append(f"{tool}: {fix}")
     return SequenceParallelError(
-        f"{_owner(attn)} has {len(observers)} update observer(s) attached with observe_updates (from {tools}); "
-        "they are called with the whole canvas (B, N, D) and each rank only holds its share, so under sequence "
-        "parallelism they would never be called. " + "; ".join(fixes))
+        f"{_owner(attn)} has {len(found)} update observer(s) attached with observe_updates (from "
+        f"{', '.join(tools)}); they are called with the whole canvas (B, N, D) and each rank only holds its "
+        "share, so under sequence parallelism they would never be called. " + "; ".join(fixes))
+
+
+def _in_rollout(attn: nn.Module) -> Optional[SequenceParallelError]:
+    """The refusal of a wrapped layer that a rollout (``canvas_core.incremental``) has installed
+    itself on: a step's input is one frame, not this rank's share."""
+    if "_updates" not in attn.__dict__:
+        return None
+    return SequenceParallelError(
+        f"{_owner(attn)} is inside a rollout (canvas_core.incremental installed itself on it): a rollout step "
+        "gives the layer one frame, a sequence-parallel layer takes its rank's share of the whole canvas, so the "
+        "result would be wrong. Roll out a plain copy instead: save_canvas_checkpoint(model, path, schema), "
+        "load_canvas_checkpoint(plain_model, path, schema) into a model built without parallelize_canvas, "
+        "then incremental(plain_model, layout)")
 
 
 def _stale(attn: nn.Module) -> Optional[SchemaError]:
@@ -332,9 +347,9 @@ class SequenceParallelCanvasAttention(nn.Module):
         n_r, D = self.n_local, attn.d_model
         failure: Optional[BaseException] = None
         try:  # this rank's own checks; with check_inputs every rank learns the outcome first
-            observed = _observed(attn)  # a dict look-up: nothing is exchanged for it
-            if observed is not None:
-                raise observed
+            refusal = _observed(attn) or _in_rollout(attn)  # dict look-ups: nothing is exchanged for them
+            if refusal is not None:
+                raise refusal
             check_tensor(type(self).__name__, "x", x, like=next(attn.parameters(), None))
             if x.dim() != 3 or x.shape[1] != n_r or x.shape[2] != D:
                 raise ShapeError(f"SequenceParallelCanvasAttention on rank {self.rank} expects its share "

@@ -269,7 +269,8 @@ def _refuse_sequence_parallel(modules: Dict[str, nn.Module]) -> None:
     names = [n or "<model>" for n, m in modules.items() if isinstance(m, SequenceParallelCanvasAttention)]
     if names:
         raise SequenceParallelError(
-            f"record_telemetry: layer(s) {names[:3]} run sequence-parallel (parallelize_canvas): each rank "
+            f"record_telemetry: layer(s) {', '.join(names[:3])}{' ...' if len(names) > 3 else ''} run "
+            "sequence-parallel (parallelize_canvas): each rank "
             "holds a share of the canvas, and the connection statistics need the whole canvas, so nothing "
             "would be measured. Measure a model that is not parallelized on the whole canvas instead, e.g. "
             "on one rank: save_canvas_checkpoint(model, path, schema) (every rank may call it: the names "

@@ -282,6 +282,23 @@ def _called_plans(model: nn.Module, make: Callable, gen: torch.Generator, probe_
     return called
 
 
+def _refuse_sequence_parallel(model: nn.Module) -> None:
+    """Refuse a model holding sequence-parallel layers on this rank alone, before any probe: the probe
+    needs the whole canvas, and a forward of such a layer would wait for the other ranks (or, on
+    every rank, run on a share of the wrong shape)."""
+    from canvas_core.runtime.sequence_parallel import SequenceParallelCanvasAttention, SequenceParallelError
+
+    names = [n or "<model>" for n, m in model.named_modules() if isinstance(m, SequenceParallelCanvasAttention)]
+    if names:
+        raise SequenceParallelError(
+            f"verify_structure: layer(s) {', '.join(names[:3])}{' ...' if len(names) > 3 else ''} of "
+            f"{type(model).__name__} run sequence-parallel (SequenceParallelCanvasAttention, from "
+            "parallelize_canvas): each takes its rank's share of the canvas, and the probe needs the whole "
+            "canvas on one rank. Verify the model before parallelize_canvas, or a plain copy on one rank: "
+            "save_canvas_checkpoint(model, path, schema), load_canvas_checkpoint(plain_model, path, schema) "
+            "into a model built without parallelize_canvas, then verify_structure(plain_model)")
+
+
 def _verify_model(run: _Run, model: nn.Module, layout: Any, topology: Any, plan: Any, layers: Optional[int],
                   d_model: Optional[int], make_input: Optional[Callable]) -> None:
     from canvas_core.runtime.canvas_attention import CanvasAttention
@@ -404,6 +421,7 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
     if make_input is not None and not callable(make_input):
         raise CanvasTypeError(f"verify_structure: make_input must be callable(b, generator) -> (b, N, D) tensor, "
                               f"got {make_input!r:.60}")
+    _refuse_sequence_parallel(model)
     meta = next((n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta), None)
     if meta is not None:
         raise CanvasTypeError(f"verify_structure: {type(model).__name__}'s tensor {meta!r} is on the meta device (no "

@@ -7,6 +7,11 @@ wrapped layer itself) silently measured nothing (``forwards == 0``, no values), 
 silently never called, and ``verify_structure`` of a parallelized model failed with an unrelated
 ``ShapeError`` (2 ranks) or claimed the model "ran none of its CanvasAttention layers" (1 rank).
 
+``verify_structure`` and ``canvas_core.incremental`` refuse a parallelized model up front (naming the
+wrapped layers, no collective: verify on one rank used to wait in the exchange until the group's
+timeout, and a rollout whose frame was as long as a rank's share ran with wrong outputs), a wrapped
+layer refuses a rollout installed on it, and compiled code sees observers added after its first call.
+
 With 2 gloo ranks (this file is also the worker script) every rank refuses before any exchange, also
 when only one rank has an observer, and a forward without observers still makes exactly the
 collectives it made before (one agreement ``all_gather``, two ``all_to_all``).
@@ -17,6 +22,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import sys
+import time
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -89,7 +95,9 @@ def test_a_recording_opened_before_parallelize_canvas_is_refused_not_empty(group
             _run(model, x)
     msg = str(err.value)
     assert "record_telemetry / telemetry" in msg and "telemetry(plain_model, x_whole)" in msg, msg
-    assert "end the recording before parallelize_canvas" in msg, msg
+    assert "end the recording (one opened on the model before parallelize_canvas, or one of the wrapped layer, " \
+        "sp_layer.attn)" in msg, msg
+    assert "(from record_telemetry / telemetry);" in msg and "['" not in msg, msg  # plain text, no Python list
     assert tel.forwards == 0
     torch.testing.assert_close(_run(model, x), plain(x))  # the recording is over: runs as before
 
@@ -104,6 +112,15 @@ def test_a_recording_of_the_wrapped_layer_and_its_delta_are_refused(group):
         for call in (layer, layer.delta):
             with pytest.raises(SequenceParallelError, match=re.escape(OWNER)):
                 call(shard_canvas(x, layer))
+
+
+def test_telemetry_of_a_parallelized_model_names_the_layers_as_plain_text(group):
+    import canvas_core as cc
+    from canvas_core.runtime.sequence_parallel import SequenceParallelError
+
+    model = _build()[3]
+    with pytest.raises(SequenceParallelError, match=re.escape("record_telemetry: layer(s) 0, 1 run sequence-parallel")):
+        cc.record_telemetry(model).__enter__()
 
 
 @pytest.mark.parametrize("check_inputs", [True, False])
@@ -121,27 +138,124 @@ def test_a_user_observer_is_refused_by_name_and_runs_again_once_removed(group, c
     handle = model[1].attn.observe_updates(count_updates)
     with pytest.raises(CanvasError, match=re.escape(OWNER)) as err:
         _run(model, x)
-    assert "count_updates" in str(err.value) and "handle.remove()" in str(err.value)
+    assert "(from count_updates);" in str(err.value) and "handle.remove()" in str(err.value)
+    assert "['" not in str(err.value), str(err.value)
     assert calls == []
     handle.remove()
     torch.testing.assert_close(_run(model, x), plain(x))
 
 
+VERIFY = "verify_structure: layer(s) 0, 1 of Sequential run sequence-parallel (SequenceParallelCanvasAttention"
+
+
 @pytest.mark.parametrize("given", [False, True])
-def test_verify_structure_of_a_parallelized_model_says_why_it_cannot(group, given):
+def test_verify_structure_of_a_parallelized_model_is_refused_up_front(group, given, monkeypatch):
+    """Refused before any probe (so before any forward and its agreement collective), naming the
+    wrapped layers and the fix; it used to surface the observer refusal from inside a forward."""
     import canvas_core as cc
-    from canvas_core.runtime.sequence_parallel import SequenceParallelError
+    from canvas_core.runtime.sequence_parallel import SequenceParallelCanvasAttention, SequenceParallelError
 
     layout, topology, plain, model, x = _build()
     assert cc.verify_structure(plain).ok
+
+    def no_forward(*a: Any, **k: Any) -> Any:
+        raise AssertionError("verify_structure ran a sequence-parallel forward")
+
+    monkeypatch.setattr(SequenceParallelCanvasAttention, "forward", no_forward)
     kwargs = dict(layout=layout, topology=topology, layers=2) if given else {}
-    with pytest.raises(SequenceParallelError, match=re.escape(OWNER)) as err:
+    with pytest.raises(SequenceParallelError, match=re.escape(VERIFY)) as err:
         cc.verify_structure(model, **kwargs)
-    assert "verify_structure: it probes the model on the whole canvas" in str(err.value)
-    assert "verify the model before parallelize_canvas" in str(err.value)
-    with pytest.raises(SequenceParallelError, match=re.escape(OWNER)):
+    assert "Verify the model before parallelize_canvas, or a plain copy" in str(err.value)
+    assert "verify_structure(plain_model)" in str(err.value)
+    with pytest.raises(SequenceParallelError, match=re.escape("verify_structure: layer(s) <model> of "
+                                                              "SequenceParallelCanvasAttention run")):
         cc.verify_structure(model[0])
-    assert not model[0].attn.__dict__.get("_update_observers")  # verify took its observers back
+    assert not model[0].attn.__dict__.get("_update_observers")  # nothing was attached
+
+
+def _causal_build() -> Tuple[Any, Any, Any, Any]:
+    """(layout, a plain causal two-layer model, the same model parallelized, a canvas)."""
+    import torch
+    from torch import nn
+
+    from canvas_core import AttentionDispatcher, CanvasLayout, CanvasTopology, Connection
+    from canvas_core.runtime.sequence_parallel import parallelize_canvas
+
+    layout = CanvasLayout(T=2, H=2, W=4, d_model=8, regions={"a": (0, 2, 0, 1, 0, 4), "b": (0, 2, 1, 2, 0, 4)})
+    topology = CanvasTopology(connections=[Connection("a", "b", t_src=0, t_dst=0), Connection("b", "b", t_src=0, t_dst=0),
+                                           Connection("b", "b", t_src=0, t_dst=-1)])
+
+    def net() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(*(AttentionDispatcher(topology, layout, 8, n_heads=2) for _ in range(2))).eval()
+
+    parallel = net()
+    parallel.sharding = parallelize_canvas(parallel)
+    return layout, net(), parallel, torch.randn(2, 16, 8, generator=torch.Generator().manual_seed(1))
+
+
+ROLLOUT = "incremental(): layer(s) 0, 1 of Sequential run sequence-parallel (SequenceParallelCanvasAttention"
+
+
+def test_a_rollout_of_a_parallelized_model_is_refused_when_made(group):
+    import torch
+
+    import canvas_core as cc
+    from canvas_core.runtime.incremental import RolloutError
+
+    layout, plain, model, x = _causal_build()
+    with pytest.raises(RolloutError, match=re.escape(ROLLOUT)) as err:
+        cc.incremental(model, layout)
+    assert "load_canvas_checkpoint(plain_model, path, schema)" in str(err.value)
+    assert "incremental(plain_model, layout)" in str(err.value)
+    with torch.no_grad(), cc.incremental(plain, layout) as roll:  # the plain copy rolls out as before
+        torch.testing.assert_close(roll.step(x[:, :8]), plain(x)[:, :8])
+
+
+def test_a_wrapped_layer_refuses_a_rollout_installed_on_it(group):
+    """Defence in depth: a model parallelized inside ``with incremental(...)`` (the refusal at the
+    rollout's construction cannot see it) refuses the step instead of running on a frame as a share."""
+    import torch
+
+    import canvas_core as cc
+    from canvas_core.runtime.sequence_parallel import SequenceParallelError, parallelize_canvas
+
+    layout, plain, _, x = _causal_build()
+    model = _causal_build()[1]
+    with torch.no_grad(), cc.incremental(model, layout) as roll:
+        model.sharding = parallelize_canvas(model)
+        with pytest.raises(SequenceParallelError, match=re.escape(
+                "AttentionDispatcher (wrapped by SequenceParallelCanvasAttention) is inside a rollout")) as err:
+            roll.step(x[:, :8])
+    assert "incremental(plain_model, layout)" in str(err.value)
+    torch.testing.assert_close(_run(model, x), plain(x))  # after the rollout: runs as before
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_compiled_code_sees_observers_added_and_removed_after_its_first_call(group, whole):
+    """An observer added after the first compiled call (or a recording of ``sp_layer.attn``) used to
+    be skipped without a word: dynamo kept no guard on the layer's observer table."""
+    import torch
+
+    import canvas_core as cc
+    from canvas_core.runtime.sequence_parallel import SequenceParallelError, shard_canvas
+
+    _, _, plain, model, x = _build()
+    compiled = torch.compile(model if whole else model[1], backend="eager")
+    xs = shard_canvas(x, model.sharding)
+    with torch.no_grad():
+        compiled(xs)
+        handle = model[1].attn.observe_updates(lambda *a: None)
+        with pytest.raises(SequenceParallelError, match=re.escape("AttentionDispatcher (wrapped by "
+                                                                  "SequenceParallelCanvasAttention) has 1")):
+            compiled(xs)
+        handle.remove()
+        compiled(xs)
+        with cc.record_telemetry(model[1].attn):
+            with pytest.raises(SequenceParallelError, match="record_telemetry / telemetry"):
+                compiled(xs)
+        if whole:
+            torch.testing.assert_close(cc.unshard_canvas(compiled(xs), model.sharding), plain(x))
 
 
 # --- two gloo ranks ---------------------------------------------------------------------------
@@ -150,7 +264,7 @@ def test_every_rank_refuses_observed_layers_without_a_hang(tmp_path):
     launch = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(launch)
     out = launch.launch(2, "--pg-timeout", "10", worker=Path(__file__), timeout=150)
-    assert "OK observers: telemetry, one rank, verify, collectives" in out, out
+    assert "OK observers: telemetry, one rank, verify, rollout, collectives" in out, out
 
 
 def _expect(call: Callable[[], Any], *words: str) -> None:
@@ -206,8 +320,21 @@ def _scenarios(rank: int, world: int) -> None:
     if handle is not None:
         handle.remove()
     dist.barrier()
-    # verify_structure on every rank: the observer refusal, not the shape of its whole-canvas probe
-    _expect(lambda: cc.verify_structure(model), OWNER, "verify_structure")
+    # verify_structure on every rank, then on rank 0 alone: refused at once, no collective to wait in
+    _expect(lambda: cc.verify_structure(model), VERIFY)
+    if rank == 0:
+        start = time.monotonic()
+        _expect(lambda: cc.verify_structure(model), VERIFY)
+        assert time.monotonic() - start < 5, time.monotonic() - start  # the group's timeout is 10 s
+    dist.barrier()
+    # a rollout: a frame (8 positions) is as long as a rank's share here, so it used to run, wrong
+    layout, _, causal, _ = _causal_build()
+    try:
+        cc.incremental(causal, layout)
+    except cc.RolloutError as e:
+        assert ROLLOUT in str(e), str(e)
+    else:
+        raise AssertionError("a rollout of a parallelized model was made")
     dist.barrier()
     # without observers: the result and the exchanges are as before
     counts, undo = _counting(("all_gather", "all_to_all_single", "all_to_all"))
@@ -232,7 +359,7 @@ def _worker(rank: int, world: int, port: int, pg_timeout: float) -> None:
                             timeout=timedelta(seconds=pg_timeout))
     _scenarios(rank, world)
     if rank == 0:
-        print("OK observers: telemetry, one rank, verify, collectives", flush=True)
+        print("OK observers: telemetry, one rank, verify, rollout, collectives", flush=True)
     dist.destroy_process_group()
 
 
