@@ -88,11 +88,14 @@ def _load_diffusers(cls_path: str) -> Callable[[Path], nn.Module]:
         if saved is not None and saved != name:
             raise BackboneError(f"--pretrained {str(path)!r} holds a {saved}, not a {name}; "
                                 "choose the matching --backbone or another directory")
-        try:  # low_cpu_mem_usage=False: the same weights, without asking for `accelerate`
-            model = cls.from_pretrained(str(path), subfolder=sub, low_cpu_mem_usage=False)
+        # low_cpu_mem_usage=False: the same weights, without asking for `accelerate`; safetensors only:
+        # a .bin written with safe_serialization=False would be unpickled
+        try:
+            model = cls.from_pretrained(str(path), subfolder=sub, low_cpu_mem_usage=False, use_safetensors=True)
         except (OSError, ValueError, TypeError, KeyError, RuntimeError) as exc:
             raise BackboneError(f"--pretrained {str(path)!r} could not be loaded as a {name}: {exc}; "
-                                f"give a directory written by {name}.save_pretrained") from exc
+                                f"give a directory written by {name}.save_pretrained (safetensors weights, its "
+                                "default: pickled .bin weights are not read)") from exc
         _attach_prompt(model, path / (sub or "") / "prompt.safetensors")
         return model
     return load
