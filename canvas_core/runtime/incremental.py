@@ -269,7 +269,9 @@ class Rollout:
         holding the frames stepped so far and zeros after them; a difference raises."""
         t, V = self.frame, self.V  # self._inputs: frames 0 .. t - 1 (no slide has happened yet)
         canvas = torch.cat(self._inputs + [x_t, x_t.new_zeros(x_t.shape[0], (self.T - t - 1) * V, x_t.shape[2])], dim=1)
-        with torch.no_grad(), _measuring((0, 0)):  # a check, not output: telemetry leaves it out
+        # a check, not output: telemetry leaves it out; eager as the steps are (compiled code would
+        # trace the observers a recording adds, which fullgraph=True refuses)
+        with torch.no_grad(), _measuring((0, 0)), _eager():
             full = self.model(canvas)  # not stepping: the layers run on the whole canvas
         ref_leaves, ref_spec = tree_flatten(_frame_of(full, t, V, self.T, "check="))
         leaves, spec = tree_flatten(y)

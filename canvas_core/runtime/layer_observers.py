@@ -2,23 +2,30 @@
 
 ``CanvasAttention.observe_updates`` (telemetry, ``verify_structure``, a user's own) and
 :func:`observe_steps` (a rollout's steps; published by ``canvas_core.runtime.incremental``) keep
-their observers in a table in the layer's ``__dict__``.  The
-table used to be made by the first observer: code that ``torch.compile`` traced before then read
-an absent entry, on which dynamo keeps no guard, so observers added later were never called (and
-the sequence-parallel refusal of an observed layer never ran), without a word.
+their observers in a table in the layer's ``__dict__``, keyed by the id of the handle that removes
+them (torch's :class:`~torch.utils.hooks.RemovableHandle`).
 
-Every canvas layer now holds both tables from its construction (or its unpickling) on, empty
-while nothing observes it.  Dynamo guards on the keys of a dict it reads, per layer, so adding or
-removing an observer recompiles the code that read that layer's table at its next call; with none,
-the traced code iterates an empty table and holds no observer call (``fullgraph=True`` traces as
-before, no graph break), and once the last observer is removed the graph traced then serves again.
-Nothing here reads a tensor (no host sync).
+Code that ``torch.compile`` traces does not read that table: it reads the layer's *calls*, a tuple
+of the table's entries that the table rebuilds whenever an entry is added or removed.  Every canvas
+layer holds both (empty) from its construction or unpickling on, so code traced before the first
+observer reads an empty tuple, on which dynamo keeps a guard, rather than an absent entry (on which
+it keeps none: observers added later were never called, silently).  Dynamo guards on the tuple's
+length and on the identity of each observer, not on the handle ids (a global counter): adding an
+observer recompiles the code that read that layer's tuple once, and adding the same function again
+after removing it serves the graph traced for it then, so add/remove cycles (a ``with`` around each
+step, ``verify_structure`` of a compiled model) do not exhaust dynamo's recompile limit.  With no
+observer the traced code holds no observer call (``fullgraph=True`` traces as before).
+
+A table belongs to one layer: a copy (``copy.copy``, ``copy.deepcopy``) starts with empty tables of
+its own, so an observer added to the copy is not called by the original, nor one of the original's
+by the copy.  Nothing here reads a tensor (no host sync).
 """
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -29,18 +36,69 @@ __all__ = ["UPDATE_OBSERVERS", "STEP_OBSERVERS", "add_tables", "add_observer", "
 UPDATE_OBSERVERS = "_update_observers"  #: ``observe_updates``'s table in a layer's ``__dict__``
 STEP_OBSERVERS = "_step_observers"  #: ``observe_steps``'s table
 _TABLES = (UPDATE_OBSERVERS, STEP_OBSERVERS)
+_CALLS = "_calls"  # suffix: the tuple of a table's entries that traced code reads
+
+
+class _Table(OrderedDict):
+    """An observer table that keeps its layer's tuple of entries (``<table name>_calls``) in step
+    with it, whoever adds or removes an entry (``RemovableHandle.remove`` deletes by key).  It
+    pickles and copies as a plain ``OrderedDict``; :func:`add_tables` makes that a table again."""
+
+    def __init__(self, layer: Any, name: str) -> None:
+        super().__init__()
+        self._owner: Optional["weakref.ref[Any]"] = weakref.ref(layer)
+        self._name = name
+
+    def owned_by(self, layer: Any) -> bool:
+        return self._owner is not None and self._owner() is layer
+
+    def _sync(self) -> None:
+        layer = self._owner() if self._owner is not None else None
+        if layer is not None and layer.__dict__.get(self._name) is self:
+            layer.__dict__[self._name + _CALLS] = tuple(self.values())
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._sync()
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(key)
+        self._sync()
+
+    def pop(self, *args: Any) -> Any:
+        out = super().pop(*args)
+        self._sync()
+        return out
+
+    def popitem(self, last: bool = True) -> Any:
+        out = super().popitem(last)
+        self._sync()
+        return out
+
+    def clear(self) -> None:
+        super().clear()
+        self._sync()
+
+    def __reduce__(self) -> Any:
+        return OrderedDict, (), None, None, iter(self.items())
+
+    def __copy__(self) -> "OrderedDict[Any, Any]":
+        return OrderedDict(self)
 
 
 def add_tables(layer: Any) -> None:
-    """Give ``layer`` its (empty) observer tables where it has none: at construction and unpickling."""
+    """Give ``layer`` empty observer tables (and their tuples) where it has none of its own: at
+    construction, unpickling and copying (a shallow copy would share the original's)."""
     for name in _TABLES:
-        if not isinstance(layer.__dict__.get(name), OrderedDict):
-            layer.__dict__[name] = OrderedDict(layer.__dict__.get(name) or ())
+        table = layer.__dict__.get(name)
+        if not (isinstance(table, _Table) and table.owned_by(layer)):
+            layer.__dict__[name] = _Table(layer, name)
+            layer.__dict__[name + _CALLS] = ()
 
 
 def add_observer(layer: Any, table_name: str, entry: Any) -> RemovableHandle:
     """Put ``entry`` into ``layer``'s observer table ``table_name``; the handle's ``remove()`` takes it out."""
-    add_tables(layer)  # (a module that skipped both, e.g. made with __new__)
+    add_tables(layer)  # (a module that skipped both, e.g. made with __new__ or copied without __setstate__)
     table = layer.__dict__[table_name]
     handle = RemovableHandle(table)  # what torch's own hooks return; keeps a weak reference to the table
     table[handle.id] = entry
@@ -50,14 +108,14 @@ def add_observer(layer: Any, table_name: str, entry: Any) -> RemovableHandle:
 def observers(layer: Any, table_name: str) -> Tuple[Any, ...]:
     """The entries of ``layer``'s observer table ``table_name``, in the order they were added (``()``
     for none).  Outside a trace a layer without tables gets them, so that code traced later reads a
-    table that is there (and guarded) rather than an absent entry."""
-    table = layer.__dict__.get(table_name)
-    if table is None:
+    tuple that is there (and guarded) rather than an absent entry."""
+    calls = layer.__dict__.get(table_name + _CALLS)
+    if calls is None:
         if torch.compiler.is_compiling():
             return ()
         add_tables(layer)
         return ()
-    return tuple(table.values())
+    return calls
 
 
 def observe_steps(layer: nn.Module, fn: Callable[..., None], *, cache: bool = False,

@@ -34,6 +34,7 @@ only; a frame's index work is done once per recording within ``_PREP_BYTES`` per
 from __future__ import annotations
 
 import math
+import weakref
 from contextlib import contextmanager
 from typing import Any, Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Tuple
 
@@ -41,9 +42,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from canvas_core.errors import CanvasTypeError
+from canvas_core.errors import CanvasTypeError, CompileError
 from canvas_core.runtime.compiled_names import plain_name, wrapped_paths
 from canvas_core.runtime.finite_guard import non_finite_keys
+from canvas_core.runtime.func_transforms import compile_disabled
 from canvas_core.runtime.incremental import in_backward, frames_measured, observe_steps
 from canvas_core.runtime.input_checks import refuse_unbindable_call
 from canvas_core.runtime.plan_runner import plan_query_weights
@@ -260,6 +262,65 @@ class _LayerProbe(_ProbeSums):
         return self._preps[key]
 
 
+_DISABLED_REASON = "canvas telemetry measures on the host, outside the compiled graph"
+# per observed layer: the probes of the recordings open now, and the handles of its two observers
+# (one each however many recordings are open, the same functions in every recording: code
+# compiled with them is guarded on their identity and serves every later recording)
+_LIVE: "weakref.WeakKeyDictionary[nn.Module, Tuple[List[_LayerProbe], List[Any]]]" = weakref.WeakKeyDictionary()
+
+
+@compile_disabled(_DISABLED_REASON)
+def _telemetry_update_observer(layer: nn.Module, x: torch.Tensor, active: Any) -> None:
+    """A whole-canvas update of ``layer`` (``observe_updates``); run eagerly, also in compiled code
+    (a graph break), as its index work and counters live on the host."""
+    for probe in _LIVE.get(layer, ((), ()))[0]:
+        probe.live = False
+        if in_backward() or not probe.applies(x, active):
+            continue
+        frames = frames_measured()  # a rollout's own forward: only the frames it outputs
+        if frames is None:
+            probe.live = True  # the fn modules' outputs are this forward's: measure them
+            probe.forwards += 1
+            probe.softmax_forward(x)
+        elif frames[0] < frames[1]:  # slide="recompute": the window's last frame
+            probe.forwards += 1
+            probe.softmax_forward(x[:, :frames[1] * probe.V], *frames)
+            probe.add_rows(LayerRoll.window_rows(probe.layer, probe.window, x, *frames))
+
+
+@compile_disabled(_DISABLED_REASON)
+def _telemetry_step_observer(layer: nn.Module, h: torch.Tensor, t: int, kv: Any, rows: Dict[str, Any],
+                             bad: Any) -> None:
+    """A rollout step of frame ``t``: the queries of that frame, and the rows of that frame of
+    each other type's module output (``rows``; the rest of its calls is not the frame's)."""
+    if in_backward() or h.shape[0] == 0 or not h.is_floating_point():
+        return
+    for probe in _LIVE.get(layer, ((), ()))[0]:
+        probe.forwards += 1
+        probe.step_forward(h, t, kv, bad)  # bad: (B, H, (t + 1) V) keys with a NaN / inf
+        probe.add_rows(rows.items())
+
+
+def _attach(probe: _LayerProbe) -> None:
+    """Let the observers of ``probe.layer`` measure ``probe`` (adding them to a layer not observed yet)."""
+    layer = probe.layer
+    if layer not in _LIVE:
+        _LIVE[layer] = ([], [layer.observe_updates(_telemetry_update_observer),
+                             observe_steps(layer, _telemetry_step_observer, cache=True, rows=True, finite=True)])
+    _LIVE[layer][0].append(probe)
+
+
+def _detach(probe: _LayerProbe) -> None:
+    """Stop measuring ``probe``; the layer's observers go with its last probe."""
+    probes, handles = _LIVE.get(probe.layer, ([], []))
+    if any(p is probe for p in probes):
+        probes[:] = [p for p in probes if p is not probe]
+    if not probes and probe.layer in _LIVE:
+        for h in handles:
+            h.remove()
+        del _LIVE[probe.layer]
+
+
 def _refuse_sequence_parallel(modules: Dict[str, nn.Module]) -> None:
     """Refuse a model with sequence-parallel layers (``parallelize_canvas``): each rank holds a
     share of the canvas, its layer never sees the whole canvas the probes measure (they would
@@ -307,8 +368,7 @@ class Telemetry:
                 continue
             probe = _LayerProbe(_series_name(name, modules, wrapped) or type(mod).__name__, mod, self.max_queries)
             self._probes.append(probe)
-            self._handles.append(mod.observe_updates(self._observer(probe)))  # layer(x) and layer.delta(x)
-            self._handles.append(observe_steps(mod, self._step_observer(probe), cache=True, rows=True, finite=True))
+            _attach(probe)  # layer(x), layer.delta(x) and rollout steps
             self._handles.append(mod.register_forward_pre_hook(self._quiet([probe])))
             self._handles.append(mod.register_forward_hook(self._quiet([probe]), always_call=True))
             for fn in mod.executor.other_fns:
@@ -340,38 +400,12 @@ class Telemetry:
                 p.live = False
         return quiet
 
-    @staticmethod
-    def _observer(probe: _LayerProbe):
-        def observe(_layer: nn.Module, x: torch.Tensor, active: Any) -> None:
-            probe.live = False
-            if in_backward() or not probe.applies(x, active):
-                return
-            frames = frames_measured()  # a rollout's own forward: only the frames it outputs
-            if frames is None:
-                probe.live = True  # the fn modules' outputs are this forward's: measure them
-                probe.forwards += 1
-                probe.softmax_forward(x)
-            elif frames[0] < frames[1]:  # slide="recompute": the window's last frame
-                probe.forwards += 1
-                probe.softmax_forward(x[:, :frames[1] * probe.V], *frames)
-                probe.add_rows(LayerRoll.window_rows(probe.layer, probe.window, x, *frames))
-        return observe
-
-    @staticmethod
-    def _step_observer(probe: _LayerProbe):
-        """A rollout step of frame ``t``: the queries of that frame, and the rows of that frame of
-        each other type's module output (``rows``; the rest of its calls is not the frame's)."""
-        def observe(_layer: nn.Module, h: torch.Tensor, t: int, kv: Any, rows: Dict[str, Any], bad: Any) -> None:
-            if not in_backward() and h.shape[0] > 0 and h.is_floating_point():
-                probe.forwards += 1
-                probe.step_forward(h, t, kv, bad)  # bad: (B, H, (t + 1) V) keys with a NaN / inf
-                probe.add_rows(rows.items())
-        return observe
-
     def _stop(self) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        for p in self._probes:
+            _detach(p)
         for p in self._probes:
             p.flush()  # read the sums back, once per recording
             p._preps, p._prep_room = {}, _PREP_BYTES
@@ -420,9 +454,18 @@ class Telemetry:
 def record_telemetry(model: nn.Module, *, max_queries: int = 256) -> Iterator[Telemetry]:
     """Measure every forward of ``model`` inside the block; see the module docstring."""
     tel = Telemetry(model, max_queries)
-    tel._start()
     try:
+        tel._start()  # (inside: what a failed start attached is taken back)
         yield tel
+    except torch._dynamo.exc.Unsupported as exc:
+        if _DISABLED_REASON not in str(exc) and "_telemetry_" not in str(exc):
+            raise
+        raise CompileError(
+            "record_telemetry: a model compiled with torch.compile(..., fullgraph=True) ran while the "
+            "recording observed its canvas layers; the measurement runs on the host (numpy index work, "
+            "Python counters) outside the compiled graph, which fullgraph=True refuses. Compile without "
+            "fullgraph=True while recording, or record the uncompiled model (telemetry(model, x) with "
+            "model the module you gave torch.compile)") from exc
     finally:
         tel._stop()
 
