@@ -27,6 +27,7 @@ from typing import Any, Dict, List, Mapping, Optional
 import torch
 from torch import nn
 
+from canvas_core.checkpoints.loaded_values import loaded_value
 from canvas_core.errors import CheckpointError
 
 __all__ = ["dtensor_type", "is_dtensor", "model_class_name", "agree_before_gather", "gather_full", "shard_like"]
@@ -208,9 +209,11 @@ def gather_full(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
     return out
 
 
-def shard_like(t: torch.Tensor, ref: Any, where: str) -> Any:
+def shard_like(t: torch.Tensor, ref: Any, where: str, name: str = "") -> Any:
     """``t``, a whole tensor read from a file, as a DTensor laid out like ``ref`` (its mesh and
-    placements): this rank's shards, cut locally without any communication."""
+    placements): this rank's shards, cut locally without any communication.  ``t`` is cast to
+    ``ref``'s dtype first, refused (:class:`CheckpointError` naming ``name``) where the cast would
+    not keep its values (:func:`~canvas_core.checkpoints.loaded_values.loaded_value`)."""
     import inspect
 
     try:
@@ -222,5 +225,7 @@ def shard_like(t: torch.Tensor, ref: Any, where: str) -> Any:
             f"{where}: the model's tensors are sharded (DTensor), and this torch ({torch.__version__}) cannot "
             "cut a whole tensor into this rank's shards without communicating; load the checkpoint into the "
             "model before sharding it (fully_shard), or a torch whose distribute_tensor takes src_data_rank")
-    local = t.to(device=ref.to_local().device, dtype=ref.dtype)
+    if t.dtype != ref.dtype:  # the caller checked the file's values; a cast may still overflow
+        t = loaded_value(t, ref.dtype, name or f"of shape {tuple(t.shape)}", where)
+    local = t.to(device=ref.to_local().device)
     return distribute_tensor(local, ref.device_mesh, ref.placements, src_data_rank=None)

@@ -30,13 +30,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from canvas_core.checkpoints.loaded_values import loaded_value, refuse_differing_ties, unwritable
 from canvas_core.checkpoints.tensors import (
     duplicate_names,
     metadata_json,
-    read_metadata,
-    non_finite,
     not_safetensors,
     pickled,
+    read_metadata,
     truncation,
     unfit_dtype,
 )
@@ -410,9 +410,13 @@ def load_loop_checkpoint(
         if unfit:
             raise CheckpointError(f"loop checkpoint {path!r}: tensor {key!r} {unfit}; the file is corrupt or "
                                   "belongs to another model")
-        if non_finite(t):
-            raise CheckpointError(f"loop checkpoint {path!r}: tensor {key!r} holds NaN or infinite values; the file "
-                                  "is corrupt or the run that saved it diverged")
+        why = unwritable(p)
+        if why:
+            raise CheckpointError(f"cannot load loop checkpoint {path!r}: the model's tensor {key!r} {why}")
+        tensors[key] = loaded_value(t, p.dtype, key, f"loop checkpoint {path!r}")  # cast, then checked
+        if key.startswith("head."):
+            state[key[len("head."):]] = tensors[key]
+    refuse_differing_ties([(key, p, tensors[key]) for key, p in pairs], f"loop checkpoint {path!r}")
     with torch.no_grad():
         for key, p in pairs:
             if key.startswith("blocks."):
