@@ -33,6 +33,7 @@ from torch import nn
 
 from canvas_core._safe_write import check_write_target
 from canvas_core.checkpoints.diff import schema_differences
+from canvas_core.checkpoints.loaded_values import loaded_value, refuse_differing_ties
 from canvas_core.checkpoints.tensors import (
     REGIONS,
     check_conditioner_regions,
@@ -44,7 +45,6 @@ from canvas_core.checkpoints.tensors import (
     is_uninitialized,
     metadata_json,
     read_metadata,
-    non_finite,
     not_safetensors,
     pickled,
     refuse_non_finite,
@@ -80,28 +80,55 @@ def _as_schema(schema: Any, where: str) -> Any:
     )
 
 
-def _canvas_parts(model: nn.Module) -> List[Tuple[str, Any, Any]]:
-    """``(module path, layout, topology or None)`` of every canvas module inside ``model``: the
-    layout of a ``SpatiotemporalCanvas``, the layout and topology of an execution plan."""
+def _canvas_parts(model: nn.Module) -> List[Tuple[str, Any, Any, Any]]:
+    """``(name, layout, topology, holder of the build's stamps)`` of every canvas module in ``model``: a
+    canvas (no topology), an execution plan, a backbone's installed plan (no layout: the token layout)."""
     from canvas_core.compiler.plan import ExecutionPlan
     from canvas_core.runtime.canvas import SpatiotemporalCanvas
 
-    found = []
+    found, installed = [], set()
     for name, m in model.named_modules():
+        name = name or "<model>"
         if isinstance(m, SpatiotemporalCanvas):
-            found.append((name or "<model>", m.layout, None))
+            found.append((name, m.layout, None, m))
         plan = m.__dict__.get("plan")
         if isinstance(plan, ExecutionPlan):
-            found.append((name or "<model>", plan.layout, plan.topology))
+            found.append((name, plan.layout, plan.topology, m))
+        for o in (m, *m.__dict__.values()):  # the module or its attention processor holds a BlockTopology
+            attrs = getattr(o, "__dict__", None)
+            shared = getattr(attrs.get("canvas_topology"), "shared", None) if isinstance(attrs, dict) else None
+            if isinstance(getattr(shared, "plan", None), ExecutionPlan) and id(shared) not in installed:
+                installed.add(id(shared))
+                found.append((f"{name} (installed topology)", None, shared.plan.topology, shared))
     return found
 
 
+def _check_current(name: str, layout: Any, topology: Any, holder: Any, where: str) -> None:
+    """Refuse a module whose layout or topology changed since its build (it runs the old plan)."""
+    from canvas_core.errors import SchemaError
+    from canvas_core.schema.staleness import check_topology_unchanged, check_unchanged
+
+    stamps, plan = getattr(holder, "__dict__", {}), getattr(holder, "plan", None)
+    layout = getattr(plan, "layout", None) if layout is None else layout
+    try:
+        check_unchanged(layout, stamps.get("_layout_stamp"), type(holder).__name__)
+        if topology is not None:  # (an installed one: install it again)
+            check_topology_unchanged(topology, stamps.get("_topology_stamp"), type(holder).__name__,
+                                     None if isinstance(holder, nn.Module) else "install the changed topology again")
+    except SchemaError as exc:
+        raise CheckpointError(f"{where}: the model's module {name!r} is out of date: {exc}") from None
+
+
 def _check_model_matches(model: nn.Module, schema: Any, where: str) -> None:
-    """Refuse a model whose canvas modules were built from another layout / topology."""
+    """Refuse a model whose canvas modules were built from another layout / topology, or changed since."""
     from canvas_core.schema import CanvasSchema
 
     want = schema.to_dict()
-    for name, layout, topology in _canvas_parts(model):
+    for name, layout, topology, holder in _canvas_parts(model):
+        _check_current(name, layout, topology, holder, where)
+        if layout is None:  # a topology installed in a backbone: compare the topology only
+            _check_installed(name, topology, schema, where)
+            continue
         got = CanvasSchema(layout=layout, topology=topology).to_dict()
         if topology is None:  # a canvas module without a topology: compare the layout only
             got.pop("topology", None)
@@ -115,6 +142,18 @@ def _check_model_matches(model: nn.Module, schema: Any, where: str) -> None:
                 "given: " + "; ".join(diffs[:6])
                 + ". Pass the schema the model was built from"
             )
+
+
+def _check_installed(name: str, topology: Any, schema: Any, where: str) -> None:
+    got, want = list(topology.connections), list(schema.topology.connections if schema.topology else [])
+    if got == want:
+        return
+    i = next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))
+    got_i, want_i = (c[i].describe() if i < len(c) else "none" for c in (got, want))
+    raise CheckpointError(
+        f"{where}: the topology installed in the model ({name}) is not the schema's: {len(got)} connections "
+        f"installed, {len(want)} in the schema; connection #{i}: installed {got_i}, schema {want_i}. Pass "
+        "the schema whose topology is installed, or install the schema's topology")
 
 
 def _state(model: nn.Module, where: str) -> Dict[str, torch.Tensor]:
@@ -404,12 +443,11 @@ def _checked_tensors(model: nn.Module, path: Any, schema: Any, where: str) -> Tu
         unfit = unfit_dtype(t, torch.empty(0, dtype=ref.dtype) if lazy else ref)  # a lazy one has no data
         if unfit:
             raise CheckpointError(f"canvas checkpoint {p!r}: tensor {name!r} {unfit}")
-        if non_finite(t):
-            raise CheckpointError(f"canvas checkpoint {p!r}: tensor {name!r} holds NaN or infinite values")
-        tensors[k] = t
+        tensors[k] = loaded_value(t, ref.dtype, name, f"canvas checkpoint {p!r}")  # cast, then checked
+    refuse_differing_ties([(name, current[k], tensors[k]) for name, k in names.items()], f"canvas checkpoint {p!r}")
     for k, t in tensors.items():  # a sharded model (FSDP2): this rank's shards, cut locally
         if is_dtensor(current[k]):
-            tensors[k] = shard_like(t, current[k], where)
+            tensors[k] = shard_like(t, current[k], where, k)
     return tensors, {**header, "user_metadata": user, **({REGIONS: regions} if regions is not None else {})}
 
 

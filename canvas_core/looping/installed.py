@@ -88,7 +88,12 @@ class InstalledTopology:
                  kernel_options: Optional[Mapping[str, Any]] = None, device: Any = None) -> None:
         from canvas_core.runtime.plan_runner import PlanRunner, compact_plan
 
+        from canvas_core.schema.staleness import layout_stamp, topology_stamp
+
         self.plan = plan
+        # what the plan was lowered from, checked before every use (check_unchanged) and by checkpoints
+        self._layout_stamp = layout_stamp(getattr(plan, "layout", None))
+        self._topology_stamp = topology_stamp(getattr(plan, "topology", None))
         self.tokens = tokens
         self.seq_len = int(tokens.seq_len)
         self.backbone = backbone
@@ -115,6 +120,20 @@ class InstalledTopology:
                 pass
 
     # --- execution ---------------------------------------------------------------------------
+    def check_unchanged(self) -> None:
+        """Refuse (``SchemaError``) to run once the topology (or the layout) the plan was lowered
+        from has changed since the install: the plan would run the old connections."""
+        from canvas_core.schema.staleness import (check_topology_unchanged, check_topology_unchanged_traced,
+                                                  check_unchanged, check_unchanged_traced)
+
+        owner = f"canvas topology installed in backbone {self.backbone!r}"
+        fix = "install the changed topology again (adapter.install_topology(model, topology, tokens))"
+        traced = torch.compiler.is_compiling()
+        (check_topology_unchanged_traced if traced else check_topology_unchanged)(
+            self.plan.topology, self.__dict__.get("_topology_stamp"), owner, fix)
+        (check_unchanged_traced if traced else check_unchanged)(
+            self.plan.layout, self.__dict__.get("_layout_stamp"), owner)
+
     def check_len(self, seq_len: int) -> None:
         if seq_len != self.seq_len:
             raise ShapeError(
@@ -289,6 +308,7 @@ class BlockTopology:
         plan's softmax groups, mixed; zeros for a query with no key."""
         from canvas_core.runtime.plan_runner import mix_softmax_groups
 
+        self.shared.check_unchanged()
         r = self.shared.runner_for(q.device, rows)
         q, scale = beta_scaled(q, beta)
         out, _ = mix_softmax_groups(r, q, k, v, scale=scale, dropout_p=dropout_p)
@@ -303,6 +323,7 @@ class BlockTopology:
             return None
         from canvas_core.runtime.plan_runner import run_module_groups
 
+        self.shared.check_unchanged()
         r = self.shared.runner_for(x.device, rows)
         mods = {f: self.modules[_key(f)].module for f in r.other_names}
         gates = {f: self.modules[_key(f)].gate for f in r.other_names}

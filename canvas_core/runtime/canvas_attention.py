@@ -57,7 +57,8 @@ from canvas_core.runtime.plan_runner import PlanRunner, mix_softmax_groups, run_
 from canvas_core.runtime.input_checks import (allocating, check_allocation, check_count, check_finite_number,
                                               check_region_names, check_tensor, check_width)
 from canvas_core.runtime.type_call import check_attention_module
-from canvas_core.schema.staleness import check_unchanged, check_unchanged_traced, layout_stamp
+from canvas_core.schema.staleness import (check_topology_unchanged, check_topology_unchanged_traced,
+                                          check_unchanged, check_unchanged_traced, layout_stamp, topology_stamp)
 from canvas_core.runtime.type_probe import init_gradient_problem, is_builtin_module, probe_attention_module
 
 __all__ = ["CanvasAttention"]
@@ -149,6 +150,7 @@ class CanvasAttention(nn.Module):
         if not plan.is_resolved:  # a plan nobody resolved: resolve it here, once (on a copy)
             plan = _resolve_here(plan, self.softmax_types, attention_factory, device)
         self.plan, self._layout_stamp = plan, layout_stamp(plan.layout)  # checked in _updates
+        self._topology_stamp = topology_stamp(plan.topology)
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.dropout = float(dropout)
         self.beta = beta  # checked: a finite number >= 0 (see the property)
@@ -292,8 +294,7 @@ class CanvasAttention(nn.Module):
             bad = ShapeError if isinstance(x, torch.Tensor) else CanvasTypeError
             raise bad(f"{type(self).__name__} expects x of shape (B, {self.plan.n}, {self.d_model}) (a torch.Tensor), got {got}")
         check_tensor(type(self).__name__, "x", x, like=next(self.parameters(), None))
-        (check_unchanged_traced if torch.compiler.is_compiling() else check_unchanged)(  # traced: no t_current guard
-            self.plan.layout, self.__dict__.get("_layout_stamp"), type(self).__name__)
+        check_plan_unchanged(self, type(self).__name__)
         for observer in observers(self, UPDATE_OBSERVERS):  # compiled: guarded per layer (layer_observers)
             observer(self, x, active_regions)
         ex = self._executor_for(active_regions, x.device)
@@ -420,3 +421,14 @@ def flag_connections(plan: ExecutionPlan, fn: str, note: str) -> None:
 def _key(fn: str) -> str:
     """ModuleDict keys cannot contain dots."""
     return fn.replace(".", "__")
+
+
+def check_plan_unchanged(layer: nn.Module, owner: str) -> None:
+    """Refuse ``layer`` (a module holding an execution plan and the stamps of its build) once the
+    layout or the topology its plan was lowered from has changed; under ``torch.compile`` without
+    a guard per region or connection."""
+    traced = torch.compiler.is_compiling()
+    (check_unchanged_traced if traced else check_unchanged)(  # traced: no t_current guard
+        layer.plan.layout, layer.__dict__.get("_layout_stamp"), owner)
+    (check_topology_unchanged_traced if traced else check_topology_unchanged)(
+        layer.plan.topology, layer.__dict__.get("_topology_stamp"), owner)

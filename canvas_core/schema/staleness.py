@@ -15,6 +15,13 @@ Under ``torch.compile`` (:func:`check_unchanged_traced`) an entry *added or remo
 not seen either until such a query counts it (the eager check sees it by the dict's length): the
 traced check reads neither the regions dict's values nor its length, since Dynamo guards every
 key of a dict whose length it reads (one guard per region on every compiled call).
+
+Topologies likewise: a layer lowers ``topology.connections`` into its plan when it is built, records
+:func:`topology_stamp` and calls :func:`check_topology_unchanged` (or ``..._traced``) before use.
+The list counts its changes (:class:`~canvas_core.schema._connection_list.ConnectionList`); the
+same limit: an entry replaced by ``list.__setitem__(topology.connections, i, c)`` is not seen (one
+added or removed that way is, by the list's length, in eager mode).  ``Connection`` and
+``MaskSpec`` are frozen; an edit of one through ``object.__setattr__`` is not seen either.
 """
 
 from __future__ import annotations
@@ -22,10 +29,13 @@ from __future__ import annotations
 from typing import Any, Optional, Tuple
 
 from canvas_core.errors import SchemaError
+from canvas_core.schema._connection_list import ConnectionList
 from canvas_core.schema._region_dict import change_counts
 from canvas_core.schema.layout import _GEOMETRY, _VERSION, CanvasLayout
+from canvas_core.schema.topology import CanvasTopology
 
-__all__ = ["check_unchanged", "check_unchanged_traced", "layout_stamp"]
+__all__ = ["check_unchanged", "check_unchanged_traced", "layout_stamp", "topology_stamp",
+           "check_topology_unchanged", "check_topology_unchanged_traced"]
 
 
 def layout_stamp(layout: Any) -> Optional[Tuple[int, Tuple[Any, ...]]]:
@@ -95,3 +105,61 @@ def _changed(owner: str, detail: str) -> SchemaError:
         f"{owner} was built from this CanvasLayout before it was changed (its regions, T, "
         f"spatial_shape or d_model; {detail}), so the region "
         f"indices it holds are out of date; build the {owner} again from the changed layout")
+
+
+def topology_stamp(topology: Any) -> Optional[Tuple[int, int, Tuple[Any, ...]]]:
+    """``(version, length, connections)`` of ``topology.connections`` for a module built from
+    ``topology`` to record (None for a topology that is not a :class:`CanvasTopology`).  Call it
+    once per build (it copies the connections: O(connections))."""
+    if not isinstance(topology, CanvasTopology):
+        return None
+    conns = topology.connections
+    if not isinstance(conns, ConnectionList):  # e.g. unpickled from an older version: a counting copy
+        conns = ConnectionList(conns)
+        object.__setattr__(topology, "connections", conns)
+    object.__setattr__(topology, "_traced", vars(conns))  # what the traced check reads
+    return conns.version, len(conns), tuple(conns)
+
+
+def check_topology_unchanged(topology: Any, stamp: Any, owner: str, fix: Optional[str] = None) -> None:
+    """Refuse to use a module built from ``topology`` once its connections have changed.
+
+    ``stamp``: what :func:`topology_stamp` gave at build time (None: nothing to compare).  O(1)
+    while the list's version and length are the recorded ones; connections changed and changed
+    back are accepted (compared in full, only then).  ``fix``: what to do instead of the default
+    "build the <owner> again"."""
+    if not isinstance(stamp, tuple) or len(stamp) != 3 or not isinstance(topology, CanvasTopology):
+        return
+    conns = topology.connections
+    if getattr(conns, "version", None) == stamp[0] and len(conns) == stamp[1]:
+        return
+    if not _same(conns, stamp[2]):
+        raise _topology_changed(owner, fix)
+
+
+def check_topology_unchanged_traced(topology: Any, stamp: Any, owner: str, fix: Optional[str] = None) -> None:
+    """:func:`check_topology_unchanged` for code that ``torch.compile`` traces: reads one value (the
+    version in the list's ``__dict__``, linked by :func:`topology_stamp`), not the list, so Dynamo
+    guards a constant number of values whatever the number of connections.  A change retraces,
+    and the retrace compares the connections in full and refuses a real change."""
+    if not isinstance(stamp, tuple) or len(stamp) != 3 or not isinstance(topology, CanvasTopology):
+        return
+    counts = topology._traced
+    if counts is not None and counts.get("version") == stamp[0]:
+        return
+    if not _same(topology.connections, stamp[2]):
+        raise _topology_changed(owner, fix)
+
+
+def _same(conns: Any, recorded: Tuple[Any, ...]) -> bool:
+    try:
+        return tuple(conns) == recorded
+    except TypeError:  # not iterable any more
+        return False
+
+
+def _topology_changed(owner: str, fix: Optional[str]) -> SchemaError:
+    return SchemaError(
+        f"{owner} was built from this CanvasTopology before its connections were changed (added, "
+        "removed, replaced or reordered), so the execution plan it holds is out of date and would run "
+        f"the old connections; {fix or f'build the {owner} again from the changed topology'}")

@@ -13,6 +13,7 @@ from canvas_core.errors import (
     UnknownRegionError,
     did_you_mean,
 )
+from canvas_core.schema._connection_list import ConnectionList
 from canvas_core.schema._validate import (OPERATORS, as_bool, as_choice, as_float, as_int, as_str, check_name,
                                           check_ordered, is_int, looks_like_typo, normalization_hint)
 from canvas_core.schema.limits import check_size
@@ -172,9 +173,30 @@ class CanvasTopology:
     connection links, for each reference frame ``ref``, the queries at frame ``ref + t_src`` to the
     keys at the real frame ``(ref + t_dst) * period(src)``; see ``docs/design.md`` for the exact
     rules, periods and temporal fill.
+
+    ``connections`` may be changed after construction (``append``, ``del``, assignment; a list put
+    in is copied).  It is a list that counts its changes, so a layer built from the topology refuses
+    to run once they were changed (:mod:`canvas_core.schema.staleness`): build the layer again.
     """
 
     connections: List[Connection] = field(default_factory=list)
+    _traced = None  # not a field: the list's __dict__, read by schema/staleness.py's traced check
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # a list put in as connections is copied into a counting one (never another topology's)
+        if name == "connections" and isinstance(value, (list, tuple)) and value is not self.__dict__.get(name):
+            value = ConnectionList(value)
+            object.__setattr__(self, "_traced", vars(value))
+        object.__setattr__(self, name, value)
+
+    def __getstate__(self) -> Dict[str, Any]:  # a copy or a pickle does not share the list's __dict__
+        return {k: v for k, v in self.__dict__.items() if k != "_traced"}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        conns = state.get("connections")
+        if isinstance(conns, ConnectionList):
+            object.__setattr__(self, "_traced", vars(conns))
 
     def __post_init__(self) -> None:
         if isinstance(self.connections, (str, bytes)) or not hasattr(self.connections, "__iter__"):
