@@ -55,7 +55,7 @@ from canvas_core.looping.exit_stats import (_Kept, _batch_mean, _exit_stats, _hy
 from canvas_core.schema._validate import is_int
 
 __all__ = ["LoopCore", "UPDATES", "index_rows", "row_plan", "gated_update", "check_loops", "check_exit_tol",
-           "real_number", "ReplicaNote", "note_replica_record", "refuse_replica_record",
+           "real_number", "check_core_options", "merge_extra_rows", "ReplicaNote", "note_replica_record", "refuse_replica_record",
            "REPLICA_NOTE"]
 
 UPDATES = ("gated", "damped", "replace")
@@ -72,6 +72,37 @@ def check_loops(n: Any, where: str) -> int:
 
     check_size("loops", n, f"{where} n")  # a span runs every one of them: refuse a runaway count
     return n
+
+
+def check_core_options(where: str, max_loops: Any, update: Any, damping: Any, gate_init_bias: Any
+                       ) -> Tuple[int, float, float]:
+    """The loop options a span or model loop is built with, checked as ``graft_looped_blocks``
+    checks them (the classes are exported, so they may be built directly): ``max_loops`` an int
+    ``>= 1`` within the size limit, ``update`` a rule of ``UPDATES``, ``damping`` a number in
+    ``(0, 1]``, ``gate_init_bias`` a finite number, and 0 unless ``update="gated"``."""
+    if not is_int(max_loops) or max_loops < 1:
+        raise BackboneError(f"{where}: max_loops must be an int >= 1 (the trained iteration count), "
+                            f"got {max_loops!r}")
+    from canvas_core.schema.limits import check_size
+
+    check_size("loops", int(max_loops), f"{where} max_loops")
+    if update not in UPDATES:
+        raise BackboneError(f"{where}: update must be one of {list(UPDATES)}, got {update!r}")
+    d = real_number(damping)
+    if d is None or not 0 < d <= 1:
+        raise BackboneError(f"{where}: damping must be a number in (0, 1] (the fixed step of "
+                            f"update='damped'), got {damping!r}")
+    g = real_number(gate_init_bias)
+    if getattr(gate_init_bias, "ndim", None) == 0 and hasattr(gate_init_bias, "item"):
+        g = real_number(gate_init_bias.item())
+    if g is None or g != g or g in (float("inf"), float("-inf")):
+        raise BackboneError(f"{where}: gate_init_bias must be a finite number (0.0 keeps the model "
+                            f"identical to its backbone at every loop count), got {gate_init_bias!r}")
+    if update != "gated" and g != 0:
+        raise BackboneError(f"{where}: gate_init_bias={gate_init_bias!r} starts the learned gates of "
+                            f"update='gated', and update={update!r} has none, so it would be ignored; "
+                            "pass update='gated' or drop gate_init_bias")
+    return int(max_loops), d, g
 
 
 def real_number(value: Any) -> Optional[float]:
@@ -140,8 +171,8 @@ class LoopCore(nn.Module):
     def __init__(self, max_loops: int, gate_init_bias: float = 0.0, update: str = "gated",
                  damping: float = 0.5, use_gradient_checkpointing: bool = True) -> None:
         super().__init__()
-        if update not in UPDATES:
-            raise BackboneError(f"update must be one of {list(UPDATES)}, got {update!r}")
+        max_loops, damping, gate_init_bias = check_core_options(
+            type(self).__name__, max_loops, update, damping, gate_init_bias)
         self.max_loops = int(max_loops)
         self.current_loops = int(max_loops)
         self.exit_tol = 0.0
@@ -293,6 +324,24 @@ def refuse_replica_record(part: nn.Module, attr: str, where: str, owner: str = "
             "model itself keeps, so it would report an older forward. Run the forward you want to "
             "inspect on the model itself (dp.module(...)) or DataParallel over one device, or train "
             "with DistributedDataParallel (each process's model keeps its own record)")
+
+
+def merge_extra_rows(full: Any, sub: Any, rows: torch.Tensor, batch: int, n_main: int) -> Any:
+    """With adaptive exit: the output ``full`` of the last iteration that ran the whole batch, with
+    the rows ``rows`` of its extra entries (a tuple's or list's entries after the ``n_main`` looped
+    ones) taken from ``sub``, an iteration of those rows only, so that each sample's extras come
+    from its own last iteration. Only an extra that is a tensor with one row per sample (first dim
+    ``batch`` in ``full``, ``len(rows)`` in ``sub``, same trailing shape) can be split so; any other
+    extra stays ``full``'s (see docs/looping.md, "Adaptive exit")."""
+    if type(full) not in (tuple, list) or type(sub) is not type(full) or len(sub) != len(full):
+        return full
+    items = list(full)
+    for k in range(n_main, len(items)):
+        f, r = items[k], sub[k]
+        if (isinstance(f, torch.Tensor) and isinstance(r, torch.Tensor) and f.dim() >= 1
+                and f.shape[0] == batch and r.shape == (rows.numel(),) + tuple(f.shape[1:])):
+            items[k] = f.index_copy(0, rows, r.to(f.dtype))
+    return items if isinstance(full, list) else tuple(items)
 
 
 def gated_update(h: torch.Tensor, y: torch.Tensor, a: Any) -> torch.Tensor:

@@ -30,7 +30,8 @@ from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError, ShapeError
 from canvas_core.looping.exit_rows import per_sample_tensor, step_plan, step_rows
-from canvas_core.looping.loop_engine import LoopCore
+from canvas_core.looping.loop_engine import LoopCore, merge_extra_rows
+from canvas_core.schema._validate import is_int
 
 __all__ = ["ModelLoop", "STEP_ADAPTERS", "LOOP_ATTR", "install_model_loop", "remove_model_loop"]
 
@@ -75,6 +76,8 @@ class ModelLoop(LoopCore):
         step_adapter: None or ``"gated"``.
         batched, unbatched: names of forward arguments the adaptive exit splits with the rows of
             the samples still running, and names it passes whole (see ``loop_engine.row_plan``).
+            With adaptive exit the extra tuple entries of the output with one row per sample come
+            from each sample's last iteration, any other from the last iteration of the whole batch.
     """
 
     loop_scope = "model"
@@ -84,6 +87,15 @@ class ModelLoop(LoopCore):
                  step_adapter: Optional[str] = None, update: str = "gated", damping: float = 0.5,
                  gate_init_bias: float = 0.0, unbatched: Sequence[str] = ("image_rotary_emb",),
                  batched: Sequence[str] = ()) -> None:
+        if step_adapter not in STEP_ADAPTERS:
+            raise BackboneError(f"ModelLoop: step_adapter={step_adapter!r} is not a step adapter; choose one "
+                                f"of {list(STEP_ADAPTERS)}")
+        if reenter is not None and not callable(reenter):
+            raise BackboneError(f"ModelLoop: reenter={reenter!r} must be None or a callable mapping the "
+                                "output to the next input")
+        if step_adapter == "gated" and (not is_int(channels) or channels < 1):
+            raise BackboneError(f"ModelLoop: step_adapter='gated' needs channels, the int width of the "
+                                f"input's channel axis, got {channels!r}")
         super().__init__(max_loops, gate_init_bias, update, damping, False)
         self.input_name = input_name
         self.channel_dim = int(channel_dim)
@@ -164,8 +176,7 @@ class ModelLoop(LoopCore):
                     f"scope='model': {type(model).__name__}'s output {tuple(y.shape)} differs from its "
                     f"input {self.input_name!r} {tuple(inp.shape)}, so it cannot re-enter as its next "
                     "input; use a span scope (i, j) or 'stack' for this model")
-            if rows is None:
-                last["out"] = out
+            last["out"] = out if rows is None else merge_extra_rows(last["out"], out, rows, B, 1)
             return (y,)
 
         s = self.iterate((x,), run)

@@ -112,9 +112,23 @@ def check_scope_options(kind: str, *, inject: Any, update: Any, damping: Any, it
                               "one row per sample, and scope='block' has no adaptive exit; drop it")
     if kind == "model" and sharpening is not None:
         raise bad("sharpening", sharpening, "applies to block and span scopes, not scope='model'")
+    if update != "gated" and _nonzero(gate_init_bias):
+        raise bad("gate_init_bias", gate_init_bias, f"starts the learned gates of update='gated', and "
+                                                    f"update={update!r} has none, so it would be ignored; "
+                                                    "pass update='gated' or drop gate_init_bias")
     if update != "damped" and damping != DEFAULT_DAMPING:
         raise bad("damping", damping, f"is the fixed step of update='damped', and update={update!r} takes no "
                                       "step; pass update='damped' or drop damping")
+
+
+def _nonzero(value: Any) -> bool:
+    """Whether ``gate_init_bias`` was given as something other than 0 (a 0-d tensor counts by its value)."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()
+    try:
+        return bool(value != 0)
+    except (TypeError, ValueError, RuntimeError):
+        return True
 
 
 def custom_wrappers(cls: Any, blocks: List[nn.Module], max_loops: int, dim: int) -> List[nn.Module]:
@@ -386,7 +400,8 @@ def wrapped_blocks(part: nn.Module) -> List[Any]:
     return [part.original] if isinstance(getattr(part, "original", None), nn.Module) else []
 
 
-def _block_trace(model: nn.Module, where: str) -> List[Dict[str, Any]]:
+def _block_trace(model: nn.Module, where: str) -> Tuple[List[Dict[str, Any]], List[int]]:
+    """The records of the blocks the last forward ran, and the indices of those it did not run."""
     parts = _parts(model, where)
     custom = [p for p in parts if not isinstance(p, (LoopedBlockWrapper, LoopCore))]
     if custom:
@@ -398,9 +413,17 @@ def _block_trace(model: nn.Module, where: str) -> List[Dict[str, Any]]:
     for p in wrappers:
         refuse_replica_record(p, "_loop_trace", where, type(model).__name__)
     traces = [getattr(p, "_loop_trace", None) for p in wrappers]
-    if not traces or any(t is None for t in traces):
+    if not traces or all(t is None for t in traces):
         raise CanvasTypeError(f"{where}: no forward has run yet; call the model first, then {where}(model)")
-    return traces
+    stamps = [t.get("forward") if t is not None else -1 for t in traces]
+    if any(st is None for st in stamps):  # a compiled forward's records carry no stamp: all of them
+        if any(t is None for t in traces):
+            raise CanvasTypeError(f"{where}: not every looped block of {type(model).__name__} has run yet; "
+                                  f"run a forward through all of them, then {where}(model)")
+        return traces, []
+    last = max(stamps)
+    return ([t for t, st in zip(traces, stamps) if st == last],
+            [p.block_idx for p, st in zip(wrappers, stamps) if st != last])
 
 
 def loop_counts(model: nn.Module) -> torch.Tensor:
@@ -410,7 +433,7 @@ def loop_counts(model: nn.Module) -> torch.Tensor:
     cores = [p for p in parts if isinstance(p, LoopCore)]
     if cores:
         return cores[0].counts()
-    traces = _block_trace(model, "loop_counts")
+    traces, _ = _block_trace(model, "loop_counts")
     return traces[0]["counts"].detach().cpu().clone()
 
 
@@ -420,13 +443,16 @@ def loop_stats(model: nn.Module) -> Dict[str, Any]:
     ``||h_t - h_{t-1}|| / ||h_{t-1}||``; iteration 0 compares with the core's input),
     ``state_norm`` (per iteration, mean RMS of the first stream's state), ``active`` (samples
     computed per iteration) and ``core_rows`` (their sum: the core's work in sample-iterations).
-    For the block scope the lists are means over the blocks and ``per_block`` holds each block's
-    ``rel_change`` / ``state_norm``."""
+    For the block scope the lists are means over the blocks the last forward ran, ``per_block``
+    holds each of those blocks' ``rel_change`` / ``state_norm`` (in block order) and
+    ``blocks_not_run`` the indices of the looped blocks it did not run (a forward is told from the
+    next when a block runs again or a lower-index block runs; records of compiled forwards are all
+    reported)."""
     parts = _parts(model, "loop_stats")
     cores = [p for p in parts if isinstance(p, LoopCore)]
     if cores:
         return cores[0].stats()
-    traces = _block_trace(model, "loop_stats")
+    traces, skipped = _block_trace(model, "loop_stats")
     per_block = [{k: [float(v) for v in t[k]] for k in ("rel_change", "state_norm")} for t in traces]
     its = min(len(b["rel_change"]) for b in per_block)
     mean = {k: [sum(b[k][i] for b in per_block) / len(per_block) for i in range(its)]
@@ -434,4 +460,5 @@ def loop_stats(model: nn.Module) -> Dict[str, Any]:
     B = int(traces[0]["counts"].shape[0])
     loops = max(len(t["rel_change"]) for t in traces)  # what the last forward ran, as the cores report
     return {"scope": "block", "loops": loops, "exit_tol": 0.0,
-            "iterations": its, **mean, "active": [B] * its, "core_rows": B * its, "per_block": per_block}
+            "iterations": its, **mean, "active": [B] * its, "core_rows": B * its, "per_block": per_block,
+            "blocks_not_run": skipped}

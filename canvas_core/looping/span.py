@@ -5,7 +5,8 @@ Position ``i`` of the block list holds a :class:`LoopedSpan` (its ``original`` i
 positions ``i+1 .. j-1`` hold :class:`SpanMember` placeholders (each keeps its ``original``
 block, whose weights and attention stay where the backbone had them, so topologies install and
 state dicts read as in the block scope); a member passes its streams through, because the span at
-position ``i`` already ran its block inside every iteration.
+position ``i`` already ran its block inside every iteration (a forward that reaches a member without
+running the span first is refused: the member's block would be skipped).
 
 One iteration ``t`` of the core, for the state ``h`` (one tensor per looped stream, ``(B, N, D_k)``;
 the video and the text stream for CogVideoX / Mochi) and the core's input ``x0``::
@@ -30,8 +31,9 @@ from torch.utils.checkpoint import checkpoint
 
 from canvas_core.errors import BackboneError, ShapeError
 from canvas_core.looping.exit_rows import step_plan, step_rows
-from canvas_core.looping.loop_engine import LoopCore
-from canvas_core.looping.wrapper import _NO_BETA, BlockIO, _beta_targets, _checked_beta, looped_delta
+from canvas_core.looping.loop_engine import LoopCore, merge_extra_rows
+from canvas_core.looping.wrapper import (_NO_BETA, BlockIO, _beta_targets, _checked_beta, check_reentry,
+                                        looped_delta)
 
 __all__ = ["LoopedSpan", "SpanMember", "INJECTIONS", "ITER_NORMS"]
 
@@ -58,6 +60,16 @@ class SpanMember(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         span = self._span
         states, _, _ = span.io.split(args, kwargs)
+        # the span sets the member it expects next; a recompute in backward (a backbone's own
+        # reentrant checkpointing) calls members again, and passes through as the forward did
+        if getattr(span, "_next_member", None) != self.block_idx and torch._C._current_graph_task_id() == -1:
+            raise BackboneError(
+                f"block {self.block_idx} ({type(self.original).__name__}) lies inside the looped span "
+                f"{span.loop_scope}, and this forward reached it without running the span from its first "
+                f"block {span.start}: the span runs blocks {span.start}..{span.end - 1} together, so this "
+                "block would be skipped. Enter the model before the span or after it (or graft a span "
+                "that starts where the forward enters)")
+        span._next_member = self.block_idx + 1 if self.block_idx < span.end - 1 else None
         tpl = span._template
         if self.block_idx == span.end - 1:
             span._template = None  # release the last iteration's extra outputs
@@ -95,7 +107,9 @@ class LoopedSpan(LoopCore):
         sharpening: optional ``SharpeningSchedule`` applied to the core's attention per iteration.
         batched, unbatched: names of block arguments the adaptive exit splits with the rows of
             the samples still running, and names it passes whole (rotary tables); see
-            :func:`~canvas_core.looping.loop_engine.row_plan` for undeclared ones.
+            :func:`~canvas_core.looping.loop_engine.row_plan` for undeclared ones. With adaptive
+            exit the blocks' extra outputs with one row per sample come from each sample's last
+            iteration, any other from the last iteration of the whole batch.
     """
 
     def __init__(self, original: nn.Module, members: Sequence[SpanMember], start: int, end: int,
@@ -105,6 +119,7 @@ class LoopedSpan(LoopCore):
                  use_gradient_checkpointing: bool = True, sharpening: Optional[Callable] = None,
                  unbatched: Sequence[str] = ("image_rotary_emb",), batched: Sequence[str] = (),
                  scope_name: str = "") -> None:
+        _check_span_options(f"LoopedSpan ({start}, {end})", inject, iter_norm, iter_embed)
         super().__init__(max_loops, gate_init_bias, update, damping, use_gradient_checkpointing)
         self.original = original
         self.block_idx = start
@@ -121,6 +136,7 @@ class LoopedSpan(LoopCore):
         object.__setattr__(self, "_members", list(members))
         object.__setattr__(self, "_holders", [])  # every block position (canvas_fn of topologies)
         self._template: Any = None
+        self._next_member: Optional[int] = None  # the member the last span forward hands over to
         # names of the block's arguments after the streams, read here once: filled lazily in the
         # first forward, the compiled graph of that call would be guarded on it being unset and
         # never reused
@@ -171,14 +187,14 @@ class LoopedSpan(LoopCore):
         names = list(self._arg_names)
         return names[:n_rest] + [""] * max(0, n_rest - len(names))
 
-    def _run_core(self, t: int, rest_args: list, rest_kwargs: dict, *u: torch.Tensor):
+    def _run_core(self, beta: Optional[float], rest_args: list, rest_kwargs: dict, *u: torch.Tensor):
+        # beta comes from the forward: a recompute in backward must not read a schedule changed since
         targets = []
-        if self.sharpening is not None:
+        if beta is not None:
             for b in self.core_blocks():
                 targets += _beta_targets(b)
         old = [x.beta for x in targets]
         if targets:
-            beta = _checked_beta(self.sharpening, t)
             for x in targets:
                 x.beta = beta
         try:
@@ -239,18 +255,33 @@ class LoopedSpan(LoopCore):
                 elif self.inject == "concat":
                     s = s + self.inject_proj[k](torch.cat([s, x], dim=-1).to(self.inject_proj[k].weight.dtype)).to(s.dtype)
                 u.append(s)
+            beta = None if self.sharpening is None else _checked_beta(self.sharpening, t)
             if use_ckpt:
-                out = checkpoint(self._run_core, t, ra, rk, *u, use_reentrant=False)
+                out = checkpoint(self._run_core, beta, ra, rk, *u, use_reentrant=False)
             else:
-                out = self._run_core(t, ra, rk, *u)
-            if rows is None:
-                last["out"] = out
-            return self.io.states_of(out)
+                out = self._run_core(beta, ra, rk, *u)
+            y = self.io.states_of(out)
+            if t == 0 and self.current_loops > 1:
+                check_reentry(f"span {self.loop_scope}", self.io.streams, h, y,
+                              "loop a span whose blocks keep the width (or set_loops(model, 1))")
+            last["out"] = out if rows is None else merge_extra_rows(last["out"], out, rows, B, len(y))
+            return y
 
         h = self.iterate(x0, run)
         ret = self.io.repack(last["out"], h)
         self._template = ret if self._members and not isinstance(ret, torch.Tensor) else None
+        self._next_member = self.start + 1 if self._members else None
         return ret
+
+
+def _check_span_options(where: str, inject: Any, iter_norm: Any, iter_embed: Any) -> None:
+    """The span's own options, as ``graft_looped_blocks`` checks them (for a span built directly)."""
+    if inject not in INJECTIONS:
+        raise BackboneError(f"{where}: inject={inject!r} is not an injection; choose one of {list(INJECTIONS)}")
+    if iter_norm not in ITER_NORMS:
+        raise BackboneError(f"{where}: iter_norm={iter_norm!r} is not a norm; choose one of {list(ITER_NORMS)}")
+    if not isinstance(iter_embed, bool):
+        raise BackboneError(f"{where}: iter_embed={iter_embed!r} must be True or False")
 
 
 def _arg_names_after(block: nn.Module, n_streams: int) -> List[str]:

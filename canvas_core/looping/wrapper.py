@@ -25,7 +25,7 @@ from canvas_core.errors import BackboneError, CanvasTypeError, ShapeError
 from canvas_core.looping.loop_engine import REPLICA_NOTE, ReplicaNote, gated_update, note_replica_record, real_number
 from canvas_core.schema._validate import is_int
 
-__all__ = ["BlockIO", "LoopedBlockWrapper"]
+__all__ = ["BlockIO", "LoopedBlockWrapper", "check_reentry"]
 
 #: why sharpening cannot reach a block, and what to do (the adapters install canvas attention in
 #: the attention modules they know; a block that computes attention inline keeps its own)
@@ -115,6 +115,11 @@ def _beta_targets(block: nn.Module) -> List[Any]:
         if proc is not None and getattr(proc, "canvas_beta", False):
             found.append(proc)
     return found
+
+
+#: the block-scope forward counter of :meth:`LoopedBlockWrapper._forward_stamp` and the index
+#: of the block that ran last
+_FORWARDS = [0, -1]
 
 
 class _DefaultWidth(int):
@@ -309,11 +314,11 @@ class LoopedBlockWrapper(nn.Module):
             getattr(self, f"loop_emb_{k}") for k in range(1, len(self.stream_dims))
         ]
 
-    def _run_once(self, loop_idx: int, rest_args: list, rest_kwargs: dict, *states: torch.Tensor):
-        targets = _beta_targets(self.original) if self.sharpening is not None else []
+    def _run_once(self, beta: Optional[float], rest_args: list, rest_kwargs: dict, *states: torch.Tensor):
+        # beta comes from the forward: a recompute in backward must not read a schedule changed since
+        targets = _beta_targets(self.original) if beta is not None else []
         old = [t.beta for t in targets]
         if targets:
-            beta = _checked_beta(self.sharpening, loop_idx)
             for t in targets:
                 t.beta = beta
         try:
@@ -352,15 +357,19 @@ class LoopedBlockWrapper(nn.Module):
         trace: list = []
         for i in range(self.current_loops):
             inp = tuple(s + e[i].to(s.dtype) for s, e in zip(states, embs))
+            beta = None if self.sharpening is None else _checked_beta(self.sharpening, i)
             if use_ckpt:
                 out = checkpoint(
-                    self._run_once, i, rest_args, rest_kwargs, *inp, use_reentrant=False
+                    self._run_once, beta, rest_args, rest_kwargs, *inp, use_reentrant=False
                 )
             else:
-                out = self._run_once(i, rest_args, rest_kwargs, *inp)
+                out = self._run_once(beta, rest_args, rest_kwargs, *inp)
             new = self.io.states_of(out)
             prev = states
             if i == 0:
+                if self.current_loops > 1:
+                    check_reentry(f"block {self.block_idx} ({type(self.original).__name__})", self.io.streams,
+                                  states, new, "graft only blocks that keep the width (or set_loops(model, 1))")
                 states = new
             else:
                 g = self.loop_gate[i - 1]
@@ -390,8 +399,22 @@ class LoopedBlockWrapper(nn.Module):
                 norm.append(_batch_mean(rms if rms is not None else _token_rms(c)))
             self._loop_trace = {
                 "counts": torch.full(first.shape[:1], len(trace), dtype=torch.long, device=first.device),
-                "rel_change": rel, "state_norm": norm,
+                "rel_change": rel, "state_norm": norm, "forward": self._forward_stamp(),
             }
+
+    def _forward_stamp(self) -> Optional[int]:
+        """Which model forward this record belongs to, for ``loop_stats`` to leave out the blocks an
+        earlier forward ran. A backbone runs its blocks in index order, so a new forward begins
+        when a block runs that already ran in the current one or whose index is below the last
+        block's. None under ``torch.compile`` (a global counter read in the graph would be
+        guarded on, recompiling every forward); such records are all reported."""
+        if torch.compiler.is_compiling():
+            return None
+        prev = self.__dict__.get("_loop_trace")
+        if (prev is not None and prev.get("forward") == _FORWARDS[0]) or self.block_idx < _FORWARDS[1]:
+            _FORWARDS[0] += 1
+        _FORWARDS[1] = self.block_idx
+        return _FORWARDS[0]
 
 
 def _checked_beta(schedule: Callable[[int], float], loop_idx: int) -> float:
@@ -412,6 +435,18 @@ def _checked_beta(schedule: Callable[[int], float], loop_idx: int) -> float:
         raise BackboneError(f"the sharpening schedule returned beta={beta} for loop {loop_idx}; it must be a "
                             "finite number >= 0 (an inverse temperature)")
     return beta
+
+
+def check_reentry(where: str, streams: Sequence[str], inp: Sequence[torch.Tensor], out: Sequence[torch.Tensor],
+                  fix: str) -> None:
+    """After the first pass of a looped part: each stream's output must have its input's shape, since
+    it is the next pass's input; a ``ShapeError`` naming ``where`` and the stream otherwise."""
+    for name, a, b in zip(streams, inp, out):
+        if not isinstance(b, torch.Tensor) or b.shape != a.shape:
+            got = tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__
+            raise ShapeError(
+                f"{where}: looped stream {name!r} came in with shape {tuple(a.shape)} and came out with "
+                f"{got}, so its output cannot re-enter as the next iteration's input; {fix}")
 
 
 def looped_delta(part: nn.Module, original: nn.Module, hidden_states: Any, args: Any, kwargs: Any) -> torch.Tensor:

@@ -55,7 +55,7 @@ def _closure(t):
 def _net(scope):
     torch.manual_seed(0)
     m = Net().eval()
-    cc.graft_looped_blocks(m, max_loops=2, scope=scope, gate_init_bias=1.0, update="replace")
+    cc.graft_looped_blocks(m, max_loops=2, scope=scope, update="replace")
     cc.set_loops(m, 8, exit_tol=0.2)
     return m
 
@@ -98,7 +98,7 @@ def test_model_scope_reenter_holding_a_per_sample_tensor_is_refused():
     scale = torch.tensor([1.0, 0.5, 0.2]).view(3, 1, 1)
     for reenter, refused in ((_closure(scale), True), (_closure(torch.full((1, 1, 1), 0.5)), False)):
         m = make_net()
-        cc.graft_looped_blocks(m, max_loops=2, scope="model", reenter=reenter, gate_init_bias=1.0,
+        cc.graft_looped_blocks(m, max_loops=2, scope="model", reenter=reenter,
                                update="replace")
         cc.set_loops(m, 8, exit_tol=0.3)
         x = torch.randn(3, 5, 3, generator=torch.Generator().manual_seed(0))
