@@ -33,6 +33,7 @@ from canvas_core.compiler.temporal import connection_links, region_frames
 from canvas_core.errors import CanvasTypeError, UnknownRegionError, did_you_mean, user_stacklevel
 from canvas_core.schema.limits import check_size
 from canvas_core.schema.masks import mask_to_index_pairs
+from canvas_core.schema.staleness import check_topology_unchanged, check_unchanged, layout_stamp, topology_stamp
 from canvas_core.schema.topology import DEFAULT_FN, check_connection_regions
 
 __all__ = ["lower", "restrict", "region_canonical_indices", "runs_of"]
@@ -222,6 +223,7 @@ def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable, Seque
     """
     start = time.perf_counter()
     _check(topology, layout)
+    stamps = {"layout_stamp": layout_stamp(layout), "topology_stamp": topology_stamp(topology)}  # as lowered
     pk = _Packing(layout)
     resolve = _resolver(topology, layout, resolve_fn)
     per_fn: Dict[str, List[Tuple[int, int, int, int, float, int]]] = {}
@@ -275,7 +277,7 @@ def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable, Seque
     return ExecutionPlan(
         layout=layout, topology=topology, n=pk.n, perm=pk.perm, inv_perm=pk.inv,
         n_covered=pk.n_covered, region_blocks=pk.blocks, groups=groups, fn_of_connection=fns,
-        query_weight=query_weight, build_seconds=time.perf_counter() - start,
+        query_weight=query_weight, build_seconds=time.perf_counter() - start, **stamps,
     )
 
 
@@ -319,6 +321,10 @@ def restrict(plan: ExecutionPlan, source_regions: Any) -> ExecutionPlan:
         raise UnknownRegionError(f"restrict: source_regions names unknown region(s) {unknown}; regions: "
                                  f"{sorted(names)}.{did_you_mean(unknown[0], names)}")
     topology = plan.topology
+    # fn_of_connection is by index into the connections as lowered
+    check_unchanged(plan.layout, plan.layout_stamp, "ExecutionPlan")
+    check_topology_unchanged(topology, plan.topology_stamp, "ExecutionPlan",
+                             "lower the plan again (lower(topology, layout)) and restrict that")
     idx = [i for i, c in enumerate(topology.connections) if c.src in keep]
     sub = lower(_sub_topology(topology, [topology.connections[i] for i in idx]), plan.layout,
                 resolve_fn=[plan.fn_of_connection[i] for i in idx], warn_unlinked=False)

@@ -23,7 +23,7 @@ one type overlap, the pair's weight is the *largest* one (the same rule as the d
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 import numpy as np
@@ -273,6 +273,10 @@ class ExecutionPlan:
         fn_of_connection: resolved fn type of every connection (index = connection index).
         query_weight: fn type -> ``(N,)`` float64 packed ``W_f(p)``: the total weight of the
             connections of type f that link query p to at least one key.
+        layout_stamp, topology_stamp: the layout and topology as they were when the plan was
+            lowered (``canvas_core.schema.staleness``); a module built from the plan records these,
+            not the current ones, so a layout or topology changed in between is refused.  None:
+            not known (a plan built by hand), the module stamps what it sees.
 
     The resolution of the plan lives on its groups (``groups[fn].resolved``, one frozen
     :class:`~canvas_core.compiler.resolved.ResolvedGroup` per fn type, set on the new plan that
@@ -291,6 +295,8 @@ class ExecutionPlan:
     fn_of_connection: List[str]
     query_weight: Dict[str, np.ndarray]
     build_seconds: float = 0.0
+    layout_stamp: Any = field(default=None, repr=False, compare=False)
+    topology_stamp: Any = field(default=None, repr=False, compare=False)
 
     # --- derived sets ---------------------------------------------------------------------------
     @property

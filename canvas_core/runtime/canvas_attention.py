@@ -149,8 +149,8 @@ class CanvasAttention(nn.Module):
         self.softmax_types = tuple(softmax_types)
         if not plan.is_resolved:  # a plan nobody resolved: resolve it here, once (on a copy)
             plan = _resolve_here(plan, self.softmax_types, attention_factory, device)
-        self.plan, self._layout_stamp = plan, layout_stamp(plan.layout)  # checked in _updates
-        self._topology_stamp = topology_stamp(plan.topology)
+        self.plan = plan  # its layout and topology as lowered, checked in _updates:
+        self._layout_stamp, self._topology_stamp = plan_stamps(plan, where)
         self.d_model, self.n_heads, self.head_dim = d_model, n_heads, d_model // n_heads
         self.dropout = float(dropout)
         self.beta = beta  # checked: a finite number >= 0 (see the property)
@@ -421,6 +421,18 @@ def flag_connections(plan: ExecutionPlan, fn: str, note: str) -> None:
 def _key(fn: str) -> str:
     """ModuleDict keys cannot contain dots."""
     return fn.replace(".", "__")
+
+
+def plan_stamps(plan: Any, owner: str) -> Tuple[Any, Any]:
+    """``(layout stamp, topology stamp)`` for ``owner``, a module being built from ``plan``, to
+    record.  A layout or topology changed since the plan was lowered (``plan.layout_stamp`` /
+    ``plan.topology_stamp``) is refused here: the plan holds the old indices and connections."""
+    now = layout_stamp(plan.layout), topology_stamp(plan.topology)  # first: counts bypassed changes
+    what = f"ExecutionPlan given to {owner}"
+    check_unchanged(plan.layout, getattr(plan, "layout_stamp", None), what)
+    check_topology_unchanged(plan.topology, getattr(plan, "topology_stamp", None), what,
+                             f"lower the plan again (lower(topology, layout)) or give {owner} the topology and layout")
+    return now  # equal to the plan's, as just checked
 
 
 def check_plan_unchanged(layer: nn.Module, owner: str) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 from canvas_core.compiler.plan import ExecutionPlan, segment_grid
 from canvas_core.errors import TopologyError
 from canvas_core.runtime.key_sets import group_key_sets, merge_cover, query_block_ids
-from canvas_core.schema.staleness import check_unchanged
+from canvas_core.schema.staleness import check_topology_unchanged, check_unchanged
 
 __all__ = ["check_causal", "FramePlan", "SoftFrame", "TypeCall", "frame_size", "linked_pairs", "sampled_links", "CLASS_LIMIT"]
 
@@ -136,13 +136,15 @@ def _describe(conn: Any, index: int, fn: str) -> str:
 
 
 def check_layer_layout(layer: Any) -> None:
-    """Refuse a layer whose layout changed since it was built (the check its own forward makes,
-    which a rollout step bypasses: the step runs the layer's plan directly)."""
-    check_unchanged(layer.plan.layout, layer.__dict__.get("_layout_stamp"), type(layer).__name__)
+    """Refuse a layer whose layout or topology changed since it was built (the check its own
+    forward makes, which a rollout step bypasses: the step runs the layer's plan directly)."""
+    owner = type(layer).__name__
+    check_unchanged(layer.plan.layout, layer.__dict__.get("_layout_stamp"), owner)
+    check_topology_unchanged(layer.plan.topology, layer.__dict__.get("_topology_stamp"), owner)
 
 
 def check_rollout_layer(layer: Any, where: str = "") -> None:
-    """What a layer must satisfy to be rolled out: its layout unchanged since it was built and no
+    """What a layer must satisfy to be rolled out: its layout and topology unchanged since it was built and no
     connection reading a later frame (:func:`check_causal`)."""
     check_layer_layout(layer)
     check_causal(layer.plan, where)

@@ -53,7 +53,8 @@ from canvas_core.runtime.sharding import (
     sequence_parallel_mesh,
 )
 from canvas_core.runtime.sp_agreement import agree_on_call, agree_on_canvas, agree_on_layers, layer_settings
-from canvas_core.schema.staleness import check_unchanged, check_unchanged_traced
+from canvas_core.schema.staleness import (check_topology_unchanged, check_topology_unchanged_traced, check_unchanged,
+                                          check_unchanged_traced)
 
 __all__ = [
     "SequenceParallelError",
@@ -216,10 +217,21 @@ def _in_rollout(attn: nn.Module) -> Optional[SequenceParallelError]:
         "then incremental(plain_model, layout)")
 
 
+def _check_plan(attn: nn.Module) -> None:
+    """Refuse the wrapped layer once the layout or topology its plan was lowered from has changed
+    (the layer's own check, which the exchanges here bypass: they run its plan directly)."""
+    traced = torch.compiler.is_compiling()  # traced: no t_current guard, none per region or connection
+    (check_unchanged_traced if traced else check_unchanged)(
+        attn.plan.layout, attn.__dict__.get("_layout_stamp"), _owner(attn))
+    (check_topology_unchanged_traced if traced else check_topology_unchanged)(
+        attn.plan.topology, attn.__dict__.get("_topology_stamp"), _owner(attn))
+
+
 def _stale(attn: nn.Module) -> Optional[SchemaError]:
-    """The wrapped layer's stale-layout error, or None when its layout is as it was at its build."""
+    """The wrapped layer's stale-plan error, or None when its layout and topology are as they were
+    at its build."""
     try:
-        check_unchanged(attn.plan.layout, attn.__dict__.get("_layout_stamp"), _owner(attn))
+        _check_plan(attn)
     except SchemaError as exc:
         return exc
     return None
@@ -273,7 +285,7 @@ class SequenceParallelCanvasAttention(nn.Module):
         # before any check whose outcome could differ between ranks: one rank refusing alone
         # would leave the others waiting in the next collective
         agree_on_layers(what, group, size, rank, {**layer_settings(attn, sharding), "check_inputs": repr(check_inputs),
-                                                  "layout unchanged since the layer was built": repr(stale is None)})
+                                                  "layout and topology unchanged since the layer was built": repr(stale is None)})
         if stale is not None:
             raise stale
         if not isinstance(check_inputs, bool):
@@ -356,9 +368,7 @@ class SequenceParallelCanvasAttention(nn.Module):
                                  f"(B, {n_r}, {D}) (shard_canvas cuts it), got {tuple(x.shape)}")
             if active_regions is not None:
                 active_regions = check_region_names(type(self).__name__, "active_regions", active_regions)
-            # the wrapped layer's plan (and the cut) hold the layout's indices as of the build
-            (check_unchanged_traced if torch.compiler.is_compiling() else check_unchanged)(
-                attn.plan.layout, attn.__dict__.get("_layout_stamp"), _owner(attn))
+            _check_plan(attn)  # the plan (and the cut) hold the layout's indices and connections as of the build
         except Exception as exc:
             if not self.check_inputs:
                 raise
