@@ -88,12 +88,12 @@ class InstalledTopology:
                  kernel_options: Optional[Mapping[str, Any]] = None, device: Any = None) -> None:
         from canvas_core.runtime.plan_runner import PlanRunner, compact_plan
 
-        from canvas_core.schema.staleness import layout_stamp, topology_stamp
+        from canvas_core.runtime.canvas_attention import plan_stamps
 
         self.plan = plan
-        # what the plan was lowered from, checked before every use (check_unchanged) and by checkpoints
-        self._layout_stamp = layout_stamp(getattr(plan, "layout", None))
-        self._topology_stamp = topology_stamp(getattr(plan, "topology", None))
+        # what the plan was lowered from (a change since its lowering is refused here), checked
+        # before every use (check_unchanged) and by checkpoints
+        self._layout_stamp, self._topology_stamp = plan_stamps(plan, "InstalledTopology")
         self.tokens = tokens
         self.seq_len = int(tokens.seq_len)
         self.backbone = backbone
