@@ -9,7 +9,9 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, List, Optional, Tuple, Union
 
-from canvas_core.errors import CanvasError, CanvasTypeError, SchemaError, SchemaFormatError, SettingError
+from canvas_core.errors import (CanvasError, CanvasTypeError, SchemaError, SchemaFormatError, SettingError,
+                                did_you_mean)
+from canvas_core.schema._validate import as_float
 from canvas_core.schema.jsonio import dump_json, json_type_name, loads_strict, read_json_source
 from canvas_core.schema.layout import CanvasLayout
 from canvas_core.schema.limits import check_size
@@ -190,21 +192,36 @@ class CanvasSchema:
 def _check_metadata_keys(metadata: dict) -> None:
     """Refuse two keys of one metadata dict that JSON writes as the same string (``1`` and
     ``"1"``: the file would repeat a key and could not be read back).  A lone non-string key is
-    accepted, as canvas-engineering accepts it; it comes back from the file as its JSON text."""
-    stack = [(metadata, "metadata")]
+    accepted, as canvas-engineering accepts it; it comes back from the file as its JSON text.
+    Only dicts and lists are visited, and the path is spelled out only for a clash (metadata may
+    hold lists of millions of numbers)."""
+    # each entry: (node, parent entry, key under the parent); None ends the chain
+    stack: List[Tuple[Any, Any, Any]] = [(metadata, None, None)]
     while stack:
-        node, path = stack.pop()
-        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, (list, tuple)) else ()
-        seen: Dict[str, Any] = {}
-        for key, value in items:
-            if isinstance(node, dict):
+        entry = stack.pop()
+        node = entry[0]
+        if isinstance(node, dict):
+            seen: Dict[str, Any] = {}
+            for key, value in node.items():
                 text = key if isinstance(key, str) else json.dumps({key: 0})[1:-4].strip('"')
                 if text in seen:
                     raise SchemaError(
-                        f"CanvasSchema {path} has the keys {seen[text]!r} and {key!r}, which JSON writes as the same "
-                        f"string {text!r}: the saved file would repeat a key and could not be loaded; rename one")
+                        f"CanvasSchema {_metadata_path(entry)} has the keys {seen[text]!r} and {key!r}, which JSON "
+                        f"writes as the same string {text!r}: the saved file would repeat a key and could not be "
+                        "loaded; rename one")
                 seen[text] = key
-            stack.append((value, f"{path}[{key!r}]"))
+                if isinstance(value, (dict, list, tuple)):
+                    stack.append((value, entry, key))
+        elif any(issubclass(t, (dict, list, tuple)) for t in set(map(type, node))):  # (a C-speed scan first)
+            stack.extend((value, entry, i) for i, value in enumerate(node) if isinstance(value, (dict, list, tuple)))
+
+
+def _metadata_path(entry: Tuple[Any, Any, Any]) -> str:
+    keys = []
+    while entry[1] is not None:
+        keys.append(entry[2])
+        entry = entry[1]
+    return "metadata" + "".join(f"[{k!r}]" for k in reversed(keys))
 
 
 def _connection_to_dict(c: Connection) -> Dict[str, Any]:
@@ -229,8 +246,9 @@ def _build(model) -> CanvasSchema:
         kw = r.model_dump()
         kw["bounds"] = tuple(kw["bounds"])
         if kw["semantic_embedding"] is not None:
-            kw["semantic_embedding"] = tuple(float(x) for x in kw["semantic_embedding"])
-        kw["loss_weight"] = float(kw["loss_weight"])
+            kw["semantic_embedding"] = tuple(
+                as_float(x, f"regions.{name}.semantic_embedding[{i}]") for i, x in enumerate(kw["semantic_embedding"]))
+        kw["loss_weight"] = as_float(kw["loss_weight"], f"regions.{name}.loss_weight")
         regions[name] = RegionSpec(**kw)
     layout = CanvasLayout(
         T=lay.T, d_model=lay.d_model, spatial_shape=spatial, regions=regions,
@@ -241,7 +259,7 @@ def _build(model) -> CanvasSchema:
         conns = []
         for i, c in enumerate(model.topology):
             kw = c.model_dump()
-            kw["weight"] = float(kw["weight"])
+            kw["weight"] = as_float(kw["weight"], f"topology[{i}] ({c.src} -> {c.dst}): weight")
             try:
                 kw["temporal_fill"] = TemporalFill(kw["temporal_fill"])
             except ValueError:
@@ -281,12 +299,16 @@ def _scalar_hint(source: Any) -> str:
 
 
 def _describe_validation_error(exc) -> str:
+    from canvas_core.schema.fileformat import CHOICES
+
     lines = []
     for err in exc.errors()[:5]:
         loc = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
         kind = err.get("type", "")
         if kind == "extra_forbidden":
             msg = "unknown key; remove it or fix its spelling"
+        elif kind == "value_error":  # raised by a check of ours, already worded with the value
+            msg = str(err.get("ctx", {}).get("error", err.get("msg", "invalid value")))
         elif kind == "missing":
             msg = "required key is missing"
         else:
@@ -294,6 +316,9 @@ def _describe_validation_error(exc) -> str:
             if "input" in err and kind not in ("missing",):
                 inp = repr(err["input"])
                 msg += f" (got {inp[:60]}{'...' if len(inp) > 60 else ''})"
+            choices = CHOICES.get(str(loc.rsplit(".", 1)[-1]))
+            if kind in ("literal_error", "string_pattern_mismatch") and choices and isinstance(err.get("input"), str):
+                msg += did_you_mean(err["input"], sorted(choices))
         lines.append(f"{loc}: {msg}")
     more = len(exc.errors()) - len(lines)
     if more > 0:
