@@ -414,16 +414,32 @@ def _block_trace(model: nn.Module, where: str) -> Tuple[List[Dict[str, Any]], Li
         refuse_replica_record(p, "_loop_trace", where, type(model).__name__)
     traces = [getattr(p, "_loop_trace", None) for p in wrappers]
     if not traces or all(t is None for t in traces):
-        raise CanvasTypeError(f"{where}: no forward has run yet; call the model first, then {where}(model)")
+        raise _nothing_run(model, where, "none of its looped blocks")
     stamps = [t.get("forward") if t is not None else -1 for t in traces]
-    if any(st is None for st in stamps):  # a compiled forward's records carry no stamp: all of them
-        if any(t is None for t in traces):
-            raise CanvasTypeError(f"{where}: not every looped block of {type(model).__name__} has run yet; "
-                                  f"run a forward through all of them, then {where}(model)")
-        return traces, []
-    last = max(stamps)
-    return ([t for t, st in zip(traces, stamps) if st == last],
-            [p.block_idx for p, st in zip(wrappers, stamps) if st != last])
+    # a compiled forward's records carry no stamp: the model's forward hook dropped the older ones
+    last = None if any(st is None for st in stamps) else max(stamps)
+    keep = [t is not None and (last is None or st == last) for t, st in zip(traces, stamps)]
+    return ([t for t, k in zip(traces, keep) if k], [p.block_idx for p, k in zip(wrappers, keep) if not k])
+
+
+def _nothing_run(model: nn.Module, where: str, what: str) -> CanvasTypeError:
+    """The error for a model whose last forward ran ``what`` (or that has not run a forward)."""
+    from canvas_core.runtime.compiled_names import unwrap_model
+
+    return CanvasTypeError(
+        f"{where}: the last forward of {type(unwrap_model(model)).__name__} ran {what} (or no forward has run yet), "
+        f"so there is nothing of it to report; call the model on an input that runs them, then "
+        f"{where}(model)")
+
+
+def _core(model: nn.Module, cores: List[Any], where: str) -> Any:
+    """The span's or model loop's core, refused when the model's last forward did not run it."""
+    core = cores[0]
+    refuse_replica_record(core, "_stats", where)
+    if core._stats is None:
+        raise _nothing_run(model, where, f"no iteration of its looped span {core.loop_scope}"
+                           if isinstance(core, LoopedSpan) else "no iteration of its model loop")
+    return core
 
 
 def loop_counts(model: nn.Module) -> torch.Tensor:
@@ -432,7 +448,7 @@ def loop_counts(model: nn.Module) -> torch.Tensor:
     parts = _parts(model, "loop_counts")
     cores = [p for p in parts if isinstance(p, LoopCore)]
     if cores:
-        return cores[0].counts()
+        return _core(model, cores, "loop_counts").counts()
     traces, _ = _block_trace(model, "loop_counts")
     return traces[0]["counts"].detach().cpu().clone()
 
@@ -445,13 +461,15 @@ def loop_stats(model: nn.Module) -> Dict[str, Any]:
     computed per iteration) and ``core_rows`` (their sum: the core's work in sample-iterations).
     For the block scope the lists are means over the blocks the last forward ran, ``per_block``
     holds each of those blocks' ``rel_change`` / ``state_norm`` (in block order) and
-    ``blocks_not_run`` the indices of the looped blocks it did not run (a forward is told from the
-    next when a block runs again or a lower-index block runs; records of compiled forwards are all
-    reported)."""
+    ``blocks_not_run`` the indices of the looped blocks it did not run. A forward starts when the
+    model is called, or its input embedding runs outside a call (``model.forward_features(x)``;
+    the forward hooks of ``looping/ungraft.py``); outside a call a block running again or a
+    lower-index block also starts one (:class:`~canvas_core.looping.wrapper.ForwardMark`). A span
+    or model loop the last forward did not run is refused (``CanvasTypeError``)."""
     parts = _parts(model, "loop_stats")
     cores = [p for p in parts if isinstance(p, LoopCore)]
     if cores:
-        return cores[0].stats()
+        return _core(model, cores, "loop_stats").stats()
     traces, skipped = _block_trace(model, "loop_stats")
     per_block = [{k: [float(v) for v in t[k]] for k in ("rel_change", "state_norm")} for t in traces]
     its = min(len(b["rel_change"]) for b in per_block)

@@ -60,8 +60,9 @@ class SpanMember(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         span = self._span
         states, _, _ = span.io.split(args, kwargs)
-        # the span sets the member it expects next; a recompute in backward (a backbone's own
-        # reentrant checkpointing) calls members again, and passes through as the forward did
+        # the span sets the member it expects next (and the model's forward hook, looping/ungraft.py,
+        # unsets it when a forward starts); a recompute in backward (a backbone's own reentrant
+        # checkpointing) calls members again, and passes through as the forward did
         if getattr(span, "_next_member", None) != self.block_idx and torch._C._current_graph_task_id() == -1:
             raise BackboneError(
                 f"block {self.block_idx} ({type(self.original).__name__}) lies inside the looped span "

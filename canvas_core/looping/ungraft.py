@@ -14,7 +14,8 @@ What a graft changes and how it is undone:
   holds the processor it replaced (``.original``, :class:`CanvasProcessorBase`) is swapped back,
   and a module whose class was switched to a canvas subclass of its class (``CanvasViTAttention``
   of timm's ``Attention``) gets its class back;
-* the adapter record and the ``save_pretrained`` guard on the model -> removed;
+* the adapter record, the ``save_pretrained`` guard and the forward hooks that tell one model
+  forward from the next (:func:`mark_forwards`) on the model -> removed;
 * the freeze strategy -> every backbone parameter gets back the ``requires_grad`` it had before
   the graft (recorded by name at graft time; a parameter added since keeps its own, and so do
   those of a module put in place since and one set with a flag other than the graft left).
@@ -26,16 +27,19 @@ import warnings
 import weakref
 from typing import Any, Dict, List, Tuple
 
+import torch
 from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError
 from canvas_core.looping.processor import CanvasAttentionHooks
 from canvas_core.looping.span import SpanMember
 from canvas_core.looping.scopes import PART_MARK, wrapped_blocks
-from canvas_core.looping.wrapper import LoopedBlockWrapper
+from canvas_core.looping.loop_engine import LoopCore
+from canvas_core.looping.span import LoopedSpan
+from canvas_core.looping.wrapper import ForwardMark, LoopedBlockWrapper
 
 __all__ = ["ungraft_looped_blocks", "guard_save_pretrained", "GraftedSaveRefused",
-           "record_requires_grad", "keep_requires_grad"]
+           "record_requires_grad", "keep_requires_grad", "mark_forwards", "FORWARD_MARK"]
 
 _ADAPTER_ATTR = "_canvas_backbone_adapter"  # the attribute graft_looped_blocks sets
 _SAVE_GUARD = "save_pretrained"
@@ -103,6 +107,92 @@ def guard_save_pretrained(model: nn.Module) -> None:
     grafted (see :class:`GraftedSaveRefused`); a model without ``save_pretrained`` is left alone."""
     if callable(getattr(type(model), _SAVE_GUARD, None)):
         object.__setattr__(model, _SAVE_GUARD, GraftedSaveRefused(type(model).__name__))
+
+
+#: the model attribute holding its :class:`ForwardMark` and the looped parts its forward hooks reset
+FORWARD_MARK = "_canvas_forward_mark"
+
+
+def _start_forward(model: nn.Module, enter: bool) -> None:
+    """A forward of ``model`` begins: the records of the forward before are dropped (the block
+    wrappers' ``_loop_trace``, a span's or model loop's ``_stats``), so ``loop_stats`` /
+    ``loop_counts`` report this forward's only and name the parts it did not run, and a span
+    expects its first block again (``SpanMember`` refuses a forward entering inside the span).
+    Only constants are stored while compiling (no guard on a value that changes per call);
+    eagerly the forward is also numbered (:class:`ForwardMark`), ``enter``: inside a model call."""
+    mark, parts = model.__dict__[FORWARD_MARK]
+    for p in parts:
+        if isinstance(p, LoopedBlockWrapper):
+            p._loop_trace = None
+        elif isinstance(p, LoopCore):
+            p._stats = None
+            p._counts = None
+            if isinstance(p, LoopedSpan):
+                p._next_member = None
+    if not torch.compiler.is_compiling():
+        mark.n += 1
+        mark.depth += int(enter)
+        mark.last = -1
+
+
+class ForwardStart:
+    """Forward pre-hook of a grafted model: a model call begins (see :func:`_start_forward`).
+    A class at module level, so the hook pickles and deep-copies with the model."""
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        # a DataParallel copy keeps its own records (loop_stats refuses them)
+        if FORWARD_MARK in module.__dict__ and not getattr(module, "_is_replica", False):
+            _start_forward(module, True)
+
+
+class ForwardEnd:
+    """Forward hook (run on an exception too) of a grafted model: its call has ended."""
+
+    def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
+        held = module.__dict__.get(FORWARD_MARK)
+        if held is not None and not getattr(module, "_is_replica", False) and not torch.compiler.is_compiling():
+            held[0].depth = max(0, held[0].depth - 1)
+
+
+class InputStart:
+    """Forward pre-hook of a grafted model's input embedding (the adapter's ``input_modules``,
+    ``patch_embed``): a forward run without calling the model (timm's ``forward_features`` /
+    ``forward_intermediates``, a diffusers model's ``forward``) begins when its input is
+    embedded. Not while compiling (the model's own call hooks still apply there)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def __call__(self, module: nn.Module, args: Any) -> None:
+        held = self.model.__dict__.get(FORWARD_MARK)
+        if (held is not None and held[0].depth <= 0 and not torch.compiler.is_compiling()
+                and not getattr(module, "_is_replica", False)):
+            _start_forward(self.model, False)
+
+
+def mark_forwards(model: nn.Module, parts: List[nn.Module], inputs: List[nn.Module]) -> None:
+    """Give ``model`` (just grafted) and its looped ``parts`` one :class:`ForwardMark`, and the
+    hooks that start a forward: on the model's call (:class:`ForwardStart`, :class:`ForwardEnd`)
+    and on its input modules ``inputs`` (:class:`InputStart`)."""
+    mark = ForwardMark()
+    object.__setattr__(model, FORWARD_MARK, (mark, tuple(parts)))
+    for p in parts:
+        object.__setattr__(p, "_forward_mark", mark)
+    model.register_forward_pre_hook(ForwardStart(), prepend=True)
+    model.register_forward_hook(ForwardEnd(), always_call=True)
+    for m in inputs:
+        m.register_forward_pre_hook(InputStart(model), prepend=True)
+
+
+def _unmark_forwards(model: nn.Module) -> None:
+    for _, parts in [model.__dict__.pop(FORWARD_MARK, (None, ()))]:
+        for p in parts:
+            p.__dict__.pop("_forward_mark", None)
+    for m in model.modules():
+        for hooks in (m._forward_pre_hooks, m._forward_hooks):
+            for k in [k for k, h in hooks.items() if isinstance(h, (ForwardStart, ForwardEnd, InputStart))]:
+                del hooks[k]
+                m._forward_hooks_always_called.pop(k, None)
 
 
 def _drop_save_guard(model: nn.Module) -> None:
@@ -232,6 +322,7 @@ def ungraft_looped_blocks(model: nn.Module, *, remove_topology: bool = False) ->
     del model.__dict__[_ADAPTER_ATTR]
     _restore_requires_grad(model, model.__dict__.pop(GRADS_ATTR, None))
     _drop_save_guard(model)
+    _unmark_forwards(model)
     _warn_first_loop_embeddings(removed)
     return removed
 

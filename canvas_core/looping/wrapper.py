@@ -25,7 +25,7 @@ from canvas_core.errors import BackboneError, CanvasTypeError, ShapeError
 from canvas_core.looping.loop_engine import REPLICA_NOTE, ReplicaNote, gated_update, note_replica_record, real_number
 from canvas_core.schema._validate import is_int
 
-__all__ = ["BlockIO", "LoopedBlockWrapper", "check_reentry"]
+__all__ = ["BlockIO", "LoopedBlockWrapper", "ForwardMark", "check_reentry"]
 
 #: why sharpening cannot reach a block, and what to do (the adapters install canvas attention in
 #: the attention modules they know; a block that computes attention inline keeps its own)
@@ -117,9 +117,30 @@ def _beta_targets(block: nn.Module) -> List[Any]:
     return found
 
 
-#: the block-scope forward counter of :meth:`LoopedBlockWrapper._forward_stamp` and the index
-#: of the block that ran last
-_FORWARDS = [0, -1]
+class ForwardMark:
+    """Which model forward a block's record belongs to (``loop_stats`` reports the latest only).
+
+    ``graft_looped_blocks`` gives the grafted model one, shared by its looped parts: the model's
+    forward hooks (``looping/ungraft.py``) start forward ``n + 1`` when the model is called or its
+    input embedding runs outside a call (``model.forward_features(x)``), and tell the blocks they
+    run inside a model call (``depth``), where every block gets the call's number whatever order
+    it runs in. Outside a call a block starts a new forward when it already ran in the current
+    one or its index is below the last block's (``last``), as every block of a wrapper built
+    without a graft does."""
+
+    def __init__(self) -> None:
+        self.n, self.depth, self.last = 0, 0, -1
+
+    def stamp(self, block_idx: int, prev: Optional[int]) -> int:
+        """The forward number of block ``block_idx`` running now (``prev``: its last record's)."""
+        if self.depth <= 0 and (prev == self.n or block_idx < self.last):
+            self.n += 1
+        self.last = block_idx
+        return self.n
+
+
+#: the forward mark of wrappers built without ``graft_looped_blocks``
+_UNGRAFTED = ForwardMark()
 
 
 class _DefaultWidth(int):
@@ -389,6 +410,8 @@ class LoopedBlockWrapper(nn.Module):
         dynamic batch dimension)."""
         from canvas_core.looping.loop_engine import _batch_mean, _exit_stats, _token_rms
 
+        if not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1:
+            return  # a recompute in backward (the backbone's checkpointing): the forward's record stands
         note_replica_record(self, "_loop_trace")
         with torch.no_grad():
             first = trace[0][1][0]
@@ -403,18 +426,15 @@ class LoopedBlockWrapper(nn.Module):
             }
 
     def _forward_stamp(self) -> Optional[int]:
-        """Which model forward this record belongs to, for ``loop_stats`` to leave out the blocks an
-        earlier forward ran. A backbone runs its blocks in index order, so a new forward begins
-        when a block runs that already ran in the current one or whose index is below the last
-        block's. None under ``torch.compile`` (a global counter read in the graph would be
-        guarded on, recompiling every forward); such records are all reported."""
+        """Which model forward this record belongs to (see :class:`ForwardMark`), for ``loop_stats``
+        to leave out the blocks an earlier forward ran. None under ``torch.compile`` (a counter read
+        in the graph would be guarded on, recompiling every forward): the model's forward hook
+        drops the records of the forward before instead."""
         if torch.compiler.is_compiling():
             return None
+        mark = self.__dict__.get("_forward_mark", _UNGRAFTED)
         prev = self.__dict__.get("_loop_trace")
-        if (prev is not None and prev.get("forward") == _FORWARDS[0]) or self.block_idx < _FORWARDS[1]:
-            _FORWARDS[0] += 1
-        _FORWARDS[1] = self.block_idx
-        return _FORWARDS[0]
+        return mark.stamp(self.block_idx, prev.get("forward") if prev is not None else None)
 
 
 def _checked_beta(schedule: Callable[[int], float], loop_idx: int) -> float:
