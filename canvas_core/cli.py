@@ -112,6 +112,18 @@ def printable(text: str, keep: str = "\n") -> str:
     the zero-width (non-)joiners U+200C / U+200D that Persian words and emoji sequences need."""
     if text.isprintable():
         return text
+    rest = text
+    for c in keep:
+        rest = rest.replace(c, "")
+    if rest.isprintable():  # unprintable only by its kept newlines: every long report
+        return text
+    # piece by piece between the kept characters: only a piece with something unprintable in it
+    # is escaped one character at a time (a Python step per character)
+    pieces = re.split(f"([{re.escape(keep)}])", text) if keep else [text]
+    return "".join(p if i % 2 or p.isprintable() else _escape(p, keep) for i, p in enumerate(pieces))
+
+
+def _escape(text: str, keep: str) -> str:
     return "".join(c if c.isprintable() or c in keep or c in _JOINERS else ascii(c)[1:-1] for c in text)
 
 

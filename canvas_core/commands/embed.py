@@ -41,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
     if not path.is_file():
         raise SchemaFormatError(f"schema path {str(path)!r} is not a file; pass the path of a schema or program JSON file")
     program, schema, _ = load_program_or_schema(str(path))
+    if args.output:  # a missing folder or read-only file is refused before the (slow) embedding
+        from canvas_core._safe_write import check_write_target
+
+        what = "the canvas program" if program is not None else "the canvas schema"
+        check_write_target(args.output, what, error=SchemaFormatError)
     try:
         out = embed_schema(schema, args.embedder)
     except UnknownNameError as exc:

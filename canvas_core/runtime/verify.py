@@ -38,8 +38,8 @@ from torch import nn
 
 from canvas_core.errors import CanvasError, CanvasTypeError, ShapeError
 from canvas_core.runtime.verify_probe import (  # noqa: F401
-    PositionLabels, checked_input, choose_queries, dead_entries, declared_rows, mixes_batch, probe_rows, query_cells,
-    undeclared_entries,
+    PositionLabels, checked_input, choose_queries, dead_entries, declared_rows, linked_connections, mixes_batch,
+    probe_rows, query_cells, undeclared_entries,
 )
 from canvas_core.runtime.verify_report import DeadLink, StructureReport, UndeclaredDependency  # noqa: F401
 from canvas_core.runtime.verify_run import _Run, _device_dtype, _probing, _randn
@@ -80,14 +80,14 @@ def _judge_groups(run: _Run, where: str, plan: Any, labels: PositionLabels, quer
     seen = np.zeros((len(queries), n), dtype=bool)
     by_fn: Dict[str, np.ndarray] = {}
     cells = query_cells([plan], queries, labels.frame)
+    linked = linked_connections(plan)
+    unlinked = [ci for ci, f in enumerate(plan.fn_of_connection) if f in groups and ci not in linked]
     for f, (fn, make) in list(groups.items()):
+        if not any(g == f and ci in linked for ci, g in enumerate(plan.fn_of_connection)):
+            continue  # links nothing: its connections are dead links (below), gate or no gate
         if _silent(fn, make, run.gen):
-            n_conn = sum(1 for g in plan.fn_of_connection if g == f)
-            group = plan.groups.get(f)
-            why = ("its connections link no (query, key) pair on this layout (offsets past the regions' frames, "
-                   "or a mask that selects nothing)" if group is None or group.n_rects == 0
-                   else "a gate that starts closed?")
-            run.notes.append(f"{where}: fn {f!r} outputs 0 whatever its input ({why}), so its "
+            n_conn = sum(1 for ci, g in enumerate(plan.fn_of_connection) if g == f and ci in linked)
+            run.notes.append(f"{where}: fn {f!r} outputs 0 whatever its input (a gate that starts closed?), so its "
                              f"{n_conn} connection(s) carry no signal yet; not counted as dead links")
             continue
         allowed = declared_rows([plan], queries, fn=f)
@@ -96,7 +96,7 @@ def _judge_groups(run: _Run, where: str, plan: Any, labels: PositionLabels, quer
         entries, bad = undeclared_entries(where, f, s, allowed, queries, labels, run.rtol)
         run.undeclared += entries
         seen |= bad
-    conns = [ci for ci, f in enumerate(plan.fn_of_connection) if f in by_fn]
+    conns = sorted({ci for ci, f in enumerate(plan.fn_of_connection) if f in by_fn} | set(unlinked))
     run.dead += dead_entries(where, plan, None, queries, labels, run.rtol, conns,
                              group_of=lambda ci: by_fn[plan.fn_of_connection[ci]])
     return seen
@@ -349,7 +349,8 @@ def _verify_model(run: _Run, model: nn.Module, layout: Any, topology: Any, plan:
     for p in plans:  # every declared one-hop link must reach the output (through the identity paths)
         if id(p) not in seen:
             seen.add(id(p))
-            conns = [ci for ci, f in enumerate(p.fn_of_connection) if f not in quiet]
+            linked = linked_connections(p)  # a connection linking nothing is dead, gate or no gate
+            conns = [ci for ci, f in enumerate(p.fn_of_connection) if f not in quiet or ci not in linked]
             for d in dead_entries("model", p, s, queries, labels, run.rtol, conns):
                 if d not in run.dead:  # layers built from equal topologies report a link once
                     run.dead.append(d)

@@ -24,7 +24,7 @@ from canvas_core.compiler.plan import segment_grid
 from canvas_core.runtime.verify_report import DeadLink, UndeclaredDependency
 
 __all__ = ["checked_input", "declared_rows", "probe_rows", "PositionLabels", "undeclared_entries", "dead_entries",
-           "choose_queries", "query_cells"]
+           "choose_queries", "query_cells", "linked_connections"]
 
 
 # --- declared patterns ---------------------------------------------------------------------------
@@ -71,6 +71,15 @@ def declared_rows(plans: Sequence[Any], queries: np.ndarray, *, fn: Optional[str
         step = _step(R, plan, keep)
         R = (R | step) if with_self else step
     return R
+
+
+def linked_connections(plan: Any) -> set:
+    """Indices of the connections that link at least one (query, key) pair on ``plan``'s layout
+    (a rectangle of positive area and weight); the others link nothing (offsets past the regions'
+    frames, a mask that selects nothing)."""
+    g = plan.all_rects()
+    live = (g.q1 > g.q0) & (g.k1 > g.k0) & (g.weight > 0)
+    return {int(c) for c in np.unique(g.conn[live])}
 
 
 # --- labels --------------------------------------------------------------------------------------
@@ -368,15 +377,21 @@ def undeclared_entries(where: str, fn: Optional[str], strength: np.ndarray, allo
 def dead_entries(where: str, plan: Any, strength: np.ndarray, queries: np.ndarray, labels: PositionLabels,
                  rtol: float, connections: Optional[Sequence[int]] = None, group_of: Any = None) -> List[DeadLink]:
     """One :class:`DeadLink` per connection with a (query frame, key frame) cell in which no
-    probed declared pair carries signal.  ``group_of(ci)``: the strength matrix to judge
-    connection ``ci`` by (default ``strength``)."""
+    probed declared pair carries signal, and a whole one (``checked_cells`` 0) per connection
+    that links no pair at all on the plan's layout (it can carry no signal, whatever is probed).
+    ``group_of(ci)``: the strength matrix to judge connection ``ci`` by (default ``strength``)."""
     topo = plan.topology
     out: List[DeadLink] = []
+    linked = linked_connections(plan)
     for ci in (range(len(plan.fn_of_connection)) if connections is None else connections):
         fn = plan.fn_of_connection[ci]
+        if ci not in linked:
+            c = topo.connections[ci]
+            out.append(DeadLink(where, ci, c.src, c.dst, fn, (), True, 0))
+            continue
         decl = declared_rows([plan], queries, connection=ci, with_self=False)
         if not decl.any():
-            continue  # links no probed pair (a compile warning covers links of nothing)
+            continue  # links pairs, none of them at a sampled query
         s = strength if group_of is None else group_of(ci)
         carried = decl & (s > rtol)
         qi, ki = np.nonzero(decl)

@@ -63,7 +63,8 @@ class DeadLink:
         fn: its resolved fn type.
         frames: the dead ``(query frame, key frame)`` cells (every cell when ``whole``).
         whole: no probed pair of the connection carries any signal.
-        checked_cells: how many (query frame, key frame) cells of the connection were probed.
+        checked_cells: how many (query frame, key frame) cells of the connection were probed;
+            0 when the connection links no (query, key) pair on the layout at all.
     """
 
     where: str
@@ -77,6 +78,9 @@ class DeadLink:
 
     def __str__(self) -> str:
         name = f"connection #{self.connection} {self.src!r} -> {self.dst!r} (fn {self.fn!r})"
+        if self.whole and not self.checked_cells:
+            return (f"{self.where}: {name} is declared but its offsets (or fill / mask) link no (query, key) "
+                    "pair on this layout, so it carries no signal; fix them, or remove the connection")
         if self.whole:
             return f"{self.where}: {name} is declared but carries no signal"
         cells = ", ".join(f"frame {q} <- frame {k}" for q, k in self.frames[:6])
@@ -150,6 +154,8 @@ class StructureReport:
             lines.append(f"  declared links partly unused ({len(part)}; the type reads part of its key set):")
             lines += [f"    - {d}" for d in part]
         if not self.undeclared and not self.dead:
-            lines.append("  every dependency is declared and every declared link carries signal")
+            # a note may name connections left unmeasured (a type whose gate starts closed)
+            rest = " (apart from what the notes below say)" if self.notes else ""
+            lines.append(f"  every dependency is declared and every declared link carries signal{rest}")
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
