@@ -22,16 +22,18 @@ packed runs of both sides.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import time
-from typing import Any, Callable, Dict, List, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple, Union
 
 import numpy as np
 
 from canvas_core.compiler.plan import ExecutionPlan, RectGroup
-from canvas_core.compiler.temporal import connection_links, region_frames
+from canvas_core.compiler.temporal import link_count_bound, link_ranges, region_frames
 from canvas_core.errors import CanvasTypeError, UnknownRegionError, did_you_mean, user_stacklevel
-from canvas_core.schema.limits import check_size
+from canvas_core.schema.limits import check_bytes, check_size, limit
 from canvas_core.schema.masks import mask_to_index_pairs
 from canvas_core.schema.staleness import check_topology_unchanged, check_unchanged, layout_stamp, topology_stamp
 from canvas_core.schema.topology import DEFAULT_FN, check_connection_regions
@@ -77,6 +79,8 @@ def runs_of(sorted_idx: np.ndarray) -> Runs:
 
 
 def _merge(runs: Sequence[Tuple[int, int]]) -> Runs:
+    if len(runs) == 1:
+        return [runs[0]]
     out: Runs = []
     for a, b in sorted(runs):
         if out and a <= out[-1][1]:
@@ -118,11 +122,13 @@ class _Packing:
             fr: Dict[int, Runs] = {}
             if idx.size:
                 packed = np.sort(self.inv[idx], axis=1)
-                contiguous = (packed[:, -1] - packed[:, 0]) == (packed.shape[1] - 1)
-                for i in range(packed.shape[0]):
-                    t = self.t0[name] + i
-                    fr[t] = ([(int(packed[i, 0]), int(packed[i, -1]) + 1)] if contiguous[i]
-                             else runs_of(packed[i]))
+                first, last = packed[:, 0], packed[:, -1]
+                contiguous = (last - first) == (packed.shape[1] - 1)
+                t0 = self.t0[name]
+                # one run per frame without overlap: built from whole columns, not frame by frame
+                fr = {t0 + i: [(a, b)] for i, (a, b) in enumerate(zip(first.tolist(), (last + 1).tolist()))}
+                for i in np.flatnonzero(~contiguous).tolist():
+                    fr[t0 + i] = runs_of(packed[i])
             self.blocks[name] = fr
 
     def frame_runs(self, name: str, t: int) -> Runs:
@@ -139,7 +145,8 @@ def _mask_is_full(mask: Any) -> bool:
     return mask is None or str(getattr(mask, "kind", "full")) == "full"
 
 
-def _mask_rects(conn: Any, layout: Any, pk: _Packing, links) -> List[Tuple[int, int, int, int, float]]:
+def _mask_rects(conn: Any, layout: Any, pk: _Packing, links: Sequence[Tuple[int, int, int, float]]
+                ) -> List[Tuple[int, int, int, int, float]]:
     """Rectangles of a connection with a non-full ``MaskSpec``: mask pairs x temporal links."""
     rects: List[Tuple[int, int, int, int, float]] = []
     for src_idx, dst_idx in mask_to_index_pairs(conn.mask, layout, conn.src, conn.dst):
@@ -148,8 +155,8 @@ def _mask_rects(conn: Any, layout: Any, pk: _Packing, links) -> List[Tuple[int, 
         if s.size == 0 or d.size == 0:
             continue
         s_frame, d_frame = s // pk.vol, d // pk.vol
-        for src_frames, dst_frame, w in links:
-            q = s[np.isin(s_frame, np.asarray(src_frames, dtype=np.int64))]
+        for lo, hi, dst_frame, w in links:
+            q = s[(s_frame >= lo) & (s_frame < hi)]
             k = d[d_frame == dst_frame]
             if q.size == 0 or k.size == 0:
                 continue
@@ -157,6 +164,30 @@ def _mask_rects(conn: Any, layout: Any, pk: _Packing, links) -> List[Tuple[int, 
                 for c, e in runs_of(np.sort(pk.inv[k])):
                     rects.append((a, b, c, e, w))
     return rects
+
+
+def _full_rects(conn: Any, pk: _Packing, links: Sequence[Tuple[int, int, int, float]]
+                ) -> List[Tuple[int, int, int, int, float]]:
+    """Rectangles of a connection without a mask: the source runs of each link x the runs of
+    its destination frame, merged along keys per (source frames, weight).
+
+    Keys and caches are the frame range ``(lo, hi)``, never the frames themselves, so each link
+    costs O(1) whatever T (two ranges of one region's frames give the same runs only when both are
+    empty, which are skipped).
+    """
+    by_q: Dict[Tuple[int, int, float], Tuple[Runs, Runs]] = {}
+    q_cache: Dict[Tuple[int, int], Runs] = {}
+    for lo, hi, dst_frame, w in links:
+        q = q_cache.get((lo, hi))
+        if q is None:
+            q = q_cache[(lo, hi)] = pk.frames_runs(conn.src, range(lo, hi))
+        k = pk.frame_runs(conn.dst, dst_frame)
+        if q and k:
+            entry = by_q.get((lo, hi, w))
+            if entry is None:
+                entry = by_q[(lo, hi, w)] = (q, [])
+            entry[1].extend(k)
+    return [(a, b, c, d, w) for (_, _, w), (q, ks) in by_q.items() for (a, b) in q for (c, d) in _merge(ks)]
 
 
 def _resolver(topology: Any, layout: Any, resolve_fn: Union[bool, Callable, Sequence[str]]) -> Callable[[int, Any], str]:
@@ -224,6 +255,50 @@ def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable, Seque
     start = time.perf_counter()
     _check(topology, layout)
     stamps = {"layout_stamp": layout_stamp(layout), "topology_stamp": topology_stamp(topology)}  # as lowered
+    _check_frame_work(topology, layout)
+    with _gc_paused():
+        return _lower(topology, layout, resolve_fn, warn_unlinked, start, stamps)
+
+
+#: bytes of the Python objects lowering keeps per frame link (the link, its key-run list entry, the
+#: rectangle and its row: ~1 KiB measured, peak) and per region frame (its packed-runs entry)
+_LINK_BYTES = 1100
+_REGION_FRAME_BYTES = 250
+
+
+def _check_frame_work(topology: Any, layout: Any) -> None:
+    """Refuse, before building anything, a lowering whose per-frame Python objects would exceed
+    the byte limit (``CANVAS_MAX_BYTES``): without this a tiny file (one connection over 2**24
+    frames) grows the process by many gigabytes before it fails."""
+    counts = [link_count_bound(c, layout) for c in topology.connections]
+    frames = sum(max(0, b - a) for a, b, _ in (region_frames(layout, n) for n in _region_names(layout)))
+    nbytes = _LINK_BYTES * sum(counts) + _REGION_FRAME_BYTES * frames
+    if nbytes <= limit("bytes"):
+        return
+    ci = max(range(len(counts)), key=counts.__getitem__) if counts else 0
+    worst = (f"connection #{ci} {topology.connections[ci].src!r} -> {topology.connections[ci].dst!r} alone "
+             f"links up to {counts[ci]:,} frame pairs; " if counts else "")
+    check_bytes(nbytes, f"lowering this topology on T={int(layout.T):,} frames ({worst}up to {sum(counts):,} frame "
+                f"links over all connections, {frames:,} region frames; Python objects per frame)",
+                "Use fewer frames (a smaller T, or a region period > 1) or fewer connections that pair "
+                "every frame")
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Lowering allocates millions of small acyclic objects; the cyclic collector would rescan them
+    over and over (3x the time at T = 2**18). Paused for the duration only."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _lower(topology: Any, layout: Any, resolve_fn: Union[bool, Callable, Sequence[str]], warn_unlinked: bool,
+           start: float, stamps: Dict[str, Any]) -> ExecutionPlan:
     pk = _Packing(layout)
     resolve = _resolver(topology, layout, resolve_fn)
     per_fn: Dict[str, List[Tuple[int, int, int, int, float, int]]] = {}
@@ -236,29 +311,19 @@ def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable, Seque
         fns.append(fn)
         conns_of.setdefault(fn, []).append(ci)
         rects_out = per_fn.setdefault(fn, [])
-        links = connection_links(conn, layout)
+        links = link_ranges(conn, layout)
         if _mask_is_full(getattr(conn, "mask", None)):
-            # (q_runs, weight) -> key runs, merged below
-            by_q: Dict[Tuple[Tuple[Tuple[int, int], ...], float], Runs] = {}
-            q_cache: Dict[Tuple[int, ...], Tuple[Tuple[int, int], ...]] = {}
-            for src_frames, dst_frame, w in links:
-                q = q_cache.get(src_frames)
-                if q is None:
-                    q = tuple(pk.frames_runs(conn.src, src_frames))
-                    q_cache[src_frames] = q
-                k = pk.frame_runs(conn.dst, dst_frame)
-                if q and k:
-                    by_q.setdefault((q, w), []).extend(k)
-            rects = [(a, b, c, d, w) for (q, w), ks in by_q.items() for (a, b) in q
-                     for (c, d) in _merge(ks)]
+            rects = _full_rects(conn, pk, links)
         else:
             rects = _mask_rects(conn, layout, pk, links)
         if not rects and warn_unlinked:
             _warn_links_nothing(ci, conn, layout)
         rects_out.extend((a, b, c, d, w, ci) for a, b, c, d, w in rects)
         # W_f(p): the connection's weight on every query it links (once per connection)
-        diff = qw_diff.setdefault(fn, np.zeros(pk.n + 1, dtype=np.float64))
-        count = qw_count.setdefault(fn, np.zeros(pk.n + 1, dtype=np.int64))
+        if fn not in qw_diff:  # (not setdefault: that would allocate two (N,) arrays per connection)
+            qw_diff[fn] = np.zeros(pk.n + 1, dtype=np.float64)
+            qw_count[fn] = np.zeros(pk.n + 1, dtype=np.int64)
+        diff, count = qw_diff[fn], qw_count[fn]
         for a, b in _merge([(a, b) for a, b, _, _, _ in rects]):
             diff[a] += float(conn.weight)
             diff[b] -= float(conn.weight)

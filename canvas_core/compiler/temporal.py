@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from canvas_core.errors import TopologyError
 
-__all__ = ["Link", "region_frames", "connection_links", "fill_frames"]
+__all__ = ["Link", "region_frames", "connection_links", "link_ranges", "link_count_bound", "fill_frames"]
 
 Link = Tuple[Tuple[int, ...], int, float]
 
@@ -69,10 +69,19 @@ def fill_frames(
     Returns ``[(dst_frame, weight), ...]`` (weights in ``(0, 1]``, not yet multiplied by the
     connection weight).  An exact match returns ``[(frame, 1.0)]`` whatever the fill mode.
     """
+    _check_fill(period, order)
+    return _fill(target, t0, t1, period, fill, order)
+
+
+def _check_fill(period: Any, order: Any) -> None:
     if isinstance(period, bool) or not isinstance(period, numbers.Integral) or period < 1:
         raise TopologyError(f"fill_frames: period must be an int >= 1 (real frames per canvas frame), got {period!r}")
     if order is not None and (isinstance(order, bool) or not isinstance(order, numbers.Integral) or order < 1):
         raise TopologyError(f"fill_frames: interpolation order must be an int >= 1 (1 = linear), got {order!r}")
+
+
+def _fill(target: int, t0: int, t1: int, period: int, fill: Any, order: Any) -> List[Tuple[int, float]]:
+    """:func:`fill_frames` without the argument checks (the caller made them once)."""
     if t1 <= t0:
         return []
     if target % period == 0 and t0 <= target // period < t1:
@@ -125,38 +134,85 @@ def connection_links(conn: Any, layout: Any) -> List[Link]:
 
     ``src_frames`` is a tuple of absolute canvas frames of ``conn.src``, ``dst_frame`` an
     absolute canvas frame of ``conn.dst`` and ``weight = conn.weight * fill_weight``.
-    Links with weight 0 are omitted.
+    Links with weight 0 are omitted.  Links that share their source frames share one tuple.
+    """
+    tuples: Dict[Tuple[int, int], Tuple[int, ...]] = {}
+    out: List[Link] = []
+    for lo, hi, t, w in link_ranges(conn, layout):
+        src = tuples.get((lo, hi))
+        if src is None:
+            src = tuples[(lo, hi)] = tuple(range(lo, hi))
+        out.append((src, t, w))
+    return out
+
+
+def link_count_bound(conn: Any, layout: Any) -> int:
+    """An upper bound on ``len(link_ranges(conn, layout))``, computed in O(1) (no frame loop)."""
+    s0, s1, _ = region_frames(layout, conn.src)
+    d0, d1, _ = region_frames(layout, conn.dst)
+    if s1 <= s0 or d1 <= d0:
+        return 0
+    if conn.t_dst is None:
+        return d1 - d0
+    if conn.t_src is None:
+        return min(int(layout.T), d1 - d0)
+    n_ref = max(0, min(int(layout.T), s1 - int(conn.t_src)) - max(0, s0 - int(conn.t_src)))
+    mode = _fill_name(getattr(conn, "temporal_fill", "hold"))
+    order = getattr(conn, "interpolation_order", 1)
+    per_ref = 1
+    if mode == "interpolate":
+        per_ref = min(d1 - d0, max(2, int(order) + 1 if isinstance(order, numbers.Integral) else 2))
+    return n_ref * per_ref
+
+
+def link_ranges(conn: Any, layout: Any) -> List[Tuple[int, int, int, float]]:
+    """The links of :func:`connection_links` as ``(src_lo, src_hi, dst_frame, weight)``.
+
+    The source frames of a link are always the contiguous range ``src_lo <= f < src_hi``, so a
+    link is a few ints: keys and caches built from it cost O(1) per link, not O(T).  Same links,
+    same order as :func:`connection_links`.
     """
     s0, s1, ps = region_frames(layout, conn.src)
     d0, d1, pd = region_frames(layout, conn.dst)
     w = float(conn.weight)
     if s1 <= s0 or d1 <= d0 or w == 0.0:
         return []
-    all_src = tuple(range(s0, s1))
     t_src: Optional[int] = conn.t_src
     t_dst: Optional[int] = conn.t_dst
+    T = int(layout.T)
     if t_src is None and t_dst is None:
-        return [(all_src, t, w) for t in range(d0, d1)]
+        return [(s0, s1, t, w) for t in range(d0, d1)]
     fill = getattr(conn, "temporal_fill", "hold")
     order = getattr(conn, "interpolation_order", 1)
     if t_dst is None:
-        # each valid source frame links to every destination frame: one link per dst frame
-        src = tuple(f for f in (ref + int(t_src) for ref in range(int(layout.T))) if s0 <= f < s1)
-        return [(src, t, w) for t in range(d0, d1)] if src else []
-    p_src = ps if t_src is not None else 1
-    best: Dict[Tuple[Tuple[int, ...], int], float] = {}
-    for ref in range(int(layout.T)):
-        if t_src is None:
-            src = all_src
-        else:
-            f = ref + int(t_src)
-            if not (s0 <= f < s1):
-                continue
-            src = (f,)
-        targets = fill_frames((ref + int(t_dst)) * p_src, d0, d1, pd, fill, order)
-        for t, fw in targets:
-            key = (src, t)
+        # each valid source frame ref + t_src (a contiguous range) links to every destination frame
+        lo, hi = max(s0, int(t_src)), min(s1, T + int(t_src))
+        return [(lo, hi, t, w) for t in range(d0, d1)] if lo < hi else []
+    if t_src is None:
+        # the source is every frame whatever the reference: keep the largest weight per target
+        best: Dict[int, float] = {}
+        _check_fill(pd, order)
+        for ref in range(T):
+            for t, fw in _fill(ref + int(t_dst), d0, d1, pd, fill, order):
+                val = w * fw
+                if val != 0.0 and (t not in best or val > best[t]):
+                    best[t] = val
+        return [(s0, s1, t, val) for t, val in best.items()]
+    # one source frame per reference: every reference gives distinct (frame, target) pairs
+    out: List[Tuple[int, int, int, float]] = []
+    ts, td = int(t_src), int(t_dst)
+    refs = range(max(0, s0 - ts), min(T, s1 - ts))
+    if refs:
+        _check_fill(pd, order)
+    append = out.append
+    for ref in refs:
+        f = ref + ts
+        target = (ref + td) * ps
+        if target % pd == 0 and d0 <= target // pd < d1:  # exact match (the common case), inline
+            append((f, f + 1, target // pd, w))
+            continue
+        for t, fw in _fill(target, d0, d1, pd, fill, order):
             val = w * fw
-            if val != 0.0 and (key not in best or val > best[key]):
-                best[key] = val
-    return [(src, t, val) for (src, t), val in best.items()]
+            if val != 0.0:
+                append((f, f + 1, t, val))
+    return out
