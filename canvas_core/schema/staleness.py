@@ -20,22 +20,29 @@ Topologies likewise: a layer lowers ``topology.connections`` into its plan when 
 :func:`topology_stamp` and calls :func:`check_topology_unchanged` (or ``..._traced``) before use.
 The list counts its changes (:class:`~canvas_core.schema._connection_list.ConnectionList`); the
 same limit: an entry replaced by ``list.__setitem__(topology.connections, i, c)`` is not seen (one
-added or removed that way is, by the list's length, in eager mode).  ``Connection`` and
-``MaskSpec`` are frozen; an edit of one through ``object.__setattr__`` is not seen either.
+added or removed that way is, by the list's length).  ``Connection`` and ``MaskSpec`` are frozen;
+an edit of one through ``object.__setattr__`` is not seen either.  A list written into the
+topology's ``__dict__`` (behind its ``__setattr__``) is seen: the checks read the list the
+topology holds now.  A topology of another kind (canvas-engineering's, or any object with
+``connections`` that ``lower`` accepts) does not count its changes: its stamp is a snapshot of
+what lowering reads of each connection, compared in full on every use (O(connections); under
+``torch.compile`` a guard per connection field).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Set as AbstractSet
+from enum import Enum
 from typing import Any, Optional, Tuple
 
 from canvas_core.errors import SchemaError
 from canvas_core.schema._connection_list import ConnectionList
 from canvas_core.schema._region_dict import change_counts
 from canvas_core.schema.layout import _GEOMETRY, _VERSION, CanvasLayout
-from canvas_core.schema.topology import CanvasTopology
+from canvas_core.schema.topology import CanvasTopology, connection_list
 
 __all__ = ["check_unchanged", "check_unchanged_traced", "layout_stamp", "topology_stamp",
-           "check_topology_unchanged", "check_topology_unchanged_traced"]
+           "check_topology_unchanged", "check_topology_unchanged_traced", "ConnectionsSnapshot"]
 
 
 def layout_stamp(layout: Any) -> Optional[Tuple[int, Tuple[Any, ...]]]:
@@ -107,59 +114,123 @@ def _changed(owner: str, detail: str) -> SchemaError:
         f"indices it holds are out of date; build the {owner} again from the changed layout")
 
 
-def topology_stamp(topology: Any) -> Optional[Tuple[int, int, Tuple[Any, ...]]]:
-    """``(version, length, connections)`` of ``topology.connections`` for a module built from
-    ``topology`` to record (None for a topology that is not a :class:`CanvasTopology`).  Call it
-    once per build (it copies the connections: O(connections))."""
+#: what lowering reads of a connection: a foreign topology's stamp keeps these values
+_FIELDS = ("src", "dst", "weight", "t_src", "t_dst", "fn", "operator", "write_mode", "temporal_fill",
+           "interpolation_order", "mask")
+
+
+class ConnectionsSnapshot(tuple):
+    """The stamp of a topology that is not a :class:`CanvasTopology` (canvas-engineering's, or any
+    object with ``connections``): per connection, the values lowering reads (``_FIELDS``).  Such
+    a list does not count its changes, so the checks compare the whole snapshot on every use."""
+
+    __slots__ = ()
+
+
+def topology_stamp(topology: Any) -> Any:
+    """What a module built from ``topology`` records: ``(version, length, connections)`` of a
+    :class:`CanvasTopology`'s list, or a :class:`ConnectionsSnapshot` of any other object with
+    ``connections`` (None without them).  Call it once per build: O(connections).  Connections
+    put into a ``CanvasTopology`` behind its ``__setattr__`` (``vars(t)["connections"] = ...``)
+    are copied into a counting list here, refused as by the constructor if unordered."""
     if not isinstance(topology, CanvasTopology):
-        return None
-    conns = topology.connections
-    if not isinstance(conns, ConnectionList):  # e.g. unpickled from an older version: a counting copy
-        conns = ConnectionList(conns)
+        snap = _snapshot(topology)
+        return None if snap is None else ConnectionsSnapshot(snap)
+    conns = vars(topology).get("connections")
+    if type(conns) is not ConnectionList:  # e.g. unpickled from an older version: a counting copy
+        conns = connection_list(conns)
         object.__setattr__(topology, "connections", conns)
-    object.__setattr__(topology, "_traced", vars(conns))  # what the traced check reads
     return conns.version, len(conns), tuple(conns)
 
 
 def check_topology_unchanged(topology: Any, stamp: Any, owner: str, fix: Optional[str] = None) -> None:
     """Refuse to use a module built from ``topology`` once its connections have changed.
 
-    ``stamp``: what :func:`topology_stamp` gave at build time (None: nothing to compare).  O(1)
-    while the list's version and length are the recorded ones; connections changed and changed
-    back are accepted (compared in full, only then).  ``fix``: what to do instead of the default
-    "build the <owner> again"."""
+    ``stamp``: what :func:`topology_stamp` gave at build time (None: nothing to compare).  For a
+    ``CanvasTopology`` O(1) while the list's version and length are the recorded ones;
+    connections changed and changed back are accepted (compared in full, only then).  Another
+    topology's snapshot is compared in full (O(connections)).  ``fix``: what to do instead of the
+    default "build the <owner> again"."""
+    if isinstance(stamp, ConnectionsSnapshot):
+        if _snapshot_changed(topology, stamp):
+            raise _topology_changed(topology, owner, fix)
+        return
     if not isinstance(stamp, tuple) or len(stamp) != 3 or not isinstance(topology, CanvasTopology):
         return
     conns = topology.connections
     if getattr(conns, "version", None) == stamp[0] and len(conns) == stamp[1]:
         return
     if not _same(conns, stamp[2]):
-        raise _topology_changed(owner, fix)
+        raise _topology_changed(topology, owner, fix)
 
 
 def check_topology_unchanged_traced(topology: Any, stamp: Any, owner: str, fix: Optional[str] = None) -> None:
-    """:func:`check_topology_unchanged` for code that ``torch.compile`` traces: reads one value (the
-    version in the list's ``__dict__``, linked by :func:`topology_stamp`), not the list, so Dynamo
-    guards a constant number of values whatever the number of connections.  A change retraces,
-    and the retrace compares the connections in full and refuses a real change."""
+    """:func:`check_topology_unchanged` for code that ``torch.compile`` traces.  For a
+    ``CanvasTopology`` it reads the list held in the topology's ``__dict__`` (so a list written
+    there behind ``__setattr__`` is the one checked) and the version in the list's ``__dict__``,
+    not the entries: Dynamo guards the list's type and length and the version, a constant number
+    of values whatever the number of connections.  A change retraces (once per change, an undo
+    included), and the retrace compares the connections in full and refuses a real change.
+    Another topology's snapshot is compared in full: one guard per connection field."""
+    if isinstance(stamp, ConnectionsSnapshot):
+        if _snapshot_changed(topology, stamp):
+            raise _topology_changed(topology, owner, fix)
+        return
     if not isinstance(stamp, tuple) or len(stamp) != 3 or not isinstance(topology, CanvasTopology):
         return
-    counts = topology._traced
-    if counts is not None and counts.get("version") == stamp[0]:
+    conns = vars(topology).get("connections")
+    if type(conns) is ConnectionList and vars(conns).get("version") == stamp[0]:
         return
-    if not _same(topology.connections, stamp[2]):
-        raise _topology_changed(owner, fix)
+    if not _same(conns, stamp[2]):
+        raise _topology_changed(topology, owner, fix)
 
 
 def _same(conns: Any, recorded: Tuple[Any, ...]) -> bool:
+    if isinstance(conns, (AbstractSet, Mapping, str, bytes)):  # no order, or not connections
+        return False
     try:
         return tuple(conns) == recorded
     except TypeError:  # not iterable any more
         return False
 
 
-def _topology_changed(owner: str, fix: Optional[str]) -> SchemaError:
+def _snapshot(topology: Any) -> Optional[Tuple[Tuple[Any, ...], ...]]:
+    """Per connection of a foreign topology, the values of ``_FIELDS`` (None: no connections)."""
+    conns = getattr(topology, "connections", None)
+    if conns is None or isinstance(conns, (AbstractSet, Mapping, str, bytes)):
+        return None
+    try:
+        return tuple(tuple(_value(getattr(c, f, None)) for f in _FIELDS) for c in conns)
+    except TypeError:  # not iterable: lowering refuses it
+        return None
+
+
+def _value(v: Any) -> Any:
+    return v.value if isinstance(v, Enum) else v  # canvas-engineering's TemporalFill by its value
+
+
+def _snapshot_changed(topology: Any, stamp: "ConnectionsSnapshot") -> bool:
+    """Whether a foreign topology's connections differ from its snapshot ``stamp``: each value
+    the same object or equal (a comparison that fails, e.g. of arrays in a mask, counts as a change)."""
+    now = _snapshot(topology)
+    if now is None or len(now) != len(stamp):
+        return True
+    for conn_now, conn_then in zip(now, stamp):
+        for a, b in zip(conn_now, conn_then):
+            if a is not b and not _equal(a, b):
+                return True
+    return False
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # e.g. an ambiguous comparison of arrays
+        return False
+
+
+def _topology_changed(topology: Any, owner: str, fix: Optional[str]) -> SchemaError:
     return SchemaError(
-        f"{owner} was built from this CanvasTopology before its connections were changed (added, "
+        f"{owner} was built from this {type(topology).__name__} before its connections were changed (added, "
         "removed, replaced or reordered), so the execution plan it holds is out of date and would run "
         f"the old connections; {fix or f'build the {owner} again from the changed topology'}")

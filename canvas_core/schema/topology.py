@@ -174,40 +174,22 @@ class CanvasTopology:
     keys at the real frame ``(ref + t_dst) * period(src)``; see ``docs/design.md`` for the exact
     rules, periods and temporal fill.
 
-    ``connections`` may be changed after construction (``append``, ``del``, assignment; a list put
-    in is copied).  It is a list that counts its changes, so a layer built from the topology refuses
-    to run once they were changed (:mod:`canvas_core.schema.staleness`): build the layer again.
+    ``connections`` may be changed after construction (``append``, ``del``, assignment of any ordered
+    iterable, which is copied; a set, a mapping, a string or None is refused as by the constructor).
+    It is a list that counts its changes, so a layer built from the topology refuses to run once they
+    were changed (:mod:`canvas_core.schema.staleness`): build the layer again.
     """
 
     connections: List[Connection] = field(default_factory=list)
-    _traced = None  # not a field: the list's __dict__, read by schema/staleness.py's traced check
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # a list put in as connections is copied into a counting one (never another topology's)
-        if name == "connections" and isinstance(value, (list, tuple)) and value is not self.__dict__.get(name):
-            value = ConnectionList(value)
-            object.__setattr__(self, "_traced", vars(value))
+        # what is put in as connections is copied into a counting list (never another topology's)
+        if name == "connections" and value is not self.__dict__.get(name):
+            value = connection_list(value)
         object.__setattr__(self, name, value)
 
-    def __getstate__(self) -> Dict[str, Any]:  # a copy or a pickle does not share the list's __dict__
-        return {k: v for k, v in self.__dict__.items() if k != "_traced"}
-
-    def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        conns = state.get("connections")
-        if isinstance(conns, ConnectionList):
-            object.__setattr__(self, "_traced", vars(conns))
-
     def __post_init__(self) -> None:
-        if isinstance(self.connections, (str, bytes)) or not hasattr(self.connections, "__iter__"):
-            raise CanvasTypeError(
-                f"CanvasTopology connections must be a list of Connection, got {type(self.connections).__name__}"
-            )
-        # the order of the connections is kept (plans, reports and per-connection state follow it)
-        check_ordered(self.connections, "CanvasTopology connections", "[Connection('a', 'b'), ...]")
-        conns = list(self.connections)
-        _check_entries(conns, changed=False)
-        self.connections = conns
+        _check_entries(self.connections, changed=False)  # the list itself was checked on assignment
 
     # --- constructors ----------------------------------------------------------------------
     @staticmethod
@@ -391,6 +373,20 @@ def check_connection_regions(connections: Iterable[Any], known: Iterable[str]) -
                     f"connection #{i} ({what}): {side} region {name!r} is not in the layout "
                     f"(regions: {sorted(known)}).{normalization_hint(name, known) or did_you_mean(name, known)} "
                     "Add the region or fix the name.")
+
+
+def connection_list(value: Any) -> ConnectionList:
+    """``value`` (the connections given to or assigned to a topology) copied into a
+    :class:`ConnectionList`, in its order; a value without a defined order (a set, a mapping), a
+    string, None or anything not iterable is refused with ``CanvasTypeError``.  The entries are
+    checked by the constructor and by ``validate``, not here."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise CanvasTypeError(
+            f"CanvasTopology connections must be a list of Connection, got {type(value).__name__}; "
+            "pass a list such as [Connection('a', 'b'), ...] ([] for none)")
+    # the order of the connections is kept (plans, reports and per-connection state follow it)
+    check_ordered(value, "CanvasTopology connections", "[Connection('a', 'b'), ...]")
+    return ConnectionList(value)
 
 
 def _check_entries(conns: List[Any], changed: bool) -> None:
