@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import threading
 import time
 from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple, Union
 
@@ -260,41 +261,60 @@ def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable, Seque
         return _lower(topology, layout, resolve_fn, warn_unlinked, start, stamps)
 
 
-#: bytes of the Python objects lowering keeps per frame link (the link, its key-run list entry, the
-#: rectangle and its row: ~1 KiB measured, peak) and per region frame (its packed-runs entry)
+#: bytes of the Python objects lowering makes per frame link while it lowers one connection (the
+#: link, its key-run list entry, its rectangle and row: ~1 KiB measured, peak; freed before the next
+#: connection), per rectangle that outlives it (a connection with both offsets set, or a mask, keeps
+#: about one per link) and per region frame (its packed-runs entry, kept)
 _LINK_BYTES = 1100
+_KEPT_LINK_BYTES = 300
 _REGION_FRAME_BYTES = 250
 
 
 def _check_frame_work(topology: Any, layout: Any) -> None:
     """Refuse, before building anything, a lowering whose per-frame Python objects would exceed
     the byte limit (``CANVAS_MAX_BYTES``): without this a tiny file (one connection over 2**24
-    frames) grows the process by many gigabytes before it fails."""
-    counts = [link_count_bound(c, layout) for c in topology.connections]
+    frames) grows the process by many gigabytes before it fails.  The estimate is the largest
+    connection's transient objects plus what outlives each connection (rectangles that do not merge
+    across frames) plus the packing's per-region-frame entries."""
+    conns = list(topology.connections)
+    counts = [link_count_bound(c, layout) for c in conns]
+    kept = sum(n for c, n in zip(conns, counts)
+               if (c.t_src is not None and c.t_dst is not None) or getattr(c, "mask", None) is not None)
     frames = sum(max(0, b - a) for a, b, _ in (region_frames(layout, n) for n in _region_names(layout)))
-    nbytes = _LINK_BYTES * sum(counts) + _REGION_FRAME_BYTES * frames
+    nbytes = _LINK_BYTES * max(counts, default=0) + _KEPT_LINK_BYTES * kept + _REGION_FRAME_BYTES * frames
     if nbytes <= limit("bytes"):
         return
     ci = max(range(len(counts)), key=counts.__getitem__) if counts else 0
-    worst = (f"connection #{ci} {topology.connections[ci].src!r} -> {topology.connections[ci].dst!r} alone "
+    worst = (f"connection #{ci} {conns[ci].src!r} -> {conns[ci].dst!r} alone "
              f"links up to {counts[ci]:,} frame pairs; " if counts else "")
-    check_bytes(nbytes, f"lowering this topology on T={int(layout.T):,} frames ({worst}up to {sum(counts):,} frame "
-                f"links over all connections, {frames:,} region frames; Python objects per frame)",
+    check_bytes(nbytes, f"lowering this topology on T={int(layout.T):,} frames ({worst}{kept:,} frame links kept "
+                f"as rectangles over all connections, {frames:,} region frames; Python objects per frame)",
                 "Use fewer frames (a smaller T, or a region period > 1) or fewer connections that pair "
                 "every frame")
+
+
+_GC_LOCK = threading.Lock()
+_GC_STATE = {"depth": 0, "was": False}
 
 
 @contextlib.contextmanager
 def _gc_paused() -> Iterator[None]:
     """Lowering allocates millions of small acyclic objects; the cyclic collector would rescan them
-    over and over (3x the time at T = 2**18). Paused for the duration only."""
-    was = gc.isenabled()
-    gc.disable()
+    over and over (3x the time at T = 2**18).  Paused while any lowering runs: the collector is
+    process-wide, so the first lowering to start pauses it and the last to end turns it back on
+    if it was on then (a caller that had it off keeps it off)."""
+    with _GC_LOCK:
+        if _GC_STATE["depth"] == 0:
+            _GC_STATE["was"] = gc.isenabled()
+            gc.disable()
+        _GC_STATE["depth"] += 1
     try:
         yield
     finally:
-        if was:
-            gc.enable()
+        with _GC_LOCK:
+            _GC_STATE["depth"] -= 1
+            if _GC_STATE["depth"] == 0 and _GC_STATE["was"] and not gc.isenabled():
+                gc.enable()
 
 
 def _lower(topology: Any, layout: Any, resolve_fn: Union[bool, Callable, Sequence[str]], warn_unlinked: bool,

@@ -202,3 +202,32 @@ def test_t16_lower_refuses_huge_T_before_building(monkeypatch: Any) -> None:
     monkeypatch.setattr(lowering, "_Packing", None)  # nothing may be built before the refusal
     with pytest.raises(SizeLimitError, match="up to 16,777,216 frame pairs"):
         lower(topology, layout)
+
+
+def test_t16_lower_many_full_connections_are_not_charged_as_kept() -> None:
+    # a reviewer's case: 100 regions densely connected over 1,024 frames lower in ~35 MiB, yet the
+    # first estimate summed every connection's transient links (10.5 GiB) and refused them
+    R, T = 100, 1024
+    layout = CanvasLayout(T=T, d_model=8, spatial_shape=(R,),
+                          regions={f"r{i}": RegionSpec(bounds=(0, T, i, i + 1)) for i in range(R)})
+    lowering._check_frame_work(CanvasTopology.dense([f"r{i}" for i in range(R)]), layout)  # no refusal
+
+
+def test_t16_lower_leaves_the_callers_gc_state() -> None:
+    import gc
+
+    layout = CanvasLayout(T=64, spatial_shape=(), d_model=8, regions={"a": RegionSpec(bounds=(0, 64))})
+    topology = CanvasTopology([Connection("a", "a", t_src=0, t_dst=-1)])
+    was = gc.isenabled()
+    try:
+        gc.disable()
+        lower(topology, layout)
+        assert not gc.isenabled()  # a caller that had it off keeps it off
+        gc.enable()
+        lower(topology, layout)
+        assert gc.isenabled()
+        with pytest.raises(Exception):
+            lower(topology, "not a layout")
+        assert gc.isenabled() and lowering._GC_STATE["depth"] == 0
+    finally:
+        (gc.enable if was else gc.disable)()
