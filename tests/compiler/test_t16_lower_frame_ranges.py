@@ -213,7 +213,16 @@ def test_t16_lower_many_full_connections_are_not_charged_as_kept() -> None:
     lowering._check_frame_work(CanvasTopology.dense([f"r{i}" for i in range(R)]), layout)  # no refusal
 
 
-def test_t16_lower_leaves_the_callers_gc_state() -> None:
+class _Boom(Exception):
+    pass
+
+
+def _boom(*args: Any, **kwargs: Any) -> None:
+    assert lowering._GC_STATE["depth"] == 1  # raised inside the paused section
+    raise _Boom
+
+
+def test_t16_lower_leaves_the_callers_gc_state(monkeypatch: Any) -> None:
     import gc
 
     layout = CanvasLayout(T=64, spatial_shape=(), d_model=8, regions={"a": RegionSpec(bounds=(0, 64))})
@@ -226,8 +235,9 @@ def test_t16_lower_leaves_the_callers_gc_state() -> None:
         gc.enable()
         lower(topology, layout)
         assert gc.isenabled()
-        with pytest.raises(Exception):
-            lower(topology, "not a layout")
+        with monkeypatch.context() as mp, pytest.raises(_Boom):
+            mp.setattr(lowering, "_Packing", _boom)
+            lower(topology, layout)
         assert gc.isenabled() and lowering._GC_STATE["depth"] == 0
     finally:
         (gc.enable if was else gc.disable)()
