@@ -396,11 +396,7 @@ def _graft(transformer: nn.Module, a: Any, blocks: List[nn.Module], kind: str, s
     from canvas_core.looping.ungraft import guard_save_pretrained, keep_requires_grad, mark_forwards
 
     guard_save_pretrained(transformer)  # refused until ungraft_looped_blocks (looping/ungraft.py)
-    try:
-        inputs = a.input_modules(transformer)
-    except CanvasError:  # no input embedding known: only calling the model starts a forward
-        inputs = []
-    mark_forwards(transformer, wrapped, inputs)  # loop_stats reports the latest forward only
+    mark_forwards(transformer, wrapped)  # loop_stats reports the latest forward only
     if freeze == "full":
         freeze_full(transformer)
     elif freeze == "half":

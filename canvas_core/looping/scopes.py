@@ -462,9 +462,9 @@ def loop_stats(model: nn.Module) -> Dict[str, Any]:
     For the block scope the lists are means over the blocks the last forward ran, ``per_block``
     holds each of those blocks' ``rel_change`` / ``state_norm`` (in block order) and
     ``blocks_not_run`` the indices of the looped blocks it did not run. A forward starts when the
-    model is called, or its input embedding runs outside a call (``model.forward_features(x)``;
-    the forward hooks of ``looping/ungraft.py``); outside a call a block running again or a
-    lower-index block also starts one (:class:`~canvas_core.looping.wrapper.ForwardMark`). A span
+    model is called (the forward hooks of ``looping/ungraft.py``; not a checkpoint's recompute in
+    backward); outside a call (``model.forward_features(x)``) a block running again or a
+    lower-index block starts one (:class:`~canvas_core.looping.wrapper.ForwardMark`). A span
     or model loop the last forward did not run is refused (``CanvasTypeError``)."""
     parts = _parts(model, "loop_stats")
     cores = [p for p in parts if isinstance(p, LoopCore)]

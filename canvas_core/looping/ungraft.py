@@ -113,13 +113,19 @@ def guard_save_pretrained(model: nn.Module) -> None:
 FORWARD_MARK = "_canvas_forward_mark"
 
 
-def _start_forward(model: nn.Module, enter: bool) -> None:
-    """A forward of ``model`` begins: the records of the forward before are dropped (the block
+def _in_backward() -> bool:
+    """Whether autograd is running a backward now (a checkpoint recomputing the forward)."""
+    task = getattr(torch._C, "_current_graph_task_id", None)
+    return task is not None and task() != -1
+
+
+def _start_forward(model: nn.Module) -> None:
+    """A call of ``model`` begins: the records of the forward before are dropped (the block
     wrappers' ``_loop_trace``, a span's or model loop's ``_stats``), so ``loop_stats`` /
     ``loop_counts`` report this forward's only and name the parts it did not run, and a span
     expects its first block again (``SpanMember`` refuses a forward entering inside the span).
     Only constants are stored while compiling (no guard on a value that changes per call);
-    eagerly the forward is also numbered (:class:`ForwardMark`), ``enter``: inside a model call."""
+    eagerly the forward is also numbered and marked as inside a call (:class:`ForwardMark`)."""
     mark, parts = model.__dict__[FORWARD_MARK]
     for p in parts:
         if isinstance(p, LoopedBlockWrapper):
@@ -131,57 +137,46 @@ def _start_forward(model: nn.Module, enter: bool) -> None:
                 p._next_member = None
     if not torch.compiler.is_compiling():
         mark.n += 1
-        mark.depth += int(enter)
+        mark.depth = 1  # set, not added: a call interrupted by Ctrl-C (no end hook) leaves nothing behind
         mark.last = -1
+
+
+def _marked(module: nn.Module) -> bool:
+    """Whether a hook of ``module`` should act now: grafted, not a DataParallel copy (which keeps
+    its own records, refused by loop_stats), and not a recompute in backward (a checkpointed
+    model is called again there; the forward's records stand)."""
+    return (FORWARD_MARK in module.__dict__ and not getattr(module, "_is_replica", False)
+            and (torch.compiler.is_compiling() or not _in_backward()))
 
 
 class ForwardStart:
     """Forward pre-hook of a grafted model: a model call begins (see :func:`_start_forward`).
-    A class at module level, so the hook pickles and deep-copies with the model."""
+    Stateless, a class at module level: it holds no reference to the model (no reference cycle)
+    and pickles and deep-copies with the model."""
 
     def __call__(self, module: nn.Module, args: Any) -> None:
-        # a DataParallel copy keeps its own records (loop_stats refuses them)
-        if FORWARD_MARK in module.__dict__ and not getattr(module, "_is_replica", False):
-            _start_forward(module, True)
+        if _marked(module):
+            _start_forward(module)
 
 
 class ForwardEnd:
     """Forward hook (run on an exception too) of a grafted model: its call has ended."""
 
     def __call__(self, module: nn.Module, args: Any, output: Any) -> None:
-        held = module.__dict__.get(FORWARD_MARK)
-        if held is not None and not getattr(module, "_is_replica", False) and not torch.compiler.is_compiling():
-            held[0].depth = max(0, held[0].depth - 1)
+        if _marked(module) and not torch.compiler.is_compiling():
+            module.__dict__[FORWARD_MARK][0].depth = 0
 
 
-class InputStart:
-    """Forward pre-hook of a grafted model's input embedding (the adapter's ``input_modules``,
-    ``patch_embed``): a forward run without calling the model (timm's ``forward_features`` /
-    ``forward_intermediates``, a diffusers model's ``forward``) begins when its input is
-    embedded. Not while compiling (the model's own call hooks still apply there)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __call__(self, module: nn.Module, args: Any) -> None:
-        held = self.model.__dict__.get(FORWARD_MARK)
-        if (held is not None and held[0].depth <= 0 and not torch.compiler.is_compiling()
-                and not getattr(module, "_is_replica", False)):
-            _start_forward(self.model, False)
-
-
-def mark_forwards(model: nn.Module, parts: List[nn.Module], inputs: List[nn.Module]) -> None:
+def mark_forwards(model: nn.Module, parts: List[nn.Module]) -> None:
     """Give ``model`` (just grafted) and its looped ``parts`` one :class:`ForwardMark`, and the
-    hooks that start a forward: on the model's call (:class:`ForwardStart`, :class:`ForwardEnd`)
-    and on its input modules ``inputs`` (:class:`InputStart`)."""
+    hooks that start a forward on the model's call (:class:`ForwardStart`, :class:`ForwardEnd`).
+    A forward run without calling the model (timm's ``forward_features``) is told by block order."""
     mark = ForwardMark()
     object.__setattr__(model, FORWARD_MARK, (mark, tuple(parts)))
     for p in parts:
         object.__setattr__(p, "_forward_mark", mark)
     model.register_forward_pre_hook(ForwardStart(), prepend=True)
     model.register_forward_hook(ForwardEnd(), always_call=True)
-    for m in inputs:
-        m.register_forward_pre_hook(InputStart(model), prepend=True)
 
 
 def _unmark_forwards(model: nn.Module) -> None:
@@ -190,7 +185,7 @@ def _unmark_forwards(model: nn.Module) -> None:
             p.__dict__.pop("_forward_mark", None)
     for m in model.modules():
         for hooks in (m._forward_pre_hooks, m._forward_hooks):
-            for k in [k for k, h in hooks.items() if isinstance(h, (ForwardStart, ForwardEnd, InputStart))]:
+            for k in [k for k, h in hooks.items() if isinstance(h, (ForwardStart, ForwardEnd))]:
                 del hooks[k]
                 m._forward_hooks_always_called.pop(k, None)
 

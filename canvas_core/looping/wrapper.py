@@ -120,13 +120,13 @@ def _beta_targets(block: nn.Module) -> List[Any]:
 class ForwardMark:
     """Which model forward a block's record belongs to (``loop_stats`` reports the latest only).
 
-    ``graft_looped_blocks`` gives the grafted model one, shared by its looped parts: the model's
-    forward hooks (``looping/ungraft.py``) start forward ``n + 1`` when the model is called or its
-    input embedding runs outside a call (``model.forward_features(x)``), and tell the blocks they
-    run inside a model call (``depth``), where every block gets the call's number whatever order
-    it runs in. Outside a call a block starts a new forward when it already ran in the current
-    one or its index is below the last block's (``last``), as every block of a wrapper built
-    without a graft does."""
+    ``graft_looped_blocks`` gives the grafted model one, shared by its looped parts (a few ints:
+    a deep copy or pickle of one part carries no model): the model's forward hooks
+    (``looping/ungraft.py``) start forward ``n + 1`` when the model is called and tell the blocks
+    they run inside a model call (``depth``, 1 or 0), where every block gets the call's number
+    whatever order it runs in. Outside a call (timm's ``forward_features``, blocks called one by
+    one) a block starts a new forward when it already ran in the current one or its index is
+    below the last block's (``last``), as every block of a wrapper built without a graft does."""
 
     def __init__(self) -> None:
         self.n, self.depth, self.last = 0, 0, -1

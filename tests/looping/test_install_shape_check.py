@@ -35,13 +35,6 @@ VIT_TOPO = CanvasTopology(connections=[Connection("patches", "patches"), Connect
 _one_thread = one_thread_fixture()
 
 
-
-def _shape_hooks(module):
-    """The forward pre-hooks on ``module`` other than the graft's forward mark (``InputStart``)."""
-    from canvas_core.looping.ungraft import InputStart
-
-    return [h for h in module._forward_pre_hooks.values() if not isinstance(h, InputStart)]
-
 def _installed(kind, topo):
     m, kw = make(kind), inputs(kind)
     graft_looped_blocks(m, max_loops=2, freeze="none")
@@ -96,7 +89,7 @@ def test_cogvideox_processor_checks_text_length_per_call():
     refuses another text length."""
     m, ad, kw = _installed("cogvideox", VIDEO_TEXT)
     guard_input_shapes(m.patch_embed, None)
-    assert not _shape_hooks(m.patch_embed)
+    assert not m.patch_embed._forward_pre_hooks
     with torch.no_grad(), pytest.raises(ShapeError, match=r"text tokens: installed 6, given 22"):
         run("cogvideox", m, _cog_inputs(2, 8, 8, 22))
 
@@ -108,7 +101,7 @@ def test_cogvideox_same_shapes_still_run_and_removal_lifts_the_check():
         b = run("cogvideox", m, dict(kw, hidden_states=kw["hidden_states"] + 1))  # same shapes, other values
     assert a.shape == b.shape
     ad.remove_topology(m)
-    assert SHAPE_CHECK_ATTR not in m.patch_embed.__dict__ and not _shape_hooks(m.patch_embed)
+    assert SHAPE_CHECK_ATTR not in m.patch_embed.__dict__ and not m.patch_embed._forward_pre_hooks
     with torch.no_grad():
         run("cogvideox", m, _cog_inputs(2, 8, 8, 22))  # the backbone's own attention: any shape
 
