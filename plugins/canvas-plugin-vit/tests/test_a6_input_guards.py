@@ -30,7 +30,10 @@ def _vit(**kw):
 
 
 def _hooks(*mods):
-    return [len(m._forward_pre_hooks) for m in mods]
+    """Forward pre-hooks per module, the graft's forward mark (``ForwardStart``) left out."""
+    from canvas_core.looping.ungraft import ForwardStart
+
+    return [sum(not isinstance(h, ForwardStart) for h in m._forward_pre_hooks.values()) for m in mods]
 
 
 def _calls_seen(mod, args, kwargs):
