@@ -22,6 +22,7 @@ Usage::
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Dict, Mapping, NamedTuple, Optional, Tuple
 
 import torch
@@ -30,7 +31,8 @@ from torch import nn
 from canvas_core._lazy import lazy_exports
 from canvas_core.attention._base import autocast_on
 from canvas_core.compiler.passes import check_slot_bank
-from canvas_core.errors import CanvasTypeError, PluginLoadError, ProgramError, SizeLimitError, UnknownNameError
+from canvas_core.errors import (CanvasTypeError, PluginLoadError, ProgramError, RegionError, SizeLimitError,
+                                 UnknownNameError)
 from canvas_core.plugins import create_identity_binder, get_registry, get_spec, list_identity_binders
 from canvas_core.program.identity import IdentitySpec
 
@@ -239,7 +241,9 @@ class SlotTracker(nn.Module):
         if self.mode == "ephemeral":
             new_state = None
         elif self.mode == "tracklet" and res.alive_logits is not None:
-            new_state = torch.where(alive.unsqueeze(-1), res.raw_slots,
+            # a NaN logit is not a death: resetting to the bank would hide a NaN input, so keep it
+            keep = alive | torch.isnan(res.alive_logits)
+            new_state = torch.where(keep.unsqueeze(-1), res.raw_slots,
                                     self.init_state(B).to(res.raw_slots.dtype))
         else:
             new_state = res.raw_slots
@@ -262,6 +266,17 @@ class SlotTracker(nn.Module):
         out = self.forward(observations, st, obs_mask)
         self._state = out.state
         return out
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "SlotTracker":
+        """Copy the module; the carried state is copied detached (a state inside an autograd graph
+        cannot be deep-copied, and the copy would not share that graph anyway)."""
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for k, v in self.__dict__.items():
+            if k == "_state" and isinstance(v, torch.Tensor):
+                v = v.detach()
+            new.__dict__[k] = copy.deepcopy(v, memo)
+        return new
 
     def reset(self) -> None:
         """Forget the carried state (next ``step`` starts from the slot bank)."""
@@ -304,7 +319,14 @@ class IdentityBinders(nn.ModuleDict):
         if not isinstance(spec, IdentitySpec):
             raise CanvasTypeError(f"IdentityBinders.add({region!r}): spec must be an IdentitySpec, "
                                   f"got {type(spec).__name__}")
-        super().__setitem__(_key(region), tracker)
+        key = _key(region)
+        holder = next((r for r in self.specs if r != region and _key(r) == key), None)
+        if holder is not None:
+            # "a.b" and "a__dot__b" share a module key: the second would replace the first's tracker
+            raise RegionError(f"IdentityBinders.add({region!r}): regions {holder!r} and {region!r} would share "
+                              f"the binder key {key!r} (a '.' is stored as '__dot__'), so one region would "
+                              "silently get the other's tracker; rename one of them")
+        super().__setitem__(key, tracker)
         self.specs[region] = spec
 
     def __getitem__(self, region: str) -> SlotTracker:  # type: ignore[override]

@@ -13,6 +13,8 @@ sequence parallelism; sharded ``DTensor`` s gathered whole) and a string header:
     user_metadata        JSON of the ``metadata`` argument
     conditioner_regions  JSON ``{module name: region names}`` of the model's semantic conditioners
                          (only when it has one); a file without it (older) loads by row
+    identity_binders     JSON ``{module name: {region: binding_fn, mode, slot_capacity,
+                         birth_death}}`` (only when it has identity binders; see binders.py)
 
 Loading never unpickles. It refuses, naming what differs, a file saved for another schema (canvas
 size, width, regions, connections and their offsets ...) and a model whose canvas modules were
@@ -32,6 +34,7 @@ import torch
 from torch import nn
 
 from canvas_core._safe_write import check_write_target
+from canvas_core.checkpoints.binders import BINDERS, binder_configs, check_binder_configs, saved_binder_configs
 from canvas_core.checkpoints.diff import schema_differences
 from canvas_core.checkpoints.loaded_values import loaded_value, refuse_differing_ties
 from canvas_core.checkpoints.tensors import (
@@ -208,7 +211,7 @@ def save_canvas_checkpoint(model: nn.Module, path: Any, schema: Any, *, metadata
     where = "save_canvas_checkpoint"
     _check_model(model, where)
     state = _state(model, where)
-    regions = conditioner_names(model)
+    regions, binders = conditioner_names(model), binder_configs(model)
     sharded = any(is_dtensor(v) for v in state.values())
     failure: Optional[BaseException] = None
     try:  # this rank's own checks; with sharded tensors every rank learns the outcome before gathering
@@ -242,6 +245,7 @@ def save_canvas_checkpoint(model: nn.Module, path: Any, schema: Any, *, metadata
         "schema_hash": s.schema_hash(),
         "user_metadata": user,
         **({REGIONS: json.dumps(regions)} if regions else {}),
+        **({BINDERS: json.dumps(binders)} if binders else {}),
     }
     return save_safetensors_atomic({names[k]: v for k, v in state.items()}, path, header, "the canvas checkpoint")
 
@@ -328,7 +332,9 @@ def read_canvas_checkpoint_header(path: Any) -> Dict[str, Any]:
     p, header, _ = _open(path, "read_canvas_checkpoint_header")
     _, built, user = _saved_schema(p, header)
     regions = conditioner_regions(p, header)
-    return {**header, "schema": built, "user_metadata": user, **({REGIONS: regions} if regions is not None else {})}
+    binders = saved_binder_configs(p, header)
+    return {**header, "schema": built, "user_metadata": user, **({REGIONS: regions} if regions is not None else {}),
+            **({BINDERS: binders} if binders is not None else {})}
 
 
 def _shape_hint(model: nn.Module, key: str, shape: Tuple[int, ...]) -> str:
@@ -405,7 +411,7 @@ def _checked_tensors(model: nn.Module, path: Any, schema: Any, where: str) -> Tu
     s = _as_schema(schema, where)
     p, header, fh = _open(path, where)
     saved, _, user = _saved_schema(p, header)
-    regions = conditioner_regions(p, header)
+    regions, binders = conditioner_regions(p, header), saved_binder_configs(p, header)
     if header.get("schema_hash") != s.schema_hash():
         diffs = schema_differences(saved, s.to_dict())
         raise CheckpointError(
@@ -413,6 +419,7 @@ def _checked_tensors(model: nn.Module, path: Any, schema: Any, where: str) -> Tu
             + ("; ".join(diffs[:8]) if diffs else "the schemas differ") + ". Load it into a model built "
             "from the schema it was saved with (read_canvas_checkpoint_header(path)['schema'])")
     _check_model_matches(model, s, where)
+    check_binder_configs(model, binders, p)
     current = _state(model, where)
     _refuse_unloadable(model, current, p)
     names = {plain: own for own, plain in _file_names(model, current, where).items()}  # file name -> own
@@ -448,7 +455,8 @@ def _checked_tensors(model: nn.Module, path: Any, schema: Any, where: str) -> Tu
     for k, t in tensors.items():  # a sharded model (FSDP2): this rank's shards, cut locally
         if is_dtensor(current[k]):
             tensors[k] = shard_like(t, current[k], where, k)
-    return tensors, {**header, "user_metadata": user, **({REGIONS: regions} if regions is not None else {})}
+    return tensors, {**header, "user_metadata": user, **({REGIONS: regions} if regions is not None else {}),
+                     **({BINDERS: binders} if binders is not None else {})}
 
 
 def load_canvas_checkpoint(model: nn.Module, path: Any, schema: Any) -> Dict[str, Any]:

@@ -44,6 +44,16 @@ def _pos_int(owner: str, name: str, v) -> int:
     return v
 
 
+def _param_count(d_model: int, n_slots: int, n_heads: int, birth_death: object) -> int:
+    """Parameters :class:`SlotBindingModule` allocates (counted before any is built)."""
+    d = d_model
+    # bank + q/k/v/out + MLP (d->2d->d) + three LayerNorms + out/MLP biases
+    n = n_slots * d + 8 * d * d + 6 * d + 4 * d
+    if birth_death is True:
+        n += 2 * d + d + n_heads + 1  # gate LayerNorm and gate Linear
+    return n
+
+
 class SlotBindingModule(nn.Module):
     """A bank of ``n_slots`` learned vectors that read the observations, so that each slot can
     follow one object over time.
@@ -76,8 +86,10 @@ class SlotBindingModule(nn.Module):
         check_size("width", d_model, f"{name} d_model")
         check_size("slots", n_slots, f"{name} n_slots")
         check_elements((n_slots, d_model), f"{name} slots")
-        check_bytes(4 * n_slots * d_model, f"{name}: its ({n_slots:,}, {d_model:,}) float32 slot bank",
-                    "Use fewer slots (n_slots) or a narrower d_model")
+        check_bytes(4 * _param_count(d_model, n_slots, n_heads, birth_death),
+                    f"{name}(d_model={d_model:,}, n_slots={n_slots:,}): its float32 parameters (the slot bank "
+                    "and about 8 * d_model**2 of projections and MLP)",
+                    "Use a narrower d_model or fewer slots (n_slots)")
         if d_model % n_heads:
             raise ShapeError(f"{name}: d_model={d_model} is not divisible by n_heads={n_heads}; "
                              f"choose n_heads among the divisors of {d_model}")
