@@ -268,6 +268,8 @@ def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable, Seque
 _LINK_BYTES = 1100
 _KEPT_LINK_BYTES = 300
 _REGION_FRAME_BYTES = 250
+#: per canvas position: the packing's permutation and its inverse, the query weights' sums
+_POSITION_BYTES = 64
 
 
 def _check_frame_work(topology: Any, layout: Any) -> None:
@@ -281,7 +283,8 @@ def _check_frame_work(topology: Any, layout: Any) -> None:
     kept = sum(n for c, n in zip(conns, counts)
                if (c.t_src is not None and c.t_dst is not None) or getattr(c, "mask", None) is not None)
     frames = sum(max(0, b - a) for a, b, _ in (region_frames(layout, n) for n in _region_names(layout)))
-    nbytes = _LINK_BYTES * max(counts, default=0) + _KEPT_LINK_BYTES * kept + _REGION_FRAME_BYTES * frames
+    nbytes = (_LINK_BYTES * max(counts, default=0) + _KEPT_LINK_BYTES * kept + _REGION_FRAME_BYTES * frames
+              + _POSITION_BYTES * int(layout.num_positions))
     if nbytes <= limit("bytes"):
         return
     ci = max(range(len(counts)), key=counts.__getitem__) if counts else 0
@@ -302,7 +305,8 @@ def _gc_paused() -> Iterator[None]:
     """Lowering allocates millions of small acyclic objects; the cyclic collector would rescan them
     over and over (3x the time at T = 2**18).  Paused while any lowering runs: the collector is
     process-wide, so the first lowering to start pauses it and the last to end turns it back on
-    if it was on then (a caller that had it off keeps it off)."""
+    if it was on when the first started (a caller that turned it off before keeps it off; one that
+    turns it off in another thread while a lowering runs gets it back on at the end)."""
     with _GC_LOCK:
         if _GC_STATE["depth"] == 0:
             _GC_STATE["was"] = gc.isenabled()
