@@ -84,12 +84,12 @@ def _measuring(frames: Tuple[int, int]) -> Iterator[None]:
 def _refuse_sequence_parallel(model: nn.Module) -> None:
     """A rollout steps the model one frame at a time on each rank, while a sequence-parallel layer
     takes its rank's share of the canvas (same length as a frame, or not): refuse, before anything runs."""
-    from canvas_core.runtime.sequence_parallel import SequenceParallelCanvasAttention
+    from canvas_core.runtime.sequence_parallel import listed, parallel_layer_names
 
-    names = [n or "<model>" for n, m in model.named_modules() if isinstance(m, SequenceParallelCanvasAttention)]
+    names = parallel_layer_names(model.named_modules())
     if names:
         raise RolloutError(
-            f"incremental(): layer(s) {', '.join(names[:3])}{' ...' if len(names) > 3 else ''} of "
+            f"incremental(): layer(s) {listed(names)} of "
             f"{type(model).__name__} run sequence-parallel (SequenceParallelCanvasAttention, from "
             "parallelize_canvas): each takes its rank's share of the whole canvas, not one frame, so a rollout "
             "step would compute the wrong positions. Roll out a plain copy instead, on one rank: "

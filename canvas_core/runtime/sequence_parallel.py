@@ -430,6 +430,18 @@ class SequenceParallelCanvasAttention(nn.Module):
         return attn.project_out(o, bias_weight)
 
 
+def parallel_layer_names(named: Iterable[Tuple[str, Any]]) -> List[str]:
+    """The names of the :class:`SequenceParallelCanvasAttention` wrappers among ``named`` (pairs
+    as ``named_modules()`` gives them; ``"<model>"`` for the root): what telemetry, verification,
+    rollouts and ``parallelize_canvas`` itself refuse to work on, each with its own reason."""
+    return [name or "<model>" for name, m in named if isinstance(m, SequenceParallelCanvasAttention)]
+
+
+def listed(names: List[str]) -> str:
+    """``names`` for a message: the first three, then `` ...`` when there are more."""
+    return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+
+
 def parallelize_canvas(module: nn.Module, group: Any = None, *,
                        sharding: Optional[CanvasSharding] = None, check_inputs: bool = True) -> CanvasSharding:
     """Wrap, in place, every canvas attention layer inside ``module`` in a
@@ -441,7 +453,7 @@ def parallelize_canvas(module: nn.Module, group: Any = None, *,
     holds sequence-parallel layers is refused (on every rank alike, before any collective)."""
     from canvas_core.runtime.canvas_attention import CanvasAttention
 
-    done = [name or "<model>" for name, m in module.named_modules() if isinstance(m, SequenceParallelCanvasAttention)]
+    done = parallel_layer_names(module.named_modules())
     if done:
         raise SequenceParallelError(
             f"parallelize_canvas: {type(module).__name__} is already parallelized: its layer(s) {done[:3]}"

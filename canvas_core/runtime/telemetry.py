@@ -325,12 +325,12 @@ def _refuse_sequence_parallel(modules: Dict[str, nn.Module]) -> None:
     """Refuse a model with sequence-parallel layers (``parallelize_canvas``): each rank holds a
     share of the canvas, its layer never sees the whole canvas the probes measure (they would
     report nothing), and measuring it would take collectives every rank must join."""
-    from canvas_core.runtime.sequence_parallel import SequenceParallelCanvasAttention, SequenceParallelError
+    from canvas_core.runtime.sequence_parallel import SequenceParallelError, listed, parallel_layer_names
 
-    names = [n or "<model>" for n, m in modules.items() if isinstance(m, SequenceParallelCanvasAttention)]
+    names = parallel_layer_names(modules.items())
     if names:
         raise SequenceParallelError(
-            f"record_telemetry: layer(s) {', '.join(names[:3])}{' ...' if len(names) > 3 else ''} run "
+            f"record_telemetry: layer(s) {listed(names)} run "
             "sequence-parallel (parallelize_canvas): each rank "
             "holds a share of the canvas, and the connection statistics need the whole canvas, so nothing "
             "would be measured. Measure a model that is not parallelized on the whole canvas instead, e.g. "

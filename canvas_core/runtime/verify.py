@@ -286,12 +286,12 @@ def _refuse_sequence_parallel(model: nn.Module) -> None:
     """Refuse a model holding sequence-parallel layers on this rank alone, before any probe: the probe
     needs the whole canvas, and a forward of such a layer would wait for the other ranks (or, on
     every rank, run on a share of the wrong shape)."""
-    from canvas_core.runtime.sequence_parallel import SequenceParallelCanvasAttention, SequenceParallelError
+    from canvas_core.runtime.sequence_parallel import SequenceParallelError, listed, parallel_layer_names
 
-    names = [n or "<model>" for n, m in model.named_modules() if isinstance(m, SequenceParallelCanvasAttention)]
+    names = parallel_layer_names(model.named_modules())
     if names:
         raise SequenceParallelError(
-            f"verify_structure: layer(s) {', '.join(names[:3])}{' ...' if len(names) > 3 else ''} of "
+            f"verify_structure: layer(s) {listed(names)} of "
             f"{type(model).__name__} run sequence-parallel (SequenceParallelCanvasAttention, from "
             "parallelize_canvas): each takes its rank's share of the canvas, and the probe needs the whole "
             "canvas on one rank. Verify the model before parallelize_canvas, or a plain copy on one rank: "

@@ -151,11 +151,7 @@ def check_topology_unchanged(topology: Any, stamp: Any, owner: str, fix: Optiona
     connections changed and changed back are accepted (compared in full, only then).  Another
     topology's snapshot is compared in full (O(connections)).  ``fix``: what to do instead of the
     default "build the <owner> again"."""
-    if isinstance(stamp, ConnectionsSnapshot):
-        if _snapshot_changed(topology, stamp):
-            raise _topology_changed(topology, owner, fix)
-        return
-    if not isinstance(stamp, tuple) or len(stamp) != 3 or not isinstance(topology, CanvasTopology):
+    if not _counted(topology, stamp, owner, fix):
         return
     conns = topology.connections
     if getattr(conns, "version", None) == stamp[0] and len(conns) == stamp[1]:
@@ -172,17 +168,23 @@ def check_topology_unchanged_traced(topology: Any, stamp: Any, owner: str, fix: 
     of values whatever the number of connections.  A change retraces (once per change, an undo
     included), and the retrace compares the connections in full and refuses a real change.
     Another topology's snapshot is compared in full: one guard per connection field."""
-    if isinstance(stamp, ConnectionsSnapshot):
-        if _snapshot_changed(topology, stamp):
-            raise _topology_changed(topology, owner, fix)
-        return
-    if not isinstance(stamp, tuple) or len(stamp) != 3 or not isinstance(topology, CanvasTopology):
+    if not _counted(topology, stamp, owner, fix):
         return
     conns = vars(topology).get("connections")
     if type(conns) is ConnectionList and vars(conns).get("version") == stamp[0]:
         return
     if not _same(conns, stamp[2]):
         raise _topology_changed(topology, owner, fix)
+
+
+def _counted(topology: Any, stamp: Any, owner: str, fix: Optional[str]) -> bool:
+    """What both checks do first: a foreign topology's snapshot is compared here (in full); True
+    when ``stamp`` is a ``CanvasTopology``'s ``(version, length, connections)`` left to compare."""
+    if isinstance(stamp, ConnectionsSnapshot):
+        if _snapshot_changed(topology, stamp):
+            raise _topology_changed(topology, owner, fix)
+        return False
+    return isinstance(stamp, tuple) and len(stamp) == 3 and isinstance(topology, CanvasTopology)
 
 
 def _same(conns: Any, recorded: Tuple[Any, ...]) -> bool:
