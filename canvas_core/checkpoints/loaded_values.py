@@ -21,24 +21,28 @@ import torch
 
 from canvas_core.errors import CheckpointError
 
-__all__ = ["loaded_value", "refuse_differing_ties", "unwritable"]
+__all__ = ["finite", "loaded_value", "refuse_differing_ties", "unwritable"]
+
+
+def finite(t: torch.Tensor) -> torch.Tensor:
+    """``torch.isfinite(t)``, also for the float8 dtypes, which it does not take: those are checked
+    as float32 (NaN and infinities stay what they are).  The checkpoint savers use it too."""
+    try:
+        return torch.isfinite(t)
+    except (NotImplementedError, RuntimeError):
+        return torch.isfinite(t.to(torch.float32))
 
 
 def _non_finite_count(t: torch.Tensor) -> int:
-    """How many NaN / infinite values the floating or complex tensor ``t`` holds (float8 dtypes,
-    which ``torch.isfinite`` does not take, are counted as float32)."""
+    """How many NaN / infinite values the floating or complex tensor ``t`` holds (float8 included)."""
     if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
         return 0
-    try:
-        finite = torch.isfinite(t)
-    except (NotImplementedError, RuntimeError):
-        finite = torch.isfinite(t.to(torch.float32))
-    return int((~finite).sum())
+    return int((~finite(t)).sum())
 
 
 def _is_dtensor(t: Any) -> bool:
-    """Whether ``t`` is a sharded ``DTensor`` (told by its attributes: this module imports no other
-    checkpoint module, which import it)."""
+    """Whether ``t`` is a sharded ``DTensor`` (told by its attributes: ``sharded.is_dtensor`` lives
+    in a module that imports this one)."""
     return isinstance(t, torch.Tensor) and hasattr(t, "placements") and callable(getattr(t, "to_local", None))
 
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from canvas_core._safe_write import atomic_write
+from canvas_core.checkpoints.loaded_values import finite
 from canvas_core.errors import CanvasError, CheckpointError
 
 __all__ = ["refuse_non_finite", "save_safetensors_atomic", "check_readable_file", "not_safetensors",
@@ -94,9 +95,9 @@ def refuse_non_finite(
                         "values: a model built under torch.device('meta') or with init_empty_weights); "
                         "load or initialise its weights first (model.to_empty(device=...) then an init)")
         if isinstance(t, torch.Tensor) and (t.is_floating_point() or t.is_complex()):
-            finite = _finite(t.detach())
-            if not bool(finite.all()):
-                bad = int((~finite).sum())
+            ok = finite(t.detach())
+            if not bool(ok.all()):
+                bad = int((~ok).sum())
                 raise error(
                     f"refusing to save {what}: tensor {name!r} {tuple(t.shape)} holds {bad} NaN or "
                     "infinite value(s) (the run diverged?); the file on disk was left unchanged. "
@@ -354,18 +355,9 @@ def unfit_dtype(saved: torch.Tensor, model: torch.Tensor) -> str:
     return ""
 
 
-def _finite(t: torch.Tensor) -> torch.Tensor:
-    """``torch.isfinite(t)``, also for the float8 dtypes, which it does not take: those are checked
-    as float32 (NaN and infinities stay what they are)."""
-    try:
-        return torch.isfinite(t)
-    except (NotImplementedError, RuntimeError):
-        return torch.isfinite(t.to(torch.float32))
-
-
 def non_finite(t: torch.Tensor) -> bool:
     """Whether the floating or complex tensor ``t`` holds NaN or an infinity."""
-    return (t.is_floating_point() or t.is_complex()) and not bool(_finite(t).all())
+    return (t.is_floating_point() or t.is_complex()) and not bool(finite(t).all())
 
 
 def conditioner_regions(p: str, header: Mapping[str, str]) -> Optional[Dict[str, List[str]]]:
