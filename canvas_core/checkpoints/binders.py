@@ -11,11 +11,11 @@ plain model has it) and per region, ``binding_fn``, ``mode``, ``slot_capacity`` 
 
 from __future__ import annotations
 
-import json
 from typing import Any, Dict, List, Mapping, Optional
 
 from torch import nn
 
+from canvas_core.checkpoints.tensors import header_entry
 from canvas_core.errors import CheckpointError
 
 __all__ = ["BINDERS", "binder_configs", "saved_binder_configs", "check_binder_configs"]
@@ -41,18 +41,9 @@ def binder_configs(model: nn.Module) -> Dict[str, Dict[str, Dict[str, Any]]]:
 def saved_binder_configs(p: str, header: Mapping[str, str]) -> Optional[Dict[str, Dict[str, Dict[str, Any]]]]:
     """The header's binder configurations, None for a file without the entry; a malformed entry
     is a corrupt header."""
-    if BINDERS not in header:
-        return None
-    try:
-        saved = json.loads(header[BINDERS])
-    except (ValueError, RecursionError):
-        saved = None
-    if not isinstance(saved, dict) or not all(
-            isinstance(regions, dict) and all(isinstance(c, dict) and set(c) == set(_FIELDS) for c in regions.values())
-            for regions in saved.values()):
-        raise CheckpointError(f"{p!r} has a corrupt header: its {BINDERS!r} entry is not a JSON object of module "
-                              f"name -> region -> {list(_FIELDS)}; save the model again with save_canvas_checkpoint")
-    return saved
+    return header_entry(p, header, BINDERS, lambda saved: isinstance(saved, dict) and all(
+        isinstance(regions, dict) and all(isinstance(c, dict) and set(c) == set(_FIELDS) for c in regions.values())
+        for regions in saved.values()), f"module name -> region -> {list(_FIELDS)}")
 
 
 def _differences(old: Mapping[str, Any], new: Mapping[str, Any], where: str) -> List[str]:

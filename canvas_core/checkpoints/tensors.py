@@ -360,20 +360,28 @@ def non_finite(t: torch.Tensor) -> bool:
     return (t.is_floating_point() or t.is_complex()) and not bool(finite(t).all())
 
 
+def header_entry(p: str, header: Mapping[str, str], key: str, valid: Any, shape: str) -> Any:
+    """The header's JSON entry ``key`` decoded, None for a file without it (written before it
+    existed); an entry that is not JSON or fails ``valid`` (a predicate on the decoded value) is a
+    corrupt header, described as "not a JSON object of ``shape``"."""
+    if key not in header:
+        return None
+    try:
+        saved = json.loads(header[key])
+    except (ValueError, RecursionError):
+        saved = None
+    if not valid(saved):
+        raise CheckpointError(f"{p!r} has a corrupt header: its {key!r} entry is not a JSON object of {shape}; "
+                              "save the model again with save_canvas_checkpoint")
+    return saved
+
+
 def conditioner_regions(p: str, header: Mapping[str, str]) -> Optional[Dict[str, List[str]]]:
     """The header's ``{module name: region names}`` of the semantic conditioners, None for a file
     without the entry (written before it existed); a malformed entry is a corrupt header."""
-    if REGIONS not in header:
-        return None
-    try:
-        saved = json.loads(header[REGIONS])
-    except (ValueError, RecursionError):
-        saved = None
-    if not isinstance(saved, dict) or not all(
-            isinstance(v, list) and all(isinstance(n, str) for n in v) for v in saved.values()):
-        raise CheckpointError(f"{p!r} has a corrupt header: its {REGIONS!r} entry is not a JSON object of module "
-                              "name -> region names; save the model again with save_canvas_checkpoint")
-    return saved
+    return header_entry(p, header, REGIONS, lambda saved: isinstance(saved, dict) and all(
+        isinstance(v, list) and all(isinstance(n, str) for n in v) for v in saved.values()),
+        "module name -> region names")
 
 
 def conditioner_names(model: nn.Module) -> Dict[str, List[str]]:
