@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 from canvas_core.errors import BackboneError, ShapeError
 from canvas_core.looping.exit_rows import step_plan, step_rows
 from canvas_core.looping.loop_engine import LoopCore, merge_extra_rows
+from canvas_core.runtime.func_transforms import in_backward
 from canvas_core.looping.wrapper import (_NO_BETA, BlockIO, _beta_targets, _checked_beta, check_reentry,
                                         looped_delta)
 
@@ -63,7 +64,7 @@ class SpanMember(nn.Module):
         # the span sets the member it expects next (and the model's forward hook, looping/ungraft.py,
         # unsets it when a forward starts); a recompute in backward (a backbone's own reentrant
         # checkpointing) calls members again, and passes through as the forward did
-        if getattr(span, "_next_member", None) != self.block_idx and torch._C._current_graph_task_id() == -1:
+        if getattr(span, "_next_member", None) != self.block_idx and not in_backward():
             raise BackboneError(
                 f"block {self.block_idx} ({type(self.original).__name__}) lies inside the looped span "
                 f"{span.loop_scope}, and this forward reached it without running the span from its first "

@@ -37,6 +37,7 @@ from canvas_core.looping.scopes import PART_MARK, wrapped_blocks
 from canvas_core.looping.loop_engine import LoopCore
 from canvas_core.looping.span import LoopedSpan
 from canvas_core.looping.wrapper import ForwardMark, LoopedBlockWrapper
+from canvas_core.runtime.func_transforms import in_backward
 
 __all__ = ["ungraft_looped_blocks", "guard_save_pretrained", "GraftedSaveRefused",
            "record_requires_grad", "keep_requires_grad", "mark_forwards", "FORWARD_MARK"]
@@ -113,12 +114,6 @@ def guard_save_pretrained(model: nn.Module) -> None:
 FORWARD_MARK = "_canvas_forward_mark"
 
 
-def _in_backward() -> bool:
-    """Whether autograd is running a backward now (a checkpoint recomputing the forward)."""
-    task = getattr(torch._C, "_current_graph_task_id", None)
-    return task is not None and task() != -1
-
-
 def _start_forward(model: nn.Module) -> None:
     """A call of ``model`` begins: the records of the forward before are dropped (the block
     wrappers' ``_loop_trace``, a span's or model loop's ``_stats``), so ``loop_stats`` /
@@ -146,7 +141,7 @@ def _marked(module: nn.Module) -> bool:
     its own records, refused by loop_stats), and not a recompute in backward (a checkpointed
     model is called again there; the forward's records stand)."""
     return (FORWARD_MARK in module.__dict__ and not getattr(module, "_is_replica", False)
-            and (torch.compiler.is_compiling() or not _in_backward()))
+            and (torch.compiler.is_compiling() or not in_backward()))
 
 
 class ForwardStart:

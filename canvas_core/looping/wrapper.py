@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 
 from canvas_core.errors import BackboneError, CanvasTypeError, ShapeError
 from canvas_core.looping.loop_engine import REPLICA_NOTE, ReplicaNote, gated_update, note_replica_record, real_number
+from canvas_core.runtime.func_transforms import in_backward
 from canvas_core.schema._validate import is_int
 
 __all__ = ["BlockIO", "LoopedBlockWrapper", "ForwardMark", "check_reentry"]
@@ -410,7 +411,7 @@ class LoopedBlockWrapper(nn.Module):
         dynamic batch dimension)."""
         from canvas_core.looping.loop_engine import _batch_mean, _exit_stats, _token_rms
 
-        if not torch.compiler.is_compiling() and torch._C._current_graph_task_id() != -1:
+        if not torch.compiler.is_compiling() and in_backward():
             return  # a recompute in backward (the backbone's checkpointing): the forward's record stands
         note_replica_record(self, "_loop_trace")
         with torch.no_grad():

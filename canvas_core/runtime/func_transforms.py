@@ -21,7 +21,8 @@ from typing import Any, ContextManager, Dict, Tuple
 import torch
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["func_transformed", "forward_ad_active", "forward_ad_math_sdpa", "tangent_drops_refused", "compile_disabled"]
+__all__ = ["func_transformed", "forward_ad_active", "forward_ad_math_sdpa", "tangent_drops_refused", "compile_disabled",
+           "in_backward"]
 
 
 def compile_disabled(reason: str) -> Any:
@@ -30,6 +31,12 @@ def compile_disabled(reason: str) -> Any:
     if "reason" in inspect.signature(torch.compiler.disable).parameters:
         return torch.compiler.disable(reason=reason)
     return torch.compiler.disable
+
+
+def in_backward() -> bool:
+    """Whether autograd's backward is running (a checkpointed forward is being recomputed)."""
+    task = getattr(torch._C, "_current_graph_task_id", None)  # -1 outside backward
+    return task is not None and task() != -1
 
 
 def func_transformed(t: torch.Tensor) -> bool:

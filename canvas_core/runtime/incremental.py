@@ -43,6 +43,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from canvas_core.errors import CanvasError, CanvasTypeError, ShapeError
+from canvas_core.runtime.func_transforms import in_backward  # noqa: F401  (telemetry imports it from here)
 from canvas_core.runtime.input_checks import check_tensor
 from canvas_core.runtime.layer_observers import STEP_OBSERVERS, observe_steps  # noqa: F401  (published here)
 from canvas_core.runtime.layer_observers import observers as step_observers
@@ -413,12 +414,6 @@ class Rollout:
             return out
 
         return _updates
-
-
-def in_backward() -> bool:
-    """Whether autograd's backward is running (a checkpointed forward is being recomputed)."""
-    task = getattr(torch._C, "_current_graph_task_id", None)  # -1 outside backward
-    return task is not None and task() != -1
 
 
 def _frame_of(out: Any, t: int, V: int, T: int, what: str) -> Any:
