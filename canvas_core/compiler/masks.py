@@ -17,9 +17,11 @@ import numpy as np
 
 from canvas_core.compiler.lowering import lower
 from canvas_core.compiler.plan import BlockLayout, ExecutionPlan
+from canvas_core.errors import CanvasTypeError, SchemaError
 from canvas_core.schema.limits import check_bytes, limit
+from canvas_core.schema.staleness import check_topology_unchanged, check_unchanged, layout_stamp
 
-__all__ = ["block_mask", "BlockMask"]
+__all__ = ["block_mask", "BlockMask", "check_plan_current"]
 
 #: bytes a tile of a BlockMask holds: its state (int8) and pair count (int64) in the BlockLayout,
 #: and its entries of kv_indices and full_kv_indices (int64 each)
@@ -106,10 +108,48 @@ def _check_tiles(n: int, block_size: Any) -> None:
                 f"= {nb * nb:,} tiles, {TILE_BYTES} bytes a tile)", fix)
 
 
+def check_plan_current(plan: ExecutionPlan, where: str, topology: Any = None, layout: Any = None) -> None:
+    """Refuse (``SchemaError``) to build a mask from ``plan`` when it no longer describes what it
+    is asked for: its layout or topology changed since it was lowered (the checks and messages
+    the layers use, ``canvas_core.schema.staleness``), or ``topology`` / ``layout`` (None: not
+    given) is another one than the plan was lowered from.  ``where`` names the call in errors.
+
+    The plan holds the rectangles of the connections as lowered; a mask built from it after a
+    connection was added or removed would silently show the old ones.
+    """
+    owner = "ExecutionPlan" if where.startswith("ExecutionPlan") else f"ExecutionPlan given to {where}"
+    layout_stamp(plan.layout)  # counts a region replaced behind the dict's back (O(regions))
+    check_unchanged(plan.layout, plan.layout_stamp, owner)
+    check_topology_unchanged(plan.topology, plan.topology_stamp, owner,
+                             f"lower the plan again (lower(topology, layout)) and call {where} with the new one")
+    for given, held, what in ((topology, plan.topology, "topology"), (layout, plan.layout, "layout")):
+        if given is not None and given is not held and not _equal(given, held):
+            raise SchemaError(
+                f"{where}: the plan was lowered from another {type(held).__name__} than the {what} given "
+                f"({type(given).__name__}), so the mask would show that {what}'s connections and positions; "
+                f"pass the {what} the plan was lowered from, or leave plan out to lower this one")
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # a comparison that fails counts as different
+        return False
+
+
 def block_mask(topology: Any, layout: Any, block_size: int = 128, *, plan: Optional[ExecutionPlan] = None) -> BlockMask:
     """Block-sparse form of the topology's mask (tiles of ``block_size`` over packed positions).
     A ``block_size`` that makes more tiles than the byte limit holds is refused before anything
-    is lowered or allocated (``SizeLimitError`` naming the smallest block_size that fits)."""
+    is lowered or allocated (``SizeLimitError`` naming the smallest block_size that fits).
+
+    A given ``plan`` (``topology`` and ``layout`` may then be None) is refused with a
+    ``SchemaError`` once its topology or layout has changed since it was lowered, or when it was
+    lowered from another topology or layout than the ones given (:func:`check_plan_current`)."""
+    if plan is not None:
+        if not isinstance(plan, ExecutionPlan):
+            raise CanvasTypeError(f"block_mask: plan must be an ExecutionPlan (lower(topology, layout)), got "
+                                  f"{type(plan).__name__}")
+        check_plan_current(plan, "block_mask", topology, layout)
     _check_tiles(int(plan.n) if plan is not None else int(layout.num_positions), block_size)
     plan = plan if plan is not None else lower(topology, layout)
     bl = plan.block_layout(block_size)

@@ -38,6 +38,7 @@ from canvas_core.runtime.block_views import strided_blocks
 from canvas_core.runtime.func_transforms import tangent_drops_refused
 from canvas_core.runtime.key_sets import group_key_sets, merge_cover, query_block_ids, shape_buckets
 from canvas_core.runtime.type_call import call_exact_masked, is_builtin_module, run_flat_buckets, runs_per_key_set
+from canvas_core.runtime.type_dtypes import naming_connections, type_connections
 
 __all__ = [
     "compact_plan",
@@ -258,6 +259,8 @@ class PlanRunner(nn.Module):
             #: every row written once: run_module_groups may add into a given tensor directly
             self.fused_unique = len(np.unique(rows_all)) == len(rows_all)
         self.other_names = list(self.other_fns)
+        #: fn -> (src, dst) of its connections, named when its module is refused (type_dtypes.py)
+        self.type_connections = {f: type_connections(plan, f) for f in self.other_fns}
 
     def _weights(self, name: str, arr: np.ndarray, to) -> None:
         """Register float64 weights ``name`` and their float32 twin ``name_f32`` (see :func:`weights`)."""
@@ -385,19 +388,25 @@ def _run_module_groups(ex: Any, x: torch.Tensor, modules: Mapping[str, nn.Module
     for i, f in enumerate(ex.other_names):
         module = modules[f]
         gate = None if gates is None else gates.get(f)
-        # canvas-core's own exact types give the same rows either way: per key set when cheaper
-        if runs_per_key_set(module) or (ex.key_sets_cheaper(i) and is_builtin_module(module)):
-            parts = run_flat_buckets(module, x, x, x, ex.flat_buckets(i), name=f)
-            rows.append(getattr(ex, f"o{i}_rows"))
-            coefs.append(f"o{i}_rows_coef")
-        else:
-            fused = False
-            qi, ki = getattr(ex, f"o{i}_q"), getattr(ex, f"o{i}_k")
-            kv = x.index_select(1, ki)
-            q = x.index_select(1, qi)
-            parts = [call_exact_masked(module, q, kv, kv, ex.key_mask(i), f)]
-            rows.append(qi)
-            coefs.append(f"o{i}_coef3")
+        try:  # free unless raised: a refusal of the module (its dtype, its device) names the connections
+            # canvas-core's own exact types give the same rows either way: per key set when cheaper
+            if runs_per_key_set(module) or (ex.key_sets_cheaper(i) and is_builtin_module(module)):
+                parts = run_flat_buckets(module, x, x, x, ex.flat_buckets(i), name=f)
+                rows.append(getattr(ex, f"o{i}_rows"))
+                coefs.append(f"o{i}_rows_coef")
+            else:
+                fused = False
+                qi, ki = getattr(ex, f"o{i}_q"), getattr(ex, f"o{i}_k")
+                kv = x.index_select(1, ki)
+                q = x.index_select(1, qi)
+                parts = [call_exact_masked(module, q, kv, kv, ex.key_mask(i), f)]
+                rows.append(qi)
+                coefs.append(f"o{i}_coef3")
+        except ShapeError as exc:  # the same error, named: its cause (torch's error) and frames kept
+            named = naming_connections(exc, f, getattr(ex, "type_connections", {}).get(f))
+            if named is exc:
+                raise
+            raise named.with_traceback(exc.__traceback__) from exc.__cause__
         if gate is not None:
             parts = [p * gate.to(p.dtype) for p in parts]
         outs.extend(parts)

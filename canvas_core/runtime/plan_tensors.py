@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from canvas_core.compiler.lowering import lower
+from canvas_core.compiler.masks import check_plan_current
 from canvas_core.compiler.plan import ExecutionPlan
 from canvas_core.errors import CanvasTypeError, SchemaError
 from canvas_core.schema.limits import check_elements
@@ -29,11 +30,14 @@ def dense_weights(plan: Any, device: Any = "cpu", fn: Optional[str] = None, cano
     whose weight is below the smallest positive value of ``dtype`` (default float32) shows that
     smallest value, not 0, so that every linked pair reads as linked.  ``where`` is the name the
     errors give the call (what the user called: ``ExecutionPlan.to_dense``, ``attention_mask``, ...).
+    A plan whose layout or topology changed since it was lowered is refused (``SchemaError``):
+    its rectangles are those of the old connections.
     """
     dtype = dtype or torch.float32
     if not isinstance(plan, ExecutionPlan):
         raise CanvasTypeError(f"{where}: plan must be an ExecutionPlan (lower(topology, layout)), got "
                               f"{type(plan).__name__}")
+    check_plan_current(plan, where)
     if not isinstance(dtype, torch.dtype) or not (dtype.is_floating_point or dtype == torch.bool):
         # an integer dtype would round every weight below 1 to 0: linked pairs reading as unlinked
         raise CanvasTypeError(f"{where}: dtype must be a floating torch dtype (or torch.bool: "
@@ -70,10 +74,15 @@ def attention_mask(topology: Any, layout: Any, device: Any = "cpu", *, plan: Any
     links query i to key j over all connections (fill weights included), 0 where nothing does.
 
     What ``CanvasTopology.to_attention_mask`` returns; built from the lowered plan (``plan`` when
-    given, else ``lower(topology, layout)``); ``where`` names the call in errors.
+    given, else ``lower(topology, layout)``); ``where`` names the call in errors.  A given plan is
+    refused (``SchemaError``) once its topology or layout changed since it was lowered, or when it
+    was lowered from another topology or layout than the ones given (None: the plan's own).
     """
-    plan = plan if plan is not None else lower(topology, layout)
-    if not isinstance(plan, ExecutionPlan):
+    if plan is None:
+        plan = lower(topology, layout)
+    elif not isinstance(plan, ExecutionPlan):
         raise CanvasTypeError(f"{where}: plan must be an ExecutionPlan (lower(topology, layout)), got "
                               f"{type(plan).__name__}")
+    else:
+        check_plan_current(plan, where, topology, layout)
     return dense_weights(plan, device=device, fn=None, canonical=True, where=where)

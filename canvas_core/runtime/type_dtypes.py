@@ -16,15 +16,22 @@ module that casts its inputs to its own dtype, nothing while computing in anothe
 * :func:`device_problem`: after a raw torch error of such a call, what is wrong when none of the
   module's tensors is on the inputs' device (asked only on failure: an offloading hook may move
   the weights in just before the module runs).
+* :func:`type_connections` / :func:`naming_connections`: a caller that runs a plan (the
+  ``PlanRunner``) records, once per build, which connections each type runs, and prefixes a
+  refusal with them, only when raising (``connection 'a' -> 'b' (fn 'x'): attention type 'x' ...``).
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
+import numpy as np
 import torch
 
-__all__ = ["dtype_problem", "device_problem"]
+__all__ = ["dtype_problem", "device_problem", "type_connections", "naming_connections"]
+
+#: connections a refusal names before "(and k more)"
+_NAMED = 3
 
 def _parameters(module: Any) -> list:
     try:
@@ -91,3 +98,33 @@ def device_problem(module: Any, queries: Any) -> Optional[str]:
                  f"device, or move the whole layer after building it, layer.to({str(want)!r}), which moves every "
                  "module it holds")
     return where
+
+
+def type_connections(plan: Any, fn: str) -> Tuple[Tuple[str, str], ...]:
+    """``(src, dst)`` of the connections of fn type ``fn`` in ``plan``, distinct, in order: what a
+    runner built from the plan records once, so that a refusal of ``fn``'s module can name them
+    (empty when the plan does not say, e.g. a plan built by hand)."""
+    try:
+        conns = plan.topology.connections
+        idx = np.unique(np.asarray(plan.groups[fn].conn)).tolist()  # one entry per rectangle
+        return tuple(dict.fromkeys((str(conns[i].src), str(conns[i].dst)) for i in idx))
+    except Exception:  # no topology, or one that no longer matches: the refusal names the type only
+        return ()
+
+
+def naming_connections(exc: Exception, fn: str, pairs: Any) -> Exception:
+    """``exc`` (a refusal of fn type ``fn``'s module) again, its message prefixed with the
+    connections ``pairs`` (``(src, dst)``, from :func:`type_connections`) that run the type: same
+    class and attributes.  ``exc`` itself when there is nothing to add or its class cannot be
+    built from one message."""
+    if not pairs:
+        return exc
+    named = ", ".join(f"{src!r} -> {dst!r}" for src, dst in pairs[:_NAMED])
+    more = f" (and {len(pairs) - _NAMED} more)" if len(pairs) > _NAMED else ""
+    label = f"connection{'s' if len(pairs) > 1 else ''} {named}{more} (fn {fn!r})"
+    try:
+        new = type(exc)(f"{label}: {exc}")
+    except Exception:
+        return exc
+    new.__dict__.update(exc.__dict__)
+    return new
