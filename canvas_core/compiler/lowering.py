@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple, Union
 
 import numpy as np
 
+from canvas_core.compiler.mask_cost import MaskCost, mask_cost
 from canvas_core.compiler.plan import ExecutionPlan, RectGroup
 from canvas_core.compiler.temporal import link_count_bound, link_ranges, region_frames
 from canvas_core.errors import CanvasTypeError, UnknownRegionError, did_you_mean, user_stacklevel
@@ -277,23 +278,54 @@ def _check_frame_work(topology: Any, layout: Any) -> None:
     the byte limit (``CANVAS_MAX_BYTES``): without this a tiny file (one connection over 2**24
     frames) grows the process by many gigabytes before it fails.  The estimate is the largest
     connection's transient objects plus what outlives each connection (rectangles that do not merge
-    across frames) plus the packing's per-region-frame entries."""
+    across frames) plus the packing's per-region-frame entries.  A tile or sparse mask counts its
+    index lists (transient) and its rectangles (kept) from its declared size (``mask_cost``)."""
     conns = list(topology.connections)
     counts = [link_count_bound(c, layout) for c in conns]
+    masked = [i for i, c in enumerate(conns) if not _mask_is_full(getattr(c, "mask", None))]
     kept = sum(n for c, n in zip(conns, counts)
                if (c.t_src is not None and c.t_dst is not None) or getattr(c, "mask", None) is not None)
     frames = sum(max(0, b - a) for a, b, _ in (region_frames(layout, n) for n in _region_names(layout)))
-    nbytes = (_LINK_BYTES * max(counts, default=0) + _KEPT_LINK_BYTES * kept + _REGION_FRAME_BYTES * frames
-              + _POSITION_BYTES * int(layout.num_positions))
+    fixed = (_KEPT_LINK_BYTES * kept + _REGION_FRAME_BYTES * frames
+             + _POSITION_BYTES * int(layout.num_positions))
+    costs = {i: mask_cost(conns[i], layout, _conn_name(i, conns[i])) for i in masked}
+    nbytes = _frame_work_bytes(counts, costs, fixed)
+    if nbytes > limit("bytes") and costs:  # the cheap bound of a sparse pattern may be loose: count it
+        costs = {i: mask_cost(conns[i], layout, _conn_name(i, conns[i]), exact=True) for i in masked}
+        nbytes = _frame_work_bytes(counts, costs, fixed)
     if nbytes <= limit("bytes"):
         return
+    mi = max(costs, key=lambda i: costs[i].transient_bytes + costs[i].kept_bytes, default=None)
+    if mi is not None and 2 * (costs[mi].transient_bytes + costs[mi].kept_bytes) > nbytes:
+        _refuse_mask(conns[mi], mi, costs[mi], nbytes, layout)
     ci = max(range(len(counts)), key=counts.__getitem__) if counts else 0
-    worst = (f"connection #{ci} {conns[ci].src!r} -> {conns[ci].dst!r} alone "
-             f"links up to {counts[ci]:,} frame pairs; " if counts else "")
+    worst = (f"{_conn_name(ci, conns[ci])} alone links up to {counts[ci]:,} frame pairs; " if counts else "")
     check_bytes(nbytes, f"lowering this topology on T={int(layout.T):,} frames ({worst}{kept:,} frame links kept "
                 f"as rectangles over all connections, {frames:,} region frames; Python objects per frame)",
                 "Use fewer frames (a smaller T, or a region period > 1) or fewer connections that pair "
                 "every frame")
+
+
+def _conn_name(i: int, conn: Any) -> str:
+    return f"connection #{i} {conn.src!r} -> {conn.dst!r}"
+
+
+def _frame_work_bytes(counts: Sequence[int], costs: Dict[int, MaskCost], fixed: int) -> int:
+    """The estimate of :func:`_check_frame_work`: the largest connection's transient bytes (its
+    links, or its mask's index lists) plus the masks' rectangles plus ``fixed``."""
+    transient = [_LINK_BYTES * n for n in counts]
+    for i, cost in costs.items():
+        transient[i] = max(transient[i], cost.transient_bytes)
+    return max(transient, default=0) + sum(c.kept_bytes for c in costs.values()) + fixed
+
+
+def _refuse_mask(conn: Any, ci: int, cost: MaskCost, nbytes: int, layout: Any) -> None:
+    """Refuse a lowering whose estimate is mostly one connection's tile or sparse mask."""
+    check_bytes(nbytes, f"lowering {_conn_name(ci, conn)} with its {conn.mask.kind!r} mask on T={int(layout.T):,} "
+                f"frames (up to {cost.rects:,} rectangles, mask pairs x temporal links x source frames, and "
+                f"{cost.indices:,} listed position indices; with the rest of the topology)",
+                "Use a coarser mask (larger tiles, a pattern of fewer and larger blocks), fewer frames, or "
+                "offsets (t_src, t_dst) that pair fewer frames")
 
 
 _GC_LOCK = threading.Lock()
