@@ -53,6 +53,7 @@ from canvas_core.runtime.kernel_choice import (_KERNEL_FORMS, _kernel_choices, _
                                                _options, _unknown_key, _unsupported)
 from canvas_core.runtime.kernels import REFERENCE_MODES, probe_kernel  # noqa: F401
 from canvas_core.runtime.layer_observers import UPDATE_OBSERVERS, add_observer, add_tables, observers
+from canvas_core.runtime.plan_layout import check_plan_layout
 from canvas_core.runtime.plan_runner import PlanRunner, mix_softmax_groups, run_module_groups
 from canvas_core.runtime.input_checks import (allocating, check_allocation, check_count, check_finite_number,
                                               check_region_names, check_tensor, check_width)
@@ -89,7 +90,9 @@ class CanvasAttention(nn.Module):
 
     Args:
         plan_or_topology: an :class:`ExecutionPlan`, or a ``CanvasTopology`` (then ``layout``).
-        layout: the ``CanvasLayout`` when a topology is given.
+        layout: the ``CanvasLayout`` when a topology is given.  With a plan it may be left out;
+            given, it must be the plan's layout or an equal copy (``SchemaError`` naming what
+            differs otherwise: lower the plan from that layout).
         d_model: model width D (default ``layout.d_model``).
         n_heads: heads of the softmax family (``d_model`` must divide by it).
         dropout: attention dropout (softmax family) and dropout of the other types' modules.
@@ -132,7 +135,9 @@ class CanvasAttention(nn.Module):
         self.returns = returns
         if isinstance(plan_or_topology, ExecutionPlan):
             plan = plan_or_topology
-            layout = plan.layout if layout is None else layout
+            if layout is not None:  # the plan's indices place its own layout's positions: no other one
+                check_plan_layout(plan, layout, type(self).__name__)
+            layout = plan.layout
         else:
             if layout is None:
                 raise CanvasTypeError("CanvasAttention(topology, layout, ...): pass the CanvasLayout "

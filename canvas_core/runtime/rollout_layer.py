@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.parameter import is_lazy
 
-from canvas_core.errors import CanvasTypeError
+from canvas_core.errors import CanvasTypeError, ShapeError
 from canvas_core.runtime.rollout_plan import FramePlan, TypeCall
 from canvas_core.runtime.type_call import call_attention_type, run_key_set_buckets
+from canvas_core.runtime.type_dtypes import naming_connections, type_connections
 from canvas_core.schema._validate import is_int
 
 __all__ = ["LayerRoll", "FrameUpdates", "layer_frame_plan", "position_free", "default_tolerance", "step_difference",
@@ -306,18 +307,13 @@ class LayerRoll:
                 continue
             module = layer.fn_modules[_key(f)]
             out = h.new_zeros(B, fp.V, D)
-            kept = []  # the module's output rows of this frame
-            if fp.other[f][0]:  # exact key mask: one call with the mask
-                for ci, call in enumerate(calls):
-                    qi, ki, mask, rows, local = self.index.get(("call", f, t, ci),
-                                                               lambda call=call: self._call_tensors(call, h.device))
-                    kv = self.h.index_select(1, ki)
-                    o = call_attention_type(module, self.h.index_select(1, qi), kv, kv, key_mask=mask)
-                    kept.append((local, o.index_select(1, rows)))
-            else:  # per key set: key sets of equal shape stacked along the batch, one call per shape
-                buckets = self.index.get(("buckets", f, t), lambda calls=calls: self._buckets(calls, h.device))
-                parts = run_key_set_buckets(module, self.h, self.h, self.h, [(Q, K) for Q, K, _, _ in buckets], name=f)
-                kept = [(local, o.index_select(1, sel)) for (_, o), (_, _, sel, local) in zip(parts, buckets)]
+            try:  # free unless raised: a refusal of the module (its dtype, its device) names the connections
+                kept = self._type_rows(module, f, t, calls, h.device)
+            except ShapeError as exc:  # the same error, named: its cause (torch's error) and frames kept
+                named = naming_connections(exc, f, _connections(layer, fp, f))
+                if named is exc:
+                    raise
+                raise named.with_traceback(exc.__traceback__) from exc.__cause__
             for local, o in kept:
                 out = out.index_add(1, local, o)
             if self.keep_rows and kept:
@@ -326,6 +322,23 @@ class LayerRoll:
             out = out * c.to(out.dtype)[None, :, None]
             acc = out if acc is None else acc + out
         return acc
+
+    def _type_rows(self, module: Any, f: str, t: int, calls: List[TypeCall], device: Any) -> List[Any]:
+        """``[(local (R,) frame positions, rows (B, R, D))]``: ``module`` (type ``f``) run on the
+        calls of frame ``t`` that it makes."""
+        if self.frames.other[f][0]:  # exact key mask: one call with the mask
+            kept = []
+            for ci, call in enumerate(calls):
+                qi, ki, mask, rows, local = self.index.get(("call", f, t, ci),
+                                                           lambda call=call: self._call_tensors(call, device))
+                kv = self.h.index_select(1, ki)
+                o = call_attention_type(module, self.h.index_select(1, qi), kv, kv, key_mask=mask, name=f)
+                kept.append((local, o.index_select(1, rows)))
+            return kept
+        # per key set: key sets of equal shape stacked along the batch, one call per shape
+        buckets = self.index.get(("buckets", f, t), lambda: self._buckets(calls, device))
+        parts = run_key_set_buckets(module, self.h, self.h, self.h, [(Q, K) for Q, K, _, _ in buckets], name=f)
+        return [(local, o.index_select(1, sel)) for (_, o), (_, _, sel, local) in zip(parts, buckets)]
 
     def _buckets(self, calls: List[TypeCall], device):
         """Per-key-set calls grouped by shape: ``[(Q (G, nq), K (G, nk), rows (R,) into the flattened
@@ -349,6 +362,13 @@ class LayerRoll:
         return (_long(call.queries, device, self.n), _long(call.keys, device, self.n), mask,
                 torch.from_numpy(call.rows.astype(np.int64)).to(device),
                 torch.from_numpy(call.local.astype(np.int64)).to(device))
+
+
+def _connections(layer: Any, frames: FramePlan, f: str) -> Any:
+    """``(src, dst)`` of type ``f``'s connections: as the layer's runner recorded them at its
+    build, else read from the plan (asked only when a refusal is raised)."""
+    pairs = getattr(getattr(layer, "executor", None), "type_connections", {}).get(f)
+    return pairs if pairs is not None else type_connections(frames.plan, f)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
