@@ -371,7 +371,8 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
             topology; or any module mapping ``(B, N, D)`` canvas states to ``(B, N, D')``.
         layout, topology: the declared structure of a model (default: the plans of the
             ``CanvasAttention`` layers it holds, in module order).  ``plan``: an ``ExecutionPlan``
-            instead of the two.
+            instead of the two; one lowered before its layout or topology was changed is refused
+            (``SchemaError``, as a canvas layer refuses it): lower it again.
         layers: how many layers the declared pattern composes (default: the number of canvas
             layers in the model, else 1).
         d_model: the input width D (default: the width of the model when it is a canvas layer or
@@ -411,6 +412,9 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
         if not isinstance(plan, ExecutionPlan):
             raise CanvasTypeError(f"verify_structure: plan must be an ExecutionPlan (lower(topology, layout)), got "
                                   f"{type(plan).__name__}; or pass layout and topology instead")
+        from canvas_core.runtime.canvas_attention import plan_stamps
+
+        plan_stamps(plan, "verify_structure")  # a plan lowered before its topology / layout changed: refused
     if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers < 1):
         raise SchemaError(f"verify_structure: layers must be an integer >= 1, got {layers!r}")
     if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 <= rtol < 1:

@@ -383,21 +383,20 @@ def dead_entries(where: str, plan: Any, strength: np.ndarray, queries: np.ndarra
     topo = plan.topology
     out: List[DeadLink] = []
     linked = linked_connections(plan)
+    pairs = _ConnectionPairs(plan, queries)
     for ci in (range(len(plan.fn_of_connection)) if connections is None else connections):
         fn = plan.fn_of_connection[ci]
         if ci not in linked:
             c = topo.connections[ci]
             out.append(DeadLink(where, ci, c.src, c.dst, fn, (), True, 0))
             continue
-        decl = declared_rows([plan], queries, connection=ci, with_self=False)
-        if not decl.any():
+        qi, ki = pairs.of(ci)
+        if not len(qi):
             continue  # links pairs, none of them at a sampled query
         s = strength if group_of is None else group_of(ci)
-        carried = decl & (s > rtol)
-        qi, ki = np.nonzero(decl)
         qf = labels.frame[queries[qi]]
         kf = labels.frame[ki]
-        live = carried[qi, ki]
+        live = s[qi, ki] > rtol
         cells, inv = np.unique(np.stack([qf, kf], axis=1), axis=0, return_inverse=True)
         alive = np.zeros(len(cells), dtype=bool)
         np.logical_or.at(alive, inv.reshape(-1), live)
@@ -406,3 +405,42 @@ def dead_entries(where: str, plan: Any, strength: np.ndarray, queries: np.ndarra
             c = topo.connections[ci]
             out.append(DeadLink(where, ci, c.src, c.dst, fn, dead, len(dead) == len(cells), len(cells)))
     return out
+
+
+class _ConnectionPairs:
+    """The declared (query row, canonical key) pairs of one connection at a time, read from its own
+    rectangles: ``declared_rows(..., connection=ci)`` built a segment grid of every rectangle and an
+    ``(nq, N)`` matrix per connection, O(connections x (rectangles + nq N)) for a dead-link pass."""
+
+    def __init__(self, plan: Any, queries: np.ndarray) -> None:
+        r = plan.all_rects()
+        live = (r.q1 > r.q0) & (r.k1 > r.k0) & (r.weight > 0)
+        idx = np.flatnonzero(live)
+        by_conn = np.argsort(r.conn[idx], kind="stable")
+        self.rect = idx[by_conn]  # rectangle indices, grouped by connection
+        conns = r.conn[self.rect]
+        self.conn_ids, self.first = np.unique(conns, return_index=True)
+        self.last = np.r_[self.first[1:], len(self.rect)]
+        self.r, self.perm = r, np.asarray(plan.perm, dtype=np.int64)
+        packed = np.asarray(plan.inv_perm, dtype=np.int64)[np.asarray(queries, dtype=np.int64)]
+        self.q_order = np.argsort(packed, kind="stable")  # query rows by packed position
+        self.q_sorted = packed[self.q_order]
+
+    def of(self, ci: int) -> Tuple[np.ndarray, np.ndarray]:
+        """``(qi, ki)``: the query rows and canonical keys of every pair connection ``ci`` declares
+        (a pair covered by two rectangles may repeat)."""
+        at = int(np.searchsorted(self.conn_ids, ci))
+        if at == len(self.conn_ids) or self.conn_ids[at] != ci:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        qs, ks = [], []
+        r = self.r
+        for j in self.rect[self.first[at]:self.last[at]].tolist():
+            a, z = np.searchsorted(self.q_sorted, [r.q0[j], r.q1[j]])
+            if z <= a:
+                continue
+            rows, keys = self.q_order[a:z], self.perm[r.k0[j]:r.k1[j]]
+            qs.append(np.repeat(rows, len(keys)))
+            ks.append(np.tile(keys, len(rows)))
+        if not qs:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        return np.concatenate(qs), np.concatenate(ks)
