@@ -18,6 +18,7 @@ from canvas_core.compiler.resolved import ResolvedGroup
 from canvas_core.errors import CanvasError
 from canvas_core.plugins.spec import Spec
 from canvas_core.runtime.kernels import make_kernel
+from canvas_core.runtime.type_values import out_of_memory
 
 __all__ = ["probe_kernel"]
 
@@ -59,7 +60,8 @@ def probe_kernel(kernel: Any, fn: str, *, n_heads: int, head_dim: int, dtype: An
     random ``(2, n_heads, 12, head_dim)`` tensors of ``dtype`` on ``device`` (default: torch's
     default device; nothing runs on ``meta``), without gradients and with the global random state
     left as it was.  Only definite breaches are reported: a factory that gives no ``nn.Module``, a
-    ``forward`` that cannot take ``scale=`` / ``dropout_p=``, and an output that is not a finite
+    ``forward`` that cannot take ``scale=`` / ``dropout_p=``, an out-of-memory error of the call, a
+    write into q, k or v (by value: ``.data`` writes included), and an output that is not a finite
     tensor of the inputs' shape, dtype and device.  A kernel that cannot be built or called on
     this small canvas (it needs CUDA, another dtype, a block size) is not judged here: its real
     build or call reports the problem.  The math is not compared with the reference
@@ -99,11 +101,21 @@ def probe_kernel(kernel: Any, fn: str, *, n_heads: int, head_dim: int, dtype: An
         except ValueError:
             pass  # no readable signature: the call says
         shape = f"q, k, v of shape {tuple(q.shape)} ({str(dtype).replace('torch.', '')})"
+        before = [t.clone() for t in (q, k, v)]  # a write through .data moves no version counter
         try:
             module.eval()
             out = module(q, k, v, scale=scale, dropout_p=0.0)
-        except Exception:  # noqa: BLE001 - a kernel may need CUDA, another dtype or its own sizes:
+        except Exception as exc:  # noqa: BLE001 - a kernel may need CUDA, another dtype or its own sizes:
+            asked = out_of_memory(exc)  # ... but not terabytes for 12 positions
+            if asked is not None:
+                return (f"tried to allocate {asked} for {shape} (12 positions): an allocation of its own, "
+                        "not one the canvas asked for")
             return None  # only what it returns is judged here; a real call raises where it runs
+        written = [n for n, t, b in zip("qkv", (q, k, v), before) if not torch.equal(t, b)]
+        if written:
+            return (f"writes into its input{'s' * (len(written) > 1)} {', '.join(written)} ({shape}): a kernel "
+                    "must not modify q, k or v (they are views of the layer's projections, saved for the "
+                    "backward pass); compute on a copy")
     if not isinstance(out, torch.Tensor):
         return f"returned a {type(out).__name__}, not a tensor, for {shape}"
     if tuple(out.shape) != tuple(q.shape):

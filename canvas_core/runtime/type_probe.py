@@ -7,7 +7,9 @@ module's own device and dtype, the global random state restored afterwards (repr
 
 * :func:`probe_attention_module` refuses (``AttentionContractError``, naming ``where``: the
   connection) a module that returns a wrong shape / dtype / device or whose output depends on a
-  key outside its key set, on another query or on another sample of the batch; given the plan's
+  key outside its key set, on another query or on another sample of the batch (by gradient, and
+  by value: one more call with sample 0's first key set changed, which must leave sample 1 and
+  the other key set's rows as they were; a read behind ``.detach()`` has no gradient); given the plan's
   runner, it probes reads again at the shapes the runtime will use (:func:`probe_runtime_shapes`).
   The canvas layer and the backbone install run it on plugin types (the builtins are tested).
 * :func:`init_gradient_problem` says why no parameter of the branch (the module's, and the gate's
@@ -15,123 +17,32 @@ module's own device and dtype, the global random state restored afterwards (repr
   :func:`constant_branch` spots a branch with nothing to learn at all (``none``: no parameter, 0).
 * :func:`dependencies` / :func:`first_leak`: the gradient probe both use (and the conformance kit);
   :func:`batch_leak`: the same probe across the samples of the batch.
-* :func:`refuse_in_place`: around a probe, refuses a module that writes into its inputs (their
-  ``_version`` moved), autograd's bare in-place error included, naming the type.
+* :func:`refuse_in_place` (``type_in_place``): around a probe, refuses a module that writes into
+  its inputs (their ``_version`` moved, or their values changed: a ``.data`` write), autograd's
+  bare in-place error included, naming the type.  A NaN / inf output or gradient of a read probe is
+  refused as such (it would read as a dependency on everything); a non-canvas exception of the
+  type, an allocator's out-of-memory error included, is said naming the connection, the type and
+  its provider (``type_values.probe_failure``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import threading
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
 from canvas_core.errors import AttentionContractError, CanvasError
 from canvas_core.runtime.type_call import call_attention_type, is_builtin_module
+from canvas_core.runtime.type_in_place import autograd_in_place, in_place_error, refuse_in_place, said_in_place
+from canvas_core.runtime.type_values import out_of_memory, probe_failure, value_leak
 
 __all__ = ["probe_attention_module", "probe_runtime_shapes", "mixed_dtypes_explained", "init_gradient_problem",
            "constant_branch", "gate_opening_dependencies", "dependencies", "first_leak", "batch_leak", "key_runs",
            "is_builtin_module", "refuse_in_place", "in_place_error", "zeros_opened"]
 
-#: autograd's messages for an in-place write it cannot differentiate: into a tensor saved for the
-#: backward pass, and into a leaf that requires grad (the probe's inputs are such leaves).
-_AUTOGRAD_IN_PLACE = ("modified by an inplace operation", "used in an in-place operation")
-_INPUT_LABELS = ("queries", "keys", "values")
-_FIX_IN_PLACE = ("A type must not write into the tensors it is given (they may be shared with other "
-                 "connections and saved for the backward pass): compute on a copy instead "
-                 "(values = values * 2 rather than values.mul_(2), or clone() first)")
-_guarded = threading.local()  # ids of the modules a refuse_in_place block is watching, per thread
-
-
-def in_place_error(module: Any, fn: Any = None, where: Optional[str] = None, written: Sequence[str] = (),
-                   cause: Optional[BaseException] = None) -> Exception:
-    """The ``AttentionContractError`` for a type that modifies its inputs in place: ``written`` names
-    the inputs seen to change; without them, ``cause`` is autograd's error about a saved tensor.
-    ``module`` None: the type is not known here (the caller's report names it)."""
-    cls = type(module).__name__
-    who = ("the attention type" if module is None else
-           f"attention type {fn!r} ({cls})" if fn is not None else f"attention type {cls}")
-    if written:
-        what = f"modifies its input{'s' if len(written) > 1 else ''} {', '.join(written)} in place during forward"
-    else:
-        said = (str(cause).strip().splitlines() or [""])[0][:160]
-        what = ("modifies in place a tensor autograd tracks, typically one of its inputs (queries, keys, "
-                f"values), so its gradient cannot be computed (torch: {said})")
-    return AttentionContractError(f"{where + ': ' if where else ''}{who} {what}. {_FIX_IN_PLACE}")
-
-
-def _autograd_in_place(exc: Optional[BaseException]) -> Optional[BaseException]:
-    """Autograd's "modified by an inplace operation" error in ``exc`` or what caused it, else None."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, RuntimeError) and any(m in str(exc) for m in _AUTOGRAD_IN_PLACE):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-@contextlib.contextmanager
-def _said_in_place() -> Iterator[None]:
-    """Autograd's bare in-place error, raised in the block, as :func:`in_place_error`."""
-    try:
-        yield
-    except RuntimeError as exc:
-        if _autograd_in_place(exc) is exc:
-            raise in_place_error(None, cause=exc) from exc
-        raise
-
-
-def _tensors(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> List[Tuple[str, Any]]:
-    named = [(repr(_INPUT_LABELS[i]) if i < 3 else f"argument {i}", a) for i, a in enumerate(args)]
-    named += [(repr(k), v) for k, v in kwargs.items()]
-    return [(label, t) for label, t in named if isinstance(t, torch.Tensor)]
-
-
-@contextlib.contextmanager
-def refuse_in_place(module: Any, fn: Any = None, where: Optional[str] = None) -> Iterator[None]:
-    """Within the block, every call of ``module`` notes the version counters of the tensors it is
-    given and compares them when it returns.  On leaving, a written input raises
-    :func:`in_place_error`; so does (with the cause chained) an exception of the block raised while
-    an input had been written, or autograd's "modified by an inplace operation".  Nested blocks for
-    one module watch once (the outermost, which knows the connection, reports)."""
-    active = _guarded.__dict__.setdefault("ids", set())
-    if id(module) in active:
-        yield
-        return
-    written: List[str] = []
-    pending: List[List[Tuple[str, Any, int]]] = []
-
-    def before(_mod: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
-        pending.append([(label, t, t._version) for label, t in _tensors(args, kwargs)])
-
-    def after(_mod: Any, _args: Any, _kwargs: Any, _out: Any) -> None:
-        seen = pending.pop() if pending else []
-        written.extend(label for label, t, version in seen if t._version != version and label not in written)
-
-    handles: List[Any] = []
-    try:  # a module that takes no hooks (a scripted one) is judged by autograd's error alone
-        handles.append(module.register_forward_pre_hook(before, with_kwargs=True))
-        handles.append(module.register_forward_hook(after, with_kwargs=True))
-    except Exception:
-        while handles:
-            handles.pop().remove()
-    active.add(id(module))
-    try:
-        yield
-    except Exception as exc:
-        cause = _autograd_in_place(exc)
-        if written or cause is not None:
-            raise in_place_error(module, fn, where, written, cause) from exc
-        raise
-    finally:
-        active.discard(id(module))
-        for h in handles:
-            h.remove()
-    if written:
-        raise in_place_error(module, fn, where, written)
+_LABELS = ("queries", "keys", "values")
 
 
 def dependencies(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any,
@@ -139,7 +50,7 @@ def dependencies(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any,
     """For each query row i of ``batch_item``: (queries it depends on, keys or values it depends
     on), read off the gradient of ``out[batch_item, i]`` against fixed random weights.  ``rows``:
     only these rows are asked (one backward each); the others read as depending on nothing."""
-    with _said_in_place():
+    with said_in_place():
         return _dependencies(run, q, k, v, batch_item, rows)
 
 
@@ -157,17 +68,35 @@ def _dependencies(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any,
             continue
         grads = torch.autograd.grad((out[batch_item, i] * r[i]).sum(), (q, k, v), retain_graph=True,
                                     allow_unused=True)
+        _finite_gradients(out, grads, f"query {i}'s output" + (f" (sample {batch_item})" if batch_item else ""))
         nz = [None if g is None else (g[batch_item] != 0).any(-1) for g in grads]
         dq = set() if nz[0] is None else {int(j) for j in torch.nonzero(nz[0]).flatten()}
         deps.append((dq, {int(j) for g in nz[1:] if g is not None for j in torch.nonzero(g).flatten()}))
     return deps
 
 
+def _finite_gradients(out: Any, grads: Sequence[Any], whose: str) -> None:
+    """Refuse a NaN / inf output or gradient on finite inputs: a NaN gradient is nonzero everywhere,
+    so it would read as a dependency on every input (an invented leak) instead of what it is."""
+    if not bool(torch.isfinite(out.detach()).all()):
+        raise AttentionContractError(
+            "the attention type returns NaN or infinite values on finite inputs (random ones: the probe of "
+            "its reads cannot tell what it depends on); fix its arithmetic (a division by zero, the log of 0, "
+            "an overflow)")
+    for label, g in zip(_LABELS, grads):
+        if g is not None and not bool(torch.isfinite(g).all()):
+            raise AttentionContractError(
+                f"the attention type has a NaN or infinite gradient of {whose} w.r.t. the {label} although "
+                "its inputs and output are finite (the probe of its reads cannot tell what it depends "
+                "on, and training would diverge); fix its backward arithmetic (sqrt or pow of 0, the "
+                "log of 0, a division by zero)")
+
+
 def batch_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any) -> Optional[str]:
     """Whether some sample's output depends (by gradient) on another sample's queries, keys or
     values: one backward per output sample, every other sample's input rows read off.  None when
     the samples are independent (or the batch has one sample, or the output needs no gradient)."""
-    with _said_in_place():
+    with said_in_place():
         return _batch_leak(run, q, k, v)
 
 
@@ -181,7 +110,8 @@ def _batch_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any) -> 
     r = torch.randn(tuple(out.shape), generator=gen).to(device=out.device, dtype=out.dtype)
     for j in range(n):
         grads = torch.autograd.grad((out[j] * r[j]).sum(), (q, k, v), retain_graph=True, allow_unused=True)
-        for label, g in zip(("queries", "keys", "values"), grads):
+        _finite_gradients(out, grads, f"sample {j}'s output")
+        for label, g in zip(_LABELS, grads):
             read = [] if g is None else [b for b in range(n) if b != j and bool((g[b] != 0).any())]
             if read:
                 return (f"sample {j}'s output depends on sample {read[0]}'s {label} (samples of a batch "
@@ -324,10 +254,16 @@ def probe_attention_module(module: Any, fn: Any, d_model: int, where: str, runne
     ``enable_grad``: a layer built inside ``torch.no_grad()`` is probed all the same."""
     if _where(module)[0].type == "meta" or torch.is_inference_mode_enabled():
         return  # nothing to run on / no autograd to ask (the layer is probed when built outside it)
-    with mixed_dtypes_explained(module, fn, where), refuse_in_place(module, fn, where), torch.enable_grad():
-        _probe_contract(module, fn, d_model, where)
-        if runner is not None:
-            probe_runtime_shapes(module, fn, d_model, where, runner)
+    try:
+        with mixed_dtypes_explained(module, fn, where), refuse_in_place(module, fn, where), torch.enable_grad():
+            _probe_contract(module, fn, d_model, where)
+            if runner is not None:
+                probe_runtime_shapes(module, fn, d_model, where, runner)
+    except Exception as exc:  # the plugin's own error (the runtime shapes say theirs): name who raised it
+        if isinstance(exc, CanvasError) or autograd_in_place(exc) is not None:
+            raise
+        shapes = [(2, n, d_model) for n in (4, 6, 6)]
+        raise probe_failure(exc, module, fn, where, "the build probe's small random call", shapes) from exc
 
 
 #: per probed call <= SHAPE_BUDGET Nq*Nk*d_model a sample, MAX_SETS key sets; MAX_SHAPES shapes, MAX_ROWS rows
@@ -387,8 +323,11 @@ def probe_runtime_shapes(module: Any, fn: Any, d_model: int, where: str, runner:
                 with zeros_opened(module) if opened and not leak else contextlib.nullcontext():
                     leak = leak or batch_leak(run, q, k, v)
         except Exception as exc:  # what it raises at the real size, said at build (in-place: as such)
-            if isinstance(exc, CanvasError) and str(exc).startswith(where) or _autograd_in_place(exc) is not None:
+            if isinstance(exc, CanvasError) and str(exc).startswith(where) or autograd_in_place(exc) is not None:
                 raise  # (a CanvasError that does not name the connection is said again below, naming it)
+            if out_of_memory(exc) is not None:
+                raise probe_failure(exc, module, fn, where, f"a shape the runtime calls it with ({label})",
+                                    (q.shape, k.shape, v.shape)) from exc
             raise AttentionContractError(
                 f"{where}: attention type {fn!r} ({type(module).__name__}) fails at a shape the runtime calls it "
                 f"with ({label}): {type(exc).__name__}: {str(exc)[:200]}") from exc
@@ -412,6 +351,14 @@ def _refuse(module: Any, fn: Any, where: str, leak: str) -> None:
         "or drop the key_mask_exact declaration and keep the batch rows independent")
 
 
+def _named(exc: AttentionContractError, module: Any, fn: Any, where: str) -> AttentionContractError:
+    """``exc`` of a probe helper, said again starting with ``where`` and naming the type."""
+    text = str(exc)
+    if text.startswith("the attention type"):
+        text = f"attention type {fn!r} ({type(module).__name__})" + text[len("the attention type"):]
+    return AttentionContractError(f"{where}: {text}")
+
+
 def _probe_contract(module: Any, fn: Any, d_model: int, where: str) -> None:
     q, k, v, mask = _inputs(module, d_model)
 
@@ -420,18 +367,20 @@ def _probe_contract(module: Any, fn: Any, d_model: int, where: str) -> None:
 
     q2, k2, v2, _ = _inputs(module, d_model, batch=2)
     with _quiet(module):
-        try:
+        try:  # (a NaN output or gradient is refused as such, not read as a dependency on everything)
             deps, opened = gate_opening_dependencies(module, runner(module), q, k, v)
-        except AttentionContractError as exc:
-            raise AttentionContractError(f"{where}: {exc}") from exc
-        with torch.no_grad():
-            _finite(call_attention_type(module, q, k, v, mask, name=fn), where, fn, module, "a small random call")
-        leak = first_leak(deps, mask)
-        try:  # two samples, with the gates as the key probe had them: does one read the other?
+            leak = first_leak(deps, mask)
+            # two samples, with the gates as the key probe had them: does one read the other?
             with zeros_opened(module) if opened and not leak else contextlib.nullcontext():
                 leak = leak or batch_leak(runner(module), q2, k2, v2)
         except AttentionContractError as exc:
-            raise AttentionContractError(f"{where}: {exc}") from exc
+            raise _named(exc, module, fn, where) from exc
+        with torch.no_grad():
+            base = call_attention_type(module, q2, k2, v2, mask, name=fn)
+        _finite(base, where, fn, module, "a small random call")
+        # by value (one more call): a read behind .detach() has no gradient; sample 0's key set
+        # {0, 1} -> {0, 1, 2} changes, so sample 1 and rows 2, 3 of sample 0 must keep their output
+        leak = leak or value_leak(runner(module), q2, k2, v2, mask, (0, 1), (0, 1, 2), sample=0, base=base)
     if not leak:  # training mode, on a copy (a batch statistic mixes the stacked key sets, the samples)
         try:
             twin = copy.deepcopy(module).train()

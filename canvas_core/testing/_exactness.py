@@ -6,6 +6,9 @@
   on the keys / values row i links, and on nothing else: not on another query, not on a key of
   another key set.  A row with no key must not depend on any key.  The failure names the first
   offending dependency, e.g. "query 0 depends on key 4, which its key set {0, 1, 2} excludes".
+  Then by value (a read behind ``.detach()`` has no gradient): each key set's queries and keys
+  in turn, and the unlinked keys, get new values; every row reading none of them keeps its output.
+  Both are skipped by value for a type whose identical calls differ (``deterministic``).
 * **key_mask respected**: a type whose ``forward`` accepts ``key_mask`` is also called directly,
   ``module(q, k, v, key_mask=mask)`` (how code outside the runtime calls it; a forward without
   ``key_mask`` is called as the runtime calls it): under the same probe
@@ -75,6 +78,30 @@ def check_dependencies(s: Any) -> Optional[str]:
         raise Failed(f"called as the runtime calls it{how} with key sets {describe_mask(mask)}: {leak}")
     if not any(dk for _, dk in deps):
         return "the output depends on no key (nothing to check)"
+    if s.unsteady:
+        return f"{s.unsteady}; checked by gradient only"
+    leak = _value_leak(s, mask, q, k, v)
+    if leak:
+        raise Failed(f"called as the runtime calls it with key sets {describe_mask(mask)}, by value: {leak}")
+    return None
+
+
+def _value_leak(s: Any, mask: Any, q: Any, k: Any, v: Any) -> Optional[str]:
+    """Each key set in turn (its queries and keys), then the keys no query links, get new values:
+    every row that reads none of them must keep its output (a read with no gradient path, behind
+    ``.detach()`` or ``torch.no_grad()``, shows only here)."""
+    from canvas_core.runtime.type_call import key_set_groups
+    from canvas_core.runtime.type_values import value_leak
+
+    run = lambda a, b, c: s.call(a, b, c, mask)  # noqa: E731
+    with s.torch.no_grad():
+        base = run(q, k, v)
+    changes = [([int(i) for i in qi], [int(j) for j in ki]) for qi, ki in key_set_groups(mask.cpu())]
+    unlinked = [int(j) for j in (~mask.any(0)).nonzero().flatten()]
+    for queries, keys in changes + ([([], unlinked)] if unlinked else []):
+        leak = value_leak(run, q, k, v, mask, queries, keys, base=base)
+        if leak:
+            return leak
     return None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from canvas_core.testing._exactness import NK, check_dependencies, check_direct_mask, check_trainable
+from canvas_core.testing._process import ProcessGuard
 from canvas_core.testing._report import (ConformanceReport, Failed, check_flags, check_seed, check_sizes, check_target,
                                          finish, resolve_device, resolve_dtype)
 
@@ -19,9 +20,9 @@ __all__ = ["check_attention_type", "ATTENTION_PROPERTIES"]
 
 #: the properties :func:`check_attention_type` checks, in order.
 ATTENTION_PROPERTIES = (
-    "construct", "shape/dtype/device", "Nq != Nk", "gradients", "batch independence",
-    "empty keys", "one key", "fully masked query", "deterministic",
-    "dependency exactness", "key_mask respected", "trainable",
+    "construct", "shape/dtype/device", "Nq != Nk", "gradients", "deterministic", "batch independence",
+    "empty keys", "one key", "fully masked query",
+    "dependency exactness", "key_mask respected", "trainable", "process state",
     # a type declaring reads_keys = False only:
     "reads no key",
     # strict=True only:
@@ -33,7 +34,8 @@ class _Suite:
     """The module under test, its inputs and the runtime's way of calling it."""
 
     def __init__(self, torch: Any, build: Callable[[], Any], module: Any, report: ConformanceReport,
-                 *, seed: int, batch: int, d_model: int, dtype: Any, device: Any, n_keys: int = NK) -> None:
+                 *, seed: int, batch: int, d_model: int, dtype: Any, device: Any, n_keys: int = NK,
+                 name: Any = None) -> None:
         from canvas_core.runtime.type_call import call_attention_type
 
         self.torch, self.build, self.module, self.report = torch, build, module, report
@@ -43,6 +45,10 @@ class _Suite:
         self.tol = 1e-5 if dtype in (torch.float32, torch.float64) else 2e-2
         self.gen = torch.Generator().manual_seed(seed + 12345)
         self._call = call_attention_type
+        self.name = name  # the registered name (None: a class / factory), for the runtime's messages
+        #: why the value comparisons cannot hold (the output varies between identical calls), or None
+        self.unsteady: Optional[str] = None
+        self.guard: Any = None  # the ProcessGuard of the run (set by check_attention_type)
 
     def rand(self, *shape: int) -> Any:
         return self.torch.randn(*shape, generator=self.gen).to(device=self.device, dtype=self.dtype)
@@ -56,7 +62,7 @@ class _Suite:
 
     def call(self, q: Any, k: Any, v: Any, mask: Any = None, mod: Any = None) -> Any:
         self.torch.manual_seed(self.seed + 1)  # types drawing randomness in forward stay reproducible
-        return self._call(self.module if mod is None else mod, q, k, v, mask)
+        return self._call(self.module if mod is None else mod, q, k, v, mask, name=self.name)
 
     def calls(self, q: Any, k: Any, v: Any, mask: Any = None) -> Any:
         """``[(how, output)]``: as the runtime calls it and, for a forward that takes ``key_mask``,
@@ -141,7 +147,7 @@ def _gradients(s: _Suite, grad_inputs: Sequence[str]) -> Optional[str]:
     return None
 
 
-def _batch(s: _Suite) -> None:
+def _batch(s: _Suite) -> Optional[str]:
     """Each sample in turn gets new inputs (every other sample's output must stay), then the
     gradient of every output sample must vanish on every other sample's inputs."""
     from canvas_core.runtime.type_probe import batch_leak, zeros_opened
@@ -150,7 +156,7 @@ def _batch(s: _Suite) -> None:
     with s.torch.no_grad():
         base = s.call(q, k, v)
         scale = float(base.abs().max()) + 1.0
-        for b in range(s.B):
+        for b in range(s.B if s.unsteady is None else 0):
             q2, k2, v2 = q.clone(), k.clone(), v.clone()
             q2[b], k2[b], v2[b] = s.rand(s.Nq, s.D) * 3, s.rand(s.Nk, s.D) * 3, s.rand(s.Nk, s.D) * 3
             other = s.call(q2, k2, v2)
@@ -164,6 +170,7 @@ def _batch(s: _Suite) -> None:
             leak = batch_leak(s.call, q, k, v) if opened else None
     if leak:
         raise Failed(f"by gradient (batch of {s.B}): {leak}")
+    return s.unsteady and f"{s.unsteady}; checked by gradient only"
 
 
 def _empty(s: _Suite) -> None:
@@ -193,10 +200,22 @@ def _fully_masked(s: _Suite) -> None:
 
 
 def _deterministic(s: _Suite) -> None:
+    """Two identical calls of the module agree (else the value comparisons of the properties after
+    it are skipped: nothing could be blamed on another sample's inputs), and so does a fresh module."""
     q, k, v = s.qkv()
-    other = s.build()
     with s.torch.no_grad():
-        a, b = s.call(q, k, v), s.call(q, k, v, mod=other)
+        a, again = s.call(q, k, v), s.call(q, k, v)
+    if not s.torch.allclose(a, again, rtol=s.tol, atol=s.tol):
+        s.unsteady = (f"the type is not deterministic (two identical calls differ by "
+                      f"{float((a - again).abs().nan_to_num(float('inf')).max()):.3g}, see 'deterministic'), so "
+                      "outputs of two calls cannot be compared")
+        raise Failed(f"two identical calls of one module, the global RNG seeded alike, give different outputs "
+                     f"(max diff {float((a - again).abs().nan_to_num(float('inf')).max()):.3g}): the output depends "
+                     "on something besides its inputs and parameters (a call counter, os.urandom, a clock)")
+    with s.guard.watch("building it again"):
+        other = s.build()
+    with s.torch.no_grad():
+        b = s.call(q, k, v, mod=other)
     if not s.torch.allclose(a, b, rtol=s.tol, atol=s.tol):
         raise Failed(f"two modules built with seed {s.seed} give different outputs on the same "
                      f"input (max diff {float((a - b).abs().max()):.3g})")
@@ -239,6 +258,13 @@ def _reads_no_key(s: _Suite) -> None:
             raise Failed(f"declares reads_keys = False, but {what} change its output (max diff "
                          f"{float((out.detach() - other).abs().nan_to_num(float('inf')).max()):.3g}); "
                          "remove the declaration")
+
+
+def _process_state(s: _Suite) -> Optional[str]:
+    """Default dtype left alone by every build and property; no reseeding of the global RNG (the
+    call made here without the kit's seeding, which would hide it)."""
+    q, k, v = s.qkv()
+    return s.guard.check(lambda: s._call(s.module, q, k, v, name=s.name))
 
 
 # ---------------------------------------------------------------------- the suite
@@ -304,14 +330,18 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
       some input and, if the module has parameters, some parameter gets a non-zero gradient
       (``grad_inputs=("queries", "keys", "values")`` requires a path to each of those); skipped
       when the output depends on nothing;
+    * ``deterministic``: two identical calls of the module agree, and so does a fresh module built
+      with the same seed; run before the value comparisons below, which a type whose identical
+      calls differ skips (reported as skipped; their gradient probes still run);
     * ``batch independence``: changing any one sample of the batch leaves every other sample's
       output as it was, and no output sample has a gradient w.r.t. another sample's inputs;
     * ``empty keys`` (``Nk == 0``), ``one key``, ``fully masked query`` (a ``(Nq, Nk)``
       ``key_mask`` row with no allowed key): correct shape, no NaN / inf;
-    * ``deterministic``: same seed, same input -> same output (a fresh module);
     * ``dependency exactness``: called as the runtime calls it with several key sets (two of the
       same shape, stacked in one call for a per-key-set type), each output row depends by gradient
-      only on its own query and its linked keys; a leak names the query and the key;
+      only on its own query and its linked keys; a leak names the query and the key.  Then by
+      value (a read behind ``.detach()`` has no gradient): each key set's queries and keys, and
+      the unlinked keys, get new values in turn, and every row reading none of them keeps its output;
     * ``key_mask respected``: a ``forward`` taking ``key_mask``, called directly with it, passes
       the same probe when it declares ``key_mask_exact = True``, else never reads a key the mask
       hides from every query (a forward without ``key_mask``: called as the runtime calls it);
@@ -319,8 +349,13 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
       output (skipped for a type without parameters);
     * ``reads no key``: a type declaring ``reads_keys = False`` has no gradient w.r.t. keys or
       values and the same output for other ones (only checked for a type with the declaration);
-    * ``strict=True`` adds ``zeros without keys`` (queries with no key output exactly 0).
+    * ``strict=True`` adds ``zeros without keys`` (queries with no key output exactly 0);
+    * ``process state``: neither building it nor calling it changes torch's default dtype, and its
+      forward does not reseed the global RNG.  Every build and property runs with the default
+      dtype and the random state put back afterwards (the caller's RNG is left as it was).
 
+    An input whose values change during a call (a write through ``.data`` included, which moves
+    no version counter) fails every property that calls it, naming the input.
     Sizes: ``batch`` samples (at least 2), 5 queries and 7 keys (also 9/4, 2/11, 1 and 0 keys);
     the dependency probes use 6 queries and ``n_keys`` keys (default 9: two stacked key sets of 3
     keys; ``n_keys=N`` gives them ``(N - 3) // 2`` keys each).  A type that misbehaves only on
@@ -374,25 +409,29 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
         module = build_attention(_target_spec(name, report.name), d_model, n_heads=n_heads, dropout=0.0, **kwargs)
         return module.to(device=device, dtype=dtype) if hasattr(module, "to") else module
 
+    guard = ProcessGuard(torch, device)
+    fn_name = name if isinstance(name, str) else None  # a class / factory: named by its module's class
     try:
-        module = build()
+        with guard.watch("building it"):
+            module = build()
         convention = check_attention_module(module, name)
     except Exception as exc:
         report.failed["construct"] = f"building it raised {type(exc).__name__}: {exc}"
         return finish(report, raise_on_failure, head)
     report.passed.append("construct")
     suite = _Suite(torch, build, module, report, seed=seed, batch=batch, d_model=d_model,
-                   dtype=dtype, device=device, n_keys=n_keys)
+                   dtype=dtype, device=device, n_keys=n_keys, name=fn_name)
+    suite.guard = guard
 
     checks: Dict[str, Callable[[], Optional[str]]] = {
         "shape/dtype/device": lambda: _shape(suite),
         "Nq != Nk": lambda: _nq_nk(suite),
         "gradients": lambda: _gradients(suite, grad_inputs),
+        "deterministic": lambda: _deterministic(suite),  # first: the value comparisons below need it
         "batch independence": lambda: _batch(suite),
         "empty keys": lambda: _empty(suite),
         "one key": lambda: _one(suite),
         "fully masked query": lambda: _fully_masked(suite),
-        "deterministic": lambda: _deterministic(suite),
     }
     checks["dependency exactness"] = lambda: check_dependencies(suite)
     checks["key_mask respected"] = lambda: check_direct_mask(suite)
@@ -401,10 +440,10 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
         checks["reads no key"] = lambda: _reads_no_key(suite)
     if strict:
         checks["zeros without keys"] = lambda: _zeros(suite)
-    fn_name = name if isinstance(name, str) else None  # a class / factory: named by its module's class
+    checks["process state"] = lambda: _process_state(suite)
     for prop, fn in checks.items():
-        try:
-            with refuse_in_place(module, fn_name):  # a write into an input: one named error, every property
+        try:  # a write into an input: one named error, every property; dtype and RNG restored after
+            with guard.watch(f"property {prop!r}"), refuse_in_place(module, fn_name):
                 skip = fn()
         except Failed as exc:
             report.failed[prop] = str(exc)

@@ -1,0 +1,139 @@
+"""Probes of an attention type by value, beside the gradient probes of ``type_probe``.
+
+* :func:`value_leak`: perturb the inputs of some query rows and keys (or of one sample), call the
+  type again and name an output row (or sample) that changed although nothing it may read did.
+  A read behind ``.detach()`` or ``torch.no_grad()`` has no gradient, so only this probe sees it
+  (a batch statistic of detached values, rows of a stacked call swapped and added back).
+* :func:`probe_failure`: the ``CanvasError`` for a plugin type raising a non-canvas exception
+  during a build-time probe, naming the connection, the type and its provider; an allocator's
+  out-of-memory error is said as such, with the bytes asked for and the probe's input shapes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from canvas_core.errors import AttentionContractError
+
+__all__ = ["value_leak", "probe_failure", "out_of_memory", "value_tolerance"]
+
+_LABELS = ("queries", "keys", "values")
+
+
+def value_tolerance(out: Any) -> float:
+    """The largest change of an output that counts as unchanged: a few ulps of its dtype, relative to
+    its largest magnitude.  Rows computed from unchanged inputs come out bit for bit the same on CPU;
+    the slack only covers kernels that reduce in another order for another batch content."""
+    scale = float(out.detach().abs().max()) + 1.0 if out.numel() else 1.0
+    return 4 * torch.finfo(out.dtype).eps * scale
+
+
+def _changed(a: Any, b: Any, tol: float) -> Any:
+    """``(B, Nq)`` bool: the rows of ``b`` that differ from ``a`` by more than ``tol`` (NaN differs)."""
+    diff = (a.detach() - b.detach()).abs().nan_to_num(float("inf"))
+    return diff.amax(-1) > tol
+
+
+def _rows(ix: Sequence[int]) -> str:
+    ix = sorted(ix)
+    if len(ix) > 2 and ix == list(range(ix[0], ix[-1] + 1)):
+        return f"{ix[0]}..{ix[-1]}"
+    return ", ".join(str(i) for i in ix)
+
+
+def value_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, mask: Any,
+               queries: Sequence[int] = (), keys: Sequence[int] = (), sample: Optional[int] = None,
+               base: Any = None, seed: int = 97) -> Optional[str]:
+    """What changed that must not have, or None.  ``run(q, k, v)``: the type as the runtime calls it
+    with ``mask`` ``(Nq, Nk)`` bool; ``q``, ``k``, ``v`` ``(B, N, D)``.  New values are drawn for
+    query rows ``queries`` and key / value rows ``keys`` (in every sample, or only in ``sample``);
+    then every row outside ``queries`` that links none of ``keys`` must keep its output, and with
+    ``sample`` given every other sample must keep all of it.  ``base``: ``run(q, k, v)`` when the
+    caller has it (else one more call).  A changed row is only reported when a second call on the
+    original inputs reproduces ``base`` (a type whose output varies between identical calls is not
+    blamed for reading what it did not).  Calls run without gradients."""
+    with torch.no_grad():
+        if base is None:
+            base = run(q, k, v)
+        gen = torch.Generator().manual_seed(seed)
+        q2, k2, v2 = (t.detach().clone() for t in (q, k, v))
+        b = slice(None) if sample is None else slice(sample, sample + 1)
+        for t, ix in ((q2, queries), (k2, keys), (v2, keys)):
+            if len(ix):
+                new = 3 * torch.randn(tuple(t[b][:, list(ix)].shape), generator=gen)
+                t[b, list(ix)] = new.to(device=t.device, dtype=t.dtype)
+        other = run(q2, k2, v2)
+        tol = value_tolerance(base)
+        changed = _changed(base, other, tol)
+        found = _first_change(changed, mask, queries, keys, sample)
+        if found is None:
+            return None
+        if _changed(base, run(q, k, v), tol).any():  # not reproducible: nothing can be attributed
+            return None
+    row, what = found
+    diff = float((base[row] - other[row]).abs().nan_to_num(float("inf")).max())
+    return (f"{what} changed (by {diff:.3g}) when only "
+            f"{_what_changed(queries, keys, sample)} changed, though no gradient connects them "
+            "(a read behind .detach() or torch.no_grad(), e.g. a statistic over every row of the call)")
+
+
+def _what_changed(queries: Sequence[int], keys: Sequence[int], sample: Optional[int]) -> str:
+    parts = [f"quer{'ies' if len(queries) > 1 else 'y'} {_rows(queries)}" if len(queries) else "",
+             f"key{'s' if len(keys) > 1 else ''} {_rows(keys)}" if len(keys) else ""]
+    what = " and ".join(p for p in parts if p) or "the inputs"
+    return f"sample {sample}'s {what}" if sample is not None else f"the inputs of {what}"
+
+
+def _first_change(changed: Any, mask: Any, queries: Sequence[int], keys: Sequence[int],
+                  sample: Optional[int]) -> Optional[tuple]:
+    """``((b, i), text)`` of the first output row that changed and may not have, or None."""
+    B, Nq = changed.shape
+    keyset = torch.zeros(mask.shape[1], dtype=torch.bool)
+    keyset[list(keys)] = True
+    for b in range(B):
+        for i in range(Nq):
+            if not bool(changed[b, i]):
+                continue
+            if sample is not None and b != sample:
+                return (b, i), f"sample {b}'s output (query {i})"
+            if i in queries or bool((mask[i].cpu() & keyset).any()):
+                continue  # it reads what changed: allowed to move
+            where = f"query {i}'s output" + (f" (sample {b})" if sample is not None or B > 1 else "")
+            return (b, i), where
+    return None
+
+
+def out_of_memory(exc: BaseException) -> Optional[str]:
+    """``"N bytes"`` (or torch's own size text) when ``exc`` is an allocator's out-of-memory error,
+    else None."""
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", ())
+    text = str(exc)
+    if not (isinstance(exc, oom) or isinstance(exc, RuntimeError) and re.search(
+            r"can(?:'|no)t allocate|out of memory|Tried to allocate", text, re.IGNORECASE)):
+        return None
+    got = re.search(r"allocate (\d+) bytes", text) or re.search(r"[Tt]ried to allocate ([\d.]+ [KMGTP]?i?B)", text)
+    if got is None:
+        return "more memory than this machine has"
+    return f"{got.group(1)} bytes" if got.group(1).isdigit() else got.group(1)
+
+
+def probe_failure(exc: BaseException, module: Any, fn: Any, where: str, when: str, shapes: Any) -> Exception:
+    """The ``AttentionContractError`` for a type that raised ``exc`` (not a ``CanvasError``) during a
+    build-time probe; ``when``: which probe, ``shapes``: its ``(queries, keys, values)`` shapes."""
+    from canvas_core.runtime.type_call import _provider
+
+    who = f"attention type {fn!r} ({type(module).__name__}) from {_provider(fn)}"
+    shape = ", ".join(f"{label} {tuple(s)}" for label, s in zip(_LABELS, shapes))
+    asked = out_of_memory(exc)
+    if asked is not None:
+        return AttentionContractError(
+            f"{where}: {who}: its module tried to allocate {asked} on {when}, probe inputs of shape {shape}; "
+            "this is the type's own allocation, not the layer's size: fix the type (or report it to its "
+            "author) before building the layer")
+    said = (str(exc).strip().splitlines() or [""])[0][:200]
+    return AttentionContractError(
+        f"{where}: {who} raised {type(exc).__name__} on {when}, probe inputs of shape {shape}: {said}; fix "
+        "the type (or report it to its author); the traceback of its error is chained below")
