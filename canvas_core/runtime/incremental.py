@@ -29,14 +29,18 @@ The cache holds the keys, values and inputs computed with the parameters the mod
 those frames were stepped.  After changing the parameters in the middle of an episode (an
 optimizer step, ``load_state_dict``, ``.to()``) call ``roll.reset()``: later steps would read
 the old frames' cached values and match neither model's full forward.  Nothing checks this per
-step (a check would cost every step and misfire on modules that write their parameters in place).
+step (a check would cost every step and misfire on modules that write their parameters in place);
+``check=`` names the parameters written since the episode began when a step differs.
+
+A rollout belongs to its model: a copy of the model taken inside the ``with`` (``copy.deepcopy``,
+an EMA ``AveragedModel``, ``torch.save``) comes out as a plain model, and the ``Rollout`` itself
+cannot be copied or pickled.  ``roll.step(x).backward()`` at every step needs ``roll.detach()``
+after each backward (truncated backpropagation through time) or ``retain_graph=True``.
 """
 
 from __future__ import annotations
 
-import contextlib
-from contextvars import ContextVar
-from typing import Any, Iterator, List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import torch
 from torch import nn
@@ -45,10 +49,14 @@ from torch.utils._pytree import tree_flatten, tree_map
 from canvas_core.errors import CanvasError, CanvasTypeError, ShapeError
 from canvas_core.runtime.func_transforms import in_backward  # noqa: F401  (telemetry imports it from here)
 from canvas_core.runtime.input_checks import check_tensor
-from canvas_core.runtime.layer_observers import STEP_OBSERVERS, observe_steps  # noqa: F401  (published here)
+from canvas_core.runtime.layer_observers import STEP_OBSERVERS, keep_out_of_copies
+from canvas_core.runtime.layer_observers import observe_steps  # noqa: F401  (published here)
 from canvas_core.runtime.layer_observers import observers as step_observers
 from canvas_core.runtime.rollout_layer import (LayerRoll, _Index, check_tolerance, check_width, default_tolerance,
                                                input_hint, layer_frame_plan, step_difference)
+from canvas_core.runtime.rollout_context import changed_parameters, eager as _eager, measuring as _measuring
+from canvas_core.runtime.rollout_context import frames_measured, parameter_versions, step_attempt
+from canvas_core.runtime.rollout_context import same_grid as _same_grid, wraps as _wraps
 from canvas_core.runtime.rollout_plan import check_layer_layout, check_rollout_layer, frame_size
 
 __all__ = ["incremental", "Rollout", "RolloutError", "SLIDE_STRATEGIES", "observe_steps", "frames_measured"]
@@ -59,27 +67,6 @@ SLIDE_STRATEGIES = (None, "recompute")
 
 class RolloutError(CanvasError, ValueError):
     """A rollout cannot take this step (window full, layer called in an unsupported way)."""
-
-
-# canonical frames [lo, hi) of a whole-canvas forward that stand for what the user asked: the
-# rollout's own forwards set it (check=: none of them; slide="recompute": the window's last frame)
-_MEASURED: ContextVar[Optional[Tuple[int, int]]] = ContextVar("canvas_rollout_measured", default=None)
-
-
-def frames_measured() -> Optional[Tuple[int, int]]:
-    """For observers of whole-canvas updates (telemetry): ``(lo, hi)`` when the forward running
-    now is one a rollout makes itself and only its canvas frames ``lo .. hi - 1`` are output the
-    user asked for (``(0, 0)``: none, the full forward of ``check=``); None for any other forward."""
-    return _MEASURED.get()
-
-
-@contextlib.contextmanager
-def _measuring(frames: Tuple[int, int]) -> Iterator[None]:
-    token = _MEASURED.set(frames)
-    try:
-        yield
-    finally:
-        _MEASURED.reset(token)
 
 
 def _refuse_sequence_parallel(model: nn.Module) -> None:
@@ -98,16 +85,6 @@ def _refuse_sequence_parallel(model: nn.Module) -> None:
             "into a model built without parallelize_canvas, then incremental(plain_model, layout)")
 
 
-def _wraps(exc: BaseException) -> bool:
-    """Whether a rollout reports ``exc``, raised by the model in a step, as a :class:`RolloutError`
-    naming the frame (the original chained): any ``Exception`` (``IndexError`` from a head that
-    indexes all N positions, ``AssertionError``, ``RuntimeError`` ...), except errors that already
-    name their cause (``CanvasError``) and running out of memory, which pass through unchanged
-    (as do ``KeyboardInterrupt`` and ``SystemExit``, which are no ``Exception``)."""
-    oom = (MemoryError,) + ((torch.OutOfMemoryError,) if hasattr(torch, "OutOfMemoryError") else ())
-    return isinstance(exc, Exception) and not isinstance(exc, (CanvasError,) + oom)
-
-
 class _LayerState:
     """One canvas layer in a rollout: its frame plan, torch indices and one cache per call."""
 
@@ -117,11 +94,6 @@ class _LayerState:
         self.index: Optional[_Index] = None
         self.caches: List[LayerRoll] = []
         self.calls = 0  # calls in the current step
-
-
-def _same_grid(layout: Any, plan_layout: Any) -> bool:
-    return (int(plan_layout.T) == int(layout.T)
-            and tuple(plan_layout.spatial_shape) == tuple(layout.spatial_shape))
 
 
 class Rollout:
@@ -186,6 +158,18 @@ class Rollout:
         self._active = False
         self._stepping = False
         self._t = 0  # frame being computed
+        self._kept: List[Any] = []  # handles that keep the step functions out of the layers' copies
+        self._versions: Optional[dict] = None  # check=: the parameters' fingerprint at frame 0
+
+    # --- a rollout is not copied ------------------------------------------------------------------
+    def _refuse_copy(self, *_args: Any) -> Any:
+        raise RolloutError(
+            "a Rollout cannot be copied or saved (copy.copy, copy.deepcopy, pickle, torch.save): it is the "
+            "state of stepping one model object, whose layers it has taken over. Make a new "
+            "canvas_core.incremental(model_copy, layout) for a copy of the model, and save the model with "
+            "model.state_dict() (or save_canvas_checkpoint)")
+
+    __copy__ = __deepcopy__ = __reduce_ex__ = __reduce__ = __getstate__ = _refuse_copy
 
     # --- context manager ------------------------------------------------------------------------
     def __enter__(self) -> "Rollout":
@@ -195,10 +179,14 @@ class Rollout:
                                    "on one model")
         for st in self._states:
             st.layer._updates = self._updates_of(st)
+            self._kept.append(keep_out_of_copies(st.layer, attrs=("_updates",)))  # copies: plain layers
         self._active = True
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        for kept in self._kept:
+            kept.remove()
+        self._kept = []
         for st in self._states:
             st.layer.__dict__.pop("_updates", None)
             st.caches = []
@@ -226,6 +214,19 @@ class Rollout:
         self.frame = 0
         self._sig = None
 
+    def detach(self) -> "Rollout":
+        """Cut the frames stepped so far out of the autograd graph (truncated backpropagation through
+        time): later steps read their cached inputs, keys and values, and send no gradient into
+        them.  Call it after ``backward()`` of a step's loss to backward the next step's loss on its
+        own (without it, that backward reaches the freed graph of the earlier steps).  Returns ``self``."""
+        for st in self._states:
+            for roll in st.caches:
+                roll.h = roll.h.detach()
+                if roll.kv is not None:
+                    roll.kv = (roll.kv[0].detach(), roll.kv[1].detach())
+        self._inputs = [x.detach() for x in self._inputs]
+        return self
+
     # --- stepping ---------------------------------------------------------------------------------
     def _check(self, x: Any) -> None:
         if not isinstance(x, torch.Tensor):
@@ -243,10 +244,15 @@ class Rollout:
                              "Call roll.reset() to start a new rollout with other inputs")
 
     def step(self, x_t: torch.Tensor) -> Any:
-        """Write frame ``x_t`` ``(B, V, D)`` and return the model's output at that frame."""
+        """Write frame ``x_t`` ``(B, V, D)`` and return the model's output at that frame.  A step
+        that raises changes nothing (observers such as telemetry take back what they measured)."""
         if not self._active:
             raise RolloutError("roll.step() runs inside `with canvas_core.incremental(model, layout) as roll:`")
         self._check(x_t)
+        with step_attempt():
+            return self._step(x_t)
+
+    def _step(self, x_t: torch.Tensor) -> Any:
         if self.frame >= self.T:
             if self.slide is None:
                 raise RolloutError(
@@ -255,6 +261,8 @@ class Rollout:
                     "(recomputed from the last T-1 inputs), or call roll.reset() to start again")
             return self._slide(x_t)
         self._check_no_adaptive_exit()
+        if self.check_tol is not None and self.frame == 0:
+            self._versions = parameter_versions(self.model)
         y = self._run(x_t, self.frame)
         if self.check_tol is not None:
             self._compare_with_full_forward(x_t, y)
@@ -286,13 +294,26 @@ class Rollout:
             diff, scale = step_difference(a.detach() if isinstance(a, torch.Tensor) else a, b.detach())
             tol = self.check_tol if self.check_explicit else default_tolerance(b.dtype)
             if not diff <= tol * scale:  # NaN or inf where the full forward has none fails too
+                hint, cause = self._changed_hint(t), (
+                    "a module outside the canvas layers mixes positions (x - x.mean(1), cumsum over positions, a "
+                    "table over all N positions): it sees one frame in a step and the whole canvas in a full "
+                    "forward; keep such modules outside the model, or roll out with slide='recompute' from the "
+                    "start. Dropout in training mode differs too: model.eval()")
                 raise RolloutError(
                     f"incremental(check=...): frame {t} of the rollout differs from the full forward by "
-                    f"{diff:.3g} (tolerance {tol:g} x {scale:.3g}). A module outside the canvas layers mixes "
-                    "positions (x - x.mean(1), cumsum over positions, a table over all N positions): it sees "
-                    "one frame in a step and the whole canvas in a full forward; keep such modules outside the "
-                    "model, or roll out with slide='recompute' from the start. Dropout in training mode differs "
-                    "too: model.eval()")
+                    f"{diff:.3g} (tolerance {tol:g} x {scale:.3g}). "
+                    + (f"{hint} Otherwise {cause}" if hint else cause[0].upper() + cause[1:]))
+
+    def _changed_hint(self, t: int) -> str:
+        """The likeliest cause of a difference, when it applies: parameters written mid-episode."""
+        changed = changed_parameters(self.model, self._versions) if t > 0 else []
+        if not changed:
+            return ""
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        return (f"Parameter(s) {', '.join(changed[:3])}{more} of {type(self.model).__name__} changed since "
+                "frame 0 of this episode (an optimizer step, load_state_dict, .to(), an in-place write): the "
+                "cache holds the earlier frames as the old parameters computed them; call roll.reset() after "
+                "changing parameters and step the episode again.")
 
     def _check_no_adaptive_exit(self) -> None:
         for name, part in self._loops:
@@ -432,14 +453,6 @@ def _frame_of(out: Any, t: int, V: int, T: int, what: str) -> Any:
                                "from; return per-position outputs (B, N, ...) from the model")
         return leaf[:, t * V:(t + 1) * V]
     return tree_map(cut, out)
-
-
-def _eager():
-    """Inside a step, compiled code (a model given to ``torch.compile`` whole, or compiled blocks)
-    runs eagerly: the step builds each frame's plan as it goes, with branches on tensor values that
-    dynamo cannot trace (``fullgraph=True`` would stop there).  torch < 2.6 has no stance to set."""
-    stance = getattr(torch.compiler, "set_stance", None)
-    return stance("force_eager") if stance is not None else contextlib.nullcontext()
 
 
 def incremental(model: nn.Module, layout: Any, *, slide: Optional[str] = None,

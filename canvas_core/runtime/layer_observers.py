@@ -19,19 +19,26 @@ observer the traced code holds no observer call (``fullgraph=True`` traces as be
 A table belongs to one layer: a copy (``copy.copy``, ``copy.deepcopy``) starts with empty tables of
 its own, so an observer added to the copy is not called by the original, nor one of the original's
 by the copy.  Nothing here reads a tensor (no host sync).
+
+What a tool puts on a module for a while (a rollout's step function in a layer's ``__dict__``,
+the hooks of a telemetry recording) belongs to that module too: :func:`keep_out_of_copies` leaves
+it out of what ``copy.copy``, ``copy.deepcopy`` and ``pickle`` / ``torch.save`` take of the module
+(an EMA copy taken inside ``incremental(...)`` computes with its own parameters; a model saved
+inside ``record_telemetry(...)`` loads without the recording's hooks).
 """
 
 from __future__ import annotations
 
 import weakref
 from collections import OrderedDict
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-__all__ = ["UPDATE_OBSERVERS", "STEP_OBSERVERS", "add_tables", "add_observer", "observers", "observe_steps"]
+__all__ = ["UPDATE_OBSERVERS", "STEP_OBSERVERS", "add_tables", "add_observer", "observers", "observe_steps",
+           "keep_out_of_copies"]
 
 UPDATE_OBSERVERS = "_update_observers"  #: ``observe_updates``'s table in a layer's ``__dict__``
 STEP_OBSERVERS = "_step_observers"  #: ``observe_steps``'s table
@@ -131,3 +138,62 @@ def observe_steps(layer: nn.Module, fn: Callable[..., None], *, cache: bool = Fa
     inf (kept per episode: a step examines its own frame only), or None when the layer caches no
     keys.  Telemetry uses it.  Returns a handle with ``remove()``."""
     return add_observer(layer, STEP_OBSERVERS, (fn, bool(cache), bool(rows), bool(finite)))
+
+
+_GETSTATE = "__getstate__"  # looked up on the instance first by copy and pickle (object.__reduce_ex__)
+_HOOK_DICTS = ("_forward", "_backward")  # the prefixes of torch's hook tables in a module's __dict__
+
+
+class _LeftOut:
+    """A module's own ``__getstate__`` (in its ``__dict__``) while tools hold entries on it: the
+    state its class gives, without those entries (torch hooks by handle id, attributes by name)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self._module = weakref.ref(module)
+        self.held: Dict[int, Tuple[FrozenSet[int], FrozenSet[str]]] = {}
+
+    def __call__(self) -> Any:
+        module = self._module()
+        state = type(module).__getstate__(module)  # nn.Module's: a copy of its __dict__
+        if not isinstance(state, dict):
+            return state
+        ids = frozenset().union(*(h for h, _ in self.held.values()))
+        names = frozenset().union(*(a for _, a in self.held.values())) | {_GETSTATE}
+        out = {}
+        for key, value in state.items():
+            if key in names:
+                continue
+            if key.startswith(_HOOK_DICTS) and isinstance(value, dict) and not ids.isdisjoint(value):
+                value = type(value)((k, v) for k, v in value.items() if k not in ids)
+            out[key] = value
+        return out
+
+
+class _Kept:
+    """What :func:`keep_out_of_copies` returns: ``remove()`` lets copies take the entries again."""
+
+    def __init__(self, filt: _LeftOut, token: int) -> None:
+        self._filt, self._token = filt, token
+
+    def remove(self) -> None:
+        filt = self._filt
+        filt.held.pop(self._token, None)
+        module = filt._module()
+        if not filt.held and module is not None and module.__dict__.get(_GETSTATE) is filt:
+            del module.__dict__[_GETSTATE]
+
+
+_TOKENS = iter(range(1 << 62))
+
+
+def keep_out_of_copies(module: nn.Module, *, hooks: Iterable[int] = (), attrs: Iterable[str] = ()) -> _Kept:
+    """Leave the torch hooks of handle ids ``hooks`` and the ``__dict__`` entries ``attrs`` of
+    ``module`` out of its copies and pickles until ``remove()`` of the returned handle: they refer
+    to the module itself (a copy would run the original's rollout or feed its recording), and some
+    cannot be pickled (closures).  A copy comes out as the module would without them."""
+    filt = module.__dict__.get(_GETSTATE)
+    if not isinstance(filt, _LeftOut):
+        filt = module.__dict__[_GETSTATE] = _LeftOut(module)
+    token = next(_TOKENS)
+    filt.held[token] = (frozenset(int(h) for h in hooks), frozenset(attrs))
+    return _Kept(filt, token)

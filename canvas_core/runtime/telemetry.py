@@ -27,16 +27,20 @@ their frame (not: a call restricted to some regions, an empty batch, the full fo
 * ``gate/<parameter name>`` -- every parameter whose name contains ``gate``: each element for up
   to 16 elements (``.../<k>``), else ``/mean`` and ``/absmax``.
 
-Queries are sampled (``max_queries`` per layer, evenly spaced).  A rollout step reads the rollout's
-cached keys and values and its mask of non-finite keys, and runs ``qkv`` on its sampled queries
-only; a frame's index work is done once per recording within ``_PREP_BYTES`` per layer."""
+Queries are sampled (``max_queries`` per layer, evenly spaced, and one of every connection they
+miss; a connection that links no query reports 0).  A failed rollout step or forward adds
+nothing.  A rollout step reads the rollout's cached keys and values and its mask of non-finite
+keys, and runs ``qkv`` on its sampled queries only; a frame's index work is done once per
+recording within ``_PREP_BYTES`` per layer.  A copy of the model taken during a recording has none
+of its hooks."""
 
 from __future__ import annotations
 
 import math
+import sys
 import weakref
 from contextlib import contextmanager
-from typing import Any, Dict, FrozenSet, Iterator, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -48,9 +52,12 @@ from canvas_core.runtime.finite_guard import non_finite_keys
 from canvas_core.runtime.func_transforms import compile_disabled
 from canvas_core.runtime.incremental import in_backward, frames_measured, observe_steps
 from canvas_core.runtime.input_checks import refuse_unbindable_call
+from canvas_core.runtime.layer_observers import keep_out_of_copies
 from canvas_core.runtime.plan_runner import plan_query_weights
 from canvas_core.runtime.rollout_layer import LayerRoll
+from canvas_core.runtime.rollout_context import undo_if_step_fails
 from canvas_core.runtime.rollout_plan import frame_size, sampled_links
+from canvas_core.runtime.telemetry_queries import sample_queries, series_name, unlinked_connections
 from canvas_core.runtime.telemetry_sums import _Mean, _ProbeSums
 from canvas_core.schema._validate import is_int
 
@@ -59,21 +66,6 @@ __all__ = ["Telemetry", "record_telemetry", "telemetry"]
 _MAX_ELEMENTS = 16
 _CHUNK_ELEMENTS = 1 << 20  # (B * H * queries * connections * keys) per chunk of the softmax probe (cache-sized)
 _PREP_BYTES = 4 << 20  # per layer: the probe's index tensors kept, (queries * keys) * (4 + connections) bytes
-
-
-def _series_name(name: str, modules: Dict[str, nn.Module], wrapped: FrozenSet[str] = frozenset()) -> str:
-    """A layer's name as the plain model has it, so logged series go on across ``torch.compile``,
-    ``DistributedDataParallel`` and grafting: without the segments of those wrappers (``wrapped``,
-    from :func:`wrapped_paths`) and the ``original`` under which a looped-block wrapper
-    (``canvas_core.looping``; duck-typed) holds the block."""
-    parts, keep = name.split(".") if name else [], []
-    for i, part in enumerate(parts):
-        parent = modules.get(".".join(parts[:i]))
-        if ".".join(parts[:i + 1]) in wrapped:
-            continue
-        if not (part == "original" and hasattr(parent, "max_loops")):
-            keep.append(part)
-    return plain_name(".".join(keep))  # and without the compile wrapper's segments
 
 
 class _Prep(NamedTuple):
@@ -98,9 +90,7 @@ class _LayerProbe(_ProbeSums):
         den = np.zeros(n)
         for w in qw.values():
             den += w
-        updated = np.flatnonzero(den > 0)
-        if len(updated) > max_queries:
-            updated = updated[np.linspace(0, len(updated) - 1, max_queries).round().astype(np.int64)]
+        updated = sample_queries(plan, np.flatnonzero(den > 0), max_queries)
         self.sample = updated  # packed query positions
         self.sample_pos = plan.perm[updated]  # and their canonical positions
         self.T = int(plan.layout.T)
@@ -110,6 +100,7 @@ class _LayerProbe(_ProbeSums):
         safe = np.where(den > 0, den, 1.0)
         self.c_fn = {f: (qw[f] / safe)[updated] for f in plan.groups}  # (S,) mixing share per type
         self.labels: Dict[int, str] = {}
+        self.unlinked = unlinked_connections(plan)  # reported as 0: no output comes through them
         self.fn_of: Dict[int, str] = {}
         self.conn_share: Dict[int, np.ndarray] = {}  # non-softmax: w_c(p) / den(p) at the sample
         weights = [float(c.weight) for c in conns]
@@ -277,6 +268,7 @@ def _telemetry_update_observer(layer: nn.Module, x: torch.Tensor, active: Any) -
         probe.live = False
         if in_backward() or not probe.applies(x, active):
             continue
+        undo_if_step_fails(probe, probe.checkpoint())  # inside a rollout step that then fails
         frames = frames_measured()  # a rollout's own forward: only the frames it outputs
         if frames is None:
             probe.live = True  # the fn modules' outputs are this forward's: measure them
@@ -296,6 +288,7 @@ def _telemetry_step_observer(layer: nn.Module, h: torch.Tensor, t: int, kv: Any,
     if in_backward() or h.shape[0] == 0 or not h.is_floating_point():
         return
     for probe in _LIVE.get(layer, ((), ()))[0]:
+        undo_if_step_fails(probe, probe.checkpoint())  # a step that fails later measured nothing
         probe.forwards += 1
         probe.step_forward(h, t, kv, bad)  # bad: (B, H, (t + 1) V) keys with a NaN / inf
         probe.add_rows(rows.items())
@@ -352,7 +345,9 @@ class Telemetry:
         self.model = model
         self.max_queries = max_queries
         self.forwards = 0  # calls of the model that were measured (see _model_ends)
-        self._open: List[int] = []  # per model call in progress: measured layer forwards at its start
+        # per model call in progress: measured layer forwards at its start, the exception being
+        # handled then (a call inside an `except` block), and what puts the probes back as they were
+        self._open: List[Tuple[int, Any, List[Any]]] = []
         self._probes: List[_LayerProbe] = []
         self._handles: List[Any] = []
 
@@ -366,30 +361,41 @@ class Telemetry:
         for name, mod in modules.items():
             if not isinstance(mod, CanvasAttention):
                 continue
-            probe = _LayerProbe(_series_name(name, modules, wrapped) or type(mod).__name__, mod, self.max_queries)
+            probe = _LayerProbe(series_name(name, modules, wrapped) or type(mod).__name__, mod, self.max_queries)
             self._probes.append(probe)
             _attach(probe)  # layer(x), layer.delta(x) and rollout steps
-            self._handles.append(mod.register_forward_pre_hook(self._quiet([probe])))
-            self._handles.append(mod.register_forward_hook(self._quiet([probe]), always_call=True))
+            self._hook(mod, mod.register_forward_pre_hook(self._quiet([probe])))
+            self._hook(mod, mod.register_forward_hook(self._quiet([probe]), always_call=True))
             for fn in mod.executor.other_fns:
-                self._handles.append(mod.fn_modules[fn_module_key(fn)].register_forward_hook(
-                    lambda _m, _i, out, p=probe, f=fn: p.module_output(f, out)))
-        self._handles.append(self.model.register_forward_pre_hook(self._model_starts))
-        self._handles.append(self.model.register_forward_hook(self._model_ends, always_call=True))
+                sub = mod.fn_modules[fn_module_key(fn)]
+                self._hook(sub, sub.register_forward_hook(lambda _m, _i, out, p=probe, f=fn: p.module_output(f, out)))
+        self._hook(self.model, self.model.register_forward_pre_hook(self._model_starts))
+        self._hook(self.model, self.model.register_forward_hook(self._model_ends, always_call=True))
+
+    def _hook(self, module: nn.Module, handle: Any) -> None:
+        """Keep ``handle`` for :meth:`_stop`, its hook out of copies and pickles of ``module`` (a copy
+        taken during the recording is a plain module, and the hooks are closures pickle refuses)."""
+        self._handles += [handle, keep_out_of_copies(module, hooks=(handle.id,))]
 
     def _measured(self) -> int:
         return sum(p.forwards for p in self._probes)
 
     def _model_starts(self, _module: nn.Module, _inputs: Any) -> None:
         self._quiet(self._probes)()
-        self._open.append(self._measured())
+        self._open.append((self._measured(), sys.exc_info()[1], [p.checkpoint() for p in self._probes]))
 
     def _model_ends(self, _module: nn.Module, _inputs: Any, _output: Any) -> None:
         """Count the call as a recorded forward when a canvas layer measured something in it (or
-        when the model has no canvas layer: nothing is left out then)."""
+        when the model has no canvas layer: nothing is left out then); a call that raises (this
+        hook runs then too, inside torch's ``except``) measured nothing."""
         self._quiet(self._probes)()
-        before = self._open.pop() if self._open else self._measured()
+        before, handling, restores = self._open.pop() if self._open else (self._measured(), None, [])
+        if sys.exc_info()[1] not in (None, handling):
+            for restore in restores:
+                restore()
+            return
         if not self._probes or self._measured() > before:
+            undo_if_step_fails(self, lambda n=self.forwards: setattr(self, "forwards", n))  # see step_attempt
             self.forwards += 1
 
     @staticmethod
@@ -443,6 +449,9 @@ class Telemetry:
                         reverse=True)
         lines = [f"telemetry over {self.forwards} forward(s): share of output by connection (top {top})"]
         lines += [f"  {v:6.1%}  {k}" for v, k in shares[:top]]
+        unlinked = [p.labels[ci] for p in self._probes for ci in p.unlinked] if self.forwards else []
+        if unlinked:
+            lines.append(f"linking no query (reported as 0): {', '.join(unlinked)}")
         gates = [(k, v) for k, v in vals.items() if k.startswith("gate/")]
         if gates:
             lines.append(f"gates ({len(gates)}): largest |value| "

@@ -5,7 +5,7 @@ recording (:meth:`_ProbeSums.flush`), and turned into running means and the ``ma
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, Tuple
+from typing import Any, Dict, Iterable, List, Tuple
 
 import numpy as np
 import torch
@@ -29,6 +29,7 @@ class _ProbeSums:
     labels: Dict[int, str]  # connection index -> its series label
     fn_of: Dict[int, str]  # connection index -> its fn type
     conn_share: Dict[int, np.ndarray]  # non-softmax connection -> its weight share at the sampled queries
+    unlinked: List[int]  # connections that link no query
     forwards: int  # measured forwards
     live: bool  # whether a measured forward runs now (fn modules' outputs count)
     module_norm: Dict[str, _Mean]  # other type -> mean row norm of its module's output
@@ -56,6 +57,15 @@ class _ProbeSums:
                         m = self._stats.setdefault(key, _Mean())
                         m.total, m.count = m.total + total, m.count + int(count)
 
+    def checkpoint(self):
+        """A function that puts back what is measured now (the sums not read back are replaced, not
+        added to, so a shallow copy keeps them): a failed rollout step measured nothing."""
+        forwards, pending, norms = self.forwards, dict(self._pending), dict(self._norm_pending)
+
+        def restore() -> None:
+            self.forwards, self._pending, self._norm_pending = forwards, pending, norms
+        return restore
+
     def module_output(self, fn: str, out: Any) -> None:  # a call of fn's module in a measured forward
         if self.live:
             self.add_rows([(fn, out)])
@@ -78,6 +88,8 @@ class _ProbeSums:
         out = {k: m.value for k, m in self.stats.items()}
         if not self.forwards:  # nothing measured: no shares from the weights alone either
             return out
+        for ci in self.unlinked:  # no query, so no output comes through it: 0, not a missing series
+            out[f"{self.labels[ci]}/mass_share"] = out[f"{self.labels[ci]}/out_norm"] = 0.0
         for ci, share in self.conn_share.items():
             at = share > 0
             if not at.any():
