@@ -13,8 +13,9 @@ from ``canvas-plugin-semantic``, which runs offline on all-MiniLM-L6-v2).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, NoReturn, Optional, Sequence, Tuple
 
 from canvas_core._lazy import lazy_exports
 from canvas_core.errors import CanvasTypeError, SchemaError
@@ -86,47 +87,129 @@ def _number(x: Any) -> Optional[float]:
         return None
 
 
+def _source(embedder: Any, model: str) -> str:
+    """How an error names the embedder: a registered one with its provider
+    (``embedder 'minilm' from canvas-plugin-semantic 0.1.0``), any other by its model name."""
+    if isinstance(embedder, str):
+        from canvas_core.plugins import EMBEDDER_REGISTRY
+
+        spec = EMBEDDER_REGISTRY.get(embedder)
+        if spec is not None and hasattr(spec, "describe_provider"):
+            return f"embedder {embedder!r} from {spec.describe_provider()}"
+    return f"embedder {model!r}"
+
+
+def _run_embedder(fn: Callable, texts: List[str], source: str) -> Any:
+    """``fn(texts)``; an exception of the embedder's own code (a ``RecursionError`` included) is
+    a :class:`~canvas_core.errors.FactoryError` naming ``source``, the cause chained, as a
+    factory's failure is when the embedder is built."""
+    try:
+        return fn(list(texts))
+    except Exception as exc:
+        _raise_embedder_failure(exc, texts, source)
+
+
+def _raise_embedder_failure(exc: Exception, texts: List[str], source: str) -> NoReturn:
+    from canvas_core.errors import CanvasError, FactoryError, FactoryTypeError, FactoryValueError
+    from canvas_core.plugins.hints import exc_text
+
+    if isinstance(exc, CanvasError):
+        raise exc
+    cls = (FactoryTypeError if isinstance(exc, TypeError) else
+           FactoryValueError if isinstance(exc, ValueError) else FactoryError)
+    raise cls(f"{source} failed while embedding {len(texts)} texts: it raised {exc_text(exc, 300)}. "
+              "Fix the embedder or report it to its author, or use another embedder") from exc
+
+
+def _check_length(n: Optional[int], where: str, so_far: bool = False) -> None:
+    """Refuse a vector of ``n`` values over ``CANVAS_MAX_WIDTH``: its length becomes the width
+    (``embed_dim``) of the conditioner's projection.  Checked before the vector is converted."""
+    from canvas_core.schema.limits import check_size
+
+    if n is not None:
+        check_size("width", n, f"{where}: the vector's length{' (counted so far)' if so_far else ''}",
+                   fix="Use an embedder with shorter vectors (a text embedding has hundreds to a few "
+                       "thousand values)")
+
+
+def _row_length(v: Any) -> Optional[int]:
+    """The number of values in ``v`` known without converting it (an array's or tensor's size,
+    a list's length); None for an iterator."""
+    shape = getattr(v, "shape", None)
+    if shape is not None:
+        try:
+            return math.prod(int(d) for d in shape)
+        except (TypeError, ValueError):
+            return None
+    try:
+        return len(v)
+    except TypeError:
+        return None
+
+
 def _vectors(fn: Callable, texts: List[str], model: str = "embedder",
-             keys: Optional[List[str]] = None) -> List[Tuple[float, ...]]:
+             keys: Optional[List[str]] = None, source: Optional[str] = None) -> List[Tuple[float, ...]]:
     """One tuple of floats per text, or a SchemaError naming the embedder (``model``) and the
     region / path (``keys``: labels such as ``region 'a'``, parallel to ``texts``) whose vector
-    is malformed."""
+    is malformed, all zeros or over ``CANVAS_MAX_WIDTH`` values (a SizeLimitError, checked
+    before converting it); a failure of the embedder itself is a FactoryError naming
+    ``source`` (default: the model name)."""
     keys = [f"text {t!r}" for t in texts] if keys is None else keys
     who = f"embedder {model!r}"
-    out = fn(list(texts))
-    if hasattr(out, "tolist"):
+    out = _run_embedder(fn, texts, source or who)
+    shape = getattr(out, "shape", None)
+    if hasattr(out, "tolist") and shape is not None:  # an array / tensor: its shape, then convert
+        if len(shape) >= 1 and int(shape[0]) != len(texts):
+            raise SchemaError(f"{who} returned {int(shape[0])} vectors for {len(texts)} texts; return one "
+                              "vector per text")
+        if len(shape) >= 2 and keys:
+            _check_length(math.prod(int(d) for d in tuple(shape)[1:]), f"{who}, {keys[0]}")
         out = out.tolist()
     if out is None or isinstance(out, (str, bytes, bytearray)) or not isinstance(out, Iterable):
         raise SchemaError(f"{who} returned {type(out).__name__} {str(out)[:40]!r} for {len(texts)} texts "
                           f"({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}); an embedder "
                           "returns one vector (a list of floats) per text")
-    out = list(out)
+    try:  # a generator's rows are the embedder's code running: at most one more than needed
+        out = list(out) if hasattr(out, "__len__") else list(itertools.islice(out, len(texts) + 1))
+    except Exception as exc:
+        _raise_embedder_failure(exc, texts, source or who)
     if len(out) != len(texts):
         raise SchemaError(f"{who} returned {len(out)} vectors for {len(texts)} texts; return one vector per text")
-    vecs = []
-    for key, t, v in zip(keys, texts, out):
-        where = f"{who}, {key}" + (f" (text {t!r})" if not key.startswith("text ") else "")
-        if hasattr(v, "tolist"):
-            v = v.tolist()
-        if v is None or isinstance(v, (str, bytes, bytearray)) or not isinstance(v, Iterable):
-            raise SchemaError(f"{where}: the vector is {type(v).__name__} {str(v)[:40]!r}, not a sequence of "
-                              "numbers; return a list of floats per text")
-        vec = []
-        for x in v:
-            f = _number(x)
-            if f is None:
-                raise SchemaError(f"{where}: the vector holds {type(x).__name__} {str(x)[:40]!r}, not a number; "
-                                  "return a list of floats per text")
-            vec.append(f)
-        if not vec or not all(math.isfinite(x) for x in vec):
-            raise SchemaError(f"{where}: an empty or non-finite vector ({len(vec)} values); return at least one "
-                              "finite float per text")
-        vecs.append(tuple(vec))
+    vecs = [_vector(v, f"{who}, {key}" + (f" (text {t!r})" if not key.startswith("text ") else ""))
+            for key, t, v in zip(keys, texts, out)]
     if len({len(v) for v in vecs}) > 1:
         lengths = ", ".join(f"{k}: {len(v)}" for k, v in zip(keys, vecs))
         raise SchemaError(f"{who} returned vectors of different lengths ({lengths}); every vector must have "
                           "the same length")
     return vecs
+
+
+def _vector(v: Any, where: str) -> Tuple[float, ...]:
+    """One embedder row as a tuple of floats, its length checked before it is converted."""
+    if not isinstance(v, (str, bytes, bytearray)):
+        _check_length(_row_length(v), where)
+    if hasattr(v, "tolist"):
+        v = v.tolist()
+    if v is None or isinstance(v, (str, bytes, bytearray)) or not isinstance(v, Iterable):
+        raise SchemaError(f"{where}: the vector is {type(v).__name__} {str(v)[:40]!r}, not a sequence of "
+                          "numbers; return a list of floats per text")
+    vec = []
+    for x in v:
+        f = _number(x)
+        if f is None:
+            raise SchemaError(f"{where}: the vector holds {type(x).__name__} {str(x)[:40]!r}, not a number; "
+                              "return a list of floats per text")
+        vec.append(f)
+        if len(vec) % 4096 == 0:  # an iterator of unknown length: stop soon after the limit
+            _check_length(len(vec), where, so_far=True)
+    if not vec or not all(math.isfinite(x) for x in vec):
+        raise SchemaError(f"{where}: an empty or non-finite vector ({len(vec)} values); return at least one "
+                          "finite float per text")
+    if not any(vec):
+        raise SchemaError(f"{where}: the vector is all zeros ({len(vec)} values); it has no direction, so "
+                          "the distance between regions (transfer_distance, cosine) is undefined for it. "
+                          "Return a non-zero vector per text (does the embedder fail quietly on this text?)")
+    return tuple(vec)
 
 
 def compute_semantic_embeddings(field_paths: Any, embed_fn: Any = None,
@@ -168,7 +251,7 @@ def compute_semantic_embeddings(field_paths: Any, embed_fn: Any = None,
         return {}
     fn, model = resolve_embedder(emb)
     texts = [types.get(p) or auto_semantic_type(p) for p in paths]
-    return dict(zip(paths, _vectors(fn, texts, model, [f"path {p!r}" for p in paths])))
+    return dict(zip(paths, _vectors(fn, texts, model, [f"path {p!r}" for p in paths], _source(emb, model))))
 
 
 def embed_schema(schema_or_layout: Any, embedder: Any) -> Any:
@@ -176,6 +259,11 @@ def embed_schema(schema_or_layout: Any, embedder: Any) -> Any:
 
     A region without ``semantic_type`` gets ``auto_semantic_type(region_name)``; all regions get
     ``semantic_embedding`` (tuple of floats) and ``embedding_model`` (the embedder's model name).
+
+    Raises:
+        FactoryError: the embedder itself raised (named with its provider; the cause chained).
+        SchemaError: a vector that is not numbers, empty, non-finite or all zeros (naming the region).
+        SizeLimitError: a vector longer than ``CANVAS_MAX_WIDTH``, refused before it is converted.
     """
     from canvas_core.schema import CanvasLayout, CanvasSchema
 
@@ -190,7 +278,7 @@ def embed_schema(schema_or_layout: Any, embedder: Any) -> Any:
     fn, model = resolve_embedder(embedder)
     specs = {n: layout.region_spec(n) for n in names}
     texts = [specs[n].semantic_type or auto_semantic_type(n) for n in names]
-    vecs = _vectors(fn, texts, model, [f"region {n!r}" for n in names]) if names else []
+    vecs = _vectors(fn, texts, model, [f"region {n!r}" for n in names], _source(embedder, model)) if names else []
     regions = dict(layout.regions)
     for n, t, v in zip(names, texts, vecs):
         regions[n] = dataclasses.replace(specs[n], semantic_type=t, semantic_embedding=v, embedding_model=model)
@@ -207,9 +295,24 @@ def program_distance(a_spec: Any, a_program: Any, b_spec: Any, b_program: Any) -
     ``transfer_distance(a_spec, b_spec)`` (cosine distance in [0, 2]) plus
     :data:`FAMILY_PENALTY` when the families differ and :data:`CARRIER_PENALTY` when the carriers
     differ.  A missing program (None) adds no penalty for that region pair.
-    """
-    from canvas_core.schema.region import transfer_distance
 
+    Raises:
+        CanvasTypeError: a spec that is not a ``RegionSpec``, or a program that is neither a
+            ``RegionProgram`` nor None (a dict's keys would otherwise read as no family at all).
+    """
+    from canvas_core.program.specs import RegionProgram
+    from canvas_core.schema.region import RegionSpec, transfer_distance
+
+    for name, spec in (("a_spec", a_spec), ("b_spec", b_spec)):
+        if not isinstance(spec, RegionSpec):
+            raise CanvasTypeError(
+                f"program_distance: {name} must be a RegionSpec, got {type(spec).__name__} {spec!r:.60}; the "
+                "arguments are (a_spec, a_program, b_spec, b_program)")
+    for name, prog in (("a_program", a_program), ("b_program", b_program)):
+        if prog is not None and not isinstance(prog, RegionProgram):
+            raise CanvasTypeError(
+                f"program_distance: {name} must be a RegionProgram or None, got {type(prog).__name__} "
+                f"{prog!r:.60}; build one (RegionProgram(family=..., carrier=...)) or pass None for no penalty")
     d = float(transfer_distance(a_spec, b_spec))
     if a_program is not None and b_program is not None:
         if getattr(a_program, "family", None) != getattr(b_program, "family", None):

@@ -38,10 +38,11 @@ from canvas_core.compiler.passes import (
     region_modes,
     resolve_identity,
 )
-from canvas_core.compiler.resolution import resolve_plan
+from canvas_core.compiler.resolution import resolve_plan, warn_unapplied_labels
 from canvas_core.errors import CanvasTypeError, CompileError, did_you_mean
 from canvas_core.devices import KNOWN_DEVICE_TYPES, cuda_device_count, device_missing
 from canvas_core.program import CanvasProgram
+from canvas_core.program.cortex import check_cortex_layout
 from canvas_core.schema import CanvasSchema
 
 __all__ = ["ProgramCompiler", "CompiledProgram", "EXPORT_FORMAT"]
@@ -139,6 +140,8 @@ class ProgramCompiler:
         """
         program = self.program
         schema = program.schema
+        warn_unapplied_labels(((f"connection program {s!r} -> {t!r}", cp.write_mode, cp.trigger)
+                               for (s, t), cp in program.connections.items()), "ProgramCompiler.compile")
         for flag_name, flag_value in (("requires_grad", requires_grad), ("resolve", resolve), ("lower", lower),
                                       ("preview", preview)):
             if not isinstance(flag_value, bool):
@@ -172,6 +175,7 @@ class ProgramCompiler:
         conns = list(schema.topology.connections) if schema.topology is not None else []
         active_connections = [c for c in conns if c.src in active and c.dst in active]
         if cortex is not None:
+            check_cortex_layout(cortex, schema.layout, active_connections)
             active_connections = apply_cortex(cortex, active_connections)
         reduced = reduced_schema(schema, active, active_connections)
 

@@ -20,6 +20,7 @@ Torch-free: the plugin layer is reached through its public functions, nothing el
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Dict, Iterable, Optional
 
 from canvas_core.compiler.lowering import lower
@@ -29,7 +30,27 @@ from canvas_core.plugins import RuntimeContext, get_kernel_spec, resolve_attenti
 from canvas_core.plugins.resolve import AUTO_KERNEL
 
 __all__ = ["ConnectionResolution", "ResolvedGroup", "resolve_plan", "resolve_connections", "MODULE_KERNEL",
-           "REFERENCE_KERNEL"]
+           "REFERENCE_KERNEL", "warn_unapplied_labels"]
+
+
+def warn_unapplied_labels(labelled: Iterable[Any], owner: str) -> None:
+    """One ``UserWarning`` for the ``(name, write_mode, trigger)`` entries of ``labelled`` that
+    set a write mode other than ``"add"`` or a trigger.  Both are labels a schema or checkpoint
+    keeps (canvas-engineering writes them too) but nothing at run time reads them: such a
+    connection runs exactly like one with ``write_mode="add"`` and no trigger.  The text is the same
+    for the same connections, so Python's warning filter shows it once, not once per layer."""
+    odd = [f"{name} (" + ", ".join(
+        ([f"write_mode={mode!r}"] if mode != "add" else []) + ([f"trigger={trig!r}"] if trig else [])) + ")"
+        for name, mode, trig in labelled if mode != "add" or trig]
+    if not odd:
+        return
+    shown = "; ".join(odd[:5]) + (f"; and {len(odd) - 5} more" if len(odd) > 5 else "")
+    warnings.warn(
+        f"{owner}: {shown}: write_mode and trigger are recorded in the schema / program (and its "
+        "checkpoints) but not applied: the layer runs these connections exactly as with write_mode='add' "
+        "and no trigger (its keys join its queries' attention whenever both regions run). Drop them, "
+        "or keep them knowing they only document an intent",
+        UserWarning, stacklevel=3)
 
 
 def _with_connection(exc: Exception, where: str) -> Exception:
@@ -91,6 +112,8 @@ def resolve_plan(plan: Any, *, device: Any = "cpu", dtype: str = "float32", head
     """
     if not plan.groups:  # nothing to run: nothing to resolve (and no kernel to check)
         return plan
+    warn_unapplied_labels(((f"connection {c.src!r} -> {c.dst!r}", c.write_mode, None)
+                           for c in plan.topology.connections), "attention layer")
     device = "cpu" if device is None else str(device)  # a torch.device prints as its name
     ctx = RuntimeContext(device=device, dtype=dtype, head_dim=head_dim, requires_grad=bool(requires_grad),
                          preview=bool(preview))

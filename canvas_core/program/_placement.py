@@ -10,6 +10,7 @@ from canvas_core.errors import CanvasTypeError, ProgramError
 from canvas_core.program._check import pos_int
 from canvas_core.program.fields import Field, LayoutStrategy
 from canvas_core.program.packing import auto_canvas_width, padded_canvas_shape, shelf_pack, stack_pack
+from canvas_core.schema._validate import check_ordered
 from canvas_core.schema.layout import CanvasLayout
 from canvas_core.schema.region import RegionSpec
 
@@ -39,6 +40,7 @@ def _resolve_canvas(spatial_shape: Any, H: Any, W: Any) -> Optional[Tuple[Option
     if spatial_shape is not None:
         if isinstance(spatial_shape, (str, bytes)) or not hasattr(spatial_shape, "__iter__"):
             raise CanvasTypeError(f"{where}: spatial_shape must be a tuple of ints or None, got {spatial_shape!r}")
+        check_ordered(spatial_shape, f"{where}: spatial_shape", "(8, 8)")
         shape = tuple(pos_int(s, where, "every spatial_shape entry") for s in spatial_shape)
         if not shape:
             raise ProgramError(f"{where}: spatial_shape=() has no spatial axis; use None to size the canvas automatically")

@@ -42,6 +42,7 @@ class _Node:
     leaves: List[str] = dc_field(default_factory=list)
     children: List["_Child"] = dc_field(default_factory=list)
     owner: str = ""                              # the type name of the object at this path
+    sizes: Optional[Tuple[int, int]] = None     # the walker's sizes() of the subtree, once asked
 
     def describe(self) -> str:
         """The object in an error message: ``Arm at 'robot.arm'`` or ``Robot (the root object)``."""
@@ -67,6 +68,8 @@ class _Walker:
         self._known: Optional[Tuple[Set[int], Set[int]]] = None
         self._held: Optional[Set[int]] = None   # see aliases()
         self.scan_left = [_SCAN_CAP]             # objects unwalked() may still look at
+        self.holds: Dict[int, Tuple[Any, bool]] = {}  # _holds_fields answers (one search per object)
+        self.open: Set[int] = set()              # the objects on the path being walked
 
     def known(self) -> Tuple[Set[int], Set[int]]:
         """The ids of the Fields and of the objects the walk reaches from the root through declared
@@ -123,13 +126,19 @@ class _Walker:
                 "and objects with Fields are walked, so they are left off the canvas (as canvas-engineering "
                 "leaves them). To make them regions, use a list or an object with one attribute per Field")
 
-    def walk(self, obj: Any, prefix: str, stack: Tuple[int, ...]) -> _Node:
-        if id(obj) in stack:
+    def walk(self, obj: Any, prefix: str) -> _Node:
+        if id(obj) in self.open:
             raise ProgramError(
                 f"the object tree refers back to itself at {prefix.rstrip('.') or 'the root'!r} "
                 f"({type(obj).__name__}); a canvas type must be a tree, not a cycle"
             )
-        stack = stack + (id(obj),)
+        self.open.add(id(obj))  # a set, not a tuple copied per level: O(1) per nested object
+        try:
+            return self._walk(obj, prefix)
+        finally:
+            self.open.discard(id(obj))
+
+    def _walk(self, obj: Any, prefix: str) -> _Node:
         owner = type(obj).__name__
         node = _Node(prefix.rstrip("."), owner=owner)
         attrs = _attributes(obj, self.known)
@@ -149,18 +158,18 @@ class _Walker:
         # Nested objects first, then lists of objects (each in declaration order), as in
         # canvas-engineering: this fixes the region order, hence placement and connection order.
         for name, value, meta in attrs:
-            if not isinstance(value, Field) and not _is_sequence(value) and _is_composite(value):
+            if not isinstance(value, Field) and not _is_sequence(value) and _is_composite(value, self.holds):
                 path = f"{prefix}{name}"
-                sub = self.walk(value, path + ".", stack)
+                sub = self.walk(value, path + ".")
                 if sub.has_fields():
                     node.children.append(_Child(False, [(path, self.coarse(value, meta, path, sub), sub)]))
         for name, value, meta in attrs:
             if _is_sequence(value):
                 elements = []
                 for i, v in enumerate(value):
-                    if _is_composite(v):
+                    if _is_composite(v, self.holds):
                         path = f"{prefix}{name}[{i}]"
-                        sub = self.walk(v, path + ".", stack)
+                        sub = self.walk(v, path + ".")
                         if sub.has_fields():
                             elements.append((path, self.coarse(v, meta, path, sub), sub))
                 if elements:
@@ -176,20 +185,27 @@ class _Walker:
         c = _coarse_field(value, meta, path, self.coarse_default)
         if c.period != 1:
             return c
-        members: List[Field] = []
-        todo = [sub]
-        while todo:
-            n = todo.pop()
-            members += [self.fields[leaf] for leaf in n.leaves]
-            for child in n.children:
-                for _, f, s in child.elements:
-                    members.append(f)
-                    todo.append(s)
-        total = sum(f.h * f.w for f in members)
+        total, weighted = self.sizes(sub)
         if not total:
             return c
-        period = max(1, round(sum(f.period * f.h * f.w for f in members) / total))
+        period = max(1, round(weighted / total))
         return c if period == 1 else dataclasses.replace(c, period=period)
+
+    def sizes(self, node: "_Node") -> Tuple[int, int]:
+        """``(sum of h * w, sum of period * h * w)`` over every field below ``node`` (its leaves,
+        and each nested object's coarse field and what is below it).  Kept on the node: the coarse
+        field of every level of a chain of N nested objects summed all of the chain below it, O(N^2).
+        Integer sums, so the order they are added in does not matter."""
+        if node.sizes is None:
+            leaves = [self.fields[leaf] for leaf in node.leaves]
+            total, weighted = sum(f.h * f.w for f in leaves), sum(f.period * f.h * f.w for f in leaves)
+            for child in node.children:
+                for _, f, s in child.elements:
+                    below = self.sizes(s)  # computed when s's own coarse field was made
+                    total += f.h * f.w + below[0]
+                    weighted += f.period * f.h * f.w + below[1]
+            node.sizes = (total, weighted)
+        return node.sizes
 
 
 def _check_mixed_list(path: str, value: Any, owner: str) -> None:
@@ -210,6 +226,27 @@ def _check_mixed_list(path: str, value: Any, owner: str) -> None:
             f"{path!r} are Fields / nested objects; a list of canvas fields can hold only Fields or "
             "objects with Fields. Remove that element or move it to a separate attribute"
         )
+    _check_fields_and_objects(path, value, owner)
+
+
+def _check_fields_and_objects(path: str, value: Any, owner: str) -> None:
+    """A list is either bare Fields or objects with Fields, never both: the two are walked as
+    different things (a bare Field is a region of the list's owner, an object a list element with
+    its own coarse summary), so a mix would be split, wired and ordered unlike the list."""
+    is_field = [isinstance(v, Field) for v in value]
+    if all(is_field) or not any(is_field):
+        return
+    i, j = sorted((is_field.index(False), is_field.index(True)))
+
+    def kind(v: Any) -> str:
+        return "a bare Field" if isinstance(v, Field) else f"a {type(v).__name__} object"
+
+    raise ProgramError(
+        f"{owner}: {path}[{j}] is {kind(value[j])}, but {path}[{i}] is {kind(value[i])}; the list {path!r} "
+        "mixes bare Fields and objects with Fields, which are not elements of the same kind (a bare Field "
+        f"would become a region of {owner}, not a list element). Wrap each bare Field in an object like "
+        "the others, or move the bare Fields to a separate attribute"
+    )
 
 
 def _declared(obj: Any, classes: Optional[dict] = None) -> List[Any]:
@@ -407,7 +444,7 @@ def _tree(root: Any, coarse_default: Field) -> Tuple[Dict[str, Field], _Node, se
             f"whose attributes are Fields, got {type(root).__name__} {root!r:.60}"
         )
     w = _Walker(coarse_default, root)
-    node = w.walk(root, "", ())
+    node = w.walk(root, "")
     if not node.has_fields():
         raise ProgramError(
             f"no Field attributes found in {type(root).__name__} (No Field attributes found in object "

@@ -258,9 +258,17 @@ def validate_constraints(program: CanvasProgram) -> List[str]:
       to a region whose first frame ``t0`` is the same or later.
 
     Returns human-readable strings, one per violation; ``[]`` when all hold.
+
+    Raises:
+        CanvasError: the program was changed in place into one its constructor refuses (a region
+            program for no region, a value that is no ``RegionProgram``, a connection naming a
+            missing region): the same error ``to_dict`` raises for it.
     """
     if not isinstance(program, CanvasProgram):
         raise CanvasTypeError(f"validate_constraints expects a CanvasProgram, got {type(program).__name__}")
+    program._check()  # the dicts / the topology's list may have been changed since construction
+    if program.schema.topology is not None:
+        program.schema.topology.validate(program.schema.layout)
     layout = program.schema.layout
     conns = program.schema.topology.connections if program.schema.topology is not None else []
     graph: Dict[str, List[str]] = {}

@@ -26,6 +26,8 @@ from typing import Any, Dict, Mapping, Optional
 from canvas_core.errors import CanvasError, CanvasTypeError, ProgramError, SchemaError, SchemaFormatError
 from canvas_core.program.clock_values import (_DOMAINS, _refuse, _step, int_at_least, optional_number,  # noqa: F401
                                               summary_number, time_domain)
+from canvas_core.program.clock_tree import MAX_DEPTH, LINKS, check_tree, is_sound, link_changed
+from canvas_core.program.clock_tree import dict_depth as _depth
 from canvas_core.program.constants import CLOCK_DOMAINS  # noqa: F401
 
 __all__ = [
@@ -79,23 +81,6 @@ class ClockNotSerializableError(CanvasError, NotImplementedError):
     """A custom clock expression (a user subclass of ``ClockExpr``) without ``to_dict``."""
 
 
-#: deepest nesting ``ClockExpr.from_dict`` accepts (far beyond any hand-written clock)
-MAX_DEPTH = 200
-
-
-def _depth(d: Any) -> int:
-    """Nesting depth of a clock dict (iterative, so a hostile dict cannot blow the stack)."""
-    best, stack = 0, [(d, 1)]
-    while stack:
-        node, k = stack.pop()
-        best = max(best, k)
-        if k > MAX_DEPTH:
-            return k
-        if isinstance(node, dict):
-            stack.extend((node[key], k + 1) for key in ("child", "left", "right") if isinstance(node.get(key), dict))
-    return best
-
-
 class ClockExpr:
     """One node of a clock expression tree: answers "does the region run now?" for a context.
     Subclass it for a custom leaf: implement ``evaluate(ctx) -> bool`` (and ``to_dict`` if it must be
@@ -105,17 +90,42 @@ class ClockExpr:
 
     _keys: tuple = ()
     _required: tuple = ()
-    _level = 1  # nesting depth of the tree below this node (leaves: 1)
+    _level = 1  # nesting depth of the tree below this node (leaves: 1), as far as this node knows
 
     def __setattr__(self, name: str, value: Any) -> None:
-        # a tree deeper than from_dict accepts overflows the stack in evaluate / to_dict / == / hash
-        if name in ("child", "left", "right") and isinstance(value, ClockExpr):
-            if (level := getattr(value, "_level", 1) + 1) > MAX_DEPTH:
-                raise ProgramError(f"{type(self).__name__}.{name}: this clock expression would be nested more than "
-                                   f"{MAX_DEPTH} levels deep (as from a loop of `clock = clock & other`); flatten it "
-                                   "(combine the leaves in a balanced tree, or use fewer nodes)")
-            object.__setattr__(self, "_level", max(self._level, level))
+        # every field is checked as the constructor checks it, also when set later (p.period = 0)
+        if name in self._keys:
+            value = self._checked(name, value)
+        if name in LINKS and isinstance(value, ClockExpr):
+            self._set_link(name, value)
+        else:
+            object.__setattr__(self, name, value)
+
+    def _checked(self, name: str, value: Any) -> Any:
+        """``value`` for the field ``name`` once it passes the field's check (subclasses)."""
+        return value
+
+    def _set_link(self, name: str, value: "ClockExpr") -> None:
+        # a tree deeper than from_dict accepts, or a cycle, overflows the stack in evaluate / to_dict /
+        # == / hash: refused here when the nodes below know it, else at the next use (clock_tree.py)
+        where = f"{type(self).__name__}.{name}"
+        if value is self:
+            raise ProgramError(f"{where}: a clock node cannot be its own {name} (a cycle: evaluating it would "
+                               "never end); assign another node")
+        others = (self.__dict__.get(k) for k in LINKS if k != name)
+        level = 1 + max([value._level] + [v._level for v in others if isinstance(v, ClockExpr)])
+        if level > MAX_DEPTH:
+            raise ProgramError(f"{where}: this clock expression would be nested more than {MAX_DEPTH} levels "
+                               "deep (as from a loop of `clock = clock & other`); flatten it (combine the leaves "
+                               "in a balanced tree, or use fewer nodes)")
         object.__setattr__(self, name, value)
+        object.__setattr__(self, "_level", level)
+        link_changed(self)
+
+    def _ensure_sound(self) -> None:
+        """Refuse (ProgramError) a tree changed into a cycle or past MAX_DEPTH since it was built."""
+        if not is_sound(self):
+            check_tree(self, ClockExpr, MAX_DEPTH)
 
     def evaluate(self, ctx: ClockContext) -> bool:
         """True when the region should run at the step ``ctx`` describes."""
@@ -177,6 +187,8 @@ class ClockExpr:
             return id(self)
 
     def __repr__(self) -> str:
+        if any(k in LINKS for k in self._keys):
+            self._ensure_sound()
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._keys)
         return f"{type(self).__name__}({args})"
 
@@ -199,8 +211,11 @@ class Periodic(ClockExpr):
     _required = ()
 
     def __init__(self, period: int = 1, domain: str = "external"):
-        self.period = int_at_least(period, "Periodic.period", 1)
-        self.domain = time_domain(domain, "Periodic")
+        self.period = period
+        self.domain = domain
+
+    def _checked(self, name: str, value: Any) -> Any:
+        return int_at_least(value, "Periodic.period", 1) if name == "period" else time_domain(value, "Periodic")
 
     def evaluate(self, ctx: ClockContext) -> bool:
         return ctx.external_t % self.period == 0
@@ -226,22 +241,22 @@ class OnEvent(ClockExpr):
 
     def __init__(self, source: str, gt: Optional[float] = None, lt: Optional[float] = None,
                  domain: str = "external"):
-        if not isinstance(source, str) or "." not in source:
-            raise SchemaError(f"OnEvent.source must be 'region.kind', got {source!r}")
         self.source = source
-        self.gt = optional_number(gt, "OnEvent.gt")
-        self.lt = optional_number(lt, "OnEvent.lt")
-        if self.gt is None and self.lt is None:
-            raise SchemaError(f"OnEvent({source!r}) needs at least one of gt= or lt= "
-                              "(OnEvent requires at least one of gt= or lt=)")
-        self.domain = time_domain(domain, "OnEvent")
-        gt = -math.inf if self.gt is None else self.gt
-        lt = math.inf if self.lt is None else self.lt
-        if not gt < lt or gt == math.inf or lt == -math.inf:
-            raise SchemaError(
-                f"OnEvent({source!r}, gt={self.gt!r}, lt={self.lt!r}) can never fire: no finite summary is "
-                f"above {self.gt!r} and below {self.lt!r}. For a band give gt < lt; to fire outside a band "
-                f"use Or(OnEvent({source!r}, gt=...), OnEvent({source!r}, lt=...))")
+        self.gt = gt
+        self.lt = lt  # checks the pair gt / lt
+        self.domain = domain
+
+    def _checked(self, name: str, value: Any) -> Any:
+        if name == "source":
+            if not isinstance(value, str) or "." not in value:
+                raise SchemaError(f"OnEvent.source must be 'region.kind', got {value!r}")
+            return value
+        if name == "domain":
+            return time_domain(value, "OnEvent")
+        value = optional_number(value, f"OnEvent.{name}")
+        if ("lt" if name == "gt" else "gt") in self.__dict__:  # both set: check the pair
+            _check_band(self.source, *((value, self.lt) if name == "gt" else (self.gt, value)))
+        return value
 
     def evaluate(self, ctx: ClockContext) -> bool:
         summaries = ctx.summaries or {}
@@ -267,6 +282,20 @@ class OnEvent(ClockExpr):
         return cls(d["source"], d.get("gt"), d.get("lt"), d.get("domain", "external"))
 
 
+def _check_band(source: str, gt: Optional[float], lt: Optional[float]) -> None:
+    """Refuse bounds no finite summary can satisfy (or none at all), naming the OnEvent."""
+    if gt is None and lt is None:
+        raise SchemaError(f"OnEvent({source!r}) needs at least one of gt= or lt= "
+                          "(OnEvent requires at least one of gt= or lt=)")
+    lo = -math.inf if gt is None else gt
+    hi = math.inf if lt is None else lt
+    if not lo < hi or lo == math.inf or hi == -math.inf:
+        raise SchemaError(
+            f"OnEvent({source!r}, gt={gt!r}, lt={lt!r}) can never fire: no finite summary is "
+            f"above {gt!r} and below {lt!r}. For a band give gt < lt; to fire outside a band "
+            f"use Or(OnEvent({source!r}, gt=...), OnEvent({source!r}, lt=...))")
+
+
 class BoundaryExpr(ClockExpr):
     """Runs at the step where the lifecycle event called ``name`` happens (``ctx.boundary == name``)."""
 
@@ -274,9 +303,12 @@ class BoundaryExpr(ClockExpr):
     _required = ("name",)
 
     def __init__(self, name: str):
-        if not isinstance(name, str) or not name:
-            raise SchemaError(f"BoundaryExpr.name must be a non-empty string, got {name!r}")
         self.name = name
+
+    def _checked(self, name: str, value: Any) -> Any:
+        if not isinstance(value, str) or not value:
+            raise SchemaError(f"BoundaryExpr.name must be a non-empty string, got {value!r}")
+        return value
 
     def evaluate(self, ctx: ClockContext) -> bool:
         return ctx.boundary == self.name
@@ -295,10 +327,14 @@ class _Binary(ClockExpr):
     _tag = ""
 
     def __init__(self, left: ClockExpr, right: ClockExpr):
-        self.left = clock_child(left, f"{type(self).__name__}.left")
-        self.right = clock_child(right, f"{type(self).__name__}.right")
+        self.left = left
+        self.right = right
+
+    def _checked(self, name: str, value: Any) -> Any:
+        return clock_child(value, f"{type(self).__name__}.{name}")
 
     def to_dict(self) -> dict:
+        self._ensure_sound()
         return {"type": self._tag, "left": self.left.to_dict(), "right": self.right.to_dict()}
 
     @classmethod
@@ -312,6 +348,7 @@ class And(_Binary):
     _tag = "and"
 
     def evaluate(self, ctx: ClockContext) -> bool:
+        self._ensure_sound()
         # both sides are asked every time (no short cut), so neither side's answer depends on the order
         a, b = self.left.evaluate(ctx), self.right.evaluate(ctx)
         return a and b
@@ -323,6 +360,7 @@ class Or(_Binary):
     _tag = "or"
 
     def evaluate(self, ctx: ClockContext) -> bool:
+        self._ensure_sound()
         a, b = self.left.evaluate(ctx), self.right.evaluate(ctx)
         return a or b
 
@@ -334,12 +372,17 @@ class Not(ClockExpr):
     _required = ("child",)
 
     def __init__(self, child: ClockExpr):
-        self.child = clock_child(child, "Not.child")
+        self.child = child
+
+    def _checked(self, name: str, value: Any) -> Any:
+        return clock_child(value, "Not.child")
 
     def evaluate(self, ctx: ClockContext) -> bool:
+        self._ensure_sound()
         return not self.child.evaluate(ctx)
 
     def to_dict(self) -> dict:
+        self._ensure_sound()
         return {"type": "not", "child": self.child.to_dict()}
 
     @classmethod
@@ -354,14 +397,22 @@ class Cooldown(ClockExpr):
     _keys = ("child", "steps")
     _required = ("child",)
 
+    _min_steps = 0
+
     def __init__(self, child: ClockExpr, steps: int = 1):
-        self.child = clock_child(child, "Cooldown.child")
-        self.steps = int_at_least(steps, "Cooldown.steps", 0)
+        self.child = child
+        self.steps = steps
+
+    def _checked(self, name: str, value: Any) -> Any:
+        what = f"{type(self).__name__}.{name}"
+        return clock_child(value, what) if name == "child" else int_at_least(value, what, self._min_steps)
 
     def evaluate(self, ctx: ClockContext) -> bool:
+        self._ensure_sound()
         return ctx.external_t >= ctx.cooldown_until and self.child.evaluate(ctx)
 
     def to_dict(self) -> dict:
+        self._ensure_sound()
         return {"type": "cooldown", "child": self.child.to_dict(), "steps": self.steps}
 
     @classmethod
@@ -375,16 +426,21 @@ class MaxSilence(ClockExpr):
 
     _keys = ("child", "steps")
     _required = ("child",)
+    _min_steps = 1
 
     def __init__(self, child: ClockExpr, steps: int = 10):
-        self.child = clock_child(child, "MaxSilence.child")
-        self.steps = int_at_least(steps, "MaxSilence.steps", 1)
+        self.child = child
+        self.steps = steps
+
+    _checked = Cooldown._checked
 
     def evaluate(self, ctx: ClockContext) -> bool:
+        self._ensure_sound()
         fired = self.child.evaluate(ctx)
         return fired or ctx.last_fired < 0 or (ctx.external_t - ctx.last_fired) >= self.steps
 
     def to_dict(self) -> dict:
+        self._ensure_sound()
         return {"type": "max_silence", "child": self.child.to_dict(), "steps": self.steps}
 
     @classmethod

@@ -26,9 +26,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from canvas_core.errors import CanvasTypeError, SchemaError, UnknownRegionError
+from canvas_core.errors import (CanvasTypeError, ProgramError, SchemaError, ShapeError, UnknownRegionError,
+                                 closest)
 
-__all__ = ["CortexSpec", "CortexRegistry", "UnknownCortexError", "UnassignedRegionError"]
+__all__ = ["CortexSpec", "CortexRegistry", "UnknownCortexError", "UnassignedRegionError", "check_cortex_layout"]
 
 
 class UnknownCortexError(UnknownRegionError, KeyError):
@@ -236,3 +237,36 @@ class CortexRegistry:
 
     def __repr__(self) -> str:
         return f"CortexRegistry(cortices={self.n_cortices}, assigned={self.n_assigned})"
+
+
+def check_cortex_layout(registry: Any, layout: Any, connections: List[Any]) -> None:
+    """Refuse a registry that does not fit the compiled layout, before its tiling is applied.
+
+    * ``ProgramError``: a region assigned to a zone is no region of ``layout`` (a misspelt
+      ``assign`` would otherwise do nothing), listing the unknown and the known names (closest
+      match first);
+    * ``ShapeError``: a zone whose tiling some of ``connections`` (intra-zone, no mask of their
+      own) would take has a ``tile`` of another rank than the canvas, naming the zone, its regions
+      and a tile of the right rank.
+    """
+    if not isinstance(registry, CortexRegistry):
+        raise CanvasTypeError(f"ProgramCompiler.compile: cortex must be a CortexRegistry, got {type(registry).__name__}")
+    known = list(layout.regions)
+    unknown = sorted(r for r in registry._assign if r not in layout.regions)
+    if unknown:
+        first = closest(unknown[0], known, cutoff=0.6)
+        order = ([first] if first else []) + [r for r in known if r != first]
+        raise ProgramError(
+            f"CortexRegistry: region(s) {unknown} are assigned to a cortex but are no region of the compiled "
+            f"layout (regions: {order[:20]}{' ...' if len(order) > 20 else ''}); fix the name in assign() "
+            "or unassign it")
+    ndim = len(layout.spatial_shape)
+    used = {registry._assign[c.src] for c in connections
+            if getattr(c, "mask", None) is None and registry.same_cortex(c.src, c.dst)}
+    for name in sorted(used):
+        zone = registry._cortices[name]
+        if len(zone.tile) != ndim:
+            raise ShapeError(
+                f"cortex {name!r} (regions {registry.regions_in(name)}): tile {zone.tile} has {len(zone.tile)} "
+                f"dims but the canvas has {ndim} spatial dims (spatial_shape={tuple(layout.spatial_shape)}); "
+                f"register the zone with one tile size per spatial dim, e.g. tile={(4,) * ndim}")

@@ -175,8 +175,12 @@ class ConnectionProgram:
         operator: Semantic intent: attend, observe, predict, integrate, write, retrieve, act,
             intervene, emit_residual, correct, compress, bind.
         trigger: Optional firing condition over residual summaries, e.g.
-            ``"vision.prediction > 0.25"`` (interpreted by the scheduler).
-        write_mode: How the output accumulates at the destination: add, replace or gate.
+            ``"vision.prediction > 0.25"``.  A recorded label only: it is validated, saved and
+            loaded (as canvas-engineering keeps it) but nothing reads it, so the connection runs
+            on every step its regions run; gate a region with a ``ClockSpec`` / ``RegionScheduler``.
+        write_mode: Intended accumulation at the destination: add, replace or gate.  A recorded
+            label only: every mode runs like ``"add"``.  Compiling a program that sets a trigger or
+            a write mode other than ``"add"`` warns (``UserWarning``) that it is not applied.
     """
 
     operator: str = "attend"

@@ -84,7 +84,9 @@ class Connection:
         t_dst: Frame offset of the keys from the reference frame; None = every frame.
         fn: Attention function type; None = the src region's ``default_attn``.
         operator: Semantic intent (set by ``compile_program``: observe, predict, act, ...).
-        write_mode: How the output accumulates at the destination: add, replace or gate.
+        write_mode: Intended accumulation at the destination: add, replace or gate.  A recorded
+            label (kept in schemas and checkpoints) that the runtime does not apply: every mode
+            runs like ``"add"``, and building a layer with another mode warns (``UserWarning``).
         temporal_fill: What to link when no destination frame sits at the target.
         interpolation_order: Order of ``TemporalFill.INTERPOLATE`` (1 = linear).
         mask: Optional ``MaskSpec`` restricting which position pairs of the two regions link.
