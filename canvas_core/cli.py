@@ -184,9 +184,8 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except BrokenPipeError:  # the reader went away (`canvas plugins --json | true`): not an error of ours
         _quiet_stdout()
         return 0
-    except RecursionError:
-        return _fail(args.command, "the input is nested too deeply to be processed (a JSON file with "
-                     "thousands of nested arrays/objects?); check the file")
+    except RecursionError as exc:
+        return _fail(args.command, _recursion_message(exc))
     except OSError as exc:  # a path the system refuses (missing folder, read-only, a directory, ...)
         if getattr(exc, "filename", None):
             return _fail(args.command, f"cannot use {exc.filename!r}: {exc.strerror or exc}")
@@ -196,6 +195,23 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return _fail(args.command, f"cannot use a file or device: {exc.strerror or exc}")
     except UnicodeError as exc:
         return _fail(args.command, f"text that cannot be encoded or decoded: {exc}")
+
+
+def _recursion_message(exc: RecursionError) -> str:
+    """What a RecursionError that reached the command means: canvas-core (or the json module)
+    recursing over a deeply nested input file, or some other code (a plugin's) recursing without
+    end, named by the file and function of the innermost frame."""
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    last = frames[-1] if frames else None
+    ours = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    if last is None or os.path.abspath(last.filename).startswith(ours) or \
+            os.path.basename(os.path.dirname(last.filename)) == "json":
+        return ("the input is nested too deeply to be processed (a JSON file with thousands of nested "
+                "arrays/objects?); check the file")
+    return (f"code outside canvas-core recursed without end ({last.filename}, in {last.name}); it is not "
+            "the input file: fix that code or report it to its author (a plugin's?)")
 
 
 if __name__ == "__main__":  # python -m canvas_core.cli

@@ -10,7 +10,6 @@ stderr too); ``--strict`` turns that into exit status 1.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
 import json
 import os
@@ -19,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Tuple
 
+from canvas_core.commands._output import plugin_output_to_stderr
 from canvas_core.errors import SchemaFormatError
 from canvas_core.schema.jsonio import json_type_name, loads_strict, read_text_capped
 
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
     from canvas_core.plugins import get_host
 
-    with contextlib.redirect_stdout(sys.stderr):  # a plugin's prints must not corrupt --json's output
+    with plugin_output_to_stderr():  # a plugin's prints must not corrupt --json's output
         program, schema, label = load_program_or_schema(args.file)
         get_host().ensure_loaded()
     if program is None:
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     kwargs["preview"] = device_missing(str(args.device))
     # compiling runs plugins' availability checks: what they print goes to stderr, and the
     # output is written whole afterwards
-    with contextlib.redirect_stdout(sys.stderr):
+    with plugin_output_to_stderr():
         compiled = ProgramCompiler(program).compile(**kwargs)
         if args.json:
             text = json.dumps(compiled.to_dict(), indent=2, default=str)

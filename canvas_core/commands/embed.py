@@ -9,7 +9,9 @@ embedder (default ``minilm`` from ``canvas-plugin-semantic``, which runs offline
 
 Output: the embedded schema JSON goes to ``-o`` when given (a one-line summary is printed),
 otherwise to stdout, so ``canvas embed s.json > s.embedded.json`` works.  The input file is
-never modified unless ``-o`` names it.
+never modified unless ``-o`` names it.  What plugins print (importing, registering, building or
+running the embedder) goes to stderr, so it cannot corrupt the JSON; an embedder that fails while
+embedding is one line naming it and its provider (exit 2), and nothing is written.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from canvas_core.commands._output import output_path, plugin_output_to_stderr
+
 INSTALL_HINT = "install the default embedder with `pip install canvas-plugin-semantic`"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("schema", type=Path, help="schema or program JSON file")
-    parser.add_argument("-o", "--output", type=Path,
+    parser.add_argument("-o", "--output", type=output_path,
                         help="write the embedded schema here (default: print it to stdout)")
     parser.add_argument("--embedder", default="minilm",
                         help="registered embedder name (default: minilm, from canvas-plugin-semantic)")
@@ -47,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         what = "the canvas program" if program is not None else "the canvas schema"
         check_write_target(args.output, what, error=SchemaFormatError)
     try:
-        out = embed_schema(schema, args.embedder)
+        with plugin_output_to_stderr():  # the plugins load, and the embedder runs, in here
+            out = embed_schema(schema, args.embedder)
     except UnknownNameError as exc:
         msg = str(exc)
         if "pip install" in msg or "installed but not loaded" in msg:

@@ -11,17 +11,19 @@ imported) is marked BROKEN; a plugin name refused because a builtin has it is sh
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
 from typing import Any, Dict, List
+
+from canvas_core.commands._output import plugin_output_to_stderr
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     parser.add_argument("--device", default="auto",
                         help="device availability is checked for: cpu, cuda, mps or auto (default)")
-    parser.add_argument("--dtype", default="float32", help="dtype availability is checked for (default float32)")
+    parser.add_argument("--dtype", default="float32",
+                        help="dtype availability is checked for: float32 (default), float16, bfloat16 or float64")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 1 when a plugin failed to load, two plugins conflict (a builtin "
                              "name included), a plugin has a misspelt hook, or a lazy factory module is missing")
@@ -128,18 +130,22 @@ def _text(doc: Dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from canvas_core.compiler.passes import dtype_name
     from canvas_core.plugins import get_host
 
+    # the dtypes `canvas compile` takes, refused the same way (an integer dtype lists nothing
+    # that could run on it); checked before the plugins load
+    dtype = dtype_name(getattr(args, "dtype", "float32") or "float32")
     # load the plugins before anything imports torch, so that a plugin importing torch (or
     # another heavy package) while registering is noticed and reported as a warning; what a
     # plugin prints meanwhile (importing, or in a kernel's availability check while the document is
     # collected) goes to stderr, so that --json's document stays one JSON value
-    with contextlib.redirect_stdout(sys.stderr):
+    with plugin_output_to_stderr():
         get_host().ensure_loaded()
         device = getattr(args, "device", "auto") or "auto"
         if device == "auto":
             device = _auto_device()
-        doc = collect(device=device, dtype=getattr(args, "dtype", "float32") or "float32")
+        doc = collect(device=device, dtype=dtype)
     if getattr(args, "json", False):
         json.dump(doc, sys.stdout, indent=2, sort_keys=False, default=str)
         sys.stdout.write("\n")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+
+from canvas_core.commands._output import output_path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-o", "--output", type=Path, help="write to this file instead of stdout")
+    parser.add_argument("-o", "--output", type=output_path, help="write to this file instead of stdout")
 
 
 def run(args: argparse.Namespace) -> int:

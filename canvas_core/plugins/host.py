@@ -22,15 +22,13 @@ from canvas_core.plugins.loading import (
     PluginRecord, discover_entry_points, entry_point_distribution, entry_point_ids, read_settings,
     waits_for_current_thread, warn_unknown_names, watch_plugin_load,
 )
-from canvas_core.plugins.registry import BUILTIN_PLUGIN, KINDS, NOUNS, Registry, UnknownNameKeyError, check_kind  # noqa: F401
+from canvas_core.plugins.registry import API_STEMS, BUILTIN_PLUGIN, KINDS, NOUNS, Registry, UnknownNameKeyError, check_kind  # noqa: F401
 from canvas_core.plugins.scoped import PluginScopedRegistry
 from canvas_core.plugins.spec import IN_PROCESS, Spec
 # the error for a name nobody provides (the two helpers stay importable from here)
 from canvas_core.plugins.unknown_names import _attach, _unloaded_provider_error, unknown_name_error  # noqa: F401
 
-#: registry kind -> the stem of its ``register_*`` / ``unregister_*`` functions (error messages)
-_ONE = {"attention": "attention", "kernels": "kernel", "backbones": "backbone", "identity": "identity_binder",
-        "embedders": "embedder"}
+_ONE = API_STEMS  # registry kind -> the stem of its register_* / unregister_* functions
 
 
 class PluginHost:

@@ -14,6 +14,9 @@ BUILTIN_PLUGIN = "builtin"
 NOUNS: Dict[str, str] = {"attention": "attention type", "kernels": "attention kernel",
                          "backbones": "backbone adapter", "identity": "identity binder", "embedders": "embedder"}
 KINDS: Tuple[str, ...] = tuple(NOUNS)
+#: registry kind -> the stem of its ``register_*`` / ``unregister_*`` functions (error messages)
+API_STEMS: Dict[str, str] = {"attention": "attention", "kernels": "kernel", "backbones": "backbone",
+                             "identity": "identity_binder", "embedders": "embedder"}
 _BLOCK_HINT = "CANVAS_BLOCK_PLUGINS=<plugin or distribution>"
 
 
@@ -168,11 +171,27 @@ class Registry:
         if stack and not override:
             raise DuplicateRegistrationError(
                 f"{self.noun} {spec.name!r} is provided twice: by {stack[-1].describe_provider()} and by "
-                f"{spec.describe_provider()}. Pass override=True to replace the first one on "
-                f"purpose, or uninstall / block one of the two plugins ({_BLOCK_HINT}).")
+                f"{spec.describe_provider()}. {self._duplicate_fix(stack[-1], spec)}")
         st.stacks.setdefault(spec.name, []).append(spec)
         if override:  # replaced on purpose: hidden while it is on top, back when it is removed (replay)
             st.conflicts_.pop(spec.name, None)
+
+    def _duplicate_fix(self, first: Spec, second: Spec) -> str:
+        """How to resolve a plain registration of a name that ``first`` already provides: a name
+        registered in this process (``register_*``) is unregistered or overridden in code; only
+        two installed plugins are a matter of uninstalling or blocking one."""
+        stem = API_STEMS.get(self.kind, self.kind)
+        override = f"pass override=True to register_{stem}({second.name!r}, ...) to replace it on purpose"
+        if first.plugin == IN_PROCESS:
+            return (f"The first registration was made in this process: remove it first with "
+                    f"unregister_{stem}({second.name!r}), or {override}.")
+        if second.plugin == IN_PROCESS and first.plugin == BUILTIN_PLUGIN:
+            return f"The first one is canvas-core's own: register yours under another name, or {override}."
+        if second.plugin == IN_PROCESS:
+            return (f"The first one comes from an installed plugin: register yours under another name, or "
+                    f"{override} (or keep that plugin from loading: {_BLOCK_HINT}).")
+        return (f"Pass override=True to replace the first one on purpose, or uninstall / block one of the "
+                f"two plugins ({_BLOCK_HINT}).")
 
     @staticmethod
     def _from_builtin(st: RegistryState, name: str) -> bool:
