@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import torch
 from torch import nn
 
+from canvas_core.demo.pretrained_checks import diffusers_weight_files, refuse_partial_load, vit_dropped_head
 from canvas_core.errors import BackboneError, UnknownNameError
 
 __all__ = ["DemoBackbone", "BACKBONES", "get_backbone"]
@@ -96,7 +97,11 @@ def _load_diffusers(cls_path: str) -> Callable[[Path], nn.Module]:
             raise BackboneError(f"--pretrained {str(path)!r} could not be loaded as a {name}: {exc}; "
                                 f"give a directory written by {name}.save_pretrained (safetensors weights, its "
                                 "default: pickled .bin weights are not read)") from exc
-        _attach_prompt(model, path / (sub or "") / "prompt.safetensors")
+        folder = path / (sub or "")
+        refuse_partial_load(model, diffusers_weight_files(folder), f"--pretrained {str(path)!r}",
+                            f"{config} must describe the architecture the weights were saved from (e.g. its "
+                            f"num_layers): write the directory again with {name}.save_pretrained, or correct config.json")
+        _attach_prompt(model, folder / "prompt.safetensors")
         return model
     return load
 
@@ -254,7 +259,12 @@ def _vit_load(path: Path) -> nn.Module:
     ``model.safetensors`` of the demo's tiny ViT configuration."""
     import timm
 
+    weights = path / "model.safetensors"
     if (path / "config.json").exists():
+        if not weights.is_file():  # timm would fall back to pickled weights, whose names cannot be checked
+            raise BackboneError(f"--pretrained {str(path)!r} has config.json but no model.safetensors; write it with "
+                                "timm.models.save_for_hf(model, dir, safe_serialization=True) (pickled weights are "
+                                "not read)")
         name, kwargs = f"local-dir:{path}", {}
     elif (path / "model.safetensors").exists():
         name = "vit_tiny_patch16_224"
@@ -272,6 +282,12 @@ def _vit_load(path: Path) -> nn.Module:
     if type(model).__name__ != "VisionTransformer":
         raise BackboneError(f"--pretrained {str(path)!r} holds a timm {type(model).__name__}, not a "
                             "VisionTransformer; the vit backbone needs a timm ViT")
+    # timm loads a file without config.json non-strictly (num_classes=0 differs from the 1000 classes
+    # of vit_tiny_patch16_224), so compare the names here: only the dropped classifier may be left out
+    refuse_partial_load(model, [weights], f"--pretrained {str(path)!r}",
+                        "give the weights of the model config.json describes (timm.models.save_for_hf), or without "
+                        "config.json a state_dict of vit_tiny_patch16_224 at img_size=32, patch_size=8, depth=2, "
+                        "embed_dim=32, num_heads=2, in_chans=4", expected_extra=vit_dropped_head(model))
     return model
 
 
