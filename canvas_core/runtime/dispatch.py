@@ -15,8 +15,10 @@ from typing import Any, Optional, Set
 import numpy as np
 import torch
 
+from canvas_core.compiler.lowering import lower
+from canvas_core.compiler.plan import ExecutionPlan
 from canvas_core.errors import CanvasTypeError
-from canvas_core.runtime.canvas_attention import CanvasAttention
+from canvas_core.runtime.canvas_attention import CanvasAttention, plan_stamps
 
 __all__ = ["AttentionDispatcher"]
 
@@ -26,6 +28,27 @@ def _without_time(topology: Any) -> Any:
         return topology  # not a topology: the layer's build says so
     conns = [dataclasses.replace(c, t_src=None, t_dst=None) for c in topology.connections]
     return type(topology)(connections=conns)
+
+
+def _plan_without_time(plan: ExecutionPlan) -> ExecutionPlan:
+    """``plan`` lowered again from its topology with every offset dropped; same fn type per
+    connection and each group's resolution (kernel) kept.  A plan without offsets is returned
+    as it is.  A plan whose layout or topology changed since it was lowered is refused first."""
+    plan_stamps(plan, "AttentionDispatcher")  # stale: refused, naming the fix
+    conns = plan.topology.connections
+    if all(c.t_src is None and c.t_dst is None for c in conns):
+        return plan
+    bare = lower(_without_time(plan.topology), plan.layout, resolve_fn=list(plan.fn_of_connection),
+                 warn_unlinked=False)
+    groups = {fn: dataclasses.replace(g, resolved=plan.groups[fn].resolved) for fn, g in bare.groups.items()}
+    return dataclasses.replace(bare, groups=groups)
+
+
+def _skip_time(plan_or_topology: Any) -> Any:
+    """What the layer runs under ``skip_temporal=True``: the topology or plan without offsets."""
+    if isinstance(plan_or_topology, ExecutionPlan):
+        return _plan_without_time(plan_or_topology)
+    return _without_time(plan_or_topology)
 
 
 def _check_arguments(skip_temporal: Any, accumulator: Any) -> None:
@@ -45,13 +68,14 @@ class AttentionDispatcher(CanvasAttention):
     per other type, never one call per connection.
 
     Args:
-        topology: the ``CanvasTopology`` to run.
+        topology: the ``CanvasTopology`` to run, or an ``ExecutionPlan`` lowered from one.
         layout: the ``CanvasLayout`` that places its regions.
         d_model: width of the hidden states.
         n_heads: heads of the softmax-family attention.
         dropout: attention dropout, applied only in training mode.
         skip_temporal: drop every ``t_src`` / ``t_dst`` first, so each connection links all
-            frames of its regions.
+            frames of its regions.  A plan is lowered again from its topology without them
+            (each connection keeps its fn type, each type its resolved kernel).
         residual_accumulator: optional ``ResidualAccumulator``; after each forward, each region
             it tracks (and the layout has) receives ``output - x`` restricted to that region.
         **kwargs: forwarded to :class:`CanvasAttention` (``kernel``, ``attention_factory``, ...).
@@ -61,7 +85,7 @@ class AttentionDispatcher(CanvasAttention):
                  dropout: float = 0.0, skip_temporal: bool = False, residual_accumulator=None,
                  **kwargs: Any) -> None:
         _check_arguments(skip_temporal, residual_accumulator)
-        topo = _without_time(topology) if skip_temporal else topology
+        topo = _skip_time(topology) if skip_temporal else topology
         super().__init__(topo, layout, d_model=d_model, n_heads=n_heads, dropout=dropout, **kwargs)
         self.topology = topology
         self.layout = layout
