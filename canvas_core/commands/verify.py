@@ -2,7 +2,10 @@
 read only what the topology declares (:func:`canvas_core.verify_structure`).
 
 Exit status: 0 when the structure verifies, 1 when something undeclared was read (with
-``--require-signal``, also when a declared connection carries no signal), 2 for bad arguments or files.
+``--require-signal``, also when a declared connection carries no signal), 2 for bad arguments or files
+and for a plugin's type or kernel that fails under the probe (it raises, or returns NaN / inf): one
+line naming it.  Whatever plugins print while they load and run goes to standard error, so that the
+report (``--json`` included) is all that standard output holds.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ import json
 import sys
 import time
 from typing import Callable, Optional
+
+from canvas_core.commands._output import plugin_output_to_stderr
 
 
 def _int_at_least(minimum: int, wanted: str, maximum: Optional[int] = None, too_big: Optional[str] = None):
@@ -85,10 +90,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=_seed, default=0, help="random seed, 0 to 2**63 - 1 (default 0)")
     parser.add_argument("--require-signal", action="store_true",
                         help="also fail when a declared connection carries no signal at all")
+    parser.add_argument("--as-built", action="store_true",
+                        help="probe the core's reference kernel in the mode the layers built it in (default: its "
+                             "leaner segments mode on canvases of 1,024 positions or more; same function, faster)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
 def run(args: argparse.Namespace) -> int:
+    with plugin_output_to_stderr():  # plugins print at import, in hooks, in forward: not into the report
+        report, label, heads, d_model = _verify(args)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    if args.json:
+        print(json.dumps(dict(report.to_dict(), source=label, layers=args.layers), indent=2, default=str))
+    else:
+        print(f"verified {label}: {args.layers} layer(s) of width {d_model}, {heads} heads\n")
+        print(report)
+    return 0 if report.ok else 1
+
+
+def _verify(args: argparse.Namespace):
+    """``(report, label, heads, width)``: the file compiled, its layers built and verified."""
     from canvas_core.commands.compile import load_program_or_schema
     from canvas_core.errors import SchemaError
 
@@ -120,13 +142,6 @@ def run(args: argparse.Namespace) -> int:
                           f"{label}; use a smaller --width or fewer --layers") from None
     model = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
     report = verify_structure(model, d_model=d_model, max_exact=args.max_exact, samples=args.samples, probes=args.probes,
-                              seed=args.seed, require_signal=args.require_signal,
+                              seed=args.seed, require_signal=args.require_signal, as_built=args.as_built,
                               progress=_progress_line() if sys.stderr.isatty() else None)
-    if sys.stderr.isatty():
-        print(file=sys.stderr)
-    if args.json:
-        print(json.dumps(dict(report.to_dict(), source=label, layers=args.layers), indent=2, default=str))
-    else:
-        print(f"verified {label}: {args.layers} layer(s) of width {d_model}, {heads} heads\n")
-        print(report)
-    return 0 if report.ok else 1
+    return report, label, heads, d_model

@@ -42,6 +42,7 @@ from canvas_core.runtime.verify_probe import (  # noqa: F401
     probe_rows, query_cells, undeclared_entries,
 )
 from canvas_core.runtime.verify_report import DeadLink, StructureReport, UndeclaredDependency  # noqa: F401
+from canvas_core.runtime.verify_guard import check_finite, lean_kernels, naming_failures
 from canvas_core.runtime.verify_run import _Run, _device_dtype, _probing, _randn
 
 __all__ = ["verify_structure", "StructureReport"]
@@ -74,8 +75,9 @@ def _softmax_group(ex: Any, i: int, scale: float, qkv: Callable[[torch.Tensor], 
 
 
 def _judge_groups(run: _Run, where: str, plan: Any, labels: PositionLabels, queries: np.ndarray,
-                  groups: Dict[str, Tuple[Callable, Callable]]) -> np.ndarray:
-    """Probe each fn group on its own; returns the (nq, n) bool union of its undeclared reads."""
+                  groups: Dict[str, Tuple[Callable, Callable]], runs: Any) -> np.ndarray:
+    """Probe each fn group on its own; returns the (nq, n) bool union of its undeclared reads.
+    ``runs``: the runner (its kernels and fn modules, named when they fail)."""
     n = int(plan.n)
     seen = np.zeros((len(queries), n), dtype=bool)
     by_fn: Dict[str, np.ndarray] = {}
@@ -85,13 +87,11 @@ def _judge_groups(run: _Run, where: str, plan: Any, labels: PositionLabels, quer
     for f, (fn, make) in list(groups.items()):
         if not any(g == f and ci in linked for ci, g in enumerate(plan.fn_of_connection)):
             continue  # links nothing: its connections are dead links (below), gate or no gate
-        if _silent(fn, make, run.gen):
-            n_conn = sum(1 for ci, g in enumerate(plan.fn_of_connection) if g == f and ci in linked)
-            run.notes.append(f"{where}: fn {f!r} outputs 0 whatever its input (a gate that starts closed?), so its "
-                             f"{n_conn} connection(s) carry no signal yet; not counted as dead links")
-            continue
         allowed = declared_rows([plan], queries, fn=f)
-        s = run.probe(f"{where} fn {f!r}", fn, make, queries, n, allowed=allowed, cells=cells)
+        with naming_failures(f"{where} fn {f!r}", plan, runs.modules, runs.kernels.get(f, "")):
+            s = _probe_group(run, where, f, (fn, make), plan, queries, allowed, cells)
+        if s is None:
+            continue
         by_fn[f] = s
         entries, bad = undeclared_entries(where, f, s, allowed, queries, labels, run.rtol)
         run.undeclared += entries
@@ -102,13 +102,52 @@ def _judge_groups(run: _Run, where: str, plan: Any, labels: PositionLabels, quer
     return seen
 
 
+def _probe_group(run: _Run, where: str, f: str, group: Tuple[Callable, Callable], plan: Any, queries: np.ndarray,
+                 allowed: np.ndarray, cells: np.ndarray) -> Optional[np.ndarray]:
+    """The strengths of fn group ``f`` probed alone, or None (with a note) when it outputs 0 whatever its input."""
+    fn, make = group
+    if _silent(fn, make, run.gen):
+        linked = linked_connections(plan)
+        n_conn = sum(1 for ci, g in enumerate(plan.fn_of_connection) if g == f and ci in linked)
+        run.notes.append(f"{where}: fn {f!r} outputs 0 whatever its input (a gate that starts closed?), so its "
+                         f"{n_conn} connection(s) carry no signal yet; not counted as dead links")
+        return None
+    return run.probe(f"{where} fn {f!r}", fn, make, queries, int(plan.n), allowed=allowed, cells=cells)
+
+
+class _Runs:
+    """What runs each fn type of a runner, named when it fails: ``modules`` (fn -> its module, or its
+    softmax kernel) and ``kernels`` (softmax fn -> the kernel's description)."""
+
+    def __init__(self, ex: Any, mods: Dict[str, nn.Module]) -> None:
+        self.modules: Dict[str, nn.Module] = dict(mods)
+        for i, f in enumerate(ex.soft_fns):
+            if f"k{i}" in ex.kernels:
+                self.modules[f] = ex.kernels[f"k{i}"]
+        self.kernels = {f: f"kernel {k}" for f, k in ex.describe_kernels().items() if f in ex.soft_fns}
+
+
+def _model_runs(model: nn.Module) -> Tuple[Any, List[Tuple[str, nn.Module]]]:
+    """The first canvas layer's plan, and ``(fn, its module or kernel)`` over every canvas layer of ``model``."""
+    from canvas_core.runtime.canvas_attention import CanvasAttention
+
+    plan, out = None, []
+    for layer in (m for m in model.modules() if isinstance(m, CanvasAttention)):
+        plan = plan if plan is not None else layer.plan
+        mods = {f: layer.fn_modules[f.replace(".", "__")] for f in layer.executor.other_names}
+        out += list(_Runs(layer.executor, mods).modules.items())
+    return plan, out
+
+
 def _silent(fn: Callable, make: Callable, gen: torch.Generator) -> bool:
     """Whether ``fn``'s output depends on no input at all (e.g. a type whose gate starts at 0)."""
     x = make(1, gen).requires_grad_(True)
     out = fn(x)
+    check_finite(out, "output")
     if not out.requires_grad:
         return True
     (g,) = torch.autograd.grad(out, x, torch.randn(out.shape, generator=gen).to(out), allow_unused=True)
+    check_finite(g, "gradient")
     return g is None or not bool(g.abs().max() > 0)
 
 
@@ -145,11 +184,13 @@ def _verify_layer(run: _Run, layer: nn.Module, make_input: Optional[Callable] = 
     for i, f in enumerate(ex.soft_fns):
         groups[f] = (_softmax_group(ex, i, scale, qkv), make)
     mods = {f: layer.fn_modules[f.replace(".", "__")] for f in ex.other_names}
-    with ExitStack() as opened:  # a type whose own gate is closed (gated at init) is probed open
+    runs = _Runs(ex, mods)
+    # a type whose own gate is closed (gated at init) is probed open; a failing type is named
+    with ExitStack() as opened, naming_failures(where, plan, runs.modules):
         for f in ex.other_names:
             groups[f] = (_module_group(ex, f, mods), make)
             _open_own_gate(run, opened, where, f, mods[f], groups[f][0], make)
-        seen = _judge_groups(run, where, plan, labels, queries, groups)
+        seen = _judge_groups(run, where, plan, labels, queries, groups, runs)
         allowed = declared_rows([plan], queries)
         whole = run.probe(where, layer, make, queries, n, True, allowed, query_cells([plan], queries, labels.frame))
     entries, _ = undeclared_entries(where, None, whole, allowed, queries, labels, run.rtol, _candidates([plan]),
@@ -209,11 +250,12 @@ def _verify_backbone(run: _Run, model: nn.Module, blocks: List[Tuple[str, Any]])
                 groups[f] = (_softmax_group(runner, i, 1.0 / math.sqrt(hd), qkv), _randn((n, 3 * H * hd), device, dtype))
             where = "backbone attention" if len(blocks) > 1 else name
             if groups:
-                _judge_groups(run, where, plan, labels, queries, groups)
+                _judge_groups(run, where, plan, labels, queries, groups, _Runs(runner, {}))
                 run.parts.append(where)
             groups = {}
         mods = {f: bt.modules[f.replace(".", "__")].module for f in runner.other_names}
-        with ExitStack() as opened:  # self-gated types' closed gates stay open while probed
+        # self-gated types' closed gates stay open while probed; a failing type is named
+        with ExitStack() as opened, naming_failures(name, plan, mods):
             for f in runner.other_names:
                 gm = bt.modules[f.replace(".", "__")]
                 group = _module_group(runner, f, mods)  # the block's gate of f: 1, i.e. open
@@ -225,7 +267,7 @@ def _verify_backbone(run: _Run, model: nn.Module, blocks: List[Tuple[str, Any]])
                                      "its links were probed with the gate opened")
                 groups[f] = (group, make)
             if groups:
-                _judge_groups(run, name, plan, labels, queries, groups)
+                _judge_groups(run, name, plan, labels, queries, groups, _Runs(runner, mods))
                 run.parts.append(name)
 
 
@@ -362,7 +404,8 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
                      make_input: Optional[Callable[[int, torch.Generator], torch.Tensor]] = None,
                      max_exact: int = 512, samples: int = 256, probes: int = 2, chunk: int = 32,
                      rtol: float = 1e-6, seed: int = 0, require_signal: bool = False,
-                     progress: Optional[Callable[[str, int, int], None]] = None) -> StructureReport:
+                     progress: Optional[Callable[[str, int, int], None]] = None,
+                     as_built: bool = False) -> StructureReport:
     """Probe a built model and report every dependency its topology does not declare and every
     declared link that carries no signal (see the module docstring for what is probed).
 
@@ -392,6 +435,9 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
             is read (a type may legitimately read part of its key set: a window, a causal scan).
         progress: ``progress(part, done, total)`` after every chunk of queries probed (``canvas
             verify`` draws a progress line with it): large canvases take minutes.
+        as_built: probe the core's reference kernel in the mode the layer built; by default a
+            canvas of 1,024 positions or more probes it in its leaner ``segments`` mode (the same
+            function; ``verify_guard``); a plugin's kernel is always probed as it is.
 
     Returns:
         a :class:`StructureReport` (``ok``, ``undeclared``, ``dead``, ``str(report)``, ``to_dict()``).
@@ -419,6 +465,8 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
         raise SchemaError(f"verify_structure: layers must be an integer >= 1, got {layers!r}")
     if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 <= rtol < 1:
         raise SchemaError(f"verify_structure: rtol must be a number in [0, 1), got {rtol!r}")
+    if not isinstance(as_built, bool):
+        raise CanvasTypeError(f"verify_structure: as_built must be True or False, got {as_built!r}")
     if not isinstance(require_signal, bool):
         raise CanvasTypeError(f"verify_structure: require_signal must be True or False, got {require_signal!r}")
     if progress is not None and not callable(progress):
@@ -433,7 +481,7 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
                               "values to probe); materialize it first (to_empty(device=...), then init or load_state_dict)")
     run = _Run(max_exact, samples, probes, chunk, float(rtol), seed, require_signal, progress)
     given = plan is not None or topology is not None
-    with _probing(model):
+    with _probing(model), lean_kernels(model, as_built), naming_failures(type(model).__name__):
         if isinstance(model, CanvasAttention) and not given:
             _verify_layer(run, model, make_input)
         else:
@@ -446,5 +494,6 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
             if blocks:
                 _verify_backbone(run, model, blocks)
             else:
-                _verify_model(run, model, layout, topology, plan, layers, d_model, make_input)
+                with naming_failures("model", *_model_runs(model)):
+                    _verify_model(run, model, layout, topology, plan, layers, d_model, make_input)
     return run.report()

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from canvas_core.compiler.plan import segment_grid
+from canvas_core.runtime.verify_guard import check_finite
 from canvas_core.runtime.verify_report import DeadLink, UndeclaredDependency
 
 __all__ = ["checked_input", "declared_rows", "probe_rows", "PositionLabels", "undeclared_entries", "dead_entries",
@@ -184,11 +185,13 @@ def mixes_batch(fn: Callable, make_input: Callable[[int, torch.Generator], torch
     """Whether the outputs of batch row 0 depend on batch row 1."""
     x = make_input(2, gen).requires_grad_(True)
     out = _first_tensor(fn(x))
+    check_finite(out, "output")
     if not out.requires_grad:
         return False
     cot = torch.zeros_like(out)
     cot[0] = torch.randn(out.shape[1:], generator=gen, dtype=out.dtype).to(out.device)
     (g,) = torch.autograd.grad(out, x, cot, allow_unused=True)
+    check_finite(g, "gradient")
     return g is not None and bool(g[1].abs().max() > 0)
 
 
@@ -222,6 +225,7 @@ def _vjp(fn: Callable, make_input: Callable, rows: Sequence[np.ndarray], n: int,
     x = make_input(1 if batched else b, gen).requires_grad_(True)
     out = _first_tensor(fn(x))
     _shape_error(out, x, x.shape[0], n)
+    check_finite(out, "output")  # a NaN would read as a dependency on every input: named instead
     if not out.requires_grad:
         return None
     cot = torch.zeros(((b,) if batched else ()) + tuple(out.shape), dtype=out.dtype, device=out.device)
@@ -234,6 +238,7 @@ def _vjp(fn: Callable, make_input: Callable, rows: Sequence[np.ndarray], n: int,
     else:
         cot[which, qi] = noise
     (g,) = torch.autograd.grad(out, x, cot, allow_unused=True, is_grads_batched=batched)
+    check_finite(g, "gradient")
     return None if g is None else (g[:, 0] if batched else g)
 
 
