@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from canvas_core.commands._output import input_path, output_folder
 
 _BLOB_ONLY = ("backbone", "loops", "pretrained", "random_init", "train_videos")
 _DEFAULTS = {"life": {"steps": 30, "batch_size": 16}, "blob": {"steps": 600, "batch_size": 16, "lr": 3e-3}}
@@ -37,8 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="AdamW learning rate (default: life one per condition, blob 3e-3)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     parser.add_argument("--seed", type=int, default=0, help="seed of everything (default 0)")
-    parser.add_argument("--out", type=Path, default=Path("canvas_demo_out"), help="output folder")
-    parser.add_argument("--pretrained", type=Path, default=None,
+    parser.add_argument("--out", type=output_folder, default=Path("canvas_demo_out"), help="output folder")
+    parser.add_argument("--pretrained", type=input_path, default=None,
                         help="blob: local from_pretrained directory of the backbone (real use, e.g. on a GPU)")
     parser.add_argument("--random-init", action="store_true", default=None,
                         help="blob: a tiny backbone with random weights instead of the shipped pretrained one")

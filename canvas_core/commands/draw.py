@@ -7,12 +7,13 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from canvas_core.commands._output import output_path
 from canvas_core.errors import CanvasError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("schema", help="schema JSON file (a CanvasSchema), or 'example' for the bundled one")
-    parser.add_argument("-o", "--output", type=Path, default=None,
+    parser.add_argument("-o", "--output", type=output_path, default=None,
                         help="picture to write, .png, .svg or .pdf (default: the schema file's name with .png, "
                              "in the current folder); never the schema file itself")
     parser.add_argument("--max-frames", type=int, default=8, help="frames drawn at most (default 8)")

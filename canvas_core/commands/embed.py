@@ -20,13 +20,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from canvas_core.commands._output import output_path, plugin_output_to_stderr
+from canvas_core.commands._output import input_path, output_path, plugin_output_to_stderr
 
 INSTALL_HINT = "install the default embedder with `pip install canvas-plugin-semantic`"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("schema", type=Path, help="schema or program JSON file")
+    parser.add_argument("schema", type=input_path, help="schema or program JSON file")
     parser.add_argument("-o", "--output", type=output_path,
                         help="write the embedded schema here (default: print it to stdout)")
     parser.add_argument("--embedder", default="minilm",

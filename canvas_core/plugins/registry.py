@@ -6,17 +6,12 @@ from __future__ import annotations
 from typing import Any, Dict, List, NamedTuple, Optional, Set, Tuple
 
 from canvas_core.errors import CanvasTypeError, DuplicateRegistrationError, SpecError, UnknownNameKeyError, closest
-from canvas_core.plugins.spec import IN_PROCESS, SPEC_FIELDS, Spec
+# the nouns of each kind live with Spec, whose messages use them too
+from canvas_core.plugins.spec import API_STEMS, IN_PROCESS, NOUNS, SPEC_FIELDS, Spec
 
 #: plugin name under which the core registers its own types.
 BUILTIN_PLUGIN = "builtin"
-#: registry kind -> human noun of one entry (error messages), in the order their hooks run.
-NOUNS: Dict[str, str] = {"attention": "attention type", "kernels": "attention kernel",
-                         "backbones": "backbone adapter", "identity": "identity binder", "embedders": "embedder"}
 KINDS: Tuple[str, ...] = tuple(NOUNS)
-#: registry kind -> the stem of its ``register_*`` / ``unregister_*`` functions (error messages)
-API_STEMS: Dict[str, str] = {"attention": "attention", "kernels": "kernel", "backbones": "backbone",
-                             "identity": "identity_binder", "embedders": "embedder"}
 _BLOCK_HINT = "CANVAS_BLOCK_PLUGINS=<plugin or distribution>"
 
 

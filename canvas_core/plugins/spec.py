@@ -19,6 +19,12 @@ from canvas_core.plugins.hints import exc_text, pip_name
 
 #: distribution name recorded for names registered in-process (``register_attention(...)``).
 IN_PROCESS = "<in-process>"
+#: registry kind -> human noun of one entry (error messages), in the order their hooks run.
+NOUNS: Dict[str, str] = {"attention": "attention type", "kernels": "attention kernel",
+                         "backbones": "backbone adapter", "identity": "identity binder", "embedders": "embedder"}
+#: registry kind -> the stem of its ``register_*`` / ``unregister_*`` functions (error messages)
+API_STEMS: Dict[str, str] = {"attention": "attention", "kernels": "kernel", "backbones": "backbone",
+                             "identity": "identity_binder", "embedders": "embedder"}
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 _DOTTED_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -114,16 +120,17 @@ class Spec:
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+            stem = API_STEMS.get(self.kind, self.kind).replace("_", " ")  # the name register_<stem> was given
             raise SpecError(
-                f"invalid {self.kind} name {self.name!r}: use letters, digits, '_', '-' or '.', "
+                f"invalid {stem} name {self.name!r}: use letters, digits, '_', '-' or '.', "
                 "starting with a letter or '_'")
         if isinstance(self.factory, str):
             parse_factory_path(self.factory)  # validates the format, imports nothing
         elif not callable(self.factory):
             raise CanvasTypeError(
-                f"{self.kind} {self.name!r}: factory must be a class, a callable or a "
+                f"{self.noun} {self.name!r}: factory must be a class, a callable or a "
                 f"'package.module:Object' string, got {type(self.factory).__name__} {self.factory!r}")
-        where = f"{self.kind} {self.name!r}"
+        where = f"{self.noun} {self.name!r}"
         self.requires = _as_tuple(self.requires, "requires", self.name) or ()
         for key, check in (("devices", check_device), ("dtypes", check_dtype)):  # names torch knows, normalised
             given = _as_tuple(getattr(self, key), key, self.name)
@@ -138,6 +145,12 @@ class Spec:
         if isinstance(self.priority, bool) or not isinstance(self.priority, int):
             raise CanvasTypeError(f"{where}: priority must be an int, got {self.priority!r}")
         self.description = "" if self.description is None else str(self.description)
+
+    @property
+    def noun(self) -> str:
+        """What one entry of this kind is called in messages, singular (``"embedder"``, not the
+        registry kind ``"embedders"``); the kind itself for a kind no registry has."""
+        return NOUNS.get(self.kind, self.kind)
 
     @property
     def provider(self) -> str:
@@ -211,11 +224,11 @@ class Spec:
             hint = (f" It needs {', '.join(repr(m) for m in missing)}: install it." if missing else
                     f" Reinstall or fix {self.distribution}, or block it with CANVAS_BLOCK_PLUGINS.")
             raise PluginLoadError(
-                f"{self.kind} {self.name!r} (factory {f!r}, from {self.describe_provider()}) failed to "
+                f"{self.noun} {self.name!r} (factory {f!r}, from {self.describe_provider()}) failed to "
                 f"load: {exc_text(exc)}.{hint}") from exc
         if not callable(obj):
             raise PluginLoadError(
-                f"{self.kind} {self.name!r}: factory {f!r} from {self.describe_provider()} is not "
+                f"{self.noun} {self.name!r}: factory {f!r} from {self.describe_provider()} is not "
                 f"callable ({type(obj).__name__})")
         self._loaded = obj
         return obj
@@ -225,7 +238,7 @@ class Spec:
         package is missing (before trying to import it)."""
         if missing := self.missing_requirements():
             raise UnavailableError(
-                f"{self.kind} {self.name!r} from {self.describe_provider()} needs the Python "
+                f"{self.noun} {self.name!r} from {self.describe_provider()} needs the Python "
                 f"package(s) {', '.join(repr(m) for m in missing)}, which are not installed. "
                 f"Install them (e.g. pip install {' '.join(pip_name(m) for m in missing)}).")
         factory = self.load()
@@ -238,7 +251,7 @@ class Spec:
                    FactoryValueError if isinstance(exc, ValueError) else FactoryError)
             given = ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
             raise cls(
-                f"{self.kind} {self.name!r} from {self.describe_provider()} could not be built with "
+                f"{self.noun} {self.name!r} from {self.describe_provider()} could not be built with "
                 f"({given}): its factory {self.factory_path!r} raised {exc_text(exc)}. "
                 "Check these arguments against its documentation, or report it to the plugin's "
                 "author") from exc

@@ -249,7 +249,10 @@ def _build(model) -> CanvasSchema:
             kw["semantic_embedding"] = tuple(
                 as_float(x, f"regions.{name}.semantic_embedding[{i}]") for i, x in enumerate(kw["semantic_embedding"]))
         kw["loss_weight"] = as_float(kw["loss_weight"], f"regions.{name}.loss_weight")
-        regions[name] = RegionSpec(**kw)
+        try:
+            regions[name] = RegionSpec(**kw)
+        except (SchemaError, CanvasTypeError) as exc:  # name the region, as the key checks above do
+            raise type(exc)(f"regions.{name}: {exc}") from None
     layout = CanvasLayout(
         T=lay.T, d_model=lay.d_model, spatial_shape=spatial, regions=regions,
         t_current=lay.t_current, H=lay.H, W=lay.W, allow_overlap=lay.allow_overlap,
