@@ -42,6 +42,11 @@ class _NoTopology:
 _NO_TOPOLOGY = _NoTopology()
 
 
+def _no_shapes(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``read`` of the model's own guard where an adapter declares none: no shape to compare."""
+    return {}
+
+
 @dataclass(frozen=True)
 class TokenLayout:
     """Where each token of a block's attention sequence sits on the canvas.
@@ -313,17 +318,17 @@ class BackboneAdapter:
         pass (e.g. ``kernel="flex_cpu"``) may be chosen; they refuse a call that needs gradients.
         Every call of the model is then checked by :meth:`input_guards` (``ShapeError`` for
         shapes the ``tokens`` were not built for)."""
-        from canvas_core.looping.topology_install import build_installation, remove_installation
+        from canvas_core.looping.topology_install import (build_installation, no_attention_message,
+                                                          recorded_installation, remove_installation)
 
         targets = self.attention_targets(model)
-        if not targets:
-            raise BackboneError(
-                f"adapter {self.name!r} installed no canvas attention in {type(model).__name__}; "
-                "call graft_looped_blocks first or adapter.prepare(model). If the model is "
-                "grafted, its blocks' attention is not of a kind this adapter replaces, so "
-                "topologies are not available for it"
-            )
+        # removing also works once the canvas attention holding the topology was replaced
+        if not targets and (topology is not None or recorded_installation(model) is None):
+            raise BackboneError(no_attention_message(self, model))
         n_blocks = len(self.blocks(model))
+        rec = recorded_installation(model) if topology is not None else None
+        if rec is not None and len(targets) < n_blocks and rec.replaced_attention():
+            raise BackboneError(no_attention_message(self, model))
         if topology is not None and len(targets) < n_blocks:
             raise BackboneError(
                 f"adapter {self.name!r} has canvas attention in only {len(targets)} of the "
@@ -363,7 +368,9 @@ class BackboneAdapter:
         Adapters call it at the end of :meth:`prepare`; installing and removing a topology and
         :meth:`unprepare` call it."""
         want = list(self.input_guards(model, installed is not None)) if prepared else []
-        for module, _ in [*self.input_guards(model, True), *self.input_guards(model, False)]:
+        if installed is not None and all(m is not model for m, _ in want):
+            want.append((model, _no_shapes))  # every call checks that the topology still runs
+        for module in [model, *(m for m, _ in [*self.input_guards(model, True), *self.input_guards(model, False)])]:
             guard_input_shapes(module, None)
         for module, read in want:
             guard_input_shapes(module, _NO_TOPOLOGY if installed is None else installed, read)
@@ -378,12 +385,15 @@ class BackboneAdapter:
         _generic_unprepare(self.blocks(model))
 
     def installed_topology(self, model: nn.Module) -> Any:
-        """The :class:`InstalledTopology` in ``model`` (None when no topology is installed)."""
+        """The :class:`InstalledTopology` in ``model`` (None when no topology is installed; also
+        one whose canvas attention was replaced since, which refuses calls until removed)."""
+        from canvas_core.looping.topology_install import recorded_installation
+
         for t in self.attention_targets(model):
             bt = getattr(t, "canvas_topology", None)
             if bt is not None:
                 return bt.shared
-        return None
+        return recorded_installation(model)
 
     def remove_topology(self, model: nn.Module) -> None:
         self.install_topology(model, None, None)

@@ -15,13 +15,13 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
-from canvas_core.errors import ShapeError
+from canvas_core.errors import BackboneError, ShapeError
 
 __all__ = ["InstalledTopology", "BlockTopology", "GatedTypeModule", "guard_input_shapes", "SHAPE_KEYS"]
 
@@ -168,9 +168,11 @@ class InstalledTopology:
         the runner of the plan restricted to those tokens (built once per distinct set)."""
         if rows is not None:
             return self._runner_for_rows(device, rows)
-        key = (str(device), None)
-        r = self._cache.get(key)
-        return r if r is not None else self._remember(key, self.runner.to(device))
+        # no cache lookup here: the first compiled call, tracing a miss, guarded on the key's
+        # absence and compiled the model again on the next call (the runner moves in place anyway)
+        if self.runner.updated.device != torch.device(device):
+            self.runner.to(device)
+        return self.runner
 
     @torch.compiler.disable
     def _runner_for_rows(self, device: Any, rows: torch.Tensor):
@@ -201,7 +203,42 @@ class InstalledTopology:
         self._cache[key] = runner
         return runner
 
+    # --- the canvas attention it runs in ----------------------------------------------------
+    #: ``(block, owner, attr, attention)`` per block, set at install: ``getattr(owner, attr)`` must
+    #: stay ``attention`` (the canvas processor / module holding this topology), else the
+    #: backbone runs an attention that ignores the topology (see :meth:`check_attention`)
+    attention_owners: Tuple[Tuple[int, Any, str, Any], ...] = ()
+
+    def replaced_attention(self) -> List[Tuple[int, str]]:
+        """``(block, type name of what runs there now)`` for each block whose canvas attention
+        was replaced since the install (e.g. by diffusers' ``set_attn_processor``)."""
+        return [(b, type(getattr(owner, attr, None)).__name__) for b, owner, attr, att in self.attention_owners
+                if getattr(owner, attr, None) is not att]
+
+    def replaced_message(self, what: str, fix: str) -> str:
+        """The refusal naming the blocks whose canvas attention was replaced (``what``: what is
+        refused; ``fix``: what to do)."""
+        gone = self.replaced_attention()
+        blocks = ", ".join(f"block {b} ({name})" for b, name in gone)
+        return (f"{what}: the attention of the canvas topology installed in backbone {self.backbone!r} was "
+                f"replaced after the install in {blocks} (e.g. by model.set_attn_processor(...) or "
+                "model.fuse_qkv_projections()); those blocks would run without the topology, its gated "
+                f"modules and sharpening. {fix}")
+
+    def check_attention(self) -> None:
+        """Refuse (``BackboneError``) a call once a block's canvas attention was replaced."""
+        if any(getattr(owner, attr, None) is not att for _, owner, attr, att in self.attention_owners):
+            raise BackboneError(self.replaced_message(
+                "this call of the model is refused",
+                "To run the topology, put the canvas processors back (model.unfuse_qkv_projections() "
+                "after fusing); to keep the new processors, call adapter.remove_topology(model) first "
+                "(then adapter.prepare(model) and install_topology to put a topology on them again). "
+                "Change processors before installing a topology, not after"))
+
     # --- report ------------------------------------------------------------------------------
+    #: what the adapter adds to :meth:`report` about this backbone (one line each)
+    notes: Tuple[str, ...] = ()
+
     def describe_kernels(self) -> Dict[str, str]:
         return self.runner.describe_kernels()
 
@@ -218,6 +255,7 @@ class InstalledTopology:
         head = (f"canvas topology in backbone {self.backbone!r}: {self.seq_len} tokens, "
                 f"installed in {self.install_seconds * 1e3:.1f} ms")
         parts = [head, format_table(["fn", "connections", "rectangles", "runs as", "kernel"], rows)]
+        parts += [f"note: {n}" for n in self.notes]
         res = getattr(self.plan, "resolutions", None)
         if res:
             parts.append(format_resolutions(res))
@@ -251,6 +289,9 @@ def _check_input_shapes(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[s
     spec = module.__dict__.get(SHAPE_CHECK_ATTR)
     if spec is not None:
         installed, read = spec
+        check = getattr(installed, "check_attention", None)  # (None: no topology)
+        if check is not None:
+            check()
         installed.check_shapes(read(module, args, kwargs))
     return None
 

@@ -22,10 +22,14 @@ from canvas_core.plugins.builtin import SOFTMAX_FAMILY
 from canvas_core.runtime.key_sets import merge_cover
 from canvas_core.runtime.kernels import REFERENCE_MODES
 
-__all__ = ["build_installation", "remove_installation", "HOLDER_ATTR"]
+__all__ = ["build_installation", "remove_installation", "recorded_installation", "no_attention_message",
+           "HOLDER_ATTR", "RECORD_ATTR"]
 
 #: attribute of a block (or its looped wrapper) holding the gated modules of the non-softmax types
 HOLDER_ATTR = "canvas_fn"
+#: key of a model's ``__dict__`` holding its ``InstalledTopology`` while one is installed (found
+#: there even once the canvas attention holding it was replaced)
+RECORD_ATTR = "_canvas_installed_topology"
 
 
 def _model_device_dtype(model: nn.Module) -> Tuple[Any, Any]:
@@ -172,14 +176,20 @@ def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: An
             if md is not None and i < len(holders):
                 holders[i].add_module(HOLDER_ATTR, md)
             t.canvas_topology = BlockTopology(installed, md)
+        installed.attention_owners = _owners(model, targets)
+        model.__dict__[RECORD_ATTR] = installed
 
     return commit, installed
 
 
 def remove_installation(adapter: Any, model: nn.Module, targets: List[Any]) -> None:
-    """Remove an installed topology (and its gated modules): the backbone's attention again."""
+    """Remove an installed topology (and its gated modules): the backbone's attention again.
+    Also the canvas attention it was installed in that was replaced since (no longer in
+    ``targets``, maybe kept elsewhere, e.g. by diffusers' ``fuse_qkv_projections``)."""
     ours = set()
-    for t in targets:
+    rec = model.__dict__.pop(RECORD_ATTR, None)
+    old = [t for *_, t in getattr(rec, "attention_owners", ())]
+    for t in [*targets, *old]:
         bt = getattr(t, "canvas_topology", None)
         if bt is not None:
             if getattr(bt, "modules", None) is not None:
@@ -195,3 +205,46 @@ def remove_installation(adapter: Any, model: nn.Module, targets: List[Any]) -> N
     for m in list(model.modules()) if ours else ():
         if id(m._modules.get(HOLDER_ATTR)) in ours:
             del m._modules[HOLDER_ATTR]
+
+
+def _owners(model: nn.Module, targets: List[Any]) -> Tuple[Tuple[int, Any, str, Any], ...]:
+    """``(block, owner, attr, target)`` for each target found in ``model``: a diffusers
+    ``Attention`` whose ``processor`` is the target, or the parent module holding the target."""
+    want = {id(t): i for i, t in enumerate(targets)}
+    found: dict = {}
+    for m in model.modules():
+        proc = m.__dict__.get("processor", m._modules.get("processor"))
+        if id(proc) in want and proc is targets[want[id(proc)]]:
+            found.setdefault(want[id(proc)], (m, "processor"))
+        for name, child in m._modules.items():
+            if id(child) in want and name != "processor":
+                found.setdefault(want[id(child)], (m, name))
+    return tuple((i, *found[i], targets[i]) for i in sorted(found))
+
+
+def recorded_installation(model: nn.Module) -> Optional[InstalledTopology]:
+    """The ``InstalledTopology`` last installed in ``model`` (None once removed)."""
+    rec = getattr(model, "__dict__", {}).get(RECORD_ATTR)
+    return rec if isinstance(rec, InstalledTopology) else None
+
+
+def no_attention_message(adapter: Any, model: nn.Module) -> str:
+    """Why ``install_topology`` finds no canvas attention in ``model``, and the fix."""
+    rec = recorded_installation(model)
+    if rec is not None and rec.replaced_attention():
+        return rec.replaced_message(
+            "install_topology is refused", "Call adapter.remove_topology(model) first, put canvas attention "
+            "back (adapter.prepare(model) wraps the backbone's own processors again; after "
+            "fuse_qkv_projections call model.unfuse_qkv_projections() instead), then install the topology")
+    from canvas_core.looping.scopes import is_grafted
+
+    if is_grafted(model, adapter.blocks(model)):
+        return (f"adapter {adapter.name!r} finds no canvas attention in the blocks of the grafted "
+                f"{type(model).__name__}: their attention was replaced after grafting (e.g. by "
+                "set_attn_processor / fuse_qkv_projections) or is not of a kind this adapter replaces. Call "
+                "adapter.prepare(model) to wrap the backbone's own attention again (after "
+                "model.unfuse_qkv_projections() for fused processors), then install the topology")
+    return (f"adapter {adapter.name!r} installed no canvas attention in {type(model).__name__}; "
+            "call graft_looped_blocks first or adapter.prepare(model). If the model is "
+            "grafted, its blocks' attention is not of a kind this adapter replaces, so "
+            "topologies are not available for it")

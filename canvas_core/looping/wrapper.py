@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -390,8 +390,8 @@ class LoopedBlockWrapper(nn.Module):
             prev = states
             if i == 0:
                 if self.current_loops > 1:
-                    check_reentry(f"block {self.block_idx} ({type(self.original).__name__})", self.io.streams,
-                                  states, new, "graft only blocks that keep the width (or set_loops(model, 1))")
+                    check_reentry(self._where, self.io.streams, states, new,
+                                  "graft only blocks that keep the width (or set_loops(model, 1))")
                 states = new
             else:
                 g = self.loop_gate[i - 1]
@@ -400,6 +400,12 @@ class LoopedBlockWrapper(nn.Module):
             trace.append((prev, states))
         self._record(trace)
         return self.io.repack(out, states)
+
+    def _where(self) -> str:
+        """This block, for an error message. Built only when one is raised: read in the traced
+        forward, ``block_idx`` would be guarded on, so ``compile_blocks`` compiled one graph per
+        block (recompile limit hit past 8 blocks) instead of one for all."""
+        return f"block {self.block_idx} ({type(self.original).__name__})"
 
     def _record(self, trace: list) -> None:
         """Keep the per-iteration diagnostics of this forward (``canvas_core.loop_stats``,
@@ -458,13 +464,17 @@ def _checked_beta(schedule: Callable[[int], float], loop_idx: int) -> float:
     return beta
 
 
-def check_reentry(where: str, streams: Sequence[str], inp: Sequence[torch.Tensor], out: Sequence[torch.Tensor],
-                  fix: str) -> None:
+def check_reentry(where: Union[str, Callable[[], str]], streams: Sequence[str], inp: Sequence[torch.Tensor],
+                  out: Sequence[torch.Tensor], fix: str) -> None:
     """After the first pass of a looped part: each stream's output must have its input's shape, since
-    it is the next pass's input; a ``ShapeError`` naming ``where`` and the stream otherwise."""
+    it is the next pass's input; a ``ShapeError`` naming ``where`` and the stream otherwise.
+
+    ``where`` may be a callable returning the name, called only on failure: a name formatted from
+    per-block attributes on every call would make ``torch.compile`` guard on them."""
     for name, a, b in zip(streams, inp, out):
         if not isinstance(b, torch.Tensor) or b.shape != a.shape:
             got = tuple(b.shape) if isinstance(b, torch.Tensor) else type(b).__name__
+            where = where if isinstance(where, str) else where()
             raise ShapeError(
                 f"{where}: looped stream {name!r} came in with shape {tuple(a.shape)} and came out with "
                 f"{got}, so its output cannot re-enter as the next iteration's input; {fix}")

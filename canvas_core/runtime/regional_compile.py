@@ -6,6 +6,10 @@ compiling each block instead traces the block's code once: blocks of the same cl
 plan pass the same guards, so dynamo reuses the first block's graph for the others (their
 parameters and plan buffers are inputs of the graph, not constants), and compile time no longer
 grows with depth.  This is PyTorch's "regional compilation" recipe applied to canvas stacks.
+A block's code must therefore read no per-block Python value (an index, a name) on its traced
+path: dynamo guards on each one it reads, one graph per block (the looped wrapper builds its
+error names only when it raises).  A first block fed views of another stride (CogVideoX's
+slices of its joint sequence) compiles once more: still a fixed count, whatever the depth.
 
     from canvas_core import compile_blocks
     compiled = compile_blocks(model)               # finds model.blocks / layers / transformer_blocks

@@ -180,8 +180,8 @@ class CogVideoXAdapter(BackboneAdapter):
     def prepare(self, model: nn.Module) -> None:
         from diffusers.models.attention_processor import CogVideoXAttnProcessor2_0
 
-        for block in self.blocks(model):
-            attn = getattr(block, "attn1", None)
+        for block in self.blocks(model):  # (a grafted block: the one its wrapper loops)
+            attn = getattr(getattr(block, "original", block), "attn1", None)
             if attn is None:
                 continue
             proc = attn.processor

@@ -154,6 +154,23 @@ def _check_config(c: Any, video: Tuple[int, ...], text: Tuple[int, ...]) -> None
             f"model (text_embed_dim={c.text_embed_dim}) takes text embeddings (B, L, {c.text_embed_dim}); {fix}")
 
 
+#: the report's note on a topology in which no video token reads a text token
+CAPTION_NOTE = ("Mochi pools the caption into the time embedding (time_embed.pooler), which modulates every "
+                "video token in every block: the video still depends on the text although no connection "
+                "lets video read text")
+
+
+def _video_reads_text(installed: Any) -> bool:
+    """Whether a rectangle of the installed token plan has a video query and a text key (tokens
+    ``[video (S - L), text (L)]``)."""
+    tp, L = installed.token_plan, int(installed.tokens.info.get("text_len", 0))
+    video = np.asarray(tp.perm) < installed.seq_len - L  # per packed position
+    cv = np.concatenate([[0], np.cumsum(video)])
+    ct = np.concatenate([[0], np.cumsum(~video)])
+    return any(bool((((cv[g.q1] - cv[g.q0]) > 0) & ((ct[g.k1] - ct[g.k0]) > 0)).any())
+               for g in tp.groups.values())
+
+
 class MochiAdapter(BackboneAdapter):
     name = "mochi"
     model_classes = ("diffusers.MochiTransformer3DModel",)
@@ -199,11 +216,19 @@ class MochiAdapter(BackboneAdapter):
     def prepare(self, model: nn.Module) -> None:
         from diffusers.models.attention_processor import MochiAttnProcessor2_0
 
-        for block in self.blocks(model):
-            attn = getattr(block, "attn1", None)
+        for block in self.blocks(model):  # (a grafted block: the one its wrapper loops)
+            attn = getattr(getattr(block, "original", block), "attn1", None)
             if attn is not None and type(attn.processor) is MochiAttnProcessor2_0:
                 attn.processor = CanvasMochiAttnProcessor(attn.processor)
         super().prepare(model)
+
+    def install_topology(self, model: nn.Module, topology: Any, tokens: Any, **options: Any) -> Any:
+        """:meth:`BackboneAdapter.install_topology`; the report notes (:data:`CAPTION_NOTE`) when no
+        video token reads a text token: the caption still reaches the video through ``temb``."""
+        installed = super().install_topology(model, topology, tokens, **options)
+        if installed is not None and not _video_reads_text(installed):
+            installed.notes = (*installed.notes, CAPTION_NOTE)
+        return installed
 
     def attention_targets(self, model: nn.Module) -> List[Any]:
         out = []
