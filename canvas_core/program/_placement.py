@@ -32,10 +32,12 @@ def semantic_type_of(path: str) -> str:
 PACKINGS = ("compatible", "tight")
 
 
-def _resolve_canvas(spatial_shape: Any, H: Any, W: Any) -> Optional[Tuple[Optional[int], ...]]:
+def _resolve_canvas(spatial_shape: Any, H: Any, W: Any,
+                    where: Optional[str] = None) -> Optional[Tuple[Optional[int], ...]]:
     """The requested canvas: None (auto-sized), or one size per axis; with only one of H / W,
-    the other is None (sized automatically, as in canvas-engineering)."""
-    where = "compile_schema"
+    the other is None (sized automatically, as in canvas-engineering).  ``where`` names the public
+    function called (``compile_schema`` or ``compile_program``) in the errors."""
+    where = where or "compile_schema"
     shape = None
     if spatial_shape is not None:
         if isinstance(spatial_shape, (str, bytes)) or not hasattr(spatial_shape, "__iter__"):
@@ -52,11 +54,11 @@ def _resolve_canvas(spatial_shape: Any, H: Any, W: Any) -> Optional[Tuple[Option
     return shape
 
 
-def _check_packing(packing: Any) -> str:
+def _check_packing(packing: Any, where: Optional[str] = None) -> str:
     if packing not in PACKINGS:
         from canvas_core.errors import did_you_mean
 
-        raise ProgramError(f"compile_schema: unknown packing={packing!r}; use 'compatible' (canvas-engineering's "
+        raise ProgramError(f"{where or 'compile_schema'}: unknown packing={packing!r}; use 'compatible' (canvas-engineering's "
                            f"auto size and placement, the default) or 'tight'.{did_you_mean(str(packing), PACKINGS)}")
     return packing
 

@@ -271,10 +271,13 @@ def validate_constraints(program: CanvasProgram) -> List[str]:
         program.schema.topology.validate(program.schema.layout)
     layout = program.schema.layout
     conns = program.schema.topology.connections if program.schema.topology is not None else []
-    graph: Dict[str, List[str]] = {}
+    # each region's distinct targets (itself left out) in connection order, built once for both checks
+    targets: Dict[str, Dict[str, None]] = {}
     for c in conns:
-        if c.src != c.dst and c.dst not in graph.get(c.src, ()):
-            graph.setdefault(c.src, []).append(c.dst)
+        if c.src != c.dst:
+            targets.setdefault(c.src, {})[c.dst] = None
+    graph: Dict[str, List[str]] = {src: list(dsts) for src, dsts in targets.items()}
+    cycle_free: set = set()  # regions from which no cycle is reachable, shared by every search
     out: List[str] = []
     for name, rp in program.regions.items():
         cs = rp.constraints
@@ -285,21 +288,16 @@ def validate_constraints(program: CanvasProgram) -> List[str]:
             if value is not None and value not in allowed:
                 out.append(f"{name}: unknown {key} {value!r} (valid: {sorted(allowed)})")
         if cs.causal_direction == "acyclic":
-            cycle = _find_cycle(graph, name)
+            cycle = _find_cycle(graph, name, cycle_free)
             if cycle:
                 out.append(f"{name}: causal_direction='acyclic' violated — cycle {' -> '.join(cycle)}")
         elif cs.causal_direction == "forward_only":
             t0 = layout.regions[name].t0
-            seen = set()
-            for c in conns:
-                if c.src == name and c.dst != name and c.dst not in seen:
-                    seen.add(c.dst)
-                    dt0 = layout.regions[c.dst].t0
-                    if dt0 < t0:
-                        out.append(
-                            f"{name}: causal_direction='forward_only' violated — connects to {c.dst} "
-                            f"(t0={dt0} < {t0})"
-                        )
+            for dst in graph.get(name, ()):
+                dt0 = layout.regions[dst].t0
+                if dt0 < t0:
+                    out.append(f"{name}: causal_direction='forward_only' violated — connects to {dst} "
+                               f"(t0={dt0} < {t0})")
     return out
 
 
@@ -308,9 +306,15 @@ def _mean(name: str, known) -> str:
     return did_you_mean(name, known)
 
 
-def _find_cycle(graph: Dict[str, List[str]], start: str) -> Optional[List[str]]:
-    """A cycle (as a closed list of nodes) among the nodes reachable from ``start``, or None."""
-    state: Dict[str, int] = {}  # 1 = on the current path, 2 = finished
+def _find_cycle(graph: Dict[str, List[str]], start: str, cycle_free: set) -> Optional[List[str]]:
+    """A cycle (as a closed list of nodes) among the nodes reachable from ``start``, or None.
+
+    ``cycle_free`` holds nodes known to reach no cycle; the search skips them and adds every node it
+    finishes (all its successors finished, so it reaches no cycle either), so searches from many
+    starts visit each node once in all, and find the cycles a search without it finds."""
+    if start in cycle_free:
+        return None
+    state: Dict[str, int] = {}  # 1 = on the current path, 2 = finished (or in cycle_free)
     path: List[str] = []
     stack = [(start, iter(graph.get(start, ())))]
     state[start] = 1
@@ -322,8 +326,9 @@ def _find_cycle(graph: Dict[str, List[str]], start: str) -> Optional[List[str]]:
             stack.pop()
             path.pop()
             state[node] = 2
+            cycle_free.add(node)
             continue
-        s = state.get(nxt, 0)
+        s = 2 if nxt in cycle_free else state.get(nxt, 0)
         if s == 1:
             return path[path.index(nxt):] + [nxt]
         if s == 0:

@@ -42,17 +42,18 @@ def _as_strategy(value: Any) -> LayoutStrategy:
 
 def _compile(root: Any, T: int, spatial_shape: Any, d_model: int, connectivity: Any,
              layout_strategy: Any, t_current: int, H: Any, W: Any, wire: bool, packing: Any):
-    T = pos_int(T, "compile_schema", "T", "T is the number of canvas frames.")
-    d_model = pos_int(d_model, "compile_schema", "d_model")
+    where = "compile_program" if wire else "compile_schema"  # the public function, named in errors
+    T = pos_int(T, where, "T", "T is the number of canvas frames.")
+    d_model = pos_int(d_model, where, "d_model")
     if not is_int(t_current):
-        raise CanvasTypeError(f"compile_schema: t_current must be an integer, got {t_current!r}")
+        raise CanvasTypeError(f"{where}: t_current must be an integer, got {t_current!r}")
     policy = connectivity if connectivity is not None else ConnectivityPolicy()
     if not isinstance(policy, ConnectivityPolicy):
-        raise CanvasTypeError(f"compile_schema: connectivity must be a ConnectivityPolicy or None, got {policy!r}")
+        raise CanvasTypeError(f"{where}: connectivity must be a ConnectivityPolicy or None, got {policy!r}")
     policy.__post_init__()  # re-check: the policy is mutable, like canvas-engineering's
     strategy = _as_strategy(layout_strategy)
-    canvas = _resolve_canvas(spatial_shape, H, W)
-    packing = _check_packing(packing)
+    canvas = _resolve_canvas(spatial_shape, H, W, where)
+    packing = _check_packing(packing, where)
     # canvas-engineering's coarse region is always 1 x 1 (which makes an auto-sized canvas of 1-d
     # fields 2-d); the tight packing pads a one-position region to the canvas's rank instead
     coarse_default = Field(1, 1) if packing == "compatible" else Field(spatial_shape=(1,))
