@@ -22,6 +22,10 @@ What is probed, by kind of model:
   such steps (``R <- R | R M_l``).  So a stack can only be checked for what no path through its
   layers allows: e.g. with a causal topology, no stack may ever read a later frame.
 
+Every probed part is also checked by value (``verify_values``): a read behind ``.detach()`` has no
+gradient, so inputs of one position group at a time are drawn anew and the outputs that may not
+read them must stay as they were; such reads are reported with ``by="value"``.
+
 Exact for small canvases (every query position), sampled for large ones (one random query per
 (region, frame) cell, then uniform ones; the report says so).
 """
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 import math
 from contextlib import ExitStack
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -42,129 +46,16 @@ from canvas_core.runtime.verify_probe import (  # noqa: F401
     probe_rows, query_cells, undeclared_entries,
 )
 from canvas_core.runtime.verify_report import DeadLink, StructureReport, UndeclaredDependency  # noqa: F401
-from canvas_core.runtime.verify_guard import check_finite, lean_kernels, naming_failures
+from canvas_core.runtime.verify_groups import (
+    _candidates, _judge_groups, _model_runs, _module_group, _open_own_gate, _Runs, _silent_fns, _softmax_group,
+    _width,
+)
+from canvas_core.runtime.verify_guard import lean_kernels, naming_failures
 from canvas_core.runtime.verify_run import _Run, _device_dtype, _probing, _randn
+from canvas_core.runtime.verify_values import value_reads
 
 __all__ = ["verify_structure", "StructureReport"]
 
-
-def _module_group(ex: Any, f: str, modules: Dict[str, nn.Module]) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Output of the non-softmax group ``f`` of a runner alone, ``(B, N, D)``: the runtime's own
-    :func:`run_module_groups` with the gate of ``f`` at 1 and of every other type at 0."""
-    from canvas_core.runtime.plan_runner import run_module_groups
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        gates = {g: x.new_tensor(1.0 if g == f else 0.0) for g in ex.other_names}
-        out = run_module_groups(ex, x, modules, gates)
-        return x.new_zeros(x.shape) if out is None else out
-    return run
-
-
-def _softmax_group(ex: Any, i: int, scale: float, qkv: Callable[[torch.Tensor], Tuple]) -> Callable:
-    """Output of the i-th softmax kernel of a runner alone, ``(B, N, H * d)``."""
-    from canvas_core.runtime.plan_runner import mix_softmax_groups
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        q, k, v = qkv(x)
-        if getattr(ex, "full", False):  # every pair linked: the runner built no kernel, plain SDPA runs
-            o, _ = mix_softmax_groups(ex, q, k, v, scale=scale)
-        else:
-            o = ex.kernels[f"k{i}"](q, k, v, scale=scale, dropout_p=0.0)  # (B, H, N, d)
-        return o.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1)
-    return run
-
-
-def _judge_groups(run: _Run, where: str, plan: Any, labels: PositionLabels, queries: np.ndarray,
-                  groups: Dict[str, Tuple[Callable, Callable]], runs: Any) -> np.ndarray:
-    """Probe each fn group on its own; returns the (nq, n) bool union of its undeclared reads.
-    ``runs``: the runner (its kernels and fn modules, named when they fail)."""
-    n = int(plan.n)
-    seen = np.zeros((len(queries), n), dtype=bool)
-    by_fn: Dict[str, np.ndarray] = {}
-    cells = query_cells([plan], queries, labels.frame)
-    linked = linked_connections(plan)
-    unlinked = [ci for ci, f in enumerate(plan.fn_of_connection) if f in groups and ci not in linked]
-    for f, (fn, make) in list(groups.items()):
-        if not any(g == f and ci in linked for ci, g in enumerate(plan.fn_of_connection)):
-            continue  # links nothing: its connections are dead links (below), gate or no gate
-        allowed = declared_rows([plan], queries, fn=f)
-        with naming_failures(f"{where} fn {f!r}", plan, runs.modules, runs.kernels.get(f, "")):
-            s = _probe_group(run, where, f, (fn, make), plan, queries, allowed, cells)
-        if s is None:
-            continue
-        by_fn[f] = s
-        entries, bad = undeclared_entries(where, f, s, allowed, queries, labels, run.rtol)
-        run.undeclared += entries
-        seen |= bad
-    conns = sorted({ci for ci, f in enumerate(plan.fn_of_connection) if f in by_fn} | set(unlinked))
-    run.dead += dead_entries(where, plan, None, queries, labels, run.rtol, conns,
-                             group_of=lambda ci: by_fn[plan.fn_of_connection[ci]])
-    return seen
-
-
-def _probe_group(run: _Run, where: str, f: str, group: Tuple[Callable, Callable], plan: Any, queries: np.ndarray,
-                 allowed: np.ndarray, cells: np.ndarray) -> Optional[np.ndarray]:
-    """The strengths of fn group ``f`` probed alone, or None (with a note) when it outputs 0 whatever its input."""
-    fn, make = group
-    if _silent(fn, make, run.gen):
-        linked = linked_connections(plan)
-        n_conn = sum(1 for ci, g in enumerate(plan.fn_of_connection) if g == f and ci in linked)
-        run.notes.append(f"{where}: fn {f!r} outputs 0 whatever its input (a gate that starts closed?), so its "
-                         f"{n_conn} connection(s) carry no signal yet; not counted as dead links")
-        return None
-    return run.probe(f"{where} fn {f!r}", fn, make, queries, int(plan.n), allowed=allowed, cells=cells)
-
-
-class _Runs:
-    """What runs each fn type of a runner, named when it fails: ``modules`` (fn -> its module, or its
-    softmax kernel) and ``kernels`` (softmax fn -> the kernel's description)."""
-
-    def __init__(self, ex: Any, mods: Dict[str, nn.Module]) -> None:
-        self.modules: Dict[str, nn.Module] = dict(mods)
-        for i, f in enumerate(ex.soft_fns):
-            if f"k{i}" in ex.kernels:
-                self.modules[f] = ex.kernels[f"k{i}"]
-        self.kernels = {f: f"kernel {k}" for f, k in ex.describe_kernels().items() if f in ex.soft_fns}
-
-
-def _model_runs(model: nn.Module) -> Tuple[Any, List[Tuple[str, nn.Module]]]:
-    """The first canvas layer's plan, and ``(fn, its module or kernel)`` over every canvas layer of ``model``."""
-    from canvas_core.runtime.canvas_attention import CanvasAttention
-
-    plan, out = None, []
-    for layer in (m for m in model.modules() if isinstance(m, CanvasAttention)):
-        plan = plan if plan is not None else layer.plan
-        mods = {f: layer.fn_modules[f.replace(".", "__")] for f in layer.executor.other_names}
-        out += list(_Runs(layer.executor, mods).modules.items())
-    return plan, out
-
-
-def _silent(fn: Callable, make: Callable, gen: torch.Generator) -> bool:
-    """Whether ``fn``'s output depends on no input at all (e.g. a type whose gate starts at 0)."""
-    x = make(1, gen).requires_grad_(True)
-    out = fn(x)
-    check_finite(out, "output")
-    if not out.requires_grad:
-        return True
-    (g,) = torch.autograd.grad(out, x, torch.randn(out.shape, generator=gen).to(out), allow_unused=True)
-    check_finite(g, "gradient")
-    return g is None or not bool(g.abs().max() > 0)
-
-
-def _silent_fns(model: nn.Module, gen: torch.Generator) -> set:
-    """The non-softmax fn types that output 0 whatever their input in every canvas layer of
-    ``model`` that runs them."""
-    from canvas_core.runtime.canvas_attention import CanvasAttention
-
-    quiet: Dict[str, bool] = {}
-    for layer in model.modules():
-        if isinstance(layer, CanvasAttention):
-            ex = layer.executor
-            mods = {f: layer.fn_modules[f.replace(".", "__")] for f in ex.other_names}
-            make = _randn((int(layer.plan.n), layer.d_model), *_device_dtype(layer))
-            for f in ex.other_names:
-                quiet[f] = quiet.get(f, True) and _silent(_module_group(ex, f, mods), make, gen)
-    return {f for f, q in quiet.items() if q}
 
 
 def _verify_layer(run: _Run, layer: nn.Module, make_input: Optional[Callable] = None, where: str = "layer") -> None:
@@ -193,21 +84,13 @@ def _verify_layer(run: _Run, layer: nn.Module, make_input: Optional[Callable] = 
         seen = _judge_groups(run, where, plan, labels, queries, groups, runs)
         allowed = declared_rows([plan], queries)
         whole = run.probe(where, layer, make, queries, n, True, allowed, query_cells([plan], queries, labels.frame))
-    entries, _ = undeclared_entries(where, None, whole, allowed, queries, labels, run.rtol, _candidates([plan]),
-                                    skip=seen)
-    run.undeclared += entries
+        entries, bad = undeclared_entries(where, None, whole, allowed, queries, labels, run.rtol,
+                                          _candidates([plan]), skip=seen)
+        run.undeclared += entries
+        value_reads(run, where, None, layer, make, [plan], queries, allowed, labels, skip=seen | bad,
+                    candidates=_candidates([plan]))
     run.parts.append(where)
 
-
-def _candidates(plans: Sequence[Any]) -> Callable[[int], Tuple[str, ...]]:
-    def of(q: int) -> Tuple[str, ...]:
-        found: List[str] = []
-        for plan in plans:
-            for f, w in plan.query_weight.items():
-                if w[plan.inv_perm[q]] > 0 and f not in found:
-                    found.append(f)
-        return tuple(found)
-    return of
 
 
 def _block_topologies(model: nn.Module) -> List[Tuple[str, Any]]:
@@ -271,34 +154,12 @@ def _verify_backbone(run: _Run, model: nn.Module, blocks: List[Tuple[str, Any]])
                 run.parts.append(name)
 
 
-def _open_own_gate(run: _Run, opened: ExitStack, where: str, f: str, module: nn.Module, group: Callable,
-                   make: Callable) -> None:
-    """A self-gated type (no block gate, ``GatedTypeModule.gate`` None) whose output is still 0
-    whatever its input: its all-zero parameters (its closed gate, e.g. ``gated``'s ``gate_alpha``)
-    hold random values until ``opened`` closes (:func:`~canvas_core.runtime.type_probe.zeros_opened`),
-    so the probe measures what the type reads once training opens the gate.  A type whose own
-    gate is already open is probed as it is."""
-    from canvas_core.runtime.type_probe import zeros_opened
 
-    if not _silent(group, make, run.gen):
-        return
-    zero = opened.enter_context(zeros_opened(module))  # the names of the parameters it opened
-    if zero:
-        run.notes.append(f"{where}: fn {f!r} gates itself and its gate is closed ({', '.join(zero)} at 0), so it adds "
-                         "nothing to the model yet; its links were probed with those parameters set to random values")
-
-
-def _width(module: nn.Module, default: int) -> int:
-    """The width a type's module was built for (its first linear layer's input), else ``default``."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            return int(m.in_features)
-    return default
-
-
-def _called_plans(model: nn.Module, make: Callable, gen: torch.Generator, probe_input: bool = True) -> List[Any]:
+def _called_plans(model: nn.Module, make: Callable, gen: torch.Generator,
+                  probe_input: bool = True) -> Tuple[List[Any], Tuple[torch.Tensor, Any]]:
     """The plans of the canvas layers ``model`` runs, in the order it runs them (one forward pass
-    with hooks: a layer applied twice, e.g. a weight-tied loop, counts twice)."""
+    with hooks: a layer applied twice, e.g. a weight-tied loop, counts twice), and that pass's
+    ``(input (1, N, D), output)`` (the value check's reference)."""
     from canvas_core.runtime.canvas_attention import CanvasAttention
 
     called: List[Any] = []  # layer(x) and layer.delta(x) alike (a forward hook misses .delta)
@@ -308,7 +169,7 @@ def _called_plans(model: nn.Module, make: Callable, gen: torch.Generator, probe_
         with torch.no_grad():
             x = make(1, gen)
             try:
-                model(x)
+                out = model(x)
             except (TypeError, RuntimeError) as exc:  # a forward taking more than the canvas, another width
                 if isinstance(exc, CanvasError) or type(exc).__name__ == "OutOfMemoryError" or not probe_input:
                     raise  # the user's own make_input: the model's error is not about our probe
@@ -321,7 +182,7 @@ def _called_plans(model: nn.Module, make: Callable, gen: torch.Generator, probe_
     finally:
         for h in hooks:
             h.remove()
-    return called
+    return called, (x, out)
 
 
 def _refuse_sequence_parallel(model: nn.Module) -> None:
@@ -365,7 +226,7 @@ def _verify_model(run: _Run, model: nn.Module, layout: Any, topology: Any, plan:
     D = int(d_model)
     make = (_randn((n, D), device, dtype) if make_input is None
             else checked_input(make_input, n, type(model).__name__))
-    called = _called_plans(model, make, run.gen, probe_input=make_input is None)
+    called, ref = _called_plans(model, make, run.gen, probe_input=make_input is None)
     if plan is not None:
         plans = [plan] * int(layers if layers is not None else max(1, len(called)))
     elif not called:
@@ -381,8 +242,10 @@ def _verify_model(run: _Run, model: nn.Module, layout: Any, topology: Any, plan:
     run.hops = len(plans)
     allowed = declared_rows(plans, queries)
     s = run.probe("model", model, make, queries, n, True, allowed, query_cells(plans, queries, labels.frame))
-    entries, _ = undeclared_entries("model", None, s, allowed, queries, labels, run.rtol, _candidates(plans))
+    entries, bad = undeclared_entries("model", None, s, allowed, queries, labels, run.rtol, _candidates(plans))
     run.undeclared += entries
+    value_reads(run, "model", None, model, make, plans, queries, allowed, labels, skip=bad,
+                candidates=_candidates(plans), ref=ref)
     seen: set = set()
     quiet = _silent_fns(model, run.gen)
     for f in sorted(quiet):

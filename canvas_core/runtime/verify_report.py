@@ -28,8 +28,14 @@ class UndeclaredDependency:
         future: the key's real frame (canvas frame x period) lies after the query's.
         pairs: how many probed (query, key) position pairs showed it.
         strength: the largest gradient magnitude seen, relative to the largest one of the same
-            query (1.0: as strong as the query's strongest input).
+            query (1.0: as strong as the query's strongest input); for a read found by value, the
+            largest change of the query's output relative to the largest output magnitude.
         fn_candidates: fn groups that update these queries (context for ``fn=None``).
+        by: how the read was found: ``"gradient"`` (the query's gradient is non-zero at the key) or
+            ``"value"`` (the query's output changed when only the inputs of the key's (region,
+            frame) group changed, though no gradient connects them: a read behind ``.detach()``
+            or ``torch.no_grad()``).  A value-found read of another sample has ``key_region``
+            ``"(another sample)"`` and ``key_frame`` -1.
     """
 
     where: str
@@ -42,11 +48,18 @@ class UndeclaredDependency:
     pairs: int
     strength: float
     fn_candidates: Tuple[str, ...] = ()
+    by: str = "gradient"
 
     def __str__(self) -> str:
         when = " (future)" if self.future else ""
         by = f"fn {self.fn!r}" if self.fn is not None else (
             "fn " + "/".join(repr(f) for f in self.fn_candidates) if self.fn_candidates else "the model")
+        if self.by == "value":
+            what = ("another sample of the batch" if self.key_frame < 0
+                    else f"region {self.key_region} frame {self.key_frame}{when}")
+            return (f"{self.where}: region {self.query_region} frame {self.query_frame} reads {what} by value "
+                    f"(no gradient path: .detach() or no_grad), not declared ({by}; {self.pairs} position "
+                    f"pair(s), relative change {self.strength:.2g})")
         return (f"{self.where}: region {self.query_region} frame {self.query_frame} reads region "
                 f"{self.key_region} frame {self.key_frame}{when}, not declared ({by}; {self.pairs} "
                 f"position pair(s), relative strength {self.strength:.2g})")

@@ -26,6 +26,9 @@ class _Run:
         self.progress, self.require_signal = progress, require_signal
         self.gen = torch.Generator().manual_seed(int(seed))
         self.rng = np.random.default_rng(int(seed))
+        # the value check's own draws: the gradient probe's (and so its reports) stay as they were
+        self.value_gen = torch.Generator().manual_seed((int(seed) + 1) % 2 ** 64)
+        self.value_rng = np.random.default_rng(int(seed) + 1)
         self.undeclared: List[UndeclaredDependency] = []
         self.dead: List[DeadLink] = []
         self.parts: List[str] = []
