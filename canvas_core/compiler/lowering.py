@@ -15,11 +15,11 @@ destination frame).  Rectangles of one connection that share their query range a
 merged along keys (so ``t_src = t_dst = None`` is one rectangle).
 
 Connections with a non-full ``MaskSpec`` are intersected with the temporal links through
-``canvas_core.schema.masks.mask_to_index_pairs`` (see :func:`_mask_rects`): each
-``(src_indices, dst_indices)`` pair, restricted to the link's frames, becomes the product of the
-packed runs of both sides.  Those rectangles are built as arrays over all pairs and links at once
-(:mod:`canvas_core.compiler.mask_lowering`): a mask of a million rectangles lowers in about a
-second, not minutes.
+``canvas_core.schema.masks.mask_to_index_pairs`` (read as numpy arrays, ``mask_index_arrays``;
+see :func:`_mask_rects`): each ``(src_indices, dst_indices)`` pair, restricted to the link's frames,
+becomes the product of the packed runs of both sides.  Those rectangles are built as arrays over
+all pairs and links at once (:mod:`canvas_core.compiler.mask_lowering`): a mask of a million
+rectangles lowers in about a second, not minutes.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from canvas_core.compiler.plan import ExecutionPlan, RectGroup
 from canvas_core.compiler.temporal import link_count_bound, link_ranges, region_frames
 from canvas_core.errors import CanvasTypeError, UnknownRegionError, did_you_mean, user_stacklevel
 from canvas_core.schema.limits import check_bytes, check_size, limit
-from canvas_core.schema.masks import mask_to_index_pairs
+from canvas_core.schema.mask_pairs import mask_index_arrays
 from canvas_core.schema.staleness import check_topology_unchanged, check_unchanged, layout_stamp, topology_stamp
 from canvas_core.schema.topology import DEFAULT_FN, check_connection_regions
 
@@ -155,7 +155,7 @@ def _mask_rects(conn: Any, layout: Any, pk: _Packing, links: Sequence[Tuple[int,
     """Rectangles of a connection with a non-full ``MaskSpec``: mask pairs x temporal links
     (numpy over all pairs and links; see :mod:`canvas_core.compiler.mask_lowering`), and the
     query runs they use."""
-    pairs = mask_to_index_pairs(conn.mask, layout, conn.src, conn.dst)
+    pairs = mask_index_arrays(conn.mask, layout, conn.src, conn.dst)
     return mask_pair_rects(pairs, pk.inv, pk.vol, links)
 
 
@@ -267,9 +267,10 @@ def lower(topology: Any, layout: Any, *, resolve_fn: Union[bool, Callable, Seque
 #: bytes of the Python objects lowering makes per frame link while it lowers one connection (the
 #: link, its key-run list entry, its rectangle and row: ~1 KiB measured, peak; freed before the next
 #: connection), per rectangle that outlives it (a connection with both offsets set, or a mask, keeps
-#: about one per link) and per region frame (its packed-runs entry, kept)
+#: about one per link: its array entries and their copy when the fn type's rectangles are joined,
+#: ~100 measured since rectangles are arrays) and per region frame (its packed-runs entry, kept)
 _LINK_BYTES = 1100
-_KEPT_LINK_BYTES = 300
+_KEPT_LINK_BYTES = 150
 _REGION_FRAME_BYTES = 250
 #: per canvas position: the packing's permutation and its inverse, the query weights' sums
 _POSITION_BYTES = 64

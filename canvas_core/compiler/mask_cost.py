@@ -2,9 +2,10 @@
 from the mask's declared size (tile counts, pattern shape) before any index list is built.
 
 Lowering such a connection (``lowering._mask_rects``) first lists the canonical indices of every
-mask pair over all frames of both regions (Python ints, all pairs at once), then emits, per pair
-and per temporal link, one rectangle per (query run, key run).  Both grow with the frames, the
-links and the number of mask pairs, so a small declaration can ask for gigabytes.
+mask pair over all frames of both regions (int64 arrays, all pairs at once), then emits, per pair
+and per temporal link, one rectangle per (query run, key run), as arrays over all pairs and links
+(``mask_lowering``).  Both grow with the frames, the links and the number of mask pairs, so a
+small declaration can ask for gigabytes.
 
 Counts here are upper bounds for regions that do not overlap (the packing then keeps each region
 frame contiguous and in row-major order); overlapping regions can split runs further.
@@ -22,13 +23,18 @@ from canvas_core.schema.rects import rect_cover
 
 __all__ = ["MaskCost", "mask_cost"]
 
-#: bytes per rectangle of a masked connection: its tuple in the connection's list, its row in the
-#: plan's list and its share of the final arrays (measured ~440)
-_MASK_RECT_BYTES = 450
-#: bytes per canonical index listed for a mask pair (a Python int and its list slot, ~37 measured)
-_MASK_INDEX_BYTES = 40
-#: bytes per mask pair (its boxes, its two lists, its two arrays)
-_MASK_PAIR_BYTES = 600
+# Measured with tracemalloc (numpy buffers included), one thread, tile and sparse masks from 10^4 to
+# 1.7 * 10^7 rectangles: the estimate of lowering.py with these is 1.2x to 1.8x the real peak.
+#: bytes per rectangle of a masked connection: its five int64/float64 entries, the arrays the
+#: vectorised lowering builds them from, and its copy when the fn type's rectangles are joined
+#: (~90 measured for one connection, ~96 for several of one fn type)
+_MASK_RECT_BYTES = 140
+#: bytes per canonical index listed for a mask pair: its int64 entry, the flattened copy and the
+#: sorted keys of the run tables (~75 measured for keys, ~100 with one-frame links)
+_MASK_INDEX_BYTES = 100
+#: bytes per mask pair (its boxes or cover rectangle, its two small arrays and their per-pair
+#: entries in the run tables; ~550 to ~1000 measured)
+_MASK_PAIR_BYTES = 1200
 #: bytes per rectangle of ``rect_cover`` on a sparse pattern (~220 measured), and per pattern cell
 #: and per true cell (its boolean copies, the list of true cells)
 _COVER_RECT_BYTES = 250

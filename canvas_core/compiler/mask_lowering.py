@@ -12,7 +12,6 @@ computed once, as a table sorted by its key; a (pair, link) looks its runs up by
 
 from __future__ import annotations
 
-import itertools
 from typing import List, NamedTuple, Sequence, Tuple
 
 import numpy as np
@@ -54,10 +53,12 @@ class RectArrays(NamedTuple):
 
 
 def _flatten(lists: Sequence[Sequence[int]]) -> Tuple[np.ndarray, np.ndarray]:
-    """``(values, owner)``: the lists concatenated (int64) and, per value, its list's index."""
-    lens = np.fromiter((len(x) for x in lists), dtype=_I64, count=len(lists))
-    values = np.fromiter(itertools.chain.from_iterable(lists), dtype=_I64, count=int(lens.sum()))
-    return values, np.repeat(np.arange(len(lists), dtype=_I64), lens)
+    """``(values, owner)``: the lists (int64 arrays, or sequences of ints) concatenated as int64
+    and, per value, its list's index."""
+    arrays = [np.asarray(x, dtype=_I64).reshape(-1) for x in lists]
+    lens = np.fromiter((a.size for a in arrays), dtype=_I64, count=len(arrays))
+    values = np.concatenate(arrays) if arrays else np.zeros(0, dtype=_I64)
+    return values, np.repeat(np.arange(len(arrays), dtype=_I64), lens)
 
 
 def _runs(group: np.ndarray, packed: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -122,7 +123,8 @@ def _query_spans(owner: np.ndarray, canon: np.ndarray, packed: np.ndarray, frame
 
 def mask_pair_rects(pairs: Sequence[Tuple[Sequence[int], Sequence[int]]], inv: np.ndarray, vol: int,
                     links: Links) -> Tuple[RectArrays, Tuple[np.ndarray, np.ndarray]]:
-    """Rectangles of the mask pairs ``[(src canonical indices, dst canonical indices), ...]`` x the
+    """Rectangles of the mask pairs ``[(src canonical indices, dst canonical indices), ...]`` (int64
+    ``(n,)`` arrays, as :func:`~canvas_core.schema.mask_pairs.mask_index_arrays` gives, or lists) x the
     temporal ``links`` (``(src_lo, src_hi, dst_frame, w)``), in the order of the module docstring,
     and the query runs they use ``(starts, stops)`` (their union is that of the rectangles' query
     ranges, from far fewer ranges).
