@@ -82,9 +82,7 @@ class RegionModel(_Strict):
     is_output: StrictBool = True
     loss_weight: _number(ge=0) = 1.0  # type: ignore[valid-type]
     semantic_type: Optional[StrictStr] = None
-    semantic_embedding: Optional[List[_number()]] = Field(  # type: ignore[valid-type]
-        None, json_schema_extra={"not": {"type": "array", "items": {"const": 0}}},
-        description="a direction: not empty, not all zeros")
+    semantic_embedding: Optional[List[_number()]] = None  # type: ignore[valid-type]
     embedding_model: StrictStr = Field("openai/text-embedding-3-small", json_schema_extra=_NON_EMPTY)
     default_attn: StrictStr = Field("cross_attention", json_schema_extra=_NON_EMPTY)
     carrier: _literal(CARRIERS) = "deterministic"  # type: ignore[valid-type]

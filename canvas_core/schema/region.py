@@ -31,7 +31,8 @@ class RegionSpec:
         loss_weight: Relative loss weight of the region's positions (>= 0).
         semantic_type: Human-readable modality description (source of truth for the embedding).
         semantic_embedding: Frozen embedding ``(D,)`` of ``semantic_type`` by ``embedding_model``;
-            finite, with at least one non-zero entry (a cosine distance needs a direction).
+            finite. An all-zero one is kept (files and checkpoints written with one still load),
+            but has no direction: :func:`transfer_distance` refuses it.
         embedding_model: Name of the embedder whose output ``semantic_embedding`` is.
         default_attn: Attention function type of connections leaving this region that set no ``fn``.
         carrier: Dynamics carrier (set by the program layer; ``"deterministic"`` by default).
@@ -109,7 +110,6 @@ class RegionSpec:
                 )
             check_ordered(emb, "RegionSpec semantic_embedding", "(0.12, -0.5, ...)")
             emb = tuple(as_float(x, "RegionSpec semantic_embedding entry") for x in emb)
-            _check_has_direction(emb)
             object.__setattr__(self, "semantic_embedding", emb)
         as_str(self.embedding_model, "RegionSpec embedding_model")
         as_str(self.default_attn, "RegionSpec default_attn")
@@ -157,18 +157,6 @@ class RegionSpec:
         from dataclasses import replace
 
         return replace(self, **changes)
-
-
-def _check_has_direction(emb: Tuple[float, ...]) -> None:
-    """Refuse an empty or all-zero embedding ``(D,)`` when it is set, not when a distance is first
-    asked of it: it has no direction, so no cosine distance (transfer_distance) exists for it."""
-    if any(emb):
-        return
-    what = "is empty" if not emb else f"is the zero vector (all {len(emb)} entries are 0)"
-    raise SchemaError(
-        f"RegionSpec semantic_embedding {what}: it has no direction, so transfer_distance cannot "
-        "compare it with another region; give the embedding of the region's semantic_type (e.g. "
-        "`canvas embed schema.json`), or leave semantic_embedding unset (None)")
 
 
 def _axis_names(n_spatial: int) -> list[str]:

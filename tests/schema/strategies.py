@@ -35,7 +35,7 @@ def layouts(draw, max_regions: int = 4, max_dims: int = 3, allow_overlap: bool =
             loss_weight=draw(st.sampled_from([0.0, 0.5, 1.0, 2.0])),
             default_attn=draw(st.sampled_from(["cross_attention", "linear_attention", "gated"])),
             semantic_type=draw(st.one_of(st.none(), st.text(max_size=12))),
-            semantic_embedding=draw(st.one_of(st.none(), st.lists(st.floats(-1, 1, width=32), min_size=2, max_size=4).filter(any).map(tuple))),
+            semantic_embedding=draw(st.one_of(st.none(), st.lists(st.floats(-1, 1, width=32), min_size=2, max_size=4).map(tuple))),
         )
         raw = draw(st.booleans()) and spec == RegionSpec(bounds=box)
         regions[f"r{i}"] = box if raw else spec

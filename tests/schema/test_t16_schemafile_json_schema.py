@@ -70,8 +70,6 @@ BAD = {
     "default_attn empty": lambda d: _region(d).update(default_attn=""),
     "embedding_model spaces": lambda d: _region(d).update(embedding_model=" "),
     "family empty": lambda d: _region(d).update(family=""),
-    "semantic_embedding zeros": lambda d: _region(d).update(semantic_embedding=[0, 0.0, -0.0]),
-    "semantic_embedding empty": lambda d: _region(d).update(semantic_embedding=[]),
 }
 
 
