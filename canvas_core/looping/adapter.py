@@ -224,8 +224,14 @@ class BackboneAdapter:
     def prepare(self, model: nn.Module) -> None:
         """Install attention that honours ``beta`` (sharpening) and canvas topologies; must
         leave the model's outputs unchanged. Called once by ``graft_looped_blocks``.  The base
-        attaches the input checks of :meth:`input_guards`: an override calls it last."""
-        self.guard_inputs(model, None)
+        attaches the input checks of :meth:`input_guards`: an override calls it last.  It records
+        where the canvas attention sits (a call once it was replaced refuses while sharpening acts on
+        it) and keeps an installed topology's checks: preparing again (``graft_looped_blocks`` after
+        ``install_topology``) must not drop the shape check of the tokens it was installed for."""
+        from canvas_core.looping.sharpening_guard import record_sharpened_attention
+
+        record_sharpened_attention(self, model)
+        self.guard_inputs(model, self.installed_topology(model))
 
     def token_layout(
         self,
@@ -364,16 +370,23 @@ class BackboneAdapter:
 
     def guard_inputs(self, model: nn.Module, installed: Any, *, prepared: bool = True) -> None:
         """Attach :meth:`input_guards` for ``installed`` (an ``InstalledTopology``; None: the
-        checks of a prepared model without one).  ``prepared=False`` removes every check.
+        checks of a prepared model without one, and its sharpening check, see
+        ``looping/sharpening_guard.py``).  ``prepared=False`` removes every check.
         Adapters call it at the end of :meth:`prepare`; installing and removing a topology and
         :meth:`unprepare` call it."""
+        from canvas_core.looping.sharpening_guard import SHARPENING_ATTR
+
         want = list(self.input_guards(model, installed is not None)) if prepared else []
-        if installed is not None and all(m is not model for m, _ in want):
-            want.append((model, _no_shapes))  # every call checks that the topology still runs
+        if not prepared:
+            model.__dict__.pop(SHARPENING_ATTR, None)
+        sharp = model.__dict__.get(SHARPENING_ATTR)
+        if (installed is not None or sharp is not None) and all(m is not model for m, _ in want):
+            want.append((model, _no_shapes))  # every call checks that the topology / sharpening still runs
         for module in [model, *(m for m, _ in [*self.input_guards(model, True), *self.input_guards(model, False)])]:
             guard_input_shapes(module, None)
         for module, read in want:
-            guard_input_shapes(module, _NO_TOPOLOGY if installed is None else installed, read)
+            guard_input_shapes(module, installed if installed is not None else
+                               (sharp if module is model and sharp is not None else _NO_TOPOLOGY), read)
 
     def unprepare(self, model: nn.Module) -> None:
         """Undo :meth:`prepare` (``ungraft_looped_blocks`` calls it): the input checks are removed

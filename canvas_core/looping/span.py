@@ -53,6 +53,7 @@ class SpanMember(nn.Module):
         self.original = original
         self.block_idx = position
         object.__setattr__(self, "_span", span)  # not a submodule: the span owns nothing here
+        span._order.link(self, int(position))
 
     def delta(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         """``x + member.delta(x)``: zero, the span ran this block already (``(B, N, D)``)."""
@@ -61,26 +62,51 @@ class SpanMember(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         span = self._span
         states, _, _ = span.io.split(args, kwargs)
-        # the span sets the member it expects next (and the model's forward hook, looping/ungraft.py,
-        # unsets it when a forward starts); a recompute in backward (a backbone's own reentrant
-        # checkpointing) calls members again, and passes through as the forward did
-        if getattr(span, "_next_member", None) != self.block_idx and not in_backward():
-            raise BackboneError(
-                f"block {self.block_idx} ({type(self.original).__name__}) lies inside the looped span "
-                f"{span.loop_scope}, and this forward reached it without running the span from its first "
-                f"block {span.start}: the span runs blocks {span.start}..{span.end - 1} together, so this "
-                "block would be skipped. Enter the model before the span or after it (or graft a span "
-                "that starts where the forward enters)")
-        span._next_member = self.block_idx + 1 if self.block_idx < span.end - 1 else None
+        # the span names the member it expects next (and the model's forward hook, looping/ungraft.py,
+        # unsets _next_member when a forward starts); a recompute in backward (a backbone's own
+        # reentrant checkpointing) calls members again, and passes through as the forward did.
+        # Identity tests only: an index read here would be guarded on, one graph per member under
+        # compile_blocks (the index is read when the refusal is raised)
+        order = span._order
+        if (span._next_member is None or order.next is not self) and not in_backward():
+            raise BackboneError(self._skipped_message())
+        after = self._after
+        order.next = after
         tpl = span._template
-        if self.block_idx == span.end - 1:
+        if after is None:  # the span's last block
+            span._next_member = None
             span._template = None  # release the last iteration's extra outputs
         if tpl is None:
             return states[0] if len(states) == 1 else tuple(states)
         return span.io.repack(tpl, states)
 
+    def _skipped_message(self) -> str:
+        span = self._span
+        return (f"block {self.block_idx} ({type(self.original).__name__}) lies inside the looped span "
+                f"{span.loop_scope}, and this forward reached it without running the span from its first "
+                f"block {span.start}: the span runs blocks {span.start}..{span.end - 1} together, so this "
+                "block would be skipped. Enter the model before the span or after it (or graft a span "
+                "that starts where the forward enters)")
+
     def extra_repr(self) -> str:
         return f"block_idx={self.block_idx}, runs inside the LoopedSpan at block {self._span.start}"
+
+
+class _MemberOrder:
+    """The order in which a forward must reach a span's members: ``next`` is the member expected
+    next (None: none), each member's ``_after`` the one following it (None for the last), linked
+    by position as the members are built (in any order)."""
+
+    def __init__(self) -> None:
+        self.next: Optional[SpanMember] = None
+        self.at: dict = {}
+
+    def link(self, member: SpanMember, position: int) -> None:
+        object.__setattr__(member, "_after", self.at.get(position + 1))  # not submodules
+        before = self.at.get(position - 1)
+        if before is not None:
+            object.__setattr__(before, "_after", member)
+        self.at[position] = member
 
 
 class LoopedSpan(LoopCore):
@@ -138,7 +164,9 @@ class LoopedSpan(LoopCore):
         object.__setattr__(self, "_members", list(members))
         object.__setattr__(self, "_holders", [])  # every block position (canvas_fn of topologies)
         self._template: Any = None
-        self._next_member: Optional[int] = None  # the member the last span forward hands over to
+        # the block the last span forward hands over to (None: a forward must run the span first)
+        self._next_member: Optional[int] = None
+        self._order = _MemberOrder()  # which member comes next (identity, see SpanMember.forward)
         # names of the block's arguments after the streams, read here once: filled lazily in the
         # first forward, the compiled graph of that call would be guarded on it being unset and
         # never reused
@@ -273,6 +301,7 @@ class LoopedSpan(LoopCore):
         ret = self.io.repack(last["out"], h)
         self._template = ret if self._members and not isinstance(ret, torch.Tensor) else None
         self._next_member = self.start + 1 if self._members else None
+        self._order.next = self._order.at.get(self.start + 1)
         return ret
 
 
