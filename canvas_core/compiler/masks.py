@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from canvas_core.compiler.layout_match import describe_differences
 from canvas_core.compiler.lowering import lower
 from canvas_core.compiler.plan import BlockLayout, ExecutionPlan
 from canvas_core.errors import CanvasTypeError, SchemaError
@@ -112,7 +113,10 @@ def check_plan_current(plan: ExecutionPlan, where: str, topology: Any = None, la
     """Refuse (``SchemaError``) to build a mask from ``plan`` when it no longer describes what it
     is asked for: its layout or topology changed since it was lowered (the checks and messages
     the layers use, ``canvas_core.schema.staleness``), or ``topology`` / ``layout`` (None: not
-    given) is another one than the plan was lowered from.  ``where`` names the call in errors.
+    given) is another one than the plan was lowered from: a topology unequal to the plan's, a
+    layout that lowers otherwise (:func:`~canvas_core.compiler.layout_match.layout_differences`,
+    the comparison the layers use: fields that place no position, such as ``d_model`` or
+    ``t_current``, may differ).  ``where`` names the call in errors.
 
     The plan holds the rectangles of the connections as lowered; a mask built from it after a
     connection was added or removed would silently show the old ones.
@@ -122,12 +126,17 @@ def check_plan_current(plan: ExecutionPlan, where: str, topology: Any = None, la
     check_unchanged(plan.layout, plan.layout_stamp, owner)
     check_topology_unchanged(plan.topology, plan.topology_stamp, owner,
                              f"lower the plan again (lower(topology, layout)) and call {where} with the new one")
-    for given, held, what in ((topology, plan.topology, "topology"), (layout, plan.layout, "layout")):
-        if given is not None and given is not held and not _equal(given, held):
-            raise SchemaError(
-                f"{where}: the plan was lowered from another {type(held).__name__} than the {what} given "
-                f"({type(given).__name__}), so the mask would show that {what}'s connections and positions; "
-                f"pass the {what} the plan was lowered from, or leave plan out to lower this one")
+    if topology is not None and topology is not plan.topology and not _equal(topology, plan.topology):
+        raise SchemaError(
+            f"{where}: the plan was lowered from another {type(plan.topology).__name__} than the topology given "
+            f"({type(topology).__name__}), so the mask would show that topology's connections; pass the "
+            "topology the plan was lowered from, or leave plan out to lower this one")
+    differs = None if layout is None else describe_differences(layout, plan.layout)
+    if differs is not None:
+        raise SchemaError(
+            f"{where}: the layout given is not the one the plan was lowered from ({differs}), so the mask "
+            "would show the positions of the plan's layout; pass the layout the plan was lowered from, "
+            "or leave plan out to lower this one")
 
 
 def _equal(a: Any, b: Any) -> bool:

@@ -91,9 +91,9 @@ class CanvasAttention(nn.Module):
     Args:
         plan_or_topology: an :class:`ExecutionPlan`, or a ``CanvasTopology`` (then ``layout``).
         layout: the ``CanvasLayout`` when a topology is given.  With a plan it may be left out;
-            given, it must be the plan's layout or an equal copy (``SchemaError`` naming what
-            differs otherwise: lower the plan from that layout).
-        d_model: model width D (default ``layout.d_model``).
+            given, it must place positions as the plan's layout does (``SchemaError`` naming what
+            differs otherwise: lower the plan from that layout); its ``d_model`` may differ.
+        d_model: model width D (default ``layout.d_model``: the layout given, else the plan's).
         n_heads: heads of the softmax family (``d_model`` must divide by it).
         dropout: attention dropout (softmax family) and dropout of the other types' modules.
         kernel: softmax kernel: None (the plan's resolution), "auto"/"reference", "dense",
@@ -137,7 +137,7 @@ class CanvasAttention(nn.Module):
             plan = plan_or_topology
             if layout is not None:  # the plan's indices place its own layout's positions: no other one
                 check_plan_layout(plan, layout, type(self).__name__)
-            layout = plan.layout
+            layout = plan.layout if layout is None else layout  # a given one still supplies d_model
         else:
             if layout is None:
                 raise CanvasTypeError("CanvasAttention(topology, layout, ...): pass the CanvasLayout "

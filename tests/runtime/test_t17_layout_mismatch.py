@@ -47,7 +47,6 @@ OTHERS = {
     "one frame more": (dict(T=3, regions={"a": (0, 3, 0, 1, 0, 2), "b": (0, 3, 0, 1, 2, 4)}),
                        r"T=3 in the layout given, 2 in the plan's"),
     "wider grid": (dict(W=6), r"spatial_shape=\(1, 6\) in the layout given, \(1, 4\) in the plan's"),
-    "another width": (dict(d_model=16), r"d_model=16 in the layout given, 8 in the plan's"),
     "a region more": (dict(W=6, regions={**REGIONS, "c": (0, 2, 0, 1, 4, 6)}), r"region\(s\) \['c'\] only in the layout given"),
     "another period": (dict(regions={"a": RegionSpec(bounds=(0, 2, 0, 1, 0, 2), period=2), "b": REGIONS["b"]}),
                        r"region 'a' period 2 in the layout given, 1 in the plan's"),
