@@ -33,8 +33,9 @@ _MASK_RECT_BYTES = 140
 #: sorted keys of the run tables (~75 measured for keys, ~100 with one-frame links)
 _MASK_INDEX_BYTES = 100
 #: bytes per mask pair (its boxes or cover rectangle, its two small arrays and their per-pair
-#: entries in the run tables; ~550 to ~1000 measured)
-_MASK_PAIR_BYTES = 1200
+#: entries in the run tables; ~550 to ~1000 measured before tile index lists were built for all
+#: tiles at once, less since: 700 keeps the estimate between the peak and twice it)
+_MASK_PAIR_BYTES = 700
 #: bytes per rectangle of ``rect_cover`` on a sparse pattern (~220 measured), and per pattern cell
 #: and per true cell (its boolean copies, the list of true cells)
 _COVER_RECT_BYTES = 250

@@ -71,25 +71,74 @@ def _range_boxes(lo: int, hi: int, extent: Sequence[int]) -> List[List[Tuple[int
 
 
 def _tile_pairs(spec: MaskSpec, layout: Any, src: str, dst: str) -> List[Tuple[Tuple, Tuple]]:
+    """``(src box, dst box)`` per tile, tiles in row-major order of the tile grid (anchored at the
+    src region's corner): the src box is the tile cell clipped to the src region, the dst box the
+    dst positions inside that clipped cell, or the whole dst region where there are none."""
+    import itertools
+
+    import numpy as np
+
     sbox, dbox = _region_box(layout, src), _region_box(layout, dst)
     n = len(sbox) - 1
     tile = spec.tile_for(n)
     if n == 0:
         return [(sbox, dbox)]
-    import itertools
+    s_dims, d_dims, empty = [], [], np.zeros((), dtype=bool)
+    for (lo, hi), (c, d), t in zip(sbox[1:], dbox[1:], tile):
+        s0 = np.arange(lo, max(lo, hi), t, dtype=np.int64)
+        s1 = np.minimum(s0 + t, hi)
+        d0, d1 = np.maximum(s0, c), np.minimum(s1, d)
+        s_dims.append(list(zip(s0.tolist(), s1.tolist())))
+        d_dims.append(list(zip(d0.tolist(), d1.tolist())))
+        empty = np.logical_or.outer(empty, d0 >= d1)  # per tile: a dim without dst positions
+    s_boxes = itertools.product(*s_dims)
+    d_boxes = itertools.product(*d_dims)
+    return [((sbox[0],) + s, dbox if e else (dbox[0],) + d)
+            for s, d, e in zip(s_boxes, d_boxes, empty.reshape(-1).tolist())]
 
-    origin = [lo for lo, _ in sbox[1:]]  # the tile grid is anchored at the src region's corner
 
-    pairs = []
-    for key in itertools.product(*[range(-(-(hi - lo) // t)) for (lo, hi), t in zip(sbox[1:], tile)]):
-        # src tile = tile cell clipped to the src box; its dst = dst positions inside that clipped cell
-        sb = (sbox[0],) + tuple((o + k * t, min(o + (k + 1) * t, hi))
-                                for k, t, o, (_, hi) in zip(key, tile, origin, sbox[1:]))
-        db = (dbox[0],) + tuple((max(a, c), min(b, d)) for (a, b), (c, d) in zip(dbox[1:], sb[1:]))
-        if any(a >= b for a, b in db[1:]):  # no dst position there: the whole dst region
-            db = dbox
-        pairs.append((sb, db))
-    return pairs
+def _by_tile(layout: Any, idx: Any, sbox: Sequence[Tuple[int, int]], tile: Sequence[int]) -> Tuple[Any, Any]:
+    """``(tile id, inside)`` of canonical indices ``idx``: the row-major id of the tile cell of the
+    grid anchored at the src box's corner that holds each position, and whether it is in the
+    src box at all (ids of positions outside are meaningless)."""
+    import numpy as np
+
+    spatial = _spatial_shape(layout)
+    coords = np.unravel_index(idx % int(np.prod(spatial, dtype=np.int64)), spatial)
+    tile_id = np.zeros(idx.shape, dtype=np.int64)
+    inside = np.ones(idx.shape, dtype=bool)
+    for c, (lo, hi), t in zip(coords, sbox[1:], tile):
+        inside &= (c >= lo) & (c < hi)
+        tile_id = tile_id * (-(-(hi - lo) // t)) + (c - lo) // t
+    return tile_id, inside
+
+
+def _tile_index_arrays(spec: MaskSpec, layout: Any, src: str, dst: str) -> List[Tuple[Any, Any]]:
+    """The index arrays of :func:`_tile_pairs`' boxes, made for all tiles at once: each region's
+    indices (ascending) grouped by tile with a stable sort, so each group stays ascending."""
+    import numpy as np
+
+    sbox, dbox = _region_box(layout, src), _region_box(layout, dst)
+    tile = spec.tile_for(len(sbox) - 1)
+    n_tiles = 1
+    for (lo, hi), t in zip(sbox[1:], tile):
+        n_tiles *= -(-(hi - lo) // t)
+    if len(sbox) == 1 or n_tiles == 0:
+        return [(_indices_of_box(layout, s), _indices_of_box(layout, d)) for s, d in _tile_pairs(spec, layout, src, dst)]
+
+    def grouped(idx, keep_outside):
+        tile_id, inside = _by_tile(layout, idx, sbox, tile)
+        if not keep_outside:
+            idx, tile_id = idx[inside], tile_id[inside]
+        idx = idx[np.argsort(tile_id, kind="stable")]
+        counts = np.bincount(tile_id, minlength=n_tiles)
+        ends = np.cumsum(counts).tolist()
+        return [idx[a:b] for a, b in zip([0] + ends[:-1], ends)], counts
+
+    s_groups, _ = grouped(_indices_of_box(layout, sbox), True)
+    d_all = _indices_of_box(layout, dbox)
+    d_groups, d_counts = grouped(d_all, False)
+    return [(s, d if n else d_all.copy()) for s, d, n in zip(s_groups, d_groups, d_counts.tolist())]
 
 
 def _sparse_cover(spec: MaskSpec, layout: Any, src: str, dst: str) -> Tuple[Tuple, Tuple, List[Rect]]:
@@ -182,7 +231,7 @@ def mask_index_arrays(mask_spec: Optional[MaskSpec], layout: Any, src: str, dst:
         return [(np.asarray(layout.region_indices(src), dtype=np.int64),
                  np.asarray(layout.region_indices(dst), dtype=np.int64))]
     if spec.kind == "tile":
-        return [(_indices_of_box(layout, s), _indices_of_box(layout, d)) for s, d in _tile_pairs(spec, layout, src, dst)]
+        return _tile_index_arrays(spec, layout, src, dst)
     return _sparse_index_arrays(spec, layout, src, dst)
 
 

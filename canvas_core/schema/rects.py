@@ -141,28 +141,168 @@ def rect_cover(mask: Any, min_area: int = 4) -> List[Rect]:
     Returns:
         List of :class:`Rect`, in row-major order of their first corner.
     """
-    import numpy as np
-
     if isinstance(min_area, bool) or not isinstance(min_area, int) or min_area < 1:
         raise SchemaError(f"rect_cover: min_area must be an integer >= 1, got {min_area!r}")
     arr = _to_bool_array(mask)
-    todo = arr.copy()
-    nd = arr.ndim
-    out: List[Rect] = []
-    for flat in np.flatnonzero(todo.ravel()):
-        start = np.unravel_index(int(flat), arr.shape)
-        if not todo[start]:
+    if arr.ndim <= 2:
+        r0, r1, c0, c1 = _cover_2d(arr.reshape((1,) * (2 - arr.ndim) + arr.shape))
+        if arr.ndim == 1:
+            return [_rect(((a, b),)) for a, b in zip(c0, c1)]
+        return [_rect(((a, b), (c, d))) for a, b, c, d in zip(r0, r1, c0, c1)]
+    return [_rect(ranges) for ranges in _cover_nd(arr)]
+
+
+def _rect(ranges: Tuple[Tuple[int, int], ...]) -> Rect:
+    """A :class:`Rect` of bounds already known to be valid ints (skips the checks of ``__init__``)."""
+    r = Rect.__new__(Rect)
+    r.ranges = ranges
+    return r
+
+
+#: the ints that :func:`_shared` hands out (a table, not a per-call one, so its memory is fixed)
+_SMALL_INTS = list(range(4096))
+#: cells of the mask whose runs the narrow scan lists at once (bounds its memory)
+_CHUNK_CELLS = 1 << 22
+#: above this many runs per changed row, the scan works on whole rows with numpy, not per run
+_WIDE_RUNS = 48
+
+
+def _cover_2d(arr: Any) -> Tuple[List[int], List[int], List[int], List[int]]:
+    """The greedy cover of a ``(R, C)`` bool array as lists ``(r0, r1, c0, c1)``, row-major.
+
+    The greedy's rectangles that start in row ``r`` are the maximal runs of its still uncovered
+    cells, and each grows down while the *mask* (not only the uncovered cells) is true under its
+    whole width: a rectangle from an earlier row that covered any of those cells further down
+    would cover them in row ``r`` too.  So one pass over the rows suffices, and only rows that
+    differ from the row above can end a rectangle or start one.
+    """
+    import numpy as np
+
+    if not arr.any():
+        return [], [], [], []
+    changed = np.ones(arr.shape[0], dtype=bool)
+    changed[1:] = (arr[1:] != arr[:-1]).any(axis=1)
+    rows = np.flatnonzero(changed)
+    runs = np.count_nonzero(arr[:, 1:] > arr[:, :-1], axis=1) + arr[:, 0]  # per row
+    if int(runs[rows].sum()) > _WIDE_RUNS * rows.size:
+        return _scan_wide(arr, rows)
+    return _scan_narrow(arr, rows)
+
+
+def _row_runs(rows: Any) -> Tuple[List[int], List[int], List[int]]:
+    """``(offsets, starts, stops)`` of the maximal true runs of each row of a ``(n, C)`` bool
+    array: row ``i`` has runs ``starts[offsets[i]:offsets[i + 1]]`` (and ``stops``), left to right."""
+    import numpy as np
+
+    padded = np.zeros((rows.shape[0], rows.shape[1] + 2), dtype=np.int8)
+    padded[:, 1:-1] = rows
+    r_idx, c_idx = np.nonzero(np.diff(padded, axis=1))
+    offsets = np.searchsorted(r_idx[0::2], np.arange(rows.shape[0] + 1))
+    return offsets.tolist(), _shared(c_idx[0::2]), _shared(c_idx[1::2])
+
+
+def _shared(values: Any) -> List[int]:
+    """``values.tolist()`` with one int object per distinct value up to 4096, so that the
+    rectangles' bounds (often far more numerous than distinct values) do not each hold their own."""
+    if values.size and values.max() < len(_SMALL_INTS):
+        return list(map(_SMALL_INTS.__getitem__, values.tolist()))
+    return values.tolist()
+
+
+def _scan_narrow(arr: Any, rows: Any) -> Tuple[List[int], List[int], List[int], List[int]]:
+    """:func:`_cover_2d` one run at a time (fast when rows hold few runs): the rectangles open in
+    the row above, sorted by column, are matched against the row's runs in one merge."""
+    r0: List[int] = []
+    r1: List[int] = []
+    c0: List[int] = []
+    c1: List[int] = []
+    active: List[Tuple[int, int, int]] = []  # (c0, c1, id) of the rectangles covering the row above
+    n_rows = arr.shape[0]
+    step = max(1, _CHUNK_CELLS // max(1, arr.shape[1]))
+    for at in range(0, rows.size, step):
+        chunk = rows[at:at + step]
+        offsets, starts, stops = _row_runs(arr[chunk])
+        for i, r in enumerate(chunk.tolist()):
+            kept: List[Tuple[int, int, int]] = []
+            k = 0
+            for j in range(offsets[i], offsets[i + 1]):
+                lo, hi = starts[j], stops[j]
+                cursor = lo
+                while k < len(active) and active[k][0] < hi:
+                    a, b, rid = active[k]
+                    k += 1
+                    if a < lo or b > hi:  # a false cell under it: it ends above this row
+                        r1[rid] = r
+                        continue
+                    if a > cursor:
+                        kept.append((cursor, a, len(r0)))
+                        r0.append(r), r1.append(n_rows), c0.append(cursor), c1.append(a)
+                    kept.append(active[k - 1])
+                    cursor = b
+                if cursor < hi:
+                    kept.append((cursor, hi, len(r0)))
+                    r0.append(r), r1.append(n_rows), c0.append(cursor), c1.append(hi)
+            for _, _, rid in active[k:]:
+                r1[rid] = r
+            active = kept
+    return r0, r1, c0, c1
+
+
+def _scan_wide(arr: Any, rows: Any) -> Tuple[List[int], List[int], List[int], List[int]]:
+    """:func:`_cover_2d` one row at a time with numpy (fast when rows hold many runs)."""
+    import numpy as np
+
+    n_rows, n_cols = arr.shape
+    r0: List[Any] = []
+    c0: List[Any] = []
+    c1: List[Any] = []
+    r1 = np.full(int(np.count_nonzero(arr[rows])), n_rows, dtype=np.int64)  # by id; <= 1 per true cell
+    n = 0
+    act_id = act_lo = act_hi = np.zeros(0, dtype=np.int64)  # rectangles covering the row above
+    for r in rows.tolist():
+        row = arr[r]
+        zeros = np.concatenate(([0], np.cumsum(~row)))
+        keep = zeros[act_hi] == zeros[act_lo]  # no false cell under the rectangle
+        r1[act_id[~keep]] = r
+        act_id, act_lo, act_hi = act_id[keep], act_lo[keep], act_hi[keep]
+        cover = np.cumsum(np.bincount(act_lo, minlength=n_cols + 1) - np.bincount(act_hi, minlength=n_cols + 1))
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], (row & (cover[:-1] == 0)).view(np.int8), [0]))))
+        lo, hi = edges[0::2], edges[1::2]
+        if lo.size:
+            r0.append(np.full(lo.size, r, dtype=np.int64))
+            c0.append(lo)
+            c1.append(hi)
+            act_id = np.concatenate((act_id, np.arange(n, n + lo.size, dtype=np.int64)))
+            act_lo, act_hi = np.concatenate((act_lo, lo)), np.concatenate((act_hi, hi))
+            n += lo.size
+    return _shared(np.concatenate(r0)), _shared(r1[:n]), _shared(np.concatenate(c0)), _shared(np.concatenate(c1))
+
+
+def _cover_nd(arr: Any) -> List[Tuple[Tuple[int, int], ...]]:
+    """The greedy cover of an N-d (N >= 3) bool array, as ranges per rectangle, row-major.
+
+    As in :func:`_cover_2d`, one dim down: the rectangles that start in slice ``t`` of dim 0 are
+    the greedy cover of its uncovered cells, each grown along dim 0 while the mask stays true.
+    """
+    import numpy as np
+
+    n_t = arr.shape[0]
+    covered_until = np.zeros(arr.shape[1:], dtype=np.int64)
+    out: List[Tuple[Tuple[int, int], ...]] = []
+    for t in range(n_t):
+        todo = arr[t] & (covered_until <= t)
+        if not todo.any():
             continue
-        lo = [int(v) for v in start]
-        hi = [v + 1 for v in lo]
-        for d in range(nd - 1, -1, -1):  # last dim first
-            while hi[d] < arr.shape[d]:
-                sl = tuple(slice(lo[k], hi[k]) if k != d else slice(hi[d], hi[d] + 1) for k in range(nd))
-                if todo[sl].all():
-                    hi[d] += 1
-                else:
-                    break
-        box = tuple(slice(a, b) for a, b in zip(lo, hi))
-        todo[box] = False
-        out.append(Rect(ranges=tuple(zip(lo, hi))))
+        if todo.ndim == 2:
+            r0, r1, c0, c1 = _cover_2d(todo)
+            sub = [((a, b), (c, d)) for a, b, c, d in zip(r0, r1, c0, c1)]
+        else:
+            sub = _cover_nd(todo)
+        for ranges in sub:
+            box = tuple(slice(a, b) for a, b in ranges)
+            end = t + 1
+            while end < n_t and arr[end][box].all():
+                end += 1
+            covered_until[box] = end
+            out.append(((t, end),) + ranges)
     return out

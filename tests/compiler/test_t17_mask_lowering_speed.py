@@ -151,8 +151,8 @@ def test_python_work_does_not_grow_with_the_rectangles(kind, kw):
     """The reviewer's 106 s: the key runs were recomputed (several numpy calls) for every query
     run of every link of every mask pair.  Now the calls do not grow with the rectangles: 8x the
     frames gives up to 64x the rectangles and far fewer new calls than new rectangles.  (A sparse
-    pattern's index lists are made one Python step per index, in schema/mask_pairs.py: with one
-    frame per link they are as many as the rectangles, so only all-frame links are counted.)"""
+    pattern's index lists are numpy arrays, a few calls per rectangle of the pattern's cover
+    whatever the frames, in schema/mask_pairs.py; its case here uses all-frame links.)"""
     cells = (np.add.outer(np.arange(16), np.arange(16)) % 2).astype(int)
     mask = MaskSpec(kind="tile", tile_h=1, tile_w=1) if kind == "tile" else MaskSpec(kind="sparse", pattern=cells)
 
