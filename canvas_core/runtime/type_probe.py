@@ -2,8 +2,10 @@
 
 Both run one tiny call (batch 1, 4 queries, 6 keys: key sets {0, 1} -> {0, 1, 2}, {2, 3} ->
 {3, 4, 5}, stacked in one call for a per-key-set type; the contract probe also a batch of 2)
-through :func:`~canvas_core.runtime.type_call.call_attention_type`, in eval mode, on the
-module's own device and dtype, the global random state restored afterwards (reproducible builds).
+through :func:`~canvas_core.runtime.type_call.call_attention_type`, in eval mode (the contract
+probe's reads also on a copy in training mode, by gradient and by value), whatever mode the module
+is in when built, on the module's own device and dtype, the global random state restored
+afterwards (reproducible builds).
 
 * :func:`probe_attention_module` refuses (``AttentionContractError``, naming ``where``: the
   connection) a module that returns a wrong shape / dtype / device or whose output depends on a
@@ -34,9 +36,9 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tupl
 import torch
 
 from canvas_core.errors import AttentionContractError, CanvasError
-from canvas_core.runtime.type_call import call_attention_type, is_builtin_module
+from canvas_core.runtime.type_call import call_attention_type, is_builtin_module, key_set_groups
 from canvas_core.runtime.type_in_place import autograd_in_place, in_place_error, refuse_in_place, said_in_place
-from canvas_core.runtime.type_values import out_of_memory, probe_failure, value_leak
+from canvas_core.runtime.type_values import out_of_memory, probe_failure, reseeded, rng_fork, value_leak
 
 __all__ = ["probe_attention_module", "probe_runtime_shapes", "mixed_dtypes_explained", "init_gradient_problem",
            "constant_branch", "gate_opening_dependencies", "dependencies", "first_leak", "batch_leak", "key_runs",
@@ -294,7 +296,8 @@ def _runtime_calls(module: Any, fn: Any, runner: Any, d_model: int) -> Iterator[
 
 def probe_runtime_shapes(module: Any, fn: Any, d_model: int, where: str, runner: Any) -> None:
     """The key-exactness and batch-leak probes of :func:`probe_attention_module` (eval mode, batch
-    2, closed gates opened when nothing is read) at the shapes ``runner`` will call the type with:
+    2, closed gates opened when nothing is read; by gradient, then by value with one more call in
+    which sample 0's first key set changes) at the shapes ``runner`` will call the type with:
     each stacked key-set shape ``(Nq_g, Nk_g)`` (``PlanRunner.flat_buckets``), or an exact-mask
     type's masked call with its real linked mask (``PlanRunner.key_mask``).  A sample, not a
     proof: within the budget above, a larger call cut to a prefix of its queries, then keys; the
@@ -317,11 +320,15 @@ def probe_runtime_shapes(module: Any, fn: Any, d_model: int, where: str, runner:
         try:
             with _quiet(module):
                 with torch.no_grad():
-                    _finite(run(q, k, v), where, fn, module, f"at a shape the runtime calls it with ({label})")
+                    base = run(q, k, v)
+                _finite(base, where, fn, module, f"at a shape the runtime calls it with ({label})")
                 deps, opened = gate_opening_dependencies(module, run, q, k, v, rows)
                 leak = first_leak(deps, mask)
                 with zeros_opened(module) if opened and not leak else contextlib.nullcontext():
                     leak = leak or batch_leak(run, q, k, v)
+                    # by value, one more call: sample 0's first key set changed (a read behind .detach())
+                    leak = leak or value_leak(run, q, k, v, mask, *_first_set(mask), sample=0,
+                                              base=None if opened else base)
         except Exception as exc:  # what it raises at the real size, said at build (in-place: as such)
             if isinstance(exc, CanvasError) and str(exc).startswith(where) or autograd_in_place(exc) is not None:
                 raise  # (a CanvasError that does not name the connection is said again below, naming it)
@@ -333,6 +340,12 @@ def probe_runtime_shapes(module: Any, fn: Any, d_model: int, where: str, runner:
                 f"with ({label}): {type(exc).__name__}: {str(exc)[:200]}") from exc
         if leak:
             _refuse(module, fn, where, f"{leak}, at a shape the runtime calls it with ({label})")
+
+
+def _first_set(mask: Any) -> Tuple[List[int], List[int]]:
+    """(queries, keys) of the first key set of the ``(Nq, Nk)`` bool ``mask``; ([], []) for none."""
+    groups = key_set_groups(mask.cpu())
+    return ([int(i) for i in groups[0][0]], [int(j) for j in groups[0][1]]) if groups else ([], [])
 
 
 def _finite(out: Any, where: str, fn: Any, module: Any, when: str) -> None:
@@ -381,18 +394,32 @@ def _probe_contract(module: Any, fn: Any, d_model: int, where: str) -> None:
         # by value (one more call): a read behind .detach() has no gradient; sample 0's key set
         # {0, 1} -> {0, 1, 2} changes, so sample 1 and rows 2, 3 of sample 0 must keep their output
         leak = leak or value_leak(runner(module), q2, k2, v2, mask, (0, 1), (0, 1, 2), sample=0, base=base)
-    if not leak:  # training mode, on a copy (a batch statistic mixes the stacked key sets, the samples)
-        try:
-            twin = copy.deepcopy(module).train()
-            with torch.random.fork_rng(devices=[]):
-                leak = first_leak(dependencies(runner(twin), q, k, v), mask)
-            with torch.random.fork_rng(devices=[]):
-                leak = leak or batch_leak(runner(twin), q2, k2, v2)
-        except Exception:  # a module that cannot be copied or run so: the eval-mode probe stands
-            leak = None
-        leak = leak and f"{leak} (in training mode)"
+    # training mode, on a copy (a batch statistic mixes the stacked key sets, the samples)
+    leak = leak or _training_leak(module, runner, mask, (q, k, v), (q2, k2, v2))
     if leak:
         _refuse(module, fn, where, leak)
+
+
+def _training_leak(module: Any, runner: Callable[[Any], Any], mask: Any, one: tuple, two: tuple) -> Optional[str]:
+    """The read probes of :func:`_probe_contract` on a copy of ``module`` in training mode: by
+    gradient (``one``: the one-sample inputs, ``two``: the two-sample ones) and by value (sample 0's
+    first key set changed), every call seeded alike so that dropout draws the same masks in the
+    base and the changed call.  A module that cannot be copied or run so: None (eval mode stands)."""
+    device = _where(module)[0]
+    probes = (lambda twin: first_leak(dependencies(runner(twin), *one), mask),
+              lambda twin: batch_leak(runner(twin), *two),
+              lambda twin: value_leak(reseeded(runner(twin), device), *two, mask, (0, 1), (0, 1, 2), sample=0))
+    leak = None
+    try:
+        twin = copy.deepcopy(module).train()
+        for probe in probes:
+            with rng_fork(device):
+                leak = probe(twin)
+            if leak:
+                break
+    except Exception:
+        pass  # what was found before it stands
+    return leak and f"{leak} (in training mode)"
 
 
 def constant_branch(module: Any, fn: Any, d_model: int, where: Optional[str] = None) -> bool:

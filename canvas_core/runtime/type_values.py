@@ -18,7 +18,7 @@ import torch
 
 from canvas_core.errors import AttentionContractError
 
-__all__ = ["value_leak", "probe_failure", "out_of_memory", "value_tolerance"]
+__all__ = ["value_leak", "probe_failure", "out_of_memory", "value_tolerance", "rng_fork", "reseeded"]
 
 _LABELS = ("queries", "keys", "values")
 
@@ -46,7 +46,7 @@ def _rows(ix: Sequence[int]) -> str:
 
 def value_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, mask: Any,
                queries: Sequence[int] = (), keys: Sequence[int] = (), sample: Optional[int] = None,
-               base: Any = None, seed: int = 97) -> Optional[str]:
+               base: Any = None, seed: int = 97, graded: bool = True) -> Optional[str]:
     """What changed that must not have, or None.  ``run(q, k, v)``: the type as the runtime calls it
     with ``mask`` ``(Nq, Nk)`` bool; ``q``, ``k``, ``v`` ``(B, N, D)``.  New values are drawn for
     query rows ``queries`` and key / value rows ``keys`` (in every sample, or only in ``sample``);
@@ -54,7 +54,8 @@ def value_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, mask
     ``sample`` given every other sample must keep all of it.  ``base``: ``run(q, k, v)`` when the
     caller has it (else one more call).  A changed row is only reported when a second call on the
     original inputs reproduces ``base`` (a type whose output varies between identical calls is not
-    blamed for reading what it did not).  Calls run without gradients."""
+    blamed for reading what it did not).  Calls run without gradients.  ``graded``: a gradient
+    probe of the same call found nothing (the message then says the read has no gradient)."""
     with torch.no_grad():
         if base is None:
             base = run(q, k, v)
@@ -75,9 +76,34 @@ def value_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, mask
             return None
     row, what = found
     diff = float((base[row] - other[row]).abs().nan_to_num(float("inf")).max())
-    return (f"{what} changed (by {diff:.3g}) when only "
-            f"{_what_changed(queries, keys, sample)} changed, though no gradient connects them "
-            "(a read behind .detach() or torch.no_grad(), e.g. a statistic over every row of the call)")
+    why = ("though no gradient connects them (a read behind .detach() or torch.no_grad(), e.g. a statistic "
+           "over every row of the call)" if graded else "though it may not read them (checked by value only at "
+           "this size: e.g. a statistic over every row of the call, with or without a gradient)")
+    return f"{what} changed (by {diff:.3g}) when only {_what_changed(queries, keys, sample)} changed, {why}"
+
+
+def rng_fork(device: Any) -> Any:
+    """``torch.random.fork_rng`` over the CPU generator and, on an accelerator, ``device``'s: the
+    random state as it was afterwards (reproducible builds)."""
+    kind = getattr(torch, device.type, None) if device.type not in ("cpu", "meta") else None
+    if kind is None or not hasattr(kind, "current_device"):
+        return torch.random.fork_rng(devices=[])
+    index = device.index if device.index is not None else kind.current_device()
+    return torch.random.fork_rng(devices=[index], device_type=device.type)
+
+
+def reseeded(run: Callable[[Any, Any, Any], Any], device: Any, seed: int = 2029) -> Callable[[Any, Any, Any], Any]:
+    """``run`` seeding the CPU generator and ``device``'s with ``seed`` before every call (inside
+    :func:`rng_fork`): a type drawing randomness in forward (dropout in training mode) draws the same
+    masks for the base and the perturbed call, so only the inputs differ between them."""
+    def call(q: Any, k: Any, v: Any) -> Any:
+        torch.random.default_generator.manual_seed(seed)
+        kind = getattr(torch, device.type, None) if device.type not in ("cpu", "meta") else None
+        if kind is not None and hasattr(kind, "manual_seed") and hasattr(kind, "device"):
+            with kind.device(device):
+                kind.manual_seed(seed)  # this device's generator only
+        return run(q, k, v)
+    return call
 
 
 def _what_changed(queries: Sequence[int], keys: Sequence[int], sample: Optional[int]) -> str:

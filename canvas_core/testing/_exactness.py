@@ -7,7 +7,8 @@
   another key set.  A row with no key must not depend on any key.  The failure names the first
   offending dependency, e.g. "query 0 depends on key 4, which its key set {0, 1, 2} excludes".
   Then by value (a read behind ``.detach()`` has no gradient): each key set's queries and keys
-  in turn, and the unlinked keys, get new values; every row reading none of them keeps its output.
+  in turn, and the unlinked keys, get new values; every row reading none of them keeps its output
+  (again at a larger size, :func:`large_side`: a branch taken only above a small size shows there).
   Both are skipped by value for a type whose identical calls differ (``deterministic``).
 * **key_mask respected**: a type whose ``forward`` accepts ``key_mask`` is also called directly,
   ``module(q, k, v, key_mask=mask)`` (how code outside the runtime calls it; a forward without
@@ -25,9 +26,18 @@ from typing import Any, List, Optional, Tuple
 
 from canvas_core.testing._report import Failed
 
-__all__ = ["probe_mask", "describe_mask", "check_dependencies", "check_direct_mask", "check_trainable"]
+__all__ = ["probe_mask", "describe_mask", "check_dependencies", "check_direct_mask", "check_trainable",
+           "large_side", "large_batch_leak"]
 
 NQ, NK = 6, 9
+#: queries and keys per key set of the kit's larger value probes (at least; ``n_keys`` may raise it):
+#: a type whose reads change only above some size passes every smaller probe
+LARGE = 72
+
+
+def large_side(s: Any) -> int:
+    """Queries and keys per key set of the larger value probes: ``LARGE``, or more with ``n_keys``."""
+    return max(LARGE, (s.n_keys - 3) // 2)
 
 
 def probe_mask(torch: Any, device: Any, n_keys: int = NK) -> Any:
@@ -83,10 +93,15 @@ def check_dependencies(s: Any) -> Optional[str]:
     leak = _value_leak(s, mask, q, k, v)
     if leak:
         raise Failed(f"called as the runtime calls it with key sets {describe_mask(mask)}, by value: {leak}")
+    n = large_side(s)  # by value again, larger: two key sets of n queries x n keys (stacked in one call)
+    big = torch.block_diag(*[torch.ones(n, n, dtype=torch.bool)] * 2).to(s.device)
+    leak = _value_leak(s, big, *_qkv(s, 2 * n, 2 * n), graded=False)
+    if leak:
+        raise Failed(f"called as the runtime calls it with two key sets of {n} queries x {n} keys, by value: {leak}")
     return None
 
 
-def _value_leak(s: Any, mask: Any, q: Any, k: Any, v: Any) -> Optional[str]:
+def _value_leak(s: Any, mask: Any, q: Any, k: Any, v: Any, graded: bool = True) -> Optional[str]:
     """Each key set in turn (its queries and keys), then the keys no query links, get new values:
     every row that reads none of them must keep its output (a read with no gradient path, behind
     ``.detach()`` or ``torch.no_grad()``, shows only here)."""
@@ -99,10 +114,22 @@ def _value_leak(s: Any, mask: Any, q: Any, k: Any, v: Any) -> Optional[str]:
     changes = [([int(i) for i in qi], [int(j) for j in ki]) for qi, ki in key_set_groups(mask.cpu())]
     unlinked = [int(j) for j in (~mask.any(0)).nonzero().flatten()]
     for queries, keys in changes + ([([], unlinked)] if unlinked else []):
-        leak = value_leak(run, q, k, v, mask, queries, keys, base=base)
+        leak = value_leak(run, q, k, v, mask, queries, keys, base=base, graded=graded)
         if leak:
             return leak
     return None
+
+
+def large_batch_leak(s: Any) -> Optional[str]:
+    """By value, at ``(B, n, n)`` (:func:`large_side`): sample 0 gets new inputs, every other sample
+    must keep its output (None: it did, or the type's identical calls differ)."""
+    from canvas_core.runtime.type_values import value_leak
+
+    n = large_side(s)
+    q, k, v = _qkv(s, n, n)
+    mask = s.torch.ones(n, n, dtype=s.torch.bool, device=s.device)
+    leak = value_leak(lambda a, b, c: s.call(a, b, c), q, k, v, mask, range(n), range(n), sample=0, graded=False)
+    return leak and f"with {n} queries x {n} keys: {leak}"
 
 
 def check_direct_mask(s: Any) -> Optional[str]:

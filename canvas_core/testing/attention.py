@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from canvas_core.testing._exactness import NK, check_dependencies, check_direct_mask, check_trainable
+from canvas_core.testing._exactness import NK, check_dependencies, check_direct_mask, check_trainable, large_batch_leak
 from canvas_core.testing._process import ProcessGuard
 from canvas_core.testing._report import (ConformanceReport, Failed, check_flags, check_seed, check_sizes, check_target,
                                          finish, resolve_device, resolve_dtype)
@@ -164,6 +164,9 @@ def _batch(s: _Suite) -> Optional[str]:
                 diff = float((base[j] - other[j]).abs().max())
                 if j != b and not s.close(diff, scale):
                     raise Failed(f"changing sample {b}'s inputs changed sample {j}'s output by {diff:.3g}")
+    leak = None if s.unsteady else large_batch_leak(s)  # (a type may mix samples only above some size)
+    if leak:
+        raise Failed(f"by value: {leak}")
     leak = batch_leak(s.call, q, k, v)
     if leak is None:  # a closed (zero) gate may hide the mixing that training opens
         with zeros_opened(s.module) as opened:
@@ -334,14 +337,16 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
       with the same seed; run before the value comparisons below, which a type whose identical
       calls differ skips (reported as skipped; their gradient probes still run);
     * ``batch independence``: changing any one sample of the batch leaves every other sample's
-      output as it was, and no output sample has a gradient w.r.t. another sample's inputs;
+      output as it was (also in one larger call, ``_exactness.large_side`` queries and keys), and
+      no output sample has a gradient w.r.t. another sample's inputs;
     * ``empty keys`` (``Nk == 0``), ``one key``, ``fully masked query`` (a ``(Nq, Nk)``
       ``key_mask`` row with no allowed key): correct shape, no NaN / inf;
     * ``dependency exactness``: called as the runtime calls it with several key sets (two of the
       same shape, stacked in one call for a per-key-set type), each output row depends by gradient
       only on its own query and its linked keys; a leak names the query and the key.  Then by
       value (a read behind ``.detach()`` has no gradient): each key set's queries and keys, and
-      the unlinked keys, get new values in turn, and every row reading none of them keeps its output;
+      the unlinked keys, get new values in turn, and every row reading none of them keeps its output
+      (again with two stacked key sets of ``large_side`` queries x keys);
     * ``key_mask respected``: a ``forward`` taking ``key_mask``, called directly with it, passes
       the same probe when it declares ``key_mask_exact = True``, else never reads a key the mask
       hides from every query (a forward without ``key_mask``: called as the runtime calls it);
@@ -358,8 +363,10 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
     no version counter) fails every property that calls it, naming the input.
     Sizes: ``batch`` samples (at least 2), 5 queries and 7 keys (also 9/4, 2/11, 1 and 0 keys);
     the dependency probes use 6 queries and ``n_keys`` keys (default 9: two stacked key sets of 3
-    keys; ``n_keys=N`` gives them ``(N - 3) // 2`` keys each).  A type that misbehaves only on
-    larger inputs passes; ``canvas_core.verify_structure`` probes a built model at its real size.
+    keys; ``n_keys=N`` gives them ``(N - 3) // 2`` keys each); the value checks also make one
+    larger call (72 queries and keys per key set, or ``(n_keys - 3) // 2`` when more).  A type
+    that misbehaves only on still larger inputs passes; ``canvas_core.verify_structure`` probes a
+    built model at its real size.
 
     A registered ``name`` is refused (``PluginError`` naming both providers) when it resolves to
     another distribution than ``distribution`` (the one under test, when given), or when a plugin's

@@ -159,7 +159,10 @@ def test_build_refuses_a_key_mask_exact_type_that_mixes_samples(host):
 
 
 def test_n_keys_probes_a_size_dependent_leak(host):
-    assert check_attention_type(BigLeak).ok  # the default sizes never take the > 48 keys branch
+    # the default gradient probes never take the > 48 keys branch; the value checks' larger call
+    # (72 queries x 72 keys) does
+    default = check_attention_type(BigLeak, raise_on_failure=False)
+    assert "72 queries x 72 keys" in default.failed["dependency exactness"]
     report = check_attention_type(BigLeak, n_keys=120, raise_on_failure=False)
     msg = report.failed["dependency exactness"]
     assert "{0,1}->{0..57}" in msg and "which its key set [0..57] excludes" in msg
