@@ -2,9 +2,9 @@
 
 A read behind ``.detach()`` or ``torch.no_grad()`` (a statistic over every row of a call, rows of a
 stacked call swapped and added back) has no gradient, so the gradient probe cannot see it.  Here the
-inputs of one group of positions at a time are drawn anew (groups: the gradient probe's query cells,
-split by region: one region, one frame, the same declared reads) and every probed output position
-whose declared reads exclude the whole group must keep its output; a second sample drawn anew must
+inputs of one group of positions at a time are drawn anew by the probe's input maker (groups: the
+gradient probe's query cells, split by region: one region, one frame, the same declared reads) and
+every probed output position whose declared reads exclude the whole group must keep its output; a second sample drawn anew must
 leave the first one's output as it was.  No backward: the perturbed copies run stacked along the
 batch, 31 of them (and the unperturbed input) per forward, and one by one only when the batch rows turn out to mix.
 
@@ -55,20 +55,32 @@ def value_groups(plans: Sequence[Any], labels: PositionLabels, n: int, cap: Opti
     return groups
 
 
-def _perturbed(x: torch.Tensor, group: Optional[np.ndarray], gen: torch.Generator) -> torch.Tensor:
-    """``x`` (1, N, ...) with the inputs at ``group`` (every position for None) drawn anew."""
+def _perturbed(x: torch.Tensor, group: Optional[np.ndarray], make: Callable, gen: torch.Generator) -> torch.Tensor:
+    """``x`` (1, N, ...) with the inputs at ``group`` (every position for None) taken from a fresh
+    draw ``make(1, gen)`` (the probe's input maker: the new values stay in the model's input domain)."""
+    new = make(1, gen).detach()
+    if group is None:
+        return new.to(device=x.device, dtype=x.dtype)
     y = x.clone()
-    ix = slice(None) if group is None else torch.as_tensor(group, device=x.device)
-    new = 3 * torch.randn(tuple(y[:, ix].shape), generator=gen)
-    y[:, ix] = new.to(device=y.device, dtype=y.dtype)
+    ix = torch.as_tensor(group, device=x.device)
+    y[:, ix] = new[:, ix.to(new.device)].to(device=y.device, dtype=y.dtype)
     return y
 
 
-def _call(fn: Callable, x: torch.Tensor) -> torch.Tensor:
+def _call(fn: Callable, x: torch.Tensor, finite: bool = True) -> torch.Tensor:
+    """``fn(x)`` without gradients; with ``finite``, a NaN or infinite output is refused."""
     with torch.no_grad():
         out = _first_tensor(fn(x))
-    check_finite(out, "output")
+    if finite:
+        check_finite(out, "output")
     return out.detach()
+
+
+def _finite_rows(out: torch.Tensor) -> np.ndarray:
+    """``(b,)`` bool: the batch rows of ``out`` (b, N, ...) holding only finite numbers."""
+    if not out.is_floating_point():
+        return np.ones(out.shape[0], dtype=bool)
+    return torch.isfinite(out.reshape(out.shape[0], -1)).all(-1).cpu().numpy()
 
 
 def _rows_changed(base: torch.Tensor, out: torch.Tensor, tol: float) -> np.ndarray:
@@ -89,42 +101,51 @@ class _Check:
     with the whole sample drawn anew, copy ``j`` ``x`` with group ``j - 1`` drawn anew; copies are
     made when run (a large canvas holds no more than one forward's worth)."""
 
-    def __init__(self, fn: Callable, x: torch.Tensor, groups: List[np.ndarray], gen: torch.Generator,
-                 ref: Optional[torch.Tensor]) -> None:
-        self.fn, self.x, self.groups = fn, x, groups
+    def __init__(self, fn: Callable, x: torch.Tensor, groups: List[np.ndarray], make: Callable,
+                 gen: torch.Generator, ref: Optional[torch.Tensor]) -> None:
+        self.fn, self.x, self.groups, self.make = fn, x, groups, make
         self.seed = int(torch.randint(0, 2 ** 62, (1,), generator=gen))
         self.rows = max(1, min(ROWS_PER_CALL, ELEMENTS_PER_CALL // max(1, x.numel())))
         self.ref = _call(fn, x) if ref is None else ref.detach()
         check_finite(self.ref, "output")
         self.tol = value_tolerance(self.ref)
         self.mixes, self.mixed = False, None
+        self.non_finite: List[int] = []  # copies whose output had a NaN or infinity: their groups go unchecked
 
     def copy(self, j: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seed + j)
-        return _perturbed(self.x, None if j == 0 else self.groups[j - 1], gen)
+        return _perturbed(self.x, None if j == 0 else self.groups[j - 1], self.make, gen)
 
     def outputs(self) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
         """``(j, output of x, output of copy j)`` for every group copy ``j >= 1``: ``rows`` copies per
         forward with ``x`` itself as row 0, until the rows of a batch turn out to mix (``x``'s row
         moved with the others, and not merely by another batch size's rounding); from then on, and
-        for that batch again, one copy per forward at batch 1 against the batch-1 reference."""
+        for that batch again, one copy per forward at batch 1 against the batch-1 reference.  A copy
+        whose output is not finite is not yielded but kept in ``non_finite``."""
         j, count = 0, len(self.groups) + 1
         while j < count:
             if self.mixes:
                 if j:
-                    yield j, self.ref, _call(self.fn, self.copy(j))
+                    out = _call(self.fn, self.copy(j), finite=False)
+                    if _finite_rows(out)[0]:
+                        yield j, self.ref, out
+                    else:
+                        self.non_finite.append(j)
                 j += 1
                 continue
             idx = list(range(j, min(j + self.rows, count)))
-            got = _call(self.fn, torch.cat([self.x] + [self.copy(i) for i in idx]))
+            got = _call(self.fn, torch.cat([self.x] + [self.copy(i) for i in idx]), finite=False)
+            finite = _finite_rows(got)
             if _rows_changed(self.ref, got[:1], self.tol).any():
                 same = _call(self.fn, torch.cat([self.x] * (len(idx) + 1)))
                 if _rows_changed(same[:1], got[:1], self.tol).any():
                     self.mixes, self.mixed = True, got[:1]
                     continue
             for r, i in enumerate(idx, 1):
-                if i:
+                if i and finite[r]:
                     yield i, got[:1], got[r:r + 1]
+                elif i:
+                    self.non_finite.append(i)
             j = idx[-1] + 1
 
     def reproducible(self) -> bool:
@@ -145,7 +166,7 @@ def value_reads(run: Any, where: str, f: Optional[str], fn: Callable, make: Call
     cap = GROUPS_PER_PROBE * run.probes if n >= LARGE_CANVAS else None
     groups = value_groups(plans, labels, n, cap, run.value_rng)
     x, out = (ref[0], _first_tensor(ref[1])) if ref is not None else (make(1, run.value_gen), None)
-    check = _Check(fn, x.detach(), groups, run.value_gen, out)
+    check = _Check(fn, x.detach(), groups, make, run.value_gen, out)
     found = np.zeros(allowed.shape, dtype=bool)
     strength = np.zeros(allowed.shape, dtype=np.float64)
     for j, base, moved_out in check.outputs():
@@ -165,6 +186,8 @@ def value_reads(run: Any, where: str, f: Optional[str], fn: Callable, make: Call
         run.notes.append(f"{where}: value check skipped: the same input gives another output on a second call "
                          "(a non-deterministic model), so no changed output can be blamed on a read")
         return np.zeros(allowed.shape, dtype=bool)
+    if check.non_finite:
+        run.notes.append(_non_finite_note(where, f, [groups[j - 1] for j in check.non_finite], labels))
     entries, _ = undeclared_entries(where, f, strength, allowed, queries, labels, 0.0, candidates)
     run.undeclared += [dataclasses.replace(e, by="value") for e in entries]
     if other.any():
@@ -186,3 +209,13 @@ def _other_sample(where: str, f: Optional[str], queries: np.ndarray, moved: np.n
     return [UndeclaredDependency(where, f, r, t, OTHER_SAMPLE, -1, False, count, top,
                                  () if candidates is None else candidates(first), by="value")
             for (r, t), (count, top, first) in sorted(cells.items())]
+
+
+def _non_finite_note(where: str, f: Optional[str], skipped: List[np.ndarray], labels: PositionLabels) -> str:
+    """The note for position groups left unchecked by value: their redrawn copy gave a NaN or infinity."""
+    cells = sorted({(str(labels.region[g[0]]), int(labels.frame[g[0]])) for g in skipped})
+    shown = ", ".join(f"{r!r} frame {t}" for r, t in cells[:4]) + (", ..." if len(cells) > 4 else "")
+    part = where if f is None else f"{where} fn {f!r}"
+    return (f"{part}: value check skipped for {len(skipped)} position group(s) ({shown}): with their inputs "
+            "drawn anew (by make_input, where one is given) the output holds NaN or infinite values where the "
+            "original input's does not; a make_input that draws only inputs the model takes checks them")

@@ -192,16 +192,28 @@ def transfer_distance(a: RegionSpec, b: RegionSpec) -> float:
             f"{len(eb)}) for model "
             f"{a.embedding_model!r}"
         )
+    for name, spec in (("first argument (a)", a), ("second argument (b)", b)):
+        _check_direction(name, spec)
     # scale each vector by its largest entry first: squares of huge entries would overflow
-    sa = max(abs(x) for x in ea) if ea else 0.0
-    sb = max(abs(x) for x in eb) if eb else 0.0
-    if sa == 0 or sb == 0:
-        raise SchemaError("transfer_distance: a semantic_embedding is the zero vector; it has no direction")
+    sa, sb = max(abs(x) for x in ea), max(abs(x) for x in eb)
     ea = [x / sa for x in ea]
     eb = [x / sb for x in eb]
     na = math.sqrt(sum(x * x for x in ea))
     nb = math.sqrt(sum(x * x for x in eb))
-    if na == 0 or nb == 0:
-        raise SchemaError("transfer_distance: a semantic_embedding is the zero vector; it has no direction")
     cos = sum(x * y for x, y in zip(ea, eb)) / (na * nb)
     return float(min(2.0, max(0.0, 1.0 - cos)))
+
+
+def _check_direction(name: str, spec: RegionSpec) -> None:
+    """Refuse an empty or all-zero ``semantic_embedding`` of the ``name`` argument:
+    it has no direction to measure a cosine against."""
+    emb = spec.semantic_embedding
+    if emb and any(x != 0 for x in emb):
+        return
+    what = "is empty" if not emb else "is the zero vector"
+    label = f"semantic_type {spec.semantic_type!r}" if spec.semantic_type else f"bounds {tuple(spec.bounds)}"
+    raise SchemaError(
+        f"transfer_distance: the semantic_embedding of the {name}, the region with {label}, {what}; "
+        "it has no direction to compare. Run `canvas embed` on the schema to fill it, "
+        "or leave semantic_embedding unset (None) for a region without one"
+    )
