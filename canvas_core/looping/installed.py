@@ -204,16 +204,26 @@ class InstalledTopology:
         return runner
 
     # --- the canvas attention it runs in ----------------------------------------------------
-    #: ``(block, owner, attr, attention)`` per block, set at install: ``getattr(owner, attr)`` must
-    #: stay ``attention`` (the canvas processor / module holding this topology), else the
-    #: backbone runs an attention that ignores the topology (see :meth:`check_attention`)
-    attention_owners: Tuple[Tuple[int, Any, str, Any], ...] = ()
+    @property
+    def attention_owners(self) -> Tuple[Tuple[int, Any, str, Any], ...]:
+        """``(block, owner, attr, attention)`` per block, set at install: ``getattr(owner, attr)``
+        must stay ``attention`` (the canvas processor / module holding this topology) or a module
+        wrapping it, else the backbone runs an attention that ignores the topology (see
+        :meth:`check_attention`)."""
+        return self._places().owners
+
+    @attention_owners.setter
+    def attention_owners(self, owners: Tuple[Tuple[int, Any, str, Any], ...]) -> None:
+        self.__dict__["_attention_places"] = AttentionPlaces(tuple(owners))
+
+    def _places(self) -> "AttentionPlaces":
+        places = self.__dict__.get("_attention_places")
+        return places if places is not None else AttentionPlaces(())
 
     def replaced_attention(self) -> List[Tuple[int, str]]:
         """``(block, type name of what runs there now)`` for each block whose canvas attention
         was replaced since the install (e.g. by diffusers' ``set_attn_processor``)."""
-        return [(b, type(getattr(owner, attr, None)).__name__) for b, owner, attr, att in self.attention_owners
-                if getattr(owner, attr, None) is not att]
+        return [(b, type(now).__name__) for b, now in self._places().replaced()]
 
     def replaced_message(self, what: str, fix: str) -> str:
         """The refusal naming the blocks whose canvas attention was replaced (``what``: what is
@@ -227,7 +237,7 @@ class InstalledTopology:
 
     def check_attention(self) -> None:
         """Refuse (``BackboneError``) a call once a block's canvas attention was replaced."""
-        if any(getattr(owner, attr, None) is not att for _, owner, attr, att in self.attention_owners):
+        if not self._places().intact():
             raise BackboneError(self.replaced_message(
                 "this call of the model is refused",
                 "To run the topology, put the canvas processors back (model.unfuse_qkv_projections() "
@@ -369,3 +379,67 @@ class BlockTopology:
         mods = {f: self.modules[_key(f)].module for f in r.other_names}
         gates = {f: self.modules[_key(f)].gate for f in r.other_names}
         return run_module_groups(r, x, mods, gates)
+
+
+# --- where canvas attention sits (shared by the topology and the sharpening guard) -------------
+def _inner_place(wrapper: Any, att: Any) -> Optional[Tuple[nn.Module, str]]:
+    """``(parent, name)`` inside ``wrapper`` whose child ``name`` is ``att``: the wrapper still runs
+    ``att`` (activation checkpointing's ``CheckpointWrapper``, torch.compile's ``OptimizedModule``,
+    which holds it as ``_orig_mod``).  None: ``wrapper`` is no module holding ``att``."""
+    if wrapper is att or not isinstance(wrapper, nn.Module):
+        return None
+    for parent in wrapper.modules():
+        for name, child in parent._modules.items():
+            if child is att:
+                return parent, name
+    return None
+
+
+def with_holders(root: nn.Module, owners: Tuple[Tuple[int, Any, str, Any], ...]) -> Tuple[Tuple[int, Any, str, Any], ...]:
+    """``owners`` and, for each processor place ``(pos, attention module, "processor", proc)``,
+    the place of that attention module in its parent within ``root``: replacing the module
+    (e.g. by a copy given another processor) drops the processor as surely as replacing it."""
+    mods = {id(o): pos for pos, o, attr, _ in owners if attr == "processor" and isinstance(o, nn.Module)}
+    extra = []
+    for parent in root.modules() if mods else ():
+        for name, child in parent._modules.items():
+            if id(child) in mods:
+                extra.append((mods.pop(id(child)), parent, name, child))
+    return tuple(owners) + tuple(extra)
+
+
+class AttentionPlaces:
+    """Checks that each ``(pos, owner, attr, att)`` place still holds ``att``, or a module wrapping
+    it.  Identity tests per call; a wrapper is looked into only when a test fails, then
+    remembered (with where ``att`` sits inside it), so the next calls are identity tests again."""
+
+    def __init__(self, owners: Tuple[Tuple[int, Any, str, Any], ...]) -> None:
+        self.owners = owners
+        self._now = [att for *_, att in owners]  # what each place holds, as last accepted
+        self._inner: Dict[int, Tuple[nn.Module, str, Any]] = {}  # place -> att's spot in its wrapper
+
+    def intact(self) -> bool:
+        """True while every place holds its attention (maybe wrapped)."""
+        for i, (_, owner, attr, _att) in enumerate(self.owners):
+            if getattr(owner, attr, None) is not self._now[i]:
+                return not self.replaced()
+        for parent, name, att in self._inner.values():
+            if parent._modules.get(name) is not att:
+                return not self.replaced()
+        return True
+
+    def replaced(self) -> List[Tuple[int, Any]]:
+        """``(pos, what sits there now)`` for each place that lost its attention; the places
+        holding a wrapper of it are remembered as accepted."""
+        gone = []
+        for i, (pos, owner, attr, att) in enumerate(self.owners):
+            now = getattr(owner, attr, None)
+            inner = _inner_place(now, att)
+            if now is not att and inner is None:
+                gone.append((pos, now))
+                continue
+            self._now[i] = now
+            self._inner.pop(i, None)
+            if inner is not None:
+                self._inner[i] = (*inner, att)
+        return gone

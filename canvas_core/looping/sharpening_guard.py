@@ -8,7 +8,9 @@ per block, where each canvas attention sits; the model's input guard (the forwar
 ``installed.guard_input_shapes``, as for an installed topology) compares those places by identity
 on every call and refuses the call when a block whose part has sharpening on lost its attention.
 Identity tests only: no device sync and no graph break; a block's sharpening is read only once a
-replacement was found.
+replacement was found.  A module wrapping the attention (activation checkpointing, torch.compile)
+is accepted then, and remembered; replacing the diffusers ``Attention`` module holding a canvas
+processor counts as replacing the processor.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any, List, Optional, Tuple
 from torch import nn
 
 from canvas_core.errors import BackboneError
+from canvas_core.looping.installed import AttentionPlaces, with_holders
 from canvas_core.looping.wrapper import _beta_targets
 
 __all__ = ["SharpeningGuard", "record_sharpened_attention", "SHARPENING_ATTR"]
@@ -31,29 +34,28 @@ class SharpeningGuard:
     installed: :meth:`check_attention` refuses a call once sharpened attention was replaced.
 
     ``container``: the model's block list; ``owners``: ``(position, owner, attr, attention)`` per
-    canvas attention, ``getattr(owner, attr)`` being ``attention`` as ``prepare`` left it."""
+    canvas attention (and per attention module holding a canvas processor), ``getattr(owner,
+    attr)`` being ``attention`` as ``prepare`` left it; a module wrapping it is accepted."""
 
     def __init__(self, backbone: str, container: nn.Module, owners: Tuple[Tuple[int, Any, str, Any], ...]) -> None:
         self.backbone = backbone
         self.container = container
         self.owners = owners
+        self.places = AttentionPlaces(owners)
 
     def check_shapes(self, given: Any) -> None:
         return None  # no token layout without a topology
 
     def check_attention(self) -> None:
         """Refuse (``BackboneError``) a call once the attention of a sharpened block was replaced."""
-        for _, owner, attr, att in self.owners:
-            if getattr(owner, attr, None) is not att:
-                self._refuse_if_sharpened()
-                return
+        if not self.places.intact():
+            self._refuse_if_sharpened()
 
     def _refuse_if_sharpened(self) -> None:
         # (the error path: a replacement was found; without sharpening the model runs as before)
         gone: List[str] = []
-        for pos, owner, attr, att in self.owners:
-            now = getattr(owner, attr, None)
-            if now is not att and _sharpening_at(self.container, pos) is not None:
+        for pos, now in self.places.replaced():
+            if _sharpening_at(self.container, pos) is not None:
                 gone.append(f"block {pos} ({type(now).__name__})")
         if gone:
             raise BackboneError(
@@ -78,7 +80,8 @@ def _sharpening_at(container: nn.Module, pos: int) -> Optional[Any]:
 
 def _owners_in(block: nn.Module, pos: int) -> List[Tuple[int, Any, str, Any]]:
     """``(pos, owner, attr, attention)`` for each attention of ``block`` that honours ``beta``: a
-    processor held by its attention module, or a module held by its parent."""
+    processor held by its attention module, or a module held by its parent; and the attention
+    module holding such a processor, held by its parent (replacing that module drops it too)."""
     want = {id(t) for t in _beta_targets(block)}
     out, seen = [], set()
     for parent in block.modules():
@@ -89,7 +92,7 @@ def _owners_in(block: nn.Module, pos: int) -> List[Tuple[int, Any, str, Any]]:
             if child is not None and id(child) in want and id(child) not in seen:
                 seen.add(id(child))
                 out.append((pos, parent, attr, child))
-    return out
+    return list(with_holders(block, tuple(out)))
 
 
 def record_sharpened_attention(adapter: Any, model: nn.Module) -> Optional[SharpeningGuard]:

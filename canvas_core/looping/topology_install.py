@@ -17,7 +17,7 @@ from torch import nn
 
 from canvas_core.compiler.resolved import REFERENCE_KERNEL, ResolvedGroup
 from canvas_core.errors import BackboneError, CanvasError
-from canvas_core.looping.installed import BlockTopology, GatedTypeModule, InstalledTopology, _key
+from canvas_core.looping.installed import BlockTopology, GatedTypeModule, InstalledTopology, _key, with_holders
 from canvas_core.plugins.builtin import SOFTMAX_FAMILY
 from canvas_core.runtime.key_sets import merge_cover
 from canvas_core.runtime.kernels import REFERENCE_MODES
@@ -176,7 +176,7 @@ def build_installation(adapter: Any, model: nn.Module, topology: Any, tokens: An
             if md is not None and i < len(holders):
                 holders[i].add_module(HOLDER_ATTR, md)
             t.canvas_topology = BlockTopology(installed, md)
-        installed.attention_owners = _owners(model, targets)
+        installed.attention_owners = with_holders(model, _owners(model, targets))
         model.__dict__[RECORD_ATTR] = installed
 
     return commit, installed
