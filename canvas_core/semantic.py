@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import warnings
 from typing import Any, Callable, Dict, Iterable, List, Mapping, NoReturn, Optional, Sequence, Tuple
 
 from canvas_core._lazy import lazy_exports
@@ -148,12 +149,14 @@ def _row_length(v: Any) -> Optional[int]:
 
 
 def _vectors(fn: Callable, texts: List[str], model: str = "embedder",
-             keys: Optional[List[str]] = None, source: Optional[str] = None) -> List[Tuple[float, ...]]:
+             keys: Optional[List[str]] = None, source: Optional[str] = None,
+             zeros_refused: bool = True) -> List[Tuple[float, ...]]:
     """One tuple of floats per text, or a SchemaError naming the embedder (``model``) and the
     region / path (``keys``: labels such as ``region 'a'``, parallel to ``texts``) whose vector
-    is malformed, all zeros or over ``CANVAS_MAX_WIDTH`` values (a SizeLimitError, checked
-    before converting it); a failure of the embedder itself is a FactoryError naming
-    ``source`` (default: the model name)."""
+    is malformed, all zeros (a UserWarning instead when not ``zeros_refused``: the
+    canvas-engineering form, whose callers' mock embedders return zeros) or over
+    ``CANVAS_MAX_WIDTH`` values (a SizeLimitError, checked before converting it); a failure of
+    the embedder itself is a FactoryError naming ``source`` (default: the model name)."""
     keys = [f"text {t!r}" for t in texts] if keys is None else keys
     who = f"embedder {model!r}"
     out = _run_embedder(fn, texts, source or who)
@@ -175,7 +178,7 @@ def _vectors(fn: Callable, texts: List[str], model: str = "embedder",
         _raise_embedder_failure(exc, texts, source or who)
     if len(out) != len(texts):
         raise SchemaError(f"{who} returned {len(out)} vectors for {len(texts)} texts; return one vector per text")
-    vecs = [_vector(v, f"{who}, {key}" + (f" (text {t!r})" if not key.startswith("text ") else ""))
+    vecs = [_vector(v, f"{who}, {key}" + (f" (text {t!r})" if not key.startswith("text ") else ""), zeros_refused)
             for key, t, v in zip(keys, texts, out)]
     if len({len(v) for v in vecs}) > 1:
         lengths = ", ".join(f"{k}: {len(v)}" for k, v in zip(keys, vecs))
@@ -184,7 +187,7 @@ def _vectors(fn: Callable, texts: List[str], model: str = "embedder",
     return vecs
 
 
-def _vector(v: Any, where: str) -> Tuple[float, ...]:
+def _vector(v: Any, where: str, zeros_refused: bool = True) -> Tuple[float, ...]:
     """One embedder row as a tuple of floats, its length checked before it is converted."""
     if not isinstance(v, (str, bytes, bytearray)):
         _check_length(_row_length(v), where)
@@ -206,9 +209,12 @@ def _vector(v: Any, where: str) -> Tuple[float, ...]:
         raise SchemaError(f"{where}: an empty or non-finite vector ({len(vec)} values); return at least one "
                           "finite float per text")
     if not any(vec):
-        raise SchemaError(f"{where}: the vector is all zeros ({len(vec)} values); it has no direction, so "
-                          "the distance between regions (transfer_distance, cosine) is undefined for it. "
-                          "Return a non-zero vector per text (does the embedder fail quietly on this text?)")
+        msg = (f"{where}: the vector is all zeros ({len(vec)} values); it has no direction, so "
+               "the distance between regions (transfer_distance, cosine) is undefined for it. "
+               "Return a non-zero vector per text (does the embedder fail quietly on this text?)")
+        if zeros_refused:
+            raise SchemaError(msg)
+        warnings.warn(msg, UserWarning, stacklevel=4)
     return tuple(vec)
 
 
@@ -251,7 +257,9 @@ def compute_semantic_embeddings(field_paths: Any, embed_fn: Any = None,
         return {}
     fn, model = resolve_embedder(emb)
     texts = [types.get(p) or auto_semantic_type(p) for p in paths]
-    return dict(zip(paths, _vectors(fn, texts, model, [f"path {p!r}" for p in paths], _source(emb, model))))
+    # the canvas-engineering form keeps its behaviour for all-zero vectors (a warning, not an error)
+    vecs = _vectors(fn, texts, model, [f"path {p!r}" for p in paths], _source(emb, model), zeros_refused=False)
+    return dict(zip(paths, vecs))
 
 
 def embed_schema(schema_or_layout: Any, embedder: Any) -> Any:

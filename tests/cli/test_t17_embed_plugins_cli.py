@@ -138,6 +138,15 @@ def test_all_zero_vectors_are_refused_naming_the_region(schema_file, tmp_path, e
     assert "region 'arm'" in _err_line(capsys) and not out.exists()
 
 
+def test_the_canvas_engineering_form_keeps_zero_vectors_with_a_warning():
+    """compute_semantic_embeddings(field_paths, embed_fn) is canvas-engineering's API, whose own
+    tests embed with a mock returning zeros: it keeps them (a warning naming the path), while the
+    schema form and `canvas embed` above refuse them."""
+    with pytest.warns(UserWarning, match=r"path 'field.a'.*all zeros"):
+        out = compute_semantic_embeddings(["field.a", "field.b"], lambda texts: [[0.0] * 4 for _ in texts])
+    assert out == {"field.a": (0.0,) * 4, "field.b": (0.0,) * 4}
+
+
 # --- 5: vector length over CANVAS_MAX_WIDTH, read before converting ----------------------------------
 class _HugeRows:
     """Rows that claim a huge size and refuse to be converted (the check must come first)."""
