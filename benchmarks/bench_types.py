@@ -15,6 +15,12 @@ type under test.  Measured side by side in ONE run, conditions interleaved (best
   the layer ratio);
 * a plain dense layer (QKV, SDPA with the layer's boolean mask, output projection): the cost of
   ignoring the topology's sparsity (one row, the same for every type);
+* the type's module alone (``create_attention(type, 64, 4)``, its own projections) on the link's
+  key sets as the runtime calls it (queries ``(frames, a positions, 64)``, keys = values
+  ``(frames, video positions, 64)``), forward+backward, and its ratio to the ``cross_attention``
+  module on the same inputs: what a connection of the type costs against a softmax connection
+  that brings its own projections (in the layer a softmax link reuses the layer's shared
+  query/key/value projections, so the layer ratio charges the other types for theirs);
 * one grafted backbone: a one-block tiny CogVideoX (2 heads of 16) on the same frames plus 8
   text tokens, the topology installed with ``install_topology`` (regions ``video``, ``a``,
   ``text``; the same links plus ``text <- text``), forward+backward and the ratio to
@@ -122,6 +128,29 @@ def runners(layer: nn.Module, x: torch.Tensor):
     return fwd, fb
 
 
+def module_alone(size: str, fn: str, device: str = "cpu"):
+    """(fwd, fb) of the type's module alone on the ``a <- video`` key sets: ``(frames, a, 64)``
+    queries reading ``(frames, video, 64)`` keys that are the values (as the runtime calls it)."""
+    from canvas_core.plugins import create_attention
+
+    f, h, w = SIZES[size]
+    torch.manual_seed(0)
+    mod = create_attention(fn, 64, 4).to(device)
+    q0 = torch.randn(f, 2 * w, 64, device=device)
+    k0 = torch.randn(f, (h - 2) * w, 64, device=device)
+
+    def fwd():
+        with torch.no_grad():
+            mod(q0, k0, k0)
+
+    def fb():
+        mod.zero_grad(set_to_none=True)
+        q, k = q0.detach().requires_grad_(True), k0.detach().requires_grad_(True)
+        mod(q, k, k).float().square().mean().backward()
+
+    return fwd, fb
+
+
 def backbone(size: str, fn: Optional[str], device: str = "cpu"):
     """(fwd, fb) of a one-block tiny CogVideoX with the layer's topology installed (``fn=None``:
     without the ``a <- video`` link), or None."""
@@ -191,6 +220,8 @@ def bench_size(size: str, types: List[str], a, clock: Clock) -> List[Dict[str, A
                 conds[f"ce:{fn}"] = runners(made(CEDispatcher(ctop, clay, 64, 4).to(dev)), x)
             except Exception as exc:  # a type canvas-engineering lacks
                 print(f"  canvas-engineering {fn}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        if fn is not None and a.modules:
+            conds[f"mod:{fn}"] = module_alone(size, fn, dev)
         if a.backbone:
             try:
                 got = backbone(size, fn, dev)
@@ -218,7 +249,7 @@ def bench_size(size: str, types: List[str], a, clock: Clock) -> List[Dict[str, A
     rows = []
     for fn in [*types, None]:
         row = {"type": NO_LINK if fn is None else fn, "N": N}
-        for side in ("ours", "ce", "bb"):
+        for side in ("ours", "ce", "bb", "mod"):
             if f"{side}:{fn}" in best:
                 row[f"fwd_{side}"], row[f"fb_{side}"] = best[f"{side}:{fn}"]
         rows.append(row)
@@ -246,7 +277,7 @@ def _link(r: Dict[str, Any], bare: Dict[str, Any]) -> str:
 
 def table(rows: List[Dict[str, Any]]) -> str:
     head = ("| N | type | fwd ms | f+b ms | f+b / cross | link f+b ms | CE fwd ms | CE f+b ms "
-            "| f+b ours / CE | backbone f+b ms | backbone f+b / cross |")
+            "| f+b ours / CE | backbone f+b ms | backbone f+b / cross | module f+b ms | module f+b / cross |")
     out = [head, "|" + "---|" * (head.count("|") - 1)]
     for N in sorted({r["N"] for r in rows}):
         rs = [r for r in rows if r["N"] == N]
@@ -259,6 +290,7 @@ def table(rows: List[Dict[str, Any]]) -> str:
                 _r(r.get("fb_ours"), cross.get("fb_ours")), _link(r, bare),
                 _ms(r.get("fwd_ce")), _ms(r.get("fb_ce")), _r(r.get("fb_ours"), r.get("fb_ce")),
                 _ms(r.get("fb_bb")), _r(r.get("fb_bb"), cross.get("fb_bb")),
+                _ms(r.get("fb_mod")), _r(r.get("fb_mod"), cross.get("fb_mod")),
             ]) + " |")
     return "\n".join(out)
 
@@ -273,6 +305,8 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--cpu-time", action="store_true", help="time with the process CPU clock")
     p.add_argument("--no-backbone", dest="backbone", action="store_false")
+    p.add_argument("--no-modules", dest="modules", action="store_false",
+                   help="leave out the module-alone columns")
     p.add_argument("--ce-max-n", type=int, default=4096, help="skip canvas-engineering above this N")
     p.add_argument("--dense-max-n", type=int, default=4096, help="skip the dense layer above this N")
     p.add_argument("--compile", action="store_true", help="every layer through torch.compile (no backbone column)")

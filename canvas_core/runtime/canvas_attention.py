@@ -58,6 +58,7 @@ from canvas_core.runtime.plan_runner import PlanRunner, mix_softmax_groups, run_
 from canvas_core.runtime.input_checks import (allocating, check_allocation, check_count, check_finite_number,
                                               check_region_names, check_tensor, check_width)
 from canvas_core.runtime.type_call import check_attention_module
+from canvas_core.runtime.type_dtypes import connection_label, prefixed
 from canvas_core.schema.staleness import (check_topology_unchanged, check_topology_unchanged_traced,
                                           check_unchanged, check_unchanged_traced, layout_stamp, topology_stamp)
 from canvas_core.runtime.type_probe import init_gradient_problem, is_builtin_module, probe_attention_module
@@ -184,7 +185,7 @@ class CanvasAttention(nn.Module):
             try:
                 module = build(f)
             except CanvasError as exc:  # the registry's error names the type; say which connections use it
-                raise _naming(exc, _connections_of(plan, f)) from exc
+                raise prefixed(exc, _connections_of(plan, f)) from exc
             check_attention_module(module, f, by)
             if not is_builtin_module(module):  # one tiny call: output and reads as the contract says
                 probe_attention_module(module, f, d_model, _connections_of(plan, f), self.executor)
@@ -387,7 +388,7 @@ def _probe_choices(choices: Dict[str, Any], where: str, n_heads: int, head_dim: 
             problem = probe_kernel(k, f, n_heads=n_heads, head_dim=head_dim, device=device, options=options,
                                    dtype=torch.get_default_dtype() if dtype is None else dtype)
         except CanvasError as exc:
-            raise _naming(exc, f"{where}: kernel {label} for fn type {f!r}") from exc
+            raise prefixed(exc, f"{where}: kernel {label} for fn type {f!r}") from exc
         if problem:
             arg = repr(k.name) if isinstance(k, Spec) else getattr(k, "__name__", "kernel")
             raise AttentionContractError(f"{where}: kernel {label} for fn type {f!r} {problem}. Fix the kernel "
@@ -395,23 +396,10 @@ def _probe_choices(choices: Dict[str, Any], where: str, n_heads: int, head_dim: 
                                          "another, e.g. kernel='reference'")
 
 
-def _naming(exc: Exception, where: str) -> Exception:
-    """``exc`` again, its message prefixed with ``where`` (same class and attributes); ``exc``
-    itself when its class cannot be built from one message."""
-    try:
-        new = type(exc)(f"{where}: {exc}")
-    except Exception:
-        return exc
-    new.__dict__.update(exc.__dict__)
-    return new
-
-
 def _connections_of(plan: ExecutionPlan, fn: str) -> str:
     conns = plan.topology.connections
     idx = sorted({int(c) for c in plan.groups[fn].conn})
-    named = ", ".join(f"#{i} {conns[i].src!r} -> {conns[i].dst!r}" for i in idx[:3])
-    more = f" (and {len(idx) - 3} more)" if len(idx) > 3 else ""
-    return f"connection {named}{more} (fn {fn!r})"
+    return connection_label([f"#{i} {conns[i].src!r} -> {conns[i].dst!r}" for i in idx], fn, plural=False)
 
 
 def flag_connections(plan: ExecutionPlan, fn: str, note: str) -> None:

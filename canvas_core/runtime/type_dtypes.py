@@ -23,12 +23,13 @@ module that casts its inputs to its own dtype, nothing while computing in anothe
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple
+from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-__all__ = ["dtype_problem", "device_problem", "type_connections", "naming_connections"]
+__all__ = ["dtype_problem", "device_problem", "type_connections", "naming_connections", "connection_label",
+           "prefixed"]
 
 #: connections a refusal names before "(and k more)"
 _NAMED = 3
@@ -112,19 +113,31 @@ def type_connections(plan: Any, fn: str) -> Tuple[Tuple[str, str], ...]:
         return ()
 
 
-def naming_connections(exc: Exception, fn: str, pairs: Any) -> Exception:
-    """``exc`` (a refusal of fn type ``fn``'s module) again, its message prefixed with the
-    connections ``pairs`` (``(src, dst)``, from :func:`type_connections`) that run the type: same
-    class and attributes.  ``exc`` itself when there is nothing to add or its class cannot be
-    built from one message."""
-    if not pairs:
-        return exc
-    named = ", ".join(f"{src!r} -> {dst!r}" for src, dst in pairs[:_NAMED])
-    more = f" (and {len(pairs) - _NAMED} more)" if len(pairs) > _NAMED else ""
-    label = f"connection{'s' if len(pairs) > 1 else ''} {named}{more} (fn {fn!r})"
+def connection_label(items: Sequence[str], fn: str, plural: bool = True) -> str:
+    """``"connections A, B, C (and 2 more) (fn 'x')"``: the prefix a refusal of fn type ``fn``'s
+    module gets, from the connections already written out (``"'a' -> 'b'"``, or numbered at
+    build); the first ``_NAMED`` are named.  ``plural=False`` keeps "connection" for any count."""
+    named = ", ".join(items[:_NAMED])
+    more = f" (and {len(items) - _NAMED} more)" if len(items) > _NAMED else ""
+    noun = "connections" if plural and len(items) > 1 else "connection"
+    return f"{noun} {named}{more} (fn {fn!r})"
+
+
+def prefixed(exc: Exception, label: str) -> Exception:
+    """``exc`` again, its message prefixed with ``label``: same class and attributes; ``exc``
+    itself when its class cannot be built from one message."""
     try:
         new = type(exc)(f"{label}: {exc}")
     except Exception:
         return exc
     new.__dict__.update(exc.__dict__)
     return new
+
+
+def naming_connections(exc: Exception, fn: str, pairs: Any) -> Exception:
+    """``exc`` (a refusal of fn type ``fn``'s module) prefixed with the connections ``pairs``
+    (``(src, dst)``, from :func:`type_connections`) that run the type (:func:`prefixed`); ``exc``
+    itself when there is nothing to add."""
+    if not pairs:
+        return exc
+    return prefixed(exc, connection_label([f"{src!r} -> {dst!r}" for src, dst in pairs], fn))
