@@ -182,6 +182,21 @@ def did_you_mean(name: str, known) -> str:
     return f" Did you mean {close!r}?" if close else ""
 
 
+def brief_number(value: Any, digits: int = 12) -> str:
+    """``value`` as a message shows it: an integer of more than ``digits`` digits abbreviated to
+    three significant figures (``10**30`` -> ``1e+30``, truncated, never rounded up), anything
+    else as ``str``; a user's absurd offset must not flood the message."""
+    if not isinstance(value, int) or isinstance(value, bool) or abs(value) < 10 ** digits:
+        return str(value)
+    sign = "-" if value < 0 else ""
+    try:
+        text = str(abs(value))
+    except ValueError:  # over Python's int-to-str digit limit: the size alone
+        return f"~{sign}1e+{int(abs(value).bit_length() * 0.30103)}"
+    mantissa = text[0] + ("." + text[1:3].rstrip("0") if text[1:3].strip("0") else "")
+    return f"{sign}{mantissa}e+{len(text) - 1}"
+
+
 class SizeLimitError(CanvasError, ValueError):
     """A size (positions, width, batch, loops, tensor elements, file bytes) is over its limit
     (``canvas_core.schema.limits``; each limit is an environment variable, see docs/limits.md)."""

@@ -37,7 +37,7 @@ from canvas_core.compiler.mask_cost import MaskCost, mask_cost
 from canvas_core.compiler.mask_lowering import RectArrays, mask_pair_rects, merged_runs
 from canvas_core.compiler.plan import ExecutionPlan, RectGroup
 from canvas_core.compiler.temporal import link_count_bound, link_ranges, region_frames
-from canvas_core.errors import CanvasTypeError, UnknownRegionError, did_you_mean, user_stacklevel
+from canvas_core.errors import CanvasTypeError, UnknownRegionError, brief_number, did_you_mean, user_stacklevel
 from canvas_core.schema.limits import check_bytes, check_size, limit
 from canvas_core.schema.mask_pairs import mask_index_arrays
 from canvas_core.schema.staleness import check_topology_unchanged, check_unchanged, layout_stamp, topology_stamp
@@ -412,7 +412,8 @@ def _warn_links_nothing(ci: int, conn: Any, layout: Any) -> None:
     d0, d1, pd = region_frames(layout, conn.dst)
     if conn.t_src is not None or conn.t_dst is not None:
         fill = getattr(conn.temporal_fill, "value", conn.temporal_fill)
-        why = (f"its offsets t_src={conn.t_src}, t_dst={conn.t_dst} (temporal_fill={fill!r}) pair no frame of "
+        why = (f"its offsets t_src={brief_number(conn.t_src)}, t_dst={brief_number(conn.t_dst)} "
+               f"(temporal_fill={fill!r}) pair no frame of "
                f"{conn.src!r} (canvas frames {s0}..{s1 - 1}, period {ps}) with a frame of {conn.dst!r} "
                f"(canvas frames {d0}..{d1 - 1}, period {pd}) within T={layout.T}")
     else:

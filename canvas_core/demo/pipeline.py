@@ -178,7 +178,6 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> DemoResult:
     _check_config(cfg)
     recipe = get_backbone(cfg.backbone)
     torch.manual_seed(cfg.seed)
-    out = output_folder(cfg.out)
 
     # 1. backbone and its token grid; the typed program on that grid
     backbone, source = _backbone(recipe, cfg)
@@ -199,6 +198,7 @@ def run_demo(cfg: DemoConfig, log: Callable[[str], None] = print) -> DemoResult:
     compiled = ProgramCompiler(program).compile(device=cfg.device)
     log("\n== 2. compiled ==")
     log(compiled.report())
+    out = output_folder(cfg.out)  # only now: a refused backbone load or compile leaves no empty --out
     schema_path = out / "schema.json"
     schema.to_json(schema_path)
 

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import numpy as np
 
 from canvas_core.compiler.plan import ExecutionPlan, segment_grid
-from canvas_core.errors import TopologyError
+from canvas_core.errors import TopologyError, brief_number
 from canvas_core.runtime.key_sets import group_key_sets, merge_cover, query_block_ids
 from canvas_core.schema.staleness import check_topology_unchanged, check_unchanged
 
@@ -131,8 +131,8 @@ def _range_extreme(values: np.ndarray, lo: np.ndarray, hi: np.ndarray, fn) -> np
 def _describe(conn: Any, index: int, fn: str) -> str:
     fill = getattr(conn, "temporal_fill", "hold")
     fill = getattr(fill, "value", fill)
-    return (f"connection #{index} ({conn.src!r} -> {conn.dst!r}, fn {fn!r}, t_src={conn.t_src}, "
-            f"t_dst={conn.t_dst}, temporal_fill={fill!r})")
+    return (f"connection #{index} ({conn.src!r} -> {conn.dst!r}, fn {fn!r}, t_src={brief_number(conn.t_src)}, "
+            f"t_dst={brief_number(conn.t_dst)}, temporal_fill={fill!r})")
 
 
 def check_layer_layout(layer: Any) -> None:

@@ -351,6 +351,14 @@ class Telemetry:
         self._probes: List[_LayerProbe] = []
         self._handles: List[Any] = []
 
+    def _refuse_copy(self, *_args: Any) -> Any:
+        raise CanvasTypeError(
+            "a Telemetry cannot be pickled or copied: it holds the model it records (and, while recording, "
+            "hooks on its canvas layers). Keep its numbers instead: telemetry.values() (a dict of floats), "
+            "or telemetry.summary() (text)")
+
+    __copy__ = __deepcopy__ = __reduce_ex__ = __reduce__ = __getstate__ = _refuse_copy
+
     def _start(self) -> None:
         from canvas_core.runtime.canvas_attention import CanvasAttention
         from canvas_core.runtime.canvas_attention import _key as fn_module_key

@@ -287,6 +287,9 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
             standard normal, for a canvas layer (exactly ``(b, N, layer.d_model)``, on the layer's
             device and dtype) and a model (``(b, N, ...)``); every draw is checked.  Refused for a
             backbone with an installed topology (its attention core is probed on its own inputs).
+            Draws must be floating: integer token ids are refused (``CanvasTypeError``), since the
+            probe differentiates with respect to the input; verify such a model from its
+            embeddings (a module taking the embedded canvas, ``make_input`` returning embeddings).
         max_exact: canvases with at most this many positions are probed at every query position;
             larger ones at ``samples`` sampled positions (stated in the report).
         probes: random restarts (inputs and cotangents) per query; ``chunk``: queries per backward.

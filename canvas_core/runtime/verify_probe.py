@@ -154,6 +154,20 @@ def _first_tensor(out: Any) -> torch.Tensor:
                           "(B, N, D) tensor (or a tuple whose first item is one)")
 
 
+def _refuse_tokens(x: torch.Tensor, b: int, n: int, where: str) -> None:
+    """Integer / bool draws (token ids) are refused: the probe differentiates the output with
+    respect to the input, and a token id has no gradient (nor a nearby value to perturb to)."""
+    from canvas_core.errors import CanvasTypeError
+
+    raise CanvasTypeError(
+        f"verify_structure: make_input({b}, generator) returned a {x.dtype} tensor (token ids?); the probe "
+        "takes gradients with respect to the input and redraws its values, which token ids do not allow. Verify "
+        f"{where} from its embeddings: pass a module whose forward takes the embedded (b, {n}, D) canvas "
+        "(the model after its token embedding) and a make_input that returns embeddings, e.g. "
+        f"embed(torch.randint(0, vocab, (b, {n}), generator=generator)).detach() or torch.randn(b, {n}, D, "
+        "generator=generator)")
+
+
 def checked_input(make_input: Callable, n: int, where: str, width: Optional[int] = None,
                    device: Any = None, dtype: Any = None) -> Callable[[int, torch.Generator], torch.Tensor]:
     """``make_input`` with every draw checked: a floating tensor of shape ``(b, n, ...)`` (with
@@ -164,6 +178,8 @@ def checked_input(make_input: Callable, n: int, where: str, width: Optional[int]
     def make(b: int, gen: torch.Generator) -> torch.Tensor:
         x = make_input(b, gen)
         want = f"({b}, {n}, {width if width is not None else 'D'})"
+        if isinstance(x, torch.Tensor) and not x.is_floating_point() and not x.is_complex():
+            _refuse_tokens(x, b, n, where)
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
             got = type(x).__name__ if not isinstance(x, torch.Tensor) else f"a {x.dtype} tensor"
             raise CanvasTypeError(f"verify_structure: make_input({b}, generator) returned {got}; {where} takes "

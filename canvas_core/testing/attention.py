@@ -118,19 +118,22 @@ def _gradients(s: _Suite, grad_inputs: Sequence[str]) -> Optional[str]:
                          "parameters (detached computation?)")
         return "the output depends on no input or parameter (nothing to differentiate)"
     (out * s.rand(s.B, s.Nq, s.D)).sum().backward()
+    who = f"attention type {s.report.name!r}"
     # connected: a graph path exists (the gradient may still be zero, e.g. behind a zero gate)
     connected, flowing = {}, {}
     for label, t in (("queries", q), ("keys", k), ("values", v)):
         g = t.grad
         if g is not None and not torch.isfinite(g).all():
-            raise Failed(f"non-finite gradient w.r.t. {label}")
+            raise Failed(f"{who}: the gradient w.r.t. its {label} holds NaN or inf (dtype {s.dtype}, "
+                         f"(B, Nq, Nk) = {(s.B, s.Nq, s.Nk)}); keep its backward finite")
         connected[label] = g is not None
         flowing[label] = g is not None and bool(g.abs().sum() > 0)
     p_flow = 0
-    for p in params:
-        if p.grad is not None:
+    for p_name, p in s.module.named_parameters():
+        if p.requires_grad and p.grad is not None:
             if not torch.isfinite(p.grad).all():
-                raise Failed("non-finite gradient w.r.t. a parameter")
+                raise Failed(f"{who}: parameter {p_name!r} gets a NaN or inf gradient (dtype {s.dtype}, "
+                             f"(B, Nq, Nk) = {(s.B, s.Nq, s.Nk)}); keep its gradients finite")
             p_flow += bool(p.grad.abs().sum() > 0)
     s.report.details["gradient flow"] = {
         **{k_: ("non-zero" if flowing[k_] else "zero" if connected[k_] else "none") for k_ in connected},
