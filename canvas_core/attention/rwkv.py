@@ -32,6 +32,9 @@ from canvas_core.attention.causal_read import (
 from canvas_core.attention.first_order import first_order_backward
 from canvas_core.attention.int_roots import largest_int
 from canvas_core.attention.wkv_chunks import _ChunkRead, _ChunkSums
+from canvas_core.attention.wkv_kernel import W_MAX as _W_MAX
+from canvas_core.attention.wkv_kernel import usable_for as _kernel_usable
+from canvas_core.attention.wkv_kernel import wkv_read_cpu
 from canvas_core.attention.wkv_states import _chunk_states, _exp_rel, finite_prefix, finite_values, nan_from, nan_where_read
 
 __all__ = ["RWKVAttention", "wkv_read", "wkv_scan", "wkv_masked"]
@@ -57,7 +60,6 @@ def _chunk_for(L: int, Q: int) -> int:
     return best
 
 
-_W_MAX = 1e4  # decay rates above this forget every earlier key completely (see wkv_read)
 _LOG_W_MAX = math.log(_W_MAX)
 
 
@@ -287,8 +289,11 @@ class RWKVAttention(AttentionBase):
     Key mask: keys a query may not attend are left out of its sums.  A mask shared by all
     queries runs in the ``O(Nk)`` scan; a per-query mask uses the equivalent explicit form
     (:func:`wkv_masked`, ``O(Nq * Nk * D)``).  ``n_heads`` is validated only (RWKV-4 is
-    per-channel).  ``kernel``: ``"auto"`` or ``"torch"`` (the CPU/GPU PyTorch scan); the choice
-    is recorded in ``self.kernel_used``.
+    per-channel).  ``kernel``: ``"auto"`` (on CPU in float32 / float64 with finite keys and values,
+    outside ``torch.compile``: the compiled scan of :mod:`canvas_core.attention.wkv_kernel` when it
+    builds, ``CANVAS_RWKV_CPU_KERNEL`` choosing; else the PyTorch one) or ``"torch"`` (the CPU/GPU
+    PyTorch scan always); the choice is recorded in ``self.kernel_used`` (``"rwkv_cpu"``,
+    ``"torch"``).
     """
 
     type_name = "rwkv"
@@ -339,7 +344,10 @@ class RWKVAttention(AttentionBase):
         with torch.autocast(queries.device.type, enabled=False) if amp else contextlib.nullcontext():
             if allowed is None or rows_identical(allowed):
                 key_ok = None if allowed is None else allowed[:, 0, :]
-                if self.kernel in ("auto", "torch"):  # chunked, only at the read positions
+                if self.kernel == "auto" and _kernel_usable(k, v, w, u, key_ok):  # CPU: the compiled scan
+                    wkv = wkv_read_cpu(k, v, w, u, read, key_ok)
+                    self.kernel_used = "rwkv_cpu"
+                elif self.kernel in ("auto", "torch"):  # chunked, only at the read positions
                     # Nk = s Nq: every read ends a chunk of s keys (no key past a read in its chunk)
                     aligned = Nk // Nq if Nk % Nq == 0 and Nk > Nq else None
                     wkv = wkv_read(k, v, w, u, read, key_ok, chunk=aligned, ends_chunks=aligned is not None)

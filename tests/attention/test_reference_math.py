@@ -325,9 +325,12 @@ def _naive_recurrence(k, v, w, u):
     return torch.stack(outs)
 
 
+@pytest.mark.parametrize("kernel", ["auto", "torch"])
 @pytest.mark.parametrize("Nq,Nk", [(6, 6), (1, 5), (3, 7), (8, 4)])
-def test_rwkv_matches_naive_recurrence(Nq, Nk):
-    m = _mk(RWKVAttention)
+def test_rwkv_matches_naive_recurrence(Nq, Nk, kernel):
+    from canvas_core.attention import wkv_kernel
+
+    m = _mk(RWKVAttention, kernel=kernel)
     q, k, v = _inputs(Nq=Nq, Nk=Nk)
     kk, vv = m.key(k), m.value(v)
     w, u = torch.exp(m.time_decay), m.time_first
@@ -343,7 +346,9 @@ def test_rwkv_matches_naive_recurrence(Nq, Nk):
                 has[i] = True
     ref = m.output(r * out) * has[None, :, None]
     assert torch.allclose(m(q, k, v), ref, atol=1e-9)
-    assert m.kernel_used == "torch"
+    # auto: the compiled CPU read where it can be built here, else the PyTorch path
+    compiled = kernel == "auto" and wkv_kernel.usable_for(kk, vv, w, u)
+    assert m.kernel_used == ("rwkv_cpu" if compiled else "torch")
 
 
 def test_rwkv_masks_shared_and_per_query():

@@ -1,0 +1,113 @@
+"""rwkv's compiled CPU WKV read (``csrc/wkv_cpu.cpp``): the kernel ``kernel="auto"`` takes on CPU.
+
+The kernel steps through the keys of each (batch row, block of 16 channels) in order, in the
+log-space form of the RWKV-4 recurrence (one ``exp`` per key), and writes the WKV where queries
+read; it saves the state at the start of every chunk of :data:`CHUNK` keys, and its backward
+recomputes a chunk's states from there while carrying the state's adjoint back through them
+(``dk, dv, dw, du``).  It computes what :func:`canvas_core.attention.rwkv.wkv_read` computes, to
+float rounding (float32: an ``exp`` polynomial within about 1e-7 relative; float64: the C
+library's ``exp``).  It is built on first use (:class:`canvas_core.kernels.cpu_build.CpuKernel`).
+
+``CANVAS_RWKV_CPU_KERNEL``: ``auto`` (default: build and use it where it applies), ``0`` (never:
+the PyTorch path), ``1`` (required: an error naming the build problem when it cannot be built).
+It applies to CPU float32 inputs (float64 too under ``1``: its C library ``exp`` is taken one
+lane at a time, and the float64 read measured slower than the PyTorch path's) with finite keys
+and values, outside ``torch.compile``; anything else runs the PyTorch path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from canvas_core.attention.first_order import first_order_backward
+from canvas_core.kernels.cpu_build import CpuKernel, CpuKernelBuildWarning
+
+__all__ = ["ENV", "KERNEL", "W_MAX", "CHUNK", "usable_for", "wkv_read_cpu"]
+
+ENV = "CANVAS_RWKV_CPU_KERNEL"
+#: decay rates above this forget every earlier key completely (the cap wkv_read applies)
+W_MAX = 1e4
+#: keys between two states the forward saves for the backward
+CHUNK = 32
+#: positions stay exact integers in float32 below this
+_MAX_LEN = 1 << 24
+
+KERNEL = CpuKernel(Path(__file__).with_name("csrc") / "wkv_cpu.cpp", namespace="canvas_rwkv_cpu", probe="wkv_fwd",
+                   env=ENV, label="rwkv's compiled CPU WKV read", fallback="its PyTorch WKV (same results, slower)",
+                   seconds=20, warning=CpuKernelBuildWarning)
+
+
+def usable_for(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
+               key_ok: Optional[torch.Tensor] = None) -> bool:
+    """Whether ``kernel="auto"`` takes the compiled read for these inputs: CPU, float32 (float64
+    only when the setting is ``1``), ``0 < L < 2^24``, not under ``torch.compile``, finite keys, values, ``w`` and
+    ``u`` (one sum), and the setting allows it and the kernel builds (``1``: required, an
+    :class:`~canvas_core.errors.UnavailableError` when it cannot be built)."""
+    if torch.compiler.is_compiling() or k.device.type != "cpu" or k.dtype not in (torch.float32, torch.float64):
+        return False
+    if any(t.device.type != "cpu" or t.dtype != k.dtype for t in (v, w, u)) or k.is_meta:
+        return False
+    if not 0 < k.shape[1] < _MAX_LEN or (key_ok is not None and key_ok.device.type != "cpu"):
+        return False
+    if k.dtype == torch.float64 and KERNEL.setting() != "on":
+        return False  # slower than the PyTorch path in float64 (measured at the 16k link: 99 vs 86 ms f+b)
+    if not KERNEL.wanted():
+        return False
+    with torch.no_grad():
+        return bool(torch.isfinite(k.sum() + v.sum() + w.sum() + u.sum()))
+
+
+def _operands(read: torch.Tensor, L: int):
+    """``(rs, rq)``: the queries reading position ``t`` are ``rq[rs[t]:rs[t + 1]]`` (reads ``< 0``:
+    none)."""
+    read = read.to(torch.long)
+    ok = read >= 0
+    pos = read[ok]
+    counts = torch.bincount(pos, minlength=L)
+    rs = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    rq = torch.nonzero(ok).squeeze(1)[torch.argsort(pos, stable=True)]
+    return rs.contiguous(), rq.contiguous()
+
+
+class _WKVRead(torch.autograd.Function):
+    """The compiled read with its compiled backward (first order)."""
+
+    @staticmethod
+    def forward(ctx, k, v, w, u, key_ok, rs, rq, Q):  # noqa: D401 - autograd signature
+        save = any(ctx.needs_input_grad[:4])
+        y, hs = torch.ops.canvas_rwkv_cpu.wkv_fwd(k, v, w, u, key_ok, rs, rq, Q, CHUNK, save)
+        if save:
+            ctx.save_for_backward(k, v, w, u, key_ok, rs, rq, hs)
+        return y
+
+    @staticmethod
+    @first_order_backward("rwkv's compiled CPU WKV read")
+    def backward(ctx, gy):
+        k, v, w, u, key_ok, rs, rq, hs = ctx.saved_tensors
+        dk, dv, dw, du = torch.ops.canvas_rwkv_cpu.wkv_bwd(gy.contiguous(), k, v, w, u, key_ok, rs, rq, hs, CHUNK)
+        return dk, dv, dw, du, None, None, None, None
+
+
+def wkv_read_cpu(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor, read: torch.Tensor,
+                 key_ok: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """:func:`~canvas_core.attention.rwkv.wkv_read` by the compiled kernel (call it where
+    :func:`usable_for` is True; it builds the kernel if needed).
+
+    Args:
+        k, v: ``(B, L, C)`` finite; w: ``(C,)`` decay rate (> 0, capped at :data:`W_MAX`);
+            u: ``(C,)``, all CPU float32 or float64 alike.
+        read: ``(Q,)`` positions in ``[-1, L - 1]``, any order, repeats allowed.
+        key_ok: optional bool ``(B|1, L)``.
+
+    Returns:
+        ``(B, Q, C)``; 0 where no key is allowed up to the read or the read is ``-1``.
+    """
+    KERNEL.require("rwkv: the compiled CPU WKV read")
+    B, L, C = k.shape
+    w = w.clamp(max=W_MAX)
+    rs, rq = _operands(read, L)
+    ok = None if key_ok is None else key_ok.to(device=k.device, dtype=torch.bool).contiguous()
+    return _WKVRead.apply(k.contiguous(), v.contiguous(), w.contiguous(), u.contiguous(), ok, rs, rq, read.shape[0])
