@@ -13,6 +13,9 @@
 // first use by cpu_kernel.py, with OpenMP where the compiler has it (else one item at a time).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
 #include <torch/library.h>
 
 #include <algorithm>
@@ -50,25 +53,45 @@ template <typename S>
 using vec = typename Lanes<S>::type;
 typedef int32_t vi32 __attribute__((vector_size(V * sizeof(int32_t))));
 
-// 2^y on 16 float lanes for y in [-126, 126]: y = k + f, k the nearest integer (adding and
-// subtracting 1.5 * 2^23 rounds: the build must not use -ffast-math, which folds that away),
-// |f| <= 1/2; 2^f by a degree-6 polynomial (a least-squares fit of 2^f's relative error on
-// [-1/2, 1/2]: 2e-9 in exact arithmetic, about 1e-7 = 1.6 float32 ulp after rounding); 2^k
-// written into the exponent bits.
-inline vec<float> exp2_in_range(vec<float> y) {
-  const float magic = 12582912.f;
-  const vec<float> k = (y + magic) - magic;
-  const vec<float> f = y - k;
+// 2^y on 16 float lanes for y in [-126, 126]: y = k + f, k the nearest integer, |f| <= 1/2; 2^f
+// by a degree-6 polynomial (a least-squares fit of 2^f's relative error on [-1/2, 1/2]: 2e-9 in
+// exact arithmetic, about 1e-7 = 1.6 float32 ulp after rounding), times 2^k.
+inline vec<float> exp2_frac(vec<float> f) {  // 2^f, |f| <= 1/2
   vec<float> p = f * 1.5337576834423183e-04f + 1.339986036322529e-03f;
   p = p * f + 9.61851953434672e-03f;
   p = p * f + 5.550328997517387e-02f;
   p = p * f + 2.4022646608714063e-01f;
   p = p * f + 6.931472056005101e-01f;
-  p = p * f + 1.0000000005920207f;
+  return p * f + 1.0000000005920207f;
+}
+
+#ifdef __AVX512F__
+// AVX-512: k by one rounding instruction and p 2^k by one vscalefps, which computes the same values
+// as the portable form below (the same integer k; p 2^k rounded once either way) in four fewer
+// instructions; this is most of the scan's work, once per state update.
+inline __m512 nearest(vec<float> y) { return _mm512_roundscale_ps((__m512)y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+
+inline vec<float> exp2_in_range(vec<float> y) {
+  const __m512 k = nearest(y);
+  return (vec<float>)_mm512_scalef_ps((__m512)exp2_frac(y - (vec<float>)k), k);
+}
+
+// 2^x for x <= 0 (the decays); x <= -126 gives 0.
+inline vec<float> exp2_neg(vec<float> x) {
+  const __mmask16 live = _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(-126.f), _CMP_NLE_UQ);
+  const __m512 k = nearest(x);
+  return (vec<float>)_mm512_maskz_scalef_ps(live, (__m512)exp2_frac(x - (vec<float>)k), k);
+}
+#else
+// k by adding and subtracting 1.5 * 2^23 (the build must not use -ffast-math, which folds that
+// away), 2^k written into the exponent bits
+inline vec<float> exp2_in_range(vec<float> y) {
+  const float magic = 12582912.f;
+  const vec<float> k = (y + magic) - magic;
   const vi32 bits = (__builtin_convertvector(k, vi32) + 127) << 23;
   vec<float> s;
   std::memcpy(&s, &bits, sizeof(s));
-  return p * s;
+  return exp2_frac(y - k) * s;
 }
 
 // 2^x for x <= 0 (the decays); x <= -126 gives 0.
@@ -77,6 +100,7 @@ inline vec<float> exp2_neg(vec<float> x) {
   const vec<float> zero = {};
   return x <= floor_ ? zero : exp2_in_range(x);
 }
+#endif
 
 // e^x for any x, clamped to |x log2 e| <= 126 (far beyond where silu, sigmoid and softplus stop
 // changing in float32).
@@ -101,6 +125,7 @@ inline vec<double> exp2_neg(vec<double> x) {
   return r;
 }
 
+// The first ne (<= V) lanes from p, the rest 0
 template <typename S>
 inline vec<S> load(const S* p, int64_t ne) {
   vec<S> v = {};
@@ -120,6 +145,22 @@ inline void store(S* p, const vec<S>& v, int64_t ne) {
     for (int64_t i = 0; i < ne; ++i) p[i] = v[i];
   }
 }
+
+#ifdef __AVX512F__
+// float32: one masked load or store straight to or from a register (GCC compiles the generic form
+// above to a copy through the stack)
+inline __mmask16 lanes_mask(int64_t ne) { return ne >= V ? __mmask16(0xFFFF) : __mmask16((1u << ne) - 1); }
+
+template <>
+inline vec<float> load<float>(const float* p, int64_t ne) {
+  return (vec<float>)_mm512_maskz_loadu_ps(lanes_mask(ne), p);
+}
+
+template <>
+inline void store<float>(float* p, const vec<float>& v, int64_t ne) {
+  _mm512_mask_storeu_ps(p, lanes_mask(ne), (__m512)v);
+}
+#endif
 
 template <typename S>
 inline S hsum(const vec<S>& v) {
@@ -143,6 +184,41 @@ inline float hsum<float>(const vec<float>& v) {
   const v4 s4 = a + b;
   return (s4[0] + s4[2]) + (s4[1] + s4[3]);
 }
+
+// out[i] = hsum(v[i]) for i < n
+template <typename S>
+inline void hsum_rows(const vec<S>* v, int64_t n, S* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = hsum<S>(v[i]);
+}
+
+#ifdef __AVX512F__
+// Sixteen float sums at once, each added in hsum<float>'s order (so the same values): pairs of
+// vectors are halved together, 128-bit quarters then lanes (46 instructions, against about 150
+// for sixteen hsum).  The input order is permuted so that the sums come out in order: the last
+// step leaves row 4j + k's sum in lane 4k + j.
+inline __m512 hsum16(const vec<float>* v) {
+  __m512 w[8], x[4], r[2];
+  auto row = [&](int s) { return (__m512)v[4 * (s % 4) + s / 4]; };
+  for (int m = 0; m < 8; ++m) {  // [s8 of row 2m | s8 of row 2m + 1], s8[i] = v[i] + v[i + 8]
+    const __m512 a = row(2 * m), b = row(2 * m + 1);
+    w[m] = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+  }
+  for (int m = 0; m < 4; ++m)  // quarter k: s4 of row 4m + k, s4[i] = s8[i] + s8[i + 4]
+    x[m] = _mm512_add_ps(_mm512_shuffle_f32x4(w[2 * m], w[2 * m + 1], 0x88),
+                         _mm512_shuffle_f32x4(w[2 * m], w[2 * m + 1], 0xDD));
+  for (int m = 0; m < 2; ++m)  // quarter k: s4[0] + s4[2], s4[1] + s4[3] of rows 8m + k, 8m + 4 + k
+    r[m] = _mm512_add_ps(_mm512_shuffle_ps(x[2 * m], x[2 * m + 1], 0x44),
+                         _mm512_shuffle_ps(x[2 * m], x[2 * m + 1], 0xEE));
+  return _mm512_add_ps(_mm512_shuffle_ps(r[0], r[1], 0x88), _mm512_shuffle_ps(r[0], r[1], 0xDD));
+}
+
+template <>
+inline void hsum_rows<float>(const vec<float>* v, int64_t n, float* out) {
+  int64_t i = 0;
+  for (; i + V <= n; i += V) _mm512_storeu_ps(out + i, hsum16(v + i));
+  for (; i < n; ++i) out[i] = hsum<float>(v[i]);
+}
+#endif
 
 struct Shape {
   int64_t Bt, L, E, N, Q, T, nEb, nC;
@@ -214,6 +290,58 @@ struct ConvLanes {
   }
 };
 
+// The one or two cache lines of V lanes at p.  Always inlined: GCC counts a function that only
+// prefetches as free of side effects and drops calls to it that it did not inline early.
+template <typename S>
+__attribute__((always_inline)) inline void prefetch_lanes(const S* p) {
+  const char* c = reinterpret_cast<const char*>(p);
+  __builtin_prefetch(c);
+  __builtin_prefetch(c + sizeof(vec<S>) - 1);
+}
+
+// The per-position inputs of one work item at t: the step delta_t (dv) and u_t (uv), and for the
+// backward silu'(c_t) (sd, with the fused conv) and d delta_t / d d_t = sigmoid(d_t) (gs, under
+// softplus).  The kernels form them for a block of positions before stepping through it: formed
+// inside each step, their exp and division chains (about a hundred cycles) sat on the step's
+// critical path, beyond what the out-of-order window (a step is a few hundred instructions)
+// overlaps with the previous step.
+template <typename S>
+struct Inputs {
+  const Opts& o;
+  const ConvLanes<S>& conv;
+  const S* u;  // null with the fused conv
+  const S* d;  // this item's rows: row t at + t * E
+  int64_t E, ne;
+
+  // Asks for row t's cache lines ahead of their use: a work item reads 64 bytes (often across two
+  // lines) of rows a few hundred bytes apart, which the hardware's prefetch does not bring in
+  // time (the backward, walking the chunks down, asks for the next chunk's rows)
+  __attribute__((always_inline)) void prefetch(int64_t t) const {
+    prefetch_lanes(d + t * E);
+    if (conv.K) {
+      prefetch_lanes(conv.x + t * conv.xs);
+    } else {
+      prefetch_lanes(u + t * E);
+    }
+  }
+
+  void at(int64_t t, vec<S>& dv, vec<S>& uv, vec<S>* sd, vec<S>* gs) const {
+    const vec<S> raw = load<S>(d + t * E, ne);
+    dv = o.softplus ? softplus(raw) : raw;
+    if (gs && o.softplus) *gs = sigmoid<S>(raw);
+    if (conv.K) {
+      const vec<S> c = conv.pre(t, ne), sg = sigmoid<S>(c);
+      uv = c * sg;
+      if (sd) *sd = sg * (S(1) + c * (S(1) - sg));  // silu'(c) = sig (1 + c (1 - sig))
+    } else {
+      uv = load<S>(u + t * E, ne);
+    }
+  }
+};
+
+// positions whose inputs the forward forms ahead of stepping through them
+constexpr int64_t BLOCK = 16;
+
 // Sizes: u, d (Bt, L, E); A2 = A * log2(e) (N, E); Bm (Bt, L, N); C (Bt, Q, N).  The queries
 // reading position t are rq[rs[t] .. rs[t + 1]).  Writes y (Bt, Q, E) and the state entering
 // every chunk of T positions, Hs (Bt, nC, N, E).
@@ -231,21 +359,20 @@ void forward_kernel(const Shape& z, const Opts& o, const S* u, const S* d, const
         h[n] = vec<S>{};
         a2[n] = load<S>(A2 + n * z.E + e0, ne);
       }
+      const Inputs<S> in{o, conv, u ? u + b * z.L * z.E + e0 : nullptr, d + b * z.L * z.E + e0, z.E, ne};
+      vec<S> dvb[BLOCK], uvb[BLOCK];
       for (int64_t t = 0; t < z.L; ++t) {
+        if (t % BLOCK == 0) {
+          for (int64_t i = t; i < std::min(z.L, t + BLOCK); ++i) {
+            if (i + BLOCK < z.L) in.prefetch(i + BLOCK);
+            in.at(i, dvb[i - t], uvb[i - t], nullptr, nullptr);
+          }
+        }
         if (t % z.T == 0) {
           S* dst = Hs + ((b * z.nC + t / z.T) * z.N) * z.E + e0;
           for (int64_t n = 0; n < z.N; ++n) store<S>(dst + n * z.E, h[n], ne);
         }
-        const int64_t row = (b * z.L + t) * z.E + e0;
-        const vec<S> raw = load<S>(d + row, ne);
-        const vec<S> dv = o.softplus ? softplus(raw) : raw;
-        vec<S> uv;
-        if (conv.K) {
-          const vec<S> c = conv.pre(t, ne);
-          uv = c * sigmoid<S>(c);
-        } else {
-          uv = load<S>(u + row, ne);
-        }
+        const vec<S> dv = dvb[t % BLOCK], uv = uvb[t % BLOCK];
         const vec<S> duv = dv * uv;
         const S* Br = Bm + (b * z.L + t) * z.N;
         for (int64_t n = 0; n < z.N; ++n) h[n] = exp2_neg(dv * a2[n]) * h[n] + duv * Br[n];
@@ -279,11 +406,13 @@ void backward_kernel(const Shape& z, const Opts& o, const S* gy, const S* u, con
   const S ln2 = S(0.6931471805599453);
   const S* Dsk = static_cast<const S*>(o.Dsk);
   at::parallel_for(0, z.Bt * z.nEb, 1, [&](int64_t w0, int64_t w1) {
-    std::vector<vec<S>> hbuf((z.T + 1) * z.N), abuf(z.T * z.N), ubuf(o.x ? z.T : 0), sbuf(o.x ? z.T : 0);
-    vec<S> g[MAX_N], An[MAX_N], a2[MAX_N], gA[MAX_N];
+    std::vector<vec<S>> hbuf((z.T + 1) * z.N), abuf(z.T * z.N), dbuf(z.T), ubuf(z.T), sbuf(o.x ? z.T : 0),
+        rbuf(o.softplus ? z.T : 0);  // the chunk's Inputs
+    vec<S> g[MAX_N], An[MAX_N], a2[MAX_N], gA[MAX_N], prod[MAX_N];  // prod: products summed over lanes
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t b = w / z.nEb, eb = w % z.nEb, e0 = eb * V, ne = std::min<int64_t>(V, z.E - e0);
       const ConvLanes<S> conv(o, b, z.E, e0, ne);
+      const Inputs<S> in{o, conv, u ? u + b * z.L * z.E + e0 : nullptr, d + b * z.L * z.E + e0, z.E, ne};
       vec<S> gcr[MAX_K], gw[MAX_K + 1];  // gc_{t+1} .. gc_{t+K-1} (nearest first); gw, then gbias
       for (int64_t s = 0; s <= conv.K; ++s) gw[s] = vec<S>{};
       for (int64_t s = 0; s < conv.K; ++s) gcr[s] = vec<S>{};
@@ -301,20 +430,19 @@ void backward_kernel(const Shape& z, const Opts& o, const S* gy, const S* u, con
         const int64_t t0 = c * z.T, t1 = std::min(z.L, t0 + z.T);
         const S* src = Hs + ((b * z.nC + c) * z.N) * z.E + e0;
         for (int64_t n = 0; n < z.N; ++n) hbuf[n] = load<S>(src + n * z.E, ne);
-        for (int64_t t = t0; t < t1; ++t) {  // hbuf[(j + 1) N + n]: the state after position t0 + j
-          const int64_t row = (b * z.L + t) * z.E + e0, j = t - t0;
-          const vec<S> raw = load<S>(d + row, ne);
-          const vec<S> dv = o.softplus ? softplus(raw) : raw;
-          vec<S> uv;
-          if (conv.K) {  // u_t and silu'(c_t) = sig (1 + c (1 - sig)), kept for the walk down
-            const vec<S> c = conv.pre(t, ne), sg = sigmoid<S>(c);
-            uv = c * sg;
-            ubuf[j] = uv;
-            sbuf[j] = sg * (S(1) + c * (S(1) - sg));
-          } else {
-            uv = load<S>(u + row, ne);
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t j = t - t0;
+          if (t >= z.T) {  // the rows of the chunk below, read and written next
+            in.prefetch(t - z.T);
+            prefetch_lanes(Bm + (b * z.L + t - z.T) * z.N);
+            prefetch_lanes(gd + (b * z.L + t - z.T) * z.E + e0);
+            prefetch_lanes(gu + (b * z.L + t - z.T) * z.E + e0);
           }
-          const vec<S> duv = dv * uv;
+          in.at(t, dbuf[j], ubuf[j], o.x ? &sbuf[j] : nullptr, o.softplus ? &rbuf[j] : nullptr);
+        }
+        for (int64_t t = t0; t < t1; ++t) {  // hbuf[(j + 1) N + n]: the state after position t0 + j
+          const int64_t j = t - t0;
+          const vec<S> dv = dbuf[j], duv = dv * ubuf[j];
           const S* Br = Bm + (b * z.L + t) * z.N;
           for (int64_t n = 0; n < z.N; ++n) {
             const vec<S> a = exp2_neg(dv * a2[n]);
@@ -327,7 +455,7 @@ void backward_kernel(const Shape& z, const Opts& o, const S* gy, const S* u, con
           const vec<S>* ht = &hbuf[(j + 1) * z.N];
           const vec<S>* hp = &hbuf[j * z.N];
           const vec<S>* at = &abuf[j * z.N];
-          const vec<S> uv = conv.K ? ubuf[j] : load<S>(u + row, ne);
+          const vec<S> uv = ubuf[j], dv = dbuf[j];
           vec<S> gskip = {};
           for (int64_t r = rs[t]; r < rs[t + 1]; ++r) {
             const int64_t q = rq[r];
@@ -336,12 +464,11 @@ void backward_kernel(const Shape& z, const Opts& o, const S* gy, const S* u, con
             S* gCr = gCw + q * z.N;
             for (int64_t n = 0; n < z.N; ++n) {
               g[n] += Cr[n] * gq;
-              gCr[n] = hsum<S>(gq * ht[n]);
+              prod[n] = gq * ht[n];
             }
+            hsum_rows<S>(prod, z.N, gCr);
             gskip += gq;
           }
-          const vec<S> raw = load<S>(d + row, ne);
-          const vec<S> dv = o.softplus ? softplus(raw) : raw;
           const vec<S> duv = dv * uv;
           const S* Br = Bm + (b * z.L + t) * z.N;
           S* gBr = gBw + t * z.N;
@@ -352,9 +479,10 @@ void backward_kernel(const Shape& z, const Opts& o, const S* gy, const S* u, con
             gexp += gx * An[n];
             gA[n] += gx * dv;
             gdu += g[n] * Br[n];
-            gBr[n] = hsum<S>(g[n] * duv);
+            prod[n] = g[n] * duv;
             g[n] = ag;
           }
+          hsum_rows<S>(prod, z.N, gBr);
           gD += gskip * uv;
           const vec<S> gdelta = gexp + gdu * uv;
           const vec<S> guv = gdu * dv + gskip * Dv;
@@ -371,7 +499,7 @@ void backward_kernel(const Shape& z, const Opts& o, const S* gy, const S* u, con
           } else {
             store<S>(gu + row, guv, ne);
           }
-          store<S>(gd + row, o.softplus ? gdelta * sigmoid<S>(raw) : gdelta, ne);
+          store<S>(gd + row, o.softplus ? gdelta * rbuf[j] : gdelta, ne);
         }
       }
       S* gAw = gAp + w * (z.N + 1) * V;
