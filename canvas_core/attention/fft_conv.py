@@ -1,7 +1,8 @@
 """Causal long convolutions by FFT, with hand-written adjoints: what ``hyena`` runs along its keys.
 
 * :func:`causal_conv_last`: ``y_t = sum_{s <= t} h_{t - s} z_s`` along the last dim.
-* :func:`gated_causal_conv`: ``gate * causal_conv_last(z, h)``, one batch row at a time.
+* :func:`gated_causal_conv`: ``gate * causal_conv_last(z, h)``, one batch row at a time
+  (:func:`gated_causal_conv_stacked`: the same of ``z`` and the gate stacked in one tensor).
 * :func:`read_conv_last`: :func:`causal_conv_last` read at every ``stride``-th position only,
   computed in ``stride`` phases of shorter transforms.
 
@@ -22,8 +23,10 @@ from torch import Tensor
 
 from canvas_core.attention.causal_read import scratch, scratch_out, work_dtype
 from canvas_core.attention.first_order import first_order_backward, first_order_only
+from canvas_core.errors import ShapeError
 
-__all__ = ["fft_size", "causal_conv_last", "gated_causal_conv", "read_conv_last", "fft_causal_conv"]
+__all__ = ["fft_size", "causal_conv_last", "gated_causal_conv", "gated_causal_conv_stacked", "read_conv_last",
+           "fft_causal_conv"]
 
 _COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
 
@@ -101,14 +104,20 @@ class _CausalConv(torch.autograd.Function):
 
 
 # --- the last stage read at every s-th position -----------------------------------------------
-def _phases(z: Tensor, s: int, m: int, slot: str) -> Tensor:
+def _phase_pad(z: Tensor, s: int, m: int) -> Tensor:
+    """The per-thread scratch ``(C, s, m)`` for :func:`_phases` of the rows of ``z (B, C, L)``,
+    its padding (the points from ``L / s`` on) zeroed once for all of them."""
+    pad = scratch("hy_ph", (z.shape[1], s, m), z)
+    pad[..., z.shape[-1] // s :].zero_()
+    return pad
+
+
+def _phases(z: Tensor, s: int, pad: Tensor) -> Tensor:
     """The spectra ``(C, s, m / 2 + 1)`` of one row ``z (C, L)`` cut in ``s`` phases
-    ``z^b_a = z_{s a + b}``, each zero-padded to ``m`` points (in the per-thread scratch ``slot``)."""
+    ``z^b_a = z_{s a + b}``, each zero-padded to ``m`` points in ``pad`` (:func:`_phase_pad`)."""
     C, L = z.shape
     Q = L // s
-    pad = scratch(slot, (C, s, m), z)
     pad[..., :Q].copy_(z.reshape(C, Q, s).transpose(-1, -2))
-    pad[..., Q:].zero_()
     return torch.fft.rfft(pad)
 
 
@@ -129,8 +138,9 @@ def _read_forward(z: Tensor, h: Tensor, s: int) -> Tuple[Tensor, Tensor]:
     H = torch.fft.rfft(h.view(C, Q, s).flip(-1).transpose(-1, -2), n=m)
     acc = torch.empty((B, C, m // 2 + 1), dtype=H.dtype, device=z.device)
     spec = scratch("hy_phs", H.shape, H)
+    pad = _phase_pad(z, s, m)
     for b in range(B):
-        torch.sum(torch.mul(_phases(z[b], s, m, "hy_ph"), H, out=spec), dim=1, out=acc[b])
+        torch.sum(torch.mul(_phases(z[b], s, pad), H, out=spec), dim=1, out=acc[b])
     y = torch.fft.irfft(acc, n=m)
     return y[..., :Q], H.conj_physical_()
 
@@ -139,22 +149,25 @@ def _read_backward(g: Tensor, z: Tensor, Hc: Tensor, s: int, need_z: bool,
                    need_h: bool) -> Tuple[Optional[Tensor], Optional[Tensor]]:
     """The adjoint of :func:`_read_forward` in the same phases, one row at a time:
     ``dz^b = corr(g, h^b)``, ``dh^b = sum_rows corr(g, z^b)`` (products with conjugated
-    spectra; each row's phase spectra are recomputed from ``z``)."""
+    spectra; each row's phase spectra are recomputed from ``z``).  The filter's gradient is
+    summed conjugated, ``conj(G) Z^b`` (``G`` conjugated once, not each row's phase spectra)."""
     B, C, Q = g.shape
     m = fft_size(2 * Q - 1)
     G = torch.fft.rfft(g, n=m).unsqueeze(2)  # (B, C, 1, m / 2 + 1)
     dz = torch.empty((B, C, Q * s), dtype=g.dtype, device=g.device) if need_z else None
-    dH = torch.zeros_like(Hc) if need_h else None
+    dHc = torch.zeros_like(Hc) if need_h else None
+    Gc = G.conj_physical() if need_h else None
     spec = scratch("hy_phs", Hc.shape, Hc)
+    pad = _phase_pad(z, s, m) if need_h else None
     for b in range(B):
         if need_z:
             dzp = torch.fft.irfft(torch.mul(G[b], Hc, out=spec), n=m)  # (C, s, m)
             dz[b].view(C, Q, s).copy_(dzp[..., :Q].transpose(-1, -2))
         if need_h:
-            dH.addcmul_(G[b], _phases(z[b], s, m, "hy_ph").conj_physical_())
+            dHc.addcmul_(Gc[b], _phases(z[b], s, pad))
     dh = None
     if need_h:
-        dh = torch.fft.irfft(dH, n=m)[..., :Q].flip(1).transpose(-1, -2).reshape(C, Q * s)
+        dh = torch.fft.irfft(dHc.conj_physical_(), n=m)[..., :Q].flip(1).transpose(-1, -2).reshape(C, Q * s)
     return dz, dh
 
 
@@ -187,8 +200,8 @@ def _gated_forward(z: Tensor, gate: Tensor, h: Tensor, keep: bool = True) -> Tup
     B, C, L = z.shape
     n = fft_size(2 * L - 1)
     H = torch.fft.rfft(h, n=n)
-    out = torch.empty_like(z)
-    conv = torch.empty_like(z) if keep else None
+    out = z.new_empty(z.shape)  # contiguous also when z is a view into a stacked input
+    conv = z.new_empty(z.shape) if keep else None
     Zc = torch.empty((B, C, n // 2 + 1), dtype=H.dtype, device=z.device) if keep else None
     pad = scratch("hy_gpad", (C, n), z)
     pad[:, L:].zero_()
@@ -205,21 +218,27 @@ def _gated_forward(z: Tensor, gate: Tensor, h: Tensor, keep: bool = True) -> Tup
 
 
 def _gated_backward(g: Tensor, gate: Tensor, conv: Tensor, Zc: Tensor, Hc: Tensor, need_z: bool, need_gate: bool,
-                    need_h: bool) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+                    need_h: bool, stacked: Optional[Tensor] = None
+                    ) -> Tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     """The adjoint of :func:`_gated_forward`, one row at a time, the filter's gradient summed over
-    the rows in the frequency domain."""
+    the rows in the frequency domain.  ``stacked (B, 2C, L)``, when given, receives the gradients
+    of ``z`` and of the gate (channels ``:C`` and ``C:``), which are then views of it."""
     B, C, L = gate.shape
     n = fft_size(2 * L - 1)
-    dgate = torch.mul(g, conv) if need_gate else None
+    dgate = None
+    if need_gate:
+        dgate = torch.mul(g, conv) if stacked is None else torch.mul(g, conv, out=stacked[:, C:])
     if not (need_z or need_h):
         return None, dgate, None
-    dz = torch.empty_like(gate) if need_z else None
+    dz = None
+    if need_z:
+        dz = gate.new_empty(gate.shape) if stacked is None else stacked[:, :C]
     dH = torch.zeros_like(Hc) if need_h else None
     pad = scratch("hy_gpad", (C, n), gate)
     pad[:, L:].zero_()
     spec = scratch("hy_gspec", (C, n // 2 + 1), Hc)
     for b in range(B):
-        pad[:, :L].copy_(g[b]).mul_(gate[b])
+        torch.mul(g[b], gate[b], out=pad[:, :L])
         G = torch.fft.rfft(pad)
         if need_z:
             dz[b].copy_(torch.fft.irfft(torch.mul(G, Hc, out=spec), n=n)[:, :L])
@@ -243,6 +262,29 @@ class _GatedConv(torch.autograd.Function):
     @first_order_backward("hyena's gated convolution")
     def backward(ctx, g):
         return _gated_backward(g, *ctx.saved_tensors, *ctx.needs_input_grad)
+
+
+class _StackedGatedConv(torch.autograd.Function):
+    """:class:`_GatedConv` of ``zg (B, 2C, L)``, ``z`` over the gate along the channels (the
+    output of one projection): its gradient is one ``(B, 2C, L)`` tensor, written in place by
+    :func:`_gated_backward`, where the separate gradients of ``z`` and of the gate cost the
+    projection's backward a concatenation (a fresh tensor twice their size and a pass over it)."""
+
+    @staticmethod
+    def forward(ctx, zg, h):  # zg (B, 2C, L); h (C, L)
+        C = zg.shape[1] // 2
+        out, conv, Zc, Hc = _gated_forward(zg[:, :C], zg[:, C:], h)
+        ctx.save_for_backward(zg, conv, Zc, Hc)
+        return out
+
+    @staticmethod
+    @first_order_backward("hyena's gated convolution")
+    def backward(ctx, g):
+        zg, conv, Zc, Hc = ctx.saved_tensors
+        need_zg, need_h = ctx.needs_input_grad
+        dzg = zg.new_empty(zg.shape) if need_zg else None
+        dh = _gated_backward(g, zg[:, zg.shape[1] // 2 :], conv, Zc, Hc, need_zg, need_zg, need_h, dzg)[2]
+        return dzg, dh
 
 
 # --- the same as operators, for torch.compile -------------------------------------------------
@@ -361,6 +403,20 @@ def gated_causal_conv(z: Tensor, gate: Tensor, h: Tensor) -> Tensor:
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (z, gate, h))):
         return _gated_forward(z, gate, h, keep=False)[0]  # inference: nothing kept for a backward
     return _GatedConv.apply(z, gate, h)
+
+
+@_in_work_dtype
+def gated_causal_conv_stacked(zg: Tensor, h: Tensor) -> Tensor:
+    """:func:`gated_causal_conv` of ``z = zg[:, :C]`` and ``gate = zg[:, C:]``: ``zg (B, 2C, L)``,
+    ``h (C, L)`` -> ``(B, C, L)``; the gradient of ``zg`` is one tensor (no concatenation)."""
+    if zg.dim() != 3 or zg.shape[1] % 2:
+        raise ShapeError(f"gated_causal_conv_stacked: zg of shape {tuple(zg.shape)} is not (B, 2C, L) with z over its "
+                         "gate along dim 1; pass z and the gate separately to gated_causal_conv")
+    C = zg.shape[1] // 2
+    recorded = torch.is_grad_enabled() and (zg.requires_grad or h.requires_grad)
+    if zg.numel() == 0 or torch.compiler.is_compiling() or not recorded:
+        return gated_causal_conv(zg[:, :C], zg[:, C:], h)
+    return _StackedGatedConv.apply(zg, h.to(zg.dtype))
 
 
 @_in_work_dtype

@@ -25,8 +25,10 @@ from canvas_core.attention.fft_conv import (
     fft_causal_conv,
     fft_size,
     gated_causal_conv,
+    gated_causal_conv_stacked,
     read_conv_last,
 )
+from canvas_core.attention.first_order import first_order_backward
 from canvas_core.schema.limits import check_elements, check_size
 
 __all__ = ["HyenaAttention", "fft_causal_conv", "causal_conv_last", "gated_causal_conv", "read_conv_last", "fft_size"]
@@ -41,6 +43,28 @@ class _Sin(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.sin(self.freq * x)
+
+
+class _ProjectT(torch.autograd.Function):
+    """``b + W x^T`` channels-first: ``x (B, N, D)``, ``W (O, D)``, ``b (O,)`` -> ``(B, O, N)``.
+    The backward writes the gradient of ``x`` as ``g^T W``, in ``x``'s own layout ``(B, N, D)``;
+    autograd's formula for the batched product writes ``W^T g`` ``(B, D, N)``, which then costs a
+    transposed copy to make contiguous."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        return torch.baddbmm(b.unsqueeze(-1), w.expand(x.shape[0], *w.shape), x.transpose(1, 2))
+
+    @staticmethod
+    @first_order_backward("hyena's projections")
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        dx = torch.bmm(g.transpose(1, 2), w.expand(x.shape[0], *w.shape)) if need_x else None
+        dw = torch.bmm(g, x).sum(0) if need_w else None
+        db = g.sum((0, 2)) if need_b else None
+        return dx, dw, db
 
 
 class HyenaAttention(AttentionBase):
@@ -156,23 +180,11 @@ class HyenaAttention(AttentionBase):
         h = self.filters(Nk, dtype=wd)  # (order, Nk, D)
         d = self.skip.to(wd)
         if not per_query:  # channels-first (B, D, Nk): the FFTs run along the last dim
-            if self.order > 1 and keys is values:  # one product for the values and the gates
-                z, *gates = (p.to(wd) for p in self._project_t((self.v_proj, self.gate_proj), values))
-                gates = [g for part in gates for g in part.chunk(self.order - 1, dim=1)]
-            else:
-                z = self._project_t((self.v_proj,), values)[0].to(wd)
-                if self.order > 1:
-                    gates = self._project_t((self.gate_proj,), keys)[0].to(wd).chunk(self.order - 1, dim=1)
             keep_t = None if keep is None else keep.transpose(1, 2)
-            if keep_t is not None:
-                z = z * keep_t
             # the skip d_n z is the filter's lag-0 tap: h^n (*) z + d_n z = (h^n + d_n delta) (*) z
             ht = h.transpose(1, 2)  # (order, D, Nk)
             ht = torch.cat([ht[..., :1] + d.unsqueeze(-1), ht[..., 1:]], dim=-1)
-            for n in range(self.order - 1):
-                z = gated_causal_conv(z, gates[n], ht[n])
-                if keep_t is not None:
-                    z = z * keep_t
+            z = self._gated_stages(keys, values, ht, keep_t, wd)
             if Nq > 0 and Nk % Nq == 0:
                 # Nk = s Nq: causal_read_index reads (i + 1) s - 1, the last stage only there (in phases)
                 y = read_conv_last(z, ht[-1], Nk // Nq).transpose(1, 2)
@@ -193,18 +205,42 @@ class HyenaAttention(AttentionBase):
         out = self.out_proj(self.drop(self.q_proj(queries) * y.to(queries.dtype)))
         return out.masked_fill(~has, 0.0)
 
+    def _gated_stages(self, keys: torch.Tensor, values: torch.Tensor, ht: torch.Tensor,
+                      keep_t: Optional[torch.Tensor], wd: torch.dtype) -> torch.Tensor:
+        """``z^order (B, D, Nk)``: the values' projection through the ``order - 1`` gated stages
+        (filters with their skip taps ``ht (order, D, Nk)``, key mask ``keep_t (B|1, 1, Nk)``)."""
+        D, stacked = self.d_model, 0
+        if self.order > 1 and keys is values:
+            # one product for the values and the gates; the first stage takes z^1 and its gate as
+            # that product's first 2 D channels, so its gradient reaches the product uncut
+            zx = self._project_t((self.v_proj, self.gate_proj), values).to(wd)  # (B, order D, Nk)
+            z, *rest = zx.split([2 * D] + [D] * (self.order - 2), dim=1) if self.order > 2 else (zx,)
+            gates, stacked = [None, *rest], 1
+        else:
+            z = self._project_t((self.v_proj,), values).to(wd)
+            gates = self._project_t((self.gate_proj,), keys).to(wd).chunk(self.order - 1, dim=1) if self.order > 1 else ()
+        if keep_t is not None:  # a stacked first gate is masked too: its stage's output is masked anyway
+            z = z * keep_t
+        for n in range(self.order - 1):
+            z = gated_causal_conv_stacked(z, ht[n]) if n < stacked else gated_causal_conv(z, gates[n], ht[n])
+            if keep_t is not None:
+                z = z * keep_t
+        return z
+
     @staticmethod
-    def _project_t(projs, x: torch.Tensor):
-        """``[proj(x) for proj in projs]``, each ``(B, D_out, N)`` channels-first: for plain
-        ``nn.Linear`` modules with biases one batched product ``b + W x^T`` over their stacked
-        weights writes that layout directly (no transposed copy, no separate bias addition) and
-        is split along the channels; anything else is called as a module and transposed."""
+    def _project_t(projs, x: torch.Tensor) -> torch.Tensor:
+        """``proj(x)`` for each of ``projs`` stacked along the channels, ``(B, sum D_out, N)``
+        channels-first: for plain ``nn.Linear`` modules with biases one batched product
+        ``b + W x^T`` over their stacked weights writes that layout directly (no transposed copy,
+        no separate bias addition); anything else is called as a module and transposed."""
         if not all(plain_linear(p, with_bias=True) for p in projs):
-            return [p(x).transpose(1, 2).contiguous() for p in projs]
+            outs = [p(x).transpose(1, 2) for p in projs]
+            return outs[0].contiguous() if len(outs) == 1 else torch.cat(outs, dim=1)
         w = projs[0].weight if len(projs) == 1 else torch.cat([p.weight for p in projs])
         b = projs[0].bias if len(projs) == 1 else torch.cat([p.bias for p in projs])
-        out = torch.baddbmm(b.unsqueeze(-1), w.expand(x.shape[0], *w.shape), x.transpose(1, 2))
-        return [out] if len(projs) == 1 else list(out.split([p.out_features for p in projs], dim=1))
+        if torch.compiler.is_compiling():
+            return torch.baddbmm(b.unsqueeze(-1), w.expand(x.shape[0], *w.shape), x.transpose(1, 2))
+        return _ProjectT.apply(x, w, b)
 
     @staticmethod
     def _masked_last_conv(
