@@ -55,6 +55,10 @@ Backbones (torch)
     ``beta``, an installed topology), ``CanvasProcessorBase`` (the shared part of a backbone
     attention processor) and ``guard_input_shapes`` (checks each call's input shapes against the
     ones an installed topology was built for).
+Compiled CPU kernels (torch-free until a build or load)
+    ``CpuKernel`` (a C++ source with ``TORCH_LIBRARY`` operators built on first use and cached per
+    source, flags, torch and CPU, chosen by an auto / 0 / 1 environment variable, warning once and
+    naming why when it cannot run) and ``CpuKernelBuildWarning`` (that warning's base class).
 Identity binders (torch)
     ``BindingResult`` (what a binder's ``bind`` returns; its docstring states the binder contract).
 
@@ -91,6 +95,7 @@ if TYPE_CHECKING:  # for readers and IDEs; at run time the names load lazily bel
     from canvas_core.looping.wrapper import BlockIO, LoopedBlockWrapper
     from canvas_core.devices import RuntimeContext
     from canvas_core.identity import BindingResult
+    from canvas_core.kernels.cpu_build import CpuKernel, CpuKernelBuildWarning
     from canvas_core.plugins.spec import Spec
     from canvas_core.runtime.kernel_base import AttentionKernel
     from canvas_core.runtime.finite_guard import nan_where_linked, non_finite_keys, zero_bad_keys
@@ -134,13 +139,15 @@ _publish("canvas_core.looping.adapter", "BackboneAdapter", "GenericAdapter", "To
 _publish("canvas_core.looping.wrapper", "LoopedBlockWrapper", "BlockIO")
 _publish("canvas_core.looping.processor", "canvas_sdpa", "CanvasAttentionHooks", "CanvasProcessorBase")
 _publish("canvas_core.looping.installed", "guard_input_shapes")
+# compiled CPU kernels
+_publish("canvas_core.kernels.cpu_build", "CpuKernel", "CpuKernelBuildWarning")
 # identity binders
 _publish("canvas_core.identity", "BindingResult")
 
 #: every published name (a test checks that each resolves)
 __all__ = [
     "AttentionBase", "AttentionKernel", "BackboneAdapter", "BindingResult", "BlockIO", "BlockLayout", "CanvasAttentionHooks",
-    "CanvasProcessorBase",
+    "CanvasProcessorBase", "CpuKernel", "CpuKernelBuildWarning",
     "ENTRY_POINT_GROUP", "ExecutionPlan", "GenericAdapter", "LoopedBlockWrapper",
     "REFERENCE_MODES", "RectGroup", "ReferenceKernel", "ResolvedGroup", "RuntimeContext",
     "SegmentGrid", "Spec", "TokenLayout", "aligned_key_index", "as_dtype", "autocast_on", "block_layout_of", "canvas_sdpa",

@@ -105,17 +105,25 @@ class CpuKernel:
         namespace: its ``TORCH_LIBRARY`` namespace; ``probe``: one operator in it (loaded means
             ``torch.ops.<namespace>.<probe>`` resolves).
         env: the environment variable choosing auto / 0 / 1.
-        label: what messages call it (``"rwkv's compiled CPU WKV"``); ``owner``: who prints the
-            build line and warns (``"canvas-core"``); ``fallback``: what runs instead (for the
-            warning); ``seconds``: about how long the build takes (for the build line).
+        label: what messages call it (``"rwkv's compiled CPU WKV"``); ``owner``: the distribution
+            that prints the build line, warns and ships the source (``"canvas-core"``);
+            ``fallback``: what runs instead (for the warning); ``seconds``: about how long the
+            build takes (for the build line).
         warning: the warning class raised once when the kernel is unavailable under ``auto``.
+        what, instead: how :meth:`require`'s error names the caller's choice that needs the
+            kernel (default: ``label``) and what it advises when the variable did not require it
+            (default: setting the variable to auto or using the PyTorch path).
     """
+
+    #: the flags of the threaded build (tried first); a compiler that refuses them gets a one-thread build
+    _openmp: Tuple[str, ...] = _OPENMP
 
     def __init__(self, source: Path, namespace: str, probe: str, env: str, label: str, owner: str = "canvas-core",
                  fallback: str = "the PyTorch path (same results, slower)", seconds: int = 15,
-                 warning: Type[Warning] = CpuKernelBuildWarning) -> None:
+                 warning: Type[Warning] = CpuKernelBuildWarning, what: str = "", instead: str = "") -> None:
         self.source, self.namespace, self.probe, self.env = Path(source), namespace, probe, env
         self.label, self.owner, self.fallback, self.seconds, self.warning = label, owner, fallback, seconds, warning
+        self.what, self.instead = what or label, instead or f"set {env}=auto or use the PyTorch path"
         self._lock = threading.Lock()
         self._state: dict = {}  # "setting"; "reason": None (loaded) or why not; "threaded"
 
@@ -139,9 +147,17 @@ class CpuKernel:
         return f"{self.namespace}_{hashlib.sha256(key).hexdigest()[:12]}"
 
     @staticmethod
-    def _variants() -> Tuple[Tuple[str, ...], ...]:
+    def compiler() -> Optional[str]:
+        """The C++ compiler a build would run (``$CXX``, else ``c++``, ``g++`` or ``clang++`` on
+        PATH); None when there is none."""
+        return _compiler()
+
+    def _variants(self) -> Tuple[Tuple[str, ...], ...]:
         """The flag sets to try, best first: with OpenMP, then one thread."""
-        return (_FLAGS + _OPENMP, _FLAGS)
+        return (_FLAGS + self._openmp, _FLAGS)
+
+    def _threaded(self, flags: Tuple[str, ...]) -> bool:
+        return bool(set(self._openmp) & set(flags))
 
     @staticmethod
     def _build_dir(name: str) -> Optional[str]:
@@ -154,7 +170,7 @@ class CpuKernel:
         for flags in self._variants():
             try:
                 name = self._name(flags)
-            except OSError:  # unreadable source: static_problem reports it
+            except Exception:  # noqa: BLE001 - unreadable source, no torch: static_problem reports it
                 return False
             build_dir = self._build_dir(name)
             if build_dir is not None and _finished(build_dir, name):
@@ -191,7 +207,7 @@ class CpuKernel:
                 try:  # the name covers source, flags, torch and CPU: a finished library is this build
                     torch.ops.load_library(os.path.join(build_dir, name + ".so"))
                     self._loaded()
-                    self._state["threaded"] = _OPENMP[0] in flags
+                    self._state["threaded"] = self._threaded(flags)
                     return None
                 except Exception:  # noqa: BLE001 - a foreign or broken file: built again below
                     pass
@@ -202,12 +218,12 @@ class CpuKernel:
         for flags, name in builds:  # a compiler without OpenMP fails the first: the one-thread build
             build_dir = self._build_dir(name)
             if failure is None:
-                print(f"{self.owner}: compiling {self.label} for this machine (once, about {self.seconds} s) into "
+                print(f"{self.owner}: building {self.label} for this machine (once, about {self.seconds} s) into "
                       f"{build_dir}", file=sys.stderr, flush=True)
             try:
                 os.makedirs(build_dir, exist_ok=True)
                 cpp_extension.load(name=name, sources=[str(self.source)], extra_cflags=list(flags),
-                                   extra_ldflags=[f for f in flags if f in _OPENMP], build_directory=build_dir,
+                                   extra_ldflags=[f for f in flags if f in self._openmp], build_directory=build_dir,
                                    is_python_module=False, verbose=False)
                 self._loaded()
             except Exception as exc:  # any build or load failure: the reason, and the PyTorch path
@@ -218,7 +234,7 @@ class CpuKernel:
                             "TORCH_EXTENSIONS_DIR to a writable folder")
                 failure = f"building {self.source.name} with {cxx} failed ({type(exc).__name__}: {detail})"
                 continue
-            self._state["threaded"] = _OPENMP[0] in flags
+            self._state["threaded"] = self._threaded(flags)
             return None
         return failure
 
@@ -233,7 +249,7 @@ class CpuKernel:
         if sys.platform == "win32":
             return f"{self.label} is built with GCC / Clang vector extensions (not on Windows)"
         if not self.source.is_file():
-            return f"its source {self.source} is missing from the installed package (reinstall it)"
+            return f"its source {self.source} is missing from the installed package (reinstall {self.owner})"
         compiler, ninja = _compiler(), shutil.which("ninja")  # torch.utils.cpp_extension builds with ninja only
         if (compiler is not None and ninja is not None) or self._cached():
             return None
@@ -260,12 +276,12 @@ class CpuKernel:
 
     def require(self, what: str = "") -> None:
         """:class:`UnavailableError` naming the reason unless the kernel can run; ``what`` names the
-        caller's choice that needs it."""
+        caller's choice that needs it (default: the constructor's ``what``)."""
         reason = self.unavailable_reason()
         if reason is not None:
             fix = (f"unset {self.env} (it is {os.environ.get(self.env)!r}: the kernel required) or set it to auto"
-                   if self.setting() == "on" else f"set {self.env}=auto or use the PyTorch path")
-            raise UnavailableError(f"{what or self.label} cannot run: {reason}; {fix}")
+                   if self.setting() == "on" else self.instead)
+            raise UnavailableError(f"{what or self.what} cannot run: {reason}; {fix}")
 
     def wanted(self) -> bool:
         """Whether a caller under ``auto`` should take the kernel: the setting, then

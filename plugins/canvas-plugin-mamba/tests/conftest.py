@@ -35,8 +35,8 @@ def fresh_state(monkeypatch):
     test and put back after it (so a test can change the environment and see a fresh decision)."""
     from canvas_plugin_mamba import cpu_kernel
 
-    saved = dict(cpu_kernel._state)
-    cpu_kernel._state.clear()
+    saved = dict(cpu_kernel.KERNEL._state)
+    cpu_kernel.KERNEL.reset()
     yield monkeypatch
-    cpu_kernel._state.clear()
-    cpu_kernel._state.update(saved)
+    cpu_kernel.KERNEL.reset()
+    cpu_kernel.KERNEL._state.update(saved)

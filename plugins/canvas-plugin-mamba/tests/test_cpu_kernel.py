@@ -152,7 +152,7 @@ def test_kernel_check_reports_without_building(fresh_state):
 
     fresh_state.setenv(cpu_kernel.ENV, "off")
     assert _cpu_kernel_problems(None) == [f"turned off by {cpu_kernel.ENV}=0"]
-    assert "reason" not in cpu_kernel._state  # nothing was built or loaded
+    assert "reason" not in cpu_kernel.KERNEL._state  # nothing was built or loaded
 
 
 def test_failed_build_resolves_programs_to_the_pytorch_scan(fresh_state):
@@ -161,8 +161,8 @@ def test_failed_build_resolves_programs_to_the_pytorch_scan(fresh_state):
     from canvas_core import CanvasAttention, CanvasLayout, CanvasSchema, CanvasTopology, Connection
     from canvas_core.compiler import ProgramCompiler
 
-    fresh_state.setattr(cpu_kernel, "static_problem", lambda: None)  # a compiler and ninja, as far as is known
-    fresh_state.setattr(cpu_kernel, "_build", lambda: "building scan_cpu.cpp with c++ failed (simulated)")
+    fresh_state.setattr(cpu_kernel.KERNEL, "static_problem", lambda: None)  # a compiler and ninja, as far as is known
+    fresh_state.setattr(cpu_kernel.KERNEL, "_build", lambda: "building scan_cpu.cpp with c++ failed (simulated)")
     layout = CanvasLayout(T=2, H=2, W=2, d_model=16, regions={"a": (0, 2, 0, 2, 0, 2)})
     schema = CanvasSchema(layout=layout, topology=CanvasTopology(connections=[Connection("a", "a", fn="mamba")]))
     with pytest.warns(cpu_kernel.MambaKernelBuildWarning, match="simulated"):
@@ -339,8 +339,8 @@ def test_shared_keys_values_take_one_product_with_the_same_results(compiled):
 
 def test_missing_source_is_named(fresh_state, tmp_path):
     """A package installed without its C++ source says so (and nothing is built)."""
-    fresh_state.setattr(cpu_kernel, "_SOURCE", tmp_path / "scan_cpu.cpp")
-    assert "missing from the installed package" in cpu_kernel.static_problem()
+    fresh_state.setattr(cpu_kernel.KERNEL, "source", tmp_path / "scan_cpu.cpp")
+    assert "missing from the installed package (reinstall canvas-plugin-mamba)" in cpu_kernel.static_problem()
 
 
 def test_fused_compile_path_runs_the_compiled_scan_and_matches_eager(compiled):
@@ -374,14 +374,14 @@ def test_a_module_compiled_before_any_eager_call_decides_its_kernel_outside_the_
 
     if cpu_kernel.static_problem() is not None:
         pytest.skip(f"the compiled CPU scan cannot be built here: {cpu_kernel.static_problem()}")
-    assert "reason" not in cpu_kernel._state  # undecided: as in a fresh process
+    assert "reason" not in cpu_kernel.KERNEL._state  # undecided: as in a fresh process
     torch.manual_seed(0)
     m = MambaAttention(16, 2, kernel=kernel)
     q, kv = torch.randn(2, 6, 16), torch.randn(2, 30, 16)
     torch._dynamo.reset()
     seen = []
     out = torch.compile(m, backend=recording_backend(seen), fullgraph=True)(q, kv, kv)
-    assert cpu_kernel._state.get("reason", "undecided") is None
+    assert cpu_kernel.KERNEL._state.get("reason", "undecided") is None
     assert "canvas_mamba.cpu_projected.default" in seen
     torch.testing.assert_close(out, m(q, kv, kv))
     assert m.kernel_used == "mamba_cpu"
