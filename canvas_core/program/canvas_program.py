@@ -51,6 +51,7 @@ class CanvasProgram:
         self.regions, self.connections = dict(self.regions), dict(self.connections)  # copies of the caller's
         for name, rp in self.regions.items():
             _warn_compile_mode_conflict(name, rp)
+            _warn_family_conflict(name, rp, self.schema.layout.regions.get(name))
             _warn_unknown_event_source(name, rp, self.schema.layout.regions)
 
     def _check(self) -> None:
@@ -386,6 +387,19 @@ def _warn_compile_mode_conflict(name: str, rp: RegionProgram) -> None:
             f"learning.compile_mode wins, so the compiler applies {wins!r}, not {rp.compile_mode!r} (see "
             "'compile_mode' in docs/programs.md). Give both the same mode, or leave one of them 'runtime'",
             UserWarning, stacklevel=user_stacklevel())
+
+
+def _warn_family_conflict(name: str, rp: RegionProgram, spec: Any) -> None:
+    """Warn when the layout's ``RegionSpec.family`` names another family than the region's
+    program: the program's is the one the model and the compiler use (family embeddings, learning
+    defaults), while ``layout.summary()`` and the schema file show the spec's."""
+    declared = getattr(spec, "family", None)
+    if declared is not None and rp.family is not None and declared != rp.family:
+        warnings.warn(
+            f"region {name!r}: RegionSpec family={declared!r} and RegionProgram family={rp.family!r} disagree; "
+            f"the program's {rp.family!r} is what CanvasModel and the compiler use, while layout.summary() and "
+            "the schema file show the RegionSpec's. Give both the same family, or leave RegionSpec.family unset "
+            "(None)", UserWarning, stacklevel=user_stacklevel())
 
 
 def _warn_unknown_event_source(name: str, rp: RegionProgram, known: Mapping[str, Any]) -> None:
