@@ -111,8 +111,11 @@ class CanvasAttention(nn.Module):
             each type (e.g. ``flex`` on CUDA), and a plan that nobody compiled the reference
             kernel; a non-softmax type with a resolved kernel (e.g. ``mamba_ssm``) gets it as
             its ``kernel=`` argument.
-        attention_factory: ``(fn, d_model, n_heads, dropout) -> module`` for non-softmax types
-            (default: build each from the plan's resolved attention entry).
+        attention_factory: ``factory(fn, d_model=, n_heads=, dropout=) -> module`` for non-softmax
+            types, called with keywords when its signature takes them, else positionally as
+            ``factory(fn, d_model, n_heads, dropout)`` (``lambda fn, d, h, p: ...``); one that takes
+            neither is refused (``CanvasTypeError``).  Default: build each from the plan's resolved
+            attention entry.
         softmax_types: fn types run by the fused softmax kernel.
         beta: inverse temperature on the softmax logits (``SharpeningSchedule`` sets it).
         bias: whether the projections have biases.
@@ -175,7 +178,7 @@ class CanvasAttention(nn.Module):
                 self.out_proj = nn.Linear(d_model, d_model, bias=bias, device=device)
         def build(f):
             if attention_factory is not None:
-                return attention_factory(f, d_model=d_model, n_heads=n_heads, dropout=dropout)
+                return _call_factory(attention_factory, f, d_model, n_heads, dropout)
             rg = plan.groups[f].resolved  # chosen at plan build; a softmax kernel is the layer's, not a module's
             kw = {} if f in SOFTMAX_FAMILY else rg.module_kwargs()  # (softmax_types without cross_attention)
             return build_attention(rg.attention, d_model, n_heads=n_heads, dropout=dropout, **kw)
@@ -361,6 +364,29 @@ class CanvasAttention(nn.Module):
         """``(N,)`` bool canonical mask of the positions the layer updates, or None when all are."""
         ex = self._executor_for(active_regions, device if device is not None else self.executor.updated.device)
         return None if ex.all_updated else ex.updated
+
+def _call_factory(factory: Callable[..., Any], fn: str, d_model: int, n_heads: int, dropout: float) -> Any:
+    """``factory(fn, d_model=, n_heads=, dropout=)`` when its signature binds those keywords, else
+    ``factory(fn, d_model, n_heads, dropout)``; neither: ``CanvasTypeError`` naming the factory."""
+    import inspect
+
+    kw = dict(d_model=d_model, n_heads=n_heads, dropout=dropout)
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):  # no signature to read (a builtin): the documented keyword call
+        return factory(fn, **kw)
+    for args, kwargs in (((fn,), kw), ((fn, d_model, n_heads, dropout), {})):
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError:
+            continue
+        return factory(*args, **kwargs)
+    name = getattr(factory, "__qualname__", None) or repr(factory)
+    raise CanvasTypeError(
+        f"CanvasAttention: attention_factory {name}{sig} cannot be called with the type {fn!r} as "
+        "factory(fn, d_model=, n_heads=, dropout=) nor as factory(fn, d_model, n_heads, dropout); give it "
+        "one of those signatures, e.g. lambda fn, d_model, n_heads, dropout: MyType(d_model, n_heads)")
+
 
 def _resolve_here(plan: ExecutionPlan, fused: Tuple[str, ...], attention_factory: Any, device: Any) -> ExecutionPlan:
     """A resolved copy of a plan that did not go through ``ProgramCompiler``.

@@ -11,8 +11,9 @@ afterwards (reproducible builds).
   connection) a module that returns a wrong shape / dtype / device or whose output depends on a
   key outside its key set, on another query or on another sample of the batch (by gradient, and
   by value: one more call with sample 0's first key set changed, which must leave sample 1 and
-  the other key set's rows as they were; a read behind ``.detach()`` has no gradient); given the plan's
-  runner, it probes reads again at the shapes the runtime will use (:func:`probe_runtime_shapes`).
+  the other key set's rows as they were; a read behind ``.detach()`` has no gradient) or after a
+  call with other inputs (state kept between calls); given the plan's runner, it probes reads
+  again at the shapes the runtime will use and with as many stacked rows (:func:`probe_runtime_shapes`).
   The canvas layer and the backbone install run it on plugin types (the builtins are tested).
 * :func:`init_gradient_problem` says why no parameter of the branch (the module's, and the gate's
   when one is given) receives a gradient at initialisation, or None when one does;
@@ -31,14 +32,15 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
 from canvas_core.errors import AttentionContractError, CanvasError
 from canvas_core.runtime.type_call import call_attention_type, is_builtin_module, key_set_groups
 from canvas_core.runtime.type_in_place import autograd_in_place, in_place_error, refuse_in_place, said_in_place
-from canvas_core.runtime.type_values import out_of_memory, probe_failure, reseeded, rng_fork, value_leak
+from canvas_core.runtime.type_values import (mixed_dtypes_explained, out_of_memory, probe_failure, reseeded, rng_fork,
+                                             rows_leak, state_leak, value_leak)
 
 __all__ = ["probe_attention_module", "probe_runtime_shapes", "mixed_dtypes_explained", "init_gradient_problem",
            "constant_branch", "gate_opening_dependencies", "dependencies", "first_leak", "batch_leak", "key_runs",
@@ -153,32 +155,6 @@ def first_leak(deps: List[Tuple[set, set]], mask: Any) -> Optional[str]:
             return (f"query {i}'s output depends on key {extra_k[0]}, which {where} excludes "
                     "(a leak across key sets)")
     return None
-
-
-@contextlib.contextmanager
-def mixed_dtypes_explained(module: Any, fn: Any, where: Optional[str] = None) -> Iterator[None]:
-    """Calls of ``module`` inside: a raw failure (not a ``CanvasError``) of a module whose floating
-    parameters have more than one dtype is re-raised as ``AttentionContractError`` naming ``where``
-    (the connection), the type and two of the parameters.  The probes call a type with inputs of
-    one dtype; a module that copes with mixed parameters (casting inside) is not refused."""
-    try:
-        yield
-    except CanvasError:
-        raise
-    except Exception as exc:
-        first: Dict[Any, str] = {}
-        for name, p in module.named_parameters():
-            if p.is_floating_point():
-                first.setdefault(p.dtype, name)
-        if len(first) < 2:
-            raise
-        (d0, n0), (d1, n1) = list(first.items())[:2]
-        who = f"attention type {fn!r} ({type(module).__name__})"
-        raise AttentionContractError(
-            f"{where or who}: {who} failed ({type(exc).__name__}: {str(exc)[:200]}) with floating parameters "
-            f"of mixed dtypes ({n0!r} is {d0}, {n1!r} is {d1}); canvas layers call a type with inputs of one "
-            f"dtype: create every parameter in one dtype (torch.get_default_dtype(), as nn.Linear does), cast "
-            f"inside forward, or convert the module with module.to({d1})") from exc
 
 
 def _where(module: Any) -> Tuple[Any, Any]:
@@ -340,6 +316,46 @@ def probe_runtime_shapes(module: Any, fn: Any, d_model: int, where: str, runner:
                 f"with ({label}): {type(exc).__name__}: {str(exc)[:200]}") from exc
         if leak:
             _refuse(module, fn, where, f"{leak}, at a shape the runtime calls it with ({label})")
+    if fn in runner.other_fns:
+        _probe_stacked_rows(module, fn, d_model, where, runner)
+
+
+#: per-key-set sides, fewest rows and element budget (per input, all samples) of the stacked-rows probe
+ROW_SIDES, MIN_ROWS, ROW_BUDGET = (2, 4), 16, 1 << 22
+
+
+def _probe_stacked_rows(module: Any, fn: Any, d_model: int, where: str, runner: Any) -> None:
+    """By value, every key set of the bucket stacking the most (``G``), at batch 2 or more (``2 G``
+    rows in one call, as a batch-2 forward stacks, and at least ``MIN_ROWS``; the shape probes cut
+    ``G`` to ``MAX_SETS``), each key set cut to ``ROW_SIDES`` queries x keys: a type mixing the
+    rows of a call only when there are many (a statistic over dim 0 above some count) is refused."""
+    from canvas_core.runtime.type_call import run_flat_buckets, runs_per_key_set
+
+    i = list(runner.other_fns).index(fn)
+    if not (runs_per_key_set(module) or (runner.key_sets_cheaper(i) and is_builtin_module(module))):
+        return  # one masked call: its rows are the batch's samples
+    G, nq, nk = max(((b[2], min(b[3], ROW_SIDES[0]), min(b[4], ROW_SIDES[1])) for b in runner.flat_buckets(i)
+                     if b[3] and b[4]), default=(0, 0, 0))
+    if not G:
+        return
+    B = max(2, -(-MIN_ROWS // G))
+    G = min(G, max(1, ROW_BUDGET // (B * (nq + nk) * d_model)))
+    device, dtype = _where(module)
+    gen = torch.Generator().manual_seed(1357)
+    q, k, v = (torch.randn(B, G * n, d_model, generator=gen).to(device=device, dtype=dtype) for n in (nq, nk, nk))
+    flat = [(torch.arange(G * nq, device=device), torch.arange(G * nk, device=device), G, nq, nk)]
+    label = f"{G} key sets of {nq} queries x {nk} keys stacked at batch {B}: {B * G} rows in one call"
+    try:
+        with _quiet(module), rng_fork(device):
+            leak = rows_leak(reseeded(lambda a, b, c: run_flat_buckets(module, a, b, c, flat, name=fn)[0], device),
+                             q, k, v, nq, nk)
+    except Exception as exc:
+        if isinstance(exc, CanvasError) or autograd_in_place(exc) is not None:
+            raise
+        raise probe_failure(exc, module, fn, where, f"the stacked-rows probe ({label})",
+                            (q.shape, k.shape, v.shape)) from exc
+    if leak:
+        _refuse(module, fn, where, f"{leak}, at a shape the runtime calls it with ({label})")
 
 
 def _first_set(mask: Any) -> Tuple[List[int], List[int]]:
@@ -394,6 +410,10 @@ def _probe_contract(module: Any, fn: Any, d_model: int, where: str) -> None:
         # by value (one more call): a read behind .detach() has no gradient; sample 0's key set
         # {0, 1} -> {0, 1, 2} changes, so sample 1 and rows 2, 3 of sample 0 must keep their output
         leak = leak or value_leak(runner(module), q2, k2, v2, mask, (0, 1), (0, 1, 2), sample=0, base=base)
+        with rng_fork(_where(module)[0]):  # the same inputs after a call with others (every call seeded alike)
+            state = None if leak else state_leak(reseeded(runner(module), _where(module)[0]), q2, k2, v2)
+    if state:
+        raise AttentionContractError(f"{where}: attention type {fn!r} ({type(module).__name__}): {state}")
     # training mode, on a copy (a batch statistic mixes the stacked key sets, the samples)
     leak = leak or _training_leak(module, runner, mask, (q, k, v), (q2, k2, v2))
     if leak:

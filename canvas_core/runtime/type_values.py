@@ -4,6 +4,11 @@
   type again and name an output row (or sample) that changed although nothing it may read did.
   A read behind ``.detach()`` or ``torch.no_grad()`` has no gradient, so only this probe sees it
   (a batch statistic of detached values, rows of a stacked call swapped and added back).
+* :func:`state_leak`: the same inputs again after a call with other inputs must give the same
+  output (a type keeping state between calls carries one connection's keys into another's queries).
+* :func:`rows_leak` / :func:`query_leak`: one stacked call (or one key set) with one key set's
+  inputs (or one query) changed; the other rows (queries) must keep their output.
+* :func:`mixed_dtypes_explained`: a raw failure of a module with parameters of mixed dtypes, said so.
 * :func:`probe_failure`: the ``CanvasError`` for a plugin type raising a non-canvas exception
   during a build-time probe, naming the connection, the type and its provider; an allocator's
   out-of-memory error is said as such, with the bytes asked for and the probe's input shapes.
@@ -11,14 +16,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import torch
 
-from canvas_core.errors import AttentionContractError
+from canvas_core.errors import AttentionContractError, CanvasError
 
-__all__ = ["value_leak", "probe_failure", "out_of_memory", "value_tolerance", "rng_fork", "reseeded"]
+__all__ = ["value_leak", "probe_failure", "out_of_memory", "value_tolerance", "rng_fork", "reseeded", "state_leak",
+           "rows_leak", "query_leak", "KEEPS_STATE", "mixed_dtypes_explained"]
+
+#: what a type keeping state between calls does wrong (the build's refusal and the kit's failure)
+KEEPS_STATE = ("it keeps state between calls, so one connection's keys reach another's queries (the calls of "
+               "one forward share the module); a type must be a function of its inputs and parameters: "
+               "keep no tensor from one call for the next")
 
 _LABELS = ("queries", "keys", "values")
 
@@ -80,6 +92,70 @@ def value_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, mask
            "over every row of the call)" if graded else "though it may not read them (checked by value only at "
            "this size: e.g. a statistic over every row of the call, with or without a gradient)")
     return f"{what} changed (by {diff:.3g}) when only {_what_changed(queries, keys, sample)} changed, {why}"
+
+
+def _redrawn(gen: Any, *ts: Any) -> tuple:
+    """New values of the shapes, dtypes and devices of ``ts`` (drawn on the CPU from ``gen``)."""
+    return tuple((3 * torch.randn(tuple(t.shape), generator=gen)).to(device=t.device, dtype=t.dtype) for t in ts)
+
+
+def state_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, seed: int = 61) -> Optional[str]:
+    """Whether ``run``'s output for ``(q, k, v)`` changes after one call with other inputs of the same
+    shapes (``run`` should reseed any randomness it draws, :func:`reseeded`).  The inputs are called
+    twice first: a type keeping state from its previous call then gives the same output twice, and
+    the spread of those two (kernels reducing in another order) sets how much more counts as a change.
+    None: no change (or a type whose identical calls already differ a lot, left to other checks)."""
+    with torch.no_grad():
+        run(q, k, v)
+        a, again = run(q, k, v), run(q, k, v)
+        run(*_redrawn(torch.Generator().manual_seed(seed), q, k, v))
+        after = run(q, k, v)
+        noise = float((a - again).abs().nan_to_num(float("inf")).max()) if a.numel() else 0.0
+        diff = float((a - after).abs().nan_to_num(float("inf")).max()) if a.numel() else 0.0
+    if diff <= max(value_tolerance(a), 8 * noise):
+        return None
+    return (f"its output for the same inputs changed (by {diff:.3g}) after one call with other inputs: "
+            f"{KEEPS_STATE}")
+
+
+def rows_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, nq: int, nk: int,
+              seed: int = 67) -> Optional[str]:
+    """One stacked call ``run(q, k, v)`` of ``(B, G*nq, D)`` queries and ``(B, G*nk, D)`` keys /
+    values (``G`` key sets of ``nq`` x ``nk``, each sample's sets in order), again with only sample
+    0's first key set redrawn: every other row of the call must keep its output.  Rows are compared
+    directly (no ``(Nq, Nk)`` mask is made: ``G`` may be in the thousands)."""
+    with torch.no_grad():
+        base = run(q, k, v)
+        q2, k2, v2 = (t.detach().clone() for t in (q, k, v))
+        gen = torch.Generator().manual_seed(seed)
+        q2[:1, :nq], k2[:1, :nk], v2[:1, :nk] = _redrawn(gen, q2[:1, :nq], k2[:1, :nk], v2[:1, :nk])
+        tol = value_tolerance(base)
+        changed = _changed(base, run(q2, k2, v2), tol)
+        changed[0, :nq] = False  # the changed key set's own queries may move
+        if not changed.any() or _changed(base, run(q, k, v), tol).any():
+            return None  # nothing moved, or not reproducible (nothing can be attributed)
+    b, i = (int(x) for x in changed.nonzero()[0])
+    whose = f"sample {b}'s output (query {i})" if b else f"query {i}'s output (key set {i // nq}, sample 0)"
+    return (f"{whose} changed when only sample 0's first key set changed, {q.shape[0] * (q.shape[1] // nq)} "
+            "rows stacked in one call (a statistic over the rows of the call)")
+
+
+def query_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, query: int = 1,
+               seed: int = 71) -> Optional[str]:
+    """By value: only query row ``query`` gets new values (in every sample); every other query row
+    must keep its output.  ``"query i's output depends on query j ..."`` or None."""
+    with torch.no_grad():
+        base = run(q, k, v)
+        q2 = q.detach().clone()
+        q2[:, query] = _redrawn(torch.Generator().manual_seed(seed), q2[:, query])[0]
+        tol = value_tolerance(base)
+        moved = _changed(base, run(q2, k, v), tol)
+        moved[:, query] = False
+        if not moved.any() or _changed(base, run(q, k, v), tol).any():
+            return None
+    b, i = (int(x) for x in moved.nonzero()[0])
+    return (f"query {i}'s output depends on query {query} (another query's input: only query {query} changed"
+            f"{f', sample {b} moved' if b else ''})")
 
 
 def rng_fork(device: Any) -> Any:
@@ -163,3 +239,29 @@ def probe_failure(exc: BaseException, module: Any, fn: Any, where: str, when: st
     return AttentionContractError(
         f"{where}: {who} raised {type(exc).__name__} on {when}, probe inputs of shape {shape}: {said}; fix "
         "the type (or report it to its author); the traceback of its error is chained below")
+
+
+@contextlib.contextmanager
+def mixed_dtypes_explained(module: Any, fn: Any, where: Optional[str] = None) -> Iterator[None]:
+    """Calls of ``module`` inside: a raw failure (not a ``CanvasError``) of a module whose floating
+    parameters have more than one dtype is re-raised as ``AttentionContractError`` naming ``where``
+    (the connection), the type and two of the parameters.  The probes call a type with inputs of
+    one dtype; a module that copes with mixed parameters (casting inside) is not refused."""
+    try:
+        yield
+    except CanvasError:
+        raise
+    except Exception as exc:
+        first: Dict[Any, str] = {}
+        for name, p in module.named_parameters():
+            if p.is_floating_point():
+                first.setdefault(p.dtype, name)
+        if len(first) < 2:
+            raise
+        (d0, n0), (d1, n1) = list(first.items())[:2]
+        who = f"attention type {fn!r} ({type(module).__name__})"
+        raise AttentionContractError(
+            f"{where or who}: {who} failed ({type(exc).__name__}: {str(exc)[:200]}) with floating parameters "
+            f"of mixed dtypes ({n0!r} is {d0}, {n1!r} is {d1}); canvas layers call a type with inputs of one "
+            f"dtype: create every parameter in one dtype (torch.get_default_dtype(), as nn.Linear does), cast "
+            f"inside forward, or convert the module with module.to({d1})") from exc

@@ -166,7 +166,12 @@ class StructureReport:
         if part:
             lines.append(f"  declared links partly unused ({len(part)}; the type reads part of its key set):")
             lines += [f"    - {d}" for d in part]
-        if not self.undeclared and not self.dead:
+        skipped = [n for n in self.notes if "value check skipped" in n]
+        if not self.undeclared and not self.dead and skipped:  # reads by value were not checked there
+            lines.append(f"  checked by gradient: no undeclared read, every declared link carries signal; NOT checked: "
+                         f"reads without a gradient (behind .detach(), a batch statistic), the value check being skipped "
+                         f"in {len(skipped)} place(s) (see the notes)")
+        elif not self.undeclared and not self.dead:
             # a note may name connections left unmeasured (a type whose gate starts closed)
             rest = " (apart from what the notes below say)" if self.notes else ""
             lines.append(f"  every dependency is declared and every declared link carries signal{rest}")

@@ -112,7 +112,8 @@ class Connection:
         if w <= 0:
             raise TopologyError(
                 f"{where}: weight must be > 0 (it enters attention as log(weight)), got {w}; "
-                "to disable an edge use fn='none' or remove it"
+                "to remove the edge, delete the connection (fn='none' does not disable it: a 'none' edge "
+                "contributes zeros yet still takes its weight's share of each query's mix)"
             )
         if w > MAX_WEIGHT:
             raise TopologyError(

@@ -8,8 +8,11 @@
   offending dependency, e.g. "query 0 depends on key 4, which its key set {0, 1, 2} excludes".
   Then by value (a read behind ``.detach()`` has no gradient): each key set's queries and keys
   in turn, and the unlinked keys, get new values; every row reading none of them keeps its output
-  (again at a larger size, :func:`large_side`: a branch taken only above a small size shows there).
-  Both are skipped by value for a type whose identical calls differ (``deterministic``).
+  (again at a larger size, :func:`large_side`: a branch taken only above a small size shows there,
+  then with one query alone changed: the other queries keep their output), and once with
+  ``ROW_SETS`` small key sets stacked (``batch * ROW_SETS`` rows in one call), only sample 0's
+  first set changed.  The value checks are skipped for a type whose identical calls differ
+  (``deterministic``).
 * **key_mask respected**: a type whose ``forward`` accepts ``key_mask`` is also called directly,
   ``module(q, k, v, key_mask=mask)`` (how code outside the runtime calls it; a forward without
   ``key_mask`` is called as the runtime calls it): under the same probe
@@ -33,6 +36,8 @@ NQ, NK = 6, 9
 #: queries and keys per key set of the kit's larger value probes (at least; ``n_keys`` may raise it):
 #: a type whose reads change only above some size passes every smaller probe
 LARGE = 72
+#: key sets of the stacked-rows value probe: ``batch * ROW_SETS`` rows in one call of a per-key-set type
+ROW_SETS = 16
 
 
 def large_side(s: Any) -> int:
@@ -76,6 +81,7 @@ def _qkv(s: Any, nq: int, nk: int) -> Tuple[Any, Any, Any]:
 def check_dependencies(s: Any) -> Optional[str]:
     """The runtime's call: no dependency outside the linked pattern (and some inside it)."""
     from canvas_core.runtime.type_probe import first_leak, gate_opening_dependencies
+    from canvas_core.runtime.type_values import query_leak
 
     torch = s.torch
     mask = probe_mask(torch, s.device, s.n_keys)
@@ -95,10 +101,28 @@ def check_dependencies(s: Any) -> Optional[str]:
         raise Failed(f"called as the runtime calls it with key sets {describe_mask(mask)}, by value: {leak}")
     n = large_side(s)  # by value again, larger: two key sets of n queries x n keys (stacked in one call)
     big = torch.block_diag(*[torch.ones(n, n, dtype=torch.bool)] * 2).to(s.device)
-    leak = _value_leak(s, big, *_qkv(s, 2 * n, 2 * n), graded=False)
+    run = lambda a, b, c: s.call(a, b, c, big)  # noqa: E731
+    qkv = _qkv(s, 2 * n, 2 * n)
+    # by value, one query alone changed: a type mixing the queries of a key set only above some size
+    leak = _value_leak(s, big, *qkv, graded=False) or query_leak(run, *qkv, query=1)
     if leak:
         raise Failed(f"called as the runtime calls it with two key sets of {n} queries x {n} keys, by value: {leak}")
-    return None
+    return _rows_leak(s)
+
+
+def _rows_leak(s: Any) -> None:
+    """By value: ``ROW_SETS`` key sets of 2 queries x 3 keys, stacked by the runtime into one call
+    of ``B * ROW_SETS`` rows; only sample 0's first key set changes, every other row keeps its output
+    (a type mixing the rows of a call only when there are many of them fails here)."""
+    from canvas_core.runtime.type_values import rows_leak
+
+    torch = s.torch
+    nq, nk = 2, 3
+    mask = torch.block_diag(*[torch.ones(nq, nk, dtype=torch.bool)] * ROW_SETS).to(s.device)
+    leak = rows_leak(lambda a, b, c: s.call(a, b, c, mask), *_qkv(s, ROW_SETS * nq, ROW_SETS * nk), nq, nk)
+    if leak:
+        raise Failed(f"called as the runtime calls it with {ROW_SETS} key sets of {nq} queries x {nk} keys at batch "
+                     f"{s.B}, by value: {leak}")
 
 
 def _value_leak(s: Any, mask: Any, q: Any, k: Any, v: Any, graded: bool = True) -> Optional[str]:

@@ -208,9 +208,15 @@ def _fully_masked(s: _Suite) -> None:
 def _deterministic(s: _Suite) -> None:
     """Two identical calls of the module agree (else the value comparisons of the properties after
     it are skipped: nothing could be blamed on another sample's inputs), and so does a fresh module."""
+    from canvas_core.runtime.type_values import state_leak
+
     q, k, v = s.qkv()
     with s.torch.no_grad():
         a, again = s.call(q, k, v), s.call(q, k, v)
+    state = state_leak(s.call, q, k, v)  # the same inputs after a call with other inputs
+    if state:
+        s.unsteady = "the type keeps state between calls (see 'deterministic'), so two calls cannot be compared"
+        raise Failed(f"with the global RNG seeded alike before every call, {state}")
     if not s.torch.allclose(a, again, rtol=s.tol, atol=s.tol):
         s.unsteady = (f"the type is not deterministic (two identical calls differ by "
                       f"{float((a - again).abs().nan_to_num(float('inf')).max()):.3g}, see 'deterministic'), so "
@@ -336,7 +342,8 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
       some input and, if the module has parameters, some parameter gets a non-zero gradient
       (``grad_inputs=("queries", "keys", "values")`` requires a path to each of those); skipped
       when the output depends on nothing;
-    * ``deterministic``: two identical calls of the module agree, and so does a fresh module built
+    * ``deterministic``: two identical calls of the module agree (also with a call with other inputs
+      between them: a type keeping state between calls fails, said so), and so does a fresh module built
       with the same seed; run before the value comparisons below, which a type whose identical
       calls differ skips (reported as skipped; their gradient probes still run);
     * ``batch independence``: changing any one sample of the batch leaves every other sample's
@@ -349,7 +356,8 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
       only on its own query and its linked keys; a leak names the query and the key.  Then by
       value (a read behind ``.detach()`` has no gradient): each key set's queries and keys, and
       the unlinked keys, get new values in turn, and every row reading none of them keeps its output
-      (again with two stacked key sets of ``large_side`` queries x keys);
+      (again with two stacked key sets of ``large_side`` queries x keys, then with one query alone
+      changed, and with ``ROW_SETS`` = 16 small key sets stacked: ``16 * batch`` rows in one call);
     * ``key_mask respected``: a ``forward`` taking ``key_mask``, called directly with it, passes
       the same probe when it declares ``key_mask_exact = True``, else never reads a key the mask
       hides from every query (a forward without ``key_mask``: called as the runtime calls it);
@@ -367,7 +375,8 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
     Sizes: ``batch`` samples (at least 2), 5 queries and 7 keys (also 9/4, 2/11, 1 and 0 keys);
     the dependency probes use 6 queries and ``n_keys`` keys (default 9: two stacked key sets of 3
     keys; ``n_keys=N`` gives them ``(N - 3) // 2`` keys each); the value checks also make one
-    larger call (72 queries and keys per key set, or ``(n_keys - 3) // 2`` when more).  A type
+    larger call (72 queries and keys per key set, or ``(n_keys - 3) // 2`` when more) and one with
+    16 key sets of 2 queries x 3 keys.  A type
     that misbehaves only on still larger inputs passes; ``canvas_core.verify_structure`` probes a
     built model at its real size.
 
