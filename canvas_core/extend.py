@@ -57,7 +57,8 @@ Backbones (torch)
     ones an installed topology was built for).
 Compiled CPU kernels (torch-free until a build or load)
     ``CpuKernel`` (a C++ source with ``TORCH_LIBRARY`` operators built on first use and cached per
-    source, flags, torch and CPU, chosen by an auto / 0 / 1 environment variable, warning once and
+    source, core's shared header ``kernels/csrc/cpu_vec.h`` (on its include path), flags, torch and
+    CPU, chosen by an auto / 0 / 1 environment variable, warning once and
     naming why when it cannot run) and ``CpuKernelBuildWarning`` (that warning's base class).
 Identity binders (torch)
     ``BindingResult`` (what a binder's ``bind`` returns; its docstring states the binder contract).

@@ -5,8 +5,10 @@ A :class:`CpuKernel` names one C++ source that registers its operators with ``TO
 whether it is :meth:`~CpuKernel.available`, the source is compiled with
 ``torch.utils.cpp_extension`` (``-O3 -march=native -fno-math-errno``, with OpenMP when the
 compiler has it, else a one-thread build) into ``TORCH_EXTENSIONS_DIR`` (default
-``~/.cache/torch_extensions``), in a folder named after a hash of the source, the flags, the
-torch and Python versions and the CPU (the code is built for the CPU it runs on).  A finished
+``~/.cache/torch_extensions``), in a folder named after a hash of the source, the shared headers,
+the flags, the torch and Python versions and the CPU (the code is built for the CPU it runs on).
+The shared headers are canvas-core's ``kernels/csrc/*.h`` (``cpu_vec.h``: lane vectors, ``exp2``,
+loads / stores, lane sums): that folder is on every kernel's include path.  A finished
 build there is loaded directly, also from a read-only cache or on a machine without a compiler.
 When it cannot be built, the caller runs its PyTorch path and one warning says why.
 
@@ -34,6 +36,10 @@ from canvas_core.errors import SettingError, UnavailableError
 __all__ = ["CpuKernel", "CpuKernelBuildWarning"]
 
 _FLAGS = ("-O3", "-march=native", "-fno-math-errno")
+#: the shared headers' folder, on every kernel's include path
+_INCLUDE = Path(__file__).with_name("csrc")
+#: the header both canvas kernels include (its absence: a broken install)
+_HEADER = "cpu_vec.h"
 _OPENMP = ("-fopenmp",)
 _SETTINGS = {"": "auto", "auto": "auto", "0": "off", "off": "off", "false": "off", "no": "off",
              "1": "on", "on": "on", "true": "on", "yes": "on"}
@@ -101,7 +107,8 @@ class CpuKernel:
     """One C++ CPU kernel built on first use.
 
     Args:
-        source: the ``.cpp`` file (shipped as package data).
+        source: the ``.cpp`` file (shipped as package data); it may ``#include "cpu_vec.h"``, the
+            lane helpers canvas-core ships for its kernels and plugins' (:attr:`include`).
         namespace: its ``TORCH_LIBRARY`` namespace; ``probe``: one operator in it (loaded means
             ``torch.ops.<namespace>.<probe>`` resolves).
         env: the environment variable choosing auto / 0 / 1.
@@ -117,6 +124,8 @@ class CpuKernel:
 
     #: the flags of the threaded build (tried first); a compiler that refuses them gets a one-thread build
     _openmp: Tuple[str, ...] = _OPENMP
+    #: the shared headers' folder (on the include path; its ``*.h`` are part of the build's name)
+    include: Path = _INCLUDE
 
     def __init__(self, source: Path, namespace: str, probe: str, env: str, label: str, owner: str = "canvas-core",
                  fallback: str = "the PyTorch path (same results, slower)", seconds: int = 15,
@@ -142,8 +151,14 @@ class CpuKernel:
         return (f"no C++ compiler found (looked for $CXX, or c++, g++, clang++ when CXX is unset); install one "
                 f"(e.g. apt install g++) or point CXX at one to use {self.label}")
 
+    def _headers(self) -> bytes:
+        """The names and bytes of the shared headers: a changed header is a new build, never a
+        stale cached one."""
+        return b"".join(h.name.encode() + b"\0" + h.read_bytes() for h in sorted(self.include.glob("*.h")))
+
     def _name(self, flags: Tuple[str, ...]) -> str:
-        key = self.source.read_bytes() + repr((flags, _torch_version(), sys.version_info[:2], _cpu_id())).encode()
+        key = (self.source.read_bytes() + self._headers()
+               + repr((flags, _torch_version(), sys.version_info[:2], _cpu_id())).encode())
         return f"{self.namespace}_{hashlib.sha256(key).hexdigest()[:12]}"
 
     @staticmethod
@@ -223,7 +238,8 @@ class CpuKernel:
             try:
                 os.makedirs(build_dir, exist_ok=True)
                 cpp_extension.load(name=name, sources=[str(self.source)], extra_cflags=list(flags),
-                                   extra_ldflags=[f for f in flags if f in self._openmp], build_directory=build_dir,
+                                   extra_ldflags=[f for f in flags if f in self._openmp],
+                                   extra_include_paths=[str(self.include)], build_directory=build_dir,
                                    is_python_module=False, verbose=False)
                 self._loaded()
             except Exception as exc:  # any build or load failure: the reason, and the PyTorch path
@@ -240,7 +256,7 @@ class CpuKernel:
 
     def static_problem(self) -> Optional[str]:
         """Why the kernel cannot run here as far as is known without building it (the setting, the
-        platform, a missing source, compiler or ninja, an earlier failed build); None: it should
+        platform, a missing source, header, compiler or ninja, an earlier failed build); None: it should
         build.  Imports nothing heavy."""
         if self._state.get("reason"):
             return self._state["reason"]
@@ -250,6 +266,8 @@ class CpuKernel:
             return f"{self.label} is built with GCC / Clang vector extensions (not on Windows)"
         if not self.source.is_file():
             return f"its source {self.source} is missing from the installed package (reinstall {self.owner})"
+        if not (self.include / _HEADER).is_file():
+            return f"the shared header {self.include / _HEADER} is missing from the installed package (reinstall canvas-core)"
         compiler, ninja = _compiler(), shutil.which("ninja")  # torch.utils.cpp_extension builds with ninja only
         if (compiler is not None and ninja is not None) or self._cached():
             return None

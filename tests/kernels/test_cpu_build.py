@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import warnings
 
@@ -60,3 +62,82 @@ def test_the_openmp_flags_name_the_threaded_build(tmp_path):
     assert threaded[-1] == "-fno-such-openmp-flag" and "-fno-such-openmp-flag" not in single
     assert k._threaded(threaded) and not k._threaded(single)
     assert k._name(threaded) != k._name(single) and k._name(single).startswith("canvas_test_cpu_")
+
+
+def _with_header(tmp_path) -> CpuKernel:
+    """The test kernel with its own shared-header folder (holding a ``cpu_vec.h``)."""
+    k = _kernel(tmp_path)
+    k.include = tmp_path / "include"
+    k.include.mkdir()
+    (k.include / "cpu_vec.h").write_text("// v1\n")
+    return k
+
+
+def _fake_finished_build(name: str) -> None:
+    """A library under ``TORCH_EXTENSIONS_DIR/name`` that ninja's log records as linked."""
+    folder = os.path.join(os.environ["TORCH_EXTENSIONS_DIR"], name)
+    os.makedirs(folder)
+    lib = os.path.join(folder, name + ".so")
+    with open(lib, "wb") as f:
+        f.write(b"\x7fELF" + bytes(100))
+    with open(os.path.join(folder, ".ninja_log"), "w") as f:
+        f.write(f"# ninja log v5\n0\t5\t{os.stat(lib).st_mtime_ns}\t{name}.so\tabc\n")
+
+
+def test_a_changed_shared_header_is_a_new_build(tmp_path, monkeypatch):
+    """The shared headers are part of the build's name: after a header changes (or one is added),
+    the build cached for the old header is not this kernel's (it would run the old header's code)."""
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "te"))
+    k = _with_header(tmp_path)
+    names = [k._name(flags) for flags in k._variants()]
+    for name in names:
+        _fake_finished_build(name)
+    assert k._cached()
+    (k.include / "cpu_vec.h").write_text("// v2\n")
+    changed = [k._name(flags) for flags in k._variants()]
+    assert not set(changed) & set(names) and not k._cached()
+    (k.include / "more.h").write_text("// another shared header\n")
+    assert not {k._name(flags) for flags in k._variants()} & set(changed + names)
+
+def test_the_build_has_the_shared_headers_on_its_include_path(tmp_path, monkeypatch):
+    """torch's cpp_extension.load is given canvas-core's header folder (the kernels
+    ``#include "cpu_vec.h"``), which holds that header."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "te"))
+    k = _kernel(tmp_path)
+    calls = []
+
+    def load(**kw):
+        calls.append(kw)
+        raise RuntimeError("not built in this test")
+
+    monkeypatch.setattr(k, "static_problem", lambda: None)
+    monkeypatch.setattr(cpu_build, "_compiler", lambda: "c++")
+    monkeypatch.setattr(cpp_extension, "load", load)
+    with contextlib.redirect_stderr(io.StringIO()):
+        assert k._build().startswith("building k.cpp with c++ failed")
+    assert calls and all(c["extra_include_paths"] == [str(cpu_build._INCLUDE)] for c in calls)
+    assert (cpu_build._INCLUDE / "cpu_vec.h").is_file()
+
+
+def test_a_missing_shared_header_names_canvas_core(tmp_path):
+    k = _kernel(tmp_path)
+    k.include = tmp_path / "gone"
+    assert k.static_problem().endswith("missing from the installed package (reinstall canvas-core)")
+
+
+def test_shared_headers_ship_as_package_data():
+    """Every header in the shared folder matches a canvas_core package-data pattern."""
+    import tomllib
+    from fnmatch import fnmatch
+    from pathlib import Path
+
+    import canvas_core
+
+    root = Path(__file__).resolve().parents[2]
+    data = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["canvas_core"]
+    package = Path(canvas_core.__file__).parent
+    headers = [h.relative_to(package).as_posix() for h in cpu_build._INCLUDE.glob("*.h")]
+    assert "kernels/csrc/cpu_vec.h" in headers
+    assert all(any(fnmatch(h, pattern) for pattern in data) for h in headers)

@@ -24,49 +24,11 @@
 #include <limits>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "cpu_vec.h"  // lane vectors, exp2, loads / stores (shared with the mamba plugin's scan)
 
 namespace {
 
-// at::parallel_for here runs on the OpenMP runtime this library links; give it torch's thread
-// count so that torch.set_num_threads governs this kernel too.
-inline void use_torch_threads() {
-#ifdef _OPENMP
-  omp_set_num_threads(at::get_num_threads());
-#endif
-}
-
-constexpr int V = 16;  // channels per work item
-
-typedef float vf32 __attribute__((vector_size(V * sizeof(float))));
-typedef double vf64 __attribute__((vector_size(V * sizeof(double))));
-typedef int32_t vi32 __attribute__((vector_size(V * sizeof(int32_t))));
-template <typename S> struct Lanes;
-template <> struct Lanes<float> { using type = vf32; };
-template <> struct Lanes<double> { using type = vf64; };
-template <typename S>
-using vec = typename Lanes<S>::type;
-
-// 2^y for y in [-126, 126]: y = n + f with n the nearest integer (the add-and-subtract rounding
-// needs a build without -ffast-math), 2^f by a degree-6 polynomial (relative error near 1e-7),
-// 2^n written into the exponent bits.
-inline vec<float> exp2_poly(vec<float> y) {
-  const float magic = 12582912.f;
-  const vec<float> n = (y + magic) - magic;
-  const vec<float> f = y - n;
-  vec<float> p = f * 1.5337576834423183e-04f + 1.339986036322529e-03f;
-  p = p * f + 9.61851953434672e-03f;
-  p = p * f + 5.550328997517387e-02f;
-  p = p * f + 2.4022646608714063e-01f;
-  p = p * f + 6.931472056005101e-01f;
-  p = p * f + 1.0000000005920207f;
-  const vi32 bits = (__builtin_convertvector(n, vi32) + 127) << 23;
-  vec<float> s;
-  std::memcpy(&s, &bits, sizeof(s));
-  return p * s;
-}
+using namespace canvas_cpu;  // V = 16 channels per work item
 
 // e^x for max-relative exponents x <= 0 (-inf included), clamped below at the smallest normal
 // exponent as the PyTorch path clamps (no slow subnormal results).
@@ -75,7 +37,7 @@ inline vec<float> exp_rel(vec<float> x) {
   const vec<float> lo = vec<float>{} - 125.0f, hi = vec<float>{} + 1.0f;
   y = y < lo ? lo : y;
   y = y > hi ? hi : y;
-  return exp2_poly(y);
+  return exp2_in_range(y);
 }
 
 inline vec<double> exp_rel(vec<double> x) {
@@ -83,31 +45,6 @@ inline vec<double> exp_rel(vec<double> x) {
   vec<double> r;
   for (int i = 0; i < V; ++i) r[i] = std::exp(std::max(x[i], floor_));
   return r;
-}
-
-template <typename S>
-inline vec<S> splat(S x) {
-  return vec<S>{} + x;
-}
-
-template <typename S>
-inline vec<S> load(const S* p, int64_t ne) {
-  vec<S> r = {};
-  if (ne == V) {
-    std::memcpy(&r, p, sizeof(r));
-  } else {
-    for (int64_t i = 0; i < ne; ++i) r[i] = p[i];
-  }
-  return r;
-}
-
-template <typename S>
-inline void store(S* p, const vec<S>& x, int64_t ne) {
-  if (ne == V) {
-    std::memcpy(p, &x, sizeof(x));
-  } else {
-    for (int64_t i = 0; i < ne; ++i) p[i] = x[i];
-  }
 }
 
 template <typename S>

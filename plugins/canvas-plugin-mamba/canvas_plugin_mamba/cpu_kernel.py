@@ -9,8 +9,9 @@ float64 uses the C library's).
 
 The source is compiled with ``torch.utils.cpp_extension`` the first time a CPU mamba module
 runs on a machine (about 15 s; the library is cached under ``TORCH_EXTENSIONS_DIR``, default
-``~/.cache/torch_extensions``, in a folder named after the source, the torch version and the
-CPU, since it is built for the CPU it runs on).  When no C++ compiler is found or the build
+``~/.cache/torch_extensions``, in a folder named after the source, canvas-core's shared vector header
+``canvas_core/kernels/csrc/cpu_vec.h``, the torch version and the CPU, since it is built for the
+CPU it runs on; canvas-core's ``CpuKernel`` does the build).  When no C++ compiler is found or the build
 fails, mamba runs the PyTorch scan (same results to rounding, slower) and says so once.
 
 ``CANVAS_MAMBA_CPU_KERNEL``: ``auto`` (the default: build and use it when possible), ``0``
