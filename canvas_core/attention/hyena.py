@@ -54,6 +54,7 @@ class _ProjectT(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b):
         ctx.save_for_backward(x, w)
+        ctx.b_dtype = b.dtype
         return torch.baddbmm(b.unsqueeze(-1), w.expand(x.shape[0], *w.shape), x.transpose(1, 2))
 
     @staticmethod
@@ -61,9 +62,12 @@ class _ProjectT(torch.autograd.Function):
     def backward(ctx, g):
         x, w = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
-        dx = torch.bmm(g.transpose(1, 2), w.expand(x.shape[0], *w.shape)) if need_x else None
-        dw = torch.bmm(g, x).sum(0) if need_w else None
-        db = g.sum((0, 2)) if need_b else None
+        # under autocast the product ran (and g arrives) in the autocast dtype while x and w were
+        # saved in theirs: compute in g's dtype and return each gradient in its input's dtype
+        xg, wg = x.to(g.dtype), w.to(g.dtype)
+        dx = torch.bmm(g.transpose(1, 2), wg.expand(x.shape[0], *w.shape)).to(x.dtype) if need_x else None
+        dw = torch.bmm(g, xg).sum(0).to(w.dtype) if need_w else None
+        db = g.sum((0, 2)).to(ctx.b_dtype) if need_b else None
         return dx, dw, db
 
 

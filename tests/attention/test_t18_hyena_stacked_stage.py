@@ -106,3 +106,28 @@ def test_key_set_gradient_comes_back_in_the_key_layout():
 def test_stacked_gated_conv_refuses_an_odd_channel_count():
     with pytest.raises(ShapeError, match=r"\(2, 5, 4\).*gated_causal_conv"):
         gated_causal_conv_stacked(torch.randn(2, 5, 4), torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("order", [1, 2, 3])
+@pytest.mark.parametrize("same", [True, False])
+def test_backward_under_cpu_bfloat16_autocast(order, same):
+    """The projection's own backward receives the autocast dtype's gradient while its inputs were
+    saved in float32: it must return float32 gradients close to the float32 run's."""
+    torch.manual_seed(0)
+    m = HyenaAttention(16, 4, order=order)
+    q, k = torch.randn(2, 8, 16), torch.randn(2, 32, 16)
+    v = k if same else torch.randn(2, 32, 16)
+
+    def grads(autocast):
+        m.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = m(q, k, v)
+        out.float().square().sum().backward()
+        return {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+
+    ref, amp = grads(False), grads(True)
+    assert ref.keys() == amp.keys() and ref
+    for n, g in amp.items():
+        assert g.dtype == torch.float32, n
+        assert torch.isfinite(g).all(), n
+        assert (g - ref[n]).norm() <= 0.1 * ref[n].norm() + 1e-3, n
