@@ -5,6 +5,7 @@ unfrozen (all parameters trained), save the loop checkpoint and draw the canvas.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,6 +113,7 @@ def _check_config(cfg: DemoConfig) -> None:
                           f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
     if device.type not in ("cpu", "cuda"):
         raise CanvasError(f"--device {cfg.device}: the demo runs on cpu or cuda")
+    check_output_folder(cfg.out)
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:  # fail before training, not after
@@ -155,6 +157,21 @@ def verdict(looped: str, plain: str, unfrozen: str, err: Dict[str, Dict[str, flo
         word = "lower" if ratio < 0.98 else "higher" if ratio > 1.02 else "about the same"
         lines.append(f"  {looped}: action error {ratio:.2f}x that of {other} ({word})")
     return lines
+
+
+def check_output_folder(out: Any) -> None:
+    """Refuse an ``--out`` that cannot become a writable folder, without creating anything: an
+    existing non-folder, or a nearest existing ancestor that is not a writable folder."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise CanvasError(f"--out {str(out)!r} exists and is not a folder; give a folder path")
+    parent = path
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and (not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK)):
+        why = "is not a folder" if not parent.is_dir() else "is not writable"
+        raise CanvasError(f"--out {str(out)!r}: cannot create the output folder ({str(parent)!r} {why}); "
+                          "give a writable directory")
 
 
 def output_folder(out: Any) -> Path:

@@ -58,12 +58,14 @@ def _compiler() -> Optional[str]:
     return next((p for p in map(shutil.which, ("c++", "g++", "clang++")) if p), None)
 
 
-def _cpu_id() -> str:
-    """What ``-march=native`` code depends on: the CPU's model and flags."""
+def _cpu_id(cpuinfo: str = "/proc/cpuinfo") -> str:
+    """What ``-march=native`` code depends on: the CPU's model and flags, each distinct line once
+    (one per core would tie a build to the core count: a machine with the same CPU and another
+    number of cores could not use a shared cache)."""
     text = ""
     try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            text = "".join(line for line in f if line.startswith(("model name", "flags")))
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            text = "".join(sorted({line for line in f if line.startswith(("model name", "flags"))}))
     except OSError:
         pass
     return platform.machine() + platform.processor() + text

@@ -20,3 +20,17 @@ def test_refused_pretrained_load_creates_no_out_folder(tmp_path, make_path):
         run_demo(DemoConfig(steps=1, batch_size=2, eval_samples=4, out=out, progress=False,
                             pretrained=make_path(tmp_path)), log=lambda _: None)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["under-a-file", "is-a-file"])
+def test_bad_out_is_refused_before_any_work(tmp_path, where):
+    """An --out that can never become a folder is refused by the option checks, before the
+    backbone is built: nothing is logged and nothing is created."""
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    out = blocker / "sub" if where == "under-a-file" else blocker
+    said = []
+    with pytest.raises(CanvasError, match="--out"):
+        run_demo(DemoConfig(steps=1, batch_size=2, eval_samples=4, out=out, progress=False), log=said.append)
+    assert said == []
+    assert blocker.read_text() == "x"

@@ -141,3 +141,17 @@ def test_shared_headers_ship_as_package_data():
     headers = [h.relative_to(package).as_posix() for h in cpu_build._INCLUDE.glob("*.h")]
     assert "kernels/csrc/cpu_vec.h" in headers
     assert all(any(fnmatch(h, pattern) for pattern in data) for h in headers)
+
+
+def test_cpu_id_does_not_depend_on_the_core_count(tmp_path):
+    """Builds are named after the CPU's model and flags, not after how many cores list them."""
+    from canvas_core.kernels.cpu_build import _cpu_id
+
+    core = "processor\t: {i}\nmodel name\t: Some CPU 9000\nflags\t\t: fpu sse avx2 avx512f\n\n"
+    two, four = tmp_path / "two", tmp_path / "four"
+    two.write_text("".join(core.format(i=i) for i in range(2)))
+    four.write_text("".join(core.format(i=i) for i in range(4)))
+    other = tmp_path / "other"
+    other.write_text(core.format(i=0).replace("avx512f", "avx2only"))
+    assert _cpu_id(str(two)) == _cpu_id(str(four))
+    assert _cpu_id(str(two)) != _cpu_id(str(other))
