@@ -83,9 +83,11 @@ def wkv_read(
     The keys are cut into chunks of ``T``: each chunk is summarised (its sums at its end,
     relative to their largest exponent), the state after every chunk is a decayed sum of the
     earlier summaries (all chunks at once), and each read combines the state entering its chunk
-    with its chunk's keys up to ``p``.  Every exponent is taken relative to a maximum, so
-    nothing overflows in float32.  Cost ``O(Q T C + (L / T)^2 C)``.  A NaN or ``+inf`` key or a
-    non-finite value gives NaN from its position on, never before (as the step recurrence does).
+    with its chunk's keys up to ``p``.  Every exponent is taken relative to the largest one
+    actually combined (a chunk or state with no allowed key has maximum ``-inf``, never 0), so
+    nothing overflows in float32 and no weight that matters is clamped at the floor.  Cost
+    ``O(Q T C + (L / T)^2 C)``.  A NaN or ``+inf`` key or a non-finite value gives NaN from its
+    position on, never before (as the step recurrence does).
 
     Args:
         k, v: ``(B, L, C)``; w: ``(C,)`` decay rate (> 0); u: ``(C,)`` bonus of the current key.
@@ -125,11 +127,11 @@ def wkv_read(
     masked = key_ok is not None or Lp > L
     fused = ends_chunks and T > 1
     if fused:  # each chunk's first T - 1 keys weighed as its read weighs them; the last key apart
-        a1, b1, m1, kl, vl = _ChunkSums.apply(kc, vc, w, okc if masked else None, True)
-        m1 = m1.masked_fill(b1 == 0, NEG_INF)  # no allowed key among them
+        a1, b1, m1, kl, vl = _ChunkSums.apply(kc, vc, w, okc if masked else None, True)  # m1 -inf: no key
         bl = (~okc[:, :, -1]) if masked else None
-        m = finite_or_zero(torch.maximum(m1 - w.detach(), _blocked(kl.detach(), bl)))
-        e1, el = _exp_rel(m1 - w - m, None), _exp_rel(_blocked(kl, bl) - m, bl)  # the summary decays them one more step
+        m = torch.maximum(m1 - w.detach(), _blocked(kl.detach(), bl))  # -inf for an empty chunk
+        mf = finite_or_zero(m)
+        e1, el = _exp_rel(m1 - w - mf, None), _exp_rel(_blocked(kl, bl) - mf, bl)  # the summary decays them one more step
         a, b = a1 * e1 + vl * el, b1 * e1 + el
     else:
         a, b, m = _ChunkSums.apply(kc, vc, w, okc if masked else None)

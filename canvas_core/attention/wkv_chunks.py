@@ -82,8 +82,9 @@ class _ChunkRead(torch.autograd.Function):
 class _ChunkSums(torch.autograd.Function):
     """Every chunk summarised at its end: ``(a, b) = sum_j e^{l_j - m} (v_j, 1)`` with
     ``l_j = k_j - (T - 1 - j) w`` over the chunk's allowed keys and ``m`` their largest exponent
-    (returned, not differentiated).  The ``(B, nC, T, C)`` exponents live in per-thread scratch
-    and are recomputed for the backward."""
+    (returned, not differentiated; ``-inf`` for a chunk with no key that weighs anything, so that
+    it never becomes the maximum the states are taken relative to).  The ``(B, nC, T, C)``
+    exponents live in per-thread scratch and are recomputed for the backward."""
 
     @staticmethod
     def _exps(kc, w, okc, shift: int = 0):
@@ -106,16 +107,17 @@ class _ChunkSums(torch.autograd.Function):
         # gradients of the slices and of the selected last column, no additions of them)
         ks, vs, oks = (kc[:, :, :-1], vc[:, :, :-1], None if okc is None else okc[:, :, :-1]) if split_last else (kc, vc, okc)
         ls, _ = _ChunkSums._exps(ks, w, oks)
-        m = finite_or_zero(ls.amax(dim=2))  # (B, nC, C)
+        m_top = ls.amax(dim=2)  # (B, nC, C); -inf for an empty chunk
+        m = finite_or_zero(m_top)  # what the weights are taken relative to (no -inf - -inf)
         e = _ChunkSums._weights_(ls, m, oks)
         b = e.sum(dim=2)
         a = torch.mul(e, vs, out=scratch_out("wkv_ev", e.shape, e)).sum(dim=2)
         ctx.save_for_backward(kc, vc, w, m, *(() if okc is None else (okc,)))
-        ctx.mark_non_differentiable(m)
+        ctx.mark_non_differentiable(m_top)
         ctx.split_last = split_last
         if split_last:
-            return a, b, m, kc[:, :, -1].clone(), vc[:, :, -1].clone()
-        return a, b, m
+            return a, b, m_top, kc[:, :, -1].clone(), vc[:, :, -1].clone()
+        return a, b, m_top
 
     @staticmethod
     @first_order_backward("rwkv's chunk sums")

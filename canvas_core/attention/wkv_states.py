@@ -17,7 +17,9 @@ __all__: list = []
 class _ChunkStates(torch.autograd.Function):
     """The state after every chunk of :func:`wkv_read`, all chunks at once:
     ``(A_x, B_x) = sum_{y <= x} e^{m_y - (x - y) T w - M_x} (a_y, b_y)`` with ``M_x`` the largest of
-    those exponents (returned, not differentiated; ``m`` is a constant too).  The ``(nC, nC)``
+    those exponents (returned, not differentiated; ``m`` is a constant too; ``-inf`` marks an
+    empty chunk in ``m`` and an empty state in ``M``: a 0 there would outweigh every real
+    exponent below it and clamp them all to the same floor weight).  The ``(nC, nC)``
     weights of every (row, channel) live in per-thread scratch, laid out ``(B, C, nC, nC)`` so that
     both sums are one batched product; the backward recomputes them."""
 
@@ -29,8 +31,8 @@ class _ChunkStates(torch.autograd.Function):
         ahead = lag < 0
         lw = torch.sub(mt.unsqueeze(2), (T * w).view(1, C, 1, 1) * lag, out=scratch_out("wkv_lw", (B, C, n, n), mt))
         lw.masked_fill_(ahead, NEG_INF)
-        Ms = finite_or_zero(lw.amax(dim=3))  # (B, C, n)
-        lw.sub_(Ms.unsqueeze(3)).clamp_(min=exp_floor(lw.dtype)).exp_().masked_fill_(ahead, 0.0)
+        Ms = lw.amax(dim=3)  # (B, C, n); -inf for a state with no key yet
+        lw.sub_(finite_or_zero(Ms).unsqueeze(3)).clamp_(min=exp_floor(lw.dtype)).exp_().masked_fill_(ahead, 0.0)
         return lw, Ms, lag
 
     @staticmethod
@@ -83,8 +85,8 @@ def _chunk_states(a, b, m, w, T):
     chunks (short chunks, e.g. one per read): two levels, the states inside groups of ``G``
     chunks, then the states after every group (each group summarised by its own last state),
     combined as ``A_x = A^in_x e^{M^in_x - M_x} + A^grp_{g-1} e^{M^grp_{g-1} - (x' + 1) T w - M_x}``
-    (``x'`` the chunk's place in group ``g``, ``M_x`` the larger exponent): ``O(nC G + (nC/G)^2)``
-    weights per channel instead of ``nC^2``."""
+    (``x'`` the chunk's place in group ``g``, ``M_x`` the larger exponent, ``-inf`` when both
+    are): ``O(nC G + (nC/G)^2)`` weights per channel instead of ``nC^2``."""
     Bn, nC, C = a.shape
     G = _group_for(nC)
     if G is None:
@@ -96,9 +98,10 @@ def _chunk_states(a, b, m, w, T):
     # the state entering each group (after the one before), decayed to each chunk's end
     lag = torch.arange(1, G + 1, device=a.device).to(a.dtype).view(1, 1, G, 1) * T  # (x' + 1) T
     Me = torch.cat([torch.full_like(Mg[:, :1], NEG_INF), Mg[:, :-1]], dim=1).unsqueeze(2) - lag * w.detach()
-    M = finite_or_zero(torch.maximum(Mi, Me))
-    ei = _exp_rel(Mi - M, None)
-    ee = torch.cat([torch.zeros_like(Mg[:, :1]), Mg[:, :-1]], dim=1).unsqueeze(2) - lag * w - M
+    M = torch.maximum(Mi, Me)  # -inf while no key so far: never the maximum of a later read
+    Mf = finite_or_zero(M)
+    ei = _exp_rel(Mi - Mf, None)
+    ee = torch.cat([torch.zeros_like(Mg[:, :1]), Mg[:, :-1]], dim=1).unsqueeze(2) - lag * w - Mf
     ee = _exp_rel(ee, torch.arange(nG, device=a.device).view(1, nG, 1, 1) == 0)
     Ap = torch.cat([torch.zeros_like(Ag[:, :1]), Ag[:, :-1]], dim=1).unsqueeze(2)
     Bp = torch.cat([torch.zeros_like(Bg[:, :1]), Bg[:, :-1]], dim=1).unsqueeze(2)
