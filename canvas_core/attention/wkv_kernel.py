@@ -5,8 +5,10 @@ log-space form of the RWKV-4 recurrence (one ``exp`` per key), and writes the WK
 read; it saves the state at the start of every chunk of :data:`CHUNK` keys, and its backward
 recomputes a chunk's states from there while carrying the state's adjoint back through them
 (``dk, dv, dw, du``).  It computes what :func:`canvas_core.attention.rwkv.wkv_read` computes, to
-float rounding (float32: an ``exp`` polynomial within about 1e-7 relative; float64: the C
-library's ``exp``).  It is built on first use (:class:`canvas_core.kernels.cpu_build.CpuKernel`).
+float rounding: its sums, exponents and adjoints are carried in float64 for either dtype (a
+float32 recurrence gathers one rounding per key into sums that barely decay), and only its ``exp``
+follows the inputs (float32: a polynomial within about 1e-7 relative; float64: the C library's).
+It is built on first use (:class:`canvas_core.kernels.cpu_build.CpuKernel`).
 
 ``CANVAS_RWKV_CPU_KERNEL``: ``auto`` (default: build and use it where it applies), ``0`` (never:
 the PyTorch path), ``1`` (required: an error naming the build problem when it cannot be built).
@@ -23,6 +25,7 @@ from typing import Optional
 import torch
 
 from canvas_core.attention.first_order import first_order_backward
+from canvas_core.errors import ShapeError, UnavailableError
 from canvas_core.kernels.cpu_build import CpuKernel, CpuKernelBuildWarning
 
 __all__ = ["ENV", "KERNEL", "W_MAX", "CHUNK", "usable_for", "wkv_read_cpu"]
@@ -60,6 +63,40 @@ def usable_for(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tenso
         return bool(torch.isfinite(k.sum() + v.sum() + w.sum() + u.sum()))
 
 
+_TORCH_PATH = "call canvas_core.attention.rwkv.wkv_read instead (it takes the PyTorch path for them)"
+
+
+def _non_finite(what: str) -> UnavailableError:
+    return UnavailableError(f"wkv_read_cpu: {what} holds NaN or infinite values, which the compiled WKV read does "
+                            f"not handle; {_TORCH_PATH}")
+
+
+def _check_operands(k, v, w, u, read, key_ok) -> None:
+    """Shapes, dtypes and devices of the operands, ``read``'s positions, finite ``w`` and ``u``
+    (the kernel reports non-finite keys and values itself)."""
+    if k.dim() != 3 or v.shape != k.shape or w.shape != (k.shape[2],) or u.shape != (k.shape[2],):
+        raise ShapeError(f"wkv_read_cpu: k, v must be (B, L, C) alike and w, u (C,); got k {tuple(k.shape)}, "
+                         f"v {tuple(v.shape)}, w {tuple(w.shape)}, u {tuple(u.shape)}")
+    if k.dtype not in (torch.float32, torch.float64) or any(t.dtype != k.dtype or t.device.type != "cpu"
+                                                            for t in (k, v, w, u)):
+        raise ShapeError(f"wkv_read_cpu: k, v, w, u must be CPU float32 or float64 alike; got "
+                         f"{[(str(t.dtype), t.device.type) for t in (k, v, w, u)]}")
+    if not isinstance(read, torch.Tensor) or read.dim() != 1 or read.dtype == torch.bool or read.is_floating_point() \
+            or read.is_complex() or read.device.type != "cpu":
+        got = f"{tuple(read.shape)} {read.dtype} on {read.device}" if isinstance(read, torch.Tensor) else type(read).__name__
+        raise ShapeError(f"wkv_read_cpu: read must be a 1-D integer CPU tensor of positions, got {got}; flatten "
+                         f"it (read.reshape(-1)) and reshape the (B, Q, C) output back")
+    L = k.shape[1]
+    if read.numel() and (int(read.min()) < -1 or int(read.max()) > L - 1):
+        raise ShapeError(f"wkv_read_cpu: read holds positions from {int(read.min())} to {int(read.max())}, outside "
+                         f"[-1, L - 1] = [-1, {L - 1}] for k's L = {L}; pass key positions, or -1 for no read")
+    if key_ok is not None and (key_ok.dim() != 2 or key_ok.shape[1] != L or key_ok.shape[0] not in (1, k.shape[0])):
+        raise ShapeError(f"wkv_read_cpu: key_ok must be (B|1, L) = ({k.shape[0]}|1, {L}), got {tuple(key_ok.shape)}")
+    for name, t in (("w", w), ("u", u)):
+        if not bool(torch.isfinite(t).all()):
+            raise _non_finite(name)
+
+
 def _operands(read: torch.Tensor, L: int):
     """``(rs, rq)``: the queries reading position ``t`` are ``rq[rs[t]:rs[t + 1]]`` (reads ``< 0``:
     none)."""
@@ -78,7 +115,9 @@ class _WKVRead(torch.autograd.Function):
     @staticmethod
     def forward(ctx, k, v, w, u, key_ok, rs, rq, Q):  # noqa: D401 - autograd signature
         save = any(ctx.needs_input_grad[:4])
-        y, hs = torch.ops.canvas_rwkv_cpu.wkv_fwd(k, v, w, u, key_ok, rs, rq, Q, CHUNK, save)
+        y, hs, bad = torch.ops.canvas_rwkv_cpu.wkv_fwd(k, v, w, u, key_ok, rs, rq, Q, CHUNK, save)
+        if bool(bad):  # checked in the scan itself: no extra pass over k and v
+            raise _non_finite("k or v")
         if save:
             ctx.save_for_backward(k, v, w, u, key_ok, rs, rq, hs)
         return y
@@ -96,15 +135,25 @@ def wkv_read_cpu(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Ten
     """:func:`~canvas_core.attention.rwkv.wkv_read` by the compiled kernel (call it where
     :func:`usable_for` is True; it builds the kernel if needed).
 
+    Non-finite inputs are refused, not computed: for NaN or infinite ``k``, ``v``, ``w`` or ``u``
+    (masked positions included) use :func:`canvas_core.attention.rwkv.wkv_read`, whose PyTorch
+    path gives NaN from a bad key's position on, as the step recurrence does.
+
     Args:
-        k, v: ``(B, L, C)`` finite; w: ``(C,)`` decay rate (> 0, capped at :data:`W_MAX`);
-            u: ``(C,)``, all CPU float32 or float64 alike.
-        read: ``(Q,)`` positions in ``[-1, L - 1]``, any order, repeats allowed.
+        k, v: ``(B, L, C)`` finite; w: ``(C,)`` finite decay rate (> 0, capped at :data:`W_MAX`);
+            u: ``(C,)`` finite, all CPU float32 or float64 alike.
+        read: ``(Q,)`` integer positions in ``[-1, L - 1]``, any order, repeats allowed.
         key_ok: optional bool ``(B|1, L)``.
 
     Returns:
         ``(B, Q, C)``; 0 where no key is allowed up to the read or the read is ``-1``.
+
+    Raises:
+        ShapeError: operands of the wrong shape, dtype or device, or ``read`` not a 1-D integer
+            tensor of positions in ``[-1, L - 1]``.
+        UnavailableError: NaN or infinite inputs, or the kernel cannot be built.
     """
+    _check_operands(k, v, w, u, read, key_ok)
     KERNEL.require("rwkv: the compiled CPU WKV read")
     B, L, C = k.shape
     w = w.clamp(max=W_MAX)
