@@ -35,7 +35,8 @@ Attention types (torch)
     (whether autocast is on for a device type; False on ``meta``, where torch raises),
     ``check_dtypes_devices``, ``check_additive_mask`` (refuses a float ``key_mask`` holding NaN or
     ``+inf``, naming the type), ``normalize_key_mask`` (reads any ``key_mask`` the builtin types
-    accept as ``(allowed, bias)``, refusing the others with errors naming the type), ``has_key``, ``safe_div``, ``aligned_key_index``, ``causal_read_index``, ``causal_read``, ``masked_softmax``, ``masked_softmax_attention``; the recurrent
+    accept as ``(allowed, bias)``, refusing the others with errors naming the type), ``has_key``, ``safe_div``, ``aligned_key_index``, ``causal_read_index``, ``causal_read``, ``reads_by_position`` (read positions grouped by
+    position, as a compiled scan walking the keys takes them), ``masked_softmax``, ``masked_softmax_attention``; the recurrent
     references ``wkv_scan``, ``wkv_masked``, ``fft_causal_conv``; ``scratch`` (per-thread
     temporaries reused between calls, for scans that would otherwise allocate per call) and
     ``release_scratch`` (gives the calling thread's back); ``plain_linear`` (a projection whose
@@ -83,7 +84,8 @@ if TYPE_CHECKING:  # for readers and IDEs; at run time the names load lazily bel
     from canvas_core.attention.first_order import first_order_backward, first_order_only
     from canvas_core.attention.functional import masked_softmax, masked_softmax_attention
     from canvas_core.attention.recurrent import fft_causal_conv, wkv_masked, wkv_scan
-    from canvas_core.attention.causal_read import causal_read, plain_linear, plain_module, release_scratch, scratch
+    from canvas_core.attention.causal_read import (causal_read, plain_linear, plain_module, reads_by_position,
+                                                   release_scratch, scratch)
     from canvas_core.compiler.lowering import lower
     from canvas_core.compiler.plan import (
         BlockLayout, ExecutionPlan, RectGroup, SegmentGrid, block_layout_of, segment_grid,
@@ -127,7 +129,7 @@ _publish("canvas_core.attention.functional", "masked_softmax", "masked_softmax_a
 _publish("canvas_core.attention.first_order", "first_order_backward", "first_order_only")
 _publish("canvas_core.attention.recurrent", "wkv_scan", "wkv_masked", "fft_causal_conv")
 _publish("canvas_core.attention.int_roots", "isqrt")
-_publish("canvas_core.attention.causal_read", "causal_read", "scratch", "release_scratch", "plain_linear", "plain_module")
+_publish("canvas_core.attention.causal_read", "causal_read", "reads_by_position", "scratch", "release_scratch", "plain_linear", "plain_module")
 # size limits (refuse a user's size before allocating: SizeLimitError names it and the variable)
 _publish("canvas_core.schema.limits", "check_size", "check_elements", "check_bytes")
 # kernels
@@ -156,7 +158,7 @@ __all__ = [
     "first_order_backward",
     "first_order_only", "guard_input_shapes", "has_key",
     "hookimpl", "isqrt", "hookspec", "kernel_for", "lower", "masked_softmax", "masked_softmax_attention", "nan_where_linked",
-    "non_finite_keys", "normalize_key_mask", "operators_under_compile", "plain_linear", "plain_module", "release_scratch", "safe_div", "scratch", "zero_bad_keys",
+    "non_finite_keys", "normalize_key_mask", "operators_under_compile", "plain_linear", "plain_module", "reads_by_position", "release_scratch", "safe_div", "scratch", "zero_bad_keys",
     "segment_grid", "wkv_masked", "wkv_scan",
 ]
 

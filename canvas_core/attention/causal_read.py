@@ -19,7 +19,7 @@ from canvas_core.attention._base import autocast_on, causal_read_index
 from canvas_core.errors import CanvasTypeError
 
 __all__ = ["NEG_INF", "CHUNK_ELEMS", "work_dtype", "finite_or_zero", "check_kernel_choice", "rows_identical",
-           "causal_read", "read_at", "scratch", "scratch_out", "exp_floor", "outside_autocast", "autocast_on"]
+           "causal_read", "reads_by_position", "read_at", "scratch", "scratch_out", "exp_floor", "outside_autocast", "autocast_on"]
 
 NEG_INF = float("-inf")
 CHUNK_ELEMS = 1 << 24  # bound on the size of per-query intermediate tensors
@@ -110,6 +110,19 @@ def causal_read(
     # the first allowed key of each row at or before its read: O(B Nq Nk) reads, no copy of the mask
     first = torch.where(allowed.any(-1), allowed.view(torch.uint8).argmax(-1), Nk)  # (B|1, Nq|1)
     return read, (first <= read.view(1, -1)).unsqueeze(-1)
+
+
+def reads_by_position(read: torch.Tensor, L: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``read (Q,)`` (positions in ``[-1, L - 1]``) grouped by position, as a compiled scan walking
+    the ``L`` keys in order takes them: ``(rs (L + 1,), rq)``, the queries reading position ``t``
+    being ``rq[rs[t]:rs[t + 1]]`` in query order (``read < 0``: in no group).  Both int64."""
+    read = read.to(torch.long)
+    ok = read >= 0
+    pos = read[ok]
+    counts = torch.bincount(pos, minlength=L)
+    rs = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    rq = torch.nonzero(ok).squeeze(1)[torch.argsort(pos, stable=True)]
+    return rs.contiguous(), rq.contiguous()
 
 
 def plain_module(module: object, cls: type) -> bool:

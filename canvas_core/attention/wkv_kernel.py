@@ -24,6 +24,7 @@ from typing import Optional
 
 import torch
 
+from canvas_core.attention.causal_read import reads_by_position
 from canvas_core.attention.first_order import first_order_backward
 from canvas_core.errors import ShapeError, UnavailableError
 from canvas_core.kernels.cpu_build import CpuKernel, CpuKernelBuildWarning
@@ -97,18 +98,6 @@ def _check_operands(k, v, w, u, read, key_ok) -> None:
             raise _non_finite(name)
 
 
-def _operands(read: torch.Tensor, L: int):
-    """``(rs, rq)``: the queries reading position ``t`` are ``rq[rs[t]:rs[t + 1]]`` (reads ``< 0``:
-    none)."""
-    read = read.to(torch.long)
-    ok = read >= 0
-    pos = read[ok]
-    counts = torch.bincount(pos, minlength=L)
-    rs = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    rq = torch.nonzero(ok).squeeze(1)[torch.argsort(pos, stable=True)]
-    return rs.contiguous(), rq.contiguous()
-
-
 class _WKVRead(torch.autograd.Function):
     """The compiled read with its compiled backward (first order)."""
 
@@ -157,6 +146,6 @@ def wkv_read_cpu(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Ten
     KERNEL.require("rwkv: the compiled CPU WKV read")
     B, L, C = k.shape
     w = w.clamp(max=W_MAX)
-    rs, rq = _operands(read, L)
+    rs, rq = reads_by_position(read, L)
     ok = None if key_ok is None else key_ok.to(device=k.device, dtype=torch.bool).contiguous()
     return _WKVRead.apply(k.contiguous(), v.contiguous(), w.contiguous(), u.contiguous(), ok, rs, rq, read.shape[0])

@@ -60,6 +60,7 @@ def test_operand_shapes_named(kernel):
 _DIRECT = r"""
 import torch
 from canvas_core.attention import wkv_kernel as wk
+from canvas_core.attention.causal_read import reads_by_position
 from canvas_core.errors import ShapeError
 k = torch.randn(2, 10, 5)
 try:
@@ -71,7 +72,7 @@ wk.KERNEL.require()
 fwd, bwd = torch.ops.canvas_rwkv_cpu.wkv_fwd, torch.ops.canvas_rwkv_cpu.wkv_bwd
 B, L, C = 2, 10, 5
 k, v, w, u = torch.randn(B, L, C), torch.randn(B, L, C), torch.rand(C) + .1, torch.randn(C)
-rs, rq = wk._operands(torch.arange(L), L)
+rs, rq = reads_by_position(torch.arange(L), L)
 y, hs = fwd(k, v, w, u, None, rs, rq, L, wk.CHUNK, True)[:2]
 gy = torch.ones(B, L, C)
 L64 = lambda *x: torch.tensor(x, dtype=torch.long)

@@ -101,14 +101,9 @@ def _operands(read, L: int, A):
     """What every kernel call takes besides the tensors: ``(rs, rq, A2)``; the queries reading
     position ``t`` are ``rq[rs[t]:rs[t + 1]]`` (``read < 0``: none), ``A2 = A * log2(e)`` laid out
     ``(N, E)``."""
-    import torch
+    from canvas_core.extend import reads_by_position
 
-    ok = read >= 0
-    pos = read[ok]
-    counts = torch.bincount(pos, minlength=L)
-    rs = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
-    rq = torch.nonzero(ok).squeeze(1)[torch.argsort(pos, stable=True)]
-    return rs, rq, (A.t() / _LN2).contiguous()
+    return (*reads_by_position(read, L), (A.t() / _LN2).contiguous())
 
 
 def forward(u, delta, A, Bm, C, read, T: int, hs, softplus: bool = False, D=None):
