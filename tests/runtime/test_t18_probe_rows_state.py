@@ -14,50 +14,9 @@ from canvas_core.errors import AttentionContractError, CanvasTypeError, Topology
 from canvas_core.plugins import register_attention
 from canvas_core.runtime.dispatch import AttentionDispatcher
 from canvas_core.testing import isolated_plugins
+from tests._hostile_types import KeepsState, ManyRowsLeak, PlainSoftmax
 
 torch.set_num_threads(1)
-
-
-class _Softmax(nn.Module):
-    """Plain softmax attention over the keys given (a correct per-key-set type)."""
-
-    def __init__(self, d_model, n_heads=4, dropout=0.0):
-        super().__init__()
-        self.proj = nn.Linear(d_model, d_model)
-
-    def attend(self, q, k, v):
-        if k.shape[1] == 0:
-            return torch.zeros_like(q)
-        w = torch.softmax(q @ k.transpose(1, 2) / q.shape[-1] ** 0.5, -1)
-        return self.proj(w @ v)
-
-
-class ManyRowsLeak(_Softmax):
-    """Mixes every row of a call in, but only when the call stacks more than 8 rows."""
-
-    def forward(self, q, k, v):
-        o = self.attend(q, k, v)
-        return o + v.mean(dim=(0, 1), keepdim=True) if q.shape[0] > 8 else o
-
-
-class KeepsState(_Softmax):
-    """Adds the mean of the values its previous call saw."""
-
-    def __init__(self, d_model, n_heads=4, dropout=0.0):
-        super().__init__(d_model, n_heads, dropout)
-        self.memory = None
-
-    def forward(self, q, k, v):
-        o = self.attend(q, k, v)
-        if self.memory is not None:
-            o = o + self.memory
-        self.memory = v.detach().mean(dim=(0, 1), keepdim=True)
-        return o
-
-
-class _Honest(_Softmax):
-    def forward(self, q, k, v):
-        return self.attend(q, k, v)
 
 
 def _layout(T):
@@ -91,7 +50,7 @@ def test_a_type_keeping_state_between_calls_is_refused_naming_the_connection():
 
 def test_honest_plugin_types_still_build():
     with isolated_plugins():
-        register_attention("plain_softmax", _Honest)
+        register_attention("plain_softmax", PlainSoftmax)
         top = CanvasTopology(connections=[Connection("b", "a", t_src=0, t_dst=0, fn="plain_softmax")])
         layer = AttentionDispatcher(top, _layout(9), d_model=16, n_heads=2)
     assert layer(torch.randn(1, 54, 16)).shape == (1, 54, 16)
@@ -120,13 +79,13 @@ def test_verify_headline_does_not_claim_every_dependency_when_the_value_check_wa
 
 def test_attention_factory_may_be_positional_or_keyword_and_a_wrong_one_is_named():
     top = CanvasTopology(connections=[Connection("b", "a", t_src=0, t_dst=0, fn="pooling")])
-    pos = CanvasAttention(top, _layout(3), n_heads=2, attention_factory=lambda fn, d, h, p: _Honest(d, h, p))
+    pos = CanvasAttention(top, _layout(3), n_heads=2, attention_factory=lambda fn, d, h, p: PlainSoftmax(d, h, p))
     kw = CanvasAttention(top, _layout(3), n_heads=2,
-                         attention_factory=lambda fn, d_model, n_heads, dropout: _Honest(d_model, n_heads))
-    assert type(pos.fn_modules["pooling"]) is type(kw.fn_modules["pooling"]) is _Honest
+                         attention_factory=lambda fn, d_model, n_heads, dropout: PlainSoftmax(d_model, n_heads))
+    assert type(pos.fn_modules["pooling"]) is type(kw.fn_modules["pooling"]) is PlainSoftmax
 
     def needs_five(fn, d, h, p, extra):
-        return _Honest(d)
+        return PlainSoftmax(d)
 
     with pytest.raises(CanvasTypeError) as err:
         CanvasAttention(top, _layout(3), n_heads=2, attention_factory=needs_five)
