@@ -19,7 +19,7 @@ afterwards (reproducible builds).
   when one is given) receives a gradient at initialisation, or None when one does;
   :func:`constant_branch` spots a branch with nothing to learn at all (``none``: no parameter, 0).
 * :func:`dependencies` / :func:`first_leak`: the gradient probe both use (and the conformance kit);
-  :func:`batch_leak`: the same probe across the samples of the batch.
+  :func:`batch_leak`: the same probe across the samples of the batch (from ``type_reads``).
 * :func:`refuse_in_place` (``type_in_place``): around a probe, refuses a module that writes into
   its inputs (their ``_version`` moved, or their values changed: a ``.data`` write), autograd's
   bare in-place error included, naming the type.  A NaN / inf output or gradient of a read probe is
@@ -37,125 +37,15 @@ from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from canvas_core.errors import AttentionContractError, CanvasError
-from canvas_core.runtime.type_call import call_attention_type, is_builtin_module, key_set_groups
-from canvas_core.runtime.type_in_place import autograd_in_place, in_place_error, refuse_in_place, said_in_place
-from canvas_core.runtime.type_values import (mixed_dtypes_explained, out_of_memory, probe_failure, reseeded, rng_fork,
-                                             rows_leak, state_leak, value_leak)
+from canvas_core.runtime.type_call import call_attention_type, is_builtin_module, key_set_groups, runs_per_key_set
+from canvas_core.runtime.type_in_place import autograd_in_place, in_place_error, refuse_in_place
+from canvas_core.runtime.type_reads import batch_leak, dependencies, first_leak, key_runs
+from canvas_core.runtime.type_values import (KEEPS_STATE, calls_differ, kept_state, mixed_dtypes_explained, out_of_memory,
+                                             probe_failure, repeated_calls, reseeded, rng_fork, rows_leak, value_leak)
 
 __all__ = ["probe_attention_module", "probe_runtime_shapes", "mixed_dtypes_explained", "init_gradient_problem",
            "constant_branch", "gate_opening_dependencies", "dependencies", "first_leak", "batch_leak", "key_runs",
            "is_builtin_module", "refuse_in_place", "in_place_error", "zeros_opened"]
-
-_LABELS = ("queries", "keys", "values")
-
-
-def dependencies(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any,
-                 batch_item: int = 0, rows: Optional[Sequence[int]] = None) -> List[Tuple[set, set]]:
-    """For each query row i of ``batch_item``: (queries it depends on, keys or values it depends
-    on), read off the gradient of ``out[batch_item, i]`` against fixed random weights.  ``rows``:
-    only these rows are asked (one backward each); the others read as depending on nothing."""
-    with said_in_place():
-        return _dependencies(run, q, k, v, batch_item, rows)
-
-
-def _dependencies(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any,
-                  batch_item: int, rows: Optional[Sequence[int]] = None) -> List[Tuple[set, set]]:
-    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
-    out = run(q, k, v)
-    gen = torch.Generator().manual_seed(7)
-    r = torch.randn(tuple(out.shape[1:]), generator=gen).to(device=out.device, dtype=out.dtype)
-    deps = []
-    asked = set(range(q.shape[1]) if rows is None else rows)
-    for i in range(q.shape[1]):
-        if not out.requires_grad or i not in asked:
-            deps.append((set(), set()))
-            continue
-        grads = torch.autograd.grad((out[batch_item, i] * r[i]).sum(), (q, k, v), retain_graph=True,
-                                    allow_unused=True)
-        _finite_gradients(out, grads, f"query {i}'s output" + (f" (sample {batch_item})" if batch_item else ""))
-        nz = [None if g is None else (g[batch_item] != 0).any(-1) for g in grads]
-        dq = set() if nz[0] is None else {int(j) for j in torch.nonzero(nz[0]).flatten()}
-        deps.append((dq, {int(j) for g in nz[1:] if g is not None for j in torch.nonzero(g).flatten()}))
-    return deps
-
-
-def _finite_gradients(out: Any, grads: Sequence[Any], whose: str) -> None:
-    """Refuse a NaN / inf output or gradient on finite inputs: a NaN gradient is nonzero everywhere,
-    so it would read as a dependency on every input (an invented leak) instead of what it is."""
-    if not bool(torch.isfinite(out.detach()).all()):
-        raise AttentionContractError(
-            "the attention type returns NaN or infinite values on finite inputs (random ones: the probe of "
-            "its reads cannot tell what it depends on); fix its arithmetic (a division by zero, the log of 0, "
-            "an overflow)")
-    for label, g in zip(_LABELS, grads):
-        if g is not None and not bool(torch.isfinite(g).all()):
-            raise AttentionContractError(
-                f"the attention type has a NaN or infinite gradient of {whose} w.r.t. the {label} although "
-                "its inputs and output are finite (the probe of its reads cannot tell what it depends "
-                "on, and training would diverge); fix its backward arithmetic (sqrt or pow of 0, the "
-                "log of 0, a division by zero)")
-
-
-def batch_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any) -> Optional[str]:
-    """Whether some sample's output depends (by gradient) on another sample's queries, keys or
-    values: one backward per output sample, every other sample's input rows read off.  None when
-    the samples are independent (or the batch has one sample, or the output needs no gradient)."""
-    with said_in_place():
-        return _batch_leak(run, q, k, v)
-
-
-def _batch_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any) -> Optional[str]:
-    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
-    out = run(q, k, v)
-    n = q.shape[0]
-    if n < 2 or not isinstance(out, torch.Tensor) or not out.requires_grad:
-        return None
-    gen = torch.Generator().manual_seed(11)
-    r = torch.randn(tuple(out.shape), generator=gen).to(device=out.device, dtype=out.dtype)
-    for j in range(n):
-        grads = torch.autograd.grad((out[j] * r[j]).sum(), (q, k, v), retain_graph=True, allow_unused=True)
-        _finite_gradients(out, grads, f"sample {j}'s output")
-        for label, g in zip(_LABELS, grads):
-            read = [] if g is None else [b for b in range(n) if b != j and bool((g[b] != 0).any())]
-            if read:
-                return (f"sample {j}'s output depends on sample {read[0]}'s {label} (samples of a batch "
-                        "must stay independent)")
-    return None
-
-
-def key_runs(ix: Any, min_run: int) -> List[str]:
-    """Sorted keys as text, each run of at least ``min_run`` consecutive keys as ``a..b``: the
-    short form of a key set in a message (also the conformance kit's)."""
-    runs: List[List[int]] = []
-    for j in sorted(ix):
-        if runs and j == runs[-1][-1] + 1:
-            runs[-1].append(j)
-        else:
-            runs.append([j])
-    return [part for r in runs for part in ([f"{r[0]}..{r[-1]}"] if len(r) >= min_run else map(str, r))]
-
-
-def _listing(ix: set) -> str:
-    """``[0, 1, 2]``; a long list with its runs of consecutive keys shortened, ``[0..57, 90]``."""
-    return str(sorted(ix)) if len(ix) <= 8 else "[" + ", ".join(key_runs(ix, 3)) + "]"
-
-
-def first_leak(deps: List[Tuple[set, set]], mask: Any) -> Optional[str]:
-    """The first dependency outside ``mask`` ``(Nq, Nk)`` bool (another query, or an unlinked key)."""
-    for i, (dq, dk) in enumerate(deps):
-        if not dq and not dk:
-            continue
-        allowed = {int(j) for j in mask[i].nonzero().flatten()}
-        extra_q = sorted(dq - {i})
-        if extra_q:
-            return f"query {i}'s output depends on query {extra_q[0]} (another query's input)"
-        extra_k = sorted(dk - allowed)
-        if extra_k:
-            where = f"its key set {_listing(allowed)}" if allowed else "it has no key"
-            return (f"query {i}'s output depends on key {extra_k[0]}, which {where} excludes "
-                    "(a leak across key sets)")
-    return None
-
 
 def _where(module: Any) -> Tuple[Any, Any]:
     """(device, dtype) of the probe inputs: the first floating tensor's, but the default dtype
@@ -251,8 +141,6 @@ SHAPE_BUDGET, MAX_SETS, MAX_SHAPES, MAX_ROWS = 1 << 18, 4, 6, 8
 def _runtime_calls(module: Any, fn: Any, runner: Any, d_model: int) -> Iterator[Tuple[int, str, int, int, Any]]:
     """``(G, label, nq, nk, mask)`` of the calls ``runner`` makes (as ``run_module_groups`` picks),
     largest first, cut to the budget: per stacked shape (``mask`` None), or the masked call (``G`` 0)."""
-    from canvas_core.runtime.type_call import runs_per_key_set
-
     i = list(runner.other_fns).index(fn)
     if runs_per_key_set(module) or (runner.key_sets_cheaper(i) and is_builtin_module(module)):
         shapes = {(nq, nk): G for _, _, G, nq, nk, *_ in runner.flat_buckets(i)}
@@ -303,8 +191,11 @@ def probe_runtime_shapes(module: Any, fn: Any, d_model: int, where: str, runner:
                 with zeros_opened(module) if opened and not leak else contextlib.nullcontext():
                     leak = leak or batch_leak(run, q, k, v)
                     # by value, one more call: sample 0's first key set changed (a read behind .detach())
-                    leak = leak or value_leak(run, q, k, v, mask, *_first_set(mask), sample=0,
-                                              base=None if opened else base)
+                    first = _first_set(mask)
+                    leak = leak or value_leak(run, q, k, v, mask, *first, sample=0, base=None if opened else base)
+                    if not G and not leak:  # the masked call's rows are the samples: one sample is a call of its own
+                        leak = value_leak(run, q[:1], k[:1], v[:1], mask, *first, graded=False)
+                        leak = leak and f"{leak} (a call of one sample)"
         except Exception as exc:  # what it raises at the real size, said at build (in-place: as such)
             if isinstance(exc, CanvasError) and str(exc).startswith(where) or autograd_in_place(exc) is not None:
                 raise  # (a CanvasError that does not name the connection is said again below, naming it)
@@ -329,7 +220,7 @@ def _probe_stacked_rows(module: Any, fn: Any, d_model: int, where: str, runner: 
     rows in one call, as a batch-2 forward stacks, and at least ``MIN_ROWS``; the shape probes cut
     ``G`` to ``MAX_SETS``), each key set cut to ``ROW_SIDES`` queries x keys: a type mixing the
     rows of a call only when there are many (a statistic over dim 0 above some count) is refused."""
-    from canvas_core.runtime.type_call import run_flat_buckets, runs_per_key_set
+    from canvas_core.runtime.type_call import run_flat_buckets
 
     i = list(runner.other_fns).index(fn)
     if not (runs_per_key_set(module) or (runner.key_sets_cheaper(i) and is_builtin_module(module))):
@@ -410,26 +301,92 @@ def _probe_contract(module: Any, fn: Any, d_model: int, where: str) -> None:
         # by value (one more call): a read behind .detach() has no gradient; sample 0's key set
         # {0, 1} -> {0, 1, 2} changes, so sample 1 and rows 2, 3 of sample 0 must keep their output
         leak = leak or value_leak(runner(module), q2, k2, v2, mask, (0, 1), (0, 1, 2), sample=0, base=base)
-        with rng_fork(_where(module)[0]):  # the same inputs after a call with others (every call seeded alike)
-            state = None if leak else state_leak(reseeded(runner(module), _where(module)[0]), q2, k2, v2)
-    if state:
-        raise AttentionContractError(f"{where}: attention type {fn!r} ({type(module).__name__}): {state}")
+        if not runs_per_key_set(module):  # one masked call: its rows are the samples (a stacked-rows probe)
+            leak = leak or _other_batches(module, runner(module), d_model, mask, (q, k, v))
+        # the same inputs after a call with others (every call seeded alike)
+        calls = None if leak else _repeat(module, runner, (q2, k2, v2))
+    _refuse_unsteady(module, fn, where, calls, training=False)
     # training mode, on a copy (a batch statistic mixes the stacked key sets, the samples)
-    leak = leak or _training_leak(module, runner, mask, (q, k, v), (q2, k2, v2))
+    leak, calls = (leak, None) if leak else _training_leak(module, runner, mask, (q, k, v), (q2, k2, v2))
     if leak:
         _refuse(module, fn, where, leak)
+    _refuse_unsteady(module, fn, where, calls, training=True)
 
 
-def _training_leak(module: Any, runner: Callable[[Any], Any], mask: Any, one: tuple, two: tuple) -> Optional[str]:
+def _repeat(module: Any, runner: Callable[[Any], Any], two: tuple) -> Tuple[tuple, Optional[tuple]]:
+    """``(calls, replay)``: ``repeated_calls`` of ``module`` on ``two``, every call seeded alike, and,
+    only when its identical calls differ, the same five calls of a copy of ``module`` taken before
+    them (its parameters shared, the rest copied; None when it cannot be copied).  A replay giving
+    the same outputs says the difference comes from what the module kept (a call counter), not from
+    randomness outside torch's generators."""
+    device = _where(module)[0]
+    try:
+        before = copy.deepcopy(module, {id(p): p for p in module.parameters()})
+    except Exception:
+        before = None
+    with rng_fork(device):
+        calls = repeated_calls(reseeded(runner(module), device), *two)
+    if before is None or calls_differ(calls[0], calls[1]) is None:
+        return calls, None
+    with rng_fork(device):
+        return calls, repeated_calls(reseeded(runner(before), device), *two)
+
+
+#: samples of the many-samples call of the small probe (a masked type's rows are the batch's samples)
+MANY_SAMPLES = 16
+
+
+def _other_batches(module: Any, run: Callable[[Any, Any, Any], Any], d_model: int, mask: Any,
+                   one: tuple) -> Optional[str]:
+    """By value, the small call at batch 1 (``one``: a branch taken for one sample) and at
+    ``MANY_SAMPLES`` (a statistic over the samples of a call above some count), sample 0's first
+    key set changed: the other key set's rows, and every other sample, must keep their output."""
+    leak = value_leak(run, *one, mask, (0, 1), (0, 1, 2))
+    if leak:
+        return f"{leak} (a call of one sample)"
+    many = _inputs(module, d_model, batch=MANY_SAMPLES)[:3]
+    leak = value_leak(run, *many, mask, (0, 1), (0, 1, 2), sample=0, graded=False)
+    return leak and f"{leak} ({MANY_SAMPLES} samples in one call)"
+
+
+def _refuse_unsteady(module: Any, fn: Any, where: str, calls: Optional[Tuple[tuple, Optional[tuple]]],
+                     training: bool) -> None:
+    """Refuse what ``calls`` (:func:`_repeat`) show: the same inputs give another output after a call
+    with other inputs, or identical calls differ and a copy of the module taken before them
+    differs alike (a call counter: state).  Identical calls that differ otherwise (randomness
+    outside torch's generators, a clock) are not blamed: nothing ties them to another call's keys."""
+    if calls is None:
+        return
+    (a, again, after), replay = calls
+    who = f"{where}: attention type {fn!r} ({type(module).__name__})"
+    mode = " (in training mode)" if training else ""
+    state = kept_state((a, again, after))
+    if state:
+        raise AttentionContractError(f"{who}: {state}{mode}")
+    spread = calls_differ(a, again)
+    if replay is not None and spread is not None and calls_differ(a, replay[0]) is None \
+            and calls_differ(again, replay[1]) is None:
+        raise AttentionContractError(
+            f"{who}: two identical calls give different outputs (by {spread:.3g}{'; in training mode' * training}, "
+            "torch's random generators "
+            "seeded alike before each), and a copy of the module taken before them gives the same two: its output "
+            f"depends on how often it was called ({KEEPS_STATE}); keep no call counter or other state in forward "
+            "(a step count for a schedule belongs to the training loop, passed in as a parameter or buffer it sets)")
+
+
+def _training_leak(module: Any, runner: Callable[[Any], Any], mask: Any, one: tuple,
+                   two: tuple) -> Tuple[Optional[str], Any]:
     """The read probes of :func:`_probe_contract` on a copy of ``module`` in training mode: by
     gradient (``one``: the one-sample inputs, ``two``: the two-sample ones) and by value (sample 0's
     first key set changed), every call seeded alike so that dropout draws the same masks in the
-    base and the changed call.  A module that cannot be copied or run so: None (eval mode stands)."""
+    base and the changed call; then, when nothing leaked, ``repeated_calls`` on ``two`` (a type
+    keeping state only in training mode).  ``(leak, calls)``; a module that cannot be copied or
+    run so: what was found before (eval mode stands)."""
     device = _where(module)[0]
     probes = (lambda twin: first_leak(dependencies(runner(twin), *one), mask),
               lambda twin: batch_leak(runner(twin), *two),
               lambda twin: value_leak(reseeded(runner(twin), device), *two, mask, (0, 1), (0, 1, 2), sample=0))
-    leak = None
+    leak = calls = None
     try:
         twin = copy.deepcopy(module).train()
         for probe in probes:
@@ -437,9 +394,10 @@ def _training_leak(module: Any, runner: Callable[[Any], Any], mask: Any, one: tu
                 leak = probe(twin)
             if leak:
                 break
+        calls = None if leak else _repeat(twin, runner, two)
     except Exception:
         pass  # what was found before it stands
-    return leak and f"{leak} (in training mode)"
+    return leak and f"{leak} (in training mode)", calls
 
 
 def constant_branch(module: Any, fn: Any, d_model: int, where: Optional[str] = None) -> bool:

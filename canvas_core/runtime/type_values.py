@@ -5,7 +5,9 @@
   A read behind ``.detach()`` or ``torch.no_grad()`` has no gradient, so only this probe sees it
   (a batch statistic of detached values, rows of a stacked call swapped and added back).
 * :func:`state_leak`: the same inputs again after a call with other inputs must give the same
-  output (a type keeping state between calls carries one connection's keys into another's queries).
+  output (a type keeping state between calls carries one connection's keys into another's queries);
+  :func:`calls_differ`: two identical calls must agree (a call counter, a clock).  Both read one
+  set of five calls, :func:`repeated_calls` (:func:`kept_state` reads the first check off them).
 * :func:`rows_leak` / :func:`query_leak`: one stacked call (or one key set) with one key set's
   inputs (or one query) changed; the other rows (queries) must keep their output.
 * :func:`mixed_dtypes_explained`: a raw failure of a module with parameters of mixed dtypes, said so.
@@ -25,12 +27,16 @@ import torch
 from canvas_core.errors import AttentionContractError, CanvasError
 
 __all__ = ["value_leak", "probe_failure", "out_of_memory", "value_tolerance", "rng_fork", "reseeded", "state_leak",
-           "rows_leak", "query_leak", "KEEPS_STATE", "mixed_dtypes_explained"]
+           "repeated_calls", "kept_state", "calls_differ", "steady_tolerance", "rows_leak", "query_leak", "KEEPS_STATE",
+           "UNSTEADY", "mixed_dtypes_explained"]
 
 #: what a type keeping state between calls does wrong (the build's refusal and the kit's failure)
 KEEPS_STATE = ("it keeps state between calls, so one connection's keys reach another's queries (the calls of "
                "one forward share the module); a type must be a function of its inputs and parameters: "
                "keep no tensor from one call for the next")
+#: what a type whose identical calls differ does wrong (the build's refusal and the kit's failure)
+UNSTEADY = ("the output depends on something besides its inputs and parameters (a call counter, a clock, "
+            "os.urandom or Python's random module), so no check by value can hold it to its key sets")
 
 _LABELS = ("queries", "keys", "values")
 
@@ -99,23 +105,55 @@ def _redrawn(gen: Any, *ts: Any) -> tuple:
     return tuple((3 * torch.randn(tuple(t.shape), generator=gen)).to(device=t.device, dtype=t.dtype) for t in ts)
 
 
-def state_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, seed: int = 61) -> Optional[str]:
-    """Whether ``run``'s output for ``(q, k, v)`` changes after one call with other inputs of the same
-    shapes (``run`` should reseed any randomness it draws, :func:`reseeded`).  The inputs are called
-    twice first: a type keeping state from its previous call then gives the same output twice, and
-    the spread of those two (kernels reducing in another order) sets how much more counts as a change.
-    None: no change (or a type whose identical calls already differ a lot, left to other checks)."""
+def repeated_calls(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, seed: int = 61) -> tuple:
+    """``(a, again, after)``, five calls without gradients: ``run(q, k, v)`` once to settle, twice
+    more (``a``, ``again``: a type keeping state from its previous call now gives the same output
+    twice), then once with other inputs of the same shapes and ``after`` with ``(q, k, v)`` again.
+    ``run`` should reseed any randomness it draws (:func:`reseeded`).  What :func:`state_leak` and
+    :func:`calls_differ` read, so one set of calls serves both."""
     with torch.no_grad():
         run(q, k, v)
         a, again = run(q, k, v), run(q, k, v)
         run(*_redrawn(torch.Generator().manual_seed(seed), q, k, v))
-        after = run(q, k, v)
-        noise = float((a - again).abs().nan_to_num(float("inf")).max()) if a.numel() else 0.0
-        diff = float((a - after).abs().nan_to_num(float("inf")).max()) if a.numel() else 0.0
-    if diff <= max(value_tolerance(a), 8 * noise):
+        return a, again, run(q, k, v)
+
+
+def _spread(a: Any, b: Any) -> float:
+    return float((a - b).abs().nan_to_num(float("inf")).max()) if a.numel() else 0.0
+
+
+def kept_state(calls: tuple) -> Optional[str]:
+    """Whether the output for the same inputs changed after one call with other inputs, read off
+    :func:`repeated_calls`'s ``(a, again, after)``.  The spread of the two identical calls (kernels
+    reducing in another order) sets how much more counts as a change.  None: no change (or a type
+    whose identical calls already differ a lot, left to :func:`calls_differ`)."""
+    a, again, after = calls
+    diff = _spread(a, after)
+    if diff <= max(value_tolerance(a), 8 * _spread(a, again)):
         return None
     return (f"its output for the same inputs changed (by {diff:.3g}) after one call with other inputs: "
             f"{KEEPS_STATE}")
+
+
+def state_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, seed: int = 61) -> Optional[str]:
+    """:func:`kept_state` of :func:`repeated_calls` of ``run`` on ``(q, k, v)`` (five calls)."""
+    return kept_state(repeated_calls(run, q, k, v, seed))
+
+
+def steady_tolerance(dtype: Any) -> float:
+    """The relative and absolute slack of two outputs that should agree (``allclose``): 1e-5 in
+    float32 / float64, 2e-2 in half precision (the conformance kit's tolerance)."""
+    return 1e-5 if dtype in (torch.float32, torch.float64) else 2e-2
+
+
+def calls_differ(a: Any, again: Any) -> Optional[float]:
+    """The largest difference of two outputs of identical calls when they do not agree within
+    :func:`steady_tolerance` (NaN differs), else None.  The slack covers kernels that reduce in
+    another order from call to call (atomic adds on a GPU), never a counter or a clock."""
+    tol = steady_tolerance(a.dtype)
+    if a.shape == again.shape and bool(torch.allclose(a, again, rtol=tol, atol=tol)):
+        return None
+    return _spread(a, again) if a.shape == again.shape else float("inf")
 
 
 def rows_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, nq: int, nk: int,

@@ -15,7 +15,8 @@
   (``deterministic``).
 * **key_mask respected**: a type whose ``forward`` accepts ``key_mask`` is also called directly,
   ``module(q, k, v, key_mask=mask)`` (how code outside the runtime calls it; a forward without
-  ``key_mask`` is called as the runtime calls it): under the same probe
+  ``key_mask`` is called as the runtime calls it, so the dependencies of **dependency exactness**
+  are read again, not probed twice): under the same probe
   when it declares ``key_mask_exact = True`` (the runtime relies on it); otherwise (the runtime
   never hands it a mask) a key that the mask hides from every query must stay unread.
 * **trainable**: with only the type's own parameters free, a few Adam steps toward a random
@@ -88,6 +89,7 @@ def check_dependencies(s: Any) -> Optional[str]:
     q, k, v = _qkv(s, NQ, s.n_keys)
     # a closed (zero) gate may hide reads that training opens
     deps, opened = gate_opening_dependencies(s.module, lambda a, b, c: s.call(a, b, c, mask), q, k, v)
+    s.runtime_deps = deps  # 'key_mask respected' reads them for a forward without key_mask (the same call)
     how = " (its all-zero parameters, closed gates, set to random values)" if opened else ""
     leak = first_leak(deps, mask)
     if leak:
@@ -171,7 +173,9 @@ def check_direct_mask(s: Any) -> Optional[str]:
             return s.call(a, b, c, mask)
         return s.module(a, b, c, key_mask=mask)
 
-    deps, _ = gate_opening_dependencies(s.module, direct, q, k, v)  # as in check_dependencies
+    shared = calling_convention(s.module) != MASKED and getattr(s, "runtime_deps", None) is not None
+    # a forward without key_mask is called as the runtime calls it: check_dependencies' probe, made once
+    deps = s.runtime_deps if shared else gate_opening_dependencies(s.module, direct, q, k, v)[0]
     if mask_is_exact(s.module):
         leak = first_leak(deps, mask)
         if leak:

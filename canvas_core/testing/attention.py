@@ -37,18 +37,21 @@ class _Suite:
                  *, seed: int, batch: int, d_model: int, dtype: Any, device: Any, n_keys: int = NK,
                  name: Any = None) -> None:
         from canvas_core.runtime.type_call import call_attention_type
+        from canvas_core.runtime.type_values import steady_tolerance
 
         self.torch, self.build, self.module, self.report = torch, build, module, report
         self.seed, self.B, self.D, self.n_keys = seed, batch, d_model, n_keys
         self.Nq, self.Nk = 5, 7
         self.dtype, self.device = dtype, device
-        self.tol = 1e-5 if dtype in (torch.float32, torch.float64) else 2e-2
+        self.tol = steady_tolerance(dtype)
         self.gen = torch.Generator().manual_seed(seed + 12345)
         self._call = call_attention_type
         self.name = name  # the registered name (None: a class / factory), for the runtime's messages
         #: why the value comparisons cannot hold (the output varies between identical calls), or None
         self.unsteady: Optional[str] = None
         self.guard: Any = None  # the ProcessGuard of the run (set by check_attention_type)
+        #: the gradient dependencies of 'dependency exactness' (the runtime's call on the probe mask), or None
+        self.runtime_deps: Optional[List[Any]] = None
 
     def rand(self, *shape: int) -> Any:
         return self.torch.randn(*shape, generator=self.gen).to(device=self.device, dtype=self.dtype)
@@ -206,24 +209,25 @@ def _fully_masked(s: _Suite) -> None:
 
 
 def _deterministic(s: _Suite) -> None:
-    """Two identical calls of the module agree (else the value comparisons of the properties after
-    it are skipped: nothing could be blamed on another sample's inputs), and so does a fresh module."""
-    from canvas_core.runtime.type_values import state_leak
+    """Two identical calls of the module agree, also with a call with other inputs before the third
+    (else the value comparisons of the properties after it are skipped: nothing could be blamed on
+    another sample's inputs), and so does a fresh module.  One set of five calls serves both checks
+    (``repeated_calls``), one more the fresh module."""
+    from canvas_core.runtime.type_values import UNSTEADY, calls_differ, kept_state, repeated_calls
 
     q, k, v = s.qkv()
-    with s.torch.no_grad():
-        a, again = s.call(q, k, v), s.call(q, k, v)
-    state = state_leak(s.call, q, k, v)  # the same inputs after a call with other inputs
+    calls = repeated_calls(s.call, q, k, v)
+    state = kept_state(calls)  # the same inputs after a call with other inputs
     if state:
         s.unsteady = "the type keeps state between calls (see 'deterministic'), so two calls cannot be compared"
         raise Failed(f"with the global RNG seeded alike before every call, {state}")
-    if not s.torch.allclose(a, again, rtol=s.tol, atol=s.tol):
-        s.unsteady = (f"the type is not deterministic (two identical calls differ by "
-                      f"{float((a - again).abs().nan_to_num(float('inf')).max()):.3g}, see 'deterministic'), so "
-                      "outputs of two calls cannot be compared")
+    a, again, _ = calls
+    spread = calls_differ(a, again)
+    if spread is not None:
+        s.unsteady = (f"the type is not deterministic (two identical calls differ by {spread:.3g}, see "
+                      "'deterministic'), so outputs of two calls cannot be compared")
         raise Failed(f"two identical calls of one module, the global RNG seeded alike, give different outputs "
-                     f"(max diff {float((a - again).abs().nan_to_num(float('inf')).max()):.3g}): the output depends "
-                     "on something besides its inputs and parameters (a call counter, os.urandom, a clock)")
+                     f"(max diff {spread:.3g}): {UNSTEADY}")
     with s.guard.watch("building it again"):
         other = s.build()
     with s.torch.no_grad():
