@@ -33,6 +33,7 @@ from canvas_core.attention.first_order import first_order_backward
 from canvas_core.attention.int_roots import largest_int
 from canvas_core.attention.wkv_chunks import _ChunkRead, _ChunkSums
 from canvas_core.attention.wkv_kernel import W_MAX as _W_MAX
+from canvas_core.attention.wkv_kernel import WKVNonFiniteError
 from canvas_core.attention.wkv_kernel import usable_for as _kernel_usable
 from canvas_core.attention.wkv_kernel import wkv_read_cpu
 from canvas_core.attention.wkv_states import _chunk_states, _exp_rel, finite_prefix, finite_values, nan_from, nan_where_read
@@ -61,6 +62,17 @@ def _chunk_for(L: int, Q: int) -> int:
 
 
 _LOG_W_MAX = math.log(_W_MAX)
+
+
+def _compiled_read(k, v, w, u, read, key_ok) -> Optional[torch.Tensor]:
+    """:func:`~canvas_core.attention.wkv_kernel.wkv_read_cpu`, or None when its scan met a NaN or
+    infinite key or value (masked ones included): the caller then runs the PyTorch path, which
+    gives NaN from that key on.  The kernel raises before its autograd node is recorded, so the
+    failed try leaves nothing behind."""
+    try:
+        return wkv_read_cpu(k, v, w, u, read, key_ok)
+    except WKVNonFiniteError:
+        return None
 
 
 @outside_autocast
@@ -292,10 +304,10 @@ class RWKVAttention(AttentionBase):
     queries runs in the ``O(Nk)`` scan; a per-query mask uses the equivalent explicit form
     (:func:`wkv_masked`, ``O(Nq * Nk * D)``).  ``n_heads`` is validated only (RWKV-4 is
     per-channel).  ``kernel``: ``"auto"`` (on CPU in float32 / float64 with finite keys and values,
-    outside ``torch.compile``: the compiled scan of :mod:`canvas_core.attention.wkv_kernel` when it
-    builds, ``CANVAS_RWKV_CPU_KERNEL`` choosing; else the PyTorch one) or ``"torch"`` (the CPU/GPU
-    PyTorch scan always); the choice is recorded in ``self.kernel_used`` (``"rwkv_cpu"``,
-    ``"torch"``).
+    which the compiled scan checks as it runs, outside ``torch.compile``: the compiled scan of
+    :mod:`canvas_core.attention.wkv_kernel` when it builds, ``CANVAS_RWKV_CPU_KERNEL`` choosing;
+    else the PyTorch one) or ``"torch"`` (the CPU/GPU PyTorch scan always); the choice is recorded
+    in ``self.kernel_used`` (``"rwkv_cpu"``, ``"torch"``).
     """
 
     type_name = "rwkv"
@@ -346,8 +358,9 @@ class RWKVAttention(AttentionBase):
         with torch.autocast(queries.device.type, enabled=False) if amp else contextlib.nullcontext():
             if allowed is None or rows_identical(allowed):
                 key_ok = None if allowed is None else allowed[:, 0, :]
-                if self.kernel == "auto" and _kernel_usable(k, v, w, u, key_ok):  # CPU: the compiled scan
-                    wkv = wkv_read_cpu(k, v, w, u, read, key_ok)
+                compiled = self.kernel == "auto" and _kernel_usable(k, v, w, u, key_ok)  # CPU: the compiled scan
+                wkv = _compiled_read(k, v, w, u, read, key_ok) if compiled else None
+                if wkv is not None:
                     self.kernel_used = "rwkv_cpu"
                 elif self.kernel in ("auto", "torch"):  # chunked, only at the read positions
                     # Nk = s Nq: every read ends a chunk of s keys (no key past a read in its chunk)

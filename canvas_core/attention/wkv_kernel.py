@@ -13,8 +13,11 @@ It is built on first use (:class:`canvas_core.kernels.cpu_build.CpuKernel`).
 ``CANVAS_RWKV_CPU_KERNEL``: ``auto`` (default: build and use it where it applies), ``0`` (never:
 the PyTorch path), ``1`` (required: an error naming the build problem when it cannot be built).
 It applies to CPU float32 inputs (float64 too under ``1``: its C library ``exp`` is taken one
-lane at a time, and the float64 read measured slower than the PyTorch path's) with finite keys
-and values, outside ``torch.compile``; anything else runs the PyTorch path.
+lane at a time, and the float64 read measured slower than the PyTorch path's) with finite ``w``
+and ``u`` and ``w >= 0``, outside ``torch.compile``; anything else runs the PyTorch path.  Keys and
+values are not looked at beforehand (a sum over them cost 0.1 ms at the 16k link, 2% of the
+forward): the scan itself notes a NaN or infinite one and raises :class:`WKVNonFiniteError`, on
+which rwkv runs the PyTorch path (NaN from that key on, as the step recurrence gives).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from canvas_core.attention.first_order import first_order_backward
 from canvas_core.errors import ShapeError, UnavailableError
 from canvas_core.kernels.cpu_build import CpuKernel, CpuKernelBuildWarning
 
-__all__ = ["ENV", "KERNEL", "W_MAX", "CHUNK", "usable_for", "wkv_read_cpu"]
+__all__ = ["ENV", "KERNEL", "W_MAX", "CHUNK", "WKVNonFiniteError", "usable_for", "wkv_read_cpu"]
 
 ENV = "CANVAS_RWKV_CPU_KERNEL"
 #: decay rates above this forget every earlier key completely (the cap wkv_read applies)
@@ -44,12 +47,21 @@ KERNEL = CpuKernel(Path(__file__).with_name("csrc") / "wkv_cpu.cpp", namespace="
                    seconds=20, warning=CpuKernelBuildWarning)
 
 
+class WKVNonFiniteError(UnavailableError):
+    """The compiled read met a NaN or infinite key or value (its scan checks them as it goes):
+    nothing was returned and no autograd node recorded.  rwkv's module catches it and runs the
+    PyTorch path; a direct caller of :func:`wkv_read_cpu` sees the :class:`UnavailableError` it
+    is, naming the fix."""
+
+
 def usable_for(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tensor,
                key_ok: Optional[torch.Tensor] = None) -> bool:
     """Whether ``kernel="auto"`` takes the compiled read for these inputs: CPU, float32 (float64
-    only when the setting is ``1``), ``0 < L < 2^24``, not under ``torch.compile``, finite keys, values, ``w`` and
-    ``u`` (one sum), and the setting allows it and the kernel builds (``1``: required, an
-    :class:`~canvas_core.errors.UnavailableError` when it cannot be built)."""
+    only when the setting is ``1``), ``0 < L < 2^24``, not under ``torch.compile``, finite ``w`` and
+    ``u`` with ``w >= 0`` (``(C,)`` each: cheap), and the setting allows it and the kernel builds
+    (``1``: required, an :class:`~canvas_core.errors.UnavailableError` when it cannot be built).
+    ``k`` and ``v`` are not read: a non-finite one makes :func:`wkv_read_cpu` raise
+    :class:`WKVNonFiniteError` (the caller then runs the PyTorch path)."""
     if torch.compiler.is_compiling() or k.device.type != "cpu" or k.dtype not in (torch.float32, torch.float64):
         return False
     if any(t.device.type != "cpu" or t.dtype != k.dtype for t in (v, w, u)) or k.is_meta:
@@ -61,20 +73,20 @@ def usable_for(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Tenso
     if not KERNEL.wanted():
         return False
     with torch.no_grad():
-        return bool(torch.isfinite(k.sum() + v.sum() + w.sum() + u.sum()))
+        return bool(torch.isfinite(w.sum() + u.sum()) & ~(w < 0).any())
 
 
 _TORCH_PATH = "call canvas_core.attention.rwkv.wkv_read instead (it takes the PyTorch path for them)"
 
 
-def _non_finite(what: str) -> UnavailableError:
-    return UnavailableError(f"wkv_read_cpu: {what} holds NaN or infinite values, which the compiled WKV read does "
-                            f"not handle; {_TORCH_PATH}")
+def _non_finite(what: str, cls: type = UnavailableError) -> UnavailableError:
+    return cls(f"wkv_read_cpu: {what} holds NaN or infinite values, which the compiled WKV read does not "
+               f"handle; {_TORCH_PATH}")
 
 
 def _check_operands(k, v, w, u, read, key_ok) -> None:
-    """Shapes, dtypes and devices of the operands, ``read``'s positions, finite ``w`` and ``u``
-    (the kernel reports non-finite keys and values itself)."""
+    """Shapes, dtypes and devices of the operands, ``read``'s positions, finite ``w`` and ``u``,
+    ``w >= 0`` (the kernel reports non-finite keys and values itself)."""
     if k.dim() != 3 or v.shape != k.shape or w.shape != (k.shape[2],) or u.shape != (k.shape[2],):
         raise ShapeError(f"wkv_read_cpu: k, v must be (B, L, C) alike and w, u (C,); got k {tuple(k.shape)}, "
                          f"v {tuple(v.shape)}, w {tuple(w.shape)}, u {tuple(u.shape)}")
@@ -96,6 +108,10 @@ def _check_operands(k, v, w, u, read, key_ok) -> None:
     for name, t in (("w", w), ("u", u)):
         if not bool(torch.isfinite(t).all()):
             raise _non_finite(name)
+    if bool((w < 0).any()):
+        raise ShapeError(f"wkv_read_cpu: w holds negative decay rates (smallest {float(w.min()):g}); w is RWKV's "
+                         f"decay rate exp(time_decay) >= 0, and the compiled read's backward loses its accuracy "
+                         f"for large negative ones: pass torch.exp(time_decay), or w.clamp(min=0)")
 
 
 class _WKVRead(torch.autograd.Function):
@@ -106,7 +122,7 @@ class _WKVRead(torch.autograd.Function):
         save = any(ctx.needs_input_grad[:4])
         y, hs, bad = torch.ops.canvas_rwkv_cpu.wkv_fwd(k, v, w, u, key_ok, rs, rq, Q, CHUNK, save)
         if bool(bad):  # checked in the scan itself: no extra pass over k and v
-            raise _non_finite("k or v")
+            raise _non_finite("k or v", WKVNonFiniteError)  # before anything is saved: no half-built node
         if save:
             ctx.save_for_backward(k, v, w, u, key_ok, rs, rq, hs)
         return y
@@ -129,7 +145,8 @@ def wkv_read_cpu(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Ten
     path gives NaN from a bad key's position on, as the step recurrence does.
 
     Args:
-        k, v: ``(B, L, C)`` finite; w: ``(C,)`` finite decay rate (> 0, capped at :data:`W_MAX`);
+        k, v: ``(B, L, C)`` finite; w: ``(C,)`` finite decay rate ``>= 0`` (``exp(time_decay)``;
+            0 is no decay, where an exp underflows; capped at :data:`W_MAX`);
             u: ``(C,)`` finite, all CPU float32 or float64 alike.
         read: ``(Q,)`` integer positions in ``[-1, L - 1]``, any order, repeats allowed.
         key_ok: optional bool ``(B|1, L)``.
@@ -138,9 +155,10 @@ def wkv_read_cpu(k: torch.Tensor, v: torch.Tensor, w: torch.Tensor, u: torch.Ten
         ``(B, Q, C)``; 0 where no key is allowed up to the read or the read is ``-1``.
 
     Raises:
-        ShapeError: operands of the wrong shape, dtype or device, or ``read`` not a 1-D integer
-            tensor of positions in ``[-1, L - 1]``.
-        UnavailableError: NaN or infinite inputs, or the kernel cannot be built.
+        ShapeError: operands of the wrong shape, dtype or device, ``read`` not a 1-D integer
+            tensor of positions in ``[-1, L - 1]``, or a negative ``w``.
+        WKVNonFiniteError: NaN or infinite ``k`` or ``v`` (an :class:`UnavailableError`).
+        UnavailableError: NaN or infinite ``w`` or ``u``, or the kernel cannot be built.
     """
     _check_operands(k, v, w, u, read, key_ok)
     KERNEL.require("rwkv: the compiled CPU WKV read")

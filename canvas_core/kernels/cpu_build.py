@@ -10,7 +10,8 @@ the flags, the torch and Python versions and the CPU (the code is built for the 
 The shared headers are canvas-core's ``kernels/csrc/*.h`` (``cpu_vec.h``: lane vectors, ``exp2``,
 loads / stores, lane sums): that folder is on every kernel's include path.  A finished
 build there is loaded directly, also from a read-only cache or on a machine without a compiler.
-When it cannot be built, the caller runs its PyTorch path and one warning says why.
+When it cannot be built, the caller runs its PyTorch path and one warning says why, pointing at
+the first line of the caller's own code (not canvas-core's, torch's or the kernel's package's).
 
 The environment variable named by ``env`` chooses: ``auto`` (default: build and use it when
 possible), ``0`` (never), ``1`` (required: :meth:`~CpuKernel.require` raises naming the problem).
@@ -89,6 +90,48 @@ def _torch_version() -> str:
     import torch
 
     return torch.__version__
+
+
+def _package_root(source: Path) -> Optional[str]:
+    """The outermost package folder holding ``source`` (the ``.cpp`` of canvas-core or of a
+    plugin), with a trailing separator; None outside any package."""
+    found = None
+    for folder in (source.parent, *source.parent.parents):
+        if (folder / "__init__.py").is_file():
+            found = folder
+        elif found is not None:
+            break
+    return None if found is None else os.path.join(str(found), "")
+
+
+def _library_folders(source: Path) -> Tuple[str, ...]:
+    """The folders whose frames a build warning passes over: canvas-core's, torch's (``nn.Module``
+    calls) and the package shipping ``source``."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # as the frames name it: not resolved
+    folders = [os.path.join(here, ""), _package_root(Path(os.path.abspath(source)))]
+    torch = sys.modules.get("torch")
+    if getattr(torch, "__file__", None):
+        folders.append(os.path.join(os.path.dirname(torch.__file__), ""))
+    return tuple(f for f in folders if f)
+
+
+def _caller_stacklevel(folders: Tuple[str, ...]) -> int:
+    """The ``stacklevel`` for :func:`warnings.warn`, called by this function's caller, that names
+    the innermost frame outside ``folders``: whatever path led here (rwkv's ``usable_for``, a
+    plugin's glue, a registry check), the warning shows the line of the caller's code.  Frames of
+    ``importlib``'s bootstrap are not counted (``warnings`` skips them too)."""
+    frame, level = sys._getframe(1), 1
+    while frame.f_back is not None and (_bootstrap(frame) or os.path.abspath(frame.f_code.co_filename).startswith(folders)):
+        frame = frame.f_back
+        if not _bootstrap(frame):
+            level += 1
+    return level
+
+
+def _bootstrap(frame) -> bool:
+    """Whether ``frame`` runs ``importlib``'s bootstrap (a frame ``warnings`` does not count)."""
+    name = frame.f_code.co_filename
+    return "importlib" in name and "_bootstrap" in name
 
 
 def _finished(build_dir: str, name: str) -> bool:
@@ -287,7 +330,8 @@ class CpuKernel:
                     self._state["reason"] = reason
                     if reason is not None and self.setting() == "auto" and not reason.startswith("turned off"):
                         warnings.warn(f"{self.owner}: {self.label} is unavailable: {reason}. It runs {self.fallback} "
-                                      f"instead; set {self.env}=0 to skip the build", self.warning, stacklevel=3)
+                                      f"instead; set {self.env}=0 to skip the build", self.warning,
+                                      stacklevel=_caller_stacklevel(_library_folders(self.source)))
         return self._state["reason"]
 
     def available(self) -> bool:

@@ -155,3 +155,64 @@ def test_cpu_id_does_not_depend_on_the_core_count(tmp_path):
     other.write_text(core.format(i=0).replace("avx512f", "avx2only"))
     assert _cpu_id(str(two)) == _cpu_id(str(four))
     assert _cpu_id(str(two)) != _cpu_id(str(other))
+
+
+_GLUE = '''
+from pathlib import Path
+from canvas_core.kernels.cpu_build import CpuKernel
+
+KERNEL = CpuKernel(Path(__file__).with_name("csrc") / "k.cpp", namespace="canvas_glue_cpu", probe="f",
+                   env="CANVAS_GLUE_CPU_KERNEL", label="the glue kernel", owner="canvas-plugin-glue")
+
+
+def usable(x=None):
+    """As a plugin's glue asks: through CpuKernel.wanted()."""
+    return KERNEL.wanted()
+
+
+def problems(x=None):
+    """As a plugin's registry check asks: unavailable_reason() directly."""
+    return KERNEL.unavailable_reason()
+
+
+def module():
+    """A plugin's attention module, asking in its forward (called through torch's nn.Module)."""
+    import torch
+
+    class Module(torch.nn.Module):
+        def forward(self, x):
+            return x if usable() else -x
+
+    return Module()
+'''
+
+
+@pytest.mark.parametrize("entry", ["usable", "problems", "module"])
+def test_build_warning_names_the_callers_line(tmp_path, monkeypatch, entry):
+    """A failed build's warning points at the line of code that called the plugin (this file):
+    past cpu_build's own frames, the plugin package's glue (the package holding the kernel's
+    source) and torch's nn.Module call, whichever way the plugin asks."""
+    import sys
+
+    import torch
+
+    package = tmp_path / "canvas_plugin_glue"
+    (package / "csrc").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "csrc" / "k.cpp").write_text("// nothing\n")
+    (package / "glue.py").write_text(_GLUE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("canvas_plugin_glue", "canvas_plugin_glue.glue"):  # this test's copy, gone after it
+        monkeypatch.setitem(sys.modules, name, None)
+        monkeypatch.delitem(sys.modules, name)
+    from canvas_plugin_glue import glue
+
+    monkeypatch.setattr(glue.KERNEL, "_build", lambda: "no compiler here (test)")
+    call = {"usable": glue.usable, "problems": glue.problems, "module": glue.module()}[entry]
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        line = sys._getframe().f_lineno + 1
+        call(torch.zeros(1))
+    (w,) = [w for w in got if issubclass(w.category, cpu_build.CpuKernelBuildWarning)]
+    assert "no compiler here (test)" in str(w.message)
+    assert (w.filename, w.lineno) == (__file__, line)

@@ -146,6 +146,33 @@ def test_missing_compiler_falls_back_with_one_warning(fresh_state, tmp_path):
         m(q, q, q)
 
 
+def test_build_warning_names_the_callers_line(fresh_state):
+    """A failed build's warning points at this file's line that called the module or compiled
+    the program, not at canvas-core's, torch's or the plugin's code in between."""
+    import sys
+
+    from canvas_core import CanvasLayout, CanvasSchema, CanvasTopology, Connection
+    from canvas_core.compiler import ProgramCompiler
+
+    fresh_state.setattr(cpu_kernel.KERNEL, "static_problem", lambda: None)
+    fresh_state.setattr(cpu_kernel.KERNEL, "_build", lambda: "building scan_cpu.cpp with c++ failed (simulated)")
+    m, q = MambaAttention(16, 2), torch.randn(1, 5, 16)
+    layout = CanvasLayout(T=2, H=2, W=2, d_model=16, regions={"a": (0, 2, 0, 2, 0, 2)})
+    schema = CanvasSchema(layout=layout, topology=CanvasTopology(connections=[Connection("a", "a", fn="mamba")]))
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        line = sys._getframe().f_lineno + 1
+        m(q, q, q)
+    cpu_kernel.KERNEL.reset()
+    with warnings.catch_warnings(record=True) as got_compile:
+        warnings.simplefilter("always")
+        line_compile = sys._getframe().f_lineno + 1
+        ProgramCompiler(schema).compile(device="cpu")
+    for warned, at in ((got, line), (got_compile, line_compile)):
+        (w,) = [w for w in warned if issubclass(w.category, cpu_kernel.MambaKernelBuildWarning)]
+        assert (w.filename, w.lineno) == (__file__, at)
+
+
 def test_kernel_check_reports_without_building(fresh_state):
     """The registry's availability check for ``mamba_cpu`` names the setting without a build."""
     from canvas_plugin_mamba.plugin import _cpu_kernel_problems
