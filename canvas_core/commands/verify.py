@@ -17,6 +17,7 @@ import time
 from typing import Callable, Optional
 
 from canvas_core.commands._output import plugin_output_to_stderr
+from canvas_core.runtime.verify_limits import MAX_VERIFY_LAYERS, MAX_VERIFY_PROBES
 
 
 def _int_at_least(minimum: int, wanted: str, maximum: Optional[int] = None, too_big: Optional[str] = None):
@@ -40,17 +41,14 @@ _positive = _int_at_least(1, "a positive integer")
 _nonneg = _int_at_least(0, "an integer >= 0")
 #: the seeds torch and numpy both take (as ``canvas demo --seed``)
 _seed = _int_at_least(0, "an integer >= 0", 2 ** 63 - 1, "a seed below 2**63")
-#: most random restarts per query: each adds a backward pass per probed query (64 already take
-#: minutes on the 320-position bundled example)
-MAX_VERIFY_PROBES = 256
+#: ``--probes`` and ``--layers`` stop at the API's own bounds (verify_limits: MAX_VERIFY_PROBES,
+#: MAX_VERIFY_LAYERS), so the CLI and ``verify_structure(probes=, layers=)`` refuse the same numbers
 _probe_count = _int_at_least(1, "a positive integer", MAX_VERIFY_PROBES,
                              f"at most {MAX_VERIFY_PROBES} probes per query")
 #: widest layers ``--width`` builds: which positions a layer reads does not depend on its width,
 #: and a width of 40,000 asks for gigabytes per layer
 MAX_VERIFY_WIDTH = 4096
 _width = _int_at_least(1, "a positive integer", MAX_VERIFY_WIDTH, f"a width of at most {MAX_VERIFY_WIDTH}")
-#: deepest stack ``--layers`` builds: each layer is a full set of modules, probed on every call
-MAX_VERIFY_LAYERS = 256
 _layer_count = _int_at_least(1, f"a layer count from 1 to {MAX_VERIFY_LAYERS}", MAX_VERIFY_LAYERS)
 
 

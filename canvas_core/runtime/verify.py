@@ -51,7 +51,8 @@ from canvas_core.runtime.verify_groups import (
     _width,
 )
 from canvas_core.runtime.verify_guard import lean_kernels, naming_failures
-from canvas_core.runtime.verify_run import _Run, _device_dtype, _probing, _randn
+from canvas_core.runtime.verify_limits import check_limits
+from canvas_core.runtime.verify_run import _Run, _device_dtype, _probing, _randn, output_item, output_items
 from canvas_core.runtime.verify_values import value_reads
 
 __all__ = ["verify_structure", "StructureReport"]
@@ -202,6 +203,29 @@ def _refuse_sequence_parallel(model: nn.Module) -> None:
             "into a model built without parallelize_canvas, then verify_structure(plain_model)")
 
 
+def _refuse_inapplicable(model: nn.Module, layers: Optional[int], d_model: Optional[int]) -> None:
+    """``layers`` / ``d_model`` do not apply to a lone canvas layer (probed exactly, one hop, at its own
+    width) nor to a backbone with an installed topology (each block's core on its own token inputs):
+    refused, as ``make_input`` is for a backbone, rather than silently ignored.  A layer takes
+    ``layers=1`` and its own width (what ``canvas verify`` passes)."""
+    from canvas_core.runtime.canvas_attention import CanvasAttention
+
+    name = type(model).__name__
+    layer = isinstance(model, CanvasAttention)
+    what = (f"{name}, a single canvas layer checked exactly (one hop, each fn group and the whole layer)"
+            if layer else f"{name}, a backbone with an installed topology (each block's attention core is probed "
+            "on random queries, keys and values of its token sequence)")
+    if layers is not None and (layers != 1 or not layer):
+        how = ("; to check the L-hop closure, verify the stack (nn.Sequential of L layers) or pass "
+               "verify_structure(layer, plan=layer.plan, layers=L)") if layer else ""
+        raise CanvasTypeError(f"verify_structure: layers={layers} does not apply to {what}; call it without "
+                              f"layers{how}")
+    if d_model is not None and (not layer or d_model != model.d_model):
+        own = f" (its width is {model.d_model})" if layer else ""
+        raise CanvasTypeError(f"verify_structure: d_model={d_model} does not apply to {what}{own}: it is probed "
+                              "at its own width; call it without d_model")
+
+
 def _verify_model(run: _Run, model: nn.Module, layout: Any, topology: Any, plan: Any, layers: Optional[int],
                   d_model: Optional[int], make_input: Optional[Callable]) -> None:
     from canvas_core.runtime.canvas_attention import CanvasAttention
@@ -241,11 +265,7 @@ def _verify_model(run: _Run, model: nn.Module, layout: Any, topology: Any, plan:
     queries = run.queries(n, labels)
     run.hops = len(plans)
     allowed = declared_rows(plans, queries)
-    s = run.probe("model", model, make, queries, n, True, allowed, query_cells(plans, queries, labels.frame))
-    entries, bad = undeclared_entries("model", None, s, allowed, queries, labels, run.rtol, _candidates(plans))
-    run.undeclared += entries
-    value_reads(run, "model", None, model, make, plans, queries, allowed, labels, skip=bad,
-                candidates=_candidates(plans), ref=ref)
+    s = _probe_outputs(run, model, make, plans, queries, allowed, labels, ref)
     seen: set = set()
     quiet = _silent_fns(model, run.gen)
     for f in sorted(quiet):
@@ -259,7 +279,36 @@ def _verify_model(run: _Run, model: nn.Module, layout: Any, topology: Any, plan:
             for d in dead_entries("model", p, s, queries, labels, run.rtol, conns):
                 if d not in run.dead:  # layers built from equal topologies report a link once
                     run.dead.append(d)
-    run.parts.append("model")
+
+
+def _probe_outputs(run: _Run, model: nn.Module, make: Callable, plans: List[Any], queries: np.ndarray,
+                   allowed: np.ndarray, labels: PositionLabels, ref: Tuple[torch.Tensor, Any]) -> np.ndarray:
+    """Probe every per-position item of the model's output (``output_items``: the output itself, or
+    each ``(B, N, ...)`` item of a tuple / list, part ``model output[i]``) by gradient and by value;
+    returns the ``(nq, N)`` strengths of the items together (the dead-link check's)."""
+    n = int(plans[0].n)
+    items = output_items(ref[1], n, type(model).__name__, run.notes)
+    cells = query_cells(plans, queries, labels.frame)
+    union = np.zeros(allowed.shape, dtype=np.float64)
+    for i in items:
+        where = "model" if i is None else f"model output[{i}]"
+        fn = output_item(model, i)
+        s = run.probe(where, fn, make, queries, n, i is None, allowed, cells)
+        if i is not None and not s.any():
+            run.notes.append(f"{where}: depends on no input position by gradient (detached?); "
+                             "only the value check judged it")
+        entries, bad = undeclared_entries(where, None, s, allowed, queries, labels, run.rtol, _candidates(plans))
+        run.undeclared += entries
+        value_reads(run, where, None, fn, make, plans, queries, allowed, labels, skip=bad,
+                    candidates=_candidates(plans), ref=(ref[0], ref[1] if i is None else ref[1][i]))
+        union = np.maximum(union, s)
+        run.parts.append(where)
+    if items != [None] and not union.any():
+        run.blind = True
+        run.notes.append("model: NOT VERIFIED: no item of its output depends on any input position by gradient "
+                         "(detached outputs?), so nothing could be measured; verify the model up to the part "
+                         "that is differentiable")
+    return union
 
 
 def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None, *, plan: Any = None,
@@ -274,15 +323,19 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
 
     Args:
         model: a ``CanvasAttention`` / ``AttentionDispatcher``; a backbone with an installed
-            topology; or any module mapping ``(B, N, D)`` canvas states to ``(B, N, D')``.
+            topology; or any module mapping ``(B, N, D)`` canvas states to ``(B, N, D')`` (or to a tuple
+            / list: each floating ``(B, N, ...)`` item is probed as part ``model output[i]``, the other
+            items are named in a note; an integer or bool output is refused).
         layout, topology: the declared structure of a model (default: the plans of the
             ``CanvasAttention`` layers it holds, in module order).  ``plan``: an ``ExecutionPlan``
             instead of the two; one lowered before its layout or topology was changed is refused
             (``SchemaError``, as a canvas layer refuses it): lower it again.
         layers: how many layers the declared pattern composes (default: the number of canvas
-            layers in the model, else 1).
+            layers in the model, else 1), at most ``MAX_VERIFY_LAYERS`` (256, as ``canvas verify``).
+            ``layers`` and ``d_model`` do not apply to a lone canvas layer (other than 1 and its own
+            width) nor to a backbone with an installed topology: refused there.
         d_model: the input width D (default: the width of the model when it is a canvas layer or
-            an ``nn.Sequential`` starting with one, else ``layout.d_model``);
+            an ``nn.Sequential`` starting with one, else ``layout.d_model``), at most 65,536;
             ``make_input(b, generator)`` draws the ``(b, N, D)`` probe inputs instead of a
             standard normal, for a canvas layer (exactly ``(b, N, layer.d_model)``, on the layer's
             device and dtype) and a model (``(b, N, ...)``); every draw is checked.  Refused for a
@@ -292,7 +345,8 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
             embeddings (a module taking the embedded canvas, ``make_input`` returning embeddings).
         max_exact: canvases with at most this many positions are probed at every query position;
             larger ones at ``samples`` sampled positions (stated in the report).
-        probes: random restarts (inputs and cotangents) per query; ``chunk``: queries per backward.
+        probes: random restarts (inputs and cotangents) per query, at most ``MAX_VERIFY_PROBES`` (256);
+            ``chunk``: queries per backward.
         rtol: an input counts as read when its gradient magnitude exceeds ``rtol`` times the
             largest one of the same query.
         seed: seed of every random draw (the report is reproducible).
@@ -329,6 +383,10 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
         plan_stamps(plan, "verify_structure")  # a plan lowered before its topology / layout changed: refused
     if layers is not None and (isinstance(layers, bool) or not isinstance(layers, int) or layers < 1):
         raise SchemaError(f"verify_structure: layers must be an integer >= 1, got {layers!r}")
+    if d_model is not None and (isinstance(d_model, bool) or not isinstance(d_model, int) or d_model < 1):
+        raise SchemaError(f"verify_structure: d_model must be an integer >= 1 (the width D of the probe inputs), "
+                          f"got {d_model!r}; leave it out to use the model's own width")
+    check_limits(layers, probes, d_model)
     if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 <= rtol < 1:
         raise SchemaError(f"verify_structure: rtol must be a number in [0, 1), got {rtol!r}")
     if not isinstance(as_built, bool):
@@ -349,6 +407,7 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
     given = plan is not None or topology is not None
     with _probing(model), lean_kernels(model, as_built), naming_failures(type(model).__name__):
         if isinstance(model, CanvasAttention) and not given:
+            _refuse_inapplicable(model, layers, d_model)
             _verify_layer(run, model, make_input)
         else:
             blocks = [] if given else _block_topologies(model)
@@ -358,6 +417,7 @@ def verify_structure(model: nn.Module, layout: Any = None, topology: Any = None,
                     "installed topology: its installed attention core is probed on random queries, keys and "
                     "values of the token sequence, not on the model's inputs; call it without make_input")
             if blocks:
+                _refuse_inapplicable(model, layers, d_model)
                 _verify_backbone(run, model, blocks)
             else:
                 with naming_failures("model", *_model_runs(model)):

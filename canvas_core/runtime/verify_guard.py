@@ -22,9 +22,9 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 import torch
 from torch import nn
 
-from canvas_core.errors import AttentionContractError, CanvasError, PluginError
+from canvas_core.errors import AttentionContractError, CanvasError, CanvasTypeError, PluginError
 
-__all__ = ["lean_kernels", "LEAN_FROM", "check_finite", "NonFiniteProbe", "naming_failures"]
+__all__ = ["lean_kernels", "LEAN_FROM", "check_finite", "NonFiniteProbe", "naming_failures", "refuse_non_floating"]
 
 #: canvases of at least this many positions probe the reference kernel in its leanest mode; on
 #: smaller ones every mode is fast, and the layer is probed exactly as built
@@ -95,6 +95,17 @@ def check_finite(t: Optional[torch.Tensor], what: str) -> None:
     """:class:`NonFiniteProbe` when ``t`` holds a NaN or an infinity."""
     if t is not None and t.is_floating_point() and not bool(torch.isfinite(t.detach()).all()):
         raise NonFiniteProbe(what)
+
+
+def refuse_non_floating(out: torch.Tensor, what: str) -> None:
+    """``CanvasTypeError`` when ``out`` is an integer or bool tensor: the probe differentiates it and
+    compares its values within a few ulps of a floating dtype, neither of which such a tensor has."""
+    if isinstance(out, torch.Tensor) and not (out.is_floating_point() or out.is_complex()):
+        raise CanvasTypeError(
+            f"verify_structure: {what} is a {out.dtype} tensor; the probe takes gradients of the output and "
+            f"compares its values within a floating tolerance, which {out.dtype} values allow neither of. Verify "
+            "the model up to its last floating output (the logits or scores before an argmax, a threshold, "
+            ".long() or .bool()): wrap it in an nn.Module whose forward(x) returns that")
 
 
 def _non_finite_message(where: str, label: str, what: str) -> str:

@@ -55,11 +55,15 @@ def declared_rows(plans: Sequence[Any], queries: np.ndarray, *, fn: Optional[str
     """``(nq, N)`` bool: which inputs the outputs at canonical ``queries`` may read after the layers
     of ``plans`` (in order of application; one plan = one layer).  With ``fn`` / ``connection``,
     only that group's / connection's rectangles (one layer).  ``with_self``: a position always
-    reads itself (its own query, or passing through unchanged)."""
+    reads itself (its own query, or passing through unchanged).  With ``with_self``, the
+    composition stops once ``R`` is closed under every plan of ``plans``: more layers add nothing."""
     n = int(plans[0].n)
     R = np.zeros((len(queries), n), dtype=bool)
     R[np.arange(len(queries)), queries] = True
+    distinct, closed = {id(p) for p in plans}, set()  # plans R is closed under (R | R M = R)
     for plan in reversed(list(plans)):  # out = L_k(...L_1(x)): rows propagate from the last layer
+        if with_self and closed >= distinct:
+            break
         keep = None
         if fn is not None or connection is not None:
             rects = plan.all_rects()
@@ -70,7 +74,9 @@ def declared_rows(plans: Sequence[Any], queries: np.ndarray, *, fn: Optional[str
             if connection is not None:
                 keep &= rects.conn == connection
         step = _step(R, plan, keep)
+        grown = step & ~R
         R = (R | step) if with_self else step
+        closed = closed | {id(plan)} if not grown.any() else set()
     return R
 
 
@@ -151,7 +157,7 @@ def _first_tensor(out: Any) -> torch.Tensor:
     from canvas_core.errors import CanvasTypeError
 
     raise CanvasTypeError(f"verify_structure: the model returned {type(out).__name__}; it must return a "
-                          "(B, N, D) tensor (or a tuple whose first item is one)")
+                          "(B, N, D) tensor (or a tuple / list holding some: each is probed)")
 
 
 def _refuse_tokens(x: torch.Tensor, b: int, n: int, where: str) -> None:

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from canvas_core.runtime.verify_probe import PositionLabels, choose_queries, mixes_batch, probe_rows
+from canvas_core.errors import CanvasTypeError
+from canvas_core.runtime.verify_guard import refuse_non_floating
+from canvas_core.runtime.verify_probe import PositionLabels, _first_tensor, choose_queries, mixes_batch, probe_rows
 from canvas_core.runtime.verify_report import DeadLink, StructureReport, UndeclaredDependency
 
 
@@ -91,3 +93,42 @@ def _probing(model: nn.Module) -> Iterator[None]:
     finally:
         for m, t in modes:
             m.training = t
+
+
+def output_items(out: Any, n: int, name: str, notes: List[str]) -> List[Optional[int]]:
+    """Which items of a model's output ``out`` (its call at batch 1 on an ``n``-position canvas) the
+    probe judges: ``[None]`` for a tensor (or an object with a ``.sample`` tensor); for a tuple or list,
+    the index of every floating tensor item of shape ``(1, n, ...)``, each probed as its own part, with
+    a note in ``notes`` for every other item (not per position: nothing to judge it by).  A
+    non-floating output, or item of that shape, is refused (:func:`refuse_non_floating`)."""
+    if not isinstance(out, (tuple, list)):
+        refuse_non_floating(_first_tensor(out), f"{name}(x)'s output")
+        return [None]
+    picked: List[Optional[int]] = []
+    for i, item in enumerate(out):
+        per_position = isinstance(item, torch.Tensor) and item.dim() >= 2 and tuple(item.shape[:2]) == (1, n)
+        if per_position:
+            refuse_non_floating(item, f"item {i} of {name}(x)'s {type(out).__name__} output")
+            picked.append(i)
+            continue
+        got = f"shape {tuple(item.shape)}" if isinstance(item, torch.Tensor) else type(item).__name__
+        notes.append(f"model output[{i}] NOT PROBED: a {got}, not a (B, {n}, ...) tensor of one output per "
+                     "canvas position, so which positions it reads cannot be judged; return it as one from a "
+                     "wrapper module to have it checked")
+    if not picked:
+        raise CanvasTypeError(f"verify_structure: {name}(x) returned a {type(out).__name__} of {len(out)} item(s), "
+                              f"none a (B, {n}, D) tensor; it must return one (or a tuple / list holding some)")
+    return picked
+
+
+def output_item(fn: Callable, i: Optional[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``x -> item i of fn(x)`` (``i`` None: the output tensor itself, or its ``.sample``)."""
+    def run(x: torch.Tensor) -> torch.Tensor:
+        out = fn(x)
+        if i is None:
+            return _first_tensor(out)
+        if not isinstance(out, (tuple, list)) or len(out) <= i or not isinstance(out[i], torch.Tensor):
+            raise CanvasTypeError(f"verify_structure: the model's output changed structure between calls (item {i} "
+                                  f"was a tensor, now {type(out).__name__}); it must return the same items each call")
+        return out[i]
+    return run

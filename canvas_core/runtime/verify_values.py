@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from canvas_core.runtime.type_values import _changed, value_tolerance
-from canvas_core.runtime.verify_guard import check_finite
+from canvas_core.runtime.verify_guard import check_finite, refuse_non_floating
 from canvas_core.runtime.verify_probe import PositionLabels, _first_tensor, query_cells, undeclared_entries
 from canvas_core.runtime.verify_report import UndeclaredDependency
 
@@ -107,6 +107,7 @@ class _Check:
         self.seed = int(torch.randint(0, 2 ** 62, (1,), generator=gen))
         self.rows = max(1, min(ROWS_PER_CALL, ELEMENTS_PER_CALL // max(1, x.numel())))
         self.ref = _call(fn, x) if ref is None else ref.detach()
+        refuse_non_floating(self.ref, "the probed output")  # value_tolerance needs a floating dtype
         check_finite(self.ref, "output")
         self.tol = value_tolerance(self.ref)
         self.mixes, self.mixed = False, None
