@@ -15,6 +15,8 @@ sequence parallelism; sharded ``DTensor`` s gathered whole) and a string header:
                          (only when it has one); a file without it (older) loads by row
     identity_binders     JSON ``{module name: {region: binding_fn, mode, slot_capacity,
                          birth_death}}`` (only when it has identity binders; see binders.py)
+    region_keys          JSON ``{tensor name: region}`` of modality embeddings keyed by layout index
+                         (regions whose keys coincide); mapped by region on load, see region_keys.py
 
 Loading never unpickles. It refuses, naming what differs, a file saved for another schema (canvas
 size, width, regions, connections and their offsets ...) and a model whose canvas modules were
@@ -37,6 +39,7 @@ from canvas_core._safe_write import check_write_target
 from canvas_core.checkpoints.binders import BINDERS, binder_configs, check_binder_configs, saved_binder_configs
 from canvas_core.checkpoints.diff import schema_differences
 from canvas_core.checkpoints.loaded_values import loaded_value, refuse_differing_ties
+from canvas_core.checkpoints.region_keys import header_record, region_key_entry, region_key_owners, remap_file_names
 from canvas_core.checkpoints.tensors import (
     REGIONS,
     check_conditioner_regions,
@@ -246,6 +249,7 @@ def save_canvas_checkpoint(model: nn.Module, path: Any, schema: Any, *, metadata
         "user_metadata": user,
         **({REGIONS: json.dumps(regions)} if regions else {}),
         **({BINDERS: json.dumps(binders)} if binders else {}),
+        **header_record(region_key_owners(model, names)),  # the owner of each order-dependent key
     }
     return save_safetensors_atomic({names[k]: v for k, v in state.items()}, path, header, "the canvas checkpoint")
 
@@ -298,7 +302,6 @@ def _saved_schema(p: str, header: Mapping[str, str]) -> Tuple[Dict[str, Any], An
     before anything compares it, so a wrong structure never reaches the comparison)."""
     from canvas_core.errors import CanvasError
     from canvas_core.schema import CanvasSchema
-
     from canvas_core.schema.jsonio import loads_strict
 
     if not str(header.get("schema", "")).strip():
@@ -334,7 +337,7 @@ def read_canvas_checkpoint_header(path: Any) -> Dict[str, Any]:
     regions = conditioner_regions(p, header)
     binders = saved_binder_configs(p, header)
     return {**header, "schema": built, "user_metadata": user, **({REGIONS: regions} if regions is not None else {}),
-            **({BINDERS: binders} if binders is not None else {})}
+            **({BINDERS: binders} if binders is not None else {}), **region_key_entry(p, header)}
 
 
 def _shape_hint(model: nn.Module, key: str, shape: Tuple[int, ...]) -> str:
@@ -410,7 +413,7 @@ def _checked_tensors(model: nn.Module, path: Any, schema: Any, where: str) -> Tu
     Changes nothing."""
     s = _as_schema(schema, where)
     p, header, fh = _open(path, where)
-    saved, _, user = _saved_schema(p, header)
+    saved, built, user = _saved_schema(p, header)
     regions, binders = conditioner_regions(p, header), saved_binder_configs(p, header)
     if header.get("schema_hash") != s.schema_hash():
         diffs = schema_differences(saved, s.to_dict())
@@ -423,7 +426,8 @@ def _checked_tensors(model: nn.Module, path: Any, schema: Any, where: str) -> Tu
     current = _state(model, where)
     _refuse_unloadable(model, current, p)
     names = {plain: own for own, plain in _file_names(model, current, where).items()}  # file name -> own
-    in_file = _names_in_file(list(fh.keys()), names, p)
+    in_file = remap_file_names(model, names, _names_in_file(list(fh.keys()), names, p), header,
+                               list(built.layout.regions), p)
     missing, unexpected = sorted(set(names) - set(in_file)), sorted(set(in_file) - set(names))
     if missing or unexpected:
         raise CheckpointError(
@@ -456,7 +460,7 @@ def _checked_tensors(model: nn.Module, path: Any, schema: Any, where: str) -> Tu
         if is_dtensor(current[k]):
             tensors[k] = shard_like(t, current[k], where, k)
     return tensors, {**header, "user_metadata": user, **({REGIONS: regions} if regions is not None else {}),
-                     **({BINDERS: binders} if binders is not None else {})}
+                     **({BINDERS: binders} if binders is not None else {}), **region_key_entry(p, header)}
 
 
 def load_canvas_checkpoint(model: nn.Module, path: Any, schema: Any) -> Dict[str, Any]:

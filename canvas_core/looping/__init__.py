@@ -5,7 +5,8 @@ Public: ``LoopedBlockWrapper``, ``graft_looped_blocks``, ``freeze_full``, ``free
 ``CurriculumScheduler``, ``SharpeningSchedule``, ``save_loop_checkpoint``,
 ``load_loop_checkpoint``; loop scopes: ``LoopedSpan``, ``SpanMember``, ``ModelLoop``,
 ``set_loops``, ``loop_counts``, ``loop_stats``, ``loop_parts_of``, ``scope_of``,
-``RandomDepthScheduler``; adapter authors use ``BackboneAdapter``, ``TokenLayout``, ``BlockIO``.
+``RandomDepthScheduler``, ``LoopsClampedWarning`` (``set_loops`` clamped block-scope blocks);
+adapter authors use ``BackboneAdapter``, ``TokenLayout``, ``BlockIO``.
 """
 
 from canvas_core.looping.adapter import BackboneAdapter, GenericAdapter, TokenLayout
@@ -20,6 +21,7 @@ from canvas_core.looping.graft import (
     looped_blocks_of,
 )
 from canvas_core.looping.registry import backbone_entries, find_adapter
+from canvas_core.looping.loop_engine import LoopsClampedWarning
 from canvas_core.looping.model_loop import ModelLoop
 from canvas_core.looping.schedules import CurriculumScheduler, RandomDepthScheduler, SharpeningSchedule
 from canvas_core.looping.scopes import loop_counts, loop_parts_of, loop_stats, scope_of, set_loops
@@ -54,4 +56,5 @@ __all__ = [
     "loop_parts_of",
     "scope_of",
     "RandomDepthScheduler",
+    "LoopsClampedWarning",
 ]

@@ -56,9 +56,31 @@ from canvas_core.schema._validate import is_int
 
 __all__ = ["LoopCore", "UPDATES", "index_rows", "row_plan", "gated_update", "check_loops", "check_exit_tol",
            "real_number", "check_core_options", "merge_extra_rows", "ReplicaNote", "note_replica_record", "refuse_replica_record",
-           "REPLICA_NOTE"]
+           "REPLICA_NOTE", "LoopsClampedWarning", "warn_clamped"]
 
 UPDATES = ("gated", "damped", "replace")
+
+
+class LoopsClampedWarning(UserWarning):
+    """``set_loops(model, n)`` left block-scope blocks below ``n`` loops (clamped to their ``max_loops``)."""
+
+
+def warn_clamped(n: int, caps: List[int]) -> None:
+    """One warning when block-scope blocks run fewer than ``n`` loops (``caps``: their ``max_loops``):
+    a depth sweep past them would otherwise measure the same depth again without a word."""
+    if not caps:
+        return
+    import warnings
+
+    from canvas_core.errors import user_stacklevel
+
+    caps = sorted(set(caps))
+    warnings.warn(
+        f"set_loops: {n} loops asked, but block-scope blocks run at most max_loops="
+        f"{caps[0] if len(caps) == 1 else caps} (they clamp; loop_counts shows it). To run more, graft "
+        f"with a larger max_loops (graft_looped_blocks(..., max_loops={n})) or a span / model scope "
+        "(scope='stack', (i, j) or 'model'), which runs any count", LoopsClampedWarning,
+        stacklevel=user_stacklevel())
 
 
 def check_loops(n: Any, where: str) -> int:

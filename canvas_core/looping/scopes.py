@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from canvas_core.errors import BackboneError, CanvasTypeError
-from canvas_core.looping.loop_engine import UPDATES, LoopCore, check_exit_tol, check_loops, refuse_replica_record
+from canvas_core.looping.loop_engine import (UPDATES, LoopCore, check_exit_tol, check_loops, refuse_replica_record,
+                                             warn_clamped)
 from canvas_core.looping.model_loop import LOOP_ATTR, STEP_ADAPTERS, ModelLoop, install_model_loop
 from canvas_core.looping.span import INJECTIONS, ITER_NORMS, LoopedSpan, SpanMember
 from canvas_core.looping.wrapper import LoopedBlockWrapper, _beta_targets
@@ -348,6 +349,7 @@ def set_loops(model: nn.Module, n: int, exit_tol: float = 0.0) -> int:
             "each block on its own, so there is no single state to watch); graft with scope=(i, j), "
             "'stack' or 'model', or pass exit_tol=0")
     apply_loops_atomically(parts, lambda p: p.set_loops(n, tol) if isinstance(p, LoopCore) else p.set_loops(n))
+    warn_clamped(n, [p.max_loops for p in parts if isinstance(p, LoopedBlockWrapper) and p.current_loops < n])
     return n
 
 

@@ -79,6 +79,8 @@ def _check_canvas_args(layout: Any, semantic_conditioner: Any, program: Any) -> 
 
 #: key of the semantic conditioner's region names in the canvas's own ``_metadata`` entry
 _CONDITIONER_NAMES = "conditioner_region_names"
+#: key of ``{state key: region name}`` there, for canvases keeping some embeddings as ``r<k>``
+_REGION_KEYS = "region_keys"
 
 
 def _recorded_names(conditioner: Any) -> Any:
@@ -165,8 +167,11 @@ class SpatiotemporalCanvas(nn.Module):
         # larger model the canvas sees only that entry, and its tensors load before the conditioner's
         names = _recorded_names(self.semantic_conditioner)
         meta = getattr(destination, "_metadata", None)
-        if names is not None and isinstance(meta, dict) and isinstance(meta.get(prefix[:-1]), dict):
-            meta[prefix[:-1]][_CONDITIONER_NAMES] = names
+        own = meta.get(prefix[:-1]) if isinstance(meta, dict) else None
+        if names is not None and isinstance(own, dict):
+            own[_CONDITIONER_NAMES] = names
+        if isinstance(own, dict) and self.modality_embeddings is not None and self._keyed_by_index():
+            own[_REGION_KEYS] = self._region_keys()  # which region each index-keyed entry is
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
@@ -200,6 +205,7 @@ class SpatiotemporalCanvas(nn.Module):
         # says it is of a canvas of this size)
         from canvas_core.runtime.ce_state import check_stored_table, rename_loaded_region_keys
 
+        self._move_region_keys(state_dict, prefix, local_metadata)
         origin = rename_loaded_region_keys(self.names, state_dict, prefix)  # one-to-one, see ce_state.py
         for key in list(state_dict):
             if not key.startswith(prefix):
@@ -215,6 +221,33 @@ class SpatiotemporalCanvas(nn.Module):
         self.__dict__["_loaded_as"] = (prefix, origin)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+
+    def _region_keys(self) -> Dict[str, str]:
+        """``{modality-embedding key in state_dict(): region name}``."""
+        from canvas_core.runtime.ce_state import region_state_keys
+
+        return dict(zip(region_state_keys(self.names), self.names))
+
+    def _keyed_by_index(self) -> bool:
+        """Whether some region's embedding is saved as ``r<k>`` (two region names sanitize alike):
+        such keys depend on the region order, which equal layouts may not share."""
+        from canvas_core.runtime.ce_state import sanitized_region_key
+
+        return any(key != sanitized_region_key(name) for key, name in self._region_keys().items())
+
+    def _move_region_keys(self, state_dict: Dict[str, Any], prefix: str, local_metadata: Any) -> None:
+        """Move each index-keyed modality embedding of ``state_dict`` to this canvas's key of the region
+        it was saved for (recorded by ``state_dict()`` in the module's metadata), all at once."""
+        saved = local_metadata.get(_REGION_KEYS) if isinstance(local_metadata, Mapping) else None
+        if not isinstance(saved, Mapping) or self.modality_embeddings is None:
+            return
+        base, ours = f"{prefix}modality_embeddings.", {name: key for key, name in self._region_keys().items()}
+        moves = {base + key: base + ours[name] for key, name in saved.items()
+                 if name in ours and ours[name] != key and base + key in state_dict}
+        if any(target in state_dict and target not in moves for target in moves.values()):
+            return  # the targets are not a permutation of the saved keys: loaded as given, checked by torch
+        values = {key: state_dict.pop(key) for key in moves}
+        state_dict.update({moves[key]: value for key, value in values.items()})
 
     @property
     def family_carrier_embedding(self) -> Any:

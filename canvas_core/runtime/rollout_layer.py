@@ -34,6 +34,7 @@ from canvas_core.runtime.rollout_plan import FramePlan, TypeCall
 from canvas_core.runtime.type_call import call_attention_type, run_key_set_buckets
 from canvas_core.runtime.type_dtypes import naming_connections, type_connections
 from canvas_core.schema._validate import is_int
+from canvas_core.schema.limits import check_size
 
 __all__ = ["LayerRoll", "FrameUpdates", "layer_frame_plan", "position_free", "default_tolerance", "step_difference",
            "check_width", "check_tolerance", "input_hint"]
@@ -422,13 +423,16 @@ def input_hint(x: torch.Tensor, model: torch.nn.Module) -> str:
 
 def check_width(width: Any, layout: Any) -> int:
     """``width=``: the step input's last dimension, a positive int (numpy integers too, as the
-    schema takes them; no bool, no float, no string, which ``int()`` would convert or truncate)."""
+    schema takes them; no bool, no float, no string, which ``int()`` would convert or truncate),
+    within the width limit (``CANVAS_MAX_WIDTH``) as every other width is: ``SizeLimitError``."""
     if width is None:
         return int(layout.d_model)
     if not is_int(width) or width < 1:
         raise CanvasTypeError(f"incremental(width={width!r}): width is the size D of a step's input "
                               f"(B, V, D), an int >= 1; leave it out to use layout.d_model "
                               f"({layout.d_model})")
+    check_size("width", int(width), "incremental width", fix="Give the size D of a step's input (B, V, D), or "
+               f"leave width out to use layout.d_model ({layout.d_model})")
     return int(width)
 
 

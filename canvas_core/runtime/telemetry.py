@@ -25,7 +25,8 @@ their frame (not: a call restricted to some regions, an empty batch, the full fo
   a_pj v_j||`` (softmax family, heads concatenated, before the output projection), or its weight
   share times the mean row norm of its type's module output (a rollout step: its frame's rows).
 * ``gate/<parameter name>`` -- every parameter whose name contains ``gate``: each element for up
-  to 16 elements (``.../<k>``), else ``/mean`` and ``/absmax``.
+  to 16 elements (``.../<k>``), else ``/mean`` and ``/absmax``; complex ones with ``/real`` and
+  ``/imag`` parts, empty ones named by ``empty_gates()`` (see ``telemetry_gates.py``).
 
 Queries are sampled (``max_queries`` per layer, evenly spaced, and one of every connection they
 miss; a connection that links no query reports 0).  A failed rollout step or forward adds
@@ -47,7 +48,7 @@ import torch
 from torch import nn
 
 from canvas_core.errors import CanvasTypeError, CompileError
-from canvas_core.runtime.compiled_names import plain_name, wrapped_paths
+from canvas_core.runtime.compiled_names import wrapped_paths
 from canvas_core.runtime.finite_guard import non_finite_keys
 from canvas_core.runtime.func_transforms import compile_disabled
 from canvas_core.runtime.incremental import in_backward, frames_measured, observe_steps
@@ -58,12 +59,12 @@ from canvas_core.runtime.rollout_layer import LayerRoll
 from canvas_core.runtime.rollout_context import undo_if_step_fails
 from canvas_core.runtime.rollout_plan import frame_size, sampled_links
 from canvas_core.runtime.telemetry_queries import sample_queries, series_name, unlinked_connections
+from canvas_core.runtime.telemetry_gates import empty_gates, gate_parameters, gate_series
 from canvas_core.runtime.telemetry_sums import _Mean, _ProbeSums
 from canvas_core.schema._validate import is_int
 
 __all__ = ["Telemetry", "record_telemetry", "telemetry"]
 
-_MAX_ELEMENTS = 16
 _CHUNK_ELEMENTS = 1 << 20  # (B * H * queries * connections * keys) per chunk of the softmax probe (cache-sized)
 _PREP_BYTES = 4 << 20  # per layer: the probe's index tensors kept, (queries * keys) * (4 + connections) bytes
 
@@ -425,21 +426,16 @@ class Telemetry:
             p._preps, p._prep_room = {}, _PREP_BYTES
 
     def gate_values(self) -> Dict[str, float]:
-        """``gate/<name>``: every parameter of the model whose name contains ``gate``, now."""
+        """``gate/<name>``: every parameter of the model whose name contains ``gate``, now (complex
+        ones as ``/real`` and ``/imag``; empty ones give none: :meth:`empty_gates`)."""
         out: Dict[str, float] = {}
-        wrapped = wrapped_paths(self.model)
-        for name, p in self.model.named_parameters():
-            if "gate" not in name.rsplit(".", 1)[-1]:
-                continue
-            name = plain_name(name, wrapped)
-            t = p.detach().float().flatten().cpu()
-            if t.numel() <= _MAX_ELEMENTS:
-                for i, v in enumerate(t.tolist()):
-                    out[f"gate/{name}/{i}" if t.numel() > 1 else f"gate/{name}"] = float(v)
-            else:
-                out[f"gate/{name}/mean"] = float(t.mean())
-                out[f"gate/{name}/absmax"] = float(t.abs().max())
+        for name, p in gate_parameters(self.model):
+            out.update(gate_series(name, p))
         return out
+
+    def empty_gates(self) -> List[str]:
+        """The gate parameters with no elements, which :meth:`gate_values` cannot report."""
+        return empty_gates(self.model)
 
     def values(self) -> Dict[str, float]:
         """Everything, as ``{name: float}``, ready for any logger."""
@@ -464,6 +460,9 @@ class Telemetry:
         if gates:
             lines.append(f"gates ({len(gates)}): largest |value| "
                          + ", ".join(f"{k[5:]}={v:+.3g}" for k, v in sorted(gates, key=lambda kv: -abs(kv[1]))[:4]))
+        empty = self.empty_gates()
+        if empty:
+            lines.append(f"gates with no elements (no values to report): {', '.join(empty)}")
         return "\n".join(lines)
 
 
