@@ -6,17 +6,18 @@ convolutions themselves are in :mod:`canvas_core.attention.fft_conv` (their name
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
-from canvas_core.attention._base import AttentionBase, _check_int, _check_width
+from canvas_core.attention._base import AttentionBase, _check_int, _check_width, autocast_on
 from canvas_core.attention.causal_read import (
     CHUNK_ELEMS,
     causal_read,
     check_kernel_choice,
     plain_linear,
+    plain_module,
     rows_identical,
     work_dtype,
 )
@@ -55,7 +56,14 @@ class _ProjectT(torch.autograd.Function):
     def forward(ctx, x, w, b):
         ctx.save_for_backward(x, w)
         ctx.b_dtype = b.dtype
-        return torch.baddbmm(b.unsqueeze(-1), w.expand(x.shape[0], *w.shape), x.transpose(1, 2))
+        if autocast_on(x.device.type):
+            return torch.baddbmm(b.unsqueeze(-1), w.expand(x.shape[0], *w.shape), x.transpose(1, 2))
+        # one row at a time: each row's bias copy is still in cache when its product adds to it
+        # (the batched product writes the whole batch's bias first, then reads it back)
+        out = x.new_empty((x.shape[0], w.shape[0], x.shape[1]))
+        for r in range(x.shape[0]):
+            torch.addmm(b.unsqueeze(-1), w, x[r].t(), out=out[r])
+        return out
 
     @staticmethod
     @first_order_backward("hyena's projections")
@@ -147,6 +155,12 @@ class HyenaAttention(AttentionBase):
 
     def filters(self, L: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """The implicit filters ``(order, L, D)`` for a sequence of length ``L``."""
+        return self._filters_t(L, dtype).transpose(1, 2)
+
+    def _filters_t(self, L: int, dtype: torch.dtype) -> torch.Tensor:
+        """The implicit filters channels-first, ``(order, D, L)`` contiguous (the layout the FFTs
+        take): the MLP's last product is computed as ``W a^T`` (no transposed copy of its output,
+        nor of its gradient), the window as ``(D, L)``."""
         dev = self.skip.device
         # the features in float64 for a float64 module (float32 ones cost it 1e-7 of accuracy)
         fd = torch.float64 if self.skip.dtype == torch.float64 else torch.float32
@@ -158,10 +172,16 @@ class HyenaAttention(AttentionBase):
             b = torch.arange(self.n_bands, device=dev, dtype=fd)
             ang = lag[:, None] / (float(self.max_len) ** (b / self.n_bands))[None, :]
             feats += [torch.sin(ang), torch.cos(ang)]
-        z = torch.cat(feats, dim=-1)
-        h = self.filter_mlp(z.to(self.skip.dtype)).view(L, self.order, self.d_model).transpose(0, 1)
-        window = torch.exp(-t[:, None] * self.decay_rates[None, :].to(fd))
-        return (h * window.to(h.dtype)).to(dtype)
+        z = torch.cat(feats, dim=-1).to(self.skip.dtype)
+        mlp, (*hidden, last) = self.filter_mlp, list(self.filter_mlp)
+        if plain_module(mlp, nn.Sequential) and plain_linear(last, with_bias=False):
+            for layer in hidden:
+                z = layer(z)
+            h = torch.mm(last.weight, z.t())  # (order D, L)
+        else:
+            h = mlp(z).t().contiguous()
+        window = torch.exp(-t[None, :] * self.decay_rates[:, None].to(fd))  # (D, L)
+        return (h.view(self.order, self.d_model, L) * window.to(h.dtype)).to(dtype)
 
     def forward(
         self,
@@ -181,13 +201,14 @@ class HyenaAttention(AttentionBase):
         key_ok = None if allowed is None else allowed.any(dim=1)  # (B|1, Nk): union over queries
         keep = None if key_ok is None else key_ok.unsqueeze(-1).to(wd)
 
-        h = self.filters(Nk, dtype=wd)  # (order, Nk, D)
         d = self.skip.to(wd)
         if not per_query:  # channels-first (B, D, Nk): the FFTs run along the last dim
             keep_t = None if keep is None else keep.transpose(1, 2)
-            # the skip d_n z is the filter's lag-0 tap: h^n (*) z + d_n z = (h^n + d_n delta) (*) z
-            ht = h.transpose(1, 2)  # (order, D, Nk)
-            ht = torch.cat([ht[..., :1] + d.unsqueeze(-1), ht[..., 1:]], dim=-1)
+            # the skip d_n z is the filter's lag-0 tap: h^n (*) z + d_n z = (h^n + d_n delta) (*) z,
+            # added in place (the filters are a fresh tensor; its gradient then passes unchanged)
+            ht = self._filters_t(Nk, wd)  # (order, D, Nk)
+            ht.select(-1, 0).add_(d)
+            ht = ht.unbind(0)  # one gradient stacked, no zero fill per stage
             z = self._gated_stages(keys, values, ht, keep_t, wd)
             if Nq > 0 and Nk % Nq == 0:
                 # Nk = s Nq: causal_read_index reads (i + 1) s - 1, the last stage only there (in phases)
@@ -197,6 +218,7 @@ class HyenaAttention(AttentionBase):
                 y = y.index_select(2, read.clamp(min=0)).transpose(1, 2)
                 y = y * (read >= 0).view(1, -1, 1).to(wd)
         else:
+            h = self.filters(Nk, dtype=wd)  # (order, Nk, D)
             z = self.v_proj(values).to(wd)
             if keep is not None:
                 z = z * keep
@@ -209,10 +231,10 @@ class HyenaAttention(AttentionBase):
         out = self.out_proj(self.drop(self.q_proj(queries) * y.to(queries.dtype)))
         return out.masked_fill(~has, 0.0)
 
-    def _gated_stages(self, keys: torch.Tensor, values: torch.Tensor, ht: torch.Tensor,
+    def _gated_stages(self, keys: torch.Tensor, values: torch.Tensor, ht: Sequence[torch.Tensor],
                       keep_t: Optional[torch.Tensor], wd: torch.dtype) -> torch.Tensor:
         """``z^order (B, D, Nk)``: the values' projection through the ``order - 1`` gated stages
-        (filters with their skip taps ``ht (order, D, Nk)``, key mask ``keep_t (B|1, 1, Nk)``)."""
+        (filters with their skip taps ``ht[n] (D, Nk)``, key mask ``keep_t (B|1, 1, Nk)``)."""
         D, stacked = self.d_model, 0
         if self.order > 1 and keys is values:
             # one product for the values and the gates; the first stage takes z^1 and its gate as
