@@ -34,6 +34,12 @@ def test_a_stride_that_does_not_divide_the_length_is_a_shape_error_naming_the_fi
     assert "stride 3" in msg and "length 10" in msg and "divides" in msg and "causal_conv_last" in msg
 
 
+@pytest.mark.parametrize("stride", [0, -2, 2.0, True])
+def test_a_stride_that_is_not_a_positive_int_is_a_shape_error(stride):
+    with pytest.raises(ShapeError, match="positive int"):
+        read_conv_last(_t(2, 3, 10), _t(3, 10, seed=1), stride)
+
+
 @pytest.mark.parametrize("keep_bytes", [fft_rows.KEEP_PHASES_BYTES, 0])  # kept; over the bound: recomputed
 @pytest.mark.parametrize("need", [(True, True), (False, True), (True, False)])
 def test_kept_or_recomputed_phase_spectra_give_the_direct_gradients(monkeypatch, keep_bytes, need):
