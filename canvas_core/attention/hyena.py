@@ -106,6 +106,9 @@ class HyenaAttention(AttentionBase):
     """
 
     type_name = "hyena"
+    #: its first products read strided keys and values directly: the runtime hands it the key
+    #: sets' slices uncopied (``runtime/type_call.py``)
+    takes_strided_inputs = True
 
     def __init__(
         self,

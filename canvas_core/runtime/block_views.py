@@ -14,8 +14,9 @@ copy each, the very tensors an ``index_select`` would have made.  What changes i
 a ``split``'s gradient is one concatenation of its pieces (zeros only for the gaps between them),
 where an ``index_select``'s is a zero-filled ``(B, N, D)`` tensor plus an ``index_add``.
 
-:func:`strided_blocks` decides this once, when the plan runner is built (numpy);
-:func:`block_inputs` is what runs.  Anything else keeps the gathers of
+:func:`strided_blocks` decides this once, when the plan runner is built (numpy), which then
+restacks a decreasing stack in increasing order (no flip forward or backward; the key sets of a
+bucket are independent rows); :func:`block_inputs` is what runs.  Anything else keeps the gathers of
 :func:`~canvas_core.runtime.type_call.run_flat_buckets`.
 """
 
@@ -82,9 +83,11 @@ def _pieces(x, lo: int, S: int, G: int, runs: List[Tuple[int, int]]):
     return [parts[index[r]] for r in runs]
 
 
-def block_inputs(x, blocks: Tuple[int, int, int, int, bool], G: int, nq: int, nk: int):
+def block_inputs(x, blocks: Tuple[int, int, int, int, bool], G: int, nq: int, nk: int, contiguous: bool = True):
     """``(q (B*G, nq, D), k (B*G, nk, D))`` of one bucket read from ``x`` ``(B, N, D)`` by slices
-    (``blocks`` from :func:`strided_blocks`); equal to the gathers, contiguous as they are.
+    (``blocks`` from :func:`strided_blocks`); equal to the gathers, contiguous as they are.  With
+    ``contiguous=False`` they may stay strided views of ``x`` (no copy; same values and
+    gradients), for a module that reads strided inputs without copying them itself.
 
     The gradient reaching ``x`` is the gathers' too, bit for bit: disjoint runs come from one
     ``split`` (one gradient, each position written once); overlapping runs (a self link) are cut
@@ -104,4 +107,5 @@ def block_inputs(x, blocks: Tuple[int, int, int, int, bool], G: int, nq: int, nk
         k, = _pieces(x, lo, S, G, [(k_off, nk)])
     if reverse:
         q, k = q.flip(1), k.flip(1)
-    return q.reshape(B * G, nq, D).contiguous(), k.reshape(B * G, nk, D).contiguous()
+    q, k = q.reshape(B * G, nq, D), k.reshape(B * G, nk, D)
+    return (q.contiguous(), k.contiguous()) if contiguous else (q, k)

@@ -149,6 +149,18 @@ def _is_full(plan: ExecutionPlan, fn: str) -> bool:
     return bool(np.all(sg.grid == 1.0))
 
 
+def _ascending(bucket: Tuple[np.ndarray, np.ndarray, np.ndarray], n: int):
+    """A bucket ``(Q (G, nq), K (G, nk), C (G * nq,))`` whose key sets are strided blocks stacked
+    in decreasing order, restacked in increasing order (any other bucket as it is).  The key sets
+    of a bucket are independent rows in any order; read in increasing order they are plain slices
+    of ``x``, with no flip of the inputs nor of their gradients (``runtime/block_views.py``)."""
+    bq, bk, bc = bucket
+    spec = strided_blocks(bq, bk, n)
+    if spec is None or not spec[4]:
+        return bucket
+    return bq[::-1].copy(), bk[::-1].copy(), bc.reshape(bq.shape)[::-1].reshape(-1).copy()
+
+
 class PlanRunner(nn.Module):
     """Kernels and index buffers of one plan (no parameters); built once, run every call.
 
@@ -228,7 +240,7 @@ class PlanRunner(nn.Module):
             arrays = [("q", q_can), ("k", k_can), ("set", set_of_q), ("sets", sets), ("coef", coef)]
             # a per-key-set type: the key sets of equal shape, stacked (one call per shape), their
             # index vectors flattened here once; the rows they output, in order, and their weights
-            buckets = shape_buckets(set_of_q, sets, q_can, k_can, coef)
+            buckets = [_ascending(b, n) for b in shape_buckets(set_of_q, sets, q_can, k_can, coef)]
             flat = []
             for j, (bq, bk, _) in enumerate(buckets):  # query then key indices in one vector
                 arrays.append((f"b{j}_qkf", np.concatenate([bq.reshape(-1), bk.reshape(-1)])))

@@ -52,7 +52,7 @@ from canvas_core.errors import CanvasError, ShapeError, UnavailableError
 
 __all__ = [
     "MASKED", "UNMASKED", "EXACT_ATTR", "SELF_GATED_ATTR", "READS_KEYS_ATTR", "calling_convention", "mask_is_exact",
-    "reads_keys",
+    "reads_keys", "STRIDED_ATTR", "takes_strided_inputs",
     "runs_per_key_set", "is_builtin_module", "check_attention_module", "call_attention_type", "call_exact_masked",
     "key_set_groups",
     "check_type_output", "run_key_set_buckets", "run_flat_buckets", "call_per_key_set", "stack_by_shape",
@@ -68,6 +68,10 @@ EXACT_ATTR = "key_mask_exact"
 SELF_GATED_ATTR = "self_gated"
 #: the attribute by which a module declares (``False``) that its output ignores keys and values.
 READS_KEYS_ATTR = "reads_keys"
+#: the attribute by which one of canvas-core's own modules declares (``True``) that it reads
+#: strided views of the layer's input as cheaply as contiguous copies (its first products take
+#: any batch stride), so a bucket read by slices is handed over without ``.contiguous()``
+STRIDED_ATTR = "takes_strided_inputs"
 
 _FIX = ("give the module's forward the signature forward(queries, keys, values, key_mask=None) "
         "(key_mask: bool (Nq, Nk), True where a query may read a key), or "
@@ -120,6 +124,12 @@ def reads_keys(module: Any) -> bool:
 def is_builtin_module(module: Any) -> bool:
     """True for canvas-core's own attention types (tested by its own suite)."""
     return type(module).__module__.startswith("canvas_core.")
+
+
+def takes_strided_inputs(module: Any) -> bool:
+    """True for one of canvas-core's own modules declaring :data:`STRIDED_ATTR`; a plugin always
+    gets contiguous inputs (``docs/plugins.md`` promises nothing about strides, so none is given)."""
+    return is_builtin_module(module) and getattr(module, STRIDED_ATTR, False) is True
 
 
 def runs_per_key_set(module: Any) -> bool:
@@ -285,7 +295,8 @@ def run_flat_buckets(module: Any, queries: Any, keys: Any, values: Any, buckets:
     two already concatenated, and ``blocks``, the bucket's strided layout or None
     (``PlanRunner.flat_buckets``); returns the outputs ``[out (B, G*nq, D), ...]`` (rows in the
     order of ``qf``).  At run time this is one gather per index vector (slices instead when
-    ``blocks`` is given and one tensor holds queries, keys and values: ``runtime/block_views.py``),
+    ``blocks`` is given and one tensor holds queries, keys and values: ``runtime/block_views.py``;
+    left uncopied for a module declaring :data:`STRIDED_ATTR`, :func:`takes_strided_inputs`),
     one call per bucket and nothing else (no index reshapes, no masks built)."""
     B = queries.shape[0]
     needs_kw = _signature_info(module)[2]
@@ -297,12 +308,13 @@ def run_flat_buckets(module: Any, queries: Any, keys: Any, values: Any, buckets:
     # one tensor read for both (batch 1): ONE gather, whose backward is one scatter into one
     # zero gradient instead of two; the query and key blocks are views of it
     shared = B == 1 and queries is keys
+    views = takes_strided_inputs(module)
     for qf, kf, G, nq, nk, *qkf in buckets:
         blocks = qkf[1] if len(qkf) > 1 else None
         if blocks is not None and queries is keys and values is keys:
             from canvas_core.runtime.block_views import block_inputs
 
-            q, k = block_inputs(queries, blocks, G, nq, nk)
+            q, k = block_inputs(queries, blocks, G, nq, nk, contiguous=not views)
         elif shared:
             import torch
 
