@@ -165,3 +165,68 @@ class OwnRandomDropout(PlainSoftmax):
             return o
         keep = torch.tensor([[random.random() > 0.3 for _ in range(q.shape[1])] for _ in range(q.shape[0])])
         return o * keep.unsqueeze(-1).to(o.dtype)
+
+
+class SelfGatedLiar(PlainSoftmax):
+    """Declares ``self_gated = True`` (0 at initialisation) but outputs its softmax read as built."""
+
+    self_gated = True
+
+
+class SelfGatedHonest(PlainSoftmax):
+    """Declares ``self_gated = True`` and means it: ``tanh(alpha)`` in front, ``alpha`` starting at 0."""
+
+    self_gated = True
+
+    def __init__(self, d_model, n_heads=4, dropout=0.0):
+        super().__init__(d_model, n_heads, dropout)
+        self.alpha = nn.Parameter(torch.zeros(()))
+
+    def forward(self, q, k, v):
+        return torch.tanh(self.alpha) * self.attend(q, k, v)
+
+
+class KeyBlindHonest(ExactSoftmax):
+    """Declares ``reads_keys = False`` and means it: a projection of the query, 0 for a row with no key."""
+
+    reads_keys = False
+
+    def forward(self, q, k, v, key_mask=None):
+        m = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool, device=q.device) if key_mask is None else key_mask
+        return self.proj(q) * (m if m.dim() == 3 else m.unsqueeze(0)).any(-1, keepdim=True).to(q.dtype)
+
+
+class KeyBlindLiar(ExactSoftmax):
+    """Declares ``reads_keys = False`` but is an exact softmax: reads its keys (with a gradient)."""
+
+    reads_keys = False
+
+
+class KeyBlindDetached(KeyBlindHonest):
+    """Declares ``reads_keys = False`` but adds its linked values' mean behind ``.detach()`` (no gradient)."""
+
+    def forward(self, q, k, v, key_mask=None):
+        m = torch.ones(q.shape[1], k.shape[1], dtype=torch.bool, device=q.device) if key_mask is None else key_mask
+        w = (m if m.dim() == 3 else m.unsqueeze(0)).to(q.dtype)
+        return super().forward(q, k, v, key_mask) + (w @ v.detach()) / w.sum(-1, keepdim=True).clamp(min=1)
+
+
+class KeyBlindNaN(KeyBlindHonest):
+    """Declares ``reads_keys = False``; its output moves with no key, but a NaN key makes all of it NaN."""
+
+    def forward(self, q, k, v, key_mask=None):
+        return super().forward(q, k, v, key_mask) + 0 * k.sum()
+
+
+class MixesKeySets(PlainSoftmax):
+    """Per key set, but adds the mean of every value of the call (every stacked key set, every sample)."""
+
+    def forward(self, q, k, v):
+        return self.attend(q, k, v) + v.mean(dim=(0, 1), keepdim=True)
+
+
+class ExactReadsAll(ExactSoftmax):
+    """Declares ``key_mask_exact`` but adds the mean of every value, linked or not."""
+
+    def forward(self, q, k, v, key_mask=None):
+        return super().forward(q, k, v, key_mask) + v.mean(1, keepdim=True)

@@ -8,12 +8,14 @@ Pure Python.
 
 from __future__ import annotations
 
+import dataclasses
+import re
 from typing import Any, Dict, List, Sequence
 
 from canvas_core.compiler.resolved import REFERENCE_KERNEL
 
 __all__ = ["format_table", "format_resolutions", "format_regions", "format_report", "format_plan_report",
-           "format_groups",
+           "format_groups", "disprove_no_gradient",
            "compiled_to_dict"]
 
 
@@ -132,7 +134,7 @@ def format_groups(plan: Any) -> str:
     backbone's own q/k/v; other types run their module behind one gate that starts at 0).  A type
     that declares ``learns_at_init=False`` is flagged here and in the notes at compile time; what
     the build-time probe of a canvas layer or a backbone finds is added to the notes once it has
-    built the module (the probe needs torch)."""
+    built the module (the probe needs torch), and flags the column of where it was found."""
     rows = []
     for fn, g in plan.groups.items():
         r = g.resolved
@@ -144,12 +146,33 @@ def format_groups(plan: Any) -> str:
                          f"backbone's own q/k/v, kernel {kern}"])
         else:
             own = "own module" + (f" (kernel {r.kernel.name})" if r.kernel is not None else "")
-            stuck = "; NO GRADIENT AT INIT" if getattr(r, "no_gradient_at_init", "") else ""
-            rows.append([fn, len(g.connections), own + stuck,
-                         own + " on the block's hidden states, one gate, 0 at init" + stuck])
+            declared, note = bool(getattr(r, "no_gradient_at_init", "")), r.note or ""
+            layer, backbone = (_STUCK if declared or probe.search(note) else "" for probe in (_LAYER_FOUND, _BACKBONE_FOUND))
+            rows.append([fn, len(g.connections), own + layer,
+                         own + " on the block's hidden states, one gate, 0 at init" + backbone])
     if not rows:
         return ""
     return format_table(["fn", "connections", "canvas layer", "inside a backbone"], rows)
+
+
+_STUCK = "; NO GRADIENT AT INIT"
+#: how the build probes' findings of a group with no gradient at initialisation start in its notes
+#: (``flag_connections`` of ``runtime/canvas_attention.py`` and ``looping/topology_install.py``)
+_LAYER_FOUND, _BACKBONE_FOUND = re.compile(r"(?:^|; )in a canvas layer: "), re.compile(r"(?:^|; )inside '[^']*': ")
+
+
+def disprove_no_gradient(plan: Any, fn: str, found: str) -> bool:
+    """Group ``fn`` of ``plan`` declares ``learns_at_init=False`` but a build probe found a gradient
+    at initialisation: its note says ``found`` instead of the declaration's claim, and the fn
+    groups table stops flagging it.  ``plan`` must be one the caller owns (its groups are
+    updated).  Returns whether there was a declaration to correct."""
+    group = plan.groups[fn]
+    r = group.resolved
+    declared = getattr(r, "no_gradient_at_init", "") if r is not None else ""
+    if not declared:
+        return False
+    group.resolved = dataclasses.replace(r, note=(r.note or "").replace(declared, found), no_gradient_at_init="")
+    return True
 
 
 def format_plan_report(plan: Any) -> str:

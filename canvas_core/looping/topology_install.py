@@ -66,8 +66,13 @@ def _probe_branch(gm: GatedTypeModule, fn: str, width: int, where: str, backbone
     gate = ("one gate: the type's own (0 at init)" if gm.gate is None
             else "one gate: the block's (starts at 0)")
     problem = init_gradient_problem(gm.module, fn, width, gm.gate, where=where)
+    from canvas_core.compiler.report import disprove_no_gradient
+
+    found = (f"{fn!r} declares learns_at_init=False, but inside {backbone!r} the build probe finds a gradient at "
+             "initialisation: it learns from step 1 (drop the declaration)")
+    wrong = not problem and any([disprove_no_gradient(p, fn, found) for p in (installed.plan, plan)])
     installed.module_roles[fn] = f"own module, {gate}" + (
-        "; NO GRADIENT AT INIT" if problem else "; learns from step 1")
+        "; NO GRADIENT AT INIT" if problem else "; learns from step 1" + " (its learns_at_init=False is wrong)" * wrong)
     if problem:
         for p in (installed.plan, plan):  # the canvas plan (the report's) and the token plan
             flag_connections(p, fn, f"inside {backbone!r}: {problem}")

@@ -15,6 +15,8 @@ afterwards (reproducible builds).
   call with other inputs (state kept between calls); given the plan's runner, it probes reads
   again at the shapes the runtime will use and with as many stacked rows (:func:`probe_runtime_shapes`).
   The canvas layer and the backbone install run it on plugin types (the builtins are tested).
+  It also holds a type to what it declares (``type_declared``): ``self_gated = True`` must give
+  exactly 0 on its calls as built, ``reads_keys = False`` no read of a key (by gradient, by value).
 * :func:`init_gradient_problem` says why no parameter of the branch (the module's, and the gate's
   when one is given) receives a gradient at initialisation, or None when one does;
   :func:`constant_branch` spots a branch with nothing to learn at all (``none``: no parameter, 0).
@@ -38,6 +40,7 @@ import torch
 
 from canvas_core.errors import AttentionContractError, CanvasError
 from canvas_core.runtime.type_call import call_attention_type, is_builtin_module, key_set_groups, runs_per_key_set
+from canvas_core.runtime.type_declared import refuse_false_declarations, refuse_open_gate
 from canvas_core.runtime.type_in_place import autograd_in_place, in_place_error, refuse_in_place
 from canvas_core.runtime.type_reads import batch_leak, dependencies, first_leak, key_runs
 from canvas_core.runtime.type_values import (KEEPS_STATE, calls_differ, kept_state, mixed_dtypes_explained, out_of_memory,
@@ -186,6 +189,7 @@ def probe_runtime_shapes(module: Any, fn: Any, d_model: int, where: str, runner:
                 with torch.no_grad():
                     base = run(q, k, v)
                 _finite(base, where, fn, module, f"at a shape the runtime calls it with ({label})")
+                refuse_open_gate(module, fn, where, base, f"a shape the runtime calls it with ({label})")
                 deps, opened = gate_opening_dependencies(module, run, q, k, v, rows)
                 leak = first_leak(deps, mask)
                 with zeros_opened(module) if opened and not leak else contextlib.nullcontext():
@@ -263,12 +267,19 @@ def _finite(out: Any, where: str, fn: Any, module: Any, when: str) -> None:
 
 
 def _refuse(module: Any, fn: Any, where: str, leak: str) -> None:
-    how = ("declares key_mask_exact = True but its masked call" if getattr(module, "key_mask_exact", False)
-           else "called once per key set (key sets of one shape stacked along the batch), it")
+    if runs_per_key_set(module):
+        how = "called once per key set (key sets of one shape stacked along the batch), it"
+        fix = ("compute each query's output from that query and the keys and values of its own row of the call "
+               "only: never mix the queries, nor the rows of a call (its stacked key sets and samples, dim 0: "
+               "no mean, norm or other statistic over them)")
+    else:
+        how = "declares key_mask_exact = True but its masked call"
+        fix = ("honour key_mask exactly (row i reads only the keys key_mask[i] allows, and is 0 for a row with "
+               "none), or drop the key_mask_exact declaration (the runtime then calls it once per key set)")
     raise AttentionContractError(
         f"{where}: attention type {fn!r} ({type(module).__name__}) {how} reads outside the linked "
-        f"keys: {leak}. A type must read only the keys its connections link: honour key_mask exactly, "
-        "or drop the key_mask_exact declaration and keep the batch rows independent")
+        f"keys: {leak} (queries, keys and samples numbered in the probe's call, not canvas positions). "
+        f"A type must read only the keys its connections link: {fix}")
 
 
 def _named(exc: AttentionContractError, module: Any, fn: Any, where: str) -> AttentionContractError:
@@ -298,6 +309,8 @@ def _probe_contract(module: Any, fn: Any, d_model: int, where: str) -> None:
         with torch.no_grad():
             base = call_attention_type(module, q2, k2, v2, mask, name=fn)
         _finite(base, where, fn, module, "a small random call")
+        refuse_false_declarations(module, fn, where, base, "the build probe's small random call", deps,
+                                  (runner(module), [q2, k2, v2]))
         # by value (one more call): a read behind .detach() has no gradient; sample 0's key set
         # {0, 1} -> {0, 1, 2} changes, so sample 1 and rows 2, 3 of sample 0 must keep their output
         leak = leak or value_leak(runner(module), q2, k2, v2, mask, (0, 1), (0, 1, 2), sample=0, base=base)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from canvas_core.testing._declarations import check_reads_no_key, check_self_gated
 from canvas_core.testing._exactness import NK, check_dependencies, check_direct_mask, check_trainable, large_batch_leak
 from canvas_core.testing._process import ProcessGuard
 from canvas_core.testing._report import (ConformanceReport, Failed, check_flags, check_seed, check_sizes, check_target,
@@ -25,6 +26,8 @@ ATTENTION_PROPERTIES = (
     "dependency exactness", "key_mask respected", "trainable", "process state",
     # a type declaring reads_keys = False only:
     "reads no key",
+    # a type declaring self_gated = True only:
+    "self_gated",
     # strict=True only:
     "zeros without keys",
 )
@@ -249,33 +252,6 @@ def _zeros(s: _Suite) -> None:
                 raise Failed(f"a query whose key_mask row is all False does not output zeros ({how})")
 
 
-def _reads_no_key(s: _Suite) -> None:
-    """A type declaring ``reads_keys = False`` (the runtime then skips its NaN guard for it) must
-    not depend on keys or values: no gradient reaches them and other keys give the same output."""
-    torch = s.torch
-    q, k, v = s.qkv()
-    k.requires_grad_(True)
-    v.requires_grad_(True)
-    out = s.call(q, k, v)
-    if out.requires_grad:
-        (out * s.rand(*out.shape)).sum().backward()
-    for what, t in (("keys", k), ("values", v)):
-        if t.grad is not None and bool((t.grad != 0).any()):
-            raise Failed(f"declares reads_keys = False, but its output has a gradient w.r.t. the {what} "
-                         f"(max |grad| {float(t.grad.abs().max()):.3g}); remove the declaration, or the runtime "
-                         "lets a NaN key through to queries that do not link it")
-    bad_k, bad_v = k.detach().clone(), v.detach().clone()
-    bad_k[:, 0], bad_v[:, -1] = float("nan"), float("inf")  # the runtime passes them on unguarded
-    with torch.no_grad():
-        others = {"other keys and values": s.call(q, s.rand(*k.shape), s.rand(*v.shape)),
-                  "a NaN key and an inf value": s.call(q, bad_k, bad_v)}
-    for what, other in others.items():
-        if not torch.equal(out.detach(), other):
-            raise Failed(f"declares reads_keys = False, but {what} change its output (max diff "
-                         f"{float((out.detach() - other).abs().nan_to_num(float('inf')).max()):.3g}); "
-                         "remove the declaration")
-
-
 def _process_state(s: _Suite) -> Optional[str]:
     """Default dtype left alone by every build and property; no reseeding of the global RNG (the
     call made here without the kit's seeding, which would hide it)."""
@@ -369,6 +345,8 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
       output (skipped for a type without parameters);
     * ``reads no key``: a type declaring ``reads_keys = False`` has no gradient w.r.t. keys or
       values and the same output for other ones (only checked for a type with the declaration);
+    * ``self_gated``: a type declaring ``self_gated = True``, built again, outputs exactly 0
+      (only checked for a type with the declaration: ``_declarations.check_self_gated``);
     * ``strict=True`` adds ``zeros without keys`` (queries with no key output exactly 0);
     * ``process state``: neither building it nor calling it changes torch's default dtype, and its
       forward does not reseed the global RNG.  Every build and property runs with the default
@@ -404,6 +382,7 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
     from canvas_core.errors import CanvasTypeError
     from canvas_core.runtime.type_call import MASKED, UNMASKED, check_attention_module, reads_keys, runs_per_key_set
     from canvas_core.runtime.type_probe import refuse_in_place
+    from canvas_core.runtime.type_declared import declares_self_gated
 
     where = "check_attention_type"
     check_target(name, where, "attention", distribution)
@@ -460,7 +439,9 @@ def check_attention_type(name: Any, d_model: int = 32, n_heads: int = 4, device:
     checks["key_mask respected"] = lambda: check_direct_mask(suite)
     checks["trainable"] = lambda: check_trainable(suite)
     if not reads_keys(module):
-        checks["reads no key"] = lambda: _reads_no_key(suite)
+        checks["reads no key"] = lambda: check_reads_no_key(suite)
+    if declares_self_gated(module):
+        checks["self_gated"] = lambda: check_self_gated(suite)
     if strict:
         checks["zeros without keys"] = lambda: _zeros(suite)
     checks["process state"] = lambda: _process_state(suite)
