@@ -202,6 +202,12 @@ class CanvasAttention(nn.Module):
             if problem:
                 self.init_gradient_problems[f] = problem
                 flag_connections(plan, f, f"in a canvas layer: {problem}")
+            elif any(p.requires_grad for p in self.fn_modules[_key(f)].parameters()) and f in plan.groups:
+                from canvas_core.compiler.report import disprove_no_gradient
+
+                disprove_no_gradient(plan, f, f"{f!r} declares learns_at_init=False, but in a canvas layer the build "
+                                     "probe finds a gradient at initialisation: it learns from step 1 (drop the "
+                                     "declaration)")
         # restricted executors of active_regions, least recently used first (not in the state dict)
         self._restricted: "LRUCache" = LRUCache()  # frozenset of region names -> _Executor
 

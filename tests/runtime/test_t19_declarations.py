@@ -143,3 +143,21 @@ def test_a_backbone_report_of_a_wrong_learns_at_init_declaration_is_consistent(g
     assert "learns from step 1 (its learns_at_init=False is wrong)" in row, report
     assert "receives a gradient at initialisation" not in report, report  # the declaration's claim is gone
     assert "declares learns_at_init=False, but inside 'cogvideox' the build probe finds a gradient" in report, report
+
+
+def test_a_canvas_layer_corrects_a_wrong_learns_at_init_declaration_in_its_plan():
+    from canvas_core import CanvasSchema, ProgramCompiler
+    from canvas_core.runtime.canvas_attention import CanvasAttention
+
+    with isolated_plugins():
+        register_attention("t19d", PlainSoftmax, learns_at_init=False)
+        top = CanvasTopology(connections=[Connection("b", "a", t_src=0, t_dst=0, fn="t19d")])
+        plan = ProgramCompiler(CanvasSchema(layout=LAYOUT, topology=top)).compile().plan
+        assert "NO GRADIENT AT INIT" in format_groups(plan)  # the compiler believes the declaration
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            layer = CanvasAttention(plan, d_model=16, n_heads=2)
+    assert "t19d" not in layer.init_gradient_problems
+    assert "NO GRADIENT AT INIT" not in format_groups(layer.plan), format_groups(layer.plan)
+    note = layer.plan.groups["t19d"].resolved.note
+    assert "declares learns_at_init=False, but in a canvas layer the build probe finds a gradient" in note, note
