@@ -44,7 +44,8 @@ from canvas_core.runtime.type_declared import refuse_false_declarations, refuse_
 from canvas_core.runtime.type_in_place import autograd_in_place, in_place_error, refuse_in_place
 from canvas_core.runtime.type_reads import batch_leak, dependencies, first_leak, key_runs
 from canvas_core.runtime.type_values import (KEEPS_STATE, calls_differ, kept_state, mixed_dtypes_explained, out_of_memory,
-                                             probe_failure, repeated_calls, reseeded, rng_fork, rows_leak, value_leak)
+                                             probe_failure, repeated_calls, reseeded, rng_fork, rows_leak,
+                                             state_from_inputs, value_leak)
 
 __all__ = ["probe_attention_module", "probe_runtime_shapes", "mixed_dtypes_explained", "init_gradient_problem",
            "constant_branch", "gate_opening_dependencies", "dependencies", "first_leak", "batch_leak", "key_runs",
@@ -318,12 +319,11 @@ def _probe_contract(module: Any, fn: Any, d_model: int, where: str) -> None:
             leak = leak or _other_batches(module, runner(module), d_model, mask, (q, k, v))
         # the same inputs after a call with others (every call seeded alike)
         calls = None if leak else _repeat(module, runner, (q2, k2, v2))
-    _refuse_unsteady(module, fn, where, calls, training=False)
+    _refuse_unsteady(module, fn, where, calls)
     # training mode, on a copy (a batch statistic mixes the stacked key sets, the samples)
-    leak, calls = (leak, None) if leak else _training_leak(module, runner, mask, (q, k, v), (q2, k2, v2))
+    leak = leak or _training_leak(module, runner, mask, (q, k, v), (q2, k2, v2))
     if leak:
         _refuse(module, fn, where, leak)
-    _refuse_unsteady(module, fn, where, calls, training=True)
 
 
 def _repeat(module: Any, runner: Callable[[Any], Any], two: tuple) -> Tuple[tuple, Optional[tuple]]:
@@ -362,8 +362,7 @@ def _other_batches(module: Any, run: Callable[[Any, Any, Any], Any], d_model: in
     return leak and f"{leak} ({MANY_SAMPLES} samples in one call)"
 
 
-def _refuse_unsteady(module: Any, fn: Any, where: str, calls: Optional[Tuple[tuple, Optional[tuple]]],
-                     training: bool) -> None:
+def _refuse_unsteady(module: Any, fn: Any, where: str, calls: Optional[Tuple[tuple, Optional[tuple]]]) -> None:
     """Refuse what ``calls`` (:func:`_repeat`) show: the same inputs give another output after a call
     with other inputs, or identical calls differ and a copy of the module taken before them
     differs alike (a call counter: state).  Identical calls that differ otherwise (randomness
@@ -372,34 +371,35 @@ def _refuse_unsteady(module: Any, fn: Any, where: str, calls: Optional[Tuple[tup
         return
     (a, again, after), replay = calls
     who = f"{where}: attention type {fn!r} ({type(module).__name__})"
-    mode = " (in training mode)" if training else ""
     state = kept_state((a, again, after))
     if state:
-        raise AttentionContractError(f"{who}: {state}{mode}")
+        raise AttentionContractError(f"{who}: {state}")
     spread = calls_differ(a, again)
     if replay is not None and spread is not None and calls_differ(a, replay[0]) is None \
             and calls_differ(again, replay[1]) is None:
         raise AttentionContractError(
-            f"{who}: two identical calls give different outputs (by {spread:.3g}{'; in training mode' * training}, "
+            f"{who}: two identical calls give different outputs (by {spread:.3g}, "
             "torch's random generators "
             "seeded alike before each), and a copy of the module taken before them gives the same two: its output "
             f"depends on how often it was called ({KEEPS_STATE}); keep no call counter or other state in forward "
             "(a step count for a schedule belongs to the training loop, passed in as a parameter or buffer it sets)")
 
 
-def _training_leak(module: Any, runner: Callable[[Any], Any], mask: Any, one: tuple,
-                   two: tuple) -> Tuple[Optional[str], Any]:
+def _training_leak(module: Any, runner: Callable[[Any], Any], mask: Any, one: tuple, two: tuple) -> Optional[str]:
     """The read probes of :func:`_probe_contract` on a copy of ``module`` in training mode: by
     gradient (``one``: the one-sample inputs, ``two``: the two-sample ones) and by value (sample 0's
     first key set changed), every call seeded alike so that dropout draws the same masks in the
-    base and the changed call; then, when nothing leaked, ``repeated_calls`` on ``two`` (a type
-    keeping state only in training mode).  ``(leak, calls)``; a module that cannot be copied or
-    run so: what was found before (eval mode stands)."""
+    base and the changed call; then, when nothing leaked, whether what it keeps from a call depends
+    on that call's inputs (:func:`state_from_inputs`).  Only an input-dependent state is refused in
+    training mode: spectral norm's power iteration, an average of the weights or dropout from a
+    generator of its own change the output from call to call there, legitimately.  None when
+    nothing leaked, or the module cannot be copied or run so (what was found before stands)."""
     device = _where(module)[0]
     probes = (lambda twin: first_leak(dependencies(runner(twin), *one), mask),
               lambda twin: batch_leak(runner(twin), *two),
-              lambda twin: value_leak(reseeded(runner(twin), device), *two, mask, (0, 1), (0, 1, 2), sample=0))
-    leak = calls = None
+              lambda twin: value_leak(reseeded(runner(twin), device), *two, mask, (0, 1), (0, 1, 2), sample=0),
+              lambda twin: state_from_inputs(twin, lambda m: reseeded(runner(m), device), *two))
+    leak = None
     try:
         twin = copy.deepcopy(module).train()
         for probe in probes:
@@ -407,10 +407,9 @@ def _training_leak(module: Any, runner: Callable[[Any], Any], mask: Any, one: tu
                 leak = probe(twin)
             if leak:
                 break
-        calls = None if leak else _repeat(twin, runner, two)
     except Exception:
         pass  # what was found before it stands
-    return leak and f"{leak} (in training mode)", calls
+    return leak and f"{leak} (in training mode)"
 
 
 def constant_branch(module: Any, fn: Any, d_model: int, where: Optional[str] = None) -> bool:

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import re
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
@@ -27,8 +28,8 @@ import torch
 from canvas_core.errors import AttentionContractError, CanvasError
 
 __all__ = ["value_leak", "probe_failure", "out_of_memory", "value_tolerance", "rng_fork", "reseeded", "state_leak",
-           "repeated_calls", "kept_state", "calls_differ", "steady_tolerance", "rows_leak", "query_leak", "KEEPS_STATE",
-           "UNSTEADY", "mixed_dtypes_explained"]
+           "repeated_calls", "kept_state", "calls_differ", "state_from_inputs", "steady_tolerance", "rows_leak",
+           "query_leak", "KEEPS_STATE", "UNSTEADY", "mixed_dtypes_explained"]
 
 #: what a type keeping state between calls does wrong (the build's refusal and the kit's failure)
 KEEPS_STATE = ("it keeps state between calls, so one connection's keys reach another's queries (the calls of "
@@ -139,6 +140,36 @@ def state_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, seed
     """:func:`kept_state` of :func:`repeated_calls` of ``run`` on ``(q, k, v)`` (five calls)."""
     return kept_state(repeated_calls(run, q, k, v, seed))
 
+
+def state_from_inputs(module: Any, run_of: Callable[[Any], Callable[[Any, Any, Any], Any]], q: Any, k: Any, v: Any,
+                      seed: int = 71) -> Optional[str]:
+    """Whether what ``module`` keeps from one call depends on that call's inputs: two copies of the
+    module are taken; the module and one copy are called once with the same other inputs, the
+    second copy with different ones, then each once more with ``(q, k, v)``.  The second copy's
+    output must agree with the module's within the spread between the module and the first copy
+    (randomness drawn outside torch's generators).  ``run_of(m)`` gives the (reseeded) call of
+    module ``m``.  State that evolves on its own (a call counter, a power iteration, an average of
+    the weights, a private random generator) gives all three the same and is no leak: only a kept
+    input carries one connection's keys to another's queries.  None: no dependence found (or a
+    module that cannot be copied)."""
+    try:
+        same, other = copy.deepcopy(module), copy.deepcopy(module)
+    except Exception:
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    first, second = _redrawn(gen, q, k, v), _redrawn(gen, q, k, v)
+    outs = []
+    with torch.no_grad():
+        for m, before in ((module, first), (same, first), (other, second)):
+            run = run_of(m)
+            run(*before)
+            outs.append(run(q, k, v))
+    a, control, b = outs
+    diff = _spread(a, b) if a.shape == b.shape else float("inf")
+    if diff <= max(value_tolerance(a), 8 * _spread(a, control)):
+        return None
+    return (f"its output for the same inputs depends on the inputs of the call before (by {diff:.3g}, the module "
+            f"copied and each copy called first with other inputs): {KEEPS_STATE}")
 
 def steady_tolerance(dtype: Any) -> float:
     """The relative and absolute slack of two outputs that should agree (``allclose``): 1e-5 in

@@ -291,7 +291,8 @@ def _probe_outputs(run: _Run, model: nn.Module, make: Callable, plans: List[Any]
     cells = query_cells(plans, queries, labels.frame)
     union = np.zeros(allowed.shape, dtype=np.float64)
     for i in items:
-        where = "model" if i is None else f"model output[{i}]"
+        # a tuple whose only probed item is the first (an output and a loss, say) keeps the name "model"
+        where = "model" if i is None or items == [0] else f"model output[{i}]"
         fn = output_item(model, i)
         s = run.probe(where, fn, make, queries, n, i is None, allowed, cells)
         if i is not None and not s.any():

@@ -99,17 +99,21 @@ def output_items(out: Any, n: int, name: str, notes: List[str]) -> List[Optional
     """Which items of a model's output ``out`` (its call at batch 1 on an ``n``-position canvas) the
     probe judges: ``[None]`` for a tensor (or an object with a ``.sample`` tensor); for a tuple or list,
     the index of every floating tensor item of shape ``(1, n, ...)``, each probed as its own part, with
-    a note in ``notes`` for every other item (not per position: nothing to judge it by).  A
-    non-floating output, or item of that shape, is refused (:func:`refuse_non_floating`)."""
+    a note in ``notes`` for every other item (not per position, or an integer / bool one such as a
+    padding mask or an argmax: nothing to judge it by).  A non-floating output is refused
+    (:func:`refuse_non_floating`), as is a tuple / list without a floating per-position item."""
     if not isinstance(out, (tuple, list)):
         refuse_non_floating(_first_tensor(out), f"{name}(x)'s output")
         return [None]
     picked: List[Optional[int]] = []
     for i, item in enumerate(out):
         per_position = isinstance(item, torch.Tensor) and item.dim() >= 2 and tuple(item.shape[:2]) == (1, n)
-        if per_position:
-            refuse_non_floating(item, f"item {i} of {name}(x)'s {type(out).__name__} output")
+        if per_position and (item.is_floating_point() or item.is_complex()):
             picked.append(i)
+            continue
+        if per_position:
+            notes.append(f"model output[{i}] NOT PROBED: a {item.dtype} tensor (no gradient, no tolerance to compare "
+                         "values by); return the floating values it is computed from to have them checked")
             continue
         got = f"shape {tuple(item.shape)}" if isinstance(item, torch.Tensor) else type(item).__name__
         notes.append(f"model output[{i}] NOT PROBED: a {got}, not a (B, {n}, ...) tensor of one output per "
@@ -117,7 +121,8 @@ def output_items(out: Any, n: int, name: str, notes: List[str]) -> List[Optional
                      "wrapper module to have it checked")
     if not picked:
         raise CanvasTypeError(f"verify_structure: {name}(x) returned a {type(out).__name__} of {len(out)} item(s), "
-                              f"none a (B, {n}, D) tensor; it must return one (or a tuple / list holding some)")
+                              f"none a floating (B, {n}, D) tensor; it must return one (or a tuple / list holding "
+                              "some)")
     return picked
 
 

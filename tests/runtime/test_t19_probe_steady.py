@@ -16,7 +16,7 @@ from canvas_core.errors import AttentionContractError
 from canvas_core.plugins import register_attention
 from canvas_core.testing import isolated_plugins
 from tests._hostile_types import (CallCounter, CountsInTraining, DropoutSoftmax, ExactLeaksAtBatch1, ExactLeaksAtBatch1Large,
-                                  ExactMixesManySamples, ExactSoftmax, KeepsStateTraining, OwnRandomDropout,
+                                  ExactMixesManySamples, ExactSoftmax, KeepsStateTraining, OwnRandomDropout, PlainSoftmax,
                                   UrandomNoise)
 
 torch.set_num_threads(1)
@@ -43,11 +43,60 @@ def _refusal(cls, dropout=0.0):
     return msg
 
 
-@pytest.mark.parametrize("cls, mode", [(CallCounter, ""), (CountsInTraining, "; in training mode")])
-def test_a_type_whose_identical_calls_differ_by_a_call_counter_is_refused_at_build_with_the_fix(cls, mode):
-    msg = _refusal(cls)
-    assert f"two identical calls give different outputs (by 0.01{mode}," in msg, msg
+def test_a_type_whose_identical_calls_differ_by_a_call_counter_is_refused_at_build_with_the_fix():
+    msg = _refusal(CallCounter)
+    assert "two identical calls give different outputs (by 0.01," in msg, msg
     assert "depends on how often it was called" in msg and "keep no call counter" in msg, msg
+
+
+class _SpectralNorm(PlainSoftmax):
+    """Values through a spectral-normalised projection: its power iteration moves in training mode."""
+
+    def __init__(self, d_model, n_heads=4, dropout=0.0):
+        super().__init__(d_model, n_heads, dropout)
+        self.proj = torch.nn.utils.spectral_norm(torch.nn.Linear(d_model, d_model))
+
+    def forward(self, q, k, v):
+        return self.attend(q, k, self.proj(v))
+
+
+class _OwnGeneratorDropout(PlainSoftmax):
+    """Dropout drawn from a generator the module owns (advances every call in training mode)."""
+
+    def __init__(self, d_model, n_heads=4, dropout=0.0):
+        super().__init__(d_model, n_heads, dropout)
+        self.gen = torch.Generator().manual_seed(5)
+
+    def forward(self, q, k, v):
+        o = self.attend(q, k, v)
+        if not self.training:
+            return o
+        keep = torch.rand(o.shape, generator=self.gen) > 0.3
+        return o * keep / 0.7
+
+
+class _WeightAverage(PlainSoftmax):
+    """Keeps a running average of its own weights in training mode (mean-teacher style) and reads it."""
+
+    def __init__(self, d_model, n_heads=4, dropout=0.0):
+        super().__init__(d_model, n_heads, dropout)
+        self.lin = torch.nn.Linear(d_model, d_model)
+        self.register_buffer("avg", torch.zeros(d_model, d_model))
+
+    def forward(self, q, k, v):
+        if self.training:
+            with torch.no_grad():
+                self.avg.mul_(0.5).add_(0.5 * self.lin.weight + 0.1)
+        return self.attend(q, k, v @ self.avg.t() + self.lin(v))
+
+
+@pytest.mark.parametrize("cls", [CountsInTraining, _SpectralNorm, _OwnGeneratorDropout, _WeightAverage])
+def test_state_that_evolves_on_its_own_in_training_mode_builds(cls):
+    """In training mode only a state kept from a call's inputs is refused: a counter, a power
+    iteration, a private generator or an average of the weights carries no key to another call."""
+    layer = _build(cls, dropout=0.0)
+    assert layer.training
+    assert layer(torch.randn(2, 24, 16)).shape == (2, 24, 16)
 
 
 def test_noise_from_outside_torchs_generators_is_not_blamed_at_build():

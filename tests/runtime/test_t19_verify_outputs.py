@@ -62,7 +62,7 @@ def test_a_tuple_of_clean_items_verifies_and_items_that_are_not_per_position_are
 
 
 def test_a_tuple_without_any_per_position_tensor_is_refused():
-    with pytest.raises(CanvasTypeError, match=r"tuple of 2 item\(s\), none a \(B, 8, D\) tensor"):
+    with pytest.raises(CanvasTypeError, match=r"tuple of 2 item\(s\), none a floating \(B, 8, D\) tensor"):
         verify_structure(_Out(lambda y, x: (y.sum(), None)))
 
 
@@ -74,6 +74,17 @@ def test_an_integer_or_bool_output_is_refused_naming_its_dtype_and_the_fix(dtype
     assert f"_Out(x)'s output is a {dtype} tensor" in msg and "last floating output" in msg, msg
 
 
-def test_an_integer_item_of_a_tuple_is_refused_naming_the_item():
-    with pytest.raises(CanvasTypeError, match=r"item 1 of _Out\(x\)'s tuple output is a torch.int64 tensor"):
-        verify_structure(_Out(lambda y, x: (y, (y > 0).long())))
+@pytest.mark.parametrize("extra", [lambda y: torch.ones(y.shape[:2], dtype=torch.bool), lambda y: y.argmax(-1),
+                                   lambda y: (y > 0).long()])
+def test_an_integer_or_bool_item_of_a_tuple_is_noted_not_probed_and_the_rest_verifies(extra):
+    """A padding mask or an argmax next to the output: noted, and a tuple whose only probed item is
+    the first keeps the part name "model" (as before items were probed one by one)."""
+    report = verify_structure(_Out(lambda y, x: (y, extra(y))))
+    assert report.ok, str(report)
+    assert report.parts == ["model"]
+    assert "model output[1] NOT PROBED: a torch." in " ".join(report.notes)
+
+
+def test_a_tuple_of_only_integer_per_position_items_is_refused():
+    with pytest.raises(CanvasTypeError, match="none a floating"):
+        verify_structure(_Out(lambda y, x: ((y > 0).long(), y.argmax(-1))))
