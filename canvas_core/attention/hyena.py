@@ -106,9 +106,14 @@ class HyenaAttention(AttentionBase):
     """
 
     type_name = "hyena"
-    #: its first products read strided keys and values directly: the runtime hands it the key
-    #: sets' slices uncopied (``runtime/type_call.py``)
-    takes_strided_inputs = True
+
+    @property
+    def takes_strided_inputs(self) -> bool:
+        """Whether the runtime may hand this module its key sets' slices uncopied
+        (``runtime/type_call.py``): its own products read strided inputs directly, so True while the
+        projections reading them are plain ``nn.Linear`` (a replacement module may need them contiguous)."""
+        projs = (self.q_proj, self.v_proj) + ((self.gate_proj,) if self.gate_proj is not None else ())
+        return all(plain_linear(p, with_bias=True) for p in projs)
 
     def __init__(
         self,

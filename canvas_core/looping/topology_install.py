@@ -51,7 +51,8 @@ def _probe_branch(gm: GatedTypeModule, fn: str, width: int, where: str, backbone
     connection); record how the branch is gated and whether it can learn at initialisation."""
     from canvas_core.errors import AttentionContractError
     from canvas_core.runtime.canvas_attention import flag_connections
-    from canvas_core.runtime.type_probe import (constant_branch, init_gradient_problem, is_builtin_module,
+    from canvas_core.runtime.type_probe import (constant_branch, init_gradient_probed, init_gradient_problem,
+                                                is_builtin_module,
                                                 probe_attention_module)
 
     if not is_builtin_module(gm.module):
@@ -70,7 +71,9 @@ def _probe_branch(gm: GatedTypeModule, fn: str, width: int, where: str, backbone
 
     found = (f"{fn!r} declares learns_at_init=False, but inside {backbone!r} the build probe finds a gradient at "
              "initialisation: it learns from step 1 (drop the declaration)")
-    wrong = not problem and any([disprove_no_gradient(p, fn, found) for p in (installed.plan, plan)])
+    trainable = any(p.requires_grad for p in gm.module.parameters()) or bool(gm.gate is not None and gm.gate.requires_grad)
+    probed = init_gradient_probed(gm.module, gm.gate) and trainable  # None from a probe that ran: a gradient
+    wrong = not problem and probed and any([disprove_no_gradient(p, fn, found) for p in (installed.plan, plan)])
     installed.module_roles[fn] = f"own module, {gate}" + (
         "; NO GRADIENT AT INIT" if problem else "; learns from step 1" + " (its learns_at_init=False is wrong)" * wrong)
     if problem:

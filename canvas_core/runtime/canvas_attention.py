@@ -61,7 +61,8 @@ from canvas_core.runtime.type_call import check_attention_module
 from canvas_core.runtime.type_dtypes import connection_label, prefixed
 from canvas_core.schema.staleness import (check_topology_unchanged, check_topology_unchanged_traced,
                                           check_unchanged, check_unchanged_traced, layout_stamp, topology_stamp)
-from canvas_core.runtime.type_probe import init_gradient_problem, is_builtin_module, probe_attention_module
+from canvas_core.runtime.type_probe import (init_gradient_probed, init_gradient_problem, is_builtin_module,
+                                           probe_attention_module)
 
 __all__ = ["CanvasAttention"]
 
@@ -202,7 +203,8 @@ class CanvasAttention(nn.Module):
             if problem:
                 self.init_gradient_problems[f] = problem
                 flag_connections(plan, f, f"in a canvas layer: {problem}")
-            elif any(p.requires_grad for p in self.fn_modules[_key(f)].parameters()) and f in plan.groups:
+            elif (f in plan.groups and init_gradient_probed(self.fn_modules[_key(f)])
+                  and any(p.requires_grad for p in self.fn_modules[_key(f)].parameters())):
                 from canvas_core.compiler.report import disprove_no_gradient
 
                 disprove_no_gradient(plan, f, f"{f!r} declares learns_at_init=False, but in a canvas layer the build "

@@ -36,7 +36,8 @@ __all__ = ["declares_self_gated", "refuse_open_gate", "key_blind_leak", "refuse_
 #: how to fix a false ``self_gated = True`` (the build's refusal and the kit's failure)
 SELF_GATED_FIX = ("drop the self_gated declaration (a backbone install then puts the type behind a block gate "
                   "starting at 0), or zero-initialise the type's own gate so that its output is exactly 0 as "
-                  "built (as gated does: tanh(alpha) * ..., alpha starting at 0)")
+                  "built (as gated does: tanh(alpha) * ..., alpha starting at 0); a module already trained (handed "
+                  "to a canvas layer by an attention_factory) may set module.self_gated = False on the instance")
 #: how to fix a false ``reads_keys = False`` (the build's refusal and the kit's failure)
 READS_KEYS_FIX = ("drop the reads_keys = False declaration: the runtime then keeps a NaN or inf key away from the "
                   "queries that do not link it; declare it only for a type no output of which depends on a key "

@@ -48,7 +48,8 @@ from canvas_core.runtime.type_values import (KEEPS_STATE, calls_differ, kept_sta
                                              state_from_inputs, value_leak)
 
 __all__ = ["probe_attention_module", "probe_runtime_shapes", "mixed_dtypes_explained", "init_gradient_problem",
-           "constant_branch", "gate_opening_dependencies", "dependencies", "first_leak", "batch_leak", "key_runs",
+           "init_gradient_probed", "constant_branch", "gate_opening_dependencies", "dependencies", "first_leak",
+           "batch_leak", "key_runs",
            "is_builtin_module", "refuse_in_place", "in_place_error", "zeros_opened"]
 
 def _where(module: Any) -> Tuple[Any, Any]:
@@ -321,9 +322,12 @@ def _probe_contract(module: Any, fn: Any, d_model: int, where: str) -> None:
         calls = None if leak else _repeat(module, runner, (q2, k2, v2))
     _refuse_unsteady(module, fn, where, calls)
     # training mode, on a copy (a batch statistic mixes the stacked key sets, the samples)
-    leak = leak or _training_leak(module, runner, mask, (q, k, v), (q2, k2, v2))
+    leak, state = (leak, None) if leak else _training_leak(module, runner, mask, (q, k, v), (q2, k2, v2))
     if leak:
         _refuse(module, fn, where, leak)
+    if state:
+        raise AttentionContractError(f"{where}: attention type {fn!r} ({type(module).__name__}): {state} "
+                                     "(in training mode)")
 
 
 def _repeat(module: Any, runner: Callable[[Any], Any], two: tuple) -> Tuple[tuple, Optional[tuple]]:
@@ -385,21 +389,22 @@ def _refuse_unsteady(module: Any, fn: Any, where: str, calls: Optional[Tuple[tup
             "(a step count for a schedule belongs to the training loop, passed in as a parameter or buffer it sets)")
 
 
-def _training_leak(module: Any, runner: Callable[[Any], Any], mask: Any, one: tuple, two: tuple) -> Optional[str]:
+def _training_leak(module: Any, runner: Callable[[Any], Any], mask: Any, one: tuple,
+                   two: tuple) -> Tuple[Optional[str], Optional[str]]:
     """The read probes of :func:`_probe_contract` on a copy of ``module`` in training mode: by
     gradient (``one``: the one-sample inputs, ``two``: the two-sample ones) and by value (sample 0's
     first key set changed), every call seeded alike so that dropout draws the same masks in the
     base and the changed call; then, when nothing leaked, whether what it keeps from a call depends
     on that call's inputs (:func:`state_from_inputs`).  Only an input-dependent state is refused in
     training mode: spectral norm's power iteration, an average of the weights or dropout from a
-    generator of its own change the output from call to call there, legitimately.  None when
-    nothing leaked, or the module cannot be copied or run so (what was found before stands)."""
+    generator of its own change the output from call to call there, legitimately.
+    ``(leak, state)``, None for nothing found (or a module that cannot be copied or run so: what was
+    found before stands)."""
     device = _where(module)[0]
     probes = (lambda twin: first_leak(dependencies(runner(twin), *one), mask),
               lambda twin: batch_leak(runner(twin), *two),
-              lambda twin: value_leak(reseeded(runner(twin), device), *two, mask, (0, 1), (0, 1, 2), sample=0),
-              lambda twin: state_from_inputs(twin, lambda m: reseeded(runner(m), device), *two))
-    leak = None
+              lambda twin: value_leak(reseeded(runner(twin), device), *two, mask, (0, 1), (0, 1, 2), sample=0))
+    leak = state = None
     try:
         twin = copy.deepcopy(module).train()
         for probe in probes:
@@ -407,9 +412,12 @@ def _training_leak(module: Any, runner: Callable[[Any], Any], mask: Any, one: tu
                 leak = probe(twin)
             if leak:
                 break
+        if not leak:
+            with rng_fork(device):
+                state = state_from_inputs(twin, lambda m: reseeded(runner(m), device), *two)
     except Exception:
         pass  # what was found before it stands
-    return leak and f"{leak} (in training mode)"
+    return leak and f"{leak} (in training mode)", state
 
 
 def constant_branch(module: Any, fn: Any, d_model: int, where: Optional[str] = None) -> bool:
@@ -424,6 +432,14 @@ def constant_branch(module: Any, fn: Any, d_model: int, where: Optional[str] = N
         return not bool(call_attention_type(module, q, k, v, mask, name=fn).any())
 
 
+def init_gradient_probed(module: Any, gate: Any = None) -> bool:
+    """Whether :func:`init_gradient_problem` can run its probe here: not on the meta device, not
+    under ``torch.inference_mode`` (no autograd to ask).  Its None means "no problem found" only
+    when this is True: a declaration must not be called wrong by a probe that did not run."""
+    return not (_where(module)[0].type == "meta" or torch.is_inference_mode_enabled()
+                or (gate is not None and gate.is_meta))
+
+
 def init_gradient_problem(module: Any, fn: Any, d_model: int, gate: Any = None,
                           where: Optional[str] = None) -> Optional[str]:
     """Why this branch cannot learn from initialisation (None: it can, or the type has no
@@ -432,7 +448,7 @@ def init_gradient_problem(module: Any, fn: Any, d_model: int, gate: Any = None,
     Two checks: some parameter of the branch (the module's and the gate's) gets a nonzero gradient
     (two zero gates stacked fail it), and, with a gate, some parameter of the module itself gets one
     with the gate taken as open (a zero gate learns on its own: a detached module would hide behind it)."""
-    if _where(module)[0].type == "meta" or torch.is_inference_mode_enabled() or (gate is not None and gate.is_meta):
+    if not init_gradient_probed(module, gate):
         return None  # nothing to run on (or no autograd to ask, under inference_mode)
     params = [p for p in module.parameters() if p.requires_grad and p.is_floating_point()]
     if gate is not None and not gate.requires_grad and not bool(gate.detach().any()):

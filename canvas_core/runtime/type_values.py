@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import random
 import re
+import sys
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import torch
@@ -227,22 +229,39 @@ def query_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, quer
             f"{f', sample {b} moved' if b else ''})")
 
 
-def rng_fork(device: Any) -> Any:
-    """``torch.random.fork_rng`` over the CPU generator and, on an accelerator, ``device``'s: the
-    random state as it was afterwards (reproducible builds)."""
+@contextlib.contextmanager
+def rng_fork(device: Any) -> Iterator[None]:
+    """``torch.random.fork_rng`` over the CPU generator and, on an accelerator, ``device``'s, and
+    the states of Python's ``random`` and (when loaded) numpy's global generator: every random state
+    as it was afterwards (reproducible builds; :func:`reseeded` seeds them all)."""
     kind = getattr(torch, device.type, None) if device.type not in ("cpu", "meta") else None
     if kind is None or not hasattr(kind, "current_device"):
-        return torch.random.fork_rng(devices=[])
-    index = device.index if device.index is not None else kind.current_device()
-    return torch.random.fork_rng(devices=[index], device_type=device.type)
+        fork = torch.random.fork_rng(devices=[])
+    else:
+        index = device.index if device.index is not None else kind.current_device()
+        fork = torch.random.fork_rng(devices=[index], device_type=device.type)
+    np = sys.modules.get("numpy")
+    py_state, np_state = random.getstate(), (np.random.get_state() if np is not None else None)
+    with fork:
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            if np_state is not None:
+                np.random.set_state(np_state)
 
 
 def reseeded(run: Callable[[Any, Any, Any], Any], device: Any, seed: int = 2029) -> Callable[[Any, Any, Any], Any]:
-    """``run`` seeding the CPU generator and ``device``'s with ``seed`` before every call (inside
-    :func:`rng_fork`): a type drawing randomness in forward (dropout in training mode) draws the same
-    masks for the base and the perturbed call, so only the inputs differ between them."""
+    """``run`` seeding the CPU generator, ``device``'s, Python's ``random`` and numpy's global one
+    with ``seed`` before every call (inside :func:`rng_fork`): a type drawing randomness in forward
+    (dropout in training mode, a layer skipped at random) draws the same for the base and the
+    perturbed call, so only the inputs differ between them."""
     def call(q: Any, k: Any, v: Any) -> Any:
         torch.random.default_generator.manual_seed(seed)
+        random.seed(seed)
+        np = sys.modules.get("numpy")
+        if np is not None:
+            np.random.seed(seed)
         kind = getattr(torch, device.type, None) if device.type not in ("cpu", "meta") else None
         if kind is not None and hasattr(kind, "manual_seed") and hasattr(kind, "device"):
             with kind.device(device):

@@ -100,7 +100,8 @@ def _contiguity(module):
 def test_a_builtin_type_declaring_strided_inputs_gets_views_with_the_same_results(fn, B):
     plain, strided = _layer(fn), _layer(fn)
     mod = strided.fn_modules[fn]
-    mod.takes_strided_inputs = True
+    if fn != "hyena":  # hyena declares it itself (while its projections are plain nn.Linear)
+        mod.takes_strided_inputs = True
     seen = _contiguity(mod)
     got, want = _run(strided, B)[1], _run(plain, B)[1]
     if B == 1:
@@ -127,3 +128,23 @@ def test_block_inputs_views_equal_the_copies():
         assert all(torch.equal(v, c) for v, c in zip(views, copies))
         assert copies[0].is_contiguous() and copies[1].is_contiguous()
     assert not block_inputs(x[:1], blocks, 4, 2, 4, contiguous=False)[1].is_contiguous()
+
+
+class _ViewingLinear(torch.nn.Linear):
+    """A projection that flattens its input with ``.view`` (needs it contiguous)."""
+
+    def forward(self, x):
+        return super().forward(x.view(-1, x.shape[-1])).view(*x.shape[:-1], self.out_features)
+
+
+def test_hyena_with_a_replaced_projection_gets_contiguous_inputs():
+    layer = _layer("hyena")
+    mod = layer.fn_modules["hyena"]
+    assert mod.takes_strided_inputs
+    viewing = _ViewingLinear(8, 8).double()
+    viewing.load_state_dict(mod.q_proj.state_dict())
+    mod.q_proj = viewing
+    assert not mod.takes_strided_inputs
+    seen = _contiguity(mod)
+    _run(layer, 1)  # a strided view reaching .view would raise
+    assert seen == [(True, True, True)]

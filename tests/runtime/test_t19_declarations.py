@@ -161,3 +161,36 @@ def test_a_canvas_layer_corrects_a_wrong_learns_at_init_declaration_in_its_plan(
     assert "NO GRADIENT AT INIT" not in format_groups(layer.plan), format_groups(layer.plan)
     note = layer.plan.groups["t19d"].resolved.note
     assert "declares learns_at_init=False, but in a canvas layer the build probe finds a gradient" in note, note
+
+
+class _DetachedParameter(PlainSoftmax):
+    """Honestly gets no gradient at initialisation: its only parameter is read behind ``.detach()``."""
+
+    def __init__(self, d_model, n_heads=4, dropout=0.0):
+        super().__init__(d_model, n_heads, dropout)
+        self.proj.requires_grad_(False)
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, q, k, v):
+        return self.attend(q, k, v) * self.scale.detach()
+
+
+def test_a_true_learns_at_init_declaration_stays_when_the_probe_cannot_run():
+    """Under inference_mode the gradient probe does not run: its silence is no evidence."""
+    from canvas_core import CanvasSchema, ProgramCompiler
+    from canvas_core.runtime.canvas_attention import CanvasAttention
+
+    with isolated_plugins():
+        register_attention("t19d", _DetachedParameter, learns_at_init=False)
+        top = CanvasTopology(connections=[Connection("b", "a", t_src=0, t_dst=0, fn="t19d")])
+        plan = ProgramCompiler(CanvasSchema(layout=LAYOUT, topology=top)).compile().plan
+        with warnings.catch_warnings(), torch.inference_mode():
+            warnings.simplefilter("ignore")
+            layer = CanvasAttention(plan, d_model=16, n_heads=2)
+    assert "NO GRADIENT AT INIT" in format_groups(layer.plan)
+    assert "finds a gradient" not in layer.plan.groups["t19d"].resolved.note
+
+
+def test_a_refused_self_gated_declaration_names_the_instance_override():
+    msg = _refusal(SelfGatedLiar)
+    assert "module.self_gated = False" in msg, msg

@@ -107,6 +107,30 @@ def test_a_type_keeping_state_only_in_training_mode_is_refused_with_dropout_too(
     for dropout in (0.0, 0.3):  # dropout draws alike in every call of the probe: only the state shows
         msg = _refusal(KeepsStateTraining, dropout)
         assert "keeps state between calls" in msg and "(in training mode)" in msg, msg
+        assert "depends on the inputs of the call before" in msg, msg
+        # a state, not a read outside the key sets: no advice about key sets or masks
+        assert "linked keys" not in msg and "key_mask" not in msg and "numbered in the probe" not in msg, msg
+
+
+class _LayerDrop(PlainSoftmax):
+    """Skips its branch with Python's ``random`` half the time in training mode (LayerDrop)."""
+
+    def forward(self, q, k, v):
+        import random
+
+        o = self.attend(q, k, v)
+        return o * 0 if self.training and random.random() < 0.5 else o
+
+
+def test_a_branch_skipped_at_random_by_pythons_random_builds_every_time():
+    """The probe seeds Python's random like torch's before every call, and restores it after."""
+    import random
+
+    for seed in range(12):
+        random.seed(seed)
+        state = random.getstate()
+        assert _build(_LayerDrop, dropout=0.0) is not None
+        assert random.getstate() == state
 
 
 def test_dropout_from_torch_or_from_its_own_generator_still_builds_in_training_mode():
