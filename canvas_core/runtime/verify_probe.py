@@ -74,9 +74,12 @@ def declared_rows(plans: Sequence[Any], queries: np.ndarray, *, fn: Optional[str
             if connection is not None:
                 keep &= rects.conn == connection
         step = _step(R, plan, keep)
-        grown = step & ~R
-        R = (R | step) if with_self else step
-        closed = closed | {id(plan)} if not grown.any() else set()
+        if with_self:  # (no (nq, N) temporary beyond one comparison: the rows are the memory here)
+            grown = bool(np.greater(step, R).any())
+            R = np.logical_or(R, step, out=step)
+        else:
+            grown, R = True, step
+        closed = closed | {id(plan)} if not grown else set()
     return R
 
 
