@@ -20,19 +20,19 @@ import torch
 from torch import Tensor
 
 from canvas_core.attention.causal_read import scratch, scratch_out, work_dtype
-from canvas_core.attention.fft_conv_ops import gated_backward_op as _gated_backward_op
+from canvas_core.attention.fft_conv_ops import gated_backward_op as _gated_backward_op  # noqa: F401
 from canvas_core.attention.fft_conv_ops import gated_op as _gated_op
-from canvas_core.attention.fft_conv_ops import read_backward_op as _read_backward_op
+from canvas_core.attention.fft_conv_ops import read_backward_op as _read_backward_op  # noqa: F401
 from canvas_core.attention.fft_conv_ops import read_op as _read_op
 from canvas_core.attention.fft_rows import fft_size, gated_backward, gated_forward, keeps_phases, read_backward, read_forward
 from canvas_core.attention.first_order import first_order_backward
 from canvas_core.errors import ShapeError
+from canvas_core.schema._validate import is_int
 
 __all__ = ["fft_size", "causal_conv_last", "gated_causal_conv", "gated_causal_conv_stacked", "read_conv_last",
            "fft_causal_conv"]
 
-# the operators under their former names here (tests and callers reach them through this module)
-_OPS = (_read_op, _read_backward_op, _gated_op, _gated_backward_op)
+# the operators are imported above under their former names: tests and callers reach them through this module
 
 
 def _zero_padded(x: Tensor, n: int, slot: str) -> Tensor:
@@ -193,15 +193,16 @@ def gated_causal_conv_stacked(zg: Tensor, h: Tensor) -> Tensor:
 def read_conv_last(z: Tensor, h: Tensor, stride: int) -> Tensor:
     """:func:`causal_conv_last` read at ``stride (i + 1) - 1`` only: ``(B, C, L)`` ->
     ``(B, C, L / stride)`` (``stride`` divides ``L``; ``stride == 1`` is the whole output)."""
-    if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+    if not is_int(stride) or stride < 1:
         raise ShapeError(f"read_conv_last: stride must be a positive int, got {stride!r}; pass the spacing of the "
                          "positions to read (1 reads every position)")
-    if z.numel() == 0 or stride == 1:
-        return causal_conv_last(z, h)[..., stride - 1 :: stride]
+    stride = int(stride)
     if z.shape[-1] % stride:
         raise ShapeError(f"read_conv_last: stride {stride} does not divide the length {z.shape[-1]} of z "
                          f"{tuple(z.shape)}; pass a stride that divides it, or read causal_conv_last(z, h) at the "
                          "positions wanted")
+    if z.numel() == 0 or stride == 1:
+        return causal_conv_last(z, h)[..., stride - 1 :: stride]
     h = h.to(z.dtype)
     recorded = torch.is_grad_enabled() and (z.requires_grad or h.requires_grad)
     if torch.compiler.is_compiling():

@@ -14,7 +14,8 @@ from torch import Tensor
 
 from canvas_core.attention.causal_read import scratch
 
-__all__ = ["fft_size", "keeps_phases"]
+__all__ = ["fft_size", "keeps_phases", "KEEP_PHASES_BYTES", "read_forward", "read_backward", "gated_forward",
+           "gated_backward"]
 
 #: the read stage keeps its phase spectra for the backward up to this many bytes (above it the
 #: backward transforms the phases again from the saved input)

@@ -93,7 +93,9 @@ def block_inputs(x, blocks: Tuple[int, int, int, int, bool], G: int, nq: int, nk
     ``split`` (one gradient, each position written once); overlapping runs (a self link) are cut
     from their union, so the two gradients are summed before they reach ``x``, as the one
     ``index_add`` of a batch-1 gather sums them; with a larger batch the gathers are two, and so
-    are the slices.  A stack in decreasing order is flipped (the copy the gather would make)."""
+    are the slices.  A stack in decreasing order is flipped (the copy the gather would make); the
+    plan runner restacks such buckets in increasing order when it is built (``plan_runner``), so
+    it no longer sends one."""
     lo, S, q_off, k_off, reverse = blocks
     B, _, D = x.shape
     if q_off + nq <= k_off or k_off + nk <= q_off:

@@ -85,8 +85,8 @@ def key_blind_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, 
                    deps: Sequence[Tuple[set, set]] = (), seed: int = 89) -> Optional[str]:
     """Why a type declaring ``reads_keys = False`` reads keys, or None.  ``run(q, k, v)``: the type as
     the runtime calls it, ``base`` its output on ``(q, k, v)`` ``(B, Nq, D)``; ``deps``: the gradient
-    probe's dependencies of the same call (:func:`~canvas_core.runtime.type_reads.dependencies`),
-    read first at no cost.  Then by value, one call with every key and value redrawn (the output
+    probe's dependencies (:func:`~canvas_core.runtime.type_reads.dependencies`) of its own small call
+    (another batch than ``(q, k, v)``; gates possibly opened), read first at no cost.  Then by value, one call with every key and value redrawn (the output
     must not move) and, when it holds, one with key 0 NaN and the last value inf (as the runtime
     passes them to such a type: the output must not move either)."""
     found = _key_gradient(deps)

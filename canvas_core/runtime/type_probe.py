@@ -384,7 +384,7 @@ def _refuse_unsteady(module: Any, fn: Any, where: str, calls: Optional[Tuple[tup
         raise AttentionContractError(
             f"{who}: two identical calls give different outputs (by {spread:.3g}, "
             "torch's random generators "
-            "seeded alike before each), and a copy of the module taken before them gives the same two: its output "
+            "and Python's and numpy's seeded alike before each), and a copy of the module taken before them gives the same two: its output "
             f"depends on how often it was called ({KEEPS_STATE}); keep no call counter or other state in forward "
             "(a step count for a schedule belongs to the training loop, passed in as a parameter or buffer it sets)")
 

@@ -7,7 +7,7 @@
 * A NaN / inf output or gradient on finite inputs is refused as such (``AttentionContractError``):
   it would read as a dependency on everything.
 
-Used by the build probe (``type_probe``, which re-exports them), the conformance kit and verify.
+Used by the build probe (``type_probe``, which re-exports them) and the conformance kit.
 """
 
 from __future__ import annotations

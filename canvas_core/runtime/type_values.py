@@ -4,10 +4,13 @@
   type again and name an output row (or sample) that changed although nothing it may read did.
   A read behind ``.detach()`` or ``torch.no_grad()`` has no gradient, so only this probe sees it
   (a batch statistic of detached values, rows of a stacked call swapped and added back).
-* :func:`state_leak`: the same inputs again after a call with other inputs must give the same
+* :func:`kept_state`: the same inputs again after a call with other inputs must give the same
   output (a type keeping state between calls carries one connection's keys into another's queries);
   :func:`calls_differ`: two identical calls must agree (a call counter, a clock).  Both read one
-  set of five calls, :func:`repeated_calls` (:func:`kept_state` reads the first check off them).
+  set of five calls, :func:`repeated_calls`; :func:`steady_tolerance` is the slack of the second.
+* :func:`state_from_inputs`: in training mode, where a module may change from call to call on its
+  own, only a state kept from a call's inputs is a leak: two copies called first with different
+  inputs must agree on the next call.
 * :func:`rows_leak` / :func:`query_leak`: one stacked call (or one key set) with one key set's
   inputs (or one query) changed; the other rows (queries) must keep their output.
 * :func:`mixed_dtypes_explained`: a raw failure of a module with parameters of mixed dtypes, said so.
@@ -29,7 +32,7 @@ import torch
 
 from canvas_core.errors import AttentionContractError, CanvasError
 
-__all__ = ["value_leak", "probe_failure", "out_of_memory", "value_tolerance", "rng_fork", "reseeded", "state_leak",
+__all__ = ["value_leak", "probe_failure", "out_of_memory", "value_tolerance", "rng_fork", "reseeded",
            "repeated_calls", "kept_state", "calls_differ", "state_from_inputs", "steady_tolerance", "rows_leak",
            "query_leak", "KEEPS_STATE", "UNSTEADY", "mixed_dtypes_explained"]
 
@@ -112,7 +115,7 @@ def repeated_calls(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, 
     """``(a, again, after)``, five calls without gradients: ``run(q, k, v)`` once to settle, twice
     more (``a``, ``again``: a type keeping state from its previous call now gives the same output
     twice), then once with other inputs of the same shapes and ``after`` with ``(q, k, v)`` again.
-    ``run`` should reseed any randomness it draws (:func:`reseeded`).  What :func:`state_leak` and
+    ``run`` should reseed any randomness it draws (:func:`reseeded`).  What :func:`kept_state` and
     :func:`calls_differ` read, so one set of calls serves both."""
     with torch.no_grad():
         run(q, k, v)
@@ -136,11 +139,6 @@ def kept_state(calls: tuple) -> Optional[str]:
         return None
     return (f"its output for the same inputs changed (by {diff:.3g}) after one call with other inputs: "
             f"{KEEPS_STATE}")
-
-
-def state_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, seed: int = 61) -> Optional[str]:
-    """:func:`kept_state` of :func:`repeated_calls` of ``run`` on ``(q, k, v)`` (five calls)."""
-    return kept_state(repeated_calls(run, q, k, v, seed))
 
 
 def state_from_inputs(module: Any, run_of: Callable[[Any], Callable[[Any, Any, Any], Any]], q: Any, k: Any, v: Any,

@@ -100,3 +100,12 @@ def test_filters_channels_first_honour_a_hook_on_the_filter_mlp():
     m.filter_mlp[-1].register_forward_hook(lambda mod, args, out: out * 2)
     torch.testing.assert_close(m.filters(12), twice.filters(12), atol=1e-14, rtol=1e-12)
     torch.testing.assert_close(m(q, k, k), twice(q, k, k), atol=1e-12, rtol=1e-10)
+
+
+def test_a_numpy_stride_is_taken_and_an_empty_batch_is_still_checked():
+    import numpy as np
+
+    z, h = _t(2, 3, 12), _t(3, 12, seed=1)
+    assert torch.equal(read_conv_last(z, h, np.int64(3)), read_conv_last(z, h, 3))
+    with pytest.raises(ShapeError, match="does not divide"):
+        read_conv_last(_t(0, 3, 10), h[:, :10], 3)

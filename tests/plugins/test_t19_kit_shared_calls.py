@@ -45,7 +45,7 @@ def _calls_per_property(monkeypatch, cls, props):
 def test_deterministic_makes_five_calls_and_one_of_a_fresh_module(monkeypatch):
     report, counts = _calls_per_property(monkeypatch, PlainSoftmax, ["_deterministic", "check_direct_mask"])
     assert report.ok, report.summary()
-    assert counts["_deterministic"] == 6, counts  # was 8: two identical calls, then state_leak's five
+    assert counts["_deterministic"] == 6, counts  # was 8: two identical calls, then the state check's own five
     assert counts["check_direct_mask"] == 0, counts  # a forward without key_mask: dependency exactness' probe
 
 
