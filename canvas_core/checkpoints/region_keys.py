@@ -37,10 +37,8 @@ def _canvases(model: nn.Module) -> List[Any]:
 
     found = []
     for name, m in model.named_modules():
-        if isinstance(m, SpatiotemporalCanvas) and m.modality_embeddings is not None:
-            names = list(m.names)
-            if region_state_keys(names) != [sanitized_region_key(n) for n in names]:
-                found.append((name, names))
+        if isinstance(m, SpatiotemporalCanvas) and m.modality_embeddings is not None and m._keyed_by_index():
+            found.append((name, list(m.names)))
     return found
 
 

@@ -161,11 +161,16 @@ _STUCK = "; NO GRADIENT AT INIT"
 _LAYER_FOUND, _BACKBONE_FOUND = re.compile(r"(?:^|; )in a canvas layer: "), re.compile(r"(?:^|; )inside '[^']*': ")
 
 
-def disprove_no_gradient(plan: Any, fn: str, found: str) -> bool:
-    """Group ``fn`` of ``plan`` declares ``learns_at_init=False`` but a build probe found a gradient
-    at initialisation: its note says ``found`` instead of the declaration's claim, and the fn
-    groups table stops flagging it.  ``plan`` must be one the caller owns (its groups are
-    updated).  Returns whether there was a declaration to correct."""
+def disprove_no_gradient(plan: Any, fn: str, where: str) -> bool:
+    """Group ``fn`` of ``plan`` declares ``learns_at_init=False`` but a build probe ``where`` (``"in a
+    canvas layer"``, ``"inside 'cogvideox'"``) found a gradient at initialisation: its note says so
+    instead of the declaration's claim, and the fn groups table stops flagging it.  ``plan`` must
+    be one the caller owns (its groups are updated).  Returns whether there was a declaration to
+    correct (False also when ``plan`` has no group ``fn``)."""
+    if fn not in plan.groups:
+        return False
+    found = (f"{fn!r} declares learns_at_init=False, but {where} the build probe finds a gradient at "
+             "initialisation: it learns from step 1 (drop the declaration)")
     group = plan.groups[fn]
     r = group.resolved
     declared = getattr(r, "no_gradient_at_init", "") if r is not None else ""

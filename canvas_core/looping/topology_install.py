@@ -51,9 +51,9 @@ def _probe_branch(gm: GatedTypeModule, fn: str, width: int, where: str, backbone
     connection); record how the branch is gated and whether it can learn at initialisation."""
     from canvas_core.errors import AttentionContractError
     from canvas_core.runtime.canvas_attention import flag_connections
-    from canvas_core.runtime.type_probe import (constant_branch, init_gradient_probed, init_gradient_problem,
-                                                is_builtin_module,
-                                                probe_attention_module)
+    from canvas_core.compiler.report import disprove_no_gradient
+    from canvas_core.runtime.type_probe import (constant_branch, init_gradient_found, init_gradient_problem,
+                                                is_builtin_module, probe_attention_module)
 
     if not is_builtin_module(gm.module):
         try:
@@ -67,13 +67,8 @@ def _probe_branch(gm: GatedTypeModule, fn: str, width: int, where: str, backbone
     gate = ("one gate: the type's own (0 at init)" if gm.gate is None
             else "one gate: the block's (starts at 0)")
     problem = init_gradient_problem(gm.module, fn, width, gm.gate, where=where)
-    from canvas_core.compiler.report import disprove_no_gradient
-
-    found = (f"{fn!r} declares learns_at_init=False, but inside {backbone!r} the build probe finds a gradient at "
-             "initialisation: it learns from step 1 (drop the declaration)")
-    trainable = any(p.requires_grad for p in gm.module.parameters()) or bool(gm.gate is not None and gm.gate.requires_grad)
-    probed = init_gradient_probed(gm.module, gm.gate) and trainable  # None from a probe that ran: a gradient
-    wrong = not problem and probed and any([disprove_no_gradient(p, fn, found) for p in (installed.plan, plan)])
+    wrong = not problem and init_gradient_found(gm.module, gm.gate) and any(
+        [disprove_no_gradient(p, fn, f"inside {backbone!r}") for p in (installed.plan, plan)])
     installed.module_roles[fn] = f"own module, {gate}" + (
         "; NO GRADIENT AT INIT" if problem else "; learns from step 1" + " (its learns_at_init=False is wrong)" * wrong)
     if problem:

@@ -61,7 +61,7 @@ from canvas_core.runtime.type_call import check_attention_module
 from canvas_core.runtime.type_dtypes import connection_label, prefixed
 from canvas_core.schema.staleness import (check_topology_unchanged, check_topology_unchanged_traced,
                                           check_unchanged, check_unchanged_traced, layout_stamp, topology_stamp)
-from canvas_core.runtime.type_probe import (init_gradient_probed, init_gradient_problem, is_builtin_module,
+from canvas_core.runtime.type_probe import (init_gradient_found, init_gradient_problem, is_builtin_module,
                                            probe_attention_module)
 
 __all__ = ["CanvasAttention"]
@@ -203,13 +203,10 @@ class CanvasAttention(nn.Module):
             if problem:
                 self.init_gradient_problems[f] = problem
                 flag_connections(plan, f, f"in a canvas layer: {problem}")
-            elif (f in plan.groups and init_gradient_probed(self.fn_modules[_key(f)])
-                  and any(p.requires_grad for p in self.fn_modules[_key(f)].parameters())):
+            elif init_gradient_found(self.fn_modules[_key(f)]):
                 from canvas_core.compiler.report import disprove_no_gradient
 
-                disprove_no_gradient(plan, f, f"{f!r} declares learns_at_init=False, but in a canvas layer the build "
-                                     "probe finds a gradient at initialisation: it learns from step 1 (drop the "
-                                     "declaration)")
+                disprove_no_gradient(plan, f, "in a canvas layer")
         # restricted executors of active_regions, least recently used first (not in the state dict)
         self._restricted: "LRUCache" = LRUCache()  # frozenset of region names -> _Executor
 

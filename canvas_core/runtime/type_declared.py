@@ -28,9 +28,9 @@ import torch
 
 from canvas_core.errors import AttentionContractError
 from canvas_core.runtime.type_call import READS_KEYS_ATTR, SELF_GATED_ATTR, reads_keys
-from canvas_core.runtime.type_values import value_tolerance
+from canvas_core.runtime.type_values import redrawn, spread, value_tolerance
 
-__all__ = ["declares_self_gated", "refuse_open_gate", "key_blind_leak", "refuse_false_declarations",
+__all__ = ["declares_self_gated", "open_gate_claim", "poisoned", "refuse_open_gate", "key_blind_leak", "refuse_false_declarations",
            "SELF_GATED_FIX", "READS_KEYS_FIX"]
 
 #: how to fix a false ``self_gated = True`` (the build's refusal and the kit's failure)
@@ -49,17 +49,30 @@ def declares_self_gated(module: Any) -> bool:
     return getattr(module, SELF_GATED_ATTR, False) is True
 
 
+def open_gate_claim(out: Any) -> str:
+    """What a false ``self_gated = True`` with output ``out`` (not all 0) shows: the build's refusal
+    and the kit's failure both say it so."""
+    peak = float(out.detach().abs().nan_to_num(float("inf")).max())
+    return ("declares self_gated = True (its own gate makes it 0 at initialisation, so a backbone install drops "
+            f"the block's zero gate for it), but as built it outputs max |output| {peak:.3g}")
+
+
+def poisoned(k: Any, v: Any) -> Tuple[Any, Any]:
+    """Copies of ``k`` and ``v`` ``(B, Nk, D)`` with key 0 NaN and the last value inf, as the runtime
+    passes them unguarded to a type declaring ``reads_keys = False``."""
+    bad_k, bad_v = k.detach().clone(), v.detach().clone()
+    bad_k[:, 0], bad_v[:, -1] = float("nan"), float("inf")
+    return bad_k, bad_v
+
+
 def refuse_open_gate(module: Any, fn: Any, where: str, out: Any, when: str) -> None:
     """Raise when ``module`` declares ``self_gated = True`` but ``out``, its output on a probe call
     (``when``: which), is not exactly 0 everywhere."""
     if not declares_self_gated(module) or not isinstance(out, torch.Tensor) or not bool(out.detach().any()):
         return
-    peak = float(out.detach().abs().nan_to_num(float("inf")).max())
     raise AttentionContractError(
-        f"{where}: attention type {fn!r} ({type(module).__name__}) declares self_gated = True (its own gate "
-        f"makes it 0 at initialisation, so a backbone install drops the block's zero gate for it), but as built "
-        f"it outputs max |output| {peak:.3g} on {when}: installed in a backbone it would change the backbone's "
-        f"output at initialisation. Fix: {SELF_GATED_FIX}")
+        f"{where}: attention type {fn!r} ({type(module).__name__}) {open_gate_claim(out)} on {when}: installed in "
+        f"a backbone it would change the backbone's output at initialisation. Fix: {SELF_GATED_FIX}")
 
 
 def _key_gradient(deps: Sequence[Tuple[set, set]]) -> Optional[str]:
@@ -75,8 +88,8 @@ def _moved(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, k2: Any,
     with torch.no_grad():
         other = run(q, k2, v2)
         tol = value_tolerance(base)
-        diff = float((base - other).abs().nan_to_num(float("inf")).max()) if base.numel() else 0.0
-        if diff <= tol or float((base - run(q, k, v)).abs().nan_to_num(float("inf")).max()) > tol:
+        diff = spread(base, other)
+        if diff <= tol or spread(base, run(q, k, v)) > tol:
             return None
     return diff
 
@@ -92,16 +105,13 @@ def key_blind_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, 
     found = _key_gradient(deps)
     if found:
         return found
-    gen = torch.Generator().manual_seed(seed)
-    k2, v2 = ((3 * torch.randn(tuple(t.shape), generator=gen)).to(device=t.device, dtype=t.dtype) for t in (k, v))
+    k2, v2 = redrawn(torch.Generator().manual_seed(seed), k, v)
     diff = _moved(run, q, k, v, k2, v2, base)
     if diff is not None:
         return f"its output changed (by {diff:.3g}) when the probe redrew every key and value"
     if not k.shape[1]:
         return None
-    bad_k, bad_v = k.detach().clone(), v.detach().clone()
-    bad_k[:, 0], bad_v[:, -1] = float("nan"), float("inf")
-    diff = _moved(run, q, k, v, bad_k, bad_v, base)
+    diff = _moved(run, q, k, v, *poisoned(k, v), base)
     return diff is not None and (f"its output changed (by {diff:.3g}) when key 0 of the probe's call was NaN and "
                                  "its last value inf (the runtime passes them to such a type as they are)") or None
 

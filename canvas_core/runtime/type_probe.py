@@ -48,7 +48,7 @@ from canvas_core.runtime.type_values import (KEEPS_STATE, calls_differ, kept_sta
                                              state_from_inputs, value_leak)
 
 __all__ = ["probe_attention_module", "probe_runtime_shapes", "mixed_dtypes_explained", "init_gradient_problem",
-           "init_gradient_probed", "constant_branch", "gate_opening_dependencies", "dependencies", "first_leak",
+           "init_gradient_found", "constant_branch", "gate_opening_dependencies", "dependencies", "first_leak",
            "batch_leak", "key_runs",
            "is_builtin_module", "refuse_in_place", "in_place_error", "zeros_opened"]
 
@@ -432,12 +432,19 @@ def constant_branch(module: Any, fn: Any, d_model: int, where: Optional[str] = N
         return not bool(call_attention_type(module, q, k, v, mask, name=fn).any())
 
 
-def init_gradient_probed(module: Any, gate: Any = None) -> bool:
+def _init_gradient_probed(module: Any, gate: Any = None) -> bool:
     """Whether :func:`init_gradient_problem` can run its probe here: not on the meta device, not
-    under ``torch.inference_mode`` (no autograd to ask).  Its None means "no problem found" only
-    when this is True: a declaration must not be called wrong by a probe that did not run."""
+    under ``torch.inference_mode`` (no autograd to ask)."""
     return not (_where(module)[0].type == "meta" or torch.is_inference_mode_enabled()
                 or (gate is not None and gate.is_meta))
+
+
+def init_gradient_found(module: Any, gate: Any = None) -> bool:
+    """Whether a None from :func:`init_gradient_problem` for ``module`` (and ``gate``) means its
+    probe saw a gradient: the probe can run here and the branch has something trainable.  A
+    ``learns_at_init=False`` declaration is called wrong only then, never by a probe that did not run."""
+    trainable = any(p.requires_grad for p in module.parameters()) or bool(gate is not None and gate.requires_grad)
+    return trainable and _init_gradient_probed(module, gate)
 
 
 def init_gradient_problem(module: Any, fn: Any, d_model: int, gate: Any = None,
@@ -448,7 +455,7 @@ def init_gradient_problem(module: Any, fn: Any, d_model: int, gate: Any = None,
     Two checks: some parameter of the branch (the module's and the gate's) gets a nonzero gradient
     (two zero gates stacked fail it), and, with a gate, some parameter of the module itself gets one
     with the gate taken as open (a zero gate learns on its own: a detached module would hide behind it)."""
-    if not init_gradient_probed(module, gate):
+    if not _init_gradient_probed(module, gate):
         return None  # nothing to run on (or no autograd to ask, under inference_mode)
     params = [p for p in module.parameters() if p.requires_grad and p.is_floating_point()]
     if gate is not None and not gate.requires_grad and not bool(gate.detach().any()):

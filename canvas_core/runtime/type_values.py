@@ -33,8 +33,8 @@ import torch
 from canvas_core.errors import AttentionContractError, CanvasError
 
 __all__ = ["value_leak", "probe_failure", "out_of_memory", "value_tolerance", "rng_fork", "reseeded",
-           "repeated_calls", "kept_state", "calls_differ", "state_from_inputs", "steady_tolerance", "rows_leak",
-           "query_leak", "KEEPS_STATE", "UNSTEADY", "mixed_dtypes_explained"]
+           "repeated_calls", "kept_state", "calls_differ", "state_from_inputs", "steady_tolerance", "spread",
+           "redrawn", "rows_leak", "query_leak", "KEEPS_STATE", "UNSTEADY", "mixed_dtypes_explained"]
 
 #: what a type keeping state between calls does wrong (the build's refusal and the kit's failure)
 KEEPS_STATE = ("it keeps state between calls, so one connection's keys reach another's queries (the calls of "
@@ -106,7 +106,7 @@ def value_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, mask
     return f"{what} changed (by {diff:.3g}) when only {_what_changed(queries, keys, sample)} changed, {why}"
 
 
-def _redrawn(gen: Any, *ts: Any) -> tuple:
+def redrawn(gen: Any, *ts: Any) -> tuple:
     """New values of the shapes, dtypes and devices of ``ts`` (drawn on the CPU from ``gen``)."""
     return tuple((3 * torch.randn(tuple(t.shape), generator=gen)).to(device=t.device, dtype=t.dtype) for t in ts)
 
@@ -120,11 +120,12 @@ def repeated_calls(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, 
     with torch.no_grad():
         run(q, k, v)
         a, again = run(q, k, v), run(q, k, v)
-        run(*_redrawn(torch.Generator().manual_seed(seed), q, k, v))
+        run(*redrawn(torch.Generator().manual_seed(seed), q, k, v))
         return a, again, run(q, k, v)
 
 
-def _spread(a: Any, b: Any) -> float:
+def spread(a: Any, b: Any) -> float:
+    """The largest ``|a - b|``, NaN counted as infinite (0 for empty tensors)."""
     return float((a - b).abs().nan_to_num(float("inf")).max()) if a.numel() else 0.0
 
 
@@ -134,8 +135,8 @@ def kept_state(calls: tuple) -> Optional[str]:
     reducing in another order) sets how much more counts as a change.  None: no change (or a type
     whose identical calls already differ a lot, left to :func:`calls_differ`)."""
     a, again, after = calls
-    diff = _spread(a, after)
-    if diff <= max(value_tolerance(a), 8 * _spread(a, again)):
+    diff = spread(a, after)
+    if diff <= max(value_tolerance(a), 8 * spread(a, again)):
         return None
     return (f"its output for the same inputs changed (by {diff:.3g}) after one call with other inputs: "
             f"{KEEPS_STATE}")
@@ -157,7 +158,7 @@ def state_from_inputs(module: Any, run_of: Callable[[Any], Callable[[Any, Any, A
     except Exception:
         return None
     gen = torch.Generator().manual_seed(seed)
-    first, second = _redrawn(gen, q, k, v), _redrawn(gen, q, k, v)
+    first, second = redrawn(gen, q, k, v), redrawn(gen, q, k, v)
     outs = []
     with torch.no_grad():
         for m, before in ((module, first), (same, first), (other, second)):
@@ -165,8 +166,8 @@ def state_from_inputs(module: Any, run_of: Callable[[Any], Callable[[Any, Any, A
             run(*before)
             outs.append(run(q, k, v))
     a, control, b = outs
-    diff = _spread(a, b) if a.shape == b.shape else float("inf")
-    if diff <= max(value_tolerance(a), 8 * _spread(a, control)):
+    diff = spread(a, b) if a.shape == b.shape else float("inf")
+    if diff <= max(value_tolerance(a), 8 * spread(a, control)):
         return None
     return (f"its output for the same inputs depends on the inputs of the call before (by {diff:.3g}, the module "
             f"copied and each copy called first with other inputs): {KEEPS_STATE}")
@@ -184,7 +185,7 @@ def calls_differ(a: Any, again: Any) -> Optional[float]:
     tol = steady_tolerance(a.dtype)
     if a.shape == again.shape and bool(torch.allclose(a, again, rtol=tol, atol=tol)):
         return None
-    return _spread(a, again) if a.shape == again.shape else float("inf")
+    return spread(a, again) if a.shape == again.shape else float("inf")
 
 
 def rows_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, nq: int, nk: int,
@@ -197,7 +198,7 @@ def rows_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, nq: i
         base = run(q, k, v)
         q2, k2, v2 = (t.detach().clone() for t in (q, k, v))
         gen = torch.Generator().manual_seed(seed)
-        q2[:1, :nq], k2[:1, :nk], v2[:1, :nk] = _redrawn(gen, q2[:1, :nq], k2[:1, :nk], v2[:1, :nk])
+        q2[:1, :nq], k2[:1, :nk], v2[:1, :nk] = redrawn(gen, q2[:1, :nq], k2[:1, :nk], v2[:1, :nk])
         tol = value_tolerance(base)
         changed = _changed(base, run(q2, k2, v2), tol)
         changed[0, :nq] = False  # the changed key set's own queries may move
@@ -216,7 +217,7 @@ def query_leak(run: Callable[[Any, Any, Any], Any], q: Any, k: Any, v: Any, quer
     with torch.no_grad():
         base = run(q, k, v)
         q2 = q.detach().clone()
-        q2[:, query] = _redrawn(torch.Generator().manual_seed(seed), q2[:, query])[0]
+        q2[:, query] = redrawn(torch.Generator().manual_seed(seed), q2[:, query])[0]
         tol = value_tolerance(base)
         moved = _changed(base, run(q2, k, v), tol)
         moved[:, query] = False
