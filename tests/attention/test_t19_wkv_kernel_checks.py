@@ -14,6 +14,7 @@ from canvas_core.attention import wkv_kernel as wk
 from canvas_core.attention.rwkv import RWKVAttention, wkv_scan
 from canvas_core.errors import CanvasError, ShapeError, UnavailableError
 from canvas_core.kernels.cpu_build import CpuKernelBuildWarning
+from tests._autograd import graph_node_names
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +29,6 @@ def _small(C=3, L=10):
     g = torch.Generator().manual_seed(0)
     return (torch.randn(1, L, C, generator=g), torch.randn(1, L, C, generator=g),
             torch.rand(C, generator=g) + 0.1, torch.randn(C, generator=g))
-
-
-def _graph_names(t: torch.Tensor) -> set:
-    """The names of every autograd node ``t`` depends on."""
-    seen, todo, names = set(), [t.grad_fn], set()
-    while todo:
-        node = todo.pop()
-        if node is None or node in seen:
-            continue
-        seen.add(node)
-        names.add(type(node).__name__)
-        todo.extend(n for n, _ in node.next_functions)
-    return names
 
 
 def test_auto_leaves_keys_and_values_to_the_scan(kernel):
@@ -64,7 +52,7 @@ def _module_run(m, q, keys, values, mask):
     values = keys if values is None else values.clone().requires_grad_()
     m.zero_grad(set_to_none=True)
     out = m(q, keys, values, mask)
-    used, names = m.kernel_used, _graph_names(out)
+    used, names = m.kernel_used, graph_node_names(out)
     out.square().sum().backward()
     grads = [q.grad, keys.grad] + ([] if values is keys else [values.grad]) + [p.grad for p in m.parameters()]
     return out.detach(), used, names, grads

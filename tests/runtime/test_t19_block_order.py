@@ -17,6 +17,7 @@ import canvas_ref_toy_types as toy  # noqa: E402
 from canvas_core.runtime.block_views import block_inputs  # noqa: E402
 from canvas_core.runtime.canvas_attention import CanvasAttention  # noqa: E402
 from canvas_core.schema import CanvasLayout, CanvasTopology, Connection  # noqa: E402
+from tests._autograd import graph_node_names  # noqa: E402
 
 PER_SET = ("linear_attention", "rwkv", "hyena", "perceiver", "mixture", "local_attention", "copy",
            "random_fixed", "cosine_attention", "pooling", "gated", "t19_scan")
@@ -51,18 +52,6 @@ def _run(layer, B, seed=0):
     return out, [out.detach()] + list(grads)
 
 
-def _graph_ops(out):
-    seen, todo, names = set(), [out.grad_fn], set()
-    while todo:
-        fn = todo.pop()
-        if fn is None or fn in seen:
-            continue
-        seen.add(fn)
-        names.add(type(fn).__name__)
-        todo.extend(f for f, _ in fn.next_functions)
-    return names
-
-
 @pytest.mark.parametrize("fn", ["hyena", "t19_scan"])
 def test_decreasing_strided_stacks_are_read_increasing_without_a_flip(fn):
     layer = _layer(fn)
@@ -70,7 +59,7 @@ def test_decreasing_strided_stacks_are_read_increasing_without_a_flip(fn):
     firsts = qf.reshape(G, nq)[:, 0].tolist()
     assert firsts == sorted(firsts) and blocks is not None and blocks[4] is False
     out, _ = _run(layer, 1)
-    assert not any("Flip" in name for name in _graph_ops(out))
+    assert not any("Flip" in name for name in graph_node_names(out))
 
 
 @pytest.mark.parametrize("fn", PER_SET)
